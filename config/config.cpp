@@ -1,0 +1,387 @@
+#include "config/config.hpp"
+
+#include "rules/rule_set.hpp"
+
+#include <boost/url/parse.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace bb {
+
+namespace {
+
+bool valid_name(std::string_view s) {
+    if (s.empty() || s.size() > 64) {
+        return false;
+    }
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    });
+}
+
+bool is_token_char(char c) {
+    // RFC 9110 tchar
+    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
+}
+
+template <class F>
+void each_item(cfg::object_reader& r, std::string_view key, bool required, F&& f) {
+    auto arr = r.array(key, required);
+    if (!arr) {
+        return;
+    }
+    std::size_t i = 0;
+    for (auto item : *arr) {
+        f(item, cfg::child(r.path_of(key), i));
+        ++i;
+    }
+}
+
+void parse_listeners(cfg::object_reader& root, config& c) {
+    std::set<std::string> names;
+    each_item(root, "listeners", true, [&](simdjson::dom::element e, const std::string& path) {
+        cfg::object_reader r{e, path, root.errs()};
+        listener_config l;
+        if (auto name = r.string("name", true)) {
+            if (!valid_name(*name)) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is not a valid name (letters, digits, - _ .)");
+            } else if (!names.insert(*name).second) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is used by another listener");
+            }
+            l.name = *name;
+        }
+        if (auto addr = r.string("address", true)) {
+            if (auto hp = parse_address(*addr)) {
+                l.host = hp->first;
+                l.port = hp->second;
+            } else {
+                r.errs().add(r.path_of("address"), cfg::quote(*addr) + " is not an address (use \"127.0.0.1:8080\" or \"[::1]:8080\")");
+            }
+        }
+        r.finish();
+        c.listeners.push_back(std::move(l));
+    });
+    if (c.listeners.empty() && root.is_object() && root.has("listeners")) {
+        root.errs().add("listeners", "needs at least one listener");
+    }
+}
+
+void parse_limits(cfg::object_reader& root, config& c) {
+    auto e = root.object("limits");
+    if (!e) {
+        return;
+    }
+    cfg::object_reader r{*e, "limits", root.errs()};
+    auto& l = c.limits;
+    auto size = [&](std::string_view key, std::size_t& out, std::int64_t min, std::int64_t max) {
+        if (auto v = r.integer(key, false, min, max)) {
+            out = static_cast<std::size_t>(*v);
+        }
+    };
+    auto dur = [&](std::string_view key, milliseconds& out, milliseconds min) {
+        if (auto v = r.duration(key, false, min)) {
+            out = *v;
+        }
+    };
+    size("header_bytes", l.header_bytes, 1024, 1 << 20);
+    size("header_count", l.header_count, 8, 10'000);
+    size("body_bytes", l.body_bytes, 0, std::int64_t{1} << 32);
+    size("upstream_body_bytes", l.upstream_body_bytes, 1024, std::int64_t{1} << 32);
+    size("max_connections", l.max_connections, 1, 1'000'000);
+    size("max_requests_per_connection", l.max_requests_per_connection, 0, INT64_MAX);
+    dur("header_timeout", l.header_timeout, milliseconds{1});
+    dur("body_timeout", l.body_timeout, milliseconds{1});
+    dur("idle_timeout", l.idle_timeout, milliseconds{1});
+    dur("write_timeout", l.write_timeout, milliseconds{1});
+    dur("drain_timeout", l.drain_timeout, milliseconds{0});
+    r.finish();
+}
+
+void parse_upstreams(cfg::object_reader& root, config& c) {
+    std::set<std::string> names;
+    each_item(root, "upstreams", true, [&](simdjson::dom::element e, const std::string& path) {
+        cfg::object_reader r{e, path, root.errs()};
+        upstream_config u;
+        if (auto name = r.string("name", true)) {
+            if (!valid_name(*name)) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is not a valid name (letters, digits, - _ .)");
+            } else if (!names.insert(*name).second) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is used by another upstream");
+            }
+            u.name = *name;
+        }
+        if (auto url = r.string("url", true)) {
+            u.url = *url;
+            auto parsed = boost::urls::parse_absolute_uri(*url);
+            const std::string where = r.path_of("url");
+            if (!parsed) {
+                r.errs().add(where, cfg::quote(*url) + " is not an absolute URL");
+            } else {
+                const auto scheme = parsed->scheme();
+                if (scheme == "https") {
+                    u.tls = true;
+                    u.port = 443;
+                } else if (scheme == "http") {
+                    u.port = 80;
+                } else {
+                    r.errs().add(where, cfg::quote(*url) + ": scheme must be http or https");
+                }
+                std::string host{parsed->encoded_host()};
+                if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+                    host = host.substr(1, host.size() - 2);
+                }
+                if (host.empty()) {
+                    r.errs().add(where, cfg::quote(*url) + " has no host");
+                }
+                u.host = host;
+                if (parsed->has_port()) {
+                    const auto p = parsed->port_number();
+                    if (p == 0) {
+                        r.errs().add(where, cfg::quote(*url) + " has an invalid port");
+                    }
+                    u.port = p;
+                }
+                u.authority = std::string{parsed->encoded_host_and_port()};
+                std::string p{parsed->encoded_path()};
+                while (!p.empty() && p.back() == '/') {
+                    p.pop_back();
+                }
+                u.base_path = p;
+                if (parsed->has_query() || parsed->has_fragment() || parsed->has_userinfo()) {
+                    r.errs().add(where, cfg::quote(*url) + " must not carry a query, fragment or user info");
+                }
+            }
+        }
+        if (auto v = r.duration("timeout", false, milliseconds{1})) {
+            u.timeout = *v;
+        }
+        if (auto v = r.duration("connect_timeout", false, milliseconds{1})) {
+            u.connect_timeout = *v;
+        }
+        if (auto v = r.integer("max_connections", false, 1, 100'000)) {
+            u.max_connections = static_cast<std::size_t>(*v);
+        }
+        if (auto v = r.duration("idle_timeout", false, milliseconds{1})) {
+            u.idle_timeout = *v;
+        }
+        if (auto v = r.string("ca_file")) {
+            u.ca_file = *v;
+            std::ifstream probe{*v};
+            if (!probe) {
+                r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " cannot be read");
+            }
+        }
+        if (auto v = r.boolean("verify")) {
+            u.verify = *v;
+        }
+        if (!u.tls && (r.has("ca_file"))) {
+            r.errs().add(r.path_of("ca_file"), "is only meaningful for an https upstream");
+        }
+        r.finish();
+        c.upstreams.push_back(std::move(u));
+    });
+}
+
+void parse_routes(cfg::object_reader& root, config& c) {
+    std::set<std::string> names;
+    each_item(root, "routes", true, [&](simdjson::dom::element e, const std::string& path) {
+        cfg::object_reader r{e, path, root.errs()};
+        route_config rt;
+        if (auto name = r.string("name", true)) {
+            if (!valid_name(*name)) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is not a valid name (letters, digits, - _ .)");
+            } else if (!names.insert(*name).second) {
+                r.errs().add(r.path_of("name"), cfg::quote(*name) + " is used by another route");
+            }
+            rt.name = *name;
+        }
+        if (auto m = r.object("match", true)) {
+            cfg::object_reader mr{*m, r.path_of("match"), root.errs()};
+            if (auto v = mr.string("host")) {
+                rt.match.host = *v;
+            }
+            if (auto v = mr.string("path")) {
+                if (v->empty() || v->front() != '/') {
+                    mr.errs().add(mr.path_of("path"), cfg::quote(*v) + " must start with /");
+                }
+                rt.match.path = *v;
+            }
+            if (auto v = mr.string("path_prefix")) {
+                if (v->empty() || v->front() != '/') {
+                    mr.errs().add(mr.path_of("path_prefix"), cfg::quote(*v) + " must start with /");
+                }
+                rt.match.path_prefix = *v;
+            }
+            if (auto v = mr.strings("methods")) {
+                std::size_t i = 0;
+                for (auto& m : *v) {
+                    if (m.empty() || !std::all_of(m.begin(), m.end(), is_token_char)) {
+                        mr.errs().add(cfg::child(mr.path_of("methods"), i), cfg::quote(m) + " is not an HTTP method");
+                    }
+                    std::transform(m.begin(), m.end(), m.begin(), [](char ch) { return std::toupper(static_cast<unsigned char>(ch)); });
+                    ++i;
+                }
+                rt.match.methods = std::move(*v);
+            }
+            if (!rt.match.path.empty() && !rt.match.path_prefix.empty()) {
+                mr.errs().add(mr.path_of("path"), "give either path or path_prefix, not both");
+            }
+            if (rt.match.path.empty() && rt.match.path_prefix.empty()) {
+                rt.match.path_prefix = "/";
+            }
+            mr.finish();
+        }
+        if (auto v = r.string("upstream", true)) {
+            rt.upstream = *v;
+            auto it = std::find_if(c.upstreams.begin(), c.upstreams.end(), [&](const upstream_config& u) { return u.name == *v; });
+            if (it == c.upstreams.end()) {
+                r.errs().add(r.path_of("upstream"), cfg::quote(*v) + " is not a configured upstream");
+            } else {
+                rt.upstream_index = static_cast<std::size_t>(it - c.upstreams.begin());
+            }
+        }
+        if (auto v = r.duration("timeout", false, milliseconds{1})) {
+            rt.timeout = *v;
+        }
+        r.finish();
+        c.routes.push_back(std::move(rt));
+    });
+}
+
+void parse_log(cfg::object_reader& root, config& c) {
+    auto e = root.object("log");
+    if (!e) {
+        return;
+    }
+    cfg::object_reader r{*e, "log", root.errs()};
+    if (auto v = r.string("level")) {
+        static constexpr std::string_view levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+        if (std::find(std::begin(levels), std::end(levels), *v) == std::end(levels)) {
+            r.errs().add(r.path_of("level"), cfg::quote(*v) + " is not a level (trace, debug, info, warn, error, critical, off)");
+        }
+        c.log.level = *v;
+    }
+    if (auto v = r.string("access_log")) {
+        if (v->empty()) {
+            r.errs().add(r.path_of("access_log"), "must be \"off\", \"stdout\", \"stderr\" or a file path");
+        }
+        c.log.access_log = *v;
+    }
+    r.finish();
+}
+
+}  // namespace
+
+const route_config* config::find_route(std::string_view name) const {
+    for (const auto& r : routes) {
+        if (r.name == name) {
+            return &r;
+        }
+    }
+    return nullptr;
+}
+
+std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text) {
+    std::string_view host;
+    std::string_view port;
+    if (!text.empty() && text.front() == '[') {
+        const auto close = text.find(']');
+        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+            return std::nullopt;
+        }
+        host = text.substr(1, close - 1);
+        port = text.substr(close + 2);
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string_view::npos) {
+            return std::nullopt;
+        }
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+        if (host.find(':') != std::string_view::npos) {
+            return std::nullopt;
+        }
+    }
+    if (host.empty() || port.empty()) {
+        return std::nullopt;
+    }
+    unsigned p = 0;
+    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (ec != std::errc{} || ptr != port.data() + port.size() || p > 65535) {
+        return std::nullopt;
+    }
+    // Only literal addresses: a listener never depends on DNS at start-up.
+    if (!boost::urls::parse_ipv4_address(host) && !boost::urls::parse_ipv6_address(host)) {
+        return std::nullopt;
+    }
+    return std::pair{std::string{host}, static_cast<std::uint16_t>(p)};
+}
+
+parse_result parse_config(std::string_view json_text) {
+    parse_result out;
+    simdjson::dom::parser parser;
+    simdjson::padded_string padded{json_text};
+    simdjson::dom::element doc;
+    if (auto err = parser.parse(padded).get(doc); err) {
+        out.errors.add("", std::string{"the file is not valid JSON: "} + simdjson::error_message(err));
+        return out;
+    }
+    auto c = std::make_shared<config>();
+    cfg::object_reader root{doc, "", out.errors};
+    if (!root.is_object()) {
+        return out;
+    }
+    if (auto w = root.integer("workers", false, 0, 256)) {
+        c->workers = static_cast<unsigned>(*w);
+    }
+    parse_listeners(root, *c);
+    parse_limits(root, *c);
+    parse_upstreams(root, *c);
+    parse_routes(root, *c);
+    parse_log(root, *c);
+
+    std::vector<std::string> route_names;
+    for (const auto& r : c->routes) {
+        route_names.push_back(r.name);
+    }
+    auto fm = root.value("failure_modes");
+    auto rl = root.value("rules");
+    if (fm || rl) {
+        c->rules = rules::parse_rules(fm ? &*fm : nullptr, rl ? &*rl : nullptr, route_names, out.errors);
+    }
+
+    // Sections of the product that this build does not implement yet are refused rather
+    // than silently ignored: an operator who configures a breaker must not believe it is
+    // guarding traffic when it is not.
+    for (std::string_view section : {"admin", "store", "breakers", "agents", "alerts", "cluster"}) {
+        if (root.has(section)) {
+            root.value(section);
+            out.errors.add(std::string{section}, "is not supported by this build of breakerbox yet");
+        }
+    }
+    root.finish();
+
+    if (out.errors.empty()) {
+        out.cfg = std::move(c);
+    }
+    return out;
+}
+
+parse_result load_config_file(const std::string& path) {
+    std::ifstream in{path, std::ios::binary};
+    if (!in) {
+        parse_result out;
+        out.errors.add("", "cannot read config file " + cfg::quote(path));
+        return out;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return parse_config(ss.str());
+}
+
+}  // namespace bb

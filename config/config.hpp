@@ -1,0 +1,104 @@
+#pragma once
+// The whole breakerbox config as plain structs. Parsed once (parse_config), every error
+// reported with its JSON path, all cross-field checks in one place; shared read-only as
+// std::shared_ptr<const config> and replaced whole on reload.
+
+#include "core/json_reader.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+namespace rules {
+class rule_set;
+}
+
+using std::chrono::milliseconds;
+
+struct listener_config {
+    std::string name;
+    std::string host;  // literal IP address
+    std::uint16_t port = 0;
+};
+
+struct limits_config {
+    std::size_t header_bytes = 32 * 1024;        // request line + headers -> 431
+    std::size_t header_count = 100;              // -> 431
+    std::size_t body_bytes = 10 * 1024 * 1024;   // request body -> 413
+    std::size_t upstream_body_bytes = 64 * 1024 * 1024;  // upstream response body -> 502
+    milliseconds header_timeout{10'000};         // whole request head -> 408, close
+    milliseconds body_timeout{30'000};           // whole request body -> 408, close
+    milliseconds idle_timeout{60'000};           // keep-alive wait for the next request
+    milliseconds write_timeout{30'000};          // writing a response to a client
+    std::size_t max_connections = 10'000;        // per process, over it: refuse fast
+    std::size_t max_requests_per_connection = 0; // 0: unlimited
+    milliseconds drain_timeout{30'000};          // SIGTERM grace period
+};
+
+struct upstream_config {
+    std::string name;
+    std::string url;
+    bool tls = false;
+    std::string host;       // host name or address to connect to; also SNI and Host header
+    std::uint16_t port = 0;
+    std::string base_path;  // prefixed to every request target ("" or "/base")
+    std::string authority;  // Host header value sent upstream ("api.sendgrid.com", "127.0.0.1:9000")
+    milliseconds timeout{15'000};         // default response timeout for routes
+    milliseconds connect_timeout{5'000};  // TCP connect + TLS handshake
+    std::size_t max_connections = 1024;   // per worker thread
+    milliseconds idle_timeout{30'000};    // idle pooled connection lifetime
+    std::string ca_file;    // empty: the system trust store
+    bool verify = true;     // TLS certificate + name verification; false only for tests
+};
+
+struct route_match {
+    std::string host;         // "" any; otherwise exact (case-insensitive, port ignored)
+    std::string path;         // exact path, "" none
+    std::string path_prefix;  // prefix, "" none
+    std::vector<std::string> methods;  // empty: any
+};
+
+struct route_config {
+    std::string name;
+    route_match match;
+    std::string upstream;
+    std::size_t upstream_index = 0;
+    milliseconds timeout{0};  // response timeout; 0 -> the upstream's
+};
+
+struct log_config {
+    std::string level = "info";       // trace, debug, info, warn, error, critical, off
+    std::string access_log = "stdout";  // "off", "stdout", "stderr", or a file path
+};
+
+struct config {
+    unsigned workers = 0;  // 0: one per core
+    std::vector<listener_config> listeners;
+    limits_config limits;
+    std::vector<upstream_config> upstreams;
+    std::vector<route_config> routes;
+    log_config log;
+    std::shared_ptr<const rules::rule_set> rules;  // may be null when no rules
+
+    const route_config* find_route(std::string_view name) const;
+};
+
+struct parse_result {
+    std::shared_ptr<const config> cfg;  // null when errors is not empty
+    cfg::errors errors;
+};
+
+// Parses JSON text; never throws. Every problem is in `errors`, each with its path.
+parse_result parse_config(std::string_view json_text);
+// Reads and parses a file; an unreadable file is one error at path "".
+parse_result load_config_file(const std::string& path);
+
+// "127.0.0.1:8080", "[::1]:8080" -> host, port. nullopt when malformed.
+std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text);
+
+}  // namespace bb

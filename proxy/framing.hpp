@@ -1,0 +1,33 @@
+#pragma once
+// Strict request framing, checked on the raw bytes of the request head before Beast sees
+// them. Boost 1.81's parser accepts several ambiguous forms (obs-fold, `chunked, gzip`,
+// list-valued Content-Length, CL together with TE, HTTP/1.0 with TE); a proxy that lets
+// those through can be desynchronised from its upstream (request smuggling), so each is a
+// 400 and the connection is closed.
+//
+// Pure functions of their input: no I/O, no Beast; thread-safe.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace bb::proxy {
+
+struct head_verdict {
+    int status = 0;         // 0: acceptable; otherwise the status to answer with
+    std::string code;       // machine-readable error code, e.g. "bad_framing"
+    std::string message;    // for people
+    bool ok() const { return status == 0; }
+};
+
+// `raw` is the request line and header fields including the final empty line (CRLF CRLF).
+head_verdict check_request_head(std::string_view raw, std::size_t max_header_count);
+
+// Position just past the CRLF CRLF that ends a head in `data`, or npos. `from` lets a
+// caller resume the search after more bytes arrive.
+std::size_t find_head_end(std::string_view data, std::size_t from = 0);
+
+bool iequals(std::string_view a, std::string_view b);
+bool is_token(std::string_view s);
+
+}  // namespace bb::proxy

@@ -1,0 +1,105 @@
+// breakerbox --config FILE [--log-level LEVEL]
+// breakerbox --check-config FILE
+#include "config/config.hpp"
+#include "proxy/server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+namespace {
+
+constexpr const char* usage =
+    "usage: breakerbox --config FILE [--log-level trace|debug|info|warn|error|critical|off]\n"
+    "       breakerbox --check-config FILE\n"
+    "       breakerbox --version\n";
+
+int check_config(const std::string& path) {
+    auto parsed = bb::load_config_file(path);
+    if (!parsed.errors.empty()) {
+        std::cerr << path << ": " << parsed.errors.size() << " error(s)\n";
+        for (const auto& e : parsed.errors.list()) {
+            std::cerr << e.to_string() << '\n';
+        }
+        return 1;
+    }
+    std::cout << path << ": ok (" << parsed.cfg->listeners.size() << " listener(s), " << parsed.cfg->upstreams.size()
+              << " upstream(s), " << parsed.cfg->routes.size() << " route(s))\n";
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string config_path;
+    std::string check_path;
+    std::string log_level;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto value = [&](const char* name) -> std::string {
+            if (i + 1 >= argc) {
+                std::cerr << "breakerbox: " << name << " needs a value\n" << usage;
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (arg == "--config") {
+            config_path = value("--config");
+        } else if (arg == "--check-config") {
+            check_path = value("--check-config");
+        } else if (arg == "--log-level") {
+            log_level = value("--log-level");
+        } else if (arg == "--version") {
+            std::cout << "breakerbox 0.1.0\n";
+            return 0;
+        } else if (arg == "--help" || arg == "-h") {
+            std::cout << usage;
+            return 0;
+        } else {
+            std::cerr << "breakerbox: unknown argument " << arg << "\n" << usage;
+            return 2;
+        }
+    }
+    if (!check_path.empty()) {
+        return check_config(check_path);
+    }
+    if (config_path.empty()) {
+        std::cerr << usage;
+        return 2;
+    }
+    auto parsed = bb::load_config_file(config_path);
+    if (!parsed.errors.empty()) {
+        std::cerr << "breakerbox: " << config_path << ": " << parsed.errors.size() << " error(s)\n";
+        for (const auto& e : parsed.errors.list()) {
+            std::cerr << e.to_string() << '\n';
+        }
+        return 1;
+    }
+    const std::string level = log_level.empty() ? parsed.cfg->log.level : log_level;
+    if (spdlog::level::from_str(level) == spdlog::level::off && level != "off") {
+        std::cerr << "breakerbox: --log-level " << level << " is not a level\n" << usage;
+        return 2;
+    }
+    bb::proxy::init_logging(level);
+    std::signal(SIGPIPE, SIG_IGN);
+    try {
+        bb::proxy::server srv{parsed.cfg, {config_path, true}};
+        srv.start();
+        for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
+            const auto& l = parsed.cfg->listeners[i];
+            const bool v6 = l.host.find(':') != std::string::npos;
+            spdlog::info("listener {} on http://{}{}{}:{} ({} worker(s))", l.name, v6 ? "[" : "", l.host, v6 ? "]" : "",
+                         srv.bound_port(i), srv.worker_count());
+        }
+        const int rc = srv.run();
+        spdlog::info("stopped");
+        return rc;
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,462 @@
+#include "proxy/server.hpp"
+
+#include "proxy/responses.hpp"
+#include "proxy/session.hpp"
+#include "proxy/upstream.hpp"
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <spdlog/async.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <sys/socket.h>
+
+#include <future>
+#include <stdexcept>
+
+namespace bb::proxy {
+
+namespace {
+
+bool same_upstream(const upstream_config& a, const upstream_config& b) {
+    return a.name == b.name && a.url == b.url && a.timeout == b.timeout && a.connect_timeout == b.connect_timeout &&
+           a.max_connections == b.max_connections && a.idle_timeout == b.idle_timeout && a.ca_file == b.ca_file &&
+           a.verify == b.verify;
+}
+
+bool same_listeners(const config& a, const config& b) {
+    if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.listeners.size(); ++i) {
+        if (a.listeners[i].name != b.listeners[i].name || a.listeners[i].host != b.listeners[i].host ||
+            a.listeners[i].port != b.listeners[i].port) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Runs `f` on the worker's thread and waits for it: used for control actions (config
+// swap, drain) that must have happened on every worker before the caller goes on.
+template <class F>
+void run_on(asio::io_context& ioc, F&& f) {
+    std::promise<void> done;
+    asio::post(ioc, [&] {
+        f();
+        done.set_value();
+    });
+    done.get_future().wait();
+}
+
+std::shared_ptr<spdlog::logger> make_access_log(const log_config& cfg) {
+    if (cfg.access_log == "off") {
+        return nullptr;
+    }
+    if (!spdlog::thread_pool()) {
+        // One background thread does the writing; the queue is bounded and a full queue
+        // drops the oldest line rather than blocking a worker (the data plane never waits
+        // on logging).
+        spdlog::init_thread_pool(65536, 1);
+    }
+    spdlog::sink_ptr sink;
+    if (cfg.access_log == "stdout") {
+        sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
+    } else if (cfg.access_log == "stderr") {
+        sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    } else {
+        sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.access_log);
+    }
+    auto log = std::make_shared<spdlog::async_logger>("access", sink, spdlog::thread_pool(),
+                                                      spdlog::async_overflow_policy::overrun_oldest);
+    log->set_pattern("%v");
+    log->set_level(spdlog::level::info);
+    log->flush_on(spdlog::level::info);
+    return log;
+}
+
+}  // namespace
+
+void init_logging(const std::string& level) {
+    auto log = spdlog::default_logger();
+    log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ breakerbox: %v");
+    log->set_level(spdlog::level::from_str(level));
+    log->flush_on(spdlog::level::info);
+}
+
+// ---- worker --------------------------------------------------------------------------
+
+worker::worker(server& owner, unsigned index, std::shared_ptr<const config> cfg, spdlog::logger* access_log)
+    : owner_(owner), index_(index), access_log_(access_log) {
+    apply_config(std::move(cfg));
+}
+
+worker::~worker() {
+    // I/O objects must go before the io_context they belong to.
+    sweep_timer_.reset();
+    acceptors_.clear();
+    pools_.clear();
+}
+
+std::shared_ptr<upstream_pool> worker::pool(std::size_t upstream_index) {
+    return pools_.at(upstream_index);
+}
+
+std::list<session_handle>::iterator worker::register_session(beast::tcp_stream* s) {
+    sessions_.push_front(session_handle{s, false});
+    return sessions_.begin();
+}
+
+void worker::unregister_session(std::list<session_handle>::iterator it) {
+    sessions_.erase(it);
+}
+
+void worker::apply_config(std::shared_ptr<const config> cfg) {
+    std::vector<std::shared_ptr<upstream_pool>> pools;
+    pools.reserve(cfg->upstreams.size());
+    for (const auto& u : cfg->upstreams) {
+        std::shared_ptr<upstream_pool> keep;
+        // An unchanged upstream keeps its warm connections across a reload.
+        for (auto& old : pools_) {
+            if (old && same_upstream(old->cfg(), u)) {
+                keep = old;
+                break;
+            }
+        }
+        if (!keep) {
+            keep = std::make_shared<upstream_pool>(ioc_.get_executor(), u, cfg->limits.upstream_body_bytes);
+        }
+        pools.push_back(std::move(keep));
+    }
+    for (auto& old : pools_) {
+        if (std::find(pools.begin(), pools.end(), old) == pools.end()) {
+            old->retire();
+        }
+    }
+    pools_ = std::move(pools);
+    cfg_ = std::move(cfg);
+}
+
+void worker::start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> acceptors) {
+    acceptors_ = std::move(acceptors);
+    for (auto& a : acceptors_) {
+        asio::co_spawn(ioc_, accept_loop(a), [](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    spdlog::error("accept loop ended: {}", ex.what());
+                }
+            }
+        });
+    }
+    sweep_timer_ = std::make_unique<asio::steady_timer>(ioc_);
+    asio::co_spawn(ioc_, sweep_loop(), asio::detached);
+}
+
+void worker::refuse(tcp::socket& s) {
+    // Over the connection limit: one non-blocking write of a canned 503, then close.
+    const auto text = overload_response();
+    ::send(s.native_handle(), text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    error_code ignored;
+    s.shutdown(tcp::socket::shutdown_both, ignored);
+    s.close(ignored);
+}
+
+asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> acceptor) {
+    for (;;) {
+        auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
+        if (ec) {
+            if (ec == asio::error::operation_aborted || !acceptor->is_open()) {
+                co_return;
+            }
+            // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+            spdlog::warn("accept failed on worker {}: {}", index_, ec.message());
+            asio::steady_timer t{ioc_, std::chrono::milliseconds{50}};
+            co_await t.async_wait(use_tuple);
+            continue;
+        }
+        if (!owner_.try_admit()) {
+            refuse(socket);
+            continue;
+        }
+        asio::co_spawn(ioc_, run_session(*this, std::move(socket)), [](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    spdlog::error("session ended with an exception: {}", ex.what());
+                }
+            }
+        });
+    }
+}
+
+asio::awaitable<void> worker::sweep_loop() {
+    while (!stopped_) {
+        sweep_timer_->expires_after(std::chrono::seconds{1});
+        auto [ec] = co_await sweep_timer_->async_wait(use_tuple);
+        if (ec || stopped_) {
+            co_return;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        for (auto& p : pools_) {
+            p->sweep(now);
+        }
+    }
+}
+
+void worker::begin_drain() {
+    draining_ = true;
+    for (auto& a : acceptors_) {
+        error_code ignored;
+        a->close(ignored);
+    }
+    // Wake connections that are idle between requests; busy ones finish their request
+    // and then close because draining_ is set.
+    for (auto& s : sessions_) {
+        if (s.idle) {
+            s.stream->cancel();
+        }
+    }
+}
+
+void worker::shutdown() {
+    stopped_ = true;
+    draining_ = true;
+    for (auto& a : acceptors_) {
+        error_code ignored;
+        a->close(ignored);
+    }
+    for (auto& s : sessions_) {
+        s.stream->cancel();
+        s.stream->socket().close();
+    }
+    if (sweep_timer_) {
+        sweep_timer_->cancel();
+    }
+    for (auto& p : pools_) {
+        p->close_idle();
+    }
+}
+
+// ---- server --------------------------------------------------------------------------
+
+server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(std::move(cfg)), opts_(std::move(opts)) {
+    access_log_ = make_access_log(cfg_->log);
+    unsigned n = cfg_->workers;
+    if (n == 0) {
+        n = std::max(1u, std::thread::hardware_concurrency());
+    }
+    for (unsigned i = 0; i < n; ++i) {
+        workers_.push_back(std::make_unique<worker>(*this, i, cfg_, access_log_.get()));
+    }
+}
+
+server::~server() {
+    if (!threads_.empty()) {
+        for (auto& w : workers_) {
+            w->ioc().stop();
+        }
+        for (auto& t : threads_) {
+            if (t.joinable()) {
+                t.join();
+            }
+        }
+    }
+    if (access_log_) {
+        access_log_->flush();
+    }
+}
+
+std::shared_ptr<const config> server::current_config() const {
+    std::lock_guard lock{cfg_mutex_};
+    return cfg_;
+}
+
+bool server::try_admit() {
+    const auto max = cfg_->limits.max_connections;
+    auto cur = connections_.load(std::memory_order_relaxed);
+    do {
+        if (cur >= max) {
+            return false;
+        }
+    } while (!connections_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
+    return true;
+}
+
+void server::release_connection() {
+    connections_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void server::start() {
+    // One acceptor per worker per listener, all bound to the same port with SO_REUSEPORT:
+    // the kernel spreads connections across workers and no accept ever crosses threads.
+    std::vector<std::vector<std::shared_ptr<tcp::acceptor>>> per_worker(workers_.size());
+    for (const auto& l : cfg_->listeners) {
+        std::uint16_t port = l.port;
+        for (std::size_t i = 0; i < workers_.size(); ++i) {
+            auto acc = std::make_shared<tcp::acceptor>(workers_[i]->ioc());
+            error_code ec;
+            const tcp::endpoint ep{asio::ip::make_address(l.host), port};
+            acc->open(ep.protocol(), ec);
+            if (!ec) {
+                acc->set_option(asio::socket_base::reuse_address(true), ec);
+            }
+            if (!ec) {
+                const int one = 1;
+                if (::setsockopt(acc->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+                    ec = error_code{errno, boost::system::system_category()};
+                }
+            }
+            if (!ec) {
+                acc->bind(ep, ec);
+            }
+            if (!ec) {
+                acc->listen(asio::socket_base::max_listen_connections, ec);
+            }
+            if (ec) {
+                throw std::runtime_error("listener " + l.name + ": cannot listen on " + l.host + ":" +
+                                         std::to_string(port) + ": " + ec.message());
+            }
+            port = acc->local_endpoint().port();
+            per_worker[i].push_back(std::move(acc));
+        }
+        ports_.push_back(port);
+    }
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+        auto* w = workers_[i].get();
+        w->start_accepting(std::move(per_worker[i]));
+        threads_.emplace_back([w] { w->ioc().run(); });
+    }
+    started_ = true;
+}
+
+std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg) {
+    std::vector<std::string> warnings;
+    std::shared_ptr<const config> effective = cfg;
+    {
+        std::lock_guard lock{cfg_mutex_};
+        if (!same_listeners(*cfg_, *cfg)) {
+            warnings.push_back("listeners and workers are fixed until restart; the new listener settings were not applied");
+            auto patched = std::make_shared<config>(*cfg);
+            patched->listeners = cfg_->listeners;
+            patched->workers = cfg_->workers;
+            effective = patched;
+        }
+        cfg_ = effective;
+    }
+    for (auto& w : workers_) {
+        run_on(w->ioc(), [&] { w->apply_config(effective); });
+    }
+    return warnings;
+}
+
+cfg::errors server::reload_from_file() {
+    auto parsed = load_config_file(opts_.config_path);
+    if (!parsed.errors.empty()) {
+        return parsed.errors;
+    }
+    for (const auto& w : apply_config(parsed.cfg)) {
+        spdlog::warn("reload: {}", w);
+    }
+    return {};
+}
+
+void server::request_stop() {
+    if (stop_requested_.exchange(true)) {
+        return;
+    }
+    asio::post(control_, [] {});
+}
+
+int server::run() {
+    if (!started_) {
+        start();
+    }
+    std::optional<asio::signal_set> signals;
+    bool stopping = false;
+    std::function<void()> wait_signal;
+    if (opts_.handle_signals) {
+        signals.emplace(control_, SIGINT, SIGTERM, SIGHUP);
+        wait_signal = [&] {
+            signals->async_wait([&](const error_code& ec, int sig) {
+                if (ec) {
+                    return;
+                }
+                if (sig == SIGHUP) {
+                    if (opts_.config_path.empty()) {
+                        spdlog::warn("SIGHUP: no config file to reload");
+                    } else {
+                        auto errs = reload_from_file();
+                        if (errs.empty()) {
+                            spdlog::info("SIGHUP: configuration reloaded from {}", opts_.config_path);
+                        } else {
+                            spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving",
+                                          errs.size());
+                            for (const auto& e : errs.list()) {
+                                spdlog::error("  {}", e.to_string());
+                            }
+                        }
+                    }
+                    wait_signal();
+                    return;
+                }
+                spdlog::info("signal {}: draining (grace period {})", sig,
+                             cfg::format_duration(current_config()->limits.drain_timeout));
+                stop_requested_ = true;
+            });
+        };
+        wait_signal();
+    }
+    // The control thread polls the stop flag and the drain; it never touches the data plane.
+    asio::steady_timer tick{control_};
+    std::chrono::steady_clock::time_point drain_deadline{};
+    std::function<void()> poll = [&] {
+        tick.expires_after(std::chrono::milliseconds{20});
+        tick.async_wait([&](const error_code& ec) {
+            if (ec) {
+                return;
+            }
+            if (stop_requested_ && !stopping) {
+                stopping = true;
+                drain_deadline = std::chrono::steady_clock::now() + current_config()->limits.drain_timeout;
+                for (auto& w : workers_) {
+                    run_on(w->ioc(), [&] { w->begin_drain(); });
+                }
+            }
+            if (stopping && (connections_.load() == 0 || std::chrono::steady_clock::now() >= drain_deadline)) {
+                if (connections_.load() != 0) {
+                    spdlog::warn("drain grace period over; closing {} connection(s)", connections_.load());
+                }
+                if (signals) {
+                    signals->cancel();
+                }
+                return;
+            }
+            poll();
+        });
+    };
+    poll();
+    control_.run();
+    for (auto& w : workers_) {
+        run_on(w->ioc(), [&] { w->shutdown(); });
+    }
+    for (auto& w : workers_) {
+        w->ioc().stop();
+    }
+    for (auto& t : threads_) {
+        t.join();
+    }
+    threads_.clear();
+    if (access_log_) {
+        access_log_->flush();
+    }
+    return 0;
+}
+
+}  // namespace bb::proxy

@@ -1,0 +1,632 @@
+#include "proxy/session.hpp"
+
+#include "core/json_reader.hpp"
+#include "proxy/framing.hpp"
+#include "proxy/responses.hpp"
+#include "proxy/server.hpp"
+#include "proxy/upstream.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <chrono>
+#include <random>
+
+namespace bb::proxy {
+
+namespace {
+
+using namespace asio::experimental::awaitable_operators;
+using clock_type = std::chrono::steady_clock;
+
+// ---- small helpers -------------------------------------------------------------------
+
+std::string new_request_id() {
+    // Per-thread generator: request ids need uniqueness, not secrecy.
+    thread_local std::mt19937_64 rng{std::random_device{}() ^ (std::uint64_t(std::random_device{}()) << 32)};
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string id(32, '0');
+    for (int half = 0; half < 2; ++half) {
+        auto v = rng();
+        for (int i = 0; i < 16; ++i) {
+            id[half * 16 + i] = hex[v & 0xf];
+            v >>= 4;
+        }
+    }
+    return id;
+}
+
+bool acceptable_request_id(std::string_view id) {
+    return !id.empty() && id.size() <= 128 && std::all_of(id.begin(), id.end(), [](char c) {
+        return c > 0x20 && c < 0x7f && c != '"' && c != '\\';
+    });
+}
+
+bool idempotent(http::verb v) {
+    return v == http::verb::get || v == http::verb::head || v == http::verb::options;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+bool starts_with_icase(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+// RFC 9110 §7.6.1: Connection and the fields it names, plus the fixed hop-by-hop set,
+// apply to one connection only and are never forwarded (in either direction).
+template <class Fields>
+void strip_hop_by_hop(Fields& f) {
+    std::vector<std::string> named;
+    for (auto it = f.find(http::field::connection); it != f.end() && it->name() == http::field::connection; ++it) {
+        std::string_view v = it->value();
+        while (!v.empty()) {
+            const auto comma = v.find(',');
+            const auto token = trim(v.substr(0, comma));
+            if (!token.empty()) {
+                named.emplace_back(token);
+            }
+            v = comma == std::string_view::npos ? std::string_view{} : v.substr(comma + 1);
+        }
+    }
+    for (const auto& n : named) {
+        f.erase(n);
+    }
+    for (auto fld : {http::field::connection, http::field::keep_alive, http::field::te, http::field::trailer,
+                     http::field::transfer_encoding, http::field::upgrade}) {
+        f.erase(fld);
+    }
+    for (auto it = f.begin(); it != f.end();) {
+        if (starts_with_icase(it->name_string(), "proxy-")) {
+            it = f.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+void append_list(request& req, std::string_view name, std::string_view value) {
+    auto it = req.find(name);
+    if (it == req.end()) {
+        req.set(name, value);
+        return;
+    }
+    std::string joined{it->value()};
+    // Several lines of the same list field are one list (RFC 9110 §5.3).
+    for (auto next = std::next(it); next != req.end() && iequals(next->name_string(), name); ++next) {
+        joined += ", ";
+        joined += next->value();
+    }
+    joined += ", ";
+    joined += value;
+    req.set(name, joined);
+}
+
+struct target_parts {
+    std::string_view host;  // from absolute-form, else empty
+    std::string_view path;  // without query
+    std::string_view origin_form;  // path + query
+};
+
+bool split_target(std::string_view target, target_parts& out) {
+    if (target.front() == '/') {
+        out.origin_form = target;
+    } else if (starts_with_icase(target, "http://") || starts_with_icase(target, "https://")) {
+        // absolute-form (RFC 9112 §3.2.2): servers must accept it; route on its authority.
+        const auto scheme_end = target.find("://") + 3;
+        const auto slash = target.find('/', scheme_end);
+        out.host = target.substr(scheme_end, slash == std::string_view::npos ? std::string_view::npos : slash - scheme_end);
+        out.origin_form = slash == std::string_view::npos ? std::string_view{"/"} : target.substr(slash);
+    } else if (target == "*") {
+        out.origin_form = target;
+    } else {
+        return false;
+    }
+    out.path = out.origin_form.substr(0, out.origin_form.find('?'));
+    return true;
+}
+
+std::string_view host_without_port(std::string_view host) {
+    if (!host.empty() && host.front() == '[') {
+        const auto close = host.find(']');
+        return close == std::string_view::npos ? host : host.substr(0, close + 1);
+    }
+    const auto colon = host.rfind(':');
+    return colon == std::string_view::npos ? host : host.substr(0, colon);
+}
+
+const route_config* match_route(const config& cfg, std::string_view method, std::string_view host,
+                                std::string_view path) {
+    const auto bare_host = host_without_port(host);
+    for (const auto& r : cfg.routes) {
+        const auto& m = r.match;
+        if (!m.host.empty() && !iequals(m.host, bare_host)) {
+            continue;
+        }
+        if (!m.path.empty() && path != m.path) {
+            continue;
+        }
+        if (!m.path_prefix.empty() && path.substr(0, m.path_prefix.size()) != m.path_prefix) {
+            continue;
+        }
+        if (!m.methods.empty() && std::find(m.methods.begin(), m.methods.end(), method) == m.methods.end()) {
+            continue;
+        }
+        return &r;
+    }
+    return nullptr;
+}
+
+// ---- access log ----------------------------------------------------------------------
+
+struct log_record {
+    std::string_view request_id;
+    std::string_view client;
+    std::string method;
+    std::string_view target;
+    std::string_view route;
+    std::string_view upstream;
+    unsigned status = 0;
+    std::string_view decision;
+    std::string_view code;
+    std::size_t bytes_in = 0;
+    std::size_t bytes_out = 0;
+    clock_type::time_point started;
+    std::chrono::microseconds upstream_time{0};
+};
+
+void write_access_log(worker& w, const log_record& r) {
+    auto* log = w.access_log();
+    if (log == nullptr) {
+        return;
+    }
+    const auto total = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - r.started);
+    const auto ts = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+    std::string line;
+    line.reserve(320);
+    line += "{\"ts_ms\":" + std::to_string(ts);
+    line += ",\"request_id\":" + cfg::quote(r.request_id);
+    line += ",\"client\":" + cfg::quote(r.client);
+    line += ",\"method\":" + cfg::quote(r.method);
+    line += ",\"target\":" + cfg::quote(r.target.substr(0, 2048));
+    line += ",\"route\":" + (r.route.empty() ? std::string{"null"} : cfg::quote(r.route));
+    line += ",\"upstream\":" + (r.upstream.empty() ? std::string{"null"} : cfg::quote(r.upstream));
+    line += ",\"status\":" + std::to_string(r.status);
+    line += ",\"decision\":" + cfg::quote(r.decision);
+    line += ",\"code\":" + (r.code.empty() ? std::string{"null"} : cfg::quote(r.code));
+    line += ",\"bytes_in\":" + std::to_string(r.bytes_in);
+    line += ",\"bytes_out\":" + std::to_string(r.bytes_out);
+    line += ",\"duration_us\":" + std::to_string(total.count());
+    line += ",\"upstream_us\":" + std::to_string(r.upstream_time.count());
+    line += ",\"worker\":" + std::to_string(w.index());
+    line += '}';
+    log->info(line);
+}
+
+// ---- the client side -----------------------------------------------------------------
+
+enum class head_outcome { ok, closed, timeout, too_large };
+
+// Reads until the end of a request head (CRLF CRLF) without ever buffering more than
+// limits.header_bytes of head. `first`: the first request on the connection (its wait is
+// header_timeout and ends in 408; later waits are idle_timeout and end silently).
+asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(beast::tcp_stream& stream, beast::flat_buffer& buf,
+                                                                 const limits_config& lim, bool first,
+                                                                 session_handle& handle, const worker& w) {
+    bool deadline_from_first_byte = buf.size() > 0 || first;
+    stream.expires_after(deadline_from_first_byte ? lim.header_timeout : lim.idle_timeout);
+    std::size_t searched = 0;
+    for (;;) {
+        std::string_view data{static_cast<const char*>(buf.data().data()), buf.size()};
+        // RFC 9112 §2.2: ignore empty lines before a request line (bounded by header_bytes).
+        std::size_t skip = 0;
+        while (data.size() >= skip + 2 && data[skip] == '\r' && data[skip + 1] == '\n') {
+            skip += 2;
+        }
+        if (skip > 0) {
+            buf.consume(skip);
+            data.remove_prefix(skip);
+            searched = 0;
+        }
+        const auto end = find_head_end(data, searched);
+        if (end != std::string_view::npos) {
+            co_return std::pair{end > lim.header_bytes ? head_outcome::too_large : head_outcome::ok, end};
+        }
+        if (data.size() >= lim.header_bytes) {
+            co_return std::pair{head_outcome::too_large, std::size_t{0}};
+        }
+        searched = data.size();
+        handle.idle = buf.size() == 0 && !first;
+        if (handle.idle && w.draining()) {
+            co_return std::pair{head_outcome::closed, std::size_t{0}};
+        }
+        const std::size_t want = std::min<std::size_t>(16 * 1024, lim.header_bytes + 4 - data.size());
+        auto [ec, n] = co_await stream.async_read_some(buf.prepare(want), use_tuple);
+        handle.idle = false;
+        if (ec) {
+            if (ec == beast::error::timeout && buf.size() > 0) {
+                co_return std::pair{head_outcome::timeout, std::size_t{0}};
+            }
+            if (ec == beast::error::timeout && first) {
+                co_return std::pair{head_outcome::timeout, std::size_t{0}};
+            }
+            co_return std::pair{head_outcome::closed, std::size_t{0}};
+        }
+        buf.commit(n);
+        if (!deadline_from_first_byte) {
+            deadline_from_first_byte = true;
+            stream.expires_after(lim.header_timeout);
+        }
+    }
+}
+
+// Waits for the client to go away while the upstream works. Bytes that arrive meanwhile
+// (a pipelined next request) are kept in `buf`, up to `cap`; after that it only waits.
+asio::awaitable<void> watch_client(beast::tcp_stream& stream, beast::flat_buffer& buf, std::size_t cap) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto& sock = stream.socket();
+    for (;;) {
+        if (buf.size() >= cap) {
+            // Stop reading (back-pressure on the client) but stay cancellable.
+            asio::steady_timer forever{sock.get_executor(), asio::steady_timer::time_point::max()};
+            co_await forever.async_wait(use_tuple);
+            co_return;
+        }
+        auto [ec, n] = co_await sock.async_read_some(buf.prepare(std::min<std::size_t>(4096, cap - buf.size())), use_tuple);
+        if (ec) {
+            co_return;  // EOF / reset: the client left; or cancelled because the upstream answered
+        }
+        buf.commit(n);
+    }
+}
+
+// Closing a socket with unread input makes the kernel send RST, which can destroy the
+// error response we just wrote (a 413 while the client is still sending its body). Like
+// nginx's lingering_close: stop sending, then read and discard for a bounded time.
+asio::awaitable<void> lingering_close(beast::tcp_stream& stream) {
+    error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (!ec) {
+        stream.expires_after(std::chrono::seconds{2});
+        std::array<char, 16 * 1024> sink;
+        std::size_t discarded = 0;
+        while (discarded < 4 * 1024 * 1024) {
+            auto [rec, n] = co_await stream.async_read_some(asio::buffer(sink), use_tuple);
+            if (rec) {
+                break;
+            }
+            discarded += n;
+        }
+    }
+    stream.close();
+}
+
+struct session_guard {
+    worker& w;
+    std::list<session_handle>::iterator it;
+    session_guard(worker& wk, beast::tcp_stream* s) : w(wk), it(wk.register_session(s)) {}
+    ~session_guard() {
+        w.unregister_session(it);
+        w.owner().release_connection();
+    }
+    session_guard(const session_guard&) = delete;
+    session_guard& operator=(const session_guard&) = delete;
+};
+
+}  // namespace
+
+asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    beast::tcp_stream stream{std::move(socket)};
+    session_guard guard{w, &stream};
+    error_code ignored;
+    stream.socket().set_option(tcp::no_delay(true), ignored);
+    const auto remote = stream.socket().remote_endpoint(ignored);
+    const std::string client_ip = remote.address().to_string();
+    beast::flat_buffer buf;
+    std::uint64_t served = 0;
+
+    for (;;) {
+        // Hold this request's config: a reload may swap the worker's pointer meanwhile.
+        const std::shared_ptr<const config> cfg = w.cfg();
+        const limits_config& lim = cfg->limits;
+
+        // 1. The request head: bounded in bytes and time.
+        auto [outcome, head_len] = co_await read_head(stream, buf, lim, served == 0, *guard.it, w);
+        const auto started = clock_type::now();
+        std::string request_id = new_request_id();
+        log_record rec{};
+        rec.started = started;
+        rec.client = client_ip;
+
+        // Sends a response generated by breakerbox; false when the write failed.
+        auto reply = [&](const error_info& e, bool keep_alive) -> asio::awaitable<bool> {
+            auto res = make_error(e, request_id, 11, keep_alive);
+            stream.expires_after(lim.write_timeout);
+            auto [ec, n] = co_await http::async_write(stream, res, use_tuple);
+            ++w.stats().generated;
+            ++w.stats().responses_by_class[std::min(5u, res.result_int() / 100)];
+            rec.status = res.result_int();
+            rec.decision = e.decision;
+            rec.code = e.code;
+            rec.bytes_out = n;
+            rec.request_id = request_id;
+            write_access_log(w, rec);
+            co_return !ec;
+        };
+
+        if (outcome == head_outcome::closed) {
+            co_return;
+        }
+        if (outcome == head_outcome::timeout) {
+            co_await reply({http::status::request_timeout, "rejected", "header_timeout",
+                            "the request head did not arrive within " + cfg::format_duration(lim.header_timeout)},
+                           false);
+            break;
+        }
+        if (outcome == head_outcome::too_large) {
+            co_await reply({http::status::request_header_fields_too_large, "rejected", "headers_too_large",
+                            "the request head is larger than " + std::to_string(lim.header_bytes) + " bytes"},
+                           false);
+            break;
+        }
+        ++w.stats().requests;
+
+        // 2. Strict framing on the raw bytes, then Beast parses the same bytes.
+        const std::string_view raw_head{static_cast<const char*>(buf.data().data()), head_len};
+        if (auto verdict = check_request_head(raw_head, lim.header_count); !verdict.ok()) {
+            co_await reply({static_cast<http::status>(verdict.status), "rejected", verdict.code, verdict.message}, false);
+            break;
+        }
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(lim.header_bytes + 4));
+        parser.body_limit(lim.body_bytes);
+        beast::error_code pec;
+        parser.put(asio::buffer(buf.data().data(), head_len), pec);
+        buf.consume(head_len);
+        if (pec == http::error::body_limit) {
+            co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
+                            "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
+                           false);
+            break;
+        }
+        if (pec || !parser.is_header_done()) {
+            co_await reply({http::status::bad_request, "rejected", "bad_request",
+                            "the request head cannot be parsed: " + (pec ? pec.message() : std::string{"incomplete"})},
+                           false);
+            break;
+        }
+        {
+            auto& h = parser.get();
+            if (auto id = h["x-request-id"]; acceptable_request_id(id)) {
+                request_id.assign(id.data(), id.size());
+            }
+            rec.method = std::string{h.method_string()};
+            rec.target = h.target();
+            // Expect: only 100-continue is defined; answer it ourselves once limits allow.
+            if (auto expect = h[http::field::expect]; !expect.empty()) {
+                if (!iequals(expect, "100-continue")) {
+                    co_await reply({http::status::expectation_failed, "rejected", "bad_expect",
+                                    "only Expect: 100-continue is supported"},
+                                   false);
+                    break;
+                }
+                if (!parser.is_done()) {
+                    static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+                    stream.expires_after(lim.write_timeout);
+                    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(cont), use_tuple);
+                    if (ec) {
+                        co_return;
+                    }
+                }
+            }
+        }
+
+        // 3. The body: bounded in bytes and time.
+        if (!parser.is_done()) {
+            stream.expires_after(lim.body_timeout);
+            auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
+            if (ec == http::error::body_limit) {
+                co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
+                                "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
+                               false);
+                break;
+            }
+            if (ec == beast::error::timeout) {
+                co_await reply({http::status::request_timeout, "rejected", "body_timeout",
+                                "the request body did not arrive within " + cfg::format_duration(lim.body_timeout)},
+                               false);
+                break;
+            }
+            if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof ||
+                ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+                co_return;  // the client left mid-body: nothing to answer, nothing forwarded
+            }
+            if (ec) {
+                co_await reply({http::status::bad_request, "rejected", "bad_body",
+                                "the request body is malformed: " + ec.message()},
+                               false);
+                break;
+            }
+        }
+        stream.expires_never();
+        request req = parser.release();
+        ++served;
+        bool keep_alive = req.keep_alive() && !w.draining() &&
+                          (lim.max_requests_per_connection == 0 || served < lim.max_requests_per_connection);
+        const unsigned client_version = req.version();
+        rec.target = req.target();
+        rec.bytes_in = head_len + req.body().size();
+
+        // 4. Route.
+        target_parts tp;
+        if (!split_target(req.target(), tp)) {
+            if (!co_await reply({http::status::bad_request, "rejected", "bad_target",
+                                 "the request target must be an absolute path or an absolute URL"},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
+        const std::string original_host{tp.host.empty() ? std::string_view{req[http::field::host]} : tp.host};
+        const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path);
+        if (route == nullptr) {
+            if (!co_await reply({http::status::not_found, "rejected", "no_route",
+                                 "no route matches " + std::string{req.method_string()} + " " + std::string{tp.path}},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
+        rec.route = route->name;
+        const upstream_config& up = cfg->upstreams[route->upstream_index];
+        rec.upstream = up.name;
+
+        // 5. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
+        const std::string original_target{req.target()};
+        rec.target = original_target;
+        strip_hop_by_hop(req);
+        req.erase(http::field::expect);
+        req.erase(http::field::host);
+        req.set(http::field::host, up.authority);
+        if (!original_host.empty()) {
+            req.set("x-forwarded-host", original_host);
+        }
+        append_list(req, "x-forwarded-for", client_ip);
+        req.set("x-forwarded-proto", "http");
+        append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
+        req.set("x-request-id", request_id);
+        if (up.base_path.empty() || tp.origin_form == "*") {
+            req.target(tp.origin_form);
+        } else {
+            req.target(up.base_path + std::string{tp.origin_form});
+        }
+        req.version(11);
+        req.keep_alive(true);
+        req.prepare_payload();
+
+        // 6. Forward, racing the exchange against the client leaving: a client that hangs
+        //    up cancels the upstream request instead of leaving it running.
+        const bool is_head = req.method() == http::verb::head;
+        const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
+        auto pool = w.pool(route->upstream_index);
+        auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head) ||
+                               watch_client(stream, buf, lim.header_bytes));
+        if (raced.index() == 1) {
+            ++w.stats().client_aborts;
+            rec.status = 499;
+            rec.decision = "allowed";
+            rec.code = "client_closed";
+            rec.request_id = request_id;
+            write_access_log(w, rec);
+            co_return;
+        }
+        exchange_result ex = std::move(std::get<0>(raced));
+        rec.upstream_time = ex.elapsed;
+        if (ex.failure != upstream_failure::none) {
+            ++w.stats().upstream_failures;
+            error_info e{http::status::bad_gateway, "unavailable", "", ex.detail};
+            switch (ex.failure) {
+                case upstream_failure::pool_exhausted:
+                    e.status = http::status::service_unavailable;
+                    e.code = "upstream_overloaded";
+                    break;
+                case upstream_failure::connect_failed:
+                    e.code = "upstream_connect_failed";
+                    break;
+                case upstream_failure::connect_timeout:
+                    e.status = http::status::service_unavailable;
+                    e.code = "upstream_connect_timeout";
+                    break;
+                case upstream_failure::tls_failed:
+                    e.code = "upstream_tls_error";
+                    break;
+                case upstream_failure::failed_after_send:
+                    if (idempotent(req.method())) {
+                        e.code = "upstream_reset";
+                    } else {
+                        e.code = "upstream_outcome_unknown";
+                        e.message += "; the request may have reached the upstream and was not retried";
+                    }
+                    break;
+                case upstream_failure::timeout:
+                    e.status = http::status::gateway_timeout;
+                    e.code = "upstream_timeout";
+                    if (!idempotent(req.method())) {
+                        e.message += "; the request may have reached the upstream and was not retried";
+                    }
+                    break;
+                case upstream_failure::too_large:
+                    e.code = "upstream_response_too_large";
+                    break;
+                case upstream_failure::bad_response:
+                case upstream_failure::cancelled:
+                case upstream_failure::none:
+                    e.code = "upstream_bad_response";
+                    break;
+            }
+            if (!co_await reply(e, keep_alive) || !keep_alive) {
+                break;
+            }
+            continue;
+        }
+
+        // 7. The response, faithfully: status, headers and body, minus hop-by-hop fields.
+        response& res = ex.res;
+        strip_hop_by_hop(res);
+        {
+            auto it = res.find(http::field::via);
+            std::string via = it == res.end() ? std::string{} : std::string{it->value()} + ", ";
+            via += res.version() == 10 ? "1.0 breakerbox" : "1.1 breakerbox";
+            res.set(http::field::via, via);
+        }
+        if (res.find("x-request-id") == res.end()) {
+            res.set("x-request-id", request_id);
+        }
+        res.set("x-breakerbox-decision", "allowed");
+        res.version(client_version);
+        res.keep_alive(keep_alive);
+        const unsigned status = res.result_int();
+        const bool bodyless = is_head || status == 204 || status == 304 || (status >= 100 && status < 200);
+        if (!bodyless) {
+            res.prepare_payload();
+        } else if (status == 204 || (status >= 100 && status < 200)) {
+            res.erase(http::field::content_length);
+        }
+        stream.expires_after(lim.write_timeout);
+        // A HEAD answer keeps the upstream's Content-Length and has an empty body, so the
+        // serializer writes the header only.
+        auto [wec, written] = co_await http::async_write(stream, res, use_tuple);
+        ++w.stats().responses_by_class[std::min(5u, status / 100)];
+        rec.status = status;
+        rec.decision = "allowed";
+        rec.bytes_out = written;
+        rec.request_id = request_id;
+        write_access_log(w, rec);
+        if (wec || !keep_alive) {
+            break;
+        }
+    }
+    co_await lingering_close(stream);
+}
+
+}  // namespace bb::proxy

@@ -1,0 +1,16 @@
+#pragma once
+// One coroutine per client connection. Read `session.cpp` top to bottom to see where a
+// request goes: head (bounded, strict framing) -> body (bounded) -> route -> rewrite ->
+// upstream exchange raced against the client leaving -> response -> access log.
+
+#include "proxy/asio.hpp"
+
+namespace bb::proxy {
+
+class worker;
+
+// Runs until the connection closes. Never throws for network errors (they are values);
+// admission (the connection count) was taken by the caller and is released here.
+asio::awaitable<void> run_session(worker& w, tcp::socket socket);
+
+}  // namespace bb::proxy

@@ -1,0 +1,386 @@
+#include "proxy/upstream.hpp"
+
+#include "proxy/framing.hpp"
+
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/error.hpp>
+
+#include <openssl/ssl.h>
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <optional>
+
+namespace bb::proxy {
+
+using clock_type = std::chrono::steady_clock;
+
+std::string_view to_string(upstream_failure f) {
+    switch (f) {
+        case upstream_failure::none: return "none";
+        case upstream_failure::pool_exhausted: return "pool_exhausted";
+        case upstream_failure::connect_failed: return "connect_failed";
+        case upstream_failure::connect_timeout: return "connect_timeout";
+        case upstream_failure::tls_failed: return "tls_failed";
+        case upstream_failure::failed_after_send: return "failed_after_send";
+        case upstream_failure::timeout: return "timeout";
+        case upstream_failure::bad_response: return "bad_response";
+        case upstream_failure::too_large: return "too_large";
+        case upstream_failure::cancelled: return "cancelled";
+    }
+    return "unknown";
+}
+
+upstream_conn::upstream_conn(asio::any_io_executor ex, asio::ssl::context* tls)
+    : stream_(tls ? std::variant<plain_stream, tls_stream>{std::in_place_index<1>, ex, *tls}
+                  : std::variant<plain_stream, tls_stream>{std::in_place_index<0>, ex}) {}
+
+beast::tcp_stream& upstream_conn::tcp() {
+    if (auto* p = std::get_if<0>(&stream_)) {
+        return *p;
+    }
+    return std::get<1>(stream_).next_layer();
+}
+
+bool upstream_conn::usable_for_reuse() {
+    if (buffer.size() != 0) {
+        return false;
+    }
+    auto& sock = tcp().socket();
+    if (!sock.is_open()) {
+        return false;
+    }
+    // A pooled connection the upstream closed while idle reads as EOF (0) here; one that
+    // is fine has nothing to read (EAGAIN). Checking costs one syscall and avoids sending
+    // a request down a dead connection, which for a POST would mean "outcome unknown".
+    char probe = 0;
+    const auto n = ::recv(sock.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+void upstream_conn::close() {
+    error_code ignored;
+    tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    tcp().close();
+}
+
+upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit)
+    : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit) {
+    error_code ec;
+    const auto addr = asio::ip::make_address(cfg_.host, ec);
+    if (!ec) {
+        literal_address_ = true;
+        literal_endpoint_ = tcp::endpoint{addr, cfg_.port};
+    }
+    if (cfg_.tls) {
+        tls_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+        tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                          asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                          asio::ssl::context::no_tlsv1_1);
+        if (cfg_.verify) {
+            tls_->set_verify_mode(asio::ssl::verify_peer);
+            if (!cfg_.ca_file.empty()) {
+                tls_->load_verify_file(cfg_.ca_file, ec);
+            } else {
+                tls_->set_default_verify_paths(ec);
+            }
+        } else {
+            tls_->set_verify_mode(asio::ssl::verify_none);
+        }
+    }
+}
+
+upstream_pool::~upstream_pool() {
+    close_idle();
+}
+
+void upstream_pool::close_idle() {
+    for (auto& c : idle_) {
+        c->close();
+    }
+    idle_.clear();
+}
+
+void upstream_pool::sweep(clock_type::time_point now) {
+    std::erase_if(idle_, [&](std::unique_ptr<upstream_conn>& c) {
+        if (now - c->idle_since >= cfg_.idle_timeout || !c->usable_for_reuse()) {
+            c->close();
+            return true;
+        }
+        return false;
+    });
+}
+
+std::unique_ptr<upstream_conn> upstream_pool::take_idle() {
+    const auto now = clock_type::now();
+    while (!idle_.empty()) {
+        // Most recently used first: it is the least likely to have been closed by the peer.
+        auto conn = std::move(idle_.back());
+        idle_.pop_back();
+        if (now - conn->idle_since < cfg_.idle_timeout && conn->usable_for_reuse()) {
+            return conn;
+        }
+        conn->close();
+    }
+    return nullptr;
+}
+
+void upstream_pool::give_back(std::unique_ptr<upstream_conn> conn) {
+    if (retired_ || idle_.size() + active_ >= cfg_.max_connections + 1) {
+        conn->close();
+        return;
+    }
+    conn->idle_since = clock_type::now();
+    idle_.push_back(std::move(conn));
+}
+
+asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_result& out) {
+    auto conn = std::make_unique<upstream_conn>(ex_, tls_.get());
+    auto& tcp_stream = conn->tcp();
+    tcp_stream.expires_after(cfg_.connect_timeout);
+    error_code ec;
+    if (literal_address_) {
+        std::tie(ec) = co_await tcp_stream.async_connect(literal_endpoint_, use_tuple);
+    } else {
+        tcp::resolver resolver{ex_};
+        auto [rec, results] = co_await resolver.async_resolve(cfg_.host, std::to_string(cfg_.port), use_tuple);
+        if (rec) {
+            out.failure = rec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_failed;
+            out.detail = "cannot resolve " + cfg_.host + ": " + rec.message();
+            co_return nullptr;
+        }
+        tcp::endpoint ep;
+        std::tie(ec, ep) = co_await tcp_stream.async_connect(results, use_tuple);
+    }
+    if (ec) {
+        if (ec == beast::error::timeout) {
+            out.failure = upstream_failure::connect_timeout;
+            out.detail = "no connection to " + cfg_.authority + " within " + cfg::format_duration(cfg_.connect_timeout);
+        } else if (ec == asio::error::operation_aborted) {
+            out.failure = upstream_failure::cancelled;
+        } else {
+            out.failure = upstream_failure::connect_failed;
+            out.detail = "cannot connect to " + cfg_.authority + ": " + ec.message();
+        }
+        co_return nullptr;
+    }
+    error_code ignored;
+    tcp_stream.socket().set_option(tcp::no_delay(true), ignored);
+    if (conn->is_tls()) {
+        auto& tls = conn->tls();
+        if (!literal_address_) {
+            // SNI: a name, never an address (RFC 6066).
+            if (!SSL_set_tlsext_host_name(tls.native_handle(), cfg_.host.c_str())) {
+                out.failure = upstream_failure::tls_failed;
+                out.detail = "cannot set SNI for " + cfg_.host;
+                co_return nullptr;
+            }
+        }
+        if (cfg_.verify) {
+            tls.set_verify_callback(asio::ssl::host_name_verification(cfg_.host));
+        }
+        auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
+        if (hec) {
+            if (hec == beast::error::timeout) {
+                out.failure = upstream_failure::connect_timeout;
+                out.detail = "TLS handshake with " + cfg_.authority + " did not finish within " +
+                             cfg::format_duration(cfg_.connect_timeout);
+            } else if (hec == asio::error::operation_aborted) {
+                out.failure = upstream_failure::cancelled;
+            } else {
+                out.failure = upstream_failure::tls_failed;
+                out.detail = "TLS with " + cfg_.authority + " failed: " + hec.message();
+                const long vr = SSL_get_verify_result(tls.native_handle());
+                if (vr != X509_V_OK) {
+                    out.detail += std::string{" ("} + X509_verify_cert_error_string(vr) + ")";
+                }
+            }
+            co_return nullptr;
+        }
+    }
+    tcp_stream.expires_never();
+    co_return conn;
+}
+
+namespace {
+
+// The upstream's framing must be unambiguous too: a response we might delimit differently
+// from the upstream would poison the pooled connection for the next request.
+std::string check_response_framing(const http::response_header<>& h) {
+    std::size_t cl = 0;
+    std::size_t te = 0;
+    for (const auto& f : h) {
+        if (f.name() == http::field::content_length) {
+            ++cl;
+            const auto v = f.value();
+            if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+                return "Content-Length is not a single number";
+            }
+        } else if (f.name() == http::field::transfer_encoding) {
+            ++te;
+            if (!iequals(f.value(), "chunked")) {
+                return "Transfer-Encoding other than chunked";
+            }
+        }
+    }
+    if (cl > 1) {
+        return "Content-Length appears more than once";
+    }
+    if (te > 1) {
+        return "Transfer-Encoding appears more than once";
+    }
+    if (cl > 0 && te > 0) {
+        return "Content-Length together with Transfer-Encoding";
+    }
+    return {};
+}
+
+// Counts responsibility so a pool never exceeds max_connections on its worker.
+struct active_guard {
+    std::size_t& n;
+    explicit active_guard(std::size_t& count) : n(count) { ++n; }
+    ~active_guard() { --n; }
+    active_guard(const active_guard&) = delete;
+    active_guard& operator=(const active_guard&) = delete;
+};
+
+}  // namespace
+
+asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chrono::milliseconds timeout,
+                                                         bool idempotent, bool head_request) {
+    // Cancellation (the client left) must not throw out of this coroutine: it turns into
+    // an error value on the pending operation and the connection is dropped.
+    co_await asio::this_coro::throw_if_cancelled(false);
+    exchange_result out;
+    const auto started = clock_type::now();
+    auto finish = [&]() -> exchange_result {
+        out.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+        return std::move(out);
+    };
+
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        std::unique_ptr<upstream_conn> conn = attempt == 0 ? take_idle() : nullptr;
+        const bool reused = conn != nullptr;
+        if (!conn) {
+            if (active_ + idle_.size() >= cfg_.max_connections) {
+                out.failure = upstream_failure::pool_exhausted;
+                out.detail = "all " + std::to_string(cfg_.max_connections) + " connections to upstream " + cfg_.name +
+                             " are busy on this worker";
+                co_return finish();
+            }
+            active_guard connecting{active_};
+            conn = co_await connect(out);
+            if (!conn) {
+                co_return finish();
+            }
+        }
+        active_guard busy{active_};
+        out.reused_connection = reused;
+        out.failure = upstream_failure::none;
+        out.detail.clear();
+
+        conn->tcp().expires_after(timeout);
+        auto [wec, written] = co_await conn->visit([&](auto& s) { return http::async_write(s, req, use_tuple); });
+        bool got_response_bytes = false;
+        error_code ec = wec;
+        std::optional<http::response_parser<http::string_body>> parser_slot;
+        parser_slot.emplace();
+        if (!ec) {
+            for (;;) {
+                auto& parser = *parser_slot;
+                parser.body_limit(response_body_limit_);
+                parser.header_limit(64 * 1024);
+                if (head_request) {
+                    parser.skip(true);
+                }
+                auto [hec, hn] = co_await conn->visit(
+                    [&](auto& s) { return http::async_read_header(s, conn->buffer, parser, use_tuple); });
+                ec = hec;
+                got_response_bytes = got_response_bytes || hn > 0 || conn->buffer.size() > 0;
+                if (ec) {
+                    break;
+                }
+                const auto status = parser.get().result_int();
+                if (status >= 100 && status < 200 && status != 101) {
+                    // Interim responses are not forwarded: the client's 100-continue was
+                    // answered by breakerbox itself.
+                    parser_slot.emplace();
+                    continue;
+                }
+                break;
+            }
+        }
+        auto& parser = *parser_slot;
+        if (!ec) {
+            if (auto bad = check_response_framing(parser.get().base()); !bad.empty()) {
+                conn->close();
+                out.failure = upstream_failure::bad_response;
+                out.detail = "upstream response framing: " + bad;
+                co_return finish();
+            }
+            if (parser.get().result_int() == 101) {
+                conn->close();
+                out.failure = upstream_failure::bad_response;
+                out.detail = "upstream answered 101 Switching Protocols, which breakerbox does not proxy";
+                co_return finish();
+            }
+            if (!parser.is_done()) {
+                auto [rec, rn] = co_await conn->visit(
+                    [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
+                ec = rec;
+            }
+        }
+        if (ec) {
+            conn->close();
+            if (ec == asio::error::operation_aborted) {
+                out.failure = upstream_failure::cancelled;
+                co_return finish();
+            }
+            if (ec == beast::error::timeout) {
+                out.failure = upstream_failure::timeout;
+                out.detail = "no complete response from upstream " + cfg_.name + " within " + cfg::format_duration(timeout);
+                co_return finish();
+            }
+            if (ec == http::error::body_limit) {
+                out.failure = upstream_failure::too_large;
+                out.detail = "upstream response body is larger than " + std::to_string(response_body_limit_) + " bytes";
+                co_return finish();
+            }
+            const bool transport = ec == http::error::end_of_stream || ec == asio::error::eof ||
+                                   ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+                                   ec == http::error::partial_message || ec.category() == asio::error::get_ssl_category() ||
+                                   ec == asio::ssl::error::stream_truncated;
+            if (!transport) {
+                out.failure = upstream_failure::bad_response;
+                out.detail = "cannot parse the upstream response: " + ec.message();
+                co_return finish();
+            }
+            if (reused && !got_response_bytes && idempotent && attempt == 0) {
+                continue;  // a stale keep-alive connection; safe to try once more on a new one
+            }
+            out.failure = upstream_failure::failed_after_send;
+            out.detail = std::string{got_response_bytes ? "upstream connection failed mid-response: "
+                                                        : "upstream connection failed before a response: "} +
+                         ec.message();
+            co_return finish();
+        }
+        conn->tcp().expires_never();
+        ++conn->requests;
+        out.res = parser.release();
+        if (out.res.keep_alive() && parser.is_done()) {
+            give_back(std::move(conn));
+        } else {
+            conn->close();
+        }
+        co_return finish();
+    }
+    co_return finish();
+}
+
+}  // namespace bb::proxy
