@@ -106,7 +106,7 @@ std::shared_ptr<upstream_pool> worker::pool(std::size_t upstream_index) {
     return pools_.at(upstream_index);
 }
 
-std::list<session_handle>::iterator worker::register_session(beast::tcp_stream* s) {
+std::list<session_handle>::iterator worker::register_session(tcp::socket* s) {
     sessions_.push_front(session_handle{s, false});
     return sessions_.begin();
 }
@@ -220,7 +220,8 @@ void worker::begin_drain() {
     // and then close because draining_ is set.
     for (auto& s : sessions_) {
         if (s.idle) {
-            s.stream->cancel();
+            error_code ignored;
+            s.socket->cancel(ignored);
         }
     }
 }
@@ -233,8 +234,9 @@ void worker::shutdown() {
         a->close(ignored);
     }
     for (auto& s : sessions_) {
-        s.stream->cancel();
-        s.stream->socket().close();
+        error_code ignored;
+        s.socket->cancel(ignored);
+        s.socket->close(ignored);
     }
     if (sweep_timer_) {
         sweep_timer_->cancel();

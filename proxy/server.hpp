@@ -27,7 +27,7 @@ class server;
 
 // One per connection, registered with its worker so a drain can wake idle connections.
 struct session_handle {
-    beast::tcp_stream* stream = nullptr;
+    tcp::socket* socket = nullptr;
     bool idle = false;  // waiting for the next request with nothing buffered
 };
 
@@ -56,7 +56,7 @@ public:
     worker_stats& stats() { return stats_; }
     server& owner() { return owner_; }
 
-    std::list<session_handle>::iterator register_session(beast::tcp_stream* s);
+    std::list<session_handle>::iterator register_session(tcp::socket* s);
     void unregister_session(std::list<session_handle>::iterator it);
 
     // Called on the worker's own thread (posted by the server).

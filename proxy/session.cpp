@@ -222,16 +222,59 @@ void write_access_log(worker& w, const log_record& r) {
 
 // ---- the client side -----------------------------------------------------------------
 
+// A deadline that *cancels* the client socket's pending operation instead of closing the
+// socket (which is what beast::tcp_stream's timeouts do), so that breakerbox can still
+// answer 408 on a header or body timeout. One per session; generation-checked so a stale
+// expiry can never cancel a later operation.
+class deadline {
+public:
+    explicit deadline(tcp::socket& sock) : timer_(sock.get_executor()), state_(std::make_shared<state>()) {
+        state_->sock = &sock;
+    }
+    ~deadline() { state_->sock = nullptr; }
+    deadline(const deadline&) = delete;
+    deadline& operator=(const deadline&) = delete;
+
+    void arm(std::chrono::milliseconds d) {
+        const auto gen = ++state_->generation;
+        state_->fired = false;
+        timer_.expires_after(d);
+        timer_.async_wait([st = state_, gen](const error_code& ec) {
+            if (ec || st->sock == nullptr || st->generation != gen) {
+                return;
+            }
+            st->fired = true;
+            error_code ignored;
+            st->sock->cancel(ignored);
+        });
+    }
+    void disarm() {
+        ++state_->generation;
+        state_->fired = false;
+        timer_.cancel();
+    }
+    bool fired() const { return state_->fired; }
+
+private:
+    struct state {
+        tcp::socket* sock = nullptr;
+        std::uint64_t generation = 0;
+        bool fired = false;
+    };
+    asio::steady_timer timer_;
+    std::shared_ptr<state> state_;
+};
+
 enum class head_outcome { ok, closed, timeout, too_large };
 
 // Reads until the end of a request head (CRLF CRLF) without ever buffering more than
 // limits.header_bytes of head. `first`: the first request on the connection (its wait is
 // header_timeout and ends in 408; later waits are idle_timeout and end silently).
-asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(beast::tcp_stream& stream, beast::flat_buffer& buf,
+asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(tcp::socket& sock, deadline& dl, beast::flat_buffer& buf,
                                                                  const limits_config& lim, bool first,
                                                                  session_handle& handle, const worker& w) {
     bool deadline_from_first_byte = buf.size() > 0 || first;
-    stream.expires_after(deadline_from_first_byte ? lim.header_timeout : lim.idle_timeout);
+    dl.arm(deadline_from_first_byte ? lim.header_timeout : lim.idle_timeout);
     std::size_t searched = 0;
     for (;;) {
         std::string_view data{static_cast<const char*>(buf.data().data()), buf.size()};
@@ -245,7 +288,17 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(beast::tcp_strea
             data.remove_prefix(skip);
             searched = 0;
         }
-        const auto end = find_head_end(data, searched);
+        auto end = find_head_end(data, searched);
+        // A bare LF would never be followed by CRLF CRLF; hand the head to the framing
+        // check now (it answers 400) instead of waiting for the header timeout.
+        if (end == std::string_view::npos) {
+            for (std::size_t i = searched; i < data.size(); ++i) {
+                if (data[i] == '\n' && (i == 0 || data[i - 1] != '\r')) {
+                    end = data.size();
+                    break;
+                }
+            }
+        }
         if (end != std::string_view::npos) {
             co_return std::pair{end > lim.header_bytes ? head_outcome::too_large : head_outcome::ok, end};
         }
@@ -253,18 +306,16 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(beast::tcp_strea
             co_return std::pair{head_outcome::too_large, std::size_t{0}};
         }
         searched = data.size();
-        handle.idle = buf.size() == 0 && !first;
+        // Nothing buffered: a drain may close this connection without losing a request.
+        handle.idle = buf.size() == 0;
         if (handle.idle && w.draining()) {
             co_return std::pair{head_outcome::closed, std::size_t{0}};
         }
         const std::size_t want = std::min<std::size_t>(16 * 1024, lim.header_bytes + 4 - data.size());
-        auto [ec, n] = co_await stream.async_read_some(buf.prepare(want), use_tuple);
+        auto [ec, n] = co_await sock.async_read_some(buf.prepare(want), use_tuple);
         handle.idle = false;
         if (ec) {
-            if (ec == beast::error::timeout && buf.size() > 0) {
-                co_return std::pair{head_outcome::timeout, std::size_t{0}};
-            }
-            if (ec == beast::error::timeout && first) {
+            if (dl.fired() && (buf.size() > 0 || first)) {
                 co_return std::pair{head_outcome::timeout, std::size_t{0}};
             }
             co_return std::pair{head_outcome::closed, std::size_t{0}};
@@ -272,16 +323,15 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(beast::tcp_strea
         buf.commit(n);
         if (!deadline_from_first_byte) {
             deadline_from_first_byte = true;
-            stream.expires_after(lim.header_timeout);
+            dl.arm(lim.header_timeout);
         }
     }
 }
 
 // Waits for the client to go away while the upstream works. Bytes that arrive meanwhile
 // (a pipelined next request) are kept in `buf`, up to `cap`; after that it only waits.
-asio::awaitable<void> watch_client(beast::tcp_stream& stream, beast::flat_buffer& buf, std::size_t cap) {
+asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, std::size_t cap) {
     co_await asio::this_coro::throw_if_cancelled(false);
-    auto& sock = stream.socket();
     for (;;) {
         if (buf.size() >= cap) {
             // Stop reading (back-pressure on the client) but stay cancellable.
@@ -300,28 +350,29 @@ asio::awaitable<void> watch_client(beast::tcp_stream& stream, beast::flat_buffer
 // Closing a socket with unread input makes the kernel send RST, which can destroy the
 // error response we just wrote (a 413 while the client is still sending its body). Like
 // nginx's lingering_close: stop sending, then read and discard for a bounded time.
-asio::awaitable<void> lingering_close(beast::tcp_stream& stream) {
+asio::awaitable<void> lingering_close(tcp::socket& sock, deadline& dl) {
     error_code ec;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    sock.shutdown(tcp::socket::shutdown_send, ec);
     if (!ec) {
-        stream.expires_after(std::chrono::seconds{2});
+        dl.arm(std::chrono::seconds{2});
         std::array<char, 16 * 1024> sink;
         std::size_t discarded = 0;
         while (discarded < 4 * 1024 * 1024) {
-            auto [rec, n] = co_await stream.async_read_some(asio::buffer(sink), use_tuple);
+            auto [rec, n] = co_await sock.async_read_some(asio::buffer(sink), use_tuple);
             if (rec) {
                 break;
             }
             discarded += n;
         }
+        dl.disarm();
     }
-    stream.close();
+    sock.close(ec);
 }
 
 struct session_guard {
     worker& w;
     std::list<session_handle>::iterator it;
-    session_guard(worker& wk, beast::tcp_stream* s) : w(wk), it(wk.register_session(s)) {}
+    session_guard(worker& wk, tcp::socket* s) : w(wk), it(wk.register_session(s)) {}
     ~session_guard() {
         w.unregister_session(it);
         w.owner().release_connection();
@@ -334,11 +385,12 @@ struct session_guard {
 
 asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
     co_await asio::this_coro::throw_if_cancelled(false);
-    beast::tcp_stream stream{std::move(socket)};
-    session_guard guard{w, &stream};
+    tcp::socket sock{std::move(socket)};
+    session_guard guard{w, &sock};
+    deadline dl{sock};
     error_code ignored;
-    stream.socket().set_option(tcp::no_delay(true), ignored);
-    const auto remote = stream.socket().remote_endpoint(ignored);
+    sock.set_option(tcp::no_delay(true), ignored);
+    const auto remote = sock.remote_endpoint(ignored);
     const std::string client_ip = remote.address().to_string();
     beast::flat_buffer buf;
     std::uint64_t served = 0;
@@ -349,7 +401,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         const limits_config& lim = cfg->limits;
 
         // 1. The request head: bounded in bytes and time.
-        auto [outcome, head_len] = co_await read_head(stream, buf, lim, served == 0, *guard.it, w);
+        auto [outcome, head_len] = co_await read_head(sock, dl, buf, lim, served == 0, *guard.it, w);
         const auto started = clock_type::now();
         std::string request_id = new_request_id();
         log_record rec{};
@@ -359,8 +411,8 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         // Sends a response generated by breakerbox; false when the write failed.
         auto reply = [&](const error_info& e, bool keep_alive) -> asio::awaitable<bool> {
             auto res = make_error(e, request_id, 11, keep_alive);
-            stream.expires_after(lim.write_timeout);
-            auto [ec, n] = co_await http::async_write(stream, res, use_tuple);
+            dl.arm(lim.write_timeout);
+            auto [ec, n] = co_await http::async_write(sock, res, use_tuple);
             ++w.stats().generated;
             ++w.stats().responses_by_class[std::min(5u, res.result_int() / 100)];
             rec.status = res.result_int();
@@ -430,8 +482,8 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 }
                 if (!parser.is_done()) {
                     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
-                    stream.expires_after(lim.write_timeout);
-                    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(cont), use_tuple);
+                    dl.arm(lim.write_timeout);
+                    auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);
                     if (ec) {
                         co_return;
                     }
@@ -441,15 +493,15 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
 
         // 3. The body: bounded in bytes and time.
         if (!parser.is_done()) {
-            stream.expires_after(lim.body_timeout);
-            auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
+            dl.arm(lim.body_timeout);
+            auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
             if (ec == http::error::body_limit) {
                 co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
                                 "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
                                false);
                 break;
             }
-            if (ec == beast::error::timeout) {
+            if (ec && dl.fired()) {
                 co_await reply({http::status::request_timeout, "rejected", "body_timeout",
                                 "the request body did not arrive within " + cfg::format_duration(lim.body_timeout)},
                                false);
@@ -466,7 +518,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 break;
             }
         }
-        stream.expires_never();
+        dl.disarm();  // nothing may cancel the client socket while the upstream works
         request req = parser.release();
         ++served;
         bool keep_alive = req.keep_alive() && !w.draining() &&
@@ -478,13 +530,10 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         // 4. Route.
         target_parts tp;
         if (!split_target(req.target(), tp)) {
-            if (!co_await reply({http::status::bad_request, "rejected", "bad_target",
-                                 "the request target must be an absolute path or an absolute URL"},
-                                keep_alive) ||
-                !keep_alive) {
-                break;
-            }
-            continue;
+            co_await reply({http::status::bad_request, "rejected", "bad_target",
+                            "the request target must be an absolute path or an absolute URL"},
+                           false);
+            break;
         }
         const std::string original_host{tp.host.empty() ? std::string_view{req[http::field::host]} : tp.host};
         const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path);
@@ -530,7 +579,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
         auto pool = w.pool(route->upstream_index);
         auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head) ||
-                               watch_client(stream, buf, lim.header_bytes));
+                               watch_client(sock, buf, lim.header_bytes));
         if (raced.index() == 1) {
             ++w.stats().client_aborts;
             rec.status = 499;
@@ -541,6 +590,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             co_return;
         }
         exchange_result ex = std::move(std::get<0>(raced));
+        keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
@@ -612,10 +662,10 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         } else if (status == 204 || (status >= 100 && status < 200)) {
             res.erase(http::field::content_length);
         }
-        stream.expires_after(lim.write_timeout);
+        dl.arm(lim.write_timeout);
         // A HEAD answer keeps the upstream's Content-Length and has an empty body, so the
         // serializer writes the header only.
-        auto [wec, written] = co_await http::async_write(stream, res, use_tuple);
+        auto [wec, written] = co_await http::async_write(sock, res, use_tuple);
         ++w.stats().responses_by_class[std::min(5u, status / 100)];
         rec.status = status;
         rec.decision = "allowed";
@@ -626,7 +676,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             break;
         }
     }
-    co_await lingering_close(stream);
+    co_await lingering_close(sock, dl);
 }
 
 }  // namespace bb::proxy

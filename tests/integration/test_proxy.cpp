@@ -1,0 +1,666 @@
+// The data plane through real sockets: breakerbox in-process on 127.0.0.1:0 in front of
+// fake upstreams on port 0. No sleeps: every wait is a read with a deadline or a
+// condition with a deadline.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/write.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <sstream>
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string decision(const response& r) {
+    return std::string{r["x-breakerbox-decision"]};
+}
+
+std::string body_code(const response& r) {
+    const auto& b = r.body();
+    const auto k = b.find("\"code\":\"");
+    if (k == std::string::npos) {
+        return {};
+    }
+    const auto start = k + 8;
+    return b.substr(start, b.find('"', start) - start);
+}
+
+std::string post_mail(std::string_view body = "{\"personalizations\":[{\"to\":[{\"email\":\"a@example.com\"}]}]}") {
+    std::ostringstream ss;
+    ss << "POST /v3/mail/send HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/json\r\nContent-Length: "
+       << body.size() << "\r\n\r\n"
+       << body;
+    return ss.str();
+}
+
+}  // namespace
+
+// ---- framing and limits: a table of raw request bytes -> expected answer ----------------
+
+struct framing_case {
+    const char* name;
+    std::string raw;
+    unsigned status;
+    const char* code;  // "" when any code will do
+};
+
+void PrintTo(const framing_case& c, std::ostream* os) {
+    *os << c.name;
+}
+
+class framing : public ::testing::TestWithParam<framing_case> {};
+
+TEST_P(framing, rejects_ambiguous_or_oversized_requests_and_closes) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"body_bytes\": 1024, \"header_bytes\": 4096, \"header_count\": 20")};
+    const auto& c = GetParam();
+    raw_client client{bb.port()};
+    client.send(c.raw);
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), c.status) << c.name << "\n" << res;
+    if (c.status >= 400) {
+        EXPECT_FALSE(res["x-request-id"].empty()) << c.name;
+        EXPECT_EQ(res[http::field::content_type], "application/json") << c.name;
+        if (*c.code) {
+            EXPECT_EQ(body_code(res), c.code) << c.name << ": " << res.body();
+        }
+        EXPECT_TRUE(client.closed_by_server()) << c.name << ": connection must be closed after a framing error";
+        EXPECT_EQ(up.request_count(), 0u) << c.name << ": nothing may reach the upstream";
+    }
+}
+
+static std::string many_headers(int n) {
+    std::string s = "GET / HTTP/1.1\r\nHost: a\r\n";
+    for (int i = 0; i < n; ++i) {
+        s += "X-H" + std::to_string(i) + ": v\r\n";
+    }
+    return s + "\r\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    table, framing,
+    ::testing::Values(
+        framing_case{"good_get", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 200, ""},
+        framing_case{"te_chunked_gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"te_xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"te_gzip_chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"te_twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"http10_with_te", "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"obs_fold", "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n", 400, "bad_framing"},
+        framing_case{"obs_fold_tab", "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n\ttwo\r\n\r\n", 400, "bad_framing"},
+        framing_case{"no_host_11", "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "bad_framing"},
+        framing_case{"two_hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_framing"},
+        framing_case{"cl_list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\nhi", 400, "bad_framing"},
+        framing_case{"cl_twice", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi", 400, "bad_framing"},
+        framing_case{"cl_plus", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\nhi", 400, "bad_framing"},
+        framing_case{"cl_and_te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_framing"},
+        framing_case{"space_before_colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, "bad_framing"},
+        framing_case{"bare_lf", "GET / HTTP/1.1\nHost: a\n\n", 400, ""},
+        framing_case{"bare_cr", "GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", 400, "bad_framing"},
+        framing_case{"bad_request_line", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request_line"},
+        framing_case{"http2_version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "http_version_not_supported"},
+        framing_case{"garbage_version", "GET / FOO\r\nHost: a\r\n\r\n", 400, "bad_request_line"},
+        framing_case{"relative_target", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_target"},
+        framing_case{"bad_chunk_size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n", 400, "bad_body"},
+        framing_case{"too_many_headers", many_headers(21), 431, "too_many_headers"},
+        framing_case{"header_too_large", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(5000, 'x') + "\r\n\r\n", 431, "headers_too_large"},
+        framing_case{"head_never_ends_over_limit", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(5000, 'x'), 431, "headers_too_large"},
+        framing_case{"body_cl_too_large", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + std::string(2000, 'x'), 413, "body_too_large"},
+        framing_case{"body_chunked_too_large", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + std::string(2048, 'x') + "\r\n0\r\n\r\n", 413, "body_too_large"},
+        framing_case{"bad_expect", "POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\nContent-Length: 1\r\n\r\nx", 417, "bad_expect"}),
+    [](const auto& info) { return std::string{info.param.name}; });
+
+TEST(limits, header_timeout_answers_408_and_closes) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"header_timeout\": \"200ms\"")};
+    raw_client client{bb.port()};
+    client.send("GET / HTTP/1.1\r\nHost: a\r\n");  // never finishes the head
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = client.read_response();
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(res.result_int(), 408u);
+    EXPECT_EQ(body_code(res), "header_timeout");
+    EXPECT_GE(waited, 150ms);
+    EXPECT_TRUE(client.closed_by_server());
+}
+
+TEST(limits, body_timeout_answers_408) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"body_timeout\": \"200ms\"")};
+    raw_client client{bb.port()};
+    client.send("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 408u);
+    EXPECT_EQ(body_code(res), "body_timeout");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+TEST(limits, idle_keepalive_connection_is_closed_silently) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"idle_timeout\": \"200ms\"")};
+    raw_client client{bb.port()};
+    client.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response().result_int(), 200u);
+    EXPECT_TRUE(client.closed_by_server());  // no 408 on an idle keep-alive connection
+    EXPECT_TRUE(client.buffer().empty());
+}
+
+TEST(limits, connections_over_the_limit_are_refused_fast) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"max_connections\": 3")};
+    std::vector<std::unique_ptr<raw_client>> held;
+    for (int i = 0; i < 3; ++i) {
+        held.push_back(std::make_unique<raw_client>(bb.port()));
+        held.back()->send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        ASSERT_EQ(held.back()->read_response().result_int(), 200u);
+    }
+    raw_client extra{bb.port()};
+    auto res = extra.read_response();
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(body_code(res), "too_many_connections");
+    EXPECT_EQ(decision(res), "unavailable");
+    // Freeing a slot admits the next connection.
+    held.pop_back();
+    bool admitted = false;
+    for (int attempt = 0; attempt < 200 && !admitted; ++attempt) {
+        raw_client again{bb.port()};
+        again.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        admitted = again.read_response().result_int() == 200;
+    }
+    EXPECT_TRUE(admitted);
+}
+
+TEST(limits, large_body_within_limit_is_forwarded_intact) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    std::string body(3 * 1024 * 1024, '\0');
+    for (std::size_t i = 0; i < body.size(); ++i) {
+        body[i] = static_cast<char>((i * 131) & 0xff);
+    }
+    auto res = http_request(bb.port(), http::verb::post, "/upload", body, {{"content-type", "application/octet-stream"}});
+    EXPECT_EQ(res.result_int(), 200u);
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.body(), body);
+}
+
+// ---- routing ---------------------------------------------------------------------------
+
+TEST(routing, no_route_is_404_json_and_keeps_the_connection) {
+    fake_upstream up;
+    const std::string cfg =
+        "{\"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}], \"workers\": 1,"
+        "\"upstreams\": [{\"name\": \"up\", \"url\": \"" + local_url(up.port()) + "\"}],"
+        "\"routes\": ["
+        " {\"name\": \"exact\", \"match\": {\"path\": \"/v3/mail/send\", \"methods\": [\"POST\"]}, \"upstream\": \"up\"},"
+        " {\"name\": \"crm\", \"match\": {\"host\": \"crm.test\", \"path_prefix\": \"/crm/\"}, \"upstream\": \"up\"}],"
+        "\"log\": {\"access_log\": \"off\", \"level\": \"warn\"}}";
+    proxy_instance bb{cfg};
+    raw_client client{bb.port()};
+    auto expect = [&](std::string raw, unsigned status) {
+        client.send(raw);
+        auto res = client.read_response();
+        EXPECT_EQ(res.result_int(), status) << raw;
+        return res;
+    };
+    auto nf = expect("GET /v3/mail/send HTTP/1.1\r\nHost: a\r\n\r\n", 404);  // wrong method
+    EXPECT_EQ(decision(nf), "rejected");
+    EXPECT_EQ(body_code(nf), "no_route");
+    EXPECT_NE(nf.body().find("\"request_id\":\"" + std::string{nf["x-request-id"]} + "\""), std::string::npos);
+    expect("POST /v3/mail/send/extra HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 404);  // exact path only
+    expect(post_mail(), 200);
+    expect("GET /crm/x HTTP/1.1\r\nHost: other.test\r\n\r\n", 404);  // wrong host
+    expect("GET /crm/x HTTP/1.1\r\nHost: CRM.test:8080\r\n\r\n", 200);  // host is case-insensitive, port ignored
+    expect("GET http://crm.test/crm/abs HTTP/1.1\r\nHost: ignored\r\n\r\n", 200);  // absolute-form routes on its authority
+    ASSERT_EQ(up.request_count(), 3u);
+    EXPECT_EQ(up.requests()[2].req.target(), "/crm/abs");
+    EXPECT_EQ(up.connections_accepted(), 1u);  // one client connection, one pooled upstream connection
+}
+
+// ---- what the upstream sees and what the client gets back ------------------------------
+
+TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(201, "{\"id\":1}");
+        b.res.set("Connection", "x-secret-hop");
+        b.res.set("X-Secret-Hop", "no");
+        b.res.set("Keep-Alive", "timeout=5");
+        b.res.set("Proxy-Authenticate", "Basic");
+        b.res.set("X-End-To-End", "yes");
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send(
+        "POST /v3/mail/send HTTP/1.1\r\nHost: agents.local\r\nConnection: keep-alive, X-Drop-Me\r\nX-Drop-Me: 1\r\n"
+        "Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nProxy-Authorization: Bearer s3cret\r\n"
+        "Proxy-Connection: keep-alive\r\nX-Forwarded-For: 10.1.1.1\r\nVia: 1.1 edge\r\nX-Keep: kept\r\n"
+        "Content-Length: 2\r\n\r\n{}");
+    auto res = client.read_response();
+    ASSERT_EQ(res.result_int(), 201u);
+    EXPECT_EQ(res["X-End-To-End"], "yes");
+    EXPECT_EQ(res.count("X-Secret-Hop"), 0u);
+    EXPECT_EQ(res.count(http::field::keep_alive), 0u);
+    EXPECT_EQ(res.count(http::field::proxy_authenticate), 0u);
+    EXPECT_EQ(res[http::field::via], "1.1 breakerbox");
+    EXPECT_EQ(decision(res), "allowed");
+    EXPECT_EQ(res.body(), "{\"id\":1}");
+
+    const auto reqs = up.requests();
+    ASSERT_EQ(reqs.size(), 1u);
+    const auto& seen = reqs[0].req;
+    for (auto name : {"X-Drop-Me", "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Authorization", "Proxy-Connection"}) {
+        EXPECT_EQ(seen.count(name), 0u) << name << " must not be forwarded";
+    }
+    EXPECT_EQ(seen["X-Keep"], "kept");
+    EXPECT_EQ(seen["X-Forwarded-For"], "10.1.1.1, 127.0.0.1");
+    EXPECT_EQ(seen["X-Forwarded-Proto"], "http");
+    EXPECT_EQ(seen["X-Forwarded-Host"], "agents.local");
+    EXPECT_EQ(seen[http::field::via], "1.1 edge, 1.1 breakerbox");
+    EXPECT_EQ(seen[http::field::host], "127.0.0.1:" + std::to_string(up.port()));
+    EXPECT_EQ(seen["x-request-id"].size(), 32u);
+    EXPECT_EQ(seen["x-request-id"], res["x-request-id"]);
+    EXPECT_EQ(seen.body(), "{}");
+}
+
+TEST(proxying, request_id_from_the_client_is_kept) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    auto res = http_request(bb.port(), http::verb::get, "/x", "", {{"x-request-id", "agent-run-42"}});
+    EXPECT_EQ(res.result_int(), 200u);
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req["x-request-id"], "agent-run-42");
+    EXPECT_EQ(res["x-request-id"], "agent-run-42");
+}
+
+TEST(proxying, chunked_request_and_chunked_response_are_reframed) {
+    fake_upstream up{[](const request&) {
+        return respond_raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            false);
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+    auto res = client.read_response();
+    ASSERT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "hello world");
+    EXPECT_EQ(res[http::field::content_length], "11");
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.body(), "abcde");
+    EXPECT_EQ(up.requests()[0].req[http::field::content_length], "5");
+    EXPECT_EQ(up.requests()[0].req.count(http::field::transfer_encoding), 0u);
+}
+
+TEST(proxying, head_response_keeps_content_length_without_a_body) {
+    fake_upstream up{[](const request&) {
+        return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n", false);
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    auto res = client.read_response(true);
+    ASSERT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res[http::field::content_length], "1234");
+    // And the connection is still in sync: a second request works.
+    client.send("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response(true).result_int(), 200u);
+}
+
+TEST(proxying, expect_100_continue_is_answered_then_body_forwarded) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    auto interim = client.read_response();
+    EXPECT_EQ(interim.result_int(), 100u);
+    client.send("data");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.body(), "data");
+    EXPECT_EQ(up.requests()[0].req.count(http::field::expect), 0u);
+}
+
+TEST(proxying, pipelined_requests_are_answered_in_order) {
+    fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response().body(), "/one");
+    EXPECT_EQ(client.read_response().body(), "/two");
+    EXPECT_EQ(client.read_response().body(), "/three");
+}
+
+TEST(proxying, http10_client_without_keepalive_gets_a_closed_connection) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("GET /x HTTP/1.0\r\n\r\n");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_TRUE(client.closed_by_server());
+}
+
+TEST(proxying, upstream_base_path_is_prefixed) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()) + "/base/")};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/v1/x?q=1").result_int(), 200u);
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.target(), "/base/v1/x?q=1");
+}
+
+// ---- keep-alive pools ------------------------------------------------------------------
+
+TEST(pool, upstream_connections_are_reused) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
+    raw_client client{bb.port()};
+    for (int i = 0; i < 20; ++i) {
+        client.send(i % 2 ? post_mail() : std::string{"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"});
+        ASSERT_EQ(client.read_response().result_int(), i % 2 ? 200u : 200u);
+    }
+    EXPECT_EQ(up.request_count(), 20u);
+    EXPECT_EQ(up.connections_accepted(), 1u);
+}
+
+TEST(pool, a_connection_the_upstream_closed_while_idle_is_not_used) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
+    raw_client client{bb.port()};
+    client.send(post_mail());
+    ASSERT_EQ(client.read_response().result_int(), 200u);
+    up.close_idle_connections();
+    // A POST must not be sent down the dead pooled connection (it could not be retried).
+    client.send(post_mail());
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u) << res;
+    EXPECT_EQ(up.request_count(), 2u);
+    EXPECT_EQ(up.connections_accepted(), 2u);
+}
+
+TEST(pool, connection_close_from_upstream_is_not_reused) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(200, "{}");
+        b.close_after = true;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
+    raw_client client{bb.port()};
+    for (int i = 0; i < 3; ++i) {
+        client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        ASSERT_EQ(client.read_response().result_int(), 200u);
+    }
+    EXPECT_EQ(up.connections_accepted(), 3u);
+}
+
+TEST(pool, max_connections_per_worker_gives_503_when_exhausted) {
+    fake_upstream up{[](const request& r) {
+        auto b = respond(200, "{}");
+        if (r.target() == "/slow") {
+            b.delay = 1500ms;
+        }
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()), "", "\"max_connections\": 1", "", 1)};
+    raw_client slow{bb.port()};
+    slow.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    auto res = http_request(bb.port(), http::verb::get, "/fast");
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(body_code(res), "upstream_overloaded");
+    EXPECT_EQ(slow.read_response().result_int(), 200u);
+}
+
+// ---- upstream failures -----------------------------------------------------------------
+
+TEST(upstream_failure, refused_connection_is_502) {
+    std::uint16_t dead_port;
+    {
+        fake_upstream gone;
+        dead_port = gone.port();
+    }
+    proxy_instance bb{make_config(local_url(dead_port))};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_connect_failed");
+    EXPECT_EQ(decision(res), "unavailable");
+}
+
+TEST(upstream_failure, connect_timeout_is_503) {
+    // A listener whose accept queue is full drops further SYNs, so connect() hangs: the
+    // loopback stand-in for an unreachable host.
+    int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(lfd, 0), 0);
+    socklen_t len = sizeof addr;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+    const auto port = ntohs(addr.sin_port);
+    std::vector<int> fillers;
+    for (int i = 0; i < 4; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+        fillers.push_back(fd);
+    }
+    proxy_instance bb{make_config(local_url(port), "", "\"connect_timeout\": \"300ms\"")};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(res.result_int(), 503u) << res;
+    EXPECT_EQ(body_code(res), "upstream_connect_timeout");
+    EXPECT_FALSE(res[http::field::retry_after].empty());
+    EXPECT_GE(took, 250ms);
+    for (int fd : fillers) {
+        ::close(fd);
+    }
+    ::close(lfd);
+}
+
+TEST(upstream_failure, reset_before_headers_on_post_is_outcome_unknown_and_not_retried) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::reset_before_headers;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_outcome_unknown");
+    EXPECT_EQ(up.request_count(), 1u) << "a POST that may have reached the upstream is never retried";
+}
+
+TEST(upstream_failure, reset_before_headers_on_get_is_502) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::reset_before_headers;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_reset");
+}
+
+TEST(upstream_failure, reset_mid_body_never_becomes_a_fake_complete_response) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::reset_mid_body;
+        b.raw = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":";
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send(post_mail());
+    auto res = client.read_response();
+    EXPECT_NE(res.result_int(), 200u) << "a truncated upstream body must not be passed off as complete";
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_outcome_unknown");
+}
+
+TEST(upstream_failure, slow_upstream_is_504_within_ten_percent_of_the_timeout) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(200, "{}");
+        b.delay = 3s;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "\"timeout\": \"500ms\"")};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    EXPECT_EQ(res.result_int(), 504u);
+    EXPECT_EQ(body_code(res), "upstream_timeout");
+    EXPECT_GE(took.count(), 500);
+    EXPECT_LE(took.count(), 550) << "504 must come within 10% of the configured timeout";
+}
+
+TEST(upstream_failure, badly_framed_response_is_502_and_the_connection_is_not_reused) {
+    int n = 0;
+    fake_upstream up{[&n](const request&) {
+        if (n++ == 0) {
+            return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", false);
+        }
+        return respond(200, "{}");
+    }};
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
+    raw_client client{bb.port()};
+    client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_bad_response");
+    client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response().result_int(), 200u);
+    EXPECT_EQ(up.connections_accepted(), 2u);
+}
+
+struct bad_response_case {
+    const char* name;
+    const char* raw;
+};
+
+void PrintTo(const bad_response_case& c, std::ostream* os) {
+    *os << c.name;
+}
+
+class bad_upstream_framing : public ::testing::TestWithParam<bad_response_case> {};
+
+TEST_P(bad_upstream_framing, is_502) {
+    const std::string raw = GetParam().raw;
+    fake_upstream up{[raw](const request&) { return respond_raw(raw, true); }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    EXPECT_EQ(res.result_int(), 502u) << GetParam().name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    table, bad_upstream_framing,
+    ::testing::Values(bad_response_case{"cl_list", "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nab"},
+                      bad_response_case{"cl_and_te", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+                      bad_response_case{"te_gzip", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nab"},
+                      bad_response_case{"garbage", "NOT HTTP AT ALL\r\n\r\n"},
+                      bad_response_case{"bad_chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"}),
+    [](const auto& info) { return std::string{info.param.name}; });
+
+TEST(upstream_failure, client_disconnect_closes_the_upstream_side) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::hang;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    {
+        raw_client client{bb.port()};
+        client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    }  // the client hangs up while the upstream is still working
+    EXPECT_TRUE(up.wait_for([&] { return up.connections_closed_by_peer() == 1; }, 3s))
+        << "breakerbox must close the upstream connection when its client leaves";
+}
+
+// ---- TLS to the upstream ---------------------------------------------------------------
+
+#ifndef BB_TEST_CERTS_DIR
+#error "BB_TEST_CERTS_DIR must point at the certificates made by certs/make-dev-certs.sh"
+#endif
+
+static std::string cert(const char* name) {
+    return std::string{BB_TEST_CERTS_DIR} + "/" + name;
+}
+
+TEST(upstream_tls, verified_tls_with_sni_works) {
+    fake_upstream up{nullptr, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                  "\"ca_file\": \"" + cert("ca.pem") + "\"")};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 200u) << res;
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req[http::field::host], "localhost:" + std::to_string(up.port()));
+}
+
+TEST(upstream_tls, wrong_name_is_502_and_never_forwarded) {
+    fake_upstream up{nullptr, cert("wrong-name.pem"), cert("wrong-name.key")};
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                  "\"ca_file\": \"" + cert("ca.pem") + "\"")};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_tls_error");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+TEST(upstream_tls, untrusted_certificate_is_502_and_never_forwarded) {
+    fake_upstream up{nullptr, cert("self-signed.pem"), cert("self-signed.key")};
+    // No ca_file: the system trust store, which does not know this certificate.
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()))};
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_tls_error");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+// ---- reload and drain (in-process; the signal paths are tested on the binary) ------------
+
+TEST(lifecycle, config_swap_changes_routes_without_dropping_connections) {
+    fake_upstream a{[](const request&) { return respond(200, "a"); }};
+    fake_upstream b{[](const request&) { return respond(200, "b"); }};
+    proxy_instance bb{make_config(local_url(a.port()))};
+    raw_client client{bb.port()};
+    client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response().body(), "a");
+    auto next = bb::parse_config(make_config(local_url(b.port())));
+    ASSERT_TRUE(next.errors.empty());
+    bb.server().apply_config(next.cfg);
+    client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");  // same client connection
+    EXPECT_EQ(client.read_response().body(), "b");
+}
+
+TEST(lifecycle, drain_finishes_in_flight_requests) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(200, "done");
+        b.delay = 300ms;
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client busy{bb.port()};
+    busy.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    raw_client idle{bb.port()};
+    std::thread stopper{[&] { bb.stop(); }};
+    auto res = busy.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "done");
+    EXPECT_EQ(res[http::field::connection], "close");
+    EXPECT_TRUE(idle.closed_by_server());
+    stopper.join();
+}

@@ -1,0 +1,77 @@
+#pragma once
+// Runs a breakerbox server in-process on 127.0.0.1:0 for a test, in front of whatever
+// upstreams the test starts. Signals are left alone (tests of signals run the binary).
+
+#include "config/config.hpp"
+#include "proxy/server.hpp"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+namespace bb::test {
+
+class proxy_instance {
+public:
+    explicit proxy_instance(const std::string& json) {
+        auto parsed = parse_config(json);
+        if (!parsed.errors.empty()) {
+            ADD_FAILURE() << "test config has errors:\n" << parsed.errors.to_string() << json;
+            throw std::runtime_error("bad test config");
+        }
+        cfg_ = parsed.cfg;
+        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false});
+        srv_->start();
+        port_ = srv_->bound_port(0);
+        thread_ = std::thread{[this] { srv_->run(); }};
+    }
+    ~proxy_instance() { stop(); }
+    void stop() {
+        if (thread_.joinable()) {
+            srv_->request_stop();
+            thread_.join();
+        }
+    }
+    std::uint16_t port() const { return port_; }
+    proxy::server& server() { return *srv_; }
+    const std::shared_ptr<const config>& cfg() const { return cfg_; }
+
+private:
+    std::shared_ptr<const config> cfg_;
+    std::unique_ptr<proxy::server> srv_;
+    std::thread thread_;
+    std::uint16_t port_ = 0;
+};
+
+// A config with one listener on port 0, one upstream and one catch-all route "all" (plus
+// "mail-send" for POST /v3/mail/send). `limits`, `upstream_extra` and `route_extra` are JSON
+// fragments spliced in ("\"timeout\": \"300ms\"").
+inline std::string make_config(const std::string& upstream_url, const std::string& limits = "",
+                               const std::string& upstream_extra = "", const std::string& route_extra = "",
+                               unsigned workers = 2) {
+    std::string j = "{\"workers\": " + std::to_string(workers) +
+                    ", \"listeners\": [{\"name\": \"test\", \"address\": \"127.0.0.1:0\"}],"
+                    "\"limits\": {\"drain_timeout\": \"2s\"" +
+                    (limits.empty() ? "" : ", " + limits) +
+                    "},"
+                    "\"upstreams\": [{\"name\": \"up\", \"url\": \"" +
+                    upstream_url + "\"" + (upstream_extra.empty() ? "" : ", " + upstream_extra) +
+                    "}],"
+                    "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\", "
+                    "\"methods\": [\"POST\"]}, \"upstream\": \"up\"" +
+                    (route_extra.empty() ? "" : ", " + route_extra) +
+                    "},"
+                    "{\"name\": \"all\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"up\"" +
+                    (route_extra.empty() ? "" : ", " + route_extra) +
+                    "}],"
+                    "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    return j;
+}
+
+inline std::string local_url(std::uint16_t port) {
+    return "http://127.0.0.1:" + std::to_string(port);
+}
+
+}  // namespace bb::test
