@@ -92,9 +92,11 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
             const auto& l = parsed.cfg->listeners[i];
             const bool v6 = l.host.find(':') != std::string::npos;
-            spdlog::info("listener {} on http://{}{}{}:{} ({} worker(s))", l.name, v6 ? "[" : "", l.host, v6 ? "]" : "",
-                         srv.bound_port(i), srv.worker_count());
+            // Always printed, whatever the log level: it says where to send traffic.
+            std::printf("breakerbox: listener %s on http://%s%s%s:%u (%zu worker(s))\n", l.name.c_str(), v6 ? "[" : "",
+                        l.host.c_str(), v6 ? "]" : "", static_cast<unsigned>(srv.bound_port(i)), srv.worker_count());
         }
+        std::fflush(stdout);
         const int rc = srv.run();
         spdlog::info("stopped");
         return rc;

@@ -1,0 +1,933 @@
+#include "rules/engine.hpp"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <unordered_map>
+
+namespace bb::rules {
+
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        const auto x = static_cast<unsigned char>(a[i]);
+        const auto y = static_cast<unsigned char>(b[i]);
+        if (x != y && std::tolower(x) != std::tolower(y)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string_view to_string(verdict v) {
+    switch (v) {
+        case verdict::allow: return "allow";
+        case verdict::violated: return "violated";
+        case verdict::rejected: return "rejected";
+    }
+    return "?";
+}
+
+namespace {
+
+constexpr std::size_t max_key_bytes = 256;  // keys are stored per meter: bound them
+constexpr std::size_t max_params = 32;
+
+// ---------------------------------------------------------------------------------------
+// Per-thread scratch, so the data path reuses its buffers instead of allocating.
+
+struct reservation {
+    std::uint32_t rule = 0;
+    std::string key;
+    std::int64_t epoch = 0;  // bucket the amount was booked in
+    double a = 0;
+    double b = 0;
+    bool overflow = false;
+};
+
+struct scratch {
+    simdjson::dom::parser request_parser;
+    simdjson::dom::parser response_parser;
+    std::vector<std::pair<std::string, std::string>> form;
+    std::vector<std::pair<std::string, std::string>> query;
+    std::vector<std::string> distinct;
+    std::vector<reservation> reservations;
+    std::size_t reservation_count = 0;
+    std::string key;
+};
+
+scratch& local() {
+    thread_local scratch s;
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding helpers.
+
+int hex(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+void percent_decode(std::string_view in, std::string& out) {
+    out.clear();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '+') {
+            out += ' ';
+        } else if (c == '%' && i + 2 < in.size() && hex(in[i + 1]) >= 0 && hex(in[i + 2]) >= 0) {
+            out += static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2]));
+            i += 2;
+        } else {
+            out += c;
+        }
+    }
+}
+
+// Parses `a=1&b=2` into `out`, reusing its strings.
+void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, std::string>>& out) {
+    std::size_t n = 0;
+    while (!text.empty()) {
+        const auto amp = text.find('&');
+        const std::string_view pair = text.substr(0, amp);
+        text = amp == std::string_view::npos ? std::string_view{} : text.substr(amp + 1);
+        if (pair.empty()) {
+            continue;
+        }
+        const auto eq = pair.find('=');
+        if (n == out.size()) {
+            out.emplace_back();
+        }
+        percent_decode(pair.substr(0, eq), out[n].first);
+        percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), out[n].second);
+        ++n;
+    }
+    out.resize(n);
+}
+
+std::string_view param_of(std::string_view header_value, std::string_view name) {
+    // `multipart/form-data; boundary="abc"` -> abc
+    std::size_t pos = 0;
+    while ((pos = header_value.find(';', pos)) != std::string_view::npos) {
+        ++pos;
+        while (pos < header_value.size() && header_value[pos] == ' ') {
+            ++pos;
+        }
+        if (header_value.size() - pos > name.size() && iequals(header_value.substr(pos, name.size()), name) &&
+            header_value[pos + name.size()] == '=') {
+            std::string_view v = header_value.substr(pos + name.size() + 1);
+            v = v.substr(0, v.find(';'));
+            if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
+                v = v.substr(1, v.size() - 2);
+            }
+            return v;
+        }
+    }
+    return {};
+}
+
+void parse_multipart(std::string_view body, std::string_view boundary,
+                     std::vector<std::pair<std::string, std::string>>& out) {
+    std::size_t n = 0;
+    if (boundary.empty() || boundary.size() > 200) {
+        out.clear();
+        return;
+    }
+    std::string delim = "--";
+    delim += boundary;
+    std::size_t pos = body.find(delim);
+    while (pos != std::string_view::npos) {
+        pos += delim.size();
+        if (body.substr(pos, 2) == "--") {
+            break;
+        }
+        const auto head_end = body.find("\r\n\r\n", pos);
+        if (head_end == std::string_view::npos) {
+            break;
+        }
+        const std::string_view head = body.substr(pos, head_end - pos);
+        const std::size_t value_start = head_end + 4;
+        std::size_t next = body.find(delim, value_start);
+        if (next == std::string_view::npos) {
+            break;
+        }
+        std::size_t value_end = next;
+        if (value_end >= value_start + 2 && body.substr(value_end - 2, 2) == "\r\n") {
+            value_end -= 2;
+        }
+        // Find `Content-Disposition: form-data; name="to"`.
+        std::string_view name;
+        std::size_t line_start = 0;
+        while (line_start < head.size()) {
+            auto line_end = head.find("\r\n", line_start);
+            if (line_end == std::string_view::npos) {
+                line_end = head.size();
+            }
+            const std::string_view line = head.substr(line_start, line_end - line_start);
+            constexpr std::string_view cd = "content-disposition:";
+            if (line.size() > cd.size() && iequals(line.substr(0, cd.size()), cd)) {
+                name = param_of(line, "name");
+            }
+            line_start = line_end + 2;
+        }
+        if (!name.empty()) {
+            if (n == out.size()) {
+                out.emplace_back();
+            }
+            out[n].first.assign(name);
+            out[n].second.assign(body.substr(value_start, value_end - value_start));
+            ++n;
+        }
+        pos = next;
+    }
+    out.resize(n);
+}
+
+// Splits an address list on commas outside quotes and angle brackets:
+// `"Doe, Jane" <jane@x.com>, bob@y.com` is two items.
+template <class F>
+void for_each_item(std::string_view list, F&& f) {
+    bool quoted = false;
+    int angle = 0;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= list.size(); ++i) {
+        const char c = i < list.size() ? list[i] : ',';
+        if (c == '"') {
+            quoted = !quoted;
+        } else if (!quoted && c == '<') {
+            ++angle;
+        } else if (!quoted && c == '>' && angle > 0) {
+            --angle;
+        } else if (c == ',' && ((!quoted && angle == 0) || i == list.size())) {
+            std::string_view item = list.substr(start, i - start);
+            while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
+                item.remove_prefix(1);
+            }
+            while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
+                item.remove_suffix(1);
+            }
+            if (!item.empty()) {
+                f(item);
+            }
+            start = i + 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON paths over simdjson's DOM.
+
+template <class F>
+void visit(simdjson::dom::element e, const path_segment* seg, const path_segment* end, F& f) {
+    if (seg == end) {
+        f(e);
+        return;
+    }
+    switch (seg->k) {
+        case path_segment::kind::names: {
+            simdjson::dom::object obj;
+            if (e.get(obj) != simdjson::SUCCESS) {
+                return;
+            }
+            for (const auto& name : seg->names) {
+                simdjson::dom::element c;
+                if (obj.at_key(name).get(c) == simdjson::SUCCESS) {
+                    visit(c, seg + 1, end, f);
+                }
+            }
+            return;
+        }
+        case path_segment::kind::index: {
+            simdjson::dom::array arr;
+            simdjson::dom::element c;
+            if (e.get(arr) == simdjson::SUCCESS && arr.at(seg->index).get(c) == simdjson::SUCCESS) {
+                visit(c, seg + 1, end, f);
+            }
+            return;
+        }
+        case path_segment::kind::wildcard: {
+            simdjson::dom::array arr;
+            simdjson::dom::object obj;
+            if (e.get(arr) == simdjson::SUCCESS) {
+                for (auto c : arr) {
+                    visit(c, seg + 1, end, f);
+                }
+            } else if (e.get(obj) == simdjson::SUCCESS) {
+                for (auto field : obj) {
+                    visit(field.value, seg + 1, end, f);
+                }
+            }
+            return;
+        }
+    }
+}
+
+template <class F>
+void for_each_match(simdjson::dom::element root, const json_path& p, F&& f) {
+    visit(root, p.segments.data(), p.segments.data() + p.segments.size(), f);
+}
+
+// Text of a JSON value for keys and distinct(): strings unquoted, the rest minified.
+void value_text(simdjson::dom::element e, std::string& out) {
+    std::string_view s;
+    if (e.get(s) == simdjson::SUCCESS) {
+        out.assign(s);
+    } else {
+        out = simdjson::minify(e);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One request (and optionally its response) being looked at.
+
+struct parsed_json {
+    int state = 0;  // 0 not tried, 1 ok, 2 invalid
+    simdjson::dom::element root;
+    std::string error;
+};
+
+bool parse_json(std::string_view body, simdjson::dom::parser& parser, parsed_json& pj) {
+    if (pj.state == 0) {
+        if (body.empty()) {
+            pj.state = 2;
+            pj.error = "body is empty";
+        } else {
+            auto err = parser.parse(body.data(), body.size()).get(pj.root);
+            if (err) {
+                pj.state = 2;
+                pj.error = std::string{"body is not valid JSON ("} + simdjson::error_message(err) + ")";
+            } else {
+                pj.state = 1;
+            }
+        }
+    }
+    return pj.state == 1;
+}
+
+struct context {
+    const request_view& req;
+    const response_view* resp = nullptr;
+    scratch& s;
+    parsed_json req_json;
+    parsed_json resp_json;
+    bool form_parsed = false;
+    bool query_parsed = false;
+    std::array<std::string_view, max_params> params{};
+
+    bool request_json() { return parse_json(req.body, s.request_parser, req_json); }
+    bool response_json() { return resp && parse_json(resp->body, s.response_parser, resp_json); }
+    const std::vector<std::pair<std::string, std::string>>& form() {
+        if (!form_parsed) {
+            form_parsed = true;
+            const std::string_view ct = req.content_type;
+            constexpr std::string_view mp = "multipart/form-data";
+            if (ct.size() >= mp.size() && iequals(ct.substr(0, mp.size()), mp)) {
+                parse_multipart(req.body, param_of(ct, "boundary"), s.form);
+            } else {
+                parse_urlencoded(req.body, s.form);
+            }
+        }
+        return s.form;
+    }
+    const std::vector<std::pair<std::string, std::string>>& query() {
+        if (!query_parsed) {
+            query_parsed = true;
+            parse_urlencoded(req.query, s.query);
+        }
+        return s.query;
+    }
+};
+
+bool match_path(const path_template& t, std::string_view path, std::array<std::string_view, max_params>& params) {
+    if (path.empty() || path[0] != '/') {
+        return false;
+    }
+    std::string_view rest = path.substr(1);
+    std::size_t pi = 0;
+    for (std::size_t i = 0; i < t.segments.size(); ++i) {
+        const auto slash = rest.find('/');
+        const bool last = i + 1 == t.segments.size();
+        if (last != (slash == std::string_view::npos)) {
+            return false;
+        }
+        const std::string_view seg = rest.substr(0, slash);
+        const auto& ts = t.segments[i];
+        if (ts.param) {
+            if (seg.empty()) {
+                return false;
+            }
+            if (!ts.allowed.empty() && std::find(ts.allowed.begin(), ts.allowed.end(), seg) == ts.allowed.end()) {
+                return false;
+            }
+            if (pi < max_params) {
+                params[pi++] = seg;
+            }
+        } else if (seg != ts.literal) {
+            return false;
+        }
+        if (!last) {
+            rest.remove_prefix(slash + 1);
+        }
+    }
+    return true;
+}
+
+bool matches(const rule& r, context& ctx) {
+    const auto& m = r.match;
+    const auto& req = ctx.req;
+    if (!m.methods.empty() && std::find(m.methods.begin(), m.methods.end(), req.method) == m.methods.end()) {
+        return false;
+    }
+    if (!m.path_prefix.empty() && !req.path.starts_with(m.path_prefix)) {
+        return false;
+    }
+    if (m.path && !match_path(*m.path, req.path, ctx.params)) {
+        return false;
+    }
+    if (!m.host.empty() && !iequals(m.host, req.host)) {
+        return false;
+    }
+    for (const auto& [name, value] : m.headers) {
+        if (value == "*") {
+            if (!req.has_header(name)) {
+                return false;
+            }
+        } else if (req.header(name) != value) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Builds the key of `r` into ctx.s.key. False: the key needs the JSON body and it is invalid.
+bool build_key(const rule& r, context& ctx) {
+    std::string& k = ctx.s.key;
+    k.clear();
+    std::string part;
+    for (std::size_t i = 0; i < r.key.size(); ++i) {
+        if (i > 0) {
+            k += '/';
+        }
+        const auto& kp = r.key[i];
+        switch (kp.kind) {
+            case key_kind::header: k += ctx.req.header(kp.name); break;
+            case key_kind::agent: k += ctx.req.agent; break;
+            case key_kind::route: k += ctx.req.route; break;
+            case key_kind::method: k += ctx.req.method; break;
+            case key_kind::host: k += ctx.req.host; break;
+            case key_kind::path_param: k += ctx.params[std::min(kp.param_index, max_params - 1)]; break;
+            case key_kind::query:
+                for (const auto& [n, v] : ctx.query()) {
+                    if (n == kp.name) {
+                        k += v;
+                        break;
+                    }
+                }
+                break;
+            case key_kind::json: {
+                if (!ctx.request_json()) {
+                    if (r.on_invalid_body == invalid_body_policy::reject) {
+                        return false;
+                    }
+                    break;
+                }
+                bool first = true;
+                for_each_match(ctx.req_json.root, kp.path, [&](simdjson::dom::element e) {
+                    if (first) {
+                        first = false;
+                        value_text(e, part);
+                        k += part;
+                    }
+                });
+                break;
+            }
+        }
+        if (k.size() > max_key_bytes) {
+            k.resize(max_key_bytes);
+        }
+    }
+    return true;
+}
+
+// Per-request amount of an expression; nullopt when it needs a JSON body that is invalid
+// (the caller applies the rule's on_invalid_body policy).
+std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy policy) {
+    double total = 0;
+    for (const auto& t : e.terms) {
+        switch (t.kind) {
+            case term_kind::constant: total += t.constant; break;
+            case term_kind::requests:
+            case term_kind::responses: total += 1; break;
+            case term_kind::body_bytes: total += static_cast<double>(ctx.req.body.size()); break;
+            case term_kind::response_bytes: total += ctx.resp ? static_cast<double>(ctx.resp->body.size()) : 0; break;
+            case term_kind::latency_ms:
+                total += ctx.resp ? std::chrono::duration<double, std::milli>(ctx.resp->latency).count() : 0;
+                break;
+            case term_kind::status:
+                total += ctx.resp && ctx.resp->status >= t.status_lo && ctx.resp->status <= t.status_hi ? 1 : 0;
+                break;
+            case term_kind::count:
+            case term_kind::sum:
+            case term_kind::distinct: {
+                if (t.source == source_kind::form || t.source == source_kind::query) {
+                    const auto& fields = t.source == source_kind::form ? ctx.form() : ctx.query();
+                    auto& d = ctx.s.distinct;
+                    std::size_t dn = 0;
+                    for (const auto& [n, v] : fields) {
+                        if (n != t.field) {
+                            continue;
+                        }
+                        if (t.kind == term_kind::sum) {
+                            double x = 0;
+                            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+                            if (ec == std::errc{} && std::isfinite(x)) {
+                                total += x;
+                            }
+                            continue;
+                        }
+                        for_each_item(v, [&](std::string_view item) {
+                            if (t.kind == term_kind::count) {
+                                total += 1;
+                            } else {
+                                if (dn == d.size()) {
+                                    d.emplace_back();
+                                }
+                                d[dn++].assign(item);
+                            }
+                        });
+                    }
+                    if (t.kind == term_kind::distinct) {
+                        std::sort(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn));
+                        total += static_cast<double>(std::unique(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn)) - d.begin());
+                    }
+                    break;
+                }
+                const bool response = t.source == source_kind::response_json;
+                const bool ok = response ? ctx.response_json() : ctx.request_json();
+                if (!ok) {
+                    if (policy == invalid_body_policy::reject) {
+                        return std::nullopt;
+                    }
+                    break;
+                }
+                const auto root = response ? ctx.resp_json.root : ctx.req_json.root;
+                if (t.kind == term_kind::count) {
+                    std::size_t n = 0;
+                    for_each_match(root, t.path, [&](simdjson::dom::element) { ++n; });
+                    total += static_cast<double>(n);
+                } else if (t.kind == term_kind::sum) {
+                    for_each_match(root, t.path, [&](simdjson::dom::element v) {
+                        double x = 0;
+                        if (v.is_number() && v.get(x) == simdjson::SUCCESS) {
+                            total += x;
+                        }
+                    });
+                } else {
+                    auto& d = ctx.s.distinct;
+                    std::size_t dn = 0;
+                    for_each_match(root, t.path, [&](simdjson::dom::element v) {
+                        if (dn == d.size()) {
+                            d.emplace_back();
+                        }
+                        value_text(v, d[dn++]);
+                    });
+                    std::sort(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn));
+                    total += static_cast<double>(std::unique(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn)) - d.begin());
+                }
+                break;
+            }
+        }
+    }
+    return total;
+}
+
+std::string num(double v) {
+    char buf[64];
+    if (std::fabs(v) < 1e15 && v == std::floor(v)) {
+        auto [p, ec] = std::to_chars(buf, buf + sizeof buf, static_cast<long long>(v));
+        return std::string{buf, p};
+    }
+    auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general, 4);
+    return std::string{buf, p};
+}
+
+std::int64_t epoch_of(time_point now, milliseconds resolution) {
+    const auto ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
+    const auto r = std::max<std::int64_t>(resolution.count(), 1);
+    return ms >= 0 ? ms / r : (ms - r + 1) / r;
+}
+
+// What a check of one rule found.
+struct verdict_detail {
+    bool violated = false;
+    double measured = 0;
+    double limit = 0;
+    double mean = 0;
+    double stddev = 0;
+    double volume = 0;
+};
+
+decision explain(const rule_set& set, const rule& r, verdict outcome, std::string_view key, bool overflow,
+                 const verdict_detail& d, std::string_view extra) {
+    decision out;
+    out.outcome = outcome;
+    out.rule = r.id;
+    const auto& fm = set.mode_of(r);
+    out.failure_mode = fm.id;
+    out.failure_mode_title = fm.title;
+    out.sev = fm.sev;
+    out.condition = r.condition;
+    out.key = overflow ? std::string{rule_meter::overflow_key} : std::string{key};
+    out.overflow_key = overflow;
+    out.measure = r.measure.text;
+    out.measured = d.measured;
+    out.limit = d.limit;
+    out.baseline_mean = d.mean;
+    out.baseline_stddev = d.stddev;
+    out.volume = d.volume;
+    out.window = r.window;
+    out.trips = r.trips;
+    out.breaker_instance = r.key.empty() ? r.trips : r.trips + "/" + out.key;
+
+    std::string& why = out.reason;
+    why = "rule " + r.id + " (" + fm.id + ", " + std::string{to_string(fm.sev)} + "): ";
+    if (outcome == verdict::rejected) {
+        why += "cannot measure " + r.measure.text + ": " + std::string{extra};
+        return out;
+    }
+    const std::string key_text = r.key.empty() ? std::string{} : " for key " + cfg::quote(out.key);
+    const std::string window_text = r.window.count() > 0 ? cfg::format_duration(r.window) : std::string{};
+    switch (r.condition) {
+        case condition_kind::limit:
+            if (r.agg == aggregate::per_request) {
+                why += r.measure.text + " is " + num(d.measured) + " in one request, limit " + num(d.limit);
+            } else if (r.agg == aggregate::avg) {
+                why += "average of " + r.measure.text + " would be " + num(d.measured) + " over " + window_text +
+                       " (" + num(d.volume) + " events)" + key_text + ", limit " + num(d.limit);
+            } else {
+                why += r.measure.text + " would be " + num(d.measured) + " in " + window_text + key_text + ", limit " +
+                       num(d.limit);
+            }
+            break;
+        case condition_kind::ratio:
+            why += r.measure.text + " / " + (r.ratio_of ? r.ratio_of->text : std::string{"requests"}) + " is " +
+                   num(d.measured) + " over " + window_text + " (volume " + num(d.volume) + ")" + key_text + ", max " +
+                   num(d.limit);
+            break;
+        case condition_kind::baseline:
+            why += r.measure.text + " would be " + num(d.measured) + " in this " + window_text + key_text +
+                   ", above its baseline (mean " + num(d.mean) + ", stddev " + num(d.stddev) + ", threshold " +
+                   num(d.limit) + ")";
+            break;
+    }
+    if (overflow) {
+        why += "; key table full (max_keys " + std::to_string(r.max_keys) + "), metered in the overflow key";
+    }
+    if (!extra.empty()) {
+        why += "; ";
+        why += extra;
+    }
+    return out;
+}
+
+// Checks the slot's current state against the rule (response-side rules, and reads).
+verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
+    verdict_detail d;
+    if (r.condition == condition_kind::baseline) {
+        if (!s.base.started()) {
+            return d;
+        }
+        const bool same_bucket = s.base.bucket() == epoch;
+        d.measured = same_bucket ? s.base.current() : 0;
+        d.mean = s.base.mean();
+        d.stddev = s.base.stddev();
+        d.limit = s.base.threshold(r.baseline);
+        d.violated = same_bucket && s.base.armed(epoch, r.baseline, r.window.count()) && d.measured > d.limit;
+        return d;
+    }
+    const double a = s.ring.total_at(epoch, 0);
+    d.limit = r.limit;
+    if (r.agg == aggregate::sum && r.condition == condition_kind::limit) {
+        d.measured = a;
+        d.violated = a > r.limit;
+        return d;
+    }
+    const double b = s.ring.total_at(epoch, 1);
+    d.volume = b;
+    d.measured = b > 0 ? a / b : 0;
+    d.violated = b > 0 && b >= r.min_volume && d.measured > r.limit;
+    return d;
+}
+
+}  // namespace
+
+engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : set_(std::move(rules)) {
+    std::unordered_map<std::string_view, std::size_t> old;
+    if (previous) {
+        for (std::size_t i = 0; i < previous->set_->rules.size(); ++i) {
+            old.emplace(previous->set_->rules[i].id, i);
+        }
+    }
+    meters_.reserve(set_->rules.size());
+    for (const auto& r : set_->rules) {
+        auto it = old.find(r.id);
+        if (it != old.end() && previous->set_->rules[it->second].fingerprint == r.fingerprint) {
+            meters_.push_back(previous->meters_[it->second]);
+        } else {
+            meters_.push_back(std::make_shared<rule_meter>(r));
+        }
+    }
+}
+
+bool engine::shares_meter_with(const engine& other, std::string_view rule_id) const {
+    const rule* a = set_->find_rule(rule_id);
+    const rule* b = other.set_->find_rule(rule_id);
+    if (!a || !b) {
+        return false;
+    }
+    return meters_[a->index] == other.meters_[b->index];
+}
+
+decision engine::evaluate(const request_view& req, time_point now) {
+    scratch& s = local();
+    context ctx{req, nullptr, s, {}, {}, false, false, {}};
+    s.reservation_count = 0;
+    const auto& list = set_->rules_for(req.route);
+
+    auto rollback = [&] {
+        for (std::size_t i = 0; i < s.reservation_count; ++i) {
+            const auto& res = s.reservations[i];
+            const rule& r = set_->rules[res.rule];
+            auto undo = [&](meter_slot& slot, bool) {
+                if (r.condition == condition_kind::baseline) {
+                    slot.base.subtract(res.epoch, res.a);
+                } else {
+                    slot.ring.subtract(res.epoch, 0, res.a);
+                    if (slot.ring.buckets() > 0 && meters_[res.rule]->channels() > 1) {
+                        slot.ring.subtract(res.epoch, 1, res.b);
+                    }
+                }
+            };
+            meters_[res.rule]->with_existing_slot(res.overflow ? rule_meter::overflow_key : std::string_view{res.key}, undo);
+        }
+        s.reservation_count = 0;
+    };
+
+    for (const std::uint32_t idx : list) {
+        const rule& r = set_->rules[idx];
+        if (!matches(r, ctx)) {
+            continue;
+        }
+        if (!build_key(r, ctx)) {
+            rollback();
+            return explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
+        }
+        const std::int64_t epoch = epoch_of(now, r.resolution);
+        rule_meter& meter = *meters_[idx];
+
+        if (r.response_side) {
+            // Read-only: the responses already booked may have put this key over its line.
+            verdict_detail d;
+            bool overflow = false;
+            meter.with_existing_slot(s.key, [&](meter_slot& slot, bool ovf) {
+                d = check_state(r, slot, epoch);
+                overflow = ovf;
+            });
+            if (d.violated) {
+                rollback();
+                return explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+            }
+            continue;
+        }
+
+        const auto a = amount(r.measure, ctx, r.on_invalid_body);
+        std::optional<double> b = 1.0;
+        if (r.ratio_of) {
+            b = amount(*r.ratio_of, ctx, r.on_invalid_body);
+        }
+        if (!a || !b) {
+            rollback();
+            return explain(*set_, r, verdict::rejected, s.key, false, {}, ctx.req_json.error);
+        }
+
+        if (r.agg == aggregate::per_request) {
+            if (*a > r.limit) {
+                rollback();
+                verdict_detail d;
+                d.violated = true;
+                d.measured = *a;
+                d.limit = r.limit;
+                return explain(*set_, r, verdict::violated, s.key, false, d, {});
+            }
+            continue;
+        }
+
+        verdict_detail d;
+        std::int64_t booked = 0;
+        // The check and the booking happen under the key's lock in one step: this is what
+        // makes caps exact when many threads hit the same key.
+        const bool overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
+            slot.last_epoch = std::max(slot.last_epoch, epoch);
+            if (r.condition == condition_kind::baseline) {
+                slot.base.roll(epoch, r.baseline.alpha);
+                const double next = slot.base.current() + *a;
+                d.measured = next;
+                d.mean = slot.base.mean();
+                d.stddev = slot.base.stddev();
+                d.limit = slot.base.threshold(r.baseline);
+                d.violated = slot.base.armed(epoch, r.baseline, r.window.count()) && next > d.limit;
+                if (!d.violated) {
+                    slot.base.add(*a);
+                    booked = slot.base.bucket();
+                }
+                return ovf;
+            }
+            slot.ring.advance(epoch);
+            const double next_a = slot.ring.total(0) + *a;
+            d.limit = r.limit;
+            if (r.agg == aggregate::sum && r.condition == condition_kind::limit) {
+                d.measured = next_a;
+                d.violated = next_a > r.limit;
+            } else {
+                const double next_b = slot.ring.total(1) + *b;
+                d.volume = next_b;
+                d.measured = next_b > 0 ? next_a / next_b : 0;
+                d.violated = next_b > 0 && next_b >= r.min_volume && d.measured > r.limit;
+            }
+            if (!d.violated) {
+                booked = slot.ring.book_epoch(epoch);
+                slot.ring.add(booked, 0, *a);
+                if (meter.channels() > 1) {
+                    slot.ring.add(booked, 1, *b);
+                }
+            }
+            return ovf;
+        });
+        if (d.violated) {
+            rollback();
+            return explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+        }
+        if (s.reservation_count == s.reservations.size()) {
+            s.reservations.emplace_back();
+        }
+        auto& res = s.reservations[s.reservation_count++];
+        res.rule = idx;
+        res.key.assign(s.key);
+        res.epoch = booked;
+        res.a = *a;
+        res.b = *b;
+        res.overflow = overflow;
+    }
+    s.reservation_count = 0;
+    return {};
+}
+
+decision engine::record_response(const request_view& req, const response_view& resp, time_point now) {
+    scratch& s = local();
+    context ctx{req, &resp, s, {}, {}, false, false, {}};
+    decision first;
+    for (const std::uint32_t idx : set_->rules_for(req.route)) {
+        const rule& r = set_->rules[idx];
+        if (!r.response_side || !matches(r, ctx)) {
+            continue;
+        }
+        if (!build_key(r, ctx)) {
+            if (first.allowed()) {
+                first = explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
+            }
+            continue;
+        }
+        const auto a = amount(r.measure, ctx, r.on_invalid_body);
+        std::optional<double> b = 1.0;
+        if (r.ratio_of) {
+            b = amount(*r.ratio_of, ctx, r.on_invalid_body);
+        }
+        if (!a || !b) {
+            if (first.allowed()) {
+                first = explain(*set_, r, verdict::rejected, s.key, false, {}, ctx.resp_json.error);
+            }
+            continue;
+        }
+        const std::int64_t epoch = epoch_of(now, r.resolution);
+        rule_meter& meter = *meters_[idx];
+        verdict_detail d;
+        const bool overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
+            slot.last_epoch = std::max(slot.last_epoch, epoch);
+            if (r.condition == condition_kind::baseline) {
+                slot.base.roll(epoch, r.baseline.alpha);
+                slot.base.add(*a);
+            } else {
+                slot.ring.advance(epoch);
+                slot.ring.add(epoch, 0, *a);
+                if (meter.channels() > 1) {
+                    slot.ring.add(epoch, 1, *b);
+                }
+            }
+            d = check_state(r, slot, std::max(epoch, r.condition == condition_kind::baseline ? slot.base.bucket()
+                                                                                              : slot.ring.head()));
+            return ovf;
+        });
+        if (d.violated && first.allowed()) {
+            first = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+        }
+    }
+    return first;
+}
+
+std::optional<meter_reading> engine::read(std::string_view rule_id, std::string_view key, time_point now) const {
+    const rule* r = set_->find_rule(rule_id);
+    if (!r) {
+        return std::nullopt;
+    }
+    std::optional<meter_reading> out;
+    const std::int64_t epoch = epoch_of(now, r->resolution);
+    meters_[r->index]->with_existing_slot(key, [&](meter_slot& slot, bool) {
+        meter_reading m;
+        if (r->condition == condition_kind::baseline) {
+            m.value = slot.base.started() && slot.base.bucket() == epoch ? slot.base.current() : 0;
+            m.numerator = m.value;
+            m.baseline_mean = slot.base.mean();
+            m.baseline_stddev = slot.base.stddev();
+            m.baseline_samples = slot.base.samples();
+        } else {
+            m.numerator = slot.ring.total_at(epoch, 0);
+            if (meters_[r->index]->channels() > 1) {
+                m.denominator = slot.ring.total_at(epoch, 1);
+                m.value = m.denominator > 0 ? m.numerator / m.denominator : 0;
+            } else {
+                m.value = m.numerator;
+            }
+        }
+        out = m;
+    });
+    return out;
+}
+
+std::optional<meter_stats> engine::stats(std::string_view rule_id) const {
+    const rule* r = set_->find_rule(rule_id);
+    if (!r) {
+        return std::nullopt;
+    }
+    return meters_[r->index]->stats();
+}
+
+std::optional<std::size_t> engine::bytes_per_key(std::string_view rule_id, std::size_t key_len) const {
+    const rule* r = set_->find_rule(rule_id);
+    if (!r) {
+        return std::nullopt;
+    }
+    return meters_[r->index]->bytes_per_key(key_len);
+}
+
+}  // namespace bb::rules

@@ -1,0 +1,101 @@
+#pragma once
+// The rules engine: per request, meters what the request does and says whether it crosses a
+// line. Pure: no sockets, no logging, no clock reads (`now` is a parameter).
+//
+// Thread-safety: engine::evaluate, record_response, read and stats are safe from any number
+// of threads at once. Caps are exact under concurrency: each (rule, key) is checked and
+// reserved in one step under that key's lock (see meter_slot), so a cap of N admits exactly
+// N units. Meter state lives in rule_meter objects shared by reference count; a new engine
+// built with `previous` adopts the meters of every rule whose definition is unchanged, so a
+// config reload never resets them, and both engines stay exact while requests on the old
+// config drain.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "rules/meter.hpp"
+#include "rules/request.hpp"
+#include "rules/rule_set.hpp"
+
+namespace bb::rules {
+
+enum class verdict : std::uint8_t {
+    allow,     // no rule violated
+    violated,  // a rule's condition is crossed: trip `trips`
+    rejected,  // the request is malformed for a rule that must read it (body not JSON)
+};
+std::string_view to_string(verdict v);
+
+// Everything needed to explain a decision. Strings are only filled when outcome != allow,
+// so the allow path does not allocate.
+struct decision {
+    verdict outcome = verdict::allow;
+    std::string rule;                // rule id
+    std::string failure_mode;        // failure mode id
+    std::string failure_mode_title;
+    severity sev = severity::sev4;
+    condition_kind condition = condition_kind::limit;
+    std::string key;                 // key value ("" for an unkeyed rule, "(overflow)" past max_keys)
+    bool overflow_key = false;
+    std::string measure;             // the measure expression, e.g. "count($.inputs[*])"
+    double measured = 0;             // value that crossed: window total incl. this request, ratio, avg, bucket total
+    double limit = 0;                // limit, ratio max, or the baseline threshold
+    double baseline_mean = 0;        // baseline rules
+    double baseline_stddev = 0;
+    double volume = 0;               // ratio/avg denominator
+    std::chrono::milliseconds window{0};
+    std::string trips;               // breaker id
+    std::string breaker_instance;    // "trips/key" for keyed rules, else "trips"
+    std::string reason;              // one line for people and for the x-breakerbox JSON error
+
+    bool allowed() const { return outcome == verdict::allow; }
+};
+
+// Current state of one key of one rule, for the admin API and tests.
+struct meter_reading {
+    double value = 0;        // what the condition compares: window sum, avg, ratio, current bucket
+    double numerator = 0;    // window total of the measure
+    double denominator = 0;  // avg/ratio denominator
+    double baseline_mean = 0;
+    double baseline_stddev = 0;
+    std::uint32_t baseline_samples = 0;
+};
+
+class engine {
+public:
+    // `previous`: the engine being replaced on reload; meters of unchanged rules (same id
+    // and fingerprint) are adopted from it. It may keep serving while this one starts.
+    explicit engine(std::shared_ptr<const rule_set> rules, const engine* previous = nullptr);
+
+    // Checks every rule of the request's route, in config order, reserving the request's
+    // amount on each windowed rule. Returns allow, or the first violated/rejected rule;
+    // then nothing of this request stays booked on any rule (earlier reservations are
+    // undone).
+    decision evaluate(const request_view& req, time_point now);
+
+    // Books response-side facts (status classes, latency, response JSON) for the request's
+    // rules. Returns the first response-side rule the response pushed over its line, else allow.
+    decision record_response(const request_view& req, const response_view& resp, time_point now);
+
+    // nullopt if the rule is unknown or the key is not tracked.
+    std::optional<meter_reading> read(std::string_view rule_id, std::string_view key, time_point now) const;
+    std::optional<meter_stats> stats(std::string_view rule_id) const;
+    // Approximate memory one active key of the rule costs (for capacity planning).
+    std::optional<std::size_t> bytes_per_key(std::string_view rule_id, std::size_t key_len = 16) const;
+
+    const rule_set& rules() const { return *set_; }
+    const std::shared_ptr<const rule_set>& rules_ptr() const { return set_; }
+    // Whether this engine shares the meter of `rule_id` with `other` (reload adoption).
+    bool shares_meter_with(const engine& other, std::string_view rule_id) const;
+
+private:
+    std::shared_ptr<const rule_set> set_;
+    std::vector<std::shared_ptr<rule_meter>> meters_;  // parallel to set_->rules
+};
+
+}  // namespace bb::rules

@@ -1,0 +1,229 @@
+#pragma once
+// Meters: sliding windows as bucketed rings, EWMA baselines, and the per-rule keyed store
+// that bounds how many keys a rule may track.
+//
+// Thread-safety: ring_window and baseline_state are plain values, not thread-safe; they
+// live inside a meter_slot and are only touched with the slot's mutex held. rule_meter is
+// safe from any number of threads.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "rules/rule_set.hpp"
+
+namespace bb::rules {
+
+// Bucket epoch: time / resolution. The window at head epoch h covers epochs (h - n, h].
+// An event older than the window is counted in the head bucket (late events never vanish,
+// which errs towards tripping); an event inside the window goes to its own bucket.
+class ring_window {
+public:
+    ring_window(std::size_t buckets, std::size_t channels);
+
+    // Moves the head forward to `epoch` (no-op if not ahead), clearing expired buckets.
+    void advance(std::int64_t epoch);
+    // The epoch an event at `epoch` is booked under, once advance(epoch) has run.
+    std::int64_t book_epoch(std::int64_t epoch) const;
+    void add(std::int64_t epoch, std::size_t channel, double amount);
+    // Undo of add(); ignored if the bucket has expired meanwhile.
+    void subtract(std::int64_t epoch, std::size_t channel, double amount);
+    // Total over the window at the current head.
+    double total(std::size_t channel) const { return totals_[channel]; }
+    // Total over the window as it would be at `epoch` (>= head), without moving the head.
+    double total_at(std::int64_t epoch, std::size_t channel) const;
+    bool started() const { return started_; }
+    std::int64_t head() const { return head_; }
+    std::size_t buckets() const { return n_; }
+    std::size_t memory_bytes() const { return sizeof(*this) + values_.capacity() * sizeof(double); }
+
+private:
+    double& at(std::int64_t epoch, std::size_t channel) {
+        return values_[static_cast<std::size_t>(((epoch % static_cast<std::int64_t>(n_)) + static_cast<std::int64_t>(n_)) %
+                                                static_cast<std::int64_t>(n_)) * channels_ + channel];
+    }
+    void recompute_totals();
+
+    std::size_t n_;
+    std::size_t channels_;
+    std::vector<double> values_;  // n_ * channels_, bucket-major
+    double totals_[2] = {0, 0};
+    std::int64_t head_ = 0;
+    bool started_ = false;
+};
+
+// EWMA of per-bucket totals (tumbling buckets of the rule's window). The current bucket is
+// compared against the mean/variance of the buckets before it.
+class baseline_state {
+public:
+    // Folds completed buckets (and empty buckets in a gap, as zeros) into the EWMA.
+    void roll(std::int64_t epoch, double alpha);
+    double current() const { return current_; }
+    void add(double amount) { current_ += amount; }
+    void subtract(std::int64_t epoch, double amount) {
+        if (epoch == bucket_) {
+            current_ -= amount;
+        }
+    }
+    double mean() const { return mean_; }
+    double stddev() const;
+    std::uint32_t samples() const { return samples_; }
+    // Whether the baseline may trip at `epoch` and above which bucket total.
+    bool armed(std::int64_t epoch, const baseline_spec& spec, std::int64_t bucket_ms) const;
+    double threshold(const baseline_spec& spec) const;
+    std::int64_t bucket() const { return bucket_; }
+    bool started() const { return started_; }
+
+private:
+    void fold(double x, double alpha);
+
+    std::int64_t bucket_ = 0;
+    std::int64_t first_bucket_ = 0;
+    double current_ = 0;
+    double mean_ = 0;
+    double var_ = 0;
+    std::uint32_t samples_ = 0;
+    bool started_ = false;
+};
+
+// State of one key of one rule.
+struct meter_slot {
+    meter_slot(std::size_t buckets, std::size_t channels) : ring(buckets, channels) {}
+    // Per-key lock: the check-and-add of a cap must be one atomic step over the whole
+    // window (advance, compare total + amount with the limit, add). A lock-free version
+    // would need a CAS over a multi-bucket snapshot; a per-key mutex is exact, uncontended
+    // across keys, and held for well under a microsecond.
+    std::mutex mu;
+    ring_window ring;
+    baseline_state base;
+    std::int64_t last_epoch = 0;
+};
+
+struct meter_stats {
+    std::size_t keys = 0;              // live keys (excluding the overflow key)
+    std::uint64_t overflow_events = 0; // events booked to the overflow key
+    std::uint64_t evictions = 0;       // idle keys dropped to make room
+};
+
+// Keyed slots of one rule. Keys beyond max_keys go to a single overflow slot which is metered
+// (and capped) like any other key; idle keys are evicted to make room, so memory is bounded
+// by max_keys * slot size.
+class rule_meter {
+public:
+    explicit rule_meter(const rule& r);
+    rule_meter(const rule_meter&) = delete;
+    rule_meter& operator=(const rule_meter&) = delete;
+
+    static constexpr std::string_view overflow_key = "(overflow)";
+
+    // Runs f(slot&, bool overflow) with the slot's mutex held, creating the key if needed.
+    // `epoch` is used to find idle keys to evict. Thread-safe.
+    template <class F>
+    auto with_slot(std::string_view key, std::int64_t epoch, F&& f);
+    // Same, but never creates a key: returns false if the key is not tracked.
+    template <class F>
+    bool with_existing_slot(std::string_view key, F&& f);
+
+    meter_stats stats() const;
+    // Approximate bytes held by one key (slot, ring, map node, key string of `key_len`).
+    std::size_t bytes_per_key(std::size_t key_len) const;
+    std::size_t channels() const { return channels_; }
+
+private:
+    static constexpr std::size_t shard_count = 16;
+    struct shard {
+        mutable std::shared_mutex mu;
+        std::unordered_map<std::string, std::unique_ptr<meter_slot>, string_hash, std::equal_to<>> slots;
+        std::int64_t last_sweep = INT64_MIN;
+    };
+    shard& shard_of(std::string_view key) { return shards_[string_hash{}(key) % shard_count]; }
+    // With the shard exclusively locked: drops slots idle at `epoch`. Returns how many.
+    std::size_t sweep(shard& s, std::int64_t epoch);
+    bool idle(const meter_slot& slot, std::int64_t epoch) const;
+
+    std::size_t buckets_;
+    std::size_t channels_;
+    std::size_t max_keys_;
+    bool keyed_;
+    bool baseline_;
+    std::int64_t idle_epochs_;
+    std::atomic<std::size_t> keys_{0};
+    std::atomic<std::uint64_t> overflow_events_{0};
+    std::atomic<std::uint64_t> evictions_{0};
+    meter_slot single_;    // unkeyed rules
+    meter_slot overflow_;  // keys beyond max_keys
+    shard shards_[shard_count];
+};
+
+template <class F>
+auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
+    if (!keyed_) {
+        std::lock_guard lock{single_.mu};
+        return f(single_, false);
+    }
+    shard& s = shard_of(key);
+    {
+        // Readers hold the shard lock shared while they use a slot, so eviction (which takes
+        // it exclusively) can never free a slot in use.
+        std::shared_lock read{s.mu};
+        auto it = s.slots.find(key);
+        if (it != s.slots.end()) {
+            std::lock_guard lock{it->second->mu};
+            return f(*it->second, false);
+        }
+    }
+    std::unique_lock write{s.mu};
+    auto it = s.slots.find(key);
+    if (it == s.slots.end()) {
+        bool room = keys_.load(std::memory_order_relaxed) < max_keys_;
+        if (!room && s.last_sweep != epoch) {
+            // At most one sweep per shard per bucket, so a full meter costs O(1) amortised.
+            s.last_sweep = epoch;
+            room = sweep(s, epoch) > 0 && keys_.load(std::memory_order_relaxed) < max_keys_;
+        }
+        if (room && keys_.fetch_add(1, std::memory_order_relaxed) < max_keys_) {
+            it = s.slots.emplace(std::string{key}, std::make_unique<meter_slot>(buckets_, channels_)).first;
+        } else {
+            if (room) {
+                keys_.fetch_sub(1, std::memory_order_relaxed);
+            }
+            write.unlock();
+            overflow_events_.fetch_add(1, std::memory_order_relaxed);
+            std::lock_guard lock{overflow_.mu};
+            return f(overflow_, true);
+        }
+    }
+    std::lock_guard lock{it->second->mu};
+    return f(*it->second, false);
+}
+
+template <class F>
+bool rule_meter::with_existing_slot(std::string_view key, F&& f) {
+    if (!keyed_) {
+        std::lock_guard lock{single_.mu};
+        f(single_, false);
+        return true;
+    }
+    if (key == overflow_key) {
+        std::lock_guard lock{overflow_.mu};
+        f(overflow_, true);
+        return true;
+    }
+    shard& s = shard_of(key);
+    std::shared_lock read{s.mu};
+    auto it = s.slots.find(key);
+    if (it == s.slots.end()) {
+        return false;
+    }
+    std::lock_guard lock{it->second->mu};
+    f(*it->second, false);
+    return true;
+}
+
+}  // namespace bb::rules

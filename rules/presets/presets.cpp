@@ -1,0 +1,57 @@
+#include "rules/presets/presets.hpp"
+
+#include <array>
+
+namespace bb::rules {
+
+namespace {
+
+// Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
+// feed a documented-shape body through every preset.
+constexpr std::array<preset, 10> table{{
+    {"sendgrid.recipients", "POST", "/v3/mail/send",
+     "count($.personalizations[*]['to','cc','bcc'][*])",
+     "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
+    {"ses.send_email.destinations", "POST", "/v2/email/outbound-emails",
+     "count($.Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
+     "SES v2 SendEmail: ToAddresses + CcAddresses + BccAddresses"},
+    {"ses.send_bulk_email.destinations", "POST", "/v2/email/outbound-bulk-emails",
+     "count($.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
+     "SES v2 SendBulkEmail: destinations across all BulkEmailEntries"},
+    {"mailgun.recipients", "POST", "/v3/{domain}/messages",
+     "count(form:to) + count(form:cc) + count(form:bcc)",
+     "Mailgun messages: repeated and comma-separated to/cc/bcc form fields (urlencoded or multipart)"},
+    {"hubspot.batch.records", "POST", "/crm/v3/objects/{object}/batch/{op:create|update|upsert|archive}",
+     "count($.inputs[*])",
+     "HubSpot CRM batch create/update/upsert/archive: records in inputs[]"},
+    {"hubspot.batch.archive", "POST", "/crm/v3/objects/{object}/batch/archive",
+     "count($.inputs[*])",
+     "HubSpot CRM batch archive (delete): records in inputs[]"},
+    {"hubspot.deletes", "DELETE", "/crm/v3/objects/{object}/{id}",
+     "requests",
+     "HubSpot CRM single-record archive (DELETE)"},
+    {"salesforce.collections.records", "POST,PATCH", "/services/data/{version}/composite/sobjects",
+     "count($.records[*])",
+     "Salesforce sObject Collections create (POST) / update (PATCH): records[]"},
+    {"salesforce.collections.deletes", "DELETE", "/services/data/{version}/composite/sobjects",
+     "count(query:ids)",
+     "Salesforce sObject Collections delete: comma-separated ids in the query"},
+    {"salesforce.sobject.deletes", "DELETE", "/services/data/{version}/sobjects/{sobject}/{id}",
+     "requests",
+     "Salesforce single sObject delete"},
+}};
+
+}  // namespace
+
+std::span<const preset> presets() { return table; }
+
+const preset* find_preset(std::string_view name) {
+    for (const auto& p : table) {
+        if (p.name == name) {
+            return &p;
+        }
+    }
+    return nullptr;
+}
+
+}  // namespace bb::rules

@@ -1,0 +1,57 @@
+#pragma once
+// What the engine sees of a request and its response: plain views, owned by the caller and
+// valid for the duration of one evaluate()/record_response() call.
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace bb::rules {
+
+struct header_field {
+    std::string_view name;
+    std::string_view value;
+};
+
+bool iequals(std::string_view a, std::string_view b);
+
+struct request_view {
+    std::string_view method;        // "POST"
+    std::string_view target;        // "/v3/mail/send?x=1" as received
+    std::string_view path;          // "/v3/mail/send" (no query)
+    std::string_view query;         // "x=1" (no '?')
+    std::string_view host;          // without port
+    std::string_view route;         // name of the matched route; "" if none
+    std::string_view agent;         // agent id, "" if anonymous
+    std::string_view content_type;  // "application/json; charset=utf-8"
+    std::string_view body;
+    std::span<const header_field> headers;
+
+    // First header with this name, case-insensitive; empty if absent.
+    std::string_view header(std::string_view name) const {
+        for (const auto& h : headers) {
+            if (iequals(h.name, name)) {
+                return h.value;
+            }
+        }
+        return {};
+    }
+    bool has_header(std::string_view name) const {
+        for (const auto& h : headers) {
+            if (iequals(h.name, name)) {
+                return true;
+            }
+        }
+        return false;
+    }
+};
+
+struct response_view {
+    int status = 0;  // 0: no response (timeout, connection failure)
+    std::chrono::nanoseconds latency{0};
+    std::string_view content_type;
+    std::string_view body;
+};
+
+}  // namespace bb::rules

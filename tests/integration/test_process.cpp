@@ -1,0 +1,340 @@
+// The real `breakerbox` binary as a child process: --check-config, SIGHUP reload with a bad
+// and a good config, SIGTERM drain, and an fd-leak check over 10,000 mixed requests.
+// Waits are reads with deadlines (poll), never sleeps.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/write.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+
+extern char** environ;
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+namespace http = boost::beast::http;
+
+#ifndef BB_BREAKERBOX_BIN
+#error "BB_BREAKERBOX_BIN must name the breakerbox binary"
+#endif
+
+namespace {
+
+void write_file(const std::string& path, const std::string& text) {
+    std::ofstream out{path, std::ios::trunc};
+    out << text;
+}
+
+// A child process with its stdout+stderr on a pipe.
+class child {
+public:
+    explicit child(std::vector<std::string> args) {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) {
+            throw std::runtime_error("pipe failed");
+        }
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+        posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+        std::vector<char*> argv;
+        argv.push_back(const_cast<char*>(BB_BREAKERBOX_BIN));
+        for (auto& a : args) {
+            argv.push_back(a.data());
+        }
+        argv.push_back(nullptr);
+        if (posix_spawn(&pid_, BB_BREAKERBOX_BIN, &fa, nullptr, argv.data(), environ) != 0) {
+            throw std::runtime_error("spawn failed");
+        }
+        posix_spawn_file_actions_destroy(&fa);
+        ::close(fds[1]);
+        out_ = fds[0];
+    }
+    ~child() {
+        if (pid_ > 0 && !exited_) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+        ::close(out_);
+    }
+    pid_t pid() const { return pid_; }
+
+    // Reads output until `pattern` matches somewhere in it, or the deadline passes.
+    std::smatch wait_output(const std::string& pattern, std::chrono::milliseconds deadline = 10s) {
+        const std::regex re{pattern};
+        const auto until = std::chrono::steady_clock::now() + deadline;
+        for (;;) {
+            std::smatch m;
+            if (std::regex_search(text_.cbegin() + static_cast<long>(consumed_), text_.cend(), m, re)) {
+                consumed_ = static_cast<std::size_t>(m[0].second - text_.cbegin());
+                return m;
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+            if (left.count() <= 0 || !read_some(left)) {
+                ADD_FAILURE() << "no output matching /" << pattern << "/ within the deadline; output so far:\n" << text_;
+                return {};
+            }
+        }
+    }
+    // Waits for exit; returns the exit status, or -1 on timeout.
+    int wait_exit(std::chrono::milliseconds deadline = 10s) {
+        const auto until = std::chrono::steady_clock::now() + deadline;
+        for (;;) {
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                exited_ = true;
+                while (read_some(0ms)) {
+                }
+                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                return -1;
+            }
+            // The pipe closes when the child exits: wait on it rather than sleeping.
+            if (!read_some(std::min(left, std::chrono::milliseconds{50}))) {
+                pollfd none{};
+                ::poll(&none, 0, 5);
+            }
+        }
+    }
+    const std::string& output() const { return text_; }
+
+private:
+    bool read_some(std::chrono::milliseconds timeout) {
+        pollfd p{out_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) {
+            return false;
+        }
+        char buf[4096];
+        const auto n = ::read(out_, buf, sizeof buf);
+        if (n <= 0) {
+            return false;
+        }
+        text_.append(buf, static_cast<std::size_t>(n));
+        return true;
+    }
+
+    pid_t pid_ = -1;
+    int out_ = -1;
+    bool exited_ = false;
+    std::string text_;
+    std::size_t consumed_ = 0;
+};
+
+std::uint16_t started_port(child& c) {
+    auto m = c.wait_output(R"(listener \S+ on http://127\.0\.0\.1:(\d+))");
+    return m.empty() ? 0 : static_cast<std::uint16_t>(std::stoi(m[1].str()));
+}
+
+std::size_t open_fds(pid_t pid) {
+    std::size_t n = 0;
+    DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+    if (d == nullptr) {
+        return 0;
+    }
+    while (auto* e = ::readdir(d)) {
+        if (e->d_name[0] != '.') {
+            ++n;
+        }
+    }
+    ::closedir(d);
+    return n;
+}
+
+}  // namespace
+
+TEST(check_config, valid_file_exits_0) {
+    const auto dir = temp_dir();
+    write_file(dir + "/ok.json", make_config("http://127.0.0.1:9"));
+    child c{{"--check-config", dir + "/ok.json"}};
+    EXPECT_EQ(c.wait_exit(), 0) << c.output();
+    EXPECT_NE(c.output().find(": ok"), std::string::npos) << c.output();
+}
+
+TEST(check_config, every_error_is_listed_with_its_json_path) {
+    const auto dir = temp_dir();
+    write_file(dir + "/bad.json", R"({
+      "workers": -1,
+      "listeners": [{"name": "a", "address": "nope"}],
+      "limits": {"body_bytes": "big", "header_timeout": "1x"},
+      "upstreams": [{"name": "up", "url": "ftp://x", "timeout": "1x"}],
+      "routes": [{"name": "r", "match": {"path_prefix": "v3"}, "upstream": "missing"}],
+      "limts": {}
+    })");
+    child c{{"--check-config", dir + "/bad.json"}};
+    EXPECT_EQ(c.wait_exit(), 1);
+    const auto& out = c.output();
+    for (const char* expected : {
+             "workers: -1 is out of range",
+             "listeners[0].address: \"nope\" is not an address",
+             "limits.body_bytes: must be a whole number",
+             "limits.header_timeout: \"1x\" is not a duration",
+             "upstreams[0].url: \"ftp://x\": scheme must be http or https",
+             "upstreams[0].timeout: \"1x\" is not a duration",
+             "routes[0].match.path_prefix: \"v3\" must start with /",
+             "routes[0].upstream: \"missing\" is not a configured upstream",
+             "limts: is not a known setting",
+         }) {
+        EXPECT_NE(out.find(expected), std::string::npos) << "missing error: " << expected << "\nin:\n" << out;
+    }
+}
+
+TEST(check_config, invalid_json_and_missing_file_are_errors) {
+    const auto dir = temp_dir();
+    write_file(dir + "/broken.json", "{\"listeners\": [");
+    child a{{"--check-config", dir + "/broken.json"}};
+    EXPECT_EQ(a.wait_exit(), 1);
+    EXPECT_NE(a.output().find("not valid JSON"), std::string::npos) << a.output();
+    child b{{"--check-config", dir + "/absent.json"}};
+    EXPECT_EQ(b.wait_exit(), 1);
+    EXPECT_NE(b.output().find("cannot read"), std::string::npos) << b.output();
+    child usage{{"--bogus"}};
+    EXPECT_EQ(usage.wait_exit(), 2);
+}
+
+TEST(signals, sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies) {
+    fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
+    const auto dir = temp_dir();
+    const auto path = dir + "/bb.json";
+    write_file(path, make_config(local_url(up.port())));
+    child bb{{"--config", path, "--log-level", "info"}};
+    const auto port = started_port(bb);
+    ASSERT_NE(port, 0);
+    EXPECT_EQ(http_request(port, http::verb::get, "/before").result_int(), 200u);
+
+    write_file(path, R"({"listeners": [{"name": "x", "address": "127.0.0.1:0"}], "routes": 7})");
+    ::kill(bb.pid(), SIGHUP);
+    bb.wait_output("the old one keeps serving");
+    bb.wait_output("routes: must be an array");
+    EXPECT_EQ(http_request(port, http::verb::get, "/still").result_int(), 200u);
+
+    // A good config: the catch-all route now has a path prefix that /still does not match.
+    std::string next = make_config(local_url(up.port()));
+    next.replace(next.find("\"path_prefix\": \"/\""), 18, "\"path_prefix\": \"/v2/\"");
+    write_file(path, next);
+    ::kill(bb.pid(), SIGHUP);
+    bb.wait_output("configuration reloaded");
+    EXPECT_EQ(http_request(port, http::verb::get, "/still").result_int(), 404u);
+    EXPECT_EQ(http_request(port, http::verb::get, "/v2/ok").result_int(), 200u);
+
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+}
+
+TEST(signals, sigterm_drains_in_flight_requests_and_exits_0) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(200, "finished");
+        b.delay = 400ms;
+        return b;
+    }};
+    const auto dir = temp_dir();
+    write_file(dir + "/bb.json", make_config(local_url(up.port())));
+    child bb{{"--config", dir + "/bb.json", "--log-level", "info"}};
+    const auto port = started_port(bb);
+    ASSERT_NE(port, 0);
+    raw_client busy{port};
+    busy.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}");
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    ::kill(bb.pid(), SIGTERM);
+    auto res = busy.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "finished");
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(bb.wait_exit(), 0) << bb.output();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "exit must not wait for the 2s grace period once drained";
+    EXPECT_NE(bb.output().find("draining"), std::string::npos);
+    // After exit nothing listens any more.
+    EXPECT_THROW(raw_client{port}, std::runtime_error);
+}
+
+TEST(resources, fd_count_returns_to_baseline_after_10000_mixed_requests) {
+    fake_upstream up{[](const request& r) {
+        if (r.target() == "/reset") {
+            behaviour b;
+            b.what = behaviour::kind::reset_before_headers;
+            return b;
+        }
+        if (r.target() == "/bad-framing") {
+            return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx", true);
+        }
+        return respond(200, "{\"ok\":true}");
+    }};
+    const auto dir = temp_dir();
+    write_file(dir + "/bb.json", make_config(local_url(up.port()), "", "", "", 1));
+    child bb{{"--config", dir + "/bb.json", "--log-level", "error"}};
+    const auto port = started_port(bb);
+    ASSERT_NE(port, 0);
+    // Warm up so the upstream pool holds its steady-state connection.
+    EXPECT_EQ(http_request(port, http::verb::get, "/warm").result_int(), 200u);
+    const auto baseline = open_fds(bb.pid());
+    ASSERT_GT(baseline, 0u);
+
+    std::size_t sent = 0;
+    std::size_t by_kind[6] = {};
+    auto keepalive = std::make_unique<raw_client>(port);
+    while (sent < 10'000) {
+        const int kind = static_cast<int>(sent % 6);
+        ++by_kind[kind];
+        switch (kind) {
+            case 0:  // good, on a keep-alive connection
+            case 1: {
+                keepalive->send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}");
+                auto res = keepalive->read_response();
+                ASSERT_EQ(res.result_int(), 200u) << "request " << sent;
+                break;
+            }
+            case 2: {  // bad framing from the client: 400 and close
+                raw_client c{port};
+                c.send("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx");
+                ASSERT_EQ(c.read_response().result_int(), 400u);
+                break;
+            }
+            case 3: {  // upstream resets: 502
+                keepalive->send("GET /reset HTTP/1.1\r\nHost: a\r\n\r\n");
+                ASSERT_EQ(keepalive->read_response().result_int(), 502u);
+                break;
+            }
+            case 4: {  // upstream sends bad framing: 502, upstream connection dropped
+                keepalive->send("GET /bad-framing HTTP/1.1\r\nHost: a\r\n\r\n");
+                ASSERT_EQ(keepalive->read_response().result_int(), 502u);
+                break;
+            }
+            case 5: {  // the client gives up mid-request
+                raw_client c{port};
+                c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhalf");
+                c.close();
+                break;
+            }
+        }
+        ++sent;
+        if (sent % 1000 == 0) {
+            keepalive = std::make_unique<raw_client>(port);  // also churn the keep-alive connection
+        }
+    }
+    keepalive.reset();
+    // Connections close asynchronously; wait (with a deadline) for the count to settle.
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    std::size_t now = open_fds(bb.pid());
+    while (now > baseline + 2 && std::chrono::steady_clock::now() < until) {
+        // One request round trip is a natural "tick" that lets pending closes complete.
+        http_request(port, http::verb::get, "/tick");
+        now = open_fds(bb.pid());
+    }
+    EXPECT_LE(now, baseline + 2) << "baseline " << baseline << ", after 10000 requests " << now;
+    EXPECT_GE(now + 2, baseline);
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+}

@@ -1,0 +1,278 @@
+#include <gtest/gtest.h>
+
+#include "helpers.hpp"
+
+namespace bb::rules::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+const char* recipients_rule = R"j({"id": "recipients-per-campaign", "route": "mail-send",
+    "key": ["header:x-campaign-id"], "measure": {"sum": "count($.personalizations[*].to[*])"},
+    "window": "1h", "limit": 100, "failure_mode": "volume-spike", "trips": "campaign-volume"})j";
+
+TEST(Engine, CapIsExactAndTheCrossingRequestIsRefusedAndNotBooked) {
+    engine eng{load_ok(config(recipients_rule))};
+    manual_clock clock;
+    request req;
+    req.header("X-Campaign-Id", "spring-sale");
+    req.body = sendgrid_body(30);
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << i;
+    }
+    // 90 booked; 30 more would be 120 > 100.
+    const auto d = eng.evaluate(req.view(), clock.now());
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.rule, "recipients-per-campaign");
+    EXPECT_EQ(d.failure_mode, "volume-spike");
+    EXPECT_EQ(d.failure_mode_title, "Send volume spike");
+    EXPECT_EQ(d.sev, severity::sev2);
+    EXPECT_EQ(d.condition, condition_kind::limit);
+    EXPECT_EQ(d.key, "spring-sale");
+    EXPECT_EQ(d.measured, 120);
+    EXPECT_EQ(d.limit, 100);
+    EXPECT_EQ(d.window, 1h);
+    EXPECT_EQ(d.trips, "campaign-volume");
+    EXPECT_EQ(d.breaker_instance, "campaign-volume/spring-sale");
+    EXPECT_EQ(d.measure, "count($.personalizations[*].to[*])");
+    EXPECT_EQ(d.reason,
+              "rule recipients-per-campaign (volume-spike, sev2): count($.personalizations[*].to[*]) would be 120 in "
+              "1h for key \"spring-sale\", limit 100");
+    EXPECT_EQ(eng.read("recipients-per-campaign", "spring-sale", clock.now())->value, 90);
+    // Exactly filling the cap is allowed.
+    req.body = sendgrid_body(10);
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    req.body = sendgrid_body(1);
+    EXPECT_FALSE(eng.evaluate(req.view(), clock.now()).allowed());
+    // Other campaigns have their own meter.
+    req.headers.clear();
+    req.header("x-campaign-id", "other");
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
+TEST(Engine, WindowSlides) {
+    engine eng{load_ok(config(R"j({"id": "rpm", "route": "mail-send", "window": "1m", "limit": 2,
+        "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    clock.set(time_point{std::chrono::minutes{10'000}});
+    request req;
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    clock.advance(30s);
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_FALSE(eng.evaluate(req.view(), clock.now()).allowed());
+    clock.advance(30s);  // first request leaves the window
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_FALSE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
+TEST(Engine, ALaterRefusalUndoesEarlierReservations) {
+    engine eng{load_ok(config(R"j(
+        {"id": "all", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 1000, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "per-agent", "route": "mail-send", "key": "agent", "measure": "count($.personalizations[*].to[*])",
+         "window": "1h", "limit": 10, "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_body(8);
+    ASSERT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    const auto d = eng.evaluate(req.view(), clock.now());
+    ASSERT_EQ(d.rule, "per-agent");
+    EXPECT_EQ(eng.read("all", "", clock.now())->value, 8) << "the refused request's 8 were given back";
+}
+
+TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
+    engine eng{load_ok(config(R"j(
+        {"id": "crm-only", "route": "crm", "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "deletes", "match": {"methods": ["DELETE"]}, "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "host", "match": {"host": "API.HUBAPI.COM"}, "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "hdr", "match": {"headers": {"X-Dry-Run": "*"}}, "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "prefix", "match": {"path_prefix": "/v3/marketing"}, "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    req.method = "DELETE";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "deletes");
+    req.method = "POST";
+    req.host = "api.hubapi.com";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "host");
+    req.host = "api.sendgrid.com";
+    req.header("x-dry-run", "1");
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "hdr");
+    req.headers.clear();
+    req.path = "/v3/marketing/singlesends";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "prefix");
+    req.route = "crm";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "crm-only");
+}
+
+TEST(Engine, InvalidJsonIsRejectedOrCountsAsZero) {
+    engine eng{load_ok(config(R"j(
+        {"id": "strict", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 5, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "lenient", "route": "crm", "measure": "count($.inputs[*])", "window": "1h", "limit": 5,
+         "on_invalid_body": "zero", "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    request req;
+    for (const char* bad : {"{\"personalizations\": [", "", "to=a@b.com&to=c@d.com", "\xff\xfe"}) {
+        req.body = bad;
+        const auto d = eng.evaluate(req.view(), clock.now());
+        ASSERT_EQ(d.outcome, verdict::rejected) << bad;
+        EXPECT_EQ(d.rule, "strict");
+        EXPECT_NE(d.reason.find(bad[0] ? "body is not valid JSON" : "body is empty"), std::string::npos) << d.reason;
+    }
+    EXPECT_EQ(eng.read("strict", "", clock.now())->value, 0);
+    req.route = "crm";
+    req.body = "not json";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_EQ(eng.read("lenient", "", clock.now())->value, 0);
+}
+
+TEST(Engine, PerRequestLimit) {
+    engine eng{load_ok(config(R"j({"id": "batch-size", "route": "crm", "preset": "hubspot.batch.records",
+        "measure": {"per_request": "preset"}, "limit": 100, "failure_mode": "volume-spike", "trips": "crm"})j"))};
+    manual_clock clock;
+    request req;
+    req.route = "crm";
+    req.path = "/crm/v3/objects/contacts/batch/update";
+    std::string body = R"j({"inputs":[)j";
+    for (int i = 0; i < 101; ++i) {
+        body += (i ? "," : "");
+        body += R"j({"id":")j" + std::to_string(i) + R"j(","properties":{"lifecyclestage":"customer"}})j";
+    }
+    req.body = body + "]}";
+    const auto d = eng.evaluate(req.view(), clock.now());
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.measured, 101);
+    EXPECT_EQ(d.reason, "rule batch-size (volume-spike, sev2): count($.inputs[*]) is 101 in one request, limit 100");
+    req.path = "/crm/v3/objects/contacts/batch/read";  // not a mutation
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
+TEST(Engine, KeysFromEverySource) {
+    engine eng{load_ok(config(R"j({"id": "k", "route": "crm",
+        "match": {"path": "/crm/v3/objects/{object}/batch/{op}"},
+        "key": ["agent", "header:x-tenant", "json:$.inputs[0].properties.owner", "path:{object}"],
+        "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "crm"},
+        {"id": "q", "route": "other", "key": ["query:campaign", "method", "route"], "window": "1m", "limit": 0,
+         "failure_mode": "volume-spike", "trips": "q"})j"))};
+    manual_clock clock;
+    request req;
+    req.route = "crm";
+    req.agent = "bot-7";
+    req.path = "/crm/v3/objects/deals/batch/update";
+    req.header("X-Tenant", "acme");
+    req.body = R"j({"inputs":[{"id":"1","properties":{"owner":"u-42"}}]})j";
+    ASSERT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.key, "bot-7/acme/u-42/deals");
+    EXPECT_EQ(d.breaker_instance, "crm/bot-7/acme/u-42/deals");
+    req.route = "other";
+    req.query = "a=1&campaign=spring%20sale";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "spring sale/POST/other");
+}
+
+TEST(Engine, ErrorRatioFromResponses) {
+    engine eng{load_ok(config(R"j({"id": "err-ratio", "route": "mail-send", "measure": "status:5xx", "window": "5m",
+        "ratio": {"max": 0.2, "min_volume": 10}, "failure_mode": "upstream-trouble", "trips": "sendgrid-health"})j"))};
+    manual_clock clock;
+    request req;
+    response_view ok{202, 40ms, "", ""};
+    response_view bad{503, 40ms, "", ""};
+    // 5 errors out of 5: above max but under min_volume.
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_TRUE(eng.record_response(req.view(), bad, clock.now()).allowed());
+    }
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    clock.advance(6min);  // those leave the window
+    for (int i = 0; i < 20; ++i) {
+        EXPECT_TRUE(eng.record_response(req.view(), ok, clock.now()).allowed());
+    }
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_TRUE(eng.record_response(req.view(), bad, clock.now()).allowed());
+    }
+    // 5/25 = 0.2: not above. One more error -> 6/26 > 0.2.
+    const auto d = eng.record_response(req.view(), bad, clock.now());
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_NEAR(d.measured, 6.0 / 26, 1e-9);
+    EXPECT_EQ(d.volume, 26);
+    EXPECT_EQ(d.trips, "sendgrid-health");
+    EXPECT_EQ(d.sev, severity::sev3);
+    // evaluate() sees it too (read-only), until the window moves on.
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "err-ratio");
+    clock.advance(6min);
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
+TEST(Engine, AverageLatencyAndResponseJson) {
+    engine eng{load_ok(config(R"j(
+        {"id": "latency", "route": "mail-send", "measure": {"avg": "latency_ms"}, "window": "1m", "limit": 800,
+         "min_volume": 3, "failure_mode": "upstream-trouble", "trips": "slow"},
+        {"id": "crm-errors", "route": "crm", "measure": "count(response:$.errors[*])", "window": "1m", "limit": 3,
+         "failure_mode": "upstream-trouble", "trips": "crm-errors"})j"))};
+    manual_clock clock;
+    request req;
+    EXPECT_TRUE(eng.record_response(req.view(), {200, 2000ms, "", ""}, clock.now()).allowed());
+    EXPECT_TRUE(eng.record_response(req.view(), {200, 100ms, "", ""}, clock.now()).allowed());
+    const auto d = eng.record_response(req.view(), {200, 400ms, "", ""}, clock.now());
+    ASSERT_EQ(d.rule, "latency");
+    EXPECT_NEAR(d.measured, 2500.0 / 3, 1e-9);
+    req.route = "crm";
+    const std::string body = R"j({"status":"COMPLETE","results":[],"errors":[{"status":"error"},{"status":"error"}]})j";
+    EXPECT_TRUE(eng.record_response(req.view(), {207, 10ms, "application/json", body}, clock.now()).allowed());
+    const auto e = eng.record_response(req.view(), {207, 10ms, "application/json", body}, clock.now());
+    ASSERT_EQ(e.rule, "crm-errors");
+    EXPECT_EQ(e.measured, 4);
+    const auto r = eng.record_response(req.view(), {502, 10ms, "text/html", "<html>"}, clock.now());
+    EXPECT_EQ(r.outcome, verdict::rejected);
+}
+
+TEST(Engine, ReloadKeepsMeterStateOfUnchangedRules) {
+    const std::string keep = R"j({"id": "keep", "route": "mail-send", "window": "1h", "limit": 3,
+        "failure_mode": "volume-spike", "trips": "a"})j";
+    engine old_eng{load_ok(config(keep + R"j(, {"id": "change", "route": "mail-send", "window": "1h", "limit": 100,
+        "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    request req;
+    for (int i = 0; i < 2; ++i) {
+        ASSERT_TRUE(old_eng.evaluate(req.view(), clock.now()).allowed());
+    }
+    // Same "keep" (only its limit differs), "change" gets a new window, "added" is new.
+    const std::string keep_higher = R"j({"id": "keep", "route": "mail-send", "window": "1h", "limit": 4,
+        "failure_mode": "volume-spike", "trips": "a"})j";
+    engine new_eng{load_ok(config(keep_higher + R"j(, {"id": "change", "route": "mail-send", "window": "2h", "limit": 100,
+        "failure_mode": "volume-spike", "trips": "b"}, {"id": "added", "window": "1m", "limit": 9,
+        "failure_mode": "volume-spike", "trips": "c"})j")),
+                   &old_eng};
+    EXPECT_TRUE(new_eng.shares_meter_with(old_eng, "keep"));
+    EXPECT_FALSE(new_eng.shares_meter_with(old_eng, "change"));
+    EXPECT_EQ(new_eng.read("keep", "", clock.now())->value, 2);
+    EXPECT_EQ(new_eng.read("change", "", clock.now())->value, 0);
+    // Both engines book into the same meter while the old one drains: still exact.
+    EXPECT_TRUE(old_eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_TRUE(new_eng.evaluate(req.view(), clock.now()).allowed());  // 4 of 4
+    EXPECT_FALSE(new_eng.evaluate(req.view(), clock.now()).allowed());
+}
+
+TEST(Engine, SumDistinctAndBodyBytes) {
+    engine eng{load_ok(config(R"j(
+        {"id": "distinct", "route": "mail-send", "measure": {"per_request": "distinct($.personalizations[*].to[*].email)"},
+         "limit": 2, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "amount", "route": "mail-send", "measure": {"per_request": "sum($.items[*].qty) + 1"}, "limit": 11,
+         "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "bytes", "route": "mail-send", "measure": "body_bytes", "window": "1m", "limit": 1000,
+         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = R"j({"personalizations":[{"to":[{"email":"a@x"},{"email":"a@x"}]},{"to":[{"email":"b@x"}]}],
+        "items":[{"qty":4},{"qty":5.5},{"qty":"x"}]})j";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    req.body = R"j({"personalizations":[{"to":[{"email":"a@x"},{"email":"c@x"}]},{"to":[{"email":"b@x"}]}]})j";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "distinct");
+    req.body = R"j({"items":[{"qty":4},{"qty":7}]})j";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).measured, 12);
+    req.body = R"j({"pad":")j" + std::string(900, 'x') + "\"}";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "bytes");
+}
+
+}  // namespace
+}  // namespace bb::rules::test

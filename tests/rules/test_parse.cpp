@@ -1,0 +1,226 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "helpers.hpp"
+#include "rules/presets/presets.hpp"
+
+namespace bb::rules::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<std::string> error_lines(std::string_view rules_json) {
+    cfg::errors errs;
+    load(config(rules_json), errs);
+    std::vector<std::string> out;
+    for (const auto& e : errs.list()) {
+        out.push_back(e.to_string());
+    }
+    return out;
+}
+
+TEST(RulesParse, ProductSketchParses) {
+    auto set = load_ok(config(R"j({"id": "recipients-per-campaign", "route": "mail-send",
+        "key": ["header:x-campaign-id"], "measure": {"sum": "count($.personalizations[*].to[*])"},
+        "window": "1h", "limit": 10000, "failure_mode": "volume-spike", "trips": "campaign-volume"})j"));
+    ASSERT_EQ(set->rules.size(), 1u);
+    const rule& r = set->rules[0];
+    EXPECT_EQ(r.id, "recipients-per-campaign");
+    EXPECT_EQ(r.window, std::chrono::hours{1});
+    EXPECT_EQ(r.buckets, 60u);
+    EXPECT_EQ(r.resolution, std::chrono::minutes{1});
+    EXPECT_EQ(r.limit, 10000);
+    EXPECT_EQ(r.trips, "campaign-volume");
+    EXPECT_EQ(set->mode_of(r).sev, severity::sev2);
+    ASSERT_EQ(r.key.size(), 1u);
+    EXPECT_EQ(r.key[0].kind, key_kind::header);
+    EXPECT_EQ(r.key[0].name, "x-campaign-id");
+    EXPECT_TRUE(r.needs_request_json);
+    EXPECT_EQ(set->failure_modes[0].ack_sla, std::chrono::minutes{15});
+}
+
+TEST(RulesParse, AbsentSectionsAreEmpty) {
+    cfg::errors errs;
+    auto set = parse_rules(nullptr, nullptr, {"a"}, errs);
+    EXPECT_TRUE(errs.empty());
+    EXPECT_TRUE(set->rules.empty());
+    EXPECT_TRUE(set->rules_for("a").empty());
+}
+
+TEST(RulesParse, EveryErrorHasItsPath) {
+    const auto lines = error_lines(R"j(
+        {"id": "a", "route": "mail-send", "window": "1x", "limit": 5, "failure_mode": "volume-spike", "trips": "b"},
+        {"id": "b", "route": "nope", "window": "1m", "limt": 5, "failure_mode": "ghost", "trips": ""},
+        {"id": "a", "window": "1m", "limit": -1, "failure_mode": "volume-spike"},
+        {"id": "d", "window": "1m", "limit": 1, "baseline": {"factor": 3}, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "e", "measure": "count($.a[", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "f", "key": ["header:x", "path:{op}", "cookie:y"], "window": "1m", "limit": 1,
+         "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "g", "window": "1m", "resolution": "7s", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "h", "preset": "sendgrid.nope", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "i", "window": "1m", "baseline": {"warmup": "1m"}, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "j", "measure": "status:5xx + requests", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "k", "measure": {"per_request": "count($.inputs[*])"}, "window": "1m", "limit": 1,
+         "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "l", "limit": 1, "failure_mode": "volume-spike", "trips": "x", "on_invalid_body": "ignore"}
+    )j");
+    const std::vector<std::string> expected{
+        R"j(rules[0].window: "1x" is not a duration (use a whole number with ms, s, m, h or d))j",
+        R"j(rules[1].route: "nope" is not a configured route)j",
+        R"j(rules[1]: needs a condition: limit, baseline or ratio)j",
+        R"j(rules[1].failure_mode: "ghost" is not a known failure mode)j",
+        R"j(rules[1].trips: must name a breaker)j",
+        R"j(rules[1].limt: is not a known setting)j",
+        R"j(rules[2].limit: is out of range)j",
+        R"j(rules[2]: needs a condition: limit, baseline or ratio)j",
+        R"j(rules[2].trips: is required)j",
+        R"j(rules[2].id: duplicate rule id "a" (first at rules[0]))j",
+        R"j(rules[3]: give only one of limit, baseline or ratio)j",
+        R"j(rules[4].measure: "count($.a[": unbalanced brackets or quotes)j",
+        R"j(rules[5].key[1]: "path:{op}" names no parameter of the rule's match.path (none set))j",
+        R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
+        R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
+        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes))j",
+        R"j(rules[8].baseline: needs factor and/or sigma)j",
+        R"j(rules[9].measure: "status:5xx + requests": mixes request and response measures; use one rule for each)j",
+        R"j(rules[10].window: a per_request measure has no window)j",
+        R"j(rules[11].window: is required (or use {"per_request": ...} as the measure))j",
+        R"j(rules[11].on_invalid_body: "ignore" is not a policy (reject or zero))j",
+    };
+    EXPECT_EQ(lines, expected);
+}
+
+TEST(RulesParse, FailureModeErrors) {
+    cfg::errors errs;
+    load(R"j({"failure_modes": [{"id": "x", "title": "X", "severity": "sev5", "ack_sla": "soon"},
+                               {"id": "x", "severity": "sev1", "title": "Y", "pager": true}]})j",
+         errs);
+    std::vector<std::string> lines;
+    for (const auto& e : errs.list()) {
+        lines.push_back(e.to_string());
+    }
+    const std::vector<std::string> expected{
+        R"j(failure_modes[0].severity: "sev5" is not a severity (sev1, sev2, sev3 or sev4))j",
+        R"j(failure_modes[0].ack_sla: "soon" is not a duration (use a whole number with ms, s, m, h or d))j",
+        R"j(failure_modes[1].pager: is not a known setting)j",
+        R"j(failure_modes[1].id: duplicate failure mode id "x" (first at failure_modes[0]))j",
+    };
+    EXPECT_EQ(lines, expected);
+}
+
+TEST(RulesParse, SectionsMustBeArrays) {
+    simdjson::dom::parser p;
+    simdjson::dom::element e = p.parse(simdjson::padded_string{std::string_view{"{}"}}).value();
+    cfg::errors errs;
+    parse_rules(&e, &e, {}, errs);
+    ASSERT_EQ(errs.size(), 2u);
+    EXPECT_EQ(errs.list()[0].to_string(), "failure_modes: must be an array, not an object");
+    EXPECT_EQ(errs.list()[1].to_string(), "rules: must be an array, not an object");
+}
+
+TEST(RulesParse, RouteIndexKeepsConfigOrderAndSkipsOtherRoutes) {
+    auto set = load_ok(config(R"j(
+        {"id": "r0", "route": "crm", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "r1", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "r2", "route": "mail-send", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "r3", "route": "crm", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"})j"));
+    EXPECT_EQ(set->rules_for("crm"), (std::vector<std::uint32_t>{0, 1, 3}));
+    EXPECT_EQ(set->rules_for("mail-send"), (std::vector<std::uint32_t>{1, 2}));
+    EXPECT_EQ(set->rules_for("unknown-route"), (std::vector<std::uint32_t>{1}));
+}
+
+TEST(RulesParse, DefaultResolutionDividesTheWindow) {
+    auto set = load_ok(config(R"j(
+        {"id": "a", "window": "1s", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "b", "window": "7s", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "c", "window": "1h", "resolution": "1s", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "d", "window": "1m", "baseline": {"factor": 3}, "failure_mode": "volume-spike", "trips": "x"})j"));
+    EXPECT_EQ(set->rules[0].buckets * static_cast<std::size_t>(set->rules[0].resolution.count()), 1000u);
+    EXPECT_EQ(set->rules[0].buckets, 50u);
+    EXPECT_EQ(set->rules[1].buckets, 56u);
+    EXPECT_EQ(set->rules[2].buckets, 3600u);
+    EXPECT_EQ(set->rules[3].buckets, 1u);  // baselines use tumbling windows
+    EXPECT_EQ(set->rules[3].resolution, std::chrono::minutes{1});
+}
+
+TEST(RulesParse, FingerprintIgnoresThresholdsButNotMeterShape) {
+    auto fp = [](std::string_view rule_json) { return load_ok(config(rule_json))->rules[0].fingerprint; };
+    const auto base = fp(R"j({"id": "a", "key": "agent", "window": "1m", "limit": 10, "failure_mode": "volume-spike", "trips": "x"})j");
+    EXPECT_EQ(base, fp(R"j({"id": "a", "key": "agent", "window": "1m", "limit": 99, "failure_mode": "upstream-trouble", "trips": "y"})j"));
+    EXPECT_NE(base, fp(R"j({"id": "a", "key": "agent", "window": "2m", "limit": 10, "failure_mode": "volume-spike", "trips": "x"})j"));
+    EXPECT_NE(base, fp(R"j({"id": "a", "key": "route", "window": "1m", "limit": 10, "failure_mode": "volume-spike", "trips": "x"})j"));
+    EXPECT_NE(base, fp(R"j({"id": "a", "key": "agent", "measure": "body_bytes", "window": "1m", "limit": 10, "failure_mode": "volume-spike", "trips": "x"})j"));
+}
+
+TEST(RulesParse, JsonPaths) {
+    std::string err;
+    auto p = parse_json_path("$.personalizations[*]['to','cc', \"bcc\"][*].email", &err);
+    ASSERT_TRUE(p) << err;
+    ASSERT_EQ(p->segments.size(), 5u);
+    EXPECT_EQ(p->segments[1].k, path_segment::kind::wildcard);
+    EXPECT_EQ(p->segments[2].names, (std::vector<std::string>{"to", "cc", "bcc"}));
+    auto q = parse_json_path("$.inputs[3].id", &err);
+    ASSERT_TRUE(q);
+    EXPECT_EQ(q->segments[1].k, path_segment::kind::index);
+    EXPECT_EQ(q->segments[1].index, 3u);
+    EXPECT_FALSE(parse_json_path("inputs[*]", &err));
+    EXPECT_EQ(err, "a JSON path starts with \"$\"");
+    EXPECT_FALSE(parse_json_path("$.a[x]", &err));
+    EXPECT_FALSE(parse_json_path("$..a", &err));
+}
+
+TEST(RulesParse, PathTemplates) {
+    std::string err;
+    auto t = parse_path_template("/crm/v3/objects/{object}/batch/{op:create|update}", &err);
+    ASSERT_TRUE(t) << err;
+    EXPECT_EQ(t->param_count, 2u);
+    EXPECT_EQ(t->segments[5].allowed, (std::vector<std::string>{"create", "update"}));
+    EXPECT_FALSE(parse_path_template("/a/x{b}", &err));
+    EXPECT_FALSE(parse_path_template("/a/{b}/{b}", &err));
+    EXPECT_EQ(err, "parameter {b} appears twice");
+}
+
+TEST(RulesParse, EveryPresetCompiles) {
+    for (const auto& p : presets()) {
+        std::string err;
+        EXPECT_TRUE(parse_expr(p.measure, &err)) << p.name << ": " << err;
+        EXPECT_TRUE(parse_path_template(p.path, &err)) << p.name << ": " << err;
+    }
+}
+
+TEST(RulesParse, PresetFillsMatchAndMeasureAndRuleOverrides) {
+    auto set = load_ok(config(R"j(
+        {"id": "a", "route": "crm", "preset": "hubspot.batch.records", "key": ["path:{object}", "path:op"],
+         "window": "1h", "limit": 5000, "failure_mode": "volume-spike", "trips": "crm-mass-change"},
+        {"id": "b", "route": "crm", "preset": "hubspot.batch.records", "measure": {"per_request": "preset"},
+         "limit": 100, "failure_mode": "volume-spike", "trips": "crm-mass-change"},
+        {"id": "c", "route": "crm", "preset": "hubspot.batch.records", "match": {"methods": ["PUT"]},
+         "window": "1h", "limit": 1, "failure_mode": "volume-spike", "trips": "x"})j"));
+    const rule& a = set->rules[0];
+    EXPECT_EQ(a.match.methods, (std::vector<std::string>{"POST"}));
+    ASSERT_TRUE(a.match.path);
+    EXPECT_EQ(a.measure.text, "count($.inputs[*])");
+    EXPECT_EQ(a.key[0].param_index, 0u);
+    EXPECT_EQ(a.key[1].param_index, 1u);
+    EXPECT_EQ(set->rules[1].agg, aggregate::per_request);
+    EXPECT_EQ(set->rules[1].measure.text, "count($.inputs[*])");
+    EXPECT_EQ(set->rules[2].match.methods, (std::vector<std::string>{"PUT"}));
+    EXPECT_TRUE(set->rules[2].match.path);
+}
+
+TEST(RulesParse, ResponseRules) {
+    auto set = load_ok(config(R"j(
+        {"id": "err-ratio", "route": "mail-send", "measure": "status:5xx", "window": "5m",
+         "ratio": {"max": 0.2, "min_volume": 20}, "failure_mode": "upstream-trouble", "trips": "sendgrid-health"},
+        {"id": "latency", "route": "mail-send", "measure": {"avg": "latency_ms"}, "window": "1m", "limit": 800,
+         "min_volume": 10, "failure_mode": "upstream-trouble", "trips": "sendgrid-health"})j"));
+    EXPECT_TRUE(set->rules[0].response_side);
+    ASSERT_TRUE(set->rules[0].ratio_of);
+    EXPECT_EQ(set->rules[0].ratio_of->text, "responses");
+    EXPECT_EQ(set->rules[0].min_volume, 20);
+    EXPECT_EQ(set->rules[1].agg, aggregate::avg);
+    EXPECT_EQ(set->rules[1].min_volume, 10);
+}
+
+}  // namespace
+}  // namespace bb::rules::test

@@ -1,0 +1,195 @@
+// Every preset against a body shaped like the API's public documentation.
+#include <gtest/gtest.h>
+
+#include "helpers.hpp"
+#include "rules/presets/presets.hpp"
+
+namespace bb::rules::test {
+namespace {
+
+// What the preset measures for this request (0 if the preset does not match it).
+double measure(std::string_view preset_name, request& req) {
+    engine eng{load_ok(config(R"j({"id": "p", "preset": ")j" + std::string{preset_name} +
+                              R"j(", "measure": {"per_request": "preset"}, "limit": 0,
+        "failure_mode": "volume-spike", "trips": "x"})j"))};
+    manual_clock clock;
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_NE(d.outcome, verdict::rejected) << d.reason;
+    return d.allowed() ? 0 : d.measured;
+}
+
+TEST(Presets, SendGridRecipientsAcrossPersonalizations) {
+    // Shape of the v3 Mail Send reference example.
+    request req;
+    req.body = R"j({
+      "personalizations": [
+        {"to": [{"email": "john_doe@example.com", "name": "John Doe"},
+                {"email": "julia_doe@example.com", "name": "Julia Doe"}],
+         "cc": [{"email": "jane_doe@example.com", "name": "Jane Doe"}],
+         "bcc": [{"email": "james_doe@example.com", "name": "Jim Doe"}]},
+        {"from": {"email": "sales@example.com", "name": "Example Sales Team"},
+         "to": [{"email": "janice_doe@example.com", "name": "Janice Doe"}],
+         "bcc": [{"email": "jordan_doe@example.com", "name": "Jordan Doe"}]}
+      ],
+      "from": {"email": "orders@example.com", "name": "Example Order Confirmation"},
+      "reply_to": {"email": "customer_service@example.com", "name": "Example Customer Service Team"},
+      "subject": "Your Example Order Confirmation",
+      "content": [{"type": "text/html", "value": "<p>Hello from Twilio SendGrid!</p>"}],
+      "categories": ["cake", "pie", "baking"],
+      "send_at": 1617260400,
+      "tracking_settings": {"click_tracking": {"enable": true, "enable_text": false}}
+    })j";
+    EXPECT_EQ(measure("sendgrid.recipients", req), 6);
+    req.path = "/v3/mail/batch";
+    EXPECT_EQ(measure("sendgrid.recipients", req), 0) << "other paths are not mail sends";
+}
+
+TEST(Presets, SesSendEmailDestinations) {
+    request req;
+    req.route = "ses";
+    req.host = "email.us-east-1.amazonaws.com";
+    req.path = "/v2/email/outbound-emails";
+    req.body = R"j({
+      "FromEmailAddress": "sender@example.com",
+      "Destination": {"ToAddresses": ["recipient1@example.com", "recipient2@example.com"],
+                      "CcAddresses": ["cc@example.com"], "BccAddresses": []},
+      "ReplyToAddresses": ["reply@example.com"],
+      "Content": {"Simple": {"Subject": {"Data": "Test email", "Charset": "UTF-8"},
+                             "Body": {"Text": {"Data": "Hello", "Charset": "UTF-8"}}}},
+      "ConfigurationSetName": "my-config-set"
+    })j";
+    EXPECT_EQ(measure("ses.send_email.destinations", req), 3);
+}
+
+TEST(Presets, SesSendBulkEmailDestinations) {
+    request req;
+    req.route = "ses";
+    req.path = "/v2/email/outbound-bulk-emails";
+    req.body = R"j({
+      "FromEmailAddress": "sender@example.com",
+      "DefaultContent": {"Template": {"TemplateName": "MyTemplate", "TemplateData": "{\"name\":\"friend\"}"}},
+      "BulkEmailEntries": [
+        {"Destination": {"ToAddresses": ["a@example.com"]},
+         "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "{\"name\":\"Ann\"}"}}},
+        {"Destination": {"ToAddresses": ["b@example.com", "c@example.com"], "CcAddresses": ["d@example.com"]}},
+        {"Destination": {"BccAddresses": ["e@example.com"]}}
+      ]
+    })j";
+    EXPECT_EQ(measure("ses.send_bulk_email.destinations", req), 5);
+}
+
+TEST(Presets, MailgunRecipientsUrlencoded) {
+    request req;
+    req.route = "mailgun";
+    req.host = "api.mailgun.net";
+    req.path = "/v3/mg.example.com/messages";
+    req.content_type = "application/x-www-form-urlencoded";
+    req.body =
+        "from=Excited%20User%20%3Cmailgun%40mg.example.com%3E"
+        "&to=bar%40example.com%2C%20%22Doe%2C%20Jane%22%20%3Cjane%40example.com%3E"
+        "&to=baz%40example.com&cc=carol%40example.com&bcc=dave%40example.com"
+        "&subject=Hello&text=Testing%20some%20Mailgun%20awesomeness%21";
+    // to: bar, "Doe, Jane" <jane>, baz; cc: carol; bcc: dave.
+    EXPECT_EQ(measure("mailgun.recipients", req), 5);
+}
+
+TEST(Presets, MailgunRecipientsMultipart) {
+    request req;
+    req.route = "mailgun";
+    req.path = "/v3/mg.example.com/messages";
+    req.content_type = "multipart/form-data; boundary=------------------------d74496d66958873e";
+    const std::string b = "--------------------------d74496d66958873e";
+    auto field = [&](std::string_view name, std::string_view value) {
+        return b + "\r\nContent-Disposition: form-data; name=\"" + std::string{name} + "\"\r\n\r\n" +
+               std::string{value} + "\r\n";
+    };
+    req.body = field("from", "Excited User <mailgun@mg.example.com>") + field("to", "bar@example.com") +
+               field("to", "YOU@mg.example.com, other@example.com") + field("subject", "Hello") +
+               field("text", "Testing, some, commas") + b +
+               "\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"a.txt\"\r\n"
+               "Content-Type: text/plain\r\n\r\nto=x\r\n" +
+               b + "--\r\n";
+    EXPECT_EQ(measure("mailgun.recipients", req), 3);
+}
+
+TEST(Presets, HubSpotBatchCreateUpdateArchive) {
+    request req;
+    req.route = "crm";
+    req.host = "api.hubapi.com";
+    req.path = "/crm/v3/objects/contacts/batch/create";
+    req.body = R"j({"inputs": [
+        {"properties": {"email": "bcooper@biglytics.net", "firstname": "Bryan", "lastname": "Cooper"},
+         "associations": [{"to": {"id": "123"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279}]}]},
+        {"properties": {"email": "sfrank@biglytics.net", "firstname": "Sarah", "lastname": "Frank"}}]})j";
+    EXPECT_EQ(measure("hubspot.batch.records", req), 2);
+    req.path = "/crm/v3/objects/deals/batch/update";
+    req.body = R"j({"inputs": [{"id": "1", "properties": {"dealstage": "closedwon"}},
+        {"id": "2", "properties": {"dealstage": "closedwon"}}, {"id": "3", "properties": {"hubspot_owner_id": "77"}}]})j";
+    EXPECT_EQ(measure("hubspot.batch.records", req), 3);
+    EXPECT_EQ(measure("hubspot.batch.archive", req), 0);
+    req.path = "/crm/v3/objects/contacts/batch/archive";
+    req.body = R"j({"inputs": [{"id": "501"}, {"id": "502"}, {"id": "503"}, {"id": "504"}]})j";
+    EXPECT_EQ(measure("hubspot.batch.archive", req), 4);
+    EXPECT_EQ(measure("hubspot.batch.records", req), 4);
+    req.path = "/crm/v3/objects/contacts/batch/read";
+    EXPECT_EQ(measure("hubspot.batch.records", req), 0);
+}
+
+TEST(Presets, HubSpotSingleDelete) {
+    request req;
+    req.route = "crm";
+    req.method = "DELETE";
+    req.path = "/crm/v3/objects/contacts/12345";
+    req.body = "";
+    EXPECT_EQ(measure("hubspot.deletes", req), 1);
+    req.method = "GET";
+    EXPECT_EQ(measure("hubspot.deletes", req), 0);
+}
+
+TEST(Presets, SalesforceCollections) {
+    request req;
+    req.route = "salesforce";
+    req.host = "example.my.salesforce.com";
+    req.path = "/services/data/v59.0/composite/sobjects";
+    req.body = R"j({"allOrNone": false, "records": [
+        {"attributes": {"type": "Account"}, "Name": "example.com", "BillingCity": "San Francisco"},
+        {"attributes": {"type": "Contact"}, "LastName": "Johnson", "FirstName": "Erica"}]})j";
+    EXPECT_EQ(measure("salesforce.collections.records", req), 2);
+    req.method = "PATCH";
+    req.body = R"j({"allOrNone": false, "records": [
+        {"attributes": {"type": "Account"}, "id": "001xx000003DGb2AAG", "NumberOfEmployees": 27000},
+        {"attributes": {"type": "Contact"}, "id": "003xx000004TmiQAAS", "Title": "Lead Engineer"},
+        {"attributes": {"type": "Contact"}, "id": "003xx000004TmiRAAS", "OwnerId": "005xx0000001Sv6AAE"}]})j";
+    EXPECT_EQ(measure("salesforce.collections.records", req), 3);
+    req.method = "DELETE";
+    req.body = "";
+    req.query = "ids=001xx000003DGb2AAG,003xx000004TmiQAAS,003xx000004TmiRAAS&allOrNone=false";
+    EXPECT_EQ(measure("salesforce.collections.deletes", req), 3);
+    req.path = "/services/data/v59.0/sobjects/Account/001xx000003DGb2AAG";
+    req.query = "";
+    EXPECT_EQ(measure("salesforce.sobject.deletes", req), 1);
+}
+
+TEST(Presets, ReadmeListsEveryPreset) {
+    // rules/presets/README.md is the user's reference; keep it in step with the table.
+    const std::string path = std::string{BB_SOURCE_DIR} + "/rules/presets/README.md";
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    ASSERT_NE(f, nullptr) << path;
+    std::string text;
+    char buf[4096];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
+        text.append(buf, n);
+    }
+    std::fclose(f);
+    for (const auto& p : presets()) {
+        std::string quoted{"`"};
+        quoted += p.name;
+        quoted += '`';
+        EXPECT_NE(text.find(quoted), std::string::npos) << p.name;
+        EXPECT_NE(text.find(std::string{p.measure}), std::string::npos) << p.name;
+    }
+}
+
+}  // namespace
+}  // namespace bb::rules::test
