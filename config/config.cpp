@@ -179,6 +179,42 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
         if (auto v = r.boolean("verify")) {
             u.verify = *v;
         }
+        if (auto h = r.object("health")) {
+            cfg::object_reader hr{*h, r.path_of("health"), root.errs()};
+            breakers::health_config hc;
+            if (auto v = hr.integer("consecutive_failures", false, 0, 1'000'000)) {
+                hc.consecutive_failures = static_cast<std::uint32_t>(*v);
+            }
+            if (auto v = hr.number("failure_ratio", false, 0.0, 1.0)) {
+                hc.failure_ratio = *v;
+            }
+            if (auto v = hr.duration("window", false, milliseconds{100})) {
+                hc.window = *v;
+            }
+            if (auto v = hr.integer("min_volume", false, 1, 1'000'000)) {
+                hc.min_volume = static_cast<std::uint32_t>(*v);
+            }
+            if (auto v = hr.duration("slow_call", false, milliseconds{1})) {
+                hc.slow_call = *v;
+            }
+            if (auto v = hr.number("slow_ratio", false, 0.0, 1.0)) {
+                hc.slow_ratio = *v;
+            }
+            if (auto v = hr.duration("cooldown", false, milliseconds{1})) {
+                u.health_cooldown = *v;
+            }
+            if (auto v = hr.integer("half_open_probes", false, 1, 1000)) {
+                u.health_probes = static_cast<std::uint32_t>(*v);
+            }
+            if (hc.consecutive_failures == 0 && hc.failure_ratio == 0 && hc.slow_call.count() == 0) {
+                hr.errs().add(hr.path(), "enables no check: set consecutive_failures, failure_ratio or slow_call");
+            }
+            hr.finish();
+            u.health = hc;
+        }
+        if (auto v = r.duration("max_rate_limit_pause", false, milliseconds{1})) {
+            u.max_rate_limit_pause = *v;
+        }
         if (!u.tls && (r.has("ca_file"))) {
             r.errs().add(r.path_of("ca_file"), "is only meaningful for an https upstream");
         }
@@ -253,6 +289,133 @@ void parse_routes(cfg::object_reader& root, config& c) {
     });
 }
 
+void parse_breakers(cfg::object_reader& root, config& c) {
+    std::set<std::string> ids;
+    each_item(root, "breakers", false, [&](simdjson::dom::element e, const std::string& path) {
+        cfg::object_reader r{e, path, root.errs()};
+        breakers::breaker_config b;
+        if (auto id = r.string("id", true)) {
+            if (!valid_name(*id) || id->find('/') != std::string::npos) {
+                r.errs().add(r.path_of("id"), cfg::quote(*id) + " is not a valid id (letters, digits, - _ .)");
+            } else if (!ids.insert(*id).second) {
+                r.errs().add(r.path_of("id"), cfg::quote(*id) + " is used by another breaker");
+            }
+            b.id = *id;
+        }
+        if (auto a = r.string("action", true)) {
+            if (*a == "pause") {
+                b.act = breakers::action::pause;
+            } else if (*a == "throttle") {
+                b.act = breakers::action::throttle;
+            } else if (*a == "sandbox") {
+                b.act = breakers::action::sandbox;
+            } else if (*a == "deny") {
+                b.act = breakers::action::deny;
+            } else if (*a == "quarantine") {
+                b.act = breakers::action::quarantine;
+                // Never faked: a quarantine answers 202 only once the request is durable,
+                // and this build has no durable store for held requests yet.
+                r.errs().add(r.path_of("action"),
+                             "\"quarantine\" needs the durable quarantine store, which this build of breakerbox does "
+                             "not have yet; use pause, throttle, sandbox or deny");
+            } else {
+                r.errs().add(r.path_of("action"), cfg::quote(*a) + " is not an action (pause, throttle, sandbox, quarantine, deny)");
+            }
+        }
+        if (auto v = r.string("reset")) {
+            if (*v == "auto") {
+                b.reset = breakers::reset_policy::automatic;
+            } else if (*v == "manual") {
+                b.reset = breakers::reset_policy::manual;
+            } else {
+                r.errs().add(r.path_of("reset"), cfg::quote(*v) + " is not a reset policy (auto, manual)");
+            }
+        }
+        if (auto v = r.duration("cooldown", false, milliseconds{1})) {
+            b.cooldown = *v;
+        }
+        if (auto v = r.duration("max_cooldown", false, milliseconds{1})) {
+            b.max_cooldown = *v;
+        }
+        if (b.max_cooldown < b.cooldown) {
+            b.max_cooldown = b.cooldown;
+        }
+        if (auto v = r.integer("half_open_probes", false, 1, 1000)) {
+            b.half_open_probes = static_cast<std::uint32_t>(*v);
+        }
+        if (auto v = r.duration("retry_after", false, milliseconds{1000})) {
+            b.retry_after = *v;
+        }
+        if (auto v = r.integer("max_instances", false, 1, 1'000'000)) {
+            b.max_instances = static_cast<std::size_t>(*v);
+        }
+        if (auto v = r.string("scope")) {
+            if (*v == "key") {
+                b.per_key = true;
+            } else if (*v == "breaker") {
+                b.per_key = false;
+            } else {
+                r.errs().add(r.path_of("scope"), cfg::quote(*v) + " is not a scope (key: one instance per key value; breaker: one for all)");
+            }
+        }
+        if (auto t = r.object("throttle")) {
+            cfg::object_reader tr{*t, r.path_of("throttle"), root.errs()};
+            if (auto v = tr.integer("requests", true, 1, 1'000'000'000)) {
+                b.throttle.requests = static_cast<std::uint32_t>(*v);
+            }
+            if (auto v = tr.duration("per", true, milliseconds{1})) {
+                b.throttle.interval = *v;
+            }
+            tr.finish();
+        } else if (b.act == breakers::action::throttle) {
+            r.errs().add(r.path_of("throttle"), "is required for action \"throttle\" ({\"requests\": R, \"per\": \"1s\"})");
+        }
+        if (auto sb = r.object("sandbox")) {
+            cfg::object_reader sr{*sb, r.path_of("sandbox"), root.errs()};
+            if (auto v = sr.string("upstream")) {
+                const bool known = std::any_of(c.upstreams.begin(), c.upstreams.end(),
+                                               [&](const upstream_config& u) { return u.name == *v; });
+                if (!known) {
+                    sr.errs().add(sr.path_of("upstream"), cfg::quote(*v) + " is not a configured upstream");
+                }
+                b.sandbox_upstream = *v;
+            }
+            sr.finish();
+        }
+        r.finish();
+        c.breakers.push_back(std::move(b));
+    });
+    // Implicit breakers: one per upstream with health checks.
+    for (const auto& u : c.upstreams) {
+        if (!u.health) {
+            continue;
+        }
+        breakers::breaker_config b;
+        b.id = "upstream/" + u.name;  // user ids cannot contain '/', so no clash
+        b.act = breakers::action::pause;
+        b.cooldown = u.health_cooldown;
+        b.max_cooldown = std::max(u.health_cooldown * 20, u.health_cooldown);
+        b.half_open_probes = u.health_probes;
+        b.per_key = false;
+        c.breakers.push_back(std::move(b));
+    }
+}
+
+void parse_store(cfg::object_reader& root, config& c) {
+    auto e = root.object("store");
+    if (!e) {
+        return;
+    }
+    cfg::object_reader r{*e, "store", root.errs()};
+    if (auto v = r.string("path")) {
+        if (v->empty()) {
+            r.errs().add(r.path_of("path"), "must not be empty");
+        }
+        c.store.path = *v;
+    }
+    r.finish();
+}
+
 void parse_log(cfg::object_reader& root, config& c) {
     auto e = root.object("log");
     if (!e) {
@@ -276,6 +439,24 @@ void parse_log(cfg::object_reader& root, config& c) {
 }
 
 }  // namespace
+
+std::string store_config::breaker_state_path() const {
+    const auto slash = path.rfind('/');
+    const auto dot = path.rfind('.');
+    if (dot != std::string::npos && (slash == std::string::npos || dot > slash)) {
+        return path.substr(0, dot) + ".breakers.json";
+    }
+    return path + ".breakers.json";
+}
+
+const breakers::breaker_config* config::find_breaker(std::string_view id) const {
+    for (const auto& b : breakers) {
+        if (b.id == id) {
+            return &b;
+        }
+    }
+    return nullptr;
+}
 
 const route_config* config::find_route(std::string_view name) const {
     for (const auto& r : routes) {
@@ -344,6 +525,8 @@ parse_result parse_config(std::string_view json_text) {
     parse_upstreams(root, *c);
     parse_routes(root, *c);
     parse_log(root, *c);
+    parse_store(root, *c);
+    parse_breakers(root, *c);
 
     std::vector<std::string> route_names;
     for (const auto& r : c->routes) {
@@ -353,12 +536,19 @@ parse_result parse_config(std::string_view json_text) {
     auto rl = root.value("rules");
     if (fm || rl) {
         c->rules = rules::parse_rules(fm ? &*fm : nullptr, rl ? &*rl : nullptr, route_names, out.errors);
+        // Cross-check: every rule trips a declared breaker.
+        for (const auto& r : c->rules->rules) {
+            if (!r.trips.empty() && c->find_breaker(r.trips) == nullptr) {
+                out.errors.add(cfg::child(cfg::child("rules", r.index), "trips"),
+                               cfg::quote(r.trips) + " is not a declared breaker");
+            }
+        }
     }
 
     // Sections of the product that this build does not implement yet are refused rather
     // than silently ignored: an operator who configures a breaker must not believe it is
     // guarding traffic when it is not.
-    for (std::string_view section : {"admin", "store", "breakers", "agents", "alerts", "cluster"}) {
+    for (std::string_view section : {"admin", "agents", "alerts", "cluster"}) {
         if (root.has(section)) {
             root.value(section);
             out.errors.add(std::string{section}, "is not supported by this build of breakerbox yet");

@@ -3,6 +3,8 @@
 // reported with its JSON path, all cross-field checks in one place; shared read-only as
 // std::shared_ptr<const config> and replaced whole on reload.
 
+#include "breakers/breaker.hpp"
+#include "breakers/health.hpp"
 #include "core/json_reader.hpp"
 
 #include <chrono>
@@ -54,6 +56,14 @@ struct upstream_config {
     milliseconds idle_timeout{30'000};    // idle pooled connection lifetime
     std::string ca_file;    // empty: the system trust store
     bool verify = true;     // TLS certificate + name verification; false only for tests
+    // Outlier detection: when set, an implicit breaker "upstream/<name>" (action pause,
+    // 503 upstream_unhealthy) trips on these thresholds and probes in half-open.
+    std::optional<breakers::health_config> health;
+    milliseconds health_cooldown{30'000};
+    std::uint32_t health_probes = 1;
+    // Upstream 429/503 with retry-after (and HubSpot's X-HubSpot-RateLimit-Remaining: 0)
+    // pause this upstream for every agent; retry-after is capped at this.
+    milliseconds max_rate_limit_pause{300'000};
 };
 
 struct route_match {
@@ -71,6 +81,13 @@ struct route_config {
     milliseconds timeout{0};  // response timeout; 0 -> the upstream's
 };
 
+struct store_config {
+    std::string path = "var/breakerbox.db";
+    // Where breaker states and operator modes are kept until the SQLite store lands:
+    // derived from path ("var/breakerbox.db" -> "var/breakerbox.breakers.json").
+    std::string breaker_state_path() const;
+};
+
 struct log_config {
     std::string level = "info";       // trace, debug, info, warn, error, critical, off
     std::string access_log = "stdout";  // "off", "stdout", "stderr", or a file path
@@ -83,7 +100,11 @@ struct config {
     std::vector<upstream_config> upstreams;
     std::vector<route_config> routes;
     log_config log;
+    store_config store;
+    std::vector<breakers::breaker_config> breakers;  // declared + implicit (upstream/<name>)
     std::shared_ptr<const rules::rule_set> rules;  // may be null when no rules
+
+    const breakers::breaker_config* find_breaker(std::string_view id) const;
 
     const route_config* find_route(std::string_view name) const;
 };

@@ -76,7 +76,9 @@ def summarize_load(rows):
 
 
 def build(results, meta):
-    load, idle, notes = {}, {}, []
+    # notes: everything worth a line under "Problems seen"; problems: the
+    # subset that makes the run fail (exit status 1).
+    load, idle, notes, problems = {}, {}, [], []
     for r in results:
         key = (r.get("proxy"), int(r.get("workers", "1")))
         kind = r.get("kind")
@@ -88,15 +90,17 @@ def build(results, meta):
                 own = 100 * float(r["proxy_cpu_s"]) / float(r["duration_s"])
                 other = float(r["cpu_proxy"]) - own
                 if other > 10:
-                    notes.append(f"noise: {LABEL[key[0]]} ×1 (round {r['round']}): other processes "
-                                 f"used ~{other:.0f}% of the proxy's CPU during the run")
+                    notes.append(f"noise: {LABEL[key[0]]} ×1 (round {r['round']}): other processes (or the "
+                                 f"hypervisor) took ~{other:.0f}% of the proxy's CPU during the run")
         elif kind == "idle":
             idle[key[0]] = r
         elif kind in ("fail", "note"):
             where = f"{LABEL.get(key[0], key[0])} ×{key[1]}"
             if r.get("round"):
-                where += f" (round {r['round']})"
+                where += f" ({'idle test' if r['round'] == 'idle' else 'round ' + r['round']})"
             notes.append(f"{'FAILED' if kind == 'fail' else 'note'}: {where}: {r.get('text', '')}")
+            if kind == "fail":
+                problems.append(notes[-1])
 
     rounds = int(meta.get("rounds", "1"))
     pcpu, lcpu = meta.get("proxy_cpu", "0"), meta.get("loadgen_cpu", "1")
@@ -131,6 +135,8 @@ def build(results, meta):
         errs = f"{s['non2xx']:.0f} / {s['sockerr']:.0f}"
         if s["non2xx"] or s["sockerr"]:
             errs = f"**{errs}** of {thousands(s['requests'])}"
+            problems.append(f"{LABEL[proxy]} ×{workers}: {s['non2xx']:.0f} {errname} responses and "
+                            f"{s['sockerr']:.0f} socket errors in {thousands(s['requests'])} requests")
         w(f"| {LABEL[proxy]} | {workers} | {cpus} | {rps} | {ms(s['p50'])} | {ms(s['p99'])} | "
           f"{s['cpu_us']:.1f} µs | {mib(s['hwm'])} | {errs} | "
           f"{s['cpu_proxy']:.0f}% / {s['cpu_loadgen']:.0f}% |")
@@ -140,8 +146,10 @@ def build(results, meta):
     for workers in (1, 2):
         b, h = summaries.get(("breakerbox", workers)), summaries.get(("haproxy", workers))
         if b and h:
+            caveat = (" (**with errors: failed requests count as served**)"
+                      if any(x["non2xx"] or x["sockerr"] for x in (b, h)) else "")
             comparisons.append(
-                f"- breakerbox vs HAProxy, {workers} worker{'s' if workers > 1 else ''}: "
+                f"- breakerbox vs HAProxy, {workers} worker{'s' if workers > 1 else ''}{caveat}: "
                 f"**{b['rps'] / h['rps']:.2f}×** the requests/s; "
                 f"p99 {ms(b['p99'])} vs {ms(h['p99'])} ({(b['p99'] / h['p99'] - 1) * 100:+.0f}%); "
                 f"{b['cpu_us'] / h['cpu_us']:.2f}× the CPU per request")
@@ -176,15 +184,19 @@ def build(results, meta):
         nb = [f"{r['established']} established at the proxy"]
         if int(r["failed"]):
             nb.append(f"**{r['failed']} failed** ({r.get('reasons', '')})")
+            problems.append(f"{LABEL[proxy]} idle test: {r['failed']} of {n} connections failed")
         if r.get("closed_by_peer") not in ("0", None):
             nb.append(f"**{r['closed_by_peer']} closed by the proxy while idle**")
+            problems.append(f"{LABEL[proxy]} idle test: {r['closed_by_peer']} connections closed while idle")
         w(f"| {LABEL[proxy]} | {ok} of {n} | {mib(before)} | {mib(after)} | {per} | {'; '.join(nb)} |")
     w("")
 
-    if notes:
+    # Identical notes repeat once per round; one line each is enough.
+    listed = list(dict.fromkeys(problems + notes))
+    if listed:
         w("### Problems seen")
         w("")
-        for n in notes:
+        for n in listed:
             w(f"- {n}")
         w("")
 
@@ -218,7 +230,7 @@ def build(results, meta):
       "worker, so shared pages count twice there). Idle memory: VmRSS, same sum.")
     if meta.get("quick") == "1":
         w("- QUICK=1 run: short runs, single round; indicative only.")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", problems
 
 
 def record(path, body):
@@ -230,6 +242,8 @@ def record(path, body):
         lines = ["# Load test results\n", "\n"]
     start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == SECTION), None)
     if start is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
         if lines and lines[-1].strip():
             lines.append("\n")
         lines.append(section)
@@ -252,12 +266,17 @@ def main():
     args = ap.parse_args()
     with open(args.results) as f:
         results = [parse_line(l) for l in f if l.strip()]
-    body = build(results, read_meta(args.meta))
+    body, problems = build(results, read_meta(args.meta))
     print(f"\n{SECTION}\n\n{body}")
     if args.record:
         record(args.record, body)
         print(f"(recorded in {args.record})", file=sys.stderr)
+    if problems:
+        print(f"report: {len(problems)} problem(s): a proxy failed, returned errors or dropped "
+              "connections; see \"Problems seen\"", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,7 @@
 #include "proxy/responses.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
+#include "store/breaker_state.hpp"
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -15,6 +16,7 @@
 
 #include <sys/socket.h>
 
+#include <filesystem>
 #include <future>
 #include <stdexcept>
 
@@ -90,9 +92,9 @@ void init_logging(const std::string& level) {
 
 // ---- worker --------------------------------------------------------------------------
 
-worker::worker(server& owner, unsigned index, std::shared_ptr<const config> cfg, spdlog::logger* access_log)
+worker::worker(server& owner, unsigned index, std::shared_ptr<const runtime> rt, spdlog::logger* access_log)
     : owner_(owner), index_(index), access_log_(access_log) {
-    apply_config(std::move(cfg));
+    apply_runtime(std::move(rt));
 }
 
 worker::~worker() {
@@ -115,7 +117,8 @@ void worker::unregister_session(std::list<session_handle>::iterator it) {
     sessions_.erase(it);
 }
 
-void worker::apply_config(std::shared_ptr<const config> cfg) {
+void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
+    const auto& cfg = rt->cfg;
     std::vector<std::shared_ptr<upstream_pool>> pools;
     pools.reserve(cfg->upstreams.size());
     for (const auto& u : cfg->upstreams) {
@@ -138,7 +141,31 @@ void worker::apply_config(std::shared_ptr<const config> cfg) {
         }
     }
     pools_ = std::move(pools);
-    cfg_ = std::move(cfg);
+    runtimes_.push_back({rt, 0});
+    rt_ = std::move(rt);
+    prune_runtimes();
+}
+
+runtime_lease worker::lease_runtime() {
+    return runtime_lease{*this, runtimes_base_ + runtimes_.size() - 1};
+}
+
+void worker::prune_runtimes() {
+    while (runtimes_.size() > 1 && runtimes_.front().inflight == 0) {
+        runtimes_.pop_front();
+        ++runtimes_base_;
+    }
+}
+
+runtime_lease::runtime_lease(worker& w, std::size_t slot) : w_(w), slot_(slot) {
+    auto& s = w_.runtimes_[slot_ - w_.runtimes_base_];
+    ++s.inflight;
+    rt_ = s.rt.get();
+}
+
+runtime_lease::~runtime_lease() {
+    --w_.runtimes_[slot_ - w_.runtimes_base_].inflight;
+    w_.prune_runtimes();
 }
 
 void worker::start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> acceptors) {
@@ -249,14 +276,156 @@ void worker::shutdown() {
 // ---- server --------------------------------------------------------------------------
 
 server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(std::move(cfg)), opts_(std::move(opts)) {
+    if (opts_.time != nullptr) {
+        clock_ = opts_.time;
+    }
     access_log_ = make_access_log(cfg_->log);
+    rt_ = build_runtime(cfg_, nullptr);
+    if (!cfg_->breakers.empty()) {
+        // Restore tripped and forced breakers before anything is served (principle 2). A
+        // state file we cannot read is a reason not to start, never to start "all closed".
+        const auto path = cfg_->store.breaker_state_path();
+        const auto slash = path.rfind('/');
+        if (slash != std::string::npos && slash > 0) {
+            std::error_code ec;
+            std::filesystem::create_directories(path.substr(0, slash), ec);
+        }
+        std::string error;
+        auto saved = store::load_breaker_state(path, *clock_, &error);
+        if (!saved) {
+            throw std::runtime_error("cannot restore breaker state: " + error +
+                                     " (refusing to start with every breaker closed; repair or move the file aside)");
+        }
+        rt_->breakers->restore(*saved, clock_->now());
+        if (!saved->empty()) {
+            spdlog::warn("restored {} breaker instance(s) from {}", saved->size(), path);
+        }
+        state_writer_ = std::make_unique<store::breaker_state_writer>(
+            path, [this] { return current_runtime()->breakers->snapshot(clock_->now()); }, *clock_);
+        // Prove the location is writable now rather than at the first trip.
+        state_writer_->request();
+        if (!state_writer_->flush()) {
+            throw std::runtime_error("cannot write breaker state: " + state_writer_->last_error());
+        }
+    }
     unsigned n = cfg_->workers;
     if (n == 0) {
         n = std::max(1u, std::thread::hardware_concurrency());
     }
     for (unsigned i = 0; i < n; ++i) {
-        workers_.push_back(std::make_unique<worker>(*this, i, cfg_, access_log_.get()));
+        workers_.push_back(std::make_unique<worker>(*this, i, rt_, access_log_.get()));
     }
+}
+
+std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous) {
+    auto rt = std::make_shared<runtime>();
+    rt->cfg = cfg;
+    if (cfg->rules && !cfg->rules->rules.empty()) {
+        rt->engine = std::make_shared<rules::engine>(cfg->rules, previous ? previous->engine.get() : nullptr);
+    }
+    // The registry keeps breaker state across reloads: reuse it when the breakers did not
+    // change; otherwise carry every instance of a breaker that still exists over.
+    auto same_breakers = [&] {
+        if (!previous || previous->cfg->breakers.size() != cfg->breakers.size()) {
+            return false;
+        }
+        for (std::size_t i = 0; i < cfg->breakers.size(); ++i) {
+            const auto& a = cfg->breakers[i];
+            const auto& b = previous->cfg->breakers[i];
+            if (a.id != b.id || a.act != b.act || a.reset != b.reset || a.cooldown != b.cooldown ||
+                a.max_cooldown != b.max_cooldown || a.half_open_probes != b.half_open_probes ||
+                a.retry_after != b.retry_after || a.max_instances != b.max_instances ||
+                a.throttle.requests != b.throttle.requests || a.throttle.interval != b.throttle.interval ||
+                a.sandbox_upstream != b.sandbox_upstream || a.per_key != b.per_key) {
+                return false;
+            }
+        }
+        return true;
+    };
+    if (previous && same_breakers()) {
+        rt->breakers = previous->breakers;
+    } else {
+        rt->breakers = std::make_shared<breakers::breaker_registry>(
+            cfg->breakers, [this](const breakers::transition& t) { on_transition(t); });
+        if (previous) {
+            std::vector<breakers::instance_snapshot> carried;
+            for (auto& snap : previous->breakers->snapshot(clock_->now())) {
+                if (cfg->find_breaker(snap.breaker) != nullptr) {
+                    carried.push_back(std::move(snap));
+                }
+            }
+            rt->breakers->restore(carried, clock_->now());
+        }
+    }
+    for (const auto& u : cfg->upstreams) {
+        upstream_guard g;
+        if (previous) {
+            for (std::size_t i = 0; i < previous->cfg->upstreams.size(); ++i) {
+                const auto& pu = previous->cfg->upstreams[i];
+                if (pu.name == u.name) {
+                    g.quota = previous->upstreams[i].quota;
+                    if (u.health && pu.health && pu.health->consecutive_failures == u.health->consecutive_failures &&
+                        pu.health->failure_ratio == u.health->failure_ratio && pu.health->window == u.health->window &&
+                        pu.health->min_volume == u.health->min_volume && pu.health->slow_call == u.health->slow_call &&
+                        pu.health->slow_ratio == u.health->slow_ratio) {
+                        g.health = previous->upstreams[i].health;
+                    }
+                }
+            }
+        }
+        if (!g.quota) {
+            g.quota = std::make_shared<breakers::quota_pause>();
+        }
+        if (u.health) {
+            g.breaker = "upstream/" + u.name;
+            if (!g.health) {
+                g.health = std::make_shared<breakers::health_tracker>(*u.health);
+            }
+        }
+        rt->upstreams.push_back(std::move(g));
+    }
+    for (const auto& r : cfg->routes) {
+        bool any = false;
+        bool response = false;
+        if (rt->engine) {
+            for (const auto idx : cfg->rules->rules_for(r.name)) {
+                any = true;
+                response = response || cfg->rules->rules[idx].response_side;
+            }
+        }
+        rt->route_has_rules.push_back(any ? 1 : 0);
+        rt->route_has_response_rules.push_back(response ? 1 : 0);
+    }
+    return rt;
+}
+
+void server::on_transition(const breakers::transition& t) {
+    // Called on whichever thread made the transition (a worker, or the control thread):
+    // the log is asynchronous and persistence is only requested, never waited on here.
+    spdlog::warn("breaker {}: {}/{} -> {}/{} by {} ({}){}", t.instance, breakers::to_string(t.from),
+                 breakers::to_string(t.mode_from), breakers::to_string(t.to), breakers::to_string(t.mode_to),
+                 t.cause.actor.empty() ? t.cause.kind : t.cause.actor, t.cause.kind,
+                 t.cause.reason.empty() ? std::string{} : ": " + t.cause.reason);
+    if (state_writer_) {
+        state_writer_->request();
+    }
+}
+
+void server::persist_breakers(std::function<void(bool)> done) {
+    if (!state_writer_) {
+        done(true);
+        return;
+    }
+    state_writer_->request(std::move(done));
+}
+
+bool server::flush_breaker_state() {
+    return state_writer_ ? state_writer_->flush() : true;
+}
+
+std::shared_ptr<const runtime> server::current_runtime() const {
+    std::lock_guard lock{cfg_mutex_};
+    return rt_;
 }
 
 server::~server() {
@@ -341,19 +510,30 @@ void server::start() {
 std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg) {
     std::vector<std::string> warnings;
     std::shared_ptr<const config> effective = cfg;
+    std::shared_ptr<const runtime> rt;
     {
         std::lock_guard lock{cfg_mutex_};
-        if (!same_listeners(*cfg_, *cfg)) {
-            warnings.push_back("listeners and workers are fixed until restart; the new listener settings were not applied");
+        if (!same_listeners(*cfg_, *cfg) || cfg_->store.path != cfg->store.path) {
+            warnings.push_back(
+                "listeners, workers and store.path are fixed until restart; the new settings for them were not applied");
             auto patched = std::make_shared<config>(*cfg);
             patched->listeners = cfg_->listeners;
             patched->workers = cfg_->workers;
+            patched->store = cfg_->store;
             effective = patched;
         }
+    }
+    if (!state_writer_ && !effective->breakers.empty()) {
+        warnings.push_back("breakers added by a reload are not persisted until restart");
+    }
+    rt = build_runtime(effective, current_runtime().get());
+    {
+        std::lock_guard lock{cfg_mutex_};
         cfg_ = effective;
+        rt_ = rt;
     }
     for (auto& w : workers_) {
-        run_on(w->ioc(), [&] { w->apply_config(effective); });
+        run_on(w->ioc(), [&] { w->apply_runtime(rt); });
     }
     return warnings;
 }
@@ -458,6 +638,7 @@ int server::run() {
     if (access_log_) {
         access_log_->flush();
     }
+    flush_breaker_state();
     return 0;
 }
 

@@ -3,12 +3,17 @@
 // listeners (SO_REUSEPORT, one acceptor per worker), upstream pools, the access log,
 // signals (SIGTERM drain, SIGHUP reload) and config swaps.
 
+#include "breakers/breaker.hpp"
+#include "breakers/health.hpp"
 #include "config/config.hpp"
+#include "core/clock.hpp"
 #include "proxy/asio.hpp"
+#include "rules/engine.hpp"
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <deque>
 #include <list>
 #include <mutex>
 #include <memory>
@@ -20,10 +25,32 @@ namespace spdlog {
 class logger;
 }
 
+namespace bb::store {
+class breaker_state_writer;
+}
+
 namespace bb::proxy {
 
 class upstream_pool;
 class server;
+
+// Guards in front of one upstream, shared by every worker.
+struct upstream_guard {
+    std::string breaker;  // implicit health breaker "upstream/<name>"; "" when no health checks
+    std::shared_ptr<breakers::health_tracker> health;  // null when no health checks
+    std::shared_ptr<breakers::quota_pause> quota;      // always set
+};
+
+// Everything a request consults, built once per config and swapped whole on reload. The
+// engine's meters and the breaker registry survive reloads (adopted / carried over).
+struct runtime {
+    std::shared_ptr<const config> cfg;
+    std::shared_ptr<rules::engine> engine;                 // null without rules
+    std::shared_ptr<breakers::breaker_registry> breakers;  // always set (may hold no breaker)
+    std::vector<upstream_guard> upstreams;                 // by upstream index
+    std::vector<std::uint8_t> route_has_rules;             // by route index
+    std::vector<std::uint8_t> route_has_response_rules;    // by route index
+};
 
 // One per connection, registered with its worker so a drain can wake idle connections.
 struct session_handle {
@@ -40,16 +67,38 @@ struct worker_stats {
     std::uint64_t client_aborts = 0;
 };
 
+class worker;
+
+// Keeps the runtime a request started with alive until the request ends, without touching
+// the shared_ptr's (cross-thread) reference count on every request: each worker counts
+// in-flight requests per runtime generation in a plain integer, since only its own thread
+// ever looks at it.
+class runtime_lease {
+public:
+    runtime_lease(worker& w, std::size_t slot);
+    ~runtime_lease();
+    runtime_lease(const runtime_lease&) = delete;
+    runtime_lease& operator=(const runtime_lease&) = delete;
+    const runtime& get() const { return *rt_; }
+
+private:
+    worker& w_;
+    std::size_t slot_;
+    const runtime* rt_;
+};
+
 // Everything a session needs; lives on one thread. Not thread-safe: only touched from
 // its own io_context, except where a member says otherwise.
 class worker {
 public:
-    worker(server& owner, unsigned index, std::shared_ptr<const config> cfg, spdlog::logger* access_log);
+    worker(server& owner, unsigned index, std::shared_ptr<const runtime> rt, spdlog::logger* access_log);
     ~worker();
 
     asio::io_context& ioc() { return ioc_; }
     unsigned index() const { return index_; }
-    const std::shared_ptr<const config>& cfg() const { return cfg_; }
+    const std::shared_ptr<const config>& cfg() const { return rt_->cfg; }
+    const std::shared_ptr<const runtime>& rt() const { return rt_; }
+    runtime_lease lease_runtime();
     std::shared_ptr<upstream_pool> pool(std::size_t upstream_index);
     spdlog::logger* access_log() const { return access_log_; }
     bool draining() const { return draining_; }
@@ -60,7 +109,7 @@ public:
     void unregister_session(std::list<session_handle>::iterator it);
 
     // Called on the worker's own thread (posted by the server).
-    void apply_config(std::shared_ptr<const config> cfg);
+    void apply_runtime(std::shared_ptr<const runtime> rt);
     void start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> acceptors);
     void begin_drain();
     void shutdown();
@@ -72,7 +121,15 @@ private:
 
     server& owner_;
     unsigned index_;
-    std::shared_ptr<const config> cfg_;
+    std::shared_ptr<const runtime> rt_;
+    friend class runtime_lease;
+    struct runtime_slot {
+        std::shared_ptr<const runtime> rt;
+        std::size_t inflight = 0;
+    };
+    std::deque<runtime_slot> runtimes_;  // back() is current; older ones live while in use
+    std::size_t runtimes_base_ = 0;      // generation number of runtimes_.front()
+    void prune_runtimes();
     std::vector<std::shared_ptr<upstream_pool>> pools_;  // by upstream index in cfg_
     std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
     std::list<session_handle> sessions_;
@@ -83,12 +140,16 @@ private:
     std::unique_ptr<asio::steady_timer> sweep_timer_;
     // Declared last so it is destroyed first: destroying it destroys the coroutine frames
     // of any sessions still pending, and those unregister from sessions_ above.
-    asio::io_context ioc_{1};
+    // One thread runs it and every socket is only touched from that thread, so the
+    // reactor's per-descriptor locking is switched off; the scheduler keeps its lock
+    // because the control thread posts config swaps and drain requests.
+    asio::io_context ioc_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
 };
 
 struct server_options {
     std::string config_path;        // for SIGHUP reload; empty: reload disabled
     bool handle_signals = true;     // tests running in-process turn this off
+    const clock* time = nullptr;    // null: the real clock; tests pass a manual_clock
 };
 
 class server {
@@ -115,13 +176,29 @@ public:
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }
     std::shared_ptr<const config> current_config() const;
+    std::shared_ptr<const runtime> current_runtime() const;
+    time_point now() const { return clock_->now(); }
+    const clock& time() const { return *clock_; }
+    breakers::breaker_registry& breakers() { return *current_runtime()->breakers; }
+
+    // Asks for the breaker state to be written; `done(ok)` runs on the writer thread once
+    // it is durable. Without breakers (nothing to keep) it completes at once.
+    void persist_breakers(std::function<void(bool)> done);
+    // Blocks until the breaker state written so far is durable (tests, shutdown).
+    bool flush_breaker_state();
 
     // Connection admission, shared by every worker (exact: never above max_connections).
     bool try_admit();
     void release_connection();
 
 private:
+    std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config> cfg, const runtime* previous);
+    void on_transition(const breakers::transition& t);
+
+    real_clock real_clock_;
+    const clock* clock_ = &real_clock_;
     std::shared_ptr<const config> cfg_;
+    std::shared_ptr<const runtime> rt_;
     server_options opts_;
     std::vector<std::unique_ptr<worker>> workers_;
     std::vector<std::thread> threads_;
@@ -132,6 +209,9 @@ private:
     std::shared_ptr<spdlog::logger> access_log_;
     mutable std::mutex cfg_mutex_;
     bool started_ = false;
+    // Declared after the workers so it is destroyed first: its last completions post to
+    // the workers' io_contexts, which must still exist.
+    std::unique_ptr<store::breaker_state_writer> state_writer_;
 };
 
 // Sets up spdlog's default (operational) logger at `level` on stderr.

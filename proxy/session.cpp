@@ -3,11 +3,14 @@
 #include "core/json_reader.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/responses.hpp"
+#include "proxy/sandbox.hpp"
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
+#include "proxy/wire.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -17,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <ctime>
 #include <chrono>
 #include <random>
 
@@ -370,6 +374,120 @@ asio::awaitable<void> close_connection(tcp::socket& sock, deadline& dl, bool lin
     sock.close(ec);
 }
 
+// Completes (on the calling coroutine's executor) once the breaker state that includes
+// every transition made so far is durable; false when the write failed.
+asio::awaitable<bool> async_persist(server& srv) {
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+        [&srv](auto handler) {
+            auto ex = asio::get_associated_executor(handler);
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            srv.persist_breakers([ex, h](bool ok) { asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
+        },
+        asio::use_awaitable);
+}
+
+// Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v, std::chrono::system_clock::time_point wall_now) {
+    v = trim(v);
+    if (v.empty()) {
+        return std::nullopt;
+    }
+    if (std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        if (v.size() > 9) {
+            return std::chrono::milliseconds{std::chrono::hours{24 * 365}};
+        }
+        return std::chrono::seconds{std::stoll(std::string{v})};
+    }
+    std::tm tm{};
+    const std::string text{v};
+    if (::strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm) == nullptr) {
+        return std::nullopt;
+    }
+    const auto when = std::chrono::system_clock::from_time_t(::timegm(&tm));
+    if (when <= wall_now) {
+        return std::chrono::milliseconds{0};
+    }
+    return std::chrono::duration_cast<std::chrono::milliseconds>(when - wall_now);
+}
+
+// After the upstream answered (or failed): probe results, upstream health, the upstream's
+// own rate-limit signals, and response-side rules.
+template <class FillView>
+void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, const exchange_result& ex,
+                      const std::vector<std::string>& probes, bool response_rules, rules::request_view& view,
+                      FillView& fill_view, const std::string& request_id) {
+    auto& registry = *rt.breakers;
+    const auto now = w.owner().now();
+    if (ex.failure == upstream_failure::cancelled || ex.failure == upstream_failure::pool_exhausted) {
+        for (const auto& p : probes) {
+            registry.probe_result(p, false, now);
+        }
+        return;
+    }
+    const bool failed = ex.failure != upstream_failure::none;
+    const unsigned status = failed ? 0 : ex.res.result_int();
+    const bool bad = failed || status >= 500;
+    for (const auto& p : probes) {
+        registry.probe_result(p, !bad && status != 429, now);
+    }
+    const auto& ug = rt.upstreams[upstream_index];
+    const auto& up = rt.cfg->upstreams[upstream_index];
+    if (ug.health) {
+        if (auto cause = ug.health->record(bad, ex.elapsed, now)) {
+            cause->request_id = request_id;
+            registry.trip(ug.breaker, "", std::move(*cause), now);
+        }
+    }
+    if (!failed) {
+        std::optional<std::chrono::milliseconds> pause;
+        if (status == 429 || status == 503) {
+            pause = parse_retry_after(ex.res[http::field::retry_after], w.owner().time().wall_now());
+        }
+        // HubSpot says "0 left in this interval" on the last allowed call.
+        if (trim(ex.res["x-hubspot-ratelimit-remaining"]) == "0") {
+            std::chrono::milliseconds interval{1000};
+            const auto iv = trim(ex.res["x-hubspot-ratelimit-interval-milliseconds"]);
+            if (!iv.empty() && iv.size() < 10 && std::all_of(iv.begin(), iv.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+                interval = std::chrono::milliseconds{std::stoll(std::string{iv})};
+            }
+            pause = std::max(pause.value_or(std::chrono::milliseconds{0}), interval);
+        }
+        if (pause && pause->count() > 0) {
+            const auto capped = std::min(*pause, up.max_rate_limit_pause);
+            ug.quota->pause_until(now + capped);
+            spdlog::warn("upstream {} asked for a pause of {}: paused for every agent", up.name,
+                         cfg::format_duration(capped));
+        }
+    }
+    if (response_rules && rt.engine) {
+        fill_view();
+        rules::response_view rv;
+        rv.status = static_cast<int>(status);
+        rv.latency = ex.elapsed;
+        if (!failed) {
+            rv.content_type = ex.res[http::field::content_type];
+            rv.body = ex.res.body();
+        }
+        const auto d = rt.engine->record_response(view, rv, now);
+        if (d.outcome == rules::verdict::violated) {
+            const auto* b = rt.cfg->find_breaker(d.trips);
+            if (b != nullptr && b->act != breakers::action::deny) {
+                breakers::trip_cause cause;
+                cause.kind = "rule";
+                cause.actor = "rule:" + d.rule;
+                cause.reason = d.reason;
+                cause.rule = d.rule;
+                cause.key = d.key;
+                cause.value = d.measured;
+                cause.limit = d.limit;
+                cause.window = d.window;
+                cause.request_id = request_id;
+                registry.trip(d.trips, d.key, std::move(cause), now);
+            }
+        }
+    }
+}
+
 struct session_guard {
     worker& w;
     std::list<session_handle>::iterator it;
@@ -394,12 +512,16 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
     const auto remote = sock.remote_endpoint(ignored);
     const std::string client_ip = remote.address().to_string();
     beast::flat_buffer buf;
+    std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
     bool linger = false;  // set when we answer an error and close: input may still be coming
 
     for (;;) {
-        // Hold this request's config: a reload may swap the worker's pointer meanwhile.
-        const std::shared_ptr<const config> cfg = w.cfg();
+        // Hold this request's config and runtime: a reload may swap the worker's pointer
+        // meanwhile; this request finishes on the one it started with.
+        const runtime_lease lease = w.lease_runtime();
+        const runtime& rt = lease.get();
+        const config* cfg = rt.cfg.get();
         const limits_config& lim = cfg->limits;
 
         // 1. The request head: bounded in bytes and time.
@@ -415,7 +537,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             auto res = make_error(e, request_id, 11, keep_alive);
             linger = !keep_alive;
             dl.arm(lim.write_timeout);
-            auto [ec, n] = co_await http::async_write(sock, res, use_tuple);
+            auto [ec, n] = co_await write_message(sock, res, scratch);
             ++w.stats().generated;
             ++w.stats().responses_by_class[std::min(5u, res.result_int() / 100)];
             rec.status = res.result_int();
@@ -550,12 +672,224 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             continue;
         }
         rec.route = route->name;
-        const upstream_config& up = cfg->upstreams[route->upstream_index];
+        const std::size_t route_index = static_cast<std::size_t>(route - cfg->routes.data());
+        std::size_t upstream_index = route->upstream_index;
+        // Copies: the rewrite below replaces the target these views point into.
+        const std::string original_target{req.target()};
+        const std::string origin_form{tp.origin_form};
+        const std::string req_path{tp.path};
+        rec.target = original_target;
+
+        // 5. Guards. The common case (no rules on the route, no breaker active, upstream not
+        //    paused) costs a few relaxed atomic loads and no lock.
+        const auto now = w.owner().now();
+        auto& registry = *rt.breakers;
+        std::vector<std::string> probes;  // half-open instances this request probes
+        const char* forwarded_decision = "allowed";
+        std::string contained_rule;
+        std::string contained_breaker;
+        std::optional<error_info> contained;
+        auto contain = [&](const breakers::admission& adm, std::string_view rule, std::string reason) {
+            contained_rule = std::string{rule};
+            contained_breaker = adm.instance;
+            if (reason.empty() && adm.last_trip) {
+                reason = adm.last_trip->cause.reason;
+            }
+            const auto secs = static_cast<unsigned>((adm.retry_after.count() + 999) / 1000);
+            switch (adm.act) {
+                case breakers::action::throttle:
+                    contained = error_info{http::status::too_many_requests, "throttled", "throttled",
+                                           "breaker " + adm.instance + " is throttling this traffic" +
+                                               (reason.empty() ? "" : ": " + reason)};
+                    contained->retry_after_s = std::max(1u, secs);
+                    break;
+                case breakers::action::deny:
+                    contained = error_info{http::status::forbidden, "denied", "denied",
+                                           "denied by breaker " + adm.instance + (reason.empty() ? "" : ": " + reason)};
+                    break;
+                case breakers::action::pause:
+                case breakers::action::sandbox:
+                case breakers::action::quarantine:
+                    contained = error_info{http::status::service_unavailable, "paused", "breaker_open",
+                                           "breaker " + adm.instance + " is open" + (reason.empty() ? "" : ": " + reason)};
+                    contained->retry_after_s = std::max(1u, secs);
+                    break;
+            }
+        };
+        // Applies an admission: true when the request may go on (allowed, probe, sandboxed).
+        auto admit = [&](const breakers::admission& adm, std::string_view rule) {
+            if (adm.v == breakers::admission::verdict::probe) {
+                probes.push_back(adm.instance);
+                return true;
+            }
+            if (adm.v == breakers::admission::verdict::allow) {
+                if (adm.would_contain) {
+                    spdlog::info("breaker {} would have contained request {} (mode {})", adm.instance, request_id,
+                                 "shadow");
+                }
+                return true;
+            }
+            if (adm.act == breakers::action::sandbox) {
+                forwarded_decision = "sandboxed";
+                contained_breaker = adm.instance;
+                contained_rule = std::string{rule};
+                return true;
+            }
+            contain(adm, rule, {});
+            return false;
+        };
+
+        const upstream_guard& ug = rt.upstreams[upstream_index];
+        if (auto remaining = ug.quota->remaining(now)) {
+            // The upstream told us its quota is spent: waiting is the only thing that helps,
+            // for every agent sharing it.
+            contained_breaker = "upstream/" + cfg->upstreams[upstream_index].name;
+            contained = error_info{http::status::service_unavailable, "paused", "upstream_rate_limited",
+                                   "upstream " + cfg->upstreams[upstream_index].name +
+                                       " asked for a pause (429/503 with retry-after or quota exhausted)"};
+            contained->retry_after_s = std::max(1u, static_cast<unsigned>((remaining->count() + 999) / 1000));
+        } else if (!ug.breaker.empty() && registry.any_active()) {
+            auto adm = registry.admit(ug.breaker, now);
+            if (adm.v == breakers::admission::verdict::contain) {
+                contain(adm, {}, {});
+                contained->code = "upstream_unhealthy";
+                contained->decision = "unavailable";
+            } else if (adm.v == breakers::admission::verdict::probe) {
+                probes.push_back(adm.instance);
+            }
+        }
+
+        thread_local std::vector<rules::header_field> header_scratch;
+        thread_local std::vector<rules::engine::rule_key> key_scratch;
+        rules::request_view view;
+        auto fill_view = [&] {
+            header_scratch.clear();
+            for (const auto& f : req) {
+                header_scratch.push_back({f.name_string(), f.value()});
+            }
+            view.method = req.method_string();
+            view.target = original_target;
+            view.path = req_path;
+            const auto q = origin_form.find('?');
+            view.query = q == std::string::npos ? std::string_view{} : std::string_view{origin_form}.substr(q + 1);
+            view.host = host_without_port(original_host);
+            view.route = route->name;
+            view.agent = {};
+            view.content_type = req[http::field::content_type];
+            view.body = req.body();
+            view.headers = header_scratch;
+        };
+        const bool has_rules = rt.engine && rt.route_has_rules[route_index];
+        if (!contained && has_rules) {
+            fill_view();
+            if (registry.any_active()) {
+                rt.engine->keys_for(view, key_scratch);
+                for (const auto& k : key_scratch) {
+                    const auto& r = rt.engine->rules().rules[k.rule];
+                    const auto* b = cfg->find_breaker(r.trips);
+                    if (b == nullptr || b->act == breakers::action::deny) {
+                        continue;
+                    }
+                    if (!admit(registry.admit(registry.instance_name(*b, k.key), now), r.id)) {
+                        break;
+                    }
+                }
+            }
+            if (!contained) {
+                const auto d = rt.engine->evaluate(view, now);
+                if (d.outcome == rules::verdict::rejected) {
+                    contained_rule = d.rule;
+                    contained = error_info{http::status::bad_request, "rejected", "invalid_body", d.reason};
+                } else if (d.outcome == rules::verdict::violated) {
+                    const auto* b = cfg->find_breaker(d.trips);
+                    if (b != nullptr && b->act == breakers::action::deny) {
+                        // Guardrail-style: refuse this request, trip nothing.
+                        contained_rule = d.rule;
+                        contained_breaker = b->id;
+                        contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
+                    } else if (b != nullptr) {
+                        breakers::trip_cause cause;
+                        cause.kind = "rule";
+                        cause.actor = "rule:" + d.rule;
+                        cause.reason = d.reason;
+                        cause.rule = d.rule;
+                        cause.key = d.key;
+                        cause.value = d.measured;
+                        cause.limit = d.limit;
+                        cause.window = d.window;
+                        cause.request_id = request_id;
+                        auto tr = registry.trip(d.trips, d.key, std::move(cause), now);
+                        if (tr.shadow) {
+                            spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
+                                         tr.adm.instance, request_id, d.reason);
+                        } else {
+                            if (tr.opened) {
+                                // The response that reports a trip goes out only once the trip
+                                // is durable: a restart right after it still finds it tripped.
+                                const bool durable = co_await async_persist(w.owner());
+                                if (!durable) {
+                                    spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
+                                }
+                            }
+                            if (!admit(tr.adm, d.rule) && contained) {
+                                contained->message = d.reason.empty() ? contained->message
+                                                                      : "breaker " + tr.adm.instance + " tripped: " + d.reason;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Sandbox: the API's own dry-run switch, or an alternate upstream.
+        if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
+            const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
+            const auto* b = cfg->find_breaker(name);
+            if (b != nullptr && !b->sandbox_upstream.empty()) {
+                for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
+                    if (cfg->upstreams[i].name == b->sandbox_upstream) {
+                        upstream_index = i;
+                    }
+                }
+            } else {
+                std::string why;
+                std::optional<std::string> body;
+                const auto api = detect_sandbox_api(req[http::field::content_type]);
+                if (api == sandbox_api::sendgrid) {
+                    body = sendgrid_sandbox(req.body(), &why);
+                } else if (api == sandbox_api::mailgun) {
+                    body = mailgun_testmode(req.body(), req[http::field::content_type], &why);
+                } else {
+                    why = "no dry-run switch is known for content type \"" +
+                          std::string{req[http::field::content_type]} + "\"";
+                }
+                if (body) {
+                    req.body() = std::move(*body);
+                } else {
+                    // Fail closed: a request meant for the sandbox never reaches the real API.
+                    contained = error_info{http::status::service_unavailable, "unavailable", "sandbox_failed",
+                                           "breaker " + contained_breaker + " sandboxes this traffic, but the request " +
+                                               "cannot be switched to dry-run: " + why};
+                }
+            }
+        }
+
+        if (contained) {
+            for (const auto& p : probes) {
+                registry.probe_result(p, false, now);
+            }
+            contained->rule = contained_rule;
+            contained->breaker = contained_breaker;
+            if (!co_await reply(*contained, keep_alive) || !keep_alive) {
+                break;
+            }
+            continue;
+        }
+
+        const upstream_config& up = cfg->upstreams[upstream_index];
         rec.upstream = up.name;
 
-        // 5. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
-        const std::string original_target{req.target()};
-        rec.target = original_target;
+        // 6. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
         strip_hop_by_hop(req);
         req.erase(http::field::expect);
         req.erase(http::field::host);
@@ -567,23 +901,26 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         req.set("x-forwarded-proto", "http");
         append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
         req.set("x-request-id", request_id);
-        if (up.base_path.empty() || tp.origin_form == "*") {
-            req.target(tp.origin_form);
+        if (up.base_path.empty() || origin_form == "*") {
+            req.target(origin_form);
         } else {
-            req.target(up.base_path + std::string{tp.origin_form});
+            req.target(up.base_path + origin_form);
         }
         req.version(11);
         req.keep_alive(true);
         req.prepare_payload();
 
-        // 6. Forward, racing the exchange against the client leaving: a client that hangs
+        // 7. Forward, racing the exchange against the client leaving: a client that hangs
         //    up cancels the upstream request instead of leaving it running.
         const bool is_head = req.method() == http::verb::head;
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
-        auto pool = w.pool(route->upstream_index);
+        auto pool = w.pool(upstream_index);
         auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head) ||
                                watch_client(sock, buf, lim.header_bytes));
         if (raced.index() == 1) {
+            for (const auto& p : probes) {
+                registry.probe_result(p, false, w.owner().now());
+            }
             ++w.stats().client_aborts;
             rec.status = 499;
             rec.decision = "allowed";
@@ -595,6 +932,8 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         exchange_result ex = std::move(std::get<0>(raced));
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
+        observe_upstream(w, rt, upstream_index, ex, probes, has_rules && rt.route_has_response_rules[route_index], view,
+                         fill_view, request_id);
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
             error_info e{http::status::bad_gateway, "unavailable", "", ex.detail};
@@ -643,7 +982,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             continue;
         }
 
-        // 7. The response, faithfully: status, headers and body, minus hop-by-hop fields.
+        // 8. The response, faithfully: status, headers and body, minus hop-by-hop fields.
         response& res = ex.res;
         strip_hop_by_hop(res);
         {
@@ -655,7 +994,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         if (res.find("x-request-id") == res.end()) {
             res.set("x-request-id", request_id);
         }
-        res.set("x-breakerbox-decision", "allowed");
+        res.set("x-breakerbox-decision", forwarded_decision);
         res.version(client_version);
         res.keep_alive(keep_alive);
         const unsigned status = res.result_int();
@@ -668,10 +1007,10 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         dl.arm(lim.write_timeout);
         // A HEAD answer keeps the upstream's Content-Length and has an empty body, so the
         // serializer writes the header only.
-        auto [wec, written] = co_await http::async_write(sock, res, use_tuple);
+        auto [wec, written] = co_await write_message(sock, res, scratch);
         ++w.stats().responses_by_class[std::min(5u, status / 100)];
         rec.status = status;
-        rec.decision = "allowed";
+        rec.decision = forwarded_decision;
         rec.bytes_out = written;
         rec.request_id = request_id;
         write_access_log(w, rec);

@@ -1,6 +1,7 @@
 #include "proxy/upstream.hpp"
 
 #include "proxy/framing.hpp"
+#include "proxy/wire.hpp"
 
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
@@ -286,7 +287,7 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
         out.detail.clear();
 
         conn->tcp().expires_after(timeout);
-        auto [wec, written] = co_await conn->visit([&](auto& s) { return http::async_write(s, req, use_tuple); });
+        auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });
         bool got_response_bytes = false;
         error_code ec = wec;
         std::optional<http::response_parser<http::string_body>> parser_slot;

@@ -63,6 +63,7 @@ public:
     }
 
     beast::flat_buffer buffer;
+    std::string scratch;  // serialized request heads, reused
     std::chrono::steady_clock::time_point idle_since{};
     std::uint64_t requests = 0;
 

@@ -699,6 +699,19 @@ bool engine::shares_meter_with(const engine& other, std::string_view rule_id) co
     return meters_[a->index] == other.meters_[b->index];
 }
 
+void engine::keys_for(const request_view& req, std::vector<rule_key>& out) const {
+    out.clear();
+    scratch& s = local();
+    context ctx{req, nullptr, s, {}, {}, false, false, {}};
+    for (const std::uint32_t idx : set_->rules_for(req.route)) {
+        const rule& r = set_->rules[idx];
+        if (r.trips.empty() || !matches(r, ctx) || !build_key(r, ctx)) {
+            continue;
+        }
+        out.push_back({idx, s.key});
+    }
+}
+
 decision engine::evaluate(const request_view& req, time_point now) {
     scratch& s = local();
     context ctx{req, nullptr, s, {}, {}, false, false, {}};

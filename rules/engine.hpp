@@ -82,6 +82,16 @@ public:
     // rules. Returns the first response-side rule the response pushed over its line, else allow.
     decision record_response(const request_view& req, const response_view& resp, time_point now);
 
+    // The breakers this request maps to: for every rule of its route that matches it and
+    // trips a breaker, the rule index and its key value. Reads no meter and books nothing;
+    // the data plane calls it only while some breaker instance is active. A rule whose key
+    // needs a body that is not valid JSON is skipped (evaluate() rejects that request).
+    struct rule_key {
+        std::uint32_t rule = 0;
+        std::string key;
+    };
+    void keys_for(const request_view& req, std::vector<rule_key>& out) const;
+
     // nullopt if the rule is unknown or the key is not tracked.
     std::optional<meter_reading> read(std::string_view rule_id, std::string_view key, time_point now) const;
     std::optional<meter_stats> stats(std::string_view rule_id) const;

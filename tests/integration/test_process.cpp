@@ -338,3 +338,58 @@ TEST(resources, fd_count_returns_to_baseline_after_10000_mixed_requests) {
     ::kill(bb.pid(), SIGTERM);
     EXPECT_EQ(bb.wait_exit(), 0);
 }
+
+TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
+    // Splice a store, a failure mode, a breaker and a cap of 15 recipients per campaign.
+    cfg.insert(cfg.rfind('}'),
+               ", \"store\": {\"path\": \"" + dir +
+                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+                   "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 15,"
+                   "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
+    write_file(dir + "/bb.json", cfg);
+    const std::string ten = "{\"to\":[1,2,3,4,5,6,7,8,9,10]}";
+    auto send = [&](std::uint16_t port) {
+        return http_request(port, http::verb::post, "/v3/mail/send", ten,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
+    };
+    {
+        child bb{{"--config", dir + "/bb.json"}};
+        const auto port = started_port(bb);
+        ASSERT_NE(port, 0);
+        EXPECT_EQ(send(port).result_int(), 202u);
+        EXPECT_EQ(send(port).result_int(), 503u);  // 20 > 15: tripped, and durable before this answer
+        ::kill(bb.pid(), SIGKILL);
+        EXPECT_EQ(bb.wait_exit(), 128 + SIGKILL);
+    }
+    child again{{"--config", dir + "/bb.json"}};
+    const auto port = started_port(again);
+    ASSERT_NE(port, 0);
+    auto res = send(port);  // the very first request after the restart
+    EXPECT_EQ(res.result_int(), 503u) << res;
+    EXPECT_EQ(res["x-breakerbox-decision"], "paused");
+    EXPECT_EQ(up.request_count(), 1u);
+    // Another campaign is unaffected.
+    EXPECT_EQ(http_request(port, http::verb::post, "/v3/mail/send", ten,
+                           {{"content-type", "application/json"}, {"x-campaign-id", "autumn"}})
+                  .result_int(),
+              202u);
+    ::kill(again.pid(), SIGTERM);
+    EXPECT_EQ(again.wait_exit(), 0);
+}
+
+TEST(durability, a_corrupt_state_file_refuses_to_start) {
+    const auto dir = temp_dir();
+    std::string cfg = make_config("http://127.0.0.1:9");
+    cfg.insert(cfg.rfind('}'), ", \"store\": {\"path\": \"" + dir +
+                                   "/bb.db\"}, \"breakers\": [{\"id\": \"b\", \"action\": \"pause\"}]");
+    write_file(dir + "/bb.json", cfg);
+    write_file(dir + "/bb.breakers.json", "{\"instances\": [{\"instance\": ");
+    child bb{{"--config", dir + "/bb.json"}};
+    EXPECT_EQ(bb.wait_exit(), 1);
+    EXPECT_NE(bb.output().find("cannot restore breaker state"), std::string::npos) << bb.output();
+}

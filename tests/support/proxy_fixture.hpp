@@ -15,14 +15,14 @@ namespace bb::test {
 
 class proxy_instance {
 public:
-    explicit proxy_instance(const std::string& json) {
+    explicit proxy_instance(const std::string& json, const clock* time = nullptr) {
         auto parsed = parse_config(json);
         if (!parsed.errors.empty()) {
             ADD_FAILURE() << "test config has errors:\n" << parsed.errors.to_string() << json;
             throw std::runtime_error("bad test config");
         }
         cfg_ = parsed.cfg;
-        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false});
+        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false, time});
         srv_->start();
         port_ = srv_->bound_port(0);
         thread_ = std::thread{[this] { srv_->run(); }};

@@ -1,0 +1,896 @@
+#include "breakers/breaker.hpp"
+
+#include <algorithm>
+#include <deque>
+#include <mutex>
+
+namespace bb::breakers {
+
+namespace {
+
+constexpr milliseconds default_manual_retry{60'000};
+// A request turned away while the probes are out: they finish within an upstream timeout.
+constexpr milliseconds half_open_retry{1'000};
+constexpr std::string_view overflow_key = "_overflow";
+
+bool is_shadow(mode m) { return m == mode::forced_closed || m == mode::metrics_only; }
+
+milliseconds until(time_point t, time_point now) {
+    return t <= now ? milliseconds{0} : std::chrono::ceil<milliseconds>(t - now);
+}
+
+std::string format_ms(milliseconds d) {
+    if (d.count() % 1000 == 0) {
+        return std::to_string(d.count() / 1000) + "s";
+    }
+    return std::to_string(d.count()) + "ms";
+}
+
+trip_cause cause_of(std::string kind, std::string actor, std::string reason) {
+    trip_cause c;
+    c.kind = std::move(kind);
+    c.actor = std::move(actor);
+    c.reason = std::move(reason);
+    return c;
+}
+
+}  // namespace
+
+namespace detail {
+
+// One instance's state machine. Every member after `mutex_` is guarded by it; the registry
+// takes the lock, calls the operations below, unlocks, then calls deliver().
+class instance {
+public:
+    instance(const breaker_config& cfg, std::string name, std::string key, bool keyed, bool report,
+             std::atomic<std::int64_t>& active)
+        : cfg_(cfg), name_(std::move(name)), key_(std::move(key)), keyed_(keyed), report_(report),
+          active_(active), cooldown_(cfg.cooldown) {}
+
+    const std::string& name() const { return name_; }
+    bool keyed() const { return keyed_; }
+    std::mutex& mutex() { return mutex_; }
+
+    // --- the caller holds mutex() for everything below ---
+
+    bool evicted() const { return evicted_; }
+    bool shadowing() const { return is_shadow(md_); }
+
+    // Removal from the registry: only an idle instance with nothing left to report.
+    bool evict_if_idle() {
+        if (counted_ || delivering_ || !pending_.empty()) {
+            return false;
+        }
+        evicted_ = true;
+        return true;
+    }
+
+    // Applies what time alone changes: mode expiry, then open -> half_open, then restarts
+    // a half-open round whose probes never reported (a cancelled request must not wedge it).
+    void advance(time_point now) {
+        if (md_ != mode::automatic && mode_expires_ && now >= *mode_expires_) {
+            const auto at = std::max(*mode_expires_, last_at_);
+            const std::string reason = "mode " + std::string{to_string(md_)} + " expired";
+            mode_expires_.reset();
+            shadow_until_.reset();
+            change(st_, mode::automatic, cause_of("expiry", "expiry", reason), at, false);
+        }
+        if (md_ == mode::automatic && st_ == state::open && cfg_.reset == reset_policy::automatic &&
+            now >= opened_at_ + cooldown_) {
+            const auto at = std::max(opened_at_ + cooldown_, last_at_);
+            change(state::half_open, md_,
+                   cause_of("cooldown", "cooldown",
+                            "cooldown " + format_ms(cooldown_) + " elapsed; letting " +
+                                std::to_string(probes()) + " probe(s) through"),
+                   at, false);
+        }
+        if (md_ == mode::automatic && st_ == state::half_open && issued_ > succeeded_ &&
+            now >= last_probe_at_ + cooldown_) {
+            new_round();
+        }
+    }
+
+    // The verdict for one request (advance() first). Takes a probe or a throttle slot.
+    admission decide(time_point now) {
+        admission a = base();
+        switch (md_) {
+        case mode::forced_closed:
+        case mode::metrics_only:
+            a.would_contain = would_contain(now);
+            return a;
+        case mode::forced_open:
+            a.retry_after = mode_expires_ ? until(*mode_expires_, now) : manual_retry();
+            return contain(a, now);
+        case mode::automatic:
+            break;
+        }
+        switch (st_) {
+        case state::closed:
+            return a;
+        case state::open:
+            a.retry_after = cfg_.reset == reset_policy::manual ? manual_retry() : until(opened_at_ + cooldown_, now);
+            return contain(a, now);
+        case state::half_open:
+            if (issued_ < probes()) {
+                ++issued_;
+                last_probe_at_ = now;
+                a.v = admission::verdict::probe;
+                a.probe_round = round_;
+                return a;
+            }
+            a.retry_after = half_open_retry;
+            return contain(a, now);
+        }
+        return a;
+    }
+
+    // What auto would do, without taking a probe or a throttle slot.
+    bool would_contain(time_point now) const {
+        if (md_ == mode::forced_open || (shadow_until_ && now < *shadow_until_)) {
+            return true;
+        }
+        switch (st_) {
+        case state::closed:
+            return false;
+        case state::open:
+            return cfg_.reset == reset_policy::manual || now < opened_at_ + cooldown_;
+        case state::half_open:
+            return issued_ >= probes();
+        }
+        return false;
+    }
+
+    void cancel_probe(std::uint64_t round) {
+        if (st_ == state::half_open && round == round_ && issued_ > 0) {
+            --issued_;
+        }
+    }
+
+    struct trip_outcome {
+        bool opened = false;
+        bool shadow = false;
+    };
+    // `shadow`: a breaker-wide bypass covers this instance even if its own mode is automatic.
+    trip_outcome trip(trip_cause cause, time_point now, bool shadow) {
+        if (shadow || is_shadow(md_)) {
+            auto t = make(st_, state::open, md_, md_, std::move(cause), now);
+            ++shadow_trips_;
+            last_shadow_trip_ = std::move(t);
+            shadow_until_ = cfg_.reset == reset_policy::manual ? time_point::max() : now + cooldown_;
+            return {false, true};
+        }
+        shadow_until_.reset();  // enforced now; an earlier shadow trip says nothing more
+        if (st_ == state::open) {
+            return {};
+        }
+        if (st_ == state::half_open) {
+            cooldown_ = backoff(cooldown_);  // it failed again right after the cooldown
+        }
+        opened_at_ = now;
+        change(state::open, md_, std::move(cause), now, true);
+        return {true, false};
+    }
+
+    void probe_result(bool success, time_point now, std::uint64_t round) {
+        if (md_ != mode::automatic || st_ != state::half_open || (round != 0 && round != round_)) {
+            return;
+        }
+        if (success) {
+            if (++succeeded_ >= probes()) {
+                cooldown_ = cfg_.cooldown;
+                change(state::closed, md_,
+                       cause_of("probe", "probe", std::to_string(probes()) + " probe(s) succeeded"), now, false);
+            }
+            return;
+        }
+        cooldown_ = backoff(cooldown_);
+        opened_at_ = now;
+        change(state::open, md_, cause_of("probe", "probe", "probe failed; cooldown now " + format_ms(cooldown_)),
+               now, false);
+    }
+
+    // An operator's trip is always enforced: a shadow mode gives way to automatic.
+    void manual_trip(trip_cause cause, time_point now) {
+        const mode to = is_shadow(md_) ? mode::automatic : md_;
+        const bool opens = st_ != state::open;
+        if (!opens && to == md_) {
+            return;
+        }
+        if (to != md_) {
+            mode_expires_.reset();
+            shadow_until_.reset();
+        }
+        if (opens) {
+            opened_at_ = now;
+        }
+        change(state::open, to, std::move(cause), now, opens);
+    }
+
+    // Back to closed+automatic with the base cooldown: "make it normal again".
+    void reset(trip_cause cause, time_point now) {
+        shadow_until_.reset();
+        mode_expires_.reset();
+        cooldown_ = cfg_.cooldown;
+        if (st_ != state::closed || md_ != mode::automatic) {
+            change(state::closed, mode::automatic, std::move(cause), now, false);
+        }
+    }
+
+    void set_mode(mode m, std::optional<milliseconds> expires_in, trip_cause cause, time_point now) {
+        std::optional<time_point> expires;
+        if (m != mode::automatic && expires_in) {
+            expires = now + *expires_in;
+        }
+        if (m == md_ && expires == mode_expires_) {
+            return;
+        }
+        if (!is_shadow(m)) {
+            shadow_until_.reset();
+        }
+        mode_expires_ = expires;
+        const bool trips = m == mode::forced_open && md_ != mode::forced_open;
+        change(st_, m, std::move(cause), now, trips);
+    }
+
+    // Only onto an idle instance: a second snapshot for the overflow instance (or a
+    // duplicate) does not overwrite the first.
+    void restore(const instance_snapshot& s, time_point now) {
+        if (counted_ || (s.st == state::closed && s.md == mode::automatic)) {
+            return;
+        }
+        opened_at_ = std::min(s.opened_at, now);
+        cooldown_ = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
+        trips_ = s.trips;
+        last_trip_ = s.last_trip;
+        shadow_trips_ = s.shadow_trips;
+        last_shadow_trip_ = s.last_shadow_trip;
+        mode_expires_ = s.md == mode::automatic ? std::nullopt : s.mode_expires;
+        // A probe in flight died with the process: open again, half-open on the next look.
+        const state st = s.st == state::half_open ? state::open : s.st;
+        change(st, s.md, cause_of("restore", "restore", "restored at start"), now, false);
+    }
+
+    instance_snapshot view(time_point now) const {
+        instance_snapshot s;
+        s.instance = name_;
+        s.breaker = cfg_.id;
+        s.key = key_;
+        s.st = st_;
+        s.md = md_;
+        s.mode_expires = mode_expires_;
+        s.opened_at = opened_at_;
+        s.cooldown = cooldown_;
+        s.trips = trips_;
+        s.last_trip = last_trip_;
+        s.shadow_trips = shadow_trips_;
+        s.last_shadow_trip = last_shadow_trip_;
+        // What advance() would make of it, without reporting from a const reader.
+        if (s.md != mode::automatic && s.mode_expires && now >= *s.mode_expires) {
+            s.md = mode::automatic;
+            s.mode_expires.reset();
+        }
+        if (s.md == mode::automatic && s.st == state::open && cfg_.reset == reset_policy::automatic &&
+            now >= opened_at_ + cooldown_) {
+            s.st = state::half_open;
+        }
+        return s;
+    }
+
+    // --- takes mutex() itself ---
+
+    // Reports queued transitions in order, outside the lock. If another thread is already
+    // reporting for this instance, it reports ours too (so order holds without holding a
+    // lock across the callback); our caller may then return before its event is out.
+    void deliver(const std::function<void(const transition&)>& fn) {
+        std::unique_lock lock{mutex_};
+        if (!report_ || delivering_) {
+            return;
+        }
+        delivering_ = true;
+        while (!pending_.empty()) {
+            auto t = std::move(pending_.front());
+            pending_.pop_front();
+            lock.unlock();
+            try {
+                fn(*t);
+            } catch (...) {
+                lock.lock();
+                delivering_ = false;
+                throw;
+            }
+            lock.lock();
+        }
+        delivering_ = false;
+    }
+
+private:
+    std::uint32_t probes() const { return std::max<std::uint32_t>(cfg_.half_open_probes, 1); }
+    milliseconds manual_retry() const {
+        return cfg_.retry_after > milliseconds{0} ? cfg_.retry_after : default_manual_retry;
+    }
+    milliseconds backoff(milliseconds c) const { return std::min(c * 2, std::max(cfg_.max_cooldown, cfg_.cooldown)); }
+
+    admission base() const {
+        admission a;
+        a.act = cfg_.act;
+        a.instance = name_;
+        a.last_trip = last_trip_;
+        return a;
+    }
+
+    // Containment; for a throttle breaker that means "through if a slot is free". The slots
+    // are the times of the last R admissions: a request gets one only if the oldest is at
+    // least one interval old, so no interval-long span ever holds more than R admissions.
+    admission contain(admission a, time_point now) {
+        a.v = admission::verdict::contain;
+        if (cfg_.act != action::throttle) {
+            return a;
+        }
+        const std::size_t limit = cfg_.throttle.requests;
+        const auto interval = cfg_.throttle.interval;
+        if (limit == 0) {
+            a.retry_after = interval;
+            return a;
+        }
+        if (slots_.size() < limit) {
+            slots_.push_back(now);
+        } else if (now - slots_[oldest_] >= interval) {
+            slots_[oldest_] = now;
+            oldest_ = (oldest_ + 1) % limit;
+        } else {
+            a.retry_after = until(slots_[oldest_] + interval, now);
+            return a;
+        }
+        a.v = admission::verdict::allow;
+        a.throttled = true;
+        a.retry_after = milliseconds{0};
+        return a;
+    }
+
+    void new_round() {
+        ++round_;
+        issued_ = 0;
+        succeeded_ = 0;
+    }
+
+    std::shared_ptr<const transition> make(state from, state to, mode mfrom, mode mto, trip_cause cause,
+                                           time_point at) const {
+        auto t = std::make_shared<transition>();
+        t->instance = name_;
+        t->breaker = cfg_.id;
+        t->from = from;
+        t->to = to;
+        t->mode_from = mfrom;
+        t->mode_to = mto;
+        t->cause = std::move(cause);
+        t->at = at;
+        return t;
+    }
+
+    // Every state or mode change goes through here: the event, the active counter and the
+    // per-state bookkeeping stay in step. `trips`: containment begins (rule, operator, force).
+    void change(state to, mode mto, trip_cause cause, time_point at, bool trips) {
+        auto t = make(st_, to, md_, mto, std::move(cause), at);
+        if (to == state::half_open && st_ != state::half_open) {
+            new_round();
+        }
+        st_ = to;
+        md_ = mto;
+        last_at_ = at;
+        if (trips) {
+            ++trips_;
+            last_trip_ = t;
+        }
+        const bool active = st_ != state::closed || md_ != mode::automatic;
+        if (active != counted_) {
+            counted_ = active;
+            active_.fetch_add(active ? 1 : -1, std::memory_order_release);
+        }
+        if (!active) {
+            // Throttle slots only matter while containing; give the memory back.
+            std::vector<time_point>{}.swap(slots_);
+            oldest_ = 0;
+        }
+        if (report_) {
+            pending_.push_back(std::move(t));
+        }
+    }
+
+    const breaker_config& cfg_;
+    const std::string name_;
+    const std::string key_;
+    const bool keyed_;   // counts against max_instances (not the wide or overflow instance)
+    const bool report_;  // someone listens to transitions
+    std::atomic<std::int64_t>& active_;
+
+    std::mutex mutex_;
+    state st_ = state::closed;
+    mode md_ = mode::automatic;
+    std::optional<time_point> mode_expires_;
+    time_point opened_at_{};
+    milliseconds cooldown_;
+    time_point last_at_{};
+    // half_open: probes let through and succeeded in this round; the round tells a late
+    // report from an earlier round apart.
+    std::uint32_t issued_ = 0;
+    std::uint32_t succeeded_ = 0;
+    std::uint64_t round_ = 0;
+    time_point last_probe_at_{};
+    std::uint64_t trips_ = 0;
+    std::shared_ptr<const transition> last_trip_;
+    std::uint64_t shadow_trips_ = 0;
+    std::shared_ptr<const transition> last_shadow_trip_;
+    std::optional<time_point> shadow_until_;  // a shadow trip makes would_contain true until then
+    std::vector<time_point> slots_;           // throttle: times of the last R admissions (ring)
+    std::size_t oldest_ = 0;
+    bool counted_ = false;  // included in the registry's active counter
+    bool evicted_ = false;
+    bool delivering_ = false;
+    std::deque<std::shared_ptr<const transition>> pending_;
+};
+
+}  // namespace detail
+
+std::string_view to_string(action a) {
+    switch (a) {
+    case action::pause: return "pause";
+    case action::throttle: return "throttle";
+    case action::sandbox: return "sandbox";
+    case action::quarantine: return "quarantine";
+    case action::deny: return "deny";
+    }
+    return "?";
+}
+
+std::string_view to_string(state s) {
+    switch (s) {
+    case state::closed: return "closed";
+    case state::open: return "open";
+    case state::half_open: return "half_open";
+    }
+    return "?";
+}
+
+std::string_view to_string(mode m) {
+    switch (m) {
+    case mode::automatic: return "auto";
+    case mode::forced_open: return "forced_open";
+    case mode::forced_closed: return "forced_closed";
+    case mode::metrics_only: return "metrics_only";
+    }
+    return "?";
+}
+
+std::optional<mode> parse_mode(std::string_view s) {
+    for (mode m : {mode::automatic, mode::forced_open, mode::forced_closed, mode::metrics_only}) {
+        if (s == to_string(m)) {
+            return m;
+        }
+    }
+    return std::nullopt;
+}
+
+namespace {
+
+using instance = detail::instance;
+
+// Runs `op` on the instance `get()` yields, under its lock, then reports its transitions.
+// An instance evicted between lookup and lock is idle and gone from the map: look again.
+template <class Get, class Op>
+auto run(Get get, Op op, const std::function<void(const transition&)>& report) {
+    for (;;) {
+        std::shared_ptr<instance> inst = get();
+        std::unique_lock lock{inst->mutex()};
+        if (inst->evicted()) {
+            continue;
+        }
+        auto result = op(*inst);
+        lock.unlock();
+        inst->deliver(report);
+        return result;
+    }
+}
+
+}  // namespace
+
+breaker_registry::breaker_registry(std::vector<breaker_config> breakers,
+                                   std::function<void(const transition&)> on_transition)
+    : on_transition_(std::move(on_transition)) {
+    for (auto& b : breakers) {
+        std::string id = b.id;
+        slots_.try_emplace(std::move(id), slot{std::move(b), {}, 0});
+    }
+}
+
+const breaker_config* breaker_registry::find(std::string_view breaker_id) const {
+    const slot* s = find_slot(breaker_id);
+    return s ? &s->cfg : nullptr;
+}
+
+std::string breaker_registry::instance_name(const breaker_config& b, std::string_view key) const {
+    if (!b.per_key || key.empty()) {
+        return b.id;
+    }
+    std::string name;
+    name.reserve(b.id.size() + 1 + key.size());
+    name.append(b.id).append("/").append(key);
+    return name;
+}
+
+breaker_registry::slot* breaker_registry::find_slot(std::string_view breaker_id) const {
+    auto it = slots_.find(breaker_id);
+    return it == slots_.end() ? nullptr : &it->second;
+}
+
+std::pair<breaker_registry::slot*, std::string_view> breaker_registry::split(std::string_view instance) const {
+    // Implicit breakers ("upstream/<name>", "agent/<id>") carry a '/' in their id and have
+    // one instance named like the id: an exact id match wins over splitting off a key.
+    if (slot* whole = find_slot(instance)) {
+        return {whole, std::string_view{}};
+    }
+    const auto slash = instance.find('/');
+    slot* s = find_slot(instance.substr(0, slash));
+    std::string_view key = slash == std::string_view::npos ? std::string_view{} : instance.substr(slash + 1);
+    if (s && !s->cfg.per_key) {
+        key = {};
+    }
+    return {s, key};
+}
+
+breaker_registry::instance_ptr breaker_registry::exact(const slot& s, std::string_view key) const {
+    auto it = s.instances.find(instance_name(s.cfg, key));
+    return it == s.instances.end() ? nullptr : it->second;
+}
+
+breaker_registry::instance_ptr breaker_registry::lookup(const slot& s, std::string_view key) const {
+    if (auto inst = exact(s, key)) {
+        return inst;
+    }
+    if (key.empty()) {
+        return nullptr;
+    }
+    // Fail closed: a key that has no instance of its own may be one that was tripped into
+    // the overflow instance when the breaker was full.
+    return exact(s, overflow_key);
+}
+
+breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::string_view key) {
+    {
+        std::shared_lock lock{mutex_};
+        if (auto inst = exact(s, key)) {
+            return inst;
+        }
+    }
+    std::unique_lock lock{mutex_};
+    if (auto inst = exact(s, key)) {
+        return inst;
+    }
+    const bool keyed = !key.empty() && key != overflow_key;
+    if (keyed && s.keyed >= s.cfg.max_instances) {
+        // Full: make room by dropping an idle (closed+automatic) instance. O(instances), but
+        // only on a trip of a new key into a full breaker. Lock order is map -> instance,
+        // and nobody waits on the map while holding an instance, so try_lock is courtesy.
+        bool evicted = false;
+        for (auto it = s.instances.begin(); it != s.instances.end(); ++it) {
+            if (!it->second->keyed()) {
+                continue;
+            }
+            std::unique_lock il{it->second->mutex(), std::try_to_lock};
+            if (il.owns_lock() && it->second->evict_if_idle()) {
+                il.unlock();
+                s.instances.erase(it);
+                --s.keyed;
+                evicted = true;
+                break;
+            }
+        }
+        if (!evicted) {
+            key = overflow_key;
+            if (auto inst = exact(s, key)) {
+                return inst;
+            }
+        }
+    }
+    const bool counts = !key.empty() && key != overflow_key;
+    std::string name = instance_name(s.cfg, key);
+    auto inst = std::make_shared<instance>(s.cfg, name, std::string{key}, counts, on_transition_ != nullptr, active_);
+    s.instances.emplace(std::move(name), inst);
+    if (counts) {
+        ++s.keyed;
+    }
+    return inst;
+}
+
+admission breaker_registry::admit(std::string_view name, time_point now) {
+    auto [s, key] = split(name);
+    if (!s) {
+        // An instance we were never told about is our own fault: fail closed.
+        admission a;
+        a.v = admission::verdict::contain;
+        a.retry_after = default_manual_retry;
+        a.instance = std::string{name};
+        return a;
+    }
+    instance_ptr inst;
+    instance_ptr wide;
+    {
+        std::shared_lock lock{mutex_};
+        inst = lookup(*s, key);
+        if (!key.empty()) {
+            wide = exact(*s, {});
+        }
+    }
+    admission none;
+    none.act = s->cfg.act;
+    none.instance = instance_name(s->cfg, key);
+    if (!inst && !wide) {
+        return none;
+    }
+    // The breaker-wide instance first: if it contains, the key's instance is not consulted
+    // (and keeps its probes and throttle slots).
+    admission w = none;
+    if (wide) {
+        std::unique_lock lock{wide->mutex()};
+        wide->advance(now);
+        const bool bypass = wide->shadowing();
+        w = wide->decide(now);
+        lock.unlock();
+        wide->deliver(on_transition_);
+        if (bypass) {
+            // Every key is bypassed; still say what the key's own instance would do.
+            if (inst) {
+                std::unique_lock il{inst->mutex()};
+                inst->advance(now);
+                w.would_contain = w.would_contain || inst->would_contain(now);
+                il.unlock();
+                inst->deliver(on_transition_);
+            }
+            return w;
+        }
+        if (w.v == admission::verdict::contain || !inst) {
+            return w;
+        }
+    }
+    std::unique_lock lock{inst->mutex()};
+    inst->advance(now);
+    admission k = inst->decide(now);
+    lock.unlock();
+    inst->deliver(on_transition_);
+    if (!wide) {
+        return k;
+    }
+    if (k.v != admission::verdict::allow) {
+        if (w.v == admission::verdict::probe) {
+            // The request will not reach the upstream: hand the wide probe back.
+            std::lock_guard wl{wide->mutex()};
+            wide->cancel_probe(w.probe_round);
+        }
+        return k;
+    }
+    if (w.v == admission::verdict::probe || w.throttled) {
+        w.would_contain = w.would_contain || k.would_contain;
+        return w;
+    }
+    k.would_contain = k.would_contain || w.would_contain;
+    return k;
+}
+
+breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id, std::string_view key,
+                                                     trip_cause cause, time_point now) {
+    trip_result r;
+    slot* s = find_slot(breaker_id);
+    if (!s) {
+        r.adm.v = admission::verdict::contain;  // fail closed, as admit()
+        r.adm.retry_after = default_manual_retry;
+        r.adm.instance = std::string{breaker_id};
+        return r;
+    }
+    if (!s->cfg.per_key) {
+        key = {};
+    }
+    // A breaker-wide forced_closed/metrics_only turns the key's trip into a shadow trip.
+    bool wide_bypass = false;
+    if (!key.empty()) {
+        instance_ptr wide;
+        {
+            std::shared_lock lock{mutex_};
+            wide = exact(*s, {});
+        }
+        if (wide) {
+            std::unique_lock lock{wide->mutex()};
+            wide->advance(now);
+            wide_bypass = wide->shadowing();
+            lock.unlock();
+            wide->deliver(on_transition_);
+        }
+    }
+    std::string name;
+    const auto outcome = run([&] { return get_or_create(*s, key); },
+                             [&](instance& in) {
+                                 in.advance(now);
+                                 name = in.name();
+                                 return in.trip(std::move(cause), now, wide_bypass);
+                             },
+                             on_transition_);
+    r.opened = outcome.opened;
+    r.shadow = outcome.shadow;
+    if (r.shadow) {
+        r.adm.act = s->cfg.act;
+        r.adm.instance = name;
+        r.adm.would_contain = true;
+        return r;
+    }
+    r.adm = admit(name, now);
+    return r;
+}
+
+void breaker_registry::probe_result(std::string_view name, bool success, time_point now, std::uint64_t round) {
+    auto [s, key] = split(name);
+    if (!s) {
+        return;
+    }
+    instance_ptr inst;
+    {
+        std::shared_lock lock{mutex_};
+        inst = exact(*s, key);
+    }
+    if (!inst) {
+        return;
+    }
+    std::unique_lock lock{inst->mutex()};
+    inst->advance(now);
+    inst->probe_result(success, now, round);
+    lock.unlock();
+    inst->deliver(on_transition_);
+}
+
+bool breaker_registry::manual_trip(std::string_view name, std::string actor, std::string reason, time_point now) {
+    auto [s, key] = split(name);
+    if (!s) {
+        return false;
+    }
+    run([&] { return get_or_create(*s, key); },
+        [&](instance& in) {
+            in.advance(now);
+            in.manual_trip(cause_of("manual", std::move(actor), std::move(reason)), now);
+            return true;
+        },
+        on_transition_);
+    return true;
+}
+
+bool breaker_registry::reset(std::string_view name, std::string actor, std::string reason, time_point now) {
+    auto [s, key] = split(name);
+    if (!s) {
+        return false;
+    }
+    instance_ptr inst;
+    {
+        std::shared_lock lock{mutex_};
+        inst = exact(*s, key);
+    }
+    if (!inst) {
+        return true;  // never tripped: already closed+automatic
+    }
+    std::unique_lock lock{inst->mutex()};
+    if (!inst->evicted()) {
+        inst->advance(now);
+        inst->reset(cause_of("manual", std::move(actor), std::move(reason)), now);
+    }
+    lock.unlock();
+    inst->deliver(on_transition_);
+    return true;
+}
+
+bool breaker_registry::set_mode(std::string_view name, mode m, std::optional<milliseconds> expires_in,
+                                std::string actor, std::string reason, time_point now) {
+    auto [s, key] = split(name);
+    if (!s) {
+        return false;
+    }
+    if (m == mode::automatic) {
+        std::shared_lock lock{mutex_};
+        if (!exact(*s, key)) {
+            return true;  // nothing to change, and no instance needed to say so
+        }
+    }
+    run([&] { return get_or_create(*s, key); },
+        [&](instance& in) {
+            in.advance(now);
+            in.set_mode(m, expires_in, cause_of("manual", std::move(actor), std::move(reason)), now);
+            return true;
+        },
+        on_transition_);
+    return true;
+}
+
+std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const {
+    std::vector<instance_ptr> all;
+    {
+        std::shared_lock lock{mutex_};
+        for (const auto& [id, s] : slots_) {
+            for (const auto& [name, inst] : s.instances) {
+                all.push_back(inst);
+            }
+        }
+    }
+    std::vector<instance_snapshot> out;
+    out.reserve(all.size());
+    for (const auto& inst : all) {
+        std::lock_guard lock{inst->mutex()};
+        if (!inst->evicted()) {
+            out.push_back(inst->view(now));
+        }
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
+    return out;
+}
+
+std::optional<instance_snapshot> breaker_registry::get(std::string_view name, time_point now) const {
+    auto [s, key] = split(name);
+    if (!s) {
+        return std::nullopt;
+    }
+    instance_ptr inst;
+    {
+        std::shared_lock lock{mutex_};
+        inst = exact(*s, key);
+    }
+    if (inst) {
+        std::lock_guard lock{inst->mutex()};
+        if (!inst->evicted()) {
+            return inst->view(now);
+        }
+    }
+    // Known breaker, no instance: it is closed+automatic.
+    instance_snapshot v;
+    v.instance = instance_name(s->cfg, key);
+    v.breaker = s->cfg.id;
+    v.key = std::string{key};
+    v.cooldown = s->cfg.cooldown;
+    return v;
+}
+
+void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time_point now) {
+    for (const auto& snap : saved) {
+        slot* s = find_slot(snap.breaker);
+        std::string_view key = snap.key;
+        if (!s) {
+            std::tie(s, key) = split(snap.instance);
+        }
+        if (!s || (snap.st == state::closed && snap.md == mode::automatic)) {
+            continue;  // breaker gone from the config, or nothing to contain
+        }
+        if (!s->cfg.per_key) {
+            key = {};
+        }
+        run([&] { return get_or_create(*s, key); },
+            [&](instance& in) {
+                in.restore(snap, now);
+                return true;
+            },
+            on_transition_);
+    }
+}
+
+void breaker_registry::tick(time_point now) {
+    std::vector<instance_ptr> all;
+    {
+        std::shared_lock lock{mutex_};
+        for (const auto& [id, s] : slots_) {
+            for (const auto& [name, inst] : s.instances) {
+                all.push_back(inst);
+            }
+        }
+    }
+    for (const auto& inst : all) {
+        std::unique_lock lock{inst->mutex()};
+        if (!inst->evicted()) {
+            inst->advance(now);
+        }
+        lock.unlock();
+        inst->deliver(on_transition_);
+    }
+}
+
+}  // namespace bb::breakers

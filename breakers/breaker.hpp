@@ -1,0 +1,240 @@
+#pragma once
+// Breakers: pure state machines, time passed in as `now` (no clock reads, no I/O, no
+// logging). A breaker declared in config has one *instance* per key value when its rule
+// has a key (`campaign-volume/spring-sale`), or one instance named by its id.
+//
+// Thread-safety: breaker_registry is safe from many threads at once. The data plane's
+// common case, "no instance is anything but closed+auto", is one relaxed atomic load
+// (`any_active()`); only when something is open does a request take a shared lock to
+// look its instances up. A trip is visible to every worker as soon as trip() returns.
+//
+// Operator modes overlay the automatic state machine rather than replacing it: the
+// automatic state (closed/open/half_open) is kept underneath, so a mode that expires hands
+// back to whatever the rules last said. forced_open contains everything and never
+// auto-closes (rule trips still open the state underneath); forced_closed and
+// metrics_only let everything through and turn trips into *shadow* trips, which are
+// recorded (instance_snapshot::shadow_trips) and make `would_contain` true for the
+// cooldown, but change no state.
+//
+// A per-key breaker may also have a breaker-wide instance named by its bare id (an
+// operator pausing "campaign-volume" as a whole). It applies to every key: when it
+// contains, the key's instance is not consulted; when it is forced_closed/metrics_only,
+// every key of that breaker is bypassed (would_contain still reports the key's state).
+
+#include "core/clock.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace bb::breakers {
+
+using std::chrono::milliseconds;
+
+enum class action : std::uint8_t { pause, throttle, sandbox, quarantine, deny };
+enum class reset_policy : std::uint8_t { automatic, manual };
+enum class state : std::uint8_t { closed, open, half_open };
+enum class mode : std::uint8_t { automatic, forced_open, forced_closed, metrics_only };
+
+std::string_view to_string(action a);
+std::string_view to_string(state s);
+std::string_view to_string(mode m);
+std::optional<mode> parse_mode(std::string_view s);  // "auto", "forced_open", ...
+
+struct throttle_config {
+    std::uint32_t requests = 1;       // at most this many requests ...
+    milliseconds interval{1000};      // ... per interval, the rest are refused with retry-after
+};
+
+struct breaker_config {
+    std::string id;
+    action act = action::pause;
+    reset_policy reset = reset_policy::automatic;
+    milliseconds cooldown{30'000};          // open -> half_open after this (automatic reset)
+    milliseconds max_cooldown{600'000};     // cap of the exponential backoff
+    std::uint32_t half_open_probes = 1;     // probes let through in half_open; all must succeed to close
+    milliseconds retry_after{0};            // manual breakers: retry-after to advertise; 0 -> 60s
+    std::size_t max_instances = 10'000;     // beyond it, new keys share one overflow instance
+    throttle_config throttle;
+    std::string sandbox_upstream;           // sandbox action: alternate upstream ("" -> API dry-run switch)
+    bool per_key = true;                    // false: one instance for every key ("scope": "breaker")
+};
+
+// Why an instance changed state: enough to explain it to a person and to build an incident.
+struct trip_cause {
+    std::string kind;          // "rule", "manual", "probe", "cooldown" (open -> half_open), "expiry",
+                               // "upstream_health", "upstream_rate_limit", "restore"
+    std::string actor;         // "rule:<id>" or an operator name
+    std::string reason;
+    std::string rule;          // rule id when kind == "rule"
+    std::string key;           // the key value that crossed
+    double value = 0;          // measured value
+    double limit = 0;          // limit or threshold
+    milliseconds window{0};
+    std::string request_id;    // the request that crossed
+    time_point onset{};        // first request in the tripping window, when known
+};
+
+struct transition {
+    std::string instance;      // "campaign-volume/spring-sale"
+    std::string breaker;       // "campaign-volume"
+    state from = state::closed;
+    state to = state::closed;
+    mode mode_from = mode::automatic;
+    mode mode_to = mode::automatic;
+    trip_cause cause;
+    time_point at{};
+};
+
+// What the data plane must do with a request that maps to an instance.
+struct admission {
+    enum class verdict : std::uint8_t {
+        allow,        // closed, forced_closed or metrics_only (would_contain tells the shadow verdict)
+        probe,        // half_open: this request is a probe; report its result with probe_result()
+        contain,      // apply the breaker's action
+    };
+    verdict v = verdict::allow;
+    action act = action::pause;
+    bool would_contain = false;         // forced_closed / metrics_only: what auto would have done
+    milliseconds retry_after{0};        // for pause (remaining cooldown) and throttle (next slot)
+    bool throttled = false;             // allow only because a throttle slot was taken (act == throttle)
+    std::uint64_t probe_round = 0;      // probe: pass back to probe_result() so a late report from
+                                        // an earlier half-open round is not counted
+    std::string instance;
+    std::shared_ptr<const transition> last_trip;  // the trip that opened it (null if none)
+};
+
+// A point-in-time view of one instance for operators and persistence.
+struct instance_snapshot {
+    std::string instance;
+    std::string breaker;
+    std::string key;
+    state st = state::closed;
+    mode md = mode::automatic;
+    std::optional<time_point> mode_expires;
+    time_point opened_at{};
+    milliseconds cooldown{0};  // current (after backoff)
+    std::uint64_t trips = 0;
+    std::shared_ptr<const transition> last_trip;
+    std::uint64_t shadow_trips = 0;                      // trips turned away by forced_closed/metrics_only
+    std::shared_ptr<const transition> last_shadow_trip;  // what that trip would have done
+};
+
+namespace detail {
+class instance;  // one instance's state machine (breaker.cpp)
+}
+
+class breaker_registry {
+public:
+    // `on_transition` is called (outside any lock) for every transition, in order per
+    // instance; it must not block or throw (the data plane may be the caller). When two
+    // threads change one instance at once, the thread already reporting for it reports
+    // both, so a call may return just before its own event has been delivered.
+    explicit breaker_registry(std::vector<breaker_config> breakers,
+                              std::function<void(const transition&)> on_transition = nullptr);
+
+    const breaker_config* find(std::string_view breaker_id) const;
+
+    // The instance name for a breaker and a key value ("" -> the breaker id itself).
+    std::string instance_name(const breaker_config& b, std::string_view key) const;
+
+    // True when any instance is not closed+automatic. One relaxed load.
+    bool any_active() const { return active_.load(std::memory_order_relaxed) != 0; }
+    // How many instances are not closed+automatic (a gauge for /metrics).
+    std::int64_t active_count() const { return active_.load(std::memory_order_relaxed); }
+
+    // What to do with a request mapping to `instance`. Advances time-based state: expiry of
+    // operator modes, open -> half_open after the cooldown. Takes a throttle token when the
+    // instance throttles. An unknown breaker id is our own fault: contain (fail closed).
+    admission admit(std::string_view instance, time_point now);
+
+    // A rule crossed a line: open the instance (closed/half_open -> open). In forced_closed
+    // or metrics_only mode nothing changes and the result says `shadow`.
+    struct trip_result {
+        bool opened = false;   // this call opened it
+        bool shadow = false;   // mode prevented enforcement (would have tripped)
+        admission adm;         // how to treat the crossing request itself
+    };
+    trip_result trip(std::string_view breaker_id, std::string_view key, trip_cause cause, time_point now);
+
+    // A half-open probe finished. Success closes the instance once every probe succeeded;
+    // a failure reopens it with the cooldown doubled (capped at max_cooldown).
+    // `round` is admission::probe_round (0: count the report whatever the round).
+    void probe_result(std::string_view instance, bool success, time_point now, std::uint64_t round = 0);
+
+    // Operator actions. Return false when the breaker id is unknown. `instance` is an
+    // instance name or a bare breaker id (the breaker-wide instance of a per-key breaker).
+    // manual_trip enforces: it ends forced_closed/metrics_only. reset returns the instance
+    // to closed+automatic with the base cooldown, whatever its mode.
+    bool manual_trip(std::string_view instance, std::string actor, std::string reason, time_point now);
+    bool reset(std::string_view instance, std::string actor, std::string reason, time_point now);
+    bool set_mode(std::string_view instance, mode m, std::optional<milliseconds> expires_in, std::string actor,
+                  std::string reason, time_point now);
+
+    std::vector<instance_snapshot> snapshot(time_point now) const;
+    std::optional<instance_snapshot> get(std::string_view instance, time_point now) const;
+
+    // Restores persisted instances at start, before the first request (no transitions
+    // are reported for them except kind "restore").
+    // Snapshots hold steady_clock time points, which mean nothing in another process: the
+    // persistence layer must rebase opened_at/mode_expires onto this process's clock
+    // (opened_at later than `now` is clamped to `now`).
+    void restore(const std::vector<instance_snapshot>& saved, time_point now);
+
+    // Applies every due time-based change (mode expiry, open -> half_open) to every
+    // instance, so their transitions are reported on time even when no request arrives.
+    // admit() does the same lazily for the instance it looks at. Call from a timer.
+    void tick(time_point now);
+
+private:
+    using instance_ptr = std::shared_ptr<detail::instance>;
+    struct string_hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    };
+    // A configured breaker and its instances.
+    struct slot {
+        breaker_config cfg;
+        // Guarded by mutex_. Keyed by the instance name; holds the keyed instances, the
+        // breaker-wide instance (named by the id) and the overflow instance.
+        std::unordered_map<std::string, instance_ptr, string_hash, std::equal_to<>> instances;
+        std::size_t keyed = 0;  // keyed instances (the bound); wide and overflow not counted
+    };
+
+    slot* find_slot(std::string_view breaker_id) const;
+    // "id/key" -> (slot or null for an unknown id, key as given; "" for a bare id).
+    std::pair<slot*, std::string_view> split(std::string_view instance) const;
+    // Callers hold mutex_ (shared is enough). exact: the key's own instance or null;
+    // lookup: for an unknown key, the overflow instance when there is one.
+    instance_ptr exact(const slot& s, std::string_view key) const;
+    instance_ptr lookup(const slot& s, std::string_view key) const;
+    // Creates the instance if needed; at max_instances evicts an idle one or falls back
+    // to the overflow instance.
+    instance_ptr get_or_create(slot& s, std::string_view key);
+
+    // Configured breakers; the map itself never changes after construction, so it is read
+    // without a lock (std::map nodes are stable, instances keep a reference to their config).
+    mutable std::map<std::string, slot, std::less<>> slots_;
+    // Guards only the *set* of instances of every slot. Each instance's state has its own
+    // mutex: a request for one key never waits on another key's trip, and a shared lock is
+    // enough to find an instance. We lock rather than go lock-free because a transition
+    // touches several fields that must change together (state, cooldown, probes, counter),
+    // and exactness (probes, throttle slots, the active counter) matters more than speed.
+    mutable std::shared_mutex mutex_;
+    std::function<void(const transition&)> on_transition_;
+    // Instances that are not closed+automatic; changed under the instance's mutex on every
+    // transition that crosses that line, so at rest it is exact.
+    std::atomic<std::int64_t> active_{0};
+};
+
+}  // namespace bb::breakers

@@ -1,0 +1,205 @@
+#include "proxy/sandbox.hpp"
+
+#include "core/json_reader.hpp"
+#include "proxy/framing.hpp"
+
+#include <simdjson.h>
+
+#include <vector>
+
+namespace bb::proxy {
+
+namespace {
+
+bool starts_with_icase(std::string_view s, std::string_view p) {
+    return s.size() >= p.size() && iequals(s.substr(0, p.size()), p);
+}
+
+std::string_view media_type(std::string_view ct) {
+    const auto semi = ct.find(';');
+    auto t = ct.substr(0, semi);
+    while (!t.empty() && t.back() == ' ') {
+        t.remove_suffix(1);
+    }
+    return t;
+}
+
+std::string boundary_of(std::string_view ct) {
+    for (std::size_t pos = ct.find(';'); pos != std::string_view::npos; pos = ct.find(';', pos + 1)) {
+        auto param = ct.substr(pos + 1);
+        while (!param.empty() && param.front() == ' ') {
+            param.remove_prefix(1);
+        }
+        if (starts_with_icase(param, "boundary=")) {
+            auto v = param.substr(9);
+            v = v.substr(0, v.find(';'));
+            if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
+                v = v.substr(1, v.size() - 2);
+            }
+            return std::string{v};
+        }
+    }
+    return {};
+}
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+std::string url_decode(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '+') {
+            out += ' ';
+        } else if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
+            out += static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2]));
+            i += 2;
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
+    const auto mt = media_type(content_type);
+    if (iequals(mt, "application/json") || (mt.size() > 5 && iequals(mt.substr(mt.size() - 5), "+json"))) {
+        return sandbox_api::sendgrid;
+    }
+    if (iequals(mt, "application/x-www-form-urlencoded") || iequals(mt, "multipart/form-data")) {
+        return sandbox_api::mailgun;
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::string* error) {
+    simdjson::dom::parser parser;
+    simdjson::padded_string padded{json_body};
+    simdjson::dom::element doc;
+    if (auto err = parser.parse(padded).get(doc); err) {
+        *error = std::string{"the body is not valid JSON: "} + simdjson::error_message(err);
+        return std::nullopt;
+    }
+    simdjson::dom::object top;
+    if (doc.get(top) != simdjson::SUCCESS) {
+        *error = "the body is not a JSON object";
+        return std::nullopt;
+    }
+    // Every value is re-emitted through simdjson's minifier (exact, whitespace removed);
+    // only mail_settings.sandbox_mode is replaced.
+    std::string out = "{";
+    bool merged = false;
+    for (auto field : top) {
+        if (out.size() > 1) {
+            out += ',';
+        }
+        out += cfg::quote(field.key);
+        out += ':';
+        if (field.key != "mail_settings") {
+            out += simdjson::minify(field.value);
+            continue;
+        }
+        simdjson::dom::object ms;
+        if (field.value.get(ms) != simdjson::SUCCESS) {
+            *error = "mail_settings is not an object";
+            return std::nullopt;
+        }
+        out += '{';
+        for (auto f : ms) {
+            if (f.key == "sandbox_mode") {
+                continue;
+            }
+            out += cfg::quote(f.key);
+            out += ':';
+            out += simdjson::minify(f.value);
+            out += ',';
+        }
+        out += "\"sandbox_mode\":{\"enable\":true}}";
+        merged = true;
+    }
+    if (!merged) {
+        if (out.size() > 1) {
+            out += ',';
+        }
+        out += "\"mail_settings\":{\"sandbox_mode\":{\"enable\":true}}";
+    }
+    out += '}';
+    return out;
+}
+
+std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error) {
+    const auto mt = media_type(content_type);
+    if (iequals(mt, "application/x-www-form-urlencoded")) {
+        std::string out;
+        std::string_view rest = body;
+        while (!rest.empty()) {
+            const auto amp = rest.find('&');
+            const auto pair = rest.substr(0, amp);
+            const auto eq = pair.find('=');
+            if (url_decode(pair.substr(0, eq)) != "o:testmode" && !pair.empty()) {
+                if (!out.empty()) {
+                    out += '&';
+                }
+                out += pair;
+            }
+            rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+        }
+        if (!out.empty()) {
+            out += '&';
+        }
+        out += "o%3Atestmode=yes";
+        return out;
+    }
+    if (iequals(mt, "multipart/form-data")) {
+        const std::string boundary = boundary_of(content_type);
+        if (boundary.empty()) {
+            *error = "multipart body without a boundary";
+            return std::nullopt;
+        }
+        const std::string delim = "--" + boundary;
+        // Drop any o:testmode part the client sent, then add ours before the closing delimiter.
+        std::string out;
+        std::size_t pos = body.find(delim);
+        if (pos == std::string_view::npos) {
+            *error = "multipart body has no part";
+            return std::nullopt;
+        }
+        out.append(body.substr(0, pos));  // preamble
+        for (;;) {
+            const auto after = pos + delim.size();
+            if (body.substr(after, 2) == "--") {
+                out += "--" + boundary + "\r\nContent-Disposition: form-data; name=\"o:testmode\"\r\n\r\nyes\r\n";
+                out.append(body.substr(pos));  // closing delimiter and epilogue
+                return out;
+            }
+            const auto next = body.find("\r\n" + delim, after);
+            if (next == std::string_view::npos) {
+                *error = "multipart body is not terminated";
+                return std::nullopt;
+            }
+            const auto part = body.substr(pos, next + 2 - pos);
+            const auto head_end = part.find("\r\n\r\n");
+            const auto head = part.substr(0, head_end);
+            const bool is_testmode = head.find("name=\"o:testmode\"") != std::string_view::npos;
+            if (!is_testmode) {
+                out.append(part);
+            }
+            pos = next + 2;
+        }
+    }
+    *error = "Mailgun test mode needs a form-encoded or multipart body";
+    return std::nullopt;
+}
+
+}  // namespace bb::proxy

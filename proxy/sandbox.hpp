@@ -1,0 +1,29 @@
+#pragma once
+// The sandbox action: forward the request with the API's own dry-run switch turned on, so
+// the provider validates it but sends nothing. Pure functions (no I/O, no Beast);
+// thread-safe.
+//
+// When a body cannot be rewritten with certainty the caller must not forward it: a
+// request that was meant to be sandboxed and reaches the real API is a real send.
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace bb::proxy {
+
+enum class sandbox_api { sendgrid, mailgun };
+
+// SendGrid v3 mail/send: sets mail_settings.sandbox_mode.enable = true, keeping every
+// other field (an existing mail_settings object is merged, not replaced).
+std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::string* error);
+
+// Mailgun messages: o:testmode=yes, for application/x-www-form-urlencoded and
+// multipart/form-data bodies. Any o:testmode the client set is replaced.
+std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type,
+                                            std::string* error);
+
+// Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.
+std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);
+
+}  // namespace bb::proxy

@@ -1,0 +1,159 @@
+// Instances: one per key, bounded with an overflow instance, idle ones evicted; restore().
+#include "helpers.hpp"
+
+namespace bb::breakers::test {
+namespace {
+
+using verdict = admission::verdict;
+
+TEST_F(registry_test, scope_breaker_has_one_instance_for_every_key) {
+    auto b = make_config("upstream-sendgrid");
+    b.per_key = false;
+    make({b});
+    const auto r = reg().trip("upstream-sendgrid", "a", rule_cause(), now());
+    EXPECT_EQ(r.adm.instance, "upstream-sendgrid");
+    EXPECT_FALSE(reg().trip("upstream-sendgrid", "b", rule_cause(), now()).opened);
+    EXPECT_EQ(reg().snapshot(now()).size(), 1u);
+    EXPECT_EQ(reg().snapshot(now())[0].key, "");
+}
+
+TEST_F(registry_test, instances_are_bounded_with_one_overflow_instance) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 2;
+    make({b});
+    EXPECT_EQ(reg().trip("campaign-volume", "k1", rule_cause(), now()).adm.instance, "campaign-volume/k1");
+    EXPECT_EQ(reg().trip("campaign-volume", "k2", rule_cause(), now()).adm.instance, "campaign-volume/k2");
+    const auto r = reg().trip("campaign-volume", "k3", rule_cause("r", "k3"), now());
+    EXPECT_TRUE(r.opened);
+    EXPECT_EQ(r.adm.instance, "campaign-volume/_overflow");
+    EXPECT_FALSE(reg().trip("campaign-volume", "k4", rule_cause("r", "k4"), now()).opened);  // same overflow
+
+    // Keys without an instance of their own may be the ones that overflowed: fail closed.
+    const auto a = reg().admit("campaign-volume/k4", now());
+    EXPECT_EQ(a.v, verdict::contain);
+    EXPECT_EQ(a.instance, "campaign-volume/_overflow");
+    EXPECT_EQ(reg().admit("campaign-volume/k1", now()).instance, "campaign-volume/k1");
+
+    const auto snap = reg().snapshot(now());
+    ASSERT_EQ(snap.size(), 3u);
+    EXPECT_EQ(snap[0].instance, "campaign-volume/_overflow");
+    EXPECT_EQ(snap[0].last_trip->cause.key, "k3");
+    EXPECT_EQ(reg().active_count(), 3);
+
+    // The overflow instance is operated like any other.
+    EXPECT_TRUE(reg().reset("campaign-volume/_overflow", "alice", "checked", now()));
+    EXPECT_EQ(reg().admit("campaign-volume/k4", now()).v, verdict::allow);
+    EXPECT_EQ(reg().active_count(), 2);
+}
+
+TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 2;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    reg().trip("campaign-volume", "k2", rule_cause(), now());
+    reg().reset("campaign-volume/k1", "alice", "ok", now());
+    EXPECT_EQ(reg().trip("campaign-volume", "k3", rule_cause(), now()).adm.instance, "campaign-volume/k3");
+    const auto snap = reg().snapshot(now());
+    ASSERT_EQ(snap.size(), 2u);
+    EXPECT_EQ(snap[0].instance, "campaign-volume/k2");
+    EXPECT_EQ(snap[1].instance, "campaign-volume/k3");
+    // The wide instance does not count against the bound.
+    reg().manual_trip("campaign-volume", "alice", "all", now());
+    EXPECT_EQ(reg().snapshot(now()).size(), 3u);
+}
+
+TEST_F(registry_test, restore_recreates_open_instances_and_modes) {
+    auto b = make_config("campaign-volume");
+    b.cooldown = 10s;
+    make({b, make_config("other", action::pause, reset_policy::manual)});
+
+    const auto t0 = now();
+    auto trip = std::make_shared<transition>();
+    trip->instance = "campaign-volume/spring-sale";
+    trip->to = state::open;
+    trip->cause = rule_cause();
+
+    std::vector<instance_snapshot> saved(5);
+    saved[0].instance = "campaign-volume/spring-sale";
+    saved[0].breaker = "campaign-volume";
+    saved[0].key = "spring-sale";
+    saved[0].st = state::open;
+    saved[0].opened_at = t0 - 30s;
+    saved[0].cooldown = 40s;  // after backoff
+    saved[0].trips = 3;
+    saved[0].last_trip = trip;
+    saved[1].instance = "campaign-volume/summer-sale";
+    saved[1].breaker = "campaign-volume";
+    saved[1].key = "summer-sale";
+    saved[1].md = mode::forced_open;
+    saved[1].mode_expires = t0 + 5min;
+    saved[2].instance = "gone/x";  // breaker removed from the config
+    saved[2].breaker = "gone";
+    saved[2].key = "x";
+    saved[2].st = state::open;
+    saved[3].instance = "other";
+    saved[3].breaker = "other";
+    saved[3].st = state::half_open;  // its probe died with the process
+    saved[3].opened_at = t0 - 1h;
+    saved[4].instance = "campaign-volume/idle";
+    saved[4].breaker = "campaign-volume";
+    saved[4].key = "idle";
+
+    reg().restore(saved, now());
+    const auto ev = events();
+    ASSERT_EQ(ev.size(), 3u);
+    for (const auto& e : ev) {
+        EXPECT_EQ(e.cause.kind, "restore");
+        EXPECT_EQ(e.from, state::closed);
+        EXPECT_EQ(e.mode_from, mode::automatic);
+    }
+    EXPECT_EQ(reg().active_count(), 3);
+    EXPECT_EQ(reg().snapshot(now()).size(), 3u);  // nothing for the idle or the unknown one
+
+    auto a = reg().admit("campaign-volume/spring-sale", now());
+    EXPECT_EQ(a.v, verdict::contain);
+    EXPECT_EQ(a.retry_after, 10s);  // 40s cooldown from t0-30s
+    ASSERT_TRUE(a.last_trip);
+    EXPECT_EQ(a.last_trip->cause.rule, "recipients-per-campaign");
+    EXPECT_EQ(reg().get("campaign-volume/spring-sale", now())->trips, 3u);
+
+    EXPECT_EQ(reg().admit("campaign-volume/summer-sale", now()).retry_after, 5min);
+    a = reg().admit("other", now());
+    EXPECT_EQ(a.v, verdict::contain);
+    EXPECT_EQ(reg().get("other", now())->st, state::open);
+
+    clock_.advance(10s);
+    EXPECT_EQ(reg().admit("campaign-volume/spring-sale", now()).v, verdict::probe);
+    clock_.advance(5min);
+    EXPECT_EQ(reg().admit("campaign-volume/summer-sale", now()).v, verdict::allow);
+}
+
+TEST_F(registry_test, snapshot_round_trips_through_restore) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 1;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    reg().trip("campaign-volume", "k2", rule_cause(), now());  // overflow
+    reg().set_mode("campaign-volume", mode::forced_closed, 1h, "alice", "bypass", now());
+    clock_.advance(5s);
+    const auto before = reg().snapshot(now());
+
+    breaker_registry again{{b}};
+    again.restore(before, now());
+    const auto after = again.snapshot(now());
+    ASSERT_EQ(after.size(), before.size());
+    for (std::size_t i = 0; i < before.size(); ++i) {
+        EXPECT_EQ(after[i].instance, before[i].instance);
+        EXPECT_EQ(after[i].st, before[i].st);
+        EXPECT_EQ(after[i].md, before[i].md);
+        EXPECT_EQ(after[i].mode_expires, before[i].mode_expires);
+        EXPECT_EQ(after[i].opened_at, before[i].opened_at);
+        EXPECT_EQ(after[i].cooldown, before[i].cooldown);
+    }
+    EXPECT_EQ(again.active_count(), reg().active_count());
+    EXPECT_EQ(again.admit("campaign-volume/k9", now()).would_contain, true);  // overflow, bypassed
+}
+
+}  // namespace
+}  // namespace bb::breakers::test

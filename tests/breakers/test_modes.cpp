@@ -1,0 +1,222 @@
+// Operator modes: forced_open, forced_closed, metrics_only, their expiry, and the
+// breaker-wide instance of a per-key breaker.
+#include "helpers.hpp"
+
+namespace bb::breakers::test {
+namespace {
+
+using verdict = admission::verdict;
+
+TEST_F(registry_test, forced_open_contains_everything_and_never_auto_closes) {
+    make({make_config("b")});
+    EXPECT_TRUE(reg().set_mode("b/k", mode::forced_open, std::nullopt, "alice", "investigating", now()));
+    EXPECT_TRUE(reg().any_active());
+    for (int i = 0; i < 3; ++i) {
+        clock_.advance(std::chrono::hours{1});
+        reg().tick(now());
+        const auto a = reg().admit("b/k", now());
+        EXPECT_EQ(a.v, verdict::contain);
+        EXPECT_EQ(a.retry_after, 60s);
+        ASSERT_TRUE(a.last_trip);
+        EXPECT_EQ(a.last_trip->mode_to, mode::forced_open);
+    }
+    reg().probe_result("b/k", true, now());  // nothing to probe
+    const auto s = reg().get("b/k", now());
+    EXPECT_EQ(s->md, mode::forced_open);
+    EXPECT_EQ(s->st, state::closed);  // the automatic state underneath
+    ASSERT_EQ(events().size(), 1u);
+    EXPECT_EQ(events()[0].mode_from, mode::automatic);
+    EXPECT_EQ(events()[0].mode_to, mode::forced_open);
+    EXPECT_EQ(events()[0].cause.actor, "alice");
+}
+
+TEST_F(registry_test, forced_open_expires_back_to_auto_with_an_expiry_transition) {
+    make({make_config("b")});
+    const auto t0 = now();
+    reg().set_mode("b/k", mode::forced_open, 10min, "alice", "cool off", now());
+    EXPECT_EQ(reg().get("b/k", now())->mode_expires, t0 + 10min);
+    clock_.advance(4min);
+    EXPECT_EQ(reg().admit("b/k", now()).retry_after, 6min);
+    clock_.advance(7min);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
+    EXPECT_FALSE(reg().any_active());
+    const auto ev = events();
+    ASSERT_EQ(ev.size(), 2u);
+    EXPECT_EQ(ev[1].cause.kind, "expiry");
+    EXPECT_EQ(ev[1].mode_from, mode::forced_open);
+    EXPECT_EQ(ev[1].mode_to, mode::automatic);
+    EXPECT_EQ(ev[1].at, t0 + 10min);  // when it expired, not when somebody noticed
+}
+
+TEST_F(registry_test, a_rule_trip_during_forced_open_outlives_the_force) {
+    make({make_config("b")});
+    reg().set_mode("b/k", mode::forced_open, 1min, "alice", "hold", now());
+    const auto r = reg().trip("b", "k", rule_cause(), now());
+    EXPECT_TRUE(r.opened);
+    EXPECT_EQ(r.adm.v, verdict::contain);
+    clock_.advance(1min);
+    // Mode expired, the rule's trip (30s cooldown, long gone) now half-opens.
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::probe);
+    const auto ev = events();
+    ASSERT_EQ(ev.size(), 4u);
+    EXPECT_EQ(ev[2].cause.kind, "expiry");
+    EXPECT_EQ(ev[3].cause.kind, "cooldown");
+    EXPECT_EQ(ev[3].to, state::half_open);
+}
+
+TEST_F(registry_test, forced_closed_bypasses_and_says_what_auto_would_do) {
+    make({make_config("b")});
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(10s);
+    reg().set_mode("b/k", mode::forced_closed, std::nullopt, "alice", "false positive", now());
+    auto a = reg().admit("b/k", now());
+    EXPECT_EQ(a.v, verdict::allow);
+    EXPECT_TRUE(a.would_contain);
+    EXPECT_TRUE(reg().any_active());  // forced_closed is not closed+automatic
+
+    // A trip is a shadow trip: recorded, not enforced, state unchanged.
+    const auto r = reg().trip("b", "k", rule_cause(), now());
+    EXPECT_TRUE(r.shadow);
+    EXPECT_FALSE(r.opened);
+    EXPECT_EQ(r.adm.v, verdict::allow);
+    EXPECT_TRUE(r.adm.would_contain);
+    const auto s = reg().get("b/k", now());
+    EXPECT_EQ(s->shadow_trips, 1u);
+    ASSERT_TRUE(s->last_shadow_trip);
+    EXPECT_EQ(s->last_shadow_trip->cause.rule, "recipients-per-campaign");
+    EXPECT_EQ(s->trips, 1u);
+
+    // Past the shadow trip's cooldown auto would let it through.
+    clock_.advance(31s);
+    a = reg().admit("b/k", now());
+    EXPECT_EQ(a.v, verdict::allow);
+    EXPECT_FALSE(a.would_contain);
+    EXPECT_EQ(events().size(), 2u);  // trip, mode; shadow trips are not transitions
+}
+
+TEST_F(registry_test, metrics_only_records_would_trip_without_enforcing) {
+    make({make_config("b", action::pause, reset_policy::manual)});
+    reg().set_mode("b", mode::metrics_only, 1h, "alice", "trying a new rule", now());
+    // The mode is set on the breaker-wide instance; keys are evaluated in its shadow.
+    for (int i = 0; i < 3; ++i) {
+        const auto r = reg().trip("b", "k" + std::to_string(i), rule_cause(), now());
+        EXPECT_TRUE(r.shadow);
+        EXPECT_EQ(r.adm.v, verdict::allow);
+    }
+    const auto a = reg().admit("b/k0", now());
+    EXPECT_EQ(a.v, verdict::allow);
+    EXPECT_TRUE(a.would_contain);  // manual reset: auto would still be holding it
+    EXPECT_EQ(reg().admit("b/other", now()).would_contain, false);
+    EXPECT_EQ(reg().get("b/k0", now())->st, state::closed);
+    EXPECT_EQ(reg().get("b/k0", now())->shadow_trips, 1u);
+    EXPECT_EQ(reg().active_count(), 1);  // only the wide instance (its mode)
+
+    clock_.advance(1h);
+    EXPECT_EQ(reg().admit("b/k0", now()).v, verdict::allow);
+    EXPECT_FALSE(reg().any_active());
+    const auto ev = events();
+    ASSERT_EQ(ev.size(), 2u);
+    EXPECT_EQ(ev[1].instance, "b");
+    EXPECT_EQ(ev[1].cause.kind, "expiry");
+    // Back in auto a trip is real.
+    EXPECT_TRUE(reg().trip("b", "k0", rule_cause(), now()).opened);
+}
+
+TEST_F(registry_test, metrics_only_on_one_instance) {
+    make({make_config("b")});
+    reg().set_mode("b/k", mode::metrics_only, std::nullopt, "alice", "shadow", now());
+    const auto r = reg().trip("b", "k", rule_cause(), now());
+    EXPECT_TRUE(r.shadow);
+    EXPECT_TRUE(reg().admit("b/k", now()).would_contain);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
+    EXPECT_TRUE(reg().trip("b", "other", rule_cause(), now()).opened);
+    // Back to auto without expiry: no leftover shadow.
+    reg().set_mode("b/k", mode::automatic, std::nullopt, "alice", "done", now());
+    const auto a = reg().admit("b/k", now());
+    EXPECT_EQ(a.v, verdict::allow);
+    EXPECT_FALSE(a.would_contain);
+}
+
+TEST_F(registry_test, manual_trip_overrides_a_shadow_mode) {
+    make({make_config("b")});
+    reg().set_mode("b/k", mode::forced_closed, 1h, "alice", "bypass", now());
+    reg().manual_trip("b/k", "bob", "stop it now", now());
+    const auto s = reg().get("b/k", now());
+    EXPECT_EQ(s->md, mode::automatic);
+    EXPECT_EQ(s->st, state::open);
+    EXPECT_FALSE(s->mode_expires);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+}
+
+TEST_F(registry_test, reset_clears_mode_and_state) {
+    make({make_config("b")});
+    reg().trip("b", "k", rule_cause(), now());
+    reg().set_mode("b/k", mode::forced_open, std::nullopt, "alice", "hold", now());
+    EXPECT_EQ(reg().active_count(), 1);
+    reg().reset("b/k", "alice", "all clear", now());
+    const auto s = reg().get("b/k", now());
+    EXPECT_EQ(s->st, state::closed);
+    EXPECT_EQ(s->md, mode::automatic);
+    EXPECT_FALSE(reg().any_active());
+    const auto ev = events();
+    ASSERT_EQ(ev.size(), 3u);
+    EXPECT_EQ(ev[2].from, state::open);
+    EXPECT_EQ(ev[2].mode_from, mode::forced_open);
+}
+
+TEST_F(registry_test, setting_the_same_mode_twice_reports_once) {
+    make({make_config("b")});
+    reg().set_mode("b/k", mode::forced_open, std::nullopt, "alice", "hold", now());
+    reg().set_mode("b/k", mode::forced_open, std::nullopt, "alice", "hold", now());
+    EXPECT_EQ(events().size(), 1u);
+    reg().set_mode("b/k", mode::forced_open, 5min, "alice", "now with an end", now());
+    EXPECT_EQ(events().size(), 2u);
+    // auto on an instance that does not exist changes nothing and creates nothing.
+    EXPECT_TRUE(reg().set_mode("b/never", mode::automatic, std::nullopt, "alice", "noop", now()));
+    EXPECT_EQ(reg().snapshot(now()).size(), 1u);
+}
+
+TEST_F(registry_test, wide_instance_contains_every_key) {
+    make({make_config("campaign-volume")});
+    reg().trip("campaign-volume", "spring-sale", rule_cause(), now());
+    EXPECT_TRUE(reg().manual_trip("campaign-volume", "alice", "pause all campaigns", now()));
+    for (auto key : {"spring-sale", "summer-sale", "never-seen"}) {
+        const auto a = reg().admit(std::string{"campaign-volume/"} + key, now());
+        EXPECT_EQ(a.v, verdict::contain) << key;
+        EXPECT_EQ(a.instance, "campaign-volume") << key;
+    }
+    reg().reset("campaign-volume", "alice", "resume", now());
+    EXPECT_EQ(reg().admit("campaign-volume/summer-sale", now()).v, verdict::allow);
+    EXPECT_EQ(reg().admit("campaign-volume/spring-sale", now()).instance, "campaign-volume/spring-sale");
+    EXPECT_EQ(reg().admit("campaign-volume/spring-sale", now()).v, verdict::contain);
+}
+
+TEST_F(registry_test, wide_forced_closed_bypasses_every_key) {
+    make({make_config("campaign-volume")});
+    reg().trip("campaign-volume", "spring-sale", rule_cause(), now());
+    reg().set_mode("campaign-volume", mode::forced_closed, std::nullopt, "alice", "bypass", now());
+    const auto a = reg().admit("campaign-volume/spring-sale", now());
+    EXPECT_EQ(a.v, verdict::allow);
+    EXPECT_TRUE(a.would_contain);
+    const auto b = reg().admit("campaign-volume/summer-sale", now());
+    EXPECT_EQ(b.v, verdict::allow);
+    EXPECT_FALSE(b.would_contain);
+    EXPECT_TRUE(reg().trip("campaign-volume", "summer-sale", rule_cause(), now()).shadow);
+}
+
+TEST_F(registry_test, wide_probe_is_handed_back_when_the_key_contains) {
+    make({make_config("campaign-volume")});
+    reg().manual_trip("campaign-volume", "alice", "pause all", now());
+    clock_.advance(30s);
+    reg().trip("campaign-volume", "spring-sale", rule_cause(), now());
+    // The wide instance is half-open, but this key is open: no probe is used up.
+    EXPECT_EQ(reg().admit("campaign-volume/spring-sale", now()).v, verdict::contain);
+    const auto p = reg().admit("campaign-volume/summer-sale", now());
+    EXPECT_EQ(p.v, verdict::probe);
+    EXPECT_EQ(p.instance, "campaign-volume");
+    reg().probe_result(p.instance, true, now(), p.probe_round);
+    EXPECT_EQ(reg().get("campaign-volume", now())->st, state::closed);
+}
+
+}  // namespace
+}  // namespace bb::breakers::test

@@ -1,0 +1,127 @@
+#include "config/config.hpp"
+
+#include <gtest/gtest.h>
+
+using bb::parse_config;
+
+namespace {
+
+std::string all_errors(const bb::parse_result& r) {
+    return r.errors.to_string();
+}
+
+std::string base(const std::string& extra = "") {
+    return R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+               "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}])" +
+           extra + "}";
+}
+
+}  // namespace
+
+TEST(durations, parse_and_format) {
+    using namespace std::chrono_literals;
+    EXPECT_EQ(bb::cfg::parse_duration("250ms"), 250ms);
+    EXPECT_EQ(bb::cfg::parse_duration("30s"), 30s);
+    EXPECT_EQ(bb::cfg::parse_duration("15m"), 15min);
+    EXPECT_EQ(bb::cfg::parse_duration("1h"), 1h);
+    EXPECT_EQ(bb::cfg::parse_duration("7d"), 168h);
+    for (const char* bad : {"", "1x", "s", "-1s", "1.5s", "1 s", "10"}) {
+        EXPECT_FALSE(bb::cfg::parse_duration(bad)) << bad;
+    }
+    EXPECT_EQ(bb::cfg::format_duration(90s), "90s");
+    EXPECT_EQ(bb::cfg::format_duration(2h), "2h");
+    EXPECT_EQ(bb::cfg::format_duration(1500ms), "1500ms");
+}
+
+TEST(config, minimal_config_has_the_documented_defaults) {
+    auto r = parse_config(base());
+    ASSERT_TRUE(r.errors.empty()) << all_errors(r);
+    EXPECT_EQ(r.cfg->limits.header_bytes, 32u * 1024);
+    EXPECT_EQ(r.cfg->limits.header_count, 100u);
+    EXPECT_EQ(r.cfg->limits.body_bytes, 10u * 1024 * 1024);
+    EXPECT_EQ(r.cfg->limits.header_timeout, std::chrono::seconds{10});
+    EXPECT_EQ(r.cfg->upstreams[0].authority, "127.0.0.1:9000");
+    EXPECT_EQ(r.cfg->store.breaker_state_path(), "var/breakerbox.breakers.json");
+}
+
+TEST(config, names_must_be_unique_and_references_known) {
+    auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:1"}, {"name": "a", "address": "127.0.0.1:2"}],
+        "upstreams": [{"name": "up", "url": "https://api.example.com/base/"}, {"name": "up", "url": "http://x"}],
+        "routes": [{"name": "r", "match": {"path": "/a", "path_prefix": "/b", "methods": ["P OST"]}, "upstream": "nope"}]})");
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("listeners[1].name: \"a\" is used by another listener"), std::string::npos) << e;
+    EXPECT_NE(e.find("upstreams[1].name: \"up\" is used by another upstream"), std::string::npos) << e;
+    EXPECT_NE(e.find("routes[0].match.path: give either path or path_prefix"), std::string::npos) << e;
+    EXPECT_NE(e.find("routes[0].match.methods[0]: \"P OST\" is not an HTTP method"), std::string::npos) << e;
+    EXPECT_NE(e.find("routes[0].upstream: \"nope\" is not a configured upstream"), std::string::npos) << e;
+}
+
+TEST(config, upstream_url_parts) {
+    auto r = parse_config(R"({"listeners": [{"name": "a", "address": "[::1]:8080"}],
+        "upstreams": [{"name": "up", "url": "https://api.sendgrid.com/base/"}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
+    ASSERT_TRUE(r.errors.empty()) << all_errors(r);
+    const auto& u = r.cfg->upstreams[0];
+    EXPECT_TRUE(u.tls);
+    EXPECT_EQ(u.host, "api.sendgrid.com");
+    EXPECT_EQ(u.port, 443);
+    EXPECT_EQ(u.base_path, "/base");
+    EXPECT_EQ(u.authority, "api.sendgrid.com");
+    EXPECT_EQ(r.cfg->listeners[0].host, "::1");
+}
+
+TEST(config, breakers_are_validated) {
+    auto r = parse_config(base(R"(, "breakers": [
+        {"id": "q", "action": "quarantine"},
+        {"id": "t", "action": "throttle"},
+        {"id": "s", "action": "sandbox", "sandbox": {"upstream": "missing"}},
+        {"id": "bad/id", "action": "pause"},
+        {"id": "x", "action": "explode", "reset": "sometimes", "scope": "galaxy"}])"));
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("breakers[0].action: \"quarantine\" needs the durable quarantine store"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[1].throttle: is required for action \"throttle\""), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[2].sandbox.upstream: \"missing\" is not a configured upstream"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[3].id: \"bad/id\" is not a valid id"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[4].action: \"explode\" is not an action"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[4].reset: \"sometimes\" is not a reset policy"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[4].scope: \"galaxy\" is not a scope"), std::string::npos) << e;
+}
+
+TEST(config, a_rule_must_trip_a_declared_breaker) {
+    auto r = parse_config(base(R"(, "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
+        "rules": [{"id": "cap", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                   "failure_mode": "fm", "trips": "ghost"}])"));
+    EXPECT_NE(all_errors(r).find("rules[0].trips: \"ghost\" is not a declared breaker"), std::string::npos)
+        << all_errors(r);
+}
+
+TEST(config, upstream_health_makes_an_implicit_breaker) {
+    auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+        "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": {"consecutive_failures": 5, "cooldown": "10s"}}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
+    ASSERT_TRUE(r.errors.empty()) << all_errors(r);
+    const auto* b = r.cfg->find_breaker("upstream/up");
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(b->cooldown, std::chrono::seconds{10});
+    auto bad = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+        "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": {"consecutive_failures": 0}}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
+    EXPECT_NE(all_errors(bad).find("upstreams[0].health: enables no check"), std::string::npos) << all_errors(bad);
+}
+
+TEST(config, unimplemented_sections_are_refused_not_ignored) {
+    auto r = parse_config(base(R"(, "admin": {"address": "127.0.0.1:9901"}, "agents": [])"));
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("admin: is not supported by this build"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents: is not supported by this build"), std::string::npos) << e;
+}
+
+TEST(config, wrong_types_name_the_expected_type) {
+    auto r = parse_config(R"({"listeners": {"name": "a"}, "upstreams": [{"name": 3, "url": "http://x", "timeout": 30}],
+                              "routes": []})");
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("listeners: must be an array, not an object"), std::string::npos) << e;
+    EXPECT_NE(e.find("upstreams[0].name: must be a string, not a number"), std::string::npos) << e;
+    EXPECT_NE(e.find("upstreams[0].timeout: must be a duration string such as \"30s\", not a number"), std::string::npos) << e;
+}

@@ -1,0 +1,383 @@
+// Rules and breakers wired into the proxy, through real sockets (issue 4): exact caps under
+// 64 concurrent connections, upstream health with half-open probes on a manual clock,
+// operator modes, sandbox rewriting, upstream rate-limit pauses, durable state.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/write.hpp>
+
+#include <atomic>
+#include <fstream>
+#include <chrono>
+#include <sstream>
+#include <thread>
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string body_field(const response& r, const std::string& name) {
+    const auto& b = r.body();
+    const auto k = b.find("\"" + name + "\":\"");
+    if (k == std::string::npos) {
+        return {};
+    }
+    const auto start = k + name.size() + 4;
+    return b.substr(start, b.find('"', start) - start);
+}
+
+std::string mail(int recipients, const std::string& campaign, const std::string& extra_json = "") {
+    std::string to;
+    for (int i = 0; i < recipients; ++i) {
+        to += std::string{i ? "," : ""} + "{\"email\":\"r" + std::to_string(i) + "@example.com\"}";
+    }
+    const std::string body = "{\"personalizations\":[{\"to\":[" + to +
+                             "]}],\"from\":{\"email\":\"news@example.com\"},\"subject\":\"Spring sale\","
+                             "\"content\":[{\"type\":\"text/plain\",\"value\":\"hello\"}]" +
+                             extra_json + "}";
+    std::ostringstream ss;
+    ss << "POST /v3/mail/send HTTP/1.1\r\nHost: api.sendgrid.test\r\nContent-Type: application/json\r\n"
+       << "X-Campaign-Id: " << campaign << "\r\nContent-Length: " << body.size() << "\r\n\r\n"
+       << body;
+    return ss.str();
+}
+
+// A config with the mail-send route, one breaker and one recipients cap; `breaker` and
+// `upstream_extra` are JSON fragments.
+std::string guarded_config(std::uint16_t upstream_port, const std::string& dir, const std::string& breaker,
+                           int limit = 1000, const std::string& upstream_extra = "", unsigned workers = 2) {
+    return "{\"workers\": " + std::to_string(workers) +
+           ", \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+           "\"limits\": {\"drain_timeout\": \"2s\"},"
+           "\"store\": {\"path\": \"" +
+           dir + "/bb.db\"},"
+           "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" +
+           std::to_string(upstream_port) + "\"" + (upstream_extra.empty() ? "" : ", " + upstream_extra) +
+           "}],"
+           "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\", \"methods\": [\"POST\"]}, "
+           "\"upstream\": \"sendgrid\"},"
+           "{\"name\": \"other\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+           "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+           "\"breakers\": [" +
+           breaker +
+           "],"
+           "\"rules\": [{\"id\": \"recipients-per-campaign\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+           "\"measure\": {\"sum\": \"count($.personalizations[*].to[*])\"}, \"window\": \"1h\", \"limit\": " +
+           std::to_string(limit) +
+           ", \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"}],"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+const std::string pause_manual = R"({"id": "campaign-volume", "action": "pause", "reset": "manual"})";
+
+}  // namespace
+
+TEST(caps, exact_under_64_concurrent_connections) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual)};
+    std::atomic<int> accepted{0};
+    std::atomic<int> paused{0};
+    std::atomic<int> other{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 64; ++t) {
+        threads.emplace_back([&] {
+            raw_client c{bb.port()};
+            for (int i = 0; i < 4; ++i) {
+                c.send(mail(10, "spring-sale"));
+                auto res = c.read_response();
+                if (res.result_int() == 202) {
+                    ++accepted;
+                } else if (res.result_int() == 503 && res["x-breakerbox-decision"] == "paused") {
+                    ++paused;
+                } else {
+                    ++other;
+                }
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    EXPECT_EQ(accepted.load(), 100) << "a cap of 1000 recipients admits exactly 100 ten-recipient mails";
+    EXPECT_EQ(up.request_count(), 100u) << "the upstream sees exactly the admitted mails";
+    EXPECT_EQ(paused.load(), 64 * 4 - 100);
+    EXPECT_EQ(other.load(), 0);
+    // Another campaign is a different key: unaffected.
+    raw_client c{bb.port()};
+    c.send(mail(10, "autumn"));
+    EXPECT_EQ(c.read_response().result_int(), 202u);
+    // The instance is open, persisted and explains itself.
+    auto snap = bb.server().breakers().get("campaign-volume/spring-sale", bb.server().now());
+    ASSERT_TRUE(snap.has_value());
+    EXPECT_EQ(snap->st, bb::breakers::state::open);
+    ASSERT_TRUE(snap->last_trip);
+    EXPECT_EQ(snap->last_trip->cause.rule, "recipients-per-campaign");
+    EXPECT_EQ(snap->last_trip->cause.key, "spring-sale");
+    EXPECT_EQ(snap->last_trip->cause.limit, 1000);
+    EXPECT_FALSE(snap->last_trip->cause.request_id.empty());
+}
+
+TEST(caps, the_crossing_request_is_contained_and_explains_itself) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 25)};
+    raw_client c{bb.port()};
+    c.send(mail(10, "spring"));
+    EXPECT_EQ(c.read_response().result_int(), 202u);
+    c.send(mail(10, "spring"));
+    EXPECT_EQ(c.read_response().result_int(), 202u);
+    c.send(mail(10, "spring"));  // 30 > 25: this one crosses
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(res["x-breakerbox-decision"], "paused");
+    EXPECT_FALSE(res[http::field::retry_after].empty());
+    EXPECT_EQ(body_field(res, "rule"), "recipients-per-campaign");
+    EXPECT_EQ(body_field(res, "breaker"), "campaign-volume/spring");
+    EXPECT_EQ(body_field(res, "request_id"), std::string{res["x-request-id"]});
+    EXPECT_EQ(up.request_count(), 2u);
+    // The next one on any worker is refused too.
+    for (int i = 0; i < 8; ++i) {
+        auto again = http_request(bb.port(), http::verb::post, "/v3/mail/send",
+                                  "{\"personalizations\":[{\"to\":[{\"email\":\"a@b.c\"}]}]}",
+                                  {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
+        EXPECT_EQ(again.result_int(), 503u);
+    }
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
+TEST(caps, invalid_json_is_rejected_not_forwarded) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual)};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{not json",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}});
+    EXPECT_EQ(res.result_int(), 400u);
+    EXPECT_EQ(res["x-breakerbox-decision"], "rejected");
+    EXPECT_EQ(body_field(res, "code"), "invalid_body");
+    EXPECT_EQ(body_field(res, "rule"), "recipients-per-campaign");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+TEST(health, five_consecutive_5xx_open_the_upstream_breaker_then_a_probe_closes_it) {
+    std::atomic<int> status{500};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 1000000,
+                                     R"("health": {"consecutive_failures": 5, "cooldown": "10s"})"),
+                      &clock};
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 500u);
+    }
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(body_field(res, "code"), "upstream_unhealthy");
+    EXPECT_EQ(body_field(res, "breaker"), "upstream/sendgrid");
+    EXPECT_EQ(up.request_count(), 5u) << "the 6th request must never reach the upstream";
+
+    clock.advance(11s);  // past the cooldown: half-open lets one probe through
+    status = 200;
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe").result_int(), 200u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/after").result_int(), 200u);
+    EXPECT_EQ(up.request_count(), 7u);
+}
+
+TEST(health, a_failed_probe_reopens_with_a_longer_cooldown) {
+    fake_upstream up{[](const request&) { return respond(502, "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 1000000,
+                                     R"("health": {"consecutive_failures": 2, "cooldown": "10s"})"),
+                      &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/c").result_int(), 503u);
+    clock.advance(11s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe").result_int(), 502u);  // the probe fails
+    clock.advance(11s);  // the cooldown doubled to 20s: still open
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/d").result_int(), 503u);
+    clock.advance(10s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe2").result_int(), 502u);
+    EXPECT_EQ(up.request_count(), 4u);
+}
+
+TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) {
+    std::atomic<bool> limited{true};
+    fake_upstream up{[&](const request&) {
+        if (limited.exchange(false)) {
+            auto b = respond(429, "{\"errors\":[{\"message\":\"too many requests\"}]}");
+            b.res.set(http::field::retry_after, "30");
+            return b;
+        }
+        return respond(202, "");
+    }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual), &clock};
+    auto first = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}",
+                              {{"content-type", "application/json"}, {"x-campaign-id", "a"}});
+    EXPECT_EQ(first.result_int(), 429u);  // the upstream's own answer is passed on
+    auto paused = http_request(bb.port(), http::verb::get, "/other-route");
+    EXPECT_EQ(paused.result_int(), 503u);
+    EXPECT_EQ(body_field(paused, "code"), "upstream_rate_limited");
+    EXPECT_EQ(paused[http::field::retry_after], "30");
+    clock.advance(29s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 503u);
+    clock.advance(2s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 202u);
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
+TEST(rate_limit, hubspot_remaining_zero_pauses_for_the_interval) {
+    fake_upstream up{[](const request& r) {
+        auto b = respond(200, "{}");
+        if (r.target() == "/last") {
+            b.res.set("X-HubSpot-RateLimit-Remaining", "0");
+            b.res.set("X-HubSpot-RateLimit-Interval-Milliseconds", "10000");
+        }
+        return b;
+    }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual), &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/last").result_int(), 200u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 503u);
+    clock.advance(10001ms);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 200u);
+}
+
+TEST(modes, forced_open_forced_closed_metrics_only_and_expiry) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 20), &clock};
+    auto& reg = bb.server().breakers();
+    auto send = [&](const std::string& campaign) {
+        raw_client c{bb.port()};
+        c.send(mail(10, campaign));
+        return c.read_response();
+    };
+    // forced_open: contains before any rule trips.
+    ASSERT_TRUE(reg.set_mode("campaign-volume/launch", bb::breakers::mode::forced_open, 60000ms, "ops", "maintenance",
+                             clock.now()));
+    auto res = send("launch");
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(body_field(res, "breaker"), "campaign-volume/launch");
+    // Expiry returns it to auto.
+    clock.advance(61s);
+    EXPECT_EQ(send("launch").result_int(), 202u);
+
+    // metrics_only: the rule crosses but nothing is enforced.
+    ASSERT_TRUE(reg.set_mode("campaign-volume/shadow", bb::breakers::mode::metrics_only, std::nullopt, "ops",
+                             "trying the rule", clock.now()));
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(send("shadow").result_int(), 202u) << i;
+    }
+    // forced_closed: bypass even when tripped.
+    for (int i = 0; i < 3; ++i) {
+        send("bypass");
+    }
+    ASSERT_EQ(send("bypass").result_int(), 503u);
+    ASSERT_TRUE(reg.set_mode("campaign-volume/bypass", bb::breakers::mode::forced_closed, std::nullopt, "ops",
+                             "known good", clock.now()));
+    EXPECT_EQ(send("bypass").result_int(), 202u);
+    // Back to auto: the manual-reset breaker is still open.
+    ASSERT_TRUE(reg.set_mode("campaign-volume/bypass", bb::breakers::mode::automatic, std::nullopt, "ops", "done",
+                             clock.now()));
+    EXPECT_EQ(send("bypass").result_int(), 503u);
+    // An operator reset closes it.
+    ASSERT_TRUE(reg.reset("campaign-volume/bypass", "ops", "checked the segment", clock.now()));
+    // The meter still holds the window's recipients, so the next big mail crosses again.
+    EXPECT_EQ(send("bypass").result_int(), 503u);
+}
+
+TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
+    fake_upstream up{[](const request&) { return respond(200, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir,
+                                     R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})", 10)};
+    raw_client c{bb.port()};
+    c.send(mail(10, "s"));
+    EXPECT_EQ(c.read_response().result_int(), 200u);
+    c.send(mail(5, "s", R"(,"mail_settings":{"footer":{"enable":true}})"));  // crosses: sandboxed
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res["x-breakerbox-decision"], "sandboxed");
+    ASSERT_EQ(up.request_count(), 2u);
+    const auto reqs = up.requests();
+    EXPECT_EQ(reqs[0].req.body().find("sandbox_mode"), std::string::npos);
+    const auto& body = reqs[1].req.body();
+    EXPECT_NE(body.find("\"mail_settings\":{\"footer\":{\"enable\":true},\"sandbox_mode\":{\"enable\":true}}"),
+              std::string::npos)
+        << body;
+    EXPECT_EQ(reqs[1].req[http::field::content_length], std::to_string(body.size()));
+}
+
+TEST(sandbox, a_body_that_cannot_be_switched_to_dry_run_is_not_forwarded) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir,
+                                     R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})", 0)};
+    auto& reg = bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("campaign-volume/x", "ops", "test", bb.server().now()));
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "plain text",
+                            {{"content-type", "text/plain"}, {"x-campaign-id", "x"}});
+    EXPECT_GE(res.result_int(), 400u) << res;
+    EXPECT_NE(res["x-breakerbox-decision"], "sandboxed");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+TEST(throttle, open_throttle_breaker_lets_r_per_interval_through) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir,
+                                     R"({"id": "campaign-volume", "action": "throttle", "reset": "manual",
+                                         "throttle": {"requests": 2, "per": "1m"}})",
+                                     0),
+                      &clock};
+    ASSERT_TRUE(bb.server().breakers().manual_trip("campaign-volume/t", "ops", "slow down", clock.now()));
+    int ok = 0;
+    int throttled = 0;
+    for (int i = 0; i < 6; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(0, "t"));
+        auto res = c.read_response();
+        if (res.result_int() == 202) {
+            ++ok;
+        } else if (res.result_int() == 429) {
+            ++throttled;
+            EXPECT_EQ(res["x-breakerbox-decision"], "throttled");
+            EXPECT_FALSE(res[http::field::retry_after].empty());
+        }
+    }
+    EXPECT_EQ(ok, 2);
+    EXPECT_EQ(throttled, 4);
+}
+
+TEST(durability, a_trip_is_on_disk_before_the_crossing_request_is_answered) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        raw_client c{bb.port()};
+        c.send(mail(10, "persist"));
+        ASSERT_EQ(c.read_response().result_int(), 503u);
+        // No flush here: the answer itself promised durability.
+        std::ifstream in{dir + "/bb.breakers.json"};
+        std::stringstream ss;
+        ss << in.rdbuf();
+        EXPECT_NE(ss.str().find("campaign-volume/persist"), std::string::npos) << ss.str();
+    }
+    // A new server on the same store starts with the instance still open.
+    proxy_instance again{guarded_config(up.port(), dir, pause_manual, 1000000)};
+    raw_client c{again.port()};
+    c.send(mail(1, "persist"));
+    EXPECT_EQ(c.read_response().result_int(), 503u);
+    EXPECT_EQ(up.request_count(), 0u);
+}

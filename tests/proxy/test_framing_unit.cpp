@@ -1,0 +1,36 @@
+#include "proxy/framing.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace bb::proxy;
+
+TEST(framing_unit, head_end_is_found_across_reads) {
+    const std::string data = "GET / HTTP/1.1\r\nHost: a\r\n\r\nrest";
+    EXPECT_EQ(find_head_end(data), data.size() - 4);
+    EXPECT_EQ(find_head_end(data, 25), data.size() - 4);  // resumes 3 bytes back
+    EXPECT_EQ(find_head_end("GET / HTTP/1.1\r\n"), std::string_view::npos);
+}
+
+TEST(framing_unit, accepts_ordinary_requests) {
+    EXPECT_TRUE(check_request_head("GET / HTTP/1.1\r\nHost: a\r\n\r\n", 100).ok());
+    EXPECT_TRUE(check_request_head("GET / HTTP/1.0\r\n\r\n", 100).ok());
+    EXPECT_TRUE(check_request_head("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", 100).ok());
+    EXPECT_TRUE(check_request_head("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 100).ok());
+}
+
+TEST(framing_unit, header_count_limit_is_431) {
+    std::string h = "GET / HTTP/1.1\r\nHost: a\r\n";
+    for (int i = 0; i < 5; ++i) {
+        h += "X-" + std::to_string(i) + ": v\r\n";
+    }
+    h += "\r\n";
+    EXPECT_TRUE(check_request_head(h, 6).ok());
+    const auto v = check_request_head(h, 5);
+    EXPECT_EQ(v.status, 431);
+    EXPECT_EQ(v.code, "too_many_headers");
+}
+
+TEST(framing_unit, control_characters_in_values_are_rejected) {
+    EXPECT_EQ(check_request_head(std::string{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01z\r\n\r\n"}, 100).status, 400);
+    EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: a\r\nX: tab\tok\r\n\r\n", 100).status, 0);
+}

@@ -1,0 +1,74 @@
+#include "proxy/sandbox.hpp"
+
+#include <gtest/gtest.h>
+
+#include <simdjson.h>
+
+using namespace bb::proxy;
+
+TEST(sandbox_rewrite, sendgrid_adds_sandbox_mode_and_keeps_everything_else) {
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com","name":"A \"Q\""}]}],
+        "from":{"email":"b@example.com"},"subject":"Hi \u00e9","content":[{"type":"text/plain","value":"x\ny"}]})";
+    std::string err;
+    auto out = sendgrid_sandbox(body, &err);
+    ASSERT_TRUE(out) << err;
+    simdjson::dom::parser p;
+    auto doc = p.parse(*out);
+    ASSERT_FALSE(doc.error()) << *out;
+    bool enabled = false;
+    ASSERT_EQ(doc["mail_settings"]["sandbox_mode"]["enable"].get(enabled), simdjson::SUCCESS);
+    EXPECT_TRUE(enabled);
+    std::string_view name;
+    ASSERT_EQ(doc["personalizations"].at(0)["to"].at(0)["name"].get(name), simdjson::SUCCESS);
+    EXPECT_EQ(name, "A \"Q\"");
+    std::string_view value;
+    ASSERT_EQ(doc["content"].at(0)["value"].get(value), simdjson::SUCCESS);
+    EXPECT_EQ(value, "x\ny");
+}
+
+TEST(sandbox_rewrite, sendgrid_merges_existing_mail_settings_and_overrides_a_disabled_sandbox) {
+    std::string err;
+    auto out = sendgrid_sandbox(R"({"mail_settings":{"sandbox_mode":{"enable":false},"footer":{"enable":true}}})", &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out, R"({"mail_settings":{"footer":{"enable":true},"sandbox_mode":{"enable":true}}})");
+}
+
+TEST(sandbox_rewrite, sendgrid_refuses_what_it_cannot_rewrite) {
+    std::string err;
+    EXPECT_FALSE(sendgrid_sandbox("not json", &err));
+    EXPECT_FALSE(sendgrid_sandbox("[1,2]", &err));
+    EXPECT_FALSE(sendgrid_sandbox(R"({"mail_settings": 3})", &err));
+}
+
+TEST(sandbox_rewrite, mailgun_urlencoded_replaces_testmode) {
+    std::string err;
+    auto out = mailgun_testmode("from=a%40b.c&to=x%40y.z&o%3Atestmode=no&to=q%40r.s&subject=hi",
+                                "application/x-www-form-urlencoded", &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out, "from=a%40b.c&to=x%40y.z&to=q%40r.s&subject=hi&o%3Atestmode=yes");
+}
+
+TEST(sandbox_rewrite, mailgun_multipart_gets_a_testmode_part) {
+    const std::string body =
+        "--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.z\r\n"
+        "--XyZ\r\nContent-Disposition: form-data; name=\"o:testmode\"\r\n\r\nno\r\n"
+        "--XyZ\r\nContent-Disposition: form-data; name=\"subject\"\r\n\r\nhi\r\n"
+        "--XyZ--\r\n";
+    std::string err;
+    auto out = mailgun_testmode(body, "multipart/form-data; boundary=XyZ", &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out,
+              "--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.z\r\n"
+              "--XyZ\r\nContent-Disposition: form-data; name=\"subject\"\r\n\r\nhi\r\n"
+              "--XyZ\r\nContent-Disposition: form-data; name=\"o:testmode\"\r\n\r\nyes\r\n"
+              "--XyZ--\r\n");
+    EXPECT_FALSE(mailgun_testmode("--XyZ\r\nbroken", "multipart/form-data; boundary=XyZ", &err));
+    EXPECT_FALSE(mailgun_testmode("x", "text/plain", &err));
+}
+
+TEST(sandbox_rewrite, api_is_detected_from_the_content_type) {
+    EXPECT_EQ(detect_sandbox_api("application/json; charset=utf-8"), sandbox_api::sendgrid);
+    EXPECT_EQ(detect_sandbox_api("multipart/form-data; boundary=x"), sandbox_api::mailgun);
+    EXPECT_EQ(detect_sandbox_api("application/x-www-form-urlencoded"), sandbox_api::mailgun);
+    EXPECT_FALSE(detect_sandbox_api("text/plain"));
+}
