@@ -29,6 +29,10 @@ bool is_token_char(char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
 }
 
+bool proxy_is_token(std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), is_token_char);
+}
+
 template <class F>
 void each_item(cfg::object_reader& r, std::string_view key, bool required, F&& f) {
     auto arr = r.array(key, required);
@@ -313,11 +317,6 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                 b.act = breakers::action::deny;
             } else if (*a == "quarantine") {
                 b.act = breakers::action::quarantine;
-                // Never faked: a quarantine answers 202 only once the request is durable,
-                // and this build has no durable store for held requests yet.
-                r.errs().add(r.path_of("action"),
-                             "\"quarantine\" needs the durable quarantine store, which this build of breakerbox does "
-                             "not have yet; use pause, throttle, sandbox or deny");
             } else {
                 r.errs().add(r.path_of("action"), cfg::quote(*a) + " is not an action (pause, throttle, sandbox, quarantine, deny)");
             }
@@ -412,6 +411,24 @@ void parse_store(cfg::object_reader& root, config& c) {
             r.errs().add(r.path_of("path"), "must not be empty");
         }
         c.store.path = *v;
+    }
+    if (auto v = r.duration("retention", false, milliseconds{60'000})) {
+        c.store.retention = *v;
+    }
+    auto count = [&](std::string_view key, std::uint64_t& out) {
+        if (auto v = r.integer(key, false, 1, INT64_MAX)) {
+            out = static_cast<std::uint64_t>(*v);
+        }
+    };
+    count("max_held", c.store.max_held);
+    count("max_held_bytes", c.store.max_held_bytes);
+    count("per_breaker_max_held", c.store.per_breaker_max_held);
+    count("per_breaker_max_held_bytes", c.store.per_breaker_max_held_bytes);
+    if (auto v = r.string("idempotency_header")) {
+        if (!proxy_is_token(*v)) {
+            r.errs().add(r.path_of("idempotency_header"), cfg::quote(*v) + " is not a header name");
+        }
+        c.store.idempotency_header = *v;
     }
     r.finish();
 }

@@ -83,6 +83,12 @@ struct route_config {
 
 struct store_config {
     std::string path = "var/breakerbox.db";
+    milliseconds retention{30LL * 24 * 3600 * 1000};  // resolved quarantine records kept this long
+    std::uint64_t max_held = 100'000;                   // quarantine limits; over them: 503 quarantine_full
+    std::uint64_t max_held_bytes = 2ull << 30;
+    std::uint64_t per_breaker_max_held = 10'000;
+    std::uint64_t per_breaker_max_held_bytes = 512ull << 20;
+    std::string idempotency_header = "Idempotency-Key";  // set to the ticket on every replay
     // Where breaker states and operator modes are kept until the SQLite store lands:
     // derived from path ("var/breakerbox.db" -> "var/breakerbox.breakers.json").
     std::string breaker_state_path() const;

@@ -1,12 +1,13 @@
 #include "proxy/framing.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace bb::proxy {
 
 namespace {
 
-bool is_tchar(unsigned char c) {
+constexpr bool is_tchar_slow(unsigned char c) {
     if (c >= '0' && c <= '9') {
         return true;
     }
@@ -20,6 +21,20 @@ bool is_tchar(unsigned char c) {
         default:
             return false;
     }
+}
+
+struct tchar_table {
+    bool v[256] = {};
+    constexpr tchar_table() {
+        for (int c = 0; c < 256; ++c) {
+            v[c] = is_tchar_slow(static_cast<unsigned char>(c));
+        }
+    }
+};
+constexpr tchar_table tchars{};
+
+bool is_tchar(unsigned char c) {
+    return tchars.v[c];
 }
 
 std::string_view trim(std::string_view s) {
@@ -62,6 +77,29 @@ bool is_token(std::string_view s) {
     return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
 }
 
+bool split_target(std::string_view target, target_parts& out) {
+    auto starts_with_icase = [](std::string_view s, std::string_view p) {
+        return s.size() >= p.size() && iequals(s.substr(0, p.size()), p);
+    };
+    if (target.empty()) {
+        return false;
+    }
+    if (target.front() == '/') {
+        out.origin_form = target;
+    } else if (starts_with_icase(target, "http://") || starts_with_icase(target, "https://")) {
+        const auto scheme_end = target.find("://") + 3;
+        const auto slash = target.find('/', scheme_end);
+        out.host = target.substr(scheme_end, slash == std::string_view::npos ? std::string_view::npos : slash - scheme_end);
+        out.origin_form = slash == std::string_view::npos ? std::string_view{"/"} : target.substr(slash);
+    } else if (target == "*") {
+        out.origin_form = target;
+    } else {
+        return false;
+    }
+    out.path = out.origin_form.substr(0, out.origin_form.find('?'));
+    return true;
+}
+
 std::size_t find_head_end(std::string_view data, std::size_t from) {
     from = from >= 3 ? from - 3 : 0;
     const auto pos = data.find("\r\n\r\n", from);
@@ -69,21 +107,28 @@ std::size_t find_head_end(std::string_view data, std::size_t from) {
 }
 
 head_verdict check_request_head(std::string_view raw, std::size_t max_header_count) {
-    // Every line ends in CRLF; a bare CR or LF is a framing ambiguity between parsers.
-    for (std::size_t i = 0; i < raw.size(); ++i) {
-        if (raw[i] == '\r') {
-            if (i + 1 >= raw.size() || raw[i + 1] != '\n') {
-                return bad("bare CR in the request head");
-            }
-            ++i;
-        } else if (raw[i] == '\n') {
-            return bad("bare LF in the request head (lines must end in CRLF)");
-        } else if (raw[i] == '\0') {
-            return bad("NUL byte in the request head");
+    // One pass per line. Every line ends in CRLF; a bare CR or LF, a NUL or another control
+    // character is a framing ambiguity between parsers and is refused.
+    const char* const begin = raw.data();
+    const char* const end = begin + raw.size();
+    const char* p = begin;
+    auto next_line = [&](std::string_view& line) -> const char* {
+        const auto* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+        if (nl == nullptr) {
+            return "the request head does not end in CRLF";
         }
+        if (nl == p || nl[-1] != '\r') {
+            return "bare LF in the request head (lines must end in CRLF)";
+        }
+        line = std::string_view{p, static_cast<std::size_t>(nl - 1 - p)};
+        p = nl + 1;
+        return nullptr;
+    };
+
+    std::string_view line;
+    if (const char* why = next_line(line)) {
+        return bad(why);
     }
-    std::size_t pos = raw.find("\r\n");
-    const std::string_view line = raw.substr(0, pos);
     // request-line = method SP request-target SP HTTP-version
     const auto sp1 = line.find(' ');
     const auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
@@ -109,6 +154,9 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
         if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && version[6] == '.') {
             return {505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported"};
         }
+        if (std::any_of(version.begin(), version.end(), [](char c) { return c == '\r' || c == '\0'; })) {
+            return bad("control character in the request line");
+        }
         return {400, "bad_request_line", "the HTTP version is malformed"};
     }
 
@@ -116,54 +164,59 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     int hosts = 0;
     int content_lengths = 0;
     int transfer_encodings = 0;
-    bool chunked = false;
-    pos += 2;
-    while (pos < raw.size()) {
-        const auto end = raw.find("\r\n", pos);
-        const std::string_view field = raw.substr(pos, end - pos);
-        pos = end + 2;
-        if (field.empty()) {
+    for (;;) {
+        if (const char* why = next_line(line)) {
+            return bad(why);
+        }
+        if (line.empty()) {
             break;  // the empty line that ends the head
         }
-        if (field.front() == ' ' || field.front() == '\t') {
+        if (line.front() == ' ' || line.front() == '\t') {
             return bad("obsolete line folding (a header line starting with whitespace) is not accepted");
         }
         if (++count > max_header_count) {
             return {431, "too_many_headers", "the request has more than " + std::to_string(max_header_count) + " header fields"};
         }
-        const auto colon = field.find(':');
+        const auto colon = line.find(':');
         if (colon == std::string_view::npos) {
             return bad("a header line has no colon");
         }
-        const std::string_view name = field.substr(0, colon);
+        const std::string_view name = line.substr(0, colon);
         if (!is_token(name)) {
             return bad("a header name is not a valid token (no whitespace before the colon)");
         }
-        const std::string_view value = trim(field.substr(colon + 1));
-        if (std::any_of(value.begin(), value.end(), [](char c) {
-                const auto u = static_cast<unsigned char>(c);
-                return (u < 0x20 && u != '\t') || u == 0x7f;
-            })) {
-            return bad("a header value has control characters");
+        std::string_view value = line.substr(colon + 1);
+        for (const char c : value) {
+            const auto u = static_cast<unsigned char>(c);
+            if ((u < 0x20 && u != '\t') || u == 0x7f) {
+                return bad(u == '\r' ? "bare CR in the request head" : "a header value has control characters");
+            }
         }
-        if (iequals(name, "host")) {
+        // Only a few names matter for framing; compare by length first.
+        if (name.size() != 4 && name.size() != 14 && name.size() != 17) {
+            continue;
+        }
+        value = trim(value);
+        if (name.size() == 4 && iequals(name, "host")) {
             ++hosts;
             if (value.empty()) {
                 return bad("Host is empty");
             }
-        } else if (iequals(name, "content-length")) {
+        } else if (name.size() == 14 && iequals(name, "content-length")) {
             ++content_lengths;
             if (value.empty() || value.size() > 18 ||
                 !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
                 return bad("Content-Length must be a single decimal number");
             }
-        } else if (iequals(name, "transfer-encoding")) {
+        } else if (name.size() == 17 && iequals(name, "transfer-encoding")) {
             ++transfer_encodings;
-            chunked = iequals(value, "chunked");
-            if (!chunked) {
+            if (!iequals(value, "chunked")) {
                 return bad("Transfer-Encoding other than exactly \"chunked\" is not accepted");
             }
         }
+    }
+    if (p != end) {
+        return bad("bytes after the end of the request head");
     }
     if (content_lengths > 1) {
         return bad("Content-Length appears more than once");

@@ -28,6 +28,15 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
 std::size_t find_head_end(std::string_view data, std::size_t from = 0);
 
 bool iequals(std::string_view a, std::string_view b);
+
+// A request target split for routing: origin-form ("/p?q"), absolute-form
+// ("http://host/p?q", which servers must accept) or "*". False for anything else.
+struct target_parts {
+    std::string_view host;         // from absolute-form, else empty
+    std::string_view path;         // without the query
+    std::string_view origin_form;  // path + query
+};
+bool split_target(std::string_view target, target_parts& out);
 bool is_token(std::string_view s);
 
 }  // namespace bb::proxy

@@ -48,6 +48,26 @@ response make_error(const error_info& e, std::string_view request_id, unsigned v
     return res;
 }
 
+response make_quarantined(std::string_view ticket, std::string_view breaker, std::string_view reason,
+                          std::string_view request_id, unsigned version, bool keep_alive) {
+    response res{http::status::accepted, version};
+    res.set(http::field::server, "breakerbox");
+    res.set(http::field::content_type, "application/json");
+    res.set("x-breakerbox-decision", "quarantined");
+    res.set("x-breakerbox-ticket", ticket);
+    res.set("x-request-id", request_id);
+    std::string body = "{\"quarantined\":{";
+    field(body, "ticket", ticket);
+    field(body, "breaker", breaker);
+    field(body, "reason", reason);
+    field(body, "request_id", request_id, false);
+    body += "}}\n";
+    res.body() = std::move(body);
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    return res;
+}
+
 std::string_view overload_response() {
     static constexpr std::string_view text =
         "HTTP/1.1 503 Service Unavailable\r\n"

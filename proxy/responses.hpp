@@ -31,6 +31,11 @@ std::string error_body(const error_info& e, std::string_view request_id);
 // version: the client's (10 or 11); keep_alive false adds Connection: close.
 response make_error(const error_info& e, std::string_view request_id, unsigned version, bool keep_alive);
 
+// 202 for a request held durably in quarantine:
+// body {"quarantined": {"ticket", "breaker", "reason", "request_id"}}, header x-breakerbox-ticket.
+response make_quarantined(std::string_view ticket, std::string_view breaker, std::string_view reason,
+                          std::string_view request_id, unsigned version, bool keep_alive);
+
 // A fixed 503 for connections refused over the connection limit: written with one
 // non-blocking send, no parsing, no allocation per refusal beyond the socket itself.
 std::string_view overload_response();

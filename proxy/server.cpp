@@ -3,7 +3,9 @@
 #include "proxy/responses.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
+#include "proxy/remediation.hpp"
 #include "store/breaker_state.hpp"
+#include "store/database.hpp"
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -282,31 +284,66 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     access_log_ = make_access_log(cfg_->log);
     rt_ = build_runtime(cfg_, nullptr);
     if (!cfg_->breakers.empty()) {
-        // Restore tripped and forced breakers before anything is served (principle 2). A
-        // state file we cannot read is a reason not to start, never to start "all closed".
-        const auto path = cfg_->store.breaker_state_path();
-        const auto slash = path.rfind('/');
-        if (slash != std::string::npos && slash > 0) {
-            std::error_code ec;
-            std::filesystem::create_directories(path.substr(0, slash), ec);
-        }
+        // The store keeps breaker state and quarantined requests. A store that cannot be
+        // opened (locked by another process, unreadable) is a reason not to start.
+        store::store_options so;
+        so.path = cfg_->store.path;
+        so.limits.max_held = cfg_->store.max_held;
+        so.limits.max_held_bytes = cfg_->store.max_held_bytes;
+        so.limits.per_breaker_max_held = cfg_->store.per_breaker_max_held;
+        so.limits.per_breaker_max_held_bytes = cfg_->store.per_breaker_max_held_bytes;
         std::string error;
-        auto saved = store::load_breaker_state(path, *clock_, &error);
+        db_ = store::database::open(so, *clock_, &error);
+        if (!db_) {
+            throw std::runtime_error("cannot open the store " + cfg_->store.path + ": " + error);
+        }
+        if (db_->recovered_at_open() > 0) {
+            spdlog::warn("{} quarantined request(s) were being released when breakerbox stopped; they are now "
+                         "outcome_unknown and wait for an operator (never re-sent automatically)",
+                         db_->recovered_at_open());
+        }
+        // Restore tripped and forced breakers before anything is served (principle 2). State
+        // we cannot read is a reason not to start, never to start "all closed".
+        auto saved = db_->load_breaker_state(*clock_, &error);
         if (!saved) {
             throw std::runtime_error("cannot restore breaker state: " + error +
-                                     " (refusing to start with every breaker closed; repair or move the file aside)");
+                                     " (refusing to start with every breaker closed)");
+        }
+        const auto legacy = cfg_->store.breaker_state_path();
+        if (saved->empty() && std::filesystem::exists(legacy)) {
+            // Written by an earlier build (before the SQLite store): adopt it once.
+            auto from_file = store::load_breaker_state(legacy, *clock_, &error);
+            if (!from_file) {
+                throw std::runtime_error("cannot restore breaker state: " + error +
+                                         " (refusing to start with every breaker closed; repair or move the file aside)");
+            }
+            saved = std::move(from_file);
         }
         rt_->breakers->restore(*saved, clock_->now());
         if (!saved->empty()) {
-            spdlog::warn("restored {} breaker instance(s) from {}", saved->size(), path);
+            spdlog::warn("restored {} breaker instance(s) from {}", saved->size(), cfg_->store.path);
         }
+        auto* db = db_.get();
         state_writer_ = std::make_unique<store::breaker_state_writer>(
-            path, [this] { return current_runtime()->breakers->snapshot(clock_->now()); }, *clock_);
-        // Prove the location is writable now rather than at the first trip.
+            cfg_->store.path, [this] { return current_runtime()->breakers->snapshot(clock_->now()); },
+            [db](std::vector<breakers::instance_snapshot> instances) {
+                std::promise<store::result> done;
+                auto f = done.get_future();
+                db->save_breaker_state(std::move(instances), [&done](const store::result& r) { done.set_value(r); });
+                const auto r = f.get();
+                return r.ok ? std::string{} : r.code + ": " + r.message;
+            },
+            *clock_);
+        // Prove the store is writable now rather than at the first trip.
         state_writer_->request();
         if (!state_writer_->flush()) {
             throw std::runtime_error("cannot write breaker state: " + state_writer_->last_error());
         }
+        if (std::filesystem::exists(legacy)) {
+            std::error_code ec;
+            std::filesystem::rename(legacy, legacy + ".migrated", ec);
+        }
+        remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -409,6 +446,16 @@ void server::on_transition(const breakers::transition& t) {
     if (state_writer_) {
         state_writer_->request();
     }
+    // A recovered upstream starts with a clean health record, or the failures that opened
+    // the breaker would count against it again right away.
+    if (t.to == breakers::state::closed && t.breaker.starts_with("upstream/")) {
+        const auto rt = current_runtime();
+        for (const auto& g : rt->upstreams) {
+            if (g.breaker == t.breaker && g.health) {
+                g.health->reset(clock_->now());
+            }
+        }
+    }
 }
 
 void server::persist_breakers(std::function<void(bool)> done) {
@@ -417,6 +464,13 @@ void server::persist_breakers(std::function<void(bool)> done) {
         return;
     }
     state_writer_->request(std::move(done));
+}
+
+remediation& server::remediation() {
+    if (!remediation_) {
+        throw std::logic_error("remediation needs the store (configure at least one breaker)");
+    }
+    return *remediation_;
 }
 
 bool server::flush_breaker_state() {
@@ -598,11 +652,31 @@ int server::run() {
     // The control thread polls the stop flag and the drain; it never touches the data plane.
     asio::steady_timer tick{control_};
     std::chrono::steady_clock::time_point drain_deadline{};
+    std::chrono::steady_clock::time_point next_breaker_tick{};
+    std::chrono::steady_clock::time_point next_prune = std::chrono::steady_clock::now() + std::chrono::seconds{10};
     std::function<void()> poll = [&] {
         tick.expires_after(std::chrono::milliseconds{20});
         tick.async_wait([&](const error_code& ec) {
             if (ec) {
                 return;
+            }
+            // Mode expiries and cooldowns take effect (and are logged and persisted) on
+            // time even when no request touches the breaker.
+            if (std::chrono::steady_clock::now() >= next_breaker_tick) {
+                next_breaker_tick = std::chrono::steady_clock::now() + std::chrono::seconds{1};
+                current_runtime()->breakers->tick(clock_->now());
+            }
+            // Retention: resolved quarantine records older than store.retention go away.
+            if (db_ && std::chrono::steady_clock::now() >= next_prune) {
+                next_prune = std::chrono::steady_clock::now() + std::chrono::minutes{1};
+                const auto cutoff = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        (clock_->wall_now() - current_config()->store.retention).time_since_epoch())
+                                        .count();
+                db_->prune(cutoff, [](const store::result& r) {
+                    if (r.ok && r.count > 0) {
+                        spdlog::info("retention: pruned {} resolved quarantine record(s)", r.count);
+                    }
+                });
             }
             if (stop_requested_ && !stopping) {
                 stopping = true;

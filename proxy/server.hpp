@@ -27,12 +27,14 @@ class logger;
 
 namespace bb::store {
 class breaker_state_writer;
+class database;
 }
 
 namespace bb::proxy {
 
 class upstream_pool;
 class server;
+class remediation;
 
 // Guards in front of one upstream, shared by every worker.
 struct upstream_guard {
@@ -187,6 +189,11 @@ public:
     // Blocks until the breaker state written so far is durable (tests, shutdown).
     bool flush_breaker_state();
 
+    // The durable store (quarantine, breaker state); null when the config has no breakers.
+    store::database* db() { return db_.get(); }
+    // Release/discard of quarantined requests; throws std::logic_error without a store.
+    class remediation& remediation();
+
     // Connection admission, shared by every worker (exact: never above max_connections).
     bool try_admit();
     void release_connection();
@@ -209,9 +216,11 @@ private:
     std::shared_ptr<spdlog::logger> access_log_;
     mutable std::mutex cfg_mutex_;
     bool started_ = false;
-    // Declared after the workers so it is destroyed first: its last completions post to
-    // the workers' io_contexts, which must still exist.
+    // Declared after the workers so they are destroyed first (in reverse order): their
+    // last completions post to the workers' io_contexts, which must still exist.
+    std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
+    std::unique_ptr<class remediation> remediation_;
 };
 
 // Sets up spdlog's default (operational) logger at `level` on stderr.

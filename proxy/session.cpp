@@ -2,6 +2,7 @@
 
 #include "core/json_reader.hpp"
 #include "proxy/framing.hpp"
+#include "proxy/remediation.hpp"
 #include "proxy/responses.hpp"
 #include "proxy/sandbox.hpp"
 #include "proxy/server.hpp"
@@ -119,30 +120,6 @@ void append_list(request& req, std::string_view name, std::string_view value) {
     joined += ", ";
     joined += value;
     req.set(name, joined);
-}
-
-struct target_parts {
-    std::string_view host;  // from absolute-form, else empty
-    std::string_view path;  // without query
-    std::string_view origin_form;  // path + query
-};
-
-bool split_target(std::string_view target, target_parts& out) {
-    if (target.front() == '/') {
-        out.origin_form = target;
-    } else if (starts_with_icase(target, "http://") || starts_with_icase(target, "https://")) {
-        // absolute-form (RFC 9112 §3.2.2): servers must accept it; route on its authority.
-        const auto scheme_end = target.find("://") + 3;
-        const auto slash = target.find('/', scheme_end);
-        out.host = target.substr(scheme_end, slash == std::string_view::npos ? std::string_view::npos : slash - scheme_end);
-        out.origin_form = slash == std::string_view::npos ? std::string_view{"/"} : target.substr(slash);
-    } else if (target == "*") {
-        out.origin_form = target;
-    } else {
-        return false;
-    }
-    out.path = out.origin_form.substr(0, out.origin_form.find('?'));
-    return true;
 }
 
 std::string_view host_without_port(std::string_view host) {
@@ -343,9 +320,19 @@ asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, s
             co_await forever.async_wait(use_tuple);
             co_return;
         }
-        auto [ec, n] = co_await sock.async_read_some(buf.prepare(std::min<std::size_t>(4096, cap - buf.size())), use_tuple);
-        if (ec) {
-            co_return;  // EOF / reset: the client left; or cancelled because the upstream answered
+        // Wait for readiness rather than reading: async_read_some would first try a recv()
+        // that almost always says EAGAIN, one wasted syscall per request.
+        auto [wec] = co_await sock.async_wait(tcp::socket::wait_read, use_tuple);
+        if (wec) {
+            co_return;  // cancelled because the upstream answered (or the socket failed)
+        }
+        error_code rec;
+        const auto n = sock.read_some(buf.prepare(std::min<std::size_t>(4096, cap - buf.size())), rec);
+        if (rec == asio::error::would_block) {
+            continue;
+        }
+        if (rec) {
+            co_return;  // EOF / reset: the client left
         }
         buf.commit(n);
     }
@@ -373,6 +360,12 @@ asio::awaitable<void> close_connection(tcp::socket& sock, deadline& dl, bool lin
     }
     sock.close(ec);
 }
+
+// A half-open probe this request carries; its result is reported when the request ends.
+struct probe_ticket {
+    std::string instance;
+    std::uint64_t round = 0;
+};
 
 // Completes (on the calling coroutine's executor) once the breaker state that includes
 // every transition made so far is durable; false when the write failed.
@@ -414,13 +407,13 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v, s
 // own rate-limit signals, and response-side rules.
 template <class FillView>
 void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, const exchange_result& ex,
-                      const std::vector<std::string>& probes, bool response_rules, rules::request_view& view,
+                      const std::vector<probe_ticket>& probes, bool response_rules, rules::request_view& view,
                       FillView& fill_view, const std::string& request_id) {
     auto& registry = *rt.breakers;
     const auto now = w.owner().now();
     if (ex.failure == upstream_failure::cancelled || ex.failure == upstream_failure::pool_exhausted) {
         for (const auto& p : probes) {
-            registry.probe_result(p, false, now);
+            registry.probe_result(p.instance, false, now, p.round);
         }
         return;
     }
@@ -428,7 +421,7 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     const unsigned status = failed ? 0 : ex.res.result_int();
     const bool bad = failed || status >= 500;
     for (const auto& p : probes) {
-        registry.probe_result(p, !bad && status != 429, now);
+        registry.probe_result(p.instance, !bad && status != 429, now, p.round);
     }
     const auto& ug = rt.upstreams[upstream_index];
     const auto& up = rt.cfg->upstreams[upstream_index];
@@ -509,6 +502,8 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
     deadline dl{sock};
     error_code ignored;
     sock.set_option(tcp::no_delay(true), ignored);
+    // watch_client reads synchronously after readiness; it must never block the worker.
+    sock.non_blocking(true, ignored);
     const auto remote = sock.remote_endpoint(ignored);
     const std::string client_ip = remote.address().to_string();
     beast::flat_buffer buf;
@@ -684,11 +679,15 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         //    paused) costs a few relaxed atomic loads and no lock.
         const auto now = w.owner().now();
         auto& registry = *rt.breakers;
-        std::vector<std::string> probes;  // half-open instances this request probes
+        std::vector<probe_ticket> probes;  // half-open instances this request probes
         const char* forwarded_decision = "allowed";
         std::string contained_rule;
         std::string contained_breaker;
         std::optional<error_info> contained;
+        std::string contained_code;       // storage for codes that do not outlive their source
+        std::string quarantine_instance;  // set when a quarantine breaker holds this request
+        std::string quarantine_rule;
+        std::string quarantine_reason;
         auto contain = [&](const breakers::admission& adm, std::string_view rule, std::string reason) {
             contained_rule = std::string{rule};
             contained_breaker = adm.instance;
@@ -719,7 +718,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         // Applies an admission: true when the request may go on (allowed, probe, sandboxed).
         auto admit = [&](const breakers::admission& adm, std::string_view rule) {
             if (adm.v == breakers::admission::verdict::probe) {
-                probes.push_back(adm.instance);
+                probes.push_back({adm.instance, adm.probe_round});
                 return true;
             }
             if (adm.v == breakers::admission::verdict::allow) {
@@ -728,6 +727,12 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                                  "shadow");
                 }
                 return true;
+            }
+            if (adm.act == breakers::action::quarantine) {
+                quarantine_instance = adm.instance;
+                quarantine_rule = std::string{rule};
+                quarantine_reason = adm.last_trip ? adm.last_trip->cause.reason : std::string{};
+                return false;
             }
             if (adm.act == breakers::action::sandbox) {
                 forwarded_decision = "sandboxed";
@@ -755,7 +760,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 contained->code = "upstream_unhealthy";
                 contained->decision = "unavailable";
             } else if (adm.v == breakers::admission::verdict::probe) {
-                probes.push_back(adm.instance);
+                probes.push_back({adm.instance, adm.probe_round});
             }
         }
 
@@ -831,6 +836,9 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                                     spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
                                 }
                             }
+                            if (!quarantine_instance.empty() && quarantine_reason.empty()) {
+                                quarantine_reason = d.reason;
+                            }
                             if (!admit(tr.adm, d.rule) && contained) {
                                 contained->message = d.reason.empty() ? contained->message
                                                                       : "breaker " + tr.adm.instance + " tripped: " + d.reason;
@@ -874,9 +882,70 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             }
         }
 
+        // Quarantine: hold the request durably; 202 + ticket only once it is committed.
+        if (!contained && !quarantine_instance.empty()) {
+            store::database* db = w.owner().db();
+            if (db == nullptr) {
+                contained = error_info{http::status::service_unavailable, "unavailable", "store_unavailable",
+                                       "breaker " + quarantine_instance + " quarantines this traffic but no store is open"};
+            } else {
+                strip_hop_by_hop(req);
+                req.erase("x-breakerbox-key");
+                store::held_request held;
+                held.method = std::string{req.method_string()};
+                held.target = original_target;
+                for (const auto& f : req) {
+                    held.headers.emplace_back(std::string{f.name_string()}, std::string{f.value()});
+                }
+                held.body = req.body();
+                held.route = route->name;
+                held.upstream = cfg->upstreams[upstream_index].name;
+                held.rule = quarantine_rule;
+                held.breaker_instance = quarantine_instance;
+                if (rt.engine != nullptr) {
+                    if (const auto* r = rt.engine->rules().find_rule(quarantine_rule)) {
+                        held.failure_mode = r->failure_mode;
+                    }
+                }
+                held.request_id = request_id;
+                held.received_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       w.owner().time().wall_now().time_since_epoch())
+                                       .count();
+                const auto stored = co_await await_store(
+                    [&](store::done_fn done) { db->hold(std::move(held), std::move(done)); });
+                for (const auto& p : probes) {
+                    registry.probe_result(p.instance, false, now, p.round);
+                }
+                if (stored.ok) {
+                    auto res = make_quarantined(stored.ticket, quarantine_instance, quarantine_reason, request_id,
+                                                client_version, keep_alive);
+                    dl.arm(lim.write_timeout);
+                    auto [qec, qn] = co_await write_message(sock, res, scratch);
+                    ++w.stats().generated;
+                    ++w.stats().responses_by_class[2];
+                    rec.status = 202;
+                    rec.decision = "quarantined";
+                    rec.code = {};
+                    rec.bytes_out = qn;
+                    rec.request_id = request_id;
+                    write_access_log(w, rec);
+                    if (qec || !keep_alive) {
+                        break;
+                    }
+                    continue;
+                }
+                // Never 202 without a durable record, never forward: fail closed.
+                contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
+                contained = error_info{http::status::service_unavailable, "unavailable", contained_code,
+                                       "the request could not be quarantined: " + stored.message};
+                contained_breaker = quarantine_instance;
+                contained_rule = quarantine_rule;
+            }
+        }
+
         if (contained) {
             for (const auto& p : probes) {
-                registry.probe_result(p, false, now);
+                registry.probe_result(p.instance, false, now, p.round);
             }
             contained->rule = contained_rule;
             contained->breaker = contained_breaker;
@@ -915,11 +984,12 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         const bool is_head = req.method() == http::verb::head;
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
         auto pool = w.pool(upstream_index);
-        auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head) ||
+        exchange_result ex;
+        auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head, ex) ||
                                watch_client(sock, buf, lim.header_bytes));
         if (raced.index() == 1) {
             for (const auto& p : probes) {
-                registry.probe_result(p, false, w.owner().now());
+                registry.probe_result(p.instance, false, w.owner().now(), p.round);
             }
             ++w.stats().client_aborts;
             rec.status = 499;
@@ -929,7 +999,6 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             write_access_log(w, rec);
             co_return;
         }
-        exchange_result ex = std::move(std::get<0>(raced));
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
         observe_upstream(w, rt, upstream_index, ex, probes, has_rules && rt.route_has_response_rules[route_index], view,

@@ -253,16 +253,15 @@ struct active_guard {
 
 }  // namespace
 
-asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chrono::milliseconds timeout,
-                                                         bool idempotent, bool head_request) {
+asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::milliseconds timeout, bool idempotent,
+                                              bool head_request, exchange_result& out) {
     // Cancellation (the client left) must not throw out of this coroutine: it turns into
     // an error value on the pending operation and the connection is dropped.
     co_await asio::this_coro::throw_if_cancelled(false);
-    exchange_result out;
+    out = exchange_result{};
     const auto started = clock_type::now();
-    auto finish = [&]() -> exchange_result {
+    auto finish = [&] {
         out.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
-        return std::move(out);
     };
 
     for (int attempt = 0; attempt < 2; ++attempt) {
@@ -273,12 +272,14 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
                 out.failure = upstream_failure::pool_exhausted;
                 out.detail = "all " + std::to_string(cfg_.max_connections) + " connections to upstream " + cfg_.name +
                              " are busy on this worker";
-                co_return finish();
+                finish();
+                co_return;
             }
             active_guard connecting{active_};
             conn = co_await connect(out);
             if (!conn) {
-                co_return finish();
+                finish();
+                co_return;
             }
         }
         active_guard busy{active_};
@@ -323,13 +324,15 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
                 conn->close();
                 out.failure = upstream_failure::bad_response;
                 out.detail = "upstream response framing: " + bad;
-                co_return finish();
+                finish();
+                co_return;
             }
             if (parser.get().result_int() == 101) {
                 conn->close();
                 out.failure = upstream_failure::bad_response;
                 out.detail = "upstream answered 101 Switching Protocols, which breakerbox does not proxy";
-                co_return finish();
+                finish();
+                co_return;
             }
             if (!parser.is_done()) {
                 auto [rec, rn] = co_await conn->visit(
@@ -341,17 +344,20 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
             conn->close();
             if (ec == asio::error::operation_aborted) {
                 out.failure = upstream_failure::cancelled;
-                co_return finish();
+                finish();
+                co_return;
             }
             if (ec == beast::error::timeout) {
                 out.failure = upstream_failure::timeout;
                 out.detail = "no complete response from upstream " + cfg_.name + " within " + cfg::format_duration(timeout);
-                co_return finish();
+                finish();
+                co_return;
             }
             if (ec == http::error::body_limit) {
                 out.failure = upstream_failure::too_large;
                 out.detail = "upstream response body is larger than " + std::to_string(response_body_limit_) + " bytes";
-                co_return finish();
+                finish();
+                co_return;
             }
             const bool transport = ec == http::error::end_of_stream || ec == asio::error::eof ||
                                    ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
@@ -360,7 +366,8 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
             if (!transport) {
                 out.failure = upstream_failure::bad_response;
                 out.detail = "cannot parse the upstream response: " + ec.message();
-                co_return finish();
+                finish();
+                co_return;
             }
             if (reused && !got_response_bytes && idempotent && attempt == 0) {
                 continue;  // a stale keep-alive connection; safe to try once more on a new one
@@ -369,7 +376,8 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
             out.detail = std::string{got_response_bytes ? "upstream connection failed mid-response: "
                                                         : "upstream connection failed before a response: "} +
                          ec.message();
-            co_return finish();
+            finish();
+            co_return;
         }
         conn->tcp().expires_never();
         ++conn->requests;
@@ -379,9 +387,11 @@ asio::awaitable<exchange_result> upstream_pool::exchange(request& req, std::chro
         } else {
             conn->close();
         }
-        co_return finish();
+        finish();
+        co_return;
     }
-    co_return finish();
+    finish();
+    co_return;
 }
 
 }  // namespace bb::proxy

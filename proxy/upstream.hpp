@@ -82,8 +82,10 @@ public:
     // Sends `req` (already rewritten for the upstream) and reads the whole response.
     // `idempotent`: whether a retry on a fresh connection is allowed after a reused
     // connection fails. Cancellation (the client left) closes the connection in use.
-    asio::awaitable<exchange_result> exchange(request& req, std::chrono::milliseconds timeout, bool idempotent,
-                                              bool head_request);
+    // The result is written to `out` (not returned: a response is costly to move through
+    // the coroutine machinery and the race with the client watcher).
+    asio::awaitable<void> exchange(request& req, std::chrono::milliseconds timeout, bool idempotent, bool head_request,
+                                   exchange_result& out);
 
     // Closes idle connections older than idle_timeout.
     void sweep(std::chrono::steady_clock::time_point now);

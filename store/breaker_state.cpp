@@ -277,7 +277,15 @@ std::optional<std::vector<breakers::instance_snapshot>> load_breaker_state(const
 }
 
 breaker_state_writer::breaker_state_writer(std::string path, snapshot_fn snapshot, const clock& c)
-    : path_(std::move(path)), snapshot_(std::move(snapshot)), clock_(c) {
+    : breaker_state_writer(path, std::move(snapshot), nullptr, c) {}
+
+breaker_state_writer::breaker_state_writer(std::string path, snapshot_fn snapshot, sink_fn sink, const clock& c)
+    : path_(std::move(path)), snapshot_(std::move(snapshot)), sink_(std::move(sink)), clock_(c) {
+    if (!sink_) {
+        sink_ = [this](std::vector<breakers::instance_snapshot> instances) {
+            return write_file_durably(path_, breaker_state_to_json(instances, clock_));
+        };
+    }
     thread_ = std::thread{[this] { run(); }};
 }
 
@@ -331,8 +339,7 @@ void breaker_state_writer::run() {
         auto done = std::move(waiting_);
         waiting_.clear();
         lock.unlock();
-        const std::string json = breaker_state_to_json(snapshot_(), clock_);
-        const std::string err = write_file_durably(path_, json);
+        const std::string err = sink_(snapshot_());
         for (auto& d : done) {
             d(err.empty());
         }

@@ -39,7 +39,12 @@ std::optional<std::vector<breakers::instance_snapshot>> load_breaker_state(const
 class breaker_state_writer {
 public:
     using snapshot_fn = std::function<std::vector<breakers::instance_snapshot>()>;
+    // Writes one snapshot durably; returns "" or what failed.
+    using sink_fn = std::function<std::string(std::vector<breakers::instance_snapshot>)>;
+    // Writes to the JSON file at `path`.
     breaker_state_writer(std::string path, snapshot_fn snapshot, const clock& c);
+    // Writes through `sink` (the SQLite store); `path` only names it in messages.
+    breaker_state_writer(std::string path, snapshot_fn snapshot, sink_fn sink, const clock& c);
     ~breaker_state_writer();
     breaker_state_writer(const breaker_state_writer&) = delete;
     breaker_state_writer& operator=(const breaker_state_writer&) = delete;
@@ -59,6 +64,7 @@ private:
 
     std::string path_;
     snapshot_fn snapshot_;
+    sink_fn sink_;
     const clock& clock_;
     mutable std::mutex mu_;
     std::condition_variable cv_;

@@ -73,13 +73,13 @@ TEST(config, upstream_url_parts) {
 
 TEST(config, breakers_are_validated) {
     auto r = parse_config(base(R"(, "breakers": [
-        {"id": "q", "action": "quarantine"},
+        {"id": "q", "action": "quarantine", "cooldown": "1x"},
         {"id": "t", "action": "throttle"},
         {"id": "s", "action": "sandbox", "sandbox": {"upstream": "missing"}},
         {"id": "bad/id", "action": "pause"},
         {"id": "x", "action": "explode", "reset": "sometimes", "scope": "galaxy"}])"));
     const auto e = all_errors(r);
-    EXPECT_NE(e.find("breakers[0].action: \"quarantine\" needs the durable quarantine store"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[0].cooldown: \"1x\" is not a duration"), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[1].throttle: is required for action \"throttle\""), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[2].sandbox.upstream: \"missing\" is not a configured upstream"), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[3].id: \"bad/id\" is not a valid id"), std::string::npos) << e;

@@ -1,0 +1,264 @@
+#include "proxy/remediation.hpp"
+
+#include "proxy/framing.hpp"
+#include "proxy/server.hpp"
+#include "proxy/upstream.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <spdlog/spdlog.h>
+
+namespace bb::proxy {
+
+namespace {
+
+// Runs `make()` as a coroutine on `ex` and fulfils a future with its result.
+template <class T, class Make>
+std::future<T> spawn_future(asio::io_context& ctx, Make make) {
+    auto promise = std::make_shared<std::promise<T>>();
+    auto future = promise->get_future();
+    asio::co_spawn(ctx, make(), [promise](std::exception_ptr e, T value) {
+        if (e) {
+            promise->set_exception(e);
+        } else {
+            promise->set_value(std::move(value));
+        }
+    });
+    return future;
+}
+
+}  // namespace
+
+remediation::remediation(asio::io_context& control, store::database& db, server& srv)
+    : control_(control), db_(db), srv_(srv) {}
+
+remediation::~remediation() = default;
+
+std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::size_t upstream_index) {
+    const auto& u = cfg.upstreams[upstream_index];
+    auto& slot = pools_[u.name];
+    if (!slot || slot->cfg().url != u.url || slot->cfg().ca_file != u.ca_file || slot->cfg().verify != u.verify) {
+        if (slot) {
+            slot->retire();
+        }
+        slot = std::make_shared<upstream_pool>(control_.get_executor(), u, cfg.limits.upstream_body_bytes);
+    }
+    return slot;
+}
+
+asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force) {
+    auto rec = db_.get(ticket);
+    if (!rec) {
+        co_return store::result::failure("not_found", "no quarantined request " + ticket);
+    }
+    const auto cfg = srv_.current_config();
+    std::size_t upstream_index = cfg->upstreams.size();
+    for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
+        if (cfg->upstreams[i].name == rec->upstream) {
+            upstream_index = i;
+        }
+    }
+    if (upstream_index == cfg->upstreams.size()) {
+        co_return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
+                                                              " is no longer configured; nothing was sent");
+    }
+    target_parts tp;
+    if (!split_target(rec->target, tp)) {
+        co_return store::result::failure("invalid_state", "stored target of " + ticket + " is not routable");
+    }
+    // `releasing` is durable before a single byte goes out: a crash from here on leaves the
+    // record for an operator (outcome_unknown), never for an automatic resend.
+    auto begun = co_await await_store([&](store::done_fn done) { db_.begin_release(ticket, actor, force, std::move(done)); });
+    if (!begun.ok) {
+        co_return begun;
+    }
+    const auto& up = cfg->upstreams[upstream_index];
+    request req;
+    req.method_string(rec->method);
+    req.target(up.base_path.empty() || tp.origin_form == "*" ? std::string{tp.origin_form}
+                                                             : up.base_path + std::string{tp.origin_form});
+    req.version(11);
+    for (const auto& [name, value] : rec->headers) {
+        req.insert(name, value);
+    }
+    req.erase(http::field::host);
+    req.set(http::field::host, up.authority);
+    req.set(cfg->store.idempotency_header, ticket);
+    if (!rec->request_id.empty()) {
+        req.set("x-request-id", rec->request_id);
+    }
+    req.set("x-breakerbox-ticket", ticket);
+    req.body() = std::move(rec->body);
+    req.keep_alive(true);
+    req.prepare_payload();
+
+    auto pool = pool_for(*cfg, upstream_index);
+    exchange_result ex;
+    const bool idempotent = req.method() == http::verb::get || req.method() == http::verb::head ||
+                            req.method() == http::verb::options;
+    co_await pool->exchange(req, up.timeout, idempotent, req.method() == http::verb::head, ex);
+
+    store::release_outcome outcome = store::release_outcome::released;
+    int status = 0;
+    std::string detail;
+    switch (ex.failure) {
+        case upstream_failure::none:
+            status = static_cast<int>(ex.res.result_int());
+            detail = std::string{ex.res.reason()};
+            // The upstream answered: 2xx-4xx (but 429) is its final word on this request;
+            // 5xx and 429 mean it did not take it, and a retry (same key) is allowed.
+            outcome = (status >= 500 || status == 429) ? store::release_outcome::failed : store::release_outcome::released;
+            break;
+        case upstream_failure::pool_exhausted:
+        case upstream_failure::connect_failed:
+        case upstream_failure::connect_timeout:
+        case upstream_failure::tls_failed:
+            outcome = store::release_outcome::failed;  // nothing was sent
+            detail = ex.detail;
+            break;
+        case upstream_failure::failed_after_send:
+        case upstream_failure::timeout:
+        case upstream_failure::bad_response:
+        case upstream_failure::too_large:
+        case upstream_failure::cancelled:
+            outcome = store::release_outcome::unknown;  // it may have been acted on
+            detail = ex.detail;
+            break;
+    }
+    auto finished = co_await await_store([&](store::done_fn done) {
+        db_.finish_release(ticket, outcome, status, detail, std::move(done));
+    });
+    if (!finished.ok) {
+        spdlog::error("release of {}: the upstream answered {} but recording it failed: {}", ticket, status,
+                      finished.message);
+        co_return finished;
+    }
+    spdlog::info("release of {} by {}: {} ({})", ticket, actor,
+                 outcome == store::release_outcome::released ? "released"
+                 : outcome == store::release_outcome::failed ? "release_failed"
+                                                              : "outcome_unknown",
+                 status != 0 ? std::to_string(status) : detail);
+    store::result r;
+    r.ticket = ticket;
+    r.count = status;
+    if (outcome != store::release_outcome::released) {
+        r.ok = false;
+        r.code = outcome == store::release_outcome::failed ? "release_failed" : "outcome_unknown";
+        r.message = detail;
+    }
+    co_return r;
+}
+
+std::future<store::result> remediation::release(std::string ticket, std::string actor, bool force) {
+    return spawn_future<store::result>(control_, [&] { return release_one(std::move(ticket), std::move(actor), force); });
+}
+
+std::future<remediation_summary> remediation::release_matching(store::list_filter filter, double rate_per_s,
+                                                               std::string actor) {
+    // The coroutine is a member function taking its arguments by value, so they live in its
+    // frame: a coroutine lambda's captures would die with the lambda object.
+    return spawn_future<remediation_summary>(control_, [&] {
+        return release_matching_impl(std::move(filter), rate_per_s, std::move(actor));
+    });
+}
+
+asio::awaitable<remediation_summary> remediation::release_matching_impl(store::list_filter filter, double rate_per_s,
+                                                                        std::string actor) {
+    {
+        if (!filter.state) {
+            filter.state = store::held_state::held;
+        }
+        remediation_summary sum;
+        asio::steady_timer pacer{control_};
+        const auto started = std::chrono::steady_clock::now();
+        std::size_t sent = 0;
+        // Page through matches; each page re-queries so records released meanwhile drop out.
+        std::string after;
+        for (;;) {
+            auto page_filter = filter;
+            page_filter.after_ticket = after;
+            page_filter.limit = 500;
+            const auto page = db_.list(page_filter);
+            if (page.empty()) {
+                break;
+            }
+            for (const auto& rec : page) {
+                after = rec.ticket;
+                ++sum.matched;
+                if (rate_per_s > 0 && sent > 0) {
+                    // Slot i starts at i/rate seconds after the first: no drift, no bursts.
+                    pacer.expires_at(started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                   std::chrono::duration<double>(static_cast<double>(sent) / rate_per_s)));
+                    co_await pacer.async_wait(use_tuple);
+                }
+                ++sent;
+                auto r = co_await release_one(rec.ticket, actor, false);
+                if (r.ok) {
+                    ++sum.released;
+                } else if (r.code == "release_failed") {
+                    ++sum.failed;
+                } else if (r.code == "outcome_unknown") {
+                    ++sum.unknown;
+                } else {
+                    ++sum.skipped;
+                }
+                sum.results.push_back(std::move(r));
+            }
+        }
+        co_return sum;
+    }
+}
+
+std::future<store::result> remediation::discard(std::string ticket, std::string actor, std::string reason) {
+    return spawn_future<store::result>(control_, [&] {
+        return discard_one(std::move(ticket), std::move(actor), std::move(reason));
+    });
+}
+
+asio::awaitable<store::result> remediation::discard_one(std::string ticket, std::string actor, std::string reason) {
+    co_return co_await await_store([&](store::done_fn done) { db_.discard(ticket, actor, reason, std::move(done)); });
+}
+
+std::future<remediation_summary> remediation::discard_matching(store::list_filter filter, std::string actor,
+                                                               std::string reason) {
+    return spawn_future<remediation_summary>(control_, [&] {
+        return discard_matching_impl(std::move(filter), std::move(actor), std::move(reason));
+    });
+}
+
+asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::list_filter filter, std::string actor,
+                                                                        std::string reason) {
+    {
+        if (!filter.state) {
+            filter.state = store::held_state::held;
+        }
+        remediation_summary sum;
+        std::string after;
+        for (;;) {
+            auto page_filter = filter;
+            page_filter.after_ticket = after;
+            page_filter.limit = 500;
+            const auto page = db_.list(page_filter);
+            if (page.empty()) {
+                break;
+            }
+            for (const auto& rec : page) {
+                after = rec.ticket;
+                ++sum.matched;
+                auto r = co_await await_store(
+                    [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done)); });
+                if (r.ok) {
+                    ++sum.discarded;
+                } else {
+                    ++sum.skipped;
+                }
+                sum.results.push_back(std::move(r));
+            }
+        }
+        co_return sum;
+    }
+}
+
+}  // namespace bb::proxy

@@ -1,0 +1,82 @@
+#pragma once
+// Remediation of quarantined requests: release (paced replay to the original upstream, each
+// with an idempotency key equal to the ticket) or discard. Runs on the server's control
+// io_context with its own upstream pools, never on a worker: the data plane does not wait
+// on the control plane.
+//
+// Never send anything twice (PRODUCT.md principle 1): `releasing` is committed before the
+// request is sent; an answer records released/release_failed; a send whose outcome is
+// unknown (sent, no complete answer) becomes outcome_unknown and is not retried.
+//
+// Thread-safe: every public member may be called from any thread; work is posted to the
+// control io_context and results come back through std::future.
+
+#include "config/config.hpp"
+#include "proxy/asio.hpp"
+#include "store/database.hpp"
+
+#include <future>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bb::proxy {
+
+class upstream_pool;
+class server;
+
+struct remediation_summary {
+    std::size_t matched = 0;
+    std::size_t released = 0;
+    std::size_t failed = 0;         // release_failed: the upstream refused or was not reached
+    std::size_t unknown = 0;        // outcome_unknown: sent, no complete answer
+    std::size_t discarded = 0;
+    std::size_t skipped = 0;        // not in a state that allows the action
+    std::vector<store::result> results;  // one per ticket, in order
+};
+
+class remediation {
+public:
+    remediation(asio::io_context& control, store::database& db, server& srv);
+    ~remediation();
+
+    std::future<store::result> release(std::string ticket, std::string actor, bool force = false);
+    // Releases every record matching the filter (state defaults to held), at most
+    // rate_per_s per second (0: as fast as the upstream answers).
+    std::future<remediation_summary> release_matching(store::list_filter filter, double rate_per_s,
+                                                      std::string actor);
+    std::future<store::result> discard(std::string ticket, std::string actor, std::string reason);
+    std::future<remediation_summary> discard_matching(store::list_filter filter, std::string actor,
+                                                      std::string reason);
+
+private:
+    asio::awaitable<store::result> release_one(std::string ticket, std::string actor, bool force);
+    asio::awaitable<remediation_summary> release_matching_impl(store::list_filter filter, double rate_per_s,
+                                                               std::string actor);
+    asio::awaitable<store::result> discard_one(std::string ticket, std::string actor, std::string reason);
+    asio::awaitable<remediation_summary> discard_matching_impl(store::list_filter filter, std::string actor,
+                                                               std::string reason);
+    std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
+
+    asio::io_context& control_;
+    store::database& db_;
+    server& srv_;
+    std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
+};
+
+// Awaits a store write's completion on the calling coroutine's executor.
+template <class Op>
+asio::awaitable<store::result> await_store(Op&& op) {
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(store::result)>(
+        [op = std::forward<Op>(op)](auto handler) mutable {
+            auto ex = asio::get_associated_executor(handler);
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            op([ex, h](store::result r) mutable {
+                asio::post(ex, [h, r = std::move(r)]() mutable { std::move(*h)(std::move(r)); });
+            });
+        },
+        asio::use_awaitable);
+}
+
+}  // namespace bb::proxy

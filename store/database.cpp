@@ -1,0 +1,1699 @@
+#include "store/database.hpp"
+
+#include <sqlite3.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <filesystem>
+#include <mutex>
+#include <ostream>
+#include <sys/file.h>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace bb::store {
+
+// ---------------------------------------------------------------------------------------
+// States
+
+std::string_view to_string(held_state s) {
+    switch (s) {
+        case held_state::held: return "held";
+        case held_state::releasing: return "releasing";
+        case held_state::released: return "released";
+        case held_state::release_failed: return "release_failed";
+        case held_state::discarded: return "discarded";
+        case held_state::outcome_unknown: return "outcome_unknown";
+    }
+    return "held";
+}
+
+std::optional<held_state> parse_held_state(std::string_view s) {
+    for (auto st : {held_state::held, held_state::releasing, held_state::released, held_state::release_failed,
+                    held_state::discarded, held_state::outcome_unknown}) {
+        if (to_string(st) == s) {
+            return st;
+        }
+    }
+    return std::nullopt;
+}
+
+bool transition_allowed(held_state from, held_state to, bool force) {
+    using enum held_state;
+    switch (from) {
+        case held: return to == releasing || to == discarded;
+        case releasing: return to == released || to == release_failed || to == outcome_unknown;
+        case release_failed: return to == releasing || to == discarded;
+        case outcome_unknown: return to == discarded || (to == releasing && force);
+        case released:
+        case discarded: return false;
+    }
+    return false;
+}
+
+namespace {
+
+bool resolved(held_state s) { return s == held_state::released || s == held_state::discarded; }
+
+// ---------------------------------------------------------------------------------------
+// Schema. Migrations are append-only: a released binary never edits one, it adds the next.
+// Incidents and audit get their tables in later migrations by their owners (the version
+// table and the runner below are all they need).
+
+struct migration {
+    int version;
+    const char* sql;
+};
+
+constexpr migration migrations[] = {
+    {1, R"sql(
+CREATE TABLE held_requests (
+  id               INTEGER PRIMARY KEY,      -- hold order, for keyset paging
+  ticket           TEXT NOT NULL UNIQUE,
+  method           TEXT NOT NULL,
+  target           TEXT NOT NULL,
+  route            TEXT NOT NULL,
+  upstream         TEXT NOT NULL,
+  agent            TEXT NOT NULL,
+  rule             TEXT NOT NULL,
+  breaker          TEXT NOT NULL,
+  breaker_instance TEXT NOT NULL,
+  failure_mode     TEXT NOT NULL,
+  request_id       TEXT NOT NULL,
+  received_ms      INTEGER NOT NULL,
+  state            TEXT NOT NULL CHECK (state IN
+                     ('held','releasing','released','release_failed','discarded','outcome_unknown')),
+  state_ms         INTEGER NOT NULL,
+  body_bytes       INTEGER NOT NULL,
+  held_bytes       INTEGER NOT NULL,
+  release_status   INTEGER,
+  released_ms      INTEGER,
+  release_attempts INTEGER NOT NULL DEFAULT 0,
+  discard_reason   TEXT NOT NULL DEFAULT '',
+  actor            TEXT NOT NULL DEFAULT '',
+  detail           TEXT NOT NULL DEFAULT ''
+);
+-- Bodies live apart so listing, counting and pruning never page through megabytes.
+CREATE TABLE held_bodies (
+  id      INTEGER PRIMARY KEY,               -- = held_requests.id
+  headers BLOB NOT NULL,
+  body    BLOB NOT NULL
+);
+CREATE INDEX held_requests_state    ON held_requests(state, state_ms);   -- prune, state filter
+CREATE INDEX held_requests_breaker  ON held_requests(breaker, id);
+CREATE INDEX held_requests_instance ON held_requests(breaker_instance, id);
+CREATE INDEX held_requests_agent    ON held_requests(agent, id);
+CREATE INDEX held_requests_rule     ON held_requests(rule, id);
+CREATE INDEX held_requests_received ON held_requests(received_ms);
+CREATE TABLE quarantine_history (
+  id         INTEGER PRIMARY KEY,
+  ticket     TEXT NOT NULL,
+  from_state TEXT,
+  to_state   TEXT NOT NULL,
+  at_ms      INTEGER NOT NULL,
+  actor      TEXT NOT NULL,
+  detail     TEXT NOT NULL
+);
+CREATE INDEX quarantine_history_ticket ON quarantine_history(ticket, id);
+-- The database itself refuses a transition the state machine does not allow, so no code
+-- path (or a hand-written UPDATE) can release a released request again.
+CREATE TRIGGER held_requests_transition BEFORE UPDATE OF state ON held_requests
+WHEN NOT (
+     (OLD.state = 'held'            AND NEW.state IN ('releasing', 'discarded'))
+  OR (OLD.state = 'releasing'       AND NEW.state IN ('released', 'release_failed', 'outcome_unknown'))
+  OR (OLD.state = 'release_failed'  AND NEW.state IN ('releasing', 'discarded'))
+  OR (OLD.state = 'outcome_unknown' AND NEW.state IN ('releasing', 'discarded')))
+BEGIN
+  SELECT RAISE(ABORT, 'invalid quarantine state transition');
+END;
+-- Breaker instances that are not closed+automatic (tripped, forced, shadow), with their
+-- operator mode and last trip; times are wall-clock milliseconds.
+CREATE TABLE breaker_state (
+  instance        TEXT PRIMARY KEY,
+  breaker         TEXT NOT NULL,
+  key             TEXT NOT NULL,
+  state           TEXT NOT NULL,
+  mode            TEXT NOT NULL,
+  mode_expires_ms INTEGER,
+  opened_at_ms    INTEGER NOT NULL,
+  cooldown_ms     INTEGER NOT NULL,
+  trips           INTEGER NOT NULL,
+  trip_kind       TEXT,                       -- NULL: no last trip
+  trip_actor      TEXT,
+  trip_reason     TEXT,
+  trip_rule       TEXT,
+  trip_key        TEXT,
+  trip_value      REAL,
+  trip_limit      REAL,
+  trip_window_ms  INTEGER,
+  trip_request_id TEXT,
+  trip_at_ms      INTEGER
+);
+)sql"},
+};
+
+constexpr int latest_version = 1;
+
+// ---------------------------------------------------------------------------------------
+// Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
+
+bool is_io_fault(int rc) {
+    switch (rc & 0xff) {
+        case SQLITE_FULL:
+        case SQLITE_IOERR:
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+        case SQLITE_CANTOPEN:
+        case SQLITE_NOMEM:
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+        case SQLITE_READONLY:
+        case SQLITE_PROTOCOL:
+            return true;
+        default:
+            return false;
+    }
+}
+
+class statement {
+public:
+    explicit statement(sqlite3_stmt* s, bool owned = false) : s_(s), owned_(owned) {}
+    ~statement() {
+        if (s_ == nullptr) {
+            return;
+        }
+        if (owned_) {
+            sqlite3_finalize(s_);
+        } else {
+            sqlite3_reset(s_);
+            sqlite3_clear_bindings(s_);
+        }
+    }
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+
+    bool valid() const { return s_ != nullptr; }
+    // Bound values must outlive the statement object (SQLITE_STATIC: no copy of big bodies).
+    void text(int i, std::string_view v) { sqlite3_bind_text(s_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()), SQLITE_STATIC); }
+    void blob(int i, std::string_view v) {
+        sqlite3_bind_blob64(s_, i, v.empty() ? "" : v.data(), v.size(), SQLITE_STATIC);
+    }
+    void i64(int i, std::int64_t v) { sqlite3_bind_int64(s_, i, v); }
+    void f64(int i, double v) { sqlite3_bind_double(s_, i, v); }
+    void null(int i) { sqlite3_bind_null(s_, i); }
+    int step() { return sqlite3_step(s_); }
+
+    bool is_null(int i) const { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
+    std::int64_t col_i64(int i) const { return sqlite3_column_int64(s_, i); }
+    double col_f64(int i) const { return sqlite3_column_double(s_, i); }
+    std::string col_str(int i) const {
+        const void* p = sqlite3_column_blob(s_, i);
+        const int n = sqlite3_column_bytes(s_, i);
+        return p == nullptr ? std::string{} : std::string{static_cast<const char*>(p), static_cast<std::size_t>(n)};
+    }
+    int changes() const { return sqlite3_changes(sqlite3_db_handle(s_)); }
+
+private:
+    sqlite3_stmt* s_;
+    bool owned_;
+};
+
+// One SQLite connection and its prepared statements. Used by one thread at a time.
+class connection {
+public:
+    connection() = default;
+    ~connection() { close(); }
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+
+    void close() {
+        for (auto& [sql, s] : cache_) {
+            sqlite3_finalize(s);
+        }
+        cache_.clear();
+        if (db_ != nullptr) {
+            sqlite3_close_v2(db_);
+            db_ = nullptr;
+        }
+    }
+
+    int open(const std::string& path, std::chrono::milliseconds busy_timeout) {
+        const int rc = sqlite3_open_v2(path.c_str(), &db_,
+                                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+        if (db_ != nullptr) {
+            sqlite3_extended_result_codes(db_, 1);
+            sqlite3_busy_timeout(db_, static_cast<int>(busy_timeout.count()));
+        }
+        return rc;
+    }
+
+    sqlite3* db() const { return db_; }
+    std::string error() const { return db_ == nullptr ? "out of memory" : sqlite3_errmsg(db_); }
+
+    int exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
+
+    // Cached statement for a fixed SQL text (keyed by the literal's address).
+    statement prepared(const char* sql) {
+        auto it = cache_.find(sql);
+        if (it == cache_.end()) {
+            sqlite3_stmt* s = nullptr;
+            if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK) {
+                return statement{nullptr};
+            }
+            it = cache_.emplace(sql, s).first;
+        }
+        return statement{it->second};
+    }
+
+    // One-off statement (dynamic SQL); finalized when the object goes.
+    statement once(const std::string& sql) {
+        sqlite3_stmt* s = nullptr;
+        if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
+            return statement{nullptr, true};
+        }
+        return statement{s, true};
+    }
+
+    // A pragma's single text answer ("" on failure).
+    std::string pragma(const std::string& sql) {
+        auto s = once(sql);
+        if (!s.valid() || s.step() != SQLITE_ROW) {
+            return {};
+        }
+        return s.col_str(0);
+    }
+
+private:
+    sqlite3* db_ = nullptr;
+    std::unordered_map<const char*, sqlite3_stmt*> cache_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Wall clock <-> steady clock, as in breaker_state.cpp.
+
+std::int64_t to_wall_ms(time_point t, const clock& c) {
+    const auto now = c.now();
+    const auto wall = c.wall_now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(now - t);
+    return std::chrono::duration_cast<std::chrono::milliseconds>(wall.time_since_epoch()).count();
+}
+
+time_point from_wall_ms(std::int64_t ms, const clock& c) {
+    const auto wall = std::chrono::system_clock::time_point{std::chrono::milliseconds{ms}};
+    return c.now() - std::chrono::duration_cast<duration>(c.wall_now() - wall);
+}
+
+std::int64_t wall_ms(const clock& c) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(c.wall_now().time_since_epoch()).count();
+}
+
+std::optional<breakers::state> parse_breaker_state(std::string_view s) {
+    for (auto st : {breakers::state::closed, breakers::state::open, breakers::state::half_open}) {
+        if (breakers::to_string(st) == s) {
+            return st;
+        }
+    }
+    return std::nullopt;
+}
+
+// A breaker snapshot already converted to wall-clock form (on the caller's thread, so the
+// conversion uses the clock reading closest to the snapshot).
+struct breaker_row {
+    std::string instance, breaker, key, state, mode;
+    std::optional<std::int64_t> mode_expires_ms;
+    std::int64_t opened_at_ms = 0;
+    std::int64_t cooldown_ms = 0;
+    std::int64_t trips = 0;
+    bool has_trip = false;
+    std::string kind, actor, reason, rule, trip_key, request_id;
+    double value = 0, limit = 0;
+    std::int64_t window_ms = 0, at_ms = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// Held counters (what the limits are checked against).
+
+struct counters {
+    std::int64_t count = 0;
+    std::int64_t bytes = 0;
+    std::unordered_map<std::string, std::pair<std::int64_t, std::int64_t>> per_breaker;
+
+    void add(const std::string& breaker, std::int64_t dc, std::int64_t db) {
+        count += dc;
+        bytes += db;
+        auto& p = per_breaker[breaker];
+        p.first += dc;
+        p.second += db;
+        if (p.first == 0 && p.second == 0) {
+            per_breaker.erase(breaker);
+        }
+    }
+    void merge(const counters& d) {
+        for (const auto& [b, p] : d.per_breaker) {
+            add(b, p.first, p.second);
+        }
+    }
+    std::pair<std::int64_t, std::int64_t> of(const std::string& breaker) const {
+        auto it = per_breaker.find(breaker);
+        return it == per_breaker.end() ? std::pair<std::int64_t, std::int64_t>{0, 0} : it->second;
+    }
+    void clear() {
+        count = bytes = 0;
+        per_breaker.clear();
+    }
+};
+
+std::string breaker_of(const held_request& r) {
+    if (!r.breaker.empty()) {
+        return r.breaker;
+    }
+    return r.breaker_instance.substr(0, r.breaker_instance.find('/'));
+}
+
+constexpr const char* summary_columns =
+    "h.ticket, h.method, h.target, h.route, h.upstream, h.agent, h.rule, h.breaker, h.breaker_instance, "
+    "h.failure_mode, h.request_id, h.received_ms, h.state, h.state_ms, h.body_bytes, h.held_bytes, "
+    "h.release_status, h.released_ms, h.release_attempts, h.discard_reason, h.actor, h.detail";
+constexpr int summary_column_count = 22;
+
+void read_summary(const statement& s, held_request& r) {
+    r.ticket = s.col_str(0);
+    r.method = s.col_str(1);
+    r.target = s.col_str(2);
+    r.route = s.col_str(3);
+    r.upstream = s.col_str(4);
+    r.agent = s.col_str(5);
+    r.rule = s.col_str(6);
+    r.breaker = s.col_str(7);
+    r.breaker_instance = s.col_str(8);
+    r.failure_mode = s.col_str(9);
+    r.request_id = s.col_str(10);
+    r.received_ms = s.col_i64(11);
+    r.state = parse_held_state(s.col_str(12)).value_or(held_state::held);
+    r.state_ms = s.col_i64(13);
+    r.body_bytes = s.col_i64(14);
+    r.held_bytes = s.col_i64(15);
+    if (!s.is_null(16)) {
+        r.release_status = static_cast<int>(s.col_i64(16));
+    }
+    if (!s.is_null(17)) {
+        r.released_ms = s.col_i64(17);
+    }
+    r.release_attempts = static_cast<std::uint32_t>(s.col_i64(18));
+    r.discard_reason = s.col_str(19);
+    r.actor = s.col_str(20);
+    r.detail = s.col_str(21);
+}
+
+result unavailable(std::string message) { return result::failure("store_unavailable", std::move(message)); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// The implementation.
+
+class database::impl {
+public:
+    impl(store_options o, const clock& c) : opt_(std::move(o)), clock_(c) {}
+    ~impl() { shutdown(); }
+
+    bool open(std::string* error);
+    void shutdown();
+
+    // What an operation did inside the batch. fatal_rc != 0 aborts the whole transaction.
+    struct outcome {
+        outcome(result res) : r(std::move(res)) {}  // NOLINT: implicit on purpose
+        outcome(result res, int rc, std::string message)
+            : r(std::move(res)), fatal_rc(rc), fatal_message(std::move(message)) {}
+        result r;
+        int fatal_rc = 0;
+        std::string fatal_message;
+    };
+    struct batch_ctx {
+        connection& c;
+        const counters& committed;   // as of the last commit
+        const counters& batch;       // earlier successful ops of this transaction
+        counters op;                 // this op's change, merged into batch if it succeeds
+    };
+    struct op {
+        std::function<outcome(batch_ctx&)> apply;
+        done_fn done;
+        std::size_t bytes = 0;
+        std::uint64_t seq = 0;
+    };
+
+    void enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes);
+
+    // Operations (run on the writer thread, inside a savepoint).
+    outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob);
+    outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
+                          const std::string& actor, const std::string& detail, int status, const std::string& reason);
+    outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
+    outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows);
+
+    // Reads.
+    class reader_lease;
+    reader_lease lease() const;
+
+    store_options opt_;
+    const clock& clock_;
+    int lock_fd_ = -1;
+    int schema_version_ = 0;
+    std::uint64_t recovered_ = 0;
+
+    connection writer_;  // the writer thread's after open()
+
+    mutable std::mutex read_mu_;
+    mutable std::condition_variable read_cv_;
+    mutable std::vector<std::unique_ptr<connection>> readers_;
+
+    // Queue, stats and the fault seam.
+    mutable std::mutex mu_;
+    std::condition_variable wake_;
+    mutable std::condition_variable done_cv_;
+    std::deque<op> queue_;
+    std::size_t queue_bytes_ = 0;
+    std::uint64_t enqueued_ = 0;
+    std::uint64_t completed_ = 0;
+    bool stop_ = false;
+    bool paused_ = false;
+    int fault_code_ = 0;
+    int fault_left_ = 0;
+    fault_point fault_where_ = fault_point::commit;
+    writer_stats stats_;
+
+    // Committed held counters: written by the writer after each commit, read by counts().
+    mutable std::mutex counters_mu_;
+    counters committed_;
+
+    std::thread thread_;
+    bool started_ = false;
+
+private:
+    bool migrate(std::string* error);
+    bool recover_after_crash(std::string* error);
+    bool load_counters(std::string* error);
+    void run();
+    void run_batch(std::vector<op>& batch);
+    outcome fatal(int rc) { return {unavailable(writer_.error()), rc, writer_.error()}; }
+    outcome fatal_stmt(int rc, const char* what) {
+        return {unavailable(std::string{what} + ": " + writer_.error()), rc, writer_.error()};
+    }
+};
+
+class database::impl::reader_lease {
+public:
+    reader_lease(const impl& owner, std::unique_ptr<connection> c) : owner_(owner), c_(std::move(c)) {}
+    ~reader_lease() {
+        if (c_) {
+            std::lock_guard lock{owner_.read_mu_};
+            owner_.readers_.push_back(std::move(c_));
+            owner_.read_cv_.notify_one();
+        }
+    }
+    reader_lease(reader_lease&&) = default;
+    connection& operator*() const { return *c_; }
+    connection* operator->() const { return c_.get(); }
+
+private:
+    const impl& owner_;
+    std::unique_ptr<connection> c_;
+};
+
+database::impl::reader_lease database::impl::lease() const {
+    std::unique_lock lock{read_mu_};
+    read_cv_.wait(lock, [&] { return !readers_.empty(); });
+    auto c = std::move(readers_.back());
+    readers_.pop_back();
+    return reader_lease{*this, std::move(c)};
+}
+
+bool database::impl::open(std::string* error) {
+    const std::string& path = opt_.path;
+    auto fail = [&](std::string why) {
+        *error = "store " + path + ": " + why;
+        return false;
+    };
+    std::error_code ec;
+    const auto parent = std::filesystem::path{path}.parent_path();
+    if (!parent.empty()) {
+        std::filesystem::create_directories(parent, ec);
+        if (ec) {
+            return fail("cannot create directory " + parent.string() + ": " + ec.message());
+        }
+    }
+
+    // The lock. SQLite's own locks cannot say "this file is ours alone" while we keep
+    // several connections: locking_mode=EXCLUSIVE in WAL mode shuts out our own read
+    // connections too, and SQLite's POSIX fcntl locks are per process, so they do not
+    // see a second open in the same process. flock(2) on a lock file next to the database
+    // is per open file description (so a second `database` in this process is refused as
+    // well as another process), is dropped by the kernel when the process dies (no stale
+    // lock after a crash), and never interferes with SQLite's own fcntl locks.
+    const std::string lock_path = path + ".lock";
+    lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0) {
+        return fail("cannot open lock file " + lock_path + ": " + std::strerror(errno));
+    }
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        char buf[32] = {};
+        const auto n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
+        std::string holder = n > 0 ? std::string{buf, static_cast<std::size_t>(n)} : std::string{};
+        while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) {
+            holder.pop_back();
+        }
+        ::close(lock_fd_);
+        lock_fd_ = -1;
+        if (err == EWOULDBLOCK) {
+            return fail("already in use by another breakerbox (" +
+                        (holder.empty() ? std::string{"lock held"} : "pid " + holder) + ", lock file " + lock_path +
+                        "); only one process may open a store");
+        }
+        return fail("cannot lock " + lock_path + ": " + std::strerror(err));
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+        // Only the message for the next process suffers; the lock itself is held.
+    }
+
+    if (writer_.open(path, opt_.busy_timeout) != SQLITE_OK) {
+        return fail("cannot open: " + writer_.error());
+    }
+    // journal_mode answers the mode in force: anything but "wal" (a filesystem without
+    // shared memory, a read-only file) means we cannot give the guarantees we promise.
+    const std::string mode = writer_.pragma("PRAGMA journal_mode=WAL");
+    if (mode != "wal") {
+        return fail(mode.empty() ? "not a usable SQLite database: " + writer_.error()
+                                 : "cannot switch to WAL mode (journal_mode is " + mode + ")");
+    }
+    // FULL: in WAL mode, NORMAL does not fsync at commit, and a 202 promises the request is
+    // on disk. journal_size_limit keeps the WAL from staying huge after big bodies.
+    if (writer_.exec("PRAGMA synchronous=FULL") != SQLITE_OK ||
+        writer_.exec("PRAGMA journal_size_limit=67108864") != SQLITE_OK) {
+        return fail("cannot configure: " + writer_.error());
+    }
+    if (!migrate(error) || !recover_after_crash(error) || !load_counters(error)) {
+        return false;
+    }
+    for (std::size_t i = 0; i < std::max<std::size_t>(1, opt_.read_connections); ++i) {
+        auto c = std::make_unique<connection>();
+        if (c->open(path, opt_.busy_timeout) != SQLITE_OK || c->exec("PRAGMA query_only=1") != SQLITE_OK) {
+            return fail("cannot open a read connection: " + c->error());
+        }
+        readers_.push_back(std::move(c));
+    }
+    thread_ = std::thread{[this] { run(); }};
+    started_ = true;
+    return true;
+}
+
+bool database::impl::migrate(std::string* error) {
+    auto fail = [&](std::string why) {
+        *error = "store " + opt_.path + ": " + why + ": " + writer_.error();
+        return false;
+    };
+    if (writer_.exec("CREATE TABLE IF NOT EXISTS schema_version ("
+                     "version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)") != SQLITE_OK) {
+        return fail("cannot create schema_version");
+    }
+    auto v = writer_.once("SELECT coalesce(max(version), 0) FROM schema_version");
+    if (!v.valid() || v.step() != SQLITE_ROW) {
+        return fail("cannot read schema_version");
+    }
+    schema_version_ = static_cast<int>(v.col_i64(0));
+    if (schema_version_ > latest_version) {
+        *error = "store " + opt_.path + ": schema version " + std::to_string(schema_version_) +
+                 " is newer than this breakerbox understands (" + std::to_string(latest_version) +
+                 "); refusing to open it";
+        return false;
+    }
+    for (const auto& m : migrations) {
+        if (m.version <= schema_version_) {
+            continue;
+        }
+        // Each migration and its version row commit together, so a crash mid-way leaves
+        // the previous version intact.
+        if (writer_.exec("BEGIN IMMEDIATE") != SQLITE_OK) {
+            return fail("cannot begin migration " + std::to_string(m.version));
+        }
+        auto ins = writer_.once("INSERT INTO schema_version(version, applied_ms) VALUES(?, ?)");
+        bool ok = writer_.exec(m.sql) == SQLITE_OK && ins.valid();
+        if (ok) {
+            ins.i64(1, m.version);
+            ins.i64(2, wall_ms(clock_));
+            ok = ins.step() == SQLITE_DONE;
+        }
+        if (!ok || writer_.exec("COMMIT") != SQLITE_OK) {
+            std::string why = "migration " + std::to_string(m.version) + " failed";
+            *error = "store " + opt_.path + ": " + why + ": " + writer_.error();
+            writer_.exec("ROLLBACK");
+            return false;
+        }
+        schema_version_ = m.version;
+    }
+    return true;
+}
+
+bool database::impl::recover_after_crash(std::string* error) {
+    // A record in `releasing` was committed just before its replay was sent; the process
+    // died before the result was recorded, so the upstream may or may not have it. Never
+    // re-send on our own (PRODUCT.md principle 1): an operator decides.
+    const auto now = wall_ms(clock_);
+    bool ok = writer_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
+    if (ok) {
+        auto h = writer_.once(
+            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
+            "SELECT ticket, 'releasing', 'outcome_unknown', ?, 'breakerbox', "
+            "'found releasing at start: the replay may or may not have reached the upstream' "
+            "FROM held_requests WHERE state = 'releasing'");
+        auto u = writer_.once(
+            "UPDATE held_requests SET state = 'outcome_unknown', state_ms = ?, actor = 'breakerbox' "
+            "WHERE state = 'releasing'");
+        ok = h.valid() && u.valid();
+        if (ok) {
+            h.i64(1, now);
+            u.i64(1, now);
+            ok = h.step() == SQLITE_DONE && u.step() == SQLITE_DONE;
+            recovered_ = ok ? static_cast<std::uint64_t>(u.changes()) : 0;
+        }
+    }
+    if (!ok || writer_.exec("COMMIT") != SQLITE_OK) {
+        *error = "store " + opt_.path + ": cannot recover records left releasing: " + writer_.error();
+        writer_.exec("ROLLBACK");
+        return false;
+    }
+    return true;
+}
+
+bool database::impl::load_counters(std::string* error) {
+    auto s = writer_.once(
+        "SELECT breaker, count(*), coalesce(sum(held_bytes), 0) FROM held_requests "
+        "WHERE state NOT IN ('released', 'discarded') GROUP BY breaker");
+    if (!s.valid()) {
+        *error = "store " + opt_.path + ": cannot count held requests: " + writer_.error();
+        return false;
+    }
+    int rc = 0;
+    while ((rc = s.step()) == SQLITE_ROW) {
+        committed_.add(s.col_str(0), s.col_i64(1), s.col_i64(2));
+    }
+    if (rc != SQLITE_DONE) {
+        *error = "store " + opt_.path + ": cannot count held requests: " + writer_.error();
+        return false;
+    }
+    return true;
+}
+
+void database::impl::shutdown() {
+    if (started_) {
+        {
+            std::lock_guard lock{mu_};
+            stop_ = true;
+        }
+        wake_.notify_all();
+        thread_.join();
+        started_ = false;
+    }
+    readers_.clear();
+    // SQLite lets go of the file before the lock does, so the next owner never overlaps us.
+    writer_.close();
+    if (lock_fd_ >= 0) {
+        ::close(lock_fd_);  // drops the flock
+        lock_fd_ = -1;
+    }
+}
+
+void database::impl::enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes) {
+    result refused;
+    {
+        std::lock_guard lock{mu_};
+        if (stop_) {
+            refused = unavailable("the store is closing");
+        } else if (queue_.size() >= opt_.queue_max_ops ||
+                   (!queue_.empty() && queue_bytes_ + bytes > opt_.queue_max_bytes)) {
+            refused = result::failure("store_busy", "the store's write queue is full (" +
+                                                        std::to_string(queue_.size()) + " operations waiting)");
+            ++stats_.ops_failed;
+        } else {
+            queue_.push_back(op{std::move(apply), std::move(done), bytes, ++enqueued_});
+            queue_bytes_ += bytes;
+        }
+    }
+    if (refused.ok) {
+        wake_.notify_one();
+        return;
+    }
+    if (done) {
+        done(refused);
+    }
+}
+
+void database::impl::run() {
+    std::unique_lock lock{mu_};
+    for (;;) {
+        wake_.wait(lock, [&] { return stop_ || (!paused_ && !queue_.empty()); });
+        if (queue_.empty()) {
+            if (stop_) {
+                return;
+            }
+            continue;
+        }
+        // Group commit: take everything that queued up while the last fsync ran (bounded),
+        // without waiting for more, so a lone hold pays no extra latency.
+        std::vector<op> batch;
+        std::size_t bytes = 0;
+        const std::size_t max_ops = opt_.group_commit ? std::max<std::size_t>(1, opt_.batch_max_ops) : 1;
+        while (!queue_.empty() && batch.size() < max_ops &&
+               (batch.empty() || bytes + queue_.front().bytes <= opt_.batch_max_bytes)) {
+            bytes += queue_.front().bytes;
+            batch.push_back(std::move(queue_.front()));
+            queue_.pop_front();
+        }
+        queue_bytes_ -= bytes;
+        lock.unlock();
+        run_batch(batch);
+        lock.lock();
+        completed_ = batch.back().seq;
+        done_cv_.notify_all();
+    }
+}
+
+void database::impl::run_batch(std::vector<op>& batch) {
+    int fault = 0;
+    fault_point where = fault_point::commit;
+    {
+        std::lock_guard lock{mu_};
+        if (fault_left_ > 0) {
+            --fault_left_;
+            fault = fault_code_;
+            where = fault_where_;
+        }
+    }
+    std::vector<result> results(batch.size());
+    counters delta;
+    int fatal_rc = 0;
+    std::string fatal_message;
+    auto set_fatal = [&](int rc, std::string message) {
+        if (fatal_rc == 0) {
+            fatal_rc = rc;
+            fatal_message = std::move(message);
+        }
+    };
+    std::size_t ok_ops = 0;
+    if (int rc = writer_.exec("BEGIN IMMEDIATE"); rc != SQLITE_OK) {
+        set_fatal(rc, writer_.error());
+    } else if (fault != 0 && where == fault_point::first_write) {
+        set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
+    }
+    for (std::size_t i = 0; i < batch.size() && fatal_rc == 0; ++i) {
+        // A savepoint per operation: a refused or failing operation is undone alone and
+        // the rest of the batch still commits.
+        if (int rc = writer_.exec("SAVEPOINT op"); rc != SQLITE_OK) {
+            set_fatal(rc, writer_.error());
+            break;
+        }
+        batch_ctx ctx{writer_, committed_, delta, {}};
+        outcome out = batch[i].apply(ctx);
+        if (out.fatal_rc != 0) {
+            set_fatal(out.fatal_rc, out.fatal_message);
+            break;
+        }
+        int rc = SQLITE_OK;
+        if (out.r.ok) {
+            rc = writer_.exec("RELEASE op");
+            delta.merge(ctx.op);
+            ++ok_ops;
+        } else {
+            rc = writer_.exec("ROLLBACK TO op");
+            if (rc == SQLITE_OK) {
+                rc = writer_.exec("RELEASE op");
+            }
+        }
+        if (rc != SQLITE_OK) {
+            set_fatal(rc, writer_.error());
+            break;
+        }
+        results[i] = std::move(out.r);
+    }
+    if (fatal_rc == 0) {
+        if (fault != 0) {
+            set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
+        } else if (int rc = writer_.exec("COMMIT"); rc != SQLITE_OK) {
+            set_fatal(rc, writer_.error());
+        }
+    }
+    if (fatal_rc != 0) {
+        // SQLite may already have rolled back on its own (it does for some I/O errors).
+        if (sqlite3_get_autocommit(writer_.db()) == 0) {
+            writer_.exec("ROLLBACK");
+        }
+        for (auto& r : results) {
+            r = unavailable("the store cannot write (" + fatal_message + "); nothing of this operation was saved");
+        }
+    } else {
+        std::lock_guard lock{counters_mu_};
+        committed_.merge(delta);
+    }
+    {
+        std::lock_guard lock{mu_};
+        if (fatal_rc == 0) {
+            ++stats_.transactions;
+            stats_.ops_committed += ok_ops;
+            stats_.ops_failed += batch.size() - ok_ops;
+        } else {
+            ++stats_.batches_failed;
+            stats_.ops_failed += batch.size();
+        }
+        stats_.largest_batch = std::max<std::uint64_t>(stats_.largest_batch, batch.size());
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (!batch[i].done) {
+            continue;
+        }
+        try {
+            batch[i].done(results[i]);
+        } catch (...) {
+            // A completion must not throw; one that does must not take the writer down.
+        }
+    }
+}
+
+database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob) {
+    const std::string breaker = breaker_of(r);
+    const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
+    // Exact limits: the writer is the only place counts change, and it checks committed +
+    // this batch's earlier holds, so N concurrent holds can never overshoot a limit.
+    const auto& lim = opt_.limits;
+    const auto [bc, bb] = ctx.committed.of(breaker);
+    const auto [dc, db] = ctx.batch.of(breaker);
+    const auto total_count = ctx.committed.count + ctx.batch.count;
+    const auto total_bytes = ctx.committed.bytes + ctx.batch.bytes;
+    auto full = [&](std::string what) {
+        return outcome{result::failure("quarantine_full", "quarantine full: " + what)};
+    };
+    if (lim.max_held != 0 && static_cast<std::uint64_t>(total_count + 1) > lim.max_held) {
+        return full("the store holds " + std::to_string(total_count) + " requests (limit " +
+                    std::to_string(lim.max_held) + ")");
+    }
+    if (lim.max_held_bytes != 0 && static_cast<std::uint64_t>(total_bytes + bytes) > lim.max_held_bytes) {
+        return full("the store holds " + std::to_string(total_bytes) + " bytes; " + std::to_string(bytes) +
+                    " more would exceed the limit of " + std::to_string(lim.max_held_bytes));
+    }
+    if (lim.per_breaker_max_held != 0 && static_cast<std::uint64_t>(bc + dc + 1) > lim.per_breaker_max_held) {
+        return full("breaker " + breaker + " holds " + std::to_string(bc + dc) + " requests (limit " +
+                    std::to_string(lim.per_breaker_max_held) + ")");
+    }
+    if (lim.per_breaker_max_held_bytes != 0 &&
+        static_cast<std::uint64_t>(bb + db + bytes) > lim.per_breaker_max_held_bytes) {
+        return full("breaker " + breaker + " holds " + std::to_string(bb + db) + " bytes; " +
+                    std::to_string(bytes) + " more would exceed its limit of " +
+                    std::to_string(lim.per_breaker_max_held_bytes));
+    }
+
+    const auto now = wall_ms(clock_);
+    if (r.received_ms == 0) {
+        r.received_ms = now;
+    }
+    // A ticket collision (100 random bits) is all but impossible; draw again if it happens.
+    for (int attempt = 0;; ++attempt) {
+        auto s = ctx.c.prepared(
+            "INSERT INTO held_requests(ticket, method, target, route, upstream, agent, rule, breaker, "
+            "breaker_instance, failure_mode, request_id, received_ms, state, state_ms, body_bytes, held_bytes, "
+            "actor) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'held', ?13, ?14, ?15, ?16)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare hold");
+        }
+        s.text(1, r.ticket);
+        s.text(2, r.method);
+        s.text(3, r.target);
+        s.text(4, r.route);
+        s.text(5, r.upstream);
+        s.text(6, r.agent);
+        s.text(7, r.rule);
+        s.text(8, breaker);
+        s.text(9, r.breaker_instance);
+        s.text(10, r.failure_mode);
+        s.text(11, r.request_id);
+        s.i64(12, r.received_ms);
+        s.i64(13, now);
+        s.i64(14, static_cast<std::int64_t>(r.body.size()));
+        s.i64(15, bytes);
+        const std::string actor = r.rule.empty() ? "breaker:" + r.breaker_instance : "rule:" + r.rule;
+        s.text(16, actor);
+        const int rc = s.step();
+        if (rc == SQLITE_DONE) {
+            break;
+        }
+        if (rc == SQLITE_CONSTRAINT_UNIQUE && attempt < 3) {
+            r.ticket = make_ticket();
+            continue;
+        }
+        if (is_io_fault(rc)) {
+            return fatal(rc);
+        }
+        return {unavailable("cannot hold: " + ctx.c.error())};
+    }
+    const auto id = sqlite3_last_insert_rowid(ctx.c.db());
+    {
+        auto s = ctx.c.prepared("INSERT INTO held_bodies(id, headers, body) VALUES(?, ?, ?)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare body");
+        }
+        s.i64(1, id);
+        s.blob(2, headers_blob);
+        s.blob(3, r.body);
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot store the body: " + ctx.c.error())};
+        }
+    }
+    {
+        auto s = ctx.c.prepared(
+            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
+            "VALUES(?, NULL, 'held', ?, ?, ?)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare history");
+        }
+        const std::string actor = r.rule.empty() ? "breaker:" + r.breaker_instance : "rule:" + r.rule;
+        const std::string detail = "held by " + r.breaker_instance;
+        s.text(1, r.ticket);
+        s.i64(2, now);
+        s.text(3, actor);
+        s.text(4, detail);
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot write history: " + ctx.c.error())};
+        }
+    }
+    ctx.op.add(breaker, 1, bytes);
+    result ok;
+    ok.ticket = r.ticket;
+    return {ok};
+}
+
+database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std::string& ticket, held_state to,
+                                                      bool force, const std::string& actor_in,
+                                                      const std::string& detail, int status,
+                                                      const std::string& reason) {
+    held_state from = held_state::held;
+    std::string breaker;
+    std::int64_t bytes = 0;
+    std::int64_t attempts = 0;
+    std::string actor = actor_in;
+    {
+        auto s = ctx.c.prepared(
+            "SELECT state, breaker, held_bytes, release_attempts, actor FROM held_requests WHERE ticket = ?");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare lookup");
+        }
+        s.text(1, ticket);
+        const int rc = s.step();
+        if (rc == SQLITE_DONE) {
+            return {result::failure("not_found", "no held request with ticket " + ticket)};
+        }
+        if (rc != SQLITE_ROW) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot read " + ticket + ": " + ctx.c.error())};
+        }
+        from = parse_held_state(s.col_str(0)).value_or(held_state::held);
+        breaker = s.col_str(1);
+        bytes = s.col_i64(2);
+        attempts = s.col_i64(3);
+        if (actor.empty()) {
+            actor = s.col_str(4);  // finish_release: whoever began the release
+        }
+    }
+    if (!transition_allowed(from, to, force)) {
+        std::string why = "ticket " + ticket + " is " + std::string{to_string(from)} + "; it cannot become " +
+                          std::string{to_string(to)};
+        if (from == held_state::released && to == held_state::releasing) {
+            why = "ticket " + ticket + " was already released; a released request is never released again";
+        } else if (from == held_state::outcome_unknown && to == held_state::releasing) {
+            why = "ticket " + ticket +
+                  " has an unknown outcome (its replay may have reached the upstream); releasing it again "
+                  "needs force";
+        }
+        return {result::failure("invalid_state", why)};
+    }
+    const auto now = wall_ms(clock_);
+    // The UPDATE repeats the expected state, and the trigger checks the transition again,
+    // so what the SELECT saw is what is changed.
+    int rc = SQLITE_OK;
+    int changed = 0;
+    if (to == held_state::releasing) {
+        auto s = ctx.c.prepared(
+            "UPDATE held_requests SET state = 'releasing', state_ms = ?1, actor = ?2, "
+            "release_attempts = release_attempts + 1 WHERE ticket = ?3 AND state = ?4");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare begin_release");
+        }
+        s.i64(1, now);
+        s.text(2, actor);
+        s.text(3, ticket);
+        s.text(4, to_string(from));
+        rc = s.step();
+        changed = s.changes();
+        ++attempts;
+    } else if (to == held_state::discarded) {
+        auto s = ctx.c.prepared(
+            "UPDATE held_requests SET state = 'discarded', state_ms = ?1, actor = ?2, discard_reason = ?3 "
+            "WHERE ticket = ?4 AND state = ?5");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare discard");
+        }
+        s.i64(1, now);
+        s.text(2, actor);
+        s.text(3, reason);
+        s.text(4, ticket);
+        s.text(5, to_string(from));
+        rc = s.step();
+        changed = s.changes();
+    } else {
+        auto s = ctx.c.prepared(
+            "UPDATE held_requests SET state = ?1, state_ms = ?2, release_status = ?3, released_ms = ?2, "
+            "detail = ?4 WHERE ticket = ?5 AND state = 'releasing'");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare finish_release");
+        }
+        s.text(1, to_string(to));
+        s.i64(2, now);
+        if (status > 0) {
+            s.i64(3, status);
+        } else {
+            s.null(3);
+        }
+        s.text(4, detail);
+        s.text(5, ticket);
+        rc = s.step();
+        changed = s.changes();
+    }
+    if (rc != SQLITE_DONE) {
+        if (is_io_fault(rc)) {
+            return fatal(rc);
+        }
+        if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+            return {result::failure("invalid_state", "ticket " + ticket + ": " + ctx.c.error())};
+        }
+        return {unavailable("cannot update " + ticket + ": " + ctx.c.error())};
+    }
+    if (changed != 1) {
+        return {result::failure("invalid_state", "ticket " + ticket + " changed state concurrently")};
+    }
+    {
+        auto s = ctx.c.prepared(
+            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
+            "VALUES(?, ?, ?, ?, ?, ?)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare history");
+        }
+        std::string hdetail = detail;
+        if (to == held_state::discarded) {
+            hdetail = reason;
+        } else if (to == held_state::releasing && force) {
+            hdetail = "forced by operator" + (detail.empty() ? std::string{} : ": " + detail);
+        } else if (status > 0) {
+            hdetail = "status " + std::to_string(status) + (detail.empty() ? std::string{} : ": " + detail);
+        }
+        s.text(1, ticket);
+        s.text(2, to_string(from));
+        s.text(3, to_string(to));
+        s.i64(4, now);
+        s.text(5, actor);
+        s.text(6, hdetail);
+        if (const int hrc = s.step(); hrc != SQLITE_DONE) {
+            return is_io_fault(hrc) ? fatal(hrc) : outcome{unavailable("cannot write history: " + ctx.c.error())};
+        }
+    }
+    if (resolved(to) && !resolved(from)) {
+        ctx.op.add(breaker, -1, -bytes);
+    }
+    result ok;
+    ok.ticket = ticket;
+    ok.count = attempts;
+    return {ok};
+}
+
+database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records) {
+    std::vector<std::pair<std::int64_t, std::string>> victims;
+    {
+        // Uses held_requests_state (state, state_ms): two short range scans.
+        auto s = ctx.c.prepared(
+            "SELECT id, ticket FROM held_requests WHERE state IN ('released', 'discarded') AND state_ms < ? "
+            "LIMIT ?");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare prune");
+        }
+        s.i64(1, cutoff);
+        s.i64(2, static_cast<std::int64_t>(max_records));
+        int rc = 0;
+        while ((rc = s.step()) == SQLITE_ROW) {
+            victims.emplace_back(s.col_i64(0), s.col_str(1));
+        }
+        if (rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
+        }
+    }
+    for (const auto& [id, ticket] : victims) {
+        const char* sqls[] = {"DELETE FROM quarantine_history WHERE ticket = ?2",
+                              "DELETE FROM held_bodies WHERE id = ?1", "DELETE FROM held_requests WHERE id = ?1"};
+        for (const char* sql : sqls) {
+            auto s = ctx.c.prepared(sql);
+            if (!s.valid()) {
+                return fatal_stmt(SQLITE_ERROR, "prepare prune delete");
+            }
+            s.i64(1, id);
+            s.text(2, ticket);
+            if (const int rc = s.step(); rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
+            }
+        }
+    }
+    result ok;
+    ok.count = static_cast<std::int64_t>(victims.size());
+    return {ok};
+}
+
+database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows) {
+    if (const int rc = ctx.c.exec("DELETE FROM breaker_state"); rc != SQLITE_OK) {
+        return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
+    }
+    for (const auto& r : rows) {
+        auto s = ctx.c.prepared(
+            "INSERT INTO breaker_state(instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, "
+            "cooldown_ms, trips, trip_kind, trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, "
+            "trip_window_ms, trip_request_id, trip_at_ms) "
+            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare breaker state");
+        }
+        s.text(1, r.instance);
+        s.text(2, r.breaker);
+        s.text(3, r.key);
+        s.text(4, r.state);
+        s.text(5, r.mode);
+        if (r.mode_expires_ms) {
+            s.i64(6, *r.mode_expires_ms);
+        } else {
+            s.null(6);
+        }
+        s.i64(7, r.opened_at_ms);
+        s.i64(8, r.cooldown_ms);
+        s.i64(9, r.trips);
+        if (r.has_trip) {
+            s.text(10, r.kind);
+            s.text(11, r.actor);
+            s.text(12, r.reason);
+            s.text(13, r.rule);
+            s.text(14, r.trip_key);
+            s.f64(15, r.value);
+            s.f64(16, r.limit);
+            s.i64(17, r.window_ms);
+            s.text(18, r.request_id);
+            s.i64(19, r.at_ms);
+        } else {
+            for (int i = 10; i <= 19; ++i) {
+                s.null(i);
+            }
+        }
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
+        }
+    }
+    result ok;
+    ok.count = static_cast<std::int64_t>(rows.size());
+    return {ok};
+}
+
+// ---------------------------------------------------------------------------------------
+// database
+
+database::database(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+database::~database() = default;
+
+std::unique_ptr<database> database::open(store_options options, const clock& c, std::string* error) {
+    auto p = std::make_unique<impl>(std::move(options), c);
+    std::string why;
+    if (!p->open(&why)) {
+        if (error != nullptr) {
+            *error = why;
+        }
+        return nullptr;
+    }
+    return std::unique_ptr<database>{new database{std::move(p)}};
+}
+
+void database::hold(held_request request, done_fn done) {
+    request.ticket = make_ticket();
+    if (request.ticket.empty()) {
+        if (done) {
+            done(unavailable("no randomness for a ticket"));
+        }
+        return;
+    }
+    auto headers = std::make_shared<std::string>(encode_headers(request.headers));
+    auto req = std::make_shared<held_request>(std::move(request));
+    const std::size_t bytes = req->body.size() + headers->size() + req->target.size() + 512;
+    impl_->enqueue([p = impl_.get(), req, headers](impl::batch_ctx& ctx) { return p->do_hold(ctx, *req, *headers); },
+                   std::move(done), bytes);
+}
+
+void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done) {
+    impl_->enqueue(
+        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), force](impl::batch_ctx& ctx) {
+            return p->do_transition(ctx, ticket, held_state::releasing, force, actor.empty() ? "operator" : actor,
+                                    {}, 0, {});
+        },
+        std::move(done), 256);
+}
+
+void database::finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
+                              done_fn done) {
+    const std::size_t bytes = 256 + detail.size();
+    const held_state to = outcome == release_outcome::released ? held_state::released
+                          : outcome == release_outcome::failed ? held_state::release_failed
+                                                               : held_state::outcome_unknown;
+    impl_->enqueue(
+        [p = impl_.get(), ticket = std::move(ticket), detail = std::move(detail), to,
+         status_code](impl::batch_ctx& ctx) {
+            return p->do_transition(ctx, ticket, to, false, {}, detail, status_code, {});
+        },
+        std::move(done), bytes);
+}
+
+void database::finish_release(std::string ticket, int status_code, bool ok, std::string detail, done_fn done) {
+    finish_release(std::move(ticket), ok ? release_outcome::released : release_outcome::failed, status_code,
+                   std::move(detail), std::move(done));
+}
+
+void database::discard(std::string ticket, std::string actor, std::string reason, done_fn done) {
+    impl_->enqueue(
+        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor),
+         reason = std::move(reason)](impl::batch_ctx& ctx) {
+            return p->do_transition(ctx, ticket, held_state::discarded, false, actor.empty() ? "operator" : actor,
+                                    {}, 0, reason);
+        },
+        std::move(done), 256);
+}
+
+void database::prune(std::int64_t older_than_ms, done_fn done, std::size_t max_records) {
+    impl_->enqueue([p = impl_.get(), older_than_ms,
+                    max_records](impl::batch_ctx& ctx) { return p->do_prune(ctx, older_than_ms, max_records); },
+                   std::move(done), 256);
+}
+
+void database::save_breaker_state(std::vector<breakers::instance_snapshot> instances, done_fn done) {
+    std::vector<breaker_row> rows;
+    const clock& c = impl_->clock_;
+    for (const auto& i : instances) {
+        if (i.st == breakers::state::closed && i.md == breakers::mode::automatic) {
+            continue;  // the default needs no record
+        }
+        breaker_row r;
+        r.instance = i.instance;
+        r.breaker = i.breaker;
+        r.key = i.key;
+        r.state = breakers::to_string(i.st);
+        r.mode = breakers::to_string(i.md);
+        if (i.mode_expires) {
+            r.mode_expires_ms = to_wall_ms(*i.mode_expires, c);
+        }
+        r.opened_at_ms = to_wall_ms(i.opened_at, c);
+        r.cooldown_ms = i.cooldown.count();
+        r.trips = static_cast<std::int64_t>(i.trips);
+        if (i.last_trip) {
+            const auto& t = *i.last_trip;
+            r.has_trip = true;
+            r.kind = t.cause.kind;
+            r.actor = t.cause.actor;
+            r.reason = t.cause.reason;
+            r.rule = t.cause.rule;
+            r.trip_key = t.cause.key;
+            r.value = t.cause.value;
+            r.limit = t.cause.limit;
+            r.window_ms = t.cause.window.count();
+            r.request_id = t.cause.request_id;
+            r.at_ms = to_wall_ms(t.at, c);
+        }
+        rows.push_back(std::move(r));
+    }
+    const std::size_t bytes = 256 + rows.size() * 256;
+    impl_->enqueue([p = impl_.get(), rows = std::move(rows)](impl::batch_ctx& ctx) {
+        return p->do_save_breakers(ctx, rows);
+    }, std::move(done), bytes);
+}
+
+std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_state(const clock& c,
+                                                                                     std::string* error) const {
+    auto conn = impl_->lease();
+    auto s = conn->prepared(
+        "SELECT instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, cooldown_ms, trips, trip_kind, "
+        "trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, trip_window_ms, trip_request_id, "
+        "trip_at_ms FROM breaker_state ORDER BY instance");
+    auto fail = [&](std::string why) {
+        if (error != nullptr) {
+            *error = "store " + impl_->opt_.path + ": " + why;
+        }
+        return std::nullopt;
+    };
+    if (!s.valid()) {
+        return fail("cannot read breaker state: " + conn->error());
+    }
+    std::vector<breakers::instance_snapshot> out;
+    int rc = 0;
+    while ((rc = s.step()) == SQLITE_ROW) {
+        breakers::instance_snapshot i;
+        i.instance = s.col_str(0);
+        i.breaker = s.col_str(1);
+        i.key = s.col_str(2);
+        auto st = parse_breaker_state(s.col_str(3));
+        auto md = breakers::parse_mode(s.col_str(4));
+        if (!st || !md) {
+            // Refuse rather than silently reopen a tripped breaker.
+            return fail("breaker " + i.instance + " has an unknown state or mode");
+        }
+        i.st = *st;
+        i.md = *md;
+        if (!s.is_null(5)) {
+            i.mode_expires = from_wall_ms(s.col_i64(5), c);
+        }
+        i.opened_at = from_wall_ms(s.col_i64(6), c);
+        i.cooldown = std::chrono::milliseconds{s.col_i64(7)};
+        i.trips = static_cast<std::uint64_t>(s.col_i64(8));
+        if (!s.is_null(9)) {
+            auto t = std::make_shared<breakers::transition>();
+            t->instance = i.instance;
+            t->breaker = i.breaker;
+            t->to = i.st;
+            t->mode_to = i.md;
+            t->cause.kind = s.col_str(9);
+            t->cause.actor = s.col_str(10);
+            t->cause.reason = s.col_str(11);
+            t->cause.rule = s.col_str(12);
+            t->cause.key = s.col_str(13);
+            t->cause.value = s.col_f64(14);
+            t->cause.limit = s.col_f64(15);
+            t->cause.window = std::chrono::milliseconds{s.col_i64(16)};
+            t->cause.request_id = s.col_str(17);
+            t->at = from_wall_ms(s.col_i64(18), c);
+            i.last_trip = std::move(t);
+        }
+        out.push_back(std::move(i));
+    }
+    if (rc != SQLITE_DONE) {
+        return fail("cannot read breaker state: " + conn->error());
+    }
+    return out;
+}
+
+std::optional<held_request> database::get(std::string_view ticket, result* error) const {
+    auto conn = impl_->lease();
+    static const std::string sql = std::string{"SELECT "} + summary_columns +
+                                   ", b.headers, b.body FROM held_requests h JOIN held_bodies b ON b.id = h.id "
+                                   "WHERE h.ticket = ?";
+    auto s = conn->prepared(sql.c_str());
+    const int rc = s.valid() ? (s.text(1, ticket), s.step()) : SQLITE_ERROR;
+    if (rc == SQLITE_ROW) {
+        held_request r;
+        read_summary(s, r);
+        auto headers = decode_headers(s.col_str(summary_column_count));
+        if (!headers) {
+            if (error != nullptr) {
+                *error = unavailable("ticket " + std::string{ticket} + " has corrupt headers");
+            }
+            return std::nullopt;
+        }
+        r.headers = std::move(*headers);
+        r.body = s.col_str(summary_column_count + 1);
+        return r;
+    }
+    if (error != nullptr) {
+        *error = rc == SQLITE_DONE ? result::failure("not_found", "no held request with ticket " + std::string{ticket})
+                                   : unavailable("cannot read " + std::string{ticket} + ": " + conn->error());
+    }
+    return std::nullopt;
+}
+
+namespace {
+
+// Builds the WHERE clause for a filter; binds with bind_filter in the same order.
+std::string filter_sql(const list_filter& f) {
+    std::string w = " WHERE 1";
+    if (!f.breaker.empty()) {
+        w += " AND (h.breaker = :breaker OR h.breaker_instance = :breaker)";
+    }
+    if (!f.agent.empty()) {
+        w += " AND h.agent = :agent";
+    }
+    if (!f.rule.empty()) {
+        w += " AND h.rule = :rule";
+    }
+    if (f.state) {
+        w += " AND h.state = :state";
+    }
+    if (f.from_ms) {
+        w += " AND h.received_ms >= :from";
+    }
+    if (f.to_ms) {
+        w += " AND h.received_ms < :to";
+    }
+    if (!f.after_ticket.empty()) {
+        w += " AND h.id > :after";
+    }
+    return w;
+}
+
+void bind_named(sqlite3_stmt* s, const char* name, std::string_view v) {
+    if (int i = sqlite3_bind_parameter_index(s, name); i > 0) {
+        sqlite3_bind_text(s, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    }
+}
+
+void bind_named(sqlite3_stmt* s, const char* name, std::int64_t v) {
+    if (int i = sqlite3_bind_parameter_index(s, name); i > 0) {
+        sqlite3_bind_int64(s, i, v);
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// Runs the filtered query, calling row(stmt) for each record. Returns false with *error set.
+template <typename Row>
+bool query_filtered(connection& c, const list_filter& f, bool with_bodies, std::int64_t limit, Row&& row,
+                    result* error) {
+    auto fail = [&](result r) {
+        if (error != nullptr) {
+            *error = std::move(r);
+        }
+        return false;
+    };
+    std::int64_t after = 0;
+    if (!f.after_ticket.empty()) {
+        auto s = c.prepared("SELECT id FROM held_requests WHERE ticket = ?");
+        const int rc = s.valid() ? (s.text(1, f.after_ticket), s.step()) : SQLITE_ERROR;
+        if (rc == SQLITE_DONE) {
+            return fail(result::failure("not_found", "no held request with ticket " + f.after_ticket));
+        }
+        if (rc != SQLITE_ROW) {
+            return fail(unavailable("cannot page: " + c.error()));
+        }
+        after = s.col_i64(0);
+    }
+    std::string sql = std::string{"SELECT "} + summary_columns;
+    if (with_bodies) {
+        sql += ", b.headers, b.body FROM held_requests h JOIN held_bodies b ON b.id = h.id";
+    } else {
+        sql += " FROM held_requests h";
+    }
+    sql += filter_sql(f);
+    sql += " ORDER BY h.id LIMIT :limit OFFSET :offset";
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v2(c.db(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) {
+        return fail(unavailable("cannot list: " + c.error()));
+    }
+    statement s{raw, true};
+    bind_named(raw, ":breaker", f.breaker);
+    bind_named(raw, ":agent", f.agent);
+    bind_named(raw, ":rule", f.rule);
+    if (f.state) {
+        bind_named(raw, ":state", to_string(*f.state));
+    }
+    if (f.from_ms) {
+        bind_named(raw, ":from", *f.from_ms);
+    }
+    if (f.to_ms) {
+        bind_named(raw, ":to", *f.to_ms);
+    }
+    bind_named(raw, ":after", after);
+    bind_named(raw, ":limit", limit);
+    bind_named(raw, ":offset", static_cast<std::int64_t>(f.offset));
+    int rc = 0;
+    while ((rc = s.step()) == SQLITE_ROW) {
+        if (!row(s)) {
+            return fail(unavailable("cannot write the export"));
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        return fail(unavailable("cannot list: " + c.error()));
+    }
+    return true;
+}
+
+}  // namespace
+
+std::vector<held_request> database::list(const list_filter& filter, result* error) const {
+    const std::int64_t limit =
+        filter.limit == 0 ? 100 : static_cast<std::int64_t>(std::min<std::size_t>(filter.limit, 1000));
+    std::vector<held_request> out;
+    auto conn = impl_->lease();
+    query_filtered(
+        *conn, filter, false, limit,
+        [&](const statement& s) {
+            held_request r;
+            read_summary(s, r);
+            out.push_back(std::move(r));
+            return true;
+        },
+        error);
+    return out;
+}
+
+std::vector<history_entry> database::history(std::string_view ticket, result* error) const {
+    std::vector<history_entry> out;
+    auto conn = impl_->lease();
+    auto s = conn->prepared(
+        "SELECT ticket, coalesce(from_state, ''), to_state, at_ms, actor, detail FROM quarantine_history "
+        "WHERE ticket = ? ORDER BY id");
+    int rc = SQLITE_ERROR;
+    if (s.valid()) {
+        s.text(1, ticket);
+        while ((rc = s.step()) == SQLITE_ROW) {
+            out.push_back({s.col_str(0), s.col_str(1), s.col_str(2), s.col_i64(3), s.col_str(4), s.col_str(5)});
+        }
+    }
+    if (rc != SQLITE_DONE && error != nullptr) {
+        *error = unavailable("cannot read history of " + std::string{ticket} + ": " + conn->error());
+    } else if (out.empty() && error != nullptr) {
+        *error = result::failure("not_found", "no history for ticket " + std::string{ticket});
+    }
+    return out;
+}
+
+std::size_t database::export_jsonl(const list_filter& filter, std::ostream& out, result* error) const {
+    const std::int64_t limit = filter.limit == 0 ? -1 : static_cast<std::int64_t>(filter.limit);
+    std::size_t n = 0;
+    auto conn = impl_->lease();
+    std::string line;
+    query_filtered(
+        *conn, filter, true, limit,
+        [&](const statement& s) {
+            held_request r;
+            read_summary(s, r);
+            line.clear();
+            auto str = [&](const char* k, std::string_view v) {
+                line += '"';
+                line += k;
+                line += "\":";
+                line += json_string(v);
+                line += ',';
+            };
+            auto num = [&](const char* k, std::int64_t v) {
+                line += '"';
+                line += k;
+                line += "\":";
+                line += std::to_string(v);
+                line += ',';
+            };
+            line += '{';
+            str("ticket", r.ticket);
+            str("state", to_string(r.state));
+            num("received_ms", r.received_ms);
+            num("state_ms", r.state_ms);
+            str("method", r.method);
+            str("target", r.target);
+            str("route", r.route);
+            str("upstream", r.upstream);
+            str("agent", r.agent);
+            str("rule", r.rule);
+            str("breaker", r.breaker);
+            str("breaker_instance", r.breaker_instance);
+            str("failure_mode", r.failure_mode);
+            str("request_id", r.request_id);
+            num("release_attempts", r.release_attempts);
+            if (r.release_status) {
+                num("release_status", *r.release_status);
+            }
+            if (r.released_ms) {
+                num("released_ms", *r.released_ms);
+            }
+            str("discard_reason", r.discard_reason);
+            str("actor", r.actor);
+            str("detail", r.detail);
+            line += "\"headers\":[";
+            if (auto h = decode_headers(s.col_str(summary_column_count))) {
+                bool first = true;
+                for (const auto& [name, value] : *h) {
+                    if (!first) {
+                        line += ',';
+                    }
+                    first = false;
+                    line += '[' + json_string(name) + ',' + json_string(value) + ']';
+                }
+            }
+            line += "],";
+            num("body_bytes", r.body_bytes);
+            line += "\"body_base64\":\"";
+            line += base64_encode(s.col_str(summary_column_count + 1));
+            line += "\"}\n";
+            out.write(line.data(), static_cast<std::streamsize>(line.size()));
+            ++n;
+            return static_cast<bool>(out);
+        },
+        error);
+    return n;
+}
+
+quarantine_counts database::counts() const {
+    quarantine_counts out;
+    std::lock_guard lock{impl_->counters_mu_};
+    out.held_count = static_cast<std::uint64_t>(impl_->committed_.count);
+    out.held_bytes = static_cast<std::uint64_t>(impl_->committed_.bytes);
+    for (const auto& [b, p] : impl_->committed_.per_breaker) {
+        out.per_breaker[b] = {static_cast<std::uint64_t>(p.first), static_cast<std::uint64_t>(p.second)};
+    }
+    return out;
+}
+
+void database::flush() {
+    std::unique_lock lock{impl_->mu_};
+    const auto target = impl_->enqueued_;
+    impl_->done_cv_.wait(lock, [&] { return impl_->completed_ >= target; });
+}
+
+writer_stats database::stats() const {
+    std::lock_guard lock{impl_->mu_};
+    return impl_->stats_;
+}
+
+std::uint64_t database::recovered_at_open() const { return impl_->recovered_; }
+int database::schema_version() const { return impl_->schema_version_; }
+const std::string& database::path() const { return impl_->opt_.path; }
+
+void database::inject_write_fault(int sqlite_code, int count, fault_point where) {
+    std::lock_guard lock{impl_->mu_};
+    impl_->fault_code_ = sqlite_code;
+    impl_->fault_left_ = count;
+    impl_->fault_where_ = where;
+}
+
+void database::pause_writer(bool paused) {
+    {
+        std::lock_guard lock{impl_->mu_};
+        impl_->paused_ = paused;
+    }
+    impl_->wake_.notify_all();
+}
+
+}  // namespace bb::store

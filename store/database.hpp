@@ -1,0 +1,253 @@
+#pragma once
+// The store: one SQLite file (WAL, synchronous=FULL) holding quarantined requests, their
+// state history and the durable breaker state (issue 5).
+//
+// Thread-safety: every public member of `database` is safe to call from any thread.
+// - Writes (hold, begin_release, finish_release, discard, prune, save_breaker_state) never
+//   touch the disk on the caller's thread: they are queued for ONE writer thread, which
+//   runs everything queued in one transaction and one fsync (group commit), then calls
+//   each operation's `done` on the writer thread. `done` must be quick and must not call
+//   back into the store synchronously (post it to your own executor). `done` is called
+//   exactly once; when the write is refused up front (queue full -> store_busy, store
+//   closing -> store_unavailable) it is called inline, on the caller's thread, before the
+//   call returns.
+// - Reads (get, list, history, export_jsonl, load_breaker_state) are synchronous and run on
+//   a small pool of read connections (WAL readers never wait for the writer). They block
+//   the caller on disk: call them from the admin/control plane, never a data-plane worker.
+//   counts() and stats() read in-memory counters and are cheap.
+//
+// One process owns the file: open() takes an exclusive flock(2) on "<path>.lock" and fails
+// at once, with a clear message, if anyone else (another process, or another `database` in
+// this process) holds it.
+
+#include "breakers/breaker.hpp"
+#include "core/clock.hpp"
+#include "store/codec.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bb::store {
+
+// What a store operation came to. `code` is "" when ok, else one of:
+//   store_unavailable  the disk or the database failed (I/O error, disk full); nothing of
+//                      the operation was written. Answer 503; the store keeps trying.
+//   store_busy         the write queue is full; answer 503 with retry-after.
+//   quarantine_full    a held-count or held-bytes limit would be exceeded.
+//   not_found          no such ticket.
+//   invalid_state      the transition is not allowed from the record's current state.
+struct result {
+    bool ok = true;
+    std::string code;
+    std::string message;
+    std::string ticket;       // hold: the new ticket; transitions: the ticket acted on
+    std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts
+
+    static result success() { return {}; }
+    static result failure(std::string code, std::string message) {
+        return {false, std::move(code), std::move(message), {}, 0};
+    }
+};
+
+using done_fn = std::function<void(const result&)>;
+
+// held -> releasing -> released | release_failed; release_failed -> releasing (retry);
+// held | release_failed | outcome_unknown -> discarded; releasing -> outcome_unknown (found
+// at start after a crash, or the proxy cannot tell whether the upstream got it);
+// outcome_unknown -> releasing only with force (an operator's explicit choice).
+// released and discarded are final ("resolved").
+enum class held_state : std::uint8_t { held, releasing, released, release_failed, discarded, outcome_unknown };
+
+std::string_view to_string(held_state s);
+std::optional<held_state> parse_held_state(std::string_view s);
+// Whether `from -> to` is allowed; `force` permits outcome_unknown -> releasing.
+bool transition_allowed(held_state from, held_state to, bool force);
+
+struct held_request {
+    std::string ticket;               // set by the store at hold()
+    std::string method;
+    std::string target;
+    header_list headers;              // as forwarded (hop-by-hop and x-breakerbox-key removed by the caller)
+    std::string body;                 // any bytes
+    std::string route;
+    std::string upstream;
+    std::string agent;
+    std::string rule;
+    std::string breaker;              // breaker id; "" -> taken from breaker_instance (text before '/')
+    std::string breaker_instance;     // "campaign-volume/spring-sale"
+    std::string failure_mode;
+    std::string request_id;
+    std::int64_t received_ms = 0;     // wall clock; 0 -> the store's clock at hold()
+
+    // Filled by the store when read back.
+    held_state state = held_state::held;
+    std::int64_t state_ms = 0;        // wall clock of the last state change
+    std::int64_t body_bytes = 0;
+    std::int64_t held_bytes = 0;      // what the record counts against the byte limits
+    std::optional<int> release_status;        // upstream status of the last release attempt
+    std::optional<std::int64_t> released_ms;  // when the last release attempt finished
+    std::uint32_t release_attempts = 0;
+    std::string discard_reason;
+    std::string actor;                // who made the last change
+    std::string detail;               // last release detail (error text, upstream reason)
+};
+
+struct history_entry {
+    std::string ticket;
+    std::string from;                 // "" for the hold itself
+    std::string to;
+    std::int64_t at_ms = 0;
+    std::string actor;
+    std::string detail;
+};
+
+struct list_filter {
+    std::string breaker;              // a breaker id (all its instances) or one instance name
+    std::string agent;
+    std::string rule;
+    std::optional<held_state> state;
+    std::optional<std::int64_t> from_ms;  // received_ms >= from_ms
+    std::optional<std::int64_t> to_ms;    // received_ms < to_ms
+    std::size_t limit = 0;            // list: 0 -> 100, at most 1000; export: 0 -> everything
+    std::string after_ticket;         // keyset paging: records held after this one
+    std::size_t offset = 0;           // or plain offset paging (slower on deep pages)
+};
+
+// 0 means "no limit" for any field. Held = not yet resolved (held, releasing,
+// release_failed, outcome_unknown): those records still need an operator or a replay.
+struct store_limits {
+    std::uint64_t max_held = 100'000;
+    std::uint64_t max_held_bytes = 2ull << 30;          // 2 GiB
+    std::uint64_t per_breaker_max_held = 10'000;
+    std::uint64_t per_breaker_max_held_bytes = 512ull << 20;  // 512 MiB
+};
+
+struct store_options {
+    std::string path = "var/breakerbox.db";
+    store_limits limits;
+    // false: one transaction (one fsync) per operation; only for the benchmark comparison.
+    bool group_commit = true;
+    // The write queue is bounded (STYLE: bound everything); beyond it writes fail fast.
+    std::size_t queue_max_ops = 8192;
+    std::size_t queue_max_bytes = 256ull << 20;
+    // One transaction takes at most this much, so a commit never grows without bound.
+    std::size_t batch_max_ops = 2048;
+    std::size_t batch_max_bytes = 64ull << 20;
+    std::chrono::milliseconds busy_timeout{100};
+    std::size_t read_connections = 2;
+};
+
+struct breaker_counts {
+    std::uint64_t held = 0;
+    std::uint64_t bytes = 0;
+};
+
+struct quarantine_counts {
+    std::uint64_t held_count = 0;     // not yet resolved
+    std::uint64_t held_bytes = 0;
+    std::map<std::string, breaker_counts> per_breaker;  // breaker id -> counts (non-zero only)
+};
+
+struct writer_stats {
+    std::uint64_t transactions = 0;   // committed write transactions
+    std::uint64_t ops_committed = 0;  // operations that succeeded
+    std::uint64_t ops_failed = 0;     // operations answered with an error (any code)
+    std::uint64_t batches_failed = 0; // transactions rolled back for an I/O error
+    std::uint64_t largest_batch = 0;
+};
+
+enum class release_outcome : std::uint8_t {
+    released,        // the upstream answered and the release counts as done
+    failed,          // the upstream refused or was not reached; retry is allowed
+    unknown,         // it may have reached the upstream (sent, no answer): an operator decides
+};
+
+// Where an injected fault strikes, for tests.
+enum class fault_point : std::uint8_t {
+    first_write,     // the first statement of the transaction fails
+    commit,          // every operation ran, then COMMIT fails (so the rollback is exercised)
+};
+
+class database {
+public:
+    // Opens (creating the file and its parent directories), locks, migrates, recovers
+    // records left in `releasing` by a crash, loads the limit counters and starts the
+    // writer. On failure returns null and says why in *error (the caller prints it and
+    // exits 1). `c` must outlive the database.
+    static std::unique_ptr<database> open(store_options options, const clock& c, std::string* error);
+
+    // Completes every queued write, stops the writer, closes the file and the lock.
+    ~database();
+    database(const database&) = delete;
+    database& operator=(const database&) = delete;
+
+    // --- quarantine writes (queued, group-committed; see the header comment) ---
+    // done(r): r.ticket is the new ticket once the record is durable (fsync'd).
+    void hold(held_request request, done_fn done);
+    // Commits `releasing` (before the proxy sends). Allowed from held and release_failed;
+    // from outcome_unknown only with force. Never from released.
+    void begin_release(std::string ticket, std::string actor, bool force, done_fn done);
+    // Records the result of the replay started by begin_release (state must be releasing).
+    void finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
+                        done_fn done);
+    // The brief's form: ok -> released, !ok -> release_failed.
+    void finish_release(std::string ticket, int status_code, bool ok, std::string detail, done_fn done);
+    void discard(std::string ticket, std::string actor, std::string reason, done_fn done);
+    // Deletes resolved records (released, discarded) whose last change is older than the
+    // cutoff, with their history; at most max_records per call (done: r.count). Call again
+    // while r.count == max_records.
+    void prune(std::int64_t older_than_ms, done_fn done, std::size_t max_records = 10'000);
+
+    // --- quarantine reads (synchronous; see the header comment) ---
+    // With the headers and the body. nullopt + error->code "not_found" or "store_unavailable".
+    std::optional<held_request> get(std::string_view ticket, result* error = nullptr) const;
+    // Summaries, oldest hold first: no headers and no body (body_bytes says how big).
+    std::vector<held_request> list(const list_filter& filter, result* error = nullptr) const;
+    std::vector<history_entry> history(std::string_view ticket, result* error = nullptr) const;
+    // One JSON object per line, headers as [name, value] pairs, body in base64.
+    // Returns the number of records written.
+    std::size_t export_jsonl(const list_filter& filter, std::ostream& out, result* error = nullptr) const;
+    // Committed counters (exactly what the limits are checked against). Cheap.
+    quarantine_counts counts() const;
+
+    // --- breaker state (replaces store/breaker_state.*) ---
+    // Replaces the saved state with these instances (closed+automatic ones are skipped, as
+    // in the JSON file), in one operation. Times go to disk as wall-clock milliseconds.
+    void save_breaker_state(std::vector<breakers::instance_snapshot> instances, done_fn done);
+    // Maps saved wall-clock times back onto `c`'s steady clock (same as load_breaker_state
+    // in breaker_state.hpp). nullopt + *error on a read failure.
+    std::optional<std::vector<breakers::instance_snapshot>> load_breaker_state(const clock& c,
+                                                                               std::string* error) const;
+
+    // --- operations ---
+    // Blocks until every write queued before the call has completed. For shutdown and tests.
+    void flush();
+    writer_stats stats() const;
+    // Records found in `releasing` at open and turned into outcome_unknown.
+    std::uint64_t recovered_at_open() const;
+    int schema_version() const;
+    const std::string& path() const;
+
+    // --- test seams ---
+    // The next `count` write transactions fail with `sqlite_code` (e.g. SQLITE_FULL) at
+    // `where`, as a full disk would make them.
+    void inject_write_fault(int sqlite_code, int count, fault_point where = fault_point::commit);
+    // While paused the writer takes nothing from the queue, so a test can line up a batch.
+    void pause_writer(bool paused);
+
+    class impl;
+
+private:
+    explicit database(std::unique_ptr<impl> p);
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace bb::store

@@ -1,0 +1,217 @@
+// Quarantine and remediation through real sockets (issue 5): 202 + ticket only once the
+// record is durable, release by filter at a set rate with idempotency keys, never twice,
+// discard, limits, and a store that fails closed and recovers.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include "proxy/framing.hpp"
+#include "proxy/remediation.hpp"
+#include "store/database.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/write.hpp>
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <set>
+#include <sstream>
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string quarantine_config(std::uint16_t upstream_port, const std::string& dir, int limit,
+                              const std::string& store_extra = "") {
+    return "{\"workers\": 2, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+           "\"limits\": {\"drain_timeout\": \"2s\"},"
+           "\"store\": {\"path\": \"" + dir + "/bb.db\"" + (store_extra.empty() ? "" : ", " + store_extra) + "},"
+           "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(upstream_port) +
+           "\"}],"
+           "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+           "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+           "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+           "\"rules\": [{\"id\": \"recipients\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+           "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": " + std::to_string(limit) +
+           ", \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"}],"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+response send_mail(std::uint16_t port, const std::string& campaign, const std::string& body,
+                   const std::string& content_type = "application/json") {
+    return http_request(port, http::verb::post, "/v3/mail/send?via=agent", body,
+                        {{"content-type", content_type}, {"x-campaign-id", campaign}, {"x-trace", "t-1"}});
+}
+
+std::string field_of(const response& r, const std::string& name) {
+    const auto& b = r.body();
+    const auto k = b.find("\"" + name + "\":\"");
+    if (k == std::string::npos) {
+        return {};
+    }
+    const auto start = k + name.size() + 4;
+    return b.substr(start, b.find('"', start) - start);
+}
+
+}  // namespace
+
+TEST(quarantine, the_crossing_request_and_later_ones_are_held_with_a_ticket) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 3)};
+    EXPECT_EQ(send_mail(bb.port(), "spring", R"({"to":[1,2]})").result_int(), 202u);
+    EXPECT_EQ(up.request_count(), 1u);
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 3; ++i) {
+        auto res = send_mail(bb.port(), "spring", "{\"to\":[1,2],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        EXPECT_EQ(res["x-breakerbox-decision"], "quarantined");
+        const std::string ticket{res["x-breakerbox-ticket"]};
+        ASSERT_FALSE(ticket.empty());
+        EXPECT_EQ(field_of(res, "ticket"), ticket);
+        EXPECT_EQ(field_of(res, "breaker"), "campaign-volume/spring");
+        tickets.push_back(ticket);
+    }
+    EXPECT_EQ(up.request_count(), 1u) << "held requests never reach the upstream";
+    EXPECT_EQ(std::set<std::string>(tickets.begin(), tickets.end()).size(), 3u);
+    auto* db = bb.server().db();
+    ASSERT_NE(db, nullptr);
+    auto rec = db->get(tickets[0]);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->method, "POST");
+    EXPECT_EQ(rec->target, "/v3/mail/send?via=agent");
+    EXPECT_EQ(rec->body, "{\"to\":[1,2],\"n\":0}");
+    EXPECT_EQ(rec->route, "mail-send");
+    EXPECT_EQ(rec->upstream, "sendgrid");
+    EXPECT_EQ(rec->rule, "recipients");
+    EXPECT_EQ(rec->breaker_instance, "campaign-volume/spring");
+    EXPECT_EQ(rec->failure_mode, "volume-spike");
+    EXPECT_EQ(rec->state, bb::store::held_state::held);
+    bool has_trace = false;
+    for (const auto& [n, v] : rec->headers) {
+        has_trace = has_trace || (n == "x-trace" && v == "t-1");
+        EXPECT_NE(bb::proxy::iequals(n, "connection"), true);
+    }
+    EXPECT_TRUE(has_trace);
+}
+
+TEST(quarantine, release_by_filter_is_paced_sends_each_once_with_its_key_and_never_again) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 11; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    ASSERT_EQ(up.request_count(), 0u);
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    const auto t0 = std::chrono::steady_clock::now();
+    auto sum = bb.server().remediation().release_matching(f, 20.0, "ops").get();
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    EXPECT_EQ(sum.released, 11u);
+    // 11 releases at 20/s: the last starts 500 ms after the first.
+    EXPECT_GE(took.count(), 450);
+    EXPECT_LE(took.count(), 600);
+    const auto reqs = up.requests();
+    ASSERT_EQ(reqs.size(), 11u);
+    std::set<std::string> keys;
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+        keys.insert(std::string{reqs[i].req["Idempotency-Key"]});
+        EXPECT_EQ(reqs[i].req.body(), "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        EXPECT_EQ(reqs[i].req.target(), "/v3/mail/send?via=agent");
+    }
+    EXPECT_EQ(keys, std::set<std::string>(tickets.begin(), tickets.end()));
+    // A released record can never be released again.
+    auto again = bb.server().remediation().release(tickets[0], "ops").get();
+    EXPECT_FALSE(again.ok);
+    EXPECT_EQ(again.code, "invalid_state");
+    auto sum2 = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum2.matched, 0u);
+    EXPECT_EQ(up.request_count(), 11u);
+    EXPECT_EQ(bb.server().db()->get(tickets[3])->state, bb::store::held_state::released);
+    EXPECT_EQ(bb.server().db()->get(tickets[3])->release_status, 202);
+}
+
+TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
+    std::atomic<int> calls{0};
+    fake_upstream up{[&](const request&) {
+        ++calls;
+        behaviour b;
+        b.what = behaviour::kind::reset_before_headers;
+        return b;
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+    ASSERT_EQ(res.result_int(), 202u);
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto r = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.code, "outcome_unknown");
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::outcome_unknown);
+    bb::store::list_filter f;
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.matched, 0u);
+    EXPECT_EQ(calls.load(), 1);
+    // Discard is the operator's other choice.
+    auto d = bb.server().remediation().discard(ticket, "ops", "customer already emailed").get();
+    EXPECT_TRUE(d.ok) << d.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->discard_reason, "customer already emailed");
+}
+
+TEST(quarantine, large_binary_bodies_round_trip_byte_identical) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    // The cap rule reads JSON; a binary body would be rejected by it, so trip by hand and
+    // send on a campaign key the rule never needs the body for... it does: use a JSON body
+    // with a 5 MiB binary-ish string instead.
+    std::string big = "{\"to\":[1],\"blob\":\"";
+    for (int i = 0; i < 5 * 1024 * 1024; ++i) {
+        big += static_cast<char>('a' + (i * 7) % 26);
+    }
+    big += "\"}";
+    auto res = send_mail(bb.port(), "big", big);
+    ASSERT_EQ(res.result_int(), 202u);
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    EXPECT_EQ(bb.server().db()->get(ticket)->body, big);
+    auto r = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_TRUE(r.ok) << r.message;
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.body(), big);
+}
+
+TEST(quarantine, limits_answer_503_quarantine_full) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0, "\"per_breaker_max_held\": 2")};
+    EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 202u);
+    EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 202u);
+    auto full = send_mail(bb.port(), "c", R"({"to":[1]})");
+    EXPECT_EQ(full.result_int(), 503u);
+    EXPECT_EQ(field_of(full, "code"), "quarantine_full");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
+TEST(quarantine, a_failing_store_answers_503_never_202_and_recovers_by_itself) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    auto first = send_mail(bb.port(), "c", R"({"to":[1],"n":"before"})");
+    ASSERT_EQ(first.result_int(), 202u);
+    bb.server().db()->inject_write_fault(SQLITE_FULL, 1);
+    auto failed = send_mail(bb.port(), "c", R"({"to":[1],"n":"during"})");
+    EXPECT_EQ(failed.result_int(), 503u);
+    EXPECT_EQ(field_of(failed, "code"), "store_unavailable");
+    EXPECT_TRUE(failed["x-breakerbox-ticket"].empty());
+    auto after = send_mail(bb.port(), "c", R"({"to":[1],"n":"after"})");
+    EXPECT_EQ(after.result_int(), 202u);
+    EXPECT_EQ(up.request_count(), 0u) << "a request that cannot be held is never forwarded";
+    EXPECT_EQ(bb.server().db()->get(std::string{first["x-breakerbox-ticket"]})->body, R"({"to":[1],"n":"before"})");
+}

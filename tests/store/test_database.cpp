@@ -1,0 +1,897 @@
+#include "store/database.hpp"
+
+#include <gtest/gtest.h>
+#include <simdjson.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <random>
+#include <set>
+#include <sstream>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using bb::store::database;
+using bb::store::held_request;
+using bb::store::held_state;
+using bb::store::result;
+
+namespace {
+
+// A fresh directory per test, removed afterwards.
+class store_db : public ::testing::Test {
+protected:
+    void SetUp() override {
+        static std::atomic<int> n{0};
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = fs::temp_directory_path() /
+               ("bb_store_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + "_" + info->name());
+        fs::remove_all(dir_);
+    }
+    void TearDown() override {
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+    }
+
+    bb::store::store_options options() const {
+        bb::store::store_options o;
+        o.path = (dir_ / "sub" / "breakerbox.db").string();
+        return o;
+    }
+
+    std::unique_ptr<database> open(bb::store::store_options o) {
+        std::string err;
+        auto db = database::open(std::move(o), clock_, &err);
+        EXPECT_TRUE(db) << err;
+        return db;
+    }
+    std::unique_ptr<database> open() { return open(options()); }
+
+    fs::path dir_;
+    bb::manual_clock clock_;
+};
+
+// Starts an async store operation and waits (with a deadline) for its completion.
+template <typename Start>
+result wait_done(Start&& start) {
+    auto p = std::make_shared<std::promise<result>>();
+    auto f = p->get_future();
+    start([p](const result& r) { p->set_value(r); });
+    if (f.wait_for(20s) != std::future_status::ready) {
+        ADD_FAILURE() << "store operation did not complete";
+        return result::failure("timeout", "timeout");
+    }
+    return f.get();
+}
+
+held_request sample(std::string breaker_instance = "campaign-volume/spring", std::string body = "{\"to\":1}") {
+    held_request r;
+    r.method = "POST";
+    r.target = "/v3/mail/send?x=1";
+    r.headers = {{"content-type", "application/json"}, {"x-campaign-id", "spring"}};
+    r.body = std::move(body);
+    r.route = "mail-send";
+    r.upstream = "sendgrid";
+    r.agent = "agent-one";
+    r.rule = "recipients-per-campaign";
+    r.breaker_instance = std::move(breaker_instance);
+    r.failure_mode = "volume-spike";
+    r.request_id = "req-1";
+    return r;
+}
+
+result hold(database& db, held_request r) {
+    return wait_done([&](bb::store::done_fn d) { db.hold(std::move(r), std::move(d)); });
+}
+result begin(database& db, const std::string& t, bool force = false) {
+    return wait_done([&](bb::store::done_fn d) { db.begin_release(t, "alice", force, std::move(d)); });
+}
+result finish(database& db, const std::string& t, bb::store::release_outcome o, int status = 202) {
+    return wait_done([&](bb::store::done_fn d) { db.finish_release(t, o, status, "detail", std::move(d)); });
+}
+result discard(database& db, const std::string& t) {
+    return wait_done([&](bb::store::done_fn d) { db.discard(t, "bob", "wrong segment", std::move(d)); });
+}
+
+held_state state_of(database& db, const std::string& t) {
+    auto r = db.get(t);
+    EXPECT_TRUE(r);
+    return r ? r->state : held_state::held;
+}
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+    std::mt19937 rng{seed};
+    std::string s(n, '\0');
+    for (auto& c : s) {
+        c = static_cast<char>(rng());
+    }
+    return s;
+}
+
+}  // namespace
+
+TEST_F(store_db, opens_in_wal_mode_with_schema_version_one) {
+    auto db = open();
+    ASSERT_TRUE(db);
+    EXPECT_EQ(db->schema_version(), 1);
+    EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &s, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
+    EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)), "wal");
+    sqlite3_finalize(s);
+    sqlite3_close(raw);
+}
+
+TEST_F(store_db, five_mib_binary_body_and_headers_round_trip_byte_identical) {
+    auto db = open();
+    auto req = sample("campaign-volume/spring", random_bytes(5 << 20, 7));
+    req.body[0] = '\0';
+    req.headers.emplace_back("x-dup", "1");
+    req.headers.emplace_back("x-dup", std::string{"\0\xff\r\n", 4});
+    req.received_ms = 1'700'000'000'123;
+    const auto copy = req;
+    const auto r = hold(*db, std::move(req));
+    ASSERT_TRUE(r.ok) << r.message;
+    ASSERT_EQ(r.ticket.size(), 22u);
+    db.reset();
+    db = open();  // from disk, not from a cache
+    auto back = db->get(r.ticket);
+    ASSERT_TRUE(back);
+    EXPECT_TRUE(back->body == copy.body);
+    EXPECT_EQ(back->body_bytes, 5 << 20);
+    EXPECT_EQ(back->headers, copy.headers);
+    EXPECT_EQ(back->method, copy.method);
+    EXPECT_EQ(back->target, copy.target);
+    EXPECT_EQ(back->route, copy.route);
+    EXPECT_EQ(back->upstream, copy.upstream);
+    EXPECT_EQ(back->agent, copy.agent);
+    EXPECT_EQ(back->rule, copy.rule);
+    EXPECT_EQ(back->breaker, "campaign-volume");
+    EXPECT_EQ(back->breaker_instance, copy.breaker_instance);
+    EXPECT_EQ(back->failure_mode, copy.failure_mode);
+    EXPECT_EQ(back->request_id, copy.request_id);
+    EXPECT_EQ(back->received_ms, copy.received_ms);
+    EXPECT_EQ(back->state, held_state::held);
+    auto h = db->history(r.ticket);
+    ASSERT_EQ(h.size(), 1u);
+    EXPECT_EQ(h[0].from, "");
+    EXPECT_EQ(h[0].to, "held");
+}
+
+TEST_F(store_db, concurrent_holds_from_16_threads_commit_in_fewer_transactions) {
+    auto db = open();
+    constexpr int threads = 16;
+    constexpr int per_thread = 64;
+    std::mutex mu;
+    std::set<std::string> tickets;
+    std::atomic<int> failures{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            std::vector<std::future<result>> futures;
+            for (int i = 0; i < per_thread; ++i) {
+                auto p = std::make_shared<std::promise<result>>();
+                futures.push_back(p->get_future());
+                std::string instance = "b";
+                instance += std::to_string(t % 4);
+                instance += "/k";
+                auto req = sample(std::move(instance), std::string(2048, 'x'));
+                db->hold(std::move(req), [p](const result& r) { p->set_value(r); });
+            }
+            for (auto& f : futures) {
+                if (f.wait_for(30s) != std::future_status::ready) {
+                    ++failures;
+                    continue;
+                }
+                const auto r = f.get();
+                if (!r.ok) {
+                    ++failures;
+                    continue;
+                }
+                std::lock_guard lock{mu};
+                tickets.insert(r.ticket);
+            }
+        });
+    }
+    for (auto& th : pool) {
+        th.join();
+    }
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_EQ(tickets.size(), std::size_t{threads * per_thread});
+    const auto st = db->stats();
+    EXPECT_EQ(st.ops_committed, std::uint64_t{threads * per_thread});
+    EXPECT_LT(st.transactions, std::uint64_t{threads * per_thread});
+    EXPECT_EQ(db->counts().held_count, std::uint64_t{threads * per_thread});
+    bb::store::list_filter f;
+    f.limit = 1000;
+    EXPECT_EQ(db->list(f).size(), 1000u);
+}
+
+TEST_F(store_db, everything_queued_while_the_writer_is_busy_commits_in_one_transaction) {
+    auto db = open();
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    for (int i = 0; i < 100; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        db->hold(sample(), [p](const result& r) { p->set_value(r); });
+    }
+    const auto before = db->stats().transactions;
+    db->pause_writer(false);
+    for (auto& f : futures) {
+        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+        EXPECT_TRUE(f.get().ok);
+    }
+    EXPECT_EQ(db->stats().transactions - before, 1u);
+    EXPECT_EQ(db->stats().largest_batch, 100u);
+}
+
+TEST_F(store_db, one_transaction_per_operation_without_group_commit) {
+    auto o = options();
+    o.group_commit = false;
+    auto db = open(o);
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    for (int i = 0; i < 10; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        db->hold(sample(), [p](const result& r) { p->set_value(r); });
+    }
+    db->pause_writer(false);
+    for (auto& f : futures) {
+        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+        EXPECT_TRUE(f.get().ok);
+    }
+    EXPECT_EQ(db->stats().transactions, 10u);
+}
+
+TEST_F(store_db, a_refused_operation_does_not_fail_the_rest_of_its_batch) {
+    auto db = open();
+    const auto t = hold(*db, sample()).ticket;
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    auto add = [&](auto start) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        start([p](const result& r) { p->set_value(r); });
+    };
+    add([&](auto d) { db->hold(sample(), d); });
+    add([&](auto d) { db->finish_release(t, 200, true, "", d); });  // not releasing: refused
+    add([&](auto d) { db->discard("q_nosuchticket", "bob", "x", d); });
+    add([&](auto d) { db->hold(sample(), d); });
+    db->pause_writer(false);
+    std::vector<result> rs;
+    for (auto& f : futures) {
+        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+        rs.push_back(f.get());
+    }
+    EXPECT_TRUE(rs[0].ok);
+    EXPECT_EQ(rs[1].code, "invalid_state");
+    EXPECT_EQ(rs[2].code, "not_found");
+    EXPECT_TRUE(rs[3].ok);
+    EXPECT_TRUE(db->get(rs[0].ticket));
+    EXPECT_TRUE(db->get(rs[3].ticket));
+    EXPECT_EQ(state_of(*db, t), held_state::held);
+    EXPECT_EQ(db->history(t).size(), 1u);
+}
+
+// Every (state, action) pair: allowed ones change state and append history, refused ones
+// change nothing.
+TEST_F(store_db, every_transition_is_allowed_or_refused_as_specified) {
+    auto db = open();
+    using bb::store::release_outcome;
+    auto make = [&](held_state s) {
+        const auto t = hold(*db, sample()).ticket;
+        switch (s) {
+            case held_state::held: break;
+            case held_state::releasing: EXPECT_TRUE(begin(*db, t).ok); break;
+            case held_state::released:
+                EXPECT_TRUE(begin(*db, t).ok);
+                EXPECT_TRUE(finish(*db, t, release_outcome::released).ok);
+                break;
+            case held_state::release_failed:
+                EXPECT_TRUE(begin(*db, t).ok);
+                EXPECT_TRUE(finish(*db, t, release_outcome::failed, 500).ok);
+                break;
+            case held_state::discarded: EXPECT_TRUE(discard(*db, t).ok); break;
+            case held_state::outcome_unknown:
+                EXPECT_TRUE(begin(*db, t).ok);
+                EXPECT_TRUE(finish(*db, t, release_outcome::unknown, 0).ok);
+                break;
+        }
+        EXPECT_EQ(state_of(*db, t), s);
+        return t;
+    };
+    struct action {
+        const char* name;
+        held_state to;
+        bool force;
+        std::function<result(const std::string&)> run;
+    };
+    const std::vector<action> actions = {
+        {"release", held_state::releasing, false, [&](const std::string& t) { return begin(*db, t); }},
+        {"release --force", held_state::releasing, true, [&](const std::string& t) { return begin(*db, t, true); }},
+        {"finish ok", held_state::released, false,
+         [&](const std::string& t) { return finish(*db, t, release_outcome::released); }},
+        {"finish failed", held_state::release_failed, false,
+         [&](const std::string& t) { return finish(*db, t, release_outcome::failed, 503); }},
+        {"finish unknown", held_state::outcome_unknown, false,
+         [&](const std::string& t) { return finish(*db, t, release_outcome::unknown, 0); }},
+        {"discard", held_state::discarded, false, [&](const std::string& t) { return discard(*db, t); }},
+    };
+    const held_state all[] = {held_state::held,      held_state::releasing,       held_state::released,
+                              held_state::release_failed, held_state::discarded, held_state::outcome_unknown};
+    int allowed = 0;
+    for (auto from : all) {
+        for (const auto& a : actions) {
+            const auto t = make(from);
+            const auto hist = db->history(t).size();
+            const bool expect = bb::store::transition_allowed(from, a.to, a.force);
+            const auto r = a.run(t);
+            const std::string what = std::string{bb::store::to_string(from)} + " + " + a.name;
+            if (expect) {
+                ++allowed;
+                EXPECT_TRUE(r.ok) << what << ": " << r.message;
+                EXPECT_EQ(state_of(*db, t), a.to) << what;
+                EXPECT_EQ(db->history(t).size(), hist + 1) << what;
+                const auto h = db->history(t).back();
+                EXPECT_EQ(h.from, bb::store::to_string(from)) << what;
+                EXPECT_EQ(h.to, bb::store::to_string(a.to)) << what;
+            } else {
+                EXPECT_FALSE(r.ok) << what;
+                EXPECT_EQ(r.code, "invalid_state") << what;
+                EXPECT_FALSE(r.message.empty());
+                EXPECT_EQ(state_of(*db, t), from) << what;
+                EXPECT_EQ(db->history(t).size(), hist) << what;
+            }
+        }
+    }
+    // held: release(x2), discard; releasing: 3 finishes; release_failed: release(x2), discard;
+    // outcome_unknown: release --force, discard.
+    EXPECT_EQ(allowed, 11);
+    EXPECT_FALSE(bb::store::transition_allowed(held_state::outcome_unknown, held_state::releasing, false));
+}
+
+TEST_F(store_db, a_released_request_is_never_released_again) {
+    auto db = open();
+    const auto t = hold(*db, sample()).ticket;
+    ASSERT_TRUE(begin(*db, t).ok);
+    ASSERT_TRUE(finish(*db, t, bb::store::release_outcome::released, 202).ok);
+    for (bool force : {false, true}) {
+        const auto r = begin(*db, t, force);
+        EXPECT_EQ(r.code, "invalid_state");
+        EXPECT_NE(r.message.find("never released again"), std::string::npos) << r.message;
+    }
+    auto rec = db->get(t);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->release_attempts, 1u);
+    EXPECT_EQ(rec->release_status, 202);
+    EXPECT_TRUE(rec->released_ms);
+    const auto path = db->path();
+    db.reset();
+    // The database itself refuses it too, whatever code writes to it.
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    const std::string sql = "UPDATE held_requests SET state = 'releasing' WHERE ticket = '" + t + "'";
+    EXPECT_EQ(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_CONSTRAINT);
+    sqlite3_close(raw);
+}
+
+TEST_F(store_db, releasing_found_at_open_becomes_outcome_unknown_and_needs_force) {
+    std::string t;
+    std::string kept;
+    {
+        auto db = open();
+        t = hold(*db, sample()).ticket;
+        kept = hold(*db, sample()).ticket;
+        ASSERT_TRUE(begin(*db, t).ok);
+        EXPECT_EQ(db->recovered_at_open(), 0u);
+        // Closed without finish_release: as if the process died while the replay was out.
+    }
+    auto db = open();
+    EXPECT_EQ(db->recovered_at_open(), 1u);
+    EXPECT_EQ(state_of(*db, t), held_state::outcome_unknown);
+    EXPECT_EQ(state_of(*db, kept), held_state::held);
+    const auto h = db->history(t);
+    ASSERT_EQ(h.size(), 3u);
+    EXPECT_EQ(h[2].from, "releasing");
+    EXPECT_EQ(h[2].to, "outcome_unknown");
+    EXPECT_EQ(h[2].actor, "breakerbox");
+    EXPECT_EQ(begin(*db, t).code, "invalid_state");
+    EXPECT_TRUE(begin(*db, t, true).ok);
+    EXPECT_EQ(db->get(t)->release_attempts, 2u);
+    EXPECT_EQ(db->counts().held_count, 2u);
+}
+
+TEST_F(store_db, a_second_open_of_the_same_file_fails_at_once_with_a_clear_error) {
+    auto db = open();
+    std::string err;
+    auto second = database::open(options(), clock_, &err);
+    EXPECT_FALSE(second);
+    EXPECT_NE(err.find("already in use"), std::string::npos) << err;
+    EXPECT_NE(err.find("pid " + std::to_string(::getpid())), std::string::npos) << err;
+    EXPECT_NE(err.find(db->path()), std::string::npos) << err;
+
+    // And from another process, as a second breakerbox would (it prints and exits 1).
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::close(fds[0]);
+        std::string why;
+        auto other = database::open(options(), clock_, &why);
+        if (!why.empty()) {
+            (void)!::write(fds[1], why.data(), why.size());
+        }
+        ::_exit(other ? 0 : 1);
+    }
+    ::close(fds[1]);
+    std::string child_err;
+    char buf[512];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+        child_err.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fds[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 1);
+    EXPECT_NE(child_err.find("already in use"), std::string::npos) << child_err;
+
+    db.reset();  // the lock goes with the store
+    EXPECT_TRUE(open());
+}
+
+TEST_F(store_db, injected_disk_full_fails_the_batch_keeps_old_records_and_recovers) {
+    auto db = open();
+    const auto first = hold(*db, sample());
+    ASSERT_TRUE(first.ok);
+    for (auto where : {bb::store::fault_point::commit, bb::store::fault_point::first_write}) {
+        for (int code : {SQLITE_FULL, SQLITE_IOERR_WRITE}) {
+            db->inject_write_fault(code, 1, where);
+            db->pause_writer(true);
+            std::vector<std::future<result>> futures;
+            auto add = [&](auto start) {
+                auto p = std::make_shared<std::promise<result>>();
+                futures.push_back(p->get_future());
+                start([p](const result& r) { p->set_value(r); });
+            };
+            add([&](auto d) { db->hold(sample(), d); });
+            add([&](auto d) { db->hold(sample(), d); });
+            add([&](auto d) { db->begin_release(first.ticket, "alice", false, d); });
+            db->pause_writer(false);
+            for (auto& f : futures) {
+                ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+                const auto r = f.get();
+                EXPECT_EQ(r.code, "store_unavailable") << r.message;
+            }
+            // Nothing half-written: the old record is intact, the counters did not move.
+            EXPECT_EQ(state_of(*db, first.ticket), held_state::held);
+            EXPECT_EQ(db->history(first.ticket).size(), 1u);
+            EXPECT_EQ(db->counts().held_count, 1u);
+            bb::store::list_filter f;
+            EXPECT_EQ(db->list(f).size(), 1u);
+        }
+    }
+    EXPECT_EQ(db->stats().batches_failed, 4u);
+    // The fault is gone: writes succeed again without anyone intervening.
+    const auto later = hold(*db, sample());
+    EXPECT_TRUE(later.ok) << later.message;
+    EXPECT_TRUE(begin(*db, first.ticket).ok);
+    EXPECT_EQ(db->counts().held_count, 2u);
+}
+
+// A real write failure, not an injected one: a child process caps its file size
+// (RLIMIT_FSIZE, so SQLite's writes fail with EFBIG), holds until the store refuses, then
+// lifts the cap and holds again. Run in a child so the cap cannot touch this process.
+TEST_F(store_db, a_real_write_failure_answers_store_unavailable_and_recovers) {
+    const auto o = options();
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        std::signal(SIGXFSZ, SIG_IGN);
+        bb::manual_clock c;
+        std::string err;
+        auto db = database::open(o, c, &err);
+        if (!db) {
+            ::_exit(10);
+        }
+        auto sync_hold = [&](std::string body) {
+            auto p = std::make_shared<std::promise<result>>();
+            auto f = p->get_future();
+            db->hold(sample("b/k", std::move(body)), [p](const result& r) { p->set_value(r); });
+            return f.wait_for(20s) == std::future_status::ready ? f.get() : result::failure("timeout", "");
+        };
+        const auto first = sync_hold("small");
+        if (!first.ok) {
+            ::_exit(11);
+        }
+        rlimit lim{};
+        ::getrlimit(RLIMIT_FSIZE, &lim);
+        rlimit capped = lim;
+        capped.rlim_cur = 4 << 20;  // the WAL cannot grow past 4 MiB
+        ::setrlimit(RLIMIT_FSIZE, &capped);
+        const auto big = sync_hold(std::string(8 << 20, 'z'));
+        if (big.code != "store_unavailable") {
+            ::_exit(12);
+        }
+        if (!db->get(first.ticket)) {
+            ::_exit(13);
+        }
+        ::setrlimit(RLIMIT_FSIZE, &lim);
+        const auto again = sync_hold(std::string(1 << 20, 'y'));
+        if (!again.ok || !db->get(again.ticket) || db->counts().held_count != 2) {
+            ::_exit(14);
+        }
+        ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed at step " << WEXITSTATUS(status);
+}
+
+TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
+    auto o = options();
+    o.queue_max_ops = 4;
+    auto db = open(o);
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    bool inline_call = false;
+    for (int i = 0; i < 5; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        const auto caller = std::this_thread::get_id();
+        db->hold(sample(), [p, caller, &inline_call, i](const result& r) {
+            if (i == 4) {
+                inline_call = std::this_thread::get_id() == caller;
+            }
+            p->set_value(r);
+        });
+    }
+    ASSERT_EQ(futures[4].wait_for(0s), std::future_status::ready);
+    EXPECT_TRUE(inline_call);
+    EXPECT_EQ(futures[4].get().code, "store_busy");
+    db->pause_writer(false);
+    for (int i = 0; i < 4; ++i) {
+        ASSERT_EQ(futures[i].wait_for(20s), std::future_status::ready);
+        EXPECT_TRUE(futures[i].get().ok);
+    }
+}
+
+TEST_F(store_db, count_limits_are_exact_per_breaker_and_global) {
+    auto o = options();
+    o.limits = {5, 0, 2, 0};
+    auto db = open(o);
+    EXPECT_TRUE(hold(*db, sample("a/1")).ok);
+    const auto a2 = hold(*db, sample("a/2"));
+    EXPECT_TRUE(a2.ok);
+    auto r = hold(*db, sample("a/3"));
+    EXPECT_EQ(r.code, "quarantine_full");
+    EXPECT_NE(r.message.find("breaker a holds 2"), std::string::npos) << r.message;
+    EXPECT_TRUE(hold(*db, sample("b/1")).ok);
+    EXPECT_TRUE(hold(*db, sample("b/2")).ok);
+    EXPECT_TRUE(hold(*db, sample("c/1")).ok);
+    r = hold(*db, sample("d/1"));
+    EXPECT_EQ(r.code, "quarantine_full");
+    EXPECT_NE(r.message.find("holds 5 requests (limit 5)"), std::string::npos) << r.message;
+    // Releasing is still held; a released or discarded record frees its place.
+    EXPECT_TRUE(begin(*db, a2.ticket).ok);
+    EXPECT_EQ(hold(*db, sample("a/4")).code, "quarantine_full");
+    EXPECT_TRUE(finish(*db, a2.ticket, bb::store::release_outcome::released).ok);
+    EXPECT_TRUE(hold(*db, sample("a/4")).ok);
+    const auto c = db->counts();
+    EXPECT_EQ(c.held_count, 5u);
+    EXPECT_EQ(c.per_breaker.at("a").held, 2u);
+    EXPECT_EQ(c.per_breaker.at("b").held, 2u);
+    // Counters come back from disk at open.
+    db.reset();
+    db = open(o);
+    EXPECT_EQ(db->counts().held_count, 5u);
+    EXPECT_EQ(hold(*db, sample("e/1")).code, "quarantine_full");
+}
+
+TEST_F(store_db, byte_limits_are_exact_per_breaker_and_global) {
+    const auto overhead = bb::store::encode_headers(sample().headers).size();
+    auto o = options();
+    o.limits = {0, 3 * (1000 + overhead), 0, 2 * (1000 + overhead)};
+    auto db = open(o);
+    EXPECT_TRUE(hold(*db, sample("a/1", std::string(1000, 'x'))).ok);
+    EXPECT_TRUE(hold(*db, sample("a/2", std::string(1000, 'x'))).ok);
+    EXPECT_EQ(hold(*db, sample("a/3", std::string(1, 'x'))).code, "quarantine_full");
+    EXPECT_EQ(hold(*db, sample("b/1", std::string(1001, 'x'))).code, "quarantine_full");  // global
+    EXPECT_TRUE(hold(*db, sample("b/1", std::string(1000, 'x'))).ok);
+    EXPECT_EQ(db->counts().held_bytes, 3 * (1000 + overhead));
+}
+
+TEST_F(store_db, limits_hold_exactly_under_concurrent_holds) {
+    auto o = options();
+    o.limits = {0, 0, 50, 0};
+    auto db = open(o);
+    std::atomic<int> ok{0};
+    std::atomic<int> full{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < 16; ++t) {
+        pool.emplace_back([&] {
+            for (int i = 0; i < 10; ++i) {
+                const auto r = hold(*db, sample("hot/k"));
+                (r.ok ? ok : full)++;
+                EXPECT_TRUE(r.ok || r.code == "quarantine_full") << r.code;
+            }
+        });
+    }
+    for (auto& th : pool) {
+        th.join();
+    }
+    EXPECT_EQ(ok.load(), 50);
+    EXPECT_EQ(full.load(), 110);
+    EXPECT_EQ(db->counts().held_count, 50u);
+}
+
+TEST_F(store_db, list_filters_pages_and_exports) {
+    auto db = open();
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 30; ++i) {
+        auto r = sample(i % 2 == 0 ? "even/k" + std::to_string(i % 4) : "odd/k", "body " + std::to_string(i));
+        r.agent = i % 3 == 0 ? "agent-a" : "agent-b";
+        r.rule = i < 10 ? "rule-1" : "rule-2";
+        r.received_ms = 1000 + i;
+        tickets.push_back(hold(*db, std::move(r)).ticket);
+    }
+    ASSERT_TRUE(discard(*db, tickets[0]).ok);
+    ASSERT_TRUE(begin(*db, tickets[1]).ok);
+    auto count = [&](bb::store::list_filter f) {
+        f.limit = 1000;
+        return db->list(f).size();
+    };
+    bb::store::list_filter f;
+    EXPECT_EQ(count(f), 30u);
+    f.breaker = "even";
+    EXPECT_EQ(count(f), 15u);
+    f.breaker = "even/k2";  // one instance
+    EXPECT_EQ(count(f), 7u);
+    f = {};
+    f.agent = "agent-a";
+    EXPECT_EQ(count(f), 10u);
+    f = {};
+    f.rule = "rule-1";
+    EXPECT_EQ(count(f), 10u);
+    f = {};
+    f.state = held_state::discarded;
+    ASSERT_EQ(count(f), 1u);
+    EXPECT_EQ(db->list(f)[0].ticket, tickets[0]);
+    EXPECT_EQ(db->list(f)[0].discard_reason, "wrong segment");
+    f.state = held_state::releasing;
+    EXPECT_EQ(count(f), 1u);
+    f = {};
+    f.from_ms = 1005;
+    f.to_ms = 1010;
+    EXPECT_EQ(count(f), 5u);
+    f.rule = "rule-1";
+    f.agent = "agent-a";
+    EXPECT_EQ(count(f), 2u);  // 1006, 1009
+
+    // Default page, keyset paging and offset paging, oldest first.
+    f = {};
+    f.limit = 12;
+    std::vector<std::string> paged;
+    for (;;) {
+        auto page = db->list(f);
+        for (const auto& r : page) {
+            paged.push_back(r.ticket);
+            EXPECT_TRUE(r.body.empty());
+            EXPECT_TRUE(r.headers.empty());
+        }
+        if (page.size() < f.limit) {
+            break;
+        }
+        f.after_ticket = page.back().ticket;
+    }
+    EXPECT_EQ(paged, tickets);
+    f = {};
+    f.limit = 5;
+    f.offset = 25;
+    auto tail = db->list(f);
+    ASSERT_EQ(tail.size(), 5u);
+    EXPECT_EQ(tail[0].ticket, tickets[25]);
+    f = {};
+    f.after_ticket = "q_unknown";
+    result err;
+    EXPECT_TRUE(db->list(f, &err).empty());
+    EXPECT_EQ(err.code, "not_found");
+
+    // Export: every matching record, one JSON object per line, body in base64.
+    f = {};
+    f.breaker = "odd";
+    std::ostringstream out;
+    EXPECT_EQ(db->export_jsonl(f, out), 15u);
+    std::istringstream in{out.str()};
+    std::string line;
+    int lines = 0;
+    simdjson::dom::parser parser;
+    while (std::getline(in, line)) {
+        simdjson::dom::element e;
+        ASSERT_EQ(parser.parse(line).get(e), simdjson::SUCCESS) << line;
+        std::string_view ticket;
+        std::string_view body;
+        ASSERT_EQ(e["ticket"].get(ticket), simdjson::SUCCESS);
+        ASSERT_EQ(e["body_base64"].get(body), simdjson::SUCCESS);
+        const auto full = db->get(ticket);
+        ASSERT_TRUE(full);
+        EXPECT_EQ(body, bb::store::base64_encode(full->body));
+        simdjson::dom::array headers;
+        ASSERT_EQ(e["headers"].get(headers), simdjson::SUCCESS);
+        EXPECT_EQ(headers.size(), 2u);
+        std::string_view breaker;
+        ASSERT_EQ(e["breaker"].get(breaker), simdjson::SUCCESS);
+        EXPECT_EQ(breaker, "odd");
+        ++lines;
+    }
+    EXPECT_EQ(lines, 15);
+}
+
+TEST_F(store_db, list_limit_defaults_to_100_and_is_capped_at_1000) {
+    auto db = open();
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    for (int i = 0; i < 1001; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        db->hold(sample("b/k", ""), [p](const result& r) { p->set_value(r); });
+    }
+    db->pause_writer(false);
+    db->flush();
+    bb::store::list_filter f;
+    EXPECT_EQ(db->list(f).size(), 100u);
+    f.limit = 5000;
+    EXPECT_EQ(db->list(f).size(), 1000u);
+}
+
+TEST_F(store_db, prune_deletes_only_old_resolved_records_and_their_history) {
+    auto db = open();
+    const auto released = hold(*db, sample()).ticket;
+    const auto discarded = hold(*db, sample()).ticket;
+    const auto failed = hold(*db, sample()).ticket;
+    const auto held = hold(*db, sample()).ticket;
+    ASSERT_TRUE(begin(*db, released).ok);
+    ASSERT_TRUE(finish(*db, released, bb::store::release_outcome::released).ok);
+    ASSERT_TRUE(discard(*db, discarded).ok);
+    ASSERT_TRUE(begin(*db, failed).ok);
+    ASSERT_TRUE(finish(*db, failed, bb::store::release_outcome::failed, 500).ok);
+    clock_.advance(std::chrono::hours{24 * 8});
+    const auto recent = hold(*db, sample()).ticket;
+    ASSERT_TRUE(discard(*db, recent).ok);
+    const auto cutoff =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count() -
+        7 * 24 * 3600 * 1000LL;
+    auto r = wait_done([&](bb::store::done_fn d) { db->prune(cutoff, d); });
+    ASSERT_TRUE(r.ok) << r.message;
+    EXPECT_EQ(r.count, 2);
+    EXPECT_FALSE(db->get(released));
+    EXPECT_FALSE(db->get(discarded));
+    EXPECT_TRUE(db->history(released).empty());
+    EXPECT_TRUE(db->get(failed));
+    EXPECT_TRUE(db->get(held));
+    EXPECT_TRUE(db->get(recent));
+    EXPECT_EQ(db->history(recent).size(), 2u);
+    r = wait_done([&](bb::store::done_fn d) { db->prune(cutoff, d); });
+    EXPECT_EQ(r.count, 0);
+    // Bounded per call.
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_TRUE(discard(*db, hold(*db, sample()).ticket).ok);
+    }
+    clock_.advance(std::chrono::hours{24 * 8});
+    const auto later =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count();
+    r = wait_done([&](bb::store::done_fn d) { db->prune(later, d, 4); });
+    EXPECT_EQ(r.count, 4);
+    r = wait_done([&](bb::store::done_fn d) { db->prune(later, d, 4); });
+    EXPECT_EQ(r.count, 2);
+}
+
+TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
+    namespace br = bb::breakers;
+    br::instance_snapshot open_inst;
+    open_inst.instance = "campaign-volume/spring \"sale\"";
+    open_inst.breaker = "campaign-volume";
+    open_inst.key = "spring \"sale\"";
+    open_inst.st = br::state::open;
+    open_inst.opened_at = clock_.now() - 5s;
+    open_inst.cooldown = 30s;
+    open_inst.trips = 3;
+    auto t = std::make_shared<br::transition>();
+    t->cause.kind = "rule";
+    t->cause.actor = "rule:recipients";
+    t->cause.reason = "1010 > 1000";
+    t->cause.rule = "recipients";
+    t->cause.key = open_inst.key;
+    t->cause.value = 1010.5;
+    t->cause.limit = 1000;
+    t->cause.window = 1h;
+    t->cause.request_id = "abc";
+    t->at = open_inst.opened_at;
+    open_inst.last_trip = t;
+    br::instance_snapshot closed;
+    closed.instance = closed.breaker = "idle";
+    br::instance_snapshot forced;
+    forced.instance = forced.breaker = "manual";
+    forced.md = br::mode::forced_open;
+    forced.mode_expires = clock_.now() + 10min;
+    forced.opened_at = clock_.now();
+
+    auto db = open();
+    auto r = wait_done([&](bb::store::done_fn d) { db->save_breaker_state({open_inst, closed, forced}, d); });
+    ASSERT_TRUE(r.ok) << r.message;
+    db.reset();
+    // A later process: its steady clock is elsewhere, the wall clock moved on by 2s.
+    bb::manual_clock later;
+    later.set(clock_.now() + 2s);
+    std::string err;
+    auto db2 = database::open(options(), later, &err);
+    ASSERT_TRUE(db2) << err;
+    auto back = db2->load_breaker_state(later, &err);
+    ASSERT_TRUE(back) << err;
+    ASSERT_EQ(back->size(), 2u);
+    const auto& a = (*back)[0];
+    EXPECT_EQ(a.instance, open_inst.instance);
+    EXPECT_EQ(a.key, open_inst.key);
+    EXPECT_EQ(a.st, br::state::open);
+    EXPECT_EQ(a.md, br::mode::automatic);
+    EXPECT_EQ(a.opened_at, open_inst.opened_at);
+    EXPECT_EQ(a.cooldown, 30s);
+    EXPECT_EQ(a.trips, 3u);
+    ASSERT_TRUE(a.last_trip);
+    EXPECT_EQ(a.last_trip->cause.reason, "1010 > 1000");
+    EXPECT_EQ(a.last_trip->cause.value, 1010.5);
+    EXPECT_EQ(a.last_trip->cause.window, 1h);
+    EXPECT_EQ(a.last_trip->at, open_inst.opened_at);
+    const auto& m = (*back)[1];
+    EXPECT_EQ(m.instance, "manual");
+    EXPECT_EQ(m.md, br::mode::forced_open);
+    ASSERT_TRUE(m.mode_expires);
+    EXPECT_EQ(*m.mode_expires, *forced.mode_expires);
+    EXPECT_FALSE(m.last_trip);
+
+    r = wait_done([&](bb::store::done_fn d) { db2->save_breaker_state({forced}, d); });
+    ASSERT_TRUE(r.ok);
+    back = db2->load_breaker_state(later, &err);
+    ASSERT_TRUE(back);
+    ASSERT_EQ(back->size(), 1u);
+    EXPECT_EQ((*back)[0].instance, "manual");
+}
+
+TEST_F(store_db, a_newer_schema_is_refused) {
+    auto db = open();
+    const auto path = db->path();
+    db.reset();
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw, "INSERT INTO schema_version VALUES(99, 0)", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(raw);
+    std::string err;
+    EXPECT_FALSE(database::open(options(), clock_, &err));
+    EXPECT_NE(err.find("schema version 99 is newer"), std::string::npos) << err;
+}
+
+TEST_F(store_db, a_file_that_is_not_a_database_is_refused) {
+    fs::create_directories(dir_ / "sub");
+    {
+        std::ofstream f{dir_ / "sub" / "breakerbox.db"};
+        f << "this is not sqlite, just some text that is long enough to fill a header page............";
+    }
+    std::string err;
+    EXPECT_FALSE(database::open(options(), clock_, &err));
+    EXPECT_NE(err.find("breakerbox.db"), std::string::npos) << err;
+}
