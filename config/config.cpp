@@ -400,6 +400,86 @@ void parse_breakers(cfg::object_reader& root, config& c) {
     }
 }
 
+int hex_digit(char ch) {
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
+    }
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
+    }
+    if (ch >= 'A' && ch <= 'F') {
+        return ch - 'A' + 10;
+    }
+    return -1;
+}
+
+bool is_loopback(const std::string& host) {
+    return host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+void parse_admin(cfg::object_reader& root, config& c) {
+    auto e = root.object("admin");
+    if (!e) {
+        return;
+    }
+    cfg::object_reader r{*e, "admin", root.errs()};
+    c.admin.enabled = true;
+    if (auto v = r.string("address")) {
+        if (auto hp = parse_address(*v)) {
+            c.admin.host = hp->first;
+            c.admin.port = hp->second;
+            if (!is_loopback(c.admin.host)) {
+                // Bearer tokens over plain TCP on a network are a credential leak.
+                r.errs().add(r.path_of("address"), cfg::quote(*v) +
+                                                       " is not a loopback address; the admin API without TLS "
+                                                       "only listens on 127.0.0.0/8 or ::1");
+            }
+        } else {
+            r.errs().add(r.path_of("address"), cfg::quote(*v) + " is not an address (use \"127.0.0.1:9901\")");
+        }
+    }
+    if (auto v = r.integer("max_body_bytes", false, 1024, 16 * 1024 * 1024)) {
+        c.admin.max_body_bytes = static_cast<std::size_t>(*v);
+    }
+    std::set<std::string> names;
+    each_item(r, "tokens", true, [&](simdjson::dom::element t, const std::string& path) {
+        cfg::object_reader tr{t, path, root.errs()};
+        admin_token tok;
+        if (auto v = tr.string("name", true)) {
+            if (v->empty() || !names.insert(*v).second) {
+                tr.errs().add(tr.path_of("name"), cfg::quote(*v) + " is empty or used by another token");
+            }
+            tok.name = *v;
+        }
+        if (auto v = tr.string("sha256", true)) {
+            bool ok = v->size() == 64;
+            for (std::size_t i = 0; ok && i < 32; ++i) {
+                const int hi = hex_digit((*v)[2 * i]);
+                const int lo = hex_digit((*v)[2 * i + 1]);
+                ok = hi >= 0 && lo >= 0;
+                tok.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
+            }
+            if (!ok) {
+                tr.errs().add(tr.path_of("sha256"), "must be 64 hex digits: the SHA-256 of the token, never the token");
+            }
+        }
+        if (auto v = tr.string("role", true)) {
+            if (*v == "viewer") {
+                tok.role = admin_role::viewer;
+            } else if (*v == "operator") {
+                tok.role = admin_role::operator_;
+            } else if (*v == "admin") {
+                tok.role = admin_role::admin;
+            } else {
+                tr.errs().add(tr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
+            }
+        }
+        tr.finish();
+        c.admin.tokens.push_back(std::move(tok));
+    });
+    r.finish();
+}
+
 void parse_store(cfg::object_reader& root, config& c) {
     auto e = root.object("store");
     if (!e) {
@@ -456,6 +536,15 @@ void parse_log(cfg::object_reader& root, config& c) {
 }
 
 }  // namespace
+
+std::string_view to_string(admin_role r) {
+    switch (r) {
+        case admin_role::viewer: return "viewer";
+        case admin_role::operator_: return "operator";
+        case admin_role::admin: return "admin";
+    }
+    return "viewer";
+}
 
 std::string store_config::breaker_state_path() const {
     const auto slash = path.rfind('/');
@@ -543,6 +632,7 @@ parse_result parse_config(std::string_view json_text) {
     parse_routes(root, *c);
     parse_log(root, *c);
     parse_store(root, *c);
+    parse_admin(root, *c);
     parse_breakers(root, *c);
 
     std::vector<std::string> route_names;
@@ -565,7 +655,7 @@ parse_result parse_config(std::string_view json_text) {
     // Sections of the product that this build does not implement yet are refused rather
     // than silently ignored: an operator who configures a breaker must not believe it is
     // guarding traffic when it is not.
-    for (std::string_view section : {"admin", "agents", "alerts", "cluster"}) {
+    for (std::string_view section : {"agents", "cluster"}) {
         if (root.has(section)) {
             root.value(section);
             out.errors.add(std::string{section}, "is not supported by this build of breakerbox yet");
@@ -574,6 +664,7 @@ parse_result parse_config(std::string_view json_text) {
     root.finish();
 
     if (out.errors.empty()) {
+        c->source_json = std::string{json_text};
         out.cfg = std::move(c);
     }
     return out;

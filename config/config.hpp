@@ -7,6 +7,7 @@
 #include "breakers/health.hpp"
 #include "core/json_reader.hpp"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -81,6 +82,23 @@ struct route_config {
     milliseconds timeout{0};  // response timeout; 0 -> the upstream's
 };
 
+enum class admin_role : std::uint8_t { viewer = 1, operator_ = 2, admin = 3 };
+std::string_view to_string(admin_role r);
+
+struct admin_token {
+    std::string name;                  // who: recorded in the audit log
+    std::array<unsigned char, 32> sha256{};  // SHA-256 of the bearer token; the token itself is never stored
+    admin_role role = admin_role::viewer;
+};
+
+struct admin_config {
+    bool enabled = false;              // the section is present
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 9901;
+    std::vector<admin_token> tokens;
+    std::size_t max_body_bytes = 64 * 1024;
+};
+
 struct store_config {
     std::string path = "var/breakerbox.db";
     milliseconds retention{30LL * 24 * 3600 * 1000};  // resolved quarantine records kept this long
@@ -106,7 +124,9 @@ struct config {
     std::vector<upstream_config> upstreams;
     std::vector<route_config> routes;
     log_config log;
+    admin_config admin;
     store_config store;
+    std::string source_json;  // the config text as given (for GET /v1/config and versions)
     std::vector<breakers::breaker_config> breakers;  // declared + implicit (upstream/<name>)
     std::shared_ptr<const rules::rule_set> rules;  // may be null when no rules
 

@@ -50,13 +50,16 @@ public:
     std::future<remediation_summary> discard_matching(store::list_filter filter, std::string actor,
                                                       std::string reason);
 
-private:
+    // The same as coroutines, for callers already on the control io_context (the admin
+    // API): waiting on the futures above from that thread would deadlock it.
     asio::awaitable<store::result> release_one(std::string ticket, std::string actor, bool force);
     asio::awaitable<remediation_summary> release_matching_impl(store::list_filter filter, double rate_per_s,
                                                                std::string actor);
     asio::awaitable<store::result> discard_one(std::string ticket, std::string actor, std::string reason);
     asio::awaitable<remediation_summary> discard_matching_impl(store::list_filter filter, std::string actor,
                                                                std::string reason);
+
+private:
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
 
     asio::io_context& control_;

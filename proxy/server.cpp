@@ -3,6 +3,7 @@
 #include "proxy/responses.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
+#include "proxy/admin.hpp"
 #include "proxy/remediation.hpp"
 #include "store/breaker_state.hpp"
 #include "store/database.hpp"
@@ -85,6 +86,15 @@ std::shared_ptr<spdlog::logger> make_access_log(const log_config& cfg) {
 
 }  // namespace
 
+std::size_t decision_index(std::string_view decision) {
+    for (std::size_t i = 0; i < decision_names.size(); ++i) {
+        if (decision_names[i] == decision) {
+            return i;
+        }
+    }
+    return decision_names.size() - 1;
+}
+
 void init_logging(const std::string& level) {
     auto log = spdlog::default_logger();
     log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ breakerbox: %v");
@@ -143,6 +153,8 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
         }
     }
     pools_ = std::move(pools);
+    stats_.route_decisions.resize(rt->cfg->routes.size() + 1);
+    stats_.upstream_latency.resize(rt->cfg->upstreams.size());
     runtimes_.push_back({rt, 0});
     rt_ = std::move(rt);
     prune_runtimes();
@@ -466,6 +478,33 @@ void server::persist_breakers(std::function<void(bool)> done) {
     state_writer_->request(std::move(done));
 }
 
+void server::for_each_worker(const std::function<void(worker&)>& f) {
+    for (auto& w : workers_) {
+        run_on(w->ioc(), [&] { f(*w); });
+    }
+}
+
+void server::count_admin_action(std::string_view path, unsigned status) {
+    // Families, not raw paths: ids in paths would make the label set unbounded.
+    std::string family = "other";
+    for (std::string_view f : {"/metrics", "/v1/breakers", "/v1/quarantine", "/v1/config", "/v1/audit"}) {
+        if (path.substr(0, f.size()) == f) {
+            family = std::string{f};
+        }
+    }
+    std::lock_guard lock{admin_counts_mu_};
+    ++admin_counts_[{family, status}];
+}
+
+std::map<std::pair<std::string, unsigned>, std::uint64_t> server::admin_action_counts() const {
+    std::lock_guard lock{admin_counts_mu_};
+    return admin_counts_;
+}
+
+std::uint16_t server::admin_port() const {
+    return admin_ ? admin_->port() : 0;
+}
+
 remediation& server::remediation() {
     if (!remediation_) {
         throw std::logic_error("remediation needs the store (configure at least one breaker)");
@@ -552,6 +591,10 @@ void server::start() {
             per_worker[i].push_back(std::move(acc));
         }
         ports_.push_back(port);
+    }
+    if (cfg_->admin.enabled) {
+        admin_ = std::make_unique<admin_server>(control_, *this);
+        admin_->start();
     }
     for (std::size_t i = 0; i < workers_.size(); ++i) {
         auto* w = workers_[i].get();
@@ -691,6 +734,9 @@ int server::run() {
                 }
                 if (signals) {
                     signals->cancel();
+                }
+                if (admin_) {
+                    admin_->stop();
                 }
                 return;
             }

@@ -10,11 +10,13 @@
 #include "proxy/asio.hpp"
 #include "rules/engine.hpp"
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <deque>
 #include <list>
+#include <map>
 #include <mutex>
 #include <memory>
 #include <string>
@@ -35,6 +37,7 @@ namespace bb::proxy {
 class upstream_pool;
 class server;
 class remediation;
+class admin_server;
 
 // Guards in front of one upstream, shared by every worker.
 struct upstream_guard {
@@ -60,8 +63,42 @@ struct session_handle {
     bool idle = false;  // waiting for the next request with nothing buffered
 };
 
-// Per-thread statistics: plain counters, summed on scrape (no atomics on the hot path).
+// Decisions in the order of PRODUCT.md's x-breakerbox-decision values.
+inline constexpr std::array<std::string_view, 8> decision_names{"allowed",  "paused", "quarantined", "throttled",
+                                                                "sandboxed", "denied", "rejected",    "unavailable"};
+std::size_t decision_index(std::string_view decision);
+// Upper bounds (seconds) of the latency histogram buckets; +Inf is implicit.
+inline constexpr std::array<double, 13> latency_bounds{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                       0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
+
+struct histogram {
+    std::array<std::uint64_t, latency_bounds.size() + 1> buckets{};  // last: +Inf
+    double sum = 0;
+    std::uint64_t count = 0;
+    void observe(double seconds) {
+        std::size_t i = 0;
+        while (i < latency_bounds.size() && seconds > latency_bounds[i]) {
+            ++i;
+        }
+        ++buckets[i];
+        sum += seconds;
+        ++count;
+    }
+    void add(const histogram& o) {
+        for (std::size_t i = 0; i < buckets.size(); ++i) {
+            buckets[i] += o.buckets[i];
+        }
+        sum += o.sum;
+        count += o.count;
+    }
+};
+
+// Per-thread statistics: plain counters, only touched on their worker's thread (scrapes
+// read them there too), so no atomics on the hot path.
 struct worker_stats {
+    std::vector<std::array<std::uint64_t, decision_names.size()>> route_decisions;  // by route index; last: no route
+    std::vector<histogram> upstream_latency;                                         // by upstream index
+    histogram hold_latency;                                                          // quarantine hold -> committed
     std::uint64_t requests = 0;
     std::uint64_t responses_by_class[6] = {};  // index status/100
     std::uint64_t generated = 0;                // answered by breakerbox itself
@@ -189,6 +226,16 @@ public:
     // Blocks until the breaker state written so far is durable (tests, shutdown).
     bool flush_breaker_state();
 
+    // Runs `f(worker&)` on every worker's own thread, one after the other, and waits: how
+    // the control thread reads per-thread statistics without racing the data plane.
+    void for_each_worker(const std::function<void(worker&)>& f);
+    bool draining() const { return stop_requested_.load(); }
+    const std::string& config_path() const { return opts_.config_path; }
+    std::uint16_t admin_port() const;
+    // Admin API request counts by endpoint family and status (for /metrics). Thread-safe.
+    void count_admin_action(std::string_view path, unsigned status);
+    std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_action_counts() const;
+
     // The durable store (quarantine, breaker state); null when the config has no breakers.
     store::database* db() { return db_.get(); }
     // Release/discard of quarantined requests; throws std::logic_error without a store.
@@ -221,6 +268,9 @@ private:
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
     std::unique_ptr<class remediation> remediation_;
+    std::unique_ptr<class admin_server> admin_;
+    mutable std::mutex admin_counts_mu_;
+    std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;
 };
 
 // Sets up spdlog's default (operational) logger at `level` on stderr.

@@ -161,6 +161,7 @@ struct log_record {
     std::string method;
     std::string_view target;
     std::string_view route;
+    std::size_t route_index = SIZE_MAX;  // SIZE_MAX: no route
     std::string_view upstream;
     unsigned status = 0;
     std::string_view decision;
@@ -172,6 +173,10 @@ struct log_record {
 };
 
 void write_access_log(worker& w, const log_record& r) {
+    auto& by_route = w.stats().route_decisions;
+    if (!by_route.empty()) {
+        ++by_route[std::min(r.route_index, by_route.size() - 1)][decision_index(r.decision)];
+    }
     auto* log = w.access_log();
     if (log == nullptr) {
         return;
@@ -425,6 +430,9 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     }
     const auto& ug = rt.upstreams[upstream_index];
     const auto& up = rt.cfg->upstreams[upstream_index];
+    if (upstream_index < w.stats().upstream_latency.size()) {
+        w.stats().upstream_latency[upstream_index].observe(static_cast<double>(ex.elapsed.count()) / 1e6);
+    }
     if (ug.health) {
         if (auto cause = ug.health->record(bad, ex.elapsed, now)) {
             cause->request_id = request_id;
@@ -668,6 +676,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         }
         rec.route = route->name;
         const std::size_t route_index = static_cast<std::size_t>(route - cfg->routes.data());
+        rec.route_index = route_index;
         std::size_t upstream_index = route->upstream_index;
         // Copies: the rewrite below replaces the target these views point into.
         const std::string original_target{req.target()};
@@ -911,8 +920,11 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 held.received_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                        w.owner().time().wall_now().time_since_epoch())
                                        .count();
+                const auto hold_started = std::chrono::steady_clock::now();
                 const auto stored = co_await await_store(
                     [&](store::done_fn done) { db->hold(std::move(held), std::move(done)); });
+                w.stats().hold_latency.observe(
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - hold_started).count());
                 for (const auto& p : probes) {
                     registry.probe_result(p.instance, false, now, p.round);
                 }

@@ -6,6 +6,7 @@ packages=(
   g++ cmake ninja-build pkg-config openssl curl ca-certificates
   libboost1.81-dev libssl-dev libsimdjson-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev
+  prometheus   # for promtool: the tests check the /metrics output with it
 )
 packages+=("$@")
 missing=()

@@ -5,8 +5,9 @@
 
 namespace bb::store {
 
-std::string make_ticket() {
-    static constexpr char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
+std::string make_ticket(std::int64_t now_ms) {
+    // ASCII order, so comparing tickets as strings compares their time prefixes.
+    static constexpr char alphabet[] = "234567abcdefghijklmnopqrstuvwxyz";
     unsigned char raw[13];  // 104 bits; 20 base32 characters use 100 of them
     std::size_t got = 0;
     while (got < sizeof raw) {
@@ -20,10 +21,15 @@ std::string make_ticket() {
         got += static_cast<std::size_t>(n);
     }
     std::string out = "q_";
+    // 45 bits of milliseconds: good until the year 3084.
+    const auto t = static_cast<std::uint64_t>(now_ms < 0 ? 0 : now_ms);
+    for (int shift = 40; shift >= 0; shift -= 5) {
+        out += alphabet[(t >> shift) & 31];
+    }
     std::uint32_t acc = 0;
     int bits = 0;
     std::size_t i = 0;
-    while (out.size() < 22) {
+    while (out.size() < ticket_length) {
         if (bits < 5) {
             acc = (acc << 8) | raw[i++];
             bits += 8;

@@ -1,9 +1,12 @@
 #include "store/database.hpp"
 
+#include <openssl/evp.h>
+
 #include <sqlite3.h>
 
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
@@ -109,8 +112,11 @@ CREATE INDEX held_requests_instance ON held_requests(breaker_instance, id);
 CREATE INDEX held_requests_agent    ON held_requests(agent, id);
 CREATE INDEX held_requests_rule     ON held_requests(rule, id);
 CREATE INDEX held_requests_received ON held_requests(received_ms);
+-- Keyed by held_requests.id rather than the ticket: ids grow, so each commit appends to
+-- the index instead of touching a random page per hold (tickets are random by design).
 CREATE TABLE quarantine_history (
   id         INTEGER PRIMARY KEY,
+  held_id    INTEGER NOT NULL,
   ticket     TEXT NOT NULL,
   from_state TEXT,
   to_state   TEXT NOT NULL,
@@ -118,7 +124,7 @@ CREATE TABLE quarantine_history (
   actor      TEXT NOT NULL,
   detail     TEXT NOT NULL
 );
-CREATE INDEX quarantine_history_ticket ON quarantine_history(ticket, id);
+CREATE INDEX quarantine_history_held ON quarantine_history(held_id, id);
 -- The database itself refuses a transition the state machine does not allow, so no code
 -- path (or a hand-written UPDATE) can release a released request again.
 CREATE TRIGGER held_requests_transition BEFORE UPDATE OF state ON held_requests
@@ -154,9 +160,39 @@ CREATE TABLE breaker_state (
   trip_at_ms      INTEGER
 );
 )sql"},
+    // Control plane: the hash-chained audit log and the last config versions.
+    {2, R"sql(
+CREATE TABLE audit (
+  id        INTEGER PRIMARY KEY,
+  at_ms     INTEGER NOT NULL,
+  actor     TEXT NOT NULL,
+  role      TEXT NOT NULL,
+  method    TEXT NOT NULL,
+  path      TEXT NOT NULL,
+  target    TEXT NOT NULL,
+  params    TEXT NOT NULL,
+  reason    TEXT NOT NULL,
+  result    TEXT NOT NULL,
+  diff      TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  hash      TEXT NOT NULL
+);
+CREATE TABLE audit_head (
+  one       INTEGER PRIMARY KEY CHECK (one = 1),
+  last_id   INTEGER NOT NULL,
+  last_hash TEXT NOT NULL
+);
+CREATE TABLE config_versions (
+  version   INTEGER PRIMARY KEY AUTOINCREMENT,
+  at_ms     INTEGER NOT NULL,
+  actor     TEXT NOT NULL,
+  reason    TEXT NOT NULL,
+  json      TEXT NOT NULL
+);
+)sql"},
 };
 
-constexpr int latest_version = 1;
+constexpr int latest_version = 2;
 
 // ---------------------------------------------------------------------------------------
 // Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
@@ -253,8 +289,20 @@ public:
 
     sqlite3* db() const { return db_; }
     std::string error() const { return db_ == nullptr ? "out of memory" : sqlite3_errmsg(db_); }
+    sqlite3* handle() const { return db_; }
 
     int exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
+
+    // A fixed, row-less statement through the cache: the writer runs BEGIN, SAVEPOINT,
+    // RELEASE and COMMIT for every batch and operation, so it should not parse them each time.
+    int run(const char* sql) {
+        auto s = prepared(sql);
+        if (!s.valid()) {
+            return sqlite3_errcode(db_) == SQLITE_OK ? SQLITE_ERROR : sqlite3_errcode(db_);
+        }
+        const int rc = s.step();
+        return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+    }
 
     // Cached statement for a fixed SQL text (keyed by the literal's address).
     statement prepared(const char* sql) {
@@ -492,6 +540,18 @@ public:
     std::thread thread_;
     bool started_ = false;
 
+    // Checkpoints run on their own thread and connection, so copying the WAL into the main
+    // file (and its fsync) overlaps with commits instead of stalling the writer after one.
+    static constexpr int checkpoint_pages = 1000;  // SQLite's default autocheckpoint
+    connection checkpointer_;
+    std::thread checkpoint_thread_;
+    std::mutex checkpoint_mu_;
+    std::condition_variable checkpoint_cv_;
+    bool checkpoint_wanted_ = false;
+    bool checkpoint_stop_ = false;
+    void run_checkpoints();
+    static int on_wal_commit(void* self, sqlite3* db, const char* name, int pages);
+
 private:
     bool migrate(std::string* error);
     bool recover_after_crash(std::string* error);
@@ -606,9 +666,48 @@ bool database::impl::open(std::string* error) {
         }
         readers_.push_back(std::move(c));
     }
+    if (checkpointer_.open(path, opt_.busy_timeout) != SQLITE_OK ||
+        checkpointer_.exec("PRAGMA synchronous=FULL") != SQLITE_OK ||
+        writer_.exec("PRAGMA wal_autocheckpoint=0") != SQLITE_OK) {
+        return fail("cannot set up checkpoints: " + checkpointer_.error());
+    }
+    sqlite3_wal_hook(writer_.db(), &impl::on_wal_commit, this);
+    checkpoint_thread_ = std::thread{[this] { run_checkpoints(); }};
     thread_ = std::thread{[this] { run(); }};
     started_ = true;
     return true;
+}
+
+int database::impl::on_wal_commit(void* self, sqlite3* db, const char* name, int pages) {
+    auto* me = static_cast<impl*>(self);
+    if (pages >= 16 * checkpoint_pages) {
+        // The background checkpoint cannot keep up (or a long reader holds it back): let
+        // the writer do one itself rather than let the WAL grow without bound.
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    } else if (pages >= checkpoint_pages) {
+        {
+            std::lock_guard lock{me->checkpoint_mu_};
+            me->checkpoint_wanted_ = true;
+        }
+        me->checkpoint_cv_.notify_one();
+    }
+    return SQLITE_OK;
+}
+
+void database::impl::run_checkpoints() {
+    std::unique_lock lock{checkpoint_mu_};
+    for (;;) {
+        checkpoint_cv_.wait(lock, [&] { return checkpoint_stop_ || checkpoint_wanted_; });
+        if (checkpoint_stop_) {
+            return;
+        }
+        checkpoint_wanted_ = false;
+        lock.unlock();
+        // PASSIVE never blocks the writer or readers. A failure (disk full) leaves the WAL
+        // as it is: every commit in it is still durable, and the next attempt retries.
+        sqlite3_wal_checkpoint_v2(checkpointer_.db(), "main", SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        lock.lock();
+    }
 }
 
 bool database::impl::migrate(std::string* error) {
@@ -666,8 +765,8 @@ bool database::impl::recover_after_crash(std::string* error) {
     bool ok = writer_.exec("BEGIN IMMEDIATE") == SQLITE_OK;
     if (ok) {
         auto h = writer_.once(
-            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
-            "SELECT ticket, 'releasing', 'outcome_unknown', ?, 'breakerbox', "
+            "INSERT INTO quarantine_history(held_id, ticket, from_state, to_state, at_ms, actor, detail) "
+            "SELECT id, ticket, 'releasing', 'outcome_unknown', ?, 'breakerbox', "
             "'found releasing at start: the replay may or may not have reached the upstream' "
             "FROM held_requests WHERE state = 'releasing'");
         auto u = writer_.once(
@@ -716,8 +815,15 @@ void database::impl::shutdown() {
         }
         wake_.notify_all();
         thread_.join();
+        {
+            std::lock_guard lock{checkpoint_mu_};
+            checkpoint_stop_ = true;
+        }
+        checkpoint_cv_.notify_all();
+        checkpoint_thread_.join();
         started_ = false;
     }
+    checkpointer_.close();
     readers_.clear();
     // SQLite lets go of the file before the lock does, so the next owner never overlaps us.
     writer_.close();
@@ -804,7 +910,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
         }
     };
     std::size_t ok_ops = 0;
-    if (int rc = writer_.exec("BEGIN IMMEDIATE"); rc != SQLITE_OK) {
+    if (int rc = writer_.run("BEGIN IMMEDIATE"); rc != SQLITE_OK) {
         set_fatal(rc, writer_.error());
     } else if (fault != 0 && where == fault_point::first_write) {
         set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
@@ -812,7 +918,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
     for (std::size_t i = 0; i < batch.size() && fatal_rc == 0; ++i) {
         // A savepoint per operation: a refused or failing operation is undone alone and
         // the rest of the batch still commits.
-        if (int rc = writer_.exec("SAVEPOINT op"); rc != SQLITE_OK) {
+        if (int rc = writer_.run("SAVEPOINT op"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
             break;
         }
@@ -824,13 +930,13 @@ void database::impl::run_batch(std::vector<op>& batch) {
         }
         int rc = SQLITE_OK;
         if (out.r.ok) {
-            rc = writer_.exec("RELEASE op");
+            rc = writer_.run("RELEASE op");
             delta.merge(ctx.op);
             ++ok_ops;
         } else {
-            rc = writer_.exec("ROLLBACK TO op");
+            rc = writer_.run("ROLLBACK TO op");
             if (rc == SQLITE_OK) {
-                rc = writer_.exec("RELEASE op");
+                rc = writer_.run("RELEASE op");
             }
         }
         if (rc != SQLITE_OK) {
@@ -842,7 +948,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
     if (fatal_rc == 0) {
         if (fault != 0) {
             set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
-        } else if (int rc = writer_.exec("COMMIT"); rc != SQLITE_OK) {
+        } else if (int rc = writer_.run("COMMIT"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
         }
     }
@@ -949,7 +1055,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
             break;
         }
         if (rc == SQLITE_CONSTRAINT_UNIQUE && attempt < 3) {
-            r.ticket = make_ticket();
+            r.ticket = make_ticket(now);
             continue;
         }
         if (is_io_fault(rc)) {
@@ -972,8 +1078,8 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     }
     {
         auto s = ctx.c.prepared(
-            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
-            "VALUES(?, NULL, 'held', ?, ?, ?)");
+            "INSERT INTO quarantine_history(held_id, ticket, from_state, to_state, at_ms, actor, detail) "
+            "VALUES(?5, ?1, NULL, 'held', ?2, ?3, ?4)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare history");
         }
@@ -983,6 +1089,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         s.i64(2, now);
         s.text(3, actor);
         s.text(4, detail);
+        s.i64(5, id);
         if (const int rc = s.step(); rc != SQLITE_DONE) {
             return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot write history: " + ctx.c.error())};
         }
@@ -1001,10 +1108,11 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
     std::string breaker;
     std::int64_t bytes = 0;
     std::int64_t attempts = 0;
+    std::int64_t id = 0;
     std::string actor = actor_in;
     {
         auto s = ctx.c.prepared(
-            "SELECT state, breaker, held_bytes, release_attempts, actor FROM held_requests WHERE ticket = ?");
+            "SELECT state, breaker, held_bytes, release_attempts, actor, id FROM held_requests WHERE ticket = ?");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare lookup");
         }
@@ -1023,6 +1131,7 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
         if (actor.empty()) {
             actor = s.col_str(4);  // finish_release: whoever began the release
         }
+        id = s.col_i64(5);
     }
     if (!transition_allowed(from, to, force)) {
         std::string why = "ticket " + ticket + " is " + std::string{to_string(from)} + "; it cannot become " +
@@ -1102,8 +1211,8 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
     }
     {
         auto s = ctx.c.prepared(
-            "INSERT INTO quarantine_history(ticket, from_state, to_state, at_ms, actor, detail) "
-            "VALUES(?, ?, ?, ?, ?, ?)");
+            "INSERT INTO quarantine_history(held_id, ticket, from_state, to_state, at_ms, actor, detail) "
+            "VALUES(?7, ?1, ?2, ?3, ?4, ?5, ?6)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare history");
         }
@@ -1121,6 +1230,7 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
         s.i64(4, now);
         s.text(5, actor);
         s.text(6, hdetail);
+        s.i64(7, id);
         if (const int hrc = s.step(); hrc != SQLITE_DONE) {
             return is_io_fault(hrc) ? fatal(hrc) : outcome{unavailable("cannot write history: " + ctx.c.error())};
         }
@@ -1155,7 +1265,7 @@ database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cu
         }
     }
     for (const auto& [id, ticket] : victims) {
-        const char* sqls[] = {"DELETE FROM quarantine_history WHERE ticket = ?2",
+        const char* sqls[] = {"DELETE FROM quarantine_history WHERE held_id = ?1",
                               "DELETE FROM held_bodies WHERE id = ?1", "DELETE FROM held_requests WHERE id = ?1"};
         for (const char* sql : sqls) {
             auto s = ctx.c.prepared(sql);
@@ -1244,7 +1354,7 @@ std::unique_ptr<database> database::open(store_options options, const clock& c, 
 }
 
 void database::hold(held_request request, done_fn done) {
-    request.ticket = make_ticket();
+    request.ticket = make_ticket(wall_ms(impl_->clock_));
     if (request.ticket.empty()) {
         if (done) {
             done(unavailable("no randomness for a ticket"));
@@ -1565,7 +1675,7 @@ std::vector<history_entry> database::history(std::string_view ticket, result* er
     auto conn = impl_->lease();
     auto s = conn->prepared(
         "SELECT ticket, coalesce(from_state, ''), to_state, at_ms, actor, detail FROM quarantine_history "
-        "WHERE ticket = ? ORDER BY id");
+        "WHERE held_id = (SELECT id FROM held_requests WHERE ticket = ?) ORDER BY id");
     int rc = SQLITE_ERROR;
     if (s.valid()) {
         s.text(1, ticket);
@@ -1694,6 +1804,239 @@ void database::pause_writer(bool paused) {
         impl_->paused_ = paused;
     }
     impl_->wake_.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit log and config versions (the control plane's records).
+
+namespace {
+
+constexpr const char* genesis_hash = "0000000000000000000000000000000000000000000000000000000000000000";
+
+// SHA-256 over every field, each length-prefixed so no two different entries can be
+// written as the same byte string.
+std::string audit_hash(const audit_entry& e) {
+    std::string m;
+    auto add = [&](std::string_view v) {
+        m += std::to_string(v.size());
+        m += ':';
+        m += v;
+        m += ';';
+    };
+    add(e.prev_hash);
+    add(std::to_string(e.id));
+    add(std::to_string(e.at_ms));
+    add(e.actor);
+    add(e.role);
+    add(e.method);
+    add(e.path);
+    add(e.target);
+    add(e.params);
+    add(e.reason);
+    add(e.result);
+    add(e.diff);
+    unsigned char digest[32];
+    unsigned int len = 0;
+    EVP_Digest(m.data(), m.size(), digest, &len, EVP_sha256(), nullptr);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out(64, '0');
+    for (int i = 0; i < 32; ++i) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 0xf];
+    }
+    return out;
+}
+
+}  // namespace
+
+void database::append_audit(audit_entry entry, done_fn done) {
+    const auto bytes = entry.params.size() + entry.diff.size() + 512;
+    impl_->enqueue(
+        [this, entry = std::move(entry)](impl::batch_ctx& ctx) mutable -> impl::outcome {
+            // The writer is the only one appending, so reading the head and writing the next
+            // link inside its transaction keeps the chain linear.
+            auto head = ctx.c.once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
+            if (!head.valid()) {
+                return impl::outcome{unavailable("cannot read the audit head: " + ctx.c.error())};
+            }
+            std::int64_t last_id = 0;
+            std::string last_hash = genesis_hash;
+            if (head.step() == SQLITE_ROW) {
+                last_id = head.col_i64(0);
+                last_hash = head.col_str(1);
+            }
+            entry.id = last_id + 1;
+            if (entry.at_ms == 0) {
+                entry.at_ms = wall_ms(impl_->clock_);
+            }
+            entry.prev_hash = last_hash;
+            entry.hash = audit_hash(entry);
+            auto ins = ctx.c.once(
+                "INSERT INTO audit(id, at_ms, actor, role, method, path, target, params, reason, result, diff, "
+                "prev_hash, hash) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+            if (!ins.valid()) {
+                return impl::outcome{unavailable("cannot prepare the audit insert: " + ctx.c.error())};
+            }
+            ins.i64(1, entry.id);
+            ins.i64(2, entry.at_ms);
+            ins.text(3, entry.actor);
+            ins.text(4, entry.role);
+            ins.text(5, entry.method);
+            ins.text(6, entry.path);
+            ins.text(7, entry.target);
+            ins.text(8, entry.params);
+            ins.text(9, entry.reason);
+            ins.text(10, entry.result);
+            ins.text(11, entry.diff);
+            ins.text(12, entry.prev_hash);
+            ins.text(13, entry.hash);
+            if (const int rc = ins.step(); rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                       : impl::outcome{unavailable("cannot append to the audit log: " + ctx.c.error())};
+            }
+            auto up = ctx.c.once("INSERT INTO audit_head(one, last_id, last_hash) VALUES(1, ?1, ?2) "
+                                 "ON CONFLICT(one) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash");
+            if (!up.valid()) {
+                return impl::outcome{unavailable("cannot prepare the audit head: " + ctx.c.error())};
+            }
+            up.i64(1, entry.id);
+            up.text(2, entry.hash);
+            if (const int rc = up.step(); rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                       : impl::outcome{unavailable("cannot move the audit head: " + ctx.c.error())};
+            }
+            result r;
+            r.count = entry.id;
+            return impl::outcome{r};
+        },
+        std::move(done), bytes);
+}
+
+std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t limit) const {
+    std::vector<audit_entry> out;
+    auto c = impl_->lease();
+    auto s = c->once("SELECT id, at_ms, actor, role, method, path, target, params, reason, result, diff, prev_hash, hash "
+                     "FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2");
+    if (!s.valid()) {
+        return out;
+    }
+    s.i64(1, after_id);
+    s.i64(2, static_cast<std::int64_t>(limit == 0 ? 100 : std::min<std::size_t>(limit, 1000)));
+    while (s.step() == SQLITE_ROW) {
+        audit_entry e;
+        e.id = s.col_i64(0);
+        e.at_ms = s.col_i64(1);
+        e.actor = s.col_str(2);
+        e.role = s.col_str(3);
+        e.method = s.col_str(4);
+        e.path = s.col_str(5);
+        e.target = s.col_str(6);
+        e.params = s.col_str(7);
+        e.reason = s.col_str(8);
+        e.result = s.col_str(9);
+        e.diff = s.col_str(10);
+        e.prev_hash = s.col_str(11);
+        e.hash = s.col_str(12);
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+audit_verification database::verify_audit() const {
+    audit_verification v;
+    std::string expected_prev = genesis_hash;
+    std::int64_t expected_id = 1;
+    std::int64_t after = 0;
+    for (;;) {
+        const auto page = list_audit(after, 1000);
+        if (page.empty()) {
+            break;
+        }
+        for (const auto& e : page) {
+            auto bad = [&](std::string problem) {
+                v.ok = false;
+                v.first_bad = e.id;
+                v.problem = std::move(problem);
+            };
+            if (e.id != expected_id) {
+                bad("entry " + std::to_string(expected_id) + " is missing (next is " + std::to_string(e.id) + ")");
+            } else if (e.prev_hash != expected_prev) {
+                bad("entry " + std::to_string(e.id) + " does not link to the previous entry");
+            } else if (audit_hash(e) != e.hash) {
+                bad("entry " + std::to_string(e.id) + " was changed after it was written (hash mismatch)");
+            }
+            if (!v.ok) {
+                return v;
+            }
+            ++v.entries;
+            expected_prev = e.hash;
+            ++expected_id;
+            after = e.id;
+        }
+    }
+    // The head records the last entry written: deleting entries from the end shows here.
+    auto c = impl_->lease();
+    auto head = c->once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
+    if (head.valid() && head.step() == SQLITE_ROW) {
+        if (head.col_i64(0) != expected_id - 1 || head.col_str(1) != expected_prev) {
+            v.ok = false;
+            v.first_bad = expected_id;
+            v.problem = "the log ends at entry " + std::to_string(expected_id - 1) + " but entry " +
+                        std::to_string(head.col_i64(0)) + " was written (entries deleted from the end)";
+        }
+    } else if (v.entries > 0) {
+        v.ok = false;
+        v.first_bad = 1;
+        v.problem = "the audit head is missing";
+    }
+    return v;
+}
+
+void database::save_config_version(std::string json, std::string actor, std::string reason, done_fn done) {
+    const auto bytes = json.size() + 256;
+    impl_->enqueue(
+        [this, json = std::move(json), actor = std::move(actor), reason = std::move(reason)](
+            impl::batch_ctx& ctx) -> impl::outcome {
+            auto ins = ctx.c.once("INSERT INTO config_versions(at_ms, actor, reason, json) VALUES(?1, ?2, ?3, ?4)");
+            if (!ins.valid()) {
+                return impl::outcome{unavailable("cannot prepare the config version insert: " + ctx.c.error())};
+            }
+            ins.i64(1, wall_ms(impl_->clock_));
+            ins.text(2, actor);
+            ins.text(3, reason);
+            ins.text(4, json);
+            if (const int rc = ins.step(); rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                       : impl::outcome{unavailable("cannot save the config version: " + ctx.c.error())};
+            }
+            const auto version = sqlite3_last_insert_rowid(ctx.c.handle());
+            // Keep the last 50.
+            auto del = ctx.c.once("DELETE FROM config_versions WHERE version <= ?1");
+            if (del.valid()) {
+                del.i64(1, version - 50);
+                del.step();
+            }
+            result r;
+            r.count = version;
+            return impl::outcome{r};
+        },
+        std::move(done), bytes);
+}
+
+std::optional<std::pair<std::int64_t, std::string>> database::config_version(std::int64_t version) const {
+    auto c = impl_->lease();
+    auto s = version == 0 ? c->once("SELECT version, json FROM config_versions ORDER BY version DESC LIMIT 1")
+                          : c->once("SELECT version, json FROM config_versions WHERE version = ?1");
+    if (!s.valid()) {
+        return std::nullopt;
+    }
+    if (version != 0) {
+        s.i64(1, version);
+    }
+    if (s.step() != SQLITE_ROW) {
+        return std::nullopt;
+    }
+    return std::pair{s.col_i64(0), s.col_str(1)};
 }
 
 }  // namespace bb::store

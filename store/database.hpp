@@ -176,6 +176,29 @@ enum class fault_point : std::uint8_t {
     commit,          // every operation ran, then COMMIT fails (so the rollback is exercised)
 };
 
+struct audit_entry {
+    std::int64_t id = 0;
+    std::int64_t at_ms = 0;     // wall clock; 0 -> the store's clock when written
+    std::string actor;          // token name or client certificate
+    std::string role;
+    std::string method;
+    std::string path;
+    std::string target;         // what was acted on (breaker instance, ticket, "config")
+    std::string params;         // the request body (bounded)
+    std::string reason;
+    std::string result;
+    std::string diff;           // config changes: a readable diff
+    std::string prev_hash;      // SHA-256 hex of the previous entry (64 zeros for the first)
+    std::string hash;           // SHA-256 hex of this entry, prev_hash included
+};
+
+struct audit_verification {
+    bool ok = true;
+    std::uint64_t entries = 0;  // entries that verified
+    std::int64_t first_bad = 0;
+    std::string problem;
+};
+
 class database {
 public:
     // Opens (creating the file and its parent directories), locks, migrates, recovers
@@ -226,6 +249,18 @@ public:
     // in breaker_state.hpp). nullopt + *error on a read failure.
     std::optional<std::vector<breakers::instance_snapshot>> load_breaker_state(const clock& c,
                                                                                std::string* error) const;
+
+    // --- audit log (hash-chained) and config versions ---
+    // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each
+    // entry to the one before (done: r.count = the new id).
+    void append_audit(audit_entry entry, done_fn done);
+    std::vector<audit_entry> list_audit(std::int64_t after_id, std::size_t limit) const;
+    // Walks the chain: an edited, inserted or deleted entry breaks it.
+    audit_verification verify_audit() const;
+    // Keeps the last 50 (done: r.count = the new version).
+    void save_config_version(std::string json, std::string actor, std::string reason, done_fn done);
+    // version 0: the latest. nullopt when there is none.
+    std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version) const;
 
     // --- operations ---
     // Blocks until every write queued before the call has completed. For shutdown and tests.

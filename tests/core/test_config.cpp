@@ -111,9 +111,9 @@ TEST(config, upstream_health_makes_an_implicit_breaker) {
 }
 
 TEST(config, unimplemented_sections_are_refused_not_ignored) {
-    auto r = parse_config(base(R"(, "admin": {"address": "127.0.0.1:9901"}, "agents": [])"));
+    auto r = parse_config(base(R"(, "cluster": {"redis": "127.0.0.1:6379"}, "agents": [])"));
     const auto e = all_errors(r);
-    EXPECT_NE(e.find("admin: is not supported by this build"), std::string::npos) << e;
+    EXPECT_NE(e.find("cluster: is not supported by this build"), std::string::npos) << e;
     EXPECT_NE(e.find("agents: is not supported by this build"), std::string::npos) << e;
 }
 
@@ -124,4 +124,21 @@ TEST(config, wrong_types_name_the_expected_type) {
     EXPECT_NE(e.find("listeners: must be an array, not an object"), std::string::npos) << e;
     EXPECT_NE(e.find("upstreams[0].name: must be a string, not a number"), std::string::npos) << e;
     EXPECT_NE(e.find("upstreams[0].timeout: must be a duration string such as \"30s\", not a number"), std::string::npos) << e;
+}
+
+TEST(config, admin_tokens_are_hashes_with_roles_and_the_listener_stays_on_loopback) {
+    auto r = parse_config(base(R"(, "admin": {"address": "0.0.0.0:9901", "tokens": [
+        {"name": "a", "sha256": "abc", "role": "root"},
+        {"name": "a", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "role": "viewer"}]})"));
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("admin.address: \"0.0.0.0:9901\" is not a loopback address"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tokens[0].sha256: must be 64 hex digits"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tokens[0].role: \"root\" is not a role"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tokens[1].name: \"a\" is empty or used by another token"), std::string::npos) << e;
+    auto ok = parse_config(base(R"(, "admin": {"tokens": [
+        {"name": "ops", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "role": "operator"}]})"));
+    ASSERT_TRUE(ok.errors.empty()) << all_errors(ok);
+    EXPECT_TRUE(ok.cfg->admin.enabled);
+    EXPECT_EQ(ok.cfg->admin.port, 9901);
+    EXPECT_EQ(ok.cfg->admin.tokens[0].sha256[0], 0x9f);
 }

@@ -4,11 +4,14 @@
 
 #include <set>
 
-TEST(store_codec, tickets_are_prefixed_base32_and_distinct) {
+TEST(store_codec, tickets_are_prefixed_base32_distinct_and_sort_by_time) {
     std::set<std::string> seen;
+    std::string previous;
     for (int i = 0; i < 2000; ++i) {
-        const auto t = bb::store::make_ticket();
-        ASSERT_EQ(t.size(), 22u) << t;
+        const auto t = bb::store::make_ticket(1'700'000'000'000 + i * 7);
+        ASSERT_EQ(t.size(), bb::store::ticket_length) << t;
+        EXPECT_LT(previous, t);
+        previous = t;
         EXPECT_EQ(t.substr(0, 2), "q_");
         for (char c : t.substr(2)) {
             EXPECT_TRUE((c >= 'a' && c <= 'z') || (c >= '2' && c <= '7')) << t;

@@ -118,10 +118,10 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 
 }  // namespace
 
-TEST_F(store_db, opens_in_wal_mode_with_schema_version_one) {
+TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 1);
+    EXPECT_EQ(db->schema_version(), 2);  // 1: quarantine and breaker state, 2: audit and config versions
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -143,7 +143,7 @@ TEST_F(store_db, five_mib_binary_body_and_headers_round_trip_byte_identical) {
     const auto copy = req;
     const auto r = hold(*db, std::move(req));
     ASSERT_TRUE(r.ok) << r.message;
-    ASSERT_EQ(r.ticket.size(), 22u);
+    ASSERT_EQ(r.ticket.size(), bb::store::ticket_length);
     db.reset();
     db = open();  // from disk, not from a cache
     auto back = db->get(r.ticket);

@@ -1,0 +1,1266 @@
+#include "proxy/admin.hpp"
+
+#include "core/json_reader.hpp"
+#include "proxy/framing.hpp"
+#include "proxy/remediation.hpp"
+#include "proxy/server.hpp"
+#include "proxy/upstream.hpp"
+#include "proxy/wire.hpp"
+#include "store/codec.hpp"
+#include "store/database.hpp"
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <simdjson.h>
+#include <spdlog/spdlog.h>
+
+#include <list>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace bb::proxy {
+
+namespace {
+
+// ---- small JSON helpers ------------------------------------------------------------------
+
+std::string q(std::string_view s) {
+    return cfg::quote(s);
+}
+
+std::string num(double v) {
+    std::ostringstream ss;
+    ss.precision(15);
+    ss << v;
+    return ss.str();
+}
+
+std::int64_t to_wall_ms(time_point t, const clock& c) {
+    const auto wall = c.wall_now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(c.now() - t);
+    return std::chrono::duration_cast<std::chrono::milliseconds>(wall.time_since_epoch()).count();
+}
+
+std::string breaker_json(const breakers::instance_snapshot& s, const config& cfg, const clock& c) {
+    const auto* b = cfg.find_breaker(s.breaker);
+    std::string o = "{";
+    o += "\"instance\":" + q(s.instance);
+    o += ",\"breaker\":" + q(s.breaker);
+    o += ",\"key\":" + q(s.key);
+    o += ",\"action\":" + q(b ? breakers::to_string(b->act) : std::string_view{"pause"});
+    o += ",\"state\":" + q(breakers::to_string(s.st));
+    o += ",\"mode\":" + q(breakers::to_string(s.md));
+    o += ",\"mode_expires_at\":" + (s.mode_expires ? std::to_string(to_wall_ms(*s.mode_expires, c)) : "null");
+    o += ",\"opened_at\":" +
+         (s.st != breakers::state::closed ? std::to_string(to_wall_ms(s.opened_at, c)) : std::string{"null"});
+    o += ",\"cooldown_ms\":" + std::to_string(s.cooldown.count());
+    o += ",\"trips\":" + std::to_string(s.trips);
+    o += ",\"last_trip\":";
+    if (s.last_trip) {
+        const auto& t = *s.last_trip;
+        o += "{\"kind\":" + q(t.cause.kind) + ",\"actor\":" + q(t.cause.actor) + ",\"reason\":" + q(t.cause.reason) +
+             ",\"rule\":" + q(t.cause.rule) + ",\"key\":" + q(t.cause.key) + ",\"value\":" + num(t.cause.value) +
+             ",\"limit\":" + num(t.cause.limit) + ",\"window_ms\":" + std::to_string(t.cause.window.count()) +
+             ",\"request_id\":" + q(t.cause.request_id) + ",\"at\":" + std::to_string(to_wall_ms(t.at, c)) + "}";
+    } else {
+        o += "null";
+    }
+    o += "}";
+    return o;
+}
+
+std::string held_json(const store::held_request& h, bool full, const std::vector<store::history_entry>* history) {
+    std::string o = "{";
+    o += "\"ticket\":" + q(h.ticket);
+    o += ",\"state\":" + q(store::to_string(h.state));
+    o += ",\"method\":" + q(h.method);
+    o += ",\"target\":" + q(h.target);
+    o += ",\"route\":" + q(h.route);
+    o += ",\"upstream\":" + q(h.upstream);
+    o += ",\"agent\":" + q(h.agent);
+    o += ",\"rule\":" + q(h.rule);
+    o += ",\"breaker_instance\":" + q(h.breaker_instance);
+    o += ",\"failure_mode\":" + q(h.failure_mode);
+    o += ",\"request_id\":" + q(h.request_id);
+    o += ",\"received_at\":" + std::to_string(h.received_ms);
+    o += ",\"body_bytes\":" + std::to_string(h.body_bytes != 0 ? h.body_bytes : static_cast<std::int64_t>(h.body.size()));
+    o += ",\"release_status\":" + (h.release_status ? std::to_string(*h.release_status) : std::string{"null"});
+    o += ",\"release_attempts\":" + std::to_string(h.release_attempts);
+    o += ",\"discard_reason\":" + q(h.discard_reason);
+    if (full) {
+        o += ",\"headers\":[";
+        for (std::size_t i = 0; i < h.headers.size(); ++i) {
+            o += (i ? "," : "") + std::string{"["} + q(h.headers[i].first) + "," + q(h.headers[i].second) + "]";
+        }
+        o += "],\"body_base64\":" + q(store::base64_encode(h.body));
+    }
+    if (history != nullptr) {
+        o += ",\"history\":[";
+        for (std::size_t i = 0; i < history->size(); ++i) {
+            const auto& e = (*history)[i];
+            o += (i ? "," : "") + std::string{"{\"from\":"} + q(e.from) + ",\"to\":" + q(e.to) +
+                 ",\"at\":" + std::to_string(e.at_ms) + ",\"actor\":" + q(e.actor) + ",\"detail\":" + q(e.detail) + "}";
+        }
+        o += "]";
+    }
+    o += "}";
+    return o;
+}
+
+std::string result_json(const store::result& r) {
+    return "{\"ticket\":" + q(r.ticket) + ",\"ok\":" + (r.ok ? "true" : "false") + ",\"code\":" + q(r.code) +
+           ",\"message\":" + q(r.message) + ",\"status\":" + std::to_string(r.count) + "}";
+}
+
+std::string url_decode(std::string_view s) {
+    auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+            out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+            i += 2;
+        } else if (s[i] == '+') {
+            out += ' ';
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+std::map<std::string, std::string> parse_query(std::string_view qs) {
+    std::map<std::string, std::string> out;
+    while (!qs.empty()) {
+        const auto amp = qs.find('&');
+        const auto pair = qs.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (!pair.empty()) {
+            out[url_decode(pair.substr(0, eq))] = eq == std::string_view::npos ? "" : url_decode(pair.substr(eq + 1));
+        }
+        qs = amp == std::string_view::npos ? std::string_view{} : qs.substr(amp + 1);
+    }
+    return out;
+}
+
+// ---- errors --------------------------------------------------------------------------------
+
+struct api_error {
+    api_error(http::status s, std::string c, std::string m, std::string f = {})
+        : status(s), code(std::move(c)), message(std::move(m)), field(std::move(f)) {}
+    http::status status;
+    std::string code;
+    std::string message;
+    std::string field;
+};
+
+response json_response(http::status st, std::string body, unsigned version, bool keep_alive) {
+    response res{st, version};
+    res.set(http::field::server, "breakerbox-admin");
+    res.set(http::field::content_type, "application/json");
+    res.set(http::field::cache_control, "no-store");
+    res.body() = std::move(body);
+    res.body() += '\n';
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    return res;
+}
+
+std::string error_json(const api_error& e) {
+    std::string o = "{\"error\":{\"code\":" + q(e.code) + ",\"message\":" + q(e.message);
+    if (!e.field.empty()) {
+        o += ",\"field\":" + q(e.field);
+    }
+    return o + "}}";
+}
+
+// ---- auth ----------------------------------------------------------------------------------
+
+struct caller {
+    std::string name;
+    admin_role role = admin_role::viewer;
+};
+
+std::optional<caller> authenticate(const config& cfg, std::string_view authorization) {
+    constexpr std::string_view prefix = "Bearer ";
+    if (authorization.size() <= prefix.size() || !iequals(authorization.substr(0, prefix.size()), prefix)) {
+        return std::nullopt;
+    }
+    const auto token = authorization.substr(prefix.size());
+    unsigned char digest[32];
+    unsigned int len = 0;
+    EVP_Digest(token.data(), token.size(), digest, &len, EVP_sha256(), nullptr);
+    // Compare against every configured digest, in constant time, without stopping early:
+    // neither the match nor its position leaks through timing.
+    std::optional<caller> found;
+    for (const auto& t : cfg.admin.tokens) {
+        const bool match = CRYPTO_memcmp(digest, t.sha256.data(), 32) == 0;
+        if (match && !found) {
+            found = caller{t.name, t.role};
+        }
+    }
+    return found;
+}
+
+// ---- config diff (change control) ------------------------------------------------------------
+
+struct config_diff {
+    std::vector<std::string> lines;
+    std::vector<std::string> loosening;  // changes that need the admin role
+};
+
+config_diff diff_configs(const config& a, const config& b) {
+    config_diff d;
+    std::map<std::string, const rules::rule*> old_rules;
+    std::map<std::string, const rules::rule*> new_rules;
+    if (a.rules) {
+        for (const auto& r : a.rules->rules) {
+            old_rules[r.id] = &r;
+        }
+    }
+    if (b.rules) {
+        for (const auto& r : b.rules->rules) {
+            new_rules[r.id] = &r;
+        }
+    }
+    for (const auto& [id, r] : old_rules) {
+        auto it = new_rules.find(id);
+        if (it == new_rules.end()) {
+            d.lines.push_back("rules: - " + id);
+            d.loosening.push_back("removes rule " + id);
+            continue;
+        }
+        const auto* n = it->second;
+        if (n->limit != r->limit) {
+            d.lines.push_back("rules[" + id + "].limit: " + num(r->limit) + " -> " + num(n->limit));
+            if (n->limit > r->limit) {
+                d.loosening.push_back("raises the limit of rule " + id);
+            }
+        }
+        if (n->window != r->window) {
+            d.lines.push_back("rules[" + id + "].window: " + cfg::format_duration(r->window) + " -> " +
+                              cfg::format_duration(n->window));
+            if (n->window < r->window) {
+                d.loosening.push_back("shortens the window of rule " + id);
+            }
+        }
+        if (n->measure.text != r->measure.text) {
+            d.lines.push_back("rules[" + id + "].measure: " + q(r->measure.text) + " -> " + q(n->measure.text));
+        }
+        if (n->trips != r->trips) {
+            d.lines.push_back("rules[" + id + "].trips: " + q(r->trips) + " -> " + q(n->trips));
+        }
+        if (n->fingerprint != r->fingerprint && n->measure.text == r->measure.text && n->window == r->window) {
+            d.lines.push_back("rules[" + id + "]: match or key changed");
+        }
+    }
+    for (const auto& [id, r] : new_rules) {
+        if (!old_rules.count(id)) {
+            d.lines.push_back("rules: + " + id);
+        }
+    }
+    std::map<std::string, const breakers::breaker_config*> old_b;
+    std::map<std::string, const breakers::breaker_config*> new_b;
+    for (const auto& x : a.breakers) {
+        old_b[x.id] = &x;
+    }
+    for (const auto& x : b.breakers) {
+        new_b[x.id] = &x;
+    }
+    for (const auto& [id, x] : old_b) {
+        auto it = new_b.find(id);
+        if (it == new_b.end()) {
+            d.lines.push_back("breakers: - " + id);
+            d.loosening.push_back("removes breaker " + id);
+        } else if (it->second->act != x->act) {
+            d.lines.push_back("breakers[" + id + "].action: " + std::string{breakers::to_string(x->act)} + " -> " +
+                              std::string{breakers::to_string(it->second->act)});
+        }
+    }
+    for (const auto& [id, x] : new_b) {
+        if (!old_b.count(id)) {
+            d.lines.push_back("breakers: + " + id);
+        }
+    }
+    std::set<std::string> old_routes;
+    for (const auto& r : a.routes) {
+        old_routes.insert(r.name);
+    }
+    for (const auto& r : b.routes) {
+        if (!old_routes.count(r.name)) {
+            d.lines.push_back("routes: + " + r.name);
+        }
+    }
+    if (d.lines.empty() && a.source_json != b.source_json) {
+        d.lines.push_back("settings outside rules and breakers changed");
+    }
+    return d;
+}
+
+std::string strings_json(const std::vector<std::string>& v) {
+    std::string o = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        o += (i ? "," : "") + q(v[i]);
+    }
+    return o + "]";
+}
+
+// Completes on the caller's executor once the breaker state is durable.
+asio::awaitable<bool> persist_breakers(server& srv) {
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+        [&srv](auto handler) {
+            auto ex = asio::get_associated_executor(handler);
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            srv.persist_breakers([ex, h](bool ok) { asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
+        },
+        asio::use_awaitable);
+}
+
+// ---- the request handler -------------------------------------------------------------------
+
+struct handled {
+    http::status status = http::status::ok;
+    std::string body;
+    std::string allow;    // for 405
+    std::string audit_target;
+    std::string audit_result;
+    std::string audit_diff;
+    bool mutation = false;
+};
+
+class handler_context {
+public:
+    handler_context(server& srv, const request& req, const caller* who) : srv_(srv), req_(req), who_(who) {}
+
+    asio::awaitable<handled> run();
+
+private:
+    handled fail(const api_error& e) {
+        handled h;
+        h.status = e.status;
+        h.body = error_json(e);
+        h.audit_result = e.code;
+        return h;
+    }
+    handled method_not_allowed(std::string allow) {
+        auto h = fail({http::status::method_not_allowed, "method_not_allowed",
+                       std::string{req_.method_string()} + " is not allowed here; use " + allow});
+        h.allow = std::move(allow);
+        return h;
+    }
+    bool allowed(admin_role need) const { return who_ && static_cast<int>(who_->role) >= static_cast<int>(need); }
+    handled forbidden(std::string_view what, admin_role need) {
+        return fail({http::status::forbidden, "forbidden",
+                     "role " + std::string{to_string(who_->role)} + " cannot " + std::string{what} + " (needs " +
+                         std::string{to_string(need)} + ")"});
+    }
+    // Parses the JSON body of a mutation and checks `reason`. nullopt: *err says why.
+    std::optional<simdjson::dom::element> body(std::optional<api_error>& err) {
+        auto r = parser_.parse(req_.body().data(), req_.body().size());
+        if (r.error()) {
+            err = api_error{http::status::bad_request, "bad_json",
+                            std::string{"the body is not valid JSON: "} + simdjson::error_message(r.error())};
+            return std::nullopt;
+        }
+        simdjson::dom::element e = r.value_unsafe();
+        if (e.type() != simdjson::dom::element_type::OBJECT) {
+            err = api_error{http::status::bad_request, "bad_json", "the body must be a JSON object"};
+            return std::nullopt;
+        }
+        std::string_view reason;
+        if (e["reason"].get(reason) != simdjson::SUCCESS || reason.find_first_not_of(" \t") == std::string_view::npos) {
+            err = api_error{http::status::bad_request, "missing_field", "every change needs a non-empty \"reason\"", "reason"};
+            return std::nullopt;
+        }
+        reason_ = std::string{reason};
+        return e;
+    }
+
+    asio::awaitable<handled> breakers_api(std::string_view rest);
+    asio::awaitable<handled> quarantine_api(std::string_view rest);
+    asio::awaitable<handled> config_api(std::string_view rest);
+    asio::awaitable<handled> audit_api(std::string_view rest);
+    asio::awaitable<handled> apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only);
+
+    server& srv_;
+    const request& req_;
+    const caller* who_;
+    simdjson::dom::parser parser_;
+    std::map<std::string, std::string> query_;
+
+public:
+    std::string reason_;
+};
+
+asio::awaitable<handled> handler_context::run() {
+    target_parts tp;
+    if (!split_target(req_.target(), tp)) {
+        co_return fail({http::status::bad_request, "bad_target", "the request target is not a path"});
+    }
+    const std::string path = url_decode(tp.path);
+    const auto qpos = tp.origin_form.find('?');
+    if (qpos != std::string_view::npos) {
+        query_ = parse_query(tp.origin_form.substr(qpos + 1));
+    }
+    const bool get = req_.method() == http::verb::get || req_.method() == http::verb::head;
+    if (path == "/metrics") {
+        if (!get) {
+            co_return method_not_allowed("GET");
+        }
+        handled h;
+        h.body = render_metrics(srv_);
+        co_return h;
+    }
+    if (path.rfind("/v1/breakers", 0) == 0 && (path.size() == 12 || path[12] == '/')) {
+        co_return co_await breakers_api(std::string_view{path}.substr(12));
+    }
+    if (path.rfind("/v1/quarantine", 0) == 0 && (path.size() == 14 || path[14] == '/')) {
+        co_return co_await quarantine_api(std::string_view{path}.substr(14));
+    }
+    if (path.rfind("/v1/config", 0) == 0 && (path.size() == 10 || path[10] == '/')) {
+        co_return co_await config_api(std::string_view{path}.substr(10));
+    }
+    if (path.rfind("/v1/audit", 0) == 0 && (path.size() == 9 || path[9] == '/')) {
+        co_return co_await audit_api(std::string_view{path}.substr(9));
+    }
+    co_return fail({http::status::not_found, "not_found", "no admin endpoint " + path});
+}
+
+asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
+    auto& reg = srv_.breakers();
+    const auto cfg = srv_.current_config();
+    const auto now = srv_.now();
+    const bool get = req_.method() == http::verb::get;
+    if (rest.empty() || rest == "/") {
+        if (!get) {
+            co_return method_not_allowed("GET");
+        }
+        auto snaps = reg.snapshot(now);
+        // Declared breakers without an instance yet show as closed, so operators see them all.
+        std::set<std::string> seen;
+        for (const auto& s : snaps) {
+            seen.insert(s.instance);
+        }
+        for (const auto& b : cfg->breakers) {
+            if (!seen.count(b.id)) {
+                breakers::instance_snapshot s;
+                s.instance = b.id;
+                s.breaker = b.id;
+                s.cooldown = b.cooldown;
+                snaps.push_back(std::move(s));
+            }
+        }
+        std::sort(snaps.begin(), snaps.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
+        std::string o = "{\"breakers\":[";
+        // Bounded: an instance per key can mean thousands; the first 1000 are listed.
+        std::size_t n = 0;
+        for (const auto& s : snaps) {
+            if (n == 1000) {
+                break;
+            }
+            o += (n++ ? "," : "") + breaker_json(s, *cfg, srv_.time());
+        }
+        o += "],\"total\":" + std::to_string(snaps.size()) + "}";
+        handled h;
+        h.body = std::move(o);
+        co_return h;
+    }
+    std::string id{rest.substr(1)};
+    std::string action;
+    for (std::string_view a : {"/trip", "/reset", "/mode"}) {
+        if (id.size() > a.size() && id.compare(id.size() - a.size(), a.size(), a) == 0) {
+            action = std::string{a.substr(1)};
+            id.resize(id.size() - a.size());
+            break;
+        }
+    }
+    const auto known = [&] {
+        const auto slash = id.find('/');
+        return cfg->find_breaker(id) != nullptr || cfg->find_breaker(id.substr(0, slash)) != nullptr;
+    };
+    if (!known()) {
+        co_return fail({http::status::not_found, "not_found", "no breaker " + id});
+    }
+    if (action.empty()) {
+        if (!get) {
+            co_return method_not_allowed("GET");
+        }
+        auto s = reg.get(id, now);
+        if (!s) {
+            breakers::instance_snapshot closed;
+            closed.instance = id;
+            closed.breaker = id.substr(0, cfg->find_breaker(id) ? std::string::npos : id.find('/'));
+            closed.key = cfg->find_breaker(id) ? "" : id.substr(id.find('/') + 1);
+            s = closed;
+        }
+        handled h;
+        h.body = "{\"breaker\":" + breaker_json(*s, *cfg, srv_.time()) + "}";
+        co_return h;
+    }
+    if (req_.method() != http::verb::post) {
+        co_return method_not_allowed("POST");
+    }
+    handled h;
+    h.mutation = true;
+    h.audit_target = id;
+    if (!allowed(admin_role::operator_)) {
+        co_return forbidden(action + " a breaker", admin_role::operator_);
+    }
+    std::optional<api_error> err;
+    auto b = body(err);
+    if (!b) {
+        co_return fail(*err);
+    }
+    bool ok = false;
+    if (action == "trip") {
+        ok = reg.manual_trip(id, who_->name, reason_, now);
+    } else if (action == "reset") {
+        ok = reg.reset(id, who_->name, reason_, now);
+    } else {
+        std::string_view m;
+        if ((*b)["mode"].get(m) != simdjson::SUCCESS) {
+            co_return fail({http::status::bad_request, "missing_field", "\"mode\" is required", "mode"});
+        }
+        auto md = breakers::parse_mode(m);
+        if (!md) {
+            co_return fail({http::status::bad_request, "bad_field",
+                            cfg::quote(m) + " is not a mode (forced_open, forced_closed, metrics_only, auto)", "mode"});
+        }
+        std::optional<std::chrono::milliseconds> expires;
+        std::string_view ex;
+        if ((*b)["expires_in"].get(ex) == simdjson::SUCCESS) {
+            expires = cfg::parse_duration(ex);
+            if (!expires || expires->count() <= 0) {
+                co_return fail({http::status::bad_request, "bad_field", cfg::quote(ex) + " is not a duration", "expires_in"});
+            }
+        }
+        ok = reg.set_mode(id, *md, expires, who_->name, reason_, now);
+    }
+    if (!ok) {
+        co_return fail({http::status::not_found, "not_found", "no breaker " + id});
+    }
+    // Durable before the answer: a restart right after still sees the operator's act.
+    if (!co_await persist_breakers(srv_)) {
+        co_return fail({http::status::service_unavailable, "store_unavailable",
+                        "the change is in effect but could not be persisted"});
+    }
+    auto s = reg.get(id, srv_.now());
+    h.body = "{\"breaker\":" + (s ? breaker_json(*s, *cfg, srv_.time()) : std::string{"null"}) + "}";
+    h.audit_result = "ok";
+    co_return h;
+}
+
+store::list_filter filter_from(const std::map<std::string, std::string>& qy, std::optional<api_error>& err) {
+    store::list_filter f;
+    auto get = [&](const char* k) -> std::string {
+        auto it = qy.find(k);
+        return it == qy.end() ? std::string{} : it->second;
+    };
+    f.breaker = get("breaker");
+    f.agent = get("agent");
+    f.rule = get("rule");
+    if (auto s = get("state"); !s.empty()) {
+        f.state = store::parse_held_state(s);
+        if (!f.state) {
+            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a state", "state"};
+        }
+    }
+    auto number = [&](const char* k) -> std::optional<std::int64_t> {
+        auto s = get(k);
+        if (s.empty()) {
+            return std::nullopt;
+        }
+        if (!std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }) || s.size() > 18) {
+            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a number", k};
+            return std::nullopt;
+        }
+        return std::stoll(s);
+    };
+    f.from_ms = number("from");
+    f.to_ms = number("to");
+    if (auto l = number("limit")) {
+        f.limit = static_cast<std::size_t>(std::min<std::int64_t>(*l, 1000));
+    }
+    f.after_ticket = get("after");
+    return f;
+}
+
+store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_error>& err) {
+    std::map<std::string, std::string> m;
+    simdjson::dom::object o;
+    if (e.get(o) == simdjson::SUCCESS) {
+        for (auto f : o) {
+            std::string_view s;
+            std::int64_t n = 0;
+            if (f.value.get(s) == simdjson::SUCCESS) {
+                m[std::string{f.key}] = std::string{s};
+            } else if (f.value.get(n) == simdjson::SUCCESS) {
+                m[std::string{f.key}] = std::to_string(n);
+            } else {
+                err = api_error{http::status::bad_request, "bad_field", "filter values are strings or numbers",
+                                "filter." + std::string{f.key}};
+            }
+        }
+    }
+    return filter_from(m, err);
+}
+
+asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) {
+    auto* db = srv_.db();
+    if (db == nullptr) {
+        co_return fail({http::status::not_found, "not_found", "no store: quarantine needs at least one breaker"});
+    }
+    const bool get = req_.method() == http::verb::get;
+    if (rest.empty() || rest == "/") {
+        if (!get) {
+            co_return method_not_allowed("GET");
+        }
+        std::optional<api_error> err;
+        auto f = filter_from(query_, err);
+        if (err) {
+            co_return fail(*err);
+        }
+        store::result rerr;
+        const auto list = db->list(f, &rerr);
+        if (!rerr.ok) {
+            co_return fail({http::status::service_unavailable, rerr.code, rerr.message});
+        }
+        std::string o = "{\"requests\":[";
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            o += (i ? "," : "") + held_json(list[i], false, nullptr);
+        }
+        const std::size_t page = f.limit == 0 ? 100 : f.limit;
+        o += "],\"next_after\":" + (list.size() == page ? q(list.back().ticket) : std::string{"null"}) + "}";
+        handled h;
+        h.body = std::move(o);
+        co_return h;
+    }
+    std::string_view tail = rest.substr(1);
+    const bool bulk = tail == "release" || tail == "discard";
+    std::string ticket;
+    std::string action;
+    if (bulk) {
+        action = std::string{tail};
+    } else {
+        const auto slash = tail.find('/');
+        ticket = std::string{tail.substr(0, slash)};
+        if (slash != std::string_view::npos) {
+            action = std::string{tail.substr(slash + 1)};
+            if (action != "release" && action != "discard") {
+                co_return fail({http::status::not_found, "not_found", "no admin endpoint for " + action});
+            }
+        }
+    }
+    if (action.empty()) {
+        if (!get) {
+            co_return method_not_allowed("GET");
+        }
+        store::result rerr;
+        auto rec = db->get(ticket, &rerr);
+        if (!rec) {
+            co_return fail({rerr.code == "not_found" ? http::status::not_found : http::status::service_unavailable,
+                            rerr.code.empty() ? "not_found" : rerr.code, "no quarantined request " + ticket});
+        }
+        const auto hist = db->history(ticket);
+        handled h;
+        h.body = "{\"request\":" + held_json(*rec, true, &hist) + "}";
+        co_return h;
+    }
+    if (req_.method() != http::verb::post) {
+        co_return method_not_allowed("POST");
+    }
+    handled h;
+    h.mutation = true;
+    h.audit_target = bulk ? "quarantine" : ticket;
+    if (!allowed(admin_role::operator_)) {
+        co_return forbidden(action + " quarantined requests", admin_role::operator_);
+    }
+    std::optional<api_error> err;
+    auto b = body(err);
+    if (!b) {
+        co_return fail(*err);
+    }
+    auto& rem = srv_.remediation();
+    if (!bulk) {
+        store::result r;
+        if (action == "release") {
+            bool force = false;
+            if ((*b)["force"].get(force) != simdjson::SUCCESS) {
+                force = false;  // absent or not a boolean: no force
+            }
+            r = co_await rem.release_one(ticket, who_->name, force);
+        } else {
+            r = co_await rem.discard_one(ticket, who_->name, reason_);
+        }
+        if (!r.ok && (r.code == "not_found" || r.code == "invalid_state" || r.code == "store_unavailable")) {
+            co_return fail({r.code == "not_found"       ? http::status::not_found
+                            : r.code == "invalid_state" ? http::status::conflict
+                                                        : http::status::service_unavailable,
+                            r.code, r.message});
+        }
+        h.body = "{\"result\":" + result_json(r) + "}";
+        h.audit_result = r.ok ? "ok" : r.code;
+        co_return h;
+    }
+    simdjson::dom::element fe;
+    store::list_filter f;
+    if ((*b)["filter"].get(fe) == simdjson::SUCCESS) {
+        f = filter_from_json(fe, err);
+        if (err) {
+            co_return fail(*err);
+        }
+    }
+    if (f.breaker.empty() && f.agent.empty() && f.rule.empty() && !f.from_ms && !f.to_ms) {
+        co_return fail({http::status::bad_request, "missing_field",
+                        "a bulk action needs a filter (breaker, agent, rule or a time range)", "filter"});
+    }
+    remediation_summary sum;
+    if (action == "release") {
+        double rate = 0;
+        if ((*b)["rate_per_s"].get(rate) != simdjson::SUCCESS) {
+            std::int64_t r = 0;
+            if ((*b)["rate_per_s"].get(r) == simdjson::SUCCESS) {
+                rate = static_cast<double>(r);
+            }
+        }
+        if (rate < 0) {
+            co_return fail({http::status::bad_request, "bad_field", "rate_per_s must be positive", "rate_per_s"});
+        }
+        sum = co_await rem.release_matching_impl(f, rate, who_->name);
+    } else {
+        sum = co_await rem.discard_matching_impl(f, who_->name, reason_);
+    }
+    h.body = "{\"summary\":{\"matched\":" + std::to_string(sum.matched) + ",\"released\":" + std::to_string(sum.released) +
+             ",\"failed\":" + std::to_string(sum.failed) + ",\"unknown\":" + std::to_string(sum.unknown) +
+             ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) + "}}";
+    h.audit_result = "ok: " + std::to_string(sum.matched) + " matched";
+    co_return h;
+}
+
+asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only) {
+    const auto current = srv_.current_config();
+    auto d = diff_configs(*current, *next);
+    handled h;
+    h.mutation = true;
+    h.audit_target = "config";
+    std::string diff_text;
+    for (const auto& l : d.lines) {
+        diff_text += l + "\n";
+    }
+    h.audit_diff = diff_text;
+    if (!d.loosening.empty() && !allowed(admin_role::admin)) {
+        auto f = forbidden("apply a change that loosens a guard (" + d.loosening.front() + ")", admin_role::admin);
+        f.mutation = true;
+        f.audit_target = "config";
+        f.audit_diff = diff_text;
+        co_return f;
+    }
+    std::int64_t version = 0;
+    if (!dry_run) {
+        for (const auto& w : srv_.apply_config(next)) {
+            spdlog::warn("config apply: {}", w);
+        }
+        if (metrics_only) {
+            // Shadow first: the breakers that new or changed rules trip only record what
+            // they would have done until an operator sets them back to auto.
+            std::set<std::string> touched;
+            for (const auto& l : d.lines) {
+                if (l.rfind("rules: + ", 0) == 0 || l.rfind("rules[", 0) == 0) {
+                    const auto id = l.rfind("rules: + ", 0) == 0 ? l.substr(9) : l.substr(6, l.find(']') - 6);
+                    if (next->rules) {
+                        if (const auto* r = next->rules->find_rule(id)) {
+                            touched.insert(r->trips);
+                        }
+                    }
+                }
+            }
+            for (const auto& b : touched) {
+                srv_.breakers().set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name,
+                                         "applied as metrics_only: " + reason_, srv_.now());
+            }
+            co_await persist_breakers(srv_);
+        }
+        if (auto* db = srv_.db()) {
+            auto r = co_await await_store([&](store::done_fn done) {
+                db->save_config_version(next->source_json, who_->name, reason_, std::move(done));
+            });
+            version = r.ok ? r.count : 0;
+        }
+    }
+    h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +
+             ",\"loosening\":" + strings_json(d.loosening) + ",\"diff\":" + strings_json(d.lines) + "}";
+    h.audit_result = dry_run ? "dry_run" : "applied version " + std::to_string(version);
+    co_return h;
+}
+
+asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
+    const bool get = req_.method() == http::verb::get;
+    if (rest.empty() || rest == "/") {
+        if (get) {
+            const auto cfg = srv_.current_config();
+            std::int64_t version = 0;
+            if (auto* db = srv_.db()) {
+                if (auto v = db->config_version(0)) {
+                    version = v->first;
+                }
+            }
+            handled h;
+            h.body = "{\"version\":" + std::to_string(version) + ",\"config\":" +
+                     (cfg->source_json.empty() ? std::string{"null"} : cfg->source_json) + "}";
+            co_return h;
+        }
+        if (req_.method() != http::verb::post) {
+            co_return method_not_allowed("GET, POST");
+        }
+        if (!allowed(admin_role::operator_)) {
+            auto f = forbidden("change the config", admin_role::operator_);
+            f.mutation = true;
+            co_return f;
+        }
+        std::optional<api_error> err;
+        auto b = body(err);
+        if (!b) {
+            auto f = fail(*err);
+            f.mutation = true;
+            co_return f;
+        }
+        simdjson::dom::element ce;
+        if ((*b)["config"].get(ce) != simdjson::SUCCESS || ce.type() != simdjson::dom::element_type::OBJECT) {
+            auto f = fail({http::status::bad_request, "missing_field", "\"config\" (an object) is required", "config"});
+            f.mutation = true;
+            co_return f;
+        }
+        bool metrics_only = false;
+        if ((*b)["metrics_only"].get(metrics_only) != simdjson::SUCCESS) {
+            metrics_only = false;
+        }
+        const bool dry_run = query_.count("dry_run") && query_["dry_run"] != "0";
+        auto parsed = parse_config(simdjson::minify(ce));
+        if (!parsed.errors.empty()) {
+            std::vector<std::string> lines;
+            for (const auto& e : parsed.errors.list()) {
+                lines.push_back(e.to_string());
+            }
+            handled h;
+            h.mutation = true;
+            h.audit_target = "config";
+            h.status = http::status::bad_request;
+            h.body = "{\"error\":{\"code\":\"invalid_config\",\"message\":" +
+                     q(std::to_string(lines.size()) + " error(s); the current config keeps serving") +
+                     "},\"errors\":" + strings_json(lines) + "}";
+            h.audit_result = "invalid_config";
+            co_return h;
+        }
+        co_return co_await apply(parsed.cfg, dry_run, metrics_only);
+    }
+    if (req_.method() != http::verb::post) {
+        co_return method_not_allowed("POST");
+    }
+    if (rest != "/reload" && rest != "/rollback") {
+        co_return fail({http::status::not_found, "not_found", "no admin endpoint /v1/config" + std::string{rest}});
+    }
+    if (!allowed(rest == "/rollback" ? admin_role::admin : admin_role::operator_)) {
+        auto f = forbidden(rest == "/rollback" ? "roll the config back" : "reload the config",
+                           rest == "/rollback" ? admin_role::admin : admin_role::operator_);
+        f.mutation = true;
+        co_return f;
+    }
+    std::optional<api_error> err;
+    auto b = body(err);
+    if (!b) {
+        auto f = fail(*err);
+        f.mutation = true;
+        co_return f;
+    }
+    parse_result parsed;
+    if (rest == "/reload") {
+        if (srv_.config_path().empty()) {
+            co_return fail({http::status::conflict, "invalid_state", "breakerbox was not started from a config file"});
+        }
+        parsed = load_config_file(srv_.config_path());
+    } else {
+        std::int64_t version = 0;
+        if ((*b)["version"].get(version) != simdjson::SUCCESS || version <= 0) {
+            auto f = fail({http::status::bad_request, "missing_field", "\"version\" (a positive number) is required", "version"});
+            f.mutation = true;
+            co_return f;
+        }
+        auto* db = srv_.db();
+        auto v = db ? db->config_version(version) : std::nullopt;
+        if (!v) {
+            co_return fail({http::status::not_found, "not_found", "no config version " + std::to_string(version)});
+        }
+        parsed = parse_config(v->second);
+    }
+    if (!parsed.errors.empty()) {
+        std::vector<std::string> lines;
+        for (const auto& e : parsed.errors.list()) {
+            lines.push_back(e.to_string());
+        }
+        handled h;
+        h.mutation = true;
+        h.audit_target = "config";
+        h.status = http::status::bad_request;
+        h.body = "{\"error\":{\"code\":\"invalid_config\",\"message\":" +
+                 q(std::to_string(lines.size()) + " error(s); the current config keeps serving") +
+                 "},\"errors\":" + strings_json(lines) + "}";
+        h.audit_result = "invalid_config";
+        co_return h;
+    }
+    co_return co_await apply(parsed.cfg, false, false);
+}
+
+asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
+    if (req_.method() != http::verb::get) {
+        co_return method_not_allowed("GET");
+    }
+    auto* db = srv_.db();
+    if (db == nullptr) {
+        co_return fail({http::status::not_found, "not_found", "no store: the audit log needs at least one breaker"});
+    }
+    if (rest == "/verify") {
+        const auto v = db->verify_audit();
+        handled h;
+        h.body = "{\"ok\":" + std::string{v.ok ? "true" : "false"} + ",\"entries\":" + std::to_string(v.entries) +
+                 (v.ok ? std::string{} : ",\"first_bad\":" + std::to_string(v.first_bad) + ",\"problem\":" + q(v.problem)) +
+                 "}";
+        co_return h;
+    }
+    if (!rest.empty() && rest != "/") {
+        co_return fail({http::status::not_found, "not_found", "no admin endpoint /v1/audit" + std::string{rest}});
+    }
+    std::int64_t after = 0;
+    std::size_t limit = 100;
+    if (auto it = query_.find("after"); it != query_.end() && !it->second.empty()) {
+        after = std::atoll(it->second.c_str());
+    }
+    if (auto it = query_.find("limit"); it != query_.end() && !it->second.empty()) {
+        limit = static_cast<std::size_t>(std::clamp<long long>(std::atoll(it->second.c_str()), 1, 1000));
+    }
+    const auto entries = db->list_audit(after, limit);
+    std::string o = "{\"entries\":[";
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        const auto& e = entries[i];
+        o += (i ? "," : "") + std::string{"{\"id\":"} + std::to_string(e.id) + ",\"at\":" + std::to_string(e.at_ms) +
+             ",\"actor\":" + q(e.actor) + ",\"role\":" + q(e.role) + ",\"method\":" + q(e.method) +
+             ",\"path\":" + q(e.path) + ",\"target\":" + q(e.target) + ",\"params\":" + q(e.params) +
+             ",\"reason\":" + q(e.reason) + ",\"result\":" + q(e.result) + ",\"diff\":" + q(e.diff) +
+             ",\"prev_hash\":" + q(e.prev_hash) + ",\"hash\":" + q(e.hash) + "}";
+    }
+    o += "]}";
+    handled h;
+    h.body = std::move(o);
+    co_return h;
+}
+
+}  // namespace
+
+admin_server::admin_server(asio::io_context& control, server& srv) : control_(control), srv_(srv) {}
+
+admin_server::~admin_server() = default;
+
+void admin_server::start() {
+    const auto& a = srv_.current_config()->admin;
+    acceptor_ = std::make_unique<tcp::acceptor>(control_);
+    error_code ec;
+    const tcp::endpoint ep{asio::ip::make_address(a.host), a.port};
+    acceptor_->open(ep.protocol(), ec);
+    if (!ec) {
+        acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+    }
+    if (!ec) {
+        acceptor_->bind(ep, ec);
+    }
+    if (!ec) {
+        acceptor_->listen(64, ec);
+    }
+    if (ec) {
+        throw std::runtime_error("admin: cannot listen on " + a.host + ":" + std::to_string(a.port) + ": " + ec.message());
+    }
+    port_ = acceptor_->local_endpoint().port();
+    asio::co_spawn(control_, accept_loop(), asio::detached);
+}
+
+void admin_server::stop() {
+    if (acceptor_) {
+        error_code ignored;
+        acceptor_->close(ignored);
+    }
+}
+
+asio::awaitable<void> admin_server::accept_loop() {
+    std::list<tcp::socket*> live;
+    for (;;) {
+        auto [ec, socket] = co_await acceptor_->async_accept(use_tuple);
+        if (ec) {
+            co_return;
+        }
+        asio::co_spawn(control_, session(std::move(socket)), asio::detached);
+    }
+}
+
+asio::awaitable<void> admin_server::session(tcp::socket socket) {
+    beast::tcp_stream stream{std::move(socket)};
+    beast::flat_buffer buf;
+    std::string scratch;
+    for (;;) {
+        const auto cfg = srv_.current_config();
+        http::request_parser<http::string_body> parser;
+        parser.body_limit(cfg->admin.max_body_bytes);
+        parser.header_limit(16 * 1024);
+        stream.expires_after(std::chrono::seconds{30});
+        auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
+        if (ec) {
+            if (ec == http::error::body_limit) {
+                auto res = json_response(http::status::payload_too_large,
+                                         error_json({http::status::payload_too_large, "body_too_large",
+                                                     "admin request bodies are limited to " +
+                                                         std::to_string(cfg->admin.max_body_bytes) + " bytes"}),
+                                         11, false);
+                co_await write_message(stream, res, scratch);
+            } else if (ec != http::error::end_of_stream && ec != beast::error::timeout && ec != asio::error::eof &&
+                       ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+                auto res = json_response(http::status::bad_request,
+                                         error_json({http::status::bad_request, "bad_request", ec.message()}), 11, false);
+                co_await write_message(stream, res, scratch);
+            }
+            co_return;
+        }
+        request req = parser.release();
+        const bool keep_alive = req.keep_alive() && !srv_.draining();
+        response res;
+        std::string path{req.target().substr(0, req.target().find('?'))};
+        if (path == "/healthz") {
+            res = json_response(http::status::ok, "{\"status\":\"ok\"}", req.version(), keep_alive);
+        } else if (path == "/readyz") {
+            res = srv_.draining() ? json_response(http::status::service_unavailable, "{\"status\":\"draining\"}",
+                                                  req.version(), keep_alive)
+                                  : json_response(http::status::ok, "{\"status\":\"ready\"}", req.version(), keep_alive);
+        } else {
+            auto who = authenticate(*cfg, req[http::field::authorization]);
+            if (!who) {
+                res = json_response(http::status::unauthorized,
+                                    error_json({http::status::unauthorized, "unauthorized",
+                                                req[http::field::authorization].empty()
+                                                    ? "an Authorization: Bearer token is required"
+                                                    : "the token is not valid"}),
+                                    req.version(), keep_alive);
+                res.set(http::field::www_authenticate, "Bearer realm=\"breakerbox-admin\"");
+            } else {
+                handler_context ctx{srv_, req, &*who};
+                handled h = co_await ctx.run();
+                // Every POST is a mutation attempt: refused and failed ones are audited too.
+                h.mutation = h.mutation || req.method() == http::verb::post;
+                if (h.audit_target.empty()) {
+                    h.audit_target = path;
+                }
+                if (h.mutation) {
+                    // The record of who did what is durable before the answer goes out.
+                    if (auto* db = srv_.db()) {
+                        store::audit_entry e;
+                        e.actor = who->name;
+                        e.role = std::string{to_string(who->role)};
+                        e.method = std::string{req.method_string()};
+                        e.path = path;
+                        e.target = h.audit_target;
+                        e.params = req.body().size() <= 4096 ? req.body() : req.body().substr(0, 4096);
+                        e.reason = ctx.reason_;
+                        e.result = h.audit_result.empty() ? std::to_string(static_cast<unsigned>(h.status)) : h.audit_result;
+                        e.diff = h.audit_diff;
+                        auto r = co_await await_store(
+                            [&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+                        if (!r.ok) {
+                            spdlog::error("audit: cannot record {} {} by {}: {}", req.method_string(), path, who->name,
+                                          r.message);
+                            h.status = http::status::service_unavailable;
+                            h.body = error_json({http::status::service_unavailable, "store_unavailable",
+                                                 "the action could not be recorded in the audit log"});
+                        }
+                    }
+                    spdlog::info("admin: {} {} by {} ({}): {} -> {}", req.method_string(), path, who->name,
+                                 to_string(who->role), ctx.reason_, static_cast<unsigned>(h.status));
+                }
+                const bool prom = path == "/metrics" && h.status == http::status::ok;
+                res = json_response(h.status, std::move(h.body), req.version(), keep_alive);
+                if (prom) {
+                    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+                    res.body().pop_back();  // the exposition already ends in a newline
+                    res.prepare_payload();
+                }
+                if (!h.allow.empty()) {
+                    res.set(http::field::allow, h.allow);
+                }
+                srv_.count_admin_action(path, static_cast<unsigned>(h.status));
+            }
+        }
+        stream.expires_after(std::chrono::seconds{30});
+        auto [wec, wn] = co_await write_message(stream, res, scratch);
+        if (wec || !keep_alive) {
+            error_code ignored;
+            stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+            co_return;
+        }
+    }
+}
+
+// ---- metrics ---------------------------------------------------------------------------------
+
+std::string render_metrics(server& srv) {
+    const auto cfg = srv.current_config();
+    const auto rt = srv.current_runtime();
+    // Sum the per-thread counters, each read on its own worker thread.
+    std::vector<std::array<std::uint64_t, decision_names.size()>> by_route(cfg->routes.size() + 1);
+    std::vector<histogram> latency(cfg->upstreams.size());
+    histogram hold;
+    std::uint64_t client_aborts = 0;
+    std::uint64_t upstream_failures = 0;
+    srv.for_each_worker([&](worker& w) {
+        const auto& st = w.stats();
+        for (std::size_t r = 0; r < by_route.size() && r < st.route_decisions.size(); ++r) {
+            for (std::size_t d = 0; d < decision_names.size(); ++d) {
+                by_route[r][d] += st.route_decisions[r][d];
+            }
+        }
+        for (std::size_t u = 0; u < latency.size() && u < st.upstream_latency.size(); ++u) {
+            latency[u].add(st.upstream_latency[u]);
+        }
+        hold.add(st.hold_latency);
+        client_aborts += st.client_aborts;
+        upstream_failures += st.upstream_failures;
+    });
+    std::string o;
+    o.reserve(16 * 1024);
+    auto label = [](std::string_view v) {
+        std::string s;
+        for (char c : v) {
+            if (c == '\\' || c == '"') {
+                s += '\\';
+                s += c;
+            } else if (c == '\n') {
+                s += "\\n";
+            } else {
+                s += c;
+            }
+        }
+        return s;
+    };
+    o += "# HELP breakerbox_requests_total Requests answered, by route and decision.\n";
+    o += "# TYPE breakerbox_requests_total counter\n";
+    for (std::size_t r = 0; r < by_route.size(); ++r) {
+        const std::string route = r < cfg->routes.size() ? cfg->routes[r].name : "";
+        for (std::size_t d = 0; d < decision_names.size(); ++d) {
+            if (by_route[r][d] == 0 && r == cfg->routes.size()) {
+                continue;
+            }
+            o += "breakerbox_requests_total{route=\"" + label(route) + "\",decision=\"" + std::string{decision_names[d]} +
+                 "\"} " + std::to_string(by_route[r][d]) + "\n";
+        }
+    }
+    auto hist = [&](const std::string& name, const std::string& labels, const histogram& h) {
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < latency_bounds.size(); ++i) {
+            cumulative += h.buckets[i];
+            o += name + "_bucket{" + labels + (labels.empty() ? "" : ",") + "le=\"" + num(latency_bounds[i]) + "\"} " +
+                 std::to_string(cumulative) + "\n";
+        }
+        cumulative += h.buckets.back();
+        o += name + "_bucket{" + labels + (labels.empty() ? "" : ",") + "le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
+        o += name + "_sum" + (labels.empty() ? "" : "{" + labels + "}") + " " + num(h.sum) + "\n";
+        o += name + "_count" + (labels.empty() ? "" : "{" + labels + "}") + " " + std::to_string(h.count) + "\n";
+    };
+    o += "# HELP breakerbox_upstream_latency_seconds Time from sending to a complete upstream response.\n";
+    o += "# TYPE breakerbox_upstream_latency_seconds histogram\n";
+    for (std::size_t u = 0; u < latency.size(); ++u) {
+        hist("breakerbox_upstream_latency_seconds", "upstream=\"" + label(cfg->upstreams[u].name) + "\"", latency[u]);
+    }
+    o += "# HELP breakerbox_upstream_failures_total Upstream exchanges that failed (connect, reset, timeout, framing).\n";
+    o += "# TYPE breakerbox_upstream_failures_total counter\n";
+    o += "breakerbox_upstream_failures_total " + std::to_string(upstream_failures) + "\n";
+    o += "# HELP breakerbox_client_aborts_total Requests whose client left before the answer.\n";
+    o += "# TYPE breakerbox_client_aborts_total counter\n";
+    o += "breakerbox_client_aborts_total " + std::to_string(client_aborts) + "\n";
+    o += "# HELP breakerbox_connections Client connections open now.\n";
+    o += "# TYPE breakerbox_connections gauge\n";
+    o += "breakerbox_connections " + std::to_string(srv.active_connections()) + "\n";
+
+    const auto snaps = rt->breakers->snapshot(srv.now());
+    o += "# HELP breakerbox_breaker_state Breaker instance state: 0 closed, 1 open, 2 half_open (first 1000 instances).\n";
+    o += "# TYPE breakerbox_breaker_state gauge\n";
+    std::map<std::string, std::uint64_t> trips;
+    std::size_t listed = 0;
+    for (const auto& s : snaps) {
+        trips[s.breaker] += s.trips;
+        if (listed++ < 1000) {
+            o += "breakerbox_breaker_state{breaker=\"" + label(s.breaker) + "\",instance=\"" + label(s.instance) +
+                 "\",mode=\"" + std::string{breakers::to_string(s.md)} + "\"} " +
+                 std::to_string(static_cast<int>(s.st)) + "\n";
+        }
+    }
+    o += "# HELP breakerbox_breaker_instances Breaker instances that exist now.\n";
+    o += "# TYPE breakerbox_breaker_instances gauge\n";
+    o += "breakerbox_breaker_instances " + std::to_string(snaps.size()) + "\n";
+    o += "# HELP breakerbox_breaker_trips_total Trips per breaker (instances alive now).\n";
+    o += "# TYPE breakerbox_breaker_trips_total counter\n";
+    for (const auto& b : cfg->breakers) {
+        o += "breakerbox_breaker_trips_total{breaker=\"" + label(b.id) + "\"} " + std::to_string(trips[b.id]) + "\n";
+    }
+    if (rt->engine) {
+        o += "# HELP breakerbox_rule_keys Keys metered per rule (bounded by max_keys).\n";
+        o += "# TYPE breakerbox_rule_keys gauge\n";
+        std::string overflow;
+        for (const auto& r : rt->engine->rules().rules) {
+            if (auto st = rt->engine->stats(r.id)) {
+                o += "breakerbox_rule_keys{rule=\"" + label(r.id) + "\"} " + std::to_string(st->keys) + "\n";
+                overflow += "breakerbox_rule_overflow_events_total{rule=\"" + label(r.id) + "\"} " +
+                            std::to_string(st->overflow_events) + "\n";
+            }
+        }
+        o += "# HELP breakerbox_rule_overflow_events_total Events booked to a rule's overflow key (max_keys reached).\n";
+        o += "# TYPE breakerbox_rule_overflow_events_total counter\n" + overflow;
+        o += "# HELP breakerbox_rule_limit Configured cap of each limit rule.\n";
+        o += "# TYPE breakerbox_rule_limit gauge\n";
+        for (const auto& r : rt->engine->rules().rules) {
+            if (r.condition == rules::condition_kind::limit) {
+                o += "breakerbox_rule_limit{rule=\"" + label(r.id) + "\"} " + num(r.limit) + "\n";
+            }
+        }
+    }
+    if (auto* db = srv.db()) {
+        const auto c = db->counts();
+        const auto ws = db->stats();
+        o += "# HELP breakerbox_quarantine_held Quarantined requests not yet resolved.\n";
+        o += "# TYPE breakerbox_quarantine_held gauge\n";
+        o += "breakerbox_quarantine_held " + std::to_string(c.held_count) + "\n";
+        o += "# HELP breakerbox_quarantine_held_bytes Bytes of quarantined requests not yet resolved.\n";
+        o += "# TYPE breakerbox_quarantine_held_bytes gauge\n";
+        o += "breakerbox_quarantine_held_bytes " + std::to_string(c.held_bytes) + "\n";
+        o += "# HELP breakerbox_store_transactions_total Write transactions committed by the store.\n";
+        o += "# TYPE breakerbox_store_transactions_total counter\n";
+        o += "breakerbox_store_transactions_total " + std::to_string(ws.transactions) + "\n";
+        o += "# HELP breakerbox_store_failed_batches_total Write transactions rolled back for an I/O error.\n";
+        o += "# TYPE breakerbox_store_failed_batches_total counter\n";
+        o += "breakerbox_store_failed_batches_total " + std::to_string(ws.batches_failed) + "\n";
+        o += "# HELP breakerbox_store_hold_seconds Time from receiving a quarantined request to its durable commit.\n";
+        o += "# TYPE breakerbox_store_hold_seconds histogram\n";
+        hist("breakerbox_store_hold_seconds", "", hold);
+    }
+    o += "# HELP breakerbox_admin_actions_total Admin API requests, by endpoint family and status.\n";
+    o += "# TYPE breakerbox_admin_actions_total counter\n";
+    for (const auto& [k, v] : srv.admin_action_counts()) {
+        o += "breakerbox_admin_actions_total{endpoint=\"" + label(k.first) + "\",status=\"" + std::to_string(k.second) +
+             "\"} " + std::to_string(v) + "\n";
+    }
+    return o;
+}
+
+}  // namespace bb::proxy

@@ -1,0 +1,341 @@
+// The admin API through real sockets (issue 6): auth and roles, every endpoint's success and
+// failure answers, trips that take effect on every worker, change control, the
+// hash-chained audit log (tampered with in the SQLite file), and /metrics through promtool.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/write.hpp>
+
+#include <openssl/evp.h>
+#include <simdjson.h>
+#include <sqlite3.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string sha256_hex(std::string_view s) {
+    unsigned char d[32];
+    unsigned int n = 0;
+    EVP_Digest(s.data(), s.size(), d, &n, EVP_sha256(), nullptr);
+    std::string out;
+    char buf[3];
+    for (int i = 0; i < 32; ++i) {
+        std::snprintf(buf, sizeof buf, "%02x", d[i]);
+        out += buf;
+    }
+    return out;
+}
+
+std::string admin_config(std::uint16_t upstream_port, const std::string& dir, int limit = 1000) {
+    return "{\"workers\": 2, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+           "\"limits\": {\"drain_timeout\": \"2s\"},"
+           "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+           "{\"name\": \"vera-viewer\", \"sha256\": \"" + sha256_hex("view-token") + "\", \"role\": \"viewer\"},"
+           "{\"name\": \"ollie-oncall\", \"sha256\": \"" + sha256_hex("op-token") + "\", \"role\": \"operator\"},"
+           "{\"name\": \"ada-admin\", \"sha256\": \"" + sha256_hex("admin-token") + "\", \"role\": \"admin\"}]},"
+           "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+           "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(upstream_port) + "\"}],"
+           "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+           "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+           "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"},"
+           "{\"id\": \"held\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+           "\"rules\": [{\"id\": \"recipients\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+           "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": " + std::to_string(limit) +
+           ", \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},"
+           "{\"id\": \"hold-tagged\", \"route\": \"mail-send\", \"match\": {\"headers\": {\"x-hold\": \"*\"}},"
+           "\"measure\": {\"per_request\": \"requests\"}, \"limit\": 0, \"failure_mode\": \"volume-spike\", \"trips\": \"held\"}],"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+response admin(std::uint16_t port, http::verb method, const std::string& target, const std::string& token,
+               const std::string& body = "") {
+    std::vector<std::pair<std::string, std::string>> h;
+    if (!token.empty()) {
+        h.emplace_back("authorization", "Bearer " + token);
+    }
+    if (!body.empty()) {
+        h.emplace_back("content-type", "application/json");
+    }
+    return http_request(port, method, target, body, h);
+}
+
+std::string code_of(const response& r) {
+    simdjson::dom::parser p;
+    auto doc = p.parse(r.body());
+    std::string_view c;
+    if (doc.error() || doc["error"]["code"].get(c)) {
+        return {};
+    }
+    return std::string{c};
+}
+
+response send_mail(std::uint16_t port, const std::string& campaign, int recipients = 1, bool hold = false) {
+    std::string to;
+    for (int i = 0; i < recipients; ++i) {
+        to += std::string{i ? "," : ""} + std::to_string(i);
+    }
+    std::vector<std::pair<std::string, std::string>> h{{"content-type", "application/json"}, {"x-campaign-id", campaign}};
+    if (hold) {
+        h.emplace_back("x-hold", "1");
+    }
+    return http_request(port, http::verb::post, "/v3/mail/send", "{\"to\":[" + to + "]}", h);
+}
+
+struct admin_fixture {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    std::string dir = temp_dir();
+    proxy_instance bb{admin_config(up.port(), dir)};
+    std::uint16_t port() { return bb.server().admin_port(); }
+};
+
+}  // namespace
+
+TEST(admin_api, health_and_readiness_need_no_token) {
+    admin_fixture f;
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/healthz", "").result_int(), 200u);
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/readyz", "").result_int(), 200u);
+}
+
+TEST(admin_api, tokens_and_roles) {
+    admin_fixture f;
+    auto none = admin(f.port(), http::verb::get, "/v1/breakers", "");
+    EXPECT_EQ(none.result_int(), 401u);
+    EXPECT_EQ(code_of(none), "unauthorized");
+    EXPECT_FALSE(none[http::field::www_authenticate].empty());
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "wrong-token").result_int(), 401u);
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "view-token").result_int(), 200u);
+    auto trip = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/trip", "view-token",
+                      R"({"reason":"looks wrong"})");
+    EXPECT_EQ(trip.result_int(), 403u);
+    EXPECT_EQ(code_of(trip), "forbidden");
+    EXPECT_NE(trip.body().find("viewer"), std::string::npos);
+}
+
+TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
+    admin_fixture f;
+    auto get = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/x/trip", "op-token");
+    EXPECT_EQ(get.result_int(), 405u);
+    EXPECT_EQ(get[http::field::allow], "POST");
+    auto post_list = admin(f.port(), http::verb::post, "/v1/breakers", "op-token", R"({"reason":"x"})");
+    EXPECT_EQ(post_list.result_int(), 405u);
+    auto bad_json = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token", "{nope");
+    EXPECT_EQ(bad_json.result_int(), 400u);
+    EXPECT_EQ(code_of(bad_json), "bad_json");
+    auto no_reason = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token", R"({})");
+    EXPECT_EQ(no_reason.result_int(), 400u);
+    EXPECT_EQ(code_of(no_reason), "missing_field");
+    EXPECT_NE(no_reason.body().find("\"field\":\"reason\""), std::string::npos);
+    auto bad_mode = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/mode", "op-token",
+                          R"({"mode":"sideways","reason":"r"})");
+    EXPECT_EQ(bad_mode.result_int(), 400u);
+    EXPECT_NE(bad_mode.body().find("\"field\":\"mode\""), std::string::npos);
+    auto unknown = admin(f.port(), http::verb::post, "/v1/breakers/ghost/trip", "op-token", R"({"reason":"r"})");
+    EXPECT_EQ(unknown.result_int(), 404u);
+    auto big = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token",
+                     "{\"reason\":\"" + std::string(70 * 1024, 'x') + "\"}");
+    EXPECT_EQ(big.result_int(), 413u);
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/nothing", "op-token").result_int(), 404u);
+}
+
+TEST(admin_api, a_trip_contains_the_next_request_on_every_worker_and_reset_releases_it) {
+    admin_fixture f;
+    EXPECT_EQ(send_mail(f.bb.port(), "spring").result_int(), 202u);
+    auto trip = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/trip", "op-token",
+                      R"({"reason":"agent loop suspected"})");
+    ASSERT_EQ(trip.result_int(), 200u) << trip.body();
+    EXPECT_NE(trip.body().find("\"state\":\"open\""), std::string::npos) << trip.body();
+    EXPECT_NE(trip.body().find("\"actor\":\"ollie-oncall\""), std::string::npos) << trip.body();
+    for (int i = 0; i < 8; ++i) {  // fresh connections spread over both workers
+        auto res = send_mail(f.bb.port(), "spring");
+        EXPECT_EQ(res.result_int(), 503u);
+        EXPECT_EQ(res["x-breakerbox-decision"], "paused");
+    }
+    EXPECT_EQ(send_mail(f.bb.port(), "autumn").result_int(), 202u);
+    auto list = admin(f.port(), http::verb::get, "/v1/breakers", "view-token");
+    EXPECT_NE(list.body().find("\"instance\":\"campaign-volume/spring\""), std::string::npos) << list.body();
+    auto one = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/spring", "view-token");
+    EXPECT_EQ(one.result_int(), 200u);
+    EXPECT_NE(one.body().find("\"reason\":\"agent loop suspected\""), std::string::npos);
+    auto reset = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/reset", "op-token",
+                       R"({"reason":"checked"})");
+    EXPECT_EQ(reset.result_int(), 200u);
+    EXPECT_EQ(send_mail(f.bb.port(), "spring").result_int(), 202u);
+    auto mode = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/mode", "op-token",
+                      R"({"mode":"forced_open","expires_in":"10m","reason":"maintenance"})");
+    EXPECT_EQ(mode.result_int(), 200u) << mode.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "anything").result_int(), 503u);
+}
+
+TEST(admin_api, quarantine_endpoints) {
+    admin_fixture f;
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 3; ++i) {
+        auto res = send_mail(f.bb.port(), "q", 1, true);
+        ASSERT_EQ(res.result_int(), 202u);
+        ASSERT_EQ(res["x-breakerbox-decision"], "quarantined");
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    EXPECT_EQ(f.up.request_count(), 0u);
+    auto list = admin(f.port(), http::verb::get, "/v1/quarantine?breaker=held&state=held", "view-token");
+    ASSERT_EQ(list.result_int(), 200u);
+    for (const auto& t : tickets) {
+        EXPECT_NE(list.body().find(t), std::string::npos);
+    }
+    auto bad = admin(f.port(), http::verb::get, "/v1/quarantine?state=sideways", "view-token");
+    EXPECT_EQ(bad.result_int(), 400u);
+    auto one = admin(f.port(), http::verb::get, "/v1/quarantine/" + tickets[0], "view-token");
+    ASSERT_EQ(one.result_int(), 200u);
+    EXPECT_NE(one.body().find("body_base64"), std::string::npos);
+    EXPECT_NE(one.body().find("\"history\""), std::string::npos);
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/quarantine/q_nope", "view-token").result_int(), 404u);
+    auto rel = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[0] + "/release", "op-token",
+                     R"({"reason":"verified the audience"})");
+    ASSERT_EQ(rel.result_int(), 200u) << rel.body();
+    EXPECT_NE(rel.body().find("\"ok\":true"), std::string::npos);
+    EXPECT_EQ(f.up.request_count(), 1u);
+    auto again = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[0] + "/release", "op-token",
+                       R"({"reason":"oops, twice"})");
+    EXPECT_EQ(again.result_int(), 409u);
+    EXPECT_EQ(f.up.request_count(), 1u);
+    auto dis = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/discard", "op-token",
+                     R"({"reason":"wrong segment"})");
+    EXPECT_EQ(dis.result_int(), 200u);
+    auto nofilter = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token", R"({"reason":"all"})");
+    EXPECT_EQ(nofilter.result_int(), 400u);
+    auto bulk = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token",
+                      R"({"reason":"ok now","rate_per_s":50,"filter":{"breaker":"held"}})");
+    ASSERT_EQ(bulk.result_int(), 200u) << bulk.body();
+    EXPECT_NE(bulk.body().find("\"released\":1"), std::string::npos) << bulk.body();
+    EXPECT_EQ(f.up.request_count(), 2u);
+}
+
+TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
+    admin_fixture f;
+    // Invalid: every error listed, nothing changes.
+    auto invalid = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                         R"({"reason":"typo","config":{"listeners":[],"upstreams":[{"name":"u","url":"ftp://x"}],"routes":[],"limts":{}}})");
+    EXPECT_EQ(invalid.result_int(), 400u);
+    EXPECT_EQ(code_of(invalid), "invalid_config");
+    EXPECT_NE(invalid.body().find("upstreams[0].url"), std::string::npos) << invalid.body();
+    EXPECT_NE(invalid.body().find("limts: is not a known setting"), std::string::npos) << invalid.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "c").result_int(), 202u);
+
+    const auto current = admin(f.port(), http::verb::get, "/v1/config", "view-token");
+    ASSERT_EQ(current.result_int(), 200u);
+    // Raising a limit loosens a guard: operators may not, admins may.
+    std::string looser = admin_config(f.up.port(), f.dir, 5000);
+    auto as_op = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                       "{\"reason\":\"bigger campaign\",\"config\":" + looser + "}");
+    EXPECT_EQ(as_op.result_int(), 403u) << as_op.body();
+    auto dry = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "admin-token",
+                     "{\"reason\":\"check\",\"config\":" + looser + "}");
+    ASSERT_EQ(dry.result_int(), 200u) << dry.body();
+    EXPECT_NE(dry.body().find("\"applied\":false"), std::string::npos);
+    EXPECT_NE(dry.body().find("rules[recipients].limit: 1000 -> 5000"), std::string::npos) << dry.body();
+    auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                         "{\"reason\":\"bigger campaign\",\"config\":" + looser + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "big", 3000).result_int(), 202u);
+    // Tightening is an operator's call.
+    std::string tighter = admin_config(f.up.port(), f.dir, 10);
+    auto tight = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                       "{\"reason\":\"tighten\",\"config\":" + tighter + "}");
+    ASSERT_EQ(tight.result_int(), 200u) << tight.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "small", 20).result_int(), 503u);
+    // Roll back to the looser version (admin only).
+    simdjson::dom::parser p;
+    std::int64_t version = 0;
+    ASSERT_EQ(p.parse(applied.body())["version"].get(version), simdjson::SUCCESS);
+    EXPECT_EQ(admin(f.port(), http::verb::post, "/v1/config/rollback", "op-token",
+                    "{\"reason\":\"undo\",\"version\":" + std::to_string(version) + "}")
+                  .result_int(),
+              403u);
+    auto rb = admin(f.port(), http::verb::post, "/v1/config/rollback", "admin-token",
+                    "{\"reason\":\"undo\",\"version\":" + std::to_string(version) + "}");
+    ASSERT_EQ(rb.result_int(), 200u) << rb.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "other", 20).result_int(), 202u);
+}
+
+TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
+    admin_fixture f;
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
+                    R"({"reason":"first"})")
+                  .result_int(),
+              200u);
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/reset", "op-token",
+                    R"({"reason":"second"})")
+                  .result_int(),
+              200u);
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/b/trip", "admin-token",
+                    R"({"reason":"third"})")
+                  .result_int(),
+              200u);
+    admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/b/trip", "view-token", R"({"reason":"denied"})");
+    auto log = admin(f.port(), http::verb::get, "/v1/audit", "view-token");
+    ASSERT_EQ(log.result_int(), 200u);
+    EXPECT_NE(log.body().find("\"actor\":\"ollie-oncall\""), std::string::npos) << log.body();
+    EXPECT_NE(log.body().find("\"reason\":\"third\""), std::string::npos);
+    EXPECT_NE(log.body().find("\"result\":\"forbidden\""), std::string::npos) << "refusals are audited too";
+    auto ok = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
+    EXPECT_NE(ok.body().find("\"ok\":true"), std::string::npos) << ok.body();
+
+    // Edit an entry in the SQLite file behind breakerbox's back.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((f.dir + "/bb.db").c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 2000);
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'nothing to see' WHERE id = 2", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    auto edited = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
+    EXPECT_NE(edited.body().find("\"ok\":false"), std::string::npos) << edited.body();
+    EXPECT_NE(edited.body().find("\"first_bad\":2"), std::string::npos) << edited.body();
+    // Restore it, then delete one instead.
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'second' WHERE id = 2", nullptr, nullptr, nullptr), SQLITE_OK);
+    EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token").body().find("\"ok\":true"),
+              std::string::npos);
+    ASSERT_EQ(sqlite3_exec(db, "DELETE FROM audit WHERE id = 2", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto deleted = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
+    EXPECT_NE(deleted.body().find("\"ok\":false"), std::string::npos) << deleted.body();
+    EXPECT_NE(deleted.body().find("missing"), std::string::npos) << deleted.body();
+    sqlite3_close(db);
+}
+
+TEST(admin_api, metrics_pass_promtool) {
+    admin_fixture f;
+    send_mail(f.bb.port(), "m");
+    send_mail(f.bb.port(), "m", 1, true);
+    http_request(f.bb.port(), http::verb::get, "/nowhere");
+    auto res = admin(f.port(), http::verb::get, "/metrics", "view-token");
+    ASSERT_EQ(res.result_int(), 200u);
+    EXPECT_NE(res[http::field::content_type].find("text/plain"), std::string::npos);
+    const auto& text = res.body();
+    EXPECT_NE(text.find("breakerbox_requests_total{route=\"mail-send\",decision=\"allowed\"} 1"), std::string::npos) << text;
+    EXPECT_NE(text.find("breakerbox_requests_total{route=\"mail-send\",decision=\"quarantined\"} 1"), std::string::npos);
+    EXPECT_NE(text.find("breakerbox_upstream_latency_seconds_bucket{upstream=\"sendgrid\",le=\"+Inf\"} 1"),
+              std::string::npos);
+    EXPECT_NE(text.find("breakerbox_quarantine_held 1"), std::string::npos);
+    EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\""), std::string::npos);
+    EXPECT_NE(text.find("breakerbox_rule_limit{rule=\"recipients\"} 1000"), std::string::npos);
+    const std::string file = f.dir + "/metrics.txt";
+    std::ofstream{file} << text;
+    if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+        GTEST_SKIP() << "promtool is not installed (scripts/setup.sh installs it)";
+    }
+    const std::string cmd = "promtool check metrics < " + file + " 2>&1";
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (pipe && std::fgets(buf, sizeof buf, pipe)) {
+        out += buf;
+    }
+    const int rc = pipe ? ::pclose(pipe) : -1;
+    EXPECT_EQ(rc, 0) << out;
+}
