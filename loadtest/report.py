@@ -13,8 +13,9 @@ import statistics
 import sys
 
 SECTION = "## Data plane vs HAProxy and nginx"
-ORDER = [("breakerbox", 1), ("haproxy", 1), ("nginx", 1), ("breakerbox", 2), ("haproxy", 2)]
-LABEL = {"breakerbox": "breakerbox", "haproxy": "HAProxy", "nginx": "nginx"}
+ORDER = [("breakerbox", 1), ("breakerbox-guarded", 1), ("haproxy", 1), ("nginx", 1), ("breakerbox", 2), ("haproxy", 2)]
+LABEL = {"breakerbox": "breakerbox", "breakerbox-guarded": "breakerbox + 20 rules/breakers", "haproxy": "HAProxy",
+         "nginx": "nginx"}
 
 
 def parse_line(line):
@@ -153,6 +154,12 @@ def build(results, meta):
                 f"**{b['rps'] / h['rps']:.2f}×** the requests/s; "
                 f"p99 {ms(b['p99'])} vs {ms(h['p99'])} ({(b['p99'] / h['p99'] - 1) * 100:+.0f}%); "
                 f"{b['cpu_us'] / h['cpu_us']:.2f}× the CPU per request")
+    g, b1, h1 = summaries.get(("breakerbox-guarded", 1)), summaries.get(("breakerbox", 1)), summaries.get(("haproxy", 1))
+    if g and b1:
+        comparisons.append(
+            f"- 20 rules and breakers vs plain breakerbox, 1 worker: **{g['rps'] / b1['rps']:.2f}×** the requests/s "
+            f"(target ≥ 0.90×); p99 {ms(g['p99'])} vs {ms(b1['p99'])}"
+            + (f"; vs HAProxy {g['rps'] / h1['rps']:.2f}×" if h1 else ""))
     for proxy in ("breakerbox", "haproxy"):
         one, two = summaries.get((proxy, 1)), summaries.get((proxy, 2))
         if one and two:

@@ -304,6 +304,42 @@ config_breakerbox() { # file port workers
 EOF
 }
 
+# The same proxy with 20 rules and 20 breakers on the benchmarked route (none trips:
+# the limits are far above what the run sends), plus upstream health checks. This is
+# what issue 4's "within 10% of plain breakerbox" is measured on.
+config_breakerbox_guarded() { # file port workers
+  local rules="" breakers="" i measure key window
+  for i in $(seq 1 20); do
+    case $(( i % 4 )) in
+      0) measure='{"sum": "count($.personalizations[*].to[*])"}' ;;
+      1) measure='{"sum": "requests"}' ;;
+      2) measure='{"sum": "body_bytes"}' ;;
+      3) measure='{"per_request": "count($.personalizations[*].to[*])"}' ;;
+    esac
+    case $(( i % 3 )) in
+      0) key='"key": ["header:x-campaign-id"], ' ;;
+      1) key='"key": ["route"], ' ;;
+      2) key='' ;;
+    esac
+    window='"window": "1h", '
+    [[ $measure == *per_request* ]] && window=''
+    breakers+="${breakers:+,}{\"id\": \"b$i\", \"action\": \"pause\", \"cooldown\": \"30s\"}"
+    rules+="${rules:+,}{\"id\": \"r$i\", \"route\": \"mail-send\", ${key}\"measure\": $measure, ${window}\"limit\": 1000000000000, \"failure_mode\": \"fm\", \"trips\": \"b$i\"}"
+  done
+  cat >"$1" <<EOF
+{"workers": $3,
+ "listeners": [{"name": "bench", "address": "127.0.0.1:$2"}],
+ "store": {"path": "$WORK/guarded-$2.db"},
+ "upstreams": [{"name": "demo", "url": "http://127.0.0.1:$UPSTREAM_PORT", "timeout": "15s", "max_connections": 1024,
+                "health": {"consecutive_failures": 5, "failure_ratio": 0.5, "min_volume": 100, "cooldown": "10s"}}],
+ "routes": [{"name": "mail-send", "match": {"path_prefix": "/v3/mail/send", "methods": ["POST"]}, "upstream": "demo"}],
+ "failure_modes": [{"id": "fm", "title": "Benchmark failure mode", "severity": "sev2"}],
+ "breakers": [$breakers],
+ "rules": [$rules],
+ "log": {"level": "warn", "access_log": "off"}}
+EOF
+}
+
 config_haproxy() { # file port threads
   # maxconn: HAProxy needs two fds per proxied connection; derive it from the
   # fd limit rather than letting it fall back to the per-frontend default.
@@ -378,6 +414,9 @@ start_proxy() {
     breakerbox)
       config_breakerbox "$dir/breakerbox.json" "$PROXY_PORT" "$workers"
       start_bg "$name" "$cpus" "$BREAKERBOX" --config "$dir/breakerbox.json" --log-level warn ;;
+    breakerbox-guarded)
+      config_breakerbox_guarded "$dir/breakerbox.json" "$PROXY_PORT" "$workers"
+      start_bg "$name" "$cpus" "$BREAKERBOX" --config "$dir/breakerbox.json" --log-level warn ;;
     haproxy)
       config_haproxy "$dir/haproxy.cfg" "$PROXY_PORT" "$workers"
       start_bg "$name" "$cpus" haproxy -f "$dir/haproxy.cfg" -db ;;
@@ -395,7 +434,7 @@ start_proxy() {
       FAIL_REASON="exited with status $rc at start-up"
     fi
     FAIL_REASON+="; output: $(tail -c 300 "$WORK/$name.log" | tr '\n' ' ')"
-    if [[ $kind == breakerbox ]]; then
+    if [[ $kind == breakerbox* ]]; then
       FAIL_REASON+=" | --check-config: $("$BREAKERBOX" --check-config "$dir/breakerbox.json" 2>&1 | head -c 300 | tr '\n' ' ')"
     fi
     stop_pid "$PROXY_PID"
@@ -502,7 +541,7 @@ run_idle() { # kind
 
 declare -a CONFIGS=()
 if [[ -x $BREAKERBOX ]]; then
-  CONFIGS+=("breakerbox 1" "breakerbox 2")
+  CONFIGS+=("breakerbox 1" "breakerbox-guarded 1" "breakerbox 2")
   echo "breakerbox=${BREAKERBOX#"$REPO"/} built $(date -u -r "$BREAKERBOX" '+%Y-%m-%d %H:%M UTC'), tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'without commits')$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')" >>"$META"
 else
   log "SKIPPING breakerbox: no executable at $BREAKERBOX (build it, or set BREAKERBOX=path)"

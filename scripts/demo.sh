@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/build.sh --target breakerbox breakerbox-demo-upstream
+targets=(breakerbox breakerbox-demo-upstream)
+[[ -f ctl/CMakeLists.txt ]] && targets+=(breakerctl)
+scripts/build.sh --target "${targets[@]}"
 build/breakerbox --check-config demo/breakerbox.json
 build/breakerbox-demo-upstream 127.0.0.1:9000 &
 demo_pid=$!
@@ -18,6 +20,20 @@ cat <<'MSG'
          -d '{"personalizations":[{"to":[{"email":"ada@example.com"}]}],"from":{"email":"ops@example.com"},"subject":"hi","content":[{"type":"text/plain","value":"hello"}]}'
     curl -si http://127.0.0.1:8080/crm/v3/objects/contacts
     curl -si http://127.0.0.1:8080/no/such/route          # 404 with a JSON explanation
+
+  The demo caps each campaign (x-campaign-id header) at 20 recipients an hour; over it,
+  mail is held in quarantine (202 + x-breakerbox-ticket) until an operator decides:
+
+    for i in 1 2 3; do curl -s http://127.0.0.1:8080/v3/mail/send -H 'x-campaign-id: spring' \
+      -H 'content-type: application/json' \
+      -d '{"personalizations":[{"to":[{"email":"a@x.test"},{"email":"b@x.test"},{"email":"c@x.test"},{"email":"d@x.test"},{"email":"e@x.test"},{"email":"f@x.test"},{"email":"g@x.test"},{"email":"h@x.test"}]}]}'; echo; done
+
+  Operators use the admin API on 127.0.0.1:9901 (demo token below; see docs/admin-api.md):
+
+    export BREAKERBOX_TOKEN=demo-operator-token
+    build/breakerctl breakers
+    build/breakerctl quarantine list --breaker campaign-volume
+    build/breakerctl quarantine release --breaker campaign-volume --rate 5 --reason "segment checked"
 
   Access log lines (JSON) follow. Ctrl-C drains and stops.
 
