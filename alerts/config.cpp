@@ -123,7 +123,7 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
         errs.add(r.path_of("routing_key"), "is required for pagerduty sinks");
     }
     if (auto ca = r.string("ca_file")) {
-        if (url && !url->tls) {
+        if (s.url.starts_with("http://")) {
             errs.add(r.path_of("ca_file"), "is only for https URLs");
         } else if (ca->empty()) {
             errs.add(r.path_of("ca_file"), "must not be empty");

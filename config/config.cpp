@@ -634,6 +634,9 @@ parse_result parse_config(std::string_view json_text) {
     parse_store(root, *c);
     parse_admin(root, *c);
     parse_breakers(root, *c);
+    if (auto a = root.value("alerts")) {
+        c->alerts = alerts::parse_alerts(&*a, out.errors);
+    }
 
     std::vector<std::string> route_names;
     for (const auto& r : c->routes) {

@@ -3,6 +3,7 @@
 // reported with its JSON path, all cross-field checks in one place; shared read-only as
 // std::shared_ptr<const config> and replaced whole on reload.
 
+#include "alerts/alerts.hpp"
 #include "breakers/breaker.hpp"
 #include "breakers/health.hpp"
 #include "core/json_reader.hpp"
@@ -126,6 +127,7 @@ struct config {
     log_config log;
     admin_config admin;
     store_config store;
+    alerts::alerts_config alerts;
     std::string source_json;  // the config text as given (for GET /v1/config and versions)
     std::vector<breakers::breaker_config> breakers;  // declared + implicit (upstream/<name>)
     std::shared_ptr<const rules::rule_set> rules;  // may be null when no rules

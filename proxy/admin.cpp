@@ -1,5 +1,6 @@
 #include "proxy/admin.hpp"
 
+#include "alerts/alerts.hpp"
 #include "core/json_reader.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
@@ -1253,6 +1254,17 @@ std::string render_metrics(server& srv) {
         o += "# HELP breakerbox_store_hold_seconds Time from receiving a quarantined request to its durable commit.\n";
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);
+    }
+    if (auto* al = srv.alerts()) {
+        o += "# HELP breakerbox_alerts_total Alerts per sink by outcome (sent, failed after retries, dropped, retries).\n";
+        o += "# TYPE breakerbox_alerts_total counter\n";
+        for (const auto& st : al->stats()) {
+            for (const auto& [outcome, v] : {std::pair{"sent", st.sent}, std::pair{"failed", st.failed},
+                                             std::pair{"dropped", st.dropped}, std::pair{"retry", st.retries}}) {
+                o += "breakerbox_alerts_total{sink=\"" + label(st.name) + "\",outcome=\"" + outcome + "\"} " +
+                     std::to_string(v) + "\n";
+            }
+        }
     }
     o += "# HELP breakerbox_admin_actions_total Admin API requests, by endpoint family and status.\n";
     o += "# TYPE breakerbox_admin_actions_total counter\n";

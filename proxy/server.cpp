@@ -3,6 +3,7 @@
 #include "proxy/responses.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
+#include "alerts/alerts.hpp"
 #include "proxy/admin.hpp"
 #include "proxy/remediation.hpp"
 #include "store/breaker_state.hpp"
@@ -294,6 +295,9 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         clock_ = opts_.time;
     }
     access_log_ = make_access_log(cfg_->log);
+    if (!cfg_->alerts.sinks.empty()) {
+        alerts_ = std::make_unique<alerts::dispatcher>(cfg_->alerts);
+    }
     rt_ = build_runtime(cfg_, nullptr);
     if (!cfg_->breakers.empty()) {
         // The store keeps breaker state and quarantined requests. A store that cannot be
@@ -458,6 +462,47 @@ void server::on_transition(const breakers::transition& t) {
     if (state_writer_) {
         state_writer_->request();
     }
+    if (alerts_ && t.cause.kind != "restore") {
+        alerts::alert a;
+        a.breaker = t.instance;
+        a.dedup_key = t.instance;
+        a.rule = t.cause.rule;
+        a.key = t.cause.key;
+        a.actor = t.cause.actor;
+        a.reason = t.cause.reason;
+        a.request_id = t.cause.request_id;
+        a.severity = "sev3";
+        if (!t.cause.rule.empty()) {
+            if (const auto rt = current_runtime(); rt->engine) {
+                if (const auto* r = rt->engine->rules().find_rule(t.cause.rule)) {
+                    const auto& fm = rt->engine->rules().mode_of(*r);
+                    a.failure_mode = fm.id;
+                    a.severity = std::string{rules::to_string(fm.sev)};
+                }
+            }
+        } else if (t.breaker.starts_with("upstream/")) {
+            a.severity = "sev2";
+        }
+        const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
+        const bool closed = t.from != breakers::state::closed && t.to == breakers::state::closed;
+        if (t.cause.kind == "manual" && t.mode_from != t.mode_to) {
+            a.event = "breaker_mode";
+        } else if (t.cause.kind == "manual" && opened) {
+            a.event = "breaker_manual_trip";
+        } else if (closed && (t.cause.kind == "manual" || t.cause.kind == "probe")) {
+            a.event = "breaker_reset";
+            a.resolve = true;
+        } else if (opened) {
+            a.event = "breaker_tripped";
+        }
+        if (!a.event.empty()) {
+            a.summary = "breaker " + t.instance + ": " + std::string{breakers::to_string(t.from)} + " -> " +
+                        std::string{breakers::to_string(t.to)} +
+                        (t.mode_from != t.mode_to ? " (mode " + std::string{breakers::to_string(t.mode_to)} + ")" : "") +
+                        (t.cause.reason.empty() ? "" : ": " + t.cause.reason);
+            alerts_->publish(a);
+        }
+    }
     // A recovered upstream starts with a clean health record, or the failures that opened
     // the breaker would count against it again right away.
     if (t.to == breakers::state::closed && t.breaker.starts_with("upstream/")) {
@@ -468,6 +513,28 @@ void server::on_transition(const breakers::transition& t) {
             }
         }
     }
+}
+
+void server::report_store_trouble(const std::string& message) {
+    spdlog::error("store trouble: {}", message);
+    if (!alerts_) {
+        return;
+    }
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch())
+                            .count();
+    auto last = last_store_alert_ms_.load();
+    if (now_ms - last < 60'000 || !last_store_alert_ms_.compare_exchange_strong(last, now_ms)) {
+        return;  // one alert a minute is enough to wake someone; the log has every failure
+    }
+    alerts::alert a;
+    a.event = "store_trouble";
+    a.severity = "sev1";
+    a.summary = "breakerbox cannot write its store (" + cfg_->store.path + "): " + message +
+                "; quarantined requests are refused with 503 until it recovers";
+    a.dedup_key = "store:" + cfg_->store.path;
+    a.reason = message;
+    alerts_->publish(a);
 }
 
 void server::persist_breakers(std::function<void(bool)> done) {

@@ -27,6 +27,10 @@ namespace spdlog {
 class logger;
 }
 
+namespace bb::alerts {
+class dispatcher;
+}
+
 namespace bb::store {
 class breaker_state_writer;
 class database;
@@ -232,6 +236,11 @@ public:
     bool draining() const { return stop_requested_.load(); }
     const std::string& config_path() const { return opts_.config_path; }
     std::uint16_t admin_port() const;
+    // Alerts to on-call; null without sinks. Publishing never blocks.
+    alerts::dispatcher* alerts() { return alerts_.get(); }
+    // A hold failed for a store reason: alert (at most once a minute). Thread-safe.
+    void report_store_trouble(const std::string& message);
+
     // Admin API request counts by endpoint family and status (for /metrics). Thread-safe.
     void count_admin_action(std::string_view path, unsigned status);
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_action_counts() const;
@@ -268,6 +277,8 @@ private:
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
     std::unique_ptr<class remediation> remediation_;
+    std::unique_ptr<alerts::dispatcher> alerts_;
+    std::atomic<std::int64_t> last_store_alert_ms_{0};
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;

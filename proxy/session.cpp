@@ -948,6 +948,9 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 }
                 // Never 202 without a durable record, never forward: fail closed.
                 contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
+                if (contained_code == "store_unavailable" || contained_code == "store_busy") {
+                    w.owner().report_store_trouble(stored.message);
+                }
                 contained = error_info{http::status::service_unavailable, "unavailable", contained_code,
                                        "the request could not be quarantined: " + stored.message};
                 contained_breaker = quarantine_instance;

@@ -376,3 +376,29 @@ TEST(durability, a_new_server_on_the_same_store_starts_with_the_breaker_open) {
     EXPECT_EQ(c.read_response().result_int(), 503u);
     EXPECT_EQ(up.request_count(), 0u);
 }
+
+TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
+    cfg.insert(cfg.rfind('}'), ", \"alerts\": {\"sinks\": [{\"name\": \"hook\", \"type\": \"webhook\", \"url\": \"http://127.0.0.1:" +
+                                   std::to_string(hook.port()) + "/alerts\", \"severities\": [\"sev1\", \"sev2\", \"sev3\"]}],"
+                                   "\"initial_backoff\": \"10ms\"}");
+    proxy_instance bb{cfg};
+    raw_client c{bb.port()};
+    c.send(mail(10, "loud"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 1; }, 5s));
+    auto reqs = hook.requests();
+    EXPECT_EQ(reqs[0].req.target(), "/alerts");
+    const auto& body = reqs[0].req.body();
+    EXPECT_NE(body.find("\"event\":\"breaker_tripped\""), std::string::npos) << body;
+    EXPECT_NE(body.find("\"severity\":\"sev2\""), std::string::npos) << body;
+    EXPECT_NE(body.find("campaign-volume/loud"), std::string::npos) << body;
+    EXPECT_NE(body.find("\"failure_mode\":\"volume-spike\""), std::string::npos) << body;
+    ASSERT_TRUE(bb.server().breakers().reset("campaign-volume/loud", "ops", "false alarm", bb.server().now()));
+    ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 2; }, 5s));
+    reqs = hook.requests();
+    EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();
+}

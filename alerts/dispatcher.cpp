@@ -1,0 +1,493 @@
+// The sending side of alerts: one background thread running one io_context, one coroutine
+// per sink. Per-sink sends are sequential, so a sink sees alerts in the order they were
+// published; sinks never wait on each other.
+//
+// Locking: publish() runs on data-plane and control-plane threads, the sink coroutines on
+// the alerts thread. Queues, flags and counters are shared between them and guarded by
+// one mutex, held only for O(sinks) bookkeeping and never across I/O. Timers, TLS contexts
+// and the random source are touched only on the alerts thread.
+#include "alerts/alerts.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <algorithm>
+#include <charconv>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+
+namespace bb::alerts {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+// Network errors are values (STYLE.md): `auto [ec, n] = co_await op(..., use_tuple)`.
+inline constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+constexpr std::size_t response_header_limit = 16 * 1024;
+constexpr std::size_t response_body_limit = 64 * 1024;  // read only to quote it in last_error
+constexpr std::size_t error_body_quote = 200;
+
+struct attempt_result {
+    enum class outcome { ok, retry, give_up };
+    outcome what = outcome::give_up;
+    std::string error;
+    std::optional<std::chrono::milliseconds> retry_after;
+};
+
+attempt_result ok() { return {attempt_result::outcome::ok, {}, {}}; }
+attempt_result retry(std::string e) { return {attempt_result::outcome::retry, std::move(e), {}}; }
+attempt_result give_up(std::string e) { return {attempt_result::outcome::give_up, std::move(e), {}}; }
+
+std::string describe(const error_code& ec, std::string_view doing, std::chrono::milliseconds timeout) {
+    if (ec == beast::error::timeout || ec == asio::error::operation_aborted) {
+        return std::string{doing} + ": timed out (timeout " + cfg::format_duration(timeout) + ")";
+    }
+    return std::string{doing} + ": " + ec.message();
+}
+
+// Retry-After as delay-seconds (RFC 9110 §10.2.3); HTTP-dates are ignored (backoff applies).
+std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) {
+        v.remove_prefix(1);
+    }
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) {
+        v.remove_suffix(1);
+    }
+    std::uint64_t secs = 0;
+    const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+    if (v.empty() || ec != std::errc{} || p != v.data() + v.size()) {
+        return std::nullopt;
+    }
+    return std::chrono::milliseconds{std::min<std::uint64_t>(secs, 86'400) * 1000};
+}
+
+bool is_ip_literal(const std::string& host) {
+    error_code ec;
+    asio::ip::make_address(host, ec);
+    return !ec;
+}
+
+}  // namespace
+
+struct dispatcher::impl {
+    struct sink {
+        sink_config cfg;
+        std::optional<url_parts> url;
+        std::string host_header;
+        std::string setup_error;                   // unusable URL or TLS setup: every alert fails
+        std::unique_ptr<asio::ssl::context> tls;  // alerts thread only (after construction)
+        std::unique_ptr<asio::steady_timer> wake;     // alerts thread only
+        std::unique_ptr<asio::steady_timer> backoff;  // alerts thread only
+
+        // Guarded by impl::mu.
+        std::deque<std::shared_ptr<const alert>> queue;
+        bool waiting = false;    // the coroutine is parked on `wake`
+        bool in_flight = false;  // an alert was taken off the queue and is being delivered
+        sink_stats stats;
+
+        bool wants(std::string_view severity) const {
+            return cfg.severities.empty() ||
+                   std::find(cfg.severities.begin(), cfg.severities.end(), severity) != cfg.severities.end();
+        }
+    };
+
+    // Declared first so it is destroyed last: the timers and sockets below belong to it.
+    asio::io_context io{1};
+    alerts_config cfg;
+    std::vector<std::unique_ptr<sink>> sinks;
+    std::minstd_rand rng{std::random_device{}()};  // alerts thread only
+
+    mutable std::mutex mu;
+    std::condition_variable cv;
+    bool stopping = false;   // guarded by mu
+    std::size_t running = 0; // sink coroutines not yet finished; guarded by mu
+    std::thread thread;
+
+    explicit impl(alerts_config c) : cfg(std::move(c)) {
+        for (auto& sc : cfg.sinks) {
+            auto s = std::make_unique<sink>();
+            s->cfg = sc;
+            s->stats.name = sc.name;
+            s->wake = std::make_unique<asio::steady_timer>(io);
+            s->backoff = std::make_unique<asio::steady_timer>(io);
+            std::string why;
+            s->url = parse_url(sc.url, &why);
+            if (!s->url) {
+                s->setup_error = "url " + cfg::quote(sc.url) + " " + why;
+            } else {
+                const auto& u = *s->url;
+                const bool v6 = u.host.find(':') != std::string::npos;
+                s->host_header = v6 ? "[" + u.host + "]" : u.host;
+                if (u.port != (u.tls ? 443 : 80)) {
+                    s->host_header += ":" + std::to_string(u.port);
+                }
+                if (u.tls) {
+                    setup_tls(*s);
+                }
+            }
+            sinks.push_back(std::move(s));
+        }
+    }
+
+    void setup_tls(sink& s) {
+        s.tls = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+        s.tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                           asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                           asio::ssl::context::no_tlsv1_1);
+        s.tls->set_verify_mode(asio::ssl::verify_peer);
+        error_code ec;
+        if (!s.cfg.ca_file.empty()) {
+            s.tls->load_verify_file(s.cfg.ca_file, ec);
+            if (ec) {
+                s.setup_error = "cannot load ca_file " + s.cfg.ca_file + ": " + ec.message();
+            }
+        } else {
+            s.tls->set_default_verify_paths(ec);
+            if (ec) {
+                s.setup_error = "cannot load the system certificate store: " + ec.message();
+            }
+        }
+    }
+
+    void start() {
+        running = sinks.size();
+        for (auto& s : sinks) {
+            asio::co_spawn(io, run_sink(*s), [this, sp = s.get()](std::exception_ptr e) {
+                std::lock_guard lk{mu};
+                if (e) {
+                    // Not expected (errors are values); make it visible rather than silent.
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        sp->stats.last_error = std::string{"alerts sender stopped: "} + ex.what();
+                    } catch (...) {
+                        sp->stats.last_error = "alerts sender stopped";
+                    }
+                }
+                sp->in_flight = false;
+                --running;
+                cv.notify_all();
+            });
+        }
+        thread = std::thread{[this] { io.run(); }};
+    }
+
+    void stop() {
+        {
+            std::lock_guard lk{mu};
+            stopping = true;
+        }
+        try {
+            asio::post(io, [this] {
+                for (auto& s : sinks) {
+                    s->wake->cancel();
+                    s->backoff->cancel();
+                }
+            });
+        } catch (...) {
+            // Without the post the parked coroutines are simply destroyed with the io_context.
+        }
+        {
+            // An attempt in flight ends by its own deadline (cfg.timeout), so this wait is
+            // the "up to cfg.timeout" grace; a little slack covers scheduling.
+            std::unique_lock lk{mu};
+            cv.wait_for(lk, cfg.timeout + std::chrono::milliseconds{50}, [&] { return running == 0; });
+        }
+        io.stop();
+        if (thread.joinable()) {
+            thread.join();
+        }
+    }
+
+    asio::awaitable<void> run_sink(sink& s) {
+        for (;;) {
+            std::shared_ptr<const alert> a;
+            {
+                std::lock_guard lk{mu};
+                if (stopping) {
+                    co_return;
+                }
+                if (s.queue.empty()) {
+                    s.waiting = true;
+                } else {
+                    a = std::move(s.queue.front());
+                    s.queue.pop_front();
+                    s.in_flight = true;
+                }
+            }
+            if (!a) {
+                // publish() posts a cancel of this timer when it finds `waiting`; the post can
+                // only run once this coroutine is suspended here (one thread).
+                s.wake->expires_at(steady::time_point::max());
+                co_await s.wake->async_wait(use_tuple);
+                continue;
+            }
+            co_await deliver(s, *a);
+            {
+                std::lock_guard lk{mu};
+                s.in_flight = false;
+            }
+            cv.notify_all();
+        }
+    }
+
+    asio::awaitable<void> deliver(sink& s, const alert& a) {
+        if (!s.setup_error.empty()) {
+            std::lock_guard lk{mu};
+            ++s.stats.failed;
+            s.stats.last_error = s.setup_error;
+            co_return;
+        }
+        const std::string body = render_payload(s.cfg.kind, a, s.cfg);
+        for (std::uint32_t attempt = 1;; ++attempt) {
+            attempt_result r;
+            try {
+                r = co_await send_once(s, body);
+            } catch (const std::exception& e) {
+                r = give_up(std::string{"internal error: "} + e.what());
+            }
+            if (r.what == attempt_result::outcome::ok) {
+                std::lock_guard lk{mu};
+                ++s.stats.sent;
+                co_return;
+            }
+            {
+                std::lock_guard lk{mu};
+                s.stats.last_error = r.error;
+                if (r.what == attempt_result::outcome::give_up || attempt >= cfg.max_attempts || stopping) {
+                    ++s.stats.failed;
+                    co_return;
+                }
+            }
+            const std::chrono::milliseconds delay =
+                r.retry_after ? std::min(*r.retry_after, cfg.max_backoff)
+                              : backoff_delay(attempt, cfg.initial_backoff, cfg.max_backoff,
+                                              std::uniform_real_distribution<double>{0.8, 1.2}(rng));
+            s.backoff->expires_after(delay);
+            co_await s.backoff->async_wait(use_tuple);
+            std::lock_guard lk{mu};
+            if (stopping) {
+                ++s.stats.failed;
+                s.stats.last_error = r.error + " (shut down before retrying)";
+                co_return;
+            }
+            ++s.stats.retries;
+        }
+    }
+
+    // One POST: resolve, connect, TLS, write, read the answer; every step under one
+    // deadline of cfg.timeout. One connection per send: alerts are rare.
+    asio::awaitable<attempt_result> send_once(sink& s, const std::string& body) {
+        const auto& u = *s.url;
+        const auto timeout = cfg.timeout;
+        const auto deadline = steady::now() + timeout;
+        auto ex = co_await asio::this_coro::executor;
+
+        // The resolver has no deadline of its own: a timer cancels it. Shared ownership
+        // because the timer's handler may run after this frame has moved on.
+        auto resolver = std::make_shared<tcp::resolver>(ex);
+        tcp::resolver::results_type endpoints;
+        {
+            asio::steady_timer guard{ex};
+            guard.expires_at(deadline);
+            guard.async_wait([w = std::weak_ptr<tcp::resolver>{resolver}](error_code gec) {
+                if (!gec) {
+                    if (auto r = w.lock()) {
+                        r->cancel();
+                    }
+                }
+            });
+            auto [rec, results] = co_await resolver->async_resolve(u.host, std::to_string(u.port), use_tuple);
+            guard.cancel();
+            if (rec) {
+                co_return retry(describe(rec, "resolving " + u.host, timeout));
+            }
+            endpoints = std::move(results);
+        }
+
+        beast::tcp_stream stream{ex};
+        stream.expires_at(deadline);
+        auto [cec, ep] = co_await stream.async_connect(endpoints, use_tuple);
+        if (cec) {
+            co_return retry(describe(cec, "connecting to " + s.host_header, timeout));
+        }
+        if (!u.tls) {
+            co_return co_await exchange(s, stream, stream, body, deadline);
+        }
+        asio::ssl::stream<beast::tcp_stream> tls{std::move(stream), *s.tls};
+        tls.next_layer().expires_at(deadline);
+        // SNI carries a name, never an address (RFC 6066).
+        if (!is_ip_literal(u.host) && !SSL_set_tlsext_host_name(tls.native_handle(), u.host.c_str())) {
+            co_return give_up("cannot set SNI for " + u.host);
+        }
+        tls.set_verify_callback(asio::ssl::host_name_verification(u.host));
+        auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
+        if (hec) {
+            const long vr = SSL_get_verify_result(tls.native_handle());
+            if (vr != X509_V_OK) {
+                // A certificate that does not verify will not verify on the next try either.
+                co_return give_up("TLS with " + s.host_header + ": certificate not trusted (" +
+                                  X509_verify_cert_error_string(vr) + ")");
+            }
+            co_return retry(describe(hec, "TLS handshake with " + s.host_header, timeout));
+        }
+        co_return co_await exchange(s, tls, tls.next_layer(), body, deadline);
+    }
+
+    template <class Stream>
+    asio::awaitable<attempt_result> exchange(sink& s, Stream& stream, beast::tcp_stream& tcp_layer,
+                                             const std::string& body, steady::time_point deadline) {
+        const auto timeout = cfg.timeout;
+        http::request<http::string_body> req{http::verb::post, s.url->target, 11};
+        req.set(http::field::host, s.host_header);
+        req.set(http::field::user_agent, "breakerbox-alerts");
+        req.set(http::field::content_type, "application/json");
+        req.set(http::field::connection, "close");
+        for (const auto& [name, value] : s.cfg.headers) {
+            req.set(name, value);
+        }
+        req.body() = body;
+        req.prepare_payload();
+
+        tcp_layer.expires_at(deadline);
+        auto [wec, wn] = co_await http::async_write(stream, req, use_tuple);
+        if (wec) {
+            co_return retry(describe(wec, "sending to " + s.host_header, timeout));
+        }
+        beast::flat_buffer buf;
+        http::response_parser<http::string_body> parser;
+        parser.header_limit(response_header_limit);
+        parser.body_limit(response_body_limit);
+        auto [rec, rn] = co_await http::async_read_header(stream, buf, parser, use_tuple);
+        if (rec) {
+            co_return retry(describe(rec, "reading the answer from " + s.host_header, timeout));
+        }
+        const unsigned status = parser.get().result_int();
+        if (status >= 200 && status < 300) {
+            error_code ignored;
+            tcp_layer.socket().shutdown(tcp::socket::shutdown_both, ignored);
+            co_return ok();
+        }
+        std::optional<std::chrono::milliseconds> retry_after;
+        if (auto it = parser.get().find(http::field::retry_after); it != parser.get().end()) {
+            retry_after = parse_retry_after(it->value());
+        }
+        // The body only makes the error readable ("invalid routing_key"); its errors do not matter.
+        co_await http::async_read(stream, buf, parser, use_tuple);
+        std::string message = "HTTP " + std::to_string(status);
+        if (const auto& b = parser.get().body(); !b.empty()) {
+            message += ": " + b.substr(0, error_body_quote);
+        }
+        error_code ignored;
+        tcp_layer.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        if (status == 429 || (status >= 500 && status < 600)) {
+            attempt_result r = retry(std::move(message));
+            r.retry_after = retry_after;
+            co_return r;
+        }
+        co_return give_up(std::move(message));
+    }
+};
+
+dispatcher::dispatcher(alerts_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
+    impl_->start();
+}
+
+dispatcher::~dispatcher() {
+    impl_->stop();
+}
+
+void dispatcher::publish(const alert& a) {
+    auto& m = *impl_;
+    try {
+        std::shared_ptr<alert> copy;
+        std::lock_guard lk{m.mu};
+        for (auto& s : m.sinks) {
+            if (!s->wants(a.severity)) {
+                continue;
+            }
+            if (m.stopping || s->queue.size() >= m.cfg.queue_max) {
+                ++s->stats.dropped;
+                continue;
+            }
+            if (!copy) {
+                copy = std::make_shared<alert>(a);
+                if (copy->at_ms == 0) {
+                    copy->at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count();
+                }
+            }
+            s->queue.push_back(copy);
+            if (s->waiting) {
+                // One post per idle-to-busy transition, not per alert.
+                s->waiting = false;
+                asio::post(m.io, [sp = s.get()] { sp->wake->cancel(); });
+            }
+        }
+    } catch (...) {
+        // Out of memory: the alert is lost, but the caller (maybe the data plane) is not.
+    }
+}
+
+std::vector<sink_stats> dispatcher::stats() const {
+    std::lock_guard lk{impl_->mu};
+    std::vector<sink_stats> out;
+    out.reserve(impl_->sinks.size());
+    for (const auto& s : impl_->sinks) {
+        out.push_back(s->stats);
+    }
+    return out;
+}
+
+std::size_t dispatcher::queued() const {
+    std::lock_guard lk{impl_->mu};
+    std::size_t n = 0;
+    for (const auto& s : impl_->sinks) {
+        n += s->queue.size();
+    }
+    return n;
+}
+
+bool dispatcher::flush_for_tests(std::chrono::milliseconds deadline) {
+    auto& m = *impl_;
+    std::unique_lock lk{m.mu};
+    return m.cv.wait_for(lk, deadline, [&] {
+        return std::all_of(m.sinks.begin(), m.sinks.end(),
+                           [](const auto& s) { return s->queue.empty() && !s->in_flight; });
+    });
+}
+
+}  // namespace bb::alerts
