@@ -424,11 +424,34 @@ void parse_admin(cfg::object_reader& root, config& c) {
     }
     cfg::object_reader r{*e, "admin", root.errs()};
     c.admin.enabled = true;
+    if (auto t = r.object("tls")) {
+        cfg::object_reader tr{*t, r.path_of("tls"), root.errs()};
+        admin_tls tls;
+        auto file = [&](std::string_view key, std::string& out, bool required) {
+            if (auto v = tr.string(key, required)) {
+                out = *v;
+                if (!std::ifstream{*v}) {
+                    tr.errs().add(tr.path_of(key), cfg::quote(*v) + " cannot be read");
+                }
+            }
+        };
+        file("cert_file", tls.cert_file, true);
+        file("key_file", tls.key_file, true);
+        file("client_ca_file", tls.client_ca_file, false);
+        if (auto v = tr.boolean("require_client_cert")) {
+            tls.require_client_cert = *v;
+            if (*v && tls.client_ca_file.empty()) {
+                tr.errs().add(tr.path_of("require_client_cert"), "needs client_ca_file to verify client certificates");
+            }
+        }
+        tr.finish();
+        c.admin.tls = tls;
+    }
     if (auto v = r.string("address")) {
         if (auto hp = parse_address(*v)) {
             c.admin.host = hp->first;
             c.admin.port = hp->second;
-            if (!is_loopback(c.admin.host)) {
+            if (!is_loopback(c.admin.host) && !c.admin.tls) {
                 // Bearer tokens over plain TCP on a network are a credential leak.
                 r.errs().add(r.path_of("address"), cfg::quote(*v) +
                                                        " is not a loopback address; the admin API without TLS "
@@ -442,7 +465,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
         c.admin.max_body_bytes = static_cast<std::size_t>(*v);
     }
     std::set<std::string> names;
-    each_item(r, "tokens", true, [&](simdjson::dom::element t, const std::string& path) {
+    each_item(r, "tokens", !r.has("client_certs"), [&](simdjson::dom::element t, const std::string& path) {
         cfg::object_reader tr{t, path, root.errs()};
         admin_token tok;
         if (auto v = tr.string("name", true)) {
@@ -477,6 +500,32 @@ void parse_admin(cfg::object_reader& root, config& c) {
         tr.finish();
         c.admin.tokens.push_back(std::move(tok));
     });
+    each_item(r, "client_certs", false, [&](simdjson::dom::element t, const std::string& path) {
+        cfg::object_reader cr{t, path, root.errs()};
+        admin_client_cert cc;
+        if (auto v = cr.string("name", true)) {
+            cc.name = *v;
+        }
+        if (auto v = cr.string("subject_cn", true)) {
+            cc.subject_cn = *v;
+        }
+        if (auto v = cr.string("role", true)) {
+            if (*v == "viewer") {
+                cc.role = admin_role::viewer;
+            } else if (*v == "operator") {
+                cc.role = admin_role::operator_;
+            } else if (*v == "admin") {
+                cc.role = admin_role::admin;
+            } else {
+                cr.errs().add(cr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
+            }
+        }
+        cr.finish();
+        c.admin.client_certs.push_back(std::move(cc));
+    });
+    if (!c.admin.client_certs.empty() && (!c.admin.tls || c.admin.tls->client_ca_file.empty())) {
+        r.errs().add(r.path_of("client_certs"), "need tls.client_ca_file: client certificates are verified against it");
+    }
     r.finish();
 }
 

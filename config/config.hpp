@@ -92,11 +92,27 @@ struct admin_token {
     admin_role role = admin_role::viewer;
 };
 
+// An mTLS client certificate that identifies an operator (matched on the subject CN).
+struct admin_client_cert {
+    std::string name;         // who: recorded in the audit log
+    std::string subject_cn;   // the certificate's subject common name
+    admin_role role = admin_role::viewer;
+};
+
+struct admin_tls {
+    std::string cert_file;       // PEM chain
+    std::string key_file;        // PEM key
+    std::string client_ca_file;  // when set, client certificates signed by it are verified (mTLS)
+    bool require_client_cert = false;
+};
+
 struct admin_config {
     bool enabled = false;              // the section is present
     std::string host = "127.0.0.1";
     std::uint16_t port = 9901;
     std::vector<admin_token> tokens;
+    std::optional<admin_tls> tls;
+    std::vector<admin_client_cert> client_certs;
     std::size_t max_body_bytes = 64 * 1024;
 };
 

@@ -15,8 +15,13 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
@@ -191,6 +196,29 @@ struct caller {
     std::string name;
     admin_role role = admin_role::viewer;
 };
+
+// An mTLS client certificate that maps to an operator; the handshake already verified it.
+std::optional<caller> cert_caller(const config& cfg, SSL* ssl) {
+    if (ssl == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) {
+        return std::nullopt;
+    }
+    X509* peer = SSL_get1_peer_certificate(ssl);
+    if (peer == nullptr) {
+        return std::nullopt;
+    }
+    char cn[256] = {};
+    const int n = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
+    X509_free(peer);
+    if (n <= 0) {
+        return std::nullopt;
+    }
+    for (const auto& c : cfg.admin.client_certs) {
+        if (c.subject_cn == std::string_view{cn, static_cast<std::size_t>(n)}) {
+            return caller{c.name, c.role};
+        }
+    }
+    return std::nullopt;
+}
 
 std::optional<caller> authenticate(const config& cfg, std::string_view authorization) {
     constexpr std::string_view prefix = "Bearer ";
@@ -989,6 +1017,29 @@ void admin_server::start() {
         throw std::runtime_error("admin: cannot listen on " + a.host + ":" + std::to_string(a.port) + ": " + ec.message());
     }
     port_ = acceptor_->local_endpoint().port();
+    if (a.tls) {
+        // TLS 1.2+ with Mozilla's "intermediate" suites (forward secrecy, AEAD only).
+        tls_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+        tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                          asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                          asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
+        SSL_CTX_set_cipher_list(tls_->native_handle(),
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                                "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
+        tls_->use_certificate_chain_file(a.tls->cert_file, ec);
+        if (!ec) {
+            tls_->use_private_key_file(a.tls->key_file, asio::ssl::context::pem, ec);
+        }
+        if (!ec && !a.tls->client_ca_file.empty()) {
+            tls_->load_verify_file(a.tls->client_ca_file, ec);
+            tls_->set_verify_mode(a.tls->require_client_cert
+                                      ? asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert
+                                      : asio::ssl::verify_peer);
+        }
+        if (ec) {
+            throw std::runtime_error("admin: TLS setup failed: " + ec.message());
+        }
+    }
     asio::co_spawn(control_, accept_loop(), asio::detached);
 }
 
@@ -1011,7 +1062,30 @@ asio::awaitable<void> admin_server::accept_loop() {
 }
 
 asio::awaitable<void> admin_server::session(tcp::socket socket) {
-    beast::tcp_stream stream{std::move(socket)};
+    // Arguments are named locals: GCC 12 mishandles temporaries inside a co_await operand.
+    std::optional<std::pair<std::string, int>> client;
+    if (!tls_) {
+        beast::tcp_stream stream{std::move(socket)};
+        co_await serve(stream, client);
+        co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> stream{std::move(socket), *tls_};
+    stream.next_layer().expires_after(std::chrono::seconds{10});
+    auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_tuple);
+    if (ec) {
+        spdlog::info("admin: TLS handshake failed: {}", ec.message());
+        co_return;
+    }
+    if (auto by_cert = cert_caller(*srv_.current_config(), stream.native_handle())) {
+        client.emplace(by_cert->name, static_cast<int>(by_cert->role));
+    }
+    co_await serve(stream, client);
+    error_code ignored;
+    stream.next_layer().socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+template <class Stream>
+asio::awaitable<void> admin_server::serve(Stream& stream, std::optional<std::pair<std::string, int>> client) {
     beast::flat_buffer buf;
     std::string scratch;
     for (;;) {
@@ -1019,7 +1093,7 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
         http::request_parser<http::string_body> parser;
         parser.body_limit(cfg->admin.max_body_bytes);
         parser.header_limit(16 * 1024);
-        stream.expires_after(std::chrono::seconds{30});
+        beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});
         auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
         if (ec) {
             if (ec == http::error::body_limit) {
@@ -1048,7 +1122,10 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
                                                   req.version(), keep_alive)
                                   : json_response(http::status::ok, "{\"status\":\"ready\"}", req.version(), keep_alive);
         } else {
-            auto who = authenticate(*cfg, req[http::field::authorization]);
+            // A verified client certificate that maps to an operator identifies the caller;
+            // otherwise the bearer token does.
+            auto who = client ? std::optional<caller>{caller{client->first, static_cast<admin_role>(client->second)}}
+                              : authenticate(*cfg, req[http::field::authorization]);
             if (!who) {
                 res = json_response(http::status::unauthorized,
                                     error_json({http::status::unauthorized, "unauthorized",
@@ -1104,11 +1181,9 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
                 srv_.count_admin_action(path, static_cast<unsigned>(h.status));
             }
         }
-        stream.expires_after(std::chrono::seconds{30});
+        beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});
         auto [wec, wn] = co_await write_message(stream, res, scratch);
         if (wec || !keep_alive) {
-            error_code ignored;
-            stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
             co_return;
         }
     }

@@ -8,7 +8,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace bb::proxy {
 
@@ -26,10 +32,14 @@ public:
 private:
     asio::awaitable<void> accept_loop();
     asio::awaitable<void> session(tcp::socket socket);
+    // `client`: the operator a verified client certificate names (name, role), if any.
+    template <class Stream>
+    asio::awaitable<void> serve(Stream& stream, std::optional<std::pair<std::string, int>> client);
 
     asio::io_context& control_;
     server& srv_;
     std::unique_ptr<tcp::acceptor> acceptor_;
+    std::unique_ptr<asio::ssl::context> tls_;
     std::uint16_t port_ = 0;
 };
 

@@ -142,3 +142,13 @@ TEST(config, admin_tokens_are_hashes_with_roles_and_the_listener_stays_on_loopba
     EXPECT_EQ(ok.cfg->admin.port, 9901);
     EXPECT_EQ(ok.cfg->admin.tokens[0].sha256[0], 0x9f);
 }
+
+TEST(config, a_non_loopback_admin_listener_needs_tls) {
+    auto r = parse_config(base(R"(, "admin": {"address": "0.0.0.0:9901", "tls": {"cert_file": "/nonexistent.pem",
+        "key_file": "/nonexistent.key", "require_client_cert": true},
+        "tokens": [{"name": "ops", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "role": "operator"}]})"));
+    const auto e = all_errors(r);
+    EXPECT_EQ(e.find("is not a loopback address"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tls.cert_file: \"/nonexistent.pem\" cannot be read"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tls.require_client_cert: needs client_ca_file"), std::string::npos) << e;
+}

@@ -339,3 +339,60 @@ TEST(admin_api, metrics_pass_promtool) {
     const int rc = pipe ? ::pclose(pipe) : -1;
     EXPECT_EQ(rc, 0) << out;
 }
+
+namespace {
+
+std::string run(const std::string& cmd, int* rc) {
+    FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (pipe && std::fgets(buf, sizeof buf, pipe)) {
+        out += buf;
+    }
+    *rc = pipe ? ::pclose(pipe) : -1;
+    return out;
+}
+
+std::string cert(const char* name) {
+    return std::string{BB_TEST_CERTS_DIR} + "/" + name;
+}
+
+}  // namespace
+
+TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    const std::string tls = "\"tls\": {\"cert_file\": \"" + cert("server.pem") + "\", \"key_file\": \"" +
+                            cert("server.key") + "\", \"client_ca_file\": \"" + cert("ca.pem") +
+                            "\"}, \"client_certs\": [{\"name\": \"cert-ops\", \"subject_cn\": \"agent-one\", "
+                            "\"role\": \"operator\"}], ";
+    cfg.insert(cfg.find("\"admin\": {") + 10, tls);
+    proxy_instance bb{cfg};
+    const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
+    int rc = 0;
+    if (run("command -v curl", &rc), rc != 0) {
+        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+    }
+    const std::string curl = "curl -s -o /dev/stderr -w '%{http_code}' --cacert " + cert("ca.pem") + " ";
+    auto out = run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/breakers", &rc);
+    EXPECT_NE(out.find("\"breakers\""), std::string::npos) << out;
+    EXPECT_NE(out.find("200"), std::string::npos) << out;
+    out = run(curl + base + "/v1/breakers", &rc);
+    EXPECT_NE(out.find("401"), std::string::npos) << out;
+    // The client certificate alone identifies an operator.
+    out = run(curl + "--cert " + cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key") +
+                  " -X POST -H 'content-type: application/json' -d '{\"reason\":\"via mTLS\"}' " + base +
+                  "/v1/breakers/campaign-volume/x/trip",
+              &rc);
+    EXPECT_NE(out.find("\"state\":\"open\""), std::string::npos) << out;
+    auto log = run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/audit", &rc);
+    EXPECT_NE(log.find("\"actor\":\"cert-ops\""), std::string::npos) << log;
+    // Old protocol versions are refused.
+    out = run("echo | openssl s_client -tls1_1 -connect 127.0.0.1:" + std::to_string(bb.server().admin_port()), &rc);
+    EXPECT_NE(rc, 0) << out;
+    out = run("echo | openssl s_client -tls1_2 -CAfile " + cert("ca.pem") + " -connect 127.0.0.1:" +
+                  std::to_string(bb.server().admin_port()),
+              &rc);
+    EXPECT_NE(out.find("Verify return code: 0 (ok)"), std::string::npos) << out;
+}
