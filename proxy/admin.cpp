@@ -1149,7 +1149,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, std::optional<std::pai
                         e.actor = who->name;
                         e.role = std::string{to_string(who->role)};
                         e.method = std::string{req.method_string()};
-                        e.path = path;
+                        e.path = url_decode(path);
                         e.target = h.audit_target;
                         e.params = req.body().size() <= 4096 ? req.body() : req.body().substr(0, 4096);
                         e.reason = ctx.reason_;

@@ -96,6 +96,11 @@ int main(int argc, char** argv) {
             std::printf("breakerbox: listener %s on http://%s%s%s:%u (%zu worker(s))\n", l.name.c_str(), v6 ? "[" : "",
                         l.host.c_str(), v6 ? "]" : "", static_cast<unsigned>(srv.bound_port(i)), srv.worker_count());
         }
+        if (srv.admin_port() != 0) {
+            const auto& a = parsed.cfg->admin;
+            std::printf("breakerbox: admin API on %s://%s:%u\n", a.tls ? "https" : "http", a.host.c_str(),
+                        static_cast<unsigned>(srv.admin_port()));
+        }
         std::fflush(stdout);
         const int rc = srv.run();
         spdlog::info("stopped");

@@ -29,6 +29,8 @@
 
 #include "store/database.hpp"
 
+#include <openssl/evp.h>
+
 extern char** environ;
 
 using namespace bb::test;
@@ -537,3 +539,84 @@ TEST(durability, quarantine_survives_50_kill_9_restarts_with_every_acknowledged_
     std::cout << "[ figures  ] 50 kill -9 restarts, " << acknowledged.size() << " acknowledged holds, " << records
               << " records, 0 lost, 0 duplicated\n";
 }
+
+#ifdef BB_BREAKERCTL_BIN
+namespace {
+
+std::string sha256_hex_of(std::string_view s) {
+    unsigned char d[32];
+    unsigned int n = 0;
+    EVP_Digest(s.data(), s.size(), d, &n, EVP_sha256(), nullptr);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (int i = 0; i < 32; ++i) {
+        out += hex[d[i] >> 4];
+        out += hex[d[i] & 0xf];
+    }
+    return out;
+}
+
+// Runs breakerctl with `args`; returns its exit code and fills `out` with stdout+stderr.
+int breakerctl(const std::string& args, std::string& out) {
+    FILE* pipe = ::popen((std::string{BB_BREAKERCTL_BIN} + " " + args + " 2>&1").c_str(), "r");
+    out.clear();
+    char buf[512];
+    while (pipe && std::fgets(buf, sizeof buf, pipe)) {
+        out += buf;
+    }
+    const int status = pipe ? ::pclose(pipe) : -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST(breakerctl, end_to_end_against_a_running_breakerbox) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = make_config(local_url(up.port()));
+    cfg.insert(cfg.rfind('}'),
+               ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+               "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+               "{\"name\": \"ollie\", \"role\": \"operator\", \"sha256\": \"" + sha256_hex_of("op-token") + "\"},"
+               "{\"name\": \"vera\", \"role\": \"viewer\", \"sha256\": \"" + sha256_hex_of("view-token") + "\"}]},"
+               "\"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+               "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+               "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+               "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 100,"
+               "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
+    write_file(dir + "/bb.json", cfg);
+    child bb{{"--config", dir + "/bb.json"}};
+    const auto port = started_port(bb);
+    ASSERT_NE(port, 0);
+    auto m = bb.wait_output(R"(admin API on http://127\.0\.0\.1:(\d+))");
+    ASSERT_FALSE(m.empty());
+    const std::string admin = "--admin http://127.0.0.1:" + m[1].str() + " ";
+    std::string out;
+    EXPECT_EQ(breakerctl(admin + "health", out), 0) << out;
+    EXPECT_EQ(breakerctl(admin + "--token op-token trip campaign-volume/spring --reason 'loop suspected'", out), 0) << out;
+    auto mail = http_request(port, http::verb::post, "/v3/mail/send", "{\"to\":[1]}",
+                             {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
+    EXPECT_EQ(mail.result_int(), 503u);
+    EXPECT_EQ(breakerctl(admin + "--token view-token breakers", out), 0) << out;
+    EXPECT_NE(out.find("campaign-volume/spring"), std::string::npos) << out;
+    EXPECT_EQ(breakerctl(admin + "--token view-token --json breaker campaign-volume/spring", out), 0) << out;
+    EXPECT_NE(out.find("\"state\":\"open\""), std::string::npos) << out;
+    EXPECT_EQ(breakerctl(admin + "--token view-token reset campaign-volume/spring --reason nope", out), 1) << out;
+    EXPECT_NE(out.find("forbidden"), std::string::npos) << out;
+    EXPECT_EQ(breakerctl(admin + "breakers", out), 1) << out;
+    EXPECT_NE(out.find("unauthorized"), std::string::npos) << out;
+    EXPECT_EQ(breakerctl(admin + "--token op-token trip campaign-volume/x", out), 2) << "a mutation without --reason";
+    EXPECT_EQ(breakerctl(admin + "--token op-token frobnicate", out), 2) << out;
+    EXPECT_EQ(breakerctl(admin + "--token op-token reset campaign-volume/spring --reason checked", out), 0) << out;
+    EXPECT_EQ(breakerctl(admin + "--token view-token audit verify", out), 0) << out;
+    EXPECT_EQ(breakerctl(admin + "--token view-token audit", out), 0) << out;
+    EXPECT_NE(out.find("loop suspected"), std::string::npos) << out;
+    write_file(dir + "/bad.json", "{\"listeners\": []}");
+    EXPECT_EQ(breakerctl(admin + "--token op-token config apply " + dir + "/bad.json --reason try", out), 1) << out;
+    EXPECT_NE(out.find("upstreams: is required"), std::string::npos) << out;
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+    EXPECT_EQ(breakerctl(admin + "--token op-token breakers", out), 1);
+    EXPECT_NE(out.find("cannot reach the admin API"), std::string::npos) << out;
+}
+#endif
