@@ -1303,6 +1303,14 @@ std::string render_metrics(server& srv) {
         }
         o += "# HELP breakerbox_rule_overflow_events_total Events booked to a rule's overflow key (max_keys reached).\n";
         o += "# TYPE breakerbox_rule_overflow_events_total counter\n" + overflow;
+        o += "# HELP breakerbox_rule_meter_value Current window total of a capped rule, for its 10 fullest keys.\n";
+        o += "# TYPE breakerbox_rule_meter_value gauge\n";
+        for (const auto& r : rt->engine->rules().rules) {
+            for (const auto& [key, value] : rt->engine->top_values(r.id, 10, srv.now())) {
+                o += "breakerbox_rule_meter_value{rule=\"" + label(r.id) + "\",key=\"" + label(key) + "\"} " + num(value) +
+                     "\n";
+            }
+        }
         o += "# HELP breakerbox_rule_limit Configured cap of each limit rule.\n";
         o += "# TYPE breakerbox_rule_limit gauge\n";
         for (const auto& r : rt->engine->rules().rules) {

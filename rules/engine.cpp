@@ -1,5 +1,7 @@
 #include "rules/engine.hpp"
 
+#include "rules/guardrails.hpp"
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -48,6 +50,11 @@ struct reservation {
     bool overflow = false;
 };
 
+struct guard_reservation {
+    std::uint32_t rule = 0;
+    guard_booking booking;
+};
+
 struct scratch {
     simdjson::dom::parser request_parser;
     simdjson::dom::parser response_parser;
@@ -56,6 +63,8 @@ struct scratch {
     std::vector<std::string> distinct;
     std::vector<reservation> reservations;
     std::size_t reservation_count = 0;
+    std::vector<guard_booking> guard_bookings;
+    std::vector<guard_reservation> guard_reservations;
     std::string key;
 };
 
@@ -603,7 +612,15 @@ decision explain(const rule_set& set, const rule& r, verdict outcome, std::strin
     std::string& why = out.reason;
     why = "rule " + r.id + " (" + fm.id + ", " + std::string{to_string(fm.sev)} + "): ";
     if (outcome == verdict::rejected) {
-        why += "cannot measure " + r.measure.text + ": " + std::string{extra};
+        why += (r.guard ? "cannot check " : "cannot measure ") + r.measure.text + ": " + std::string{extra};
+        return out;
+    }
+    if (r.condition == condition_kind::guard) {
+        // `extra` is the guard's finding; it names kind and position, never the value.
+        why += extra;
+        if (!r.key.empty()) {
+            why += " for key " + cfg::quote(out.key);
+        }
         return out;
     }
     const std::string key_text = r.key.empty() ? std::string{} : " for key " + cfg::quote(out.key);
@@ -625,6 +642,7 @@ decision explain(const rule_set& set, const rule& r, verdict outcome, std::strin
                    num(d.measured) + " over " + window_text + " (volume " + num(d.volume) + ")" + key_text + ", max " +
                    num(d.limit);
             break;
+        case condition_kind::guard: break;
         case condition_kind::baseline:
             why += r.measure.text + " would be " + num(d.measured) + " in this " + window_text + key_text +
                    ", above its baseline (mean " + num(d.mean) + ", stddev " + num(d.stddev) + ", threshold " +
@@ -682,10 +700,21 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
     meters_.reserve(set_->rules.size());
     for (const auto& r : set_->rules) {
         auto it = old.find(r.id);
-        if (it != old.end() && previous->set_->rules[it->second].fingerprint == r.fingerprint) {
+        const bool same = it != old.end() && previous->set_->rules[it->second].fingerprint == r.fingerprint;
+        if (same) {
             meters_.push_back(previous->meters_[it->second]);
         } else {
             meters_.push_back(std::make_shared<rule_meter>(r));
+        }
+        if (r.guard && r.guard->k == guardrail::kind::duplicates) {
+            if (same && previous->dups_[it->second]) {
+                dups_.push_back(previous->dups_[it->second]);
+            } else {
+                const auto& d = r.guard->duplicates;
+                dups_.push_back(std::make_shared<duplicate_counter>(d.max, d.window, d.max_keys));
+            }
+        } else {
+            dups_.push_back(nullptr);
         }
     }
 }
@@ -716,6 +745,7 @@ decision engine::evaluate(const request_view& req, time_point now) {
     scratch& s = local();
     context ctx{req, nullptr, s, {}, {}, false, false, {}};
     s.reservation_count = 0;
+    s.guard_reservations.clear();
     const auto& list = set_->rules_for(req.route);
 
     auto rollback = [&] {
@@ -735,6 +765,10 @@ decision engine::evaluate(const request_view& req, time_point now) {
             meters_[res.rule]->with_existing_slot(res.overflow ? rule_meter::overflow_key : std::string_view{res.key}, undo);
         }
         s.reservation_count = 0;
+        for (const auto& g : s.guard_reservations) {
+            dups_[g.rule]->unbook(g.booking.key, g.booking.ms);
+        }
+        s.guard_reservations.clear();
     };
 
     for (const std::uint32_t idx : list) {
@@ -745,6 +779,28 @@ decision engine::evaluate(const request_view& req, time_point now) {
         if (!build_key(r, ctx)) {
             rollback();
             return explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
+        }
+        if (r.condition == condition_kind::guard) {
+            const bool form = is_form_content_type(req.content_type);
+            const guard_input in{req, form ? &ctx.form() : nullptr, s.key};
+            s.guard_bookings.clear();
+            const guard_result g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
+            if (g.outcome == guard_result::status::invalid_body && r.on_invalid_body == invalid_body_policy::reject) {
+                rollback();
+                return explain(*set_, r, verdict::rejected, s.key, false, {}, g.finding);
+            }
+            if (g.outcome == guard_result::status::violated) {
+                rollback();
+                verdict_detail d;
+                d.violated = true;
+                d.measured = g.count > 0 ? g.count + 1.0 : 1.0;
+                d.limit = r.guard->k == guardrail::kind::duplicates ? r.guard->duplicates.max : 0;
+                return explain(*set_, r, verdict::violated, s.key, false, d, g.finding);
+            }
+            for (const auto& b : s.guard_bookings) {
+                s.guard_reservations.push_back({idx, b});
+            }
+            continue;
         }
         const std::int64_t epoch = epoch_of(now, r.resolution);
         rule_meter& meter = *meters_[idx];
@@ -843,6 +899,7 @@ decision engine::evaluate(const request_view& req, time_point now) {
         res.overflow = overflow;
     }
     s.reservation_count = 0;
+    s.guard_reservations.clear();
     return {};
 }
 
@@ -924,6 +981,30 @@ std::optional<meter_reading> engine::read(std::string_view rule_id, std::string_
         }
         out = m;
     });
+    return out;
+}
+
+std::vector<std::pair<std::string, double>> engine::top_values(std::string_view rule_id, std::size_t n,
+                                                               time_point now) const {
+    std::vector<std::pair<std::string, double>> out;
+    const rule* r = set_->find_rule(rule_id);
+    if (!r || r->condition != condition_kind::limit || r->agg == aggregate::per_request || n == 0) {
+        return out;
+    }
+    const std::int64_t epoch = epoch_of(now, r->resolution);
+    auto smaller = [](const auto& a, const auto& b) { return a.second > b.second; };  // min-heap on value
+    meters_[r->index]->for_each_slot([&](std::string_view key, meter_slot& slot) {
+        const double v = slot.ring.total_at(epoch, 0);
+        if (out.size() < n) {
+            out.emplace_back(std::string{key}, v);
+            std::push_heap(out.begin(), out.end(), smaller);
+        } else if (v > out.front().second) {
+            std::pop_heap(out.begin(), out.end(), smaller);
+            out.back() = {std::string{key}, v};
+            std::push_heap(out.begin(), out.end(), smaller);
+        }
+    });
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
     return out;
 }
 

@@ -24,6 +24,8 @@
 
 namespace bb::rules {
 
+class duplicate_counter;  // rules/guardrails.hpp
+
 enum class verdict : std::uint8_t {
     allow,     // no rule violated
     violated,  // a rule's condition is crossed: trip `trips`
@@ -95,6 +97,10 @@ public:
     // nullopt if the rule is unknown or the key is not tracked.
     std::optional<meter_reading> read(std::string_view rule_id, std::string_view key, time_point now) const;
     std::optional<meter_stats> stats(std::string_view rule_id) const;
+    // The `n` keys of a windowed limit rule with the highest current window totals, highest
+    // first (for /metrics: bounded however many keys the rule tracks).
+    std::vector<std::pair<std::string, double>> top_values(std::string_view rule_id, std::size_t n,
+                                                           time_point now) const;
     // Approximate memory one active key of the rule costs (for capacity planning).
     std::optional<std::size_t> bytes_per_key(std::string_view rule_id, std::size_t key_len = 16) const;
 
@@ -106,6 +112,9 @@ public:
 private:
     std::shared_ptr<const rule_set> set_;
     std::vector<std::shared_ptr<rule_meter>> meters_;  // parallel to set_->rules
+    // Duplicates guards' counters, parallel to set_->rules (null for other rules); adopted
+    // on reload like meters.
+    std::vector<std::shared_ptr<duplicate_counter>> dups_;
 };
 
 }  // namespace bb::rules

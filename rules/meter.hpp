@@ -131,6 +131,10 @@ public:
     bool with_existing_slot(std::string_view key, F&& f);
 
     meter_stats stats() const;
+    // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its
+    // slot locked. For scrapes: it takes each shard's lock shared, one at a time.
+    template <class F>
+    void for_each_slot(F&& f);
     // Approximate bytes held by one key (slot, ring, map node, key string of `key_len`).
     std::size_t bytes_per_key(std::size_t key_len) const;
     std::size_t channels() const { return channels_; }
@@ -201,6 +205,26 @@ auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
     }
     std::lock_guard lock{it->second->mu};
     return f(*it->second, false);
+}
+
+template <class F>
+void rule_meter::for_each_slot(F&& f) {
+    if (!keyed_) {
+        std::lock_guard lock{single_.mu};
+        f(std::string_view{}, single_);
+        return;
+    }
+    for (auto& s : shards_) {
+        std::shared_lock read{s.mu};
+        for (auto& [key, slot] : s.slots) {
+            std::lock_guard lock{slot->mu};
+            f(std::string_view{key}, *slot);
+        }
+    }
+    if (overflow_events_.load(std::memory_order_relaxed) > 0) {
+        std::lock_guard lock{overflow_.mu};
+        f(overflow_key, overflow_);
+    }
 }
 
 template <class F>

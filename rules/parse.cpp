@@ -6,6 +6,7 @@
 #include <charconv>
 #include <set>
 
+#include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
 #include "rules/rule_set.hpp"
 
@@ -26,6 +27,7 @@ std::string_view to_string(condition_kind c) {
         case condition_kind::limit: return "limit";
         case condition_kind::baseline: return "baseline";
         case condition_kind::ratio: return "ratio";
+        case condition_kind::guard: return "guard";
     }
     return "?";
 }
@@ -551,6 +553,9 @@ std::string canonical(const rule& r) {
     c += ";cond=" + std::string{to_string(r.condition)};
     c += ";alpha=" + std::to_string(r.baseline.alpha);
     c += ";max_keys=" + std::to_string(r.max_keys);
+    if (r.guard) {
+        c += ";guard=" + r.guard->canonical;
+    }
     return c;
 }
 
@@ -654,6 +659,16 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
         }
     }
 
+    // A guard rule has no measure or window of its own (a duplicates guard has its window
+    // inside the guard).
+    const bool has_guard = r.has("guard");
+    if (has_guard && r.has("measure")) {
+        errs.add(r.path_of("measure"), "a guard rule has no measure");
+    }
+    if (has_guard && r.has("window")) {
+        errs.add(r.path_of("window"), "a guard rule has no window (duplicates take theirs inside the guard)");
+    }
+
     // Measure.
     measure_text mt{aggregate::sum, "requests"};
     bool measure_ok = true;
@@ -663,7 +678,7 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
         } else {
             measure_ok = false;
         }
-    } else if (pre) {
+    } else if (pre && !has_guard) {
         mt.text = std::string{pre->measure};
     }
     if (measure_ok && mt.text == "preset") {
@@ -769,7 +784,7 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
             out.buckets = default_buckets(*window);
             out.resolution = milliseconds{window->count() / static_cast<std::int64_t>(out.buckets)};
         }
-    } else if (measure_ok && !r.has("window")) {
+    } else if (measure_ok && !r.has("window") && !has_guard) {
         errs.add(r.path_of("window"), "is required (or use {\"per_request\": ...} as the measure)");
     }
 
@@ -844,6 +859,13 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
             errs.add(r.path_of("measure"), "a ratio needs a summed measure");
         }
     }
+    std::shared_ptr<guardrail> guard;
+    if (auto g = r.value("guard")) {
+        ++conditions;
+        out.condition = condition_kind::guard;
+        guard = parse_guard(*g, r.path_of("guard"), errs);
+        out.measure.text = "guard(" + std::string{to_string(guard->k)} + ")";
+    }
     if (auto mv = r.integer("min_volume", false, 0)) {
         if (out.agg != aggregate::avg) {
             errs.add(r.path_of("min_volume"), "only applies to an avg measure (a ratio has its own)");
@@ -876,6 +898,20 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
     }
     if (auto mk = r.integer("max_keys", false, 1, 1'000'000)) {
         out.max_keys = static_cast<std::size_t>(*mk);
+        if (guard) {
+            guard->duplicates.max_keys = out.max_keys;
+        }
+    } else if (guard && guard->k == guardrail::kind::duplicates) {
+        // Default: 100,000 pairs, fewer for a large max so the table stays within its bound.
+        guard->duplicates.max_keys = std::min<std::size_t>(100'000, 20'000'000 / guard->duplicates.max);
+    }
+    if (guard && guard->k == guardrail::kind::duplicates &&
+        guard->duplicates.max_keys * guard->duplicates.max > 20'000'000) {
+        errs.add(r.path_of("max_keys"), "max_keys * guard.duplicates.max must stay within 20000000 (memory bound)");
+    }
+    if (guard) {
+        guard->canonical += ";keys=" + std::to_string(guard->duplicates.max_keys);
+        out.guard = std::move(guard);
     }
     if (auto ib = r.string("on_invalid_body")) {
         if (*ib == "reject") {

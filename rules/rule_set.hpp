@@ -124,7 +124,7 @@ enum class aggregate : std::uint8_t {
     avg,          // sum / number of events over the sliding window
 };
 
-enum class condition_kind : std::uint8_t { limit, baseline, ratio };
+enum class condition_kind : std::uint8_t { limit, baseline, ratio, guard };
 std::string_view to_string(condition_kind c);
 
 struct baseline_spec {
@@ -137,6 +137,8 @@ struct baseline_spec {
 };
 
 enum class invalid_body_policy : std::uint8_t { reject, zero };
+
+struct guardrail;  // rules/guardrails.hpp
 
 struct rule {
     std::string id;
@@ -157,7 +159,10 @@ struct rule {
     condition_kind condition = condition_kind::limit;
     double limit = 0;  // limit, or the ratio's max
     baseline_spec baseline;
-    double min_volume = 0;  // ratio / avg: denominator needed before the rule can trip
+    double min_volume = 0;
+    // condition guard: a content/audience guardrail (rules/guardrails.hpp); the rule is
+    // violated when it finds something. Immutable, shared with copies of the rule.
+    std::shared_ptr<const guardrail> guard;  // ratio / avg: denominator needed before the rule can trip
 
     std::string failure_mode;
     std::size_t failure_mode_index = 0;

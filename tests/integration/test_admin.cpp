@@ -324,6 +324,7 @@ TEST(admin_api, metrics_pass_promtool) {
     EXPECT_NE(text.find("breakerbox_quarantine_held 1"), std::string::npos);
     EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\""), std::string::npos);
     EXPECT_NE(text.find("breakerbox_rule_limit{rule=\"recipients\"} 1000"), std::string::npos);
+    EXPECT_NE(text.find("breakerbox_rule_meter_value{rule=\"recipients\",key=\"m\"} 1"), std::string::npos) << text;
     const std::string file = f.dir + "/metrics.txt";
     std::ofstream{file} << text;
     if (std::system("command -v promtool >/dev/null 2>&1") != 0) {

@@ -1,0 +1,281 @@
+#pragma once
+// Content and audience guardrails (issue 7): rule conditions that look at what a request
+// says rather than how much it does. A rule with `"guard": {...}` is violated when the guard
+// finds something: PII or secrets in the body, a recipient outside the allowed audience,
+// off-brand content, or the same (recipient, subject/template) repeated too often.
+//
+// Pure like the rest of rules/: no sockets, no logging, no clock reads (`now` comes in).
+// The one exception is config time: a recipients guard reads its suppression list file when
+// the config is parsed (parse_guard), so a config re-parse (SIGHUP, POST /v1/config/reload)
+// is what reloads the list. Nothing here reads a file on the data plane.
+//
+// Matching is linear in the body: hand-written scanners over the bytes, a word-level
+// Aho-Corasick automaton for blocked terms, hash sets for domains and suppressed addresses.
+// No std::regex, no backtracking. Every input is bounded (terms, list sizes, body bytes).
+//
+// Reasons never carry a matched value in clear: a card shows at most its last four digits
+// (`****1111`), an address its first letter and domain (`j***@example.com`), a secret only
+// its kind.
+//
+// Thread-safety: a guardrail is immutable after parse_guard() and may be checked from any
+// number of threads. duplicate_counter is internally locked (sharded) and thread-safe.
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/json_reader.hpp"
+#include "rules/request.hpp"
+#include "rules/rule_set.hpp"
+
+namespace bb::rules {
+
+// ---------------------------------------------------------------------------------------
+// Building blocks, exposed for tests and the benchmark.
+
+// Luhn check over ASCII digits (non-digits are not allowed).
+bool luhn_valid(std::string_view digits);
+// IBAN without spaces, upper case: country code, check digits, BBAN; length per country for
+// the countries we know, else 15-34; ISO 13616 mod-97 == 1.
+bool iban_valid(std::string_view iban);
+// US SSN "AAA-GG-SSSS": area not 000, 666 or 9xx; group not 00; serial not 0000.
+bool ssn_valid(std::string_view area, std::string_view group, std::string_view serial);
+// Lower-case hex SHA-256 of `s`.
+std::string sha256_hex(std::string_view s);
+// `jane@example.com` -> `j***@example.com`.
+std::string mask_address(std::string_view address);
+
+// A set of domains where `example.com` also covers `mail.example.com`. Case-insensitive.
+class domain_set {
+public:
+    void add(std::string_view domain);  // lower-cases; a leading "*." or "." is ignored
+    bool contains(std::string_view host) const;  // host itself or any parent domain
+    bool empty() const { return domains_.empty(); }
+    std::size_t size() const { return domains_.size(); }
+
+private:
+    std::unordered_set<std::string, string_hash, std::equal_to<>> domains_;
+};
+
+// Suppressed recipients: addresses and SHA-256 hex digests of lower-cased addresses, one a
+// line, `#` starts a comment. Both kinds are stored as digests (16 bytes of the SHA-256 of
+// the lower-cased address), so the table holds no address in clear.
+class suppression_list {
+public:
+    // Parses the text of a list file; errors ("line 4: ...") go to *error and stop the load.
+    // max_entries bounds memory.
+    static std::optional<suppression_list> parse(std::string_view text, std::size_t max_entries, std::string* error);
+    // Reads and parses a file (config time only).
+    static std::optional<suppression_list> load_file(const std::string& path, std::size_t max_entries,
+                                                     std::string* error);
+    bool contains(std::string_view address) const;  // case-insensitive on the address
+    std::size_t size() const { return digests_.size(); }
+
+private:
+    struct digest_hash {
+        std::size_t operator()(const std::array<std::uint8_t, 16>& d) const noexcept;
+    };
+    std::unordered_set<std::array<std::uint8_t, 16>, digest_hash> digests_;
+};
+
+// Word-level Aho-Corasick automaton over a list of terms. A term is split into words
+// (runs of letters, digits, `_` and non-ASCII bytes, lower-cased); the text is split the same
+// way and the automaton runs over word ids, so a term matches only on word boundaries, in
+// time linear in the text whatever the number of terms. Between the words of a term the
+// text may have any run of non-word characters ("Free Money!", "free-money", "FREE, money"
+// all match "free money"; "freemoney" and "free_money" do not).
+class term_matcher {
+public:
+    // Returns false (and *error) for a term without any word or longer than the bounds.
+    bool add(std::string_view term, std::string* error);
+    void build();
+    bool empty() const { return terms_.empty(); }
+    std::size_t size() const { return terms_.size(); }
+
+    // Word id of a lower-cased word, 0 if the word is in no term.
+    std::uint32_t word_id(std::string_view lower_word) const;
+    // Automaton step: state after reading word `id` (0 = unknown word) from `state`.
+    std::uint32_t step(std::uint32_t state, std::uint32_t id) const;
+    // Index of a term that ends in `state` (its longest), or -1.
+    std::int32_t output(std::uint32_t state) const { return out_[state]; }
+    std::size_t term_words(std::size_t term) const { return term_words_[term]; }
+    const std::string& term(std::size_t i) const { return terms_[i]; }
+    // Cheap pre-filter: whether some term word has this length, first and last byte.
+    bool maybe_word(std::size_t len, unsigned char first_lower, unsigned char last_lower) const {
+        return len < 64 && ((first_bits_[len] >> (first_lower & 63)) & (last_bits_[len] >> (last_lower & 63)) & 1u);
+    }
+
+private:
+    static std::uint64_t word_hash(std::string_view w);
+    std::vector<std::string> terms_;
+    std::vector<std::size_t> term_words_;
+    // Vocabulary: open addressing over word_hash (the data plane looks up every candidate
+    // word, so this avoids std::hash over strings); words_[id - 1] verifies a hit.
+    struct vocab_slot {
+        std::uint64_t hash = 0;
+        std::uint32_t id = 0;  // 0: empty
+    };
+    std::vector<vocab_slot> vocab_table_;
+    std::vector<std::string> words_;
+    std::unordered_map<std::string, std::uint32_t, string_hash, std::equal_to<>> vocab_;  // config time only
+    // Trie edges keyed by (state << 32 | word id).
+    std::unordered_map<std::uint64_t, std::uint32_t> edges_;
+    std::vector<std::uint32_t> fail_;
+    std::vector<std::int32_t> out_;  // own term, else the output of the fail chain
+    std::uint32_t states_ = 1;
+    std::array<std::uint64_t, 64> first_bits_{};
+    std::array<std::uint64_t, 64> last_bits_{};
+};
+
+// ---------------------------------------------------------------------------------------
+// The guard a rule carries.
+
+// Where a guard reads values: a JSON path over the request body, or a form field (Mailgun).
+struct guard_field {
+    bool form = false;
+    std::string name;  // form field
+    json_path path;    // JSON
+    std::string text;  // as written
+};
+
+enum class pii_kind : std::uint8_t { card = 1, ssn = 2, iban = 4, secrets = 8 };
+
+struct pii_guard {
+    std::uint8_t kinds = 0;           // pii_kind bits
+    std::vector<guard_field> in;      // empty: every string of the body
+};
+
+struct recipients_guard {
+    domain_set allow;                 // empty: any domain not blocked
+    domain_set block;
+    std::shared_ptr<const suppression_list> suppressed;  // null: none
+    std::string suppression_file;
+    std::vector<guard_field> fields;  // defaults: SendGrid, SES, Mailgun, HubSpot recipients
+};
+
+struct content_guard {
+    term_matcher terms;
+    domain_set link_domains;
+    bool check_links = false;         // link_domains given
+    bool require_unsubscribe = false;
+    std::vector<guard_field> fields;  // defaults: subjects, bodies (SendGrid, SES, Mailgun)
+};
+
+struct duplicates_guard {
+    std::uint32_t max = 1;            // more than max in the window: violated
+    milliseconds window{0};
+    bool by_recipient = false;
+    bool by_subject = false;
+    bool by_template = false;
+    std::vector<guard_field> recipient_fields;
+    std::vector<guard_field> subject_fields;
+    std::vector<guard_field> template_fields;
+    std::size_t max_keys = 100'000;   // tracked (recipient, subject/template) pairs
+};
+
+struct guardrail {
+    enum class kind : std::uint8_t { pii, recipients, content, duplicates };
+    kind k = kind::pii;
+    pii_guard pii;
+    recipients_guard recipients;
+    content_guard content;
+    duplicates_guard duplicates;
+    std::string canonical;  // for the rule fingerprint (state-bearing parts only)
+    bool needs_structure() const {  // must read fields (an invalid JSON body cannot be checked)
+        return k == kind::recipients || k == kind::duplicates;
+    }
+};
+
+// Parses the value of a rule's `"guard"` at `path`; errors go to errs with their JSON paths.
+// A recipients guard loads its suppression file here (config time).
+std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::string& path, cfg::errors& errs);
+std::string_view to_string(guardrail::kind k);
+
+// application/x-www-form-urlencoded or multipart/form-data (Mailgun): the engine hands the
+// guard the decoded form fields.
+bool is_form_content_type(std::string_view content_type);
+
+// ---------------------------------------------------------------------------------------
+// Duplicate detection state: a bounded, time-windowed counter keyed by a 64-bit hash of
+// (rule key, recipient, subject/template). Exact within its bounds: each tracked pair keeps
+// the times of its last `max` sends, so "more than max in the window" is decided exactly.
+// At most `max_keys` pairs are tracked; a new pair beyond that evicts the pair seen least
+// recently. That is exact enough for loop detection: a looping pair is by definition hot
+// (seen again within the window), so it is never the least recently seen one unless
+// max_keys other pairs were sent since it was last seen. Only hashes are stored, never
+// addresses.
+//
+// Thread-safe: 16 shards, each with its own mutex held for a few hundred nanoseconds.
+class duplicate_counter {
+public:
+    duplicate_counter(std::uint32_t max, milliseconds window, std::size_t max_keys);
+    duplicate_counter(const duplicate_counter&) = delete;
+    duplicate_counter& operator=(const duplicate_counter&) = delete;
+
+    // If `key` was seen max times within the window ending at now_ms: returns the count
+    // and books nothing. Otherwise books now_ms and returns 0.
+    std::uint32_t check_and_book(std::uint64_t key, std::int64_t now_ms);
+    // Undoes a booking (a later rule refused the request).
+    void unbook(std::uint64_t key, std::int64_t now_ms);
+    std::size_t keys() const;
+    std::uint64_t evictions() const;
+
+private:
+    struct entry {
+        std::uint64_t key = 0;
+        std::vector<std::int64_t> times;  // oldest first, at most max_
+    };
+    struct shard {
+        std::mutex mu;
+        std::list<entry> lru;  // most recently seen first
+        std::unordered_map<std::uint64_t, std::list<entry>::iterator> index;
+        std::uint64_t evictions = 0;
+    };
+    shard& shard_of(std::uint64_t key) { return shards_[(key >> 59) & 15]; }
+
+    std::uint32_t max_;
+    std::int64_t window_ms_;
+    std::size_t per_shard_;
+    mutable std::array<shard, 16> shards_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Checking one request.
+
+struct guard_booking {
+    std::uint64_t key = 0;
+    std::int64_t ms = 0;
+};
+
+struct guard_result {
+    enum class status : std::uint8_t { clean, violated, invalid_body };
+    status outcome = status::clean;
+    std::string finding;  // "card number (Luhn-valid, ****1111) at body offset 214 ($.content[0].value)"
+    std::uint32_t count = 0;  // duplicates: sends already in the window
+};
+
+struct guard_input {
+    const request_view& req;
+    // Decoded form fields when the body is a form (Mailgun), else null.
+    const std::vector<std::pair<std::string, std::string>>* form = nullptr;
+    std::string_view key;  // the rule's key value (duplicates are counted per key)
+};
+
+// Runs the guard. `dups`/`bookings`: for a duplicates guard, the counter to book in and
+// where to record what was booked (so the caller can undo it).
+guard_result check_guard(const guardrail& g, const guard_input& in, time_point now, duplicate_counter* dups,
+                         std::vector<guard_booking>* bookings);
+
+}  // namespace bb::rules
