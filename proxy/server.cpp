@@ -625,6 +625,11 @@ void server::release_connection() {
 }
 
 void server::start() {
+    if (opts_.handle_signals && !signals_) {
+        // Registered before any listener exists: a SIGTERM that arrives while we start is
+        // queued for run() instead of killing the process with requests in flight.
+        signals_.emplace(control_, SIGINT, SIGTERM, SIGHUP);
+    }
     // One acceptor per worker per listener, all bound to the same port with SO_REUSEPORT:
     // the kernel spreads connections across workers and no accept ever crosses threads.
     std::vector<std::vector<std::shared_ptr<tcp::acceptor>>> per_worker(workers_.size());
@@ -724,11 +729,10 @@ int server::run() {
     if (!started_) {
         start();
     }
-    std::optional<asio::signal_set> signals;
+    auto& signals = signals_;
     bool stopping = false;
     std::function<void()> wait_signal;
     if (opts_.handle_signals) {
-        signals.emplace(control_, SIGINT, SIGTERM, SIGHUP);
         wait_signal = [&] {
             signals->async_wait([&](const error_code& ec, int sig) {
                 if (ec) {

@@ -10,6 +10,8 @@
 #include "proxy/asio.hpp"
 #include "rules/engine.hpp"
 
+#include <boost/asio/signal_set.hpp>
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -19,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -269,6 +272,7 @@ private:
     std::atomic<std::size_t> connections_{0};
     std::atomic<bool> stop_requested_{false};
     asio::io_context control_{1};
+    std::optional<asio::signal_set> signals_;
     std::shared_ptr<spdlog::logger> access_log_;
     mutable std::mutex cfg_mutex_;
     bool started_ = false;
