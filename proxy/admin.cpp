@@ -344,18 +344,10 @@ std::string strings_json(const std::vector<std::string>& v) {
     return o + "]";
 }
 
-// Completes on the caller's executor once the breaker state is durable.
-asio::awaitable<bool> persist_breakers(server& srv) {
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
-        [&srv](auto handler) {
-            auto ex = asio::get_associated_executor(handler);
-            auto h = std::make_shared<decltype(handler)>(std::move(handler));
-            srv.persist_breakers([ex, h](bool ok) { asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
-        },
-        asio::use_awaitable);
-}
-
 // ---- the request handler -------------------------------------------------------------------
+
+struct handled;
+handled invalid_config(const cfg::errors& errors);
 
 struct handled {
     http::status status = http::status::ok;
@@ -366,6 +358,23 @@ struct handled {
     std::string audit_diff;
     bool mutation = false;
 };
+
+// 400 with every error and its JSON path; the running config is untouched.
+handled invalid_config(const cfg::errors& errors) {
+    std::vector<std::string> lines;
+    for (const auto& e : errors.list()) {
+        lines.push_back(e.to_string());
+    }
+    handled h;
+    h.mutation = true;
+    h.audit_target = "config";
+    h.status = http::status::bad_request;
+    h.body = "{\"error\":{\"code\":\"invalid_config\",\"message\":" +
+             q(std::to_string(lines.size()) + " error(s); the current config keeps serving") +
+             "},\"errors\":" + strings_json(lines) + "}";
+    h.audit_result = "invalid_config";
+    return h;
+}
 
 class handler_context {
 public:
@@ -579,7 +588,7 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
     }
     // Durable before the answer: a restart right after still sees the operator's act.
-    if (!co_await persist_breakers(srv_)) {
+    if (!co_await await_persist(srv_)) {
         co_return fail({http::status::service_unavailable, "store_unavailable",
                         "the change is in effect but could not be persisted"});
     }
@@ -817,7 +826,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
                 srv_.breakers().set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name,
                                          "applied as metrics_only: " + reason_, srv_.now());
             }
-            co_await persist_breakers(srv_);
+            co_await await_persist(srv_);
         }
         if (auto* db = srv_.db()) {
             auto r = co_await await_store([&](store::done_fn done) {
@@ -876,19 +885,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         const bool dry_run = query_.count("dry_run") && query_["dry_run"] != "0";
         auto parsed = parse_config(simdjson::minify(ce));
         if (!parsed.errors.empty()) {
-            std::vector<std::string> lines;
-            for (const auto& e : parsed.errors.list()) {
-                lines.push_back(e.to_string());
-            }
-            handled h;
-            h.mutation = true;
-            h.audit_target = "config";
-            h.status = http::status::bad_request;
-            h.body = "{\"error\":{\"code\":\"invalid_config\",\"message\":" +
-                     q(std::to_string(lines.size()) + " error(s); the current config keeps serving") +
-                     "},\"errors\":" + strings_json(lines) + "}";
-            h.audit_result = "invalid_config";
-            co_return h;
+            co_return invalid_config(parsed.errors);
         }
         co_return co_await apply(parsed.cfg, dry_run, metrics_only);
     }
@@ -932,19 +929,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         parsed = parse_config(v->second);
     }
     if (!parsed.errors.empty()) {
-        std::vector<std::string> lines;
-        for (const auto& e : parsed.errors.list()) {
-            lines.push_back(e.to_string());
-        }
-        handled h;
-        h.mutation = true;
-        h.audit_target = "config";
-        h.status = http::status::bad_request;
-        h.body = "{\"error\":{\"code\":\"invalid_config\",\"message\":" +
-                 q(std::to_string(lines.size()) + " error(s); the current config keeps serving") +
-                 "},\"errors\":" + strings_json(lines) + "}";
-        h.audit_result = "invalid_config";
-        co_return h;
+        co_return invalid_config(parsed.errors);
     }
     co_return co_await apply(parsed.cfg, false, false);
 }

@@ -31,6 +31,16 @@ std::future<T> spawn_future(asio::io_context& ctx, Make make) {
 
 }  // namespace
 
+asio::awaitable<bool> await_persist(server& srv) {
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+        [&srv](auto handler) {
+            auto ex = asio::get_associated_executor(handler);
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            srv.persist_breakers([ex, h](bool ok) { asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
+        },
+        asio::use_awaitable);
+}
+
 remediation::remediation(asio::io_context& control, store::database& db, server& srv)
     : control_(control), db_(db), srv_(srv) {}
 
@@ -46,6 +56,18 @@ std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::siz
         slot = std::make_shared<upstream_pool>(control_.get_executor(), u, cfg.limits.upstream_body_bytes);
     }
     return slot;
+}
+
+std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::string& after) {
+    // Keyset paging: each page re-queries, so records resolved meanwhile drop out.
+    auto page_filter = filter;
+    page_filter.after_ticket = after;
+    page_filter.limit = 500;
+    auto page = db_.list(page_filter);
+    if (!page.empty()) {
+        after = page.back().ticket;
+    }
+    return page;
 }
 
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force) {
@@ -174,18 +196,13 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         asio::steady_timer pacer{control_};
         const auto started = std::chrono::steady_clock::now();
         std::size_t sent = 0;
-        // Page through matches; each page re-queries so records released meanwhile drop out.
         std::string after;
         for (;;) {
-            auto page_filter = filter;
-            page_filter.after_ticket = after;
-            page_filter.limit = 500;
-            const auto page = db_.list(page_filter);
+            const auto page = next_page(filter, after);
             if (page.empty()) {
                 break;
             }
             for (const auto& rec : page) {
-                after = rec.ticket;
                 ++sum.matched;
                 if (rate_per_s > 0 && sent > 0) {
                     // Slot i starts at i/rate seconds after the first: no drift, no bursts.
@@ -237,15 +254,11 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
         remediation_summary sum;
         std::string after;
         for (;;) {
-            auto page_filter = filter;
-            page_filter.after_ticket = after;
-            page_filter.limit = 500;
-            const auto page = db_.list(page_filter);
+            const auto page = next_page(filter, after);
             if (page.empty()) {
                 break;
             }
             for (const auto& rec : page) {
-                after = rec.ticket;
                 ++sum.matched;
                 auto r = co_await await_store(
                     [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done)); });

@@ -60,6 +60,7 @@ public:
                                                                std::string reason);
 
 private:
+    std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after);
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
 
     asio::io_context& control_;
@@ -67,6 +68,10 @@ private:
     server& srv_;
     std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
 };
+
+// Completes on the calling coroutine's executor once the breaker state that includes every
+// transition made so far is durable; false when the write failed.
+asio::awaitable<bool> await_persist(server& srv);
 
 // Awaits a store write's completion on the calling coroutine's executor.
 template <class Op>

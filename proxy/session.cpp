@@ -366,23 +366,26 @@ asio::awaitable<void> close_connection(tcp::socket& sock, deadline& dl, bool lin
     sock.close(ec);
 }
 
+// Why a rule opened a breaker: everything an operator and the incident need.
+breakers::trip_cause rule_cause(const rules::decision& d, const std::string& request_id) {
+    breakers::trip_cause cause;
+    cause.kind = "rule";
+    cause.actor = "rule:" + d.rule;
+    cause.reason = d.reason;
+    cause.rule = d.rule;
+    cause.key = d.key;
+    cause.value = d.measured;
+    cause.limit = d.limit;
+    cause.window = d.window;
+    cause.request_id = request_id;
+    return cause;
+}
+
 // A half-open probe this request carries; its result is reported when the request ends.
 struct probe_ticket {
     std::string instance;
     std::uint64_t round = 0;
 };
-
-// Completes (on the calling coroutine's executor) once the breaker state that includes
-// every transition made so far is durable; false when the write failed.
-asio::awaitable<bool> async_persist(server& srv) {
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
-        [&srv](auto handler) {
-            auto ex = asio::get_associated_executor(handler);
-            auto h = std::make_shared<decltype(handler)>(std::move(handler));
-            srv.persist_breakers([ex, h](bool ok) { asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
-        },
-        asio::use_awaitable);
-}
 
 // Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
 std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v, std::chrono::system_clock::time_point wall_now) {
@@ -473,17 +476,7 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
         if (d.outcome == rules::verdict::violated) {
             const auto* b = rt.cfg->find_breaker(d.trips);
             if (b != nullptr && b->act != breakers::action::deny) {
-                breakers::trip_cause cause;
-                cause.kind = "rule";
-                cause.actor = "rule:" + d.rule;
-                cause.reason = d.reason;
-                cause.rule = d.rule;
-                cause.key = d.key;
-                cause.value = d.measured;
-                cause.limit = d.limit;
-                cause.window = d.window;
-                cause.request_id = request_id;
-                registry.trip(d.trips, d.key, std::move(cause), now);
+                registry.trip(d.trips, d.key, rule_cause(d, request_id), now);
             }
         }
     }
@@ -822,17 +815,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                         contained_breaker = b->id;
                         contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
                     } else if (b != nullptr) {
-                        breakers::trip_cause cause;
-                        cause.kind = "rule";
-                        cause.actor = "rule:" + d.rule;
-                        cause.reason = d.reason;
-                        cause.rule = d.rule;
-                        cause.key = d.key;
-                        cause.value = d.measured;
-                        cause.limit = d.limit;
-                        cause.window = d.window;
-                        cause.request_id = request_id;
-                        auto tr = registry.trip(d.trips, d.key, std::move(cause), now);
+                        auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now);
                         if (tr.shadow) {
                             spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
                                          tr.adm.instance, request_id, d.reason);
@@ -840,7 +823,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                             if (tr.opened) {
                                 // The response that reports a trip goes out only once the trip
                                 // is durable: a restart right after it still finds it tripped.
-                                const bool durable = co_await async_persist(w.owner());
+                                const bool durable = co_await await_persist(w.owner());
                                 if (!durable) {
                                     spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
                                 }

@@ -1,0 +1,191 @@
+// Cost per KiB of request body of the content and audience guardrails (issue 7), with every
+// guardrail on, over realistic SendGrid v3 mail/send bodies of 2 KiB, 16 KiB and 256 KiB
+// (marketing newsletters: personalizations with dynamic template data, an HTML body with
+// prices, dates, CSS and links, an unsubscribe link). Nothing in them trips, so every byte is
+// scanned by every guard. Also each guard alone on the 16 KiB body.
+//
+//   taskset -c 1 ./bench_guardrails --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//
+// `per_KiB` is the time per KiB of body (target: <= 1 us/KiB with all guardrails on).
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "rules/engine.hpp"
+
+namespace {
+
+using namespace bb;
+using namespace bb::rules;
+
+const char* paragraphs[] = {
+    "<p style=\"font-family:Helvetica,Arial,sans-serif;font-size:16px;line-height:24px;color:#333333\">Spring is "
+    "here, and so are our best prices of the season. Save up to 40% on outdoor furniture, grills and garden tools "
+    "until 30 April 2026. Prices from $19.99; free shipping on orders over $75.</p>",
+    "<table role=\"presentation\" width=\"100%\" cellpadding=\"0\" cellspacing=\"0\"><tr><td align=\"center\" "
+    "style=\"padding:12px 24px\"><a href=\"https://www.example.com/spring-sale?utm_source=newsletter&amp;utm_medium="
+    "email&amp;utm_campaign=spring-2026\" style=\"background:#0a7cff;color:#ffffff;padding:12px 24px\">Shop the "
+    "sale</a></td></tr></table>",
+    "<p>Order #A-100234 shipped on 2026-03-14 via UPS, tracking 1Z 999 AA1 01 2345 6784. Questions? Call us on "
+    "+1 (555) 010-0199 or reply to this email; our team answers within 24 hours, Monday to Friday 9-17 CET.</p>",
+    "<p>Members earn 2x points this week: 1,250 points are waiting in your account. See "
+    "<a href=\"https://rewards.example.com/points\">your rewards</a> or read the "
+    "<a href=\"https://help.example.com/faq#points\">FAQ</a>.</p>",
+};
+
+std::string html_of(std::size_t bytes) {
+    std::string h = "<html><head><style>body{margin:0;padding:0} .btn{border-radius:4px}</style></head><body>";
+    for (std::size_t i = 0; h.size() < bytes; ++i) {
+        h += paragraphs[i % 4];
+    }
+    h += "<p style=\"font-size:12px\">You receive this because you subscribed. "
+         "<a href=\"https://www.example.com/unsubscribe?u=abc123\">Unsubscribe</a></p></body></html>";
+    return h;
+}
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (const char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+        }
+        out += c;
+    }
+    return out;
+}
+
+// A SendGrid body of about `size` bytes: `recipients` personalizations, the rest HTML.
+std::string sendgrid_body(std::size_t size, int recipients) {
+    std::string b = R"({"personalizations":[)";
+    for (int i = 0; i < recipients; ++i) {
+        b += i ? "," : "";
+        b += R"({"to":[{"email":"customer)" + std::to_string(i) + R"(@example.com","name":"Customer )" +
+             std::to_string(i) + R"("}],"dynamic_template_data":{"first_name":"Ann","points":)" +
+             std::to_string(1000 + i) + R"(,"tier":"gold"}})";
+    }
+    b += R"(],"from":{"email":"news@example.com","name":"Example Store"},"reply_to":{"email":"support@example.com"},)"
+         R"("subject":"Spring sale: up to 40% off","categories":["marketing","spring-2026"],)"
+         R"("asm":{"group_id":42},"tracking_settings":{"click_tracking":{"enable":true}},)"
+         R"("content":[{"type":"text/plain","value":"Spring sale: up to 40% off. Unsubscribe: https://www.example.com/unsubscribe"},)"
+         R"({"type":"text/html","value":")";
+    const std::size_t used = b.size() + 8;
+    b += json_escape(html_of(size > used ? size - used : 256));
+    b += R"("}]})";
+    return b;
+}
+
+std::string suppression_file() {
+    const auto path = std::filesystem::temp_directory_path() / "bench_guardrails_suppressed.txt";
+    std::ofstream out{path, std::ios::trunc};
+    out << "# 10,000 addresses and 10,000 SHA-256 digests\n";
+    for (int i = 0; i < 10'000; ++i) {
+        out << "former" << i << "@example.org\n";
+    }
+    for (int i = 0; i < 10'000; ++i) {
+        char buf[65];
+        std::snprintf(buf, sizeof buf, "%064x", i * 2654435761u);
+        out << buf << "\n";
+    }
+    return path.string();
+}
+
+std::string blocked_terms() {
+    std::string t = R"("free money","act now","risk free","winner","viagra","crypto giveaway","wire transfer",)"
+                    R"("100% guaranteed","no credit check","click here to claim")";
+    for (int i = 0; i < 90; ++i) {
+        t += ",\"spam phrase " + std::to_string(i) + "\"";
+    }
+    return t;
+}
+
+std::string guard_rule(const std::string& id, const std::string& guard) {
+    return R"({"id":")" + id + R"(","route":"mail-send","guard":)" + guard +
+           R"(,"failure_mode":"guard","trips":"b-)" + id + R"("})";
+}
+
+std::vector<std::string> all_guards() {
+    return {
+        guard_rule("pii", R"({"pii":["card","ssn","iban","secrets"]})"),
+        guard_rule("audience", R"({"recipients":{"allow_domains":["example.com","example.org"],)"
+                               R"("block_domains":["competitor.com"],"suppression_file":")" +
+                                   suppression_file() + R"("}})"),
+        guard_rule("brand", R"({"content":{"blocked_terms":[)" + blocked_terms() +
+                                R"(],"link_domains":["example.com","sendgrid.net"],"require_unsubscribe":true}})"),
+        guard_rule("loops", R"({"duplicates":{"max":100,"window":"1m","of":["recipient","subject"]}})"),
+    };
+}
+
+std::shared_ptr<const rule_set> load(const std::vector<std::string>& rules) {
+    std::string text = R"({"failure_modes":[{"id":"guard","title":"Guardrail","severity":"sev2","owner":"ops"}],"rules":[)";
+    for (std::size_t i = 0; i < rules.size(); ++i) {
+        text += i ? "," : "";
+        text += rules[i];
+    }
+    text += "]}";
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc = parser.parse(simdjson::padded_string{text}).value();
+    simdjson::dom::element fm = doc["failure_modes"].value();
+    simdjson::dom::element rl = doc["rules"].value();
+    cfg::errors errs;
+    auto set = parse_rules(&fm, &rl, {"mail-send"}, errs);
+    if (!errs.empty()) {
+        std::fprintf(stderr, "%s\n", errs.to_string().c_str());
+        std::abort();
+    }
+    return set;
+}
+
+void run(benchmark::State& state, const std::vector<std::string>& rules, std::size_t size, int recipients) {
+    engine eng{load(rules)};
+    const std::string body = sendgrid_body(size, recipients);
+    request_view v;
+    v.method = "POST";
+    v.path = v.target = "/v3/mail/send";
+    v.host = "api.sendgrid.com";
+    v.route = "mail-send";
+    v.agent = "agent-1";
+    v.content_type = "application/json";
+    v.body = body;
+    manual_clock clock;
+    for (auto _ : state) {
+        // 1 s per send: the duplicates window (1 min, max 100) never fills.
+        clock.advance(std::chrono::seconds{1});
+        const auto d = eng.evaluate(v, clock.now());
+        if (!d.allowed()) {
+            state.SkipWithError(d.reason.c_str());
+            break;
+        }
+        benchmark::DoNotOptimize(d);
+    }
+    const double kib = static_cast<double>(body.size()) / 1024.0;
+    state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * body.size()));
+    state.counters["per_KiB"] = benchmark::Counter(kib * static_cast<double>(state.iterations()),
+                                                   benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+    state.counters["body_KiB"] = kib;
+}
+
+void BM_AllGuardrails_2KiB(benchmark::State& s) { run(s, all_guards(), 2 * 1024, 3); }
+void BM_AllGuardrails_16KiB(benchmark::State& s) { run(s, all_guards(), 16 * 1024, 20); }
+void BM_AllGuardrails_256KiB(benchmark::State& s) { run(s, all_guards(), 256 * 1024, 1000); }
+void BM_Pii_16KiB(benchmark::State& s) { run(s, {all_guards()[0]}, 16 * 1024, 20); }
+void BM_Recipients_16KiB(benchmark::State& s) { run(s, {all_guards()[1]}, 16 * 1024, 20); }
+void BM_Content_16KiB(benchmark::State& s) { run(s, {all_guards()[2]}, 16 * 1024, 20); }
+void BM_Duplicates_16KiB(benchmark::State& s) { run(s, {all_guards()[3]}, 16 * 1024, 20); }
+
+BENCHMARK(BM_AllGuardrails_2KiB);
+BENCHMARK(BM_AllGuardrails_16KiB);
+BENCHMARK(BM_AllGuardrails_256KiB);
+BENCHMARK(BM_Pii_16KiB);
+BENCHMARK(BM_Recipients_16KiB);
+BENCHMARK(BM_Content_16KiB);
+BENCHMARK(BM_Duplicates_16KiB);
+
+}  // namespace
+
+BENCHMARK_MAIN();
