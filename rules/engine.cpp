@@ -333,6 +333,17 @@ struct context {
     bool form_parsed = false;
     bool query_parsed = false;
     std::array<std::string_view, max_params> params{};
+    // Request-side amounts already computed for this request, by expression text: many rules
+    // meter the same thing (recipients per campaign, per agent, per hour, per request...),
+    // and walking the JSON body once per expression instead of once per rule is most of
+    // the cost of a route with many rules.
+    struct memo {
+        std::string_view text;
+        invalid_body_policy policy;
+        std::optional<double> value;
+    };
+    std::array<memo, 16> memos{};
+    std::size_t memo_count = 0;
 
     bool request_json() { return parse_json(req.body, s.request_parser, req_json); }
     bool response_json() { return resp && parse_json(resp->body, s.response_parser, resp_json); }
@@ -467,6 +478,26 @@ bool build_key(const rule& r, context& ctx) {
         }
     }
     return true;
+}
+
+std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy policy);
+
+// amount() for a request-side expression, computed once per request and text.
+std::optional<double> request_amount(const expr& e, context& ctx, invalid_body_policy policy) {
+    if (e.text.empty()) {
+        return amount(e, ctx, policy);  // no text to tell expressions apart by
+    }
+    for (std::size_t i = 0; i < ctx.memo_count; ++i) {
+        const auto& m = ctx.memos[i];
+        if (m.policy == policy && m.text == e.text) {
+            return m.value;
+        }
+    }
+    auto v = amount(e, ctx, policy);
+    if (ctx.memo_count < ctx.memos.size()) {
+        ctx.memos[ctx.memo_count++] = {e.text, policy, v};
+    }
+    return v;
 }
 
 // Per-request amount of an expression; nullopt when it needs a JSON body that is invalid
@@ -820,10 +851,10 @@ decision engine::evaluate(const request_view& req, time_point now) {
             continue;
         }
 
-        const auto a = amount(r.measure, ctx, r.on_invalid_body);
+        const auto a = request_amount(r.measure, ctx, r.on_invalid_body);
         std::optional<double> b = 1.0;
         if (r.ratio_of) {
-            b = amount(*r.ratio_of, ctx, r.on_invalid_body);
+            b = request_amount(*r.ratio_of, ctx, r.on_invalid_body);
         }
         if (!a || !b) {
             rollback();
