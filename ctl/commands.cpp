@@ -33,10 +33,11 @@ constexpr flag_spec known_flags[] = {
     {"--dry-run", false},   {"--metrics-only", false}, {"--expires-in", true}, {"--breaker", true},
     {"--agent", true},      {"--rule", true},          {"--state", true},      {"--from", true},
     {"--to", true},         {"--limit", true},         {"--after", true},      {"--rate", true},
+    {"--cert", true},       {"--key", true},
 };
 
 const std::set<std::string, std::less<>> global_flags = {"--admin", "--token", "--json", "--timeout", "--cacert",
-                                                         "--help"};
+                                                         "--cert",  "--key",   "--help"};
 
 const flag_spec* find_flag(std::string_view name) {
     for (const auto& f : known_flags) {
@@ -466,6 +467,8 @@ global options (anywhere on the line):
   --json            print the API's JSON answer instead of tables
   --timeout D       overall deadline per request (default 10s)
   --cacert FILE     CA certificates (PEM) for an https admin URL
+  --cert FILE       client certificate (PEM) for an admin API that maps mTLS clients to operators
+  --key FILE        the client certificate's private key (PEM; default: in --cert)
   -h, --help        this help
 
 commands:
@@ -512,6 +515,8 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
         p.client.url = *url;
         p.client.token = t.has("--token") ? t.get("--token") : env.token.value_or("");
         p.client.cacert = t.get("--cacert");
+        p.client.cert = t.get("--cert");
+        p.client.key = t.get("--key");
         if (t.has("--timeout")) {
             const auto d = cfg::parse_duration(t.get("--timeout"));
             if (!d || d->count() <= 0) {

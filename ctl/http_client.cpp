@@ -132,6 +132,16 @@ asio::awaitable<http_result> run(exchange& x, const http_request& req) {
         } else {
             x.tls_ctx->set_default_verify_paths(cec);
         }
+        if (!x.opts.cert.empty()) {
+            x.tls_ctx->use_certificate_chain_file(x.opts.cert, cec);
+            if (!cec) {
+                x.tls_ctx->use_private_key_file(x.opts.key.empty() ? x.opts.cert : x.opts.key, asio::ssl::context::pem,
+                                                cec);
+            }
+            if (cec) {
+                co_return x.fail("cannot use --cert " + x.opts.cert + ": " + cec.message());
+            }
+        }
         x.tls.emplace(x.ioc, *x.tls_ctx);
     } else {
         x.plain.emplace(x.ioc);

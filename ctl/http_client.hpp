@@ -55,6 +55,8 @@ struct client_options {
     std::string token;  // sent as "Authorization: Bearer <token>" when not empty
     std::chrono::milliseconds timeout{10'000};
     std::string cacert;  // PEM file for https; empty: the system store
+    std::string cert;    // client certificate (PEM) for an admin API that maps mTLS clients to operators
+    std::string key;     // its private key (PEM)
 };
 
 // Sends one request and reads the whole response. Never throws for network errors.

@@ -389,6 +389,16 @@ TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
     EXPECT_NE(out.find("\"state\":\"open\""), std::string::npos) << out;
     auto log = run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/audit", &rc);
     EXPECT_NE(log.find("\"actor\":\"cert-ops\""), std::string::npos) << log;
+#ifdef BB_BREAKERCTL_BIN
+    // breakerctl authenticates with the same client certificate.
+    out = run(std::string{BB_BREAKERCTL_BIN} + " --admin " + base + " --cacert " + cert("ca.pem") + " --cert " +
+                  cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key") +
+                  " reset campaign-volume/x --reason 'checked via breakerctl'",
+              &rc);
+    EXPECT_EQ(rc, 0) << out;
+    out = run(std::string{BB_BREAKERCTL_BIN} + " --admin " + base + " --cacert " + cert("ca.pem") + " breakers", &rc);
+    EXPECT_NE(rc, 0) << "without a certificate or a token: " << out;
+#endif
     // Old protocol versions are refused.
     out = run("echo | openssl s_client -tls1_1 -connect 127.0.0.1:" + std::to_string(bb.server().admin_port()), &rc);
     EXPECT_NE(rc, 0) << out;
