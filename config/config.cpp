@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -58,6 +59,9 @@ void parse_listeners(cfg::object_reader& root, config& c) {
                 r.errs().add(r.path_of("name"), cfg::quote(*name) + " is used by another listener");
             }
             l.name = *name;
+        }
+        if (auto v = r.boolean("require_agent")) {
+            l.require_agent = *v;
         }
         if (auto addr = r.string("address", true)) {
             if (auto hp = parse_address(*addr)) {
@@ -293,6 +297,79 @@ void parse_routes(cfg::object_reader& root, config& c) {
     });
 }
 
+int hex_digit(char ch);
+
+void parse_agents(cfg::object_reader& root, config& c) {
+    std::set<std::string> ids;
+    std::set<std::string> digests;
+    each_item(root, "agents", false, [&](simdjson::dom::element e, const std::string& path) {
+        cfg::object_reader r{e, path, root.errs()};
+        agent_config a;
+        if (auto v = r.string("id", true)) {
+            if (!valid_name(*v)) {
+                r.errs().add(r.path_of("id"), cfg::quote(*v) + " is not a valid id (letters, digits, - _ .)");
+            } else if (!ids.insert(*v).second) {
+                r.errs().add(r.path_of("id"), cfg::quote(*v) + " is used by another agent");
+            }
+            a.id = *v;
+        }
+        if (auto keys = r.strings("key_sha256", true)) {
+            std::size_t i = 0;
+            for (const auto& k : *keys) {
+                std::array<unsigned char, 32> d{};
+                bool ok = k.size() == 64;
+                for (std::size_t j = 0; ok && j < 32; ++j) {
+                    const int hi = hex_digit(k[2 * j]);
+                    const int lo = hex_digit(k[2 * j + 1]);
+                    ok = hi >= 0 && lo >= 0;
+                    d[j] = static_cast<unsigned char>(hi * 16 + lo);
+                }
+                const auto where = cfg::child(r.path_of("key_sha256"), i++);
+                if (!ok) {
+                    r.errs().add(where, "must be 64 hex digits: the SHA-256 of the API key, never the key");
+                } else if (!digests.insert(std::string{reinterpret_cast<const char*>(d.data()), d.size()}).second) {
+                    r.errs().add(where, "this key already belongs to another agent");
+                } else {
+                    a.key_sha256.push_back(d);
+                }
+            }
+        }
+        if (auto al = r.object("allow")) {
+            cfg::object_reader ar{*al, r.path_of("allow"), root.errs()};
+            if (auto v = ar.strings("routes")) {
+                for (std::size_t i = 0; i < v->size(); ++i) {
+                    if (c.find_route((*v)[i]) == nullptr) {
+                        ar.errs().add(cfg::child(ar.path_of("routes"), i), cfg::quote((*v)[i]) + " is not a configured route");
+                    }
+                }
+                a.allow.routes = std::move(*v);
+            }
+            if (auto v = ar.strings("methods")) {
+                for (auto& m : *v) {
+                    std::transform(m.begin(), m.end(), m.begin(), [](char ch) { return std::toupper(static_cast<unsigned char>(ch)); });
+                }
+                a.allow.methods = std::move(*v);
+            }
+            if (auto v = ar.strings("paths")) {
+                for (std::size_t i = 0; i < v->size(); ++i) {
+                    const auto& p = (*v)[i];
+                    if (p.empty() || p.front() != '/' || (p.find('*') != std::string::npos && p.find('*') != p.size() - 1)) {
+                        ar.errs().add(cfg::child(ar.path_of("paths"), i),
+                                      cfg::quote(p) + " must start with / and may only end in * (a prefix)");
+                    }
+                }
+                a.allow.paths = std::move(*v);
+            }
+            ar.finish();
+        }
+        if (auto v = r.boolean("sandbox")) {
+            a.sandbox = *v;
+        }
+        r.finish();
+        c.agents.push_back(std::move(a));
+    });
+}
+
 void parse_breakers(cfg::object_reader& root, config& c) {
     std::set<std::string> ids;
     each_item(root, "breakers", false, [&](simdjson::dom::element e, const std::string& path) {
@@ -384,6 +461,15 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         r.finish();
         c.breakers.push_back(std::move(b));
     });
+    // Implicit breakers: a kill switch per agent, which only an operator flips.
+    for (const auto& a : c.agents) {
+        breakers::breaker_config b;
+        b.id = "agent/" + a.id;
+        b.act = breakers::action::pause;
+        b.reset = breakers::reset_policy::manual;
+        b.per_key = false;
+        c.breakers.push_back(std::move(b));
+    }
     // Implicit breakers: one per upstream with health checks.
     for (const auto& u : c.upstreams) {
         if (!u.health) {
@@ -613,6 +699,18 @@ const breakers::breaker_config* config::find_breaker(std::string_view id) const 
     return nullptr;
 }
 
+const agent_config* config::agent_by_key_digest(std::string_view digest) const {
+    // A handful of agents: a linear scan over 32-byte digests costs less than a map here.
+    for (const auto& a : agents) {
+        for (const auto& k : a.key_sha256) {
+            if (digest.size() == k.size() && std::memcmp(digest.data(), k.data(), k.size()) == 0) {
+                return &a;
+            }
+        }
+    }
+    return nullptr;
+}
+
 const route_config* config::find_route(std::string_view name) const {
     for (const auto& r : routes) {
         if (r.name == name) {
@@ -682,6 +780,7 @@ parse_result parse_config(std::string_view json_text) {
     parse_log(root, *c);
     parse_store(root, *c);
     parse_admin(root, *c);
+    parse_agents(root, *c);
     parse_breakers(root, *c);
     if (auto a = root.value("alerts")) {
         c->alerts = alerts::parse_alerts(&*a, out.errors);
@@ -707,7 +806,7 @@ parse_result parse_config(std::string_view json_text) {
     // Sections of the product that this build does not implement yet are refused rather
     // than silently ignored: an operator who configures a breaker must not believe it is
     // guarding traffic when it is not.
-    for (std::string_view section : {"agents", "cluster"}) {
+    for (std::string_view section : {"cluster"}) {
         if (root.has(section)) {
             root.value(section);
             out.errors.add(std::string{section}, "is not supported by this build of breakerbox yet");

@@ -28,6 +28,21 @@ struct listener_config {
     std::string name;
     std::string host;  // literal IP address
     std::uint16_t port = 0;
+    bool require_agent = false;  // unknown or missing agent credentials -> 401
+};
+
+// Where an agent may go. An empty list allows everything of that kind.
+struct agent_scope {
+    std::vector<std::string> routes;
+    std::vector<std::string> methods;  // upper case
+    std::vector<std::string> paths;    // exact, or a prefix ending in "*"
+};
+
+struct agent_config {
+    std::string id;
+    std::vector<std::array<unsigned char, 32>> key_sha256;  // API keys, stored only as SHA-256
+    agent_scope allow;
+    bool sandbox = false;  // everything it sends goes out in the API's dry-run mode
 };
 
 struct limits_config {
@@ -145,10 +160,13 @@ struct config {
     store_config store;
     alerts::alerts_config alerts;
     std::string source_json;  // the config text as given (for GET /v1/config and versions)
-    std::vector<breakers::breaker_config> breakers;  // declared + implicit (upstream/<name>)
+    std::vector<agent_config> agents;
+    std::vector<breakers::breaker_config> breakers;  // declared + implicit (upstream/<name>, agent/<id>)
     std::shared_ptr<const rules::rule_set> rules;  // may be null when no rules
 
     const breakers::breaker_config* find_breaker(std::string_view id) const;
+    // The agent whose API key hashes to `digest` (32 bytes), or null.
+    const agent_config* agent_by_key_digest(std::string_view digest) const;
 
     const route_config* find_route(std::string_view name) const;
 };

@@ -185,8 +185,8 @@ runtime_lease::~runtime_lease() {
 
 void worker::start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> acceptors) {
     acceptors_ = std::move(acceptors);
-    for (auto& a : acceptors_) {
-        asio::co_spawn(ioc_, accept_loop(a), [](std::exception_ptr e) {
+    for (std::size_t i = 0; i < acceptors_.size(); ++i) {
+        asio::co_spawn(ioc_, accept_loop(acceptors_[i], i), [](std::exception_ptr e) {
             if (e) {
                 try {
                     std::rethrow_exception(e);
@@ -209,7 +209,7 @@ void worker::refuse(tcp::socket& s) {
     s.close(ignored);
 }
 
-asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> acceptor) {
+asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> acceptor, std::size_t listener) {
     for (;;) {
         auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
         if (ec) {
@@ -226,7 +226,7 @@ asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> accepto
             refuse(socket);
             continue;
         }
-        asio::co_spawn(ioc_, run_session(*this, std::move(socket)), [](std::exception_ptr e) {
+        asio::co_spawn(ioc_, run_session(*this, std::move(socket), listener), [](std::exception_ptr e) {
             if (e) {
                 try {
                     std::rethrow_exception(e);

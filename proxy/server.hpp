@@ -161,7 +161,7 @@ public:
     void shutdown();
 
 private:
-    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor);
+    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, std::size_t listener);
     asio::awaitable<void> sweep_loop();
     void refuse(tcp::socket& s);
 

@@ -20,6 +20,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <openssl/evp.h>
+
 #include <array>
 #include <ctime>
 #include <chrono>
@@ -161,6 +163,7 @@ struct log_record {
     std::string method;
     std::string_view target;
     std::string_view route;
+    std::string_view agent;
     std::size_t route_index = SIZE_MAX;  // SIZE_MAX: no route
     std::string_view upstream;
     unsigned status = 0;
@@ -194,6 +197,7 @@ void write_access_log(worker& w, const log_record& r) {
     line += ",\"target\":" + cfg::quote(r.target.substr(0, 2048));
     line += ",\"route\":" + (r.route.empty() ? std::string{"null"} : cfg::quote(r.route));
     line += ",\"upstream\":" + (r.upstream.empty() ? std::string{"null"} : cfg::quote(r.upstream));
+    line += ",\"agent\":" + (r.agent.empty() ? std::string{"null"} : cfg::quote(r.agent));
     line += ",\"status\":" + std::to_string(r.status);
     line += ",\"decision\":" + cfg::quote(r.decision);
     line += ",\"code\":" + (r.code.empty() ? std::string{"null"} : cfg::quote(r.code));
@@ -496,7 +500,7 @@ struct session_guard {
 
 }  // namespace
 
-asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
+asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t listener) {
     co_await asio::this_coro::throw_if_cancelled(false);
     tcp::socket sock{std::move(socket)};
     session_guard guard{w, &sock};
@@ -677,7 +681,62 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         const std::string req_path{tp.path};
         rec.target = original_target;
 
-        // 5. Guards. The common case (no rules on the route, no breaker active, upstream not
+        // 5. Who is calling: an agent's API key in x-breakerbox-key (or, as a forward proxy
+        //    sees it, Proxy-Authorization: Bearer). Only its SHA-256 is compared; the key
+        //    itself is never forwarded.
+        const agent_config* agent = nullptr;
+        if (!cfg->agents.empty() || (listener < cfg->listeners.size() && cfg->listeners[listener].require_agent)) {
+            std::string_view key = req["x-breakerbox-key"];
+            std::string_view pa = req[http::field::proxy_authorization];
+            if (key.empty() && starts_with_icase(pa, "bearer ")) {
+                key = trim(pa.substr(7));
+            }
+            unsigned char digest[32];
+            unsigned int dlen = 0;
+            if (!key.empty()) {
+                EVP_Digest(key.data(), key.size(), digest, &dlen, EVP_sha256(), nullptr);
+                agent = cfg->agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest), dlen});
+            }
+            const bool had_key = !key.empty();
+            req.erase("x-breakerbox-key");
+            const bool required = listener < cfg->listeners.size() && cfg->listeners[listener].require_agent;
+            if (agent == nullptr && (had_key || required)) {
+                if (!co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                                     had_key ? "the agent key is not known" : "this listener needs an agent key (x-breakerbox-key)"},
+                                    keep_alive) ||
+                    !keep_alive) {
+                    break;
+                }
+                continue;
+            }
+        }
+        if (agent != nullptr) {
+            rec.agent = agent->id;
+            const auto& scope = agent->allow;
+            std::string why;
+            if (!scope.routes.empty() && std::find(scope.routes.begin(), scope.routes.end(), route->name) == scope.routes.end()) {
+                why = "route " + route->name;
+            } else if (!scope.methods.empty() &&
+                       std::find(scope.methods.begin(), scope.methods.end(), req.method_string()) == scope.methods.end()) {
+                why = "method " + std::string{req.method_string()};
+            } else if (!scope.paths.empty() && std::none_of(scope.paths.begin(), scope.paths.end(), [&](const std::string& p) {
+                           return p.back() == '*' ? req_path.compare(0, p.size() - 1, p, 0, p.size() - 1) == 0
+                                                  : req_path == p;
+                       })) {
+                why = "path " + req_path;
+            }
+            if (!why.empty()) {
+                error_info e{http::status::forbidden, "denied", "out_of_scope",
+                             "agent " + agent->id + " may not use " + why + " (its allow list in the config)"};
+                e.rule = "scope";
+                if (!co_await reply(e, keep_alive) || !keep_alive) {
+                    break;
+                }
+                continue;
+            }
+        }
+
+        // 6. Guards. The common case (no rules on the route, no breaker active, upstream not
         //    paused) costs a few relaxed atomic loads and no lock.
         const auto now = w.owner().now();
         auto& registry = *rt.breakers;
@@ -746,8 +805,22 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             return false;
         };
 
+        // The per-agent kill switch and the per-agent sandbox come first.
+        if (agent != nullptr && registry.any_active()) {
+            auto adm = registry.admit("agent/" + agent->id, now);
+            if (adm.v == breakers::admission::verdict::contain) {
+                contain(adm, {}, "agent " + agent->id + " is switched off by an operator");
+                contained->code = "agent_disabled";
+            }
+        }
+        if (agent != nullptr && agent->sandbox && !contained) {
+            forwarded_decision = "sandboxed";
+            contained_breaker = "agent/" + agent->id;
+        }
         const upstream_guard& ug = rt.upstreams[upstream_index];
-        if (auto remaining = ug.quota->remaining(now)) {
+        if (contained) {
+            // Already decided.
+        } else if (auto remaining = ug.quota->remaining(now)) {
             // The upstream told us its quota is spent: waiting is the only thing that helps,
             // for every agent sharing it.
             contained_breaker = "upstream/" + cfg->upstreams[upstream_index].name;
@@ -781,7 +854,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             view.query = q == std::string::npos ? std::string_view{} : std::string_view{origin_form}.substr(q + 1);
             view.host = host_without_port(original_host);
             view.route = route->name;
-            view.agent = {};
+            view.agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
             view.content_type = req[http::field::content_type];
             view.body = req.body();
             view.headers = header_scratch;
@@ -891,6 +964,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
                 }
                 held.body = req.body();
                 held.route = route->name;
+                held.agent = agent != nullptr ? agent->id : std::string{};
                 held.upstream = cfg->upstreams[upstream_index].name;
                 held.rule = quarantine_rule;
                 held.breaker_instance = quarantine_instance;
@@ -956,7 +1030,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         const upstream_config& up = cfg->upstreams[upstream_index];
         rec.upstream = up.name;
 
-        // 6. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
+        // 7. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
         strip_hop_by_hop(req);
         req.erase(http::field::expect);
         req.erase(http::field::host);
@@ -977,7 +1051,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
         req.keep_alive(true);
         req.prepare_payload();
 
-        // 7. Forward, racing the exchange against the client leaving: a client that hangs
+        // 8. Forward, racing the exchange against the client leaving: a client that hangs
         //    up cancels the upstream request instead of leaving it running.
         const bool is_head = req.method() == http::verb::head;
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
@@ -1049,7 +1123,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket) {
             continue;
         }
 
-        // 8. The response, faithfully: status, headers and body, minus hop-by-hop fields.
+        // 9. The response, faithfully: status, headers and body, minus hop-by-hop fields.
         response& res = ex.res;
         strip_hop_by_hop(res);
         {

@@ -11,6 +11,7 @@ class worker;
 
 // Runs until the connection closes. Never throws for network errors (they are values);
 // admission (the connection count) was taken by the caller and is released here.
-asio::awaitable<void> run_session(worker& w, tcp::socket socket);
+// `listener`: index in config.listeners of the listener that accepted it.
+asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t listener);
 
 }  // namespace bb::proxy

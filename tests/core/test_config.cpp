@@ -111,10 +111,9 @@ TEST(config, upstream_health_makes_an_implicit_breaker) {
 }
 
 TEST(config, unimplemented_sections_are_refused_not_ignored) {
-    auto r = parse_config(base(R"(, "cluster": {"redis": "127.0.0.1:6379"}, "agents": [])"));
+    auto r = parse_config(base(R"(, "cluster": {"redis": "127.0.0.1:6379"})"));
     const auto e = all_errors(r);
     EXPECT_NE(e.find("cluster: is not supported by this build"), std::string::npos) << e;
-    EXPECT_NE(e.find("agents: is not supported by this build"), std::string::npos) << e;
 }
 
 TEST(config, wrong_types_name_the_expected_type) {
@@ -151,4 +150,22 @@ TEST(config, a_non_loopback_admin_listener_needs_tls) {
     EXPECT_EQ(e.find("is not a loopback address"), std::string::npos) << e;
     EXPECT_NE(e.find("admin.tls.cert_file: \"/nonexistent.pem\" cannot be read"), std::string::npos) << e;
     EXPECT_NE(e.find("admin.tls.require_client_cert: needs client_ca_file"), std::string::npos) << e;
+}
+
+TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
+    auto bad = parse_config(base(R"(, "agents": [
+        {"id": "writer", "key_sha256": ["xyz"], "allow": {"routes": ["nope"], "paths": ["v3/*", "/a/*/b"]}},
+        {"id": "writer", "key_sha256": []}])"));
+    const auto e = all_errors(bad);
+    EXPECT_NE(e.find("agents[0].key_sha256[0]: must be 64 hex digits"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].allow.routes[0]: \"nope\" is not a configured route"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].allow.paths[0]"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].allow.paths[1]"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].id: \"writer\" is used by another agent"), std::string::npos) << e;
+    auto ok = parse_config(base(R"(, "agents": [{"id": "writer", "key_sha256":
+        ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "allow": {"routes": ["r"], "methods": ["post"]}}])"));
+    ASSERT_TRUE(ok.errors.empty()) << all_errors(ok);
+    EXPECT_EQ(ok.cfg->agents[0].allow.methods[0], "POST");
+    ASSERT_NE(ok.cfg->find_breaker("agent/writer"), nullptr);
+    EXPECT_EQ(ok.cfg->find_breaker("agent/writer")->reset, bb::breakers::reset_policy::manual);
 }

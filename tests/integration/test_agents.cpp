@@ -1,0 +1,123 @@
+// Agent identity and scopes through real sockets (issue 7, first part): API keys stored as
+// SHA-256, 401 for unknown or missing keys on a listener that requires them, 403
+// out_of_scope naming the agent, the key never forwarded, the per-agent kill switch, the
+// per-agent sandbox, and the agent as a rule key.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <openssl/evp.h>
+
+#include <cstdio>
+
+using namespace bb::test;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string sha256_hex(std::string_view s) {
+    unsigned char d[32];
+    unsigned int n = 0;
+    EVP_Digest(s.data(), s.size(), d, &n, EVP_sha256(), nullptr);
+    std::string out;
+    char buf[3];
+    for (int i = 0; i < 32; ++i) {
+        std::snprintf(buf, sizeof buf, "%02x", d[i]);
+        out += buf;
+    }
+    return out;
+}
+
+std::string agents_config(std::uint16_t port, const std::string& dir) {
+    return "{\"workers\": 2, \"listeners\": [{\"name\": \"agents\", \"address\": \"127.0.0.1:0\", \"require_agent\": true}],"
+           "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+           "\"upstreams\": [{\"name\": \"up\", \"url\": \"http://127.0.0.1:" + std::to_string(port) + "\"}],"
+           "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"up\"},"
+           "{\"name\": \"crm\", \"match\": {\"path_prefix\": \"/crm/\"}, \"upstream\": \"up\"}],"
+           "\"agents\": ["
+           "{\"id\": \"writer\", \"key_sha256\": [\"" + sha256_hex("writer-key") + "\"], \"allow\": {\"routes\": [\"mail-send\"], \"methods\": [\"POST\"]}},"
+           "{\"id\": \"reader\", \"key_sha256\": [\"" + sha256_hex("reader-key") + "\"], \"allow\": {\"methods\": [\"GET\"], \"paths\": [\"/crm/v3/objects/*\"]}},"
+           "{\"id\": \"trial\", \"key_sha256\": [\"" + sha256_hex("trial-key") + "\"], \"sandbox\": true}],"
+           "\"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+           "\"breakers\": [{\"id\": \"per-agent\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+           "\"rules\": [{\"id\": \"mails-per-agent\", \"route\": \"mail-send\", \"key\": [\"agent\"],"
+           "\"measure\": {\"sum\": \"requests\"}, \"window\": \"1h\", \"limit\": 3, \"failure_mode\": \"fm\", \"trips\": \"per-agent\"}],"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+response mail(std::uint16_t port, const std::string& key, const std::string& header = "x-breakerbox-key") {
+    std::vector<std::pair<std::string, std::string>> h{{"content-type", "application/json"}};
+    if (!key.empty()) {
+        h.emplace_back(header, header == "proxy-authorization" ? "Bearer " + key : key);
+    }
+    return http_request(port, http::verb::post, "/v3/mail/send",
+                        R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})", h);
+}
+
+std::string code_of(const response& r) {
+    const auto& b = r.body();
+    const auto k = b.find("\"code\":\"");
+    return k == std::string::npos ? std::string{} : b.substr(k + 8, b.find('"', k + 8) - k - 8);
+}
+
+}  // namespace
+
+TEST(agents, identity_scope_and_key_stripping) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{agents_config(up.port(), dir)};
+    auto none = mail(bb.port(), "");
+    EXPECT_EQ(none.result_int(), 401u);
+    EXPECT_EQ(code_of(none), "unauthenticated");
+    EXPECT_EQ(mail(bb.port(), "guess").result_int(), 401u);
+    auto ok = mail(bb.port(), "writer-key");
+    ASSERT_EQ(ok.result_int(), 202u) << ok.body();
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.count("x-breakerbox-key"), 0u) << "the agent key is never forwarded";
+    // Proxy-Authorization: Bearer identifies too, and is not forwarded either (hop-by-hop).
+    EXPECT_EQ(mail(bb.port(), "writer-key", "proxy-authorization").result_int(), 202u);
+    EXPECT_EQ(up.requests()[1].req.count(http::field::proxy_authorization), 0u);
+    // Outside the allow list: 403 naming the agent.
+    auto get = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "", {{"x-breakerbox-key", "writer-key"}});
+    EXPECT_EQ(get.result_int(), 403u);
+    EXPECT_EQ(code_of(get), "out_of_scope");
+    EXPECT_NE(get.body().find("agent writer"), std::string::npos) << get.body();
+    EXPECT_EQ(get["x-breakerbox-decision"], "denied");
+    auto read = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "", {{"x-breakerbox-key", "reader-key"}});
+    EXPECT_EQ(read.result_int(), 202u);
+    auto other_path = http_request(bb.port(), http::verb::get, "/crm/v4/owners", "", {{"x-breakerbox-key", "reader-key"}});
+    EXPECT_EQ(other_path.result_int(), 403u);
+    EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u);
+    EXPECT_EQ(up.request_count(), 3u);
+}
+
+TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{agents_config(up.port(), dir)};
+    // The per-agent kill switch: an operator trips agent/writer; reader is unaffected.
+    ASSERT_TRUE(bb.server().breakers().manual_trip("agent/writer", "ops", "runaway loop", bb.server().now()));
+    auto off = mail(bb.port(), "writer-key");
+    EXPECT_EQ(off.result_int(), 503u);
+    EXPECT_EQ(code_of(off), "agent_disabled");
+    EXPECT_NE(off.body().find("agent/writer"), std::string::npos);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/crm/v3/objects/x", "", {{"x-breakerbox-key", "reader-key"}})
+                  .result_int(),
+              202u);
+    ASSERT_TRUE(bb.server().breakers().reset("agent/writer", "ops", "fixed", bb.server().now()));
+    EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
+    // A sandboxed agent's mail goes out in SendGrid's sandbox mode.
+    auto trial = mail(bb.port(), "trial-key");
+    EXPECT_EQ(trial.result_int(), 202u);
+    EXPECT_EQ(trial["x-breakerbox-decision"], "sandboxed");
+    const auto reqs = up.requests();
+    EXPECT_NE(reqs.back().req.body().find("\"sandbox_mode\":{\"enable\":true}"), std::string::npos) << reqs.back().req.body();
+    // The agent is a rule key: 3 mails an hour each.
+    EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
+    EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
+    auto fourth = mail(bb.port(), "writer-key");
+    EXPECT_EQ(fourth.result_int(), 503u);
+    EXPECT_NE(fourth.body().find("per-agent/writer"), std::string::npos) << fourth.body();
+    EXPECT_EQ(mail(bb.port(), "trial-key").result_int(), 202u) << "another agent has its own meter";
+}
