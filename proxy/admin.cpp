@@ -321,6 +321,49 @@ config_diff diff_configs(const config& a, const config& b) {
             d.lines.push_back("breakers: + " + id);
         }
     }
+    // Agents: a wider allow list, a new key or leaving sandbox mode loosens a guard.
+    auto widened = [](const std::vector<std::string>& before, const std::vector<std::string>& after) {
+        if (before.empty()) {
+            return false;  // it already allowed everything
+        }
+        if (after.empty()) {
+            return true;   // now it allows everything
+        }
+        return std::any_of(after.begin(), after.end(),
+                           [&](const std::string& x) { return std::find(before.begin(), before.end(), x) == before.end(); });
+    };
+    for (const auto& na : b.agents) {
+        auto it = std::find_if(a.agents.begin(), a.agents.end(), [&](const agent_config& x) { return x.id == na.id; });
+        if (it == a.agents.end()) {
+            d.lines.push_back("agents: + " + na.id);
+            d.loosening.push_back("adds agent " + na.id);
+            continue;
+        }
+        if (widened(it->allow.routes, na.allow.routes) || widened(it->allow.methods, na.allow.methods) ||
+            widened(it->allow.paths, na.allow.paths)) {
+            d.lines.push_back("agents[" + na.id + "].allow: widened");
+            d.loosening.push_back("widens the scope of agent " + na.id);
+        } else if (it->allow.routes != na.allow.routes || it->allow.methods != na.allow.methods ||
+                   it->allow.paths != na.allow.paths) {
+            d.lines.push_back("agents[" + na.id + "].allow: narrowed");
+        }
+        for (const auto& k : na.key_sha256) {
+            if (std::find(it->key_sha256.begin(), it->key_sha256.end(), k) == it->key_sha256.end()) {
+                d.lines.push_back("agents[" + na.id + "].key_sha256: a key added");
+                d.loosening.push_back("adds a key to agent " + na.id);
+                break;
+            }
+        }
+        if (it->sandbox && !na.sandbox) {
+            d.lines.push_back("agents[" + na.id + "].sandbox: true -> false");
+            d.loosening.push_back("takes agent " + na.id + " out of sandbox mode");
+        }
+    }
+    for (const auto& oa : a.agents) {
+        if (std::none_of(b.agents.begin(), b.agents.end(), [&](const agent_config& x) { return x.id == oa.id; })) {
+            d.lines.push_back("agents: - " + oa.id);
+        }
+    }
     std::set<std::string> old_routes;
     for (const auto& r : a.routes) {
         old_routes.insert(r.name);

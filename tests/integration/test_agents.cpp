@@ -121,3 +121,30 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     EXPECT_NE(fourth.body().find("per-agent/writer"), std::string::npos) << fourth.body();
     EXPECT_EQ(mail(bb.port(), "trial-key").result_int(), 202u) << "another agent has its own meter";
 }
+
+TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    auto with_admin = [&](const std::string& reader_allow) {
+        std::string cfg = agents_config(up.port(), dir);
+        cfg.insert(1, "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+                      "{\"name\": \"op\", \"role\": \"operator\", \"sha256\": \"" + sha256_hex("op-token") + "\"},"
+                      "{\"name\": \"ad\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex("admin-token") + "\"}]},");
+        const auto at = cfg.find("\"allow\": {\"methods\": [\"GET\"]");
+        EXPECT_NE(at, std::string::npos);
+        const auto end = cfg.find("}", at) + 1;
+        cfg.replace(at, end - at, reader_allow);
+        return cfg;
+    };
+    proxy_instance bb{with_admin(R"("allow": {"methods": ["GET"], "paths": ["/crm/v3/objects/*"]})")};
+    const auto port = bb.server().admin_port();
+    const std::string wider = with_admin(R"("allow": {"methods": ["GET", "POST"], "paths": ["/crm/v3/objects/*"]})");
+    auto as_op = http_request(port, http::verb::post, "/v1/config", "{\"reason\":\"let reader write\",\"config\":" + wider + "}",
+                              {{"authorization", "Bearer op-token"}, {"content-type", "application/json"}});
+    EXPECT_EQ(as_op.result_int(), 403u) << as_op.body();
+    EXPECT_NE(as_op.body().find("widens the scope of agent reader"), std::string::npos) << as_op.body();
+    auto as_admin = http_request(port, http::verb::post, "/v1/config", "{\"reason\":\"let reader write\",\"config\":" + wider + "}",
+                                 {{"authorization", "Bearer admin-token"}, {"content-type", "application/json"}});
+    EXPECT_EQ(as_admin.result_int(), 200u) << as_admin.body();
+    EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u) << "POST is allowed now, but mail-send is not under /crm/";
+}
