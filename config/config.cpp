@@ -639,6 +639,9 @@ void parse_store(cfg::object_reader& root, config& c) {
     count("max_held_bytes", c.store.max_held_bytes);
     count("per_breaker_max_held", c.store.per_breaker_max_held);
     count("per_breaker_max_held_bytes", c.store.per_breaker_max_held_bytes);
+    if (auto v = r.boolean("group_commit")) {
+        c.store.group_commit = *v;
+    }
     if (auto v = r.string("idempotency_header")) {
         if (!proxy_is_token(*v)) {
             r.errs().add(r.path_of("idempotency_header"), cfg::quote(*v) + " is not a header name");

@@ -308,6 +308,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         so.limits.max_held_bytes = cfg_->store.max_held_bytes;
         so.limits.per_breaker_max_held = cfg_->store.per_breaker_max_held;
         so.limits.per_breaker_max_held_bytes = cfg_->store.per_breaker_max_held_bytes;
+        so.group_commit = cfg_->store.group_commit;
         std::string error;
         db_ = store::database::open(so, *clock_, &error);
         if (!db_) {
