@@ -117,10 +117,6 @@ worker::~worker() {
     pools_.clear();
 }
 
-std::shared_ptr<upstream_pool> worker::pool(std::size_t upstream_index) {
-    return pools_.at(upstream_index);
-}
-
 std::list<session_handle>::iterator worker::register_session(tcp::socket* s) {
     sessions_.push_front(session_handle{s, false});
     return sessions_.begin();
@@ -153,10 +149,10 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
             old->retire();
         }
     }
-    pools_ = std::move(pools);
+    pools_ = pools;
     stats_.route_decisions.resize(rt->cfg->routes.size() + 1);
     stats_.upstream_latency.resize(rt->cfg->upstreams.size());
-    runtimes_.push_back({rt, 0});
+    runtimes_.push_back({rt, std::move(pools), 0});
     rt_ = std::move(rt);
     prune_runtimes();
 }
@@ -176,6 +172,11 @@ runtime_lease::runtime_lease(worker& w, std::size_t slot) : w_(w), slot_(slot) {
     auto& s = w_.runtimes_[slot_ - w_.runtimes_base_];
     ++s.inflight;
     rt_ = s.rt.get();
+    pools_ = &s.pools;
+}
+
+bool runtime_lease::current() const {
+    return slot_ == w_.runtimes_base_ + w_.runtimes_.size() - 1;
 }
 
 runtime_lease::~runtime_lease() {

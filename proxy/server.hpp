@@ -126,11 +126,17 @@ public:
     runtime_lease(const runtime_lease&) = delete;
     runtime_lease& operator=(const runtime_lease&) = delete;
     const runtime& get() const { return *rt_; }
+    // The pool of upstream `i` of this runtime's config (indexes match get().cfg->upstreams,
+    // which a reload may renumber: never index the worker's current pools with it).
+    const std::shared_ptr<upstream_pool>& pool(std::size_t i) const { return (*pools_)[i]; }
+    // True while this lease holds the worker's newest runtime.
+    bool current() const;
 
 private:
     worker& w_;
     std::size_t slot_;
     const runtime* rt_;
+    const std::vector<std::shared_ptr<upstream_pool>>* pools_;
 };
 
 // Everything a session needs; lives on one thread. Not thread-safe: only touched from
@@ -145,7 +151,6 @@ public:
     const std::shared_ptr<const config>& cfg() const { return rt_->cfg; }
     const std::shared_ptr<const runtime>& rt() const { return rt_; }
     runtime_lease lease_runtime();
-    std::shared_ptr<upstream_pool> pool(std::size_t upstream_index);
     spdlog::logger* access_log() const { return access_log_; }
     bool draining() const { return draining_; }
     worker_stats& stats() { return stats_; }
@@ -171,12 +176,13 @@ private:
     friend class runtime_lease;
     struct runtime_slot {
         std::shared_ptr<const runtime> rt;
+        std::vector<std::shared_ptr<upstream_pool>> pools;  // by upstream index in rt->cfg
         std::size_t inflight = 0;
     };
     std::deque<runtime_slot> runtimes_;  // back() is current; older ones live while in use
     std::size_t runtimes_base_ = 0;      // generation number of runtimes_.front()
     void prune_runtimes();
-    std::vector<std::shared_ptr<upstream_pool>> pools_;  // by upstream index in cfg_
+    std::vector<std::shared_ptr<upstream_pool>> pools_;  // the newest runtime's, by upstream index
     std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
     std::list<session_handle> sessions_;
     spdlog::logger* access_log_ = nullptr;

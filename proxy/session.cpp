@@ -437,7 +437,7 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     }
     const auto& ug = rt.upstreams[upstream_index];
     const auto& up = rt.cfg->upstreams[upstream_index];
-    if (upstream_index < w.stats().upstream_latency.size()) {
+    if (rt.cfg == w.cfg() && upstream_index < w.stats().upstream_latency.size()) {  // not across a reload
         w.stats().upstream_latency[upstream_index].observe(static_cast<double>(ex.elapsed.count()) / 1e6);
     }
     if (ug.health) {
@@ -517,15 +517,17 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
     bool linger = false;  // set when we answer an error and close: input may still be coming
 
     for (;;) {
-        // Hold this request's config and runtime: a reload may swap the worker's pointer
-        // meanwhile; this request finishes on the one it started with.
+        // 1. The request head: bounded in bytes and time. The limits are copied: a reload
+        //    while this connection idles may retire the config they came from.
+        const limits_config head_limits = w.cfg()->limits;
+        auto [outcome, head_len] = co_await read_head(sock, dl, buf, head_limits, served == 0, *guard.it, w);
+        // Hold the runtime current when the request arrived: a reload may swap the worker's
+        // pointer meanwhile; this request finishes on the one it started with (its config,
+        // its upstream indexes and the pools they name).
         const runtime_lease lease = w.lease_runtime();
         const runtime& rt = lease.get();
         const config* cfg = rt.cfg.get();
         const limits_config& lim = cfg->limits;
-
-        // 1. The request head: bounded in bytes and time.
-        auto [outcome, head_len] = co_await read_head(sock, dl, buf, lim, served == 0, *guard.it, w);
         const auto started = clock_type::now();
         std::string request_id = new_request_id();
         log_record rec{};
@@ -1055,7 +1057,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
         //    up cancels the upstream request instead of leaving it running.
         const bool is_head = req.method() == http::verb::head;
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
-        auto pool = w.pool(upstream_index);
+        const auto& pool = lease.pool(upstream_index);
         exchange_result ex;
         auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head, ex) ||
                                watch_client(sock, buf, lim.header_bytes));

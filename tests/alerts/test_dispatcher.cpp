@@ -334,7 +334,10 @@ TEST(AlertsDispatcher, PublishNeverBlocks) {
         EXPECT_GE(s.dropped, static_cast<std::uint64_t>(threads * per_thread - 101)) << s.name;
         EXPECT_EQ(s.sent, 0u);
     }
-    EXPECT_EQ(d->queued(), 200u);
+    // Each sink's queue is full (100) or one short: its sender may have taken the first alert
+    // off the queue (and be hanging on it) before or after the last publish.
+    EXPECT_GE(d->queued(), 198u);
+    EXPECT_LE(d->queued(), 200u);
     const auto t0 = steady::now();
     d.reset();
     EXPECT_LT(steady::now() - t0, 1s + 500ms);

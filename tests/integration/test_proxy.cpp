@@ -645,6 +645,50 @@ TEST(lifecycle, config_swap_changes_routes_without_dropping_connections) {
     EXPECT_EQ(client.read_response().body(), "b");
 }
 
+// A request that arrived before a reload finishes on the config it arrived under, with
+// that config's upstream (a reload that renumbers upstreams must not send it elsewhere).
+TEST(lifecycle, request_in_flight_across_a_renumbering_reload_keeps_its_upstream) {
+    fake_upstream a{[](const request&) { return respond(200, "a"); }};
+    fake_upstream b{[](const request&) { return respond(200, "b"); }};
+    auto two = [&](const std::string& first, const std::string& second, const std::string& target) {
+        return "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+               "\"upstreams\": [{\"name\": \"" + first + "\", \"url\": \"" +
+               local_url(first == "a" ? a.port() : b.port()) + "\"}" +
+               (second.empty() ? std::string{} : ", {\"name\": \"" + second + "\", \"url\": \"" +
+                                                     local_url(second == "a" ? a.port() : b.port()) + "\"}") +
+               "], \"routes\": [{\"name\": \"r\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"" +
+               target + "\"}], \"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    };
+    // Before: [a, b], the route goes to b (index 1). After: [b] only, the route goes to b
+    // (index 0), and index 1 no longer exists.
+    proxy_instance bb{two("a", "b", "b")};
+    raw_client client{bb.port()};
+    client.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab");
+    // The head is in; wait until the session holds it (it is reading the body).
+    auto heads_read = [&] {
+        std::uint64_t n = 0;
+        bb.server().for_each_worker([&](bb::proxy::worker& w) { n += w.stats().requests; });
+        return n;
+    };
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (heads_read() == 0 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+    }
+    ASSERT_EQ(heads_read(), 1u);
+    auto next = bb::parse_config(two("b", "", "b"));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    client.send("cd");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u) << res;
+    EXPECT_EQ(res.body(), "b");
+    EXPECT_EQ(a.request_count(), 0u);
+    // And the next request on the same connection uses the new config.
+    client.send("GET /y HTTP/1.1\r\nHost: h\r\n\r\n");
+    EXPECT_EQ(client.read_response().body(), "b");
+    EXPECT_EQ(a.request_count(), 0u);
+}
+
 TEST(lifecycle, drain_finishes_in_flight_requests) {
     fake_upstream up{[](const request&) {
         auto b = respond(200, "done");
