@@ -54,6 +54,10 @@ public:
     // --- the caller holds mutex() for everything below ---
 
     bool evicted() const { return evicted_; }
+    // Handed over to a successor registry (a reload changed the breakers): its state now
+    // lives there, and whoever finds it moved forwards the operation.
+    bool moved() const { return moved_; }
+    void mark_moved() { moved_ = true; }
     bool shadowing() const { return is_shadow(md_); }
 
     // Removal from the registry: only an idle instance with nothing left to report.
@@ -425,6 +429,7 @@ private:
     std::size_t oldest_ = 0;
     bool counted_ = false;  // included in the registry's active counter
     bool evicted_ = false;
+    bool moved_ = false;
     bool delivering_ = false;
     std::deque<std::shared_ptr<const transition>> pending_;
 };
@@ -476,13 +481,21 @@ using instance = detail::instance;
 
 // Runs `op` on the instance `get()` yields, under its lock, then reports its transitions.
 // An instance evicted between lookup and lock is idle and gone from the map: look again.
+// Empty when the instance (or the registry) was handed over: the caller forwards.
 template <class Get, class Op>
-auto run(Get get, Op op, const std::function<void(const transition&)>& report) {
+auto run(Get get, Op op, const std::function<void(const transition&)>& report)
+    -> std::optional<decltype(op(std::declval<instance&>()))> {
     for (;;) {
         std::shared_ptr<instance> inst = get();
+        if (!inst) {
+            return std::nullopt;
+        }
         std::unique_lock lock{inst->mutex()};
         if (inst->evicted()) {
             continue;
+        }
+        if (inst->moved()) {
+            return std::nullopt;
         }
         auto result = op(*inst);
         lock.unlock();
@@ -498,7 +511,10 @@ breaker_registry::breaker_registry(std::vector<breaker_config> breakers,
     : on_transition_(std::move(on_transition)) {
     for (auto& b : breakers) {
         std::string id = b.id;
-        slots_.try_emplace(std::move(id), slot{std::move(b), {}, 0});
+        auto [it, added] = slots_.try_emplace(std::move(id));
+        if (added) {
+            it->second.cfg = std::move(b);
+        }
     }
 }
 
@@ -557,11 +573,14 @@ breaker_registry::instance_ptr breaker_registry::lookup(const slot& s, std::stri
 breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::string_view key) {
     {
         std::shared_lock lock{mutex_};
-        if (auto inst = exact(s, key)) {
-            return inst;
+        if (auto inst = exact(s, key); inst || s.handed_over.load(std::memory_order_relaxed)) {
+            return inst;  // null once handed over: the caller forwards
         }
     }
     std::unique_lock lock{mutex_};
+    if (s.handed_over.load(std::memory_order_relaxed)) {
+        return nullptr;  // its state lives in the successor now: the caller forwards
+    }
     if (auto inst = exact(s, key)) {
         return inst;
     }
@@ -611,6 +630,9 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
         a.instance = std::string{name};
         return a;
     }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->admit(name, now);
+    }
     instance_ptr inst;
     instance_ptr wide;
     {
@@ -631,6 +653,10 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
     admission w = none;
     if (wide) {
         std::unique_lock lock{wide->mutex()};
+        if (wide->moved()) {
+            lock.unlock();
+            return successor_->admit(name, now);
+        }
         wide->advance(now);
         const bool bypass = wide->shadowing();
         w = wide->decide(now);
@@ -652,6 +678,14 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
         }
     }
     std::unique_lock lock{inst->mutex()};
+    if (inst->moved()) {
+        lock.unlock();
+        if (wide && w.v == admission::verdict::probe) {
+            std::lock_guard wl{wide->mutex()};
+            wide->cancel_probe(w.probe_round);
+        }
+        return successor_->admit(name, now);
+    }
     inst->advance(now);
     admission k = inst->decide(now);
     lock.unlock();
@@ -685,6 +719,9 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         r.adm.instance = std::string{breaker_id};
         return r;
     }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->trip(breaker_id, key, std::move(cause), now);
+    }
     if (!s->cfg.per_key) {
         key = {};
     }
@@ -705,6 +742,7 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         }
     }
     std::string name;
+    const trip_cause kept = cause;  // for forwarding if the instance moves meanwhile
     const auto outcome = run([&] { return get_or_create(*s, key); },
                              [&](instance& in) {
                                  in.advance(now);
@@ -712,8 +750,11 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
                                  return in.trip(std::move(cause), now, wide_bypass);
                              },
                              on_transition_);
-    r.opened = outcome.opened;
-    r.shadow = outcome.shadow;
+    if (!outcome) {
+        return successor_->trip(breaker_id, key, kept, now);
+    }
+    r.opened = outcome->opened;
+    r.shadow = outcome->shadow;
     if (r.shadow) {
         r.adm.act = s->cfg.act;
         r.adm.instance = name;
@@ -729,6 +770,10 @@ void breaker_registry::probe_result(std::string_view name, bool success, time_po
     if (!s) {
         return;
     }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        successor_->probe_result(name, success, now, round);
+        return;
+    }
     instance_ptr inst;
     {
         std::shared_lock lock{mutex_};
@@ -738,6 +783,11 @@ void breaker_registry::probe_result(std::string_view name, bool success, time_po
         return;
     }
     std::unique_lock lock{inst->mutex()};
+    if (inst->moved()) {
+        lock.unlock();
+        successor_->probe_result(name, success, now, round);
+        return;
+    }
     inst->advance(now);
     inst->probe_result(success, now, round);
     lock.unlock();
@@ -749,13 +799,19 @@ bool breaker_registry::manual_trip(std::string_view name, std::string actor, std
     if (!s) {
         return false;
     }
-    run([&] { return get_or_create(*s, key); },
-        [&](instance& in) {
-            in.advance(now);
-            in.manual_trip(cause_of("manual", std::move(actor), std::move(reason)), now);
-            return true;
-        },
-        on_transition_);
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->manual_trip(name, std::move(actor), std::move(reason), now);
+    }
+    const auto done = run([&] { return get_or_create(*s, key); },
+                          [&](instance& in) {
+                              in.advance(now);
+                              in.manual_trip(cause_of("manual", actor, reason), now);
+                              return true;
+                          },
+                          on_transition_);
+    if (!done) {
+        return successor_->manual_trip(name, std::move(actor), std::move(reason), now);
+    }
     return true;
 }
 
@@ -763,6 +819,9 @@ bool breaker_registry::reset(std::string_view name, std::string actor, std::stri
     auto [s, key] = split(name);
     if (!s) {
         return false;
+    }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->reset(name, std::move(actor), std::move(reason), now);
     }
     instance_ptr inst;
     {
@@ -773,6 +832,10 @@ bool breaker_registry::reset(std::string_view name, std::string actor, std::stri
         return true;  // never tripped: already closed+automatic
     }
     std::unique_lock lock{inst->mutex()};
+    if (inst->moved()) {
+        lock.unlock();
+        return successor_->reset(name, std::move(actor), std::move(reason), now);
+    }
     if (!inst->evicted()) {
         inst->advance(now);
         inst->reset(cause_of("manual", std::move(actor), std::move(reason)), now);
@@ -788,19 +851,25 @@ bool breaker_registry::set_mode(std::string_view name, mode m, std::optional<mil
     if (!s) {
         return false;
     }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
+    }
     if (m == mode::automatic) {
         std::shared_lock lock{mutex_};
-        if (!exact(*s, key)) {
+        if (!exact(*s, key) && !s->handed_over.load(std::memory_order_relaxed)) {
             return true;  // nothing to change, and no instance needed to say so
         }
     }
-    run([&] { return get_or_create(*s, key); },
-        [&](instance& in) {
-            in.advance(now);
-            in.set_mode(m, expires_in, cause_of("manual", std::move(actor), std::move(reason)), now);
-            return true;
-        },
-        on_transition_);
+    const auto done = run([&] { return get_or_create(*s, key); },
+                          [&](instance& in) {
+                              in.advance(now);
+                              in.set_mode(m, expires_in, cause_of("manual", actor, reason), now);
+                              return true;
+                          },
+                          on_transition_);
+    if (!done) {
+        return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
+    }
     return true;
 }
 
@@ -818,7 +887,7 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
     out.reserve(all.size());
     for (const auto& inst : all) {
         std::lock_guard lock{inst->mutex()};
-        if (!inst->evicted()) {
+        if (!inst->evicted() && !inst->moved()) {
             out.push_back(inst->view(now));
         }
     }
@@ -830,6 +899,9 @@ std::optional<instance_snapshot> breaker_registry::get(std::string_view name, ti
     auto [s, key] = split(name);
     if (!s) {
         return std::nullopt;
+    }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        return successor_->get(name, now);
     }
     instance_ptr inst;
     {
@@ -873,6 +945,34 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
     }
 }
 
+void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_point now) {
+    std::vector<instance_snapshot> moved;
+    {
+        // Exclusive: no instance is created or found meanwhile. Each instance is marked under
+        // its own lock, so an operation either finished on it before (and is in the snapshot)
+        // or finds it moved afterwards (and forwards).
+        std::unique_lock lock{mutex_};
+        successor_ = next;
+        for (auto& [id, s] : slots_) {
+            if (next->find(id) == nullptr) {
+                continue;
+            }
+            for (auto& [iname, inst] : s.instances) {
+                std::lock_guard il{inst->mutex()};
+                if (!inst->evicted() && !inst->moved()) {
+                    inst->advance(now);
+                    moved.push_back(inst->view(now));
+                    inst->mark_moved();
+                }
+            }
+            s.handed_over.store(true, std::memory_order_release);
+        }
+    }
+    // Transitions advance() produced just now are reported by this registry's callback.
+    tick(now);
+    next->restore(moved, now);
+}
+
 void breaker_registry::tick(time_point now) {
     std::vector<instance_ptr> all;
     {
@@ -885,7 +985,7 @@ void breaker_registry::tick(time_point now) {
     }
     for (const auto& inst : all) {
         std::unique_lock lock{inst->mutex()};
-        if (!inst->evicted()) {
+        if (!inst->evicted() && !inst->moved()) {
             inst->advance(now);
         }
         lock.unlock();

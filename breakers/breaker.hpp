@@ -191,6 +191,14 @@ public:
     // (opened_at later than `now` is clamped to `now`).
     void restore(const std::vector<instance_snapshot>& saved, time_point now);
 
+    // A reload changed the breakers and built `next`: every instance of a breaker that
+    // `next` also has moves there (its state restored into `next`), atomically with respect
+    // to concurrent operations. From then on every operation on such a breaker made through
+    // this registry (requests still finishing on the old config) is forwarded to `next`, so
+    // no trip, reset or probe result is lost to the swap. Breakers `next` lacks stay here
+    // and go away with this registry. Call once.
+    void hand_over(std::shared_ptr<breaker_registry> next, time_point now);
+
     // Applies every due time-based change (mode expiry, open -> half_open) to every
     // instance, so their transitions are reported on time even when no request arrives.
     // admit() does the same lazily for the instance it looks at. Call from a timer.
@@ -209,6 +217,8 @@ private:
         // breaker-wide instance (named by the id) and the overflow instance.
         std::unordered_map<std::string, instance_ptr, string_hash, std::equal_to<>> instances;
         std::size_t keyed = 0;  // keyed instances (the bound); wide and overflow not counted
+        // Set (under mutex_, exclusively) when hand_over moved this breaker to successor_.
+        std::atomic<bool> handed_over{false};
     };
 
     slot* find_slot(std::string_view breaker_id) const;
@@ -232,6 +242,8 @@ private:
     // and exactness (probes, throttle slots, the active counter) matters more than speed.
     mutable std::shared_mutex mutex_;
     std::function<void(const transition&)> on_transition_;
+    // Set once by hand_over, before any slot is marked handed_over (which publishes it).
+    std::shared_ptr<breaker_registry> successor_;
     // Instances that are not closed+automatic; changed under the instance's mutex on every
     // transition that crosses that line, so at rest it is exact.
     std::atomic<std::int64_t> active_{0};

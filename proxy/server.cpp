@@ -403,13 +403,10 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
         rt->breakers = std::make_shared<breakers::breaker_registry>(
             cfg->breakers, [this](const breakers::transition& t) { on_transition(t); });
         if (previous) {
-            std::vector<breakers::instance_snapshot> carried;
-            for (auto& snap : previous->breakers->snapshot(clock_->now())) {
-                if (cfg->find_breaker(snap.breaker) != nullptr) {
-                    carried.push_back(std::move(snap));
-                }
-            }
-            rt->breakers->restore(carried, clock_->now());
+            // Every instance of a breaker that still exists moves to the new registry, and
+            // requests still finishing on the old config forward their trips and probe
+            // results there: nothing tripped during the swap is lost.
+            previous->breakers->hand_over(rt->breakers, clock_->now());
         }
     }
     for (const auto& u : cfg->upstreams) {
@@ -679,6 +676,7 @@ void server::start() {
 }
 
 std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg) {
+    std::lock_guard serial{apply_mutex_};
     std::vector<std::string> warnings;
     std::shared_ptr<const config> effective = cfg;
     std::shared_ptr<const runtime> rt;

@@ -281,6 +281,9 @@ private:
     std::optional<asio::signal_set> signals_;
     std::shared_ptr<spdlog::logger> access_log_;
     mutable std::mutex cfg_mutex_;
+    // Serializes whole config swaps (admin apply, SIGHUP, rollback): each builds on the
+    // runtime the previous one installed, and a registry is handed over only once.
+    std::mutex apply_mutex_;
     bool started_ = false;
     // Declared after the workers so they are destroyed first (in reverse order): their
     // last completions post to the workers' io_contexts, which must still exist.
