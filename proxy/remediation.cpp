@@ -129,9 +129,17 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         case upstream_failure::none:
             status = static_cast<int>(ex.res.result_int());
             detail = std::string{ex.res.reason()};
-            // The upstream answered: 2xx-4xx (but 429) is its final word on this request;
-            // 5xx and 429 mean it did not take it, and a retry (same key) is allowed.
-            outcome = (status >= 500 || status == 429) ? store::release_outcome::failed : store::release_outcome::released;
+            // The upstream answered: 2xx-4xx (but 429) is its final word on this request.
+            // 429 and 503 say it did not take the request: a retry (same key) is allowed.
+            // Any other 5xx (500 after sending half a batch, 502/504 from a gateway whose
+            // origin may have acted) leaves the outcome unknown: an operator decides.
+            if (status == 429 || status == 503) {
+                outcome = store::release_outcome::failed;
+            } else if (status >= 500) {
+                outcome = store::release_outcome::unknown;
+            } else {
+                outcome = store::release_outcome::released;
+            }
             break;
         case upstream_failure::pool_exhausted:
         case upstream_failure::connect_failed:

@@ -323,6 +323,12 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(tcp::socket& soc
 asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, std::size_t cap) {
     co_await asio::this_coro::throw_if_cancelled(false);
     for (;;) {
+        // The exchange may have finished (and cancelled us) while our last wait's completion
+        // was already queued: the signal then reached no operation, only this state. Without
+        // this check the next wait would never end and the response would never be written.
+        if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+            co_return;
+        }
         if (buf.size() >= cap) {
             // Stop reading (back-pressure on the client) but stay cancellable.
             asio::steady_timer forever{sock.get_executor(), asio::steady_timer::time_point::max()};

@@ -286,6 +286,15 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         out.reused_connection = reused;
         out.failure = upstream_failure::none;
         out.detail.clear();
+        // A cancellation that arrived while the connect's completion was already queued is
+        // recorded here but reached no operation: the client left, so send nothing.
+        if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+            out.failure = upstream_failure::cancelled;
+            out.detail = "the client went away before the request was sent";
+            give_back(std::move(conn));  // unused: still good for the next request
+            finish();
+            co_return;
+        }
 
         conn->tcp().expires_after(timeout);
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });

@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -163,6 +164,31 @@ TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
     auto d = bb.server().remediation().discard(ticket, "ops", "customer already emailed").get();
     EXPECT_TRUE(d.ok) << d.message;
     EXPECT_EQ(bb.server().db()->get(ticket)->discard_reason, "customer already emailed");
+}
+
+// 503 and 429 say the upstream did not take the request (retry allowed); a 500 or a
+// gateway's 502/504 may follow a partial send: outcome unknown, never re-sent by a filter.
+TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknown) {
+    std::atomic<int> status{503};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::map<int, std::string> tickets;
+    for (int s : {503, 429, 500, 502, 504}) {
+        auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets[s] = std::string{res["x-breakerbox-ticket"]};
+    }
+    for (const auto& [s, ticket] : tickets) {
+        status = s;
+        auto r = bb.server().remediation().release(ticket, "ops").get();
+        EXPECT_FALSE(r.ok) << s;
+        const bool retryable = s == 503 || s == 429;
+        EXPECT_EQ(r.code, retryable ? "release_failed" : "outcome_unknown") << s;
+        EXPECT_EQ(bb.server().db()->get(ticket)->state,
+                  retryable ? bb::store::held_state::release_failed : bb::store::held_state::outcome_unknown)
+            << s;
+    }
 }
 
 TEST(quarantine, large_binary_bodies_round_trip_byte_identical) {
