@@ -26,6 +26,8 @@
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cctype>
 #include <list>
 #include <map>
 #include <set>
@@ -81,7 +83,24 @@ std::string breaker_json(const breakers::instance_snapshot& s, const config& cfg
     return o;
 }
 
-std::string held_json(const store::held_request& h, bool full, const std::vector<store::history_entry>* history) {
+// Header values that are credentials to the upstream (the held request will be replayed
+// with them, from the store, never from this API): shown only to the admin role.
+bool credential_header(std::string_view name) {
+    std::string n{name};
+    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (n == "authorization" || n == "proxy-authorization" || n == "cookie") {
+        return true;
+    }
+    for (const char* part : {"api-key", "apikey", "api_key", "token", "secret", "password", "signature", "x-amz-"}) {
+        if (n.find(part) != std::string::npos) {
+            return true;
+        }
+    }
+    return false;
+}
+
+std::string held_json(const store::held_request& h, bool full, const std::vector<store::history_entry>* history,
+                      bool reveal_credentials = false) {
     std::string o = "{";
     o += "\"ticket\":" + q(h.ticket);
     o += ",\"state\":" + q(store::to_string(h.state));
@@ -101,10 +120,15 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
     o += ",\"discard_reason\":" + q(h.discard_reason);
     if (full) {
         o += ",\"headers\":[";
+        bool redacted = false;
         for (std::size_t i = 0; i < h.headers.size(); ++i) {
-            o += (i ? "," : "") + std::string{"["} + q(h.headers[i].first) + "," + q(h.headers[i].second) + "]";
+            const bool hide = !reveal_credentials && credential_header(h.headers[i].first);
+            redacted = redacted || hide;
+            o += (i ? "," : "") + std::string{"["} + q(h.headers[i].first) + "," +
+                 (hide ? std::string{"\"[redacted]\""} : q(h.headers[i].second)) + "]";
         }
-        o += "],\"body_base64\":" + q(store::base64_encode(h.body));
+        o += "],\"headers_redacted\":" + std::string{redacted ? "true" : "false"};
+        o += ",\"body_base64\":" + q(store::base64_encode(h.body));
     }
     if (history != nullptr) {
         o += ",\"history\":[";
@@ -467,6 +491,37 @@ private:
         return e;
     }
 
+    // Write-ahead audit: before an act, its intent (who, what, reason, result "started") is
+    // durable; false (answer 503, do nothing) when it cannot be. The outcome follows as a
+    // second entry once the act is done, so a crash or a store failure in between can never
+    // leave an act the log does not show.
+    asio::awaitable<bool> record_intent(const std::string& target, const std::string& diff = {}) {
+        auto* db = srv_.db();
+        if (db == nullptr) {
+            co_return true;
+        }
+        store::audit_entry e;
+        e.actor = who_->name;
+        e.role = std::string{to_string(who_->role)};
+        e.method = std::string{req_.method_string()};
+        e.path = path_;
+        e.target = target;
+        e.params = req_.body().size() <= 4096 ? req_.body() : req_.body().substr(0, 4096);
+        e.reason = reason_;
+        e.result = "started";
+        e.diff = diff;
+        auto r = co_await await_store([&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+        if (!r.ok) {
+            spdlog::error("audit: cannot record the intent of {} {} by {}: {} (not acting)", req_.method_string(),
+                          path_, who_->name, r.message);
+        }
+        co_return r.ok;
+    }
+    handled intent_unrecorded() {
+        return fail({http::status::service_unavailable, "store_unavailable",
+                     "the action was not taken: its audit record could not be written"});
+    }
+
     asio::awaitable<handled> breakers_api(std::string_view rest);
     asio::awaitable<handled> quarantine_api(std::string_view rest);
     asio::awaitable<handled> config_api(std::string_view rest);
@@ -478,6 +533,7 @@ private:
     const caller* who_;
     simdjson::dom::parser parser_;
     std::map<std::string, std::string> query_;
+    std::string path_;  // decoded
 
 public:
     std::string reason_;
@@ -489,6 +545,7 @@ asio::awaitable<handled> handler_context::run() {
         co_return fail({http::status::bad_request, "bad_target", "the request target is not a path"});
     }
     const std::string path = url_decode(tp.path);
+    path_ = path;
     const auto qpos = tp.origin_form.find('?');
     if (qpos != std::string_view::npos) {
         query_ = parse_query(tp.origin_form.substr(qpos + 1));
@@ -518,7 +575,8 @@ asio::awaitable<handled> handler_context::run() {
 }
 
 asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
-    auto& reg = srv_.breakers();
+    const auto reg_ptr = srv_.breakers();  // kept alive across the waits below
+    auto& reg = *reg_ptr;
     const auto cfg = srv_.current_config();
     const auto now = srv_.now();
     const bool get = req_.method() == http::verb::get;
@@ -603,6 +661,14 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         co_return fail(*err);
     }
     bool ok = false;
+    if (action == "trip" || action == "reset") {
+        if (!reg.find(id.substr(0, id.find('/'))) && !reg.find(id)) {
+            co_return fail({http::status::not_found, "not_found", "no breaker " + id});
+        }
+        if (!co_await record_intent(id)) {
+            co_return intent_unrecorded();
+        }
+    }
     if (action == "trip") {
         ok = reg.manual_trip(id, who_->name, reason_, now);
     } else if (action == "reset") {
@@ -624,6 +690,9 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
             if (!expires || expires->count() <= 0) {
                 co_return fail({http::status::bad_request, "bad_field", cfg::quote(ex) + " is not a duration", "expires_in"});
             }
+        }
+        if (!co_await record_intent(id)) {
+            co_return intent_unrecorded();
         }
         ok = reg.set_mode(id, *md, expires, who_->name, reason_, now);
     }
@@ -754,7 +823,7 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         }
         const auto hist = db->history(ticket);
         handled h;
-        h.body = "{\"request\":" + held_json(*rec, true, &hist) + "}";
+        h.body = "{\"request\":" + held_json(*rec, true, &hist, allowed(admin_role::admin)) + "}";
         co_return h;
     }
     if (req_.method() != http::verb::post) {
@@ -773,6 +842,9 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     }
     auto& rem = srv_.remediation();
     if (!bulk) {
+        if (!co_await record_intent(ticket)) {
+            co_return intent_unrecorded();
+        }
         store::result r;
         if (action == "release") {
             bool force = false;
@@ -817,8 +889,14 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         if (rate < 0) {
             co_return fail({http::status::bad_request, "bad_field", "rate_per_s must be positive", "rate_per_s"});
         }
+        if (!co_await record_intent("quarantine")) {
+            co_return intent_unrecorded();
+        }
         sum = co_await rem.release_matching_impl(f, rate, who_->name);
     } else {
+        if (!co_await record_intent("quarantine")) {
+            co_return intent_unrecorded();
+        }
         sum = co_await rem.discard_matching_impl(f, who_->name, reason_);
     }
     h.body = "{\"summary\":{\"matched\":" + std::to_string(sum.matched) + ",\"released\":" + std::to_string(sum.released) +
@@ -848,13 +926,14 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     std::int64_t version = 0;
     if (!dry_run) {
-        for (const auto& w : srv_.apply_config(next)) {
-            spdlog::warn("config apply: {}", w);
+        if (!co_await record_intent("config", diff_text)) {
+            co_return intent_unrecorded();
         }
+        // Shadow first: the breakers that new or changed rules trip only record what they
+        // would have done until an operator sets them back to auto. The mode is set on the
+        // new registry before any request runs under the new config.
+        std::set<std::string> touched;
         if (metrics_only) {
-            // Shadow first: the breakers that new or changed rules trip only record what
-            // they would have done until an operator sets them back to auto.
-            std::set<std::string> touched;
             for (const auto& l : d.lines) {
                 if (l.rfind("rules: + ", 0) == 0 || l.rfind("rules[", 0) == 0) {
                     const auto id = l.rfind("rules: + ", 0) == 0 ? l.substr(9) : l.substr(6, l.find(']') - 6);
@@ -865,10 +944,18 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
                     }
                 }
             }
+        }
+        const std::string shadow_reason = "applied as metrics_only: " + reason_;
+        const auto at = srv_.now();
+        auto shadow = [&](breakers::breaker_registry& reg) {
             for (const auto& b : touched) {
-                srv_.breakers().set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name,
-                                         "applied as metrics_only: " + reason_, srv_.now());
+                reg.set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name, shadow_reason, at);
             }
+        };
+        for (const auto& w : srv_.apply_config(next, shadow)) {
+            spdlog::warn("config apply: {}", w);
+        }
+        if (!touched.empty()) {
             co_await await_persist(srv_);
         }
         if (auto* db = srv_.db()) {
@@ -983,7 +1070,7 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
     }
     auto* db = srv_.db();
     if (db == nullptr) {
-        co_return fail({http::status::not_found, "not_found", "no store: the audit log needs at least one breaker"});
+        co_return fail({http::status::not_found, "not_found", "no store: the audit log lives in the store"});
     }
     if (rest == "/verify") {
         const auto v = db->verify_audit();

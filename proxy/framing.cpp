@@ -100,6 +100,58 @@ bool split_target(std::string_view target, target_parts& out) {
     return true;
 }
 
+std::string_view ambiguous_path(std::string_view path) {
+    if (path == "*") {
+        return {};
+    }
+    for (std::size_t i = 0; i < path.size(); ++i) {
+        const char c = path[i];
+        if (c == '\\') {
+            return "a backslash";
+        }
+        if (c == '%' && i + 2 < path.size()) {
+            const char a = path[i + 1];
+            const char b = static_cast<char>(path[i + 2] | 0x20);
+            if (a == '2' && b == 'f') {
+                return "an encoded slash (%2F)";
+            }
+            if (a == '5' && b == 'c') {
+                return "an encoded backslash (%5C)";
+            }
+            if (a == '0' && b == '0') {
+                return "an encoded NUL (%00)";
+            }
+        }
+    }
+    // Segments that are "." or "..", literally or with the dots percent-encoded.
+    std::size_t start = 0;
+    while (start <= path.size()) {
+        auto end = path.find('/', start);
+        if (end == std::string_view::npos) {
+            end = path.size();
+        }
+        std::string_view seg = path.substr(start, end - start);
+        std::size_t dots = 0;
+        bool only_dots = !seg.empty();
+        for (std::size_t i = 0; i < seg.size() && only_dots;) {
+            if (seg[i] == '.') {
+                ++dots;
+                ++i;
+            } else if (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '2' && (seg[i + 2] | 0x20) == 'e') {
+                ++dots;
+                i += 3;
+            } else {
+                only_dots = false;
+            }
+        }
+        if (only_dots && (dots == 1 || dots == 2)) {
+            return "a dot segment (\".\" or \"..\")";
+        }
+        start = end + 1;
+    }
+    return {};
+}
+
 std::size_t find_head_end(std::string_view data, std::size_t from) {
     from = from >= 3 ? from - 3 : 0;
     const auto pos = data.find("\r\n\r\n", from);

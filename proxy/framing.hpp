@@ -37,6 +37,11 @@ struct target_parts {
     std::string_view origin_form;  // path + query
 };
 bool split_target(std::string_view target, target_parts& out);
+// Why a request path could mean one thing to our routing and another to the upstream, or
+// "" when it cannot: dot segments ("/send/../admin", also percent-encoded), encoded "/" or
+// "\\", a backslash, an encoded NUL. Such paths are refused (400) rather than normalized:
+// routes, agent scopes and rules all match on the path as sent.
+std::string_view ambiguous_path(std::string_view path);
 bool is_token(std::string_view s);
 
 }  // namespace bb::proxy

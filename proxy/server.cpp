@@ -300,7 +300,9 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         alerts_ = std::make_unique<alerts::dispatcher>(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
-    if (!cfg_->breakers.empty()) {
+    // The store holds breaker state and quarantined requests, and the admin API's audit log
+    // and config versions: an admin API without it could act unaudited.
+    if (!cfg_->breakers.empty() || cfg_->admin.enabled) {
         // The store keeps breaker state and quarantined requests. A store that cannot be
         // opened (locked by another process, unreadable) is a reason not to start.
         store::store_options so;
@@ -675,7 +677,8 @@ void server::start() {
     started_ = true;
 }
 
-std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg) {
+std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
+                                              const std::function<void(breakers::breaker_registry&)>& prepare) {
     std::lock_guard serial{apply_mutex_};
     std::vector<std::string> warnings;
     std::shared_ptr<const config> effective = cfg;
@@ -696,6 +699,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg)
         warnings.push_back("breakers added by a reload are not persisted until restart");
     }
     rt = build_runtime(effective, current_runtime().get());
+    if (prepare) {
+        prepare(*rt->breakers);
+    }
     {
         std::lock_guard lock{cfg_mutex_};
         cfg_ = effective;

@@ -220,7 +220,10 @@ public:
     void request_stop();
     // Thread-safe: swaps the config on every worker. Listener changes need a restart and
     // are reported in the returned warnings.
-    std::vector<std::string> apply_config(std::shared_ptr<const config> cfg);
+    // `prepare`, when given, runs on the new breaker registry before any request can see it
+    // (how a change applied as metrics_only never enforces, not even for a moment).
+    std::vector<std::string> apply_config(std::shared_ptr<const config> cfg,
+                                          const std::function<void(breakers::breaker_registry&)>& prepare = nullptr);
     // Reloads from options().config_path. Returns the errors (empty on success).
     cfg::errors reload_from_file();
 
@@ -231,7 +234,9 @@ public:
     std::shared_ptr<const runtime> current_runtime() const;
     time_point now() const { return clock_->now(); }
     const clock& time() const { return *clock_; }
-    breakers::breaker_registry& breakers() { return *current_runtime()->breakers; }
+    // The current registry; hold the pointer (not a reference to what it points at) across
+    // any wait: a reload may replace it, and the old one then only forwards.
+    std::shared_ptr<breakers::breaker_registry> breakers() { return current_runtime()->breakers; }
 
     // Asks for the breaker state to be written; `done(ok)` runs on the writer thread once
     // it is durable. Without breakers (nothing to keep) it completes at once.

@@ -668,6 +668,13 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
                            false);
             break;
         }
+        if (const auto why = ambiguous_path(tp.path); !why.empty()) {
+            co_await reply({http::status::bad_request, "rejected", "ambiguous_path",
+                            "the request path contains " + std::string{why} +
+                                ", which the upstream may resolve differently from breakerbox's routes"},
+                           false);
+            break;
+        }
         const std::string original_host{tp.host.empty() ? std::string_view{req[http::field::host]} : tp.host};
         const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path);
         if (route == nullptr) {
@@ -717,6 +724,8 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
                 }
                 continue;
             }
+        } else {
+            req.erase("x-breakerbox-key");  // breakerbox's own header never reaches an upstream
         }
         if (agent != nullptr) {
             rec.agent = agent->id;

@@ -3,6 +3,7 @@
 // hash-chained audit log (tampered with in the SQLite file), and /metrics through promtool.
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
+#include "store/database.hpp"
 
 #include <gtest/gtest.h>
 
@@ -83,7 +84,8 @@ response send_mail(std::uint16_t port, const std::string& campaign, int recipien
     for (int i = 0; i < recipients; ++i) {
         to += std::string{i ? "," : ""} + std::to_string(i);
     }
-    std::vector<std::pair<std::string, std::string>> h{{"content-type", "application/json"}, {"x-campaign-id", campaign}};
+    std::vector<std::pair<std::string, std::string>> h{
+        {"content-type", "application/json"}, {"x-campaign-id", campaign}, {"authorization", "Bearer SG.secret-key"}};
     if (hold) {
         h.emplace_back("x-hold", "1");
     }
@@ -196,6 +198,11 @@ TEST(admin_api, quarantine_endpoints) {
     ASSERT_EQ(one.result_int(), 200u);
     EXPECT_NE(one.body().find("body_base64"), std::string::npos);
     EXPECT_NE(one.body().find("\"history\""), std::string::npos);
+    // Credentials to the upstream are not shown below the admin role.
+    EXPECT_EQ(one.body().find("SG.secret-key"), std::string::npos) << one.body();
+    EXPECT_NE(one.body().find("[\"authorization\",\"[redacted]\"]"), std::string::npos) << one.body();
+    auto as_admin = admin(f.port(), http::verb::get, "/v1/quarantine/" + tickets[0], "admin-token");
+    EXPECT_NE(as_admin.body().find("Bearer SG.secret-key"), std::string::npos) << as_admin.body();
     EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/quarantine/q_nope", "view-token").result_int(), 404u);
     auto rel = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[0] + "/release", "op-token",
                      R"({"reason":"verified the audience"})");
@@ -288,24 +295,44 @@ TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
     auto ok = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
     EXPECT_NE(ok.body().find("\"ok\":true"), std::string::npos) << ok.body();
 
-    // Edit an entry in the SQLite file behind breakerbox's back.
+    // Each act is two entries: its intent ("started", before acting) and its result.
+    EXPECT_NE(log.body().find("\"result\":\"started\""), std::string::npos) << log.body();
+    // Edit an entry in the SQLite file behind breakerbox's back (id 3: the intent of "second").
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open((f.dir + "/bb.db").c_str(), &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 2000);
-    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'nothing to see' WHERE id = 2", nullptr, nullptr, nullptr),
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'nothing to see' WHERE id = 3", nullptr, nullptr, nullptr),
               SQLITE_OK);
     auto edited = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
     EXPECT_NE(edited.body().find("\"ok\":false"), std::string::npos) << edited.body();
-    EXPECT_NE(edited.body().find("\"first_bad\":2"), std::string::npos) << edited.body();
+    EXPECT_NE(edited.body().find("\"first_bad\":3"), std::string::npos) << edited.body();
     // Restore it, then delete one instead.
-    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'second' WHERE id = 2", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE audit SET reason = 'second' WHERE id = 3", nullptr, nullptr, nullptr), SQLITE_OK);
     EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token").body().find("\"ok\":true"),
               std::string::npos);
-    ASSERT_EQ(sqlite3_exec(db, "DELETE FROM audit WHERE id = 2", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "DELETE FROM audit WHERE id = 3", nullptr, nullptr, nullptr), SQLITE_OK);
     auto deleted = admin(f.port(), http::verb::get, "/v1/audit/verify", "view-token");
     EXPECT_NE(deleted.body().find("\"ok\":false"), std::string::npos) << deleted.body();
     EXPECT_NE(deleted.body().find("missing"), std::string::npos) << deleted.body();
     sqlite3_close(db);
+}
+
+// Write-ahead audit: when the intent cannot be recorded, nothing is done.
+TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
+    admin_fixture f;
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1);
+    auto trip = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
+                      R"({"reason":"unaudited?"})");
+    EXPECT_EQ(trip.result_int(), 503u) << trip.body();
+    EXPECT_EQ(code_of(trip), "store_unavailable");
+    auto snap = f.bb.server().breakers()->get("campaign-volume/a", f.bb.server().now());
+    ASSERT_TRUE(snap);
+    EXPECT_EQ(snap->st, bb::breakers::state::closed) << "the breaker was tripped without an audit record";
+    // The store is back: the same call works and is recorded.
+    auto again = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
+                       R"({"reason":"now audited"})");
+    EXPECT_EQ(again.result_int(), 200u) << again.body();
+    EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit", "view-token").body().find("now audited"), std::string::npos);
 }
 
 TEST(admin_api, metrics_pass_promtool) {

@@ -97,7 +97,7 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     const auto dir = temp_dir();
     proxy_instance bb{agents_config(up.port(), dir)};
     // The per-agent kill switch: an operator trips agent/writer; reader is unaffected.
-    ASSERT_TRUE(bb.server().breakers().manual_trip("agent/writer", "ops", "runaway loop", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/writer", "ops", "runaway loop", bb.server().now()));
     auto off = mail(bb.port(), "writer-key");
     EXPECT_EQ(off.result_int(), 503u);
     EXPECT_EQ(code_of(off), "agent_disabled");
@@ -105,7 +105,7 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     EXPECT_EQ(http_request(bb.port(), http::verb::get, "/crm/v3/objects/x", "", {{"x-breakerbox-key", "reader-key"}})
                   .result_int(),
               202u);
-    ASSERT_TRUE(bb.server().breakers().reset("agent/writer", "ops", "fixed", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->reset("agent/writer", "ops", "fixed", bb.server().now()));
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
     // A sandboxed agent's mail goes out in SendGrid's sandbox mode.
     auto trial = mail(bb.port(), "trial-key");

@@ -112,7 +112,7 @@ TEST(caps, exact_under_64_concurrent_connections) {
     c.send(mail(10, "autumn"));
     EXPECT_EQ(c.read_response().result_int(), 202u);
     // The instance is open, persisted and explains itself.
-    auto snap = bb.server().breakers().get("campaign-volume/spring-sale", bb.server().now());
+    auto snap = bb.server().breakers()->get("campaign-volume/spring-sale", bb.server().now());
     ASSERT_TRUE(snap.has_value());
     EXPECT_EQ(snap->st, bb::breakers::state::open);
     ASSERT_TRUE(snap->last_trip);
@@ -256,7 +256,8 @@ TEST(modes, forced_open_forced_closed_metrics_only_and_expiry) {
     bb::manual_clock clock;
     const auto dir = temp_dir();
     proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 20), &clock};
-    auto& reg = bb.server().breakers();
+    auto reg_ptr = bb.server().breakers();
+    auto& reg = *reg_ptr;
     auto send = [&](const std::string& campaign) {
         raw_client c{bb.port()};
         c.send(mail(10, campaign));
@@ -323,7 +324,8 @@ TEST(sandbox, a_body_that_cannot_be_switched_to_dry_run_is_not_forwarded) {
     const auto dir = temp_dir();
     proxy_instance bb{guarded_config(up.port(), dir,
                                      R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})", 0)};
-    auto& reg = bb.server().breakers();
+    auto reg_ptr = bb.server().breakers();
+    auto& reg = *reg_ptr;
     ASSERT_TRUE(reg.manual_trip("campaign-volume/x", "ops", "test", bb.server().now()));
     auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "plain text",
                             {{"content-type", "text/plain"}, {"x-campaign-id", "x"}});
@@ -341,7 +343,7 @@ TEST(throttle, open_throttle_breaker_lets_r_per_interval_through) {
                                          "throttle": {"requests": 2, "per": "1m"}})",
                                      0),
                       &clock};
-    ASSERT_TRUE(bb.server().breakers().manual_trip("campaign-volume/t", "ops", "slow down", clock.now()));
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/t", "ops", "slow down", clock.now()));
     int ok = 0;
     int throttled = 0;
     for (int i = 0; i < 6; ++i) {
@@ -397,7 +399,7 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     EXPECT_NE(body.find("\"severity\":\"sev2\""), std::string::npos) << body;
     EXPECT_NE(body.find("campaign-volume/loud"), std::string::npos) << body;
     EXPECT_NE(body.find("\"failure_mode\":\"volume-spike\""), std::string::npos) << body;
-    ASSERT_TRUE(bb.server().breakers().reset("campaign-volume/loud", "ops", "false alarm", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume/loud", "ops", "false alarm", bb.server().now()));
     ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 2; }, 5s));
     reqs = hook.requests();
     EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();

@@ -111,6 +111,9 @@ INSTANTIATE_TEST_SUITE_P(
         framing_case{"http2_version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "http_version_not_supported"},
         framing_case{"garbage_version", "GET / FOO\r\nHost: a\r\n\r\n", 400, "bad_request_line"},
         framing_case{"relative_target", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_target"},
+        framing_case{"dot_dot_segment", "GET /v3/mail/send/../../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
+        framing_case{"encoded_dot_dot", "GET /v3/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
+        framing_case{"encoded_slash", "GET /v3/mail%2Fsend HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
         framing_case{"bad_chunk_size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n", 400, "bad_body"},
         framing_case{"too_many_headers", many_headers(21), 431, "too_many_headers"},
         framing_case{"header_too_large", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(5000, 'x') + "\r\n\r\n", 431, "headers_too_large"},
@@ -244,7 +247,7 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
         "POST /v3/mail/send HTTP/1.1\r\nHost: agents.local\r\nConnection: keep-alive, X-Drop-Me\r\nX-Drop-Me: 1\r\n"
         "Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nProxy-Authorization: Bearer s3cret\r\n"
         "Proxy-Connection: keep-alive\r\nX-Forwarded-For: 10.1.1.1\r\nVia: 1.1 edge\r\nX-Keep: kept\r\n"
-        "Content-Length: 2\r\n\r\n{}");
+        "X-Breakerbox-Key: agent-secret\r\nContent-Length: 2\r\n\r\n{}");
     auto res = client.read_response();
     ASSERT_EQ(res.result_int(), 201u);
     EXPECT_EQ(res["X-End-To-End"], "yes");
@@ -257,6 +260,7 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
 
     const auto reqs = up.requests();
     ASSERT_EQ(reqs.size(), 1u);
+    EXPECT_EQ(reqs[0].req.count("x-breakerbox-key"), 0u) << "breakerbox's key header, even with no agents configured";
     const auto& seen = reqs[0].req;
     for (auto name : {"X-Drop-Me", "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Authorization", "Proxy-Connection"}) {
         EXPECT_EQ(seen.count(name), 0u) << name << " must not be forwarded";

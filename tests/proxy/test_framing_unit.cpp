@@ -34,3 +34,14 @@ TEST(framing_unit, control_characters_in_values_are_rejected) {
     EXPECT_EQ(check_request_head(std::string{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01z\r\n\r\n"}, 100).status, 400);
     EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: a\r\nX: tab\tok\r\n\r\n", 100).status, 0);
 }
+
+TEST(framing_unit, ambiguous_paths) {
+    for (const char* ok : {"/", "/v3/mail/send", "/a/.hidden", "/a/...", "/a..b/c", "/x%20y", "/a%2", "/%2", "*",
+                           "/crm/v3/objects/contacts/batch/create"}) {
+        EXPECT_EQ(ambiguous_path(ok), "") << ok;
+    }
+    for (const char* bad : {"/a/../b", "/..", "/a/.", "/./a", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e", "/a%2fb", "/a%2Fb",
+                            "/a%5cb", "/a\\b", "/a%00b"}) {
+        EXPECT_NE(ambiguous_path(bad), "") << bad;
+    }
+}
