@@ -5,6 +5,7 @@
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
 #include "proxy/server.hpp"
+#include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
 #include "store/codec.hpp"
@@ -1133,26 +1134,10 @@ void admin_server::start() {
     }
     port_ = acceptor_->local_endpoint().port();
     if (a.tls) {
-        // TLS 1.2+ with Mozilla's "intermediate" suites (forward secrecy, AEAD only).
-        tls_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
-        tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                          asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
-                          asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
-        SSL_CTX_set_cipher_list(tls_->native_handle(),
-                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                                "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
-        tls_->use_certificate_chain_file(a.tls->cert_file, ec);
-        if (!ec) {
-            tls_->use_private_key_file(a.tls->key_file, asio::ssl::context::pem, ec);
-        }
-        if (!ec && !a.tls->client_ca_file.empty()) {
-            tls_->load_verify_file(a.tls->client_ca_file, ec);
-            tls_->set_verify_mode(a.tls->require_client_cert
-                                      ? asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert
-                                      : asio::ssl::verify_peer);
-        }
-        if (ec) {
-            throw std::runtime_error("admin: TLS setup failed: " + ec.message());
+        try {
+            tls_ = make_server_tls(&*a.tls);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(std::string{"admin: "} + e.what());
         }
     }
     asio::co_spawn(control_, accept_loop(), asio::detached);

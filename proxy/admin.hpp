@@ -39,7 +39,7 @@ private:
     asio::io_context& control_;
     server& srv_;
     std::unique_ptr<tcp::acceptor> acceptor_;
-    std::unique_ptr<asio::ssl::context> tls_;
+    std::shared_ptr<asio::ssl::context> tls_;
     std::uint16_t port_ = 0;
 };
 

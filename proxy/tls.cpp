@@ -1,0 +1,99 @@
+#include "proxy/tls.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <stdexcept>
+
+namespace bb::proxy {
+
+namespace {
+
+std::string openssl_reason() {
+    const unsigned long e = ERR_get_error();
+    ERR_clear_error();
+    if (e == 0) {
+        return "unknown OpenSSL error";
+    }
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    return buf;
+}
+
+}  // namespace
+
+std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files) {
+    namespace ssl = boost::asio::ssl;
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+    SSL_CTX* c = ctx->native_handle();
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+    SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    // Mozilla intermediate (v5.7) for TLS 1.2, minus the DHE suites (no DH parameters to
+    // manage; every client from the last decade speaks ECDHE).
+    if (SSL_CTX_set_cipher_list(c,
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1 ||
+        SSL_CTX_set1_groups_list(c, "X25519:P-256:P-384") != 1) {
+        throw std::runtime_error("TLS setup: " + openssl_reason());
+    }
+    if (files == nullptr) {
+        return ctx;  // the caller sets the certificate per connection (forward-proxy interception)
+    }
+    if (SSL_CTX_use_certificate_chain_file(c, files->cert_file.c_str()) != 1) {
+        throw std::runtime_error("TLS certificate " + files->cert_file + ": " + openssl_reason());
+    }
+    if (SSL_CTX_use_PrivateKey_file(c, files->key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+        throw std::runtime_error("TLS key " + files->key_file + ": " + openssl_reason());
+    }
+    if (SSL_CTX_check_private_key(c) != 1) {
+        throw std::runtime_error("TLS key " + files->key_file + " does not match the certificate " + files->cert_file);
+    }
+    if (!files->client_ca_file.empty()) {
+        if (SSL_CTX_load_verify_locations(c, files->client_ca_file.c_str(), nullptr) != 1) {
+            throw std::runtime_error("TLS client CA " + files->client_ca_file + ": " + openssl_reason());
+        }
+        // Tell clients which CA we accept (curl and browsers pick their certificate by it).
+        if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files->client_ca_file.c_str())) {
+            SSL_CTX_set_client_CA_list(c, names);
+        }
+        SSL_CTX_set_verify(c, files->require_client_cert ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
+                           nullptr);
+        static const unsigned char sid[] = "breakerbox";
+        SSL_CTX_set_session_id_context(c, sid, sizeof sid - 1);
+    }
+    return ctx;
+}
+
+std::vector<std::string> verified_peer_names(SSL* ssl) {
+    std::vector<std::string> names;
+    if (ssl == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) {
+        return names;
+    }
+    X509* peer = SSL_get0_peer_certificate(ssl);
+    if (peer == nullptr) {
+        return names;
+    }
+    char cn[256] = {};
+    const int n = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
+    if (n > 0) {
+        names.emplace_back(cn, static_cast<std::size_t>(n));
+    }
+    auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(peer, NID_subject_alt_name, nullptr, nullptr));
+    if (sans != nullptr) {
+        for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+            const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
+            if (g->type == GEN_DNS) {
+                const auto* s = g->d.dNSName;
+                names.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                                   static_cast<std::size_t>(ASN1_STRING_length(s)));
+            }
+        }
+        GENERAL_NAMES_free(sans);
+    }
+    return names;
+}
+
+}  // namespace bb::proxy

@@ -1,0 +1,28 @@
+#pragma once
+// Server-side TLS shared by the data-plane listeners, the forward proxy's interception and
+// the admin API: one place that decides protocol versions, suites and client verification.
+
+#include "config/config.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+using SSL = struct ssl_st;
+
+namespace bb::proxy {
+
+// A server context: TLS 1.2 and 1.3 only, Mozilla "intermediate" suites for 1.2 (ECDHE with
+// AES-GCM or ChaCha20-Poly1305: forward secrecy and AEAD only; OpenSSL's 1.3 defaults are
+// all AEAD), no renegotiation, no compression. With `files`: its certificate chain and key,
+// and when client_ca_file is set, client certificates verified against it (required when
+// require_client_cert). Throws std::runtime_error naming the file and OpenSSL's reason.
+std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files);
+
+// The names a verified peer certificate carries: its subject CN and every DNS SAN. Empty
+// when there is no certificate or it did not verify.
+std::vector<std::string> verified_peer_names(SSL* ssl);
+
+}  // namespace bb::proxy
