@@ -47,6 +47,57 @@ void each_item(cfg::object_reader& r, std::string_view key, bool required, F&& f
     }
 }
 
+// A readable file named at `key` (errors name the path).
+void readable_file(cfg::object_reader& r, std::string_view key, std::string& out, bool required) {
+    if (auto v = r.string(key, required)) {
+        out = *v;
+        if (!std::ifstream{*v}) {
+            r.errs().add(r.path_of(key), cfg::quote(*v) + " cannot be read");
+        }
+    }
+}
+
+tls_files parse_tls_files(simdjson::dom::element e, const std::string& path, cfg::errors& errs) {
+    cfg::object_reader tr{e, path, errs};
+    tls_files tls;
+    readable_file(tr, "cert_file", tls.cert_file, true);
+    readable_file(tr, "key_file", tls.key_file, true);
+    readable_file(tr, "client_ca_file", tls.client_ca_file, false);
+    if (auto v = tr.boolean("require_client_cert")) {
+        tls.require_client_cert = *v;
+        if (*v && tls.client_ca_file.empty()) {
+            tr.errs().add(tr.path_of("require_client_cert"), "needs client_ca_file to verify client certificates");
+        }
+    }
+    tr.finish();
+    return tls;
+}
+
+forward_proxy_config parse_forward_proxy(simdjson::dom::element e, const std::string& path, cfg::errors& errs) {
+    cfg::object_reader r{e, path, errs};
+    forward_proxy_config f;
+    readable_file(r, "ca_cert_file", f.ca_cert_file, true);
+    readable_file(r, "ca_key_file", f.ca_key_file, true);
+    if (auto v = r.strings("passthrough")) {
+        for (std::size_t i = 0; i < v->size(); ++i) {
+            auto& h = (*v)[i];
+            std::transform(h.begin(), h.end(), h.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+            if (h.empty() || h.find_first_of(" /*?#@") != std::string::npos) {
+                r.errs().add(cfg::child(r.path_of("passthrough"), i), cfg::quote(h) + " is not a host or host:port");
+            }
+        }
+        f.passthrough = std::move(*v);
+    }
+    if (auto v = r.integer("leaf_cache", false, 1, 1'000'000)) {
+        f.leaf_cache = static_cast<std::size_t>(*v);
+    }
+    if (auto v = r.duration("leaf_lifetime", false, milliseconds{3600 * 1000})) {
+        f.leaf_lifetime = *v;
+    }
+    r.finish();
+    return f;
+}
+
 void parse_listeners(cfg::object_reader& root, config& c) {
     std::set<std::string> names;
     each_item(root, "listeners", true, [&](simdjson::dom::element e, const std::string& path) {
@@ -62,6 +113,12 @@ void parse_listeners(cfg::object_reader& root, config& c) {
         }
         if (auto v = r.boolean("require_agent")) {
             l.require_agent = *v;
+        }
+        if (auto t = r.object("tls")) {
+            l.tls = parse_tls_files(*t, r.path_of("tls"), root.errs());
+        }
+        if (auto f = r.object("forward_proxy")) {
+            l.forward_proxy = parse_forward_proxy(*f, r.path_of("forward_proxy"), root.errs());
         }
         if (auto addr = r.string("address", true)) {
             if (auto hp = parse_address(*addr)) {
@@ -299,6 +356,66 @@ void parse_routes(cfg::object_reader& root, config& c) {
 
 int hex_digit(char ch);
 
+// RFC 1123 host name, lower case: dot-separated labels of letters, digits and inner hyphens.
+bool valid_host_name(std::string_view h) {
+    if (h.empty() || h.size() > 253) {
+        return false;
+    }
+    std::size_t start = 0;
+    while (start <= h.size()) {
+        auto dot = h.find('.', start);
+        if (dot == std::string_view::npos) {
+            dot = h.size();
+        }
+        const std::string_view label = h.substr(start, dot - start);
+        if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-' ||
+            !std::all_of(label.begin(), label.end(), [](char ch) {
+                return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-';
+            })) {
+            return false;
+        }
+        start = dot + 1;
+    }
+    return true;
+}
+
+// An agent's `"constraints"`: what its request bodies may say (rules/agent_constraints.hpp).
+rules::body_constraints parse_body_constraints(simdjson::dom::element e, const std::string& path, cfg::errors& errs) {
+    cfg::object_reader r{e, path, errs};
+    rules::body_constraints bc;
+    if (auto v = r.integer("max_recipients", false, 1)) {
+        bc.max_recipients = static_cast<std::uint64_t>(*v);
+    }
+    if (auto v = r.strings("from_domains")) {
+        if (v->empty()) {
+            r.errs().add(r.path_of("from_domains"), "needs at least one domain (leave it out to allow any)");
+        }
+        for (std::size_t i = 0; i < v->size(); ++i) {
+            auto& d = (*v)[i];
+            std::transform(d.begin(), d.end(), d.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+            if (!valid_host_name(d)) {
+                r.errs().add(cfg::child(r.path_of("from_domains"), i),
+                             cfg::quote(d) + " is not a domain name" +
+                                 (d.starts_with("*.") ? " (no wildcards: list each domain, matched exactly)" : ""));
+            }
+        }
+        bc.from_domains = std::move(*v);
+    }
+    if (auto v = r.strings("template_ids")) {
+        if (v->empty()) {
+            r.errs().add(r.path_of("template_ids"), "needs at least one template id (leave it out to allow any)");
+        }
+        for (std::size_t i = 0; i < v->size(); ++i) {
+            if ((*v)[i].empty()) {
+                r.errs().add(cfg::child(r.path_of("template_ids"), i), "must not be empty");
+            }
+        }
+        bc.template_ids = std::move(*v);
+    }
+    r.finish();
+    return bc;
+}
+
 void parse_agents(cfg::object_reader& root, config& c) {
     std::set<std::string> ids;
     std::set<std::string> digests;
@@ -313,7 +430,10 @@ void parse_agents(cfg::object_reader& root, config& c) {
             }
             a.id = *v;
         }
-        if (auto keys = r.strings("key_sha256", true)) {
+        if (auto names = r.strings("cert_names")) {
+            a.cert_names = std::move(*names);
+        }
+        if (auto keys = r.strings("key_sha256", a.cert_names.empty())) {
             std::size_t i = 0;
             for (const auto& k : *keys) {
                 std::array<unsigned char, 32> d{};
@@ -364,6 +484,9 @@ void parse_agents(cfg::object_reader& root, config& c) {
         }
         if (auto v = r.boolean("sandbox")) {
             a.sandbox = *v;
+        }
+        if (auto v = r.object("constraints")) {
+            a.constraints = parse_body_constraints(*v, r.path_of("constraints"), root.errs());
         }
         r.finish();
         c.agents.push_back(std::move(a));
@@ -511,27 +634,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
     cfg::object_reader r{*e, "admin", root.errs()};
     c.admin.enabled = true;
     if (auto t = r.object("tls")) {
-        cfg::object_reader tr{*t, r.path_of("tls"), root.errs()};
-        admin_tls tls;
-        auto file = [&](std::string_view key, std::string& out, bool required) {
-            if (auto v = tr.string(key, required)) {
-                out = *v;
-                if (!std::ifstream{*v}) {
-                    tr.errs().add(tr.path_of(key), cfg::quote(*v) + " cannot be read");
-                }
-            }
-        };
-        file("cert_file", tls.cert_file, true);
-        file("key_file", tls.key_file, true);
-        file("client_ca_file", tls.client_ca_file, false);
-        if (auto v = tr.boolean("require_client_cert")) {
-            tls.require_client_cert = *v;
-            if (*v && tls.client_ca_file.empty()) {
-                tr.errs().add(tr.path_of("require_client_cert"), "needs client_ca_file to verify client certificates");
-            }
-        }
-        tr.finish();
-        c.admin.tls = tls;
+        c.admin.tls = parse_tls_files(*t, r.path_of("tls"), root.errs());
     }
     if (auto v = r.string("address")) {
         if (auto hp = parse_address(*v)) {
@@ -697,6 +800,17 @@ const breakers::breaker_config* config::find_breaker(std::string_view id) const 
     for (const auto& b : breakers) {
         if (b.id == id) {
             return &b;
+        }
+    }
+    return nullptr;
+}
+
+const agent_config* config::agent_by_cert_names(const std::vector<std::string>& names) const {
+    for (const auto& a : agents) {
+        for (const auto& want : a.cert_names) {
+            if (std::find(names.begin(), names.end(), want) != names.end()) {
+                return &a;
+            }
         }
     }
     return nullptr;

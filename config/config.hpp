@@ -7,6 +7,7 @@
 #include "breakers/breaker.hpp"
 #include "breakers/health.hpp"
 #include "core/json_reader.hpp"
+#include "rules/agent_constraints.hpp"
 
 #include <array>
 #include <chrono>
@@ -24,11 +25,34 @@ class rule_set;
 
 using std::chrono::milliseconds;
 
+// A TLS server's certificate and, optionally, client-certificate verification (mTLS).
+struct tls_files {
+    std::string cert_file;       // PEM chain
+    std::string key_file;        // PEM key
+    std::string client_ca_file;  // when set, client certificates signed by it are verified (mTLS)
+    bool require_client_cert = false;
+    bool operator==(const tls_files&) const = default;
+};
+
+// A listener in forward-proxy mode: agents set HTTP_PROXY/HTTPS_PROXY to it. CONNECT to a
+// configured destination is intercepted with a leaf certificate minted for that host by the
+// local CA below; other destinations are refused unless listed in `passthrough`.
+struct forward_proxy_config {
+    std::string ca_cert_file;
+    std::string ca_key_file;
+    std::vector<std::string> passthrough;  // "host" or "host:port": blind tunnels, not metered
+    std::size_t leaf_cache = 1024;         // minted certificates kept (LRU)
+    milliseconds leaf_lifetime{7LL * 24 * 3600 * 1000};
+    bool operator==(const forward_proxy_config&) const = default;
+};
+
 struct listener_config {
     std::string name;
     std::string host;  // literal IP address
     std::uint16_t port = 0;
     bool require_agent = false;  // unknown or missing agent credentials -> 401
+    std::optional<tls_files> tls;  // TLS 1.2/1.3 (Mozilla intermediate); reloaded on SIGHUP
+    std::optional<forward_proxy_config> forward_proxy;
 };
 
 // Where an agent may go. An empty list allows everything of that kind.
@@ -41,8 +65,11 @@ struct agent_scope {
 struct agent_config {
     std::string id;
     std::vector<std::array<unsigned char, 32>> key_sha256;  // API keys, stored only as SHA-256
+    std::vector<std::string> cert_names;  // mTLS: a verified client certificate's CN or DNS SAN
     agent_scope allow;
     bool sandbox = false;  // everything it sends goes out in the API's dry-run mode
+    // What its request bodies may say (recipients, from domains, templates); empty: anything.
+    rules::body_constraints constraints;
 };
 
 struct limits_config {
@@ -114,12 +141,7 @@ struct admin_client_cert {
     admin_role role = admin_role::viewer;
 };
 
-struct admin_tls {
-    std::string cert_file;       // PEM chain
-    std::string key_file;        // PEM key
-    std::string client_ca_file;  // when set, client certificates signed by it are verified (mTLS)
-    bool require_client_cert = false;
-};
+using admin_tls = tls_files;
 
 struct admin_config {
     bool enabled = false;              // the section is present
@@ -168,6 +190,8 @@ struct config {
     const breakers::breaker_config* find_breaker(std::string_view id) const;
     // The agent whose API key hashes to `digest` (32 bytes), or null.
     const agent_config* agent_by_key_digest(std::string_view digest) const;
+    // The agent a verified client certificate names (any of its CN/DNS SANs), or null.
+    const agent_config* agent_by_cert_names(const std::vector<std::string>& names) const;
 
     const route_config* find_route(std::string_view name) const;
 };

@@ -1,7 +1,9 @@
 #include "proxy/server.hpp"
 
 #include "proxy/responses.hpp"
+#include "proxy/mint.hpp"
 #include "proxy/session.hpp"
+#include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "alerts/alerts.hpp"
 #include "proxy/admin.hpp"
@@ -40,7 +42,8 @@ bool same_listeners(const config& a, const config& b) {
     }
     for (std::size_t i = 0; i < a.listeners.size(); ++i) {
         if (a.listeners[i].name != b.listeners[i].name || a.listeners[i].host != b.listeners[i].host ||
-            a.listeners[i].port != b.listeners[i].port) {
+            a.listeners[i].port != b.listeners[i].port || a.listeners[i].tls != b.listeners[i].tls ||
+            a.listeners[i].forward_proxy != b.listeners[i].forward_proxy) {
             return false;
         }
     }
@@ -300,6 +303,15 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         alerts_ = std::make_unique<alerts::dispatcher>(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
+    // Certificates that cannot be loaded are a reason not to start (never a plain-text
+    // fallback on a listener configured for TLS).
+    if (auto errors = reload_security(); !errors.empty()) {
+        std::string all;
+        for (const auto& e : errors) {
+            all += (all.empty() ? "" : "; ") + e;
+        }
+        throw std::runtime_error(all);
+    }
     // The store holds breaker state and quarantined requests, and the admin API's audit log
     // and config versions: an admin API without it could act unaudited.
     if (!cfg_->breakers.empty() || cfg_->admin.enabled) {
@@ -713,6 +725,42 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     return warnings;
 }
 
+std::shared_ptr<const listener_security> server::security(std::size_t listener) const {
+    std::lock_guard lock{security_mutex_};
+    return listener < security_.size() ? security_[listener] : nullptr;
+}
+
+std::vector<std::string> server::reload_security() {
+    std::vector<std::string> errors;
+    std::vector<std::shared_ptr<const listener_security>> next;
+    const auto cfg = current_config();
+    for (const auto& l : cfg->listeners) {
+        if (!l.tls && !l.forward_proxy) {
+            next.push_back(nullptr);
+            continue;
+        }
+        auto sec = std::make_shared<listener_security>();
+        try {
+            if (l.tls) {
+                sec->tls = make_server_tls(&*l.tls);
+            }
+            if (l.forward_proxy) {
+                sec->minter = std::make_shared<cert_minter>(l.forward_proxy->ca_cert_file, l.forward_proxy->ca_key_file,
+                                                            l.forward_proxy->leaf_cache, l.forward_proxy->leaf_lifetime);
+                sec->intercept_tls = make_server_tls(nullptr);
+            }
+        } catch (const std::exception& e) {
+            errors.push_back("listener " + l.name + ": " + e.what());
+        }
+        next.push_back(std::move(sec));
+    }
+    if (errors.empty()) {
+        std::lock_guard lock{security_mutex_};
+        security_ = std::move(next);
+    }
+    return errors;
+}
+
 cfg::errors server::reload_from_file() {
     auto parsed = load_config_file(opts_.config_path);
     if (!parsed.errors.empty()) {
@@ -721,7 +769,13 @@ cfg::errors server::reload_from_file() {
     for (const auto& w : apply_config(parsed.cfg)) {
         spdlog::warn("reload: {}", w);
     }
-    return {};
+    // SIGHUP also picks up renewed certificates (same files, new contents).
+    cfg::errors errs;
+    for (const auto& e : reload_security()) {
+        spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
+        errs.add("listeners", e);
+    }
+    return errs;
 }
 
 void server::request_stop() {

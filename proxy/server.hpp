@@ -11,6 +11,7 @@
 #include "rules/engine.hpp"
 
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
 
 #include <array>
 #include <atomic>
@@ -42,7 +43,16 @@ class database;
 namespace bb::proxy {
 
 class upstream_pool;
+class cert_minter;
 class server;
+
+// A listener's TLS material, built from files at start and rebuilt on SIGHUP/reload (new
+// connections get the new one; open ones keep theirs).
+struct listener_security {
+    std::shared_ptr<asio::ssl::context> tls;            // TLS listener; null: plain TCP
+    std::shared_ptr<cert_minter> minter;                // forward proxy: mints interception leaves
+    std::shared_ptr<asio::ssl::context> intercept_tls;  // forward proxy: leaf set per connection
+};
 class remediation;
 class admin_server;
 
@@ -228,6 +238,11 @@ public:
     cfg::errors reload_from_file();
 
     std::uint16_t bound_port(std::size_t listener_index) const { return ports_.at(listener_index); }
+    // A listener's TLS material; null for a plain listener. Thread-safe.
+    std::shared_ptr<const listener_security> security(std::size_t listener) const;
+    // Re-reads every listener's certificate, key and CA files. On any error nothing changes
+    // and the errors are returned (the running certificates stay in use).
+    std::vector<std::string> reload_security();
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }
     std::shared_ptr<const config> current_config() const;
@@ -286,6 +301,8 @@ private:
     std::optional<asio::signal_set> signals_;
     std::shared_ptr<spdlog::logger> access_log_;
     mutable std::mutex cfg_mutex_;
+    mutable std::mutex security_mutex_;
+    std::vector<std::shared_ptr<const listener_security>> security_;  // by listener index
     // Serializes whole config swaps (admin apply, SIGHUP, rollback): each builds on the
     // runtime the previous one installed, and a registry is handed over only once.
     std::mutex apply_mutex_;

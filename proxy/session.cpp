@@ -2,16 +2,20 @@
 
 #include "core/json_reader.hpp"
 #include "proxy/framing.hpp"
+#include "proxy/mint.hpp"
 #include "proxy/remediation.hpp"
 #include "proxy/responses.hpp"
 #include "proxy/sandbox.hpp"
 #include "proxy/server.hpp"
+#include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
+#include "rules/agent_constraints.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -21,6 +25,9 @@
 #include <spdlog/spdlog.h>
 
 #include <openssl/evp.h>
+
+#include <sys/socket.h>
+#include <cerrno>
 
 #include <array>
 #include <ctime>
@@ -260,7 +267,12 @@ enum class head_outcome { ok, closed, timeout, too_large };
 // Reads until the end of a request head (CRLF CRLF) without ever buffering more than
 // limits.header_bytes of head. `first`: the first request on the connection (its wait is
 // header_timeout and ends in 408; later waits are idle_timeout and end silently).
-asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(tcp::socket& sock, deadline& dl, beast::flat_buffer& buf,
+using tls_stream = asio::ssl::stream<tcp::socket&>;
+template <class Stream>
+inline constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
+
+template <class Stream>
+asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, deadline& dl, beast::flat_buffer& buf,
                                                                  const limits_config& lim, bool first,
                                                                  session_handle& handle, const worker& w) {
     bool deadline_from_first_byte = buf.size() > 0 || first;
@@ -353,12 +365,47 @@ asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, s
     }
 }
 
+// The same for a TLS client. Its bytes cannot be read without the TLS engine (a read would
+// race the response write), so it peeks at the socket: EOF or an error means the client
+// left; any bytes (a pipelined request, or a close_notify) end the watch, and the exchange
+// then simply finishes.
+asio::awaitable<void> watch_tls_client(tcp::socket& raw) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    for (;;) {
+        if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+            co_return;
+        }
+        auto [wec] = co_await raw.async_wait(tcp::socket::wait_read, use_tuple);
+        if (wec) {
+            co_return;
+        }
+        char c = 0;
+        const auto n = ::recv(raw.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            co_return;  // the client left
+        }
+        if (n > 0) {
+            // Stay cancellable until the exchange finishes; then it wins the race.
+            asio::steady_timer forever{raw.get_executor(), asio::steady_timer::time_point::max()};
+            co_await forever.async_wait(use_tuple);
+            co_return;
+        }
+    }
+}
+
 // Closing a socket with unread input makes the kernel send RST, which can destroy the
 // error response we just wrote (a 413 while the client is still sending its body). Like
 // nginx's lingering_close: after an error answer, stop sending, then read and discard for
 // a bounded time. After a normal last response the client is not sending, so no linger.
-asio::awaitable<void> close_connection(tcp::socket& sock, deadline& dl, bool linger) {
+template <class Stream>
+asio::awaitable<void> close_connection(Stream& stream, tcp::socket& sock, deadline& dl, bool linger) {
     error_code ec;
+    if constexpr (is_tls<Stream>) {
+        // close_notify, so the client can tell our close from a truncation; bounded.
+        dl.arm(std::chrono::milliseconds{500});
+        co_await stream.async_shutdown(use_tuple);
+        dl.disarm();
+    }
     sock.shutdown(tcp::socket::shutdown_send, ec);
     if (!ec && linger) {
         dl.arm(std::chrono::seconds{2});
@@ -504,20 +551,160 @@ struct session_guard {
     session_guard& operator=(const session_guard&) = delete;
 };
 
-}  // namespace
+// Who is on the other end of a client connection.
+struct client_info {
+    std::string ip;
+    bool tls = false;
+    std::vector<std::string> cert_names;  // a verified client certificate's CN and DNS SANs
+    std::string tunnel_host;              // inside an intercepted CONNECT: its destination
+    std::uint16_t tunnel_port = 0;
+    std::string tunnel_agent;             // the agent the CONNECT's credentials named
+};
 
-asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t listener) {
+// The agent an API key names (x-breakerbox-key, or Proxy-Authorization: Bearer as a forward
+// proxy sees it). Only its SHA-256 is compared. `had_key`: a key was presented at all.
+const agent_config* agent_by_key(const config& cfg, const request& req, bool& had_key) {
+    std::string_view key = req["x-breakerbox-key"];
+    std::string_view pa = req[http::field::proxy_authorization];
+    if (key.empty() && starts_with_icase(pa, "bearer ")) {
+        key = trim(pa.substr(7));
+    }
+    had_key = !key.empty();
+    if (key.empty()) {
+        return nullptr;
+    }
+    unsigned char digest[32];
+    unsigned int dlen = 0;
+    EVP_Digest(key.data(), key.size(), digest, &dlen, EVP_sha256(), nullptr);
+    return cfg.agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest), dlen});
+}
+
+// "host:port" of a CONNECT target (host may be a bracketed IPv6 literal).
+std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string_view t) {
+    std::string_view host;
+    std::string_view port;
+    if (!t.empty() && t.front() == '[') {
+        const auto close = t.find(']');
+        if (close == std::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':') {
+            return std::nullopt;
+        }
+        host = t.substr(1, close - 1);
+        port = t.substr(close + 2);
+    } else {
+        const auto colon = t.rfind(':');
+        if (colon == std::string_view::npos || colon == 0) {
+            return std::nullopt;
+        }
+        host = t.substr(0, colon);
+        port = t.substr(colon + 1);
+    }
+    if (host.empty() || port.empty() || port.size() > 5 || host.find_first_of("/@ ") != std::string_view::npos ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return std::nullopt;
+    }
+    const int p = std::stoi(std::string{port});
+    if (p <= 0 || p > 65535) {
+        return std::nullopt;
+    }
+    std::string h{host};
+    std::transform(h.begin(), h.end(), h.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return std::pair{h, static_cast<std::uint16_t>(p)};
+}
+
+// A forward proxy intercepts destinations its routes name by host; nothing else.
+bool known_destination(const config& cfg, std::string_view host) {
+    return std::any_of(cfg.routes.begin(), cfg.routes.end(),
+                       [&](const route_config& r) { return !r.match.host.empty() && iequals(r.match.host, host); });
+}
+
+bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host, std::uint16_t port) {
+    const std::string with_port = host + ":" + std::to_string(port);
+    return std::any_of(fp.passthrough.begin(), fp.passthrough.end(),
+                       [&](const std::string& p) { return p == host || p == with_port; });
+}
+
+// Copies bytes one way until EOF or an error, then half-closes the other side.
+asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to) {
     co_await asio::this_coro::throw_if_cancelled(false);
-    tcp::socket sock{std::move(socket)};
-    session_guard guard{w, &sock};
-    deadline dl{sock};
+    std::array<char, 16 * 1024> chunk;
+    for (;;) {
+        auto [rec, n] = co_await from.async_read_some(asio::buffer(chunk), use_tuple);
+        if (rec) {
+            break;
+        }
+        auto [wec, wn] = co_await asio::async_write(to, asio::buffer(chunk.data(), n), use_tuple);
+        if (wec) {
+            break;
+        }
+    }
     error_code ignored;
-    sock.set_option(tcp::no_delay(true), ignored);
-    // watch_client reads synchronously after readiness; it must never block the worker.
-    sock.non_blocking(true, ignored);
-    const auto remote = sock.remote_endpoint(ignored);
-    const std::string client_ip = remote.address().to_string();
-    beast::flat_buffer buf;
+    to.shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+// A blind tunnel for a passthrough destination: not inspected, not metered, logged.
+asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, const std::string& host,
+                                   std::uint16_t port, const client_info& ci) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    const auto& lim = w.cfg()->limits;
+    auto ex = client.get_executor();
+    tcp::resolver resolver{ex};
+    tcp::socket out{ex};
+    asio::steady_timer timer{ex};
+    timer.expires_after(std::chrono::seconds{10});
+    timer.async_wait([&](const error_code& ec) {
+        if (!ec) {
+            resolver.cancel();
+            error_code ignored;
+            out.close(ignored);
+        }
+    });
+    auto [rec, results] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
+    error_code cec = rec;
+    if (!cec) {
+        std::tie(cec, std::ignore) = co_await asio::async_connect(out, results, use_tuple);
+    }
+    timer.cancel();
+    static constexpr std::string_view bad = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
+    if (cec) {
+        spdlog::info("tunnel {} -> {}:{} failed: {}", ci.ip, host, port, cec.message());
+        co_await asio::async_write(client, asio::buffer(bad), use_tuple);
+        co_return;
+    }
+    spdlog::info("tunnel {} -> {}:{} (passthrough: not inspected)", ci.ip, host, port);
+    auto [wec, wn] = co_await asio::async_write(client, asio::buffer(ok), use_tuple);
+    if (wec) {
+        co_return;
+    }
+    if (buf.size() > 0) {  // bytes the client sent right after its CONNECT
+        auto [bec, bn] = co_await asio::async_write(out, buf.data(), use_tuple);
+        buf.consume(buf.size());
+        if (bec) {
+            co_return;
+        }
+    }
+    (void)lim;
+    co_await (pump(client, out) && pump(out, client));
+}
+
+// The client-departure watch for the stream type (no coroutine frame of its own).
+template <class Stream>
+asio::awaitable<void> client_left(Stream&, tcp::socket& raw, beast::flat_buffer& buf, std::size_t cap) {
+    if constexpr (is_tls<Stream>) {
+        return watch_tls_client(raw);
+    } else {
+        return watch_client(raw, buf, cap);
+    }
+}
+
+asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guard, deadline& dl, std::size_t listener,
+                                client_info ci, asio::ssl::context& ctx, beast::flat_buffer& buf,
+                                const cert_minter::leaf* leaf);
+
+template <class Stream>
+asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_guard& guard, deadline& dl,
+                            std::size_t listener, const client_info& ci, beast::flat_buffer& buf) {
+    const std::string& client_ip = ci.ip;
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
     bool linger = false;  // set when we answer an error and close: input may still be coming
@@ -660,6 +847,79 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
         rec.target = req.target();
         rec.bytes_in = head_len + req.body().size();
 
+        // CONNECT: a forward proxy's agent opens a tunnel. Configured destinations are
+        // intercepted (TLS terminated with a certificate minted for the host, then every
+        // request inspected and metered like any other); passthrough ones are blind tunnels;
+        // anything else is refused.
+        const forward_proxy_config* fp =
+            listener < cfg->listeners.size() && cfg->listeners[listener].forward_proxy ? &*cfg->listeners[listener].forward_proxy
+                                                                                       : nullptr;
+        if (req.method() == http::verb::connect) {
+            if constexpr (is_tls<Stream>) {
+                co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
+                                "CONNECT inside a TLS connection is not supported"},
+                               false);
+                break;
+            } else {
+                if (fp == nullptr) {
+                    co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
+                                    "this listener is not a forward proxy (listeners[].forward_proxy)"},
+                                   false);
+                    break;
+                }
+                const auto dest = parse_authority(req.target());
+                if (!dest) {
+                    co_await reply({http::status::bad_request, "rejected", "bad_target", "CONNECT needs host:port"}, false);
+                    break;
+                }
+                bool had_key = false;
+                const agent_config* tunnel_agent = agent_by_key(*cfg, req, had_key);
+                if (tunnel_agent == nullptr && had_key) {
+                    co_await reply({http::status::unauthorized, "denied", "unauthenticated", "the agent key is not known"},
+                                   false);
+                    break;
+                }
+                if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first)) {
+                    const auto sec = w.owner().security(listener);
+                    cert_minter::leaf leaf;
+                    std::string why;
+                    try {
+                        leaf = sec->minter->get(dest->first);
+                    } catch (const std::exception& e) {
+                        why = e.what();
+                    }
+                    if (!why.empty()) {
+                        co_await reply({http::status::bad_request, "rejected", "bad_target",
+                                        "cannot intercept " + dest->first + ": " + why},
+                                       false);
+                        break;
+                    }
+                    static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+                    dl.arm(lim.write_timeout);
+                    auto [cec, cn] = co_await asio::async_write(raw, asio::buffer(established), use_tuple);
+                    dl.disarm();
+                    if (cec) {
+                        co_return;
+                    }
+                    client_info inner = ci;
+                    inner.tunnel_host = dest->first;
+                    inner.tunnel_port = dest->second;
+                    inner.tunnel_agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
+                    co_await serve_tls(w, raw, guard, dl, listener, std::move(inner), *sec->intercept_tls, buf, &leaf);
+                    co_return;
+                }
+                if (passthrough_allowed(*fp, dest->first, dest->second)) {
+                    co_await blind_tunnel(w, raw, buf, dest->first, dest->second, ci);
+                    co_return;
+                }
+                co_await reply({http::status::forbidden, "denied", "unknown_destination",
+                                dest->first + ":" + std::to_string(dest->second) +
+                                    " is neither a configured destination (a route's match.host) nor in forward_proxy.passthrough"},
+                               false);
+                break;
+            }
+        }
+
         // 4. Route.
         target_parts tp;
         if (!split_target(req.target(), tp)) {
@@ -675,7 +935,21 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
                            false);
             break;
         }
-        const std::string original_host{tp.host.empty() ? std::string_view{req[http::field::host]} : tp.host};
+        // Inside an intercepted tunnel the destination is the CONNECT host, whatever Host says.
+        const std::string original_host{!ci.tunnel_host.empty() ? std::string_view{ci.tunnel_host}
+                                        : tp.host.empty()        ? std::string_view{req[http::field::host]}
+                                                                 : tp.host};
+        if (fp != nullptr && ci.tunnel_host.empty() && !tp.host.empty() &&
+            !known_destination(*cfg, host_without_port(original_host))) {
+            if (!co_await reply({http::status::forbidden, "denied", "unknown_destination",
+                                 std::string{host_without_port(original_host)} +
+                                     " is not a configured destination (a route's match.host)"},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
         const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path);
         if (route == nullptr) {
             if (!co_await reply({http::status::not_found, "rejected", "no_route",
@@ -701,18 +975,19 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
         //    itself is never forwarded.
         const agent_config* agent = nullptr;
         if (!cfg->agents.empty() || (listener < cfg->listeners.size() && cfg->listeners[listener].require_agent)) {
-            std::string_view key = req["x-breakerbox-key"];
-            std::string_view pa = req[http::field::proxy_authorization];
-            if (key.empty() && starts_with_icase(pa, "bearer ")) {
-                key = trim(pa.substr(7));
+            bool had_key = false;
+            agent = agent_by_key(*cfg, req, had_key);
+            if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
+                agent = cfg->agent_by_cert_names(ci.cert_names);  // mTLS: the verified certificate names it
             }
-            unsigned char digest[32];
-            unsigned int dlen = 0;
-            if (!key.empty()) {
-                EVP_Digest(key.data(), key.size(), digest, &dlen, EVP_sha256(), nullptr);
-                agent = cfg->agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest), dlen});
+            if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
+                // Inside a tunnel: the credentials came with the CONNECT.
+                for (const auto& a : cfg->agents) {
+                    if (a.id == ci.tunnel_agent) {
+                        agent = &a;
+                    }
+                }
             }
-            const bool had_key = !key.empty();
             req.erase("x-breakerbox-key");
             const bool required = listener < cfg->listeners.size() && cfg->listeners[listener].require_agent;
             if (agent == nullptr && (had_key || required)) {
@@ -750,6 +1025,24 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
                     break;
                 }
                 continue;
+            }
+            // What the body may say: recipients per request, from domains, templates.
+            if (!agent->constraints.empty()) {
+                const auto broken =
+                    rules::check_body_constraints(agent->constraints, req[http::field::content_type], req.body());
+                if (!broken.empty()) {
+                    // A body that cannot be read is a bad request; one that reads is refused.
+                    const bool unreadable =
+                        broken == "the body is not valid JSON" || broken == "the multipart/form-data body is malformed";
+                    error_info e{unreadable ? http::status::bad_request : http::status::forbidden,
+                                 unreadable ? "rejected" : "denied", unreadable ? "bad_body" : "constraint_violated",
+                                 "agent " + agent->id + ": " + broken + " (its constraints in the config)"};
+                    e.rule = "constraints";
+                    if (!co_await reply(e, keep_alive) || !keep_alive) {
+                        break;
+                    }
+                    continue;
+                }
             }
         }
 
@@ -1056,7 +1349,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
             req.set("x-forwarded-host", original_host);
         }
         append_list(req, "x-forwarded-for", client_ip);
-        req.set("x-forwarded-proto", "http");
+        req.set("x-forwarded-proto", ci.tls ? "https" : "http");
         append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
         req.set("x-request-id", request_id);
         if (up.base_path.empty() || origin_form == "*") {
@@ -1075,7 +1368,7 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
         const auto& pool = lease.pool(upstream_index);
         exchange_result ex;
         auto raced = co_await (pool->exchange(req, timeout, idempotent(req.method()), is_head, ex) ||
-                               watch_client(sock, buf, lim.header_bytes));
+                               client_left(sock, raw, buf, lim.header_bytes));
         if (raced.index() == 1) {
             for (const auto& p : probes) {
                 registry.probe_result(p.instance, false, w.owner().now(), p.round);
@@ -1176,7 +1469,55 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
             break;
         }
     }
-    co_await close_connection(sock, dl, linger);
+    co_await close_connection(sock, raw, dl, linger);
+}
+
+asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guard, deadline& dl, std::size_t listener,
+                                client_info ci, asio::ssl::context& ctx, beast::flat_buffer& buf,
+                                const cert_minter::leaf* leaf) {
+    tls_stream stream{raw, ctx};
+    if (leaf != nullptr) {
+        std::string error;
+        if (!cert_minter::apply(stream.native_handle(), *leaf, &error)) {
+            spdlog::error("interception for {}: {}", ci.tunnel_host, error);
+            co_return;
+        }
+    }
+    dl.arm(w.cfg()->limits.header_timeout);
+    // Bytes already read (a ClientHello sent right behind a CONNECT) go to the handshake.
+    auto [hec, used] = co_await stream.async_handshake(asio::ssl::stream_base::server, buf.data(), use_tuple);
+    dl.disarm();
+    buf.consume(buf.size());
+    if (hec) {
+        spdlog::debug("TLS handshake with {} failed: {}", ci.ip, hec.message());
+        co_return;
+    }
+    ci.tls = true;
+    ci.cert_names = verified_peer_names(stream.native_handle());
+    beast::flat_buffer inner;
+    co_await serve(w, stream, raw, guard, dl, listener, ci, inner);
+}
+
+}  // namespace
+
+asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t listener) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    tcp::socket raw{std::move(socket)};
+    session_guard guard{w, &raw};
+    deadline dl{raw};
+    error_code ignored;
+    raw.set_option(tcp::no_delay(true), ignored);
+    // watch_client reads synchronously after readiness; it must never block the worker.
+    raw.non_blocking(true, ignored);
+    client_info ci;
+    ci.ip = raw.remote_endpoint(ignored).address().to_string();
+    beast::flat_buffer buf;
+    const auto sec = w.owner().security(listener);
+    if (sec && sec->tls) {
+        co_await serve_tls(w, raw, guard, dl, listener, std::move(ci), *sec->tls, buf, nullptr);
+    } else {
+        co_await serve(w, raw, raw, guard, dl, listener, ci, buf);
+    }
 }
 
 }  // namespace bb::proxy

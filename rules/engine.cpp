@@ -1,5 +1,6 @@
 #include "rules/engine.hpp"
 
+#include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 
 #include <algorithm>
@@ -146,12 +147,14 @@ std::string_view param_of(std::string_view header_value, std::string_view name) 
     return {};
 }
 
-void parse_multipart(std::string_view body, std::string_view boundary,
+// False when the body is malformed (see parse_form).
+bool parse_multipart(std::string_view body, std::string_view boundary,
                      std::vector<std::pair<std::string, std::string>>& out) {
     std::size_t n = 0;
+    bool complete = false;
     if (boundary.empty() || boundary.size() > 200) {
         out.clear();
-        return;
+        return false;
     }
     std::string delim = "--";
     delim += boundary;
@@ -159,6 +162,7 @@ void parse_multipart(std::string_view body, std::string_view boundary,
     while (pos != std::string_view::npos) {
         pos += delim.size();
         if (body.substr(pos, 2) == "--") {
+            complete = true;
             break;
         }
         const auto head_end = body.find("\r\n\r\n", pos);
@@ -201,6 +205,7 @@ void parse_multipart(std::string_view body, std::string_view boundary,
         pos = next;
     }
     out.resize(n);
+    return complete;
 }
 
 // Splits an address list on commas outside quotes and angle brackets:
@@ -350,13 +355,7 @@ struct context {
     const std::vector<std::pair<std::string, std::string>>& form() {
         if (!form_parsed) {
             form_parsed = true;
-            const std::string_view ct = req.content_type;
-            constexpr std::string_view mp = "multipart/form-data";
-            if (ct.size() >= mp.size() && iequals(ct.substr(0, mp.size()), mp)) {
-                parse_multipart(req.body, param_of(ct, "boundary"), s.form);
-            } else {
-                parse_urlencoded(req.body, s.form);
-            }
+            parse_form(req.content_type, req.body, s.form);
         }
         return s.form;
     }
@@ -720,6 +719,16 @@ verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
 }
 
 }  // namespace
+
+bool parse_form(std::string_view content_type, std::string_view body,
+                std::vector<std::pair<std::string, std::string>>& out) {
+    constexpr std::string_view mp = "multipart/form-data";
+    if (content_type.size() >= mp.size() && iequals(content_type.substr(0, mp.size()), mp)) {
+        return parse_multipart(body, param_of(content_type, "boundary"), out);
+    }
+    parse_urlencoded(body, out);
+    return true;
+}
 
 engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : set_(std::move(rules)) {
     std::unordered_map<std::string_view, std::size_t> old;

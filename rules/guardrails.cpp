@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "rules/form.hpp"
 #include "rules/guardrails_scan.hpp"
 
 #if defined(__SSE2__)
@@ -967,6 +968,15 @@ std::string join_fields(const std::vector<guard_field>& fields) {
 }
 
 }  // namespace
+
+void split_addresses(std::string_view list, std::vector<std::string_view>& out) {
+    for_each_item(list, [&out](std::string_view item) {
+        while (item.back() == ' ' || item.back() == '\t') {  // not empty, and starts with neither
+            item.remove_suffix(1);
+        }
+        out.push_back(item);
+    });
+}
 
 bool is_form_content_type(std::string_view ct) {
     constexpr std::string_view url = "application/x-www-form-urlencoded";

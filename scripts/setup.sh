@@ -7,6 +7,8 @@ packages=(
   libboost1.81-dev libssl-dev libsimdjson-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev
   prometheus   # for promtool: the tests check the /metrics output with it
+  sslscan      # the TLS listener test scans protocols and suites with it
+  nodejs       # a Node.js client goes through the forward proxy in the tests
 )
 packages+=("$@")
 missing=()

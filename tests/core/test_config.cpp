@@ -169,3 +169,55 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     ASSERT_NE(ok.cfg->find_breaker("agent/writer"), nullptr);
     EXPECT_EQ(ok.cfg->find_breaker("agent/writer")->reset, bb::breakers::reset_policy::manual);
 }
+
+TEST(config, agent_body_constraints_are_parsed_and_normalized) {
+    auto ok = parse_config(base(R"(, "agents": [
+        {"id": "mailer", "key_sha256": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": {"max_recipients": 50, "from_domains": ["Example.com", "mail.example.com"],
+                         "template_ids": ["d-123", "welcome-v2"]}},
+        {"id": "partial", "key_sha256": ["0f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": {"template_ids": ["t"]}},
+        {"id": "free", "key_sha256": ["1f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]}])"));
+    ASSERT_TRUE(ok.errors.empty()) << all_errors(ok);
+    const auto& c = ok.cfg->agents[0].constraints;
+    EXPECT_EQ(c.max_recipients, std::optional<std::uint64_t>{50});
+    EXPECT_EQ(c.from_domains, (std::vector<std::string>{"example.com", "mail.example.com"}));
+    EXPECT_EQ(c.template_ids, (std::vector<std::string>{"d-123", "welcome-v2"}));
+    const auto& p = ok.cfg->agents[1].constraints;
+    EXPECT_FALSE(p.max_recipients);
+    EXPECT_TRUE(p.from_domains.empty());
+    EXPECT_EQ(p.template_ids, std::vector<std::string>{"t"});
+    EXPECT_TRUE(ok.cfg->agents[2].constraints.empty());
+}
+
+TEST(config, agent_body_constraint_errors_name_their_path) {
+    auto bad = parse_config(base(R"(, "agents": [
+        {"id": "a", "key_sha256": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": {"max_recipients": 0, "from_domains": ["ok.example", "*.example.com", "bad domain", "-x.com", "a..b", "x.com."],
+                         "template_ids": ["fine", ""], "max_recipents": 5}},
+        {"id": "b", "key_sha256": ["0f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": {"max_recipients": "10", "from_domains": [], "template_ids": [7]}},
+        {"id": "c", "key_sha256": ["1f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": {"max_recipients": 1.5, "from_domains": "example.com", "template_ids": []}},
+        {"id": "d", "key_sha256": ["2f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+         "constraints": ["max_recipients"]}])"));
+    const auto e = all_errors(bad);
+    EXPECT_NE(e.find("agents[0].constraints.max_recipients: 0 is out of range (at least 1)"), std::string::npos) << e;
+    EXPECT_EQ(e.find("agents[0].constraints.from_domains[0]"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.from_domains[1]: \"*.example.com\" is not a domain name (no wildcards"),
+              std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.from_domains[2]: \"bad domain\" is not a domain name"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.from_domains[3]: \"-x.com\" is not a domain name"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.from_domains[4]: \"a..b\" is not a domain name"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.from_domains[5]: \"x.com.\" is not a domain name"), std::string::npos) << e;
+    EXPECT_EQ(e.find("agents[0].constraints.template_ids[0]"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.template_ids[1]: must not be empty"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].constraints.max_recipents"), std::string::npos) << e;  // the typo is reported
+    EXPECT_NE(e.find("agents[1].constraints.max_recipients: must be a whole number"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].constraints.from_domains: needs at least one domain"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].constraints.template_ids[0]: must be a string"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[2].constraints.max_recipients: must be a whole number"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[2].constraints.from_domains"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[2].constraints.template_ids: needs at least one template id"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[3].constraints"), std::string::npos) << e;
+}

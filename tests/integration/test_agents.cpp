@@ -36,7 +36,8 @@ std::string agents_config(std::uint16_t port, const std::string& dir) {
            "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"up\"},"
            "{\"name\": \"crm\", \"match\": {\"path_prefix\": \"/crm/\"}, \"upstream\": \"up\"}],"
            "\"agents\": ["
-           "{\"id\": \"writer\", \"key_sha256\": [\"" + sha256_hex("writer-key") + "\"], \"allow\": {\"routes\": [\"mail-send\"], \"methods\": [\"POST\"]}},"
+           "{\"id\": \"writer\", \"key_sha256\": [\"" + sha256_hex("writer-key") + "\"], \"allow\": {\"routes\": [\"mail-send\"], \"methods\": [\"POST\"]},"
+           " \"constraints\": {\"max_recipients\": 2, \"from_domains\": [\"example.com\"]}},"
            "{\"id\": \"reader\", \"key_sha256\": [\"" + sha256_hex("reader-key") + "\"], \"allow\": {\"methods\": [\"GET\"], \"paths\": [\"/crm/v3/objects/*\"]}},"
            "{\"id\": \"trial\", \"key_sha256\": [\"" + sha256_hex("trial-key") + "\"], \"sandbox\": true}],"
            "\"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
@@ -120,6 +121,32 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     EXPECT_EQ(fourth.result_int(), 503u);
     EXPECT_NE(fourth.body().find("per-agent/writer"), std::string::npos) << fourth.body();
     EXPECT_EQ(mail(bb.port(), "trial-key").result_int(), 202u) << "another agent has its own meter";
+}
+
+TEST(agents, body_constraints_hold_an_agent_to_its_recipients_and_senders) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{agents_config(up.port(), dir)};
+    auto send = [&](const std::string& body) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"x-breakerbox-key", "writer-key"}});
+    };
+    auto ok = send(R"({"personalizations":[{"to":[{"email":"a@x.com"}],"cc":[{"email":"b@x.com"}]}],)"
+                   R"("from":{"email":"news@example.com"}})");
+    EXPECT_EQ(ok.result_int(), 200u) << ok.body();
+    auto many = send(R"({"personalizations":[{"to":[{"email":"a@x.com"},{"email":"b@x.com"}]},)"
+                     R"({"to":[{"email":"c@x.com"}]}],"from":{"email":"news@example.com"}})");
+    EXPECT_EQ(many.result_int(), 403u);
+    EXPECT_EQ(code_of(many), "constraint_violated");
+    EXPECT_NE(many.body().find("writer"), std::string::npos) << many.body();
+    EXPECT_EQ(many.body().find("c@x.com"), std::string::npos) << "no recipient addresses in errors";
+    auto sender = send(R"({"personalizations":[{"to":[{"email":"a@x.com"}]}],"from":{"email":"ceo@other.com"}})");
+    EXPECT_EQ(sender.result_int(), 403u);
+    EXPECT_NE(sender.body().find("other.com"), std::string::npos) << sender.body();
+    auto garbage = send("{not json");
+    EXPECT_EQ(garbage.result_int(), 400u);
+    EXPECT_EQ(code_of(garbage), "bad_body");
+    EXPECT_EQ(up.request_count(), 1u) << "only the request within its constraints went out";
 }
 
 TEST(agents, widening_an_agents_scope_needs_the_admin_role) {

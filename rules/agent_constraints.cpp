@@ -1,0 +1,312 @@
+#include "rules/agent_constraints.hpp"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <utility>
+
+#include "core/json_reader.hpp"
+#include "rules/form.hpp"
+#include "rules/guardrails.hpp"
+#include "rules/guardrails_scan.hpp"
+#include "rules/request.hpp"
+
+namespace bb::rules {
+
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+struct scratch {
+    simdjson::dom::parser parser;
+    std::vector<std::pair<std::string, std::string>> form;
+    std::vector<std::string_view> items;
+    std::string addr;
+};
+
+scratch& local() {
+    thread_local scratch s;
+    return s;
+}
+
+// A value from the body as a reason shows it: quoted, at most 64 bytes, ASCII only (the
+// reason goes into a JSON error answer; a cut UTF-8 sequence must not reach it).
+std::string shown(std::string_view v) {
+    constexpr std::size_t max = 64;
+    std::string out{v.substr(0, max)};
+    for (auto& ch : out) {
+        if (static_cast<unsigned char>(ch) >= 0x80) {
+            ch = '?';
+        }
+    }
+    return cfg::quote(out) + (v.size() > max ? "..." : "");
+}
+
+bool mentions_json(std::string_view content_type) {
+    for (std::size_t i = 0; i + 4 <= content_type.size(); ++i) {
+        if (iequals(content_type.substr(i, 4), "json")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Collects what the body says and remembers the first constraint it breaks.
+class checker {
+public:
+    checker(const body_constraints& c, scratch& s) : c_(c), s_(s) {}
+
+    bool checks_from() const { return !c_.from_domains.empty() && reason_.empty(); }
+    bool checks_template() const { return !c_.template_ids.empty() && reason_.empty(); }
+
+    void fail(std::string why) {
+        if (reason_.empty()) {
+            reason_ = std::move(why);
+        }
+    }
+
+    void add_recipients(std::uint64_t n) { recipients_ += n; }
+
+    // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
+    void add_recipient_list(std::string_view list) {
+        s_.items.clear();
+        split_addresses(list, s_.items);
+        recipients_ += s_.items.size();
+    }
+
+    // A from value: `a@x.com` or `Name <a@x.com>`; a list is checked address by address.
+    void from(std::string_view list) {
+        if (!checks_from()) {
+            return;
+        }
+        s_.items.clear();
+        split_addresses(list, s_.items);
+        if (s_.items.empty()) {
+            fail("the from address has no domain");
+            return;
+        }
+        for (const auto item : s_.items) {
+            detail::normalize_address(item, s_.addr);
+            const auto at = s_.addr.rfind('@');
+            if (at == std::string::npos || at + 1 == s_.addr.size()) {
+                fail("the from address has no domain");
+                return;
+            }
+            const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+            const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(),
+                                             [&](const std::string& d) { return iequals(d, domain); });
+            if (!allowed) {
+                fail("from domain " + shown(domain) + " is not allowed for this agent");
+                return;
+            }
+        }
+    }
+
+    // `arn`: an SES TemplateArn (`arn:aws:ses:...:template/NAME`) also matches by its NAME.
+    void template_id(std::string_view id, bool arn) {
+        if (!checks_template()) {
+            return;
+        }
+        std::string_view name = id;
+        if (arn) {
+            constexpr std::string_view marker = ":template/";
+            if (const auto p = id.rfind(marker); p != std::string_view::npos) {
+                name = id.substr(p + marker.size());
+            }
+        }
+        const bool allowed = std::any_of(c_.template_ids.begin(), c_.template_ids.end(),
+                                         [&](const std::string& t) { return t == id || t == name; });
+        if (!allowed) {
+            fail("template " + shown(id) + " is not allowed for this agent");
+        }
+    }
+
+    std::string finish() {
+        if (reason_.empty() && c_.max_recipients && recipients_ > *c_.max_recipients) {
+            reason_ = std::to_string(recipients_) + " recipients in one request; this agent may address at most " +
+                      std::to_string(*c_.max_recipients);
+        }
+        return std::move(reason_);
+    }
+
+private:
+    const body_constraints& c_;
+    scratch& s_;
+    std::uint64_t recipients_ = 0;
+    std::string reason_;
+};
+
+// ---------------------------------------------------------------------------------------
+// JSON bodies. Keys match case-insensitively and every duplicate is visited: upstream
+// parsers differ on case and on which duplicate wins, so the check covers all of them.
+
+template <class F>
+void each_field(element e, std::string_view key, F&& f) {
+    simdjson::dom::object obj;
+    if (e.get(obj) != simdjson::SUCCESS) {
+        return;
+    }
+    for (const auto field : obj) {
+        if (iequals(field.key, key)) {
+            f(field.value);
+        }
+    }
+}
+
+template <class F>
+void each_item(element e, F&& f) {
+    simdjson::dom::array arr;
+    if (e.get(arr) != simdjson::SUCCESS) {
+        return;
+    }
+    for (const auto item : arr) {
+        f(item);
+    }
+}
+
+// to/cc/bcc: an array of addresses (strings or {"email": ...} objects) or one string.
+// Anything else that is not null counts as one recipient (fail closed).
+void count_recipients(checker& k, element v) {
+    std::string_view s;
+    if (v.get(s) == simdjson::SUCCESS) {
+        k.add_recipient_list(s);
+        return;
+    }
+    if (v.is_null()) {
+        return;
+    }
+    if (v.type() != element_type::ARRAY) {
+        k.add_recipients(1);
+        return;
+    }
+    each_item(v, [&](element item) {
+        std::string_view text;
+        if (item.get(text) == simdjson::SUCCESS) {
+            k.add_recipient_list(text);
+        } else if (!item.is_null()) {
+            k.add_recipients(1);
+        }
+    });
+}
+
+void from_value(checker& k, element v) {
+    if (!k.checks_from() || v.is_null()) {
+        return;
+    }
+    std::string_view s;
+    if (v.get(s) == simdjson::SUCCESS) {
+        k.from(s);
+    } else if (v.type() == element_type::OBJECT) {
+        each_field(v, "email", [&](element e) { from_value(k, e); });
+    } else {
+        k.fail("the from address is not a string");
+    }
+}
+
+void template_value(checker& k, element v, bool arn) {
+    if (!k.checks_template() || v.is_null()) {
+        return;
+    }
+    std::string_view s;
+    std::int64_t i = 0;
+    std::uint64_t u = 0;
+    if (v.get(s) == simdjson::SUCCESS) {
+        k.template_id(s, arn);
+    } else if (v.get(i) == simdjson::SUCCESS) {
+        k.template_id(std::to_string(i), false);  // HubSpot emailId
+    } else if (v.get(u) == simdjson::SUCCESS) {
+        k.template_id(std::to_string(u), false);
+    } else {
+        k.fail("the template id is not a string");
+    }
+}
+
+void recipient_fields(checker& k, element parent, std::initializer_list<std::string_view> keys) {
+    for (const auto key : keys) {
+        each_field(parent, key, [&](element v) { count_recipients(k, v); });
+    }
+}
+
+void walk_json(checker& k, element root) {
+    // SendGrid v3 mail/send.
+    each_field(root, "personalizations", [&](element list) {
+        each_item(list, [&](element p) {
+            recipient_fields(k, p, {"to", "cc", "bcc"});
+            each_field(p, "from", [&](element v) { from_value(k, v); });
+        });
+    });
+    each_field(root, "from", [&](element v) { from_value(k, v); });
+    each_field(root, "template_id", [&](element v) { template_value(k, v, false); });
+
+    // SES v2 SendEmail and SendBulkEmail.
+    const auto destination = [&](element d) {
+        recipient_fields(k, d, {"ToAddresses", "CcAddresses", "BccAddresses"});
+    };
+    each_field(root, "Destination", destination);
+    each_field(root, "BulkEmailEntries", [&](element list) {
+        each_item(list, [&](element entry) { each_field(entry, "Destination", destination); });
+    });
+    each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
+    for (const auto content : {"Content", "DefaultContent"}) {
+        each_field(root, content, [&](element c) {
+            each_field(c, "Template", [&](element t) {
+                each_field(t, "TemplateName", [&](element v) { template_value(k, v, false); });
+                each_field(t, "TemplateArn", [&](element v) { template_value(k, v, true); });
+            });
+        });
+    }
+
+    // HubSpot single send (marketing/v3/transactional/single-email/send).
+    each_field(root, "message", [&](element m) {
+        recipient_fields(k, m, {"to", "cc", "bcc"});
+        each_field(m, "from", [&](element v) { from_value(k, v); });
+    });
+    each_field(root, "emailId", [&](element v) { template_value(k, v, false); });
+}
+
+// ---------------------------------------------------------------------------------------
+// Form bodies (Mailgun): repeated fields, each value possibly a comma-separated list.
+
+void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>>& fields) {
+    for (const auto& [name, value] : fields) {
+        if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc")) {
+            k.add_recipient_list(value);
+        } else if (iequals(name, "from")) {
+            k.from(value);
+        } else if (iequals(name, "template")) {
+            k.template_id(value, false);
+        }
+    }
+}
+
+}  // namespace
+
+std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body) {
+    if (c.empty()) {
+        return {};
+    }
+    const auto first = body.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos) {
+        return {};  // no body: no recipient, no from, no template
+    }
+    scratch& s = local();
+    checker k{c, s};
+    const bool form = is_form_content_type(content_type);
+    if (mentions_json(content_type) || (!form && (body[first] == '{' || body[first] == '['))) {
+        element root;
+        if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
+            return "the body is not valid JSON";
+        }
+        walk_json(k, root);
+    } else if (form) {
+        if (!parse_form(content_type, body, s.form)) {
+            return "the multipart/form-data body is malformed";
+        }
+        walk_form(k, s.form);
+    }
+    return k.finish();
+}
+
+}  // namespace bb::rules

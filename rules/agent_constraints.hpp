@@ -1,0 +1,40 @@
+#pragma once
+// Per-agent body constraints: how many recipients one request may address, which domains it
+// may send from, which templates it may use. Checked against the request body of the email
+// APIs breakerbox fronts (SendGrid v3 mail/send, SES v2 SendEmail and SendBulkEmail, HubSpot
+// single send, Mailgun form and multipart sends).
+//
+// Pure like the rest of rules/: no sockets, no logging, no clock. Thread-safe: the checker
+// keeps its parse buffers thread-local.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bb::rules {
+
+// An empty field is no constraint. Parsed from an agent's `"constraints"` (config/).
+struct body_constraints {
+    std::optional<std::uint64_t> max_recipients;  // to + cc + bcc over the whole request, >= 1
+    std::vector<std::string> from_domains;        // lower case; the from domain must equal one exactly
+    std::vector<std::string> template_ids;        // exact; an SES TemplateArn also matches by its name
+
+    bool empty() const { return !max_recipients && from_domains.empty() && template_ids.empty(); }
+    bool operator==(const body_constraints&) const = default;
+};
+
+// Empty string: the body satisfies the constraints. Otherwise a short, specific reason
+// ("from domain \"other.com\" is not allowed for this agent"); it never carries a recipient
+// address, only counts, the from domain or the template id.
+//
+// A constraint on a field the body does not have does not apply: a body without a from
+// address or a template passes those checks, and max_recipients counts the recipients found.
+// Fail closed otherwise: a JSON body that does not parse, a malformed multipart body, or a
+// from/template field of the wrong type is refused with its reason. Keys are matched
+// case-insensitively and every duplicate is checked, so a body an upstream might read
+// differently cannot slip past. Empty constraints pass every body without reading it.
+std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body);
+
+}  // namespace bb::rules

@@ -1,0 +1,24 @@
+#pragma once
+// Form bodies and address lists (Mailgun), decoded one way for the engine, the guardrails and
+// the agent body constraints. Pure functions; thread-safe.
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace bb::rules {
+
+// Decodes an application/x-www-form-urlencoded or, by content_type, multipart/form-data body
+// into `out` (reusing its strings; repeated names stay repeated, in order). Returns false when
+// a multipart body is malformed: no usable boundary, a part without its blank line, or no
+// closing delimiter; `out` then holds the fields read before the fault. A urlencoded body
+// always decodes.
+bool parse_form(std::string_view content_type, std::string_view body,
+                std::vector<std::pair<std::string, std::string>>& out);
+
+// Appends the items of an address list to `out`, split on commas outside quotes and angle
+// brackets and trimmed: `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. Views into `list`.
+void split_addresses(std::string_view list, std::vector<std::string_view>& out);
+
+}  // namespace bb::rules

@@ -1,0 +1,279 @@
+// Inbound TLS and the forward proxy (issue 7), with real clients: curl, openssl s_client,
+// sslscan and a Node.js client, all on 127.0.0.1. The certificates are the build's
+// development test material (certs/make-dev-certs.sh): nothing here is production.
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+using namespace bb::test;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string run(const std::string& cmd, int* rc = nullptr) {
+    FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (pipe && std::fgets(buf, sizeof buf, pipe)) {
+        out += buf;
+    }
+    const int status = pipe ? ::pclose(pipe) : -1;
+    if (rc != nullptr) {
+        *rc = status;
+    }
+    return out;
+}
+
+std::string cert(const std::string& name) {
+    return std::string{BB_TEST_CERTS_DIR} + "/" + name;
+}
+
+std::string q(const std::string& s) {
+    return "\"" + s + "\"";
+}
+
+// One TLS listener in front of `upstream_port`; `tls_extra` is spliced into its tls object.
+std::string tls_config(std::uint16_t upstream_port, const std::string& cert_file, const std::string& key_file,
+                       const std::string& tls_extra = "", const std::string& listener_extra = "",
+                       const std::string& top_extra = "") {
+    return "{\"workers\": 1, \"listeners\": [{\"name\": \"tls\", \"address\": \"127.0.0.1:0\"" + listener_extra +
+           ", \"tls\": {\"cert_file\": " + q(cert_file) + ", \"key_file\": " + q(key_file) + tls_extra + "}}],"
+           "\"upstreams\": [{\"name\": \"up\", \"url\": \"http://127.0.0.1:" + std::to_string(upstream_port) + "\"}],"
+           "\"routes\": [{\"name\": \"all\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"up\"}]," + top_extra +
+           "\"store\": {\"path\": " + q(temp_dir() + "/bb.db") + "},"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+std::string curl_https(std::uint16_t port, const std::string& path, const std::string& extra = "") {
+    return "curl -sS --max-time 10 --cacert " + cert("ca.pem") + " " + extra + " -o - -w ' status=%{http_code}' https://localhost:" +
+           std::to_string(port) + path;
+}
+
+}  // namespace
+
+TEST(tls_listener, serves_https_and_tells_the_upstream) {
+    fake_upstream up{[](const request&) { return respond(200, "hello over tls"); }};
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
+    const auto out = run(curl_https(bb.port(), "/v3/mail/send"));
+    EXPECT_NE(out.find("hello over tls status=200"), std::string::npos) << out;
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req["x-forwarded-proto"], "https");
+    // Keep-alive over TLS: two requests on one connection.
+    const auto two = run("curl -sS --max-time 10 --cacert " + cert("ca.pem") + " https://localhost:" +
+                         std::to_string(bb.port()) + "/a https://localhost:" + std::to_string(bb.port()) + "/b");
+    EXPECT_EQ(two, "hello over tlshello over tls");
+    // Plain HTTP to a TLS listener is not served.
+    int rc = 0;
+    run("curl -sS --max-time 5 http://127.0.0.1:" + std::to_string(bb.port()) + "/x", &rc);
+    EXPECT_NE(rc, 0);
+}
+
+TEST(tls_listener, old_protocols_and_weak_suites_are_refused) {
+    fake_upstream up;
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
+    const std::string target = "127.0.0.1:" + std::to_string(bb.port());
+    int rc = 0;
+    const auto v11 = run("echo | openssl s_client -connect " + target + " -tls1_1", &rc);
+    EXPECT_NE(rc, 0) << "TLS 1.1 must fail:\n" << v11;
+    const auto v12 = run("echo | openssl s_client -connect " + target + " -tls1_2 -CAfile " + cert("ca.pem"), &rc);
+    EXPECT_EQ(rc, 0) << v12;
+    EXPECT_NE(v12.find("TLSv1.2"), std::string::npos) << v12;
+    // A CBC-only client finds nothing in common.
+    run("echo | openssl s_client -connect " + target + " -tls1_2 -cipher ECDHE-RSA-AES128-SHA:AES128-SHA256", &rc);
+    EXPECT_NE(rc, 0);
+
+    const auto scan = run("sslscan --no-colour --no-heartbleed --no-fallback " + target, &rc);
+    ASSERT_EQ(rc, 0) << "sslscan is needed (scripts/setup.sh installs it):\n" << scan;
+    for (const char* off : {"SSLv2     disabled", "SSLv3     disabled", "TLSv1.0   disabled", "TLSv1.1   disabled"}) {
+        EXPECT_NE(scan.find(off), std::string::npos) << off << "\n" << scan;
+    }
+    EXPECT_NE(scan.find("TLSv1.2   enabled"), std::string::npos) << scan;
+    EXPECT_NE(scan.find("TLSv1.3   enabled"), std::string::npos) << scan;
+    // Every accepted suite: AEAD with forward secrecy (ECDHE for 1.2; every 1.3 suite).
+    std::istringstream lines{scan};
+    std::string line;
+    int accepted = 0;
+    while (std::getline(lines, line)) {
+        if (line.find("Accepted") == std::string::npos && line.find("Preferred") == std::string::npos) {
+            continue;
+        }
+        ++accepted;
+        for (const char* weak : {"CBC", "-SHA ", "RC4", "DES", "NULL", "EXP", "MD5", "anon", "PSK"}) {
+            EXPECT_EQ(line.find(weak), std::string::npos) << line;
+        }
+        if (line.find("TLSv1.2") != std::string::npos) {
+            EXPECT_NE(line.find("ECDHE"), std::string::npos) << "no forward secrecy: " << line;
+            EXPECT_TRUE(line.find("GCM") != std::string::npos || line.find("CHACHA20") != std::string::npos) << line;
+        }
+    }
+    EXPECT_GE(accepted, 3) << scan;
+}
+
+TEST(tls_listener, client_certificates_identify_agents) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const std::string agents =
+        "\"agents\": [{\"id\": \"agent-one\", \"cert_names\": [\"agent-one.agents.local\"],"
+        " \"allow\": {\"paths\": [\"/v3/*\"]}}],";
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                 ", \"client_ca_file\": " + q(cert("ca.pem")) + ", \"require_client_cert\": true",
+                                 ", \"require_agent\": true", agents)};
+    const std::string with_cert = "--cert " + cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key");
+    auto out = run(curl_https(bb.port(), "/v3/mail/send", with_cert));
+    EXPECT_NE(out.find("status=200"), std::string::npos) << out;
+    // The certificate's agent is held to its scope.
+    out = run(curl_https(bb.port(), "/crm/v3/objects", with_cert));
+    EXPECT_NE(out.find("status=403"), std::string::npos) << out;
+    EXPECT_NE(out.find("out_of_scope"), std::string::npos) << out;
+    EXPECT_NE(out.find("agent-one"), std::string::npos) << out;
+    // No certificate: the handshake itself fails.
+    int rc = 0;
+    out = run(curl_https(bb.port(), "/v3/mail/send"), &rc);
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_EQ(out.find("status=200"), std::string::npos) << out;
+    // A certificate from another CA is refused too.
+    out = run(curl_https(bb.port(), "/v3/mail/send",
+                         "--cert " + cert("self-signed.pem") + " --key " + cert("self-signed.key")),
+              &rc);
+    EXPECT_EQ(out.find("status=200"), std::string::npos) << out;
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
+TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    std::filesystem::copy_file(cert("server.pem"), dir + "/tls.pem");
+    std::filesystem::copy_file(cert("server.key"), dir + "/tls.key");
+    proxy_instance bb{tls_config(up.port(), dir + "/tls.pem", dir + "/tls.key")};
+    EXPECT_NE(run(curl_https(bb.port(), "/x")).find("status=200"), std::string::npos);
+    // Renewed files (here: a certificate for another name), then a reload (what SIGHUP does).
+    std::filesystem::copy_file(cert("wrong-name.pem"), dir + "/tls.pem", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(cert("wrong-name.key"), dir + "/tls.key", std::filesystem::copy_options::overwrite_existing);
+    EXPECT_TRUE(bb.server().reload_security().empty());
+    auto out = run(curl_https(bb.port(), "/x"));
+    EXPECT_EQ(out.find("status=200"), std::string::npos) << "the new certificate (wrong.example) is served: " << out;
+    // A broken file is refused and the running certificate stays.
+    { std::ofstream{dir + "/tls.key", std::ios::trunc} << "not a key"; }
+    EXPECT_FALSE(bb.server().reload_security().empty());
+    out = run("curl -sS --max-time 10 --cacert " + cert("ca.pem") + " --resolve wrong.example:" +
+              std::to_string(bb.port()) + ":127.0.0.1 -w ' status=%{http_code}' https://wrong.example:" +
+              std::to_string(bb.port()) + "/x");
+    EXPECT_NE(out.find("status=200"), std::string::npos) << out;
+}
+
+// ---- forward proxy ----------------------------------------------------------------------
+
+namespace {
+
+std::string forward_config(std::uint16_t https_port, const std::string& passthrough = "") {
+    return "{\"workers\": 1, \"listeners\": [{\"name\": \"fwd\", \"address\": \"127.0.0.1:0\","
+           " \"forward_proxy\": {\"ca_cert_file\": " + q(cert("ca.pem")) + ", \"ca_key_file\": " + q(cert("ca.key")) +
+           ", \"passthrough\": [" + passthrough + "]}}],"
+           "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(https_port) +
+           "\", \"ca_file\": " + q(cert("ca.pem")) + "}],"
+           "\"routes\": [{\"name\": \"api\", \"match\": {\"host\": \"localhost\", \"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
+           "\"agents\": [{\"id\": \"writer\", \"key_sha256\": [\"" + run("printf writer-key | sha256sum | cut -c1-64 | tr -d '\\n'") +
+           "\"], \"allow\": {\"methods\": [\"POST\"]}}],"
+           "\"store\": {\"path\": " + q(temp_dir() + "/bb.db") + "},"
+           "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+}  // namespace
+
+TEST(forward_proxy, connect_is_intercepted_metered_and_forwarded_over_verified_tls) {
+    fake_upstream api{[](const request&) { return respond(202, "{\"sent\":true}"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port())};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    // curl trusts only the development CA: the minted certificate for localhost verifies.
+    const auto out = run("curl -sS --max-time 10 --proxy " + proxy + " --cacert " + cert("ca.pem") +
+                         " -D - -X POST -d '{}' https://localhost:" + std::to_string(api.port()) + "/v3/mail/send");
+    EXPECT_NE(out.find("{\"sent\":true}"), std::string::npos) << out;
+    EXPECT_NE(out.find("x-breakerbox-decision: allowed"), std::string::npos) << out;
+    ASSERT_EQ(api.request_count(), 1u);
+    const auto reqs = api.requests();
+    const auto& seen = reqs[0].req;
+    EXPECT_EQ(seen["x-forwarded-proto"], "https") << "inspected: breakerbox added its forwarding headers";
+    EXPECT_FALSE(seen["x-request-id"].empty());
+    // The certificate the client saw was minted for the host and signed by the local CA.
+    const auto shown = run("curl -sS -v --max-time 10 --proxy " + proxy + " --cacert " + cert("ca.pem") +
+                           " https://localhost:" + std::to_string(api.port()) + "/x -o /dev/null");
+    EXPECT_NE(shown.find("subject: CN=localhost"), std::string::npos) << shown;
+    EXPECT_NE(shown.find("issuer: CN=breakerbox development CA"), std::string::npos) << shown;
+    // Credentials on the CONNECT name the agent for every request in the tunnel.
+    const auto scoped = run("curl -sS --max-time 10 --proxy " + proxy + " --proxy-header 'Proxy-Authorization: Bearer writer-key'"
+                            " --cacert " + cert("ca.pem") + " -w ' status=%{http_code}' https://localhost:" +
+                            std::to_string(api.port()) + "/v3/mail/send");
+    EXPECT_NE(scoped.find("status=403"), std::string::npos) << scoped;
+    EXPECT_NE(scoped.find("agent writer may not use method GET"), std::string::npos) << scoped;
+    const auto bad_key = run("curl -sS --max-time 10 --proxy " + proxy + " --proxy-header 'Proxy-Authorization: Bearer nope'"
+                             " --cacert " + cert("ca.pem") + " https://localhost:" + std::to_string(api.port()) + "/x");
+    EXPECT_NE(bad_key.find("401"), std::string::npos) << bad_key;
+    // Plain HTTP through the proxy (absolute-form) is routed by host too.
+    const auto plain = run("curl -sS --max-time 10 --proxy " + proxy + " -w ' status=%{http_code}' http://localhost:" +
+                           std::to_string(api.port()) + "/v3/mail/send -X POST -d '{}'");
+    EXPECT_NE(plain.find("status=202"), std::string::npos) << plain;
+}
+
+TEST(forward_proxy, unknown_destinations_are_refused_and_passthrough_is_a_blind_tunnel) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())))};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    int rc = 0;
+    auto out = run("curl -sS --max-time 10 --proxy " + proxy + " --cacert " + cert("ca.pem") +
+                       " https://wrong.example:" + std::to_string(api.port()) + "/x",
+                   &rc);
+    EXPECT_NE(rc, 0);
+    EXPECT_NE(out.find("403"), std::string::npos) << out;
+    out = run("curl -sS --max-time 10 --proxy " + proxy + " -w ' status=%{http_code}' http://wrong.example/x");
+    EXPECT_NE(out.find("unknown_destination"), std::string::npos) << out;
+    EXPECT_NE(out.find("status=403"), std::string::npos) << out;
+    EXPECT_EQ(api.request_count(), 0u);
+    // 127.0.0.1:port is on the passthrough list: the upstream's own certificate, untouched bytes.
+    out = run("curl -sS --max-time 10 --proxy " + proxy + " --cacert " + cert("ca.pem") + " https://127.0.0.1:" +
+              std::to_string(api.port()) + "/x");
+    EXPECT_EQ(out, "direct");
+    ASSERT_EQ(api.request_count(), 1u);
+    EXPECT_TRUE(api.requests()[0].req["x-forwarded-for"].empty()) << "a blind tunnel is not inspected";
+}
+
+TEST(forward_proxy, a_nodejs_client_using_https_proxy) {
+    fake_upstream api{[](const request& r) { return respond(202, "node:" + std::string{r["x-forwarded-proto"]}); },
+                      cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port())};
+    const auto dir = temp_dir();
+    // What an HTTPS_PROXY-aware Node agent library does: CONNECT, then TLS over the tunnel,
+    // trusting the CA in NODE_EXTRA_CA_CERTS. Only Node's standard library.
+    std::ofstream{dir + "/client.js"} << R"JS(
+const http = require('http'), tls = require('tls');
+const proxy = new URL(process.env.HTTPS_PROXY), target = new URL(process.argv[2]);
+const req = http.request({host: proxy.hostname, port: proxy.port, method: 'CONNECT',
+                          path: `${target.hostname}:${target.port}`});
+req.on('connect', (res, socket) => {
+  if (res.statusCode !== 200) { console.log('CONNECT ' + res.statusCode); process.exit(2); }
+  const s = tls.connect({socket, servername: target.hostname}, () => {
+    s.write(`POST ${target.pathname} HTTP/1.1\r\nHost: ${target.host}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: 2\r\nConnection: close\r\n\r\n{}`);
+  });
+  let data = '';
+  s.on('data', d => data += d);
+  s.on('end', () => { console.log(data.split('\r\n')[0] + ' ' + data.split('\r\n\r\n')[1]); process.exit(0); });
+  s.on('error', e => { console.log('tls error ' + e.message); process.exit(3); });
+});
+req.on('error', e => { console.log('proxy error ' + e.message); process.exit(4); });
+req.end();
+setTimeout(() => { console.log('timeout'); process.exit(5); }, 10000);
+)JS";
+    int rc = 0;
+    const auto out = run("HTTPS_PROXY=http://127.0.0.1:" + std::to_string(bb.port()) + " NODE_EXTRA_CA_CERTS=" +
+                             cert("ca.pem") + " node " + dir + "/client.js https://localhost:" +
+                             std::to_string(api.port()) + "/v3/mail/send",
+                         &rc);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("HTTP/1.1 202"), std::string::npos) << out;
+    EXPECT_NE(out.find("node:https"), std::string::npos) << out;
+}

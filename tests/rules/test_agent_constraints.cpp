@@ -1,0 +1,421 @@
+// Per-agent body constraints: max recipients, allowed from domains, allowed templates, over
+// realistic SendGrid, SES v2, HubSpot and Mailgun (form and multipart) bodies.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "rules/agent_constraints.hpp"
+#include "rules/form.hpp"
+
+namespace bb::rules {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr std::string_view json = "application/json";
+constexpr std::string_view urlencoded = "application/x-www-form-urlencoded";
+
+body_constraints max(std::uint64_t n) {
+    body_constraints c;
+    c.max_recipients = n;
+    return c;
+}
+
+body_constraints domains(std::vector<std::string> d) {
+    body_constraints c;
+    c.from_domains = std::move(d);
+    return c;
+}
+
+body_constraints templates(std::vector<std::string> t) {
+    body_constraints c;
+    c.template_ids = std::move(t);
+    return c;
+}
+
+// SendGrid v3 /v3/mail/send: 2 personalizations, 2 to + 1 cc + 1 bcc, then 1 to.
+const std::string sendgrid = R"j({
+  "personalizations": [
+    {"to": [{"email": "john.doe@example.com", "name": "John Doe"}, {"email": "julia.doe@example.com"}],
+     "cc": [{"email": "jane.doe@example.com"}],
+     "bcc": [{"email": "james.doe@example.com"}],
+     "subject": "Hello, World!"},
+    {"to": [{"email": "alex@example.com"}], "dynamic_template_data": {"first_name": "Alex"}}
+  ],
+  "from": {"email": "orders@Mail.Example.com", "name": "Example Order Confirmation"},
+  "reply_to": {"email": "customer_service@other.example"},
+  "template_id": "d-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
+  "content": [{"type": "text/plain", "value": "Heya!"}]
+})j";
+
+// SES v2 SendEmail (POST /v2/email/outbound-emails): 2 to + 1 cc + 2 bcc.
+const std::string ses_send = R"j({
+  "FromEmailAddress": "\"Example Sender\" <sender@example.com>",
+  "Destination": {"ToAddresses": ["a@example.com", "b@example.com"], "CcAddresses": ["c@example.com"],
+                  "BccAddresses": ["d@example.com", "e@example.com"]},
+  "Content": {"Template": {"TemplateName": "welcome-v2", "TemplateData": "{\"name\":\"Ann\"}"}},
+  "ConfigurationSetName": "default"
+})j";
+
+// SES v2 SendBulkEmail (POST /v2/email/outbound-bulk-emails): 1 + 3 + 1 destinations.
+const std::string ses_bulk = R"j({
+  "FromEmailAddress": "sender@example.com",
+  "DefaultContent": {"Template": {"TemplateName": "MyTemplate", "TemplateData": "{\"name\":\"friend\"}"}},
+  "BulkEmailEntries": [
+    {"Destination": {"ToAddresses": ["a@example.com"]},
+     "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "{\"name\":\"Ann\"}"}}},
+    {"Destination": {"ToAddresses": ["b@example.com", "c@example.com"], "CcAddresses": ["d@example.com"]}},
+    {"Destination": {"BccAddresses": ["e@example.com"]}}
+  ]
+})j";
+
+// Mailgun POST /v3/<domain>/messages, urlencoded: to holds a list of 2 (one with a quoted
+// comma in its name), a second to, cc and bcc: 5 recipients.
+const std::string mailgun_form =
+    "from=Excited%20User%20%3Cmailgun%40mg.example.com%3E"
+    "&to=bar%40example.com%2C%20%22Doe%2C%20Jane%22%20%3Cjane%40example.com%3E"
+    "&to=baz%40example.com&cc=carol%40example.com&bcc=dave%40example.com"
+    "&subject=Hello&template=order-shipped&t%3Aversion=v2&text=Testing%20some%20Mailgun%20awesomeness%21";
+
+const std::string boundary = "------------------------d74496d66958873e";
+
+std::string multipart_field(std::string_view name, std::string_view value) {
+    return "--" + boundary + "\r\nContent-Disposition: form-data; name=\"" + std::string{name} + "\"\r\n\r\n" +
+           std::string{value} + "\r\n";
+}
+
+// Mailgun multipart: 1 + 2 to, 1 cc; an attachment whose content looks like fields.
+std::string mailgun_multipart() {
+    return multipart_field("from", "Excited User <mailgun@mg.example.com>") + multipart_field("to", "bar@example.com") +
+           multipart_field("to", "YOU@mg.example.com, other@example.com") + multipart_field("cc", "carol@example.com") +
+           multipart_field("subject", "Hello") + multipart_field("template", "order-shipped") + "--" + boundary +
+           "\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"a.txt\"\r\n"
+           "Content-Type: text/plain\r\n\r\nto=x@evil.example&from=y@evil.example\r\n" +
+           "--" + boundary + "--\r\n";
+}
+const std::string multipart_type = "multipart/form-data; boundary=" + boundary;
+
+// HubSpot single send: to + 1 cc + 2 bcc = 4; emailId is the template.
+const std::string hubspot_single = R"j({
+  "emailId": 4126643121,
+  "message": {"to": "jdoe@example.com", "from": "Marketing <marketing@example.com>",
+              "cc": ["boss@example.com"], "bcc": ["audit@example.com", "crm@example.com"], "sendId": "s-1"},
+  "contactProperties": {"first_name": "John"},
+  "customProperties": {"item_1": "something they bought"}
+})j";
+
+// ---------------------------------------------------------------------------------------
+
+TEST(AgentConstraints, EmptyConstraintsPassEverything) {
+    const body_constraints none;
+    EXPECT_TRUE(none.empty());
+    for (const auto& body : {sendgrid, ses_send, ses_bulk, hubspot_single, std::string{"{not json"}}) {
+        EXPECT_EQ(check_body_constraints(none, json, body), "");
+    }
+    EXPECT_EQ(check_body_constraints(none, urlencoded, mailgun_form), "");
+    EXPECT_EQ(check_body_constraints(none, "multipart/form-data", "garbage"), "");
+}
+
+TEST(AgentConstraints, SendGridRecipientsCountToCcBccAcrossPersonalizations) {
+    EXPECT_EQ(check_body_constraints(max(5), json, sendgrid), "");
+    const auto why = check_body_constraints(max(4), json, sendgrid);
+    EXPECT_EQ(why, "5 recipients in one request; this agent may address at most 4");
+    EXPECT_THAT(why, Not(HasSubstr("@")));
+}
+
+TEST(AgentConstraints, SendGridFromDomainIsExactAndCaseInsensitive) {
+    // from is orders@Mail.Example.com; reply_to (other.example) is not the sender.
+    EXPECT_EQ(check_body_constraints(domains({"mail.example.com"}), json, sendgrid), "");
+    EXPECT_EQ(check_body_constraints(domains({"MAIL.example.com"}), json, sendgrid), "");
+    // A parent domain does not cover a sub-domain: exact match only.
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, sendgrid),
+              "from domain \"mail.example.com\" is not allowed for this agent");
+}
+
+TEST(AgentConstraints, SendGridPersonalizationFromIsCheckedToo) {
+    const std::string body = R"j({"personalizations": [{"to": [{"email": "a@example.com"}]},
+        {"to": [{"email": "b@example.com"}], "from": {"email": "ceo@spoofed.example"}}],
+        "from": {"email": "news@example.com"}, "subject": "s", "content": [{"type": "text/plain", "value": "x"}]})j";
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, body),
+              "from domain \"spoofed.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"example.com", "spoofed.example"}), json, body), "");
+}
+
+TEST(AgentConstraints, SendGridTemplateIds) {
+    EXPECT_EQ(check_body_constraints(templates({"d-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"}), json, sendgrid), "");
+    EXPECT_EQ(check_body_constraints(templates({"d-123", "welcome-v2"}), json, sendgrid),
+              "template \"d-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6\" is not allowed for this agent");
+    // Template ids are exact (case-sensitive).
+    EXPECT_NE(check_body_constraints(templates({"D-A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6"}), json, sendgrid), "");
+}
+
+TEST(AgentConstraints, AllConstraintsTogether) {
+    body_constraints c;
+    c.max_recipients = 50;
+    c.from_domains = {"example.com", "mail.example.com"};
+    c.template_ids = {"d-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "welcome-v2"};
+    EXPECT_EQ(check_body_constraints(c, "application/json; charset=utf-8", sendgrid), "");
+    EXPECT_EQ(check_body_constraints(c, json, ses_send), "");
+    c.max_recipients = 1;
+    EXPECT_THAT(check_body_constraints(c, json, ses_send), HasSubstr("5 recipients"));
+}
+
+TEST(AgentConstraints, SesSendEmail) {
+    EXPECT_EQ(check_body_constraints(max(5), json, ses_send), "");
+    EXPECT_THAT(check_body_constraints(max(4), json, ses_send), HasSubstr("5 recipients"));
+    // FromEmailAddress with a quoted display name.
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, ses_send), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.org"}), json, ses_send),
+              "from domain \"example.com\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, ses_send), "");
+    EXPECT_EQ(check_body_constraints(templates({"d-123"}), json, ses_send),
+              "template \"welcome-v2\" is not allowed for this agent");
+}
+
+TEST(AgentConstraints, SesTemplateArnMatchesByArnOrName) {
+    const std::string body = R"j({"FromEmailAddress": "sender@example.com",
+        "Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Template": {"TemplateArn": "arn:aws:ses:us-east-1:123456789012:template/welcome-v2",
+                                 "TemplateData": "{}"}}})j";
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, body), "");
+    EXPECT_EQ(check_body_constraints(templates({"arn:aws:ses:us-east-1:123456789012:template/welcome-v2"}), json, body),
+              "");
+    EXPECT_EQ(check_body_constraints(templates({"welcome"}), json, body),
+              "template \"arn:aws:ses:us-east-1:123456789012:template/welcome-v2\" is not allowed for this agent");
+}
+
+TEST(AgentConstraints, SesSendBulkEmail) {
+    EXPECT_EQ(check_body_constraints(max(5), json, ses_bulk), "");
+    EXPECT_EQ(check_body_constraints(max(3), json, ses_bulk),
+              "5 recipients in one request; this agent may address at most 3");
+    EXPECT_EQ(check_body_constraints(templates({"MyTemplate"}), json, ses_bulk), "");
+    EXPECT_EQ(check_body_constraints(templates({"mytemplate"}), json, ses_bulk),
+              "template \"MyTemplate\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, ses_bulk), "");
+}
+
+TEST(AgentConstraints, SesWithSimpleContentHasNoTemplateToCheck) {
+    const std::string body = R"j({"FromEmailAddress": "sender@example.com",
+        "Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hello"}}}}})j";
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, body), "");
+}
+
+TEST(AgentConstraints, HubSpotSingleSend) {
+    EXPECT_EQ(check_body_constraints(max(4), json, hubspot_single), "");
+    EXPECT_THAT(check_body_constraints(max(3), json, hubspot_single), HasSubstr("4 recipients"));
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, hubspot_single), "");
+    EXPECT_EQ(check_body_constraints(templates({"4126643121"}), json, hubspot_single), "");
+    EXPECT_EQ(check_body_constraints(templates({"1"}), json, hubspot_single),
+              "template \"4126643121\" is not allowed for this agent");
+}
+
+TEST(AgentConstraints, CrmBodiesWithoutEmailFieldsPass) {
+    body_constraints c;
+    c.max_recipients = 1;
+    c.from_domains = {"example.com"};
+    c.template_ids = {"welcome-v2"};
+    const std::string batch = R"j({"inputs": [
+        {"properties": {"email": "bcooper@biglytics.net", "firstname": "Bryan"},
+         "associations": [{"to": {"id": "123"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279}]}]},
+        {"properties": {"email": "sfrank@biglytics.net", "firstname": "Sarah"}}]})j";
+    EXPECT_EQ(check_body_constraints(c, json, batch), "");
+    // No body (GET, DELETE) and non-email content types.
+    EXPECT_EQ(check_body_constraints(c, json, ""), "");
+    EXPECT_EQ(check_body_constraints(c, "", " \r\n"), "");
+    EXPECT_EQ(check_body_constraints(c, "text/plain", "to=a@b.com,c@d.com&from=x@evil.example"), "");
+}
+
+TEST(AgentConstraints, MailgunUrlencoded) {
+    EXPECT_EQ(check_body_constraints(max(5), urlencoded, mailgun_form), "");
+    EXPECT_EQ(check_body_constraints(max(4), urlencoded, mailgun_form),
+              "5 recipients in one request; this agent may address at most 4");
+    // from is `Excited User <mailgun@mg.example.com>`, percent-encoded.
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, mailgun_form), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), urlencoded, mailgun_form),
+              "from domain \"mg.example.com\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(templates({"order-shipped"}), urlencoded, mailgun_form), "");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), urlencoded, mailgun_form),
+              "template \"order-shipped\" is not allowed for this agent");
+    // Content type parameters and case do not matter.
+    EXPECT_EQ(check_body_constraints(max(4), "Application/X-WWW-Form-Urlencoded; charset=utf-8", mailgun_form),
+              "5 recipients in one request; this agent may address at most 4");
+}
+
+TEST(AgentConstraints, MailgunFromListIsCheckedAddressByAddress) {
+    const std::string body = "from=a%40mg.example.com%2C%20b%40evil.example&to=x%40example.com&text=hi";
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, body),
+              "from domain \"evil.example\" is not allowed for this agent");
+    // A display name that looks like an address does not count: the address in <> does.
+    const std::string named = "from=%22boss%40mg.example.com%22%20%3Cx%40evil.example%3E&to=x%40example.com";
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, named),
+              "from domain \"evil.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, "from=postmaster&to=x%40example.com"),
+              "the from address has no domain");
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, "from=&to=x%40example.com"),
+              "the from address has no domain");
+}
+
+TEST(AgentConstraints, MailgunMultipart) {
+    const std::string body = mailgun_multipart();
+    // 1 + 2 to, 1 cc; the attachment's text is not a field.
+    EXPECT_EQ(check_body_constraints(max(4), multipart_type, body), "");
+    EXPECT_EQ(check_body_constraints(max(3), multipart_type, body),
+              "4 recipients in one request; this agent may address at most 3");
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), multipart_type, body), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), multipart_type, body),
+              "from domain \"mg.example.com\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(templates({"order-shipped"}), multipart_type, body), "");
+    EXPECT_EQ(check_body_constraints(templates({"x"}), multipart_type, body),
+              "template \"order-shipped\" is not allowed for this agent");
+    // Quoted boundary parameter.
+    EXPECT_EQ(check_body_constraints(max(3), "multipart/form-data; boundary=\"" + boundary + "\"", body),
+              "4 recipients in one request; this agent may address at most 3");
+}
+
+TEST(AgentConstraints, MalformedMultipartIsRefused) {
+    const std::string body = mailgun_multipart();
+    const std::string malformed = "the multipart/form-data body is malformed";
+    EXPECT_EQ(check_body_constraints(max(10), "multipart/form-data", body), malformed);           // no boundary
+    EXPECT_EQ(check_body_constraints(max(10), "multipart/form-data; boundary=other", body), malformed);
+    EXPECT_EQ(check_body_constraints(max(10), multipart_type, body.substr(0, body.size() / 2)), malformed);  // cut
+    // Bare LF line endings: an upstream might read fields we cannot.
+    std::string lf = body;
+    for (std::size_t p = 0; (p = lf.find("\r\n", p)) != std::string::npos;) {
+        lf.erase(p, 1);
+    }
+    EXPECT_EQ(check_body_constraints(max(10), multipart_type, lf), malformed);
+}
+
+TEST(AgentConstraints, InvalidJsonIsRefusedWhenConstraintsExist) {
+    const std::string why = "the body is not valid JSON";
+    EXPECT_EQ(check_body_constraints(max(10), json, R"j({"personalizations": [{"to": [)j"), why);
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, "from=a@example.com"), why);
+    EXPECT_EQ(check_body_constraints(templates({"t"}), "application/vnd.api+json", "{'a': 1}"), why);
+    // No content type, but the body looks like JSON: read as JSON.
+    EXPECT_EQ(check_body_constraints(max(10), "", "{\"personalizations\": "), why);
+    EXPECT_EQ(check_body_constraints(max(4), "", sendgrid), "5 recipients in one request; this agent may address at most 4");
+    // Deep nesting beyond the parser's limit is an error, not a crash.
+    const std::string deep = std::string(5000, '[') + std::string(5000, ']');
+    EXPECT_EQ(check_body_constraints(max(10), json, deep), why);
+}
+
+TEST(AgentConstraints, FromAndTemplateAbsentDoNotApply) {
+    body_constraints c;
+    c.from_domains = {"example.com"};
+    c.template_ids = {"welcome-v2"};
+    const std::string body = R"j({"personalizations": [{"to": [{"email": "a@elsewhere.example"}]}],
+        "subject": "s", "content": [{"type": "text/plain", "value": "x"}]})j";
+    EXPECT_EQ(check_body_constraints(c, json, body), "");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "to=a%40elsewhere.example&text=hi"), "");
+    // null is absent too.
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"from": null, "template_id": null})j"), "");
+}
+
+TEST(AgentConstraints, WrongTypesFailClosed) {
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, R"j({"from": ["a@example.com"]})j"),
+              "the from address is not a string");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, R"j({"from": {"email": 7}})j"),
+              "the from address is not a string");
+    EXPECT_EQ(check_body_constraints(templates({"t"}), json, R"j({"template_id": {"id": "t"}})j"),
+              "the template id is not a string");
+    EXPECT_EQ(check_body_constraints(templates({"t"}), json, R"j({"template_id": ""})j"),
+              "template \"\" is not allowed for this agent");
+    // Odd recipient shapes still count: a string list, objects, numbers.
+    EXPECT_THAT(check_body_constraints(max(3), json, R"j({"personalizations": [{"to": "a@x.com, b@x.com",
+        "cc": [{"email": "c@x.com"}, 5], "bcc": {"email": "d@x.com"}}]})j"),
+                HasSubstr("5 recipients"));
+}
+
+TEST(AgentConstraints, DuplicateAndOddlyCasedKeysCannotHideAValue) {
+    // Parsers disagree on which duplicate wins and whether keys are case-sensitive.
+    EXPECT_EQ(check_body_constraints(templates({"d-ok"}), json, R"j({"template_id": "d-ok", "template_id": "d-evil"})j"),
+              "template \"d-evil\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json,
+                                     R"j({"from": {"email": "a@example.com"}, "From": {"email": "b@evil.example"}})j"),
+              "from domain \"evil.example\" is not allowed for this agent");
+    EXPECT_THAT(check_body_constraints(max(1), json, R"j({"personalizations": [{"to": [{"email": "a@x.com"}],
+        "TO": [{"email": "b@x.com"}]}]})j"),
+                HasSubstr("2 recipients"));
+    EXPECT_THAT(check_body_constraints(max(1), urlencoded, "to=a%40x.com&To=b%40x.com"), HasSubstr("2 recipients"));
+}
+
+TEST(AgentConstraints, ReasonsShowNoRecipientAndStayPrintable) {
+    // A long from domain is cut; non-ASCII bytes are masked; recipients never appear.
+    const std::string long_from = "{\"from\": {\"email\": \"a@" + std::string(100, 'x') +
+                                  ".com\"}, \"personalizations\": [{\"to\": [{\"email\": \"secret@x.com\"}]}]}";
+    const auto why = check_body_constraints(domains({"example.com"}), json, long_from);
+    EXPECT_EQ(why, "from domain \"" + std::string(64, 'x') + "\"... is not allowed for this agent");
+    EXPECT_THAT(why, Not(HasSubstr("secret")));
+    const std::string accented = "{\"from\": {\"email\": \"a@\xc3\xa9xample.com\"}}";
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, accented),
+              "from domain \"??xample.com\" is not allowed for this agent");
+}
+
+TEST(AgentConstraints, ArbitraryBytesNeverCrash) {
+    body_constraints c;
+    c.max_recipients = 1;
+    c.from_domains = {"example.com"};
+    c.template_ids = {"t"};
+    static constexpr char alphabet[] = "{}[]\",:<>@%=&\r\n-tofrom \x00\xff";
+    std::uint32_t x = 12345;
+    std::string body;
+    for (int round = 0; round < 2000; ++round) {
+        body.clear();
+        const std::size_t n = round % 97;
+        for (std::size_t i = 0; i < n; ++i) {
+            x = x * 1103515245u + 12345u;
+            body += alphabet[(x >> 16) % (sizeof alphabet - 1)];
+        }
+        (void)check_body_constraints(c, json, body);
+        (void)check_body_constraints(c, urlencoded, body);
+        (void)check_body_constraints(c, multipart_type, "--" + boundary + body);
+        (void)check_body_constraints(c, "", body);
+    }
+    SUCCEED();
+}
+
+TEST(AgentConstraints, SafeFromManyThreads) {
+    body_constraints c;
+    c.max_recipients = 4;
+    c.from_domains = {"mail.example.com", "example.com", "mg.example.com"};
+    std::vector<std::thread> threads;
+    std::atomic<int> wrong{0};
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 200; ++i) {
+                wrong += check_body_constraints(c, json, sendgrid) != "5 recipients in one request; this agent may address at most 4";
+                wrong += check_body_constraints(c, urlencoded, mailgun_form).find("5 recipients") == std::string::npos;
+                wrong += check_body_constraints(c, json, ses_bulk).find("5 recipients") == std::string::npos;
+            }
+        });
+    }
+    for (auto& th : threads) {
+        th.join();
+    }
+    EXPECT_EQ(wrong.load(), 0);
+}
+
+TEST(FormHelpers, SplitAddressesAndParseForm) {
+    std::vector<std::string_view> items;
+    split_addresses(R"( "Doe, Jane" <jane@x.com>, bob@y.com ,, <c@z.com>)", items);
+    ASSERT_EQ(items.size(), 3u);
+    EXPECT_EQ(items[0], R"("Doe, Jane" <jane@x.com>)");
+    EXPECT_EQ(items[1], "bob@y.com");
+    EXPECT_EQ(items[2], "<c@z.com>");
+    std::vector<std::pair<std::string, std::string>> fields;
+    EXPECT_TRUE(parse_form(urlencoded, "a=1&b=%3C2%3E&a=3", fields));
+    ASSERT_EQ(fields.size(), 3u);
+    EXPECT_EQ(fields[1].second, "<2>");
+    EXPECT_TRUE(parse_form(multipart_type, mailgun_multipart(), fields));
+    EXPECT_EQ(fields.size(), 7u);
+    EXPECT_FALSE(parse_form("multipart/form-data", mailgun_multipart(), fields));
+}
+
+}  // namespace
+}  // namespace bb::rules
