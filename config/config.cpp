@@ -419,6 +419,7 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
 void parse_agents(cfg::object_reader& root, config& c) {
     std::set<std::string> ids;
     std::set<std::string> digests;
+    std::set<std::string> cert_names;
     each_item(root, "agents", false, [&](simdjson::dom::element e, const std::string& path) {
         cfg::object_reader r{e, path, root.errs()};
         agent_config a;
@@ -431,6 +432,14 @@ void parse_agents(cfg::object_reader& root, config& c) {
             a.id = *v;
         }
         if (auto names = r.strings("cert_names")) {
+            for (std::size_t i = 0; i < names->size(); ++i) {
+                if ((*names)[i].empty()) {
+                    r.errs().add(cfg::child(r.path_of("cert_names"), i), "must not be empty");
+                } else if (!cert_names.insert((*names)[i]).second) {
+                    r.errs().add(cfg::child(r.path_of("cert_names"), i),
+                                 cfg::quote((*names)[i]) + " already identifies another agent");
+                }
+            }
             a.cert_names = std::move(*names);
         }
         if (auto keys = r.strings("key_sha256", a.cert_names.empty())) {

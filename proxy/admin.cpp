@@ -1297,6 +1297,7 @@ std::string render_metrics(server& srv) {
     // Sum the per-thread counters, each read on its own worker thread.
     std::vector<std::array<std::uint64_t, decision_names.size()>> by_route(cfg->routes.size() + 1);
     std::vector<histogram> latency(cfg->upstreams.size());
+    std::map<std::string, std::array<std::uint64_t, decision_names.size()>> by_agent;
     histogram hold;
     std::uint64_t client_aborts = 0;
     std::uint64_t upstream_failures = 0;
@@ -1309,6 +1310,12 @@ std::string render_metrics(server& srv) {
         }
         for (std::size_t u = 0; u < latency.size() && u < st.upstream_latency.size(); ++u) {
             latency[u].add(st.upstream_latency[u]);
+        }
+        for (const auto& [agent, counts] : st.agent_decisions) {
+            auto& sum = by_agent[agent];
+            for (std::size_t d = 0; d < decision_names.size(); ++d) {
+                sum[d] += counts[d];
+            }
         }
         hold.add(st.hold_latency);
         client_aborts += st.client_aborts;
@@ -1340,6 +1347,16 @@ std::string render_metrics(server& srv) {
             }
             o += "breakerbox_requests_total{route=\"" + label(route) + "\",decision=\"" + std::string{decision_names[d]} +
                  "\"} " + std::to_string(by_route[r][d]) + "\n";
+        }
+    }
+    o += "# HELP breakerbox_agent_requests_total Requests by identified agents, by decision.\n";
+    o += "# TYPE breakerbox_agent_requests_total counter\n";
+    for (const auto& [agent, counts] : by_agent) {
+        for (std::size_t d = 0; d < decision_names.size(); ++d) {
+            if (counts[d] != 0) {
+                o += "breakerbox_agent_requests_total{agent=\"" + label(agent) + "\",decision=\"" +
+                     std::string{decision_names[d]} + "\"} " + std::to_string(counts[d]) + "\n";
+            }
         }
     }
     auto hist = [&](const std::string& name, const std::string& labels, const histogram& h) {

@@ -115,6 +115,8 @@ struct histogram {
 struct worker_stats {
     std::vector<std::array<std::uint64_t, decision_names.size()>> route_decisions;  // by route index; last: no route
     std::vector<histogram> upstream_latency;                                         // by upstream index
+    // By agent id (bounded by the agents ever configured): requests an identified agent made.
+    std::map<std::string, std::array<std::uint64_t, decision_names.size()>, std::less<>> agent_decisions;
     histogram hold_latency;                                                          // quarantine hold -> committed
     std::uint64_t requests = 0;
     std::uint64_t responses_by_class[6] = {};  // index status/100

@@ -187,6 +187,14 @@ void write_access_log(worker& w, const log_record& r) {
     if (!by_route.empty()) {
         ++by_route[std::min(r.route_index, by_route.size() - 1)][decision_index(r.decision)];
     }
+    if (!r.agent.empty()) {
+        auto& by_agent = w.stats().agent_decisions;
+        auto it = by_agent.find(r.agent);
+        if (it == by_agent.end()) {
+            it = by_agent.emplace(std::string{r.agent}, std::array<std::uint64_t, decision_names.size()>{}).first;
+        }
+        ++it->second[decision_index(r.decision)];
+    }
     auto* log = w.access_log();
     if (log == nullptr) {
         return;

@@ -221,3 +221,30 @@ TEST(config, agent_body_constraint_errors_name_their_path) {
     EXPECT_NE(e.find("agents[2].constraints.template_ids: needs at least one template id"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[3].constraints"), std::string::npos) << e;
 }
+
+TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
+    auto bad = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0",
+                                 "tls": {"cert_file": "/nonexistent/cert.pem", "require_client_cert": true},
+                                 "forward_proxy": {"ca_cert_file": "/nonexistent/ca.pem", "passthrough": ["ok.example:443", "bad host/x"],
+                                                   "leaf_cache": 0, "leaf_lifetime": "1m", "extra": 1}}],
+               "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}],
+               "agents": [{"id": "a", "cert_names": ["bot.agents.local", ""]},
+                          {"id": "b", "cert_names": ["bot.agents.local"]},
+                          {"id": "c"}]})");
+    const auto e = all_errors(bad);
+    EXPECT_NE(e.find("listeners[0].tls.cert_file: \"/nonexistent/cert.pem\" cannot be read"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].tls.key_file"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].tls.require_client_cert: needs client_ca_file"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.ca_cert_file: \"/nonexistent/ca.pem\" cannot be read"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.ca_key_file"), std::string::npos) << e;
+    EXPECT_EQ(e.find("passthrough[0]"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[1]: \"bad host/x\" is not a host or host:port"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_cache"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_lifetime"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.extra"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].cert_names[1]: must not be empty"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].cert_names[0]: \"bot.agents.local\" already identifies another agent"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[2].key_sha256"), std::string::npos) << "an agent needs a key or a certificate name: " << e;
+    EXPECT_EQ(e.find("agents[0].key_sha256"), std::string::npos) << e;
+}

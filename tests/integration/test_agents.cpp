@@ -174,4 +174,12 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
                                  {{"authorization", "Bearer admin-token"}, {"content-type", "application/json"}});
     EXPECT_EQ(as_admin.result_int(), 200u) << as_admin.body();
     EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u) << "POST is allowed now, but mail-send is not under /crm/";
+    // The agent is a metrics label (bounded by the configured agents).
+    EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 200u);
+    auto metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
+    EXPECT_NE(metrics.body().find("breakerbox_agent_requests_total{agent=\"reader\",decision=\"denied\"} 1"),
+              std::string::npos)
+        << metrics.body();
+    EXPECT_NE(metrics.body().find("breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1"),
+              std::string::npos);
 }
