@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include <openssl/evp.h>
 
 #include <cstdio>
@@ -176,7 +178,16 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u) << "POST is allowed now, but mail-send is not under /crm/";
     // The agent is a metrics label (bounded by the configured agents).
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 200u);
-    auto metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
+    // Counted once the response is out, so a scrape right after may be a moment early.
+    const std::string want = "breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1";
+    response metrics;
+    for (int i = 0; i < 200; ++i) {
+        metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
+        if (metrics.body().find(want) != std::string::npos) {
+            break;
+        }
+        std::this_thread::yield();
+    }
     EXPECT_NE(metrics.body().find("breakerbox_agent_requests_total{agent=\"reader\",decision=\"denied\"} 1"),
               std::string::npos)
         << metrics.body();
