@@ -13,8 +13,9 @@ import statistics
 import sys
 
 SECTION = "## Data plane vs HAProxy and nginx"
-ORDER = [("breakerbox", 1), ("breakerbox-guarded", 1), ("haproxy", 1), ("nginx", 1), ("breakerbox", 2), ("haproxy", 2)]
-LABEL = {"breakerbox": "breakerbox", "breakerbox-guarded": "breakerbox + 20 rules/breakers", "haproxy": "HAProxy",
+ORDER = [("breakerbox", 1), ("breakerbox-guarded", 1), ("breakerbox-guardrails", 1), ("haproxy", 1), ("nginx", 1), ("breakerbox", 2), ("haproxy", 2)]
+LABEL = {"breakerbox": "breakerbox", "breakerbox-guarded": "breakerbox + 20 rules/breakers",
+         "breakerbox-guardrails": "breakerbox + PII/audience/content guardrails", "haproxy": "HAProxy",
          "nginx": "nginx"}
 
 
@@ -160,6 +161,11 @@ def build(results, meta):
             f"- 20 rules and breakers vs plain breakerbox, 1 worker: **{g['rps'] / b1['rps']:.2f}×** the requests/s "
             f"(target ≥ 0.90×); p99 {ms(g['p99'])} vs {ms(b1['p99'])}"
             + (f"; vs HAProxy {g['rps'] / h1['rps']:.2f}×" if h1 else ""))
+    gr = summaries.get(("breakerbox-guardrails", 1))
+    if gr and b1:
+        comparisons.append(
+            f"- PII, audience and content guardrails on vs off, 1 worker: **{gr['rps'] / b1['rps']:.2f}×** the requests/s; "
+            f"p99 {ms(gr['p99'])} vs {ms(b1['p99'])}; {gr['cpu_us'] - b1['cpu_us']:+.1f} µs CPU per request")
     for proxy in ("breakerbox", "haproxy"):
         one, two = summaries.get((proxy, 1)), summaries.get((proxy, 2))
         if one and two:

@@ -340,6 +340,32 @@ config_breakerbox_guarded() { # file port workers
 EOF
 }
 
+# The same proxy with the content guardrails on the benchmarked route (PII, audience with a
+# 10,000-address suppression list, content); none fires on the wrk body, so every byte is
+# scanned. Issue 7's "proxy throughput with guardrails on vs off". The duplicates guard is
+# left out here: wrk sends one body over and over, which is exactly the loop it contains
+# (its cost is in bench_guardrails).
+config_breakerbox_guardrails() { # file port workers
+  local supp=$WORK/suppressed-$2.txt i
+  for i in $(seq 1 10000); do echo "someone$i@elsewhere.example"; done >"$supp"
+  cat >"$1" <<EOF
+{"workers": $3,
+ "listeners": [{"name": "bench", "address": "127.0.0.1:$2"}],
+ "store": {"path": "$WORK/guardrails-$2.db"},
+ "upstreams": [{"name": "demo", "url": "http://127.0.0.1:$UPSTREAM_PORT", "timeout": "15s", "max_connections": 1024}],
+ "routes": [{"name": "mail-send", "match": {"path_prefix": "/v3/mail/send", "methods": ["POST"]}, "upstream": "demo"}],
+ "failure_modes": [{"id": "fm", "title": "Benchmark failure mode", "severity": "sev2"}],
+ "breakers": [{"id": "deny", "action": "deny"}],
+ "rules": [
+  {"id": "pii", "route": "mail-send", "guard": {"pii": ["card", "ssn", "iban", "secrets"]}, "failure_mode": "fm", "trips": "deny"},
+  {"id": "audience", "route": "mail-send", "guard": {"recipients": {"allow_domains": ["example.com"],
+     "block_domains": ["competitor.example"], "suppression_file": "$supp"}}, "failure_mode": "fm", "trips": "deny"},
+  {"id": "content", "route": "mail-send", "guard": {"content": {"blocked_terms": ["free money", "act now", "wire transfer"],
+     "link_domains": ["example.com"]}}, "failure_mode": "fm", "trips": "deny"}],
+ "log": {"level": "warn", "access_log": "off"}}
+EOF
+}
+
 config_haproxy() { # file port threads
   # maxconn: HAProxy needs two fds per proxied connection; derive it from the
   # fd limit rather than letting it fall back to the per-frontend default.
@@ -416,6 +442,9 @@ start_proxy() {
       start_bg "$name" "$cpus" "$BREAKERBOX" --config "$dir/breakerbox.json" --log-level warn ;;
     breakerbox-guarded)
       config_breakerbox_guarded "$dir/breakerbox.json" "$PROXY_PORT" "$workers"
+      start_bg "$name" "$cpus" "$BREAKERBOX" --config "$dir/breakerbox.json" --log-level warn ;;
+    breakerbox-guardrails)
+      config_breakerbox_guardrails "$dir/breakerbox.json" "$PROXY_PORT" "$workers"
       start_bg "$name" "$cpus" "$BREAKERBOX" --config "$dir/breakerbox.json" --log-level warn ;;
     haproxy)
       config_haproxy "$dir/haproxy.cfg" "$PROXY_PORT" "$workers"
@@ -541,7 +570,7 @@ run_idle() { # kind
 
 declare -a CONFIGS=()
 if [[ -x $BREAKERBOX ]]; then
-  CONFIGS+=("breakerbox 1" "breakerbox-guarded 1" "breakerbox 2")
+  CONFIGS+=("breakerbox 1" "breakerbox-guarded 1" "breakerbox-guardrails 1" "breakerbox 2")
   echo "breakerbox=${BREAKERBOX#"$REPO"/} built $(date -u -r "$BREAKERBOX" '+%Y-%m-%d %H:%M UTC'), tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'without commits')$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')" >>"$META"
 else
   log "SKIPPING breakerbox: no executable at $BREAKERBOX (build it, or set BREAKERBOX=path)"
