@@ -846,7 +846,7 @@ const route_config* config::find_route(std::string_view name) const {
     return nullptr;
 }
 
-std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text) {
+std::optional<std::pair<std::string, std::uint16_t>> split_host_port(std::string_view text) {
     std::string_view host;
     std::string_view port;
     if (!text.empty() && text.front() == '[') {
@@ -875,11 +875,16 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_v
     if (ec != std::errc{} || ptr != port.data() + port.size() || p > 65535) {
         return std::nullopt;
     }
+    return std::pair{std::string{host}, static_cast<std::uint16_t>(p)};
+}
+
+std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text) {
+    auto hp = split_host_port(text);
     // Only literal addresses: a listener never depends on DNS at start-up.
-    if (!boost::urls::parse_ipv4_address(host) && !boost::urls::parse_ipv6_address(host)) {
+    if (!hp || (!boost::urls::parse_ipv4_address(hp->first) && !boost::urls::parse_ipv6_address(hp->first))) {
         return std::nullopt;
     }
-    return std::pair{std::string{host}, static_cast<std::uint16_t>(p)};
+    return hp;
 }
 
 parse_result parse_config(std::string_view json_text) {

@@ -207,6 +207,8 @@ parse_result parse_config(std::string_view json_text);
 parse_result load_config_file(const std::string& path);
 
 // "127.0.0.1:8080", "[::1]:8080" -> host, port. nullopt when malformed.
+// "host:port" or "[v6]:port" split, the port 0-65535; nothing else is checked.
+std::optional<std::pair<std::string, std::uint16_t>> split_host_port(std::string_view text);
 std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text);
 
 }  // namespace bb

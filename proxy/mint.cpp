@@ -1,6 +1,7 @@
 #include "proxy/mint.hpp"
 
 #include "core/clock.hpp"
+#include "proxy/openssl_error.hpp"
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -50,18 +51,6 @@ std::shared_ptr<EVP_PKEY> own(EVP_PKEY* p) {
 }
 std::shared_ptr<X509_EXTENSION> own(X509_EXTENSION* p) {
     return {p, X509_EXTENSION_free};
-}
-
-// The first queued OpenSSL error (the root cause; later ones say where it surfaced).
-std::string openssl_reason() {
-    const unsigned long e = ERR_get_error();
-    ERR_clear_error();
-    if (e == 0) {
-        return "unknown OpenSSL error";
-    }
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    return buf;
 }
 
 // Without a callback OpenSSL would prompt on the terminal for an encrypted key, which hangs

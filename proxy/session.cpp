@@ -587,36 +587,15 @@ const agent_config* agent_by_key(const config& cfg, const request& req, bool& ha
     return cfg.agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest), dlen});
 }
 
-// "host:port" of a CONNECT target (host may be a bracketed IPv6 literal).
+// "host:port" of a CONNECT target (host may be a bracketed IPv6 literal), host lower-cased.
 std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string_view t) {
-    std::string_view host;
-    std::string_view port;
-    if (!t.empty() && t.front() == '[') {
-        const auto close = t.find(']');
-        if (close == std::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':') {
-            return std::nullopt;
-        }
-        host = t.substr(1, close - 1);
-        port = t.substr(close + 2);
-    } else {
-        const auto colon = t.rfind(':');
-        if (colon == std::string_view::npos || colon == 0) {
-            return std::nullopt;
-        }
-        host = t.substr(0, colon);
-        port = t.substr(colon + 1);
-    }
-    if (host.empty() || port.empty() || port.size() > 5 || host.find_first_of("/@ ") != std::string_view::npos ||
-        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    auto hp = split_host_port(t);
+    if (!hp || hp->second == 0 || hp->first.find_first_of("/@ ") != std::string::npos) {
         return std::nullopt;
     }
-    const int p = std::stoi(std::string{port});
-    if (p <= 0 || p > 65535) {
-        return std::nullopt;
-    }
-    std::string h{host};
-    std::transform(h.begin(), h.end(), h.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return std::pair{h, static_cast<std::uint16_t>(p)};
+    std::transform(hp->first.begin(), hp->first.end(), hp->first.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return hp;
 }
 
 // A forward proxy intercepts destinations its routes name by host; nothing else.

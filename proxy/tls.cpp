@@ -1,27 +1,13 @@
 #include "proxy/tls.hpp"
 
-#include <openssl/err.h>
+#include "proxy/openssl_error.hpp"
+
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include <stdexcept>
 
 namespace bb::proxy {
-
-namespace {
-
-std::string openssl_reason() {
-    const unsigned long e = ERR_get_error();
-    ERR_clear_error();
-    if (e == 0) {
-        return "unknown OpenSSL error";
-    }
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    return buf;
-}
-
-}  // namespace
 
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files) {
     namespace ssl = boost::asio::ssl;
