@@ -303,6 +303,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         alerts_ = std::make_unique<alerts::dispatcher>(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
+    max_connections_ = cfg_->limits.max_connections;
     // Certificates that cannot be loaded are a reason not to start (never a plain-text
     // fallback on a listener configured for TLS).
     if (auto errors = reload_security(); !errors.empty()) {
@@ -623,7 +624,8 @@ std::shared_ptr<const config> server::current_config() const {
 }
 
 bool server::try_admit() {
-    const auto max = cfg_->limits.max_connections;
+    // cfg_ itself is swapped under cfg_mutex_ by a reload; the limit is mirrored in an atomic.
+    const auto max = max_connections_.load(std::memory_order_relaxed);
     auto cur = connections_.load(std::memory_order_relaxed);
     do {
         if (cur >= max) {
@@ -718,6 +720,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         std::lock_guard lock{cfg_mutex_};
         cfg_ = effective;
         rt_ = rt;
+        max_connections_ = effective->limits.max_connections;
     }
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->apply_runtime(rt); });

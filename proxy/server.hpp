@@ -298,6 +298,7 @@ private:
     std::vector<std::thread> threads_;
     std::vector<std::uint16_t> ports_;
     std::atomic<std::size_t> connections_{0};
+    std::atomic<std::size_t> max_connections_{0};  // cfg_->limits.max_connections, readable without the lock
     std::atomic<bool> stop_requested_{false};
     asio::io_context control_{1};
     std::optional<asio::signal_set> signals_;

@@ -635,6 +635,25 @@ TEST(upstream_tls, untrusted_certificate_is_502_and_never_forwarded) {
 
 // ---- reload and drain (in-process; the signal paths are tested on the binary) ------------
 
+// A generated answer to HEAD has the head only; the next response on the connection must
+// not be taken for the body of the previous one.
+TEST(proxying, generated_answers_to_head_have_no_body) {
+    fake_upstream up;
+    auto cfg = make_config(local_url(up.port()));
+    const std::string catch_all = "\"path_prefix\": \"/\"}";
+    cfg.replace(cfg.find(catch_all), catch_all.size(), "\"path_prefix\": \"/ok\"}");
+    proxy_instance bb{cfg};
+    raw_client client{bb.port()};
+    client.send("HEAD /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n");
+    auto head = client.read_response(true);
+    EXPECT_EQ(head.result_int(), 404u);
+    EXPECT_NE(head[http::field::content_length], "0");
+    EXPECT_TRUE(head.body().empty());
+    auto get = client.read_response();
+    EXPECT_EQ(get.result_int(), 404u) << "the HEAD answer carried a body";
+    EXPECT_FALSE(get.body().empty());
+}
+
 TEST(lifecycle, config_swap_changes_routes_without_dropping_connections) {
     fake_upstream a{[](const request&) { return respond(200, "a"); }};
     fake_upstream b{[](const request&) { return respond(200, "b"); }};
