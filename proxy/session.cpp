@@ -803,7 +803,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
-        // 3. The body: bounded in bytes and time.
+        // 3. The body: bounded in bytes and time. A chunked body may end in trailer fields,
+        //    which Beast appends to the head's; they are dropped below (never forwarded as
+        //    headers the rules and scopes did not see in the head).
+        const auto head_fields = static_cast<std::size_t>(std::distance(parser.get().begin(), parser.get().end()));
         if (!parser.is_done()) {
             dl.arm(lim.body_timeout);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
@@ -831,7 +834,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
         dl.disarm();  // nothing may cancel the client socket while the upstream works
+        const bool was_chunked = parser.chunked();
         request req = parser.release();
+        if (was_chunked) {
+            std::size_t i = 0;
+            for (auto it = req.begin(); it != req.end();) {
+                it = i++ < head_fields ? std::next(it) : req.erase(it);
+            }
+        }
         ++served;
         bool keep_alive = req.keep_alive() && !w.draining() &&
                           (lim.max_requests_per_connection == 0 || served < lim.max_requests_per_connection);

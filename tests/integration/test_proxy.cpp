@@ -654,6 +654,22 @@ TEST(proxying, generated_answers_to_head_have_no_body) {
     EXPECT_FALSE(get.body().empty());
 }
 
+TEST(proxying, chunked_trailers_are_not_forwarded_as_headers) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Head: h\r\n\r\n"
+                "2\r\n{}\r\n0\r\nX-Sneaky: trailer\r\nAuthorization: Bearer late\r\n\r\n");
+    auto res = client.read_response();
+    ASSERT_EQ(res.result_int(), 200u) << res;
+    const auto reqs = up.requests();
+    ASSERT_EQ(reqs.size(), 1u);
+    EXPECT_EQ(reqs[0].req.body(), "{}");
+    EXPECT_EQ(reqs[0].req["x-head"], "h");
+    EXPECT_EQ(reqs[0].req.count("x-sneaky"), 0u);
+    EXPECT_EQ(reqs[0].req.count(http::field::authorization), 0u);
+}
+
 TEST(lifecycle, config_swap_changes_routes_without_dropping_connections) {
     fake_upstream a{[](const request&) { return respond(200, "a"); }};
     fake_upstream b{[](const request&) { return respond(200, "b"); }};
