@@ -776,6 +776,35 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                            false);
             break;
         }
+        // 2b. Who is calling, decided on the head: an agent's API key in x-breakerbox-key (or,
+        //     as a forward proxy sees it, Proxy-Authorization: Bearer; only its SHA-256 is
+        //     compared), a verified client certificate, or the CONNECT that opened this
+        //     tunnel. An unknown or (where required) missing identity is refused before any
+        //     body is read or 100-continue is sent.
+        const agent_config* agent = nullptr;
+        const bool identity_required = listener < cfg->listeners.size() && cfg->listeners[listener].require_agent;
+        if (!cfg->agents.empty() || identity_required) {
+            bool had_key = false;
+            agent = agent_by_key(*cfg, parser.get(), had_key);
+            if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
+                agent = cfg->agent_by_cert_names(ci.cert_names);
+            }
+            if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
+                for (const auto& a : cfg->agents) {
+                    if (a.id == ci.tunnel_agent) {
+                        agent = &a;
+                    }
+                }
+            }
+            if (agent == nullptr && (had_key || identity_required)) {
+                head_request = parser.get().method() == http::verb::head;
+                co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                                had_key ? "the agent key is not known"
+                                        : "this listener needs an agent key (x-breakerbox-key) or client certificate"},
+                               false);
+                break;
+            }
+        }
         {
             auto& h = parser.get();
             head_request = h.method() == http::verb::head;
@@ -874,13 +903,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     co_await reply({http::status::bad_request, "rejected", "bad_target", "CONNECT needs host:port"}, false);
                     break;
                 }
-                bool had_key = false;
-                const agent_config* tunnel_agent = agent_by_key(*cfg, req, had_key);
-                if (tunnel_agent == nullptr && had_key) {
-                    co_await reply({http::status::unauthorized, "denied", "unauthenticated", "the agent key is not known"},
-                                   false);
-                    break;
-                }
+                const agent_config* tunnel_agent = agent;  // named by the CONNECT's credentials (2b)
                 if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first)) {
                     const auto sec = w.owner().security(listener);
                     cert_minter::leaf leaf;
@@ -972,38 +995,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string req_path{tp.path};
         rec.target = original_target;
 
-        // 5. Who is calling: an agent's API key in x-breakerbox-key (or, as a forward proxy
-        //    sees it, Proxy-Authorization: Bearer). Only its SHA-256 is compared; the key
-        //    itself is never forwarded.
-        const agent_config* agent = nullptr;
-        if (!cfg->agents.empty() || (listener < cfg->listeners.size() && cfg->listeners[listener].require_agent)) {
-            bool had_key = false;
-            agent = agent_by_key(*cfg, req, had_key);
-            if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
-                agent = cfg->agent_by_cert_names(ci.cert_names);  // mTLS: the verified certificate names it
-            }
-            if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
-                // Inside a tunnel: the credentials came with the CONNECT.
-                for (const auto& a : cfg->agents) {
-                    if (a.id == ci.tunnel_agent) {
-                        agent = &a;
-                    }
-                }
-            }
-            req.erase("x-breakerbox-key");
-            const bool required = listener < cfg->listeners.size() && cfg->listeners[listener].require_agent;
-            if (agent == nullptr && (had_key || required)) {
-                if (!co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                                     had_key ? "the agent key is not known" : "this listener needs an agent key (x-breakerbox-key)"},
-                                    keep_alive) ||
-                    !keep_alive) {
-                    break;
-                }
-                continue;
-            }
-        } else {
-            req.erase("x-breakerbox-key");  // breakerbox's own header never reaches an upstream
-        }
+        // 5. The caller (identified in 2b) is held to its scope; breakerbox's own key header
+        //    never reaches an upstream.
+        req.erase("x-breakerbox-key");
         if (agent != nullptr) {
             rec.agent = agent->id;
             const auto& scope = agent->allow;

@@ -125,6 +125,21 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     EXPECT_EQ(mail(bb.port(), "trial-key").result_int(), 202u) << "another agent has its own meter";
 }
 
+// Identity is decided on the head: an unauthenticated client cannot make breakerbox wait
+// for (and buffer) a body first.
+TEST(agents, an_unknown_caller_is_refused_before_its_body_is_read) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{agents_config(up.port(), dir)};
+    raw_client client{bb.port()};
+    client.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                "Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n");
+    auto res = client.read_response();  // no body sent, and none needed for the answer
+    EXPECT_EQ(res.result_int(), 401u) << res.body();
+    EXPECT_EQ(code_of(res), "unauthenticated");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 TEST(agents, body_constraints_hold_an_agent_to_its_recipients_and_senders) {
     fake_upstream up;
     const auto dir = temp_dir();
