@@ -4,7 +4,9 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
@@ -329,8 +331,17 @@ std::string breaker_state_writer::last_error() const {
 
 void breaker_state_writer::run() {
     std::unique_lock lock{mu_};
+    // After a failed write the state on disk is stale (a tripped breaker could come back
+    // closed after a restart), so the writer tries again by itself, backing off from 100 ms
+    // to 10 s, until a write succeeds — not only when the next transition asks for one.
+    std::chrono::milliseconds backoff{100};
     for (;;) {
-        cv_.wait(lock, [&] { return stop_ || requested_ > completed_; });
+        if (last_ok_ || stop_) {
+            cv_.wait(lock, [&] { return stop_ || requested_ > completed_; });
+        } else if (!cv_.wait_for(lock, backoff, [&] { return stop_ || requested_ > completed_; })) {
+            ++requested_;  // the retry: nothing new asked for, the last write failed
+            backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds{10});
+        }
         if (requested_ <= completed_ && stop_) {
             return;
         }
@@ -347,6 +358,9 @@ void breaker_state_writer::run() {
         ++writes_;
         last_ok_ = err.empty();
         last_error_ = err;
+        if (last_ok_) {
+            backoff = std::chrono::milliseconds{100};
+        }
         completed_ = covering;
         cv_.notify_all();
     }

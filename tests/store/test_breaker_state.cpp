@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 
 using namespace std::chrono_literals;
 
@@ -118,4 +121,31 @@ TEST(breaker_state, write_failure_is_reported) {
     EXPECT_FALSE(w.flush());
     EXPECT_FALSE(result);
     EXPECT_NE(w.last_error().find("cannot"), std::string::npos);
+}
+
+// A failed write leaves stale state on disk: the writer retries by itself (backing off),
+// without waiting for the next transition to ask.
+TEST(breaker_state, a_failed_write_is_retried_until_it_succeeds) {
+    bb::manual_clock c;
+    std::atomic<int> attempts{0};
+    std::mutex m;
+    std::condition_variable cv;
+    bb::store::breaker_state_writer w{
+        "unused", [&] { return std::vector<bb::breakers::instance_snapshot>{open_instance(c)}; },
+        [&](std::vector<bb::breakers::instance_snapshot> instances) -> std::string {
+            EXPECT_EQ(instances.size(), 1u);
+            const int n = ++attempts;
+            cv.notify_all();
+            return n <= 3 ? "disk I/O error (injected)" : "";
+        },
+        c};
+    w.request();
+    EXPECT_FALSE(w.flush());  // the first attempt failed
+    std::unique_lock lock{m};
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds{10}, [&] { return attempts.load() >= 4; }))
+        << "no retry after a failed write (attempts: " << attempts.load() << ")";
+    lock.unlock();
+    EXPECT_TRUE(w.flush());
+    EXPECT_EQ(w.last_error(), "");
+    EXPECT_EQ(attempts.load(), 4) << "no more writes once one succeeded";
 }
