@@ -93,8 +93,10 @@ int main(int argc, char** argv) {
             const auto& l = parsed.cfg->listeners[i];
             const bool v6 = l.host.find(':') != std::string::npos;
             // Always printed, whatever the log level: it says where to send traffic.
-            std::printf("breakerbox: listener %s on http://%s%s%s:%u (%zu worker(s))\n", l.name.c_str(), v6 ? "[" : "",
-                        l.host.c_str(), v6 ? "]" : "", static_cast<unsigned>(srv.bound_port(i)), srv.worker_count());
+            std::printf("breakerbox: listener %s on %s://%s%s%s:%u (%zu worker(s))%s\n", l.name.c_str(),
+                        l.tls ? "https" : "http", v6 ? "[" : "", l.host.c_str(), v6 ? "]" : "",
+                        static_cast<unsigned>(srv.bound_port(i)), srv.worker_count(),
+                        l.forward_proxy ? ", forward proxy: set HTTP_PROXY/HTTPS_PROXY to it" : "");
         }
         if (srv.admin_port() != 0) {
             const auto& a = parsed.cfg->admin;
@@ -104,9 +106,11 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         const int rc = srv.run();
         spdlog::info("stopped");
+        spdlog::shutdown();  // drain the asynchronous logs before exiting
         return rc;
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
+        spdlog::shutdown();
         return 1;
     }
 }

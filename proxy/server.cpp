@@ -17,6 +17,7 @@
 
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -62,16 +63,20 @@ void run_on(asio::io_context& ioc, F&& f) {
     done.get_future().wait();
 }
 
+// One background thread does the writing for the access log and the operational log; the
+// queue is bounded and a full queue drops the oldest line rather than blocking a worker (the
+// data plane never waits on logging).
+void ensure_log_thread() {
+    if (!spdlog::thread_pool()) {
+        spdlog::init_thread_pool(65536, 1);
+    }
+}
+
 std::shared_ptr<spdlog::logger> make_access_log(const log_config& cfg) {
     if (cfg.access_log == "off") {
         return nullptr;
     }
-    if (!spdlog::thread_pool()) {
-        // One background thread does the writing; the queue is bounded and a full queue
-        // drops the oldest line rather than blocking a worker (the data plane never waits
-        // on logging).
-        spdlog::init_thread_pool(65536, 1);
-    }
+    ensure_log_thread();
     spdlog::sink_ptr sink;
     if (cfg.access_log == "stdout") {
         sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
@@ -100,7 +105,13 @@ std::size_t decision_index(std::string_view decision) {
 }
 
 void init_logging(const std::string& level) {
-    auto log = spdlog::default_logger();
+    // Asynchronous like the access log: a worker that logs (an upstream asking for a pause,
+    // a breaker transition) never blocks on a slow stderr. main() drains it at exit.
+    ensure_log_thread();
+    auto log = std::make_shared<spdlog::async_logger>(
+        "breakerbox", std::make_shared<spdlog::sinks::stderr_color_sink_mt>(), spdlog::thread_pool(),
+        spdlog::async_overflow_policy::overrun_oldest);
+    spdlog::set_default_logger(log);
     log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ breakerbox: %v");
     log->set_level(spdlog::level::from_str(level));
     log->flush_on(spdlog::level::info);
