@@ -3,6 +3,7 @@
 #include "proxy/framing.hpp"
 #include "proxy/wire.hpp"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -19,6 +20,8 @@
 #include <optional>
 
 namespace bb::proxy {
+
+using namespace asio::experimental::awaitable_operators;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -149,8 +152,19 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
     if (literal_address_) {
         std::tie(ec) = co_await tcp_stream.async_connect(literal_endpoint_, use_tuple);
     } else {
+        // Name resolution counts against connect_timeout too (getaddrinfo can hang on a
+        // dead resolver far longer than any timeout we promise).
         tcp::resolver resolver{ex_};
-        auto [rec, results] = co_await resolver.async_resolve(cfg_.host, std::to_string(cfg_.port), use_tuple);
+        asio::steady_timer limit{ex_, cfg_.connect_timeout};
+        const std::string port = std::to_string(cfg_.port);
+        auto raced = co_await (resolver.async_resolve(cfg_.host, port, use_tuple) || limit.async_wait(use_tuple));
+        if (raced.index() == 1) {
+            const auto [tec] = std::get<1>(raced);
+            out.failure = tec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_timeout;
+            out.detail = "cannot resolve " + cfg_.host + " within " + cfg::format_duration(cfg_.connect_timeout);
+            co_return nullptr;
+        }
+        auto [rec, results] = std::get<0>(std::move(raced));
         if (rec) {
             out.failure = rec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_failed;
             out.detail = "cannot resolve " + cfg_.host + ": " + rec.message();
