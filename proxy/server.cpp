@@ -68,7 +68,7 @@ void run_on(asio::io_context& ioc, F&& f) {
 // data plane never waits on logging).
 void ensure_log_thread() {
     if (!spdlog::thread_pool()) {
-        spdlog::init_thread_pool(65536, 1);
+        spdlog::init_thread_pool(16384, 1);
     }
 }
 
