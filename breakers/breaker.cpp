@@ -891,6 +891,19 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
             out.push_back(inst->view(now));
         }
     }
+    // Handed over: the successor holds those breakers now. A snapshot taken through this
+    // registry (the state writer may still see it as current during a swap) includes them,
+    // so it never writes a state without them.
+    std::shared_ptr<breaker_registry> next;
+    {
+        std::shared_lock lock{mutex_};
+        next = successor_;
+    }
+    if (next) {
+        for (auto& snap : next->snapshot(now)) {
+            out.push_back(std::move(snap));
+        }
+    }
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
     return out;
 }
@@ -946,31 +959,31 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
 }
 
 void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_point now) {
-    std::vector<instance_snapshot> moved;
-    {
-        // Exclusive: no instance is created or found meanwhile. Each instance is marked under
-        // its own lock, so an operation either finished on it before (and is in the snapshot)
-        // or finds it moved afterwards (and forwards).
-        std::unique_lock lock{mutex_};
-        successor_ = next;
-        for (auto& [id, s] : slots_) {
-            if (next->find(id) == nullptr) {
-                continue;
-            }
-            for (auto& [iname, inst] : s.instances) {
-                std::lock_guard il{inst->mutex()};
-                if (!inst->evicted() && !inst->moved()) {
-                    inst->advance(now);
-                    moved.push_back(inst->view(now));
-                    inst->mark_moved();
-                }
-            }
-            s.handed_over.store(true, std::memory_order_release);
+    // Exclusive: no instance is created or found meanwhile. Each instance is restored into
+    // `next` and only then marked moved, under its own lock: an operation either finished
+    // on it before (and is in what was restored) or finds it moved afterwards and forwards to
+    // a successor that already holds its state. Lock order: this map -> this instance ->
+    // next's map -> next's instance; forwarding never holds a lock of this registry.
+    std::unique_lock lock{mutex_};
+    successor_ = next;
+    forwarding_.store(true, std::memory_order_release);
+    for (auto& [id, s] : slots_) {
+        if (next->find(id) == nullptr) {
+            continue;
         }
+        for (auto& [iname, inst] : s.instances) {
+            std::unique_lock il{inst->mutex()};
+            if (!inst->evicted() && !inst->moved()) {
+                inst->advance(now);
+                next->restore({inst->view(now)}, now);
+                inst->mark_moved();
+            }
+        }
+        s.handed_over.store(true, std::memory_order_release);
     }
+    lock.unlock();
     // Transitions advance() produced just now are reported by this registry's callback.
     tick(now);
-    next->restore(moved, now);
 }
 
 void breaker_registry::tick(time_point now) {

@@ -149,7 +149,11 @@ public:
     std::string instance_name(const breaker_config& b, std::string_view key) const;
 
     // True when any instance is not closed+automatic. One relaxed load.
-    bool any_active() const { return active_.load(std::memory_order_relaxed) != 0; }
+    // Also true once handed over: the state then lives in the successor, which only
+    // admit() (forwarding) can consult.
+    bool any_active() const {
+        return active_.load(std::memory_order_relaxed) != 0 || forwarding_.load(std::memory_order_relaxed);
+    }
     // How many instances are not closed+automatic (a gauge for /metrics).
     std::int64_t active_count() const { return active_.load(std::memory_order_relaxed); }
 
@@ -244,6 +248,7 @@ private:
     std::function<void(const transition&)> on_transition_;
     // Set once by hand_over, before any slot is marked handed_over (which publishes it).
     std::shared_ptr<breaker_registry> successor_;
+    std::atomic<bool> forwarding_{false};  // hand_over has begun
     // Instances that are not closed+automatic; changed under the instance's mutex on every
     // transition that crosses that line, so at rest it is exact.
     std::atomic<std::int64_t> active_{0};

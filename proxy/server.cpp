@@ -398,7 +398,8 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     }
 }
 
-std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous) {
+std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
+                                                     const std::function<void(breakers::breaker_registry&)>& prepare) {
     auto rt = std::make_shared<runtime>();
     rt->cfg = cfg;
     if (cfg->rules && !cfg->rules->rules.empty()) {
@@ -434,6 +435,11 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             // results there: nothing tripped during the swap is lost.
             previous->breakers->hand_over(rt->breakers, clock_->now());
         }
+    }
+    // Before any request runs the new rules (only requests on the old config, with the old
+    // rules, can reach the registry until the workers switch).
+    if (prepare) {
+        prepare(*rt->breakers);
     }
     for (const auto& u : cfg->upstreams) {
         upstream_guard g;
@@ -723,10 +729,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     if (!state_writer_ && !effective->breakers.empty()) {
         warnings.push_back("breakers added by a reload are not persisted until restart");
     }
-    rt = build_runtime(effective, current_runtime().get());
-    if (prepare) {
-        prepare(*rt->breakers);
-    }
+    rt = build_runtime(effective, current_runtime().get(), prepare);
     {
         std::lock_guard lock{cfg_mutex_};
         cfg_ = effective;
@@ -735,6 +738,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     }
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->apply_runtime(rt); });
+    }
+    if (state_writer_) {
+        state_writer_->request();  // the durable state now comes from the new registry
     }
     return warnings;
 }

@@ -286,7 +286,8 @@ public:
     void release_connection();
 
 private:
-    std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config> cfg, const runtime* previous);
+    std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
+                                                 const std::function<void(breakers::breaker_registry&)>& prepare = nullptr);
     void on_transition(const breakers::transition& t);
 
     real_clock real_clock_;

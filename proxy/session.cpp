@@ -611,7 +611,8 @@ bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host
 }
 
 // Copies bytes one way until EOF or an error, then half-closes the other side.
-asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to) {
+asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to,
+                           std::shared_ptr<std::chrono::steady_clock::time_point> last_activity) {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::array<char, 16 * 1024> chunk;
     for (;;) {
@@ -619,6 +620,7 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to) {
         if (rec) {
             break;
         }
+        *last_activity = std::chrono::steady_clock::now();
         auto [wec, wn] = co_await asio::async_write(to, asio::buffer(chunk.data(), n), use_tuple);
         if (wec) {
             break;
@@ -626,6 +628,27 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to) {
     }
     error_code ignored;
     to.shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+// Ends a tunnel that has been quiet for `idle`: closes both sockets (which ends the pumps).
+asio::awaitable<void> tunnel_watchdog(tcp::socket& a, tcp::socket& b,
+                                      std::shared_ptr<std::chrono::steady_clock::time_point> last_activity,
+                                      std::chrono::milliseconds idle) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    asio::steady_timer timer{a.get_executor()};
+    for (;;) {
+        timer.expires_at(*last_activity + idle);
+        auto [ec] = co_await timer.async_wait(use_tuple);
+        if (ec) {
+            co_return;  // the tunnel ended by itself
+        }
+        if (std::chrono::steady_clock::now() - *last_activity >= idle) {
+            error_code ignored;
+            a.close(ignored);
+            b.close(ignored);
+            co_return;
+        }
+    }
 }
 
 // A blind tunnel for a passthrough destination: not inspected, not metered, logged.
@@ -638,8 +661,9 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     tcp::socket out{ex};
     asio::steady_timer timer{ex};
     timer.expires_after(std::chrono::seconds{10});
+    bool connected = false;
     timer.async_wait([&](const error_code& ec) {
-        if (!ec) {
+        if (!ec && !connected) {  // a completion already queued when the connect won does nothing
             resolver.cancel();
             error_code ignored;
             out.close(ignored);
@@ -650,6 +674,7 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     if (!cec) {
         std::tie(cec, std::ignore) = co_await asio::async_connect(out, results, use_tuple);
     }
+    connected = !cec;
     timer.cancel();
     static constexpr std::string_view bad = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -670,8 +695,11 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
             co_return;
         }
     }
-    (void)lim;
-    co_await (pump(client, out) && pump(out, client));
+    // Bounded like any connection: idle for limits.idle_timeout in both directions, or one
+    // direction done and the other idle that long, and both sides are closed.
+    auto last_activity = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    co_await ((pump(client, out, last_activity) && pump(out, client, last_activity)) ||
+              tunnel_watchdog(client, out, last_activity, lim.idle_timeout));
 }
 
 // The client-departure watch for the stream type (no coroutine frame of its own).
@@ -692,6 +720,15 @@ template <class Stream>
 asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_guard& guard, deadline& dl,
                             std::size_t listener, const client_info& ci, beast::flat_buffer& buf) {
     const std::string& client_ip = ci.ip;
+    // A CONNECT that opens a tunnel ends the request loop; the tunnel runs after it.
+    struct tunnel_plan {
+        enum { none, intercept, blind } kind = none;
+        client_info inner;                                // intercept: who is inside
+        std::shared_ptr<const listener_security> sec;     // intercept
+        cert_minter::leaf leaf;                           // intercept
+        std::string host;                                 // blind
+        std::uint16_t port = 0;                           // blind
+    } tunnel;
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
     bool linger = false;  // set when we answer an error and close: input may still be coming
@@ -835,7 +872,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // 3. The body: bounded in bytes and time. A chunked body may end in trailer fields,
         //    which Beast appends to the head's; they are dropped below (never forwarded as
         //    headers the rules and scopes did not see in the head).
-        const auto head_fields = static_cast<std::size_t>(std::distance(parser.get().begin(), parser.get().end()));
+        //    (Beast may insert a trailer next to a head field of the same name, so the head is
+        //    restored from a copy rather than trimmed by position.)
+        std::optional<http::request_header<>> head_copy;
+        if (parser.chunked()) {
+            head_copy.emplace(parser.get().base());
+        }
         if (!parser.is_done()) {
             dl.arm(lim.body_timeout);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
@@ -863,13 +905,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
         dl.disarm();  // nothing may cancel the client socket while the upstream works
-        const bool was_chunked = parser.chunked();
         request req = parser.release();
-        if (was_chunked) {
-            std::size_t i = 0;
-            for (auto it = req.begin(); it != req.end();) {
-                it = i++ < head_fields ? std::next(it) : req.erase(it);
-            }
+        if (head_copy) {
+            req.base() = std::move(*head_copy);
         }
         ++served;
         bool keep_alive = req.keep_alive() && !w.draining() &&
@@ -926,16 +964,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (cec) {
                         co_return;
                     }
-                    client_info inner = ci;
-                    inner.tunnel_host = dest->first;
-                    inner.tunnel_port = dest->second;
-                    inner.tunnel_agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
-                    co_await serve_tls(w, raw, guard, dl, listener, std::move(inner), *sec->intercept_tls, buf, &leaf);
-                    co_return;
+                    // The tunnel runs after this loop, once this request's runtime lease is
+                    // released: a long-lived tunnel must not pin an old config.
+                    tunnel.kind = tunnel_plan::intercept;
+                    tunnel.inner = ci;
+                    tunnel.inner.tunnel_host = dest->first;
+                    tunnel.inner.tunnel_port = dest->second;
+                    tunnel.inner.tunnel_agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
+                    tunnel.sec = sec;
+                    tunnel.leaf = std::move(leaf);
+                    break;
                 }
                 if (passthrough_allowed(*fp, dest->first, dest->second)) {
-                    co_await blind_tunnel(w, raw, buf, dest->first, dest->second, ci);
-                    co_return;
+                    tunnel.kind = tunnel_plan::blind;
+                    tunnel.host = dest->first;
+                    tunnel.port = dest->second;
+                    break;
                 }
                 co_await reply({http::status::forbidden, "denied", "unknown_destination",
                                 dest->first + ":" + std::to_string(dest->second) +
@@ -1463,6 +1507,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         write_access_log(w, rec);
         if (wec || !keep_alive) {
             break;
+        }
+    }
+    if constexpr (!is_tls<Stream>) {
+        if (tunnel.kind == tunnel_plan::intercept) {
+            co_await serve_tls(w, raw, guard, dl, listener, std::move(tunnel.inner), *tunnel.sec->intercept_tls, buf,
+                               &tunnel.leaf);
+            co_return;
+        }
+        if (tunnel.kind == tunnel_plan::blind) {
+            co_await blind_tunnel(w, raw, buf, tunnel.host, tunnel.port, ci);
+            co_return;
         }
     }
     co_await close_connection(sock, raw, dl, linger);

@@ -3,7 +3,6 @@
 #include "proxy/framing.hpp"
 #include "proxy/wire.hpp"
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -20,8 +19,6 @@
 #include <optional>
 
 namespace bb::proxy {
-
-using namespace asio::experimental::awaitable_operators;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -153,18 +150,35 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
         std::tie(ec) = co_await tcp_stream.async_connect(literal_endpoint_, use_tuple);
     } else {
         // Name resolution counts against connect_timeout too (getaddrinfo can hang on a
-        // dead resolver far longer than any timeout we promise).
-        tcp::resolver resolver{ex_};
-        asio::steady_timer limit{ex_, cfg_.connect_timeout};
-        const std::string port = std::to_string(cfg_.port);
-        auto raced = co_await (resolver.async_resolve(cfg_.host, port, use_tuple) || limit.async_wait(use_tuple));
-        if (raced.index() == 1) {
-            const auto [tec] = std::get<1>(raced);
+        // dead resolver far longer than any timeout we promise). Asio cannot interrupt a
+        // getaddrinfo in flight, so the lookup is not awaited: its completion cancels our
+        // timer, and one that comes too late lands in the shared state and is dropped.
+        struct lookup {
+            explicit lookup(const asio::any_io_executor& ex) : resolver(ex), timer(ex) {}
+            tcp::resolver resolver;
+            asio::steady_timer timer;
+            error_code ec;
+            tcp::resolver::results_type results;
+            bool done = false;
+        };
+        auto st = std::make_shared<lookup>(ex_);
+        st->timer.expires_after(cfg_.connect_timeout);
+        st->resolver.async_resolve(cfg_.host, std::to_string(cfg_.port),
+                                   [st](const error_code& e, tcp::resolver::results_type r) {
+                                       st->ec = e;
+                                       st->results = std::move(r);
+                                       st->done = true;
+                                       st->timer.cancel();
+                                   });
+        auto [tec] = co_await st->timer.async_wait(use_tuple);
+        if (!st->done) {
+            st->resolver.cancel();
             out.failure = tec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_timeout;
             out.detail = "cannot resolve " + cfg_.host + " within " + cfg::format_duration(cfg_.connect_timeout);
             co_return nullptr;
         }
-        auto [rec, results] = std::get<0>(std::move(raced));
+        const error_code rec = st->ec;
+        auto results = st->results;
         if (rec) {
             out.failure = rec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_failed;
             out.detail = "cannot resolve " + cfg_.host + ": " + rec.message();

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include <boost/beast/http/write.hpp>
 
 #include <openssl/evp.h>
@@ -340,7 +342,18 @@ TEST(admin_api, metrics_pass_promtool) {
     send_mail(f.bb.port(), "m");
     send_mail(f.bb.port(), "m", 1, true);
     http_request(f.bb.port(), http::verb::get, "/nowhere");
-    auto res = admin(f.port(), http::verb::get, "/metrics", "view-token");
+    // Requests are counted once their response is out: a scrape right after may be early.
+    response res;
+    for (int i = 0; i < 200; ++i) {
+        res = admin(f.port(), http::verb::get, "/metrics", "view-token");
+        const auto& b = res.body();
+        if (b.find("decision=\"allowed\"} 1") != std::string::npos &&
+            b.find("decision=\"quarantined\"} 1") != std::string::npos &&
+            b.find("route=\"\",decision=\"rejected\"} 1") != std::string::npos) {
+            break;
+        }
+        std::this_thread::yield();
+    }
     ASSERT_EQ(res.result_int(), 200u);
     EXPECT_NE(res[http::field::content_type].find("text/plain"), std::string::npos);
     const auto& text = res.body();

@@ -4,6 +4,8 @@
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
+#include "store/database.hpp"
+
 #include <gtest/gtest.h>
 
 #include <boost/beast/http/write.hpp>
@@ -11,6 +13,7 @@
 #include <atomic>
 #include <fstream>
 #include <chrono>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -403,4 +406,33 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 2; }, 5s));
     reqs = hook.requests();
     EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();
+}
+
+// A reload that changes the breakers must leave the durable state whole: the writer may
+// snapshot the outgoing registry while its instances move to the new one.
+TEST(breakers_durable, a_reload_that_changes_breakers_keeps_tripped_ones_on_disk) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual)};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/spring", "ops", "hold it", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->set_mode("campaign-volume/autumn", bb::breakers::mode::forced_open, std::nullopt,
+                                                 "ops", "hold that too", bb.server().now()));
+    ASSERT_TRUE(bb.server().flush_breaker_state());
+    // Same breaker with another cooldown, plus a new one: a new registry takes over.
+    auto next = bb::parse_config(guarded_config(
+        up.port(), dir, R"({"id": "campaign-volume", "action": "pause", "reset": "manual", "cooldown": "45s"}, {"id": "extra", "action": "pause"})"));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_TRUE(bb.server().flush_breaker_state());
+    std::string err;
+    auto saved = bb.server().db()->load_breaker_state(bb.server().time(), &err);
+    ASSERT_TRUE(saved) << err;
+    std::set<std::string> names;
+    for (const auto& s : *saved) {
+        names.insert(s.instance);
+    }
+    EXPECT_TRUE(names.count("campaign-volume/spring")) << "tripped breaker lost from the store by a reload";
+    EXPECT_TRUE(names.count("campaign-volume/autumn"));
+    EXPECT_EQ(bb.server().breakers()->admit("campaign-volume/spring", bb.server().now()).v,
+              bb::breakers::admission::verdict::contain);
 }
