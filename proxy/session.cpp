@@ -655,7 +655,8 @@ asio::awaitable<void> tunnel_watchdog(tcp::socket& a, tcp::socket& b,
 asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, const std::string& host,
                                    std::uint16_t port, const client_info& ci) {
     co_await asio::this_coro::throw_if_cancelled(false);
-    const auto& lim = w.cfg()->limits;
+    // A copy: the tunnel outlives any runtime lease, and a reload may free this config.
+    const auto idle_timeout = w.cfg()->limits.idle_timeout;
     auto ex = client.get_executor();
     tcp::resolver resolver{ex};
     tcp::socket out{ex};
@@ -699,7 +700,7 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     // direction done and the other idle that long, and both sides are closed.
     auto last_activity = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
     co_await ((pump(client, out, last_activity) && pump(out, client, last_activity)) ||
-              tunnel_watchdog(client, out, last_activity, lim.idle_timeout));
+              tunnel_watchdog(client, out, last_activity, idle_timeout));
 }
 
 // The client-departure watch for the stream type (no coroutine frame of its own).
@@ -819,7 +820,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         //     tunnel. An unknown or (where required) missing identity is refused before any
         //     body is read or 100-continue is sent.
         const agent_config* agent = nullptr;
-        const bool identity_required = listener < cfg->listeners.size() && cfg->listeners[listener].require_agent;
+        const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
+        const bool identity_required = lc != nullptr && lc->require_agent;
         if (!cfg->agents.empty() || identity_required) {
             bool had_key = false;
             agent = agent_by_key(*cfg, parser.get(), had_key);
@@ -920,9 +922,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // intercepted (TLS terminated with a certificate minted for the host, then every
         // request inspected and metered like any other); passthrough ones are blind tunnels;
         // anything else is refused.
-        const forward_proxy_config* fp =
-            listener < cfg->listeners.size() && cfg->listeners[listener].forward_proxy ? &*cfg->listeners[listener].forward_proxy
-                                                                                       : nullptr;
+        const forward_proxy_config* fp = lc != nullptr && lc->forward_proxy ? &*lc->forward_proxy : nullptr;
         if (req.method() == http::verb::connect) {
             if constexpr (is_tls<Stream>) {
                 co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
