@@ -20,7 +20,11 @@
 #include <atomic>
 #include <future>
 #include <sstream>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
 #include <filesystem>
 #include <stdexcept>
 
@@ -389,11 +393,13 @@ response http_request(std::uint16_t port, http::verb method, std::string target,
 }
 
 std::string temp_dir() {
-    static std::atomic<int> n{0};
-    auto base = std::filesystem::temp_directory_path() /
-                ("breakerbox-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
-    std::filesystem::create_directories(base);
-    return base.string();
+    // mkdtemp: always a new, empty directory. A name made of pid + counter was reused once
+    // pids wrapped, handing a test the store and files an earlier run left behind.
+    std::string tmpl = (std::filesystem::temp_directory_path() / "breakerbox-test-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+        throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
+    }
+    return tmpl;
 }
 
 }  // namespace bb::test
