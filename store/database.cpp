@@ -495,7 +495,7 @@ public:
 
     void enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes);
 
-    // Operations (run on the writer thread, inside a savepoint).
+    // Operations (run on the writer thread, inside the batch transaction; see run_batch).
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason);
@@ -653,7 +653,8 @@ bool database::impl::open(std::string* error) {
     // FULL: in WAL mode, NORMAL does not fsync at commit, and a 202 promises the request is
     // on disk. journal_size_limit keeps the WAL from staying huge after big bodies.
     if (writer_.exec("PRAGMA synchronous=FULL") != SQLITE_OK ||
-        writer_.exec("PRAGMA journal_size_limit=67108864") != SQLITE_OK) {
+        writer_.exec("PRAGMA journal_size_limit=67108864") != SQLITE_OK ||
+        writer_.exec("PRAGMA temp_store=MEMORY") != SQLITE_OK) {
         return fail("cannot configure: " + writer_.error());
     }
     if (!migrate(error) || !recover_after_crash(error) || !load_counters(error)) {
@@ -910,40 +911,70 @@ void database::impl::run_batch(std::vector<op>& batch) {
         }
     };
     std::size_t ok_ops = 0;
-    if (int rc = writer_.run("BEGIN IMMEDIATE"); rc != SQLITE_OK) {
-        set_fatal(rc, writer_.error());
-    } else if (fault != 0 && where == fault_point::first_write) {
-        set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
-    }
-    for (std::size_t i = 0; i < batch.size() && fatal_rc == 0; ++i) {
-        // A savepoint per operation: a refused or failing operation is undone alone and
-        // the rest of the batch still commits.
-        if (int rc = writer_.run("SAVEPOINT op"); rc != SQLITE_OK) {
+    // One transaction for the batch. Ops run without a savepoint each: a savepoint copies
+    // every page an op touches into the statement journal (about a dozen B-tree pages per
+    // hold), which cost more than the rest of the hold. An op that fails without having
+    // changed a row (a full quarantine, an unknown ticket, a refused transition; SQLite
+    // undoes a failed statement by itself) needs no undo. If an op fails after changing
+    // rows, the whole transaction is rolled back and the batch runs again with a savepoint
+    // per op, so that op is undone alone and the rest still commit. Ops only read and write
+    // the database and their own captures, so running one again gives the same outcome.
+    enum class attempt_result { done, needs_savepoints };
+    auto attempt = [&](bool savepoints) {
+        delta = counters{};
+        ok_ops = 0;
+        if (int rc = writer_.run("BEGIN IMMEDIATE"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
-            break;
+            return attempt_result::done;
         }
-        batch_ctx ctx{writer_, committed_, delta, {}};
-        outcome out = batch[i].apply(ctx);
-        if (out.fatal_rc != 0) {
-            set_fatal(out.fatal_rc, out.fatal_message);
-            break;
+        if (fault != 0 && where == fault_point::first_write) {
+            set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
+            return attempt_result::done;
         }
-        int rc = SQLITE_OK;
-        if (out.r.ok) {
-            rc = writer_.run("RELEASE op");
-            delta.merge(ctx.op);
-            ++ok_ops;
-        } else {
-            rc = writer_.run("ROLLBACK TO op");
-            if (rc == SQLITE_OK) {
-                rc = writer_.run("RELEASE op");
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (savepoints) {
+                if (int rc = writer_.run("SAVEPOINT op"); rc != SQLITE_OK) {
+                    set_fatal(rc, writer_.error());
+                    return attempt_result::done;
+                }
             }
+            const auto changes_before = sqlite3_total_changes64(writer_.db());
+            batch_ctx ctx{writer_, committed_, delta, {}};
+            outcome out = batch[i].apply(ctx);
+            if (out.fatal_rc != 0) {
+                set_fatal(out.fatal_rc, out.fatal_message);
+                return attempt_result::done;
+            }
+            int rc = SQLITE_OK;
+            if (out.r.ok) {
+                if (savepoints) {
+                    rc = writer_.run("RELEASE op");
+                }
+                delta.merge(ctx.op);
+                ++ok_ops;
+            } else if (savepoints) {
+                rc = writer_.run("ROLLBACK TO op");
+                if (rc == SQLITE_OK) {
+                    rc = writer_.run("RELEASE op");
+                }
+            } else if (sqlite3_total_changes64(writer_.db()) != changes_before) {
+                return attempt_result::needs_savepoints;
+            }
+            if (rc != SQLITE_OK) {
+                set_fatal(rc, writer_.error());
+                return attempt_result::done;
+            }
+            results[i] = std::move(out.r);
         }
-        if (rc != SQLITE_OK) {
+        return attempt_result::done;
+    };
+    const bool rerun = attempt(false) == attempt_result::needs_savepoints;
+    if (rerun) {
+        if (int rc = writer_.run("ROLLBACK"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
-            break;
+        } else {
+            attempt(true);
         }
-        results[i] = std::move(out.r);
     }
     if (fatal_rc == 0) {
         if (fault != 0) {
@@ -975,6 +1006,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
             stats_.ops_failed += batch.size();
         }
         stats_.largest_batch = std::max<std::uint64_t>(stats_.largest_batch, batch.size());
+        stats_.batches_rerun += rerun ? 1 : 0;
     }
     for (std::size_t i = 0; i < batch.size(); ++i) {
         if (!batch[i].done) {

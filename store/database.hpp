@@ -162,6 +162,7 @@ struct writer_stats {
     std::uint64_t ops_failed = 0;     // operations answered with an error (any code)
     std::uint64_t batches_failed = 0; // transactions rolled back for an I/O error
     std::uint64_t largest_batch = 0;
+    std::uint64_t batches_rerun = 0;  // run again with a savepoint per op (an op failed after writing)
 };
 
 enum class release_outcome : std::uint8_t {
