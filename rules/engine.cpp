@@ -66,6 +66,7 @@ struct scratch {
     std::size_t reservation_count = 0;
     std::vector<guard_booking> guard_bookings;
     std::vector<guard_reservation> guard_reservations;
+    guard_body guard_doc;  // the request body parsed once for all its guard rules
     std::string key;
 };
 
@@ -786,6 +787,7 @@ decision engine::evaluate(const request_view& req, time_point now) {
     context ctx{req, nullptr, s, {}, {}, false, false, {}};
     s.reservation_count = 0;
     s.guard_reservations.clear();
+    s.guard_doc.reset();
     const auto& list = set_->rules_for(req.route);
 
     auto rollback = [&] {
@@ -822,7 +824,7 @@ decision engine::evaluate(const request_view& req, time_point now) {
         }
         if (r.condition == condition_kind::guard) {
             const bool form = is_form_content_type(req.content_type);
-            const guard_input in{req, form ? &ctx.form() : nullptr, s.key};
+            const guard_input in{req, form ? &ctx.form() : nullptr, s.key, &s.guard_doc};
             s.guard_bookings.clear();
             const guard_result g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
             if (g.outcome == guard_result::status::invalid_body && r.on_invalid_body == invalid_body_policy::reject) {

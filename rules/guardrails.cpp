@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <type_traits>
 
 #include "rules/form.hpp"
 #include "rules/guardrails_scan.hpp"
@@ -33,11 +35,26 @@ bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }
 struct frame {
     bool array = false;
     std::size_t index = 0;
-    std::string_view key;
-    std::string key_buf;  // decoded key when it had escapes
+    std::string_view key;  // in the body, or in the walker's arena when it had escapes
 };
 
 enum class value_type : std::uint8_t { string, scalar, object, array };
+
+// What a visitor wants next: the next value, the next value after this one's children (for a
+// container: nothing under it can matter to it), or nothing (it found something).
+// A visitor may also return a bool: true to stop.
+enum class walk_next : std::uint8_t { go, skip, stop };
+
+template <class R>
+walk_next as_next(R r) {
+    if constexpr (std::is_same_v<R, bool>) {
+        return r ? walk_next::stop : walk_next::go;
+    } else {
+        return r;
+    }
+}
+
+bool is_container(value_type t) { return t == value_type::object || t == value_type::array; }
 
 // First '"' or '\\' at or after p, or end.
 const char* find_quote_or_escape(const char* p, const char* end) {
@@ -57,6 +74,33 @@ const char* find_quote_or_escape(const char* p, const char* end) {
         ++p;
     }
     return p;
+}
+
+// Copies body bytes from `i` to `out` up to the next '"' or '\\'; returns its position, or
+// body.size(). Writes up to 15 bytes past what it copies (the arena has room: see json_walker).
+std::size_t copy_to_quote_or_escape(std::string_view body, std::size_t i, char*& out) {
+    const char* const b = body.data();
+    const std::size_t n = body.size();
+#if defined(__SSE2__)
+    const __m128i q = _mm_set1_epi8('"');
+    const __m128i bs = _mm_set1_epi8('\\');
+    while (n - i >= 16) {
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), c);
+        const int m = _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(c, q), _mm_cmpeq_epi8(c, bs)));
+        if (m != 0) {
+            const auto k = static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(m)));
+            out += k;
+            return i + k;
+        }
+        i += 16;
+        out += 16;
+    }
+#endif
+    while (i < n && b[i] != '"' && b[i] != '\\') {
+        *out++ = b[i++];
+    }
+    return i;
 }
 
 int hexv(char c) {
@@ -87,38 +131,39 @@ bool hex4(std::string_view s, std::size_t at, unsigned& out) {
     return true;
 }
 
-void put_utf8(unsigned cp, std::string& out) {
+void put_utf8(unsigned cp, char*& out) {
     if (cp < 0x80) {
-        out += static_cast<char>(cp);
+        *out++ = static_cast<char>(cp);
     } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
+        *out++ = static_cast<char>(0xC0 | (cp >> 6));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
     } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
+        *out++ = static_cast<char>(0xE0 | (cp >> 12));
+        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
     } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
+        *out++ = static_cast<char>(0xF0 | (cp >> 18));
+        *out++ = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
     }
 }
 
-// Decodes the escape at s[at] == '\\'; appends to out; returns raw bytes consumed, 0 if invalid.
-std::size_t decode_escape(std::string_view s, std::size_t at, std::string& out) {
+// Decodes the escape at s[at] == '\\' to out (advanced past what it wrote; never more bytes
+// than it reads); returns raw bytes consumed, 0 if invalid.
+std::size_t decode_escape(std::string_view s, std::size_t at, char*& out) {
     if (at + 1 >= s.size()) {
         return 0;
     }
     switch (s[at + 1]) {
-        case '"': out += '"'; return 2;
-        case '\\': out += '\\'; return 2;
-        case '/': out += '/'; return 2;
-        case 'b': out += '\b'; return 2;
-        case 'f': out += '\f'; return 2;
-        case 'n': out += '\n'; return 2;
-        case 'r': out += '\r'; return 2;
-        case 't': out += '\t'; return 2;
+        case '"': *out++ = '"'; return 2;
+        case '\\': *out++ = '\\'; return 2;
+        case '/': *out++ = '/'; return 2;
+        case 'b': *out++ = '\b'; return 2;
+        case 'f': *out++ = '\f'; return 2;
+        case 'n': *out++ = '\n'; return 2;
+        case 'r': *out++ = '\r'; return 2;
+        case 't': *out++ = '\t'; return 2;
         case 'u': {
             unsigned cp = 0;
             if (!hex4(s, at + 2, cp)) {
@@ -138,18 +183,34 @@ std::size_t decode_escape(std::string_view s, std::size_t at, std::string& out) 
     }
 }
 
+// What decode_escape writes for the two-byte escapes; 0 for the others (\u, invalid).
+struct escape_table {
+    char out[256] = {};
+    constexpr escape_table() {
+        out[static_cast<unsigned char>('"')] = '"';
+        out[static_cast<unsigned char>('\\')] = '\\';
+        out[static_cast<unsigned char>('/')] = '/';
+        out[static_cast<unsigned char>('b')] = '\b';
+        out[static_cast<unsigned char>('f')] = '\f';
+        out[static_cast<unsigned char>('n')] = '\n';
+        out[static_cast<unsigned char>('r')] = '\r';
+        out[static_cast<unsigned char>('t')] = '\t';
+    }
+};
+constexpr escape_table simple_escapes{};
+
 // Body offset of decoded byte `idx` of the string whose raw text starts at raw_start.
 std::size_t raw_offset(std::string_view body, std::size_t raw_start, std::size_t idx) {
     std::size_t decoded = 0;
     std::size_t i = raw_start;
-    std::string tmp;
     while (i < body.size() && body[i] != '"') {
         std::size_t raw = 1;
         std::size_t produced = 1;
         if (body[i] == '\\') {
-            tmp.clear();
-            raw = decode_escape(body, i, tmp);
-            produced = tmp.size();
+            char tmp[4];
+            char* t = tmp;
+            raw = decode_escape(body, i, t);
+            produced = static_cast<std::size_t>(t - tmp);
             if (raw == 0) {
                 break;
             }
@@ -163,15 +224,38 @@ std::size_t raw_offset(std::string_view body, std::size_t raw_start, std::size_t
     return i;
 }
 
+// A JSON walk over the raw body: every value with its path and, for strings, the decoded
+// text and the byte offset of its first character in the body. Strings with escapes are
+// decoded into an arena of body size + 64 bytes that lives until the next run: a decoded
+// string is never longer than its raw text, so every string of a body fits, and the views
+// handed out stay valid for the whole run (the shared parse keeps them past it).
 class json_walker {
 public:
     enum class result : std::uint8_t { done, stopped, invalid };
 
-    // visit(frames, type, text, raw_start, escaped) -> true to stop.
+    // visit(frames, type, text, raw_start, escaped) -> walk_next (or true to stop). The
+    // whole body is parsed whatever the visitor skips (the result says whether it is JSON).
     template <class V>
-    result run(std::string_view body, V&& visit) {
-        frames_.clear();
+    result run(std::string_view body, V&& visit_value) {
         depth_ = 0;
+        // While depth_ > skip_above, values are inside a container the visitor skipped.
+        std::size_t skip_above = std::string_view::npos;
+        auto visit = [&](std::span<const frame> f, value_type t, std::string_view text, std::size_t start, bool esc) {
+            if (depth_ > skip_above) {
+                return false;
+            }
+            skip_above = std::string_view::npos;
+            const walk_next next = as_next(visit_value(f, t, text, start, esc));
+            if (next == walk_next::skip && is_container(t)) {
+                skip_above = depth_;
+            }
+            return next == walk_next::stop;
+        };
+        if (arena_cap_ < body.size() + 64) {
+            arena_cap_ = body.size() + 64;
+            arena_ = std::make_unique_for_overwrite<char[]>(arena_cap_);  // not zeroed: written before read
+        }
+        arena_used_ = 0;
         const std::size_t n = body.size();
         std::size_t pos = skip_ws(body, 0);
         if (pos >= n) {
@@ -208,7 +292,7 @@ public:
                         std::string_view text;
                         bool escaped = false;
                         const std::size_t start = pos + 1;
-                        if (!read_string(body, pos, buf_, text, escaped)) {
+                        if (!read_string(body, pos, text, escaped)) {
                             return result::invalid;
                         }
                         if (visit(frames(), value_type::string, text, start, escaped)) {
@@ -237,7 +321,7 @@ public:
                     }
                     frame& f = frames_[depth_ - 1];
                     bool escaped = false;
-                    if (!read_string(body, pos, f.key_buf, f.key, escaped)) {
+                    if (!read_string(body, pos, f.key, escaped)) {
                         return result::invalid;
                     }
                     pos = skip_ws(body, pos);
@@ -279,6 +363,14 @@ public:
     }
 
     std::span<const frame> frames() const { return {frames_.data(), depth_}; }
+    const char* arena() const { return arena_.get(); }
+    // Frees the arena when it grew past `bytes` (one large body does not pin its memory).
+    void trim(std::size_t bytes) {
+        if (arena_cap_ > bytes) {
+            arena_.reset();
+            arena_cap_ = 0;
+        }
+    }
 
 private:
     static std::size_t skip_ws(std::string_view b, std::size_t pos) {
@@ -299,9 +391,8 @@ private:
     }
 
     // body[pos] == '"'; on success pos is just past the closing quote. text views the body
-    // when the string has no escapes, else `buf`.
-    static bool read_string(std::string_view body, std::size_t& pos, std::string& buf, std::string_view& text,
-                            bool& escaped) {
+    // when the string has no escapes, else the arena.
+    bool read_string(std::string_view body, std::size_t& pos, std::string_view& text, bool& escaped) {
         const char* const begin = body.data();
         const char* const end = begin + body.size();
         const std::size_t start = pos + 1;
@@ -316,33 +407,311 @@ private:
             return true;
         }
         escaped = true;
-        buf.assign(begin + start, p);
+        char* const out0 = arena_.get() + arena_used_;
+        char* out = out0;
+        std::memcpy(out, begin + start, static_cast<std::size_t>(p - (begin + start)));
+        out += p - (begin + start);
         std::size_t i = static_cast<std::size_t>(p - begin);
         while (true) {
-            const std::size_t used = decode_escape(body, i, buf);
-            if (used == 0) {
+            // The two-byte escapes inline (\" \\ \/ \n ...: nearly all of them in HTML); \u by call.
+            const char simple = i + 1 < body.size() ? simple_escapes.out[static_cast<unsigned char>(body[i + 1])] : 0;
+            std::size_t used = 2;
+            if (simple != 0) {
+                *out++ = simple;
+            } else if ((used = decode_escape(body, i, out)) == 0) {
                 return false;
             }
-            i += used;
-            const char* q = find_quote_or_escape(begin + i, end);
-            if (q == end) {
+            i = copy_to_quote_or_escape(body, i + used, out);
+            if (i >= body.size()) {
                 return false;
             }
-            buf.append(begin + i, q);
-            i = static_cast<std::size_t>(q - begin);
-            if (*q == '"') {
+            if (body[i] == '"') {
                 break;
             }
         }
-        text = buf;
+        text = {out0, static_cast<std::size_t>(out - out0)};
+        arena_used_ += text.size();
         pos = i + 1;
         return true;
     }
 
     std::vector<frame> frames_;
     std::size_t depth_ = 0;
-    std::string buf_;
+    std::unique_ptr<char[]> arena_;
+    std::size_t arena_cap_ = 0;
+    std::size_t arena_used_ = 0;
 };
+
+}  // namespace
+
+namespace detail {
+
+// A body parsed once: the values json_walker visits, in order, with what each visitor
+// needs (40 bytes a value). walk() replays them, rebuilding the path frames as it goes (in
+// document order a value's ancestors are the last values seen at each smaller depth), so a
+// guard sees exactly what a walk of its own would show it, the same stop and the same
+// invalid result, at a fraction of the cost. A body with more than max_nodes values is
+// walked again by each guard instead (bounded memory), as is one over 4 GiB.
+class parsed_body {
+public:
+    void reset() {
+        parsed_ = false;
+        body_ = {};
+        // Large bodies do not pin their memory in every worker thread.
+        if (nodes_.capacity() > retain_nodes) {
+            nodes_ = {};
+        }
+        walker_.trim(retain_arena);
+    }
+
+    // Whether the body may have a key List-Unsubscribe (in any case); valid once walk() ran.
+    bool may_have_key_list_unsubscribe() const { return streaming_ || list_unsubscribe_; }
+
+    template <class V>
+    json_walker::result walk(std::string_view body, V&& visit) {
+        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
+            parse(body);
+        }
+        if (streaming_) {
+            return walker_.run(body, visit);
+        }
+        for (std::size_t i = 0; i < nodes_.size();) {
+            const node& n = nodes_[i];
+            if (n.depth > 0) {
+                frame& f = frames_[n.depth - 1];
+                f.array = n.flags & in_array;
+                f.index = n.index;
+                f.key = {n.key, n.key_len};
+            }
+            const walk_next next = as_next(visit(std::span<const frame>{frames_.data(), n.depth}, n.type,
+                                                 std::string_view{n.text, n.text_len}, n.raw_start, n.flags & escaped));
+            if (next == walk_next::stop) {
+                return json_walker::result::stopped;
+            }
+            i = next == walk_next::skip && is_container(n.type) ? n.end : i + 1;
+        }
+        return result_;
+    }
+
+    // The strings and scalars only, without their paths, for a visitor that needs a path
+    // only for what it finds: visit(text, raw_start, escaped) -> true to stop; then
+    // path_of_stop() gives its path. Same values, order and result as walk().
+    template <class V>
+    json_walker::result walk_values(std::string_view body, V&& visit) {
+        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
+            parse(body);
+        }
+        if (streaming_) {
+            return walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
+                                         std::size_t start, bool esc) {
+                if (is_container(t) || !visit(text, start, esc)) {
+                    return false;
+                }
+                stop_frames_.assign(f.begin(), f.end());
+                return true;
+            });
+        }
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            const node& n = nodes_[i];
+            if (!is_container(n.type) && visit(std::string_view{n.text, n.text_len}, n.raw_start, n.flags & escaped)) {
+                // Rebuild the stopping value's frames (its ancestors are the last values
+                // before it at each smaller depth).
+                stop_frames_.assign(n.depth, frame{});
+                for (std::size_t j = 0, need = n.depth; j <= i && need > 0; ++j) {
+                    const node& m = nodes_[i - j];
+                    if (m.depth == need) {
+                        stop_frames_[need - 1] = {static_cast<bool>(m.flags & in_array), m.index, {m.key, m.key_len}};
+                        --need;
+                    }
+                }
+                return json_walker::result::stopped;
+            }
+        }
+        return result_;
+    }
+    std::span<const frame> path_of_stop() const { return stop_frames_; }
+
+private:
+    // A JSON body of the default 10 MiB limit can hold millions of values; recording them
+    // all would cost 40 bytes each per worker thread. Past max_nodes (2.5 MiB of nodes, well
+    // above a 1,000-recipient SendGrid send, ~11k values) the guards walk the body themselves.
+    static constexpr std::size_t max_nodes = std::size_t{1} << 16;
+    static constexpr std::size_t retain_nodes = max_nodes;
+    static constexpr std::size_t retain_arena = std::size_t{4} << 20;
+    enum : std::uint8_t { in_array = 1, escaped = 2 };
+    struct node {
+        const char* key;   // the body or the walker's arena (both stay until the next parse)
+        const char* text;
+        std::uint32_t key_len;
+        std::uint32_t text_len;
+        std::uint32_t raw_start;
+        std::uint32_t index;
+        std::uint32_t end;  // containers: the index of the first value after their children
+        std::uint16_t depth;
+        value_type type;
+        std::uint8_t flags;
+    };
+
+    void parse(std::string_view body) {
+        parsed_ = true;
+        body_ = body;
+        nodes_.clear();
+        streaming_ = body.size() > 0xFFFF'FF00u;
+        if (streaming_) {
+            return;
+        }
+        bool too_many = false;
+        list_unsubscribe_ = false;
+        open_.clear();
+        result_ = walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
+                                        std::size_t start, bool esc) {
+            if (nodes_.size() == max_nodes) {
+                too_many = true;
+                return true;
+            }
+            // The containers this value is not inside of are closed: their children end here.
+            while (!open_.empty() && nodes_[open_.back()].depth >= f.size()) {
+                nodes_[open_.back()].end = static_cast<std::uint32_t>(nodes_.size());
+                open_.pop_back();
+            }
+            if (is_container(t)) {
+                open_.push_back(static_cast<std::uint32_t>(nodes_.size()));
+            }
+            node n;
+            n.depth = static_cast<std::uint16_t>(f.size());
+            n.type = t;
+            n.raw_start = static_cast<std::uint32_t>(start);
+            n.flags = esc ? escaped : 0;
+            n.key = nullptr;
+            n.key_len = 0;
+            n.index = 0;
+            n.end = 0;
+            if (!f.empty()) {
+                const frame& last = f.back();
+                if (last.key.size() == 16 && iequals(last.key, "List-Unsubscribe")) {
+                    list_unsubscribe_ = true;
+                }
+                n.flags |= last.array ? in_array : 0;
+                n.index = static_cast<std::uint32_t>(last.index);
+                n.key = last.key.data();
+                n.key_len = static_cast<std::uint32_t>(last.key.size());
+            }
+            n.text = text.data();
+            n.text_len = static_cast<std::uint32_t>(text.size());
+            nodes_.push_back(n);
+            return false;
+        });
+        if (too_many) {
+            streaming_ = true;
+            nodes_.clear();
+            return;
+        }
+        for (const std::uint32_t i : open_) {
+            nodes_[i].end = static_cast<std::uint32_t>(nodes_.size());
+        }
+        if (frames_.size() <= max_json_depth) {
+            frames_.resize(max_json_depth + 1);
+        }
+    }
+
+    bool parsed_ = false;
+    bool streaming_ = false;
+    bool list_unsubscribe_ = false;
+    std::string_view body_;
+    json_walker walker_;
+    std::vector<node> nodes_;
+    std::vector<std::uint32_t> open_;  // while parsing: the containers not closed yet
+    std::vector<frame> frames_;
+    std::vector<frame> stop_frames_;
+    json_walker::result result_ = json_walker::result::invalid;
+};
+
+}  // namespace detail
+
+std::uint64_t path_index::head_of(std::string_view s) {
+    // The first min(8, size) bytes, little-endian, zero-padded; from whole loads (a variable
+    // memcpy into a register stores byte by byte and stalls the load that follows).
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const std::size_t n = s.size();
+    if (n >= 8) {
+        std::uint64_t h;
+        std::memcpy(&h, p, 8);
+        return h;
+    }
+    if (n >= 4) {  // two overlapping 4-byte loads
+        std::uint32_t lo;
+        std::uint32_t hi;
+        std::memcpy(&lo, p, 4);
+        std::memcpy(&hi, p + n - 4, 4);
+        return lo | (static_cast<std::uint64_t>(hi) << (8 * (n - 4)));
+    }
+    if (n == 0) {
+        return 0;
+    }
+    return p[0] | (static_cast<std::uint64_t>(p[n / 2]) << (8 * (n / 2))) | (static_cast<std::uint64_t>(p[n - 1]) << (8 * (n - 1)));
+}
+
+path_index path_index::of(std::initializer_list<const std::vector<guard_field>*> lists) {
+    path_index out;
+    std::size_t k = 0;
+    for (const auto* list : lists) {
+        for (const auto& f : *list) {
+            if (f.form) {
+                continue;
+            }
+            if (out.paths.size() == 64) {
+                path_index fallback;
+                fallback.fallback = true;
+                return fallback;
+            }
+            const std::uint64_t bit = 1ull << out.paths.size();
+            std::vector<step> steps;
+            for (const auto& seg : f.path.segments) {
+                step st;
+                st.k = seg.k;
+                st.index = seg.index;
+                for (const auto& n : seg.names) {
+                    st.names.push_back({head_of(n), n.size(), n});
+                }
+                steps.push_back(std::move(st));
+            }
+            out.lists[k] |= bit;
+            if (steps.empty()) {
+                out.root |= bit;
+            } else if (steps[0].k == path_segment::kind::wildcard) {
+                out.first_wildcard |= bit;
+            } else if (steps[0].k == path_segment::kind::index) {
+                auto it = std::find_if(out.first_index.begin(), out.first_index.end(),
+                                       [&](const auto& e) { return e.first == steps[0].index; });
+                if (it == out.first_index.end()) {
+                    out.first_index.emplace_back(steps[0].index, bit);
+                } else {
+                    it->second |= bit;
+                }
+            } else {
+                for (const auto& n : steps[0].names) {
+                    auto it = std::find_if(out.first_names.begin(), out.first_names.end(),
+                                           [&](const auto& e) { return e.first.text == n.text; });
+                    if (it == out.first_names.end()) {
+                        out.first_names.emplace_back(n, bit);
+                    } else {
+                        it->second |= bit;
+                    }
+                }
+            }
+            out.lengths[out.paths.size()] = steps.size();
+            out.paths.push_back(std::move(steps));
+        }
+        ++k;
+    }
+    return out;
+}
+
+guard_body::guard_body() : p_{std::make_unique<detail::parsed_body>()} {}
+guard_body::~guard_body() = default;
+void guard_body::reset() { p_->reset(); }
+
+namespace {
 
 bool path_matches(const json_path& p, std::span<const frame> f, bool prefix) {
     if (p.segments.size() > f.size() || (!prefix && p.segments.size() != f.size())) {
@@ -375,6 +744,163 @@ bool any_path(const std::vector<guard_field>& fields, std::span<const frame> f, 
     }
     return false;
 }
+
+const std::vector<guard_field>& no_fields() {
+    static const std::vector<guard_field> none;
+    return none;
+}
+
+bool name_matches(const path_index::name& n, std::string_view key, std::uint64_t head) {
+    return n.len == key.size() && n.head == head && (n.len <= 8 || n.text == key);
+}
+
+bool step_matches(const path_index::step& st, const frame& f, std::uint64_t head) {
+    switch (st.k) {
+        case path_segment::kind::names:
+            if (f.array) {
+                return false;
+            }
+            for (const auto& n : st.names) {
+                if (name_matches(n, f.key, head)) {
+                    return true;
+                }
+            }
+            return false;
+        case path_segment::kind::index: return f.array && f.index == st.index;
+        case path_segment::kind::wildcard: return true;
+    }
+    return false;
+}
+
+// Whether a value is at one of a list of JSON paths (exact()) or under one (under()), the
+// answers of any_path(fields, frames, false / true), found along a walk in document order: a
+// value's frames are its parent's plus its own slot, and its parent was the last value seen
+// one level up, so a value only tests its own slot against the paths still alive at its
+// parent (most values: none; a top-level key: a lookup by first name). any_path tests every
+// path against every frame of every value. Up to three lists at once (a duplicates guard's
+// recipients, subjects and templates; exact(k) for list k); under() is for the first list.
+// Call visit() for every value the walk shows, in order; when dead() nothing at or under a
+// path is below the value (a container may be skipped).
+class path_tracker {
+public:
+    path_tracker(const path_index& index, const std::vector<guard_field>& a, const std::vector<guard_field>* b = nullptr,
+                 const std::vector<guard_field>* c = nullptr)
+        : index_{index}, lists_{&a, b, c} {
+        const std::size_t n = index.paths.size();
+        all_ = n >= 64 ? ~0ull : (1ull << n) - 1;
+    }
+
+    void visit(std::span<const frame> f) {
+        const std::size_t d = f.size();
+        depth_ = d;
+        if (d >= 2 && alive_[d - 1] == 0 && !index_.fallback) {  // the usual case: no path goes on here
+            exact_ = 0;
+            alive_[d] = 0;
+            under_[d] = under_[d - 1];
+            return;
+        }
+        visit_alive(f);
+    }
+    bool exact(std::size_t list = 0) const {
+        return index_.fallback ? (exact_ >> list) & 1u : (exact_ & index_.lists[list]) != 0;
+    }
+    bool under() const { return under_[depth_]; }
+    bool dead() const { return alive_[depth_] == 0 && !under_[depth_]; }
+
+private:
+    void visit_alive(std::span<const frame> f) {
+        const std::size_t d = f.size();
+        if (index_.fallback) {
+            exact_ = 0;
+            for (std::size_t k = 0; k < 3; ++k) {
+                if (lists_[k] && any_path(*lists_[k], f, false)) {
+                    exact_ |= 1ull << k;
+                }
+            }
+            alive_[d] = ~0ull;  // never dead
+            under_[d] = any_path(*lists_[0], f, true);
+            return;
+        }
+        std::uint64_t alive = all_;
+        std::uint64_t exact = index_.root;
+        bool under = false;
+        if (d > 0) {
+            under = under_[d - 1];
+            const frame& fr = f[d - 1];
+            const std::uint64_t parent_alive = alive_[d - 1];
+            const std::uint64_t head = fr.array || (d > 1 && parent_alive == 0) ? 0 : path_index::head_of(fr.key);
+            if (d == 1) {
+                alive = index_.first_wildcard;
+                if (fr.array) {
+                    for (const auto& [i, bits] : index_.first_index) {
+                        alive |= i == fr.index ? bits : 0;
+                    }
+                } else {
+                    for (const auto& [n, bits] : index_.first_names) {
+                        if (name_matches(n, fr.key, head)) {
+                            alive |= bits;
+                        }
+                    }
+                }
+            } else {
+                alive = 0;
+                for (std::uint64_t parent = parent_alive; parent != 0; parent &= parent - 1) {
+                    const auto i = static_cast<std::size_t>(__builtin_ctzll(parent));
+                    if (index_.lengths[i] >= d && step_matches(index_.paths[i][d - 1], fr, head)) {
+                        alive |= 1ull << i;
+                    }
+                }
+            }
+            exact = 0;
+            for (std::uint64_t a = alive; a != 0; a &= a - 1) {
+                const auto i = static_cast<std::size_t>(__builtin_ctzll(a));
+                exact |= static_cast<std::uint64_t>(index_.lengths[i] == d) << i;
+            }
+        }
+        exact_ = exact;
+        alive_[d] = alive;
+        under_[d] = under || (exact & index_.lists[0]) != 0;
+    }
+
+    const path_index& index_;
+    const std::vector<guard_field>* lists_[3];
+    std::uint64_t all_ = 0;
+    std::uint64_t exact_ = 0;
+    std::size_t depth_ = 0;
+    // Per depth, for the last value seen there: paths whose first `depth` steps match it, and
+    // whether it is under a path. Written before read (a parent comes before its values).
+    std::array<std::uint64_t, max_json_depth + 1> alive_;
+    std::array<bool, max_json_depth + 1> under_;
+};
+
+}  // namespace
+
+namespace detail {
+
+std::string path_tracking_mismatch(std::string_view json, const std::vector<guard_field>& fields,
+                                   std::size_t* under) {
+    json_walker walker;
+    const path_index index = path_index::of({&fields});
+    path_tracker tracker{index, fields};
+    std::string out;
+    walker.run(json, [&](std::span<const frame> f, value_type, std::string_view, std::size_t start, bool) {
+        tracker.visit(f);
+        if (under && tracker.under()) {
+            ++*under;
+        }
+        if (tracker.exact() != any_path(fields, f, false) || tracker.under() != any_path(fields, f, true)) {
+            out = "value at " + std::to_string(start) + ": exact " + std::to_string(tracker.exact()) + ", under " +
+                  std::to_string(tracker.under());
+            return true;
+        }
+        return false;
+    });
+    return out;
+}
+
+}  // namespace detail
+
+namespace {
 
 // `$.personalizations[0].to[1].email`. Keys that could carry personal data (an address, a
 // long number) are not shown.
@@ -418,7 +944,7 @@ enum class body_kind : std::uint8_t { json, form, text };
 body_kind kind_of(const guard_input& in) {
     const std::string_view ct = in.req.content_type;
     for (std::size_t i = 0; i + 4 <= ct.size(); ++i) {
-        if (ieq(ct.substr(i, 4), "json")) {
+        if ((ct[i] | 0x20) == 'j' && (ct[i + 1] | 0x20) == 's' && (ct[i + 2] | 0x20) == 'o' && (ct[i + 3] | 0x20) == 'n') {
             return body_kind::json;
         }
     }
@@ -444,21 +970,50 @@ bool form_selected(const std::vector<guard_field>& fields, std::string_view name
 }
 
 struct scratch {
-    json_walker walker;
     std::string addr;
+    // Recipients, subjects and templates of a duplicates guard: their texts in `chars`.
     struct valued {
-        std::string text;
+        std::size_t off = 0;
+        std::size_t len = 0;
         std::int64_t group = -1;
+        std::uint64_t hash = 0;
     };
+    std::string chars;
     std::vector<valued> recipients;
     std::vector<valued> subjects;
     std::vector<valued> templates;
+    std::vector<std::pair<std::int64_t, std::size_t>> subject_groups;
+    std::vector<std::pair<std::int64_t, std::size_t>> template_groups;
     std::vector<std::uint64_t> keys;
+    std::vector<std::pair<std::uint64_t, std::size_t>> sorted_keys;
+    std::vector<std::uint8_t> repeat;
+    // Recipients guard: the addresses that passed the domain checks, in `chars`.
+    std::vector<std::pair<std::size_t, std::size_t>> spans;
+    std::vector<std::string_view> views;
 };
 
 scratch& local() {
     thread_local scratch s;
     return s;
+}
+
+// Frees what a large body left in a per-thread buffer (the next request may be small).
+template <class T>
+void trim(std::vector<T>& v, std::size_t keep = std::size_t{1} << 16) {
+    if (v.capacity() > keep) {
+        v = {};
+    }
+}
+
+// The shared parse of the body when the caller has one (the engine: one per request),
+// else a parse of this guard's own.
+detail::parsed_body& doc_of(const guard_input& in) {
+    if (in.body) {
+        return in.body->parsed();
+    }
+    thread_local guard_body own;
+    own.reset();
+    return own.parsed();
 }
 
 guard_result violated(std::string finding) {
@@ -484,21 +1039,37 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
-            auto res = local().walker.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
-                                                    std::size_t start, bool escaped) {
-                if (t != value_type::string && t != value_type::scalar) {
-                    return false;
-                }
-                if (!g.in.empty() && !any_path(g.in, f, true)) {
-                    return false;
-                }
-                if (!detail::scan_pii(g.kinds, text, &hit)) {
+            const std::size_t min_length = detail::pii_min_length(g.kinds);
+            auto found = [&](std::string_view text, std::size_t start, bool escaped) {
+                if (text.size() < min_length || !detail::scan_pii(g.kinds, text, &hit)) {
                     return false;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
-                where = render_path(f);
                 return true;
-            });
+            };
+            detail::parsed_body& doc = doc_of(in);
+            json_walker::result res;
+            if (g.in.empty()) {
+                // Every string and number: no paths to follow, a path only for a finding.
+                res = doc.walk_values(body, found);
+                if (res == json_walker::result::stopped) {
+                    where = render_path(doc.path_of_stop());
+                }
+            } else {
+                path_tracker in_paths{g.in_index, g.in};
+                res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text, std::size_t start,
+                                         bool escaped) {
+                    in_paths.visit(f);
+                    if (in_paths.dead()) {
+                        return walk_next::skip;
+                    }
+                    if (is_container(t) || !in_paths.under() || !found(text, start, escaped)) {
+                        return walk_next::go;
+                    }
+                    where = render_path(f);
+                    return walk_next::stop;
+                });
+            }
             if (res == json_walker::result::stopped) {
                 return violated(hit.what + " at body offset " + std::to_string(offset) + " (" + where + ")");
             }
@@ -527,18 +1098,16 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
     return {};
 }
 
-// Why an address is refused, or empty.
-std::string_view refuse_recipient(const recipients_guard& g, std::string_view addr) {
+// Why an address is refused for its domain, or empty (suppression is checked after the walk).
+std::string_view refuse_domain(const recipients_guard& g, std::string_view addr, detail::domain_memo& block,
+                               detail::domain_memo& allow) {
     const auto at = addr.rfind('@');
     const std::string_view domain = at == std::string_view::npos ? std::string_view{} : addr.substr(at + 1);
-    if (!g.block.empty() && g.block.contains(domain)) {
+    if (!g.block.empty() && block.contains(domain)) {
         return "recipient domain blocked";
     }
-    if (!g.allow.empty() && !g.allow.contains(domain)) {
+    if (!g.allow.empty() && !allow.contains(domain)) {
         return "recipient domain not in allowlist";
-    }
-    if (g.suppressed && g.suppressed->contains(addr)) {
-        return "suppressed recipient";
     }
     return {};
 }
@@ -572,16 +1141,21 @@ void for_each_item(std::string_view list, F&& f) {
 // Calls f(address, group, where) for every recipient at `fields`; false if the body should
 // be JSON and is not.
 template <class F>
-bool for_each_value(const std::vector<guard_field>& fields, const guard_input& in, bool split_lists, F&& f) {
-    scratch& s = local();
+bool for_each_value(const std::vector<guard_field>& fields, const path_index& index, const guard_input& in,
+                    bool split_lists, F&& f) {
     switch (kind_of(in)) {
         case body_kind::json: {
-            auto res = s.walker.run(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
+            path_tracker paths{index, fields};
+            auto res = doc_of(in).walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
-                if (t != value_type::string || !any_path(fields, fr, false)) {
-                    return false;
+                paths.visit(fr);
+                if (paths.dead()) {
+                    return walk_next::skip;
                 }
-                return f(text, group_of(fr), [fr] { return render_path(fr); });
+                if (t != value_type::string || !paths.exact()) {
+                    return walk_next::go;
+                }
+                return f(text, group_of(fr), [fr] { return render_path(fr); }) ? walk_next::stop : walk_next::go;
             });
             return res != json_walker::result::invalid;
         }
@@ -612,28 +1186,75 @@ bool for_each_value(const std::vector<guard_field>& fields, const guard_input& i
     return true;
 }
 
+// The path (or form field) of the k-th recipient item, for a finding found after the walk.
+std::string where_recipient(const recipients_guard& g, const guard_input& in, std::size_t k) {
+    std::string out;
+    std::size_t index = 0;
+    for_each_value(g.fields, g.index, in, true, [&](std::string_view, std::int64_t, auto&& where) {
+        if (index++ == k) {
+            out = where();
+            return true;
+        }
+        return false;
+    });
+    return out;
+}
+
+// Recipients in order, each refused by the first of: blocked domain, domain not allowed,
+// suppressed. The walk checks the domains and stops at the first refused one; the addresses
+// before it are then looked up in the suppression list together, two SHA-256 at a time (so
+// a suppressed recipient before a blocked one is still the one reported).
 guard_result check_recipients(const recipients_guard& g, const guard_input& in) {
     scratch& s = local();
-    guard_result out;
+    guard_result refused;
     std::size_t index = 0;
-    const bool ok = for_each_value(g.fields, in, true, [&](std::string_view item, std::int64_t, auto&& where) {
+    detail::domain_memo block{g.block};
+    detail::domain_memo allow{g.allow};
+    const bool suppression = g.suppressed && g.suppressed->size() > 0;
+    if (s.chars.capacity() > (std::size_t{4} << 20)) {
+        s.chars = {};  // one large body does not pin its memory
+    }
+    trim(s.spans);
+    trim(s.views);
+    s.chars.clear();
+    s.spans.clear();
+    const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, std::int64_t, auto&& where) {
         detail::normalize_address(item, s.addr);
-        const std::string_view why = refuse_recipient(g, s.addr);
+        const std::string_view why = refuse_domain(g, s.addr, block, allow);
         if (!why.empty()) {
-            out = violated(std::string{why} + " #" + std::to_string(index) + " " + mask_address(s.addr) + " (" +
-                           where() + ")");
+            refused = violated(std::string{why} + " #" + std::to_string(index) + " " + mask_address(s.addr) + " (" +
+                               where() + ")");
             return true;
+        }
+        if (suppression) {
+            s.spans.emplace_back(s.chars.size(), s.addr.size());
+            s.chars += s.addr;
         }
         ++index;
         return false;
     });
+    if (suppression && !s.spans.empty()) {
+        s.views.clear();
+        for (const auto& [off, len] : s.spans) {
+            s.views.push_back(std::string_view{s.chars}.substr(off, len));
+        }
+        const std::size_t k = g.suppressed->first_of(s.views);
+        if (k < s.views.size()) {
+            return violated("suppressed recipient #" + std::to_string(k) + " " + mask_address(s.views[k]) + " (" +
+                            where_recipient(g, in, k) + ")");
+        }
+    }
+    if (refused.outcome != guard_result::status::clean) {
+        return refused;
+    }
     if (!ok) {
         return invalid_body();
     }
-    return out;
+    return {};
 }
 
-bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_view text) {
+// `list_unsubscribe_keys`: whether the body has a key List-Unsubscribe at all (the parse knows).
+bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_view text, bool list_unsubscribe_keys) {
     const std::size_t d = f.size();
     if (d == 1 && !f[0].array && (f[0].key == "asm" || f[0].key == "ListManagementOptions") && t == value_type::object) {
         return true;
@@ -642,8 +1263,15 @@ bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_vie
         f[1].key == "subscription_tracking" && f[2].key == "enable") {
         return true;
     }
-    return d >= 2 && !f[d - 1].array && !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") &&
+    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") &&
            ieq(f[d - 2].key, "headers");
+}
+
+// Whether a value below this container (at `f`, not the root) could be one unsubscribe_setting
+// accepts: $.tracking_settings.subscription_tracking.enable, or a List-Unsubscribe key under
+// headers (the parse knows whether the body has such a key at all).
+bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<const frame> f) {
+    return (!f[0].array && f[0].key == "tracking_settings") || doc.may_have_key_list_unsubscribe();
 }
 
 guard_result check_content(const content_guard& g, const guard_input& in) {
@@ -655,20 +1283,26 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
-            auto res = local().walker.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
-                                                    std::size_t start, bool escaped) {
-                if (!unsubscribe && unsubscribe_setting(f, t, text)) {
+            path_tracker paths{g.index, g.fields};
+            detail::parsed_body& doc = doc_of(in);
+            auto res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text,
+                                          std::size_t start, bool escaped) {
+                paths.visit(f);
+                if (!unsubscribe && unsubscribe_setting(f, t, text, doc.may_have_key_list_unsubscribe())) {
                     unsubscribe = true;
                 }
-                if (t != value_type::string || !any_path(g.fields, f, true)) {
-                    return false;
+                if (paths.dead() && !f.empty() && (unsubscribe || !may_hold_unsubscribe_setting(doc, f))) {
+                    return walk_next::skip;  // nothing under it is content or an unsubscribe setting
+                }
+                if (t != value_type::string || !paths.under()) {
+                    return walk_next::go;
                 }
                 if (!detail::scan_content(g, text, unsubscribe, &hit)) {
-                    return false;
+                    return walk_next::go;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
                 where = render_path(f);
-                return true;
+                return walk_next::stop;
             });
             if (res == json_walker::result::stopped) {
                 return violated(hit.what + " at body offset " + std::to_string(offset) + " (" + where + ")");
@@ -714,37 +1348,48 @@ std::uint64_t mix(std::uint64_t h) {
     return h;
 }
 
-std::uint64_t fnv(std::uint64_t h, std::string_view s) {
-    for (const char c : s) {
-        h ^= static_cast<unsigned char>(c);
-        h *= 1099511628211ull;
-    }
-    h ^= 0x1f;  // field separator
-    h *= 1099511628211ull;
-    return h;
+// Ordered: combine(combine(a, x), y) != combine(combine(a, y), x).
+std::uint64_t combine(std::uint64_t h, std::uint64_t x) {
+    return mix(h ^ (x + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2)));
 }
 
 // The subject (template) that goes with a recipient: the one of its own personalization,
-// else the message's, else the first one found.
-std::string_view pick(const std::vector<scratch::valued>& v, std::int64_t group) {
-    const scratch::valued* top = nullptr;
-    for (const auto& x : v) {
-        if (x.group == group) {
-            return x.text;
-        }
-        if (x.group == -1 && !top) {
-            top = &x;
-        }
+// else the message's, else the first one found. `by_group` holds (group, index) of every
+// value, sorted, so this is a binary search (a body with a subject per personalization would
+// make a scan quadratic). Returns the value's hash, 0 (the hash of "") if there is none.
+std::uint64_t pick(const std::vector<scratch::valued>& v, const std::vector<std::pair<std::int64_t, std::size_t>>& by_group,
+                   std::int64_t group) {
+    if (v.empty()) {
+        return 0;
     }
-    if (top) {
-        return top->text;
+    auto first_of = [&](std::int64_t g) -> const scratch::valued* {
+        const auto it = std::lower_bound(by_group.begin(), by_group.end(), std::pair<std::int64_t, std::size_t>{g, 0});
+        return it != by_group.end() && it->first == g ? &v[it->second] : nullptr;
+    };
+    if (const auto* own = first_of(group)) {
+        return own->hash;
     }
-    return v.empty() ? std::string_view{} : std::string_view{v.front().text};
+    if (const auto* top = first_of(-1)) {
+        return top->hash;
+    }
+    return v.front().hash;
 }
 
 guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, time_point now,
                               duplicate_counter* counter, std::vector<guard_booking>* bookings) {
     scratch& s = local();
+    if (s.chars.capacity() > (std::size_t{4} << 20)) {
+        s.chars = {};  // one large body does not pin its memory
+    }
+    for (auto* v : {&s.recipients, &s.subjects, &s.templates}) {
+        trim(*v);
+    }
+    trim(s.subject_groups);
+    trim(s.template_groups);
+    trim(s.keys);
+    trim(s.sorted_keys);
+    trim(s.repeat);
+    s.chars.clear();
     s.recipients.clear();
     s.subjects.clear();
     s.templates.clear();
@@ -758,31 +1403,41 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     const target targets[] = {{g.by_recipient, &g.recipient_fields, &s.recipients, true},
                               {g.by_subject, &g.subject_fields, &s.subjects, false},
                               {g.by_template, &g.template_fields, &s.templates, false}};
-    auto add = [](const target& t, std::string_view v, std::int64_t group) {
+    auto add = [&s](const target& t, std::string_view v, std::int64_t group) {
         if (t.out->size() >= 100'000) {
             return;
         }
-        t.out->emplace_back();
+        scratch::valued x;
+        x.off = s.chars.size();
         if (t.address) {
-            detail::normalize_address(v, t.out->back().text);
+            detail::normalize_address(v, s.addr);
+            s.chars += s.addr;
         } else {
-            t.out->back().text.assign(v.substr(0, 1024));
+            s.chars.append(v.substr(0, 1024));
         }
-        t.out->back().group = group;
+        x.len = s.chars.size() - x.off;
+        x.group = group;
+        t.out->push_back(x);
     };
     switch (kind_of(in)) {
         case body_kind::json: {
-            auto res = s.walker.run(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
+            path_tracker paths{g.index, g.by_recipient ? g.recipient_fields : no_fields(),
+                               g.by_subject ? &g.subject_fields : &no_fields(),
+                               g.by_template ? &g.template_fields : &no_fields()};
+            auto res = doc_of(in).walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
-                if (t != value_type::string) {
-                    return false;
+                paths.visit(fr);
+                if (paths.dead()) {
+                    return walk_next::skip;
                 }
-                for (const auto& tg : targets) {
-                    if (tg.on && any_path(*tg.fields, fr, false)) {
-                        add(tg, text, group_of(fr));
+                if (t == value_type::string) {
+                    for (std::size_t k = 0; k < 3; ++k) {
+                        if (targets[k].on && paths.exact(k)) {
+                            add(targets[k], text, group_of(fr));
+                        }
                     }
                 }
-                return false;
+                return walk_next::go;
             });
             if (res == json_walker::result::invalid) {
                 return invalid_body();
@@ -808,23 +1463,50 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     if (!counter) {
         return {};
     }
+    const std::string_view chars = s.chars;
+    auto text_of = [chars](const scratch::valued& v) { return chars.substr(v.off, v.len); };
+    for (auto* list : {&s.recipients, &s.subjects, &s.templates}) {
+        for (auto& v : *list) {
+            v.hash = detail::bytes_hash(text_of(v));
+        }
+    }
+    auto index_groups = [](const std::vector<scratch::valued>& v, std::vector<std::pair<std::int64_t, std::size_t>>& out) {
+        out.clear();
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            out.emplace_back(v[i].group, i);
+        }
+        std::sort(out.begin(), out.end());
+    };
+    index_groups(s.subjects, s.subject_groups);
+    index_groups(s.templates, s.template_groups);
     // One key per recipient (or one for the request when recipients are not part of it).
     s.keys.clear();
+    const std::uint64_t key_hash = detail::bytes_hash(in.key);
     const std::size_t n = g.by_recipient ? s.recipients.size() : 1;
     for (std::size_t i = 0; i < n; ++i) {
         const std::int64_t group = g.by_recipient ? s.recipients[i].group : -1;
-        std::uint64_t h = fnv(1469598103934665603ull, in.key);
-        h = fnv(h, g.by_recipient ? std::string_view{s.recipients[i].text} : std::string_view{});
-        h = fnv(h, g.by_subject ? pick(s.subjects, group) : std::string_view{});
-        h = fnv(h, g.by_template ? pick(s.templates, group) : std::string_view{});
-        s.keys.push_back(mix(h));
+        std::uint64_t h = combine(key_hash, g.by_recipient ? s.recipients[i].hash : 0);
+        h = combine(h, g.by_subject ? pick(s.subjects, s.subject_groups, group) : 0);
+        h = combine(h, g.by_template ? pick(s.templates, s.template_groups, group) : 0);
+        s.keys.push_back(h);
+    }
+    // The same recipient twice in one request is one send to it: only the first of equal
+    // keys is booked (sorted, so linear after the sort whatever the number of recipients).
+    s.sorted_keys.clear();
+    for (std::size_t i = 0; i < s.keys.size(); ++i) {
+        s.sorted_keys.emplace_back(s.keys[i], i);
+    }
+    std::sort(s.sorted_keys.begin(), s.sorted_keys.end());
+    s.repeat.assign(s.keys.size(), 0);
+    for (std::size_t j = 1; j < s.sorted_keys.size(); ++j) {
+        if (s.sorted_keys[j].first == s.sorted_keys[j - 1].first) {
+            s.repeat[s.sorted_keys[j].second] = 1;
+        }
     }
     const std::int64_t ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     const std::size_t first_booking = bookings ? bookings->size() : 0;
     for (std::size_t i = 0; i < s.keys.size(); ++i) {
-        // The same recipient twice in one request is one send to it.
-        if (std::find(s.keys.begin(), s.keys.begin() + static_cast<std::ptrdiff_t>(i), s.keys[i]) !=
-            s.keys.begin() + static_cast<std::ptrdiff_t>(i)) {
+        if (s.repeat[i]) {
             continue;
         }
         const std::uint32_t seen = counter->check_and_book(s.keys[i], ms);
@@ -837,7 +1519,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             }
             std::string what = "duplicate send: ";
             if (g.by_recipient) {
-                what += "recipient #" + std::to_string(i) + " " + mask_address(s.recipients[i].text) + " ";
+                what += "recipient #" + std::to_string(i) + " " + mask_address(text_of(s.recipients[i])) + " ";
             }
             what += "with the same ";
             what += g.by_subject && g.by_template ? "subject and template" : g.by_subject ? "subject" : g.by_template ? "template" : "content";
@@ -1014,6 +1696,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             }
         }
         g->pii.in = read_fields(r, "in", {});
+        g->pii.in_index = path_index::of({&g->pii.in});
     } else if (r.has("in")) {
         r.value("in");
         errs.add(r.path_of("in"), "only applies to a pii guard");
@@ -1041,6 +1724,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             }
         }
         rg.fields = read_fields(rr, "fields", default_recipient_fields());
+        rg.index = path_index::of({&rg.fields});
         if (rr.is_object() && rg.allow.empty() && rg.block.empty() && rg.suppression_file.empty()) {
             errs.add(rr.path(), "needs allow_domains, block_domains or suppression_file");
         }
@@ -1077,6 +1761,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             cg.require_unsubscribe = *ru;
         }
         cg.fields = read_fields(cr, "fields", default_content_fields());
+        cg.index = path_index::of({&cg.fields});
         if (cr.is_object() && cg.terms.empty() && !cg.check_links && !cg.require_unsubscribe) {
             errs.add(cr.path(), "needs blocked_terms, link_domains or require_unsubscribe");
         }
@@ -1115,6 +1800,10 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields());
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields());
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
+        // Only the lists that are counted (the others would keep parts of the body alive).
+        dg.index = path_index::of({dg.by_recipient ? &dg.recipient_fields : &no_fields(),
+                                   dg.by_subject ? &dg.subject_fields : &no_fields(),
+                                   dg.by_template ? &dg.template_fields : &no_fields()});
         dr.finish();
         g->canonical = "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
                        ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +

@@ -12,6 +12,9 @@
 // Matching is linear in the body: hand-written scanners over the bytes, a word-level
 // Aho-Corasick automaton for blocked terms, hash sets for domains and suppressed addresses.
 // No std::regex, no backtracking. Every input is bounded (terms, list sizes, body bytes).
+// The body is parsed once per request for all its guard rules (guard_body); the scanners
+// classify bytes with SIMD and only look at the words that can matter to them (see
+// guardrails_scan.hpp), each against a word-by-word reference in the tests.
 //
 // Reasons never carry a matched value in clear: a card shows at most its last four digits
 // (`****1111`), an address its first letter and domain (`j***@example.com`), a secret only
@@ -34,6 +37,9 @@
 #include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include <boost/unordered/unordered_flat_map.hpp>
+#include <boost/unordered/unordered_flat_set.hpp>
 
 #include "core/clock.hpp"
 #include "core/json_reader.hpp"
@@ -66,7 +72,12 @@ public:
     std::size_t size() const { return domains_.size(); }
 
 private:
-    std::unordered_set<std::string, string_hash, std::equal_to<>> domains_;
+    struct domain_hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept;
+    };
+    // Every link of a body is looked up, once per label: a flat (open-addressing) set.
+    boost::unordered_flat_set<std::string, domain_hash, std::equal_to<>> domains_;
 };
 
 // Suppressed recipients: addresses and SHA-256 hex digests of lower-cased addresses, one a
@@ -81,13 +92,17 @@ public:
     static std::optional<suppression_list> load_file(const std::string& path, std::size_t max_entries,
                                                      std::string* error);
     bool contains(std::string_view address) const;  // case-insensitive on the address
+    // The index of the first address that is in the list, addresses.size() if none (the same
+    // as calling contains() in turn).
+    std::size_t first_of(std::span<const std::string_view> addresses) const;
     std::size_t size() const { return digests_.size(); }
 
 private:
     struct digest_hash {
+        using is_avalanching = void;  // SHA-256 bytes are uniform already
         std::size_t operator()(const std::array<std::uint8_t, 16>& d) const noexcept;
     };
-    std::unordered_set<std::array<std::uint8_t, 16>, digest_hash> digests_;
+    boost::unordered_flat_set<std::array<std::uint8_t, 16>, digest_hash> digests_;
 };
 
 // Word-level Aho-Corasick automaton over a list of terms. A term is split into words
@@ -116,22 +131,30 @@ public:
     bool maybe_word(std::size_t len, unsigned char first_lower, unsigned char last_lower) const {
         return len < 64 && ((first_bits_[len] >> (first_lower & 63)) & (last_bits_[len] >> (last_lower & 63)) & 1u);
     }
+    // Cheaper pre-filters, before the word's end is known, on the raw first two bytes of a
+    // word (`first | second << 8`; second: the byte after a one-byte word, 0 at the end):
+    // whether some word of a term, or some first word of a term, starts so in any case.
+    // Built by build().
+    bool maybe_word_start(unsigned pair) const { return (word_pairs_[pair >> 6] >> (pair & 63)) & 1u; }
+    bool maybe_term_start(unsigned pair) const { return (first_pairs_[pair >> 6] >> (pair & 63)) & 1u; }
+    // The same first-word pairs as SIMD nibble tables (a wider prefilter; guardrails_scan.cpp).
+    const std::array<std::uint8_t, 64>& start_nibbles() const { return start_nibbles_; }
 
 private:
-    static std::uint64_t word_hash(std::string_view w);
+    struct word_hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view w) const noexcept;
+    };
     std::vector<std::string> terms_;
     std::vector<std::size_t> term_words_;
-    // Vocabulary: open addressing over word_hash (the data plane looks up every candidate
-    // word, so this avoids std::hash over strings); words_[id - 1] verifies a hit.
-    struct vocab_slot {
-        std::uint64_t hash = 0;
-        std::uint32_t id = 0;  // 0: empty
-    };
-    std::vector<vocab_slot> vocab_table_;
     std::vector<std::string> words_;
-    std::unordered_map<std::string, std::uint32_t, string_hash, std::equal_to<>> vocab_;  // config time only
+    // Vocabulary: word -> id (1-based); the data plane looks up every candidate word.
+    boost::unordered_flat_map<std::string, std::uint32_t, word_hash, std::equal_to<>> vocab_;
     // Trie edges keyed by (state << 32 | word id).
-    std::unordered_map<std::uint64_t, std::uint32_t> edges_;
+    boost::unordered_flat_map<std::uint64_t, std::uint32_t> edges_;
+    std::vector<std::uint64_t> word_pairs_ = std::vector<std::uint64_t>(1024, 0);   // 65,536 bits
+    std::vector<std::uint64_t> first_pairs_ = std::vector<std::uint64_t>(1024, 0);  // 65,536 bits
+    std::array<std::uint8_t, 64> start_nibbles_{};
     std::vector<std::uint32_t> fail_;
     std::vector<std::int32_t> out_;  // own term, else the output of the fail chain
     std::uint32_t states_ = 1;
@@ -150,11 +173,42 @@ struct guard_field {
     std::string text;  // as written
 };
 
+// The JSON paths of up to three field lists, compiled at config time for matching along a
+// walk of the body (path_tracker in guardrails.cpp): names as (length, first 8 bytes), so a
+// key is mostly rejected without comparing strings, and the paths by their first step, so a
+// top-level key is looked up rather than tried against every path. At most 64 paths; with
+// more (a duplicates guard may have 3 x 32) `fallback` is set and the lists are matched as
+// they are.
+struct path_index {
+    struct name {
+        std::uint64_t head = 0;  // first 8 bytes, zero-padded
+        std::size_t len = 0;
+        std::string text;
+    };
+    struct step {
+        path_segment::kind k = path_segment::kind::wildcard;
+        std::size_t index = 0;
+        std::vector<name> names;
+    };
+    std::vector<std::vector<step>> paths;    // the JSON fields, list by list
+    std::array<std::size_t, 64> lengths{};   // paths[i].size()
+    std::array<std::uint64_t, 3> lists{};   // the bits of each list's paths
+    std::uint64_t root = 0;                  // paths "$"
+    std::uint64_t first_wildcard = 0;        // paths whose first step is [*]
+    std::vector<std::pair<std::size_t, std::uint64_t>> first_index;  // [i] -> paths
+    std::vector<std::pair<name, std::uint64_t>> first_names;         // name -> paths
+    bool fallback = false;
+
+    static std::uint64_t head_of(std::string_view s);
+    static path_index of(std::initializer_list<const std::vector<guard_field>*> lists);
+};
+
 enum class pii_kind : std::uint8_t { card = 1, ssn = 2, iban = 4, secrets = 8 };
 
 struct pii_guard {
     std::uint8_t kinds = 0;           // pii_kind bits
     std::vector<guard_field> in;      // empty: every string of the body
+    path_index in_index;
 };
 
 struct recipients_guard {
@@ -163,6 +217,7 @@ struct recipients_guard {
     std::shared_ptr<const suppression_list> suppressed;  // null: none
     std::string suppression_file;
     std::vector<guard_field> fields;  // defaults: SendGrid, SES, Mailgun, HubSpot recipients
+    path_index index;
 };
 
 struct content_guard {
@@ -171,6 +226,7 @@ struct content_guard {
     bool check_links = false;         // link_domains given
     bool require_unsubscribe = false;
     std::vector<guard_field> fields;  // defaults: subjects, bodies (SendGrid, SES, Mailgun)
+    path_index index;
 };
 
 struct duplicates_guard {
@@ -183,6 +239,7 @@ struct duplicates_guard {
     std::vector<guard_field> subject_fields;
     std::vector<guard_field> template_fields;
     std::size_t max_keys = 100'000;   // tracked (recipient, subject/template) pairs
+    path_index index;                 // the three lists, in that order (empty when not counted)
 };
 
 struct guardrail {
@@ -266,11 +323,34 @@ struct guard_result {
     std::uint32_t count = 0;  // duplicates: sends already in the window
 };
 
+namespace detail {
+class parsed_body;
+}
+
+// A request body as the guards read it: parsed at most once per request and shared by every
+// guard rule of that request (each used to walk the JSON itself, four walks with all four
+// guards on). The engine keeps one per thread in its scratch and calls reset() at the start
+// of every evaluate(). Not thread-safe: one per thread.
+class guard_body {
+public:
+    guard_body();
+    ~guard_body();
+    guard_body(const guard_body&) = delete;
+    guard_body& operator=(const guard_body&) = delete;
+    void reset();  // the next guard reads a new request (and large buffers are freed)
+    detail::parsed_body& parsed() { return *p_; }
+
+private:
+    std::unique_ptr<detail::parsed_body> p_;
+};
+
 struct guard_input {
     const request_view& req;
     // Decoded form fields when the body is a form (Mailgun), else null.
     const std::vector<std::pair<std::string, std::string>>* form = nullptr;
     std::string_view key;  // the rule's key value (duplicates are counted per key)
+    // The parse of req.body shared by the guards of this request; null: the guard parses it.
+    guard_body* body = nullptr;
 };
 
 // Runs the guard. `dups`/`bookings`: for a duplicates guard, the counter to book in and

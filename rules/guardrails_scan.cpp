@@ -1,20 +1,25 @@
 // The guardrails' text scanners and building blocks: Luhn, IBAN mod-97, SSN ranges,
 // SHA-256, domain and suppression sets, the word-level Aho-Corasick term matcher, and the
-// word-by-word PII and content scanners. Everything here is linear in its input: each
-// scanner visits every word once, and what it does per word is bounded by a constant
-// (a card candidate looks back at most 19 digit groups, an IBAN forward at most 34
-// characters, a private key header at most 64 bytes).
+// PII and content scanners with their word-by-word references. Everything here is linear in
+// its input: the SIMD classification reads each byte once (a pair prefilter also reads the
+// next), each scanner visits each word at most once, and what it does per word is bounded by
+// a constant (a card candidate looks back at most 19 digit groups, an IBAN forward at most 34
+// characters, a private key header at most 64 bytes, a URL host at most 512 bytes).
 
 #include "rules/guardrails_scan.hpp"
 
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
-#if defined(__SSE2__)
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
@@ -80,7 +85,461 @@ inline std::uint64_t word_mask(const unsigned char* p, std::size_t n) {
     return m;
 }
 
+// Pair prefilter tables: position i is a candidate when
+//   lo0[b_i & 15] & hi0[b_i >> 4] & lo1[b_{i+1} & 15] & hi1[b_{i+1} >> 4] != 0,
+// each bit a bucket of (first byte, second byte) pairs whose nibbles allow both (Hyperscan's
+// Teddy): a superset of the pairs put in, checked exactly afterwards.
+struct pair_tables {
+    std::uint8_t lo0[16] = {};
+    std::uint8_t hi0[16] = {};
+    std::uint8_t lo1[16] = {};
+    std::uint8_t hi1[16] = {};
+
+    constexpr void add(int bucket, unsigned char first, int second /* -1: any */) {
+        const auto bit = static_cast<std::uint8_t>(1u << bucket);
+        lo0[first & 15] |= bit;
+        hi0[first >> 4] |= bit;
+        for (int v = 0; v < 16; ++v) {
+            if (second < 0 || (second & 15) == v) {
+                lo1[v] |= bit;
+            }
+            if (second < 0 || (second >> 4) == v) {
+                hi1[v] |= bit;
+            }
+        }
+    }
+};
+
+// The words the PII scan looks at besides digits (pii_pair): IBANs, AKIA/ASIA, BEGIN and
+// BEARER as two upper-case letters (bucket 0: 0x40-0x5F twice, a little wider), Bearer in
+// other cases, sk_/rk_live_, xox?-, ghp_/github_pat_.
+constexpr pair_tables pii_pairs(bool secrets) {
+    pair_tables t;
+    for (int c = 0x40; c <= 0x5F; ++c) {
+        for (int d = 0x40; d <= 0x5F; ++d) {
+            t.add(0, static_cast<unsigned char>(c), d);
+        }
+    }
+    if (secrets) {
+        for (const unsigned char b : {'B', 'b'}) {
+            t.add(1, b, 'E');
+            t.add(1, b, 'e');
+        }
+        t.add(2, 's', 'k');
+        t.add(2, 'r', 'k');
+        t.add(3, 'x', 'o');
+        t.add(4, 'g', 'h');
+        t.add(4, 'g', 'i');
+    }
+    return t;
+}
+constexpr pair_tables pii_pairs_iban = pii_pairs(false);
+constexpr pair_tables pii_pairs_secrets = pii_pairs(true);
+
+// What a scan needs classified.
+enum class scan_mode : std::uint8_t {
+    pii,    // word bytes, digits, separators, PII pairs
+    terms,  // word bytes, term-start pairs
+};
+
+// Classes of the 64 bytes of one block: bit i describes p[i].
+struct block_masks {
+    std::uint64_t word;   // word bytes (table.word)
+    std::uint64_t digit;  // 0-9 (pii)
+    std::uint64_t sep;    // ' ' and '-': what may join the digit groups of a card or an SSN (pii)
+    std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
+};
+
+// Classifies n blocks at p into out; 64 * n + 1 bytes are readable (the pair prefilter reads
+// the byte after each position).
+template <scan_mode M>
+void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool secrets) {
+    for (std::size_t blk = 0; blk < n; ++blk, p += 64) {
+        block_masks& m = out[blk];
+        m.word = 0;
+        m.digit = m.sep = 0;
+        m.pairs = M == scan_mode::pii ? 0 : ~0ull;
+#if defined(__SSE2__)
+        // Range checks as one signed compare each: x + (128 - lo) < -128 + width.
+        const __m128i bit5 = _mm_set1_epi8(0x20);
+        const __m128i alpha_off = _mm_set1_epi8(static_cast<char>(128 - 'a'));
+        const __m128i digit_off = _mm_set1_epi8(static_cast<char>(128 - '0'));
+        const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
+        const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
+        const __m128i lim10 = _mm_set1_epi8(static_cast<char>(-128 + 10));
+        const __m128i us = _mm_set1_epi8('_');
+        for (int k = 0; k < 4; ++k) {
+            const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * k));
+            const __m128i alpha = _mm_cmplt_epi8(_mm_add_epi8(_mm_or_si128(c, bit5), alpha_off), lim26);
+            const __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(c, digit_off), lim10);
+            // Bytes >= 0x80 are word bytes: their own top bit is what movemask reads.
+            const __m128i w = _mm_or_si128(_mm_or_si128(alpha, digit), _mm_or_si128(_mm_cmpeq_epi8(c, us), c));
+            const int shift = 16 * k;
+            auto bits = [shift](__m128i v) {
+                return static_cast<std::uint64_t>(static_cast<std::uint16_t>(_mm_movemask_epi8(v))) << shift;
+            };
+            m.word |= bits(w);
+            if constexpr (M == scan_mode::pii) {
+                // No byte shuffles in SSE2: the first byte's class only (upper case, and the
+                // lower-case first letters of secrets).
+                __m128i first = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
+                if (secrets) {
+                    first = _mm_or_si128(
+                        first, _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('b')), _mm_cmpeq_epi8(c, _mm_set1_epi8('g'))),
+                                            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('r')),
+                                                                      _mm_cmpeq_epi8(c, _mm_set1_epi8('s'))),
+                                                         _mm_cmpeq_epi8(c, _mm_set1_epi8('x')))));
+                }
+                const __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8(' ')), _mm_cmpeq_epi8(c, _mm_set1_epi8('-')));
+                m.digit |= bits(digit);
+                m.sep |= bits(sep);
+                m.pairs |= bits(first);
+            }
+        }
+#else
+        for (int i = 0; i < 64; ++i) {
+            const unsigned char c = p[i];
+            m.word |= static_cast<std::uint64_t>(table.word[c]) << i;
+            if constexpr (M == scan_mode::pii) {
+                m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
+                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
+                const bool first = is_upper(c) || (secrets && (c == 'b' || c == 'g' || c == 'r' || c == 's' || c == 'x'));
+                m.pairs |= static_cast<std::uint64_t>(first) << i;
+            }
+        }
+#endif
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BB_GUARDRAILS_AVX2 1
+// The same with AVX2, 32 bytes at a time, where the CPU has it (checked at run time: the
+// build targets the baseline). Each byte's classes come from two table lookups on its
+// nibbles (vpshufb), ANDed: bit set when both the low and the high nibble allow it.
+enum : std::uint8_t {
+    cls_a = 0x01,      // letters with high nibble 4 or 6, low 1-F (A-O, a-o)
+    cls_b = 0x02,      // letters with high nibble 5 or 7, low 0-A (P-Z, p-z)
+    cls_digit = 0x04,  // 3 x 0-9
+    cls_under = 0x08,  // 5 x F
+    cls_sep = 0x40,    // 2 x {0, D}: ' ' '-'
+};
+struct nibble_tables {
+    std::uint8_t lo[16] = {};
+    std::uint8_t hi[16] = {};
+    constexpr nibble_tables() {
+        for (int v = 0; v < 16; ++v) {
+            lo[v] = static_cast<std::uint8_t>((v >= 1 ? cls_a : 0) | (v <= 10 ? cls_b : 0) | (v <= 9 ? cls_digit : 0) |
+                                              (v == 15 ? cls_under : 0) | (v == 0 || v == 13 ? cls_sep : 0));
+        }
+        hi[2] = cls_sep;
+        hi[3] = cls_digit;
+        hi[4] = cls_a;
+        hi[5] = cls_b | cls_under;
+        hi[6] = cls_a;
+        hi[7] = cls_b;
+    }
+};
+constexpr nibble_tables nibbles{};
+
+__attribute__((target("avx2"), always_inline)) inline std::uint64_t bits32(__m256i v) {
+    return static_cast<std::uint32_t>(_mm256_movemask_epi8(v));
+}
+
+__attribute__((target("avx2"), always_inline)) inline __m256i table32(const std::uint8_t* t16) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t16)));
+}
+
+// lo[c & 15] & hi[c >> 4] for each byte, from the nibbles.
+__attribute__((target("avx2"), always_inline)) inline __m256i lookup32(__m256i lo_nib, __m256i hi_nib, __m256i lo,
+                                                                       __m256i hi) {
+    return _mm256_and_si256(_mm256_shuffle_epi8(lo, lo_nib), _mm256_shuffle_epi8(hi, hi_nib));
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i low_nibbles(__m256i c) {
+    return _mm256_and_si256(c, _mm256_set1_epi8(0x0F));
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i high_nibbles(__m256i c) {
+    return _mm256_and_si256(_mm256_srli_epi16(c, 4), _mm256_set1_epi8(0x0F));
+}
+
+template <scan_mode M>
+__attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::size_t n, block_masks* out,
+                                                   const pair_tables* pt) {
+    const __m256i lo_t = table32(nibbles.lo);
+    const __m256i hi_t = table32(nibbles.hi);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i word_cls = _mm256_set1_epi8(cls_a | cls_b | cls_digit | cls_under);
+    __m256i lo0 = zero;
+    __m256i hi0 = zero;
+    __m256i lo1 = zero;
+    __m256i hi1 = zero;
+    if (pt) {
+        lo0 = table32(pt->lo0);
+        hi0 = table32(pt->hi0);
+        lo1 = table32(pt->lo1);
+        hi1 = table32(pt->hi1);
+    }
+    for (std::size_t blk = 0; blk < n; ++blk, p += 64) {
+        std::uint64_t word = 0;
+        std::uint64_t digit = 0;
+        std::uint64_t sep = 0;
+        std::uint64_t pairs = 0;
+        for (int k = 0; k < 2; ++k) {
+            const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * k));
+            const __m256i c_lo = low_nibbles(c);
+            const __m256i c_hi = high_nibbles(c);
+            const __m256i cls = lookup32(c_lo, c_hi, lo_t, hi_t);
+            const int shift = 32 * k;
+            // Bytes >= 0x80 are word bytes: their own top bit is what movemask reads.
+            const std::uint64_t not_word = bits32(_mm256_cmpeq_epi8(_mm256_and_si256(cls, word_cls), zero));
+            word |= ((~not_word & 0xFFFFFFFFu) | bits32(c)) << shift;
+            if constexpr (M == scan_mode::pii) {
+                digit |= bits32(_mm256_slli_epi16(cls, 5)) << shift;  // cls_digit is bit 2
+                sep |= bits32(_mm256_slli_epi16(cls, 1)) << shift;    // cls_sep is bit 6
+            }
+            if (pt) {
+                const __m256i next = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * k + 1));
+                const __m256i both =
+                    _mm256_and_si256(lookup32(c_lo, c_hi, lo0, hi0), lookup32(low_nibbles(next), high_nibbles(next), lo1, hi1));
+                pairs |= (~bits32(_mm256_cmpeq_epi8(both, zero)) & 0xFFFFFFFFu) << shift;
+            }
+        }
+        out[blk].word = word;
+        out[blk].digit = digit;
+        out[blk].sep = sep;
+        out[blk].pairs = pt ? pairs : ~0ull;
+    }
+}
+
+// BB_GUARDRAILS_BASELINE=1 in the environment makes a CPU with AVX2 take the SSE2 path too,
+// so the tests (CTest runs the guardrail tests both ways) and the benchmark can exercise and
+// measure what a CPU without AVX2 runs.
+bool have_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2") && std::getenv("BB_GUARDRAILS_BASELINE") == nullptr;
+    return yes;
+}
+#endif
+
+// `pairs`: the prefilter (terms: the matcher's; pii: chosen by `secrets`); null for none.
+template <scan_mode M>
+void classify_blocks(const unsigned char* p, std::size_t n, block_masks* out, const pair_tables* pairs, bool secrets) {
+#if defined(BB_GUARDRAILS_AVX2)
+    if (have_avx2()) {
+        classify_avx2<M>(p, n, out, pairs);
+        return;
+    }
+#endif
+    (void)pairs;
+    classify_sse2<M>(p, n, out, secrets);
+}
+
+// Copies len <= 65 bytes to a 128-byte buffer and zeros the rest. (memset/memcpy here became
+// `rep stos` and a libc call, a fixed cost paid for every short JSON string.)
+inline void copy_padded(unsigned char* dst, const unsigned char* src, std::size_t len) {
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (int i = 0; i < 8; ++i) {
+        _mm_store_si128(reinterpret_cast<__m128i*>(dst + 16 * i), zero);
+    }
+    std::size_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    }
+    for (; i < len; ++i) {
+        dst[i] = src[i];
+    }
+#else
+    std::memset(dst, 0, 128);
+    std::memcpy(dst, src, len);
+#endif
+}
+
+// Calls f(block, masks) for the 64-byte blocks of text in order (the last one padded with
+// zeros, which are in no class and no pair); stops when f returns true. Classifies 2 KiB at
+// a time, so memory stays bounded whatever the text.
+template <scan_mode M, class F>
+bool for_each_block(std::string_view text, const pair_tables* pairs, bool secrets, F&& f) {
+    constexpr std::size_t chunk = 32;
+    block_masks masks[chunk];
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    const std::size_t n = text.size();
+    if (n <= 16) {
+        // A short text (most JSON values): classified byte by byte, cheaper than setting up
+        // a block. No pair prefilter (all ones): the exact checks that follow decide.
+        block_masks m{0, 0, 0, ~0ull};
+        for (std::size_t i = 0; i < n; ++i) {
+            const unsigned char c = p[i];
+            m.word |= static_cast<std::uint64_t>(table.word[c]) << i;
+            if constexpr (M == scan_mode::pii) {
+                m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
+                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
+            }
+        }
+        return n > 0 && f(0, m);
+    }
+    for (std::size_t from = 0; from < n;) {
+        // Straight from the text while 65 bytes are there (the pairs read one more).
+        std::size_t k = std::min((n - from - 1) / 64, chunk);
+        classify_blocks<M>(p + from, k, masks, pairs, secrets);
+        if (k < chunk && from + 64 * k < n) {
+            alignas(32) unsigned char tail[128];
+            copy_padded(tail, p + from + 64 * k, n - from - 64 * k);
+            classify_blocks<M>(tail, 1, masks + k, pairs, secrets);
+            ++k;
+        }
+        for (std::size_t j = 0; j < k; ++j) {
+            if (f(from + 64 * j, masks[j])) {
+                return true;
+            }
+        }
+        from += 64 * k;
+    }
+    return false;
+}
+
+// Word starts of a block: word bytes whose previous byte is not one. `carry`: whether the
+// last byte of the previous block was a word byte; updated.
+inline std::uint64_t word_starts(const block_masks& m, std::uint64_t& carry) {
+    const std::uint64_t starts = m.word & ~((m.word << 1) | carry);
+    carry = m.word >> 63;
+    return starts;
+}
+
+// Bits of the runs of ones of x that are at least len long (9 <= len <= 16), and of the
+// runs that touch bit 0 or bit 63 (they may go on in the next block: kept, to be safe).
+inline std::uint64_t long_runs(std::uint64_t x, unsigned len) {
+    std::uint64_t e = x & (x >> 1);  // x[i..i+1] all ones
+    e &= e >> 2;                     // x[i..i+3]
+    e &= e >> 4;                     // x[i..i+7]
+    e &= e >> (len - 8);             // x[i..i+len-1]
+    std::uint64_t d = e | (e << 1);  // back over each whole run
+    d |= d << 2;
+    d |= d << 4;
+    d |= d << (len - 8);
+    const std::uint64_t low = x & ~(x + 1);  // the run from bit 0, if any
+    const std::uint64_t high = ~x == 0 ? ~0ull : (x >> 63) ? ~0ull << (64 - __builtin_clzll(~x)) : 0;
+    return d | low | high;
+}
+
+// End of the word starting at bit b of the block at `block` (word: the block's word mask).
+inline std::size_t word_end(std::string_view text, std::size_t block, unsigned b, std::uint64_t word) {
+    const std::uint64_t rest = ~(word >> b);
+    const unsigned k = rest == 0 ? 64 - b : static_cast<unsigned>(__builtin_ctzll(rest));
+    std::size_t e = block + b + k;
+    if (b + k >= 64) {  // runs into the next block
+        const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+        while (e < text.size() && table.word[p[e]]) {
+            ++e;
+        }
+    }
+    return e;
+}
+
+#if defined(BB_GUARDRAILS_AVX2)
+// Scans 32-byte windows from `from` while a window and the byte after it are in the text:
+// returns the start of the first window with a `//` pair (mask: its pairs), or the first
+// position not scanned (mask 0).
+__attribute__((target("avx2"))) std::size_t next_double_slash_avx2(const char* p, std::size_t n, std::size_t from,
+                                                                    std::uint32_t& mask) {
+    const __m256i slash = _mm256_set1_epi8('/');
+    std::size_t i = from;
+    for (; i + 33 <= n; i += 32) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 1));
+        mask = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_and_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(b, slash))));
+        if (mask != 0) {
+            return i;
+        }
+    }
+    mask = 0;
+    return i;
+}
+#endif
+
+// Calls f(p) for every p with text[p] == '/' and text[p + 1] == '/', in order; stops when f
+// returns true.
+template <class F>
+bool for_each_double_slash(std::string_view text, F&& f) {
+    const char* p = text.data();
+    const std::size_t n = text.size();
+    std::size_t i = 0;
+#if defined(BB_GUARDRAILS_AVX2)
+    if (have_avx2() && n >= 33) {
+        for (;;) {
+            std::uint32_t m = 0;
+            const std::size_t at = next_double_slash_avx2(p, n, i, m);
+            if (m == 0) {
+                i = at;  // the rest for the loops below
+                break;
+            }
+            for (; m != 0; m &= m - 1) {
+                if (f(at + static_cast<std::size_t>(__builtin_ctz(m)))) {
+                    return true;
+                }
+            }
+            i = at + 32;
+        }
+    }
+#endif
+#if defined(__SSE2__)
+    const __m128i slash = _mm_set1_epi8('/');
+    for (; i + 17 <= n; i += 16) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
+        auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(b, slash))));
+        while (m != 0) {
+            if (f(i + static_cast<std::size_t>(__builtin_ctz(m)))) {
+                return true;
+            }
+            m &= m - 1;
+        }
+    }
+#endif
+    for (; i + 1 < n; ++i) {
+        if (p[i] == '/' && p[i + 1] == '/' && f(i)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Whether text holds "unsubscribe" in any case. Every byte of it is a word byte, so this is
+// the same as "some word contains it".
+bool has_unsubscribe(std::string_view text) {
+    constexpr std::string_view needle = "unsubscribe";
+    const char* p = text.data();
+    const std::size_t n = text.size();
+    if (n < needle.size()) {
+        return false;
+    }
+    auto at = [&](std::size_t i) { return iequals_lower(text.substr(i, needle.size()), needle); };
+    std::size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i bit5 = _mm_set1_epi8(0x20);
+    const __m128i u = _mm_set1_epi8('u');
+    const __m128i nn = _mm_set1_epi8('n');
+    for (; i + 17 <= n; i += 16) {
+        const __m128i a = _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)), bit5);
+        const __m128i b = _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1)), bit5);
+        auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, u), _mm_cmpeq_epi8(b, nn))));
+        while (m != 0) {
+            const std::size_t k = i + static_cast<std::size_t>(__builtin_ctz(m));
+            if (k + needle.size() <= n && at(k)) {
+                return true;
+            }
+            m &= m - 1;
+        }
+    }
+#endif
+    for (; i + needle.size() <= n; ++i) {
+        if (to_lower(static_cast<unsigned char>(p[i])) == 'u' && at(i)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // Calls f(start, end) for every word of text in order; stops when f returns true.
+// The reference walk: every word, one by one (the fast scanners use for_each_start).
 template <class F>
 bool for_each_word(std::string_view text, F&& f) {
     const auto* p = reinterpret_cast<const unsigned char*>(text.data());
@@ -247,6 +706,30 @@ std::string mask_address(std::string_view address) {
 
 // ---------------------------------------------------------------------------------------
 
+namespace detail {
+
+std::uint64_t bytes_hash(std::string_view w) {
+    std::uint64_t h = w.size() * 0x9E3779B97F4A7C15ull;
+    std::size_t i = 0;
+    for (; i + 8 <= w.size(); i += 8) {
+        std::uint64_t chunk = 0;
+        std::memcpy(&chunk, w.data() + i, 8);
+        h = (h ^ chunk) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    if (i < w.size()) {
+        std::uint64_t chunk = 0;
+        std::memcpy(&chunk, w.data() + i, w.size() - i);
+        h = (h ^ chunk) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    return h;
+}
+
+}  // namespace detail
+
+std::size_t domain_set::domain_hash::operator()(std::string_view s) const noexcept { return detail::bytes_hash(s); }
+
 void domain_set::add(std::string_view domain) {
     while (!domain.empty() && (domain.front() == '*' || domain.front() == '.')) {
         domain.remove_prefix(1);
@@ -267,7 +750,7 @@ bool domain_set::contains(std::string_view host) const {
     while (!host.empty() && host.back() == '.') {
         host.remove_suffix(1);
     }
-    if (host.empty() || host.size() > 253) {
+    if (host.empty() || host.size() > 253 || domains_.empty()) {
         return false;
     }
     char buf[256];
@@ -277,7 +760,7 @@ bool domain_set::contains(std::string_view host) const {
     std::string_view h{buf, host.size()};
     // The host itself, then each parent: at most one lookup per label.
     while (true) {
-        if (domains_.find(h) != domains_.end()) {
+        if (domains_.contains(h)) {
             return true;
         }
         const auto dot = h.find('.');
@@ -291,9 +774,9 @@ bool domain_set::contains(std::string_view host) const {
 // ---------------------------------------------------------------------------------------
 
 std::size_t suppression_list::digest_hash::operator()(const std::array<std::uint8_t, 16>& d) const noexcept {
-    std::uint64_t h = 0;
-    std::memcpy(&h, d.data(), sizeof h);  // already a uniform hash
-    return static_cast<std::size_t>(h);
+    std::uint64_t lo = 0;
+    std::memcpy(&lo, d.data(), sizeof lo);
+    return static_cast<std::size_t>(lo);
 }
 
 namespace {
@@ -325,14 +808,18 @@ bool hex_digest(std::string_view s, std::array<std::uint8_t, 16>& out) {
     return true;
 }
 
-std::array<std::uint8_t, 16> address_digest(std::string_view address) {
-    char buf[512];
-    const std::size_t n = std::min(address.size(), sizeof buf);
+using digest16 = std::array<std::uint8_t, 16>;
+
+// SHA-256 of the lower-cased address (at most 512 bytes), its first 16 bytes. OpenSSL uses
+// the CPU's SHA extensions where it has them. The digest object is fetched once and the
+// context reused per thread: EVP_Digest() looks the algorithm up on every call, which costs
+// more than hashing one address.
+digest16 address_digest(std::string_view address) {
+    unsigned char buf[512];
+    const std::size_t n = std::min<std::size_t>(address.size(), sizeof buf);
     for (std::size_t i = 0; i < n; ++i) {
-        buf[i] = static_cast<char>(to_lower(static_cast<unsigned char>(address[i])));
+        buf[i] = to_lower(static_cast<unsigned char>(address[i]));
     }
-    // The digest object is fetched once and the context reused per thread: EVP_Digest()
-    // looks the algorithm up on every call, which costs more than hashing one address.
     struct sha_ctx {
         EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
         EVP_MD_CTX* ctx = EVP_MD_CTX_new();
@@ -348,7 +835,7 @@ std::array<std::uint8_t, 16> address_digest(std::string_view address) {
         EVP_DigestUpdate(sha.ctx, buf, n) != 1 || EVP_DigestFinal_ex(sha.ctx, digest, &len) != 1) {
         EVP_Digest(buf, n, digest, &len, EVP_sha256(), nullptr);
     }
-    std::array<std::uint8_t, 16> out{};
+    digest16 out{};
     std::memcpy(out.data(), digest, out.size());
     return out;
 }
@@ -428,7 +915,19 @@ bool suppression_list::contains(std::string_view address) const {
     if (digests_.empty()) {
         return false;
     }
-    return digests_.count(address_digest(address)) > 0;
+    return digests_.contains(address_digest(address));
+}
+
+std::size_t suppression_list::first_of(std::span<const std::string_view> addresses) const {
+    if (digests_.empty()) {
+        return addresses.size();
+    }
+    for (std::size_t i = 0; i < addresses.size(); ++i) {
+        if (digests_.contains(address_digest(addresses[i]))) {
+            return i;
+        }
+    }
+    return addresses.size();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -489,38 +988,72 @@ bool term_matcher::add(std::string_view term, std::string* error) {
     return true;
 }
 
-std::uint64_t term_matcher::word_hash(std::string_view w) {
-    std::uint64_t h = w.size() * 0x9E3779B97F4A7C15ull;
-    std::size_t i = 0;
-    for (; i + 8 <= w.size(); i += 8) {
-        std::uint64_t chunk = 0;
-        std::memcpy(&chunk, w.data() + i, 8);
-        h = (h ^ chunk) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
-    if (i < w.size()) {
-        std::uint64_t chunk = 0;
-        std::memcpy(&chunk, w.data() + i, w.size() - i);
-        h = (h ^ chunk) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
-    return h;
-}
+std::size_t term_matcher::word_hash::operator()(std::string_view w) const noexcept { return detail::bytes_hash(w); }
 
 void term_matcher::build() {
-    std::size_t cap = 16;
-    while (cap < words_.size() * 2) {
-        cap *= 2;
-    }
-    vocab_table_.assign(cap, {});
-    for (std::size_t i = 0; i < words_.size(); ++i) {
-        const std::uint64_t h = word_hash(words_[i]);
-        std::size_t at = h & (cap - 1);
-        while (vocab_table_[at].id != 0) {
-            at = (at + 1) & (cap - 1);
+    // Raw first two bytes of each word in every case: a letter stands for itself and its
+    // upper case; after a one-byte word comes any byte that is not a word byte (0 at the end).
+    auto set_pairs = [](std::vector<std::uint64_t>& bits, const std::string& w) {
+        auto variants = [](unsigned char c, unsigned char out[2]) {
+            out[0] = c;
+            return is_lower(c) ? (out[1] = static_cast<unsigned char>(c - 32), 2) : 1;
+        };
+        unsigned char first[2];
+        const int nf = variants(static_cast<unsigned char>(w[0]), first);
+        for (int i = 0; i < nf; ++i) {
+            auto set = [&](unsigned second) {
+                const unsigned pair = first[i] | (second << 8);
+                bits[pair >> 6] |= 1ull << (pair & 63);
+            };
+            if (w.size() > 1) {
+                unsigned char second[2];
+                const int ns = variants(static_cast<unsigned char>(w[1]), second);
+                for (int j = 0; j < ns; ++j) {
+                    set(second[j]);
+                }
+            } else {
+                for (unsigned c = 0; c < 256; ++c) {
+                    if (!table.word[c]) {
+                        set(c);
+                    }
+                }
+            }
         }
-        vocab_table_[at] = {h, static_cast<std::uint32_t>(i + 1)};
+    };
+    std::fill(word_pairs_.begin(), word_pairs_.end(), 0);
+    std::fill(first_pairs_.begin(), first_pairs_.end(), 0);
+    for (const auto& w : words_) {
+        set_pairs(word_pairs_, w);
     }
+    // The SIMD prefilter over the same first-word pairs: words with the same first letter in
+    // one bucket (8 buckets, shared round-robin when there are more first letters).
+    pair_tables starts;
+    unsigned char bucket_of[256];
+    std::memset(bucket_of, 0xFF, sizeof bucket_of);
+    int buckets = 0;
+    for (const auto& [edge, to] : edges_) {
+        if ((edge >> 32) != 0) {
+            continue;
+        }
+        const std::string& w = words_[static_cast<std::uint32_t>(edge) - 1];  // from the root: a first word
+        set_pairs(first_pairs_, w);
+        const auto c0 = static_cast<unsigned char>(w[0]);
+        if (bucket_of[c0] == 0xFF) {
+            bucket_of[c0] = static_cast<unsigned char>(buckets++ % 8);
+        }
+        for (const unsigned char a : {c0, is_lower(c0) ? static_cast<unsigned char>(c0 - 32) : c0}) {
+            if (w.size() == 1) {
+                starts.add(bucket_of[c0], a, -1);
+                continue;
+            }
+            const auto c1 = static_cast<unsigned char>(w[1]);
+            for (const unsigned char b : {c1, is_lower(c1) ? static_cast<unsigned char>(c1 - 32) : c1}) {
+                starts.add(bucket_of[c0], a, b);
+            }
+        }
+    }
+    static_assert(sizeof starts == sizeof start_nibbles_);
+    std::memcpy(start_nibbles_.data(), &starts, sizeof starts);
     out_.resize(states_, -1);
     fail_.assign(states_, 0);
     // Children per state, for the breadth-first pass.
@@ -559,20 +1092,8 @@ void term_matcher::build() {
 }
 
 std::uint32_t term_matcher::word_id(std::string_view lower_word) const {
-    if (vocab_table_.empty()) {
-        return 0;
-    }
-    const std::uint64_t h = word_hash(lower_word);
-    const std::size_t mask = vocab_table_.size() - 1;
-    for (std::size_t at = h & mask;; at = (at + 1) & mask) {
-        const vocab_slot& slot = vocab_table_[at];
-        if (slot.id == 0) {
-            return 0;
-        }
-        if (slot.hash == h && words_[slot.id - 1] == lower_word) {
-            return slot.id;
-        }
-    }
+    const auto it = vocab_.find(lower_word);
+    return it == vocab_.end() ? 0 : it->second;
 }
 
 std::uint32_t term_matcher::step(std::uint32_t state, std::uint32_t id) const {
@@ -580,9 +1101,8 @@ std::uint32_t term_matcher::step(std::uint32_t state, std::uint32_t id) const {
         return 0;  // a word in no term: every partial match is broken
     }
     while (true) {
-        auto it = edges_.find((static_cast<std::uint64_t>(state) << 32) | id);
-        if (it != edges_.end()) {
-            return it->second;
+        if (auto e = edges_.find((static_cast<std::uint64_t>(state) << 32) | id); e != edges_.end()) {
+            return e->second;
         }
         if (state == 0) {
             return 0;
@@ -612,9 +1132,24 @@ void normalize_address(std::string_view item, std::string& out) {
     if (item.size() > 320) {
         item = item.substr(0, 320);
     }
-    out.assign(item);
-    for (auto& c : out) {
-        c = static_cast<char>(to_lower(static_cast<unsigned char>(c)));
+    // Copied and lower-cased in one pass (every recipient goes through here, twice with both
+    // the recipients and duplicates guards on).
+    const std::size_t n = item.size();
+    out.resize(n);
+    char* o = out.data();
+    std::size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
+    const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
+    const __m128i bit5 = _mm_set1_epi8(0x20);
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(item.data() + i));
+        const __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_or_si128(c, _mm_and_si128(upper, bit5)));
+    }
+#endif
+    for (; i < n; ++i) {
+        o[i] = static_cast<char>(to_lower(static_cast<unsigned char>(item[i])));
     }
 }
 
@@ -624,21 +1159,28 @@ namespace {
 // space or dash. Only the last 19 are kept (a card has at most 19 digits).
 struct digit_groups {
     struct group {
-        std::size_t start = 0;
-        std::size_t len = 0;
-        char sep = 0;  // separator before this group; 0 for the first
+        std::size_t start;
+        std::size_t len;
+        char sep;  // separator before this group; 0 for the first
     };
     static constexpr std::size_t cap = 20;
-    group g[cap];
+    group g[cap];  // g[0..n) only: not zeroed, a scan runs once per JSON string
     std::size_t n = 0;
     std::size_t end = 0;
+    std::size_t digits = 0;  // in g[0..n): under 13, no card can end here
 
+    void clear() {
+        n = 0;
+        digits = 0;
+    }
     void push(std::size_t start, std::size_t len, char sep) {
         if (n == cap) {
+            digits -= g[0].len;
             std::move(g + 1, g + cap, g);
             --n;
         }
         g[n++] = {start, len, sep};
+        digits += len;
         end = start + len;
     }
 };
@@ -662,6 +1204,9 @@ void set_hit(text_hit* hit, std::string what, std::size_t offset) {
 // written as one group or in the usual groupings (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4)
 // with one kind of separator.
 bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
+    if (dg.digits < 13) {
+        return false;
+    }
     std::size_t digits = 0;
     for (std::size_t k = 1; k <= dg.n; ++k) {
         const auto& first = dg.g[dg.n - k];
@@ -846,13 +1391,23 @@ constexpr pii_first_table pii_first{};
 
 }  // namespace
 
-bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
-    const bool card = kinds & static_cast<std::uint8_t>(pii_kind::card);
-    const bool ssn = kinds & static_cast<std::uint8_t>(pii_kind::ssn);
-    const bool iban = kinds & static_cast<std::uint8_t>(pii_kind::iban);
-    const bool secrets = kinds & static_cast<std::uint8_t>(pii_kind::secrets);
+namespace {
+
+struct pii_scan {
+    explicit pii_scan(std::uint8_t kinds)
+        : card(kinds & static_cast<std::uint8_t>(pii_kind::card)),
+          ssn(kinds & static_cast<std::uint8_t>(pii_kind::ssn)),
+          iban(kinds & static_cast<std::uint8_t>(pii_kind::iban)),
+          secrets(kinds & static_cast<std::uint8_t>(pii_kind::secrets)) {}
+    bool card;
+    bool ssn;
+    bool iban;
+    bool secrets;
     digit_groups dg;
-    return for_each_word(text, [&](std::size_t s, std::size_t e) {
+
+    // One word [s, e) of text, in order. Does nothing for a word whose first byte is not in
+    // pii_first (the fast scan relies on that to skip them).
+    bool word(std::string_view text, std::size_t s, std::size_t e, text_hit* hit) {
         const auto c0 = static_cast<unsigned char>(text[s]);
         if (!pii_first.on[c0]) {
             return false;
@@ -862,14 +1417,14 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
                 return false;
             }
             if (e - s > 19 || !all_of_range(text, s, e, digit_pred)) {
-                dg.n = 0;
+                dg.clear();
                 return false;
             }
             char sep = 0;
             if (dg.n > 0 && s == dg.end + 1 && (text[dg.end] == ' ' || text[dg.end] == '-')) {
                 sep = text[dg.end];
             } else {
-                dg.n = 0;
+                dg.clear();
             }
             dg.push(s, e - s, sep);
             return (ssn && check_ssn(text, dg, e, hit)) || (card && check_card(text, dg, hit));
@@ -880,20 +1435,152 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
             return true;
         }
         return secrets && check_secret(text, s, e, hit);
-    });
+    }
+};
+
+}  // namespace
+
+bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit) {
+    pii_scan scan{kinds};
+    return for_each_word(text, [&](std::size_t s, std::size_t e) { return scan.word(text, s, e, hit); });
 }
 
 namespace {
 
+// Whether a word starting with c0 c1 (c1: the byte after c0, 0 at the end of the text), c0
+// not a digit, can be something pii_scan::word finds: an IBAN (two upper-case letters), an
+// AWS key id (AK, AS), BEGIN or Bearer (Be in any case), sk_/rk_live_, xox?-, ghp_/github_pat_.
+bool pii_pair(unsigned char c0, unsigned char c1, bool iban, bool secrets) {
+    if (iban && is_upper(c0) && is_upper(c1)) {
+        return true;
+    }
+    if (!secrets) {
+        return false;
+    }
+    switch (c0) {
+        case 'A': return c1 == 'K' || c1 == 'S';
+        case 'B':
+        case 'b': return c1 == 'E' || c1 == 'e';
+        case 's':
+        case 'r': return c1 == 'k';
+        case 'x': return c1 == 'o';
+        case 'g': return c1 == 'h' || c1 == 'i';
+        default: return false;
+    }
+}
+
+}  // namespace
+
+bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
+    pii_scan scan{kinds};
+    // Only the words pii_scan::word can do something with:
+    // - starting with a digit, and only inside a chain of digits joined by single spaces or
+    //   dashes at least as long as an SSN (11) or a card (13): every card or SSN it checks is
+    //   made of such groups, and a digit group outside those chains can neither be part of
+    //   one nor change the groups kept for one (it is not adjacent to any);
+    // - starting with an upper-case letter or b g r s x, and only with the second bytes of an
+    //   IBAN or of a secret (pii_pair).
+    const bool digits = scan.card || scan.ssn;
+    const bool upper = scan.iban || scan.secrets;
+    const bool pick = scan.secrets;
+    if ((!digits && !upper) || text.size() < pii_min_length(kinds)) {
+        return false;
+    }
+    const unsigned chain = scan.ssn ? 11 : 13;
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    const std::size_t n = text.size();
+    std::uint64_t carry = 0;
+    const pair_tables* pairs = upper ? (pick ? &pii_pairs_secrets : &pii_pairs_iban) : nullptr;
+    return for_each_block<scan_mode::pii>(text, pairs, pick, [&](std::size_t block, const block_masks& m) {
+        const std::uint64_t starts = word_starts(m, carry);
+        std::uint64_t cand = 0;
+        if (digits) {
+            // A separator counts when a digit is on both sides (unknown across the block
+            // edge: assumed, to be safe).
+            const std::uint64_t joined = m.sep & ((m.digit << 1) | 1u) & ((m.digit >> 1) | (1ull << 63));
+            cand |= starts & m.digit & long_runs(m.digit | joined, chain);
+        }
+        if (upper) {
+            cand |= starts & m.pairs;
+        }
+        while (cand != 0) {
+            const auto b = static_cast<unsigned>(__builtin_ctzll(cand));
+            cand &= cand - 1;
+            const std::size_t s = block + b;
+            const unsigned char c0 = p[s];
+            if (!is_digit(c0) && !pii_pair(c0, s + 1 < n ? p[s + 1] : 0, scan.iban, scan.secrets)) {
+                continue;  // pii_scan::word would do nothing with it
+            }
+            if (scan.word(text, s, word_end(text, block, b, m.word), hit)) {
+                return true;
+            }
+        }
+        return false;
+    });
+}
+
+std::string classification_mismatch(std::string_view text) {
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    std::string out;
+    // The pair prefilter must keep every PII pair (pii_pair) and may keep more.
+    auto check = [&](const char* which, std::size_t block, const block_masks& m, bool secrets) {
+        for (std::size_t i = 0; i < 64 && block + i < text.size() && out.empty(); ++i) {
+            const unsigned char c = p[block + i];
+            const unsigned char next = block + i + 1 < text.size() ? p[block + i + 1] : 0;
+            const bool word = (m.word >> i) & 1u;
+            const bool digit = (m.digit >> i) & 1u;
+            const bool sep = (m.sep >> i) & 1u;
+            const bool pair = (m.pairs >> i) & 1u;
+            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-') ||
+                (!pair && !is_digit(c) && pii_pair(c, next, true, secrets))) {
+                out = std::string{which} + ": byte " + std::to_string(c) + " at " + std::to_string(block + i);
+            }
+        }
+    };
+    for (const bool secrets : {false, true}) {
+        std::vector<block_masks> masks((text.size() + 127) / 64);
+        std::string padded{text};
+        padded.resize(masks.size() * 64 + 1, '\0');
+        const auto* q = reinterpret_cast<const unsigned char*>(padded.data());
+        const pair_tables* pairs = secrets ? &pii_pairs_secrets : &pii_pairs_iban;
+        classify_sse2<scan_mode::pii>(q, masks.size(), masks.data(), secrets);
+        for (std::size_t b = 0; b < masks.size(); ++b) {
+            check("sse2", b * 64, masks[b], secrets);
+        }
+#if defined(BB_GUARDRAILS_AVX2)
+        if (have_avx2()) {
+            classify_avx2<scan_mode::pii>(q, masks.size(), masks.data(), pairs);
+            for (std::size_t b = 0; b < masks.size(); ++b) {
+                check("avx2", b * 64, masks[b], secrets);
+            }
+        }
+#endif
+        for_each_block<scan_mode::pii>(text, pairs, secrets, [&](std::size_t block, const block_masks& m) {
+            check("chunks", block, m, secrets);
+            return false;
+        });
+    }
+    return out;
+}
+
+namespace {
+
+// Bytes that end a URL's authority.
+struct authority_end_table {
+    bool on[256] = {};
+    constexpr authority_end_table() {
+        for (const char c : {'/', '?', '#', '"', '\'', '<', '>', '\\', ' ', '\t', '\r', '\n', ')'}) {
+            on[static_cast<unsigned char>(c)] = true;
+        }
+    }
+};
+constexpr authority_end_table authority_end{};
+
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
 std::string_view url_host(std::string_view text, std::size_t from) {
     std::size_t end = from;
-    while (end < text.size() && end - from < 512) {
-        const char c = text[end];
-        if (c == '/' || c == '?' || c == '#' || c == '"' || c == '\'' || c == '<' || c == '>' || c == '\\' ||
-            c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ')') {
-            break;
-        }
+    const std::size_t stop = std::min(text.size(), from + 512);
+    while (end < stop && !authority_end.on[static_cast<unsigned char>(text[end])]) {
         ++end;
     }
     std::string_view auth = text.substr(from, end - from);
@@ -919,9 +1606,64 @@ bool contains_unsubscribe(std::string_view word) {
     return false;
 }
 
+std::string link_finding(std::string_view host) {
+    return "link to a domain outside link_domains (" + std::string{host.substr(0, 253)} + ")";
+}
+
+// Whether the word ending at `end` is exactly `lower` (in any case).
+bool word_before_is(std::string_view text, std::size_t end, std::string_view lower) {
+    const std::size_t k = lower.size();
+    return end >= k && iequals_lower(text.substr(end - k, k), lower) &&
+           (end == k || !table.word[static_cast<unsigned char>(text[end - k - 1])]);
+}
+
+bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\''; }
+
+// The first link to a host outside link_domains, the way the word scan finds them: a word
+// `http`/`https` followed by `://`, or a word `href` followed by a run of ` ="'` and `//`.
+// Both end in `//`, so only the `//` pairs of the text are looked at, and each looks back at
+// most over its own run of ` ="'`. Returns the offset of the http/href word (the links come
+// out in text order: the words and runs of two links cannot overlap).
+std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::string_view& host) {
+    std::size_t found = std::string_view::npos;
+    for_each_double_slash(text, [&](std::size_t p) {
+        std::size_t s = std::string_view::npos;
+        if (p > 0 && text[p - 1] == ':') {
+            if (word_before_is(text, p - 1, "http")) {
+                s = p - 5;
+            } else if (word_before_is(text, p - 1, "https")) {
+                s = p - 6;
+            }
+        } else {
+            std::size_t q = p;
+            while (q > 0 && href_gap(text[q - 1])) {
+                --q;
+            }
+            if (word_before_is(text, q, "href")) {
+                s = q - 4;
+            }
+        }
+        if (s == std::string_view::npos) {
+            return false;
+        }
+        const std::string_view h = url_host(text, p + 2);
+        if (h.empty() || domains.contains(h)) {
+            return false;
+        }
+        found = s;
+        host = h;
+        return true;
+    });
+    return found;
+}
+
+std::string term_finding(const term_matcher& m, std::int32_t t) {
+    return "blocked term #" + std::to_string(t) + " (" + m.term(static_cast<std::size_t>(t)) + ")";
+}
+
 }  // namespace
 
-bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
+bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
     const bool terms = !g.terms.empty();
     std::uint32_t state = 0;
     // Starts of the last words, for the offset of a multi-word term.
@@ -940,19 +1682,19 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
             if ((iequals_lower(w, "http") || iequals_lower(w, "https")) && text.substr(e, 3) == "://") {
                 const std::string_view host = url_host(text, e + 3);
                 if (!host.empty() && !g.link_domains.contains(host)) {
-                    set_hit(hit, "link to a domain outside link_domains (" + std::string{host.substr(0, 253)} + ")", s);
+                    set_hit(hit, link_finding(host), s);
                     return true;
                 }
             } else if (iequals_lower(w, "href")) {
                 // href="//host/..." (scheme-relative); href="http..." is caught as a URL.
                 std::size_t i = e;
-                while (i < text.size() && (text[i] == ' ' || text[i] == '=' || text[i] == '"' || text[i] == '\'')) {
+                while (i < text.size() && href_gap(text[i])) {
                     ++i;
                 }
                 if (text.substr(i, 2) == "//") {
                     const std::string_view host = url_host(text, i + 2);
                     if (!host.empty() && !g.link_domains.contains(host)) {
-                        set_hit(hit, "link to a domain outside link_domains (" + std::string{host.substr(0, 253)} + ")", s);
+                        set_hit(hit, link_finding(host), s);
                         return true;
                     }
                 }
@@ -975,13 +1717,94 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         const std::int32_t t = g.terms.output(state);
         if (t >= 0) {
             const std::size_t k = g.terms.term_words(static_cast<std::size_t>(t));
-            const std::size_t first = starts[(nwords - k) & 15];
-            set_hit(hit, "blocked term #" + std::to_string(t) + " (" + g.terms.term(static_cast<std::size_t>(t)) + ")",
-                    first);
+            set_hit(hit, term_finding(g.terms, t), starts[(nwords - k) & 15]);
             return true;
         }
         return false;
     });
+}
+
+// The same findings as scan_content_reference, found in three passes that each skip what
+// they do not need: `unsubscribe` as a substring, links from the `//` pairs, and blocked
+// terms from the words whose first two bytes start a term word (the others only reset the
+// automaton). The reference reports the finding of the first word that has one, a link before
+// a term in the same word; so terms are looked for only in the words before the first link.
+bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
+    if (!unsubscribe && has_unsubscribe(text)) {
+        unsubscribe = true;
+    }
+    std::string_view host;
+    domain_memo link_domains{g.link_domains};
+    const std::size_t link = g.check_links ? first_bad_link(link_domains, text, host) : std::string_view::npos;
+    if (!g.terms.empty()) {
+        const term_matcher& m = g.terms;
+        const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+        const std::size_t n = text.size();
+        std::uint32_t state = 0;
+        // Starts of the last words that reached the automaton: a term's words are consecutive
+        // words that all did, so its first is k back.
+        std::size_t starts_ring[16];
+        std::size_t nwords = 0;
+        std::int32_t term = -1;
+        char lower[64];
+        std::uint64_t carry = 0;
+        pair_tables starts_filter;
+        static_assert(sizeof starts_filter == 64);
+        std::memcpy(&starts_filter, m.start_nibbles().data(), sizeof starts_filter);
+        for_each_block<scan_mode::terms>(text, &starts_filter, false, [&](std::size_t block, const block_masks& mk) {
+            // Out of a match (state 0) only a term's first word matters: the prefilter's
+            // candidates, then the exact pair check. In a match, the very next word.
+            std::uint64_t rest = word_starts(mk, carry);
+            const std::uint64_t cand = rest & mk.pairs;
+            while (true) {
+                const std::uint64_t next = state == 0 ? rest & cand : rest;
+                if (next == 0) {
+                    return false;
+                }
+                const auto b = static_cast<unsigned>(__builtin_ctzll(next));
+                rest &= ~((2ull << b) - 1);  // this start and the ones before it are done
+                const std::size_t s = block + b;
+                if (s >= link) {
+                    return true;  // the link comes first
+                }
+                const unsigned pair = p[s] | (s + 1 < n ? static_cast<unsigned>(p[s + 1]) << 8 : 0u);
+                if (!(state == 0 ? m.maybe_term_start(pair) : m.maybe_word_start(pair))) {
+                    state = 0;  // not a word of any term
+                    continue;
+                }
+                const std::size_t e = word_end(text, block, b, mk.word);
+                const std::size_t len = e - s;
+                std::uint32_t id = 0;
+                if (len <= max_word_bytes && m.maybe_word(len, to_lower(p[s]), to_lower(p[e - 1]))) {
+                    for (std::size_t i = 0; i < len; ++i) {
+                        lower[i] = static_cast<char>(to_lower(p[s + i]));
+                    }
+                    id = m.word_id({lower, len});
+                }
+                if (id == 0) {
+                    state = 0;
+                    continue;
+                }
+                starts_ring[nwords++ & 15] = s;
+                state = m.step(state, id);
+                const std::int32_t t = m.output(state);
+                if (t >= 0) {
+                    term = t;
+                    const std::size_t k = m.term_words(static_cast<std::size_t>(t));
+                    set_hit(hit, term_finding(m, t), starts_ring[(nwords - k) & 15]);
+                    return true;
+                }
+            }
+        });
+        if (term >= 0) {
+            return true;
+        }
+    }
+    if (link != std::string_view::npos) {
+        set_hit(hit, link_finding(host), link);
+        return true;
+    }
+    return false;
 }
 
 }  // namespace detail

@@ -1,12 +1,21 @@
 #pragma once
 // Internal to the guardrails: the linear-time text scanners. Each runs over one piece of
-// text (a decoded JSON string, a form value, or a raw body) once, word by word; words are
-// found with a SIMD byte classification (SSE2 where available) so the cost per byte is small.
+// text (a decoded JSON string, a form value, or a raw body) once. Words are found with a SIMD
+// byte classification (SSE2 where available), and the scanners visit only the words that can
+// matter to them (PII: words starting with a digit, an upper-case letter or b g r s x; terms:
+// words whose first two bytes start a term word) and the `//` pairs (links), so most bytes
+// cost only their share of the classification.
+//
+// Each fast scanner has a word-by-word reference (`*_reference`) that visits every word in
+// turn; they must return the same findings (tests/rules/test_guardrails.cpp checks it over
+// random texts). The references are the specification, not used on the data plane.
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "rules/guardrails.hpp"
 
@@ -21,12 +30,66 @@ struct text_hit {
     std::size_t offset = 0;
 };
 
+// For the tests: the first byte whose SIMD classes (every implementation this CPU runs)
+// differ from the byte tables, described; empty if none.
+std::string classification_mismatch(std::string_view text);
+
+// For the tests: where the incremental JSON path matching the guards use differs from
+// matching every path against every value's full path, along a walk of `json`; empty if
+// nowhere. *under (if given) counts the values under a path.
+std::string path_tracking_mismatch(std::string_view json, const std::vector<guard_field>& fields,
+                                   std::size_t* under = nullptr);
+
 // PII and secrets. Returns true and fills *hit at the first finding.
 bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
+// No text shorter than this has a finding: an SSN is 11 bytes, a card 13 digits, IBANs and
+// secrets are longer. (Most JSON values, names, ids and numbers, are shorter.)
+inline std::size_t pii_min_length(std::uint8_t kinds) {
+    return kinds & static_cast<std::uint8_t>(pii_kind::ssn) ? 11 : 13;
+}
+bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit);
 
 // Content: blocked terms and links outside link_domains (if configured) return true with
-// *hit; `unsubscribe` is set when the text holds an unsubscribe link or text.
+// *hit; `unsubscribe` is set when the text holds an unsubscribe link or text (when nothing
+// is found: after a finding it is left as it was, or set).
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
+bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
+
+// The verdicts of the last few hosts looked up in one domain_set, for one request (its links,
+// or its recipients, mostly share a handful of domains). Hosts up to 64 bytes are kept, as
+// given (another case is another entry). Not thread-safe: a local.
+class domain_memo {
+public:
+    explicit domain_memo(const domain_set& set) : set_{set} {}
+    bool contains(std::string_view host) {
+        for (const auto& e : entries_) {
+            if (e.len == host.size() && e.len != 0 && std::memcmp(e.bytes, host.data(), e.len) == 0) {
+                return e.verdict;
+            }
+        }
+        const bool verdict = set_.contains(host);
+        if (!host.empty() && host.size() <= sizeof entries_[0].bytes) {
+            entry& e = entries_[next_++ % 4];
+            std::memcpy(e.bytes, host.data(), host.size());
+            e.len = host.size();
+            e.verdict = verdict;
+        }
+        return verdict;
+    }
+
+private:
+    struct entry {
+        char bytes[64];
+        std::size_t len = 0;
+        bool verdict = false;
+    };
+    const domain_set& set_;
+    entry entries_[4];
+    unsigned next_ = 0;
+};
+
+// A 64-bit hash of the bytes, 8 at a time (the length is mixed in first).
+std::uint64_t bytes_hash(std::string_view s);
 
 // `"Jane Doe" <Jane@Example.com>` -> `jane@example.com` into out (trimmed, lower-cased).
 void normalize_address(std::string_view item, std::string& out);

@@ -3,11 +3,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <random>
+#include <set>
 
 #include "helpers.hpp"
 #include "rules/guardrails.hpp"
+#include "rules/guardrails_scan.hpp"
 
 namespace bb::rules::test {
 namespace {
@@ -679,6 +684,584 @@ TEST(GuardConfig, KeysForMapsAGuardRuleToItsBreaker) {
     f.eng.keys_for(req.view(), keys);
     ASSERT_EQ(keys.size(), 1u);
     EXPECT_EQ(f.eng.rules().rules[keys[0].rule].trips, "pii-deny");
+}
+
+// ---------------------------------------------------------------------------------------
+// The fast scanners against their word-by-word references, over random texts made of the
+// pieces they look for (valid and nearly valid cards, SSNs, IBANs and secrets, terms in any
+// case, links of every shape), near misses and filler, joined by separators that matter.
+
+struct text_gen {
+    explicit text_gen(std::uint64_t seed) : rng{seed} {}
+    std::mt19937_64 rng;
+
+    std::size_t pick(std::size_t n) { return std::uniform_int_distribution<std::size_t>{0, n - 1}(rng); }
+    bool chance(int percent) { return static_cast<int>(pick(100)) < percent; }
+    template <class T, std::size_t N>
+    const T& one(const T (&a)[N]) {
+        return a[pick(N)];
+    }
+    std::string digits(std::size_t n) {
+        std::string out;
+        for (std::size_t i = 0; i < n; ++i) {
+            out += static_cast<char>('0' + pick(10));
+        }
+        return out;
+    }
+    std::string chars(std::string_view alphabet, std::size_t n) {
+        std::string out;
+        for (std::size_t i = 0; i < n; ++i) {
+            out += alphabet[pick(alphabet.size())];
+        }
+        return out;
+    }
+    // A Luhn-valid (or, sometimes, off by one digit) number of n digits.
+    std::string card_number(std::size_t n) {
+        std::string d = std::string{static_cast<char>('2' + pick(6))} + digits(n - 2);
+        for (char c = '0'; c <= '9'; ++c) {
+            if (luhn_valid(d + c)) {
+                d += c;
+                break;
+            }
+        }
+        if (chance(20)) {
+            d[pick(d.size())] = static_cast<char>('0' + pick(10));
+        }
+        return d;
+    }
+    std::string grouped(const std::string& d, std::initializer_list<std::size_t> sizes, char sep) {
+        std::string out;
+        std::size_t at = 0;
+        for (const auto n : sizes) {
+            if (at >= d.size()) {
+                break;
+            }
+            out += at ? std::string(1, sep) : "";
+            out += d.substr(at, n);
+            at += n;
+        }
+        return out + d.substr(std::min(at, d.size()));
+    }
+    std::string case_mix(std::string w) {
+        const auto mode = pick(4);
+        for (auto& c : w) {
+            const auto u = static_cast<unsigned char>(c);
+            if (mode == 1 || (mode == 3 && chance(50))) {
+                c = static_cast<char>(std::toupper(u));
+            } else if (mode == 2) {
+                c = static_cast<char>(std::tolower(u));
+            }
+        }
+        return w;
+    }
+
+    std::string pii_piece() {
+        static const char* const secrets[] = {"AKIA", "ASIA", "AKIAIOSFODNN7EXAMPLE", "-----BEGIN RSA PRIVATE KEY-----",
+                                              "-----BEGIN PUBLIC KEY-----", "BEGIN", "Bearer ", "bearer ", "BEARER ",
+                                              "sk_live_", "rk_live_", "sk_test_", "xoxb-", "xoxp-", "xoxz-", "ghp_",
+                                              "github_pat_", "gho_", "Be", "sk", "xo", "gh"};
+        static const char* const ibans[] = {"GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432",
+                                            "DE89 3704 0044 0532 0130 00", "FR1420041010050500013M02606",
+                                            "GB82 WEST 1234 5698 7654 33", "NO9386011117947", "XX12"};
+        switch (pick(12)) {
+            case 0: {
+                const std::size_t n = 12 + pick(9);
+                const std::string d = card_number(n);
+                const char sep = one({' ', '-', ' ', '.'});
+                switch (pick(4)) {
+                    case 0: return d;
+                    case 1: return grouped(d, {4, 4, 4, 4, 4}, sep);
+                    case 2: return grouped(d, {4, 6, 5}, sep);
+                    default: return grouped(d, {4, 4, 4}, sep);
+                }
+            }
+            case 1: return digits(3) + one({"-", "-", " ", "--"}) + digits(2) + "-" + digits(4) +
+                           (chance(20) ? "-" + digits(1) : std::string{});
+            case 2: {
+                std::string out;
+                for (std::size_t i = 0, n = 1 + pick(8); i < n; ++i) {
+                    out += (i ? one({" ", "-", " ", "  ", ", "}) : "") + digits(1 + pick(6));
+                }
+                return out;
+            }
+            case 3: return one(ibans);
+            case 4: return chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2) + digits(2) + chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", pick(30));
+            case 5: {
+                std::string t = one(secrets);
+                return t + chars("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.~+/", pick(45));
+            }
+            case 6: return chars("abcdefghijklmnopqrstuvwxyz", 1 + pick(9));
+            case 7: return chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 1 + pick(5));
+            case 8: return one({"\xc3\xa9t\xc3\xa9", "_x", "x4111111111111111", "4111111111111111x", "\xe2\x82\xac" "4111"});
+            case 9: return digits(1 + pick(25));
+            case 10: return chars("0123456789 -", 1 + pick(40));
+            default: return one({"px", "#", "$", "+1 (", ")", "2026-03-14", "1Z 999 AA1 01 2345 6784"});
+        }
+    }
+
+    std::string pii_text(std::size_t pieces) {
+        std::string out;
+        for (std::size_t i = 0; i < pieces; ++i) {
+            out += pii_piece();
+            out += one({" ", " ", "-", "", "\n", ", ", ".", "=", "_", "/", "  ", ": "});
+        }
+        return out;
+    }
+
+    std::string link() {
+        static const char* const schemes[] = {"http://", "https://", "HTTP://", "Https://", "href=\"//", "href='//",
+                                              "HREF = //", "href//", "hrefs=//", "xhttp://", "http:/", "http//",
+                                              "href=\"https://", "//", "://", "https:\\/\\/", "href = \" ' //"};
+        static const char* const hosts[] = {"example.com", "www.example.com", "evil.io", "EXAMPLE.com", "user@evil.io",
+                                            "example.com@evil.io", "[::1]", "example.com:8080", "", " ",
+                                            "sub.partner.io", "partner.io.evil.io", "e\xc3\xa9.io"};
+        return std::string{one(schemes)} + one(hosts) + one({"/x", "?q=1", "#f", "", "\"", ")", " y"});
+    }
+
+    std::string content_piece(const std::vector<std::string>& vocab) {
+        switch (pick(8)) {
+            case 0:
+            case 1:
+            case 2: return case_mix(vocab[pick(vocab.size())]);
+            case 3: return one({"freedom", "mone", "acts", "aa", "00", "70", "12a", "wins", "\xc3\xbc", "_free", "free_"});
+            case 4: return link();
+            case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
+            case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
+            default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https"});
+        }
+    }
+
+    std::string content_text(const std::vector<std::string>& vocab, std::size_t pieces) {
+        std::string out;
+        for (std::size_t i = 0; i < pieces; ++i) {
+            out += content_piece(vocab);
+            out += one({" ", " ", "", "-", "\n", ", ", "!", "\"", "'", "=", "/", "  "});
+        }
+        return out;
+    }
+};
+
+::testing::AssertionResult same_hit(bool ref, const detail::text_hit& rh, bool fast, const detail::text_hit& fh) {
+    if (ref != fast || (ref && (rh.what != fh.what || rh.offset != fh.offset))) {
+        return ::testing::AssertionFailure() << "reference " << ref << " (" << rh.what << " @" << rh.offset << "), fast "
+                                             << fast << " (" << fh.what << " @" << fh.offset << ")";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+TEST(GuardFastPaths, SimdClassesMatchTheByteTables) {
+    std::string all;
+    for (int c = 0; c < 256; ++c) {
+        all += static_cast<char>(c);
+    }
+    EXPECT_EQ(detail::classification_mismatch(all), "");
+    text_gen gen{7};
+    for (int i = 0; i < 200; ++i) {
+        EXPECT_EQ(detail::classification_mismatch(gen.chars(all, gen.pick(300))), "");
+    }
+}
+
+TEST(GuardFastPaths, PiiScanAgreesWithTheWordByWordReference) {
+    text_gen gen{20261128};
+    int hits = 0;
+    for (int i = 0; i < 6000; ++i) {
+        // Mostly short texts (every block-edge case), some over the 2 KiB classification chunk.
+        const std::string text = gen.pii_text(i % 50 == 0 ? 200 + gen.pick(200) : 1 + gen.pick(24));
+        const auto kinds = static_cast<std::uint8_t>(i % 3 == 0 ? 15 : 1 + gen.pick(15));
+        detail::text_hit rh;
+        detail::text_hit fh;
+        const bool ref = detail::scan_pii_reference(kinds, text, &rh);
+        const bool fast = detail::scan_pii(kinds, text, &fh);
+        ASSERT_TRUE(same_hit(ref, rh, fast, fh)) << "kinds " << int{kinds} << " text: " << text;
+        hits += ref;
+    }
+    EXPECT_GT(hits, 600) << "the generator should find something often";
+    EXPECT_LT(hits, 5400) << "and miss often";
+}
+
+TEST(GuardFastPaths, PiiScanAgreesOnDenseDigitRuns) {
+    // Runs of digit groups across block edges: the chain filter must keep every group a card
+    // or an SSN could be made of.
+    text_gen gen{99};
+    for (int i = 0; i < 3000; ++i) {
+        std::string text = gen.chars("abc ", gen.pick(70));
+        for (std::size_t g = 0, n = 1 + gen.pick(12); g < n; ++g) {
+            text += gen.pick(5) == 0 ? gen.card_number(13 + gen.pick(7)) : gen.digits(1 + gen.pick(5));
+            text += gen.one({" ", "-", " ", "  ", "x", "- ", ""});
+        }
+        text += gen.chars("0123456789 -", gen.pick(30));
+        for (const std::uint8_t kinds : {1, 2, 3}) {
+            detail::text_hit rh;
+            detail::text_hit fh;
+            const bool ref = detail::scan_pii_reference(kinds, text, &rh);
+            ASSERT_TRUE(same_hit(ref, rh, detail::scan_pii(kinds, text, &fh), fh)) << int{kinds} << " " << text;
+        }
+    }
+}
+
+content_guard random_content_guard(text_gen& gen, const std::vector<std::string>& vocab) {
+    content_guard g;
+    std::string err;
+    for (std::size_t i = 0, n = gen.pick(7); i < n; ++i) {
+        std::string term;
+        for (std::size_t w = 0, k = 1 + gen.pick(3); w < k; ++w) {
+            term += (w ? gen.one({" ", "-", ", "}) : "") + gen.case_mix(vocab[gen.pick(vocab.size())]);
+        }
+        EXPECT_TRUE(g.terms.add(term, &err)) << err;
+    }
+    g.terms.build();
+    g.check_links = gen.chance(70);
+    if (gen.chance(80)) {
+        g.link_domains.add("example.com");
+    }
+    if (gen.chance(50)) {
+        g.link_domains.add("*.partner.io");
+    }
+    return g;
+}
+
+TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
+    const std::vector<std::string> vocab{"free", "money", "act", "now", "a", "0", "7", "12", "win", "\xc3\xbc" "ber",
+                                         "x_y", "spam", "phrase", "href", "http", "unsubscribe"};
+    text_gen gen{4242};
+    int hits = 0;
+    for (int i = 0; i < 4000; ++i) {
+        const content_guard g = random_content_guard(gen, vocab);
+        for (int t = 0; t < 4; ++t) {
+            const std::string text = gen.content_text(vocab, i % 40 == 0 ? 300 + gen.pick(300) : 1 + gen.pick(20));
+            for (const bool unsub_before : {false, true}) {
+                bool ru = unsub_before;
+                bool fu = unsub_before;
+                detail::text_hit rh;
+                detail::text_hit fh;
+                const bool ref = detail::scan_content_reference(g, text, ru, &rh);
+                const bool fast = detail::scan_content(g, text, fu, &fh);
+                ASSERT_TRUE(same_hit(ref, rh, fast, fh)) << "text: " << text;
+                if (!ref) {
+                    ASSERT_EQ(ru, fu) << "unsubscribe, text: " << text;
+                }
+                hits += ref && !unsub_before;
+            }
+        }
+    }
+    EXPECT_GT(hits, 2000);
+    EXPECT_LT(hits, 14000);
+}
+
+TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {
+    // Listed by their SHA-256 (via sha256_hex), looked up by address (the list's own digest of
+    // the lower-cased address): every length from 1 to 320 (1 to 6 SHA-256 blocks).
+    text_gen gen{77};
+    std::vector<std::string> listed;
+    std::string file;
+    for (std::size_t n = 1; n <= 320; ++n) {
+        std::string a = gen.chars("abcdefghijklmnopqrstuvwxyz0123456789.+-_", n);
+        a[gen.pick(n)] = '@';
+        listed.push_back(a);
+        file += sha256_hex(a) + "\n";
+    }
+    std::string err;
+    const auto list = suppression_list::parse(file, 1000, &err);
+    ASSERT_TRUE(list.has_value()) << err;
+    EXPECT_EQ(list->size(), 320u);
+    for (const auto& a : listed) {
+        EXPECT_TRUE(list->contains(a)) << a.size();
+        std::string upper = a;
+        for (auto& c : upper) {
+            c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        }
+        EXPECT_TRUE(list->contains(upper)) << "case-insensitive, " << a.size();
+        EXPECT_FALSE(list->contains(a + "x")) << a.size();
+    }
+    // Two at a time (first_of): every pairing of one- and multi-block addresses, listed or not.
+    std::vector<std::string> pool;
+    std::vector<bool> in_list;
+    for (std::size_t n : {1, 20, 55, 56, 63, 64, 119, 120, 200, 320}) {
+        pool.push_back(listed[n - 1]);
+        in_list.push_back(true);
+        pool.push_back(listed[n - 1] + "z");
+        in_list.push_back(false);
+    }
+    for (int round = 0; round < 2000; ++round) {
+        std::vector<std::string_view> batch;
+        std::size_t want = std::string::npos;
+        for (std::size_t i = 0, n = gen.pick(7); i < n; ++i) {
+            const std::size_t k = gen.pick(pool.size());
+            if (in_list[k] && want == std::string::npos) {
+                want = batch.size();
+            }
+            batch.push_back(pool[k]);
+        }
+        EXPECT_EQ(list->first_of(batch), want == std::string::npos ? batch.size() : want);
+    }
+    // And listed by address: the same digest whichever implementation computes it.
+    const auto by_address = suppression_list::parse("Jane.Doe@Example.com\n", 10, &err);
+    ASSERT_TRUE(by_address.has_value());
+    EXPECT_TRUE(by_address->contains("jane.doe@example.com"));
+}
+
+TEST(GuardFastPaths, NormalizedAddressesAreTrimmedAndLowerCased) {
+    std::string out;
+    std::string all;
+    for (int c = 1; c < 256; ++c) {
+        all += static_cast<char>(c);
+    }
+    detail::normalize_address(all, out);
+    std::string want;
+    for (const char c : all.substr(all.rfind('<') + 1, all.find('>', all.rfind('<')) - all.rfind('<') - 1)) {
+        want += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    EXPECT_EQ(out, want);
+    detail::normalize_address(R"( "Jane Doe" <Jane.Doe@Example.COM> )", out);
+    EXPECT_EQ(out, "jane.doe@example.com");
+    detail::normalize_address("  \"ABCDEFGHIJKLMNOPQRSTUVWXYZ@ÀBC.com\" ", out);
+    EXPECT_EQ(out, "abcdefghijklmnopqrstuvwxyz@Àbc.com");
+    detail::normalize_address(std::string(400, 'A'), out);
+    EXPECT_EQ(out, std::string(320, 'a'));
+}
+
+TEST(GuardFastPaths, DomainSetAgreesWithASuffixScan) {
+    text_gen gen{5};
+    for (int round = 0; round < 200; ++round) {
+        domain_set d;
+        std::set<std::string> ref;
+        auto label = [&] { return gen.chars("abcxyz", 1 + gen.pick(3)); };
+        for (std::size_t i = 0, n = gen.pick(40); i < n; ++i) {
+            std::string dom = label();
+            for (std::size_t k = 0, m = gen.pick(3); k < m; ++k) {
+                dom += "." + label();
+            }
+            d.add(gen.case_mix(dom));
+            ref.insert(dom);
+        }
+        EXPECT_EQ(d.size(), ref.size());
+        for (int q = 0; q < 100; ++q) {
+            std::string host = label();
+            for (std::size_t k = 0, m = gen.pick(4); k < m; ++k) {
+                host += "." + label();
+            }
+            bool want = false;
+            for (std::string_view h = host;;) {
+                want = want || ref.count(std::string{h}) > 0;
+                const auto dot = h.find('.');
+                if (dot == std::string_view::npos) {
+                    break;
+                }
+                h.remove_prefix(dot + 1);
+            }
+            EXPECT_EQ(d.contains(gen.case_mix(host)), want) << host;
+        }
+    }
+}
+
+TEST(GuardFastPaths, TermMatcherPairFiltersKeepEveryTermWord) {
+    term_matcher m;
+    std::string err;
+    ASSERT_TRUE(m.add("Free money", &err));
+    ASSERT_TRUE(m.add("7 wonders", &err));
+    ASSERT_TRUE(m.add("\xc3\xbc" "ber x", &err));
+    m.build();
+    auto pair = [](std::string_view w) {
+        return static_cast<unsigned char>(w[0]) | (w.size() > 1 ? static_cast<unsigned>(static_cast<unsigned char>(w[1])) << 8 : 0u);
+    };
+    for (const char* w : {"free", "FREE", "fRee", "7 ", "7", "\xc3\xbc" "ber"}) {
+        EXPECT_TRUE(m.maybe_term_start(pair(w))) << w;
+    }
+    for (const char* w : {"money", "MOney", "wonders", "x", "X!"}) {
+        EXPECT_FALSE(m.maybe_term_start(pair(w))) << w << ": not a first word";
+        EXPECT_TRUE(m.maybe_word_start(pair(w))) << w;
+    }
+    for (const char* w : {"fx", "77", "7a", "mi", "y"}) {
+        EXPECT_FALSE(m.maybe_word_start(pair(w))) << w;
+    }
+}
+
+TEST(GuardFastPaths, PathIndexHeadIsTheZeroPaddedPrefix) {
+    const std::string text = "abcdefghijk";
+    for (std::size_t n = 0; n <= text.size(); ++n) {
+        std::uint64_t want = 0;
+        std::memcpy(&want, text.data(), std::min<std::size_t>(n, 8));
+        EXPECT_EQ(path_index::head_of(std::string_view{text}.substr(0, n)), want) << n;
+    }
+}
+
+TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
+    text_gen gen{31};
+    const char* const keys[] = {"a", "b", "to", "cc", "email", "x y", "\u00e9", "personalizations"};
+    std::function<std::string(int)> value = [&](int depth) -> std::string {
+        const auto kind = depth > 5 ? 3 : depth == 0 ? gen.pick(3) : gen.pick(5);
+        if (kind == 0 || kind == 1) {
+            std::string out = "{";
+            for (std::size_t i = 0, n = gen.pick(4); i < n; ++i) {
+                out += std::string{i ? "," : ""} + "\"" + gen.one(keys) + "\":" + value(depth + 1);
+            }
+            return out + "}";
+        }
+        if (kind == 2) {
+            std::string out = "[";
+            for (std::size_t i = 0, n = gen.pick(4); i < n; ++i) {
+                out += std::string{i ? "," : ""} + value(depth + 1);
+            }
+            return out + "]";
+        }
+        return gen.one({"\"s\"", "1", "true", "null", "\"x@y.z\""});
+    };
+    const char* const paths[] = {"$", "$.a", "$.a[*]", "$.a[0].b", "$['to','cc'][*].email", "$.b[1]", "$[*]", "$[0]",
+                                 "$.a.b.a", "$.personalizations[*]['to','cc'][*].email", "$.a[*].b[*]", "$['x y']"};
+    std::size_t matched = 0;
+    for (int i = 0; i < 2000; ++i) {
+        std::vector<guard_field> fields;
+        for (std::size_t k = 0, n = 1 + gen.pick(5); k < n; ++k) {
+            std::string err;
+            guard_field f;
+            f.text = gen.one(paths);
+            auto p = parse_json_path(f.text, &err);
+            ASSERT_TRUE(p.has_value()) << f.text << ": " << err;
+            f.path = std::move(*p);
+            fields.push_back(std::move(f));
+        }
+        if (gen.chance(20)) {
+            guard_field form;
+            form.form = true;
+            form.name = "a";
+            fields.insert(fields.begin() + static_cast<std::ptrdiff_t>(gen.pick(fields.size() + 1)), form);
+        }
+        const std::string doc = value(0);
+        ASSERT_EQ(detail::path_tracking_mismatch(doc, fields, &matched), "") << doc;
+    }
+    EXPECT_GT(matched, 2000u) << "values under a path";
+}
+
+TEST(GuardFastPaths, MoreThan64PathsAreMatchedAsTheyAre) {
+    // A duplicates guard may have 3 x 32 fields: over the 64 the path index tracks at once.
+    auto list = [](std::string_view real, int dummies) {
+        std::string out = "[\"" + std::string{real} + "\"";
+        for (int i = 0; i < dummies; ++i) {
+            out += ", \"$.x" + std::to_string(i) + ".y\"";
+        }
+        return out + "]";
+    };
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "subject", "template"],
+                            "recipient_fields": )j" + list("$.to[*]", 31) + R"j(, "subject_fields": )j" +
+                       list("$.subject", 31) + R"j(, "template_fields": )j" + list("$.t", 31) + "}")};
+    const std::string body = R"j({"to": ["a@example.com"], "subject": "S", "t": "T", "x3": {"y": "z"}})j";
+    EXPECT_TRUE(f.check_body(body).allowed());
+    EXPECT_THAT(f.check_body(body).reason, HasSubstr("recipient #0 a***@example.com with the same subject and template"));
+    std::vector<guard_field> many;
+    for (int i = 0; i < 70; ++i) {
+        std::string err;
+        guard_field g;
+        g.text = "$.a[" + std::to_string(i % 3) + "].b";
+        g.path = *parse_json_path(g.text, &err);
+        many.push_back(std::move(g));
+    }
+    std::size_t under = 0;
+    EXPECT_EQ(detail::path_tracking_mismatch(R"j({"a": [{"b": 1}, {"b": [2]}, {"c": 3}]})j", many, &under), "");
+    EXPECT_EQ(under, 3u);
+}
+
+TEST(GuardRecipients, TheFirstRefusedRecipientIsReportedWhateverTheReason) {
+    const std::string path = temp_file("first.txt", "ann@example.com\n");
+    fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"], "suppression_file": ")j" + path + R"j("})j")};
+    EXPECT_THAT(f.check_body(sendgrid_to({"bob@example.com", "ann@example.com", "x@competitor.com"})).reason,
+                HasSubstr("suppressed recipient #1 a***@example.com"));
+    EXPECT_THAT(f.check_body(sendgrid_to({"x@competitor.com", "ann@example.com"})).reason,
+                HasSubstr("recipient domain blocked #0 x***@competitor.com"));
+    // The same domain again and again (the per-request memo) and another one after it.
+    EXPECT_THAT(f.check_body(sendgrid_to({"a@example.com", "b@example.com", "c@example.com", "d@COMPETITOR.com"})).reason,
+                HasSubstr("recipient domain blocked #3 d***@competitor.com"));
+}
+
+// The body parsed once per request and shared by the guard rules.
+
+TEST(GuardSharedBody, OffsetsThroughRandomEscapesMatchTheRawBody) {
+    fixture f{pii_rule(R"j({"pii": ["card"]})j") + "," + content_rule(R"j({"blocked_terms": ["zz top"]})j")};
+    text_gen gen{11};
+    const char* const escapes[] = {R"(\")", R"(\\)", R"(\/)", R"(\n)", R"(\t)", R"(\u00e9)", R"(\ud83d\ude00)",
+                                   R"(\u0041)", "\xc3\xa9", "abc ", "<p>", R"(\uD800)", " "};
+    for (int i = 0; i < 300; ++i) {
+        std::string before;
+        std::string after;
+        for (std::size_t k = 0, n = gen.pick(60); k < n; ++k) {
+            before += gen.one(escapes);
+        }
+        for (std::size_t k = 0, n = gen.pick(60); k < n; ++k) {
+            after += gen.one(escapes);
+        }
+        const bool card = gen.chance(50);
+        const std::string needle = card ? "4111 1111 1111 1111" : "ZZ\\n top";
+        const std::string body = sendgrid(before + " " + needle + " " + after);
+        const auto d = f.check_body(body);
+        ASSERT_EQ(d.outcome, verdict::violated) << body;
+        const auto at = body.find(needle);
+        EXPECT_THAT(d.reason, HasSubstr("at body offset " + std::to_string(at) + " ($.content[1].value)")) << body;
+    }
+}
+
+TEST(GuardSharedBody, EveryGuardOfARequestSeesItsOwnBody) {
+    // Two requests in the same buffer, same size: the engine resets the shared parse per request.
+    fixture f{pii_rule(R"j({"pii": ["card"]})j") + "," + content_rule(R"j({"blocked_terms": ["act now"]})j") + "," +
+              recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    req.body.replace(req.body.find("Hello"), 5, "4111111111111111");
+    EXPECT_THAT(f.check(req).reason, HasSubstr("card number"));
+    const auto size = req.body.size();
+    req.body.replace(req.body.find("4111111111111111"), 16, "act now, really!");
+    EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #0 (act now)"));
+    req.body.replace(req.body.find("act now, really!"), 16, "Nothing to see!!");
+    EXPECT_TRUE(f.check(req).allowed()) << f.check(req).reason;
+    EXPECT_EQ(req.body.size(), size);
+    req.body.replace(req.body.find("jane@example.com"), 16, "jane@example.org");
+    EXPECT_THAT(f.check(req).reason, HasSubstr("recipient domain not in allowlist"));
+}
+
+TEST(GuardSharedBody, AHugeBodyIsWalkedByEachGuardAndGivesTheSameFindings) {
+    // More JSON values than the shared parse records (2^16): each guard walks the body itself.
+    fixture f{pii_rule(R"j({"pii": ["card"]})j") + "," + recipients_rule(R"j({"allow_domains": ["example.com"]})j") +
+              "," + dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    std::string zeros;
+    zeros.reserve(160'000);
+    for (int i = 0; i < 70'000; ++i) {
+        zeros += i ? ",0" : "0";
+    }
+    const std::string tail = R"j(], "personalizations": [{"to": [{"email": "jane@example.com"}]}], "subject": "Hi",
+        "note": "card 4111111111111111"})j";
+    const std::string body = R"j({"filler": [)j" + zeros + tail;
+    const auto d = f.check_body(body);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) at body offset " +
+                            std::to_string(body.find("4111")) + " ($.note)");
+    std::string clean = body;
+    clean.replace(clean.find("4111111111111111"), 16, "nothing at all..");
+    EXPECT_TRUE(f.check_body(clean).allowed());
+    EXPECT_THAT(f.check_body(clean).reason, HasSubstr("duplicate send")) << "booked once by the first";
+    std::string other = clean;
+    other.replace(other.find("jane@example.com"), 16, "jane@example.org");
+    EXPECT_THAT(f.check_body(other).reason, HasSubstr("recipient domain not in allowlist #0 j***@example.org"));
+}
+
+TEST(GuardDuplicates, ManyRecipientsAndPerPersonalizationSubjects) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    // 300 personalizations, each with its own subject; jane twice with subject 7 (one send),
+    // and once more with subject 8 (another pair).
+    auto body_of = [](int n, int repeat_subject) {
+        std::string b = R"j({"personalizations": [)j";
+        for (int i = 0; i < n; ++i) {
+            b += i ? "," : "";
+            b += R"j({"to": [{"email": "r)j" + std::to_string(i) + R"j(@example.com"}], "subject": "S)j" +
+                 std::to_string(i) + R"j("})j";
+        }
+        b += R"j(,{"to": [{"email": "r7@example.com"}], "subject": "S)j" + std::to_string(repeat_subject) + R"j("}],
+            "from": {"email": "news@example.com"}, "subject": "fallback"})j";
+        return b;
+    };
+    EXPECT_TRUE(f.check_body(body_of(300, 7)).allowed()) << "r7 with S7 twice in one request is one send";
+    const auto d = f.check_body(body_of(300, 8));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient #0 r***@example.com with the same subject already sent 1 times"));
+    // r7 with S8 is a new pair: on its own it goes through.
+    EXPECT_TRUE(f.check_body(R"j({"personalizations": [{"to": [{"email": "r7@example.com"}], "subject": "S8"}]})j").allowed());
 }
 
 }  // namespace
