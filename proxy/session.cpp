@@ -630,19 +630,43 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to,
     to.shutdown(tcp::socket::shutdown_send, ignored);
 }
 
-// Ends a tunnel that has been quiet for `idle`: closes both sockets (which ends the pumps).
-asio::awaitable<void> tunnel_watchdog(tcp::socket& a, tcp::socket& b,
+// Whether an operator has switched the agent off (its kill switch agent/<id> is open or
+// forced open), in the worker's current config.
+bool agent_switched_off(worker& w, const std::string& agent_id) {
+    const runtime_lease lease = w.lease_runtime();
+    const auto& registry = *lease.get().breakers;
+    if (!registry.any_active()) {
+        return false;
+    }
+    const auto snap = registry.get("agent/" + agent_id, w.owner().now());
+    return snap && (snap->md == breakers::mode::forced_open ||
+                    (snap->md == breakers::mode::automatic && snap->st == breakers::state::open));
+}
+
+// Ends a tunnel that has been quiet for `idle`, or (every second) whose agent an operator
+// has switched off: closes both sockets (which ends the pumps).
+asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
                                       std::shared_ptr<std::chrono::steady_clock::time_point> last_activity,
-                                      std::chrono::milliseconds idle) {
+                                      std::chrono::milliseconds idle, std::string agent_id) {
     co_await asio::this_coro::throw_if_cancelled(false);
+    static constexpr std::chrono::seconds kill_switch_check{1};
     asio::steady_timer timer{a.get_executor()};
     for (;;) {
-        timer.expires_at(*last_activity + idle);
+        auto at = *last_activity + idle;
+        if (!agent_id.empty()) {
+            at = std::min(at, std::chrono::steady_clock::now() + kill_switch_check);
+        }
+        timer.expires_at(at);
         auto [ec] = co_await timer.async_wait(use_tuple);
         if (ec) {
             co_return;  // the tunnel ended by itself
         }
-        if (std::chrono::steady_clock::now() - *last_activity >= idle) {
+        const bool idle_out = std::chrono::steady_clock::now() - *last_activity >= idle;
+        const bool switched_off = !idle_out && !agent_id.empty() && agent_switched_off(w, agent_id);
+        if (idle_out || switched_off) {
+            if (switched_off) {
+                spdlog::warn("tunnel of agent {} closed: agent/{} is switched off", agent_id, agent_id);
+            }
             error_code ignored;
             a.close(ignored);
             b.close(ignored);
@@ -652,8 +676,9 @@ asio::awaitable<void> tunnel_watchdog(tcp::socket& a, tcp::socket& b,
 }
 
 // A blind tunnel for a passthrough destination: not inspected, not metered, logged.
+// `agent_id`: who opened it (empty: nobody identified); its kill switch closes the tunnel.
 asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, const std::string& host,
-                                   std::uint16_t port, const client_info& ci) {
+                                   std::uint16_t port, const client_info& ci, std::string agent_id) {
     co_await asio::this_coro::throw_if_cancelled(false);
     // A copy: the tunnel outlives any runtime lease, and a reload may free this config.
     const auto idle_timeout = w.cfg()->limits.idle_timeout;
@@ -680,11 +705,13 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     static constexpr std::string_view bad = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
     if (cec) {
-        spdlog::info("tunnel {} -> {}:{} failed: {}", ci.ip, host, port, cec.message());
+        spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {}", ci.ip, agent_id.empty() ? "-" : agent_id, host, port,
+                     cec.message());
         co_await asio::async_write(client, asio::buffer(bad), use_tuple);
         co_return;
     }
-    spdlog::info("tunnel {} -> {}:{} (passthrough: not inspected)", ci.ip, host, port);
+    spdlog::info("tunnel {} (agent {}) -> {}:{} (passthrough: not inspected)", ci.ip,
+                 agent_id.empty() ? "-" : agent_id, host, port);
     auto [wec, wn] = co_await asio::async_write(client, asio::buffer(ok), use_tuple);
     if (wec) {
         co_return;
@@ -700,7 +727,7 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     // direction done and the other idle that long, and both sides are closed.
     auto last_activity = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
     co_await ((pump(client, out, last_activity) && pump(out, client, last_activity)) ||
-              tunnel_watchdog(client, out, last_activity, idle_timeout));
+              tunnel_watchdog(w, client, out, last_activity, idle_timeout, std::move(agent_id)));
 }
 
 // The client-departure watch for the stream type (no coroutine frame of its own).
@@ -729,6 +756,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         cert_minter::leaf leaf;                           // intercept
         std::string host;                                 // blind
         std::uint16_t port = 0;                           // blind
+        std::string agent;                                // blind: who opened it (kill switch)
     } tunnel;
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
@@ -976,6 +1004,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     break;
                 }
                 if (passthrough_allowed(*fp, dest->first, dest->second)) {
+                    // Not metered, but an agent an operator switched off opens nothing (and
+                    // its open tunnels close: see tunnel_watchdog).
+                    if (tunnel_agent != nullptr && rt.breakers->any_active()) {
+                        const auto adm = rt.breakers->admit("agent/" + tunnel_agent->id, w.owner().now());
+                        if (adm.v == breakers::admission::verdict::contain) {
+                            error_info e{http::status::service_unavailable, "paused", "agent_disabled",
+                                         "agent " + tunnel_agent->id + " is switched off by an operator (breaker agent/" +
+                                             tunnel_agent->id + ")"};
+                            e.retry_after_s = std::max(1u, static_cast<unsigned>((adm.retry_after.count() + 999) / 1000));
+                            co_await reply(e, false);
+                            break;
+                        }
+                    }
+                    tunnel.agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
                     tunnel.kind = tunnel_plan::blind;
                     tunnel.host = dest->first;
                     tunnel.port = dest->second;
@@ -1516,7 +1558,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_return;
         }
         if (tunnel.kind == tunnel_plan::blind) {
-            co_await blind_tunnel(w, raw, buf, tunnel.host, tunnel.port, ci);
+            co_await blind_tunnel(w, raw, buf, tunnel.host, tunnel.port, ci, std::move(tunnel.agent));
             co_return;
         }
     }

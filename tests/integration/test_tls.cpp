@@ -11,6 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include <sys/socket.h>
+
 using namespace bb::test;
 namespace http = boost::beast::http;
 
@@ -239,6 +241,49 @@ TEST(forward_proxy, unknown_destinations_are_refused_and_passthrough_is_a_blind_
     EXPECT_EQ(out, "direct");
     ASSERT_EQ(api.request_count(), 1u);
     EXPECT_TRUE(api.requests()[0].req["x-forwarded-for"].empty()) << "a blind tunnel is not inspected";
+}
+
+// The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and
+// the ones it has open close (checked every second), while other agents' tunnels stay.
+TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_open_ones) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())))};
+    const std::string target = "127.0.0.1:" + std::to_string(api.port());
+    auto open_tunnel = [&](const std::string& credentials) {
+        auto c = std::make_unique<raw_client>(bb.port());
+        c->send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" + credentials + "\r\n");
+        std::string head;
+        char chunk[512];
+        while (head.find("\r\n\r\n") == std::string::npos) {
+            const auto n = ::recv(c->fd(), chunk, sizeof chunk, 0);
+            if (n <= 0) {
+                break;
+            }
+            head.append(chunk, static_cast<std::size_t>(n));
+        }
+        return std::make_pair(std::move(c), head);
+    };
+    auto [writer_tunnel, opened] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
+    auto [anonymous_tunnel, opened_too] = open_tunnel("");
+    ASSERT_EQ(opened_too.rfind("HTTP/1.1 200", 0), 0u) << opened_too;
+
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/writer", "ops", "runaway loop", bb.server().now()));
+    // Its open tunnel is closed by the proxy (within the 1 s check; the client waits up to 5 s).
+    EXPECT_TRUE(writer_tunnel->closed_by_server());
+    // A new one is refused with the kill switch's answer.
+    auto [refused_client, refused] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    EXPECT_EQ(refused.rfind("HTTP/1.1 503", 0), 0u) << refused;
+    EXPECT_NE(refused.find("agent_disabled"), std::string::npos) << refused;
+    EXPECT_NE(refused.find("agent/writer"), std::string::npos) << refused;
+    // A tunnel nobody identified is not the writer's: it still carries bytes both ways.
+    const auto out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) + " --cacert " +
+                         cert("ca.pem") + " https://" + target + "/x");
+    EXPECT_EQ(out, "direct");
+    // Reset: the writer tunnels again.
+    ASSERT_TRUE(bb.server().breakers()->reset("agent/writer", "ops", "fixed", bb.server().now()));
+    auto [again, reopened] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    EXPECT_EQ(reopened.rfind("HTTP/1.1 200", 0), 0u) << reopened;
 }
 
 TEST(forward_proxy, a_nodejs_client_using_https_proxy) {
