@@ -1,4 +1,5 @@
 #include "proxy/admin.hpp"
+#include "proxy/redact.hpp"
 
 #include "alerts/alerts.hpp"
 #include "core/json_reader.hpp"
@@ -84,29 +85,19 @@ std::string breaker_json(const breakers::instance_snapshot& s, const config& cfg
     return o;
 }
 
-// Header values that are credentials to the upstream (the held request will be replayed
-// with them, from the store, never from this API): shown only to the admin role.
-bool credential_header(std::string_view name) {
-    std::string n{name};
-    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (n == "authorization" || n == "proxy-authorization" || n == "cookie") {
-        return true;
-    }
-    for (const char* part : {"api-key", "apikey", "api_key", "token", "secret", "password", "signature", "x-amz-"}) {
-        if (n.find(part) != std::string::npos) {
-            return true;
-        }
-    }
-    return false;
-}
-
 std::string held_json(const store::held_request& h, bool full, const std::vector<store::history_entry>* history,
                       bool reveal_credentials = false) {
     std::string o = "{";
     o += "\"ticket\":" + q(h.ticket);
     o += ",\"state\":" + q(store::to_string(h.state));
     o += ",\"method\":" + q(h.method);
-    o += ",\"target\":" + q(h.target);
+    // Credentials (header values, query parameters) are shown only to the admin role; the
+    // held request will be replayed with them, from the store, never from this API.
+    bool target_redacted = false;
+    o += ",\"target\":" + q(reveal_credentials ? h.target : redact_query(h.target, &target_redacted));
+    if (target_redacted) {
+        o += ",\"target_redacted\":true";
+    }
     o += ",\"route\":" + q(h.route);
     o += ",\"upstream\":" + q(h.upstream);
     o += ",\"agent\":" + q(h.agent);
@@ -123,7 +114,7 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
         o += ",\"headers\":[";
         bool redacted = false;
         for (std::size_t i = 0; i < h.headers.size(); ++i) {
-            const bool hide = !reveal_credentials && credential_header(h.headers[i].first);
+            const bool hide = !reveal_credentials && credential_name(h.headers[i].first);
             redacted = redacted || hide;
             o += (i ? "," : "") + std::string{"["} + q(h.headers[i].first) + "," +
                  (hide ? std::string{"\"[redacted]\""} : q(h.headers[i].second)) + "]";

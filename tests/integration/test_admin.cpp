@@ -81,7 +81,8 @@ std::string code_of(const response& r) {
     return std::string{c};
 }
 
-response send_mail(std::uint16_t port, const std::string& campaign, int recipients = 1, bool hold = false) {
+response send_mail(std::uint16_t port, const std::string& campaign, int recipients = 1, bool hold = false,
+                   const std::string& target = "/v3/mail/send") {
     std::string to;
     for (int i = 0; i < recipients; ++i) {
         to += std::string{i ? "," : ""} + std::to_string(i);
@@ -91,7 +92,7 @@ response send_mail(std::uint16_t port, const std::string& campaign, int recipien
     if (hold) {
         h.emplace_back("x-hold", "1");
     }
-    return http_request(port, http::verb::post, "/v3/mail/send", "{\"to\":[" + to + "]}", h);
+    return http_request(port, http::verb::post, target, "{\"to\":[" + to + "]}", h);
 }
 
 struct admin_fixture {
@@ -205,6 +206,24 @@ TEST(admin_api, quarantine_endpoints) {
     EXPECT_NE(one.body().find("[\"authorization\",\"[redacted]\"]"), std::string::npos) << one.body();
     auto as_admin = admin(f.port(), http::verb::get, "/v1/quarantine/" + tickets[0], "admin-token");
     EXPECT_NE(as_admin.body().find("Bearer SG.secret-key"), std::string::npos) << as_admin.body();
+    // So are credentials in the query string (HubSpot's legacy hapikey): in the list and the
+    // record below admin, and in the access log.
+    auto keyed = send_mail(f.bb.port(), "q", 1, true, "/v3/mail/send?hapikey=hub-secret-1&limit=5");
+    ASSERT_EQ(keyed.result_int(), 202u);
+    const std::string keyed_ticket{keyed["x-breakerbox-ticket"]};
+    auto keyed_one = admin(f.port(), http::verb::get, "/v1/quarantine/" + keyed_ticket, "view-token");
+    EXPECT_EQ(keyed_one.body().find("hub-secret-1"), std::string::npos) << keyed_one.body();
+    EXPECT_NE(keyed_one.body().find("\"target\":\"/v3/mail/send?hapikey=[redacted]&limit=5\""), std::string::npos)
+        << keyed_one.body();
+    EXPECT_NE(keyed_one.body().find("\"target_redacted\":true"), std::string::npos) << keyed_one.body();
+    auto keyed_list = admin(f.port(), http::verb::get, "/v1/quarantine?breaker=held", "admin-token");
+    EXPECT_EQ(keyed_list.body().find("hub-secret-1"), std::string::npos) << keyed_list.body();
+    auto keyed_admin = admin(f.port(), http::verb::get, "/v1/quarantine/" + keyed_ticket, "admin-token");
+    EXPECT_NE(keyed_admin.body().find("hapikey=hub-secret-1"), std::string::npos) << keyed_admin.body();
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/quarantine/" + keyed_ticket + "/discard", "op-token",
+                    R"({"reason":"test record"})")
+                  .result_int(),
+              200u);
     EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/quarantine/q_nope", "view-token").result_int(), 404u);
     auto rel = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[0] + "/release", "op-token",
                      R"({"reason":"verified the audience"})");
