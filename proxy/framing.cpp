@@ -123,6 +123,11 @@ std::string_view ambiguous_path(std::string_view path) {
             }
         }
     }
+    // An empty segment: many servers merge slashes (nginx by default), so /v3//mail/send
+    // would miss a /v3/mail/send route here (and its rules) yet reach that endpoint there.
+    if (path.find("//") != std::string_view::npos) {
+        return "an empty segment (//)";
+    }
     // Segments that are "." or "..", literally or with the dots percent-encoded.
     std::size_t start = 0;
     while (start <= path.size()) {

@@ -116,6 +116,7 @@ INSTANTIATE_TEST_SUITE_P(
         framing_case{"dot_dot_segment", "GET /v3/mail/send/../../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
         framing_case{"encoded_dot_dot", "GET /v3/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
         framing_case{"encoded_slash", "GET /v3/mail%2Fsend HTTP/1.1\r\nHost: a\r\n\r\n", 400, "ambiguous_path"},
+        framing_case{"empty_segment", "POST /v3//mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 400, "ambiguous_path"},
         framing_case{"bad_chunk_size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n", 400, "bad_body"},
         framing_case{"too_many_headers", many_headers(21), 431, "too_many_headers"},
         framing_case{"header_too_large", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(5000, 'x') + "\r\n\r\n", 431, "headers_too_large"},

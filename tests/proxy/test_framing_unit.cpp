@@ -41,7 +41,7 @@ TEST(framing_unit, ambiguous_paths) {
         EXPECT_EQ(ambiguous_path(ok), "") << ok;
     }
     for (const char* bad : {"/a/../b", "/..", "/a/.", "/./a", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e", "/a%2fb", "/a%2Fb",
-                            "/a%5cb", "/a\\b", "/a%00b"}) {
+                            "/a%5cb", "/a\\b", "/a%00b", "//", "/v3//mail/send", "/a//"}) {
         EXPECT_NE(ambiguous_path(bad), "") << bad;
     }
 }
