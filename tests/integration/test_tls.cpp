@@ -172,8 +172,10 @@ TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
 
 namespace {
 
-std::string forward_config(std::uint16_t https_port, const std::string& passthrough = "") {
-    return "{\"workers\": 1, \"listeners\": [{\"name\": \"fwd\", \"address\": \"127.0.0.1:0\","
+std::string forward_config(std::uint16_t https_port, const std::string& passthrough = "",
+                           const std::string& limits = "") {
+    return "{\"workers\": 1, " + (limits.empty() ? std::string{} : "\"limits\": " + limits + ", ") +
+           "\"listeners\": [{\"name\": \"fwd\", \"address\": \"127.0.0.1:0\","
            " \"forward_proxy\": {\"ca_cert_file\": " + q(cert("ca.pem")) + ", \"ca_key_file\": " + q(cert("ca.key")) +
            ", \"passthrough\": [" + passthrough + "]}}],"
            "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(https_port) +
@@ -284,6 +286,27 @@ TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_ope
     ASSERT_TRUE(bb.server().breakers()->reset("agent/writer", "ops", "fixed", bb.server().now()));
     auto [again, reopened] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
     EXPECT_EQ(reopened.rfind("HTTP/1.1 200", 0), 0u) << reopened;
+}
+
+// A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
+TEST(forward_proxy, an_idle_blind_tunnel_is_closed) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())), R"({"idle_timeout": "300ms"})")};
+    const std::string target = "127.0.0.1:" + std::to_string(api.port());
+    raw_client c{bb.port(), std::chrono::seconds{5}};
+    c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+    std::string head;
+    char chunk[512];
+    while (head.find("\r\n\r\n") == std::string::npos) {
+        const auto n = ::recv(c.fd(), chunk, sizeof chunk, 0);
+        ASSERT_GT(n, 0);
+        head.append(chunk, static_cast<std::size_t>(n));
+    }
+    ASSERT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+    const auto opened = std::chrono::steady_clock::now();
+    EXPECT_TRUE(c.closed_by_server());
+    const auto after = std::chrono::steady_clock::now() - opened;
+    EXPECT_GE(after, std::chrono::milliseconds{250}) << "not before the idle timeout";
 }
 
 TEST(forward_proxy, a_nodejs_client_using_https_proxy) {
