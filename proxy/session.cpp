@@ -339,10 +339,24 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
     }
 }
 
+// Most exchanges end within a few milliseconds, and watching the client costs a syscall
+// per request (Asio re-arms the descriptor with epoll_ctl for every wait for readiness), so
+// the watch begins only after this grace period; a client that left meanwhile is noticed
+// then (its EOF is waiting). False: the exchange ended first (we were cancelled).
+asio::awaitable<bool> watch_grace(tcp::socket& sock) {
+    static constexpr std::chrono::milliseconds grace{50};
+    asio::steady_timer timer{sock.get_executor(), grace};
+    auto [ec] = co_await timer.async_wait(use_tuple);
+    co_return !ec && (co_await asio::this_coro::cancellation_state).cancelled() == asio::cancellation_type::none;
+}
+
 // Waits for the client to go away while the upstream works. Bytes that arrive meanwhile
 // (a pipelined next request) are kept in `buf`, up to `cap`; after that it only waits.
 asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, std::size_t cap) {
     co_await asio::this_coro::throw_if_cancelled(false);
+    if (!co_await watch_grace(sock)) {
+        co_return;
+    }
     for (;;) {
         // The exchange may have finished (and cancelled us) while our last wait's completion
         // was already queued: the signal then reached no operation, only this state. Without
@@ -380,6 +394,9 @@ asio::awaitable<void> watch_client(tcp::socket& sock, beast::flat_buffer& buf, s
 // then simply finishes.
 asio::awaitable<void> watch_tls_client(tcp::socket& raw) {
     co_await asio::this_coro::throw_if_cancelled(false);
+    if (!co_await watch_grace(raw)) {
+        co_return;
+    }
     for (;;) {
         if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
             co_return;
