@@ -142,17 +142,23 @@ std::shared_ptr<const rule_set> load(const std::vector<std::string>& rules) {
     return set;
 }
 
-void run(benchmark::State& state, const std::vector<std::string>& rules, std::size_t size, int recipients) {
-    engine eng{load(rules)};
-    const std::string body = sendgrid_body(size, recipients);
+// A SendGrid mail send of `body` on route mail-send.
+request_view mail_send(std::string_view body) {
     request_view v;
     v.method = "POST";
     v.path = v.target = "/v3/mail/send";
     v.host = "api.sendgrid.com";
     v.route = "mail-send";
-    v.agent = "agent-1";
     v.content_type = "application/json";
     v.body = body;
+    return v;
+}
+
+void run(benchmark::State& state, const std::vector<std::string>& rules, std::size_t size, int recipients) {
+    engine eng{load(rules)};
+    const std::string body = sendgrid_body(size, recipients);
+    request_view v = mail_send(body);
+    v.agent = "agent-1";
     manual_clock clock;
     for (auto _ : state) {
         // 1 s per send: the duplicates window (1 min, max 100) never fills.
@@ -196,13 +202,7 @@ void BM_RunShGuardrails_200B(benchmark::State& state) {
     const std::string body = R"({"personalizations":[{"to":[{"email":"ada@example.com"}]}],)"
                              R"("from":{"email":"ops@example.com"},"subject":"Spring sale",)"
                              R"("content":[{"type":"text/plain","value":"Hello Ada, the big sale starts today."}]})";
-    request_view v;
-    v.method = "POST";
-    v.path = v.target = "/v3/mail/send";
-    v.host = "api.sendgrid.com";
-    v.route = "mail-send";
-    v.content_type = "application/json";
-    v.body = body;
+    const request_view v = mail_send(body);
     manual_clock clock;
     for (auto _ : state) {
         const auto d = eng.evaluate(v, clock.now());
