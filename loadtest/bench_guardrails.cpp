@@ -222,6 +222,11 @@ void BM_Pii_16KiB(benchmark::State& s) { run(s, {all_guards()[0]}, 16 * 1024, 20
 void BM_Recipients_16KiB(benchmark::State& s) { run(s, {all_guards()[1]}, 16 * 1024, 20); }
 void BM_Content_16KiB(benchmark::State& s) { run(s, {all_guards()[2]}, 16 * 1024, 20); }
 void BM_Duplicates_16KiB(benchmark::State& s) { run(s, {all_guards()[3]}, 16 * 1024, 20); }
+// Each guard alone on the 1,000-recipient body: where its per-KiB cost goes.
+void BM_Pii_256KiB(benchmark::State& s) { run(s, {all_guards()[0]}, 256 * 1024, 1000); }
+void BM_Recipients_256KiB(benchmark::State& s) { run(s, {all_guards()[1]}, 256 * 1024, 1000); }
+void BM_Content_256KiB(benchmark::State& s) { run(s, {all_guards()[2]}, 256 * 1024, 1000); }
+void BM_Duplicates_256KiB(benchmark::State& s) { run(s, {all_guards()[3]}, 256 * 1024, 1000); }
 
 BENCHMARK(BM_AllGuardrails_2KiB);
 BENCHMARK(BM_AllGuardrails_16KiB);
@@ -230,6 +235,10 @@ BENCHMARK(BM_Pii_16KiB);
 BENCHMARK(BM_Recipients_16KiB);
 BENCHMARK(BM_Content_16KiB);
 BENCHMARK(BM_Duplicates_16KiB);
+BENCHMARK(BM_Pii_256KiB);
+BENCHMARK(BM_Recipients_256KiB);
+BENCHMARK(BM_Content_256KiB);
+BENCHMARK(BM_Duplicates_256KiB);
 BENCHMARK(BM_RunShGuardrails_200B);
 
 }  // namespace

@@ -1837,24 +1837,49 @@ duplicate_counter::duplicate_counter(std::uint32_t max, milliseconds window, std
       window_ms_(std::max<std::int64_t>(window.count(), 1)),
       per_shard_(std::max<std::size_t>((max_keys + shards_.size() - 1) / shards_.size(), 1)) {}
 
+void duplicate_counter::shard::unlink(std::uint32_t i) {
+    slot& e = slots[i];
+    (e.newer == none ? newest : slots[e.newer].older) = e.older;
+    (e.older == none ? oldest : slots[e.older].newer) = e.newer;
+    e.newer = e.older = none;
+}
+
+void duplicate_counter::shard::push_newest(std::uint32_t i) {
+    slot& e = slots[i];
+    e.newer = none;
+    e.older = newest;
+    (newest == none ? oldest : slots[newest].newer) = i;
+    newest = i;
+}
+
 std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t now_ms) {
     shard& s = shard_of(key);
     std::lock_guard lock{s.mu};
-    auto it = s.index.find(key);
-    if (it == s.index.end()) {
-        if (s.index.size() >= per_shard_) {
-            // Evict the pair seen least recently (see the class comment for why this is safe).
-            s.index.erase(s.lru.back().key);
-            s.lru.pop_back();
-            ++s.evictions;
+    std::uint32_t i;
+    if (auto it = s.index.find(key); it != s.index.end()) {
+        i = it->second;
+        if (s.newest != i) {
+            s.unlink(i);
+            s.push_newest(i);
         }
-        s.lru.push_front(entry{key, {}});
-        s.lru.front().times.reserve(max_);
-        it = s.index.emplace(key, s.lru.begin()).first;
-    } else if (it->second != s.lru.begin()) {
-        s.lru.splice(s.lru.begin(), s.lru, it->second);
+    } else {
+        if (s.index.size() >= per_shard_) {
+            // Evict the pair seen least recently (see the class comment for why this is
+            // safe) and reuse its slot.
+            i = s.oldest;
+            s.index.erase(s.slots[i].key);
+            s.unlink(i);
+            s.slots[i].times.clear();
+            ++s.evictions;
+        } else {
+            i = static_cast<std::uint32_t>(s.slots.size());
+            s.slots.emplace_back();
+        }
+        s.slots[i].key = key;
+        s.push_newest(i);
+        s.index.emplace(key, i);
     }
-    auto& times = it->second->times;
+    auto& times = s.slots[i].times;
     // Drop what has left the window (now - window, now].
     const auto expired = std::find_if(times.begin(), times.end(), [&](std::int64_t t) { return t > now_ms - window_ms_; });
     times.erase(times.begin(), expired);
@@ -1872,7 +1897,7 @@ void duplicate_counter::unbook(std::uint64_t key, std::int64_t now_ms) {
     if (it == s.index.end()) {
         return;
     }
-    auto& times = it->second->times;
+    auto& times = s.slots[it->second].times;
     for (auto t = times.rbegin(); t != times.rend(); ++t) {
         if (*t == now_ms) {
             times.erase(std::next(t).base());

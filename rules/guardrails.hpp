@@ -26,18 +26,17 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include <boost/container/small_vector.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <boost/unordered/unordered_flat_set.hpp>
 
@@ -274,7 +273,10 @@ bool is_form_content_type(std::string_view content_type);
 // max_keys other pairs were sent since it was last seen. Only hashes are stored, never
 // addresses.
 //
-// Thread-safe: 16 shards, each with its own mutex held for a few hundred nanoseconds.
+// Thread-safe: 16 shards, each with its own mutex held for a few tens of nanoseconds. A
+// shard is flat: an open-addressing index from key to slot, slots in one vector linked in
+// recency order by 32-bit indices, a slot's send times inline up to three (heap beyond), so
+// booking a known pair allocates nothing and an evicted slot is reused in place.
 class duplicate_counter {
 public:
     duplicate_counter(std::uint32_t max, milliseconds window, std::size_t max_keys);
@@ -290,15 +292,23 @@ public:
     std::uint64_t evictions() const;
 
 private:
-    struct entry {
+    static constexpr std::uint32_t none = 0xFFFF'FFFFu;
+    struct slot {
         std::uint64_t key = 0;
-        std::vector<std::int64_t> times;  // oldest first, at most max_
+        std::uint32_t newer = none;  // recency links (indices into slots)
+        std::uint32_t older = none;
+        boost::container::small_vector<std::int64_t, 3> times;  // oldest first, at most max_
     };
     struct shard {
         std::mutex mu;
-        std::list<entry> lru;  // most recently seen first
-        std::unordered_map<std::uint64_t, std::list<entry>::iterator> index;
+        boost::unordered_flat_map<std::uint64_t, std::uint32_t> index;  // key -> slot
+        std::vector<slot> slots;
+        std::uint32_t newest = none;
+        std::uint32_t oldest = none;
         std::uint64_t evictions = 0;
+
+        void unlink(std::uint32_t i);
+        void push_newest(std::uint32_t i);
     };
     shard& shard_of(std::uint64_t key) { return shards_[(key >> 59) & 15]; }
 
