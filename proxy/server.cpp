@@ -802,7 +802,12 @@ void server::request_stop() {
     if (stop_requested_.exchange(true)) {
         return;
     }
-    asio::post(control_, [] {});
+    // Wake the control loop now rather than at its next tick.
+    asio::post(control_, [this] {
+        if (control_tick_ != nullptr) {
+            control_tick_->cancel();
+        }
+    });
 }
 
 int server::run() {
@@ -838,20 +843,23 @@ int server::run() {
                 }
                 spdlog::info("signal {}: draining (grace period {})", sig,
                              cfg::format_duration(current_config()->limits.drain_timeout));
-                stop_requested_ = true;
+                request_stop();
             });
         };
         wait_signal();
     }
-    // The control thread polls the stop flag and the drain; it never touches the data plane.
+    // The control thread ticks once a second (breaker expiries, retention) and every 20 ms
+    // while draining; request_stop() wakes it at once. It never touches the data plane.
     asio::steady_timer tick{control_};
+    control_tick_ = &tick;
     std::chrono::steady_clock::time_point drain_deadline{};
     std::chrono::steady_clock::time_point next_breaker_tick{};
     std::chrono::steady_clock::time_point next_prune = std::chrono::steady_clock::now() + std::chrono::seconds{10};
     std::function<void()> poll = [&] {
-        tick.expires_after(std::chrono::milliseconds{20});
+        tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
         tick.async_wait([&](const error_code& ec) {
-            if (ec) {
+            // operation_aborted: request_stop() woke us.
+            if (ec && ec != asio::error::operation_aborted) {
                 return;
             }
             // Mode expiries and cooldowns take effect (and are logged and persisted) on
@@ -896,6 +904,7 @@ int server::run() {
     };
     poll();
     control_.run();
+    control_tick_ = nullptr;
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->shutdown(); });
     }

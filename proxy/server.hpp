@@ -301,6 +301,7 @@ private:
     std::atomic<std::size_t> connections_{0};
     std::atomic<std::size_t> max_connections_{0};  // cfg_->limits.max_connections, readable without the lock
     std::atomic<bool> stop_requested_{false};
+    asio::steady_timer* control_tick_ = nullptr;  // run()'s control tick; control thread only
     asio::io_context control_{1};
     std::optional<asio::signal_set> signals_;
     std::shared_ptr<spdlog::logger> access_log_;
