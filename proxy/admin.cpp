@@ -1181,7 +1181,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, std::optional<std::pai
     std::string scratch;
     for (;;) {
         const auto cfg = srv_.current_config();
-        http::request_parser<http::string_body> parser;
+        request_parser parser;
         parser.body_limit(cfg->admin.max_body_bytes);
         parser.header_limit(16 * 1024);
         beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});

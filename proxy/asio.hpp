@@ -12,7 +12,10 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
+
+#include "proxy/field_alloc.hpp"
 
 namespace bb::proxy {
 
@@ -26,7 +29,11 @@ using error_code = boost::system::error_code;
 // `auto [ec, n] = co_await op(..., use_tuple)` checks ec on the spot.
 inline constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-using request = http::request<http::string_body>;
-using response = http::response<http::string_body>;
+// Header fields come from a per-thread recycling allocator (field_alloc.hpp).
+using fields = http::basic_fields<field_allocator<char>>;
+using request = http::request<http::string_body, fields>;
+using response = http::response<http::string_body, fields>;
+using request_parser = http::request_parser<http::string_body, field_allocator<char>>;
+using response_parser = http::response_parser<http::string_body, field_allocator<char>>;
 
 }  // namespace bb::proxy

@@ -842,7 +842,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_await reply({static_cast<http::status>(verdict.status), "rejected", verdict.code, verdict.message}, false);
             break;
         }
-        http::request_parser<http::string_body> parser;
+        request_parser parser;
         parser.header_limit(static_cast<std::uint32_t>(lim.header_bytes + 4));
         parser.body_limit(lim.body_bytes);
         beast::error_code pec;
@@ -922,7 +922,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         //    headers the rules and scopes did not see in the head).
         //    (Beast may insert a trailer next to a head field of the same name, so the head is
         //    restored from a copy rather than trimmed by position.)
-        std::optional<http::request_header<>> head_copy;
+        std::optional<http::request_header<fields>> head_copy;
         if (parser.chunked()) {
             head_copy.emplace(parser.get().base());
         }

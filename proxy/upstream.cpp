@@ -241,7 +241,7 @@ namespace {
 
 // The upstream's framing must be unambiguous too: a response we might delimit differently
 // from the upstream would poison the pooled connection for the next request.
-std::string check_response_framing(const http::response_header<>& h) {
+std::string check_response_framing(const http::response_header<fields>& h) {
     std::size_t cl = 0;
     std::size_t te = 0;
     for (const auto& f : h) {
@@ -328,7 +328,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });
         bool got_response_bytes = false;
         error_code ec = wec;
-        std::optional<http::response_parser<http::string_body>> parser_slot;
+        std::optional<response_parser> parser_slot;
         parser_slot.emplace();
         if (!ec) {
             for (;;) {

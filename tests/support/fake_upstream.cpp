@@ -92,7 +92,7 @@ struct fake_upstream::impl {
     asio::awaitable<void> serve(Stream& stream, tcp::socket& sock, std::uint64_t conn) {
         beast::flat_buffer buf;
         for (;;) {
-            http::request_parser<http::string_body> parser;
+            bb::proxy::request_parser parser;
             parser.body_limit(64 * 1024 * 1024);
             parser.header_limit(1024 * 1024);
             auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
@@ -324,7 +324,7 @@ void raw_client::shutdown_write() {
 }
 
 response raw_client::read_response(bool head_request) {
-    http::response_parser<http::string_body> p;
+    bb::proxy::response_parser p;
     p.eager(true);
     p.body_limit(256 * 1024 * 1024);
     if (head_request) {
