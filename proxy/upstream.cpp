@@ -4,6 +4,7 @@
 #include "proxy/wire.hpp"
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/http/read.hpp>
@@ -13,10 +14,18 @@
 
 #include <openssl/ssl.h>
 
+#include <netdb.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 namespace bb::proxy {
 
@@ -141,6 +150,80 @@ void upstream_pool::give_back(std::unique_ptr<upstream_conn> conn) {
     idle_.push_back(std::move(conn));
 }
 
+namespace {
+
+// One getaddrinfo on a detached thread (see upstream_pool::connect). The state lives as long
+// as either side needs it; the thread only touches the state and libc, so a lookup that
+// outlives its worker, or the process's shutdown, is harmless.
+struct name_lookup {
+    int event_fd = -1;  // written once, when the lookup is done
+    std::mutex mu;
+    int rc = 0;  // getaddrinfo's result
+    std::vector<tcp::endpoint> endpoints;
+    ~name_lookup() {
+        if (event_fd >= 0) {
+            ::close(event_fd);
+        }
+    }
+};
+
+// Bounds the threads a dead nameserver can pile up.
+constexpr int max_lookups_in_flight = 64;
+std::atomic<int> lookups_in_flight{0};
+
+std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uint16_t port) {
+    if (lookups_in_flight.fetch_add(1) >= max_lookups_in_flight) {
+        lookups_in_flight.fetch_sub(1);
+        return nullptr;
+    }
+    auto st = std::make_shared<name_lookup>();
+    st->event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (st->event_fd < 0) {
+        lookups_in_flight.fetch_sub(1);
+        return nullptr;
+    }
+    try {
+        std::thread{[st, host, port] {
+            addrinfo hints{};
+            hints.ai_family = AF_UNSPEC;
+            hints.ai_socktype = SOCK_STREAM;
+            hints.ai_protocol = IPPROTO_TCP;
+            hints.ai_flags = AI_ADDRCONFIG;
+            addrinfo* res = nullptr;
+            const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+            std::vector<tcp::endpoint> eps;
+            for (const addrinfo* a = res; rc == 0 && a != nullptr; a = a->ai_next) {
+                if (a->ai_family == AF_INET) {
+                    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+                    eps.emplace_back(asio::ip::address_v4{ntohl(in->sin_addr.s_addr)}, port);
+                } else if (a->ai_family == AF_INET6) {
+                    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+                    asio::ip::address_v6::bytes_type b;
+                    std::memcpy(b.data(), in6->sin6_addr.s6_addr, b.size());
+                    eps.emplace_back(asio::ip::address_v6{b, in6->sin6_scope_id}, port);
+                }
+            }
+            if (res != nullptr) {
+                ::freeaddrinfo(res);
+            }
+            {
+                std::lock_guard lock{st->mu};
+                st->rc = rc;
+                st->endpoints = std::move(eps);
+            }
+            const std::uint64_t one = 1;
+            [[maybe_unused]] const auto n = ::write(st->event_fd, &one, sizeof one);
+            lookups_in_flight.fetch_sub(1);
+        }}.detach();
+    } catch (const std::system_error&) {
+        lookups_in_flight.fetch_sub(1);
+        return nullptr;
+    }
+    return st;
+}
+
+}  // namespace
+
 asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_result& out) {
     auto conn = std::make_unique<upstream_conn>(ex_, tls_.get());
     auto& tcp_stream = conn->tcp();
@@ -150,38 +233,55 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
         std::tie(ec) = co_await tcp_stream.async_connect(literal_endpoint_, use_tuple);
     } else {
         // Name resolution counts against connect_timeout too (getaddrinfo can hang on a
-        // dead resolver far longer than any timeout we promise). Asio cannot interrupt a
-        // getaddrinfo in flight, so the lookup is not awaited: its completion cancels our
-        // timer, and one that comes too late lands in the shared state and is dropped.
-        struct lookup {
-            explicit lookup(const asio::any_io_executor& ex) : resolver(ex), timer(ex) {}
-            tcp::resolver resolver;
+        // dead nameserver far longer than any timeout we promise). Nothing can interrupt a
+        // getaddrinfo in flight, so it runs on a thread of its own that nobody waits for:
+        // it signals an eventfd when done, and we wait for that or the timer, whichever is
+        // first. Not Asio's resolver: its thread is joined when the io_context is destroyed,
+        // so one lookup stuck on a dead nameserver held up shutdown for the resolver's whole
+        // timeout (tests/integration/test_dns.cpp).
+        auto lookup = start_name_lookup(cfg_.host, cfg_.port);
+        if (!lookup) {
+            out.failure = upstream_failure::connect_failed;
+            out.detail = "cannot resolve " + cfg_.host + ": too many name lookups in flight";
+            co_return nullptr;
+        }
+        struct wait_state {
+            explicit wait_state(const asio::any_io_executor& ex, int fd) : done_fd(ex, fd), timer(ex) {}
+            asio::posix::stream_descriptor done_fd;
             asio::steady_timer timer;
-            error_code ec;
-            tcp::resolver::results_type results;
             bool done = false;
         };
-        auto st = std::make_shared<lookup>(ex_);
+        const int fd = ::dup(lookup->event_fd);
+        if (fd < 0) {
+            out.failure = upstream_failure::connect_failed;
+            out.detail = "cannot resolve " + cfg_.host + ": " + std::strerror(errno);
+            co_return nullptr;
+        }
+        auto st = std::make_shared<wait_state>(ex_, fd);
         st->timer.expires_after(cfg_.connect_timeout);
-        st->resolver.async_resolve(cfg_.host, std::to_string(cfg_.port),
-                                   [st](const error_code& e, tcp::resolver::results_type r) {
-                                       st->ec = e;
-                                       st->results = std::move(r);
-                                       st->done = true;
-                                       st->timer.cancel();
-                                   });
+        st->done_fd.async_wait(asio::posix::stream_descriptor::wait_read, [st](const error_code& e) {
+            if (!e) {
+                st->done = true;
+                st->timer.cancel();
+            }
+        });
         auto [tec] = co_await st->timer.async_wait(use_tuple);
+        st->done_fd.cancel();
         if (!st->done) {
-            st->resolver.cancel();
             out.failure = tec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_timeout;
             out.detail = "cannot resolve " + cfg_.host + " within " + cfg::format_duration(cfg_.connect_timeout);
             co_return nullptr;
         }
-        const error_code rec = st->ec;
-        auto results = st->results;
-        if (rec) {
-            out.failure = rec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_failed;
-            out.detail = "cannot resolve " + cfg_.host + ": " + rec.message();
+        std::vector<tcp::endpoint> results;
+        int rc = 0;
+        {
+            std::lock_guard lock{lookup->mu};
+            rc = lookup->rc;
+            results = lookup->endpoints;
+        }
+        if (rc != 0 || results.empty()) {
+            out.failure = upstream_failure::connect_failed;
+            out.detail = "cannot resolve " + cfg_.host + ": " + (rc != 0 ? ::gai_strerror(rc) : "no address");
             co_return nullptr;
         }
         tcp::endpoint ep;

@@ -9,6 +9,7 @@ packages=(
   prometheus   # for promtool: the tests check the /metrics output with it
   sslscan      # the TLS listener test scans protocols and suites with it
   nodejs       # a Node.js client goes through the forward proxy in the tests
+  iproute2 util-linux  # ip and unshare: the DNS test runs in its own network namespace
 )
 packages+=("$@")
 missing=()

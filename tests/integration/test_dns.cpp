@@ -1,0 +1,77 @@
+// Name resolution counts against an upstream's connect_timeout: a resolver that never
+// answers costs that timeout and a 503, not the resolver's own 10 s, and does not hold up
+// shutdown. Runs only through dns_sandbox.sh (see tests/integration/CMakeLists.txt).
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/proxy_fixture.hpp"
+
+namespace {
+
+using namespace bb::test;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// UDP 127.0.0.1:53, held open and never read: queries arrive and go unanswered (a closed
+// port would fail the lookup at once with "connection refused").
+class silent_nameserver {
+public:
+    silent_nameserver() {
+        fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(53);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        bound_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    }
+    ~silent_nameserver() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+    }
+    bool bound() const { return bound_; }
+    bool got_a_query() const {
+        char buf[512];
+        return ::recv(fd_, buf, sizeof buf, MSG_PEEK) > 12;  // a DNS header is 12 bytes
+    }
+
+private:
+    int fd_ = -1;
+    bool bound_ = false;
+};
+
+TEST(dns, a_resolver_that_never_answers_costs_connect_timeout_then_503) {
+    ASSERT_NE(std::getenv("BB_DNS_SANDBOX"), nullptr) << "run this binary through dns_sandbox.sh";
+    silent_nameserver ns;
+    ASSERT_TRUE(ns.bound()) << "cannot hold UDP 127.0.0.1:53";
+
+    auto bb = std::make_unique<proxy_instance>(
+        make_config("http://upstream.breakerbox.test:8080", "", "\"connect_timeout\": \"400ms\""));
+    const auto t0 = clock_type::now();
+    const auto res = http_request(bb->port(), http::verb::post, "/v3/mail/send", R"({"a":1})");
+    const auto took = clock_type::now() - t0;
+    EXPECT_EQ(res.result_int(), 503u) << res.body();
+    EXPECT_NE(res.body().find("upstream_connect_timeout"), std::string::npos) << res.body();
+    EXPECT_NE(res.body().find("cannot resolve upstream.breakerbox.test within 400ms"), std::string::npos) << res.body();
+    EXPECT_GE(took, 360ms);
+    EXPECT_LT(took, 2s) << "the lookup was not bounded by connect_timeout";
+    EXPECT_TRUE(ns.got_a_query()) << "the lookup never reached the silent nameserver";
+
+    // The lookup is still in flight inside getaddrinfo (the resolver's own timeout here is
+    // 2 x 5 s); neither stopping nor tearing down may wait for it.
+    const auto s0 = clock_type::now();
+    bb->stop();
+    bb.reset();
+    EXPECT_LT(clock_type::now() - s0, 3s) << "shutdown waited for a hung name lookup";
+}
+
+}  // namespace
