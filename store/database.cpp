@@ -945,6 +945,18 @@ void database::impl::run_batch(std::vector<op>& batch) {
                 set_fatal(out.fatal_rc, out.fatal_message);
                 return attempt_result::done;
             }
+            if (fault != 0 && where == fault_point::silent_rollback) {
+                writer_.run("ROLLBACK");
+                fault = 0;  // nobody reports it: only the check below can notice
+            }
+            // SQLite rolls a whole transaction back by itself on some errors (SQLITE_FULL,
+            // IOERR, NOMEM, ...). An op that swallowed such an error would leave the rest of
+            // the batch running in autocommit, each statement committed on its own: the batch
+            // is then lost as a whole, never written in part.
+            if (sqlite3_get_autocommit(writer_.db()) != 0) {
+                set_fatal(SQLITE_ABORT, "the transaction was rolled back by SQLite during an operation");
+                return attempt_result::done;
+            }
             int rc = SQLITE_OK;
             if (out.r.ok) {
                 if (savepoints) {
@@ -2046,7 +2058,9 @@ void database::save_config_version(std::string json, std::string actor, std::str
             auto del = ctx.c.once("DELETE FROM config_versions WHERE version <= ?1");
             if (del.valid()) {
                 del.i64(1, version - 50);
-                del.step();
+                if (const int rc = del.step(); rc != SQLITE_DONE && is_io_fault(rc)) {
+                    return impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()};
+                }
             }
             result r;
             r.count = version;

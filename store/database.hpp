@@ -175,6 +175,8 @@ enum class release_outcome : std::uint8_t {
 enum class fault_point : std::uint8_t {
     first_write,     // the first statement of the transaction fails
     commit,          // every operation ran, then COMMIT fails (so the rollback is exercised)
+    silent_rollback, // SQLite rolls the transaction back during the first operation, which
+                     // does not notice (as with an error an op ignores)
 };
 
 struct audit_entry {

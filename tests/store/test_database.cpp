@@ -540,6 +540,33 @@ TEST_F(store_db, injected_disk_full_fails_the_batch_keeps_old_records_and_recove
     EXPECT_EQ(db->counts().held_count, 2u);
 }
 
+// SQLite rolls a transaction back by itself on some errors; an op that ignored such an error
+// must not leave the rest of its batch committing statement by statement.
+TEST_F(store_db, a_transaction_rolled_back_under_an_op_loses_the_whole_batch_not_part_of_it) {
+    auto db = open();
+    const auto first = hold(*db, sample());
+    ASSERT_TRUE(first.ok);
+    db->inject_write_fault(SQLITE_FULL, 1, bb::store::fault_point::silent_rollback);
+    db->pause_writer(true);
+    std::vector<std::future<result>> futures;
+    for (int i = 0; i < 3; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        db->hold(sample(), [p](const result& r) { p->set_value(r); });
+    }
+    db->pause_writer(false);
+    for (auto& f : futures) {
+        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+        EXPECT_EQ(f.get().code, "store_unavailable");
+    }
+    bb::store::list_filter f;
+    EXPECT_EQ(db->list(f).size(), 1u) << "a hold of the lost batch was committed on its own";
+    EXPECT_EQ(db->counts().held_count, 1u);
+    const auto later = hold(*db, sample());
+    EXPECT_TRUE(later.ok) << later.message;
+    EXPECT_EQ(db->list(f).size(), 2u);
+}
+
 // A real write failure, not an injected one: a child process caps its file size
 // (RLIMIT_FSIZE, so SQLite's writes fail with EFBIG), holds until the store refuses, then
 // lifts the cap and holds again. Run in a child so the cap cannot touch this process.
