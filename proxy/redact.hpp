@@ -29,47 +29,84 @@ inline bool credential_name(std::string_view name) {
     return false;
 }
 
-// The target with the value of every credential query parameter replaced by `[redacted]`
-// (path and other parameters untouched); *changed says whether anything was.
+// A query parameter name as a server reads it: percent-escapes decoded (`hap%69key` is
+// `hapikey` to the upstream), an invalid escape kept as it is.
+inline std::string decode_param_name(std::string_view name) {
+    auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    };
+    std::string out;
+    out.reserve(name.size());
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        if (name[i] == '%' && i + 2 < name.size() && hex(name[i + 1]) >= 0 && hex(name[i + 2]) >= 0) {
+            out += static_cast<char>(hex(name[i + 1]) * 16 + hex(name[i + 2]));
+            i += 2;
+        } else {
+            out += name[i] == '+' ? ' ' : name[i];
+        }
+    }
+    return out;
+}
+
+// The target with credentials replaced by `[redacted]`: the value of every credential query
+// parameter (names percent-decoded; `&`, `;` and `#` all separate parameters, since upstream
+// servers disagree on the last two and a `#` in a request-target reaches them as sent), and
+// the user information of an absolute-form target (`http://user:pass@host/...`). The path and
+// the other parameters are untouched; *changed says whether anything was replaced.
 inline std::string redact_query(std::string_view target, bool* changed = nullptr) {
     if (changed != nullptr) {
         *changed = false;
     }
+    auto mark = [&] {
+        if (changed != nullptr) {
+            *changed = true;
+        }
+    };
+    std::string out;
+    out.reserve(target.size());
+    if (const auto scheme_end = target.find("://");
+        scheme_end != std::string_view::npos && scheme_end > 0 && target.find_first_of("/?#") > scheme_end) {
+        const std::size_t host_start = scheme_end + 3;
+        const std::size_t authority_end = std::min(target.find_first_of("/?#", host_start), target.size());
+        const auto at = target.substr(0, authority_end).rfind('@');
+        out.append(target.substr(0, host_start));
+        if (at != std::string_view::npos && at >= host_start) {
+            out += "[redacted]";
+            target.remove_prefix(at);
+            mark();
+        } else {
+            target.remove_prefix(host_start);
+        }
+    }
     const auto qm = target.find('?');
     if (qm == std::string_view::npos) {
-        return std::string{target};
+        out.append(target);
+        return out;
     }
-    std::string out{target.substr(0, qm + 1)};
+    out.append(target.substr(0, qm + 1));
     std::string_view query = target.substr(qm + 1);
-    std::string_view fragment;
-    if (const auto hash = query.find('#'); hash != std::string_view::npos) {
-        fragment = query.substr(hash);
-        query = query.substr(0, hash);
-    }
-    bool first = true;
     while (true) {
-        const auto amp = query.find('&');
-        const std::string_view param = query.substr(0, amp);
+        const auto sep = query.find_first_of("&;#");
+        const std::string_view param = query.substr(0, sep);
         const auto eq = param.find('=');
-        if (!first) {
-            out += '&';
-        }
-        first = false;
-        if (eq != std::string_view::npos && eq + 1 < param.size() && credential_name(param.substr(0, eq))) {
+        if (eq != std::string_view::npos && eq + 1 < param.size() &&
+            credential_name(decode_param_name(param.substr(0, eq)))) {
             out.append(param.substr(0, eq + 1));
             out += "[redacted]";
-            if (changed != nullptr) {
-                *changed = true;
-            }
+            mark();
         } else {
             out.append(param);
         }
-        if (amp == std::string_view::npos) {
+        if (sep == std::string_view::npos) {
             break;
         }
-        query.remove_prefix(amp + 1);
+        out += query[sep];
+        query.remove_prefix(sep + 1);
     }
-    out.append(fragment);
     return out;
 }
 

@@ -32,3 +32,32 @@ TEST(redact, only_credential_values_are_replaced) {
     EXPECT_FALSE(changed);
     EXPECT_EQ(redact_query("/x?&&key=v&&"), "/x?&&key=[redacted]&&");
 }
+
+// Names as the upstream reads them: escapes decoded, `;` and `#` as separators too.
+TEST(redact, disguised_parameter_names_and_separators_are_redacted) {
+    bool changed = false;
+    EXPECT_EQ(redact_query("/x?hap%69key=SECRET&a=1", &changed), "/x?hap%69key=[redacted]&a=1");
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(redact_query("/x?access%5Ftoken=SECRET"), "/x?access%5Ftoken=[redacted]");
+    EXPECT_EQ(redact_query("/x?ACCESS%5ftoken=SECRET"), "/x?ACCESS%5ftoken=[redacted]");
+    EXPECT_EQ(redact_query("/x?a=1;hapikey=SECRET;b=2"), "/x?a=1;hapikey=[redacted];b=2");
+    EXPECT_EQ(redact_query("/x?a=1#&hapikey=SECRET"), "/x?a=1#&hapikey=[redacted]");
+    EXPECT_EQ(redact_query("/x?a=1#hapikey=SECRET"), "/x?a=1#hapikey=[redacted]");
+    // A broken escape is kept and does not hide anything.
+    EXPECT_EQ(redact_query("/x?a%zz=1&key%=v&%"), "/x?a%zz=1&key%=v&%");
+    EXPECT_EQ(redact_query("/x?key%2=v"), "/x?key%2=v");
+}
+
+TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
+    bool changed = false;
+    EXPECT_EQ(redact_query("http://user:pass@api.example.com/v1/x?a=1", &changed),
+              "http://[redacted]@api.example.com/v1/x?a=1");
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(redact_query("https://tok@api.example.com"), "https://[redacted]@api.example.com");
+    EXPECT_EQ(redact_query("http://api.example.com/a@b?hapikey=k", &changed), "http://api.example.com/a@b?hapikey=[redacted]");
+    EXPECT_EQ(redact_query("http://api.example.com/p", &changed), "http://api.example.com/p");
+    EXPECT_FALSE(changed);
+    // Origin-form: a "://" later in the target is not a scheme.
+    EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
+    EXPECT_FALSE(changed);
+}
