@@ -87,24 +87,28 @@ int main(int argc, char** argv) {
     bb::proxy::init_logging(level);
     std::signal(SIGPIPE, SIG_IGN);
     try {
-        bb::proxy::server srv{parsed.cfg, {config_path, true}};
-        srv.start();
-        for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
-            const auto& l = parsed.cfg->listeners[i];
-            const bool v6 = l.host.find(':') != std::string::npos;
-            // Always printed, whatever the log level: it says where to send traffic.
-            std::printf("breakerbox: listener %s on %s://%s%s%s:%u (%zu worker(s))%s\n", l.name.c_str(),
-                        l.tls ? "https" : "http", v6 ? "[" : "", l.host.c_str(), v6 ? "]" : "",
-                        static_cast<unsigned>(srv.bound_port(i)), srv.worker_count(),
-                        l.forward_proxy ? ", forward proxy: set HTTP_PROXY/HTTPS_PROXY to it" : "");
+        int rc = 0;
+        {
+            // The server goes (and writes out its logs) before spdlog's log thread does.
+            bb::proxy::server srv{parsed.cfg, {config_path, true}};
+            srv.start();
+            for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
+                const auto& l = parsed.cfg->listeners[i];
+                const bool v6 = l.host.find(':') != std::string::npos;
+                // Always printed, whatever the log level: it says where to send traffic.
+                std::printf("breakerbox: listener %s on %s://%s%s%s:%u (%zu worker(s))%s\n", l.name.c_str(),
+                            l.tls ? "https" : "http", v6 ? "[" : "", l.host.c_str(), v6 ? "]" : "",
+                            static_cast<unsigned>(srv.bound_port(i)), srv.worker_count(),
+                            l.forward_proxy ? ", forward proxy: set HTTP_PROXY/HTTPS_PROXY to it" : "");
+            }
+            if (srv.admin_port() != 0) {
+                const auto& a = parsed.cfg->admin;
+                std::printf("breakerbox: admin API on %s://%s:%u\n", a.tls ? "https" : "http", a.host.c_str(),
+                            static_cast<unsigned>(srv.admin_port()));
+            }
+            std::fflush(stdout);
+            rc = srv.run();
         }
-        if (srv.admin_port() != 0) {
-            const auto& a = parsed.cfg->admin;
-            std::printf("breakerbox: admin API on %s://%s:%u\n", a.tls ? "https" : "http", a.host.c_str(),
-                        static_cast<unsigned>(srv.admin_port()));
-        }
-        std::fflush(stdout);
-        const int rc = srv.run();
         spdlog::info("stopped");
         spdlog::shutdown();  // drain the asynchronous logs before exiting
         return rc;

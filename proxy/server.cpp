@@ -16,6 +16,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <spdlog/async.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -23,6 +24,7 @@
 
 #include <sys/socket.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <future>
 #include <stdexcept>
@@ -72,6 +74,58 @@ void ensure_log_thread() {
     }
 }
 
+// The access log's last sink. Lines reach it after the file (the log thread runs each line
+// through the sinks in order, and the queue in order), and it ignores them; a `trace` marker,
+// which the file's own level filters out, tells drain() that everything logged before the
+// marker has been written. spdlog's flush() only queues a flush, so a server stopping in
+// process (tests read the file right after) needs this to know its lines are on disk.
+class drain_marker_sink final : public spdlog::sinks::base_sink<std::mutex> {
+public:
+    void drain(spdlog::logger& log) {
+        std::unique_lock lock{wait_mu_};
+        const std::uint64_t before = markers_;
+        lock.unlock();
+        log.log(spdlog::level::trace, "drain marker");
+        lock.lock();
+        cv_.wait_for(lock, std::chrono::seconds{2}, [&] { return markers_ > before; });
+    }
+
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        if (msg.level == spdlog::level::trace) {
+            {
+                std::lock_guard lock{wait_mu_};
+                ++markers_;
+            }
+            cv_.notify_all();
+        }
+    }
+    void flush_() override {}
+
+private:
+    std::mutex wait_mu_;
+    std::condition_variable cv_;
+    std::uint64_t markers_ = 0;
+};
+
+// Writes out what is queued for the access log (see drain_marker_sink).
+void drain_access_log(spdlog::logger& log) noexcept {
+    if (!spdlog::thread_pool()) {
+        return;  // the log thread is gone (spdlog::shutdown() ran): nothing can be written
+    }
+    try {
+        for (const auto& s : log.sinks()) {
+            if (auto m = std::dynamic_pointer_cast<drain_marker_sink>(s)) {
+                m->drain(log);
+                return;
+            }
+        }
+        log.flush();
+    } catch (const std::exception&) {
+        // Called from the server's destructor: never throw from there.
+    }
+}
+
 std::shared_ptr<spdlog::logger> make_access_log(const log_config& cfg) {
     if (cfg.access_log == "off") {
         return nullptr;
@@ -85,10 +139,12 @@ std::shared_ptr<spdlog::logger> make_access_log(const log_config& cfg) {
     } else {
         sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.access_log);
     }
-    auto log = std::make_shared<spdlog::async_logger>("access", sink, spdlog::thread_pool(),
+    sink->set_level(spdlog::level::info);
+    spdlog::sinks_init_list sinks{sink, std::make_shared<drain_marker_sink>()};
+    auto log = std::make_shared<spdlog::async_logger>("access", sinks, spdlog::thread_pool(),
                                                       spdlog::async_overflow_policy::overrun_oldest);
     log->set_pattern("%v");
-    log->set_level(spdlog::level::info);
+    log->set_level(spdlog::level::trace);  // the sinks filter: the file takes info and up
     log->flush_on(spdlog::level::info);
     return log;
 }
@@ -631,7 +687,7 @@ server::~server() {
         }
     }
     if (access_log_) {
-        access_log_->flush();
+        drain_access_log(*access_log_);
     }
 }
 
@@ -916,7 +972,7 @@ int server::run() {
     }
     threads_.clear();
     if (access_log_) {
-        access_log_->flush();
+        drain_access_log(*access_log_);
     }
     flush_breaker_state();
     return 0;

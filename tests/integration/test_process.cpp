@@ -252,7 +252,13 @@ TEST(signals, sigterm_drains_in_flight_requests_and_exits_0) {
         return b;
     }};
     const auto dir = temp_dir();
-    write_file(dir + "/bb.json", make_config(local_url(up.port())));
+    // With an access log file: its lines are written out before exit, and the exit is clean
+    // (the server used to outlive spdlog's log thread and abort in its destructor).
+    std::string cfg = make_config(local_url(up.port()));
+    const std::string off = "\"access_log\": \"off\"";
+    ASSERT_NE(cfg.find(off), std::string::npos);
+    cfg.replace(cfg.find(off), off.size(), "\"access_log\": \"" + dir + "/access.log\"");
+    write_file(dir + "/bb.json", cfg);
     child bb{{"--config", dir + "/bb.json", "--log-level", "info"}};
     const auto port = started_port(bb);
     ASSERT_NE(port, 0);
@@ -267,6 +273,10 @@ TEST(signals, sigterm_drains_in_flight_requests_and_exits_0) {
     EXPECT_EQ(bb.wait_exit(), 0) << bb.output();
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "exit must not wait for the 2s grace period once drained";
     EXPECT_NE(bb.output().find("draining"), std::string::npos);
+    std::ifstream in{dir + "/access.log"};
+    const std::string log{std::istreambuf_iterator<char>{in}, {}};
+    EXPECT_NE(log.find("\"status\":200"), std::string::npos) << log;
+    EXPECT_EQ(log.find("drain marker"), std::string::npos) << log;
     // After exit nothing listens any more.
     EXPECT_THROW(raw_client{port}, std::runtime_error);
 }
