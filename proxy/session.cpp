@@ -345,6 +345,9 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
 // then (its EOF is waiting). False: the exchange ended first (we were cancelled).
 asio::awaitable<bool> watch_grace(tcp::socket& sock) {
     static constexpr std::chrono::milliseconds grace{50};
+    if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+        co_return false;  // the exchange ended before this wait began
+    }
     asio::steady_timer timer{sock.get_executor(), grace};
     auto [ec] = co_await timer.async_wait(use_tuple);
     co_return !ec && (co_await asio::this_coro::cancellation_state).cancelled() == asio::cancellation_type::none;
