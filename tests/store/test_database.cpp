@@ -91,6 +91,26 @@ held_request sample(std::string breaker_instance = "campaign-volume/spring", std
 result hold(database& db, held_request r) {
     return wait_done([&](bb::store::done_fn d) { db.hold(std::move(r), std::move(d)); });
 }
+// n holds queued while the writer is paused, so they reach it together; their results.
+std::vector<result> hold_together(database& db, const held_request& r, int n) {
+    db.pause_writer(true);
+    std::vector<std::future<result>> futures;
+    for (int i = 0; i < n; ++i) {
+        auto p = std::make_shared<std::promise<result>>();
+        futures.push_back(p->get_future());
+        db.hold(r, [p](const result& res) { p->set_value(res); });
+    }
+    db.pause_writer(false);
+    std::vector<result> out;
+    for (auto& f : futures) {
+        if (f.wait_for(20s) != std::future_status::ready) {
+            ADD_FAILURE() << "a hold never completed";
+            return out;
+        }
+        out.push_back(f.get());
+    }
+    return out;
+}
 result begin(database& db, const std::string& t, bool force = false) {
     return wait_done([&](bb::store::done_fn d) { db.begin_release(t, "alice", force, std::move(d)); });
 }
@@ -241,17 +261,10 @@ TEST_F(store_db, one_transaction_per_operation_without_group_commit) {
     auto o = options();
     o.group_commit = false;
     auto db = open(o);
-    db->pause_writer(true);
-    std::vector<std::future<result>> futures;
-    for (int i = 0; i < 10; ++i) {
-        auto p = std::make_shared<std::promise<result>>();
-        futures.push_back(p->get_future());
-        db->hold(sample(), [p](const result& r) { p->set_value(r); });
-    }
-    db->pause_writer(false);
-    for (auto& f : futures) {
-        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
-        EXPECT_TRUE(f.get().ok);
+    const auto results = hold_together(*db, sample(), 10);
+    ASSERT_EQ(results.size(), 10u);
+    for (const auto& r : results) {
+        EXPECT_TRUE(r.ok);
     }
     EXPECT_EQ(db->stats().transactions, 10u);
 }
@@ -547,17 +560,10 @@ TEST_F(store_db, a_transaction_rolled_back_under_an_op_loses_the_whole_batch_not
     const auto first = hold(*db, sample());
     ASSERT_TRUE(first.ok);
     db->inject_write_fault(SQLITE_FULL, 1, bb::store::fault_point::silent_rollback);
-    db->pause_writer(true);
-    std::vector<std::future<result>> futures;
-    for (int i = 0; i < 3; ++i) {
-        auto p = std::make_shared<std::promise<result>>();
-        futures.push_back(p->get_future());
-        db->hold(sample(), [p](const result& r) { p->set_value(r); });
-    }
-    db->pause_writer(false);
-    for (auto& f : futures) {
-        ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
-        EXPECT_EQ(f.get().code, "store_unavailable");
+    const auto results = hold_together(*db, sample(), 3);
+    ASSERT_EQ(results.size(), 3u);
+    for (const auto& r : results) {
+        EXPECT_EQ(r.code, "store_unavailable");
     }
     bb::store::list_filter f;
     EXPECT_EQ(db->list(f).size(), 1u) << "a hold of the lost batch was committed on its own";
