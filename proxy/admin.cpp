@@ -3,6 +3,7 @@
 
 #include "alerts/alerts.hpp"
 #include "core/json_reader.hpp"
+#include "core/url_decode.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
 #include "proxy/server.hpp"
@@ -138,27 +139,6 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
 std::string result_json(const store::result& r) {
     return "{\"ticket\":" + q(r.ticket) + ",\"ok\":" + (r.ok ? "true" : "false") + ",\"code\":" + q(r.code) +
            ",\"message\":" + q(r.message) + ",\"status\":" + std::to_string(r.count) + "}";
-}
-
-std::string url_decode(std::string_view s) {
-    auto hex = [](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-        return -1;
-    };
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
-            out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
-            i += 2;
-        } else if (s[i] == '+') {
-            out += ' ';
-        } else {
-            out += s[i];
-        }
-    }
-    return out;
 }
 
 std::map<std::string, std::string> parse_query(std::string_view qs) {

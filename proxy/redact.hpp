@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/url_decode.hpp"
+
 namespace bb::proxy {
 
 // A header or query parameter name that names a credential (case-insensitive).
@@ -29,34 +31,12 @@ inline bool credential_name(std::string_view name) {
     return false;
 }
 
-// A query parameter name as a server reads it: percent-escapes decoded (`hap%69key` is
-// `hapikey` to the upstream), an invalid escape kept as it is.
-inline std::string decode_param_name(std::string_view name) {
-    auto hex = [](char c) -> int {
-        if (c >= '0' && c <= '9') {
-            return c - '0';
-        }
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-    };
-    std::string out;
-    out.reserve(name.size());
-    for (std::size_t i = 0; i < name.size(); ++i) {
-        if (name[i] == '%' && i + 2 < name.size() && hex(name[i + 1]) >= 0 && hex(name[i + 2]) >= 0) {
-            out += static_cast<char>(hex(name[i + 1]) * 16 + hex(name[i + 2]));
-            i += 2;
-        } else {
-            out += name[i] == '+' ? ' ' : name[i];
-        }
-    }
-    return out;
-}
-
 // The target with credentials replaced by `[redacted]`: the value of every credential query
-// parameter (names percent-decoded; `&`, `;` and `#` all separate parameters, since upstream
-// servers disagree on the last two and a `#` in a request-target reaches them as sent), and
-// the user information of an absolute-form target (`http://user:pass@host/...`). The path and
-// the other parameters are untouched; *changed says whether anything was replaced.
+// parameter (names percent-decoded as the upstream reads them, so `hap%69key` is `hapikey`;
+// `&`, `;` and `#` all separate parameters, since upstream servers disagree on the last two
+// and a `#` in a request-target reaches them as sent), and the user information of an
+// absolute-form target (`http://user:pass@host/...`). The path and the other parameters are
+// untouched; *changed says whether anything was replaced.
 inline std::string redact_query(std::string_view target, bool* changed = nullptr) {
     if (changed != nullptr) {
         *changed = false;
@@ -94,7 +74,7 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
         const std::string_view param = query.substr(0, sep);
         const auto eq = param.find('=');
         if (eq != std::string_view::npos && eq + 1 < param.size() &&
-            credential_name(decode_param_name(param.substr(0, eq)))) {
+            credential_name(url_decode(param.substr(0, eq)))) {
             out.append(param.substr(0, eq + 1));
             out += "[redacted]";
             mark();

@@ -1,5 +1,7 @@
 #include "rules/engine.hpp"
 
+#include "core/url_decode.hpp"
+
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 
@@ -78,34 +80,6 @@ scratch& local() {
 // ---------------------------------------------------------------------------------------
 // Decoding helpers.
 
-int hex(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-void percent_decode(std::string_view in, std::string& out) {
-    out.clear();
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        const char c = in[i];
-        if (c == '+') {
-            out += ' ';
-        } else if (c == '%' && i + 2 < in.size() && hex(in[i + 1]) >= 0 && hex(in[i + 2]) >= 0) {
-            out += static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2]));
-            i += 2;
-        } else {
-            out += c;
-        }
-    }
-}
-
 // Parses `a=1&b=2` into `out`, reusing its strings.
 void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, std::string>>& out) {
     std::size_t n = 0;
@@ -120,8 +94,8 @@ void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, 
         if (n == out.size()) {
             out.emplace_back();
         }
-        percent_decode(pair.substr(0, eq), out[n].first);
-        percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), out[n].second);
+        url_decode(pair.substr(0, eq), out[n].first);
+        url_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), out[n].second);
         ++n;
     }
     out.resize(n);

@@ -1,0 +1,47 @@
+#pragma once
+// Percent-decoding as form bodies and query strings are read (`%XX` escapes, `+` as a space);
+// an escape that is not two hex digits is kept as written. Shared by the form guard inputs
+// (rules/), the admin API's paths and queries, the Mailgun sandbox and query redaction.
+
+#include <string>
+#include <string_view>
+
+namespace bb {
+
+inline int hex_digit_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+// Into `out` (cleared first; its capacity is reused).
+inline void url_decode(std::string_view in, std::string& out) {
+    out.clear();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '+') {
+            out += ' ';
+        } else if (c == '%' && i + 2 < in.size() && hex_digit_value(in[i + 1]) >= 0 &&
+                   hex_digit_value(in[i + 2]) >= 0) {
+            out += static_cast<char>(hex_digit_value(in[i + 1]) * 16 + hex_digit_value(in[i + 2]));
+            i += 2;
+        } else {
+            out += c;
+        }
+    }
+}
+
+inline std::string url_decode(std::string_view in) {
+    std::string out;
+    url_decode(in, out);
+    return out;
+}
+
+}  // namespace bb
