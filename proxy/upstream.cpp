@@ -193,14 +193,12 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
             const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
             std::vector<tcp::endpoint> eps;
             for (const addrinfo* a = res; rc == 0 && a != nullptr; a = a->ai_next) {
-                if (a->ai_family == AF_INET) {
-                    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
-                    eps.emplace_back(asio::ip::address_v4{ntohl(in->sin_addr.s_addr)}, port);
-                } else if (a->ai_family == AF_INET6) {
-                    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
-                    asio::ip::address_v6::bytes_type b;
-                    std::memcpy(b.data(), in6->sin6_addr.s6_addr, b.size());
-                    eps.emplace_back(asio::ip::address_v6{b, in6->sin6_scope_id}, port);
+                // As Asio's resolver does: the socket address is copied as it is (port included).
+                if ((a->ai_family == AF_INET || a->ai_family == AF_INET6) && a->ai_addrlen <= sizeof(sockaddr_in6)) {
+                    tcp::endpoint ep;
+                    std::memcpy(ep.data(), a->ai_addr, a->ai_addrlen);
+                    ep.resize(a->ai_addrlen);
+                    eps.push_back(ep);
                 }
             }
             if (res != nullptr) {
