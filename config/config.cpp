@@ -1,5 +1,7 @@
 #include "config/config.hpp"
 
+#include "core/hex.hpp"
+
 #include "rules/rule_set.hpp"
 
 #include <boost/url/parse.hpp>
@@ -354,8 +356,6 @@ void parse_routes(cfg::object_reader& root, config& c) {
     });
 }
 
-int hex_digit(char ch);
-
 // RFC 1123 host name, lower case: dot-separated labels of letters, digits and inner hyphens.
 bool valid_host_name(std::string_view h) {
     if (h.empty() || h.size() > 253) {
@@ -448,8 +448,8 @@ void parse_agents(cfg::object_reader& root, config& c) {
                 std::array<unsigned char, 32> d{};
                 bool ok = k.size() == 64;
                 for (std::size_t j = 0; ok && j < 32; ++j) {
-                    const int hi = hex_digit(k[2 * j]);
-                    const int lo = hex_digit(k[2 * j + 1]);
+                    const int hi = hex_digit_value(k[2 * j]);
+                    const int lo = hex_digit_value(k[2 * j + 1]);
                     ok = hi >= 0 && lo >= 0;
                     d[j] = static_cast<unsigned char>(hi * 16 + lo);
                 }
@@ -618,19 +618,6 @@ void parse_breakers(cfg::object_reader& root, config& c) {
     }
 }
 
-int hex_digit(char ch) {
-    if (ch >= '0' && ch <= '9') {
-        return ch - '0';
-    }
-    if (ch >= 'a' && ch <= 'f') {
-        return ch - 'a' + 10;
-    }
-    if (ch >= 'A' && ch <= 'F') {
-        return ch - 'A' + 10;
-    }
-    return -1;
-}
-
 bool is_loopback(const std::string& host) {
     return host == "::1" || host.rfind("127.", 0) == 0;
 }
@@ -675,8 +662,8 @@ void parse_admin(cfg::object_reader& root, config& c) {
         if (auto v = tr.string("sha256", true)) {
             bool ok = v->size() == 64;
             for (std::size_t i = 0; ok && i < 32; ++i) {
-                const int hi = hex_digit((*v)[2 * i]);
-                const int lo = hex_digit((*v)[2 * i + 1]);
+                const int hi = hex_digit_value((*v)[2 * i]);
+                const int lo = hex_digit_value((*v)[2 * i + 1]);
                 ok = hi >= 0 && lo >= 0;
                 tok.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
             }

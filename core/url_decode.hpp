@@ -6,20 +6,9 @@
 #include <string>
 #include <string_view>
 
-namespace bb {
+#include "core/hex.hpp"
 
-inline int hex_digit_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
+namespace bb {
 
 // Into `out` (cleared first; its capacity is reused).
 inline void url_decode(std::string_view in, std::string& out) {

@@ -3,6 +3,8 @@
 
 #include "rules/guardrails.hpp"
 
+#include "core/hex.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -103,26 +105,13 @@ std::size_t copy_to_quote_or_escape(std::string_view body, std::size_t i, char*&
     return i;
 }
 
-int hexv(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 bool hex4(std::string_view s, std::size_t at, unsigned& out) {
     if (at + 4 > s.size()) {
         return false;
     }
     out = 0;
     for (std::size_t i = 0; i < 4; ++i) {
-        const int h = hexv(s[at + i]);
+        const int h = hex_digit_value(s[at + i]);
         if (h < 0) {
             return false;
         }

@@ -8,6 +8,8 @@
 
 #include "rules/guardrails_scan.hpp"
 
+#include "core/hex.hpp"
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -785,18 +787,7 @@ bool hex_digest(std::string_view s, std::array<std::uint8_t, 16>& out) {
     if (s.size() != 64) {
         return false;
     }
-    auto nib = [](char c) -> int {
-        if (c >= '0' && c <= '9') {
-            return c - '0';
-        }
-        if (c >= 'a' && c <= 'f') {
-            return c - 'a' + 10;
-        }
-        if (c >= 'A' && c <= 'F') {
-            return c - 'A' + 10;
-        }
-        return -1;
-    };
+    const auto nib = hex_digit_value;
     for (std::size_t i = 0; i < 64; ++i) {
         if (nib(s[i]) < 0) {
             return false;
