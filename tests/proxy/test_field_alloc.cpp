@@ -33,12 +33,19 @@ TEST(FieldAlloc, AFreedBlockServesAnySizeOfItsClass) {
 
 TEST(FieldAlloc, LargeBlocksAndZeroBytesBypassTheCache) {
     field_allocator<char> a;
+    const auto counts = [] {
+        std::vector<std::uint32_t> c(std::begin(detail::field_blocks.count), std::end(detail::field_blocks.count));
+        return c;
+    };
+    const auto before = counts();
     char* big = a.allocate(4096);
     std::memset(big, 0, 4096);
     a.deallocate(big, 4096);
+    char* edge = a.allocate(513);
+    a.deallocate(edge, 513);
     char* none = a.allocate(0);
     a.deallocate(none, 0);
-    SUCCEED();
+    EXPECT_EQ(counts(), before) << "a block outside the classes was cached";
 }
 
 TEST(FieldAlloc, TheCacheIsBounded) {
