@@ -866,6 +866,18 @@ private:
 
 namespace detail {
 
+bool decoded_strings(std::string_view json, std::vector<std::string>& out) {
+    json_walker walker;
+    out.clear();
+    const auto res = walker.run(json, [&](std::span<const frame>, value_type t, std::string_view text, std::size_t, bool) {
+        if (t == value_type::string) {
+            out.emplace_back(text);
+        }
+        return false;
+    });
+    return res == json_walker::result::done;
+}
+
 std::string path_tracking_mismatch(std::string_view json, const std::vector<guard_field>& fields,
                                    std::size_t* under) {
     json_walker walker;

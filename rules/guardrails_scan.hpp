@@ -39,6 +39,9 @@ std::string classification_mismatch(std::string_view text);
 // nowhere. *under (if given) counts the values under a path.
 std::string path_tracking_mismatch(std::string_view json, const std::vector<guard_field>& fields,
                                    std::size_t* under = nullptr);
+// For the tests: the string values of `json` as the guards' walk decodes them, in order;
+// false if the walk finds `json` invalid.
+bool decoded_strings(std::string_view json, std::vector<std::string>& out);
 
 // PII and secrets. Returns true and fills *hit at the first finding.
 bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);

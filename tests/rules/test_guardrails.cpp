@@ -1253,6 +1253,96 @@ TEST(GuardSharedBody, OffsetsThroughRandomEscapesMatchTheRawBody) {
     }
 }
 
+// JSON string decoding as RFC 8259 says, written the plain way (a lone surrogate becomes
+// U+FFFD, as the walker does): the reference the walker's decoder must agree with.
+std::string reference_decode(std::string_view raw) {
+    auto utf8 = [](unsigned cp, std::string& out) {
+        if (cp < 0x80) {
+            out += static_cast<char>(cp);
+        } else if (cp < 0x800) {
+            out += static_cast<char>(0xC0 | (cp >> 6));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out += static_cast<char>(0xE0 | (cp >> 12));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else {
+            out += static_cast<char>(0xF0 | (cp >> 18));
+            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        }
+    };
+    auto hex = [&](std::size_t at) { return static_cast<unsigned>(std::stoul(std::string{raw.substr(at, 4)}, nullptr, 16)); };
+    std::string out;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+        if (raw[i] != '\\') {
+            out += raw[i];
+            continue;
+        }
+        const char e = raw[++i];
+        switch (e) {
+            case 'b': out += '\b'; break;
+            case 'f': out += '\f'; break;
+            case 'n': out += '\n'; break;
+            case 'r': out += '\r'; break;
+            case 't': out += '\t'; break;
+            case 'u': {
+                unsigned cp = hex(i + 1);
+                i += 4;
+                if (cp >= 0xD800 && cp < 0xDC00 && raw.substr(i + 1, 2) == "\\u" && hex(i + 3) >= 0xDC00 && hex(i + 3) < 0xE000) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (hex(i + 3) - 0xDC00);
+                    i += 6;
+                } else if (cp >= 0xD800 && cp < 0xE000) {
+                    cp = 0xFFFD;
+                }
+                utf8(cp, out);
+                break;
+            }
+            default: out += e;  // \" \\ \/
+        }
+    }
+    return out;
+}
+
+TEST(GuardSharedBody, LongEscapedStringsDecodeAsTheReferenceDoes) {
+    // Short and long strings (past the 16-byte SIMD steps), escapes dense and sparse, at the
+    // very start and end of a string, and strings right at the body's end.
+    text_gen gen{23};
+    const char* const pieces[] = {R"(\")", R"(\\)", R"(\/)", R"(\n)", R"(\t)", R"(\b)", R"(\f)", R"(\r)",
+                                  R"(\u00e9)", R"(\ud83d\ude00)", R"(\u0041)", R"(\uD800)", R"(\uDC00x)",
+                                  "\xc3\xa9", "abc ", "<p style=", "0123456789abcdef0123456789abcdef", "x", " "};
+    for (int round = 0; round < 2000; ++round) {
+        std::vector<std::string> raws;
+        std::string body = "[";
+        for (std::size_t s = 0, strings = 1 + gen.pick(4); s < strings; ++s) {
+            std::string raw;
+            const std::size_t target = gen.chance(20) ? gen.pick(8) : gen.pick(gen.chance(50) ? 200 : 3000);
+            const bool dense = gen.chance(50);
+            while (raw.size() < target) {
+                raw += dense || gen.chance(10) ? gen.one(pieces) : gen.chars("abcdefghij <>=:;", 1 + gen.pick(90));
+            }
+            body += (s ? ", \"" : "\"") + raw + "\"";
+            raws.push_back(std::move(raw));
+        }
+        body += gen.chance(50) ? "]" : std::string{", "} + gen.chars("0123456789", 1 + gen.pick(200)) + "]";
+        std::vector<std::string> got;
+        ASSERT_TRUE(detail::decoded_strings(body, got)) << body;
+        ASSERT_EQ(got.size(), raws.size()) << body;
+        for (std::size_t s = 0; s < raws.size(); ++s) {
+            ASSERT_EQ(got[s], reference_decode(raws[s])) << "string " << s << " of " << body;
+        }
+    }
+    std::vector<std::string> got;
+    // An unterminated string and an invalid escape are invalid JSON wherever they are.
+    const std::string filler(300, 'a');
+    EXPECT_FALSE(detail::decoded_strings("[\"" + filler + "\\\"" + filler, got));
+    EXPECT_FALSE(detail::decoded_strings("[\"" + filler + "\\q" + filler + "\"]", got));
+    EXPECT_FALSE(detail::decoded_strings("[\"" + filler + "\\u12" + "\"]", got));
+    EXPECT_TRUE(detail::decoded_strings("[\"" + filler + "\\\\\"]", got));
+    EXPECT_EQ(got.at(0), filler + "\\");
+}
+
 TEST(GuardSharedBody, EveryGuardOfARequestSeesItsOwnBody) {
     // Two requests in the same buffer, same size: the engine resets the shared parse per request.
     fixture f{pii_rule(R"j({"pii": ["card"]})j") + "," + content_rule(R"j({"blocked_terms": ["act now"]})j") + "," +
