@@ -434,7 +434,9 @@ std::optional<rendered> render_quarantine_show(std::string_view body) {
     d.add("breaker", field(*h, "breaker_instance"));
     d.add("failure mode", field(*h, "failure_mode"));
     d.add("request id", field(*h, "request_id"));
-    d.add("body", field(*h, "body_bytes") + " bytes (body_base64 in --json)");
+    d.add("body", field(*h, "body_bytes") + (field(*h, "body_redacted", "") == "true"
+                                                  ? " bytes (shown to the operator role and above)"
+                                                  : " bytes (body_base64 in --json)"));
     d.add("release status", field(*h, "release_status"));
     d.add("release attempts", field(*h, "release_attempts"));
     if (auto why = field(*h, "discard_reason", ""); !why.empty()) {

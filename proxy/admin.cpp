@@ -87,7 +87,7 @@ std::string breaker_json(const breakers::instance_snapshot& s, const config& cfg
 }
 
 std::string held_json(const store::held_request& h, bool full, const std::vector<store::history_entry>* history,
-                      bool reveal_credentials = false) {
+                      bool reveal_credentials = false, bool reveal_body = false) {
     std::string o = "{";
     o += "\"ticket\":" + q(h.ticket);
     o += ",\"state\":" + q(store::to_string(h.state));
@@ -121,7 +121,13 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
                  (hide ? std::string{"\"[redacted]\""} : q(h.headers[i].second)) + "]";
         }
         o += "],\"headers_redacted\":" + std::string{redacted ? "true" : "false"};
-        o += ",\"body_base64\":" + q(store::base64_encode(h.body));
+        // The body is what the operator decides on (release or discard); it is also the
+        // customers' data (addresses, names, message text), so a viewer sees only its size.
+        if (reveal_body) {
+            o += ",\"body_base64\":" + q(store::base64_encode(h.body));
+        } else {
+            o += ",\"body_redacted\":true";
+        }
     }
     if (history != nullptr) {
         o += ",\"history\":[";
@@ -795,7 +801,7 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         }
         const auto hist = db->history(ticket);
         handled h;
-        h.body = "{\"request\":" + held_json(*rec, true, &hist, allowed(admin_role::admin)) + "}";
+        h.body = "{\"request\":" + held_json(*rec, true, &hist, allowed(admin_role::admin), allowed(admin_role::operator_)) + "}";
         co_return h;
     }
     if (req_.method() != http::verb::post) {

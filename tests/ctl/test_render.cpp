@@ -110,6 +110,11 @@ TEST(CtlRender, QuarantineShow) {
     EXPECT_NE(r->text.find("ticket:            q_01\n"), std::string::npos) << r->text;
     EXPECT_NE(r->text.find("request:           POST /v3/mail/send\n"), std::string::npos) << r->text;
     EXPECT_NE(r->text.find("release status:    202\n"), std::string::npos) << r->text;
+    EXPECT_NE(r->text.find("body:              2 bytes (body_base64 in --json)\n"), std::string::npos) << r->text;
+    auto viewer = render_quarantine_show(R"({"request":{"ticket":"q_01","state":"held","body_bytes":2,"body_redacted":true}})");
+    ASSERT_TRUE(viewer);
+    EXPECT_NE(viewer->text.find("body:              2 bytes (shown to the operator role and above)\n"), std::string::npos)
+        << viewer->text;
     EXPECT_NE(r->text.find("headers:\n  content-type: application/json\n  x-campaign-id: spring\n"), std::string::npos);
     EXPECT_NE(r->text.find("history:\n"
                            "AT                    FROM       TO         ACTOR  DETAIL\n"
