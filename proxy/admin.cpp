@@ -879,7 +879,8 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     }
     h.body = "{\"summary\":{\"matched\":" + std::to_string(sum.matched) + ",\"released\":" + std::to_string(sum.released) +
              ",\"failed\":" + std::to_string(sum.failed) + ",\"unknown\":" + std::to_string(sum.unknown) +
-             ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) + "}}";
+             ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) +
+             (sum.stopped ? ",\"stopped\":true" : "") + "}}";
     h.audit_result = "ok: " + std::to_string(sum.matched) + " matched";
     co_return h;
 }

@@ -10,6 +10,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace bb::proxy {
 
 namespace {
@@ -56,6 +58,32 @@ std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::siz
         slot = std::make_shared<upstream_pool>(control_.get_executor(), u, cfg.limits.upstream_body_bytes);
     }
     return slot;
+}
+
+bool remediation::snapshot(store::list_filter& filter) {
+    if (!filter.state) {
+        filter.state = store::held_state::held;
+    }
+    // What was held when the action began, never what is held while it runs: a release by
+    // filter while the breaker is still tripped must not turn into a paced pass-through of
+    // the misfire. By id, and by time as well (an id can be reused once the latest record
+    // is released and pruned).
+    const auto latest = db_.latest_hold_id();
+    if (!latest || *latest == 0) {
+        return false;
+    }
+    filter.upto_id = *latest;
+    const auto now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(srv_.time().wall_now().time_since_epoch()).count();
+    filter.to_ms = filter.to_ms ? std::min(*filter.to_ms, now_ms + 1) : now_ms + 1;
+    return true;
+}
+
+void remediation::stop() {
+    stopping_ = true;
+    for (auto* t : pacers_) {
+        t->cancel();
+    }
 }
 
 std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::string& after) {
@@ -107,7 +135,14 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     }
     req.erase(http::field::host);
     req.set(http::field::host, up.authority);
-    req.set(cfg->store.idempotency_header, ticket);
+    // The live path answers Expect itself and never forwards it; nobody waits for a 100 here.
+    req.erase(http::field::expect);
+    // The client's own key, when it sent one, is what the upstream de-duplicates on: a
+    // client that retried a hold it never got the 202 for has two records with one key, and
+    // both replays must carry it. Otherwise the ticket is the key.
+    if (req.find(cfg->store.idempotency_header) == req.end()) {
+        req.set(cfg->store.idempotency_header, ticket);
+    }
     if (!rec->request_id.empty()) {
         req.set("x-request-id", rec->request_id);
     }
@@ -120,7 +155,14 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     exchange_result ex;
     const bool idempotent = req.method() == http::verb::get || req.method() == http::verb::head ||
                             req.method() == http::verb::options;
-    co_await pool->exchange(req, up.timeout, idempotent, req.method() == http::verb::head, ex);
+    // The route's response timeout when it has one (as the live request had), else the upstream's.
+    auto timeout = up.timeout;
+    for (const auto& r : cfg->routes) {
+        if (r.name == rec->route && r.timeout.count() > 0) {
+            timeout = r.timeout;
+        }
+    }
+    co_await pool->exchange(req, timeout, idempotent, req.method() == http::verb::head, ex);
 
     store::release_outcome outcome = store::release_outcome::released;
     int status = 0;
@@ -161,9 +203,20 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         db_.finish_release(ticket, outcome, status, detail, std::move(done));
     });
     if (!finished.ok) {
-        spdlog::error("release of {}: the upstream answered {} but recording it failed: {}", ticket, status,
-                      finished.message);
-        co_return finished;
+        // The request went out; only its result is not recorded. The record stays
+        // `releasing` (nothing can release it again) and becomes outcome_unknown at the next
+        // start. Saying "nothing was saved" here would invite a second release.
+        spdlog::error("release of {}: sent, the upstream answered {} but recording it failed: {}", ticket,
+                      status != 0 ? std::to_string(status) : detail, finished.message);
+        store::result r;
+        r.ok = false;
+        r.ticket = ticket;
+        r.count = status;
+        r.code = "outcome_unknown";
+        r.message = "sent to the upstream (" + (status != 0 ? std::to_string(status) : detail) +
+                    ") but the result could not be recorded (" + finished.message +
+                    "); the record stays releasing and becomes outcome_unknown at the next start: do not send it again";
+        co_return r;
     }
     spdlog::info("release of {} by {}: {} ({})", ticket, actor,
                  outcome == store::release_outcome::released ? "released"
@@ -197,11 +250,18 @@ std::future<remediation_summary> remediation::release_matching(store::list_filte
 asio::awaitable<remediation_summary> remediation::release_matching_impl(store::list_filter filter, double rate_per_s,
                                                                         std::string actor) {
     {
-        if (!filter.state) {
-            filter.state = store::held_state::held;
-        }
         remediation_summary sum;
+        const std::size_t limit = filter.limit;
+        if (!snapshot(filter)) {
+            co_return sum;
+        }
         asio::steady_timer pacer{control_};
+        pacers_.insert(&pacer);
+        struct unregister {
+            std::set<asio::steady_timer*>& set;
+            asio::steady_timer* t;
+            ~unregister() { set.erase(t); }
+        } unreg{pacers_, &pacer};
         const auto started = std::chrono::steady_clock::now();
         std::size_t sent = 0;
         std::string after;
@@ -211,13 +271,21 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 break;
             }
             for (const auto& rec : page) {
-                ++sum.matched;
+                if (stopping_ || (limit > 0 && sum.matched == limit)) {
+                    sum.stopped = stopping_;
+                    co_return sum;
+                }
                 if (rate_per_s > 0 && sent > 0) {
                     // Slot i starts at i/rate seconds after the first: no drift, no bursts.
                     pacer.expires_at(started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                    std::chrono::duration<double>(static_cast<double>(sent) / rate_per_s)));
                     co_await pacer.async_wait(use_tuple);
+                    if (stopping_) {  // the server stops: what is not sent yet stays held
+                        sum.stopped = true;
+                        co_return sum;
+                    }
                 }
+                ++sum.matched;
                 ++sent;
                 auto r = co_await release_one(rec.ticket, actor, false);
                 if (r.ok) {
@@ -256,10 +324,11 @@ std::future<remediation_summary> remediation::discard_matching(store::list_filte
 asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::list_filter filter, std::string actor,
                                                                         std::string reason) {
     {
-        if (!filter.state) {
-            filter.state = store::held_state::held;
-        }
         remediation_summary sum;
+        const std::size_t limit = filter.limit;
+        if (!snapshot(filter)) {
+            co_return sum;
+        }
         std::string after;
         for (;;) {
             const auto page = next_page(filter, after);
@@ -267,6 +336,9 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
                 break;
             }
             for (const auto& rec : page) {
+                if (limit > 0 && sum.matched == limit) {
+                    co_return sum;
+                }
                 ++sum.matched;
                 auto r = co_await await_store(
                     [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done)); });

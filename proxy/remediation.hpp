@@ -17,6 +17,7 @@
 
 #include <future>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,7 @@ struct remediation_summary {
     std::size_t unknown = 0;        // outcome_unknown: sent, no complete answer
     std::size_t discarded = 0;
     std::size_t skipped = 0;        // not in a state that allows the action
+    bool stopped = false;           // the server began to stop: the rest stays held
     std::vector<store::result> results;  // one per ticket, in order
 };
 
@@ -42,8 +44,9 @@ public:
     ~remediation();
 
     std::future<store::result> release(std::string ticket, std::string actor, bool force = false);
-    // Releases every record matching the filter (state defaults to held), at most
-    // rate_per_s per second (0: as fast as the upstream answers).
+    // Releases every record matching the filter (state defaults to held) that was held when
+    // the call began (later holds are left alone), at most filter.limit of them (0: all), at
+    // most rate_per_s per second (0: as fast as the upstream answers). The discards likewise.
     std::future<remediation_summary> release_matching(store::list_filter filter, double rate_per_s,
                                                       std::string actor);
     std::future<store::result> discard(std::string ticket, std::string actor, std::string reason);
@@ -59,7 +62,12 @@ public:
     asio::awaitable<remediation_summary> discard_matching_impl(store::list_filter filter, std::string actor,
                                                                std::string reason);
 
+    // The server is stopping (control thread): bulk releases send nothing more (a release
+    // in flight finishes), their pacing waits end now, and what was not sent stays held.
+    void stop();
+
 private:
+    bool snapshot(store::list_filter& filter);
     std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after);
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
 
@@ -67,6 +75,8 @@ private:
     store::database& db_;
     server& srv_;
     std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
+    std::set<asio::steady_timer*> pacers_;  // the bulk releases' pacing timers; control thread only
+    bool stopping_ = false;                 // control thread only
 };
 
 // Completes on the calling coroutine's executor once the breaker state that includes every

@@ -939,6 +939,9 @@ int server::run() {
             if (stop_requested_ && !stopping) {
                 stopping = true;
                 drain_deadline = std::chrono::steady_clock::now() + current_config()->limits.drain_timeout;
+                if (remediation_) {
+                    remediation_->stop();  // bulk releases send nothing more; the rest stays held
+                }
                 for (auto& w : workers_) {
                     run_on(w->ioc(), [&] { w->begin_drain(); });
                 }

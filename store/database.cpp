@@ -1614,6 +1614,9 @@ std::string filter_sql(const list_filter& f) {
     if (!f.after_ticket.empty()) {
         w += " AND h.id > :after";
     }
+    if (f.upto_id > 0) {
+        w += " AND h.id <= :upto";
+    }
     return w;
 }
 
@@ -1681,6 +1684,7 @@ bool query_filtered(connection& c, const list_filter& f, bool with_bodies, std::
         bind_named(raw, ":to", *f.to_ms);
     }
     bind_named(raw, ":after", after);
+    bind_named(raw, ":upto", f.upto_id);
     bind_named(raw, ":limit", limit);
     bind_named(raw, ":offset", static_cast<std::int64_t>(f.offset));
     int rc = 0;
@@ -1712,6 +1716,18 @@ std::vector<held_request> database::list(const list_filter& filter, result* erro
         },
         error);
     return out;
+}
+
+std::optional<std::int64_t> database::latest_hold_id(result* error) const {
+    auto conn = impl_->lease();
+    auto s = conn->prepared("SELECT COALESCE(MAX(id), 0) FROM held_requests");
+    if (s.valid() && s.step() == SQLITE_ROW) {
+        return s.col_i64(0);
+    }
+    if (error != nullptr) {
+        *error = unavailable("cannot read the latest hold: " + conn->error());
+    }
+    return std::nullopt;
 }
 
 std::vector<history_entry> database::history(std::string_view ticket, result* error) const {

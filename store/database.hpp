@@ -118,6 +118,10 @@ struct list_filter {
     std::optional<std::int64_t> to_ms;    // received_ms < to_ms
     std::size_t limit = 0;            // list: 0 -> 100, at most 1000; export: 0 -> everything
     std::string after_ticket;         // keyset paging: records held after this one
+    // A snapshot bound (0: none): only records held no later than the one with this internal
+    // id (latest_hold_id()), so a bulk action covers what was held when it began and never
+    // requests held while it runs.
+    std::int64_t upto_id = 0;
     std::size_t offset = 0;           // or plain offset paging (slower on deep pages)
 };
 
@@ -238,6 +242,8 @@ public:
     // Summaries, oldest hold first: no headers and no body (body_bytes says how big).
     std::vector<held_request> list(const list_filter& filter, result* error = nullptr) const;
     std::vector<history_entry> history(std::string_view ticket, result* error = nullptr) const;
+    // The internal id of the latest hold (0: none yet); nullopt + *error when unreadable.
+    std::optional<std::int64_t> latest_hold_id(result* error = nullptr) const;
     // One JSON object per line, headers as [name, value] pairs, body in base64.
     // Returns the number of records written.
     std::size_t export_jsonl(const list_filter& filter, std::ostream& out, result* error = nullptr) const;

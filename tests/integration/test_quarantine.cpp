@@ -15,7 +15,9 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <future>
 #include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -137,6 +139,174 @@ TEST(quarantine, release_by_filter_is_paced_sends_each_once_with_its_key_and_nev
     EXPECT_EQ(up.request_count(), 11u);
     EXPECT_EQ(bb.server().db()->get(tickets[3])->state, bb::store::held_state::released);
     EXPECT_EQ(bb.server().db()->get(tickets[3])->release_status, 202);
+}
+
+// A release by filter covers what was held when it began. While it runs the breaker may
+// still be tripped and the misfire still arriving: those holds must not be replayed by it.
+TEST(quarantine, a_release_by_filter_leaves_alone_what_is_held_while_it_runs) {
+    std::atomic<std::uint16_t> proxy_port{0};
+    std::atomic<int> replays{0};
+    std::vector<std::string> late;
+    std::mutex late_mu;
+    fake_upstream up{[&](const request&) {
+        if (replays++ == 0) {
+            // The misfire goes on during the release: three more requests are held.
+            for (int i = 0; i < 3; ++i) {
+                auto res = send_mail(proxy_port.load(), "c", "{\"to\":[1],\"late\":" + std::to_string(i) + "}");
+                std::lock_guard lock{late_mu};
+                late.emplace_back(res["x-breakerbox-ticket"]);
+            }
+        }
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    proxy_port = bb.port();
+    for (int i = 0; i < 4; ++i) {
+        ASSERT_EQ(send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}").result_int(), 202u);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.matched, 4u);
+    EXPECT_EQ(sum.released, 4u);
+    EXPECT_EQ(up.request_count(), 4u);
+    std::lock_guard lock{late_mu};
+    ASSERT_EQ(late.size(), 3u);
+    for (const auto& t : late) {
+        ASSERT_FALSE(t.empty());
+        EXPECT_EQ(bb.server().db()->get(t)->state, bb::store::held_state::held) << t;
+    }
+    // The same for a discard by filter.
+    auto d = bb.server().remediation().discard_matching(f, "ops", "misfire").get();
+    EXPECT_EQ(d.discarded, 3u);
+}
+
+TEST(quarantine, a_bulk_limit_releases_or_discards_at_most_that_many) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 5; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    f.limit = 1;  // a canary
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.matched, 1u);
+    EXPECT_EQ(sum.released, 1u);
+    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::released);
+    f.limit = 2;
+    auto d = bb.server().remediation().discard_matching(f, "ops", "canary went wrong").get();
+    EXPECT_EQ(d.discarded, 2u);
+    EXPECT_EQ(bb.server().db()->get(tickets[3])->state, bb::store::held_state::held);
+    EXPECT_EQ(bb.server().db()->get(tickets[4])->state, bb::store::held_state::held);
+}
+
+// A client that retries a request it never got the 202 for has two holds with its one key:
+// both replays carry that key, so the upstream can tell they are one send. Expect is for the
+// live exchange only (breakerbox answered it then).
+TEST(quarantine, a_replay_carries_the_clients_own_idempotency_key_and_no_expect) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 2; ++i) {
+        raw_client c{bb.port()};
+        const std::string body = R"({"to":[1]})";
+        c.send("POST /v3/mail/send HTTP/1.1\r\nHost: api.sendgrid.com\r\nContent-Type: application/json\r\n"
+               "X-Campaign-Id: c\r\nIdempotency-Key: client-key-1\r\nExpect: 100-continue\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n");
+        EXPECT_EQ(c.read_response().result_int(), 100u);
+        c.send(body);
+        auto res = c.read_response();
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    auto plain = send_mail(bb.port(), "c", R"({"to":[2]})");
+    ASSERT_EQ(plain.result_int(), 202u);
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.released, 3u);
+    const auto reqs = up.requests();
+    ASSERT_EQ(reqs.size(), 3u);
+    EXPECT_EQ(reqs[0].req["Idempotency-Key"], "client-key-1");
+    EXPECT_EQ(reqs[1].req["Idempotency-Key"], "client-key-1");
+    EXPECT_EQ(reqs[2].req["Idempotency-Key"], plain["x-breakerbox-ticket"]) << "no key of its own: the ticket";
+    for (const auto& r : reqs) {
+        EXPECT_EQ(r.req.count(http::field::expect), 0u);
+        EXPECT_EQ(r.req.body().size(), r.req.body().find('}') + 1);
+    }
+}
+
+// The upstream took the replay but the store could not record it: that is an unknown
+// outcome, not "nothing was saved" (which would invite a second release).
+TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
+    std::atomic<bb::store::database*> db{nullptr};
+    fake_upstream up{[&](const request&) {
+        db.load()->inject_write_fault(SQLITE_FULL, 1, bb::store::fault_point::first_write);
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    db = bb.server().db();
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 2; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    auto r = bb.server().remediation().release(tickets[0], "ops").get();
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.code, "outcome_unknown");
+    EXPECT_EQ(r.count, 202);
+    EXPECT_NE(r.message.find("could not be recorded"), std::string::npos) << r.message;
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::releasing);
+    auto again = bb.server().remediation().release(tickets[0], "ops").get();
+    EXPECT_EQ(again.code, "invalid_state") << "never sent twice";
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.matched, 1u);
+    EXPECT_EQ(sum.unknown, 1u) << "counted as sent with an unknown outcome, not skipped";
+    EXPECT_EQ(sum.skipped, 0u);
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
+// SIGTERM (request_stop) during a paced release: nothing more is sent, the rest stays held,
+// and the release does not hold up the exit.
+TEST(quarantine, a_paced_release_stops_sending_when_the_server_stops) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 6; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto pending = bb.server().remediation().release_matching(f, 2.0, "ops");  // 2.5 s for all six
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() >= 1; }));
+    bb.server().request_stop();
+    ASSERT_EQ(pending.wait_for(std::chrono::seconds{5}), std::future_status::ready);
+    const auto sum = pending.get();
+    EXPECT_TRUE(sum.stopped);
+    EXPECT_LE(sum.released, 2u);
+    bb.stop();
+    const auto sent = up.request_count();
+    EXPECT_LE(sent, 2u);
+    std::size_t held = 0;
+    for (const auto& t : tickets) {
+        held += bb.server().db()->get(t)->state == bb::store::held_state::held ? 1 : 0;
+    }
+    EXPECT_EQ(held, tickets.size() - sent);
 }
 
 TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
