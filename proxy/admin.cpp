@@ -904,6 +904,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         co_return f;
     }
     std::int64_t version = 0;
+    std::vector<std::string> shadow_kept;
     if (!dry_run) {
         if (!co_await record_intent("config", diff_text)) {
             co_return intent_unrecorded();
@@ -926,14 +927,32 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         }
         const std::string shadow_reason = "applied as metrics_only: " + reason_;
         const auto at = srv_.now();
+        // A breaker-wide metrics_only lets every key through. A breaker that contains
+        // something now (an instance open, half-open or in an operator's mode, e.g. a
+        // forced_open kill switch) keeps enforcing: shadowing the new rule must not
+        // silently undo a trip or an operator's decision.
+        std::vector<std::string> kept;
         auto shadow = [&](breakers::breaker_registry& reg) {
+            const auto live = reg.snapshot(at);
             for (const auto& b : touched) {
+                const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
+                    return i.breaker == b && (i.st != breakers::state::closed || i.md != breakers::mode::automatic);
+                });
+                if (busy != live.end()) {
+                    kept.push_back(b + " (" + busy->instance + " is " + std::string{breakers::to_string(busy->st)} +
+                                   ", " + std::string{breakers::to_string(busy->md)} + ")");
+                    continue;
+                }
                 reg.set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name, shadow_reason, at);
             }
         };
         for (const auto& w : srv_.apply_config(next, shadow)) {
             spdlog::warn("config apply: {}", w);
         }
+        for (const auto& k : kept) {
+            spdlog::warn("config apply with metrics_only: breaker {} keeps enforcing", k);
+        }
+        shadow_kept = std::move(kept);
         if (!touched.empty()) {
             co_await await_persist(srv_);
         }
@@ -945,7 +964,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         }
     }
     h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +
-             ",\"loosening\":" + strings_json(d.loosening) + ",\"diff\":" + strings_json(d.lines) + "}";
+             ",\"loosening\":" + strings_json(d.loosening) + ",\"diff\":" + strings_json(d.lines) +
+             (shadow_kept.empty() ? "" : ",\"still_enforcing\":" + strings_json(shadow_kept)) + "}";
     h.audit_result = dry_run ? "dry_run" : "applied version " + std::to_string(version);
     co_return h;
 }

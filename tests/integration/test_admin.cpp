@@ -301,6 +301,49 @@ TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
     EXPECT_EQ(send_mail(f.bb.port(), "other", 20).result_int(), 202u);
 }
 
+// Applying a rule change as metrics_only shadows the breakers it trips, but never one that
+// contains something now: a trip or an operator's forced_open must not be undone by it.
+TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
+    admin_fixture f;
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/trip", "op-token",
+                    R"({"reason":"spring misfire"})")
+                  .result_int(),
+              200u);
+    ASSERT_EQ(send_mail(f.bb.port(), "spring").result_int(), 503u);
+    // A tighter limit (an operator's call), applied in shadow.
+    auto shadowed = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                          "{\"reason\":\"try a tighter cap\",\"metrics_only\":true,\"config\":" +
+                              admin_config(f.up.port(), f.dir, 500) + "}");
+    ASSERT_EQ(shadowed.result_int(), 200u) << shadowed.body();
+    EXPECT_NE(shadowed.body().find("\"still_enforcing\":[\"campaign-volume (campaign-volume/spring is open"),
+              std::string::npos)
+        << shadowed.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "spring").result_int(), 503u) << "the trip still contains spring";
+    EXPECT_EQ(send_mail(f.bb.port(), "summer", 600).result_int(), 503u) << "the new cap enforces: not shadowed";
+
+    // With nothing contained, the same apply shadows the breaker: the new cap only records.
+    admin_fixture g;
+    auto quiet = admin(g.port(), http::verb::post, "/v1/config", "op-token",
+                       "{\"reason\":\"try a tighter cap\",\"metrics_only\":true,\"config\":" +
+                           admin_config(g.up.port(), g.dir, 500) + "}");
+    ASSERT_EQ(quiet.result_int(), 200u) << quiet.body();
+    EXPECT_EQ(quiet.body().find("still_enforcing"), std::string::npos) << quiet.body();
+    EXPECT_EQ(send_mail(g.bb.port(), "summer", 600).result_int(), 202u) << "shadowed: would have paused";
+
+    // A forced_open kill switch on the breaker-wide instance stays, too.
+    admin_fixture h;
+    ASSERT_EQ(admin(h.port(), http::verb::post, "/v1/breakers/campaign-volume/mode", "op-token",
+                    R"({"reason":"stop all campaigns","mode":"forced_open"})")
+                  .result_int(),
+              200u);
+    auto forced = admin(h.port(), http::verb::post, "/v1/config", "op-token",
+                        "{\"reason\":\"try a tighter cap\",\"metrics_only\":true,\"config\":" +
+                            admin_config(h.up.port(), h.dir, 500) + "}");
+    ASSERT_EQ(forced.result_int(), 200u) << forced.body();
+    EXPECT_NE(forced.body().find("forced_open"), std::string::npos) << forced.body();
+    EXPECT_EQ(send_mail(h.bb.port(), "autumn").result_int(), 503u);
+}
+
 TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
     admin_fixture f;
     ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
