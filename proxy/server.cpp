@@ -22,6 +22,8 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <set>
+
 #include <sys/socket.h>
 
 #include <condition_variable>
@@ -419,13 +421,43 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
             }
             saved = std::move(from_file);
         }
-        rt_->breakers->restore(*saved, clock_->now());
-        if (!saved->empty()) {
-            spdlog::warn("restored {} breaker instance(s) from {}", saved->size(), cfg_->store.path);
+        std::vector<breakers::instance_snapshot> known;
+        std::set<std::string> missing;
+        for (auto& s : *saved) {
+            if (rt_->breakers->find(s.breaker) != nullptr) {
+                known.push_back(std::move(s));
+            } else {
+                missing.insert(s.breaker);
+                orphans_.push_back(std::move(s));
+            }
+        }
+        rt_->breakers->restore(known, clock_->now());
+        if (!known.empty()) {
+            spdlog::warn("restored {} breaker instance(s) from {}", known.size(), cfg_->store.path);
+        }
+        if (!orphans_.empty()) {
+            std::string names;
+            for (const auto& m : missing) {
+                names += (names.empty() ? "" : ", ") + m;
+            }
+            spdlog::warn("the store has the state of {} instance(s) of breakers this config does not have ({}): "
+                         "kept, not enforced; restored when a reload configures them again",
+                         orphans_.size(), names);
         }
         auto* db = db_.get();
         state_writer_ = std::make_unique<store::breaker_state_writer>(
-            cfg_->store.path, [this] { return current_runtime()->breakers->snapshot(clock_->now()); },
+            cfg_->store.path,
+            [this] {
+                const auto rt = current_runtime();
+                auto all = rt->breakers->snapshot(clock_->now());
+                std::lock_guard lock{orphans_mu_};
+                for (const auto& o : orphans_) {
+                    if (rt->breakers->find(o.breaker) == nullptr) {
+                        all.push_back(o);
+                    }
+                }
+                return all;
+            },
             [db](std::vector<breakers::instance_snapshot> instances) {
                 std::promise<store::result> done;
                 auto f = done.get_future();
@@ -489,7 +521,40 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             // Every instance of a breaker that still exists moves to the new registry, and
             // requests still finishing on the old config forward their trips and probe
             // results there: nothing tripped during the swap is lost.
+            // The state of a breaker this config drops is kept as well (it comes back with
+            // the breaker), like the state of one missing at a start.
+            std::size_t dropped = 0;
+            for (auto& snap : previous->breakers->snapshot(clock_->now())) {
+                if (rt->breakers->find(snap.breaker) == nullptr &&
+                    (snap.st != breakers::state::closed || snap.md != breakers::mode::automatic)) {
+                    std::lock_guard lock{orphans_mu_};
+                    orphans_.push_back(std::move(snap));
+                    ++dropped;
+                }
+            }
+            if (dropped > 0) {
+                spdlog::warn("the new config drops breakers with {} instance(s) not closed: their state is kept, "
+                             "not enforced, and restored if they are configured again",
+                             dropped);
+            }
             previous->breakers->hand_over(rt->breakers, clock_->now());
+        }
+        // A breaker configured again gets the state the store kept for it.
+        std::vector<breakers::instance_snapshot> back;
+        {
+            std::lock_guard lock{orphans_mu_};
+            for (auto it = orphans_.begin(); it != orphans_.end();) {
+                if (rt->breakers->find(it->breaker) != nullptr) {
+                    back.push_back(std::move(*it));
+                    it = orphans_.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+        }
+        if (!back.empty()) {
+            rt->breakers->restore(back, clock_->now());
+            spdlog::warn("restored the kept state of {} instance(s) of breakers configured again", back.size());
         }
     }
     // Before any request runs the new rules (only requests on the old config, with the old

@@ -316,6 +316,11 @@ private:
     // last completions post to the workers' io_contexts, which must still exist.
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
+    // Saved state of breakers this config does not have (e.g. a restart with an older config
+    // file): kept in the store rather than erased, and restored when a reload configures the
+    // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).
+    mutable std::mutex orphans_mu_;
+    std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
     std::unique_ptr<alerts::dispatcher> alerts_;
     std::atomic<std::int64_t> last_store_alert_ms_{0};

@@ -410,6 +410,48 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
 
 // A reload that changes the breakers must leave the durable state whole: the writer may
 // snapshot the outgoing registry while its instances move to the new one.
+// A restart with a config that lacks a breaker (an older file, a typo) must not erase that
+// breaker's saved state: the kill switch comes back with the breaker, at the next start or
+// at a reload that configures it again.
+TEST(breakers_durable, the_state_of_a_breaker_missing_from_the_config_is_kept_until_it_returns) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    const std::string with_extra = pause_manual + R"(, {"id": "extra", "action": "pause", "reset": "manual"})";
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, with_extra)};
+        ASSERT_TRUE(bb.server().breakers()->set_mode("extra", bb::breakers::mode::forced_open, std::nullopt, "ops",
+                                                     "switched off", bb.server().now()));
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/spring", "ops", "hold", bb.server().now()));
+        ASSERT_TRUE(bb.server().flush_breaker_state());
+    }
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual)};  // no "extra"
+        ASSERT_TRUE(bb.server().flush_breaker_state());
+        EXPECT_EQ(bb.server().breakers()->admit("campaign-volume/spring", bb.server().now()).v,
+                  bb::breakers::admission::verdict::contain);
+        // A reload that configures it again brings its state back at once.
+        auto next = bb::parse_config(guarded_config(up.port(), dir, with_extra));
+        ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+        bb.server().apply_config(next.cfg);
+        auto extra = bb.server().breakers()->get("extra", bb.server().now());
+        ASSERT_TRUE(extra);
+        EXPECT_EQ(extra->md, bb::breakers::mode::forced_open);
+        EXPECT_EQ(bb.server().breakers()->admit("extra", bb.server().now()).v,
+                  bb::breakers::admission::verdict::contain);
+        // And back without it: still kept.
+        auto without = bb::parse_config(guarded_config(up.port(), dir, pause_manual));
+        ASSERT_TRUE(without.errors.empty());
+        bb.server().apply_config(without.cfg);
+        ASSERT_TRUE(bb.server().flush_breaker_state());
+    }
+    proxy_instance again{guarded_config(up.port(), dir, with_extra)};
+    auto extra = again.server().breakers()->get("extra", again.server().now());
+    ASSERT_TRUE(extra) << "the kill switch was erased by a start without its breaker";
+    EXPECT_EQ(extra->md, bb::breakers::mode::forced_open);
+    EXPECT_EQ(again.server().breakers()->admit("extra", again.server().now()).v,
+              bb::breakers::admission::verdict::contain);
+}
+
 TEST(breakers_durable, a_reload_that_changes_breakers_keeps_tripped_ones_on_disk) {
     fake_upstream up;
     const auto dir = temp_dir();
