@@ -908,6 +908,17 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
     return out;
 }
 
+bool breaker_registry::enforcement_suspended(std::string_view name, time_point now) const {
+    auto bypass = [](const std::optional<instance_snapshot>& v) {
+        return v && (v->md == mode::forced_closed || v->md == mode::metrics_only);
+    };
+    if (bypass(get(name, now))) {
+        return true;
+    }
+    auto [s, key] = split(name);
+    return s != nullptr && !key.empty() && bypass(get(s->cfg.id, now));
+}
+
 std::optional<instance_snapshot> breaker_registry::get(std::string_view name, time_point now) const {
     auto [s, key] = split(name);
     if (!s) {

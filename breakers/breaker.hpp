@@ -185,6 +185,11 @@ public:
     bool set_mode(std::string_view instance, mode m, std::optional<milliseconds> expires_in, std::string actor,
                   std::string reason, time_point now);
 
+    // Whether an operator suspended enforcement for `instance`: its mode, or its breaker-wide
+    // instance's, is forced_closed or metrics_only. For breakers whose rule acts by itself
+    // (deny) rather than through admit().
+    bool enforcement_suspended(std::string_view instance, time_point now) const;
+
     std::vector<instance_snapshot> snapshot(time_point now) const;
     std::optional<instance_snapshot> get(std::string_view instance, time_point now) const;
 

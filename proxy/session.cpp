@@ -1280,16 +1280,42 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 for (const auto& k : key_scratch) {
                     const auto& r = rt.engine->rules().rules[k.rule];
                     const auto* b = cfg->find_breaker(r.trips);
-                    if (b == nullptr || b->act == breakers::action::deny) {
+                    if (b == nullptr) {
                         continue;
                     }
+                    // A deny breaker is never tripped by its rule (the rule refuses the one
+                    // request), but an operator's trip or forced_open refuses everything it
+                    // covers: admit() says so like for any other breaker.
                     if (!admit(registry.admit(registry.instance_name(*b, k.key), now), r.id)) {
                         break;
                     }
                 }
             }
             if (!contained) {
-                const auto d = rt.engine->evaluate(view, now);
+                // Rules whose breaker an operator suspended (forced_closed, metrics_only) are
+                // checked, not enforced, and do not hide the request from the other rules.
+                rules::decision shadowed;
+                struct suspension {
+                    const config* cfg;
+                    breakers::breaker_registry* registry;
+                    decltype(now) at;
+                } const sus{cfg, &registry, now};
+                // One pointer captured: std::function keeps it inline, no allocation.
+                const std::function<bool(const rules::decision&)> suspended = [p = &sus](const rules::decision& v) {
+                    const auto* b = p->cfg->find_breaker(v.trips);
+                    return b != nullptr &&
+                           p->registry->enforcement_suspended(p->registry->instance_name(*b, v.key), p->at);
+                };
+                const auto d = rt.engine->evaluate(view, now, registry.any_active() ? &suspended : nullptr, &shadowed);
+                if (shadowed.outcome == rules::verdict::violated) {
+                    const auto* b = cfg->find_breaker(shadowed.trips);
+                    if (b != nullptr && b->act != breakers::action::deny) {
+                        registry.trip(shadowed.trips, shadowed.key, rule_cause(shadowed, request_id), now);  // counted as a shadow trip
+                    }
+                    spdlog::info("rule {} would have {} request {} ({} in shadow mode): {}", shadowed.rule,
+                                 b != nullptr && b->act == breakers::action::deny ? "denied" : "contained", request_id,
+                                 b != nullptr ? registry.instance_name(*b, shadowed.key) : shadowed.trips, shadowed.reason);
+                }
                 if (d.outcome == rules::verdict::rejected) {
                     contained_rule = d.rule;
                     contained = error_info{http::status::bad_request, "rejected", "invalid_body", d.reason};

@@ -756,7 +756,10 @@ void engine::keys_for(const request_view& req, std::vector<rule_key>& out) const
     }
 }
 
-decision engine::evaluate(const request_view& req, time_point now) {
+decision engine::evaluate(const request_view& req, time_point now) { return evaluate(req, now, nullptr, nullptr); }
+
+decision engine::evaluate(const request_view& req, time_point now, const std::function<bool(const decision&)>* suspended,
+                          decision* shadowed) {
     scratch& s = local();
     context ctx{req, nullptr, s, {}, {}, false, false, {}};
     s.reservation_count = 0;
@@ -786,6 +789,16 @@ decision engine::evaluate(const request_view& req, time_point now) {
         }
         s.guard_reservations.clear();
     };
+    // A violation an operator suspended is kept aside (the first one) and the walk goes on.
+    auto enforced = [&](const decision& d) {
+        if (suspended == nullptr || !(*suspended)(d)) {
+            return true;
+        }
+        if (shadowed != nullptr && shadowed->allowed()) {
+            *shadowed = d;
+        }
+        return false;
+    };
 
     for (const std::uint32_t idx : list) {
         const rule& r = set_->rules[idx];
@@ -806,12 +819,16 @@ decision engine::evaluate(const request_view& req, time_point now) {
                 return explain(*set_, r, verdict::rejected, s.key, false, {}, g.finding);
             }
             if (g.outcome == guard_result::status::violated) {
-                rollback();
                 verdict_detail d;
                 d.violated = true;
                 d.measured = g.count > 0 ? g.count + 1.0 : 1.0;
                 d.limit = r.guard->k == guardrail::kind::duplicates ? r.guard->duplicates.max : 0;
-                return explain(*set_, r, verdict::violated, s.key, false, d, g.finding);
+                auto v = explain(*set_, r, verdict::violated, s.key, false, d, g.finding);
+                if (enforced(v)) {
+                    rollback();
+                    return v;
+                }
+                continue;  // a violated duplicates guard booked nothing
             }
             for (const auto& b : s.guard_bookings) {
                 s.guard_reservations.push_back({idx, b});
@@ -830,8 +847,11 @@ decision engine::evaluate(const request_view& req, time_point now) {
                 overflow = ovf;
             });
             if (d.violated) {
-                rollback();
-                return explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+                auto v = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+                if (enforced(v)) {
+                    rollback();
+                    return v;
+                }
             }
             continue;
         }
@@ -848,12 +868,15 @@ decision engine::evaluate(const request_view& req, time_point now) {
 
         if (r.agg == aggregate::per_request) {
             if (*a > r.limit) {
-                rollback();
                 verdict_detail d;
                 d.violated = true;
                 d.measured = *a;
                 d.limit = r.limit;
-                return explain(*set_, r, verdict::violated, s.key, false, d, {});
+                auto v = explain(*set_, r, verdict::violated, s.key, false, d, {});
+                if (enforced(v)) {
+                    rollback();
+                    return v;
+                }
             }
             continue;
         }
@@ -900,8 +923,12 @@ decision engine::evaluate(const request_view& req, time_point now) {
             return ovf;
         });
         if (d.violated) {
-            rollback();
-            return explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+            auto v = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
+            if (enforced(v)) {
+                rollback();
+                return v;
+            }
+            continue;  // nothing was booked for it
         }
         if (s.reservation_count == s.reservations.size()) {
             s.reservations.emplace_back();

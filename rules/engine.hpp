@@ -11,6 +11,7 @@
 // config drain.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +80,14 @@ public:
     // then nothing of this request stays booked on any rule (earlier reservations are
     // undone).
     decision evaluate(const request_view& req, time_point now);
+
+    // The same, where some rules' breakers may be suspended by an operator (forced_closed or
+    // metrics_only): a violation for which suspended(d) says true is not enforced. It goes
+    // to *shadowed (the first one) and the other rules still check and book the request, as
+    // if the suspended rule were not there; a shadowed rule must not let the request past
+    // every later cap. suspended may be null (nothing is suspended).
+    decision evaluate(const request_view& req, time_point now, const std::function<bool(const decision&)>* suspended,
+                      decision* shadowed);
 
     // Books response-side facts (status classes, latency, response JSON) for the request's
     // rules. Returns the first response-side rule the response pushed over its line, else allow.

@@ -300,6 +300,49 @@ TEST(modes, forced_open_forced_closed_metrics_only_and_expiry) {
     EXPECT_EQ(send("bypass").result_int(), 503u);
 }
 
+// A deny breaker's rule refuses single requests and trips nothing, but operators flip it
+// like any other: forced_open (or a manual trip) refuses everything it covers, and
+// forced_closed (e.g. a guardrail with false positives) lets violations through while the
+// other rules still meter those requests: a suspended rule must not open a hole in a cap.
+TEST(modes, operator_modes_on_a_deny_breaker_are_honoured_and_a_suspended_rule_hides_nothing) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(up.port(), dir, pause_manual + R"(, {"id": "no-pii", "action": "deny"})", 3);
+    const std::string deny_rule =
+        R"({"id": "no-cards", "route": "mail-send", "guard": {"pii": ["card"]}, "failure_mode": "volume-spike", "trips": "no-pii"},)";
+    cfg.replace(cfg.find("\"rules\": [") + 10, 0, deny_rule);
+    proxy_instance bb{cfg};
+    auto& reg = *bb.server().breakers();
+    const std::string card = R"(, "note": "card 4111 1111 1111 1111")";
+    auto send = [&](const std::string& campaign, const std::string& extra) {
+        raw_client c{bb.port()};
+        c.send(mail(1, campaign, extra));
+        return c.read_response();
+    };
+    EXPECT_EQ(send("a", card).result_int(), 403u);
+    EXPECT_EQ(send("a", "").result_int(), 202u);  // 1 of 3 recipients
+
+    // forced_closed: the card goes through, and still counts against the campaign's cap.
+    ASSERT_TRUE(reg.set_mode("no-pii", bb::breakers::mode::forced_closed, std::nullopt, "ops", "false positives",
+                             bb.server().now()));
+    EXPECT_EQ(send("a", card).result_int(), 202u);
+    EXPECT_EQ(send("a", card).result_int(), 202u);  // 3 of 3
+    auto over = send("a", card);
+    EXPECT_EQ(over.result_int(), 503u) << "the cap still sees requests the suspended rule let through";
+    EXPECT_EQ(body_field(over, "breaker"), "campaign-volume/a");
+
+    // forced_open: everything the deny breaker covers is refused, violation or not.
+    ASSERT_TRUE(reg.set_mode("no-pii", bb::breakers::mode::forced_open, std::nullopt, "ops", "stop all mail",
+                             bb.server().now()));
+    auto refused = send("b", "");
+    EXPECT_EQ(refused.result_int(), 403u);
+    EXPECT_EQ(body_field(refused, "breaker"), "no-pii");
+    ASSERT_TRUE(reg.reset("no-pii", "ops", "done", bb.server().now()));
+    EXPECT_EQ(send("b", "").result_int(), 202u);
+    ASSERT_TRUE(reg.manual_trip("no-pii", "ops", "again", bb.server().now()));
+    EXPECT_EQ(send("b", "").result_int(), 403u);
+}
+
 TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
     fake_upstream up{[](const request&) { return respond(200, ""); }};
     const auto dir = temp_dir();

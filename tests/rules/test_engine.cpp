@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "helpers.hpp"
 
 namespace bb::rules::test {
@@ -78,6 +80,41 @@ TEST(Engine, ALaterRefusalUndoesEarlierReservations) {
     const auto d = eng.evaluate(req.view(), clock.now());
     ASSERT_EQ(d.rule, "per-agent");
     EXPECT_EQ(eng.read("all", "", clock.now())->value, 8) << "the refused request's 8 were given back";
+}
+
+TEST(Engine, ASuspendedRuleIsShadowedAndTheOtherRulesStillBookTheRequest) {
+    engine eng{load_ok(config(R"j(
+        {"id": "small", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 5, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "all", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 20, "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_body(8);
+    std::vector<std::string> asked;
+    const std::function<bool(const decision&)> suspended = [&](const decision& d) {
+        asked.push_back(d.rule);
+        return d.trips == "a";
+    };
+    decision shadowed;
+    auto d = eng.evaluate(req.view(), clock.now(), &suspended, &shadowed);
+    EXPECT_TRUE(d.allowed());
+    EXPECT_EQ(shadowed.rule, "small");
+    EXPECT_EQ(shadowed.outcome, verdict::violated);
+    EXPECT_EQ(eng.read("all", "", clock.now())->value, 8) << "booked on the rule after the suspended one";
+    EXPECT_EQ(eng.read("small", "", clock.now())->value, 0) << "the violated rule books nothing";
+    decision second;
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now(), &suspended, &second).allowed());
+    EXPECT_EQ(eng.read("all", "", clock.now())->value, 16);
+    // The third crosses the enforced rule: refused, and nothing of it stays booked.
+    decision third_shadow;
+    d = eng.evaluate(req.view(), clock.now(), &suspended, &third_shadow);
+    EXPECT_EQ(d.rule, "all");
+    EXPECT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(eng.read("all", "", clock.now())->value, 16);
+    EXPECT_EQ(asked, (std::vector<std::string>{"small", "small", "small", "all"}));
+    // Without a suspension the first violation decides, as before.
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "small");
 }
 
 TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
