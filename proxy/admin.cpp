@@ -250,6 +250,24 @@ struct config_diff {
     std::vector<std::string> loosening;  // changes that need the admin role
 };
 
+// Whether two versions of a rule send the same requests to the same breaker instances
+// (route, match and key unchanged). When they do not, instances the old version tripped may
+// no longer be consulted by the traffic they were tripped for.
+bool same_mapping(const rules::rule& a, const rules::rule& b) {
+    auto path_text = [](const rules::match_spec& m) { return m.path ? m.path->text : std::string{}; };
+    if (a.trips != b.trips || a.route != b.route || a.match.methods != b.match.methods ||
+        path_text(a.match) != path_text(b.match) || a.match.path_prefix != b.match.path_prefix ||
+        a.match.host != b.match.host || a.match.headers != b.match.headers || a.key.size() != b.key.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.key.size(); ++i) {
+        if (a.key[i].kind != b.key[i].kind || a.key[i].name != b.key[i].name || a.key[i].path.text != b.key[i].path.text) {
+            return false;
+        }
+    }
+    return true;
+}
+
 config_diff diff_configs(const config& a, const config& b) {
     config_diff d;
     std::map<std::string, const rules::rule*> old_rules;
@@ -313,9 +331,30 @@ config_diff diff_configs(const config& a, const config& b) {
         if (it == new_b.end()) {
             d.lines.push_back("breakers: - " + id);
             d.loosening.push_back("removes breaker " + id);
-        } else if (it->second->act != x->act) {
-            d.lines.push_back("breakers[" + id + "].action: " + std::string{breakers::to_string(x->act)} + " -> " +
-                              std::string{breakers::to_string(it->second->act)});
+        } else {
+            const auto& n = *it->second;
+            if (n.act != x->act) {
+                d.lines.push_back("breakers[" + id + "].action: " + std::string{breakers::to_string(x->act)} + " -> " +
+                                  std::string{breakers::to_string(n.act)});
+                d.loosening.push_back("changes the action of breaker " + id);
+            }
+            if (n.reset != x->reset) {
+                d.lines.push_back("breakers[" + id + "].reset: " +
+                                  (x->reset == breakers::reset_policy::manual ? "manual -> auto" : "auto -> manual"));
+                if (n.reset == breakers::reset_policy::automatic) {
+                    d.loosening.push_back("makes breaker " + id + " reset by itself");
+                }
+            }
+            if (n.cooldown != x->cooldown) {
+                d.lines.push_back("breakers[" + id + "].cooldown: " + cfg::format_duration(x->cooldown) + " -> " +
+                                  cfg::format_duration(n.cooldown));
+                if (n.cooldown < x->cooldown) {
+                    d.loosening.push_back("shortens the cooldown of breaker " + id);
+                }
+            }
+            if (n.per_key != x->per_key) {
+                d.lines.push_back("breakers[" + id + "].scope: " + (x->per_key ? "key -> breaker" : "breaker -> key"));
+            }
         }
     }
     for (const auto& [id, x] : new_b) {
@@ -888,6 +927,27 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
 asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only) {
     const auto current = srv_.current_config();
     auto d = diff_configs(*current, *next);
+    // Changing how a rule maps requests to instances (its route, match, key or breaker)
+    // while its breaker contains traffic would strand those trips: the traffic they were
+    // tripped for may no longer consult them. That is a loosening (admin only), and named.
+    if (current->rules) {
+        const auto live = srv_.breakers()->snapshot(srv_.now());
+        for (const auto& r : current->rules->rules) {
+            const auto* n = next->rules ? next->rules->find_rule(r.id) : nullptr;
+            if (n != nullptr && same_mapping(r, *n)) {
+                continue;
+            }
+            const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
+                return i.breaker == r.trips && (i.st != breakers::state::closed || i.md != breakers::mode::automatic);
+            });
+            if (busy != live.end()) {
+                d.loosening.push_back("changes rule " + r.id + " (its route, match, key or breaker) while " +
+                                      busy->instance + " is " + std::string{breakers::to_string(busy->st)} + "/" +
+                                      std::string{breakers::to_string(busy->md)} +
+                                      ": what it contains may no longer reach it");
+            }
+        }
+    }
     handled h;
     h.mutation = true;
     h.audit_target = "config";

@@ -344,6 +344,46 @@ TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
     EXPECT_EQ(send_mail(h.bb.port(), "autumn").result_int(), 503u);
 }
 
+// A change that remaps a rule's traffic while its breaker contains some (the trip would be
+// stranded) and a breaker that would reset by itself or sooner are loosenings: admin only.
+TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the_admin_role) {
+    admin_fixture f;
+    auto with = [&](const std::string& from, const std::string& to) {
+        std::string c = admin_config(f.up.port(), f.dir);
+        c.replace(c.find(from), from.size(), to);
+        return c;
+    };
+    const std::string rekeyed = with(R"("key": ["header:x-campaign-id"])", R"("key": ["header:x-campaign-id", "header:x-tenant"])");
+    // Nothing contained yet: an operator may change the key.
+    auto calm = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "op-token",
+                      "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
+    EXPECT_EQ(calm.result_int(), 200u) << calm.body();
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/trip", "op-token",
+                    R"({"reason":"misfire"})")
+                  .result_int(),
+              200u);
+    auto stranded = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                          "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
+    EXPECT_EQ(stranded.result_int(), 403u) << stranded.body();
+    EXPECT_NE(stranded.body().find("changes rule recipients"), std::string::npos) << stranded.body();
+    EXPECT_EQ(send_mail(f.bb.port(), "spring").result_int(), 503u) << "nothing applied";
+    auto by_admin = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "admin-token",
+                          "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
+    ASSERT_EQ(by_admin.result_int(), 200u) << by_admin.body();
+    EXPECT_NE(by_admin.body().find("campaign-volume/spring is open/auto"), std::string::npos) << by_admin.body();
+
+    const std::string self_resetting = with(R"({"id": "campaign-volume", "action": "pause", "reset": "manual"})",
+                                            R"({"id": "campaign-volume", "action": "pause", "reset": "auto", "cooldown": "1s"})");
+    auto weaker = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                        "{\"reason\":\"let it heal\",\"config\":" + self_resetting + "}");
+    EXPECT_EQ(weaker.result_int(), 403u) << weaker.body();
+    auto dry = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "admin-token",
+                     "{\"reason\":\"let it heal\",\"config\":" + self_resetting + "}");
+    EXPECT_NE(dry.body().find("breakers[campaign-volume].reset: manual -> auto"), std::string::npos) << dry.body();
+    EXPECT_NE(dry.body().find("makes breaker campaign-volume reset by itself"), std::string::npos) << dry.body();
+    EXPECT_NE(dry.body().find("shortens the cooldown of breaker campaign-volume"), std::string::npos) << dry.body();
+}
+
 TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
     admin_fixture f;
     ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
