@@ -794,6 +794,32 @@ void breaker_registry::probe_result(std::string_view name, bool success, time_po
     inst->deliver(on_transition_);
 }
 
+void breaker_registry::cancel_probe(std::string_view name, std::uint64_t round) {
+    auto [s, key] = split(name);
+    if (!s) {
+        return;
+    }
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        successor_->cancel_probe(name, round);
+        return;
+    }
+    instance_ptr inst;
+    {
+        std::shared_lock lock{mutex_};
+        inst = exact(*s, key);
+    }
+    if (!inst) {
+        return;
+    }
+    std::unique_lock lock{inst->mutex()};
+    if (inst->moved()) {
+        lock.unlock();
+        successor_->cancel_probe(name, round);
+        return;
+    }
+    inst->cancel_probe(round);
+}
+
 bool breaker_registry::manual_trip(std::string_view name, std::string actor, std::string reason, time_point now) {
     auto [s, key] = split(name);
     if (!s) {

@@ -175,6 +175,10 @@ public:
     // a failure reopens it with the cooldown doubled (capped at max_cooldown).
     // `round` is admission::probe_round (0: count the report whatever the round).
     void probe_result(std::string_view instance, bool success, time_point now, std::uint64_t round = 0);
+    // A probe that never reached the upstream (another breaker contained the request, it was
+    // held, the client left, our own pool was full) says nothing either way: its slot goes
+    // back and the next request probes instead. A stale `round` is ignored.
+    void cancel_probe(std::string_view instance, std::uint64_t round);
 
     // Operator actions. Return false when the breaker id is unknown. `instance` is an
     // instance name or a bare breaker id (the breaker-wide instance of a per-key breaker).

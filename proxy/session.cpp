@@ -507,7 +507,7 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     const auto now = w.owner().now();
     if (ex.failure == upstream_failure::cancelled || ex.failure == upstream_failure::pool_exhausted) {
         for (const auto& p : probes) {
-            registry.probe_result(p.instance, false, now, p.round);
+            registry.cancel_probe(p.instance, p.round);  // the upstream gave no verdict
         }
         return;
     }
@@ -1422,7 +1422,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 w.stats().hold_latency.observe(
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - hold_started).count());
                 for (const auto& p : probes) {
-                    registry.probe_result(p.instance, false, now, p.round);
+                    registry.cancel_probe(p.instance, p.round);  // held: it never reached the upstream
                 }
                 if (stored.ok) {
                     auto res = make_quarantined(stored.ticket, quarantine_instance, quarantine_reason, request_id,
@@ -1456,7 +1456,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
 
         if (contained) {
             for (const auto& p : probes) {
-                registry.probe_result(p.instance, false, now, p.round);
+                registry.cancel_probe(p.instance, p.round);  // contained here: it never reached the upstream
             }
             contained->rule = contained_rule;
             contained->breaker = contained_breaker;
@@ -1500,7 +1500,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                client_left(sock, raw, buf, lim.header_bytes));
         if (raced.index() == 1) {
             for (const auto& p : probes) {
-                registry.probe_result(p.instance, false, w.owner().now(), p.round);
+                registry.cancel_probe(p.instance, p.round);  // the client left: no verdict from the upstream
             }
             ++w.stats().client_aborts;
             rec.status = 499;

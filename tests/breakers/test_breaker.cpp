@@ -214,6 +214,33 @@ TEST_F(registry_test, late_probe_from_an_earlier_round_is_ignored) {
     EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
 }
 
+// A probe whose request never reached the upstream (another breaker contained it) gives
+// its slot back: no verdict, no reopening with a doubled cooldown, and the next request
+// probes. A cancel from an earlier round changes nothing.
+TEST_F(registry_test, a_cancelled_probe_gives_its_slot_back_without_a_verdict) {
+    auto b = make_config("b");
+    b.cooldown = 10s;
+    make({b});
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(10s);
+    const auto first = reg().admit("b/k", now());
+    ASSERT_EQ(first.v, verdict::probe);
+    ASSERT_EQ(reg().admit("b/k", now()).v, verdict::contain) << "one probe at a time";
+    reg().cancel_probe("b/k", first.probe_round);
+    EXPECT_EQ(reg().get("b/k", now())->st, state::half_open);
+    EXPECT_EQ(reg().get("b/k", now())->cooldown, 10s) << "no backoff: nothing failed";
+    const auto second = reg().admit("b/k", now());
+    ASSERT_EQ(second.v, verdict::probe);
+    EXPECT_EQ(second.probe_round, first.probe_round);
+    reg().cancel_probe("b/k", first.probe_round + 7);  // not this round: ignored
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+    reg().probe_result("b/k", true, now(), second.probe_round);
+    EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
+    reg().cancel_probe("b/k", second.probe_round);  // closed: nothing to give back
+    reg().cancel_probe("nope/k", 1);                // unknown: nothing happens
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
+}
+
 TEST_F(registry_test, a_probe_that_never_reports_is_replaced_after_a_cooldown) {
     auto b = make_config("b");
     b.cooldown = 10s;

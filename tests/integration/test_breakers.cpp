@@ -209,6 +209,35 @@ TEST(health, a_failed_probe_reopens_with_a_longer_cooldown) {
     EXPECT_EQ(up.request_count(), 4u);
 }
 
+// The upstream breaker's probe slot went to a request that a campaign breaker then
+// contained: the upstream said nothing, so its breaker stays half-open with the base
+// cooldown and the next request probes (it used to reopen, cooldown doubled).
+TEST(health, a_probe_contained_by_another_breaker_is_no_verdict_on_the_upstream) {
+    std::atomic<int> status{502};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 1000000,
+                                     R"("health": {"consecutive_failures": 2, "cooldown": "10s"})"),
+                      &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "misfire", clock.now()));
+    clock.advance(11s);
+    status = 200;
+    raw_client c{bb.port()};
+    c.send(mail(1, "x"));
+    auto held = c.read_response();
+    EXPECT_EQ(held.result_int(), 503u);
+    EXPECT_EQ(body_field(held, "breaker"), "campaign-volume/x");
+    auto upstream = bb.server().breakers()->get("upstream/sendgrid", clock.now());
+    ASSERT_TRUE(upstream);
+    EXPECT_EQ(upstream->st, bb::breakers::state::half_open);
+    EXPECT_EQ(upstream->cooldown, 10s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe").result_int(), 200u) << "the next request probes";
+    EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::closed);
+}
+
 TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) {
     std::atomic<bool> limited{true};
     fake_upstream up{[&](const request&) {
