@@ -236,11 +236,24 @@ public:
         change(st_, m, std::move(cause), now, trips);
     }
 
-    // Only onto an idle instance: a second snapshot for the overflow instance (or a
-    // duplicate) does not overwrite the first.
+    // Several snapshots can land on one instance (keys folded together when a breaker's
+    // scope changed from key to breaker, or past max_instances into the overflow instance):
+    // the one that contains the most wins, so a key's forced_closed never lets the others'
+    // trips through. forced_open > open (the later reopening first) > a bypass mode.
     void restore(const instance_snapshot& s, time_point now) {
-        if (counted_ || (s.st == state::closed && s.md == mode::automatic)) {
+        if (s.st == state::closed && s.md == mode::automatic) {
             return;
+        }
+        if (counted_) {
+            auto rank = [](state st, mode md) {
+                return md == mode::forced_open ? 3 : is_shadow(md) ? 1 : st != state::closed ? 2 : 0;
+            };
+            const int have = rank(st_, md_);
+            const int got = rank(s.st, s.md);
+            const bool later = got == 2 && have == 2 && std::min(s.opened_at, now) + s.cooldown > opened_at_ + cooldown_;
+            if (got < have || (got == have && !later)) {
+                return;
+            }
         }
         opened_at_ = std::min(s.opened_at, now);
         cooldown_ = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;

@@ -129,6 +129,41 @@ TEST_F(registry_test, restore_recreates_open_instances_and_modes) {
     EXPECT_EQ(reg().admit("campaign-volume/summer-sale", now()).v, verdict::allow);
 }
 
+// Keys folded into one instance (scope changed from key to breaker): the snapshot that
+// contains the most wins, whatever the order; a key's bypass never opens the others.
+TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_strictest) {
+    auto b = make_config("cv");
+    b.per_key = false;
+    b.cooldown = 10s;
+    make({b});
+    auto snap = [&](std::string key, state st, mode md, std::chrono::seconds ago = 0s) {
+        instance_snapshot s;
+        s.instance = "cv/" + key;
+        s.breaker = "cv";
+        s.key = std::move(key);
+        s.st = st;
+        s.md = md;
+        s.opened_at = now() - ago;
+        s.cooldown = 10s;
+        return s;
+    };
+    reg().restore({snap("a", state::closed, mode::forced_closed), snap("b", state::open, mode::automatic, 2s)}, now());
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "b's trip is not let through by a's forced_closed";
+    EXPECT_EQ(reg().get("cv", now())->md, mode::automatic);
+
+    make({b});
+    reg().restore({snap("a", state::open, mode::automatic, 8s), snap("b", state::open, mode::automatic, 1s),
+                   snap("c", state::closed, mode::metrics_only)},
+                  now());
+    EXPECT_EQ(reg().get("cv", now())->opened_at, now() - 1s) << "the later reopening";
+    clock_.advance(3s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "a's cooldown would be over, b's is not";
+
+    make({b});
+    reg().restore({snap("a", state::open, mode::automatic, 1s), snap("b", state::closed, mode::forced_open)}, now());
+    EXPECT_EQ(reg().get("cv", now())->md, mode::forced_open);
+}
+
 TEST_F(registry_test, snapshot_round_trips_through_restore) {
     auto b = make_config("campaign-volume");
     b.max_instances = 1;
