@@ -11,6 +11,8 @@
 #include "store/breaker_state.hpp"
 #include "store/database.hpp"
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -299,7 +301,11 @@ asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> accepto
             refuse(socket);
             continue;
         }
-        asio::co_spawn(ioc_, run_session(*this, std::move(socket), listener), [](std::exception_ptr e) {
+        // The signal lives with the completion handler, which outlives the coroutine.
+        auto cancel = std::make_shared<asio::cancellation_signal>();
+        auto* signal = cancel.get();
+        asio::co_spawn(ioc_, run_session(*this, std::move(socket), listener, signal),
+                       asio::bind_cancellation_slot(signal->slot(), [cancel](std::exception_ptr e) {
             if (e) {
                 try {
                     std::rethrow_exception(e);
@@ -307,7 +313,7 @@ asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> accepto
                     spdlog::error("session ended with an exception: {}", ex.what());
                 }
             }
-        });
+        }));
     }
 }
 

@@ -369,6 +369,27 @@ TEST(proxying, pipelined_requests_are_answered_in_order) {
     EXPECT_EQ(client.read_response().body(), "/three");
 }
 
+// Requests pipelined while a slow exchange runs: the client watch reads them into the
+// session's buffer (it must, to notice a close behind them) and they are served in order.
+TEST(proxying, requests_pipelined_during_a_slow_exchange_are_answered_in_order) {
+    fake_upstream up{[](const request& r) {
+        auto b = respond(200, std::string{r.target()});
+        if (r.target() == "/one") {
+            b.delay = std::chrono::milliseconds{300};  // past the watch's 50 ms grace
+        }
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    client.send("GET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(client.read_response().body(), "/one");
+    EXPECT_EQ(client.read_response().body(), "/two");
+    EXPECT_EQ(client.read_response().body(), "/three");
+    EXPECT_EQ(up.connections_closed_by_peer(), 0u);
+}
+
 TEST(proxying, http10_client_without_keepalive_gets_a_closed_connection) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()))};

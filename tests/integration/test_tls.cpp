@@ -76,6 +76,23 @@ TEST(tls_listener, serves_https_and_tells_the_upstream) {
     EXPECT_NE(rc, 0);
 }
 
+// A TLS client that gives up while the upstream works: its watch (a peek at the socket
+// after the grace period) sees the close and the upstream request is cancelled.
+TEST(tls_listener, a_tls_client_that_leaves_closes_the_upstream_side) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::hang;
+        return b;
+    }};
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
+    int rc = 0;
+    run(curl_https(bb.port(), "/slow", "--max-time 1"), &rc);
+    EXPECT_NE(rc, 0) << "curl gave up";
+    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_TRUE(up.wait_for([&] { return up.connections_closed_by_peer() == 1; }, std::chrono::seconds{3}))
+        << "breakerbox must close the upstream connection when its TLS client leaves";
+}
+
 TEST(tls_listener, old_protocols_and_weak_suites_are_refused) {
     fake_upstream up;
     proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
