@@ -1,5 +1,7 @@
 #include "proxy/framing.hpp"
 
+#include "core/hex.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -121,6 +123,16 @@ std::string_view ambiguous_path(std::string_view path) {
             if (a == '0' && b == '0') {
                 return "an encoded NUL (%00)";
             }
+            // An unreserved character percent-encoded (/v3/mail/%73end): RFC 3986 says it
+            // is the same path as the decoded one, so an upstream may serve /v3/mail/send
+            // for it while our routes (and their rules) would not have matched it.
+            if (const int hi = hex_digit_value(path[i + 1]), lo = hex_digit_value(path[i + 2]); hi >= 0 && lo >= 0) {
+                const char d = static_cast<char>(hi * 16 + lo);
+                if ((d >= 'a' && d <= 'z') || (d >= 'A' && d <= 'Z') || (d >= '0' && d <= '9') || d == '-' ||
+                    d == '_' || d == '~') {
+                    return "a percent-encoded unreserved character (use the character itself)";
+                }
+            }
         }
     }
     // An empty segment: many servers merge slashes (nginx by default), so /v3//mail/send
@@ -221,6 +233,8 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     int hosts = 0;
     int content_lengths = 0;
     int transfer_encodings = 0;
+    int content_types = 0;
+    int content_encodings = 0;
     for (;;) {
         if (const char* why = next_line(line)) {
             return bad(why);
@@ -249,12 +263,23 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
                 return bad(u == '\r' ? "bare CR in the request head" : "a header value has control characters");
             }
         }
-        // Only a few names matter for framing; compare by length first.
-        if (name.size() != 4 && name.size() != 14 && name.size() != 17) {
+        // Only a few names matter for framing (and for how the body is read); compare by
+        // length first.
+        if (name.size() != 4 && name.size() != 12 && name.size() != 14 && name.size() != 16 && name.size() != 17) {
             continue;
         }
         value = trim(value);
-        if (name.size() == 4 && iequals(name, "host")) {
+        if (name.size() == 12 && iequals(name, "content-type")) {
+            // Two types: the guards would read the body as the first, an upstream perhaps as
+            // the last (JSON vs a Mailgun form).
+            if (++content_types > 1) {
+                return bad("Content-Type appears more than once");
+            }
+        } else if (name.size() == 16 && iequals(name, "content-encoding")) {
+            if (++content_encodings > 1) {
+                return bad("Content-Encoding appears more than once");
+            }
+        } else if (name.size() == 4 && iequals(name, "host")) {
             ++hosts;
             if (value.empty()) {
                 return bad("Host is empty");

@@ -988,7 +988,40 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
         if (!parser.is_done()) {
             dl.arm(lim.body_timeout);
+            // Chunk extensions and trailer fields wait in `buf` until their line (section)
+            // ends, and Beast bounds neither: without a cap here one unterminated chunk line
+            // grows the buffer by whatever the client sends until the body timeout.
+            const std::size_t buf_cap = buf.size() + lim.header_bytes + 65536;
+            buf.max_size(buf_cap);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
+            buf.max_size(std::numeric_limits<std::size_t>::max());
+            std::size_t trailer_bytes = 0;
+            std::size_t trailer_count = 0;
+            if (!ec && head_copy) {
+                std::size_t all_bytes = 0;
+                std::size_t all_count = 0;
+                for (const auto& f : parser.get().base()) {
+                    all_bytes += f.name_string().size() + f.value().size() + 4;
+                    ++all_count;
+                }
+                std::size_t head_bytes = 0;
+                std::size_t head_count = 0;
+                for (const auto& f : *head_copy) {
+                    head_bytes += f.name_string().size() + f.value().size() + 4;
+                    ++head_count;
+                }
+                trailer_bytes = all_bytes > head_bytes ? all_bytes - head_bytes : 0;
+                trailer_count = all_count > head_count ? all_count - head_count : 0;
+            }
+            if (ec == http::error::buffer_overflow || trailer_bytes > lim.header_bytes ||
+                trailer_count > lim.header_count) {
+                co_await reply({http::status::request_header_fields_too_large, "rejected", "chunk_metadata_too_large",
+                                "a chunk extension or the trailer section of the body is larger than the header limits (" +
+                                    std::to_string(lim.header_bytes) + " bytes, " + std::to_string(lim.header_count) +
+                                    " fields)"},
+                               false);
+                break;
+            }
             if (ec == http::error::body_limit) {
                 co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
                                 "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
@@ -1158,6 +1191,23 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string origin_form{tp.origin_form};
         const std::string req_path{tp.path};
         rec.target = original_target;
+
+        // A compressed body would reach the guards, the rules and the agent's body
+        // constraints as opaque bytes (a card number inside gzip is not a card number to
+        // them) and be let through. Where anything reads bodies, only identity is accepted.
+        if (const auto enc = req[http::field::content_encoding]; !enc.empty() && !iequals(enc, "identity") &&
+            !req.body().empty() &&
+            ((rt.engine && rt.route_has_rules[route_index]) || (agent != nullptr && !agent->constraints.empty()))) {
+            if (!co_await reply({http::status::unsupported_media_type, "rejected", "unsupported_content_encoding",
+                                 "Content-Encoding " + std::string{enc.substr(0, 32)} +
+                                     " is not accepted on route " + route->name +
+                                     ": its rules read the body, so send it uncompressed"},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
 
         // 5. The caller (identified in 2b) is held to its scope; breakerbox's own key header
         //    never reaches an upstream.

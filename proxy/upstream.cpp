@@ -428,6 +428,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         error_code ec = wec;
         std::optional<response_parser> parser_slot;
         parser_slot.emplace();
+        std::optional<http::response_header<fields>> head_copy;
         if (!ec) {
             for (;;) {
                 auto& parser = *parser_slot;
@@ -470,6 +471,12 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 co_return;
             }
             if (!parser.is_done()) {
+                // A chunked response may end in trailer fields, which Beast merges into the
+                // head: they must not reach the client as headers (RFC 9110 6.5.2; a
+                // Set-Cookie trailer would become a cookie). The head is kept as it came.
+                if (parser.chunked()) {
+                    head_copy.emplace(parser.get().base());
+                }
                 auto [rec, rn] = co_await conn->visit(
                     [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
                 ec = rec;
@@ -517,6 +524,9 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         conn->tcp().expires_never();
         ++conn->requests;
         out.res = parser.release();
+        if (head_copy) {
+            out.res.base() = std::move(*head_copy);
+        }
         if (out.res.keep_alive() && parser.is_done()) {
             give_back(std::move(conn));
         } else {

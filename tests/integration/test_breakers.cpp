@@ -372,6 +372,30 @@ TEST(modes, operator_modes_on_a_deny_breaker_are_honoured_and_a_suspended_rule_h
     EXPECT_EQ(send("b", "").result_int(), 403u);
 }
 
+// The rules would read a compressed body as opaque bytes (and a guard would not see the
+// card inside gzip): on a route with rules only identity bodies are accepted.
+TEST(caps, a_compressed_body_on_a_route_with_rules_is_415) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 1000)};
+    std::string gz = mail(1, "c");
+    gz.replace(gz.find("Content-Type"), 0, "Content-Encoding: gzip\r\n");
+    raw_client c{bb.port()};
+    c.send(gz);
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 415u);
+    EXPECT_EQ(body_field(res, "code"), "unsupported_content_encoding");
+    std::string identity = mail(1, "c");
+    identity.replace(identity.find("Content-Type"), 0, "Content-Encoding: identity\r\n");
+    c.send(identity);
+    EXPECT_EQ(c.read_response().result_int(), 202u);
+    // A route without rules forwards it as it is.
+    raw_client other{bb.port()};
+    other.send("POST /other HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc");
+    EXPECT_EQ(other.read_response().result_int(), 202u);
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
     fake_upstream up{[](const request&) { return respond(200, ""); }};
     const auto dir = temp_dir();

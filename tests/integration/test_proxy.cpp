@@ -329,6 +329,57 @@ TEST(proxying, chunked_request_and_chunked_response_are_reframed) {
     EXPECT_EQ(up.requests()[0].req.count(http::field::transfer_encoding), 0u);
 }
 
+// Trailer fields of an upstream's chunked response are not headers (RFC 9110 6.5.2): a
+// Set-Cookie trailer must not become a cookie at the client.
+TEST(proxying, upstream_trailers_do_not_become_response_headers) {
+    fake_upstream up{[](const request&) {
+        return respond_raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n"
+            "2\r\nok\r\n0\r\nX-Trail: 1\r\nSet-Cookie: evil=1\r\n\r\n",
+            false);
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    auto res = http_request(bb.port(), http::verb::get, "/x");
+    ASSERT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "ok");
+    EXPECT_EQ(res["x-head"], "1");
+    EXPECT_EQ(res.count(http::field::set_cookie), 0u);
+    EXPECT_EQ(res.count("x-trail"), 0u);
+}
+
+// Chunk extensions and trailers sit in the input buffer until their line ends; they are
+// held to the header limits (431) rather than buffered for as long as the client sends.
+TEST(limits, chunk_extensions_and_trailers_are_held_to_the_header_limits) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"header_bytes\": 4096, \"header_count\": 20")};
+    {
+        raw_client client{bb.port()};
+        client.send("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x=");
+        const std::string flood(64 * 1024, 'a');
+        for (int i = 0; i < 4; ++i) {
+            client.send(flood);  // 256 KiB of one chunk extension, no CRLF
+        }
+        auto res = client.read_response();
+        EXPECT_EQ(res.result_int(), 431u);
+        EXPECT_NE(res.body().find("chunk_metadata_too_large"), std::string::npos) << res.body();
+    }
+    {
+        raw_client client{bb.port()};
+        std::string trailers;
+        for (int i = 0; i < 30; ++i) {
+            trailers += "X-T" + std::to_string(i) + ": " + std::string(100, 'v') + "\r\n";  // 30 > 20 fields
+        }
+        client.send("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n" + trailers + "\r\n");
+        EXPECT_EQ(client.read_response().result_int(), 431u);
+    }
+    {
+        raw_client client{bb.port()};
+        client.send("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;name=value\r\nab\r\n0\r\nX-Ok: 1\r\n\r\n");
+        EXPECT_EQ(client.read_response().result_int(), 200u) << "ordinary extensions and trailers still pass";
+    }
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(proxying, head_response_keeps_content_length_without_a_body) {
     fake_upstream up{[](const request&) {
         return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n", false);

@@ -44,4 +44,26 @@ TEST(framing_unit, ambiguous_paths) {
                             "/a%5cb", "/a\\b", "/a%00b", "//", "/v3//mail/send", "/a//"}) {
         EXPECT_NE(ambiguous_path(bad), "") << bad;
     }
+    // An encoded unreserved character is the same path as the character itself to an
+    // upstream (RFC 3986 6.2.2.2), but not to our route matching.
+    for (const char* bad : {"/v3/mail/%73end", "/v3/mail/sen%64", "/v3/%4Dail/send", "/a%7Eb", "/a%2Db", "/a%5Fb", "/%30"}) {
+        EXPECT_EQ(ambiguous_path(bad), "a percent-encoded unreserved character (use the character itself)") << bad;
+    }
+    for (const char* ok : {"/a%20b", "/a%40b", "/a%3Fb", "/a%25b", "/q%C3%A9"}) {  // reserved or non-ASCII: as sent
+        EXPECT_EQ(ambiguous_path(ok), "") << ok;
+    }
+}
+
+TEST(framing_unit, a_repeated_content_type_or_encoding_is_400) {
+    // The guards would read the body as one type, an upstream perhaps as the other.
+    const auto two_types = check_request_head(
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: 0\r\n\r\n",
+        100);
+    EXPECT_EQ(two_types.status, 400);
+    EXPECT_NE(two_types.message.find("Content-Type appears more than once"), std::string::npos) << two_types.message;
+    EXPECT_EQ(check_request_head("POST /x HTTP/1.1\r\nHost: a\r\ncontent-encoding: gzip\r\nContent-Encoding: br\r\n\r\n", 100)
+                  .status,
+              400);
+    EXPECT_TRUE(check_request_head("POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\r\n", 100).ok());
 }
