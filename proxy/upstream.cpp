@@ -62,6 +62,16 @@ bool upstream_conn::usable_for_reuse() {
     if (buffer.size() != 0) {
         return false;
     }
+    if (is_tls()) {
+        // Bytes the upstream sent past its response may already sit in the TLS layer (a
+        // record OpenSSL has buffered, or ciphertext Asio handed to its BIO) where neither
+        // our buffer nor a peek at the socket sees them; the next request would read them
+        // as its response.
+        SSL* ssl = tls().native_handle();
+        if (SSL_has_pending(ssl) == 1 || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0) {
+            return false;
+        }
+    }
     auto& sock = tcp().socket();
     if (!sock.is_open()) {
         return false;

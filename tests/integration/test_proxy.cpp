@@ -728,6 +728,36 @@ TEST(upstream_tls, untrusted_certificate_is_502_and_never_forwarded) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// An upstream that sends more than its response (here after a HEAD answer, in a second
+// TLS record of the same write): those bytes sit in the TLS layer, not in our buffer or the
+// socket, and must keep the connection out of the pool, or the next request would get them
+// as its response.
+TEST(upstream_tls, bytes_left_in_the_tls_layer_keep_the_connection_out_of_the_pool) {
+    std::string first = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Pad: ";
+    first += std::string(512 - first.size() - 4, 'p') + "\r\n\r\n";  // exactly one 512-byte record
+    const std::string stale = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Stale: yes\r\n\r\nSTALE!";
+    fake_upstream up{[&](const request& r) {
+                         if (r.method() == http::verb::head) {
+                             return respond_raw(first + stale, false);
+                         }
+                         return respond(200, "fresh!");
+                     },
+                     cert("server.pem"), cert("server.key")};
+    up.max_tls_record(512);
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                  "\"ca_file\": \"" + cert("ca.pem") + "\"", "", 1)};
+    raw_client c{bb.port()};
+    c.send("HEAD /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ(c.read_response(true).result_int(), 200u);
+    c.send("GET /b HTTP/1.1\r\nHost: a\r\n\r\n");
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "fresh!");
+    EXPECT_EQ(res.count("x-stale"), 0u);
+    ASSERT_EQ(up.request_count(), 2u);
+    EXPECT_NE(up.requests()[0].connection, up.requests()[1].connection) << "not reused";
+}
+
 // ---- reload and drain (in-process; the signal paths are tested on the binary) ------------
 
 // A generated answer to HEAD has the head only; the next response on the connection must

@@ -171,6 +171,10 @@ struct fake_upstream::impl {
             if (ec) {
                 co_return;
             }
+            // Asio lets SSL_write return after each record and flushes each one on its own;
+            // without partial writes every record of one write leaves in one flush (one
+            // segment on loopback), so tests can put several records in one read.
+            SSL_clear_mode(stream.native_handle(), SSL_MODE_ENABLE_PARTIAL_WRITE);
             co_await serve(stream, stream.next_layer().socket(), conn);
         } else {
             beast::tcp_stream stream{std::move(socket)};
@@ -196,6 +200,12 @@ struct fake_upstream::impl {
         }
     }
 };
+
+void fake_upstream::max_tls_record(std::size_t bytes) {
+    if (impl_->tls) {
+        SSL_CTX_set_max_send_fragment(impl_->tls->native_handle(), static_cast<long>(bytes));
+    }
+}
 
 fake_upstream::fake_upstream(handler h, std::string tls_cert, std::string tls_key) : impl_(std::make_unique<impl>()) {
     impl_->h = std::move(h);

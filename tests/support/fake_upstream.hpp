@@ -47,6 +47,9 @@ public:
 
     // tls_cert/tls_key: PEM files; empty for plain HTTP.
     explicit fake_upstream(handler h = nullptr, std::string tls_cert = {}, std::string tls_key = {});
+    // TLS: at most this many plaintext bytes per record (OpenSSL's minimum is 512), so one
+    // write can put several records on the wire at once. Before the first connection.
+    void max_tls_record(std::size_t bytes);
     ~fake_upstream();
 
     std::uint16_t port() const { return port_; }
