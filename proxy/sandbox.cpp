@@ -3,6 +3,7 @@
 #include "core/json_reader.hpp"
 #include "core/url_decode.hpp"
 #include "proxy/framing.hpp"
+#include "rules/form.hpp"
 
 #include <simdjson.h>
 
@@ -52,6 +53,24 @@ std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
     }
     if (iequals(mt, "application/x-www-form-urlencoded") || iequals(mt, "multipart/form-data")) {
         return sandbox_api::mailgun;
+    }
+    return std::nullopt;
+}
+
+std::optional<sandbox_api> sandbox_api_for(std::string_view method, std::string_view path,
+                                           std::string_view content_type) {
+    const auto api = detect_sandbox_api(content_type);
+    if (!api || method != "POST") {
+        return std::nullopt;
+    }
+    auto ends_with = [&](std::string_view suffix) {
+        return path.size() >= suffix.size() && iequals(path.substr(path.size() - suffix.size()), suffix);
+    };
+    if (*api == sandbox_api::sendgrid && ends_with("/mail/send")) {
+        return api;
+    }
+    if (*api == sandbox_api::mailgun && ends_with("/messages")) {
+        return api;
     }
     return std::nullopt;
 }
@@ -111,7 +130,53 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
     return out;
 }
 
+namespace {
+std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::string_view content_type,
+                                                    std::string* error);
+}  // namespace
+
+// The rewrite, then a check of what it wrote with the parser the guards use (which reads
+// as upstream parsers do): every field of the request is still there, and o:testmode is
+// there exactly once, as "yes". A body where that cannot be made certain (a part written
+// `Name="o:testmode"`, a malformed body) is not forwarded.
 std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error) {
+    auto out = mailgun_testmode_rewrite(body, content_type, error);
+    if (!out) {
+        return out;
+    }
+    std::vector<std::pair<std::string, std::string>> before;
+    std::vector<std::pair<std::string, std::string>> after;
+    if (!rules::parse_form(content_type, body, before) || !rules::parse_form(content_type, *out, after)) {
+        *error = "the form body is malformed";
+        return std::nullopt;
+    }
+    std::size_t testmode = 0;
+    std::size_t others = 0;
+    for (const auto& [n, v] : after) {
+        if (n == "o:testmode") {
+            ++testmode;
+            if (v != "yes") {
+                testmode = 2;
+            }
+        } else {
+            ++others;
+        }
+    }
+    std::size_t others_before = 0;
+    for (const auto& [n, v] : before) {
+        others_before += n == "o:testmode" ? 0 : 1;
+    }
+    if (testmode != 1 || others != others_before) {
+        *error = "its o:testmode field cannot be replaced with certainty";
+        return std::nullopt;
+    }
+    return out;
+}
+
+namespace {
+
+std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::string_view content_type,
+                                                    std::string* error) {
     const auto mt = media_type(content_type);
     if (iequals(mt, "application/x-www-form-urlencoded")) {
         std::string out;
@@ -174,5 +239,7 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
     *error = "Mailgun test mode needs a form-encoded or multipart body";
     return std::nullopt;
 }
+
+}  // namespace
 
 }  // namespace bb::proxy

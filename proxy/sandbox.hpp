@@ -26,4 +26,11 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
 // Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.
 std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);
 
+// The API whose dry-run switch applies to this request, from its method, path (as the
+// client sent it) and content type: a SendGrid mail send (POST .../mail/send, JSON) or a
+// Mailgun message (POST .../messages, a form). Anything else (a CRM write, a JSON body to
+// another endpoint) has no switch we know: the caller must not forward it as sandboxed.
+std::optional<sandbox_api> sandbox_api_for(std::string_view method, std::string_view path,
+                                           std::string_view content_type);
+
 }  // namespace bb::proxy

@@ -1473,14 +1473,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             } else {
                 std::string why;
                 std::optional<std::string> body;
-                const auto api = detect_sandbox_api(req[http::field::content_type]);
+                const auto api = sandbox_api_for(req.method_string(), req_path, req[http::field::content_type]);
                 if (api == sandbox_api::sendgrid) {
                     body = sendgrid_sandbox(req.body(), &why);
                 } else if (api == sandbox_api::mailgun) {
                     body = mailgun_testmode(req.body(), req[http::field::content_type], &why);
                 } else {
-                    why = "no dry-run switch is known for content type \"" +
-                          std::string{req[http::field::content_type]} + "\"";
+                    why = "no dry-run switch is known for " + std::string{req.method_string()} + " " + req_path +
+                          " with content type \"" + std::string{req[http::field::content_type].substr(0, 64)} +
+                          "\" (only a SendGrid mail send or a Mailgun message can be sandboxed)";
                 }
                 if (body) {
                     req.body() = std::move(*body);

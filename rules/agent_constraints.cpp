@@ -45,6 +45,7 @@ std::string shown(std::string_view v) {
 }
 
 bool mentions_json(std::string_view content_type) {
+    content_type = content_type.substr(0, content_type.find(';'));  // the media type, not its parameters
     for (std::size_t i = 0; i + 4 <= content_type.size(); ++i) {
         if (iequals(content_type.substr(i, 4), "json")) {
             return true;

@@ -101,61 +101,168 @@ void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, 
     out.resize(n);
 }
 
-std::string_view param_of(std::string_view header_value, std::string_view name) {
-    // `multipart/form-data; boundary="abc"` -> abc
-    std::size_t pos = 0;
-    while ((pos = header_value.find(';', pos)) != std::string_view::npos) {
-        ++pos;
-        while (pos < header_value.size() && header_value[pos] == ' ') {
-            ++pos;
+// The parameters of a header value (`multipart/form-data; boundary="abc"`,
+// `form-data; name="to"`), read as RFC 9110 / RFC 2183 write them: whitespace (space or
+// tab) around ';' and '=', quoted strings with backslash escapes. f(name, value) for each;
+// false when the value is not well formed (the caller refuses the body rather than guess
+// how an upstream would read it).
+template <class F>
+bool for_each_param(std::string_view v, F&& f) {
+    auto ws = [](char c) { return c == ' ' || c == '\t'; };
+    std::size_t i = v.find(';');
+    while (i != std::string_view::npos && i < v.size()) {
+        ++i;  // past ';'
+        while (i < v.size() && ws(v[i])) {
+            ++i;
         }
-        if (header_value.size() - pos > name.size() && iequals(header_value.substr(pos, name.size()), name) &&
-            header_value[pos + name.size()] == '=') {
-            std::string_view v = header_value.substr(pos + name.size() + 1);
-            v = v.substr(0, v.find(';'));
-            if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
-                v = v.substr(1, v.size() - 2);
+        if (i == v.size()) {
+            break;  // a trailing ';'
+        }
+        const std::size_t name_start = i;
+        while (i < v.size() && v[i] != '=' && v[i] != ';' && !ws(v[i])) {
+            ++i;
+        }
+        const std::string_view name = v.substr(name_start, i - name_start);
+        while (i < v.size() && ws(v[i])) {
+            ++i;
+        }
+        if (name.empty() || i == v.size() || v[i] != '=') {
+            return false;
+        }
+        ++i;
+        while (i < v.size() && ws(v[i])) {
+            ++i;
+        }
+        std::string value;
+        if (i < v.size() && v[i] == '"') {
+            ++i;
+            bool closed = false;
+            while (i < v.size()) {
+                if (v[i] == '\\' && i + 1 < v.size()) {
+                    value += v[i + 1];
+                    i += 2;
+                } else if (v[i] == '"') {
+                    closed = true;
+                    ++i;
+                    break;
+                } else {
+                    value += v[i++];
+                }
             }
-            return v;
+            if (!closed) {
+                return false;
+            }
+        } else {
+            const std::size_t vs = i;
+            while (i < v.size() && v[i] != ';' && !ws(v[i])) {
+                ++i;
+            }
+            value.assign(v.substr(vs, i - vs));
+        }
+        while (i < v.size() && ws(v[i])) {
+            ++i;
+        }
+        if (i < v.size() && v[i] != ';') {
+            return false;
+        }
+        if (!f(name, std::move(value))) {
+            return false;
         }
     }
-    return {};
+    return true;
 }
 
-// False when the body is malformed (see parse_form).
+// One parameter of a header value into *out (left empty when absent). False when the value
+// is malformed or the parameter is given twice or in RFC 8187's encoded form (`name*=`):
+// which one an upstream would use is anyone's guess, so the body is refused. Parameter
+// names compare without case.
+bool param_of(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
+    out->reset();
+    bool twice = false;
+    const bool ok = for_each_param(header_value, [&](std::string_view n, std::string value) {
+        const bool extended = !n.empty() && n.back() == '*';
+        if (extended) {
+            n.remove_suffix(1);
+        }
+        if (n.size() == name.size() && iequals(n, name)) {
+            twice = twice || out->has_value() || extended;
+            *out = std::move(value);
+        }
+        return true;
+    });
+    return ok && !twice;
+}
+
+// False when the body is malformed (see parse_form). Delimiters count only at the start of
+// a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
+// multipart parser an upstream runs reads it.
 bool parse_multipart(std::string_view body, std::string_view boundary,
                      std::vector<std::pair<std::string, std::string>>& out) {
     std::size_t n = 0;
-    bool complete = false;
-    if (boundary.empty() || boundary.size() > 200) {
-        out.clear();
+    out.clear();
+    if (boundary.empty() || boundary.size() > 70) {
         return false;
     }
-    std::string delim = "--";
+    std::string delim = "\r\n--";
     delim += boundary;
-    std::size_t pos = body.find(delim);
-    while (pos != std::string_view::npos) {
-        pos += delim.size();
-        if (body.substr(pos, 2) == "--") {
-            complete = true;
-            break;
+    // Where the delimiter at `at` (its "--", after the CRLF) ends: past "--" for the close
+    // delimiter (*close), past padding and CRLF for another part; npos when what follows
+    // "--boundary" makes it data (`--Bx`).
+    auto delimiter_end = [&](std::size_t at, bool* close) -> std::size_t {
+        std::size_t p = at + delim.size() - 2;
+        if (body.substr(p, 2) == "--") {
+            *close = true;
+            return p + 2;
         }
-        const auto head_end = body.find("\r\n\r\n", pos);
+        while (p < body.size() && (body[p] == ' ' || body[p] == '\t')) {
+            ++p;  // transport padding
+        }
+        *close = false;
+        return body.substr(p, 2) == "\r\n" ? p + 2 : std::string_view::npos;
+    };
+    // The next real delimiter at or after `from` (the position of its CRLF), or npos.
+    auto next_delimiter = [&](std::size_t from, std::size_t* end, bool* close) {
+        for (std::size_t at = body.find(delim, from); at != std::string_view::npos; at = body.find(delim, at + 1)) {
+            if ((*end = delimiter_end(at + 2, close)) != std::string_view::npos) {
+                return at;
+            }
+        }
+        return std::string_view::npos;
+    };
+    bool close = false;
+    std::size_t part = std::string_view::npos;  // where the current part's headers start
+    // The first delimiter may open the body (no CRLF before it); the rest follow a CRLF.
+    if (body.substr(0, delim.size() - 2) == std::string_view{delim}.substr(2)) {
+        // delimiter_end() wants the position after the CRLF: the body's start.
+        if (const auto e = delimiter_end(0, &close); e != std::string_view::npos) {
+            part = e;
+        }
+    }
+    if (part == std::string_view::npos && !close) {
+        std::size_t e = 0;
+        if (next_delimiter(0, &e, &close) == std::string_view::npos) {
+            return false;
+        }
+        part = e;
+    }
+    bool ok = true;
+    while (!close) {
+        const auto head_end = body.find("\r\n\r\n", part - 2);  // a part may have no headers
         if (head_end == std::string_view::npos) {
+            ok = false;
             break;
         }
-        const std::string_view head = body.substr(pos, head_end - pos);
+        const std::string_view head = body.substr(part, head_end + 2 - part);
         const std::size_t value_start = head_end + 4;
-        std::size_t next = body.find(delim, value_start);
+        std::size_t after = 0;
+        const std::size_t next = next_delimiter(head_end + 2, &after, &close);  // no body: CRLF--B right away
         if (next == std::string_view::npos) {
+            ok = false;
             break;
         }
-        std::size_t value_end = next;
-        if (value_end >= value_start + 2 && body.substr(value_end - 2, 2) == "\r\n") {
-            value_end -= 2;
-        }
-        // Find `Content-Disposition: form-data; name="to"`.
-        std::string_view name;
+        // Find `Content-Disposition: form-data; name="to"` (any case, any whitespace).
+        std::optional<std::string> name;
+        bool has_disposition = false;
         std::size_t line_start = 0;
         while (line_start < head.size()) {
             auto line_end = head.find("\r\n", line_start);
@@ -165,22 +272,28 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             const std::string_view line = head.substr(line_start, line_end - line_start);
             constexpr std::string_view cd = "content-disposition:";
             if (line.size() > cd.size() && iequals(line.substr(0, cd.size()), cd)) {
-                name = param_of(line, "name");
+                if (has_disposition) {
+                    ok = false;  // two dispositions: which name counts?
+                }
+                has_disposition = true;
+                if (!param_of(line, "name", &name)) {
+                    ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
+                }
             }
             line_start = line_end + 2;
         }
-        if (!name.empty()) {
+        if (name && !name->empty()) {
             if (n == out.size()) {
                 out.emplace_back();
             }
-            out[n].first.assign(name);
-            out[n].second.assign(body.substr(value_start, value_end - value_start));
+            out[n].first.assign(*name);
+            out[n].second.assign(body.substr(value_start, next >= value_start ? next - value_start : 0));
             ++n;
         }
-        pos = next;
+        part = after;
     }
     out.resize(n);
-    return complete;
+    return close && ok;
 }
 
 // Splits an address list on commas outside quotes and angle brackets:
@@ -311,6 +424,7 @@ struct context {
     parsed_json req_json;
     parsed_json resp_json;
     bool form_parsed = false;
+    bool form_ok = true;  // false: a multipart body we cannot read for certain
     bool query_parsed = false;
     std::array<std::string_view, max_params> params{};
     // Request-side amounts already computed for this request, by expression text: many rules
@@ -330,7 +444,7 @@ struct context {
     const std::vector<std::pair<std::string, std::string>>& form() {
         if (!form_parsed) {
             form_parsed = true;
-            parse_form(req.content_type, req.body, s.form);
+            form_ok = parse_form(req.content_type, req.body, s.form);
         }
         return s.form;
     }
@@ -496,6 +610,15 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
             case term_kind::distinct: {
                 if (t.source == source_kind::form || t.source == source_kind::query) {
                     const auto& fields = t.source == source_kind::form ? ctx.form() : ctx.query();
+                    if (t.source == source_kind::form && !ctx.form_ok) {
+                        // Read as far as it goes, a malformed multipart body would count what
+                        // an upstream may read differently (or not at all): an invalid body.
+                        ctx.req_json.error = "the multipart/form-data body is malformed";
+                        if (policy == invalid_body_policy::reject) {
+                            return std::nullopt;
+                        }
+                        break;
+                    }
                     auto& d = ctx.s.distinct;
                     std::size_t dn = 0;
                     for (const auto& [n, v] : fields) {
@@ -699,7 +822,12 @@ bool parse_form(std::string_view content_type, std::string_view body,
                 std::vector<std::pair<std::string, std::string>>& out) {
     constexpr std::string_view mp = "multipart/form-data";
     if (content_type.size() >= mp.size() && iequals(content_type.substr(0, mp.size()), mp)) {
-        return parse_multipart(body, param_of(content_type, "boundary"), out);
+        std::optional<std::string> boundary;  // none, or given twice: malformed
+        if (!param_of(content_type, "boundary", &boundary) || !boundary) {
+            out.clear();
+            return false;
+        }
+        return parse_multipart(body, *boundary, out);
     }
     parse_urlencoded(body, out);
     return true;
@@ -813,7 +941,13 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             const bool form = is_form_content_type(req.content_type);
             const guard_input in{req, form ? &ctx.form() : nullptr, s.key, &s.guard_doc};
             s.guard_bookings.clear();
-            const guard_result g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
+            guard_result g;
+            if (form && !ctx.form_ok) {
+                g.outcome = guard_result::status::invalid_body;  // the guard cannot see what an upstream would
+                g.finding = "the multipart/form-data body is malformed";
+            } else {
+                g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
+            }
             if (g.outcome == guard_result::status::invalid_body && r.on_invalid_body == invalid_body_policy::reject) {
                 rollback();
                 return explain(*set_, r, verdict::rejected, s.key, false, {}, g.finding);

@@ -943,7 +943,8 @@ std::int64_t group_of(std::span<const frame> f) {
 enum class body_kind : std::uint8_t { json, form, text };
 
 body_kind kind_of(const guard_input& in) {
-    const std::string_view ct = in.req.content_type;
+    // The media type only: `application/x-www-form-urlencoded; x=json` is a form.
+    const std::string_view ct = in.req.content_type.substr(0, in.req.content_type.find(';'));
     for (std::size_t i = 0; i + 4 <= ct.size(); ++i) {
         if ((ct[i] | 0x20) == 'j' && (ct[i + 1] | 0x20) == 's' && (ct[i + 2] | 0x20) == 'o' && (ct[i + 3] | 0x20) == 'n') {
             return body_kind::json;

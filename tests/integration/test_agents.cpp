@@ -116,6 +116,18 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     EXPECT_EQ(trial["x-breakerbox-decision"], "sandboxed");
     const auto reqs = up.requests();
     EXPECT_NE(reqs.back().req.body().find("\"sandbox_mode\":{\"enable\":true}"), std::string::npos) << reqs.back().req.body();
+    // Only a mail send has a dry-run switch: a sandboxed agent's CRM write is refused, not
+    // forwarded with a SendGrid flag HubSpot would ignore.
+    const auto before = up.request_count();
+    auto crm = http_request(bb.port(), http::verb::post, "/crm/v3/objects/contacts/batch/archive",
+                            R"({"inputs":[{"id":"1"},{"id":"2"}]})",
+                            {{"x-breakerbox-key", "trial-key"}, {"content-type", "application/json"}});
+    EXPECT_EQ(crm.result_int(), 503u);
+    EXPECT_EQ(code_of(crm), "sandbox_failed");
+    auto form = http_request(bb.port(), http::verb::patch, "/crm/v3/objects/contacts/1", "a=b",
+                             {{"x-breakerbox-key", "trial-key"}, {"content-type", "application/x-www-form-urlencoded"}});
+    EXPECT_EQ(form.result_int(), 503u);
+    EXPECT_EQ(up.request_count(), before) << "nothing of a sandboxed agent reaches a real API without a dry-run switch";
     // The agent is a rule key: 3 mails an hour each.
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);

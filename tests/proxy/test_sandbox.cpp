@@ -66,6 +66,31 @@ TEST(sandbox_rewrite, mailgun_multipart_gets_a_testmode_part) {
     EXPECT_FALSE(mailgun_testmode("x", "text/plain", &err));
 }
 
+// A client's own o:testmode written another way (`Name=`, whitespace) would survive the
+// rewrite next to ours, and parsers that take the first value would read its "no": the
+// rewrite must fail closed rather than forward two.
+TEST(sandbox_rewrite, mailgun_multipart_with_an_oddly_written_testmode_is_refused) {
+    std::string err;
+    for (const std::string disposition : {"form-data; Name=\"o:testmode\"", "form-data; name = \"o:testmode\"",
+                                          "form-data;\tname=o:testmode"}) {
+        const std::string body = "--XyZ\r\nContent-Disposition: " + disposition +
+                                 "\r\n\r\nno\r\n--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@b.c\r\n--XyZ--\r\n";
+        EXPECT_FALSE(mailgun_testmode(body, "multipart/form-data; boundary=XyZ", &err)) << disposition;
+        EXPECT_NE(err.find("o:testmode"), std::string::npos) << err;
+    }
+}
+
+// Only a mail send has a dry-run switch: anything else a sandboxed agent sends (a CRM
+// write, a JSON body to another endpoint) has none.
+TEST(sandbox_rewrite, only_a_mail_send_or_a_mailgun_message_can_be_sandboxed) {
+    EXPECT_EQ(sandbox_api_for("POST", "/v3/mail/send", "application/json"), sandbox_api::sendgrid);
+    EXPECT_EQ(sandbox_api_for("POST", "/v3/mg.example.com/messages", "multipart/form-data; boundary=x"), sandbox_api::mailgun);
+    EXPECT_FALSE(sandbox_api_for("POST", "/crm/v3/objects/contacts/batch/archive", "application/json"));
+    EXPECT_FALSE(sandbox_api_for("PATCH", "/crm/v3/objects/contacts/1", "application/x-www-form-urlencoded"));
+    EXPECT_FALSE(sandbox_api_for("POST", "/v3/mail/send", "application/x-www-form-urlencoded"));
+    EXPECT_FALSE(sandbox_api_for("GET", "/v3/mail/send", "application/json"));
+}
+
 TEST(sandbox_rewrite, api_is_detected_from_the_content_type) {
     EXPECT_EQ(detect_sandbox_api("application/json; charset=utf-8"), sandbox_api::sendgrid);
     EXPECT_EQ(detect_sandbox_api("multipart/form-data; boundary=x"), sandbox_api::mailgun);

@@ -417,5 +417,60 @@ TEST(FormHelpers, SplitAddressesAndParseForm) {
     EXPECT_FALSE(parse_form("multipart/form-data", mailgun_multipart(), fields));
 }
 
+// Multipart read as the RFCs (and the parsers an upstream runs: Werkzeug, Python's email,
+// Go's mime/multipart) read it; where those could disagree, the body is malformed.
+TEST(FormHelpers, MultipartIsReadAsUpstreamParsersReadIt) {
+    std::vector<std::pair<std::string, std::string>> fields;
+    auto names = [&] {
+        std::string out;
+        for (const auto& [n, v] : fields) {
+            out += n + "=" + v + ";";
+        }
+        return out;
+    };
+    const std::string to = multipart_field("to", "a@evil.example, b@evil.example");
+    const std::string close = "--" + boundary + "--\r\n";
+    // A close delimiter in the middle of a line is data: the preamble, then a real part.
+    EXPECT_TRUE(parse_form(multipart_type, "x--" + boundary + "--\r\n" + to + close, fields));
+    EXPECT_EQ(names(), "to=a@evil.example, b@evil.example;");
+    EXPECT_TRUE(parse_form(multipart_type, multipart_field("text", "hello x--" + boundary + "-- there") + to + close, fields));
+    EXPECT_EQ(names(), "text=hello x--" + boundary + "-- there;to=a@evil.example, b@evil.example;");
+    // A delimiter with more after it is data too (`--Bx`).
+    EXPECT_TRUE(parse_form(multipart_type, multipart_field("text", "a\r\n--" + boundary + "x b") + to + close, fields));
+    EXPECT_EQ(fields.size(), 2u);
+    EXPECT_EQ(fields[0].second, "a\r\n--" + boundary + "x b");
+    // Whitespace around '=' and a tab after ';' are still the name "to".
+    for (const std::string disposition : {"form-data; name = \"to\"", "form-data;\tname=\"to\"", "form-data; NAME=to",
+                                          "form-data ; name=\"t\\o\""}) {
+        const std::string body = "--" + boundary + "\r\nContent-Disposition: " + disposition + "\r\n\r\nx@evil.example\r\n" + close;
+        ASSERT_TRUE(parse_form(multipart_type, body, fields)) << disposition;
+        EXPECT_EQ(names(), "to=x@evil.example;") << disposition;
+    }
+    // What parsers read differently is refused: an encoded name*, a repeated name or
+    // boundary, two dispositions, an unterminated quote, no close delimiter.
+    for (const std::string disposition : {"form-data; name*=UTF-8''to", "form-data; name=\"a\"; name=\"to\"",
+                                          "form-data; name=\"to"}) {
+        const std::string body = "--" + boundary + "\r\nContent-Disposition: " + disposition + "\r\n\r\nx@evil.example\r\n" + close;
+        EXPECT_FALSE(parse_form(multipart_type, body, fields)) << disposition;
+    }
+    EXPECT_FALSE(parse_form(multipart_type + "; boundary=other", to + close, fields));
+    EXPECT_FALSE(parse_form(multipart_type,
+                            "--" + boundary + "\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; "
+                            "name=\"to\"\r\n\r\nx\r\n" + close,
+                            fields));
+    EXPECT_FALSE(parse_form(multipart_type, to, fields));
+    // Quoted boundaries, transport padding and a part without a body still read.
+    EXPECT_TRUE(parse_form("multipart/form-data; boundary=\"" + boundary + "\"",
+                           "--" + boundary + "  \r\nContent-Disposition: form-data; name=\"empty\"\r\n\r\n" + to + close, fields));
+    EXPECT_EQ(names(), "empty=;to=a@evil.example, b@evil.example;");
+}
+
+// The media type decides how a body is read, never a parameter: a form whose content type
+// mentions "json" in a parameter is still a form.
+TEST(AgentConstraints, AJsonParameterDoesNotMakeAFormJson) {
+    const std::string body = R"({"a":"","b":"&to=a@evil.example,b@evil.example,c@evil.example&from=x@evil.example&c="})";
+    EXPECT_NE(check_body_constraints(max(2), "application/x-www-form-urlencoded; x=json", body), "");
+}
+
 }  // namespace
 }  // namespace bb::rules

@@ -117,6 +117,26 @@ TEST(Engine, ASuspendedRuleIsShadowedAndTheOtherRulesStillBookTheRequest) {
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "small");
 }
 
+// A multipart body the engine cannot read for certain is an invalid body (refused), not
+// one with zero recipients: an upstream's parser may well find them.
+TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
+    engine eng{load_ok(config(R"j(
+        {"id": "mg", "route": "mailgun", "measure": "count(form:to)", "window": "1h", "limit": 3,
+         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.route = "mailgun";
+    req.path = "/v3/mg.example.com/messages";
+    req.content_type = "multipart/form-data; boundary=A; boundary=B";
+    req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@x.com,b@x.com,c@x.com,d@x.com\r\n--B--\r\n";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    EXPECT_NE(d.reason.find("multipart/form-data body is malformed"), std::string::npos) << d.reason;
+    req.content_type = "multipart/form-data; boundary=B";
+    d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
+}
+
 TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
     engine eng{load_ok(config(R"j(
         {"id": "crm-only", "route": "crm", "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
