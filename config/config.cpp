@@ -933,6 +933,17 @@ parse_result parse_config(std::string_view json_text) {
     root.finish();
 
     if (out.errors.empty()) {
+        // Agents whose controls a caller can skip by sending no key at all.
+        if (!c->agents.empty()) {
+            for (std::size_t i = 0; i < c->listeners.size(); ++i) {
+                if (!c->listeners[i].require_agent) {
+                    out.warnings.push_back("listeners[" + std::to_string(i) + "].require_agent: agents are configured, but "
+                                           "this listener also serves requests without an agent key; their scopes, "
+                                           "kill switches, sandbox and body constraints do not apply to those "
+                                           "(set require_agent: true to refuse them with 401)");
+                }
+            }
+        }
         c->source_json = std::string{json_text};
         out.cfg = std::move(c);
     }

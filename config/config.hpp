@@ -199,6 +199,9 @@ struct config {
 struct parse_result {
     std::shared_ptr<const config> cfg;  // null when errors is not empty
     cfg::errors errors;
+    // Valid but probably not what was meant ("path: message"); --check-config and the
+    // start print them.
+    std::vector<std::string> warnings;
 };
 
 // Parses JSON text; never throws. Every problem is in `errors`, each with its path.

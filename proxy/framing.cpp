@@ -111,6 +111,11 @@ std::string_view ambiguous_path(std::string_view path) {
         if (c == '\\') {
             return "a backslash";
         }
+        if (c == ';') {
+            // Path parameters (/archive;x): Jetty, Spring and others drop them, so the
+            // upstream may serve a path our routes and rules did not match.
+            return "a path parameter (;)";
+        }
         if (c == '%' && i + 2 < path.size()) {
             const char a = path[i + 1];
             const char b = static_cast<char>(path[i + 2] | 0x20);
@@ -122,6 +127,9 @@ std::string_view ambiguous_path(std::string_view path) {
             }
             if (a == '0' && b == '0') {
                 return "an encoded NUL (%00)";
+            }
+            if (a == '3' && b == 'b') {
+                return "an encoded path parameter separator (%3B)";
             }
             // An unreserved character percent-encoded (/v3/mail/%73end): RFC 3986 says it
             // is the same path as the decoded one, so an upstream may serve /v3/mail/send

@@ -29,6 +29,9 @@ int check_config(const std::string& path) {
     }
     std::cout << path << ": ok (" << parsed.cfg->listeners.size() << " listener(s), " << parsed.cfg->upstreams.size()
               << " upstream(s), " << parsed.cfg->routes.size() << " route(s))\n";
+    for (const auto& w : parsed.warnings) {
+        std::cout << "warning: " << w << '\n';
+    }
     return 0;
 }
 
@@ -85,6 +88,9 @@ int main(int argc, char** argv) {
         return 2;
     }
     bb::proxy::init_logging(level);
+    for (const auto& w : parsed.warnings) {
+        spdlog::warn("config: {}", w);
+    }
     std::signal(SIGPIPE, SIG_IGN);
     try {
         int rc = 0;

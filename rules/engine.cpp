@@ -342,10 +342,13 @@ void visit(simdjson::dom::element e, const path_segment* seg, const path_segment
             if (e.get(obj) != simdjson::SUCCESS) {
                 return;
             }
-            for (const auto& name : seg->names) {
-                simdjson::dom::element c;
-                if (obj.at_key(name).get(c) == simdjson::SUCCESS) {
-                    visit(c, seg + 1, end, f);
+            // Every field with a matching key, duplicates included: JSON parsers disagree on
+            // which of two equal keys counts (simdjson's at_key finds the first, Go and
+            // Jackson keep the last), so a cap counts them all rather than the one an
+            // upstream may ignore.
+            for (auto field : obj) {
+                if (std::find(seg->names.begin(), seg->names.end(), field.key) != seg->names.end()) {
+                    visit(field.value, seg + 1, end, f);
                 }
             }
             return;
@@ -457,9 +460,15 @@ struct context {
     }
 };
 
+// Lenient where upstreams are: literal segments and a parameter's allowed values compare
+// without case, and one trailing slash is ignored (`.../batch/Archive/` reaches the same
+// HubSpot endpoint, so it must meet the same rule; matching more is the safe side).
 bool match_path(const path_template& t, std::string_view path, std::array<std::string_view, max_params>& params) {
     if (path.empty() || path[0] != '/') {
         return false;
+    }
+    if (path.size() > 1 && path.back() == '/') {
+        path.remove_suffix(1);
     }
     std::string_view rest = path.substr(1);
     std::size_t pi = 0;
@@ -475,13 +484,14 @@ bool match_path(const path_template& t, std::string_view path, std::array<std::s
             if (seg.empty()) {
                 return false;
             }
-            if (!ts.allowed.empty() && std::find(ts.allowed.begin(), ts.allowed.end(), seg) == ts.allowed.end()) {
+            if (!ts.allowed.empty() && std::none_of(ts.allowed.begin(), ts.allowed.end(),
+                                                    [&](const std::string& a) { return iequals(a, seg); })) {
                 return false;
             }
             if (pi < max_params) {
                 params[pi++] = seg;
             }
-        } else if (seg != ts.literal) {
+        } else if (!iequals(seg, ts.literal)) {
             return false;
         }
         if (!last) {

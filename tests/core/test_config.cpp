@@ -168,6 +168,16 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     EXPECT_EQ(ok.cfg->agents[0].allow.methods[0], "POST");
     ASSERT_NE(ok.cfg->find_breaker("agent/writer"), nullptr);
     EXPECT_EQ(ok.cfg->find_breaker("agent/writer")->reset, bb::breakers::reset_policy::manual);
+    // A listener that also serves callers without a key lets them skip every agent control.
+    ASSERT_EQ(ok.warnings.size(), 1u);
+    EXPECT_NE(ok.warnings[0].find("listeners[0].require_agent"), std::string::npos) << ok.warnings[0];
+    std::string required = base(R"(, "agents": [{"id": "writer", "key_sha256":
+        ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]}])");
+    required.replace(required.find("\"127.0.0.1:0\""), 13, "\"127.0.0.1:0\", \"require_agent\": true");
+    auto strict = parse_config(required);
+    ASSERT_TRUE(strict.errors.empty()) << all_errors(strict);
+    EXPECT_TRUE(strict.warnings.empty());
+    EXPECT_TRUE(parse_config(base()).warnings.empty()) << "no agents: nothing to skip";
 }
 
 TEST(config, agent_body_constraints_are_parsed_and_normalized) {

@@ -49,6 +49,8 @@ TEST(framing_unit, ambiguous_paths) {
     for (const char* bad : {"/v3/mail/%73end", "/v3/mail/sen%64", "/v3/%4Dail/send", "/a%7Eb", "/a%2Db", "/a%5Fb", "/%30"}) {
         EXPECT_EQ(ambiguous_path(bad), "a percent-encoded unreserved character (use the character itself)") << bad;
     }
+    EXPECT_EQ(ambiguous_path("/crm/v3/objects/contacts/batch/archive;x"), "a path parameter (;)");
+    EXPECT_EQ(ambiguous_path("/crm/v3/objects/contacts/batch/archive%3Bx"), "an encoded path parameter separator (%3B)");
     for (const char* ok : {"/a%20b", "/a%40b", "/a%3Fb", "/a%25b", "/q%C3%A9"}) {  // reserved or non-ASCII: as sent
         EXPECT_EQ(ambiguous_path(ok), "") << ok;
     }

@@ -137,6 +137,39 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
 }
 
+// Two equal keys: parsers disagree on which counts (first or last), so a cap counts both.
+TEST(Engine, DuplicateJsonKeysAreAllCountedByCaps) {
+    engine eng{load_ok(config(R"j(
+        {"id": "r", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 3, "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = R"({"personalizations":[{"to":[{"email":"a@x.com"}]}],)"
+               R"("personalizations":[{"to":[{"email":"b@x.com"},{"email":"c@x.com"},{"email":"d@x.com"},{"email":"e@x.com"}]}]})";
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated) << "1 + 4 recipients > 3 whichever key an upstream keeps";
+    EXPECT_EQ(d.measured, 5);
+}
+
+// What reaches the same upstream endpoint meets the same rule: a trailing slash or another
+// case in a literal or an allowed value does not step around a path template.
+TEST(Engine, PathTemplatesIgnoreATrailingSlashAndCase) {
+    engine eng{load_ok(config(R"j(
+        {"id": "archive", "route": "crm", "match": {"path": "/crm/v3/objects/{object}/batch/{op:archive}"},
+         "measure": {"per_request": "count($.inputs[*])"}, "limit": 2, "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.route = "crm";
+    req.body = R"({"inputs":[{"id":"1"},{"id":"2"},{"id":"3"}]})";
+    for (const char* path : {"/crm/v3/objects/contacts/batch/archive", "/crm/v3/objects/contacts/batch/archive/",
+                             "/crm/v3/objects/contacts/batch/Archive", "/CRM/v3/Objects/contacts/BATCH/ARCHIVE/"}) {
+        req.path = path;
+        EXPECT_EQ(eng.evaluate(req.view(), clock.now()).outcome, verdict::violated) << path;
+    }
+    req.path = "/crm/v3/objects/contacts/batch/create";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
 TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
     engine eng{load_ok(config(R"j(
         {"id": "crm-only", "route": "crm", "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
