@@ -374,14 +374,20 @@ public:
     client_watch(const client_watch&) = delete;
     client_watch& operator=(const client_watch&) = delete;
 
-    // From now until disarm(): a client that leaves aborts what the session waits for.
-    void arm(std::size_t cap) {
+    // From now until disarm(): a client that leaves aborts the exchange `ex` describes
+    // while nothing of a non-idempotent request has gone out yet, or at any time for an
+    // idempotent one. A POST already on its way is not cancelled: the upstream may act on it
+    // anyway, and a client that only half-closed (shutdown of its sending side) still waits
+    // for the answer; cancelling would lose it and invite a retry, a second send.
+    void arm(std::size_t cap, const exchange_result& ex, bool idempotent) {
         if (st_->cancel == nullptr) {
             return;
         }
         const auto gen = ++st_->generation;
         st_->left = false;
         st_->cap = cap;
+        st_->ex = &ex;
+        st_->idempotent = idempotent;
         after_grace(st_, gen, &wait);
     }
     // Ends the watch; true when the client left (the exchange was aborted for it).
@@ -408,6 +414,8 @@ private:
         asio::cancellation_signal* cancel = nullptr;
         std::uint64_t generation = 0;
         std::size_t cap = 0;
+        const exchange_result* ex = nullptr;
+        bool idempotent = false;
         bool tls = false;
         bool waiting = false;
         bool left = false;
@@ -478,6 +486,9 @@ private:
     }
 
     static void leave(state& st) {
+        if (!st.idempotent && st.ex != nullptr && st.ex->sending) {
+            return;  // on its way: let it finish and try to deliver the answer
+        }
         st.left = true;
         st.cancel->emit(asio::cancellation_type::terminal);
     }
@@ -1604,7 +1615,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
         const auto& pool = lease.pool(upstream_index);
         exchange_result ex;
-        watch.arm(lim.header_bytes);
+        watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
         if (watch.disarm()) {
             for (const auto& p : probes) {

@@ -433,6 +433,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         }
 
         conn->tcp().expires_after(timeout);
+        out.sending = true;
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });
         bool got_response_bytes = false;
         error_code ec = wec;

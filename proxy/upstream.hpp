@@ -41,6 +41,9 @@ struct exchange_result {
     response res;
     std::chrono::microseconds elapsed{0};
     bool reused_connection = false;
+    // Set as the request starts to go out (readable while the exchange runs, on the same
+    // thread): from then on the upstream may act on it, and cancelling only loses its answer.
+    bool sending = false;
 };
 
 class upstream_conn {

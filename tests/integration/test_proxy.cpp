@@ -688,6 +688,26 @@ TEST(upstream_failure, client_disconnect_closes_the_upstream_side) {
         << "breakerbox must close the upstream connection when its client leaves";
 }
 
+// A client that half-closes after sending a POST still waits for the answer; the POST is
+// already at the upstream, so cancelling it would only lose that answer and invite a retry
+// (a second send). It runs to its end and the answer is delivered.
+TEST(upstream_failure, a_half_closed_client_still_gets_the_answer_to_a_post_already_sent) {
+    fake_upstream up{[](const request&) {
+        auto b = respond(200, "done");
+        b.delay = std::chrono::milliseconds{300};  // past the watch's grace
+        return b;
+    }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab");
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    client.shutdown_write();
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body(), "done");
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // ---- TLS to the upstream ---------------------------------------------------------------
 
 #ifndef BB_TEST_CERTS_DIR
