@@ -702,10 +702,13 @@ bool known_destination(const config& cfg, std::string_view host) {
                        [&](const route_config& r) { return !r.match.host.empty() && iequals(r.match.host, host); });
 }
 
+// An entry is host:port, or a host alone, which means its port 443 (HTTPS_PROXY tunnels
+// TLS): a host-only entry does not open every port of that host (SMTP on 25, say).
 bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host, std::uint16_t port) {
     const std::string with_port = host + ":" + std::to_string(port);
-    return std::any_of(fp.passthrough.begin(), fp.passthrough.end(),
-                       [&](const std::string& p) { return p == host || p == with_port; });
+    return std::any_of(fp.passthrough.begin(), fp.passthrough.end(), [&](const std::string& p) {
+        return iequals(p, with_port) || (port == 443 && iequals(p, host));
+    });
 }
 
 // Copies bytes one way until EOF or an error, then half-closes the other side.

@@ -1103,6 +1103,13 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
 // Why an address is refused for its domain, or empty (suppression is checked after the walk).
 std::string_view refuse_domain(const recipients_guard& g, std::string_view addr, detail::domain_memo& block,
                                detail::domain_memo& allow) {
+    // `a@evil.com>x@example.com`: which of the two is the recipient depends on the parser
+    // (we would take example.com); an address with a stray bracket or a second '@' is
+    // refused rather than guessed at.
+    if (addr.find_first_of("<>") != std::string_view::npos ||
+        std::count(addr.begin(), addr.end(), '@') != 1) {
+        return "recipient address malformed";
+    }
     const auto at = addr.rfind('@');
     const std::string_view domain = at == std::string_view::npos ? std::string_view{} : addr.substr(at + 1);
     if (!g.block.empty() && block.contains(domain)) {

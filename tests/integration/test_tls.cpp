@@ -260,6 +260,14 @@ TEST(forward_proxy, unknown_destinations_are_refused_and_passthrough_is_a_blind_
     EXPECT_EQ(out, "direct");
     ASSERT_EQ(api.request_count(), 1u);
     EXPECT_TRUE(api.requests()[0].req["x-forwarded-for"].empty()) << "a blind tunnel is not inspected";
+    // A host without a port on the list means its port 443, not every port of it.
+    proxy_instance host_only{forward_config(api.port(), q("127.0.0.1"))};
+    out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(host_only.port()) + " --cacert " +
+                  cert("ca.pem") + " https://127.0.0.1:" + std::to_string(api.port()) + "/x",
+              &rc);
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_NE(out.find("403"), std::string::npos) << out;
+    EXPECT_EQ(api.request_count(), 1u);
 }
 
 // The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and

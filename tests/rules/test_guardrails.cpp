@@ -358,6 +358,14 @@ TEST(GuardRecipients, AllowlistCoversSubdomains) {
                         "($.personalizations[0].to[1].email)");
     EXPECT_THAT(d.reason, Not(HasSubstr("john.smith")));
     EXPECT_FALSE(f.check_body(sendgrid_to({"x@example.com.evil.io"})).allowed());
+    // Which address a parser takes from these is its own guess: refused, not read as example.com.
+    for (const char* odd : {"a@evil.io>x@example.com", "a@evil.io@example.com"}) {
+        const auto m = f.check_body(sendgrid_to({odd}));
+        ASSERT_EQ(m.outcome, verdict::violated) << odd;
+        EXPECT_THAT(m.reason, HasSubstr("recipient address malformed #0")) << odd;
+    }
+    EXPECT_FALSE(f.check_body(sendgrid_to({"x@example.com<a@evil.io"})).allowed()) << "the bracketed address counts";
+    EXPECT_TRUE(f.check_body(sendgrid_to({"Jane Doe <jane@example.com>"})).allowed());
 }
 
 TEST(GuardRecipients, Blocklist) {
