@@ -262,6 +262,14 @@ public:
         shadow_trips_ = s.shadow_trips;
         last_shadow_trip_ = s.last_shadow_trip;
         mode_expires_ = s.md == mode::automatic ? std::nullopt : s.mode_expires;
+        // A reload handing a throttling instance over keeps the admissions it counted: the
+        // new registry does not grant a fresh budget (up to R more requests) on every reload.
+        if (cfg_.act == action::throttle && !s.throttle_admissions.empty()) {
+            const std::size_t limit = cfg_.throttle.requests;
+            const std::size_t from = s.throttle_admissions.size() > limit ? s.throttle_admissions.size() - limit : 0;
+            slots_.assign(s.throttle_admissions.begin() + static_cast<std::ptrdiff_t>(from), s.throttle_admissions.end());
+            oldest_ = 0;
+        }
         // A probe in flight died with the process: open again, half-open on the next look.
         const state st = s.st == state::half_open ? state::open : s.st;
         change(st, s.md, cause_of("restore", "restore", "restored at start"), now, false);
@@ -281,6 +289,9 @@ public:
         s.last_trip = last_trip_;
         s.shadow_trips = shadow_trips_;
         s.last_shadow_trip = last_shadow_trip_;
+        for (std::size_t i = 0; i < slots_.size(); ++i) {
+            s.throttle_admissions.push_back(slots_[(oldest_ + i) % slots_.size()]);
+        }
         // What advance() would make of it, without reporting from a const reader.
         if (s.md != mode::automatic && s.mode_expires && now >= *s.mode_expires) {
             s.md = mode::automatic;

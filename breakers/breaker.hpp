@@ -128,6 +128,9 @@ struct instance_snapshot {
     std::shared_ptr<const transition> last_trip;
     std::uint64_t shadow_trips = 0;                      // trips turned away by forced_closed/metrics_only
     std::shared_ptr<const transition> last_shadow_trip;  // what that trip would have done
+    // Throttle: the times of the last admissions, oldest first. In-process only (a reload's
+    // hand-over keeps the budget; the store does not keep it across a restart).
+    std::vector<time_point> throttle_admissions;
 };
 
 namespace detail {

@@ -51,6 +51,24 @@ TEST_F(registry_test, throttle_admits_r_then_refuses_with_time_to_next_slot) {
     EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::contain);
 }
 
+// A reload that hands the breaker over keeps the admissions counted so far: it must not
+// grant a fresh budget of R requests every time the config changes.
+TEST_F(registry_test, a_hand_over_keeps_the_throttle_budget_already_used) {
+    make({throttle_config_of(2, 10s)});
+    ASSERT_TRUE(reg().manual_trip("crm-writes", "alice", "slow down", now()));
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
+    clock_.advance(3s);
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
+    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{throttle_config_of(2, 10s)});
+    reg().hand_over(next, now());
+    const auto a = next->admit("crm-writes", now());
+    EXPECT_EQ(a.v, verdict::contain) << "both slots are still taken";
+    EXPECT_EQ(a.retry_after, 7s) << "the oldest admission frees its slot 10 s after it was made";
+    clock_.advance(7s);
+    EXPECT_TRUE(next->admit("crm-writes", now()).throttled);
+    EXPECT_EQ(next->admit("crm-writes", now()).v, verdict::contain);
+}
+
 TEST_F(registry_test, throttle_window_slides) {
     make({throttle_config_of(2, 1s)});
     reg().manual_trip("crm-writes", "alice", "slow down", now());
