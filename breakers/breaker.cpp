@@ -789,14 +789,17 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
     return r;
 }
 
-void breaker_registry::probe_result(std::string_view name, bool success, time_point now, std::uint64_t round) {
+// For an instance that exists (never creates one): op(instance) under its lock, or
+// forward(successor) when it (or its whole breaker) was handed over. False: no instance.
+template <class Op, class Forward>
+bool breaker_registry::on_existing(std::string_view name, Op&& op, Forward&& forward) {
     auto [s, key] = split(name);
     if (!s) {
-        return;
+        return false;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        successor_->probe_result(name, success, now, round);
-        return;
+        forward(*successor_);
+        return true;
     }
     instance_ptr inst;
     {
@@ -804,44 +807,34 @@ void breaker_registry::probe_result(std::string_view name, bool success, time_po
         inst = exact(*s, key);
     }
     if (!inst) {
-        return;
+        return false;
     }
     std::unique_lock lock{inst->mutex()};
     if (inst->moved()) {
         lock.unlock();
-        successor_->probe_result(name, success, now, round);
-        return;
+        forward(*successor_);
+        return true;
     }
-    inst->advance(now);
-    inst->probe_result(success, now, round);
+    op(*inst);
     lock.unlock();
     inst->deliver(on_transition_);
+    return true;
+}
+
+void breaker_registry::probe_result(std::string_view name, bool success, time_point now, std::uint64_t round) {
+    on_existing(
+        name,
+        [&](detail::instance& in) {
+            in.advance(now);
+            in.probe_result(success, now, round);
+        },
+        [&](breaker_registry& next) { next.probe_result(name, success, now, round); });
 }
 
 void breaker_registry::cancel_probe(std::string_view name, std::uint64_t round) {
-    auto [s, key] = split(name);
-    if (!s) {
-        return;
-    }
-    if (s->handed_over.load(std::memory_order_acquire)) {
-        successor_->cancel_probe(name, round);
-        return;
-    }
-    instance_ptr inst;
-    {
-        std::shared_lock lock{mutex_};
-        inst = exact(*s, key);
-    }
-    if (!inst) {
-        return;
-    }
-    std::unique_lock lock{inst->mutex()};
-    if (inst->moved()) {
-        lock.unlock();
-        successor_->cancel_probe(name, round);
-        return;
-    }
-    inst->cancel_probe(round);
+    on_existing(
+        name, [&](detail::instance& in) { in.cancel_probe(round); },
+        [&](breaker_registry& next) { next.cancel_probe(name, round); });
 }
 
 bool breaker_registry::manual_trip(std::string_view name, std::string actor, std::string reason, time_point now) {

@@ -247,6 +247,8 @@ private:
     // Creates the instance if needed; at max_instances evicts an idle one or falls back
     // to the overflow instance.
     instance_ptr get_or_create(slot& s, std::string_view key);
+    template <class Op, class Forward>
+    bool on_existing(std::string_view name, Op&& op, Forward&& forward);
 
     // Configured breakers; the map itself never changes after construction, so it is read
     // without a lock (std::map nodes are stable, instances keep a reference to their config).
