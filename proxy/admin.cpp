@@ -268,6 +268,42 @@ bool same_mapping(const rules::rule& a, const rules::rule& b) {
     return true;
 }
 
+// The top-level sections other than the guards (rules, breakers, failure_modes, agents)
+// whose JSON differs between two configs, as "a, b"; empty when none does.
+std::string outside_guards(const std::string& a, const std::string& b) {
+    auto sections = [](const std::string& text) {
+        std::map<std::string, std::string> out;
+        simdjson::dom::parser p;
+        simdjson::dom::object o;
+        if (p.parse(simdjson::padded_string{text}).get(o) != simdjson::SUCCESS) {
+            out["(unreadable)"] = text;
+            return out;
+        }
+        for (auto f : o) {
+            const std::string key{f.key};
+            if (key != "rules" && key != "breakers" && key != "failure_modes" && key != "agents") {
+                out[key] = simdjson::minify(f.value);
+            }
+        }
+        return out;
+    };
+    const auto x = sections(a);
+    const auto y = sections(b);
+    std::string changed;
+    for (const auto& [k, v] : x) {
+        const auto it = y.find(k);
+        if (it == y.end() || it->second != v) {
+            changed += (changed.empty() ? "" : ", ") + k;
+        }
+    }
+    for (const auto& [k, v] : y) {
+        if (!x.count(k)) {
+            changed += (changed.empty() ? "" : ", ") + k;
+        }
+    }
+    return changed;
+}
+
 config_diff diff_configs(const config& a, const config& b) {
     config_diff d;
     std::map<std::string, const rules::rule*> old_rules;
@@ -305,6 +341,14 @@ config_diff diff_configs(const config& a, const config& b) {
         }
         if (n->measure.text != r->measure.text) {
             d.lines.push_back("rules[" + id + "].measure: " + q(r->measure.text) + " -> " + q(n->measure.text));
+            d.loosening.push_back("changes what rule " + id + " measures");
+        }
+        if (n->on_invalid_body != r->on_invalid_body && n->on_invalid_body == rules::invalid_body_policy::zero) {
+            d.lines.push_back("rules[" + id + "].on_invalid_body: reject -> zero");
+            d.loosening.push_back("lets rule " + id + " count an unreadable body as zero");
+        }
+        if (!same_mapping(*r, *n)) {
+            d.loosening.push_back("changes which requests rule " + id + " meets (its route, match, key or breaker)");
         }
         if (n->trips != r->trips) {
             d.lines.push_back("rules[" + id + "].trips: " + q(r->trips) + " -> " + q(n->trips));
@@ -414,7 +458,23 @@ config_diff diff_configs(const config& a, const config& b) {
             d.lines.push_back("routes: + " + r.name);
         }
     }
-    if (d.lines.empty() && a.source_json != b.source_json) {
+    // Agents' body constraints: any change needs the admin role (a higher max_recipients or
+    // another from domain loosens; telling which way a list moved is not worth the risk).
+    for (const auto& na : b.agents) {
+        const auto it = std::find_if(a.agents.begin(), a.agents.end(), [&](const agent_config& x) { return x.id == na.id; });
+        if (it != a.agents.end() && !(it->constraints == na.constraints)) {
+            d.lines.push_back("agents[" + na.id + "].constraints changed");
+            d.loosening.push_back("changes the body constraints of agent " + na.id);
+        }
+    }
+    // Everything outside rules, breakers, failure modes and agents (listeners, routes,
+    // upstreams, limits, store, alerts, and the admin section with its tokens and roles) is
+    // the admin role's: an operator who could edit admin.tokens could make itself admin, and
+    // one who could move a route's match or an upstream's URL could disconnect every rule.
+    if (const auto other = outside_guards(a.source_json, b.source_json); !other.empty()) {
+        d.lines.push_back("changes " + other);
+        d.loosening.push_back("changes " + other + " (outside rules and breakers)");
+    } else if (d.lines.empty() && a.source_json != b.source_json) {
         d.lines.push_back("settings outside rules and breakers changed");
     }
     return d;

@@ -344,6 +344,38 @@ TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
     EXPECT_EQ(send_mail(h.bb.port(), "autumn").result_int(), 503u);
 }
 
+// The admin section (tokens, roles), routes, upstreams and every other setting outside the
+// guards are the admin role's: an operator must not be able to mint itself an admin token.
+TEST(admin_api, an_operator_cannot_change_the_admin_section_or_anything_outside_the_guards) {
+    admin_fixture f;
+    std::string with_evil = admin_config(f.up.port(), f.dir);
+    const std::string tokens = "\"tokens\": [";
+    with_evil.replace(with_evil.find(tokens) + tokens.size(), 0,
+                      "{\"name\": \"evil\", \"sha256\": \"" + sha256_hex("evil-token") + "\", \"role\": \"admin\"},");
+    auto minted = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                        "{\"reason\":\"new colleague\",\"config\":" + with_evil + "}");
+    EXPECT_EQ(minted.result_int(), 403u) << minted.body();
+    EXPECT_NE(minted.body().find("changes admin"), std::string::npos) << minted.body();
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "evil-token").result_int(), 401u);
+    // A route whose match moves (its rules would stop meeting the traffic) and a measure
+    // turned into a constant are the admin's too.
+    std::string moved = admin_config(f.up.port(), f.dir);
+    moved.replace(moved.find("\"path_prefix\": \"/v3/mail/send\""), 30, "\"path_prefix\": \"/v3/mail/sendX\"");
+    EXPECT_EQ(admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "op-token",
+                    "{\"reason\":\"r\",\"config\":" + moved + "}")
+                  .result_int(),
+              403u);
+    std::string zeroed = admin_config(f.up.port(), f.dir);
+    zeroed.replace(zeroed.find("\"count($.to[*])\""), 16, "\"0\"");
+    auto z = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "op-token", "{\"reason\":\"r\",\"config\":" + zeroed + "}");
+    EXPECT_EQ(z.result_int(), 403u) << z.body();
+    // The admin may.
+    auto by_admin = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                          "{\"reason\":\"new colleague\",\"config\":" + with_evil + "}");
+    EXPECT_EQ(by_admin.result_int(), 200u) << by_admin.body();
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "evil-token").result_int(), 200u);
+}
+
 // A change that remaps a rule's traffic while its breaker contains some (the trip would be
 // stranded) and a breaker that would reset by itself or sooner are loosenings: admin only.
 TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the_admin_role) {
@@ -354,10 +386,11 @@ TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the
         return c;
     };
     const std::string rekeyed = with(R"("key": ["header:x-campaign-id"])", R"("key": ["header:x-campaign-id", "header:x-tenant"])");
-    // Nothing contained yet: an operator may change the key.
+    // Changing which requests a rule meets is the admin role's even when nothing is contained.
     auto calm = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "op-token",
                       "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
-    EXPECT_EQ(calm.result_int(), 200u) << calm.body();
+    EXPECT_EQ(calm.result_int(), 403u) << calm.body();
+    EXPECT_NE(calm.body().find("changes which requests rule recipients meets"), std::string::npos) << calm.body();
     ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/spring/trip", "op-token",
                     R"({"reason":"misfire"})")
                   .result_int(),
@@ -365,7 +398,7 @@ TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the
     auto stranded = admin(f.port(), http::verb::post, "/v1/config", "op-token",
                           "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
     EXPECT_EQ(stranded.result_int(), 403u) << stranded.body();
-    EXPECT_NE(stranded.body().find("changes rule recipients"), std::string::npos) << stranded.body();
+    EXPECT_NE(stranded.body().find("changes which requests rule recipients meets"), std::string::npos) << stranded.body();
     EXPECT_EQ(send_mail(f.bb.port(), "spring").result_int(), 503u) << "nothing applied";
     auto by_admin = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "admin-token",
                           "{\"reason\":\"per tenant\",\"config\":" + rekeyed + "}");
