@@ -243,6 +243,68 @@ std::optional<caller> authenticate(const config& cfg, std::string_view authoriza
     return found;
 }
 
+// ---- secrets in what viewers read ----------------------------------------------------------------
+
+// Whether a config or request key names a secret: credential-like header and parameter
+// names (Authorization, *token*, *secret*, api keys...) and PagerDuty's routing_key.
+bool secret_key(std::string_view key) { return credential_name(key) || iequals(key, "routing_key"); }
+
+void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& redacted) {
+    switch (e.type()) {
+        case simdjson::dom::element_type::OBJECT: {
+            out += '{';
+            bool first = true;
+            for (auto f : simdjson::dom::object(e)) {
+                out += first ? "" : ",";
+                first = false;
+                out += q(f.key);
+                out += ':';
+                redact_into(f.value, out, hide || secret_key(f.key), redacted);
+            }
+            out += '}';
+            return;
+        }
+        case simdjson::dom::element_type::ARRAY: {
+            out += '[';
+            bool first = true;
+            for (auto v : simdjson::dom::array(e)) {
+                out += first ? "" : ",";
+                first = false;
+                redact_into(v, out, hide, redacted);
+            }
+            out += ']';
+            return;
+        }
+        case simdjson::dom::element_type::STRING:
+            if (hide) {
+                out += "\"[redacted]\"";
+                redacted = true;
+                return;
+            }
+            out += q(std::string_view{e});
+            return;
+        default: out += simdjson::minify(e); return;
+    }
+}
+
+// JSON text with the values under secret keys replaced by "[redacted]" (for viewers:
+// alert sinks' Authorization headers, routing keys, tokens in request bodies). Text
+// that is not JSON (a body cut at 4 KiB) is hidden whole. nullopt: nothing to hide.
+std::optional<std::string> redact_secrets(std::string_view json) {
+    simdjson::dom::parser p;
+    simdjson::dom::element root;
+    if (p.parse(simdjson::padded_string{json}).get(root) != simdjson::SUCCESS) {
+        return "[redacted: " + std::to_string(json.size()) + " bytes that are not JSON]";
+    }
+    std::string out;
+    bool redacted = false;
+    redact_into(root, out, false, redacted);
+    if (!redacted) {
+        return std::nullopt;
+    }
+    return out;
+}
+
 // ---- config diff (change control) ------------------------------------------------------------
 
 struct config_diff {
@@ -1102,8 +1164,14 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
                 }
             }
             handled h;
-            h.body = "{\"version\":" + std::to_string(version) + ",\"config\":" +
-                     (cfg->source_json.empty() ? std::string{"null"} : cfg->source_json) + "}";
+            std::string shown = cfg->source_json.empty() ? std::string{"null"} : cfg->source_json;
+            // Operators read it whole (they send it back changed); a viewer sees no secret.
+            if (!allowed(admin_role::operator_) && !cfg->source_json.empty()) {
+                if (auto r = redact_secrets(cfg->source_json)) {
+                    shown = std::move(*r);
+                }
+            }
+            h.body = "{\"version\":" + std::to_string(version) + ",\"config\":" + shown + "}";
             co_return h;
         }
         if (req_.method() != http::verb::post) {
@@ -1211,9 +1279,15 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
         limit = static_cast<std::size_t>(std::clamp<long long>(std::atoll(it->second.c_str()), 1, 1000));
     }
     const auto entries = db->list_audit(after, limit);
+    const bool reveal = allowed(admin_role::operator_);
     std::string o = "{\"entries\":[";
     for (std::size_t i = 0; i < entries.size(); ++i) {
-        const auto& e = entries[i];
+        auto e = entries[i];
+        if (!reveal && !e.params.empty()) {
+            if (auto r = redact_secrets(e.params)) {
+                e.params = std::move(*r);  // as stored for the hash chain; shown redacted below admin
+            }
+        }
         o += (i ? "," : "") + std::string{"{\"id\":"} + std::to_string(e.id) + ",\"at\":" + std::to_string(e.at_ms) +
              ",\"actor\":" + q(e.actor) + ",\"role\":" + q(e.role) + ",\"method\":" + q(e.method) +
              ",\"path\":" + q(e.path) + ",\"target\":" + q(e.target) + ",\"params\":" + q(e.params) +

@@ -376,6 +376,31 @@ TEST(admin_api, an_operator_cannot_change_the_admin_section_or_anything_outside_
     EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "evil-token").result_int(), 200u);
 }
 
+// Secrets in the config (an alert sink's Authorization header, a PagerDuty routing key) and
+// in audited request bodies are not for viewers.
+TEST(admin_api, a_viewer_reads_the_config_and_the_audit_log_without_secrets) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    cfg.insert(cfg.rfind('}'), ", \"alerts\": {\"sinks\": [{\"name\": \"hook\", \"type\": \"webhook\", "
+                               "\"url\": \"http://127.0.0.1:9/alerts\", \"headers\": {\"Authorization\": \"Bearer HOOK-SECRET\"}}]}");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    auto as_viewer = admin(port, http::verb::get, "/v1/config", "view-token");
+    ASSERT_EQ(as_viewer.result_int(), 200u);
+    EXPECT_EQ(as_viewer.body().find("HOOK-SECRET"), std::string::npos) << as_viewer.body();
+    EXPECT_NE(as_viewer.body().find("\"Authorization\":\"[redacted]\""), std::string::npos) << as_viewer.body();
+    EXPECT_NE(as_viewer.body().find("\"limit\":1000"), std::string::npos) << "the rest is shown";
+    EXPECT_NE(admin(port, http::verb::get, "/v1/config", "op-token").body().find("HOOK-SECRET"), std::string::npos)
+        << "operators send the config back changed: they read it whole";
+    // A request body in the audit log: its secret-named values are hidden from viewers.
+    admin(port, http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token",
+          R"({"reason":"test","api_token":"TOKEN-123"})");
+    auto log = admin(port, http::verb::get, "/v1/audit", "view-token");
+    EXPECT_EQ(log.body().find("TOKEN-123"), std::string::npos) << log.body();
+    EXPECT_NE(admin(port, http::verb::get, "/v1/audit", "admin-token").body().find("TOKEN-123"), std::string::npos);
+}
+
 // A change that remaps a rule's traffic while its breaker contains some (the trip would be
 // stranded) and a breaker that would reset by itself or sooner are loosenings: admin only.
 TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the_admin_role) {
