@@ -1042,7 +1042,13 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
              ",\"failed\":" + std::to_string(sum.failed) + ",\"unknown\":" + std::to_string(sum.unknown) +
              ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) +
              (sum.stopped ? ",\"stopped\":true" : "") + "}}";
-    h.audit_result = "ok: " + std::to_string(sum.matched) + " matched";
+    // What happened, not just "ok": a release where every replay failed is not a success.
+    h.audit_result = (action == "release" && sum.matched > 0 && sum.released == 0 ? "failed: " : "ok: ") +
+                     std::to_string(sum.matched) + " matched, " +
+                     (action == "release" ? std::to_string(sum.released) + " released, " + std::to_string(sum.failed) +
+                                                " release_failed, " + std::to_string(sum.unknown) + " outcome_unknown, "
+                                          : std::to_string(sum.discarded) + " discarded, ") +
+                     std::to_string(sum.skipped) + " skipped" + (sum.stopped ? ", stopped" : "");
     co_return h;
 }
 
@@ -1343,11 +1349,18 @@ void admin_server::stop() {
 }
 
 asio::awaitable<void> admin_server::accept_loop() {
-    std::list<tcp::socket*> live;
     for (;;) {
         auto [ec, socket] = co_await acceptor_->async_accept(use_tuple);
+        if (ec == asio::error::operation_aborted || !acceptor_->is_open()) {
+            co_return;  // stop()
+        }
         if (ec) {
-            co_return;
+            // EMFILE and friends: the admin API is what operators need during an incident,
+            // so it backs off and keeps accepting rather than ending for good.
+            spdlog::warn("admin accept failed: {}", ec.message());
+            asio::steady_timer t{control_, std::chrono::milliseconds{50}};
+            co_await t.async_wait(use_tuple);
+            continue;
         }
         asio::co_spawn(control_, session(std::move(socket)), asio::detached);
     }

@@ -252,6 +252,11 @@ TEST(admin_api, quarantine_endpoints) {
     ASSERT_EQ(bulk.result_int(), 200u) << bulk.body();
     EXPECT_NE(bulk.body().find("\"released\":1"), std::string::npos) << bulk.body();
     EXPECT_EQ(f.up.request_count(), 2u);
+    // The audit record says what happened, not just "ok".
+    auto log = admin(f.port(), http::verb::get, "/v1/audit?limit=1000", "admin-token");
+    EXPECT_NE(log.body().find("ok: 1 matched, 1 released, 0 release_failed, 0 outcome_unknown, 0 skipped"),
+              std::string::npos)
+        << log.body();
 }
 
 TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
