@@ -545,16 +545,15 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             }
             previous->breakers->hand_over(rt->breakers, clock_->now());
         }
-        // A breaker configured again gets the state the store kept for it.
+        // A breaker configured again gets the state the store kept for it. The kept copy
+        // stays in orphans_ until the new runtime is published (apply_config): a state write
+        // in between still takes it from there, so the store never lacks it.
         std::vector<breakers::instance_snapshot> back;
         {
             std::lock_guard lock{orphans_mu_};
-            for (auto it = orphans_.begin(); it != orphans_.end();) {
-                if (rt->breakers->find(it->breaker) != nullptr) {
-                    back.push_back(std::move(*it));
-                    it = orphans_.erase(it);
-                } else {
-                    ++it;
+            for (const auto& o : orphans_) {
+                if (rt->breakers->find(o.breaker) != nullptr) {
+                    back.push_back(o);
                 }
             }
         }
@@ -862,6 +861,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         cfg_ = effective;
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
+    }
+    {
+        // Published: the breakers configured again now hold their kept state themselves.
+        std::lock_guard lock{orphans_mu_};
+        std::erase_if(orphans_, [&](const breakers::instance_snapshot& o) { return rt->breakers->find(o.breaker) != nullptr; });
     }
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->apply_runtime(rt); });

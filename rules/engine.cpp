@@ -270,6 +270,9 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 line_end = head.size();
             }
             const std::string_view line = head.substr(line_start, line_end - line_start);
+            if (!line.empty() && (line.front() == ' ' || line.front() == '\t' || line.find(':') == std::string_view::npos)) {
+                ok = false;  // a folded (continued) or broken header line: parsers disagree on it
+            }
             constexpr std::string_view cd = "content-disposition:";
             if (line.size() > cd.size() && iequals(line.substr(0, cd.size()), cd)) {
                 if (has_disposition) {
@@ -507,7 +510,8 @@ bool matches(const rule& r, context& ctx) {
     if (!m.methods.empty() && std::find(m.methods.begin(), m.methods.end(), req.method) == m.methods.end()) {
         return false;
     }
-    if (!m.path_prefix.empty() && !req.path.starts_with(m.path_prefix)) {
+    if (!m.path_prefix.empty() &&
+        !(req.path.size() >= m.path_prefix.size() && iequals(req.path.substr(0, m.path_prefix.size()), m.path_prefix))) {
         return false;
     }
     if (m.path && !match_path(*m.path, req.path, ctx.params)) {
@@ -561,13 +565,30 @@ bool build_key(const rule& r, context& ctx) {
                     break;
                 }
                 bool first = true;
+                bool ambiguous = false;
+                std::string other;
                 for_each_match(ctx.req_json.root, kp.path, [&](simdjson::dom::element e) {
                     if (first) {
                         first = false;
                         value_text(e, part);
                         k += part;
+                    } else if (!ambiguous) {
+                        value_text(e, other);
+                        ambiguous = other != part;
                     }
                 });
+                // A path without [*] matches twice only through duplicate keys: parsers
+                // disagree on which one counts, so a key read from it could be the one an
+                // upstream ignores (a tripped campaign stepped around).
+                const bool single = std::none_of(kp.path.segments.begin(), kp.path.segments.end(), [](const path_segment& sg) {
+                    return sg.k == path_segment::kind::wildcard || sg.names.size() > 1;
+                });
+                if (ambiguous && single) {
+                    ctx.req_json.error = "the body has two different values for the key " + kp.path.text;
+                    if (r.on_invalid_body == invalid_body_policy::reject) {
+                        return false;
+                    }
+                }
                 break;
             }
         }

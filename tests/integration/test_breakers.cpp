@@ -372,6 +372,22 @@ TEST(modes, operator_modes_on_a_deny_breaker_are_honoured_and_a_suspended_rule_h
     EXPECT_EQ(send("b", "").result_int(), 403u);
 }
 
+// A path in another case reaches the same endpoint at most upstreams: it meets the same
+// route and rules, not a catch-all route without them.
+TEST(caps, a_path_in_another_case_meets_the_same_route_and_rules) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+    std::string big = mail(10, "caps");
+    big.replace(big.find("/v3/mail/send"), 13, "/V3/Mail/Send");
+    raw_client c{bb.port()};
+    c.send(big);
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 503u) << "10 recipients > 5 on mail-send";
+    EXPECT_EQ(body_field(res, "rule"), "recipients-per-campaign");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The rules would read a compressed body as opaque bytes (and a guard would not see the
 // card inside gzip): on a route with rules only identity bodies are accepted.
 TEST(caps, a_compressed_body_on_a_route_with_rules_is_415) {

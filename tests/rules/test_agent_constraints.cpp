@@ -459,6 +459,10 @@ TEST(FormHelpers, MultipartIsReadAsUpstreamParsersReadIt) {
                             "name=\"to\"\r\n\r\nx\r\n" + close,
                             fields));
     EXPECT_FALSE(parse_form(multipart_type, to, fields));
+    // A folded header line (Python's email and Go's textproto unfold it into name="to").
+    EXPECT_FALSE(parse_form(multipart_type,
+                            "--" + boundary + "\r\nContent-Disposition: form-data;\r\n name=\"to\"\r\n\r\nx@evil.example\r\n" + close,
+                            fields));
     // Quoted boundaries, transport padding and a part without a body still read.
     EXPECT_TRUE(parse_form("multipart/form-data; boundary=\"" + boundary + "\"",
                            "--" + boundary + "  \r\nContent-Disposition: form-data; name=\"empty\"\r\n\r\n" + to + close, fields));

@@ -170,6 +170,23 @@ TEST(Engine, PathTemplatesIgnoreATrailingSlashAndCase) {
     EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
 }
 
+// A key read through duplicate JSON keys could be the one an upstream ignores: refused.
+TEST(Engine, AKeyWithTwoValuesThroughDuplicateJsonKeysIsRejected) {
+    engine eng{load_ok(config(R"j(
+        {"id": "per-campaign", "route": "mail-send", "key": ["json:$.campaign"], "measure": "requests", "window": "1h",
+         "limit": 100, "failure_mode": "volume-spike", "trips": "camp"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = R"({"campaign":"b","campaign":"a"})";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    EXPECT_NE(d.reason.find("two different values for the key $.campaign"), std::string::npos) << d.reason;
+    req.body = R"({"campaign":"a","campaign":"a"})";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << "the same value twice is not ambiguous";
+    req.body = R"({"campaign":"a"})";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+}
+
 TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
     engine eng{load_ok(config(R"j(
         {"id": "crm-only", "route": "crm", "window": "1m", "limit": 0, "failure_mode": "volume-spike", "trips": "a"},
