@@ -1368,10 +1368,10 @@ asio::awaitable<void> admin_server::accept_loop() {
 
 asio::awaitable<void> admin_server::session(tcp::socket socket) {
     // Arguments are named locals: GCC 12 mishandles temporaries inside a co_await operand.
-    std::optional<std::pair<std::string, int>> client;
+    SSL* no_tls = nullptr;
     if (!tls_) {
         beast::tcp_stream stream{std::move(socket)};
-        co_await serve(stream, client);
+        co_await serve(stream, no_tls);
         co_return;
     }
     beast::ssl_stream<beast::tcp_stream> stream{std::move(socket), *tls_};
@@ -1381,16 +1381,14 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
         spdlog::info("admin: TLS handshake failed: {}", ec.message());
         co_return;
     }
-    if (auto by_cert = cert_caller(*srv_.current_config(), stream.native_handle())) {
-        client.emplace(by_cert->name, static_cast<int>(by_cert->role));
-    }
-    co_await serve(stream, client);
+    SSL* ssl = stream.native_handle();
+    co_await serve(stream, ssl);
     error_code ignored;
     stream.next_layer().socket().shutdown(tcp::socket::shutdown_both, ignored);
 }
 
 template <class Stream>
-asio::awaitable<void> admin_server::serve(Stream& stream, std::optional<std::pair<std::string, int>> client) {
+asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
     beast::flat_buffer buf;
     std::string scratch;
     for (;;) {
@@ -1428,9 +1426,12 @@ asio::awaitable<void> admin_server::serve(Stream& stream, std::optional<std::pai
                                   : json_response(http::status::ok, "{\"status\":\"ready\"}", req.version(), keep_alive);
         } else {
             // A verified client certificate that maps to an operator identifies the caller;
-            // otherwise the bearer token does.
-            auto who = client ? std::optional<caller>{caller{client->first, static_cast<admin_role>(client->second)}}
-                              : authenticate(*cfg, req[http::field::authorization]);
+            // otherwise the bearer token does. Looked up per request against the current
+            // config: a mapping removed meanwhile ends that identity on an open connection too.
+            std::optional<caller> who = ssl != nullptr ? cert_caller(*cfg, ssl) : std::nullopt;
+            if (!who) {
+                who = authenticate(*cfg, req[http::field::authorization]);
+            }
             if (!who) {
                 res = json_response(http::status::unauthorized,
                                     error_json({http::status::unauthorized, "unauthorized",

@@ -6,6 +6,8 @@
 
 #include "proxy/asio.hpp"
 
+#include <openssl/types.h>  // SSL
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -34,7 +36,7 @@ private:
     asio::awaitable<void> session(tcp::socket socket);
     // `client`: the operator a verified client certificate names (name, role), if any.
     template <class Stream>
-    asio::awaitable<void> serve(Stream& stream, std::optional<std::pair<std::string, int>> client);
+    asio::awaitable<void> serve(Stream& stream, SSL* ssl);  // ssl: null for a plain listener
 
     asio::io_context& control_;
     server& srv_;

@@ -573,6 +573,41 @@ std::string cert(const char* name) {
 
 }  // namespace
 
+// A client certificate's role is looked up per request: once an admin removes its mapping,
+// a connection that is still open has no identity left.
+TEST(admin_api, a_removed_certificate_mapping_ends_that_identity_on_an_open_connection) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto with_tls = [&](bool mapped) {
+        std::string c = admin_config(up.port(), dir);
+        c.insert(c.find("\"admin\": {") + 10,
+                 "\"tls\": {\"cert_file\": \"" + cert("server.pem") + "\", \"key_file\": \"" + cert("server.key") +
+                     "\", \"client_ca_file\": \"" + cert("ca.pem") + "\"}, " +
+                     (mapped ? "\"client_certs\": [{\"name\": \"cert-admin\", \"subject_cn\": \"agent-one\", \"role\": \"admin\"}], "
+                             : ""));
+        return c;
+    };
+    proxy_instance bb{with_tls(true)};
+    int rc = 0;
+    if (run("command -v curl", &rc), rc != 0) {
+        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+    }
+    const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
+    const std::string id = "--cacert " + cert("ca.pem") + " --cert " + cert("agent-agent-one.pem") + " --key " +
+                           cert("agent-agent-one.key") + " -s -o /dev/null -w '%{http_code} %{num_connects}\\n' ";
+    const std::string body_file = dir + "/unmapped.json";
+    {
+        std::ofstream f{body_file};
+        f << "{\"reason\":\"revoke\",\"config\":" << with_tls(false) << "}";
+    }
+    // One curl, one connection: the mapping goes, then the same connection asks again.
+    auto out = run("curl " + id + "-X POST -H 'content-type: application/json' --data-binary @" + body_file + " " + base +
+                       "/v1/config --next " + id + base + "/v1/breakers",
+                   &rc);
+    EXPECT_NE(out.find("200 1\n401 0"), std::string::npos) << "second request reused the connection and lost its role: "
+                                                          << out;
+}
+
 TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
