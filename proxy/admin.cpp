@@ -829,6 +829,12 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
             if (!expires || expires->count() <= 0) {
                 co_return fail({http::status::bad_request, "bad_field", cfg::quote(ex) + " is not a duration", "expires_in"});
             }
+            // Bounded: a huge one would overflow the clock arithmetic (and a mode meant for
+            // longer than a year is not a temporary mode; leave out expires_in).
+            if (*expires > std::chrono::hours{24 * 366}) {
+                co_return fail({http::status::bad_request, "bad_field",
+                                cfg::quote(ex) + " is longer than a year (leave expires_in out for no expiry)", "expires_in"});
+            }
         }
         if (!co_await record_intent(id)) {
             co_return intent_unrecorded();

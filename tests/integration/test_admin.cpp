@@ -149,6 +149,11 @@ TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
                      "{\"reason\":\"" + std::string(70 * 1024, 'x') + "\"}");
     EXPECT_EQ(big.result_int(), 413u);
     EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/nothing", "op-token").result_int(), 404u);
+    // A mode's expiry is bounded (a huge one would overflow the clock arithmetic).
+    auto forever = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/mode", "op-token",
+                         R"({"reason":"r","mode":"forced_open","expires_in":"300000d"})");
+    EXPECT_EQ(forever.result_int(), 400u) << forever.body();
+    EXPECT_NE(forever.body().find("\"field\":\"expires_in\""), std::string::npos) << forever.body();
 }
 
 TEST(admin_api, a_trip_contains_the_next_request_on_every_worker_and_reset_releases_it) {
