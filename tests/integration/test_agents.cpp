@@ -206,11 +206,13 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     // The agent is a metrics label (bounded by the configured agents).
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 200u);
     // Counted once the response is out, so a scrape right after may be a moment early.
+    // Both requests' counts (each on whichever worker served it) are waited for.
     const std::string want = "breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1";
+    const std::string want_denied = "breakerbox_agent_requests_total{agent=\"reader\",decision=\"denied\"} 1";
     response metrics;
     for (int i = 0; i < 200; ++i) {
         metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
-        if (metrics.body().find(want) != std::string::npos) {
+        if (metrics.body().find(want) != std::string::npos && metrics.body().find(want_denied) != std::string::npos) {
             break;
         }
         std::this_thread::yield();
