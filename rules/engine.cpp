@@ -349,9 +349,14 @@ void visit(simdjson::dom::element e, const path_segment* seg, const path_segment
             // which of two equal keys counts (simdjson's at_key finds the first, Go and
             // Jackson keep the last), so a cap counts them all rather than the one an
             // upstream may ignore.
-            for (auto field : obj) {
-                if (std::find(seg->names.begin(), seg->names.end(), field.key) != seg->names.end()) {
-                    visit(field.value, seg + 1, end, f);
+            // The same comparison as at_key (length, then bytes, no string_view per field),
+            // but on to the object's end instead of stopping at the first match.
+            for (auto it = obj.begin(); it != obj.end(); ++it) {
+                for (const auto& name : seg->names) {
+                    if (it.key_equals(name)) {
+                        visit(it.value(), seg + 1, end, f);
+                        break;
+                    }
                 }
             }
             return;
