@@ -241,7 +241,7 @@ public:
     // the one that contains the most wins, so a key's forced_closed never lets the others'
     // trips through. forced_open > open (the later reopening first) > a bypass mode.
     void restore(const instance_snapshot& s, time_point now) {
-        if (s.st == state::closed && s.md == mode::automatic) {
+        if (s.at_rest()) {
             return;
         }
         if (counted_) {
@@ -952,9 +952,7 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
 }
 
 bool breaker_registry::enforcement_suspended(std::string_view name, time_point now) const {
-    auto bypass = [](const std::optional<instance_snapshot>& v) {
-        return v && (v->md == mode::forced_closed || v->md == mode::metrics_only);
-    };
+    auto bypass = [](const std::optional<instance_snapshot>& v) { return v && is_shadow(v->md); };
     if (bypass(get(name, now))) {
         return true;
     }
@@ -997,7 +995,7 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
         if (!s) {
             std::tie(s, key) = split(snap.instance);
         }
-        if (!s || (snap.st == state::closed && snap.md == mode::automatic)) {
+        if (!s || snap.at_rest()) {
             continue;  // breaker gone from the config, or nothing to contain
         }
         if (!s->cfg.per_key) {

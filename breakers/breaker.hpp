@@ -131,6 +131,9 @@ struct instance_snapshot {
     // Throttle: the times of the last admissions, oldest first. In-process only (a reload's
     // hand-over keeps the budget; the store does not keep it across a restart).
     std::vector<time_point> throttle_admissions;
+
+    // Closed and in automatic mode: nothing to contain, nothing to keep.
+    bool at_rest() const { return st == state::closed && md == mode::automatic; }
 };
 
 namespace detail {

@@ -312,6 +312,19 @@ struct config_diff {
     std::vector<std::string> loosening;  // changes that need the admin role
 };
 
+// An instance of `breaker` that contains something now (open, half-open, or in an
+// operator's mode), as "instance is state/mode"; empty when the breaker is at rest.
+std::string containing_instance(const std::vector<breakers::instance_snapshot>& live, std::string_view breaker) {
+    const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
+        return i.breaker == breaker && !i.at_rest();
+    });
+    if (busy == live.end()) {
+        return {};
+    }
+    return busy->instance + " is " + std::string{breakers::to_string(busy->st)} + "/" +
+           std::string{breakers::to_string(busy->md)};
+}
+
 // Whether two versions of a rule send the same requests to the same breaker instances
 // (route, match and key unchanged). When they do not, instances the old version tripped may
 // no longer be consulted by the traffic they were tripped for.
@@ -1071,13 +1084,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             if (n != nullptr && same_mapping(r, *n)) {
                 continue;
             }
-            const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
-                return i.breaker == r.trips && (i.st != breakers::state::closed || i.md != breakers::mode::automatic);
-            });
-            if (busy != live.end()) {
-                d.loosening.push_back("changes rule " + r.id + " (its route, match, key or breaker) while " +
-                                      busy->instance + " is " + std::string{breakers::to_string(busy->st)} + "/" +
-                                      std::string{breakers::to_string(busy->md)} +
+            if (const auto busy = containing_instance(live, r.trips); !busy.empty()) {
+                d.loosening.push_back("changes rule " + r.id + " (its route, match, key or breaker) while " + busy +
                                       ": what it contains may no longer reach it");
             }
         }
@@ -1129,12 +1137,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         auto shadow = [&](breakers::breaker_registry& reg) {
             const auto live = reg.snapshot(at);
             for (const auto& b : touched) {
-                const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
-                    return i.breaker == b && (i.st != breakers::state::closed || i.md != breakers::mode::automatic);
-                });
-                if (busy != live.end()) {
-                    kept.push_back(b + " (" + busy->instance + " is " + std::string{breakers::to_string(busy->st)} +
-                                   ", " + std::string{breakers::to_string(busy->md)} + ")");
+                if (const auto busy = containing_instance(live, b); !busy.empty()) {
+                    kept.push_back(b + " (" + busy + ")");
                     continue;
                 }
                 reg.set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name, shadow_reason, at);
@@ -1297,7 +1301,7 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
         auto e = entries[i];
         if (!reveal && !e.params.empty()) {
             if (auto r = redact_secrets(e.params)) {
-                e.params = std::move(*r);  // as stored for the hash chain; shown redacted below admin
+                e.params = std::move(*r);  // kept as stored for the hash chain; shown redacted to viewers
             }
         }
         o += (i ? "," : "") + std::string{"{\"id\":"} + std::to_string(e.id) + ",\"at\":" + std::to_string(e.at_ms) +

@@ -156,12 +156,8 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     const bool idempotent = req.method() == http::verb::get || req.method() == http::verb::head ||
                             req.method() == http::verb::options;
     // The route's response timeout when it has one (as the live request had), else the upstream's.
-    auto timeout = up.timeout;
-    for (const auto& r : cfg->routes) {
-        if (r.name == rec->route && r.timeout.count() > 0) {
-            timeout = r.timeout;
-        }
-    }
+    const auto* route = cfg->find_route(rec->route);
+    const auto timeout = route != nullptr && route->timeout.count() > 0 ? route->timeout : up.timeout;
     co_await pool->exchange(req, timeout, idempotent, req.method() == http::verb::head, ex);
 
     store::release_outcome outcome = store::release_outcome::released;

@@ -7,6 +7,7 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace bb::proxy {
@@ -131,49 +132,6 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
 }
 
 namespace {
-std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::string_view content_type,
-                                                    std::string* error);
-}  // namespace
-
-// The rewrite, then a check of what it wrote with the parser the guards use (which reads
-// as upstream parsers do): every field of the request is still there, and o:testmode is
-// there exactly once, as "yes". A body where that cannot be made certain (a part written
-// `Name="o:testmode"`, a malformed body) is not forwarded.
-std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error) {
-    auto out = mailgun_testmode_rewrite(body, content_type, error);
-    if (!out) {
-        return out;
-    }
-    std::vector<std::pair<std::string, std::string>> before;
-    std::vector<std::pair<std::string, std::string>> after;
-    if (!rules::parse_form(content_type, body, before) || !rules::parse_form(content_type, *out, after)) {
-        *error = "the form body is malformed";
-        return std::nullopt;
-    }
-    std::size_t testmode = 0;
-    std::size_t others = 0;
-    for (const auto& [n, v] : after) {
-        if (n == "o:testmode") {
-            ++testmode;
-            if (v != "yes") {
-                testmode = 2;
-            }
-        } else {
-            ++others;
-        }
-    }
-    std::size_t others_before = 0;
-    for (const auto& [n, v] : before) {
-        others_before += n == "o:testmode" ? 0 : 1;
-    }
-    if (testmode != 1 || others != others_before) {
-        *error = "its o:testmode field cannot be replaced with certainty";
-        return std::nullopt;
-    }
-    return out;
-}
-
-namespace {
 
 std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::string_view content_type,
                                                     std::string* error) {
@@ -241,5 +199,33 @@ std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::
 }
 
 }  // namespace
+
+// The rewrite, then a check of what it wrote with the parser the guards use (which reads
+// as upstream parsers do): every field of the request is still there, and o:testmode is
+// there exactly once, as "yes". A body where that cannot be made certain (a part written
+// `Name="o:testmode"`, a malformed body) is not forwarded.
+std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error) {
+    auto out = mailgun_testmode_rewrite(body, content_type, error);
+    if (!out) {
+        return out;
+    }
+    std::vector<std::pair<std::string, std::string>> before;
+    std::vector<std::pair<std::string, std::string>> after;
+    if (!rules::parse_form(content_type, body, before) || !rules::parse_form(content_type, *out, after)) {
+        *error = "the form body is malformed";
+        return std::nullopt;
+    }
+    auto is_testmode = [](const auto& field) { return field.first == "o:testmode"; };
+    const auto testmode = std::find_if(after.begin(), after.end(), is_testmode);
+    const bool exactly_yes = testmode != after.end() && testmode->second == "yes" &&
+                             std::count_if(after.begin(), after.end(), is_testmode) == 1;
+    const bool all_kept = after.size() - 1 == before.size() - static_cast<std::size_t>(std::count_if(
+                                                                 before.begin(), before.end(), is_testmode));
+    if (!exactly_yes || !all_kept) {
+        *error = "its o:testmode field cannot be replaced with certainty";
+        return std::nullopt;
+    }
+    return out;
+}
 
 }  // namespace bb::proxy

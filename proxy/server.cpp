@@ -531,8 +531,7 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             // the breaker), like the state of one missing at a start.
             std::size_t dropped = 0;
             for (auto& snap : previous->breakers->snapshot(clock_->now())) {
-                if (rt->breakers->find(snap.breaker) == nullptr &&
-                    (snap.st != breakers::state::closed || snap.md != breakers::mode::automatic)) {
+                if (rt->breakers->find(snap.breaker) == nullptr && !snap.at_rest()) {
                     std::lock_guard lock{orphans_mu_};
                     orphans_.push_back(std::move(snap));
                     ++dropped;

@@ -1013,21 +1013,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             buf.max_size(buf_cap);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
             buf.max_size(std::numeric_limits<std::size_t>::max());
+            // The trailers are what the head gained during the body read.
+            auto size_of = [](const auto& fs) {
+                std::pair<std::size_t, std::size_t> bytes_count{0, 0};
+                for (const auto& f : fs) {
+                    bytes_count.first += f.name_string().size() + f.value().size() + 4;
+                    ++bytes_count.second;
+                }
+                return bytes_count;
+            };
             std::size_t trailer_bytes = 0;
             std::size_t trailer_count = 0;
             if (!ec && head_copy) {
-                std::size_t all_bytes = 0;
-                std::size_t all_count = 0;
-                for (const auto& f : parser.get().base()) {
-                    all_bytes += f.name_string().size() + f.value().size() + 4;
-                    ++all_count;
-                }
-                std::size_t head_bytes = 0;
-                std::size_t head_count = 0;
-                for (const auto& f : *head_copy) {
-                    head_bytes += f.name_string().size() + f.value().size() + 4;
-                    ++head_count;
-                }
+                const auto [all_bytes, all_count] = size_of(parser.get().base());
+                const auto [head_bytes, head_count] = size_of(*head_copy);
                 trailer_bytes = all_bytes > head_bytes ? all_bytes - head_bytes : 0;
                 trailer_count = all_count > head_count ? all_count - head_count : 0;
             }

@@ -80,7 +80,7 @@ std::string breaker_state_to_json(const std::vector<breakers::instance_snapshot>
     std::string out = "{\"version\":1,\"instances\":[";
     bool first = true;
     for (const auto& i : instances) {
-        if (i.st == breakers::state::closed && i.md == breakers::mode::automatic) {
+        if (i.at_rest()) {
             continue;  // the default needs no record
         }
         if (!first) {

@@ -1460,7 +1460,7 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
     std::vector<breaker_row> rows;
     const clock& c = impl_->clock_;
     for (const auto& i : instances) {
-        if (i.st == breakers::state::closed && i.md == breakers::mode::automatic) {
+        if (i.at_rest()) {
             continue;  // the default needs no record
         }
         breaker_row r;
