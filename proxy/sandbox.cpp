@@ -1,6 +1,7 @@
 #include "proxy/sandbox.hpp"
 
 #include "core/json_reader.hpp"
+#include "core/json_key.hpp"
 #include "core/url_decode.hpp"
 #include "proxy/framing.hpp"
 #include "rules/form.hpp"
@@ -90,7 +91,10 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
         return std::nullopt;
     }
     // Every value is re-emitted through simdjson's minifier (exact, whitespace removed);
-    // only mail_settings.sandbox_mode is replaced.
+    // only mail_settings.sandbox_mode is replaced. Keys are matched as a case-insensitive
+    // upstream (Go) matches them (core/json_key.hpp), so a "Mail_Settings" or "SANDBOX_MODE"
+    // that such an upstream would read cannot carry "enable": false past the rewrite; and an
+    // exact `mail_settings` is always there for an upstream that compares bytes.
     std::string out = "{";
     bool merged = false;
     for (auto field : top) {
@@ -99,7 +103,7 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
         }
         out += cfg::quote(field.key);
         out += ':';
-        if (field.key != "mail_settings") {
+        if (!json_key::matches(field.key, "mail_settings")) {
             out += simdjson::minify(field.value);
             continue;
         }
@@ -110,7 +114,7 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
         }
         out += '{';
         for (auto f : ms) {
-            if (f.key == "sandbox_mode") {
+            if (json_key::matches(f.key, "sandbox_mode")) {
                 continue;
             }
             out += cfg::quote(f.key);
@@ -119,7 +123,7 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
             out += ',';
         }
         out += "\"sandbox_mode\":{\"enable\":true}}";
-        merged = true;
+        merged = merged || field.key == "mail_settings";
     }
     if (!merged) {
         if (out.size() > 1) {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/json_reader.hpp"
+#include "core/json_key.hpp"
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
@@ -140,8 +141,9 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------
-// JSON bodies. Keys match case-insensitively and every duplicate is visited: upstream
-// parsers differ on case and on which duplicate wins, so the check covers all of them.
+// JSON bodies. Keys match case-insensitively (as Go's encoding/json folds them,
+// core/json_key.hpp) and every duplicate is visited: upstream parsers differ on case and on
+// which duplicate wins, so the check covers all of them.
 
 template <class F>
 void each_field(element e, std::string_view key, F&& f) {
@@ -150,7 +152,7 @@ void each_field(element e, std::string_view key, F&& f) {
         return;
     }
     for (const auto field : obj) {
-        if (iequals(field.key, key)) {
+        if (json_key::equal_fold(field.key, key)) {
             f(field.value);
         }
     }

@@ -1,5 +1,6 @@
 #include "rules/engine.hpp"
 
+#include "core/json_key.hpp"
 #include "core/url_decode.hpp"
 
 #include "rules/form.hpp"
@@ -349,11 +350,12 @@ void visit(simdjson::dom::element e, const path_segment* seg, const path_segment
             // which of two equal keys counts (simdjson's at_key finds the first, Go and
             // Jackson keep the last), so a cap counts them all rather than the one an
             // upstream may ignore.
-            // The same comparison as at_key (length, then bytes, no string_view per field),
-            // but on to the object's end instead of stopping at the first match.
+            // Keys match as a case-insensitive upstream (Go) would match them, so {"TO": [...]}
+            // counts as `to` (core/json_key.hpp).
             for (auto it = obj.begin(); it != obj.end(); ++it) {
+                const std::string_view key = it.key();
                 for (const auto& name : seg->names) {
-                    if (it.key_equals(name)) {
+                    if (json_key::matches(key, name)) {
                         visit(it.value(), seg + 1, end, f);
                         break;
                     }

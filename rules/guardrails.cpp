@@ -4,6 +4,7 @@
 #include "rules/guardrails.hpp"
 
 #include "core/hex.hpp"
+#include "core/json_key.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -577,7 +578,7 @@ private:
             n.end = 0;
             if (!f.empty()) {
                 const frame& last = f.back();
-                if (last.key.size() == 16 && iequals(last.key, "List-Unsubscribe")) {
+                if (last.key.size() >= 16 && json_key::matches(last.key, "list-unsubscribe")) {
                     list_unsubscribe_ = true;
                 }
                 n.flags |= last.array ? in_array : 0;
@@ -710,7 +711,9 @@ bool path_matches(const json_path& p, std::span<const frame> f, bool prefix) {
         const auto& seg = p.segments[i];
         switch (seg.k) {
             case path_segment::kind::names:
-                if (f[i].array || std::find(seg.names.begin(), seg.names.end(), f[i].key) == seg.names.end()) {
+                if (f[i].array || std::none_of(seg.names.begin(), seg.names.end(), [&](const std::string& n) {
+                        return json_key::matches(f[i].key, n);
+                    })) {
                     return false;
                 }
                 break;
@@ -739,11 +742,32 @@ const std::vector<guard_field>& no_fields() {
     return none;
 }
 
-bool name_matches(const path_index::name& n, std::string_view key, std::uint64_t head) {
-    return n.len == key.size() && n.head == head && (n.len <= 8 || n.text == key);
+// A key as the path names see it (names are folded, core/json_key.hpp): the head of its
+// fold, when the key is ASCII (then the fold is its lower case, byte for byte, and the same
+// length); a key with other bytes is compared through json_key::matches.
+struct key_head {
+    std::uint64_t head = 0;
+    bool ascii = true;
+
+    static key_head of(std::string_view key) {
+        key_head k;
+        const std::uint64_t h = path_index::head_of(key);
+        k.ascii = key.size() <= 8 ? (h & 0x8080808080808080ull) == 0 : json_key::is_ascii(key);
+        if (k.ascii) {
+            k.head = json_key::ascii_lower8(h);
+        }
+        return k;
+    }
+};
+
+bool name_matches(const path_index::name& n, std::string_view key, key_head head) {
+    if (!head.ascii) {
+        return json_key::matches(key, n.text);
+    }
+    return n.len == key.size() && n.head == head.head && (n.len <= 8 || json_key::ascii_matches_long(key, n.text));
 }
 
-bool step_matches(const path_index::step& st, const frame& f, std::uint64_t head) {
+bool step_matches(const path_index::step& st, const frame& f, key_head head) {
     switch (st.k) {
         case path_segment::kind::names:
             if (f.array) {
@@ -817,7 +841,7 @@ private:
             under = under_[d - 1];
             const frame& fr = f[d - 1];
             const std::uint64_t parent_alive = alive_[d - 1];
-            const std::uint64_t head = fr.array || (d > 1 && parent_alive == 0) ? 0 : path_index::head_of(fr.key);
+            const key_head head = fr.array || (d > 1 && parent_alive == 0) ? key_head{} : key_head::of(fr.key);
             if (d == 1) {
                 alive = index_.first_wildcard;
                 if (fr.array) {
@@ -1265,22 +1289,24 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
 // `list_unsubscribe_keys`: whether the body has a key List-Unsubscribe at all (the parse knows).
 bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_view text, bool list_unsubscribe_keys) {
     const std::size_t d = f.size();
-    if (d == 1 && !f[0].array && (f[0].key == "asm" || f[0].key == "ListManagementOptions") && t == value_type::object) {
+    using json_key::matches;  // keys as a case-insensitive upstream reads them (folded names)
+    if (d == 1 && !f[0].array && (matches(f[0].key, "asm") || matches(f[0].key, "listmanagementoptions")) &&
+        t == value_type::object) {
         return true;
     }
-    if (d == 3 && t == value_type::scalar && text == "true" && f[0].key == "tracking_settings" &&
-        f[1].key == "subscription_tracking" && f[2].key == "enable") {
+    if (d == 3 && t == value_type::scalar && text == "true" && matches(f[0].key, "tracking_settings") &&
+        matches(f[1].key, "subscription_tracking") && matches(f[2].key, "enable")) {
         return true;
     }
-    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") &&
-           ieq(f[d - 2].key, "headers");
+    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array &&
+           matches(f[d - 1].key, "list-unsubscribe") && matches(f[d - 2].key, "headers");
 }
 
 // Whether a value below this container (at `f`, not the root) could be one unsubscribe_setting
 // accepts: $.tracking_settings.subscription_tracking.enable, or a List-Unsubscribe key under
 // headers (the parse knows whether the body has such a key at all).
 bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<const frame> f) {
-    return (!f[0].array && f[0].key == "tracking_settings") || doc.may_have_key_list_unsubscribe();
+    return (!f[0].array && json_key::matches(f[0].key, "tracking_settings")) || doc.may_have_key_list_unsubscribe();
 }
 
 guard_result check_content(const content_guard& g, const guard_input& in) {

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <set>
 
+#include "core/json_key.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
 #include "rules/rule_set.hpp"
@@ -116,7 +117,7 @@ std::optional<json_path> parse_json_path(std::string_view text, std::string* err
                     fail(error, "expected a name after \".\" at offset " + std::to_string(start));
                     return std::nullopt;
                 }
-                seg.names.emplace_back(text.substr(start, i - start));
+                seg.names.push_back(json_key::fold(text.substr(start, i - start)));
             }
         } else if (text[i] == '[') {
             ++i;
@@ -153,7 +154,7 @@ std::optional<json_path> parse_json_path(std::string_view text, std::string* err
                         fail(error, "unterminated quoted name");
                         return std::nullopt;
                     }
-                    seg.names.emplace_back(text.substr(start, i - start));
+                    seg.names.push_back(json_key::fold(text.substr(start, i - start)));
                     ++i;
                     while (i < text.size() && text[i] == ' ') {
                         ++i;

@@ -41,7 +41,9 @@ struct failure_mode {
 struct path_segment {
     enum class kind : std::uint8_t { names, index, wildcard };
     kind k = kind::names;
-    std::vector<std::string> names;  // one name, or a union `['to','cc']`
+    // One name, or a union `['to','cc']`; folded (core/json_key.hpp): a body's keys match
+    // them the way Go's encoding/json matches keys, without regard to case.
+    std::vector<std::string> names;
     std::size_t index = 0;
 };
 struct json_path {

@@ -33,6 +33,20 @@ TEST(sandbox_rewrite, sendgrid_merges_existing_mail_settings_and_overrides_a_dis
     EXPECT_EQ(*out, R"({"mail_settings":{"footer":{"enable":true},"sandbox_mode":{"enable":true}}})");
 }
 
+// Go's encoding/json (SendGrid) reads "Mail_Settings" as mail_settings, and of two such keys
+// the later wins: none of them may carry "enable": false past the rewrite.
+TEST(sandbox_rewrite, sendgrid_oddly_cased_keys_cannot_turn_the_sandbox_off) {
+    std::string err;
+    auto out = sendgrid_sandbox(R"({"mail_settings":{"footer":{"enable":true}},"Mail_Settings":{"Sandbox_Mode":{"enable":false}}})", &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out, R"({"mail_settings":{"footer":{"enable":true},"sandbox_mode":{"enable":true}},)"
+                    R"("Mail_Settings":{"sandbox_mode":{"enable":true}}})");
+    out = sendgrid_sandbox("{\"MAIL_\u0053ETTINGS\":{\"\xC5\xBF" "andbox_mode\":{\"enable\":false}}}", &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out, R"({"MAIL_SETTINGS":{"sandbox_mode":{"enable":true}},"mail_settings":{"sandbox_mode":{"enable":true}}})")
+        << "rewritten, and an exact mail_settings for an upstream that compares bytes";
+}
+
 TEST(sandbox_rewrite, sendgrid_refuses_what_it_cannot_rewrite) {
     std::string err;
     EXPECT_FALSE(sendgrid_sandbox("not json", &err));

@@ -343,6 +343,10 @@ TEST(AgentConstraints, DuplicateAndOddlyCasedKeysCannotHideAValue) {
         "TO": [{"email": "b@x.com"}]}]})j"),
                 HasSubstr("2 recipients"));
     EXPECT_THAT(check_body_constraints(max(1), urlencoded, "to=a%40x.com&To=b%40x.com"), HasSubstr("2 recipients"));
+    // Go also folds U+017F to s: "per\u017fonalizations" is `personalizations` to it.
+    EXPECT_THAT(check_body_constraints(max(1), json, "{\"per\xC5\xBFonalizations\": [{\"to\": [{\"email\": \"a@x.com\"}, "
+                                                     "{\"email\": \"b@x.com\"}]}]}"),
+                HasSubstr("2 recipients"));
 }
 
 TEST(AgentConstraints, ReasonsShowNoRecipientAndStayPrintable) {

@@ -151,6 +151,36 @@ TEST(Engine, DuplicateJsonKeysAreAllCountedByCaps) {
     EXPECT_EQ(d.measured, 5);
 }
 
+// Go's encoding/json (SendGrid) reads "TO" as `to`, and folds U+017F to s: a cap that compared
+// key bytes would count none of these recipients.
+TEST(Engine, KeysMatchAsACaseInsensitiveUpstreamReadsThem) {
+    engine eng{load_ok(config(R"j(
+        {"id": "r", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 3, "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "per-campaign", "route": "mail-send", "key": ["json:$.campaign"], "measure": "requests", "window": "1h",
+         "limit": 100, "failure_mode": "volume-spike", "trips": "camp"})j"))};
+    manual_clock clock;
+    request req;
+    const std::string four = R"([{"email":"a@x.com"},{"email":"b@x.com"},{"email":"c@x.com"},{"email":"d@x.com"}])";
+    for (const std::string& body : {
+             R"({"personalizations":[{"TO":)" + four + "}]}",
+             R"({"Personalizations":[{"To":)" + four + "}]}",
+             "{\"per\u017fonalizations\":[{\"to\":" + four + "}]}",  // an escaped long s
+             "{\"PER\xC5\xBFONALIZATIONS\":[{\"to\":" + four + "}]}",  // the same, as UTF-8
+         }) {
+        req.body = body;
+        const auto d = eng.evaluate(req.view(), clock.now());
+        EXPECT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_EQ(d.measured, 4) << body;
+    }
+    req.body = R"({"personalizations":[{"to":[{"email":"a@x.com"}],"toto":)" + four + "}]}";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << "only keys that fold to the name";
+    req.body = R"({"campaign":"a","Campaign":"b"})";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected) << "a key read two ways through case is ambiguous";
+    EXPECT_NE(d.reason.find("two different values for the key $.campaign"), std::string::npos) << d.reason;
+}
+
 // What reaches the same upstream endpoint meets the same rule: a trailing slash or another
 // case in a literal or an allowed value does not step around a path template.
 TEST(Engine, PathTemplatesIgnoreATrailingSlashAndCase) {

@@ -368,6 +368,23 @@ TEST(GuardRecipients, AllowlistCoversSubdomains) {
     EXPECT_TRUE(f.check_body(sendgrid_to({"Jane Doe <jane@example.com>"})).allowed());
 }
 
+// Keys are read as Go's encoding/json reads them (SendGrid): "To"/"EMAIL" are `to`/`email`.
+TEST(GuardRecipients, OddlyCasedKeysAreReadAsAnUpstreamReadsThem) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    for (const char* body : {
+             R"j({"personalizations": [{"To": [{"EMAIL": "x@gmail.com"}]}], "subject": "Hi"})j",
+             R"j({"PERSONALIZATIONS": [{"to": [{"Email": "x@gmail.com"}]}], "subject": "Hi"})j",
+             "{\"personalizations\": [{\"to\": [{\"email\": \"a@example.com\"}], \"b\\u0063c\": [{\"email\": "
+             "\"x@gmail.com\"}]}]}",
+             "{\"per\xC5\xBFonalizations\": [{\"to\": [{\"email\": \"x@gmail.com\"}]}]}",
+         }) {
+        const auto d = f.check_body(body);
+        EXPECT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("x***@gmail.com")) << body;
+    }
+    EXPECT_TRUE(f.check_body(R"j({"personalizations": [{"TO": [{"EMAIL": "jane@example.com"}]}]})j").allowed());
+}
+
 TEST(GuardRecipients, Blocklist) {
     fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"]})j")};
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com"})).allowed());
@@ -1150,7 +1167,11 @@ TEST(GuardFastPaths, PathIndexHeadIsTheZeroPaddedPrefix) {
 
 TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
     text_gen gen{31};
-    const char* const keys[] = {"a", "b", "to", "cc", "email", "x y", "\u00e9", "personalizations"};
+    // Keys in other cases and with the letters Go folds to ASCII (U+017F, U+212A, U+0130):
+    // names match them as json_key::matches does, on the fast path and the reference alike.
+    const char* const keys[] = {"a", "b", "to", "cc", "email", "x y", "\u00e9", "personalizations", "A", "To", "EMAIL",
+                                "PERSONALIZATIONS", "per\u017fonalizations", "\u212a", "k", "\u0130", "i",
+                                "\u00c9"};
     std::function<std::string(int)> value = [&](int depth) -> std::string {
         const auto kind = depth > 5 ? 3 : depth == 0 ? gen.pick(3) : gen.pick(5);
         if (kind == 0 || kind == 1) {
@@ -1170,7 +1191,8 @@ TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
         return gen.one({"\"s\"", "1", "true", "null", "\"x@y.z\""});
     };
     const char* const paths[] = {"$", "$.a", "$.a[*]", "$.a[0].b", "$['to','cc'][*].email", "$.b[1]", "$[*]", "$[0]",
-                                 "$.a.b.a", "$.personalizations[*]['to','cc'][*].email", "$.a[*].b[*]", "$['x y']"};
+                                 "$.a.b.a", "$.personalizations[*]['to','cc'][*].email", "$.a[*].b[*]", "$['x y']",
+                                 "$.K[*]", "$.I", "$['\u00e9']"};
     std::size_t matched = 0;
     for (int i = 0; i < 2000; ++i) {
         std::vector<guard_field> fields;
