@@ -34,6 +34,7 @@
 #include <list>
 #include <map>
 #include <set>
+#include <fstream>
 #include <sstream>
 
 namespace bb::proxy {
@@ -1071,16 +1072,16 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     co_return h;
 }
 
-asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only) {
-    const auto current = srv_.current_config();
-    auto d = diff_configs(*current, *next);
+// What a change from the running config to `next` does, and what of it loosens a guard.
+config_diff judge_change(server& srv, const config& current, const config& next) {
+    auto d = diff_configs(current, next);
     // Changing how a rule maps requests to instances (its route, match, key or breaker)
     // while its breaker contains traffic would strand those trips: the traffic they were
     // tripped for may no longer consult them. That is a loosening (admin only), and named.
-    if (current->rules) {
-        const auto live = srv_.breakers()->snapshot(srv_.now());
-        for (const auto& r : current->rules->rules) {
-            const auto* n = next->rules ? next->rules->find_rule(r.id) : nullptr;
+    if (current.rules) {
+        const auto live = srv.breakers()->snapshot(srv.now());
+        for (const auto& r : current.rules->rules) {
+            const auto* n = next.rules ? next.rules->find_rule(r.id) : nullptr;
             if (n != nullptr && same_mapping(r, *n)) {
                 continue;
             }
@@ -1090,13 +1091,51 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             }
         }
     }
+    return d;
+}
+
+std::string diff_text_of(const config_diff& d) {
+    std::string text;
+    for (const auto& l : d.lines) {
+        text += l + "\n";
+    }
+    return text;
+}
+
+// Holds the server's one-config-change-at-a-time flag (control thread) for a scope.
+class config_change_slot {
+public:
+    explicit config_change_slot(server& srv) : srv_{srv} { srv_.set_config_change_busy(true); }
+    ~config_change_slot() { srv_.set_config_change_busy(false); }
+    config_change_slot(const config_change_slot&) = delete;
+    config_change_slot& operator=(const config_change_slot&) = delete;
+
+private:
+    server& srv_;
+};
+
+asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only) {
+    // One change at a time, judged against the config it replaces: a second apply while one
+    // is between its judgement and its stored version would be judged against a base that
+    // is about to go (and could undo the first one without the role that needs).
+    std::optional<config_change_slot> slot;
+    if (!dry_run) {
+        if (srv_.config_change_busy()) {
+            auto f = fail({http::status::conflict, "config_busy",
+                           "another config change (an apply, reload, rollback or SIGHUP) is in progress; retry"});
+            f.mutation = true;
+            f.audit_target = "config";
+            co_return f;
+        }
+        slot.emplace(srv_);
+    }
+    const auto generation = srv_.config_generation();
+    const auto current = srv_.current_config();
+    const auto d = judge_change(srv_, *current, *next);
     handled h;
     h.mutation = true;
     h.audit_target = "config";
-    std::string diff_text;
-    for (const auto& l : d.lines) {
-        diff_text += l + "\n";
-    }
+    const std::string diff_text = diff_text_of(d);
     h.audit_diff = diff_text;
     if (!d.loosening.empty() && !allowed(admin_role::admin)) {
         auto f = forbidden("apply a change that loosens a guard (" + d.loosening.front() + ")", admin_role::admin);
@@ -1110,6 +1149,14 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     if (!dry_run) {
         if (!co_await record_intent("config", diff_text)) {
             co_return intent_unrecorded();
+        }
+        if (srv_.config_generation() != generation) {  // e.g. a reload that did not wait its turn
+            auto f = fail({http::status::conflict, "config_changed",
+                           "the running config changed while this change was being recorded; read it again and retry"});
+            f.mutation = true;
+            f.audit_target = "config";
+            f.audit_diff = diff_text;
+            co_return f;
         }
         // Shadow first: the breakers that new or changed rules trip only record what they
         // would have done until an operator sets them back to auto. The mode is set on the
@@ -1216,6 +1263,30 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
             metrics_only = false;
         }
         const bool dry_run = query_.count("dry_run") && query_["dry_run"] != "0";
+        // Optimistic concurrency: `base_version`, the version the change was made from (as
+        // GET /v1/config gave it); a change made from an older one would undo what came
+        // between, so it is refused rather than applied over it.
+        if (auto bv = (*b)["base_version"]; bv.error() != simdjson::NO_SUCH_FIELD) {
+            std::int64_t base = 0;
+            if (bv.get(base) != simdjson::SUCCESS || base < 0) {
+                auto f = fail({http::status::bad_request, "bad_field",
+                               "\"base_version\" must be a version number (0: none stored yet)", "base_version"});
+                f.mutation = true;
+                co_return f;
+            }
+            const auto* db = srv_.db();
+            const auto latest = db ? db->config_version(0) : std::nullopt;
+            const std::int64_t now_version = latest ? latest->first : 0;
+            if (base != now_version) {
+                auto f = fail({http::status::conflict, "version_conflict",
+                               "the change was made from version " + std::to_string(base) + ", but version " +
+                                   std::to_string(now_version) + " is current; read it again and redo the change",
+                               "base_version"});
+                f.mutation = true;
+                f.audit_target = "config";
+                co_return f;
+            }
+        }
         auto parsed = parse_config(simdjson::minify(ce));
         if (!parsed.errors.empty()) {
             co_return invalid_config(parsed.errors);
@@ -1316,7 +1387,155 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
     co_return h;
 }
 
+std::string sha256_hex_of(std::string_view bytes) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(bytes.data(), bytes.size(), digest, &len, EVP_sha256(), nullptr);
+    static constexpr char hexdigits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += hexdigits[digest[i] >> 4];
+        out += hexdigits[digest[i] & 15];
+    }
+    return out;
+}
+
+// An audit entry for a change that no admin request made (a signal, a start). False when
+// the store cannot write it; true without a store (nothing to write to).
+asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string method, std::string params,
+                                  std::string reason, std::string result, std::string diff) {
+    auto* db = srv.db();
+    if (db == nullptr) {
+        co_return true;
+    }
+    store::audit_entry e;
+    e.actor = std::move(actor);
+    e.role = "local";
+    e.method = std::move(method);
+    e.path = srv.config_path();
+    e.target = "config";
+    e.params = std::move(params);
+    e.reason = std::move(reason);
+    e.result = std::move(result);
+    e.diff = std::move(diff);
+    auto r = co_await await_store([&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+    if (!r.ok) {
+        spdlog::error("audit: cannot record a config change from {}: {}", srv.config_path(), r.message);
+    }
+    co_return r.ok;
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+    std::ifstream in{path, std::ios::binary};
+    if (!in) {
+        return std::nullopt;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
 }  // namespace
+
+asio::awaitable<void> reload_on_signal(server& srv) {
+    // One change at a time: wait for an admin apply in flight to store its version.
+    if (srv.config_change_busy()) {
+        spdlog::info("SIGHUP: waiting for the config change in progress");
+        asio::steady_timer wait{co_await asio::this_coro::executor};
+        while (srv.config_change_busy()) {
+            wait.expires_after(std::chrono::milliseconds{20});
+            co_await wait.async_wait(asio::use_awaitable);
+        }
+    }
+    config_change_slot slot{srv};
+    const std::string& path = srv.config_path();
+    const std::string actor = "signal:SIGHUP";
+    const std::string reason = "SIGHUP: reload " + path;
+    const auto text = read_file(path);
+    parse_result parsed;
+    if (text) {
+        parsed = parse_config(*text);
+    } else {
+        parsed.errors.add("", "cannot read config file " + cfg::quote(path));
+    }
+    const std::string params =
+        "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + sha256_hex_of(*text) + "\"" : std::string{}) + "}";
+    if (!parsed.errors.empty()) {
+        spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving", parsed.errors.size());
+        std::string listed;
+        for (const auto& e : parsed.errors.list()) {
+            spdlog::error("  {}", e.to_string());
+            listed += e.to_string() + "\n";
+        }
+        co_await audit_local(srv, actor, "SIGHUP", params, reason,
+                             "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)", listed);
+        co_return;
+    }
+    // Whoever can signal the process can edit its file, so a loosening is not refused here;
+    // it is written down, first, and said out loud.
+    const auto d = judge_change(srv, *srv.current_config(), *parsed.cfg);
+    std::string diff = diff_text_of(d);
+    for (const auto& l : d.loosening) {
+        diff += "loosens: " + l + "\n";
+        spdlog::warn("SIGHUP: the reloaded config loosens a guard: {}", l);
+    }
+    if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", diff)) {
+        spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the old config keeps serving");
+        co_return;
+    }
+    for (const auto& w : srv.apply_config(parsed.cfg)) {
+        spdlog::warn("reload: {}", w);
+    }
+    std::string result = "applied";
+    for (const auto& e : srv.reload_security()) {  // renewed certificates (same files, new contents)
+        spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
+        result = "applied; TLS files not reloaded: " + e;
+    }
+    std::int64_t version = 0;
+    if (auto* db = srv.db()) {
+        auto r = co_await await_store([&](store::done_fn done) {
+            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done));
+        });
+        version = r.ok ? r.count : 0;
+    }
+    co_await audit_local(srv, actor, "SIGHUP", params, reason, result + " (version " + std::to_string(version) + ")",
+                         diff);
+    spdlog::info("SIGHUP: configuration reloaded from {} (version {})", path, version);
+}
+
+asio::awaitable<void> record_startup_config(server& srv) {
+    auto* db = srv.db();
+    const auto cfg = srv.current_config();
+    if (db == nullptr || srv.config_path().empty() || cfg->source_json.empty()) {
+        co_return;
+    }
+    const auto last = db->config_version(0);
+    if (last && last->second == cfg->source_json) {
+        co_return;
+    }
+    config_change_slot slot{srv};
+    std::string diff;
+    std::string result = "first start from this file";
+    if (last) {
+        // Most often a config applied through the API (which does not write the file back)
+        // and then a restart: whatever it changed is gone now. Said, not silently dropped.
+        result = "started from the file, which differs from the last applied version " + std::to_string(last->first);
+        spdlog::warn("config: {} differs from version {}, the last one applied (through the admin API, a reload or a "
+                     "rollback); it is what runs now: see the audit log for what changed",
+                     srv.config_path(), last->first);
+        auto before = parse_config(last->second);
+        if (before.errors.empty()) {
+            diff = diff_text_of(diff_configs(*before.cfg, *cfg));
+        }
+    }
+    auto r = co_await await_store([&](store::done_fn done) {
+        db->save_config_version(cfg->source_json, "startup", "started from " + srv.config_path(), std::move(done));
+    });
+    co_await audit_local(srv, "startup", "START",
+                         "{\"file\":" + cfg::quote(srv.config_path()) + ",\"sha256\":\"" + sha256_hex_of(cfg->source_json) + "\"}",
+                         "started from " + srv.config_path(),
+                         result + " (version " + std::to_string(r.ok ? r.count : 0) + ")", diff);
+}
 
 admin_server::admin_server(asio::io_context& control, server& srv) : control_(control), srv_(srv) {}
 

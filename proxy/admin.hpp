@@ -45,6 +45,20 @@ private:
     std::uint16_t port_ = 0;
 };
 
+// SIGHUP: reloads the config file the way POST /v1/config/reload applies one, except that a
+// loosening is not refused (whoever can signal the process can edit its file): after any
+// config change in flight, the intent goes to the audit log first (actor signal:SIGHUP, the
+// file and its SHA-256, the diff, what it loosens); the config is applied and stored as a
+// version; the outcome follows. A file with errors is audited and changes nothing; so does
+// a reload whose intent cannot be written. Control thread.
+asio::awaitable<void> reload_on_signal(server& srv);
+
+// At start from a file: when the file is not the last config version stored (one applied
+// through the API, which does not write the file back, then a restart), says so in the log
+// and the audit log with the diff, and stores the file as the new version, so that
+// GET /v1/config and rollbacks number what really runs. Control thread.
+asio::awaitable<void> record_startup_config(server& srv);
+
 // Prometheus text exposition (format 0.0.4) of everything breakerbox measures.
 std::string render_metrics(server& srv);
 

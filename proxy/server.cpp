@@ -860,6 +860,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         cfg_ = effective;
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
+        config_generation_.fetch_add(1, std::memory_order_acq_rel);
     }
     {
         // Published: the breakers configured again now hold their kept state themselves.
@@ -911,23 +912,6 @@ std::vector<std::string> server::reload_security() {
     return errors;
 }
 
-cfg::errors server::reload_from_file() {
-    auto parsed = load_config_file(opts_.config_path);
-    if (!parsed.errors.empty()) {
-        return parsed.errors;
-    }
-    for (const auto& w : apply_config(parsed.cfg)) {
-        spdlog::warn("reload: {}", w);
-    }
-    // SIGHUP also picks up renewed certificates (same files, new contents).
-    cfg::errors errs;
-    for (const auto& e : reload_security()) {
-        spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
-        errs.add("listeners", e);
-    }
-    return errs;
-}
-
 void server::request_stop() {
     if (stop_requested_.exchange(true)) {
         return;
@@ -957,16 +941,8 @@ int server::run() {
                     if (opts_.config_path.empty()) {
                         spdlog::warn("SIGHUP: no config file to reload");
                     } else {
-                        auto errs = reload_from_file();
-                        if (errs.empty()) {
-                            spdlog::info("SIGHUP: configuration reloaded from {}", opts_.config_path);
-                        } else {
-                            spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving",
-                                          errs.size());
-                            for (const auto& e : errs.list()) {
-                                spdlog::error("  {}", e.to_string());
-                            }
-                        }
+                        // Audited and judged like an API apply, one change at a time.
+                        asio::co_spawn(control_, reload_on_signal(*this), asio::detached);
                     }
                     wait_signal();
                     return;
@@ -977,6 +953,9 @@ int server::run() {
             });
         };
         wait_signal();
+    }
+    if (db_ && !opts_.config_path.empty()) {
+        asio::co_spawn(control_, record_startup_config(*this), asio::detached);
     }
     // The control thread ticks once a second (breaker expiries, retention) and every 20 ms
     // while draining; request_stop() wakes it at once. It never touches the data plane.

@@ -236,8 +236,13 @@ public:
     // (how a change applied as metrics_only never enforces, not even for a moment).
     std::vector<std::string> apply_config(std::shared_ptr<const config> cfg,
                                           const std::function<void(breakers::breaker_registry&)>& prepare = nullptr);
-    // Reloads from options().config_path. Returns the errors (empty on success).
-    cfg::errors reload_from_file();
+    // Counts apply_config() calls: a change judged against one config is installed only if
+    // no other was installed meanwhile (admin apply re-checks it after its audit write).
+    std::uint64_t config_generation() const { return config_generation_.load(std::memory_order_acquire); }
+    // One config change (admin apply, SIGHUP reload) in flight at a time, from its judgement
+    // to its stored version. Control thread only.
+    bool config_change_busy() const { return config_change_busy_; }
+    void set_config_change_busy(bool busy) { config_change_busy_ = busy; }
 
     std::uint16_t bound_port(std::size_t listener_index) const { return ports_.at(listener_index); }
     // A listener's TLS material; null for a plain listener. Thread-safe.
@@ -311,6 +316,8 @@ private:
     // Serializes whole config swaps (admin apply, SIGHUP, rollback): each builds on the
     // runtime the previous one installed, and a registry is handed over only once.
     std::mutex apply_mutex_;
+    std::atomic<std::uint64_t> config_generation_{0};
+    bool config_change_busy_ = false;  // control thread only
     bool started_ = false;
     // Declared after the workers so they are destroyed first (in reverse order): their
     // last completions post to the workers' io_contexts, which must still exist.

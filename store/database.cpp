@@ -1844,7 +1844,9 @@ void database::flush() {
 
 writer_stats database::stats() const {
     std::lock_guard lock{impl_->mu_};
-    return impl_->stats_;
+    auto s = impl_->stats_;
+    s.queued = impl_->queue_.size();
+    return s;
 }
 
 std::uint64_t database::recovered_at_open() const { return impl_->recovered_; }

@@ -167,6 +167,7 @@ struct writer_stats {
     std::uint64_t batches_failed = 0; // transactions rolled back for an I/O error
     std::uint64_t largest_batch = 0;
     std::uint64_t batches_rerun = 0;  // run again with a savepoint per op (an op failed after writing)
+    std::uint64_t queued = 0;         // operations waiting for the writer now
 };
 
 enum class release_outcome : std::uint8_t {

@@ -15,6 +15,8 @@
 #include <simdjson.h>
 #include <sqlite3.h>
 
+#include <poll.h>
+
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -309,6 +311,42 @@ TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
                     "{\"reason\":\"undo\",\"version\":" + std::to_string(version) + "}");
     ASSERT_EQ(rb.result_int(), 200u) << rb.body();
     EXPECT_EQ(send_mail(f.bb.port(), "other", 20).result_int(), 202u);
+}
+
+// Two config changes at once: the second is refused (409 config_busy) rather than judged
+// against the config the first is replacing and installed over it. Here an operator's
+// resend of the old config would silently undo an admin's tightening (and, judged against
+// the old base, need no admin role to do it).
+TEST(admin_api, a_config_change_while_another_is_in_flight_is_refused_not_applied_over_it) {
+    admin_fixture f;
+    auto* db = f.bb.server().db();
+    auto wait_queued = [&](std::uint64_t n) {  // bounded: the admin API queues its audit writes
+        for (int i = 0; i < 5000 && db->stats().queued < n; ++i) {
+            pollfd none{};
+            ::poll(&none, 0, 1);
+        }
+        return db->stats().queued;
+    };
+    db->pause_writer(true);  // the first change parks at its write-ahead audit record
+    response tightened;
+    std::thread first{[&] {
+        tightened = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                          "{\"reason\":\"tighten\",\"config\":" + admin_config(f.up.port(), f.dir, 10) + "}");
+    }};
+    ASSERT_EQ(wait_queued(1), 1u);
+    response resent;
+    std::thread second{[&] {
+        resent = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                       "{\"reason\":\"resend\",\"config\":" + admin_config(f.up.port(), f.dir) + "}");
+    }};
+    EXPECT_EQ(wait_queued(2), 2u) << "the second change's audit record";
+    db->pause_writer(false);
+    first.join();
+    second.join();
+    EXPECT_EQ(tightened.result_int(), 200u) << tightened.body();
+    EXPECT_EQ(resent.result_int(), 409u) << resent.body();
+    EXPECT_EQ(code_of(resent), "config_busy");
+    EXPECT_EQ(send_mail(f.bb.port(), "c", 20).result_int(), 503u) << "the admin's limit of 10 holds";
 }
 
 // Applying a rule change as metrics_only shadows the breakers it trips, but never one that

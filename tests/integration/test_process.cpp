@@ -145,6 +145,19 @@ private:
     std::size_t consumed_ = 0;
 };
 
+std::string sha256_hex_of(std::string_view s) {
+    unsigned char d[32];
+    unsigned int n = 0;
+    EVP_Digest(s.data(), s.size(), d, &n, EVP_sha256(), nullptr);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (int i = 0; i < 32; ++i) {
+        out += hex[d[i] >> 4];
+        out += hex[d[i] & 0xf];
+    }
+    return out;
+}
+
 std::uint16_t started_port(child& c) {
     auto m = c.wait_output(R"(listener \S+ on http://127\.0\.0\.1:(\d+))");
     return m.empty() ? 0 : static_cast<std::uint16_t>(std::stoi(m[1].str()));
@@ -241,6 +254,93 @@ TEST(signals, sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies)
     EXPECT_EQ(http_request(port, http::verb::get, "/still").result_int(), 404u);
     EXPECT_EQ(http_request(port, http::verb::get, "/v2/ok").result_int(), 200u);
 
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+}
+
+// SIGHUP and a start from a file are config changes like an API apply: written to the audit
+// log first (who: the signal or the start; the file's SHA-256; the diff), numbered as config
+// versions; a restart that drops a config applied through the API says so.
+TEST(signals, sighup_and_a_restart_from_the_file_are_audited_and_numbered) {
+    fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
+    const auto dir = temp_dir();
+    const auto path = dir + "/bb.json";
+    auto with_admin = [&](std::string cfg) {
+        cfg.insert(cfg.rfind('}'), ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+                                   "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+                                   "{\"name\": \"ada\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex_of("admin-token") + "\"},"
+                                   "{\"name\": \"vera\", \"role\": \"viewer\", \"sha256\": \"" + sha256_hex_of("view-token") + "\"}]}");
+        return cfg;
+    };
+    const std::string first = with_admin(make_config(local_url(up.port())));
+    std::string second = first;
+    second.replace(second.find("\"path_prefix\": \"/\""), 18, "\"path_prefix\": \"/v2/\"");
+    write_file(path, first);
+    auto start = [&](child& bb) {
+        started_port(bb);
+        auto m = bb.wait_output(R"(admin API on http://127\.0\.0\.1:(\d+))");
+        return m.empty() ? std::uint16_t{0} : static_cast<std::uint16_t>(std::stoi(m[1].str()));
+    };
+    // The audit log as the viewer reads it, once it holds `want` (bounded: the start's entry
+    // is written by the control thread as the admin API opens).
+    auto audit_with = [&](std::uint16_t admin, const std::string& want) {
+        std::string body;
+        for (int i = 0; i < 200; ++i) {
+            auto r = http_request(admin, http::verb::get, "/v1/audit?limit=1000", {},
+                                  {{"authorization", "Bearer view-token"}});
+            body = r.body();
+            if (body.find(want) != std::string::npos) {
+                break;
+            }
+            pollfd none{};
+            ::poll(&none, 0, 10);
+        }
+        return body;
+    };
+    {
+        child bb{{"--config", path, "--log-level", "info"}};
+        const auto admin = start(bb);
+        ASSERT_NE(admin, 0);
+        auto log = audit_with(admin, "first start from this file");
+        EXPECT_NE(log.find(R"("actor":"startup")"), std::string::npos) << log;
+        EXPECT_NE(log.find("first start from this file (version 1)"), std::string::npos) << log;
+
+        write_file(path, R"({"listeners": [{"name": "x", "address": "127.0.0.1:0"}], "routes": 7})");
+        ::kill(bb.pid(), SIGHUP);
+        bb.wait_output("the old one keeps serving");
+        log = audit_with(admin, "invalid_config");
+        EXPECT_NE(log.find(R"("actor":"signal:SIGHUP")"), std::string::npos) << log;
+        EXPECT_NE(log.find("routes: must be an array"), std::string::npos) << log;
+
+        write_file(path, second);
+        ::kill(bb.pid(), SIGHUP);
+        bb.wait_output("configuration reloaded");
+        log = audit_with(admin, "applied (version 2)");
+        EXPECT_NE(log.find(sha256_hex_of(second)), std::string::npos) << "the file's digest: " << log;
+        EXPECT_NE(log.find(R"("result":"started")"), std::string::npos) << log;
+        EXPECT_NE(log.find("loosens: changes routes"), std::string::npos) << "the diff: " << log;
+        auto cfg = http_request(admin, http::verb::get, "/v1/config", {}, {{"authorization", "Bearer view-token"}});
+        EXPECT_NE(std::string{cfg.body()}.find(R"({"version":2,)"), std::string::npos) << cfg.body();
+
+        // Back to the first config through the API (version 3), which does not write the file.
+        std::string apply = R"({"reason": "back to /", "base_version": 2, "config": )" + first + "}";
+        auto r = http_request(admin, http::verb::post, "/v1/config", apply,
+                              {{"authorization", "Bearer admin-token"}, {"content-type", "application/json"}});
+        EXPECT_EQ(r.result_int(), 200u) << r.body();
+        r = http_request(admin, http::verb::post, "/v1/config", apply,
+                         {{"authorization", "Bearer admin-token"}, {"content-type", "application/json"}});
+        EXPECT_EQ(r.result_int(), 409u) << "made from version 2, which is no longer current: " << r.body();
+        EXPECT_NE(std::string{r.body()}.find("version_conflict"), std::string::npos) << r.body();
+        ::kill(bb.pid(), SIGTERM);
+        EXPECT_EQ(bb.wait_exit(), 0);
+    }
+    // Restarted from the file (the /v2/ config): what the API applied is gone, and said so.
+    child bb{{"--config", path, "--log-level", "info"}};
+    const auto admin = start(bb);
+    ASSERT_NE(admin, 0);
+    bb.wait_output("differs from version 3");
+    const auto log = audit_with(admin, "differs from the last applied version 3");
+    EXPECT_NE(log.find("differs from the last applied version 3 (version 4)"), std::string::npos) << log;
     ::kill(bb.pid(), SIGTERM);
     EXPECT_EQ(bb.wait_exit(), 0);
 }
@@ -552,19 +652,6 @@ TEST(durability, quarantine_survives_50_kill_9_restarts_with_every_acknowledged_
 
 #ifdef BB_BREAKERCTL_BIN
 namespace {
-
-std::string sha256_hex_of(std::string_view s) {
-    unsigned char d[32];
-    unsigned int n = 0;
-    EVP_Digest(s.data(), s.size(), d, &n, EVP_sha256(), nullptr);
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (int i = 0; i < 32; ++i) {
-        out += hex[d[i] >> 4];
-        out += hex[d[i] & 0xf];
-    }
-    return out;
-}
 
 // Runs breakerctl with `args`; returns its exit code and fills `out` with stdout+stderr.
 int breakerctl(const std::string& args, std::string& out) {
