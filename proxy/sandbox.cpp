@@ -147,7 +147,7 @@ std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::
             const auto amp = rest.find('&');
             const auto pair = rest.substr(0, amp);
             const auto eq = pair.find('=');
-            if (url_decode(pair.substr(0, eq)) != "o:testmode" && !pair.empty()) {
+            if (!iequals(url_decode(pair.substr(0, eq)), "o:testmode") && !pair.empty()) {
                 if (!out.empty()) {
                     out += '&';
                 }
@@ -208,7 +208,16 @@ std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::
 // as upstream parsers do): every field of the request is still there, and o:testmode is
 // there exactly once, as "yes". A body where that cannot be made certain (a part written
 // `Name="o:testmode"`, a malformed body) is not forwarded.
-std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error) {
+std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type, std::string* error,
+                                            std::string_view query) {
+    // The name in any case: an API that folds it would read a second switch.
+    auto is_testmode = [](const auto& field) { return iequals(field.first, "o:testmode"); };
+    std::vector<std::pair<std::string, std::string>> in_query;
+    rules::parse_form("application/x-www-form-urlencoded", query, in_query);
+    if (std::any_of(in_query.begin(), in_query.end(), is_testmode)) {
+        *error = "o:testmode is in the query string, where the body's cannot override it with certainty";
+        return std::nullopt;
+    }
     auto out = mailgun_testmode_rewrite(body, content_type, error);
     if (!out) {
         return out;
@@ -219,7 +228,6 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
         *error = "the form body is malformed";
         return std::nullopt;
     }
-    auto is_testmode = [](const auto& field) { return field.first == "o:testmode"; };
     const auto testmode = std::find_if(after.begin(), after.end(), is_testmode);
     const bool exactly_yes = testmode != after.end() && testmode->second == "yes" &&
                              std::count_if(after.begin(), after.end(), is_testmode) == 1;

@@ -19,9 +19,11 @@ enum class sandbox_api { sendgrid, mailgun };
 std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::string* error);
 
 // Mailgun messages: o:testmode=yes, for application/x-www-form-urlencoded and
-// multipart/form-data bodies. Any o:testmode the client set is replaced.
+// multipart/form-data bodies. Any o:testmode the client set is replaced. An o:testmode in
+// the query string (`query`, no '?') is refused: the API may read it there too, and which of
+// two it takes is its own choice.
 std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type,
-                                            std::string* error);
+                                            std::string* error, std::string_view query = {});
 
 // Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.
 std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);

@@ -40,6 +40,12 @@ namespace bb::proxy {
 
 namespace {
 
+// The query string of an origin-form target, without its '?'.
+std::string_view query_of(std::string_view origin_form) {
+    const auto q = origin_form.find('?');
+    return q == std::string_view::npos ? std::string_view{} : origin_form.substr(q + 1);
+}
+
 using namespace asio::experimental::awaitable_operators;  // tunnels: both pumps, or the watchdog
 using clock_type = std::chrono::steady_clock;
 
@@ -1256,7 +1262,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // What the body may say: recipients per request, from domains, templates.
             if (!agent->constraints.empty()) {
                 const auto broken =
-                    rules::check_body_constraints(agent->constraints, req[http::field::content_type], req.body());
+                    rules::check_body_constraints(agent->constraints, req[http::field::content_type], req.body(),
+                                                  query_of(origin_form));
                 if (!broken.empty()) {
                     // A body that cannot be read is a bad request; one that reads is refused.
                     const bool unreadable =
@@ -1387,8 +1394,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.method = req.method_string();
             view.target = original_target;
             view.path = req_path;
-            const auto q = origin_form.find('?');
-            view.query = q == std::string::npos ? std::string_view{} : std::string_view{origin_form}.substr(q + 1);
+            view.query = query_of(origin_form);
             view.host = host_without_port(original_host);
             view.route = route->name;
             view.agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
@@ -1494,7 +1500,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (api == sandbox_api::sendgrid) {
                     body = sendgrid_sandbox(req.body(), &why);
                 } else if (api == sandbox_api::mailgun) {
-                    body = mailgun_testmode(req.body(), req[http::field::content_type], &why);
+                    body = mailgun_testmode(req.body(), req[http::field::content_type], &why, query_of(origin_form));
                 } else {
                     why = "no dry-run switch is known for " + std::string{req.method_string()} + " " + req_path +
                           " with content type \"" + std::string{req[http::field::content_type].substr(0, 64)} +

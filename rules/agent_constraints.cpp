@@ -286,25 +286,27 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
 
 }  // namespace
 
-std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body) {
+std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
+                                   std::string_view query) {
     if (c.empty()) {
         return {};
     }
+    const bool form = reads_as_form(content_type, body, query);
     const auto first = body.find_first_not_of(" \t\r\n");
-    if (first == std::string_view::npos) {
+    if (first == std::string_view::npos && !form) {
         return {};  // no body: no recipient, no from, no template
     }
     scratch& s = local();
     checker k{c, s};
-    const bool form = is_form_content_type(content_type);
-    if (mentions_json(content_type) || (!form && (body[first] == '{' || body[first] == '['))) {
+    if (first != std::string_view::npos &&
+        (mentions_json(content_type) || (!form && (body[first] == '{' || body[first] == '[')))) {
         element root;
         if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
             return "the body is not valid JSON";
         }
         walk_json(k, root);
     } else if (form) {
-        if (!parse_form(content_type, body, s.form)) {
+        if (!parse_form_fields(content_type, body, query, s.form)) {
             return "the multipart/form-data body is malformed";
         }
         walk_form(k, s.form);

@@ -35,6 +35,8 @@ struct body_constraints {
 // from/template field of the wrong type is refused with its reason. Keys are matched
 // case-insensitively and every duplicate is checked, so a body an upstream might read
 // differently cannot slip past. Empty constraints pass every body without reading it.
-std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body);
+// `query`: the request's query string (no '?'); a form-based API may read its fields too.
+std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
+                                   std::string_view query = {});
 
 }  // namespace bb::rules

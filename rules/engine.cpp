@@ -457,7 +457,7 @@ struct context {
     const std::vector<std::pair<std::string, std::string>>& form() {
         if (!form_parsed) {
             form_parsed = true;
-            form_ok = parse_form(req.content_type, req.body, s.form);
+            form_ok = parse_form_fields(req.content_type, req.body, req.query, s.form);
         }
         return s.form;
     }
@@ -871,6 +871,22 @@ bool parse_form(std::string_view content_type, std::string_view body,
     return true;
 }
 
+bool parse_form_fields(std::string_view content_type, std::string_view body, std::string_view query,
+                       std::vector<std::pair<std::string, std::string>>& out) {
+    const bool ok = parse_form(content_type, body, out);
+    if (!query.empty()) {
+        thread_local std::vector<std::pair<std::string, std::string>> from_query;
+        parse_urlencoded(query, from_query);
+        out.insert(out.end(), from_query.begin(), from_query.end());
+    }
+    return ok;
+}
+
+bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query) {
+    return is_form_content_type(content_type) ||
+           (!query.empty() && body.find_first_not_of(" \t\r\n") == std::string_view::npos);
+}
+
 engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : set_(std::move(rules)) {
     std::unordered_map<std::string_view, std::size_t> old;
     if (previous) {
@@ -976,7 +992,7 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             return explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
         }
         if (r.condition == condition_kind::guard) {
-            const bool form = is_form_content_type(req.content_type);
+            const bool form = reads_as_form(req.content_type, req.body, req.query);
             const guard_input in{req, form ? &ctx.form() : nullptr, s.key, &s.guard_doc};
             s.guard_bookings.clear();
             guard_result g;

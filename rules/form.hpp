@@ -17,6 +17,17 @@ namespace bb::rules {
 bool parse_form(std::string_view content_type, std::string_view body,
                 std::vector<std::pair<std::string, std::string>>& out);
 
+// The fields a form-based API (Mailgun) may read: the body's (parse_form), then the query
+// string's. Many form frameworks merge the two (Flask's request.values, PHP's $_REQUEST,
+// Rails' params) and nothing says Mailgun does not, so a `to` in the query string counts and
+// is checked like one in the body. Returns parse_form's answer.
+bool parse_form_fields(std::string_view content_type, std::string_view body, std::string_view query,
+                       std::vector<std::pair<std::string, std::string>>& out);
+
+// Whether a request is read as a form: a form content type, or no body but a query string
+// (whose fields a form-based API may take as its parameters).
+bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query);
+
 // Appends the items of an address list to `out`, split on commas outside quotes and angle
 // brackets and trimmed: `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. Views into `list`.
 void split_addresses(std::string_view list, std::vector<std::string_view>& out);

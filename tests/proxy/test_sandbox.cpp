@@ -96,6 +96,22 @@ TEST(sandbox_rewrite, mailgun_multipart_with_an_oddly_written_testmode_is_refuse
 
 // Only a mail send has a dry-run switch: anything else a sandboxed agent sends (a CRM
 // write, a JSON body to another endpoint) has none.
+// A switch the rewrite cannot be sure to override is refused: one in the query string, or one
+// in another case (an API that folds names would read two).
+TEST(sandbox_rewrite, mailgun_testmode_in_the_query_or_in_another_case_is_refused) {
+    const std::string form = "application/x-www-form-urlencoded";
+    std::string err;
+    EXPECT_TRUE(mailgun_testmode("to=a%40x.com", form, &err, "tag=x")) << err;
+    EXPECT_FALSE(mailgun_testmode("to=a%40x.com", form, &err, "o%3Atestmode=no"));
+    EXPECT_NE(err.find("query string"), std::string::npos) << err;
+    EXPECT_FALSE(mailgun_testmode("to=a%40x.com", form, &err, "O:TestMode=no"));
+    auto out = mailgun_testmode("to=a%40x.com&O%3ATestMode=no", form, &err);
+    ASSERT_TRUE(out) << err;
+    EXPECT_EQ(*out, "to=a%40x.com&o%3Atestmode=yes") << "dropped in any case";
+    EXPECT_FALSE(mailgun_testmode("--B\r\nContent-Disposition: form-data; name=\"O:TestMode\"\r\n\r\nno\r\n--B--\r\n",
+                                  "multipart/form-data; boundary=B", &err));
+}
+
 TEST(sandbox_rewrite, only_a_mail_send_or_a_mailgun_message_can_be_sandboxed) {
     EXPECT_EQ(sandbox_api_for("POST", "/v3/mail/send", "application/json"), sandbox_api::sendgrid);
     EXPECT_EQ(sandbox_api_for("POST", "/v3/mg.example.com/messages", "multipart/form-data; boundary=x"), sandbox_api::mailgun);

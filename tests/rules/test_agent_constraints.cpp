@@ -242,6 +242,13 @@ TEST(AgentConstraints, MailgunUrlencoded) {
     EXPECT_EQ(check_body_constraints(templates({"order-shipped"}), urlencoded, mailgun_form), "");
     EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), urlencoded, mailgun_form),
               "template \"order-shipped\" is not allowed for this agent");
+    // A form API may read the query string's fields too.
+    EXPECT_EQ(check_body_constraints(max(5), urlencoded, mailgun_form, "to=six%40example.com"),
+              "6 recipients in one request; this agent may address at most 5");
+    EXPECT_EQ(check_body_constraints(max(1), "", "", "to=a%40x.com&cc=b%40x.com"),
+              "2 recipients in one request; this agent may address at most 1")
+        << "no body: the query string is the form";
+    EXPECT_EQ(check_body_constraints(max(1), "application/json", "", "to=a%40x.com"), "") << "one recipient, allowed";
     // Content type parameters and case do not matter.
     EXPECT_EQ(check_body_constraints(max(4), "Application/X-WWW-Form-Urlencoded; charset=utf-8", mailgun_form),
               "5 recipients in one request; this agent may address at most 4");

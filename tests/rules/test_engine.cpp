@@ -137,6 +137,27 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
 }
 
+// A form-based API may read its parameters from the query string too: they count.
+TEST(Engine, QueryStringFieldsCountWithTheFormsOwn) {
+    engine eng{load_ok(config(R"j(
+        {"id": "mg", "route": "mailgun", "measure": "count(form:to)", "window": "1h", "limit": 3,
+         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.route = "mailgun";
+    req.path = "/v3/mg.example.com/messages";
+    req.content_type = "application/x-www-form-urlencoded";
+    req.body = "from=a%40mg.example.com&to=a%40x.com&subject=Hi";
+    req.query = "to=b%40x.com&to=c%40x.com&to=d%40x.com";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.measured, 4);
+    req.body.clear();  // no body at all: the query string is the form
+    req.content_type.clear();
+    req.query = "to=a%40x.com&to=b%40x.com&to=c%40x.com&to=d%40x.com";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).outcome, verdict::violated);
+}
+
 // Two equal keys: parsers disagree on which counts (first or last), so a cap counts both.
 TEST(Engine, DuplicateJsonKeysAreAllCountedByCaps) {
     engine eng{load_ok(config(R"j(

@@ -290,6 +290,18 @@ TEST(GuardPii, MailgunFormFieldsAndRawBodies) {
               "--XyZ\r\nContent-Disposition: form-data; name=\"html\"\r\n\r\n<p>SSN 078-05-1120</p>\r\n--XyZ--\r\n";
     EXPECT_THAT(f.check(mp).reason, HasSubstr("US SSN in form field \"html\""));
 
+    // Fields in the query string are checked like the body's (a form API may read them).
+    req.query = "html=SSN+078-05-1120";
+    EXPECT_THAT(only_subject.check(req).reason, Not(HasSubstr("SSN")));
+    EXPECT_THAT(f.check(req).reason, HasSubstr("form field \"text\"")) << "the body's first";
+    req.body = "from=orders%40example.com&to=jane%40example.com&subject=Order";
+    EXPECT_THAT(f.check(req).reason, HasSubstr("US SSN in form field \"html\""));
+    request no_body;
+    no_body.content_type = "";
+    no_body.body = "";
+    no_body.query = "to=jane%40example.com&text=card+4111+1111+1111+1111";
+    EXPECT_THAT(f.check(no_body).reason, HasSubstr("in form field \"text\""));
+
     // Not JSON, not a form: the raw text is scanned.
     const std::string text = "Dear Jane,\nyour card 5555 5555 5555 4444 expires soon.";
     const auto raw = f.check_body(text, "text/plain");
