@@ -990,7 +990,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                    false);
                     break;
                 }
-                if (!parser.is_done()) {
+                // RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is
+                // ignored (such a client cannot read an interim response); it sends its body.
+                if (!parser.is_done() && h.version() >= 11) {
                     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
                     dl.arm(lim.write_timeout);
                     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);

@@ -410,6 +410,19 @@ TEST(proxying, expect_100_continue_is_answered_then_body_forwarded) {
     EXPECT_EQ(up.requests()[0].req.count(http::field::expect), 0u);
 }
 
+// RFC 9110 10.1.1: an HTTP/1.0 client cannot read an interim response; the expectation is
+// ignored and the one response is the final one.
+TEST(proxying, expect_100_continue_from_an_http_1_0_client_is_ignored) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    client.send("POST /x HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\ndata");
+    auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u) << "no 100 first";
+    ASSERT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.requests()[0].req.body(), "data");
+}
+
 TEST(proxying, pipelined_requests_are_answered_in_order) {
     fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
     proxy_instance bb{make_config(local_url(up.port()))};
