@@ -11,6 +11,7 @@
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
+#include "rules/mime.hpp"
 #include "rules/request.hpp"
 
 namespace bb::rules {
@@ -252,8 +253,27 @@ void walk_json(checker& k, element root) {
         each_item(list, [&](element entry) { each_field(entry, "Destination", destination); });
     });
     each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
+    // A raw message (SES v2 Content.Raw.Data, v1 SendRawEmail RawMessage.Data): SES sends it
+    // to its own To/Cc/Bcc headers when no Destination is given, and from its From header.
+    const auto raw_message = [&](element data) {
+        std::string_view b64;
+        std::string message;
+        std::string scratch;
+        std::vector<std::string_view> to;
+        if (data.get(b64) != simdjson::SUCCESS || !decode_base64(b64, message) ||
+            !mime_recipients(message, scratch, to)) {
+            k.fail("a raw MIME message is not base64 or not a message");
+            return;
+        }
+        k.add_recipients(to.size());
+        if (k.checks_from()) {
+            k.from(mime_from(message));
+        }
+    };
+    each_field(root, "RawMessage", [&](element r) { each_field(r, "Data", raw_message); });
     for (const auto content : {"Content", "DefaultContent"}) {
         each_field(root, content, [&](element c) {
+            each_field(c, "Raw", [&](element r) { each_field(r, "Data", raw_message); });
             each_field(c, "Template", [&](element t) {
                 each_field(t, "TemplateName", [&](element v) { template_value(k, v, false); });
                 each_field(t, "TemplateArn", [&](element v) { template_value(k, v, true); });

@@ -5,6 +5,7 @@
 
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
+#include "rules/mime.hpp"
 
 #include <algorithm>
 #include <array>
@@ -65,6 +66,9 @@ struct scratch {
     std::vector<std::pair<std::string, std::string>> form;
     std::vector<std::pair<std::string, std::string>> query;
     std::vector<std::string> distinct;
+    std::string mime_message;  // a decoded raw MIME message (mime: terms)
+    std::string mime_scratch;
+    std::vector<std::string_view> mime_addresses;
     std::vector<reservation> reservations;
     std::size_t reservation_count = 0;
     std::vector<guard_booking> guard_bookings;
@@ -690,6 +694,49 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                 }
                 const bool response = t.source == source_kind::response_json;
                 const bool ok = response ? ctx.response_json() : ctx.request_json();
+                if (ok && t.source == source_kind::mime) {
+                    // The recipients of raw MIME messages (SES): what a message that names no
+                    // Destination is sent to. Not base64, or not a message: an invalid body.
+                    auto& d = ctx.s.distinct;
+                    std::size_t dn = 0;
+                    bool readable = true;
+                    for_each_match(ctx.req_json.root, t.path, [&](simdjson::dom::element v) {
+                        std::string_view b64;
+                        auto& s = ctx.s;
+                        s.mime_addresses.clear();
+                        if (!readable || v.get(b64) != simdjson::SUCCESS || !decode_base64(b64, s.mime_message) ||
+                            !mime_recipients(s.mime_message, s.mime_scratch, s.mime_addresses)) {
+                            readable = false;
+                            return;
+                        }
+                        for (const auto a : s.mime_addresses) {
+                            if (t.kind == term_kind::count) {
+                                total += 1;
+                            } else {
+                                if (dn == d.size()) {
+                                    d.emplace_back();
+                                }
+                                d[dn].assign(a);
+                                for (auto& c : d[dn]) {
+                                    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+                                }
+                                ++dn;
+                            }
+                        }
+                    });
+                    if (!readable) {
+                        ctx.req_json.error = "a raw MIME message at " + t.path.text + " is not base64 or not a message";
+                        if (policy == invalid_body_policy::reject) {
+                            return std::nullopt;
+                        }
+                        break;
+                    }
+                    if (t.kind == term_kind::distinct) {
+                        std::sort(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn));
+                        total += static_cast<double>(std::unique(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn)) - d.begin());
+                    }
+                    break;
+                }
                 if (!ok) {
                     if (policy == invalid_body_policy::reject) {
                         return std::nullopt;

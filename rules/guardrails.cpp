@@ -13,6 +13,7 @@
 
 #include "rules/form.hpp"
 #include "rules/guardrails_scan.hpp"
+#include "rules/mime.hpp"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -1179,6 +1180,8 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
     switch (kind_of(in)) {
         case body_kind::json: {
             path_tracker paths{index, fields};
+            const bool any_mime = std::any_of(fields.begin(), fields.end(), [](const guard_field& x) { return x.mime; });
+            bool unreadable = false;
             auto res = doc_of(in).walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
                 paths.visit(fr);
@@ -1188,9 +1191,28 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                 if (t != value_type::string || !paths.exact()) {
                     return walk_next::go;
                 }
+                if (any_mime && std::any_of(fields.begin(), fields.end(), [&](const guard_field& x) {
+                        return x.mime && path_matches(x.path, fr, false);
+                    })) {
+                    // A raw message (SES): its own To/Cc/Bcc headers are its recipients.
+                    thread_local std::string message;
+                    thread_local std::string scratch;
+                    thread_local std::vector<std::string_view> addresses;
+                    addresses.clear();
+                    if (!decode_base64(text, message) || !mime_recipients(message, scratch, addresses)) {
+                        unreadable = true;
+                        return walk_next::stop;
+                    }
+                    for (const auto a : addresses) {
+                        if (f(a, group_of(fr), [fr] { return render_path(fr) + " (MIME header)"; })) {
+                            return walk_next::stop;
+                        }
+                    }
+                    return walk_next::go;
+                }
                 return f(text, group_of(fr), [fr] { return render_path(fr); }) ? walk_next::stop : walk_next::go;
             });
-            return res != json_walker::result::invalid;
+            return res != json_walker::result::invalid && !unreadable;
         }
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
@@ -1586,6 +1608,10 @@ std::optional<guard_field> parse_field(std::string_view text, std::string* error
         }
         return f;
     }
+    if (text.starts_with("mime:")) {
+        f.mime = true;
+        text.remove_prefix(5);
+    }
     auto p = parse_json_path(text, error);
     if (!p) {
         return std::nullopt;
@@ -1608,6 +1634,7 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.personalizations[*]['to','cc','bcc'][*].email",                     // SendGrid
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
         "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]",  // SES v2 bulk
+        "mime:$.Content.Raw.Data", "mime:$.RawMessage.Data",                   // SES raw messages' headers
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "form:to", "form:cc", "form:bcc"});                                     // Mailgun
     return f;

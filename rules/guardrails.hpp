@@ -167,8 +167,9 @@ private:
 // Where a guard reads values: a JSON path over the request body, or a form field (Mailgun).
 struct guard_field {
     bool form = false;
+    bool mime = false;  // `mime:$.path`: the To/Cc/Bcc addresses of the base64 MIME messages there
     std::string name;  // form field
-    json_path path;    // JSON
+    json_path path;    // JSON (also for mime)
     std::string text;  // as written
 };
 

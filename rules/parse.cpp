@@ -265,6 +265,13 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     if (src.starts_with("response:")) {
         out.source = source_kind::response_json;
         src = trim(src.substr(9));
+    } else if (src.starts_with("mime:")) {
+        if (out.kind == term_kind::sum) {
+            fail(error, "sum(mime:...) is not defined: mime: reads addresses (use count or distinct)");
+            return std::nullopt;
+        }
+        out.source = source_kind::mime;
+        src = trim(src.substr(5));
     }
     std::string perr;
     auto p = parse_json_path(src, &perr);

@@ -52,7 +52,9 @@ struct json_path {
 };
 
 // Where a term reads its values from.
-enum class source_kind : std::uint8_t { request_json, response_json, form, query };
+// mime: the recipients (To, Cc, Bcc) of the base64 MIME messages at a request JSON path
+// (SES raw sends, rules/mime.hpp).
+enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime };
 
 enum class term_kind : std::uint8_t {
     constant,        // 3

@@ -13,8 +13,9 @@ constexpr std::array<preset, 10> table{{
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
     {"ses.send_email.destinations", "POST", "/v2/email/outbound-emails",
-     "count($.Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
-     "SES v2 SendEmail: ToAddresses + CcAddresses + BccAddresses"},
+     "count($.Destination['ToAddresses','CcAddresses','BccAddresses'][*]) + count(mime:$.Content.Raw.Data)",
+     "SES v2 SendEmail: ToAddresses + CcAddresses + BccAddresses, and a raw message's To, Cc and Bcc headers "
+     "(what SES sends a raw message to when no Destination is given; both are counted when both are there)"},
     {"ses.send_bulk_email.destinations", "POST", "/v2/email/outbound-bulk-emails",
      "count($.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
      "SES v2 SendBulkEmail: destinations across all BulkEmailEntries"},

@@ -177,6 +177,24 @@ TEST(AgentConstraints, SesSendEmail) {
               "template \"welcome-v2\" is not allowed for this agent");
 }
 
+// A raw message goes to its own headers' recipients, from its own From header.
+TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
+    for (const std::string body : {
+             R"j({"FromEmailAddress": "x@evil.example", "Content": {"Raw": {"Data": "RnJvbTogRXZpbCA8eEBldmlsLmV4YW1wbGU+DQpUbzogYUBleGFtcGxlLmNvbSwgYkBleGFtcGxlLmNvbQ0KQmNjOiBjQGV4YW1wbGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpCb2R5DQo="}}})j",
+             R"j({"RawMessage": {"Data": "RnJvbTogRXZpbCA8eEBldmlsLmV4YW1wbGU+DQpUbzogYUBleGFtcGxlLmNvbSwgYkBleGFtcGxlLmNvbQ0KQmNjOiBjQGV4YW1wbGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpCb2R5DQo="}})j",  // SES v1 SendRawEmail
+         }) {
+        EXPECT_EQ(check_body_constraints(max(2), json, body), "3 recipients in one request; this agent may address at most 2")
+            << body;
+        EXPECT_EQ(check_body_constraints(domains({"evil.example"}), json, body).find("not allowed"), std::string::npos)
+            << body;
+        EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, body),
+                  "from domain \"evil.example\" is not allowed for this agent")
+            << body;
+    }
+    EXPECT_EQ(check_body_constraints(max(2), json, R"j({"Content": {"Raw": {"Data": "***"}}})j"),
+              "a raw MIME message is not base64 or not a message");
+}
+
 TEST(AgentConstraints, SesTemplateArnMatchesByArnOrName) {
     const std::string body = R"j({"FromEmailAddress": "sender@example.com",
         "Destination": {"ToAddresses": ["a@example.com"]},

@@ -397,6 +397,20 @@ TEST(GuardRecipients, OddlyCasedKeysAreReadAsAnUpstreamReadsThem) {
     EXPECT_TRUE(f.check_body(R"j({"personalizations": [{"TO": [{"EMAIL": "jane@example.com"}]}]})j").allowed());
 }
 
+// An SES raw message with no Destination goes to its own To/Cc/Bcc headers: they are checked.
+TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    EXPECT_TRUE(f.check_body(R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}}})j").allowed());
+    for (const char* body : {R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NCkJjYzogU29tZW9uZSA8c3B5QGdtYWlsLmNvbT4NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}}})j", R"j({"RawMessage": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NCkJjYzogU29tZW9uZSA8c3B5QGdtYWlsLmNvbT4NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}})j"}) {
+        const auto d = f.check_body(body);
+        ASSERT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 s***@gmail.com")) << d.reason;
+        EXPECT_THAT(d.reason, HasSubstr("Data (MIME header)")) << d.reason;
+    }
+    EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "%%"}}})j").outcome, verdict::rejected)
+        << "not base64: the guard cannot see the recipients";
+}
+
 TEST(GuardRecipients, Blocklist) {
     fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"]})j")};
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com"})).allowed());

@@ -18,6 +18,15 @@ double measure(std::string_view preset_name, request& req) {
     return d.allowed() ? 0 : d.measured;
 }
 
+// False when the engine refuses the body as invalid (the preset cannot read it).
+bool measure_or_invalid(std::string_view preset_name, request& req) {
+    engine eng{load_ok(config(R"j({"id": "p", "preset": ")j" + std::string{preset_name} +
+                              R"j(", "measure": {"per_request": "preset"}, "limit": 0,
+        "failure_mode": "volume-spike", "trips": "x"})j"))};
+    manual_clock clock;
+    return eng.evaluate(req.view(), clock.now()).outcome != verdict::rejected;
+}
+
 TEST(Presets, SendGridRecipientsAcrossPersonalizations) {
     // Shape of the v3 Mail Send reference example.
     request req;
@@ -59,6 +68,22 @@ TEST(Presets, SesSendEmailDestinations) {
       "ConfigurationSetName": "my-config-set"
     })j";
     EXPECT_EQ(measure("ses.send_email.destinations", req), 3);
+}
+
+// A raw message that names no Destination goes to its own To, Cc and Bcc headers (here a
+// quoted comma, a folded group and a BCC in capitals: 5 addresses; the body's To is no
+// header).
+TEST(Presets, SesRawMessagesAreCountedFromTheirHeaders) {
+    request req;
+    req.route = "ses";
+    req.path = "/v2/email/outbound-emails";
+    req.body = R"j({"FromEmailAddress": "sender@example.com",
+      "Content": {"Raw": {"Data": "RnJvbTogU2VuZGVyIDxzZW5kZXJAZXhhbXBsZS5jb20+DQpUbzogYUBleGFtcGxlLmNvbSwgIkRvZSwgSmFuZSIgPGphbmVAZXhhbXBsZS5jb20+DQpDYzogdGVhbTogYkBleGFtcGxlLmNvbSwNCiBjQGV4YW1wbGUuY29tOw0KQkNDOiBkQGV4YW1wbGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpUbzogbm90QGhlYWRlci5leGFtcGxlDQo="}}})j";
+    EXPECT_EQ(measure("ses.send_email.destinations", req), 5);
+    req.body = R"j({"Content": {"Raw": {"Data": "not base64!"}}})j";
+    EXPECT_FALSE(measure_or_invalid("ses.send_email.destinations", req)) << "not base64: an invalid body";
+    req.body = R"j({"Content": {"Raw": {"Data": "anVzdCBzb21lIHRleHQgd2l0aG91dCBoZWFkZXJz"}}})j";
+    EXPECT_FALSE(measure_or_invalid("ses.send_email.destinations", req)) << "not a message";
 }
 
 TEST(Presets, SesSendBulkEmailDestinations) {
