@@ -62,16 +62,13 @@ inline std::string fold(std::string_view name) {
     return out;
 }
 
-// Whether `key`, as it appears in a body (escapes decoded), folds to `folded` (a fold()
-// result). Folding never makes a key longer, so a shorter key is rejected at once.
-inline bool matches(std::string_view key, std::string_view folded) {
-    if (key.size() < folded.size()) {
-        return false;
-    }
+namespace detail {
+
+inline bool matches_folding(std::string_view key, std::string_view folded) {
     std::size_t j = 0;
     for (std::size_t i = 0; i < key.size();) {
         std::size_t len = 1;
-        const unsigned char f = detail::fold_at(key, i, len);
+        const unsigned char f = fold_at(key, i, len);
         if (j == folded.size() || static_cast<unsigned char>(folded[j]) != f) {
             return false;
         }
@@ -79,6 +76,38 @@ inline bool matches(std::string_view key, std::string_view folded) {
         ++j;
     }
     return j == folded.size();
+}
+
+}  // namespace detail
+
+// Whether `key`, as it appears in a body (escapes decoded), folds to `folded` (a fold()
+// result). Folding never makes a key longer, and only the four special letters make it
+// shorter: a key as long as the name compares byte by byte with ASCII letters lowered (a
+// special letter in it could not match, and a folded name holds none), a shorter one never
+// matches, a longer one only through those letters.
+inline bool matches(std::string_view key, std::string_view folded) {
+    const std::size_t n = folded.size();
+    if (key.size() == n) {
+        if (std::memcmp(key.data(), folded.data(), n) == 0) {
+            return true;  // the usual spelling
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            auto c = static_cast<unsigned char>(key[i]);
+            c = c >= 'A' && c <= 'Z' ? static_cast<unsigned char>(c | 0x20) : c;
+            if (c != static_cast<unsigned char>(folded[i])) {
+                return false;
+            }
+        }
+        return true;
+    }
+    if (key.size() < n || n == 0) {
+        return false;
+    }
+    const auto c0 = static_cast<unsigned char>(key[0]);
+    if (c0 < 0x80 && (c0 >= 'A' && c0 <= 'Z' ? (c0 | 0x20) : c0) != static_cast<unsigned char>(folded[0])) {
+        return false;  // the usual longer key: another name
+    }
+    return detail::matches_folding(key, folded);
 }
 
 // Whether two keys fold to the same name (neither folded beforehand).

@@ -761,9 +761,13 @@ struct key_head {
     }
 };
 
-bool name_matches(const path_index::name& n, std::string_view key, key_head head) {
-    if (!head.ascii) {
-        return json_key::matches(key, n.text);
+[[gnu::noinline]] bool folded_name_matches(const path_index::name& n, std::string_view key) {
+    return json_key::matches(key, n.text);
+}
+
+inline bool name_matches(const path_index::name& n, std::string_view key, key_head head) {
+    if (!head.ascii) [[unlikely]] {
+        return folded_name_matches(n, key);
     }
     return n.len == key.size() && n.head == head.head && (n.len <= 8 || json_key::ascii_matches_long(key, n.text));
 }
