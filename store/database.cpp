@@ -2005,53 +2005,64 @@ std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t
 }
 
 audit_verification database::verify_audit() const {
-    audit_verification v;
-    std::string expected_prev = genesis_hash;
-    std::int64_t expected_id = 1;
-    std::int64_t after = 0;
-    for (;;) {
-        const auto page = list_audit(after, 1000);
-        if (page.empty()) {
-            break;
+    audit_verifier v{*this};
+    while (!v.step()) {
+    }
+    return v.result();
+}
+
+bool database::audit_verifier::step() {
+    if (done_) {
+        return true;
+    }
+    if (expected_id_ == 1) {
+        expected_prev_ = genesis_hash;
+    }
+    const auto page = db_.list_audit(expected_id_ - 1, 1000);
+    for (const auto& e : page) {
+        auto bad = [&](std::string problem) {
+            v_.ok = false;
+            v_.first_bad = e.id;
+            v_.problem = std::move(problem);
+        };
+        if (e.id != expected_id_) {
+            bad("entry " + std::to_string(expected_id_) + " is missing (next is " + std::to_string(e.id) + ")");
+        } else if (e.prev_hash != expected_prev_) {
+            bad("entry " + std::to_string(e.id) + " does not link to the previous entry");
+        } else if (audit_hash(e) != e.hash) {
+            bad("entry " + std::to_string(e.id) + " was changed after it was written (hash mismatch)");
         }
-        for (const auto& e : page) {
-            auto bad = [&](std::string problem) {
-                v.ok = false;
-                v.first_bad = e.id;
-                v.problem = std::move(problem);
-            };
-            if (e.id != expected_id) {
-                bad("entry " + std::to_string(expected_id) + " is missing (next is " + std::to_string(e.id) + ")");
-            } else if (e.prev_hash != expected_prev) {
-                bad("entry " + std::to_string(e.id) + " does not link to the previous entry");
-            } else if (audit_hash(e) != e.hash) {
-                bad("entry " + std::to_string(e.id) + " was changed after it was written (hash mismatch)");
-            }
-            if (!v.ok) {
-                return v;
-            }
-            ++v.entries;
-            expected_prev = e.hash;
-            ++expected_id;
-            after = e.id;
+        if (!v_.ok) {
+            done_ = true;
+            return true;
         }
+        ++v_.entries;
+        expected_prev_ = e.hash;
+        ++expected_id_;
+    }
+    if (!page.empty()) {
+        return false;
     }
     // The head records the last entry written: deleting entries from the end shows here.
-    auto c = impl_->lease();
+    auto c = db_.impl_->lease();
     auto head = c->once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
     if (head.valid() && head.step() == SQLITE_ROW) {
-        if (head.col_i64(0) != expected_id - 1 || head.col_str(1) != expected_prev) {
-            v.ok = false;
-            v.first_bad = expected_id;
-            v.problem = "the log ends at entry " + std::to_string(expected_id - 1) + " but entry " +
-                        std::to_string(head.col_i64(0)) + " was written (entries deleted from the end)";
+        if (head.col_i64(0) >= expected_id_) {
+            return false;  // written since the last page was read: go on
         }
-    } else if (v.entries > 0) {
-        v.ok = false;
-        v.first_bad = 1;
-        v.problem = "the audit head is missing";
+        if (head.col_i64(0) != expected_id_ - 1 || head.col_str(1) != expected_prev_) {
+            v_.ok = false;
+            v_.first_bad = expected_id_;
+            v_.problem = "the log ends at entry " + std::to_string(expected_id_ - 1) + " but entry " +
+                         std::to_string(head.col_i64(0)) + " was written (entries deleted from the end)";
+        }
+    } else if (v_.entries > 0) {
+        v_.ok = false;
+        v_.first_bad = 1;
+        v_.problem = "the audit head is missing";
     }
-    return v;
+    done_ = true;
+    return true;
 }
 
 void database::save_config_version(std::string json, std::string actor, std::string reason, done_fn done) {

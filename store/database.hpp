@@ -267,6 +267,22 @@ public:
     std::vector<audit_entry> list_audit(std::int64_t after_id, std::size_t limit) const;
     // Walks the chain: an edited, inserted or deleted entry breaks it.
     audit_verification verify_audit() const;
+    // The same check a page (1,000 entries) per step(), so that a caller on a busy thread (the
+    // admin API on the control thread) can let other work run between pages: step() until it
+    // returns true, then result(). Entries appended meanwhile are verified too.
+    class audit_verifier {
+    public:
+        explicit audit_verifier(const database& db) : db_{db} {}
+        bool step();
+        const audit_verification& result() const { return v_; }
+
+    private:
+        const database& db_;
+        audit_verification v_;
+        std::string expected_prev_;
+        std::int64_t expected_id_ = 1;
+        bool done_ = false;
+    };
     // Keeps the last 50 (done: r.count = the new version).
     void save_config_version(std::string json, std::string actor, std::string reason, done_fn done);
     // version 0: the latest. nullopt when there is none.

@@ -975,3 +975,50 @@ TEST_F(store_db, a_file_that_is_not_a_database_is_refused) {
     EXPECT_FALSE(database::open(options(), clock_, &err));
     EXPECT_NE(err.find("breakerbox.db"), std::string::npos) << err;
 }
+
+// The audit chain verified a page per step (the admin API yields between pages): the same
+// answer as one call, entries appended between steps are verified too, and a changed entry
+// past the first page is still found.
+TEST_F(store_db, audit_verification_goes_a_page_at_a_time_and_covers_entries_written_meanwhile) {
+    auto db = open();
+    auto append = [&](int i) {
+        bb::store::audit_entry e;
+        e.actor = "ada";
+        e.role = "admin";
+        e.method = "POST";
+        e.path = "/v1/breakers/x/trip";
+        e.target = "x";
+        e.reason = "entry " + std::to_string(i);
+        e.result = "ok";
+        db->append_audit(std::move(e), [](const result&) {});
+    };
+    for (int i = 0; i < 2500; ++i) {
+        append(i);
+    }
+    db->flush();
+    database::audit_verifier v{*db};
+    int steps = 0;
+    while (!v.step()) {
+        if (++steps == 1) {
+            for (int i = 0; i < 10; ++i) {  // written while the check is under way
+                append(2500 + i);
+            }
+            db->flush();
+        }
+        ASSERT_LT(steps, 100);
+    }
+    EXPECT_GE(steps, 3) << "2,510 entries are three pages";
+    EXPECT_TRUE(v.result().ok) << v.result().problem;
+    EXPECT_EQ(v.result().entries, 2510u);
+    EXPECT_EQ(db->verify_audit().entries, 2510u);
+    {
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open(options().path.c_str(), &raw), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(raw, "UPDATE audit SET reason = 'edited' WHERE id = 2222", nullptr, nullptr, nullptr),
+                  SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    const auto bad = db->verify_audit();
+    EXPECT_FALSE(bad.ok);
+    EXPECT_EQ(bad.first_bad, 2222);
+}
