@@ -253,8 +253,9 @@ void walk_json(checker& k, element root) {
         each_item(list, [&](element entry) { each_field(entry, "Destination", destination); });
     });
     each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
-    // A raw message (SES v2 Content.Raw.Data, v1 SendRawEmail RawMessage.Data): SES sends it
-    // to its own To/Cc/Bcc headers when no Destination is given, and from its From header.
+    // A raw message (SES v2 Content.Raw.Data): SES sends it to its own To/Cc/Bcc headers when
+    // no Destination is given, and from its From header. (v1 SendRawEmail is a form post,
+    // RawMessage.Data: not read.)
     const auto raw_message = [&](element data) {
         std::string_view b64;
         std::string message;
@@ -270,7 +271,6 @@ void walk_json(checker& k, element root) {
             k.from(mime_from(message));
         }
     };
-    each_field(root, "RawMessage", [&](element r) { each_field(r, "Data", raw_message); });
     for (const auto content : {"Content", "DefaultContent"}) {
         each_field(root, content, [&](element c) {
             each_field(c, "Raw", [&](element r) { each_field(r, "Data", raw_message); });

@@ -579,7 +579,7 @@ private:
             n.end = 0;
             if (!f.empty()) {
                 const frame& last = f.back();
-                if (last.key.size() >= 16 && json_key::matches(last.key, "list-unsubscribe")) {
+                if (last.key.size() == 16 && iequals(last.key, "List-Unsubscribe")) {
                     list_unsubscribe_ = true;
                 }
                 n.flags |= last.array ? in_array : 0;
@@ -1315,8 +1315,11 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
 // `list_unsubscribe_keys`: whether the body has a key List-Unsubscribe at all (the parse knows).
 bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_view text, bool list_unsubscribe_keys) {
     const std::size_t d = f.size();
-    using json_key::matches;  // keys as a case-insensitive upstream reads them (folded names)
-    if (d == 1 && !f[0].array && (matches(f[0].key, "asm") || matches(f[0].key, "listmanagementoptions")) &&
+    // What satisfies the check is read no more leniently than its API reads it (matching
+    // more here would pass a send with no unsubscribe): SendGrid's struct fields as Go folds
+    // them, SES's key exactly, a header name in ASCII case only (Go does not fold map keys).
+    using json_key::matches;
+    if (d == 1 && !f[0].array && (matches(f[0].key, "asm") || f[0].key == "ListManagementOptions") &&
         t == value_type::object) {
         return true;
     }
@@ -1324,8 +1327,8 @@ bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_vie
         matches(f[1].key, "subscription_tracking") && matches(f[2].key, "enable")) {
         return true;
     }
-    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array &&
-           matches(f[d - 1].key, "list-unsubscribe") && matches(f[d - 2].key, "headers");
+    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") &&
+           matches(f[d - 2].key, "headers");
 }
 
 // Whether a value below this container (at `f`, not the root) could be one unsubscribe_setting
@@ -1638,7 +1641,7 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.personalizations[*]['to','cc','bcc'][*].email",                     // SendGrid
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
         "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]",  // SES v2 bulk
-        "mime:$.Content.Raw.Data", "mime:$.RawMessage.Data",                   // SES raw messages' headers
+        "mime:$.Content.Raw.Data",                                              // SES v2 raw messages' headers
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "form:to", "form:cc", "form:bcc"});                                     // Mailgun
     return f;
@@ -1666,10 +1669,18 @@ const std::vector<guard_field>& default_template_fields() {
     return f;
 }
 
-std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt) {
+// `mime_ok`: whether mime: fields are read where these fields go (the recipients guard only;
+// elsewhere a mime: field is an error, and dropped from the defaults).
+std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt,
+                                     bool mime_ok = false) {
     auto list = r.strings(key);
     if (!list) {
-        return dflt;
+        if (mime_ok) {
+            return dflt;
+        }
+        std::vector<guard_field> plain;
+        std::copy_if(dflt.begin(), dflt.end(), std::back_inserter(plain), [](const guard_field& f) { return !f.mime; });
+        return plain;
     }
     std::vector<guard_field> out;
     if (list->empty() || list->size() > max_fields) {
@@ -1678,6 +1689,10 @@ std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key
     for (std::size_t i = 0; i < list->size(); ++i) {
         std::string err;
         if (auto f = parse_field((*list)[i], &err)) {
+            if (f->mime && !mime_ok) {
+                r.errs().add(cfg::child(r.path_of(key), i),
+                             cfg::quote((*list)[i]) + ": mime: fields are read by the recipients guard only");
+            }
             out.push_back(std::move(*f));
         } else {
             r.errs().add(cfg::child(r.path_of(key), i),
@@ -1789,7 +1804,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(rr.path_of("suppression_file"), cfg::quote(*file) + " " + err);
             }
         }
-        rg.fields = read_fields(rr, "fields", default_recipient_fields());
+        rg.fields = read_fields(rr, "fields", default_recipient_fields(), true);
         rg.index = path_index::of({&rg.fields});
         if (rr.is_object() && rg.allow.empty() && rg.block.empty() && rg.suppression_file.empty()) {
             errs.add(rr.path(), "needs allow_domains, block_domains or suppression_file");

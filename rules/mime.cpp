@@ -54,6 +54,9 @@ bool for_each_field(std::string_view m, std::string& value, F&& f) {
         if (l.text.empty()) {
             break;  // the end of the header section
         }
+        if (l.text.find('\r') != std::string_view::npos) {
+            return false;  // a bare CR: some parsers break the line there, some do not
+        }
         if (is_wsp(l.text.front())) {  // a folded continuation of the field before
             if (!open) {
                 return false;
@@ -107,6 +110,23 @@ std::string_view member_of(std::string_view item) {
     return item;
 }
 
+// A comment (`bob@evil.com (<jane@example.com>)`) outside a quoted string: parsers that
+// strip comments and ones that do not read different addresses from it.
+bool has_comment(std::string_view value) {
+    bool quoted = false;
+    for (std::size_t i = 0; i < value.size(); ++i) {
+        const char c = value[i];
+        if (quoted && c == '\\') {
+            ++i;
+        } else if (c == '"') {
+            quoted = !quoted;
+        } else if (!quoted && (c == '(' || c == ')')) {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 bool decode_base64(std::string_view in, std::string& out) {
@@ -142,13 +162,17 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
     scratch.clear();
     std::vector<std::pair<std::size_t, std::size_t>> spans;
     std::string value;
+    bool commented = false;
     const bool ok = for_each_field(message, value, [&](std::string_view name, std::string_view v) {
         if (iequals(name, "To") || iequals(name, "Cc") || iequals(name, "Bcc")) {
+            if (has_comment(v)) {
+                commented = true;
+            }
             spans.emplace_back(scratch.size(), v.size());
             scratch += v;
         }
     });
-    if (!ok) {
+    if (!ok || commented) {
         return false;
     }
     std::vector<std::string_view> items;
@@ -167,16 +191,14 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
 std::string mime_from(std::string_view message) {
     std::string value;
     std::string from;
-    for_each_field(message, value, [&](std::string_view name, std::string_view v) {
-        if (from.empty() && iequals(name, "From")) {
-            std::vector<std::string_view> items;
-            split_addresses(v, items);
-            if (!items.empty()) {
-                from = std::string{member_of(items.front())};
-            }
+    bool seen = false;
+    const bool ok = for_each_field(message, value, [&](std::string_view name, std::string_view v) {
+        if (!seen && iequals(name, "From")) {
+            seen = true;
+            from = has_comment(v) ? std::string{} : std::string{v};
         }
     });
-    return from;
+    return ok ? from : std::string{};
 }
 
 }  // namespace bb::rules

@@ -19,10 +19,14 @@ bool decode_base64(std::string_view in, std::string& out);
 // the header section of `message`, split like an address list (commas outside quotes and
 // angle brackets), group syntax (`team: a@x, b@y;`) read as its members. The views point
 // into `scratch`, which the call overwrites. False when the message has no header section
-// ending in an empty line (not a message: the caller treats the body as invalid).
+// ending in an empty line (not a message: the caller treats the body as invalid), and when
+// a To/Cc/Bcc value holds a comment `(...)` or the header section a bare CR: parsers differ
+// on both, so the addresses cannot be read for certain.
 bool mime_recipients(std::string_view message, std::string& scratch, std::vector<std::string_view>& out);
 
-// The address in the From header field (unfolded), empty when there is none.
+// The value of the From header field (unfolded: an address list, every mailbox to be
+// checked), empty when there is none, when it holds a comment, or when the header section
+// cannot be read.
 std::string mime_from(std::string_view message);
 
 }  // namespace bb::rules

@@ -2047,8 +2047,11 @@ bool database::audit_verifier::step() {
     auto c = db_.impl_->lease();
     auto head = c->once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
     if (head.valid() && head.step() == SQLITE_ROW) {
-        if (head.col_i64(0) >= expected_id_) {
-            return false;  // written since the last page was read: go on
+        // Ahead of the walk: written since the last page was read (go on, once per entry),
+        // or deleted from the end (the next page is empty again at the same entry).
+        if (head.col_i64(0) >= expected_id_ && went_on_at_ != expected_id_) {
+            went_on_at_ = expected_id_;
+            return false;
         }
         if (head.col_i64(0) != expected_id_ - 1 || head.col_str(1) != expected_prev_) {
             v_.ok = false;

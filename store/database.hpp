@@ -281,6 +281,7 @@ public:
         audit_verification v_;
         std::string expected_prev_;
         std::int64_t expected_id_ = 1;
+        std::int64_t went_on_at_ = 0;  // the entry a head ahead of the walk last sent us on for
         bool done_ = false;
     };
     // Keeps the last 50 (done: r.count = the new version).

@@ -41,7 +41,7 @@ TEST(sandbox_rewrite, sendgrid_oddly_cased_keys_cannot_turn_the_sandbox_off) {
     ASSERT_TRUE(out) << err;
     EXPECT_EQ(*out, R"({"mail_settings":{"footer":{"enable":true},"sandbox_mode":{"enable":true}},)"
                     R"("Mail_Settings":{"sandbox_mode":{"enable":true}}})");
-    out = sendgrid_sandbox("{\"MAIL_\u0053ETTINGS\":{\"\xC5\xBF" "andbox_mode\":{\"enable\":false}}}", &err);
+    out = sendgrid_sandbox("{\"MAIL_\\u0053ETTINGS\":{\"\xC5\xBF" "andbox_mode\":{\"enable\":false}}}", &err);
     ASSERT_TRUE(out) << err;
     EXPECT_EQ(*out, R"({"MAIL_SETTINGS":{"sandbox_mode":{"enable":true}},"mail_settings":{"sandbox_mode":{"enable":true}}})")
         << "rewritten, and an exact mail_settings for an upstream that compares bytes";

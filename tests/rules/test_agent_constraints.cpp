@@ -181,7 +181,7 @@ TEST(AgentConstraints, SesSendEmail) {
 TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
     for (const std::string body : {
              R"j({"FromEmailAddress": "x@evil.example", "Content": {"Raw": {"Data": "RnJvbTogRXZpbCA8eEBldmlsLmV4YW1wbGU+DQpUbzogYUBleGFtcGxlLmNvbSwgYkBleGFtcGxlLmNvbQ0KQmNjOiBjQGV4YW1wbGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpCb2R5DQo="}}})j",
-             R"j({"RawMessage": {"Data": "RnJvbTogRXZpbCA8eEBldmlsLmV4YW1wbGU+DQpUbzogYUBleGFtcGxlLmNvbSwgYkBleGFtcGxlLmNvbQ0KQmNjOiBjQGV4YW1wbGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpCb2R5DQo="}})j",  // SES v1 SendRawEmail
+             R"j({"Content": {"Raw": {"Data": "RnJvbTogeEBldmlsLmV4YW1wbGUNClRvOiBhQGV4YW1wbGUuY29tLCBiQGV4YW1wbGUuY29tDQpCY2M6IGNAZXhhbXBsZS5jb20NCg0KQm9keQ0K"}}})j",
          }) {
         EXPECT_EQ(check_body_constraints(max(2), json, body), "3 recipients in one request; this agent may address at most 2")
             << body;
@@ -192,6 +192,12 @@ TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
             << body;
     }
     EXPECT_EQ(check_body_constraints(max(2), json, R"j({"Content": {"Raw": {"Data": "***"}}})j"),
+              "a raw MIME message is not base64 or not a message");
+    // Every mailbox of From is checked; a comment makes the recipients unreadable (parsers
+    // disagree on what it hides).
+    EXPECT_EQ(check_body_constraints(domains({"evil.example"}), json, R"j({"Content": {"Raw": {"Data": "RnJvbTogb2tAZXZpbC5leGFtcGxlLCBvdGhlckBlbHNld2hlcmUuZXhhbXBsZQ0KVG86IGFAZXhhbXBsZS5jb20NCg0KeA0K"}}})j"),
+              "from domain \"elsewhere.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(max(5), json, R"j({"Content": {"Raw": {"Data": "RnJvbTogeEBldmlsLmV4YW1wbGUNClRvOiBib2JAYS5leGFtcGxlICg8amFuZUBiLmV4YW1wbGU+KQ0KDQp4DQo="}}})j"),
               "a raw MIME message is not base64 or not a message");
 }
 

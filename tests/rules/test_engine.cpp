@@ -186,7 +186,7 @@ TEST(Engine, KeysMatchAsACaseInsensitiveUpstreamReadsThem) {
     for (const std::string& body : {
              R"({"personalizations":[{"TO":)" + four + "}]}",
              R"({"Personalizations":[{"To":)" + four + "}]}",
-             "{\"per\u017fonalizations\":[{\"to\":" + four + "}]}",  // an escaped long s
+             "{\"per\\u017fonalizations\":[{\"to\":" + four + "}]}",  // a JSON-escaped long s
              "{\"PER\xC5\xBFONALIZATIONS\":[{\"to\":" + four + "}]}",  // the same, as UTF-8
          }) {
         req.body = body;

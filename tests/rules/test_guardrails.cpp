@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/json_key.hpp"
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -77,6 +79,21 @@ std::string temp_file(const std::string& name, std::string_view text) {
 
 // ---------------------------------------------------------------------------------------
 // Building blocks.
+
+std::string b64(std::string_view raw) {
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (std::size_t i = 0; i < raw.size(); i += 3) {
+        const std::uint32_t n = (static_cast<unsigned char>(raw[i]) << 16) |
+                                (i + 1 < raw.size() ? static_cast<unsigned char>(raw[i + 1]) << 8 : 0) |
+                                (i + 2 < raw.size() ? static_cast<unsigned char>(raw[i + 2]) : 0);
+        out += alphabet[(n >> 18) & 63];
+        out += alphabet[(n >> 12) & 63];
+        out += i + 1 < raw.size() ? alphabet[(n >> 6) & 63] : '=';
+        out += i + 2 < raw.size() ? alphabet[n & 63] : '=';
+    }
+    return out;
+}
 
 TEST(GuardrailBlocks, Luhn) {
     EXPECT_TRUE(luhn_valid("4111111111111111"));
@@ -401,7 +418,7 @@ TEST(GuardRecipients, OddlyCasedKeysAreReadAsAnUpstreamReadsThem) {
 TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
     EXPECT_TRUE(f.check_body(R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}}})j").allowed());
-    for (const char* body : {R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NCkJjYzogU29tZW9uZSA8c3B5QGdtYWlsLmNvbT4NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}}})j", R"j({"RawMessage": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NCkJjYzogU29tZW9uZSA8c3B5QGdtYWlsLmNvbT4NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}})j"}) {
+    for (const char* body : {R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGphbmVAZXhhbXBsZS5jb20NCkJjYzogU29tZW9uZSA8c3B5QGdtYWlsLmNvbT4NClN1YmplY3Q6IEhpDQoNCkhlbGxvDQo="}}})j", R"j({"Content": {"Raw": {"Data": "RnJvbTogbmV3c0BleGFtcGxlLmNvbQpUbzogamFuZUBleGFtcGxlLmNvbQpCY2M6IFNvbWVvbmUgPHNweUBnbWFpbC5jb20+CgpIZWxsbwo="}}, "Subject": "lf only"})j"}) {
         const auto d = f.check_body(body);
         ASSERT_EQ(d.outcome, verdict::violated) << body;
         EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 s***@gmail.com")) << d.reason;
@@ -409,6 +426,13 @@ TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
     }
     EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "%%"}}})j").outcome, verdict::rejected)
         << "not base64: the guard cannot see the recipients";
+    // A comment can hide the address a MIME parser sends to; a bare CR splits a line for some.
+    for (const std::string raw : {std::string{"To: bob@evil.example (<jane@example.com>)\r\n\r\nx"},
+                                  std::string{"To: jane@example.com\rBcc: spy@gmail.com\r\n\r\nx"}}) {
+        EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": ")j" + b64(raw) + R"j("}}})j").outcome,
+                  verdict::rejected)
+            << raw;
+    }
 }
 
 TEST(GuardRecipients, Blocklist) {
@@ -1241,6 +1265,30 @@ TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
         ASSERT_EQ(detail::path_tracking_mismatch(doc, fields, &matched), "") << doc;
     }
     EXPECT_GT(matched, 2000u) << "values under a path";
+}
+
+// json_key::matches against its definition, fold(key) == name, over keys of every length up
+// to 20 (the 9-15 byte ones take the overlapping eight-byte tail compare on the guard path).
+TEST(GuardFastPaths, KeyMatchingAgreesWithFolding) {
+    text_gen gen{77};
+    const char* const pieces[] = {"a", "B", "s", "S", "k", "K", "i", "I", "_", "\xC5\xBF", "\xE2\x84\xAA", "\xC4\xB0",
+                                  "\xC4\xB1", "\xC3\xA9", "-", "0"};
+    std::size_t matched = 0;
+    for (int n = 0; n < 20000; ++n) {
+        std::string key;
+        for (std::size_t len = gen.pick(16); key.size() < len;) {
+            key += gen.one(pieces);
+        }
+        const std::string name = bb::json_key::fold(gen.chance(50) ? key : std::string{gen.one(pieces)} + key);
+        const bool want = bb::json_key::fold(key) == name;
+        ASSERT_EQ(bb::json_key::matches(key, name), want) << key << " / " << name;
+        ASSERT_EQ(bb::json_key::equal_fold(key, name), want) << key << " / " << name;
+        if (bb::json_key::is_ascii(key) && key.size() >= 8 && key.size() == name.size()) {
+            ASSERT_EQ(bb::json_key::ascii_matches_long(key, name), want) << key << " / " << name;
+        }
+        matched += want;
+    }
+    EXPECT_GT(matched, 5000u);
 }
 
 TEST(GuardFastPaths, MoreThan64PathsAreMatchedAsTheyAre) {

@@ -1021,4 +1021,15 @@ TEST_F(store_db, audit_verification_goes_a_page_at_a_time_and_covers_entries_wri
     const auto bad = db->verify_audit();
     EXPECT_FALSE(bad.ok);
     EXPECT_EQ(bad.first_bad, 2222);
+    {  // the edit undone, the last two entries deleted: found, and the check ends
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open(options().path.c_str(), &raw), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(raw, "UPDATE audit SET reason = 'entry 2221' WHERE id = 2222; DELETE FROM audit WHERE id > 2508",
+                               nullptr, nullptr, nullptr),
+                  SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    const auto cut = db->verify_audit();
+    EXPECT_FALSE(cut.ok);
+    EXPECT_NE(cut.problem.find("entries deleted from the end"), std::string::npos) << cut.problem;
 }
