@@ -1448,10 +1448,14 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     if (srv.config_change_busy()) {
         spdlog::info("SIGHUP: waiting for the config change in progress");
         asio::steady_timer wait{co_await asio::this_coro::executor};
-        while (srv.config_change_busy()) {
+        while (srv.config_change_busy() && !srv.draining()) {
             wait.expires_after(std::chrono::milliseconds{20});
             co_await wait.async_wait(asio::use_awaitable);
         }
+    }
+    if (srv.draining()) {
+        spdlog::warn("SIGHUP: not reloaded: the server is stopping");
+        co_return;
     }
     config_change_slot slot{srv};
     const std::string& path = srv.config_path();
@@ -1516,8 +1520,14 @@ asio::awaitable<void> record_startup_config(server& srv) {
         co_return;
     }
     const auto last = db->config_version(0);
-    if (last && last->second == cfg->source_json) {
-        co_return;
+    // The same config whatever its layout: the API stores what it applied minified.
+    auto minified = [](const std::string& text) {
+        simdjson::dom::parser p;
+        simdjson::dom::element e;
+        return p.parse(simdjson::padded_string{text}).get(e) == simdjson::SUCCESS ? simdjson::minify(e) : text;
+    };
+    if ((last && minified(last->second) == minified(cfg->source_json)) || srv.config_change_busy()) {
+        co_return;  // (busy: it runs before the admin API and signals are served; never, then)
     }
     config_change_slot slot{srv};
     std::string diff;
