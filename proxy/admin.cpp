@@ -10,6 +10,7 @@
 #include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
+#include "rules/guardrails.hpp"  // sha256_hex
 #include "store/codec.hpp"
 #include "store/database.hpp"
 
@@ -1393,19 +1394,6 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
     co_return h;
 }
 
-std::string sha256_hex_of(std::string_view bytes) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(bytes.data(), bytes.size(), digest, &len, EVP_sha256(), nullptr);
-    static constexpr char hexdigits[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-        out += hexdigits[digest[i] >> 4];
-        out += hexdigits[digest[i] & 15];
-    }
-    return out;
-}
-
 // An audit entry for a change that no admin request made (a signal, a start). False when
 // the store cannot write it; true without a store (nothing to write to).
 asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string method, std::string params,
@@ -1469,7 +1457,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         parsed.errors.add("", "cannot read config file " + cfg::quote(path));
     }
     const std::string params =
-        "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + sha256_hex_of(*text) + "\"" : std::string{}) + "}";
+        "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + rules::sha256_hex(*text) + "\"" : std::string{}) + "}";
     if (!parsed.errors.empty()) {
         spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving", parsed.errors.size());
         std::string listed;
@@ -1548,7 +1536,7 @@ asio::awaitable<void> record_startup_config(server& srv) {
         db->save_config_version(cfg->source_json, "startup", "started from " + srv.config_path(), std::move(done));
     });
     co_await audit_local(srv, "startup", "START",
-                         "{\"file\":" + cfg::quote(srv.config_path()) + ",\"sha256\":\"" + sha256_hex_of(cfg->source_json) + "\"}",
+                         "{\"file\":" + cfg::quote(srv.config_path()) + ",\"sha256\":\"" + rules::sha256_hex(cfg->source_json) + "\"}",
                          "started from " + srv.config_path(),
                          result + " (version " + std::to_string(r.ok ? r.count : 0) + ")", diff);
 }
