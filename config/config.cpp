@@ -950,7 +950,7 @@ parse_result parse_config(std::string_view json_text) {
     return out;
 }
 
-parse_result load_config_file(const std::string& path) {
+parse_result load_config_file(const std::string& path, std::optional<std::string>* text) {
     std::ifstream in{path, std::ios::binary};
     if (!in) {
         parse_result out;
@@ -959,6 +959,9 @@ parse_result load_config_file(const std::string& path) {
     }
     std::ostringstream ss;
     ss << in.rdbuf();
+    if (text != nullptr) {
+        *text = ss.str();
+    }
     return parse_config(ss.str());
 }
 

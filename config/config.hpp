@@ -207,7 +207,9 @@ struct parse_result {
 // Parses JSON text; never throws. Every problem is in `errors`, each with its path.
 parse_result parse_config(std::string_view json_text);
 // Reads and parses a file; an unreadable file is one error at path "".
-parse_result load_config_file(const std::string& path);
+// `text`, when given, receives the bytes read (nullopt when the file cannot be read): what a
+// reload records the digest of, whether or not they parse.
+parse_result load_config_file(const std::string& path, std::optional<std::string>* text = nullptr);
 
 // "127.0.0.1:8080", "[::1]:8080" -> host, port. nullopt when malformed.
 // "host:port" or "[v6]:port" split, the port 0-65535; nothing else is checked.

@@ -35,7 +35,6 @@
 #include <list>
 #include <map>
 #include <set>
-#include <fstream>
 #include <sstream>
 
 namespace bb::proxy {
@@ -1419,14 +1418,10 @@ asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string me
     co_return r.ok;
 }
 
-std::optional<std::string> read_file(const std::string& path) {
-    std::ifstream in{path, std::ios::binary};
-    if (!in) {
-        return std::nullopt;
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+// The audit params of a change read from a file: the file and the SHA-256 of what was read.
+std::string file_params(const std::string& path, const std::optional<std::string>& text) {
+    return "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + rules::sha256_hex(*text) + "\"" : std::string{}) +
+           "}";
 }
 
 }  // namespace
@@ -1449,15 +1444,9 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     const std::string& path = srv.config_path();
     const std::string actor = "signal:SIGHUP";
     const std::string reason = "SIGHUP: reload " + path;
-    const auto text = read_file(path);
-    parse_result parsed;
-    if (text) {
-        parsed = parse_config(*text);
-    } else {
-        parsed.errors.add("", "cannot read config file " + cfg::quote(path));
-    }
-    const std::string params =
-        "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + rules::sha256_hex(*text) + "\"" : std::string{}) + "}";
+    std::optional<std::string> text;
+    const auto parsed = load_config_file(path, &text);
+    const std::string params = file_params(path, text);
     if (!parsed.errors.empty()) {
         spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving", parsed.errors.size());
         std::string listed;
@@ -1535,8 +1524,7 @@ asio::awaitable<void> record_startup_config(server& srv) {
     auto r = co_await await_store([&](store::done_fn done) {
         db->save_config_version(cfg->source_json, "startup", "started from " + srv.config_path(), std::move(done));
     });
-    co_await audit_local(srv, "startup", "START",
-                         "{\"file\":" + cfg::quote(srv.config_path()) + ",\"sha256\":\"" + rules::sha256_hex(cfg->source_json) + "\"}",
+    co_await audit_local(srv, "startup", "START", file_params(srv.config_path(), cfg->source_json),
                          "started from " + srv.config_path(),
                          result + " (version " + std::to_string(r.ok ? r.count : 0) + ")", diff);
 }
