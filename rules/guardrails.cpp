@@ -1135,12 +1135,22 @@ std::string_view refuse_domain(const recipients_guard& g, std::string_view addr,
     // `a@evil.com>x@example.com`: which of the two is the recipient depends on the parser
     // (we would take example.com); an address with a stray bracket or a second '@' is
     // refused rather than guessed at.
-    if (addr.find_first_of("<>") != std::string_view::npos ||
-        std::count(addr.begin(), addr.end(), '@') != 1) {
+    // One pass (find_first_of("<>") calls memchr once per byte of the address).
+    std::size_t ats = 0;
+    std::size_t at = 0;
+    bool bracket = false;
+    for (std::size_t i = 0; i < addr.size(); ++i) {
+        const char c = addr[i];
+        bracket |= c == '<' || c == '>';
+        if (c == '@') {
+            ++ats;
+            at = i;
+        }
+    }
+    if (bracket || ats != 1) {
         return "recipient address malformed";
     }
-    const auto at = addr.rfind('@');
-    const std::string_view domain = at == std::string_view::npos ? std::string_view{} : addr.substr(at + 1);
+    const std::string_view domain = addr.substr(at + 1);
     if (!g.block.empty() && block.contains(domain)) {
         return "recipient domain blocked";
     }
