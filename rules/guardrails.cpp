@@ -433,6 +433,8 @@ private:
     std::size_t arena_used_ = 0;
 };
 
+bool path_matches(const json_path& p, std::span<const frame> f, bool prefix);
+
 }  // namespace
 
 namespace detail {
@@ -522,6 +524,27 @@ public:
     }
     std::span<const frame> path_of_stop() const { return stop_frames_; }
 
+    // The strings at exactly `path`, in document order: visit(frames, text, raw_start) -> true
+    // to stop. Only the containers on the way are entered (the rest is jumped over), so it
+    // costs a few values, not a walk. Same result as walk().
+    template <class V>
+    json_walker::result strings_at(std::string_view body, const json_path& path, V&& visit) {
+        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
+            parse(body);
+        }
+        if (streaming_) {
+            return walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
+                                         std::size_t start, bool) {
+                return t == value_type::string && path_matches(path, f, false) && visit(f, text, start);
+            });
+        }
+        if (nodes_.empty()) {
+            return result_;
+        }
+        path_frames_.clear();
+        return descend(0, 0, path, visit) ? json_walker::result::stopped : result_;
+    }
+
 private:
     // A JSON body of the default 10 MiB limit can hold millions of values; recording them
     // all would cost 40 bytes each per worker thread. Past max_nodes (2.5 MiB of nodes, well
@@ -542,6 +565,42 @@ private:
         value_type type;
         std::uint8_t flags;
     };
+
+    template <class V>
+    bool descend(std::uint32_t i, std::size_t k, const json_path& p, V& visit) {
+        const node& n = nodes_[i];
+        if (k == p.segments.size()) {
+            return n.type == value_type::string &&
+                   visit(std::span<const frame>{path_frames_}, std::string_view{n.text, n.text_len}, n.raw_start);
+        }
+        if (!is_container(n.type)) {
+            return false;
+        }
+        const path_segment& seg = p.segments[k];
+        for (std::uint32_t c = i + 1; c < n.end; c = is_container(nodes_[c].type) ? nodes_[c].end : c + 1) {
+            const node& ch = nodes_[c];
+            const bool array = ch.flags & in_array;
+            const std::string_view key{ch.key, ch.key_len};
+            bool on = false;
+            switch (seg.k) {
+                case path_segment::kind::names:
+                    on = !array && std::any_of(seg.names.begin(), seg.names.end(),
+                                               [&](const std::string& name) { return json_key::matches(key, name); });
+                    break;
+                case path_segment::kind::index: on = array && ch.index == seg.index; break;
+                case path_segment::kind::wildcard: on = true; break;
+            }
+            if (on) {
+                path_frames_.push_back(frame{array, ch.index, key});
+                const bool stop = descend(c, k + 1, p, visit);
+                path_frames_.pop_back();
+                if (stop) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
 
     void parse(std::string_view body) {
         parsed_ = true;
@@ -614,6 +673,7 @@ private:
     std::vector<std::uint32_t> open_;  // while parsing: the containers not closed yet
     std::vector<frame> frames_;
     std::vector<frame> stop_frames_;
+    std::vector<frame> path_frames_;  // strings_at: the frames down to the value
     json_walker::result result_ = json_walker::result::invalid;
 };
 
@@ -1021,6 +1081,10 @@ struct scratch {
     // Recipients guard: the addresses that passed the domain checks, in `chars`.
     std::vector<std::pair<std::size_t, std::size_t>> spans;
     std::vector<std::string_view> views;
+    // PII and content guards: where the raw messages they read start (their own walk passes over them).
+    std::vector<std::size_t> mime_seen;
+    std::string message;
+    mime_content content;
 };
 
 scratch& local() {
@@ -1054,11 +1118,61 @@ guard_result violated(std::string finding) {
     return r;
 }
 
-guard_result invalid_body() {
+guard_result invalid_body(std::string why = "body is not valid JSON") {
     guard_result r;
     r.outcome = guard_result::status::invalid_body;
-    r.finding = "body is not valid JSON";
+    r.finding = std::move(why);
     return r;
+}
+
+// The raw messages at `fields` (mime:$.path), each read as a mail client shows it
+// (mime_content_of): f(piece, message, frames) -> true when it found something. Where their
+// strings start goes to s.mime_seen, for the guard's own walk to pass over (the base64 says
+// nothing itself). unreadable: `why` says what could not be read.
+enum class mime_outcome : std::uint8_t { clean, found, unreadable };
+
+template <class F>
+mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, std::string& why,
+                           F&& f) {
+    s.mime_seen.clear();
+    if (fields.empty() || kind_of(in) != body_kind::json) {
+        return mime_outcome::clean;
+    }
+    mime_outcome out = mime_outcome::clean;
+    detail::parsed_body& doc = doc_of(in);
+    for (const auto& field : fields) {
+        doc.strings_at(in.req.body, field.path, [&](std::span<const frame> fr, std::string_view text, std::size_t start) {
+            s.mime_seen.push_back(start);
+            std::string w;
+            if (!decode_base64(text, s.message)) {
+                w = "it is not base64";
+            } else if (!mime_content_of(s.message, s.content, &w)) {
+                // w says why
+            } else {
+                for (const auto& t : s.content.texts) {
+                    if (f(t, s.content, fr)) {
+                        out = mime_outcome::found;
+                        return true;
+                    }
+                }
+                return false;
+            }
+            why = "the raw message at " + render_path(fr) + " cannot be read: " + w;
+            out = mime_outcome::unreadable;
+            return true;
+        });
+        if (out != mime_outcome::clean) {
+            break;
+        }
+    }
+    if (s.message.capacity() > (std::size_t{4} << 20)) {
+        s.message = {};  // one large message does not pin its memory
+    }
+    return out;
+}
+
+bool passed_over(const scratch& s, std::size_t start) {
+    return !s.mime_seen.empty() && std::find(s.mime_seen.begin(), s.mime_seen.end(), start) != s.mime_seen.end();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1071,8 +1185,23 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
             std::string where;
             std::size_t offset = 0;
             const std::size_t min_length = detail::pii_min_length(g.kinds);
+            scratch& s = local();
+            std::string why;
+            const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, std::span<const frame> fr) {
+                if (t.text.size() < min_length || !detail::scan_pii(g.kinds, t.text, &hit)) {
+                    return false;
+                }
+                where = t.where + " of the raw message at " + render_path(fr);
+                return true;
+            });
+            if (m == mime_outcome::found) {
+                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
+            }
+            if (m == mime_outcome::unreadable) {
+                return invalid_body(std::move(why));
+            }
             auto found = [&](std::string_view text, std::size_t start, bool escaped) {
-                if (text.size() < min_length || !detail::scan_pii(g.kinds, text, &hit)) {
+                if (text.size() < min_length || passed_over(s, start) || !detail::scan_pii(g.kinds, text, &hit)) {
                     return false;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
@@ -1080,7 +1209,7 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
             };
             detail::parsed_body& doc = doc_of(in);
             json_walker::result res;
-            if (g.in.empty()) {
+            if (g.every_value) {
                 // Every string and number: no paths to follow, a path only for a finding.
                 res = doc.walk_values(body, found);
                 if (res == json_walker::result::stopped) {
@@ -1111,7 +1240,7 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
         }
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
-                if (!g.in.empty() && !form_selected(g.in, name)) {
+                if (!g.every_value && !form_selected(g.in, name)) {
                     continue;
                 }
                 if (detail::scan_pii(g.kinds, value, &hit)) {
@@ -1357,6 +1486,24 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
+            scratch& s = local();
+            std::string why;
+            const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content& msg, std::span<const frame> fr) {
+                if (msg.list_unsubscribe) {
+                    unsubscribe = true;
+                }
+                if (t.k == mime_text::kind::header || !detail::scan_content(g, t.text, unsubscribe, &hit)) {
+                    return false;
+                }
+                where = t.where + " of the raw message at " + render_path(fr);
+                return true;
+            });
+            if (m == mime_outcome::found) {
+                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
+            }
+            if (m == mime_outcome::unreadable) {
+                return invalid_body(std::move(why));
+            }
             path_tracker paths{g.index, g.fields};
             detail::parsed_body& doc = doc_of(in);
             auto res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text,
@@ -1368,7 +1515,7 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
                 if (paths.dead() && !f.empty() && (unsubscribe || !may_hold_unsubscribe_setting(doc, f))) {
                     return walk_next::skip;  // nothing under it is content or an unsubscribe setting
                 }
-                if (t != value_type::string || !paths.under()) {
+                if (t != value_type::string || !paths.under() || passed_over(s, start)) {
                     return walk_next::go;
                 }
                 if (!detail::scan_content(g, text, unsubscribe, &hit)) {
@@ -1661,10 +1808,24 @@ const std::vector<guard_field>& default_content_fields() {
     static const auto f = default_fields({
         "$.subject", "$.content", "$.personalizations[*].subject",             // SendGrid
         "$.personalizations[*].dynamic_template_data", "$.personalizations[*].substitutions",
-        "$.Content",                                                            // SES v2
+        "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)
         "$.message.subject", "$.customProperties",                             // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html"});           // Mailgun
     return f;
+}
+
+// A pii guard without `in` reads every value, and the raw messages here.
+const std::vector<guard_field>& default_pii_fields() {
+    static const auto f = default_fields({"mime:$.Content.Raw.Data"});  // SES v2 raw messages
+    return f;
+}
+
+// Moves the mime: fields out of `fields` (into the list returned).
+std::vector<guard_field> take_mime(std::vector<guard_field>& fields) {
+    std::vector<guard_field> mime;
+    std::copy_if(fields.begin(), fields.end(), std::back_inserter(mime), [](const guard_field& f) { return f.mime; });
+    std::erase_if(fields, [](const guard_field& f) { return f.mime; });
+    return mime;
 }
 
 const std::vector<guard_field>& default_subject_fields() {
@@ -1679,8 +1840,8 @@ const std::vector<guard_field>& default_template_fields() {
     return f;
 }
 
-// `mime_ok`: whether mime: fields are read where these fields go (the recipients guard only;
-// elsewhere a mime: field is an error, and dropped from the defaults).
+// `mime_ok`: whether mime: fields are read where these fields go (the recipients, content and
+// pii guards; elsewhere a mime: field is an error, and dropped from the defaults).
 std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt,
                                      bool mime_ok = false) {
     auto list = r.strings(key);
@@ -1701,7 +1862,7 @@ std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key
         if (auto f = parse_field((*list)[i], &err)) {
             if (f->mime && !mime_ok) {
                 r.errs().add(cfg::child(r.path_of(key), i),
-                             cfg::quote((*list)[i]) + ": mime: fields are read by the recipients guard only");
+                             cfg::quote((*list)[i]) + ": mime: fields are read by the recipients, content and pii guards only");
             }
             out.push_back(std::move(*f));
         } else {
@@ -1786,7 +1947,9 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(cfg::child(r.path_of("pii"), i), cfg::quote(k) + " is not a PII kind (card, ssn, iban, secrets)");
             }
         }
-        g->pii.in = read_fields(r, "in", {});
+        g->pii.every_value = !r.has("in");
+        g->pii.in = read_fields(r, "in", default_pii_fields(), true);
+        g->pii.mime = take_mime(g->pii.in);
         g->pii.in_index = path_index::of({&g->pii.in});
     } else if (r.has("in")) {
         r.value("in");
@@ -1851,7 +2014,8 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         if (auto ru = cr.boolean("require_unsubscribe")) {
             cg.require_unsubscribe = *ru;
         }
-        cg.fields = read_fields(cr, "fields", default_content_fields());
+        cg.fields = read_fields(cr, "fields", default_content_fields(), true);
+        cg.mime = take_mime(cg.fields);
         cg.index = path_index::of({&cg.fields});
         if (cr.is_object() && cg.terms.empty() && !cg.check_links && !cg.require_unsubscribe) {
             errs.add(cr.path(), "needs blocked_terms, link_domains or require_unsubscribe");

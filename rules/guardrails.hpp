@@ -167,7 +167,7 @@ private:
 // Where a guard reads values: a JSON path over the request body, or a form field (Mailgun).
 struct guard_field {
     bool form = false;
-    bool mime = false;  // `mime:$.path`: the To/Cc/Bcc addresses of the base64 MIME messages there
+    bool mime = false;  // `mime:$.path`: the base64 MIME messages there (rules/mime.hpp)
     std::string name;  // form field
     json_path path;    // JSON (also for mime)
     std::string text;  // as written
@@ -207,8 +207,12 @@ enum class pii_kind : std::uint8_t { card = 1, ssn = 2, iban = 4, secrets = 8 };
 
 struct pii_guard {
     std::uint8_t kinds = 0;           // pii_kind bits
-    std::vector<guard_field> in;      // empty: every string of the body
+    bool every_value = true;          // no `in`: every string and number of the body
+    std::vector<guard_field> in;      // `in` (its JSON and form fields)
     path_index in_index;
+    // Raw messages read as a mail client shows them (mime:$.path; default SES v2
+    // $.Content.Raw.Data when there is no `in`, else the mime: fields of `in`).
+    std::vector<guard_field> mime;
 };
 
 struct recipients_guard {
@@ -227,6 +231,7 @@ struct content_guard {
     bool require_unsubscribe = false;
     std::vector<guard_field> fields;  // defaults: subjects, bodies (SendGrid, SES, Mailgun)
     path_index index;
+    std::vector<guard_field> mime;    // raw messages (the mime: fields; default SES v2 $.Content.Raw.Data)
 };
 
 struct duplicates_guard {

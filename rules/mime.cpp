@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "core/hex.hpp"
 #include "rules/request.hpp"  // iequals
 #include "rules/form.hpp"
 
@@ -43,15 +44,22 @@ line line_at(std::string_view m, std::size_t at) {
 
 // Calls f(name, unfolded value) for each header field; false when a line of the header
 // section is neither a field nor a continuation (not a message we can read for certain).
+// `body_at`: where the body starts (after the empty line; m.size() when there is none).
 template <class F>
-bool for_each_field(std::string_view m, std::string& value, F&& f) {
+bool for_each_field(std::string_view m, std::string& value, F&& f, std::size_t* body_at = nullptr) {
     std::size_t at = 0;
+    if (body_at) {
+        *body_at = m.size();
+    }
     std::string_view name;
     bool open = false;
     while (at < m.size()) {
         const line l = line_at(m, at);
         at = l.next;
         if (l.text.empty()) {
+            if (body_at) {
+                *body_at = at;
+            }
             break;  // the end of the header section
         }
         if (l.text.find('\r') != std::string_view::npos) {
@@ -186,6 +194,397 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
         }
     }
     return true;
+}
+
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string out{s};
+    for (auto& c : out) {
+        if (c >= 'A' && c <= 'Z') {
+            c = static_cast<char>(c - 'A' + 'a');
+        }
+    }
+    return out;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (is_wsp(s.front()) || s.front() == '\r' || s.front() == '\n')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (is_wsp(s.back()) || s.back() == '\r' || s.back() == '\n')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+// `type/subtype; name=value; name="quoted \"value\""`: the type in lower case and the
+// parameters (names in lower case). False when a parameter is malformed.
+struct content_type {
+    std::string type;  // "text/plain"; empty: none given
+    std::vector<std::pair<std::string, std::string>> params;
+    const std::string* param(std::string_view name) const {
+        for (const auto& [n, v] : params) {
+            if (n == name) {
+                return &v;
+            }
+        }
+        return nullptr;
+    }
+};
+
+bool parse_content_type(std::string_view v, content_type& out) {
+    const auto semi = v.find(';');
+    out.type = lower(trim(v.substr(0, semi)));
+    std::size_t i = semi == std::string_view::npos ? v.size() : semi + 1;
+    while (i < v.size()) {
+        while (i < v.size() && (is_wsp(v[i]) || v[i] == ';')) {
+            ++i;
+        }
+        if (i >= v.size()) {
+            break;
+        }
+        const auto eq = v.find('=', i);
+        if (eq == std::string_view::npos) {
+            return false;
+        }
+        std::string name = lower(trim(v.substr(i, eq - i)));
+        i = eq + 1;
+        while (i < v.size() && is_wsp(v[i])) {
+            ++i;
+        }
+        std::string value;
+        if (i < v.size() && v[i] == '"') {
+            ++i;
+            bool closed = false;
+            for (; i < v.size(); ++i) {
+                if (v[i] == '\\' && i + 1 < v.size()) {
+                    value += v[++i];
+                } else if (v[i] == '"') {
+                    closed = true;
+                    ++i;
+                    break;
+                } else {
+                    value += v[i];
+                }
+            }
+            if (!closed) {
+                return false;
+            }
+        } else {
+            const auto end = v.find(';', i);
+            value = std::string{trim(v.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i))};
+            i = end == std::string_view::npos ? v.size() : end;
+        }
+        out.params.emplace_back(std::move(name), std::move(value));
+    }
+    return true;
+}
+
+// Charsets in which ASCII text is not written as ASCII bytes.
+bool ascii_hidden(std::string_view charset) {
+    const std::string c = lower(charset);
+    for (const std::string_view p : {"utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4", "utf-7", "utf7",
+                                     "unicode", "csunicode", "ebcdic", "cp037", "ibm037", "cp500", "ibm500", "cp875",
+                                     "cp1026", "ibm1026", "cp1047", "ibm1047", "cp1140", "ibm01140", "x-imap4-modified-utf7"}) {
+        if (c.starts_with(p)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool decode_quoted_printable(std::string_view in, std::string& out) {
+    out.clear();
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c != '=') {
+            out += c;
+            continue;
+        }
+        std::size_t j = i + 1;
+        while (j < in.size() && is_wsp(in[j])) {  // transport padding before a soft break
+            ++j;
+        }
+        if (j < in.size() && (in[j] == '\n' || (in[j] == '\r' && j + 1 < in.size() && in[j + 1] == '\n'))) {
+            i = in[j] == '\r' ? j + 1 : j;  // a soft line break
+            continue;
+        }
+        if (j == in.size()) {
+            i = j;  // "=" at the very end: a soft break
+            continue;
+        }
+        if (i + 2 < in.size() && hex_digit_value(in[i + 1]) >= 0 && hex_digit_value(in[i + 2]) >= 0) {
+            out += static_cast<char>(hex_digit_value(in[i + 1]) * 16 + hex_digit_value(in[i + 2]));
+            i += 2;
+            continue;
+        }
+        out += '=';  // not an escape: kept as it is (what decoders do)
+    }
+    return true;
+}
+
+// RFC 2047 encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`) decoded; the blanks
+// between two adjacent encoded words dropped (RFC 2047 6.2). A word that is not one is
+// left as written. False when a word's charset hides ASCII (see ascii_hidden).
+bool decode_words(std::string_view v, std::string& out) {
+    out.clear();
+    std::size_t i = 0;
+    std::size_t pending_blanks = 0;  // blanks after an encoded word, dropped if another follows
+    bool after_word = false;
+    std::string piece;
+    while (i < v.size()) {
+        if (v[i] == '=' && i + 1 < v.size() && v[i + 1] == '?') {
+            // =?charset?enc?text?=
+            const auto q1 = v.find('?', i + 2);
+            const auto q2 = q1 == std::string_view::npos ? q1 : v.find('?', q1 + 1);
+            const auto end = q2 == std::string_view::npos ? q2 : v.find("?=", q2 + 1);
+            if (end != std::string_view::npos && q2 == q1 + 2) {
+                std::string_view charset = v.substr(i + 2, q1 - i - 2);
+                if (const auto star = charset.find('*'); star != std::string_view::npos) {
+                    charset = charset.substr(0, star);  // RFC 2231 language suffix
+                }
+                const char enc = static_cast<char>(v[q1 + 1] | 0x20);
+                const std::string_view text = v.substr(q2 + 1, end - q2 - 1);
+                bool ok = enc == 'b' || enc == 'q';
+                if (ok && enc == 'b') {
+                    ok = decode_base64(text, piece);
+                } else if (ok) {
+                    std::string q{text};
+                    for (auto& c : q) {
+                        c = c == '_' ? ' ' : c;
+                    }
+                    decode_quoted_printable(q, piece);
+                }
+                if (ok) {
+                    if (ascii_hidden(charset)) {
+                        return false;
+                    }
+                    if (!after_word) {
+                        out.append(v.substr(i - pending_blanks, pending_blanks));
+                    }
+                    out += piece;
+                    after_word = true;
+                    pending_blanks = 0;
+                    i = end + 2;
+                    continue;
+                }
+            }
+        }
+        if (is_wsp(v[i])) {
+            ++pending_blanks;
+            ++i;
+            continue;
+        }
+        out.append(v.substr(i - pending_blanks, pending_blanks));
+        pending_blanks = 0;
+        after_word = false;
+        out += v[i++];
+    }
+    out.append(v.substr(v.size() - pending_blanks, pending_blanks));
+    return true;
+}
+
+constexpr int max_mime_depth = 16;
+constexpr std::size_t max_mime_parts = 1000;
+
+struct content_reader {
+    mime_content& out;
+    std::string* why;
+    std::size_t parts = 0;
+
+    bool fail(std::string what) {
+        if (why) {
+            *why = std::move(what);
+        }
+        return false;
+    }
+
+    // One entity (a message or a body part) at `name` ("" for the message itself).
+    bool entity(std::string_view m, const std::string& name, int depth, bool top) {
+        if (depth > max_mime_depth) {
+            return fail("more than " + std::to_string(max_mime_depth) + " levels of nested parts");
+        }
+        if (++parts > max_mime_parts) {
+            return fail("more than " + std::to_string(max_mime_parts) + " parts");
+        }
+        std::string value;
+        std::size_t body_at = 0;
+        int types = 0;
+        int encodings = 0;
+        std::string type_value;
+        std::string encoding;
+        bool bad_words = false;
+        std::string decoded;
+        const bool ok = for_each_field(
+            m, value,
+            [&](std::string_view n, std::string_view v) {
+                if (iequals(n, "Content-Type")) {
+                    ++types;
+                    type_value = v;
+                } else if (iequals(n, "Content-Transfer-Encoding")) {
+                    ++encodings;
+                    encoding = lower(trim(v));
+                } else if (top && iequals(n, "List-Unsubscribe")) {
+                    out.list_unsubscribe = true;
+                }
+                if (!decode_words(trim(v), decoded)) {
+                    bad_words = true;
+                    return;
+                }
+                mime_text t;
+                t.k = iequals(n, "Subject") ? mime_text::kind::subject : mime_text::kind::header;
+                t.where = (name.empty() ? "" : "part " + name + " ") +
+                          (t.k == mime_text::kind::subject ? std::string{"Subject"} : "header " + std::string{n.substr(0, 64)});
+                t.text = std::move(decoded);
+                out.texts.push_back(std::move(t));
+            },
+            &body_at);
+        const std::string at = name.empty() ? std::string{"the message"} : "part " + name;
+        if (!ok) {
+            return fail("the header section of " + at + " cannot be read");
+        }
+        if (bad_words) {
+            return fail("an encoded word in " + at + "'s header is in a charset that hides ASCII");
+        }
+        if (types > 1 || encodings > 1) {
+            return fail(at + " has more than one " + (types > 1 ? "Content-Type" : "Content-Transfer-Encoding"));
+        }
+        content_type ct;
+        if (!parse_content_type(type_value, ct)) {
+            return fail(at + " has a malformed Content-Type");
+        }
+        std::string_view body = m.substr(body_at);
+        std::string unencoded;
+        const bool container = ct.type.starts_with("multipart/") || ct.type == "message/rfc822" || ct.type == "message/global";
+        if (container && !encoding.empty() && encoding != "7bit" && encoding != "8bit" && encoding != "binary") {
+            // RFC 2045 6.4 / RFC 2046 5.2.1; so every byte is decoded at most once.
+            return fail(at + " is a " + ct.type.substr(0, 32) + " with the transfer encoding " + encoding.substr(0, 32));
+        }
+        if (encoding == "base64") {
+            if (!decode_base64(body, unencoded)) {
+                return fail(at + " is not base64");
+            }
+            body = unencoded;
+        } else if (encoding == "quoted-printable") {
+            decode_quoted_printable(body, unencoded);
+            body = unencoded;
+        } else if (!encoding.empty() && encoding != "7bit" && encoding != "8bit" && encoding != "binary") {
+            return fail(at + " has the transfer encoding " + encoding.substr(0, 32) + ", which is not read");
+        }
+        const std::string label = name.empty() ? std::string{"body"} : "part " + name;
+        if (ct.type.starts_with("multipart/")) {
+            if (ct.param("boundary*") || ct.param("boundary*0") || ct.param("boundary*0*")) {
+                return fail(at + " has an RFC 2231 boundary, which is not read");
+            }
+            const std::string* boundary = ct.param("boundary");
+            if (!boundary || boundary->empty() || boundary->size() > 200) {
+                return fail(at + " is multipart without a boundary");
+            }
+            return multipart(body, *boundary, name, depth);
+        }
+        if (ct.type == "message/rfc822" || ct.type == "message/global") {
+            return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
+        }
+        if (ct.type.empty() || ct.type.starts_with("text/")) {
+            if (const std::string* cs = ct.param("charset"); cs && ascii_hidden(*cs)) {
+                return fail(at + " is in the charset " + cs->substr(0, 32) + ", which hides ASCII");
+            }
+            mime_text t;
+            t.k = mime_text::kind::body;
+            t.where = label + " (" + (ct.type.empty() ? std::string{"text/plain"} : ct.type.substr(0, 64)) + ")";
+            t.text = std::string{body};
+            out.texts.push_back(std::move(t));
+        }
+        return true;  // an attachment of another type is not read
+    }
+
+    // The parts between `--boundary` lines; the text before the first and after the closing
+    // one (preamble, epilogue) read as plain text. A missing closing line ends the last part
+    // at the end of the body.
+    bool multipart(std::string_view body, const std::string& boundary, const std::string& name, int depth) {
+        const std::string dash = "--" + boundary;
+        std::size_t at = 0;
+        std::size_t part_start = std::string::npos;  // after the delimiter line of the open part
+        std::size_t preamble_end = std::string::npos;
+        int index = 0;
+        bool closed = false;
+        auto add_plain = [&](std::string_view text, std::string where) {
+            if (!trim(text).empty()) {
+                mime_text t;
+                t.k = mime_text::kind::body;
+                t.where = std::move(where);
+                t.text = std::string{text};
+                out.texts.push_back(std::move(t));
+            }
+        };
+        const std::string prefix = name.empty() ? "" : name + ".";
+        auto close_part = [&](std::size_t end) {
+            // The line break before a delimiter belongs to the delimiter.
+            if (end > part_start && body[end - 1] == '\n') {
+                --end;
+                if (end > part_start && body[end - 1] == '\r') {
+                    --end;
+                }
+            }
+            return entity(body.substr(part_start, end - part_start), prefix + std::to_string(index),
+                          depth + 1, false);
+        };
+        while (at < body.size()) {
+            const auto nl = body.find('\n', at);
+            const std::size_t next = nl == std::string_view::npos ? body.size() : nl + 1;
+            std::string_view l = body.substr(at, next - at);
+            if (l.starts_with(dash)) {
+                std::string_view rest = l.substr(dash.size());
+                const bool close = rest.starts_with("--");
+                if (close) {
+                    rest.remove_prefix(2);
+                }
+                if (trim(rest).empty()) {
+                    if (preamble_end == std::string::npos) {
+                        preamble_end = at;
+                    } else if (!close_part(at)) {
+                        return false;
+                    }
+                    if (close) {
+                        closed = true;
+                        add_plain(body.substr(next), "epilogue of " + (name.empty() ? std::string{"the message"} : "part " + name));
+                        break;
+                    }
+                    ++index;
+                    part_start = next;
+                }
+            }
+            at = next;
+        }
+        if (preamble_end == std::string::npos) {
+            add_plain(body, "body of " + (name.empty() ? std::string{"the message"} : "part " + name) + " (no parts)");
+            return true;
+        }
+        std::size_t pre = preamble_end;  // its last line break belongs to the first delimiter
+        if (pre > 0 && body[pre - 1] == '\n') {
+            --pre;
+            if (pre > 0 && body[pre - 1] == '\r') {
+                --pre;
+            }
+        }
+        add_plain(body.substr(0, pre),
+                  "preamble of " + (name.empty() ? std::string{"the message"} : "part " + name));
+        if (!closed && part_start != std::string::npos && !close_part(body.size())) {
+            return false;
+        }
+        return true;
+    }
+};
+
+}  // namespace
+
+bool mime_content_of(std::string_view message, mime_content& out, std::string* why) {
+    out.texts.clear();
+    out.list_unsubscribe = false;
+    content_reader r{out, why};
+    return r.entity(message, "", 0, true);
 }
 
 std::string mime_from(std::string_view message) {

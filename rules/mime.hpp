@@ -5,6 +5,7 @@
 // an agent limit that read only the JSON would see no recipient at all. These read them.
 // Pure functions; thread-safe.
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,31 @@ bool decode_base64(std::string_view in, std::string& out);
 // a To/Cc/Bcc value holds a comment `(...)` or the header section a bare CR: parsers differ
 // on both, so the addresses cannot be read for certain.
 bool mime_recipients(std::string_view message, std::string& scratch, std::vector<std::string_view>& out);
+
+// What the content and PII guards read of a raw message (the recipients are read above).
+struct mime_text {
+    enum class kind : std::uint8_t { subject, header, body };
+    kind k = kind::body;
+    std::string where;  // "Subject", "header X-Note", "part 1.2 (text/html)", "preamble of part 1"
+    std::string text;   // decoded: encoded words, quoted-printable and base64 undone
+};
+struct mime_content {
+    std::vector<mime_text> texts;
+    bool list_unsubscribe = false;  // the message has a List-Unsubscribe header field
+};
+
+// Reads a message as a mail client shows it: every header field value with its RFC 2047
+// encoded words decoded (the Subject marked as such), and the body of every text part
+// (text/*, or no Content-Type) with its Content-Transfer-Encoding undone, through nested
+// multiparts and attached messages (message/rfc822). Parts of other types (images, PDFs)
+// are not read; multipart preambles and epilogues are, as plain text. False with `why` when
+// the message cannot be read for certain: a header section that cannot be read (see
+// mime_recipients), a second Content-Type or Content-Transfer-Encoding, a multipart without
+// a boundary (or with an RFC 2231 continued one), a transfer encoding other than 7bit, 8bit,
+// binary, quoted-printable or base64, base64 that is not, a text in a charset whose bytes
+// are not ASCII for ASCII text (UTF-16, UTF-32, UTF-7, EBCDIC: a blocked term or a card
+// number would not show as itself), more than 16 levels of nesting or 1,000 parts.
+bool mime_content_of(std::string_view message, mime_content& out, std::string* why);
 
 // The value of the From header field (unfolded: an address list, every mailbox to be
 // checked), empty when there is none, when it holds a comment, or when the header section

@@ -17,6 +17,7 @@
 #include "helpers.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
+#include "rules/mime.hpp"
 
 namespace bb::rules::test {
 namespace {
@@ -427,7 +428,7 @@ TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
     EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "%%"}}})j").outcome, verdict::rejected)
         << "not base64: the guard cannot see the recipients";
     // A comment can hide the address a MIME parser sends to; a bare CR splits a line for some.
-    for (const std::string raw : {std::string{"To: bob@evil.example (<jane@example.com>)\r\n\r\nx"},
+    for (const std::string& raw : {std::string{"To: bob@evil.example (<jane@example.com>)\r\n\r\nx"},
                                   std::string{"To: jane@example.com\rBcc: spy@gmail.com\r\n\r\nx"}}) {
         EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": ")j" + b64(raw) + R"j("}}})j").outcome,
                   verdict::rejected)
@@ -576,6 +577,152 @@ TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     request tx;
     tx.body = sendgrid("<p>Your receipt</p>");
     EXPECT_TRUE(f.check(tx).allowed());
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw messages (SES v2 Content.Raw.Data): read as a mail client shows them.
+
+std::string ses_raw(std::string_view message, std::string_view extra = "") {
+    return R"j({"FromEmailAddress": "news@example.com", "Content": {"Raw": {"Data": ")j" + b64(message) + R"j("}})j" +
+           std::string{extra} + "}";
+}
+
+// A marketing message as mail libraries write it: an alternative of a quoted-printable text
+// part and a base64 HTML part, inside a mixed multipart with a PDF attached.
+std::string newsletter(std::string_view text, std::string_view html, std::string_view extra_headers = "") {
+    std::string m = "From: Example Store <news@example.com>\r\nTo: jane@example.com\r\n"
+                    "Subject: =?utf-8?Q?Spring_sale_=E2=80=93_up_to_40=25_off?=\r\n";
+    m += extra_headers;
+    m += "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+         "This is a multi-part message in MIME format.\r\n"
+         "--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+         "--inner\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n";
+    m += text;
+    m += "\r\n--inner\r\nContent-Type: text/html; charset=\"UTF-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\n";
+    const std::string h = b64(html);
+    for (std::size_t i = 0; i < h.size(); i += 76) {
+        m += h.substr(i, 76) + "\r\n";
+    }
+    m += "--inner--\r\n\r\n--outer\r\nContent-Type: application/pdf; name=\"terms.pdf\"\r\n"
+         "Content-Disposition: attachment; filename=\"terms.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n";
+    m += b64("%PDF-1.4 card 4111 1111 1111 1111 free money") + "\r\n--outer--\r\n";
+    return m;
+}
+
+TEST(GuardRawMessages, ReadLikeAMailClient) {
+    mime_content c;
+    std::string why;
+    ASSERT_TRUE(mime_content_of(newsletter("Save up to 40% =\r\non everything.=0D=0A", "<p>Hello <b>Jane</b></p>"), c, &why))
+        << why;
+    std::map<std::string, std::string> texts;
+    for (const auto& t : c.texts) {
+        texts[t.where] = t.text;
+    }
+    EXPECT_EQ(texts["Subject"], "Spring sale \xE2\x80\x93 up to 40% off");
+    EXPECT_EQ(texts["part 1.1 (text/plain)"], "Save up to 40% on everything.\r\n");
+    EXPECT_EQ(texts["part 1.2 (text/html)"], "<p>Hello <b>Jane</b></p>");
+    EXPECT_EQ(texts["preamble of the message"], "This is a multi-part message in MIME format.");
+    EXPECT_EQ(texts.count("part 2 (application/pdf)"), 0u) << "attachments of other types are not read";
+    EXPECT_FALSE(c.list_unsubscribe);
+
+    // Adjacent encoded words join without the blanks between them (RFC 2047 6.2).
+    ASSERT_TRUE(mime_content_of("Subject: =?utf-8?Q?Free_mo?= \r\n =?UTF-8?b?bmV5?= now\r\n"
+                                "List-Unsubscribe: <mailto:u@example.com>\r\n\r\nHi",
+                                c, &why));
+    EXPECT_EQ(c.texts[0].text, "Free money now");
+    EXPECT_TRUE(c.list_unsubscribe);
+    EXPECT_EQ(c.texts.back().where, "body (text/plain)");
+    EXPECT_EQ(c.texts.back().text, "Hi");
+
+    // An attached message is read, parts and all.
+    ASSERT_TRUE(mime_content_of("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nSee below\r\n--b\r\n"
+                                "Content-Type: message/rfc822\r\n\r\nSubject: Fwd\r\n\r\nfree money\r\n--b--\r\n",
+                                c, &why))
+        << why;
+    ASSERT_GE(c.texts.size(), 3u);
+    EXPECT_EQ(c.texts.back().where, "part 2.1 (text/plain)");
+    EXPECT_EQ(c.texts.back().text, "free money");
+
+    // What cannot be read for certain.
+    for (const char* bad : {"Content-Type: multipart/mixed\r\n\r\nx",
+                            "Content-Type: multipart/mixed; boundary*0=a; boundary*1=b\r\n\r\nx",
+                            "Content-Type: text/plain\r\nContent-Type: text/html\r\n\r\nx",
+                            "Content-Transfer-Encoding: x-uuencode\r\n\r\nx",
+                            "Content-Transfer-Encoding: base64\r\n\r\n%%%",
+                            "Content-Type: text/plain; charset=utf-16\r\n\r\nx",
+                            "Content-Type: text/html; charset=UTF-7\r\n\r\n+AGY-ree money",
+                            "Subject: =?utf-16?B?AGYAcgBlAGU=?=\r\n\r\nx",
+                            "Content-Type: text/plain; charset=\"unclosed\r\n\r\nx",
+                            "Content-Type: multipart/mixed; boundary=b\r\nContent-Transfer-Encoding: base64\r\n\r\nLS1i",
+                            "Subject: x\rBcc: y\r\n\r\nx"}) {
+        EXPECT_FALSE(mime_content_of(bad, c, &why)) << bad;
+        EXPECT_FALSE(why.empty()) << bad;
+    }
+    std::string deep = "x";
+    for (int i = 0; i < 20; ++i) {
+        deep = "Content-Type: message/rfc822\r\n\r\n" + deep;
+    }
+    EXPECT_FALSE(mime_content_of(deep, c, &why));
+    EXPECT_THAT(why, HasSubstr("levels"));
+}
+
+TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
+    fixture f{pii_rule(R"j({"pii": ["card", "ssn"]})j")};
+    EXPECT_TRUE(f.check_body(ses_raw(newsletter("Thanks for your order.", "<p>Thanks</p>"))).allowed())
+        << "the card number in the PDF is not read";
+    // A card number split by a quoted-printable soft line break.
+    auto d = f.check_body(ses_raw(newsletter("Card on file: 4111 1111 =\r\n1111 1111.", "<p>Thanks</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) at offset 14 of part 1.1 "
+                        "(text/plain) of the raw message at $.Content.Raw.Data");
+    d = f.check_body(ses_raw(newsletter("Thanks.", "<p>Your SSN 078-05-1120 is on file</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("SSN"));
+    EXPECT_THAT(d.reason, HasSubstr("part 1.2 (text/html) of the raw message"));
+    // Headers too: an encoded Subject, or any other field.
+    d = f.check_body(ses_raw("Subject: =?utf-8?B?" + b64("Card 4111111111111111") + "?=\r\n\r\nHi"));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("of Subject of the raw message"));
+    EXPECT_FALSE(f.check_body(ses_raw("X-Note: 078-05-1120\r\n\r\nHi")).allowed());
+    // What cannot be read is an invalid body (the rule rejects it by default).
+    d = f.check_body(ses_raw("Content-Type: text/plain; charset=utf-16\r\n\r\nx"));
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    EXPECT_THAT(d.reason, HasSubstr("the raw message at $.Content.Raw.Data cannot be read: the message is in the "
+                                    "charset utf-16"));
+    EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "not base64!"}}})j").outcome, verdict::rejected);
+    // With `in`, only what it names: a mime: field reads the message, a plain path the string.
+    fixture plain{pii_rule(R"j({"pii": ["card"], "in": ["$.Content"]})j")};
+    EXPECT_TRUE(plain.check_body(ses_raw("Subject: 4111 1111 1111 1111\r\n\r\nx")).allowed());
+    fixture named{pii_rule(R"j({"pii": ["card"], "in": ["mime:$.Content.Raw.Data"]})j")};
+    EXPECT_FALSE(named.check_body(ses_raw("Subject: 4111 1111 1111 1111\r\n\r\nx")).allowed());
+    EXPECT_TRUE(named.check_body(ses_raw("Subject: hi\r\n\r\nx", R"j(, "Note": "4111 1111 1111 1111")j")).allowed());
+}
+
+TEST(GuardRawMessages, ContentGuardReadsTheMessage) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money"], "link_domains": ["example.com"]})j")};
+    EXPECT_TRUE(f.check_body(ses_raw(newsletter("Hello", R"(<a href="https://www.example.com/x">Shop</a>)"))).allowed())
+        << "the PDF's words are not read";
+    auto d = f.check_body(ses_raw("Subject: =?utf-8?Q?Free_mo?= =?utf-8?Q?ney?=\r\n\r\nHi"));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule brand (off-brand, sev3): blocked term #0 (free money) at offset 0 of Subject of the raw "
+                        "message at $.Content.Raw.Data");
+    d = f.check_body(ses_raw(newsletter("Shop: https://evil.example/x", "<p>Hi</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("part 1.1 (text/plain) of the raw message"));
+    d = f.check_body(ses_raw(newsletter("Hi", R"(<a href=3D"https://evil.example/x">x</a>)")));
+    ASSERT_EQ(d.outcome, verdict::violated) << "=3D is written as such in base64: no decoding of it";
+    d = f.check_body(ses_raw(newsletter(R"(<a href=3D"https://evil.example/x">x</a>)", "Hi")));
+    ASSERT_EQ(d.outcome, verdict::violated) << "quoted-printable =3D decoded";
+    // Other headers are not content.
+    EXPECT_TRUE(f.check_body(ses_raw("X-Campaign: free money\r\n\r\nHi")).allowed());
+    EXPECT_EQ(f.check_body(ses_raw("Content-Type: multipart/mixed\r\n\r\nfree money")).outcome, verdict::rejected);
+
+    // Unsubscribe: a List-Unsubscribe header field or the word in a part.
+    fixture u{content_rule(R"j({"require_unsubscribe": true})j")};
+    EXPECT_FALSE(u.check_body(ses_raw(newsletter("Sale", "<p>Sale</p>"))).allowed());
+    EXPECT_TRUE(u.check_body(ses_raw(newsletter("Sale", "<p>Sale</p>", "List-Unsubscribe: <https://example.com/u>\r\n")))
+                    .allowed());
+    EXPECT_TRUE(u.check_body(ses_raw(newsletter("Sale", "<a href='https://example.com/u'>Unsubscribe</a>"))).allowed());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -765,7 +912,7 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         {"id": "c", "guard": {"recipients": {}}, "failure_mode": "wrong-audience", "trips": "x"},
         {"id": "d", "guard": {"content": {"blocked_terms": ["ok term", "!!!"], "require_unsubscribe": "yes"}},
          "failure_mode": "off-brand", "trips": "x"},
-        {"id": "e", "guard": {"duplicates": {"window": "1x", "of": ["recipient", "body"]}}, "failure_mode": "loop", "trips": "x"},
+        {"id": "e", "guard": {"duplicates": {"window": "1x", "of": ["recipient", "body"], "recipient_fields": ["mime:$.Content.Raw.Data"]}}, "failure_mode": "loop", "trips": "x"},
         {"id": "f", "guard": {"pii": ["card"], "content": {"require_unsubscribe": true}}, "failure_mode": "pii-risk", "trips": "x"},
         {"id": "g", "guard": {"content": {"require_unsubscribe": true}, "in": ["$.a"]}, "failure_mode": "off-brand", "trips": "x"},
         {"id": "h", "guard": {"pii": ["card"]}, "window": "1m", "measure": "requests", "failure_mode": "pii-risk", "trips": "x"},
@@ -784,6 +931,7 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         R"j(rules[4].guard.duplicates.max: is required)j",
         R"j(rules[4].guard.duplicates.window: "1x" is not a duration (use a whole number with ms, s, m, h or d))j",
         R"j(rules[4].guard.duplicates.of[1]: "body" is not recipient, subject or template)j",
+        R"j(rules[4].guard.duplicates.recipient_fields[0]: "mime:$.Content.Raw.Data": mime: fields are read by the recipients, content and pii guards only)j",
         R"j(rules[5].guard: give only one of pii, recipients, content or duplicates (use one rule each))j",
         R"j(rules[6].guard.in: only applies to a pii guard)j",
         R"j(rules[7].measure: a guard rule has no measure)j",
