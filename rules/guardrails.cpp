@@ -1319,7 +1319,7 @@ void for_each_item(std::string_view list, F&& f) {
 // be JSON and is not.
 template <class F>
 bool for_each_value(const std::vector<guard_field>& fields, const path_index& index, const guard_input& in,
-                    bool split_lists, F&& f) {
+                    bool split_lists, F&& f, std::string* why = nullptr) {
     switch (kind_of(in)) {
         case body_kind::json: {
             path_tracker paths{index, fields};
@@ -1342,8 +1342,13 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     thread_local std::string scratch;
                     thread_local std::vector<std::string_view> addresses;
                     addresses.clear();
-                    if (!decode_base64(text, message) || !mime_recipients(message, scratch, addresses)) {
+                    const bool base64 = decode_base64(text, message);
+                    if (!base64 || !mime_recipients(message, scratch, addresses)) {
                         unreadable = true;
+                        if (why) {
+                            *why = "the raw message at " + render_path(fr) + " cannot be read: " +
+                                   (base64 ? "its To, Cc and Bcc cannot be read for certain" : "it is not base64");
+                        }
                         return walk_next::stop;
                     }
                     for (const auto a : addresses) {
@@ -1416,6 +1421,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
     trim(s.views);
     s.chars.clear();
     s.spans.clear();
+    std::string why = "body is not valid JSON";
     const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, std::int64_t, auto&& where) {
         detail::normalize_address(item, s.addr);
         const std::string_view why = refuse_domain(g, s.addr, block, allow);
@@ -1430,7 +1436,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
         }
         ++index;
         return false;
-    });
+    }, &why);
     if (suppression && !s.spans.empty()) {
         s.views.clear();
         for (const auto& [off, len] : s.spans) {
@@ -1446,7 +1452,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
         return refused;
     }
     if (!ok) {
-        return invalid_body();
+        return invalid_body(std::move(why));
     }
     return {};
 }

@@ -425,8 +425,9 @@ TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
         EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 s***@gmail.com")) << d.reason;
         EXPECT_THAT(d.reason, HasSubstr("Data (MIME header)")) << d.reason;
     }
-    EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "%%"}}})j").outcome, verdict::rejected)
-        << "not base64: the guard cannot see the recipients";
+    const auto not_base64 = f.check_body(R"j({"Content": {"Raw": {"Data": "%%"}}})j");
+    EXPECT_EQ(not_base64.outcome, verdict::rejected) << "not base64: the guard cannot see the recipients";
+    EXPECT_THAT(not_base64.reason, HasSubstr("the raw message at $.Content.Raw.Data cannot be read: it is not base64"));
     // A comment can hide the address a MIME parser sends to; a bare CR splits a line for some.
     for (const std::string& raw : {std::string{"To: bob@evil.example (<jane@example.com>)\r\n\r\nx"},
                                   std::string{"To: jane@example.com\rBcc: spy@gmail.com\r\n\r\nx"}}) {
