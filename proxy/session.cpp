@@ -1,6 +1,7 @@
 #include "proxy/session.hpp"
 
 #include "core/json_reader.hpp"
+#include "core/sha256.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/redact.hpp"
 #include "proxy/mint.hpp"
@@ -25,7 +26,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <openssl/evp.h>
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -689,10 +689,8 @@ const agent_config* agent_by_key(const config& cfg, const request& req, bool& ha
     if (key.empty()) {
         return nullptr;
     }
-    unsigned char digest[32];
-    unsigned int dlen = 0;
-    EVP_Digest(key.data(), key.size(), digest, &dlen, EVP_sha256(), nullptr);
-    return cfg.agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest), dlen});
+    const sha256_digest digest = sha256(key);
+    return cfg.agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest.data()), digest.size()});
 }
 
 // "host:port" of a CONNECT target (host may be a bracketed IPv6 literal), host lower-cased.

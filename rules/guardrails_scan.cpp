@@ -9,8 +9,8 @@
 #include "rules/guardrails_scan.hpp"
 
 #include "core/hex.hpp"
+#include "core/sha256.hpp"
 
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -679,15 +679,13 @@ bool ssn_valid(std::string_view area, std::string_view group, std::string_view s
 }
 
 std::string sha256_hex(std::string_view s) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(s.data(), s.size(), digest, &len, EVP_sha256(), nullptr);
+    const sha256_digest digest = sha256(s);
     static constexpr char hexd[] = "0123456789abcdef";
     std::string out;
-    out.reserve(len * 2);
-    for (unsigned int i = 0; i < len; ++i) {
-        out += hexd[digest[i] >> 4];
-        out += hexd[digest[i] & 15];
+    out.reserve(digest.size() * 2);
+    for (const std::uint8_t b : digest) {
+        out += hexd[b >> 4];
+        out += hexd[b & 15];
     }
     return out;
 }
@@ -801,33 +799,17 @@ bool hex_digest(std::string_view s, std::array<std::uint8_t, 16>& out) {
 
 using digest16 = std::array<std::uint8_t, 16>;
 
-// SHA-256 of the lower-cased address (at most 512 bytes), its first 16 bytes. OpenSSL uses
-// the CPU's SHA extensions where it has them. The digest object is fetched once and the
-// context reused per thread: EVP_Digest() looks the algorithm up on every call, which costs
-// more than hashing one address.
+// SHA-256 of the lower-cased address (at most 512 bytes), its first 16 bytes (bb::sha256:
+// OpenSSL's hash without the EVP dispatch, which cost more than hashing an address).
 digest16 address_digest(std::string_view address) {
-    unsigned char buf[512];
+    char buf[512];
     const std::size_t n = std::min<std::size_t>(address.size(), sizeof buf);
     for (std::size_t i = 0; i < n; ++i) {
-        buf[i] = to_lower(static_cast<unsigned char>(address[i]));
+        buf[i] = static_cast<char>(to_lower(static_cast<unsigned char>(address[i])));
     }
-    struct sha_ctx {
-        EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-        EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-        ~sha_ctx() {
-            EVP_MD_CTX_free(ctx);
-            EVP_MD_free(md);
-        }
-    };
-    thread_local sha_ctx sha;
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (sha.md == nullptr || sha.ctx == nullptr || EVP_DigestInit_ex2(sha.ctx, sha.md, nullptr) != 1 ||
-        EVP_DigestUpdate(sha.ctx, buf, n) != 1 || EVP_DigestFinal_ex(sha.ctx, digest, &len) != 1) {
-        EVP_Digest(buf, n, digest, &len, EVP_sha256(), nullptr);
-    }
+    const sha256_digest d = sha256(std::string_view{buf, n});
     digest16 out{};
-    std::memcpy(out.data(), digest, out.size());
+    std::memcpy(out.data(), d.data(), out.size());
     return out;
 }
 
