@@ -1001,7 +1001,7 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
     context ctx{req, nullptr, s, {}, {}, false, false, {}};
     s.reservation_count = 0;
     s.guard_reservations.clear();
-    s.guard_doc.reset();
+    s.guard_doc.reset(set_->shared_paths.get());
     const auto& list = set_->rules_for(req.route);
 
     auto rollback = [&] {

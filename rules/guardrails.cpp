@@ -435,6 +435,70 @@ private:
 
 bool path_matches(const json_path& p, std::span<const frame> f, bool prefix);
 
+// A key as the path names see it (names are folded, core/json_key.hpp): the head of its
+// fold, when the key is ASCII (then the fold is its lower case, byte for byte, and the same
+// length); a key with other bytes is compared through json_key::matches.
+struct key_head {
+    std::uint64_t head = 0;
+    bool ascii = true;
+
+    static key_head of(std::string_view key) {
+        key_head k;
+        const std::uint64_t h = path_index::head_of(key);
+        k.ascii = key.size() <= 8 ? (h & 0x8080808080808080ull) == 0 : json_key::is_ascii(key);
+        if (k.ascii) {
+            k.head = json_key::ascii_lower8(h);
+        }
+        return k;
+    }
+};
+
+[[gnu::noinline]] bool folded_name_matches(const path_index::name& n, std::string_view key) {
+    return json_key::matches(key, n.text);
+}
+
+inline bool name_matches(const path_index::name& n, std::string_view key, key_head head) {
+    if (!head.ascii) [[unlikely]] {
+        return folded_name_matches(n, key);
+    }
+    return n.len == key.size() && n.head == head.head && (n.len <= 8 || json_key::ascii_matches_long(key, n.text));
+}
+
+
+// The paths of `index` that the value at `f` (not the root) is on: alive, the ones whose
+// first f.size() steps match it, given the ones alive at its parent (not none); exact, the
+// alive ones that end there.
+struct path_step {
+    std::uint64_t alive = 0;
+    std::uint64_t exact = 0;
+};
+
+path_step step_paths(const path_index& index, std::uint64_t parent_alive, std::span<const frame> f) {
+    const std::size_t d = f.size();
+    path_step out;
+    if (d > index.levels.size()) {
+        return out;
+    }
+    const path_index::level& lv = index.levels[d - 1];
+    const frame& fr = f[d - 1];
+    std::uint64_t bits = lv.wildcard;
+    if (fr.array) {
+        for (const auto& [i, b] : lv.indexes) {
+            bits |= i == fr.index ? b : 0;
+        }
+    } else if (!lv.names.empty()) {
+        const key_head head = key_head::of(fr.key);
+        for (const auto& [n, b] : lv.names) {
+            if ((parent_alive & b) != 0 && name_matches(n, fr.key, head)) {
+                bits |= b;
+            }
+        }
+    }
+    out.alive = parent_alive & bits;
+    out.exact = out.alive & lv.ending;
+    return out;
+}
+
 }  // namespace
 
 namespace detail {
@@ -447,9 +511,20 @@ namespace detail {
 // walked again by each guard instead (bounded memory), as is one over 4 GiB.
 class parsed_body {
 public:
-    void reset() {
+    // What the guard paths (guard_paths) say of one value.
+    struct node_paths {
+        std::uint64_t alive;  // paths whose first `depth` steps match it
+        std::uint64_t exact;  // paths that end at it
+        std::uint64_t under;  // paths that end at it or at one of its ancestors
+    };
+
+    void reset(const guard_paths* paths) {
+        shared_ = paths && !paths->all.paths.empty() ? paths : nullptr;
         parsed_ = false;
         body_ = {};
+        if (paths_.capacity() > retain_nodes) {
+            paths_ = {};
+        }
         // Large bodies do not pin their memory in every worker thread.
         if (nodes_.capacity() > retain_nodes) {
             nodes_ = {};
@@ -470,6 +545,7 @@ public:
         }
         for (std::size_t i = 0; i < nodes_.size();) {
             const node& n = nodes_[i];
+            current_ = static_cast<std::uint32_t>(i);
             if (n.depth > 0) {
                 frame& f = frames_[n.depth - 1];
                 f.array = n.flags & in_array;
@@ -523,6 +599,21 @@ public:
         return result_;
     }
     std::span<const frame> path_of_stop() const { return stop_frames_; }
+
+    // Where the paths of guard index `index` start in the shared classification of `body`,
+    // or -1 when the values of this parse are not classified for it (no shared paths, the
+    // guard follows its own, or the body is walked again by each guard). Parses the body.
+    int shared_offset(std::string_view body, const path_index& index) {
+        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
+            parse(body);
+        }
+        if (!shared_ || streaming_ || paths_.size() != nodes_.size()) {
+            return -1;
+        }
+        return shared_->offset_of(&index);
+    }
+    // During walk(): the classification of the value being visited.
+    const node_paths& current_paths() const { return paths_[current_]; }
 
     // The strings at exactly `path`, in document order: visit(frames, text, raw_start) -> true
     // to stop. Only the containers on the way are entered (the rest is jumped over), so it
@@ -602,10 +693,34 @@ private:
         return false;
     }
 
+    // The value at `f` against the shared guard paths (as path_tracker does for one guard).
+    void classify(std::span<const frame> f) {
+        const std::size_t d = f.size();
+        const path_index& ix = shared_->all;
+        node_paths np;
+        if (d == 0) {
+            const std::size_t n = ix.paths.size();
+            np.alive = n >= 64 ? ~0ull : (1ull << n) - 1;
+            np.exact = np.under = ix.root;
+        } else if (alive_at_[d - 1] == 0) {  // the usual case: no path goes on here
+            np.alive = np.exact = 0;
+            np.under = under_at_[d - 1];
+        } else {
+            const path_step st = step_paths(ix, alive_at_[d - 1], f);
+            np.alive = st.alive;
+            np.exact = st.exact;
+            np.under = under_at_[d - 1] | st.exact;
+        }
+        alive_at_[d] = np.alive;
+        under_at_[d] = np.under;
+        paths_.push_back(np);
+    }
+
     void parse(std::string_view body) {
         parsed_ = true;
         body_ = body;
         nodes_.clear();
+        paths_.clear();
         streaming_ = body.size() > 0xFFFF'FF00u;
         if (streaming_) {
             return;
@@ -649,11 +764,15 @@ private:
             n.text = text.data();
             n.text_len = static_cast<std::uint32_t>(text.size());
             nodes_.push_back(n);
+            if (shared_) {
+                classify(f);
+            }
             return false;
         });
         if (too_many) {
             streaming_ = true;
             nodes_.clear();
+            paths_.clear();
             return;
         }
         for (const std::uint32_t i : open_) {
@@ -675,6 +794,12 @@ private:
     std::vector<frame> stop_frames_;
     std::vector<frame> path_frames_;  // strings_at: the frames down to the value
     json_walker::result result_ = json_walker::result::invalid;
+    const guard_paths* shared_ = nullptr;
+    std::vector<node_paths> paths_;  // per node, when shared_ (24 bytes a value)
+    std::uint32_t current_ = 0;
+    // While classifying: per depth, the last value seen there (written before read).
+    std::array<std::uint64_t, max_json_depth + 1> alive_at_;
+    std::array<std::uint64_t, max_json_depth + 1> under_at_;
 };
 
 }  // namespace detail
@@ -715,52 +840,87 @@ path_index path_index::of(std::initializer_list<const std::vector<guard_field>*>
                 fallback.fallback = true;
                 return fallback;
             }
-            const std::uint64_t bit = 1ull << out.paths.size();
-            std::vector<step> steps;
-            for (const auto& seg : f.path.segments) {
-                step st;
-                st.k = seg.k;
-                st.index = seg.index;
-                for (const auto& n : seg.names) {
-                    st.names.push_back({head_of(n), n.size(), n});
-                }
-                steps.push_back(std::move(st));
-            }
-            out.lists[k] |= bit;
-            if (steps.empty()) {
-                out.root |= bit;
-            } else if (steps[0].k == path_segment::kind::wildcard) {
-                out.first_wildcard |= bit;
-            } else if (steps[0].k == path_segment::kind::index) {
-                auto it = std::find_if(out.first_index.begin(), out.first_index.end(),
-                                       [&](const auto& e) { return e.first == steps[0].index; });
-                if (it == out.first_index.end()) {
-                    out.first_index.emplace_back(steps[0].index, bit);
-                } else {
-                    it->second |= bit;
-                }
-            } else {
-                for (const auto& n : steps[0].names) {
-                    auto it = std::find_if(out.first_names.begin(), out.first_names.end(),
-                                           [&](const auto& e) { return e.first.text == n.text; });
-                    if (it == out.first_names.end()) {
-                        out.first_names.emplace_back(n, bit);
-                    } else {
-                        it->second |= bit;
-                    }
-                }
-            }
-            out.lengths[out.paths.size()] = steps.size();
-            out.paths.push_back(std::move(steps));
+            out.lists[k] |= 1ull << out.paths.size();
+            out.paths.push_back(f.path.segments);
         }
         ++k;
     }
+    out.build_levels();
     return out;
+}
+
+void path_index::build_levels() {
+    levels.clear();
+    root = 0;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+        const std::uint64_t bit = 1ull << i;
+        if (paths[i].empty()) {
+            root |= bit;
+            continue;
+        }
+        if (levels.size() < paths[i].size()) {
+            levels.resize(paths[i].size());
+        }
+        for (std::size_t d = 0; d < paths[i].size(); ++d) {
+            const path_segment& seg = paths[i][d];
+            level& lv = levels[d];
+            switch (seg.k) {
+                case path_segment::kind::wildcard: lv.wildcard |= bit; break;
+                case path_segment::kind::index: {
+                    auto it = std::find_if(lv.indexes.begin(), lv.indexes.end(),
+                                           [&](const auto& e) { return e.first == seg.index; });
+                    if (it == lv.indexes.end()) {
+                        lv.indexes.emplace_back(seg.index, bit);
+                    } else {
+                        it->second |= bit;
+                    }
+                    break;
+                }
+                case path_segment::kind::names:
+                    for (const auto& n : seg.names) {
+                        auto it = std::find_if(lv.names.begin(), lv.names.end(),
+                                               [&](const auto& e) { return e.first.text == n; });
+                        if (it == lv.names.end()) {
+                            lv.names.emplace_back(name{head_of(n), n.size(), n}, bit);
+                        } else {
+                            it->second |= bit;
+                        }
+                    }
+                    break;
+            }
+        }
+        levels[paths[i].size() - 1].ending |= bit;
+    }
 }
 
 guard_body::guard_body() : p_{std::make_unique<detail::parsed_body>()} {}
 guard_body::~guard_body() = default;
-void guard_body::reset() { p_->reset(); }
+void guard_body::reset(const guard_paths* paths) { p_->reset(paths); }
+
+std::shared_ptr<const guard_paths> guard_paths::of(const std::vector<const guardrail*>& guards) {
+    auto out = std::make_shared<guard_paths>();
+    path_index& all = out->all;
+    for (const guardrail* g : guards) {
+        const path_index* ix = nullptr;
+        switch (g->k) {
+            case guardrail::kind::pii: ix = &g->pii.in_index; break;
+            case guardrail::kind::recipients: ix = &g->recipients.index; break;
+            case guardrail::kind::content: ix = &g->content.index; break;
+            case guardrail::kind::duplicates: ix = &g->duplicates.index; break;
+        }
+        const std::size_t off = all.paths.size();
+        if (ix->fallback || ix->paths.empty() || off + ix->paths.size() > 64) {
+            continue;  // it follows its own paths
+        }
+        all.paths.insert(all.paths.end(), ix->paths.begin(), ix->paths.end());
+        out->offsets.emplace_back(ix, static_cast<unsigned>(off));
+    }
+    if (out->offsets.size() < 2) {
+        return nullptr;  // one guard gains nothing: it follows its own paths
+    }
+    all.build_levels();
+    return out;
+}
 
 namespace {
 
@@ -803,53 +963,6 @@ const std::vector<guard_field>& no_fields() {
     return none;
 }
 
-// A key as the path names see it (names are folded, core/json_key.hpp): the head of its
-// fold, when the key is ASCII (then the fold is its lower case, byte for byte, and the same
-// length); a key with other bytes is compared through json_key::matches.
-struct key_head {
-    std::uint64_t head = 0;
-    bool ascii = true;
-
-    static key_head of(std::string_view key) {
-        key_head k;
-        const std::uint64_t h = path_index::head_of(key);
-        k.ascii = key.size() <= 8 ? (h & 0x8080808080808080ull) == 0 : json_key::is_ascii(key);
-        if (k.ascii) {
-            k.head = json_key::ascii_lower8(h);
-        }
-        return k;
-    }
-};
-
-[[gnu::noinline]] bool folded_name_matches(const path_index::name& n, std::string_view key) {
-    return json_key::matches(key, n.text);
-}
-
-inline bool name_matches(const path_index::name& n, std::string_view key, key_head head) {
-    if (!head.ascii) [[unlikely]] {
-        return folded_name_matches(n, key);
-    }
-    return n.len == key.size() && n.head == head.head && (n.len <= 8 || json_key::ascii_matches_long(key, n.text));
-}
-
-bool step_matches(const path_index::step& st, const frame& f, key_head head) {
-    switch (st.k) {
-        case path_segment::kind::names:
-            if (f.array) {
-                return false;
-            }
-            for (const auto& n : st.names) {
-                if (name_matches(n, f.key, head)) {
-                    return true;
-                }
-            }
-            return false;
-        case path_segment::kind::index: return f.array && f.index == st.index;
-        case path_segment::kind::wildcard: return true;
-    }
-    return false;
-}
-
 // Whether a value is at one of a list of JSON paths (exact()) or under one (under()), the
 // answers of any_path(fields, frames, false / true), found along a walk in document order: a
 // value's frames are its parent's plus its own slot, and its parent was the last value seen
@@ -861,14 +974,30 @@ bool step_matches(const path_index::step& st, const frame& f, key_head head) {
 // path is below the value (a container may be skipped).
 class path_tracker {
 public:
+    // `doc`/`body`: the shared parse the walk will replay; when its values are classified
+    // for this index (guard_paths), visit() reads their bits instead of following the paths.
     path_tracker(const path_index& index, const std::vector<guard_field>& a, const std::vector<guard_field>* b = nullptr,
-                 const std::vector<guard_field>* c = nullptr)
+                 const std::vector<guard_field>* c = nullptr, detail::parsed_body* doc = nullptr,
+                 std::string_view body = {})
         : index_{index}, lists_{&a, b, c} {
         const std::size_t n = index.paths.size();
         all_ = n >= 64 ? ~0ull : (1ull << n) - 1;
+        if (doc && !index.fallback) {
+            if (const int off = doc->shared_offset(body, index); off >= 0) {
+                shared_ = doc;
+                offset_ = static_cast<unsigned>(off);
+            }
+        }
     }
 
-    void visit(std::span<const frame> f) {
+    [[gnu::always_inline]] void visit(std::span<const frame> f) {
+        if (shared_) {
+            const auto& p = shared_->current_paths();
+            exact_ = (p.exact >> offset_) & all_;
+            shared_alive_ = (p.alive >> offset_) & all_;
+            shared_under_ = ((p.under >> offset_) & index_.lists[0]) != 0;
+            return;
+        }
         const std::size_t d = f.size();
         depth_ = d;
         if (d >= 2 && alive_[d - 1] == 0 && !index_.fallback) {  // the usual case: no path goes on here
@@ -882,11 +1011,12 @@ public:
     bool exact(std::size_t list = 0) const {
         return index_.fallback ? (exact_ >> list) & 1u : (exact_ & index_.lists[list]) != 0;
     }
-    bool under() const { return under_[depth_]; }
-    bool dead() const { return alive_[depth_] == 0 && !under_[depth_]; }
+    bool under() const { return shared_ ? shared_under_ : under_[depth_]; }
+    bool dead() const { return shared_ ? shared_alive_ == 0 && !shared_under_ : alive_[depth_] == 0 && !under_[depth_]; }
+    bool shared() const { return shared_ != nullptr; }
 
 private:
-    void visit_alive(std::span<const frame> f) {
+    [[gnu::noinline]] void visit_alive(std::span<const frame> f) {
         const std::size_t d = f.size();
         if (index_.fallback) {
             exact_ = 0;
@@ -904,36 +1034,9 @@ private:
         bool under = false;
         if (d > 0) {
             under = under_[d - 1];
-            const frame& fr = f[d - 1];
-            const std::uint64_t parent_alive = alive_[d - 1];
-            const key_head head = fr.array || (d > 1 && parent_alive == 0) ? key_head{} : key_head::of(fr.key);
-            if (d == 1) {
-                alive = index_.first_wildcard;
-                if (fr.array) {
-                    for (const auto& [i, bits] : index_.first_index) {
-                        alive |= i == fr.index ? bits : 0;
-                    }
-                } else {
-                    for (const auto& [n, bits] : index_.first_names) {
-                        if (name_matches(n, fr.key, head)) {
-                            alive |= bits;
-                        }
-                    }
-                }
-            } else {
-                alive = 0;
-                for (std::uint64_t parent = parent_alive; parent != 0; parent &= parent - 1) {
-                    const auto i = static_cast<std::size_t>(__builtin_ctzll(parent));
-                    if (index_.lengths[i] >= d && step_matches(index_.paths[i][d - 1], fr, head)) {
-                        alive |= 1ull << i;
-                    }
-                }
-            }
-            exact = 0;
-            for (std::uint64_t a = alive; a != 0; a &= a - 1) {
-                const auto i = static_cast<std::size_t>(__builtin_ctzll(a));
-                exact |= static_cast<std::uint64_t>(index_.lengths[i] == d) << i;
-            }
+            const path_step st = step_paths(index_, alive_[d - 1], f);
+            alive = st.alive;
+            exact = st.exact;
         }
         exact_ = exact;
         alive_[d] = alive;
@@ -942,6 +1045,10 @@ private:
 
     const path_index& index_;
     const std::vector<guard_field>* lists_[3];
+    const detail::parsed_body* shared_ = nullptr;
+    unsigned offset_ = 0;
+    std::uint64_t shared_alive_ = 0;
+    bool shared_under_ = false;
     std::uint64_t all_ = 0;
     std::uint64_t exact_ = 0;
     std::size_t depth_ = 0;
@@ -986,6 +1093,58 @@ std::string path_tracking_mismatch(std::string_view json, const std::vector<guar
         return false;
     });
     return out;
+}
+
+std::string shared_tracking_mismatch(std::string_view json, const std::vector<std::vector<guard_field>>& guards,
+                                     std::size_t* shared) {
+    std::vector<std::unique_ptr<guardrail>> gs;
+    std::vector<const guardrail*> ptrs;
+    for (const auto& fields : guards) {
+        auto g = std::make_unique<guardrail>();
+        g->k = guardrail::kind::content;
+        g->content.fields = fields;
+        g->content.index = path_index::of({&g->content.fields});
+        ptrs.push_back(g.get());
+        gs.push_back(std::move(g));
+    }
+    const auto paths = guard_paths::of(ptrs);
+    parsed_body doc;
+    doc.reset(paths.get());
+    for (const auto& g : gs) {
+        const auto& fields = g->content.fields;
+        path_tracker tracker{g->content.index, fields, nullptr, nullptr, &doc, json};
+        if (shared && tracker.shared()) {
+            ++*shared;
+        }
+        std::string out;
+        std::size_t dead_at = std::string_view::npos;  // depth of the dead value we are below
+        doc.walk(json, [&](std::span<const frame> f, value_type, std::string_view, std::size_t start, bool) {
+            const std::size_t d = f.size();
+            if (dead_at != std::string_view::npos && d <= dead_at) {
+                dead_at = std::string_view::npos;
+            }
+            tracker.visit(f);
+            const bool exact = any_path(fields, f, false);
+            const bool under = any_path(fields, f, true);
+            if (dead_at != std::string_view::npos && (exact || under)) {
+                out = "value at " + std::to_string(start) + " is on a path below a dead value";
+                return true;
+            }
+            if (dead_at == std::string_view::npos && (tracker.exact() != exact || tracker.under() != under)) {
+                out = "value at " + std::to_string(start) + ": exact " + std::to_string(tracker.exact()) + ", under " +
+                      std::to_string(tracker.under()) + (tracker.shared() ? " (shared)" : "");
+                return true;
+            }
+            if (dead_at == std::string_view::npos && tracker.dead()) {
+                dead_at = d;
+            }
+            return false;
+        });
+        if (!out.empty()) {
+            return out;
+        }
+    }
+    return {};
 }
 
 }  // namespace detail
@@ -1216,7 +1375,7 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
                     where = render_path(doc.path_of_stop());
                 }
             } else {
-                path_tracker in_paths{g.in_index, g.in};
+                path_tracker in_paths{g.in_index, g.in, nullptr, nullptr, &doc, body};
                 res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text, std::size_t start,
                                          bool escaped) {
                     in_paths.visit(f);
@@ -1322,11 +1481,12 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     bool split_lists, F&& f, std::string* why = nullptr) {
     switch (kind_of(in)) {
         case body_kind::json: {
-            path_tracker paths{index, fields};
+            detail::parsed_body& doc = doc_of(in);
+            path_tracker paths{index, fields, nullptr, nullptr, &doc, in.req.body};
             const bool any_mime = std::any_of(fields.begin(), fields.end(), [](const guard_field& x) { return x.mime; });
             bool unreadable = false;
-            auto res = doc_of(in).walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
-                                                     std::size_t, bool) {
+            auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
+                                                 std::size_t, bool) {
                 paths.visit(fr);
                 if (paths.dead()) {
                     return walk_next::skip;
@@ -1510,8 +1670,8 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
             if (m == mime_outcome::unreadable) {
                 return invalid_body(std::move(why));
             }
-            path_tracker paths{g.index, g.fields};
             detail::parsed_body& doc = doc_of(in);
+            path_tracker paths{g.index, g.fields, nullptr, nullptr, &doc, body};
             auto res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text,
                                           std::size_t start, bool escaped) {
                 paths.visit(f);
@@ -1648,10 +1808,11 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     };
     switch (kind_of(in)) {
         case body_kind::json: {
+            detail::parsed_body& doc = doc_of(in);
             path_tracker paths{g.index, g.by_recipient ? g.recipient_fields : no_fields(),
                                g.by_subject ? &g.subject_fields : &no_fields(),
-                               g.by_template ? &g.template_fields : &no_fields()};
-            auto res = doc_of(in).walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
+                               g.by_template ? &g.template_fields : &no_fields(), &doc, in.req.body};
+            auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
                 paths.visit(fr);
                 if (paths.dead()) {

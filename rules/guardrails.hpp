@@ -174,33 +174,34 @@ struct guard_field {
 };
 
 // The JSON paths of up to three field lists, compiled at config time for matching along a
-// walk of the body (path_tracker in guardrails.cpp): names as (length, first 8 bytes), so a
-// key is mostly rejected without comparing strings, and the paths by their first step, so a
-// top-level key is looked up rather than tried against every path. At most 64 paths; with
-// more (a duplicates guard may have 3 x 32) `fallback` is set and the lists are matched as
-// they are.
+// walk of the body (path_tracker in guardrails.cpp): per depth, the distinct names (as length
+// and first 8 bytes, so a key is mostly rejected without comparing strings), indexes and
+// wildcards that some path's step at that depth accepts, each with the bits of those paths.
+// A value's paths are then its parent's ANDed with what its own key or index selects at its
+// depth: one scan of that depth's few names, whatever the number of paths. At most 64 paths;
+// with more (a duplicates guard may have 3 x 32) `fallback` is set and the lists are matched
+// as they are.
 struct path_index {
     struct name {
         std::uint64_t head = 0;  // first 8 bytes, zero-padded
         std::size_t len = 0;
         std::string text;
     };
-    struct step {
-        path_segment::kind k = path_segment::kind::wildcard;
-        std::size_t index = 0;
-        std::vector<name> names;
+    struct level {
+        std::vector<std::pair<name, std::uint64_t>> names;           // key -> paths
+        std::vector<std::pair<std::size_t, std::uint64_t>> indexes;  // [i] -> paths
+        std::uint64_t wildcard = 0;                                  // [*] -> paths
+        std::uint64_t ending = 0;                                    // paths that end at this depth
     };
-    std::vector<std::vector<step>> paths;    // the JSON fields, list by list
-    std::array<std::size_t, 64> lengths{};   // paths[i].size()
-    std::array<std::uint64_t, 3> lists{};   // the bits of each list's paths
-    std::uint64_t root = 0;                  // paths "$"
-    std::uint64_t first_wildcard = 0;        // paths whose first step is [*]
-    std::vector<std::pair<std::size_t, std::uint64_t>> first_index;  // [i] -> paths
-    std::vector<std::pair<name, std::uint64_t>> first_names;         // name -> paths
+    std::vector<std::vector<path_segment>> paths;  // the JSON fields, list by list
+    std::vector<level> levels;                      // levels[d - 1]: the steps at depth d
+    std::array<std::uint64_t, 3> lists{};           // the bits of each list's paths
+    std::uint64_t root = 0;                         // paths "$"
     bool fallback = false;
 
     static std::uint64_t head_of(std::string_view s);
     static path_index of(std::initializer_list<const std::vector<guard_field>*> lists);
+    void build_levels();  // from `paths`
 };
 
 enum class pii_kind : std::uint8_t { card = 1, ssn = 2, iban = 4, secrets = 8 };
@@ -343,6 +344,28 @@ namespace detail {
 class parsed_body;
 }
 
+// The paths of the guard rules of a rule set in one index, as long as they fit in its 64
+// (in config order; a guard that does not fit, or has more than 64 paths of its own, follows
+// its own). The shared parse classifies every value once against all of them; each guard then
+// reads its own bits instead of following its paths along the body again (the recipients,
+// content and duplicates guards used to follow the same personalizations three times).
+struct guard_paths {
+    path_index all;
+    std::vector<std::pair<const path_index*, unsigned>> offsets;  // a guard's index -> its first bit in `all`
+
+    // The first bit of this guard index's paths, or -1 when it follows its own.
+    int offset_of(const path_index* index) const {
+        for (const auto& [p, off] : offsets) {
+            if (p == index) {
+                return static_cast<int>(off);
+            }
+        }
+        return -1;
+    }
+    // Null when no guard has a JSON path.
+    static std::shared_ptr<const guard_paths> of(const std::vector<const guardrail*>& guards);
+};
+
 // A request body as the guards read it: parsed at most once per request and shared by every
 // guard rule of that request (each used to walk the JSON itself, four walks with all four
 // guards on). The engine keeps one per thread in its scratch and calls reset() at the start
@@ -353,7 +376,9 @@ public:
     ~guard_body();
     guard_body(const guard_body&) = delete;
     guard_body& operator=(const guard_body&) = delete;
-    void reset();  // the next guard reads a new request (and large buffers are freed)
+    // The next guard reads a new request (and large buffers are freed); `paths`: the guard
+    // paths of the rule set in use, to classify the values by when the body is parsed.
+    void reset(const guard_paths* paths = nullptr);
     detail::parsed_body& parsed() { return *p_; }
 
 private:

@@ -39,6 +39,12 @@ std::string classification_mismatch(std::string_view text);
 // nowhere. *under (if given) counts the values under a path.
 std::string path_tracking_mismatch(std::string_view json, const std::vector<guard_field>& fields,
                                    std::size_t* under = nullptr);
+// For the tests: the same for several guards whose paths are classified once, in the shared
+// parse (guard_paths): where a guard reading its bits differs from matching its paths against
+// every value's full path, or a value below a dead() one is on a path; empty if nowhere.
+// *shared counts the guards that read bits (the others follow their own paths).
+std::string shared_tracking_mismatch(std::string_view json, const std::vector<std::vector<guard_field>>& guards,
+                                     std::size_t* shared = nullptr);
 // For the tests: the string values of `json` as the guards' walk decodes them, in order;
 // false if the walk finds `json` invalid.
 bool decoded_strings(std::string_view json, std::vector<std::string>& out);

@@ -1002,6 +1002,13 @@ std::shared_ptr<const rule_set> parse_rules(const simdjson::dom::element* failur
         }
         set->by_route.emplace(name, std::move(list));
     }
+    std::vector<const guardrail*> guards;
+    for (const auto& r : set->rules) {
+        if (r.guard) {
+            guards.push_back(r.guard.get());
+        }
+    }
+    set->shared_paths = guard_paths::of(guards);
     return set;
 }
 

@@ -142,7 +142,8 @@ struct baseline_spec {
 
 enum class invalid_body_policy : std::uint8_t { reject, zero };
 
-struct guardrail;  // rules/guardrails.hpp
+struct guardrail;    // rules/guardrails.hpp
+struct guard_paths;  // rules/guardrails.hpp
 
 struct rule {
     std::string id;
@@ -204,6 +205,8 @@ struct rule_set {
 
     std::unordered_map<std::string, std::vector<std::uint32_t>, string_hash, std::equal_to<>> by_route;
     std::vector<std::uint32_t> unrouted;
+    // The JSON paths of the guard rules, classified once per parsed body (null: none).
+    std::shared_ptr<const guard_paths> shared_paths;
 };
 
 // Parses the top-level `failure_modes` and `rules` arrays (either may be null -> empty).

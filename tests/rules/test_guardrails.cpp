@@ -1393,6 +1393,7 @@ TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
                                  "$.a.b.a", "$.personalizations[*]['to','cc'][*].email", "$.a[*].b[*]", "$['x y']",
                                  "$.K[*]", "$.I", "$['\u00e9']"};
     std::size_t matched = 0;
+    std::size_t shared = 0;
     for (int i = 0; i < 2000; ++i) {
         std::vector<guard_field> fields;
         for (std::size_t k = 0, n = 1 + gen.pick(5); k < n; ++k) {
@@ -1412,8 +1413,21 @@ TEST(GuardFastPaths, PathTrackingAgreesWithFullPathMatching) {
         }
         const std::string doc = value(0);
         ASSERT_EQ(detail::path_tracking_mismatch(doc, fields, &matched), "") << doc;
+        // The same paths split between guards whose paths the shared parse classifies at once
+        // (and, with more than 64 between them, some that follow their own).
+        std::vector<std::vector<guard_field>> guards(1 + gen.pick(4));
+        for (auto& f : fields) {
+            guards[gen.pick(guards.size())].push_back(f);
+        }
+        if (gen.chance(10)) {
+            for (int k = 0; k < 70; ++k) {
+                guards.back().push_back(fields[0]);
+            }
+        }
+        ASSERT_EQ(detail::shared_tracking_mismatch(doc, guards, &shared), "") << doc;
     }
     EXPECT_GT(matched, 2000u) << "values under a path";
+    EXPECT_GT(shared, 2000u) << "guards reading the shared classification";
 }
 
 // json_key::matches against its definition, fold(key) == name, over keys of every length up
