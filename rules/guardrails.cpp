@@ -473,7 +473,8 @@ struct path_step {
     std::uint64_t exact = 0;
 };
 
-path_step step_paths(const path_index& index, std::uint64_t parent_alive, std::span<const frame> f) {
+[[gnu::always_inline]] inline path_step step_paths(const path_index& index, std::uint64_t parent_alive,
+                                                  std::span<const frame> f) {
     const std::size_t d = f.size();
     path_step out;
     if (d > index.levels.size()) {
