@@ -1213,7 +1213,7 @@ body_kind kind_of(const guard_input& in) {
 
 bool form_selected(const std::vector<guard_field>& fields, std::string_view name) {
     for (const auto& f : fields) {
-        if (f.form && f.name == name) {
+        if (f.form && !f.mime && f.name == name) {
             return true;
         }
     }
@@ -1295,12 +1295,45 @@ template <class F>
 mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, std::string& why,
                            F&& f) {
     s.mime_seen.clear();
-    if (fields.empty() || kind_of(in) != body_kind::json) {
+    if (fields.empty()) {
         return mime_outcome::clean;
     }
     mime_outcome out = mime_outcome::clean;
+    const body_kind kind = kind_of(in);
+    if (kind == body_kind::form) {
+        // The form field's index goes to mime_seen. Its value is the message itself (Mailgun
+        // messages.mime) or its base64 (SES v1 RawMessage.Data): a message has a ':' in its
+        // header, which base64 cannot hold.
+        for (std::size_t i = 0; i < in.form->size() && out == mime_outcome::clean; ++i) {
+            const auto& [name, value] = (*in.form)[i];
+            if (std::none_of(fields.begin(), fields.end(), [&](const guard_field& x) { return x.form && x.name == name; })) {
+                continue;
+            }
+            s.mime_seen.push_back(i);
+            const std::string_view message = decode_base64(value, s.message) ? std::string_view{s.message} : value;
+            std::string w;
+            if (!mime_content_of(message, s.content, &w)) {
+                why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
+                out = mime_outcome::unreadable;
+                break;
+            }
+            for (const auto& t : s.content.texts) {
+                if (f(t, s.content, "form field " + name.substr(0, 64))) {
+                    out = mime_outcome::found;
+                    break;
+                }
+            }
+        }
+        return out;
+    }
+    if (kind != body_kind::json) {
+        return mime_outcome::clean;
+    }
     detail::parsed_body& doc = doc_of(in);
     for (const auto& field : fields) {
+        if (field.form) {
+            continue;
+        }
         doc.strings_at(in.req.body, field.path, [&](std::span<const frame> fr, std::string_view text, std::size_t start) {
             s.mime_seen.push_back(start);
             std::string w;
@@ -1310,7 +1343,7 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
                 // w says why
             } else {
                 for (const auto& t : s.content.texts) {
-                    if (f(t, s.content, fr)) {
+                    if (f(t, s.content, render_path(fr))) {
                         out = mime_outcome::found;
                         return true;
                     }
@@ -1331,6 +1364,7 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
     return out;
 }
 
+// Whether a JSON string (by where it starts) or a form field (by its index) was read as a message.
 bool passed_over(const scratch& s, std::size_t start) {
     return !s.mime_seen.empty() && std::find(s.mime_seen.begin(), s.mime_seen.end(), start) != s.mime_seen.end();
 }
@@ -1340,26 +1374,29 @@ bool passed_over(const scratch& s, std::size_t start) {
 guard_result check_pii(const pii_guard& g, const guard_input& in) {
     const std::string_view body = in.req.body;
     detail::text_hit hit;
+    const std::size_t min_length = detail::pii_min_length(g.kinds);
+    scratch& s = local();
+    {
+        std::string why;
+        std::string where;
+        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const std::string& at) {
+            if (t.text.size() < min_length || !detail::scan_pii(g.kinds, t.text, &hit)) {
+                return false;
+            }
+            where = t.where + " of the raw message at " + at;
+            return true;
+        });
+        if (m == mime_outcome::found) {
+            return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
+        }
+        if (m == mime_outcome::unreadable) {
+            return invalid_body(std::move(why));
+        }
+    }
     switch (kind_of(in)) {
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
-            const std::size_t min_length = detail::pii_min_length(g.kinds);
-            scratch& s = local();
-            std::string why;
-            const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, std::span<const frame> fr) {
-                if (t.text.size() < min_length || !detail::scan_pii(g.kinds, t.text, &hit)) {
-                    return false;
-                }
-                where = t.where + " of the raw message at " + render_path(fr);
-                return true;
-            });
-            if (m == mime_outcome::found) {
-                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
-            }
-            if (m == mime_outcome::unreadable) {
-                return invalid_body(std::move(why));
-            }
             auto found = [&](std::string_view text, std::size_t start, bool escaped) {
                 if (text.size() < min_length || passed_over(s, start) || !detail::scan_pii(g.kinds, text, &hit)) {
                     return false;
@@ -1399,8 +1436,9 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
             break;  // not JSON after all: scan the bytes
         }
         case body_kind::form: {
-            for (const auto& [name, value] : *in.form) {
-                if (!g.every_value && !form_selected(g.in, name)) {
+            for (std::size_t i = 0; i < in.form->size(); ++i) {
+                const auto& [name, value] = (*in.form)[i];
+                if ((!g.every_value && !form_selected(g.in, name)) || passed_over(s, i)) {
                     continue;
                 }
                 if (detail::scan_pii(g.kinds, value, &hit)) {
@@ -1484,7 +1522,8 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
         case body_kind::json: {
             detail::parsed_body& doc = doc_of(in);
             path_tracker paths{index, fields, nullptr, nullptr, &doc, in.req.body};
-            const bool any_mime = std::any_of(fields.begin(), fields.end(), [](const guard_field& x) { return x.mime; });
+            const bool any_mime =
+                std::any_of(fields.begin(), fields.end(), [](const guard_field& x) { return x.mime && !x.form; });
             bool unreadable = false;
             auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                  std::size_t, bool) {
@@ -1496,7 +1535,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     return walk_next::go;
                 }
                 if (any_mime && std::any_of(fields.begin(), fields.end(), [&](const guard_field& x) {
-                        return x.mime && path_matches(x.path, fr, false);
+                        return x.mime && !x.form && path_matches(x.path, fr, false);
                     })) {
                     // A raw message (SES): its own To/Cc/Bcc headers are its recipients.
                     thread_local std::string message;
@@ -1525,6 +1564,30 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
         }
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
+                if (std::any_of(fields.begin(), fields.end(), [&](const guard_field& x) {
+                        return x.mime && x.form && x.name == name;
+                    })) {
+                    // A raw message (SES v1 SendRawEmail): its own To/Cc/Bcc headers.
+                    thread_local std::string message;
+                    thread_local std::string scratch;
+                    thread_local std::vector<std::string_view> addresses;
+                    addresses.clear();
+                    const std::string_view m = decode_base64(value, message) ? std::string_view{message} : value;
+                    if (!mime_recipients(m, scratch, addresses)) {
+                        if (why) {
+                            *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) +
+                                   " cannot be read: its To, Cc and Bcc cannot be read for certain";
+                        }
+                        return false;
+                    }
+                    auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
+                    for (const auto a : addresses) {
+                        if (f(a, -1, where)) {
+                            return true;
+                        }
+                    }
+                    continue;
+                }
                 if (!form_selected(fields, name)) {
                     continue;
                 }
@@ -1649,28 +1712,31 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
     bool unsubscribe = false;
     detail::text_hit hit;
     bool scan_raw = false;
+    scratch& s = local();
+    {
+        std::string why;
+        std::string where;
+        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content& msg, const std::string& at) {
+            if (msg.list_unsubscribe) {
+                unsubscribe = true;
+            }
+            if (t.k == mime_text::kind::header || !detail::scan_content(g, t.text, unsubscribe, &hit)) {
+                return false;
+            }
+            where = t.where + " of the raw message at " + at;
+            return true;
+        });
+        if (m == mime_outcome::found) {
+            return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
+        }
+        if (m == mime_outcome::unreadable) {
+            return invalid_body(std::move(why));
+        }
+    }
     switch (kind_of(in)) {
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
-            scratch& s = local();
-            std::string why;
-            const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content& msg, std::span<const frame> fr) {
-                if (msg.list_unsubscribe) {
-                    unsubscribe = true;
-                }
-                if (t.k == mime_text::kind::header || !detail::scan_content(g, t.text, unsubscribe, &hit)) {
-                    return false;
-                }
-                where = t.where + " of the raw message at " + render_path(fr);
-                return true;
-            });
-            if (m == mime_outcome::found) {
-                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
-            }
-            if (m == mime_outcome::unreadable) {
-                return invalid_body(std::move(why));
-            }
             detail::parsed_body& doc = doc_of(in);
             path_tracker paths{g.index, g.fields, nullptr, nullptr, &doc, body};
             auto res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text,
@@ -1943,6 +2009,15 @@ std::optional<guard_field> parse_field(std::string_view text, std::string* error
     if (text.starts_with("mime:")) {
         f.mime = true;
         text.remove_prefix(5);
+        if (text.starts_with("form:")) {  // a form field holding a message (raw or base64)
+            f.form = true;
+            f.name = std::string{text.substr(5)};
+            if (f.name.empty()) {
+                *error = "missing form field name";
+                return std::nullopt;
+            }
+            return f;
+        }
     }
     auto p = parse_json_path(text, error);
     if (!p) {
@@ -1967,6 +2042,7 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
         "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]",  // SES v2 bulk
         "mime:$.Content.Raw.Data",                                              // SES v2 raw messages' headers
+        "mime:form:RawMessage.Data",                                            // SES v1 SendRawEmail's
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "form:to", "form:cc", "form:bcc"});                                     // Mailgun
     return f;
@@ -1978,13 +2054,17 @@ const std::vector<guard_field>& default_content_fields() {
         "$.personalizations[*].dynamic_template_data", "$.personalizations[*].substitutions",
         "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)
         "$.message.subject", "$.customProperties",                             // HubSpot single send
-        "form:subject", "form:text", "form:html", "form:amp-html"});           // Mailgun
+        "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
+        "mime:form:message",                                                    // Mailgun messages.mime
+        "mime:form:RawMessage.Data"});                                          // SES v1 SendRawEmail
     return f;
 }
 
 // A pii guard without `in` reads every value, and the raw messages here.
 const std::vector<guard_field>& default_pii_fields() {
-    static const auto f = default_fields({"mime:$.Content.Raw.Data"});  // SES v2 raw messages
+    static const auto f = default_fields({"mime:$.Content.Raw.Data",     // SES v2 raw messages
+                                          "mime:form:message",           // Mailgun messages.mime
+                                          "mime:form:RawMessage.Data"});  // SES v1 SendRawEmail
     return f;
 }
 

@@ -726,6 +726,67 @@ TEST(GuardRawMessages, ContentGuardReadsTheMessage) {
     EXPECT_TRUE(u.check_body(ses_raw(newsletter("Sale", "<a href='https://example.com/u'>Unsubscribe</a>"))).allowed());
 }
 
+std::string form_escape(std::string_view v) {
+    static constexpr char hexd[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : v) {
+        const auto u = static_cast<unsigned char>(c);
+        if (std::isalnum(u) || c == '-' || c == '_' || c == '.') {
+            out += c;
+        } else {
+            out += '%';
+            out += hexd[u >> 4];
+            out += hexd[u & 15];
+        }
+    }
+    return out;
+}
+
+// Mailgun's messages.mime (the message as a multipart file) and SES v1 SendRawEmail (its
+// base64 in a form field) are read like SES v2's raw messages.
+TEST(GuardRawMessages, FormPostedMessagesAreReadToo) {
+    request mg;
+    mg.path = "/v3/mg.example.com/messages.mime";
+    mg.content_type = "multipart/form-data; boundary=XyZ";
+    auto mailgun = [&](std::string_view message) {
+        mg.body = "--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\njane@example.com\r\n"
+                  "--XyZ\r\nContent-Disposition: form-data; name=\"message\"; filename=\"message.mime\"\r\n"
+                  "Content-Type: message/rfc822\r\n\r\n" +
+                  std::string{message} + "\r\n--XyZ--\r\n";
+        return std::ref(mg);
+    };
+    fixture content{content_rule(R"j({"blocked_terms": ["free money"]})j")};
+    EXPECT_TRUE(content.check(mailgun(newsletter("Hello", "<p>Hi</p>"))).allowed());
+    auto d = content.check(mailgun(newsletter("Get free =\r\nmoney", "<p>Hi</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("blocked term #0 (free money) at offset 4 of part 1.1 (text/plain) of the raw "
+                                    "message at form field message"));
+    fixture pii{pii_rule(R"j({"pii": ["card"]})j")};
+    EXPECT_TRUE(pii.check(mailgun(newsletter("Hello", "<p>Hi</p>"))).allowed());
+    d = pii.check(mailgun(newsletter("Hello", "<p>Card 4111 1111 1111 1111</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated) << "the base64 HTML part, decoded";
+    EXPECT_THAT(d.reason, HasSubstr("part 1.2 (text/html) of the raw message at form field message"));
+
+    request ses;
+    ses.path = "/";
+    ses.content_type = "application/x-www-form-urlencoded";
+    auto v1 = [&](std::string_view message) {
+        ses.body = "Action=SendRawEmail&Source=news%40example.com&RawMessage.Data=" + form_escape(b64(message));
+        return std::ref(ses);
+    };
+    fixture audience{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    EXPECT_TRUE(audience.check(v1("To: jane@example.com\r\nSubject: Hi\r\n\r\nHello")).allowed());
+    d = audience.check(v1("To: jane@example.com\r\nBcc: spy@gmail.com\r\nSubject: Hi\r\n\r\nHello"));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 s***@gmail.com (form field RawMessage.Data "
+                                    "(MIME header))"));
+    d = audience.check(v1("To: bob@evil.example (<jane@example.com>)\r\n\r\nx"));
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    EXPECT_THAT(d.reason, HasSubstr("the raw message in form field \"RawMessage.Data\" cannot be read"));
+    EXPECT_FALSE(pii.check(v1("Subject: Card 4111-1111-1111-1111\r\n\r\nx")).allowed());
+    EXPECT_FALSE(content.check(v1("Subject: FREE MONEY\r\n\r\nx")).allowed());
+}
+
 // ---------------------------------------------------------------------------------------
 // Duplicates.
 
