@@ -61,7 +61,7 @@ walk_next as_next(R r) {
 bool is_container(value_type t) { return t == value_type::object || t == value_type::array; }
 
 // First '"' or '\\' at or after p, or end.
-const char* find_quote_or_escape(const char* p, const char* end) {
+[[gnu::always_inline]] inline const char* find_quote_or_escape(const char* p, const char* end) {
 #if defined(__SSE2__)
     const __m128i q = _mm_set1_epi8('"');
     const __m128i b = _mm_set1_epi8('\\');
@@ -383,7 +383,9 @@ private:
 
     // body[pos] == '"'; on success pos is just past the closing quote. text views the body
     // when the string has no escapes, else the arena.
-    bool read_string(std::string_view body, std::size_t& pos, std::string_view& text, bool& escaped) {
+    // Inline: most strings (keys, addresses) have no escape; those that do go out of line.
+    [[gnu::always_inline]] bool read_string(std::string_view body, std::size_t& pos, std::string_view& text,
+                                            bool& escaped) {
         const char* const begin = body.data();
         const char* const end = begin + body.size();
         const std::size_t start = pos + 1;
@@ -391,13 +393,20 @@ private:
         if (p == end) {
             return false;
         }
-        if (*p == '"') {
+        if (*p == '"') [[likely]] {
             text = body.substr(start, static_cast<std::size_t>(p - begin) - start);
             pos = static_cast<std::size_t>(p - begin) + 1;
             escaped = false;
             return true;
         }
         escaped = true;
+        return read_escaped(body, pos, text, p);
+    }
+
+    // From the first escape at p on (see read_string).
+    [[gnu::noinline]] bool read_escaped(std::string_view body, std::size_t& pos, std::string_view& text, const char* p) {
+        const char* const begin = body.data();
+        const std::size_t start = pos + 1;
         char* const out0 = arena_.get() + arena_used_;
         char* out = out0;
         std::memcpy(out, begin + start, static_cast<std::size_t>(p - (begin + start)));
