@@ -1220,9 +1220,18 @@ body_kind kind_of(const guard_input& in) {
     return body_kind::text;
 }
 
+// form:NAME names one field; a NAME ending in '*' every field starting with what precedes it
+// (`form:Destinations.member.*`: SES v1's numbered list members).
+bool form_name_matches(const guard_field& f, std::string_view name) {
+    if (!f.name.empty() && f.name.back() == '*') {
+        return name.starts_with(std::string_view{f.name}.substr(0, f.name.size() - 1));
+    }
+    return f.name == name;
+}
+
 bool form_selected(const std::vector<guard_field>& fields, std::string_view name) {
     for (const auto& f : fields) {
-        if (f.form && !f.mime && f.name == name) {
+        if (f.form && !f.mime && form_name_matches(f, name)) {
             return true;
         }
     }
@@ -1294,6 +1303,20 @@ guard_result invalid_body(std::string why = "body is not valid JSON") {
     return r;
 }
 
+// One large message does not pin its memory in a worker thread.
+void release(scratch& s) {
+    if (s.message.capacity() > (std::size_t{4} << 20)) {
+        s.message = {};
+    }
+    std::size_t bytes = 0;
+    for (const auto& t : s.content.texts) {
+        bytes += t.text.capacity() + t.where.capacity() + sizeof t;
+    }
+    if (bytes > (std::size_t{4} << 20) || s.content.texts.capacity() > 4096) {
+        s.content = {};
+    }
+}
+
 // The raw messages at `fields` (mime:$.path), each read as a mail client shows it
 // (mime_content_of): f(piece, message, frames) -> true when it found something. Where their
 // strings start goes to s.mime_seen, for the guard's own walk to pass over (the base64 says
@@ -1315,24 +1338,37 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
         // header, which base64 cannot hold.
         for (std::size_t i = 0; i < in.form->size() && out == mime_outcome::clean; ++i) {
             const auto& [name, value] = (*in.form)[i];
-            if (std::none_of(fields.begin(), fields.end(), [&](const guard_field& x) { return x.form && x.name == name; })) {
+            if (std::none_of(fields.begin(), fields.end(), [&](const guard_field& x) { return x.form && form_name_matches(x, name); })) {
                 continue;
             }
             s.mime_seen.push_back(i);
-            const std::string_view message = decode_base64(value, s.message) ? std::string_view{s.message} : value;
+            // Every reading that is a message is read (one without header fields can be all
+            // base64 characters); none: unreadable.
+            const bool base64 = decode_base64(value, s.message);
+            bool read = false;
             std::string w;
-            if (!mime_content_of(message, s.content, &w)) {
-                why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
-                out = mime_outcome::unreadable;
-                break;
-            }
-            for (const auto& t : s.content.texts) {
-                if (f(t, s.content, "form field " + name.substr(0, 64))) {
-                    out = mime_outcome::found;
-                    break;
+            for (int reading = base64 ? 0 : 1; reading < 2 && out == mime_outcome::clean; ++reading) {
+                std::string wr;
+                if (!mime_content_of(reading == 0 ? std::string_view{s.message} : value, s.content, &wr)) {
+                    if (w.empty()) {
+                        w = std::move(wr);
+                    }
+                    continue;
+                }
+                read = true;
+                for (const auto& t : s.content.texts) {
+                    if (f(t, s.content, "form field " + name.substr(0, 64))) {
+                        out = mime_outcome::found;
+                        break;
+                    }
                 }
             }
+            if (out == mime_outcome::clean && !read) {
+                why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
+                out = mime_outcome::unreadable;
+            }
         }
+        release(s);
         return out;
     }
     if (kind != body_kind::json) {
@@ -1367,9 +1403,7 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
             break;
         }
     }
-    if (s.message.capacity() > (std::size_t{4} << 20)) {
-        s.message = {};  // one large message does not pin its memory
-    }
+    release(s);
     return out;
 }
 
@@ -1380,7 +1414,9 @@ bool passed_over(const scratch& s, std::size_t start) {
 
 // ---------------------------------------------------------------------------------------
 
-guard_result check_pii(const pii_guard& g, const guard_input& in) {
+// What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
+// the body is still read: a finding there wins over the unreadable message).
+guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::string& unreadable) {
     const std::string_view body = in.req.body;
     detail::text_hit hit;
     const std::size_t min_length = detail::pii_min_length(g.kinds);
@@ -1399,7 +1435,7 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
             return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
         }
         if (m == mime_outcome::unreadable) {
-            return invalid_body(std::move(why));
+            unreadable = std::move(why);
         }
     }
     switch (kind_of(in)) {
@@ -1574,26 +1610,34 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
                 if (std::any_of(fields.begin(), fields.end(), [&](const guard_field& x) {
-                        return x.mime && x.form && x.name == name;
+                        return x.mime && x.form && form_name_matches(x, name);
                     })) {
                     // A raw message (SES v1 SendRawEmail): its own To/Cc/Bcc headers.
                     thread_local std::string message;
                     thread_local std::string scratch;
                     thread_local std::vector<std::string_view> addresses;
-                    addresses.clear();
-                    const std::string_view m = decode_base64(value, message) ? std::string_view{message} : value;
-                    if (!mime_recipients(m, scratch, addresses)) {
+                    // Both readings, as for the content guards (read_messages).
+                    const bool base64 = decode_base64(value, message);
+                    bool read = false;
+                    auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
+                    for (int reading = base64 ? 0 : 1; reading < 2; ++reading) {
+                        addresses.clear();
+                        if (!mime_recipients(reading == 0 ? std::string_view{message} : value, scratch, addresses)) {
+                            continue;
+                        }
+                        read = true;
+                        for (const auto a : addresses) {
+                            if (f(a, -1, where)) {
+                                return true;
+                            }
+                        }
+                    }
+                    if (!read) {
                         if (why) {
                             *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) +
                                    " cannot be read: its To, Cc and Bcc cannot be read for certain";
                         }
                         return false;
-                    }
-                    auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
-                    for (const auto a : addresses) {
-                        if (f(a, -1, where)) {
-                            return true;
-                        }
                     }
                     continue;
                 }
@@ -1716,7 +1760,9 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
     return (!f[0].array && json_key::matches(f[0].key, "tracking_settings")) || doc.may_have_key_list_unsubscribe();
 }
 
-guard_result check_content(const content_guard& g, const guard_input& in) {
+// What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
+// the body is still read: a finding there wins over the unreadable message).
+guard_result check_content_fields(const content_guard& g, const guard_input& in, std::string& unreadable) {
     const std::string_view body = in.req.body;
     bool unsubscribe = false;
     detail::text_hit hit;
@@ -1739,7 +1785,7 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
             return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
         }
         if (m == mime_outcome::unreadable) {
-            return invalid_body(std::move(why));
+            unreadable = std::move(why);
         }
     }
     switch (kind_of(in)) {
@@ -2051,7 +2097,9 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
         "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]",  // SES v2 bulk
         "mime:$.Content.Raw.Data",                                              // SES v2 raw messages' headers
-        "mime:form:RawMessage.Data",                                            // SES v1 SendRawEmail's
+        "mime:form:RawMessage.Data", "form:Destinations.member.*",             // SES v1 SendRawEmail
+        "form:Destination.ToAddresses.member.*", "form:Destination.CcAddresses.member.*",
+        "form:Destination.BccAddresses.member.*",                               // SES v1 SendEmail
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "form:to", "form:cc", "form:bcc"});                                     // Mailgun
     return f;
@@ -2065,7 +2113,8 @@ const std::vector<guard_field>& default_content_fields() {
         "$.message.subject", "$.customProperties",                             // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
         "mime:form:message",                                                    // Mailgun messages.mime
-        "mime:form:RawMessage.Data"});                                          // SES v1 SendRawEmail
+        "mime:form:RawMessage.Data",                                            // SES v1 SendRawEmail
+        "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data"});  // SES v1
     return f;
 }
 
@@ -2087,7 +2136,8 @@ std::vector<guard_field> take_mime(std::vector<guard_field>& fields) {
 
 const std::vector<guard_field>& default_subject_fields() {
     static const auto f = default_fields({"$.subject", "$.personalizations[*].subject",
-                                          "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject"});
+                                          "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject",
+                                          "form:Message.Subject.Data"});
     return f;
 }
 
@@ -2434,6 +2484,21 @@ std::uint64_t duplicate_counter::evictions() const {
         n += s.evictions;
     }
     return n;
+}
+
+guard_result check_pii(const pii_guard& g, const guard_input& in) {
+    std::string unreadable;
+    guard_result r = check_pii_fields(g, in, unreadable);
+    return r.outcome == guard_result::status::clean && !unreadable.empty() ? invalid_body(std::move(unreadable)) : r;
+}
+
+guard_result check_content(const content_guard& g, const guard_input& in) {
+    std::string unreadable;
+    guard_result r = check_content_fields(g, in, unreadable);
+    // A missing unsubscribe is not known when a message could not be read.
+    const bool unknown = !unreadable.empty() && r.finding.starts_with("missing unsubscribe link");
+    return (r.outcome == guard_result::status::clean || unknown) && !unreadable.empty() ? invalid_body(std::move(unreadable))
+                                                                                       : r;
 }
 
 guard_result check_guard(const guardrail& g, const guard_input& in, time_point now, duplicate_counter* dups,

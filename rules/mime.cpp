@@ -281,13 +281,28 @@ bool parse_content_type(std::string_view v, content_type& out) {
     return true;
 }
 
-// Charsets in which ASCII text is not written as ASCII bytes.
-bool ascii_hidden(std::string_view charset) {
-    const std::string c = lower(charset);
-    for (const std::string_view p : {"utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4", "utf-7", "utf7",
-                                     "unicode", "csunicode", "ebcdic", "cp037", "ibm037", "cp500", "ibm500", "cp875",
-                                     "cp1026", "ibm1026", "cp1047", "ibm1047", "cp1140", "ibm01140", "x-imap4-modified-utf7"}) {
-        if (c.starts_with(p)) {
+// Charsets in which ASCII text is written as ASCII bytes, with nothing a decoder drops or
+// shifts between them: ASCII, UTF-8, the ISO 8859 and Windows single-byte sets, and the
+// multi-byte sets whose ASCII range stays ASCII (Shift_JIS, EUC, GBK, Big5). Stateful ones
+// are not (ISO-2022-*, HZ: an escape between two digits disappears when shown), nor UTF-7,
+// UTF-16 and UTF-32, nor EBCDIC. A charset not known here is not read (the message is
+// refused rather than guessed at).
+bool ascii_compatible(std::string_view charset) {
+    std::string c = lower(trim(charset));
+    if (c.empty()) {
+        return true;  // none given: US-ASCII
+    }
+    for (const std::string_view exact :
+         {"us-ascii", "ascii", "us", "ansi_x3.4-1968", "iso646-us", "utf-8", "utf8", "latin1", "latin-1", "l1",
+          "koi8-r", "koi8-u", "gb2312", "gbk", "gb18030", "cp936", "big5", "big5-hkscs", "shift_jis", "shift-jis",
+          "sjis", "windows-31j", "cp932", "ms932", "euc-jp", "euc-kr", "euc-cn", "ks_c_5601-1987", "cp949",
+          "tis-620", "windows-874", "cp874", "macintosh", "x-mac-roman", "cp437", "cp850", "ibm437", "ibm850"}) {
+        if (c == exact) {
+            return true;
+        }
+    }
+    for (const std::string_view prefix : {"iso-8859-", "iso8859-", "iso_8859-", "windows-125", "cp125", "x-cp125"}) {
+        if (c.starts_with(prefix)) {
             return true;
         }
     }
@@ -327,20 +342,32 @@ bool decode_quoted_printable(std::string_view in, std::string& out) {
 
 // RFC 2047 encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`) decoded; the blanks
 // between two adjacent encoded words dropped (RFC 2047 6.2). A word that is not one is
-// left as written. False when a word's charset hides ASCII (see ascii_hidden).
+// left as written. False when a word's charset is not ASCII-compatible (ascii_compatible).
+// Linear: the next "?=" is searched for once per position it can be at (a value of many
+// "=?" openings without a close would otherwise be searched to its end from each).
 bool decode_words(std::string_view v, std::string& out) {
     out.clear();
     std::size_t i = 0;
     std::size_t pending_blanks = 0;  // blanks after an encoded word, dropped if another follows
     bool after_word = false;
     std::string piece;
+    std::size_t close = 0;  // the first "?=" at or after close_from (npos: none)
+    std::size_t close_from = std::string_view::npos;
+    auto next_close = [&](std::size_t from) {
+        if (close_from == std::string_view::npos || from < close_from || (close != std::string_view::npos && close < from)) {
+            close = v.find("?=", from);
+            close_from = from;
+        }
+        return close;
+    };
     while (i < v.size()) {
         if (v[i] == '=' && i + 1 < v.size() && v[i + 1] == '?') {
             // =?charset?enc?text?=
             const auto q1 = v.find('?', i + 2);
-            const auto q2 = q1 == std::string_view::npos ? q1 : v.find('?', q1 + 1);
-            const auto end = q2 == std::string_view::npos ? q2 : v.find("?=", q2 + 1);
-            if (end != std::string_view::npos && q2 == q1 + 2) {
+            const bool shape = q1 != std::string_view::npos && q1 + 2 < v.size() && v[q1 + 2] == '?';
+            const auto q2 = shape ? q1 + 2 : std::string_view::npos;
+            const auto end = shape ? next_close(q2 + 1) : std::string_view::npos;
+            if (end != std::string_view::npos) {
                 std::string_view charset = v.substr(i + 2, q1 - i - 2);
                 if (const auto star = charset.find('*'); star != std::string_view::npos) {
                     charset = charset.substr(0, star);  // RFC 2231 language suffix
@@ -358,7 +385,7 @@ bool decode_words(std::string_view v, std::string& out) {
                     decode_quoted_printable(q, piece);
                 }
                 if (ok) {
-                    if (ascii_hidden(charset)) {
+                    if (!ascii_compatible(charset)) {
                         return false;
                     }
                     if (!after_word) {
@@ -388,11 +415,28 @@ bool decode_words(std::string_view v, std::string& out) {
 
 constexpr int max_mime_depth = 16;
 constexpr std::size_t max_mime_parts = 1000;
+constexpr std::size_t max_mime_fields = 10'000;  // header fields in the whole message
+
+// `type/subtype`, both tokens (RFC 2045 5.1); anything else is read as the default type.
+bool valid_type(std::string_view t) {
+    const auto slash = t.find('/');
+    if (slash == 0 || slash == std::string_view::npos || slash + 1 == t.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < t.size(); ++i) {
+        const auto c = static_cast<unsigned char>(t[i]);
+        if (i != slash && (c <= 32 || c >= 127 || std::string_view{"()<>@,;:\\\"/[]?="}.find(static_cast<char>(c)) != std::string_view::npos)) {
+            return false;
+        }
+    }
+    return true;
+}
 
 struct content_reader {
     mime_content& out;
     std::string* why;
     std::size_t parts = 0;
+    std::size_t fields = 0;
 
     bool fail(std::string what) {
         if (why) {
@@ -401,13 +445,17 @@ struct content_reader {
         return false;
     }
 
-    // One entity (a message or a body part) at `name` ("" for the message itself).
-    bool entity(std::string_view m, const std::string& name, int depth, bool top) {
+    // One entity (a message or a body part) at `name` ("" for the message itself). `digest`:
+    // a part of a multipart/digest, whose default type is message/rfc822 (RFC 2046 5.1.5).
+    bool entity(std::string_view m, const std::string& name, int depth, bool top, bool digest = false) {
         if (depth > max_mime_depth) {
             return fail("more than " + std::to_string(max_mime_depth) + " levels of nested parts");
         }
         if (++parts > max_mime_parts) {
             return fail("more than " + std::to_string(max_mime_parts) + " parts");
+        }
+        if (m.empty()) {
+            return true;  // an empty part: nothing to read
         }
         std::string value;
         std::size_t body_at = 0;
@@ -420,6 +468,9 @@ struct content_reader {
         const bool ok = for_each_field(
             m, value,
             [&](std::string_view n, std::string_view v) {
+                if (++fields > max_mime_fields) {
+                    return;
+                }
                 if (iequals(n, "Content-Type")) {
                     ++types;
                     type_value = v;
@@ -445,8 +496,11 @@ struct content_reader {
         if (!ok) {
             return fail("the header section of " + at + " cannot be read");
         }
+        if (fields > max_mime_fields) {
+            return fail("more than " + std::to_string(max_mime_fields) + " header fields");
+        }
         if (bad_words) {
-            return fail("an encoded word in " + at + "'s header is in a charset that hides ASCII");
+            return fail("an encoded word in " + at + "'s header is in a charset that is not read (only ASCII-compatible ones are)");
         }
         if (types > 1 || encodings > 1) {
             return fail(at + " has more than one " + (types > 1 ? "Content-Type" : "Content-Transfer-Encoding"));
@@ -454,6 +508,22 @@ struct content_reader {
         content_type ct;
         if (!parse_content_type(type_value, ct)) {
             return fail(at + " has a malformed Content-Type");
+        }
+        for (const std::string_view p : {"charset", "boundary"}) {
+            int seen = 0;
+            for (const auto& [pn, pv] : ct.params) {
+                if (pn == p) {
+                    ++seen;
+                } else if (pn.starts_with(p) && pn.size() > p.size() && pn[p.size()] == '*') {
+                    return fail(at + " has an RFC 2231 " + std::string{p} + " parameter, which is not read");
+                }
+            }
+            if (seen > 1) {
+                return fail(at + " has more than one " + std::string{p} + " parameter");
+            }
+        }
+        if (!valid_type(ct.type)) {
+            ct.type = digest ? "message/rfc822" : "";  // absent or invalid: the default (RFC 2045 5.2)
         }
         std::string_view body = m.substr(body_at);
         std::string unencoded;
@@ -475,21 +545,19 @@ struct content_reader {
         }
         const std::string label = name.empty() ? std::string{"body"} : "part " + name;
         if (ct.type.starts_with("multipart/")) {
-            if (ct.param("boundary*") || ct.param("boundary*0") || ct.param("boundary*0*")) {
-                return fail(at + " has an RFC 2231 boundary, which is not read");
-            }
             const std::string* boundary = ct.param("boundary");
             if (!boundary || boundary->empty() || boundary->size() > 200) {
                 return fail(at + " is multipart without a boundary");
             }
-            return multipart(body, *boundary, name, depth);
+            return multipart(body, *boundary, name, depth, ct.type == "multipart/digest");
         }
         if (ct.type == "message/rfc822" || ct.type == "message/global") {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
         if (ct.type.empty() || ct.type.starts_with("text/")) {
-            if (const std::string* cs = ct.param("charset"); cs && ascii_hidden(*cs)) {
-                return fail(at + " is in the charset " + cs->substr(0, 32) + ", which hides ASCII");
+            if (const std::string* cs = ct.param("charset"); cs && !ascii_compatible(*cs)) {
+                return fail(at + " is in the charset " + cs->substr(0, 32) +
+                            ", which is not read (only ASCII-compatible ones are)");
             }
             mime_text t;
             t.k = mime_text::kind::body;
@@ -503,7 +571,14 @@ struct content_reader {
     // The parts between `--boundary` lines; the text before the first and after the closing
     // one (preamble, epilogue) read as plain text. A missing closing line ends the last part
     // at the end of the body.
-    bool multipart(std::string_view body, const std::string& boundary, const std::string& name, int depth) {
+    bool multipart(std::string_view body, const std::string& boundary, const std::string& name, int depth, bool digest) {
+        // A bare CR: some parsers end a line there (and find delimiters we would not).
+        for (auto cr = body.find('\r'); cr != std::string_view::npos; cr = body.find('\r', cr + 1)) {
+            if (cr + 1 == body.size() || body[cr + 1] != '\n') {
+                return fail("the body of " + (name.empty() ? std::string{"the message"} : "part " + name) +
+                            " has a bare CR");
+            }
+        }
         const std::string dash = "--" + boundary;
         std::size_t at = 0;
         std::size_t part_start = std::string::npos;  // after the delimiter line of the open part
@@ -529,7 +604,7 @@ struct content_reader {
                 }
             }
             return entity(body.substr(part_start, end - part_start), prefix + std::to_string(index),
-                          depth + 1, false);
+                          depth + 1, false, digest);
         };
         while (at < body.size()) {
             const auto nl = body.find('\n', at);

@@ -39,15 +39,18 @@ struct mime_content {
 
 // Reads a message as a mail client shows it: every header field value with its RFC 2047
 // encoded words decoded (the Subject marked as such), and the body of every text part
-// (text/*, or no Content-Type) with its Content-Transfer-Encoding undone, through nested
-// multiparts and attached messages (message/rfc822). Parts of other types (images, PDFs)
-// are not read; multipart preambles and epilogues are, as plain text. False with `why` when
-// the message cannot be read for certain: a header section that cannot be read (see
-// mime_recipients), a second Content-Type or Content-Transfer-Encoding, a multipart without
-// a boundary (or with an RFC 2231 continued one), a transfer encoding other than 7bit, 8bit,
-// binary, quoted-printable or base64, base64 that is not, a text in a charset whose bytes
-// are not ASCII for ASCII text (UTF-16, UTF-32, UTF-7, EBCDIC: a blocked term or a card
-// number would not show as itself), more than 16 levels of nesting or 1,000 parts.
+// (text/*, or no valid Content-Type) with its Content-Transfer-Encoding undone, through nested
+// multiparts (a multipart/digest's untyped parts as messages) and attached messages
+// (message/rfc822). Parts of other types (images, PDFs) are not read; multipart preambles and
+// epilogues are, as plain text. HTML is read as markup (entities are not decoded). Linear in
+// the message. False with `why` when the message cannot be read for certain: a header section
+// that cannot be read (see mime_recipients), a second Content-Type or
+// Content-Transfer-Encoding, a second or RFC 2231 charset or boundary parameter, a multipart
+// without a boundary or with a bare CR in its body, an encoded multipart or attached message,
+// a transfer encoding other than 7bit, 8bit, binary, quoted-printable or base64, base64 that
+// is not, a text or encoded word in a charset not known to write ASCII as ASCII (UTF-16,
+// UTF-7, ISO-2022, EBCDIC, unknown ones: a blocked term or a card number would not show as
+// itself), more than 16 levels of nesting, 1,000 parts or 10,000 header fields.
 bool mime_content_of(std::string_view message, mime_content& out, std::string* why);
 
 // The value of the From header field (unfolded: an address list, every mailbox to be

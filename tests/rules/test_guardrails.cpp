@@ -659,6 +659,54 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
         EXPECT_FALSE(mime_content_of(bad, c, &why)) << bad;
         EXPECT_FALSE(why.empty()) << bad;
     }
+    // Charsets: only ones known to write ASCII as ASCII; RFC 2231 and repeated parameters
+    // are refused rather than read one way.
+    for (const char* bad : {"Content-Type: text/plain; charset*=us-ascii''utf-16\r\n\r\nx",
+                            "Content-Type: text/plain; charset=iso-2022-jp\r\n\r\n123\x1b(B-45-6789",
+                            "Content-Type: text/plain; charset=iso-10646-ucs-2\r\n\r\nx",
+                            "Content-Type: text/plain; charset=utf_16\r\n\r\nx",
+                            "Content-Type: text/plain; charset=us-ascii; charset=utf-16\r\n\r\nx",
+                            "Content-Type: multipart/mixed; boundary=a; boundary=b\r\n\r\n--a\r\n\r\nx\r\n--a--"}) {
+        EXPECT_FALSE(mime_content_of(bad, c, &why)) << bad;
+    }
+    for (const char* good : {"Content-Type: text/plain; charset=UTF-8\r\n\r\nx",
+                             "Content-Type: text/plain; charset=\"windows-1252\"\r\n\r\nx",
+                             "Content-Type: text/html; charset=iso-8859-15\r\n\r\nx",
+                             "Content-Type: application/pdf; name*=UTF-8''r%C3%A9sum%C3%A9.pdf\r\n\r\nx"}) {
+        EXPECT_TRUE(mime_content_of(good, c, &why)) << good << ": " << why;
+    }
+    // A Content-Type that is not type/subtype is the default, text/plain (RFC 2045 5.2).
+    ASSERT_TRUE(mime_content_of("Content-Type: plain\r\n\r\nSSN 078-05-1120", c, &why));
+    EXPECT_EQ(c.texts.back().text, "SSN 078-05-1120");
+    // A digest's untyped parts are messages (RFC 2046 5.1.5): their own headers say base64.
+    ASSERT_TRUE(mime_content_of("Content-Type: multipart/digest; boundary=b\r\n\r\n--b\r\n\r\n"
+                                "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+                                    b64("SSN 078-05-1120") + "\r\n--b--\r\n",
+                                c, &why))
+        << why;
+    EXPECT_EQ(c.texts.back().text, "SSN 078-05-1120");
+    // Parsers that end lines at a bare CR find parts we would not.
+    EXPECT_FALSE(mime_content_of("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\rContent-Type: text/plain\r\r"
+                                 "x\r--b--\r",
+                                 c, &why));
+    EXPECT_THAT(why, HasSubstr("bare CR"));
+    // An empty part is nothing to read, not a reason to refuse the message.
+    EXPECT_TRUE(mime_content_of("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n--b\r\n\r\nx\r\n--b--\r\n",
+                                c, &why))
+        << why;
+    // Bounded: header fields, and encoded words without a close read in linear time (this
+    // one took minutes when each "=?" searched the rest of the value for "?=").
+    std::string many;
+    for (int i = 0; i < 10'001; ++i) {
+        many += "X-A: 1\r\n";
+    }
+    EXPECT_FALSE(mime_content_of(many + "\r\nx", c, &why));
+    EXPECT_THAT(why, HasSubstr("10000 header fields"));
+    std::string openings = "Subject: ";
+    for (int i = 0; i < 150'000; ++i) {
+        openings += "=?c?b?x";
+    }
+    EXPECT_TRUE(mime_content_of(openings + "\r\n\r\nx", c, &why)) << why;
     std::string deep = "x";
     for (int i = 0; i < 20; ++i) {
         deep = "Content-Type: message/rfc822\r\n\r\n" + deep;
@@ -780,11 +828,43 @@ TEST(GuardRawMessages, FormPostedMessagesAreReadToo) {
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 s***@gmail.com (form field RawMessage.Data "
                                     "(MIME header))"));
+    // SES v1 sends to Destinations.member.N when given, and SendEmail to Destination.*.member.N.
+    ses.body = "Action=SendRawEmail&Destinations.member.1=jane%40example.com&Destinations.member.2=x%40blocked.io"
+               "&RawMessage.Data=" + form_escape(b64("To: jane@example.com\r\n\r\nHi"));
+    d = audience.check(ses);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("x***@blocked.io (form field Destinations.member.2)"));
+    ses.body = "Action=SendEmail&Destination.ToAddresses.member.1=jane%40example.com"
+               "&Destination.BccAddresses.member.1=x%40blocked.io&Message.Subject.Data=Hi&Message.Body.Text.Data=Hi";
+    EXPECT_THAT(audience.check(ses).reason, HasSubstr("x***@blocked.io (form field Destination.BccAddresses.member.1)"));
+    ses.body = "Action=SendEmail&Destination.ToAddresses.member.1=jane%40example.com"
+               "&Message.Subject.Data=Free+money&Message.Body.Text.Data=Hi";
+    EXPECT_THAT(content.check(ses).reason, HasSubstr("form field \"Message.Subject.Data\""));
     d = audience.check(v1("To: bob@evil.example (<jane@example.com>)\r\n\r\nx"));
     EXPECT_EQ(d.outcome, verdict::rejected);
     EXPECT_THAT(d.reason, HasSubstr("the raw message in form field \"RawMessage.Data\" cannot be read"));
     EXPECT_FALSE(pii.check(v1("Subject: Card 4111-1111-1111-1111\r\n\r\nx")).allowed());
     EXPECT_FALSE(content.check(v1("Subject: FREE MONEY\r\n\r\nx")).allowed());
+    // A message without header fields can be all base64 characters: both readings are read.
+    EXPECT_FALSE(pii.check(mailgun("\r\nWDoKCmFi 4111 1111 1111 1111\r\n")).allowed());
+}
+
+// With "on_invalid_body": "zero", an unreadable raw message does not stop the guard reading
+// the rest of the body.
+TEST(GuardRawMessages, AnUnreadableMessageDoesNotHideTheRest) {
+    fixture f{pii_rule(R"j({"pii": ["card"]})j")};
+    fixture zero{R"j({"id": "no-pii", "route": "mail-send", "guard": {"pii": ["card"]}, "on_invalid_body": "zero",
+                     "failure_mode": "pii-risk", "trips": "pii-deny"})j"};
+    const std::string body = ses_raw("Content-Type: text/plain; charset=utf-16\r\n\r\nx",
+                                     R"j(, "Note": "4111 1111 1111 1111")j");
+    for (fixture* x : {&f, &zero}) {
+        const auto d = x->check_body(body);
+        ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+        EXPECT_THAT(d.reason, HasSubstr("$.Note")) << "a finding wins over the unreadable message";
+    }
+    const std::string unreadable_only = ses_raw("Content-Type: text/plain; charset=utf-16\r\n\r\nx");
+    EXPECT_EQ(f.check_body(unreadable_only).outcome, verdict::rejected);
+    EXPECT_TRUE(zero.check_body(unreadable_only).allowed());
 }
 
 // ---------------------------------------------------------------------------------------
