@@ -1884,6 +1884,53 @@ std::uint64_t pick(const std::vector<scratch::valued>& v, const std::vector<std:
     return v.front().hash;
 }
 
+// Each raw message at `fields` (mime:), for a guard that reads their headers: on_message(m)
+// -> whether m is a message it could read. A form field's value is tried as base64 and as
+// the message itself (see read_messages). False when one could not be read either way.
+template <class F>
+bool for_each_raw(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, F&& on_message) {
+    if (fields.empty()) {
+        return true;
+    }
+    bool ok = true;
+    switch (kind_of(in)) {
+        case body_kind::json: {
+            detail::parsed_body& doc = doc_of(in);
+            for (const auto& field : fields) {
+                if (field.form) {
+                    continue;
+                }
+                doc.strings_at(in.req.body, field.path, [&](std::span<const frame>, std::string_view text, std::size_t) {
+                    ok = decode_base64(text, s.message) && on_message(std::string_view{s.message});
+                    return !ok;
+                });
+                if (!ok) {
+                    break;
+                }
+            }
+            break;
+        }
+        case body_kind::form:
+            for (const auto& [name, value] : *in.form) {
+                if (std::none_of(fields.begin(), fields.end(),
+                                 [&](const guard_field& x) { return x.form && form_name_matches(x, name); })) {
+                    continue;
+                }
+                const bool base64 = decode_base64(value, s.message);
+                const bool read_decoded = base64 && on_message(std::string_view{s.message});
+                const bool read_raw = on_message(value);
+                if (!read_decoded && !read_raw) {
+                    ok = false;
+                    break;
+                }
+            }
+            break;
+        case body_kind::text: break;
+    }
+    release(s);
+    return ok;
+}
+
 guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, time_point now,
                               duplicate_counter* counter, std::vector<guard_booking>* bookings) {
     scratch& s = local();
@@ -1928,6 +1975,32 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         x.group = group;
         t.out->push_back(x);
     };
+    // Raw messages first (the message's own recipients and Subject; group -1, the message's).
+    {
+        thread_local std::string header_scratch;
+        thread_local std::vector<std::string_view> addresses;
+        const bool read =
+            (!g.by_recipient || for_each_raw(g.recipient_mime, in, s, [&](std::string_view m) {
+                 addresses.clear();
+                 if (!mime_recipients(m, header_scratch, addresses)) {
+                     return false;
+                 }
+                 for (const auto a : addresses) {
+                     add(targets[0], a, -1);
+                 }
+                 return true;
+             })) &&
+            (!g.by_subject || for_each_raw(g.subject_mime, in, s, [&](std::string_view m) {
+                 const auto subject = mime_subject(m);
+                 if (subject) {
+                     add(targets[1], *subject, -1);
+                 }
+                 return subject.has_value();
+             }));
+        if (!read) {
+            return invalid_body("a raw message's recipients or subject cannot be read for certain");
+        }
+    }
     switch (kind_of(in)) {
         case body_kind::json: {
             detail::parsed_body& doc = doc_of(in);
@@ -2137,7 +2210,8 @@ std::vector<guard_field> take_mime(std::vector<guard_field>& fields) {
 const std::vector<guard_field>& default_subject_fields() {
     static const auto f = default_fields({"$.subject", "$.personalizations[*].subject",
                                           "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject",
-                                          "form:Message.Subject.Data"});
+                                          "form:Message.Subject.Data", "mime:$.Content.Raw.Data",
+                                          "mime:form:RawMessage.Data", "mime:form:message"});
     return f;
 }
 
@@ -2148,7 +2222,8 @@ const std::vector<guard_field>& default_template_fields() {
 }
 
 // `mime_ok`: whether mime: fields are read where these fields go (the recipients, content and
-// pii guards; elsewhere a mime: field is an error, and dropped from the defaults).
+// pii guards, a duplicates guard's recipients and subjects; elsewhere a mime: field is an
+// error, and dropped from the defaults).
 std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt,
                                      bool mime_ok = false) {
     auto list = r.strings(key);
@@ -2169,7 +2244,8 @@ std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key
         if (auto f = parse_field((*list)[i], &err)) {
             if (f->mime && !mime_ok) {
                 r.errs().add(cfg::child(r.path_of(key), i),
-                             cfg::quote((*list)[i]) + ": mime: fields are read by the recipients, content and pii guards only");
+                             cfg::quote((*list)[i]) + ": a mime: field is not read here (only as recipients or subjects, "
+                                                          "or by the recipients, content and pii guards)");
             }
             out.push_back(std::move(*f));
         } else {
@@ -2359,8 +2435,11 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(cfg::child(dr.path_of("of"), i), cfg::quote(of[i]) + " is not recipient, subject or template");
             }
         }
-        dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields());
-        dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields());
+        dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields(), true);
+        dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
+        const std::string raw_fields = join_fields(dg.recipient_fields) + ";" + join_fields(dg.subject_fields);
+        dg.recipient_mime = take_mime(dg.recipient_fields);
+        dg.subject_mime = take_mime(dg.subject_fields);
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
         // Only the lists that are counted (the others would keep parts of the body alive).
         dg.index = path_index::of({dg.by_recipient ? &dg.recipient_fields : &no_fields(),
@@ -2370,7 +2449,8 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         g->canonical = "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
                        ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
                        std::to_string(dg.by_template) + ";r=" + join_fields(dg.recipient_fields) +
-                       ";s=" + join_fields(dg.subject_fields) + ";t=" + join_fields(dg.template_fields);
+                       ";s=" + join_fields(dg.subject_fields) + ";t=" + join_fields(dg.template_fields) +
+                       ";raw=" + raw_fields;
     }
 
     if (kinds == 0) {

@@ -244,6 +244,9 @@ struct duplicates_guard {
     std::vector<guard_field> recipient_fields;
     std::vector<guard_field> subject_fields;
     std::vector<guard_field> template_fields;
+    // Raw messages (mime: fields): their To/Cc/Bcc are recipients, their Subject a subject.
+    std::vector<guard_field> recipient_mime;
+    std::vector<guard_field> subject_mime;
     std::size_t max_keys = 100'000;   // tracked (recipient, subject/template) pairs
     path_index index;                 // the three lists, in that order (empty when not counted)
 };

@@ -662,6 +662,23 @@ bool mime_content_of(std::string_view message, mime_content& out, std::string* w
     return r.entity(message, "", 0, true);
 }
 
+std::optional<std::string> mime_subject(std::string_view message) {
+    std::string value;
+    std::string subject;
+    bool seen = false;
+    bool bad = false;
+    const bool ok = for_each_field(message, value, [&](std::string_view name, std::string_view v) {
+        if (!seen && iequals(name, "Subject")) {
+            seen = true;
+            bad = !decode_words(trim(v), subject);
+        }
+    });
+    if (!ok || bad) {
+        return std::nullopt;
+    }
+    return subject;
+}
+
 std::string mime_from(std::string_view message) {
     std::string value;
     std::string from;

@@ -6,6 +6,7 @@
 // Pure functions; thread-safe.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,10 @@ struct mime_content {
 // UTF-7, ISO-2022, EBCDIC, unknown ones: a blocked term or a card number would not show as
 // itself), more than 16 levels of nesting, 1,000 parts or 10,000 header fields.
 bool mime_content_of(std::string_view message, mime_content& out, std::string* why);
+
+// The Subject header field's value, RFC 2047 encoded words decoded ("" when there is none);
+// nullopt when the header section cannot be read or a word's charset is not read (as above).
+std::optional<std::string> mime_subject(std::string_view message);
 
 // The value of the From header field (unfolded: an address list, every mailbox to be
 // checked), empty when there is none, when it holds a comment, or when the header section

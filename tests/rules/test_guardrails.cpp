@@ -875,6 +875,30 @@ std::string dup_rule(std::string_view inner, std::string_view extra = "") {
            std::string{extra} + R"j(, "failure_mode": "loop", "trips": "loop-pause"})j";
 }
 
+// A loop of raw sends is a loop: the duplicates guard counts a raw message's own recipients
+// and Subject (SES v2 and v1).
+TEST(GuardRawMessages, DuplicatesCountRawMessages) {
+    fixture f{dup_rule(R"j({"max": 2, "window": "1h"})j")};
+    const std::string body = ses_raw("To: Jane <jane@example.com>\r\nSubject: =?utf-8?Q?Your_order?=\r\n\r\nHi");
+    EXPECT_TRUE(f.check_body(body).allowed());
+    EXPECT_TRUE(f.check_body(body).allowed());
+    const auto d = f.check_body(body);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient #0 j***@example.com with the same subject already sent 2 times"));
+    EXPECT_TRUE(f.check_body(ses_raw("To: jane@example.com\r\nSubject: Another\r\n\r\nHi")).allowed())
+        << "another subject is another send";
+    request ses;
+    ses.content_type = "application/x-www-form-urlencoded";
+    ses.body = "Action=SendRawEmail&RawMessage.Data=" +
+               form_escape(b64("To: bob@example.com\r\nSubject: Your order\r\n\r\nHi"));
+    EXPECT_TRUE(f.check(ses).allowed());
+    EXPECT_TRUE(f.check(ses).allowed());
+    EXPECT_FALSE(f.check(ses).allowed());
+    EXPECT_EQ(f.check_body(ses_raw("To: a@example.com (x)\r\n\r\nHi")).outcome, verdict::rejected)
+        << "recipients that cannot be read for certain";
+}
+
+
 TEST(GuardDuplicates, SameRecipientAndSubjectMoreThanMaxInTheWindow) {
     fixture f{dup_rule(R"j({"max": 3, "window": "10m", "of": ["recipient", "subject"]})j")};
     request req;
@@ -1054,7 +1078,7 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         {"id": "c", "guard": {"recipients": {}}, "failure_mode": "wrong-audience", "trips": "x"},
         {"id": "d", "guard": {"content": {"blocked_terms": ["ok term", "!!!"], "require_unsubscribe": "yes"}},
          "failure_mode": "off-brand", "trips": "x"},
-        {"id": "e", "guard": {"duplicates": {"window": "1x", "of": ["recipient", "body"], "recipient_fields": ["mime:$.Content.Raw.Data"]}}, "failure_mode": "loop", "trips": "x"},
+        {"id": "e", "guard": {"duplicates": {"window": "1x", "of": ["recipient", "body"], "template_fields": ["mime:$.Content.Raw.Data"]}}, "failure_mode": "loop", "trips": "x"},
         {"id": "f", "guard": {"pii": ["card"], "content": {"require_unsubscribe": true}}, "failure_mode": "pii-risk", "trips": "x"},
         {"id": "g", "guard": {"content": {"require_unsubscribe": true}, "in": ["$.a"]}, "failure_mode": "off-brand", "trips": "x"},
         {"id": "h", "guard": {"pii": ["card"]}, "window": "1m", "measure": "requests", "failure_mode": "pii-risk", "trips": "x"},
@@ -1073,7 +1097,7 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         R"j(rules[4].guard.duplicates.max: is required)j",
         R"j(rules[4].guard.duplicates.window: "1x" is not a duration (use a whole number with ms, s, m, h or d))j",
         R"j(rules[4].guard.duplicates.of[1]: "body" is not recipient, subject or template)j",
-        R"j(rules[4].guard.duplicates.recipient_fields[0]: "mime:$.Content.Raw.Data": mime: fields are read by the recipients, content and pii guards only)j",
+        R"j(rules[4].guard.duplicates.template_fields[0]: "mime:$.Content.Raw.Data": a mime: field is not read here (only as recipients or subjects, or by the recipients, content and pii guards))j",
         R"j(rules[5].guard: give only one of pii, recipients, content or duplicates (use one rule each))j",
         R"j(rules[6].guard.in: only applies to a pii guard)j",
         R"j(rules[7].measure: a guard rule has no measure)j",
