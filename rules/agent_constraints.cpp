@@ -254,8 +254,8 @@ void walk_json(checker& k, element root) {
     });
     each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
     // A raw message (SES v2 Content.Raw.Data): SES sends it to its own To/Cc/Bcc headers when
-    // no Destination is given, and from its From header. (v1 SendRawEmail is a form post,
-    // RawMessage.Data: not read.)
+    // no Destination is given, and from its From header. (v1 SendRawEmail is a form post:
+    // walk_form.)
     const auto raw_message = [&](element data) {
         std::string_view b64;
         std::string message;
@@ -292,14 +292,55 @@ void walk_json(checker& k, element root) {
 // ---------------------------------------------------------------------------------------
 // Form bodies (Mailgun): repeated fields, each value possibly a comma-separated list.
 
+// A raw message posted in a form field: its base64 (SES v1 RawMessage.Data) when it decodes,
+// else the message itself (Mailgun messages.mime). `count`: its To/Cc/Bcc are its recipients
+// (SES v1 without Destinations; Mailgun sends to its `to` field, counted already).
+void raw_form_message(checker& k, std::string_view value, bool count) {
+    std::string decoded;
+    std::string scratch;
+    std::vector<std::string_view> to;
+    std::string_view message = value;
+    if (decode_base64(value, decoded) && mime_recipients(decoded, scratch, to)) {
+        message = decoded;
+    } else {
+        to.clear();
+        if (!mime_recipients(value, scratch, to)) {
+            k.fail("a raw MIME message is not a message whose recipients can be read for certain");
+            return;
+        }
+    }
+    if (count) {
+        k.add_recipients(to.size());
+    }
+    if (k.checks_from()) {
+        k.from(mime_from(message));
+    }
+}
+
+bool starts_with_icase(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
 void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>>& fields) {
+    // SES v1 (Query API): SendEmail's Destination.{To,Cc,Bcc}Addresses.member.N and
+    // SendRawEmail's Destinations.member.N are one address each; Source is the sender.
+    auto ses_destination = [](std::string_view name) {
+        return starts_with_icase(name, "Destinations.member.") || starts_with_icase(name, "Destination.ToAddresses.member.") ||
+               starts_with_icase(name, "Destination.CcAddresses.member.") ||
+               starts_with_icase(name, "Destination.BccAddresses.member.");
+    };
+    const bool destinations = std::any_of(fields.begin(), fields.end(), [&](const auto& f) { return ses_destination(f.first); });
     for (const auto& [name, value] : fields) {
-        if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc")) {
+        if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || ses_destination(name)) {
             k.add_recipient_list(value);
-        } else if (iequals(name, "from")) {
+        } else if (iequals(name, "from") || iequals(name, "Source")) {
             k.from(value);
         } else if (iequals(name, "template")) {
             k.template_id(value, false);
+        } else if (iequals(name, "RawMessage.Data")) {
+            raw_form_message(k, value, !destinations);
+        } else if (iequals(name, "message")) {
+            raw_form_message(k, value, false);
         }
     }
 }

@@ -309,6 +309,34 @@ TEST(AgentConstraints, MailgunMultipart) {
               "4 recipients in one request; this agent may address at most 3");
 }
 
+// SES v1 (Query API form posts) and Mailgun messages.mime: the recipients and sender they
+// really use are counted and checked.
+TEST(AgentConstraints, SesV1AndMailgunMimeFormPosts) {
+    // SendEmail: Destination.*.member.N, one address each; Source is the sender.
+    const std::string send = "Action=SendEmail&Source=ops%40evil.example&Destination.ToAddresses.member.1=a%40example.com"
+                             "&Destination.ToAddresses.member.2=b%40example.com&Destination.BccAddresses.member.1=c%40example.com"
+                             "&Message.Subject.Data=Hi&Message.Body.Text.Data=Hi";
+    EXPECT_EQ(check_body_constraints(max(2), urlencoded, send), "3 recipients in one request; this agent may address at most 2");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), urlencoded, send),
+              "from domain \"evil.example\" is not allowed for this agent");
+    // SendRawEmail: Destinations.member.N when given, else the message's own To/Cc/Bcc; its From.
+    const std::string raw = "RnJvbTogeEBldmlsLmV4YW1wbGUNClRvOiBhQGV4YW1wbGUuY29tLCBiQGV4YW1wbGUuY29tDQpCY2M6IGNAZXhhbXBsZS5jb20NCg0KQm9keQ0K";
+    const std::string raw_send = "Action=SendRawEmail&RawMessage.Data=" + raw;
+    EXPECT_EQ(check_body_constraints(max(2), urlencoded, raw_send), "3 recipients in one request; this agent may address at most 2");
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded, raw_send + "&Destinations.member.1=a%40example.com"), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), urlencoded, raw_send),
+              "from domain \"evil.example\" is not allowed for this agent");
+    // Mailgun messages.mime: recipients are its `to` field; the sender is the message's From.
+    const std::string mime = multipart_field("to", "a@example.com") + "--" + boundary +
+                             "\r\nContent-Disposition: form-data; name=\"message\"; filename=\"m.mime\"\r\n\r\n"
+                             "From: Ops <ops@evil.example>\r\nTo: a@example.com\r\nSubject: Hi\r\n\r\nHi\r\n--" +
+                             boundary + "--\r\n";
+    EXPECT_EQ(check_body_constraints(max(1), multipart_type, mime), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), multipart_type, mime),
+              "from domain \"evil.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"evil.example"}), multipart_type, mime), "");
+}
+
 TEST(AgentConstraints, MalformedMultipartIsRefused) {
     const std::string body = mailgun_multipart();
     const std::string malformed = "the multipart/form-data body is malformed";
