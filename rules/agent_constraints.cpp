@@ -292,57 +292,60 @@ void walk_json(checker& k, element root) {
 // ---------------------------------------------------------------------------------------
 // Form bodies (Mailgun): repeated fields, each value possibly a comma-separated list.
 
-// A raw message posted in a form field: its base64 (SES v1 RawMessage.Data) when it decodes,
-// else the message itself (Mailgun messages.mime). `count`: its To/Cc/Bcc are its recipients
-// (SES v1 without Destinations; Mailgun sends to its `to` field, counted already).
-void raw_form_message(checker& k, std::string_view value, bool count) {
+// A raw message posted in a form field: base64 (SES v1 RawMessage.Data) or as written
+// (Mailgun messages.mime), as the API reads it. Returns its To/Cc/Bcc count; checks its From.
+std::size_t raw_form_message(checker& k, std::string_view value, bool base64) {
     std::string decoded;
     std::string scratch;
     std::vector<std::string_view> to;
-    std::string_view message = value;
-    if (decode_base64(value, decoded) && mime_recipients(decoded, scratch, to)) {
-        message = decoded;
-    } else {
-        to.clear();
-        if (!mime_recipients(value, scratch, to)) {
-            k.fail("a raw MIME message is not a message whose recipients can be read for certain");
-            return;
-        }
+    if (base64 && !decode_base64(value, decoded)) {
+        k.fail("a raw MIME message is not base64");
+        return 0;
     }
-    if (count) {
-        k.add_recipients(to.size());
+    const std::string_view message = base64 ? std::string_view{decoded} : value;
+    if (!mime_recipients(message, scratch, to)) {
+        k.fail("a raw MIME message is not a message whose recipients can be read for certain");
+        return 0;
     }
     if (k.checks_from()) {
         k.from(mime_from(message));
     }
+    return to.size();
 }
 
-bool starts_with_icase(std::string_view s, std::string_view prefix) {
-    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+// SES v1 (Query API) names are case-sensitive; a list member is `<prefix><number>`.
+bool list_member(std::string_view name, std::string_view prefix) {
+    return name.size() > prefix.size() && name.starts_with(prefix) &&
+           std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                       [](char c) { return c >= '0' && c <= '9'; });
 }
 
 void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>>& fields) {
-    // SES v1 (Query API): SendEmail's Destination.{To,Cc,Bcc}Addresses.member.N and
-    // SendRawEmail's Destinations.member.N are one address each; Source is the sender.
-    auto ses_destination = [](std::string_view name) {
-        return starts_with_icase(name, "Destinations.member.") || starts_with_icase(name, "Destination.ToAddresses.member.") ||
-               starts_with_icase(name, "Destination.CcAddresses.member.") ||
-               starts_with_icase(name, "Destination.BccAddresses.member.");
-    };
-    const bool destinations = std::any_of(fields.begin(), fields.end(), [&](const auto& f) { return ses_destination(f.first); });
+    // SES v1: SendEmail's Destination.{To,Cc,Bcc}Addresses.member.N and SendRawEmail's
+    // Destinations.member.N are one address each; Source is the sender. A raw message counts
+    // the larger of its Destinations and its own To/Cc/Bcc (SES sends to the former when
+    // given, to the latter otherwise: the larger is never an undercount).
+    std::uint64_t destinations = 0;
+    std::uint64_t raw_recipients = 0;
     for (const auto& [name, value] : fields) {
-        if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || ses_destination(name)) {
+        if (list_member(name, "Destinations.member.")) {
+            ++destinations;
+        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") ||
+                   list_member(name, "Destination.ToAddresses.member.") ||
+                   list_member(name, "Destination.CcAddresses.member.") ||
+                   list_member(name, "Destination.BccAddresses.member.")) {
             k.add_recipient_list(value);
-        } else if (iequals(name, "from") || iequals(name, "Source")) {
+        } else if (iequals(name, "from") || name == "Source") {
             k.from(value);
         } else if (iequals(name, "template")) {
             k.template_id(value, false);
-        } else if (iequals(name, "RawMessage.Data")) {
-            raw_form_message(k, value, !destinations);
-        } else if (iequals(name, "message")) {
-            raw_form_message(k, value, false);
+        } else if (name == "RawMessage.Data") {
+            raw_recipients += raw_form_message(k, value, true);
+        } else if (name == "message") {
+            raw_form_message(k, value, false);  // Mailgun sends to its `to` field, counted above
         }
     }
+    k.add_recipients(std::max(destinations, raw_recipients));
 }
 
 }  // namespace

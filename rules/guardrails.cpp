@@ -1220,13 +1220,41 @@ body_kind kind_of(const guard_input& in) {
     return body_kind::text;
 }
 
-// form:NAME names one field; a NAME ending in '*' every field starting with what precedes it
-// (`form:Destinations.member.*`: SES v1's numbered list members).
+// form:NAME names one field; a NAME ending in '*' the fields named what precedes it followed
+// by a number (`form:Destinations.member.*`: SES v1's list members .1, .2, ...; not
+// `Destinations.member.1.ReplacementTemplateData`). Names are case-sensitive, as the APIs read them.
 bool form_name_matches(const guard_field& f, std::string_view name) {
     if (!f.name.empty() && f.name.back() == '*') {
-        return name.starts_with(std::string_view{f.name}.substr(0, f.name.size() - 1));
+        const std::string_view prefix = std::string_view{f.name}.substr(0, f.name.size() - 1);
+        if (!name.starts_with(prefix) || name.size() == prefix.size()) {
+            return false;
+        }
+        return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                           [](char c) { return c >= '0' && c <= '9'; });
     }
     return f.name == name;
+}
+
+// The message in a form field's value: its base64 decoded into `buf` for a mime:base64:
+// field (nullopt when it is not base64), else the value as written.
+std::optional<std::string_view> form_message(const guard_field& f, std::string_view value, std::string& buf) {
+    if (!f.base64) {
+        return value;
+    }
+    if (!decode_base64(value, buf)) {
+        return std::nullopt;
+    }
+    return std::string_view{buf};
+}
+
+// The mime: form field of `fields` that names `name`, or null.
+const guard_field* mime_form_field(const std::vector<guard_field>& fields, std::string_view name) {
+    for (const auto& x : fields) {
+        if (x.mime && x.form && form_name_matches(x, name)) {
+            return &x;
+        }
+    }
+    return nullptr;
 }
 
 bool form_selected(const std::vector<guard_field>& fields, std::string_view name) {
@@ -1263,6 +1291,9 @@ struct scratch {
     std::vector<std::size_t> mime_seen;
     std::string message;
     mime_content content;
+    // Duplicates guard: a raw message's header values and the addresses in them.
+    std::string header_scratch;
+    std::vector<std::string_view> addresses;
 };
 
 scratch& local() {
@@ -1308,6 +1339,10 @@ void release(scratch& s) {
     if (s.message.capacity() > (std::size_t{4} << 20)) {
         s.message = {};
     }
+    if (s.header_scratch.capacity() > (std::size_t{1} << 20) || s.addresses.capacity() > 4096) {
+        s.header_scratch = {};
+        s.addresses = {};
+    }
     std::size_t bytes = 0;
     for (const auto& t : s.content.texts) {
         bytes += t.text.capacity() + t.where.capacity() + sizeof t;
@@ -1333,39 +1368,31 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
     mime_outcome out = mime_outcome::clean;
     const body_kind kind = kind_of(in);
     if (kind == body_kind::form) {
-        // The form field's index goes to mime_seen. Its value is the message itself (Mailgun
-        // messages.mime) or its base64 (SES v1 RawMessage.Data): a message has a ':' in its
-        // header, which base64 cannot hold.
-        for (std::size_t i = 0; i < in.form->size() && out == mime_outcome::clean; ++i) {
+        // The form field's index goes to mime_seen. Its value is the message as written
+        // (mime:form:, Mailgun messages.mime) or its base64 (mime:base64:form:, SES v1
+        // RawMessage.Data): the field says which, as the API decides it (guessing from the
+        // value let a message read one way pass while the API read it the other).
+        for (std::size_t i = 0; i < in.form->size() && out != mime_outcome::found; ++i) {
             const auto& [name, value] = (*in.form)[i];
-            if (std::none_of(fields.begin(), fields.end(), [&](const guard_field& x) { return x.form && form_name_matches(x, name); })) {
+            const guard_field* field = mime_form_field(fields, name);
+            if (!field) {
                 continue;
             }
             s.mime_seen.push_back(i);
-            // Every reading that is a message is read (one without header fields can be all
-            // base64 characters); none: unreadable.
-            const bool base64 = decode_base64(value, s.message);
-            bool read = false;
-            std::string w;
-            for (int reading = base64 ? 0 : 1; reading < 2 && out == mime_outcome::clean; ++reading) {
-                std::string wr;
-                if (!mime_content_of(reading == 0 ? std::string_view{s.message} : value, s.content, &wr)) {
-                    if (w.empty()) {
-                        w = std::move(wr);
-                    }
-                    continue;
+            const auto message = form_message(*field, value, s.message);
+            std::string w = "it is not base64";
+            if (!message || !mime_content_of(*message, s.content, &w)) {
+                if (out == mime_outcome::clean) {  // the first unreadable one is reported; the rest is still read
+                    why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
+                    out = mime_outcome::unreadable;
                 }
-                read = true;
-                for (const auto& t : s.content.texts) {
-                    if (f(t, s.content, "form field " + name.substr(0, 64))) {
-                        out = mime_outcome::found;
-                        break;
-                    }
-                }
+                continue;
             }
-            if (out == mime_outcome::clean && !read) {
-                why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
-                out = mime_outcome::unreadable;
+            for (const auto& t : s.content.texts) {
+                if (f(t, s.content, "form field " + name.substr(0, 64))) {
+                    out = mime_outcome::found;
+                    break;
+                }
             }
         }
         release(s);
@@ -1395,11 +1422,13 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
                 }
                 return false;
             }
-            why = "the raw message at " + render_path(fr) + " cannot be read: " + w;
-            out = mime_outcome::unreadable;
-            return true;
+            if (out == mime_outcome::clean) {  // the first unreadable one is reported; the rest is still read
+                why = "the raw message at " + render_path(fr) + " cannot be read: " + w;
+                out = mime_outcome::unreadable;
+            }
+            return false;
         });
-        if (out != mime_outcome::clean) {
+        if (out == mime_outcome::found) {
             break;
         }
     }
@@ -1609,35 +1638,25 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
         }
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
-                if (std::any_of(fields.begin(), fields.end(), [&](const guard_field& x) {
-                        return x.mime && x.form && form_name_matches(x, name);
-                    })) {
+                if (const guard_field* mf = mime_form_field(fields, name)) {
                     // A raw message (SES v1 SendRawEmail): its own To/Cc/Bcc headers.
                     thread_local std::string message;
                     thread_local std::string scratch;
                     thread_local std::vector<std::string_view> addresses;
-                    // Both readings, as for the content guards (read_messages).
-                    const bool base64 = decode_base64(value, message);
-                    bool read = false;
-                    auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
-                    for (int reading = base64 ? 0 : 1; reading < 2; ++reading) {
-                        addresses.clear();
-                        if (!mime_recipients(reading == 0 ? std::string_view{message} : value, scratch, addresses)) {
-                            continue;
-                        }
-                        read = true;
-                        for (const auto a : addresses) {
-                            if (f(a, -1, where)) {
-                                return true;
-                            }
-                        }
-                    }
-                    if (!read) {
+                    addresses.clear();
+                    const auto m = form_message(*mf, value, message);
+                    if (!m || !mime_recipients(*m, scratch, addresses)) {
                         if (why) {
-                            *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) +
-                                   " cannot be read: its To, Cc and Bcc cannot be read for certain";
+                            *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " +
+                                   (m ? "its To, Cc and Bcc cannot be read for certain" : "it is not base64");
                         }
                         return false;
+                    }
+                    auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
+                    for (const auto a : addresses) {
+                        if (f(a, -1, where)) {
+                            return true;
+                        }
                     }
                     continue;
                 }
@@ -1912,14 +1931,12 @@ bool for_each_raw(const std::vector<guard_field>& fields, const guard_input& in,
         }
         case body_kind::form:
             for (const auto& [name, value] : *in.form) {
-                if (std::none_of(fields.begin(), fields.end(),
-                                 [&](const guard_field& x) { return x.form && form_name_matches(x, name); })) {
+                const guard_field* field = mime_form_field(fields, name);
+                if (!field) {
                     continue;
                 }
-                const bool base64 = decode_base64(value, s.message);
-                const bool read_decoded = base64 && on_message(std::string_view{s.message});
-                const bool read_raw = on_message(value);
-                if (!read_decoded && !read_raw) {
+                const auto message = form_message(*field, value, s.message);
+                if (!message || !on_message(*message)) {
                     ok = false;
                     break;
                 }
@@ -1977,8 +1994,8 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     };
     // Raw messages first (the message's own recipients and Subject; group -1, the message's).
     {
-        thread_local std::string header_scratch;
-        thread_local std::vector<std::string_view> addresses;
+        std::string& header_scratch = s.header_scratch;
+        std::vector<std::string_view>& addresses = s.addresses;
         const bool read =
             (!g.by_recipient || for_each_raw(g.recipient_mime, in, s, [&](std::string_view m) {
                  addresses.clear();
@@ -2137,7 +2154,11 @@ std::optional<guard_field> parse_field(std::string_view text, std::string* error
     if (text.starts_with("mime:")) {
         f.mime = true;
         text.remove_prefix(5);
-        if (text.starts_with("form:")) {  // a form field holding a message (raw or base64)
+        if (text.starts_with("base64:form:")) {
+            f.base64 = true;
+            text.remove_prefix(7);
+        }
+        if (text.starts_with("form:")) {  // a form field holding a message (as written, or its base64)
             f.form = true;
             f.name = std::string{text.substr(5)};
             if (f.name.empty()) {
@@ -2170,7 +2191,7 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
         "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]",  // SES v2 bulk
         "mime:$.Content.Raw.Data",                                              // SES v2 raw messages' headers
-        "mime:form:RawMessage.Data", "form:Destinations.member.*",             // SES v1 SendRawEmail
+        "mime:base64:form:RawMessage.Data", "form:Destinations.member.*",             // SES v1 SendRawEmail
         "form:Destination.ToAddresses.member.*", "form:Destination.CcAddresses.member.*",
         "form:Destination.BccAddresses.member.*",                               // SES v1 SendEmail
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
@@ -2186,7 +2207,7 @@ const std::vector<guard_field>& default_content_fields() {
         "$.message.subject", "$.customProperties",                             // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
         "mime:form:message",                                                    // Mailgun messages.mime
-        "mime:form:RawMessage.Data",                                            // SES v1 SendRawEmail
+        "mime:base64:form:RawMessage.Data",                                            // SES v1 SendRawEmail
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data"});  // SES v1
     return f;
 }
@@ -2195,7 +2216,7 @@ const std::vector<guard_field>& default_content_fields() {
 const std::vector<guard_field>& default_pii_fields() {
     static const auto f = default_fields({"mime:$.Content.Raw.Data",     // SES v2 raw messages
                                           "mime:form:message",           // Mailgun messages.mime
-                                          "mime:form:RawMessage.Data"});  // SES v1 SendRawEmail
+                                          "mime:base64:form:RawMessage.Data"});  // SES v1 SendRawEmail
     return f;
 }
 
@@ -2211,7 +2232,7 @@ const std::vector<guard_field>& default_subject_fields() {
     static const auto f = default_fields({"$.subject", "$.personalizations[*].subject",
                                           "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject",
                                           "form:Message.Subject.Data", "mime:$.Content.Raw.Data",
-                                          "mime:form:RawMessage.Data", "mime:form:message"});
+                                          "mime:base64:form:RawMessage.Data", "mime:form:message"});
     return f;
 }
 
@@ -2575,10 +2596,8 @@ guard_result check_pii(const pii_guard& g, const guard_input& in) {
 guard_result check_content(const content_guard& g, const guard_input& in) {
     std::string unreadable;
     guard_result r = check_content_fields(g, in, unreadable);
-    // A missing unsubscribe is not known when a message could not be read.
-    const bool unknown = !unreadable.empty() && r.finding.starts_with("missing unsubscribe link");
-    return (r.outcome == guard_result::status::clean || unknown) && !unreadable.empty() ? invalid_body(std::move(unreadable))
-                                                                                       : r;
+    // A message that could not be read shows no unsubscribe link: a missing one is reported.
+    return r.outcome == guard_result::status::clean && !unreadable.empty() ? invalid_body(std::move(unreadable)) : r;
 }
 
 guard_result check_guard(const guardrail& g, const guard_input& in, time_point now, duplicate_counter* dups,

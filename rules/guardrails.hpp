@@ -168,6 +168,9 @@ private:
 struct guard_field {
     bool form = false;
     bool mime = false;  // `mime:$.path`: the base64 MIME messages there (rules/mime.hpp)
+    // mime:form:NAME holds the message as written (Mailgun messages.mime); mime:base64:form:NAME
+    // its base64 (SES v1 RawMessage.Data). A JSON mime field is always base64.
+    bool base64 = false;
     std::string name;  // form field
     json_path path;    // JSON (also for mime)
     std::string text;  // as written

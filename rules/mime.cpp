@@ -505,6 +505,11 @@ struct content_reader {
         if (types > 1 || encodings > 1) {
             return fail(at + " has more than one " + (types > 1 ? "Content-Type" : "Content-Transfer-Encoding"));
         }
+        if (has_comment(type_value)) {
+            // `multipart/mixed (x); boundary=b`: RFC 2045 allows the comment, but a reader that
+            // does not strip it sees another type (and reads the parts as one text).
+            return fail(at + " has a comment in its Content-Type, which parsers read differently");
+        }
         content_type ct;
         if (!parse_content_type(type_value, ct)) {
             return fail(at + " has a malformed Content-Type");
@@ -522,8 +527,10 @@ struct content_reader {
                 return fail(at + " has more than one " + std::string{p} + " parameter");
             }
         }
-        if (!valid_type(ct.type)) {
-            ct.type = digest ? "message/rfc822" : "";  // absent or invalid: the default (RFC 2045 5.2)
+        if (types == 0 && digest) {
+            ct.type = "message/rfc822";  // a digest's default (RFC 2046 5.1.5)
+        } else if (!valid_type(ct.type)) {
+            ct.type = "";  // absent or invalid: text/plain (RFC 2045 5.2)
         }
         std::string_view body = m.substr(body_at);
         std::string unencoded;

@@ -323,7 +323,20 @@ TEST(AgentConstraints, SesV1AndMailgunMimeFormPosts) {
     const std::string raw = "RnJvbTogeEBldmlsLmV4YW1wbGUNClRvOiBhQGV4YW1wbGUuY29tLCBiQGV4YW1wbGUuY29tDQpCY2M6IGNAZXhhbXBsZS5jb20NCg0KQm9keQ0K";
     const std::string raw_send = "Action=SendRawEmail&RawMessage.Data=" + raw;
     EXPECT_EQ(check_body_constraints(max(2), urlencoded, raw_send), "3 recipients in one request; this agent may address at most 2");
-    EXPECT_EQ(check_body_constraints(max(1), urlencoded, raw_send + "&Destinations.member.1=a%40example.com"), "");
+    // With Destinations, SES sends to them; the larger count is taken (never an undercount).
+    EXPECT_EQ(check_body_constraints(max(3), urlencoded, raw_send + "&Destinations.member.1=a%40example.com"), "");
+    EXPECT_EQ(check_body_constraints(max(2), urlencoded,
+                                     raw_send + "&Destinations.member.1=a%40example.com&destinations.member.2=b%40x.io"),
+              "3 recipients in one request; this agent may address at most 2")
+        << "names are case-sensitive: destinations.member.2 is no destination";
+    EXPECT_EQ(check_body_constraints(max(4), urlencoded,
+                                     "Action=SendRawEmail&RawMessage.Data=" + raw + "&Destinations.member.1=a%40x.io"
+                                     "&Destinations.member.2=b%40x.io&Destinations.member.3=c%40x.io"
+                                     "&Destinations.member.4=d%40x.io&Destinations.member.5=e%40x.io"),
+              "5 recipients in one request; this agent may address at most 4");
+    // RawMessage.Data is base64, as SES reads it: a value that is not is refused, not read as text.
+    EXPECT_EQ(check_body_constraints(max(5), urlencoded, "Action=SendRawEmail&RawMessage.Data=To%3A+a%40x.io%0D%0A%0D%0Ax"),
+              "a raw MIME message is not base64");
     EXPECT_EQ(check_body_constraints(domains({"example.com"}), urlencoded, raw_send),
               "from domain \"evil.example\" is not allowed for this agent");
     // Mailgun messages.mime: recipients are its `to` field; the sender is the message's From.

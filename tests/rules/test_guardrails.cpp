@@ -675,6 +675,17 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
                              "Content-Type: application/pdf; name*=UTF-8''r%C3%A9sum%C3%A9.pdf\r\n\r\nx"}) {
         EXPECT_TRUE(mime_content_of(good, c, &why)) << good << ": " << why;
     }
+    // A comment in Content-Type: a reader that does not strip it sees another type.
+    EXPECT_FALSE(mime_content_of("Content-Type: multipart/mixed (x); boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--", c, &why));
+    EXPECT_THAT(why, HasSubstr("comment"));
+    EXPECT_TRUE(mime_content_of("Content-Type: application/pdf; name=\"a (1).pdf\"\r\n\r\nx", c, &why)) << why;
+    // In a digest only a missing Content-Type means message/rfc822; an invalid one is text.
+    ASSERT_TRUE(mime_content_of("Content-Type: multipart/digest; boundary=b\r\n\r\n--b\r\nContent-Type: text\r\n\r\n"
+                                "Note: buy viagra now\r\n--b--\r\n",
+                                c, &why))
+        << why;
+    EXPECT_EQ(c.texts.back().text, "Note: buy viagra now");
+    EXPECT_EQ(c.texts.back().k, mime_text::kind::body);
     // A Content-Type that is not type/subtype is the default, text/plain (RFC 2045 5.2).
     ASSERT_TRUE(mime_content_of("Content-Type: plain\r\n\r\nSSN 078-05-1120", c, &why));
     EXPECT_EQ(c.texts.back().text, "SSN 078-05-1120");
@@ -845,8 +856,27 @@ TEST(GuardRawMessages, FormPostedMessagesAreReadToo) {
     EXPECT_THAT(d.reason, HasSubstr("the raw message in form field \"RawMessage.Data\" cannot be read"));
     EXPECT_FALSE(pii.check(v1("Subject: Card 4111-1111-1111-1111\r\n\r\nx")).allowed());
     EXPECT_FALSE(content.check(v1("Subject: FREE MONEY\r\n\r\nx")).allowed());
-    // A message without header fields can be all base64 characters: both readings are read.
+    // Each field is read as its API reads it: Mailgun's `message` as written (a message without
+    // header fields can be all base64 characters), SES v1's RawMessage.Data as base64 (a line
+    // break before it does not make it a header-less message of base64 noise).
     EXPECT_FALSE(pii.check(mailgun("\r\nWDoKCmFi 4111 1111 1111 1111\r\n")).allowed());
+    ses.body = "Action=SendRawEmail&RawMessage.Data=%0D%0A" +
+               form_escape(b64("To: x@blocked.io (c), jane@example.com\r\n\r\nHi"));
+    EXPECT_EQ(audience.check(ses).outcome, verdict::rejected);
+    ses.body = "Action=SendRawEmail&RawMessage.Data=%0D%0A" +
+               form_escape(b64("Content-Type: text/plain; charset=utf-7\r\n\r\n4111 1111 1111 1111"));
+    EXPECT_EQ(pii.check(ses).outcome, verdict::rejected);
+    // Destinations.member.N only: not SendBulkTemplatedEmail's per-destination data.
+    ses.body = "Action=SendBulkTemplatedEmail&Destinations.member.1.ReplacementTemplateData=%7B%7D"
+               "&Destinations.member.1.Destination.ToAddresses.member.1=jane%40example.com";
+    EXPECT_TRUE(audience.check(ses).allowed()) << audience.check(ses).reason;
+    // An unreadable message does not stop the guard reading the next one.
+    mg.body = "--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nContent-Type: text/plain; "
+              "charset=utf-7\r\n\r\nx\r\n--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\n"
+              "Subject: free money\r\n\r\nx\r\n--XyZ--\r\n";
+    d = content.check(mg);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_THAT(d.reason, HasSubstr("blocked term"));
 }
 
 // With "on_invalid_body": "zero", an unreadable raw message does not stop the guard reading
