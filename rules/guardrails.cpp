@@ -685,8 +685,12 @@ private:
             bool on = false;
             switch (seg.k) {
                 case path_segment::kind::names:
-                    on = !array && std::any_of(seg.names.begin(), seg.names.end(),
-                                               [&](const std::string& name) { return json_key::matches(key, name); });
+                    // A key folds to a name no longer than itself and at most a third of its size
+                    // (core/json_key.hpp): most keys are rejected by their length.
+                    on = !array && std::any_of(seg.names.begin(), seg.names.end(), [&](const std::string& name) {
+                        return key.size() >= name.size() && key.size() <= 3 * name.size() &&
+                               json_key::matches(key, name);
+                    });
                     break;
                 case path_segment::kind::index: on = array && ch.index == seg.index; break;
                 case path_segment::kind::wildcard: on = true; break;
