@@ -320,6 +320,25 @@ bool list_member(std::string_view name, std::string_view prefix) {
                        [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// SendBulkTemplatedEmail: Destinations.member.N.Destination.{To,Cc,Bcc}Addresses.member.M.
+bool bulk_destination(std::string_view name) {
+    constexpr std::string_view head = "Destinations.member.";
+    if (!name.starts_with(head)) {
+        return false;
+    }
+    std::size_t i = head.size();
+    const std::size_t digits = i;
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9') {
+        ++i;
+    }
+    if (i == digits) {
+        return false;
+    }
+    const std::string_view rest = name.substr(i);
+    return list_member(rest, ".Destination.ToAddresses.member.") || list_member(rest, ".Destination.CcAddresses.member.") ||
+           list_member(rest, ".Destination.BccAddresses.member.");
+}
+
 void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>>& fields) {
     // SES v1: SendEmail's Destination.{To,Cc,Bcc}Addresses.member.N and SendRawEmail's
     // Destinations.member.N are one address each; Source is the sender. A raw message counts
@@ -333,7 +352,7 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
         } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") ||
                    list_member(name, "Destination.ToAddresses.member.") ||
                    list_member(name, "Destination.CcAddresses.member.") ||
-                   list_member(name, "Destination.BccAddresses.member.")) {
+                   list_member(name, "Destination.BccAddresses.member.") || bulk_destination(name)) {
             k.add_recipient_list(value);
         } else if (iequals(name, "from") || name == "Source") {
             k.from(value);

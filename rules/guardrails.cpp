@@ -1224,20 +1224,32 @@ body_kind kind_of(const guard_input& in) {
     return body_kind::text;
 }
 
-// form:NAME names one field; a NAME ending in '*' the fields named what precedes it followed
-// by a number (`form:Destinations.member.*`: SES v1's list members .1, .2, ...; not
-// `Destinations.member.1.ReplacementTemplateData`). Names are case-sensitive, as the APIs read them.
-bool form_name_matches(const guard_field& f, std::string_view name) {
-    if (!f.name.empty() && f.name.back() == '*') {
-        const std::string_view prefix = std::string_view{f.name}.substr(0, f.name.size() - 1);
-        if (!name.starts_with(prefix) || name.size() == prefix.size()) {
+// form:NAME names one field; a '*' in NAME stands for a number (SES v1's list members:
+// `form:Destinations.member.*` is `Destinations.member.1`, `.2`, ..., not
+// `Destinations.member.1.ReplacementTemplateData`). Names are case-sensitive, as the APIs
+// read them.
+bool form_name_matches(std::string_view pattern, std::string_view name) {
+    std::size_t n = 0;
+    for (std::size_t p = 0; p < pattern.size(); ++p) {
+        if (pattern[p] != '*') {
+            if (n >= name.size() || name[n] != pattern[p]) {
+                return false;
+            }
+            ++n;
+            continue;
+        }
+        const std::size_t digits = n;
+        while (n < name.size() && name[n] >= '0' && name[n] <= '9') {
+            ++n;
+        }
+        if (n == digits) {
             return false;
         }
-        return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
-                           [](char c) { return c >= '0' && c <= '9'; });
     }
-    return f.name == name;
+    return n == name.size();
 }
+
+bool form_name_matches(const guard_field& f, std::string_view name) { return form_name_matches(f.name, name); }
 
 // The message in a form field's value: its base64 decoded into `buf` for a mime:base64:
 // field (nullopt when it is not base64), else the value as written.
@@ -2198,6 +2210,9 @@ const std::vector<guard_field>& default_recipient_fields() {
         "mime:base64:form:RawMessage.Data", "form:Destinations.member.*",             // SES v1 SendRawEmail
         "form:Destination.ToAddresses.member.*", "form:Destination.CcAddresses.member.*",
         "form:Destination.BccAddresses.member.*",                               // SES v1 SendEmail
+        "form:Destinations.member.*.Destination.ToAddresses.member.*",          // SES v1 SendBulkTemplatedEmail
+        "form:Destinations.member.*.Destination.CcAddresses.member.*",
+        "form:Destinations.member.*.Destination.BccAddresses.member.*",
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "form:to", "form:cc", "form:bcc"});                                     // Mailgun
     return f;

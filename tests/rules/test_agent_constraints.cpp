@@ -334,6 +334,14 @@ TEST(AgentConstraints, SesV1AndMailgunMimeFormPosts) {
                                      "&Destinations.member.2=b%40x.io&Destinations.member.3=c%40x.io"
                                      "&Destinations.member.4=d%40x.io&Destinations.member.5=e%40x.io"),
               "5 recipients in one request; this agent may address at most 4");
+    // SendBulkTemplatedEmail: every destination's addresses.
+    EXPECT_EQ(check_body_constraints(max(2), urlencoded,
+                                     "Action=SendBulkTemplatedEmail&Source=a%40example.com&Template=t"
+                                     "&Destinations.member.1.Destination.ToAddresses.member.1=a%40x.io"
+                                     "&Destinations.member.1.ReplacementTemplateData=%7B%7D"
+                                     "&Destinations.member.2.Destination.ToAddresses.member.1=b%40x.io"
+                                     "&Destinations.member.2.Destination.CcAddresses.member.1=c%40x.io"),
+              "3 recipients in one request; this agent may address at most 2");
     // RawMessage.Data is base64, as SES reads it: a value that is not is refused, not read as text.
     EXPECT_EQ(check_body_constraints(max(5), urlencoded, "Action=SendRawEmail&RawMessage.Data=To%3A+a%40x.io%0D%0A%0D%0Ax"),
               "a raw MIME message is not base64");

@@ -437,6 +437,25 @@ TEST(GuardRecipients, SesRawMessagesAreCheckedByTheirHeaders) {
     }
 }
 
+// Every default field is read: SES v2, HubSpot (a list of fields where one missing comma
+// once joined two of them), SES v1 and Mailgun.
+TEST(GuardRecipients, EveryDefaultFieldIsRead) {
+    fixture f{recipients_rule(R"j({"block_domains": ["blocked.io"]})j")};
+    for (const char* body : {
+             R"j({"Destination": {"BccAddresses": ["x@blocked.io"]}})j",
+             R"j({"BulkEmailEntries": [{"Destination": {"ToAddresses": ["x@blocked.io"]}}]})j",
+             R"j({"emailId": 1, "message": {"to": "x@blocked.io"}})j",
+             R"j({"emailId": 1, "message": {"to": "a@example.com", "bcc": ["x@blocked.io"]}})j",
+         }) {
+        EXPECT_FALSE(f.check_body(body).allowed()) << body;
+    }
+    for (const char* form : {"Destinations.member.1=x%40blocked.io", "Destination.CcAddresses.member.3=x%40blocked.io",
+                             "Destinations.member.1.Destination.ToAddresses.member.2=x%40blocked.io",
+                             "to=x%40blocked.io", "cc=x%40blocked.io", "bcc=x%40blocked.io"}) {
+        EXPECT_FALSE(f.check_body(form, "application/x-www-form-urlencoded").allowed()) << form;
+    }
+}
+
 TEST(GuardRecipients, Blocklist) {
     fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"]})j")};
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com"})).allowed());
@@ -866,10 +885,13 @@ TEST(GuardRawMessages, FormPostedMessagesAreReadToo) {
     ses.body = "Action=SendRawEmail&RawMessage.Data=%0D%0A" +
                form_escape(b64("Content-Type: text/plain; charset=utf-7\r\n\r\n4111 1111 1111 1111"));
     EXPECT_EQ(pii.check(ses).outcome, verdict::rejected);
-    // Destinations.member.N only: not SendBulkTemplatedEmail's per-destination data.
+    // SendBulkTemplatedEmail: each destination's addresses; its template data is no address.
     ses.body = "Action=SendBulkTemplatedEmail&Destinations.member.1.ReplacementTemplateData=%7B%7D"
                "&Destinations.member.1.Destination.ToAddresses.member.1=jane%40example.com";
     EXPECT_TRUE(audience.check(ses).allowed()) << audience.check(ses).reason;
+    ses.body += "&Destinations.member.2.Destination.BccAddresses.member.1=x%40blocked.io";
+    EXPECT_THAT(audience.check(ses).reason,
+                HasSubstr("x***@blocked.io (form field Destinations.member.2.Destination.BccAddresses.member.1)"));
     // An unreadable message does not stop the guard reading the next one.
     mg.body = "--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nContent-Type: text/plain; "
               "charset=utf-7\r\n\r\nx\r\n--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\n"
