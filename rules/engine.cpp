@@ -911,6 +911,10 @@ verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
 
 }  // namespace
 
+bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
+    return param_of(header_value, name, out);
+}
+
 bool parse_form(std::string_view content_type, std::string_view body,
                 std::vector<std::pair<std::string, std::string>>& out) {
     constexpr std::string_view mp = "multipart/form-data";

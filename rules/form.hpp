@@ -2,6 +2,7 @@
 // Form bodies and address lists (Mailgun), decoded one way for the engine, the guardrails and
 // the agent body constraints. Pure functions; thread-safe.
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -27,6 +28,12 @@ bool parse_form_fields(std::string_view content_type, std::string_view body, std
 // Whether a request is read as a form: a form content type, or no body but a query string
 // (whose fields a form-based API may take as its parameters).
 bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query);
+
+// One parameter of a header value (`multipart/mixed; boundary="b"`) into *out, left empty
+// when absent. False when the value is malformed (RFC 9110 / RFC 2183 syntax) or the
+// parameter is given twice or in RFC 8187's encoded form (`name*=`): which one a reader
+// would use is anyone's guess. Names compare without case.
+bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out);
 
 // Appends the items of an address list to `out`, split on commas outside quotes and angle
 // brackets and trimmed: `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. Views into `list`.

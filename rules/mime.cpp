@@ -218,69 +218,6 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-// `type/subtype; name=value; name="quoted \"value\""`: the type in lower case and the
-// parameters (names in lower case). False when a parameter is malformed.
-struct content_type {
-    std::string type;  // "text/plain"; empty: none given
-    std::vector<std::pair<std::string, std::string>> params;
-    const std::string* param(std::string_view name) const {
-        for (const auto& [n, v] : params) {
-            if (n == name) {
-                return &v;
-            }
-        }
-        return nullptr;
-    }
-};
-
-bool parse_content_type(std::string_view v, content_type& out) {
-    const auto semi = v.find(';');
-    out.type = lower(trim(v.substr(0, semi)));
-    std::size_t i = semi == std::string_view::npos ? v.size() : semi + 1;
-    while (i < v.size()) {
-        while (i < v.size() && (is_wsp(v[i]) || v[i] == ';')) {
-            ++i;
-        }
-        if (i >= v.size()) {
-            break;
-        }
-        const auto eq = v.find('=', i);
-        if (eq == std::string_view::npos) {
-            return false;
-        }
-        std::string name = lower(trim(v.substr(i, eq - i)));
-        i = eq + 1;
-        while (i < v.size() && is_wsp(v[i])) {
-            ++i;
-        }
-        std::string value;
-        if (i < v.size() && v[i] == '"') {
-            ++i;
-            bool closed = false;
-            for (; i < v.size(); ++i) {
-                if (v[i] == '\\' && i + 1 < v.size()) {
-                    value += v[++i];
-                } else if (v[i] == '"') {
-                    closed = true;
-                    ++i;
-                    break;
-                } else {
-                    value += v[i];
-                }
-            }
-            if (!closed) {
-                return false;
-            }
-        } else {
-            const auto end = v.find(';', i);
-            value = std::string{trim(v.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i))};
-            i = end == std::string_view::npos ? v.size() : end;
-        }
-        out.params.emplace_back(std::move(name), std::move(value));
-    }
-    return true;
-}
-
 // Charsets in which ASCII text is written as ASCII bytes, with nothing a decoder drops or
 // shifts between them: ASCII, UTF-8, the ISO 8859 and Windows single-byte sets, and the
 // multi-byte sets whose ASCII range stays ASCII (Shift_JIS, EUC, GBK, Big5). Stateful ones
@@ -510,34 +447,24 @@ struct content_reader {
             // does not strip it sees another type (and reads the parts as one text).
             return fail(at + " has a comment in its Content-Type, which parsers read differently");
         }
-        content_type ct;
-        if (!parse_content_type(type_value, ct)) {
-            return fail(at + " has a malformed Content-Type");
-        }
-        for (const std::string_view p : {"charset", "boundary"}) {
-            int seen = 0;
-            for (const auto& [pn, pv] : ct.params) {
-                if (pn == p) {
-                    ++seen;
-                } else if (pn.starts_with(p) && pn.size() > p.size() && pn[p.size()] == '*') {
-                    return fail(at + " has an RFC 2231 " + std::string{p} + " parameter, which is not read");
-                }
-            }
-            if (seen > 1) {
-                return fail(at + " has more than one " + std::string{p} + " parameter");
-            }
+        // The type (its parameters read as the form fields' are: rules/form.hpp).
+        std::string type = lower(trim(std::string_view{type_value}.substr(0, type_value.find(';'))));
+        std::optional<std::string> charset;
+        std::optional<std::string> boundary;
+        if (!header_param(type_value, "charset", &charset) || !header_param(type_value, "boundary", &boundary)) {
+            return fail(at + " has a malformed Content-Type, or a charset or boundary given twice or RFC 2231-encoded");
         }
         if (types == 0 && digest) {
-            ct.type = "message/rfc822";  // a digest's default (RFC 2046 5.1.5)
-        } else if (!valid_type(ct.type)) {
-            ct.type = "";  // absent or invalid: text/plain (RFC 2045 5.2)
+            type = "message/rfc822";  // a digest's default (RFC 2046 5.1.5)
+        } else if (!valid_type(type)) {
+            type = "";  // absent or invalid: text/plain (RFC 2045 5.2)
         }
         std::string_view body = m.substr(body_at);
         std::string unencoded;
-        const bool container = ct.type.starts_with("multipart/") || ct.type == "message/rfc822" || ct.type == "message/global";
+        const bool container = type.starts_with("multipart/") || type == "message/rfc822" || type == "message/global";
         if (container && !encoding.empty() && encoding != "7bit" && encoding != "8bit" && encoding != "binary") {
             // RFC 2045 6.4 / RFC 2046 5.2.1; so every byte is decoded at most once.
-            return fail(at + " is a " + ct.type.substr(0, 32) + " with the transfer encoding " + encoding.substr(0, 32));
+            return fail(at + " is a " + type.substr(0, 32) + " with the transfer encoding " + encoding.substr(0, 32));
         }
         if (encoding == "base64") {
             if (!decode_base64(body, unencoded)) {
@@ -551,24 +478,23 @@ struct content_reader {
             return fail(at + " has the transfer encoding " + encoding.substr(0, 32) + ", which is not read");
         }
         const std::string label = name.empty() ? std::string{"body"} : "part " + name;
-        if (ct.type.starts_with("multipart/")) {
-            const std::string* boundary = ct.param("boundary");
+        if (type.starts_with("multipart/")) {
             if (!boundary || boundary->empty() || boundary->size() > 200) {
                 return fail(at + " is multipart without a boundary");
             }
-            return multipart(body, *boundary, name, depth, ct.type == "multipart/digest");
+            return multipart(body, *boundary, name, depth, type == "multipart/digest");
         }
-        if (ct.type == "message/rfc822" || ct.type == "message/global") {
+        if (type == "message/rfc822" || type == "message/global") {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
-        if (ct.type.empty() || ct.type.starts_with("text/")) {
-            if (const std::string* cs = ct.param("charset"); cs && !ascii_compatible(*cs)) {
-                return fail(at + " is in the charset " + cs->substr(0, 32) +
+        if (type.empty() || type.starts_with("text/")) {
+            if (charset && !ascii_compatible(*charset)) {
+                return fail(at + " is in the charset " + charset->substr(0, 32) +
                             ", which is not read (only ASCII-compatible ones are)");
             }
             mime_text t;
             t.k = mime_text::kind::body;
-            t.where = label + " (" + (ct.type.empty() ? std::string{"text/plain"} : ct.type.substr(0, 64)) + ")";
+            t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
             t.text = std::string{body};
             out.texts.push_back(std::move(t));
         }
