@@ -1452,6 +1452,19 @@ mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_i
     return out;
 }
 
+// read_messages' outcome as the pii and content guards report it: a finding, or nothing (an
+// unreadable message goes to `unreadable`, reported if the guard finds nothing else).
+std::optional<guard_result> message_finding(mime_outcome m, const detail::text_hit& hit, const std::string& where,
+                                            std::string& why, std::string& unreadable) {
+    if (m == mime_outcome::found) {
+        return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
+    }
+    if (m == mime_outcome::unreadable) {
+        unreadable = std::move(why);
+    }
+    return std::nullopt;
+}
+
 // Whether a JSON string (by where it starts) or a form field (by its index) was read as a message.
 bool passed_over(const scratch& s, std::size_t start) {
     return !s.mime_seen.empty() && std::find(s.mime_seen.begin(), s.mime_seen.end(), start) != s.mime_seen.end();
@@ -1476,11 +1489,8 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             where = t.where + " of the raw message at " + at;
             return true;
         });
-        if (m == mime_outcome::found) {
-            return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
-        }
-        if (m == mime_outcome::unreadable) {
-            unreadable = std::move(why);
+        if (auto r = message_finding(m, hit, where, why, unreadable)) {
+            return std::move(*r);
         }
     }
     switch (kind_of(in)) {
@@ -1816,11 +1826,8 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             where = t.where + " of the raw message at " + at;
             return true;
         });
-        if (m == mime_outcome::found) {
-            return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of " + where);
-        }
-        if (m == mime_outcome::unreadable) {
-            unreadable = std::move(why);
+        if (auto r = message_finding(m, hit, where, why, unreadable)) {
+            return std::move(*r);
         }
     }
     switch (kind_of(in)) {
