@@ -547,9 +547,7 @@ public:
 
     template <class V>
     json_walker::result walk(std::string_view body, V&& visit) {
-        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
-            parse(body);
-        }
+        ensure_parsed(body);
         if (streaming_) {
             return walker_.run(body, visit);
         }
@@ -577,9 +575,7 @@ public:
     // path_of_stop() gives its path. Same values, order and result as walk().
     template <class V>
     json_walker::result walk_values(std::string_view body, V&& visit) {
-        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
-            parse(body);
-        }
+        ensure_parsed(body);
         if (streaming_) {
             return walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
                                          std::size_t start, bool esc) {
@@ -614,9 +610,7 @@ public:
     // or -1 when the values of this parse are not classified for it (no shared paths, the
     // guard follows its own, or the body is walked again by each guard). Parses the body.
     int shared_offset(std::string_view body, const path_index& index) {
-        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
-            parse(body);
-        }
+        ensure_parsed(body);
         if (!shared_ || streaming_ || paths_.size() != nodes_.size()) {
             return -1;
         }
@@ -630,9 +624,7 @@ public:
     // costs a few values, not a walk. Same result as walk().
     template <class V>
     json_walker::result strings_at(std::string_view body, const json_path& path, V&& visit) {
-        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
-            parse(body);
-        }
+        ensure_parsed(body);
         if (streaming_) {
             return walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
                                          std::size_t start, bool) {
@@ -705,6 +697,13 @@ private:
             }
         }
         return false;
+    }
+
+    // Parses `body` unless this parse is of it already (the guards of a request share it).
+    void ensure_parsed(std::string_view body) {
+        if (!parsed_ || body.data() != body_.data() || body.size() != body_.size()) {
+            parse(body);
+        }
     }
 
     // The value at `f` against the shared guard paths (as path_tracker does for one guard).
@@ -1368,87 +1367,99 @@ void release(scratch& s) {
     }
 }
 
-// The raw messages at `fields` (mime:$.path), each read as a mail client shows it
-// (mime_content_of): f(piece, message, frames) -> true when it found something. Where their
-// strings start goes to s.mime_seen, for the guard's own walk to pass over (the base64 says
-// nothing itself). unreadable: `why` says what could not be read.
+// Where a raw message is, for a finding or a reason: at() for a finding, of() for "the raw
+// message ... cannot be read". Computed only when asked (most messages find nothing).
+struct raw_place {
+    std::span<const frame> frames;          // a JSON string's
+    const std::string* form_name = nullptr;  // or a form field's
+    std::string at() const { return form_name ? "form field " + form_name->substr(0, 64) : render_path(frames); }
+    std::string of() const {
+        return form_name ? "in form field " + cfg::quote(form_name->substr(0, 64)) : "at " + render_path(frames);
+    }
+};
+
+// Each raw message at `fields` (mime:): visit(message, seen, place) -> true to stop.
+// `message` is nullopt when one that must be base64 is not; `seen` is where its JSON string
+// starts or its form field's index (for the guard's own walk to pass over). A form field's
+// value is the message as written (mime:form:, Mailgun messages.mime) or its base64
+// (mime:base64:form:, SES v1 RawMessage.Data): the field says which, as the API decides it
+// (guessing from the value let a message read one way pass while the API read it the other).
+template <class V>
+void for_each_raw(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, V&& visit) {
+    if (fields.empty()) {
+        return;
+    }
+    switch (kind_of(in)) {
+        case body_kind::json: {
+            detail::parsed_body& doc = doc_of(in);
+            bool stop = false;
+            for (const auto& field : fields) {
+                if (field.form || stop) {
+                    continue;
+                }
+                doc.strings_at(in.req.body, field.path, [&](std::span<const frame> fr, std::string_view text, std::size_t start) {
+                    const auto message = decode_base64(text, s.message) ? std::optional<std::string_view>{s.message}
+                                                                        : std::nullopt;
+                    stop = visit(message, start, raw_place{fr, nullptr});
+                    return stop;
+                });
+            }
+            break;
+        }
+        case body_kind::form:
+            for (std::size_t i = 0; i < in.form->size(); ++i) {
+                const auto& [name, value] = (*in.form)[i];
+                const guard_field* field = mime_form_field(fields, name);
+                if (field && visit(form_message(*field, value, s.message), i, raw_place{{}, &name})) {
+                    break;
+                }
+            }
+            break;
+        case body_kind::text: break;
+    }
+    release(s);
+}
+
+// The To/Cc/Bcc of a raw message into s.addresses: empty when read, else why not.
+std::string_view raw_recipients(std::optional<std::string_view> message, scratch& s) {
+    s.addresses.clear();
+    if (!message) {
+        return "it is not base64";
+    }
+    if (!mime_recipients(*message, s.header_scratch, s.addresses)) {
+        return "its To, Cc and Bcc cannot be read for certain";
+    }
+    return {};
+}
+
+// The raw messages at `fields`, each read as a mail client shows it (mime_content_of):
+// f(piece, message, place) -> true when it found something. s.mime_seen gets where they
+// are. unreadable: `why` says what could not be read (the first one; the others are still read).
 enum class mime_outcome : std::uint8_t { clean, found, unreadable };
 
 template <class F>
 mime_outcome read_messages(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, std::string& why,
                            F&& f) {
     s.mime_seen.clear();
-    if (fields.empty()) {
-        return mime_outcome::clean;
-    }
     mime_outcome out = mime_outcome::clean;
-    const body_kind kind = kind_of(in);
-    if (kind == body_kind::form) {
-        // The form field's index goes to mime_seen. Its value is the message as written
-        // (mime:form:, Mailgun messages.mime) or its base64 (mime:base64:form:, SES v1
-        // RawMessage.Data): the field says which, as the API decides it (guessing from the
-        // value let a message read one way pass while the API read it the other).
-        for (std::size_t i = 0; i < in.form->size() && out != mime_outcome::found; ++i) {
-            const auto& [name, value] = (*in.form)[i];
-            const guard_field* field = mime_form_field(fields, name);
-            if (!field) {
-                continue;
-            }
-            s.mime_seen.push_back(i);
-            const auto message = form_message(*field, value, s.message);
-            std::string w = "it is not base64";
-            if (!message || !mime_content_of(*message, s.content, &w)) {
-                if (out == mime_outcome::clean) {  // the first unreadable one is reported; the rest is still read
-                    why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " + w;
-                    out = mime_outcome::unreadable;
-                }
-                continue;
-            }
-            for (const auto& t : s.content.texts) {
-                if (f(t, s.content, "form field " + name.substr(0, 64))) {
-                    out = mime_outcome::found;
-                    break;
-                }
-            }
-        }
-        release(s);
-        return out;
-    }
-    if (kind != body_kind::json) {
-        return mime_outcome::clean;
-    }
-    detail::parsed_body& doc = doc_of(in);
-    for (const auto& field : fields) {
-        if (field.form) {
-            continue;
-        }
-        doc.strings_at(in.req.body, field.path, [&](std::span<const frame> fr, std::string_view text, std::size_t start) {
-            s.mime_seen.push_back(start);
-            std::string w;
-            if (!decode_base64(text, s.message)) {
-                w = "it is not base64";
-            } else if (!mime_content_of(s.message, s.content, &w)) {
-                // w says why
-            } else {
-                for (const auto& t : s.content.texts) {
-                    if (f(t, s.content, render_path(fr))) {
-                        out = mime_outcome::found;
-                        return true;
-                    }
-                }
-                return false;
-            }
-            if (out == mime_outcome::clean) {  // the first unreadable one is reported; the rest is still read
-                why = "the raw message at " + render_path(fr) + " cannot be read: " + w;
+    for_each_raw(fields, in, s, [&](std::optional<std::string_view> message, std::size_t seen, const raw_place& place) {
+        s.mime_seen.push_back(seen);
+        std::string w = "it is not base64";
+        if (!message || !mime_content_of(*message, s.content, &w)) {
+            if (out == mime_outcome::clean) {
+                why = "the raw message " + place.of() + " cannot be read: " + w;
                 out = mime_outcome::unreadable;
             }
             return false;
-        });
-        if (out == mime_outcome::found) {
-            break;
         }
-    }
-    release(s);
+        for (const auto& t : s.content.texts) {
+            if (f(t, s.content, place)) {
+                out = mime_outcome::found;
+                return true;
+            }
+        }
+        return false;
+    });
     return out;
 }
 
@@ -1482,11 +1493,11 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
     {
         std::string why;
         std::string where;
-        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const std::string& at) {
+        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const raw_place& at) {
             if (t.text.size() < min_length || !detail::scan_pii(g.kinds, t.text, &hit)) {
                 return false;
             }
-            where = t.where + " of the raw message at " + at;
+            where = t.where + " of the raw message at " + at.at();
             return true;
         });
         if (auto r = message_finding(m, hit, where, why, unreadable)) {
@@ -1638,20 +1649,17 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                         return x.mime && !x.form && path_matches(x.path, fr, false);
                     })) {
                     // A raw message (SES): its own To/Cc/Bcc headers are its recipients.
-                    thread_local std::string message;
-                    thread_local std::string scratch;
-                    thread_local std::vector<std::string_view> addresses;
-                    addresses.clear();
-                    const bool base64 = decode_base64(text, message);
-                    if (!base64 || !mime_recipients(message, scratch, addresses)) {
+                    scratch& s = local();
+                    const auto message =
+                        decode_base64(text, s.message) ? std::optional<std::string_view>{s.message} : std::nullopt;
+                    if (const auto fault = raw_recipients(message, s); !fault.empty()) {
                         unreadable = true;
                         if (why) {
-                            *why = "the raw message at " + render_path(fr) + " cannot be read: " +
-                                   (base64 ? "its To, Cc and Bcc cannot be read for certain" : "it is not base64");
+                            *why = "the raw message at " + render_path(fr) + " cannot be read: " + std::string{fault};
                         }
                         return walk_next::stop;
                     }
-                    for (const auto a : addresses) {
+                    for (const auto a : s.addresses) {
                         if (f(a, group_of(fr), [fr] { return render_path(fr) + " (MIME header)"; })) {
                             return walk_next::stop;
                         }
@@ -1666,20 +1674,16 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
             for (const auto& [name, value] : *in.form) {
                 if (const guard_field* mf = mime_form_field(fields, name)) {
                     // A raw message (SES v1 SendRawEmail): its own To/Cc/Bcc headers.
-                    thread_local std::string message;
-                    thread_local std::string scratch;
-                    thread_local std::vector<std::string_view> addresses;
-                    addresses.clear();
-                    const auto m = form_message(*mf, value, message);
-                    if (!m || !mime_recipients(*m, scratch, addresses)) {
+                    scratch& s = local();
+                    if (const auto fault = raw_recipients(form_message(*mf, value, s.message), s); !fault.empty()) {
                         if (why) {
                             *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " +
-                                   (m ? "its To, Cc and Bcc cannot be read for certain" : "it is not base64");
+                                   std::string{fault};
                         }
                         return false;
                     }
                     auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
-                    for (const auto a : addresses) {
+                    for (const auto a : s.addresses) {
                         if (f(a, -1, where)) {
                             return true;
                         }
@@ -1816,14 +1820,14 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
     {
         std::string why;
         std::string where;
-        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content& msg, const std::string& at) {
+        const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content& msg, const raw_place& at) {
             if (msg.list_unsubscribe) {
                 unsubscribe = true;
             }
             if (t.k == mime_text::kind::header || !detail::scan_content(g, t.text, unsubscribe, &hit)) {
                 return false;
             }
-            where = t.where + " of the raw message at " + at;
+            where = t.where + " of the raw message at " + at.at();
             return true;
         });
         if (auto r = message_finding(m, hit, where, why, unreadable)) {
@@ -1926,51 +1930,6 @@ std::uint64_t pick(const std::vector<scratch::valued>& v, const std::vector<std:
     return v.front().hash;
 }
 
-// Each raw message at `fields` (mime:), for a guard that reads their headers: on_message(m)
-// -> whether m is a message it could read. A form field's value is tried as base64 and as
-// the message itself (see read_messages). False when one could not be read either way.
-template <class F>
-bool for_each_raw(const std::vector<guard_field>& fields, const guard_input& in, scratch& s, F&& on_message) {
-    if (fields.empty()) {
-        return true;
-    }
-    bool ok = true;
-    switch (kind_of(in)) {
-        case body_kind::json: {
-            detail::parsed_body& doc = doc_of(in);
-            for (const auto& field : fields) {
-                if (field.form) {
-                    continue;
-                }
-                doc.strings_at(in.req.body, field.path, [&](std::span<const frame>, std::string_view text, std::size_t) {
-                    ok = decode_base64(text, s.message) && on_message(std::string_view{s.message});
-                    return !ok;
-                });
-                if (!ok) {
-                    break;
-                }
-            }
-            break;
-        }
-        case body_kind::form:
-            for (const auto& [name, value] : *in.form) {
-                const guard_field* field = mime_form_field(fields, name);
-                if (!field) {
-                    continue;
-                }
-                const auto message = form_message(*field, value, s.message);
-                if (!message || !on_message(*message)) {
-                    ok = false;
-                    break;
-                }
-            }
-            break;
-        case body_kind::text: break;
-    }
-    release(s);
-    return ok;
-}
-
 guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, time_point now,
                               duplicate_counter* counter, std::vector<guard_booking>* bookings) {
     scratch& s = local();
@@ -2017,26 +1976,26 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     };
     // Raw messages first (the message's own recipients and Subject; group -1, the message's).
     {
-        std::string& header_scratch = s.header_scratch;
-        std::vector<std::string_view>& addresses = s.addresses;
-        const bool read =
-            (!g.by_recipient || for_each_raw(g.recipient_mime, in, s, [&](std::string_view m) {
-                 addresses.clear();
-                 if (!mime_recipients(m, header_scratch, addresses)) {
-                     return false;
-                 }
-                 for (const auto a : addresses) {
-                     add(targets[0], a, -1);
-                 }
-                 return true;
-             })) &&
-            (!g.by_subject || for_each_raw(g.subject_mime, in, s, [&](std::string_view m) {
-                 const auto subject = mime_subject(m);
-                 if (subject) {
-                     add(targets[1], *subject, -1);
-                 }
-                 return subject.has_value();
-             }));
+        bool read = true;
+        if (g.by_recipient) {
+            for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
+                read = raw_recipients(m, s).empty();
+                for (const auto a : s.addresses) {
+                    add(targets[0], a, -1);
+                }
+                return !read;
+            });
+        }
+        if (read && g.by_subject) {
+            for_each_raw(g.subject_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
+                const auto subject = m ? mime_subject(*m) : std::nullopt;
+                if (subject) {
+                    add(targets[1], *subject, -1);
+                }
+                read = subject.has_value();
+                return !read;
+            });
+        }
         if (!read) {
             return invalid_body("a raw message's recipients or subject cannot be read for certain");
         }
