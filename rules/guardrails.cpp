@@ -1367,6 +1367,14 @@ void release(scratch& s) {
     }
 }
 
+// A JSON mime: string's message: its base64 decoded into s.message, nullopt when it is not base64.
+std::optional<std::string_view> base64_message(std::string_view text, scratch& s) {
+    if (!decode_base64(text, s.message)) {
+        return std::nullopt;
+    }
+    return std::string_view{s.message};
+}
+
 // Where a raw message is, for a finding or a reason: at() for a finding, of() for "the raw
 // message ... cannot be read". Computed only when asked (most messages find nothing).
 struct raw_place {
@@ -1398,9 +1406,7 @@ void for_each_raw(const std::vector<guard_field>& fields, const guard_input& in,
                     continue;
                 }
                 doc.strings_at(in.req.body, field.path, [&](std::span<const frame> fr, std::string_view text, std::size_t start) {
-                    const auto message = decode_base64(text, s.message) ? std::optional<std::string_view>{s.message}
-                                                                        : std::nullopt;
-                    stop = visit(message, start, raw_place{fr, nullptr});
+                    stop = visit(base64_message(text, s), start, raw_place{fr, nullptr});
                     return stop;
                 });
             }
@@ -1650,9 +1656,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     })) {
                     // A raw message (SES): its own To/Cc/Bcc headers are its recipients.
                     scratch& s = local();
-                    const auto message =
-                        decode_base64(text, s.message) ? std::optional<std::string_view>{s.message} : std::nullopt;
-                    if (const auto fault = raw_recipients(message, s); !fault.empty()) {
+                    if (const auto fault = raw_recipients(base64_message(text, s), s); !fault.empty()) {
                         unreadable = true;
                         if (why) {
                             *why = "the raw message at " + render_path(fr) + " cannot be read: " + std::string{fault};
