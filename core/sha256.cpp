@@ -15,4 +15,16 @@ sha256_digest sha256(std::string_view data) {
     return out;
 }
 
+std::string sha256_hex(std::string_view data) {
+    static constexpr char hexd[] = "0123456789abcdef";
+    const sha256_digest digest = sha256(data);
+    std::string out;
+    out.reserve(digest.size() * 2);
+    for (const std::uint8_t b : digest) {
+        out += hexd[b >> 4];
+        out += hexd[b & 15];
+    }
+    return out;
+}
+
 }  // namespace bb

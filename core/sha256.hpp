@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace bb {
@@ -16,5 +17,8 @@ using sha256_digest = std::array<std::uint8_t, 32>;
 // The low-level calls are deprecated in OpenSSL 3.0 but present in every 3.x release; they
 // are used here and nowhere else, so moving back to EVP is one function.
 sha256_digest sha256(std::string_view data);
+
+// The same digest as 64 lower-case hex digits (config key digests, the audit chain).
+std::string sha256_hex(std::string_view data);
 
 }  // namespace bb

@@ -23,6 +23,8 @@
 // Thread-safety: a guardrail is immutable after parse_guard() and may be checked from any
 // number of threads. duplicate_counter is internally locked (sharded) and thread-safe.
 
+#include "core/sha256.hpp"
+
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -57,8 +59,8 @@ bool luhn_valid(std::string_view digits);
 bool iban_valid(std::string_view iban);
 // US SSN "AAA-GG-SSSS": area not 000, 666 or 9xx; group not 00; serial not 0000.
 bool ssn_valid(std::string_view area, std::string_view group, std::string_view serial);
-// Lower-case hex SHA-256 of `s`.
-std::string sha256_hex(std::string_view s);
+// Lower-case hex SHA-256 of `s` (core/sha256.hpp).
+using bb::sha256_hex;
 // `jane@example.com` -> `j***@example.com`.
 std::string mask_address(std::string_view address);
 

@@ -678,17 +678,6 @@ bool ssn_valid(std::string_view area, std::string_view group, std::string_view s
     return group != "00" && serial != "0000";
 }
 
-std::string sha256_hex(std::string_view s) {
-    const sha256_digest digest = sha256(s);
-    static constexpr char hexd[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(digest.size() * 2);
-    for (const std::uint8_t b : digest) {
-        out += hexd[b >> 4];
-        out += hexd[b & 15];
-    }
-    return out;
-}
 
 std::string mask_address(std::string_view address) {
     const auto at = address.rfind('@');

@@ -1,6 +1,6 @@
 #include "store/database.hpp"
 
-#include <openssl/evp.h>
+#include "core/sha256.hpp"
 
 #include <sqlite3.h>
 
@@ -1897,16 +1897,7 @@ std::string audit_hash(const audit_entry& e) {
     add(e.reason);
     add(e.result);
     add(e.diff);
-    unsigned char digest[32];
-    unsigned int len = 0;
-    EVP_Digest(m.data(), m.size(), digest, &len, EVP_sha256(), nullptr);
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out(64, '0');
-    for (int i = 0; i < 32; ++i) {
-        out[2 * i] = hex[digest[i] >> 4];
-        out[2 * i + 1] = hex[digest[i] & 0xf];
-    }
-    return out;
+    return sha256_hex(m);
 }
 
 }  // namespace
