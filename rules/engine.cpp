@@ -15,6 +15,14 @@
 
 namespace bb::rules {
 
+std::string lower(std::string_view s) {
+    std::string out{s};
+    for (auto& c : out) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    return out;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) {
         return false;

@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "core/hex.hpp"
-#include "rules/request.hpp"  // iequals
+#include "rules/request.hpp"  // iequals, lower
 #include "rules/form.hpp"
 
 namespace bb::rules {
@@ -197,16 +197,6 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
 }
 
 namespace {
-
-std::string lower(std::string_view s) {
-    std::string out{s};
-    for (auto& c : out) {
-        if (c >= 'A' && c <= 'Z') {
-            c = static_cast<char>(c - 'A' + 'a');
-        }
-    }
-    return out;
-}
 
 std::string_view trim(std::string_view s) {
     while (!s.empty() && (is_wsp(s.front()) || s.front() == '\r' || s.front() == '\n')) {

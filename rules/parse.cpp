@@ -54,14 +54,6 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-std::string lower(std::string_view s) {
-    std::string out{s};
-    for (auto& c : out) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return out;
-}
-
 bool valid_id(std::string_view id) {
     if (id.empty() || id.size() > 128) {
         return false;

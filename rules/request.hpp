@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace bb::rules {
@@ -15,6 +16,8 @@ struct header_field {
 };
 
 bool iequals(std::string_view a, std::string_view b);
+// `s` in lower case (the same case mapping iequals compares with).
+std::string lower(std::string_view s);
 
 struct request_view {
     std::string_view method;        // "POST"
