@@ -117,16 +117,24 @@ TEST(Engine, ASuspendedRuleIsShadowedAndTheOtherRulesStillBookTheRequest) {
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "small");
 }
 
-// A multipart body the engine cannot read for certain is an invalid body (refused), not
-// one with zero recipients: an upstream's parser may well find them.
-TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
-    engine eng{load_ok(config(R"j(
+// At most 3 Mailgun `to` recipients an hour, and a Mailgun send to count against it.
+constexpr const char* mailgun_to_cap = R"j(
         {"id": "mg", "route": "mailgun", "measure": "count(form:to)", "window": "1h", "limit": 3,
-         "failure_mode": "volume-spike", "trips": "a"})j"))};
-    manual_clock clock;
+         "failure_mode": "volume-spike", "trips": "a"})j";
+
+request mailgun_send() {
     request req;
     req.route = "mailgun";
     req.path = "/v3/mg.example.com/messages";
+    return req;
+}
+
+// A multipart body the engine cannot read for certain is an invalid body (refused), not
+// one with zero recipients: an upstream's parser may well find them.
+TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
+    engine eng{load_ok(config(mailgun_to_cap))};
+    manual_clock clock;
+    request req = mailgun_send();
     req.content_type = "multipart/form-data; boundary=A; boundary=B";
     req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@x.com,b@x.com,c@x.com,d@x.com\r\n--B--\r\n";
     auto d = eng.evaluate(req.view(), clock.now());
@@ -139,13 +147,9 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
 
 // A form-based API may read its parameters from the query string too: they count.
 TEST(Engine, QueryStringFieldsCountWithTheFormsOwn) {
-    engine eng{load_ok(config(R"j(
-        {"id": "mg", "route": "mailgun", "measure": "count(form:to)", "window": "1h", "limit": 3,
-         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    engine eng{load_ok(config(mailgun_to_cap))};
     manual_clock clock;
-    request req;
-    req.route = "mailgun";
-    req.path = "/v3/mg.example.com/messages";
+    request req = mailgun_send();
     req.content_type = "application/x-www-form-urlencoded";
     req.body = "from=a%40mg.example.com&to=a%40x.com&subject=Hi";
     req.query = "to=b%40x.com&to=c%40x.com&to=d%40x.com";
