@@ -118,9 +118,11 @@ TEST(quarantine, release_by_filter_is_paced_sends_each_once_with_its_key_and_nev
     auto sum = bb.server().remediation().release_matching(f, 20.0, "ops").get();
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
     EXPECT_EQ(sum.released, 11u);
-    // 11 releases at 20/s: the last starts 500 ms after the first.
+    // 11 releases at 20/s: the last starts 500 ms after the first. A loaded machine can only
+    // make it slower, so the upper bound is loose: it catches a wrong rate (1/s would take
+    // 10 s), not scheduling delays (it was 600 ms and failed under ctest -j2).
     EXPECT_GE(took.count(), 450);
-    EXPECT_LE(took.count(), 600);
+    EXPECT_LE(took.count(), 5000);
     const auto reqs = up.requests();
     ASSERT_EQ(reqs.size(), 11u);
     std::set<std::string> keys;
