@@ -5,6 +5,7 @@
 
 #include "core/hex.hpp"
 #include "core/json_key.hpp"
+#include "core/utf8.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -120,24 +121,6 @@ bool hex4(std::string_view s, std::size_t at, unsigned& out) {
         out = out * 16 + static_cast<unsigned>(h);
     }
     return true;
-}
-
-void put_utf8(unsigned cp, char*& out) {
-    if (cp < 0x80) {
-        *out++ = static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        *out++ = static_cast<char>(0xC0 | (cp >> 6));
-        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        *out++ = static_cast<char>(0xE0 | (cp >> 12));
-        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        *out++ = static_cast<char>(0xF0 | (cp >> 18));
-        *out++ = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
-    }
 }
 
 // Decodes the escape at s[at] == '\\' to out (advanced past what it wrote; never more bytes
@@ -1500,7 +1483,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         std::string why;
         std::string where;
         const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const raw_place& at) {
-            if (t.text.size() < min_length || !detail::scan_pii(g.kinds, t.text, &hit)) {
+            if (t.text.size() < min_length || !detail::find_pii(g.kinds, t.text, &hit)) {
                 return false;
             }
             where = t.where + " of the raw message at " + at.at();
@@ -1515,7 +1498,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             std::string where;
             std::size_t offset = 0;
             auto found = [&](std::string_view text, std::size_t start, bool escaped) {
-                if (text.size() < min_length || passed_over(s, start) || !detail::scan_pii(g.kinds, text, &hit)) {
+                if (text.size() < min_length || passed_over(s, start) || !detail::find_pii(g.kinds, text, &hit)) {
                     return false;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
@@ -1558,7 +1541,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 if ((!g.every_value && !form_selected(g.in, name)) || passed_over(s, i)) {
                     continue;
                 }
-                if (detail::scan_pii(g.kinds, value, &hit)) {
+                if (detail::find_pii(g.kinds, value, &hit)) {
                     return violated(hit.what + " in form field " + cfg::quote(name.substr(0, 64)) + " at offset " +
                                     std::to_string(hit.offset));
                 }
@@ -1567,7 +1550,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         }
         case body_kind::text: break;
     }
-    if (detail::scan_pii(g.kinds, body, &hit)) {
+    if (detail::find_pii(g.kinds, body, &hit)) {
         return violated(hit.what + " at body offset " + std::to_string(hit.offset));
     }
     return {};
@@ -1828,7 +1811,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             if (msg.list_unsubscribe) {
                 unsubscribe = true;
             }
-            if (t.k == mime_text::kind::header || !detail::scan_content(g, t.text, unsubscribe, &hit)) {
+            if (t.k == mime_text::kind::header || !detail::find_content(g, t.text, unsubscribe, &hit)) {
                 return false;
             }
             where = t.where + " of the raw message at " + at.at();
@@ -1856,7 +1839,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 if (t != value_type::string || !paths.under() || passed_over(s, start)) {
                     return walk_next::go;
                 }
-                if (!detail::scan_content(g, text, unsubscribe, &hit)) {
+                if (!detail::find_content(g, text, unsubscribe, &hit)) {
                     return walk_next::go;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
@@ -1877,7 +1860,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 if (!form_selected(g.fields, name)) {
                     continue;
                 }
-                if (detail::scan_content(g, value, unsubscribe, &hit)) {
+                if (detail::find_content(g, value, unsubscribe, &hit)) {
                     return violated(hit.what + " in form field " + cfg::quote(name.substr(0, 64)) + " at offset " +
                                     std::to_string(hit.offset));
                 }
@@ -1887,7 +1870,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
     }
     if (scan_raw) {
         unsubscribe = false;
-        if (detail::scan_content(g, body, unsubscribe, &hit)) {
+        if (detail::find_content(g, body, unsubscribe, &hit)) {
             return violated(hit.what + " at body offset " + std::to_string(hit.offset));
         }
     }

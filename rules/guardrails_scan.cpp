@@ -10,6 +10,7 @@
 
 #include "core/hex.hpp"
 #include "core/sha256.hpp"
+#include "core/utf8.hpp"
 
 
 #include <algorithm>
@@ -1767,6 +1768,356 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         return true;
     }
     return false;
+}
+
+// ---------------------------------------------------------------------------------------
+// Text as shown (see shown_text).
+
+namespace {
+
+// What a code point shows as when it can hide something from a scan of the bytes: a space,
+// a dash, nothing (shown_drop), an ASCII digit or letter; shown_keep when it shows as itself.
+constexpr int shown_keep = -1;
+constexpr int shown_drop = -2;
+int shown_as(std::uint32_t cp) {
+    if (cp == 0xA0 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F || cp == 0x205F || cp == 0x3000) {
+        return ' ';
+    }
+    if (cp == 0xAD || (cp >= 0x200B && cp <= 0x200D) || (cp >= 0x2060 && cp <= 0x2064) || cp == 0xFEFF ||
+        cp == 0x180E) {
+        return shown_drop;
+    }
+    if ((cp >= 0x2010 && cp <= 0x2013) || cp == 0x2212 || cp == 0xFE63 || cp == 0xFF0D) {
+        return '-';
+    }
+    if (cp >= 0xFF10 && cp <= 0xFF19) {
+        return static_cast<int>('0' + (cp - 0xFF10));
+    }
+    if (cp >= 0xFF21 && cp <= 0xFF3A) {
+        return static_cast<int>('A' + (cp - 0xFF21));
+    }
+    if (cp >= 0xFF41 && cp <= 0xFF5A) {
+        return static_cast<int>('a' + (cp - 0xFF41));
+    }
+    return shown_keep;
+}
+
+bool continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// The code point of the two- or three-byte UTF-8 sequence at t[i] and its length; 0 when
+// there is none (shown_as maps no code point above U+FFFF).
+std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
+    const auto c = static_cast<unsigned char>(t[i]);
+    if (c >= 0xC2 && c <= 0xDF && i + 1 < t.size() && continuation(t[i + 1])) {
+        cp = (c & 0x1Fu) << 6 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu);
+        return 2;
+    }
+    if (c >= 0xE0 && c <= 0xEF && i + 2 < t.size() && continuation(t[i + 1]) && continuation(t[i + 2])) {
+        cp = (c & 0x0Fu) << 12 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu) << 6 |
+             (static_cast<unsigned char>(t[i + 2]) & 0x3Fu);
+        return cp >= 0x800 ? 3 : 0;
+    }
+    return 0;
+}
+
+struct named_reference {
+    std::string_view name;
+    std::uint32_t cp;
+    bool bare;  // read without its ';' too (HTML's legacy references)
+};
+// The named references that can hide something (and the five of ASCII punctuation, decoded
+// with them). Names are case-sensitive, as in HTML.
+constexpr named_reference named_references[] = {
+    {"amp", '&', true},
+    {"lt", '<', true},
+    {"gt", '>', true},
+    {"quot", '"', true},
+    {"apos", '\'', false},
+    {"nbsp", 0xA0, true},
+    {"shy", 0xAD, true},
+    {"NonBreakingSpace", 0xA0, false},
+    {"ensp", 0x2002, false},
+    {"emsp", 0x2003, false},
+    {"numsp", 0x2007, false},
+    {"puncsp", 0x2008, false},
+    {"thinsp", 0x2009, false},
+    {"hairsp", 0x200A, false},
+    {"ZeroWidthSpace", 0x200B, false},
+    {"zwnj", 0x200C, false},
+    {"zwj", 0x200D, false},
+    {"NoBreak", 0x2060, false},
+    {"hyphen", 0x2010, false},
+    {"dash", 0x2010, false},
+    {"ndash", 0x2013, false},
+    {"minus", 0x2212, false},
+};
+constexpr std::size_t ascii_punctuation_references = 5;  // the first five
+
+// The character reference at t[i] == '&': its code point and length, 0 when there is none.
+// `punctuation` says whether it is one of the five of ASCII punctuation.
+std::size_t reference_at(std::string_view t, std::size_t i, std::uint32_t& cp, bool& punctuation) {
+    punctuation = false;
+    std::size_t j = i + 1;
+    if (j < t.size() && t[j] == '#') {
+        // Numeric, as browsers read it: any number of digits, the ';' optional; zero, a
+        // surrogate or past U+10FFFF is U+FFFD.
+        const bool hex = j + 1 < t.size() && (t[j + 1] == 'x' || t[j + 1] == 'X');
+        j += hex ? 2 : 1;
+        const std::size_t digits = j;
+        std::uint32_t v = 0;
+        for (; j < t.size(); ++j) {
+            const int d = hex ? hex_digit_value(t[j]) : (is_digit(static_cast<unsigned char>(t[j])) ? t[j] - '0' : -1);
+            if (d < 0) {
+                break;
+            }
+            v = std::min<std::uint32_t>(v * (hex ? 16 : 10) + static_cast<std::uint32_t>(d), 0x110000);
+        }
+        if (j == digits) {
+            return 0;
+        }
+        if (j < t.size() && t[j] == ';') {
+            ++j;
+        }
+        cp = v == 0 || v > 0x10FFFF || (v >= 0xD800 && v < 0xE000) ? 0xFFFD : v;
+        return j - i;
+    }
+    const std::string_view rest = t.substr(j, 17);
+    for (std::size_t k = 0; k < std::size(named_references); ++k) {
+        const named_reference& r = named_references[k];
+        if (rest.substr(0, r.name.size()) != r.name) {
+            continue;
+        }
+        const bool semicolon = rest.size() > r.name.size() && rest[r.name.size()] == ';';
+        if (!semicolon && !r.bare) {
+            continue;
+        }
+        cp = r.cp;
+        punctuation = k < ascii_punctuation_references;
+        return 1 + r.name.size() + (semicolon ? 1 : 0);
+    }
+    return 0;
+}
+
+#if defined(BB_GUARDRAILS_AVX2)
+// The first byte at or after i that is '&' or not ASCII, 64 bytes a step; n - i >= 64.
+__attribute__((target("avx2"))) std::size_t next_candidate_avx2(const unsigned char* p, std::size_t i, std::size_t n) {
+    const __m256i amp = _mm256_set1_epi8('&');
+    for (; i + 64 <= n; i += 64) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32));
+        const __m256i ma = _mm256_or_si256(a, _mm256_cmpeq_epi8(a, amp));
+        const __m256i mb = _mm256_or_si256(b, _mm256_cmpeq_epi8(b, amp));
+        if (!_mm256_testz_si256(_mm256_or_si256(ma, mb), _mm256_set1_epi8(static_cast<char>(0x80)))) {
+            const std::uint64_t m = static_cast<std::uint32_t>(_mm256_movemask_epi8(ma)) |
+                                    static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(mb))) << 32;
+            return i + static_cast<std::size_t>(__builtin_ctzll(m));
+        }
+    }
+    return i;
+}
+#endif
+
+// The first byte at or after i that is '&' or not ASCII (or t.size()): the only bytes where
+// a text can show something other than what is written.
+std::size_t next_candidate(std::string_view t, std::size_t i) {
+    const auto* p = reinterpret_cast<const unsigned char*>(t.data());
+    const std::size_t n = t.size();
+#if defined(BB_GUARDRAILS_AVX2)
+    if (n - i >= 64 && have_avx2()) {
+        i = next_candidate_avx2(p, i, n);
+        if (i + 64 <= n) {
+            return i;
+        }
+    }
+#endif
+#if defined(__SSE2__)
+    const __m128i amp = _mm_set1_epi8('&');
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+        const int m = _mm_movemask_epi8(_mm_or_si128(c, _mm_cmpeq_epi8(c, amp)));
+        if (m != 0) {
+            return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(m)));
+        }
+    }
+#endif
+    while (i < n && p[i] != '&' && p[i] < 0x80) {
+        ++i;
+    }
+    return i;
+}
+
+// What the character at t[i] (a candidate) shows as: its length (0: shown as written, or one
+// of the five references of ASCII punctuation unless `punctuation_too`) and the code point
+// it stands for with what that shows as (shown_as).
+struct shown_char {
+    std::size_t len = 0;
+    std::uint32_t cp = 0;
+    int as = shown_keep;
+};
+shown_char shown_at(std::string_view t, std::size_t i, bool punctuation_too) {
+    shown_char s;
+    if (t[i] == '&') {
+        bool punctuation = false;
+        s.len = reference_at(t, i, s.cp, punctuation);
+        if (punctuation && !punctuation_too) {
+            s.len = 0;
+        }
+        if (s.len != 0) {
+            s.as = shown_as(s.cp);
+        }
+    } else if ((s.len = utf8_at(t, i, s.cp)) != 0 && (s.as = shown_as(s.cp)) == shown_keep) {
+        s.len = 0;
+    }
+    return s;
+}
+
+}  // namespace
+
+std::size_t shown_text::written_offset(std::size_t shown) const {
+    // The last place at or before `shown` where the two part (the later of two at one place:
+    // a dropped character shows as nothing, so what is shown there is what follows it).
+    auto it = std::upper_bound(map.begin(), map.end(), shown,
+                               [](std::size_t s, const std::pair<std::size_t, std::size_t>& e) { return s < e.first; });
+    if (it == map.begin()) {
+        return shown;
+    }
+    --it;
+    return it->second + (shown - it->first);
+}
+
+namespace {
+
+// Whether one of the 8 bytes is '&' or not ASCII.
+inline bool amp_or_high8(std::uint64_t x) {
+    constexpr std::uint64_t ones = 0x0101010101010101ull;
+    const std::uint64_t y = x ^ (ones * '&');  // a zero byte where x has '&'
+    return ((x | ((y - ones) & ~y)) & (ones * 0x80)) != 0;
+}
+
+inline std::uint64_t load8(const char* p) {
+    std::uint64_t x;
+    std::memcpy(&x, p, 8);
+    return x;
+}
+
+// Whether the text has a byte that is '&' or not ASCII: the test every scanned text pays
+// (most have none), so whole words and overlapping loads, no loop over single bytes.
+bool any_candidate(std::string_view t) {
+    const char* p = t.data();
+    const std::size_t n = t.size();
+    std::size_t i = 0;
+#if defined(BB_GUARDRAILS_AVX2)
+    if (n >= 64 && have_avx2()) {
+        i = next_candidate_avx2(reinterpret_cast<const unsigned char*>(p), 0, n);
+        if (i + 64 <= n) {
+            return true;
+        }
+    }
+#endif
+    if (n - i >= 8) {
+        for (; i + 8 <= n; i += 8) {
+            if (amp_or_high8(load8(p + i))) {
+                return true;
+            }
+        }
+        return i < n && amp_or_high8(load8(p + n - 8));
+    }
+    if (n - i >= 4) {
+        std::uint32_t a;
+        std::uint32_t b;
+        std::memcpy(&a, p + i, 4);
+        std::memcpy(&b, p + n - 4, 4);
+        return amp_or_high8(std::uint64_t{a} << 32 | b);
+    }
+    for (; i < n; ++i) {
+        if (p[i] == '&' || static_cast<unsigned char>(p[i]) >= 0x80) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+bool hides_characters(std::string_view text) {
+    if (!any_candidate(text)) {
+        return false;
+    }
+    for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i + 1)) {
+        if (shown_at(text, i, false).len != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void show(std::string_view text, shown_text& out) {
+    out.text.clear();
+    out.map.clear();
+    out.text.reserve(text.size());
+    std::size_t copied = 0;  // text[0, copied) is in out.text
+    for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i)) {
+        const shown_char c = shown_at(text, i, true);
+        if (c.len == 0) {
+            ++i;
+            continue;
+        }
+        out.text.append(text, copied, i - copied);
+        out.map.emplace_back(out.text.size(), i);
+        if (c.as >= 0) {
+            out.text += static_cast<char>(c.as);
+        } else if (c.as == shown_keep) {
+            char buf[4];
+            char* e = buf;
+            put_utf8(c.cp, e);
+            out.text.append(buf, static_cast<std::size_t>(e - buf));
+        }
+        i += c.len;
+        copied = i;
+        out.map.emplace_back(out.text.size(), i);
+    }
+    out.text.append(text, copied, std::string_view::npos);
+}
+
+namespace {
+
+// The per-thread text as shown (released when a large one grew it).
+shown_text& shown_scratch() {
+    thread_local shown_text s;
+    return s;
+}
+
+template <class Scan>
+bool scan_shown(std::string_view text, text_hit* hit, Scan&& scan) {
+    if (!hides_characters(text)) {
+        return false;
+    }
+    shown_text& s = shown_scratch();
+    show(text, s);
+    text_hit h;
+    const bool found = scan(std::string_view{s.text}, &h);
+    if (found && hit) {
+        hit->what =
+            std::move(h.what) + " (written with HTML character references or invisible or look-alike characters)";
+        hit->offset = s.written_offset(h.offset);
+    }
+    if (s.text.capacity() > (std::size_t{1} << 20)) {
+        s = {};
+    }
+    return found;
+}
+
+}  // namespace
+
+bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
+    return scan_pii(kinds, text, hit) ||
+           scan_shown(text, hit, [&](std::string_view shown, text_hit* h) { return scan_pii(kinds, shown, h); });
+}
+
+bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
+    return scan_content(g, text, unsubscribe, hit) || scan_shown(text, hit, [&](std::string_view shown, text_hit* h) {
+               return scan_content(g, shown, unsubscribe, h);
+           });
 }
 
 }  // namespace detail

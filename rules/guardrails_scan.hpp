@@ -15,6 +15,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "rules/guardrails.hpp"
@@ -63,6 +64,29 @@ bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit
 // is found: after a finding it is left as it was, or set).
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
+
+// Text as a reader is shown it, for the characters that hide a number or a word from a
+// scan of the bytes as written: HTML character references (numeric ones, `&#52;` `&#x34`,
+// and named ones such as `&nbsp;` `&shy;` `&ndash;`) are decoded; invisible characters (zero-width
+// spaces and joiners, soft hyphens, word joiners, byte-order marks) are dropped; no-break and
+// other Unicode spaces show as ' ', Unicode hyphens and dashes as '-', full-width digits and
+// letters as ASCII ones. Nothing else (tags stay as written). `map` gives a shown offset's
+// offset in the text as written.
+struct shown_text {
+    std::string text;
+    std::vector<std::pair<std::size_t, std::size_t>> map;  // (shown, written) where they part
+    std::size_t written_offset(std::size_t shown) const;
+};
+// Whether `text` has anything shown differently from how it is written, other than the five
+// references of ASCII punctuation (`&amp;` `&lt;` `&gt;` `&quot;` `&apos;`), which hide nothing
+// from a scan (it reads them as punctuation and a word it ignores).
+bool hides_characters(std::string_view text);
+void show(std::string_view text, shown_text& out);
+
+// What the guards call: scan_pii / scan_content, and when those find nothing in a text that
+// hides characters, the same scan over the text as shown (a hit's offset is in `text`).
+bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
+bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 
 // The verdicts of the last few hosts looked up in one domain_set, for one request (its links,
 // or its recipients, mostly share a handful of domains). Hosts up to 64 bytes are kept, as

@@ -230,6 +230,45 @@ TEST(GuardPii, InNarrowsTheScanToJsonPaths) {
     EXPECT_FALSE(under.check_body(body).allowed());
 }
 
+TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
+    // HTML editors write no-break spaces into numbers so they do not wrap; a scan of the
+    // bytes as written would see `&nbsp;` as a word, not a separator.
+    fixture f{pii_rule(R"j({"pii": ["card", "ssn"]})j")};
+    const std::string body = sendgrid("<p>Card on file: 4111&nbsp;1111&nbsp;1111&nbsp;1111</p>");
+    const auto d = f.check_body(body);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) (written with HTML "
+                        "character references or invisible or look-alike characters) at body offset " +
+                            std::to_string(body.find("4111&nbsp;")) + " ($.content[1].value)");
+    for (const char* html : {"4111&#160;1111&#160;1111&#160;1111", "4111&#xa0;1111&#XA0;1111&#xA0;1111",
+                             R"(4111\u00a01111\u00a01111\u00a01111)", "4111\xc2\xa0" "1111\xc2\xa0" "1111\xc2\xa0" "1111",
+                             "4111\xe2\x80\xaf" "1111\xe2\x80\xaf" "1111\xe2\x80\xaf" "1111",
+                             "&#52;&#49;&#49;&#49; 1111 1111 1111", "&#x34&#x31&#x31&#x31 1111 1111 1111",
+                             "41\xe2\x80\x8b" "11 1111 1111 1111", "4111 11&shy;11 1111 1111", "4111 11\xc2\xad" "11 1111 1111",
+                             "\xef\xbc\x94\xef\xbc\x91\xef\xbc\x91\xef\xbc\x91 1111 1111 1111",
+                             "4111&#8209;1111&#8209;1111&#8209;1111", "4111&ndash;1111&ndash;1111&ndash;1111",
+                             "4111\xe2\x80\x91" "1111\xe2\x80\x91" "1111\xe2\x80\x91" "1111", "4111&nbsp1111&nbsp1111&nbsp1111"}) {
+        const auto hidden = f.check_body(sendgrid(std::string{"<p>Card: "} + html + "</p>"));
+        EXPECT_EQ(hidden.outcome, verdict::violated) << html;
+        EXPECT_THAT(hidden.reason, HasSubstr("card number (Luhn-valid, ****1111) (written with HTML")) << html;
+    }
+    const std::string ssn = sendgrid("<p>SSN: 078&#8209;05&#8209;1120</p>");
+    EXPECT_THAT(f.check_body(ssn).reason, HasSubstr("US SSN (written with HTML character references or invisible or "
+                                                    "look-alike characters) at body offset " +
+                                                    std::to_string(ssn.find("078&"))));
+    // Form fields and raw messages are read the same way.
+    EXPECT_FALSE(f.check_body("html=4111%26nbsp%3B1111%26nbsp%3B1111%26nbsp%3B1111", "application/x-www-form-urlencoded")
+                     .allowed());
+    // What shows as no card is no card: references of punctuation, other spaces, a bad Luhn.
+    for (const char* html : {"Prices from $19.99&nbsp;&ndash; free shipping", "4111&amp;1111&amp;1111&amp;1111",
+                             "4111&nbsp;1111&nbsp;1111&nbsp;1112", "4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111",
+                             "4111&nbsp;1111-1111&nbsp;1111", "Tom&nbsp;&amp;&nbsp;Jerry &#169; 2026 &copy;",
+                             "4111&#8203 1111 &zwnj 1111 1111"}) {
+        const auto d2 = f.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
+        EXPECT_TRUE(d2.allowed()) << html << ": " << d2.reason;
+    }
+}
+
 TEST(GuardPii, Ssn) {
     fixture f{pii_rule(R"j({"pii": ["ssn"]})j")};
     const std::string body = sendgrid("<p>SSN on file: 078-05-1120.</p>");
@@ -566,6 +605,30 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href='//evil.io/x'>x</a>)j")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(see https:\/\/evil.io\/x)j")).allowed());  // JSON-escaped slashes
+}
+
+TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money"], "link_domains": ["example.com"]})j")};
+    const std::string body = sendgrid("<p>Get fr&#101;e&nbsp;money</p>");
+    const auto d = f.check_body(body);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule brand (off-brand, sev3): blocked term #0 (free money) (written with HTML character "
+                        "references or invisible or look-alike characters) at body offset " +
+                            std::to_string(body.find("fr&#101;")) + " ($.content[1].value)");
+    for (const char* html : {"fr\xe2\x80\x8b" "ee mon\xc2\xad" "ey", "\xef\xbd\x86ree money", "free&NonBreakingSpace;money",
+                             "FREE&ZeroWidthSpace; MONEY"}) {
+        EXPECT_THAT(f.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).reason, HasSubstr("blocked term #0")) << html;
+    }
+    // A link whose scheme or host is written with references is followed as a browser does.
+    const std::string link = sendgrid(R"j(<a href=\"&#104;ttps://evil.example/x\">x</a>)j");
+    EXPECT_THAT(f.check_body(link).reason,
+                HasSubstr("link to a domain outside link_domains (evil.example) (written with HTML character "
+                          "references or invisible or look-alike characters) at body offset " +
+                          std::to_string(link.find("&#104;"))));
+    EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href=\"https://evil&#46;example/x\">x</a>)j")).allowed());
+    // Nothing hidden: the usual references of a newsletter change nothing.
+    EXPECT_TRUE(f.check_body(sendgrid(R"j(<a href=\"https://www.example.com/s?a=1&amp;b=2\">Tom&nbsp;&amp;&nbsp;Jerry</a> free&nbsp;&nbsp;time, money)j"))
+                    .allowed());
 }
 
 TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
@@ -1442,6 +1505,37 @@ TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     }
     EXPECT_GT(hits, 2000);
     EXPECT_LT(hits, 14000);
+}
+
+TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
+    detail::shown_text s;
+    EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
+    EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
+    EXPECT_TRUE(detail::hides_characters("a&nbsp;b"));
+    EXPECT_TRUE(detail::hides_characters("a&nbspb")) << "legacy references need no ';'";
+    EXPECT_FALSE(detail::hides_characters("a&ndashb")) << "the others do";
+    EXPECT_TRUE(detail::hides_characters("&#65"));
+    EXPECT_TRUE(detail::hides_characters("x\xe2\x80\x8b"));
+    EXPECT_FALSE(detail::hides_characters("x\xe2\x80"));  // a cut sequence
+    EXPECT_FALSE(detail::hides_characters("\xe2\x82\xac 5"));  // the euro sign shows as itself
+
+    const std::string text = "a&amp;b&#52;2\xc2\xa0z\xe2\x80\x8b&shy;y&#x1F600;&#0;&#99999999;\xef\xbc\x91!";
+    detail::show(text, s);
+    EXPECT_EQ(s.text, "a&b42 zy\xf0\x9f\x98\x80\xef\xbf\xbd\xef\xbf\xbd" "1!");
+    // Every shown byte that comes from itself maps to itself; a replaced one to its start.
+    EXPECT_EQ(s.written_offset(0), 0u);                        // a
+    EXPECT_EQ(s.written_offset(1), text.find("&amp;"));       // &
+    EXPECT_EQ(s.written_offset(2), text.find("b&#52"));       // b
+    EXPECT_EQ(s.written_offset(3), text.find("&#52"));        // 4
+    EXPECT_EQ(s.written_offset(4), text.find("2\xc2"));       // 2
+    EXPECT_EQ(s.written_offset(5), text.find("\xc2\xa0"));    // ' '
+    EXPECT_EQ(s.written_offset(6), text.find("z"));           // z
+    EXPECT_EQ(s.written_offset(7), text.find("y&"));          // y (after two dropped)
+    EXPECT_EQ(s.written_offset(8), text.find("&#x1F600"));    // first byte of the emoji
+    EXPECT_EQ(s.written_offset(s.text.size() - 1), text.size() - 1);  // !
+    detail::show("nothing to do", s);
+    EXPECT_EQ(s.text, "nothing to do");
+    EXPECT_TRUE(s.map.empty());
 }
 
 TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {

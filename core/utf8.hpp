@@ -1,0 +1,27 @@
+#pragma once
+// UTF-8 encoding of one code point, for decoders (JSON \u escapes, HTML character references).
+
+#include <cstdint>
+
+namespace bb {
+
+// Writes cp (<= 0x10FFFF; the caller replaces surrogates) to out and advances it: 1-4 bytes.
+inline void put_utf8(std::uint32_t cp, char*& out) {
+    if (cp < 0x80) {
+        *out++ = static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        *out++ = static_cast<char>(0xC0 | (cp >> 6));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *out++ = static_cast<char>(0xE0 | (cp >> 12));
+        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+        *out++ = static_cast<char>(0xF0 | (cp >> 18));
+        *out++ = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        *out++ = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        *out++ = static_cast<char>(0x80 | (cp & 0x3F));
+    }
+}
+
+}  // namespace bb
