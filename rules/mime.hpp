@@ -43,8 +43,9 @@ struct mime_content {
 // (text/*, or no valid Content-Type) with its Content-Transfer-Encoding undone, through nested
 // multiparts (a multipart/digest's untyped parts as messages) and attached messages
 // (message/rfc822). Parts of other types (images, PDFs) are not read; multipart preambles and
-// epilogues are, as plain text. HTML is read as markup (entities are not decoded). Linear in
-// the message. False with `why` when the message cannot be read for certain: a header section
+// epilogues are, as plain text. HTML is returned as markup (the guards read a text again as
+// shown when it hides characters: rules/guardrails_scan.hpp, shown_text). Linear in the
+// message. False with `why` when the message cannot be read for certain: a header section
 // that cannot be read (see mime_recipients), a second Content-Type or
 // Content-Transfer-Encoding, a second or RFC 2231 charset or boundary parameter, a multipart
 // without a boundary or with a bare CR in its body, an encoded multipart or attached message,

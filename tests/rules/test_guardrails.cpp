@@ -817,6 +817,12 @@ TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) at offset 14 of part 1.1 "
                         "(text/plain) of the raw message at $.Content.Raw.Data");
+    // As a mail client shows it: a quoted-printable no-break space, an HTML reference.
+    d = f.check_body(ses_raw(newsletter("Card on file: 4111=C2=A01111=C2=A01111=C2=A01111.", "<p>Thanks</p>")));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("****1111) (written with HTML character references or invisible or look-alike "
+                                    "characters) at offset 14 of part 1.1 (text/plain)"));
+    EXPECT_FALSE(f.check_body(ses_raw(newsletter("Thanks.", "<p>4111&nbsp;1111&nbsp;1111&nbsp;1111</p>"))).allowed());
     d = f.check_body(ses_raw(newsletter("Thanks.", "<p>Your SSN 078-05-1120 is on file</p>")));
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_THAT(d.reason, HasSubstr("SSN"));
