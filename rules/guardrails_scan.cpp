@@ -1634,6 +1634,9 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     std::size_t nwords = 0;
     char lower[64];
     return for_each_word(text, [&](std::size_t s, std::size_t e) {
+        if (is_punctuation_reference(text, s, e)) {
+            return false;  // `amp` of `&amp;`: read as the punctuation it shows
+        }
         const std::size_t len = e - s;
         starts[nwords++ & 15] = s;
         const auto c0 = to_lower(static_cast<unsigned char>(text[s]));
@@ -1732,10 +1735,19 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                 }
                 const unsigned pair = p[s] | (s + 1 < n ? static_cast<unsigned>(p[s + 1]) << 8 : 0u);
                 if (!(state == 0 ? m.maybe_term_start(pair) : m.maybe_word_start(pair))) {
-                    state = 0;  // not a word of any term
+                    // Not a word of any term, unless it is the `amp` of `&amp;`: read as the
+                    // punctuation it shows (in a match: skipped, not a reset).
+                    if (state != 0 && p[s - 1] == '&' &&
+                        is_punctuation_reference(text, s, word_end(text, block, b, mk.word))) [[unlikely]] {
+                        continue;
+                    }
+                    state = 0;
                     continue;
                 }
                 const std::size_t e = word_end(text, block, b, mk.word);
+                if (s > 0 && p[s - 1] == '&' && is_punctuation_reference(text, s, e)) [[unlikely]] {
+                    continue;
+                }
                 const std::size_t len = e - s;
                 std::uint32_t id = 0;
                 if (len <= max_word_bytes && m.maybe_word(len, to_lower(p[s]), to_lower(p[e - 1]))) {
@@ -1771,7 +1783,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
 }
 
 // ---------------------------------------------------------------------------------------
-// Text as shown (see shown_text).
+// Text as shown (see show()).
 
 namespace {
 
@@ -1780,14 +1792,23 @@ namespace {
 constexpr int shown_keep = -1;
 constexpr int shown_drop = -2;
 int shown_as(std::uint32_t cp) {
+    if (cp < 0x80) {
+        return shown_keep;
+    }
     if (cp == 0xA0 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F || cp == 0x205F || cp == 0x3000) {
         return ' ';
     }
-    if (cp == 0xAD || (cp >= 0x200B && cp <= 0x200D) || (cp >= 0x2060 && cp <= 0x2064) || cp == 0xFEFF ||
-        cp == 0x180E) {
+    // Format and joining characters that show as nothing: soft hyphen, combining grapheme
+    // joiner, Arabic letter mark, Mongolian vowel separator, zero-width space/joiners,
+    // direction marks, embeddings and isolates, word joiner and invisible operators,
+    // variation selectors, byte-order mark.
+    if (cp == 0xAD || cp == 0x34F || cp == 0x61C || cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) ||
+        (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) ||
+        (cp >= 0xFE00 && cp <= 0xFE0F) || cp == 0xFEFF) {
         return shown_drop;
     }
-    if ((cp >= 0x2010 && cp <= 0x2013) || cp == 0x2212 || cp == 0xFE63 || cp == 0xFF0D) {
+    if ((cp >= 0x2010 && cp <= 0x2015) || cp == 0x2043 || cp == 0x2212 || cp == 0xFE58 || cp == 0xFE63 ||
+        cp == 0xFF0D) {
         return '-';
     }
     if (cp >= 0xFF10 && cp <= 0xFF19) {
@@ -1800,6 +1821,13 @@ int shown_as(std::uint32_t cp) {
         return static_cast<int>('a' + (cp - 0xFF41));
     }
     return shown_keep;
+}
+
+// Punctuation and symbols a newsletter writes as numeric references (&#8217; &#169; ...):
+// they show as themselves and hide nothing, so they alone do not make a text read again.
+bool plain_symbol(std::uint32_t cp) {
+    return (cp >= 0xA1 && cp <= 0xBF) || cp == 0xD7 || cp == 0xF7 || (cp >= 0x2016 && cp <= 0x205E) ||
+           cp == 0x2122 || (cp >= 0x20A0 && cp <= 0x20C0);
 }
 
 bool continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
@@ -1820,13 +1848,22 @@ std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
     return 0;
 }
 
+std::size_t utf8_length(std::uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
+
+// Numeric references 128-159 are read as windows-1252, as browsers do (&#150; is an en dash).
+constexpr std::uint16_t windows_1252[32] = {
+    0x20AC, 0x81,   0x201A, 0x192,  0x201E, 0x2026, 0x2020, 0x2021, 0x2C6,  0x2030, 0x160,
+    0x2039, 0x152,  0x8D,   0x17D,  0x8F,   0x90,   0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+    0x2013, 0x2014, 0x2DC,  0x2122, 0x161,  0x203A, 0x153,  0x9D,   0x17E,  0x178};
+
 struct named_reference {
     std::string_view name;
     std::uint32_t cp;
     bool bare;  // read without its ';' too (HTML's legacy references)
 };
-// The named references that can hide something (and the five of ASCII punctuation, decoded
-// with them). Names are case-sensitive, as in HTML.
+// The named references that can hide something, and the five of ASCII punctuation, which
+// are decoded with them (the content scanners pass over them as written: is_punctuation_reference).
+// Names are case-sensitive, as in HTML.
 constexpr named_reference named_references[] = {
     {"amp", '&', true},
     {"lt", '<', true},
@@ -1838,29 +1875,69 @@ constexpr named_reference named_references[] = {
     {"NonBreakingSpace", 0xA0, false},
     {"ensp", 0x2002, false},
     {"emsp", 0x2003, false},
+    {"emsp13", 0x2004, false},
+    {"emsp14", 0x2005, false},
     {"numsp", 0x2007, false},
     {"puncsp", 0x2008, false},
     {"thinsp", 0x2009, false},
+    {"ThinSpace", 0x2009, false},
     {"hairsp", 0x200A, false},
+    {"VeryThinSpace", 0x200A, false},
+    {"MediumSpace", 0x205F, false},
     {"ZeroWidthSpace", 0x200B, false},
+    {"NegativeVeryThinSpace", 0x200B, false},
+    {"NegativeThinSpace", 0x200B, false},
+    {"NegativeMediumSpace", 0x200B, false},
+    {"NegativeThickSpace", 0x200B, false},
     {"zwnj", 0x200C, false},
     {"zwj", 0x200D, false},
+    {"lrm", 0x200E, false},
+    {"rlm", 0x200F, false},
     {"NoBreak", 0x2060, false},
+    {"af", 0x2061, false},
+    {"ApplyFunction", 0x2061, false},
+    {"it", 0x2062, false},
+    {"InvisibleTimes", 0x2062, false},
+    {"ic", 0x2063, false},
+    {"InvisibleComma", 0x2063, false},
     {"hyphen", 0x2010, false},
     {"dash", 0x2010, false},
     {"ndash", 0x2013, false},
+    {"mdash", 0x2014, false},
+    {"horbar", 0x2015, false},
     {"minus", 0x2212, false},
+    {"colon", ':', false},
+    {"sol", '/', false},
+    {"period", '.', false},
+    {"commat", '@', false},
+    {"lowbar", '_', false},
 };
 constexpr std::size_t ascii_punctuation_references = 5;  // the first five
 
+// First letters of the names: most '&' (a lone one, `&#`) are rejected by one test.
+struct name_starts {
+    std::uint64_t bits[2] = {};
+    constexpr name_starts() {
+        for (const auto& r : named_references) {
+            const auto c = static_cast<unsigned char>(r.name[0]);
+            bits[c >> 6] |= std::uint64_t{1} << (c & 63);
+        }
+    }
+    constexpr bool has(unsigned char c) const { return c < 128 && (bits[c >> 6] >> (c & 63) & 1) != 0; }
+};
+constexpr name_starts reference_name_starts{};
+
 // The character reference at t[i] == '&': its code point and length, 0 when there is none.
-// `punctuation` says whether it is one of the five of ASCII punctuation.
+// `punctuation`: one of the five named references of ASCII punctuation.
 std::size_t reference_at(std::string_view t, std::size_t i, std::uint32_t& cp, bool& punctuation) {
     punctuation = false;
     std::size_t j = i + 1;
-    if (j < t.size() && t[j] == '#') {
+    if (j >= t.size()) {
+        return 0;
+    }
+    if (t[j] == '#') {
         // Numeric, as browsers read it: any number of digits, the ';' optional; zero, a
-        // surrogate or past U+10FFFF is U+FFFD.
+        // surrogate or past U+10FFFF is U+FFFD, 128-159 windows-1252.
         const bool hex = j + 1 < t.size() && (t[j + 1] == 'x' || t[j + 1] == 'X');
         j += hex ? 2 : 1;
         const std::size_t digits = j;
@@ -1879,15 +1956,22 @@ std::size_t reference_at(std::string_view t, std::size_t i, std::uint32_t& cp, b
             ++j;
         }
         cp = v == 0 || v > 0x10FFFF || (v >= 0xD800 && v < 0xE000) ? 0xFFFD : v;
+        if (cp >= 0x80 && cp <= 0x9F) {
+            cp = windows_1252[cp - 0x80];
+        }
         return j - i;
     }
-    const std::string_view rest = t.substr(j, 17);
+    if (!reference_name_starts.has(static_cast<unsigned char>(t[j]))) {
+        return 0;
+    }
+    const char* rest = t.data() + j;
+    const std::size_t left = t.size() - j;
     for (std::size_t k = 0; k < std::size(named_references); ++k) {
         const named_reference& r = named_references[k];
-        if (rest.substr(0, r.name.size()) != r.name) {
+        if (r.name[0] != rest[0] || left < r.name.size() || std::memcmp(rest, r.name.data(), r.name.size()) != 0) {
             continue;
         }
-        const bool semicolon = rest.size() > r.name.size() && rest[r.name.size()] == ';';
+        const bool semicolon = left > r.name.size() && rest[r.name.size()] == ';';
         if (!semicolon && !r.bare) {
             continue;
         }
@@ -1946,24 +2030,26 @@ std::size_t next_candidate(std::string_view t, std::size_t i) {
     return i;
 }
 
-// What the character at t[i] (a candidate) shows as: its length (0: shown as written, or one
-// of the five references of ASCII punctuation unless `punctuation_too`) and the code point
-// it stands for with what that shows as (shown_as).
+// What the character at t[i] (a candidate) shows as: its length in t (0: shown as written)
+// and what it shows as: shown_as()'s value, or shown_keep with the code point it stands for.
+// Unless `all`, only what hides something (not the five references of ASCII punctuation or a
+// numeric reference of a plain symbol).
 struct shown_char {
     std::size_t len = 0;
     std::uint32_t cp = 0;
     int as = shown_keep;
+    std::size_t shown_length() const { return as >= 0 ? 1 : as == shown_drop ? 0 : utf8_length(cp); }
 };
-shown_char shown_at(std::string_view t, std::size_t i, bool punctuation_too) {
+inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
     shown_char s;
     if (t[i] == '&') {
         bool punctuation = false;
         s.len = reference_at(t, i, s.cp, punctuation);
-        if (punctuation && !punctuation_too) {
-            s.len = 0;
-        }
         if (s.len != 0) {
             s.as = shown_as(s.cp);
+            if (!all && (punctuation || (s.as == shown_keep && plain_symbol(s.cp)))) {
+                s.len = 0;
+            }
         }
     } else if ((s.len = utf8_at(t, i, s.cp)) != 0 && (s.as = shown_as(s.cp)) == shown_keep) {
         s.len = 0;
@@ -1971,21 +2057,34 @@ shown_char shown_at(std::string_view t, std::size_t i, bool punctuation_too) {
     return s;
 }
 
-}  // namespace
-
-std::size_t shown_text::written_offset(std::size_t shown) const {
-    // The last place at or before `shown` where the two part (the later of two at one place:
-    // a dropped character shows as nothing, so what is shown there is what follows it).
-    auto it = std::upper_bound(map.begin(), map.end(), shown,
-                               [](std::size_t s, const std::pair<std::size_t, std::size_t>& e) { return s < e.first; });
-    if (it == map.begin()) {
-        return shown;
+// Calls piece(written_at, written_len, c) along `text`: c null for a run shown as written,
+// else the character that shows otherwise. Stops when piece returns true.
+template <class F>
+void for_each_shown(std::string_view text, F&& piece) {
+    std::size_t i = 0;
+    while (i < text.size()) {
+        const std::size_t next = next_candidate(text, i);
+        if (next > i && piece(i, next - i, static_cast<const shown_char*>(nullptr))) {
+            return;
+        }
+        i = next;
+        if (i >= text.size()) {
+            return;
+        }
+        const shown_char c = shown_at(text, i, true);
+        if (c.len == 0) {
+            if (piece(i, 1, static_cast<const shown_char*>(nullptr))) {
+                return;
+            }
+            ++i;
+            continue;
+        }
+        if (piece(i, c.len, &c)) {
+            return;
+        }
+        i += c.len;
     }
-    --it;
-    return it->second + (shown - it->first);
 }
-
-namespace {
 
 // Whether one of the 8 bytes is '&' or not ASCII.
 inline bool amp_or_high8(std::uint64_t x) {
@@ -2039,11 +2138,23 @@ bool any_candidate(std::string_view t) {
 
 }  // namespace
 
+bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t e) {
+    if (s == 0 || text[s - 1] != '&' || e >= text.size() || text[e] != ';') {
+        return false;
+    }
+    const std::string_view w = text.substr(s, e - s);
+    return w == "amp" || w == "lt" || w == "gt" || w == "quot" || w == "apos";
+}
+
 bool hides_characters(std::string_view text) {
     if (!any_candidate(text)) {
         return false;
     }
     for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i + 1)) {
+        if (text.compare(i, 5, "&amp;") == 0) {
+            i += 4;  // the most common by far (every `&` of a URL in HTML), and it hides nothing
+            continue;
+        }
         if (shown_at(text, i, false).len != 0) {
             return true;
         }
@@ -2051,58 +2162,57 @@ bool hides_characters(std::string_view text) {
     return false;
 }
 
-void show(std::string_view text, shown_text& out) {
-    out.text.clear();
-    out.map.clear();
-    out.text.reserve(text.size());
-    std::size_t copied = 0;  // text[0, copied) is in out.text
-    for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i)) {
-        const shown_char c = shown_at(text, i, true);
-        if (c.len == 0) {
-            ++i;
-            continue;
-        }
-        out.text.append(text, copied, i - copied);
-        out.map.emplace_back(out.text.size(), i);
-        if (c.as >= 0) {
-            out.text += static_cast<char>(c.as);
-        } else if (c.as == shown_keep) {
+void show(std::string_view text, std::string& out) {
+    out.clear();
+    out.reserve(text.size());
+    for_each_shown(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
+        if (c == nullptr) {
+            out.append(text, at, len);
+        } else if (c->as >= 0) {
+            out += static_cast<char>(c->as);
+        } else if (c->as == shown_keep) {
             char buf[4];
             char* e = buf;
-            put_utf8(c.cp, e);
-            out.text.append(buf, static_cast<std::size_t>(e - buf));
+            put_utf8(c->cp, e);
+            out.append(buf, static_cast<std::size_t>(e - buf));
         }
-        i += c.len;
-        copied = i;
-        out.map.emplace_back(out.text.size(), i);
-    }
-    out.text.append(text, copied, std::string_view::npos);
+        return false;
+    });
+}
+
+std::size_t written_offset(std::string_view text, std::size_t shown) {
+    std::size_t before = 0;  // shown bytes before the piece
+    std::size_t found = text.size();
+    for_each_shown(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
+        const std::size_t n = c ? c->shown_length() : len;
+        if (shown < before + n) {
+            found = c ? at : at + (shown - before);
+            return true;
+        }
+        before += n;
+        return false;
+    });
+    return found;
 }
 
 namespace {
-
-// The per-thread text as shown (released when a large one grew it).
-shown_text& shown_scratch() {
-    thread_local shown_text s;
-    return s;
-}
 
 template <class Scan>
 bool scan_shown(std::string_view text, text_hit* hit, Scan&& scan) {
     if (!hides_characters(text)) {
         return false;
     }
-    shown_text& s = shown_scratch();
-    show(text, s);
+    thread_local std::string shown;
+    show(text, shown);
     text_hit h;
-    const bool found = scan(std::string_view{s.text}, &h);
+    const bool found = scan(std::string_view{shown}, &h);
     if (found && hit) {
         hit->what =
             std::move(h.what) + " (written with HTML character references or invisible or look-alike characters)";
-        hit->offset = s.written_offset(h.offset);
+        hit->offset = written_offset(text, h.offset);
     }
-    if (s.text.capacity() > (std::size_t{1} << 20)) {
-        s = {};
+    if (shown.capacity() > (std::size_t{1} << 20)) {  // one large text does not pin its memory
+        shown = {};
     }
     return found;
 }

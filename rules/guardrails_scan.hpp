@@ -66,22 +66,23 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
 bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 
 // Text as a reader is shown it, for the characters that hide a number or a word from a
-// scan of the bytes as written: HTML character references (numeric ones, `&#52;` `&#x34`,
-// and named ones such as `&nbsp;` `&shy;` `&ndash;`) are decoded; invisible characters (zero-width
-// spaces and joiners, soft hyphens, word joiners, byte-order marks) are dropped; no-break and
-// other Unicode spaces show as ' ', Unicode hyphens and dashes as '-', full-width digits and
-// letters as ASCII ones. Nothing else (tags stay as written). `map` gives a shown offset's
-// offset in the text as written.
-struct shown_text {
-    std::string text;
-    std::vector<std::pair<std::size_t, std::size_t>> map;  // (shown, written) where they part
-    std::size_t written_offset(std::size_t shown) const;
-};
-// Whether `text` has anything shown differently from how it is written, other than the five
-// references of ASCII punctuation (`&amp;` `&lt;` `&gt;` `&quot;` `&apos;`), which hide nothing
-// from a scan (it reads them as punctuation and a word it ignores).
+// scan of the bytes as written: HTML character references are decoded (numeric ones, `&#52;`
+// `&#x34`, 128-159 as windows-1252, and named ones such as `&nbsp;` `&shy;` `&ndash;`
+// `&colon;`); invisible characters (zero-width spaces and joiners, soft hyphens, direction
+// marks, word joiners, variation selectors, byte-order marks) are dropped; no-break and other
+// Unicode spaces show as ' ', Unicode hyphens and dashes as '-', full-width digits and
+// letters as ASCII ones. Nothing else (tags stay as written). Never longer than `text`.
+void show(std::string_view text, std::string& out);
+// The offset in `text` of byte `shown` of show(text) (of the character it comes from).
+std::size_t written_offset(std::string_view text, std::size_t shown);
+// Whether show(text) could find more than a scan of `text` does. The five named references of
+// ASCII punctuation (`&amp;` `&lt;` `&gt;` `&quot;` `&apos;`) do not count: the scanners read
+// them as punctuation (see is_punctuation_reference); nor do numeric references of plain
+// symbols (`&#8217;` `&#169;`), which show as themselves.
 bool hides_characters(std::string_view text);
-void show(std::string_view text, shown_text& out);
+// Whether text[s, e) is the word of one of those five references (`amp` in `&amp;`): the
+// content scanners pass over it as over the punctuation it shows (`AT&amp;T` is AT&T).
+bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t e);
 
 // What the guards call: scan_pii / scan_content, and when those find nothing in a text that
 // hides characters, the same scan over the text as shown (a hit's offset is in `text`).

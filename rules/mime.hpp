@@ -44,7 +44,7 @@ struct mime_content {
 // multiparts (a multipart/digest's untyped parts as messages) and attached messages
 // (message/rfc822). Parts of other types (images, PDFs) are not read; multipart preambles and
 // epilogues are, as plain text. HTML is returned as markup (the guards read a text again as
-// shown when it hides characters: rules/guardrails_scan.hpp, shown_text). Linear in the
+// shown when it hides characters: rules/guardrails_scan.hpp, show()). Linear in the
 // message. False with `why` when the message cannot be read for certain: a header section
 // that cannot be read (see mime_recipients), a second Content-Type or
 // Content-Transfer-Encoding, a second or RFC 2231 charset or boundary parameter, a multipart

@@ -247,7 +247,8 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
                              "41\xe2\x80\x8b" "11 1111 1111 1111", "4111 11&shy;11 1111 1111", "4111 11\xc2\xad" "11 1111 1111",
                              "\xef\xbc\x94\xef\xbc\x91\xef\xbc\x91\xef\xbc\x91 1111 1111 1111",
                              "4111&#8209;1111&#8209;1111&#8209;1111", "4111&ndash;1111&ndash;1111&ndash;1111",
-                             "4111\xe2\x80\x91" "1111\xe2\x80\x91" "1111\xe2\x80\x91" "1111", "4111&nbsp1111&nbsp1111&nbsp1111"}) {
+                             "4111\xe2\x80\x91" "1111\xe2\x80\x91" "1111\xe2\x80\x91" "1111", "4111&nbsp1111&nbsp1111&nbsp1111",
+                             "4111&#150;1111&#150;1111&#150;1111", "41&lrm;11 1111 1111 1111", "4111&mdash;1111&mdash;1111&mdash;1111"}) {
         const auto hidden = f.check_body(sendgrid(std::string{"<p>Card: "} + html + "</p>"));
         EXPECT_EQ(hidden.outcome, verdict::violated) << html;
         EXPECT_THAT(hidden.reason, HasSubstr("card number (Luhn-valid, ****1111) (written with HTML")) << html;
@@ -626,6 +627,15 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
                           "references or invisible or look-alike characters) at body offset " +
                           std::to_string(link.find("&#104;"))));
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href=\"https://evil&#46;example/x\">x</a>)j")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href=\"https&colon;&sol;&sol;evil&period;example/x\">x</a>)j")).allowed());
+    // A term written with `&`: HTML writes it `&amp;`, which shows as the `&` (a word break).
+    fixture brand{content_rule(R"j({"blocked_terms": ["AT&T", "free money"]})j")};
+    const std::string att = sendgrid("<p>Switch from AT&amp;T today</p>");
+    EXPECT_EQ(brand.check_body(att).reason, "rule brand (off-brand, sev3): blocked term #0 (AT&T) at body offset " +
+                                                std::to_string(att.find("AT&amp;")) + " ($.content[1].value)");
+    EXPECT_THAT(brand.check_body(sendgrid("<p>free &amp; money</p>")).reason, HasSubstr("blocked term #1"));
+    EXPECT_THAT(brand.check_body(sendgrid("<p>free &lt;money&gt;</p>")).reason, HasSubstr("blocked term #1"));
+    EXPECT_TRUE(brand.check_body(sendgrid("<p>AT&amp;Tx, ATamp;T, AT&ampT</p>")).allowed());
     // Nothing hidden: the usual references of a newsletter change nothing.
     EXPECT_TRUE(f.check_body(sendgrid(R"j(<a href=\"https://www.example.com/s?a=1&amp;b=2\">Tom&nbsp;&amp;&nbsp;Jerry</a> free&nbsp;&nbsp;time, money)j"))
                     .allowed());
@@ -1392,7 +1402,7 @@ struct text_gen {
             case 4: return link();
             case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
-            default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https"});
+            default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";"});
         }
     }
 
@@ -1487,7 +1497,7 @@ content_guard random_content_guard(text_gen& gen, const std::vector<std::string>
 
 TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     const std::vector<std::string> vocab{"free", "money", "act", "now", "a", "0", "7", "12", "win", "\xc3\xbc" "ber",
-                                         "x_y", "spam", "phrase", "href", "http", "unsubscribe"};
+                                         "x_y", "spam", "phrase", "href", "http", "unsubscribe", "amp", "lt"};
     text_gen gen{4242};
     int hits = 0;
     for (int i = 0; i < 4000; ++i) {
@@ -1514,34 +1524,74 @@ TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
 }
 
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
-    detail::shown_text s;
     EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
     EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
+    EXPECT_FALSE(detail::hides_characters("don&#8217;t &#169; 2026 &#x2122; &#8364;5")) << "plain symbols";
     EXPECT_TRUE(detail::hides_characters("a&nbsp;b"));
     EXPECT_TRUE(detail::hides_characters("a&nbspb")) << "legacy references need no ';'";
     EXPECT_FALSE(detail::hides_characters("a&ndashb")) << "the others do";
     EXPECT_TRUE(detail::hides_characters("&#65"));
+    EXPECT_TRUE(detail::hides_characters("&#150;")) << "windows-1252: an en dash";
     EXPECT_TRUE(detail::hides_characters("x\xe2\x80\x8b"));
-    EXPECT_FALSE(detail::hides_characters("x\xe2\x80"));  // a cut sequence
+    EXPECT_TRUE(detail::hides_characters("x\xe2\x80\x8e"));  // left-to-right mark
+    EXPECT_FALSE(detail::hides_characters("x\xe2\x80"));      // a cut sequence
     EXPECT_FALSE(detail::hides_characters("\xe2\x82\xac 5"));  // the euro sign shows as itself
 
-    const std::string text = "a&amp;b&#52;2\xc2\xa0z\xe2\x80\x8b&shy;y&#x1F600;&#0;&#99999999;\xef\xbc\x91!";
+    std::string s;
+    const std::string text = "a&amp;b&#52;2\xc2\xa0z\xe2\x80\x8b&shy;y&#x1F600;&#0;&#99999999;\xef\xbc\x91!&#150;&colon;";
     detail::show(text, s);
-    EXPECT_EQ(s.text, "a&b42 zy\xf0\x9f\x98\x80\xef\xbf\xbd\xef\xbf\xbd" "1!");
-    // Every shown byte that comes from itself maps to itself; a replaced one to its start.
-    EXPECT_EQ(s.written_offset(0), 0u);                        // a
-    EXPECT_EQ(s.written_offset(1), text.find("&amp;"));       // &
-    EXPECT_EQ(s.written_offset(2), text.find("b&#52"));       // b
-    EXPECT_EQ(s.written_offset(3), text.find("&#52"));        // 4
-    EXPECT_EQ(s.written_offset(4), text.find("2\xc2"));       // 2
-    EXPECT_EQ(s.written_offset(5), text.find("\xc2\xa0"));    // ' '
-    EXPECT_EQ(s.written_offset(6), text.find("z"));           // z
-    EXPECT_EQ(s.written_offset(7), text.find("y&"));          // y (after two dropped)
-    EXPECT_EQ(s.written_offset(8), text.find("&#x1F600"));    // first byte of the emoji
-    EXPECT_EQ(s.written_offset(s.text.size() - 1), text.size() - 1);  // !
+    EXPECT_EQ(s, "a&b42 zy\xf0\x9f\x98\x80\xef\xbf\xbd\xef\xbf\xbd" "1!-:");
+    // A byte shown as written maps to itself; one from a replaced character to its start.
+    EXPECT_EQ(detail::written_offset(text, 0), 0u);                        // a
+    EXPECT_EQ(detail::written_offset(text, 1), text.find("&amp;"));       // &
+    EXPECT_EQ(detail::written_offset(text, 2), text.find("b&#52"));       // b
+    EXPECT_EQ(detail::written_offset(text, 3), text.find("&#52"));        // 4
+    EXPECT_EQ(detail::written_offset(text, 4), text.find("2\xc2"));       // 2
+    EXPECT_EQ(detail::written_offset(text, 5), text.find("\xc2\xa0"));    // ' '
+    EXPECT_EQ(detail::written_offset(text, 6), text.find("z"));           // z
+    EXPECT_EQ(detail::written_offset(text, 7), text.find("y&"));          // y (after two dropped)
+    EXPECT_EQ(detail::written_offset(text, 8), text.find("&#x1F600"));    // the emoji's 4 bytes
+    EXPECT_EQ(detail::written_offset(text, 11), text.find("&#x1F600"));
+    EXPECT_EQ(detail::written_offset(text, s.size() - 1), text.find("&colon;"));
+    EXPECT_EQ(detail::written_offset(text, s.size()), text.size());
     detail::show("nothing to do", s);
-    EXPECT_EQ(s.text, "nothing to do");
-    EXPECT_TRUE(s.map.empty());
+    EXPECT_EQ(s, "nothing to do");
+
+    // Random mixes: the shown text is never longer, and every shown byte maps to a written
+    // place whose shown prefix is no longer than it (the same byte when shown as written).
+    const std::vector<std::string> pieces{"&nbsp;", "&amp;", "&#52;", "\xc2\xa0", "\xe2\x80\x8b", "a", "4", " ", "&",
+                                          "&#", "\xc3\xbc", "&#x1F600;", "&lrm;", "\xef\xbc\x91", "&#150", "&nbsp", ";"};
+    std::mt19937 rng{5};
+    for (int i = 0; i < 2000; ++i) {
+        std::string t;
+        for (std::size_t k = 0, n = rng() % 40; k < n; ++k) {
+            t += pieces[rng() % pieces.size()];
+        }
+        detail::show(t, s);
+        ASSERT_LE(s.size(), t.size()) << t;
+        std::size_t last = 0;
+        for (std::size_t k = 0; k < s.size(); ++k) {
+            const std::size_t w = detail::written_offset(t, k);
+            ASSERT_LT(w, t.size()) << t;
+            ASSERT_GE(w, last) << t;
+            last = w;
+            std::string prefix;
+            detail::show(std::string_view{t}.substr(0, w), prefix);
+            ASSERT_LE(prefix.size(), k) << t << " at " << k;
+            if (prefix.size() == k && t[w] != '&' && static_cast<unsigned char>(t[w]) < 0x80) {
+                ASSERT_EQ(s[k], t[w]) << t << " at " << k;
+            }
+        }
+    }
+    // Linear, and cheap on what is no reference (the test has the ctest timeout).
+    EXPECT_FALSE(detail::hides_characters(std::string(4 << 20, '&')));
+    EXPECT_FALSE(detail::hides_characters(std::string(4 << 20, '#').insert(0, "&")));
+    std::string many;
+    while (many.size() < (4 << 20)) {
+        many += "&#000000000000000000000000000000000000;&a&Negative&";
+    }
+    detail::show(many, s);
+    EXPECT_LE(s.size(), many.size());
 }
 
 TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {
