@@ -1493,6 +1493,28 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             return std::move(*r);
         }
     }
+    if (!g.attachments.empty() && kind_of(in) == body_kind::json) {
+        // A string that is not base64 is no file the upstream would send; it is read as
+        // written by the walk below like any other.
+        std::string where;
+        detail::parsed_body& doc = doc_of(in);
+        for (const auto& field : g.attachments) {
+            const auto res = doc.strings_at(body, field.path, [&](std::span<const frame> f, std::string_view text, std::size_t) {
+                if (text.size() < min_length || !decode_base64(text, s.message) ||
+                    !detail::find_pii(g.kinds, s.message, &hit)) {
+                    return false;
+                }
+                where = render_path(f);
+                return true;
+            });
+            if (res == json_walker::result::stopped) {
+                release(s);
+                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of the attachment at " + where +
+                                " (decoded from base64)");
+            }
+        }
+        release(s);
+    }
     switch (kind_of(in)) {
         case body_kind::json: {
             std::string where;
@@ -2120,7 +2142,14 @@ std::optional<guard_field> parse_field(std::string_view text, std::string* error
         }
         return f;
     }
-    if (text.starts_with("mime:")) {
+    if (text.starts_with("attachment:")) {
+        f.attachment = true;
+        text.remove_prefix(11);
+        if (text.starts_with("form:")) {
+            *error = "an attachment: field is a JSON path (a form's files are read as they are sent)";
+            return std::nullopt;
+        }
+    } else if (text.starts_with("mime:")) {
         f.mime = true;
         text.remove_prefix(5);
         if (text.starts_with("base64:form:")) {
@@ -2184,21 +2213,24 @@ const std::vector<guard_field>& default_content_fields() {
     return f;
 }
 
-// A pii guard without `in` reads every value, and the raw messages here.
+// A pii guard without `in` reads every value, and the raw messages and attachments here.
 const std::vector<guard_field>& default_pii_fields() {
-    static const auto f = default_fields({"mime:$.Content.Raw.Data",     // SES v2 raw messages
-                                          "mime:form:message",           // Mailgun messages.mime
-                                          "mime:base64:form:RawMessage.Data"});  // SES v1 SendRawEmail
+    static const auto f = default_fields({"mime:$.Content.Raw.Data",           // SES v2 raw messages
+                                          "mime:form:message",                 // Mailgun messages.mime
+                                          "mime:base64:form:RawMessage.Data",  // SES v1 SendRawEmail
+                                          "attachment:$.attachments[*].content",  // SendGrid
+                                          "attachment:$.Content.Simple.Attachments[*].RawContent"});  // SES v2
     return f;
 }
 
-// Moves the mime: fields out of `fields` (into the list returned).
-std::vector<guard_field> take_mime(std::vector<guard_field>& fields) {
-    std::vector<guard_field> mime;
-    std::copy_if(fields.begin(), fields.end(), std::back_inserter(mime), [](const guard_field& f) { return f.mime; });
-    std::erase_if(fields, [](const guard_field& f) { return f.mime; });
-    return mime;
+// Moves the fields `which` selects out of `fields` (into the list returned).
+std::vector<guard_field> take_fields(std::vector<guard_field>& fields, bool guard_field::*which) {
+    std::vector<guard_field> taken;
+    std::copy_if(fields.begin(), fields.end(), std::back_inserter(taken), [&](const guard_field& f) { return f.*which; });
+    std::erase_if(fields, [&](const guard_field& f) { return f.*which; });
+    return taken;
 }
+std::vector<guard_field> take_mime(std::vector<guard_field>& fields) { return take_fields(fields, &guard_field::mime); }
 
 const std::vector<guard_field>& default_subject_fields() {
     static const auto f = default_fields({"$.subject", "$.personalizations[*].subject",
@@ -2216,9 +2248,9 @@ const std::vector<guard_field>& default_template_fields() {
 
 // `mime_ok`: whether mime: fields are read where these fields go (the recipients, content and
 // pii guards, a duplicates guard's recipients and subjects; elsewhere a mime: field is an
-// error, and dropped from the defaults).
+// error, and dropped from the defaults). attachment: fields are read by the pii guard only.
 std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt,
-                                     bool mime_ok = false) {
+                                     bool mime_ok = false, bool attachment_ok = false) {
     auto list = r.strings(key);
     if (!list) {
         if (mime_ok) {
@@ -2239,6 +2271,10 @@ std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key
                 r.errs().add(cfg::child(r.path_of(key), i),
                              cfg::quote((*list)[i]) + ": a mime: field is not read here (only as recipients or subjects, "
                                                           "or by the recipients, content and pii guards)");
+            }
+            if (f->attachment && !attachment_ok) {
+                r.errs().add(cfg::child(r.path_of(key), i),
+                             cfg::quote((*list)[i]) + ": an attachment: field is read by the pii guard only");
             }
             out.push_back(std::move(*f));
         } else {
@@ -2324,8 +2360,9 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             }
         }
         g->pii.every_value = !r.has("in");
-        g->pii.in = read_fields(r, "in", default_pii_fields(), true);
+        g->pii.in = read_fields(r, "in", default_pii_fields(), true, true);
         g->pii.mime = take_mime(g->pii.in);
+        g->pii.attachments = take_fields(g->pii.in, &guard_field::attachment);
         g->pii.in_index = path_index::of({&g->pii.in});
     } else if (r.has("in")) {
         r.value("in");

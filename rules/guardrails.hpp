@@ -173,6 +173,9 @@ struct guard_field {
     // mime:form:NAME holds the message as written (Mailgun messages.mime); mime:base64:form:NAME
     // its base64 (SES v1 RawMessage.Data). A JSON mime field is always base64.
     bool base64 = false;
+    // `attachment:$.path`: the base64 files there (SendGrid attachments[].content), decoded
+    // and read as text by the pii guard.
+    bool attachment = false;
     std::string name;  // form field
     json_path path;    // JSON (also for mime)
     std::string text;  // as written
@@ -219,6 +222,9 @@ struct pii_guard {
     // Raw messages read as a mail client shows them (mime:$.path; default SES v2
     // $.Content.Raw.Data when there is no `in`, else the mime: fields of `in`).
     std::vector<guard_field> mime;
+    // Attachments read decoded (attachment:$.path; default SendGrid $.attachments[*].content
+    // and SES v2 $.Content.Simple.Attachments[*].RawContent when there is no `in`).
+    std::vector<guard_field> attachments;
 };
 
 struct recipients_guard {

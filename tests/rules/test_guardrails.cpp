@@ -270,6 +270,40 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
     }
 }
 
+TEST(GuardPii, AttachmentsAreReadDecoded) {
+    // An agent attaching a customer export: the file is base64 in the JSON, so a scan of the
+    // string as written sees nothing.
+    fixture f{pii_rule(R"j({"pii": ["card", "ssn"]})j")};
+    const std::string csv = b64("name,card\nJane,4111 1111 1111 1111\n");
+    const std::string body = sendgrid("<p>Your export</p>", R"j(, "attachments": [{"content": ")j" + b64("logo") +
+                                                                R"j(", "type": "image/png", "filename": "logo.png"},
+                                        {"content": ")j" + csv + R"j(", "type": "text/csv", "filename": "customers.csv"}])j");
+    auto d = f.check_body(body);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) at offset 15 of the attachment at "
+                        "$.attachments[1].content (decoded from base64)");
+    // Whatever type it claims; line-wrapped base64 too.
+    std::string wrapped = b64("SSN: 078-05-1120");
+    wrapped.insert(8, "\\r\\n");
+    d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + wrapped + R"j(", "type": "application/octet-stream"}])j"));
+    EXPECT_THAT(d.reason, HasSubstr("US SSN at offset 5 of the attachment at $.attachments[0].content"));
+    // SES v2 SendEmail's Simple content.
+    d = f.check_body(R"j({"Content": {"Simple": {"Subject": {"Data": "Export"}, "Body": {"Text": {"Data": "Attached."}},
+        "Attachments": [{"FileName": "x.txt", "RawContent": ")j" + b64("card 4111111111111111") + R"j("}]}}})j");
+    EXPECT_THAT(d.reason, HasSubstr("of the attachment at $.Content.Simple.Attachments[0].RawContent"));
+    // Clean files pass; a string that is not base64 is read as written like any other.
+    EXPECT_TRUE(f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + b64("name,total\nJane,19.99\n") + R"j("}])j"))
+                    .allowed());
+    d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": "card 4111 1111 1111 1111!"}])j"));
+    EXPECT_THAT(d.reason, HasSubstr("at body offset"));
+    // With `in`, only what it names.
+    fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content"]})j")};
+    EXPECT_TRUE(narrow.check_body(body).allowed());
+    fixture named{pii_rule(R"j({"pii": ["card"], "in": ["attachment:$.files[*].data"]})j")};
+    EXPECT_FALSE(named.check_body(R"j({"files": [{"data": ")j" + csv + R"j("}]})j").allowed());
+    EXPECT_TRUE(named.check_body(body).allowed());
+}
+
 TEST(GuardPii, Ssn) {
     fixture f{pii_rule(R"j({"pii": ["ssn"]})j")};
     const std::string body = sendgrid("<p>SSN on file: 078-05-1120.</p>");
@@ -1203,11 +1237,11 @@ std::vector<std::string> guard_errors(std::string_view rules_json) {
 
 TEST(GuardConfig, EveryErrorHasItsPath) {
     const auto lines = guard_errors(R"j(
-        {"id": "a", "guard": {"pii": ["card", "passport"], "in": ["$.content[", "form:"]}, "failure_mode": "pii-risk", "trips": "x"},
+        {"id": "a", "guard": {"pii": ["card", "passport"], "in": ["$.content[", "form:", "attachment:form:file"]}, "failure_mode": "pii-risk", "trips": "x"},
         {"id": "b", "guard": {"recipients": {"suppression_file": "/nonexistent/list.txt", "allow_domains": ["a@b.com"]}},
          "failure_mode": "wrong-audience", "trips": "x"},
         {"id": "c", "guard": {"recipients": {}}, "failure_mode": "wrong-audience", "trips": "x"},
-        {"id": "d", "guard": {"content": {"blocked_terms": ["ok term", "!!!"], "require_unsubscribe": "yes"}},
+        {"id": "d", "guard": {"content": {"blocked_terms": ["ok term", "!!!"], "require_unsubscribe": "yes", "fields": ["attachment:$.attachments[*].content"]}},
          "failure_mode": "off-brand", "trips": "x"},
         {"id": "e", "guard": {"duplicates": {"window": "1x", "of": ["recipient", "body"], "template_fields": ["mime:$.Content.Raw.Data"]}}, "failure_mode": "loop", "trips": "x"},
         {"id": "f", "guard": {"pii": ["card"], "content": {"require_unsubscribe": true}}, "failure_mode": "pii-risk", "trips": "x"},
@@ -1220,11 +1254,13 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         R"j(rules[0].guard.pii[1]: "passport" is not a PII kind (card, ssn, iban, secrets))j",
         R"j(rules[0].guard.in[0]: "$.content[" is not a JSON path or form:NAME: expected *, an index or a quoted name inside [] at offset 10)j",
         R"j(rules[0].guard.in[1]: "form:" is not a JSON path or form:NAME: missing form field name)j",
+        R"j(rules[0].guard.in[2]: "attachment:form:file" is not a JSON path or form:NAME: an attachment: field is a JSON path (a form's files are read as they are sent))j",
         R"j(rules[1].guard.recipients.allow_domains[0]: "a@b.com" is not a domain)j",
         R"j(rules[1].guard.recipients.suppression_file: "/nonexistent/list.txt" cannot be read)j",
         R"j(rules[2].guard.recipients: needs allow_domains, block_domains or suppression_file)j",
         R"j(rules[3].guard.content.blocked_terms[1]: "!!!": a term needs at least one word (letters or digits))j",
         R"j(rules[3].guard.content.require_unsubscribe: must be true or false, not a string)j",
+        R"j(rules[3].guard.content.fields[0]: "attachment:$.attachments[*].content": an attachment: field is read by the pii guard only)j",
         R"j(rules[4].guard.duplicates.max: is required)j",
         R"j(rules[4].guard.duplicates.window: "1x" is not a duration (use a whole number with ms, s, m, h or d))j",
         R"j(rules[4].guard.duplicates.of[1]: "body" is not recipient, subject or template)j",
