@@ -2219,7 +2219,9 @@ const std::vector<guard_field>& default_pii_fields() {
                                           "mime:form:message",                 // Mailgun messages.mime
                                           "mime:base64:form:RawMessage.Data",  // SES v1 SendRawEmail
                                           "attachment:$.attachments[*].content",  // SendGrid
-                                          "attachment:$.Content.Simple.Attachments[*].RawContent"});  // SES v2
+                                          // SES v2 SendEmail and SendBulkEmail, simple or templated
+                                          "attachment:$['Content','DefaultContent']['Simple','Template']"
+                                          ".Attachments[*].RawContent"});
     return f;
 }
 

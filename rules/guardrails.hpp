@@ -223,7 +223,8 @@ struct pii_guard {
     // $.Content.Raw.Data when there is no `in`, else the mime: fields of `in`).
     std::vector<guard_field> mime;
     // Attachments read decoded (attachment:$.path; default SendGrid $.attachments[*].content
-    // and SES v2 $.Content.Simple.Attachments[*].RawContent when there is no `in`).
+    // and SES v2 Content/DefaultContent.Simple/Template.Attachments[*].RawContent when there is
+    // no `in`).
     std::vector<guard_field> attachments;
 };
 

@@ -1906,11 +1906,39 @@ constexpr named_reference named_references[] = {
     {"mdash", 0x2014, false},
     {"horbar", 0x2015, false},
     {"minus", 0x2212, false},
+    // ASCII punctuation and white space by other names (the five above are read as
+    // punctuation by the scanners themselves; these are not, so they hide a word break).
+    {"AMP", '&', true},
+    {"LT", '<', true},
+    {"GT", '>', true},
+    {"QUOT", '"', true},
+    {"Tab", '\t', false},
+    {"NewLine", '\n', false},
+    {"excl", '!', false},
+    {"num", '#', false},
+    {"dollar", '$', false},
+    {"percnt", '%', false},
+    {"lpar", '(', false},
+    {"rpar", ')', false},
+    {"ast", '*', false},
+    {"plus", '+', false},
+    {"comma", ',', false},
     {"colon", ':', false},
+    {"semi", ';', false},
+    {"equals", '=', false},
+    {"quest", '?', false},
     {"sol", '/', false},
+    {"bsol", '\\', false},
     {"period", '.', false},
     {"commat", '@', false},
     {"lowbar", '_', false},
+    {"lsqb", '[', false},
+    {"rsqb", ']', false},
+    {"lcub", '{', false},
+    {"rcub", '}', false},
+    {"verbar", '|', false},
+    {"grave", '`', false},
+    {"Hat", '^', false},
 };
 constexpr std::size_t ascii_punctuation_references = 5;  // the first five
 
@@ -2032,8 +2060,10 @@ std::size_t next_candidate(std::string_view t, std::size_t i) {
 
 // What the character at t[i] (a candidate) shows as: its length in t (0: shown as written)
 // and what it shows as: shown_as()'s value, or shown_keep with the code point it stands for.
-// Unless `all`, only what hides something (not the five references of ASCII punctuation or a
-// numeric reference of a plain symbol).
+// Unless `all`, only what hides something: not one of the five references of ASCII
+// punctuation written with its ';' (the scanners read it as the punctuation), nor a numeric
+// reference of a plain symbol between two non-word bytes (`&#169; 2026`; in `don&#8217;t` it
+// is part of a word, which the bytes as written split in three).
 struct shown_char {
     std::size_t len = 0;
     std::uint32_t cp = 0;
@@ -2047,8 +2077,13 @@ inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
         s.len = reference_at(t, i, s.cp, punctuation);
         if (s.len != 0) {
             s.as = shown_as(s.cp);
-            if (!all && (punctuation || (s.as == shown_keep && plain_symbol(s.cp)))) {
-                s.len = 0;
+            if (!all) {
+                const bool semicolon = t[i + s.len - 1] == ';';
+                const bool apart = (i == 0 || !table.word[static_cast<unsigned char>(t[i - 1])]) &&
+                                   (i + s.len == t.size() || !table.word[static_cast<unsigned char>(t[i + s.len])]);
+                if ((punctuation && semicolon) || (s.as == shown_keep && plain_symbol(s.cp) && apart)) {
+                    s.len = 0;
+                }
             }
         }
     } else if ((s.len = utf8_at(t, i, s.cp)) != 0 && (s.as = shown_as(s.cp)) == shown_keep) {

@@ -291,6 +291,9 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
     d = f.check_body(R"j({"Content": {"Simple": {"Subject": {"Data": "Export"}, "Body": {"Text": {"Data": "Attached."}},
         "Attachments": [{"FileName": "x.txt", "RawContent": ")j" + b64("card 4111111111111111") + R"j("}]}}})j");
     EXPECT_THAT(d.reason, HasSubstr("of the attachment at $.Content.Simple.Attachments[0].RawContent"));
+    d = f.check_body(R"j({"DefaultContent": {"Template": {"TemplateName": "t", "Attachments": [{"FileName": "x.csv",
+        "RawContent": ")j" + b64("card 4111111111111111") + R"j("}]}}, "BulkEmailEntries": []})j");
+    EXPECT_THAT(d.reason, HasSubstr("of the attachment at $.DefaultContent.Template.Attachments[0].RawContent"));
     // Clean files pass; a string that is not base64 is read as written like any other.
     EXPECT_TRUE(f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + b64("name,total\nJane,19.99\n") + R"j("}])j"))
                     .allowed());
@@ -669,7 +672,16 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
                                                 std::to_string(att.find("AT&amp;")) + " ($.content[1].value)");
     EXPECT_THAT(brand.check_body(sendgrid("<p>free &amp; money</p>")).reason, HasSubstr("blocked term #1"));
     EXPECT_THAT(brand.check_body(sendgrid("<p>free &lt;money&gt;</p>")).reason, HasSubstr("blocked term #1"));
-    EXPECT_TRUE(brand.check_body(sendgrid("<p>AT&amp;Tx, ATamp;T, AT&ampT</p>")).allowed());
+    EXPECT_TRUE(brand.check_body(sendgrid("<p>AT&amp;Tx, ATamp;T, AT&amp</p>")).allowed());
+    for (const char* html : {"AT&ampT", "AT&AMP;T", "free&comma;money", "free&Tab;money", "free&NewLine;money"}) {
+        EXPECT_FALSE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
+    }
+    // A symbol inside a word is part of it (bytes >= 0x80 are word bytes): `don&#8217;t`
+    // written as is splits into don, 8217, t.
+    fixture quote{content_rule(R"j({"blocked_terms": ["don’t miss", "Acme®"]})j")};
+    EXPECT_THAT(quote.check_body(sendgrid("<p>Don&#8217;t miss this</p>")).reason, HasSubstr("blocked term #0"));
+    EXPECT_THAT(quote.check_body(sendgrid("<p>Acme&#174; deals</p>")).reason, HasSubstr("blocked term #1"));
+    EXPECT_THAT(quote.check_body(sendgrid("<p>Don&#146;t miss this</p>")).reason, HasSubstr("blocked term #0"));
     // Nothing hidden: the usual references of a newsletter change nothing.
     EXPECT_TRUE(f.check_body(sendgrid(R"j(<a href=\"https://www.example.com/s?a=1&amp;b=2\">Tom&nbsp;&amp;&nbsp;Jerry</a> free&nbsp;&nbsp;time, money)j"))
                     .allowed());
@@ -1562,7 +1574,9 @@ TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
     EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
-    EXPECT_FALSE(detail::hides_characters("don&#8217;t &#169; 2026 &#x2122; &#8364;5")) << "plain symbols";
+    EXPECT_FALSE(detail::hides_characters("don't &#169; 2026 &#x2122; &#8364; 5 (&#8217;)")) << "plain symbols";
+    EXPECT_TRUE(detail::hides_characters("don&#8217;t")) << "inside a word";
+    EXPECT_TRUE(detail::hides_characters("AT&ampT")) << "a bare &amp is not read as punctuation by the scanners";
     EXPECT_TRUE(detail::hides_characters("a&nbsp;b"));
     EXPECT_TRUE(detail::hides_characters("a&nbspb")) << "legacy references need no ';'";
     EXPECT_FALSE(detail::hides_characters("a&ndashb")) << "the others do";
