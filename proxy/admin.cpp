@@ -54,6 +54,17 @@ std::string num(double v) {
     return ss.str();
 }
 
+// Appends to the audit log. The new chain head goes to the process log: an anchor kept
+// outside the store file, so a log shipped elsewhere shows a later wipe or rewrite of the
+// chain (with the head) that the store alone could not.
+asio::awaitable<store::result> append_audit(store::database& db, store::audit_entry e) {
+    auto r = co_await await_store([&](store::done_fn done) { db.append_audit(std::move(e), std::move(done)); });
+    if (r.ok) {
+        spdlog::info("audit: entry {} appended, chain head {}", r.count, r.hash);
+    }
+    co_return r;
+}
+
 std::int64_t to_wall_ms(time_point t, const clock& c) {
     const auto wall = c.wall_now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(c.now() - t);
     return std::chrono::duration_cast<std::chrono::milliseconds>(wall.time_since_epoch()).count();
@@ -663,7 +674,7 @@ private:
         e.reason = reason_;
         e.result = "started";
         e.diff = diff;
-        auto r = co_await await_store([&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+        auto r = co_await append_audit(*db, std::move(e));
         if (!r.ok) {
             spdlog::error("audit: cannot record the intent of {} {} by {}: {} (not acting)", req_.method_string(),
                           path_, who_->name, r.message);
@@ -1411,7 +1422,7 @@ asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string me
     e.reason = std::move(reason);
     e.result = std::move(result);
     e.diff = std::move(diff);
-    auto r = co_await await_store([&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+    auto r = co_await append_audit(*db, std::move(e));
     if (!r.ok) {
         spdlog::error("audit: cannot record a config change from {}: {}", srv.config_path(), r.message);
     }
@@ -1682,8 +1693,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                         e.reason = ctx.reason_;
                         e.result = h.audit_result.empty() ? std::to_string(static_cast<unsigned>(h.status)) : h.audit_result;
                         e.diff = h.audit_diff;
-                        auto r = co_await await_store(
-                            [&](store::done_fn done) { db->append_audit(std::move(e), std::move(done)); });
+                        auto r = co_await append_audit(*db, std::move(e));
                         if (!r.ok) {
                             spdlog::error("audit: cannot record {} {} by {}: {}", req.method_string(), path, who->name,
                                           r.message);
@@ -1872,6 +1882,9 @@ std::string render_metrics(server& srv) {
         o += "# HELP breakerbox_quarantine_held_bytes Bytes of quarantined requests not yet resolved.\n";
         o += "# TYPE breakerbox_quarantine_held_bytes gauge\n";
         o += "breakerbox_quarantine_held_bytes " + std::to_string(c.held_bytes) + "\n";
+        o += "# HELP breakerbox_audit_entries Entries in the audit log (its last id); a drop shows a wipe.\n";
+        o += "# TYPE breakerbox_audit_entries gauge\n";
+        o += "breakerbox_audit_entries " + std::to_string(db->audit_anchor().first) + "\n";
         o += "# HELP breakerbox_store_transactions_total Write transactions committed by the store.\n";
         o += "# TYPE breakerbox_store_transactions_total counter\n";
         o += "breakerbox_store_transactions_total " + std::to_string(ws.transactions) + "\n";

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <mutex>
+#include <tuple>
 #include <ostream>
 #include <sys/file.h>
 #include <thread>
@@ -511,6 +512,11 @@ public:
     int lock_fd_ = -1;
     int schema_version_ = 0;
     std::uint64_t recovered_ = 0;
+    // The audit anchor (database::audit_anchor): the head read at open, then each append
+    // once committed.
+    mutable std::mutex anchor_mu_;
+    std::int64_t anchor_id_ = 0;
+    std::string anchor_hash_;
 
     connection writer_;  // the writer thread's after open()
 
@@ -555,6 +561,7 @@ public:
 private:
     bool migrate(std::string* error);
     bool recover_after_crash(std::string* error);
+    bool read_audit_anchor(std::string* error);
     bool load_counters(std::string* error);
     void run();
     void run_batch(std::vector<op>& batch);
@@ -657,7 +664,7 @@ bool database::impl::open(std::string* error) {
         writer_.exec("PRAGMA temp_store=MEMORY") != SQLITE_OK) {
         return fail("cannot configure: " + writer_.error());
     }
-    if (!migrate(error) || !recover_after_crash(error) || !load_counters(error)) {
+    if (!migrate(error) || !recover_after_crash(error) || !load_counters(error) || !read_audit_anchor(error)) {
         return false;
     }
     for (std::size_t i = 0; i < std::max<std::size_t>(1, opt_.read_connections); ++i) {
@@ -754,6 +761,20 @@ bool database::impl::migrate(std::string* error) {
             return false;
         }
         schema_version_ = m.version;
+    }
+    return true;
+}
+
+bool database::impl::read_audit_anchor(std::string* error) {
+    auto head = writer_.once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
+    if (!head.valid()) {
+        *error = "store " + opt_.path + ": cannot read the audit head: " + writer_.error();
+        return false;
+    }
+    if (head.step() == SQLITE_ROW) {
+        std::lock_guard lock{anchor_mu_};
+        anchor_id_ = head.col_i64(0);
+        anchor_hash_ = head.col_str(1);
     }
     return true;
 }
@@ -1904,6 +1925,19 @@ std::string audit_hash(const audit_entry& e) {
 
 void database::append_audit(audit_entry entry, done_fn done) {
     const auto bytes = entry.params.size() + entry.diff.size() + 512;
+    // The anchor moves once the entry is committed (done runs after the commit).
+    done = [p = impl_.get(), done = std::move(done)](const result& r) {
+        if (r.ok) {
+            std::lock_guard lock{p->anchor_mu_};
+            if (r.count > p->anchor_id_) {
+                p->anchor_id_ = r.count;
+                p->anchor_hash_ = r.hash;
+            }
+        }
+        if (done) {
+            done(r);
+        }
+    };
     impl_->enqueue(
         [this, entry = std::move(entry)](impl::batch_ctx& ctx) mutable -> impl::outcome {
             // The writer is the only one appending, so reading the head and writing the next
@@ -1960,9 +1994,15 @@ void database::append_audit(audit_entry entry, done_fn done) {
             }
             result r;
             r.count = entry.id;
+            r.hash = entry.hash;
             return impl::outcome{r};
         },
         std::move(done), bytes);
+}
+
+std::pair<std::int64_t, std::string> database::audit_anchor() const {
+    std::lock_guard lock{impl_->anchor_mu_};
+    return {impl_->anchor_id_, impl_->anchor_hash_};
 }
 
 std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t limit) const {
@@ -2008,6 +2048,9 @@ bool database::audit_verifier::step() {
     }
     if (expected_id_ == 1) {
         expected_prev_ = genesis_hash;
+        // Every entry up to the anchor was committed before this check began: the chain
+        // must still hold it as it was written.
+        std::tie(anchor_id_, anchor_hash_) = db_.audit_anchor();
     }
     const auto page = db_.list_audit(expected_id_ - 1, 1000);
     for (const auto& e : page) {
@@ -2022,6 +2065,9 @@ bool database::audit_verifier::step() {
             bad("entry " + std::to_string(e.id) + " does not link to the previous entry");
         } else if (audit_hash(e) != e.hash) {
             bad("entry " + std::to_string(e.id) + " was changed after it was written (hash mismatch)");
+        } else if (e.id == anchor_id_ && e.hash != anchor_hash_) {
+            bad("entry " + std::to_string(e.id) +
+                " is not the one this process wrote or found at start (the log was rewritten from there on)");
         }
         if (!v_.ok) {
             done_ = true;
@@ -2033,6 +2079,16 @@ bool database::audit_verifier::step() {
     }
     if (!page.empty()) {
         return false;
+    }
+    if (anchor_id_ > expected_id_ - 1) {
+        // Deleted with the head moved back to match (or the whole log wiped): the process
+        // remembers what it wrote.
+        v_.ok = false;
+        v_.first_bad = expected_id_;
+        v_.problem = "the log ends at entry " + std::to_string(expected_id_ - 1) + " but this process wrote or found " +
+                     "entry " + std::to_string(anchor_id_) + " (entries deleted)";
+        done_ = true;
+        return true;
     }
     // The head records the last entry written: deleting entries from the end shows here.
     auto c = db_.impl_->lease();

@@ -33,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bb::store {
@@ -49,11 +50,12 @@ struct result {
     std::string code;
     std::string message;
     std::string ticket;       // hold: the new ticket; transitions: the ticket acted on
-    std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts
+    std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts; audit: the id
+    std::string hash;         // append_audit: the entry's hash
 
     static result success() { return {}; }
     static result failure(std::string code, std::string message) {
-        return {false, std::move(code), std::move(message), {}, 0};
+        return {false, std::move(code), std::move(message), {}, 0, {}};
     }
 };
 
@@ -267,6 +269,12 @@ public:
     std::vector<audit_entry> list_audit(std::int64_t after_id, std::size_t limit) const;
     // Walks the chain: an edited, inserted or deleted entry breaks it.
     audit_verification verify_audit() const;
+    // The last entry this process knows to be in the log (id, hash): the head read at open,
+    // then each append once committed; {0, ""} for none. Kept outside the file, so the chain
+    // rewritten or cut back (head included) by someone with write access to it is found by
+    // verification while the process runs. Across restarts the anchor is what the process
+    // logs and exports (breakerbox_audit_entries): a drop there shows a wipe.
+    std::pair<std::int64_t, std::string> audit_anchor() const;
     // The same check a page (1,000 entries) per step(), so that a caller on a busy thread (the
     // admin API on the control thread) can let other work run between pages: step() until it
     // returns true, then result(). Entries appended meanwhile are verified too.
@@ -282,6 +290,8 @@ public:
         std::string expected_prev_;
         std::int64_t expected_id_ = 1;
         std::int64_t went_on_at_ = 0;  // the entry a head ahead of the walk last sent us on for
+        std::int64_t anchor_id_ = 0;    // audit_anchor() when the check began
+        std::string anchor_hash_;
         bool done_ = false;
     };
     // Keeps the last 50 (done: r.count = the new version).

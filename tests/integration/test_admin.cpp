@@ -578,6 +578,7 @@ TEST(admin_api, metrics_pass_promtool) {
     EXPECT_NE(text.find("breakerbox_upstream_latency_seconds_bucket{upstream=\"sendgrid\",le=\"+Inf\"} 1"),
               std::string::npos);
     EXPECT_NE(text.find("breakerbox_quarantine_held 1"), std::string::npos);
+    EXPECT_NE(text.find("\nbreakerbox_audit_entries "), std::string::npos);
     EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\""), std::string::npos);
     EXPECT_NE(text.find("breakerbox_rule_limit{rule=\"recipients\"} 1000"), std::string::npos);
     EXPECT_NE(text.find("breakerbox_rule_meter_value{rule=\"recipients\",key=\"m\"} 1"), std::string::npos) << text;
