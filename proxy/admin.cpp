@@ -61,6 +61,9 @@ asio::awaitable<store::result> append_audit(store::database& db, store::audit_en
     auto r = co_await await_store([&](store::done_fn done) { db.append_audit(std::move(e), std::move(done)); });
     if (r.ok) {
         spdlog::info("audit: entry {} appended, chain head {}", r.count, r.hash);
+        if (const auto problem = db.audit_tampering(); !problem.empty()) {
+            spdlog::error("audit: the log was tampered with: {}", problem);
+        }
     }
     co_return r;
 }
@@ -1882,7 +1885,8 @@ std::string render_metrics(server& srv) {
         o += "# HELP breakerbox_quarantine_held_bytes Bytes of quarantined requests not yet resolved.\n";
         o += "# TYPE breakerbox_quarantine_held_bytes gauge\n";
         o += "breakerbox_quarantine_held_bytes " + std::to_string(c.held_bytes) + "\n";
-        o += "# HELP breakerbox_audit_entries Entries in the audit log (its last id); a drop shows a wipe.\n";
+        o += "# HELP breakerbox_audit_entries The last audit entry this process wrote or found at start; lower "
+             "after a restart than before it: entries were removed while it was down.\n";
         o += "# TYPE breakerbox_audit_entries gauge\n";
         o += "breakerbox_audit_entries " + std::to_string(db->audit_anchor().first) + "\n";
         o += "# HELP breakerbox_store_transactions_total Write transactions committed by the store.\n";

@@ -405,10 +405,11 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         if (!db_) {
             throw std::runtime_error("cannot open the store " + cfg_->store.path + ": " + error);
         }
-        if (const auto [id, hash] = db_->audit_anchor(); id > 0) {
+        {
             // Compare with the last "audit: entry N appended" line before the restart: a
-            // lower N or another hash means the log was cut back or rewritten meanwhile.
-            spdlog::info("audit: {} entries at start, chain head {}", id, hash);
+            // lower N or another hash means the log was cut back, wiped or rewritten meanwhile.
+            const auto [id, hash] = db_->audit_anchor();
+            spdlog::info("audit: {} entries at start, chain head {}", id, id > 0 ? hash : std::string{"(none)"});
         }
         if (db_->recovered_at_open() > 0) {
             spdlog::warn("{} quarantined request(s) were being released when breakerbox stopped; they are now "

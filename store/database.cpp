@@ -517,6 +517,10 @@ public:
     mutable std::mutex anchor_mu_;
     std::int64_t anchor_id_ = 0;
     std::string anchor_hash_;
+    // Set (once) when an append found the chain no longer holding the anchor: a later
+    // append must not launder it (the anchor would move past the damage).
+    std::int64_t tampered_at_ = 0;
+    std::string tampered_;
 
     connection writer_;  // the writer thread's after open()
 
@@ -1952,6 +1956,42 @@ void database::append_audit(audit_entry entry, done_fn done) {
                 last_id = head.col_i64(0);
                 last_hash = head.col_str(1);
             }
+            // The chain must still hold the anchor as written; an append onto a chain cut
+            // back, wiped or re-chained is made (operators are never blocked by it), and the
+            // damage is remembered for every later verification.
+            std::int64_t anchor_id = 0;
+            std::string anchor_hash;
+            {
+                std::lock_guard lock{impl_->anchor_mu_};
+                anchor_id = impl_->anchor_id_;
+                anchor_hash = impl_->anchor_hash_;
+            }
+            if (anchor_id > 0) {
+                std::string problem;
+                if (last_id < anchor_id) {
+                    problem = "the log ended at entry " + std::to_string(last_id) + " but this process wrote or found "
+                              "entry " + std::to_string(anchor_id) + " (entries deleted)";
+                } else {
+                    auto at = ctx.c.once("SELECT hash FROM audit WHERE id = ?1");
+                    if (!at.valid()) {
+                        return impl::outcome{unavailable("cannot read the audit log: " + ctx.c.error())};
+                    }
+                    at.i64(1, anchor_id);
+                    if (at.step() != SQLITE_ROW || at.col_str(0) != anchor_hash) {
+                        problem = "entry " + std::to_string(anchor_id) +
+                                  " is not the one this process wrote or found at start (the log was rewritten "
+                                  "from there on)";
+                    }
+                }
+                if (!problem.empty()) {
+                    std::lock_guard lock{impl_->anchor_mu_};
+                    if (impl_->tampered_.empty()) {
+                        impl_->tampered_at_ = std::min(last_id + 1, anchor_id);
+                        impl_->tampered_ = std::move(problem) + ", found when entry " + std::to_string(last_id + 1) +
+                                           " was appended";
+                    }
+                }
+            }
             entry.id = last_id + 1;
             if (entry.at_ms == 0) {
                 entry.at_ms = wall_ms(impl_->clock_);
@@ -2005,6 +2045,14 @@ std::pair<std::int64_t, std::string> database::audit_anchor() const {
     return {impl_->anchor_id_, impl_->anchor_hash_};
 }
 
+std::string database::audit_tampering(std::int64_t* first_bad) const {
+    std::lock_guard lock{impl_->anchor_mu_};
+    if (first_bad != nullptr) {
+        *first_bad = impl_->tampered_at_;
+    }
+    return impl_->tampered_;
+}
+
 std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t limit) const {
     std::vector<audit_entry> out;
     auto c = impl_->lease();
@@ -2051,6 +2099,14 @@ bool database::audit_verifier::step() {
         // Every entry up to the anchor was committed before this check began: the chain
         // must still hold it as it was written.
         std::tie(anchor_id_, anchor_hash_) = db_.audit_anchor();
+        std::int64_t at = 0;
+        if (auto problem = db_.audit_tampering(&at); !problem.empty()) {
+            v_.ok = false;
+            v_.first_bad = at;
+            v_.problem = std::move(problem);
+            done_ = true;
+            return true;
+        }
     }
     const auto page = db_.list_audit(expected_id_ - 1, 1000);
     for (const auto& e : page) {

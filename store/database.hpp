@@ -275,6 +275,9 @@ public:
     // verification while the process runs. Across restarts the anchor is what the process
     // logs and exports (breakerbox_audit_entries): a drop there shows a wipe.
     std::pair<std::int64_t, std::string> audit_anchor() const;
+    // Empty, or what an append found wrong with the chain (it no longer held the anchor):
+    // appending goes on, but every verification fails with this until a restart.
+    std::string audit_tampering(std::int64_t* first_bad = nullptr) const;
     // The same check a page (1,000 entries) per step(), so that a caller on a busy thread (the
     // admin API on the control thread) can let other work run between pages: step() until it
     // returns true, then result(). Entries appended meanwhile are verified too.

@@ -1043,6 +1043,27 @@ TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_it
     EXPECT_FALSE(v.ok);
     EXPECT_EQ(v.first_bad, 5);
     EXPECT_EQ(v.problem, "entry 5 is not the one this process wrote or found at start (the log was rewritten from there on)");
+    EXPECT_EQ(db->audit_tampering(), "");
+    // An append onto the rewritten chain does not launder it: the anchor would move past the
+    // damage, so the damage is remembered.
+    {
+        bb::store::audit_entry e;
+        e.actor = "mallory";
+        e.role = "admin";
+        e.method = "POST";
+        e.path = "/v1/breakers/x/reset";
+        e.target = "x";
+        e.result = "ok";
+        db->append_audit(std::move(e), [](const result&) {});
+        db->flush();
+    }
+    EXPECT_EQ(db->audit_anchor().first, 6);
+    v = db->verify_audit();
+    EXPECT_FALSE(v.ok);
+    EXPECT_EQ(v.first_bad, 5);
+    EXPECT_EQ(v.problem, "entry 5 is not the one this process wrote or found at start (the log was rewritten from "
+                         "there on), found when entry 6 was appended");
+    prev = db->audit_anchor().second;
     // A restart takes the file as it finds it (the process log has the earlier head).
     db.reset();
     db = open();
