@@ -1695,13 +1695,15 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // terms from the words whose first two bytes start a term word (the others only reset the
 // automaton). The reference reports the finding of the first word that has one, a link before
 // a term in the same word; so terms are looked for only in the words before the first link.
-bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
-    if (!unsubscribe && has_unsubscribe(text)) {
+bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit, bool terms_only,
+                  bool* split_by_tag) {
+    if (!terms_only && !unsubscribe && has_unsubscribe(text)) {
         unsubscribe = true;
     }
     std::string_view host;
     domain_memo link_domains{g.link_domains};
-    const std::size_t link = g.check_links ? first_bad_link(link_domains, text, host) : std::string_view::npos;
+    const std::size_t link =
+        g.check_links && !terms_only ? first_bad_link(link_domains, text, host) : std::string_view::npos;
     if (!g.terms.empty()) {
         const term_matcher& m = g.terms;
         const auto* p = reinterpret_cast<const unsigned char*>(text.data());
@@ -1712,6 +1714,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         std::size_t starts_ring[16];
         std::size_t nwords = 0;
         std::int32_t term = -1;
+        std::size_t last_end = 0;  // of the last word that moved the automaton
         char lower[64];
         std::uint64_t carry = 0;
         pair_tables starts_filter;
@@ -1732,6 +1735,10 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                 const std::size_t s = block + b;
                 if (s >= link) {
                     return true;  // the link comes first
+                }
+                if (state != 0 && split_by_tag != nullptr && !*split_by_tag &&
+                    std::memchr(p + last_end, '<', s - last_end) != nullptr) [[unlikely]] {
+                    *split_by_tag = true;  // a tag between the words of a match: find_content reads on without tags
                 }
                 const unsigned pair = p[s] | (s + 1 < n ? static_cast<unsigned>(p[s + 1]) << 8 : 0u);
                 if (!(state == 0 ? m.maybe_term_start(pair) : m.maybe_word_start(pair))) {
@@ -1761,6 +1768,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                     continue;
                 }
                 starts_ring[nwords++ & 15] = s;
+                last_end = e;
                 state = m.step(state, id);
                 const std::int32_t t = m.output(state);
                 if (t >= 0) {
@@ -2011,14 +2019,20 @@ std::size_t reference_at(std::string_view t, std::size_t i, std::uint32_t& cp, b
 }
 
 #if defined(BB_GUARDRAILS_AVX2)
-// The first byte at or after i that is '&' or not ASCII, 64 bytes a step; n - i >= 64.
+// The first byte at or after i that is '&', not ASCII or (Tags) '<', 64 bytes a step; n - i >= 64.
+template <bool Tags>
 __attribute__((target("avx2"))) std::size_t next_candidate_avx2(const unsigned char* p, std::size_t i, std::size_t n) {
     const __m256i amp = _mm256_set1_epi8('&');
+    const __m256i lt = _mm256_set1_epi8('<');
     for (; i + 64 <= n; i += 64) {
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32));
-        const __m256i ma = _mm256_or_si256(a, _mm256_cmpeq_epi8(a, amp));
-        const __m256i mb = _mm256_or_si256(b, _mm256_cmpeq_epi8(b, amp));
+        __m256i ma = _mm256_or_si256(a, _mm256_cmpeq_epi8(a, amp));
+        __m256i mb = _mm256_or_si256(b, _mm256_cmpeq_epi8(b, amp));
+        if constexpr (Tags) {
+            ma = _mm256_or_si256(ma, _mm256_cmpeq_epi8(a, lt));
+            mb = _mm256_or_si256(mb, _mm256_cmpeq_epi8(b, lt));
+        }
         if (!_mm256_testz_si256(_mm256_or_si256(ma, mb), _mm256_set1_epi8(static_cast<char>(0x80)))) {
             const std::uint64_t m = static_cast<std::uint32_t>(_mm256_movemask_epi8(ma)) |
                                     static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(mb))) << 32;
@@ -2029,14 +2043,15 @@ __attribute__((target("avx2"))) std::size_t next_candidate_avx2(const unsigned c
 }
 #endif
 
-// The first byte at or after i that is '&' or not ASCII (or t.size()): the only bytes where
-// a text can show something other than what is written.
+// The first byte at or after i that is '&', not ASCII or (Tags) '<' (or t.size()): the only
+// bytes where a text can show something other than what is written.
+template <bool Tags = false>
 std::size_t next_candidate(std::string_view t, std::size_t i) {
     const auto* p = reinterpret_cast<const unsigned char*>(t.data());
     const std::size_t n = t.size();
 #if defined(BB_GUARDRAILS_AVX2)
     if (n - i >= 64 && have_avx2()) {
-        i = next_candidate_avx2(p, i, n);
+        i = next_candidate_avx2<Tags>(p, i, n);
         if (i + 64 <= n) {
             return i;
         }
@@ -2044,18 +2059,83 @@ std::size_t next_candidate(std::string_view t, std::size_t i) {
 #endif
 #if defined(__SSE2__)
     const __m128i amp = _mm_set1_epi8('&');
+    const __m128i lt = _mm_set1_epi8('<');
     for (; i + 16 <= n; i += 16) {
         const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-        const int m = _mm_movemask_epi8(_mm_or_si128(c, _mm_cmpeq_epi8(c, amp)));
-        if (m != 0) {
-            return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(m)));
+        __m128i m = _mm_or_si128(c, _mm_cmpeq_epi8(c, amp));
+        if constexpr (Tags) {
+            m = _mm_or_si128(m, _mm_cmpeq_epi8(c, lt));
+        }
+        if (const int bits = _mm_movemask_epi8(m); bits != 0) {
+            return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(bits)));
         }
     }
 #endif
-    while (i < n && p[i] != '&' && p[i] < 0x80) {
+    while (i < n && p[i] != '&' && p[i] < 0x80 && (!Tags || p[i] != '<')) {
         ++i;
     }
     return i;
+}
+
+// Tags (show with tags): elements a mail client shows inside a line of text, which join the
+// words around them (`fr<b>ee</b>` is "free"); any other tag breaks a word, as its line or cell
+// break does. Comments show as nothing.
+bool inline_element(std::string_view name) {
+    static constexpr std::string_view names[] = {"a",   "abbr", "acronym", "b",      "bdi",  "bdo",  "big",  "cite",
+                                                 "code", "data", "del",    "dfn",    "em",   "font", "i",    "ins",
+                                                 "kbd",  "mark", "nobr",   "q",      "s",    "samp", "small", "span",
+                                                 "strike", "strong", "sub", "sup",   "time", "tt",   "u",    "var",
+                                                 "wbr"};
+    return std::find(std::begin(names), std::end(names), name) != std::end(names);
+}
+
+// Where the next '>' (and the next "-->") is, found once and reused while the walk is before
+// it: a text of many '<' and one '>' at its end costs one search, not one per '<'.
+struct tag_cursor {
+    std::size_t gt = 0;
+    bool gt_known = false;
+    std::size_t comment_end = 0;
+    bool comment_end_known = false;
+};
+
+// The tag at t[i] == '<' (a name starting with a letter, `</`, `<!`, `<?`, through the first
+// '>'; a comment through `-->`): its length and whether it shows as a space; 0 if none.
+std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& space) {
+    const std::size_t n = t.size();
+    if (i + 1 >= n) {
+        return 0;
+    }
+    const auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+    const char c1 = t[i + 1];
+    if (t.compare(i, 4, "<!--") == 0) {
+        if (!cur.comment_end_known || (cur.comment_end != std::string_view::npos && cur.comment_end < i + 4)) {
+            cur.comment_end = t.find("-->", i + 4);
+            cur.comment_end_known = true;
+        }
+        space = false;
+        return cur.comment_end == std::string_view::npos ? n - i : cur.comment_end + 3 - i;
+    }
+    if (!letter(c1) && !(c1 == '/' && i + 2 < n && letter(t[i + 2])) && c1 != '!' && c1 != '?') {
+        return 0;
+    }
+    if (!cur.gt_known || (cur.gt != std::string_view::npos && cur.gt <= i)) {
+        cur.gt = t.find('>', i + 1);
+        cur.gt_known = true;
+    }
+    if (cur.gt == std::string_view::npos) {
+        return 0;  // not closed: shown as written
+    }
+    std::size_t k = i + (c1 == '/' ? 2 : 1);
+    char name[8];
+    std::size_t len = 0;
+    for (; k < cur.gt && (letter(t[k]) || (t[k] >= '0' && t[k] <= '9')); ++k) {
+        if (len < sizeof name) {
+            name[len] = static_cast<char>(t[k] | 0x20);
+        }
+        ++len;
+    }
+    space = len > sizeof name || !inline_element({name, len});
+    return cur.gt + 1 - i;
 }
 
 // What the character at t[i] (a candidate) shows as: its length in t (0: shown as written)
@@ -2093,12 +2173,14 @@ inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
 }
 
 // Calls piece(written_at, written_len, c) along `text`: c null for a run shown as written,
-// else the character that shows otherwise. Stops when piece returns true.
-template <class F>
+// else the character (or, with Tags, the tag) that shows otherwise. Stops when piece returns
+// true.
+template <bool Tags, class F>
 void for_each_shown(std::string_view text, F&& piece) {
     std::size_t i = 0;
+    [[maybe_unused]] tag_cursor cur;
     while (i < text.size()) {
-        const std::size_t next = next_candidate(text, i);
+        const std::size_t next = next_candidate<Tags>(text, i);
         if (next > i && piece(i, next - i, static_cast<const shown_char*>(nullptr))) {
             return;
         }
@@ -2106,7 +2188,19 @@ void for_each_shown(std::string_view text, F&& piece) {
         if (i >= text.size()) {
             return;
         }
-        const shown_char c = shown_at(text, i, true);
+        shown_char c;
+        if constexpr (Tags) {
+            bool space = false;
+            if (text[i] == '<' && (c.len = tag_at(text, i, cur, space)) != 0) {
+                c.as = space ? ' ' : shown_drop;
+                if (piece(i, c.len, &c)) {
+                    return;
+                }
+                i += c.len;
+                continue;
+            }
+        }
+        c = shown_at(text, i, true);
         if (c.len == 0) {
             if (piece(i, 1, static_cast<const shown_char*>(nullptr))) {
                 return;
@@ -2142,7 +2236,7 @@ bool any_candidate(std::string_view t) {
     std::size_t i = 0;
 #if defined(BB_GUARDRAILS_AVX2)
     if (n >= 64 && have_avx2()) {
-        i = next_candidate_avx2(reinterpret_cast<const unsigned char*>(p), 0, n);
+        i = next_candidate_avx2<false>(reinterpret_cast<const unsigned char*>(p), 0, n);
         if (i + 64 <= n) {
             return true;
         }
@@ -2197,10 +2291,13 @@ bool hides_characters(std::string_view text) {
     return false;
 }
 
-void show(std::string_view text, std::string& out) {
+namespace {
+
+template <bool Tags>
+void show_as(std::string_view text, std::string& out) {
     out.clear();
     out.reserve(text.size());
-    for_each_shown(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
+    for_each_shown<Tags>(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
         if (c == nullptr) {
             out.append(text, at, len);
         } else if (c->as >= 0) {
@@ -2215,10 +2312,11 @@ void show(std::string_view text, std::string& out) {
     });
 }
 
-std::size_t written_offset(std::string_view text, std::size_t shown) {
+template <bool Tags>
+std::size_t written_offset_as(std::string_view text, std::size_t shown) {
     std::size_t before = 0;  // shown bytes before the piece
     std::size_t found = text.size();
-    for_each_shown(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
+    for_each_shown<Tags>(text, [&](std::size_t at, std::size_t len, const shown_char* c) {
         const std::size_t n = c ? c->shown_length() : len;
         if (shown < before + n) {
             found = c ? at : at + (shown - before);
@@ -2230,21 +2328,30 @@ std::size_t written_offset(std::string_view text, std::size_t shown) {
     return found;
 }
 
+}  // namespace
+
+void show(std::string_view text, std::string& out, bool tags) {
+    tags ? show_as<true>(text, out) : show_as<false>(text, out);
+}
+
+std::size_t written_offset(std::string_view text, std::size_t shown, bool tags) {
+    return tags ? written_offset_as<true>(text, shown) : written_offset_as<false>(text, shown);
+}
+
 namespace {
 
+// scan over show(text, tags) (the caller decided it may find more than the text as written).
 template <class Scan>
-bool scan_shown(std::string_view text, text_hit* hit, Scan&& scan) {
-    if (!hides_characters(text)) {
-        return false;
-    }
+bool scan_shown(std::string_view text, bool tags, text_hit* hit, Scan&& scan) {
     thread_local std::string shown;
-    show(text, shown);
+    show(text, shown, tags);
     text_hit h;
     const bool found = scan(std::string_view{shown}, &h);
     if (found && hit) {
-        hit->what =
-            std::move(h.what) + " (written with HTML character references or invisible or look-alike characters)";
-        hit->offset = written_offset(text, h.offset);
+        hit->what = std::move(h.what) + (tags ? " (as shown, without its HTML tags)"
+                                              : " (written with HTML character references or invisible or "
+                                                "look-alike characters)");
+        hit->offset = written_offset(text, h.offset, tags);
     }
     if (shown.capacity() > (std::size_t{1} << 20)) {  // one large text does not pin its memory
         shown = {};
@@ -2256,12 +2363,26 @@ bool scan_shown(std::string_view text, text_hit* hit, Scan&& scan) {
 
 bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
     return scan_pii(kinds, text, hit) ||
-           scan_shown(text, hit, [&](std::string_view shown, text_hit* h) { return scan_pii(kinds, shown, h); });
+           (hides_characters(text) &&
+            scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) { return scan_pii(kinds, shown, h); }));
 }
 
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
-    return scan_content(g, text, unsubscribe, hit) || scan_shown(text, hit, [&](std::string_view shown, text_hit* h) {
-               return scan_content(g, shown, unsubscribe, h);
+    bool split = false;  // a partial match of a term met a tag
+    if (scan_content(g, text, unsubscribe, hit, false, &split)) {
+        return true;
+    }
+    if (hides_characters(text) && scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) {
+            return scan_content(g, shown, unsubscribe, h, false, &split);
+        })) {
+        return true;
+    }
+    // A term whose words are split by tags (`<b>free</b> <i>money</i>`): the terms again over
+    // the text without its tags (its links and unsubscribe were read above, attributes
+    // included). Only when a match met a tag: most HTML never does, and reading it again costs.
+    return split && scan_shown(text, true, hit, [&](std::string_view shown, text_hit* h) {
+               bool ignored = true;
+               return scan_content(g, shown, ignored, h, true);
            });
 }
 

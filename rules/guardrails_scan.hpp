@@ -62,7 +62,10 @@ bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit
 // Content: blocked terms and links outside link_domains (if configured) return true with
 // *hit; `unsubscribe` is set when the text holds an unsubscribe link or text (when nothing
 // is found: after a finding it is left as it was, or set).
-bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
+// terms_only: the blocked terms only (no links, no unsubscribe). *split_by_tag (if given) is
+// set when a partial match of a term met the name of a tag (`free</b> <i>money`).
+bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit,
+                  bool terms_only = false, bool* split_by_tag = nullptr);
 bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 
 // Text as a reader is shown it, for the characters that hide a number or a word from a
@@ -71,10 +74,12 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // `&colon;`); invisible characters (zero-width spaces and joiners, soft hyphens, direction
 // marks, word joiners, variation selectors, byte-order marks) are dropped; no-break and other
 // Unicode spaces show as ' ', Unicode hyphens and dashes as '-', full-width digits and
-// letters as ASCII ones. Nothing else (tags stay as written). Never longer than `text`.
-void show(std::string_view text, std::string& out);
-// The offset in `text` of byte `shown` of show(text) (of the character it comes from).
-std::size_t written_offset(std::string_view text, std::size_t shown);
+// letters as ASCII ones. With `tags`, tags go too: a tag of an element shown inside a line
+// (b, i, span, a, font, ...) and a comment show as nothing, any other tag as a space (its line
+// or cell break); else tags stay as written. Never longer than `text`.
+void show(std::string_view text, std::string& out, bool tags = false);
+// The offset in `text` of byte `shown` of show(text, tags) (of the character it comes from).
+std::size_t written_offset(std::string_view text, std::size_t shown, bool tags = false);
 // Whether show(text) could find more than a scan of `text` does. The five named references of
 // ASCII punctuation (`&amp;` `&lt;` `&gt;` `&quot;` `&apos;`) do not count: the scanners read
 // them as punctuation (see is_punctuation_reference); nor do numeric references of plain
@@ -85,7 +90,8 @@ bool hides_characters(std::string_view text);
 bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t e);
 
 // What the guards call: scan_pii / scan_content, and when those find nothing in a text that
-// hides characters, the same scan over the text as shown (a hit's offset is in `text`).
+// hides characters, the same scan over the text as shown (a hit's offset is in `text`); for
+// blocked terms, also over the text without its tags when a partial match met a tag.
 bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 

@@ -676,6 +676,23 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
     for (const char* html : {"AT&ampT", "AT&AMP;T", "free&comma;money", "free&Tab;money", "free&NewLine;money"}) {
         EXPECT_FALSE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
     }
+    // Words split by tags, as a mail client shows them: an inline element joins, another tag
+    // breaks a word, a comment shows as nothing.
+    const std::string styled = sendgrid("<p>Get <b>free</b> <i>money</i> now</p>");
+    EXPECT_EQ(brand.check_body(styled).reason, "rule brand (off-brand, sev3): blocked term #1 (free money) (as shown, "
+                                                "without its HTML tags) at body offset " +
+                                                    std::to_string(styled.find("free</b>")) + " ($.content[1].value)");
+    for (const char* html : {"<span style=\\\"color:red\\\">FREE</span>\\n<span>MONEY</span>",
+                             "free</td><td>money", "free<br/>money", "AT<!-- x -->&amp;T", "<a href=\\\"https://example.com\\\">free</a> money"}) {
+        EXPECT_FALSE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
+    }
+    // Only a tag between the words of a match is looked through: one inside a word is not
+    // (fr<b>ee</b> money shows "free money" but is not found: known, see GUARDRAILS.md).
+    EXPECT_TRUE(brand.check_body(sendgrid("<p>fr<b>ee</b> money</p>")).allowed());
+    for (const char* html : {"<b>free</b>dom money", "free<!-- x -->money", "free <img alt=\\\"x\\\">money"}) {
+        const auto d2 = brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
+        EXPECT_EQ(d2.allowed(), std::string_view{html}.find("img") == std::string_view::npos) << html << ": " << d2.reason;
+    }
     // A symbol inside a word is part of it (bytes >= 0x80 are word bytes): `don&#8217;t`
     // written as is splits into don, 8217, t.
     fixture quote{content_rule(R"j({"blocked_terms": ["don’t miss", "Acme®"]})j")};
@@ -1606,29 +1623,42 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_EQ(detail::written_offset(text, s.size()), text.size());
     detail::show("nothing to do", s);
     EXPECT_EQ(s, "nothing to do");
+    // Tags: inline elements join, others break, comments vanish; an unclosed '<' is text.
+    const std::string html = "<p>fr<B>ee</B>&nbsp;mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4";
+    detail::show(html, s, true);
+    EXPECT_EQ(s, " free money  x  a < b <3 </ 4");
+    EXPECT_EQ(detail::written_offset(html, 0, true), 0u);
+    EXPECT_EQ(detail::written_offset(html, 1, true), html.find("fr"));
+    EXPECT_EQ(detail::written_offset(html, 3, true), html.find("ee"));
+    EXPECT_EQ(detail::written_offset(html, 5, true), html.find("&nbsp;"));
+    EXPECT_EQ(detail::written_offset(html, 8, true), html.find("ney"));
+    detail::show(html, s, false);
+    EXPECT_EQ(s, "<p>fr<B>ee</B> mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4");
 
     // Random mixes: the shown text is never longer, and every shown byte maps to a written
     // place whose shown prefix is no longer than it (the same byte when shown as written).
     const std::vector<std::string> pieces{"&nbsp;", "&amp;", "&#52;", "\xc2\xa0", "\xe2\x80\x8b", "a", "4", " ", "&",
-                                          "&#", "\xc3\xbc", "&#x1F600;", "&lrm;", "\xef\xbc\x91", "&#150", "&nbsp", ";"};
+                                          "&#", "\xc3\xbc", "&#x1F600;", "&lrm;", "\xef\xbc\x91", "&#150", "&nbsp", ";",
+                                          "<b>", "</span>", "<p class='x'>", "<!-- c -->", "<", ">", "<!--", "-->", "</"};
     std::mt19937 rng{5};
-    for (int i = 0; i < 2000; ++i) {
+    for (int i = 0; i < 4000; ++i) {
+        const bool tags = i % 2 == 1;
         std::string t;
         for (std::size_t k = 0, n = rng() % 40; k < n; ++k) {
             t += pieces[rng() % pieces.size()];
         }
-        detail::show(t, s);
+        detail::show(t, s, tags);
         ASSERT_LE(s.size(), t.size()) << t;
         std::size_t last = 0;
         for (std::size_t k = 0; k < s.size(); ++k) {
-            const std::size_t w = detail::written_offset(t, k);
+            const std::size_t w = detail::written_offset(t, k, tags);
             ASSERT_LT(w, t.size()) << t;
             ASSERT_GE(w, last) << t;
             last = w;
             std::string prefix;
-            detail::show(std::string_view{t}.substr(0, w), prefix);
+            detail::show(std::string_view{t}.substr(0, w), prefix, tags);
             ASSERT_LE(prefix.size(), k) << t << " at " << k;
-            if (prefix.size() == k && t[w] != '&' && static_cast<unsigned char>(t[w]) < 0x80) {
+            if (prefix.size() == k && t[w] != '&' && t[w] != '<' && static_cast<unsigned char>(t[w]) < 0x80) {
                 ASSERT_EQ(s[k], t[w]) << t << " at " << k;
             }
         }
@@ -1642,6 +1672,14 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     }
     detail::show(many, s);
     EXPECT_LE(s.size(), many.size());
+    detail::show(std::string(4 << 20, '<'), s, true);
+    EXPECT_EQ(s.size(), std::size_t{4} << 20);
+    std::string tags_only;
+    while (tags_only.size() < (4 << 20)) {
+        tags_only += "<a <!-- <b ";
+    }
+    detail::show(tags_only + ">", s, true);
+    EXPECT_LE(s.size(), tags_only.size());
 }
 
 TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {
