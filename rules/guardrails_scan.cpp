@@ -2107,7 +2107,7 @@ std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& spa
     }
     const auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
     const char c1 = t[i + 1];
-    if (t.compare(i, 4, "<!--") == 0) {
+    if (i + 4 <= n && std::memcmp(t.data() + i, "<!--", 4) == 0) {
         if (!cur.comment_end_known || (cur.comment_end != std::string_view::npos && cur.comment_end < i + 4)) {
             cur.comment_end = t.find("-->", i + 4);
             cur.comment_end_known = true;
@@ -2280,7 +2280,7 @@ bool hides_characters(std::string_view text) {
         return false;
     }
     for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i + 1)) {
-        if (text.compare(i, 5, "&amp;") == 0) {
+        if (i + 5 <= text.size() && std::memcmp(text.data() + i, "&amp;", 5) == 0) {
             i += 4;  // the most common by far (every `&` of a URL in HTML), and it hides nothing
             continue;
         }
