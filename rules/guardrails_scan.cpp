@@ -1744,15 +1744,18 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                 if (!(state == 0 ? m.maybe_term_start(pair) : m.maybe_word_start(pair))) {
                     // Not a word of any term, unless it is the `amp` of `&amp;`: read as the
                     // punctuation it shows (in a match: skipped, not a reset).
-                    if (state != 0 && p[s - 1] == '&' &&
-                        is_punctuation_reference(text, s, word_end(text, block, b, mk.word))) [[unlikely]] {
-                        continue;
+                    if (state != 0 && p[s - 1] == '&') [[unlikely]] {
+                        if (const std::size_t e = word_end(text, block, b, mk.word); is_punctuation_reference(text, s, e)) {
+                            last_end = e;  // the gap check starts after it (else it reads back again and again)
+                            continue;
+                        }
                     }
                     state = 0;
                     continue;
                 }
                 const std::size_t e = word_end(text, block, b, mk.word);
                 if (s > 0 && p[s - 1] == '&' && is_punctuation_reference(text, s, e)) [[unlikely]] {
+                    last_end = state != 0 ? e : last_end;
                     continue;
                 }
                 const std::size_t len = e - s;
@@ -2089,17 +2092,17 @@ bool inline_element(std::string_view name) {
     return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
 
-// Where the next '>' (and the next "-->") is, found once and reused while the walk is before
-// it: a text of many '<' and one '>' at its end costs one search, not one per '<'.
+// Where the next "-->" is, found once and reused while the walk is before it (a text of
+// many "<!--" and no "-->" costs one search, not one per "<!--").
 struct tag_cursor {
-    std::size_t gt = 0;
-    bool gt_known = false;
     std::size_t comment_end = 0;
     bool comment_end_known = false;
 };
 
 // The tag at t[i] == '<' (a name starting with a letter, `</`, `<!`, `<?`, through the first
-// '>'; a comment through `-->`): its length and whether it shows as a space; 0 if none.
+// '>' outside quoted attribute values; a comment through `-->`): its length and whether it
+// shows as a space; 0 if none. A tag, an attribute value or a comment left open takes the
+// rest of the text, as a browser does (so no byte is looked at by two tags: linear).
 std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& space) {
     const std::size_t n = t.size();
     if (i + 1 >= n) {
@@ -2108,34 +2111,51 @@ std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& spa
     const auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
     const char c1 = t[i + 1];
     if (i + 4 <= n && std::memcmp(t.data() + i, "<!--", 4) == 0) {
+        space = false;
+        if (i + 4 < n && t[i + 4] == '>') {
+            return 5;  // <!--> : an empty comment
+        }
+        if (i + 5 < n && t[i + 4] == '-' && t[i + 5] == '>') {
+            return 6;  // <!--->
+        }
         if (!cur.comment_end_known || (cur.comment_end != std::string_view::npos && cur.comment_end < i + 4)) {
             cur.comment_end = t.find("-->", i + 4);
             cur.comment_end_known = true;
         }
-        space = false;
         return cur.comment_end == std::string_view::npos ? n - i : cur.comment_end + 3 - i;
     }
     if (!letter(c1) && !(c1 == '/' && i + 2 < n && letter(t[i + 2])) && c1 != '!' && c1 != '?') {
         return 0;
     }
-    if (!cur.gt_known || (cur.gt != std::string_view::npos && cur.gt <= i)) {
-        cur.gt = t.find('>', i + 1);
-        cur.gt_known = true;
-    }
-    if (cur.gt == std::string_view::npos) {
-        return 0;  // not closed: shown as written
+    std::size_t end = 0;
+    for (std::size_t pos = i + 1;;) {
+        const std::size_t q = t.find_first_of("\"'>", pos);
+        if (q == std::string_view::npos) {
+            end = n - 1;
+            break;
+        }
+        if (t[q] == '>') {
+            end = q;
+            break;
+        }
+        const std::size_t close = t.find(t[q], q + 1);
+        if (close == std::string_view::npos) {
+            end = n - 1;
+            break;
+        }
+        pos = close + 1;
     }
     std::size_t k = i + (c1 == '/' ? 2 : 1);
     char name[8];
     std::size_t len = 0;
-    for (; k < cur.gt && (letter(t[k]) || (t[k] >= '0' && t[k] <= '9')); ++k) {
+    for (; k <= end && (letter(t[k]) || (t[k] >= '0' && t[k] <= '9')); ++k) {  // t[end]: '>' or the last byte
         if (len < sizeof name) {
             name[len] = static_cast<char>(t[k] | 0x20);
         }
         ++len;
     }
     space = len > sizeof name || !inline_element({name, len});
-    return cur.gt + 1 - i;
+    return end + 1 - i;
 }
 
 // What the character at t[i] (a candidate) shows as: its length in t (0: shown as written)

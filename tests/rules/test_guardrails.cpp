@@ -689,6 +689,8 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
     // Only a tag between the words of a match is looked through: one inside a word is not
     // (fr<b>ee</b> money shows "free money" but is not found: known, see GUARDRAILS.md).
     EXPECT_TRUE(brand.check_body(sendgrid("<p>fr<b>ee</b> money</p>")).allowed());
+    EXPECT_FALSE(brand.check_body(sendgrid(R"j(<p>free <a title='x>y'>money</a></p>)j")).allowed());
+    EXPECT_TRUE(brand.check_body(sendgrid("<p>free <!--> x --> money</p>")).allowed());
     for (const char* html : {"<b>free</b>dom money", "free<!-- x -->money", "free <img alt=\\\"x\\\">money"}) {
         const auto d2 = brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
         EXPECT_EQ(d2.allowed(), std::string_view{html}.find("img") == std::string_view::npos) << html << ": " << d2.reason;
@@ -1588,6 +1590,12 @@ TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     EXPECT_LT(hits, 14000);
 }
 
+bool& unused_unsubscribe() {
+    thread_local bool u = false;
+    u = false;
+    return u;
+}
+
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
     EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
@@ -1623,17 +1631,25 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_EQ(detail::written_offset(text, s.size()), text.size());
     detail::show("nothing to do", s);
     EXPECT_EQ(s, "nothing to do");
-    // Tags: inline elements join, others break, comments vanish; an unclosed '<' is text.
-    const std::string html = "<p>fr<B>ee</B>&nbsp;mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4";
+    // Tags: inline elements join, others break, comments vanish; a '<' that starts no tag is
+    // text.
+    const std::string html = "<p>fr<B>ee</B>&nbsp;mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4 <b";
     detail::show(html, s, true);
-    EXPECT_EQ(s, " free money  x  a < b <3 </ 4");
+    EXPECT_EQ(s, " free money  x  a < b <3 </ 4 ") << "a tag left open takes the rest";
     EXPECT_EQ(detail::written_offset(html, 0, true), 0u);
     EXPECT_EQ(detail::written_offset(html, 1, true), html.find("fr"));
     EXPECT_EQ(detail::written_offset(html, 3, true), html.find("ee"));
     EXPECT_EQ(detail::written_offset(html, 5, true), html.find("&nbsp;"));
     EXPECT_EQ(detail::written_offset(html, 8, true), html.find("ney"));
     detail::show(html, s, false);
-    EXPECT_EQ(s, "<p>fr<B>ee</B> mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4");
+    EXPECT_EQ(s, "<p>fr<B>ee</B> mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4 <b");
+    // Empty comments; a '>' in a quoted attribute value; a value left open takes the rest.
+    detail::show("a<!-->b-->c<!--->d", s, true);
+    EXPECT_EQ(s, "ab-->cd");
+    detail::show("free <a title='x>y' href=\"a>b\">money</a>", s, true);
+    EXPECT_EQ(s, "free money");
+    detail::show("x<img alt=\"y z", s, true);
+    EXPECT_EQ(s, "x ");
 
     // Random mixes: the shown text is never longer, and every shown byte maps to a written
     // place whose shown prefix is no longer than it (the same byte when shown as written).
@@ -1680,6 +1696,18 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     }
     detail::show(tags_only + ">", s, true);
     EXPECT_LE(s.size(), tags_only.size());
+    detail::show(std::string(4 << 20, '<').insert(0, "<a x=\"\" "), s, true);
+    // A partial match followed by many `&amp;`: the tag check between words stays linear.
+    content_guard g;
+    std::string err;
+    ASSERT_TRUE(g.terms.add("free money", &err));
+    g.terms.build();
+    std::string amps = "free";
+    while (amps.size() < (4 << 20)) {
+        amps += "&amp;";
+    }
+    detail::text_hit hit;
+    EXPECT_FALSE(detail::find_content(g, amps + " x", unused_unsubscribe(), &hit));
 }
 
 TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {
