@@ -1494,8 +1494,8 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         }
     }
     if (!g.attachments.empty() && kind_of(in) == body_kind::json) {
-        // A string that is not base64 is no file the upstream would send; it is read as
-        // written by the walk below like any other.
+        // A string that is not base64 is no file the upstream would send; without `in` it is
+        // read as written by the walk below like any other value.
         std::string where;
         detail::parsed_body& doc = doc_of(in);
         for (const auto& field : g.attachments) {

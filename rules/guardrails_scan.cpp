@@ -1694,7 +1694,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // The same findings as scan_content_reference, found in three passes that each skip what
 // they do not need: `unsubscribe` as a substring, links from the `//` pairs, and blocked
 // terms from the words whose first two bytes start a term word (the others only reset the
-// automaton). The reference reports the finding of the first word that has one, a link before
+// automaton, except the `amp` of `&amp;`, passed over as the reference does). The reference reports the finding of the first word that has one, a link before
 // a term in the same word; so terms are looked for only in the words before the first link.
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit, bool terms_only,
                   bool* split_by_tag) {
@@ -1715,7 +1715,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         std::size_t starts_ring[16];
         std::size_t nwords = 0;
         std::int32_t term = -1;
-        std::size_t last_end = 0;  // of the last word that moved the automaton
+        std::size_t last_end = 0;  // of the last word that moved the automaton (or the `amp` of `&amp;` passed over)
         char lower[64];
         std::uint64_t carry = 0;
         pair_tables starts_filter;
@@ -1744,24 +1744,21 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                     std::memchr(p + last_end, '<', s - last_end) != nullptr) [[unlikely]] {
                     *split_by_tag = true;  // a tag between the words of a match: find_content reads on without tags
                 }
+                if (s > 0 && p[s - 1] == '&') [[unlikely]] {
+                    // The `amp` of `&amp;`: read as the punctuation it shows (in a match: passed
+                    // over, not a reset; the gap check starts after it, else it reads back again
+                    // and again).
+                    if (const std::size_t e = word_end(text, block, b, mk.word); is_punctuation_reference(text, s, e)) {
+                        last_end = state != 0 ? e : last_end;
+                        continue;
+                    }
+                }
                 const unsigned pair = p[s] | (s + 1 < n ? static_cast<unsigned>(p[s + 1]) << 8 : 0u);
                 if (!(state == 0 ? m.maybe_term_start(pair) : m.maybe_word_start(pair))) {
-                    // Not a word of any term, unless it is the `amp` of `&amp;`: read as the
-                    // punctuation it shows (in a match: skipped, not a reset).
-                    if (state != 0 && p[s - 1] == '&') [[unlikely]] {
-                        if (const std::size_t e = word_end(text, block, b, mk.word); is_punctuation_reference(text, s, e)) {
-                            last_end = e;  // the gap check starts after it (else it reads back again and again)
-                            continue;
-                        }
-                    }
-                    state = 0;
+                    state = 0;  // not a word of any term
                     continue;
                 }
                 const std::size_t e = word_end(text, block, b, mk.word);
-                if (s > 0 && p[s - 1] == '&' && is_punctuation_reference(text, s, e)) [[unlikely]] {
-                    last_end = state != 0 ? e : last_end;
-                    continue;
-                }
                 const std::size_t len = e - s;
                 std::uint32_t id = 0;
                 if (len <= max_word_bytes && m.maybe_word(len, to_lower(p[s]), to_lower(p[e - 1]))) {
@@ -2096,18 +2093,11 @@ bool inline_element(std::string_view name) {
     return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
 
-// Where the next "-->" is, found once and reused while the walk is before it (a text of
-// many "<!--" and no "-->" costs one search, not one per "<!--").
-struct tag_cursor {
-    std::size_t comment_end = 0;
-    bool comment_end_known = false;
-};
-
 // The tag at t[i] == '<' (a name starting with a letter, `</`, `<!`, `<?`, through the first
 // '>' outside quoted attribute values; a comment through `-->`): its length and whether it
 // shows as a space; 0 if none. A tag, an attribute value or a comment left open takes the
 // rest of the text, as a browser does (so no byte is looked at by two tags: linear).
-std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& space) {
+std::size_t tag_at(std::string_view t, std::size_t i, bool& space) {
     const std::size_t n = t.size();
     if (i + 1 >= n) {
         return 0;
@@ -2122,11 +2112,8 @@ std::size_t tag_at(std::string_view t, std::size_t i, tag_cursor& cur, bool& spa
         if (i + 5 < n && t[i + 4] == '-' && t[i + 5] == '>') {
             return 6;  // <!--->
         }
-        if (!cur.comment_end_known || (cur.comment_end != std::string_view::npos && cur.comment_end < i + 4)) {
-            cur.comment_end = t.find("-->", i + 4);
-            cur.comment_end_known = true;
-        }
-        return cur.comment_end == std::string_view::npos ? n - i : cur.comment_end + 3 - i;
+        const std::size_t close = t.find("-->", i + 4);
+        return close == std::string_view::npos ? n - i : close + 3 - i;
     }
     if (!letter(c1) && !(c1 == '/' && i + 2 < n && letter(t[i + 2])) && c1 != '!' && c1 != '?') {
         return 0;
@@ -2202,7 +2189,6 @@ inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
 template <bool Tags, class F>
 void for_each_shown(std::string_view text, F&& piece) {
     std::size_t i = 0;
-    [[maybe_unused]] tag_cursor cur;
     while (i < text.size()) {
         const std::size_t next = next_candidate<Tags>(text, i);
         if (next > i && piece(i, next - i, static_cast<const shown_char*>(nullptr))) {
@@ -2215,7 +2201,7 @@ void for_each_shown(std::string_view text, F&& piece) {
         shown_char c;
         if constexpr (Tags) {
             bool space = false;
-            if (text[i] == '<' && (c.len = tag_at(text, i, cur, space)) != 0) {
+            if (text[i] == '<' && (c.len = tag_at(text, i, space)) != 0) {
                 c.as = space ? ' ' : shown_drop;
                 if (piece(i, c.len, &c)) {
                     return;
@@ -2296,7 +2282,8 @@ bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t 
         return false;
     }
     const std::string_view w = text.substr(s, e - s);
-    return w == "amp" || w == "lt" || w == "gt" || w == "quot" || w == "apos";
+    return std::any_of(named_references, named_references + ascii_punctuation_references,
+                       [&](const named_reference& r) { return r.name == w; });
 }
 
 bool hides_characters(std::string_view text) {

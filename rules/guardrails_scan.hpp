@@ -15,7 +15,6 @@
 #include <cstring>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "rules/guardrails.hpp"
@@ -63,7 +62,7 @@ bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit
 // *hit; `unsubscribe` is set when the text holds an unsubscribe link or text (when nothing
 // is found: after a finding it is left as it was, or set).
 // terms_only: the blocked terms only (no links, no unsubscribe). *split_by_tag (if given) is
-// set when a partial match of a term met the name of a tag (`free</b> <i>money`).
+// set when a '<' lies between two words of a partial match of a term (`free</b> <i>money`).
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit,
                   bool terms_only = false, bool* split_by_tag = nullptr);
 bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);

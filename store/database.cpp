@@ -12,10 +12,10 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <mutex>
-#include <tuple>
 #include <ostream>
 #include <sys/file.h>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 #include <unordered_map>
 
@@ -1902,6 +1902,16 @@ constexpr const char* genesis_hash = "000000000000000000000000000000000000000000
 
 // SHA-256 over every field, each length-prefixed so no two different entries can be
 // written as the same byte string.
+// What verification says when the chain no longer holds the anchor (database::audit_anchor).
+std::string anchor_missing(std::int64_t last_id, std::int64_t anchor_id) {
+    return "the log ends at entry " + std::to_string(last_id) + " but this process wrote or found entry " +
+           std::to_string(anchor_id) + " (entries deleted)";
+}
+std::string anchor_rewritten(std::int64_t anchor_id) {
+    return "entry " + std::to_string(anchor_id) +
+           " is not the one this process wrote or found at start (the log was rewritten from there on)";
+}
+
 std::string audit_hash(const audit_entry& e) {
     std::string m;
     auto add = [&](std::string_view v) {
@@ -1959,18 +1969,11 @@ void database::append_audit(audit_entry entry, done_fn done) {
             // The chain must still hold the anchor as written; an append onto a chain cut
             // back, wiped or re-chained is made (operators are never blocked by it), and the
             // damage is remembered for every later verification.
-            std::int64_t anchor_id = 0;
-            std::string anchor_hash;
-            {
-                std::lock_guard lock{impl_->anchor_mu_};
-                anchor_id = impl_->anchor_id_;
-                anchor_hash = impl_->anchor_hash_;
-            }
+            const auto [anchor_id, anchor_hash] = audit_anchor();
             if (anchor_id > 0) {
                 std::string problem;
                 if (last_id < anchor_id) {
-                    problem = "the log ended at entry " + std::to_string(last_id) + " but this process wrote or found "
-                              "entry " + std::to_string(anchor_id) + " (entries deleted)";
+                    problem = anchor_missing(last_id, anchor_id);
                 } else {
                     auto at = ctx.c.once("SELECT hash FROM audit WHERE id = ?1");
                     if (!at.valid()) {
@@ -1978,9 +1981,7 @@ void database::append_audit(audit_entry entry, done_fn done) {
                     }
                     at.i64(1, anchor_id);
                     if (at.step() != SQLITE_ROW || at.col_str(0) != anchor_hash) {
-                        problem = "entry " + std::to_string(anchor_id) +
-                                  " is not the one this process wrote or found at start (the log was rewritten "
-                                  "from there on)";
+                        problem = anchor_rewritten(anchor_id);
                     }
                 }
                 if (!problem.empty()) {
@@ -2122,8 +2123,7 @@ bool database::audit_verifier::step() {
         } else if (audit_hash(e) != e.hash) {
             bad("entry " + std::to_string(e.id) + " was changed after it was written (hash mismatch)");
         } else if (e.id == anchor_id_ && e.hash != anchor_hash_) {
-            bad("entry " + std::to_string(e.id) +
-                " is not the one this process wrote or found at start (the log was rewritten from there on)");
+            bad(anchor_rewritten(e.id));
         }
         if (!v_.ok) {
             done_ = true;
@@ -2141,12 +2141,12 @@ bool database::audit_verifier::step() {
         // remembers what it wrote.
         v_.ok = false;
         v_.first_bad = expected_id_;
-        v_.problem = "the log ends at entry " + std::to_string(expected_id_ - 1) + " but this process wrote or found " +
-                     "entry " + std::to_string(anchor_id_) + " (entries deleted)";
+        v_.problem = anchor_missing(expected_id_ - 1, anchor_id_);
         done_ = true;
         return true;
     }
-    // The head records the last entry written: deleting entries from the end shows here.
+    // The head records the last entry written: a head ahead of the log (entries deleted from
+    // the end, the head left as it was) shows here; the anchor above covers a head moved back.
     auto c = db_.impl_->lease();
     auto head = c->once("SELECT last_id, last_hash FROM audit_head WHERE one = 1");
     if (head.valid() && head.step() == SQLITE_ROW) {

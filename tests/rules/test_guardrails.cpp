@@ -261,9 +261,8 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
     EXPECT_FALSE(f.check_body("html=4111%26nbsp%3B1111%26nbsp%3B1111%26nbsp%3B1111", "application/x-www-form-urlencoded")
                      .allowed());
     // What shows as no card is no card: references of punctuation, other spaces, a bad Luhn.
-    for (const char* html : {"Prices from $19.99&nbsp;&ndash; free shipping", "4111&amp;1111&amp;1111&amp;1111",
-                             "4111&nbsp;1111&nbsp;1111&nbsp;1112", "4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111",
-                             "4111&nbsp;1111-1111&nbsp;1111", "Tom&nbsp;&amp;&nbsp;Jerry &#169; 2026 &copy;",
+    for (const char* html : {"4111&amp;1111&amp;1111&amp;1111", "4111&nbsp;1111&nbsp;1111&nbsp;1112",
+                             "4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111", "4111&nbsp;1111-1111&nbsp;1111",
                              "4111&#8203 1111 &zwnj 1111 1111"}) {
         const auto d2 = f.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
         EXPECT_TRUE(d2.allowed()) << html << ": " << d2.reason;
@@ -691,10 +690,9 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
     EXPECT_TRUE(brand.check_body(sendgrid("<p>fr<b>ee</b> money</p>")).allowed());
     EXPECT_FALSE(brand.check_body(sendgrid(R"j(<p>free <a title='x>y'>money</a></p>)j")).allowed());
     EXPECT_TRUE(brand.check_body(sendgrid("<p>free <!--> x --> money</p>")).allowed());
-    for (const char* html : {"<b>free</b>dom money", "free<!-- x -->money", "free <img alt=\\\"x\\\">money"}) {
-        const auto d2 = brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
-        EXPECT_EQ(d2.allowed(), std::string_view{html}.find("img") == std::string_view::npos) << html << ": " << d2.reason;
-    }
+    EXPECT_TRUE(brand.check_body(sendgrid("<p><b>free</b>dom money</p>")).allowed());
+    EXPECT_TRUE(brand.check_body(sendgrid("<p>free<!-- x -->money</p>")).allowed());
+    EXPECT_FALSE(brand.check_body(sendgrid(R"j(<p>free <img alt=\"x\">money</p>)j")).allowed()) << "an image breaks a line";
     // A symbol inside a word is part of it (bytes >= 0x80 are word bytes): `don&#8217;t`
     // written as is splits into don, 8217, t.
     fixture quote{content_rule(R"j({"blocked_terms": ["don’t miss", "Acme®"]})j")};
@@ -1590,12 +1588,6 @@ TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     EXPECT_LT(hits, 14000);
 }
 
-bool& unused_unsubscribe() {
-    thread_local bool u = false;
-    u = false;
-    return u;
-}
-
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
     EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
@@ -1697,6 +1689,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     detail::show(tags_only + ">", s, true);
     EXPECT_LE(s.size(), tags_only.size());
     detail::show(std::string(4 << 20, '<').insert(0, "<a x=\"\" "), s, true);
+    EXPECT_EQ(s, "") << "a tag left open takes the rest";
     // A partial match followed by many `&amp;`: the tag check between words stays linear.
     content_guard g;
     std::string err;
@@ -1707,7 +1700,8 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
         amps += "&amp;";
     }
     detail::text_hit hit;
-    EXPECT_FALSE(detail::find_content(g, amps + " x", unused_unsubscribe(), &hit));
+    bool unsubscribe = false;
+    EXPECT_FALSE(detail::find_content(g, amps + " x", unsubscribe, &hit));
 }
 
 TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {

@@ -978,6 +978,23 @@ TEST_F(store_db, a_file_that_is_not_a_database_is_refused) {
     EXPECT_NE(err.find("breakerbox.db"), std::string::npos) << err;
 }
 
+namespace {
+
+// One audit entry as the admin API writes them (the writer chains it; nothing waits).
+void append_entry(database& db, const std::string& reason, const std::string& actor = "ada") {
+    bb::store::audit_entry e;
+    e.actor = actor;
+    e.role = "admin";
+    e.method = "POST";
+    e.path = "/v1/breakers/x/trip";
+    e.target = "x";
+    e.reason = reason;
+    e.result = "ok";
+    db.append_audit(std::move(e), [](const result&) {});
+}
+
+}  // namespace
+
 // Someone with write access to the file can cut the chain back and move the head to match,
 // wipe it, or rewrite an entry and re-chain everything after it (the hash is no secret): the
 // file alone then verifies. The process remembers the last entry it wrote (or found at
@@ -985,15 +1002,7 @@ TEST_F(store_db, a_file_that_is_not_a_database_is_refused) {
 TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_its_head) {
     auto db = open();
     for (int i = 0; i < 5; ++i) {
-        bb::store::audit_entry e;
-        e.actor = "ada";
-        e.role = "admin";
-        e.method = "POST";
-        e.path = "/v1/breakers/x/trip";
-        e.target = "x";
-        e.reason = "entry " + std::to_string(i);
-        e.result = "ok";
-        db->append_audit(std::move(e), [](const result&) {});
+        append_entry(*db, "entry " + std::to_string(i));
     }
     db->flush();
     const auto [id, hash] = db->audit_anchor();
@@ -1046,17 +1055,8 @@ TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_it
     EXPECT_EQ(db->audit_tampering(), "");
     // An append onto the rewritten chain does not launder it: the anchor would move past the
     // damage, so the damage is remembered.
-    {
-        bb::store::audit_entry e;
-        e.actor = "mallory";
-        e.role = "admin";
-        e.method = "POST";
-        e.path = "/v1/breakers/x/reset";
-        e.target = "x";
-        e.result = "ok";
-        db->append_audit(std::move(e), [](const result&) {});
-        db->flush();
-    }
+    append_entry(*db, "after the rewrite", "mallory");
+    db->flush();
     EXPECT_EQ(db->audit_anchor().first, 6);
     v = db->verify_audit();
     EXPECT_FALSE(v.ok);
@@ -1069,6 +1069,11 @@ TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_it
     db = open();
     EXPECT_EQ(db->audit_anchor().second, prev);
     EXPECT_TRUE(db->verify_audit().ok);
+    // The head ahead of the log (entries deleted from the end while the head was left).
+    sql("UPDATE audit_head SET last_id = 99");
+    v = db->verify_audit();
+    EXPECT_FALSE(v.ok);
+    EXPECT_NE(v.problem.find("(entries deleted from the end)"), std::string::npos) << v.problem;
 }
 
 // The audit chain verified a page per step (the admin API yields between pages): the same
@@ -1076,17 +1081,7 @@ TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_it
 // past the first page is still found.
 TEST_F(store_db, audit_verification_goes_a_page_at_a_time_and_covers_entries_written_meanwhile) {
     auto db = open();
-    auto append = [&](int i) {
-        bb::store::audit_entry e;
-        e.actor = "ada";
-        e.role = "admin";
-        e.method = "POST";
-        e.path = "/v1/breakers/x/trip";
-        e.target = "x";
-        e.reason = "entry " + std::to_string(i);
-        e.result = "ok";
-        db->append_audit(std::move(e), [](const result&) {});
-    };
+    auto append = [&](int i) { append_entry(*db, "entry " + std::to_string(i)); };
     for (int i = 0; i < 2500; ++i) {
         append(i);
     }
