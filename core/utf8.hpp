@@ -1,6 +1,7 @@
 #pragma once
 // UTF-8 encoding of one code point, for decoders (JSON \u escapes, HTML character references).
 
+#include <cstddef>
 #include <cstdint>
 
 namespace bb {
@@ -23,5 +24,8 @@ inline void put_utf8(std::uint32_t cp, char*& out) {
         *out++ = static_cast<char>(0x80 | (cp & 0x3F));
     }
 }
+
+// How many bytes put_utf8 writes for cp.
+inline std::size_t utf8_length(std::uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 
 }  // namespace bb

@@ -1369,7 +1369,8 @@ struct raw_place {
     }
 };
 
-// Each raw message at `fields` (mime:): visit(message, seen, place) -> true to stop.
+// Each raw message at `fields` (mime:; also the base64 files at attachment: fields, which
+// are JSON paths only): visit(message, seen, place) -> true to stop.
 // `message` is nullopt when one that must be base64 is not; `seen` is where its JSON string
 // starts or its form field's index (for the guard's own walk to pass over). A form field's
 // value is the message as written (mime:form:, Mailgun messages.mime) or its base64
@@ -1494,26 +1495,21 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         }
     }
     if (!g.attachments.empty() && kind_of(in) == body_kind::json) {
-        // A string that is not base64 is no file the upstream would send; without `in` it is
+        // The base64 at each attachment: path, decoded as for_each_raw does a raw message's. A
+        // string that is not base64 is no file the upstream would send; without `in` it is
         // read as written by the walk below like any other value.
         std::string where;
-        detail::parsed_body& doc = doc_of(in);
-        for (const auto& field : g.attachments) {
-            const auto res = doc.strings_at(body, field.path, [&](std::span<const frame> f, std::string_view text, std::size_t) {
-                if (text.size() < min_length || !decode_base64(text, s.message) ||
-                    !detail::find_pii(g.kinds, s.message, &hit)) {
-                    return false;
-                }
-                where = render_path(f);
-                return true;
-            });
-            if (res == json_walker::result::stopped) {
-                release(s);
-                return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of the attachment at " + where +
-                                " (decoded from base64)");
+        for_each_raw(g.attachments, in, s, [&](std::optional<std::string_view> file, std::size_t, const raw_place& at) {
+            if (!file || file->size() < min_length || !detail::find_pii(g.kinds, *file, &hit)) {
+                return false;
             }
+            where = at.at();
+            return true;
+        });
+        if (!where.empty()) {
+            return violated(hit.what + " at offset " + std::to_string(hit.offset) + " of the attachment at " + where +
+                            " (decoded from base64)");
         }
-        release(s);
     }
     switch (kind_of(in)) {
         case body_kind::json: {

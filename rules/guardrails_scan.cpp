@@ -12,7 +12,6 @@
 #include "core/sha256.hpp"
 #include "core/utf8.hpp"
 
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -678,7 +677,6 @@ bool ssn_valid(std::string_view area, std::string_view group, std::string_view s
     }
     return group != "00" && serial != "0000";
 }
-
 
 std::string mask_address(std::string_view address) {
     const auto at = address.rfind('@');
@@ -1694,8 +1692,9 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // The same findings as scan_content_reference, found in three passes that each skip what
 // they do not need: `unsubscribe` as a substring, links from the `//` pairs, and blocked
 // terms from the words whose first two bytes start a term word (the others only reset the
-// automaton, except the `amp` of `&amp;`, passed over as the reference does). The reference reports the finding of the first word that has one, a link before
-// a term in the same word; so terms are looked for only in the words before the first link.
+// automaton, except the `amp` of `&amp;`, passed over as the reference does). The reference
+// reports the finding of the first word that has one, a link before a term in the same word;
+// so terms are looked for only in the words before the first link.
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit, bool terms_only,
                   bool* split_by_tag) {
     if (!terms_only && !unsubscribe && has_unsubscribe(text)) {
@@ -1859,8 +1858,6 @@ std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
     }
     return 0;
 }
-
-std::size_t utf8_length(std::uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 
 // Numeric references 128-159 are read as windows-1252, as browsers do (&#150; is an en dash).
 constexpr std::uint16_t windows_1252[32] = {
@@ -2238,36 +2235,28 @@ inline std::uint64_t load8(const char* p) {
     return x;
 }
 
-// Whether the text has a byte that is '&' or not ASCII: the test every scanned text pays
-// (most have none), so whole words and overlapping loads, no loop over single bytes.
-bool any_candidate(std::string_view t) {
+// Whether a text shorter than 64 bytes has a byte that is '&' or not ASCII: the test every
+// short scanned text pays (most have none), so whole words and overlapping loads, no loop
+// over single bytes (next_candidate does longer texts).
+bool short_text_has_candidate(std::string_view t) {
     const char* p = t.data();
     const std::size_t n = t.size();
-    std::size_t i = 0;
-#if defined(BB_GUARDRAILS_AVX2)
-    if (n >= 64 && have_avx2()) {
-        i = next_candidate_avx2<false>(reinterpret_cast<const unsigned char*>(p), 0, n);
-        if (i + 64 <= n) {
-            return true;
-        }
-    }
-#endif
-    if (n - i >= 8) {
-        for (; i + 8 <= n; i += 8) {
+    if (n >= 8) {
+        for (std::size_t i = 0; i + 8 <= n; i += 8) {
             if (amp_or_high8(load8(p + i))) {
                 return true;
             }
         }
-        return i < n && amp_or_high8(load8(p + n - 8));
+        return amp_or_high8(load8(p + n - 8));
     }
-    if (n - i >= 4) {
+    if (n >= 4) {
         std::uint32_t a;
         std::uint32_t b;
-        std::memcpy(&a, p + i, 4);
+        std::memcpy(&a, p, 4);
         std::memcpy(&b, p + n - 4, 4);
         return amp_or_high8(std::uint64_t{a} << 32 | b);
     }
-    for (; i < n; ++i) {
+    for (std::size_t i = 0; i < n; ++i) {
         if (p[i] == '&' || static_cast<unsigned char>(p[i]) >= 0x80) {
             return true;
         }
@@ -2287,7 +2276,7 @@ bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t 
 }
 
 bool hides_characters(std::string_view text) {
-    if (!any_candidate(text)) {
+    if (text.size() < 64 && !short_text_has_candidate(text)) {
         return false;
     }
     for (std::size_t i = next_candidate(text, 0); i < text.size(); i = next_candidate(text, i + 1)) {
