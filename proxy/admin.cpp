@@ -3,6 +3,7 @@
 
 #include "alerts/alerts.hpp"
 #include "core/json_reader.hpp"
+#include "core/sha256.hpp"
 #include "core/url_decode.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
@@ -10,7 +11,6 @@
 #include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
-#include "rules/guardrails.hpp"  // sha256_hex
 #include "store/codec.hpp"
 #include "store/database.hpp"
 
@@ -23,7 +23,6 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -243,14 +242,12 @@ std::optional<caller> authenticate(const config& cfg, std::string_view authoriza
         return std::nullopt;
     }
     const auto token = authorization.substr(prefix.size());
-    unsigned char digest[32];
-    unsigned int len = 0;
-    EVP_Digest(token.data(), token.size(), digest, &len, EVP_sha256(), nullptr);
+    const sha256_digest digest = sha256(token);
     // Compare against every configured digest, in constant time, without stopping early:
     // neither the match nor its position leaks through timing.
     std::optional<caller> found;
     for (const auto& t : cfg.admin.tokens) {
-        const bool match = CRYPTO_memcmp(digest, t.sha256.data(), 32) == 0;
+        const bool match = CRYPTO_memcmp(digest.data(), t.sha256.data(), digest.size()) == 0;
         if (match && !found) {
             found = caller{t.name, t.role};
         }
@@ -1434,7 +1431,7 @@ asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string me
 
 // The audit params of a change read from a file: the file and the SHA-256 of what was read.
 std::string file_params(const std::string& path, const std::optional<std::string>& text) {
-    return "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + rules::sha256_hex(*text) + "\"" : std::string{}) +
+    return "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + sha256_hex(*text) + "\"" : std::string{}) +
            "}";
 }
 
