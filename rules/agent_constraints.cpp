@@ -320,6 +320,12 @@ bool list_member(std::string_view name, std::string_view prefix) {
                        [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// SendEmail: Destination.{To,Cc,Bcc}Addresses.member.N.
+bool destination_address(std::string_view name) {
+    return list_member(name, "Destination.ToAddresses.member.") || list_member(name, "Destination.CcAddresses.member.") ||
+           list_member(name, "Destination.BccAddresses.member.");
+}
+
 // SendBulkTemplatedEmail: Destinations.member.N.Destination.{To,Cc,Bcc}Addresses.member.M.
 bool bulk_destination(std::string_view name) {
     constexpr std::string_view head = "Destinations.member.";
@@ -334,9 +340,7 @@ bool bulk_destination(std::string_view name) {
     if (i == digits) {
         return false;
     }
-    const std::string_view rest = name.substr(i);
-    return list_member(rest, ".Destination.ToAddresses.member.") || list_member(rest, ".Destination.CcAddresses.member.") ||
-           list_member(rest, ".Destination.BccAddresses.member.");
+    return i < name.size() && name[i] == '.' && destination_address(name.substr(i + 1));
 }
 
 void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>>& fields) {
@@ -349,10 +353,8 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
             ++destinations;
-        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") ||
-                   list_member(name, "Destination.ToAddresses.member.") ||
-                   list_member(name, "Destination.CcAddresses.member.") ||
-                   list_member(name, "Destination.BccAddresses.member.") || bulk_destination(name)) {
+        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || destination_address(name) ||
+                   bulk_destination(name)) {
             k.add_recipient_list(value);
         } else if (iequals(name, "from") || name == "Source") {
             k.from(value);

@@ -185,11 +185,10 @@ bool for_each_param(std::string_view v, F&& f) {
     return true;
 }
 
-// One parameter of a header value into *out (left empty when absent). False when the value
-// is malformed or the parameter is given twice or in RFC 8187's encoded form (`name*=`):
-// which one an upstream would use is anyone's guess, so the body is refused. Parameter
-// names compare without case.
-bool param_of(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
+}  // namespace
+
+// (rules/form.hpp) The body is refused when a parameter cannot be read for certain.
+bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
     out->reset();
     bool twice = false;
     const bool ok = for_each_param(header_value, [&](std::string_view n, std::string value) {
@@ -205,6 +204,8 @@ bool param_of(std::string_view header_value, std::string_view name, std::optiona
     });
     return ok && !twice;
 }
+
+namespace {
 
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
 // a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
@@ -292,7 +293,7 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                     ok = false;  // two dispositions: which name counts?
                 }
                 has_disposition = true;
-                if (!param_of(line, "name", &name)) {
+                if (!header_param(line, "name", &name)) {
                     ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
                 }
             }
@@ -919,16 +920,12 @@ verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
 
 }  // namespace
 
-bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
-    return param_of(header_value, name, out);
-}
-
 bool parse_form(std::string_view content_type, std::string_view body,
                 std::vector<std::pair<std::string, std::string>>& out) {
     constexpr std::string_view mp = "multipart/form-data";
     if (content_type.size() >= mp.size() && iequals(content_type.substr(0, mp.size()), mp)) {
         std::optional<std::string> boundary;  // none, or given twice: malformed
-        if (!param_of(content_type, "boundary", &boundary) || !boundary) {
+        if (!header_param(content_type, "boundary", &boundary) || !boundary) {
             out.clear();
             return false;
         }

@@ -236,7 +236,22 @@ bool ascii_compatible(std::string_view charset) {
     return false;
 }
 
-bool decode_quoted_printable(std::string_view in, std::string& out) {
+// How a reason names the entity `name` ("" for the message itself, "1.2" for a part).
+std::string place_of(const std::string& name) { return name.empty() ? std::string{"the message"} : "part " + name; }
+
+// `end` without the one line break (LF or CRLF) before it, not below `from`: the line break
+// before a multipart delimiter belongs to the delimiter (RFC 2046 5.1.1).
+std::size_t before_break(std::string_view body, std::size_t from, std::size_t end) {
+    if (end > from && body[end - 1] == '\n') {
+        --end;
+        if (end > from && body[end - 1] == '\r') {
+            --end;
+        }
+    }
+    return end;
+}
+
+void decode_quoted_printable(std::string_view in, std::string& out) {
     out.clear();
     out.reserve(in.size());
     for (std::size_t i = 0; i < in.size(); ++i) {
@@ -264,7 +279,6 @@ bool decode_quoted_printable(std::string_view in, std::string& out) {
         }
         out += '=';  // not an escape: kept as it is (what decoders do)
     }
-    return true;
 }
 
 // RFC 2047 encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`) decoded; the blanks
@@ -419,7 +433,7 @@ struct content_reader {
                 out.texts.push_back(std::move(t));
             },
             &body_at);
-        const std::string at = name.empty() ? std::string{"the message"} : "part " + name;
+        const std::string at = place_of(name);
         if (!ok) {
             return fail("the header section of " + at + " cannot be read");
         }
@@ -451,8 +465,9 @@ struct content_reader {
         }
         std::string_view body = m.substr(body_at);
         std::string unencoded;
-        const bool container = type.starts_with("multipart/") || type == "message/rfc822" || type == "message/global";
-        if (container && !encoding.empty() && encoding != "7bit" && encoding != "8bit" && encoding != "binary") {
+        const bool attached = type == "message/rfc822" || type == "message/global";
+        const bool identity = encoding.empty() || encoding == "7bit" || encoding == "8bit" || encoding == "binary";
+        if ((attached || type.starts_with("multipart/")) && !identity) {
             // RFC 2045 6.4 / RFC 2046 5.2.1; so every byte is decoded at most once.
             return fail(at + " is a " + type.substr(0, 32) + " with the transfer encoding " + encoding.substr(0, 32));
         }
@@ -464,7 +479,7 @@ struct content_reader {
         } else if (encoding == "quoted-printable") {
             decode_quoted_printable(body, unencoded);
             body = unencoded;
-        } else if (!encoding.empty() && encoding != "7bit" && encoding != "8bit" && encoding != "binary") {
+        } else if (!identity) {
             return fail(at + " has the transfer encoding " + encoding.substr(0, 32) + ", which is not read");
         }
         const std::string label = name.empty() ? std::string{"body"} : "part " + name;
@@ -474,7 +489,7 @@ struct content_reader {
             }
             return multipart(body, *boundary, name, depth, type == "multipart/digest");
         }
-        if (type == "message/rfc822" || type == "message/global") {
+        if (attached) {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
         if (type.empty() || type.starts_with("text/")) {
@@ -485,7 +500,8 @@ struct content_reader {
             mime_text t;
             t.k = mime_text::kind::body;
             t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
-            t.text = std::string{body};
+            // A decoded body is moved, not copied again.
+            t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
             out.texts.push_back(std::move(t));
         }
         return true;  // an attachment of another type is not read
@@ -498,7 +514,7 @@ struct content_reader {
         // A bare CR: some parsers end a line there (and find delimiters we would not).
         for (auto cr = body.find('\r'); cr != std::string_view::npos; cr = body.find('\r', cr + 1)) {
             if (cr + 1 == body.size() || body[cr + 1] != '\n') {
-                return fail("the body of " + (name.empty() ? std::string{"the message"} : "part " + name) +
+                return fail("the body of " + place_of(name) +
                             " has a bare CR");
             }
         }
@@ -519,13 +535,7 @@ struct content_reader {
         };
         const std::string prefix = name.empty() ? "" : name + ".";
         auto close_part = [&](std::size_t end) {
-            // The line break before a delimiter belongs to the delimiter.
-            if (end > part_start && body[end - 1] == '\n') {
-                --end;
-                if (end > part_start && body[end - 1] == '\r') {
-                    --end;
-                }
-            }
+            end = before_break(body, part_start, end);
             return entity(body.substr(part_start, end - part_start), prefix + std::to_string(index),
                           depth + 1, false, digest);
         };
@@ -547,7 +557,7 @@ struct content_reader {
                     }
                     if (close) {
                         closed = true;
-                        add_plain(body.substr(next), "epilogue of " + (name.empty() ? std::string{"the message"} : "part " + name));
+                        add_plain(body.substr(next), "epilogue of " + place_of(name));
                         break;
                     }
                     ++index;
@@ -557,18 +567,10 @@ struct content_reader {
             at = next;
         }
         if (preamble_end == std::string::npos) {
-            add_plain(body, "body of " + (name.empty() ? std::string{"the message"} : "part " + name) + " (no parts)");
+            add_plain(body, "body of " + place_of(name) + " (no parts)");
             return true;
         }
-        std::size_t pre = preamble_end;  // its last line break belongs to the first delimiter
-        if (pre > 0 && body[pre - 1] == '\n') {
-            --pre;
-            if (pre > 0 && body[pre - 1] == '\r') {
-                --pre;
-            }
-        }
-        add_plain(body.substr(0, pre),
-                  "preamble of " + (name.empty() ? std::string{"the message"} : "part " + name));
+        add_plain(body.substr(0, before_break(body, 0, preamble_end)), "preamble of " + place_of(name));
         if (!closed && part_start != std::string::npos && !close_part(body.size())) {
             return false;
         }
