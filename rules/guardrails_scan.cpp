@@ -150,6 +150,7 @@ struct block_masks {
     std::uint64_t digit;  // 0-9 (pii)
     std::uint64_t sep;    // ' ' and '-': what may join the digit groups of a card or an SSN (pii)
     std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
+    std::uint64_t lt;     // '<': where a tag may join what is written on both sides of it
 };
 
 // Classifies n blocks at p into out; 64 * n + 1 bytes are readable (the pair prefilter reads
@@ -159,7 +160,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
     for (std::size_t blk = 0; blk < n; ++blk, p += 64) {
         block_masks& m = out[blk];
         m.word = 0;
-        m.digit = m.sep = 0;
+        m.digit = m.sep = m.lt = 0;
         m.pairs = M == scan_mode::pii ? 0 : ~0ull;
 #if defined(__SSE2__)
         // Range checks as one signed compare each: x + (128 - lo) < -128 + width.
@@ -181,6 +182,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
                 return static_cast<std::uint64_t>(static_cast<std::uint16_t>(_mm_movemask_epi8(v))) << shift;
             };
             m.word |= bits(w);
+            m.lt |= bits(_mm_cmpeq_epi8(c, _mm_set1_epi8('<')));
             if constexpr (M == scan_mode::pii) {
                 // No byte shuffles in SSE2: the first byte's class only (upper case, and the
                 // lower-case first letters of secrets).
@@ -202,6 +204,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
         for (int i = 0; i < 64; ++i) {
             const unsigned char c = p[i];
             m.word |= static_cast<std::uint64_t>(table.word[c]) << i;
+            m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
                 m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
@@ -223,6 +226,7 @@ enum : std::uint8_t {
     cls_b = 0x02,      // letters with high nibble 5 or 7, low 0-A (P-Z, p-z)
     cls_digit = 0x04,  // 3 x 0-9
     cls_under = 0x08,  // 5 x F
+    cls_lt = 0x10,     // 3 x C: '<'
     cls_sep = 0x40,    // 2 x {0, D}: ' ' '-'
 };
 struct nibble_tables {
@@ -231,10 +235,11 @@ struct nibble_tables {
     constexpr nibble_tables() {
         for (int v = 0; v < 16; ++v) {
             lo[v] = static_cast<std::uint8_t>((v >= 1 ? cls_a : 0) | (v <= 10 ? cls_b : 0) | (v <= 9 ? cls_digit : 0) |
-                                              (v == 15 ? cls_under : 0) | (v == 0 || v == 13 ? cls_sep : 0));
+                                              (v == 15 ? cls_under : 0) | (v == 0 || v == 13 ? cls_sep : 0) |
+                                              (v == 12 ? cls_lt : 0));
         }
         hi[2] = cls_sep;
-        hi[3] = cls_digit;
+        hi[3] = cls_digit | cls_lt;
         hi[4] = cls_a;
         hi[5] = cls_b | cls_under;
         hi[6] = cls_a;
@@ -285,6 +290,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
         std::uint64_t digit = 0;
         std::uint64_t sep = 0;
         std::uint64_t pairs = 0;
+        std::uint64_t lt = 0;
         for (int k = 0; k < 2; ++k) {
             const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * k));
             const __m256i c_lo = low_nibbles(c);
@@ -294,6 +300,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
             // Bytes >= 0x80 are word bytes: their own top bit is what movemask reads.
             const std::uint64_t not_word = bits32(_mm256_cmpeq_epi8(_mm256_and_si256(cls, word_cls), zero));
             word |= ((~not_word & 0xFFFFFFFFu) | bits32(c)) << shift;
+            lt |= bits32(_mm256_slli_epi16(cls, 3)) << shift;  // cls_lt is bit 4
             if constexpr (M == scan_mode::pii) {
                 digit |= bits32(_mm256_slli_epi16(cls, 5)) << shift;  // cls_digit is bit 2
                 sep |= bits32(_mm256_slli_epi16(cls, 1)) << shift;    // cls_sep is bit 6
@@ -309,6 +316,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
         out[blk].digit = digit;
         out[blk].sep = sep;
         out[blk].pairs = pt ? pairs : ~0ull;
+        out[blk].lt = lt;
     }
 }
 
@@ -367,10 +375,11 @@ bool for_each_block(std::string_view text, const pair_tables* pairs, bool secret
     if (n <= 16) {
         // A short text (most JSON values): classified byte by byte, cheaper than setting up
         // a block. No pair prefilter (all ones): the exact checks that follow decide.
-        block_masks m{0, 0, 0, ~0ull};
+        block_masks m{0, 0, 0, ~0ull, 0};
         for (std::size_t i = 0; i < n; ++i) {
             const unsigned char c = p[i];
             m.word |= static_cast<std::uint64_t>(table.word[c]) << i;
+            m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
                 m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
@@ -1408,6 +1417,73 @@ bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit
 
 namespace {
 
+// Where the text goes on after the tags from t[i] == '<' when they are inline elements or
+// comments (shown as nothing, see tag_at), one or more in a row; npos when the first is not a
+// tag or shows as a break. Defined with tag_at.
+std::size_t after_joining_tags(std::string_view t, std::size_t i, std::size_t& read);
+bool inline_element(std::string_view lower_name);
+
+// The two checks below each read the tags from one '<' on; `read` is where the tags they read
+// end. The scanners skip a '<' before it (inside tags already read, an attribute value
+// say), so no byte is read twice and a text of many '<' stays linear.
+
+// Whether the '<' at t[i] (i > 0, t[i - 1] a digit or a separator) starts tags shown as
+// nothing between two digit groups of one number: `4111 <b>1111</b>`, `41<span>11</span>`,
+// `<span>4111</span> <span>1111</span>`.
+[[gnu::noinline]] bool digits_joined_by_tags(std::string_view t, std::size_t i, std::size_t& read) {
+    const auto u = [&](std::size_t k) { return static_cast<unsigned char>(t[k]); };
+    const bool sep_before = !is_digit(u(i - 1));
+    if (sep_before && (i < 2 || !is_digit(u(i - 2)))) {
+        return false;
+    }
+    std::size_t j = after_joining_tags(t, i, read);
+    if (j >= t.size()) {
+        return false;
+    }
+    if (!sep_before && (t[j] == ' ' || t[j] == '-')) {  // `<span>4111</span> <span>1111</span>`
+        ++j;
+        if (j < t.size() && t[j] == '<') {
+            j = after_joining_tags(t, j, read);
+        }
+    }
+    return j < t.size() && is_digit(u(j));
+}
+
+// Whether the '<' at t[i] (t[i - 1] a word byte) starts tags shown as nothing inside a word:
+// `fr<b>ee</b>`.
+[[gnu::noinline]] bool word_joined_by_tags(std::string_view t, std::size_t i, std::size_t& read) {
+    // Most are the end of an element after its last word (`sale</a> `, `FAQ</a>.`,
+    // `sale</a></td>`): closing tags, read here without tag_at's general parse.
+    std::size_t j = i;
+    while (j + 2 < t.size() && t[j] == '<' && t[j + 1] == '/') {
+        // `</name>` with a plain name of up to 8 bytes; anything else takes the general parse.
+        char name[8];
+        std::size_t len = 0;
+        const std::size_t stop = std::min(t.size(), j + 11);
+        std::size_t k = j + 2;
+        for (; k < stop && (is_digit(static_cast<unsigned char>(t[k])) || is_upper(static_cast<unsigned char>(t[k])) ||
+                            is_lower(static_cast<unsigned char>(t[k])));
+             ++k) {
+            name[len++] = static_cast<char>(t[k] | 0x20);
+        }
+        if (len == 0 || k == stop || t[k] != '>') {
+            break;
+        }
+        read = k + 1;
+        if (read < t.size() && t[read] != '<' && !table.word[static_cast<unsigned char>(t[read])]) {
+            return false;  // followed by neither a word nor a tag: joins nothing, whatever it is
+        }
+        if (!inline_element({name, len})) {
+            return false;  // a break: nothing is joined across it
+        }
+        j = read;
+    }
+    if (j < t.size() && t[j] == '<') {
+        j = after_joining_tags(t, j, read);
+    }
+    return j < t.size() && table.word[static_cast<unsigned char>(t[j])];
+}
+
 // Whether a word starting with c0 c1 (c1: the byte after c0, 0 at the end of the text), c0
 // not a digit, can be something pii_scan::word finds: an IBAN (two upper-case letters), an
 // AWS key id (AK, AS), BEGIN or Bearer (Be in any case), sk_/rk_live_, xox?-, ghp_/github_pat_.
@@ -1432,7 +1508,7 @@ bool pii_pair(unsigned char c0, unsigned char c1, bool iban, bool secrets) {
 
 }  // namespace
 
-bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
+bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* split_by_tag) {
     pii_scan scan{kinds};
     // Only the words pii_scan::word can do something with:
     // - starting with a digit, and only inside a chain of digits joined by single spaces or
@@ -1451,11 +1527,26 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
     const auto* p = reinterpret_cast<const unsigned char*>(text.data());
     const std::size_t n = text.size();
     std::uint64_t carry = 0;
+    std::uint64_t number_carry = 0;  // bit 0: the previous block ended with a digit; bit 1: with a separator after one
+    std::size_t tags_read = 0;       // see digits_joined_by_tags
     const pair_tables* pairs = upper ? (pick ? &pii_pairs_secrets : &pii_pairs_iban) : nullptr;
     return for_each_block<scan_mode::pii>(text, pairs, pick,
                                           [&](std::size_t block, const block_masks& m) __attribute__((always_inline)) {
         const std::uint64_t starts = word_starts(m, carry);
         std::uint64_t cand = 0;
+        if (digits && split_by_tag != nullptr) {
+            // A tag right after a digit (or a separator) may join two groups of one number:
+            // find_pii reads the text again without its tags when one does.
+            const std::uint64_t after_digit = (m.digit << 1) | (number_carry & 1);
+            const std::uint64_t sep_after_digit = m.sep & after_digit;
+            std::uint64_t at = m.lt & (after_digit | (sep_after_digit << 1) | (number_carry >> 1));
+            number_carry = (m.digit >> 63) | ((sep_after_digit >> 63) << 1);
+            while (at != 0 && !*split_by_tag) [[unlikely]] {
+                const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
+                at &= at - 1;
+                *split_by_tag = i >= tags_read && digits_joined_by_tags(text, i, tags_read);
+            }
+        }
         if (digits) {
             // A separator counts when a digit is on both sides (unknown across the block
             // edge: assumed, to be safe).
@@ -1493,7 +1584,8 @@ std::string classification_mismatch(std::string_view text) {
             const bool digit = (m.digit >> i) & 1u;
             const bool sep = (m.sep >> i) & 1u;
             const bool pair = (m.pairs >> i) & 1u;
-            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-') ||
+            const bool lt = (m.lt >> i) & 1u;
+            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-') || lt != (c == '<') ||
                 (!pair && !is_digit(c) && pii_pair(c, next, true, secrets))) {
                 out = std::string{which} + ": byte " + std::to_string(c) + " at " + std::to_string(block + i);
             }
@@ -1717,6 +1809,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         std::size_t last_end = 0;  // of the last word that moved the automaton (or the `amp` of `&amp;` passed over)
         char lower[64];
         std::uint64_t carry = 0;
+        std::size_t tags_read = 0;  // see word_joined_by_tags
         pair_tables starts_filter;
         static_assert(sizeof starts_filter == 64);
         std::memcpy(&starts_filter, m.start_nibbles().data(), sizeof starts_filter);
@@ -1724,6 +1817,15 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
         // cost ~5% of the content guard once this loop grew past GCC's inlining limit.
         for_each_block<scan_mode::terms>(text, &starts_filter, false,
                                          [&](std::size_t block, const block_masks& mk) __attribute__((always_inline)) {
+            if (split_by_tag != nullptr) {
+                // A tag right after a word byte may join two pieces of one word (`fr<b>ee</b>`).
+                std::uint64_t at = mk.lt & ((mk.word << 1) | carry);
+                while (at != 0 && !*split_by_tag) [[unlikely]] {
+                    const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
+                    at &= at - 1;
+                    *split_by_tag = i >= tags_read && word_joined_by_tags(text, i, tags_read);
+                }
+            }
             // Out of a match (state 0) only a term's first word matters: the prefilter's
             // candidates, then the exact pair check. In a match, the very next word.
             std::uint64_t rest = word_starts(mk, carry);
@@ -2081,13 +2183,31 @@ std::size_t next_candidate(std::string_view t, std::size_t i) {
 // Tags (show with tags): elements a mail client shows inside a line of text, which join the
 // words around them (`fr<b>ee</b>` is "free"); any other tag breaks a word, as its line or cell
 // break does. Comments show as nothing.
-bool inline_element(std::string_view name) {
-    static constexpr std::string_view names[] = {"a",   "abbr", "acronym", "b",      "bdi",  "bdo",  "big",  "cite",
-                                                 "code", "data", "del",    "dfn",    "em",   "font", "i",    "ins",
-                                                 "kbd",  "mark", "nobr",   "q",      "s",    "samp", "small", "span",
-                                                 "strike", "strong", "sub", "sup",   "time", "tt",   "u",    "var",
-                                                 "wbr"};
-    return std::find(std::begin(names), std::end(names), name) != std::end(names);
+bool inline_element(std::string_view n) {
+    if (n.empty()) {
+        return false;
+    }
+    switch (n[0]) {  // by first letter: the scanners ask for every tag after a word
+        case 'a': return n == "a" || n == "abbr" || n == "acronym";
+        case 'b': return n == "b" || n == "bdi" || n == "bdo" || n == "big";
+        case 'c': return n == "cite" || n == "code";
+        case 'd': return n == "data" || n == "del" || n == "dfn";
+        case 'e': return n == "em";
+        case 'f': return n == "font";
+        case 'i': return n == "i" || n == "ins";
+        case 'k': return n == "kbd";
+        case 'm': return n == "mark";
+        case 'n': return n == "nobr";
+        case 'q': return n == "q";
+        case 's':
+            return n == "s" || n == "samp" || n == "small" || n == "span" || n == "strike" || n == "strong" ||
+                   n == "sub" || n == "sup";
+        case 't': return n == "time" || n == "tt";
+        case 'u': return n == "u";
+        case 'v': return n == "var";
+        case 'w': return n == "wbr";
+        default: return false;
+    }
 }
 
 // The tag at t[i] == '<' (a name starting with a letter, `</`, `<!`, `<?`, through the first
@@ -2144,6 +2264,24 @@ std::size_t tag_at(std::string_view t, std::size_t i, bool& space) {
     }
     space = len > sizeof name || !inline_element({name, len});
     return end + 1 - i;
+}
+
+std::size_t after_joining_tags(std::string_view t, std::size_t i, std::size_t& read) {
+    bool any = false;
+    while (i < t.size() && t[i] == '<') {
+        bool space = false;
+        const std::size_t len = tag_at(t, i, space);
+        if (len == 0) {
+            break;
+        }
+        read = i + len;
+        if (space) {
+            return std::string_view::npos;
+        }
+        any = true;
+        i += len;
+    }
+    return any ? i : std::string_view::npos;
 }
 
 // What the character at t[i] (a candidate) shows as: its length in t (0: shown as written)
@@ -2362,9 +2500,20 @@ bool scan_shown(std::string_view text, bool tags, text_hit* hit, Scan&& scan) {
 }  // namespace
 
 bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
-    return scan_pii(kinds, text, hit) ||
-           (hides_characters(text) &&
-            scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) { return scan_pii(kinds, shown, h); }));
+    bool split = false;  // a tag may join two digit groups of one number
+    if (scan_pii(kinds, text, hit, &split)) {
+        return true;
+    }
+    if (hides_characters(text) && scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) {
+            return scan_pii(kinds, shown, h, &split);
+        })) {
+        return true;
+    }
+    // `4111 <b>1111</b> 1111 1111`: again over the text without its tags, only when a tag
+    // met a number (most HTML never has one inside a number, and reading it again costs).
+    return split && scan_shown(text, true, hit, [&](std::string_view shown, text_hit* h) {
+               return scan_pii(kinds, shown, h);
+           });
 }
 
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {

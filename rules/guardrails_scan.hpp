@@ -49,8 +49,10 @@ std::string shared_tracking_mismatch(std::string_view json, const std::vector<st
 // false if the walk finds `json` invalid.
 bool decoded_strings(std::string_view json, std::vector<std::string>& out);
 
-// PII and secrets. Returns true and fills *hit at the first finding.
-bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
+// PII and secrets. Returns true and fills *hit at the first finding. *split_by_tag (if
+// given) is set when a tag shown as nothing may join two digit groups of one number
+// (`4111 <b>1111</b>`).
+bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* split_by_tag = nullptr);
 // No text shorter than this has a finding: an SSN is 11 bytes, a card 13 digits, IBANs and
 // secrets are longer. (Most JSON values, names, ids and numbers, are shorter.)
 inline std::size_t pii_min_length(std::uint8_t kinds) {
@@ -62,7 +64,8 @@ bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit
 // *hit; `unsubscribe` is set when the text holds an unsubscribe link or text (when nothing
 // is found: after a finding it is left as it was, or set).
 // terms_only: the blocked terms only (no links, no unsubscribe). *split_by_tag (if given) is
-// set when a '<' lies between two words of a partial match of a term (`free</b> <i>money`).
+// set when a '<' lies between two words of a partial match of a term (`free</b> <i>money`),
+// or a tag shown as nothing joins two pieces of one word (`fr<b>ee</b>`).
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit,
                   bool terms_only = false, bool* split_by_tag = nullptr);
 bool scan_content_reference(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
@@ -90,7 +93,8 @@ bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t 
 
 // What the guards call: scan_pii / scan_content, and when those find nothing in a text that
 // hides characters, the same scan over the text as shown (a hit's offset is in `text`); for
-// blocked terms, also over the text without its tags when a partial match met a tag.
+// blocked terms and PII, also over the text without its tags when a tag may split a term, a
+// word or a number (see split_by_tag).
 bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 
