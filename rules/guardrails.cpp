@@ -2540,6 +2540,7 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
             s.index.erase(s.slots[i].key);
             s.unlink(i);
             s.slots[i].times.clear();
+            s.slots[i].head = 0;
             ++s.evictions;
         } else {
             i = static_cast<std::uint32_t>(s.slots.size());
@@ -2549,14 +2550,25 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         s.push_newest(i);
         s.index.emplace(key, i);
     }
-    auto& times = s.slots[i].times;
-    // Drop what has left the window (now - window, now].
-    const auto expired = std::find_if(times.begin(), times.end(), [&](std::int64_t t) { return t > now_ms - window_ms_; });
-    times.erase(times.begin(), expired);
-    if (times.size() >= max_) {
-        return static_cast<std::uint32_t>(times.size());
+    slot& e = s.slots[i];
+    // Skip what has left the window (now - window, now]; drop it once it is half the times.
+    std::size_t h = e.head;
+    while (h < e.times.size() && e.times[h] <= now_ms - window_ms_) {
+        ++h;
     }
-    times.push_back(now_ms);
+    if (h == e.times.size()) {
+        e.times.clear();
+        h = 0;
+    } else if (h >= 8 && 2 * h >= e.times.size()) {
+        e.times.erase(e.times.begin(), e.times.begin() + static_cast<std::ptrdiff_t>(h));
+        h = 0;
+    }
+    e.head = static_cast<std::uint32_t>(h);
+    const std::size_t in_window = e.times.size() - h;
+    if (in_window >= max_) {
+        return static_cast<std::uint32_t>(in_window);
+    }
+    e.times.push_back(now_ms);
     return 0;
 }
 
@@ -2567,10 +2579,10 @@ void duplicate_counter::unbook(std::uint64_t key, std::int64_t now_ms) {
     if (it == s.index.end()) {
         return;
     }
-    auto& times = s.slots[it->second].times;
-    for (auto t = times.rbegin(); t != times.rend(); ++t) {
-        if (*t == now_ms) {
-            times.erase(std::next(t).base());
+    slot& e = s.slots[it->second];
+    for (std::size_t k = e.times.size(); k > e.head; --k) {
+        if (e.times[k - 1] == now_ms) {
+            e.times.erase(e.times.begin() + static_cast<std::ptrdiff_t>(k - 1));
             return;
         }
     }

@@ -319,7 +319,10 @@ private:
         std::uint64_t key = 0;
         std::uint32_t newer = none;  // recency links (indices into slots)
         std::uint32_t older = none;
-        boost::container::small_vector<std::int64_t, 3> times;  // oldest first, at most max_
+        // Send times, oldest first, from `head` on (what left the window is skipped, and
+        // dropped in one move once it is half the vector: no shift of every time per send).
+        boost::container::small_vector<std::int64_t, 3> times;
+        std::uint32_t head = 0;
     };
     struct shard {
         std::mutex mu;

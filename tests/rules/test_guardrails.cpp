@@ -1215,55 +1215,66 @@ TEST(GuardDuplicates, CounterIsBoundedAndEvictsTheLeastRecentlySeen) {
 
 // The flat counter against a plain model (a recency list and a map of send times) over a
 // random stream: repeats, fresh keys, evictions, window expiry and unbooking, all in one
-// shard so evictions are frequent.
+// shard. Small: evictions are frequent. Large: few keys, many send times each (what left
+// the window is dropped in batches).
 TEST(GuardDuplicates, CounterMatchesAPlainModel) {
-    constexpr std::uint32_t max = 3;
-    constexpr std::int64_t window = 100;
-    constexpr std::size_t per_shard = 8;
-    duplicate_counter c{max, std::chrono::milliseconds{window}, per_shard * 16};
-    std::list<std::uint64_t> recency;  // most recent first
-    std::map<std::uint64_t, std::vector<std::int64_t>> times;
-    std::uint64_t evicted = 0;
-    std::mt19937_64 rng{7};
-    std::int64_t now = 0;
-    for (int step = 0; step < 20'000; ++step) {
-        now += static_cast<std::int64_t>(rng() % 7);
-        const std::uint64_t key = (rng() % 24) + 1;  // top bits 0: shard 0
-        if (rng() % 5 == 0) {
-            c.unbook(key, now);
-            if (auto it = times.find(key); it != times.end()) {
-                auto& t = it->second;
-                if (auto r = std::find(t.rbegin(), t.rend(), now); r != t.rend()) {
-                    t.erase(std::next(r).base());
+    struct setup {
+        std::uint32_t max;
+        std::int64_t window;
+        std::uint64_t keys;
+        std::uint64_t min_evicted;
+    };
+    for (const setup su : {setup{3, 100, 24, 1000}, setup{40, 1000, 6, 0}, setup{200, 20000, 4, 0}}) {
+        SCOPED_TRACE(su.max);
+        constexpr std::size_t per_shard = 8;
+        duplicate_counter c{su.max, std::chrono::milliseconds{su.window}, per_shard * 16};
+        std::list<std::uint64_t> recency;  // most recent first
+        std::map<std::uint64_t, std::vector<std::int64_t>> times;
+        std::uint64_t evicted = 0;
+        std::uint64_t refused = 0;
+        std::mt19937_64 rng{7};
+        std::int64_t now = 0;
+        for (int step = 0; step < 20'000; ++step) {
+            now += static_cast<std::int64_t>(rng() % 7);
+            const std::uint64_t key = (rng() % su.keys) + 1;  // top bits 0: shard 0
+            if (rng() % 5 == 0) {
+                c.unbook(key, now);
+                if (auto it = times.find(key); it != times.end()) {
+                    auto& t = it->second;
+                    if (auto r = std::find(t.rbegin(), t.rend(), now); r != t.rend()) {
+                        t.erase(std::next(r).base());
+                    }
                 }
+                continue;
             }
-            continue;
-        }
-        std::uint32_t want = 0;
-        auto it = times.find(key);
-        if (it == times.end()) {
-            if (times.size() >= per_shard) {
-                times.erase(recency.back());
-                recency.pop_back();
-                ++evicted;
+            std::uint32_t want = 0;
+            auto it = times.find(key);
+            if (it == times.end()) {
+                if (times.size() >= per_shard) {
+                    times.erase(recency.back());
+                    recency.pop_back();
+                    ++evicted;
+                }
+                it = times.emplace(key, std::vector<std::int64_t>{}).first;
+            } else {
+                recency.remove(key);
             }
-            it = times.emplace(key, std::vector<std::int64_t>{}).first;
-        } else {
-            recency.remove(key);
+            recency.push_front(key);
+            auto& t = it->second;
+            std::erase_if(t, [&](std::int64_t x) { return x <= now - su.window; });
+            if (t.size() >= su.max) {
+                want = static_cast<std::uint32_t>(t.size());
+                ++refused;
+            } else {
+                t.push_back(now);
+            }
+            ASSERT_EQ(c.check_and_book(key, now), want) << "step " << step << " key " << key;
         }
-        recency.push_front(key);
-        auto& t = it->second;
-        std::erase_if(t, [&](std::int64_t x) { return x <= now - window; });
-        if (t.size() >= max) {
-            want = static_cast<std::uint32_t>(t.size());
-        } else {
-            t.push_back(now);
-        }
-        ASSERT_EQ(c.check_and_book(key, now), want) << "step " << step << " key " << key;
+        EXPECT_EQ(c.keys(), times.size());
+        EXPECT_EQ(c.evictions(), evicted);
+        EXPECT_GE(evicted, su.min_evicted);
+        EXPECT_GT(refused, 100u);
     }
-    EXPECT_EQ(c.keys(), times.size());
-    EXPECT_EQ(c.evictions(), evicted);
-    EXPECT_GT(evicted, 1000u);
 }
 
 TEST(GuardDuplicates, StateSurvivesAReloadThatKeepsTheRule) {
