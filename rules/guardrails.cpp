@@ -2576,7 +2576,9 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
     if (h == e.times.size()) {
         e.times.clear();
         h = 0;
-    } else if (h >= 8 && 2 * h >= e.times.size()) {
+    } else if ((h >= 8 && 2 * h >= e.times.size()) || (h > 0 && e.times.size() == e.times.capacity())) {
+        // Also before the vector would grow: it never holds more than the window needs
+        // (inline for max <= 3, as before).
         e.times.erase(e.times.begin(), e.times.begin() + static_cast<std::ptrdiff_t>(h));
         h = 0;
     }

@@ -320,7 +320,8 @@ private:
         std::uint32_t newer = none;  // recency links (indices into slots)
         std::uint32_t older = none;
         // Send times, oldest first, from `head` on (what left the window is skipped, and
-        // dropped in one move once it is half the vector: no shift of every time per send).
+        // dropped in one move once it is half the vector or before the vector would grow: no
+        // shift of every time per send, and never more than the window holds).
         boost::container::small_vector<std::int64_t, 3> times;
         std::uint32_t head = 0;
     };

@@ -1424,8 +1424,11 @@ std::size_t after_joining_tags(std::string_view t, std::size_t i, std::size_t& r
 bool inline_element(std::string_view lower_name);
 
 // The two checks below each read the tags from one '<' on; `read` is where the tags they read
-// end. The scanners skip a '<' before it (inside tags already read, an attribute value
-// say), so no byte is read twice and a text of many '<' stays linear.
+// end. A '<' before it (inside tags already read: an attribute value, or a '<' the check read
+// as a tag that a mail client shows inside a comment) is not read again, so a text of many
+// '<' stays linear: the scanners take it as a possible split instead (the text is read once
+// more without its tags, which decides), since the check may have read tags the client does
+// not see.
 
 // Whether the '<' at t[i] (i > 0, t[i - 1] a digit or a separator) starts tags shown as
 // nothing between two digit groups of one number: `4111 <b>1111</b>`, `41<span>11</span>`,
@@ -1459,15 +1462,15 @@ bool inline_element(std::string_view lower_name);
         // `</name>` with a plain name of up to 8 bytes; anything else takes the general parse.
         char name[8];
         std::size_t len = 0;
-        const std::size_t stop = std::min(t.size(), j + 11);
         std::size_t k = j + 2;
-        for (; k < stop && (is_digit(static_cast<unsigned char>(t[k])) || is_upper(static_cast<unsigned char>(t[k])) ||
-                            is_lower(static_cast<unsigned char>(t[k])));
+        for (; k < t.size() && len < sizeof name &&
+               (is_digit(static_cast<unsigned char>(t[k])) || is_upper(static_cast<unsigned char>(t[k])) ||
+                is_lower(static_cast<unsigned char>(t[k])));
              ++k) {
             name[len++] = static_cast<char>(t[k] | 0x20);
         }
-        if (len == 0 || k == stop || t[k] != '>') {
-            break;
+        if (len == 0 || k >= t.size() || t[k] != '>') {
+            break;  // `</blockquote>`, `</a >`: the general parse below
         }
         read = k + 1;
         if (read < t.size() && t[read] != '<' && !table.word[static_cast<unsigned char>(t[read])]) {
@@ -1544,7 +1547,7 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
             while (at != 0 && !*split_by_tag) [[unlikely]] {
                 const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
                 at &= at - 1;
-                *split_by_tag = i >= tags_read && digits_joined_by_tags(text, i, tags_read);
+                *split_by_tag = i < tags_read || digits_joined_by_tags(text, i, tags_read);
             }
         }
         if (digits) {
@@ -1823,7 +1826,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                 while (at != 0 && !*split_by_tag) [[unlikely]] {
                     const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
                     at &= at - 1;
-                    *split_by_tag = i >= tags_read && word_joined_by_tags(text, i, tags_read);
+                    *split_by_tag = i < tags_read || word_joined_by_tags(text, i, tags_read);
                 }
             }
             // Out of a match (state 0) only a term's first word matters: the prefilter's
@@ -2212,7 +2215,7 @@ bool inline_element(std::string_view n) {
 
 // The tag at t[i] == '<' (a name starting with a letter, `</`, `<!`, `<?`, through the first
 // '>' outside quoted attribute values; a comment through `-->`): its length and whether it
-// shows as a space; 0 if none. A tag, an attribute value or a comment left open takes the
+// shows as a break (`space`; else as nothing); 0 if none. A tag, an attribute value or a comment left open takes the
 // rest of the text, as a browser does (so no byte is looked at by two tags: linear).
 std::size_t tag_at(std::string_view t, std::size_t i, bool& space) {
     const std::size_t n = t.size();
@@ -2337,7 +2340,7 @@ void for_each_shown(std::string_view text, F&& piece) {
         if constexpr (Tags) {
             bool space = false;
             if (text[i] == '<' && (c.len = tag_at(text, i, space)) != 0) {
-                c.as = space ? ' ' : shown_drop;
+                c.as = space ? '\n' : shown_drop;  // a line break: it separates words, not digit groups
                 if (piece(i, c.len, &c)) {
                     return;
                 }

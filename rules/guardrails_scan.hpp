@@ -77,8 +77,9 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // marks, word joiners, variation selectors, byte-order marks) are dropped; no-break and other
 // Unicode spaces show as ' ', Unicode hyphens and dashes as '-', full-width digits and
 // letters as ASCII ones. With `tags`, tags go too: a tag of an element shown inside a line
-// (b, i, span, a, font, ...) and a comment show as nothing, any other tag as a space (its line
-// or cell break); else tags stay as written. Never longer than `text`.
+// (b, i, span, a, font, ...) and a comment show as nothing, any other tag as a line break
+// ('\n': it ends a word but does not join digit groups, as its line or cell break does not);
+// else tags stay as written. Never longer than `text`.
 void show(std::string_view text, std::string& out, bool tags = false);
 // The offset in `text` of byte `shown` of show(text, tags) (of the character it comes from).
 std::size_t written_offset(std::string_view text, std::size_t shown, bool tags = false);

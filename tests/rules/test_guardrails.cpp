@@ -268,7 +268,8 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
                                                std::to_string(styled.find("4111 <b>")) + " ($.content[1].value)");
     for (const char* html : {"<span>4111</span> <span>1111</span> <span>1111</span> <span>1111</span>",
                              "41<i>11</i>-1111-1111-1111", "4111111<!-- x -->111111111", "078-<b>05</b>-1120",
-                             "4111 1111<font color=\"red\"> 1111</font> 1111", "4111 1111 1111&nbsp;<b>1111</b>"}) {
+                             "4111 1111<font color=\\\"red\\\"> 1111</font> 1111", "4111 1111 1111&nbsp;<b>1111</b>",
+                             "<!--1<b \\\"-->4111 <b>1111</b> 1111 1111"}) {
         const auto d2 = f.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
         EXPECT_FALSE(d2.allowed()) << html;
         EXPECT_THAT(d2.reason, HasSubstr("without its HTML tags")) << html;
@@ -278,7 +279,8 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
     for (const char* html : {"4111&amp;1111&amp;1111&amp;1111", "4111&nbsp;1111&nbsp;1111&nbsp;1112",
                              "4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111", "4111&nbsp;1111-1111&nbsp;1111",
                              "4111&#8203 1111 &zwnj 1111 1111", "4111</td><td>1111</td><td>1111</td><td>1111",
-                             "4111<br>1111<br>1111<br>1111", "4111 <b> 1111</b> 1111 1111", "4111 <b>1111</b> 1111 1112"}) {
+                             "4111<br>1111<br>1111<br>1111", "4111 <b> 1111</b> 1111 1111", "4111 <b>1111</b> 1111 1112",
+                             "4111<br>1111<br>1111<br>1111 ref 12<b>34</b>", "4111</p><p>1111</p><p>1111</p><p>1111 5<i>6</i>"}) {
         const auto d2 = f.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
         EXPECT_TRUE(d2.allowed()) << html << ": " << d2.reason;
     }
@@ -710,8 +712,14 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
                              "free mon<u>ey</u>", "FR<wbr>EE MONEY", "AT<b>&amp;</b>T"}) {
         EXPECT_FALSE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
     }
+    // A '<' that a check read as a tag but a mail client shows inside a comment, an attribute
+    // value or as text (`&lt;`) does not hide the tags after it.
+    for (const char* html : {"<!--a<b \\\"-->fr<b>ee</b> money", "<i title=\\\"a<!--\\\">fr<b>ee</b> money -->",
+                             "x&lt;b \\\"fr&#101;<b>e money", "Quote</blockquote>fr<b>ee</b> money"}) {
+        EXPECT_FALSE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
+    }
     for (const char* html : {"fr<br>ee money", "fr</p><p>ee money", "fr<b>ee</b>dom money", "fr<b>ee</b>",
-                             "fr<3ee money", "fr<b>e e</b> money"}) {
+                             "fr<3ee money", "fr<b>e e</b> money", "fr</blockquote>ee money", "fr</figcaption>ee money"}) {
         EXPECT_TRUE(brand.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
     }
     EXPECT_FALSE(brand.check_body(sendgrid(R"j(<p>free <a title='x>y'>money</a></p>)j")).allowed());
@@ -1646,10 +1654,11 @@ TEST(GuardFastPaths, WhatShowsWithoutTagsIsFound) {
                              "078-05-1120", "4111-1111-1111-1111", "FREE  MONEY", "4111 1111  1111 1111"};
     const char* noise[] = {"<b>", "</b>", "<i>", "</i>", "<span class=\"a>b\">", "</span>", "<!-- c -->", "<wbr>",
                            "<br>", "</td><td>", "</p>", "&nbsp;", "&shy;", "&#8203;", "&amp;", "\xe2\x80\x8b", "</B >",
-                           "<3", " ", "x", "<!--->"};
+                           "<3", " ", "x", "<!--->", "<!--a<b \"-->", "<i title=\"a<!--\">", "-->", "\"", "'",
+                           "</blockquote>", "x&lt;b \"", "<b title='1<i>'>", "7<u "};
     text_gen gen{99};
     int shown_hits = 0;
-    for (int i = 0; i < 40000; ++i) {
+    for (int i = 0; i < 100000; ++i) {
         std::string text;
         for (std::size_t k = 0, n = gen.pick(4); k < n; ++k) {
             text += gen.one(pieces);
@@ -1678,7 +1687,7 @@ TEST(GuardFastPaths, WhatShowsWithoutTagsIsFound) {
             ASSERT_TRUE(detail::find_pii(kinds, text, &h)) << "text: " << text << "\nshown: " << shown;
         }
     }
-    EXPECT_GT(shown_hits, 3000);
+    EXPECT_GT(shown_hits, 8000);
 }
 
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
@@ -1720,7 +1729,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     // text.
     const std::string html = "<p>fr<B>ee</B>&nbsp;mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4 <b";
     detail::show(html, s, true);
-    EXPECT_EQ(s, " free money  x  a < b <3 </ 4 ") << "a tag left open takes the rest";
+    EXPECT_EQ(s, "\nfree money\n\nx\n a < b <3 </ 4 ") << "a tag left open takes the rest";
     EXPECT_EQ(detail::written_offset(html, 0, true), 0u);
     EXPECT_EQ(detail::written_offset(html, 1, true), html.find("fr"));
     EXPECT_EQ(detail::written_offset(html, 3, true), html.find("ee"));
@@ -1734,7 +1743,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     detail::show("free <a title='x>y' href=\"a>b\">money</a>", s, true);
     EXPECT_EQ(s, "free money");
     detail::show("x<img alt=\"y z", s, true);
-    EXPECT_EQ(s, "x ");
+    EXPECT_EQ(s, "x\n");
 
     // Random mixes: the shown text is never longer, and every shown byte maps to a written
     // place whose shown prefix is no longer than it (the same byte when shown as written).
