@@ -510,6 +510,11 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         if (auto id = r.string("id", true)) {
             if (!valid_name(*id) || id->find('/') != std::string::npos) {
                 r.errs().add(r.path_of("id"), cfg::quote(*id) + " is not a valid id (letters, digits, - _ .)");
+            } else if (*id == "agent" || *id == "upstream") {
+                // Its keyed instances ("agent/<key>") would share names with the implicit
+                // per-agent and per-upstream breakers, which admission checks instead.
+                r.errs().add(r.path_of("id"), cfg::quote(*id) +
+                                                  " is reserved (the implicit agent/<id> and upstream/<name> breakers)");
             } else if (!ids.insert(*id).second) {
                 r.errs().add(r.path_of("id"), cfg::quote(*id) + " is used by another breaker");
             }
