@@ -193,14 +193,20 @@ public:
                now, false);
     }
 
-    // An operator's trip is always enforced: a shadow mode gives way to automatic.
+    // An operator's trip is always enforced (a shadow mode gives way) and holds until an
+    // operator resets it: a breaker that resets by itself is put in forced_open without an
+    // expiry, else its cooldown would let a probe through and one success would close it
+    // (an upstream/<name> breaker tripped for a vendor incident, say).
     void manual_trip(trip_cause cause, time_point now) {
-        const mode to = is_shadow(md_) ? mode::automatic : md_;
+        mode to = is_shadow(md_) ? mode::automatic : md_;
+        if (cfg_.reset == reset_policy::automatic) {
+            to = mode::forced_open;
+        }
         const bool opens = st_ != state::open;
-        if (!opens && to == md_) {
+        if (!opens && to == md_ && !(to == mode::forced_open && mode_expires_)) {
             return;
         }
-        if (to != md_) {
+        if (to != md_ || to == mode::forced_open) {
             mode_expires_.reset();
             shadow_until_.reset();
         }

@@ -138,14 +138,42 @@ TEST_F(registry_test, metrics_only_on_one_instance) {
 }
 
 TEST_F(registry_test, manual_trip_overrides_a_shadow_mode) {
-    make({make_config("b")});
+    auto manual = make_config("m");
+    manual.reset = reset_policy::manual;
+    make({make_config("b"), manual});
     reg().set_mode("b/k", mode::forced_closed, 1h, "alice", "bypass", now());
     reg().manual_trip("b/k", "bob", "stop it now", now());
     const auto s = reg().get("b/k", now());
-    EXPECT_EQ(s->md, mode::automatic);
+    EXPECT_EQ(s->md, mode::forced_open) << "it resets by itself: held open until an operator resets it";
     EXPECT_EQ(s->st, state::open);
     EXPECT_FALSE(s->mode_expires);
     EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+    // A breaker that only an operator resets stays in its automatic mode, open.
+    reg().set_mode("m/k", mode::metrics_only, 1h, "alice", "bypass", now());
+    reg().manual_trip("m/k", "bob", "stop it now", now());
+    EXPECT_EQ(reg().get("m/k", now())->md, mode::automatic);
+    EXPECT_EQ(reg().get("m/k", now())->st, state::open);
+}
+
+// An operator's trip of a breaker that resets by itself (every upstream/<name> breaker does)
+// must not be undone by its cooldown: one successful probe would close it.
+TEST_F(registry_test, a_manual_trip_holds_past_the_cooldown_until_a_reset) {
+    make({make_config("b")});
+    reg().set_mode("b/k", mode::forced_open, 1min, "alice", "hold a minute", now());
+    ASSERT_TRUE(reg().manual_trip("b/k", "bob", "vendor incident", now()));
+    EXPECT_FALSE(reg().get("b/k", now())->mode_expires) << "the trip holds past the timed hold";
+    clock_.advance(1h);
+    reg().tick(now());
+    const auto a = reg().admit("b/k", now());
+    EXPECT_EQ(a.v, verdict::contain) << "no probe after the cooldown";
+    EXPECT_EQ(reg().get("b/k", now())->st, state::open);
+    ASSERT_TRUE(reg().reset("b/k", "bob", "vendor fixed", now()));
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
+    EXPECT_EQ(reg().get("b/k", now())->md, mode::automatic);
+    // A rule's trip still recovers by itself.
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(31s);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::probe);
 }
 
 TEST_F(registry_test, reset_clears_mode_and_state) {
@@ -207,6 +235,8 @@ TEST_F(registry_test, wide_forced_closed_bypasses_every_key) {
 TEST_F(registry_test, wide_probe_is_handed_back_when_the_key_contains) {
     make({make_config("campaign-volume")});
     reg().manual_trip("campaign-volume", "alice", "pause all", now());
+    // Back to automatic: the trip now recovers by its cooldown.
+    reg().set_mode("campaign-volume", mode::automatic, std::nullopt, "alice", "let it recover", now());
     clock_.advance(30s);
     reg().trip("campaign-volume", "spring-sale", rule_cause(), now());
     // The wide instance is half-open, but this key is open: no probe is used up.
