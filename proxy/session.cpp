@@ -1544,6 +1544,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                 }
                 held.request_id = request_id;
+                held.idempotency_key = std::string{req[cfg->store.idempotency_header]};
                 held.received_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                        w.owner().time().wall_now().time_since_epoch())
                                        .count();
@@ -1556,6 +1557,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     registry.cancel_probe(p.instance, p.round);  // held: it never reached the upstream
                 }
                 if (stored.ok) {
+                    if (stored.duplicate) {
+                        spdlog::info("request {}: {}", request_id, stored.message);
+                    }
                     auto res = make_quarantined(stored.ticket, quarantine_instance, quarantine_reason, request_id,
                                                 client_version, keep_alive);
                     dl.arm(lim.write_timeout);
@@ -1578,8 +1582,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (contained_code == "store_unavailable" || contained_code == "store_busy") {
                     w.owner().report_store_trouble(stored.message);
                 }
-                contained = error_info{http::status::service_unavailable, "unavailable", contained_code,
-                                       "the request could not be quarantined: " + stored.message};
+                contained = contained_code == "idempotency_key_reused"
+                                ? error_info{http::status::conflict, "rejected", contained_code,
+                                             "the request was not quarantined: " + stored.message}
+                                : error_info{http::status::service_unavailable, "unavailable", contained_code,
+                                             "the request could not be quarantined: " + stored.message};
                 contained_breaker = quarantine_instance;
                 contained_rule = quarantine_rule;
             }

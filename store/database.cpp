@@ -191,9 +191,18 @@ CREATE TABLE config_versions (
   json      TEXT NOT NULL
 );
 )sql"},
+    // A client that retries a hold it never got the 202 for (a timeout while the hold was
+    // committed) sends its Idempotency-Key again: the retry gets the first hold's ticket, so
+    // one request is one record and is released once. The fingerprint (SHA-256 of method,
+    // target and body) tells a retry from another request reusing the key.
+    {3, R"sql(
+ALTER TABLE held_requests ADD COLUMN idem_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE held_requests ADD COLUMN idem_fingerprint TEXT NOT NULL DEFAULT '';
+CREATE INDEX held_requests_idem ON held_requests(idem_key, route, agent) WHERE idem_key != '';
+)sql"},
 };
 
-constexpr int latest_version = 2;
+constexpr int latest_version = 3;
 
 // ---------------------------------------------------------------------------------------
 // Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
@@ -1059,6 +1068,39 @@ void database::impl::run_batch(std::vector<op>& batch) {
 
 database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob) {
     const std::string breaker = breaker_of(r);
+    // A retry of a request held before (same key, route and agent): its ticket, nothing new
+    // (before the limits: a retry of what is held already must not be refused as full).
+    std::string fingerprint;
+    if (!r.idempotency_key.empty()) {
+        fingerprint = sha256_hex(r.method + "\n" + r.target + "\n" + r.body);
+        auto s = ctx.c.prepared(
+            "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND route = ?2 AND agent = ?3 "
+            "ORDER BY id LIMIT 1");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare hold lookup");
+        }
+        s.text(1, r.idempotency_key);
+        s.text(2, r.route);
+        s.text(3, r.agent);
+        const int rc = s.step();
+        if (rc == SQLITE_ROW) {
+            const std::string ticket = s.col_str(0);
+            if (s.col_str(1) != fingerprint) {
+                return outcome{result::failure(
+                    "idempotency_key_reused",
+                    "another request (method, target or body differ) was quarantined with this key as ticket " +
+                        ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
+            }
+            result again;
+            again.ticket = ticket;
+            again.duplicate = true;
+            again.message = "a retry of the request held as " + ticket + " (" + s.col_str(2) + "): not held again";
+            return {again};
+        }
+        if (rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
+        }
+    }
     const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
     // Exact limits: the writer is the only place counts change, and it checks committed +
     // this batch's earlier holds, so N concurrent holds can never overshoot a limit.
@@ -1098,7 +1140,8 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         auto s = ctx.c.prepared(
             "INSERT INTO held_requests(ticket, method, target, route, upstream, agent, rule, breaker, "
             "breaker_instance, failure_mode, request_id, received_ms, state, state_ms, body_bytes, held_bytes, "
-            "actor) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'held', ?13, ?14, ?15, ?16)");
+            "actor, idem_key, idem_fingerprint) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'held', "
+            "?13, ?14, ?15, ?16, ?17, ?18)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare hold");
         }
@@ -1119,6 +1162,8 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         s.i64(15, bytes);
         const std::string actor = r.rule.empty() ? "breaker:" + r.breaker_instance : "rule:" + r.rule;
         s.text(16, actor);
+        s.text(17, r.idempotency_key);
+        s.text(18, fingerprint);
         const int rc = s.step();
         if (rc == SQLITE_DONE) {
             break;

@@ -52,10 +52,11 @@ struct result {
     std::string ticket;       // hold: the new ticket; transitions: the ticket acted on
     std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts; audit: the id
     std::string hash;         // append_audit: the entry's hash
+    bool duplicate = false;   // hold: `ticket` is an earlier hold of the same request (its key)
 
     static result success() { return {}; }
     static result failure(std::string code, std::string message) {
-        return {false, std::move(code), std::move(message), {}, 0, {}};
+        return {false, std::move(code), std::move(message), {}, 0, {}, false};
     }
 };
 
@@ -88,6 +89,11 @@ struct held_request {
     std::string failure_mode;
     std::string request_id;
     std::int64_t received_ms = 0;     // wall clock; 0 -> the store's clock at hold()
+    // The client's own Idempotency-Key (store.idempotency_header), "" when it sent none. A
+    // hold with the key, route and agent of an earlier one is a retry: the result carries
+    // the earlier ticket with `duplicate`, nothing is stored; one whose method, target or
+    // body differ fails with idempotency_key_reused.
+    std::string idempotency_key;
 
     // Filled by the store when read back.
     held_state state = held_state::held;

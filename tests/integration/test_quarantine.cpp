@@ -220,41 +220,57 @@ TEST(quarantine, a_bulk_limit_releases_or_discards_at_most_that_many) {
     EXPECT_EQ(bb.server().db()->get(tickets[4])->state, bb::store::held_state::held);
 }
 
-// A client that retries a request it never got the 202 for has two holds with its one key:
-// both replays carry that key, so the upstream can tell they are one send. Expect is for the
-// live exchange only (breakerbox answered it then).
-TEST(quarantine, a_replay_carries_the_clients_own_idempotency_key_and_no_expect) {
+// A client that retries a request it never got the 202 for (it timed out while the hold was
+// committed) sends its Idempotency-Key again: the retry gets the first ticket and no second
+// record, so the request is released once; the replay carries the client's key. Another
+// request under the same key is refused (409), not held. Expect is for the live exchange only
+// (breakerbox answered it then).
+TEST(quarantine, a_retried_hold_gets_its_first_ticket_and_is_released_once) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
-    std::vector<std::string> tickets;
-    for (int i = 0; i < 2; ++i) {
+    auto hold_with_key = [&](const std::string& body) {
         raw_client c{bb.port()};
-        const std::string body = R"({"to":[1]})";
         c.send("POST /v3/mail/send HTTP/1.1\r\nHost: api.sendgrid.com\r\nContent-Type: application/json\r\n"
                "X-Campaign-Id: c\r\nIdempotency-Key: client-key-1\r\nExpect: 100-continue\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n");
         EXPECT_EQ(c.read_response().result_int(), 100u);
         c.send(body);
-        auto res = c.read_response();
+        return c.read_response();
+    };
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 2; ++i) {
+        auto res = hold_with_key(R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
         tickets.emplace_back(res["x-breakerbox-ticket"]);
     }
+    EXPECT_EQ(tickets[0], tickets[1]) << "the retry is the same hold";
+    auto other = hold_with_key(R"({"to":[9]})");
+    EXPECT_EQ(other.result_int(), 409u);
+    EXPECT_EQ(other["x-breakerbox-decision"], "rejected");
+    EXPECT_NE(other.body().find("\"code\":\"idempotency_key_reused\""), std::string::npos) << other.body();
+    EXPECT_NE(other.body().find(tickets[0]), std::string::npos) << other.body();
     auto plain = send_mail(bb.port(), "c", R"({"to":[2]})");
     ASSERT_EQ(plain.result_int(), 202u);
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
-    EXPECT_EQ(sum.released, 3u);
+    EXPECT_EQ(sum.released, 2u);
     const auto reqs = up.requests();
-    ASSERT_EQ(reqs.size(), 3u);
+    ASSERT_EQ(reqs.size(), 2u);
     EXPECT_EQ(reqs[0].req["Idempotency-Key"], "client-key-1");
-    EXPECT_EQ(reqs[1].req["Idempotency-Key"], "client-key-1");
-    EXPECT_EQ(reqs[2].req["Idempotency-Key"], plain["x-breakerbox-ticket"]) << "no key of its own: the ticket";
+    EXPECT_EQ(reqs[0].req.body(), R"({"to":[1]})");
+    EXPECT_EQ(reqs[1].req["Idempotency-Key"], plain["x-breakerbox-ticket"]) << "no key of its own: the ticket";
     for (const auto& r : reqs) {
         EXPECT_EQ(r.req.count(http::field::expect), 0u);
         EXPECT_EQ(r.req.body().size(), r.req.body().find('}') + 1);
     }
+    // Retried after its release: still the same record, not a second send.
+    auto late = hold_with_key(R"({"to":[1]})");
+    ASSERT_EQ(late.result_int(), 202u);
+    EXPECT_EQ(late["x-breakerbox-ticket"], tickets[0]);
+    EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 0u);
+    EXPECT_EQ(up.requests().size(), 2u);
 }
 
 // The upstream took the replay but the store could not record it: that is an unknown

@@ -143,7 +143,7 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 2);  // 1: quarantine and breaker state, 2: audit and config versions
+    EXPECT_EQ(db->schema_version(), 3);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -153,6 +153,57 @@ TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)), "wal");
     sqlite3_finalize(s);
     sqlite3_close(raw);
+}
+
+// A hold with the client key, route and agent of an earlier one is a retry: the earlier
+// ticket, nothing stored (within one group commit too).
+// The same key on another route or agent, or no key, is another request.
+TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
+    auto db = open();
+    auto keyed = sample();
+    keyed.idempotency_key = "k-1";
+    const auto first = hold(*db, keyed);
+    ASSERT_TRUE(first.ok) << first.message;
+    EXPECT_FALSE(first.duplicate);
+    const auto again = hold(*db, keyed);
+    ASSERT_TRUE(again.ok) << again.message;
+    EXPECT_TRUE(again.duplicate);
+    EXPECT_EQ(again.ticket, first.ticket);
+    EXPECT_EQ(db->counts().held_count, 1u);
+    auto changed = keyed;
+    changed.body = "{\"to\":2}";
+    const auto reused = hold(*db, changed);
+    EXPECT_FALSE(reused.ok);
+    EXPECT_EQ(reused.code, "idempotency_key_reused");
+    EXPECT_NE(reused.message.find(first.ticket), std::string::npos) << reused.message;
+    auto other_route = keyed;
+    other_route.route = "mail-batch";
+    auto other_agent = keyed;
+    other_agent.agent = "agent-two";
+    auto other_key = keyed;
+    other_key.idempotency_key = "k-2";
+    for (const auto& r : {other_route, other_agent, other_key, sample(), sample()}) {
+        const auto res = hold(*db, r);
+        ASSERT_TRUE(res.ok) << res.message;
+        EXPECT_FALSE(res.duplicate);
+    }
+    EXPECT_EQ(db->counts().held_count, 6u);
+    // Two copies in one batch: the second sees the first.
+    keyed.idempotency_key = "k-3";
+    const auto together = hold_together(*db, keyed, 3);
+    ASSERT_EQ(together.size(), 3u);
+    EXPECT_FALSE(together[0].duplicate);
+    EXPECT_TRUE(together[1].duplicate && together[2].duplicate);
+    EXPECT_EQ(together[2].ticket, together[0].ticket);
+    EXPECT_EQ(db->counts().held_count, 7u);
+    // Released, then retried: still the record that was sent, not a new hold.
+    ASSERT_TRUE(begin(*db, first.ticket).ok);
+    ASSERT_TRUE(finish(*db, first.ticket, bb::store::release_outcome::released).ok);
+    keyed.idempotency_key = "k-1";
+    const auto late = hold(*db, keyed);
+    EXPECT_TRUE(late.duplicate);
+    EXPECT_EQ(late.ticket, first.ticket);
+    EXPECT_EQ(state_of(*db, first.ticket), held_state::released);
 }
 
 TEST_F(store_db, five_mib_binary_body_and_headers_round_trip_byte_identical) {
@@ -965,6 +1016,37 @@ TEST_F(store_db, a_newer_schema_is_refused) {
     std::string err;
     EXPECT_FALSE(database::open(options(), clock_, &err));
     EXPECT_NE(err.find("schema version 99 is newer"), std::string::npos) << err;
+}
+
+// A store written by the previous version (schema 2) is upgraded in place: its held
+// records stay, without a key, and keyed holds work from then on.
+TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
+    auto db = open();
+    const auto old = hold(*db, sample());
+    ASSERT_TRUE(old.ok);
+    const auto path = db->path();
+    db.reset();
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw,
+                           "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
+                           "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; "
+                           "DELETE FROM schema_version WHERE version = 3",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(raw);
+    sqlite3_close(raw);
+    db = open();
+    ASSERT_TRUE(db);
+    EXPECT_EQ(db->schema_version(), 3);
+    EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
+    auto keyed = sample();
+    keyed.idempotency_key = "k";
+    const auto a = hold(*db, keyed);
+    const auto b = hold(*db, keyed);
+    ASSERT_TRUE(a.ok && b.ok);
+    EXPECT_EQ(b.ticket, a.ticket);
+    EXPECT_EQ(db->counts().held_count, 2u);
 }
 
 TEST_F(store_db, a_file_that_is_not_a_database_is_refused) {
