@@ -195,9 +195,32 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             detail = ex.detail;
             break;
     }
-    auto finished = co_await await_store([&](store::done_fn done) {
-        db_.finish_release(ticket, outcome, status, detail, std::move(done));
-    });
+    auto record = [&] {
+        return await_store([&](store::done_fn done) { db_.finish_release(ticket, outcome, status, detail, std::move(done)); });
+    };
+    auto finished = co_await record();
+    if (!finished.ok && finished.code != "invalid_state" && finished.code != "not_found") {
+        // A refused write (the queue full under a flood of holds, a passing I/O error) is
+        // tried again for about 3.5 s: else the record stays `releasing`, counts against
+        // the limits and turns outcome_unknown at the next start although the upstream's
+        // answer is known. Repeating is safe: it only moves a record still `releasing`.
+        asio::steady_timer wait{control_};
+        pacers_.insert(&wait);  // a stop cancels the wait
+        struct unregister {
+            std::set<asio::steady_timer*>& set;
+            asio::steady_timer* t;
+            ~unregister() { set.erase(t); }
+        } unreg{pacers_, &wait};
+        std::chrono::milliseconds backoff{100};
+        for (int attempt = 0; attempt < 6 && !finished.ok && !stopping_ && finished.code != "invalid_state"; ++attempt) {
+            spdlog::warn("release of {}: sent, recording the result failed ({}); trying again in {} ms", ticket,
+                         finished.message, backoff.count());
+            wait.expires_after(backoff);
+            co_await wait.async_wait(use_tuple);
+            backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds{1});
+            finished = co_await record();
+        }
+    }
     if (!finished.ok) {
         // The request went out; only its result is not recorded. The record stays
         // `releasing` (nothing can release it again) and becomes outcome_unknown at the next

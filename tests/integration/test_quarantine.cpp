@@ -273,12 +273,13 @@ TEST(quarantine, a_retried_hold_gets_its_first_ticket_and_is_released_once) {
     EXPECT_EQ(up.requests().size(), 2u);
 }
 
-// The upstream took the replay but the store could not record it: that is an unknown
-// outcome, not "nothing was saved" (which would invite a second release).
+// The upstream took the replay but the store could not record it, and kept failing for
+// the few seconds the result is tried again: that is an unknown outcome, not "nothing was
+// saved" (which would invite a second release).
 TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
     std::atomic<bb::store::database*> db{nullptr};
     fake_upstream up{[&](const request&) {
-        db.load()->inject_write_fault(SQLITE_FULL, 1, bb::store::fault_point::first_write);
+        db.load()->inject_write_fault(SQLITE_FULL, 1000, bb::store::fault_point::first_write);
         return respond(202, "");
     }};
     const auto dir = temp_dir();
@@ -291,6 +292,7 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
         tickets.emplace_back(res["x-breakerbox-ticket"]);
     }
     auto r = bb.server().remediation().release(tickets[0], "ops").get();
+    bb.server().db()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
     EXPECT_FALSE(r.ok);
     EXPECT_EQ(r.code, "outcome_unknown");
     EXPECT_EQ(r.count, 202);
@@ -305,6 +307,27 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
     EXPECT_EQ(sum.unknown, 1u) << "counted as sent with an unknown outcome, not skipped";
     EXPECT_EQ(sum.skipped, 0u);
     EXPECT_EQ(up.request_count(), 2u);
+    bb.server().db()->inject_write_fault(SQLITE_FULL, 0);
+}
+
+// A passing store failure while the result of a replay is recorded (two refused writes):
+// recorded on a later try, released, sent once.
+TEST(quarantine, a_replay_result_is_recorded_after_a_passing_store_failure) {
+    std::atomic<bb::store::database*> db{nullptr};
+    fake_upstream up{[&](const request&) {
+        db.load()->inject_write_fault(SQLITE_FULL, 2, bb::store::fault_point::first_write);
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    db = bb.server().db();
+    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+    ASSERT_EQ(res.result_int(), 202u);
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto r = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::released);
+    EXPECT_EQ(up.request_count(), 1u);
 }
 
 // SIGTERM (request_stop) during a paced release: nothing more is sent, the rest stays held,
