@@ -1892,6 +1892,10 @@ std::string render_metrics(server& srv) {
         o += "# HELP breakerbox_store_failed_batches_total Write transactions rolled back for an I/O error.\n";
         o += "# TYPE breakerbox_store_failed_batches_total counter\n";
         o += "breakerbox_store_failed_batches_total " + std::to_string(ws.batches_failed) + "\n";
+        o += "# HELP breakerbox_breaker_state_unsaved 1 while the last save of breaker state failed (a restart would "
+             "not see what changed since the last save).\n";
+        o += "# TYPE breakerbox_breaker_state_unsaved gauge\n";
+        o += "breakerbox_breaker_state_unsaved " + std::string{srv.breaker_state_unsaved() ? "1" : "0"} + "\n";
         o += "# HELP breakerbox_store_hold_seconds Time from receiving a quarantined request to its durable commit.\n";
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);

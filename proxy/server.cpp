@@ -478,6 +478,13 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
                 return r.ok ? std::string{} : r.code + ": " + r.message;
             },
             *clock_);
+        // A failed save is logged and alerted (sev1, at most once a minute): the writer keeps
+        // trying, but until it succeeds a restart would come back without what changed.
+        state_writer_->on_failure([this](const std::string& err) {
+            report_store_trouble("breaker state not saved (" + err +
+                                 "); trying again: until a save succeeds, a restart would not see the trips and "
+                                 "operator actions since the last one");
+        });
         // Prove the store is writable now rather than at the first trip.
         state_writer_->request();
         if (!state_writer_->flush()) {
@@ -692,8 +699,7 @@ void server::report_store_trouble(const std::string& message) {
     alerts::alert a;
     a.event = "store_trouble";
     a.severity = "sev1";
-    a.summary = "breakerbox cannot write its store (" + cfg_->store.path + "): " + message +
-                "; quarantined requests are refused with 503 until it recovers";
+    a.summary = "breakerbox cannot write its store (" + cfg_->store.path + "): " + message;
     a.dedup_key = "store:" + cfg_->store.path;
     a.reason = message;
     alerts_->publish(a);
@@ -745,6 +751,8 @@ bool server::flush_breaker_state() {
     return state_writer_ ? state_writer_->flush() : true;
 }
 
+bool server::breaker_state_unsaved() const { return state_writer_ && state_writer_->failing(); }
+
 std::shared_ptr<const runtime> server::current_runtime() const {
     std::lock_guard lock{cfg_mutex_};
     return rt_;
@@ -764,6 +772,9 @@ server::~server() {
     if (access_log_) {
         drain_access_log(*access_log_);
     }
+    // Now, while what its last save and its failure report use (the runtime, orphans_,
+    // alerts_) still exists: members are destroyed in reverse order, and those come after it.
+    state_writer_.reset();
 }
 
 std::shared_ptr<const config> server::current_config() const {
@@ -1036,7 +1047,14 @@ int server::run() {
     if (access_log_) {
         drain_access_log(*access_log_);
     }
-    flush_breaker_state();
+    if (!flush_breaker_state()) {
+        // Exit non-zero so a supervisor sees it: a restart reads the state last saved, and
+        // what was tripped or set since is not in it.
+        spdlog::error("breaker state not saved at shutdown ({}): trips and operator actions since the last save "
+                      "are lost at the next start",
+                      state_writer_->last_error());
+        return 1;
+    }
     return 0;
 }
 

@@ -265,6 +265,8 @@ public:
     void persist_breakers(std::function<void(bool)> done);
     // Blocks until the breaker state written so far is durable (tests, shutdown).
     bool flush_breaker_state();
+    // Whether the last save of breaker state failed (the writer is retrying).
+    bool breaker_state_unsaved() const;
 
     // Runs `f(worker&)` on every worker's own thread, one after the other, and waits: how
     // the control thread reads per-thread statistics without racing the data plane.

@@ -1580,7 +1580,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // Never 202 without a durable record, never forward: fail closed.
                 contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
                 if (contained_code == "store_unavailable" || contained_code == "store_busy") {
-                    w.owner().report_store_trouble(stored.message);
+                    w.owner().report_store_trouble(stored.message +
+                                                   "; quarantined requests are refused with 503 until it recovers");
                 }
                 contained = contained_code == "idempotency_key_reused"
                                 ? error_info{http::status::conflict, "rejected", contained_code,

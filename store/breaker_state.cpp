@@ -329,6 +329,16 @@ std::string breaker_state_writer::last_error() const {
     return last_error_;
 }
 
+bool breaker_state_writer::failing() const {
+    std::lock_guard lock{mu_};
+    return !last_ok_;
+}
+
+void breaker_state_writer::on_failure(std::function<void(const std::string&)> f) {
+    std::lock_guard lock{mu_};
+    on_failure_ = std::move(f);
+}
+
 void breaker_state_writer::run() {
     std::unique_lock lock{mu_};
     // After a failed write the state on disk is stale (a tripped breaker could come back
@@ -355,6 +365,12 @@ void breaker_state_writer::run() {
             d(err.empty());
         }
         lock.lock();
+        if (!err.empty() && on_failure_) {
+            auto report = on_failure_;
+            lock.unlock();
+            report(err);
+            lock.lock();
+        }
         ++writes_;
         last_ok_ = err.empty();
         last_error_ = err;

@@ -57,6 +57,11 @@ public:
 
     std::uint64_t writes() const;
     std::string last_error() const;
+    // Whether the last write failed (the state on disk is behind the state in memory).
+    bool failing() const;
+    // Called on the writer thread after each failed write, with what failed (set it before
+    // the first request: a failed save must not go unseen).
+    void on_failure(std::function<void(const std::string&)> f);
     const std::string& path() const { return path_; }
 
 private:
@@ -65,6 +70,7 @@ private:
     std::string path_;
     snapshot_fn snapshot_;
     sink_fn sink_;
+    std::function<void(const std::string&)> on_failure_;  // under mu_
     const clock& clock_;
     mutable std::mutex mu_;
     std::condition_variable cv_;

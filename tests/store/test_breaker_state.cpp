@@ -139,13 +139,22 @@ TEST(breaker_state, a_failed_write_is_retried_until_it_succeeds) {
             return n <= 3 ? "disk I/O error (injected)" : "";
         },
         c};
+    // Every failure is reported (the server logs and alerts it), never silent.
+    std::atomic<int> reported{0};
+    w.on_failure([&](const std::string& err) {
+        EXPECT_EQ(err, "disk I/O error (injected)");
+        ++reported;
+    });
     w.request();
     EXPECT_FALSE(w.flush());  // the first attempt failed
+    EXPECT_TRUE(w.failing());
     std::unique_lock lock{m};
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds{10}, [&] { return attempts.load() >= 4; }))
         << "no retry after a failed write (attempts: " << attempts.load() << ")";
     lock.unlock();
     EXPECT_TRUE(w.flush());
+    EXPECT_FALSE(w.failing());
     EXPECT_EQ(w.last_error(), "");
     EXPECT_EQ(attempts.load(), 4) << "no more writes once one succeeded";
+    EXPECT_EQ(reported.load(), 3);
 }
