@@ -167,11 +167,15 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         case upstream_failure::none:
             status = static_cast<int>(ex.res.result_int());
             detail = std::string{ex.res.reason()};
-            // The upstream answered: 2xx-4xx (but 429) is its final word on this request.
-            // 429 and 503 say it did not take the request: a retry (same key) is allowed.
-            // Any other 5xx (500 after sending half a batch, 502/504 from a gateway whose
-            // origin may have acted) leaves the outcome unknown: an operator decides.
-            if (status == 429 || status == 503) {
+            // The upstream answered. These say it did not take the request, and a later try
+            // (same key) may succeed: 401/403 (credentials that expired or changed while the
+            // request was held), 408, 409 (the key in use by a request in flight), 425, 429,
+            // 503. Recorded release_failed, so the request stays for an operator to release
+            // again or discard, not resolved (and pruned) as if delivered. Any other 2xx-4xx
+            // is its final word. Any other 5xx (500 after sending half a batch, 502/504 from
+            // a gateway whose origin may have acted) leaves the outcome unknown.
+            if (status == 401 || status == 403 || status == 408 || status == 409 || status == 425 || status == 429 ||
+                status == 503) {
                 outcome = store::release_outcome::failed;
             } else if (status >= 500) {
                 outcome = store::release_outcome::unknown;

@@ -388,15 +388,17 @@ TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
     EXPECT_EQ(bb.server().db()->get(ticket)->discard_reason, "customer already emailed");
 }
 
-// 503 and 429 say the upstream did not take the request (retry allowed); a 500 or a
-// gateway's 502/504 may follow a partial send: outcome unknown, never re-sent by a filter.
+// 503, 429, 401/403 (credentials expired while held), 408, 409 and 425 say the upstream did
+// not take the request (retry allowed, the record stays); a 500 or a gateway's 502/504 may
+// follow a partial send: outcome unknown, never re-sent by a filter; other 2xx-4xx are final.
 TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknown) {
     std::atomic<int> status{503};
     fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::map<int, std::string> tickets;
-    for (int s : {503, 429, 500, 502, 504}) {
+    const std::set<int> not_taken{401, 403, 408, 409, 425, 429, 503};
+    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 422, 202}) {
         auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
         tickets[s] = std::string{res["x-breakerbox-ticket"]};
@@ -404,12 +406,17 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
     for (const auto& [s, ticket] : tickets) {
         status = s;
         auto r = bb.server().remediation().release(ticket, "ops").get();
-        EXPECT_FALSE(r.ok) << s;
-        const bool retryable = s == 503 || s == 429;
-        EXPECT_EQ(r.code, retryable ? "release_failed" : "outcome_unknown") << s;
-        EXPECT_EQ(bb.server().db()->get(ticket)->state,
-                  retryable ? bb::store::held_state::release_failed : bb::store::held_state::outcome_unknown)
-            << s;
+        const auto state = bb.server().db()->get(ticket)->state;
+        if (not_taken.count(s) != 0) {
+            EXPECT_EQ(r.code, "release_failed") << s;
+            EXPECT_EQ(state, bb::store::held_state::release_failed) << s;
+        } else if (s >= 500) {
+            EXPECT_EQ(r.code, "outcome_unknown") << s;
+            EXPECT_EQ(state, bb::store::held_state::outcome_unknown) << s;
+        } else {
+            EXPECT_TRUE(r.ok) << s;
+            EXPECT_EQ(state, bb::store::held_state::released) << s;
+        }
     }
 }
 
