@@ -588,6 +588,7 @@ struct handled {
     std::string audit_result;
     std::string audit_diff;
     bool mutation = false;
+    bool audit_unrecorded = false;  // the outcome's audit entry could not be written
 };
 
 // 400 with every error and its JSON path; the running config is untouched.
@@ -1695,11 +1696,19 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                         e.diff = h.audit_diff;
                         auto r = co_await append_audit(*db, std::move(e));
                         if (!r.ok) {
-                            spdlog::error("audit: cannot record {} {} by {}: {}", req.method_string(), path, who->name,
-                                          r.message);
-                            h.status = http::status::service_unavailable;
-                            h.body = error_json({http::status::service_unavailable, "store_unavailable",
-                                                 "the action could not be recorded in the audit log"});
+                            // The act is done (its intent was written ahead); only its outcome
+                            // record failed. Replacing the answer with a 503 would hide what
+                            // was done (a release that went out) and invite doing it again:
+                            // the answer stays, and says the record is missing.
+                            spdlog::error("audit: cannot record the outcome of {} {} by {}: {}", req.method_string(),
+                                          path, who->name, r.message);
+                            const std::string note = "\"audit_unrecorded\":" +
+                                                     q("the outcome could not be written to the audit log (" +
+                                                                r.message + "); the action itself was taken as answered");
+                            if (h.body.size() >= 2 && h.body.front() == '{' && h.body.back() == '}') {
+                                h.body.insert(h.body.size() - 1, (h.body.size() > 2 ? "," : "") + note);
+                            }
+                            h.audit_unrecorded = true;
                         }
                     }
                     spdlog::info("admin: {} {} by {} ({}): {} -> {}", req.method_string(), path, who->name,
@@ -1714,6 +1723,9 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                 }
                 if (!h.allow.empty()) {
                     res.set(http::field::allow, h.allow);
+                }
+                if (h.audit_unrecorded) {
+                    res.set("x-breakerbox-audit", "unrecorded");
                 }
                 srv_.count_admin_action(path, static_cast<unsigned>(h.status));
             }

@@ -549,6 +549,7 @@ public:
     bool paused_ = false;
     int fault_code_ = 0;
     int fault_left_ = 0;
+    int fault_after_ = 0;
     fault_point fault_where_ = fault_point::commit;
     writer_stats stats_;
 
@@ -928,7 +929,9 @@ void database::impl::run_batch(std::vector<op>& batch) {
     fault_point where = fault_point::commit;
     {
         std::lock_guard lock{mu_};
-        if (fault_left_ > 0) {
+        if (fault_after_ > 0) {
+            --fault_after_;
+        } else if (fault_left_ > 0) {
             --fault_left_;
             fault = fault_code_;
             where = fault_where_;
@@ -1923,10 +1926,11 @@ std::uint64_t database::recovered_at_open() const { return impl_->recovered_; }
 int database::schema_version() const { return impl_->schema_version_; }
 const std::string& database::path() const { return impl_->opt_.path; }
 
-void database::inject_write_fault(int sqlite_code, int count, fault_point where) {
+void database::inject_write_fault(int sqlite_code, int count, fault_point where, int after) {
     std::lock_guard lock{impl_->mu_};
     impl_->fault_code_ = sqlite_code;
     impl_->fault_left_ = count;
+    impl_->fault_after_ = after;
     impl_->fault_where_ = where;
 }
 

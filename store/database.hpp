@@ -318,9 +318,9 @@ public:
     const std::string& path() const;
 
     // --- test seams ---
-    // The next `count` write transactions fail with `sqlite_code` (e.g. SQLITE_FULL) at
-    // `where`, as a full disk would make them.
-    void inject_write_fault(int sqlite_code, int count, fault_point where = fault_point::commit);
+    // The next `count` write transactions, after `after` more that succeed, fail with
+    // `sqlite_code` (e.g. SQLITE_FULL) at `where`, as a full disk would make them.
+    void inject_write_fault(int sqlite_code, int count, fault_point where = fault_point::commit, int after = 0);
     // While paused the writer takes nothing from the queue, so a test can line up a batch.
     void pause_writer(bool paused);
 

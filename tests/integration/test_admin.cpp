@@ -535,6 +535,23 @@ TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
     sqlite3_close(db);
 }
 
+// The act is taken but its outcome cannot be recorded: the answer still says what was done
+// (a 503 would invite doing it again), flagged as unrecorded.
+TEST(admin_api, an_act_whose_outcome_cannot_be_recorded_still_answers_what_was_done) {
+    admin_fixture f;
+    // Writes: the intent, the breaker state the trip waits for, then the outcome (fails).
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1, bb::store::fault_point::first_write, 2);
+    auto trip = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
+                      R"({"reason":"outcome unrecorded"})");
+    EXPECT_EQ(trip.result_int(), 200u) << trip.body();
+    EXPECT_EQ(trip["x-breakerbox-audit"], "unrecorded");
+    EXPECT_NE(trip.body().find("\"audit_unrecorded\":"), std::string::npos) << trip.body();
+    EXPECT_NE(trip.body().find("\"breaker\":"), std::string::npos) << trip.body();
+    auto snap = f.bb.server().breakers()->get("campaign-volume/a", f.bb.server().now());
+    ASSERT_TRUE(snap);
+    EXPECT_EQ(snap->st, bb::breakers::state::open);
+}
+
 // Write-ahead audit: when the intent cannot be recorded, nothing is done.
 TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
     admin_fixture f;
