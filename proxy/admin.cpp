@@ -1073,9 +1073,15 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     h.body = "{\"summary\":{\"matched\":" + std::to_string(sum.matched) + ",\"released\":" + std::to_string(sum.released) +
              ",\"failed\":" + std::to_string(sum.failed) + ",\"unknown\":" + std::to_string(sum.unknown) +
              ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) +
-             (sum.stopped ? ",\"stopped\":true" : "") + "}}";
-    // What happened, not just "ok": a release where every replay failed is not a success.
-    h.audit_result = (action == "release" && sum.matched > 0 && sum.released == 0 ? "failed: " : "ok: ") +
+             (sum.stopped ? ",\"stopped\":true" : "") +
+             (sum.error.empty() ? std::string{} : ",\"incomplete\":" + q("the store could not be read (" + sum.error +
+                                                                           "): records past these were not looked at")) +
+             "}}";
+    // What happened, not just "ok": a release where every replay failed is not a success,
+    // nor one that could not read every page.
+    h.audit_result = (!sum.error.empty() ? "incomplete (" + sum.error + "): "
+                      : action == "release" && sum.matched > 0 && sum.released == 0 ? std::string{"failed: "}
+                                                                                    : std::string{"ok: "}) +
                      std::to_string(sum.matched) + " matched, " +
                      (action == "release" ? std::to_string(sum.released) + " released, " + std::to_string(sum.failed) +
                                                 " release_failed, " + std::to_string(sum.unknown) + " outcome_unknown, "

@@ -60,7 +60,7 @@ std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::siz
     return slot;
 }
 
-bool remediation::snapshot(store::list_filter& filter) {
+bool remediation::snapshot(store::list_filter& filter, std::string* error) {
     if (!filter.state) {
         filter.state = store::held_state::held;
     }
@@ -68,8 +68,13 @@ bool remediation::snapshot(store::list_filter& filter) {
     // filter while the breaker is still tripped must not turn into a paced pass-through of
     // the misfire. By id, and by time as well (an id can be reused once the latest record
     // is released and pruned).
-    const auto latest = db_.latest_hold_id();
-    if (!latest || *latest == 0) {
+    store::result err;
+    const auto latest = db_.latest_hold_id(&err);
+    if (!latest) {
+        *error = err.message;
+        return false;
+    }
+    if (*latest == 0) {
         return false;
     }
     filter.upto_id = *latest;
@@ -86,12 +91,19 @@ void remediation::stop() {
     }
 }
 
-std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::string& after) {
+std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::string& after,
+                                                       std::string* error) {
     // Keyset paging: each page re-queries, so records resolved meanwhile drop out.
     auto page_filter = filter;
     page_filter.after_ticket = after;
     page_filter.limit = 500;
-    auto page = db_.list(page_filter);
+    store::result err;
+    err.ok = true;
+    auto page = db_.list(page_filter, &err);
+    if (!err.ok) {
+        *error = err.message.empty() ? std::string{"the store could not be read"} : err.message;
+        return {};
+    }
     if (!page.empty()) {
         after = page.back().ticket;
     }
@@ -275,7 +287,7 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
     {
         remediation_summary sum;
         const std::size_t limit = filter.limit;
-        if (!snapshot(filter)) {
+        if (!snapshot(filter, &sum.error)) {
             co_return sum;
         }
         asio::steady_timer pacer{control_};
@@ -289,7 +301,7 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         std::size_t sent = 0;
         std::string after;
         for (;;) {
-            const auto page = next_page(filter, after);
+            const auto page = next_page(filter, after, &sum.error);
             if (page.empty()) {
                 break;
             }
@@ -349,12 +361,12 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
     {
         remediation_summary sum;
         const std::size_t limit = filter.limit;
-        if (!snapshot(filter)) {
+        if (!snapshot(filter, &sum.error)) {
             co_return sum;
         }
         std::string after;
         for (;;) {
-            const auto page = next_page(filter, after);
+            const auto page = next_page(filter, after, &sum.error);
             if (page.empty()) {
                 break;
             }

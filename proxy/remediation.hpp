@@ -35,6 +35,7 @@ struct remediation_summary {
     std::size_t discarded = 0;
     std::size_t skipped = 0;        // not in a state that allows the action
     bool stopped = false;           // the server began to stop: the rest stays held
+    std::string error;              // the store could not be read: the rest was not looked at
     std::vector<store::result> results;  // one per ticket, in order
 };
 
@@ -67,8 +68,10 @@ public:
     void stop();
 
 private:
-    bool snapshot(store::list_filter& filter);
-    std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after);
+    bool snapshot(store::list_filter& filter, std::string* error);
+    // The next page after `after`; empty at the end, or with *error set when unreadable.
+    std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after,
+                                               std::string* error);
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
 
     asio::io_context& control_;
