@@ -539,6 +539,11 @@ TEST(admin_api, every_mutation_is_audited_and_tampering_is_detected) {
 // (a 503 would invite doing it again), flagged as unrecorded.
 TEST(admin_api, an_act_whose_outcome_cannot_be_recorded_still_answers_what_was_done) {
     admin_fixture f;
+    // A first act, answered once all its writes are done: the start's own writes are too.
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/b/trip", "op-token",
+                    R"({"reason":"settle"})")
+                  .result_int(),
+              200u);
     // Writes: the intent, the breaker state the trip waits for, then the outcome (fails).
     f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1, bb::store::fault_point::first_write, 2);
     auto trip = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
