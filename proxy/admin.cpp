@@ -1180,6 +1180,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         // would have done until an operator sets them back to auto. The mode is set on the
         // new registry before any request runs under the new config.
         std::set<std::string> touched;
+        std::set<std::string> changed_rules;
         if (metrics_only) {
             for (const auto& l : d.lines) {
                 if (l.rfind("rules: + ", 0) == 0 || l.rfind("rules[", 0) == 0) {
@@ -1187,11 +1188,25 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
                     if (next->rules) {
                         if (const auto* r = next->rules->find_rule(id)) {
                             touched.insert(r->trips);
+                            changed_rules.insert(r->id);
                         }
                     }
                 }
             }
         }
+        // A breaker-wide metrics_only bypasses every rule that trips the breaker: one also
+        // tripped by a rule this change leaves as it was keeps enforcing (shadowing the new
+        // rule must not switch off the ones already guarding that traffic).
+        auto unchanged_rule_of = [&](const std::string& breaker) -> std::string {
+            if (next->rules) {
+                for (const auto& r : next->rules->rules) {
+                    if (r.trips == breaker && changed_rules.count(r.id) == 0) {
+                        return r.id;
+                    }
+                }
+            }
+            return {};
+        };
         const std::string shadow_reason = "applied as metrics_only: " + reason_;
         const auto at = srv_.now();
         // A breaker-wide metrics_only lets every key through. A breaker that contains
@@ -1204,6 +1219,10 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             for (const auto& b : touched) {
                 if (const auto busy = containing_instance(live, b); !busy.empty()) {
                     kept.push_back(b + " (" + busy + ")");
+                    continue;
+                }
+                if (const auto other = unchanged_rule_of(b); !other.empty()) {
+                    kept.push_back(b + " (also tripped by unchanged rule " + other + ")");
                     continue;
                 }
                 reg.set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name, shadow_reason, at);

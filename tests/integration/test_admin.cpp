@@ -390,6 +390,22 @@ TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
     ASSERT_EQ(forced.result_int(), 200u) << forced.body();
     EXPECT_NE(forced.body().find("forced_open"), std::string::npos) << forced.body();
     EXPECT_EQ(send_mail(h.bb.port(), "autumn").result_int(), 503u);
+
+    // A new rule on a breaker an unchanged rule trips too: shadowing the breaker would switch
+    // that rule off as well, so the breaker keeps enforcing.
+    admin_fixture k;
+    std::string added = admin_config(k.up.port(), k.dir);
+    const std::string rules_start = "\"rules\": [";
+    added.insert(added.find(rules_start) + rules_start.size(),
+                 "{\"id\": \"new-cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+                 "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 100000,"
+                 "\"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},");
+    auto shared = admin(k.port(), http::verb::post, "/v1/config", "op-token",
+                        "{\"reason\":\"add a wide cap\",\"metrics_only\":true,\"config\":" + added + "}");
+    ASSERT_EQ(shared.result_int(), 200u) << shared.body();
+    EXPECT_NE(shared.body().find("campaign-volume (also tripped by unchanged rule recipients)"), std::string::npos)
+        << shared.body();
+    EXPECT_EQ(send_mail(k.bb.port(), "winter", 1200).result_int(), 503u) << "the existing cap of 1000 still enforces";
 }
 
 // The admin section (tokens, roles), routes, upstreams and every other setting outside the
