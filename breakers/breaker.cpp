@@ -198,15 +198,13 @@ public:
     // expiry, else its cooldown would let a probe through and one success would close it
     // (an upstream/<name> breaker tripped for a vendor incident, say).
     void manual_trip(trip_cause cause, time_point now) {
-        mode to = is_shadow(md_) ? mode::automatic : md_;
-        if (cfg_.reset == reset_policy::automatic) {
-            to = mode::forced_open;
-        }
+        const bool hold = cfg_.reset == reset_policy::automatic;
+        const mode to = hold ? mode::forced_open : is_shadow(md_) ? mode::automatic : md_;
         const bool opens = st_ != state::open;
-        if (!opens && to == md_ && !(to == mode::forced_open && mode_expires_)) {
+        if (!opens && to == md_ && !(hold && mode_expires_)) {
             return;
         }
-        if (to != md_ || to == mode::forced_open) {
+        if (to != md_ || hold) {
             mode_expires_.reset();
             shadow_until_.reset();
         }
