@@ -31,6 +31,21 @@ std::future<T> spawn_future(asio::io_context& ctx, Make make) {
     return future;
 }
 
+// A timer that stop() cancels while it exists (registered in `set`, the control thread's).
+struct stoppable_timer {
+    stoppable_timer(asio::io_context& ctx, std::set<asio::steady_timer*>& set) : timer{ctx}, set_{set} {
+        set_.insert(&timer);
+    }
+    ~stoppable_timer() { set_.erase(&timer); }
+    stoppable_timer(const stoppable_timer&) = delete;
+    stoppable_timer& operator=(const stoppable_timer&) = delete;
+
+    asio::steady_timer timer;
+
+private:
+    std::set<asio::steady_timer*>& set_;
+};
+
 }  // namespace
 
 asio::awaitable<bool> await_persist(server& srv) {
@@ -98,7 +113,6 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
     page_filter.after_ticket = after;
     page_filter.limit = 500;
     store::result err;
-    err.ok = true;
     auto page = db_.list(page_filter, &err);
     if (!err.ok) {
         *error = err.message.empty() ? std::string{"the store could not be read"} : err.message;
@@ -214,25 +228,22 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     auto record = [&] {
         return await_store([&](store::done_fn done) { db_.finish_release(ticket, outcome, status, detail, std::move(done)); });
     };
+    // A refused write (the queue full under a flood of holds, a passing I/O error) is tried
+    // again for about 3.5 s: else the record stays `releasing`, counts against the limits and
+    // turns outcome_unknown at the next start although the upstream's answer is known.
+    // Repeating is safe: it only moves a record still `releasing`. A stop ends the waiting.
+    auto passing = [](const store::result& r) {
+        return !r.ok && r.code != "invalid_state" && r.code != "not_found";
+    };
     auto finished = co_await record();
-    if (!finished.ok && finished.code != "invalid_state" && finished.code != "not_found") {
-        // A refused write (the queue full under a flood of holds, a passing I/O error) is
-        // tried again for about 3.5 s: else the record stays `releasing`, counts against
-        // the limits and turns outcome_unknown at the next start although the upstream's
-        // answer is known. Repeating is safe: it only moves a record still `releasing`.
-        asio::steady_timer wait{control_};
-        pacers_.insert(&wait);  // a stop cancels the wait
-        struct unregister {
-            std::set<asio::steady_timer*>& set;
-            asio::steady_timer* t;
-            ~unregister() { set.erase(t); }
-        } unreg{pacers_, &wait};
+    if (passing(finished)) {
+        stoppable_timer wait{control_, pacers_};
         std::chrono::milliseconds backoff{100};
-        for (int attempt = 0; attempt < 6 && !finished.ok && !stopping_ && finished.code != "invalid_state"; ++attempt) {
+        for (int attempt = 0; attempt < 6 && passing(finished) && !stopping_; ++attempt) {
             spdlog::warn("release of {}: sent, recording the result failed ({}); trying again in {} ms", ticket,
                          finished.message, backoff.count());
-            wait.expires_after(backoff);
-            co_await wait.async_wait(use_tuple);
+            wait.timer.expires_after(backoff);
+            co_await wait.timer.async_wait(use_tuple);
             backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds{1});
             finished = co_await record();
         }
@@ -290,13 +301,8 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         if (!snapshot(filter, &sum.error)) {
             co_return sum;
         }
-        asio::steady_timer pacer{control_};
-        pacers_.insert(&pacer);
-        struct unregister {
-            std::set<asio::steady_timer*>& set;
-            asio::steady_timer* t;
-            ~unregister() { set.erase(t); }
-        } unreg{pacers_, &pacer};
+        stoppable_timer paced{control_, pacers_};
+        asio::steady_timer& pacer = paced.timer;
         const auto started = std::chrono::steady_clock::now();
         std::size_t sent = 0;
         std::string after;

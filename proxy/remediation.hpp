@@ -78,7 +78,7 @@ private:
     store::database& db_;
     server& srv_;
     std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
-    std::set<asio::steady_timer*> pacers_;  // the bulk releases' pacing timers; control thread only
+    std::set<asio::steady_timer*> pacers_;  // waits stop() cancels (pacing, retries); control thread only
     bool stopping_ = false;                 // control thread only
 };
 
