@@ -194,7 +194,7 @@ CREATE TABLE config_versions (
     // A client that retries a hold it never got the 202 for (a timeout while the hold was
     // committed) sends its Idempotency-Key again: the retry gets the first hold's ticket, so
     // one request is one record and is released once. The fingerprint (SHA-256 of method,
-    // target and body) tells a retry from another request reusing the key.
+    // target and the body's SHA-256) tells a retry from another request reusing the key.
     {3, R"sql(
 ALTER TABLE held_requests ADD COLUMN idem_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE held_requests ADD COLUMN idem_fingerprint TEXT NOT NULL DEFAULT '';
@@ -506,7 +506,7 @@ public:
     void enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes);
 
     // Operations (run on the writer thread, inside the batch transaction; see run_batch).
-    outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob);
+    outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason);
     outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
@@ -1069,13 +1069,12 @@ void database::impl::run_batch(std::vector<op>& batch) {
     }
 }
 
-database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob) {
+database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob,
+                                                const std::string& fingerprint) {
     const std::string breaker = breaker_of(r);
     // A retry of a request held before (same key, route and agent): its ticket, nothing new
     // (before the limits: a retry of what is held already must not be refused as full).
-    std::string fingerprint;
     if (!r.idempotency_key.empty()) {
-        fingerprint = sha256_hex(r.method + "\n" + r.target + "\n" + r.body);
         auto s = ctx.c.prepared(
             "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND route = ?2 AND agent = ?3 "
             "ORDER BY id LIMIT 1");
@@ -1479,10 +1478,20 @@ void database::hold(held_request request, done_fn done) {
         return;
     }
     auto headers = std::make_shared<std::string>(encode_headers(request.headers));
+    // What tells a retry from another request under the same key (do_hold): hashed here, on
+    // the caller's thread, not on the one writer every hold waits for; the body is hashed in
+    // place rather than copied into one string with the method and target.
+    auto fingerprint = std::make_shared<std::string>(
+        request.idempotency_key.empty()
+            ? std::string{}
+            : sha256_hex(request.method + "\n" + request.target + "\n" + sha256_hex(request.body)));
     auto req = std::make_shared<held_request>(std::move(request));
     const std::size_t bytes = req->body.size() + headers->size() + req->target.size() + 512;
-    impl_->enqueue([p = impl_.get(), req, headers](impl::batch_ctx& ctx) { return p->do_hold(ctx, *req, *headers); },
-                   std::move(done), bytes);
+    impl_->enqueue(
+        [p = impl_.get(), req, headers, fingerprint](impl::batch_ctx& ctx) {
+            return p->do_hold(ctx, *req, *headers, *fingerprint);
+        },
+        std::move(done), bytes);
 }
 
 void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done) {
@@ -1949,8 +1958,6 @@ namespace {
 
 constexpr const char* genesis_hash = "0000000000000000000000000000000000000000000000000000000000000000";
 
-// SHA-256 over every field, each length-prefixed so no two different entries can be
-// written as the same byte string.
 // What verification says when the chain no longer holds the anchor (database::audit_anchor).
 std::string anchor_missing(std::int64_t last_id, std::int64_t anchor_id) {
     return "the log ends at entry " + std::to_string(last_id) + " but this process wrote or found entry " +
@@ -1961,6 +1968,8 @@ std::string anchor_rewritten(std::int64_t anchor_id) {
            " is not the one this process wrote or found at start (the log was rewritten from there on)";
 }
 
+// SHA-256 over every field, each length-prefixed so no two different entries can be
+// written as the same byte string.
 std::string audit_hash(const audit_entry& e) {
     std::string m;
     auto add = [&](std::string_view v) {
