@@ -48,6 +48,7 @@ public:
           active_(active), cooldown_(cfg.cooldown) {}
 
     const std::string& name() const { return name_; }
+    const std::string& key() const { return key_; }
     bool keyed() const { return keyed_; }
     std::mutex& mutex() { return mutex_; }
 
@@ -242,22 +243,15 @@ public:
 
     // Several snapshots can land on one instance (keys folded together when a breaker's
     // scope changed from key to breaker, or past max_instances into the overflow instance):
-    // the one that contains the most wins, so a key's forced_closed never lets the others'
-    // trips through. forced_open > open (the later reopening first) > a bypass mode.
+    // they are merged so that the instance contains whatever any of them contained, now and
+    // after an operator's mode expires.
     void restore(const instance_snapshot& s, time_point now) {
         if (s.at_rest()) {
             return;
         }
         if (counted_) {
-            auto rank = [](state st, mode md) {
-                return md == mode::forced_open ? 3 : is_shadow(md) ? 1 : st != state::closed ? 2 : 0;
-            };
-            const int have = rank(st_, md_);
-            const int got = rank(s.st, s.md);
-            const bool later = got == 2 && have == 2 && std::min(s.opened_at, now) + s.cooldown > opened_at_ + cooldown_;
-            if (got < have || (got == have && !later)) {
-                return;
-            }
+            merge(s, now);
+            return;
         }
         opened_at_ = std::min(s.opened_at, now);
         cooldown_ = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
@@ -277,6 +271,57 @@ public:
         // A probe in flight died with the process: open again, half-open on the next look.
         const state st = s.st == state::half_open ? state::open : s.st;
         change(st, s.md, cause_of("restore", "restore", "restored at start"), now, false);
+    }
+
+    // The state and the mode merge separately. State: open over closed; of two open, the
+    // later reopening. Mode: forced_open over everything (the latest expiry, or none); a
+    // bypass mode (forced_closed, metrics_only) only while no snapshot's trip is enforced
+    // under the automatic mode, so a key's bypass never lets another key's trip through.
+    void merge(const instance_snapshot& s, time_point now) {
+        const state got = s.st == state::half_open ? state::open : s.st;
+        const time_point opened = std::min(s.opened_at, now);
+        const milliseconds cooldown = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
+        const bool enforced_here = st_ != state::closed && md_ == mode::automatic;
+        const bool enforced_there = got != state::closed && s.md == mode::automatic;
+        state st = st_;
+        if (got != state::closed && (st_ == state::closed || opened + cooldown > opened_at_ + cooldown_)) {
+            st = got;
+            opened_at_ = opened;
+            cooldown_ = cooldown;
+            last_trip_ = s.last_trip ? s.last_trip : last_trip_;
+        }
+        trips_ += s.trips;
+        shadow_trips_ += s.shadow_trips;
+        if (s.last_shadow_trip) {
+            last_shadow_trip_ = s.last_shadow_trip;
+        }
+        const std::optional<time_point> got_expires = s.md == mode::automatic ? std::nullopt : s.mode_expires;
+        mode md = md_;
+        if (md_ == mode::forced_open || s.md == mode::forced_open) {
+            if (md_ != mode::forced_open) {
+                mode_expires_ = got_expires;
+            } else if (s.md == mode::forced_open) {
+                mode_expires_ = mode_expires_ && got_expires
+                                    ? std::optional<time_point>{std::max(*mode_expires_, *got_expires)}
+                                    : std::nullopt;
+            }
+            md = mode::forced_open;
+        } else if (enforced_here || enforced_there) {
+            md = mode::automatic;
+            mode_expires_.reset();
+        } else if (is_shadow(md_) || is_shadow(s.md)) {
+            // Both bypass, or one does and nothing else is open: the bypass that ends first.
+            if (!is_shadow(md_)) {
+                md = s.md;
+                mode_expires_ = got_expires;
+            } else if (is_shadow(s.md)) {
+                md = md_ == mode::metrics_only || s.md == mode::metrics_only ? mode::metrics_only : md_;
+                if (!mode_expires_ || (got_expires && *got_expires < *mode_expires_)) {
+                    mode_expires_ = got_expires;
+                }
+            }
+        }
+        change(st, md, cause_of("restore", "restore", "restored at start"), now, false);
     }
 
     instance_snapshot view(time_point now) const {
@@ -598,6 +643,26 @@ breaker_registry::instance_ptr breaker_registry::lookup(const slot& s, std::stri
     return exact(s, overflow_key);
 }
 
+breaker_registry::instance_ptr breaker_registry::overflowed(const slot& s, std::string_view key,
+                                                           time_point now) const {
+    if (key.empty() || key == overflow_key) {
+        return nullptr;
+    }
+    instance_ptr over;
+    {
+        std::shared_lock lock{mutex_};
+        if (exact(s, key)) {
+            return nullptr;
+        }
+        over = exact(s, overflow_key);
+    }
+    if (!over) {
+        return nullptr;
+    }
+    std::lock_guard lock{over->mutex()};
+    return !over->evicted() && !over->moved() && !over->view(now).at_rest() ? over : nullptr;
+}
+
 breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::string_view key) {
     {
         std::shared_lock lock{mutex_};
@@ -862,10 +927,11 @@ bool breaker_registry::manual_trip(std::string_view name, std::string actor, std
     return true;
 }
 
-bool breaker_registry::reset(std::string_view name, std::string actor, std::string reason, time_point now) {
+breaker_registry::op_result breaker_registry::reset(std::string_view name, std::string actor, std::string reason,
+                                                    time_point now) {
     auto [s, key] = split(name);
     if (!s) {
-        return false;
+        return {};
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
         return successor_->reset(name, std::move(actor), std::move(reason), now);
@@ -876,7 +942,10 @@ bool breaker_registry::reset(std::string_view name, std::string actor, std::stri
         inst = exact(*s, key);
     }
     if (!inst) {
-        return true;  // never tripped: already closed+automatic
+        if (auto over = overflowed(*s, key, now)) {
+            return {true, over->name()};  // still contained, by the overflow instance
+        }
+        return {true, {}};  // never tripped: already closed+automatic
     }
     std::unique_lock lock{inst->mutex()};
     if (inst->moved()) {
@@ -889,35 +958,46 @@ bool breaker_registry::reset(std::string_view name, std::string actor, std::stri
     }
     lock.unlock();
     inst->deliver(on_transition_);
-    return true;
+    return {true, {}};
 }
 
-bool breaker_registry::set_mode(std::string_view name, mode m, std::optional<milliseconds> expires_in,
-                                std::string actor, std::string reason, time_point now) {
+breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mode m,
+                                                       std::optional<milliseconds> expires_in, std::string actor,
+                                                       std::string reason, time_point now) {
     auto [s, key] = split(name);
     if (!s) {
-        return false;
+        return {};
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
         return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
+    if (auto over = overflowed(*s, key, now)) {
+        return {true, over->name()};
+    }
     if (m == mode::automatic) {
         std::shared_lock lock{mutex_};
         if (!exact(*s, key) && !s->handed_over.load(std::memory_order_relaxed)) {
-            return true;  // nothing to change, and no instance needed to say so
+            return {true, {}};  // nothing to change, and no instance needed to say so
         }
     }
+    // A full breaker hands a new key the overflow instance: a mode set there would hold for
+    // every key that later overflows (forced_closed would let their trips through), so it is
+    // refused rather than applied to the overflow instance.
+    const bool own = key.empty() || key == overflow_key;
     const auto done = run([&] { return get_or_create(*s, key); },
                           [&](instance& in) {
+                              if (!own && in.key() == overflow_key) {
+                                  return op_result{true, in.name()};
+                              }
                               in.advance(now);
                               in.set_mode(m, expires_in, cause_of("manual", actor, reason), now);
-                              return true;
+                              return op_result{true, {}};
                           },
                           on_transition_);
     if (!done) {
         return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
-    return true;
+    return *done;
 }
 
 std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const {
@@ -982,6 +1062,10 @@ std::optional<instance_snapshot> breaker_registry::get(std::string_view name, ti
         if (!inst->evicted()) {
             return inst->view(now);
         }
+    }
+    if (auto over = overflowed(*s, key, now)) {
+        std::lock_guard lock{over->mutex()};
+        return over->view(now);
     }
     // Known breaker, no instance: it is closed+automatic.
     instance_snapshot v;

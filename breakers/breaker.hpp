@@ -186,14 +186,25 @@ public:
     // back and the next request probes instead. A stale `round` is ignored.
     void cancel_probe(std::string_view instance, std::uint64_t round);
 
+    // What reset or set_mode did. False when the breaker id is unknown, or when the key has
+    // no instance of its own because the breaker was full and its traffic goes to the
+    // overflow instance: then `overflow` names that instance and nothing changed, since
+    // resetting or setting the mode of the overflow instance would do it for every key in it.
+    struct op_result {
+        bool known = false;
+        std::string overflow;
+        explicit operator bool() const { return known && overflow.empty(); }
+    };
+
     // Operator actions. Return false when the breaker id is unknown. `instance` is an
     // instance name or a bare breaker id (the breaker-wide instance of a per-key breaker).
-    // manual_trip enforces: it ends forced_closed/metrics_only. reset returns the instance
-    // to closed+automatic with the base cooldown, whatever its mode.
+    // manual_trip enforces: it ends forced_closed/metrics_only; a key of a full breaker
+    // trips the overflow instance (fail closed). reset returns the instance to
+    // closed+automatic with the base cooldown, whatever its mode.
     bool manual_trip(std::string_view instance, std::string actor, std::string reason, time_point now);
-    bool reset(std::string_view instance, std::string actor, std::string reason, time_point now);
-    bool set_mode(std::string_view instance, mode m, std::optional<milliseconds> expires_in, std::string actor,
-                  std::string reason, time_point now);
+    op_result reset(std::string_view instance, std::string actor, std::string reason, time_point now);
+    op_result set_mode(std::string_view instance, mode m, std::optional<milliseconds> expires_in, std::string actor,
+                       std::string reason, time_point now);
 
     // Whether an operator suspended enforcement for `instance`: its mode, or its breaker-wide
     // instance's, is forced_closed or metrics_only. For breakers whose rule acts by itself
@@ -201,6 +212,8 @@ public:
     bool enforcement_suspended(std::string_view instance, time_point now) const;
 
     std::vector<instance_snapshot> snapshot(time_point now) const;
+    // The instance that decides for `instance`: its own, or, for a key without one while the
+    // overflow instance contains, the overflow instance (as admit() sees it).
     std::optional<instance_snapshot> get(std::string_view instance, time_point now) const;
 
     // Restores persisted instances at start, before the first request (no transitions
@@ -247,6 +260,9 @@ private:
     // lookup: for an unknown key, the overflow instance when there is one.
     instance_ptr exact(const slot& s, std::string_view key) const;
     instance_ptr lookup(const slot& s, std::string_view key) const;
+    // The overflow instance when `key` has no instance of its own and the overflow instance
+    // is not at rest (so admit() sends the key there). Takes the map lock itself.
+    instance_ptr overflowed(const slot& s, std::string_view key, time_point now) const;
     // Creates the instance if needed; at max_instances evicts an idle one or falls back
     // to the overflow instance.
     instance_ptr get_or_create(slot& s, std::string_view key);

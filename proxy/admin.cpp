@@ -825,7 +825,7 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     if (!b) {
         co_return fail(*err);
     }
-    bool ok = false;
+    breakers::breaker_registry::op_result done;
     if (action == "trip" || action == "reset") {
         if (!reg.find(id.substr(0, id.find('/'))) && !reg.find(id)) {
             co_return fail({http::status::not_found, "not_found", "no breaker " + id});
@@ -835,9 +835,9 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         }
     }
     if (action == "trip") {
-        ok = reg.manual_trip(id, who_->name, reason_, now);
+        done.known = reg.manual_trip(id, who_->name, reason_, now);
     } else if (action == "reset") {
-        ok = reg.reset(id, who_->name, reason_, now);
+        done = reg.reset(id, who_->name, reason_, now);
     } else {
         std::string_view m;
         if ((*b)["mode"].get(m) != simdjson::SUCCESS) {
@@ -865,10 +865,17 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         if (!co_await record_intent(id)) {
             co_return intent_unrecorded();
         }
-        ok = reg.set_mode(id, *md, expires, who_->name, reason_, now);
+        done = reg.set_mode(id, *md, expires, who_->name, reason_, now);
     }
-    if (!ok) {
+    if (!done.known) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
+    }
+    if (!done.overflow.empty()) {
+        // Nothing changed; the outcome audit records the refusal by its code.
+        co_return fail({http::status::conflict, "contained_by_overflow",
+                        id + " has no instance of its own: the breaker was full when it tripped, so its traffic is "
+                             "contained by " + done.overflow + ", which holds every such key; " + action +
+                             " that instance instead"});
     }
     // Durable before the answer: a restart right after still sees the operator's act.
     if (!co_await await_persist(srv_)) {

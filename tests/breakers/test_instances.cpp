@@ -40,10 +40,45 @@ TEST_F(registry_test, instances_are_bounded_with_one_overflow_instance) {
     EXPECT_EQ(snap[0].last_trip->cause.key, "k3");
     EXPECT_EQ(reg().active_count(), 3);
 
+    // A key contained by the overflow instance shows it, and cannot be reset or moved to
+    // another mode by its own name: that would say "closed" while nothing changed, or
+    // change every key in the overflow instance.
+    const auto shown = reg().get("campaign-volume/k4", now());
+    ASSERT_TRUE(shown);
+    EXPECT_EQ(shown->instance, "campaign-volume/_overflow");
+    EXPECT_EQ(shown->st, state::open);
+    const auto r4 = reg().reset("campaign-volume/k4", "alice", "checked", now());
+    EXPECT_FALSE(r4);
+    EXPECT_TRUE(r4.known);
+    EXPECT_EQ(r4.overflow, "campaign-volume/_overflow");
+    const auto m4 = reg().set_mode("campaign-volume/k4", mode::forced_closed, std::nullopt, "alice", "let it", now());
+    EXPECT_FALSE(m4);
+    EXPECT_EQ(m4.overflow, "campaign-volume/_overflow");
+    EXPECT_EQ(reg().admit("campaign-volume/k4", now()).v, verdict::contain);
+    EXPECT_EQ(reg().admit("campaign-volume/k3", now()).v, verdict::contain);
+
     // The overflow instance is operated like any other.
     EXPECT_TRUE(reg().reset("campaign-volume/_overflow", "alice", "checked", now()));
+    EXPECT_TRUE(reg().reset("campaign-volume/k4", "alice", "nothing left", now()));
+    EXPECT_EQ(reg().get("campaign-volume/k4", now())->instance, "campaign-volume/k4");
     EXPECT_EQ(reg().admit("campaign-volume/k4", now()).v, verdict::allow);
     EXPECT_EQ(reg().active_count(), 2);
+}
+
+TEST_F(registry_test, a_mode_for_a_new_key_of_a_full_breaker_is_refused_not_given_to_the_overflow_instance) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 2;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    reg().trip("campaign-volume", "k2", rule_cause(), now());
+    // Full of open instances: k3 would get the overflow instance, and forced_closed there
+    // would let every later overflowing trip through.
+    const auto m = reg().set_mode("campaign-volume/k3", mode::forced_closed, std::nullopt, "alice", "allow", now());
+    EXPECT_FALSE(m);
+    EXPECT_EQ(m.overflow, "campaign-volume/_overflow");
+    const auto r = reg().trip("campaign-volume", "k5", rule_cause("r", "k5"), now());
+    EXPECT_TRUE(r.opened);
+    EXPECT_EQ(reg().admit("campaign-volume/k5", now()).v, verdict::contain);
 }
 
 TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
@@ -162,6 +197,41 @@ TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_s
     make({b});
     reg().restore({snap("a", state::open, mode::automatic, 1s), snap("b", state::closed, mode::forced_open)}, now());
     EXPECT_EQ(reg().get("cv", now())->md, mode::forced_open);
+
+    // A key's timed forced_open wins for now; when it ends, the other key's trip is still
+    // there (it resets only by hand), in either order.
+    b.reset = reset_policy::manual;
+    for (const bool forced_first : {false, true}) {
+        make({b});
+        auto timed = snap("b", state::closed, mode::forced_open);
+        timed.mode_expires = now() + 1min;
+        auto tripped = snap("a", state::open, mode::automatic, 1s);
+        reg().restore(forced_first ? std::vector{timed, tripped} : std::vector{tripped, timed}, now());
+        EXPECT_EQ(reg().get("cv", now())->md, mode::forced_open);
+        clock_.advance(2min);
+        EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "forced first: " << forced_first;
+        EXPECT_EQ(reg().get("cv", now())->st, state::open);
+        EXPECT_EQ(reg().get("cv", now())->md, mode::automatic);
+    }
+
+    // Two bypasses and nothing enforced: the bypass that ends first; then the trip under it.
+    make({b});
+    auto long_bypass = snap("a", state::open, mode::forced_closed, 1s);
+    auto short_bypass = snap("b", state::closed, mode::metrics_only);
+    short_bypass.mode_expires = now() + 1min;
+    reg().restore({long_bypass, short_bypass}, now());
+    EXPECT_EQ(reg().get("cv", now())->md, mode::metrics_only);
+    clock_.advance(2min);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
+
+    // Two timed forced_open: the later expiry.
+    make({b});
+    auto f1 = snap("a", state::closed, mode::forced_open);
+    f1.mode_expires = now() + 5min;
+    auto f2 = snap("b", state::closed, mode::forced_open);
+    f2.mode_expires = now() + 1min;
+    reg().restore({f1, f2}, now());
+    EXPECT_EQ(reg().get("cv", now())->mode_expires, now() + 5min);
 }
 
 TEST_F(registry_test, snapshot_round_trips_through_restore) {

@@ -187,6 +187,44 @@ TEST(admin_api, a_trip_contains_the_next_request_on_every_worker_and_reset_relea
     EXPECT_EQ(send_mail(f.bb.port(), "anything").result_int(), 503u);
 }
 
+TEST(admin_api, a_key_contained_by_the_overflow_instance_is_shown_there_and_not_reset_by_its_own_name) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const std::string dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    const std::string wide = R"("id": "campaign-volume", "action": "pause", "reset": "manual")";
+    ASSERT_NE(cfg.find(wide), std::string::npos);
+    cfg.replace(cfg.find(wide), wide.size(), wide + R"(, "max_instances": 1)");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    auto post = [&](const std::string& target, const std::string& body) {
+        return admin(port, http::verb::post, target, "op-token", body);
+    };
+    ASSERT_EQ(post("/v1/breakers/campaign-volume/spring/trip", R"({"reason":"loop"})").result_int(), 200u);
+    // Full: the next key's trip goes to the overflow instance, which then contains every key
+    // without an instance of its own.
+    auto over = post("/v1/breakers/campaign-volume/autumn/trip", R"({"reason":"loop too"})");
+    ASSERT_EQ(over.result_int(), 200u) << over.body();
+    EXPECT_NE(over.body().find("\"instance\":\"campaign-volume/_overflow\""), std::string::npos) << over.body();
+    EXPECT_EQ(send_mail(bb.port(), "winter").result_int(), 503u);
+
+    auto one = admin(port, http::verb::get, "/v1/breakers/campaign-volume/winter", "view-token");
+    EXPECT_NE(one.body().find("\"instance\":\"campaign-volume/_overflow\""), std::string::npos) << one.body();
+    EXPECT_NE(one.body().find("\"state\":\"open\""), std::string::npos) << one.body();
+    for (const std::string act : {"reset", "mode"}) {
+        auto r = post("/v1/breakers/campaign-volume/winter/" + act, R"({"mode":"forced_closed","reason":"mine"})");
+        EXPECT_EQ(r.result_int(), 409u) << act << ": " << r.body();
+        EXPECT_EQ(code_of(r), "contained_by_overflow") << r.body();
+        EXPECT_NE(r.body().find("campaign-volume/_overflow"), std::string::npos) << r.body();
+    }
+    EXPECT_EQ(send_mail(bb.port(), "winter").result_int(), 503u);
+    auto log = admin(port, http::verb::get, "/v1/audit?limit=100", "view-token");
+    EXPECT_NE(log.body().find("contained_by_overflow"), std::string::npos) << log.body();
+
+    ASSERT_EQ(post("/v1/breakers/campaign-volume/_overflow/reset", R"({"reason":"checked"})").result_int(), 200u);
+    EXPECT_EQ(send_mail(bb.port(), "winter").result_int(), 202u);
+    EXPECT_EQ(send_mail(bb.port(), "spring").result_int(), 503u);
+}
+
 TEST(admin_api, quarantine_endpoints) {
     admin_fixture f;
     std::vector<std::string> tickets;
