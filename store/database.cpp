@@ -287,9 +287,9 @@ public:
         }
     }
 
-    int open(const std::string& path, std::chrono::milliseconds busy_timeout) {
-        const int rc = sqlite3_open_v2(path.c_str(), &db_,
-                                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    int open(const std::string& path, std::chrono::milliseconds busy_timeout, const std::string& vfs) {
+        const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                       vfs.empty() ? nullptr : vfs.c_str());
         if (db_ != nullptr) {
             sqlite3_extended_result_codes(db_, 1);
             sqlite3_busy_timeout(db_, static_cast<int>(busy_timeout.count()));
@@ -579,6 +579,7 @@ private:
     bool load_counters(std::string* error);
     void run();
     void run_batch(std::vector<op>& batch);
+    bool seal_failed_commit();
     outcome fatal(int rc) { return {unavailable(writer_.error()), rc, writer_.error()}; }
     outcome fatal_stmt(int rc, const char* what) {
         return {unavailable(std::string{what} + ": " + writer_.error()), rc, writer_.error()};
@@ -661,7 +662,7 @@ bool database::impl::open(std::string* error) {
         // Only the message for the next process suffers; the lock itself is held.
     }
 
-    if (writer_.open(path, opt_.busy_timeout) != SQLITE_OK) {
+    if (writer_.open(path, opt_.busy_timeout, opt_.vfs) != SQLITE_OK) {
         return fail("cannot open: " + writer_.error());
     }
     // journal_mode answers the mode in force: anything but "wal" (a filesystem without
@@ -683,12 +684,12 @@ bool database::impl::open(std::string* error) {
     }
     for (std::size_t i = 0; i < std::max<std::size_t>(1, opt_.read_connections); ++i) {
         auto c = std::make_unique<connection>();
-        if (c->open(path, opt_.busy_timeout) != SQLITE_OK || c->exec("PRAGMA query_only=1") != SQLITE_OK) {
+        if (c->open(path, opt_.busy_timeout, opt_.vfs) != SQLITE_OK || c->exec("PRAGMA query_only=1") != SQLITE_OK) {
             return fail("cannot open a read connection: " + c->error());
         }
         readers_.push_back(std::move(c));
     }
-    if (checkpointer_.open(path, opt_.busy_timeout) != SQLITE_OK ||
+    if (checkpointer_.open(path, opt_.busy_timeout, opt_.vfs) != SQLITE_OK ||
         checkpointer_.exec("PRAGMA synchronous=FULL") != SQLITE_OK ||
         writer_.exec("PRAGMA wal_autocheckpoint=0") != SQLITE_OK) {
         return fail("cannot set up checkpoints: " + checkpointer_.error());
@@ -924,6 +925,30 @@ void database::impl::run() {
     }
 }
 
+// A COMMIT that fails in its fsync has already written the transaction's frames, commit
+// marker included, to the WAL file; SQLite only leaves them out of the WAL index. Frames in
+// the file with a valid checksum chain are replayed by the recovery after a crash: a hold
+// answered "not saved" (which the client then sent again) would come back. The next commit
+// writes its frames at the same place, and since each frame's checksum chains from the one
+// before, the failed transaction's remaining frames no longer verify and recovery stops
+// before them. So one small transaction, committed at once, makes "not saved" true. It
+// rewrites user_version (nothing reads it) with a new value, so it is never a no-op.
+bool database::impl::seal_failed_commit() {
+    if (writer_.run("BEGIN IMMEDIATE") != SQLITE_OK) {
+        return false;
+    }
+    const std::string v = writer_.pragma("PRAGMA user_version");
+    const long long next = (v.empty() ? 0 : std::atoll(v.c_str()) + 1) & 0x7fffffff;
+    if (writer_.exec(("PRAGMA user_version=" + std::to_string(next)).c_str()) != SQLITE_OK ||
+        writer_.run("COMMIT") != SQLITE_OK) {
+        if (sqlite3_get_autocommit(writer_.db()) == 0) {
+            writer_.exec("ROLLBACK");
+        }
+        return false;
+    }
+    return true;
+}
+
 void database::impl::run_batch(std::vector<op>& batch) {
     int fault = 0;
     fault_point where = fault_point::commit;
@@ -1025,11 +1050,13 @@ void database::impl::run_batch(std::vector<op>& batch) {
             attempt(true);
         }
     }
+    bool commit_failed = false;
     if (fatal_rc == 0) {
         if (fault != 0) {
             set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
         } else if (int rc = writer_.run("COMMIT"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
+            commit_failed = true;
         }
     }
     if (fatal_rc != 0) {
@@ -1037,8 +1064,12 @@ void database::impl::run_batch(std::vector<op>& batch) {
         if (sqlite3_get_autocommit(writer_.db()) == 0) {
             writer_.exec("ROLLBACK");
         }
+        std::string saved = "nothing of this operation was saved";
+        if (commit_failed && !seal_failed_commit()) {
+            saved = "it was not saved, but a crash before the store's next successful write could bring it back";
+        }
         for (auto& r : results) {
-            r = unavailable("the store cannot write (" + fatal_message + "); nothing of this operation was saved");
+            r = unavailable("the store cannot write (" + fatal_message + "); " + saved);
         }
     } else {
         std::lock_guard lock{counters_mu_};

@@ -155,6 +155,9 @@ struct store_options {
     std::size_t batch_max_bytes = 64ull << 20;
     std::chrono::milliseconds busy_timeout{100};
     std::size_t read_connections = 2;
+    // The SQLite VFS the files are opened through; empty: the default. Tests wrap the
+    // default one to make an fsync fail.
+    std::string vfs;
 };
 
 struct breaker_counts {

@@ -676,6 +676,135 @@ TEST_F(store_db, a_real_write_failure_answers_store_unavailable_and_recovers) {
     EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed at step " << WEXITSTATUS(status);
 }
 
+// A VFS over the default one whose WAL fsync can be made to fail: the data was written
+// (to the page cache, which is what a copy of the files reads), its durability was not
+// confirmed. Every other call goes straight through.
+namespace failsync {
+
+std::atomic<int> wal_syncs_to_fail{0};
+sqlite3_vfs* real = nullptr;
+
+struct file {
+    sqlite3_file base;
+    sqlite3_file* inner;  // the real file, allocated right after this struct
+    bool wal;
+};
+
+sqlite3_file* in(sqlite3_file* f) { return reinterpret_cast<file*>(f)->inner; }
+
+int x_close(sqlite3_file* f) {
+    const int rc = in(f)->pMethods ? in(f)->pMethods->xClose(in(f)) : SQLITE_OK;
+    return rc;
+}
+int x_read(sqlite3_file* f, void* b, int n, sqlite3_int64 o) { return in(f)->pMethods->xRead(in(f), b, n, o); }
+int x_write(sqlite3_file* f, const void* b, int n, sqlite3_int64 o) { return in(f)->pMethods->xWrite(in(f), b, n, o); }
+int x_truncate(sqlite3_file* f, sqlite3_int64 n) { return in(f)->pMethods->xTruncate(in(f), n); }
+int x_sync(sqlite3_file* f, int flags) {
+    if (reinterpret_cast<file*>(f)->wal) {
+        int left = wal_syncs_to_fail.load();
+        while (left > 0 && !wal_syncs_to_fail.compare_exchange_weak(left, left - 1)) {
+        }
+        if (left > 0) {
+            return SQLITE_IOERR_FSYNC;
+        }
+    }
+    return in(f)->pMethods->xSync(in(f), flags);
+}
+int x_size(sqlite3_file* f, sqlite3_int64* n) { return in(f)->pMethods->xFileSize(in(f), n); }
+int x_lock(sqlite3_file* f, int l) { return in(f)->pMethods->xLock(in(f), l); }
+int x_unlock(sqlite3_file* f, int l) { return in(f)->pMethods->xUnlock(in(f), l); }
+int x_reserved(sqlite3_file* f, int* r) { return in(f)->pMethods->xCheckReservedLock(in(f), r); }
+int x_control(sqlite3_file* f, int op, void* a) { return in(f)->pMethods->xFileControl(in(f), op, a); }
+int x_sector(sqlite3_file* f) { return in(f)->pMethods->xSectorSize(in(f)); }
+int x_device(sqlite3_file* f) { return in(f)->pMethods->xDeviceCharacteristics(in(f)); }
+int x_shm_map(sqlite3_file* f, int i, int sz, int ext, void volatile** p) {
+    return in(f)->pMethods->xShmMap(in(f), i, sz, ext, p);
+}
+int x_shm_lock(sqlite3_file* f, int o, int n, int fl) { return in(f)->pMethods->xShmLock(in(f), o, n, fl); }
+void x_shm_barrier(sqlite3_file* f) { in(f)->pMethods->xShmBarrier(in(f)); }
+int x_shm_unmap(sqlite3_file* f, int del) { return in(f)->pMethods->xShmUnmap(in(f), del); }
+int x_fetch(sqlite3_file* f, sqlite3_int64 o, int n, void** p) { return in(f)->pMethods->xFetch(in(f), o, n, p); }
+int x_unfetch(sqlite3_file* f, sqlite3_int64 o, void* p) { return in(f)->pMethods->xUnfetch(in(f), o, p); }
+
+const sqlite3_io_methods methods = {3,          x_close,   x_read,     x_write,      x_truncate,    x_sync,
+                                    x_size,     x_lock,    x_unlock,   x_reserved,   x_control,     x_sector,
+                                    x_device,   x_shm_map, x_shm_lock, x_shm_barrier, x_shm_unmap, x_fetch,
+                                    x_unfetch};
+
+int x_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* f, int flags, int* out) {
+    auto* me = reinterpret_cast<file*>(f);
+    me->inner = reinterpret_cast<sqlite3_file*>(me + 1);
+    me->wal = (flags & SQLITE_OPEN_WAL) != 0;
+    const int rc = real->xOpen(real, name, me->inner, flags, out);
+    // SQLite calls xClose only when pMethods is set: set it only for a file that opened.
+    me->base.pMethods = rc == SQLITE_OK && me->inner->pMethods ? &methods : nullptr;
+    return rc;
+}
+
+const char* install() {
+    static sqlite3_vfs vfs = [] {
+        real = sqlite3_vfs_find(nullptr);
+        sqlite3_vfs v = *real;
+        v.zName = "bb_failsync";
+        v.szOsFile = static_cast<int>(sizeof(file)) + real->szOsFile;
+        v.xOpen = x_open;
+        v.pNext = nullptr;
+        v.pAppData = nullptr;
+        return v;
+    }();
+    static const int registered = sqlite3_vfs_register(&vfs, 0);
+    EXPECT_EQ(registered, SQLITE_OK);
+    return vfs.zName;
+}
+
+}  // namespace failsync
+
+// A commit whose fsync fails has its frames in the WAL file already; a crash then (the
+// copy of the files below) must not bring back the hold that was answered "not saved".
+TEST_F(store_db, a_hold_whose_commit_fsync_failed_does_not_come_back_after_a_crash) {
+    auto o = options();
+    o.vfs = failsync::install();
+    auto db = open(o);
+    ASSERT_TRUE(db);
+    const auto first = hold(*db, sample("b/k", "first"));
+    ASSERT_TRUE(first.ok) << first.message;
+
+    failsync::wal_syncs_to_fail = 1;
+    const auto lost = hold(*db, sample("b/k", "the one answered not saved"));
+    EXPECT_EQ(lost.code, "store_unavailable");
+    EXPECT_NE(lost.message.find("nothing of this operation was saved"), std::string::npos) << lost.message;
+    EXPECT_EQ(failsync::wal_syncs_to_fail.load(), 0);
+
+    // The crash: the files as they are now (the page cache, which has the failed frames),
+    // without the shared-memory index, opened by a new process's recovery.
+    const fs::path crashed = dir_ / "crashed";
+    fs::create_directories(crashed);
+    const fs::path db_file = o.path;
+    fs::copy_file(db_file, crashed / "breakerbox.db");
+    ASSERT_TRUE(fs::exists(db_file.string() + "-wal"));
+    fs::copy_file(db_file.string() + "-wal", crashed / "breakerbox.db-wal");
+    auto after = options();
+    after.path = (crashed / "breakerbox.db").string();
+    auto again = open(after);
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->counts().held_count, 1u);
+    EXPECT_TRUE(again->get(first.ticket));
+    for (const auto& r : again->list({})) {
+        EXPECT_NE(r.body, "the one answered not saved");
+    }
+    again.reset();
+
+    // The seal itself fails too: then the answer does not claim nothing was saved.
+    failsync::wal_syncs_to_fail = 2;
+    const auto unknown = hold(*db, sample("b/k", "unconfirmed"));
+    EXPECT_EQ(unknown.code, "store_unavailable");
+    EXPECT_NE(unknown.message.find("could bring it back"), std::string::npos) << unknown.message;
+    failsync::wal_syncs_to_fail = 0;
+    const auto next = hold(*db, sample("b/k", "after"));
+    EXPECT_TRUE(next.ok) << next.message;
+    EXPECT_EQ(db->counts().held_count, 2u);
+}
+
 TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
     auto o = options();
     o.queue_max_ops = 4;
