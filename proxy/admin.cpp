@@ -1067,6 +1067,10 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         if (rate < 0) {
             co_return fail({http::status::bad_request, "bad_field", "rate_per_s must be positive", "rate_per_s"});
         }
+        if (rate > 0 && rate < 0.01) {  // one release every 100 s; slower is a mistake (or an overflow)
+            co_return fail({http::status::bad_request, "bad_field",
+                            "rate_per_s must be at least 0.01 (or 0 for no pacing)", "rate_per_s"});
+        }
         if (!co_await record_intent("quarantine")) {
             co_return intent_unrecorded();
         }

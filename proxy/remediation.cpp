@@ -280,6 +280,17 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     co_return r;
 }
 
+release_pacer::time_point release_pacer::reserve(const std::string& upstream, double rate_per_s, time_point now) {
+    // Forget upstreams whose schedule is in the past: they would start at `now` anyway.
+    std::erase_if(next_, [&](const auto& e) { return e.second <= now; });
+    const auto spacing = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(1.0 / rate_per_s));
+    auto [it, added] = next_.try_emplace(upstream, now);
+    const time_point slot = std::max(it->second, now);
+    it->second = slot + spacing;
+    return slot;
+}
+
 std::future<store::result> remediation::release(std::string ticket, std::string actor, bool force) {
     return spawn_future<store::result>(control_, [&] { return release_one(std::move(ticket), std::move(actor), force); });
 }
@@ -303,8 +314,6 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         }
         stoppable_timer paced{control_, pacers_};
         asio::steady_timer& pacer = paced.timer;
-        const auto started = std::chrono::steady_clock::now();
-        std::size_t sent = 0;
         std::string after;
         for (;;) {
             const auto page = next_page(filter, after, &sum.error);
@@ -316,18 +325,18 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     sum.stopped = stopping_;
                     co_return sum;
                 }
-                if (rate_per_s > 0 && sent > 0) {
-                    // Slot i starts at i/rate seconds after the first: no drift, no bursts.
-                    pacer.expires_at(started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                   std::chrono::duration<double>(static_cast<double>(sent) / rate_per_s)));
-                    co_await pacer.async_wait(use_tuple);
-                    if (stopping_) {  // the server stops: what is not sent yet stays held
-                        sum.stopped = true;
-                        co_return sum;
+                if (rate_per_s > 0) {
+                    const auto now = std::chrono::steady_clock::now();
+                    if (const auto slot = schedule_.reserve(rec.upstream, rate_per_s, now); slot > now) {
+                        pacer.expires_at(slot);
+                        co_await pacer.async_wait(use_tuple);
+                        if (stopping_) {  // the server stops: what is not sent yet stays held
+                            sum.stopped = true;
+                            co_return sum;
+                        }
                     }
                 }
                 ++sum.matched;
-                ++sent;
                 auto r = co_await release_one(rec.ticket, actor, false);
                 if (r.ok) {
                     ++sum.released;

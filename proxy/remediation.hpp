@@ -15,6 +15,7 @@
 #include "proxy/asio.hpp"
 #include "store/database.hpp"
 
+#include <chrono>
 #include <future>
 #include <map>
 #include <set>
@@ -37,6 +38,21 @@ struct remediation_summary {
     bool stopped = false;           // the server began to stop: the rest stays held
     std::string error;              // the store could not be read: the rest was not looked at
     std::vector<store::result> results;  // one per ticket, in order
+};
+
+// One schedule per upstream for every bulk release at once: a release takes the next free
+// slot and moves it 1/rate later, so two bulk releases at 5/s still send 5/s to that
+// upstream, not 10. A slot is never earlier than now: time a release spent waiting on its
+// upstream is not caught up with a burst. Not thread-safe (the control thread owns it).
+class release_pacer {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+    // When the next release to `upstream` may start, at `rate_per_s` (> 0).
+    time_point reserve(const std::string& upstream, double rate_per_s, time_point now);
+    std::size_t tracked() const { return next_.size(); }
+
+private:
+    std::map<std::string, time_point, std::less<>> next_;  // upstream -> first free slot
 };
 
 class remediation {
@@ -79,6 +95,7 @@ private:
     server& srv_;
     std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
     std::set<asio::steady_timer*> pacers_;  // waits stop() cancels (pacing, retries); control thread only
+    release_pacer schedule_;                // bulk release pacing per upstream; control thread only
     bool stopping_ = false;                 // control thread only
 };
 
