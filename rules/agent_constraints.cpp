@@ -75,7 +75,10 @@ public:
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
     void add_recipient_list(std::string_view list) {
         s_.items.clear();
-        split_addresses(list, s_.items);
+        if (!split_addresses(list, s_.items)) {
+            fail("a recipient list is not an address list that reads one way only (an open quote or bracket, a "
+                 "comment, text after '>', or two '@' in one address)");
+        }
         recipients_ += s_.items.size();
     }
 
@@ -85,7 +88,10 @@ public:
             return;
         }
         s_.items.clear();
-        split_addresses(list, s_.items);
+        if (!split_addresses(list, s_.items)) {
+            fail("the from address is not one that reads one way only");
+            return;
+        }
         if (s_.items.empty()) {
             fail("the from address has no domain");
             return;

@@ -243,6 +243,16 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         }
         return std::string_view::npos;
     };
+    // Whether a line of `text` (after any CR or LF, or at its start) begins "--boundary".
+    auto line_starts_with_boundary = [&](std::string_view text) {
+        const std::string_view dash = std::string_view{delim}.substr(2);
+        for (std::size_t at = text.find(dash); at != std::string_view::npos; at = text.find(dash, at + 1)) {
+            if (at == 0 || text[at - 1] == '\n' || text[at - 1] == '\r') {
+                return true;
+            }
+        }
+        return false;
+    };
     bool close = false;
     std::size_t part = std::string_view::npos;  // where the current part's headers start
     // The first delimiter may open the body (no CRLF before it); the rest follow a CRLF.
@@ -254,7 +264,14 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
     }
     if (part == std::string_view::npos && !close) {
         std::size_t e = 0;
-        if (next_delimiter(0, &e, &close) == std::string_view::npos) {
+        const std::size_t first = next_delimiter(0, &e, &close);
+        if (first == std::string_view::npos) {
+            return false;
+        }
+        // A preamble that holds the boundary is a delimiter to a reader that takes a bare LF
+        // as a line end (Go's mime/multipart switches to LF when the first delimiter line
+        // ends in one): the parts it reads would be ones we skip.
+        if (line_starts_with_boundary(body.substr(0, first))) {
             return false;
         }
         part = e;
@@ -287,6 +304,24 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             if (!line.empty() && (line.front() == ' ' || line.front() == '\t' || line.find(':') == std::string_view::npos)) {
                 ok = false;  // a folded (continued) or broken header line: parsers disagree on it
             }
+            if (line.find_first_of("\r\n") != std::string_view::npos) {
+                ok = false;  // a bare CR or LF: a line end to some readers (Go's textproto), not to us
+            }
+            constexpr std::string_view cte = "content-transfer-encoding:";
+            if (line.size() >= cte.size() && iequals(line.substr(0, cte.size()), cte)) {
+                // Go's multipart decodes quoted-printable by itself: `a=40x.com` is a@x.com
+                // there. Only encodings that leave the bytes as they are.
+                std::string_view v = line.substr(cte.size());
+                while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) {
+                    v.remove_prefix(1);
+                }
+                while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) {
+                    v.remove_suffix(1);
+                }
+                if (!iequals(v, "7bit") && !iequals(v, "8bit") && !iequals(v, "binary")) {
+                    ok = false;
+                }
+            }
             constexpr std::string_view cd = "content-disposition:";
             if (line.size() > cd.size() && iequals(line.substr(0, cd.size()), cd)) {
                 if (has_disposition) {
@@ -296,10 +331,20 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 if (!header_param(line, "name", &name)) {
                     ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
                 }
+                // RFC 2231 continuations (`name*0="t"; name*1="o"`) are joined by some
+                // readers into a name we would not see: no parameter of that kind is read.
+                for_each_param(line, [&](std::string_view pn, const std::string&) {
+                    if (pn.find('*') != std::string_view::npos) {
+                        ok = false;
+                    }
+                    return true;
+                });
             }
             line_start = line_end + 2;
         }
-        if (name && !name->empty()) {
+        if (!name || name->empty()) {
+            ok = false;  // a part we cannot name is one another reader may name (and read)
+        } else {
             if (n == out.size()) {
                 out.emplace_back();
             }
@@ -310,39 +355,14 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         part = after;
     }
     out.resize(n);
+    // The same for the epilogue: nothing after the close delimiter may look like another.
+    if (close && ok && part != std::string_view::npos && part <= body.size() &&
+        line_starts_with_boundary(body.substr(part))) {
+        ok = false;
+    }
     return close && ok;
 }
 
-// Splits an address list on commas outside quotes and angle brackets:
-// `"Doe, Jane" <jane@x.com>, bob@y.com` is two items.
-template <class F>
-void for_each_item(std::string_view list, F&& f) {
-    bool quoted = false;
-    int angle = 0;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i <= list.size(); ++i) {
-        const char c = i < list.size() ? list[i] : ',';
-        if (c == '"') {
-            quoted = !quoted;
-        } else if (!quoted && c == '<') {
-            ++angle;
-        } else if (!quoted && c == '>' && angle > 0) {
-            --angle;
-        } else if (c == ',' && ((!quoted && angle == 0) || i == list.size())) {
-            std::string_view item = list.substr(start, i - start);
-            while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
-                item.remove_prefix(1);
-            }
-            while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
-                item.remove_suffix(1);
-            }
-            if (!item.empty()) {
-                f(item);
-            }
-            start = i + 1;
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // JSON paths over simdjson's DOM.
@@ -723,8 +743,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     }
                     auto& d = ctx.s.distinct;
                     std::size_t dn = 0;
+                    bool split_ok = true;
                     for (const auto& [n, v] : fields) {
-                        if (n != t.field) {
+                        // Any case: `To` may be `to` to the API (fail closed: it counts).
+                        if (n.size() != t.field.size() || !iequals(n, t.field)) {
                             continue;
                         }
                         if (t.kind == term_kind::sum) {
@@ -735,7 +757,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                             }
                             continue;
                         }
-                        for_each_item(v, [&](std::string_view item) {
+                        split_ok = for_each_address(v, [&](std::string_view item) {
                             if (t.kind == term_kind::count) {
                                 total += 1;
                             } else {
@@ -744,7 +766,15 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                                 }
                                 d[dn++].assign(item);
                             }
-                        });
+                        }) && split_ok;
+                    }
+                    if (!split_ok) {
+                        // Counted as far as it splits, a list another reader splits otherwise
+                        // could hide recipients: an invalid body, like a malformed multipart.
+                        ctx.req_json.error = "form field " + t.field + " is not an address list that reads one way only";
+                        if (policy == invalid_body_policy::reject) {
+                            return std::nullopt;
+                        }
                     }
                     if (t.kind == term_kind::distinct) {
                         std::sort(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn));

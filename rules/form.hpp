@@ -35,8 +35,103 @@ bool reads_as_form(std::string_view content_type, std::string_view body, std::st
 // would use is anyone's guess. Names compare without case.
 bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out);
 
-// Appends the items of an address list to `out`, split on commas outside quotes and angle
-// brackets and trimmed: `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. Views into `list`.
-void split_addresses(std::string_view list, std::vector<std::string_view>& out);
+// Calls f(item) for every item of an address list: split on ',' and ';' outside quoted
+// strings and angle brackets, trimmed of spaces and tabs, empty items left out:
+// `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. A quoted string honours backslash
+// escapes (`"\"" <a@x.com>, b@y.com` is two items, as RFC 5322 reads it). ';' splits too:
+// some readers take it as a separator, and a group's end (`team: a@x.com;`) leaves nothing.
+//
+// Returns false, after calling f for the items before the fault, for a list that another
+// reader could split otherwise: an unterminated quoted string or angle bracket, a comment
+// (a parenthesis outside quotes), '<' inside angle brackets or after an item's '>', a
+// separator inside angle brackets, text after an item's '>', or more than one '@' outside
+// quotes in an item (`a@x.com b@y.com`). Whoever checks addresses then refuses the list.
+template <class F>
+bool for_each_address(std::string_view list, F&& f) {
+    bool quoted = false;
+    bool escaped = false;
+    bool angle = false;
+    bool closed = false;  // this item's '>' was seen
+    int ats = 0;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= list.size(); ++i) {
+        const bool end = i == list.size();
+        const char c = end ? ',' : list[i];
+        if (quoted) {
+            if (end) {
+                return false;
+            }
+            if (escaped) {
+                escaped = false;
+            } else if (c == '\\') {
+                escaped = true;
+            } else if (c == '"') {
+                quoted = false;
+            }
+            continue;
+        }
+        switch (c) {
+            case '"':
+                if (closed) {
+                    return false;
+                }
+                quoted = true;
+                break;
+            case '(':
+            case ')':
+                return false;
+            case '<':
+                if (angle || closed) {
+                    return false;
+                }
+                angle = true;
+                break;
+            case '>':
+                if (!angle) {
+                    return false;
+                }
+                angle = false;
+                closed = true;
+                break;
+            case '@':
+                if (closed || ++ats > 1) {
+                    return false;
+                }
+                break;
+            case ',':
+            case ';': {
+                if (angle) {
+                    return false;
+                }
+                std::string_view item = list.substr(start, i - start);
+                while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
+                    item.remove_prefix(1);
+                }
+                while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
+                    item.remove_suffix(1);
+                }
+                if (!item.empty()) {
+                    f(item);
+                }
+                start = i + 1;
+                ats = 0;
+                closed = false;
+                break;
+            }
+            case ' ':
+            case '\t':
+                break;
+            default:
+                if (closed) {
+                    return false;
+                }
+        }
+    }
+    return true;
+}
+
+// Appends the items of an address list to `out` (for_each_address; views into `list`).
+// Returns for_each_address's answer.
+bool split_addresses(std::string_view list, std::vector<std::string_view>& out);
 
 }  // namespace bb::rules

@@ -1225,13 +1225,15 @@ body_kind kind_of(const guard_input& in) {
 
 // form:NAME names one field; a '*' in NAME stands for a number (SES v1's list members:
 // `form:Destinations.member.*` is `Destinations.member.1`, `.2`, ..., not
-// `Destinations.member.1.ReplacementTemplateData`). Names are case-sensitive, as the APIs
-// read them.
+// `Destinations.member.1.ReplacementTemplateData`). Names match in any ASCII case: an API
+// that reads `To` as `to` is not ruled out, so `To` is checked too (as the agent body
+// constraints and the engine's form: measures count it).
 bool form_name_matches(std::string_view pattern, std::string_view name) {
     std::size_t n = 0;
     for (std::size_t p = 0; p < pattern.size(); ++p) {
         if (pattern[p] != '*') {
-            if (n >= name.size() || name[n] != pattern[p]) {
+            auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+            if (n >= name.size() || lower(name[n]) != lower(pattern[p])) {
                 return false;
             }
             ++n;
@@ -1622,31 +1624,10 @@ std::string_view refuse_domain(const recipients_guard& g, std::string_view addr,
     return {};
 }
 
-template <class F>
-void for_each_item(std::string_view list, F&& f) {
-    bool quoted = false;
-    int angle = 0;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i <= list.size(); ++i) {
-        const char c = i < list.size() ? list[i] : ',';
-        if (c == '"') {
-            quoted = !quoted;
-        } else if (!quoted && c == '<') {
-            ++angle;
-        } else if (!quoted && c == '>' && angle > 0) {
-            --angle;
-        } else if (c == ',' && ((!quoted && angle == 0) || i == list.size())) {
-            std::string_view item = list.substr(start, i - start);
-            while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
-                item.remove_prefix(1);
-            }
-            if (!item.empty()) {
-                f(item);
-            }
-            start = i + 1;
-        }
-    }
-}
+
+constexpr std::string_view unsplittable =
+    "is not an address list that reads one way only (an open quote or bracket, a comment, text after '>', or two "
+    "'@' in one address)";
 
 // Calls f(address, group, where) for every recipient at `fields`; false if the body should
 // be JSON and is not.
@@ -1718,11 +1699,17 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                 bool stop = false;
                 auto where = [&name] { return "form field " + name.substr(0, 64); };
                 if (split_lists) {
-                    for_each_item(value, [&](std::string_view item) {
+                    const bool split = for_each_address(value, [&](std::string_view item) {
                         if (!stop) {
                             stop = f(item, -1, where);
                         }
                     });
+                    if (!split && !stop) {
+                        if (why) {
+                            *why = "form field " + cfg::quote(name.substr(0, 64)) + " " + std::string{unsplittable};
+                        }
+                        return false;
+                    }
                 } else {
                     stop = f(value, -1, where);
                 }
@@ -2055,7 +2042,10 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                         continue;
                     }
                     if (tg.address) {
-                        for_each_item(value, [&](std::string_view item) { add(tg, item, -1); });
+                        if (!for_each_address(value, [&](std::string_view item) { add(tg, item, -1); })) {
+                            return invalid_body("form field " + cfg::quote(name.substr(0, 64)) + " " +
+                                                std::string{unsplittable});
+                        }
                     } else {
                         add(tg, value, -1);
                     }
@@ -2330,13 +2320,8 @@ std::string join_fields(const std::vector<guard_field>& fields) {
 
 }  // namespace
 
-void split_addresses(std::string_view list, std::vector<std::string_view>& out) {
-    for_each_item(list, [&out](std::string_view item) {
-        while (item.back() == ' ' || item.back() == '\t') {  // not empty, and starts with neither
-            item.remove_suffix(1);
-        }
-        out.push_back(item);
-    });
+bool split_addresses(std::string_view list, std::vector<std::string_view>& out) {
+    return for_each_address(list, [&out](std::string_view item) { out.push_back(item); });
 }
 
 bool is_form_content_type(std::string_view ct) {

@@ -186,7 +186,9 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
     std::vector<std::string_view> items;
     for (const auto& [at, n] : spans) {
         items.clear();
-        split_addresses(std::string_view{scratch}.substr(at, n), items);
+        if (!split_addresses(std::string_view{scratch}.substr(at, n), items)) {
+            return false;  // a list read otherwise elsewhere could hide a recipient
+        }
         for (const auto item : items) {
             if (const auto member = member_of(item); !member.empty()) {
                 out.push_back(member);

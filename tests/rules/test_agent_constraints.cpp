@@ -501,6 +501,63 @@ TEST(FormHelpers, SplitAddressesAndParseForm) {
     EXPECT_FALSE(parse_form("multipart/form-data", mailgun_multipart(), fields));
 }
 
+// Address lists split as RFC 5322 reads them (quoted strings with escapes); a list another
+// reader could split otherwise is refused, never counted as fewer recipients.
+TEST(FormHelpers, AddressListsReadOneWayOrNotAtAll) {
+    std::vector<std::string_view> items;
+    auto split = [&](std::string_view list) {
+        items.clear();
+        return split_addresses(list, items);
+    };
+    ASSERT_TRUE(split(R"("\"" <ok@x.com>, v1@evil.com, v2@evil.com)"));
+    ASSERT_EQ(items.size(), 3u) << "the escaped quote does not hide the rest";
+    EXPECT_EQ(items[0], R"("\"" <ok@x.com>)");
+    EXPECT_EQ(items[2], "v2@evil.com");
+    ASSERT_TRUE(split(R"("Doe, \"Jr\"" <j@x.com>; b@y.com ; team: c@z.com, d@z.com;)"));
+    ASSERT_EQ(items.size(), 4u) << "';' separates too";
+    EXPECT_EQ(items[0], R"("Doe, \"Jr\"" <j@x.com>)");
+    EXPECT_EQ(items[2], "team: c@z.com");
+    ASSERT_TRUE(split(R"("a@b.com" <a@b.com>, "x\\" <y@z.com>)"));
+    EXPECT_EQ(items.size(), 2u) << "an '@' in quotes is a name; an escaped backslash ends nothing";
+    for (const char* odd : {R"(v@evil.com ("), x (") <ok@x.com>)", "a@x.com b@evil.com", "Bob <b@x.com> c@evil.com",
+                            "<a@x.com><b@evil.com>", "<a@x.com, b@evil.com>", "\"open, a@x.com", "<a@x.com",
+                            "a@x.com>", "Bob (work) <b@x.com>", "<b@x.com> \"tail\""}) {
+        EXPECT_FALSE(split(odd)) << odd;
+    }
+    EXPECT_EQ(check_body_constraints(max(2), urlencoded, "to=%22%5C%22%22+%3Cok%40x.com%3E%2C+v1%40evil.com%2C+v2%40evil.com"),
+              "3 recipients in one request; this agent may address at most 2");
+    EXPECT_THAT(check_body_constraints(max(5), urlencoded, "to=v%40evil.com+%28%22%29%2C+x+%28%22%29+%3Cok%40x.com%3E"),
+                testing::HasSubstr("not an address list that reads one way only"));
+}
+
+// What Go's mime/multipart reads that we would not: parts behind bare-LF delimiters, names
+// joined from RFC 2231 pieces, header lines split at a bare LF, quoted-printable values.
+TEST(FormHelpers, MultipartThatGoReadsOtherwiseIsMalformed) {
+    std::vector<std::pair<std::string, std::string>> fields;
+    const std::string b = boundary;
+    const std::string ok_part = "\r\n--" + b + "\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nok@x.com\r\n--" + b +
+                                "--\r\n";
+    EXPECT_TRUE(parse_form(multipart_type, "--" + b + "\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nok@x.com\r\n--" +
+                                               b + "--\r\n", fields));
+    // LF delimiters first (Go reads these parts), then a CRLF part (all we would read).
+    EXPECT_FALSE(parse_form(multipart_type,
+                            "--" + b + "\nContent-Disposition: form-data; name=\"to\"\n\nv1@evil.com,v2@evil.com\n--" + b +
+                                "--\n" + ok_part, fields));
+    // An epilogue with an LF delimiter line.
+    EXPECT_FALSE(parse_form(multipart_type, ok_part.substr(2) + "\n--" + b + "\nContent-Disposition: form-data; name=\"to\"\n\nv@evil.com\n", fields));
+    auto one_part = [&](const std::string& headers) {
+        return "--" + b + "\r\n" + headers + "\r\n\r\nv1=40evil.com=2C ok@x.com\r\n--" + b + "--\r\n";
+    };
+    EXPECT_FALSE(parse_form(multipart_type, one_part(R"(Content-Disposition: form-data; name*0="t"; name*1="o")"), fields));
+    EXPECT_FALSE(parse_form(multipart_type, one_part("X-A: b\nContent-Disposition: form-data; name=\"to\""), fields));
+    EXPECT_FALSE(parse_form(multipart_type, one_part("Content-Disposition: form-data"), fields)) << "no name";
+    EXPECT_FALSE(parse_form(multipart_type,
+                            one_part("Content-Disposition: form-data; name=\"to\"\r\nContent-Transfer-Encoding: quoted-printable"),
+                            fields));
+    EXPECT_TRUE(parse_form(multipart_type,
+                           one_part("Content-Disposition: form-data; name=\"to\"\r\nContent-Transfer-Encoding: 8bit"), fields));
+}
+
 // Multipart read as the RFCs (and the parsers an upstream runs: Werkzeug, Python's email,
 // Go's mime/multipart) read it; where those could disagree, the body is malformed.
 TEST(FormHelpers, MultipartIsReadAsUpstreamParsersReadIt) {

@@ -145,6 +145,30 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
 }
 
+// An address list counts as RFC 5322 splits it; one that splits more than one way is an
+// invalid body (counted as fewer recipients, it could pass a cap).
+TEST(Engine, FormAddressListsCountAsTheyReadOrAreRejected) {
+    engine eng{load_ok(config(mailgun_to_cap))};
+    manual_clock clock;
+    request req = mailgun_send();
+    req.content_type = "application/x-www-form-urlencoded";
+    // "\"" <a@x.com>, b@x.com, c@x.com, d@x.com
+    req.body = "to=%22%5C%22%22+%3Ca%40x.com%3E%2C+b%40x.com%2C+c%40x.com%2C+d%40x.com";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_EQ(d.measured, 4);
+    // a@x.com ("), b@x.com, c@x.com, d (") <e@x.com>
+    req.body = "to=a%40x.com+%28%22%29%2C+b%40x.com%2C+c%40x.com%2C+d+%28%22%29+%3Ce%40x.com%3E";
+    d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected) << d.reason;
+    EXPECT_NE(d.reason.find("form field to is not an address list that reads one way only"), std::string::npos) << d.reason;
+    // `To` and `TO` count with `to`: the API may read them as one field.
+    req.body = "to=a%40x.com&To=b%40x.com&TO=c%40x.com%2C+d%40x.com";
+    d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_EQ(d.measured, 4);
+}
+
 // A form-based API may read its parameters from the query string too: they count.
 TEST(Engine, QueryStringFieldsCountWithTheFormsOwn) {
     engine eng{load_ok(config(mailgun_to_cap))};

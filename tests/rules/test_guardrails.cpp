@@ -606,6 +606,42 @@ TEST(GuardRecipients, SuppressionListReloadsWhenTheConfigIsParsedAgain) {
     EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed()) << "a parsed config never changes under a request";
 }
 
+// Mailgun lists are split as RFC 5322 reads them: an escaped quote or a comment cannot
+// fold several addresses into one that passes.
+TEST(GuardRecipients, FormAddressListsCannotHideAnAddress) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    auto mailgun = [](std::string to_encoded) {
+        request mg;
+        mg.route = "mail-send";
+        mg.path = "/v3/mg.example.com/messages";
+        mg.content_type = "application/x-www-form-urlencoded";
+        mg.body = "from=news%40example.com&to=" + to_encoded + "&subject=Hi&text=Hello";
+        return mg;
+    };
+    // "\"" <ok@example.com>, v1@evil.com
+    auto r1 = mailgun("%22%5C%22%22+%3Cok%40example.com%3E%2C+v1%40evil.com");
+    const auto escaped = f.check(r1);
+    ASSERT_EQ(escaped.outcome, verdict::violated) << escaped.reason;
+    EXPECT_THAT(escaped.reason, HasSubstr("recipient domain not in allowlist #1 v***@evil.com (form field to)"));
+    // v@evil.com ("), x (") <ok@example.com>
+    auto r2 = mailgun("v%40evil.com+%28%22%29%2C+x+%28%22%29+%3Cok%40example.com%3E");
+    const auto comment = f.check(r2);
+    EXPECT_EQ(comment.outcome, verdict::rejected) << comment.reason;
+    EXPECT_THAT(comment.reason, HasSubstr("form field \"to\" is not an address list that reads one way only"));
+    auto r3 = mailgun("a%40example.com+b%40evil.com");
+    EXPECT_EQ(f.check(r3).outcome, verdict::rejected);
+    auto r4 = mailgun("a%40example.com%3B+b%40evil.com");
+    EXPECT_EQ(f.check(r4).outcome, verdict::violated);
+    auto r5 = mailgun("%22Doe%2C+%5C%22Ann%5C%22%22+%3Cann%40example.com%3E%2C+bob%40example.com");
+    EXPECT_TRUE(f.check(r5).allowed());
+    // A field named in another case may be the same field to the API: it is checked.
+    auto r6 = mailgun("ann%40example.com");
+    r6.body += "&To=v%40evil.com&BCC=w%40evil.com";
+    const auto cased = f.check(r6);
+    ASSERT_EQ(cased.outcome, verdict::violated);
+    EXPECT_THAT(cased.reason, HasSubstr("v***@evil.com (form field To)"));
+}
+
 TEST(GuardRecipients, InvalidJsonIsRejectedUnlessTheRuleSaysZero) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
     // Recipients it cannot read could be anyone: a truncated body is rejected...
