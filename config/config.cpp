@@ -84,8 +84,9 @@ forward_proxy_config parse_forward_proxy(simdjson::dom::element e, const std::st
         for (std::size_t i = 0; i < v->size(); ++i) {
             auto& h = (*v)[i];
             std::transform(h.begin(), h.end(), h.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-            if (h.empty() || h.find_first_of(" /*?#@") != std::string::npos) {
-                r.errs().add(cfg::child(r.path_of("passthrough"), i), cfg::quote(h) + " is not a host or host:port");
+            if (!passthrough_entry(h)) {
+                r.errs().add(cfg::child(r.path_of("passthrough"), i),
+                             cfg::quote(h) + " is not a host, host:port or [IPv6]:port");
             }
         }
         f.passthrough = std::move(*v);
@@ -238,9 +239,18 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
         }
         if (auto v = r.string("ca_file")) {
             u.ca_file = *v;
-            std::ifstream probe{*v};
+            std::ifstream probe{*v, std::ios::binary};
             if (!probe) {
                 r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " cannot be read");
+            } else {
+                // Kept so a reload notices new contents under the same name (a CA removed
+                // from the bundle must stop being trusted without a restart).
+                std::ostringstream text;
+                text << probe.rdbuf();
+                u.ca_pem = std::move(text).str();
+                if (u.ca_pem.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+                    r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " holds no PEM certificate");
+                }
             }
         }
         if (auto v = r.boolean("verify")) {
@@ -806,15 +816,24 @@ const breakers::breaker_config* config::find_breaker(std::string_view id) const 
     return nullptr;
 }
 
-const agent_config* config::agent_by_cert_names(const std::vector<std::string>& names) const {
+const agent_config* config::agent_by_cert_names(const std::vector<std::string>& names, bool* ambiguous) const {
+    const agent_config* found = nullptr;
     for (const auto& a : agents) {
-        for (const auto& want : a.cert_names) {
-            if (std::find(names.begin(), names.end(), want) != names.end()) {
-                return &a;
+        const bool named = std::any_of(a.cert_names.begin(), a.cert_names.end(), [&](const std::string& want) {
+            return std::find(names.begin(), names.end(), want) != names.end();
+        });
+        if (named && found != nullptr) {
+            // One certificate, two agents: neither, whatever their order in the config.
+            if (ambiguous) {
+                *ambiguous = true;
             }
+            return nullptr;
+        }
+        if (named) {
+            found = &a;
         }
     }
-    return nullptr;
+    return found;
 }
 
 const agent_config* config::agent_by_key_digest(std::string_view digest) const {
@@ -836,6 +855,26 @@ const route_config* config::find_route(std::string_view name) const {
         }
     }
     return nullptr;
+}
+
+std::optional<std::pair<std::string, std::uint16_t>> passthrough_entry(std::string_view text) {
+    std::optional<std::pair<std::string, std::uint16_t>> out;
+    if (!text.empty() && text.front() == '[' && text.back() == ']') {
+        out = std::pair{std::string{text.substr(1, text.size() - 2)}, std::uint16_t{443}};
+    } else if (!text.empty() && text.front() == '[') {
+        out = split_host_port(text);
+    } else if (const auto colons = std::count(text.begin(), text.end(), ':'); colons == 1) {
+        out = split_host_port(text);
+    } else {  // a name, or a bare IPv6 literal: no port given
+        out = std::pair{std::string{text}, std::uint16_t{443}};
+    }
+    if (!out || out->first.empty() || out->second == 0 ||
+        out->first.find_first_of(" /*?#@[]") != std::string::npos) {
+        return std::nullopt;
+    }
+    std::transform(out->first.begin(), out->first.end(), out->first.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    return out;
 }
 
 std::optional<std::pair<std::string, std::uint16_t>> split_host_port(std::string_view text) {

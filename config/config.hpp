@@ -99,6 +99,7 @@ struct upstream_config {
     std::size_t max_connections = 1024;   // per worker thread
     milliseconds idle_timeout{30'000};    // idle pooled connection lifetime
     std::string ca_file;    // empty: the system trust store
+    std::string ca_pem;     // ca_file's contents when the config was read
     bool verify = true;     // TLS certificate + name verification; false only for tests
     // Outlier detection: when set, an implicit breaker "upstream/<name>" (action pause,
     // 503 upstream_unhealthy) trips on these thresholds and probes in half-open.
@@ -190,8 +191,9 @@ struct config {
     const breakers::breaker_config* find_breaker(std::string_view id) const;
     // The agent whose API key hashes to `digest` (32 bytes), or null.
     const agent_config* agent_by_key_digest(std::string_view digest) const;
-    // The agent a verified client certificate names (any of its CN/DNS SANs), or null.
-    const agent_config* agent_by_cert_names(const std::vector<std::string>& names) const;
+    // The agent a verified client certificate names (any of its names: its DNS SANs, or its
+    // CN when it has none), or null; null and *ambiguous set when it names two agents.
+    const agent_config* agent_by_cert_names(const std::vector<std::string>& names, bool* ambiguous = nullptr) const;
 
     const route_config* find_route(std::string_view name) const;
 };
@@ -214,6 +216,11 @@ parse_result load_config_file(const std::string& path, std::optional<std::string
 // "127.0.0.1:8080", "[::1]:8080" -> host, port. nullopt when malformed.
 // "host:port" or "[v6]:port" split, the port 0-65535; nothing else is checked.
 std::optional<std::pair<std::string, std::uint16_t>> split_host_port(std::string_view text);
+
+// A forward proxy's passthrough entry as (host, port): `host:port`, `[v6]:port`, or a host
+// alone (`host`, `[v6]`, a bare `fd00::1`), which means port 443. The host comes back
+// lower-cased, without brackets; nullopt when it is none of these.
+std::optional<std::pair<std::string, std::uint16_t>> passthrough_entry(std::string_view text);
 std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text);
 
 }  // namespace bb

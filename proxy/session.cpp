@@ -150,7 +150,12 @@ std::string_view host_without_port(std::string_view host) {
 
 const route_config* match_route(const config& cfg, std::string_view method, std::string_view host,
                                 std::string_view path) {
-    const auto bare_host = host_without_port(host);
+    auto bare_host = host_without_port(host);
+    if (bare_host.size() > 1 && bare_host.back() == '.') {
+        // `api.sendgrid.com.` is api.sendgrid.com to DNS and to the upstream: it must not
+        // miss the route that names the host and fall through to one with fewer rules.
+        bare_host.remove_suffix(1);
+    }
     for (const auto& r : cfg.routes) {
         const auto& m = r.match;
         if (!m.host.empty() && !iequals(m.host, bare_host)) {
@@ -712,10 +717,12 @@ bool known_destination(const config& cfg, std::string_view host) {
 
 // An entry is host:port, or a host alone, which means its port 443 (HTTPS_PROXY tunnels
 // TLS): a host-only entry does not open every port of that host (SMTP on 25, say).
+// Compared as (host, port), never as text: "fd00::1:25" is the host fd00::1:25 on 443, not
+// fd00::1 on port 25.
 bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host, std::uint16_t port) {
-    const std::string with_port = host + ":" + std::to_string(port);
     return std::any_of(fp.passthrough.begin(), fp.passthrough.end(), [&](const std::string& p) {
-        return iequals(p, with_port) || (port == 443 && iequals(p, host));
+        const auto e = passthrough_entry(p);
+        return e && e->second == port && iequals(e->first, host);
     });
 }
 
@@ -952,9 +959,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const bool identity_required = lc != nullptr && lc->require_agent;
         if (!cfg->agents.empty() || identity_required) {
             bool had_key = false;
+            bool ambiguous_cert = false;
             agent = agent_by_key(*cfg, parser.get(), had_key);
             if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
-                agent = cfg->agent_by_cert_names(ci.cert_names);
+                agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
+            }
+            if (ambiguous_cert) {
+                head_request = parser.get().method() == http::verb::head;
+                co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                                "the client certificate names more than one agent"},
+                               false);
+                break;
             }
             if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
                 for (const auto& a : cfg->agents) {

@@ -2,6 +2,7 @@
 
 #include "proxy/openssl_error.hpp"
 
+#include <cstring>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -62,22 +63,33 @@ std::vector<std::string> verified_peer_names(SSL* ssl) {
     if (peer == nullptr) {
         return names;
     }
-    char cn[256] = {};
-    const int n = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
-    if (n > 0) {
-        names.emplace_back(cn, static_cast<std::size_t>(n));
-    }
+    // A name with a NUL in it (`bot.agents.local\0.evil`) is no name: never compared.
+    auto add = [&](const char* p, int len) {
+        if (len > 0 && std::memchr(p, '\0', static_cast<std::size_t>(len)) == nullptr) {
+            names.emplace_back(p, static_cast<std::size_t>(len));
+        }
+    };
+    // The DNS SANs when there are any (RFC 6125: a CN is only a fallback); a CA that lets a
+    // requester pick the CN of a certificate with SANs cannot make it name an agent.
     auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(peer, NID_subject_alt_name, nullptr, nullptr));
     if (sans != nullptr) {
         for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
             const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
             if (g->type == GEN_DNS) {
                 const auto* s = g->d.dNSName;
-                names.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                                   static_cast<std::size_t>(ASN1_STRING_length(s)));
+                add(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)), ASN1_STRING_length(s));
             }
         }
         GENERAL_NAMES_free(sans);
+    }
+    if (names.empty()) {
+        // The CN, only when the subject has exactly one.
+        const X509_NAME* subject = X509_get_subject_name(peer);
+        const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+        if (first >= 0 && X509_NAME_get_index_by_NID(subject, NID_commonName, first) < 0) {
+            const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
+            add(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)), ASN1_STRING_length(cn));
+        }
     }
     return names;
 }

@@ -21,8 +21,9 @@ namespace bb::proxy {
 // require_client_cert). Throws std::runtime_error naming the file and OpenSSL's reason.
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files);
 
-// The names a verified peer certificate carries: its subject CN and every DNS SAN. Empty
-// when there is no certificate or it did not verify.
+// The names a verified peer certificate carries: its DNS SANs, or when it has none its
+// subject CN (only when there is one CN). Names with a NUL are left out. Empty when there
+// is no certificate or it did not verify.
 std::vector<std::string> verified_peer_names(SSL* ssl);
 
 }  // namespace bb::proxy

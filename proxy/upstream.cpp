@@ -13,6 +13,7 @@
 #include <boost/beast/http/error.hpp>
 
 #include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
 
 #include <netdb.h>
 #include <sys/eventfd.h>
@@ -109,6 +110,11 @@ upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std:
                 tls_->load_verify_file(cfg_.ca_file, ec);
             } else {
                 tls_->set_default_verify_paths(ec);
+            }
+            if (ec) {
+                // Fails safe (nothing verifies, so nothing is sent), but says why.
+                spdlog::error("upstream {}: cannot load {}: {}; its TLS connections will fail verification", cfg_.name,
+                              cfg_.ca_file.empty() ? std::string{"the system trust store"} : cfg_.ca_file, ec.message());
             }
         } else {
             tls_->set_verify_mode(asio::ssl::verify_none);

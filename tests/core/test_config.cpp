@@ -254,7 +254,9 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_NE(e.find("listeners[0].forward_proxy.ca_cert_file: \"/nonexistent/ca.pem\" cannot be read"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.ca_key_file"), std::string::npos) << e;
     EXPECT_EQ(e.find("passthrough[0]"), std::string::npos) << e;
-    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[1]: \"bad host/x\" is not a host or host:port"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[1]: \"bad host/x\" is not a host, host:port or [IPv6]:port"),
+              std::string::npos)
+        << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_cache"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_lifetime"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.extra"), std::string::npos) << e;
@@ -262,4 +264,31 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_NE(e.find("agents[1].cert_names[0]: \"bot.agents.local\" already identifies another agent"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].key_sha256"), std::string::npos) << "an agent needs a key or a certificate name: " << e;
     EXPECT_EQ(e.find("agents[0].key_sha256"), std::string::npos) << e;
+}
+
+// A passthrough entry is (host, port); a host alone, bracketed or a bare IPv6 literal, is 443.
+TEST(config, passthrough_entries_are_host_and_port_pairs) {
+    using hp = std::pair<std::string, std::uint16_t>;
+    EXPECT_EQ(bb::passthrough_entry("Ok.Example:8443"), (hp{"ok.example", 8443}));
+    EXPECT_EQ(bb::passthrough_entry("ok.example"), (hp{"ok.example", 443}));
+    EXPECT_EQ(bb::passthrough_entry("[fd00::1]:25"), (hp{"fd00::1", 25}));
+    EXPECT_EQ(bb::passthrough_entry("[fd00::1]"), (hp{"fd00::1", 443}));
+    EXPECT_EQ(bb::passthrough_entry("fd00::1:25"), (hp{"fd00::1:25", 443})) << "a bare IPv6 literal has no port";
+    for (const char* bad : {"", "a b", "x/y", "[fd00::1", "[fd00::1]x", "host:0", "host:99999", "host:", "[]"}) {
+        EXPECT_FALSE(bb::passthrough_entry(bad)) << bad;
+    }
+}
+
+// A certificate naming two agents identifies neither, whatever their order.
+TEST(config, a_certificate_naming_two_agents_is_ambiguous) {
+    auto r = parse_config(base(R"(, "agents": [{"id": "a", "cert_names": ["a.agents.local"]},
+                                              {"id": "b", "cert_names": ["b.agents.local"]}])"));
+    ASSERT_TRUE(r.errors.empty()) << all_errors(r);
+    bool ambiguous = false;
+    const auto* a = r.cfg->agent_by_cert_names({"x.local", "a.agents.local"}, &ambiguous);
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a->id, "a");
+    EXPECT_FALSE(ambiguous);
+    EXPECT_EQ(r.cfg->agent_by_cert_names({"b.agents.local", "a.agents.local"}, &ambiguous), nullptr);
+    EXPECT_TRUE(ambiguous);
 }

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include <boost/beast/http/write.hpp>
@@ -247,7 +248,10 @@ TEST(routing, no_route_is_404_json_and_keeps_the_connection) {
     expect("GET /crm/x HTTP/1.1\r\nHost: other.test\r\n\r\n", 404);  // wrong host
     expect("GET /crm/x HTTP/1.1\r\nHost: CRM.test:8080\r\n\r\n", 200);  // host is case-insensitive, port ignored
     expect("GET http://crm.test/crm/abs HTTP/1.1\r\nHost: ignored\r\n\r\n", 200);  // absolute-form routes on its authority
-    ASSERT_EQ(up.request_count(), 3u);
+    // The fully qualified form is the same host: it must not miss the route naming it.
+    expect("GET /crm/fqdn HTTP/1.1\r\nHost: crm.test.:8080\r\n\r\n", 200);
+    expect("GET /crm/x HTTP/1.1\r\nHost: crm.test..\r\n\r\n", 404);
+    ASSERT_EQ(up.request_count(), 4u);
     EXPECT_EQ(up.requests()[2].req.target(), "/crm/abs");
     EXPECT_EQ(up.connections_accepted(), 1u);  // one client connection, one pooled upstream connection
 }
@@ -739,6 +743,28 @@ TEST(upstream_tls, verified_tls_with_sni_works) {
     EXPECT_EQ(res.result_int(), 200u) << res;
     ASSERT_EQ(up.request_count(), 1u);
     EXPECT_EQ(up.requests()[0].req[http::field::host], "localhost:" + std::to_string(up.port()));
+}
+
+// A CA taken out of the file stops being trusted at the next reload, same file name or not.
+TEST(upstream_tls, a_reload_reads_a_changed_ca_file_again) {
+    fake_upstream up{nullptr, cert("server.pem"), cert("server.key")};
+    const std::string ca = temp_dir() + "/ca.pem";
+    std::filesystem::copy_file(cert("ca.pem"), ca);
+    const std::string cfg = make_config("https://localhost:" + std::to_string(up.port()), "", "\"ca_file\": \"" + ca + "\"");
+    proxy_instance bb{cfg};
+    EXPECT_EQ(http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}").result_int(), 200u);
+    std::filesystem::copy_file(cert("self-signed.pem"), ca, std::filesystem::copy_options::overwrite_existing);
+    auto next = bb::parse_config(cfg);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u) << res;
+    EXPECT_EQ(body_code(res), "upstream_tls_error");
+    EXPECT_EQ(up.request_count(), 1u);
+    // A file without a certificate is a config error, not a silent empty trust store.
+    { std::ofstream{ca, std::ios::trunc} << "not a certificate\n"; }
+    const auto bad = bb::parse_config(cfg);
+    EXPECT_NE(bad.errors.to_string().find("holds no PEM certificate"), std::string::npos) << bad.errors.to_string();
 }
 
 TEST(upstream_tls, wrong_name_is_502_and_never_forwarded) {

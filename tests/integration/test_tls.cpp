@@ -136,8 +136,11 @@ TEST(tls_listener, old_protocols_and_weak_suites_are_refused) {
 
 TEST(tls_listener, client_certificates_identify_agents) {
     fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    // by-cn names the certificate's CN ("agent-one") and comes first: a certificate with
+    // SANs is identified by them only, so it is agent-one whatever the order.
     const std::string agents =
-        "\"agents\": [{\"id\": \"agent-one\", \"cert_names\": [\"agent-one.agents.local\"],"
+        "\"agents\": [{\"id\": \"by-cn\", \"cert_names\": [\"agent-one\"], \"allow\": {\"paths\": [\"/crm/*\"]}},"
+        "{\"id\": \"agent-one\", \"cert_names\": [\"agent-one.agents.local\"],"
         " \"allow\": {\"paths\": [\"/v3/*\"]}}],";
     proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"),
                                  ", \"client_ca_file\": " + q(cert("ca.pem")) + ", \"require_client_cert\": true",
