@@ -981,6 +981,32 @@ bool reads_as_form(std::string_view content_type, std::string_view body, std::st
            (!query.empty() && body.find_first_not_of(" \t\r\n") == std::string_view::npos);
 }
 
+std::string unreadable_form(std::string_view content_type, std::string_view body) {
+    std::string_view media = content_type.substr(0, content_type.find(';'));
+    while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) {
+        media.remove_suffix(1);
+    }
+    if (is_form_content_type(media)) {
+        const auto first = body.find_first_not_of(" \t\r\n");
+        if (first != std::string_view::npos && (body[first] == '{' || body[first] == '[')) {
+            return "a form body that starts like JSON reads two ways (as the form its content type says, and as "
+                   "JSON): send it as application/json";
+        }
+        return {};
+    }
+    std::string lower{media};
+    for (auto& c : lower) {
+        c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    if (lower.find("urlencoded") != std::string::npos || lower.find("url-encoded") != std::string::npos ||
+        lower.starts_with("multipart/")) {
+        return "content type " + lower.substr(0, 64) +
+               " is read as a form by some servers but not here: send application/x-www-form-urlencoded or "
+               "multipart/form-data";
+    }
+    return {};
+}
+
 engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : set_(std::move(rules)) {
     std::unordered_map<std::string_view, std::size_t> old;
     if (previous) {
@@ -1093,6 +1119,9 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             if (form && !ctx.form_ok) {
                 g.outcome = guard_result::status::invalid_body;  // the guard cannot see what an upstream would
                 g.finding = "the multipart/form-data body is malformed";
+            } else if (auto why = unreadable_form(req.content_type, req.body); !why.empty()) {
+                g.outcome = guard_result::status::invalid_body;
+                g.finding = std::move(why);
             } else {
                 g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
             }

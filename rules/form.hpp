@@ -29,6 +29,14 @@ bool parse_form_fields(std::string_view content_type, std::string_view body, std
 // (whose fields a form-based API may take as its parameters).
 bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query);
 
+// Why a body cannot be read one way as a form, or empty: a content type some servers read
+// as a form and we do not parse (`application/x-url-encoded`, which Werkzeug takes; a
+// multipart other than form-data), or a form content type on a body that starts like JSON
+// (`{` or `[` after white space: an API that ignores the type reads JSON, the rules' JSON
+// measures count it, and no real form starts so). Whoever checks recipients or fields
+// refuses such a body.
+std::string unreadable_form(std::string_view content_type, std::string_view body);
+
 // One parameter of a header value (`multipart/mixed; boundary="b"`) into *out, left empty
 // when absent. False when the value is malformed (RFC 9110 / RFC 2183 syntax) or the
 // parameter is given twice or in RFC 8187's encoded form (`name*=`): which one a reader

@@ -617,5 +617,18 @@ TEST(AgentConstraints, AJsonParameterDoesNotMakeAFormJson) {
     EXPECT_NE(check_body_constraints(max(2), "application/x-www-form-urlencoded; x=json", body), "");
 }
 
+// A body read two ways (JSON under a form type) or one we cannot read as the form a server
+// may see (another form-like type) is refused, whatever it holds.
+TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
+    const std::string sendgrid = R"({"personalizations":[{"to":[{"email":"a@x.com"},{"email":"b@x.com"},{"email":"c@x.com"}]}]})";
+    EXPECT_THAT(check_body_constraints(max(5), urlencoded, sendgrid), HasSubstr("starts like JSON"));
+    EXPECT_THAT(check_body_constraints(max(5), "application/x-url-encoded", "to=a%40x.com"),
+                HasSubstr("is read as a form by some servers but not here"));
+    EXPECT_THAT(check_body_constraints(max(5), "multipart/related; boundary=b", "--b\r\n\r\nx\r\n--b--\r\n"),
+                HasSubstr("is read as a form by some servers"));
+    EXPECT_EQ(check_body_constraints(max(5), "application/json", sendgrid), "");
+    EXPECT_EQ(check_body_constraints(max(5), "text/plain", "hello"), "");
+}
+
 }  // namespace
 }  // namespace bb::rules

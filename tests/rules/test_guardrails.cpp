@@ -640,6 +640,20 @@ TEST(GuardRecipients, FormAddressListsCannotHideAnAddress) {
     const auto cased = f.check(r6);
     ASSERT_EQ(cased.outcome, verdict::violated);
     EXPECT_THAT(cased.reason, HasSubstr("v***@evil.com (form field To)"));
+    // Bodies a server may read as a form that we would not, or as JSON that we would read
+    // as a form: refused, not passed unread.
+    auto r7 = mailgun("v%40evil.com");
+    r7.content_type = "application/x-url-encoded";
+    const auto other_type = f.check(r7);
+    EXPECT_EQ(other_type.outcome, verdict::rejected);
+    EXPECT_THAT(other_type.reason, HasSubstr("is read as a form by some servers but not here"));
+    r7.content_type = "Multipart/Mixed; boundary=x";
+    EXPECT_EQ(f.check(r7).outcome, verdict::rejected);
+    auto r8 = mailgun("x");
+    r8.body = R"j( {"personalizations": [{"to": [{"email": "v@evil.com"}]}]})j";
+    const auto json_form = f.check(r8);
+    EXPECT_EQ(json_form.outcome, verdict::rejected);
+    EXPECT_THAT(json_form.reason, HasSubstr("a form body that starts like JSON reads two ways"));
 }
 
 TEST(GuardRecipients, InvalidJsonIsRejectedUnlessTheRuleSaysZero) {
