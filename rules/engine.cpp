@@ -994,13 +994,22 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
         }
         return {};
     }
-    std::string lower{media};
-    for (auto& c : lower) {
-        c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    constexpr std::string_view json = "json";
+    if (media.empty() || (media.size() >= json.size() && iequals(media.substr(media.size() - json.size()), json))) {
+        return {};  // the usual case: no type, or a JSON one
     }
-    if (lower.find("urlencoded") != std::string::npos || lower.find("url-encoded") != std::string::npos ||
-        lower.starts_with("multipart/")) {
-        return "content type " + lower.substr(0, 64) +
+    auto contains = [&](std::string_view word) {
+        for (std::size_t i = 0; i + word.size() <= media.size(); ++i) {
+            if (iequals(media.substr(i, word.size()), word)) {
+                return true;
+            }
+        }
+        return false;
+    };
+    constexpr std::string_view multipart = "multipart/";
+    if ((media.size() >= multipart.size() && iequals(media.substr(0, multipart.size()), multipart)) ||
+        contains("urlencoded") || contains("url-encoded")) {
+        return "content type " + std::string{media.substr(0, 64)} +
                " is read as a form by some servers but not here: send application/x-www-form-urlencoded or "
                "multipart/form-data";
     }
@@ -1102,6 +1111,9 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
         return false;
     };
 
+    // Whether the body reads one way as a form: asked once, by the first guard rule.
+    std::optional<std::string> unreadable;
+
     for (const std::uint32_t idx : list) {
         const rule& r = set_->rules[idx];
         if (!matches(r, ctx)) {
@@ -1112,6 +1124,9 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             return explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
         }
         if (r.condition == condition_kind::guard) {
+            if (!unreadable) {
+                unreadable = unreadable_form(req.content_type, req.body);
+            }
             const bool form = reads_as_form(req.content_type, req.body, req.query);
             const guard_input in{req, form ? &ctx.form() : nullptr, s.key, &s.guard_doc};
             s.guard_bookings.clear();
@@ -1119,9 +1134,9 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             if (form && !ctx.form_ok) {
                 g.outcome = guard_result::status::invalid_body;  // the guard cannot see what an upstream would
                 g.finding = "the multipart/form-data body is malformed";
-            } else if (auto why = unreadable_form(req.content_type, req.body); !why.empty()) {
+            } else if (!unreadable->empty()) {
                 g.outcome = guard_result::status::invalid_body;
-                g.finding = std::move(why);
+                g.finding = *unreadable;
             } else {
                 g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
             }
