@@ -123,6 +123,14 @@ object_reader::object_reader(simdjson::dom::element element, std::string path, e
     }
     object_ = element.get_object().value_unsafe();
     is_object_ = true;
+    // A key given twice is read as its first copy here and as its last by other readers
+    // (and by anyone comparing two configs section by section): refused, not guessed.
+    std::set<std::string_view> keys;
+    for (auto field : object_) {
+        if (!keys.insert(field.key).second) {
+            errs_.add(path_of(field.key), "is given twice");
+        }
+    }
 }
 
 bool object_reader::has(std::string_view key) {

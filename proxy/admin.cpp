@@ -261,7 +261,14 @@ std::optional<caller> authenticate(const config& cfg, std::string_view authoriza
 // names (Authorization, *token*, *secret*, api keys...) and PagerDuty's routing_key.
 bool secret_key(std::string_view key) { return credential_name(key) || iequals(key, "routing_key"); }
 
-void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& redacted) {
+// Also hidden from viewers: an alert sink's URL (a Slack incoming webhook's URL is its
+// credential), agents' key digests (unsalted SHA-256 of API keys) and private key paths.
+bool hidden_key(std::string_view key, bool in_alerts) {
+    return secret_key(key) || iequals(key, "key_sha256") || iequals(key, "key_file") || iequals(key, "ca_key_file") ||
+           (in_alerts && (iequals(key, "url") || iequals(key, "webhook")));
+}
+
+void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& redacted, bool in_alerts = false) {
     switch (e.type()) {
         case simdjson::dom::element_type::OBJECT: {
             out += '{';
@@ -271,7 +278,8 @@ void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& re
                 first = false;
                 out += q(f.key);
                 out += ':';
-                redact_into(f.value, out, hide || secret_key(f.key), redacted);
+                const bool alerts = in_alerts || iequals(f.key, "alerts");
+                redact_into(f.value, out, hide || hidden_key(f.key, alerts), redacted, alerts);
             }
             out += '}';
             return;
@@ -282,7 +290,7 @@ void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& re
             for (auto v : simdjson::dom::array(e)) {
                 out += first ? "" : ",";
                 first = false;
-                redact_into(v, out, hide, redacted);
+                redact_into(v, out, hide, redacted, in_alerts);
             }
             out += ']';
             return;
@@ -369,7 +377,7 @@ std::string outside_guards(const std::string& a, const std::string& b) {
         for (auto f : o) {
             const std::string key{f.key};
             if (key != "rules" && key != "breakers" && key != "failure_modes" && key != "agents") {
-                out[key] = simdjson::minify(f.value);
+                out.emplace(key, simdjson::minify(f.value));  // the first copy, as the parser reads it
             }
         }
         return out;
@@ -391,8 +399,71 @@ std::string outside_guards(const std::string& a, const std::string& b) {
     return changed;
 }
 
+// The items of a top-level array section (rules, breakers, agents, failure_modes) by their
+// "id": each field's minified JSON (its first copy, as the parser reads it). `order` gets
+// the ids as they come.
+using item_fields = std::map<std::string, std::string>;
+std::map<std::string, item_fields> section_items(const std::string& source, std::string_view section,
+                                                 std::vector<std::string>* order = nullptr) {
+    std::map<std::string, item_fields> out;
+    simdjson::dom::parser p;
+    simdjson::dom::element root;
+    simdjson::dom::array items;
+    if (p.parse(simdjson::padded_string{source}).get(root) != simdjson::SUCCESS ||
+        root[section].get(items) != simdjson::SUCCESS) {
+        return out;
+    }
+    for (auto item : items) {
+        simdjson::dom::object o;
+        std::string_view id;
+        if (item.get(o) != simdjson::SUCCESS || o["id"].get(id) != simdjson::SUCCESS) {
+            continue;
+        }
+        auto [it, added] = out.try_emplace(std::string{id});
+        if (!added) {
+            continue;
+        }
+        if (order) {
+            order->emplace_back(id);
+        }
+        for (auto f : o) {
+            it->second.emplace(std::string{f.key}, simdjson::minify(f.value));
+        }
+    }
+    return out;
+}
+
+// The fields (other than `judged`, which their own checks compare) that differ, are added
+// or are removed between two versions of an item, as "a, b".
+std::string unjudged_changes(const item_fields& before, const item_fields& after, const std::set<std::string>& judged) {
+    std::string out;
+    auto note = [&](const std::string& k) {
+        if (!judged.count(k) && out.find(k) == std::string::npos) {
+            out += (out.empty() ? "" : ", ") + k;
+        }
+    };
+    for (const auto& [k, v] : before) {
+        const auto it = after.find(k);
+        if (it == after.end() || it->second != v) {
+            note(k);
+        }
+    }
+    for (const auto& [k, v] : after) {
+        if (!before.count(k)) {
+            note(k);
+        }
+    }
+    return out;
+}
+
 config_diff diff_configs(const config& a, const config& b) {
     config_diff d;
+    // What the checks below do not judge field by field is judged as a loosening: an
+    // operator's change that cannot be shown to tighten needs the admin role (a guard's
+    // allow list, an aggregation, a baseline's factor, a sandbox upstream, a throttle rate,
+    // a certificate name, a severity...). Fail closed: a new setting is covered from day one.
+    const auto old_rule_src = section_items(a.source_json, "rules");
+    const auto new_rule_src = section_items(b.source_json, "rules");
     std::map<std::string, const rules::rule*> old_rules;
     std::map<std::string, const rules::rule*> new_rules;
     if (a.rules) {
@@ -443,6 +514,42 @@ config_diff diff_configs(const config& a, const config& b) {
         if (n->fingerprint != r->fingerprint && n->measure.text == r->measure.text && n->window == r->window) {
             d.lines.push_back("rules[" + id + "]: match or key changed");
         }
+        if (const auto o = old_rule_src.find(id), nn = new_rule_src.find(id);
+            o != old_rule_src.end() && nn != new_rule_src.end()) {
+            std::set<std::string> judged{"id", "limit", "window", "on_invalid_body"};
+            if (n->measure.text != r->measure.text) {
+                judged.insert("measure");
+            }
+            if (!same_mapping(*r, *n)) {
+                judged.insert({"route", "match", "key", "trips"});
+            }
+            if (const auto other = unjudged_changes(o->second, nn->second, judged); !other.empty()) {
+                d.lines.push_back("rules[" + id + "]: " + other + " changed");
+                d.loosening.push_back("changes " + other + " of rule " + id);
+            }
+        }
+    }
+    {
+        // The engine reports the first rule a request violates: a new order can put a weaker
+        // action first.
+        std::vector<std::string> before;
+        std::vector<std::string> after;
+        if (a.rules && b.rules) {
+            for (const auto& r : a.rules->rules) {
+                if (new_rules.count(r.id)) {
+                    before.push_back(r.id);
+                }
+            }
+            for (const auto& r : b.rules->rules) {
+                if (old_rules.count(r.id)) {
+                    after.push_back(r.id);
+                }
+            }
+        }
+        if (before != after) {
+            d.lines.push_back("rules: reordered");
+            d.loosening.push_back("reorders rules");
+        }
     }
     for (const auto& [id, r] : new_rules) {
         if (!old_rules.count(id)) {
@@ -485,6 +592,19 @@ config_diff diff_configs(const config& a, const config& b) {
             }
             if (n.per_key != x->per_key) {
                 d.lines.push_back("breakers[" + id + "].scope: " + (x->per_key ? "key -> breaker" : "breaker -> key"));
+            }
+        }
+    }
+    {
+        const auto before = section_items(a.source_json, "breakers");
+        const auto after = section_items(b.source_json, "breakers");
+        for (const auto& [id, f] : before) {
+            if (const auto it = after.find(id); it != after.end()) {
+                if (const auto other = unjudged_changes(f, it->second, {"id", "action", "reset", "cooldown"});
+                    !other.empty()) {
+                    d.lines.push_back("breakers[" + id + "]: " + other + " changed");
+                    d.loosening.push_back("changes " + other + " of breaker " + id);
+                }
             }
         }
     }
@@ -533,7 +653,38 @@ config_diff diff_configs(const config& a, const config& b) {
     }
     for (const auto& oa : a.agents) {
         if (std::none_of(b.agents.begin(), b.agents.end(), [&](const agent_config& x) { return x.id == oa.id; })) {
+            // Its traffic is then someone else's or no one's: identified by nothing, unscoped.
             d.lines.push_back("agents: - " + oa.id);
+            d.loosening.push_back("removes agent " + oa.id);
+        }
+    }
+    {
+        const auto before = section_items(a.source_json, "agents");
+        const auto after = section_items(b.source_json, "agents");
+        for (const auto& [id, f] : before) {
+            if (const auto it = after.find(id); it != after.end()) {
+                // allow, key_sha256 and sandbox are judged above (narrowing, removing a key and
+                // entering sandbox mode tighten); everything else, cert_names included, loosens.
+                if (const auto other = unjudged_changes(f, it->second, {"id", "allow", "key_sha256", "sandbox"});
+                    !other.empty()) {
+                    d.lines.push_back("agents[" + id + "]: " + other + " changed");
+                    d.loosening.push_back("changes " + other + " of agent " + id);
+                }
+            }
+        }
+        // Failure modes: a lower severity or a longer SLA routes fewer pages; only the texts
+        // for people (title, owner, runbook) are an operator's to edit.
+        const auto fm_before = section_items(a.source_json, "failure_modes");
+        const auto fm_after = section_items(b.source_json, "failure_modes");
+        for (const auto& [id, f] : fm_before) {
+            if (const auto it = fm_after.find(id); it != fm_after.end()) {
+                if (const auto other = unjudged_changes(f, it->second, {"id", "title", "owner", "runbook"}); !other.empty()) {
+                    d.lines.push_back("failure_modes[" + id + "]: " + other + " changed");
+                    d.loosening.push_back("changes " + other + " of failure mode " + id);
+                }
+            } else {
+                d.lines.push_back("failure_modes: - " + id);
+            }
         }
     }
     std::set<std::string> old_routes;

@@ -493,6 +493,8 @@ TEST(admin_api, a_viewer_reads_the_config_and_the_audit_log_without_secrets) {
     EXPECT_EQ(as_viewer.body().find("HOOK-SECRET"), std::string::npos) << as_viewer.body();
     EXPECT_NE(as_viewer.body().find("\"Authorization\":\"[redacted]\""), std::string::npos) << as_viewer.body();
     EXPECT_NE(as_viewer.body().find("\"limit\":1000"), std::string::npos) << "the rest is shown";
+    // An alert sink's URL (a Slack webhook's is its credential) is hidden too.
+    EXPECT_EQ(as_viewer.body().find("127.0.0.1:9/alerts"), std::string::npos) << as_viewer.body();
     EXPECT_NE(admin(port, http::verb::get, "/v1/config", "op-token").body().find("HOOK-SECRET"), std::string::npos)
         << "operators send the config back changed: they read it whole";
     // A request body in the audit log: its secret-named values are hidden from viewers.
@@ -501,6 +503,74 @@ TEST(admin_api, a_viewer_reads_the_config_and_the_audit_log_without_secrets) {
     auto log = admin(port, http::verb::get, "/v1/audit", "view-token");
     EXPECT_EQ(log.body().find("TOKEN-123"), std::string::npos) << log.body();
     EXPECT_NE(admin(port, http::verb::get, "/v1/audit", "admin-token").body().find("TOKEN-123"), std::string::npos);
+}
+
+// What the judge does not compare field by field is a loosening (fail closed), and a key
+// given twice is no config: an operator cannot change what it may not through either.
+TEST(admin_api, every_unjudged_change_and_every_duplicate_key_needs_more_than_an_operator) {
+    admin_fixture f;
+    auto with = [&](std::string c, const std::string& from, const std::string& to) {
+        const auto at = c.find(from);
+        EXPECT_NE(at, std::string::npos) << from;
+        if (at != std::string::npos) {
+            c.replace(at, from.size(), to);
+        }
+        return c;
+    };
+    const std::string base = admin_config(f.up.port(), f.dir);
+    auto try_as_operator = [&](const std::string& cfg) {
+        return admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "op-token",
+                     R"({"reason":"tidy","config":)" + cfg + "}");
+    };
+    struct change {
+        std::string cfg;
+        std::string named;
+    };
+    const std::vector<change> loosenings{
+        // An aggregation with the same text and limit.
+        {with(base, R"j("measure": {"sum": "count($.to[*])"})j", R"j("measure": {"avg": "count($.to[*])"})j"),
+         "changes measure of rule recipients"},
+        // A breaker setting outside action, reset and cooldown.
+        {with(base, R"("id": "held", "action": "quarantine", "reset": "manual")",
+              R"("id": "held", "action": "quarantine", "reset": "manual", "max_instances": 5)"),
+         "changes max_instances of breaker held"},
+        // A failure mode's severity.
+        {with(base, R"("severity": "sev2")", R"("severity": "sev4")"), "changes severity of failure mode volume-spike"},
+    };
+    for (const auto& c : loosenings) {
+        auto r = try_as_operator(c.cfg);
+        EXPECT_EQ(r.result_int(), 403u) << c.named << ": " << r.body();
+        EXPECT_NE(r.body().find(c.named), std::string::npos) << r.body();
+    }
+    // Two rules swapped.
+    const std::string rules_start = R"("rules": [)";
+    const auto rs = base.find(rules_start) + rules_start.size();
+    const auto second = base.find(R"({"id": "hold-tagged")", rs);
+    const auto end = base.find("}]", second) + 1;
+    const std::string first_rule = base.substr(rs, second - rs - 1);  // without the ","
+    const std::string second_rule = base.substr(second, end - second);
+    std::string swapped = base;
+    swapped.replace(rs, end - rs, second_rule + "," + first_rule);
+    auto reordered = try_as_operator(swapped);
+    EXPECT_EQ(reordered.result_int(), 403u) << reordered.body();
+    EXPECT_NE(reordered.body().find("reorders rules"), std::string::npos) << reordered.body();
+
+    // The admin section given twice: the parser read the first, a section-by-section
+    // comparison the last. No config, for anyone.
+    const auto admin_at = base.find(R"("admin":)");
+    const auto store_at = base.find(R"(,"store":)", admin_at);
+    ASSERT_NE(store_at, std::string::npos);
+    const std::string admin_section = base.substr(admin_at, store_at - admin_at);
+    std::string twice = base;
+    twice.insert(store_at, "," + admin_section);
+    auto dup = admin(f.port(), http::verb::post, "/v1/config?dry_run=1", "admin-token",
+                     R"({"reason":"tidy","config":)" + twice + "}");
+    EXPECT_EQ(dup.result_int(), 400u) << dup.body();
+    EXPECT_NE(dup.body().find("admin: is given twice"), std::string::npos) << dup.body();
+
+    // Narrowing stays an operator's: a lower limit.
+    auto lower = try_as_operator(with(base, R"("limit": 1000)", R"("limit": 10)"));
+    EXPECT_EQ(lower.result_int(), 200u) << lower.body();
 }
 
 // A change that remaps a rule's traffic while its breaker contains some (the trip would be
