@@ -243,6 +243,8 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     int transfer_encodings = 0;
     int content_types = 0;
     int content_encodings = 0;
+    bool nonzero_length = false;
+    const bool trace = method == "TRACE";  // methods are case-sensitive (RFC 9110 9.1)
     for (;;) {
         if (const char* why = next_line(line)) {
             return bad(why);
@@ -298,6 +300,7 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
                 !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
                 return bad("Content-Length must be a single decimal number");
             }
+            nonzero_length = value.find_first_not_of('0') != std::string_view::npos;
         } else if (name.size() == 17 && iequals(name, "transfer-encoding")) {
             ++transfer_encodings;
             if (!iequals(value, "chunked")) {
@@ -325,6 +328,11 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     }
     if (hosts == 0 && !http10) {
         return bad("HTTP/1.1 requires a Host header");
+    }
+    // RFC 9110 9.3.8: a TRACE has no content (Beast refuses to send one: no upstream would
+    // get it, and the request would be metered and possibly held first).
+    if (trace && (transfer_encodings > 0 || nonzero_length)) {
+        return bad("a TRACE request cannot have a body");
     }
     return {};
 }

@@ -1577,6 +1577,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     auto res = make_quarantined(stored.ticket, quarantine_instance, quarantine_reason, request_id,
                                                 client_version, keep_alive);
+                    if (head_request) {
+                        res.body().clear();  // a HEAD answer is the head alone; its length stays
+                    }
                     dl.arm(lim.write_timeout);
                     auto [qec, qn] = co_await write_message(sock, res, scratch);
                     ++w.stats().generated;
@@ -1628,6 +1631,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         req.erase(http::field::expect);
         req.erase(http::field::host);
         req.set(http::field::host, up.authority);
+        req.erase("x-forwarded-host");  // the client's own never passes as ours (HTTP/1.0 without Host)
         if (!original_host.empty()) {
             req.set("x-forwarded-host", original_host);
         }

@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
+#include <limits>
 #include <netdb.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -356,8 +357,13 @@ namespace {
 // The upstream's framing must be unambiguous too: a response we might delimit differently
 // from the upstream would poison the pooled connection for the next request.
 std::string check_response_framing(const http::response_header<fields>& h) {
+    const unsigned status = h.result_int();
+    if (status < 100 || status > 599) {
+        return "status " + std::to_string(status) + " is not a status (100-599)";
+    }
     std::size_t cl = 0;
     std::size_t te = 0;
+    bool nonzero_cl = false;
     for (const auto& f : h) {
         if (f.name() == http::field::content_length) {
             ++cl;
@@ -365,6 +371,7 @@ std::string check_response_framing(const http::response_header<fields>& h) {
             if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
                 return "Content-Length is not a single number";
             }
+            nonzero_cl = v.find_first_not_of('0') != std::string_view::npos;
         } else if (f.name() == http::field::transfer_encoding) {
             ++te;
             if (!iequals(f.value(), "chunked")) {
@@ -380,6 +387,14 @@ std::string check_response_framing(const http::response_header<fields>& h) {
     }
     if (cl > 0 && te > 0) {
         return "Content-Length together with Transfer-Encoding";
+    }
+    // Beast reads a 204 as bodiless whatever it says: a body that follows would be the
+    // next request's response on a pooled connection.
+    if (status == 204 && (te > 0 || nonzero_cl)) {
+        return "a 204 that announces a body";
+    }
+    if (te > 0 && h.version() < 11) {
+        return "Transfer-Encoding in an HTTP/1.0 response";  // RFC 9112 6.1: close after it
     }
     return {};
 }
@@ -494,8 +509,12 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 if (parser.chunked()) {
                     head_copy.emplace(parser.get().base());
                 }
+                // Beast bounds neither chunk extensions nor trailer sections, which wait in
+                // the buffer until their line ends: capped, as on the client side.
+                conn->buffer.max_size(conn->buffer.size() + 128 * 1024);
                 auto [rec, rn] = co_await conn->visit(
                     [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
+                conn->buffer.max_size(std::numeric_limits<std::size_t>::max());
                 ec = rec;
             }
         }
@@ -540,11 +559,14 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         }
         conn->tcp().expires_never();
         ++conn->requests;
+        // The parser's keep_alive() also says no for a response delimited by the close (a
+        // TLS peer that sent close_notify but keeps TCP open would pass the reuse peek).
+        const bool reusable = parser.is_done() && parser.keep_alive();
         out.res = parser.release();
         if (head_copy) {
             out.res.base() = std::move(*head_copy);
         }
-        if (out.res.keep_alive() && parser.is_done()) {
+        if (reusable) {
             give_back(std::move(conn));
         } else {
             conn->close();

@@ -101,6 +101,32 @@ TEST(quarantine, the_crossing_request_and_later_ones_are_held_with_a_ticket) {
     EXPECT_TRUE(has_trace);
 }
 
+// A held HEAD is answered with the head alone: a body there would be read as the start of
+// the next response on the connection.
+TEST(quarantine, a_held_head_request_gets_no_body) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir, 0);
+    const std::string measure = R"j("measure": {"sum": "count($.to[*])"})j";
+    ASSERT_NE(cfg.find(measure), std::string::npos);
+    cfg.replace(cfg.find(measure), measure.size(), R"("measure": "requests")");  // a HEAD counts too
+    proxy_instance bb{cfg};
+    EXPECT_EQ(send_mail(bb.port(), "spring", R"({"to":[1]})").result_int(), 202u);  // crosses: held, tripped
+    raw_client c{bb.port()};
+    c.send("HEAD /v3/mail/send HTTP/1.1\r\nHost: a\r\nX-Campaign-Id: spring\r\n\r\n");
+    auto head = c.read_response(true);
+    ASSERT_EQ(head.result_int(), 202u) << head;
+    EXPECT_EQ(head["x-breakerbox-decision"], "quarantined");
+    EXPECT_TRUE(head.body().empty());
+    c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nX-Campaign-Id: autumn\r\nContent-Type: application/json\r\n"
+           "Content-Length: 2\r\n\r\n{}");
+    auto next = c.read_response();
+    EXPECT_EQ(next.result_int(), 202u) << next;
+    // Read from its own first byte (limit 0: it is held too), its JSON whole.
+    EXPECT_EQ(next["x-breakerbox-decision"], "quarantined");
+    EXPECT_EQ(field_of(next, "ticket"), std::string{next["x-breakerbox-ticket"]});
+}
+
 TEST(quarantine, release_by_filter_is_paced_sends_each_once_with_its_key_and_never_again) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
