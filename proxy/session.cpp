@@ -1180,6 +1180,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
+        // Hop-by-hop fields go before anything judges the request: a field the client names
+        // in Connection (`Connection: content-type`) never reaches the upstream, so the
+        // scope, the guards and the rules must not read it either.
+        strip_hop_by_hop(req);
+
         // 4. Route.
         target_parts tp;
         if (!split_target(req.target(), tp)) {
