@@ -1461,7 +1461,25 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         if ((*b)["metrics_only"].get(metrics_only) != simdjson::SUCCESS) {
             metrics_only = false;
         }
-        const bool dry_run = query_.count("dry_run") && query_["dry_run"] != "0";
+        // A misspelt or unreadable dry_run must not apply a change meant to be tried.
+        for (const auto& [k, v] : query_) {
+            if (k != "dry_run") {
+                auto f = fail({http::status::bad_request, "bad_field", "unknown query parameter " + cfg::quote(k), k});
+                f.mutation = true;
+                co_return f;
+            }
+        }
+        bool dry_run = false;
+        if (const auto it = query_.find("dry_run"); it != query_.end()) {
+            if (it->second.empty() || it->second == "1" || it->second == "true") {
+                dry_run = true;
+            } else if (it->second != "0" && it->second != "false") {
+                auto f = fail({http::status::bad_request, "bad_field",
+                               "dry_run is 1, true, 0 or false, not " + cfg::quote(it->second), "dry_run"});
+                f.mutation = true;
+                co_return f;
+            }
+        }
         // Optimistic concurrency: `base_version`, the version the change was made from (as
         // GET /v1/config gave it); a change made from an older one would undo what came
         // between, so it is refused rather than applied over it.

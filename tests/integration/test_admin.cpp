@@ -568,6 +568,13 @@ TEST(admin_api, every_unjudged_change_and_every_duplicate_key_needs_more_than_an
     EXPECT_EQ(dup.result_int(), 400u) << dup.body();
     EXPECT_NE(dup.body().find("admin: is given twice"), std::string::npos) << dup.body();
 
+    // A dry run that is misspelt or unreadable is refused, never applied.
+    for (const char* q : {"?DRY_RUN=1", "?dry_run=yes", "?dryrun=1"}) {
+        auto r = admin(f.port(), http::verb::post, std::string{"/v1/config"} + q, "admin-token",
+                       R"({"reason":"try","config":)" + with(base, R"("limit": 1000)", R"("limit": 10)") + "}");
+        EXPECT_EQ(r.result_int(), 400u) << q << ": " << r.body();
+        EXPECT_EQ(code_of(r), "bad_field") << r.body();
+    }
     // Narrowing stays an operator's: a lower limit.
     auto lower = try_as_operator(with(base, R"("limit": 1000)", R"("limit": 10)"));
     EXPECT_EQ(lower.result_int(), 200u) << lower.body();
