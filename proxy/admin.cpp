@@ -1338,6 +1338,22 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             f.audit_diff = diff_text;
             co_return f;
         }
+        // The version first: a change that runs without its stored version would leave
+        // base_version checks and rollback numbering out of step with what runs.
+        if (auto* db = srv_.db()) {
+            auto r = co_await await_store([&](store::done_fn done) {
+                db->save_config_version(next->source_json, who_->name, reason_, std::move(done));
+            });
+            if (!r.ok) {
+                auto f = fail({http::status::service_unavailable, "store_unavailable",
+                               "the new version could not be stored (" + r.message + "); nothing was applied"});
+                f.mutation = true;
+                f.audit_target = "config";
+                f.audit_diff = diff_text;
+                co_return f;
+            }
+            version = r.count;
+        }
         // Shadow first: the breakers that new or changed rules trip only record what they
         // would have done until an operator sets them back to auto. The mode is set on the
         // new registry before any request runs under the new config.
@@ -1399,12 +1415,6 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         shadow_kept = std::move(kept);
         if (!touched.empty()) {
             co_await await_persist(srv_);
-        }
-        if (auto* db = srv_.db()) {
-            auto r = co_await await_store([&](store::done_fn done) {
-                db->save_config_version(next->source_json, who_->name, reason_, std::move(done));
-            });
-            version = r.ok ? r.count : 0;
         }
     }
     h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +

@@ -689,6 +689,24 @@ TEST(admin_api, an_act_whose_outcome_cannot_be_recorded_still_answers_what_was_d
     EXPECT_EQ(f.bb.server().db()->get(ticket)->state, bb::store::held_state::discarded);
 }
 
+// A config change whose version cannot be stored is not applied: the versions (base_version,
+// rollback) always number what runs.
+TEST(admin_api, a_config_change_whose_version_cannot_be_stored_is_not_applied) {
+    admin_fixture f;
+    std::string lower = admin_config(f.up.port(), f.dir);
+    lower.replace(lower.find(R"("limit": 1000)"), 13, R"("limit": 10)");
+    // The intent is written, then the version (fails).
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1, bb::store::fault_point::first_write, 1);
+    auto r = admin(f.port(), http::verb::post, "/v1/config", "op-token", R"({"reason":"tighten","config":)" + lower + "}");
+    EXPECT_EQ(r.result_int(), 503u) << r.body();
+    EXPECT_EQ(code_of(r), "store_unavailable") << r.body();
+    EXPECT_EQ(f.bb.server().current_config()->rules->rules[0].limit, 1000) << "the running config is unchanged";
+    auto again = admin(f.port(), http::verb::post, "/v1/config", "op-token", R"({"reason":"tighten","config":)" + lower + "}");
+    EXPECT_EQ(again.result_int(), 200u) << again.body();
+    EXPECT_EQ(f.bb.server().current_config()->rules->rules[0].limit, 10);
+    EXPECT_EQ(again.body().find("\"version\":0"), std::string::npos) << again.body();
+}
+
 // Write-ahead audit: when the intent cannot be recorded, nothing is done.
 TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
     admin_fixture f;
