@@ -676,7 +676,8 @@ struct session_guard {
 struct client_info {
     std::string ip;
     bool tls = false;
-    std::vector<std::string> cert_names;  // a verified client certificate's CN and DNS SANs
+    std::vector<std::string> cert_names;  // a verified client certificate's DNS SANs (or CN without SANs)
+    std::string ignored_cn;               // its CN when it has SANs (which alone identify it)
     std::string tunnel_host;              // inside an intercepted CONNECT: its destination
     std::uint16_t tunnel_port = 0;
     std::string tunnel_agent;             // the agent the CONNECT's credentials named
@@ -970,6 +971,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                 "the client certificate names more than one agent"},
                                false);
                 break;
+            }
+            // An agent named by the CN of a certificate that has SANs: before, it was that
+            // agent; silently becoming nobody (unscoped where identity is optional) would
+            // fail open, so it is refused with the reason.
+            if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {
+                if (const auto* by_cn = cfg->agent_by_cert_names({ci.ignored_cn})) {
+                    head_request = parser.get().method() == http::verb::head;
+                    co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                                    "the client certificate's CN names agent " + by_cn->id +
+                                        ", but a certificate with DNS names is identified by those alone: list one "
+                                        "of them in that agent's cert_names"},
+                                   false);
+                    break;
+                }
             }
             if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
                 for (const auto& a : cfg->agents) {
@@ -1796,7 +1811,7 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
         co_return;
     }
     ci.tls = true;
-    ci.cert_names = verified_peer_names(stream.native_handle());
+    ci.cert_names = verified_peer_names(stream.native_handle(), &ci.ignored_cn);
     beast::flat_buffer inner;
     co_await serve(w, stream, raw, guard, dl, listener, ci, inner);
 }

@@ -54,7 +54,7 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
     return ctx;
 }
 
-std::vector<std::string> verified_peer_names(SSL* ssl) {
+std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn) {
     std::vector<std::string> names;
     if (ssl == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) {
         return names;
@@ -82,13 +82,17 @@ std::vector<std::string> verified_peer_names(SSL* ssl) {
         }
         GENERAL_NAMES_free(sans);
     }
-    if (names.empty()) {
-        // The CN, only when the subject has exactly one.
-        const X509_NAME* subject = X509_get_subject_name(peer);
-        const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-        if (first >= 0 && X509_NAME_get_index_by_NID(subject, NID_commonName, first) < 0) {
-            const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
+    // The CN, only when the subject has exactly one; with SANs it is only reported, so a
+    // config that names an agent by it can be told why it no longer matches.
+    const X509_NAME* subject = X509_get_subject_name(peer);
+    const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    if (first >= 0 && X509_NAME_get_index_by_NID(subject, NID_commonName, first) < 0) {
+        const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
+        if (names.empty()) {
             add(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)), ASN1_STRING_length(cn));
+        } else if (ignored_cn != nullptr && ASN1_STRING_length(cn) > 0) {
+            ignored_cn->assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)),
+                               static_cast<std::size_t>(ASN1_STRING_length(cn)));
         }
     }
     return names;

@@ -24,6 +24,7 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
 // The names a verified peer certificate carries: its DNS SANs, or when it has none its
 // subject CN (only when there is one CN). Names with a NUL are left out. Empty when there
 // is no certificate or it did not verify.
-std::vector<std::string> verified_peer_names(SSL* ssl);
+// `ignored_cn`, when given, receives the CN of a certificate that has DNS SANs (not used).
+std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn = nullptr);
 
 }  // namespace bb::proxy

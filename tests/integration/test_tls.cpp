@@ -164,6 +164,17 @@ TEST(tls_listener, client_certificates_identify_agents) {
               &rc);
     EXPECT_EQ(out.find("status=200"), std::string::npos) << out;
     EXPECT_EQ(up.request_count(), 1u);
+
+    // An agent named only by the CN of a certificate with SANs is not silently nobody (on a
+    // listener where identity is optional that would be unscoped): 401, saying why.
+    proxy_instance by_cn{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                    ", \"client_ca_file\": " + q(cert("ca.pem")), "",
+                                    "\"agents\": [{\"id\": \"by-cn\", \"cert_names\": [\"agent-one\"],"
+                                    " \"allow\": {\"paths\": [\"/crm/*\"]}}],")};
+    out = run(curl_https(by_cn.port(), "/v3/mail/send", with_cert));
+    EXPECT_NE(out.find("status=401"), std::string::npos) << out;
+    EXPECT_NE(out.find("CN names agent by-cn"), std::string::npos) << out;
+    EXPECT_EQ(up.request_count(), 1u);
 }
 
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
