@@ -334,7 +334,8 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 // RFC 2231 continuations (`name*0="t"; name*1="o"`) are joined by some
                 // readers into a name we would not see: no parameter of that kind is read.
                 for_each_param(line, [&](std::string_view pn, const std::string&) {
-                    if (pn.find('*') != std::string_view::npos) {
+                    // `name*0`, `name*1*`; `filename*` (.NET sends it for every file) is fine.
+                    if (const auto star = pn.find('*'); star != std::string_view::npos && iequals(pn.substr(0, star), "name")) {
                         ok = false;
                     }
                     return true;

@@ -44,24 +44,55 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
 bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out);
 
 // Calls f(item) for every item of an address list: split on ',' and ';' outside quoted
-// strings and angle brackets, trimmed of spaces and tabs, empty items left out:
-// `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. A quoted string honours backslash
-// escapes (`"\"" <a@x.com>, b@y.com` is two items, as RFC 5322 reads it). ';' splits too:
-// some readers take it as a separator, and a group's end (`team: a@x.com;`) leaves nothing.
+// strings, comments and angle brackets, trimmed of blanks (space, tab, CR, LF), empty items
+// left out: `"Doe, Jane" <jane@x.com>, bob@y.com` is two items. A quoted string honours
+// backslash escapes (`"\"" <a@x.com>, b@y.com` is two items, as RFC 5322 reads it). ';'
+// splits too (some readers take it as a separator), and a group's name is left out
+// (`team: a@x.com, b@y.com;` is a@x.com and b@y.com). A comment `(EU)` may stand where a
+// blank may, outside angle brackets, when it holds none of `( ) @ < > , ; " \`.
 //
 // Returns false, after calling f for the items before the fault, for a list that another
-// reader could split otherwise: an unterminated quoted string or angle bracket, a comment
-// (a parenthesis outside quotes), '<' inside angle brackets or after an item's '>', a
-// separator inside angle brackets, text after an item's '>', or more than one '@' outside
-// quotes in an item (`a@x.com b@y.com`). Whoever checks addresses then refuses the list.
+// reader could split otherwise: an unterminated quoted string, comment or angle bracket, a
+// comment holding one of those characters, '<' inside angle brackets or after an item's
+// '>', a separator inside angle brackets, text after an item's '>', more than one '@' in
+// the angle brackets or, without them, in the item (`a@x.com b@y.com`), or an '@' in a
+// display name that is not the address itself (`a@x.com <a@x.com>` is fine). Whoever checks
+// addresses then refuses the list.
 template <class F>
 bool for_each_address(std::string_view list, F&& f) {
+    auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+    auto trim = [&](std::string_view v) {
+        while (!v.empty() && blank(v.front())) {
+            v.remove_prefix(1);
+        }
+        while (!v.empty() && blank(v.back())) {
+            v.remove_suffix(1);
+        }
+        return v;
+    };
+    auto same_ascii = [](std::string_view a, std::string_view b) {
+        if (a.size() != b.size()) {
+            return false;
+        }
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            const char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
+            const char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + 32) : b[i];
+            if (x != y) {
+                return false;
+            }
+        }
+        return true;
+    };
     bool quoted = false;
     bool escaped = false;
+    bool comment = false;
     bool angle = false;
     bool closed = false;  // this item's '>' was seen
-    int ats = 0;
+    int ats = 0;          // '@' outside quotes, comments and angle brackets
+    int angle_ats = 0;
     std::size_t start = 0;
+    std::size_t lt = 0;
+    std::size_t gt = 0;
     for (std::size_t i = 0; i <= list.size(); ++i) {
         const bool end = i == list.size();
         const char c = end ? ',' : list[i];
@@ -78,6 +109,13 @@ bool for_each_address(std::string_view list, F&& f) {
             }
             continue;
         }
+        if (comment) {
+            if (end || c == '(' || c == '@' || c == '<' || c == '>' || c == ',' || c == ';' || c == '"' || c == '\\') {
+                return false;
+            }
+            comment = c != ')';
+            continue;
+        }
         switch (c) {
             case '"':
                 if (closed) {
@@ -86,6 +124,11 @@ bool for_each_address(std::string_view list, F&& f) {
                 quoted = true;
                 break;
             case '(':
+                if (angle) {
+                    return false;
+                }
+                comment = true;
+                break;
             case ')':
                 return false;
             case '<':
@@ -93,6 +136,7 @@ bool for_each_address(std::string_view list, F&& f) {
                     return false;
                 }
                 angle = true;
+                lt = i;
                 break;
             case '>':
                 if (!angle) {
@@ -100,10 +144,16 @@ bool for_each_address(std::string_view list, F&& f) {
                 }
                 angle = false;
                 closed = true;
+                gt = i;
                 break;
             case '@':
-                if (closed || ++ats > 1) {
+                if (closed || (angle ? ++angle_ats : ++ats) > 1) {
                     return false;
+                }
+                break;
+            case ':':
+                if (!angle && !closed && ats == 0) {
+                    start = i + 1;  // a group's name, then its members
                 }
                 break;
             case ',':
@@ -111,26 +161,21 @@ bool for_each_address(std::string_view list, F&& f) {
                 if (angle) {
                     return false;
                 }
-                std::string_view item = list.substr(start, i - start);
-                while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
-                    item.remove_prefix(1);
+                if (closed && ats > 0 && !same_ascii(trim(list.substr(start, lt - start)), trim(list.substr(lt + 1, gt - lt - 1)))) {
+                    return false;  // an address in the display name other than the one in <...>
                 }
-                while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
-                    item.remove_suffix(1);
-                }
+                const std::string_view item = trim(list.substr(start, i - start));
                 if (!item.empty()) {
                     f(item);
                 }
                 start = i + 1;
                 ats = 0;
+                angle_ats = 0;
                 closed = false;
                 break;
             }
-            case ' ':
-            case '\t':
-                break;
             default:
-                if (closed) {
+                if (!blank(c) && closed) {
                     return false;
                 }
         }

@@ -1092,11 +1092,27 @@ void normalize_address(std::string_view item, std::string& out) {
     if (lt != std::string_view::npos) {
         const auto gt = item.find('>', lt);
         item = item.substr(lt + 1, gt == std::string_view::npos ? std::string_view::npos : gt - lt - 1);
+    } else if (item.find('(') != std::string_view::npos) {
+        // A bare address with a comment (`a@x.com (work)`): the address without it.
+        thread_local std::string bare;
+        bare.clear();
+        int depth = 0;
+        for (const char c : item) {
+            if (c == '(') {
+                ++depth;
+            } else if (c == ')' && depth > 0) {
+                --depth;
+            } else if (depth == 0) {
+                bare += c;
+            }
+        }
+        item = bare;
     }
-    while (!item.empty() && (item.front() == ' ' || item.front() == '\t' || item.front() == '"')) {
+    auto trimmed = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '"'; };
+    while (!item.empty() && trimmed(item.front())) {
         item.remove_prefix(1);
     }
-    while (!item.empty() && (item.back() == ' ' || item.back() == '\t' || item.back() == '"')) {
+    while (!item.empty() && trimmed(item.back())) {
         item.remove_suffix(1);
     }
     if (item.size() > 320) {

@@ -516,14 +516,23 @@ TEST(FormHelpers, AddressListsReadOneWayOrNotAtAll) {
     ASSERT_TRUE(split(R"("Doe, \"Jr\"" <j@x.com>; b@y.com ; team: c@z.com, d@z.com;)"));
     ASSERT_EQ(items.size(), 4u) << "';' separates too";
     EXPECT_EQ(items[0], R"("Doe, \"Jr\"" <j@x.com>)");
-    EXPECT_EQ(items[2], "team: c@z.com");
+    EXPECT_EQ(items[2], "c@z.com") << "a group's name is left out";
     ASSERT_TRUE(split(R"("a@b.com" <a@b.com>, "x\\" <y@z.com>)"));
     EXPECT_EQ(items.size(), 2u) << "an '@' in quotes is a name; an escaped backslash ends nothing";
     for (const char* odd : {R"(v@evil.com ("), x (") <ok@x.com>)", "a@x.com b@evil.com", "Bob <b@x.com> c@evil.com",
                             "<a@x.com><b@evil.com>", "<a@x.com, b@evil.com>", "\"open, a@x.com", "<a@x.com",
-                            "a@x.com>", "Bob (work) <b@x.com>", "<b@x.com> \"tail\""}) {
+                            "a@x.com>", "<b@x.com> \"tail\"", "jane@x.com <other@x.com>", "(a@b.com) c@d.com",
+                            "Bob (w,k) <b@x.com>", "Bob (open <b@x.com>", "<b(x)@x.com>"}) {
         EXPECT_FALSE(split(odd)) << odd;
     }
+    // What CRMs and files write: a display name that is the address, a comment, line ends.
+    ASSERT_TRUE(split("jane@x.com <JANE@x.com>, Acme Support (EU) <s@acme.com>, a@x.com (work)"));
+    ASSERT_EQ(items.size(), 3u);
+    ASSERT_TRUE(split("Jane <a@x.com>\n"));
+    EXPECT_EQ(items.size(), 1u);
+    ASSERT_TRUE(split("a@x.com,\r\nb@y.com"));
+    ASSERT_EQ(items.size(), 2u);
+    EXPECT_EQ(items[1], "b@y.com");
     EXPECT_EQ(check_body_constraints(max(2), urlencoded, "to=%22%5C%22%22+%3Cok%40x.com%3E%2C+v1%40evil.com%2C+v2%40evil.com"),
               "3 recipients in one request; this agent may address at most 2");
     EXPECT_THAT(check_body_constraints(max(5), urlencoded, "to=v%40evil.com+%28%22%29%2C+x+%28%22%29+%3Cok%40x.com%3E"),
@@ -549,6 +558,10 @@ TEST(FormHelpers, MultipartThatGoReadsOtherwiseIsMalformed) {
         return "--" + b + "\r\n" + headers + "\r\n\r\nv1=40evil.com=2C ok@x.com\r\n--" + b + "--\r\n";
     };
     EXPECT_FALSE(parse_form(multipart_type, one_part(R"(Content-Disposition: form-data; name*0="t"; name*1="o")"), fields));
+    // An RFC 5987 file name (.NET sends one with every file) is no field name: fine.
+    EXPECT_TRUE(parse_form(multipart_type,
+                           one_part(R"(Content-Disposition: form-data; name="attachment"; filename*=utf-8''r%C3%A9sum%C3%A9.pdf)"),
+                           fields));
     EXPECT_FALSE(parse_form(multipart_type, one_part("X-A: b\nContent-Disposition: form-data; name=\"to\""), fields));
     EXPECT_FALSE(parse_form(multipart_type, one_part("Content-Disposition: form-data"), fields)) << "no name";
     EXPECT_FALSE(parse_form(multipart_type,

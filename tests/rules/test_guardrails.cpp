@@ -634,6 +634,13 @@ TEST(GuardRecipients, FormAddressListsCannotHideAnAddress) {
     EXPECT_EQ(f.check(r4).outcome, verdict::violated);
     auto r5 = mailgun("%22Doe%2C+%5C%22Ann%5C%22%22+%3Cann%40example.com%3E%2C+bob%40example.com");
     EXPECT_TRUE(f.check(r5).allowed());
+    // A group's name and a comment do not hide the address from the checks.
+    auto r9 = mailgun("team%3A+ann%40example.com%2C+v%40evil.com%3B");
+    EXPECT_EQ(f.check(r9).outcome, verdict::violated);
+    auto r10 = mailgun("v%40evil.com+%28work%29");
+    const auto commented = f.check(r10);
+    EXPECT_EQ(commented.outcome, verdict::violated);
+    EXPECT_THAT(commented.reason, HasSubstr("v***@evil.com"));
     // A field named in another case may be the same field to the API: it is checked.
     auto r6 = mailgun("ann%40example.com");
     r6.body += "&To=v%40evil.com&BCC=w%40evil.com";
