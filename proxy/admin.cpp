@@ -516,12 +516,12 @@ config_diff diff_configs(const config& a, const config& b) {
         }
         if (const auto o = old_rule_src.find(id), nn = new_rule_src.find(id);
             o != old_rule_src.end() && nn != new_rule_src.end()) {
-            std::set<std::string> judged{"id", "limit", "window", "on_invalid_body"};
+            // route, match, key and trips are compared as parsed (same_mapping): the same
+            // match written in another key order or `"key": "h"` for `["h"]` is no change.
+            std::set<std::string> judged{"id", "limit", "window", "on_invalid_body", "description",
+                                         "route", "match", "key", "trips"};
             if (n->measure.text != r->measure.text) {
                 judged.insert("measure");
-            }
-            if (!same_mapping(*r, *n)) {
-                judged.insert({"route", "match", "key", "trips"});
             }
             if (const auto other = unjudged_changes(o->second, nn->second, judged); !other.empty()) {
                 d.lines.push_back("rules[" + id + "]: " + other + " changed");
@@ -549,6 +549,17 @@ config_diff diff_configs(const config& a, const config& b) {
         if (before != after) {
             d.lines.push_back("rules: reordered");
             d.loosening.push_back("reorders rules");
+        }
+        // So can a new rule put before existing ones: appended, it only adds a check.
+        if (b.rules) {
+            bool existing_seen_after = false;
+            for (auto it = b.rules->rules.rbegin(); it != b.rules->rules.rend(); ++it) {
+                if (old_rules.count(it->id)) {
+                    existing_seen_after = true;
+                } else if (existing_seen_after) {
+                    d.loosening.push_back("puts new rule " + it->id + " before existing rules");
+                }
+            }
         }
     }
     for (const auto& [id, r] : new_rules) {
@@ -678,7 +689,7 @@ config_diff diff_configs(const config& a, const config& b) {
         const auto fm_after = section_items(b.source_json, "failure_modes");
         for (const auto& [id, f] : fm_before) {
             if (const auto it = fm_after.find(id); it != fm_after.end()) {
-                if (const auto other = unjudged_changes(f, it->second, {"id", "title", "owner", "runbook"}); !other.empty()) {
+                if (const auto other = unjudged_changes(f, it->second, {"id", "title", "owner", "runbook", "description"}); !other.empty()) {
                     d.lines.push_back("failure_modes[" + id + "]: " + other + " changed");
                     d.loosening.push_back("changes " + other + " of failure mode " + id);
                 }

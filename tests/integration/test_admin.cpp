@@ -433,11 +433,13 @@ TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
     // that rule off as well, so the breaker keeps enforcing.
     admin_fixture k;
     std::string added = admin_config(k.up.port(), k.dir);
-    const std::string rules_start = "\"rules\": [";
-    added.insert(added.find(rules_start) + rules_start.size(),
-                 "{\"id\": \"new-cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+    // Appended: a new rule put before existing ones could decide first (the admin's).
+    const std::string rules_end = "}],\"log\"";
+    ASSERT_NE(added.find(rules_end), std::string::npos);
+    added.insert(added.find(rules_end) + 1,
+                 ",{\"id\": \"new-cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
                  "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 100000,"
-                 "\"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},");
+                 "\"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"}");
     auto shared = admin(k.port(), http::verb::post, "/v1/config", "op-token",
                         "{\"reason\":\"add a wide cap\",\"metrics_only\":true,\"config\":" + added + "}");
     ASSERT_EQ(shared.result_int(), 200u) << shared.body();
@@ -568,6 +570,17 @@ TEST(admin_api, every_unjudged_change_and_every_duplicate_key_needs_more_than_an
     EXPECT_EQ(dup.result_int(), 400u) << dup.body();
     EXPECT_NE(dup.body().find("admin: is given twice"), std::string::npos) << dup.body();
 
+    // A new rule put first could decide before the existing ones.
+    std::string first = base;
+    first.insert(first.find(rules_start) + rules_start.size(),
+                 R"({"id": "early", "route": "mail-send", "measure": {"per_request": "requests"}, "limit": 100000,)"
+                 R"( "failure_mode": "volume-spike", "trips": "held"},)");
+    auto inserted = try_as_operator(first);
+    EXPECT_EQ(inserted.result_int(), 403u) << inserted.body();
+    EXPECT_NE(inserted.body().find("puts new rule early before existing rules"), std::string::npos) << inserted.body();
+    // A description is for people: an operator's to edit.
+    auto described = try_as_operator(with(base, R"("id": "recipients",)", R"("id": "recipients", "description": "cap",)"));
+    EXPECT_EQ(described.result_int(), 200u) << described.body();
     // A dry run that is misspelt or unreadable is refused, never applied.
     for (const char* q : {"?DRY_RUN=1", "?dry_run=yes", "?dryrun=1"}) {
         auto r = admin(f.port(), http::verb::post, std::string{"/v1/config"} + q, "admin-token",
