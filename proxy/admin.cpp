@@ -1443,7 +1443,20 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
             std::int64_t version = 0;
             if (auto* db = srv_.db()) {
                 if (auto v = db->config_version(0)) {
-                    version = v->first;
+                    // The latest stored version is written just before it is applied: read
+                    // in between, it is not what runs. Paired with the old config it would
+                    // let a change made from it pass base_version and undo the new one, so
+                    // the version is given only when it is the running config (else 0, which
+                    // no base_version check accepts while a version is stored).
+                    auto minified = [](const std::string& text) {
+                        simdjson::dom::parser p;
+                        simdjson::dom::element e;
+                        return p.parse(simdjson::padded_string{text}).get(e) == simdjson::SUCCESS ? simdjson::minify(e)
+                                                                                                : text;
+                    };
+                    if (v->second == cfg->source_json || minified(v->second) == minified(cfg->source_json)) {
+                        version = v->first;
+                    }
                 }
             }
             handled h;

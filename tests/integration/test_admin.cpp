@@ -19,6 +19,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <sstream>
 
 using namespace bb::test;
@@ -718,6 +719,32 @@ TEST(admin_api, a_config_change_whose_version_cannot_be_stored_is_not_applied) {
     EXPECT_EQ(again.result_int(), 200u) << again.body();
     EXPECT_EQ(f.bb.server().current_config()->rules->rules[0].limit, 10);
     EXPECT_EQ(again.body().find("\"version\":0"), std::string::npos) << again.body();
+}
+
+// The version GET gives is the running config's: one stored but not (yet) applied is not
+// paired with the config that runs, so a change made from that pair cannot pass base_version.
+TEST(admin_api, get_config_never_pairs_a_stored_version_with_another_running_config) {
+    admin_fixture f;
+    std::string first = admin_config(f.up.port(), f.dir);
+    first.replace(first.find(R"("limit": 1000)"), 13, R"("limit": 100)");
+    ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/config", "op-token", R"({"reason":"r","config":)" + first + "}")
+                  .result_int(),
+              200u);
+    auto before = admin(f.port(), http::verb::get, "/v1/config", "op-token");
+    ASSERT_EQ(before.result_int(), 200u);
+    EXPECT_EQ(before.body().find("\"version\":0"), std::string::npos) << before.body();
+    std::string next = admin_config(f.up.port(), f.dir);
+    next.replace(next.find(R"("limit": 1000)"), 13, R"("limit": 10)");
+    // What the apply does between storing the version and running it.
+    std::promise<bb::store::result> stored;
+    f.bb.server().db()->save_config_version(next, "ollie-oncall", "tighten",
+                                            [&](const bb::store::result& r) { stored.set_value(r); });
+    ASSERT_TRUE(stored.get_future().get().ok);
+    auto during = admin(f.port(), http::verb::get, "/v1/config", "op-token");
+    EXPECT_NE(during.body().find("\"version\":0,"), std::string::npos) << during.body();
+    auto from_it = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                         R"({"reason":"r","base_version":0,"config":)" + admin_config(f.up.port(), f.dir) + "}");
+    EXPECT_EQ(from_it.result_int(), 409u) << from_it.body();
 }
 
 // Write-ahead audit: when the intent cannot be recorded, nothing is done.
