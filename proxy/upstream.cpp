@@ -363,7 +363,6 @@ std::string check_response_framing(const http::response_header<fields>& h) {
     }
     std::size_t cl = 0;
     std::size_t te = 0;
-    bool nonzero_cl = false;
     for (const auto& f : h) {
         if (f.name() == http::field::content_length) {
             ++cl;
@@ -371,7 +370,6 @@ std::string check_response_framing(const http::response_header<fields>& h) {
             if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
                 return "Content-Length is not a single number";
             }
-            nonzero_cl = v.find_first_not_of('0') != std::string_view::npos;
         } else if (f.name() == http::field::transfer_encoding) {
             ++te;
             if (!iequals(f.value(), "chunked")) {
@@ -388,15 +386,24 @@ std::string check_response_framing(const http::response_header<fields>& h) {
     if (cl > 0 && te > 0) {
         return "Content-Length together with Transfer-Encoding";
     }
-    // Beast reads a 204 as bodiless whatever it says: a body that follows would be the
-    // next request's response on a pooled connection.
-    if (status == 204 && (te > 0 || nonzero_cl)) {
-        return "a 204 that announces a body";
-    }
-    if (te > 0 && h.version() < 11) {
-        return "Transfer-Encoding in an HTTP/1.0 response";  // RFC 9112 6.1: close after it
-    }
     return {};
+}
+
+// A response that is delivered but whose connection must not carry another: a 204 that
+// announces a body (Beast reads it bodiless; what follows would answer the next request)
+// and Transfer-Encoding in an HTTP/1.0 response (RFC 9112 6.1: close after it). The
+// upstream has acted on the request, so the answer goes to the client (a 502 would invite
+// a second send); only the connection is closed.
+bool close_after(const http::response_header<fields>& h) {
+    const bool te = h.find(http::field::transfer_encoding) != h.end();
+    if (te && h.version() < 11) {
+        return true;
+    }
+    if (h.result_int() != 204) {
+        return false;
+    }
+    const auto cl = h.find(http::field::content_length);
+    return te || (cl != h.end() && cl->value().find_first_not_of('0') != std::string_view::npos);
 }
 
 // Counts responsibility so a pool never exceeds max_connections on its worker.
@@ -561,7 +568,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         ++conn->requests;
         // The parser's keep_alive() also says no for a response delimited by the close (a
         // TLS peer that sent close_notify but keeps TCP open would pass the reuse peek).
-        const bool reusable = parser.is_done() && parser.keep_alive();
+        const bool reusable = parser.is_done() && parser.keep_alive() && !close_after(parser.get().base());
         out.res = parser.release();
         if (head_copy) {
             out.res.base() = std::move(*head_copy);
