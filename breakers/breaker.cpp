@@ -270,7 +270,16 @@ public:
         }
         // A probe in flight died with the process: open again, half-open on the next look.
         const state st = s.st == state::half_open ? state::open : s.st;
-        change(st, s.md, cause_of("restore", "restore", "restored at start"), now, false);
+        change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", "restored at start"), now,
+               false);
+    }
+
+    // An operator's trip saved open under the automatic mode (the breaker reset by hand
+    // then) on a breaker that now resets by itself: held as manual_trip holds it there, so a
+    // changed reset policy does not let a probe close what an operator opened.
+    bool held_by_hand(const instance_snapshot& s) const {
+        return cfg_.reset == reset_policy::automatic && s.md == mode::automatic && s.st != state::closed &&
+               s.last_trip && s.last_trip->cause.kind == "manual";
     }
 
     // The state and the mode merge separately. State: open over closed; of two open, the
@@ -297,7 +306,10 @@ public:
         }
         const std::optional<time_point> got_expires = s.md == mode::automatic ? std::nullopt : s.mode_expires;
         mode md = md_;
-        if (md_ == mode::forced_open || s.md == mode::forced_open) {
+        if (held_by_hand(s)) {
+            md = mode::forced_open;
+            mode_expires_.reset();
+        } else if (md_ == mode::forced_open || s.md == mode::forced_open) {
             if (md_ != mode::forced_open) {
                 mode_expires_ = got_expires;
             } else if (s.md == mode::forced_open) {
@@ -1032,6 +1044,10 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
         }
     }
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
+    // During a reload an instance can be seen in this registry and in its successor: one
+    // row per instance (the store keys rows by it; two would fail the whole save).
+    out.erase(std::unique(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.instance == b.instance; }),
+              out.end());
     return out;
 }
 

@@ -234,6 +234,36 @@ TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_s
     EXPECT_EQ(reg().get("cv", now())->mode_expires, now() + 5min);
 }
 
+// An operator's trip saved on a breaker that reset by hand then, restored where it now
+// resets by itself, holds as manual_trip holds there: no probe closes it.
+TEST_F(registry_test, an_operators_trip_stays_held_when_the_breaker_now_resets_by_itself) {
+    auto b = make_config("cv", action::pause, reset_policy::automatic);
+    b.cooldown = 10s;
+    make({b});
+    instance_snapshot s;
+    s.instance = "cv";
+    s.breaker = "cv";
+    s.st = state::open;
+    s.md = mode::automatic;
+    s.opened_at = now() - 1h;
+    s.cooldown = 10s;
+    auto t = std::make_shared<transition>();
+    t->instance = "cv";
+    t->to = state::open;
+    t->cause.kind = "manual";
+    t->cause.actor = "alice";
+    s.last_trip = t;
+    reg().restore({s}, now());
+    EXPECT_EQ(reg().get("cv", now())->md, mode::forced_open);
+    clock_.advance(1min);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "no probe after the cooldown";
+    // A rule's trip recovers by itself under the new policy, as the admin chose.
+    make({b});
+    t->cause.kind = "rule";
+    reg().restore({s}, now());
+    EXPECT_EQ(reg().get("cv", now())->md, mode::automatic);
+}
+
 TEST_F(registry_test, snapshot_round_trips_through_restore) {
     auto b = make_config("campaign-volume");
     b.max_instances = 1;
