@@ -983,8 +983,12 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
     if (s->handed_over.load(std::memory_order_acquire)) {
         return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
-    if (auto over = overflowed(*s, key, now)) {
-        return {true, over->name()};
+    // forced_open only tightens: like a trip, it may land on the overflow instance.
+    const bool tightens = m == mode::forced_open;
+    if (!tightens) {
+        if (auto over = overflowed(*s, key, now)) {
+            return {true, over->name()};
+        }
     }
     if (m == mode::automatic) {
         std::shared_lock lock{mutex_};
@@ -998,7 +1002,7 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
     const bool own = key.empty() || key == overflow_key;
     const auto done = run([&] { return get_or_create(*s, key); },
                           [&](instance& in) {
-                              if (!own && in.key() == overflow_key) {
+                              if (!own && !tightens && in.key() == overflow_key) {
                                   return op_result{true, in.name()};
                               }
                               in.advance(now);

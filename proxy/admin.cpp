@@ -1035,9 +1035,10 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     if (!done.overflow.empty()) {
         // Nothing changed; the outcome audit records the refusal by its code.
         co_return fail({http::status::conflict, "contained_by_overflow",
-                        id + " has no instance of its own: the breaker was full when it tripped, so its traffic is "
-                             "contained by " + done.overflow + ", which holds every such key; " + action +
-                             " that instance instead"});
+                        id + " has no instance of its own and the breaker is full (max_instances): its traffic "
+                             "goes to " + done.overflow + ", which holds every such key, so " + action +
+                             " here would change them all; " + action + " that instance by its name instead "
+                             "(a trip or forced_open is taken, as it only contains more)"});
     }
     // Durable before the answer: a restart right after still sees the operator's act.
     if (!co_await await_persist(srv_)) {

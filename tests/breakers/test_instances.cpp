@@ -79,6 +79,9 @@ TEST_F(registry_test, a_mode_for_a_new_key_of_a_full_breaker_is_refused_not_give
     const auto r = reg().trip("campaign-volume", "k5", rule_cause("r", "k5"), now());
     EXPECT_TRUE(r.opened);
     EXPECT_EQ(reg().admit("campaign-volume/k5", now()).v, verdict::contain);
+    // forced_open only contains more: taken, on the overflow instance, as a trip would be.
+    EXPECT_TRUE(reg().set_mode("campaign-volume/k6", mode::forced_open, std::nullopt, "alice", "kill", now()));
+    EXPECT_EQ(reg().get("campaign-volume/_overflow", now())->md, mode::forced_open);
 }
 
 TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
