@@ -1301,8 +1301,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                                   query_of(origin_form));
                 if (!broken.empty()) {
                     // A body that cannot be read is a bad request; one that reads is refused.
-                    const bool unreadable =
-                        broken == "the body is not valid JSON" || broken == "the multipart/form-data body is malformed";
+                    const bool unreadable = rules::body_unreadable(broken);
                     error_info e{unreadable ? http::status::bad_request : http::status::forbidden,
                                  unreadable ? "rejected" : "denied", unreadable ? "bad_body" : "constraint_violated",
                                  "agent " + agent->id + ": " + broken + " (its constraints in the config)"};

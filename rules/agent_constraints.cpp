@@ -362,13 +362,13 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
         } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || destination_address(name) ||
                    bulk_destination(name)) {
             k.add_recipient_list(value);
-        } else if (iequals(name, "from") || name == "Source") {
+        } else if (iequals(name, "from") || iequals(name, "Source")) {
             k.from(value);
         } else if (iequals(name, "template")) {
             k.template_id(value, false);
-        } else if (name == "RawMessage.Data") {
+        } else if (iequals(name, "RawMessage.Data")) {
             raw_recipients += raw_form_message(k, value, true);
-        } else if (name == "message") {
+        } else if (iequals(name, "message")) {
             raw_form_message(k, value, false);  // Mailgun sends to its `to` field, counted above
         }
     }
@@ -406,6 +406,17 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
         walk_form(k, s.form);
     }
     return k.finish();
+}
+
+bool body_unreadable(std::string_view why) {
+    for (const std::string_view unreadable :
+         {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",
+          "is read as a form by some servers", "starts like JSON", "a raw MIME message is not"}) {
+        if (why.find(unreadable) != std::string_view::npos) {
+            return true;
+        }
+    }
+    return false;
 }
 
 }  // namespace bb::rules

@@ -39,4 +39,8 @@ struct body_constraints {
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
                                    std::string_view query = {});
 
+// Whether a check_body_constraints answer says the body cannot be read one way (a bad
+// request) rather than that it reads and breaks a constraint (refused).
+bool body_unreadable(std::string_view why);
+
 }  // namespace bb::rules

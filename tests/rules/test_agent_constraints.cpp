@@ -641,6 +641,10 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
                 HasSubstr("is read as a form by some servers"));
     EXPECT_EQ(check_body_constraints(max(5), "application/json", sendgrid), "");
     EXPECT_EQ(check_body_constraints(max(5), "text/plain", "hello"), "");
+    // Those answers are a bad request (400 bad_body), not a broken constraint (403).
+    EXPECT_TRUE(body_unreadable(check_body_constraints(max(5), urlencoded, sendgrid)));
+    EXPECT_TRUE(body_unreadable(check_body_constraints(max(5), urlencoded, "to=%22open%2C+a%40x.com")));
+    EXPECT_FALSE(body_unreadable(check_body_constraints(max(2), "application/json", sendgrid)));
 }
 
 }  // namespace
