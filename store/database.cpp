@@ -503,7 +503,10 @@ public:
         std::uint64_t seq = 0;
     };
 
-    void enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes);
+    // `essential`: past the queue's bounds too (breaker state: the state writer keeps at most
+    // one save in flight, so it adds one op; refusing it under a flood of holds would leave
+    // the trip that caused them undurable while its holds are answered 202).
+    void enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes, bool essential = false);
 
     // Operations (run on the writer thread, inside the batch transaction; see run_batch).
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
@@ -870,14 +873,15 @@ void database::impl::shutdown() {
     }
 }
 
-void database::impl::enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes) {
+void database::impl::enqueue(std::function<outcome(batch_ctx&)> apply, done_fn done, std::size_t bytes,
+                             bool essential) {
     result refused;
     {
         std::lock_guard lock{mu_};
         if (stop_) {
             refused = unavailable("the store is closing");
-        } else if (queue_.size() >= opt_.queue_max_ops ||
-                   (!queue_.empty() && queue_bytes_ + bytes > opt_.queue_max_bytes)) {
+        } else if (!essential && (queue_.size() >= opt_.queue_max_ops ||
+                                  (!queue_.empty() && queue_bytes_ + bytes > opt_.queue_max_bytes))) {
             refused = result::failure("store_busy", "the store's write queue is full (" +
                                                         std::to_string(queue_.size()) + " operations waiting)");
             ++stats_.ops_failed;
@@ -1607,7 +1611,7 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
     const std::size_t bytes = 256 + rows.size() * 256;
     impl_->enqueue([p = impl_.get(), rows = std::move(rows)](impl::batch_ctx& ctx) {
         return p->do_save_breakers(ctx, rows);
-    }, std::move(done), bytes);
+    }, std::move(done), bytes, /*essential=*/true);
 }
 
 std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_state(const clock& c,

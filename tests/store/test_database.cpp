@@ -826,11 +826,23 @@ TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
     ASSERT_EQ(futures[4].wait_for(0s), std::future_status::ready);
     EXPECT_TRUE(inline_call);
     EXPECT_EQ(futures[4].get().code, "store_busy");
+    // Breaker state is saved whatever the queue holds: a flood of holds must not leave the
+    // trip that caused them unsaved.
+    bb::breakers::instance_snapshot open;
+    open.instance = open.breaker = "campaign-volume";
+    open.st = bb::breakers::state::open;
+    open.opened_at = clock_.now();
+    auto saved = std::make_shared<std::promise<result>>();
+    auto saved_f = saved->get_future();
+    db->save_breaker_state({open}, [saved](const result& r) { saved->set_value(r); });
+    EXPECT_EQ(saved_f.wait_for(0s), std::future_status::timeout) << "queued, not refused";
     db->pause_writer(false);
     for (int i = 0; i < 4; ++i) {
         ASSERT_EQ(futures[i].wait_for(20s), std::future_status::ready);
         EXPECT_TRUE(futures[i].get().ok);
     }
+    ASSERT_EQ(saved_f.wait_for(20s), std::future_status::ready);
+    EXPECT_TRUE(saved_f.get().ok);
 }
 
 TEST_F(store_db, count_limits_are_exact_per_breaker_and_global) {
