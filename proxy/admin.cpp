@@ -456,6 +456,24 @@ std::string unjudged_changes(const item_fields& before, const item_fields& after
     return out;
 }
 
+// For every item of `section` in both configs: a change to a field outside `judged` is a
+// loosening (named "changes F of <noun> ID").
+void judge_other_fields(config_diff& d, const config& a, const config& b, std::string_view section,
+                        const std::string& noun, const std::set<std::string>& judged) {
+    const auto before = section_items(a.source_json, section);
+    const auto after = section_items(b.source_json, section);
+    for (const auto& [id, f] : before) {
+        const auto it = after.find(id);
+        if (it == after.end()) {
+            continue;  // removals are judged by each section's own checks
+        }
+        if (const auto other = unjudged_changes(f, it->second, judged); !other.empty()) {
+            d.lines.push_back(std::string{section} + "[" + id + "]: " + other + " changed");
+            d.loosening.push_back("changes " + other + " of " + noun + " " + id);
+        }
+    }
+}
+
 config_diff diff_configs(const config& a, const config& b) {
     config_diff d;
     // What the checks below do not judge field by field is judged as a loosening: an
@@ -606,19 +624,7 @@ config_diff diff_configs(const config& a, const config& b) {
             }
         }
     }
-    {
-        const auto before = section_items(a.source_json, "breakers");
-        const auto after = section_items(b.source_json, "breakers");
-        for (const auto& [id, f] : before) {
-            if (const auto it = after.find(id); it != after.end()) {
-                if (const auto other = unjudged_changes(f, it->second, {"id", "action", "reset", "cooldown"});
-                    !other.empty()) {
-                    d.lines.push_back("breakers[" + id + "]: " + other + " changed");
-                    d.loosening.push_back("changes " + other + " of breaker " + id);
-                }
-            }
-        }
-    }
+    judge_other_fields(d, a, b, "breakers", "breaker", {"id", "action", "reset", "cooldown"});
     for (const auto& [id, x] : new_b) {
         if (!old_b.count(id)) {
             d.lines.push_back("breakers: + " + id);
@@ -669,35 +675,12 @@ config_diff diff_configs(const config& a, const config& b) {
             d.loosening.push_back("removes agent " + oa.id);
         }
     }
-    {
-        const auto before = section_items(a.source_json, "agents");
-        const auto after = section_items(b.source_json, "agents");
-        for (const auto& [id, f] : before) {
-            if (const auto it = after.find(id); it != after.end()) {
-                // allow, key_sha256 and sandbox are judged above (narrowing, removing a key and
-                // entering sandbox mode tighten); everything else, cert_names included, loosens.
-                if (const auto other = unjudged_changes(f, it->second, {"id", "allow", "key_sha256", "sandbox"});
-                    !other.empty()) {
-                    d.lines.push_back("agents[" + id + "]: " + other + " changed");
-                    d.loosening.push_back("changes " + other + " of agent " + id);
-                }
-            }
-        }
-        // Failure modes: a lower severity or a longer SLA routes fewer pages; only the texts
-        // for people (title, owner, runbook) are an operator's to edit.
-        const auto fm_before = section_items(a.source_json, "failure_modes");
-        const auto fm_after = section_items(b.source_json, "failure_modes");
-        for (const auto& [id, f] : fm_before) {
-            if (const auto it = fm_after.find(id); it != fm_after.end()) {
-                if (const auto other = unjudged_changes(f, it->second, {"id", "title", "owner", "runbook", "description"}); !other.empty()) {
-                    d.lines.push_back("failure_modes[" + id + "]: " + other + " changed");
-                    d.loosening.push_back("changes " + other + " of failure mode " + id);
-                }
-            } else {
-                d.lines.push_back("failure_modes: - " + id);
-            }
-        }
-    }
+    // allow, key_sha256 and sandbox are judged above (narrowing, removing a key and entering
+    // sandbox mode tighten); everything else, cert_names included, loosens.
+    judge_other_fields(d, a, b, "agents", "agent", {"id", "allow", "key_sha256", "sandbox"});
+    // Failure modes: a lower severity or a longer SLA routes fewer pages; only the texts for
+    // people are an operator's to edit.
+    judge_other_fields(d, a, b, "failure_modes", "failure mode", {"id", "title", "owner", "runbook", "description"});
     std::set<std::string> old_routes;
     for (const auto& r : a.routes) {
         old_routes.insert(r.name);
