@@ -254,6 +254,7 @@ public:
     int step() { return sqlite3_step(s_); }
 
     bool is_null(int i) const { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
+    bool is_integer(int i) const { return sqlite3_column_type(s_, i) == SQLITE_INTEGER; }
     std::int64_t col_i64(int i) const { return sqlite3_column_int64(s_, i); }
     double col_f64(int i) const { return sqlite3_column_double(s_, i); }
     std::string col_str(int i) const {
@@ -1645,6 +1646,17 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         }
         i.st = *st;
         i.md = *md;
+        // A time or duration that is not a plausible integer would read as 0 (a cooldown
+        // long over) or overflow the clock: refused, never a silently reopened breaker.
+        constexpr std::int64_t max_ms = 10'000'000'000'000;  // the year 2286
+        auto plausible = [&](int col, bool optional) {
+            return (optional && s.is_null(col)) ||
+                   (s.is_integer(col) && s.col_i64(col) >= -max_ms && s.col_i64(col) <= max_ms);
+        };
+        if (!plausible(5, true) || !plausible(6, false) || !plausible(7, false) || !plausible(8, false) ||
+            (!s.is_null(9) && (!plausible(16, false) || !plausible(18, false)))) {
+            return fail("breaker " + i.instance + " has a time, duration or count that is not a plausible integer");
+        }
         if (!s.is_null(5)) {
             i.mode_expires = from_wall_ms(s.col_i64(5), c);
         }

@@ -1146,6 +1146,39 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     EXPECT_EQ((*back)[0].instance, "manual");
 }
 
+// A tripped breaker's row with a time that is not an integer would read as 0 (its cooldown
+// long over): the state is refused, not read as a breaker to reopen.
+TEST_F(store_db, a_breaker_row_with_an_implausible_time_is_refused) {
+    namespace br = bb::breakers;
+    br::instance_snapshot tripped;
+    tripped.instance = tripped.breaker = "campaign-volume";
+    tripped.st = br::state::open;
+    tripped.opened_at = clock_.now();
+    tripped.cooldown = 30s;
+    auto db = open();
+    const auto path = db->path();
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_breaker_state({tripped}, d); }).ok);
+    for (const char* edit : {"UPDATE breaker_state SET opened_at_ms = 'soon'",
+                             "UPDATE breaker_state SET cooldown_ms = 1e300",
+                             "UPDATE breaker_state SET mode_expires_ms = 99999999999999999"}) {
+        db.reset();
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(raw, "DELETE FROM breaker_state", nullptr, nullptr, nullptr), SQLITE_OK);
+        sqlite3_close(raw);
+        db = open();
+        ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_breaker_state({tripped}, d); }).ok);
+        db.reset();
+        ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(raw, edit, nullptr, nullptr, nullptr), SQLITE_OK) << edit;
+        sqlite3_close(raw);
+        db = open();
+        std::string err;
+        EXPECT_FALSE(db->load_breaker_state(clock_, &err)) << edit;
+        EXPECT_NE(err.find("not a plausible integer"), std::string::npos) << edit << ": " << err;
+    }
+}
+
 TEST_F(store_db, a_newer_schema_is_refused) {
     auto db = open();
     const auto path = db->path();
