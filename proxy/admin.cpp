@@ -399,12 +399,24 @@ std::string outside_guards(const std::string& a, const std::string& b) {
     return changed;
 }
 
+// Whether two JSON texts are the same document whatever their layout (a text that does not
+// parse is compared as written).
+bool same_json(const std::string& a, const std::string& b) {
+    if (a == b) {
+        return true;
+    }
+    auto minified = [](const std::string& text) {
+        simdjson::dom::parser p;
+        simdjson::dom::element e;
+        return p.parse(simdjson::padded_string{text}).get(e) == simdjson::SUCCESS ? simdjson::minify(e) : text;
+    };
+    return minified(a) == minified(b);
+}
+
 // The items of a top-level array section (rules, breakers, agents, failure_modes) by their
-// "id": each field's minified JSON (its first copy, as the parser reads it). `order` gets
-// the ids as they come.
+// "id": each field's minified JSON (its first copy, as the parser reads it).
 using item_fields = std::map<std::string, std::string>;
-std::map<std::string, item_fields> section_items(const std::string& source, std::string_view section,
-                                                 std::vector<std::string>* order = nullptr) {
+std::map<std::string, item_fields> section_items(const std::string& source, std::string_view section) {
     std::map<std::string, item_fields> out;
     simdjson::dom::parser p;
     simdjson::dom::element root;
@@ -422,9 +434,6 @@ std::map<std::string, item_fields> section_items(const std::string& source, std:
         auto [it, added] = out.try_emplace(std::string{id});
         if (!added) {
             continue;
-        }
-        if (order) {
-            order->emplace_back(id);
         }
         for (auto f : o) {
             it->second.emplace(std::string{f.key}, simdjson::minify(f.value));
@@ -1432,13 +1441,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
                     // let a change made from it pass base_version and undo the new one, so
                     // the version is given only when it is the running config (else 0, which
                     // no base_version check accepts while a version is stored).
-                    auto minified = [](const std::string& text) {
-                        simdjson::dom::parser p;
-                        simdjson::dom::element e;
-                        return p.parse(simdjson::padded_string{text}).get(e) == simdjson::SUCCESS ? simdjson::minify(e)
-                                                                                                : text;
-                    };
-                    if (v->second == cfg->source_json || minified(v->second) == minified(cfg->source_json)) {
+                    if (same_json(v->second, cfg->source_json)) {
                         version = v->first;
                     }
                 }
@@ -1733,12 +1736,7 @@ asio::awaitable<void> record_startup_config(server& srv) {
     }
     const auto last = db->config_version(0);
     // The same config whatever its layout: the API stores what it applied minified.
-    auto minified = [](const std::string& text) {
-        simdjson::dom::parser p;
-        simdjson::dom::element e;
-        return p.parse(simdjson::padded_string{text}).get(e) == simdjson::SUCCESS ? simdjson::minify(e) : text;
-    };
-    if ((last && minified(last->second) == minified(cfg->source_json)) || srv.config_change_busy()) {
+    if ((last && same_json(last->second, cfg->source_json)) || srv.config_change_busy()) {
         co_return;  // (busy: it runs before the admin API and signals are served; never, then)
     }
     config_change_slot slot{srv};

@@ -47,13 +47,7 @@ std::string shown(std::string_view v) {
 }
 
 bool mentions_json(std::string_view content_type) {
-    content_type = content_type.substr(0, content_type.find(';'));  // the media type, not its parameters
-    for (std::size_t i = 0; i + 4 <= content_type.size(); ++i) {
-        if (iequals(content_type.substr(i, 4), "json")) {
-            return true;
-        }
-    }
-    return false;
+    return icontains(content_type.substr(0, content_type.find(';')), "json");  // the media type, not its parameters
 }
 
 // Collects what the body says and remembers the first constraint it breaks.
@@ -76,8 +70,7 @@ public:
     void add_recipient_list(std::string_view list) {
         s_.items.clear();
         if (!split_addresses(list, s_.items)) {
-            fail("a recipient list is not an address list that reads one way only (an open quote or bracket, a "
-                 "comment, text after '>', or two '@' in one address)");
+            fail("a recipient list " + std::string{unsplittable_list});
         }
         recipients_ += s_.items.size();
     }

@@ -37,6 +37,15 @@ bool iequals(std::string_view a, std::string_view b) {
     return true;
 }
 
+bool icontains(std::string_view text, std::string_view word) {
+    for (std::size_t i = 0; i + word.size() <= text.size(); ++i) {
+        if (iequals(text.substr(i, word.size()), word)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 std::string_view to_string(verdict v) {
     switch (v) {
         case verdict::allow: return "allow";
@@ -747,7 +756,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     bool split_ok = true;
                     for (const auto& [n, v] : fields) {
                         // Any case: `To` may be `to` to the API (fail closed: it counts).
-                        if (n.size() != t.field.size() || !iequals(n, t.field)) {
+                        if (!iequals(n, t.field)) {
                             continue;
                         }
                         if (t.kind == term_kind::sum) {
@@ -772,7 +781,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     if (!split_ok) {
                         // Counted as far as it splits, a list another reader splits otherwise
                         // could hide recipients: an invalid body, like a malformed multipart.
-                        ctx.req_json.error = "form field " + t.field + " is not an address list that reads one way only";
+                        ctx.req_json.error = "form field " + t.field + " " + std::string{unsplittable_list};
                         if (policy == invalid_body_policy::reject) {
                             return std::nullopt;
                         }
@@ -999,17 +1008,9 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
     if (media.empty() || (media.size() >= json.size() && iequals(media.substr(media.size() - json.size()), json))) {
         return {};  // the usual case: no type, or a JSON one
     }
-    auto contains = [&](std::string_view word) {
-        for (std::size_t i = 0; i + word.size() <= media.size(); ++i) {
-            if (iequals(media.substr(i, word.size()), word)) {
-                return true;
-            }
-        }
-        return false;
-    };
     constexpr std::string_view multipart = "multipart/";
     if ((media.size() >= multipart.size() && iequals(media.substr(0, multipart.size()), multipart)) ||
-        contains("urlencoded") || contains("url-encoded")) {
+        icontains(media, "urlencoded") || icontains(media, "url-encoded")) {
         return "content type " + std::string{media.substr(0, 64)} +
                " is read as a form by some servers but not here: send application/x-www-form-urlencoded or "
                "multipart/form-data";

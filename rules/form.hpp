@@ -2,6 +2,8 @@
 // Form bodies and address lists (Mailgun), decoded one way for the engine, the guardrails and
 // the agent body constraints. Pure functions; thread-safe.
 
+#include "rules/request.hpp"
+
 #include <optional>
 #include <string>
 #include <string_view>
@@ -69,19 +71,6 @@ bool for_each_address(std::string_view list, F&& f) {
             v.remove_suffix(1);
         }
         return v;
-    };
-    auto same_ascii = [](std::string_view a, std::string_view b) {
-        if (a.size() != b.size()) {
-            return false;
-        }
-        for (std::size_t i = 0; i < a.size(); ++i) {
-            const char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
-            const char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + 32) : b[i];
-            if (x != y) {
-                return false;
-            }
-        }
-        return true;
     };
     bool quoted = false;
     bool escaped = false;
@@ -161,7 +150,7 @@ bool for_each_address(std::string_view list, F&& f) {
                 if (angle) {
                     return false;
                 }
-                if (closed && ats > 0 && !same_ascii(trim(list.substr(start, lt - start)), trim(list.substr(lt + 1, gt - lt - 1)))) {
+                if (closed && ats > 0 && !iequals(trim(list.substr(start, lt - start)), trim(list.substr(lt + 1, gt - lt - 1)))) {
                     return false;  // an address in the display name other than the one in <...>
                 }
                 const std::string_view item = trim(list.substr(start, i - start));
@@ -182,6 +171,11 @@ bool for_each_address(std::string_view list, F&& f) {
     }
     return true;
 }
+
+// How a list for_each_address refuses is described, after what holds it ("form field to ").
+inline constexpr std::string_view unsplittable_list =
+    "is not an address list that reads one way only (an open quote, comment or bracket, a comment holding a "
+    "separator, '@' or quote, text after '>', two '@' in one address, or another address as its display name)";
 
 // Appends the items of an address list to `out` (for_each_address; views into `list`).
 // Returns for_each_address's answer.

@@ -1625,10 +1625,6 @@ std::string_view refuse_domain(const recipients_guard& g, std::string_view addr,
 }
 
 
-constexpr std::string_view unsplittable =
-    "is not an address list that reads one way only (an open quote or bracket, a comment, text after '>', or two "
-    "'@' in one address)";
-
 // Calls f(address, group, where) for every recipient at `fields`; false if the body should
 // be JSON and is not.
 template <class F>
@@ -1706,7 +1702,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     });
                     if (!split && !stop) {
                         if (why) {
-                            *why = "form field " + cfg::quote(name.substr(0, 64)) + " " + std::string{unsplittable};
+                            *why = "form field " + cfg::quote(name.substr(0, 64)) + " " + std::string{unsplittable_list};
                         }
                         return false;
                     }
@@ -2044,7 +2040,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                     if (tg.address) {
                         if (!for_each_address(value, [&](std::string_view item) { add(tg, item, -1); })) {
                             return invalid_body("form field " + cfg::quote(name.substr(0, 64)) + " " +
-                                                std::string{unsplittable});
+                                                std::string{unsplittable_list});
                         }
                     } else {
                         add(tg, value, -1);

@@ -16,6 +16,8 @@ struct header_field {
 };
 
 bool iequals(std::string_view a, std::string_view b);
+// Whether `text` holds `word`, compared as iequals compares.
+bool icontains(std::string_view text, std::string_view word);
 // `s` in lower case (the same case mapping iequals compares with).
 std::string lower(std::string_view s);
 
