@@ -82,14 +82,13 @@ forward_proxy_config parse_forward_proxy(simdjson::dom::element e, const std::st
     readable_file(r, "ca_key_file", f.ca_key_file, true);
     if (auto v = r.strings("passthrough")) {
         for (std::size_t i = 0; i < v->size(); ++i) {
-            auto& h = (*v)[i];
-            std::transform(h.begin(), h.end(), h.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-            if (!passthrough_entry(h)) {
+            if (auto e = passthrough_entry((*v)[i])) {
+                f.passthrough.push_back(std::move(*e));
+            } else {
                 r.errs().add(cfg::child(r.path_of("passthrough"), i),
-                             cfg::quote(h) + " is not a host, host:port or [IPv6]:port");
+                             cfg::quote((*v)[i]) + " is not a host, host:port or [IPv6]:port");
             }
         }
-        f.passthrough = std::move(*v);
     }
     if (auto v = r.integer("leaf_cache", false, 1, 1'000'000)) {
         f.leaf_cache = static_cast<std::size_t>(*v);

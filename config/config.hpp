@@ -40,7 +40,9 @@ struct tls_files {
 struct forward_proxy_config {
     std::string ca_cert_file;
     std::string ca_key_file;
-    std::vector<std::string> passthrough;  // "host" or "host:port": blind tunnels, not metered
+    // "host", "host:port", "[v6]:port": blind tunnels, not metered; read as passthrough_entry
+    // reads them, once, at load.
+    std::vector<std::pair<std::string, std::uint16_t>> passthrough;
     std::size_t leaf_cache = 1024;         // minted certificates kept (LRU)
     milliseconds leaf_lifetime{7LL * 24 * 3600 * 1000};
     bool operator==(const forward_proxy_config&) const = default;

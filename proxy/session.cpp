@@ -721,10 +721,8 @@ bool known_destination(const config& cfg, std::string_view host) {
 // Compared as (host, port), never as text: "fd00::1:25" is the host fd00::1:25 on 443, not
 // fd00::1 on port 25.
 bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host, std::uint16_t port) {
-    return std::any_of(fp.passthrough.begin(), fp.passthrough.end(), [&](const std::string& p) {
-        const auto e = passthrough_entry(p);
-        return e && e->second == port && iequals(e->first, host);
-    });
+    return std::any_of(fp.passthrough.begin(), fp.passthrough.end(),
+                       [&](const auto& e) { return e.second == port && iequals(e.first, host); });
 }
 
 // Copies bytes one way until EOF or an error, then half-closes the other side.
@@ -965,40 +963,33 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
+            std::string refused;  // why the caller gets no identity: 401
             if (ambiguous_cert) {
-                head_request = parser.get().method() == http::verb::head;
-                co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                                "the client certificate names more than one agent"},
-                               false);
-                break;
-            }
-            // An agent named by the CN of a certificate that has SANs: before, it was that
-            // agent; silently becoming nobody (unscoped where identity is optional) would
-            // fail open, so it is refused with the reason.
-            if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {
+                refused = "the client certificate names more than one agent";
+            } else if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {
+                // An agent named by the CN of a certificate that has SANs: before, it was that
+                // agent; silently becoming nobody (unscoped where identity is optional) would
+                // fail open, so it is refused with the reason.
                 if (const auto* by_cn = cfg->agent_by_cert_names({ci.ignored_cn})) {
-                    head_request = parser.get().method() == http::verb::head;
-                    co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                                    "the client certificate's CN names agent " + by_cn->id +
-                                        ", but a certificate with DNS names is identified by those alone: list one "
-                                        "of them in that agent's cert_names"},
-                                   false);
-                    break;
+                    refused = "the client certificate's CN names agent " + by_cn->id +
+                              ", but a certificate with DNS names is identified by those alone: list one of them "
+                              "in that agent's cert_names";
                 }
             }
-            if (agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
+            if (refused.empty() && agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
                 for (const auto& a : cfg->agents) {
                     if (a.id == ci.tunnel_agent) {
                         agent = &a;
                     }
                 }
             }
-            if (agent == nullptr && (had_key || identity_required)) {
+            if (refused.empty() && agent == nullptr && (had_key || identity_required)) {
+                refused = had_key ? "the agent key is not known"
+                                  : "this listener needs an agent key (x-breakerbox-key) or client certificate";
+            }
+            if (!refused.empty()) {
                 head_request = parser.get().method() == http::verb::head;
-                co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                                had_key ? "the agent key is not known"
-                                        : "this listener needs an agent key (x-breakerbox-key) or client certificate"},
-                               false);
+                co_await reply({http::status::unauthorized, "denied", "unauthenticated", std::move(refused)}, false);
                 break;
             }
         }
