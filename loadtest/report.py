@@ -71,6 +71,9 @@ def summarize_load(rows):
         # figure on a 2-core box.
         "cpu_us": statistics.median(
             [float(r["proxy_cpu_s"]) * 1e6 / max(1.0, float(r["requests"])) for r in rows]),
+        # Its kernel part (system time): the sockets' TCP work on loopback.
+        "sys_us": statistics.median(
+            [float(r.get("proxy_sys_s", "nan")) * 1e6 / max(1.0, float(r["requests"])) for r in rows]),
         "cpu_proxy": statistics.median(num("cpu_proxy")),
         "cpu_loadgen": statistics.median(num("cpu_loadgen")),
         "rounds": len(rows),
@@ -116,7 +119,7 @@ def build(results, meta):
       + (f"median of {rounds} interleaved rounds (range in brackets)." if rounds > 1 else "one round."))
     w("")
     errname = "non-2xx" if meta.get("status_check") == "exact" else "status ≥ 400"
-    w(f"| proxy | workers | CPUs | requests/s | p50 | p99 | proxy CPU per request | peak RSS "
+    w(f"| proxy | workers | CPUs | requests/s | p50 | p99 | proxy CPU per request (kernel part) | peak RSS "
       f"| {errname} / socket errors | CPU busy proxy / loadgen |")
     w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     summaries = {}
@@ -140,7 +143,7 @@ def build(results, meta):
             problems.append(f"{LABEL[proxy]} ×{workers}: {s['non2xx']:.0f} {errname} responses and "
                             f"{s['sockerr']:.0f} socket errors in {thousands(s['requests'])} requests")
         w(f"| {LABEL[proxy]} | {workers} | {cpus} | {rps} | {ms(s['p50'])} | {ms(s['p99'])} | "
-          f"{s['cpu_us']:.1f} µs | {mib(s['hwm'])} | {errs} | "
+          f"{s['cpu_us']:.1f} µs ({s['sys_us']:.1f} kernel) | {mib(s['hwm'])} | {errs} | "
           f"{s['cpu_proxy']:.0f}% / {s['cpu_loadgen']:.0f}% |")
     w("")
 
@@ -154,7 +157,9 @@ def build(results, meta):
                 f"- breakerbox vs HAProxy, {workers} worker{'s' if workers > 1 else ''}{caveat}: "
                 f"**{b['rps'] / h['rps']:.2f}×** the requests/s; "
                 f"p99 {ms(b['p99'])} vs {ms(h['p99'])} ({(b['p99'] / h['p99'] - 1) * 100:+.0f}%); "
-                f"{b['cpu_us'] / h['cpu_us']:.2f}× the CPU per request")
+                f"{b['cpu_us'] / h['cpu_us']:.2f}× the CPU per request "
+                f"(user space {b['cpu_us'] - b['sys_us']:.1f} vs {h['cpu_us'] - h['sys_us']:.1f} µs, "
+                f"kernel {b['sys_us']:.1f} vs {h['sys_us']:.1f} µs)")
     g, b1, h1 = summaries.get(("breakerbox-guarded", 1)), summaries.get(("breakerbox", 1)), summaries.get(("haproxy", 1))
     if g and b1:
         comparisons.append(

@@ -186,16 +186,17 @@ mem_kib() {
   echo "$total"
 }
 
-# CPU time (user + system, all threads) in clock ticks of a process and its
-# children: what the proxy itself spent, whoever else was busy.
+# CPU time in clock ticks of a process and its children (all threads), as
+# "user+system system": what the proxy itself spent, whoever else was busy, and
+# the kernel's part of it (on loopback most of a proxy's CPU is the kernel's TCP).
 cpu_time_ticks() {
-  local p total=0 v
+  local p total=0 sys=0 u s
   for p in $(proc_tree "$1"); do
     # Fields 14/15 of /proc/PID/stat; strip "pid (comm) " first, comm may hold spaces.
-    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
-    total=$(( total + ${v:-0} ))
+    read -r u s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12, $13 }' || true)
+    total=$(( total + ${u:-0} + ${s:-0} )); sys=$(( sys + ${s:-0} ))
   done
-  echo "$total"
+  echo "$total $sys"
 }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -497,6 +498,7 @@ run_load() { # kind workers round
     wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$LT/post.lua" \
     "http://127.0.0.1:$PROXY_PORT" -- "${WRK_SCRIPT_ARGS[@]+"${WRK_SCRIPT_ARGS[@]}"}" >"$out" 2>&1 || true
   t1=$(cpu_time_ticks "$PROXY_PID")
+  read -r t0 k0 <<<"$t0"; read -r t1 k1 <<<"$t1"
   p0=$(busy_pct "$c0" "$(cpu_ticks "$PROXY_CPU")"); p1=$(busy_pct "$c1" "$(cpu_ticks "$LOADGEN_CPU")")
   if kill -0 "$PROXY_PID" 2>/dev/null; then
     hwm=$(mem_kib VmHWM "$PROXY_PID")
@@ -512,7 +514,7 @@ run_load() { # kind workers round
     log "$name round $round: wrk printed no result (see $out)"
     return 0
   fi
-  echo "kind=load proxy=$kind workers=$workers round=$round ${bench#BENCH } hwm_kib=$hwm cpu_proxy=$p0 cpu_loadgen=$p1 proxy_cpu_s=$(awk -v t=$(( t1 - t0 )) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" >>"$RESULTS"
+  echo "kind=load proxy=$kind workers=$workers round=$round ${bench#BENCH } hwm_kib=$hwm cpu_proxy=$p0 cpu_loadgen=$p1 proxy_cpu_s=$(awk -v t=$(( t1 - t0 )) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }') proxy_sys_s=$(awk -v t=$(( k1 - k0 )) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" >>"$RESULTS"
   log "$name round $round: $(sed -E 's/.* rps=([0-9.]+) p50_us=([0-9]+) p90_us=[0-9]+ p99_us=([0-9]+).* non2xx=([0-9]+).*/\1 req\/s, p50 \2 us, p99 \3 us, non-2xx \4/' <<<"$bench"), CPU $p0%/$p1%"
 }
 
