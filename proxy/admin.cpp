@@ -1708,7 +1708,19 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the old config keeps serving");
         co_return;
     }
-    for (const auto& w : srv.apply_config(parsed.cfg)) {
+    std::vector<std::string> warnings;
+    std::string refused;
+    try {
+        warnings = srv.apply_config(parsed.cfg);
+    } catch (const std::exception& e) {  // the first breakers of the run, and a store that cannot be opened
+        refused = e.what();
+    }
+    if (!refused.empty()) {
+        spdlog::error("SIGHUP: not reloaded, the old config keeps serving: {}", refused);
+        co_await audit_local(srv, actor, "SIGHUP", params, reason, "not applied: " + refused, diff);
+        co_return;
+    }
+    for (const auto& w : warnings) {
         spdlog::warn("reload: {}", w);
     }
     std::string result = "applied";

@@ -389,112 +389,10 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         throw std::runtime_error(all);
     }
     // The store holds breaker state and quarantined requests, and the admin API's audit log
-    // and config versions: an admin API without it could act unaudited.
+    // and config versions: an admin API without it could act unaudited. Without either it is
+    // opened by the first reload that configures a breaker (apply_config).
     if (!cfg_->breakers.empty() || cfg_->admin.enabled) {
-        // The store keeps breaker state and quarantined requests. A store that cannot be
-        // opened (locked by another process, unreadable) is a reason not to start.
-        store::store_options so;
-        so.path = cfg_->store.path;
-        so.limits.max_held = cfg_->store.max_held;
-        so.limits.max_held_bytes = cfg_->store.max_held_bytes;
-        so.limits.per_breaker_max_held = cfg_->store.per_breaker_max_held;
-        so.limits.per_breaker_max_held_bytes = cfg_->store.per_breaker_max_held_bytes;
-        so.group_commit = cfg_->store.group_commit;
-        std::string error;
-        db_ = store::database::open(so, *clock_, &error);
-        if (!db_) {
-            throw std::runtime_error("cannot open the store " + cfg_->store.path + ": " + error);
-        }
-        {
-            // Compare with the last "audit: entry N appended" line before the restart: a
-            // lower N or another hash means the log was cut back, wiped or rewritten meanwhile.
-            const auto [id, hash] = db_->audit_anchor();
-            spdlog::info("audit: {} entries at start, chain head {}", id, id > 0 ? hash : std::string{"(none)"});
-        }
-        if (db_->recovered_at_open() > 0) {
-            spdlog::warn("{} quarantined request(s) were being released when breakerbox stopped; they are now "
-                         "outcome_unknown and wait for an operator (never re-sent automatically)",
-                         db_->recovered_at_open());
-        }
-        // Restore tripped and forced breakers before anything is served (principle 2). State
-        // we cannot read is a reason not to start, never to start "all closed".
-        auto saved = db_->load_breaker_state(*clock_, &error);
-        if (!saved) {
-            throw std::runtime_error("cannot restore breaker state: " + error +
-                                     " (refusing to start with every breaker closed)");
-        }
-        const auto legacy = cfg_->store.breaker_state_path();
-        if (saved->empty() && std::filesystem::exists(legacy)) {
-            // Written by an earlier build (before the SQLite store): adopt it once.
-            auto from_file = store::load_breaker_state(legacy, *clock_, &error);
-            if (!from_file) {
-                throw std::runtime_error("cannot restore breaker state: " + error +
-                                         " (refusing to start with every breaker closed; repair or move the file aside)");
-            }
-            saved = std::move(from_file);
-        }
-        std::vector<breakers::instance_snapshot> known;
-        std::set<std::string> missing;
-        for (auto& s : *saved) {
-            if (rt_->breakers->find(s.breaker) != nullptr) {
-                known.push_back(std::move(s));
-            } else {
-                missing.insert(s.breaker);
-                orphans_.push_back(std::move(s));
-            }
-        }
-        rt_->breakers->restore(known, clock_->now());
-        if (!known.empty()) {
-            spdlog::warn("restored {} breaker instance(s) from {}", known.size(), cfg_->store.path);
-        }
-        if (!orphans_.empty()) {
-            std::string names;
-            for (const auto& m : missing) {
-                names += (names.empty() ? "" : ", ") + m;
-            }
-            spdlog::warn("the store has the state of {} instance(s) of breakers this config does not have ({}): "
-                         "kept, not enforced; restored when a reload configures them again",
-                         orphans_.size(), names);
-        }
-        auto* db = db_.get();
-        state_writer_ = std::make_unique<store::breaker_state_writer>(
-            cfg_->store.path,
-            [this] {
-                const auto rt = current_runtime();
-                auto all = rt->breakers->snapshot(clock_->now());
-                std::lock_guard lock{orphans_mu_};
-                for (const auto& o : orphans_) {
-                    if (rt->breakers->find(o.breaker) == nullptr) {
-                        all.push_back(o);
-                    }
-                }
-                return all;
-            },
-            [db](std::vector<breakers::instance_snapshot> instances) {
-                std::promise<store::result> done;
-                auto f = done.get_future();
-                db->save_breaker_state(std::move(instances), [&done](const store::result& r) { done.set_value(r); });
-                const auto r = f.get();
-                return r.ok ? std::string{} : r.code + ": " + r.message;
-            },
-            *clock_);
-        // A failed save is logged and alerted (sev1, at most once a minute): the writer keeps
-        // trying, but until it succeeds a restart would come back without what changed.
-        state_writer_->on_failure([this](const std::string& err) {
-            report_store_trouble("breaker state not saved (" + err +
-                                 "); trying again: until a save succeeds, a restart would not see the trips and "
-                                 "operator actions since the last one");
-        });
-        // Prove the store is writable now rather than at the first trip.
-        state_writer_->request();
-        if (!state_writer_->flush()) {
-            throw std::runtime_error("cannot write breaker state: " + state_writer_->last_error());
-        }
-        if (std::filesystem::exists(legacy)) {
-            std::error_code ec;
-            std::filesystem::rename(legacy, legacy + ".migrated", ec);
-        }
-        remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
+        open_store(cfg_->store);
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -503,6 +401,128 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     for (unsigned i = 0; i < n; ++i) {
         workers_.push_back(std::make_unique<worker>(*this, i, rt_, access_log_.get()));
     }
+}
+
+void server::open_store(const store_config& sc) {
+    // A store that cannot be opened (locked by another process, unreadable), read or written
+    // is a reason not to start, and not to apply a reload that needs it.
+    store::store_options so;
+    so.path = sc.path;
+    so.limits.max_held = sc.max_held;
+    so.limits.max_held_bytes = sc.max_held_bytes;
+    so.limits.per_breaker_max_held = sc.per_breaker_max_held;
+    so.limits.per_breaker_max_held_bytes = sc.per_breaker_max_held_bytes;
+    so.group_commit = sc.group_commit;
+    std::string error;
+    auto db = store::database::open(so, *clock_, &error);
+    if (!db) {
+        throw std::runtime_error("cannot open the store " + sc.path + ": " + error);
+    }
+    {
+        // Compare with the last "audit: entry N appended" line before the restart: a
+        // lower N or another hash means the log was cut back, wiped or rewritten meanwhile.
+        const auto [id, hash] = db->audit_anchor();
+        spdlog::info("audit: {} entries at start, chain head {}", id, id > 0 ? hash : std::string{"(none)"});
+    }
+    if (db->recovered_at_open() > 0) {
+        spdlog::warn("{} quarantined request(s) were being released when breakerbox stopped; they are now "
+                     "outcome_unknown and wait for an operator (never re-sent automatically)",
+                     db->recovered_at_open());
+    }
+    // Restore tripped and forced breakers before anything is served (principle 2). State
+    // we cannot read is a reason not to start, never to start "all closed".
+    auto saved = db->load_breaker_state(*clock_, &error);
+    if (!saved) {
+        throw std::runtime_error("cannot restore breaker state: " + error +
+                                 " (refusing to start with every breaker closed)");
+    }
+    const auto legacy = sc.breaker_state_path();
+    if (saved->empty() && std::filesystem::exists(legacy)) {
+        // Written by an earlier build (before the SQLite store): adopt it once.
+        auto from_file = store::load_breaker_state(legacy, *clock_, &error);
+        if (!from_file) {
+            throw std::runtime_error("cannot restore breaker state: " + error +
+                                     " (refusing to start with every breaker closed; repair or move the file aside)");
+        }
+        saved = std::move(from_file);
+    }
+    std::vector<breakers::instance_snapshot> known;
+    std::vector<breakers::instance_snapshot> kept;
+    std::set<std::string> missing;
+    for (auto& s : *saved) {
+        if (rt_->breakers->find(s.breaker) != nullptr) {
+            known.push_back(std::move(s));
+        } else {
+            missing.insert(s.breaker);
+            kept.push_back(std::move(s));
+        }
+    }
+    // Before the first save below, which writes the registry's state: restored (in memory)
+    // first. At a reload the running config has no breakers, so nothing is restored here.
+    rt_->breakers->restore(known, clock_->now());
+    if (!known.empty()) {
+        spdlog::warn("restored {} breaker instance(s) from {}", known.size(), sc.path);
+    }
+    if (!kept.empty()) {
+        std::string names;
+        for (const auto& m : missing) {
+            names += (names.empty() ? "" : ", ") + m;
+        }
+        spdlog::warn("the store has the state of {} instance(s) of breakers this config does not have ({}): "
+                     "kept, not enforced; restored when a reload configures them again",
+                     kept.size(), names);
+    }
+    auto writer = std::make_unique<store::breaker_state_writer>(
+        sc.path,
+        [this] {
+            const auto rt = current_runtime();
+            auto all = rt->breakers->snapshot(clock_->now());
+            std::lock_guard lock{orphans_mu_};
+            for (const auto& o : orphans_) {
+                if (rt->breakers->find(o.breaker) == nullptr) {
+                    all.push_back(o);
+                }
+            }
+            return all;
+        },
+        [db = db.get()](std::vector<breakers::instance_snapshot> instances) {
+            std::promise<store::result> done;
+            auto f = done.get_future();
+            db->save_breaker_state(std::move(instances), [&done](const store::result& r) { done.set_value(r); });
+            const auto r = f.get();
+            return r.ok ? std::string{} : r.code + ": " + r.message;
+        },
+        *clock_);
+    // A failed save is logged and alerted (sev1, at most once a minute): the writer keeps
+    // trying, but until it succeeds a restart would come back without what changed.
+    writer->on_failure([this](const std::string& err) {
+        report_store_trouble("breaker state not saved (" + err +
+                             "); trying again: until a save succeeds, a restart would not see the trips and "
+                             "operator actions since the last one");
+    });
+    // The state of breakers the running config lacks waits in orphans_ (the writer saves it
+    // from there) until a reload configures them again.
+    {
+        std::lock_guard lock{orphans_mu_};
+        orphans_.insert(orphans_.end(), kept.begin(), kept.end());
+    }
+    // Prove the store is writable now rather than at the first trip.
+    writer->request();
+    if (!writer->flush()) {
+        const auto why = writer->last_error();
+        writer.reset();
+        std::lock_guard lock{orphans_mu_};
+        orphans_.resize(orphans_.size() - kept.size());
+        throw std::runtime_error("cannot write breaker state: " + why);
+    }
+
+    if (std::filesystem::exists(legacy)) {
+        std::error_code ec;
+        std::filesystem::rename(legacy, legacy + ".migrated", ec);
+    }
+    db_ = std::move(db);
+    state_writer_ = std::move(writer);
+    remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
 }
 
 std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
@@ -868,8 +888,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             effective = patched;
         }
     }
-    if (!state_writer_ && !effective->breakers.empty()) {
-        warnings.push_back("breakers added by a reload are not persisted until restart");
+    if (!db_ && !effective->breakers.empty()) {
+        // The first breakers of this run: their state must be saved, and what the store kept
+        // of them (a trip, an operator's forced_open from an earlier run) must hold now, as at
+        // a start. Throws, with nothing applied, if the store cannot be opened.
+        open_store(effective->store);
     }
     rt = build_runtime(effective, current_runtime().get(), prepare);
     {

@@ -231,7 +231,9 @@ public:
     // Thread-safe: begins a graceful drain, like SIGTERM.
     void request_stop();
     // Thread-safe: swaps the config on every worker. Listener changes need a restart and
-    // are reported in the returned warnings.
+    // are reported in the returned warnings. The first breakers of a run started without
+    // any open the store here; if it cannot be opened this throws std::runtime_error and
+    // the running config stays.
     // `prepare`, when given, runs on the new breaker registry before any request can see it
     // (how a change applied as metrics_only never enforces, not even for a moment).
     std::vector<std::string> apply_config(std::shared_ptr<const config> cfg,
@@ -293,6 +295,10 @@ public:
     void release_connection();
 
 private:
+    // Opens the store, restores the saved breaker state (what the running config lacks waits
+    // in orphans_) and starts the state writer. Throws std::runtime_error, changing nothing
+    // of the server's, if the store cannot be opened, read or written. Control thread.
+    void open_store(const store_config& sc);
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
                                                  const std::function<void(breakers::breaker_registry&)>& prepare = nullptr);
     void on_transition(const breakers::transition& t);

@@ -564,6 +564,88 @@ TEST(breakers_durable, the_state_of_a_breaker_missing_from_the_config_is_kept_un
               bb::breakers::admission::verdict::contain);
 }
 
+// A run whose config has no breaker (and no admin API) does not open the store. A reload
+// that brings breakers opens it then: what the store kept of them from an earlier run (an
+// operator's trip) holds at once, not "all closed", and new trips are saved.
+TEST(breakers_durable, the_first_breakers_of_a_run_come_with_their_saved_state) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual)};
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/spring", "ops", "hold", bb.server().now()));
+        ASSERT_TRUE(bb.server().flush_breaker_state());
+    }
+    const std::string plain =
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    proxy_instance bb{plain};
+    ASSERT_EQ(bb.server().db(), nullptr) << "the premise: a run without breakers opens no store";
+    {
+        raw_client c{bb.port()};
+        c.send(mail(1, "spring"));
+        ASSERT_EQ(c.read_response().result_int(), 202u);
+    }
+    auto next = bb::parse_config(guarded_config(up.port(), dir, pause_manual));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_NE(bb.server().db(), nullptr);
+    EXPECT_EQ(bb.server().breakers()->admit("campaign-volume/spring", bb.server().now()).v,
+              bb::breakers::admission::verdict::contain)
+        << "the operator's trip from the earlier run was lost: the breaker reopened";
+    {
+        raw_client c{bb.port()};
+        c.send(mail(1, "spring"));
+        EXPECT_EQ(c.read_response().result_int(), 503u);
+    }
+    const auto before = up.request_count();
+    // A trip now is saved like any other.
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/autumn", "ops", "hold", bb.server().now()));
+    ASSERT_TRUE(bb.server().flush_breaker_state());
+    std::string err;
+    auto saved = bb.server().db()->load_breaker_state(bb.server().time(), &err);
+    ASSERT_TRUE(saved) << err;
+    std::set<std::string> names;
+    for (const auto& s : *saved) {
+        names.insert(s.instance);
+    }
+    EXPECT_TRUE(names.count("campaign-volume/spring"));
+    EXPECT_TRUE(names.count("campaign-volume/autumn"));
+    EXPECT_EQ(up.request_count(), before);
+}
+
+// If that store cannot be opened (here: another process holds it), the reload is refused
+// whole: no breaker runs unsaved and without what the store kept.
+TEST(breakers_durable, a_reload_whose_first_breakers_cannot_open_the_store_is_refused) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const std::string plain =
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    proxy_instance bb{plain};
+    bb::real_clock clock;
+    std::string error;
+    bb::store::store_options so;
+    so.path = dir + "/bb.db";
+    auto holder = bb::store::database::open(so, clock, &error);
+    ASSERT_TRUE(holder) << error;
+    auto next = bb::parse_config(guarded_config(up.port(), dir, pause_manual));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    EXPECT_THROW(bb.server().apply_config(next.cfg), std::runtime_error);
+    EXPECT_EQ(bb.server().db(), nullptr);
+    EXPECT_TRUE(bb.server().current_config()->breakers.empty()) << "applied without its store";
+    holder.reset();
+    // Once the store is free the same reload goes through.
+    bb.server().apply_config(next.cfg);
+    EXPECT_NE(bb.server().db(), nullptr);
+    EXPECT_FALSE(bb.server().current_config()->breakers.empty());
+}
+
 TEST(breakers_durable, a_reload_that_changes_breakers_keeps_tripped_ones_on_disk) {
     fake_upstream up;
     const auto dir = temp_dir();
