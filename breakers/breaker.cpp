@@ -830,7 +830,12 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
     if (!s->cfg.per_key) {
         key = {};
     }
-    // A breaker-wide forced_closed/metrics_only turns the key's trip into a shadow trip.
+    // A breaker-wide forced_closed/metrics_only turns the key's trip into a shadow trip. The
+    // mode read and the trip are one step for set_mode_if_at_rest (trip_mu).
+    std::shared_lock<std::shared_mutex> trip_lock;
+    if (!key.empty()) {
+        trip_lock = std::shared_lock{s->trip_mu};
+    }
     bool wide_bypass = false;
     if (!key.empty()) {
         instance_ptr wide;
@@ -855,6 +860,9 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
                                  return in.trip(std::move(cause), now, wide_bypass);
                              },
                              on_transition_);
+    if (trip_lock.owns_lock()) {
+        trip_lock.unlock();
+    }
     if (!outcome) {
         return successor_->trip(breaker_id, key, kept, now);
     }
@@ -1014,6 +1022,57 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
         return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
     return *done;
+}
+
+std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, mode m, std::string actor,
+                                                  std::string reason, time_point now) {
+    slot* s = find_slot(breaker_id);
+    if (!s) {
+        return "unknown breaker";
+    }
+    std::unique_lock trip_lock{s->trip_mu};  // no keyed trip runs until the mode is set
+    if (s->handed_over.load(std::memory_order_acquire)) {
+        trip_lock.unlock();
+        return successor_->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
+    }
+    std::vector<instance_ptr> all;
+    {
+        std::shared_lock lock{mutex_};
+        for (const auto& [name, inst] : s->instances) {
+            all.push_back(inst);
+        }
+    }
+    const auto wide_name = instance_name(s->cfg, {});
+    for (const auto& inst : all) {
+        if (inst->name() == wide_name) {
+            continue;  // checked below, under the lock its mode is set under
+        }
+        std::lock_guard lock{inst->mutex()};
+        if (inst->evicted() || inst->moved()) {
+            continue;
+        }
+        if (const auto v = inst->view(now); !v.at_rest()) {
+            return v.instance + " is " + std::string{to_string(v.st)} + "/" + std::string{to_string(v.md)};
+        }
+    }
+    std::string busy;
+    const auto done = run([&] { return get_or_create(*s, {}); },
+                          [&](instance& in) {
+                              in.advance(now);
+                              if (const auto v = in.view(now); !v.at_rest()) {
+                                  busy = v.instance + " is " + std::string{to_string(v.st)} + "/" +
+                                         std::string{to_string(v.md)};
+                                  return false;
+                              }
+                              in.set_mode(m, std::nullopt, cause_of("manual", actor, reason), now);
+                              return true;
+                          },
+                          on_transition_);
+    if (!done) {
+        trip_lock.unlock();
+        return successor_->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
+    }
+    return busy;
 }
 
 std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const {

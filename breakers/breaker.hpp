@@ -206,6 +206,16 @@ public:
     op_result set_mode(std::string_view instance, mode m, std::optional<milliseconds> expires_in, std::string actor,
                        std::string reason, time_point now);
 
+    // For a change applied as metrics_only: sets bypass mode `m` (forced_closed or
+    // metrics_only) on the breaker-wide instance of `breaker_id` only while every instance of
+    // the breaker is at rest, atomically with respect to trips: a trip is either seen here
+    // (nothing is set) or made after the mode is set (a shadow trip). A check of snapshot()
+    // followed by set_mode() lets a key tripped between the two go unenforced under the
+    // breaker-wide bypass. Returns "" when set, else "instance is state/mode" (the instance
+    // that contains), or "unknown breaker".
+    std::string set_mode_if_at_rest(std::string_view breaker_id, mode m, std::string actor, std::string reason,
+                                    time_point now);
+
     // Whether an operator suspended enforcement for `instance`: its mode, or its breaker-wide
     // instance's, is forced_closed or metrics_only. For breakers whose rule acts by itself
     // (deny) rather than through admit().
@@ -251,6 +261,10 @@ private:
         std::size_t keyed = 0;  // keyed instances (the bound); wide and overflow not counted
         // Set (under mutex_, exclusively) when hand_over moved this breaker to successor_.
         std::atomic<bool> handed_over{false};
+        // A keyed trip holds it shared from reading the breaker-wide mode to its own
+        // transition; set_mode_if_at_rest holds it exclusively. Taken before mutex_ and the
+        // instances' mutexes, never while holding them.
+        mutable std::shared_mutex trip_mu;
     };
 
     slot* find_slot(std::string_view breaker_id) const;

@@ -1396,18 +1396,19 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         // forced_open kill switch) keeps enforcing: shadowing the new rule must not
         // silently undo a trip or an operator's decision.
         std::vector<std::string> kept;
+        // The registry may be live (requests trip it meanwhile): "at rest" is checked and the
+        // mode set in one step, so a key tripped meanwhile is never left unenforced.
         auto shadow = [&](breakers::breaker_registry& reg) {
-            const auto live = reg.snapshot(at);
             for (const auto& b : touched) {
-                if (const auto busy = containing_instance(live, b); !busy.empty()) {
-                    kept.push_back(b + " (" + busy + ")");
-                    continue;
-                }
                 if (const auto other = unchanged_rule_of(b); !other.empty()) {
                     kept.push_back(b + " (also tripped by unchanged rule " + other + ")");
                     continue;
                 }
-                reg.set_mode(b, breakers::mode::metrics_only, std::nullopt, who_->name, shadow_reason, at);
+                if (const auto busy =
+                        reg.set_mode_if_at_rest(b, breakers::mode::metrics_only, who_->name, shadow_reason, at);
+                    !busy.empty()) {
+                    kept.push_back(b + " (" + busy + ")");
+                }
             }
         };
         for (const auto& w : srv_.apply_config(next, shadow)) {

@@ -2,6 +2,9 @@
 // breaker-wide instance of a per-key breaker.
 #include "helpers.hpp"
 
+#include <atomic>
+#include <thread>
+
 namespace bb::breakers::test {
 namespace {
 
@@ -120,6 +123,62 @@ TEST_F(registry_test, metrics_only_records_would_trip_without_enforcing) {
     EXPECT_EQ(ev[1].cause.kind, "expiry");
     // Back in auto a trip is real.
     EXPECT_TRUE(reg().trip("b", "k0", rule_cause(), now()).opened);
+}
+
+// What a config change applied as metrics_only uses: the breaker-wide bypass is set only
+// while nothing of the breaker contains, in one step with respect to trips.
+TEST_F(registry_test, a_bypass_set_only_at_rest_is_refused_while_a_key_is_open) {
+    make({make_config("b", action::pause, reset_policy::manual)});
+    ASSERT_TRUE(reg().trip("b", "k", rule_cause(), now()).opened);
+    EXPECT_EQ(reg().set_mode_if_at_rest("b", mode::metrics_only, "alice", "shadow", now()), "b/k is open/auto");
+    EXPECT_EQ(reg().get("b", now())->md, mode::automatic);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+    ASSERT_TRUE(reg().reset("b/k", "alice", "done", now()));
+    EXPECT_EQ(reg().set_mode_if_at_rest("b", mode::metrics_only, "alice", "shadow", now()), "");
+    EXPECT_EQ(reg().get("b", now())->md, mode::metrics_only);
+    EXPECT_TRUE(reg().trip("b", "k", rule_cause(), now()).shadow);
+    // The wide instance itself in a mode (an operator's forced_open) is not at rest either.
+    reg().set_mode("b", mode::forced_open, std::nullopt, "bob", "kill", now());
+    EXPECT_EQ(reg().set_mode_if_at_rest("b", mode::metrics_only, "alice", "shadow", now()), "b is closed/forced_open");
+    EXPECT_EQ(reg().get("b", now())->md, mode::forced_open);
+    EXPECT_EQ(reg().set_mode_if_at_rest("nope", mode::metrics_only, "alice", "shadow", now()), "unknown breaker");
+}
+
+// A key tripped while the bypass is being set is either seen (nothing set) or shadowed (no
+// instance open): never open under a breaker-wide bypass, where admit() would let it through.
+// Bounded: 300 races of two threads.
+TEST_F(registry_test, a_trip_racing_a_bypass_set_at_rest_is_never_left_unenforced) {
+    make({make_config("b", action::pause, reset_policy::manual)});
+    int seen = 0;
+    int shadowed = 0;
+    for (int round = 0; round < 300; ++round) {
+        const std::string key = "k" + std::to_string(round);
+        std::atomic<bool> go{false};
+        breaker_registry::trip_result tripped;
+        std::thread t{[&] {
+            while (!go.load()) {
+            }
+            tripped = reg().trip("b", key, rule_cause(), now());
+        }};
+        go.store(true);
+        const auto busy = reg().set_mode_if_at_rest("b", mode::metrics_only, "alice", "shadow", now());
+        t.join();
+        const auto wide = reg().get("b", now());
+        const auto k = reg().get("b/" + key, now());
+        ASSERT_TRUE(wide && k);
+        if (wide->md == mode::metrics_only) {
+            ASSERT_EQ(k->st, state::closed) << "round " << round << ": a key opened under the bypass";
+            ASSERT_TRUE(tripped.shadow);
+            ++shadowed;
+        } else {
+            ASSERT_EQ(busy, "b/" + key + " is open/auto") << "round " << round;
+            ASSERT_EQ(reg().admit("b/" + key, now()).v, verdict::contain);
+            ++seen;
+        }
+        ASSERT_TRUE(reg().reset("b/" + key, "alice", "next", now()));
+        ASSERT_TRUE(reg().set_mode("b", mode::automatic, std::nullopt, "alice", "next", now()));
+    }
+    EXPECT_EQ(seen + shadowed, 300);
 }
 
 TEST_F(registry_test, metrics_only_on_one_instance) {
