@@ -33,7 +33,7 @@ constexpr flag_spec known_flags[] = {
     {"--dry-run", false},   {"--metrics-only", false}, {"--expires-in", true}, {"--breaker", true},
     {"--agent", true},      {"--rule", true},          {"--state", true},      {"--from", true},
     {"--to", true},         {"--limit", true},         {"--after", true},      {"--rate", true},
-    {"--cert", true},       {"--key", true},
+    {"--cert", true},       {"--key", true},           {"--base-version", true},
 };
 
 const std::set<std::string, std::less<>> global_flags = {"--admin", "--token", "--json", "--timeout", "--cacert",
@@ -349,9 +349,19 @@ void build(plan& p, const tokens& t) {
             p.action = "read the config";
             p.requests = {get("/v1/config")};
         } else if (sub == "apply") {
-            expect(t, p.command, 2, 1, 1, {"--reason", "--dry-run", "--metrics-only"}, "a FILE (or - for stdin)");
+            expect(t, p.command, 2, 1, 1, {"--reason", "--dry-run", "--metrics-only", "--base-version"},
+                   "a FILE (or - for stdin)");
             p.reason = require_reason(t, p.command);
             p.metrics_only = t.has("--metrics-only");
+            if (t.has("--base-version")) {
+                // The version `config show` printed when the file was made from it: the change
+                // is refused (409) if another one was applied meanwhile, instead of undoing it.
+                const std::string& v = t.get("--base-version");
+                if (!all_digits(v) || v.size() > 18) {
+                    throw usage_error("--base-version is a version number (0: none stored yet), not " + cfg::quote(v));
+                }
+                p.base_version = std::strtoll(v.c_str(), nullptr, 10);
+            }
             p.config_file = w[2];
             p.kind = view::config_change;
             p.action = "change the config";
@@ -487,7 +497,9 @@ commands:
   quarantine discard TICKET --reason R
   quarantine discard --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] --reason R
   config show
-  config apply FILE|- [--dry-run] [--metrics-only] --reason R
+  config apply FILE|- [--dry-run] [--metrics-only] [--base-version N] --reason R
+                                           N: the version `config show` printed; refused
+                                           if another change was applied since
   config reload --reason R
   config rollback VERSION --reason R
   audit [--limit N] [--after ID]
@@ -534,7 +546,7 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
 }
 
 std::optional<std::string> config_apply_body(std::string_view file_text, std::string_view reason, bool metrics_only,
-                                             std::string* why) {
+                                             std::string* why, std::optional<std::int64_t> base_version) {
     simdjson::dom::parser parser;
     auto doc = parser.parse(file_text.data(), file_text.size());
     if (doc.error()) {
@@ -546,7 +558,8 @@ std::optional<std::string> config_apply_body(std::string_view file_text, std::st
         return std::nullopt;
     }
     return "{\"config\":" + simdjson::minify(doc.value_unsafe()) + ",\"reason\":" + cfg::quote(reason) +
-           ",\"metrics_only\":" + (metrics_only ? "true" : "false") + "}";
+           ",\"metrics_only\":" + (metrics_only ? "true" : "false") +
+           (base_version ? ",\"base_version\":" + std::to_string(*base_version) : std::string{}) + "}";
 }
 
 transport network_transport(const client_options& opts) {
@@ -559,7 +572,7 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
         auto text = read_file(p.config_file, &why);
         std::optional<std::string> body;
         if (text) {
-            body = config_apply_body(*text, p.reason, p.metrics_only, &why);
+            body = config_apply_body(*text, p.reason, p.metrics_only, &why, p.base_version);
             if (!body) {
                 why = p.config_file + ": " + why;
             }

@@ -56,6 +56,7 @@ struct plan {
     std::string config_file;
     std::string reason;
     bool metrics_only = false;
+    std::optional<std::int64_t> base_version;  // config apply --base-version
 };
 
 struct parse_result {
@@ -68,10 +69,10 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
 
 std::string usage();
 
-// The POST /v1/config body for `config apply`: {"config":<file JSON>,"reason":..,"metrics_only":..}.
-// nullopt with *why set when the file is not a JSON object.
+// The POST /v1/config body for `config apply`: {"config":<file JSON>,"reason":..,"metrics_only":..
+// [,"base_version":N]}. nullopt with *why set when the file is not a JSON object.
 std::optional<std::string> config_apply_body(std::string_view file_text, std::string_view reason, bool metrics_only,
-                                             std::string* why);
+                                             std::string* why, std::optional<std::int64_t> base_version = std::nullopt);
 
 // Makes the transport for a plan's client options; tests substitute a fake.
 using transport_factory = std::function<transport(const client_options&)>;

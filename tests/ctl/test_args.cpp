@@ -117,6 +117,12 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"breaker"}, "needs a breaker instance ID");
     expect_usage_error({"breakers", "--reason", "x"}, "--reason does not apply to breakers");
     expect_usage_error({"trip", "b", "--reason"}, "--reason needs a value");
+    expect_usage_error({"config", "apply", "f.json", "--base-version", "v3", "--reason", "r"},
+                       "--base-version is a version number");
+    expect_usage_error({"config", "apply", "f.json", "--base-version", "-1", "--reason", "r"},
+                       "--base-version is a version number");
+    expect_usage_error({"config", "reload", "--base-version", "1", "--reason", "r"},
+                       "--base-version does not apply to config reload");
     expect_usage_error({"breakers", "--json=yes"}, "--json takes no value");
     expect_usage_error({"mode", "b", "--reason", "r"}, "needs a breaker instance ID and a mode");
     expect_usage_error({"mode", "b", "open", "--reason", "r"}, "is not a mode");
@@ -255,6 +261,9 @@ TEST(CtlRequests, ConfigMutations) {
     EXPECT_EQ(config_apply_body("{ \"rules\": [ ] }\n", "tighten", true, &why),
               R"({"config":{"rules":[]},"reason":"tighten","metrics_only":true})");
     EXPECT_EQ(config_apply_body("{}", "r", false, &why), R"({"config":{},"reason":"r","metrics_only":false})");
+    EXPECT_EQ(config_apply_body("{}", "r", false, &why, 0), R"({"config":{},"reason":"r","metrics_only":false,"base_version":0})");
+    EXPECT_EQ(config_apply_body("{}", "r", true, &why, 12),
+              R"({"config":{},"reason":"r","metrics_only":true,"base_version":12})");
     EXPECT_FALSE(config_apply_body("{\"rules\": [", "r", false, &why));
     EXPECT_NE(why.find("not valid JSON"), std::string::npos);
     EXPECT_FALSE(config_apply_body("[1]", "r", false, &why));
@@ -278,6 +287,25 @@ TEST(CtlRequests, ConfigApplyReadsTheFileAtExecution) {
                                        R"({"config":{"breakers":[{"id":"b1"}]},"reason":"new breaker","metrics_only":true})"}));
     EXPECT_NE(r.out.find("applied as version 4"), std::string::npos);
     EXPECT_NE(r.out.find("breakers: + b1"), std::string::npos);
+    std::remove(path.c_str());
+
+    // --base-version: the server refuses a change made from an older version (409).
+    {
+        std::ofstream f{path};
+        f << "{\"breakers\": [{\"id\": \"b1\"}]}\n";
+    }
+    auto stale = run_fake({"config", "apply", path, "--base-version", "3", "--reason", "new breaker"},
+                          [](const http_request&) {
+                              return http_result{
+                                  http_response{409, "application/json",
+                                                R"({"error":{"code":"version_conflict","message":"the change was made from version 3, but version 4 is current; read it again and redo the change","field":"base_version"}})"},
+                                  {}};
+                          });
+    EXPECT_EQ(stale.code, exit_failed);
+    ASSERT_EQ(stale.sent.size(), 1u);
+    EXPECT_EQ(stale.sent[0].body,
+              R"({"config":{"breakers":[{"id":"b1"}]},"reason":"new breaker","metrics_only":false,"base_version":3})");
+    EXPECT_NE(stale.err.find("version 4 is current"), std::string::npos) << stale.err;
     std::remove(path.c_str());
 
     auto missing = run_fake({"config", "apply", path + ".absent", "--reason", "r"});
