@@ -4,6 +4,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -200,9 +201,22 @@ ALTER TABLE held_requests ADD COLUMN idem_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE held_requests ADD COLUMN idem_fingerprint TEXT NOT NULL DEFAULT '';
 CREATE INDEX held_requests_idem ON held_requests(idem_key, route, agent) WHERE idem_key != '';
 )sql"},
+    // The clocks when breaker_state was last written: the boot (kernel boot id) and a
+    // steady-clock reading beside the wall-clock one. A restart within the same boot turns
+    // the saved wall-clock times back into the exact steady-clock times they were, so a
+    // wall-clock step while breakerbox was down (NTP, `date -s`) neither shortens a cooldown
+    // or an operator's mode (a breaker reopening early) nor lengthens it.
+    {4, R"sql(
+CREATE TABLE breaker_state_clock (
+  one       INTEGER PRIMARY KEY CHECK (one = 1),
+  boot_id   TEXT NOT NULL,
+  steady_ms INTEGER NOT NULL,
+  wall_ms   INTEGER NOT NULL
+);
+)sql"},
 };
 
-constexpr int latest_version = 3;
+constexpr int latest_version = 4;
 
 // ---------------------------------------------------------------------------------------
 // Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
@@ -352,18 +366,7 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------
-// Wall clock <-> steady clock, as in breaker_state.cpp.
-
-std::int64_t to_wall_ms(time_point t, const clock& c) {
-    const auto now = c.now();
-    const auto wall = c.wall_now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(now - t);
-    return std::chrono::duration_cast<std::chrono::milliseconds>(wall.time_since_epoch()).count();
-}
-
-time_point from_wall_ms(std::int64_t ms, const clock& c) {
-    const auto wall = std::chrono::system_clock::time_point{std::chrono::milliseconds{ms}};
-    return c.now() - std::chrono::duration_cast<duration>(c.wall_now() - wall);
-}
+// Wall clock <-> steady clock (breaker state: read_clocks below).
 
 std::int64_t wall_ms(const clock& c) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(c.wall_now().time_since_epoch()).count();
@@ -380,6 +383,21 @@ std::optional<breakers::state> parse_breaker_state(std::string_view s) {
 
 // A breaker snapshot already converted to wall-clock form (on the caller's thread, so the
 // conversion uses the clock reading closest to the snapshot).
+// The clocks at the moment a breaker snapshot was converted (breaker_state_clock).
+struct clock_reading {
+    std::string boot_id;
+    std::int64_t steady_ms = 0;
+    std::int64_t wall_ms = 0;
+};
+
+clock_reading read_clocks(const clock& c) {
+    clock_reading r;
+    r.boot_id = c.boot_id();
+    r.steady_ms = std::chrono::duration_cast<std::chrono::milliseconds>(c.now().time_since_epoch()).count();
+    r.wall_ms = wall_ms(c);
+    return r;
+}
+
 struct breaker_row {
     std::string instance, breaker, key, state, mode;
     std::optional<std::int64_t> mode_expires_ms;
@@ -514,7 +532,7 @@ public:
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason);
     outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
-    outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows);
+    outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows, const clock_reading& clocks);
 
     // Reads.
     class reader_lease;
@@ -1436,9 +1454,23 @@ database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cu
     return {ok};
 }
 
-database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows) {
+database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows,
+                                                         const clock_reading& clocks) {
     if (const int rc = ctx.c.exec("DELETE FROM breaker_state"); rc != SQLITE_OK) {
         return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
+    }
+    {
+        auto s = ctx.c.prepared(
+            "INSERT OR REPLACE INTO breaker_state_clock(one, boot_id, steady_ms, wall_ms) VALUES(1, ?1, ?2, ?3)");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare breaker state clock");
+        }
+        s.text(1, clocks.boot_id);
+        s.i64(2, clocks.steady_ms);
+        s.i64(3, clocks.wall_ms);
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
+        }
     }
     for (const auto& r : rows) {
         auto s = ctx.c.prepared(
@@ -1577,6 +1609,13 @@ void database::prune(std::int64_t older_than_ms, done_fn done, std::size_t max_r
 void database::save_breaker_state(std::vector<breakers::instance_snapshot> instances, done_fn done) {
     std::vector<breaker_row> rows;
     const clock& c = impl_->clock_;
+    const clock_reading clocks = read_clocks(c);
+    // Every time of the snapshot through the one reading above: load_breaker_state inverts it
+    // exactly within the same boot.
+    auto to_wall = [&](time_point tp) {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(tp.time_since_epoch()).count() - clocks.steady_ms +
+               clocks.wall_ms;
+    };
     for (const auto& i : instances) {
         if (i.at_rest()) {
             continue;  // the default needs no record
@@ -1588,9 +1627,9 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
         r.state = breakers::to_string(i.st);
         r.mode = breakers::to_string(i.md);
         if (i.mode_expires) {
-            r.mode_expires_ms = to_wall_ms(*i.mode_expires, c);
+            r.mode_expires_ms = to_wall(*i.mode_expires);
         }
-        r.opened_at_ms = to_wall_ms(i.opened_at, c);
+        r.opened_at_ms = to_wall(i.opened_at);
         r.cooldown_ms = i.cooldown.count();
         r.trips = static_cast<std::int64_t>(i.trips);
         if (i.last_trip) {
@@ -1605,13 +1644,13 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
             r.limit = t.cause.limit;
             r.window_ms = t.cause.window.count();
             r.request_id = t.cause.request_id;
-            r.at_ms = to_wall_ms(t.at, c);
+            r.at_ms = to_wall(t.at);
         }
         rows.push_back(std::move(r));
     }
     const std::size_t bytes = 256 + rows.size() * 256;
-    impl_->enqueue([p = impl_.get(), rows = std::move(rows)](impl::batch_ctx& ctx) {
-        return p->do_save_breakers(ctx, rows);
+    impl_->enqueue([p = impl_.get(), rows = std::move(rows), clocks](impl::batch_ctx& ctx) {
+        return p->do_save_breakers(ctx, rows, clocks);
     }, std::move(done), bytes, /*essential=*/true);
 }
 
@@ -1631,6 +1670,36 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
     if (!s.valid()) {
         return fail("cannot read breaker state: " + conn->error());
     }
+    // Within the boot that wrote them, the saved times go back to the steady-clock times they
+    // were (the wall-clock offset of that moment), so a wall-clock step since changes nothing;
+    // after a reboot the wall clock is the only link left.
+    const auto current = read_clocks(c);
+    std::int64_t steady_minus_wall = current.steady_ms - current.wall_ms;
+    {
+        auto k = conn->prepared("SELECT boot_id, steady_ms, wall_ms FROM breaker_state_clock WHERE one = 1");
+        if (!k.valid()) {
+            return fail("cannot read breaker state: " + conn->error());
+        }
+        if (const int krc = k.step(); krc == SQLITE_ROW) {
+            const auto boot = c.boot_id();
+            // Plausible readings only (a steady clock of under 30 years since boot, a wall
+            // clock after 2001 and before 2286); anything else falls back to the wall clock.
+            constexpr std::int64_t max_steady_ms = 1'000'000'000'000;
+            constexpr std::int64_t min_wall_ms = 1'000'000'000'000, max_wall_ms = 10'000'000'000'000;
+            if (!boot.empty() && k.col_str(0) == boot && k.is_integer(1) && k.is_integer(2) && k.col_i64(1) >= 0 &&
+                k.col_i64(1) <= max_steady_ms && k.col_i64(2) >= min_wall_ms && k.col_i64(2) <= max_wall_ms) {
+                steady_minus_wall = k.col_i64(1) - k.col_i64(2);
+            }
+        } else if (krc != SQLITE_DONE) {
+            return fail("cannot read breaker state: " + conn->error());
+        }
+    }
+    // In milliseconds, kept within +-100 years of the steady clock's zero so that no stored
+    // value, however odd, overflows a time_point (nanoseconds).
+    auto to_time = [&](std::int64_t ms) {
+        constexpr std::int64_t bound = 3'155'760'000'000;
+        return time_point{std::chrono::milliseconds{std::clamp(ms + steady_minus_wall, -bound, bound)}};
+    };
     std::vector<breakers::instance_snapshot> out;
     int rc = 0;
     while ((rc = s.step()) == SQLITE_ROW) {
@@ -1658,9 +1727,9 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
             return fail("breaker " + i.instance + " has a time, duration or count that is not a plausible integer");
         }
         if (!s.is_null(5)) {
-            i.mode_expires = from_wall_ms(s.col_i64(5), c);
+            i.mode_expires = to_time(s.col_i64(5));
         }
-        i.opened_at = from_wall_ms(s.col_i64(6), c);
+        i.opened_at = to_time(s.col_i64(6));
         i.cooldown = std::chrono::milliseconds{s.col_i64(7)};
         i.trips = static_cast<std::uint64_t>(s.col_i64(8));
         if (!s.is_null(9)) {
@@ -1678,7 +1747,7 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
             t->cause.limit = s.col_f64(15);
             t->cause.window = std::chrono::milliseconds{s.col_i64(16)};
             t->cause.request_id = s.col_str(17);
-            t->at = from_wall_ms(s.col_i64(18), c);
+            t->at = to_time(s.col_i64(18));
             i.last_trip = std::move(t);
         }
         out.push_back(std::move(i));

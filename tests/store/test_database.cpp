@@ -143,7 +143,8 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 3);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys
+    EXPECT_EQ(db->schema_version(), 4);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+                                         // 4: the clocks of the breaker state
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1146,6 +1147,67 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     EXPECT_EQ((*back)[0].instance, "manual");
 }
 
+// A wall-clock step while breakerbox is down (NTP after a long drift, `date -s`) must not
+// move a saved cooldown or an operator's mode expiry: within the boot that saved them they
+// come back as the exact steady-clock times they were. After a reboot (another boot id) the
+// wall clock is all that links them to now; a store written before the clocks were saved
+// (no breaker_state_clock row) is read that way too.
+TEST_F(store_db, a_wall_clock_step_between_runs_moves_no_saved_breaker_time) {
+    namespace br = bb::breakers;
+    br::instance_snapshot tripped;
+    tripped.instance = tripped.breaker = "campaign-volume";
+    tripped.st = br::state::open;
+    tripped.opened_at = clock_.now() - 5s;
+    tripped.cooldown = 30min;
+    tripped.md = br::mode::forced_open;
+    tripped.mode_expires = clock_.now() + 10min;
+    auto db = open();
+    const auto path = db->path();
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_breaker_state({tripped}, d); }).ok);
+    db.reset();
+
+    // Same boot, 1 minute later, the wall clock stepped 2 hours forward: nothing moves.
+    bb::manual_clock later;
+    later.set(clock_.now() + 1min);
+    later.step_wall(2h);
+    std::string err;
+    auto db2 = database::open(options(), later, &err);
+    ASSERT_TRUE(db2) << err;
+    auto back = db2->load_breaker_state(later, &err);
+    ASSERT_TRUE(back && back->size() == 1u) << err;
+    EXPECT_EQ((*back)[0].opened_at, tripped.opened_at) << "the cooldown would end 2 hours early";
+    EXPECT_EQ(*(*back)[0].mode_expires, *tripped.mode_expires) << "the operator's mode would have expired";
+    // Backwards too (the cooldown would otherwise last 2 hours longer).
+    bb::manual_clock earlier;
+    earlier.set(clock_.now() + 1min);
+    earlier.step_wall(-2h);
+    back = db2->load_breaker_state(earlier, &err);
+    ASSERT_TRUE(back && back->size() == 1u) << err;
+    EXPECT_EQ((*back)[0].opened_at, tripped.opened_at);
+
+    // Another boot: its steady clock means nothing here; the wall clock is the link.
+    bb::manual_clock rebooted;
+    rebooted.set_boot_id("another-boot");
+    rebooted.set(clock_.now() + 1min);
+    rebooted.step_wall(2h);
+    back = db2->load_breaker_state(rebooted, &err);
+    ASSERT_TRUE(back && back->size() == 1u) << err;
+    EXPECT_EQ((*back)[0].opened_at, tripped.opened_at - 2h);
+    EXPECT_EQ(*(*back)[0].mode_expires, *tripped.mode_expires - 2h);
+    db2.reset();
+
+    // A store from before the clocks were saved: read by the wall clock, as it was written.
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw, "DELETE FROM breaker_state_clock", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(raw);
+    auto db3 = database::open(options(), later, &err);
+    ASSERT_TRUE(db3) << err;
+    back = db3->load_breaker_state(later, &err);
+    ASSERT_TRUE(back && back->size() == 1u) << err;
+    EXPECT_EQ((*back)[0].opened_at, tripped.opened_at - 2h);
+}
+
 // A tripped breaker's row with a time that is not an integer would read as 0 (its cooldown
 // long over): the state is refused, not read as a breaker to reopen.
 TEST_F(store_db, a_breaker_row_with_an_implausible_time_is_refused) {
@@ -1204,15 +1266,15 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(raw,
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
-                           "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; "
-                           "DELETE FROM schema_version WHERE version = 3",
+                           "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
+                           "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
         << sqlite3_errmsg(raw);
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 3);
+    EXPECT_EQ(db->schema_version(), 4);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
