@@ -216,6 +216,16 @@ bool header_param(std::string_view header_value, std::string_view name, std::opt
 
 namespace {
 
+// What one value adds to a sum(...): a metered amount is never negative, so a negative value
+// (or NaN) adds nothing rather than taking from the window (`{"qty": -1000000}` would make
+// room for a million more), and a huge one (or +inf) adds a bound far above any limit, so
+// a window total stays finite and a rollback of it exact (inf - inf is NaN, never above a
+// limit).
+double summable(double x) {
+    constexpr double most = 1e15;
+    return x > 0 ? std::min(x, most) : 0;
+}
+
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
 // a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
 // multipart parser an upstream runs reads it.
@@ -762,8 +772,8 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                         if (t.kind == term_kind::sum) {
                             double x = 0;
                             auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-                            if (ec == std::errc{} && std::isfinite(x)) {
-                                total += x;
+                            if (ec == std::errc{}) {
+                                total += summable(x);
                             }
                             continue;
                         }
@@ -809,7 +819,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     for_each_match(root, t.path, [&](simdjson::dom::element v) {
                         double x = 0;
                         if (v.is_number() && v.get(x) == simdjson::SUCCESS) {
-                            total += x;
+                            total += summable(x);
                         }
                     });
                 } else {

@@ -460,5 +460,42 @@ TEST(Engine, SumDistinctAndBodyBytes) {
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "bytes");
 }
 
+// A sum is of amounts, which are never negative: a negative value must not take room from
+// the window (one request with -1e6 would let a million more through), a huge one must not
+// make the total infinite (its rollback would leave NaN, which is never above a limit).
+TEST(Engine, ASumCannotBeLoweredOrMadeInfinite) {
+    engine eng{load_ok(config(R"j(
+        {"id": "per-request", "route": "mail-send", "measure": {"per_request": "sum($.items[*].qty)"}, "limit": 5000,
+         "failure_mode": "volume-spike", "trips": "a"},
+        {"id": "qty", "route": "mail-send", "key": "header:x-k", "measure": "sum($.items[*].qty)", "window": "1h",
+         "limit": 1000, "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.header("x-k", "k");
+    req.body = R"j({"items":[{"qty":-1000000},{"qty":-1.7e308},{"qty":-1.7e308}]})j";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_EQ(eng.read("qty", "k", clock.now())->value, 0);
+    req.body = R"j({"items":[{"qty":600}]})j";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "qty") << "the negative amount made room in the window";
+    // A per-request cap cannot be hidden by a negative item either.
+    req = request{};
+    req.header("x-k", "other");
+    req.body = R"j({"items":[{"qty":5001},{"qty":-4990}]})j";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "per-request");
+    // Huge values: the request is refused by the window cap, and the window stays finite (the
+    // refused booking is rolled back exactly): a later small request still counts.
+    req = request{};
+    req.header("x-k", "huge");
+    req.body = R"j({"items":[{"qty":1.7e308},{"qty":1.7e308}]})j";
+    EXPECT_FALSE(eng.evaluate(req.view(), clock.now()).allowed());
+    req.body = R"j({"items":[{"qty":999}]})j";
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_TRUE(d.allowed()) << d.rule << ": " << d.reason;
+    EXPECT_EQ(eng.read("qty", "huge", clock.now())->value, 999);
+    req.body = R"j({"items":[{"qty":2}]})j";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "qty");
+}
+
 }  // namespace
 }  // namespace bb::rules::test
