@@ -877,7 +877,9 @@ decision explain(const rule_set& set, const rule& r, verdict outcome, std::strin
     out.failure_mode_title = fm.title;
     out.sev = fm.sev;
     out.condition = r.condition;
-    out.key = overflow ? std::string{rule_meter::overflow_key} : std::string{key};
+    // The request's own key even when it was metered in the overflow slot: the breaker
+    // instance it trips is the one that key's later requests are admitted by (keys_for).
+    out.key = std::string{key};
     out.overflow_key = overflow;
     out.measure = r.measure.text;
     out.measured = d.measured;
@@ -1104,7 +1106,7 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                     }
                 }
             };
-            meters_[res.rule]->with_existing_slot(res.overflow ? rule_meter::overflow_key : std::string_view{res.key}, undo);
+            meters_[res.rule]->with_existing_slot(res.key, undo, res.overflow);
         }
         s.reservation_count = 0;
         for (const auto& g : s.guard_reservations) {
@@ -1180,10 +1182,15 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             // Read-only: the responses already booked may have put this key over its line.
             verdict_detail d;
             bool overflow = false;
-            meter.with_existing_slot(s.key, [&](meter_slot& slot, bool ovf) {
+            auto check = [&](meter_slot& slot, bool ovf) {
                 d = check_state(r, slot, epoch);
                 overflow = ovf;
-            });
+            };
+            // A key the meter does not track had its responses booked in the overflow slot
+            // (the key table was full): that slot's state is its state.
+            if (!meter.with_existing_slot(s.key, check)) {
+                meter.with_overflow_slot(check);
+            }
             if (d.violated) {
                 auto v = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
                 if (enforced(v)) {

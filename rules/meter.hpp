@@ -126,9 +126,14 @@ public:
     // `epoch` is used to find idle keys to evict. Thread-safe.
     template <class F>
     auto with_slot(std::string_view key, std::int64_t epoch, F&& f);
-    // Same, but never creates a key: returns false if the key is not tracked.
+    // Same, but never creates a key: returns false if the key is not tracked. `overflow`: the
+    // overflow slot instead (what a booking made there is undone in; never chosen by a key's
+    // value, so a key spelled like overflow_key is a key like any other).
     template <class F>
-    bool with_existing_slot(std::string_view key, F&& f);
+    bool with_existing_slot(std::string_view key, F&& f, bool overflow = false);
+    // f(overflow slot, true) if a key was ever metered there; false otherwise.
+    template <class F>
+    bool with_overflow_slot(F&& f);
 
     meter_stats stats() const;
     // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its
@@ -228,13 +233,23 @@ void rule_meter::for_each_slot(F&& f) {
 }
 
 template <class F>
-bool rule_meter::with_existing_slot(std::string_view key, F&& f) {
+bool rule_meter::with_overflow_slot(F&& f) {
+    if (!keyed_ || overflow_events_.load(std::memory_order_relaxed) == 0) {
+        return false;
+    }
+    std::lock_guard lock{overflow_.mu};
+    f(overflow_, true);
+    return true;
+}
+
+template <class F>
+bool rule_meter::with_existing_slot(std::string_view key, F&& f, bool overflow) {
     if (!keyed_) {
         std::lock_guard lock{single_.mu};
         f(single_, false);
         return true;
     }
-    if (key == overflow_key) {
+    if (overflow) {
         std::lock_guard lock{overflow_.mu};
         f(overflow_, true);
         return true;

@@ -210,8 +210,10 @@ TEST(BoundedKeys, NewKeysBeyondMaxKeysShareOneCappedOverflowKey) {
     const auto d = eng.evaluate(req.view(), clock.now());
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_TRUE(d.overflow_key);
-    EXPECT_EQ(d.key, "(overflow)");
-    EXPECT_EQ(d.breaker_instance, "agent-volume/(overflow)");
+    // The request's own key: its breaker instance is the one its later requests are
+    // admitted by (a trip of "agent-volume/(overflow)" contained nothing).
+    EXPECT_EQ(d.key, "agent-103");
+    EXPECT_EQ(d.breaker_instance, "agent-volume/agent-103");
     EXPECT_NE(d.reason.find("max_keys 100"), std::string::npos) << d.reason;
     EXPECT_EQ(eng.stats("per-agent")->keys, 100u);
     EXPECT_EQ(eng.stats("per-agent")->overflow_events, 4u);
@@ -226,6 +228,59 @@ TEST(BoundedKeys, NewKeysBeyondMaxKeysShareOneCappedOverflowKey) {
     EXPECT_TRUE(eng.read("per-agent", "agent-new", clock.now()));
     EXPECT_GT(eng.stats("per-agent")->evictions, 0u);
     EXPECT_LE(eng.stats("per-agent")->keys, 100u);
+}
+
+// A key whose value is spelled like the overflow slot's name is a key like any other: its
+// rollback undoes its own booking, never the overflow slot's (which would give every
+// overflowed key room beyond the cap).
+TEST(BoundedKeys, AKeySpelledLikeTheOverflowSlotIsAKeyLikeAnyOther) {
+    engine eng{load_ok(config(R"j(
+        {"id": "cap", "route": "mail-send", "key": "header:x-k", "window": "1m", "limit": 3, "max_keys": 2,
+         "failure_mode": "volume-spike", "trips": "b"},
+        {"id": "big", "route": "mail-send", "measure": {"per_request": "sum($.n)"}, "limit": 10,
+         "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    auto send = [&](const std::string& key, int n) {
+        request req;
+        req.header("x-k", key);
+        req.body = "{\"n\": " + std::to_string(n) + "}";
+        return eng.evaluate(req.view(), clock.now());
+    };
+    ASSERT_TRUE(send("(overflow)", 0).allowed());  // its own slot: 1
+    ASSERT_TRUE(send("b", 0).allowed());           // the table is full
+    ASSERT_TRUE(send("c", 0).allowed());           // overflow slot: 1
+    ASSERT_TRUE(send("c", 0).allowed());           // overflow slot: 2
+    // Booked in its own slot, then refused by the next rule: undone there.
+    EXPECT_EQ(send("(overflow)", 11).rule, "big");
+    EXPECT_TRUE(send("(overflow)", 0).allowed());  // 2
+    EXPECT_TRUE(send("(overflow)", 0).allowed());  // 3
+    EXPECT_EQ(send("(overflow)", 0).rule, "cap");
+    EXPECT_TRUE(send("d", 0).allowed());           // overflow slot: 3
+    EXPECT_EQ(send("e", 0).rule, "cap") << "the overflow slot lost a booking to another key's rollback";
+}
+
+// Response-side rules: a key the meter could not track had its responses booked in the
+// overflow slot, so its requests are checked against that slot (they were let through).
+TEST(BoundedKeys, AResponseRuleChecksAnUntrackedKeyAgainstTheOverflowSlot) {
+    engine eng{load_ok(config(R"j({"id": "err-ratio", "route": "mail-send", "key": "agent", "measure": "status:5xx",
+        "window": "5m", "max_keys": 1, "ratio": {"max": 0.2, "min_volume": 4}, "failure_mode": "upstream-trouble",
+        "trips": "health"})j"))};
+    manual_clock clock;
+    request req;
+    req.agent = "first";
+    ASSERT_TRUE(eng.record_response(req.view(), {202, 40ms, "", ""}, clock.now()).allowed());
+    req.agent = "second";  // the table is full: metered in the overflow slot
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(eng.record_response(req.view(), {503, 40ms, "", ""}, clock.now()).allowed());
+    }
+    const auto tripped = eng.record_response(req.view(), {503, 40ms, "", ""}, clock.now());
+    ASSERT_EQ(tripped.outcome, verdict::violated);
+    EXPECT_EQ(tripped.key, "second");
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.rule, "err-ratio") << "an overflowed key kept calling an erroring API";
+    EXPECT_EQ(d.key, "second");
+    req.agent = "first";
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
 }
 
 TEST(BoundedKeys, KeyValuesAreTruncated) {
