@@ -124,7 +124,8 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
     return page;
 }
 
-asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force) {
+asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
+                                                        std::optional<store::held_state> expected) {
     auto rec = db_.get(ticket);
     if (!rec) {
         co_return store::result::failure("not_found", "no quarantined request " + ticket);
@@ -146,7 +147,7 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     }
     // `releasing` is durable before a single byte goes out: a crash from here on leaves the
     // record for an operator (outcome_unknown), never for an automatic resend.
-    auto begun = co_await await_store([&](store::done_fn done) { db_.begin_release(ticket, actor, force, std::move(done)); });
+    auto begun = co_await await_store([&](store::done_fn done) { db_.begin_release(ticket, actor, force, std::move(done), expected); });
     if (!begun.ok) {
         co_return begun;
     }
@@ -200,8 +201,10 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             // again or discard, not resolved (and pruned) as if delivered. Any other 2xx-4xx
             // is its final word. Any other 5xx (500 after sending half a batch, 502/504 from
             // a gateway whose origin may have acted) leaves the outcome unknown.
-            if (status == 401 || status == 403 || status == 408 || status == 409 || status == 425 || status == 429 ||
-                status == 503) {
+            // A 3xx (a moved endpoint, a login redirect) or a 1xx that ended the exchange did
+            // not take it either: a redirect is never followed with a held request.
+            if (status < 200 || (status >= 300 && status < 400) || status == 401 || status == 403 || status == 408 ||
+                status == 409 || status == 425 || status == 429 || status == 503) {
                 outcome = store::release_outcome::failed;
             } else if (status >= 500) {
                 outcome = store::release_outcome::unknown;
@@ -337,7 +340,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     }
                 }
                 ++sum.matched;
-                auto r = co_await release_one(rec.ticket, actor, false);
+                // Only in the state it was listed in: a record that failed or went unknown
+                // since (another release) is an operator's to look at again, not resent here.
+                auto r = co_await release_one(rec.ticket, actor, false, rec.state);
                 if (r.ok) {
                     ++sum.released;
                 } else if (r.code == "release_failed") {
@@ -391,7 +396,7 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
                 }
                 ++sum.matched;
                 auto r = co_await await_store(
-                    [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done)); });
+                    [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done), rec.state); });
                 if (r.ok) {
                     ++sum.discarded;
                 } else {

@@ -530,7 +530,8 @@ public:
     // Operations (run on the writer thread, inside the batch transaction; see run_batch).
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
-                          const std::string& actor, const std::string& detail, int status, const std::string& reason);
+                          const std::string& actor, const std::string& detail, int status, const std::string& reason,
+                          std::optional<held_state> expected = std::nullopt);
     outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
     outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows, const clock_reading& clocks);
 
@@ -1273,7 +1274,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
 database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std::string& ticket, held_state to,
                                                       bool force, const std::string& actor_in,
                                                       const std::string& detail, int status,
-                                                      const std::string& reason) {
+                                                      const std::string& reason, std::optional<held_state> expected) {
     held_state from = held_state::held;
     std::string breaker;
     std::int64_t bytes = 0;
@@ -1302,6 +1303,15 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
             actor = s.col_str(4);  // finish_release: whoever began the release
         }
         id = s.col_i64(5);
+    }
+    if (expected && from != *expected) {
+        // A bulk operation chose the record in the state it was listed in: one that changed
+        // since (released by someone else and failed, or of unknown outcome) is for an
+        // operator to look at again, not to be sent or dropped by a filter that no longer
+        // describes it.
+        return {result::failure("invalid_state", "ticket " + ticket + " is " + std::string{to_string(from)} +
+                                                     ", no longer " + std::string{to_string(*expected)} +
+                                                     " as when it was selected; left as it is")};
     }
     if (!transition_allowed(from, to, force)) {
         std::string why = "ticket " + ticket + " is " + std::string{to_string(from)} + "; it cannot become " +
@@ -1562,11 +1572,12 @@ void database::hold(held_request request, done_fn done) {
         std::move(done), bytes);
 }
 
-void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done) {
+void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done,
+                             std::optional<held_state> expected) {
     impl_->enqueue(
-        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), force](impl::batch_ctx& ctx) {
+        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), force, expected](impl::batch_ctx& ctx) {
             return p->do_transition(ctx, ticket, held_state::releasing, force, actor.empty() ? "operator" : actor,
-                                    {}, 0, {});
+                                    {}, 0, {}, expected);
         },
         std::move(done), 256);
 }
@@ -1590,12 +1601,13 @@ void database::finish_release(std::string ticket, int status_code, bool ok, std:
                    std::move(detail), std::move(done));
 }
 
-void database::discard(std::string ticket, std::string actor, std::string reason, done_fn done) {
+void database::discard(std::string ticket, std::string actor, std::string reason, done_fn done,
+                       std::optional<held_state> expected) {
     impl_->enqueue(
-        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor),
-         reason = std::move(reason)](impl::batch_ctx& ctx) {
+        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), reason = std::move(reason),
+         expected](impl::batch_ctx& ctx) {
             return p->do_transition(ctx, ticket, held_state::discarded, false, actor.empty() ? "operator" : actor,
-                                    {}, 0, reason);
+                                    {}, 0, reason, expected);
         },
         std::move(done), 256);
 }

@@ -235,14 +235,18 @@ public:
     // done(r): r.ticket is the new ticket once the record is durable (fsync'd).
     void hold(held_request request, done_fn done);
     // Commits `releasing` (before the proxy sends). Allowed from held and release_failed;
-    // from outcome_unknown only with force. Never from released.
-    void begin_release(std::string ticket, std::string actor, bool force, done_fn done);
+    // from outcome_unknown only with force. Never from released. `expected`: the state the
+    // caller selected the record in (a bulk operation's listing); another state now is
+    // invalid_state and nothing changes.
+    void begin_release(std::string ticket, std::string actor, bool force, done_fn done,
+                       std::optional<held_state> expected = std::nullopt);
     // Records the result of the replay started by begin_release (state must be releasing).
     void finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
                         done_fn done);
     // The brief's form: ok -> released, !ok -> release_failed.
     void finish_release(std::string ticket, int status_code, bool ok, std::string detail, done_fn done);
-    void discard(std::string ticket, std::string actor, std::string reason, done_fn done);
+    void discard(std::string ticket, std::string actor, std::string reason, done_fn done,
+                 std::optional<held_state> expected = std::nullopt);
     // Deletes resolved records (released, discarded) whose last change is older than the
     // cutoff, with their history; at most max_records per call (done: r.count). Call again
     // while r.count == max_records.

@@ -246,6 +246,59 @@ TEST(quarantine, a_bulk_limit_releases_or_discards_at_most_that_many) {
     EXPECT_EQ(bb.server().db()->get(tickets[4])->state, bb::store::held_state::held);
 }
 
+// A bulk operation acts on a record only in the state it listed it in. A record another
+// release sent meanwhile and saw fail (release_failed) is not sent again by a bulk release
+// of `held` records, and one whose outcome became unknown is not dropped by a bulk discard.
+TEST(quarantine, a_bulk_operation_leaves_alone_a_record_that_changed_since_it_was_listed) {
+    std::atomic<int> status{202};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 3; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    auto* db = bb.server().db();
+    auto done = [](std::promise<bb::store::result>& p) {
+        return [&p](const bb::store::result& r) { p.set_value(r); };
+    };
+    // As a bulk release that listed tickets[0] as held would find it after another release
+    // sent it and got 503: release_failed now.
+    status = 503;
+    ASSERT_EQ(bb.server().remediation().release(tickets[0], "alice").get().code, "release_failed");
+    status = 202;
+    std::promise<bb::store::result> p1;
+    db->begin_release(tickets[0], "bulk", false, done(p1), bb::store::held_state::held);
+    const auto r1 = p1.get_future().get();
+    EXPECT_EQ(r1.code, "invalid_state");
+    EXPECT_NE(r1.message.find("no longer held"), std::string::npos) << r1.message;
+    EXPECT_EQ(db->get(tickets[0])->state, bb::store::held_state::release_failed);
+    EXPECT_EQ(up.request_count(), 1u) << "sent again by a bulk release it was never meant for";
+    // Listed as it is, it goes (an operator's bulk release of release_failed records).
+    std::promise<bb::store::result> p2;
+    db->begin_release(tickets[0], "bulk", false, done(p2), bb::store::held_state::release_failed);
+    EXPECT_TRUE(p2.get_future().get().ok);
+    // A bulk discard of held records does not drop one whose outcome became unknown.
+    status = 502;
+    ASSERT_EQ(bb.server().remediation().release(tickets[1], "alice").get().code, "outcome_unknown");
+    std::promise<bb::store::result> p3;
+    db->discard(tickets[1], "bulk", "cleanup", done(p3), bb::store::held_state::held);
+    EXPECT_EQ(p3.get_future().get().code, "invalid_state");
+    EXPECT_EQ(db->get(tickets[1])->state, bb::store::held_state::outcome_unknown);
+    // Through the bulk release itself: the remaining held record goes, nothing else.
+    status = 202;
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    f.state = bb::store::held_state::held;
+    const auto before = up.request_count();
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.released, 1u);
+    EXPECT_EQ(up.request_count(), before + 1);
+    EXPECT_EQ(db->get(tickets[2])->state, bb::store::held_state::released);
+}
+
 // A client that retries a request it never got the 202 for (it timed out while the hold was
 // committed) sends its Idempotency-Key again: the retry gets the first ticket and no second
 // record, so the request is released once; the replay carries the client's key. Another
@@ -423,8 +476,9 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::map<int, std::string> tickets;
-    const std::set<int> not_taken{401, 403, 408, 409, 425, 429, 503};
-    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 422, 202}) {
+    // A redirect (a moved endpoint, a login page) did not take it either.
+    const std::set<int> not_taken{301, 302, 307, 308, 401, 403, 408, 409, 425, 429, 503};
+    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 422, 202, 301, 302, 307, 308}) {
         auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
         tickets[s] = std::string{res["x-breakerbox-ticket"]};
