@@ -403,15 +403,25 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     }
 }
 
+namespace {
+
+store::store_limits store_limits_of(const store_config& sc) {
+    store::store_limits l;
+    l.max_held = sc.max_held;
+    l.max_held_bytes = sc.max_held_bytes;
+    l.per_breaker_max_held = sc.per_breaker_max_held;
+    l.per_breaker_max_held_bytes = sc.per_breaker_max_held_bytes;
+    return l;
+}
+
+}  // namespace
+
 void server::open_store(const store_config& sc) {
     // A store that cannot be opened (locked by another process, unreadable), read or written
     // is a reason not to start, and not to apply a reload that needs it.
     store::store_options so;
     so.path = sc.path;
-    so.limits.max_held = sc.max_held;
-    so.limits.max_held_bytes = sc.max_held_bytes;
-    so.limits.per_breaker_max_held = sc.per_breaker_max_held;
-    so.limits.per_breaker_max_held_bytes = sc.per_breaker_max_held_bytes;
+    so.limits = store_limits_of(sc);
     so.group_commit = sc.group_commit;
     std::string error;
     auto db = store::database::open(so, *clock_, &error);
@@ -887,6 +897,10 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             patched->store = cfg_->store;
             effective = patched;
         }
+    }
+    if (db_) {
+        // The hold limits apply from the next hold (store.path alone needs a restart).
+        db_->set_limits(store_limits_of(effective->store));
     }
     if (!db_ && !effective->breakers.empty()) {
         // The first breakers of this run: their state must be saved, and what the store kept

@@ -540,6 +540,12 @@ public:
     reader_lease lease() const;
 
     store_options opt_;
+    // opt_.limits as a reload may change them (set_limits); read by the writer per hold.
+    mutable std::mutex limits_mu_;
+    store_limits limits() const {
+        std::lock_guard lock{limits_mu_};
+        return opt_.limits;
+    }
     const clock& clock_;
     int lock_fd_ = -1;
     int schema_version_ = 0;
@@ -1161,7 +1167,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
     // Exact limits: the writer is the only place counts change, and it checks committed +
     // this batch's earlier holds, so N concurrent holds can never overshoot a limit.
-    const auto& lim = opt_.limits;
+    const auto lim = limits();
     const auto [bc, bb] = ctx.committed.of(breaker);
     const auto [dc, db] = ctx.batch.of(breaker);
     const auto total_count = ctx.committed.count + ctx.batch.count;
@@ -1570,6 +1576,11 @@ void database::hold(held_request request, done_fn done) {
             return p->do_hold(ctx, *req, *headers, *fingerprint);
         },
         std::move(done), bytes);
+}
+
+void database::set_limits(const store_limits& limits) {
+    std::lock_guard lock{impl_->limits_mu_};
+    impl_->opt_.limits = limits;
 }
 
 void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done,

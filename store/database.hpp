@@ -231,6 +231,10 @@ public:
     database(const database&) = delete;
     database& operator=(const database&) = delete;
 
+    // New hold limits (a config reload): holds checked from now on use them; what is held
+    // already stays (a lower limit only refuses new holds). Thread-safe.
+    void set_limits(const store_limits& limits);
+
     // --- quarantine writes (queued, group-committed; see the header comment) ---
     // done(r): r.ticket is the new ticket once the record is durable (fsync'd).
     void hold(held_request request, done_fn done);

@@ -532,6 +532,19 @@ TEST(quarantine, limits_answer_503_quarantine_full) {
     EXPECT_EQ(full.result_int(), 503u);
     EXPECT_EQ(field_of(full, "code"), "quarantine_full");
     EXPECT_EQ(up.request_count(), 0u);
+    // A reload's new limits hold from the next request (they were reported applied and
+    // never enforced): raised, the breaker takes more; lowered, it refuses again.
+    auto raised = bb::parse_config(quarantine_config(up.port(), dir, 0, "\"per_breaker_max_held\": 3"));
+    ASSERT_TRUE(raised.errors.empty()) << raised.errors.to_string();
+    bb.server().apply_config(raised.cfg);
+    EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 202u);
+    EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 503u);
+    auto lowered = bb::parse_config(quarantine_config(up.port(), dir, 0, "\"max_held\": 1"));
+    ASSERT_TRUE(lowered.errors.empty()) << lowered.errors.to_string();
+    bb.server().apply_config(lowered.cfg);
+    auto global = send_mail(bb.port(), "other", R"({"to":[1]})");
+    EXPECT_EQ(global.result_int(), 503u);
+    EXPECT_NE(global.body().find("limit 1"), std::string::npos) << global.body();
 }
 
 TEST(quarantine, a_failing_store_answers_503_never_202_and_recovers_by_itself) {
