@@ -586,6 +586,16 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v, s
     return std::chrono::duration_cast<std::chrono::milliseconds>(when - wall_now);
 }
 
+// The status breakerbox answers a client whose exchange failed.
+http::status failure_status(upstream_failure f) {
+    switch (f) {
+        case upstream_failure::pool_exhausted:
+        case upstream_failure::connect_timeout: return http::status::service_unavailable;
+        case upstream_failure::timeout: return http::status::gateway_timeout;
+        default: return http::status::bad_gateway;
+    }
+}
+
 // After the upstream answered (or failed): probe results, upstream health, the upstream's
 // own rate-limit signals, and response-side rules.
 template <class FillView>
@@ -641,7 +651,10 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     if (response_rules && rt.engine) {
         fill_view();
         rules::response_view rv;
-        rv.status = static_cast<int>(status);
+        // A failed exchange counts as what the client is answered (502, 503 or 504), so an
+        // outage of refused connections and timeouts raises a `status:5xx` ratio instead of
+        // diluting it as "responses" that are not errors.
+        rv.status = failed ? static_cast<int>(failure_status(ex.failure)) : static_cast<int>(status);
         rv.latency = ex.elapsed;
         if (!failed) {
             rv.content_type = ex.res[http::field::content_type];
@@ -1684,17 +1697,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                          fill_view, request_id);
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
-            error_info e{http::status::bad_gateway, "unavailable", "", ex.detail};
+            error_info e{failure_status(ex.failure), "unavailable", "", ex.detail};
             switch (ex.failure) {
                 case upstream_failure::pool_exhausted:
-                    e.status = http::status::service_unavailable;
                     e.code = "upstream_overloaded";
                     break;
                 case upstream_failure::connect_failed:
                     e.code = "upstream_connect_failed";
                     break;
                 case upstream_failure::connect_timeout:
-                    e.status = http::status::service_unavailable;
                     e.code = "upstream_connect_timeout";
                     break;
                 case upstream_failure::tls_failed:
@@ -1709,7 +1720,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     break;
                 case upstream_failure::timeout:
-                    e.status = http::status::gateway_timeout;
                     e.code = "upstream_timeout";
                     if (!idempotent(req.method())) {
                         e.message += "; the request may have reached the upstream and was not retried";

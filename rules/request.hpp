@@ -53,7 +53,9 @@ struct request_view {
 };
 
 struct response_view {
-    int status = 0;  // 0: no response (timeout, connection failure)
+    // The upstream's status; for a failed exchange (refused, reset, timed out) the status the
+    // client is answered (502, 503, 504), so `status:5xx` counts it. 0: none given.
+    int status = 0;
     std::chrono::nanoseconds latency{0};
     std::string_view content_type;
     std::string_view body;

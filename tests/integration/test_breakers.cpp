@@ -238,6 +238,40 @@ TEST(health, a_probe_contained_by_another_breaker_is_no_verdict_on_the_upstream)
     EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::closed);
 }
 
+// An outage shows as refused connections and timeouts, not 5xx answers: those count as the
+// 502/503/504 the clients get, so an error-ratio rule trips (they used to count as responses
+// that were not errors, driving the ratio down).
+TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
+    std::uint16_t dead_port;
+    {
+        fake_upstream gone;
+        dead_port = gone.port();
+    }
+    const auto dir = temp_dir();
+    const std::string cfg =
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(dead_port) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+        "\"failure_modes\": [{\"id\": \"outage\", \"title\": \"Upstream outage\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"errors\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+        "\"rules\": [{\"id\": \"error-ratio\", \"route\": \"mail-send\", \"measure\": \"status:5xx\", \"window\": \"5m\","
+        "\"ratio\": {\"max\": 0.5, \"min_volume\": 4}, \"failure_mode\": \"outage\", \"trips\": \"errors\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    proxy_instance bb{cfg};
+    for (int i = 0; i < 4; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(1, "x"));
+        ASSERT_EQ(c.read_response().result_int(), 502u) << i;
+    }
+    auto errors = bb.server().breakers()->get("errors", bb.server().now());
+    ASSERT_TRUE(errors);
+    EXPECT_EQ(errors->st, bb::breakers::state::open) << "4 refused connections of 4 did not trip the error ratio";
+    raw_client c{bb.port()};
+    c.send(mail(1, "x"));
+    EXPECT_EQ(c.read_response().result_int(), 503u);
+}
+
 TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) {
     std::atomic<bool> limited{true};
     fake_upstream up{[&](const request&) {
