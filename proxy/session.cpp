@@ -880,8 +880,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
     bool linger = false;  // set when we answer an error and close: input may still be coming
+    // What the rules booked for the request in hand, taken off again when it is not sent.
+    // The session's own (a worker's sessions interleave at every co_await), reused.
+    rules::evaluation_receipt booked;
 
     for (;;) {
+        booked.clear();
         // 1. The request head: bounded in bytes and time. The limits are copied: a reload
         //    while this connection idles may retire the config they came from.
         const limits_config head_limits = w.cfg()->limits;
@@ -1474,7 +1478,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     return b != nullptr &&
                            p->registry->enforcement_suspended(p->registry->instance_name(*b, v.key), p->at);
                 };
-                const auto d = rt.engine->evaluate(view, now, registry.any_active() ? &suspended : nullptr, &shadowed);
+                const auto d =
+                    rt.engine->evaluate(view, now, registry.any_active() ? &suspended : nullptr, &shadowed, &booked);
                 if (shadowed.outcome == rules::verdict::violated) {
                     const auto* b = cfg->find_breaker(shadowed.trips);
                     if (b != nullptr && b->act != breakers::action::deny) {
@@ -1638,6 +1643,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             for (const auto& p : probes) {
                 registry.cancel_probe(p.instance, p.round);  // contained here: it never reached the upstream
             }
+            if (!booked.empty()) {
+                // Allowed by the rules, then stopped here (the sandbox switch, the hold): it
+                // counts against no cap, and its retry is no duplicate.
+                rt.engine->release(booked);
+            }
             contained->rule = contained_rule;
             contained->breaker = contained_breaker;
             if (!co_await reply(*contained, keep_alive) || !keep_alive) {
@@ -1697,6 +1707,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                          fill_view, request_id);
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
+            if (!booked.empty() &&
+                (ex.failure == upstream_failure::pool_exhausted || ex.failure == upstream_failure::connect_failed ||
+                 ex.failure == upstream_failure::connect_timeout || ex.failure == upstream_failure::tls_failed)) {
+                // Nothing was sent: off the caps and the duplicates counters, so the client's
+                // retry is judged like the first try. (After a send began it stays booked.)
+                rt.engine->release(booked);
+            }
             error_info e{failure_status(ex.failure), "unavailable", "", ex.detail};
             switch (ex.failure) {
                 case upstream_failure::pool_exhausted:

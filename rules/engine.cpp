@@ -63,19 +63,8 @@ constexpr std::size_t max_params = 32;
 // ---------------------------------------------------------------------------------------
 // Per-thread scratch, so the data path reuses its buffers instead of allocating.
 
-struct reservation {
-    std::uint32_t rule = 0;
-    std::string key;
-    std::int64_t epoch = 0;  // bucket the amount was booked in
-    double a = 0;
-    double b = 0;
-    bool overflow = false;
-};
-
-struct guard_reservation {
-    std::uint32_t rule = 0;
-    guard_booking booking;
-};
+using reservation = evaluation_receipt::meter_booking;
+using guard_reservation = evaluation_receipt::guard_send;
 
 struct scratch {
     simdjson::dom::parser request_parser;
@@ -1084,7 +1073,7 @@ void engine::keys_for(const request_view& req, std::vector<rule_key>& out) const
 decision engine::evaluate(const request_view& req, time_point now) { return evaluate(req, now, nullptr, nullptr); }
 
 decision engine::evaluate(const request_view& req, time_point now, const std::function<bool(const decision&)>* suspended,
-                          decision* shadowed) {
+                          decision* shadowed, evaluation_receipt* receipt) {
     scratch& s = local();
     context ctx{req, nullptr, s, {}, {}, false, false, {}};
     s.reservation_count = 0;
@@ -1092,26 +1081,12 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
     s.guard_doc.reset(set_->shared_paths.get());
     const auto& list = set_->rules_for(req.route);
 
+    if (receipt != nullptr) {
+        receipt->clear();
+    }
     auto rollback = [&] {
-        for (std::size_t i = 0; i < s.reservation_count; ++i) {
-            const auto& res = s.reservations[i];
-            const rule& r = set_->rules[res.rule];
-            auto undo = [&](meter_slot& slot, bool) {
-                if (r.condition == condition_kind::baseline) {
-                    slot.base.subtract(res.epoch, res.a);
-                } else {
-                    slot.ring.subtract(res.epoch, 0, res.a);
-                    if (slot.ring.buckets() > 0 && meters_[res.rule]->channels() > 1) {
-                        slot.ring.subtract(res.epoch, 1, res.b);
-                    }
-                }
-            };
-            meters_[res.rule]->with_existing_slot(res.key, undo, res.overflow);
-        }
+        undo(std::span{s.reservations.data(), s.reservation_count}, s.guard_reservations);
         s.reservation_count = 0;
-        for (const auto& g : s.guard_reservations) {
-            dups_[g.rule]->unbook(g.booking.key, g.booking.ms);
-        }
         s.guard_reservations.clear();
     };
     // A violation an operator suspended is kept aside (the first one) and the walk goes on.
@@ -1171,7 +1146,7 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                 continue;  // a violated duplicates guard booked nothing
             }
             for (const auto& b : s.guard_bookings) {
-                s.guard_reservations.push_back({idx, b});
+                s.guard_reservations.push_back({idx, b.key, b.ms});
             }
             continue;
         }
@@ -1286,9 +1261,52 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
         res.b = *b;
         res.overflow = overflow;
     }
+    if (receipt != nullptr) {
+        if (receipt->meters.size() < s.reservation_count) {
+            receipt->meters.resize(s.reservation_count);
+        }
+        for (std::size_t i = 0; i < s.reservation_count; ++i) {
+            auto& to = receipt->meters[i];
+            const auto& from = s.reservations[i];
+            to.rule = from.rule;
+            to.key.assign(from.key);
+            to.epoch = from.epoch;
+            to.a = from.a;
+            to.b = from.b;
+            to.overflow = from.overflow;
+        }
+        receipt->meter_count = s.reservation_count;
+        receipt->guards.assign(s.guard_reservations.begin(), s.guard_reservations.end());
+    }
     s.reservation_count = 0;
     s.guard_reservations.clear();
     return {};
+}
+
+void engine::undo(std::span<const evaluation_receipt::meter_booking> meters,
+                  const std::vector<evaluation_receipt::guard_send>& guards) {
+    for (const auto& res : meters) {
+        const rule& r = set_->rules[res.rule];
+        auto take_off = [&](meter_slot& slot, bool) {
+            if (r.condition == condition_kind::baseline) {
+                slot.base.subtract(res.epoch, res.a);
+            } else {
+                slot.ring.subtract(res.epoch, 0, res.a);
+                if (slot.ring.buckets() > 0 && meters_[res.rule]->channels() > 1) {
+                    slot.ring.subtract(res.epoch, 1, res.b);
+                }
+            }
+        };
+        meters_[res.rule]->with_existing_slot(res.key, take_off, res.overflow);
+    }
+    for (const auto& g : guards) {
+        dups_[g.rule]->unbook(g.key, g.ms);
+    }
+}
+
+void engine::release(evaluation_receipt& receipt) {
+    undo(std::span{receipt.meters.data(), receipt.meter_count}, receipt.guards);
+    receipt.clear();
 }
 
 decision engine::record_response(const request_view& req, const response_view& resp, time_point now) {

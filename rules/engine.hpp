@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,7 +44,7 @@ struct decision {
     std::string failure_mode_title;
     severity sev = severity::sev4;
     condition_kind condition = condition_kind::limit;
-    std::string key;                 // key value ("" for an unkeyed rule, "(overflow)" past max_keys)
+    std::string key;                 // key value ("" for an unkeyed rule; past max_keys: see overflow_key)
     bool overflow_key = false;
     std::string measure;             // the measure expression, e.g. "count($.inputs[*])"
     double measured = 0;             // value that crossed: window total incl. this request, ratio, avg, bucket total
@@ -57,6 +58,34 @@ struct decision {
     std::string reason;              // one line for people and for the x-breakerbox JSON error
 
     bool allowed() const { return outcome == verdict::allow; }
+};
+
+// What evaluate() booked for a request it allowed: the amounts in the meters and the
+// duplicates guards' sends, so that a request that then never reaches the upstream (its
+// connection refused, the pool full, the sandbox switch impossible, the hold refused) can
+// be taken off again (engine::release). Reused across requests: evaluate() refills it.
+struct evaluation_receipt {
+    struct meter_booking {
+        std::uint32_t rule = 0;
+        std::string key;
+        std::int64_t epoch = 0;  // bucket the amount was booked in
+        double a = 0;
+        double b = 0;
+        bool overflow = false;
+    };
+    struct guard_send {  // a duplicates guard's booking (rules/guardrails.hpp guard_booking)
+        std::uint32_t rule = 0;
+        std::uint64_t key = 0;
+        std::int64_t ms = 0;
+    };
+    std::vector<meter_booking> meters;
+    std::size_t meter_count = 0;  // meters[0, meter_count) (the rest is kept for reuse)
+    std::vector<guard_send> guards;
+    bool empty() const { return meter_count == 0 && guards.empty(); }
+    void clear() {
+        meter_count = 0;
+        guards.clear();
+    }
 };
 
 // Current state of one key of one rule, for the admin API and tests.
@@ -86,8 +115,13 @@ public:
     // to *shadowed (the first one) and the other rules still check and book the request, as
     // if the suspended rule were not there; a shadowed rule must not let the request past
     // every later cap. suspended may be null (nothing is suspended).
+    // `receipt` (if given) is cleared, and filled with what an allowed request booked.
     decision evaluate(const request_view& req, time_point now, const std::function<bool(const decision&)>* suspended,
-                      decision* shadowed);
+                      decision* shadowed, evaluation_receipt* receipt = nullptr);
+    // Takes off what evaluate() booked for a request that was then never sent (so it does not
+    // count against caps, and its client's retry is no duplicate), and clears the receipt.
+    // Call on the engine that evaluated it. Amounts whose bucket has left the window are gone.
+    void release(evaluation_receipt& receipt);
 
     // Books response-side facts (status classes, latency, response JSON) for the request's
     // rules. Returns the first response-side rule the response pushed over its line, else allow.
@@ -119,6 +153,10 @@ public:
     bool shares_meter_with(const engine& other, std::string_view rule_id) const;
 
 private:
+    // Takes bookings off the meters and the duplicates counters (rollback, release).
+    void undo(std::span<const evaluation_receipt::meter_booking> meters,
+              const std::vector<evaluation_receipt::guard_send>& guards);
+
     std::shared_ptr<const rule_set> set_;
     std::vector<std::shared_ptr<rule_meter>> meters_;  // parallel to set_->rules
     // Duplicates guards' counters, parallel to set_->rules (null for other rules); adopted

@@ -272,6 +272,34 @@ TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
     EXPECT_EQ(c.read_response().result_int(), 503u);
 }
 
+// A request the upstream never received (connection refused) is taken off the rules'
+// counters: its client's retry is not refused as a duplicate of a send that never happened,
+// and it counts against no cap.
+TEST(health, a_request_never_sent_is_no_duplicate_for_its_retry) {
+    std::uint16_t dead_port;
+    {
+        fake_upstream gone;
+        dead_port = gone.port();
+    }
+    const auto dir = temp_dir();
+    const std::string cfg =
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(dead_port) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+        "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
+        "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
+        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    proxy_instance bb{cfg};
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        raw_client c{bb.port()};
+        c.send(mail(1, "x"));
+        EXPECT_EQ(c.read_response().result_int(), 502u) << "attempt " << attempt << " refused as a duplicate";
+    }
+}
+
 TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) {
     std::atomic<bool> limited{true};
     fake_upstream up{[&](const request&) {

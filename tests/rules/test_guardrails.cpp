@@ -1245,6 +1245,30 @@ TEST(GuardDuplicates, ALaterRefusalUndoesTheBooking) {
     EXPECT_FALSE(f.check(good).allowed());
 }
 
+// A request allowed, then never sent (its upstream connection refused): release() takes its
+// sends off the duplicates counter and its amounts off the caps, so the client's retry is
+// judged like its first try (it used to be refused as a duplicate of a send that never was).
+TEST(GuardDuplicates, AReleasedRequestIsNoDuplicateAndCountsAgainstNoCap) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j") + R"j(,
+        {"id": "cap", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
+         "limit": 2, "failure_mode": "loop", "trips": "loop-pause"})j"};
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    evaluation_receipt booked;
+    ASSERT_TRUE(f.eng.evaluate(req.view(), f.clock.now(), nullptr, nullptr, &booked).allowed());
+    EXPECT_FALSE(booked.empty());
+    EXPECT_EQ(f.eng.read("cap", "", f.clock.now())->value, 1);
+    f.eng.release(booked);
+    EXPECT_TRUE(booked.empty());
+    EXPECT_EQ(f.eng.read("cap", "", f.clock.now())->value, 0);
+    // The retry: allowed, and now it is booked for real.
+    ASSERT_TRUE(f.eng.evaluate(req.view(), f.clock.now(), nullptr, nullptr, &booked).allowed());
+    EXPECT_FALSE(f.check(req).allowed()) << "the sent retry counts";
+    // A refused request leaves the receipt empty (nothing to release).
+    EXPECT_FALSE(f.eng.evaluate(req.view(), f.clock.now(), nullptr, nullptr, &booked).allowed());
+    EXPECT_TRUE(booked.empty());
+}
+
 TEST(GuardDuplicates, CountedPerRuleKey) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient"]})j", R"j(, "key": "agent")j")};
     request a;
