@@ -510,6 +510,11 @@ std::optional<rendered> render_quarantine_summary(std::string_view body, std::st
             out.text += "requests whose outcome is unknown are never retried; inspect them with "
                         "breakerctl quarantine list --state outcome_unknown\n";
         }
+        if (const auto halted = field(*s, "halted", ""); !halted.empty()) {
+            out.text += "halted: " + halted + "\n";
+            out.ok = false;
+            return out;
+        }
         out.ok = n("failed") == 0 && n("unknown") == 0;
     } else {
         out.text += "discarded " + std::to_string(n("discarded")) + ", skipped " + std::to_string(n("skipped")) + "\n";

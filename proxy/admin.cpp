@@ -1240,6 +1240,7 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
              ",\"failed\":" + std::to_string(sum.failed) + ",\"unknown\":" + std::to_string(sum.unknown) +
              ",\"discarded\":" + std::to_string(sum.discarded) + ",\"skipped\":" + std::to_string(sum.skipped) +
              (sum.stopped ? ",\"stopped\":true" : "") +
+             (sum.halted.empty() ? std::string{} : ",\"halted\":" + q(sum.halted)) +
              (sum.error.empty() ? std::string{} : ",\"incomplete\":" + q("the store could not be read (" + sum.error +
                                                                            "): records past these were not looked at")) +
              "}}";
@@ -1252,7 +1253,8 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
                      (action == "release" ? std::to_string(sum.released) + " released, " + std::to_string(sum.failed) +
                                                 " release_failed, " + std::to_string(sum.unknown) + " outcome_unknown, "
                                           : std::to_string(sum.discarded) + " discarded, ") +
-                     std::to_string(sum.skipped) + " skipped" + (sum.stopped ? ", stopped" : "");
+                     std::to_string(sum.skipped) + " skipped" + (sum.stopped ? ", stopped" : "") +
+                     (sum.halted.empty() ? std::string{} : ", halted: " + sum.halted);
     co_return h;
 }
 

@@ -347,6 +347,16 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     ++sum.released;
                 } else if (r.code == "release_failed") {
                     ++sum.failed;
+                    if (r.count == 429 || r.count == 503) {
+                        // The upstream asks to slow down (rate limit, overload): the rest
+                        // would fail the same way, each using an attempt. Left held.
+                        sum.halted = "upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " +
+                                     rec.ticket + "; the records after it stay as they are: release them again once "
+                                     "its limit resets (a lower rate_per_s may help)";
+                        spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
+                        sum.results.push_back(std::move(r));
+                        co_return sum;
+                    }
                 } else if (r.code == "outcome_unknown") {
                     ++sum.unknown;
                 } else {

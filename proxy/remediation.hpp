@@ -37,6 +37,9 @@ struct remediation_summary {
     std::size_t skipped = 0;        // not in a state that allows the action
     bool stopped = false;           // the server began to stop: the rest stays held
     std::string error;              // the store could not be read: the rest was not looked at
+    // Why a bulk release stopped early with records left held (the upstream answered 429 or
+    // 503: sending the rest would only burn their attempts and push its limit further).
+    std::string halted;
     std::vector<store::result> results;  // one per ticket, in order
 };
 

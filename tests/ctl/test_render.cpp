@@ -144,6 +144,11 @@ TEST(CtlRender, QuarantineResultsAndSummaries) {
         R"({"summary":{"matched":3,"released":1,"failed":1,"unknown":1,"skipped":0}})", "release");
     EXPECT_FALSE(u->ok);
     EXPECT_NE(u->text.find("never retried"), std::string::npos);
+    auto h = render_quarantine_summary(
+        R"({"summary":{"matched":1,"released":0,"failed":1,"unknown":0,"skipped":0,"halted":"upstream sendgrid answered 429 to q-1"}})",
+        "release");
+    EXPECT_FALSE(h->ok);
+    EXPECT_NE(h->text.find("halted: upstream sendgrid answered 429"), std::string::npos) << h->text;
     auto ds = render_quarantine_summary(R"({"summary":{"matched":4,"discarded":4,"skipped":0}})", "discard");
     EXPECT_TRUE(ds->ok);
     EXPECT_EQ(ds->text, "matched 4: discarded 4, skipped 0\n");

@@ -299,6 +299,39 @@ TEST(quarantine, a_bulk_operation_leaves_alone_a_record_that_changed_since_it_wa
     EXPECT_EQ(db->get(tickets[2])->state, bb::store::held_state::released);
 }
 
+// An upstream that answers a replay with 429 (or 503) asks to slow down: a bulk release
+// stops there and leaves the rest held, instead of sending each one into the same limit and
+// burning their attempts as release_failed.
+TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
+    std::atomic<int> status{202};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 4; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    status = 429;
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.failed, 1u);
+    EXPECT_EQ(up.request_count(), 1u) << "kept sending into the upstream's rate limit";
+    EXPECT_NE(sum.halted.find("answered 429"), std::string::npos) << sum.halted;
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::release_failed);
+    for (std::size_t i = 1; i < tickets.size(); ++i) {
+        EXPECT_EQ(bb.server().db()->get(tickets[i])->state, bb::store::held_state::held) << i;
+    }
+    // Once the limit resets, the rest goes.
+    status = 202;
+    f.state = bb::store::held_state::held;
+    sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.released, 3u);
+    EXPECT_TRUE(sum.halted.empty());
+}
+
 // A client that retries a request it never got the 202 for (it timed out while the hold was
 // committed) sends its Idempotency-Key again: the retry gets the first ticket and no second
 // record, so the request is released once; the replay carries the client's key. Another
