@@ -1444,6 +1444,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.body = req.body();
             view.headers = header_scratch;
         };
+        // Forwarding fields as the upstream sees them, for a request forwarded now or held
+        // and replayed later (step 7 and the quarantine).
+        auto add_forwarding_fields = [&] {
+            req.erase("x-forwarded-host");  // the client's own never passes as ours (HTTP/1.0 without Host)
+            if (!original_host.empty()) {
+                req.set("x-forwarded-host", original_host);
+            }
+            append_list(req, "x-forwarded-for", client_ip);
+            req.set("x-forwarded-proto", ci.tls ? "https" : "http");
+            append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
+        };
         const bool has_rules = rt.engine && rt.route_has_rules[route_index];
         if (!contained && has_rules) {
             fill_view();
@@ -1569,6 +1580,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             } else {
                 strip_hop_by_hop(req);
                 req.erase("x-breakerbox-key");
+                // Held as the live path would have sent it: a release replays these fields,
+                // so the client's own X-Forwarded-* never pass as ours there either.
+                add_forwarding_fields();
                 store::held_request held;
                 held.method = std::string{req.method_string()};
                 held.target = original_target;
@@ -1664,13 +1678,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         req.erase(http::field::expect);
         req.erase(http::field::host);
         req.set(http::field::host, up.authority);
-        req.erase("x-forwarded-host");  // the client's own never passes as ours (HTTP/1.0 without Host)
-        if (!original_host.empty()) {
-            req.set("x-forwarded-host", original_host);
-        }
-        append_list(req, "x-forwarded-for", client_ip);
-        req.set("x-forwarded-proto", ci.tls ? "https" : "http");
-        append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
+        add_forwarding_fields();
         req.set("x-request-id", request_id);
         if (up.base_path.empty() || origin_form == "*") {
             req.target(origin_form);

@@ -332,6 +332,26 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
     EXPECT_TRUE(sum.halted.empty());
 }
 
+// A released request carries the forwarding fields the live path would have sent, not the
+// client's own: a client's X-Forwarded-Host or X-Forwarded-Proto never passes as ours.
+TEST(quarantine, a_release_sends_our_forwarding_fields_not_the_clients) {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"host", "api.sendgrid.test"},
+                             {"x-forwarded-host", "evil.example"}, {"x-forwarded-proto", "https"}});
+    ASSERT_EQ(res.result_int(), 202u);
+    ASSERT_TRUE(bb.server().remediation().release(std::string{res["x-breakerbox-ticket"]}, "ops").get().ok);
+    const auto reqs = up.requests();
+    ASSERT_EQ(reqs.size(), 1u);
+    const auto& r = reqs[0].req;
+    EXPECT_EQ(r["x-forwarded-host"], "api.sendgrid.test");
+    EXPECT_EQ(r["x-forwarded-proto"], "http");
+    EXPECT_EQ(r["x-forwarded-for"], "127.0.0.1");
+    EXPECT_NE(std::string{r["via"]}.find("breakerbox"), std::string::npos);
+}
+
 // A client that retries a request it never got the 202 for (it timed out while the hold was
 // committed) sends its Idempotency-Key again: the retry gets the first ticket and no second
 // record, so the request is released once; the replay carries the client's key. Another
