@@ -77,6 +77,22 @@ std::string guarded_config(std::uint16_t upstream_port, const std::string& dir, 
 
 const std::string pause_manual = R"({"id": "campaign-volume", "action": "pause", "reset": "manual"})";
 
+// One upstream and a catch-all route, one worker; `extra`: more top-level members, each
+// followed by a comma (failure modes, breakers, rules).
+std::string one_route_config(std::uint16_t upstream_port, const std::string& dir, const std::string& extra = "") {
+    return "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+           "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+           "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(upstream_port) + "\"}],"
+           "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}]," +
+           extra + "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+}
+
+// A port nothing listens on (a fake upstream's, closed).
+std::uint16_t dead_port() {
+    fake_upstream gone;
+    return gone.port();
+}
+
 }  // namespace
 
 TEST(caps, exact_under_64_concurrent_connections) {
@@ -242,23 +258,12 @@ TEST(health, a_probe_contained_by_another_breaker_is_no_verdict_on_the_upstream)
 // 502/503/504 the clients get, so an error-ratio rule trips (they used to count as responses
 // that were not errors, driving the ratio down).
 TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
-    std::uint16_t dead_port;
-    {
-        fake_upstream gone;
-        dead_port = gone.port();
-    }
-    const auto dir = temp_dir();
-    const std::string cfg =
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(dead_port) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+    proxy_instance bb{one_route_config(
+        dead_port(), temp_dir(),
         "\"failure_modes\": [{\"id\": \"outage\", \"title\": \"Upstream outage\", \"severity\": \"sev2\"}],"
         "\"breakers\": [{\"id\": \"errors\", \"action\": \"pause\", \"reset\": \"manual\"}],"
         "\"rules\": [{\"id\": \"error-ratio\", \"route\": \"mail-send\", \"measure\": \"status:5xx\", \"window\": \"5m\","
-        "\"ratio\": {\"max\": 0.5, \"min_volume\": 4}, \"failure_mode\": \"outage\", \"trips\": \"errors\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
-    proxy_instance bb{cfg};
+        "\"ratio\": {\"max\": 0.5, \"min_volume\": 4}, \"failure_mode\": \"outage\", \"trips\": \"errors\"}],")};
     for (int i = 0; i < 4; ++i) {
         raw_client c{bb.port()};
         c.send(mail(1, "x"));
@@ -276,23 +281,12 @@ TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
 // counters: its client's retry is not refused as a duplicate of a send that never happened,
 // and it counts against no cap.
 TEST(health, a_request_never_sent_is_no_duplicate_for_its_retry) {
-    std::uint16_t dead_port;
-    {
-        fake_upstream gone;
-        dead_port = gone.port();
-    }
-    const auto dir = temp_dir();
-    const std::string cfg =
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(dead_port) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
+    proxy_instance bb{one_route_config(
+        dead_port(), temp_dir(),
         "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
         "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
         "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
-        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
-    proxy_instance bb{cfg};
+        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],")};
     for (int attempt = 0; attempt < 3; ++attempt) {
         raw_client c{bb.port()};
         c.send(mail(1, "x"));
@@ -637,12 +631,7 @@ TEST(breakers_durable, the_first_breakers_of_a_run_come_with_their_saved_state) 
         ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/spring", "ops", "hold", bb.server().now()));
         ASSERT_TRUE(bb.server().flush_breaker_state());
     }
-    const std::string plain =
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    const std::string plain = one_route_config(up.port(), dir);  // no breaker, no admin API
     proxy_instance bb{plain};
     ASSERT_EQ(bb.server().db(), nullptr) << "the premise: a run without breakers opens no store";
     {
@@ -683,12 +672,7 @@ TEST(breakers_durable, the_first_breakers_of_a_run_come_with_their_saved_state) 
 TEST(breakers_durable, a_reload_whose_first_breakers_cannot_open_the_store_is_refused) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    const std::string plain =
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"limits\": {\"drain_timeout\": \"2s\"}, \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"sendgrid\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    const std::string plain = one_route_config(up.port(), dir);  // no breaker, no admin API
     proxy_instance bb{plain};
     bb::real_clock clock;
     std::string error;
