@@ -708,6 +708,27 @@ void parse_admin(cfg::object_reader& root, config& c) {
         if (auto v = cr.string("subject_cn", true)) {
             cc.subject_cn = *v;
         }
+        if (auto v = cr.string("cert_sha256", false)) {
+            std::string hex;
+            for (const char ch : *v) {
+                if (ch != ':') {  // `openssl x509 -fingerprint -sha256` writes AB:CD:...
+                    hex += ch;
+                }
+            }
+            std::array<unsigned char, 32> d{};
+            bool ok = hex.size() == 64;
+            for (std::size_t j = 0; ok && j < 32; ++j) {
+                const int hi = hex_digit_value(hex[2 * j]);
+                const int lo = hex_digit_value(hex[2 * j + 1]);
+                ok = hi >= 0 && lo >= 0;
+                d[j] = static_cast<unsigned char>(hi * 16 + lo);
+            }
+            if (ok) {
+                cc.cert_sha256 = d;
+            } else {
+                cr.errs().add(cr.path_of("cert_sha256"), "must be the certificate's SHA-256: 64 hex digits (colons allowed)");
+            }
+        }
         if (auto v = cr.string("role", true)) {
             if (*v == "viewer") {
                 cc.role = admin_role::viewer;

@@ -140,7 +140,10 @@ struct admin_token {
 // An mTLS client certificate that identifies an operator (matched on the subject CN).
 struct admin_client_cert {
     std::string name;         // who: recorded in the audit log
-    std::string subject_cn;   // the certificate's subject common name
+    std::string subject_cn;   // the certificate's subject common name (exactly one CN)
+    // Optional pin: the SHA-256 of the certificate (DER). With it, only that certificate is
+    // this operator, not any other the CA issues with the same CN (an agent's, say).
+    std::optional<std::array<unsigned char, 32>> cert_sha256;
     admin_role role = admin_role::viewer;
 };
 

@@ -864,6 +864,47 @@ TEST(admin_api, a_removed_certificate_mapping_ends_that_identity_on_an_open_conn
                                                           << out;
 }
 
+// A mapping can pin one certificate (its SHA-256): another certificate the same CA issued
+// with the same CN (an agent's, say) is then nobody to the admin API.
+TEST(admin_api, a_pinned_client_certificate_mapping_takes_only_that_certificate) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    int rc = 0;
+    if (run("command -v curl", &rc), rc != 0) {
+        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+    }
+    auto fp = run("openssl x509 -in " + cert("agent-agent-one.pem") + " -noout -fingerprint -sha256", &rc);
+    ASSERT_EQ(rc, 0) << fp;
+    fp = fp.substr(fp.find('=') + 1);
+    fp.erase(fp.find_last_not_of("\r\n") + 1);
+    ASSERT_EQ(fp.size(), 95u) << fp;  // AB:CD:... 32 bytes
+    auto config_pinned = [&](const std::string& pin) {
+        std::string c = admin_config(up.port(), dir);
+        c.insert(c.find("\"admin\": {") + 10,
+                 "\"tls\": {\"cert_file\": \"" + cert("server.pem") + "\", \"key_file\": \"" + cert("server.key") +
+                     "\", \"client_ca_file\": \"" + cert("ca.pem") +
+                     "\"}, \"client_certs\": [{\"name\": \"cert-ops\", \"subject_cn\": \"agent-one\", \"cert_sha256\": \"" + pin +
+                     "\", \"role\": \"operator\"}], ");
+        return c;
+    };
+    const std::string curl = "curl -s -o /dev/null -w '%{http_code}' --cacert " + cert("ca.pem") + " --cert " +
+                             cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key") + " ";
+    {
+        proxy_instance bb{config_pinned(fp)};
+        const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
+        EXPECT_EQ(run(curl + base + "/v1/breakers", &rc), "200");
+    }
+    {
+        std::string other = fp;
+        other[0] = other[0] == 'A' ? 'B' : 'A';  // another certificate's pin, same CN
+        proxy_instance bb{config_pinned(other)};
+        const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
+        EXPECT_EQ(run(curl + base + "/v1/breakers", &rc), "401") << "a certificate other than the pinned one got in";
+    }
+    auto bad = bb::parse_config(config_pinned("not-a-digest"));
+    EXPECT_NE(bad.errors.to_string().find("cert_sha256"), std::string::npos) << bad.errors.to_string();
+}
+
 TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
