@@ -324,7 +324,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 break;
             }
             for (const auto& rec : page) {
-                if (stopping_ || (limit > 0 && sum.matched == limit)) {
+                // `limit` bounds what is sent: a record skipped (changed since it was listed)
+                // does not use it up, so a canary of 1 sends one if any is left.
+                if (stopping_ || (limit > 0 && sum.released + sum.failed + sum.unknown == limit)) {
                     sum.stopped = stopping_;
                     co_return sum;
                 }
@@ -401,7 +403,7 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
                 break;
             }
             for (const auto& rec : page) {
-                if (limit > 0 && sum.matched == limit) {
+                if (limit > 0 && sum.discarded == limit) {
                     co_return sum;
                 }
                 ++sum.matched;

@@ -352,6 +352,41 @@ TEST(quarantine, a_release_sends_our_forwarding_fields_not_the_clients) {
     EXPECT_NE(std::string{r["via"]}.find("breakerbox"), std::string::npos);
 }
 
+// A bulk `limit` bounds what is sent: a record skipped because it changed after it was
+// listed (here: discarded by someone else while the first replay was in flight) does not use
+// it up.
+TEST(quarantine, a_bulk_limit_counts_what_is_sent_not_what_is_skipped) {
+    std::vector<std::string> tickets;
+    bb::store::database* db = nullptr;
+    std::atomic<bool> discarded{false};
+    fake_upstream up{[&](const request&) {
+        if (!discarded.exchange(true)) {
+            std::promise<bb::store::result> p;
+            db->discard(tickets[1], "bob", "not this one", [&p](const bb::store::result& r) { p.set_value(r); });
+            EXPECT_TRUE(p.get_future().get().ok);
+        }
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    db = bb.server().db();
+    for (int i = 0; i < 4; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    f.limit = 2;
+    auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.released, 2u);
+    EXPECT_EQ(sum.skipped, 1u);
+    EXPECT_EQ(db->get(tickets[0])->state, bb::store::held_state::released);
+    EXPECT_EQ(db->get(tickets[1])->state, bb::store::held_state::discarded);
+    EXPECT_EQ(db->get(tickets[2])->state, bb::store::held_state::released);
+    EXPECT_EQ(db->get(tickets[3])->state, bb::store::held_state::held);
+}
+
 // A client that retries a request it never got the 202 for (it timed out while the hold was
 // committed) sends its Idempotency-Key again: the retry gets the first ticket and no second
 // record, so the request is released once; the replay carries the client's key. Another
