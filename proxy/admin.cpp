@@ -1188,20 +1188,24 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     }
     auto& rem = srv_.remediation();
     if (!bulk) {
+        // `force` (release only): absent is false; anything but a boolean is refused, never
+        // read as "no force" (nor as force).
+        bool force = false;
+        if (auto fv = (*b)["force"]; fv.error() != simdjson::NO_SUCH_FIELD && action == "release" &&
+                                     fv.get(force) != simdjson::SUCCESS) {
+            co_return fail({http::status::bad_request, "bad_field", "\"force\" must be true or false", "force"});
+        }
         if (!co_await record_intent(ticket)) {
             co_return intent_unrecorded();
         }
         store::result r;
         if (action == "release") {
-            bool force = false;
-            if ((*b)["force"].get(force) != simdjson::SUCCESS) {
-                force = false;  // absent or not a boolean: no force
-            }
             r = co_await rem.release_one(ticket, who_->name, force);
         } else {
             r = co_await rem.discard_one(ticket, who_->name, reason_);
         }
-        if (!r.ok && (r.code == "not_found" || r.code == "invalid_state" || r.code == "store_unavailable")) {
+        if (!r.ok && (r.code == "not_found" || r.code == "invalid_state" || r.code == "store_unavailable" ||
+                      r.code == "store_busy")) {
             co_return fail({r.code == "not_found"       ? http::status::not_found
                             : r.code == "invalid_state" ? http::status::conflict
                                                         : http::status::service_unavailable,

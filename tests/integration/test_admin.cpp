@@ -287,6 +287,11 @@ TEST(admin_api, quarantine_endpoints) {
     auto again = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[0] + "/release", "op-token",
                        R"({"reason":"oops, twice"})");
     EXPECT_EQ(again.result_int(), 409u);
+    // A force that is not a boolean is refused by name, not read as "no force".
+    auto bad_force = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/release", "op-token",
+                           R"({"reason":"x","force":"yes"})");
+    EXPECT_EQ(bad_force.result_int(), 400u);
+    EXPECT_NE(bad_force.body().find("\"field\":\"force\""), std::string::npos) << bad_force.body();
     EXPECT_EQ(f.up.request_count(), 1u);
     auto dis = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/discard", "op-token",
                      R"({"reason":"wrong segment"})");
