@@ -455,13 +455,7 @@ void parse_agents(cfg::object_reader& root, config& c) {
             std::size_t i = 0;
             for (const auto& k : *keys) {
                 std::array<unsigned char, 32> d{};
-                bool ok = k.size() == 64;
-                for (std::size_t j = 0; ok && j < 32; ++j) {
-                    const int hi = hex_digit_value(k[2 * j]);
-                    const int lo = hex_digit_value(k[2 * j + 1]);
-                    ok = hi >= 0 && lo >= 0;
-                    d[j] = static_cast<unsigned char>(hi * 16 + lo);
-                }
+                const bool ok = hex_to_bytes(k, d.data(), d.size());
                 const auto where = cfg::child(r.path_of("key_sha256"), i++);
                 if (!ok) {
                     r.errs().add(where, "must be 64 hex digits: the SHA-256 of the API key, never the key");
@@ -674,14 +668,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
             tok.name = *v;
         }
         if (auto v = tr.string("sha256", true)) {
-            bool ok = v->size() == 64;
-            for (std::size_t i = 0; ok && i < 32; ++i) {
-                const int hi = hex_digit_value((*v)[2 * i]);
-                const int lo = hex_digit_value((*v)[2 * i + 1]);
-                ok = hi >= 0 && lo >= 0;
-                tok.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
-            }
-            if (!ok) {
+            if (!hex_to_bytes(*v, tok.sha256.data(), tok.sha256.size())) {
                 tr.errs().add(tr.path_of("sha256"), "must be 64 hex digits: the SHA-256 of the token, never the token");
             }
         }
@@ -716,14 +703,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
                 }
             }
             std::array<unsigned char, 32> d{};
-            bool ok = hex.size() == 64;
-            for (std::size_t j = 0; ok && j < 32; ++j) {
-                const int hi = hex_digit_value(hex[2 * j]);
-                const int lo = hex_digit_value(hex[2 * j + 1]);
-                ok = hi >= 0 && lo >= 0;
-                d[j] = static_cast<unsigned char>(hi * 16 + lo);
-            }
-            if (ok) {
+            if (hex_to_bytes(hex, d.data(), d.size())) {
                 cc.cert_sha256 = d;
             } else {
                 cr.errs().add(cr.path_of("cert_sha256"), "must be the certificate's SHA-256: 64 hex digits (colons allowed)");
