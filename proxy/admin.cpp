@@ -223,21 +223,16 @@ std::optional<caller> cert_caller(const config& cfg, SSL* ssl) {
         return std::nullopt;
     }
     const std::unique_ptr<X509, decltype(&X509_free)> owned{peer, X509_free};
-    // Exactly one CN: with two, which one "is" the subject depends on who reads it.
-    const X509_NAME* subject = X509_get_subject_name(peer);
-    const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-    if (first < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, first) >= 0) {
+    const auto cn = single_common_name(peer);
+    if (!cn) {
         return std::nullopt;
     }
-    const ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
-    const std::string_view cn{reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-                              static_cast<std::size_t>(ASN1_STRING_length(data))};
     std::array<unsigned char, 32> fingerprint{};
     unsigned int len = 0;
     const bool have_fingerprint =
         X509_digest(peer, EVP_sha256(), fingerprint.data(), &len) == 1 && len == fingerprint.size();
     for (const auto& c : cfg.admin.client_certs) {
-        if (c.subject_cn != cn) {
+        if (c.subject_cn != *cn) {
             continue;
         }
         if (c.cert_sha256 && (!have_fingerprint ||

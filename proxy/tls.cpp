@@ -84,18 +84,25 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn) 
     }
     // The CN, only when the subject has exactly one; with SANs it is only reported, so a
     // config that names an agent by it can be told why it no longer matches.
-    const X509_NAME* subject = X509_get_subject_name(peer);
-    const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-    if (first >= 0 && X509_NAME_get_index_by_NID(subject, NID_commonName, first) < 0) {
-        const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
+    if (const auto cn = single_common_name(peer)) {
         if (names.empty()) {
-            add(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)), ASN1_STRING_length(cn));
-        } else if (ignored_cn != nullptr && ASN1_STRING_length(cn) > 0) {
-            ignored_cn->assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)),
-                               static_cast<std::size_t>(ASN1_STRING_length(cn)));
+            add(cn->data(), static_cast<int>(cn->size()));
+        } else if (ignored_cn != nullptr && !cn->empty()) {
+            ignored_cn->assign(*cn);
         }
     }
     return names;
+}
+
+std::optional<std::string_view> single_common_name(const X509* cert) {
+    const X509_NAME* subject = X509_get_subject_name(cert);
+    const int first = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    if (first < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, first) >= 0) {
+        return std::nullopt;
+    }
+    const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, first));
+    return std::string_view{reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)),
+                            static_cast<std::size_t>(ASN1_STRING_length(cn))};
 }
 
 }  // namespace bb::proxy

@@ -7,7 +7,9 @@
 #include <boost/asio/ssl/context.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 using SSL = struct ssl_st;
@@ -26,5 +28,8 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
 // is no certificate or it did not verify.
 // `ignored_cn`, when given, receives the CN of a certificate that has DNS SANs (not used).
 std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn = nullptr);
+// The subject's common name when it has exactly one (with two, which one "is" the subject
+// depends on who reads it); a view into `cert`.
+std::optional<std::string_view> single_common_name(const X509* cert);
 
 }  // namespace bb::proxy
