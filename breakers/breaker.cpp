@@ -833,11 +833,9 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
     // A breaker-wide forced_closed/metrics_only turns the key's trip into a shadow trip. The
     // mode read and the trip are one step for set_mode_if_at_rest (trip_mu).
     std::shared_lock<std::shared_mutex> trip_lock;
-    if (!key.empty()) {
-        trip_lock = std::shared_lock{s->trip_mu};
-    }
     bool wide_bypass = false;
     if (!key.empty()) {
+        trip_lock = std::shared_lock{s->trip_mu};
         instance_ptr wide;
         {
             std::shared_lock lock{mutex_};
@@ -1052,7 +1050,7 @@ std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, m
             continue;
         }
         if (const auto v = inst->view(now); !v.at_rest()) {
-            return v.instance + " is " + std::string{to_string(v.st)} + "/" + std::string{to_string(v.md)};
+            return v.described();
         }
     }
     std::string busy;
@@ -1060,8 +1058,7 @@ std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, m
                           [&](instance& in) {
                               in.advance(now);
                               if (const auto v = in.view(now); !v.at_rest()) {
-                                  busy = v.instance + " is " + std::string{to_string(v.st)} + "/" +
-                                         std::string{to_string(v.md)};
+                                  busy = v.described();
                                   return false;
                               }
                               in.set_mode(m, std::nullopt, cause_of("manual", actor, reason), now);

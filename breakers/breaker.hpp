@@ -134,6 +134,10 @@ struct instance_snapshot {
 
     // Closed and in automatic mode: nothing to contain, nothing to keep.
     bool at_rest() const { return st == state::closed && md == mode::automatic; }
+    // "instance is state/mode", for messages.
+    std::string described() const {
+        return instance + " is " + std::string{to_string(st)} + "/" + std::string{to_string(md)};
+    }
 };
 
 namespace detail {

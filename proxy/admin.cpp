@@ -346,11 +346,7 @@ std::string containing_instance(const std::vector<breakers::instance_snapshot>& 
     const auto busy = std::find_if(live.begin(), live.end(), [&](const breakers::instance_snapshot& i) {
         return i.breaker == breaker && !i.at_rest();
     });
-    if (busy == live.end()) {
-        return {};
-    }
-    return busy->instance + " is " + std::string{breakers::to_string(busy->st)} + "/" +
-           std::string{breakers::to_string(busy->md)};
+    return busy == live.end() ? std::string{} : busy->described();
 }
 
 // Whether two versions of a rule send the same requests to the same breaker instances
