@@ -1265,16 +1265,8 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
         if (receipt->meters.size() < s.reservation_count) {
             receipt->meters.resize(s.reservation_count);
         }
-        for (std::size_t i = 0; i < s.reservation_count; ++i) {
-            auto& to = receipt->meters[i];
-            const auto& from = s.reservations[i];
-            to.rule = from.rule;
-            to.key.assign(from.key);
-            to.epoch = from.epoch;
-            to.a = from.a;
-            to.b = from.b;
-            to.overflow = from.overflow;
-        }
+        // Element-wise: the receipt's key strings keep their capacity from request to request.
+        std::copy_n(s.reservations.begin(), s.reservation_count, receipt->meters.begin());
         receipt->meter_count = s.reservation_count;
         receipt->guards.assign(s.guard_reservations.begin(), s.guard_reservations.end());
     }
@@ -1297,7 +1289,12 @@ void engine::undo(std::span<const evaluation_receipt::meter_booking> meters,
                 }
             }
         };
-        meters_[res.rule]->with_existing_slot(res.key, take_off, res.overflow);
+        auto& meter = *meters_[res.rule];
+        if (res.overflow) {
+            meter.with_overflow_slot(take_off);
+        } else {
+            meter.with_existing_slot(res.key, take_off);
+        }
     }
     for (const auto& g : guards) {
         dups_[g.rule]->unbook(g.key, g.ms);

@@ -126,11 +126,10 @@ public:
     // `epoch` is used to find idle keys to evict. Thread-safe.
     template <class F>
     auto with_slot(std::string_view key, std::int64_t epoch, F&& f);
-    // Same, but never creates a key: returns false if the key is not tracked. `overflow`: the
-    // overflow slot instead (what a booking made there is undone in; never chosen by a key's
-    // value, so a key spelled like overflow_key is a key like any other).
+    // Same, but never creates a key: returns false if the key is not tracked. Never the
+    // overflow slot (a key spelled like overflow_key is a key like any other).
     template <class F>
-    bool with_existing_slot(std::string_view key, F&& f, bool overflow = false);
+    bool with_existing_slot(std::string_view key, F&& f);
     // f(overflow slot, true) if a key was ever metered there; false otherwise.
     template <class F>
     bool with_overflow_slot(F&& f);
@@ -243,15 +242,10 @@ bool rule_meter::with_overflow_slot(F&& f) {
 }
 
 template <class F>
-bool rule_meter::with_existing_slot(std::string_view key, F&& f, bool overflow) {
+bool rule_meter::with_existing_slot(std::string_view key, F&& f) {
     if (!keyed_) {
         std::lock_guard lock{single_.mu};
         f(single_, false);
-        return true;
-    }
-    if (overflow) {
-        std::lock_guard lock{overflow_.mu};
-        f(overflow_, true);
         return true;
     }
     shard& s = shard_of(key);
