@@ -381,8 +381,6 @@ std::optional<breakers::state> parse_breaker_state(std::string_view s) {
     return std::nullopt;
 }
 
-// A breaker snapshot already converted to wall-clock form (on the caller's thread, so the
-// conversion uses the clock reading closest to the snapshot).
 // The clocks at the moment a breaker snapshot was converted (breaker_state_clock).
 struct clock_reading {
     std::string boot_id;
@@ -398,6 +396,11 @@ clock_reading read_clocks(const clock& c) {
     return r;
 }
 
+// The latest wall-clock time a stored breaker time may plausibly hold (the year 2286).
+constexpr std::int64_t max_wall_ms = 10'000'000'000'000;
+
+// A breaker snapshot already converted to wall-clock form (on the caller's thread, so the
+// conversion uses the clock reading closest to the snapshot).
 struct breaker_row {
     std::string instance, breaker, key, state, mode;
     std::optional<std::int64_t> mode_expires_ms;
@@ -1704,12 +1707,11 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
             return fail("cannot read breaker state: " + conn->error());
         }
         if (const int krc = k.step(); krc == SQLITE_ROW) {
-            const auto boot = c.boot_id();
             // Plausible readings only (a steady clock of under 30 years since boot, a wall
             // clock after 2001 and before 2286); anything else falls back to the wall clock.
             constexpr std::int64_t max_steady_ms = 1'000'000'000'000;
-            constexpr std::int64_t min_wall_ms = 1'000'000'000'000, max_wall_ms = 10'000'000'000'000;
-            if (!boot.empty() && k.col_str(0) == boot && k.is_integer(1) && k.is_integer(2) && k.col_i64(1) >= 0 &&
+            constexpr std::int64_t min_wall_ms = 1'000'000'000'000;
+            if (!current.boot_id.empty() && k.col_str(0) == current.boot_id && k.is_integer(1) && k.is_integer(2) && k.col_i64(1) >= 0 &&
                 k.col_i64(1) <= max_steady_ms && k.col_i64(2) >= min_wall_ms && k.col_i64(2) <= max_wall_ms) {
                 steady_minus_wall = k.col_i64(1) - k.col_i64(2);
             }
@@ -1740,10 +1742,9 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         i.md = *md;
         // A time or duration that is not a plausible integer would read as 0 (a cooldown
         // long over) or overflow the clock: refused, never a silently reopened breaker.
-        constexpr std::int64_t max_ms = 10'000'000'000'000;  // the year 2286
         auto plausible = [&](int col, bool optional) {
             return (optional && s.is_null(col)) ||
-                   (s.is_integer(col) && s.col_i64(col) >= -max_ms && s.col_i64(col) <= max_ms);
+                   (s.is_integer(col) && s.col_i64(col) >= -max_wall_ms && s.col_i64(col) <= max_wall_ms);
         };
         if (!plausible(5, true) || !plausible(6, false) || !plausible(7, false) || !plausible(8, false) ||
             (!s.is_null(9) && (!plausible(16, false) || !plausible(18, false)))) {
