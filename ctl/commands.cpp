@@ -33,7 +33,7 @@ constexpr flag_spec known_flags[] = {
     {"--dry-run", false},   {"--metrics-only", false}, {"--expires-in", true}, {"--breaker", true},
     {"--agent", true},      {"--rule", true},          {"--state", true},      {"--from", true},
     {"--to", true},         {"--limit", true},         {"--after", true},      {"--rate", true},
-    {"--cert", true},       {"--key", true},           {"--base-version", true},
+    {"--cert", true},       {"--key", true},           {"--base-version", true}, {"--attempts", true},
 };
 
 const std::set<std::string, std::less<>> global_flags = {"--admin", "--token", "--json", "--timeout", "--cacert",
@@ -294,13 +294,27 @@ void build(plan& p, const tokens& t) {
             const bool by_ticket = w.size() > 2;
             if (by_ticket) {
                 expect(t, p.command, 2, 1, 1,
-                       sub == "release" ? std::initializer_list<std::string_view>{"--reason", "--force"}
+                       sub == "release" ? std::initializer_list<std::string_view>{"--reason", "--force", "--attempts"}
                                         : std::initializer_list<std::string_view>{"--reason"},
                        "a TICKET");
                 p.reason = require_reason(t, p.command);
                 std::string body = "{\"reason\":" + cfg::quote(p.reason);
                 if (sub == "release") {
+                    // A force names the attempts the operator saw (`quarantine show`): the
+                    // server refuses it if another release ran since, so two operators
+                    // cannot both re-send a request of unknown outcome.
+                    if (t.has("--force") != t.has("--attempts")) {
+                        throw usage_error("--force needs --attempts N (the release attempts `quarantine show` "
+                                          "printed), and --attempts is only for --force");
+                    }
                     body += std::string{",\"force\":"} + (t.has("--force") ? "true" : "false");
+                    if (t.has("--attempts")) {
+                        const std::string n = t.get("--attempts");
+                        if (!all_digits(n) || n.size() > 9) {
+                            throw usage_error("--attempts wants a whole number, not " + cfg::quote(n));
+                        }
+                        body += ",\"attempts\":" + n;
+                    }
                 }
                 p.kind = view::quarantine_result;
                 p.requests = {post("/v1/quarantine/" + encode_component(w[2]) + "/" + sub, body + "}")};
@@ -492,7 +506,7 @@ commands:
   quarantine list [--breaker B] [--agent A] [--rule R] [--state S] [--from MS] [--to MS]
                   [--limit N] [--after TICKET]
   quarantine show TICKET
-  quarantine release TICKET --reason R [--force]
+  quarantine release TICKET --reason R [--force --attempts N]
   quarantine release --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] [--rate N] --reason R
   quarantine discard TICKET --reason R
   quarantine discard --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] --reason R

@@ -1186,12 +1186,32 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
                                      fv.get(force) != simdjson::SUCCESS) {
             co_return fail({http::status::bad_request, "bad_field", "\"force\" must be true or false", "force"});
         }
+        // A force names the release attempts the operator saw: two operators forcing one
+        // record of unknown outcome would otherwise each re-send it, the second on a decision
+        // made before the first's replay.
+        std::optional<std::uint32_t> attempts;
+        if (force) {
+            std::uint64_t n = 0;
+            auto av = (*b)["attempts"];
+            if (av.error() == simdjson::NO_SUCH_FIELD) {
+                co_return fail({http::status::bad_request, "missing_field",
+                                "a forced release needs \"attempts\": the record's release_attempts as you saw "
+                                "them, so a record another release re-sent meanwhile is not sent again",
+                                "attempts"});
+            }
+            if (av.get(n) != simdjson::SUCCESS || n > 0xFFFF'FFFFu) {
+                co_return fail({http::status::bad_request, "bad_field",
+                                "\"attempts\" must be a non-negative integer (the record's release_attempts)",
+                                "attempts"});
+            }
+            attempts = static_cast<std::uint32_t>(n);
+        }
         if (!co_await record_intent(ticket)) {
             co_return intent_unrecorded();
         }
         store::result r;
         if (action == "release") {
-            r = co_await rem.release_one(ticket, who_->name, force);
+            r = co_await rem.release_one(ticket, who_->name, force, std::nullopt, attempts);
         } else {
             r = co_await rem.discard_one(ticket, who_->name, reason_);
         }

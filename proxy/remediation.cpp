@@ -125,7 +125,8 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
 }
 
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
-                                                        std::optional<store::held_state> expected) {
+                                                        std::optional<store::held_state> expected,
+                                                        std::optional<std::uint32_t> expected_attempts) {
     auto rec = db_.get(ticket);
     if (!rec) {
         co_return store::result::failure("not_found", "no quarantined request " + ticket);
@@ -147,7 +148,9 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     }
     // `releasing` is durable before a single byte goes out: a crash from here on leaves the
     // record for an operator (outcome_unknown), never for an automatic resend.
-    auto begun = co_await await_store([&](store::done_fn done) { db_.begin_release(ticket, actor, force, std::move(done), expected); });
+    auto begun = co_await await_store([&](store::done_fn done) {
+        db_.begin_release(ticket, actor, force, std::move(done), expected, expected_attempts);
+    });
     if (!begun.ok) {
         co_return begun;
     }

@@ -75,9 +75,11 @@ public:
 
     // The same as coroutines, for callers already on the control io_context (the admin
     // API): waiting on the futures above from that thread would deadlock it.
-    // `expected`: the state a bulk release listed the record in (see database::begin_release).
+    // `expected`: the state a bulk release listed the record in; `expected_attempts`: the
+    // release attempts the operator saw (see database::begin_release).
     asio::awaitable<store::result> release_one(std::string ticket, std::string actor, bool force,
-                                               std::optional<store::held_state> expected = std::nullopt);
+                                               std::optional<store::held_state> expected = std::nullopt,
+                                               std::optional<std::uint32_t> expected_attempts = std::nullopt);
     asio::awaitable<remediation_summary> release_matching_impl(store::list_filter filter, double rate_per_s,
                                                                std::string actor);
     asio::awaitable<store::result> discard_one(std::string ticket, std::string actor, std::string reason);

@@ -534,7 +534,8 @@ public:
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason,
-                          std::optional<held_state> expected = std::nullopt);
+                          std::optional<held_state> expected = std::nullopt,
+                          std::optional<std::uint32_t> expected_attempts = std::nullopt);
     outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
     outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows, const clock_reading& clocks);
 
@@ -1283,7 +1284,8 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
 database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std::string& ticket, held_state to,
                                                       bool force, const std::string& actor_in,
                                                       const std::string& detail, int status,
-                                                      const std::string& reason, std::optional<held_state> expected) {
+                                                      const std::string& reason, std::optional<held_state> expected,
+                                                      std::optional<std::uint32_t> expected_attempts) {
     held_state from = held_state::held;
     std::string breaker;
     std::int64_t bytes = 0;
@@ -1322,6 +1324,14 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
                                                      ", no longer " + std::string{to_string(*expected)} +
                                                      " as when it was selected; left as it is")};
     }
+    if (expected_attempts && attempts != static_cast<std::int64_t>(*expected_attempts)) {
+        // Two operators forcing one record of unknown outcome: the second decided on what it
+        // saw before the first's replay (which may have reached the upstream again).
+        return {result::failure("invalid_state",
+                                "ticket " + ticket + " has had " + std::to_string(attempts) + " release attempt" +
+                                    (attempts == 1 ? "" : "s") + ", not " + std::to_string(*expected_attempts) +
+                                    " as given: another release ran meanwhile; look at it again")};
+    }
     if (!transition_allowed(from, to, force)) {
         std::string why = "ticket " + ticket + " is " + std::string{to_string(from)} + "; it cannot become " +
                           std::string{to_string(to)};
@@ -1330,7 +1340,7 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
         } else if (from == held_state::outcome_unknown && to == held_state::releasing) {
             why = "ticket " + ticket +
                   " has an unknown outcome (its replay may have reached the upstream); releasing it again "
-                  "needs force";
+                  "needs force, with the release attempts seen (" + std::to_string(attempts) + ")";
         }
         return {result::failure("invalid_state", why)};
     }
@@ -1587,11 +1597,12 @@ void database::set_limits(const store_limits& limits) {
 }
 
 void database::begin_release(std::string ticket, std::string actor, bool force, done_fn done,
-                             std::optional<held_state> expected) {
+                             std::optional<held_state> expected, std::optional<std::uint32_t> expected_attempts) {
     impl_->enqueue(
-        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), force, expected](impl::batch_ctx& ctx) {
+        [p = impl_.get(), ticket = std::move(ticket), actor = std::move(actor), force, expected,
+         expected_attempts](impl::batch_ctx& ctx) {
             return p->do_transition(ctx, ticket, held_state::releasing, force, actor.empty() ? "operator" : actor,
-                                    {}, 0, {}, expected);
+                                    {}, 0, {}, expected, expected_attempts);
         },
         std::move(done), 256);
 }

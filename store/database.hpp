@@ -241,9 +241,12 @@ public:
     // Commits `releasing` (before the proxy sends). Allowed from held and release_failed;
     // from outcome_unknown only with force. Never from released. `expected`: the state the
     // caller selected the record in (a bulk operation's listing); another state now is
-    // invalid_state and nothing changes.
+    // invalid_state and nothing changes. `expected_attempts`: the release_attempts the
+    // operator saw when deciding (a force must name it): a record another release sent
+    // meanwhile has more, and is invalid_state, not sent again on a decision made before it.
     void begin_release(std::string ticket, std::string actor, bool force, done_fn done,
-                       std::optional<held_state> expected = std::nullopt);
+                       std::optional<held_state> expected = std::nullopt,
+                       std::optional<std::uint32_t> expected_attempts = std::nullopt);
     // Records the result of the replay started by begin_release (state must be releasing).
     void finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
                         done_fn done);

@@ -233,8 +233,13 @@ TEST(CtlRequests, BreakerMutations) {
 TEST(CtlRequests, QuarantineMutations) {
     EXPECT_EQ(only_request({"quarantine", "release", "q_1", "--reason", "checked"}),
               (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":false})"}));
-    EXPECT_EQ(only_request({"quarantine", "release", "q_1", "--force", "--reason", "checked"}),
-              (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":true})"}));
+    EXPECT_EQ(only_request({"quarantine", "release", "q_1", "--force", "--attempts", "1", "--reason", "checked"}),
+              (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":true,"attempts":1})"}));
+    // A force names the attempts the operator saw (the server refuses a stale one).
+    expect_usage_error({"quarantine", "release", "q_1", "--force", "--reason", "r"}, "--force needs --attempts");
+    expect_usage_error({"quarantine", "release", "q_1", "--attempts", "1", "--reason", "r"}, "--force needs --attempts");
+    expect_usage_error({"quarantine", "release", "q_1", "--force", "--attempts", "x", "--reason", "r"},
+                       "--attempts wants a whole number");
     EXPECT_EQ(only_request({"quarantine", "discard", "q_1", "--reason", "spam"}),
               (http_request{"POST", "/v1/quarantine/q_1/discard", R"({"reason":"spam"})"}));
     EXPECT_EQ(only_request({"quarantine", "release", "--breaker", "cv/spring", "--agent", "bot", "--rate", "5",

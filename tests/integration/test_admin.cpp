@@ -292,6 +292,18 @@ TEST(admin_api, quarantine_endpoints) {
                            R"({"reason":"x","force":"yes"})");
     EXPECT_EQ(bad_force.result_int(), 400u);
     EXPECT_NE(bad_force.body().find("\"field\":\"force\""), std::string::npos) << bad_force.body();
+    // A force names the attempts the operator saw; without them, or not a count, nothing is sent.
+    for (const char* body : {R"({"reason":"x","force":true})", R"({"reason":"x","force":true,"attempts":-1})",
+                             R"({"reason":"x","force":true,"attempts":"1"})"}) {
+        auto r = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/release", "op-token", body);
+        EXPECT_EQ(r.result_int(), 400u) << body;
+        EXPECT_NE(r.body().find("\"field\":\"attempts\""), std::string::npos) << r.body();
+    }
+    // Forced with the attempts seen (0: never released) it goes; here with 1 it is stale: 409.
+    auto stale = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/release", "op-token",
+                       R"({"reason":"x","force":true,"attempts":1})");
+    EXPECT_EQ(stale.result_int(), 409u) << stale.body();
+    EXPECT_NE(stale.body().find("another release ran meanwhile"), std::string::npos) << stale.body();
     EXPECT_EQ(f.up.request_count(), 1u);
     auto dis = admin(f.port(), http::verb::post, "/v1/quarantine/" + tickets[1] + "/discard", "op-token",
                      R"({"reason":"wrong segment"})");

@@ -502,6 +502,33 @@ TEST_F(store_db, a_released_request_is_never_released_again) {
     sqlite3_close(raw);
 }
 
+// Two operators look at a record of unknown outcome (1 attempt) and both force it: the first
+// re-sends it and its outcome is unknown again; the second, decided on the 1 attempt it saw,
+// must not send it a third time.
+TEST_F(store_db, a_force_names_the_attempts_seen_and_a_stale_one_sends_nothing) {
+    auto db = open();
+    const auto t = hold(*db, sample()).ticket;
+    ASSERT_TRUE(begin(*db, t).ok);
+    ASSERT_TRUE(finish(*db, t, bb::store::release_outcome::unknown, 0).ok);
+    auto force_seen = [&](std::uint32_t seen) {
+        return wait_done([&](bb::store::done_fn d) {
+            db->begin_release(t, "alice", true, std::move(d), std::nullopt, seen);
+        });
+    };
+    EXPECT_EQ(force_seen(0).code, "invalid_state");  // fewer than there are: as stale
+    ASSERT_TRUE(force_seen(1).ok);                  // operator A
+    ASSERT_TRUE(finish(*db, t, bb::store::release_outcome::unknown, 0).ok);
+    const auto second = force_seen(1);              // operator B, on what it saw before A
+    EXPECT_EQ(second.code, "invalid_state");
+    EXPECT_NE(second.message.find("has had 2 release attempts, not 1"), std::string::npos) << second.message;
+    auto rec = db->get(t);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->state, held_state::outcome_unknown);
+    EXPECT_EQ(rec->release_attempts, 2u);
+    EXPECT_TRUE(force_seen(2).ok);  // looked again: it is the operator's call
+    EXPECT_EQ(db->get(t)->release_attempts, 3u);
+}
+
 TEST_F(store_db, releasing_found_at_open_becomes_outcome_unknown_and_needs_force) {
     std::string t;
     std::string kept;
