@@ -1551,7 +1551,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 std::string why;
                 std::optional<std::string> body;
                 const auto api = sandbox_api_for(req.method_string(), req_path, req[http::field::content_type]);
-                if (api == sandbox_api::sendgrid) {
+                const auto enc = req[http::field::content_encoding];
+                if (!enc.empty() && !iequals(enc, "identity")) {
+                    // The rewrite reads the body as written: switching a compressed one would
+                    // append the switch to gzip bytes (a form "decodes" whatever it is), and an
+                    // API that inflates the body would never see it.
+                    why = "its body is Content-Encoding " + std::string{enc.substr(0, 32)} +
+                          ", which the dry-run rewrite cannot read";
+                } else if (api == sandbox_api::sendgrid) {
                     body = sendgrid_sandbox(req.body(), &why);
                 } else if (api == sandbox_api::mailgun) {
                     body = mailgun_testmode(req.body(), req[http::field::content_type], &why, query_of(origin_form));

@@ -128,6 +128,21 @@ TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
                              {{"x-breakerbox-key", "trial-key"}, {"content-type", "application/x-www-form-urlencoded"}});
     EXPECT_EQ(form.result_int(), 503u);
     EXPECT_EQ(up.request_count(), before) << "nothing of a sandboxed agent reaches a real API without a dry-run switch";
+    // A Mailgun message on a route without rules (nothing else reads its body) is switched to
+    // test mode; compressed, the switch cannot be written into it, so it is refused.
+    const std::vector<std::pair<std::string, std::string>> mg{{"x-breakerbox-key", "trial-key"},
+                                                               {"content-type", "application/x-www-form-urlencoded"}};
+    auto plain = http_request(bb.port(), http::verb::post, "/crm/v3/mg.example.com/messages", "to=a%40example.com&text=hi", mg);
+    ASSERT_EQ(plain.result_int(), 202u) << plain.body();
+    EXPECT_NE(up.requests().back().req.body().find("o%3Atestmode=yes"), std::string::npos) << up.requests().back().req.body();
+    auto mg_gzip = mg;
+    mg_gzip.emplace_back("content-encoding", "gzip");
+    auto gz = http_request(bb.port(), http::verb::post, "/crm/v3/mg.example.com/messages",
+                           std::string{"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03+\xc9\xb7", 13}, mg_gzip);
+    EXPECT_EQ(gz.result_int(), 503u) << gz.body();
+    EXPECT_EQ(code_of(gz), "sandbox_failed");
+    EXPECT_NE(gz.body().find("Content-Encoding gzip"), std::string::npos) << gz.body();
+    EXPECT_EQ(up.request_count(), before + 1) << "a compressed sandboxed message never reaches the API";
     // The agent is a rule key: 3 mails an hour each.
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 202u);
