@@ -102,6 +102,42 @@ bool split_target(std::string_view target, target_parts& out) {
     return true;
 }
 
+namespace {
+
+// A query parameter that asks the upstream to act as another method (Salesforce's
+// `_HttpMethod=DELETE` on a POST; `_method` in Laravel and others), or "".
+std::string_view override_parameter(std::string_view target) {
+    const auto q = target.find('?');
+    if (q == std::string_view::npos) {
+        return {};
+    }
+    std::string_view rest = target.substr(q + 1);
+    while (!rest.empty()) {
+        const auto amp = rest.find('&');
+        const std::string_view pair = rest.substr(0, amp);
+        rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+        // The name as the upstream decodes it (%5FHttpMethod is _HttpMethod); longer names
+        // than the two are not them.
+        std::string name;
+        const std::string_view raw = pair.substr(0, pair.find('='));
+        for (std::size_t i = 0; i < raw.size() && name.size() <= 11; ++i) {
+            if (raw[i] == '%' && i + 2 < raw.size() && hex_digit_value(raw[i + 1]) >= 0 &&
+                hex_digit_value(raw[i + 2]) >= 0) {
+                name += static_cast<char>(hex_digit_value(raw[i + 1]) * 16 + hex_digit_value(raw[i + 2]));
+                i += 2;
+            } else {
+                name += raw[i];
+            }
+        }
+        if (iequals(name, "_HttpMethod") || iequals(name, "_method")) {
+            return raw;
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
 std::string_view ambiguous_path(std::string_view path) {
     if (path == "*") {
         return {};
@@ -237,6 +273,13 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
         return {400, "bad_request_line", "the HTTP version is malformed"};
     }
 
+    if (const auto param = override_parameter(target); !param.empty()) {
+        return {400, "method_override",
+                "the query parameter " + std::string{param.substr(0, 32)} +
+                    " is not accepted: routes, agent scopes and rules judge the request by its method, so send "
+                    "the method itself"};
+    }
+
     std::size_t count = 0;
     int hosts = 0;
     int content_lengths = 0;
@@ -275,8 +318,17 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
         }
         // Only a few names matter for framing (and for how the body is read); compare by
         // length first.
-        if (name.size() != 4 && name.size() != 12 && name.size() != 14 && name.size() != 16 && name.size() != 17) {
+        if (name.size() != 4 && name.size() != 12 && name.size() != 13 && name.size() != 14 && name.size() != 16 &&
+            name.size() != 17 && name.size() != 22) {
             continue;
+        }
+        if (iequals(name, "x-http-method-override") || iequals(name, "x-http-method") ||
+            iequals(name, "x-method-override")) {
+            // The upstream may act as the method named there (a POST that deletes), while
+            // routes, agent scopes and rules judged the method on the wire.
+            return {400, "method_override",
+                    std::string{name} + " is not accepted: routes, agent scopes and rules judge the request "
+                                        "by its method, so send the method itself"};
         }
         value = trim(value);
         if (name.size() == 12 && iequals(name, "content-type")) {

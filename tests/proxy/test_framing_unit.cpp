@@ -69,3 +69,25 @@ TEST(framing_unit, a_repeated_content_type_or_encoding_is_400) {
               400);
     EXPECT_TRUE(check_request_head("POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\r\n", 100).ok());
 }
+
+// A POST that asks the upstream to act as a DELETE (Salesforce's _HttpMethod, the override
+// headers) would be routed, scoped and metered as a POST: refused, by name.
+TEST(framing_unit, method_overrides_are_refused) {
+    for (const char* target : {"/services/data/v59.0/sobjects/Account/001?_HttpMethod=DELETE",
+                               "/services/data/v59.0/sobjects/Account/001?a=1&_httpmethod=PATCH",
+                               "/x?%5FHttpMethod=DELETE", "/x?_method=delete", "/x?_Method"}) {
+        const auto v = check_request_head("POST " + std::string{target} + " HTTP/1.1\r\nHost: a\r\n\r\n", 100);
+        EXPECT_EQ(v.status, 400) << target;
+        EXPECT_EQ(v.code, "method_override") << target;
+    }
+    for (const char* target : {"/x?_HttpMethodology=1", "/x?method=DELETE", "/x?q=_HttpMethod", "/x_HttpMethod=1"}) {
+        EXPECT_TRUE(check_request_head("POST " + std::string{target} + " HTTP/1.1\r\nHost: a\r\n\r\n", 100).ok())
+            << target;
+    }
+    for (const char* header : {"X-HTTP-Method-Override", "x-http-method", "X-Method-Override"}) {
+        const auto v = check_request_head("POST /x HTTP/1.1\r\nHost: a\r\n" + std::string{header} + ": DELETE\r\n\r\n", 100);
+        EXPECT_EQ(v.status, 400) << header;
+        EXPECT_EQ(v.code, "method_override") << header;
+        EXPECT_NE(v.message.find(header), std::string::npos) << v.message;
+    }
+}
