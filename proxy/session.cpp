@@ -1766,6 +1766,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     e.code = "upstream_bad_response";
                     break;
             }
+            if (!idempotent(req.method()) &&
+                (ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::bad_response)) {
+                // The whole request went out and the upstream answered: it may well have
+                // sent the email. A plain 502 code invites the client's retry, a second send.
+                e.code = "upstream_outcome_unknown";
+                e.message += "; the upstream answered, so the request may have been carried out; it was not retried";
+            }
             if (!co_await reply(e, keep_alive) || !keep_alive) {
                 break;
             }

@@ -666,6 +666,20 @@ TEST(upstream_failure, badly_framed_response_is_502_and_the_connection_is_not_re
     EXPECT_EQ(up.connections_accepted(), 2u);
 }
 
+// The same answer to a POST: the upstream answered after reading the whole request, so the
+// mail may be out. The client is told the outcome is unknown, not a plain 502 to retry.
+TEST(upstream_failure, a_bad_answer_to_a_post_is_an_unknown_outcome) {
+    fake_upstream up{[](const request&) {
+        return respond_raw("HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", false);
+    }};
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(body_code(res), "upstream_outcome_unknown") << res.body();
+    EXPECT_NE(res.body().find("may have been carried out"), std::string::npos) << res.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // Answers the upstream gave after acting on the request reach the client (a 502 would
 // invite a second send), but their connection carries no other request: a 204 announcing a
 // body (read bodiless, the body would answer the next request) and chunking in HTTP/1.0.
