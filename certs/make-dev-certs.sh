@@ -4,6 +4,7 @@
 #   server.pem / server.key   for localhost and 127.0.0.1, signed by the CA
 #   wrong-name.pem / .key     for wrong.example, signed by the CA (name-mismatch tests)
 #   self-signed.pem / .key    for localhost, signed by nobody (untrusted tests)
+#   uri-only.pem / .key       CN uri-agent with only a URI SAN, signed by the CA (tests)
 #   agent-<name>.pem / .key   client certificates for agents (mTLS), one per extra argument
 # usage: certs/make-dev-certs.sh OUTDIR [agent-name ...]
 # Everything it writes is test/development material: short-lived keys on the local disk,
@@ -35,6 +36,9 @@ if [[ ! -f self-signed.pem ]]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout self-signed.key \
     -out self-signed.pem -days "$days" -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 fi
+# A client certificate whose only SAN is a URI (a SPIFFE-style workload identity): its CN
+# must not name an agent (tests).
+leaf uri-only uri-agent "URI:spiffe://example.test/uri-agent"
 for agent in "$@"; do
   leaf "agent-$agent" "$agent" "DNS:$agent.agents.local"
 done

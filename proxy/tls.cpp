@@ -82,10 +82,13 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn) 
         }
         GENERAL_NAMES_free(sans);
     }
-    // The CN, only when the subject has exactly one; with SANs it is only reported, so a
-    // config that names an agent by it can be told why it no longer matches.
+    // The CN, only when the subject has exactly one and the certificate no SANs at all (a
+    // URI or IP SAN names the holder too: RFC 6125 6.4.4; a CA issuing `spiffe://...`
+    // certificates with any CN must not make them agents); with SANs it is only reported, so
+    // a config that names an agent by it can be told why it no longer matches.
+    const bool any_san = X509_get_ext_by_NID(peer, NID_subject_alt_name, -1) >= 0;
     if (const auto cn = single_common_name(peer)) {
-        if (names.empty()) {
+        if (names.empty() && !any_san) {
             add(cn->data(), static_cast<int>(cn->size()));
         } else if (ignored_cn != nullptr && !cn->empty()) {
             ignored_cn->assign(*cn);

@@ -175,6 +175,14 @@ TEST(tls_listener, client_certificates_identify_agents) {
     EXPECT_NE(out.find("status=401"), std::string::npos) << out;
     EXPECT_NE(out.find("CN names agent by-cn"), std::string::npos) << out;
     EXPECT_EQ(up.request_count(), 1u);
+    // A SAN of another kind (a URI: a workload identity) names the holder too: the CN of
+    // such a certificate does not make it an agent either.
+    proxy_instance uri{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                  ", \"client_ca_file\": " + q(cert("ca.pem")), "",
+                                  "\"agents\": [{\"id\": \"uri-agent\", \"cert_names\": [\"uri-agent\"]}],")};
+    out = run(curl_https(uri.port(), "/v3/mail/send", "--cert " + cert("uri-only.pem") + " --key " + cert("uri-only.key")));
+    EXPECT_NE(out.find("status=401"), std::string::npos) << out;
+    EXPECT_EQ(up.request_count(), 1u);
 }
 
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
