@@ -1115,9 +1115,8 @@ void normalize_address(std::string_view item, std::string& out) {
     while (!item.empty() && trimmed(item.back())) {
         item.remove_suffix(1);
     }
-    if (item.size() > 320) {
-        item = item.substr(0, 320);
-    }
+    // Never cut: `aaa...(300)...@news.example.com.evil.tld` cut at 320 bytes would end in
+    // an allowed domain the upstream never sees. The body bounds the length.
     // Copied and lower-cased in one pass (every recipient goes through here, twice with both
     // the recipients and duplicates guards on).
     const std::size_t n = item.size();

@@ -177,6 +177,14 @@ TEST(AgentConstraints, SesSendEmail) {
               "template \"welcome-v2\" is not allowed for this agent");
 }
 
+// A long from address is judged by its real domain, not by where a length cut would end it.
+TEST(AgentConstraints, ALongFromIsJudgedByItsRealDomain) {
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"from":{"email":")" +
+                             std::string(303, 'a') + R"(@example.com.evil.tld"},"subject":"x"})";
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, body),
+              "from domain \"example.com.evil.tld\" is not allowed for this agent");
+}
+
 // A raw message goes to its own headers' recipients, from its own From header.
 TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
     for (const std::string body : {
