@@ -609,14 +609,17 @@ std::optional<std::string> mime_subject(std::string_view message) {
 std::string mime_from(std::string_view message) {
     std::string value;
     std::string from;
-    bool seen = false;
+    bool comment = false;
+    // Every From, and Sender: a second From (or a Sender) is what some clients and relays
+    // show or send as, so each address of each is checked, not only the first field's.
     const bool ok = for_each_field(message, value, [&](std::string_view name, std::string_view v) {
-        if (!seen && iequals(name, "From")) {
-            seen = true;
-            from = has_comment(v) ? std::string{} : std::string{v};
+        if (iequals(name, "From") || iequals(name, "Sender")) {
+            comment |= has_comment(v);
+            from += from.empty() ? "" : ", ";
+            from += v;
         }
     });
-    return ok ? from : std::string{};
+    return ok && !comment ? from : std::string{};
 }
 
 }  // namespace bb::rules

@@ -59,9 +59,9 @@ bool mime_content_of(std::string_view message, mime_content& out, std::string* w
 // nullopt when the header section cannot be read or a word's charset is not read (as above).
 std::optional<std::string> mime_subject(std::string_view message);
 
-// The value of the From header field (unfolded: an address list, every mailbox to be
-// checked), empty when there is none, when it holds a comment, or when the header section
-// cannot be read.
+// The values of every From and Sender header field as one address list (unfolded, joined
+// by ", ": every mailbox to be checked), empty when there is none, when one holds a comment,
+// or when the header section cannot be read.
 std::string mime_from(std::string_view message);
 
 }  // namespace bb::rules

@@ -185,6 +185,24 @@ TEST(AgentConstraints, ALongFromIsJudgedByItsRealDomain) {
               "from domain \"example.com.evil.tld\" is not allowed for this agent");
 }
 
+// A raw message with a second From, or a Sender: each is a sender some client or relay
+// uses, so each is checked (only the first From was).
+TEST(AgentConstraints, EveryFromAndSenderOfARawMessageIsChecked) {
+    auto raw = [](const char* b64) { return std::string{R"({"Content": {"Raw": {"Data": ")"} + b64 + "\"}}}"; };
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json,
+                                     raw("RnJvbTogb2tAZXhhbXBsZS5jb20NCkZyb206IGNlb0BldmlsLmV4YW1wbGUNClRvOiBhQGV4YW1w"
+                                         "bGUuY29tDQpTdWJqZWN0OiBIaQ0KDQpCb2R5DQo=")),
+              "from domain \"evil.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json,
+                                     raw("RnJvbTogb2tAZXhhbXBsZS5jb20NClNlbmRlcjogY2VvQGV2aWwuZXhhbXBsZQ0KVG86IGFAZXhh"
+                                         "bXBsZS5jb20NClN1YmplY3Q6IEhpDQoNCkJvZHkNCg==")),
+              "from domain \"evil.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json,
+                                     raw("RnJvbTogb2tAZXhhbXBsZS5jb20NClNlbmRlcjogbmV3c0BleGFtcGxlLmNvbQ0KVG86IGFAZXhh"
+                                         "bXBsZS5jb20NCg0KQm9keQ0K")),
+              "");
+}
+
 // A raw message goes to its own headers' recipients, from its own From header.
 TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
     for (const std::string body : {
