@@ -398,6 +398,12 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
         }
         walk_form(k, s.form);
     }
+    if (!form && !query.empty()) {
+        // A form API may merge the query's fields whatever the body is (Go's FormValue, the
+        // AWS Query API): `?to=...&from=...` beside a JSON or text body counts too.
+        parse_form({}, query, s.form);  // urlencoded
+        walk_form(k, s.form);
+    }
     return k.finish();
 }
 

@@ -299,6 +299,11 @@ TEST(AgentConstraints, MailgunUrlencoded) {
               "2 recipients in one request; this agent may address at most 1")
         << "no body: the query string is the form";
     EXPECT_EQ(check_body_constraints(max(1), "application/json", "", "to=a%40x.com"), "") << "one recipient, allowed";
+    // Beside a body that is no form, the query's fields still count (an API may merge them).
+    EXPECT_EQ(check_body_constraints(max(1), "text/plain", "x", "to=a%40x.com&cc=b%40x.com"),
+              "2 recipients in one request; this agent may address at most 1");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), "application/json", "{}", "from=x%40evil.example"),
+              "from domain \"evil.example\" is not allowed for this agent");
     // Content type parameters and case do not matter.
     EXPECT_EQ(check_body_constraints(max(4), "Application/X-WWW-Form-Urlencoded; charset=utf-8", mailgun_form),
               "5 recipients in one request; this agent may address at most 4");
