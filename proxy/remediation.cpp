@@ -65,8 +65,24 @@ remediation::~remediation() = default;
 
 std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::size_t upstream_index) {
     const auto& u = cfg.upstreams[upstream_index];
+    // Pools of upstreams no longer configured go (their idle sockets with them); the others
+    // close what sat idle too long, as the workers' pools do.
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = pools_.begin(); it != pools_.end();) {
+        const bool configured = std::any_of(cfg.upstreams.begin(), cfg.upstreams.end(),
+                                            [&](const upstream_config& c) { return c.name == it->first; });
+        if (!configured) {
+            it->second->retire();
+            it = pools_.erase(it);
+        } else {
+            it->second->sweep(now);
+            ++it;
+        }
+    }
     auto& slot = pools_[u.name];
-    if (!slot || slot->cfg().url != u.url || slot->cfg().ca_file != u.ca_file || slot->cfg().verify != u.verify) {
+    // Every setting, the CA file's contents included: after a reload that removed a CA, a
+    // release (held mail, API credentials) never goes out under the old trust.
+    if (!slot || !same_upstream(slot->cfg(), u) || slot->response_body_limit() != cfg.limits.upstream_body_bytes) {
         if (slot) {
             slot->retire();
         }

@@ -37,12 +37,6 @@ namespace bb::proxy {
 
 namespace {
 
-bool same_upstream(const upstream_config& a, const upstream_config& b) {
-    return a.name == b.name && a.url == b.url && a.timeout == b.timeout && a.connect_timeout == b.connect_timeout &&
-           a.max_connections == b.max_connections && a.idle_timeout == b.idle_timeout && a.ca_file == b.ca_file &&
-           a.ca_pem == b.ca_pem && a.verify == b.verify;
-}
-
 bool same_listeners(const config& a, const config& b) {
     if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) {
         return false;

@@ -92,6 +92,12 @@ void upstream_conn::close() {
     tcp().close();
 }
 
+bool same_upstream(const upstream_config& a, const upstream_config& b) {
+    return a.name == b.name && a.url == b.url && a.timeout == b.timeout && a.connect_timeout == b.connect_timeout &&
+           a.max_connections == b.max_connections && a.idle_timeout == b.idle_timeout && a.ca_file == b.ca_file &&
+           a.ca_pem == b.ca_pem && a.verify == b.verify;
+}
+
 upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit)
     : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit) {
     error_code ec;

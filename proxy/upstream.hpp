@@ -74,6 +74,10 @@ private:
     std::variant<plain_stream, tls_stream> stream_;
 };
 
+// Whether a pool made for `a` serves `b` as it is (a reload that changes any of these, the
+// CA file's contents included, gets a new pool: a removed CA is never trusted again).
+bool same_upstream(const upstream_config& a, const upstream_config& b);
+
 // Thread-compatible, not thread-safe: owned by one worker.
 class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
@@ -81,6 +85,7 @@ public:
     ~upstream_pool();
 
     const upstream_config& cfg() const { return cfg_; }
+    std::size_t response_body_limit() const { return response_body_limit_; }
 
     // Sends `req` (already rewritten for the upstream) and reads the whole response.
     // `idempotent`: whether a retry on a fresh connection is allowed after a reused

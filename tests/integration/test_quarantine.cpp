@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <map>
 #include <mutex>
@@ -650,4 +651,38 @@ TEST(quarantine, a_failing_store_answers_503_never_202_and_recovers_by_itself) {
     EXPECT_EQ(after.result_int(), 202u);
     EXPECT_EQ(up.request_count(), 0u) << "a request that cannot be held is never forwarded";
     EXPECT_EQ(bb.server().db()->get(std::string{first["x-breakerbox-ticket"]})->body, R"({"to":[1],"n":"before"})");
+}
+
+// A CA taken out of the upstream's ca_file stops being trusted for releases too (held mail
+// and API credentials), at the reload, not at the next restart: the release pools are
+// remade on any change of the upstream, the file's contents included.
+TEST(quarantine, a_release_after_a_reload_that_removed_the_ca_is_not_sent) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }, std::string{BB_TEST_CERTS_DIR} + "/server.pem",
+                     std::string{BB_TEST_CERTS_DIR} + "/server.key"};
+    const auto dir = temp_dir();
+    const std::string ca = dir + "/ca.pem";
+    std::filesystem::copy_file(std::string{BB_TEST_CERTS_DIR} + "/ca.pem", ca);
+    std::string cfg = quarantine_config(up.port(), dir, 0);
+    const std::string http_url = "\"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"";
+    cfg.replace(cfg.find(http_url), http_url.size(),
+                "\"url\": \"https://localhost:" + std::to_string(up.port()) + "\", \"ca_file\": \"" + ca + "\"");
+    proxy_instance bb{cfg};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 2; ++i) {
+        auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+        ASSERT_EQ(res.result_int(), 202u) << res.body();
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    auto first = bb.server().remediation().release(tickets[0], "ops").get();
+    ASSERT_TRUE(first.ok) << first.message;
+    ASSERT_EQ(up.request_count(), 1u);
+    std::filesystem::copy_file(std::string{BB_TEST_CERTS_DIR} + "/self-signed.pem", ca,
+                               std::filesystem::copy_options::overwrite_existing);
+    auto next = bb::parse_config(cfg);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    auto second = bb.server().remediation().release(tickets[1], "ops").get();
+    EXPECT_FALSE(second.ok);
+    EXPECT_EQ(second.code, "release_failed") << second.message;
+    EXPECT_EQ(up.request_count(), 1u) << "sent under the CA the reload removed";
 }
