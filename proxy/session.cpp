@@ -694,22 +694,29 @@ struct client_info {
     std::string tunnel_host;              // inside an intercepted CONNECT: its destination
     std::uint16_t tunnel_port = 0;
     std::string tunnel_agent;             // the agent the CONNECT's credentials named
+    std::string tunnel_key_digest;        // SHA-256 of the CONNECT's key, when a key named it
 };
 
 // The agent an API key names (x-breakerbox-key, or Proxy-Authorization: Bearer as a forward
 // proxy sees it). Only its SHA-256 is compared. `had_key`: a key was presented at all.
-const agent_config* agent_by_key(const config& cfg, const request& req, bool& had_key) {
+// The SHA-256 of the key a request presents, as bytes; empty when it presents none.
+std::string key_digest(const request& req) {
     std::string_view key = req["x-breakerbox-key"];
     std::string_view pa = req[http::field::proxy_authorization];
     if (key.empty() && starts_with_icase(pa, "bearer ")) {
         key = trim(pa.substr(7));
     }
-    had_key = !key.empty();
     if (key.empty()) {
-        return nullptr;
+        return {};
     }
     const sha256_digest digest = sha256(key);
-    return cfg.agent_by_key_digest(std::string_view{reinterpret_cast<const char*>(digest.data()), digest.size()});
+    return std::string{reinterpret_cast<const char*>(digest.data()), digest.size()};
+}
+
+const agent_config* agent_by_key(const config& cfg, const request& req, bool& had_key) {
+    const std::string digest = key_digest(req);
+    had_key = !digest.empty();
+    return had_key ? cfg.agent_by_key_digest(digest) : nullptr;
 }
 
 // "host:port" of a CONNECT target (host may be a bracketed IPv6 literal), host lower-cased.
@@ -989,15 +996,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // fail open, so it is refused with the reason.
                 if (const auto* by_cn = cfg->agent_by_cert_names({ci.ignored_cn})) {
                     refused = "the client certificate's CN names agent " + by_cn->id +
-                              ", but a certificate with DNS names is identified by those alone: list one of them "
-                              "in that agent's cert_names";
+                              ", but a certificate with subject alternative names is identified by its DNS names "
+                              "alone: list one of them in that agent's cert_names";
                 }
             }
             if (refused.empty() && agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
-                for (const auto& a : cfg->agents) {
-                    if (a.id == ci.tunnel_agent) {
-                        agent = &a;
-                    }
+                // The CONNECT's credentials are judged again on every request of the tunnel
+                // (the config may have changed since): a key revoked, or the agent removed, by
+                // a reload ends the tunnel's identity; it never goes on as that agent, nor as
+                // nobody (unscoped where identity is optional).
+                const agent_config* again =
+                    ci.tunnel_key_digest.empty() ? nullptr : cfg->agent_by_key_digest(ci.tunnel_key_digest);
+                if (again != nullptr && again->id == ci.tunnel_agent) {
+                    agent = again;
+                } else {
+                    refused = "the credentials that opened this tunnel no longer name agent " + ci.tunnel_agent +
+                              " (key revoked or agent removed): open a new tunnel";
                 }
             }
             if (refused.empty() && agent == nullptr && (had_key || identity_required)) {
@@ -1171,6 +1185,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     tunnel.inner.tunnel_host = dest->first;
                     tunnel.inner.tunnel_port = dest->second;
                     tunnel.inner.tunnel_agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
+                    tunnel.inner.tunnel_key_digest = tunnel_agent != nullptr ? key_digest(req) : std::string{};
                     tunnel.sec = sec;
                     tunnel.leaf = std::move(leaf);
                     break;
