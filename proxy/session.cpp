@@ -1191,6 +1191,23 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     break;
                 }
                 if (passthrough_allowed(*fp, dest->first, dest->second)) {
+                    // Nothing inside a blind tunnel can be judged: an agent held to an allow
+                    // list, body constraints or the sandbox would be free of them there.
+                    if (tunnel_agent != nullptr &&
+                        (tunnel_agent->sandbox || !tunnel_agent->constraints.empty() ||
+                         !tunnel_agent->allow.routes.empty() || !tunnel_agent->allow.methods.empty() ||
+                         !tunnel_agent->allow.paths.empty())) {
+                        error_info e{http::status::forbidden, "denied", "out_of_scope",
+                                     "agent " + tunnel_agent->id + " may not open a blind tunnel to " + dest->first +
+                                         ": its " +
+                                         (tunnel_agent->sandbox ? std::string{"sandbox"}
+                                          : !tunnel_agent->constraints.empty() ? std::string{"body constraints"}
+                                                                               : std::string{"allow list"}) +
+                                         " cannot be applied inside one (forward_proxy.passthrough)"};
+                        e.rule = "scope";
+                        co_await reply(e, false);
+                        break;
+                    }
                     // Not metered, but an agent an operator switched off opens nothing (and
                     // its open tunnels close: see tunnel_watchdog).
                     if (tunnel_agent != nullptr && rt.breakers->any_active()) {

@@ -223,7 +223,9 @@ std::string forward_config(std::uint16_t https_port, const std::string& passthro
            "\", \"ca_file\": " + q(cert("ca.pem")) + "}],"
            "\"routes\": [{\"name\": \"api\", \"match\": {\"host\": \"localhost\", \"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
            "\"agents\": [{\"id\": \"writer\", \"key_sha256\": [\"" + run("printf writer-key | sha256sum | cut -c1-64 | tr -d '\\n'") +
-           "\"], \"allow\": {\"methods\": [\"POST\"]}}],"
+           "\"], \"allow\": {\"methods\": [\"POST\"]}},"
+           "{\"id\": \"tunneler\", \"key_sha256\": [\"" + run("printf tunneler-key | sha256sum | cut -c1-64 | tr -d '\\n'") +
+           "\"]}],"
            "\"store\": {\"path\": " + q(temp_dir() + "/bb.db") + "},"
            "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
 }
@@ -314,27 +316,33 @@ TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_ope
         }
         return std::make_pair(std::move(c), head);
     };
-    auto [writer_tunnel, opened] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    auto [agent_tunnel, opened] = open_tunnel("Proxy-Authorization: Bearer tunneler-key\r\n");
     ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
     auto [anonymous_tunnel, opened_too] = open_tunnel("");
     ASSERT_EQ(opened_too.rfind("HTTP/1.1 200", 0), 0u) << opened_too;
 
-    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/writer", "ops", "runaway loop", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/tunneler", "ops", "runaway loop", bb.server().now()));
     // Its open tunnel is closed by the proxy (within the 1 s check; the client waits up to 5 s).
-    EXPECT_TRUE(writer_tunnel->closed_by_server());
+    EXPECT_TRUE(agent_tunnel->closed_by_server());
     // A new one is refused with the kill switch's answer.
-    auto [refused_client, refused] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    auto [refused_client, refused] = open_tunnel("Proxy-Authorization: Bearer tunneler-key\r\n");
     EXPECT_EQ(refused.rfind("HTTP/1.1 503", 0), 0u) << refused;
     EXPECT_NE(refused.find("agent_disabled"), std::string::npos) << refused;
-    EXPECT_NE(refused.find("agent/writer"), std::string::npos) << refused;
-    // A tunnel nobody identified is not the writer's: it still carries bytes both ways.
+    EXPECT_NE(refused.find("agent/tunneler"), std::string::npos) << refused;
+    // A tunnel nobody identified is not the agent's: it still carries bytes both ways.
     const auto out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) + " --cacert " +
                          cert("ca.pem") + " https://" + target + "/x");
     EXPECT_EQ(out, "direct");
-    // Reset: the writer tunnels again.
-    ASSERT_TRUE(bb.server().breakers()->reset("agent/writer", "ops", "fixed", bb.server().now()));
-    auto [again, reopened] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    // Reset: the agent tunnels again.
+    ASSERT_TRUE(bb.server().breakers()->reset("agent/tunneler", "ops", "fixed", bb.server().now()));
+    auto [again, reopened] = open_tunnel("Proxy-Authorization: Bearer tunneler-key\r\n");
     EXPECT_EQ(reopened.rfind("HTTP/1.1 200", 0), 0u) << reopened;
+    // An agent held to an allow list (writer: POST only) opens no blind tunnel: nothing in it
+    // could be held to that list.
+    auto [scoped, scoped_answer] = open_tunnel("Proxy-Authorization: Bearer writer-key\r\n");
+    EXPECT_EQ(scoped_answer.rfind("HTTP/1.1 403", 0), 0u) << scoped_answer;
+    EXPECT_NE(scoped_answer.find("out_of_scope"), std::string::npos) << scoped_answer;
+    EXPECT_NE(scoped_answer.find("may not open a blind tunnel"), std::string::npos) << scoped_answer;
 }
 
 // An intercepted tunnel's identity comes from its CONNECT's key, judged again on every
