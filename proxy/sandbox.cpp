@@ -141,6 +141,11 @@ std::optional<std::string> mailgun_testmode_rewrite(std::string_view body, std::
                                                     std::string* error) {
     const auto mt = media_type(content_type);
     if (iequals(mt, "application/x-www-form-urlencoded")) {
+        if (body.find(';') != std::string_view::npos) {
+            // `a=b;o%3Atestmode=no`: one field here, two where ';' also separates fields.
+            *error = "a raw ';' in the form reads two ways (some servers split fields at it too)";
+            return std::nullopt;
+        }
         std::string out;
         std::string_view rest = body;
         while (!rest.empty()) {
@@ -214,6 +219,10 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
     auto is_testmode = [](const auto& field) { return iequals(field.first, "o:testmode"); };
     std::vector<std::pair<std::string, std::string>> in_query;
     rules::parse_form("application/x-www-form-urlencoded", query, in_query);
+    if (query.find(';') != std::string_view::npos) {
+        *error = "a raw ';' in the query string reads two ways (some servers split fields at it too)";
+        return std::nullopt;
+    }
     if (std::any_of(in_query.begin(), in_query.end(), is_testmode)) {
         *error = "o:testmode is in the query string, where the body's cannot override it with certainty";
         return std::nullopt;

@@ -410,7 +410,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
 bool body_unreadable(std::string_view why) {
     for (const std::string_view unreadable :
          {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",
-          "is read as a form by some servers", "starts like JSON", "a raw MIME message is not"}) {
+          "is read as a form by some servers", "starts like JSON", "with a raw ';'", "a raw MIME message is not"}) {
         if (why.find(unreadable) != std::string_view::npos) {
             return true;
         }

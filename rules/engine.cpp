@@ -1003,6 +1003,12 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
             return "a form body that starts like JSON reads two ways (as the form its content type says, and as "
                    "JSON): send it as application/json";
         }
+        if (!icontains(media, "multipart") && body.find(';') != std::string_view::npos) {
+            // Some servers (Python before 3.9.2, Rack before 2.x) also split fields at ';':
+            // `to=a%40x.com;to=b%40y.com` is one field here and two there.
+            return "a form body with a raw ';' reads two ways (some servers split fields at it too): "
+                   "percent-encode it as %3B";
+        }
         return {};
     }
     constexpr std::string_view json = "json";

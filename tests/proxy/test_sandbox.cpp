@@ -62,6 +62,16 @@ TEST(sandbox_rewrite, mailgun_urlencoded_replaces_testmode) {
     EXPECT_EQ(*out, "from=a%40b.c&to=x%40y.z&to=q%40r.s&subject=hi&o%3Atestmode=yes");
 }
 
+// `a=b;o%3Atestmode=no` is one field here and two where ';' splits fields: refused.
+TEST(sandbox_rewrite, mailgun_raw_semicolons_fail_closed) {
+    std::string err;
+    EXPECT_FALSE(mailgun_testmode("to=x%40y.z&text=hi;o%3Atestmode=no", "application/x-www-form-urlencoded", &err));
+    EXPECT_NE(err.find("raw ';'"), std::string::npos) << err;
+    err.clear();
+    EXPECT_FALSE(mailgun_testmode("to=x%40y.z", "application/x-www-form-urlencoded", &err, "a=1;o%3Atestmode=no"));
+    EXPECT_NE(err.find("raw ';' in the query"), std::string::npos) << err;
+}
+
 TEST(sandbox_rewrite, mailgun_multipart_gets_a_testmode_part) {
     const std::string body =
         "--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.z\r\n"

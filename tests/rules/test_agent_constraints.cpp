@@ -666,6 +666,11 @@ TEST(AgentConstraints, AJsonParameterDoesNotMakeAFormJson) {
 TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
     const std::string sendgrid = R"({"personalizations":[{"to":[{"email":"a@x.com"},{"email":"b@x.com"},{"email":"c@x.com"}]}]})";
     EXPECT_THAT(check_body_constraints(max(5), urlencoded, sendgrid), HasSubstr("starts like JSON"));
+    // `;` separates fields too for some servers: one recipient here, two there.
+    const auto semicolon = check_body_constraints(max(1), urlencoded, "to=a%40x.com;to=b%40y.com");
+    EXPECT_THAT(semicolon, HasSubstr("with a raw ';' reads two ways"));
+    EXPECT_TRUE(body_unreadable(semicolon));
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded, "to=a%40x.com&text=a%3Bb"), "") << "an encoded ';' is data";
     EXPECT_THAT(check_body_constraints(max(5), "application/x-url-encoded", "to=a%40x.com"),
                 HasSubstr("is read as a form by some servers but not here"));
     EXPECT_THAT(check_body_constraints(max(5), "multipart/related; boundary=b", "--b\r\n\r\nx\r\n--b--\r\n"),
