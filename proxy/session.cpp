@@ -1408,10 +1408,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 return true;
             }
             if (adm.act == breakers::action::quarantine) {
-                quarantine_instance = adm.instance;
-                quarantine_rule = std::string{rule};
-                quarantine_reason = adm.last_trip ? adm.last_trip->cause.reason : std::string{};
-                return false;
+                if (quarantine_instance.empty()) {
+                    quarantine_instance = adm.instance;
+                    quarantine_rule = std::string{rule};
+                    quarantine_reason = adm.last_trip ? adm.last_trip->cause.reason : std::string{};
+                }
+                // The breakers after it are still asked, so the outcome does not depend on the
+                // rules' order: a pause or deny there wins (nothing is held), a sandbox there
+                // holds the dry-run version (a release then never sends it for real while the
+                // sandbox breaker is open, as when the sandbox came first).
+                return true;
             }
             if (adm.act == breakers::action::sandbox) {
                 forwarded_decision = "sandboxed";

@@ -490,6 +490,46 @@ TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
     EXPECT_EQ(reqs[1].req[http::field::content_length], std::to_string(body.size()));
 }
 
+// A request covered by an open quarantine breaker and an open sandbox breaker is held in
+// its dry-run version whichever rule comes first (it was held as sent, to be released for
+// real, when the quarantine's rule came first); an open pause breaker wins over a hold.
+TEST(sandbox, quarantine_and_sandbox_together_hold_the_dry_run_whatever_the_order) {
+    for (const bool quarantine_first : {true, false}) {
+        fake_upstream up{[](const request&) { return respond(202, ""); }};
+        const auto dir = temp_dir();
+        const std::string q_rule =
+            R"({"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"})";
+        const std::string s_rule =
+            R"({"id": "s", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"})";
+        const std::string p_rule =
+            R"({"id": "p", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "stop"})";
+        proxy_instance bb{one_route_config(
+            up.port(), dir,
+            R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+            R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+            R"({"id": "dry", "action": "sandbox", "reset": "manual"}, {"id": "stop", "action": "pause", "reset": "manual"}],)"
+            R"("rules": [)" + (quarantine_first ? q_rule + "," + s_rule : s_rule + "," + q_rule) + "," + p_rule + "],")};
+        auto& reg = *bb.server().breakers();
+        ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
+        ASSERT_TRUE(reg.manual_trip("dry", "ops", "dry runs only", bb.server().now()));
+        const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+        auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
+        ASSERT_EQ(res.result_int(), 202u) << quarantine_first << res.body();
+        const std::string ticket{res["x-breakerbox-ticket"]};
+        ASSERT_FALSE(ticket.empty()) << quarantine_first;
+        const auto held = bb.server().db()->get(ticket);
+        ASSERT_TRUE(held);
+        EXPECT_NE(held->body.find("\"sandbox_mode\":{\"enable\":true}"), std::string::npos)
+            << "quarantine first: " << quarantine_first << " " << held->body;
+        // With the pause breaker open too, nothing is held: 503.
+        ASSERT_TRUE(reg.manual_trip("stop", "ops", "stop everything", bb.server().now()));
+        auto paused = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
+        EXPECT_EQ(paused.result_int(), 503u) << quarantine_first << paused.body();
+        EXPECT_TRUE(paused["x-breakerbox-ticket"].empty());
+        EXPECT_EQ(up.request_count(), 0u);
+    }
+}
+
 TEST(sandbox, a_body_that_cannot_be_switched_to_dry_run_is_not_forwarded) {
     fake_upstream up;
     const auto dir = temp_dir();
