@@ -177,8 +177,17 @@ public:
     }
 
     void probe_result(bool success, time_point now, std::uint64_t round) {
-        if (md_ != mode::automatic || st_ != state::half_open || (round != 0 && round != round_)) {
+        if (md_ != mode::automatic || st_ != state::half_open) {
             return;
+        }
+        if (round != 0 && round != round_) {
+            // A probe of an earlier round of this half-open period (a new round began while
+            // it was slow): its success proves little now, but its failure is the upstream
+            // failing a probe, and reopens (else a probe slower than the cooldown would let a
+            // new probe through every cooldown, and never reopen).
+            if (success || round < period_round_) {
+                return;
+            }
         }
         if (success) {
             if (++succeeded_ >= probes()) {
@@ -462,6 +471,7 @@ private:
         auto t = make(st_, to, md_, mto, std::move(cause), at);
         if (to == state::half_open && st_ != state::half_open) {
             new_round();
+            period_round_ = round_;
         }
         st_ = to;
         md_ = mto;
@@ -504,6 +514,7 @@ private:
     std::uint32_t issued_ = 0;
     std::uint32_t succeeded_ = 0;
     std::uint64_t round_ = 0;
+    std::uint64_t period_round_ = 0;  // the first round of the current half-open period
     time_point last_probe_at_{};
     std::uint64_t trips_ = 0;
     std::shared_ptr<const transition> last_trip_;

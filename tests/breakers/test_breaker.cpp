@@ -214,6 +214,35 @@ TEST_F(registry_test, late_probe_from_an_earlier_round_is_ignored) {
     EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
 }
 
+// A probe slower than the cooldown: a new round lets another probe through, and the slow
+// one's failure, when it comes, still reopens the breaker (it was dropped as stale, so a
+// hanging upstream got a probe every cooldown and the breaker never reopened).
+TEST_F(registry_test, a_slow_probes_failure_reopens_even_after_a_new_round) {
+    auto b = make_config("b");
+    b.cooldown = 10s;
+    make({b});
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(10s);
+    const auto slow = reg().admit("b/k", now());
+    ASSERT_EQ(slow.v, verdict::probe);
+    clock_.advance(10s);  // no answer within a cooldown: a new round
+    const auto next = reg().admit("b/k", now());
+    ASSERT_EQ(next.v, verdict::probe);
+    ASSERT_NE(next.probe_round, slow.probe_round);
+    reg().probe_result("b/k", false, now(), slow.probe_round);
+    const auto after = reg().get("b/k", now());
+    EXPECT_EQ(after->st, state::open);
+    EXPECT_EQ(after->cooldown, 20s);
+    // A late success of an earlier round still decides nothing.
+    clock_.advance(20s);
+    const auto third = reg().admit("b/k", now());
+    ASSERT_EQ(third.v, verdict::probe);
+    reg().probe_result("b/k", true, now(), next.probe_round);
+    EXPECT_EQ(reg().get("b/k", now())->st, state::half_open);
+    reg().probe_result("b/k", true, now(), third.probe_round);
+    EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
+}
+
 // A probe whose request never reached the upstream (another breaker contained it) gives
 // its slot back: no verdict, no reopening with a doubled cooldown, and the next request
 // probes. A cancel from an earlier round changes nothing.
