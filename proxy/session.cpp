@@ -1580,6 +1580,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
             const auto* b = cfg->find_breaker(name);
             if (b != nullptr && !b->sandbox_upstream.empty()) {
+                // The real upstream's health probe, if this request carried it, is given back:
+                // the sandbox's answer says nothing of the real upstream's health.
+                const std::string& real_breaker = rt.upstreams[upstream_index].breaker;
+                std::erase_if(probes, [&](const probe_ticket& p) {
+                    if (real_breaker.empty() || p.instance != real_breaker) {
+                        return false;
+                    }
+                    registry.cancel_probe(p.instance, p.round);
+                    return true;
+                });
                 for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
                     if (cfg->upstreams[i].name == b->sandbox_upstream) {
                         upstream_index = i;
@@ -1658,6 +1668,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 for (const auto& p : probes) {
                     registry.cancel_probe(p.instance, p.round);  // held: it never reached the upstream
                 }
+                probes.clear();  // given back once (a failed hold is contained below)
                 if (stored.ok) {
                     if (stored.duplicate) {
                         spdlog::info("request {}: {}", request_id, stored.message);

@@ -254,6 +254,40 @@ TEST(health, a_probe_contained_by_another_breaker_is_no_verdict_on_the_upstream)
     EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::closed);
 }
 
+// The probe slot of a half-open upstream breaker went to a request a sandbox breaker sent to
+// its sandbox upstream: the sandbox's 200 says nothing of the real upstream, whose breaker
+// stays half-open (it used to close on it, letting real sends flood back to a down API).
+TEST(health, a_probe_sent_to_the_sandbox_upstream_is_no_verdict_on_the_real_one) {
+    std::atomic<int> status{502};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(
+        up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})",
+        1000000, R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
+    const std::string end_of_upstreams = "}],\"routes\"";
+    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
+                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    proxy_instance bb{cfg, &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    clock.advance(11s);
+    raw_client c{bb.port()};
+    c.send(mail(1, "x"));
+    auto sandboxed = c.read_response();
+    EXPECT_EQ(sandboxed.result_int(), 200u);
+    EXPECT_EQ(sandboxed["x-breakerbox-decision"], "sandboxed");
+    EXPECT_EQ(sink.request_count(), 1u);
+    auto upstream = bb.server().breakers()->get("upstream/sendgrid", clock.now());
+    ASSERT_TRUE(upstream);
+    EXPECT_EQ(upstream->st, bb::breakers::state::half_open) << "the sandbox's answer closed the real upstream's breaker";
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe").result_int(), 502u) << "the next request probes";
+    EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::open);
+    EXPECT_EQ(up.request_count(), 3u);
+}
+
 // An outage shows as refused connections and timeouts, not 5xx answers: those count as the
 // 502/503/504 the clients get, so an error-ratio rule trips (they used to count as responses
 // that were not errors, driving the ratio down).
