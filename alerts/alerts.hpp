@@ -36,6 +36,7 @@ struct sink_config {
     std::string routing_key;              // pagerduty only, required there
     std::string ca_file;                  // optional, https only; default: the system store
     std::vector<std::pair<std::string, std::string>> headers;  // extra request headers, e.g. auth
+    bool operator==(const sink_config&) const = default;
 };
 
 struct alerts_config {
@@ -45,6 +46,7 @@ struct alerts_config {
     std::chrono::milliseconds initial_backoff{500};
     std::chrono::milliseconds max_backoff{30000};
     std::chrono::milliseconds timeout{5000};  // per attempt: resolve + connect + TLS + write + read
+    bool operator==(const alerts_config&) const = default;
 };
 
 // Parses the top-level "alerts" section:

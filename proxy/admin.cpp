@@ -2176,7 +2176,7 @@ std::string render_metrics(server& srv) {
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);
     }
-    if (auto* al = srv.alerts()) {
+    if (const auto al = srv.alerts()) {
         o += "# HELP breakerbox_alerts_total Alerts per sink by outcome (sent, failed after retries, dropped, retries).\n";
         o += "# TYPE breakerbox_alerts_total counter\n";
         for (const auto& st : al->stats()) {

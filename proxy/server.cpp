@@ -369,7 +369,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     }
     access_log_ = make_access_log(cfg_->log);
     if (!cfg_->alerts.sinks.empty()) {
-        alerts_ = std::make_unique<alerts::dispatcher>(cfg_->alerts);
+        alerts_ = std::make_shared<alerts::dispatcher>(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
     max_connections_ = cfg_->limits.max_connections;
@@ -655,7 +655,7 @@ void server::on_transition(const breakers::transition& t) {
     if (state_writer_) {
         state_writer_->request();
     }
-    if (alerts_ && t.cause.kind != "restore") {
+    if (const auto dispatcher = alerts(); dispatcher && t.cause.kind != "restore") {
         alerts::alert a;
         a.breaker = t.instance;
         a.dedup_key = t.instance;
@@ -693,7 +693,7 @@ void server::on_transition(const breakers::transition& t) {
                         std::string{breakers::to_string(t.to)} +
                         (t.mode_from != t.mode_to ? " (mode " + std::string{breakers::to_string(t.mode_to)} + ")" : "") +
                         (t.cause.reason.empty() ? "" : ": " + t.cause.reason);
-            alerts_->publish(a);
+            dispatcher->publish(a);
         }
     }
     // A recovered upstream starts with a clean health record, or the failures that opened
@@ -710,7 +710,8 @@ void server::on_transition(const breakers::transition& t) {
 
 void server::report_store_trouble(const std::string& message) {
     spdlog::error("store trouble: {}", message);
-    if (!alerts_) {
+    const auto dispatcher = alerts();
+    if (!dispatcher) {
         return;
     }
     const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -723,10 +724,11 @@ void server::report_store_trouble(const std::string& message) {
     alerts::alert a;
     a.event = "store_trouble";
     a.severity = "sev1";
-    a.summary = "breakerbox cannot write its store (" + cfg_->store.path + "): " + message;
-    a.dedup_key = "store:" + cfg_->store.path;
+    const auto store_path = current_config()->store.path;
+    a.summary = "breakerbox cannot write its store (" + store_path + "): " + message;
+    a.dedup_key = "store:" + store_path;
     a.reason = message;
-    alerts_->publish(a);
+    dispatcher->publish(a);
 }
 
 void server::persist_breakers(std::function<void(bool)> done) {
@@ -799,6 +801,29 @@ server::~server() {
     // Now, while what its last save and its failure report use (the runtime, orphans_,
     // alerts_) still exists: members are destroyed in reverse order, and those come after it.
     state_writer_.reset();
+}
+
+std::shared_ptr<alerts::dispatcher> server::alerts() const {
+    std::lock_guard lock{alerts_mu_};
+    return alerts_;
+}
+
+void server::replace_alerts(const alerts::alerts_config& next) {
+    std::shared_ptr<alerts::dispatcher> old;
+    {
+        std::lock_guard lock{alerts_mu_};
+        old = alerts_;
+        alerts_ = next.sinks.empty() ? nullptr : std::make_shared<alerts::dispatcher>(next);
+    }
+    // A rotated webhook URL (a leaked one, say) gets nothing new from here on; what the old
+    // dispatcher had queued still goes out, and it is dropped once idle (at a later reload or
+    // at shutdown), here on the control thread.
+    std::erase_if(retired_alerts_, [](const std::shared_ptr<alerts::dispatcher>& d) {
+        return d.use_count() == 1 && d->flush_for_tests(std::chrono::milliseconds{0});
+    });
+    if (old) {
+        retired_alerts_.push_back(std::move(old));
+    }
 }
 
 std::shared_ptr<const config> server::current_config() const {
@@ -880,6 +905,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     std::vector<std::string> warnings;
     std::shared_ptr<const config> effective = cfg;
     std::shared_ptr<const runtime> rt;
+    const auto before = current_config();
     {
         std::lock_guard lock{cfg_mutex_};
         if (!same_listeners(*cfg_, *cfg) || cfg_->store.path != cfg->store.path) {
@@ -909,6 +935,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    if (!(before->alerts == effective->alerts)) {
+        replace_alerts(effective->alerts);  // sinks added, removed or changed (a rotated URL)
     }
     {
         // Published: the breakers configured again now hold their kept state themselves.

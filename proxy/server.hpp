@@ -277,7 +277,9 @@ public:
     const std::string& config_path() const { return opts_.config_path; }
     std::uint16_t admin_port() const;
     // Alerts to on-call; null without sinks. Publishing never blocks.
-    alerts::dispatcher* alerts() { return alerts_.get(); }
+    // The dispatcher of the current config (null without sinks); a reload that changes
+    // `alerts` replaces it.
+    std::shared_ptr<alerts::dispatcher> alerts() const;
     // A hold failed for a store reason: alert (at most once a minute). Thread-safe.
     void report_store_trouble(const std::string& message);
 
@@ -337,7 +339,12 @@ private:
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
-    std::unique_ptr<alerts::dispatcher> alerts_;
+    mutable std::mutex alerts_mu_;
+    std::shared_ptr<alerts::dispatcher> alerts_;
+    // Replaced by a reload: each still sends what it had queued (to the sinks it had), and
+    // goes once idle (dropped on the control thread, never by a worker's last reference).
+    std::vector<std::shared_ptr<alerts::dispatcher>> retired_alerts_;
+    void replace_alerts(const alerts::alerts_config& next);
     std::atomic<std::int64_t> last_store_alert_ms_{0};
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;

@@ -792,3 +792,38 @@ TEST(breakers_durable, a_reload_that_changes_breakers_keeps_tripped_ones_on_disk
     EXPECT_EQ(bb.server().breakers()->admit("campaign-volume/spring", bb.server().now()).v,
               bb::breakers::admission::verdict::contain);
 }
+
+// A reload that changes `alerts` (a rotated webhook URL, say) takes effect: the next trip's
+// alert goes to the new sink, none to the old one (the dispatcher was built once, at start).
+TEST(alerts, a_reload_that_changes_the_sinks_takes_effect) {
+    fake_upstream up;
+    fake_upstream old_hook{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream new_hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    auto config_with = [&](const fake_upstream& hook) {
+        return one_route_config(up.port(), dir,
+                                R"("breakers": [{"id": "a", "action": "pause", "reset": "manual"},)"
+                                R"({"id": "b", "action": "pause", "reset": "manual"}],)"
+                                R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                    std::to_string(hook.port()) + R"(/hook"}]},)");
+    };
+    proxy_instance bb{config_with(old_hook)};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("a", "ops", "first", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    EXPECT_EQ(old_hook.request_count(), 1u);
+    auto next = bb::parse_config(config_with(new_hook));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("b", "ops", "second", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    ASSERT_EQ(new_hook.request_count(), 1u);
+    EXPECT_NE(new_hook.requests()[0].req.body().find("second"), std::string::npos);
+    EXPECT_EQ(old_hook.request_count(), 1u) << "the old URL got the new trip";
+    // Without sinks, nothing is dispatched.
+    auto none = bb::parse_config(one_route_config(up.port(), dir,
+                                                  R"("breakers": [{"id": "a", "action": "pause", "reset": "manual"},)"
+                                                  R"({"id": "b", "action": "pause", "reset": "manual"}],)"));
+    ASSERT_TRUE(none.errors.empty()) << none.errors.to_string();
+    bb.server().apply_config(none.cfg);
+    EXPECT_EQ(bb.server().alerts(), nullptr);
+}
