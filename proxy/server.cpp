@@ -678,13 +678,16 @@ void server::on_transition(const breakers::transition& t) {
         }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
         const bool closed = t.from != breakers::state::closed && t.to == breakers::state::closed;
-        if (t.cause.kind == "manual" && t.mode_from != t.mode_to) {
+        if (closed && t.mode_to == breakers::mode::automatic && (t.cause.kind == "manual" || t.cause.kind == "probe")) {
+            // Traffic flows again under the breaker's own judgement: resolves the page. First,
+            // since resetting a manual trip on a self-resetting breaker also ends its
+            // forced_open (a mode change, which paged again under the same dedup key).
+            a.event = "breaker_reset";
+            a.resolve = true;
+        } else if (t.cause.kind == "manual" && t.mode_from != t.mode_to) {
             a.event = "breaker_mode";
         } else if (t.cause.kind == "manual" && opened) {
             a.event = "breaker_manual_trip";
-        } else if (closed && (t.cause.kind == "manual" || t.cause.kind == "probe")) {
-            a.event = "breaker_reset";
-            a.resolve = true;
         } else if (opened) {
             a.event = "breaker_tripped";
         }

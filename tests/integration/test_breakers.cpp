@@ -650,6 +650,30 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();
 }
 
+// An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends
+// that mode too, and must resolve the page (it was sent as a mode change: a second page under
+// the same dedup key).
+TEST(alerts, resetting_a_manual_trip_of_a_self_resetting_breaker_resolves) {
+    fake_upstream up;
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
+        R"("breakers": [{"id": "auto", "action": "pause", "reset": "auto", "cooldown": "1m"}],)"
+        R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+            std::to_string(hook.port()) + R"(/hook"}]},)")};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("auto", "ops", "vendor incident", bb.server().now()));
+    ASSERT_TRUE(reg.reset("auto", "ops", "vendor recovered", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    const auto reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 2u);
+    EXPECT_NE(reqs[0].req.body().find("\"event\":\"breaker_mode\""), std::string::npos) << reqs[0].req.body();
+    EXPECT_NE(reqs[0].req.body().find("\"resolve\":false"), std::string::npos) << reqs[0].req.body();
+    EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();
+    EXPECT_NE(reqs[1].req.body().find("\"resolve\":true"), std::string::npos) << reqs[1].req.body();
+}
+
 // A reload that changes the breakers must leave the durable state whole: the writer may
 // snapshot the outgoing registry while its instances move to the new one.
 // A restart with a config that lacks a breaker (an older file, a typo) must not erase that
