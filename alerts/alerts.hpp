@@ -94,8 +94,9 @@ public:
     // Alerts waiting in the queues (not counting ones being sent).
     std::size_t queued() const;
     // Waits (condition variable, no sleeping) until every queue is empty and nothing is in
-    // flight, or until the deadline. True when idle.
-    bool flush_for_tests(std::chrono::milliseconds deadline);
+    // flight, or until the deadline. True when idle. (Shutdown: a trip just before SIGTERM
+    // still reaches on-call; tests: no sleeping to wait for a delivery.)
+    bool flush(std::chrono::milliseconds deadline);
 
 private:
     struct impl;

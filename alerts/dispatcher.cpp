@@ -481,7 +481,7 @@ std::size_t dispatcher::queued() const {
     return n;
 }
 
-bool dispatcher::flush_for_tests(std::chrono::milliseconds deadline) {
+bool dispatcher::flush(std::chrono::milliseconds deadline) {
     auto& m = *impl_;
     std::unique_lock lk{m.mu};
     return m.cv.wait_for(lk, deadline, [&] {

@@ -804,6 +804,21 @@ server::~server() {
     // Now, while what its last save and its failure report use (the runtime, orphans_,
     // alerts_) still exists: members are destroyed in reverse order, and those come after it.
     state_writer_.reset();
+    // A trip just before shutdown is alerted now or never: a restart restores the trip
+    // without alerting it again. Bounded, so a dead sink cannot hold the exit for long.
+    {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{2};
+        auto left = [&] {
+            return std::max(std::chrono::milliseconds{0}, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                              deadline - std::chrono::steady_clock::now()));
+        };
+        if (const auto d = alerts(); d && !d->flush(left())) {
+            spdlog::warn("shutdown: alerts still queued after 2s were not sent");
+        }
+        for (const auto& d : retired_alerts_) {
+            d->flush(left());
+        }
+    }
 }
 
 std::shared_ptr<alerts::dispatcher> server::alerts() const {
@@ -822,7 +837,7 @@ void server::replace_alerts(const alerts::alerts_config& next) {
     // dispatcher had queued still goes out, and it is dropped once idle (at a later reload or
     // at shutdown), here on the control thread.
     std::erase_if(retired_alerts_, [](const std::shared_ptr<alerts::dispatcher>& d) {
-        return d.use_count() == 1 && d->flush_for_tests(std::chrono::milliseconds{0});
+        return d.use_count() == 1 && d->flush(std::chrono::milliseconds{0});
     });
     if (old) {
         retired_alerts_.push_back(std::move(old));

@@ -1,5 +1,5 @@
 // The dispatcher against a fake webhook receiver on 127.0.0.1:0. No sleeps: every wait is
-// flush_for_tests or the receiver's condition variable, each with a deadline.
+// flush or the receiver's condition variable, each with a deadline.
 #include "alerts/alerts.hpp"
 #include "tests/alerts/fake_receiver.hpp"
 
@@ -68,7 +68,7 @@ TEST(AlertsDispatcher, WebhookDelivered) {
     s.headers = {{"Authorization", "Bearer s3cret"}};
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     ASSERT_EQ(rx.count(), 1u);
     const auto req = rx.requests()[0];
     EXPECT_EQ(req.method, "POST");
@@ -101,7 +101,7 @@ TEST(AlertsDispatcher, PagerDutyAndSlackShapesOnTheWire) {
     slack.url = rx.url("/services/T/B/X");
     dispatcher d{quick({pd, slack})};
     d.publish(make_alert("sev1"));
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     ASSERT_EQ(rx.count(), 2u);
     for (const auto& r : rx.requests()) {
         if (r.target == "/v2/enqueue") {
@@ -128,7 +128,7 @@ TEST(AlertsDispatcher, RoutesBySeverity) {
     d.publish(make_alert("sev1"));
     d.publish(make_alert("sev2"));
     d.publish(make_alert("sev4"));
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     std::map<std::string, std::vector<std::string>> by_target;
     for (const auto& r : rx.requests()) {
         by_target[r.target].push_back(field(r.body, "severity"));
@@ -144,7 +144,7 @@ TEST(AlertsDispatcher, PerSinkOrderIsPreserved) {
     for (int i = 0; i < 30; ++i) {
         d.publish(make_alert("sev3", "alert " + std::to_string(i)));
     }
-    ASSERT_TRUE(d.flush_for_tests(10s));
+    ASSERT_TRUE(d.flush(10s));
     const auto reqs = rx.requests();
     ASSERT_EQ(reqs.size(), 30u);
     for (int i = 0; i < 30; ++i) {
@@ -162,7 +162,7 @@ TEST(AlertsDispatcher, RetriesWithBackoffThenSucceeds) {
     cfg.max_backoff = 1s;
     dispatcher d{cfg};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto reqs = rx.requests();
     ASSERT_EQ(reqs.size(), 3u);
     // 40ms then 80ms, each with at most -20% jitter.
@@ -190,7 +190,7 @@ TEST(AlertsDispatcher, HonoursRetryAfterOn429) {
     cfg.max_backoff = 5s;
     dispatcher d{cfg};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto reqs = rx.requests();
     ASSERT_EQ(reqs.size(), 2u);
     EXPECT_GE(reqs[1].at - reqs[0].at, 1s);  // not the 10ms backoff
@@ -205,7 +205,7 @@ TEST(AlertsDispatcher, GivesUpAfterMaxAttempts) {
     dispatcher d{cfg};
     d.publish(make_alert());
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     EXPECT_EQ(rx.count(), 6u);
     const auto st = d.stats()[0];
     EXPECT_EQ(st.sent, 0u);
@@ -220,7 +220,7 @@ TEST(AlertsDispatcher, ClientErrorsAreNotRetried) {
     }};
     dispatcher d{quick({webhook_sink(rx)})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     EXPECT_EQ(rx.count(), 1u);
     const auto st = d.stats()[0];
     EXPECT_EQ(st.failed, 1u);
@@ -244,7 +244,7 @@ TEST(AlertsDispatcher, ConnectionRefusedIsRetriedThenFails) {
     cfg.max_attempts = 3;
     dispatcher d{cfg};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
     EXPECT_EQ(st.failed, 1u);
     EXPECT_EQ(st.retries, 2u);
@@ -277,7 +277,7 @@ TEST(AlertsDispatcher, HangingReceiverTimesOut) {
     cfg.max_attempts = 2;
     dispatcher d{cfg};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     EXPECT_EQ(rx.count(), 2u);
     const auto st = d.stats()[0];
     EXPECT_EQ(st.failed, 1u);
@@ -346,7 +346,7 @@ TEST(AlertsDispatcher, PublishNeverBlocks) {
 TEST(AlertsDispatcher, NoSinksIsFine) {
     dispatcher d{alerts_config{}};
     d.publish(make_alert());
-    EXPECT_TRUE(d.flush_for_tests(1s));
+    EXPECT_TRUE(d.flush(1s));
     EXPECT_TRUE(d.stats().empty());
     EXPECT_EQ(d.queued(), 0u);
 }
@@ -363,7 +363,7 @@ TEST(AlertsDispatcherTls, VerifiedWithCaFile) {
     s.ca_file = certs + "/ca.pem";
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
     EXPECT_EQ(st.sent, 1u) << st.last_error;
     ASSERT_EQ(rx.count(), 1u);
@@ -379,7 +379,7 @@ TEST(AlertsDispatcherTls, IpAddressVerifiedAgainstSan) {
     s.ca_file = certs + "/ca.pem";
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     EXPECT_EQ(d.stats()[0].sent, 1u) << d.stats()[0].last_error;
 }
 
@@ -392,7 +392,7 @@ TEST(AlertsDispatcherTls, WrongNameIsRefusedWithoutRetry) {
     s.ca_file = certs + "/ca.pem";
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
     EXPECT_EQ(st.sent, 0u);
     EXPECT_EQ(st.failed, 1u);
@@ -409,7 +409,7 @@ TEST(AlertsDispatcherTls, SelfSignedIsRefusedBySystemStore) {
     s.url = "https://localhost:" + std::to_string(rx.port()) + "/hook";
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
     EXPECT_EQ(st.failed, 1u);
     EXPECT_EQ(rx.count(), 0u);
@@ -422,7 +422,7 @@ TEST(AlertsDispatcherTls, MissingCaFileFailsVisibly) {
     s.ca_file = certs + "/does-not-exist.pem";
     dispatcher d{quick({s})};
     d.publish(make_alert());
-    ASSERT_TRUE(d.flush_for_tests(5s));
+    ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
     EXPECT_EQ(st.failed, 1u);
     EXPECT_NE(st.last_error.find("cannot load ca_file"), std::string::npos) << st.last_error;

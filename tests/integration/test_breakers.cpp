@@ -665,7 +665,7 @@ TEST(alerts, resetting_a_manual_trip_of_a_self_resetting_breaker_resolves) {
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("auto", "ops", "vendor incident", bb.server().now()));
     ASSERT_TRUE(reg.reset("auto", "ops", "vendor recovered", bb.server().now()));
-    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
     const auto reqs = hook.requests();
     ASSERT_EQ(reqs.size(), 2u);
     EXPECT_NE(reqs[0].req.body().find("\"event\":\"breaker_mode\""), std::string::npos) << reqs[0].req.body();
@@ -833,13 +833,13 @@ TEST(alerts, a_reload_that_changes_the_sinks_takes_effect) {
     };
     proxy_instance bb{config_with(old_hook)};
     ASSERT_TRUE(bb.server().breakers()->manual_trip("a", "ops", "first", bb.server().now()));
-    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
     EXPECT_EQ(old_hook.request_count(), 1u);
     auto next = bb::parse_config(config_with(new_hook));
     ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
     bb.server().apply_config(next.cfg);
     ASSERT_TRUE(bb.server().breakers()->manual_trip("b", "ops", "second", bb.server().now()));
-    ASSERT_TRUE(bb.server().alerts()->flush_for_tests(5s));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
     ASSERT_EQ(new_hook.request_count(), 1u);
     EXPECT_NE(new_hook.requests()[0].req.body().find("second"), std::string::npos);
     EXPECT_EQ(old_hook.request_count(), 1u) << "the old URL got the new trip";
@@ -850,4 +850,23 @@ TEST(alerts, a_reload_that_changes_the_sinks_takes_effect) {
     ASSERT_TRUE(none.errors.empty()) << none.errors.to_string();
     bb.server().apply_config(none.cfg);
     EXPECT_EQ(bb.server().alerts(), nullptr);
+}
+
+// A trip right before shutdown is alerted before the process goes (a restart restores the
+// trip without alerting it again): the receiver's first answer is a 503, and the retry
+// still happens while the server shuts down.
+TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
+    fake_upstream up;
+    std::atomic<int> seen{0};
+    fake_upstream hook{[&](const request&) { return respond(seen++ == 0 ? 503 : 200, "ok"); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{one_route_config(
+            up.port(), dir,
+            R"("breakers": [{"id": "a", "action": "pause", "reset": "manual"}],)"
+            R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+                std::to_string(hook.port()) + R"(/hook"}], "initial_backoff": "10ms"},)")};
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("a", "ops", "just before the deploy", bb.server().now()));
+    }
+    EXPECT_EQ(hook.request_count(), 2u) << "the retry was dropped at shutdown";
 }
