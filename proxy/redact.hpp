@@ -10,26 +10,12 @@
 #include <string>
 #include <string_view>
 
+#include "core/credential.hpp"
 #include "core/url_decode.hpp"
 
 namespace bb::proxy {
 
-// A header or query parameter name that names a credential (case-insensitive).
-inline bool credential_name(std::string_view name) {
-    std::string n{name};
-    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (n == "authorization" || n == "proxy-authorization" || n == "cookie" || n == "key" || n == "sig" ||
-        n == "code" || n == "auth") {
-        return true;
-    }
-    for (const char* part : {"api-key", "apikey", "api_key", "access_key", "accesskey", "token", "secret", "password",
-                             "passwd", "signature", "credential", "x-amz-"}) {
-        if (n.find(part) != std::string_view::npos) {
-            return true;
-        }
-    }
-    return false;
-}
+using bb::credential_name;
 
 // The target with credentials replaced by `[redacted]`: the value of every credential query
 // parameter (names percent-decoded as the upstream reads them, so `hap%69key` is `hapikey`;

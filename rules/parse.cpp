@@ -6,6 +6,7 @@
 #include <charconv>
 #include <set>
 
+#include "core/credential.hpp"
 #include "core/json_key.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
@@ -485,6 +486,14 @@ std::optional<key_part> parse_key_part(std::string_view text, std::string* error
         fail(error, "\"" + std::string{text} +
                         "\" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or "
                         "path:{param})");
+        return std::nullopt;
+    }
+    if ((k.kind == key_kind::header || k.kind == key_kind::query) && credential_name(k.name)) {
+        // Its value would become a breaker instance name: in logs, the admin API, metrics
+        // and alerts (Slack, PagerDuty), in clear.
+        fail(error, "\"" + std::string{text} +
+                        "\" carries a credential: a key from it would show the secret in breaker names, logs and "
+                        "alerts (key by agent instead)");
         return std::nullopt;
     }
     return k;

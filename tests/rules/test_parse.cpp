@@ -62,7 +62,9 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         {"id": "j", "measure": "status:5xx + requests", "window": "1m", "limit": 1, "failure_mode": "volume-spike", "trips": "x"},
         {"id": "k", "measure": {"per_request": "count($.inputs[*])"}, "window": "1m", "limit": 1,
          "failure_mode": "volume-spike", "trips": "x"},
-        {"id": "l", "limit": 1, "failure_mode": "volume-spike", "trips": "x", "on_invalid_body": "ignore"}
+        {"id": "l", "limit": 1, "failure_mode": "volume-spike", "trips": "x", "on_invalid_body": "ignore"},
+        {"id": "m", "key": ["header:Authorization", "query:hapikey"], "window": "1m", "limit": 1,
+         "failure_mode": "volume-spike", "trips": "x"}
     )j");
     const std::vector<std::string> expected{
         R"j(rules[0].window: "1x" is not a duration (use a whole number with ms, s, m, h or d))j",
@@ -86,6 +88,8 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[10].window: a per_request measure has no window)j",
         R"j(rules[11].window: is required (or use {"per_request": ...} as the measure))j",
         R"j(rules[11].on_invalid_body: "ignore" is not a policy (reject or zero))j",
+        R"j(rules[12].key[0]: "header:Authorization" carries a credential: a key from it would show the secret in breaker names, logs and alerts (key by agent instead))j",
+        R"j(rules[12].key[1]: "query:hapikey" carries a credential: a key from it would show the secret in breaker names, logs and alerts (key by agent instead))j",
     };
     EXPECT_EQ(lines, expected);
 }
