@@ -62,6 +62,9 @@ public:
     bool shadowing() const { return is_shadow(md_); }
 
     // Removal from the registry: only an idle instance with nothing left to report.
+    // Not closed+automatic as of its last change (what the active counter counts).
+    bool active() const { return counted_; }
+
     bool evict_if_idle() {
         if (counted_ || delivering_ || !pending_.empty()) {
             return false;
@@ -686,7 +689,7 @@ breaker_registry::instance_ptr breaker_registry::overflowed(const slot& s, std::
     return !over->evicted() && !over->moved() && !over->view(now).at_rest() ? over : nullptr;
 }
 
-breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::string_view key) {
+breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::string_view key, bool restoring) {
     {
         std::shared_lock lock{mutex_};
         if (auto inst = exact(s, key); inst || s.handed_over.load(std::memory_order_relaxed)) {
@@ -701,6 +704,18 @@ breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::str
         return inst;
     }
     const bool keyed = !key.empty() && key != overflow_key;
+    if (keyed && !restoring) {
+        if (auto over = exact(s, overflow_key)) {
+            // While the overflow instance contains, it contains every key without an instance
+            // of its own (lookup), among them the ones tripped into it. An instance made now
+            // would start closed and take that key out of it: an expiring forced_open, or a
+            // trip absorbed elsewhere, would let it through. So the key stays with it.
+            std::lock_guard il{over->mutex()};  // map -> instance, the lock order
+            if (!over->evicted() && !over->moved() && over->active()) {
+                return over;
+            }
+        }
+    }
     if (keyed && s.keyed >= s.cfg.max_instances) {
         // Full: make room by dropping an idle (closed+automatic) instance. O(instances), but
         // only on a trip of a new key into a full breaker. Lock order is map -> instance,
@@ -1176,7 +1191,7 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
         if (!s->cfg.per_key) {
             key = {};
         }
-        run([&] { return get_or_create(*s, key); },
+        run([&] { return get_or_create(*s, key, true); },
             [&](instance& in) {
                 in.restore(snap, now);
                 return true;

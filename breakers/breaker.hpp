@@ -283,7 +283,9 @@ private:
     instance_ptr overflowed(const slot& s, std::string_view key, time_point now) const;
     // Creates the instance if needed; at max_instances evicts an idle one or falls back
     // to the overflow instance.
-    instance_ptr get_or_create(slot& s, std::string_view key);
+    // `restoring`: a saved instance comes back as it was, even beside an active overflow
+    // instance (which otherwise keeps every key without an instance of its own).
+    instance_ptr get_or_create(slot& s, std::string_view key, bool restoring = false);
     template <class Op, class Forward>
     bool on_existing(std::string_view name, Op&& op, Forward&& forward);
 

@@ -84,6 +84,27 @@ TEST_F(registry_test, a_mode_for_a_new_key_of_a_full_breaker_is_refused_not_give
     EXPECT_EQ(reg().get("campaign-volume/_overflow", now())->md, mode::forced_open);
 }
 
+// A key tripped into the overflow instance (the breaker was full) stays contained by it
+// even once there is room again: an operator's timed forced_open of that key used to make it
+// an instance of its own, closed underneath, that let it through when the mode expired.
+TEST_F(registry_test, a_key_in_the_open_overflow_instance_does_not_escape_it_when_room_frees) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 1;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    EXPECT_EQ(reg().trip("campaign-volume", "k2", rule_cause("r", "k2"), now()).adm.instance,
+              "campaign-volume/_overflow");
+    ASSERT_TRUE(reg().reset("campaign-volume/k1", "alice", "ok", now()));  // idle: room for a key
+    ASSERT_TRUE(reg().set_mode("campaign-volume/k2", mode::forced_open, milliseconds{1000}, "alice", "stop it", now()));
+    clock_.advance(2s);  // the mode expires
+    const auto a = reg().admit("campaign-volume/k2", now());
+    EXPECT_EQ(a.v, verdict::contain) << a.instance;
+    EXPECT_EQ(a.instance, "campaign-volume/_overflow");
+    // Once the overflow instance is reset, new keys get instances of their own again.
+    ASSERT_TRUE(reg().reset("campaign-volume/_overflow", "alice", "checked", now()));
+    EXPECT_EQ(reg().trip("campaign-volume", "k3", rule_cause(), now()).adm.instance, "campaign-volume/k3");
+}
+
 TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
     auto b = make_config("campaign-volume");
     b.max_instances = 2;
