@@ -576,7 +576,9 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         }
         if (auto t = r.object("throttle")) {
             cfg::object_reader tr{*t, r.path_of("throttle"), root.errs()};
-            if (auto v = tr.integer("requests", true, 1, 1'000'000'000)) {
+            // At most 100,000: a throttling instance keeps the time of each admission in its
+            // window (and saves them with the breaker state), per key.
+            if (auto v = tr.integer("requests", true, 1, 100'000)) {
                 b.throttle.requests = static_cast<std::uint32_t>(*v);
             }
             if (auto v = tr.duration("per", true, milliseconds{1})) {

@@ -78,7 +78,8 @@ TEST(config, breakers_are_validated) {
         {"id": "s", "action": "sandbox", "sandbox": {"upstream": "missing"}},
         {"id": "bad/id", "action": "pause"},
         {"id": "x", "action": "explode", "reset": "sometimes", "scope": "galaxy"},
-        {"id": "agent", "action": "pause"}, {"id": "upstream", "action": "pause"}])"));
+        {"id": "agent", "action": "pause"}, {"id": "upstream", "action": "pause"},
+        {"id": "big", "action": "throttle", "throttle": {"requests": 1000000, "per": "1s"}}])"));
     const auto e = all_errors(r);
     EXPECT_NE(e.find("breakers[0].cooldown: \"1x\" is not a duration"), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[1].throttle: is required for action \"throttle\""), std::string::npos) << e;
@@ -87,6 +88,7 @@ TEST(config, breakers_are_validated) {
     EXPECT_NE(e.find("breakers[4].action: \"explode\" is not an action"), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[4].reset: \"sometimes\" is not a reset policy"), std::string::npos) << e;
     EXPECT_NE(e.find("breakers[4].scope: \"galaxy\" is not a scope"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[7].throttle.requests: 1000000 is out of range (1 to 100000)"), std::string::npos) << e;
     // A keyed instance of a breaker named agent would be agent/<key>: the per-agent kill
     // switch's name, which admission checks instead.
     EXPECT_NE(e.find("breakers[5].id: \"agent\" is reserved"), std::string::npos) << e;
