@@ -697,9 +697,8 @@ struct client_info {
     std::string tunnel_key_digest;        // SHA-256 of the CONNECT's key, when a key named it
 };
 
-// The agent an API key names (x-breakerbox-key, or Proxy-Authorization: Bearer as a forward
-// proxy sees it). Only its SHA-256 is compared. `had_key`: a key was presented at all.
-// The SHA-256 of the key a request presents, as bytes; empty when it presents none.
+// The SHA-256 of the agent key a request presents (x-breakerbox-key, or Proxy-Authorization:
+// Bearer as a forward proxy sees it), as bytes; empty when it presents none.
 std::string key_digest(const request& req) {
     std::string_view key = req["x-breakerbox-key"];
     std::string_view pa = req[http::field::proxy_authorization];
@@ -713,6 +712,7 @@ std::string key_digest(const request& req) {
     return std::string{reinterpret_cast<const char*>(digest.data()), digest.size()};
 }
 
+// The agent that key names; only its SHA-256 is compared. `had_key`: a key was presented.
 const agent_config* agent_by_key(const config& cfg, const request& req, bool& had_key) {
     const std::string digest = key_digest(req);
     had_key = !digest.empty();
