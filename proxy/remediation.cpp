@@ -147,6 +147,19 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     if (!rec) {
         co_return store::result::failure("not_found", "no quarantined request " + ticket);
     }
+    if (!rec->agent.empty()) {
+        // An agent an operator switched off sends nothing, a release of what it sent before
+        // included (a bulk release by breaker or time range would otherwise send a killed
+        // agent's held mail): reset agent/<id> first, or discard.
+        const auto snap = srv_.breakers()->get("agent/" + rec->agent, srv_.now());
+        if (snap && (snap->md == breakers::mode::forced_open ||
+                     (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
+            co_return store::result::failure("agent_disabled", "agent " + rec->agent +
+                                                                   " is switched off (breaker agent/" + rec->agent +
+                                                                   "): reset it to release " + ticket +
+                                                                   ", or discard it; nothing was sent");
+        }
+    }
     const auto cfg = srv_.current_config();
     std::size_t upstream_index = cfg->upstreams.size();
     for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {

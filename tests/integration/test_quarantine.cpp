@@ -4,6 +4,7 @@
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
+#include "core/sha256.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
 #include "store/database.hpp"
@@ -685,4 +686,28 @@ TEST(quarantine, a_release_after_a_reload_that_removed_the_ca_is_not_sent) {
     EXPECT_FALSE(second.ok);
     EXPECT_EQ(second.code, "release_failed") << second.message;
     EXPECT_EQ(up.request_count(), 1u) << "sent under the CA the reload removed";
+}
+
+// A switched-off agent sends nothing, its held requests included: a release (one, or a bulk
+// one by breaker) is refused while agent/<id> is tripped, and goes once it is reset.
+TEST(quarantine, a_switched_off_agents_held_requests_are_not_released) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir, 0);
+    cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") + "\"]}]");
+    proxy_instance bb{cfg};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_EQ(bb.server().db()->get(ticket)->agent, "bot");
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/bot", "ops", "runaway", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.code, "agent_disabled") << refused.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+    EXPECT_EQ(up.request_count(), 0u);
+    ASSERT_TRUE(bb.server().breakers()->reset("agent/bot", "ops", "fixed", bb.server().now()));
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
 }
