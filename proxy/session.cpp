@@ -1801,7 +1801,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     break;
                 case upstream_failure::timeout:
-                    e.code = "upstream_timeout";
+                    // A POST that timed out may have been carried out: the code says so (a
+                    // client that retries on upstream_timeout would send the mail twice).
+                    e.code = idempotent(req.method()) ? "upstream_timeout" : "upstream_outcome_unknown";
                     if (!idempotent(req.method())) {
                         e.message += "; the request may have reached the upstream and was not retried";
                     }
