@@ -61,10 +61,10 @@ public:
     void mark_moved() { moved_ = true; }
     bool shadowing() const { return is_shadow(md_); }
 
-    // Removal from the registry: only an idle instance with nothing left to report.
     // Not closed+automatic as of its last change (what the active counter counts).
     bool active() const { return counted_; }
 
+    // Removal from the registry: only an idle instance with nothing left to report.
     bool evict_if_idle() {
         if (counted_ || delivering_ || !pending_.empty()) {
             return false;

@@ -1,6 +1,7 @@
 #include "proxy/framing.hpp"
 
 #include "core/hex.hpp"
+#include "core/url_decode.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -116,19 +117,9 @@ std::string_view override_parameter(std::string_view target) {
         const auto amp = rest.find('&');
         const std::string_view pair = rest.substr(0, amp);
         rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
-        // The name as the upstream decodes it (%5FHttpMethod is _HttpMethod); longer names
-        // than the two are not them.
-        std::string name;
+        // The name as the upstream decodes it (%5FHttpMethod is _HttpMethod).
         const std::string_view raw = pair.substr(0, pair.find('='));
-        for (std::size_t i = 0; i < raw.size() && name.size() <= 11; ++i) {
-            if (raw[i] == '%' && i + 2 < raw.size() && hex_digit_value(raw[i + 1]) >= 0 &&
-                hex_digit_value(raw[i + 2]) >= 0) {
-                name += static_cast<char>(hex_digit_value(raw[i + 1]) * 16 + hex_digit_value(raw[i + 2]));
-                i += 2;
-            } else {
-                name += raw[i];
-            }
-        }
+        const std::string name = url_decode(raw);
         if (iequals(name, "_HttpMethod") || iequals(name, "_method")) {
             return raw;
         }

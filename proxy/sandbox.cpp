@@ -217,12 +217,12 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
                                             std::string_view query) {
     // The name in any case: an API that folds it would read a second switch.
     auto is_testmode = [](const auto& field) { return iequals(field.first, "o:testmode"); };
-    std::vector<std::pair<std::string, std::string>> in_query;
-    rules::parse_form("application/x-www-form-urlencoded", query, in_query);
     if (query.find(';') != std::string_view::npos) {
         *error = "a raw ';' in the query string reads two ways (some servers split fields at it too)";
         return std::nullopt;
     }
+    std::vector<std::pair<std::string, std::string>> in_query;
+    rules::parse_form("application/x-www-form-urlencoded", query, in_query);
     if (std::any_of(in_query.begin(), in_query.end(), is_testmode)) {
         *error = "o:testmode is in the query string, where the body's cannot override it with certainty";
         return std::nullopt;
