@@ -114,9 +114,11 @@ std::string_view override_parameter(std::string_view target) {
     }
     std::string_view rest = target.substr(q + 1);
     while (!rest.empty()) {
-        const auto amp = rest.find('&');
-        const std::string_view pair = rest.substr(0, amp);
-        rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+        // `&`, `;` and `#` all separate parameters, as for redact_query: servers disagree on
+        // the last two (`?a=1;_HttpMethod=DELETE` is two parameters to some).
+        const auto sep = rest.find_first_of("&;#");
+        const std::string_view pair = rest.substr(0, sep);
+        rest = sep == std::string_view::npos ? std::string_view{} : rest.substr(sep + 1);
         // The name as the upstream decodes it (%5FHttpMethod is _HttpMethod).
         const std::string_view raw = pair.substr(0, pair.find('='));
         const std::string name = url_decode(raw);

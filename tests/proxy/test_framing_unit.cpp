@@ -75,7 +75,8 @@ TEST(framing_unit, a_repeated_content_type_or_encoding_is_400) {
 TEST(framing_unit, method_overrides_are_refused) {
     for (const char* target : {"/services/data/v59.0/sobjects/Account/001?_HttpMethod=DELETE",
                                "/services/data/v59.0/sobjects/Account/001?a=1&_httpmethod=PATCH",
-                               "/x?%5FHttpMethod=DELETE", "/x?_method=delete", "/x?_Method"}) {
+                               "/x?%5FHttpMethod=DELETE", "/x?_method=delete", "/x?_Method",
+                               "/x?a=1;_HttpMethod=DELETE", "/x?a=1#_method=DELETE"}) {
         const auto v = check_request_head("POST " + std::string{target} + " HTTP/1.1\r\nHost: a\r\n\r\n", 100);
         EXPECT_EQ(v.status, 400) << target;
         EXPECT_EQ(v.code, "method_override") << target;
