@@ -13,6 +13,7 @@
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
 #include "rules/agent_constraints.hpp"
+#include "rules/form.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -1239,6 +1240,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // in Connection (`Connection: content-type`) never reaches the upstream, so the
         // scope, the guards and the rules must not read it either.
         strip_hop_by_hop(req);
+
+        // A form field asking the upstream for another method (`_method=DELETE`): the route,
+        // the agent's scope and the rules would judge a POST that acts as a DELETE. The query
+        // and the headers were refused in 2.
+        if (const auto field = rules::method_override_field(req[http::field::content_type], req.body());
+            !field.empty()) {
+            if (!co_await reply({http::status::bad_request, "rejected", "method_override",
+                                 "the form field " + field +
+                                     " is not accepted: routes, agent scopes and rules judge the request by its "
+                                     "method, so send the method itself"},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
 
         // 4. Route.
         target_parts tp;

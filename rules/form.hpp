@@ -39,6 +39,12 @@ bool reads_as_form(std::string_view content_type, std::string_view body, std::st
 // refuses such a body.
 std::string unreadable_form(std::string_view content_type, std::string_view body);
 
+// The name of a form field that asks the upstream to act as another method (`_method`,
+// as Rails, Laravel and Symfony read it from a form body; Salesforce's `_HttpMethod`), as
+// written (at most 32 bytes), or "" (also for a body that is not a form). Routes, agent
+// scopes and rules judge the method on the wire, so the proxy refuses such a body.
+std::string method_override_field(std::string_view content_type, std::string_view body);
+
 // One parameter of a header value (`multipart/mixed; boundary="b"`) into *out, left empty
 // when absent. False when the value is malformed (RFC 9110 / RFC 2183 syntax) or the
 // parameter is given twice or in RFC 8187's encoded form (`name*=`): which one a reader

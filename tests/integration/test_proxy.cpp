@@ -261,6 +261,35 @@ TEST(routing, no_route_is_404_json_and_keeps_the_connection) {
     EXPECT_EQ(up.connections_accepted(), 1u);  // one client connection, one pooled upstream connection
 }
 
+// Rails, Laravel and Symfony act on `_method` in a form body (a POST that deletes): refused
+// like the query parameter and the headers, with the connection kept.
+TEST(routing, method_override_in_a_form_body_is_refused) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    raw_client client{bb.port()};
+    auto post = [&](std::string_view type, std::string_view body) {
+        client.send("POST /v3/contacts HTTP/1.1\r\nHost: a\r\nContent-Type: " + std::string{type} +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + std::string{body});
+        return client.read_response();
+    };
+    const std::string urlencoded = "application/x-www-form-urlencoded";
+    for (const std::string body : {"id=7&_method=DELETE", "id=7&%5Fmethod=delete", "_HttpMethod=PATCH", "a=1;_METHOD=PUT"}) {
+        const auto res = post(urlencoded, body);
+        EXPECT_EQ(res.result_int(), 400) << body;
+        EXPECT_EQ(body_code(res), "method_override") << body << ": " << res.body();
+    }
+    const std::string mp = "multipart/form-data; boundary=XyZ";
+    const auto res = post(mp, "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n");
+    EXPECT_EQ(res.result_int(), 400);
+    EXPECT_EQ(body_code(res), "method_override") << res.body();
+    EXPECT_EQ(up.request_count(), 0u) << "nothing may reach the upstream";
+    // Names that only look like it, and the same text in a value or a JSON body, pass.
+    EXPECT_EQ(post(urlencoded, "x_method=DELETE&note=_method%3DDELETE").result_int(), 200);
+    EXPECT_EQ(post(mp, "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n_method=DELETE\r\n--XyZ--\r\n").result_int(), 200);
+    EXPECT_EQ(post("application/json", R"({"_method":"DELETE"})").result_int(), 200);
+    EXPECT_EQ(up.request_count(), 3u);
+}
+
 // ---- what the upstream sees and what the client gets back ------------------------------
 
 TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {

@@ -532,6 +532,22 @@ TEST(FormHelpers, SplitAddressesAndParseForm) {
     EXPECT_FALSE(parse_form("multipart/form-data", mailgun_multipart(), fields));
 }
 
+TEST(forms, method_override_fields) {
+    EXPECT_EQ(method_override_field(urlencoded, "to=a%40x.com&_method=DELETE"), "_method");
+    EXPECT_EQ(method_override_field(urlencoded, "%5F%48ttpMethod=PATCH"), "%5F%48ttpMethod");
+    EXPECT_EQ(method_override_field(urlencoded, "a=1;_Method"), "_Method");  // no value: still a field
+    EXPECT_EQ(method_override_field(urlencoded, "to=_method&method=DELETE&__method=x"), "");
+    EXPECT_EQ(method_override_field("application/json", "_method=DELETE"), "");
+    EXPECT_EQ(method_override_field(multipart_type, mailgun_multipart()), "");
+    const std::string mp = "multipart/form-data; boundary=b1";
+    EXPECT_EQ(method_override_field(mp, "--b1\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.com\r\n--b1\r\n"
+                                        "Content-Disposition: form-data; name=\"_HTTPMETHOD\"\r\n\r\nDELETE\r\n--b1--\r\n"),
+              "_HTTPMETHOD");
+    // A malformed multipart body: the fields before the fault are still looked at.
+    EXPECT_EQ(method_override_field(mp, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1\r\nbroken"),
+              "_method");
+}
+
 // Address lists split as RFC 5322 reads them (quoted strings with escapes); a list another
 // reader could split otherwise is refused, never counted as fewer recipients.
 TEST(FormHelpers, AddressListsReadOneWayOrNotAtAll) {
