@@ -1141,7 +1141,10 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     // (before the limits: a retry of what is held already must not be refused as full).
     if (!r.idempotency_key.empty()) {
         auto s = ctx.c.prepared(
-            "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND route = ?2 AND agent = ?3 "
+            // `idem_key != ''` repeats the partial index's condition, so SQLite may use it
+            // (without it, the plan scans every record of the agent).
+            "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND idem_key != '' "
+            "AND route = ?2 AND agent = ?3 "
             "ORDER BY id LIMIT 1");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare hold lookup");
