@@ -7,12 +7,15 @@
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <thread>
+
+#include <arpa/inet.h>
 
 namespace bb {
 
@@ -628,6 +631,39 @@ void parse_breakers(cfg::object_reader& root, config& c) {
     }
 }
 
+// Whether two listening sockets would take the same connections: the same port (not 0, an
+// ephemeral one) and the same address, or a wildcard (0.0.0.0, ::) on either side. Each
+// acceptor sets SO_REUSEPORT, so both would bind and the kernel would split the traffic
+// between them (half an agent listener's connections served without require_agent).
+bool same_socket(const std::string& host_a, std::uint16_t port_a, const std::string& host_b, std::uint16_t port_b) {
+    if (port_a == 0 || port_a != port_b) {
+        return false;
+    }
+    auto bytes = [](const std::string& h) {
+        std::array<unsigned char, 16> b{};
+        in_addr v4{};
+        if (inet_pton(AF_INET, h.c_str(), &v4) == 1) {
+            b[10] = b[11] = 0xff;  // v4-mapped, as a dual-stack socket sees it
+            std::memcpy(b.data() + 12, &v4, 4);
+        } else if (inet_pton(AF_INET6, h.c_str(), b.data()) != 1) {
+            return std::optional<std::array<unsigned char, 16>>{};
+        }
+        return std::optional<std::array<unsigned char, 16>>{b};
+    };
+    const auto a = bytes(host_a);
+    const auto b = bytes(host_b);
+    if (!a || !b) {
+        return host_a == host_b;
+    }
+    auto wildcard = [](const std::array<unsigned char, 16>& x) {
+        static const std::array<unsigned char, 16> any6{};
+        std::array<unsigned char, 16> any4{};
+        any4[10] = any4[11] = 0xff;
+        return x == any6 || x == any4;
+    };
+    return *a == *b || wildcard(*a) || wildcard(*b);
+}
+
 bool is_loopback(const std::string& host) {
     return host == "::1" || host.rfind("127.", 0) == 0;
 }
@@ -944,6 +980,20 @@ parse_result parse_config(std::string_view json_text) {
     parse_log(root, *c);
     parse_store(root, *c);
     parse_admin(root, *c);
+    for (std::size_t i = 0; i < c->listeners.size(); ++i) {
+        const auto& l = c->listeners[i];
+        const std::string path = cfg::child(cfg::child("listeners", i), "address");
+        for (std::size_t j = 0; j < i; ++j) {
+            if (same_socket(l.host, l.port, c->listeners[j].host, c->listeners[j].port)) {
+                out.errors.add(path, "takes the same connections as listeners[" + std::to_string(j) +
+                                         "] (same port, same or wildcard address): the kernel would split them "
+                                         "between the two listeners");
+            }
+        }
+        if (c->admin.enabled && same_socket(l.host, l.port, c->admin.host, c->admin.port)) {
+            out.errors.add(path, "takes the same connections as admin.address");
+        }
+    }
     parse_agents(root, *c);
     parse_breakers(root, *c);
     if (auto a = root.value("alerts")) {

@@ -57,6 +57,39 @@ TEST(config, names_must_be_unique_and_references_known) {
     EXPECT_NE(e.find("routes[0].upstream: \"nope\" is not a configured upstream"), std::string::npos) << e;
 }
 
+// Every acceptor sets SO_REUSEPORT: two listeners on one socket would both bind and split
+// the connections (half of an agent listener's traffic without require_agent).
+TEST(config, listeners_may_not_share_a_socket) {
+    const std::string tail = R"(], "upstreams": [{"name": "up", "url": "http://127.0.0.1:9"}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}])";
+    auto listeners = [&](const std::string& items, const std::string& extra = "") {
+        return parse_config(R"({"listeners": [)" + items + tail + extra + "}");
+    };
+    const auto same = listeners(R"({"name": "a", "address": "127.0.0.1:8080", "require_agent": true},
+                                   {"name": "b", "address": "127.0.0.1:8080"})");
+    EXPECT_NE(all_errors(same).find("listeners[1].address: takes the same connections as listeners[0]"), std::string::npos)
+        << all_errors(same);
+    for (const std::string items : {R"({"name": "a", "address": "0.0.0.0:8080"}, {"name": "b", "address": "127.0.0.1:8080"})",
+                                    R"({"name": "a", "address": "[::1]:8080"}, {"name": "b", "address": "[::]:8080"})",
+                                    R"({"name": "a", "address": "[::]:8080"}, {"name": "b", "address": "10.0.0.1:8080"})",
+                                    R"({"name": "a", "address": "[::ffff:127.0.0.1]:8080"}, {"name": "b", "address": "127.0.0.1:8080"})"}) {
+        EXPECT_NE(all_errors(listeners(items)).find("listeners[1].address: takes the same connections"), std::string::npos)
+            << items;
+    }
+    const auto admin = listeners(R"({"name": "a", "address": "127.0.0.1:9901"})",
+                                 R"(, "admin": {"address": "127.0.0.1:9901", "tokens": [{"name": "t", "sha256": ")" +
+                                     std::string(64, 'a') + R"(", "role": "operator"}]})");
+    EXPECT_NE(all_errors(admin).find("listeners[0].address: takes the same connections as admin.address"), std::string::npos)
+        << all_errors(admin);
+    // Other ports, other addresses, and port 0 (each its own ephemeral port) are fine.
+    for (const std::string items : {R"({"name": "a", "address": "127.0.0.1:8080"}, {"name": "b", "address": "127.0.0.1:8081"})",
+                                    R"({"name": "a", "address": "127.0.0.1:8080"}, {"name": "b", "address": "127.0.0.2:8080"})",
+                                    R"({"name": "a", "address": "0.0.0.0:0"}, {"name": "b", "address": "127.0.0.1:0"})"}) {
+        const auto ok = listeners(items);
+        EXPECT_TRUE(ok.cfg) << items << ": " << all_errors(ok);
+    }
+}
+
 TEST(config, upstream_url_parts) {
     auto r = parse_config(R"({"listeners": [{"name": "a", "address": "[::1]:8080"}],
         "upstreams": [{"name": "up", "url": "https://api.sendgrid.com/base/"}],
