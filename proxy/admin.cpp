@@ -1925,9 +1925,11 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
             // A verified client certificate that maps to an operator identifies the caller;
             // otherwise the bearer token does. Looked up per request against the current
             // config: a mapping removed meanwhile ends that identity on an open connection too.
-            std::optional<caller> who = ssl != nullptr ? cert_caller(*cfg, ssl) : std::nullopt;
+            // (Read again here: the read above may have waited 30 s for this request.)
+            const auto now_cfg = srv_.current_config();
+            std::optional<caller> who = ssl != nullptr ? cert_caller(*now_cfg, ssl) : std::nullopt;
             if (!who) {
-                who = authenticate(*cfg, req[http::field::authorization]);
+                who = authenticate(*now_cfg, req[http::field::authorization]);
             }
             if (!who) {
                 res = json_response(http::status::unauthorized,

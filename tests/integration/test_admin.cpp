@@ -128,6 +128,26 @@ TEST(admin_api, tokens_and_roles) {
     EXPECT_NE(trip.body().find("viewer"), std::string::npos);
 }
 
+// A token removed by a config change stops working on a connection that was already open
+// and waiting for its next request (the identity is looked up when the request arrives).
+TEST(admin_api, a_removed_token_ends_on_an_open_connection) {
+    admin_fixture f;
+    raw_client viewer{f.port()};
+    const std::string get = "GET /v1/breakers HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer view-token\r\n\r\n";
+    viewer.send(get);
+    EXPECT_EQ(viewer.read_response().result_int(), 200u);
+    std::string without = admin_config(f.up.port(), f.dir);
+    const std::string vera = "{\"name\": \"vera-viewer\", \"sha256\": \"" + sha256_hex("view-token") + "\", \"role\": \"viewer\"},";
+    ASSERT_NE(without.find(vera), std::string::npos);
+    without.erase(without.find(vera), vera.size());
+    const auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"vera left\",\"config\":" + without + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    viewer.send(get);
+    const auto after = viewer.read_response();
+    EXPECT_EQ(after.result_int(), 401u) << after.body();
+}
+
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
     admin_fixture f;
     auto get = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/x/trip", "op-token");
