@@ -557,6 +557,18 @@ std::optional<rendered> render_config_change(std::string_view body) {
             o += "  " + scalar_text(l) + "\n";
         }
     }
+    if (auto kept = array_member(*doc, "still_enforcing"); kept && kept->size() > 0) {
+        o += "still enforcing (not shadowed by metrics_only):\n";
+        for (auto l : *kept) {
+            o += "  " + scalar_text(l) + "\n";
+        }
+    }
+    if (auto w = array_member(*doc, "warnings"); w && w->size() > 0) {
+        o += "not applied:\n";
+        for (auto l : *w) {
+            o += "  " + scalar_text(l) + "\n";
+        }
+    }
     return rendered{o, true};
 }
 

@@ -1360,6 +1360,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     std::int64_t version = 0;
     std::vector<std::string> shadow_kept;
+    std::vector<std::string> warnings;  // what was not applied (fixed until restart, TLS files)
     if (!dry_run) {
         if (!co_await record_intent("config", diff_text)) {
             co_return intent_unrecorded();
@@ -1441,7 +1442,13 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
                 }
             }
         };
-        for (const auto& w : srv_.apply_config(next, shadow)) {
+        warnings = srv_.apply_config(next, shadow);
+        // Renewed certificates and a rotated client CA (same files, new contents) too, as
+        // SIGHUP does: an API reload must not leave the old ones serving.
+        for (const auto& e : srv_.reload_security()) {
+            warnings.push_back("TLS files not reloaded, the previous certificates stay in use: " + e);
+        }
+        for (const auto& w : warnings) {
             spdlog::warn("config apply: {}", w);
         }
         for (const auto& k : kept) {
@@ -1454,7 +1461,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +
              ",\"loosening\":" + strings_json(d.loosening) + ",\"diff\":" + strings_json(d.lines) +
-             (shadow_kept.empty() ? "" : ",\"still_enforcing\":" + strings_json(shadow_kept)) + "}";
+             (shadow_kept.empty() ? "" : ",\"still_enforcing\":" + strings_json(shadow_kept)) +
+             (warnings.empty() ? "" : ",\"warnings\":" + strings_json(warnings)) + "}";
     h.audit_result = dry_run ? "dry_run" : "applied version " + std::to_string(version);
     co_return h;
 }
@@ -1830,12 +1838,31 @@ void admin_server::start() {
     port_ = acceptor_->local_endpoint().port();
     if (a.tls) {
         try {
+            std::lock_guard lock{tls_mu_};
             tls_ = make_server_tls(&*a.tls);
         } catch (const std::exception& e) {
             throw std::runtime_error(std::string{"admin: "} + e.what());
         }
     }
     asio::co_spawn(control_, accept_loop(), asio::detached);
+}
+
+std::string admin_server::reload_tls(const config& cfg) {
+    std::shared_ptr<asio::ssl::context> next;
+    {
+        std::lock_guard lock{tls_mu_};
+        if (!tls_ || !cfg.admin.tls) {
+            return {};  // plain, or switched on/off: fixed until restart (apply_config warns)
+        }
+    }
+    try {
+        next = make_server_tls(&*cfg.admin.tls);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    std::lock_guard lock{tls_mu_};
+    tls_ = std::move(next);
+    return {};
 }
 
 void admin_server::stop() {
@@ -1866,12 +1893,17 @@ asio::awaitable<void> admin_server::accept_loop() {
 asio::awaitable<void> admin_server::session(tcp::socket socket) {
     // Arguments are named locals: GCC 12 mishandles temporaries inside a co_await operand.
     SSL* no_tls = nullptr;
-    if (!tls_) {
+    std::shared_ptr<asio::ssl::context> tls;  // this connection's, even if a reload replaces it
+    {
+        std::lock_guard lock{tls_mu_};
+        tls = tls_;
+    }
+    if (!tls) {
         beast::tcp_stream stream{std::move(socket)};
         co_await serve(stream, no_tls);
         co_return;
     }
-    beast::ssl_stream<beast::tcp_stream> stream{std::move(socket), *tls_};
+    beast::ssl_stream<beast::tcp_stream> stream{std::move(socket), *tls};
     stream.next_layer().expires_after(std::chrono::seconds{10});
     auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {

@@ -10,12 +10,17 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 
 namespace boost::asio::ssl {
 class context;
+}
+
+namespace bb {
+struct config;
 }
 
 namespace bb::proxy {
@@ -30,6 +35,11 @@ public:
     void start();
     void stop();
     std::uint16_t port() const { return port_; }
+    // A new TLS context from `cfg`'s admin.tls (a renewed certificate, a rotated client CA:
+    // a revoked operator CA stops being accepted at the next handshake). Open connections
+    // keep the context they were accepted with. On error, or when admin.tls was switched on
+    // or off (fixed until restart), the running context stays; returns the error, or "".
+    std::string reload_tls(const bb::config& cfg);
 
 private:
     asio::awaitable<void> accept_loop();
@@ -41,7 +51,8 @@ private:
     asio::io_context& control_;
     server& srv_;
     std::unique_ptr<tcp::acceptor> acceptor_;
-    std::shared_ptr<asio::ssl::context> tls_;
+    mutable std::mutex tls_mu_;
+    std::shared_ptr<asio::ssl::context> tls_;  // under tls_mu_
     std::uint16_t port_ = 0;
 };
 

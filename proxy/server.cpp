@@ -926,13 +926,44 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     const auto before = current_config();
     {
         std::lock_guard lock{cfg_mutex_};
-        if (!same_listeners(*cfg_, *cfg) || cfg_->store.path != cfg->store.path) {
-            warnings.push_back(
-                "listeners, workers and store.path are fixed until restart; the new settings for them were not applied");
-            auto patched = std::make_shared<config>(*cfg);
-            patched->listeners = cfg_->listeners;
-            patched->workers = cfg_->workers;
-            patched->store = cfg_->store;
+        // Only what needs a restart keeps its running value; the rest of a section applies.
+        std::shared_ptr<config> patched;
+        auto patch = [&] {
+            if (!patched) {
+                patched = std::make_shared<config>(*cfg);
+            }
+            return patched.get();
+        };
+        if (!same_listeners(*cfg_, *cfg)) {
+            warnings.push_back("listeners (other than require_agent) and workers are fixed until restart; the new "
+                               "settings for them were not applied");
+            // require_agent is read per request: a tightening applies now.
+            std::vector<bool> require;
+            for (const auto& l : cfg->listeners) {
+                require.push_back(l.require_agent);
+            }
+            patch()->listeners = cfg_->listeners;
+            patch()->workers = cfg_->workers;
+            for (auto& l : patched->listeners) {
+                for (std::size_t i = 0; i < cfg->listeners.size(); ++i) {
+                    if (cfg->listeners[i].name == l.name) {
+                        l.require_agent = require[i];
+                    }
+                }
+            }
+        }
+        if (cfg_->store.path != cfg->store.path || cfg_->store.group_commit != cfg->store.group_commit) {
+            warnings.push_back("store.path and store.group_commit are fixed until restart; the new values were not "
+                               "applied (the other store settings were)");
+            patch()->store.path = cfg_->store.path;
+            patch()->store.group_commit = cfg_->store.group_commit;
+        }
+        if (cfg_->admin.enabled != cfg->admin.enabled || cfg_->admin.host != cfg->admin.host ||
+            cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
+            warnings.push_back("admin.address and whether the admin API uses TLS are fixed until restart; the new "
+                               "values were not applied (its tokens, client certificates and TLS files were)");
+        }
+        if (patched) {
             effective = patched;
         }
     }
@@ -1003,6 +1034,11 @@ std::vector<std::string> server::reload_security() {
     if (errors.empty()) {
         std::lock_guard lock{security_mutex_};
         security_ = std::move(next);
+    }
+    if (admin_) {
+        if (auto e = admin_->reload_tls(*cfg); !e.empty()) {
+            errors.push_back("admin: " + e);
+        }
     }
     return errors;
 }

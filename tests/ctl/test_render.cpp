@@ -191,6 +191,16 @@ TEST(CtlRender, Config) {
               "  rules: + s\n"
               "loosens guards (needs the admin role):\n"
               "  raises the limit of rule r\n");
+    auto warned = render_config_change(R"j({"version":8,"applied":true,"loosening":[],"diff":[],
+      "still_enforcing":["b (open)"],"warnings":["store.path and store.group_commit are fixed until restart"]})j");
+    ASSERT_TRUE(warned);
+    EXPECT_EQ(warned->text,
+              "applied as version 8\n"
+              "no changes to rules or breakers\n"
+              "still enforcing (not shadowed by metrics_only):\n"
+              "  b (open)\n"
+              "not applied:\n"
+              "  store.path and store.group_commit are fixed until restart\n");
     auto dry = render_config_change(R"({"version":0,"applied":false,"loosening":[],"diff":[]})");
     EXPECT_EQ(dry->text, "dry run: nothing applied\nno changes to rules or breakers\n");
 }

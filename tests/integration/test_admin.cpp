@@ -18,6 +18,7 @@
 #include <poll.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <sstream>
@@ -146,6 +147,25 @@ TEST(admin_api, a_removed_token_ends_on_an_open_connection) {
     viewer.send(get);
     const auto after = viewer.read_response();
     EXPECT_EQ(after.result_int(), 401u) << after.body();
+}
+
+// What needs a restart keeps its running value and is named in the answer; the rest of the
+// change (here the store's retention beside a new worker count) applies.
+TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
+    admin_fixture f;
+    std::string next = admin_config(f.up.port(), f.dir);
+    next.replace(next.find("\"workers\": 2"), 12, "\"workers\": 1");
+    const std::string store = "\"store\": {\"path\": \"" + f.dir + "/bb.db\"";
+    next.replace(next.find(store), store.size(), store + ", \"retention\": \"2h\"");
+    const auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"tune\",\"config\":" + next + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    EXPECT_NE(applied.body().find("\"warnings\":[\"listeners (other than require_agent) and workers are fixed until restart"),
+              std::string::npos)
+        << applied.body();
+    const auto running = f.bb.server().current_config();
+    EXPECT_EQ(running->workers, 2u);
+    EXPECT_EQ(running->store.retention, std::chrono::hours{2});
 }
 
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
@@ -940,6 +960,41 @@ TEST(admin_api, a_pinned_client_certificate_mapping_takes_only_that_certificate)
     }
     auto bad = bb::parse_config(config_pinned("not-a-digest"));
     EXPECT_NE(bad.errors.to_string().find("cert_sha256"), std::string::npos) << bad.errors.to_string();
+}
+
+// A config change through the API reloads the admin API's TLS files as SIGHUP does: a
+// rotated client CA (the old one leaked) stops letting the old CA's certificates in.
+TEST(admin_api, an_api_reload_rotates_the_admin_client_ca) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    int rc = 0;
+    if (run("command -v curl", &rc), rc != 0) {
+        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+    }
+    std::filesystem::copy_file(cert("ca.pem"), dir + "/operators-ca.pem");
+    std::string cfg = admin_config(up.port(), dir);
+    cfg.insert(cfg.find("\"admin\": {") + 10,
+               "\"tls\": {\"cert_file\": \"" + cert("server.pem") + "\", \"key_file\": \"" + cert("server.key") +
+                   "\", \"client_ca_file\": \"" + dir + "/operators-ca.pem\"}, \"client_certs\": [{\"name\": \"cert-ops\", "
+                   "\"subject_cn\": \"agent-one\", \"role\": \"operator\"}], ");
+    proxy_instance bb{cfg};
+    const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
+    const std::string curl = "curl -s -o /dev/null -w '%{http_code}' --cacert " + cert("ca.pem") + " ";
+    const std::string with_cert = curl + "--cert " + cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key") + " ";
+    EXPECT_EQ(run(with_cert + base + "/v1/breakers", &rc), "200");
+    // The operators' CA file now holds another CA; the config itself is unchanged.
+    std::filesystem::copy_file(cert("self-signed.pem"), dir + "/operators-ca.pem",
+                               std::filesystem::copy_options::overwrite_existing);
+    {
+        std::ofstream f{dir + "/same.json"};
+        f << "{\"reason\":\"rotate the operator CA\",\"config\":" << cfg << "}";
+    }
+    const auto applied = run(curl + "-H 'Authorization: Bearer admin-token' -H 'content-type: application/json' "
+                                    "--data-binary @" + dir + "/same.json " + base + "/v1/config",
+                             &rc);
+    EXPECT_EQ(applied, "200");
+    EXPECT_NE(run(with_cert + base + "/v1/breakers", &rc), "200") << "a certificate of the rotated-out CA still got in";
+    EXPECT_EQ(run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/breakers", &rc), "200");
 }
 
 TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
