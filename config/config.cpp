@@ -277,6 +277,11 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
                 hc.slow_call = *v;
             }
             if (auto v = hr.number("slow_ratio", false, 0.0, 1.0)) {
+                if (*v <= 0) {
+                    // A ratio of 0 would be crossed by any volume at all: a healthy
+                    // upstream tripped again after every probe. (Leave slow_call out instead.)
+                    hr.errs().add(hr.path_of("slow_ratio"), "must be above 0 (to check no slow calls, leave slow_call out)");
+                }
                 hc.slow_ratio = *v;
             }
             if (auto v = hr.duration("cooldown", false, milliseconds{1})) {

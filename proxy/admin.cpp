@@ -1517,9 +1517,14 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
             f.mutation = true;
             co_return f;
         }
+        // Like dry_run: a metrics_only that cannot be read ("true" as a string) must not
+        // make the change enforce at once.
         bool metrics_only = false;
-        if ((*b)["metrics_only"].get(metrics_only) != simdjson::SUCCESS) {
-            metrics_only = false;
+        if (simdjson::dom::element m; (*b)["metrics_only"].get(m) == simdjson::SUCCESS &&
+                                      m.get(metrics_only) != simdjson::SUCCESS) {
+            auto f = fail({http::status::bad_request, "bad_field", "metrics_only is true or false", "metrics_only"});
+            f.mutation = true;
+            co_return f;
         }
         // A misspelt or unreadable dry_run must not apply a change meant to be tried.
         for (const auto& [k, v] : query_) {

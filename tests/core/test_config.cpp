@@ -148,6 +148,12 @@ TEST(config, upstream_health_makes_an_implicit_breaker) {
         "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": {"consecutive_failures": 0}}],
         "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
     EXPECT_NE(all_errors(bad).find("upstreams[0].health: enables no check"), std::string::npos) << all_errors(bad);
+    // slow_ratio 0 would be crossed by any volume: a healthy upstream tripped over and over.
+    auto zero = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+        "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": {"slow_call": "2s", "slow_ratio": 0}}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
+    EXPECT_NE(all_errors(zero).find("upstreams[0].health.slow_ratio: must be above 0"), std::string::npos)
+        << all_errors(zero);
 }
 
 TEST(config, unimplemented_sections_are_refused_not_ignored) {

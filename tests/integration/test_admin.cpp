@@ -454,6 +454,12 @@ TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
                   .result_int(),
               200u);
     ASSERT_EQ(send_mail(f.bb.port(), "spring").result_int(), 503u);
+    // metrics_only that does not read as a boolean is refused, not taken as false.
+    auto unread = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                        "{\"reason\":\"typo\",\"metrics_only\":\"true\",\"config\":" +
+                            admin_config(f.up.port(), f.dir, 500) + "}");
+    EXPECT_EQ(unread.result_int(), 400u) << unread.body();
+    EXPECT_NE(unread.body().find("\"field\":\"metrics_only\""), std::string::npos) << unread.body();
     // A tighter limit (an operator's call), applied in shadow.
     auto shadowed = admin(f.port(), http::verb::post, "/v1/config", "op-token",
                           "{\"reason\":\"try a tighter cap\",\"metrics_only\":true,\"config\":" +
