@@ -646,6 +646,27 @@ bool build_key(const rule& r, context& ctx) {
             k.resize(max_key_bytes);
         }
     }
+    // The key names a breaker instance in logs, alerts and the API: a decoded query value or
+    // a JSON string may hold a line break or an escape sequence (a request forging log
+    // lines). Control bytes are written as %XX (`c1\n` -> `c1%0A`).
+    if (std::any_of(k.begin(), k.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+        std::string clean;
+        for (const char c : k) {
+            const auto u = static_cast<unsigned char>(c);
+            if (u < 0x20 || u == 0x7f) {
+                static constexpr char hex[] = "0123456789ABCDEF";
+                clean += '%';
+                clean += hex[u >> 4];
+                clean += hex[u & 15];
+            } else {
+                clean += c;
+            }
+        }
+        k = std::move(clean);
+        if (k.size() > max_key_bytes) {
+            k.resize(max_key_bytes);
+        }
+    }
     return true;
 }
 

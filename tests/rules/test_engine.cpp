@@ -355,6 +355,13 @@ TEST(Engine, KeysFromEverySource) {
     req.route = "other";
     req.query = "a=1&campaign=spring%20sale";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "spring sale/POST/other");
+    // A key names a breaker instance in logs: no line breaks or escape sequences in it.
+    req.query = "campaign=c1%0A2026-01-01%20warning%20forged%1B%5B2J";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "c1%0A2026-01-01 warning forged%1B[2J/POST/other");
+    req.route = "crm";
+    req.body = R"j({"inputs":[{"id":"1","properties":{"owner":"u\n\u007f"}}]})j";
+    ASSERT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());  // the key's first request (limit 1)
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "bot-7/acme/u%0A%7F/deals");
 }
 
 TEST(Engine, ErrorRatioFromResponses) {
