@@ -21,7 +21,7 @@ using bb::credential_name;
 // parameter (names percent-decoded as the upstream reads them, so `hap%69key` is `hapikey`;
 // `&`, `;` and `#` all separate parameters, since upstream servers disagree on the last two
 // and a `#` in a request-target reaches them as sent), and the user information of an
-// absolute-form target (`http://user:pass@host/...`). The path and the other parameters are
+// absolute-form or authority-form target (`http://user:pass@host/...`, `user:pass@host:443`). The path and the other parameters are
 // untouched; *changed says whether anything was replaced.
 inline std::string redact_query(std::string_view target, bool* changed = nullptr) {
     if (changed != nullptr) {
@@ -34,6 +34,15 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     };
     std::string out;
     out.reserve(target.size());
+    if (!target.empty() && target.front() != '/' && target.find_first_of("/?#") == std::string_view::npos) {
+        // Authority-form (CONNECT `user:pass@host:443`): a proxy refuses user information
+        // there, but the log shows the target it refused.
+        if (const auto at = target.rfind('@'); at != std::string_view::npos) {
+            mark();
+            return "[redacted]" + std::string{target.substr(at)};
+        }
+        return std::string{target};
+    }
     if (const auto scheme_end = target.find("://");
         scheme_end != std::string_view::npos && scheme_end > 0 && target.find_first_of("/?#") > scheme_end) {
         const std::size_t host_start = scheme_end + 3;

@@ -227,7 +227,7 @@ void write_access_log(worker& w, const log_record& r) {
     line += ",\"request_id\":" + cfg::quote(r.request_id);
     line += ",\"client\":" + cfg::quote(r.client);
     line += ",\"method\":" + cfg::quote(r.method);
-    line += ",\"target\":" + cfg::quote(redact_query(std::string_view{r.target}.substr(0, 2048)));
+    line += ",\"target\":" + cfg::quote(redact_query(r.target).substr(0, 2048));  // cut after: `user:<long>@host`
     line += ",\"route\":" + (r.route.empty() ? std::string{"null"} : cfg::quote(r.route));
     line += ",\"upstream\":" + (r.upstream.empty() ? std::string{"null"} : cfg::quote(r.upstream));
     line += ",\"agent\":" + (r.agent.empty() ? std::string{"null"} : cfg::quote(r.agent));

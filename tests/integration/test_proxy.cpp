@@ -218,10 +218,24 @@ TEST(access_log, query_credentials_are_redacted) {
     EXPECT_EQ(http_request(bb.port(), http::verb::get, "/contacts/v1/lists?hapikey=hub-secret-2&count=5").result_int(),
               200u);
     ASSERT_EQ(up.requests()[0].req.target(), "/contacts/v1/lists?hapikey=hub-secret-2&count=5") << "forwarded as sent";
+    // User information longer than the logged part of the target, and in a CONNECT target.
+    const std::string token = "tok" + std::string(2100, 'Z');
+    {
+        raw_client c{bb.port()};
+        c.send("GET http://user:" + token + "@crm.test/contacts/v1/x HTTP/1.1\r\nHost: crm.test\r\n\r\n");
+        c.read_response();
+    }
+    {
+        raw_client c{bb.port()};
+        c.send("CONNECT alice:s3cret-pw@api.hubspot.com:443 HTTP/1.1\r\nHost: api.hubspot.com:443\r\n\r\n");
+        c.read_response();
+    }
     bb.stop();  // flushes the log
     std::ifstream in{dir + "/access.log"};
     const std::string log{std::istreambuf_iterator<char>{in}, {}};
     EXPECT_EQ(log.find("hub-secret-2"), std::string::npos) << log;
+    EXPECT_EQ(log.find("ZZZZZZZZ"), std::string::npos) << "the user information cut at 2 KiB was not redacted";
+    EXPECT_EQ(log.find("s3cret-pw"), std::string::npos) << log;
     EXPECT_NE(log.find("\"target\":\"/contacts/v1/lists?hapikey=[redacted]&count=5\""), std::string::npos) << log;
 }
 

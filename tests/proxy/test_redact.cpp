@@ -57,6 +57,12 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
     EXPECT_EQ(redact_query("http://api.example.com/a@b?hapikey=k", &changed), "http://api.example.com/a@b?hapikey=[redacted]");
     EXPECT_EQ(redact_query("http://api.example.com/p", &changed), "http://api.example.com/p");
     EXPECT_FALSE(changed);
+    // Authority-form (CONNECT): user information there is hidden too.
+    EXPECT_EQ(redact_query("alice:s3cret@api.hubspot.com:443", &changed), "[redacted]@api.hubspot.com:443");
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(redact_query("api.hubspot.com:443", &changed), "api.hubspot.com:443");
+    EXPECT_FALSE(changed);
+    EXPECT_EQ(redact_query("*"), "*");
     // Origin-form: a "://" later in the target is not a scheme.
     EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
     EXPECT_FALSE(changed);
