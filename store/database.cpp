@@ -214,9 +214,30 @@ CREATE TABLE breaker_state_clock (
   wall_ms   INTEGER NOT NULL
 );
 )sql"},
+    // What a pruned record leaves of its Idempotency-Key: a client retrying a hold after its
+    // record was released and pruned (automation platforms back off for hours; retention may
+    // be a minute) still gets the first ticket, not a second hold and a second send. Kept
+    // for idempotency_memory after the prune.
+    {5, R"sql(
+CREATE TABLE idem_tombstones (
+  idem_key    TEXT NOT NULL,
+  route       TEXT NOT NULL,
+  agent       TEXT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  ticket      TEXT NOT NULL,
+  state       TEXT NOT NULL,
+  pruned_ms   INTEGER NOT NULL,
+  PRIMARY KEY (idem_key, route, agent)
+) WITHOUT ROWID;
+CREATE INDEX idem_tombstones_pruned ON idem_tombstones(pruned_ms);
+)sql"},
 };
 
-constexpr int latest_version = 4;
+constexpr int latest_version = 5;
+
+// How long a pruned record's Idempotency-Key is remembered after the prune (so at least
+// retention + this after the record was resolved).
+constexpr std::int64_t idempotency_memory_ms = 7LL * 24 * 3600 * 1000;
 
 // ---------------------------------------------------------------------------------------
 // Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
@@ -1170,6 +1191,34 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         if (rc != SQLITE_DONE) {
             return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
         }
+        // A record pruned since: its tombstone answers the same way.
+        auto t = ctx.c.prepared(
+            "SELECT ticket, fingerprint, state FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3");
+        if (!t.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare hold tombstone lookup");
+        }
+        t.text(1, r.idempotency_key);
+        t.text(2, r.route);
+        t.text(3, r.agent);
+        const int trc = t.step();
+        if (trc == SQLITE_ROW) {
+            const std::string ticket = t.col_str(0);
+            if (t.col_str(1) != fingerprint) {
+                return outcome{result::failure(
+                    "idempotency_key_reused",
+                    "another request (method, target or body differ) was quarantined with this key as ticket " +
+                        ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
+            }
+            result again;
+            again.ticket = ticket;
+            again.duplicate = true;
+            again.message = "a retry of the request held as " + ticket + " (" + t.col_str(2) +
+                            ", its record since pruned): not held again";
+            return {again};
+        }
+        if (trc != SQLITE_DONE) {
+            return is_io_fault(trc) ? fatal(trc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
+        }
     }
     const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
     // Exact limits: the writer is the only place counts change, and it checks committed +
@@ -1448,6 +1497,18 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
 
 database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records) {
     std::vector<std::pair<std::int64_t, std::string>> victims;
+    const std::int64_t now = wall_ms(clock_);
+    {
+        // Tombstones past their memory (idem_tombstones_pruned: a range).
+        auto s = ctx.c.prepared("DELETE FROM idem_tombstones WHERE pruned_ms < ?1");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare tombstone prune");
+        }
+        s.i64(1, now - idempotency_memory_ms);
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
+        }
+    }
     {
         // Uses held_requests_state (state, state_ms): two short range scans.
         auto s = ctx.c.prepared(
@@ -1467,6 +1528,19 @@ database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cu
         }
     }
     for (const auto& [id, ticket] : victims) {
+        // A record with an Idempotency-Key leaves a tombstone (see migration 5).
+        auto tomb = ctx.c.prepared(
+            "INSERT OR REPLACE INTO idem_tombstones(idem_key, route, agent, fingerprint, ticket, state, pruned_ms) "
+            "SELECT idem_key, route, agent, idem_fingerprint, ticket, state, ?2 FROM held_requests "
+            "WHERE id = ?1 AND idem_key != ''");
+        if (!tomb.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare tombstone");
+        }
+        tomb.i64(1, id);
+        tomb.i64(2, now);
+        if (const int rc = tomb.step(); rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
+        }
         const char* sqls[] = {"DELETE FROM quarantine_history WHERE held_id = ?1",
                               "DELETE FROM held_bodies WHERE id = ?1", "DELETE FROM held_requests WHERE id = ?1"};
         for (const char* sql : sqls) {

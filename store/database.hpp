@@ -256,7 +256,9 @@ public:
                  std::optional<held_state> expected = std::nullopt);
     // Deletes resolved records (released, discarded) whose last change is older than the
     // cutoff, with their history; at most max_records per call (done: r.count). Call again
-    // while r.count == max_records.
+    // while r.count == max_records. A pruned record's Idempotency-Key (key, route, agent,
+    // fingerprint, ticket, state) is kept for 7 more days: a retry arriving then still gets
+    // the first ticket (hold(): duplicate), not a second hold.
     void prune(std::int64_t older_than_ms, done_fn done, std::size_t max_records = 10'000);
 
     // --- quarantine reads (synchronous; see the header comment) ---

@@ -143,8 +143,8 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 4);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
-                                         // 4: the clocks of the breaker state
+    EXPECT_EQ(db->schema_version(), 5);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+                                         // 4: the clocks of the breaker state, 5: keys of pruned records
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -205,6 +205,50 @@ TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     EXPECT_TRUE(late.duplicate);
     EXPECT_EQ(late.ticket, first.ticket);
     EXPECT_EQ(state_of(*db, first.ticket), held_state::released);
+}
+
+// A retry that comes after its record was released and pruned (retention may be a minute,
+// a platform's back-off hours) is still the first hold: nothing held, nothing sent again.
+// The key is remembered 7 days after the prune.
+TEST_F(store_db, a_retried_hold_after_its_record_was_pruned_is_still_the_first_hold) {
+    auto db = open();
+    auto keyed = sample();
+    keyed.idempotency_key = "k-1";
+    const auto first = hold(*db, keyed);
+    ASSERT_TRUE(first.ok) << first.message;
+    ASSERT_TRUE(begin(*db, first.ticket).ok);
+    ASSERT_TRUE(finish(*db, first.ticket, bb::store::release_outcome::released).ok);
+    auto now_ms = [&] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count();
+    };
+    clock_.advance(std::chrono::minutes{2});
+    auto r = wait_done([&](bb::store::done_fn d) { db->prune(now_ms() - 60'000, d); });
+    ASSERT_TRUE(r.ok) << r.message;
+    ASSERT_EQ(r.count, 1);
+    ASSERT_FALSE(db->get(first.ticket));
+    const auto retry = hold(*db, keyed);
+    ASSERT_TRUE(retry.ok) << retry.message;
+    EXPECT_TRUE(retry.duplicate);
+    EXPECT_EQ(retry.ticket, first.ticket);
+    EXPECT_NE(retry.message.find("pruned"), std::string::npos) << retry.message;
+    EXPECT_EQ(db->counts().held_count, 0u);
+    auto changed = keyed;
+    changed.body = "{\"to\":2}";
+    const auto reused = hold(*db, changed);
+    EXPECT_FALSE(reused.ok);
+    EXPECT_EQ(reused.code, "idempotency_key_reused");
+    // Another route's key is another request.
+    auto other_route = keyed;
+    other_route.route = "mail-batch";
+    EXPECT_FALSE(hold(*db, other_route).duplicate);
+    // After 7 days the key is free again.
+    clock_.advance(std::chrono::hours{24 * 7} + std::chrono::minutes{1});
+    r = wait_done([&](bb::store::done_fn d) { db->prune(now_ms() - 60'000, d); });
+    ASSERT_TRUE(r.ok) << r.message;
+    const auto fresh = hold(*db, keyed);
+    ASSERT_TRUE(fresh.ok) << fresh.message;
+    EXPECT_FALSE(fresh.duplicate);
+    EXPECT_NE(fresh.ticket, first.ticket);
 }
 
 TEST_F(store_db, five_mib_binary_body_and_headers_round_trip_byte_identical) {
@@ -1294,14 +1338,14 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     ASSERT_EQ(sqlite3_exec(raw,
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
-                           "DELETE FROM schema_version WHERE version >= 3",
+                           "DROP TABLE idem_tombstones; DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
         << sqlite3_errmsg(raw);
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 4);
+    EXPECT_EQ(db->schema_version(), 5);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
