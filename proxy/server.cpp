@@ -441,8 +441,25 @@ void server::open_store(const store_config& sc) {
                                  " (refusing to start with every breaker closed)");
     }
     const auto legacy = sc.breaker_state_path();
+    bool adopt = false;
     if (saved->empty() && std::filesystem::exists(legacy)) {
-        // Written by an earlier build (before the SQLite store): adopt it once.
+        // Written by an earlier build (before the SQLite store): adopted into a store that
+        // never saved breaker state, once. "Nothing saved" is not "everything at rest": a
+        // file left behind (a rename that failed or was lost in a crash) must not bring an
+        // old trip or forced_closed back over what the store says now.
+        const auto ever = db->breaker_state_saved(&error);
+        if (!ever) {
+            throw std::runtime_error("cannot restore breaker state: " + error +
+                                     " (refusing to start with every breaker closed)");
+        }
+        adopt = !*ever;
+        if (*ever) {
+            spdlog::warn("{} was left by an earlier build, but this store has saved breaker state since: not "
+                         "restored (move it aside)",
+                         legacy);
+        }
+    }
+    if (adopt) {
         auto from_file = store::load_breaker_state(legacy, *clock_, &error);
         if (!from_file) {
             throw std::runtime_error("cannot restore breaker state: " + error +
@@ -520,9 +537,14 @@ void server::open_store(const store_config& sc) {
         throw std::runtime_error("cannot write breaker state: " + why);
     }
 
-    if (std::filesystem::exists(legacy)) {
+    if (adopt) {
         std::error_code ec;
         std::filesystem::rename(legacy, legacy + ".migrated", ec);
+        if (ec) {
+            spdlog::warn("could not rename {} after adopting it ({}); the store has its state now, so it is not "
+                         "adopted again",
+                         legacy, ec.message());
+        }
     }
     db_ = std::move(db);
     state_writer_ = std::move(writer);

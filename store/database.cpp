@@ -1768,6 +1768,19 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
     }, std::move(done), bytes, /*essential=*/true);
 }
 
+std::optional<bool> database::breaker_state_saved(std::string* error) const {
+    auto conn = impl_->lease();
+    auto k = conn->prepared("SELECT 1 FROM breaker_state_clock WHERE one = 1");
+    const int rc = k.valid() ? k.step() : SQLITE_ERROR;
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+        return rc == SQLITE_ROW;
+    }
+    if (error != nullptr) {
+        *error = "store " + impl_->opt_.path + ": cannot read breaker state: " + conn->error();
+    }
+    return std::nullopt;
+}
+
 std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_state(const clock& c,
                                                                                      std::string* error) const {
     auto conn = impl_->lease();

@@ -283,6 +283,10 @@ public:
     // in breaker_state.hpp). nullopt + *error on a read failure.
     std::optional<std::vector<breakers::instance_snapshot>> load_breaker_state(const clock& c,
                                                                                std::string* error) const;
+    // Whether breaker state was ever saved here (empty or not), so that a state file left by
+    // a build before the SQLite store is adopted only into a store that never had one.
+    // nullopt + *error on a read failure.
+    std::optional<bool> breaker_state_saved(std::string* error) const;
 
     // --- audit log (hash-chained) and config versions ---
     // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each

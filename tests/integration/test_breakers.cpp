@@ -4,6 +4,7 @@
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
+#include "store/breaker_state.hpp"
 #include "store/database.hpp"
 
 #include <gtest/gtest.h>
@@ -622,6 +623,29 @@ TEST(durability, a_new_server_on_the_same_store_starts_with_the_breaker_open) {
     c.send(mail(1, "persist"));
     EXPECT_EQ(c.read_response().result_int(), 503u);
     EXPECT_EQ(up.request_count(), 0u);
+}
+
+// A state file of a build before the SQLite store is adopted once, into a store that never
+// saved breaker state. One left behind later (its rename failed or was lost in a crash) must
+// not bring back a trip an operator reset since.
+TEST(durability, a_state_file_left_behind_does_not_reopen_a_reset_breaker) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        raw_client c{bb.port()};
+        c.send(mail(10, "stale"));
+        ASSERT_EQ(c.read_response().result_int(), 503u);
+        // The file an earlier build would have written at this moment.
+        const auto open_now = bb.server().breakers()->snapshot(bb.server().now());
+        ASSERT_EQ(open_now.size(), 1u);
+        std::ofstream{dir + "/bb.breakers.json"} << bb::store::breaker_state_to_json(open_now, bb.server().time());
+        ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume/stale", "ops", "false alarm", bb.server().now()));
+    }
+    proxy_instance again{guarded_config(up.port(), dir, pause_manual, 1000000)};
+    raw_client c{again.port()};
+    c.send(mail(1, "stale"));
+    EXPECT_EQ(c.read_response().result_int(), 202u) << "the reset breaker was reopened from the old file";
 }
 
 TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
