@@ -143,9 +143,13 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
                                                         std::optional<store::held_state> expected,
                                                         std::optional<std::uint32_t> expected_attempts) {
-    auto rec = db_.get(ticket);
+    store::result read_error;
+    auto rec = db_.get(ticket, &read_error);
     if (!rec) {
-        co_return store::result::failure("not_found", "no quarantined request " + ticket);
+        // A record that could not be read (store busy, corrupt headers) is not "not found":
+        // nothing was sent, and the operator may try again.
+        co_return read_error.code == "not_found" ? store::result::failure("not_found", "no quarantined request " + ticket)
+                                                 : read_error;
     }
     if (!rec->agent.empty()) {
         // An agent an operator switched off sends nothing, a release of what it sent before
@@ -393,6 +397,17 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     }
                 } else if (r.code == "outcome_unknown") {
                     ++sum.unknown;
+                } else if (r.code == "store_busy") {
+                    // The store's writer is full: the rest would be refused the same way
+                    // (nothing of them sent). Left held. (A record that cannot be read,
+                    // store_unavailable, is skipped: one damaged record must not block all.)
+                    ++sum.skipped;
+                    sum.halted = "the store is busy (" + r.message + ") at " + rec.ticket +
+                                 "; nothing of it was sent, and the records after it stay as they are: release "
+                                 "them again in a moment";
+                    spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
+                    sum.results.push_back(std::move(r));
+                    co_return sum;
                 } else {
                     ++sum.skipped;
                 }

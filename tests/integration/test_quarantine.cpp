@@ -334,6 +334,41 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
     EXPECT_TRUE(sum.halted.empty());
 }
 
+// A record the store cannot read is a store error, not "not found", and nothing of it is
+// sent; a bulk release skips it (with its error) and releases the rest.
+TEST(quarantine, an_unreadable_record_is_a_store_error_and_is_skipped_by_a_bulk_release) {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 3; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    // The first record's stored headers are damaged (a bad sector, a hand edit).
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/bb.db").c_str(), &raw), SQLITE_OK);
+    sqlite3_busy_timeout(raw, 5000);
+    const std::string sql = "UPDATE held_bodies SET headers = X'FFFFFFFF' WHERE id = (SELECT id FROM held_requests "
+                            "WHERE ticket = '" + tickets[0] + "')";
+    ASSERT_EQ(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(raw);
+    sqlite3_close(raw);
+    const auto one = bb.server().remediation().release(tickets[0], "ops").get();
+    EXPECT_FALSE(one.ok);
+    EXPECT_EQ(one.code, "store_unavailable") << one.message;
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    const auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.released, 2u);
+    EXPECT_EQ(sum.skipped, 1u);
+    EXPECT_TRUE(sum.halted.empty()) << sum.halted;
+    ASSERT_FALSE(sum.results.empty());
+    EXPECT_EQ(sum.results[0].code, "store_unavailable");
+    EXPECT_EQ(up.request_count(), 2u);
+    EXPECT_EQ(bb.server().db()->get(tickets[1])->state, bb::store::held_state::released);
+}
+
 // A released request carries the forwarding fields the live path would have sent, not the
 // client's own: a client's X-Forwarded-Host or X-Forwarded-Proto never passes as ours.
 TEST(quarantine, a_release_sends_our_forwarding_fields_not_the_clients) {
