@@ -1752,6 +1752,24 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the old config keeps serving");
         co_return;
     }
+    // The version first, as for the API: a change that runs without its stored version would
+    // let a client holding the previous version number (base_version) undo it.
+    std::int64_t version = 0;
+    bool stored = false;
+    if (auto* db = srv.db()) {
+        auto r = co_await await_store([&](store::done_fn done) {
+            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done));
+        });
+        if (!r.ok) {
+            spdlog::error("SIGHUP: not reloaded: its version could not be stored ({}); the old config keeps serving",
+                          r.message);
+            co_await audit_local(srv, actor, "SIGHUP", params, reason, "not applied: version not stored: " + r.message,
+                                 diff);
+            co_return;
+        }
+        version = r.count;
+        stored = true;
+    }
     std::vector<std::string> warnings;
     std::string refused;
     try {
@@ -1772,8 +1790,8 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
         result = "applied; TLS files not reloaded: " + e;
     }
-    std::int64_t version = 0;
-    if (auto* db = srv.db()) {
+    if (auto* db = srv.db(); db != nullptr && !stored) {
+        // The store was opened by this reload (its first breakers): the version goes after.
         auto r = co_await await_store([&](store::done_fn done) {
             db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done));
         });
