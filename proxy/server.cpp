@@ -202,7 +202,8 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
         std::shared_ptr<upstream_pool> keep;
         // An unchanged upstream keeps its warm connections across a reload.
         for (auto& old : pools_) {
-            if (old && same_upstream(old->cfg(), u)) {
+            // (Its response limit too: a lowered limits.upstream_body_bytes applies now.)
+            if (old && same_upstream(old->cfg(), u) && old->response_body_limit() == cfg->limits.upstream_body_bytes) {
                 keep = old;
                 break;
             }
@@ -984,6 +985,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
             warnings.push_back("admin.address and whether the admin API uses TLS are fixed until restart; the new "
                                "values were not applied (its tokens, client certificates and TLS files were)");
+        }
+        if (cfg_->log.level != cfg->log.level || cfg_->log.access_log != cfg->log.access_log) {
+            warnings.push_back("log.level and log.access_log are fixed until restart; the new values were not applied");
         }
         if (patched) {
             effective = patched;

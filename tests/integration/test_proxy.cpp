@@ -837,6 +837,20 @@ TEST(upstream_tls, verified_tls_with_sni_works) {
     EXPECT_EQ(up.requests()[0].req[http::field::host], "localhost:" + std::to_string(up.port()));
 }
 
+// A lowered limits.upstream_body_bytes holds from the next request: the kept pool's limit
+// is the new one.
+TEST(limits, a_reload_lowers_the_upstream_response_limit) {
+    fake_upstream up{[](const request&) { return respond(200, std::string(4000, 'x')); }};
+    proxy_instance bb{make_config(local_url(up.port()))};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/big").result_int(), 200u);
+    auto next = bb::parse_config(make_config(local_url(up.port()), "\"upstream_body_bytes\": 2048"));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    const auto res = http_request(bb.port(), http::verb::get, "/big");
+    EXPECT_EQ(res.result_int(), 502u) << res;
+    EXPECT_EQ(body_code(res), "upstream_response_too_large");
+}
+
 // A CA taken out of the file stops being trusted at the next reload, same file name or not.
 TEST(upstream_tls, a_reload_reads_a_changed_ca_file_again) {
     fake_upstream up{nullptr, cert("server.pem"), cert("server.key")};
