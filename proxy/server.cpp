@@ -219,8 +219,37 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
         }
     }
     pools_ = pools;
-    stats_.route_decisions.resize(rt->cfg->routes.size() + 1);
-    stats_.upstream_latency.resize(rt->cfg->upstreams.size());
+    // The counters are by position: carried over by name, so a reload that inserts or
+    // reorders routes or upstreams does not move one's counts under another's name (a
+    // removed one's counts go; the no-route bucket stays last).
+    {
+        const config* before = rt_ ? rt_->cfg.get() : nullptr;
+        auto& rd = stats_.route_decisions;
+        std::vector<std::array<std::uint64_t, decision_names.size()>> routes(rt->cfg->routes.size() + 1);
+        if (!rd.empty()) {
+            routes.back() = rd.back();
+        }
+        auto& ul = stats_.upstream_latency;
+        std::vector<histogram> upstreams(rt->cfg->upstreams.size());
+        if (before != nullptr) {
+            for (std::size_t i = 0; i < rt->cfg->routes.size(); ++i) {
+                for (std::size_t j = 0; j < before->routes.size() && j + 1 < rd.size(); ++j) {
+                    if (before->routes[j].name == rt->cfg->routes[i].name) {
+                        routes[i] = rd[j];
+                    }
+                }
+            }
+            for (std::size_t i = 0; i < rt->cfg->upstreams.size(); ++i) {
+                for (std::size_t j = 0; j < before->upstreams.size() && j < ul.size(); ++j) {
+                    if (before->upstreams[j].name == rt->cfg->upstreams[i].name) {
+                        upstreams[i] = ul[j];
+                    }
+                }
+            }
+        }
+        rd = std::move(routes);
+        ul = std::move(upstreams);
+    }
     runtimes_.push_back({rt, std::move(pools), 0});
     rt_ = std::move(rt);
     prune_runtimes();

@@ -203,7 +203,21 @@ struct log_record {
 void write_access_log(worker& w, const log_record& r) {
     auto& by_route = w.stats().route_decisions;
     if (!by_route.empty()) {
-        ++by_route[std::min(r.route_index, by_route.size() - 1)][decision_index(r.decision)];
+        // route_index is the position in the config the request ran under: after a reload
+        // meanwhile it is found again by name (a route removed since is not counted).
+        std::size_t i = by_route.size() - 1;
+        if (!r.route.empty()) {
+            const auto& routes = w.cfg()->routes;
+            if (r.route_index >= routes.size() || routes[r.route_index].name != r.route) {
+                const auto it = std::find_if(routes.begin(), routes.end(), [&](const auto& rc) { return rc.name == r.route; });
+                i = it == routes.end() ? by_route.size() : static_cast<std::size_t>(it - routes.begin());
+            } else {
+                i = r.route_index;
+            }
+        }
+        if (i < by_route.size()) {
+            ++by_route[i][decision_index(r.decision)];
+        }
     }
     if (!r.agent.empty()) {
         auto& by_agent = w.stats().agent_decisions;

@@ -828,6 +828,38 @@ TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
     EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit", "view-token").body().find("now audited"), std::string::npos);
 }
 
+// Counters stay with their route's name when a reload inserts a route before it.
+TEST(admin_api, route_counters_follow_their_route_across_a_reload) {
+    admin_fixture f;
+    send_mail(f.bb.port(), "m");
+    send_mail(f.bb.port(), "m");
+    auto scrape_until = [&](const std::string& want) {
+        response res;
+        for (int i = 0; i < 200; ++i) {  // counted once the response is out: a scrape may be early
+            res = admin(f.port(), http::verb::get, "/metrics", "view-token");
+            if (res.body().find(want) != std::string::npos) {
+                break;
+            }
+            std::this_thread::yield();
+        }
+        return res.body();
+    };
+    const std::string two = "breakerbox_requests_total{route=\"mail-send\",decision=\"allowed\"} 2";
+    ASSERT_NE(scrape_until(two).find(two), std::string::npos);
+    std::string next = admin_config(f.up.port(), f.dir);
+    const std::string routes = "\"routes\": [";
+    next.insert(next.find(routes) + routes.size(),
+                "{\"name\": \"first\", \"match\": {\"path_prefix\": \"/v9/\"}, \"upstream\": \"sendgrid\"},");
+    const auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"new route\",\"config\":" + next + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    send_mail(f.bb.port(), "m");
+    const std::string three = "breakerbox_requests_total{route=\"mail-send\",decision=\"allowed\"} 3";
+    const auto text = scrape_until(three);
+    EXPECT_NE(text.find(three), std::string::npos) << text;
+    EXPECT_NE(text.find("breakerbox_requests_total{route=\"first\",decision=\"allowed\"} 0"), std::string::npos) << text;
+}
+
 TEST(admin_api, metrics_pass_promtool) {
     admin_fixture f;
     send_mail(f.bb.port(), "m");
