@@ -41,7 +41,9 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
 // Renders a duration the way the config writes it ("1500ms", "30s", "2h").
 std::string format_duration(std::chrono::milliseconds d);
 
-// JSON string literal with escapes, quotes included; for messages and JSON output.
+// JSON string literal with escapes, quotes included; for messages and JSON output. Always
+// valid UTF-8: control characters and DEL are escaped, and a byte that starts no well-formed
+// UTF-8 sequence is written as \ufffd.
 std::string quote(std::string_view s);
 
 // Path helpers: child("rules", 3) -> "rules[3]"; child("rules[3]", "window") -> "rules[3].window".

@@ -34,6 +34,27 @@ TEST(durations, parse_and_format) {
     EXPECT_EQ(bb::cfg::format_duration(1500ms), "1500ms");
 }
 
+// quote() writes JSON that strict parsers (log pipelines, simdjson) accept whatever the input.
+TEST(quote, is_always_valid_utf8_json) {
+    EXPECT_EQ(bb::cfg::quote("a\"b\\c\n\x01\x7f"), R"("a\"b\\c\n\u0001\u007f")");
+    EXPECT_EQ(bb::cfg::quote("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
+    // Latin-1, a cut sequence, overlong forms, a surrogate, above U+10FFFF, a stray continuation.
+    EXPECT_EQ(bb::cfg::quote("caf\xe9"), R"("caf\ufffd")");
+    EXPECT_EQ(bb::cfg::quote("x\xe2\x82"), R"("x\ufffd\ufffd")");
+    EXPECT_EQ(bb::cfg::quote("\xc0\xaf\xe0\x80\xaf"), R"("\ufffd\ufffd\ufffd\ufffd\ufffd")");
+    EXPECT_EQ(bb::cfg::quote("\xed\xa0\x80"), R"("\ufffd\ufffd\ufffd")");
+    EXPECT_EQ(bb::cfg::quote("\xf4\x90\x80\x80"), R"("\ufffd\ufffd\ufffd\ufffd")");
+    EXPECT_EQ(bb::cfg::quote("\x80z"), R"("\ufffdz")");
+    simdjson::dom::parser p;
+    std::string all;
+    for (int b = 0; b < 256; ++b) {
+        all += static_cast<char>(b);
+        all += static_cast<char>(255 - b);
+    }
+    const std::string q = bb::cfg::quote(all);
+    EXPECT_FALSE(p.parse(q).error()) << "not valid JSON";
+}
+
 TEST(config, minimal_config_has_the_documented_defaults) {
     auto r = parse_config(base());
     ASSERT_TRUE(r.errors.empty()) << all_errors(r);
