@@ -117,6 +117,12 @@ void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, 
 // tab) around ';' and '=', quoted strings with backslash escapes. f(name, value) for each;
 // false when the value is not well formed (the caller refuses the body rather than guess
 // how an upstream would read it).
+bool is_tchar(char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return (u >= '0' && u <= '9') || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') ||
+           std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
+}
+
 template <class F>
 bool for_each_param(std::string_view v, F&& f) {
     auto ws = [](char c) { return c == ' ' || c == '\t'; };
@@ -129,21 +135,18 @@ bool for_each_param(std::string_view v, F&& f) {
         if (i == v.size()) {
             break;  // a trailing ';'
         }
+        // A token, '=' right after it and the value right after that (RFC 9110 5.6.6):
+        // readers that pick parameters out with a pattern (Werkzeug) read `name=to"x` as
+        // `to`, and `filename ="; name=to"` as naming the part `to`.
         const std::size_t name_start = i;
-        while (i < v.size() && v[i] != '=' && v[i] != ';' && !ws(v[i])) {
+        while (i < v.size() && is_tchar(v[i])) {
             ++i;
         }
         const std::string_view name = v.substr(name_start, i - name_start);
-        while (i < v.size() && ws(v[i])) {
-            ++i;
-        }
         if (name.empty() || i == v.size() || v[i] != '=') {
             return false;
         }
         ++i;
-        while (i < v.size() && ws(v[i])) {
-            ++i;
-        }
         std::string value;
         if (i < v.size() && v[i] == '"') {
             ++i;
@@ -165,8 +168,11 @@ bool for_each_param(std::string_view v, F&& f) {
             }
         } else {
             const std::size_t vs = i;
-            while (i < v.size() && v[i] != ';' && !ws(v[i])) {
+            while (i < v.size() && is_tchar(v[i])) {
                 ++i;
+            }
+            if (i == vs) {
+                return false;  // an empty or non-token value (`name=`, `boundary=abc"x` stops at '"')
             }
             value.assign(v.substr(vs, i - vs));
         }
@@ -251,16 +257,9 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         }
         return std::string_view::npos;
     };
-    // Whether a line of `text` (after any CR or LF, or at its start) begins "--boundary".
-    auto line_starts_with_boundary = [&](std::string_view text) {
-        const std::string_view dash = std::string_view{delim}.substr(2);
-        for (std::size_t at = text.find(dash); at != std::string_view::npos; at = text.find(dash, at + 1)) {
-            if (at == 0 || text[at - 1] == '\n' || text[at - 1] == '\r') {
-                return true;
-            }
-        }
-        return false;
-    };
+    // Where each delimiter we read starts (its "--boundary"): every other "--boundary" in
+    // the body makes it malformed (below).
+    std::vector<std::size_t> delimiters;
     bool close = false;
     std::size_t part = std::string_view::npos;  // where the current part's headers start
     // The first delimiter may open the body (no CRLF before it); the rest follow a CRLF.
@@ -268,6 +267,7 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         // delimiter_end() wants the position after the CRLF: the body's start.
         if (const auto e = delimiter_end(0, &close); e != std::string_view::npos) {
             part = e;
+            delimiters.push_back(0);
         }
     }
     if (part == std::string_view::npos && !close) {
@@ -276,12 +276,7 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         if (first == std::string_view::npos) {
             return false;
         }
-        // A preamble that holds the boundary is a delimiter to a reader that takes a bare LF
-        // as a line end (Go's mime/multipart switches to LF when the first delimiter line
-        // ends in one): the parts it reads would be ones we skip.
-        if (line_starts_with_boundary(body.substr(0, first))) {
-            return false;
-        }
+        delimiters.push_back(first + 2);
         part = e;
     }
     bool ok = true;
@@ -299,6 +294,7 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             ok = false;
             break;
         }
+        delimiters.push_back(next + 2);
         // Find `Content-Disposition: form-data; name="to"` (any case, any whitespace).
         std::optional<std::string> name;
         bool has_disposition = false;
@@ -311,6 +307,12 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             const std::string_view line = head.substr(line_start, line_end - line_start);
             if (!line.empty() && (line.front() == ' ' || line.front() == '\t' || line.find(':') == std::string_view::npos)) {
                 ok = false;  // a folded (continued) or broken header line: parsers disagree on it
+            }
+            if (const auto colon = line.find(':'); !line.empty() && colon != std::string_view::npos &&
+                                                   (colon == 0 || !std::all_of(line.begin(), line.begin() + colon, is_tchar))) {
+                // `Content-Disposition : ...` is that header to readers that trim the name
+                // (Werkzeug, older Go), and no header to the checks below.
+                ok = false;
             }
             if (line.find_first_of("\r\n") != std::string_view::npos) {
                 ok = false;  // a bare CR or LF: a line end to some readers (Go's textproto), not to us
@@ -364,10 +366,22 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         part = after;
     }
     out.resize(n);
-    // The same for the epilogue: nothing after the close delimiter may look like another.
-    if (close && ok && part != std::string_view::npos && part <= body.size() &&
-        line_starts_with_boundary(body.substr(part))) {
-        ok = false;
+    // The boundary must not occur anywhere but in the delimiters (RFC 2046 5.1.1). Readers
+    // disagree on what else makes one: a bare LF or CR before it or after it (Go, Werkzeug),
+    // none at all before the first (Werkzeug), `--Bx` in a preamble. Any other "--boundary"
+    // (a value, the preamble, the epilogue) is a part to some reader that we would skip.
+    if (close && ok) {
+        const std::string_view dash = std::string_view{delim}.substr(2);
+        std::size_t k = 0;
+        for (std::size_t at = body.find(dash); at != std::string_view::npos; at = body.find(dash, at + 1)) {
+            while (k < delimiters.size() && delimiters[k] < at) {
+                ++k;
+            }
+            if (k == delimiters.size() || delimiters[k] != at) {
+                ok = false;
+                break;
+            }
+        }
     }
     return close && ok;
 }

@@ -631,30 +631,51 @@ TEST(FormHelpers, MultipartIsReadAsUpstreamParsersReadIt) {
     };
     const std::string to = multipart_field("to", "a@evil.example, b@evil.example");
     const std::string close = "--" + boundary + "--\r\n";
-    // A close delimiter in the middle of a line is data: the preamble, then a real part.
-    EXPECT_TRUE(parse_form(multipart_type, "x--" + boundary + "--\r\n" + to + close, fields));
-    EXPECT_EQ(names(), "to=a@evil.example, b@evil.example;");
-    EXPECT_TRUE(parse_form(multipart_type, multipart_field("text", "hello x--" + boundary + "-- there") + to + close, fields));
-    EXPECT_EQ(names(), "text=hello x--" + boundary + "-- there;to=a@evil.example, b@evil.example;");
-    // A delimiter with more after it is data too (`--Bx`).
-    EXPECT_TRUE(parse_form(multipart_type, multipart_field("text", "a\r\n--" + boundary + "x b") + to + close, fields));
+    // The boundary anywhere but in a delimiter is refused (RFC 2046 says it cannot be
+    // there; readers disagree on what else is one): mid-line in the preamble (Werkzeug needs
+    // no line break before the first), mid-line in a value, `--Bx`, and after a bare LF or
+    // CR in a value (Werkzeug ends a value at any line break).
+    EXPECT_FALSE(parse_form(multipart_type, "x--" + boundary + "--\r\n" + to + close, fields));
+    EXPECT_FALSE(parse_form(multipart_type, "x--" + boundary + "\r\n" + to + close, fields));
+    EXPECT_FALSE(parse_form(multipart_type, multipart_field("text", "hello x--" + boundary + "-- there") + to + close, fields));
+    EXPECT_FALSE(parse_form(multipart_type, multipart_field("text", "a\r\n--" + boundary + "x b") + to + close, fields));
+    EXPECT_FALSE(parse_form(multipart_type,
+                            multipart_field("text", "hi\n--" + boundary + "\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nv@evil.com") +
+                                close,
+                            fields));
+    EXPECT_FALSE(parse_form(multipart_type, multipart_field("text", "hi\r\n--" + boundary + "\nX") + close, fields));
+    // Other text in a value is data.
+    EXPECT_TRUE(parse_form(multipart_type, multipart_field("text", "a\r\n-- b --\r\n") + to + close, fields));
     EXPECT_EQ(fields.size(), 2u);
-    EXPECT_EQ(fields[0].second, "a\r\n--" + boundary + "x b");
-    // Whitespace around '=' and a tab after ';' are still the name "to".
-    for (const std::string disposition : {"form-data; name = \"to\"", "form-data;\tname=\"to\"", "form-data; NAME=to",
-                                          "form-data ; name=\"t\\o\""}) {
+    EXPECT_EQ(fields[0].second, "a\r\n-- b --\r\n");
+    // A tab after ';', any case and a quoted-pair are still the name "to".
+    for (const std::string disposition : {"form-data;\tname=\"to\"", "form-data; NAME=to", "form-data ; name=\"t\\o\""}) {
         const std::string body = "--" + boundary + "\r\nContent-Disposition: " + disposition + "\r\n\r\nx@evil.example\r\n" + close;
         ASSERT_TRUE(parse_form(multipart_type, body, fields)) << disposition;
         EXPECT_EQ(names(), "to=x@evil.example;") << disposition;
     }
     // What parsers read differently is refused: an encoded name*, a repeated name or
     // boundary, two dispositions, an unterminated quote, no close delimiter.
+    // Parameters that pattern-matching readers (Werkzeug) pick out otherwise: blanks around
+    // '=', a non-token name or unquoted value.
     for (const std::string disposition : {"form-data; name*=UTF-8''to", "form-data; name=\"a\"; name=\"to\"",
-                                          "form-data; name=\"to"}) {
+                                          "form-data; name=\"to", "form-data; name = \"to\"", "form-data; name=to\"x",
+                                          "form-data; name=subject; filename =\"; name=to\"", "form-data; name="}) {
         const std::string body = "--" + boundary + "\r\nContent-Disposition: " + disposition + "\r\n\r\nx@evil.example\r\n" + close;
         EXPECT_FALSE(parse_form(multipart_type, body, fields)) << disposition;
     }
     EXPECT_FALSE(parse_form(multipart_type + "; boundary=other", to + close, fields));
+    EXPECT_FALSE(parse_form("multipart/form-data; boundary=" + boundary + "\"x", to + close, fields));
+    // A part header name with blanks before the colon is that header to readers that trim
+    // it (Werkzeug, older Go): refused.
+    EXPECT_FALSE(parse_form(multipart_type,
+                            "--" + boundary + "\r\nContent-Disposition : form-data; name=\"to\"\r\nContent-Disposition: "
+                            "form-data; name=\"subject\"\r\n\r\nx\r\n" + close,
+                            fields));
+    EXPECT_FALSE(parse_form(multipart_type,
+                            "--" + boundary + "\r\nContent-Disposition: form-data; name=\"to\"\r\nContent-Transfer-Encoding "
+                            ": quoted-printable\r\n\r\nv=40evil.com\r\n" + close,
+                            fields));
     EXPECT_FALSE(parse_form(multipart_type,
                             "--" + boundary + "\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; "
                             "name=\"to\"\r\n\r\nx\r\n" + close,
