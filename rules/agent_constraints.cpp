@@ -380,7 +380,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     if (first == std::string_view::npos && !form) {
         return {};  // no body: no recipient, no from, no template
     }
-    if (auto why = unreadable_form(content_type, body); !why.empty()) {
+    if (auto why = unreadable_form(content_type, body, query); !why.empty()) {
         return why;
     }
     scratch& s = local();

@@ -1068,7 +1068,13 @@ bool reads_as_form(std::string_view content_type, std::string_view body, std::st
            (!query.empty() && body.find_first_not_of(" \t\r\n") == std::string_view::npos);
 }
 
-std::string unreadable_form(std::string_view content_type, std::string_view body) {
+std::string unreadable_form(std::string_view content_type, std::string_view body, std::string_view query) {
+    if (query.find(';') != std::string_view::npos) {
+        // Its fields are read as a form's (Rails, Flask and PHP merge them with the body's),
+        // and the same servers that split a body at ';' split a query there.
+        return "a query string with a raw ';' reads two ways (some servers split fields at it too): "
+               "percent-encode it as %3B";
+    }
     std::string_view media = content_type.substr(0, content_type.find(';'));
     while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) {
         media.remove_suffix(1);
@@ -1195,10 +1201,11 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             return explain(*set_, r, verdict::rejected, {}, false, {}, ctx.req_json.error);
         }
         if (r.condition == condition_kind::guard) {
-            if (!unreadable) {
-                unreadable = unreadable_form(req.content_type, req.body);
-            }
             const bool form = reads_as_form(req.content_type, req.body, req.query);
+            if (!unreadable) {
+                // The query only where its fields are read (a form's, or no body at all).
+                unreadable = unreadable_form(req.content_type, req.body, form ? req.query : std::string_view{});
+            }
             const guard_input in{req, form ? &ctx.form() : nullptr, s.key, &s.guard_doc};
             s.guard_bookings.clear();
             guard_result g;

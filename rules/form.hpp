@@ -37,7 +37,8 @@ bool reads_as_form(std::string_view content_type, std::string_view body, std::st
 // (`{` or `[` after white space: an API that ignores the type reads JSON, the rules' JSON
 // measures count it, and no real form starts so). Whoever checks recipients or fields
 // refuses such a body.
-std::string unreadable_form(std::string_view content_type, std::string_view body);
+// A `query` (its fields are read beside the body's) with a raw ';' is unreadable too.
+std::string unreadable_form(std::string_view content_type, std::string_view body, std::string_view query = {});
 
 // The name of a form field that asks the upstream to act as another method (`_method`,
 // as Rails, Laravel and Symfony read it from a form body; Salesforce's `_HttpMethod`), as

@@ -708,6 +708,11 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
     EXPECT_THAT(semicolon, HasSubstr("with a raw ';' reads two ways"));
     EXPECT_TRUE(body_unreadable(semicolon));
     EXPECT_EQ(check_body_constraints(max(1), urlencoded, "to=a%40x.com&text=a%3Bb"), "") << "an encoded ';' is data";
+    // The query's fields count too, so its raw ';' is refused the same way, beside any body.
+    EXPECT_THAT(check_body_constraints(max(1), urlencoded, "text=hi", "o:tag=x;to=a%40evil.com;to=b%40evil.com"),
+                HasSubstr("query string with a raw ';'"));
+    EXPECT_TRUE(body_unreadable(check_body_constraints(max(1), "application/json", "{}", "to=a%40x.com;to=b%40y.com")));
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded, "text=hi", "o:tag=a%3Bb"), "");
     EXPECT_THAT(check_body_constraints(max(5), "application/x-url-encoded", "to=a%40x.com"),
                 HasSubstr("is read as a form by some servers but not here"));
     EXPECT_THAT(check_body_constraints(max(5), "multipart/related; boundary=b", "--b\r\n\r\nx\r\n--b--\r\n"),

@@ -412,6 +412,18 @@ TEST(GuardPii, MailgunFormFieldsAndRawBodies) {
     no_body.body = "";
     no_body.query = "to=jane%40example.com&text=card+4111+1111+1111+1111";
     EXPECT_THAT(f.check(no_body).reason, HasSubstr("in form field \"text\""));
+    // A raw ';' in a query read as form fields: servers that split there read other fields.
+    req.query = "o:tag=x;text=4111+1111+1111+1111";
+    const auto semicolon = f.check(req);
+    EXPECT_EQ(semicolon.outcome, verdict::rejected);
+    EXPECT_THAT(semicolon.reason, HasSubstr("query string with a raw ';'"));
+    // Beside a JSON body the query is not read by guards: no refusal.
+    request json_req;
+    json_req.route = "mail-send";
+    json_req.content_type = "application/json";
+    json_req.body = R"({"subject":"hello"})";
+    json_req.query = "a=1;b=2";
+    EXPECT_TRUE(f.check(json_req).allowed());
 
     // Not JSON, not a form: the raw text is scanned.
     const std::string text = "Dear Jane,\nyour card 5555 5555 5555 4444 expires soon.";
