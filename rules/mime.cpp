@@ -318,8 +318,16 @@ bool decode_words(std::string_view v, std::string& out) {
                 const char enc = static_cast<char>(v[q1 + 1] | 0x20);
                 const std::string_view text = v.substr(q2 + 1, end - q2 - 1);
                 bool ok = enc == 'b' || enc == 'q';
+                if (ok && !ascii_compatible(charset)) {
+                    return false;  // checked before decoding: `=?utf-7?B?...!?=` is no way around it
+                }
                 if (ok && enc == 'b') {
                     ok = decode_base64(text, piece);
+                    if (!ok) {
+                        // Python's decoder drops what is not base64 and shows the rest
+                        // (`ZnJlZSBt.b25leQ==` is "free money"): we cannot know what is shown.
+                        return false;
+                    }
                 } else if (ok) {
                     std::string q{text};
                     for (auto& c : q) {
@@ -443,7 +451,8 @@ struct content_reader {
             return fail("more than " + std::to_string(max_mime_fields) + " header fields");
         }
         if (bad_words) {
-            return fail("an encoded word in " + at + "'s header is in a charset that is not read (only ASCII-compatible ones are)");
+            return fail("an encoded word in " + at + "'s header is in a charset that is not read (only ASCII-compatible "
+                        "ones are) or is not valid base64");
         }
         if (types > 1 || encodings > 1) {
             return fail(at + " has more than one " + (types > 1 ? "Content-Type" : "Content-Transfer-Encoding"));
