@@ -1136,6 +1136,27 @@ void normalize_address(std::string_view item, std::string& out) {
     for (; i < n; ++i) {
         o[i] = static_cast<char>(to_lower(static_cast<unsigned char>(item[i])));
     }
+    // One spelling per mailbox, as an MTA keeps it (Postfix's internal form): a quoted local
+    // part unquoted (`"jane"@x.com`, `"ja\ne"@x.com` is jane@x.com) and the root's trailing
+    // dot dropped (`jane@x.com.`), so the suppression list and duplicate counts see them.
+    const auto at = out.rfind('@');
+    if (at == std::string::npos) {
+        return;
+    }
+    while (out.size() > at + 1 && out.back() == '.') {
+        out.pop_back();
+    }
+    if (out.find_first_of("\"\\") < at) {
+        std::string local;
+        for (std::size_t k = 0; k < at; ++k) {
+            if (out[k] == '\\' && k + 1 < at) {
+                local += out[++k];
+            } else if (out[k] != '"') {
+                local += out[k];
+            }
+        }
+        out.replace(0, at, local);
+    }
 }
 
 namespace {

@@ -584,6 +584,10 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
     ASSERT_EQ(by_hash.outcome, verdict::violated);
     EXPECT_THAT(by_hash.reason, HasSubstr("suppressed recipient #1 b***@example.com ($.personalizations[0].bcc[0].email)"));
     EXPECT_TRUE(f.check_body(sendgrid_to({"ann@example.com", "carl@example.com"})).allowed());
+    // Other spellings of the same mailbox (an MTA delivers them to the same person).
+    for (const std::string spelling : {R"(\"jane.doe\"@example.com)", "jane.doe@example.com.", R"(\"jane\\.doe\"@Example.COM.)"}) {
+        EXPECT_EQ(f.check_body(sendgrid_to({spelling})).outcome, verdict::violated) << spelling;
+    }
 
     // Mailgun: "Name <address>" forms and comma lists in form fields.
     request mg;
@@ -1980,6 +1984,13 @@ TEST(GuardFastPaths, NormalizedAddressesAreTrimmedAndLowerCased) {
     EXPECT_EQ(out, "jane.doe@example.com");
     detail::normalize_address("  \"ABCDEFGHIJKLMNOPQRSTUVWXYZ@ÀBC.com\" ", out);
     EXPECT_EQ(out, "abcdefghijklmnopqrstuvwxyz@Àbc.com");
+    // A quoted local part unquoted, the root's trailing dot dropped.
+    detail::normalize_address(R"("Jane"@Example.com.)", out);
+    EXPECT_EQ(out, "jane@example.com");
+    detail::normalize_address(R"(<"ja\ne doe"@x.com>)", out);
+    EXPECT_EQ(out, "jane doe@x.com");
+    detail::normalize_address("no-at-sign.", out);
+    EXPECT_EQ(out, "no-at-sign.");
     // Never cut: a cut could end in an allowed domain the upstream does not see.
     detail::normalize_address(std::string(303, 'A') + "@News.Example.com.evil.tld", out);
     EXPECT_EQ(out, std::string(303, 'a') + "@news.example.com.evil.tld");
