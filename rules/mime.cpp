@@ -1,8 +1,12 @@
 #include "rules/mime.hpp"
 
+#include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdint>
 #include <utility>
+
+#include <iconv.h>
 
 #include "core/hex.hpp"
 #include "rules/request.hpp"  // iequals, lower
@@ -238,6 +242,45 @@ bool ascii_compatible(std::string_view charset) {
     return false;
 }
 
+// Text in an ASCII-compatible charset other than UTF-8 is converted to UTF-8 before it is
+// scanned, as a mail client converts it to show it: in ISO 8859 and Windows charsets 0xA0 is
+// a no-break space, 0xAD a soft hyphen and 0x96 a dash, which the "as shown" reading knows
+// only in UTF-8 (`4111\xA01111...`, `free\xA0money`); Shift_JIS and GBK have full-width
+// digits. glibc's iconv does the converting (a well-kept converter for every charset
+// ascii_compatible() takes). False when the charset is unknown to it or the text is not
+// valid in it: the text cannot be read for certain.
+bool to_utf8(std::string_view charset, std::string& text) {
+    if (std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+        return true;  // ASCII reads the same in all of them
+    }
+    std::string c = lower(trim(charset));
+    if (c.empty() || c == "us-ascii" || c == "ascii" || c == "utf-8" || c == "utf8") {
+        return true;  // UTF-8 as it is (the scans read it); 8-bit in "ASCII" too, as before
+    }
+    if (c == "x-mac-roman") {
+        c = "macintosh";
+    } else if (c.starts_with("x-cp")) {
+        c = c.substr(2);
+    }
+    const iconv_t cd = iconv_open("UTF-8", c.c_str());
+    if (cd == reinterpret_cast<iconv_t>(-1)) {
+        return false;
+    }
+    std::string out(text.size() * 4 + 16, '\0');
+    char* in_p = text.data();
+    std::size_t in_left = text.size();
+    char* out_p = out.data();
+    std::size_t out_left = out.size();
+    const std::size_t rc = iconv(cd, &in_p, &in_left, &out_p, &out_left);
+    iconv_close(cd);
+    if (rc == static_cast<std::size_t>(-1) || in_left != 0) {
+        return false;
+    }
+    out.resize(out.size() - out_left);
+    text = std::move(out);
+    return true;
+}
+
 // How a reason names the entity `name` ("" for the message itself, "1.2" for a part).
 std::string place_of(const std::string& name) { return name.empty() ? std::string{"the message"} : "part " + name; }
 
@@ -336,7 +379,7 @@ bool decode_words(std::string_view v, std::string& out) {
                     decode_quoted_printable(q, piece);
                 }
                 if (ok) {
-                    if (!ascii_compatible(charset)) {
+                    if (!ascii_compatible(charset) || !to_utf8(charset, piece)) {
                         return false;
                     }
                     if (!after_word) {
@@ -513,6 +556,9 @@ struct content_reader {
             t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
             // A decoded body is moved, not copied again.
             t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
+            if (charset && !to_utf8(*charset, t.text)) {
+                return fail(at + " is not valid text in its charset " + charset->substr(0, 32));
+            }
             out.texts.push_back(std::move(t));
         }
         return true;  // an attachment of another type is not read

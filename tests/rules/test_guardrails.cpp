@@ -944,6 +944,10 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
     EXPECT_FALSE(mime_content_of("Content-Type: multipart/mixed (x); boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--", c, &why));
     EXPECT_THAT(why, HasSubstr("comment"));
     EXPECT_TRUE(mime_content_of("Content-Type: application/pdf; name=\"a (1).pdf\"\r\n\r\nx", c, &why)) << why;
+    // Text is converted from its charset to UTF-8; text that is not valid in it is refused.
+    ASSERT_TRUE(mime_content_of("Content-Type: text/plain; charset=iso-8859-1\r\n\r\nM\xFCnchen", c, &why)) << why;
+    EXPECT_EQ(c.texts.back().text, "M\xC3\xBCnchen");
+    EXPECT_FALSE(mime_content_of("Content-Type: text/plain; charset=shift_jis\r\n\r\n\x81", c, &why));
     // In a digest only a missing Content-Type means message/rfc822; an invalid one is text.
     ASSERT_TRUE(mime_content_of("Content-Type: multipart/digest; boundary=b\r\n\r\n--b\r\nContent-Type: text\r\n\r\n"
                                 "Note: buy viagra now\r\n--b--\r\n",
@@ -1006,6 +1010,19 @@ TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     EXPECT_THAT(d.reason, HasSubstr("****1111) (written with HTML character references or invisible or look-alike "
                                     "characters) at offset 14 of part 1.1 (text/plain)"));
     EXPECT_FALSE(f.check_body(ses_raw(newsletter("Thanks.", "<p>4111&nbsp;1111&nbsp;1111&nbsp;1111</p>"))).allowed());
+    // In Latin-1 and Windows-1252 0xA0 is a no-break space, 0x96 a dash: converted to UTF-8
+    // as a client shows them, in a part and in an encoded word.
+    auto latin1 = [](std::string_view charset, std::string_view qp) {
+        return "From: news@example.com\r\nContent-Type: text/plain; charset=" + std::string{charset} +
+               "\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + std::string{qp};
+    };
+    d = f.check_body(ses_raw(latin1("iso-8859-1", "Karte 4111=A01111=A01111=A01111 gespeichert")));
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    d = f.check_body(ses_raw(latin1("windows-1252", "SSN 078=9605=961120 on file")));
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    d = f.check_body(ses_raw("Subject: =?iso-8859-1?Q?4111=A01111=A01111=A01111?=\r\n\r\nHi"));
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_TRUE(f.check_body(ses_raw(latin1("iso-8859-1", "Gr=FC=DFe aus M=FCnchen"))).allowed());
     d = f.check_body(ses_raw(newsletter("Thanks.", "<p>Your SSN 078-05-1120 is on file</p>")));
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_THAT(d.reason, HasSubstr("SSN"));
