@@ -1146,7 +1146,8 @@ void normalize_address(std::string_view item, std::string& out) {
     while (out.size() > at + 1 && out.back() == '.') {
         out.pop_back();
     }
-    if (out.find_first_of("\"\\") < at) {
+    // (A plain loop: find_first_of calls memchr on its set for every byte.)
+    if (std::any_of(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(at), [](char ch) { return ch == '"' || ch == '\\'; })) {
         std::string local;
         for (std::size_t k = 0; k < at; ++k) {
             if (out[k] == '\\' && k + 1 < at) {
