@@ -1680,6 +1680,12 @@ std::string_view url_host(std::string_view text, std::size_t from) {
     while (end < stop && !authority_end.on[static_cast<unsigned char>(text[end])]) {
         ++end;
     }
+    if (end == stop && stop < text.size() && !authority_end.on[static_cast<unsigned char>(text[stop])]) {
+        // An authority longer than any real one: the host may be after an '@' further on
+        // (`https://example.com:<600 bytes>@evil.com/`). Not guessed: a host that is in no
+        // allow list, so the link is reported.
+        return "(an authority over 512 bytes)";
+    }
     std::string_view auth = text.substr(from, end - from);
     if (const auto at = auth.rfind('@'); at != std::string_view::npos) {
         auth.remove_prefix(at + 1);

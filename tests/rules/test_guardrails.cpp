@@ -732,6 +732,11 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href='//evil.io/x'>x</a>)j")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(see https:\/\/evil.io\/x)j")).allowed());  // JSON-escaped slashes
+    // A password longer than the host scan: the host after its '@' is not guessed at.
+    const auto longer = f.check_body(sendgrid("<a href=\\\"https://example.com:" + std::string(600, 'a') + "@evil.io/\\\">x</a>"));
+    EXPECT_EQ(longer.outcome, verdict::violated) << longer.reason;
+    EXPECT_THAT(longer.reason, HasSubstr("(an authority over 512 bytes)"));
+    EXPECT_TRUE(f.check_body(sendgrid("https://example.com/" + std::string(600, 'a'))).allowed());
 }
 
 TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
