@@ -124,7 +124,7 @@ bool is_tchar(char c) {
 }
 
 template <class F>
-bool for_each_param(std::string_view v, F&& f) {
+bool for_each_param(std::string_view v, F&& f, bool strict = true) {
     auto ws = [](char c) { return c == ' ' || c == '\t'; };
     std::size_t i = v.find(';');
     while (i != std::string_view::npos && i < v.size()) {
@@ -139,14 +139,20 @@ bool for_each_param(std::string_view v, F&& f) {
         // readers that pick parameters out with a pattern (Werkzeug) read `name=to"x` as
         // `to`, and `filename ="; name=to"` as naming the part `to`.
         const std::size_t name_start = i;
-        while (i < v.size() && is_tchar(v[i])) {
+        while (i < v.size() && (strict ? is_tchar(v[i]) : v[i] != '=' && v[i] != ';' && !ws(v[i]))) {
             ++i;
         }
         const std::string_view name = v.substr(name_start, i - name_start);
+        while (!strict && i < v.size() && ws(v[i])) {
+            ++i;
+        }
         if (name.empty() || i == v.size() || v[i] != '=') {
             return false;
         }
         ++i;
+        while (!strict && i < v.size() && ws(v[i])) {
+            ++i;
+        }
         std::string value;
         if (i < v.size() && v[i] == '"') {
             ++i;
@@ -168,10 +174,10 @@ bool for_each_param(std::string_view v, F&& f) {
             }
         } else {
             const std::size_t vs = i;
-            while (i < v.size() && is_tchar(v[i])) {
+            while (i < v.size() && (strict ? is_tchar(v[i]) : v[i] != ';' && !ws(v[i]))) {
                 ++i;
             }
-            if (i == vs) {
+            if (strict && i == vs) {
                 return false;  // an empty or non-token value (`name=`, `boundary=abc"x` stops at '"')
             }
             value.assign(v.substr(vs, i - vs));
@@ -192,7 +198,7 @@ bool for_each_param(std::string_view v, F&& f) {
 }  // namespace
 
 // (rules/form.hpp) The body is refused when a parameter cannot be read for certain.
-bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out) {
+bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out, bool strict) {
     out->reset();
     bool twice = false;
     const bool ok = for_each_param(header_value, [&](std::string_view n, std::string value) {
@@ -205,7 +211,7 @@ bool header_param(std::string_view header_value, std::string_view name, std::opt
             *out = std::move(value);
         }
         return true;
-    });
+    }, strict);
     return ok && !twice;
 }
 

@@ -50,7 +50,11 @@ std::string method_override_field(std::string_view content_type, std::string_vie
 // when absent. False when the value is malformed (RFC 9110 / RFC 2183 syntax) or the
 // parameter is given twice or in RFC 8187's encoded form (`name*=`): which one a reader
 // would use is anyone's guess. Names compare without case.
-bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out);
+// `strict` (HTTP, RFC 9110: form parts): a token, '=' and a token or quoted string with no
+// blanks; otherwise (MIME, RFC 2045 as mailers write it) blanks around '=' and an unquoted
+// value up to ';' or a blank.
+bool header_param(std::string_view header_value, std::string_view name, std::optional<std::string>* out,
+                  bool strict = true);
 
 // Calls f(item) for every item of an address list: split on ',' and ';' outside quoted
 // strings, comments and angle brackets, trimmed of blanks (space, tab, CR, LF), empty items

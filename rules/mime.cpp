@@ -9,6 +9,7 @@
 #include <iconv.h>
 
 #include "core/hex.hpp"
+#include "core/utf8.hpp"
 #include "rules/request.hpp"  // iequals, lower
 #include "rules/form.hpp"
 
@@ -242,27 +243,57 @@ bool ascii_compatible(std::string_view charset) {
     return false;
 }
 
+// The converter name (glibc iconv) for a charset label, as mail clients read the label
+// (the WHATWG encoding standard: ISO-8859-1 and US-ASCII labels are read as windows-1252,
+// so 0x96 is a dash there too). "" for UTF-8: kept as it is.
+std::string converter_for(std::string_view charset) {
+    std::string c = lower(trim(charset));
+    for (const std::string_view utf8 : {"utf-8", "utf8"}) {
+        if (c == utf8) {
+            return {};
+        }
+    }
+    for (const std::string_view latin : {"", "us-ascii", "ascii", "us", "ansi_x3.4-1968", "iso646-us", "latin1", "latin-1",
+                                         "l1", "iso-8859-1", "iso8859-1", "iso_8859-1"}) {
+        if (c == latin) {
+            return "WINDOWS-1252";
+        }
+    }
+    if (c == "ks_c_5601-1987") {
+        return "CP949";  // Outlook's label for Korean
+    }
+    if (c == "x-mac-roman") {
+        return "MACINTOSH";
+    }
+    if (c.starts_with("x-cp")) {
+        c = c.substr(2);
+    }
+    if (c.size() > 2 && c.starts_with("iso") && (c.ends_with("-i") || c.ends_with("-e"))) {
+        c.resize(c.size() - 2);  // ISO-8859-8-I (logical order) converts as ISO-8859-8
+    }
+    return c;
+}
+
 // Text in an ASCII-compatible charset other than UTF-8 is converted to UTF-8 before it is
 // scanned, as a mail client converts it to show it: in ISO 8859 and Windows charsets 0xA0 is
 // a no-break space, 0xAD a soft hyphen and 0x96 a dash, which the "as shown" reading knows
 // only in UTF-8 (`4111\xA01111...`, `free\xA0money`); Shift_JIS and GBK have full-width
 // digits. glibc's iconv does the converting (a well-kept converter for every charset
-// ascii_compatible() takes). False when the charset is unknown to it or the text is not
-// valid in it: the text cannot be read for certain.
+// ascii_compatible() takes). Text without a charset (US-ASCII) that has 8-bit bytes: UTF-8
+// when it is valid UTF-8, else windows-1252, as clients guess. False when the charset is
+// unknown to iconv or the text is not valid in it: it cannot be read for certain.
 bool to_utf8(std::string_view charset, std::string& text) {
     if (std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
         return true;  // ASCII reads the same in all of them
     }
-    std::string c = lower(trim(charset));
-    if (c.empty() || c == "us-ascii" || c == "ascii" || c == "utf-8" || c == "utf8") {
-        return true;  // UTF-8 as it is (the scans read it); 8-bit in "ASCII" too, as before
+    const std::string from = converter_for(charset);
+    if (from.empty()) {
+        return true;
     }
-    if (c == "x-mac-roman") {
-        c = "macintosh";
-    } else if (c.starts_with("x-cp")) {
-        c = c.substr(2);
+    if (from == "WINDOWS-1252" && trim(charset).empty() && valid_utf8(text)) {
+        return true;  // unlabelled, valid UTF-8: read as UTF-8
     }
-    const iconv_t cd = iconv_open("UTF-8", c.c_str());
+    const iconv_t cd = iconv_open("UTF-8", from.c_str());
     if (cd == reinterpret_cast<iconv_t>(-1)) {
         return false;
     }
@@ -271,13 +302,36 @@ bool to_utf8(std::string_view charset, std::string& text) {
     std::size_t in_left = text.size();
     char* out_p = out.data();
     std::size_t out_left = out.size();
-    const std::size_t rc = iconv(cd, &in_p, &in_left, &out_p, &out_left);
+    std::size_t rc = iconv(cd, &in_p, &in_left, &out_p, &out_left);
+    if (rc != static_cast<std::size_t>(-1) && in_left == 0) {
+        // The flush: some converters (windows-1255/1258) hold the last character back in
+        // case a combining mark follows.
+        rc = iconv(cd, nullptr, nullptr, &out_p, &out_left);
+    }
     iconv_close(cd);
     if (rc == static_cast<std::size_t>(-1) || in_left != 0) {
         return false;
     }
     out.resize(out.size() - out_left);
     text = std::move(out);
+    return true;
+}
+
+// Whether text in this charset label can be read: ASCII-compatible and known to the
+// converter (for the tests: every label ascii_compatible() takes must convert).
+bool charset_readable(std::string_view charset) {
+    if (!ascii_compatible(charset)) {
+        return false;
+    }
+    const std::string from = converter_for(charset);
+    if (from.empty()) {
+        return true;
+    }
+    const iconv_t cd = iconv_open("UTF-8", from.c_str());
+    if (cd == reinterpret_cast<iconv_t>(-1)) {
+        return false;
+    }
+    iconv_close(cd);
     return true;
 }
 
@@ -328,7 +382,9 @@ void decode_quoted_printable(std::string_view in, std::string& out) {
 
 // RFC 2047 encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`) decoded; the blanks
 // between two adjacent encoded words dropped (RFC 2047 6.2). A word that is not one is
-// left as written. False when a word's charset is not ASCII-compatible (ascii_compatible).
+// left as written; the text of each run of adjacent words in one charset converted to UTF-8
+// together. False when a word's charset cannot be read (charset_readable), its base64 does
+// not decode, or its text is not valid in its charset.
 // Linear: the next "?=" is searched for once per position it can be at (a value of many
 // "=?" openings without a close would otherwise be searched to its end from each).
 bool decode_words(std::string_view v, std::string& out) {
@@ -337,6 +393,18 @@ bool decode_words(std::string_view v, std::string& out) {
     std::size_t pending_blanks = 0;  // blanks after an encoded word, dropped if another follows
     bool after_word = false;
     std::string piece;
+    // The decoded bytes of a run of adjacent words in one charset, converted together (a
+    // multi-byte character may be split over two words; Python and Thunderbird join them).
+    std::string run;
+    std::string run_charset;
+    auto flush = [&] {
+        if (!run.empty() && !to_utf8(run_charset, run)) {
+            return false;
+        }
+        out += run;
+        run.clear();
+        return true;
+    };
     std::size_t close = 0;  // the first "?=" at or after close_from (npos: none)
     std::size_t close_from = std::string_view::npos;
     auto next_close = [&](std::size_t from) {
@@ -361,7 +429,7 @@ bool decode_words(std::string_view v, std::string& out) {
                 const char enc = static_cast<char>(v[q1 + 1] | 0x20);
                 const std::string_view text = v.substr(q2 + 1, end - q2 - 1);
                 bool ok = enc == 'b' || enc == 'q';
-                if (ok && !ascii_compatible(charset)) {
+                if (ok && !charset_readable(charset)) {
                     return false;  // checked before decoding: `=?utf-7?B?...!?=` is no way around it
                 }
                 if (ok && enc == 'b') {
@@ -379,13 +447,16 @@ bool decode_words(std::string_view v, std::string& out) {
                     decode_quoted_printable(q, piece);
                 }
                 if (ok) {
-                    if (!ascii_compatible(charset) || !to_utf8(charset, piece)) {
-                        return false;
+                    if (!after_word || !iequals(charset, run_charset)) {
+                        if (!flush()) {
+                            return false;
+                        }
+                        run_charset.assign(charset);
                     }
                     if (!after_word) {
                         out.append(v.substr(i - pending_blanks, pending_blanks));
                     }
-                    out += piece;
+                    run += piece;
                     after_word = true;
                     pending_blanks = 0;
                     i = end + 2;
@@ -398,10 +469,16 @@ bool decode_words(std::string_view v, std::string& out) {
             ++i;
             continue;
         }
+        if (!flush()) {
+            return false;
+        }
         out.append(v.substr(i - pending_blanks, pending_blanks));
         pending_blanks = 0;
         after_word = false;
         out += v[i++];
+    }
+    if (!flush()) {
+        return false;
     }
     out.append(v.substr(v.size() - pending_blanks, pending_blanks));
     return true;
@@ -509,7 +586,9 @@ struct content_reader {
         std::string type = lower(trim(std::string_view{type_value}.substr(0, type_value.find(';'))));
         std::optional<std::string> charset;
         std::optional<std::string> boundary;
-        if (!header_param(type_value, "charset", &charset) || !header_param(type_value, "boundary", &boundary)) {
+        // Parameters as RFC 2045 writes them (blanks around '=', any unquoted value up to ';'),
+        // not the form parts' strict HTTP syntax.
+        if (!header_param(type_value, "charset", &charset, false) || !header_param(type_value, "boundary", &boundary, false)) {
             return fail(at + " has a malformed Content-Type, or a charset or boundary given twice or RFC 2231-encoded");
         }
         if (types == 0 && digest) {
@@ -547,7 +626,7 @@ struct content_reader {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
         if (type.empty() || type.starts_with("text/")) {
-            if (charset && !ascii_compatible(*charset)) {
+            if (charset && !charset_readable(*charset)) {
                 return fail(at + " is in the charset " + charset->substr(0, 32) +
                             ", which is not read (only ASCII-compatible ones are)");
             }
@@ -556,8 +635,8 @@ struct content_reader {
             t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
             // A decoded body is moved, not copied again.
             t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
-            if (charset && !to_utf8(*charset, t.text)) {
-                return fail(at + " is not valid text in its charset " + charset->substr(0, 32));
+            if (!to_utf8(charset ? std::string_view{*charset} : std::string_view{}, t.text)) {
+                return fail(at + " is not valid text in its charset " + (charset ? charset->substr(0, 32) : "(none: windows-1252)"));
             }
             out.texts.push_back(std::move(t));
         }

@@ -949,6 +949,33 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
     EXPECT_FALSE(mime_content_of("Content-Type: multipart/mixed (x); boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--", c, &why));
     EXPECT_THAT(why, HasSubstr("comment"));
     EXPECT_TRUE(mime_content_of("Content-Type: application/pdf; name=\"a (1).pdf\"\r\n\r\nx", c, &why)) << why;
+    // Every label taken converts (iconv knows it under the name it is mapped to).
+    for (const std::string label :
+         {"us-ascii", "ascii", "us", "ansi_x3.4-1968", "iso646-us", "utf-8", "utf8", "latin1", "latin-1", "l1", "koi8-r",
+          "koi8-u", "gb2312", "gbk", "gb18030", "cp936", "big5", "big5-hkscs", "shift_jis", "shift-jis", "sjis",
+          "windows-31j", "cp932", "ms932", "euc-jp", "euc-kr", "euc-cn", "ks_c_5601-1987", "cp949", "tis-620",
+          "windows-874", "cp874", "macintosh", "x-mac-roman", "cp437", "cp850", "ibm437", "ibm850", "iso-8859-1",
+          "iso-8859-2", "iso-8859-5", "iso-8859-7", "iso-8859-8-i", "iso-8859-15", "iso8859-1", "iso_8859-1",
+          "windows-1250", "windows-1252", "windows-1255", "windows-1258", "cp1252", "x-cp1252"}) {
+        EXPECT_TRUE(mime_content_of("Content-Type: text/plain; charset=" + label + "\r\n\r\nx", c, &why)) << label << ": " << why;
+    }
+    // The last character of a converter that holds it back (a combining mark may follow).
+    ASSERT_TRUE(mime_content_of("Subject: =?windows-1258?Q?free=A0money?=\r\n\r\nx", c, &why)) << why;
+    EXPECT_EQ(c.texts[0].text, "free\xC2\xA0money");
+    // A character split over two adjacent words of one charset is joined before converting.
+    ASSERT_TRUE(mime_content_of("Subject: =?GBK?B?1g==?= =?gbk?B?0A==?= x\r\n\r\nx", c, &why)) << why;
+    EXPECT_EQ(c.texts[0].text, "\xE4\xB8\xAD x");
+    // ISO-8859-1 is read as windows-1252 (as clients do): 0x96 is a dash. Unlabelled 8-bit
+    // text: UTF-8 when it is valid UTF-8, else windows-1252.
+    ASSERT_TRUE(mime_content_of("Content-Type: text/plain; charset=iso-8859-1\r\n\r\n1\x96" "2", c, &why)) << why;
+    EXPECT_EQ(c.texts.back().text, "1\xE2\x80\x93" "2");
+    ASSERT_TRUE(mime_content_of("Subject: x\r\n\r\nfree\xA0money", c, &why)) << why;
+    EXPECT_EQ(c.texts.back().text, "free\xC2\xA0money");
+    ASSERT_TRUE(mime_content_of("Subject: x\r\n\r\nM\xC3\xBCnchen", c, &why)) << why;
+    EXPECT_EQ(c.texts.back().text, "M\xC3\xBCnchen");
+    // MIME parameters as mailers write them: blanks around '=', unquoted encoded words.
+    EXPECT_TRUE(mime_content_of("Content-Type: text/plain; charset = \"utf-8\"\r\n\r\nx", c, &why)) << why;
+    EXPECT_TRUE(mime_content_of("Content-Type: application/pdf; name==?UTF-8?B?0KTQsNC50Lsu?=\r\n\r\nx", c, &why)) << why;
     // Text is converted from its charset to UTF-8; text that is not valid in it is refused.
     ASSERT_TRUE(mime_content_of("Content-Type: text/plain; charset=iso-8859-1\r\n\r\nM\xFCnchen", c, &why)) << why;
     EXPECT_EQ(c.texts.back().text, "M\xC3\xBCnchen");
