@@ -1675,6 +1675,11 @@ constexpr authority_end_table authority_end{};
 
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
 std::string_view url_host(std::string_view text, std::size_t from) {
+    // Browsers skip any run of '/' and '\\' after an http(s) scheme: `https:///evil.com/`
+    // and `href="////evil.com"` go to evil.com.
+    while (from < text.size() && (text[from] == '/' || text[from] == '\\')) {
+        ++from;
+    }
     std::size_t end = from;
     const std::size_t stop = std::min(text.size(), from + 512);
     while (end < stop && !authority_end.on[static_cast<unsigned char>(text[end])]) {
@@ -1685,6 +1690,23 @@ std::string_view url_host(std::string_view text, std::size_t from) {
         // (`https://example.com:<600 bytes>@evil.com/`). Not guessed: a host that is in no
         // allow list, so the link is reported.
         return "(an authority over 512 bytes)";
+    }
+    if (end < text.size() && (text[end] == '"' || text[end] == '\'' || text[end] == '<' || text[end] == ')')) {
+        // Where text ends a link, a browser reading an attribute value does not: only
+        // `/ ? # \\` end its authority, and what comes before an '@' is userinfo
+        // (`href="https://example.com'@evil.com/"` goes to evil.com). An '@' before the
+        // next blank, '>' or one of those: the host is not guessed at.
+        const std::size_t look = std::min(text.size(), end + 256);
+        for (std::size_t k = end; k < look; ++k) {
+            const char ch = text[k];
+            if (ch == '@') {
+                return "(a host after a quote or bracket and an '@')";
+            }
+            if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '>' || ch == '/' || ch == '?' || ch == '#' ||
+                ch == '\\') {
+                break;
+            }
+        }
     }
     std::string_view auth = text.substr(from, end - from);
     if (const auto at = auth.rfind('@'); at != std::string_view::npos) {

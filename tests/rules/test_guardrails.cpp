@@ -732,6 +732,19 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href='//evil.io/x'>x</a>)j")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(see https:\/\/evil.io\/x)j")).allowed());  // JSON-escaped slashes
+    // Runs of slashes after the scheme, and userinfo past a character that ends a link in
+    // text but not in a browser's URL parser.
+    for (const std::string link : {R"j(<a href=\"https:///evil.io/\">x</a>)j", R"j(<a href=\"////evil.io/x\">x</a>)j",
+                                   R"j(<a href=\"https://example.com'@evil.io/\">x</a>)j",
+                                   R"j(<a href='https://example.com\"x@evil.io/'>x</a>)j",
+                                   R"j(<a href=\"https://example.com)@evil.io/\">x</a>)j"}) {
+        EXPECT_FALSE(f.check_body(sendgrid(link)).allowed()) << link;
+    }
+    for (const std::string fine : {R"j(<a href=\"https://example.com\">jane@gmail.com</a>)j",
+                                   R"j((see https://www.example.com) or write to jane@gmail.com)j",
+                                   R"j(<a href='https://example.com/x'>x</a> 'a@b.io')j"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
+    }
     // A password longer than the host scan: the host after its '@' is not guessed at.
     const auto longer = f.check_body(sendgrid("<a href=\\\"https://example.com:" + std::string(600, 'a') + "@evil.io/\\\">x</a>"));
     EXPECT_EQ(longer.outcome, verdict::violated) << longer.reason;
