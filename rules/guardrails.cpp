@@ -1803,8 +1803,11 @@ bool unsubscribe_setting(std::span<const frame> f, value_type t, std::string_vie
         matches(f[1].key, "subscription_tracking") && matches(f[2].key, "enable")) {
         return true;
     }
-    return list_unsubscribe_keys && d >= 2 && !f[d - 1].array && !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") &&
-           matches(f[d - 2].key, "headers");
+    // A header SendGrid sends ($.headers, $.personalizations[*].headers) with a value that
+    // unsubscribes (not an empty one, nor one in dynamic_template_data).
+    return list_unsubscribe_keys && t == value_type::string && (d == 2 || d == 4) && !f[d - 1].array &&
+           !f[d - 2].array && ieq(f[d - 1].key, "List-Unsubscribe") && matches(f[d - 2].key, "headers") &&
+           (d == 2 || (matches(f[0].key, "personalizations") && f[1].array)) && list_unsubscribe_value(text);
 }
 
 // Whether a value below this container (at `f`, not the root) could be one unsubscribe_setting
@@ -1872,7 +1875,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
         }
         case body_kind::form:
             for (const auto& [name, value] : *in.form) {
-                if (ieq(name, "h:List-Unsubscribe")) {
+                if (ieq(name, "h:List-Unsubscribe") && list_unsubscribe_value(value)) {
                     unsubscribe = true;
                 }
                 if (!form_selected(g.fields, name)) {

@@ -548,7 +548,7 @@ struct content_reader {
                 } else if (iequals(n, "Content-Transfer-Encoding")) {
                     ++encodings;
                     encoding = lower(trim(v));
-                } else if (top && iequals(n, "List-Unsubscribe")) {
+                } else if (top && iequals(n, "List-Unsubscribe") && list_unsubscribe_value(v)) {
                     out.list_unsubscribe = true;
                 }
                 if (!decode_words(trim(v), decoded)) {
@@ -754,6 +754,19 @@ std::string mime_from(std::string_view message) {
         }
     });
     return ok && !comment ? from : std::string{};
+}
+
+bool list_unsubscribe_value(std::string_view value) {
+    for (std::size_t lt = value.find('<'); lt != std::string_view::npos; lt = value.find('<', lt + 1)) {
+        const std::string_view rest = value.substr(lt + 1);
+        for (const std::string_view scheme : {"https:", "http:", "mailto:"}) {
+            if (rest.size() > scheme.size() + 1 && iequals(rest.substr(0, scheme.size()), scheme) &&
+                rest.find('>') != std::string_view::npos && rest.find('>') > scheme.size()) {
+                return true;
+            }
+        }
+    }
+    return false;
 }
 
 }  // namespace bb::rules

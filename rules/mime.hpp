@@ -64,4 +64,8 @@ std::optional<std::string> mime_subject(std::string_view message);
 // or when the header section cannot be read.
 std::string mime_from(std::string_view message);
 
+// Whether a List-Unsubscribe value (RFC 2369) gives a way to unsubscribe: an angle-bracketed
+// https:, http: or mailto: URI. An empty or placeholder value satisfies no unsubscribe check.
+bool list_unsubscribe_value(std::string_view value);
+
 }  // namespace bb::rules

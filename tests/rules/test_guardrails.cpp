@@ -848,12 +848,27 @@ TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     EXPECT_TRUE(f.check(req).allowed());
     req.body = sendgrid("<p>Sale</p>", R"j(, "tracking_settings": {"subscription_tracking": {"enable": false}})j");
     EXPECT_FALSE(f.check(req).allowed());
+    // A List-Unsubscribe header SendGrid sends, with a value that unsubscribes.
+    req.body = sendgrid("<p>Sale</p>", R"j(, "headers": {"List-Unsubscribe": "<https://example.com/u?x=1>"})j");
+    EXPECT_TRUE(f.check(req).allowed());
+    for (const std::string none : {R"j(, "headers": {"List-Unsubscribe": ""})j", R"j(, "headers": {"List-Unsubscribe": null})j",
+                                   R"j(, "headers": {"List-Unsubscribe": "later"})j",
+                                   R"j(, "dynamic_template_data": {"headers": {"List-Unsubscribe": "<https://example.com/u>"}})j"}) {
+        req.body = sendgrid("<p>Sale</p>", none);
+        EXPECT_FALSE(f.check(req).allowed()) << none;
+    }
     // Mailgun: %unsubscribe_url% in the html field.
     req.content_type = "application/x-www-form-urlencoded";
     req.body = "to=jane%40example.com&subject=Sale&html=%3Ca+href%3D%22%25unsubscribe_url%25%22%3Eout%3C%2Fa%3E";
     EXPECT_TRUE(f.check(req).allowed());
     req.body = "to=jane%40example.com&subject=Sale&html=%3Cp%3ESale%3C%2Fp%3E";
     EXPECT_FALSE(f.check(req).allowed());
+    const std::string plain = req.body;
+    req.body = plain + "&h%3AList-Unsubscribe=%3Cmailto%3Au%40example.com%3E";
+    EXPECT_TRUE(f.check(req).allowed());
+    req.body = plain + "&h%3AList-Unsubscribe=";
+    EXPECT_FALSE(f.check(req).allowed());
+    req.body = plain;
     // Transactional sends (no campaign header) are not checked by this rule.
     request tx;
     tx.body = sendgrid("<p>Your receipt</p>");
@@ -1115,6 +1130,7 @@ TEST(GuardRawMessages, ContentGuardReadsTheMessage) {
     EXPECT_FALSE(u.check_body(ses_raw(newsletter("Sale", "<p>Sale</p>"))).allowed());
     EXPECT_TRUE(u.check_body(ses_raw(newsletter("Sale", "<p>Sale</p>", "List-Unsubscribe: <https://example.com/u>\r\n")))
                     .allowed());
+    EXPECT_FALSE(u.check_body(ses_raw(newsletter("Sale", "<p>Sale</p>", "List-Unsubscribe: \r\n"))).allowed());
     EXPECT_TRUE(u.check_body(ses_raw(newsletter("Sale", "<a href='https://example.com/u'>Unsubscribe</a>"))).allowed());
 }
 
