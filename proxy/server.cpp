@@ -989,17 +989,13 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         if (!same_listeners(*cfg_, *cfg)) {
             warnings.push_back("listeners (other than require_agent) and workers are fixed until restart; the new "
                                "settings for them were not applied");
-            // require_agent is read per request: a tightening applies now.
-            std::vector<bool> require;
-            for (const auto& l : cfg->listeners) {
-                require.push_back(l.require_agent);
-            }
             patch()->listeners = cfg_->listeners;
             patch()->workers = cfg_->workers;
+            // require_agent is read per request: a tightening applies now.
             for (auto& l : patched->listeners) {
-                for (std::size_t i = 0; i < cfg->listeners.size(); ++i) {
-                    if (cfg->listeners[i].name == l.name) {
-                        l.require_agent = require[i];
+                for (const auto& n : cfg->listeners) {
+                    if (n.name == l.name) {
+                        l.require_agent = n.require_agent;
                     }
                 }
             }

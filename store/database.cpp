@@ -1161,63 +1161,41 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     // A retry of a request held before (same key, route and agent): its ticket, nothing new
     // (before the limits: a retry of what is held already must not be refused as full).
     if (!r.idempotency_key.empty()) {
-        auto s = ctx.c.prepared(
+        // The live records first, then what pruned ones left (migration 5): either answers
+        // a retry with the first ticket, and another request with the key as reused.
+        static constexpr const char* lookups[] = {
             // `idem_key != ''` repeats the partial index's condition, so SQLite may use it
             // (without it, the plan scans every record of the agent).
             "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND idem_key != '' "
-            "AND route = ?2 AND agent = ?3 "
-            "ORDER BY id LIMIT 1");
-        if (!s.valid()) {
-            return fatal_stmt(SQLITE_ERROR, "prepare hold lookup");
-        }
-        s.text(1, r.idempotency_key);
-        s.text(2, r.route);
-        s.text(3, r.agent);
-        const int rc = s.step();
-        if (rc == SQLITE_ROW) {
-            const std::string ticket = s.col_str(0);
-            if (s.col_str(1) != fingerprint) {
-                return outcome{result::failure(
-                    "idempotency_key_reused",
-                    "another request (method, target or body differ) was quarantined with this key as ticket " +
-                        ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
+            "AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
+            "SELECT ticket, fingerprint, state FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
+        for (const char* sql : lookups) {
+            auto s = ctx.c.prepared(sql);
+            if (!s.valid()) {
+                return fatal_stmt(SQLITE_ERROR, "prepare hold lookup");
             }
-            result again;
-            again.ticket = ticket;
-            again.duplicate = true;
-            again.message = "a retry of the request held as " + ticket + " (" + s.col_str(2) + "): not held again";
-            return {again};
-        }
-        if (rc != SQLITE_DONE) {
-            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
-        }
-        // A record pruned since: its tombstone answers the same way.
-        auto t = ctx.c.prepared(
-            "SELECT ticket, fingerprint, state FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3");
-        if (!t.valid()) {
-            return fatal_stmt(SQLITE_ERROR, "prepare hold tombstone lookup");
-        }
-        t.text(1, r.idempotency_key);
-        t.text(2, r.route);
-        t.text(3, r.agent);
-        const int trc = t.step();
-        if (trc == SQLITE_ROW) {
-            const std::string ticket = t.col_str(0);
-            if (t.col_str(1) != fingerprint) {
-                return outcome{result::failure(
-                    "idempotency_key_reused",
-                    "another request (method, target or body differ) was quarantined with this key as ticket " +
-                        ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
+            s.text(1, r.idempotency_key);
+            s.text(2, r.route);
+            s.text(3, r.agent);
+            const int rc = s.step();
+            if (rc == SQLITE_ROW) {
+                const std::string ticket = s.col_str(0);
+                if (s.col_str(1) != fingerprint) {
+                    return outcome{result::failure(
+                        "idempotency_key_reused",
+                        "another request (method, target or body differ) was quarantined with this key as ticket " +
+                            ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
+                }
+                result again;
+                again.ticket = ticket;
+                again.duplicate = true;
+                again.message = "a retry of the request held as " + ticket + " (" + s.col_str(2) +
+                                (sql == lookups[1] ? ", its record since pruned" : "") + "): not held again";
+                return {again};
             }
-            result again;
-            again.ticket = ticket;
-            again.duplicate = true;
-            again.message = "a retry of the request held as " + ticket + " (" + t.col_str(2) +
-                            ", its record since pruned): not held again";
-            return {again};
-        }
-        if (trc != SQLITE_DONE) {
-            return is_io_fault(trc) ? fatal(trc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
+            if (rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
+            }
         }
     }
     const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
