@@ -551,22 +551,14 @@ std::optional<rendered> render_config_change(std::string_view body) {
             o += "  " + scalar_text(l) + "\n";
         }
     }
-    if (auto loose = array_member(*doc, "loosening"); loose && loose->size() > 0) {
-        o += "loosens guards (needs the admin role):\n";
-        for (auto l : *loose) {
-            o += "  " + scalar_text(l) + "\n";
-        }
-    }
-    if (auto kept = array_member(*doc, "still_enforcing"); kept && kept->size() > 0) {
-        o += "still enforcing (not shadowed by metrics_only):\n";
-        for (auto l : *kept) {
-            o += "  " + scalar_text(l) + "\n";
-        }
-    }
-    if (auto w = array_member(*doc, "warnings"); w && w->size() > 0) {
-        o += "not applied:\n";
-        for (auto l : *w) {
-            o += "  " + scalar_text(l) + "\n";
+    for (const auto& [member_name, title] : {std::pair{"loosening", "loosens guards (needs the admin role):"},
+                                             std::pair{"still_enforcing", "still enforcing (not shadowed by metrics_only):"},
+                                             std::pair{"warnings", "not applied:"}}) {
+        if (auto lines = array_member(*doc, member_name); lines && lines->size() > 0) {
+            o += std::string{title} + "\n";
+            for (auto l : *lines) {
+                o += "  " + scalar_text(l) + "\n";
+            }
         }
     }
     return rendered{o, true};
