@@ -1715,7 +1715,13 @@ std::string_view url_host(std::string_view text, std::size_t from) {
     if (!auth.empty() && auth.front() == '[') {
         return auth.substr(0, auth.find(']') + 1);
     }
-    return auth.substr(0, auth.find(':'));
+    std::string_view host = auth.substr(0, auth.find(':'));
+    // Non-ASCII bytes at its end are the text's punctuation, not the host's (a linkifier
+    // stops at the closing quote of `“https://example.com”`).
+    while (!host.empty() && static_cast<unsigned char>(host.back()) >= 0x80) {
+        host.remove_suffix(1);
+    }
+    return host;
 }
 
 bool contains_unsubscribe(std::string_view word) {
@@ -1742,6 +1748,21 @@ bool word_before_is(std::string_view text, std::size_t end, std::string_view low
            (end == k || !table.word[static_cast<unsigned char>(text[end - k - 1])]);
 }
 
+// The same for a URL's scheme, where only an ASCII letter, digit or '_' before it joins it:
+// clients link `“https://x”` and `网址：https://x` (a non-ASCII byte is a word byte to the
+// term scan, not to a URL).
+bool scheme_before_is(std::string_view text, std::size_t end, std::string_view lower) {
+    const std::size_t k = lower.size();
+    if (end < k || !iequals_lower(text.substr(end - k, k), lower)) {
+        return false;
+    }
+    if (end == k) {
+        return true;
+    }
+    const auto b = static_cast<unsigned char>(text[end - k - 1]);
+    return b >= 0x80 || !table.word[b];
+}
+
 bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\''; }
 
 // The first link to a host outside link_domains, the way the word scan finds them: a word
@@ -1754,9 +1775,9 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
     for_each_double_slash(text, [&](std::size_t p) {
         std::size_t s = std::string_view::npos;
         if (p > 0 && text[p - 1] == ':') {
-            if (word_before_is(text, p - 1, "http")) {
+            if (scheme_before_is(text, p - 1, "http")) {
                 s = p - 5;
-            } else if (word_before_is(text, p - 1, "https")) {
+            } else if (scheme_before_is(text, p - 1, "https")) {
                 s = p - 6;
             }
         } else {
@@ -1805,14 +1826,26 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         if (len >= 11 && !unsubscribe && contains_unsubscribe(text.substr(s, len))) {
             unsubscribe = true;
         }
+        if (g.check_links && len >= 4 && text.substr(e, 3) == "://") {
+            // A word that is the scheme, or ends in it after a non-ASCII byte (`“https`).
+            for (const std::string_view scheme : {std::string_view{"https"}, std::string_view{"http"}}) {
+                const std::size_t k = scheme.size();
+                if (len < k || !iequals_lower(text.substr(e - k, k), scheme) ||
+                    (len > k && static_cast<unsigned char>(text[e - k - 1]) < 0x80)) {
+                    continue;
+                }
+                const std::string_view host = url_host(text, e + 3);
+                if (!host.empty() && !g.link_domains.contains(host)) {
+                    set_hit(hit, link_finding(host), e - k);
+                    return true;
+                }
+                break;
+            }
+        }
         if (g.check_links && (c0 == 'h') && (len == 4 || len == 5)) {
             const std::string_view w = text.substr(s, len);
             if ((iequals_lower(w, "http") || iequals_lower(w, "https")) && text.substr(e, 3) == "://") {
-                const std::string_view host = url_host(text, e + 3);
-                if (!host.empty() && !g.link_domains.contains(host)) {
-                    set_hit(hit, link_finding(host), s);
-                    return true;
-                }
+                // (checked above)
             } else if (iequals_lower(w, "href")) {
                 // href="//host/..." (scheme-relative); href="http..." is caught as a URL.
                 std::size_t i = e;

@@ -745,6 +745,15 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<a href='https://example.com/x'>x</a> 'a@b.io')j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
+    // A URL right after a non-ASCII character in text is linked by mail clients.
+    for (const std::string text : {"Visit \xE2\x80\x9Chttps://evil.io\xE2\x80\x9D now",
+                                   "\xE7\xBD\x91\xE5\x9D\x80\xEF\xBC\x9Ahttp://evil.io/x"}) {
+        const std::string b = sendgrid(text);
+        const auto hit = f.check_body(b);
+        ASSERT_EQ(hit.outcome, verdict::violated) << text;
+        EXPECT_THAT(hit.reason, HasSubstr("(evil.io) at body offset " + std::to_string(b.find("http"))));
+    }
+    EXPECT_TRUE(f.check_body(sendgrid("Visit \xE2\x80\x9Chttps://www.example.com\xE2\x80\x9D now")).allowed());
     // A password longer than the host scan: the host after its '@' is not guessed at.
     const auto longer = f.check_body(sendgrid("<a href=\\\"https://example.com:" + std::string(600, 'a') + "@evil.io/\\\">x</a>"));
     EXPECT_EQ(longer.outcome, verdict::violated) << longer.reason;
