@@ -1,7 +1,7 @@
 #include "proxy/framing.hpp"
 
 #include "core/hex.hpp"
-#include "core/url_decode.hpp"
+#include "core/method_override.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -105,28 +105,12 @@ bool split_target(std::string_view target, target_parts& out) {
 
 namespace {
 
-// A query parameter that asks the upstream to act as another method (Salesforce's
-// `_HttpMethod=DELETE` on a POST; `_method` in Laravel and others), or "".
+// A query parameter that asks the upstream to act as another method, or "". `&`, `;` and
+// `#` all separate parameters, as for redact_query: servers disagree on the last two
+// (`?a=1;_HttpMethod=DELETE` is two parameters to some).
 std::string_view override_parameter(std::string_view target) {
     const auto q = target.find('?');
-    if (q == std::string_view::npos) {
-        return {};
-    }
-    std::string_view rest = target.substr(q + 1);
-    while (!rest.empty()) {
-        // `&`, `;` and `#` all separate parameters, as for redact_query: servers disagree on
-        // the last two (`?a=1;_HttpMethod=DELETE` is two parameters to some).
-        const auto sep = rest.find_first_of("&;#");
-        const std::string_view pair = rest.substr(0, sep);
-        rest = sep == std::string_view::npos ? std::string_view{} : rest.substr(sep + 1);
-        // The name as the upstream decodes it (%5FHttpMethod is _HttpMethod).
-        const std::string_view raw = pair.substr(0, pair.find('='));
-        const std::string name = url_decode(raw);
-        if (iequals(name, "_HttpMethod") || iequals(name, "_method")) {
-            return raw;
-        }
-    }
-    return {};
+    return q == std::string_view::npos ? std::string_view{} : method_override_name(target.substr(q + 1), "&;#");
 }
 
 }  // namespace

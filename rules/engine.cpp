@@ -1,6 +1,7 @@
 #include "rules/engine.hpp"
 
 #include "core/json_key.hpp"
+#include "core/method_override.hpp"
 #include "core/url_decode.hpp"
 
 #include "rules/form.hpp"
@@ -1021,9 +1022,6 @@ std::string method_override_field(std::string_view content_type, std::string_vie
     if (!is_form_content_type(content_type)) {
         return {};
     }
-    auto is_override = [](std::string_view name) {
-        return iequals(name, "_method") || iequals(name, "_HttpMethod");
-    };
     constexpr std::string_view mp = "multipart/form-data";
     if (iequals(content_type.substr(0, mp.size()), mp)) {
         // A part's name is written as is (maybe percent-encoded); a body without the word
@@ -1034,28 +1032,14 @@ std::string method_override_field(std::string_view content_type, std::string_vie
         thread_local std::vector<std::pair<std::string, std::string>> fields;
         parse_form(content_type, body, fields);  // a malformed body: the fields before the fault
         for (const auto& [name, value] : fields) {
-            if (is_override(name) || is_override(url_decode(name))) {
+            if (is_method_override_name(name) || is_method_override_name(url_decode(name))) {
                 return name.substr(0, 32);
             }
         }
         return {};
     }
     // Urlencoded: the names only, split as the widest reader splits them (`&` and `;`).
-    std::string decoded;
-    while (!body.empty()) {
-        const auto sep = body.find_first_of("&;");
-        const std::string_view pair = body.substr(0, sep);
-        body = sep == std::string_view::npos ? std::string_view{} : body.substr(sep + 1);
-        const std::string_view raw = pair.substr(0, pair.find('='));
-        if (raw.size() > 3 * 11) {
-            continue;  // longer than `_HttpMethod` even fully percent-encoded
-        }
-        url_decode(raw, decoded);
-        if (is_override(decoded)) {
-            return std::string{raw};
-        }
-    }
-    return {};
+    return std::string{method_override_name(body, "&;")};
 }
 
 bool parse_form_fields(std::string_view content_type, std::string_view body, std::string_view query,
