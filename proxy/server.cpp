@@ -231,21 +231,19 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
         }
         auto& ul = stats_.upstream_latency;
         std::vector<histogram> upstreams(rt->cfg->upstreams.size());
+        // next[i] = old[j] where the new item i and the old item j have one name.
+        auto carry = [](const auto& new_items, const auto& old_items, auto& next, const auto& old) {
+            for (std::size_t i = 0; i < new_items.size(); ++i) {
+                for (std::size_t j = 0; j < old_items.size() && j < old.size(); ++j) {
+                    if (old_items[j].name == new_items[i].name) {
+                        next[i] = old[j];
+                    }
+                }
+            }
+        };
         if (before != nullptr) {
-            for (std::size_t i = 0; i < rt->cfg->routes.size(); ++i) {
-                for (std::size_t j = 0; j < before->routes.size() && j + 1 < rd.size(); ++j) {
-                    if (before->routes[j].name == rt->cfg->routes[i].name) {
-                        routes[i] = rd[j];
-                    }
-                }
-            }
-            for (std::size_t i = 0; i < rt->cfg->upstreams.size(); ++i) {
-                for (std::size_t j = 0; j < before->upstreams.size() && j < ul.size(); ++j) {
-                    if (before->upstreams[j].name == rt->cfg->upstreams[i].name) {
-                        upstreams[i] = ul[j];
-                    }
-                }
-            }
+            carry(rt->cfg->routes, before->routes, routes, rd);
+            carry(rt->cfg->upstreams, before->upstreams, upstreams, ul);
         }
         rd = std::move(routes);
         ul = std::move(upstreams);
