@@ -1741,26 +1741,17 @@ std::string link_finding(std::string_view host) {
     return "link to a domain outside link_domains (" + std::string{host.substr(0, 253)} + ")";
 }
 
-// Whether the word ending at `end` is exactly `lower` (in any case).
-bool word_before_is(std::string_view text, std::size_t end, std::string_view lower) {
-    const std::size_t k = lower.size();
-    return end >= k && iequals_lower(text.substr(end - k, k), lower) &&
-           (end == k || !table.word[static_cast<unsigned char>(text[end - k - 1])]);
-}
-
-// The same for a URL's scheme, where only an ASCII letter, digit or '_' before it joins it:
-// clients link `“https://x”` and `网址：https://x` (a non-ASCII byte is a word byte to the
-// term scan, not to a URL).
-bool scheme_before_is(std::string_view text, std::size_t end, std::string_view lower) {
+// Whether the word ending at `end` is exactly `lower` (in any case). `scheme`: a URL's
+// scheme, which only an ASCII letter, digit or '_' before it joins: clients link
+// `“https://x”` and `网址：https://x` (a non-ASCII byte is a word byte to the term scan, not
+// to a URL).
+bool word_before_is(std::string_view text, std::size_t end, std::string_view lower, bool scheme = false) {
     const std::size_t k = lower.size();
     if (end < k || !iequals_lower(text.substr(end - k, k), lower)) {
         return false;
     }
-    if (end == k) {
-        return true;
-    }
-    const auto b = static_cast<unsigned char>(text[end - k - 1]);
-    return b >= 0x80 || !table.word[b];
+    const auto b = end == k ? 0u : static_cast<unsigned char>(text[end - k - 1]);
+    return end == k || !table.word[b] || (scheme && b >= 0x80);
 }
 
 bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\''; }
@@ -1775,9 +1766,9 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
     for_each_double_slash(text, [&](std::size_t p) {
         std::size_t s = std::string_view::npos;
         if (p > 0 && text[p - 1] == ':') {
-            if (scheme_before_is(text, p - 1, "http")) {
+            if (word_before_is(text, p - 1, "http", true)) {
                 s = p - 5;
-            } else if (scheme_before_is(text, p - 1, "https")) {
+            } else if (word_before_is(text, p - 1, "https", true)) {
                 s = p - 6;
             }
         } else {
@@ -1842,22 +1833,17 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
                 break;
             }
         }
-        if (g.check_links && (c0 == 'h') && (len == 4 || len == 5)) {
-            const std::string_view w = text.substr(s, len);
-            if ((iequals_lower(w, "http") || iequals_lower(w, "https")) && text.substr(e, 3) == "://") {
-                // (checked above)
-            } else if (iequals_lower(w, "href")) {
-                // href="//host/..." (scheme-relative); href="http..." is caught as a URL.
-                std::size_t i = e;
-                while (i < text.size() && href_gap(text[i])) {
-                    ++i;
-                }
-                if (text.substr(i, 2) == "//") {
-                    const std::string_view host = url_host(text, i + 2);
-                    if (!host.empty() && !g.link_domains.contains(host)) {
-                        set_hit(hit, link_finding(host), s);
-                        return true;
-                    }
+        if (g.check_links && c0 == 'h' && len == 4 && iequals_lower(text.substr(s, len), "href")) {
+            // href="//host/..." (scheme-relative); href="http..." is caught as a URL.
+            std::size_t i = e;
+            while (i < text.size() && href_gap(text[i])) {
+                ++i;
+            }
+            if (text.substr(i, 2) == "//") {
+                const std::string_view host = url_host(text, i + 2);
+                if (!host.empty() && !g.link_domains.contains(host)) {
+                    set_hit(hit, link_finding(host), s);
+                    return true;
                 }
             }
         }
