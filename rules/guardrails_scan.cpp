@@ -445,18 +445,42 @@ inline std::size_t word_end(std::string_view text, std::size_t block, unsigned b
     return e;
 }
 
+// Where a link may start (first_bad_link reads each): a ':' after a 'p' or 's' (the end of
+// an `http:`/`https:` scheme), a '.' after a 'w' (`www.`), and a pair of slashes or
+// backslashes (scheme-relative `href="//host"`; browsers read '\\' as '/' in web URLs).
+// Mail has few of each, so the scan is mostly one pass of compares.
+inline bool link_slash(unsigned char c) { return c == '/' || c == '\\'; }
+
+inline bool link_mark(const char* p, std::size_t i) {
+    const auto c = static_cast<unsigned char>(p[i]);
+    const auto before = i > 0 ? static_cast<unsigned char>(p[i - 1] | 0x20) : 0u;
+    return (c == ':' && (before == 'p' || before == 's')) || (c == '.' && before == 'w') ||
+           (link_slash(c) && link_slash(static_cast<unsigned char>(p[i + 1])));
+}
+
 #if defined(BB_GUARDRAILS_AVX2)
-// Scans 32-byte windows from `from` while a window and the byte after it are in the text:
-// returns the start of the first window with a `//` pair (mask: its pairs), or the first
-// position not scanned (mask 0).
-__attribute__((target("avx2"))) std::size_t next_double_slash_avx2(const char* p, std::size_t n, std::size_t from,
-                                                                    std::uint32_t& mask) {
+// Scans 32-byte windows from `from` (>= 1) while a window and the bytes either side of it
+// are in the text: returns the start of the first window with a mark (mask: its marks), or
+// the first position not scanned (mask 0).
+__attribute__((target("avx2"))) std::size_t next_link_marks_avx2(const char* p, std::size_t n, std::size_t from,
+                                                                  std::uint32_t& mask) {
     const __m256i slash = _mm256_set1_epi8('/');
+    const __m256i backslash = _mm256_set1_epi8('\\');
+    const __m256i colon = _mm256_set1_epi8(':');
+    const __m256i dot = _mm256_set1_epi8('.');
+    const __m256i lower = _mm256_set1_epi8(0x20);
     std::size_t i = from;
     for (; i + 33 <= n; i += 32) {
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 1));
-        mask = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_and_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(b, slash))));
+        const __m256i before = _mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i - 1)), lower);
+        const __m256i pair = _mm256_and_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(a, backslash)),
+                                              _mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash)));
+        const __m256i scheme = _mm256_and_si256(_mm256_cmpeq_epi8(a, colon),
+                                                _mm256_or_si256(_mm256_cmpeq_epi8(before, _mm256_set1_epi8('p')),
+                                                                _mm256_cmpeq_epi8(before, _mm256_set1_epi8('s'))));
+        const __m256i www = _mm256_and_si256(_mm256_cmpeq_epi8(a, dot), _mm256_cmpeq_epi8(before, _mm256_set1_epi8('w')));
+        mask = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_or_si256(pair, _mm256_or_si256(scheme, www))));
         if (mask != 0) {
             return i;
         }
@@ -466,18 +490,24 @@ __attribute__((target("avx2"))) std::size_t next_double_slash_avx2(const char* p
 }
 #endif
 
-// Calls f(p) for every p with text[p] == '/' and text[p + 1] == '/', in order; stops when f
-// returns true.
+// Calls f(i) for every link mark (link_mark) but one on the last byte, in order; stops when
+// f returns true.
 template <class F>
-bool for_each_double_slash(std::string_view text, F&& f) {
+bool for_each_link_mark(std::string_view text, F&& f) {
     const char* p = text.data();
     const std::size_t n = text.size();
-    std::size_t i = 0;
+    if (n < 2) {
+        return false;  // no mark fits
+    }
+    if (link_mark(p, 0) && f(std::size_t{0})) {
+        return true;
+    }
+    std::size_t i = 1;
 #if defined(BB_GUARDRAILS_AVX2)
-    if (have_avx2() && n >= 33) {
+    if (have_avx2() && n >= 34) {
         for (;;) {
             std::uint32_t m = 0;
-            const std::size_t at = next_double_slash_avx2(p, n, i, m);
+            const std::size_t at = next_link_marks_avx2(p, n, i, m);
             if (m == 0) {
                 i = at;  // the rest for the loops below
                 break;
@@ -493,10 +523,20 @@ bool for_each_double_slash(std::string_view text, F&& f) {
 #endif
 #if defined(__SSE2__)
     const __m128i slash = _mm_set1_epi8('/');
+    const __m128i backslash = _mm_set1_epi8('\\');
+    const __m128i colon = _mm_set1_epi8(':');
+    const __m128i dot = _mm_set1_epi8('.');
+    const __m128i lower = _mm_set1_epi8(0x20);
     for (; i + 17 <= n; i += 16) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
-        auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(b, slash))));
+        const __m128i before = _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1)), lower);
+        const __m128i pair = _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
+                                           _mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash)));
+        const __m128i scheme = _mm_and_si128(_mm_cmpeq_epi8(a, colon), _mm_or_si128(_mm_cmpeq_epi8(before, _mm_set1_epi8('p')),
+                                                                                    _mm_cmpeq_epi8(before, _mm_set1_epi8('s'))));
+        const __m128i www = _mm_and_si128(_mm_cmpeq_epi8(a, dot), _mm_cmpeq_epi8(before, _mm_set1_epi8('w')));
+        auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(pair, _mm_or_si128(scheme, www))));
         while (m != 0) {
             if (f(i + static_cast<std::size_t>(__builtin_ctz(m)))) {
                 return true;
@@ -506,11 +546,11 @@ bool for_each_double_slash(std::string_view text, F&& f) {
     }
 #endif
     for (; i + 1 < n; ++i) {
-        if (p[i] == '/' && p[i + 1] == '/' && f(i)) {
+        if (link_mark(p, i) && f(i)) {
             return true;
         }
     }
-    return false;
+    return false;  // a mark on the last byte has no host after it
 }
 
 // Whether text holds "unsubscribe" in any case. Every byte of it is a word byte, so this is
@@ -1673,11 +1713,13 @@ struct authority_end_table {
 };
 constexpr authority_end_table authority_end{};
 
+bool url_break(char c) { return c == '\t' || c == '\r' || c == '\n'; }
+
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
-std::string_view url_host(std::string_view text, std::size_t from) {
-    // Browsers skip any run of '/' and '\\' after an http(s) scheme: `https:///evil.com/`
-    // and `href="////evil.com"` go to evil.com.
-    while (from < text.size() && (text[from] == '/' || text[from] == '\\')) {
+std::string_view read_host(std::string_view text, std::size_t from) {
+    // Browsers skip any run of '/' and '\\' after an http(s) scheme (`https:///evil.com/`,
+    // `href="////evil.com"`, `https:\\evil.com`), and delete tabs and line breaks from a URL.
+    while (from < text.size() && (text[from] == '/' || text[from] == '\\' || url_break(text[from]))) {
         ++from;
     }
     std::size_t end = from;
@@ -1716,12 +1758,55 @@ std::string_view url_host(std::string_view text, std::size_t from) {
         return auth.substr(0, auth.find(']') + 1);
     }
     std::string_view host = auth.substr(0, auth.find(':'));
-    // Non-ASCII bytes at its end are the text's punctuation, not the host's (a linkifier
-    // stops at the closing quote of `“https://example.com”`).
-    while (!host.empty() && static_cast<unsigned char>(host.back()) >= 0x80) {
+    // Non-ASCII bytes and `, ; ! ?` at its end are the text's punctuation, not the host's (a
+    // linkifier stops at the closing quote of `“https://example.com”` and before the comma of
+    // `www.example.com, or`; a host that really ends in one has no address).
+    while (!host.empty() && (static_cast<unsigned char>(host.back()) >= 0x80 || host.back() == ',' ||
+                             host.back() == ';' || host.back() == '!' || host.back() == '?')) {
         host.remove_suffix(1);
     }
     return host;
+}
+
+// Host of the link starting at `start` whose authority starts at `from`. In a quoted
+// attribute value (`href="..."`) a tab or line break does not end the URL: browsers delete
+// them (`href="https://example.com&#9;.evil.com/"` goes to example.com.evil.com); then the
+// host is read from a copy without them. Elsewhere a line break ends a link.
+std::string_view url_host(std::string_view text, std::size_t from, std::size_t start) {
+    const std::string_view host = read_host(text, from);
+    const bool quoted = start > 0 && (text[start - 1] == '"' || text[start - 1] == '\'');
+    if (!quoted || host.empty() || host.front() == '(' ||
+        host.data() + host.size() >= text.data() + text.size() || !url_break(host.data()[host.size()])) {
+        return host;
+    }
+    // Copied up to 1 KiB of kept bytes (over 512 of authority is reported anyway), looking at
+    // no more than 4 KiB of text; an authority still open where the copy stops is reported.
+    thread_local std::string kept;
+    kept.clear();
+    std::size_t i = from;
+    const std::size_t limit = std::min(text.size(), from + 4096);
+    for (; i < limit && kept.size() < 1024; ++i) {
+        if (!url_break(text[i])) {
+            kept += text[i];
+        }
+    }
+    const std::string_view h = read_host(kept, 0);
+    if (i < text.size() && h.data() + h.size() == kept.data() + kept.size()) {
+        return "(an authority over 512 bytes)";
+    }
+    return h;
+}
+
+// Whether `www.` at `at` starts a link as mail clients link it: at the start of the text or
+// after a blank, a bracket, a quote, `: , ;` or a non-ASCII character (not inside a URL's
+// path or query, `/x/www.y` or `?u=www.y`, nor a word: `awww.`).
+bool www_starts_link(std::string_view text, std::size_t at) {
+    if (at == 0) {
+        return true;
+    }
+    const auto b = static_cast<unsigned char>(text[at - 1]);
+    return b >= 0x80 || b == ' ' || url_break(static_cast<char>(b)) || b == '(' || b == '[' || b == '<' || b == '>' ||
+           b == '"' || b == '\'' || b == ':' || b == ',' || b == ';' || b == '*';
 }
 
 bool contains_unsubscribe(std::string_view word) {
@@ -1756,34 +1841,51 @@ bool word_before_is(std::string_view text, std::size_t end, std::string_view low
 
 bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\''; }
 
+// Whether the byte after `www.` at `dot` can start a host (`www.` alone is no link).
+bool www_has_host(std::string_view text, std::size_t dot) {
+    return dot + 1 < text.size() && text[dot + 1] != '.' && !authority_end.on[static_cast<unsigned char>(text[dot + 1])];
+}
+
 // The first link to a host outside link_domains, the way the word scan finds them: a word
-// `http`/`https` followed by `://`, or a word `href` followed by a run of ` ="'` and `//`.
-// Both end in `//`, so only the `//` pairs of the text are looked at, and each looks back at
-// most over its own run of ` ="'`. Returns the offset of the http/href word (the links come
-// out in text order: the words and runs of two links cannot overlap).
+// `http`/`https` followed by `:`, a word `www` followed by `.` (as www_starts_link), or a word
+// `href` followed by a run of ` ="'` and two slashes or backslashes. Only the link marks of
+// the text (for_each_link_mark) are looked at, and each looks back at most over its own run
+// of ` ="'`. Returns the offset of the http/www/href word (the links come out in text order:
+// the words and runs of two links cannot overlap).
 std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::string_view& host) {
     std::size_t found = std::string_view::npos;
-    for_each_double_slash(text, [&](std::size_t p) {
+    for_each_link_mark(text, [&](std::size_t c) {
         std::size_t s = std::string_view::npos;
-        if (p > 0 && text[p - 1] == ':') {
-            if (word_before_is(text, p - 1, "http", true)) {
-                s = p - 5;
-            } else if (word_before_is(text, p - 1, "https", true)) {
-                s = p - 6;
+        std::size_t from = 0;
+        std::size_t start = 0;
+        if (text[c] == ':') {
+            if (word_before_is(text, c, "http", true)) {
+                s = c - 4;
+            } else if (word_before_is(text, c, "https", true)) {
+                s = c - 5;
             }
-        } else {
-            std::size_t q = p;
+            start = s;
+            from = c + 1;
+        } else if (text[c] == '.') {
+            if (word_before_is(text, c, "www", true) && www_starts_link(text, c - 3) && www_has_host(text, c)) {
+                s = c - 3;
+            }
+            start = from = s;
+        } else if (text[c - (c > 0)] != ':' || c == 0) {  // a scheme's slashes were read at its ':'
+            std::size_t q = c;
             while (q > 0 && href_gap(text[q - 1])) {
                 --q;
             }
             if (word_before_is(text, q, "href")) {
                 s = q - 4;
             }
+            start = c;
+            from = c + 2;
         }
         if (s == std::string_view::npos) {
             return false;
         }
-        const std::string_view h = url_host(text, p + 2);
+        const std::string_view h = url_host(text, from, start);
         if (h.empty() || domains.contains(h)) {
             return false;
         }
@@ -1817,7 +1919,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         if (len >= 11 && !unsubscribe && contains_unsubscribe(text.substr(s, len))) {
             unsubscribe = true;
         }
-        if (g.check_links && len >= 4 && text.substr(e, 3) == "://") {
+        if (g.check_links && len >= 4 && e < text.size() && text[e] == ':') {
             // A word that is the scheme, or ends in it after a non-ASCII byte (`“https`).
             for (const std::string_view scheme : {std::string_view{"https"}, std::string_view{"http"}}) {
                 const std::size_t k = scheme.size();
@@ -1825,7 +1927,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
                     (len > k && static_cast<unsigned char>(text[e - k - 1]) < 0x80)) {
                     continue;
                 }
-                const std::string_view host = url_host(text, e + 3);
+                const std::string_view host = url_host(text, e + 1, e - k);
                 if (!host.empty() && !g.link_domains.contains(host)) {
                     set_hit(hit, link_finding(host), e - k);
                     return true;
@@ -1833,14 +1935,24 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
                 break;
             }
         }
+        if (g.check_links && len >= 3 && e < text.size() && text[e] == '.' && iequals_lower(text.substr(e - 3, 3), "www") &&
+            (len == 3 ? www_starts_link(text, s) : static_cast<unsigned char>(text[e - 4]) >= 0x80) &&
+            www_has_host(text, e)) {
+            const std::string_view host = url_host(text, e - 3, e - 3);
+            if (!host.empty() && !g.link_domains.contains(host)) {
+                set_hit(hit, link_finding(host), e - 3);
+                return true;
+            }
+        }
         if (g.check_links && c0 == 'h' && len == 4 && iequals_lower(text.substr(s, len), "href")) {
-            // href="//host/..." (scheme-relative); href="http..." is caught as a URL.
+            // href="//host/..." (scheme-relative; `\` reads as `/`); href="http..." is caught as a URL.
             std::size_t i = e;
             while (i < text.size() && href_gap(text[i])) {
                 ++i;
             }
-            if (text.substr(i, 2) == "//") {
-                const std::string_view host = url_host(text, i + 2);
+            if (i + 1 < text.size() && link_slash(static_cast<unsigned char>(text[i])) &&
+                link_slash(static_cast<unsigned char>(text[i + 1]))) {
+                const std::string_view host = url_host(text, i + 2, i);
                 if (!host.empty() && !g.link_domains.contains(host)) {
                     set_hit(hit, link_finding(host), s);
                     return true;

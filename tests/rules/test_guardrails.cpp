@@ -23,6 +23,7 @@ namespace bb::rules::test {
 namespace {
 
 using namespace std::chrono_literals;
+using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -759,6 +760,34 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     EXPECT_EQ(longer.outcome, verdict::violated) << longer.reason;
     EXPECT_THAT(longer.reason, HasSubstr("(an authority over 512 bytes)"));
     EXPECT_TRUE(f.check_body(sendgrid("https://example.com/" + std::string(600, 'a'))).allowed());
+    // Backslashes read as slashes, no slashes at all, tabs and line breaks deleted inside an
+    // attribute's URL, and `www.` links without a scheme, as browsers and mail clients read them.
+    for (const std::string link : {R"j(<a href=\"https:\\\\evil.io/\">x</a>)j", R"j(<a href=\"https:\\evil.io/\">x</a>)j",
+                                   R"j(<a href=\"http:/\\evil.io/\">x</a>)j", R"j(<a href=\"https:evil.io/\">x</a>)j",
+                                   R"j(<a href=\"\\\\evil.io/x\">x</a>)j", R"j(<a href='/\\evil.io/x'>x</a>)j",
+                                   R"j(<a href=\"https://example.com\t.evil.io/\">x</a>)j",
+                                   R"j(<a href=\"https://example.com\r\n@evil.io/\">x</a>)j",
+                                   R"j(<a href=\"https:/\n/evil.io/\">x</a>)j", "Visit www.evil.io today",
+                                   "(www.EVIL.io/x)", "<p>www.evil.io</p>", "Web:www.evil.io",
+                                   "\xE2\x80\x9Cwww.evil.io\xE2\x80\x9D"}) {
+        const std::string b = sendgrid(link);
+        const auto hit = f.check_body(b);
+        ASSERT_EQ(hit.outcome, verdict::violated) << link;
+        EXPECT_THAT(hit.reason, AnyOf(HasSubstr("evil.io) at"), HasSubstr("EVIL.io) at")))
+            << link;
+    }
+    const std::string tabbed = sendgrid(R"j(<a href=\"https://example.com\t.evil.io/\">x</a>)j");
+    EXPECT_THAT(f.check_body(tabbed).reason, HasSubstr("(example.com.evil.io) at body offset " +
+                                                       std::to_string(tabbed.find("https://example.com"))));
+    const std::string www = sendgrid("Visit www.evil.io today");
+    EXPECT_THAT(f.check_body(www).reason, HasSubstr("(www.evil.io) at body offset " + std::to_string(www.find("www.evil"))));
+    for (const std::string fine : {"Visit www.example.com, or call", "Visit https://www.example.com, or call",
+                                   "Visit www.example.com.", "https://example.com/img/www.evil.io.png",
+                                   "https://example.com/?u=www.evil.io", "awww.evil.io", "the www. prefix",
+                                   R"j(Shop at https://www.example.com\nThanks)j", R"j(https:\/\/www.example.com\/x)j",
+                                   R"j(<a href=\"https://www.example.com\t\">x</a>)j"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
+    }
 }
 
 TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
@@ -1683,10 +1712,14 @@ struct text_gen {
     std::string link() {
         static const char* const schemes[] = {"http://", "https://", "HTTP://", "Https://", "href=\"//", "href='//",
                                               "HREF = //", "href//", "hrefs=//", "xhttp://", "http:/", "http//",
-                                              "href=\"https://", "//", "://", "https:\\/\\/", "href = \" ' //"};
+                                              "href=\"https://", "//", "://", "https:\\/\\/", "href = \" ' //",
+                                              "https:\\\\", "https:\\", "http:/\\", "https:", "href=\"\\\\",
+                                              "href='/\\", "www.", " www.", "(www.", "href=\"https://\t",
+                                              "\"https://\n", "awww.", "/www."};
         static const char* const hosts[] = {"example.com", "www.example.com", "evil.io", "EXAMPLE.com", "user@evil.io",
                                             "example.com@evil.io", "[::1]", "example.com:8080", "", " ",
-                                            "sub.partner.io", "partner.io.evil.io", "e\xc3\xa9.io"};
+                                            "sub.partner.io", "partner.io.evil.io", "e\xc3\xa9.io", "example.com\t.evil.io",
+                                            "example.com,", "evil.io;", "exam\nple.com", "www.example.com"};
         return std::string{one(schemes)} + one(hosts) + one({"/x", "?q=1", "#f", "", "\"", ")", " y"});
     }
 
@@ -1699,7 +1732,8 @@ struct text_gen {
             case 4: return link();
             case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
-            default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";"});
+            default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
+                                "\\", "\t", "www", ".", "www.", "s:", "p:"});
         }
     }
 
