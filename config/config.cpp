@@ -299,6 +299,12 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
         if (auto v = r.duration("max_rate_limit_pause", false, milliseconds{1})) {
             u.max_rate_limit_pause = *v;
         }
+        if (auto v = r.string("sandbox_api")) {
+            if (*v != "sendgrid" && *v != "mailgun" && *v != "none") {
+                r.errs().add(r.path_of("sandbox_api"), cfg::quote(*v) + " is not one of \"sendgrid\", \"mailgun\", \"none\"");
+            }
+            u.sandbox_api = *v;
+        }
         if (!u.tls && (r.has("ca_file"))) {
             r.errs().add(r.path_of("ca_file"), "is only meaningful for an https upstream");
         }

@@ -1215,11 +1215,11 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         } else {
             r = co_await rem.discard_one(ticket, who_->name, reason_);
         }
-        if (!r.ok && (r.code == "not_found" || r.code == "invalid_state" || r.code == "agent_disabled" ||
-                      r.code == "store_unavailable" || r.code == "store_busy")) {
-            co_return fail({r.code == "not_found"                                    ? http::status::not_found
-                            : r.code == "invalid_state" || r.code == "agent_disabled" ? http::status::conflict
-                                                                                     : http::status::service_unavailable,
+        const bool refused_now = r.code == "invalid_state" || r.code == "agent_disabled" || r.code == "agent_sandboxed";
+        if (!r.ok && (r.code == "not_found" || refused_now || r.code == "store_unavailable" || r.code == "store_busy")) {
+            co_return fail({r.code == "not_found" ? http::status::not_found
+                            : refused_now         ? http::status::conflict
+                                                  : http::status::service_unavailable,
                             r.code, r.message});
         }
         h.body = "{\"result\":" + result_json(r) + "}";

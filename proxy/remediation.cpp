@@ -165,6 +165,18 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         }
     }
     const auto cfg = srv_.current_config();
+    if (!rec->agent.empty()) {
+        // An agent in sandbox mode must not reach customers, with what it sent before it was
+        // put there included: the hold was taken as a real send, so replaying it would be one.
+        for (const auto& a : cfg->agents) {
+            if (a.id == rec->agent && a.sandbox) {
+                co_return store::result::failure("agent_sandboxed", "agent " + rec->agent +
+                                                                        " is in sandbox mode: take it out of sandbox to "
+                                                                        "release " + ticket +
+                                                                        ", or discard it; nothing was sent");
+            }
+        }
+    }
     std::size_t upstream_index = cfg->upstreams.size();
     for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
         if (cfg->upstreams[i].name == rec->upstream) {

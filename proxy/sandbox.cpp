@@ -7,6 +7,7 @@
 #include "rules/form.hpp"
 
 #include <simdjson.h>
+#include <arpa/inet.h>
 
 #include <algorithm>
 #include <vector>
@@ -59,10 +60,44 @@ std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
     return std::nullopt;
 }
 
+upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_view host) {
+    if (configured == "sendgrid") {
+        return upstream_sandbox::sendgrid;
+    }
+    if (configured == "mailgun") {
+        return upstream_sandbox::mailgun;
+    }
+    if (configured == "none") {
+        return upstream_sandbox::none;
+    }
+    while (!host.empty() && host.back() == '.') {
+        host.remove_suffix(1);
+    }
+    auto is_or_under = [&](std::string_view domain) {
+        return iequals(host, domain) ||
+               (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
+                iequals(host.substr(host.size() - domain.size()), domain));
+    };
+    if (is_or_under("sendgrid.com") || is_or_under("sendgrid.net")) {
+        return upstream_sandbox::sendgrid;
+    }
+    if (is_or_under("mailgun.net")) {
+        return upstream_sandbox::mailgun;
+    }
+    const std::string h{host};
+    unsigned char addr[16];
+    if (inet_pton(AF_INET, h.c_str(), addr) == 1 || inet_pton(AF_INET6, h.c_str(), addr) == 1 || is_or_under("localhost")) {
+        return upstream_sandbox::any;
+    }
+    return upstream_sandbox::none;
+}
+
 std::optional<sandbox_api> sandbox_api_for(std::string_view method, std::string_view path,
-                                           std::string_view content_type) {
+                                           std::string_view content_type, upstream_sandbox upstream) {
     const auto api = detect_sandbox_api(content_type);
-    if (!api || method != "POST") {
+    if (!api || method != "POST" || upstream == upstream_sandbox::none ||
+        (upstream == upstream_sandbox::sendgrid && *api != sandbox_api::sendgrid) ||
+        (upstream == upstream_sandbox::mailgun && *api != sandbox_api::mailgun)) {
         return std::nullopt;
     }
     auto ends_with = [&](std::string_view suffix) {

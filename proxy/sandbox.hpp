@@ -28,11 +28,21 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
 // Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.
 std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);
 
+// The dry-run switches an upstream takes: its configured `sandbox_api` ("sendgrid",
+// "mailgun", "none"), else from its host: SendGrid's (sendgrid.com, sendgrid.net) and
+// Mailgun's (mailgun.net) API hosts take their own; a loopback name or an IP address (a test
+// fake, a local relay) is read from the request (`any`); any other host (a CRM, another
+// provider) has none: a path that looks like a mail send there is not one we can switch.
+enum class upstream_sandbox { sendgrid, mailgun, none, any };
+upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_view host);
+
 // The API whose dry-run switch applies to this request, from its method, path (as the
 // client sent it) and content type: a SendGrid mail send (POST .../mail/send, JSON) or a
-// Mailgun message (POST .../messages, a form). Anything else (a CRM write, a JSON body to
-// another endpoint) has no switch we know: the caller must not forward it as sandboxed.
+// Mailgun message (POST .../messages, a form), when the upstream takes that switch. Anything
+// else (a CRM write, a JSON body to another endpoint, a Mailgun-looking path on Salesforce)
+// has no switch we know: the caller must not forward it as sandboxed.
 std::optional<sandbox_api> sandbox_api_for(std::string_view method, std::string_view path,
-                                           std::string_view content_type);
+                                           std::string_view content_type,
+                                           upstream_sandbox upstream = upstream_sandbox::any);
 
 }  // namespace bb::proxy

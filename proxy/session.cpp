@@ -1629,7 +1629,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             } else {
                 std::string why;
                 std::optional<std::string> body;
-                const auto api = sandbox_api_for(req.method_string(), req_path, req[http::field::content_type]);
+                const auto& real = cfg->upstreams[upstream_index];
+                const auto api = sandbox_api_for(req.method_string(), req_path, req[http::field::content_type],
+                                                 upstream_sandbox_of(real.sandbox_api, real.host));
                 const auto enc = req[http::field::content_encoding];
                 if (!enc.empty() && !iequals(enc, "identity")) {
                     // The rewrite reads the body as written: switching a compressed one would
@@ -1644,7 +1646,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 } else {
                     why = "no dry-run switch is known for " + std::string{req.method_string()} + " " + req_path +
                           " with content type \"" + std::string{req[http::field::content_type].substr(0, 64)} +
-                          "\" (only a SendGrid mail send or a Mailgun message can be sandboxed)";
+                          "\" on upstream " + real.name +
+                          " (only a SendGrid mail send or a Mailgun message can be sandboxed, on an upstream whose "
+                          "sandbox_api allows it)";
                 }
                 if (body) {
                     req.body() = std::move(*body);

@@ -746,3 +746,37 @@ TEST(quarantine, a_switched_off_agents_held_requests_are_not_released) {
     EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
     EXPECT_EQ(up.request_count(), 1u);
 }
+
+TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
+    // Held while the agent could send for real; the operator then put it in sandbox mode: a
+    // release would be a real send of an agent that must not reach customers.
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto with_agent = [&](bool sandbox) {
+        std::string cfg = quarantine_config(up.port(), dir, 0);
+        cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
+                                       "\"], \"sandbox\": " + (sandbox ? "true" : "false") + "}]");
+        return cfg;
+    };
+    proxy_instance bb{with_agent(false)};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto sandboxed = bb::parse_config(with_agent(true));
+    ASSERT_TRUE(sandboxed.errors.empty()) << sandboxed.errors.to_string();
+    bb.server().apply_config(sandboxed.cfg);
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.code, "agent_sandboxed") << refused.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+    bb::store::list_filter all;
+    const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
+    EXPECT_EQ(bulk.released, 0u);
+    EXPECT_EQ(bulk.skipped, 1u);
+    EXPECT_EQ(up.request_count(), 0u);
+    auto live = bb::parse_config(with_agent(false));
+    bb.server().apply_config(live.cfg);
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
+}

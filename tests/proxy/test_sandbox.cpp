@@ -132,6 +132,32 @@ TEST(sandbox_rewrite, only_a_mail_send_or_a_mailgun_message_can_be_sandboxed) {
     EXPECT_FALSE(sandbox_api_for("GET", "/v3/mail/send", "application/json"));
 }
 
+TEST(sandbox_rewrite, the_upstream_decides_which_switch_it_takes) {
+    // A Mailgun-looking form post to Salesforce has no dry-run switch: o:testmode would be
+    // ignored there and the message sent for real.
+    const auto salesforce = upstream_sandbox_of("", "acme.my.salesforce.com");
+    EXPECT_EQ(salesforce, upstream_sandbox::none);
+    EXPECT_FALSE(sandbox_api_for("POST", "/services/data/v59.0/chatter/users/me/messages",
+                                 "application/x-www-form-urlencoded", salesforce));
+    EXPECT_FALSE(sandbox_api_for("POST", "/v3/mail/send", "application/json", upstream_sandbox_of("", "api.hubapi.com")));
+    EXPECT_EQ(upstream_sandbox_of("", "api.sendgrid.com"), upstream_sandbox::sendgrid);
+    EXPECT_EQ(upstream_sandbox_of("", "API.SendGrid.com."), upstream_sandbox::sendgrid);
+    EXPECT_EQ(upstream_sandbox_of("", "api.eu.mailgun.net"), upstream_sandbox::mailgun);
+    EXPECT_EQ(upstream_sandbox_of("", "notsendgrid.com"), upstream_sandbox::none);
+    EXPECT_FALSE(sandbox_api_for("POST", "/v3/x/messages", "multipart/form-data; boundary=x",
+                                 upstream_sandbox_of("", "api.sendgrid.com")));
+    EXPECT_FALSE(sandbox_api_for("POST", "/v3/mail/send", "application/json", upstream_sandbox_of("", "api.mailgun.net")));
+    EXPECT_EQ(sandbox_api_for("POST", "/v3/mail/send", "application/json", upstream_sandbox_of("", "api.sendgrid.com")),
+              sandbox_api::sendgrid);
+    // Test fakes and local relays on an address are read from the request; the config can say.
+    EXPECT_EQ(upstream_sandbox_of("", "127.0.0.1"), upstream_sandbox::any);
+    EXPECT_EQ(upstream_sandbox_of("", "::1"), upstream_sandbox::any);
+    EXPECT_EQ(upstream_sandbox_of("", "localhost"), upstream_sandbox::any);
+    EXPECT_EQ(upstream_sandbox_of("sendgrid", "relay.internal"), upstream_sandbox::sendgrid);
+    EXPECT_EQ(upstream_sandbox_of("none", "127.0.0.1"), upstream_sandbox::none);
+    EXPECT_EQ(upstream_sandbox_of("mailgun", "api.sendgrid.com"), upstream_sandbox::mailgun);
+}
+
 TEST(sandbox_rewrite, api_is_detected_from_the_content_type) {
     EXPECT_EQ(detect_sandbox_api("application/json; charset=utf-8"), sandbox_api::sendgrid);
     EXPECT_EQ(detect_sandbox_api("multipart/form-data; boundary=x"), sandbox_api::mailgun);
