@@ -2535,9 +2535,15 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         }
     } else {
         if (s.index.size() >= per_shard_) {
-            // Evict the pair seen least recently (see the class comment for why this is
-            // safe) and reuse its slot.
+            // Evict the pair seen least recently and reuse its slot, but only once nothing of
+            // it is left in the window: else a loop over a list longer than the table (every
+            // pair pushed out by the others before it comes round again) is never caught.
+            // With every tracked pair still in its window, the new pair is not tracked.
             i = s.oldest;
+            if (!s.slots[i].times.empty() && s.slots[i].times.back() > now_ms - window_ms_) {
+                ++s.untracked;
+                return 0;
+            }
             s.index.erase(s.slots[i].key);
             s.unlink(i);
             s.slots[i].times.clear();
@@ -2596,6 +2602,15 @@ std::size_t duplicate_counter::keys() const {
     for (auto& s : shards_) {
         std::lock_guard lock{s.mu};
         n += s.index.size();
+    }
+    return n;
+}
+
+std::uint64_t duplicate_counter::untracked() const {
+    std::uint64_t n = 0;
+    for (auto& sh : shards_) {
+        std::lock_guard lock{sh.mu};
+        n += sh.untracked;
     }
     return n;
 }

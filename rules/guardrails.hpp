@@ -290,10 +290,10 @@ bool is_form_content_type(std::string_view content_type);
 // (rule key, recipient, subject/template). Exact within its bounds: each tracked pair keeps
 // the times of its last `max` sends, so "more than max in the window" is decided exactly.
 // At most `max_keys` pairs are tracked; a new pair beyond that evicts the pair seen least
-// recently. That is exact enough for loop detection: a looping pair is by definition hot
-// (seen again within the window), so it is never the least recently seen one unless
-// max_keys other pairs were sent since it was last seen. Only hashes are stored, never
-// addresses.
+// recently once that one has no send left in the window, and is not tracked while it has
+// (untracked()). A tracked pair is never forgotten within its window, so a loop is caught
+// however long its list: a list longer than the table has at least its first max_keys pairs
+// tracked when it comes round again. Only hashes are stored, never addresses.
 //
 // Thread-safe: 16 shards, each with its own mutex held for a few tens of nanoseconds. A
 // shard is flat: an open-addressing index from key to slot, slots in one vector linked in
@@ -312,6 +312,8 @@ public:
     void unbook(std::uint64_t key, std::int64_t now_ms);
     std::size_t keys() const;
     std::uint64_t evictions() const;
+    // New pairs not tracked because every tracked pair of their shard was in its window.
+    std::uint64_t untracked() const;
 
 private:
     static constexpr std::uint32_t none = 0xFFFF'FFFFu;
@@ -332,6 +334,7 @@ private:
         std::uint32_t newest = none;
         std::uint32_t oldest = none;
         std::uint64_t evictions = 0;
+        std::uint64_t untracked = 0;
 
         void unlink(std::uint32_t i);
         void push_newest(std::uint32_t i);

@@ -1418,23 +1418,35 @@ TEST(GuardDuplicates, CountedPerRuleKey) {
     EXPECT_TRUE(f.check(b).allowed());
 }
 
-TEST(GuardDuplicates, CounterIsBoundedAndEvictsTheLeastRecentlySeen) {
+TEST(GuardDuplicates, CounterIsBoundedAndEvictsTheLeastRecentlySeenOnceOutOfItsWindow) {
     duplicate_counter c{2, std::chrono::minutes{10}, 32};
-    for (std::uint64_t k = 0; k < 1000; ++k) {
-        EXPECT_EQ(c.check_and_book(k * 0x9E3779B97F4A7C15ull, 1000), 0u);
+    auto key = [](std::uint64_t k) { return k * 0x9E3779B97F4A7C15ull; };
+    // A loop over a list far longer than the table: every pair is sent once a minute.
+    // Pairs still in their window are never pushed out by the others, so the tracked ones
+    // are caught on their third send.
+    std::uint64_t caught = 0;
+    for (std::int64_t round = 0; round < 3; ++round) {
+        for (std::uint64_t k = 0; k < 1000; ++k) {
+            caught += c.check_and_book(key(k), 1000 + round * 60'000) != 0;
+        }
     }
-    EXPECT_LE(c.keys(), 32u);
-    EXPECT_GE(c.evictions(), 1000u - 32u);
+    EXPECT_EQ(c.keys(), 32u);
+    EXPECT_EQ(caught, 32u);
+    EXPECT_EQ(c.evictions(), 0u);
+    EXPECT_EQ(c.untracked(), 3u * (1000u - 32u));
+    // Once the window has passed, new pairs take the slots of the least recently seen.
+    const std::int64_t later = 1000 + 2 * 60'000 + 10 * 60'000 + 1;
+    for (std::uint64_t k = 5000; k < 5100; ++k) {
+        EXPECT_EQ(c.check_and_book(key(k), later), 0u);
+    }
+    EXPECT_EQ(c.keys(), 32u);
+    EXPECT_EQ(c.evictions(), 32u);
     // A hot key survives a stream of cold ones as long as it keeps being seen.
-    const std::uint64_t hot = 42;
-    EXPECT_EQ(c.check_and_book(hot, 2000), 0u);
-    for (std::uint64_t k = 0; k < 10; ++k) {
-        c.check_and_book((k + 5000) * 0x9E3779B97F4A7C15ull, 2000);
-    }
-    EXPECT_EQ(c.check_and_book(hot, 2001), 0u);
-    EXPECT_EQ(c.check_and_book(hot, 2002), 2u);
-    c.unbook(hot, 2001);
-    EXPECT_EQ(c.check_and_book(hot, 2003), 0u);
+    const std::uint64_t hot = key(5000);
+    EXPECT_EQ(c.check_and_book(hot, later + 1), 0u);
+    EXPECT_EQ(c.check_and_book(hot, later + 2), 2u);
+    c.unbook(hot, later + 1);
+    EXPECT_EQ(c.check_and_book(hot, later + 3), 0u);
 }
 
 // The flat counter against a plain model (a recency list and a map of send times) over a
@@ -1455,6 +1467,7 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
         std::list<std::uint64_t> recency;  // most recent first
         std::map<std::uint64_t, std::vector<std::int64_t>> times;
         std::uint64_t evicted = 0;
+        std::uint64_t untracked = 0;
         std::uint64_t refused = 0;
         std::mt19937_64 rng{7};
         std::int64_t now = 0;
@@ -1475,6 +1488,12 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
             auto it = times.find(key);
             if (it == times.end()) {
                 if (times.size() >= per_shard) {
+                    const auto& oldest = times[recency.back()];
+                    if (!oldest.empty() && oldest.back() > now - su.window) {
+                        ++untracked;  // every tracked pair is in its window
+                        ASSERT_EQ(c.check_and_book(key, now), 0u) << "step " << step << " key " << key;
+                        continue;
+                    }
                     times.erase(recency.back());
                     recency.pop_back();
                     ++evicted;
@@ -1496,6 +1515,7 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
         }
         EXPECT_EQ(c.keys(), times.size());
         EXPECT_EQ(c.evictions(), evicted);
+        EXPECT_EQ(c.untracked(), untracked);
         EXPECT_GE(evicted, su.min_evicted);
         EXPECT_GT(refused, 100u);
     }
