@@ -1938,6 +1938,32 @@ std::uint64_t pick(const std::vector<scratch::valued>& v, const std::vector<std:
     return v.front().hash;
 }
 
+// A subject as the duplicates guard compares it: case (ASCII), runs of blanks (a no-break
+// space included) and blanks at either end do not make another mail ("Your invoice is
+// ready" and "Your Invoice Is  Ready " are one subject to the reader). First 1 KiB.
+void append_subject(std::string& out, std::string_view v) {
+    v = v.substr(0, 1024);
+    const std::size_t start = out.size();
+    bool blank_before = false;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const auto c = static_cast<unsigned char>(v[i]);
+        bool blank = c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v';
+        if (c == 0xC2 && i + 1 < v.size() && static_cast<unsigned char>(v[i + 1]) == 0xA0) {
+            blank = true;
+            ++i;
+        }
+        if (blank) {
+            blank_before = out.size() > start;
+            continue;
+        }
+        if (blank_before) {
+            out += ' ';
+            blank_before = false;
+        }
+        out += static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+}
+
 guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, time_point now,
                               duplicate_counter* counter, std::vector<guard_booking>* bookings) {
     scratch& s = local();
@@ -1957,24 +1983,29 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     s.subjects.clear();
     s.templates.clear();
     // One pass over the body collects recipients, subjects and templates together.
+    enum class value_kind : std::uint8_t { address, subject, id };
     struct target {
         bool on;
         const std::vector<guard_field>* fields;
         std::vector<scratch::valued>* out;
-        bool address;
+        value_kind kind;
     };
-    const target targets[] = {{g.by_recipient, &g.recipient_fields, &s.recipients, true},
-                              {g.by_subject, &g.subject_fields, &s.subjects, false},
-                              {g.by_template, &g.template_fields, &s.templates, false}};
+    // Templates are read for a subject too: a templated send without a subject is told
+    // apart by its template (welcome and receipt mails to one person are not one mail).
+    const target targets[] = {{g.by_recipient, &g.recipient_fields, &s.recipients, value_kind::address},
+                              {g.by_subject, &g.subject_fields, &s.subjects, value_kind::subject},
+                              {g.by_template || g.by_subject, &g.template_fields, &s.templates, value_kind::id}};
     auto add = [&s](const target& t, std::string_view v, std::int64_t group) {
         if (t.out->size() >= 100'000) {
             return;
         }
         scratch::valued x;
         x.off = s.chars.size();
-        if (t.address) {
+        if (t.kind == value_kind::address) {
             detail::normalize_address(v, s.addr);
             s.chars += s.addr;
+        } else if (t.kind == value_kind::subject) {
+            append_subject(s.chars, v);
         } else {
             s.chars.append(v.substr(0, 1024));
         }
@@ -2013,7 +2044,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             detail::parsed_body& doc = doc_of(in);
             path_tracker paths{g.index, g.by_recipient ? g.recipient_fields : no_fields(),
                                g.by_subject ? &g.subject_fields : &no_fields(),
-                               g.by_template ? &g.template_fields : &no_fields(), &doc, in.req.body};
+                               targets[2].on ? &g.template_fields : &no_fields(), &doc, in.req.body};
             auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
                 paths.visit(fr);
@@ -2026,6 +2057,9 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                             add(targets[k], text, group_of(fr));
                         }
                     }
+                } else if (t == value_type::scalar && targets[2].on && paths.exact(2) && !text.empty() &&
+                           (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) {
+                    add(targets[2], text, group_of(fr));  // a numeric id (HubSpot's emailId)
                 }
                 return walk_next::go;
             });
@@ -2040,7 +2074,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                     if (!tg.on || !form_selected(*tg.fields, name)) {
                         continue;
                     }
-                    if (tg.address) {
+                    if (tg.kind == value_kind::address) {
                         if (!for_each_address(value, [&](std::string_view item) { add(tg, item, -1); })) {
                             return invalid_body("form field " + cfg::quote(name.substr(0, 64)) + " " +
                                                 std::string{unsplittable_list});
@@ -2079,7 +2113,13 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     for (std::size_t i = 0; i < n; ++i) {
         const std::int64_t group = g.by_recipient ? s.recipients[i].group : -1;
         std::uint64_t h = combine(key_hash, g.by_recipient ? s.recipients[i].hash : 0);
-        h = combine(h, g.by_subject ? pick(s.subjects, s.subject_groups, group) : 0);
+        std::uint64_t subject = 0;
+        if (g.by_subject) {
+            subject = !s.subjects.empty() || g.by_template ? pick(s.subjects, s.subject_groups, group)
+                                                          : combine(0x7465'6d70'6c61'7465ull,
+                                                                    pick(s.templates, s.template_groups, group));
+        }
+        h = combine(h, subject);
         h = combine(h, g.by_template ? pick(s.templates, s.template_groups, group) : 0);
         s.keys.push_back(h);
     }
@@ -2246,7 +2286,8 @@ const std::vector<guard_field>& default_subject_fields() {
 
 const std::vector<guard_field>& default_template_fields() {
     static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
-                                          "$.Content.Template.TemplateArn", "$.emailId", "form:template"});
+                                          "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
+                                          "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template"});
     return f;
 }
 
@@ -2473,7 +2514,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         // Only the lists that are counted (the others would keep parts of the body alive).
         dg.index = path_index::of({dg.by_recipient ? &dg.recipient_fields : &no_fields(),
                                    dg.by_subject ? &dg.subject_fields : &no_fields(),
-                                   dg.by_template ? &dg.template_fields : &no_fields()});
+                                   dg.by_template || dg.by_subject ? &dg.template_fields : &no_fields()});
         dr.finish();
         g->canonical = "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
                        ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +

@@ -1367,6 +1367,51 @@ TEST(GuardDuplicates, ByTemplateAndPerPersonalizationSubjects) {
     EXPECT_FALSE(s.check(p).allowed());
 }
 
+TEST(GuardDuplicates, TemplatedSendsWithoutASubjectAreToldApartByTheirTemplate) {
+    // Default `of` (recipient + subject): welcome, verify and receipt mails to one person are
+    // not one mail; the same template four times is.
+    fixture f{dup_rule(R"j({"max": 3, "window": "10m"})j")};
+    auto templated = [](std::string_view id) {
+        return R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}], "from": {"email": "news@example.com"},
+                    "template_id": ")j" + std::string{id} + R"j("})j";
+    };
+    for (const char* id : {"d-welcome", "d-verify", "d-receipt", "d-shipped"}) {
+        EXPECT_TRUE(f.check_body(templated(id)).allowed()) << id;
+    }
+    EXPECT_TRUE(f.check_body(templated("d-welcome")).allowed());
+    EXPECT_TRUE(f.check_body(templated("d-welcome")).allowed());
+    EXPECT_THAT(f.check_body(templated("d-welcome")).reason, HasSubstr("already sent 3 times"));
+    // SES v2 bulk and HubSpot single sends (a numeric email id) likewise.
+    fixture h{dup_rule(R"j({"max": 1, "window": "10m", "of": ["recipient", "template"]})j")};
+    auto hubspot = [](std::string_view id) {
+        return R"j({"emailId": )j" + std::string{id} + R"j(, "message": {"to": "jane@example.com"}})j";
+    };
+    EXPECT_TRUE(h.check_body(hubspot("4126643121")).allowed());
+    EXPECT_TRUE(h.check_body(hubspot("4126643122")).allowed());
+    EXPECT_FALSE(h.check_body(hubspot("4126643121")).allowed());
+    auto bulk = [](std::string_view name) {
+        return R"j({"FromEmailAddress": "news@example.com", "DefaultContent": {"Template": {"TemplateName": ")j" +
+               std::string{name} + R"j("}}, "BulkEmailEntries": [{"Destination": {"ToAddresses": ["jane@example.com"]}}]})j";
+    };
+    EXPECT_TRUE(h.check_body(bulk("Welcome")).allowed());
+    EXPECT_TRUE(h.check_body(bulk("Receipt")).allowed());
+    EXPECT_FALSE(h.check_body(bulk("Welcome")).allowed());
+}
+
+TEST(GuardDuplicates, SubjectsDifferingOnlyInCaseOrBlanksAreOneSubject) {
+    // An agent that regenerates its subject in a loop changes case and spacing, not the mail.
+    fixture f{dup_rule(R"j({"max": 2, "window": "10m"})j")};
+    auto with_subject = [](std::string_view subject) {
+        std::string b = sendgrid_to({"jane@example.com"});
+        b.replace(b.find("Spring sale"), 11, subject);
+        return b;
+    };
+    EXPECT_TRUE(f.check_body(with_subject("Your invoice is ready")).allowed());
+    EXPECT_TRUE(f.check_body(with_subject("Your Invoice Is  Ready ")).allowed());
+    EXPECT_FALSE(f.check_body(with_subject("\tyour invoice\u00a0is ready")).allowed());
+    EXPECT_TRUE(f.check_body(with_subject("Your invoice is ready!")).allowed()) << "another text is another subject";
+}
+
 TEST(GuardDuplicates, ALaterRefusalUndoesTheBooking) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j") + "," + pii_rule(R"j({"pii": ["card"]})j")};
     request bad;
