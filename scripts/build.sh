@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Configures (once) and builds breakerbox with CMake + Ninja into build/ (Release).
-# Extra arguments are passed to `cmake --build` (e.g. --target breakerbox).
+# Configures and builds breakerbox with CMake + Ninja into build/ (Release unless BUILD_TYPE
+# says otherwise). Extra arguments are passed to `cmake --build` (e.g. --target breakerbox).
+# Configuring again each time is cheap and keeps the tests on in a build/ configured before
+# with them off (test.sh would otherwise run zero tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${JOBS:-$(nproc)}
-if [[ ! -f build/build.ninja ]]; then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release}
+args=(-S . -B build -DBREAKERBOX_TESTS=ON)
+if [[ ! -f build/CMakeCache.txt ]]; then
+  args+=(-G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}")
+elif [[ -n ${BUILD_TYPE:-} ]]; then
+  args+=(-DCMAKE_BUILD_TYPE="$BUILD_TYPE")
 fi
+cmake "${args[@]}" >/dev/null
 cmake --build build -j "$jobs" "$@"

@@ -11,6 +11,18 @@ build/breakerbox --check-config demo/breakerbox.json
 build/breakerbox-demo-upstream 127.0.0.1:9000 &
 demo_pid=$!
 trap 'kill $demo_pid 2>/dev/null || true' EXIT
+# The demo upstream must be the one answering on :9000 (another program there would get the
+# demo's traffic): wait for it, up to 10 s, and stop if it exited (port taken).
+for _ in $(seq 100); do
+  if ! kill -0 "$demo_pid" 2>/dev/null; then
+    echo "demo: the demo upstream did not start (is 127.0.0.1:9000 in use?)" >&2
+    exit 1
+  fi
+  if curl -s -o /dev/null --max-time 1 http://127.0.0.1:9000/; then
+    break
+  fi
+  sleep 0.1
+done
 cat <<'MSG'
 
   breakerbox is starting on http://127.0.0.1:8080 in front of the demo upstream (127.0.0.1:9000).
@@ -34,6 +46,9 @@ cat <<'MSG'
     build/breakerctl breakers
     build/breakerctl quarantine list --breaker campaign-volume
     build/breakerctl quarantine release --breaker campaign-volume --rate 5 --reason "segment checked"
+
+  Breaker states and held mail are kept in var/breakerbox.db across runs (as in production:
+  a restart never reopens a breaker); `rm -rf var/` before a run starts the demo afresh.
 
   Access log lines (JSON) follow. Ctrl-C drains and stops.
 

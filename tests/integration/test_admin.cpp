@@ -892,7 +892,7 @@ TEST(admin_api, metrics_pass_promtool) {
     const std::string file = f.dir + "/metrics.txt";
     std::ofstream{file} << text;
     if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
-        GTEST_SKIP() << "promtool is not installed (scripts/setup.sh installs it)";
+        FAIL() << "promtool is not installed: scripts/setup.sh installs it (package prometheus)";
     }
     const std::string cmd = "promtool check metrics < " + file + " 2>&1";
     FILE* pipe = ::popen(cmd.c_str(), "r");
@@ -941,7 +941,7 @@ TEST(admin_api, a_removed_certificate_mapping_ends_that_identity_on_an_open_conn
     proxy_instance bb{with_tls(true)};
     int rc = 0;
     if (run("command -v curl", &rc), rc != 0) {
-        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+        FAIL() << "curl is not installed: scripts/setup.sh installs it";
     }
     const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
     const std::string id = "--cacert " + cert("ca.pem") + " --cert " + cert("agent-agent-one.pem") + " --key " +
@@ -966,7 +966,7 @@ TEST(admin_api, a_pinned_client_certificate_mapping_takes_only_that_certificate)
     const auto dir = temp_dir();
     int rc = 0;
     if (run("command -v curl", &rc), rc != 0) {
-        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+        FAIL() << "curl is not installed: scripts/setup.sh installs it";
     }
     auto fp = run("openssl x509 -in " + cert("agent-agent-one.pem") + " -noout -fingerprint -sha256", &rc);
     ASSERT_EQ(rc, 0) << fp;
@@ -1007,7 +1007,7 @@ TEST(admin_api, an_api_reload_rotates_the_admin_client_ca) {
     const auto dir = temp_dir();
     int rc = 0;
     if (run("command -v curl", &rc), rc != 0) {
-        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+        FAIL() << "curl is not installed: scripts/setup.sh installs it";
     }
     std::filesystem::copy_file(cert("ca.pem"), dir + "/operators-ca.pem");
     std::string cfg = admin_config(up.port(), dir);
@@ -1048,7 +1048,7 @@ TEST(admin_api, tls_with_client_certificates_mapping_to_operators) {
     const std::string base = "https://127.0.0.1:" + std::to_string(bb.server().admin_port());
     int rc = 0;
     if (run("command -v curl", &rc), rc != 0) {
-        GTEST_SKIP() << "curl is not installed (scripts/setup.sh installs it)";
+        FAIL() << "curl is not installed: scripts/setup.sh installs it";
     }
     const std::string curl = "curl -s -o /dev/stderr -w '%{http_code}' --cacert " + cert("ca.pem") + " ";
     auto out = run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/breakers", &rc);

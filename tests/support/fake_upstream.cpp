@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <sstream>
 #include <cerrno>
 #include <cstdlib>
@@ -402,6 +403,31 @@ response http_request(std::uint16_t port, http::verb method, std::string target,
     return c.read_response(method == http::verb::head);
 }
 
+namespace {
+
+// The directories temp_dir() made, removed when the test binary exits normally (a store file
+// can be megabytes; thousands of runs filled /tmp). BB_KEEP_TEST_DIRS=1 keeps them to look at.
+struct made_dirs {
+    std::mutex mu;
+    std::vector<std::string> dirs;
+    ~made_dirs() {
+        if (std::getenv("BB_KEEP_TEST_DIRS") != nullptr) {
+            return;
+        }
+        for (const auto& d : dirs) {
+            std::error_code ec;
+            std::filesystem::remove_all(d, ec);
+        }
+    }
+};
+
+made_dirs& made() {
+    static made_dirs m;
+    return m;
+}
+
+}  // namespace
+
 std::string temp_dir() {
     // mkdtemp: always a new, empty directory. A name made of pid + counter was reused once
     // pids wrapped, handing a test the store and files an earlier run left behind.
@@ -409,6 +435,9 @@ std::string temp_dir() {
     if (::mkdtemp(tmpl.data()) == nullptr) {
         throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
     }
+    auto& m = made();
+    std::lock_guard lock{m.mu};
+    m.dirs.push_back(tmpl);
     return tmpl;
 }
 
