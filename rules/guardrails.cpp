@@ -242,7 +242,9 @@ public:
         }
         arena_used_ = 0;
         const std::size_t n = body.size();
-        std::size_t pos = skip_ws(body, 0);
+        // A UTF-8 byte order mark before the value: Jackson and Python read past it (Go and
+        // simdjson refuse it), so the value after it is what such an upstream sends.
+        std::size_t pos = skip_ws(body, body.starts_with("\xEF\xBB\xBF") ? 3 : 0);
         if (pos >= n) {
             return result::invalid;
         }
@@ -1199,17 +1201,30 @@ std::int64_t group_of(std::span<const frame> f) {
 
 enum class body_kind : std::uint8_t { json, form, text };
 
-body_kind kind_of(const guard_input& in) {
-    // The media type only: `application/x-www-form-urlencoded; x=json` is a form.
+// Whether the content type says JSON (its media type only: `application/x-www-form-urlencoded;
+// x=json` is a form).
+bool labelled_json(const guard_input& in) {
     const std::string_view ct = in.req.content_type.substr(0, in.req.content_type.find(';'));
     if (ct.size() >= 4 && (ct[ct.size() - 4] | 0x20) == 'j' && (ct[ct.size() - 3] | 0x20) == 's' &&
         (ct[ct.size() - 2] | 0x20) == 'o' && (ct[ct.size() - 1] | 0x20) == 'n') {
-        return body_kind::json;  // application/json, application/vnd.api+json: the guards ask ~10 times a request
+        return true;  // application/json, application/vnd.api+json: the guards ask ~10 times a request
     }
     for (std::size_t i = 0; i + 4 <= ct.size(); ++i) {
         if ((ct[i] | 0x20) == 'j' && (ct[i + 1] | 0x20) == 's' && (ct[i + 2] | 0x20) == 'o' && (ct[i + 3] | 0x20) == 'n') {
-            return body_kind::json;
+            return true;
         }
+    }
+    return false;
+}
+
+// What a body labelled JSON that the walk cannot read is, when its bytes show nothing: the
+// upstream may still read it (a UTF-16 body, nesting past ours, an escape the raw bytes hide:
+// `\u0034111 1111 1111 1111`), so the scan did not see what it would send.
+const char* const unreadable_json = "the body is labelled JSON but cannot be read as JSON (UTF-8, nesting up to 512)";
+
+body_kind kind_of(const guard_input& in) {
+    if (labelled_json(in)) {
+        return body_kind::json;
     }
     if (in.form) {
         return body_kind::form;
@@ -1570,6 +1585,9 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             if (res == json_walker::result::done) {
                 return {};
             }
+            if (labelled_json(in) && unreadable.empty()) {
+                unreadable = unreadable_json;
+            }
             break;  // not JSON after all: scan the bytes
         }
         case body_kind::form: {
@@ -1871,6 +1889,9 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 return violated(hit.what + " at body offset " + std::to_string(offset) + " (" + where + ")");
             }
             scan_raw = res == json_walker::result::invalid;
+            if (scan_raw && labelled_json(in) && unreadable.empty()) {
+                unreadable = unreadable_json;
+            }
             break;
         }
         case body_kind::form:

@@ -218,6 +218,33 @@ TEST(GuardPii, OffsetAccountsForJsonEscapes) {
     EXPECT_THAT(d.reason, HasSubstr("at body offset " + std::to_string(body.find("4111111111111111"))));
 }
 
+TEST(GuardPii, ABodyLabelledJsonThatCannotBeReadIsAnInvalidBody) {
+    // Jackson and Python read past a byte order mark: the value after it is scanned.
+    fixture f{pii_rule(R"j({"pii": ["card"]})j")};
+    const std::string escaped = sendgrid(R"j(Card \u0034111 1111 1111 1111)j");
+    EXPECT_EQ(f.check_body(escaped).outcome, verdict::violated);
+    EXPECT_EQ(f.check_body("\xEF\xBB\xBF" + escaped).outcome, verdict::violated);
+    // UTF-16, nesting past ours: the raw bytes hide what such an upstream reads, so the guard
+    // says it cannot read the body (rejected by default) rather than that it is clean.
+    std::string utf16;
+    for (const char c : escaped) {
+        utf16 += c;
+        utf16 += '\0';
+    }
+    const auto wide = f.check_body(utf16);
+    EXPECT_EQ(wide.outcome, verdict::rejected) << wide.reason;
+    EXPECT_THAT(wide.reason, HasSubstr("labelled JSON but cannot be read as JSON"));
+    const std::string deep = std::string(600, '[') + R"j("Card \u0034111 1111 1111 1111")j" + std::string(600, ']');
+    EXPECT_EQ(f.check_body(deep).outcome, verdict::rejected);
+    // What the raw bytes do show is still reported; an unlabelled body is read as text.
+    EXPECT_EQ(f.check_body(std::string(600, '[') + "\"4111 1111 1111 1111\"").outcome, verdict::violated);
+    EXPECT_TRUE(f.check_body("{not json", "text/plain").allowed());
+    fixture c{R"j({"id": "brand", "route": "mail-send", "guard": {"content": {"blocked_terms": ["free money"]}},
+                   "failure_mode": "pii-risk", "trips": "pii-deny"})j"};
+    EXPECT_EQ(c.check_body(std::string(600, '[') + R"j("fr\u0065e money")j" + std::string(600, ']')).outcome,
+              verdict::rejected);
+}
+
 TEST(GuardPii, InNarrowsTheScanToJsonPaths) {
     const std::string body = sendgrid("<p>Hello</p>", R"j(, "custom_args": {"note": "4111 1111 1111 1111"})j");
     fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content[*].value", "$.subject"]})j")};
