@@ -1334,7 +1334,13 @@ bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
             continue;
         }
         if (table.word[c]) {
-            return false;  // lower case or `_`: not an IBAN
+            // Lower case or `_`: the piece being read is a word, not a group. In the first
+            // piece there is no IBAN; after a group it ends before this word
+            // (`DE89 3704 0044 0532 0130 00 Deutsche Bank`).
+            if (nb == 0) {
+                return false;
+            }
+            break;
         }
         boundaries[nb++] = m;
         if (c == ' ' && i + 1 < text.size() &&
@@ -1344,7 +1350,7 @@ bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
         }
         break;
     }
-    if (i >= text.size() || m == 34) {
+    if ((i >= text.size() || m == 34) && (nb == 0 || boundaries[nb - 1] != m)) {
         boundaries[nb++] = m;
     }
     const int expected = iban_length(buf[0], buf[1]);

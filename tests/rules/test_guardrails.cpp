@@ -375,6 +375,11 @@ TEST(GuardPii, Iban) {
     EXPECT_FALSE(f.check_body(sendgrid("<p>DE89 3704 0044 0532 0130 00</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>Pay to GB82 WEST 1234 5698 7654 33 by Friday</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>Model GB82 WEST is great</p>")).allowed());
+    // Followed by a capitalised word (German nouns): the IBAN ends before it.
+    EXPECT_FALSE(f.check_body(sendgrid("<p>DE89 3704 0044 0532 0130 00 Deutsche Bank</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>DE89370400440532013000 Thanks</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>GB82 WEST 1234 5698 7654 32 Bitte</p>")).allowed());
+    EXPECT_TRUE(f.check_body(sendgrid("<p>DE89370400440532013000abc</p>")).allowed()) << "one word, not an IBAN";
 }
 
 TEST(GuardPii, Secrets) {
