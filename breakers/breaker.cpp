@@ -841,7 +841,7 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
 }
 
 breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id, std::string_view key,
-                                                     trip_cause cause, time_point now) {
+                                                     trip_cause cause, time_point now, bool holds_slot) {
     trip_result r;
     slot* s = find_slot(breaker_id);
     if (!s) {
@@ -851,7 +851,7 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         return r;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->trip(breaker_id, key, std::move(cause), now);
+        return successor_->trip(breaker_id, key, std::move(cause), now, holds_slot);
     }
     if (!s->cfg.per_key) {
         key = {};
@@ -888,7 +888,7 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         trip_lock.unlock();
     }
     if (!outcome) {
-        return successor_->trip(breaker_id, key, kept, now);
+        return successor_->trip(breaker_id, key, kept, now, holds_slot);
     }
     r.opened = outcome->opened;
     r.shadow = outcome->shadow;
@@ -896,6 +896,15 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         r.adm.act = s->cfg.act;
         r.adm.instance = name;
         r.adm.would_contain = true;
+        return r;
+    }
+    if (holds_slot && !r.opened && s->cfg.act == action::throttle) {
+        // Through on the slot it took before the rules ran (a second one would halve the
+        // rate while the rule stays broken, and refuse a request that had its slot).
+        r.adm.v = admission::verdict::allow;
+        r.adm.act = action::throttle;
+        r.adm.throttled = true;
+        r.adm.instance = name;
         return r;
     }
     r.adm = admit(name, now);

@@ -179,7 +179,11 @@ public:
         bool shadow = false;   // mode prevented enforcement (would have tripped)
         admission adm;         // how to treat the crossing request itself
     };
-    trip_result trip(std::string_view breaker_id, std::string_view key, trip_cause cause, time_point now);
+    // `holds_slot`: the request already took a throttle slot of this instance (admit() said
+    // `throttled`); a trip that finds it still open then lets it through on that slot
+    // instead of taking a second one.
+    trip_result trip(std::string_view breaker_id, std::string_view key, trip_cause cause, time_point now,
+                     bool holds_slot = false);
 
     // A half-open probe finished. Success closes the instance once every probe succeeded;
     // a failure reopens it with the cooldown doubled (capped at max_cooldown).

@@ -1525,6 +1525,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             append_list(req, "via", client_version == 10 ? "1.0 breakerbox" : "1.1 breakerbox");
         };
         const bool has_rules = rt.engine && rt.route_has_rules[route_index];
+        std::vector<std::string> throttle_slots;  // throttle instances this request took a slot of
         if (!contained && has_rules) {
             fill_view();
             if (registry.any_active()) {
@@ -1538,7 +1539,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // A deny breaker is never tripped by its rule (the rule refuses the one
                     // request), but an operator's trip or forced_open refuses everything it
                     // covers: admit() says so like for any other breaker.
-                    if (!admit(registry.admit(registry.instance_name(*b, k.key), now), r.id)) {
+                    auto adm = registry.admit(registry.instance_name(*b, k.key), now);
+                    if (adm.throttled) {
+                        throttle_slots.push_back(adm.instance);
+                    }
+                    if (!admit(adm, r.id)) {
                         break;
                     }
                 }
@@ -1580,7 +1585,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         contained_breaker = b->id;
                         contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
                     } else if (b != nullptr) {
-                        auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now);
+                        const auto instance = registry.instance_name(*b, d.key);
+                        auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now,
+                                                std::find(throttle_slots.begin(), throttle_slots.end(), instance) !=
+                                                    throttle_slots.end());
                         if (tr.shadow) {
                             spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
                                          tr.adm.instance, request_id, d.reason);

@@ -608,6 +608,31 @@ TEST(throttle, open_throttle_breaker_lets_r_per_interval_through) {
     EXPECT_EQ(throttled, 4);
 }
 
+TEST(throttle, a_rule_that_stays_broken_does_not_take_a_second_slot_per_request) {
+    // Tripped by its rule, which every request keeps breaking (each is over the cap and so
+    // not counted): each request takes one slot, not one before the rules and one at the trip.
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir,
+                                     R"({"id": "campaign-volume", "action": "throttle", "reset": "manual",
+                                         "throttle": {"requests": 2, "per": "1m"}})",
+                                     3),
+                      &clock};
+    std::vector<unsigned> codes;
+    for (int i = 0; i < 5; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(5, "t"));
+        codes.push_back(c.read_response().result_int());
+    }
+    EXPECT_EQ(codes, (std::vector<unsigned>{202, 202, 429, 429, 429}));
+    EXPECT_EQ(up.request_count(), 2u);
+    clock.advance(std::chrono::minutes{1});
+    raw_client again{bb.port()};
+    again.send(mail(5, "t"));
+    EXPECT_EQ(again.read_response().result_int(), 202u) << "a new interval has its slots";
+}
+
 TEST(durability, a_new_server_on_the_same_store_starts_with_the_breaker_open) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
