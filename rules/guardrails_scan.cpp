@@ -1247,9 +1247,17 @@ void set_hit(text_hit* hit, std::string what, std::size_t offset) {
     }
 }
 
-// Card windows ending at the newest group: 13-19 digits, Luhn-valid, an issuer digit 2-6,
-// written as one group or in the usual groupings (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4)
-// with one kind of separator.
+// A card number starting with 2 is a Mastercard (2221-2720) or a Mir card (2200-2204); no
+// other network issues in 2xxx (`2017 2018 2019 2020` is four years).
+bool two_series_iin(std::string_view first4) {
+    const int v = (first4[0] - '0') * 1000 + (first4[1] - '0') * 100 + (first4[2] - '0') * 10 + (first4[3] - '0');
+    return (v >= 2200 && v <= 2204) || (v >= 2221 && v <= 2720);
+}
+
+// Card windows ending at the newest group: 13-19 digits, Luhn-valid, an issuer digit 2-6
+// (2 only in the ranges issued), written as one group or in the usual groupings
+// (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator, not part of a longer
+// run of 4-digit groups.
 bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
     if (dg.digits < 13) {
         return false;
@@ -1281,13 +1289,18 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
         if (!shape) {
             continue;
         }
+        if (k > 1 && k < dg.n && dg.g[dg.n - k - 1].len == 4 && first.sep == dg.g[dg.n - 1].sep) {
+            // Inside a longer run of 4-digit groups (a 22-digit USPS tracking number as USPS
+            // shows it, `9400 1111 5112 7527 8510 09`): a window of it is no card.
+            continue;
+        }
         char buf[20];
         std::size_t m = 0;
         for (std::size_t j = dg.n - k; j < dg.n; ++j) {
             std::memcpy(buf + m, text.data() + dg.g[j].start, dg.g[j].len);
             m += dg.g[j].len;
         }
-        if (buf[0] < '2' || buf[0] > '6' || !luhn_valid({buf, m})) {
+        if (buf[0] < '2' || buf[0] > '6' || (buf[0] == '2' && !two_series_iin({buf, 4})) || !luhn_valid({buf, m})) {
             continue;
         }
         set_hit(hit, "card number (Luhn-valid, ****" + std::string{buf + m - 4, 4} + ")", first.start);

@@ -208,6 +208,12 @@ TEST(GuardPii, CardFormats) {
     // Separators must be consistent and single; a run of 20+ digits is not a card.
     EXPECT_TRUE(f.check_body(sendgrid("<p>4111 1111-1111 1111</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>41111111111111110000</p>")).allowed());
+    // Not cards: a 22-digit USPS tracking number as USPS shows it (its last 14 digits are
+    // Luhn-valid), four years (2017 is no issued 2-series prefix). A 2-series Mastercard is.
+    EXPECT_TRUE(f.check_body(sendgrid("<p>Tracking 9400 1111 5112 0000 0000 04</p>")).allowed());
+    EXPECT_TRUE(f.check_body(sendgrid("<p>Vintages 2017 2018 2019 2020</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>2221 0000 0000 0009</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>Tracking 9400 1111, card 4111 1111 1111 1111</p>")).allowed());
 }
 
 TEST(GuardPii, OffsetAccountsForJsonEscapes) {
