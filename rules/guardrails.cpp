@@ -1850,7 +1850,8 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             if (msg.list_unsubscribe) {
                 unsubscribe = true;
             }
-            if (t.k == mime_text::kind::header || !detail::find_content(g, t.text, unsubscribe, &hit)) {
+            if (t.k == mime_text::kind::header || t.k == mime_text::kind::attachment ||
+                !detail::find_content(g, t.text, unsubscribe, &hit)) {
                 return false;
             }
             where = t.where + " of the raw message at " + at.at();

@@ -638,8 +638,16 @@ struct content_reader {
                 return fail(at + " is not valid text in its charset " + (charset ? charset->substr(0, 32) : "(none: windows-1252)"));
             }
             out.texts.push_back(std::move(t));
+        } else if (!body.empty()) {
+            // An attachment of another type: what it holds reaches the recipient all the same
+            // (`application/octet-stream; name="customers.csv"`).
+            mime_text t;
+            t.k = mime_text::kind::attachment;
+            t.where = label + " (" + type.substr(0, 64) + ", an attachment)";
+            t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
+            out.texts.push_back(std::move(t));
         }
-        return true;  // an attachment of another type is not read
+        return true;
     }
 
     // The parts between `--boundary` lines; the text before the first and after the closing

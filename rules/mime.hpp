@@ -28,7 +28,9 @@ bool mime_recipients(std::string_view message, std::string& scratch, std::vector
 
 // What the content and PII guards read of a raw message (the recipients are read above).
 struct mime_text {
-    enum class kind : std::uint8_t { subject, header, body };
+    // attachment: a part of another type (a CSV, a PDF), its transfer encoding undone, bytes
+    // as they are (read by the pii guard, as JSON attachments are; not by the content guard).
+    enum class kind : std::uint8_t { subject, header, body, attachment };
     kind k = kind::body;
     std::string where;  // "Subject", "header X-Note", "part 1.2 (text/html)", "preamble of part 1"
     std::string text;   // decoded: encoded words, quoted-printable and base64 undone
@@ -42,7 +44,8 @@ struct mime_content {
 // encoded words decoded (the Subject marked as such), and the body of every text part
 // (text/*, or no valid Content-Type) with its Content-Transfer-Encoding undone, through nested
 // multiparts (a multipart/digest's untyped parts as messages) and attached messages
-// (message/rfc822). Parts of other types (images, PDFs) are not read; multipart preambles and
+// (message/rfc822). Parts of other types (images, PDFs, CSV files) come as attachments,
+// decoded but not converted; multipart preambles and
 // epilogues are, as plain text. HTML is returned as markup (the guards read a text again as
 // shown when it hides characters: rules/guardrails_scan.hpp, show()). Linear in the
 // message. False with `why` when the message cannot be read for certain: a header section

@@ -977,7 +977,7 @@ std::string newsletter(std::string_view text, std::string_view html, std::string
     }
     m += "--inner--\r\n\r\n--outer\r\nContent-Type: application/pdf; name=\"terms.pdf\"\r\n"
          "Content-Disposition: attachment; filename=\"terms.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n";
-    m += b64("%PDF-1.4 card 4111 1111 1111 1111 free money") + "\r\n--outer--\r\n";
+    m += b64("%PDF-1.4 terms and conditions, free money") + "\r\n--outer--\r\n";
     return m;
 }
 
@@ -994,7 +994,7 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
     EXPECT_EQ(texts["part 1.1 (text/plain)"], "Save up to 40% on everything.\r\n");
     EXPECT_EQ(texts["part 1.2 (text/html)"], "<p>Hello <b>Jane</b></p>");
     EXPECT_EQ(texts["preamble of the message"], "This is a multi-part message in MIME format.");
-    EXPECT_EQ(texts.count("part 2 (application/pdf)"), 0u) << "attachments of other types are not read";
+    EXPECT_EQ(texts["part 2 (application/pdf, an attachment)"], "%PDF-1.4 terms and conditions, free money");
     EXPECT_FALSE(c.list_unsubscribe);
 
     // Adjacent encoded words join without the blanks between them (RFC 2047 6.2).
@@ -1133,8 +1133,19 @@ TEST(GuardRawMessages, ReadLikeAMailClient) {
 
 TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     fixture f{pii_rule(R"j({"pii": ["card", "ssn"]})j")};
-    EXPECT_TRUE(f.check_body(ses_raw(newsletter("Thanks for your order.", "<p>Thanks</p>"))).allowed())
-        << "the card number in the PDF is not read";
+    EXPECT_TRUE(f.check_body(ses_raw(newsletter("Thanks for your order.", "<p>Thanks</p>"))).allowed());
+    // An attachment of any type is read (decoded) by the pii guard, as JSON attachments are:
+    // a customer export an agent attached; the content guard leaves attachments alone.
+    const std::string csv = "From: a@example.com\r\nTo: b@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+                            "--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--b\r\n"
+                            "Content-Type: application/octet-stream; name=\"customers.csv\"\r\n"
+                            "Content-Transfer-Encoding: base64\r\n\r\n" +
+                            b64("name,card\nJane,4111111111111111\nfree money\n") + "\r\n--b--\r\n";
+    const auto attached = f.check_body(ses_raw(csv));
+    ASSERT_EQ(attached.outcome, verdict::violated);
+    EXPECT_THAT(attached.reason, HasSubstr("part 2 (application/octet-stream, an attachment) of the raw message"));
+    fixture terms{content_rule(R"j({"blocked_terms": ["free money"]})j")};
+    EXPECT_TRUE(terms.check_body(ses_raw(csv)).allowed()) << "the content guard does not read attachments";
     // A card number split by a quoted-printable soft line break.
     auto d = f.check_body(ses_raw(newsletter("Card on file: 4111 1111 =\r\n1111 1111.", "<p>Thanks</p>")));
     ASSERT_EQ(d.outcome, verdict::violated);
