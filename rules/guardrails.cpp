@@ -1164,6 +1164,29 @@ namespace {
 
 // `$.personalizations[0].to[1].email`. Keys that could carry personal data (an address, a
 // long number) are not shown.
+// Whether a key or form field name may be shown in a finding (which reaches logs and the
+// client): a short name of letters, digits, `_` and `-` with fewer than 6 digits that holds
+// nothing the pii guard would report (an AWS key id used as a key, `AKIAIOSFODNN7EXAMPLE`).
+// `form`: a form field name, which may also hold other printable ASCII (`h:X-Tag`,
+// `Destination.ToAddresses.member.1`, `to[]`).
+bool showable_name(std::string_view key, bool form) {
+    std::size_t digits = 0;
+    bool simple = !key.empty() && key.size() <= 64;
+    for (const char c : key) {
+        digits += c >= '0' && c <= '9';
+        simple = simple && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
+                            (form && c > ' ' && c < 0x7f && c != '"' && c != '\\'));
+    }
+    constexpr auto every_kind = static_cast<std::uint8_t>(pii_kind::card) | static_cast<std::uint8_t>(pii_kind::ssn) |
+                                static_cast<std::uint8_t>(pii_kind::iban) | static_cast<std::uint8_t>(pii_kind::secrets);
+    return simple && digits < 6 && !detail::find_pii(every_kind, key, nullptr);
+}
+
+// A form field name for a finding: quoted, or `(a name not shown)`.
+std::string field_name(std::string_view name) {
+    return showable_name(name, true) ? cfg::quote(name) : std::string{"(a name not shown)"};
+}
+
 std::string render_path(std::span<const frame> f) {
     std::string out = "$";
     for (const auto& fr : f) {
@@ -1173,13 +1196,7 @@ std::string render_path(std::span<const frame> f) {
             out += ']';
             continue;
         }
-        std::size_t digits = 0;
-        bool simple = !fr.key.empty() && fr.key.size() <= 64;
-        for (const char c : fr.key) {
-            digits += c >= '0' && c <= '9';
-            simple = simple && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-');
-        }
-        if (simple && digits < 6) {
+        if (showable_name(fr.key, false)) {
             out += '.';
             out += fr.key;
         } else {
@@ -1597,7 +1614,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                     continue;
                 }
                 if (detail::find_pii(g.kinds, value, &hit)) {
-                    return violated(hit.what + " in form field " + cfg::quote(name.substr(0, 64)) + " at offset " +
+                    return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
                 }
             }
@@ -1694,7 +1711,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     scratch& s = local();
                     if (const auto fault = raw_recipients(form_message(*mf, value, s.message), s); !fault.empty()) {
                         if (why) {
-                            *why = "the raw message in form field " + cfg::quote(name.substr(0, 64)) + " cannot be read: " +
+                            *why = "the raw message in form field " + field_name(name) + " cannot be read: " +
                                    std::string{fault};
                         }
                         return false;
@@ -1720,7 +1737,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     });
                     if (!split && !stop) {
                         if (why) {
-                            *why = "form field " + cfg::quote(name.substr(0, 64)) + " " + std::string{unsplittable_list};
+                            *why = "form field " + field_name(name) + " " + std::string{unsplittable_list};
                         }
                         return false;
                     }
@@ -1904,7 +1921,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                     continue;
                 }
                 if (detail::find_content(g, value, unsubscribe, &hit)) {
-                    return violated(hit.what + " in form field " + cfg::quote(name.substr(0, 64)) + " at offset " +
+                    return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
                 }
             }
@@ -2098,7 +2115,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                     }
                     if (tg.kind == value_kind::address) {
                         if (!for_each_address(value, [&](std::string_view item) { add(tg, item, -1); })) {
-                            return invalid_body("form field " + cfg::quote(name.substr(0, 64)) + " " +
+                            return invalid_body("form field " + field_name(name) + " " +
                                                 std::string{unsplittable_list});
                         }
                     } else {

@@ -251,6 +251,25 @@ TEST(GuardPii, ABodyLabelledJsonThatCannotBeReadIsAnInvalidBody) {
               verdict::rejected);
 }
 
+TEST(GuardPii, KeysAndFieldNamesThatHoldSecretsAreNotShown) {
+    // Findings reach the logs and the client: a key or field name is named only when the pii
+    // guard would find nothing in it.
+    fixture f{pii_rule(R"j({"pii": ["card"]})j")};
+    const auto d = f.check_body(R"j({"custom_args": {"AKIAIOSFODNN7EXAMPLE": "4111 1111 1111 1111"}})j");
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("($.custom_args['...'])"));
+    EXPECT_THAT(d.reason, Not(HasSubstr("AKIA")));
+    EXPECT_THAT(f.check_body(R"j({"custom_args": {"note": "4111 1111 1111 1111"}})j").reason,
+                HasSubstr("($.custom_args.note)"));
+    const auto form = f.check_body("AKIAIOSFODNN7EXAMPLE=4111111111111111&v%3Anote=4111111111111111",
+                                   "application/x-www-form-urlencoded");
+    ASSERT_EQ(form.outcome, verdict::violated);
+    EXPECT_THAT(form.reason, HasSubstr("in form field (a name not shown)"));
+    EXPECT_THAT(form.reason, Not(HasSubstr("AKIA")));
+    EXPECT_THAT(f.check_body("v%3Anote=4111111111111111", "application/x-www-form-urlencoded").reason,
+                HasSubstr("in form field \"v:note\""));
+}
+
 TEST(GuardPii, InNarrowsTheScanToJsonPaths) {
     const std::string body = sendgrid("<p>Hello</p>", R"j(, "custom_args": {"note": "4111 1111 1111 1111"})j");
     fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content[*].value", "$.subject"]})j")};
