@@ -2148,6 +2148,26 @@ int shown_as(std::uint32_t cp) {
     if (cp >= 0xFF10 && cp <= 0xFF19) {
         return static_cast<int>('0' + (cp - 0xFF10));
     }
+    // Combining marks drawn over or after a character (strikethrough U+0336, the keycap
+    // U+20E3 of `4️⃣`): the digit or letter under them is what is read.
+    if ((cp >= 0x300 && cp <= 0x36F) || (cp >= 0x1AB0 && cp <= 0x1AFF) || (cp >= 0x1DC0 && cp <= 0x1DFF) ||
+        (cp >= 0x20D0 && cp <= 0x20FF) || (cp >= 0xFE20 && cp <= 0xFE2F)) {
+        return shown_drop;
+    }
+    // Decimal digits of other scripts (Unicode Nd, each block of ten from its zero) and the
+    // mathematical digits (bold, double-struck, sans-serif, monospace: U+1D7CE-U+1D7FF).
+    static constexpr std::uint32_t zeros[] = {
+        0x660,  0x6F0,  0x7C0,  0x966,  0x9E6,  0xA66,  0xAE6,  0xB66,  0xBE6,  0xC66,  0xCE6,  0xD66,
+        0xDE6,  0xE50,  0xED0,  0xF20,  0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+        0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0x1FBF0};
+    for (const std::uint32_t z : zeros) {
+        if (cp >= z && cp < z + 10) {
+            return static_cast<int>('0' + (cp - z));
+        }
+    }
+    if (cp >= 0x1D7CE && cp <= 0x1D7FF) {
+        return static_cast<int>('0' + (cp - 0x1D7CE) % 10);
+    }
     if (cp >= 0xFF21 && cp <= 0xFF3A) {
         return static_cast<int>('A' + (cp - 0xFF21));
     }
@@ -2166,8 +2186,8 @@ bool plain_symbol(std::uint32_t cp) {
 
 bool continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
-// The code point of the two- or three-byte UTF-8 sequence at t[i] and its length; 0 when
-// there is none (shown_as maps no code point above U+FFFF).
+// The code point of the two-, three- or four-byte UTF-8 sequence at t[i] and its length; 0
+// when there is none.
 std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
     const auto c = static_cast<unsigned char>(t[i]);
     if (c >= 0xC2 && c <= 0xDF && i + 1 < t.size() && continuation(t[i + 1])) {
@@ -2178,6 +2198,12 @@ std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
         cp = (c & 0x0Fu) << 12 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu) << 6 |
              (static_cast<unsigned char>(t[i + 2]) & 0x3Fu);
         return cp >= 0x800 ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4 && i + 3 < t.size() && continuation(t[i + 1]) && continuation(t[i + 2]) &&
+        continuation(t[i + 3])) {
+        cp = (c & 0x07u) << 18 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu) << 12 |
+             (static_cast<unsigned char>(t[i + 2]) & 0x3Fu) << 6 | (static_cast<unsigned char>(t[i + 3]) & 0x3Fu);
+        return cp >= 0x10000 && cp <= 0x10FFFF ? 4 : 0;
     }
     return 0;
 }

@@ -270,6 +270,36 @@ TEST(GuardPii, KeysAndFieldNamesThatHoldSecretsAreNotShown) {
                 HasSubstr("in form field \"v:note\""));
 }
 
+TEST(GuardPii, DigitsOfOtherScriptsAndStyledDigitsAreRead) {
+    fixture f{pii_rule(R"j({"pii": ["card"]})j")};
+    auto card_in = [](const std::string& zero, std::string_view mark = "") {
+        // 4111 1111 1111 1111 written with the digits that start at `zero`.
+        std::string out;
+        for (const char c : std::string_view{"4111 1111 1111 1111"}) {
+            if (c == ' ') {
+                out += ' ';
+                continue;
+            }
+            std::string d = zero;
+            d.back() = static_cast<char>(d.back() + (c - '0'));
+            out += d;
+            out += mark;
+        }
+        return out;
+    };
+    for (const auto& [name, text] : std::vector<std::pair<std::string, std::string>>{
+             {"Arabic-Indic", card_in("\xD9\xA0")},                      // U+0660
+             {"Devanagari", card_in("\xE0\xA5\xA6")},                    // U+0966
+             {"mathematical bold", card_in("\xF0\x9D\x9F\x8E")},         // U+1D7CE
+             {"strikethrough", card_in("0", "\xCC\xB6")},                // U+0336 after each digit
+             {"keycaps", card_in("0", "\xEF\xB8\x8F\xE2\x83\xA3")}}) {  // U+FE0F U+20E3
+        const auto d = f.check_body(sendgrid("<p>Card " + text + "</p>"));
+        EXPECT_EQ(d.outcome, verdict::violated) << name;
+        EXPECT_THAT(d.reason, HasSubstr("****1111")) << name;
+    }
+    EXPECT_TRUE(f.check_body(sendgrid("<p>\xD9\xA1\xD9\xA2\xD9\xA3 caf\x65\xCC\x81</p>")).allowed());
+}
+
 TEST(GuardPii, InNarrowsTheScanToJsonPaths) {
     const std::string body = sendgrid("<p>Hello</p>", R"j(, "custom_args": {"note": "4111 1111 1111 1111"})j");
     fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content[*].value", "$.subject"]})j")};
