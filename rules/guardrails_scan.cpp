@@ -447,7 +447,8 @@ inline std::size_t word_end(std::string_view text, std::size_t block, unsigned b
 
 // Where a link may start (first_bad_link reads each): a ':' after a 'p' or 's' (the end of
 // an `http:`/`https:` scheme), a '.' after a 'w' (`www.`), and a pair of slashes or
-// backslashes (scheme-relative `href="//host"`; browsers read '\\' as '/' in web URLs).
+// backslashes not after a ':' (scheme-relative `href="//host"`; browsers read '\\' as '/'
+// in web URLs).
 // Mail has few of each, so the scan is mostly one pass of compares.
 inline bool link_slash(unsigned char c) { return c == '/' || c == '\\'; }
 
@@ -455,7 +456,7 @@ inline bool link_mark(const char* p, std::size_t i) {
     const auto c = static_cast<unsigned char>(p[i]);
     const auto before = i > 0 ? static_cast<unsigned char>(p[i - 1] | 0x20) : 0u;
     return (c == ':' && (before == 'p' || before == 's')) || (c == '.' && before == 'w') ||
-           (link_slash(c) && link_slash(static_cast<unsigned char>(p[i + 1])));
+           (link_slash(c) && before != ':' && link_slash(static_cast<unsigned char>(p[i + 1])));
 }
 
 #if defined(BB_GUARDRAILS_AVX2)
@@ -474,8 +475,11 @@ __attribute__((target("avx2"))) std::size_t next_link_marks_avx2(const char* p, 
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 1));
         const __m256i before = _mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i - 1)), lower);
-        const __m256i pair = _mm256_and_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(a, backslash)),
-                                              _mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash)));
+        // A scheme's slashes are read at its ':' (not a mark of their own).
+        const __m256i pair = _mm256_andnot_si256(
+            _mm256_cmpeq_epi8(before, colon),
+            _mm256_and_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(a, backslash)),
+                             _mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash))));
         const __m256i scheme = _mm256_and_si256(_mm256_cmpeq_epi8(a, colon),
                                                 _mm256_or_si256(_mm256_cmpeq_epi8(before, _mm256_set1_epi8('p')),
                                                                 _mm256_cmpeq_epi8(before, _mm256_set1_epi8('s'))));
@@ -531,8 +535,9 @@ bool for_each_link_mark(std::string_view text, F&& f) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
         const __m128i before = _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1)), lower);
-        const __m128i pair = _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
-                                           _mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash)));
+        const __m128i pair = _mm_andnot_si128(
+            _mm_cmpeq_epi8(before, colon), _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
+                                                         _mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash))));
         const __m128i scheme = _mm_and_si128(_mm_cmpeq_epi8(a, colon), _mm_or_si128(_mm_cmpeq_epi8(before, _mm_set1_epi8('p')),
                                                                                     _mm_cmpeq_epi8(before, _mm_set1_epi8('s'))));
         const __m128i www = _mm_and_si128(_mm_cmpeq_epi8(a, dot), _mm_cmpeq_epi8(before, _mm_set1_epi8('w')));
@@ -1890,7 +1895,7 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
                 s = c - 3;
             }
             start = from = s;
-        } else if (text[c - (c > 0)] != ':' || c == 0) {  // a scheme's slashes were read at its ':'
+        } else {  // two slashes not after a ':' (a scheme's are read at its ':')
             std::size_t q = c;
             while (q > 0 && href_gap(text[q - 1])) {
                 --q;
