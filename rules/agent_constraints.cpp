@@ -65,6 +65,7 @@ public:
     }
 
     void add_recipients(std::uint64_t n) { recipients_ += n; }
+    std::uint64_t recipients() const { return recipients_; }
 
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
     void add_recipient_list(std::string_view list) {
@@ -247,14 +248,17 @@ void walk_json(checker& k, element root) {
     const auto destination = [&](element d) {
         recipient_fields(k, d, {"ToAddresses", "CcAddresses", "BccAddresses"});
     };
+    const std::uint64_t before_destination = k.recipients();
     each_field(root, "Destination", destination);
+    const std::uint64_t destination_count = k.recipients() - before_destination;
     each_field(root, "BulkEmailEntries", [&](element list) {
         each_item(list, [&](element entry) { each_field(entry, "Destination", destination); });
     });
     each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
     // A raw message (SES v2 Content.Raw.Data): SES sends it to its own To/Cc/Bcc headers when
-    // no Destination is given, and from its From header. (v1 SendRawEmail is a form post:
-    // walk_form.)
+    // no Destination is given, else to the Destination only; from its From header. Counted as
+    // the larger of the two, as SES v1's (v1 SendRawEmail is a form post: walk_form).
+    std::uint64_t raw_count = 0;
     const auto raw_message = [&](element data) {
         std::string_view b64;
         std::string message;
@@ -265,7 +269,7 @@ void walk_json(checker& k, element root) {
             k.fail("a raw MIME message is not base64 or not a message");
             return;
         }
-        k.add_recipients(to.size());
+        raw_count += to.size();
         if (k.checks_from()) {
             k.from(mime_from(message));
         }
@@ -279,6 +283,7 @@ void walk_json(checker& k, element root) {
             });
         });
     }
+    k.add_recipients(raw_count > destination_count ? raw_count - destination_count : 0);
 
     // HubSpot single send (marketing/v3/transactional/single-email/send).
     each_field(root, "message", [&](element m) {

@@ -219,6 +219,14 @@ TEST(AgentConstraints, SesRawMessagesAreReadFromTheirHeaders) {
     }
     EXPECT_EQ(check_body_constraints(max(2), json, R"j({"Content": {"Raw": {"Data": "***"}}})j"),
               "a raw MIME message is not base64 or not a message");
+    // With a Destination, SES sends to it only: the larger of the two counts, not their sum.
+    const std::string raw3 = "RnJvbTogeEBldmlsLmV4YW1wbGUNClRvOiBhQGV4YW1wbGUuY29tLCBiQGV4YW1wbGUuY29tDQpCY2M6IGNAZXhhbXBsZS5jb20NCg0KQm9keQ0K";
+    EXPECT_EQ(check_body_constraints(max(3), json, R"j({"Destination": {"ToAddresses": ["a@example.com", "b@example.com"]},
+                                                       "Content": {"Raw": {"Data": ")j" + raw3 + "\"}}}"),
+              "");
+    EXPECT_EQ(check_body_constraints(max(3), json, R"j({"Destination": {"ToAddresses": ["a@x.com", "b@x.com", "c@x.com", "d@x.com"]},
+                                                       "Content": {"Raw": {"Data": ")j" + raw3 + "\"}}}"),
+              "4 recipients in one request; this agent may address at most 3");
     // Every mailbox of From is checked; a comment makes the recipients unreadable (parsers
     // disagree on what it hides).
     EXPECT_EQ(check_body_constraints(domains({"evil.example"}), json, R"j({"Content": {"Raw": {"Data": "RnJvbTogb2tAZXZpbC5leGFtcGxlLCBvdGhlckBlbHNld2hlcmUuZXhhbXBsZQ0KVG86IGFAZXhhbXBsZS5jb20NCg0KeA0K"}}})j"),
