@@ -558,8 +558,28 @@ bool for_each_link_mark(std::string_view text, F&& f) {
     return false;  // a mark on the last byte has no host after it
 }
 
-// Whether text holds "unsubscribe" in any case. Every byte of it is a word byte, so this is
-// the same as "some word contains it".
+// Whether `at` is inside an HTML comment (`<!-- unsubscribe -->` shows nothing): a `<!--`
+// before it with no `-->` between. Asked only where the word was found.
+bool in_html_comment(std::string_view text, std::size_t at) {
+    const void* open = nullptr;
+    for (const char* p = text.data();;) {
+        const void* o = memmem(p, static_cast<std::size_t>(text.data() + at - p), "<!--", 4);
+        if (o == nullptr) {
+            break;
+        }
+        open = o;
+        p = static_cast<const char*>(o) + 4;
+    }
+    if (open == nullptr) {
+        return false;
+    }
+    // From its `--` on: `<!-->` and `<!--->` are comments closed at once, as browsers read them.
+    const char* after = static_cast<const char*>(open) + 2;
+    return memmem(after, static_cast<std::size_t>(text.data() + at - after), "-->", 3) == nullptr;
+}
+
+// Whether text holds "unsubscribe" in any case, outside an HTML comment. Every byte of it is
+// a word byte, so this is the same as "some word contains it".
 bool has_unsubscribe(std::string_view text) {
     constexpr std::string_view needle = "unsubscribe";
     const char* p = text.data();
@@ -567,7 +587,9 @@ bool has_unsubscribe(std::string_view text) {
     if (n < needle.size()) {
         return false;
     }
-    auto at = [&](std::size_t i) { return iequals_lower(text.substr(i, needle.size()), needle); };
+    auto at = [&](std::size_t i) {
+        return iequals_lower(text.substr(i, needle.size()), needle) && !in_html_comment(text, i);
+    };
     std::size_t i = 0;
 #if defined(__SSE2__)
     const __m128i bit5 = _mm_set1_epi8(0x20);
@@ -1833,13 +1855,12 @@ bool www_starts_link(std::string_view text, std::size_t at) {
            b == '"' || b == '\'' || b == ':' || b == ',' || b == ';' || b == '*';
 }
 
-bool contains_unsubscribe(std::string_view word) {
+// Whether the word text[s, e) holds "unsubscribe" outside an HTML comment.
+bool contains_unsubscribe(std::string_view text, std::size_t s, std::size_t e) {
     constexpr std::string_view needle = "unsubscribe";
-    if (word.size() < needle.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i + needle.size() <= word.size(); ++i) {
-        if (to_lower(static_cast<unsigned char>(word[i])) == 'u' && iequals_lower(word.substr(i, needle.size()), needle)) {
+    for (std::size_t i = s; i + needle.size() <= e; ++i) {
+        if (to_lower(static_cast<unsigned char>(text[i])) == 'u' && iequals_lower(text.substr(i, needle.size()), needle) &&
+            !in_html_comment(text, i)) {
             return true;
         }
     }
@@ -1940,7 +1961,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         const std::size_t len = e - s;
         starts[nwords++ & 15] = s;
         const auto c0 = to_lower(static_cast<unsigned char>(text[s]));
-        if (len >= 11 && !unsubscribe && contains_unsubscribe(text.substr(s, len))) {
+        if (len >= 11 && !unsubscribe && contains_unsubscribe(text, s, e)) {
             unsubscribe = true;
         }
         if (g.check_links && len >= 4 && e < text.size() && text[e] == ':') {

@@ -965,6 +965,14 @@ TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link"));
     req.body = sendgrid(R"j(<p>Big spring sale!</p><a href=\"https://example.com/prefs\">Unsubscribe</a>)j");
     EXPECT_TRUE(f.check(req).allowed());
+    // The word in an HTML comment shows nothing; after one (or a comment closed at once, as
+    // browsers read `<!-->`) it does.
+    req.body = sendgrid("<p>Big spring sale!</p><!-- unsubscribe link goes here -->");
+    EXPECT_THAT(f.check(req).reason, HasSubstr("missing unsubscribe link"));
+    req.body = sendgrid("<!-- footer --><p>Unsubscribe at any time</p>");
+    EXPECT_TRUE(f.check(req).allowed());
+    req.body = sendgrid("<!-->Unsubscribe at any time");
+    EXPECT_TRUE(f.check(req).allowed());
     req.body = sendgrid(R"j(<a href=\"<%asm_group_unsubscribe_raw_url%>\">Opt out</a>)j");
     EXPECT_TRUE(f.check(req).allowed());
     req.body = sendgrid("<p>Big spring sale!</p>", R"j(, "asm": {"group_id": 42})j");
@@ -1896,7 +1904,7 @@ struct text_gen {
             case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
-                                "\\", "\t", "www", ".", "www.", "s:", "p:"});
+                                "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->"});
         }
     }
 
