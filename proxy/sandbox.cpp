@@ -8,6 +8,7 @@
 
 #include <simdjson.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <vector>
@@ -84,12 +85,14 @@ upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_vi
     if (is_or_under("mailgun.net")) {
         return upstream_sandbox::mailgun;
     }
+    // Loopback: a test fake or the demo upstream on this machine.
     const std::string h{host};
-    unsigned char addr[16];
-    if (inet_pton(AF_INET, h.c_str(), addr) == 1 || inet_pton(AF_INET6, h.c_str(), addr) == 1 || is_or_under("localhost")) {
-        return upstream_sandbox::any;
-    }
-    return upstream_sandbox::none;
+    in_addr v4{};
+    in6_addr v6{};
+    const bool loopback = (inet_pton(AF_INET, h.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127) ||
+                          (inet_pton(AF_INET6, h.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6)) ||
+                          is_or_under("localhost");
+    return loopback ? upstream_sandbox::any : upstream_sandbox::none;
 }
 
 std::optional<sandbox_api> sandbox_api_for(std::string_view method, std::string_view path,

@@ -12,17 +12,22 @@ build/breakerbox-demo-upstream 127.0.0.1:9000 &
 demo_pid=$!
 trap 'kill $demo_pid 2>/dev/null || true' EXIT
 # The demo upstream must be the one answering on :9000 (another program there would get the
-# demo's traffic): wait for it, up to 10 s, and stop if it exited (port taken).
+# demo's traffic): wait up to 10 s for an answer that names it, and stop otherwise.
+ready=
 for _ in $(seq 100); do
   if ! kill -0 "$demo_pid" 2>/dev/null; then
-    echo "demo: the demo upstream did not start (is 127.0.0.1:9000 in use?)" >&2
-    exit 1
+    break  # it exited: the port is taken
   fi
-  if curl -s -o /dev/null --max-time 1 http://127.0.0.1:9000/; then
+  if curl -s -D - -o /dev/null --max-time 1 http://127.0.0.1:9000/ 2>/dev/null | grep -qi '^server: demo-upstream'; then
+    ready=1
     break
   fi
   sleep 0.1
 done
+if [[ -z $ready ]] || ! kill -0 "$demo_pid" 2>/dev/null; then
+  echo "demo: the demo upstream did not start on 127.0.0.1:9000 (is the port in use?)" >&2
+  exit 1
+fi
 cat <<'MSG'
 
   breakerbox is starting on http://127.0.0.1:8080 in front of the demo upstream (127.0.0.1:9000).

@@ -153,6 +153,9 @@ TEST(sandbox_rewrite, the_upstream_decides_which_switch_it_takes) {
     EXPECT_EQ(upstream_sandbox_of("", "127.0.0.1"), upstream_sandbox::any);
     EXPECT_EQ(upstream_sandbox_of("", "::1"), upstream_sandbox::any);
     EXPECT_EQ(upstream_sandbox_of("", "localhost"), upstream_sandbox::any);
+    EXPECT_EQ(upstream_sandbox_of("", "127.0.0.9"), upstream_sandbox::any);
+    EXPECT_EQ(upstream_sandbox_of("", "10.0.0.5"), upstream_sandbox::none) << "an internal relay says what it is";
+    EXPECT_EQ(upstream_sandbox_of("", "2001:db8::1"), upstream_sandbox::none);
     EXPECT_EQ(upstream_sandbox_of("sendgrid", "relay.internal"), upstream_sandbox::sendgrid);
     EXPECT_EQ(upstream_sandbox_of("none", "127.0.0.1"), upstream_sandbox::none);
     EXPECT_EQ(upstream_sandbox_of("mailgun", "api.sendgrid.com"), upstream_sandbox::mailgun);
