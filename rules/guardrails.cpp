@@ -1239,6 +1239,16 @@ bool labelled_json(const guard_input& in) {
 // `\u0034111 1111 1111 1111`), so the scan did not see what it would send.
 const char* const unreadable_json = "the body is labelled JSON but cannot be read as JSON (UTF-8, nesting up to 512)";
 
+// Whether a body labelled JSON holds something to read: an empty body (a DELETE or GET that
+// carries the header anyway, as some clients do on every call) or only blanks is no JSON.
+bool holds_json(const guard_input& in) {
+    std::string_view b = in.req.body;
+    if (b.starts_with("\xEF\xBB\xBF")) {
+        b.remove_prefix(3);
+    }
+    return labelled_json(in) && b.find_first_not_of(" \t\r\n") != std::string_view::npos;
+}
+
 body_kind kind_of(const guard_input& in) {
     if (labelled_json(in)) {
         return body_kind::json;
@@ -1602,7 +1612,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             if (res == json_walker::result::done) {
                 return {};
             }
-            if (labelled_json(in) && unreadable.empty()) {
+            if (holds_json(in) && unreadable.empty()) {
                 unreadable = unreadable_json;
             }
             break;  // not JSON after all: scan the bytes
@@ -1907,7 +1917,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 return violated(hit.what + " at body offset " + std::to_string(offset) + " (" + where + ")");
             }
             scan_raw = res == json_walker::result::invalid;
-            if (scan_raw && labelled_json(in) && unreadable.empty()) {
+            if (scan_raw && holds_json(in) && unreadable.empty()) {
                 unreadable = unreadable_json;
             }
             break;
@@ -2586,56 +2596,88 @@ std::string_view to_string(guardrail::kind k) {
 duplicate_counter::duplicate_counter(std::uint32_t max, milliseconds window, std::size_t max_keys)
     : max_(std::max<std::uint32_t>(max, 1)),
       window_ms_(std::max<std::int64_t>(window.count(), 1)),
-      per_shard_(std::max<std::size_t>((max_keys + shards_.size() - 1) / shards_.size(), 1)) {}
+      per_shard_(std::max<std::size_t>((max_keys + shards_.size() - 1) / shards_.size(), 1)),
+      probation_(per_shard_ >= 8 ? per_shard_ / 8 : per_shard_ > 1 ? 1 : 0) {}
 
 void duplicate_counter::shard::unlink(std::uint32_t i) {
     slot& e = slots[i];
-    (e.newer == none ? newest : slots[e.newer].older) = e.older;
-    (e.older == none ? oldest : slots[e.older].newer) = e.newer;
+    const int l = e.probation ? 1 : 0;
+    (e.newer == none ? newest[l] : slots[e.newer].older) = e.older;
+    (e.older == none ? oldest[l] : slots[e.older].newer) = e.newer;
     e.newer = e.older = none;
+    --count[l];
 }
 
 void duplicate_counter::shard::push_newest(std::uint32_t i) {
     slot& e = slots[i];
+    const int l = e.probation ? 1 : 0;
     e.newer = none;
-    e.older = newest;
-    (newest == none ? oldest : slots[newest].newer) = i;
-    newest = i;
+    e.older = newest[l];
+    (newest[l] == none ? oldest[l] : slots[newest[l]].newer) = i;
+    newest[l] = i;
+    ++count[l];
+}
+
+std::size_t duplicate_counter::in_window(const slot& e, std::int64_t now_ms) const {
+    std::size_t n = 0;
+    for (std::size_t k = e.times.size(); k > e.head && e.times[k - 1] > now_ms - window_ms_; --k) {
+        ++n;
+    }
+    return n;
 }
 
 std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t now_ms) {
     shard& s = shard_of(key);
     std::lock_guard lock{s.mu};
-    std::uint32_t i;
-    if (auto it = s.index.find(key); it != s.index.end()) {
-        i = it->second;
-        if (s.newest != i) {
-            s.unlink(i);
-            s.push_newest(i);
-        }
-    } else {
-        if (s.index.size() >= per_shard_) {
-            // Evict the pair seen least recently and reuse its slot, but only once nothing of
-            // it is left in the window: else a loop over a list longer than the table (every
-            // pair pushed out by the others before it comes round again) is never caught.
-            // With every tracked pair still in its window, the new pair is not tracked.
-            i = s.oldest;
-            if (!s.slots[i].times.empty() && s.slots[i].times.back() > now_ms - window_ms_) {
-                ++s.untracked;
-                return 0;
-            }
+    const std::size_t main_cap = per_shard_ - probation_;
+    // A slot of part `l` for a new pair: a fresh one, or the one of the pair `victim` forgets.
+    auto take = [&](std::uint32_t victim, bool probation) {
+        std::uint32_t i;
+        if (victim == none) {
+            i = static_cast<std::uint32_t>(s.slots.size());
+            s.slots.emplace_back();
+        } else {
+            i = victim;
             s.index.erase(s.slots[i].key);
             s.unlink(i);
             s.slots[i].times.clear();
             s.slots[i].head = 0;
             ++s.evictions;
-        } else {
-            i = static_cast<std::uint32_t>(s.slots.size());
-            s.slots.emplace_back();
         }
         s.slots[i].key = key;
+        s.slots[i].probation = probation;
         s.push_newest(i);
         s.index.emplace(key, i);
+        return i;
+    };
+    auto stale = [&](std::uint32_t c) { return c != none && in_window(s.slots[c], now_ms) == 0; };
+    std::uint32_t i;
+    if (auto it = s.index.find(key); it != s.index.end()) {
+        i = it->second;
+        s.unlink(i);
+        s.push_newest(i);
+    } else if (s.count[0] < main_cap) {
+        i = take(none, false);
+    } else if (stale(s.oldest[0])) {
+        i = take(s.oldest[0], false);  // nothing of it left in the window
+    } else if (s.count[1] < probation_) {
+        i = take(none, true);
+    } else {
+        // Probation: among its 16 least recently seen, the first sent at most once in the
+        // window (a pair sent twice may be a loop and stays).
+        std::uint32_t victim = none;
+        std::uint32_t c = s.oldest[1];
+        for (int looked = 0; c != none && looked < 16; ++looked, c = s.slots[c].newer) {
+            if (in_window(s.slots[c], now_ms) <= 1) {
+                victim = c;
+                break;
+            }
+        }
+        if (victim == none) {
+            ++s.untracked;
+            return 0;
+        }
+        i = take(victim, true);
     }
     slot& e = s.slots[i];
     // Skip what has left the window (now - window, now]; drop it once it is half the times.
@@ -2653,11 +2695,18 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         h = 0;
     }
     e.head = static_cast<std::uint32_t>(h);
-    const std::size_t in_window = e.times.size() - h;
-    if (in_window >= max_) {
-        return static_cast<std::uint32_t>(in_window);
+    const std::size_t sent = e.times.size() - h;
+    if (sent >= max_) {
+        return static_cast<std::uint32_t>(sent);
     }
     e.times.push_back(now_ms);
+    if (e.probation && sent + 1 >= 2 && s.count[0] < main_cap) {
+        // Sent twice: to the main part while it has room (else it stays, never forgotten
+        // within its window all the same).
+        s.unlink(i);
+        e.probation = false;
+        s.push_newest(i);
+    }
     return 0;
 }
 

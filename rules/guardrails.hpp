@@ -289,11 +289,16 @@ bool is_form_content_type(std::string_view content_type);
 // Duplicate detection state: a bounded, time-windowed counter keyed by a 64-bit hash of
 // (rule key, recipient, subject/template). Exact within its bounds: each tracked pair keeps
 // the times of its last `max` sends, so "more than max in the window" is decided exactly.
-// At most `max_keys` pairs are tracked; a new pair beyond that evicts the pair seen least
-// recently once that one has no send left in the window, and is not tracked while it has
-// (untracked()). A tracked pair is never forgotten within its window, so a loop is caught
-// however long its list: a list longer than the table has at least its first max_keys pairs
-// tracked when it comes round again. Only hashes are stored, never addresses.
+// At most `max_keys` pairs are tracked, in two parts. The main part (7/8) never forgets a
+// pair while it has a send in the window (the least recently seen one goes once it has
+// none), so a loop over a list longer than the table is caught on the pairs it holds. When
+// it is full, new pairs go to a probation part (1/8, at least one slot a shard when
+// max_keys >= 16), which forgets the least recently seen pair sent only once in its window:
+// a new looping pair is tracked while a large campaign fills the table, and caught if it
+// repeats before an eighth of the table's worth of new pairs arrives. A pair sent twice
+// moves to the main part when it has room, and is never forgotten within its window either
+// way. With no slot to give, a new pair is not tracked (untracked()). Only hashes are
+// stored, never addresses.
 //
 // Thread-safe: 16 shards, each with its own mutex held for a few tens of nanoseconds. A
 // shard is flat: an open-addressing index from key to slot, slots in one vector linked in
@@ -326,24 +331,30 @@ private:
         // shift of every time per send, and never more than the window holds).
         boost::container::small_vector<std::int64_t, 3> times;
         std::uint32_t head = 0;
+        bool probation = false;  // in the probation part (see above)
     };
     struct shard {
         std::mutex mu;
         boost::unordered_flat_map<std::uint64_t, std::uint32_t> index;  // key -> slot
         std::vector<slot> slots;
-        std::uint32_t newest = none;
-        std::uint32_t oldest = none;
+        // Recency lists, [0] the main part and [1] probation.
+        std::uint32_t newest[2] = {none, none};
+        std::uint32_t oldest[2] = {none, none};
+        std::uint32_t count[2] = {0, 0};
         std::uint64_t evictions = 0;
         std::uint64_t untracked = 0;
 
         void unlink(std::uint32_t i);
         void push_newest(std::uint32_t i);
     };
+    // Sends of slot e in the window ending at now_ms.
+    std::size_t in_window(const slot& e, std::int64_t now_ms) const;
     shard& shard_of(std::uint64_t key) { return shards_[(key >> 59) & 15]; }
 
     std::uint32_t max_;
     std::int64_t window_ms_;
     std::size_t per_shard_;
+    std::size_t probation_;  // of per_shard_
     mutable std::array<shard, 16> shards_;
 };
 

@@ -1283,8 +1283,8 @@ bool two_series_iin(std::string_view first4) {
 
 // Card windows ending at the newest group: 13-19 digits, Luhn-valid, an issuer digit 2-6
 // (2 only in the ranges issued), written as one group or in the usual groupings
-// (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator, not part of a longer
-// run of 4-digit groups.
+// (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator, not inside a longer
+// run of 4-digit groups that starts with a 9 (a USPS tracking number).
 bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
     if (dg.digits < 13) {
         return false;
@@ -1303,9 +1303,10 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
             continue;
         }
         bool shape = k == 1;
+        bool fours = false;
         if (k > 1) {
             const std::size_t last = dg.g[dg.n - 1].len;
-            bool fours = last >= 1 && last <= 4;
+            fours = last >= 1 && last <= 4;
             for (std::size_t j = dg.n - k; j + 1 < dg.n && fours; ++j) {
                 fours = dg.g[j].len == 4;
             }
@@ -1316,12 +1317,19 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
         if (!shape) {
             continue;
         }
-        if (k > 1 && k < dg.n && dg.g[dg.n - k - 1].len == 4 && first.sep == dg.g[dg.n - 1].sep) {
-            // Inside a longer run of 4-digit groups (a 22-digit USPS tracking number as USPS
-            // shows it, `9400 1111 5112 7527 8510 09`): a window of it is no card.
-            continue;
+        if (fours && k < dg.n && dg.g[dg.n - k - 1].len == 4 && first.sep == dg.g[dg.n - 1].sep) {
+            // Inside a longer run of 4-digit groups that starts with a 9: a USPS tracking
+            // number as USPS shows it (`9400 1111 5112 7527 8510 09`, 20-22 digits); a window
+            // of it is no card. (A card after another group, `1234 4111 1111 1111 1111`, is.)
+            std::size_t j = dg.n - k - 1;
+            while (j > 0 && dg.g[j].sep == first.sep && dg.g[j - 1].len == 4) {
+                --j;
+            }
+            if (text[dg.g[j].start] == '9') {
+                continue;
+            }
         }
-        char buf[20];
+        char buf[20] = {};
         std::size_t m = 0;
         for (std::size_t j = dg.n - k; j < dg.n; ++j) {
             std::memcpy(buf + m, text.data() + dg.g[j].start, dg.g[j].len);
@@ -1762,16 +1770,20 @@ constexpr authority_end_table authority_end{};
 bool url_break(char c) { return c == '\t' || c == '\r' || c == '\n'; }
 
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
-std::string_view read_host(std::string_view text, std::size_t from) {
+// `authority_end_at`: where the authority ended in `text`.
+std::string_view read_host(std::string_view text, std::size_t from, std::size_t* authority_end_at = nullptr) {
     // Browsers skip any run of '/' and '\\' after an http(s) scheme (`https:///evil.com/`,
-    // `href="////evil.com"`, `https:\\evil.com`), and delete tabs and line breaks from a URL.
-    while (from < text.size() && (text[from] == '/' || text[from] == '\\' || url_break(text[from]))) {
+    // `href="////evil.com"`, `https:\\evil.com`).
+    while (from < text.size() && (text[from] == '/' || text[from] == '\\')) {
         ++from;
     }
     std::size_t end = from;
     const std::size_t stop = std::min(text.size(), from + 512);
     while (end < stop && !authority_end.on[static_cast<unsigned char>(text[end])]) {
         ++end;
+    }
+    if (authority_end_at != nullptr) {
+        *authority_end_at = end;
     }
     if (end == stop && stop < text.size() && !authority_end.on[static_cast<unsigned char>(text[stop])]) {
         // An authority longer than any real one: the host may be after an '@' further on
@@ -1804,11 +1816,16 @@ std::string_view read_host(std::string_view text, std::size_t from) {
         return auth.substr(0, auth.find(']') + 1);
     }
     std::string_view host = auth.substr(0, auth.find(':'));
-    // Non-ASCII bytes and `, ; ! ?` at its end are the text's punctuation, not the host's (a
-    // linkifier stops at the closing quote of `“https://example.com”` and before the comma of
-    // `www.example.com, or`; a host that really ends in one has no address).
+    // A bracket outside an IPv6 literal is no host byte to a browser (a URL with one does not
+    // parse), and ends a link in text: Markdown's `[www.x.com](https://...)`.
+    host = host.substr(0, host.find_first_of("[]"));
+    // Non-ASCII bytes and `, ; ! ? ] * | }` at its end are the text's punctuation or markup,
+    // not the host's (a linkifier stops at the closing quote of `“https://example.com”`,
+    // before the comma of `www.example.com, or`, and Markdown's `[www.x.com](...)` and
+    // `**www.x.com**`; a host that really ends in one has no address).
     while (!host.empty() && (static_cast<unsigned char>(host.back()) >= 0x80 || host.back() == ',' ||
-                             host.back() == ';' || host.back() == '!' || host.back() == '?')) {
+                             host.back() == ';' || host.back() == '!' || host.back() == '?' || host.back() == ']' ||
+                             host.back() == '*' || host.back() == '|' || host.back() == '}')) {
         host.remove_suffix(1);
     }
     return host;
@@ -1816,17 +1833,24 @@ std::string_view read_host(std::string_view text, std::size_t from) {
 
 // Host of the link starting at `start` whose authority starts at `from`. In a quoted
 // attribute value (`href="..."`) a tab or line break does not end the URL: browsers delete
-// them (`href="https://example.com&#9;.evil.com/"` goes to example.com.evil.com); then the
-// host is read from a copy without them. Elsewhere a line break ends a link.
+// them (`href="https://example.com&#9;.evil.com/"` goes to example.com.evil.com,
+// `href="https://x.com:1&#9;@evil.com"` to evil.com); then the host is read from a copy
+// without them. Elsewhere a line break ends a link.
 std::string_view url_host(std::string_view text, std::size_t from, std::size_t start) {
-    const std::string_view host = read_host(text, from);
-    const bool quoted = start > 0 && (text[start - 1] == '"' || text[start - 1] == '\'');
-    if (!quoted || host.empty() || host.front() == '(' ||
-        host.data() + host.size() >= text.data() + text.size() || !url_break(host.data()[host.size()])) {
+    std::size_t end = 0;
+    const std::string_view host = read_host(text, from, &end);
+    // In a quoted attribute value; blanks before the URL are trimmed by browsers too.
+    std::size_t q = start;
+    while (q > 0 && (text[q - 1] == ' ' || url_break(text[q - 1]))) {
+        --q;
+    }
+    const bool quoted = q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'');
+    if (!quoted || (!host.empty() && host.front() == '(') || end >= text.size() || !url_break(text[end])) {
         return host;
     }
-    // Copied up to 1 KiB of kept bytes (over 512 of authority is reported anyway), looking at
-    // no more than 4 KiB of text; an authority still open where the copy stops is reported.
+    // The authority ended at a tab or line break: read it again from a copy without them, up
+    // to 1 KiB of kept bytes (over 512 of authority is reported anyway) from no more than
+    // 4 KiB of text; an authority still open where the copy stops is reported.
     thread_local std::string kept;
     kept.clear();
     std::size_t i = from;
@@ -1836,8 +1860,9 @@ std::string_view url_host(std::string_view text, std::size_t from, std::size_t s
             kept += text[i];
         }
     }
-    const std::string_view h = read_host(kept, 0);
-    if (i < text.size() && h.data() + h.size() == kept.data() + kept.size()) {
+    std::size_t kept_end = 0;
+    const std::string_view h = read_host(kept, 0, &kept_end);
+    if (i < text.size() && kept_end >= kept.size()) {
         return "(an authority over 512 bytes)";
     }
     return h;

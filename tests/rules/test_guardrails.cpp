@@ -11,6 +11,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -214,6 +215,8 @@ TEST(GuardPii, CardFormats) {
     EXPECT_TRUE(f.check_body(sendgrid("<p>Vintages 2017 2018 2019 2020</p>")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("<p>2221 0000 0000 0009</p>")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("<p>Tracking 9400 1111, card 4111 1111 1111 1111</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>PIN 1234 4111 1111 1111 1111</p>")).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid("<p>9400 3782 822463 10005</p>")).allowed()) << "Amex groups are no run of fours";
 }
 
 TEST(GuardPii, OffsetAccountsForJsonEscapes) {
@@ -245,6 +248,11 @@ TEST(GuardPii, ABodyLabelledJsonThatCannotBeReadIsAnInvalidBody) {
     // What the raw bytes do show is still reported; an unlabelled body is read as text.
     EXPECT_EQ(f.check_body(std::string(600, '[') + "\"4111 1111 1111 1111\"").outcome, verdict::violated);
     EXPECT_TRUE(f.check_body("{not json", "text/plain").allowed());
+    // No body, or only blanks, with the JSON header (a DELETE from a client that always sends
+    // it): nothing to read, nothing hidden.
+    EXPECT_TRUE(f.check_body("").allowed());
+    EXPECT_TRUE(f.check_body(" \r\n").allowed());
+    EXPECT_TRUE(f.check_body("\xEF\xBB\xBF").allowed());
     fixture c{R"j({"id": "brand", "route": "mail-send", "guard": {"content": {"blocked_terms": ["free money"]}},
                    "failure_mode": "pii-risk", "trips": "pii-deny"})j"};
     EXPECT_EQ(c.check_body(std::string(600, '[') + R"j("fr\u0065e money")j" + std::string(600, ']')).outcome,
@@ -854,7 +862,10 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<a href=\"\\\\evil.io/x\">x</a>)j", R"j(<a href='/\\evil.io/x'>x</a>)j",
                                    R"j(<a href=\"https://example.com\t.evil.io/\">x</a>)j",
                                    R"j(<a href=\"https://example.com\r\n@evil.io/\">x</a>)j",
-                                   R"j(<a href=\"https:/\n/evil.io/\">x</a>)j", "Visit www.evil.io today",
+                                   R"j(<a href=\"https:/\n/evil.io/\">x</a>)j", R"j(<a href=\"https:\n//evil.io/\">x</a>)j",
+                                   R"j(<a href=\"https://example.com:1\t@evil.io/\">x</a>)j",
+                                   R"j(<a href=\"https://example.com,\t@evil.io/\">x</a>)j",
+                                   R"j(<a href=\" https://example.com\t.evil.io/\">x</a>)j", "Visit www.evil.io today",
                                    "(www.EVIL.io/x)", "<p>www.evil.io</p>", "Web:www.evil.io",
                                    "\xE2\x80\x9Cwww.evil.io\xE2\x80\x9D"}) {
         const std::string b = sendgrid(link);
@@ -872,7 +883,9 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    "Visit www.example.com.", "https://example.com/img/www.evil.io.png",
                                    "https://example.com/?u=www.evil.io", "awww.evil.io", "the www. prefix",
                                    R"j(Shop at https://www.example.com\nThanks)j", R"j(https:\/\/www.example.com\/x)j",
-                                   R"j(<a href=\"https://www.example.com\t\">x</a>)j"}) {
+                                   R"j(<a href=\"https://www.example.com\t\">x</a>)j",
+                                   "[www.example.com](https://www.example.com)", "**www.example.com**",
+                                   R"j(Your settings:\nHTTPS:\tEnabled)j", R"j(Webhooks need HTTPS:\nPlease check)j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
 }
@@ -1569,35 +1582,40 @@ TEST(GuardDuplicates, CountedPerRuleKey) {
     EXPECT_TRUE(f.check(b).allowed());
 }
 
-TEST(GuardDuplicates, CounterIsBoundedAndEvictsTheLeastRecentlySeenOnceOutOfItsWindow) {
-    duplicate_counter c{2, std::chrono::minutes{10}, 32};
+TEST(GuardDuplicates, CounterIsBoundedAndNeverForgetsARepeatedPairWithinItsWindow) {
     auto key = [](std::uint64_t k) { return k * 0x9E3779B97F4A7C15ull; };
-    // A loop over a list far longer than the table: every pair is sent once a minute.
-    // Pairs still in their window are never pushed out by the others, so the tracked ones
-    // are caught on their third send.
+    // A loop over a list far longer than the table, once a minute: the pairs the main part
+    // holds are never pushed out within their window, so they are caught on their fourth send.
+    duplicate_counter c{3, std::chrono::minutes{10}, 16 * 8};  // 7 main + 1 probation slots a shard
     std::uint64_t caught = 0;
-    for (std::int64_t round = 0; round < 3; ++round) {
+    for (std::int64_t round = 0; round < 4; ++round) {
         for (std::uint64_t k = 0; k < 1000; ++k) {
             caught += c.check_and_book(key(k), 1000 + round * 60'000) != 0;
         }
     }
-    EXPECT_EQ(c.keys(), 32u);
-    EXPECT_EQ(caught, 32u);
-    EXPECT_EQ(c.evictions(), 0u);
-    EXPECT_EQ(c.untracked(), 3u * (1000u - 32u));
-    // Once the window has passed, new pairs take the slots of the least recently seen.
-    const std::int64_t later = 1000 + 2 * 60'000 + 10 * 60'000 + 1;
-    for (std::uint64_t k = 5000; k < 5100; ++k) {
-        EXPECT_EQ(c.check_and_book(key(k), later), 0u);
+    EXPECT_EQ(c.keys(), 128u);
+    EXPECT_GE(caught, 16u * 7u);
+    // A table full of a campaign's pairs (each sent once) still gives a new looping pair a
+    // slot (probation), and it is caught.
+    duplicate_counter d{2, std::chrono::minutes{10}, 16 * 8};
+    for (std::uint64_t k = 0; k < 1000; ++k) {
+        EXPECT_EQ(d.check_and_book(key(k), 1000), 0u);
     }
-    EXPECT_EQ(c.keys(), 32u);
-    EXPECT_EQ(c.evictions(), 32u);
-    // A hot key survives a stream of cold ones as long as it keeps being seen.
     const std::uint64_t hot = key(5000);
-    EXPECT_EQ(c.check_and_book(hot, later + 1), 0u);
-    EXPECT_EQ(c.check_and_book(hot, later + 2), 2u);
-    c.unbook(hot, later + 1);
-    EXPECT_EQ(c.check_and_book(hot, later + 3), 0u);
+    EXPECT_EQ(d.check_and_book(hot, 2000), 0u);
+    EXPECT_EQ(d.check_and_book(hot, 2001), 0u);
+    EXPECT_EQ(d.check_and_book(hot, 2002), 2u) << "the loop is caught while the table is full";
+    d.unbook(hot, 2001);
+    EXPECT_EQ(d.check_and_book(hot, 2003), 0u);
+    // Sent twice, it stays in probation however many new pairs come; once the window has
+    // passed, the main part's pairs make way.
+    for (std::uint64_t k = 2000; k < 3000; ++k) {
+        d.check_and_book(key(k), 2004);
+    }
+    EXPECT_EQ(d.check_and_book(hot, 2005), 2u);
+    const std::int64_t later = 2005 + 10 * 60'000;
+    EXPECT_EQ(d.check_and_book(key(9000), later), 0u);
+    EXPECT_EQ(d.keys(), 128u);
 }
 
 // The flat counter against a plain model (a recency list and a map of send times) over a
@@ -1612,59 +1630,91 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
         std::uint64_t min_evicted;
     };
     for (const setup su : {setup{3, 100, 24, 1000}, setup{40, 1000, 6, 0}, setup{200, 20000, 4, 0}}) {
-        SCOPED_TRACE(su.max);
+        SCOPED_TRACE(su.window);
         constexpr std::size_t per_shard = 8;
+        constexpr std::size_t probation = 1;  // per_shard / 8
+        constexpr std::size_t main_cap = per_shard - probation;
         duplicate_counter c{su.max, std::chrono::milliseconds{su.window}, per_shard * 16};
-        std::list<std::uint64_t> recency;  // most recent first
-        std::map<std::uint64_t, std::vector<std::int64_t>> times;
+        std::list<std::uint64_t> recency[2];  // most recent first; [0] main, [1] probation
+        struct pair_state {
+            std::vector<std::int64_t> times;
+            int part = 0;
+        };
+        std::map<std::uint64_t, pair_state> pairs;
         std::uint64_t evicted = 0;
         std::uint64_t untracked = 0;
         std::uint64_t refused = 0;
         std::mt19937_64 rng{7};
         std::int64_t now = 0;
+        auto in_window = [&](std::uint64_t k) {
+            const auto& t = pairs[k].times;
+            return std::count_if(t.begin(), t.end(), [&](std::int64_t x) { return x > now - su.window; });
+        };
+        auto forget = [&](std::uint64_t k) {
+            recency[pairs[k].part].remove(k);
+            pairs.erase(k);
+            ++evicted;
+        };
         for (int step = 0; step < 20'000; ++step) {
             now += static_cast<std::int64_t>(rng() % 7);
             const std::uint64_t key = (rng() % su.keys) + 1;  // top bits 0: shard 0
             if (rng() % 5 == 0) {
                 c.unbook(key, now);
-                if (auto it = times.find(key); it != times.end()) {
-                    auto& t = it->second;
+                if (auto it = pairs.find(key); it != pairs.end()) {
+                    auto& t = it->second.times;
                     if (auto r = std::find(t.rbegin(), t.rend(), now); r != t.rend()) {
                         t.erase(std::next(r).base());
                     }
                 }
                 continue;
             }
-            std::uint32_t want = 0;
-            auto it = times.find(key);
-            if (it == times.end()) {
-                if (times.size() >= per_shard) {
-                    const auto& oldest = times[recency.back()];
-                    if (!oldest.empty() && oldest.back() > now - su.window) {
-                        ++untracked;  // every tracked pair is in its window
+            if (auto it = pairs.find(key); it != pairs.end()) {
+                recency[it->second.part].remove(key);
+                recency[it->second.part].push_front(key);
+            } else {
+                int part = 0;
+                if (recency[0].size() < main_cap) {
+                } else if (in_window(recency[0].back()) == 0) {
+                    forget(recency[0].back());
+                } else if (recency[1].size() < probation) {
+                    part = 1;
+                } else {
+                    std::optional<std::uint64_t> victim;
+                    int looked = 0;
+                    for (auto r = recency[1].rbegin(); r != recency[1].rend() && looked < 16; ++r, ++looked) {
+                        if (in_window(*r) <= 1) {
+                            victim = *r;
+                            break;
+                        }
+                    }
+                    if (!victim) {
+                        ++untracked;
                         ASSERT_EQ(c.check_and_book(key, now), 0u) << "step " << step << " key " << key;
                         continue;
                     }
-                    times.erase(recency.back());
-                    recency.pop_back();
-                    ++evicted;
+                    forget(*victim);
+                    part = 1;
                 }
-                it = times.emplace(key, std::vector<std::int64_t>{}).first;
-            } else {
-                recency.remove(key);
+                pairs[key].part = part;
+                recency[part].push_front(key);
             }
-            recency.push_front(key);
-            auto& t = it->second;
-            std::erase_if(t, [&](std::int64_t x) { return x <= now - su.window; });
-            if (t.size() >= su.max) {
-                want = static_cast<std::uint32_t>(t.size());
+            auto& ps = pairs[key];
+            std::erase_if(ps.times, [&](std::int64_t x) { return x <= now - su.window; });
+            std::uint32_t want = 0;
+            if (ps.times.size() >= su.max) {
+                want = static_cast<std::uint32_t>(ps.times.size());
                 ++refused;
             } else {
-                t.push_back(now);
+                ps.times.push_back(now);
+                if (ps.part == 1 && ps.times.size() >= 2 && recency[0].size() < main_cap) {
+                    recency[1].remove(key);
+                    ps.part = 0;
+                    recency[0].push_front(key);
+                }
             }
             ASSERT_EQ(c.check_and_book(key, now), want) << "step " << step << " key " << key;
         }
-        EXPECT_EQ(c.keys(), times.size());
+        EXPECT_EQ(c.keys(), pairs.size());
         EXPECT_EQ(c.evictions(), evicted);
         EXPECT_EQ(c.untracked(), untracked);
         EXPECT_GE(evicted, su.min_evicted);
