@@ -558,24 +558,47 @@ bool for_each_link_mark(std::string_view text, F&& f) {
     return false;  // a mark on the last byte has no host after it
 }
 
-// Whether `at` is inside an HTML comment (`<!-- unsubscribe -->` shows nothing): a `<!--`
-// before it with no `-->` between. Asked only where the word was found.
+// Whether `at` is inside an HTML comment (`<!-- unsubscribe -->` shows nothing): the
+// nearest `<!--` or `-->` before it, within 2 KiB, is a `<!--`. (`<!-->` and `<!--->` close
+// at once, as browsers read them: their `-->` is the nearer.) Asked only where the word was
+// found; the 2 KiB bound keeps that cheap (a longer comment around the word is not seen).
 bool in_html_comment(std::string_view text, std::size_t at) {
-    const void* open = nullptr;
-    for (const char* p = text.data();;) {
-        const void* o = memmem(p, static_cast<std::size_t>(text.data() + at - p), "<!--", 4);
-        if (o == nullptr) {
-            break;
+    const char* p = text.data();
+    const std::size_t low = at > 2048 ? at - 2048 : 0;
+    auto marker = [&](std::size_t j) -> int {  // 1: `<!--` at j, -1: `-->` ending at j, 0: neither
+        if (p[j] == '<' && j + 4 <= text.size() && std::memcmp(p + j, "<!--", 4) == 0) {
+            return 1;
         }
-        open = o;
-        p = static_cast<const char*>(o) + 4;
+        if (p[j] == '>' && j >= 2 && p[j - 1] == '-' && p[j - 2] == '-') {
+            return -1;
+        }
+        return 0;
+    };
+    std::size_t j = at;
+#if defined(__SSE2__)
+    const __m128i lt = _mm_set1_epi8('<');
+    const __m128i gt = _mm_set1_epi8('>');
+    while (j >= low + 16) {
+        j -= 16;
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j));
+        auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(c, lt), _mm_cmpeq_epi8(c, gt))));
+        while (m != 0) {
+            const unsigned b = 31u - static_cast<unsigned>(__builtin_clz(m));  // the last first
+            // `-->` is found at its '>', which comes after its start: a `<!-->` reads closed.
+            if (const int k = marker(j + b); k != 0) {
+                return k > 0;
+            }
+            m &= ~(1u << b);
+        }
     }
-    if (open == nullptr) {
-        return false;
+#endif
+    while (j > low) {
+        --j;
+        if (const int k = marker(j); k != 0) {
+            return k > 0;
+        }
     }
-    // From its `--` on: `<!-->` and `<!--->` are comments closed at once, as browsers read them.
-    const char* after = static_cast<const char*>(open) + 2;
-    return memmem(after, static_cast<std::size_t>(text.data() + at - after), "-->", 3) == nullptr;
+    return false;
 }
 
 // Whether text holds "unsubscribe" in any case, outside an HTML comment. Every byte of it is
@@ -1818,7 +1841,12 @@ std::string_view read_host(std::string_view text, std::size_t from, std::size_t*
     std::string_view host = auth.substr(0, auth.find(':'));
     // A bracket outside an IPv6 literal is no host byte to a browser (a URL with one does not
     // parse), and ends a link in text: Markdown's `[www.x.com](https://...)`.
-    host = host.substr(0, host.find_first_of("[]"));
+    for (std::size_t k = 0; k < host.size(); ++k) {
+        if (host[k] == '[' || host[k] == ']') {  // (find_first_of calls memchr per byte)
+            host = host.substr(0, k);
+            break;
+        }
+    }
     // Non-ASCII bytes and `, ; ! ? ] * | }` at its end are the text's punctuation or markup,
     // not the host's (a linkifier stops at the closing quote of `“https://example.com”`,
     // before the comma of `www.example.com, or`, and Markdown's `[www.x.com](...)` and
