@@ -1222,7 +1222,17 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                     rollback();
                     return v;
                 }
-                continue;  // a violated duplicates guard booked nothing
+                // Suspended: the request goes out, so its pairs count as sent (a violated
+                // duplicates guard booked nothing): the loop is still counted when the
+                // operator turns enforcement back on.
+                if (r.guard->k == guardrail::kind::duplicates) {
+                    s.guard_bookings.clear();
+                    book_suspended_duplicates(dups_[idx].get(), now, &s.guard_bookings);
+                    for (const auto& b : s.guard_bookings) {
+                        s.guard_reservations.push_back({idx, b.key, b.ms});
+                    }
+                }
+                continue;
             }
             for (const auto& b : s.guard_bookings) {
                 s.guard_reservations.push_back({idx, b.key, b.ms});

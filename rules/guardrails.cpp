@@ -2766,6 +2766,22 @@ guard_result check_content(const content_guard& g, const guard_input& in) {
     return r.outcome == guard_result::status::clean && !unreadable.empty() ? invalid_body(std::move(unreadable)) : r;
 }
 
+void book_suspended_duplicates(duplicate_counter* dups, time_point now, std::vector<guard_booking>* bookings) {
+    if (dups == nullptr) {
+        return;
+    }
+    scratch& s = local();
+    const std::int64_t ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
+    for (std::size_t i = 0; i < s.keys.size(); ++i) {
+        if (i < s.repeat.size() && s.repeat[i]) {
+            continue;
+        }
+        if (dups->check_and_book(s.keys[i], ms) == 0 && bookings) {
+            bookings->push_back({s.keys[i], ms});
+        }
+    }
+}
+
 guard_result check_guard(const guardrail& g, const guard_input& in, time_point now, duplicate_counter* dups,
                          std::vector<guard_booking>* bookings) {
     switch (g.k) {

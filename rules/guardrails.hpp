@@ -432,4 +432,9 @@ struct guard_input {
 guard_result check_guard(const guardrail& g, const guard_input& in, time_point now, duplicate_counter* dups,
                          std::vector<guard_booking>* bookings);
 
+// After a duplicates guard found a violation whose enforcement an operator suspended
+// (forced_closed, metrics_only): the request is sent all the same, so every pair of it that
+// this thread's last check_duplicates read is booked (up to max each), as a send.
+void book_suspended_duplicates(duplicate_counter* dups, time_point now, std::vector<guard_booking>* bookings);
+
 }  // namespace bb::rules

@@ -1531,6 +1531,24 @@ TEST(GuardDuplicates, SubjectsDifferingOnlyInCaseOrBlanksAreOneSubject) {
     EXPECT_TRUE(f.check_body(with_subject("Your invoice is ready!")).allowed()) << "another text is another subject";
 }
 
+TEST(GuardDuplicates, ASuspendedViolationStillCountsTheSend) {
+    // metrics_only / forced_closed: the request goes out, to every recipient, so every pair
+    // of it counts; when enforcement is back, the loop is where it was.
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient"]})j")};
+    const std::function<bool(const decision&)> suspended = [](const decision&) { return true; };
+    request jane;
+    jane.body = sendgrid_to({"jane@example.com"});
+    EXPECT_TRUE(f.check(jane).allowed());
+    request both;
+    both.body = sendgrid_to({"jane@example.com", "bob@example.com"});
+    decision shadowed;
+    EXPECT_TRUE(f.eng.evaluate(both.view(), f.clock.now(), &suspended, &shadowed).allowed());
+    EXPECT_EQ(shadowed.outcome, verdict::violated) << "jane's second send, shadowed";
+    request bob;
+    bob.body = sendgrid_to({"bob@example.com"});
+    EXPECT_FALSE(f.check(bob).allowed()) << "bob's send went out while shadowed and counts";
+}
+
 TEST(GuardDuplicates, ALaterRefusalUndoesTheBooking) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j") + "," + pii_rule(R"j({"pii": ["card"]})j")};
     request bad;
