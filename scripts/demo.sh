@@ -58,4 +58,10 @@ cat <<'MSG'
   Access log lines (JSON) follow. Ctrl-C drains and stops.
 
 MSG
-build/breakerbox --config demo/breakerbox.json
+# In the background with a wait, so a TERM to this script (a supervisor, `timeout`) reaches
+# breakerbox too and both servers stop (Ctrl-C reaches the whole process group anyway).
+build/breakerbox --config demo/breakerbox.json &
+bb_pid=$!
+trap 'kill $bb_pid $demo_pid 2>/dev/null || true' EXIT
+trap 'kill -TERM $bb_pid 2>/dev/null || true; wait $bb_pid || true; exit 143' TERM
+wait $bb_pid
