@@ -1114,10 +1114,17 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
             meters_.push_back(std::make_shared<rule_meter>(r));
         }
         if (r.guard && r.guard->k == guardrail::kind::duplicates) {
-            if (same && previous->dups_[it->second]) {
-                dups_.push_back(previous->dups_[it->second]);
+            const auto& d = r.guard->duplicates;
+            const std::shared_ptr<duplicate_counter> kept = it != old.end() ? previous->dups_[it->second] : nullptr;
+            if (same && kept) {
+                dups_.push_back(kept);
+            } else if (kept && previous->set_->rules[it->second].counter_fingerprint == r.counter_fingerprint &&
+                       kept->max_keys() == d.max_keys) {
+                // Only max or window changed (an operator tightening a rule mid-incident): the
+                // counts stay, judged by the new limits.
+                kept->retune(d.max, d.window);
+                dups_.push_back(kept);
             } else {
-                const auto& d = r.guard->duplicates;
                 dups_.push_back(std::make_shared<duplicate_counter>(d.max, d.window, d.max_keys));
             }
         } else {

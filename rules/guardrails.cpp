@@ -2594,7 +2594,8 @@ std::string_view to_string(guardrail::kind k) {
 // ---------------------------------------------------------------------------------------
 
 duplicate_counter::duplicate_counter(std::uint32_t max, milliseconds window, std::size_t max_keys)
-    : max_(std::max<std::uint32_t>(max, 1)),
+    : max_keys_(max_keys),
+      max_(std::max<std::uint32_t>(max, 1)),
       window_ms_(std::max<std::int64_t>(window.count(), 1)),
       per_shard_(std::max<std::size_t>((max_keys + shards_.size() - 1) / shards_.size(), 1)),
       probation_(per_shard_ >= 8 ? per_shard_ / 8 : per_shard_ > 1 ? 1 : 0) {}
@@ -2708,6 +2709,15 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         s.push_newest(i);
     }
     return 0;
+}
+
+void duplicate_counter::retune(std::uint32_t max, milliseconds window) {
+    std::array<std::unique_lock<std::mutex>, 16> locks;
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+        locks[i] = std::unique_lock{shards_[i].mu};
+    }
+    max_ = std::max<std::uint32_t>(max, 1);
+    window_ms_ = std::max<std::int64_t>(window.count(), 1);
 }
 
 void duplicate_counter::unbook(std::uint64_t key, std::int64_t now_ms) {

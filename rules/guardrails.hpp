@@ -315,6 +315,10 @@ public:
     std::uint32_t check_and_book(std::uint64_t key, std::int64_t now_ms);
     // Undoes a booking (a later rule refused the request).
     void unbook(std::uint64_t key, std::int64_t now_ms);
+    // New limits for the same table (a reload that only changed max or window): the send
+    // times kept judge the next sends by them. A lower max applies at once.
+    void retune(std::uint32_t max, milliseconds window);
+    std::size_t max_keys() const { return max_keys_; }
     std::size_t keys() const;
     std::uint64_t evictions() const;
     // New pairs not tracked because every tracked pair of their shard was in its window.
@@ -351,7 +355,8 @@ private:
     std::size_t in_window(const slot& e, std::int64_t now_ms) const;
     shard& shard_of(std::uint64_t key) { return shards_[(key >> 59) & 15]; }
 
-    std::uint32_t max_;
+    std::size_t max_keys_;
+    std::uint32_t max_;  // written by retune() under every shard's lock
     std::int64_t window_ms_;
     std::size_t per_shard_;
     std::size_t probation_;  // of per_shard_

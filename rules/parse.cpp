@@ -933,6 +933,18 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
     }
     r.finish();
     out.fingerprint = fnv1a(canonical(out));
+    if (out.guard && out.guard->k == guardrail::kind::duplicates) {
+        // What a duplicate table's state means, without the limits that only judge it (max,
+        // window): a reload that tightens them keeps the counts (engine.cpp).
+        std::string c = canonical(out);
+        constexpr std::string_view head = ";guard=duplicates;";
+        if (const auto at = c.find(head); at != std::string::npos) {
+            if (const auto of = c.find(";of=", at); of != std::string::npos) {
+                c.erase(at + head.size(), of - (at + head.size()));
+            }
+        }
+        out.counter_fingerprint = fnv1a(c);
+    }
 }
 
 }  // namespace

@@ -1751,6 +1751,23 @@ TEST(GuardDuplicates, StateSurvivesAReloadThatKeepsTheRule) {
     EXPECT_FALSE(second.evaluate(req.view(), clock.now()).allowed());
 }
 
+TEST(GuardDuplicates, TighteningMaxOrWindowKeepsTheCounts) {
+    // Mid-incident, an operator lowers max from 3 to 2: the loop does not get a fresh budget.
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    engine first{load_ok(guard_config(dup_rule(R"j({"max": 3, "window": "1h"})j")))};
+    EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    engine tighter{load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "2h"})j"))), &first};
+    const auto d = tighter.evaluate(req.view(), clock.now());
+    EXPECT_FALSE(d.allowed());
+    EXPECT_THAT(d.reason, HasSubstr("already sent 2 times in 2h (max 2)"));
+    // Another `of` is another table.
+    engine other{load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "2h", "of": ["recipient"]})j"))), &tighter};
+    EXPECT_TRUE(other.evaluate(req.view(), clock.now()).allowed());
+}
+
 // ---------------------------------------------------------------------------------------
 // Config errors, each at its JSON path.
 
