@@ -2745,23 +2745,18 @@ std::size_t duplicate_counter::keys() const {
     return n;
 }
 
-std::uint64_t duplicate_counter::untracked() const {
+std::uint64_t duplicate_counter::total(std::uint64_t shard::*field) const {
     std::uint64_t n = 0;
-    for (auto& sh : shards_) {
-        std::lock_guard lock{sh.mu};
-        n += sh.untracked;
+    for (auto& s : shards_) {
+        std::lock_guard lock{s.mu};
+        n += s.*field;
     }
     return n;
 }
 
-std::uint64_t duplicate_counter::evictions() const {
-    std::uint64_t n = 0;
-    for (auto& s : shards_) {
-        std::lock_guard lock{s.mu};
-        n += s.evictions;
-    }
-    return n;
-}
+std::uint64_t duplicate_counter::untracked() const { return total(&shard::untracked); }
+
+std::uint64_t duplicate_counter::evictions() const { return total(&shard::evictions); }
 
 guard_result check_pii(const pii_guard& g, const guard_input& in) {
     std::string unreadable;
