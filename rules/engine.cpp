@@ -1122,8 +1122,7 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
                        kept->max_keys() == d.max_keys) {
                 // Only max or window changed (an operator tightening a rule mid-incident): the
                 // counts stay, judged by the new limits.
-                kept->retune(d.max, d.window);
-                dups_.push_back(kept);
+                dups_.push_back(kept->with_limits(d.max, d.window));
             } else {
                 dups_.push_back(std::make_shared<duplicate_counter>(d.max, d.window, d.max_keys));
             }

@@ -2634,7 +2634,10 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
     // A slot of part `l` for a new pair: a fresh one, or the one of the pair `victim` forgets.
     auto take = [&](std::uint32_t victim, bool probation) {
         std::uint32_t i;
-        if (victim == none) {
+        if (victim == none && !s.free.empty()) {
+            i = s.free.back();
+            s.free.pop_back();
+        } else if (victim == none) {
             i = static_cast<std::uint32_t>(s.slots.size());
             s.slots.emplace_back();
         } else {
@@ -2645,6 +2648,7 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
             s.slots[i].head = 0;
             ++s.evictions;
         }
+        s.slots[i].refused_ms = std::numeric_limits<std::int64_t>::min();
         s.slots[i].key = key;
         s.slots[i].probation = probation;
         s.push_newest(i);
@@ -2665,11 +2669,11 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         i = take(none, true);
     } else {
         // Probation: among its 16 least recently seen, the first sent at most once in the
-        // window (a pair sent twice may be a loop and stays).
+        // window and not refused in it (a pair sent twice, or refused, is a loop and stays).
         std::uint32_t victim = none;
         std::uint32_t c = s.oldest[1];
         for (int looked = 0; c != none && looked < 16; ++looked, c = s.slots[c].newer) {
-            if (in_window(s.slots[c], now_ms) <= 1) {
+            if (in_window(s.slots[c], now_ms) <= 1 && s.slots[c].refused_ms <= now_ms - window_ms_) {
                 victim = c;
                 break;
             }
@@ -2698,26 +2702,46 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
     e.head = static_cast<std::uint32_t>(h);
     const std::size_t sent = e.times.size() - h;
     if (sent >= max_) {
+        e.refused_ms = now_ms;
         return static_cast<std::uint32_t>(sent);
     }
     e.times.push_back(now_ms);
-    if (e.probation && sent + 1 >= 2 && s.count[0] < main_cap) {
-        // Sent twice: to the main part while it has room (else it stays, never forgotten
-        // within its window all the same).
+    if (e.probation && sent + 1 >= 2 && (s.count[0] < main_cap || stale(s.oldest[0]))) {
+        // Sent twice: to the main part when it has room, or in place of its least recently
+        // seen pair once nothing of that one is left in the window (else it stays, never
+        // forgotten within its window all the same).
+        if (s.count[0] >= main_cap) {
+            const std::uint32_t v = s.oldest[0];
+            s.index.erase(s.slots[v].key);
+            s.unlink(v);
+            s.slots[v].times.clear();
+            s.slots[v].head = 0;
+            s.free.push_back(v);
+            ++s.evictions;
+        }
         s.unlink(i);
-        e.probation = false;
+        s.slots[i].probation = false;
         s.push_newest(i);
     }
     return 0;
 }
 
-void duplicate_counter::retune(std::uint32_t max, milliseconds window) {
-    std::array<std::unique_lock<std::mutex>, 16> locks;
+std::shared_ptr<duplicate_counter> duplicate_counter::with_limits(std::uint32_t max, milliseconds window) const {
+    auto c = std::make_shared<duplicate_counter>(max, window, max_keys_);
     for (std::size_t i = 0; i < shards_.size(); ++i) {
-        locks[i] = std::unique_lock{shards_[i].mu};
+        std::lock_guard lock{shards_[i].mu};
+        const shard& from = shards_[i];
+        shard& to = c->shards_[i];
+        to.index = from.index;
+        to.slots = from.slots;
+        to.free = from.free;
+        std::copy(std::begin(from.newest), std::end(from.newest), std::begin(to.newest));
+        std::copy(std::begin(from.oldest), std::end(from.oldest), std::begin(to.oldest));
+        std::copy(std::begin(from.count), std::end(from.count), std::begin(to.count));
+        to.evictions = from.evictions;
+        to.untracked = from.untracked;
     }
-    max_ = std::max<std::uint32_t>(max, 1);
-    window_ms_ = std::max<std::int64_t>(window.count(), 1);
+    return c;
 }
 
 void duplicate_counter::unbook(std::uint64_t key, std::int64_t now_ms) {

@@ -28,6 +28,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -296,9 +297,10 @@ bool is_form_content_type(std::string_view content_type);
 // max_keys >= 16), which forgets the least recently seen pair sent only once in its window:
 // a new looping pair is tracked while a large campaign fills the table, and caught if it
 // repeats before an eighth of the table's worth of new pairs arrives. A pair sent twice
-// moves to the main part when it has room, and is never forgotten within its window either
-// way. With no slot to give, a new pair is not tracked (untracked()). Only hashes are
-// stored, never addresses.
+// moves to the main part when it has room or its least recently seen pair has nothing left
+// in the window, and is never forgotten within its window either way; nor is a pair refused
+// within the window (max 1). With no slot to give, a new pair is not tracked (untracked()).
+// Only hashes are stored, never addresses.
 //
 // Thread-safe: 16 shards, each with its own mutex held for a few tens of nanoseconds. A
 // shard is flat: an open-addressing index from key to slot, slots in one vector linked in
@@ -315,9 +317,10 @@ public:
     std::uint32_t check_and_book(std::uint64_t key, std::int64_t now_ms);
     // Undoes a booking (a later rule refused the request).
     void unbook(std::uint64_t key, std::int64_t now_ms);
-    // New limits for the same table (a reload that only changed max or window): the send
-    // times kept judge the next sends by them. A lower max applies at once.
-    void retune(std::uint32_t max, milliseconds window);
+    // A copy of the table with new limits (a reload that only changed max or window): the
+    // send times kept judge the next sends by them. The copy, not this table, so an apply
+    // that fails or is shadowed leaves the running rule as it was.
+    std::shared_ptr<duplicate_counter> with_limits(std::uint32_t max, milliseconds window) const;
     std::size_t max_keys() const { return max_keys_; }
     std::size_t keys() const;
     std::uint64_t evictions() const;
@@ -336,6 +339,7 @@ private:
         boost::container::small_vector<std::int64_t, 3> times;
         std::uint32_t head = 0;
         bool probation = false;  // in the probation part (see above)
+        std::int64_t refused_ms = std::numeric_limits<std::int64_t>::min();  // last refusal
     };
     struct shard {
         std::mutex mu;
@@ -345,6 +349,7 @@ private:
         std::uint32_t newest[2] = {none, none};
         std::uint32_t oldest[2] = {none, none};
         std::uint32_t count[2] = {0, 0};
+        std::vector<std::uint32_t> free;  // slots in no list (a main pair made way for a promotion)
         std::uint64_t evictions = 0;
         std::uint64_t untracked = 0;
 
@@ -357,7 +362,7 @@ private:
     std::uint64_t total(std::uint64_t shard::*field) const;  // over the shards
 
     std::size_t max_keys_;
-    std::uint32_t max_;  // written by retune() under every shard's lock
+    std::uint32_t max_;
     std::int64_t window_ms_;
     std::size_t per_shard_;
     std::size_t probation_;  // of per_shard_

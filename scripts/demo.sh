@@ -59,9 +59,15 @@ cat <<'MSG'
 
 MSG
 # In the background with a wait, so a TERM to this script (a supervisor, `timeout`) reaches
-# breakerbox too and both servers stop (Ctrl-C reaches the whole process group anyway).
+# breakerbox too. On Ctrl-C or TERM, breakerbox drains first; the demo upstream stops after.
 build/breakerbox --config demo/breakerbox.json &
 bb_pid=$!
 trap 'kill $bb_pid $demo_pid 2>/dev/null || true' EXIT
-trap 'kill -TERM $bb_pid 2>/dev/null || true; wait $bb_pid || true; exit 143' TERM
-wait $bb_pid
+stop() {
+  kill -TERM "$bb_pid" 2>/dev/null || true
+  wait "$bb_pid" 2>/dev/null || true
+  exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
+wait "$bb_pid"

@@ -11,6 +11,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <limits>
 #include <optional>
 #include <random>
 #include <set>
@@ -1634,6 +1635,18 @@ TEST(GuardDuplicates, CounterIsBoundedAndNeverForgetsARepeatedPairWithinItsWindo
     const std::int64_t later = 2005 + 10 * 60'000;
     EXPECT_EQ(d.check_and_book(key(9000), later), 0u);
     EXPECT_EQ(d.keys(), 128u);
+    // max 1: a pair refused in its window stays caught however many new pairs come.
+    duplicate_counter one{1, std::chrono::minutes{10}, 16 * 8};
+    for (std::uint64_t k = 0; k < 1000; ++k) {
+        one.check_and_book(key(k), 1000);
+    }
+    const std::uint64_t retry = key(7000);
+    EXPECT_EQ(one.check_and_book(retry, 2000), 0u);
+    EXPECT_EQ(one.check_and_book(retry, 2001), 1u);
+    for (std::uint64_t k = 8000; k < 9000; ++k) {
+        one.check_and_book(key(k), 2002);
+    }
+    EXPECT_EQ(one.check_and_book(retry, 2003), 1u) << "the refused pair was not forgotten";
 }
 
 // The flat counter against a plain model (a recency list and a map of send times) over a
@@ -1657,11 +1670,13 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
         struct pair_state {
             std::vector<std::int64_t> times;
             int part = 0;
+            std::int64_t refused = std::numeric_limits<std::int64_t>::min();
         };
         std::map<std::uint64_t, pair_state> pairs;
         std::uint64_t evicted = 0;
         std::uint64_t untracked = 0;
         std::uint64_t refused = 0;
+        std::uint64_t promoted = 0;
         std::mt19937_64 rng{7};
         std::int64_t now = 0;
         auto in_window = [&](std::uint64_t k) {
@@ -1700,7 +1715,7 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
                     std::optional<std::uint64_t> victim;
                     int looked = 0;
                     for (auto r = recency[1].rbegin(); r != recency[1].rend() && looked < 16; ++r, ++looked) {
-                        if (in_window(*r) <= 1) {
+                        if (in_window(*r) <= 1 && pairs[*r].refused <= now - su.window) {
                             victim = *r;
                             break;
                         }
@@ -1721,13 +1736,19 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
             std::uint32_t want = 0;
             if (ps.times.size() >= su.max) {
                 want = static_cast<std::uint32_t>(ps.times.size());
+                ps.refused = now;
                 ++refused;
             } else {
                 ps.times.push_back(now);
-                if (ps.part == 1 && ps.times.size() >= 2 && recency[0].size() < main_cap) {
+                if (ps.part == 1 && ps.times.size() >= 2 &&
+                    (recency[0].size() < main_cap || in_window(recency[0].back()) == 0)) {
+                    if (recency[0].size() >= main_cap) {
+                        forget(recency[0].back());
+                    }
                     recency[1].remove(key);
-                    ps.part = 0;
+                    pairs[key].part = 0;
                     recency[0].push_front(key);
+                    ++promoted;
                 }
             }
             ASSERT_EQ(c.check_and_book(key, now), want) << "step " << step << " key " << key;
@@ -1737,6 +1758,9 @@ TEST(GuardDuplicates, CounterMatchesAPlainModel) {
         EXPECT_EQ(c.untracked(), untracked);
         EXPECT_GE(evicted, su.min_evicted);
         EXPECT_GT(refused, 100u);
+        if (su.min_evicted > 0) {
+            EXPECT_GT(promoted, 10u) << "pairs sent twice in probation move to the main part";
+        }
     }
 }
 
