@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include "core/hex.hpp"
+#include "core/http_token.hpp"
 
 #include "rules/rule_set.hpp"
 
@@ -30,14 +31,6 @@ bool valid_name(std::string_view s) {
     });
 }
 
-bool is_token_char(char c) {
-    // RFC 9110 tchar
-    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
-}
-
-bool proxy_is_token(std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), is_token_char);
-}
 
 template <class F>
 void each_item(cfg::object_reader& r, std::string_view key, bool required, F&& f) {
@@ -346,7 +339,7 @@ void parse_routes(cfg::object_reader& root, config& c) {
             if (auto v = mr.strings("methods")) {
                 std::size_t i = 0;
                 for (auto& m : *v) {
-                    if (m.empty() || !std::all_of(m.begin(), m.end(), is_token_char)) {
+                    if (!is_token(m)) {
                         mr.errs().add(cfg::child(mr.path_of("methods"), i), cfg::quote(m) + " is not an HTTP method");
                     }
                     std::transform(m.begin(), m.end(), m.begin(), [](char ch) { return std::toupper(static_cast<unsigned char>(ch)); });
@@ -806,7 +799,7 @@ void parse_store(cfg::object_reader& root, config& c) {
         c.store.group_commit = *v;
     }
     if (auto v = r.string("idempotency_header")) {
-        if (!proxy_is_token(*v)) {
+        if (!is_token(*v)) {
             r.errs().add(r.path_of("idempotency_header"), cfg::quote(*v) + " is not a header name");
         }
         c.store.idempotency_header = *v;

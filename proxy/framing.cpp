@@ -1,6 +1,7 @@
 #include "proxy/framing.hpp"
 
 #include "core/hex.hpp"
+#include "core/http_token.hpp"
 #include "core/method_override.hpp"
 
 #include <algorithm>
@@ -9,36 +10,6 @@
 namespace bb::proxy {
 
 namespace {
-
-constexpr bool is_tchar_slow(unsigned char c) {
-    if (c >= '0' && c <= '9') {
-        return true;
-    }
-    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') {
-        return true;
-    }
-    switch (c) {
-        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-        case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-            return true;
-        default:
-            return false;
-    }
-}
-
-struct tchar_table {
-    bool v[256] = {};
-    constexpr tchar_table() {
-        for (int c = 0; c < 256; ++c) {
-            v[c] = is_tchar_slow(static_cast<unsigned char>(c));
-        }
-    }
-};
-constexpr tchar_table tchars{};
-
-bool is_tchar(unsigned char c) {
-    return tchars.v[c];
-}
 
 std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
@@ -74,10 +45,6 @@ bool iequals(std::string_view a, std::string_view b) {
         }
     }
     return true;
-}
-
-bool is_token(std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
 }
 
 bool split_target(std::string_view target, target_parts& out) {

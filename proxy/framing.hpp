@@ -42,6 +42,5 @@ bool split_target(std::string_view target, target_parts& out);
 // "\\", a backslash, an encoded NUL. Such paths are refused (400) rather than normalized:
 // routes, agent scopes and rules all match on the path as sent.
 std::string_view ambiguous_path(std::string_view path);
-bool is_token(std::string_view s);
 
 }  // namespace bb::proxy

@@ -1,5 +1,6 @@
 #include "rules/engine.hpp"
 
+#include "core/http_token.hpp"
 #include "core/json_key.hpp"
 #include "core/method_override.hpp"
 #include "core/url_decode.hpp"
@@ -118,12 +119,6 @@ void parse_urlencoded(std::string_view text, std::vector<std::pair<std::string, 
 // tab) around ';' and '=', quoted strings with backslash escapes. f(name, value) for each;
 // false when the value is not well formed (the caller refuses the body rather than guess
 // how an upstream would read it).
-bool is_tchar(char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return (u >= '0' && u <= '9') || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') ||
-           std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
-}
-
 template <class F>
 bool for_each_param(std::string_view v, F&& f, bool strict = true) {
     auto ws = [](char c) { return c == ' ' || c == '\t'; };
