@@ -1847,13 +1847,13 @@ std::string_view read_host(std::string_view text, std::size_t from, std::size_t*
             break;
         }
     }
-    // Non-ASCII bytes and `, ; ! ? ] * | }` at its end are the text's punctuation or markup,
+    // Non-ASCII bytes and `, ; ! ? * | }` at its end are the text's punctuation or markup,
     // not the host's (a linkifier stops at the closing quote of `“https://example.com”`,
-    // before the comma of `www.example.com, or`, and Markdown's `[www.x.com](...)` and
-    // `**www.x.com**`; a host that really ends in one has no address).
+    // before the comma of `www.example.com, or`, and Markdown's `**www.x.com**`; a host that
+    // really ends in one has no address).
     while (!host.empty() && (static_cast<unsigned char>(host.back()) >= 0x80 || host.back() == ',' ||
-                             host.back() == ';' || host.back() == '!' || host.back() == '?' || host.back() == ']' ||
-                             host.back() == '*' || host.back() == '|' || host.back() == '}')) {
+                             host.back() == ';' || host.back() == '!' || host.back() == '?' || host.back() == '*' ||
+                             host.back() == '|' || host.back() == '}')) {
         host.remove_suffix(1);
     }
     return host;
@@ -2263,28 +2263,18 @@ bool plain_symbol(std::uint32_t cp) {
            cp == 0x2122 || (cp >= 0x20A0 && cp <= 0x20C0);
 }
 
-bool continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
-
-// The code point of the two-, three- or four-byte UTF-8 sequence at t[i] and its length; 0
-// when there is none.
+// The code point of the well-formed multi-byte UTF-8 sequence at t[i] (utf8_sequence) and
+// its length; 0 when there is none.
 std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
-    const auto c = static_cast<unsigned char>(t[i]);
-    if (c >= 0xC2 && c <= 0xDF && i + 1 < t.size() && continuation(t[i + 1])) {
-        cp = (c & 0x1Fu) << 6 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu);
-        return 2;
+    const std::size_t n = utf8_sequence(t, i);
+    if (n < 2) {
+        return 0;
     }
-    if (c >= 0xE0 && c <= 0xEF && i + 2 < t.size() && continuation(t[i + 1]) && continuation(t[i + 2])) {
-        cp = (c & 0x0Fu) << 12 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu) << 6 |
-             (static_cast<unsigned char>(t[i + 2]) & 0x3Fu);
-        return cp >= 0x800 ? 3 : 0;
+    cp = static_cast<unsigned char>(t[i]) & (0x7Fu >> n);
+    for (std::size_t k = 1; k < n; ++k) {
+        cp = cp << 6 | (static_cast<unsigned char>(t[i + k]) & 0x3Fu);
     }
-    if (c >= 0xF0 && c <= 0xF4 && i + 3 < t.size() && continuation(t[i + 1]) && continuation(t[i + 2]) &&
-        continuation(t[i + 3])) {
-        cp = (c & 0x07u) << 18 | (static_cast<unsigned char>(t[i + 1]) & 0x3Fu) << 12 |
-             (static_cast<unsigned char>(t[i + 2]) & 0x3Fu) << 6 | (static_cast<unsigned char>(t[i + 3]) & 0x3Fu);
-        return cp >= 0x10000 && cp <= 0x10FFFF ? 4 : 0;
-    }
-    return 0;
+    return n;
 }
 
 // Numeric references 128-159 are read as windows-1252, as browsers do (&#150; is an en dash).
