@@ -28,6 +28,7 @@ constexpr std::size_t max_fields = 32;
 constexpr std::size_t max_list = 10'000;       // domains, terms
 constexpr std::size_t max_term_bytes = 256;
 constexpr std::size_t max_json_depth = 512;
+constexpr std::string_view utf8_bom = "\xEF\xBB\xBF";
 
 bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }
 
@@ -244,7 +245,7 @@ public:
         const std::size_t n = body.size();
         // A UTF-8 byte order mark before the value: Jackson and Python read past it (Go and
         // simdjson refuse it), so the value after it is what such an upstream sends.
-        std::size_t pos = skip_ws(body, body.starts_with("\xEF\xBB\xBF") ? 3 : 0);
+        std::size_t pos = skip_ws(body, body.starts_with(utf8_bom) ? utf8_bom.size() : 0);
         if (pos >= n) {
             return result::invalid;
         }
@@ -1162,8 +1163,6 @@ std::string shared_tracking_mismatch(std::string_view json, const std::vector<st
 
 namespace {
 
-// `$.personalizations[0].to[1].email`. Keys that could carry personal data (an address, a
-// long number) are not shown.
 // Whether a key or form field name may be shown in a finding (which reaches logs and the
 // client): a short name of letters, digits, `_` and `-` with fewer than 6 digits that holds
 // nothing the pii guard would report (an AWS key id used as a key, `AKIAIOSFODNN7EXAMPLE`).
@@ -1187,6 +1186,8 @@ std::string field_name(std::string_view name) {
     return showable_name(name, true) ? cfg::quote(name) : std::string{"(a name not shown)"};
 }
 
+// `$.personalizations[0].to[1].email`. Keys that could carry personal data (an address, a
+// long number) are not shown.
 std::string render_path(std::span<const frame> f) {
     std::string out = "$";
     for (const auto& fr : f) {
@@ -1243,8 +1244,8 @@ const char* const unreadable_json = "the body is labelled JSON but cannot be rea
 // carries the header anyway, as some clients do on every call) or only blanks is no JSON.
 bool holds_json(const guard_input& in) {
     std::string_view b = in.req.body;
-    if (b.starts_with("\xEF\xBB\xBF")) {
-        b.remove_prefix(3);
+    if (b.starts_with(utf8_bom)) {
+        b.remove_prefix(utf8_bom.size());
     }
     return labelled_json(in) && b.find_first_not_of(" \t\r\n") != std::string_view::npos;
 }
@@ -2619,6 +2620,14 @@ void duplicate_counter::shard::push_newest(std::uint32_t i) {
     ++count[l];
 }
 
+void duplicate_counter::shard::forget(std::uint32_t i) {
+    index.erase(slots[i].key);
+    unlink(i);
+    slots[i].times.clear();
+    slots[i].head = 0;
+    ++evictions;
+}
+
 std::size_t duplicate_counter::in_window(const slot& e, std::int64_t now_ms) const {
     std::size_t n = 0;
     for (std::size_t k = e.times.size(); k > e.head && e.times[k - 1] > now_ms - window_ms_; --k) {
@@ -2642,11 +2651,7 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
             s.slots.emplace_back();
         } else {
             i = victim;
-            s.index.erase(s.slots[i].key);
-            s.unlink(i);
-            s.slots[i].times.clear();
-            s.slots[i].head = 0;
-            ++s.evictions;
+            s.forget(i);
         }
         s.slots[i].refused_ms = std::numeric_limits<std::int64_t>::min();
         s.slots[i].key = key;
@@ -2712,12 +2717,8 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         // forgotten within its window all the same).
         if (s.count[0] >= main_cap) {
             const std::uint32_t v = s.oldest[0];
-            s.index.erase(s.slots[v].key);
-            s.unlink(v);
-            s.slots[v].times.clear();
-            s.slots[v].head = 0;
+            s.forget(v);
             s.free.push_back(v);
-            ++s.evictions;
         }
         s.unlink(i);
         s.slots[i].probation = false;

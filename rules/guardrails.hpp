@@ -355,6 +355,8 @@ private:
 
         void unlink(std::uint32_t i);
         void push_newest(std::uint32_t i);
+        // Evicts the pair of slot i: out of the index and its list, its times cleared.
+        void forget(std::uint32_t i);
     };
     // Sends of slot e in the window ending at now_ms.
     std::size_t in_window(const slot& e, std::int64_t now_ms) const;
