@@ -412,6 +412,124 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     return k.finish();
 }
 
+namespace {
+
+// /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash):
+// the resources whose POST body carries requests of their own.
+bool salesforce_composite_path(std::string_view path) {
+    constexpr std::string_view head = "/services/data/v";
+    if (path.size() < head.size() || !iequals(path.substr(0, head.size()), head)) {
+        return false;
+    }
+    std::size_t i = head.size();
+    const std::size_t version = i;
+    while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
+        ++i;
+    }
+    if (i == version) {
+        return false;
+    }
+    std::string_view rest = path.substr(i);
+    if (rest.size() > 1 && rest.back() == '/') {
+        rest.remove_suffix(1);
+    }
+    return iequals(rest, "/composite") || iequals(rest, "/composite/batch") || iequals(rest, "/composite/graph");
+}
+
+// The subrequests of one array (compositeRequest or batchRequests); false if it does not
+// read as one (a wrong type, a subrequest without a string method and url).
+bool read_subrequests(element list, std::vector<subrequest>& out) {
+    simdjson::dom::array a;
+    if (list.get(a) != simdjson::SUCCESS) {
+        return false;
+    }
+    for (element item : a) {
+        simdjson::dom::object o;
+        if (item.get(o) != simdjson::SUCCESS) {
+            return false;
+        }
+        std::vector<std::string_view> methods;
+        std::vector<std::string_view> urls;
+        for (auto f : o) {
+            const bool is_method = iequals(f.key, "method");
+            if (!is_method && !iequals(f.key, "url")) {
+                continue;
+            }
+            std::string_view v;
+            if (f.value.get(v) != simdjson::SUCCESS) {
+                return false;
+            }
+            (is_method ? methods : urls).push_back(v);
+        }
+        if (methods.empty() || urls.empty()) {
+            return false;
+        }
+        // Every spelling a reader might take (duplicate keys): each pair is checked.
+        for (const auto m : methods) {
+            for (const auto u : urls) {
+                subrequest r;
+                r.method.assign(m);
+                std::transform(r.method.begin(), r.method.end(), r.method.begin(),
+                               [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+                std::string_view p = u.substr(0, u.find('?'));
+                // batchRequests name theirs relative to /services/data/ ("v59.0/sobjects/...").
+                r.path = p.starts_with('/') ? std::string{p} : "/services/data/" + std::string{p};
+                out.push_back(std::move(r));
+            }
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+std::string salesforce_subrequests(std::string_view path, std::string_view body, std::vector<subrequest>& out) {
+    out.clear();
+    if (!salesforce_composite_path(path)) {
+        return {};
+    }
+    constexpr const char* unreadable = "the composite request's subrequests cannot be read (the body is not JSON "
+                                       "with method and url strings)";
+    scratch& s = local();
+    element root;
+    if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
+        return unreadable;
+    }
+    simdjson::dom::object top;
+    if (root.get(top) != simdjson::SUCCESS) {
+        return unreadable;
+    }
+    for (auto f : top) {
+        if (iequals(f.key, "compositeRequest") || iequals(f.key, "batchRequests")) {
+            if (!read_subrequests(f.value, out)) {
+                return unreadable;
+            }
+        } else if (iequals(f.key, "graphs")) {
+            simdjson::dom::array graphs;
+            if (f.value.get(graphs) != simdjson::SUCCESS) {
+                return unreadable;
+            }
+            for (element g : graphs) {
+                simdjson::dom::object go;
+                if (g.get(go) != simdjson::SUCCESS) {
+                    return unreadable;
+                }
+                for (auto gf : go) {
+                    if (iequals(gf.key, "compositeRequest") && !read_subrequests(gf.value, out)) {
+                        return unreadable;
+                    }
+                }
+            }
+        }
+    }
+    for (const auto& r : out) {
+        if (salesforce_composite_path(r.path)) {
+            return "a composite request inside a composite request is not accepted";
+        }
+    }
+    return {};
+}
+
 bool body_unreadable(std::string_view why) {
     for (const std::string_view unreadable :
          {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",

@@ -39,6 +39,21 @@ struct body_constraints {
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
                                    std::string_view query = {});
 
+// A request carried inside another: its method (upper case) and path (absolute, no query).
+struct subrequest {
+    std::string method;
+    std::string path;
+};
+
+// Salesforce's composite resources carry requests of their own in one POST body:
+// /services/data/vNN.N/composite (compositeRequest[]), .../composite/batch (batchRequests[],
+// URLs relative to /services/data/) and .../composite/graph (graphs[].compositeRequest[]).
+// An agent allowed POST on /services/data/* would otherwise DELETE through them. For such a
+// path, fills `out` with every subrequest and returns "" or why the body cannot be read
+// (the caller refuses it: fail closed); for any other path returns "" with `out` empty.
+// Keys are matched without case and every duplicate is read.
+std::string salesforce_subrequests(std::string_view path, std::string_view body, std::vector<subrequest>& out);
+
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).
 bool body_unreadable(std::string_view why);
