@@ -91,6 +91,11 @@ std::string_view ambiguous_path(std::string_view path) {
         if (c == '\\') {
             return "a backslash";
         }
+        if (c == '#') {
+            // A fragment is never sent (RFC 9110 4.1); servers that get one end the path
+            // there (/archive#x is /archive to them, a path our routes did not match).
+            return "a fragment (#)";
+        }
         if (c == ';') {
             // Path parameters (/archive;x): Jetty, Spring and others drop them, so the
             // upstream may serve a path our routes and rules did not match.

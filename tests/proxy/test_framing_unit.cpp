@@ -50,6 +50,8 @@ TEST(framing_unit, ambiguous_paths) {
         EXPECT_EQ(ambiguous_path(bad), "a percent-encoded unreserved character (use the character itself)") << bad;
     }
     EXPECT_EQ(ambiguous_path("/crm/v3/objects/contacts/batch/archive;x"), "a path parameter (;)");
+    // A server ends the path at a fragment: this one is archive to it, not to the routes.
+    EXPECT_EQ(ambiguous_path("/crm/v3/objects/contacts/batch/archive#x"), "a fragment (#)");
     EXPECT_EQ(ambiguous_path("/crm/v3/objects/contacts/batch/archive%3Bx"), "an encoded path parameter separator (%3B)");
     for (const char* ok : {"/a%20b", "/a%40b", "/a%3Fb", "/a%25b", "/q%C3%A9"}) {  // reserved or non-ASCII: as sent
         EXPECT_EQ(ambiguous_path(ok), "") << ok;
