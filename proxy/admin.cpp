@@ -1047,8 +1047,21 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     co_return h;
 }
 
-store::list_filter filter_from(const std::map<std::string, std::string>& qy, std::optional<api_error>& err) {
+// `prefix`: how a field is named in an error ("filter." in a bulk body, "" in a query).
+store::list_filter filter_from(const std::map<std::string, std::string>& qy, std::optional<api_error>& err,
+                               const std::string& prefix = "") {
     store::list_filter f;
+    // A field we do not know is refused, not ignored: `{"breaker": "b", "agnet": "bot-7"}`
+    // read without its misspelt agent would release every request the breaker holds.
+    static constexpr std::string_view known[] = {"breaker", "agent", "rule", "state", "from", "to", "limit", "after"};
+    for (const auto& [k, v] : qy) {
+        if (std::find(std::begin(known), std::end(known), k) == std::end(known)) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            cfg::quote(k) + " is not a filter field (breaker, agent, rule, state, from, to, limit, after)",
+                            prefix + k};
+            return f;
+        }
+    }
     auto get = [&](const char* k) -> std::string {
         auto it = qy.find(k);
         return it == qy.end() ? std::string{} : it->second;
@@ -1099,7 +1112,10 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
             }
         }
     }
-    return filter_from(m, err);
+    if (err) {
+        return {};
+    }
+    return filter_from(m, err, "filter.");
 }
 
 asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) {
@@ -1226,8 +1242,24 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         h.audit_result = r.ok ? "ok" : r.code;
         co_return h;
     }
+    // A bulk action acts on many requests: a field it does not know (`rate_per_sec`, a
+    // filter field at the top) is refused rather than acted on without it.
+    if (simdjson::dom::object top; b->get(top) == simdjson::SUCCESS) {
+        for (auto field : top) {
+            const std::string_view k = field.key;
+            if (k != "filter" && k != "reason" && !(action == "release" && k == "rate_per_s")) {
+                co_return fail({http::status::bad_request, "bad_field",
+                                cfg::quote(k) + " is not a field of a bulk " + action + " (filter, reason" +
+                                    (action == "release" ? ", rate_per_s)" : ")"),
+                                std::string{k}});
+            }
+        }
+    }
     simdjson::dom::element fe;
     store::list_filter f;
+    if (auto fv = (*b)["filter"]; fv.error() != simdjson::NO_SUCH_FIELD && fv.type() != simdjson::dom::element_type::OBJECT) {
+        co_return fail({http::status::bad_request, "bad_field", "\"filter\" must be an object", "filter"});
+    }
     if ((*b)["filter"].get(fe) == simdjson::SUCCESS) {
         f = filter_from_json(fe, err);
         if (err) {

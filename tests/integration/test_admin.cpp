@@ -350,6 +350,21 @@ TEST(admin_api, quarantine_endpoints) {
     EXPECT_EQ(dis.result_int(), 200u);
     auto nofilter = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token", R"({"reason":"all"})");
     EXPECT_EQ(nofilter.result_int(), 400u);
+    // A field it does not know is refused, never read as absent: without its misspelt agent
+    // this would release everything the breaker holds, unpaced without its rate.
+    const std::pair<const char*, const char*> unknown[] = {
+        {R"({"reason":"x","filter":{"breaker":"held","agnet":"bot-7"}})", "filter.agnet"},
+        {R"({"reason":"x","rate_per_sec":1,"filter":{"breaker":"held"}})", "rate_per_sec"},
+        {R"({"reason":"x","breaker":"held","filter":{"agent":"bot-7"}})", "breaker"},
+        {R"({"reason":"x","filter":"breaker=held"})", "filter"}};
+    for (const auto& [body, field] : unknown) {
+        auto r = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token", body);
+        EXPECT_EQ(r.result_int(), 400u) << body;
+        EXPECT_NE(r.body().find(std::string{"\"field\":\""} + field + "\""), std::string::npos) << r.body();
+    }
+    auto listed = admin(f.port(), http::verb::get, "/v1/quarantine?breakr=held", "op-token");
+    EXPECT_EQ(listed.result_int(), 400u) << listed.body();
+    EXPECT_EQ(f.up.request_count(), 1u);
     auto bulk = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token",
                       R"({"reason":"ok now","rate_per_s":50,"filter":{"breaker":"held"}})");
     ASSERT_EQ(bulk.result_int(), 200u) << bulk.body();
