@@ -239,27 +239,34 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     int status = 0;
     std::string detail;
     switch (ex.failure) {
-        case upstream_failure::none:
+        case upstream_failure::none: {
             status = static_cast<int>(ex.res.result_int());
             detail = std::string{ex.res.reason()};
-            // The upstream answered. These say it did not take the request, and a later try
-            // (same key) may succeed: 401/403 (credentials that expired or changed while the
-            // request was held), 408, 409 (the key in use by a request in flight), 425, 429,
-            // 503. Recorded release_failed, so the request stays for an operator to release
-            // again or discard, not resolved (and pruned) as if delivered. Any other 2xx-4xx
-            // is its final word. Any other 5xx (500 after sending half a batch, 502/504 from
-            // a gateway whose origin may have acted) leaves the outcome unknown.
+            // The upstream answered. A 4xx says it did not take the request: 401/403
+            // (credentials that expired or changed while the request was held), 408, 409 (the
+            // key in use by a request in flight), 425, 429, and the rest too (a 404 from a
+            // base_path a reload got wrong, a 400 the upstream will never take): nothing was
+            // delivered. So did a 503. Recorded release_failed, so the request stays for an
+            // operator to release again (once the cause is mended) or discard, not resolved
+            // and pruned as if delivered. A 2xx is delivered. Any other 5xx (500 after
+            // sending half a batch, 502/504 from a gateway whose origin may have acted)
+            // leaves the outcome unknown.
             // A 3xx (a moved endpoint, a login redirect) or a 1xx that ended the exchange did
-            // not take it either: a redirect is never followed with a held request.
-            if (status < 200 || (status >= 300 && status < 400) || status == 401 || status == 403 || status == 408 ||
-                status == 409 || status == 425 || status == 429 || status == 503) {
+            // not take it either: a redirect is never followed with a held request. Except
+            // 303 See Other, the answer to a POST that was processed (see the result there),
+            // and a 3xx no RFC defines: the request may have been acted on, so unknown (a
+            // release_failed record is released again without force: a second send).
+            const bool moved = status == 300 || status == 301 || status == 302 || status == 304 || status == 305 ||
+                               status == 307 || status == 308;
+            if (status < 200 || moved || (status >= 400 && status < 500) || status == 503) {
                 outcome = store::release_outcome::failed;
-            } else if (status >= 500) {
+            } else if (status >= 500 || (status >= 300 && status < 400)) {
                 outcome = store::release_outcome::unknown;
             } else {
                 outcome = store::release_outcome::released;
             }
             break;
+        }
         case upstream_failure::pool_exhausted:
         case upstream_failure::connect_failed:
         case upstream_failure::connect_timeout:
