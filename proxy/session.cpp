@@ -14,6 +14,7 @@
 #include "proxy/wire.hpp"
 #include "rules/agent_constraints.hpp"
 #include "rules/form.hpp"
+#include "rules/guardrails.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -149,17 +150,38 @@ std::string_view host_without_port(std::string_view host) {
     return colon == std::string_view::npos ? host : host.substr(0, colon);
 }
 
-const route_config* match_route(const config& cfg, std::string_view method, std::string_view host,
-                                std::string_view path) {
-    auto bare_host = host_without_port(host);
-    if (bare_host.size() > 1 && bare_host.back() == '.') {
-        // `api.sendgrid.com.` is api.sendgrid.com to DNS and to the upstream: it must not
-        // miss the route that names the host and fall through to one with fewer rules.
-        bare_host.remove_suffix(1);
+// A host name as routes and rules compare it: an IPv6 literal without its brackets, and
+// without the root's trailing dot (`api.sendgrid.com.` is api.sendgrid.com to DNS and to the
+// upstream: it must not miss the route or the rule that names the host).
+std::string_view host_name(std::string_view h) {
+    if (h.size() > 2 && h.front() == '[' && h.back() == ']') {
+        h = h.substr(1, h.size() - 2);
     }
+    if (h.size() > 1 && h.back() == '.') {
+        h.remove_suffix(1);
+    }
+    return h;
+}
+
+// The host of a request as rules see it (match.host, the "host" key): one spelling per
+// host, lower case, so `API.SendGrid.com` and `api.sendgrid.com.` are not other hosts with
+// caps of their own.
+std::string canonical_host(std::string_view host_port) {
+    std::string out{host_name(host_without_port(host_port))};
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
+// `forwarded`: a forward proxy's request (absolute-form or inside an intercepted tunnel),
+// whose destination is its host: only a route naming that host may take it (a route for
+// any host forwards to its own upstream, which is not the destination the agent addressed,
+// with the credentials it meant for that one).
+const route_config* match_route(const config& cfg, std::string_view method, std::string_view host,
+                                std::string_view path, bool forwarded = false) {
+    const std::string_view bare_host = host_name(host_without_port(host));
     for (const auto& r : cfg.routes) {
         const auto& m = r.match;
-        if (!m.host.empty() && !iequals(m.host, bare_host)) {
+        if (m.host.empty() ? forwarded : !iequals(host_name(m.host), bare_host)) {
             continue;
         }
         // Without case, and an exact path also with one trailing slash: upstreams commonly
@@ -746,9 +768,15 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string
 }
 
 // A forward proxy intercepts destinations its routes name by host; nothing else.
+// (An IPv6 literal with or without brackets; a trailing dot is not stripped here: such a
+// destination is refused, closed.)
 bool known_destination(const config& cfg, std::string_view host) {
-    return std::any_of(cfg.routes.begin(), cfg.routes.end(),
-                       [&](const route_config& r) { return !r.match.host.empty() && iequals(r.match.host, host); });
+    auto unbracketed = [](std::string_view h) {
+        return h.size() > 2 && h.front() == '[' && h.back() == ']' ? h.substr(1, h.size() - 2) : h;
+    };
+    return std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
+        return !r.match.host.empty() && iequals(unbracketed(r.match.host), unbracketed(host));
+    });
 }
 
 // An entry is host:port, or a host alone, which means its port 443 (HTTPS_PROXY tunnels
@@ -852,12 +880,16 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     }
     connected = !cec;
     timer.cancel();
-    static constexpr std::string_view bad = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
     if (cec) {
-        spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {}", ci.ip, agent_id.empty() ? "-" : agent_id, host, port,
-                     cec.message());
-        co_await asio::async_write(client, asio::buffer(bad), use_tuple);
+        const std::string request_id = new_request_id();
+        spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {} (request {})", ci.ip, agent_id.empty() ? "-" : agent_id,
+                     host, port, cec.message(), request_id);
+        auto res = make_error({http::status::bad_gateway, "unavailable", "connect_failed",
+                               "the passthrough destination " + host + ":" + std::to_string(port) +
+                                   " cannot be reached: " + cec.message()},
+                              request_id, 11, false);
+        co_await http::async_write(client, res, use_tuple);
         co_return;
     }
     spdlog::info("tunnel {} (agent {}) -> {}:{} (passthrough: not inspected)", ci.ip,
@@ -1003,7 +1035,18 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
             std::string refused;  // why the caller gets no identity: 401
-            if (ambiguous_cert) {
+            if (agent != nullptr && !ci.cert_names.empty()) {
+                // Two credentials naming two agents: neither wins (a leaked key must not
+                // lift a certificate's holder to the key's wider scope, nor the reverse).
+                bool ambiguous = false;
+                const agent_config* by_cert = cfg->agent_by_cert_names(ci.cert_names, &ambiguous);
+                if (by_cert != nullptr && by_cert != agent) {
+                    refused = "the agent key names agent " + agent->id + " but the client certificate names agent " +
+                              by_cert->id + ": present one identity";
+                }
+            }
+            if (!refused.empty()) {
+            } else if (ambiguous_cert) {
                 refused = "the client certificate names more than one agent";
             } else if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {
                 // An agent named by the CN of a certificate that has SANs: before, it was that
@@ -1174,16 +1217,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first)) {
                     const auto sec = w.owner().security(listener);
                     cert_minter::leaf leaf;
-                    std::string why;
+                    std::optional<error_info> failed;
                     try {
                         leaf = sec->minter->get(dest->first);
+                    } catch (const std::invalid_argument& e) {
+                        failed = error_info{http::status::bad_request, "rejected", "bad_target",
+                                            "cannot intercept " + dest->first + ": " + e.what()};
                     } catch (const std::exception& e) {
-                        why = e.what();
+                        // Our own fault (the CA expired while running, OpenSSL): closed, and
+                        // the detail goes to the log, not to the client.
+                        spdlog::error("minting a certificate for {}: {}", dest->first, e.what());
+                        failed = error_info{http::status::service_unavailable, "unavailable", "interception_failed",
+                                            "cannot intercept " + dest->first +
+                                                ": breakerbox could not make its certificate (see its log)"};
                     }
-                    if (!why.empty()) {
-                        co_await reply({http::status::bad_request, "rejected", "bad_target",
-                                        "cannot intercept " + dest->first + ": " + why},
-                                       false);
+                    if (failed) {
+                        co_await reply(*failed, false);
                         break;
                     }
                     static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -1271,6 +1320,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             continue;
         }
 
+        // A compressed form hides its fields from that check (an upstream that inflates
+        // request bodies would read `_method` in it): a form is accepted uncompressed only.
+        if (const auto enc = req[http::field::content_encoding];
+            !enc.empty() && !iequals(enc, "identity") && !req.body().empty() &&
+            rules::is_form_content_type(req[http::field::content_type])) {
+            if (!co_await reply({http::status::unsupported_media_type, "rejected", "unsupported_content_encoding",
+                                 "Content-Encoding " + std::string{enc.substr(0, 32)} +
+                                     " is not accepted on a form body: its fields (a method override among them) "
+                                     "cannot be read, so send it uncompressed"},
+                                keep_alive) ||
+                !keep_alive) {
+                break;
+            }
+            continue;
+        }
+
         // 4. Route.
         target_parts tp;
         if (!split_target(req.target(), tp)) {
@@ -1287,9 +1352,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             break;
         }
         // Inside an intercepted tunnel the destination is the CONNECT host, whatever Host says.
-        const std::string original_host{!ci.tunnel_host.empty() ? std::string_view{ci.tunnel_host}
-                                        : tp.host.empty()        ? std::string_view{req[http::field::host]}
-                                                                 : tp.host};
+        // (An IPv6 tunnel host is kept without brackets; as a Host it has them.)
+        const std::string original_host = !ci.tunnel_host.empty()
+                                              ? (ci.tunnel_host.find(':') != std::string::npos ? "[" + ci.tunnel_host + "]"
+                                                                                               : ci.tunnel_host)
+                                              : std::string{tp.host.empty() ? std::string_view{req[http::field::host]}
+                                                                            : tp.host};
+        const bool forwarded = fp != nullptr && (!ci.tunnel_host.empty() || !tp.host.empty());
+        const std::string request_host = canonical_host(original_host);
         if (fp != nullptr && ci.tunnel_host.empty() && !tp.host.empty() &&
             !known_destination(*cfg, host_without_port(original_host))) {
             if (!co_await reply({http::status::forbidden, "denied", "unknown_destination",
@@ -1301,11 +1371,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             continue;
         }
-        const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path);
+        const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path, forwarded);
         if (route == nullptr) {
-            if (!co_await reply({http::status::not_found, "rejected", "no_route",
-                                 "no route matches " + std::string{req.method_string()} + " " + std::string{tp.path}},
-                                keep_alive) ||
+            // (Built outside the co_await: GCC 12 frees a conditional's temporaries inside
+            // one wrongly.)
+            std::string why = "no route matches " + std::string{req.method_string()} + " " + std::string{tp.path};
+            if (forwarded) {
+                why += " on " + request_host + " (a forward proxy's request takes only routes whose match.host names its host)";
+            }
+            if (!co_await reply({http::status::not_found, "rejected", "no_route", std::move(why)}, keep_alive) ||
                 !keep_alive) {
                 break;
             }
@@ -1344,17 +1418,42 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (agent != nullptr) {
             rec.agent = agent->id;
             const auto& scope = agent->allow;
+            auto method_allowed = [&](std::string_view m) {
+                return scope.methods.empty() || std::find(scope.methods.begin(), scope.methods.end(), m) != scope.methods.end();
+            };
+            auto path_allowed = [&](std::string_view path) {
+                return scope.paths.empty() || std::any_of(scope.paths.begin(), scope.paths.end(), [&](const std::string& p) {
+                           return p.back() == '*' ? path.substr(0, p.size() - 1) == std::string_view{p}.substr(0, p.size() - 1)
+                                                  : path == p;
+                       });
+            };
             std::string why;
             if (!scope.routes.empty() && std::find(scope.routes.begin(), scope.routes.end(), route->name) == scope.routes.end()) {
                 why = "route " + route->name;
-            } else if (!scope.methods.empty() &&
-                       std::find(scope.methods.begin(), scope.methods.end(), req.method_string()) == scope.methods.end()) {
+            } else if (!method_allowed(req.method_string())) {
                 why = "method " + std::string{req.method_string()};
-            } else if (!scope.paths.empty() && std::none_of(scope.paths.begin(), scope.paths.end(), [&](const std::string& p) {
-                           return p.back() == '*' ? req_path.compare(0, p.size() - 1, p, 0, p.size() - 1) == 0
-                                                  : req_path == p;
-                       })) {
+            } else if (!path_allowed(req_path)) {
                 why = "path " + req_path;
+            } else if (!scope.methods.empty() || !scope.paths.empty()) {
+                // A Salesforce composite request carries requests of its own: each is held to
+                // the same allow list (a POST allowed on /services/data/* must not DELETE).
+                thread_local std::vector<rules::subrequest> subs;
+                if (const auto unreadable = rules::salesforce_subrequests(req_path, req.body(), subs); !unreadable.empty()) {
+                    why = "this composite request: " + unreadable;
+                }
+                for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
+                    const auto& sub = subs[i];
+                    if (const auto amb = ambiguous_path(sub.path); !amb.empty()) {
+                        why = "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
+                              std::string{amb};
+                    } else if (!method_allowed(sub.method)) {
+                        why = "method " + sub.method.substr(0, 16) + " in subrequest #" + std::to_string(i) +
+                              " of this composite request";
+                    } else if (!path_allowed(sub.path)) {
+                        why = "path " + sub.path.substr(0, 256) + " in subrequest #" + std::to_string(i) +
+                              " of this composite request";
+                    }
+                }
             }
             if (!why.empty()) {
                 error_info e{http::status::forbidden, "denied", "out_of_scope",
@@ -1506,7 +1605,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.target = original_target;
             view.path = req_path;
             view.query = query_of(origin_form);
-            view.host = host_without_port(original_host);
+            view.host = request_host;
             view.route = route->name;
             view.agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
             view.content_type = req[http::field::content_type];
@@ -1749,6 +1848,64 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                              "the request could not be quarantined: " + stored.message};
                 contained_breaker = quarantine_instance;
                 contained_rule = quarantine_rule;
+            }
+        }
+
+        // A live send that repeats a held request (its Idempotency-Key, route and agent): the
+        // client never got the 202 for its hold, the breaker closed, and it retries. The
+        // retry is answered with the first hold's ticket and not sent: the hold is released
+        // (or discarded) by an operator, once. (A sandboxed request sends nothing real.)
+        if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
+            const std::string_view key = req[cfg->store.idempotency_header];
+            store::database* db = w.owner().db();
+            if (!key.empty() && db != nullptr) {
+                store::result read_error;
+                const auto earlier =
+                    db->earlier_hold_of(key, route->name, agent != nullptr ? std::string_view{agent->id} : std::string_view{},
+                                        req.method_string(), original_target, req.body(), &read_error);
+                if (!read_error.ok) {
+                    // Fail closed: sending it could be the second send of a held request.
+                    contained = error_info{http::status::service_unavailable, "unavailable", "store_unavailable",
+                                           "the request carries " + cfg->store.idempotency_header +
+                                               ", and whether a request held under it exists cannot be read: " +
+                                               read_error.message};
+                } else if (earlier && !earlier->same_request) {
+                    contained = error_info{http::status::conflict, "rejected", "idempotency_key_reused",
+                                           "another request (method, target or body differ) was quarantined with this "
+                                           "key as ticket " + earlier->ticket +
+                                               "; a retry must repeat the request exactly, a new request needs a new key"};
+                } else if (earlier) {
+                    for (const auto& p : probes) {
+                        registry.cancel_probe(p.instance, p.round);  // never reached the upstream
+                    }
+                    probes.clear();
+                    if (!booked.empty()) {
+                        rt.engine->release(booked);  // not sent: counts against no cap
+                    }
+                    const std::string why = "a retry of the request held as " + earlier->ticket + " (" + earlier->state +
+                                            (earlier->pruned ? ", its record since pruned" : "") +
+                                            "): not sent, the held request is released or discarded by an operator";
+                    spdlog::info("request {}: {}", request_id, why);
+                    auto res = make_quarantined(earlier->ticket, earlier->breaker_instance, why, request_id,
+                                                client_version, keep_alive);
+                    if (head_request) {
+                        res.body().clear();
+                    }
+                    dl.arm(lim.write_timeout);
+                    auto [qec, qn] = co_await write_message(sock, res, scratch);
+                    ++w.stats().generated;
+                    ++w.stats().responses_by_class[2];
+                    rec.status = 202;
+                    rec.decision = "quarantined";
+                    rec.code = {};
+                    rec.bytes_out = qn;
+                    rec.request_id = request_id;
+                    write_access_log(w, rec);
+                    if (qec || !keep_alive) {
+                        break;
+                    }
+                    continue;
+                }
             }
         }
 

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <unistd.h>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace bb::store {
 
@@ -572,6 +573,28 @@ public:
         return opt_.limits;
     }
     const clock& clock_;
+    // Hashes of (Idempotency-Key, route, agent) of every record and tombstone: most live
+    // requests with a key are told apart from held ones without a read (earlier_hold). Only
+    // grows (a pruned tombstone's hash stays until restart: it costs one read, never a miss).
+    mutable std::mutex idem_mu_;
+    std::unordered_set<std::uint64_t> idem_hashes_;
+    void note_idempotency_key(std::string_view key, std::string_view route, std::string_view agent) {
+        const std::uint64_t h = idem_hash(key, route, agent);
+        std::lock_guard lock{idem_mu_};
+        idem_hashes_.insert(h);
+    }
+    bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const {
+        const std::uint64_t h = idem_hash(key, route, agent);
+        std::lock_guard lock{idem_mu_};
+        return idem_hashes_.contains(h);
+    }
+    static std::uint64_t idem_hash(std::string_view key, std::string_view route, std::string_view agent) {
+        std::string joined;
+        joined.reserve(key.size() + route.size() + agent.size() + 2);
+        joined.append(key).append(1, '\0').append(route).append(1, '\0').append(agent);
+        return std::hash<std::string>{}(joined);
+    }
+    bool load_idempotency_keys(std::string* error);
     int lock_fd_ = -1;
     int schema_version_ = 0;
     std::uint64_t recovered_ = 0;
@@ -733,7 +756,8 @@ bool database::impl::open(std::string* error) {
         writer_.exec("PRAGMA temp_store=MEMORY") != SQLITE_OK) {
         return fail("cannot configure: " + writer_.error());
     }
-    if (!migrate(error) || !recover_after_crash(error) || !load_counters(error) || !read_audit_anchor(error)) {
+    if (!migrate(error) || !recover_after_crash(error) || !load_counters(error) || !load_idempotency_keys(error) ||
+        !read_audit_anchor(error)) {
         return false;
     }
     for (std::size_t i = 0; i < std::max<std::size_t>(1, opt_.read_connections); ++i) {
@@ -893,6 +917,25 @@ bool database::impl::load_counters(std::string* error) {
     }
     if (rc != SQLITE_DONE) {
         *error = "store " + opt_.path + ": cannot count held requests: " + writer_.error();
+        return false;
+    }
+    return true;
+}
+
+bool database::impl::load_idempotency_keys(std::string* error) {
+    auto s = writer_.once(
+        "SELECT idem_key, route, agent FROM held_requests WHERE idem_key != '' "
+        "UNION ALL SELECT idem_key, route, agent FROM idem_tombstones");
+    if (!s.valid()) {
+        *error = "store " + opt_.path + ": cannot read idempotency keys: " + writer_.error();
+        return false;
+    }
+    int rc = 0;
+    while ((rc = s.step()) == SQLITE_ROW) {
+        note_idempotency_key(s.col_str(0), s.col_str(1), s.col_str(2));
+    }
+    if (rc != SQLITE_DONE) {
+        *error = "store " + opt_.path + ": cannot read idempotency keys: " + writer_.error();
         return false;
     }
     return true;
@@ -1275,6 +1318,11 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         return {unavailable("cannot hold: " + ctx.c.error())};
     }
     const auto id = sqlite3_last_insert_rowid(ctx.c.db());
+    if (!r.idempotency_key.empty()) {
+        // Before the commit: a live retry that reads the filter after the 202 finds it (a
+        // batch rolled back leaves a hash with no record, which costs one read).
+        note_idempotency_key(r.idempotency_key, r.route, r.agent);
+    }
     {
         auto s = ctx.c.prepared("INSERT INTO held_bodies(id, headers, body) VALUES(?, ?, ?)");
         if (!s.valid()) {
@@ -1859,6 +1907,52 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         return fail("cannot read breaker state: " + conn->error());
     }
     return out;
+}
+
+std::optional<earlier_hold> database::earlier_hold_of(std::string_view key, std::string_view route,
+                                                      std::string_view agent, std::string_view method,
+                                                      std::string_view target, std::string_view body,
+                                                      result* error) const {
+    if (key.empty() || !impl_->may_hold_key(key, route, agent)) {
+        return std::nullopt;
+    }
+    auto conn = impl_->lease();
+    // As do_hold looks a retry up: the live records first, then what pruned ones left.
+    static constexpr const char* lookups[] = {
+        "SELECT ticket, idem_fingerprint, state, breaker_instance FROM held_requests WHERE idem_key = ?1 AND "
+        "idem_key != '' AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
+        "SELECT ticket, fingerprint, state, '' FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
+    const std::string fingerprint =
+        sha256_hex(std::string{method} + "\n" + std::string{target} + "\n" + sha256_hex(body));
+    for (const char* sql : lookups) {
+        auto s = conn->prepared(sql);
+        if (!s.valid()) {
+            if (error != nullptr) {
+                *error = unavailable("cannot look up the key: " + conn->error());
+            }
+            return std::nullopt;
+        }
+        s.text(1, key);
+        s.text(2, route);
+        s.text(3, agent);
+        const int rc = s.step();
+        if (rc == SQLITE_ROW) {
+            earlier_hold e;
+            e.ticket = s.col_str(0);
+            e.same_request = s.col_str(1) == fingerprint;
+            e.state = s.col_str(2);
+            e.breaker_instance = s.col_str(3);
+            e.pruned = sql == lookups[1];
+            return e;
+        }
+        if (rc != SQLITE_DONE) {
+            if (error != nullptr) {
+                *error = unavailable("cannot look up the key: " + conn->error());
+            }
+            return std::nullopt;
+        }
+    }
+    return std::nullopt;
 }
 
 std::optional<held_request> database::get(std::string_view ticket, result* error) const {

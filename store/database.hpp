@@ -74,6 +74,15 @@ std::optional<held_state> parse_held_state(std::string_view s);
 // Whether `from -> to` is allowed; `force` permits outcome_unknown -> releasing.
 bool transition_allowed(held_state from, held_state to, bool force);
 
+// What database::earlier_hold_of finds.
+struct earlier_hold {
+    std::string ticket;
+    std::string state;             // held, releasing, released, ... of the record (or when pruned)
+    std::string breaker_instance;  // empty once pruned
+    bool same_request = false;     // method, target and body as held (else the key was reused)
+    bool pruned = false;
+};
+
 struct held_request {
     std::string ticket;               // set by the store at hold()
     std::string method;
@@ -263,6 +272,15 @@ public:
 
     // --- quarantine reads (synchronous; see the header comment) ---
     // With the headers and the body. nullopt + error->code "not_found" or "store_unavailable".
+    // The record held before under this Idempotency-Key for this route and agent, if any
+    // (its tombstone once pruned), for a request about to be forwarded live: a client that
+    // never got the 202 for its hold retries after the breaker closed, and the retry must
+    // not go out beside the release of the first (a double send). Most calls are answered
+    // from memory; a possible match reads the database on the caller's thread. Read errors
+    // go to `error` (with nullopt): the caller fails closed.
+    std::optional<earlier_hold> earlier_hold_of(std::string_view key, std::string_view route, std::string_view agent,
+                                                std::string_view method, std::string_view target,
+                                                std::string_view body, result* error = nullptr) const;
     std::optional<held_request> get(std::string_view ticket, result* error = nullptr) const;
     // Summaries, oldest hold first: no headers and no body (body_bytes says how big).
     std::vector<held_request> list(const list_filter& filter, result* error = nullptr) const;

@@ -919,3 +919,36 @@ TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
     }
     EXPECT_EQ(hook.request_count(), 2u) << "the retry was dropped at shutdown";
 }
+
+// A rule that names a host, or is keyed by it, sees one host however the client spells it:
+// `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
+// to DNS and to the upstream (the route took them all), so none slips past the rule or
+// gets a cap of its own.
+TEST(breakers, a_rule_on_a_host_sees_every_spelling_of_it) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+        "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"per-host\", \"action\": \"deny\"}],"
+        "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\", \"match\": {\"host\": \"api.sendgrid.com\"},"
+        " \"key\": [\"host\"], \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
+        " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+    auto send_as = [&](const std::string& host) {
+        raw_client c{bb.port()};
+        const std::string body = R"({"to":[1]})";
+        c.send("POST /v3/mail/send HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + body);
+        return c.read_response().result_int();
+    };
+    EXPECT_EQ(send_as("API.SendGrid.com"), 202u);
+    EXPECT_EQ(send_as("api.sendgrid.com."), 202u);
+    EXPECT_EQ(send_as("api.sendgrid.com:443"), 403u) << "the third recipient to one host crosses the limit of 2";
+    EXPECT_EQ(send_as("Api.Sendgrid.Com.:443"), 403u);
+    EXPECT_EQ(send_as("other.example"), 202u) << "the rule names one host";
+    EXPECT_EQ(up.request_count(), 3u);
+}

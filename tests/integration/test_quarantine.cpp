@@ -477,6 +477,52 @@ TEST(quarantine, a_retried_hold_gets_its_first_ticket_and_is_released_once) {
     EXPECT_EQ(up.requests().size(), 2u);
 }
 
+// The client never got the 202 for its hold (a timeout), the breaker was reset, and it
+// retries with its Idempotency-Key: the retry goes live now, and must not be sent beside
+// the release of the first (one request, one send). It gets the hold's ticket instead;
+// another request under the key is refused; other keys and no key go out as usual.
+TEST(quarantine, a_live_retry_of_a_held_request_is_not_sent_beside_its_release) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto send_with_key = [&](std::uint16_t port, const std::string& key, const std::string& body) {
+        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    std::string ticket;
+    {
+        proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+        auto held = send_with_key(bb.port(), "k-1", R"({"to":[1]})");
+        ASSERT_EQ(held.result_int(), 202u);
+        ticket = std::string{held["x-breakerbox-ticket"]};
+        ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume", "ops", "fixed", bb.server().now()));
+
+        auto retry = send_with_key(bb.port(), "k-1", R"({"to":[1]})");
+        EXPECT_EQ(retry.result_int(), 202u);
+        EXPECT_EQ(retry["x-breakerbox-ticket"], ticket);
+        EXPECT_EQ(retry["x-breakerbox-decision"], "quarantined");
+        EXPECT_EQ(up.request_count(), 0u) << "the retry was sent while its hold waits";
+        auto reused = send_with_key(bb.port(), "k-1", R"({"to":[2]})");
+        EXPECT_EQ(reused.result_int(), 409u);
+        EXPECT_NE(reused.body().find("idempotency_key_reused"), std::string::npos) << reused.body();
+        EXPECT_EQ(send_with_key(bb.port(), "k-2", R"({"to":[1]})").result_int(), 202u);
+        EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 202u);
+        EXPECT_EQ(up.request_count(), 2u) << "another key and no key go out";
+
+        bb::store::list_filter f;
+        f.breaker = "campaign-volume";
+        EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 1u);
+        EXPECT_EQ(up.request_count(), 3u);
+        EXPECT_EQ(send_with_key(bb.port(), "k-1", R"({"to":[1]})")["x-breakerbox-ticket"], ticket) << "after its release";
+    }
+    // After a restart: the keys are read back from the store.
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto after_restart = send_with_key(bb.port(), "k-1", R"({"to":[1]})");
+    EXPECT_EQ(after_restart.result_int(), 202u);
+    EXPECT_EQ(after_restart["x-breakerbox-ticket"], ticket);
+    EXPECT_EQ(up.request_count(), 3u);
+}
+
 // The upstream took the replay but the store could not record it, and kept failing for
 // the few seconds the result is tried again: that is an unknown outcome, not "nothing was
 // saved" (which would invite a second release).
@@ -592,9 +638,10 @@ TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
     EXPECT_EQ(bb.server().db()->get(ticket)->discard_reason, "customer already emailed");
 }
 
-// 503, 429, 401/403 (credentials expired while held), 408, 409 and 425 say the upstream did
-// not take the request (retry allowed, the record stays); a 500 or a gateway's 502/504 may
-// follow a partial send: outcome unknown, never re-sent by a filter; other 2xx-4xx are final.
+// 503 and every 4xx (401/403: credentials expired while held; 404: a base_path a reload got
+// wrong; 400: never taken) say the upstream did not take the request (retry allowed, the
+// record stays, never reported as delivered); a 500 or a gateway's 502/504 may follow a
+// partial send: outcome unknown, never re-sent by a filter; a 2xx is delivered.
 TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknown) {
     std::atomic<int> status{503};
     fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
@@ -602,8 +649,10 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::map<int, std::string> tickets;
     // A redirect (a moved endpoint, a login page) did not take it either.
-    const std::set<int> not_taken{301, 302, 307, 308, 401, 403, 408, 409, 425, 429, 503};
-    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 422, 202, 301, 302, 307, 308}) {
+    const std::set<int> not_taken{301, 302, 307, 308, 400, 401, 403, 404, 408, 409, 422, 425, 429, 503};
+    // 303 See Other answers a POST that was processed, and a 3xx no RFC defines may have
+    // been: unknown (a release_failed record is released again without force).
+    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 404, 422, 202, 200, 301, 302, 307, 308, 303, 399}) {
         auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
         tickets[s] = std::string{res["x-breakerbox-ticket"]};
@@ -615,7 +664,7 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
         if (not_taken.count(s) != 0) {
             EXPECT_EQ(r.code, "release_failed") << s;
             EXPECT_EQ(state, bb::store::held_state::release_failed) << s;
-        } else if (s >= 500) {
+        } else if (s >= 500 || s == 303 || s == 399) {
             EXPECT_EQ(r.code, "outcome_unknown") << s;
             EXPECT_EQ(state, bb::store::held_state::outcome_unknown) << s;
         } else {

@@ -143,7 +143,8 @@ TEST(tls_listener, client_certificates_identify_agents) {
     const std::string agents =
         "\"agents\": [{\"id\": \"by-cn\", \"cert_names\": [\"agent-one\"], \"allow\": {\"paths\": [\"/crm/*\"]}},"
         "{\"id\": \"agent-one\", \"cert_names\": [\"agent-one.agents.local\"],"
-        " \"allow\": {\"paths\": [\"/v3/*\"]}}],";
+        " \"allow\": {\"paths\": [\"/v3/*\"]}},"
+        "{\"id\": \"keyed\", \"key_sha256\": [\"" + run("printf keyed-key | sha256sum | cut -c1-64 | tr -d '\\n'") + "\"]}],";
     proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"),
                                  ", \"client_ca_file\": " + q(cert("ca.pem")) + ", \"require_client_cert\": true",
                                  ", \"require_agent\": true", agents)};
@@ -155,6 +156,12 @@ TEST(tls_listener, client_certificates_identify_agents) {
     EXPECT_NE(out.find("status=403"), std::string::npos) << out;
     EXPECT_NE(out.find("out_of_scope"), std::string::npos) << out;
     EXPECT_NE(out.find("agent-one"), std::string::npos) << out;
+    // A key naming another agent than the certificate: neither identity wins (a leaked key
+    // would lift the certificate's holder to the key's unrestricted scope).
+    out = run(curl_https(bb.port(), "/crm/v3/objects", with_cert + " -H 'x-breakerbox-key: keyed-key'"));
+    EXPECT_NE(out.find("status=401"), std::string::npos) << out;
+    EXPECT_NE(out.find("the agent key names agent keyed but the client certificate names agent agent-one"),
+              std::string::npos) << out;
     // No certificate: the handshake itself fails.
     int rc = 0;
     out = run(curl_https(bb.port(), "/v3/mail/send"), &rc);
@@ -214,14 +221,15 @@ TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
 namespace {
 
 std::string forward_config(std::uint16_t https_port, const std::string& passthrough = "",
-                           const std::string& limits = "") {
+                           const std::string& limits = "", const std::string& routes_before = "",
+                           const std::string& upstreams_before = "") {
     return "{\"workers\": 1, " + (limits.empty() ? std::string{} : "\"limits\": " + limits + ", ") +
            "\"listeners\": [{\"name\": \"fwd\", \"address\": \"127.0.0.1:0\","
            " \"forward_proxy\": {\"ca_cert_file\": " + q(cert("ca.pem")) + ", \"ca_key_file\": " + q(cert("ca.key")) +
            ", \"passthrough\": [" + passthrough + "]}}],"
-           "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(https_port) +
+           "\"upstreams\": [" + upstreams_before + "{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(https_port) +
            "\", \"ca_file\": " + q(cert("ca.pem")) + "}],"
-           "\"routes\": [{\"name\": \"api\", \"match\": {\"host\": \"localhost\", \"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
+           "\"routes\": [" + routes_before + "{\"name\": \"api\", \"match\": {\"host\": \"localhost\", \"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
            "\"agents\": [{\"id\": \"writer\", \"key_sha256\": [\"" + run("printf writer-key | sha256sum | cut -c1-64 | tr -d '\\n'") +
            "\"], \"allow\": {\"methods\": [\"POST\"]}},"
            "{\"id\": \"tunneler\", \"key_sha256\": [\"" + run("printf tunneler-key | sha256sum | cut -c1-64 | tr -d '\\n'") +
@@ -264,6 +272,50 @@ TEST(forward_proxy, connect_is_intercepted_metered_and_forwarded_over_verified_t
     const auto plain = run("curl -sS --max-time 10 --proxy " + proxy + " -w ' status=%{http_code}' http://localhost:" +
                            std::to_string(api.port()) + "/v3/mail/send -X POST -d '{}'");
     EXPECT_NE(plain.find("status=202"), std::string::npos) << plain;
+}
+
+// A forward proxy's request is addressed to its host: a route for any host (listed first)
+// would forward it to that route's upstream, another API than the one the agent addressed,
+// with the credentials it meant for this one. Only routes naming the host take it; a
+// request the listener gets directly (origin-form) still takes the route for any host.
+TEST(forward_proxy, a_request_goes_only_to_a_route_naming_its_destination) {
+    fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
+    fake_upstream crm{[](const request&) { return respond(200, "crm"); }};
+    proxy_instance bb{forward_config(
+        api.port(), "", "", R"({"name": "crm", "match": {"path_prefix": "/crm/"}, "upstream": "crm"},)",
+        R"({"name": "crm", "url": "http://127.0.0.1:)" + std::to_string(crm.port()) + R"("},)")};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    auto out = run("curl -sS --max-time 10 --proxy " + proxy + " --cacert " + cert("ca.pem") +
+                   " -H 'Authorization: Bearer SG.secret' https://localhost:" + std::to_string(api.port()) +
+                   "/crm/v3/objects/contacts");
+    EXPECT_EQ(out, "api") << "inside the tunnel to localhost";
+    out = run("curl -sS --max-time 10 --proxy " + proxy + " http://localhost:" + std::to_string(api.port()) +
+              "/crm/v3/objects/contacts");
+    EXPECT_EQ(out, "api") << "absolute-form to localhost";
+    EXPECT_EQ(crm.request_count(), 0u);
+    ASSERT_EQ(api.request_count(), 2u);
+    out = run("curl -sS --max-time 10 http://127.0.0.1:" + std::to_string(bb.port()) + "/crm/v3/objects/contacts");
+    EXPECT_EQ(out, "crm") << "not a forward proxy's request";
+}
+
+// A passthrough destination that cannot be reached is answered like any failure of ours:
+// 502 with a JSON error naming it, a decision and a request id.
+TEST(forward_proxy, an_unreachable_passthrough_destination_is_a_502_that_explains_itself) {
+    std::uint16_t closed_port = 0;
+    {
+        fake_upstream gone;  // its port, then nothing listens there
+        closed_port = gone.port();
+    }
+    proxy_instance bb{forward_config(closed_port, q("127.0.0.1:" + std::to_string(closed_port)))};
+    raw_client c{bb.port()};
+    const std::string dest = "127.0.0.1:" + std::to_string(closed_port);
+    c.send("CONNECT " + dest + " HTTP/1.1\r\nHost: " + dest + "\r\n\r\n");
+    const auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 502u);
+    EXPECT_EQ(res["x-breakerbox-decision"], "unavailable");
+    EXPECT_FALSE(res["x-request-id"].empty());
+    EXPECT_NE(res.body().find("\"code\":\"connect_failed\""), std::string::npos) << res.body();
+    EXPECT_NE(res.body().find(dest), std::string::npos) << res.body();
 }
 
 TEST(forward_proxy, unknown_destinations_are_refused_and_passthrough_is_a_blind_tunnel) {
