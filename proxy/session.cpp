@@ -861,40 +861,65 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     // A copy: the tunnel outlives any runtime lease, and a reload may free this config.
     const auto idle_timeout = w.cfg()->limits.idle_timeout;
     auto ex = client.get_executor();
-    tcp::resolver resolver{ex};
     tcp::socket out{ex};
-    asio::steady_timer timer{ex};
-    timer.expires_after(std::chrono::seconds{10});
-    bool connected = false;
-    timer.async_wait([&](const error_code& ec) {
-        if (!ec && !connected) {  // a completion already queued when the connect won does nothing
-            resolver.cancel();
-            error_code ignored;
-            out.close(ignored);
+    // 10 s for the lookup and the connect together. The lookup is bounded like an
+    // upstream's (Asio's resolver cannot be interrupted mid-lookup: a dead nameserver would
+    // hold the CONNECT, and every other lookup of the worker, far longer).
+    const auto started = std::chrono::steady_clock::now();
+    constexpr std::chrono::milliseconds connect_budget{10'000};
+    auto resolved = co_await resolve_bounded(ex, host, port, connect_budget);
+    std::string failure = resolved.error;
+    if (failure.empty()) {
+        asio::steady_timer timer{ex};
+        timer.expires_at(started + connect_budget);
+        bool connected = false;
+        timer.async_wait([&](const error_code& ec) {
+            if (!ec && !connected) {  // a completion already queued when the connect won does nothing
+                error_code ignored;
+                out.close(ignored);
+            }
+        });
+        auto [cec, ep] = co_await asio::async_connect(out, resolved.endpoints, use_tuple);
+        connected = !cec;
+        timer.cancel();
+        if (cec) {
+            failure = cec == asio::error::operation_aborted ? "no connection within 10s" : cec.message();
         }
-    });
-    auto [rec, results] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
-    error_code cec = rec;
-    if (!cec) {
-        std::tie(cec, std::ignore) = co_await asio::async_connect(out, results, use_tuple);
     }
-    connected = !cec;
-    timer.cancel();
     static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
-    if (cec) {
-        const std::string request_id = new_request_id();
+    // The CONNECT in the access log and the decision counters, as any request.
+    const std::string request_id = new_request_id();
+    const std::string target = host + ":" + std::to_string(port);
+    log_record rec{};
+    rec.started = started;
+    rec.client = ci.ip;
+    rec.method = "CONNECT";
+    rec.target = target;
+    rec.agent = agent_id;
+    rec.request_id = request_id;
+    if (!failure.empty()) {
         spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {} (request {})", ci.ip, agent_id.empty() ? "-" : agent_id,
-                     host, port, cec.message(), request_id);
+                     host, port, failure, request_id);
         auto res = make_error({http::status::bad_gateway, "unavailable", "connect_failed",
                                "the passthrough destination " + host + ":" + std::to_string(port) +
-                                   " cannot be reached: " + cec.message()},
+                                   " cannot be reached: " + failure},
                               request_id, 11, false);
-        co_await http::async_write(client, res, use_tuple);
+        auto [wec, wn] = co_await http::async_write(client, res, use_tuple);
+        rec.status = 502;
+        rec.decision = "unavailable";
+        rec.code = "connect_failed";
+        rec.bytes_out = wn;
+        write_access_log(w, rec);
         co_return;
     }
     spdlog::info("tunnel {} (agent {}) -> {}:{} (passthrough: not inspected)", ci.ip,
                  agent_id.empty() ? "-" : agent_id, host, port);
     auto [wec, wn] = co_await asio::async_write(client, asio::buffer(ok), use_tuple);
+    rec.status = 200;
+    rec.decision = "allowed";
+    rec.code = "blind_tunnel";  // not inspected, not metered
+    rec.bytes_out = wn;
+    write_access_log(w, rec);
     if (wec) {
         co_return;
     }
@@ -1239,6 +1264,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     dl.arm(lim.write_timeout);
                     auto [cec, cn] = co_await asio::async_write(raw, asio::buffer(established), use_tuple);
                     dl.disarm();
+                    // The CONNECT itself in the access log and the decision counters (each
+                    // request inside the tunnel gets its own line).
+                    rec.status = 200;
+                    rec.decision = "allowed";
+                    rec.code = "tunnel_intercepted";
+                    rec.agent = tunnel_agent != nullptr ? std::string_view{tunnel_agent->id} : std::string_view{};
+                    rec.bytes_out = cn;
+                    rec.request_id = request_id;
+                    write_access_log(w, rec);
                     if (cec) {
                         co_return;
                     }

@@ -245,6 +245,53 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
 
 }  // namespace
 
+asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const std::string& host, std::uint16_t port,
+                                                std::chrono::milliseconds timeout) {
+    resolve_result out;
+    auto lookup = start_name_lookup(host, port);
+    if (!lookup) {
+        out.error = "cannot resolve " + host + ": too many name lookups in flight";
+        co_return out;
+    }
+    struct wait_state {
+        explicit wait_state(const asio::any_io_executor& ex, int fd) : done_fd(ex, fd), timer(ex) {}
+        asio::posix::stream_descriptor done_fd;
+        asio::steady_timer timer;
+        bool done = false;
+    };
+    const int fd = ::dup(lookup->event_fd);
+    if (fd < 0) {
+        out.error = "cannot resolve " + host + ": " + std::strerror(errno);
+        co_return out;
+    }
+    auto st = std::make_shared<wait_state>(ex, fd);
+    st->timer.expires_after(timeout);
+    st->done_fd.async_wait(asio::posix::stream_descriptor::wait_read, [st](const error_code& e) {
+        if (!e) {
+            st->done = true;
+            st->timer.cancel();
+        }
+    });
+    auto [tec] = co_await st->timer.async_wait(use_tuple);
+    st->done_fd.cancel();
+    if (!st->done) {
+        out.cancelled = tec == asio::error::operation_aborted;
+        out.timed_out = !out.cancelled;
+        out.error = "cannot resolve " + host + " within " + cfg::format_duration(timeout);
+        co_return out;
+    }
+    int rc = 0;
+    {
+        std::lock_guard lock{lookup->mu};
+        rc = lookup->rc;
+        out.endpoints = lookup->endpoints;
+    }
+    if (rc != 0 || out.endpoints.empty()) {
+        out.error = "cannot resolve " + host + ": " + (rc != 0 ? ::gai_strerror(rc) : "no address");
+    }
+    co_return out;
+}
+
 asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_result& out) {
     auto conn = std::make_unique<upstream_conn>(ex_, tls_.get());
     auto& tcp_stream = conn->tcp();
@@ -260,51 +307,18 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
         // first. Not Asio's resolver: its thread is joined when the io_context is destroyed,
         // so one lookup stuck on a dead nameserver held up shutdown for the resolver's whole
         // timeout (tests/integration/test_dns.cpp).
-        auto lookup = start_name_lookup(cfg_.host, cfg_.port);
-        if (!lookup) {
-            out.failure = upstream_failure::connect_failed;
-            out.detail = "cannot resolve " + cfg_.host + ": too many name lookups in flight";
+        resolve_result r = co_await resolve_bounded(ex_, cfg_.host, cfg_.port, cfg_.connect_timeout);
+        if (r.cancelled) {
+            out.failure = upstream_failure::cancelled;
+            out.detail = std::move(r.error);
             co_return nullptr;
         }
-        struct wait_state {
-            explicit wait_state(const asio::any_io_executor& ex, int fd) : done_fd(ex, fd), timer(ex) {}
-            asio::posix::stream_descriptor done_fd;
-            asio::steady_timer timer;
-            bool done = false;
-        };
-        const int fd = ::dup(lookup->event_fd);
-        if (fd < 0) {
-            out.failure = upstream_failure::connect_failed;
-            out.detail = "cannot resolve " + cfg_.host + ": " + std::strerror(errno);
+        if (!r.error.empty()) {
+            out.failure = r.timed_out ? upstream_failure::connect_timeout : upstream_failure::connect_failed;
+            out.detail = std::move(r.error);
             co_return nullptr;
         }
-        auto st = std::make_shared<wait_state>(ex_, fd);
-        st->timer.expires_after(cfg_.connect_timeout);
-        st->done_fd.async_wait(asio::posix::stream_descriptor::wait_read, [st](const error_code& e) {
-            if (!e) {
-                st->done = true;
-                st->timer.cancel();
-            }
-        });
-        auto [tec] = co_await st->timer.async_wait(use_tuple);
-        st->done_fd.cancel();
-        if (!st->done) {
-            out.failure = tec == asio::error::operation_aborted ? upstream_failure::cancelled : upstream_failure::connect_timeout;
-            out.detail = "cannot resolve " + cfg_.host + " within " + cfg::format_duration(cfg_.connect_timeout);
-            co_return nullptr;
-        }
-        std::vector<tcp::endpoint> results;
-        int rc = 0;
-        {
-            std::lock_guard lock{lookup->mu};
-            rc = lookup->rc;
-            results = lookup->endpoints;
-        }
-        if (rc != 0 || results.empty()) {
-            out.failure = upstream_failure::connect_failed;
-            out.detail = "cannot resolve " + cfg_.host + ": " + (rc != 0 ? ::gai_strerror(rc) : "no address");
-            co_return nullptr;
-        }
+        std::vector<tcp::endpoint> results = std::move(r.endpoints);
         tcp::endpoint ep;
         std::tie(ec, ep) = co_await tcp_stream.async_connect(results, use_tuple);
     }

@@ -35,6 +35,19 @@ enum class upstream_failure {
 
 std::string_view to_string(upstream_failure f);
 
+// A name lookup bounded by `timeout`: getaddrinfo on a detached thread of its own (it
+// cannot be interrupted, and Asio's resolver joins its thread when the io_context goes, so
+// one lookup stuck on a dead nameserver would hold up shutdown). `error` is empty on
+// success; `timed_out`/`cancelled` say why it ended early.
+struct resolve_result {
+    std::vector<tcp::endpoint> endpoints;
+    std::string error;
+    bool timed_out = false;
+    bool cancelled = false;
+};
+asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const std::string& host, std::uint16_t port,
+                                                std::chrono::milliseconds timeout);
+
 struct exchange_result {
     upstream_failure failure = upstream_failure::none;
     std::string detail;  // for logs and the error message; never contains secrets
