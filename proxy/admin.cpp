@@ -1115,6 +1115,13 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
     if (err) {
         return {};
     }
+    if (m.contains("after")) {
+        // Paging is for a list; a bulk action takes every match (it would be ignored).
+        err = api_error{http::status::bad_request, "bad_field",
+                        "\"after\" pages a list; a bulk action acts on every match (use from/to or limit)",
+                        "filter.after"};
+        return {};
+    }
     return filter_from(m, err, "filter.");
 }
 

@@ -1065,7 +1065,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // lift a certificate's holder to the key's wider scope, nor the reverse).
                 bool ambiguous = false;
                 const agent_config* by_cert = cfg->agent_by_cert_names(ci.cert_names, &ambiguous);
-                if (by_cert != nullptr && by_cert != agent) {
+                if (ambiguous) {
+                    refused = "the client certificate names more than one agent";
+                } else if (by_cert != nullptr && by_cert != agent) {
                     refused = "the agent key names agent " + agent->id + " but the client certificate names agent " +
                               by_cert->id + ": present one identity";
                 }
@@ -1472,7 +1474,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // A Salesforce composite request carries requests of its own: each is held to
                 // the same allow list (a POST allowed on /services/data/* must not DELETE).
                 thread_local std::vector<rules::subrequest> subs;
-                if (const auto unreadable = rules::salesforce_subrequests(req_path, req.body(), subs); !unreadable.empty()) {
+                subs.clear();
+                if (const auto unreadable = req.method() == http::verb::post
+                                                ? rules::salesforce_subrequests(req_path, req.body(), subs)
+                                                : std::string{};
+                    !unreadable.empty()) {
                     why = "this composite request: " + unreadable;
                 }
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
@@ -1892,18 +1898,25 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
             store::database* db = w.owner().db();
-            if (!key.empty() && db != nullptr) {
-                store::result read_error;
-                const auto earlier =
-                    db->earlier_hold_of(key, route->name, agent != nullptr ? std::string_view{agent->id} : std::string_view{},
-                                        req.method_string(), original_target, req.body(), &read_error);
-                if (!read_error.ok) {
+            const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
+            std::optional<store::result> found;
+            if (db != nullptr && db->may_hold_key(key, route->name, agent_id)) {
+                // Rare (a key held before): the lookup queues behind any hold of it on the
+                // store's writer, and this request waits for it without blocking the worker.
+                found = co_await await_store([&](store::done_fn done) {
+                    db->earlier_hold(std::string{key}, route->name, std::string{agent_id}, req.method_string(),
+                                     original_target, req.body(), std::move(done));
+                });
+            }
+            const store::result* earlier = found && !found->ticket.empty() ? &*found : nullptr;
+            if (found) {
+                if (!found->ok && found->code != "idempotency_key_reused") {
                     // Fail closed: sending it could be the second send of a held request.
                     contained = error_info{http::status::service_unavailable, "unavailable", "store_unavailable",
                                            "the request carries " + cfg->store.idempotency_header +
                                                ", and whether a request held under it exists cannot be read: " +
-                                               read_error.message};
-                } else if (earlier && !earlier->same_request) {
+                                               found->message};
+                } else if (earlier && !earlier->duplicate) {
                     contained = error_info{http::status::conflict, "rejected", "idempotency_key_reused",
                                            "another request (method, target or body differ) was quarantined with this "
                                            "key as ticket " + earlier->ticket +
@@ -1916,12 +1929,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (!booked.empty()) {
                         rt.engine->release(booked);  // not sent: counts against no cap
                     }
-                    const std::string why = "a retry of the request held as " + earlier->ticket + " (" + earlier->state +
-                                            (earlier->pruned ? ", its record since pruned" : "") +
+                    const std::string why = "a retry of the request held as " + earlier->ticket + " (" +
+                                            earlier->message +
                                             "): not sent, the held request is released or discarded by an operator";
                     spdlog::info("request {}: {}", request_id, why);
-                    auto res = make_quarantined(earlier->ticket, earlier->breaker_instance, why, request_id,
-                                                client_version, keep_alive);
+                    auto res = make_quarantined(earlier->ticket, earlier->breaker, why, request_id, client_version,
+                                                keep_alive);
                     if (head_request) {
                         res.body().clear();
                     }

@@ -8,6 +8,7 @@
 
 #include "core/json_reader.hpp"
 #include "core/json_key.hpp"
+#include "core/method_override.hpp"
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
@@ -433,7 +434,20 @@ bool salesforce_composite_path(std::string_view path) {
     if (rest.size() > 1 && rest.back() == '/') {
         rest.remove_suffix(1);
     }
-    return iequals(rest, "/composite") || iequals(rest, "/composite/batch") || iequals(rest, "/composite/graph");
+    for (const std::string_view r : {"/composite", "/composite/batch", "/composite/graph", "/tooling/composite",
+                                     "/tooling/composite/batch", "/connect/batch"}) {
+        if (iequals(rest, r)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Headers a subrequest may carry that ask for another method (as the proxy refuses them on
+// the request itself).
+bool method_override_header(std::string_view name) {
+    return iequals(name, "x-http-method-override") || iequals(name, "x-http-method") ||
+           iequals(name, "x-method-override");
 }
 
 // The subrequests of one array (compositeRequest or batchRequests); false if it does not
@@ -451,6 +465,19 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
         std::vector<std::string_view> methods;
         std::vector<std::string_view> urls;
         for (auto f : o) {
+            if (iequals(f.key, "httpHeaders")) {
+                simdjson::dom::object headers;
+                if (f.value.get(headers) != simdjson::SUCCESS) {
+                    return false;
+                }
+                for (auto h : headers) {
+                    if (method_override_header(h.key)) {
+                        out.push_back({"", "", "a subrequest header " + std::string{h.key.substr(0, 32)} +
+                                                   " asking for another method"});
+                    }
+                }
+                continue;
+            }
             const bool is_method = iequals(f.key, "method");
             if (!is_method && !iequals(f.key, "url")) {
                 continue;
@@ -471,9 +498,19 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
                 r.method.assign(m);
                 std::transform(r.method.begin(), r.method.end(), r.method.begin(),
                                [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
-                std::string_view p = u.substr(0, u.find('?'));
-                // batchRequests name theirs relative to /services/data/ ("v59.0/sobjects/...").
-                r.path = p.starts_with('/') ? std::string{p} : "/services/data/" + std::string{p};
+                const auto q = u.find('?');
+                std::string_view p = u.substr(0, q);
+                // batchRequests name theirs relative to /services/data/ ("v59.0/sobjects/..."),
+                // Connect's batch as "/v59.0/chatter/...".
+                r.path = p.starts_with("/v") && p.size() > 2 && p[2] >= '0' && p[2] <= '9' ? "/services/data" + std::string{p}
+                         : p.starts_with('/')                                              ? std::string{p}
+                                                                                           : "/services/data/" + std::string{p};
+                if (q != std::string_view::npos) {
+                    if (const auto name = method_override_name(u.substr(q + 1), "&;#"); !name.empty()) {
+                        r.refused = "a subrequest query field " + std::string{name.substr(0, 32)} +
+                                    " asking for another method";
+                    }
+                }
                 out.push_back(std::move(r));
             }
         }
@@ -523,6 +560,9 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
         }
     }
     for (const auto& r : out) {
+        if (!r.refused.empty()) {
+            return r.refused + " is not accepted (the allow list judges each subrequest by its method)";
+        }
         if (salesforce_composite_path(r.path)) {
             return "a composite request inside a composite request is not accepted";
         }

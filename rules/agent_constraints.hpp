@@ -43,11 +43,15 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
 struct subrequest {
     std::string method;
     std::string path;
+    std::string refused;  // what in it asks for another method (a query field, a header), if anything
 };
 
 // Salesforce's composite resources carry requests of their own in one POST body:
 // /services/data/vNN.N/composite (compositeRequest[]), .../composite/batch (batchRequests[],
-// URLs relative to /services/data/) and .../composite/graph (graphs[].compositeRequest[]).
+// URLs relative to /services/data/), .../composite/graph (graphs[].compositeRequest[]),
+// the Tooling API's composite and batch, and Connect's batch. Call it for a POST only (a
+// GET of /composite lists the resources). A subrequest asking for another method in its
+// query (`_HttpMethod`) or its httpHeaders is refused.
 // An agent allowed POST on /services/data/* would otherwise DELETE through them. For such a
 // path, fills `out` with every subrequest and returns "" or why the body cannot be read
 // (the caller refuses it: fail closed); for any other path returns "" with `out` empty.

@@ -523,7 +523,16 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
         m.path_prefix = *p;
     }
     if (auto h = r.string("host")) {
-        m.host = lower(*h);
+        // As the proxy hands hosts to rules: lower case, an IPv6 literal without brackets,
+        // no trailing dot (a rule naming "[::1]" or "api.sendgrid.com." still matches).
+        std::string_view v = *h;
+        if (v.size() > 2 && v.front() == '[' && v.back() == ']') {
+            v = v.substr(1, v.size() - 2);
+        }
+        if (v.size() > 1 && v.back() == '.') {
+            v.remove_suffix(1);
+        }
+        m.host = lower(v);
     }
     if (auto hs = r.object("headers")) {
         simdjson::dom::object obj = hs->get_object().value_unsafe();

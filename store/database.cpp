@@ -554,6 +554,8 @@ public:
 
     // Operations (run on the writer thread, inside the batch transaction; see run_batch).
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
+    outcome do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& route, const std::string& agent,
+                            const std::string& fingerprint);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason,
                           std::optional<held_state> expected = std::nullopt,
@@ -1198,6 +1200,40 @@ void database::impl::run_batch(std::vector<op>& batch) {
     }
 }
 
+// On the writer, in queue order: a hold queued before this lookup is seen by it.
+database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& route,
+                                                        const std::string& agent, const std::string& fingerprint) {
+    static constexpr const char* lookups[] = {
+        "SELECT ticket, idem_fingerprint, state, breaker_instance FROM held_requests WHERE idem_key = ?1 AND "
+        "idem_key != '' AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
+        "SELECT ticket, fingerprint, state, '' FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
+    for (const char* sql : lookups) {
+        auto s = ctx.c.prepared(sql);
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare key lookup");
+        }
+        s.text(1, key);
+        s.text(2, route);
+        s.text(3, agent);
+        const int rc = s.step();
+        if (rc == SQLITE_ROW) {
+            result r;
+            r.ticket = s.col_str(0);
+            r.duplicate = s.col_str(1) == fingerprint;
+            r.breaker = s.col_str(3);
+            r.message = s.col_str(2) + (sql == lookups[1] ? ", its record since pruned" : "");
+            if (!r.duplicate) {
+                r.code = "idempotency_key_reused";
+            }
+            return {r};
+        }
+        if (rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
+        }
+    }
+    return {result::success()};
+}
+
 database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob,
                                                 const std::string& fingerprint) {
     const std::string breaker = breaker_of(r);
@@ -1318,11 +1354,6 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         return {unavailable("cannot hold: " + ctx.c.error())};
     }
     const auto id = sqlite3_last_insert_rowid(ctx.c.db());
-    if (!r.idempotency_key.empty()) {
-        // Before the commit: a live retry that reads the filter after the 202 finds it (a
-        // batch rolled back leaves a hash with no record, which costs one read).
-        note_idempotency_key(r.idempotency_key, r.route, r.agent);
-    }
     {
         auto s = ctx.c.prepared("INSERT INTO held_bodies(id, headers, body) VALUES(?, ?, ?)");
         if (!s.valid()) {
@@ -1685,6 +1716,12 @@ void database::hold(held_request request, done_fn done) {
         request.idempotency_key.empty()
             ? std::string{}
             : sha256_hex(request.method + "\n" + request.target + "\n" + sha256_hex(request.body)));
+    if (!request.idempotency_key.empty()) {
+        // Before the hold is queued: a live retry that comes while it waits in the queue
+        // finds the key here and queues its lookup behind it (earlier_hold: the writer runs
+        // both in order). A hold that fails leaves a hash with no record: one lookup more.
+        impl_->note_idempotency_key(request.idempotency_key, request.route, request.agent);
+    }
     auto req = std::make_shared<held_request>(std::move(request));
     const std::size_t bytes = req->body.size() + headers->size() + req->target.size() + 512;
     impl_->enqueue(
@@ -1692,6 +1729,20 @@ void database::hold(held_request request, done_fn done) {
             return p->do_hold(ctx, *req, *headers, *fingerprint);
         },
         std::move(done), bytes);
+}
+
+bool database::may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const {
+    return !key.empty() && impl_->may_hold_key(key, route, agent);
+}
+
+void database::earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
+                            std::string_view target, std::string_view body, done_fn done) {
+    auto fingerprint = std::make_shared<std::string>(
+        sha256_hex(std::string{method} + "\n" + std::string{target} + "\n" + sha256_hex(body)));
+    impl_->enqueue(
+        [p = impl_.get(), key = std::move(key), route = std::move(route), agent = std::move(agent),
+         fingerprint](impl::batch_ctx& ctx) { return p->do_earlier_hold(ctx, key, route, agent, *fingerprint); },
+        std::move(done), 256);
 }
 
 void database::set_limits(const store_limits& limits) {
@@ -1907,52 +1958,6 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         return fail("cannot read breaker state: " + conn->error());
     }
     return out;
-}
-
-std::optional<earlier_hold> database::earlier_hold_of(std::string_view key, std::string_view route,
-                                                      std::string_view agent, std::string_view method,
-                                                      std::string_view target, std::string_view body,
-                                                      result* error) const {
-    if (key.empty() || !impl_->may_hold_key(key, route, agent)) {
-        return std::nullopt;
-    }
-    auto conn = impl_->lease();
-    // As do_hold looks a retry up: the live records first, then what pruned ones left.
-    static constexpr const char* lookups[] = {
-        "SELECT ticket, idem_fingerprint, state, breaker_instance FROM held_requests WHERE idem_key = ?1 AND "
-        "idem_key != '' AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
-        "SELECT ticket, fingerprint, state, '' FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
-    const std::string fingerprint =
-        sha256_hex(std::string{method} + "\n" + std::string{target} + "\n" + sha256_hex(body));
-    for (const char* sql : lookups) {
-        auto s = conn->prepared(sql);
-        if (!s.valid()) {
-            if (error != nullptr) {
-                *error = unavailable("cannot look up the key: " + conn->error());
-            }
-            return std::nullopt;
-        }
-        s.text(1, key);
-        s.text(2, route);
-        s.text(3, agent);
-        const int rc = s.step();
-        if (rc == SQLITE_ROW) {
-            earlier_hold e;
-            e.ticket = s.col_str(0);
-            e.same_request = s.col_str(1) == fingerprint;
-            e.state = s.col_str(2);
-            e.breaker_instance = s.col_str(3);
-            e.pruned = sql == lookups[1];
-            return e;
-        }
-        if (rc != SQLITE_DONE) {
-            if (error != nullptr) {
-                *error = unavailable("cannot look up the key: " + conn->error());
-            }
-            return std::nullopt;
-        }
-    }
-    return std::nullopt;
 }
 
 std::optional<held_request> database::get(std::string_view ticket, result* error) const {

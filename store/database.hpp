@@ -53,10 +53,11 @@ struct result {
     std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts; audit: the id
     std::string hash;         // append_audit: the entry's hash
     bool duplicate = false;   // hold: `ticket` is an earlier hold of the same request (its key)
+    std::string breaker;      // earlier_hold: the record's breaker instance
 
     static result success() { return {}; }
     static result failure(std::string code, std::string message) {
-        return {false, std::move(code), std::move(message), {}, 0, {}, false};
+        return {false, std::move(code), std::move(message), {}, 0, {}, false, {}};
     }
 };
 
@@ -73,15 +74,6 @@ std::string_view to_string(held_state s);
 std::optional<held_state> parse_held_state(std::string_view s);
 // Whether `from -> to` is allowed; `force` permits outcome_unknown -> releasing.
 bool transition_allowed(held_state from, held_state to, bool force);
-
-// What database::earlier_hold_of finds.
-struct earlier_hold {
-    std::string ticket;
-    std::string state;             // held, releasing, released, ... of the record (or when pruned)
-    std::string breaker_instance;  // empty once pruned
-    bool same_request = false;     // method, target and body as held (else the key was reused)
-    bool pruned = false;
-};
 
 struct held_request {
     std::string ticket;               // set by the store at hold()
@@ -272,15 +264,21 @@ public:
 
     // --- quarantine reads (synchronous; see the header comment) ---
     // With the headers and the body. nullopt + error->code "not_found" or "store_unavailable".
-    // The record held before under this Idempotency-Key for this route and agent, if any
-    // (its tombstone once pruned), for a request about to be forwarded live: a client that
-    // never got the 202 for its hold retries after the breaker closed, and the retry must
-    // not go out beside the release of the first (a double send). Most calls are answered
-    // from memory; a possible match reads the database on the caller's thread. Read errors
-    // go to `error` (with nullopt): the caller fails closed.
-    std::optional<earlier_hold> earlier_hold_of(std::string_view key, std::string_view route, std::string_view agent,
-                                                std::string_view method, std::string_view target,
-                                                std::string_view body, result* error = nullptr) const;
+    // Whether a record may have been held under this Idempotency-Key for this route and
+    // agent (or its tombstone kept): from memory (hashes of every key held since open, and
+    // of the records found at open), cheap enough for every request that carries a key.
+    // False for certain means none was; true is answered by earlier_hold.
+    bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const;
+    // The record held before under this key, route and agent (its tombstone once pruned),
+    // for a request about to be forwarded live: a client that never got the 202 for its
+    // hold retries after the breaker closed, and the retry must not go out beside the
+    // release of the first (a double send). Queued on the writer like a write, so it runs
+    // after any hold queued before it and never blocks the caller. done(result): ok with
+    // an empty ticket (none), ok with `ticket`, `breaker` (the instance, "" once pruned),
+    // `message` (its state) and `duplicate` (the same method, target and body), or code
+    // idempotency_key_reused (another request under the key); not ok on a store failure.
+    void earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
+                      std::string_view target, std::string_view body, done_fn done);
     std::optional<held_request> get(std::string_view ticket, result* error = nullptr) const;
     // Summaries, oldest hold first: no headers and no body (body_bytes says how big).
     std::vector<held_request> list(const list_filter& filter, result* error = nullptr) const;

@@ -356,7 +356,9 @@ TEST(admin_api, quarantine_endpoints) {
         {R"({"reason":"x","filter":{"breaker":"held","agnet":"bot-7"}})", "filter.agnet"},
         {R"({"reason":"x","rate_per_sec":1,"filter":{"breaker":"held"}})", "rate_per_sec"},
         {R"({"reason":"x","breaker":"held","filter":{"agent":"bot-7"}})", "breaker"},
-        {R"({"reason":"x","filter":"breaker=held"})", "filter"}};
+        {R"({"reason":"x","filter":"breaker=held"})", "filter"},
+        // Paging is for a list: a bulk action would ignore it and take every match.
+        {R"({"reason":"x","filter":{"breaker":"held","after":"q_1"}})", "filter.after"}};
     for (const auto& [body, field] : unknown) {
         auto r = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token", body);
         EXPECT_EQ(r.result_int(), 400u) << body;

@@ -272,6 +272,12 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
         // The other spelling of a duplicated key is read too.
         {"/services/data/v59.0/composite", R"({"compositeRequest":[{"method":"GET","method":"DELETE","url":"/services/data/v59.0/x"}]})"},
         {"/services/data/v59.0/composite", R"({"compositeRequest":[{"method":"GET","url":"/services/data/v59.0/../../apexrest/x"}]})"},
+        // Another method asked for inside a subrequest, by its query or its headers.
+        {"/services/data/v59.0/composite", R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx?_HttpMethod=DELETE"}]})"},
+        {"/services/data/v59.0/composite", R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx","httpHeaders":{"X-HTTP-Method-Override":"DELETE"}}]})"},
+        // The Tooling API's composite and Connect's batch (URLs relative to /services/data).
+        {"/services/data/v59.0/tooling/composite", R"({"compositeRequest":[)" + del + "]}"},
+        {"/services/data/v59.0/connect/batch", R"({"batchRequests":[{"method":"Delete","url":"/v59.0/chatter/feed-elements/0D5xx"}]})"},
     };
     for (const auto& [path, body] : refused) {
         const auto r = post(path, body);
@@ -291,5 +297,10 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
     EXPECT_EQ(post("/services/data/v59.0/composite/batch", R"({"batchRequests":[{"method":"GET","url":"v59.0/limits"}]})").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/composite", R"({"compositeRequest":[)" + del + "]}", "admin-key").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/sobjects/Contact", R"({"LastName":"x"})").result_int(), 200u);
-    EXPECT_EQ(up.request_count(), 4u);
+    EXPECT_EQ(post("/services/data/v59.0/connect/batch", R"({"batchRequests":[{"method":"Get","url":"/v59.0/chatter/users/me"}]})").result_int(), 200u);
+    // A GET of /composite lists the resources: it has no subrequests to read.
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/services/data/v59.0/composite", "", {{"x-breakerbox-key", "crm-key"}})
+                  .result_int(),
+              200u);
+    EXPECT_EQ(up.request_count(), 6u);
 }

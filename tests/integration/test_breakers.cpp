@@ -920,7 +920,8 @@ TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
     EXPECT_EQ(hook.request_count(), 2u) << "the retry was dropped at shutdown";
 }
 
-// A rule that names a host, or is keyed by it, sees one host however the client spells it:
+// A rule that names a host (however the config spells it), or is keyed by it, sees one host
+// however the client spells it:
 // `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
 // to DNS and to the upstream (the route took them all), so none slips past the rule or
 // gets a cap of its own.
@@ -934,7 +935,7 @@ TEST(breakers, a_rule_on_a_host_sees_every_spelling_of_it) {
         "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
         "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
         "\"breakers\": [{\"id\": \"per-host\", \"action\": \"deny\"}],"
-        "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\", \"match\": {\"host\": \"api.sendgrid.com\"},"
+        "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\", \"match\": {\"host\": \"API.SendGrid.com.\"},"
         " \"key\": [\"host\"], \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
         " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],"
         "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};

@@ -15,6 +15,8 @@
 
 #include <sqlite3.h>
 
+#include <poll.h>
+
 #include <chrono>
 #include <filesystem>
 #include <future>
@@ -22,6 +24,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 using namespace bb::test;
 using namespace std::chrono_literals;
@@ -521,6 +524,52 @@ TEST(quarantine, a_live_retry_of_a_held_request_is_not_sent_beside_its_release) 
     EXPECT_EQ(after_restart.result_int(), 202u);
     EXPECT_EQ(after_restart["x-breakerbox-ticket"], ticket);
     EXPECT_EQ(up.request_count(), 3u);
+}
+
+// The same while the hold is still queued for the store (the client gave up before its 202
+// and the breaker was reset meanwhile): the retry's lookup waits behind the hold, finds it
+// and is not sent.
+TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_sent) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto* db = bb.server().db();
+    auto send_with_key = [&] {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", "k-9"}});
+    };
+    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
+        for (int i = 0; i < ms && !done(); ++i) {
+            pollfd none{};
+            ::poll(&none, 0, 1);
+        }
+        return done();
+    };
+    auto wait_queued = [&](std::uint64_t n) {
+        wait_until([&] { return db->stats().queued >= n; }, 5000);
+        return db->stats().queued;
+    };
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto queued_before = db->stats().queued;
+    db->pause_writer(true);
+    response held;
+    std::thread first{[&] { held = send_with_key(); }};
+    ASSERT_GT(wait_queued(queued_before + 1), queued_before) << "the hold is queued";
+    const auto hold_queued = db->stats().queued;
+    ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume", "ops", "fixed", bb.server().now()));
+    wait_until([&] { return db->stats().queued > hold_queued; }, 500);  // the reset's state save, queued too
+    const auto queued_now = db->stats().queued;
+    response retry;
+    std::thread second{[&] { retry = send_with_key(); }};
+    // Queued behind the hold (or, were it not looked up, already at the upstream).
+    EXPECT_TRUE(wait_until([&] { return db->stats().queued > queued_now || up.request_count() > 0; }, 5000));
+    db->pause_writer(false);
+    first.join();
+    second.join();
+    ASSERT_EQ(held.result_int(), 202u) << held.body();
+    EXPECT_EQ(retry.result_int(), 202u) << retry.body();
+    EXPECT_EQ(retry["x-breakerbox-ticket"], held["x-breakerbox-ticket"]);
+    EXPECT_EQ(up.request_count(), 0u) << "sent beside the hold that will be released";
 }
 
 // The upstream took the replay but the store could not record it, and kept failing for
