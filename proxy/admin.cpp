@@ -524,9 +524,11 @@ config_diff diff_configs(const config& a, const config& b) {
         if (n->window != r->window) {
             d.lines.push_back("rules[" + id + "].window: " + cfg::format_duration(r->window) + " -> " +
                               cfg::format_duration(n->window));
-            if (n->window < r->window) {
-                d.loosening.push_back("shortens the window of rule " + id);
-            }
+            // Either way the rule's counts start again from zero (a new meter): longer is
+            // no tighter than shorter while the old counts are gone (9,999 of 10,000 an hour
+            // becomes 0 of 10,000 in two).
+            d.loosening.push_back((n->window < r->window ? "shortens the window of rule " : "changes the window of rule ") +
+                                  id + " (its counts start again)");
         }
         if (n->measure.text != r->measure.text) {
             d.lines.push_back("rules[" + id + "].measure: " + q(r->measure.text) + " -> " + q(n->measure.text));
@@ -810,6 +812,15 @@ private:
             err = api_error{http::status::bad_request, "missing_field", "every change needs a non-empty \"reason\"", "reason"};
             return std::nullopt;
         }
+        // The reason goes into the log as written: a line break in it could forge lines
+        // there (the audit chain's "entry N appended, chain head H" among them).
+        if (std::any_of(reason.begin(), reason.end(), [](char c) {
+                return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+            })) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            "\"reason\" is one line of text (no line breaks or other control characters)", "reason"};
+            return std::nullopt;
+        }
         reason_ = std::string{reason};
         return e;
     }
@@ -998,8 +1009,10 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         done = reg.reset(id, who_->name, reason_, now);
     } else {
         std::string_view m;
-        if ((*b)["mode"].get(m) != simdjson::SUCCESS) {
-            co_return fail({http::status::bad_request, "missing_field", "\"mode\" is required", "mode"});
+        if (auto mv = (*b)["mode"]; mv.get(m) != simdjson::SUCCESS) {
+            co_return mv.error() == simdjson::NO_SUCH_FIELD
+                ? fail({http::status::bad_request, "missing_field", "\"mode\" is required", "mode"})
+                : fail({http::status::bad_request, "bad_field", "\"mode\" must be a string", "mode"});
         }
         auto md = breakers::parse_mode(m);
         if (!md) {
@@ -1008,6 +1021,11 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         }
         std::optional<std::chrono::milliseconds> expires;
         std::string_view ex;
+        if (auto ev = (*b)["expires_in"]; ev.error() != simdjson::NO_SUCH_FIELD && ev.get(ex) != simdjson::SUCCESS) {
+            // Never read as "no expiry".
+            co_return fail({http::status::bad_request, "bad_field",
+                            "\"expires_in\" must be a duration string such as \"15m\"", "expires_in"});
+        }
         if ((*b)["expires_in"].get(ex) == simdjson::SUCCESS) {
             expires = cfg::parse_duration(ex);
             if (!expires || expires->count() <= 0) {
@@ -1072,7 +1090,7 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
     if (auto s = get("state"); !s.empty()) {
         f.state = store::parse_held_state(s);
         if (!f.state) {
-            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a state", "state"};
+            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a state", prefix + "state"};
         }
     }
     auto number = [&](const char* k) -> std::optional<std::int64_t> {
@@ -1081,7 +1099,7 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
             return std::nullopt;
         }
         if (!std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }) || s.size() > 18) {
-            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a number", k};
+            err = api_error{http::status::bad_request, "bad_field", cfg::quote(s) + " is not a number", prefix + k};
             return std::nullopt;
         }
         return std::stoll(s);
@@ -1280,11 +1298,13 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     remediation_summary sum;
     if (action == "release") {
         double rate = 0;
-        if ((*b)["rate_per_s"].get(rate) != simdjson::SUCCESS) {
+        if (auto rv = (*b)["rate_per_s"]; rv.error() != simdjson::NO_SUCH_FIELD && rv.get(rate) != simdjson::SUCCESS) {
             std::int64_t r = 0;
-            if ((*b)["rate_per_s"].get(r) == simdjson::SUCCESS) {
-                rate = static_cast<double>(r);
+            if (rv.get(r) != simdjson::SUCCESS) {
+                // Never read as "no pacing": that would send everything at once.
+                co_return fail({http::status::bad_request, "bad_field", "rate_per_s must be a number", "rate_per_s"});
             }
+            rate = static_cast<double>(r);
         }
         if (rate < 0) {
             co_return fail({http::status::bad_request, "bad_field", "rate_per_s must be positive", "rate_per_s"});
@@ -1549,6 +1569,22 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
             auto f = fail(*err);
             f.mutation = true;
             co_return f;
+        }
+        // A field it does not know is refused, never applied without: a misspelt
+        // "dry_run" in the body would apply for real, "metricsOnly" enforce at once,
+        // "baseVersion" skip the version check.
+        if (simdjson::dom::object top; b->get(top) == simdjson::SUCCESS) {
+            for (auto field : top) {
+                const std::string_view k = field.key;
+                if (k != "config" && k != "reason" && k != "metrics_only" && k != "base_version") {
+                    auto f = fail({http::status::bad_request, "bad_field",
+                                   cfg::quote(k) + " is not a field of a config change (config, reason, metrics_only, "
+                                                   "base_version; dry_run is a query parameter)",
+                                   std::string{k}});
+                    f.mutation = true;
+                    co_return f;
+                }
+            }
         }
         simdjson::dom::element ce;
         if ((*b)["config"].get(ce) != simdjson::SUCCESS || ce.type() != simdjson::dom::element_type::OBJECT) {
@@ -2071,7 +2107,11 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                             h.audit_unrecorded = true;
                         }
                     }
-                    spdlog::info("admin: {} {} by {} ({}): {} -> {}", req.method_string(), path, who->name,
+                    std::string shown_path{path.substr(0, 256)};
+                    for (auto& c : shown_path) {  // decoded: %0A would break the line
+                        c = static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+                    }
+                    spdlog::info("admin: {} {} by {} ({}): {} -> {}", req.method_string(), shown_path, who->name,
                                  to_string(who->role), ctx.reason_, static_cast<unsigned>(h.status));
                 }
                 const bool prom = path == "/metrics" && h.status == http::status::ok;

@@ -355,6 +355,8 @@ TEST(admin_api, quarantine_endpoints) {
     const std::pair<const char*, const char*> unknown[] = {
         {R"({"reason":"x","filter":{"breaker":"held","agnet":"bot-7"}})", "filter.agnet"},
         {R"({"reason":"x","rate_per_sec":1,"filter":{"breaker":"held"}})", "rate_per_sec"},
+        {R"({"reason":"x","rate_per_s":"5","filter":{"breaker":"held"}})", "rate_per_s"},
+        {R"({"reason":"x","filter":{"breaker":"held","state":"hold"}})", "filter.state"},
         {R"({"reason":"x","breaker":"held","filter":{"agent":"bot-7"}})", "breaker"},
         {R"({"reason":"x","filter":"breaker=held"})", "filter"},
         // Paging is for a list: a bulk action would ignore it and take every match.
@@ -392,6 +394,27 @@ TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
 
     const auto current = admin(f.port(), http::verb::get, "/v1/config", "view-token");
     ASSERT_EQ(current.result_int(), 200u);
+    // A longer window starts the rule's counts again: no tighter for an operator.
+    std::string longer = admin_config(f.up.port(), f.dir);
+    const std::string window_1h = "\"window\": \"1h\"";
+    longer.replace(longer.find(window_1h), window_1h.size(), "\"window\": \"2h\"");
+    auto lengthened = admin(f.port(), http::verb::post, "/v1/config", "op-token",
+                            "{\"reason\":\"longer\",\"config\":" + longer + "}");
+    EXPECT_EQ(lengthened.result_int(), 403u) << lengthened.body();
+    EXPECT_NE(lengthened.body().find("changes the window of rule recipients (its counts start again)"),
+              std::string::npos) << lengthened.body();
+    // Fields it does not know, or of the wrong type, are refused, never acted on as absent.
+    for (const std::string& body : {"{\"reason\":\"try\",\"dry_run\":true,\"config\":" + longer + "}",
+                                    "{\"reason\":\"try\",\"baseVersion\":1,\"config\":" + longer + "}",
+                                    "{\"reason\":\"two\\nlines\",\"config\":" + longer + "}"}) {
+        auto r = admin(f.port(), http::verb::post, "/v1/config", "admin-token", body);
+        EXPECT_EQ(r.result_int(), 400u) << body << ": " << r.body();
+        EXPECT_EQ(code_of(r), "bad_field") << r.body();
+    }
+    auto untyped = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/mode", "op-token",
+                         R"({"reason":"r","mode":"forced_closed","expires_in":600})");
+    EXPECT_EQ(untyped.result_int(), 400u) << untyped.body();
+    EXPECT_NE(untyped.body().find("\"field\":\"expires_in\""), std::string::npos) << untyped.body();
     // Raising a limit loosens a guard: operators may not, admins may.
     std::string looser = admin_config(f.up.port(), f.dir, 5000);
     auto as_op = admin(f.port(), http::verb::post, "/v1/config", "op-token",
