@@ -60,6 +60,12 @@ public:
     bool moved() const { return moved_; }
     void mark_moved() { moved_ = true; }
     bool shadowing() const { return is_shadow(md_); }
+    // Contained by an operator's hand: forced_open, or open since a manual trip (a breaker
+    // reset by hand keeps the automatic mode when tripped).
+    bool operator_contained() const {
+        return md_ == mode::forced_open ||
+               (st_ != state::closed && !is_shadow(md_) && last_trip_ && last_trip_->cause.kind == "manual");
+    }
 
     // Not closed+automatic as of its last change (what the active counter counts).
     bool active() const { return counted_; }
@@ -794,10 +800,20 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
         lock.unlock();
         wide->deliver(on_transition_);
         if (bypass) {
-            // Every key is bypassed; still say what the key's own instance would do.
+            // Every key is bypassed (its rules checked, not enforced), except one an operator
+            // tripped or forced open by its own name: an operator's trip is always enforced,
+            // and the wide shadow mode (an apply with metrics_only, say) must not make a
+            // trip that answered 200 let the traffic through. Else still say what the key's
+            // own instance would do.
             if (inst) {
                 std::unique_lock il{inst->mutex()};
                 inst->advance(now);
+                if (inst->operator_contained()) {
+                    admission own = inst->decide(now);
+                    il.unlock();
+                    inst->deliver(on_transition_);
+                    return own;
+                }
                 w.would_contain = w.would_contain || inst->would_contain(now);
                 il.unlock();
                 inst->deliver(on_transition_);

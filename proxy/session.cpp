@@ -1669,16 +1669,26 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             fill_view();
             if (registry.any_active()) {
                 rt.engine->keys_for(view, key_scratch);
+                // Each instance is asked once per request, however many rules trip it: a
+                // second admit would take a second half-open probe (with one allowed, the
+                // request is contained by its own probe, every time) or a second throttle slot.
+                thread_local std::vector<std::string> asked;
+                asked.clear();
                 for (const auto& k : key_scratch) {
                     const auto& r = rt.engine->rules().rules[k.rule];
                     const auto* b = cfg->find_breaker(r.trips);
                     if (b == nullptr) {
                         continue;
                     }
+                    std::string instance = registry.instance_name(*b, k.key);
+                    if (std::find(asked.begin(), asked.end(), instance) != asked.end()) {
+                        continue;
+                    }
+                    asked.push_back(std::move(instance));
                     // A deny breaker is never tripped by its rule (the rule refuses the one
                     // request), but an operator's trip or forced_open refuses everything it
                     // covers: admit() says so like for any other breaker.
-                    auto adm = registry.admit(registry.instance_name(*b, k.key), now);
+                    auto adm = registry.admit(asked.back(), now);
                     if (adm.throttled) {
                         throttle_slots.push_back(adm.instance);
                     }

@@ -953,3 +953,68 @@ TEST(breakers, a_rule_on_a_host_sees_every_spelling_of_it) {
     EXPECT_EQ(send_as("other.example"), 202u) << "the rule names one host";
     EXPECT_EQ(up.request_count(), 3u);
 }
+
+// Two rules trip one breaker: a request asks that breaker once. Asked once per rule, the
+// half-open breaker's one probe went to the first ask and the second contained the request
+// (its own probe), every time: the breaker never closed.
+TEST(breakers, a_breaker_two_rules_trip_is_asked_once_per_request) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
+        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+        "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"shared\", \"action\": \"pause\", \"reset\": \"auto\", \"cooldown\": \"10s\", \"scope\": \"breaker\","
+        " \"half_open_probes\": 1}],"
+        "\"rules\": [{\"id\": \"per-campaign\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+        " \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
+        " \"failure_mode\": \"volume-spike\", \"trips\": \"shared\"},"
+        "{\"id\": \"overall\", \"route\": \"mail-send\", \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\","
+        " \"limit\": 1000, \"failure_mode\": \"volume-spike\", \"trips\": \"shared\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}",
+        &clock};
+    auto send = [&](const std::string& campaign) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", campaign}})
+            .result_int();
+    };
+    EXPECT_EQ(send("a"), 202u);
+    EXPECT_EQ(send("a"), 202u);
+    EXPECT_EQ(send("a"), 503u) << "crosses per-campaign: shared opens";
+    EXPECT_EQ(send("b"), 503u);
+    clock.advance(11s);
+    EXPECT_EQ(send("b"), 202u) << "the half-open probe goes";
+    EXPECT_EQ(send("b"), 202u) << "and closed the breaker";
+    EXPECT_EQ(up.request_count(), 4u);
+}
+
+// An operator's trip of one key is enforced while the whole breaker is in a shadow mode
+// (an apply with metrics_only left it there, say): the trip answered 200 and named the key
+// open, so its traffic must stop; the other keys stay shadowed.
+TEST(breakers, a_keys_manual_trip_is_enforced_under_a_breaker_wide_shadow_mode) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir,
+                                     R"({"id": "campaign-volume", "action": "pause", "reset": "manual", "scope": "key"})")};
+    auto& reg = *bb.server().breakers();
+    auto send = [&](const std::string& campaign) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send",
+                            R"({"personalizations":[{"to":[{"email":"a@example.com"}]}]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", campaign}})
+            .result_int();
+    };
+    ASSERT_TRUE(reg.set_mode("campaign-volume", bb::breakers::mode::metrics_only, std::nullopt, "ops", "trial",
+                             bb.server().now())
+                    .known);
+    ASSERT_TRUE(reg.manual_trip("campaign-volume/spring", "ops", "runaway", bb.server().now()));
+    EXPECT_EQ(send("spring"), 503u) << "the operator's trip of the key";
+    EXPECT_EQ(send("summer"), 202u);
+    ASSERT_TRUE(reg.set_mode("campaign-volume/autumn", bb::breakers::mode::forced_open, std::nullopt, "ops", "hold",
+                             bb.server().now())
+                    .known);
+    EXPECT_EQ(send("autumn"), 503u);
+    EXPECT_EQ(up.request_count(), 1u);
+}
