@@ -273,7 +273,27 @@ std::string encode_component(std::string_view s) {
     return out;
 }
 
+namespace {
+
+// A loopback address written as one (or localhost): the only place a bearer token may go
+// over plain HTTP (the admin listener itself needs TLS anywhere else).
+bool loopback_host(const std::string& host) {
+    if (host == "localhost") {
+        return true;
+    }
+    error_code ec;
+    const auto a = asio::ip::make_address(host, ec);
+    return !ec && a.is_loopback();
+}
+
+}  // namespace
+
 http_result send(const client_options& opts, const http_request& req) {
+    if (!opts.url.tls() && !loopback_host(opts.url.host) && (!opts.token.empty() || !opts.cert.empty())) {
+        // Before any connection: the token would cross the network in clear text.
+        return http_result{std::nullopt, "refusing to send credentials over plain HTTP to " + opts.url.host +
+                                             ": use https:// (the admin API needs TLS off loopback)"};
+    }
     exchange x{opts};
     x.deadline.expires_after(opts.timeout);
     x.deadline.async_wait([&x](error_code ec) {

@@ -251,6 +251,17 @@ TEST(CtlClient, ConnectionRefused) {
     EXPECT_NE(o.err.find(url), std::string::npos);
 }
 
+// A token never crosses the network in clear text: plain HTTP only to loopback. Refused
+// before any connection (10.255.255.1 would otherwise time out, or worse, answer).
+TEST(CtlClient, NoTokenOverPlainHttpOffLoopback) {
+    auto o = run_ctl({"--admin", "http://10.255.255.1:9901", "breakers"}, environment{std::nullopt, "s3cret"});
+    EXPECT_EQ(o.code, exit_failed);
+    EXPECT_NE(o.err.find("refusing to send credentials over plain HTTP to 10.255.255.1: use https://"),
+              std::string::npos) << o.err;
+    o = run_ctl({"--admin", "admin.example:9901", "breakers"}, environment{std::nullopt, "s3cret"});
+    EXPECT_NE(o.err.find("refusing to send credentials over plain HTTP"), std::string::npos) << o.err;
+}
+
 TEST(CtlClient, DeadlineCoversASilentServer) {
     fake_admin admin{nullptr, {}, {}, /*hang=*/true};
     const auto start = std::chrono::steady_clock::now();
