@@ -96,7 +96,9 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
         std::string why;
         url = parse_url(*u, &why);
         if (!url) {
-            errs.add(r.path_of("url"), cfg::quote(*u) + " " + why);
+            // Not quoted: a sink's URL can be its credential (a Slack incoming webhook), and
+            // config errors reach logs and the audit log's diff, which viewers read.
+            errs.add(r.path_of("url"), "is not a usable URL: " + why);
         }
         s.url = std::move(*u);
     }

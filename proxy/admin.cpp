@@ -270,10 +270,12 @@ std::optional<caller> authenticate(const config& cfg, std::string_view authoriza
 bool secret_key(std::string_view key) { return credential_name(key) || iequals(key, "routing_key"); }
 
 // Also hidden from viewers: an alert sink's URL (a Slack incoming webhook's URL is its
-// credential), agents' key digests (unsalted SHA-256 of API keys) and private key paths.
+// credential) and its headers' values (whatever their names: X-Hook-Key, X-Auth-Key are
+// credentials no name rule catches), agents' key digests (unsalted SHA-256 of API keys)
+// and private key paths.
 bool hidden_key(std::string_view key, bool in_alerts) {
     return secret_key(key) || iequals(key, "key_sha256") || iequals(key, "key_file") || iequals(key, "ca_key_file") ||
-           (in_alerts && (iequals(key, "url") || iequals(key, "webhook")));
+           (in_alerts && (iequals(key, "url") || iequals(key, "webhook") || iequals(key, "headers")));
 }
 
 void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& redacted, bool in_alerts = false) {

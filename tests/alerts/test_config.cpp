@@ -86,6 +86,10 @@ TEST(AlertsConfig, EveryErrorWithItsPath) {
     const auto& e = p.errs;
     EXPECT_TRUE(has_error(e, "alerts.sinks[0].type", "\"email\" is not a sink type")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[1].url", "http:// or https://")) << e.to_string();
+    // The URL itself is never repeated (a webhook's URL can be its credential; errors reach
+    // logs and the audit log).
+    EXPECT_EQ(e.to_string().find("user:pw"), std::string::npos) << e.to_string();
+    EXPECT_EQ(e.to_string().find("ftp://x/y"), std::string::npos) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[1].severities[1]", "\"sev9\" is not a severity")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[1].severities[2]", "listed twice")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[2].routing_key", "required for pagerduty")) << e.to_string();

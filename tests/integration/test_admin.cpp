@@ -591,12 +591,13 @@ TEST(admin_api, a_viewer_reads_the_config_and_the_audit_log_without_secrets) {
     const auto dir = temp_dir();
     std::string cfg = admin_config(up.port(), dir);
     cfg.insert(cfg.rfind('}'), ", \"alerts\": {\"sinks\": [{\"name\": \"hook\", \"type\": \"webhook\", "
-                               "\"url\": \"http://127.0.0.1:9/alerts\", \"headers\": {\"Authorization\": \"Bearer HOOK-SECRET\"}}]}");
+                               "\"url\": \"http://127.0.0.1:9/alerts\", \"headers\": {\"Authorization\": \"Bearer HOOK-SECRET\", \"X-Hook-Key\": \"HOOK-KEY-2\"}}]}");
     proxy_instance bb{cfg};
     const auto port = bb.server().admin_port();
     auto as_viewer = admin(port, http::verb::get, "/v1/config", "view-token");
     ASSERT_EQ(as_viewer.result_int(), 200u);
     EXPECT_EQ(as_viewer.body().find("HOOK-SECRET"), std::string::npos) << as_viewer.body();
+    EXPECT_EQ(as_viewer.body().find("HOOK-KEY-2"), std::string::npos) << "a sink's headers, whatever their names";
     EXPECT_NE(as_viewer.body().find("\"Authorization\":\"[redacted]\""), std::string::npos) << as_viewer.body();
     EXPECT_NE(as_viewer.body().find("\"limit\":1000"), std::string::npos) << "the rest is shown";
     // An alert sink's URL (a Slack webhook's is its credential) is hidden too.
