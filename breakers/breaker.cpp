@@ -287,9 +287,17 @@ public:
             oldest_ = 0;
         }
         // A probe in flight died with the process: open again, half-open on the next look.
-        const state st = s.st == state::half_open ? state::open : s.st;
+        // Handed over by a reload (the round comes with it), the round goes on.
+        const state st = s.st == state::half_open && !s.probes ? state::open : s.st;
         change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", "restored at start"), now,
                false);
+        if (st_ == state::half_open && s.probes) {
+            round_ = s.probes->round;
+            period_round_ = s.probes->period_round;
+            issued_ = s.probes->issued;
+            succeeded_ = s.probes->succeeded;
+            last_probe_at_ = s.probes->last_probe_at;
+        }
     }
 
     // An operator's trip saved open under the automatic mode (the breaker reset by hand
@@ -370,6 +378,9 @@ public:
         s.last_shadow_trip = last_shadow_trip_;
         for (std::size_t i = 0; i < slots_.size(); ++i) {
             s.throttle_admissions.push_back(slots_[(oldest_ + i) % slots_.size()]);
+        }
+        if (st_ == state::half_open) {
+            s.probes = instance_snapshot::probe_round{round_, period_round_, issued_, succeeded_, last_probe_at_};
         }
         // What advance() would make of it, without reporting from a const reader.
         if (s.md != mode::automatic && s.mode_expires && now >= *s.mode_expires) {

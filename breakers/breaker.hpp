@@ -131,6 +131,17 @@ struct instance_snapshot {
     // Throttle: the times of the last admissions, oldest first. In-process only (a reload's
     // hand-over keeps the budget; the store does not keep it across a restart).
     std::vector<time_point> throttle_admissions;
+    // Half-open: the probe round under way. In-process only too: a reload's hand-over keeps
+    // the probes out and their round (one answered after the reload still counts, and no
+    // second budget of probes goes out); a restart opens again.
+    struct probe_round {
+        std::uint64_t round = 0;
+        std::uint64_t period_round = 0;
+        std::uint32_t issued = 0;
+        std::uint32_t succeeded = 0;
+        time_point last_probe_at{};
+    };
+    std::optional<probe_round> probes;
 
     // Closed and in automatic mode: nothing to contain, nothing to keep.
     bool at_rest() const { return st == state::closed && md == mode::automatic; }

@@ -68,6 +68,26 @@ TEST_F(registry_test, hand_over_keeps_a_half_open_probe_report) {
     EXPECT_EQ(next->admit("b/k", now()).v, verdict::contain);
 }
 
+// A reload while a probe is out keeps the round: no second budget of probes goes out in the
+// new registry, and the probe's late success, reported with its round, closes the breaker
+// there (a stale round's report would have freed a slot for one probe too many).
+TEST_F(registry_test, hand_over_keeps_the_half_open_round_and_its_probes) {
+    auto b = make_config("b");
+    b.cooldown = 10s;
+    b.half_open_probes = 1;
+    make({b});
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(11s);
+    const auto probe = reg().admit("b/k", now());
+    ASSERT_EQ(probe.v, verdict::probe);
+    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
+    reg().hand_over(next, now());
+    EXPECT_EQ(next->admit("b/k", now()).v, verdict::contain) << "the one probe is still out";
+    reg().probe_result("b/k", true, now(), probe.probe_round);
+    EXPECT_EQ(next->get("b/k", now())->st, state::closed);
+    EXPECT_EQ(next->admit("b/k", now()).v, verdict::allow);
+}
+
 // Threads trip distinct keys on the old registry while the hand-over happens: every key
 // whose trip returned must be open in the successor, whichever side of the swap it fell on.
 TEST(breaker_hand_over, no_trip_is_lost_to_a_concurrent_hand_over) {
