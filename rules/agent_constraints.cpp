@@ -110,6 +110,7 @@ public:
 
     // `arn`: an SES TemplateArn (`arn:aws:ses:...:template/NAME`) also matches by its NAME.
     void template_id(std::string_view id, bool arn) {
+        ++templates_;
         if (!checks_template()) {
             return;
         }
@@ -132,6 +133,12 @@ public:
             reason_ = std::to_string(recipients_) + " recipients in one request; this agent may address at most " +
                       std::to_string(*c_.max_recipients);
         }
+        // An agent held to templates sends only templates: a send (a body with recipients)
+        // that names none carries content of its own (SES Content.Simple or an inline
+        // TemplateContent, SendGrid content, Mailgun html), which no allow list reviewed.
+        if (reason_.empty() && !c_.template_ids.empty() && recipients_ > 0 && templates_ == 0) {
+            reason_ = "this send names no template; this agent may send only its templates";
+        }
         return std::move(reason_);
     }
 
@@ -139,6 +146,7 @@ private:
     const body_constraints& c_;
     scratch& s_;
     std::uint64_t recipients_ = 0;
+    std::uint64_t templates_ = 0;  // template ids named, allowed or not
     std::string reason_;
 };
 

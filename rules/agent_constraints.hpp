@@ -30,7 +30,9 @@ struct body_constraints {
 // address, only counts, the from domain or the template id.
 //
 // A constraint on a field the body does not have does not apply: a body without a from
-// address or a template passes those checks, and max_recipients counts the recipients found.
+// address passes that check, and max_recipients counts the recipients found. Except
+// templates: to an agent held to template_ids, a send (a body with recipients) that names
+// no template is refused (its content is its own, not a reviewed template's).
 // Fail closed otherwise: a JSON body that does not parse, a malformed multipart body, or a
 // from/template field of the wrong type is refused with its reason. Keys are matched
 // case-insensitively and every duplicate is checked, so a body an upstream might read

@@ -257,11 +257,21 @@ TEST(AgentConstraints, SesSendBulkEmail) {
     EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, ses_bulk), "");
 }
 
-TEST(AgentConstraints, SesWithSimpleContentHasNoTemplateToCheck) {
+// An agent held to templates sends only templates: SES Simple content, or a template given
+// inline (TemplateContent), is content of its own that no allow list reviewed.
+TEST(AgentConstraints, ASendWithoutATemplateIsRefusedToAnAgentHeldToTemplates) {
     const std::string body = R"j({"FromEmailAddress": "sender@example.com",
         "Destination": {"ToAddresses": ["a@example.com"]},
         "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hello"}}}}})j";
-    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, body), "");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, body),
+              "this send names no template; this agent may send only its templates");
+    const std::string in_line = R"j({"Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Template": {"TemplateContent": {"Subject": "Hi", "Text": "Hello"}}}})j";
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, in_line),
+              "this send names no template; this agent may send only its templates");
+    // Without the constraint, or without recipients (not a send), nothing is asked of it.
+    EXPECT_EQ(check_body_constraints(max(5), json, body), "");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, R"j({"properties": {"email": "x"}})j"), "");
 }
 
 TEST(AgentConstraints, HubSpotSingleSend) {
@@ -424,14 +434,18 @@ TEST(AgentConstraints, InvalidJsonIsRefusedWhenConstraintsExist) {
     EXPECT_EQ(check_body_constraints(max(10), json, deep), why);
 }
 
-TEST(AgentConstraints, FromAndTemplateAbsentDoNotApply) {
+TEST(AgentConstraints, FromAbsentDoesNotApply) {
     body_constraints c;
     c.from_domains = {"example.com"};
-    c.template_ids = {"welcome-v2"};
     const std::string body = R"j({"personalizations": [{"to": [{"email": "a@elsewhere.example"}]}],
         "subject": "s", "content": [{"type": "text/plain", "value": "x"}]})j";
     EXPECT_EQ(check_body_constraints(c, json, body), "");
     EXPECT_EQ(check_body_constraints(c, urlencoded, "to=a%40elsewhere.example&text=hi"), "");
+    // A template is another matter: a send without one is refused to an agent held to them.
+    c.template_ids = {"welcome-v2"};
+    EXPECT_EQ(check_body_constraints(c, json, body), "this send names no template; this agent may send only its templates");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "to=a%40elsewhere.example&text=hi"),
+              "this send names no template; this agent may send only its templates");
     // null is absent too.
     EXPECT_EQ(check_body_constraints(c, json, R"j({"from": null, "template_id": null})j"), "");
 }
