@@ -1060,7 +1060,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
             std::string refused;  // why the caller gets no identity: 401
-            if (agent != nullptr && !ci.cert_names.empty()) {
+            if (had_key && agent != nullptr && !ci.cert_names.empty()) {
                 // Two credentials naming two agents: neither wins (a leaked key must not
                 // lift a certificate's holder to the key's wider scope, nor the reverse).
                 bool ambiguous = false;
@@ -1071,8 +1071,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     refused = "the agent key names agent " + agent->id + " but the client certificate names agent " +
                               by_cert->id + ": present one identity";
                 }
-            }
-            if (!refused.empty()) {
             } else if (ambiguous_cert) {
                 refused = "the client certificate names more than one agent";
             } else if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {
@@ -1818,6 +1816,26 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
+        // 202 + ticket for a request held (now or before): false when the write failed.
+        auto reply_quarantined = [&](std::string_view ticket, std::string_view breaker,
+                                     std::string_view reason) -> asio::awaitable<bool> {
+            auto res = make_quarantined(ticket, breaker, reason, request_id, client_version, keep_alive);
+            if (head_request) {
+                res.body().clear();  // a HEAD answer is the head alone; its length stays
+            }
+            dl.arm(lim.write_timeout);
+            auto [qec, qn] = co_await write_message(sock, res, scratch);
+            ++w.stats().generated;
+            ++w.stats().responses_by_class[2];
+            rec.status = 202;
+            rec.decision = "quarantined";
+            rec.code = {};
+            rec.bytes_out = qn;
+            rec.request_id = request_id;
+            write_access_log(w, rec);
+            co_return !qec;
+        };
+
         // Quarantine: hold the request durably; 202 + ticket only once it is committed.
         if (!contained && !quarantine_instance.empty()) {
             store::database* db = w.owner().db();
@@ -1865,22 +1883,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (stored.duplicate) {
                         spdlog::info("request {}: {}", request_id, stored.message);
                     }
-                    auto res = make_quarantined(stored.ticket, quarantine_instance, quarantine_reason, request_id,
-                                                client_version, keep_alive);
-                    if (head_request) {
-                        res.body().clear();  // a HEAD answer is the head alone; its length stays
-                    }
-                    dl.arm(lim.write_timeout);
-                    auto [qec, qn] = co_await write_message(sock, res, scratch);
-                    ++w.stats().generated;
-                    ++w.stats().responses_by_class[2];
-                    rec.status = 202;
-                    rec.decision = "quarantined";
-                    rec.code = {};
-                    rec.bytes_out = qn;
-                    rec.request_id = request_id;
-                    write_access_log(w, rec);
-                    if (qec || !keep_alive) {
+                    if (!co_await reply_quarantined(stored.ticket, quarantine_instance, quarantine_reason) ||
+                        !keep_alive) {
                         break;
                     }
                     continue;
@@ -1943,22 +1947,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                             earlier->message +
                                             "): not sent, the held request is released or discarded by an operator";
                     spdlog::info("request {}: {}", request_id, why);
-                    auto res = make_quarantined(earlier->ticket, earlier->breaker, why, request_id, client_version,
-                                                keep_alive);
-                    if (head_request) {
-                        res.body().clear();
-                    }
-                    dl.arm(lim.write_timeout);
-                    auto [qec, qn] = co_await write_message(sock, res, scratch);
-                    ++w.stats().generated;
-                    ++w.stats().responses_by_class[2];
-                    rec.status = 202;
-                    rec.decision = "quarantined";
-                    rec.code = {};
-                    rec.bytes_out = qn;
-                    rec.request_id = request_id;
-                    write_access_log(w, rec);
-                    if (qec || !keep_alive) {
+                    if (!co_await reply_quarantined(earlier->ticket, earlier->breaker, why) || !keep_alive) {
                         break;
                     }
                     continue;
