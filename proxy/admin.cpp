@@ -1724,10 +1724,22 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
     }
     std::int64_t after = 0;
     std::size_t limit = 100;
-    if (auto it = query_.find("after"); it != query_.end() && !it->second.empty()) {
+    // A page asked for wrongly is refused, not read as another page (`limit=abc` was 1).
+    auto count = [](const std::string& v) {
+        return !v.empty() && v.size() <= 18 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    for (const auto& [k, v] : query_) {
+        if (k != "after" && k != "limit") {
+            co_return fail({http::status::bad_request, "bad_field", cfg::quote(k) + " is not a parameter (after, limit)", k});
+        }
+        if (!count(v)) {
+            co_return fail({http::status::bad_request, "bad_field", cfg::quote(v) + " is not a count", k});
+        }
+    }
+    if (auto it = query_.find("after"); it != query_.end()) {
         after = std::atoll(it->second.c_str());
     }
-    if (auto it = query_.find("limit"); it != query_.end() && !it->second.empty()) {
+    if (auto it = query_.find("limit"); it != query_.end()) {
         limit = static_cast<std::size_t>(std::clamp<long long>(std::atoll(it->second.c_str()), 1, 1000));
     }
     const auto entries = db->list_audit(after, limit);

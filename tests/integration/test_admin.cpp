@@ -375,6 +375,10 @@ TEST(admin_api, quarantine_endpoints) {
     EXPECT_NE(bulk.body().find("\"released\":1"), std::string::npos) << bulk.body();
     EXPECT_EQ(f.up.request_count(), 2u);
     // The audit record says what happened, not just "ok".
+    // A page asked for wrongly is refused, not read as another page.
+    for (const char* q : {"/v1/audit?limit=abc", "/v1/audit?after=-1", "/v1/audit?limt=5"}) {
+        EXPECT_EQ(admin(f.port(), http::verb::get, q, "admin-token").result_int(), 400u) << q;
+    }
     auto log = admin(f.port(), http::verb::get, "/v1/audit?limit=1000", "admin-token");
     EXPECT_NE(log.body().find("ok: 1 matched, 1 released, 0 release_failed, 0 outcome_unknown, 0 skipped"),
               std::string::npos)
