@@ -28,6 +28,24 @@ inline bool is_method_override_name(std::string_view name) {
     return same("_method") || same("_HttpMethod");
 }
 
+// Whether a header name asks for another method (X-HTTP-Method-Override and its kin; any
+// ASCII case): refused on a request (proxy/framing.cpp) and in a Salesforce composite
+// subrequest's httpHeaders (rules/agent_constraints.cpp).
+inline bool is_method_override_header(std::string_view name) {
+    auto same = [&](std::string_view want) {
+        if (name.size() != want.size()) {
+            return false;
+        }
+        for (std::size_t i = 0; i < name.size(); ++i) {
+            if (std::tolower(static_cast<unsigned char>(name[i])) != want[i]) {
+                return false;
+            }
+        }
+        return true;
+    };
+    return same("x-http-method-override") || same("x-http-method") || same("x-method-override");
+}
+
 // The first such field of a urlencoded list (a query string, a form body), its name as
 // written, or "". Fields are split at any of `separators` (servers disagree on `;` and `#`);
 // names are percent-decoded as the upstream decodes them (`%5FHttpMethod`).

@@ -1067,6 +1067,21 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     co_return h;
 }
 
+// The first member of a JSON object a call does not know, if any: refused, never ignored
+// (a misspelt field read as absent acts without it).
+std::optional<std::string_view> unknown_field(simdjson::dom::element e, std::initializer_list<std::string_view> known) {
+    simdjson::dom::object o;
+    if (e.get(o) != simdjson::SUCCESS) {
+        return std::nullopt;
+    }
+    for (auto field : o) {
+        if (std::find(known.begin(), known.end(), field.key) == known.end()) {
+            return field.key;
+        }
+    }
+    return std::nullopt;
+}
+
 // `prefix`: how a field is named in an error ("filter." in a bulk body, "" in a query).
 store::list_filter filter_from(const std::map<std::string, std::string>& qy, std::optional<api_error>& err,
                                const std::string& prefix = "") {
@@ -1271,16 +1286,17 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     }
     // A bulk action acts on many requests: a field it does not know (`rate_per_sec`, a
     // filter field at the top) is refused rather than acted on without it.
-    if (simdjson::dom::object top; b->get(top) == simdjson::SUCCESS) {
-        for (auto field : top) {
-            const std::string_view k = field.key;
-            if (k != "filter" && k != "reason" && !(action == "release" && k == "rate_per_s")) {
-                co_return fail({http::status::bad_request, "bad_field",
-                                cfg::quote(k) + " is not a field of a bulk " + action + " (filter, reason" +
-                                    (action == "release" ? ", rate_per_s)" : ")"),
-                                std::string{k}});
-            }
-        }
+    std::optional<std::string_view> k;
+    if (action == "release") {
+        k = unknown_field(*b, {"filter", "reason", "rate_per_s"});
+    } else {
+        k = unknown_field(*b, {"filter", "reason"});
+    }
+    if (k) {
+        co_return fail({http::status::bad_request, "bad_field",
+                        cfg::quote(*k) + " is not a field of a bulk " + action + " (filter, reason" +
+                            (action == "release" ? ", rate_per_s)" : ")"),
+                        std::string{*k}});
     }
     simdjson::dom::element fe;
     store::list_filter f;
@@ -1575,18 +1591,13 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         // A field it does not know is refused, never applied without: a misspelt
         // "dry_run" in the body would apply for real, "metricsOnly" enforce at once,
         // "baseVersion" skip the version check.
-        if (simdjson::dom::object top; b->get(top) == simdjson::SUCCESS) {
-            for (auto field : top) {
-                const std::string_view k = field.key;
-                if (k != "config" && k != "reason" && k != "metrics_only" && k != "base_version") {
-                    auto f = fail({http::status::bad_request, "bad_field",
-                                   cfg::quote(k) + " is not a field of a config change (config, reason, metrics_only, "
-                                                   "base_version; dry_run is a query parameter)",
-                                   std::string{k}});
-                    f.mutation = true;
-                    co_return f;
-                }
-            }
+        if (const auto k = unknown_field(*b, {"config", "reason", "metrics_only", "base_version"})) {
+            auto f = fail({http::status::bad_request, "bad_field",
+                           cfg::quote(*k) + " is not a field of a config change (config, reason, metrics_only, "
+                                            "base_version; dry_run is a query parameter)",
+                           std::string{*k}});
+            f.mutation = true;
+            co_return f;
         }
         simdjson::dom::element ce;
         if ((*b)["config"].get(ce) != simdjson::SUCCESS || ce.type() != simdjson::dom::element_type::OBJECT) {

@@ -271,8 +271,7 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
             name.size() != 17 && name.size() != 22) {
             continue;
         }
-        if (iequals(name, "x-http-method-override") || iequals(name, "x-http-method") ||
-            iequals(name, "x-method-override")) {
+        if (is_method_override_header(name)) {
             // The upstream may act as the method named there (a POST that deletes), while
             // routes, agent scopes and rules judged the method on the wire.
             return {400, "method_override",

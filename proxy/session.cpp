@@ -1,5 +1,6 @@
 #include "proxy/session.hpp"
 
+#include "core/host_name.hpp"
 #include "core/json_reader.hpp"
 #include "core/sha256.hpp"
 #include "proxy/framing.hpp"
@@ -148,19 +149,6 @@ std::string_view host_without_port(std::string_view host) {
     }
     const auto colon = host.rfind(':');
     return colon == std::string_view::npos ? host : host.substr(0, colon);
-}
-
-// A host name as routes and rules compare it: an IPv6 literal without its brackets, and
-// without the root's trailing dot (`api.sendgrid.com.` is api.sendgrid.com to DNS and to the
-// upstream: it must not miss the route or the rule that names the host).
-std::string_view host_name(std::string_view h) {
-    if (h.size() > 2 && h.front() == '[' && h.back() == ']') {
-        h = h.substr(1, h.size() - 2);
-    }
-    if (h.size() > 1 && h.back() == '.') {
-        h.remove_suffix(1);
-    }
-    return h;
 }
 
 // The host of a request as rules see it (match.host, the "host" key): one spelling per
@@ -771,11 +759,8 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string
 // (An IPv6 literal with or without brackets; a trailing dot is not stripped here: such a
 // destination is refused, closed.)
 bool known_destination(const config& cfg, std::string_view host) {
-    auto unbracketed = [](std::string_view h) {
-        return h.size() > 2 && h.front() == '[' && h.back() == ']' ? h.substr(1, h.size() - 2) : h;
-    };
     return std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
-        return !r.match.host.empty() && iequals(unbracketed(r.match.host), unbracketed(host));
+        return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host));
     });
 }
 

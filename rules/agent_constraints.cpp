@@ -451,12 +451,6 @@ bool salesforce_composite_path(std::string_view path) {
     return false;
 }
 
-// Headers a subrequest may carry that ask for another method (as the proxy refuses them on
-// the request itself).
-bool method_override_header(std::string_view name) {
-    return iequals(name, "x-http-method-override") || iequals(name, "x-http-method") ||
-           iequals(name, "x-method-override");
-}
 
 // The subrequests of one array (compositeRequest or batchRequests); false if it does not
 // read as one (a wrong type, a subrequest without a string method and url).
@@ -479,7 +473,7 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
                     return false;
                 }
                 for (auto h : headers) {
-                    if (method_override_header(h.key)) {
+                    if (is_method_override_header(h.key)) {
                         out.push_back({"", "", "a subrequest header " + std::string{h.key.substr(0, 32)} +
                                                    " asking for another method"});
                     }

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/credential.hpp"
+#include "core/host_name.hpp"
 #include "core/json_key.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
@@ -523,16 +524,9 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
         m.path_prefix = *p;
     }
     if (auto h = r.string("host")) {
-        // As the proxy hands hosts to rules: lower case, an IPv6 literal without brackets,
-        // no trailing dot (a rule naming "[::1]" or "api.sendgrid.com." still matches).
-        std::string_view v = *h;
-        if (v.size() > 2 && v.front() == '[' && v.back() == ']') {
-            v = v.substr(1, v.size() - 2);
-        }
-        if (v.size() > 1 && v.back() == '.') {
-            v.remove_suffix(1);
-        }
-        m.host = lower(v);
+        // As the proxy hands hosts to rules (lower case, core/host_name.hpp): a rule naming
+        // "[::1]" or "api.sendgrid.com." still matches.
+        m.host = lower(host_name(*h));
     }
     if (auto hs = r.object("headers")) {
         simdjson::dom::object obj = hs->get_object().value_unsafe();

@@ -510,6 +510,12 @@ void read_summary(const statement& s, held_request& r) {
     r.detail = s.col_str(21);
 }
 
+// What tells a retry from another request under the same Idempotency-Key: SHA-256 of the
+// method, the target and the body's SHA-256 (stored with each keyed hold).
+std::string request_fingerprint(std::string_view method, std::string_view target, std::string_view body) {
+    return sha256_hex(std::string{method} + "\n" + std::string{target} + "\n" + sha256_hex(body));
+}
+
 result unavailable(std::string message) { return result::failure("store_unavailable", std::move(message)); }
 
 }  // namespace
@@ -1203,6 +1209,9 @@ void database::impl::run_batch(std::vector<op>& batch) {
 // On the writer, in queue order: a hold queued before this lookup is seen by it.
 database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& route,
                                                         const std::string& agent, const std::string& fingerprint) {
+    // The live records first, then what pruned ones left (migration 5). `idem_key != ''`
+    // repeats the partial index's condition, so SQLite may use it (without it, the plan
+    // scans every record of the agent).
     static constexpr const char* lookups[] = {
         "SELECT ticket, idem_fingerprint, state, breaker_instance FROM held_requests WHERE idem_key = ?1 AND "
         "idem_key != '' AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
@@ -1240,41 +1249,23 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     // A retry of a request held before (same key, route and agent): its ticket, nothing new
     // (before the limits: a retry of what is held already must not be refused as full).
     if (!r.idempotency_key.empty()) {
-        // The live records first, then what pruned ones left (migration 5): either answers
-        // a retry with the first ticket, and another request with the key as reused.
-        static constexpr const char* lookups[] = {
-            // `idem_key != ''` repeats the partial index's condition, so SQLite may use it
-            // (without it, the plan scans every record of the agent).
-            "SELECT ticket, idem_fingerprint, state FROM held_requests WHERE idem_key = ?1 AND idem_key != '' "
-            "AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
-            "SELECT ticket, fingerprint, state FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
-        for (const char* sql : lookups) {
-            auto s = ctx.c.prepared(sql);
-            if (!s.valid()) {
-                return fatal_stmt(SQLITE_ERROR, "prepare hold lookup");
+        outcome earlier = do_earlier_hold(ctx, r.idempotency_key, r.route, r.agent, fingerprint);
+        if (earlier.fatal_rc != 0 || !earlier.r.ok) {
+            return earlier;
+        }
+        if (!earlier.r.ticket.empty()) {
+            if (!earlier.r.duplicate) {
+                return outcome{result::failure(
+                    "idempotency_key_reused",
+                    "another request (method, target or body differ) was quarantined with this key as ticket " +
+                        earlier.r.ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
             }
-            s.text(1, r.idempotency_key);
-            s.text(2, r.route);
-            s.text(3, r.agent);
-            const int rc = s.step();
-            if (rc == SQLITE_ROW) {
-                const std::string ticket = s.col_str(0);
-                if (s.col_str(1) != fingerprint) {
-                    return outcome{result::failure(
-                        "idempotency_key_reused",
-                        "another request (method, target or body differ) was quarantined with this key as ticket " +
-                            ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
-                }
-                result again;
-                again.ticket = ticket;
-                again.duplicate = true;
-                again.message = "a retry of the request held as " + ticket + " (" + s.col_str(2) +
-                                (sql == lookups[1] ? ", its record since pruned" : "") + "): not held again";
-                return {again};
-            }
-            if (rc != SQLITE_DONE) {
-                return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
-            }
+            result again;
+            again.ticket = earlier.r.ticket;
+            again.duplicate = true;
+            again.message = "a retry of the request held as " + earlier.r.ticket + " (" + earlier.r.message +
+                            "): not held again";
+            return {again};
         }
     }
     const auto bytes = static_cast<std::int64_t>(r.body.size() + headers_blob.size());
@@ -1715,7 +1706,7 @@ void database::hold(held_request request, done_fn done) {
     auto fingerprint = std::make_shared<std::string>(
         request.idempotency_key.empty()
             ? std::string{}
-            : sha256_hex(request.method + "\n" + request.target + "\n" + sha256_hex(request.body)));
+            : request_fingerprint(request.method, request.target, request.body));
     if (!request.idempotency_key.empty()) {
         // Before the hold is queued: a live retry that comes while it waits in the queue
         // finds the key here and queues its lookup behind it (earlier_hold: the writer runs
@@ -1738,7 +1729,7 @@ bool database::may_hold_key(std::string_view key, std::string_view route, std::s
 void database::earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
                             std::string_view target, std::string_view body, done_fn done) {
     auto fingerprint = std::make_shared<std::string>(
-        sha256_hex(std::string{method} + "\n" + std::string{target} + "\n" + sha256_hex(body)));
+        request_fingerprint(method, target, body));
     impl_->enqueue(
         [p = impl_.get(), key = std::move(key), route = std::move(route), agent = std::move(agent),
          fingerprint](impl::batch_ctx& ctx) { return p->do_earlier_hold(ctx, key, route, agent, *fingerprint); },
