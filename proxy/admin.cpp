@@ -2333,6 +2333,10 @@ std::string render_metrics(server& srv) {
              "not see what changed since the last save).\n";
         o += "# TYPE breakerbox_breaker_state_unsaved gauge\n";
         o += "breakerbox_breaker_state_unsaved " + std::string{srv.breaker_state_unsaved() ? "1" : "0"} + "\n";
+        o += "# HELP breakerbox_rule_meters_unsaved 1 while the last save of the rules' counts failed (a restart "
+             "would go on from the counts of the last save that succeeded).\n";
+        o += "# TYPE breakerbox_rule_meters_unsaved gauge\n";
+        o += "breakerbox_rule_meters_unsaved " + std::string{srv.rule_meters_unsaved() ? "1" : "0"} + "\n";
         o += "# HELP breakerbox_store_hold_seconds Time from receiving a quarantined request to its durable commit.\n";
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);

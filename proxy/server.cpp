@@ -30,6 +30,7 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <algorithm>
 #include <future>
 #include <stdexcept>
 
@@ -415,6 +416,9 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     // opened by the first reload that configures a breaker (apply_config).
     if (!cfg_->breakers.empty() || cfg_->admin.enabled) {
         open_store(cfg_->store);
+    }
+    if (db_ && rt_->engine) {
+        restore_meters();  // before the first request, as breaker state is
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -826,6 +830,100 @@ remediation& server::remediation() {
     return *remediation_;
 }
 
+void server::restore_meters() {
+    // A cap must not come back from a restart as a fresh one (PRODUCT.md principle 4):
+    // counts that cannot be read are a reason not to start, as breaker state is.
+    std::string error;
+    auto loaded = db_->load_meters(*clock_, &error);
+    if (!loaded) {
+        throw std::runtime_error("cannot restore rule meters: " + error + " (refusing to start with every cap at zero)");
+    }
+    std::vector<rules::engine::saved_meter> saved;
+    saved.reserve(loaded->meters.size());
+    for (auto& m : loaded->meters) {
+        saved.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});
+    }
+    const auto restored = rt_->engine->restore_meters(saved, loaded->offset, clock_->now(), &error);
+    if (!restored) {
+        throw std::runtime_error("cannot restore rule meters: store " + cfg_->store.path + ": " + error +
+                                 " (refusing to start with every cap at zero; deleting the rule's row from the "
+                                 "rule_meters table starts it from zero)");
+    }
+    std::string started_over;
+    for (const auto& m : saved) {
+        if (std::find(restored->begin(), restored->end(), m.rule_id) == restored->end()) {
+            started_over += (started_over.empty() ? "" : ", ") + m.rule_id;
+        }
+    }
+    if (!restored->empty()) {
+        spdlog::info("restored the counts of {} rule(s) from {}", restored->size(), cfg_->store.path);
+    }
+    if (!started_over.empty()) {
+        spdlog::warn("rule(s) {} changed or were removed since their counts were saved: they start from zero", started_over);
+    }
+}
+
+bool server::save_meters(bool wait) {
+    if (!db_) {
+        return true;
+    }
+    {
+        std::unique_lock lock{meters_mu_};
+        if (wait) {
+            meters_cv_.wait(lock, [&] { return !meters_saving_; });
+        } else if (meters_saving_) {
+            return true;  // the one on its way carries nearly as much; the next tick the rest
+        }
+        meters_saving_ = true;
+    }
+    const auto rt = current_runtime();
+    std::vector<store::database::saved_meter> rows;
+    std::size_t hash = 0;
+    if (rt->engine) {
+        for (auto& m : rt->engine->save_meters()) {
+            hash = hash * 31 + std::hash<std::string_view>{}(m.state);
+            hash = hash * 31 + std::hash<std::string_view>{}(m.rule_id) + m.fingerprint;
+            rows.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});
+        }
+    }
+    {
+        std::lock_guard lock{meters_mu_};
+        if (meters_saved_hash_ == hash) {
+            meters_saving_ = false;
+            meters_cv_.notify_all();
+            return true;
+        }
+    }
+    auto done = std::make_shared<std::promise<bool>>();
+    auto saved = done->get_future();
+    db_->save_meters(std::move(rows), [this, hash, done](const store::result& r) {
+        {
+            std::lock_guard lock{meters_mu_};
+            meters_saving_ = false;
+            if (r.ok) {
+                meters_saved_hash_ = hash;
+                if (meters_failing_) {
+                    spdlog::info("rule meters saved again");
+                }
+                meters_failing_ = false;
+            } else if (!meters_failing_) {
+                meters_failing_ = true;
+                spdlog::warn("rule meters not saved ({}: {}); trying again every second: until a save succeeds, a "
+                             "restart would bring back the counts of the last one",
+                             r.code, r.message);
+            }
+        }
+        meters_cv_.notify_all();
+        done->set_value(r.ok);
+    });
+    return !wait || saved.get();
+}
+
+bool server::rule_meters_unsaved() {
+    std::lock_guard lock{meters_mu_};
+    return meters_failing_;
+}
+
 bool server::flush_breaker_state() {
     return state_writer_ ? state_writer_->flush() : true;
 }
@@ -1143,6 +1241,7 @@ int server::run() {
     control_tick_ = &tick;
     std::chrono::steady_clock::time_point drain_deadline{};
     std::chrono::steady_clock::time_point next_breaker_tick{};
+    std::chrono::steady_clock::time_point next_meter_save{};
     std::chrono::steady_clock::time_point next_prune = std::chrono::steady_clock::now() + std::chrono::seconds{10};
     std::function<void()> poll = [&] {
         tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
@@ -1156,6 +1255,11 @@ int server::run() {
             if (std::chrono::steady_clock::now() >= next_breaker_tick) {
                 next_breaker_tick = std::chrono::steady_clock::now() + std::chrono::seconds{1};
                 current_runtime()->breakers->tick(clock_->now());
+            }
+            // The counts of caps and baselines, for a restart (at most a second behind).
+            if (db_ && !stopping && std::chrono::steady_clock::now() >= next_meter_save) {
+                next_meter_save = std::chrono::steady_clock::now() + std::chrono::seconds{1};
+                save_meters(false);
             }
             // Retention: resolved quarantine records older than store.retention go away.
             if (db_ && std::chrono::steady_clock::now() >= next_prune) {
@@ -1209,6 +1313,11 @@ int server::run() {
     threads_.clear();
     if (access_log_) {
         drain_access_log(*access_log_);
+    }
+    // The counts as they stand once nothing is served any more: a restart goes on from them.
+    if (!save_meters(true)) {
+        spdlog::error("rule meters not saved at shutdown: a restart goes on from the counts of the last save (at "
+                      "most a second older)");
     }
     if (!flush_breaker_state()) {
         // Exit non-zero so a supervisor sees it: a restart reads the state last saved, and

@@ -15,6 +15,7 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <deque>
@@ -269,6 +270,13 @@ public:
     bool flush_breaker_state();
     // Whether the last save of breaker state failed (the writer is retrying).
     bool breaker_state_unsaved() const;
+    // Saves the rule meters (the counts of caps and baselines) to the store, so a restart
+    // carries them over: every second from the control thread (skipped when nothing changed
+    // or a save is still on its way), and with `wait` at shutdown and in tests, blocking
+    // until that save is durable. True when saved (or there is nothing to save).
+    bool save_meters(bool wait);
+    // Whether the last save of the rule meters failed (saves go on every second).
+    bool rule_meters_unsaved();
 
     // Runs `f(worker&)` on every worker's own thread, one after the other, and waits: how
     // the control thread reads per-thread statistics without racing the data plane.
@@ -333,6 +341,14 @@ private:
     // last completions post to the workers' io_contexts, which must still exist.
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
+    // save_meters(): one save at a time; the hash of the last saved content, to skip saves
+    // of what is already there; whether the last one failed (logged once per failing run).
+    std::mutex meters_mu_;
+    std::condition_variable meters_cv_;
+    bool meters_saving_ = false;
+    std::optional<std::size_t> meters_saved_hash_;
+    bool meters_failing_ = false;
+    void restore_meters();
     // Saved state of breakers this config does not have (e.g. a restart with an older config
     // file): kept in the store rather than erased, and restored when a reload configures the
     // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).

@@ -1127,6 +1127,44 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
     }
 }
 
+std::vector<engine::saved_meter> engine::save_meters() const {
+    std::vector<saved_meter> out;
+    for (std::size_t i = 0; i < meters_.size(); ++i) {
+        std::string state = meters_[i]->encode();
+        if (!state.empty()) {
+            out.push_back({set_->rules[i].id, set_->rules[i].fingerprint, std::move(state)});
+        }
+    }
+    return out;
+}
+
+std::optional<std::vector<std::string>> engine::restore_meters(const std::vector<saved_meter>& saved,
+                                                               std::chrono::milliseconds offset, time_point now,
+                                                               std::string* error) {
+    std::vector<std::string> restored;
+    for (const auto& m : saved) {
+        const auto it = std::find_if(set_->rules.begin(), set_->rules.end(), [&](const rule& r) { return r.id == m.rule_id; });
+        if (it == set_->rules.end() || it->fingerprint != m.fingerprint) {
+            continue;  // removed or changed since: starts from zero, as a reload starts it
+        }
+        const auto idx = static_cast<std::size_t>(it - set_->rules.begin());
+        const std::int64_t res = std::max<std::int64_t>(it->resolution.count(), 1);
+        // Rounded up: a bucket that straddles two of ours goes to the later one, so its
+        // counts stay in the window for a little longer, never for less.
+        const std::int64_t off = offset.count();
+        const std::int64_t shift = off >= 0 ? (off + res - 1) / res : -((-off) / res);
+        std::string why;
+        if (!meters_[idx]->restore(m.state, shift, epoch_of(now, it->resolution), &why)) {
+            if (error) {
+                *error = "rule " + m.rule_id + ": " + why;
+            }
+            return std::nullopt;
+        }
+        restored.push_back(m.rule_id);
+    }
+    return restored;
+}
+
 bool engine::shares_meter_with(const engine& other, std::string_view rule_id) const {
     const rule* a = set_->find_rule(rule_id);
     const rule* b = other.set_->find_rule(rule_id);

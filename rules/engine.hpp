@@ -149,6 +149,22 @@ public:
 
     const rule_set& rules() const { return *set_; }
     const std::shared_ptr<const rule_set>& rules_ptr() const { return set_; }
+    // Rule meters across a restart (store: rule_meters). save_meters(): one entry per rule
+    // whose meter holds anything (rule::fingerprint says which definition it belongs to).
+    struct saved_meter {
+        std::string rule_id;
+        std::uint64_t fingerprint = 0;
+        std::string state;  // rule_meter::encode()
+    };
+    std::vector<saved_meter> save_meters() const;
+    // Before the first request: restores every saved meter whose rule is here with the same
+    // fingerprint (a changed rule starts from zero, as a reload would start it). `offset` is
+    // what to add to a steady-clock time of the saving process to get this one's. Returns
+    // the ids of the rules restored; a saved meter that cannot be read is an error (*error
+    // names the rule) and the caller must not start (caps would start from zero).
+    std::optional<std::vector<std::string>> restore_meters(const std::vector<saved_meter>& saved, std::chrono::milliseconds offset,
+                                                           time_point now, std::string* error);
+
     // Whether this engine shares the meter of `rule_id` with `other` (reload adoption).
     bool shares_meter_with(const engine& other, std::string_view rule_id) const;
 

@@ -1,7 +1,10 @@
 #include "rules/meter.hpp"
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
+#include <cstring>
 
 namespace bb::rules {
 
@@ -42,6 +45,22 @@ void ring_window::recompute_totals() {
         }
         totals_[c] = t;
     }
+}
+
+void ring_window::restart_at(std::int64_t head) {
+    std::fill(values_.begin(), values_.end(), 0.0);
+    totals_[0] = totals_[1] = 0;
+    head_ = head;
+    started_ = true;
+}
+
+void ring_window::set_bucket(std::int64_t epoch, std::size_t channel, double value) {
+    if (epoch > head_ || epoch <= head_ - static_cast<std::int64_t>(n_) || channel >= channels_) {
+        return;
+    }
+    double& v = at(epoch, channel);
+    totals_[channel] += value - v;
+    v = value;
 }
 
 std::int64_t ring_window::book_epoch(std::int64_t epoch) const {
@@ -179,6 +198,267 @@ std::size_t rule_meter::bytes_per_key(std::size_t key_len) const {
     const std::size_t key_heap = key_len > 15 ? key_len + 1 : 0;
     const std::size_t slot = sizeof(meter_slot) + buckets_ * channels_ * sizeof(double);
     return node + sizeof(void*) + key_heap + slot;
+}
+
+// ---------------------------------------------------------------------------------------
+// Saved meters. A little-endian byte string (the store keeps it as a BLOB):
+//   u8 format (1), u32 buckets, u8 channels, u32 slots, then per slot:
+//   u8 kind (0 the unkeyed slot, 1 a key, 2 the overflow slot), u32 key length, key,
+//   i64 last_epoch, u8 ring started, i64 ring head, u32 buckets saved, per bucket i64
+//   epoch and `channels` f64, then the baseline: u8 started, i64 bucket, i64 first bucket,
+//   f64 current, mean, variance, u32 samples.
+// Hand-written rather than JSON: a meter may hold 100,000 keys of 60 buckets, saved every
+// second, and doubles must come back bit for bit (a cap at 10,000.0 is not one at 9,999.999).
+
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "saved meters are written in the host's byte order");
+constexpr std::uint8_t meter_format = 1;
+enum : std::uint8_t { slot_single = 0, slot_key = 1, slot_overflow = 2 };
+
+template <class T>
+void put(std::string& out, T v) {
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));
+    out.append(b, sizeof(T));
+}
+
+struct reader {
+    std::string_view in;
+    bool ok = true;
+    template <class T>
+    T get() {
+        T v{};
+        if (in.size() < sizeof(T)) {
+            ok = false;
+            return v;
+        }
+        std::memcpy(&v, in.data(), sizeof(T));
+        in.remove_prefix(sizeof(T));
+        return v;
+    }
+    std::string_view bytes(std::size_t n) {
+        if (in.size() < n) {
+            ok = false;
+            return {};
+        }
+        const auto b = in.substr(0, n);
+        in.remove_prefix(n);
+        return b;
+    }
+};
+
+// Whether a slot carries anything over: counts inside its window, or a baseline's history.
+bool worth_saving(const meter_slot& s, bool baseline) {
+    if (baseline) {
+        return s.base.started();
+    }
+    if (!s.ring.started()) {
+        return false;
+    }
+    for (std::size_t c = 0; c < s.ring.channels(); ++c) {
+        if (s.ring.total(c) != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void encode_slot(std::string& out, std::uint8_t kind, std::string_view key, const meter_slot& s) {
+    put<std::uint8_t>(out, kind);
+    put<std::uint32_t>(out, static_cast<std::uint32_t>(key.size()));
+    out.append(key);
+    put<std::int64_t>(out, s.last_epoch);
+    put<std::uint8_t>(out, s.ring.started() ? 1 : 0);
+    put<std::int64_t>(out, s.ring.head());
+    const auto n = static_cast<std::int64_t>(s.ring.buckets());
+    const std::size_t count_at = out.size();
+    put<std::uint32_t>(out, 0);
+    std::uint32_t saved = 0;
+    if (s.ring.started()) {
+        for (std::int64_t e = s.ring.head() - n + 1; e <= s.ring.head(); ++e) {
+            bool any = false;
+            for (std::size_t c = 0; c < s.ring.channels(); ++c) {
+                any |= s.ring.bucket(e, c) != 0;
+            }
+            if (!any) {
+                continue;
+            }
+            put<std::int64_t>(out, e);
+            for (std::size_t c = 0; c < s.ring.channels(); ++c) {
+                put<double>(out, s.ring.bucket(e, c));
+            }
+            ++saved;
+        }
+    }
+    std::memcpy(out.data() + count_at, &saved, sizeof saved);
+    const auto b = s.base.save();
+    put<std::uint8_t>(out, b.started ? 1 : 0);
+    put<std::int64_t>(out, b.bucket);
+    put<std::int64_t>(out, b.first_bucket);
+    put<double>(out, b.current);
+    put<double>(out, b.mean);
+    put<double>(out, b.var);
+    put<std::uint32_t>(out, b.samples);
+}
+
+}  // namespace
+
+std::string rule_meter::encode() {
+    std::string body;
+    std::uint32_t slots = 0;
+    for_each_slot([&](std::string_view key, meter_slot& s) {
+        if (!worth_saving(s, baseline_)) {
+            return;
+        }
+        const std::uint8_t kind = !keyed_ ? slot_single : key == overflow_key && &s == &overflow_ ? slot_overflow : slot_key;
+        encode_slot(body, kind, kind == slot_overflow ? std::string_view{} : key, s);
+        ++slots;
+    });
+    if (slots == 0) {
+        return {};
+    }
+    std::string out;
+    out.reserve(body.size() + 16);
+    put<std::uint8_t>(out, meter_format);
+    put<std::uint32_t>(out, static_cast<std::uint32_t>(buckets_));
+    put<std::uint8_t>(out, static_cast<std::uint8_t>(channels_));
+    put<std::uint32_t>(out, slots);
+    out += body;
+    return out;
+}
+
+bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error) {
+    auto fail = [&](std::string why) {
+        if (error) {
+            *error = std::move(why);
+        }
+        return false;
+    };
+    reader r{blob};
+    const auto format = r.get<std::uint8_t>();
+    const auto buckets = r.get<std::uint32_t>();
+    const auto channels = r.get<std::uint8_t>();
+    const auto count = r.get<std::uint32_t>();
+    if (!r.ok || format != meter_format) {
+        return fail("not a saved meter of a format this breakerbox reads");
+    }
+    if (buckets != buckets_ || channels != channels_) {
+        return fail("saved with " + std::to_string(buckets) + " buckets of " + std::to_string(channels) +
+                    " channel(s), the rule has " + std::to_string(buckets_) + " of " + std::to_string(channels_));
+    }
+    // Read and check all of it before anything is restored.
+    struct saved_slot {
+        std::uint8_t kind;
+        std::string key;
+        std::int64_t last_epoch;
+        bool ring_started;
+        std::int64_t head;
+        std::vector<std::pair<std::int64_t, std::array<double, 2>>> values;
+        baseline_state::image base;
+    };
+    std::vector<saved_slot> slots;
+    slots.reserve(std::min<std::size_t>(count, blob.size() / 40 + 1));
+    for (std::uint32_t i = 0; i < count && r.ok; ++i) {
+        saved_slot s;
+        s.kind = r.get<std::uint8_t>();
+        const auto len = r.get<std::uint32_t>();
+        s.key = std::string{r.bytes(len)};
+        s.last_epoch = r.get<std::int64_t>();
+        s.ring_started = r.get<std::uint8_t>() != 0;
+        s.head = r.get<std::int64_t>();
+        const auto nb = r.get<std::uint32_t>();
+        if (!r.ok || nb > buckets_ || s.kind > slot_overflow || (s.kind == slot_single) == keyed_) {
+            return fail("saved meter slot " + std::to_string(i) + " is malformed");
+        }
+        for (std::uint32_t b = 0; b < nb && r.ok; ++b) {
+            std::pair<std::int64_t, std::array<double, 2>> v{r.get<std::int64_t>(), {0, 0}};
+            for (std::size_t c = 0; c < channels_; ++c) {
+                v.second[c] = r.get<double>();
+            }
+            s.values.push_back(v);
+        }
+        s.base.started = r.get<std::uint8_t>() != 0;
+        s.base.bucket = r.get<std::int64_t>();
+        s.base.first_bucket = r.get<std::int64_t>();
+        s.base.current = r.get<double>();
+        s.base.mean = r.get<double>();
+        s.base.var = r.get<double>();
+        s.base.samples = r.get<std::uint32_t>();
+        slots.push_back(std::move(s));
+    }
+    if (!r.ok || !r.in.empty()) {
+        return fail("saved meter is truncated or has trailing bytes");
+    }
+    // Epochs far outside any clock (a damaged row) would overflow the shifts below.
+    constexpr std::int64_t bound = std::int64_t{1} << 52;
+    if (shift < -bound || shift > bound || now_epoch < -bound || now_epoch > bound) {
+        return fail("the saved meter's clock cannot be mapped onto this one");
+    }
+    for (const auto& s : slots) {
+        for (const std::int64_t e : {s.last_epoch, s.head, s.base.bucket, s.base.first_bucket}) {
+            if (e < -bound || e > bound) {
+                return fail("saved meter key " + s.key + " has an epoch outside any clock");
+            }
+        }
+        for (const auto& [e, v] : s.values) {
+            if (e < -bound || e > bound || e > s.head || e <= s.head - static_cast<std::int64_t>(buckets_) ||
+                !std::isfinite(v[0]) || !std::isfinite(v[1])) {
+                return fail("saved meter key " + s.key + " has a bucket outside its window or a value that is no number");
+            }
+        }
+        if (!std::isfinite(s.base.current) || !std::isfinite(s.base.mean) || !std::isfinite(s.base.var)) {
+            return fail("saved meter key " + s.key + " has a baseline that is no number");
+        }
+    }
+    auto apply = [&](const saved_slot& s, meter_slot& slot) {
+        // One shift for the whole slot (its buckets keep their distance from the head),
+        // pulled back so that nothing of it lies after now.
+        std::int64_t d = shift;
+        for (const std::int64_t e : {s.last_epoch, s.ring_started ? s.head : INT64_MIN,
+                                     s.base.started ? s.base.bucket : INT64_MIN}) {
+            if (e != INT64_MIN && e + d > now_epoch) {
+                d = now_epoch - e;
+            }
+        }
+        slot.last_epoch = s.last_epoch + d;
+        if (s.ring_started) {
+            slot.ring.restart_at(s.head + d);
+            for (const auto& [e, v] : s.values) {
+                for (std::size_t c = 0; c < channels_; ++c) {
+                    slot.ring.set_bucket(e + d, c, v[c]);
+                }
+            }
+        }
+        auto b = s.base;
+        b.bucket += d;
+        b.first_bucket += d;
+        slot.base.load(b);
+    };
+    for (const auto& s : slots) {
+        if (s.kind == slot_single) {
+            std::lock_guard lock{single_.mu};
+            apply(s, single_);
+        } else if (s.kind == slot_overflow) {
+            std::lock_guard lock{overflow_.mu};
+            apply(s, overflow_);
+            overflow_events_.fetch_add(1, std::memory_order_relaxed);
+        } else {
+            shard& sh = shard_of(s.key);
+            std::unique_lock write{sh.mu};
+            auto it = sh.slots.find(s.key);
+            if (it == sh.slots.end()) {
+                if (keys_.load(std::memory_order_relaxed) >= max_keys_) {
+                    continue;  // cannot happen for the same rule (same max_keys); bounded anyway
+                }
+                keys_.fetch_add(1, std::memory_order_relaxed);
+                it = sh.slots.emplace(s.key, std::make_unique<meter_slot>(buckets_, channels_)).first;
+            }
+            std::lock_guard lock{it->second->mu};
+            apply(s, *it->second);
+        }
+    }
+    return true;
 }
 
 }  // namespace bb::rules

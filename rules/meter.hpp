@@ -41,6 +41,16 @@ public:
     bool started() const { return started_; }
     std::int64_t head() const { return head_; }
     std::size_t buckets() const { return n_; }
+    std::size_t channels() const { return channels_; }
+    // The value of bucket `epoch` (inside the window at the head) on `channel`.
+    double bucket(std::int64_t epoch, std::size_t channel) const {
+        const auto n = static_cast<std::int64_t>(n_);
+        return values_[static_cast<std::size_t>(((epoch % n) + n) % n) * channels_ + channel];
+    }
+    // A restored window (rule_meter::restore): head at `head`, every bucket empty.
+    void restart_at(std::int64_t head);
+    // Sets bucket `epoch` (inside the window at the head) on `channel`; totals follow.
+    void set_bucket(std::int64_t epoch, std::size_t channel, double value);
     std::size_t memory_bytes() const { return sizeof(*this) + values_.capacity() * sizeof(double); }
 
 private:
@@ -79,6 +89,27 @@ public:
     double threshold(const baseline_spec& spec) const;
     std::int64_t bucket() const { return bucket_; }
     bool started() const { return started_; }
+
+    // Everything a restart must carry over (rule_meter::encode/restore).
+    struct image {
+        std::int64_t bucket = 0;
+        std::int64_t first_bucket = 0;
+        double current = 0;
+        double mean = 0;
+        double var = 0;
+        std::uint32_t samples = 0;
+        bool started = false;
+    };
+    image save() const { return {bucket_, first_bucket_, current_, mean_, var_, samples_, started_}; }
+    void load(const image& i) {
+        bucket_ = i.bucket;
+        first_bucket_ = i.first_bucket;
+        current_ = i.current;
+        mean_ = i.mean;
+        var_ = i.var;
+        samples_ = i.samples;
+        started_ = i.started;
+    }
 
 private:
     void fold(double x, double alpha);
@@ -135,6 +166,21 @@ public:
     bool with_overflow_slot(F&& f);
 
     meter_stats stats() const;
+
+    // Carrying the counts over a restart (PRODUCT.md principle 4: a cap is no fresh cap
+    // after a deploy). encode() is every key that holds something (counts inside its
+    // window, or a baseline's history), with its epochs as they are; "" when none does.
+    // Thread-safe: each slot is copied under its lock, as a scrape reads it.
+    std::string encode();
+    // Into a meter that has booked nothing yet: the keys of `blob` (encode() of a meter of
+    // the same rule), every epoch moved by `shift` (in units of the rule's resolution: the
+    // saving process's clock onto this one's) and never past `now_epoch` (a wall clock set
+    // back while we were down must not put counts in the future, where they would stay for
+    // longer than the window). Counts that have left the window at `now_epoch` go at the
+    // next booking, as they would have. False + *error if the blob is not one of this
+    // meter's (nothing restored then).
+    bool restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error);
+
     // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its
     // slot locked. For scrapes: it takes each shard's lock shared, one at a time.
     template <class F>

@@ -304,6 +304,27 @@ public:
     // nullopt + *error on a read failure.
     std::optional<bool> breaker_state_saved(std::string* error) const;
 
+    // --- rule meters: the counts of caps and baselines across a restart ---
+    struct saved_meter {
+        std::string rule_id;
+        std::uint64_t fingerprint = 0;  // rules::rule::fingerprint
+        std::string state;              // rules::rule_meter::encode()
+    };
+    // Replaces every saved meter with these, with the clocks of this moment (take the
+    // snapshot just before). Not essential: refused while the write queue is full (the next
+    // save carries the counts).
+    void save_meters(std::vector<saved_meter> meters, done_fn done);
+    struct loaded_meters {
+        std::vector<saved_meter> meters;
+        // What to add to a steady-clock time of the saving process to get one of `c`'s: zero
+        // within the same boot (the steady clock counts from boot), else through the wall
+        // clocks of the save and of now.
+        std::chrono::milliseconds offset{0};
+    };
+    // Empty when nothing was ever saved; nullopt + *error on a read failure or a save whose
+    // clocks are not plausible readings.
+    std::optional<loaded_meters> load_meters(const clock& c, std::string* error) const;
+
     // --- audit log (hash-chained) and config versions ---
     // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each
     // entry to the one before (done: r.count = the new id).

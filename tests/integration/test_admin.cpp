@@ -873,6 +873,37 @@ TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
     EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit", "view-token").body().find("now audited"), std::string::npos);
 }
 
+// The rules' counts are saved for a restart (every second and at shutdown); a save that
+// fails shows in /metrics until one succeeds, and the next one carries the counts.
+TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succeeds) {
+    admin_fixture f;
+    auto gauge = [&] {
+        const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+        const auto at = text.find("\nbreakerbox_rule_meters_unsaved ");
+        return at == std::string::npos ? std::string{"missing"} : text.substr(at + 32, 1);
+    };
+    send_mail(f.bb.port(), "m");
+    ASSERT_TRUE(f.bb.server().save_meters(true));
+    EXPECT_EQ(gauge(), "0");
+    send_mail(f.bb.port(), "m");
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1'000'000);
+    EXPECT_FALSE(f.bb.server().save_meters(true));
+    EXPECT_EQ(gauge(), "1");
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 0);
+    EXPECT_TRUE(f.bb.server().save_meters(true));
+    EXPECT_EQ(gauge(), "0");
+    std::string err;
+    const auto saved = f.bb.server().db()->load_meters(bb::real_clock{}, &err);
+    ASSERT_TRUE(saved) << err;
+    ASSERT_EQ(saved->meters.size(), 1u);
+    EXPECT_EQ(saved->meters[0].rule_id, "recipients");
+    bb::rules::engine fresh{f.bb.server().current_runtime()->engine->rules_ptr()};
+    ASSERT_TRUE(fresh.restore_meters({{saved->meters[0].rule_id, saved->meters[0].fingerprint, saved->meters[0].state}},
+                                     saved->offset, f.bb.server().now(), &err))
+        << err;
+    EXPECT_EQ(fresh.read("recipients", "m", f.bb.server().now())->value, 2) << "both sends are in the saved counts";
+}
+
 // Counters stay with their route's name when a reload inserts a route before it.
 TEST(admin_api, route_counters_follow_their_route_across_a_reload) {
     admin_fixture f;

@@ -29,6 +29,8 @@
 
 #include "store/database.hpp"
 
+#include <sqlite3.h>
+
 #include <openssl/evp.h>
 
 extern char** environ;
@@ -499,6 +501,76 @@ TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart)
                            {{"content-type", "application/json"}, {"x-campaign-id", "autumn"}})
                   .result_int(),
               202u);
+    ::kill(again.pid(), SIGTERM);
+    EXPECT_EQ(again.wait_exit(), 0);
+}
+
+// A cap is no fresh cap after a restart (PRODUCT.md principle 4): the counts are saved every
+// second and at shutdown, and read back before the first request. 10 of 15 recipients sent,
+// then a kill -9 after a periodic save (seen in the store), or a SIGTERM at once: the next 10
+// cross the cap.
+TEST(durability, a_cap_keeps_its_counts_across_kill_9_and_sigterm_restarts) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
+    cfg.insert(cfg.rfind('}'),
+               ", \"store\": {\"path\": \"" + dir +
+                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+                   "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 15,"
+                   "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
+    write_file(dir + "/bb.json", cfg);
+    const std::string ten = "{\"to\":[1,2,3,4,5,6,7,8,9,10]}";
+    auto send = [&](std::uint16_t port, const std::string& campaign) {
+        return http_request(port, http::verb::post, "/v3/mail/send", ten,
+                            {{"content-type", "application/json"}, {"x-campaign-id", campaign}});
+    };
+    // Whether the store holds saved counts (read beside the running process, as SQLite lets).
+    auto saved_rows = [&] {
+        sqlite3* db = nullptr;
+        int rows = -1;
+        if (sqlite3_open_v2((dir + "/bb.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+            sqlite3_exec(db, "SELECT count(*) FROM rule_meters", [](void* out, int, char** v, char**) {
+                *static_cast<int*>(out) = std::atoi(v[0]);
+                return 0;
+            }, &rows, nullptr);
+        }
+        sqlite3_close(db);
+        return rows;
+    };
+    {
+        child bb{{"--config", dir + "/bb.json"}};
+        const auto port = started_port(bb);
+        ASSERT_NE(port, 0);
+        EXPECT_EQ(send(port, "spring").result_int(), 202u);
+        // The control thread saves once a second: wait (bounded) for it to be in the store.
+        const auto until = std::chrono::steady_clock::now() + 20s;
+        while (saved_rows() < 1 && std::chrono::steady_clock::now() < until) {
+            ::poll(nullptr, 0, 20);
+        }
+        ASSERT_EQ(saved_rows(), 1);
+        ::kill(bb.pid(), SIGKILL);
+        EXPECT_EQ(bb.wait_exit(), 128 + SIGKILL);
+    }
+    {
+        child bb{{"--config", dir + "/bb.json"}};
+        const auto port = started_port(bb);
+        ASSERT_NE(port, 0);
+        auto res = send(port, "spring");  // 10 + 10 > 15
+        EXPECT_EQ(res.result_int(), 503u) << res;
+        EXPECT_EQ(res["x-breakerbox-decision"], "paused");
+        // Another campaign: 10 sent, then a SIGTERM at once (no periodic save yet needed).
+        EXPECT_EQ(send(port, "autumn").result_int(), 202u);
+        ::kill(bb.pid(), SIGTERM);
+        EXPECT_EQ(bb.wait_exit(), 0);
+    }
+    child again{{"--config", dir + "/bb.json"}};
+    const auto port = started_port(again);
+    ASSERT_NE(port, 0);
+    auto res = send(port, "autumn");
+    EXPECT_EQ(res.result_int(), 503u) << res;
+    EXPECT_EQ(up.request_count(), 2u) << "one send of each campaign reached the upstream, none after a restart";
     ::kill(again.pid(), SIGTERM);
     EXPECT_EQ(again.wait_exit(), 0);
 }

@@ -297,3 +297,145 @@ TEST(BoundedKeys, KeyValuesAreTruncated) {
 
 }  // namespace
 }  // namespace bb::rules::test
+
+namespace bb::rules::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Counts carried over a restart (engine::save_meters / restore_meters): a cap of 100 per
+// campaign an hour, 90 booked before the restart, is a cap of 10 after it, not of 100.
+const char* hourly_cap = R"j({"id": "cap", "route": "mail-send", "key": ["header:x-campaign-id"],
+    "measure": {"sum": "count($.personalizations[*].to[*])"}, "window": "1h", "limit": 100,
+    "failure_mode": "volume-spike", "trips": "campaign-volume"})j";
+
+decision send(engine& eng, std::string_view campaign, int recipients, time_point now) {
+    request req;
+    req.header("x-campaign-id", std::string{campaign});
+    req.body = sendgrid_body(recipients);
+    return eng.evaluate(req.view(), now);
+}
+
+TEST(SavedMeters, ACapKeepsItsCountsAcrossARestart) {
+    manual_clock clock;
+    clock.set(time_point{std::chrono::minutes{60'000}});
+    engine before{load_ok(config(hourly_cap))};
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(send(before, "spring", 30, clock.now()).allowed());
+    }
+    ASSERT_TRUE(send(before, "autumn", 5, clock.now()).allowed());
+    const auto saved = before.save_meters();
+    ASSERT_EQ(saved.size(), 1u);
+    EXPECT_EQ(saved[0].rule_id, "cap");
+
+    // The same boot, 10 minutes later (the steady clock went on: offset 0).
+    clock.advance(10min);
+    engine after{load_ok(config(hourly_cap))};
+    std::string error;
+    const auto restored = after.restore_meters(saved, 0ms, clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_EQ(*restored, std::vector<std::string>{"cap"});
+    EXPECT_EQ(after.read("cap", "spring", clock.now())->value, 90);
+    EXPECT_EQ(after.read("cap", "autumn", clock.now())->value, 5);
+    EXPECT_FALSE(send(after, "spring", 11, clock.now()).allowed());
+    EXPECT_TRUE(send(after, "spring", 10, clock.now()).allowed());
+    EXPECT_FALSE(send(after, "spring", 1, clock.now()).allowed());
+    // The counts leave the window when they would have: an hour after they were booked.
+    clock.advance(50min);
+    EXPECT_TRUE(send(after, "spring", 30, clock.now()).allowed());
+    EXPECT_EQ(after.read("cap", "spring", clock.now())->value, 40) << "the 10 booked after the restart are still in";
+}
+
+TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFuture) {
+    manual_clock clock;
+    clock.set(time_point{std::chrono::minutes{60'000}});
+    engine before{load_ok(config(hourly_cap))};
+    ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
+    const auto saved = before.save_meters();
+    // After a reboot the steady clock starts near zero: the saving process's time T is
+    // T + offset here. 20 minutes passed: the counts have 40 minutes left.
+    const time_point reboot_now{std::chrono::minutes{5}};
+    const auto offset = std::chrono::duration_cast<std::chrono::milliseconds>(reboot_now - 20min - clock.now());
+    engine after{load_ok(config(hourly_cap))};
+    std::string error;
+    ASSERT_TRUE(after.restore_meters(saved, offset, reboot_now, &error)) << error;
+    EXPECT_FALSE(send(after, "spring", 11, reboot_now).allowed());
+    EXPECT_FALSE(send(after, "spring", 11, reboot_now + 39min).allowed());
+    EXPECT_TRUE(send(after, "spring", 11, reboot_now + 41min).allowed());
+
+    // A wall clock set back while we were down would put the counts after now: they are
+    // put at now instead (a full window more, the safe side), not in the future.
+    engine skewed{load_ok(config(hourly_cap))};
+    ASSERT_TRUE(skewed.restore_meters(saved, offset + 3h, reboot_now, &error)) << error;
+    EXPECT_EQ(skewed.read("cap", "spring", reboot_now)->value, 90);
+    EXPECT_FALSE(send(skewed, "spring", 11, reboot_now + 59min).allowed());
+    EXPECT_TRUE(send(skewed, "spring", 11, reboot_now + 61min).allowed());
+}
+
+TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
+    manual_clock clock;
+    engine before{load_ok(config(hourly_cap))};
+    ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
+    auto saved = before.save_meters();
+    std::string error;
+    // Another window is another meter (as a reload sees it): its counts start again. (A new
+    // limit is not: the counts are judged by it, at a reload as at a restart.)
+    std::string looser = hourly_cap;
+    looser.replace(looser.find("\"window\": \"1h\""), 14, "\"window\": \"2h\"");
+    engine changed{load_ok(config(looser))};
+    const auto restored = changed.restore_meters(saved, 0ms, clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_TRUE(restored->empty());
+    EXPECT_FALSE(changed.read("cap", "spring", clock.now()));
+    // A damaged row: refused whole, with the rule named.
+    for (const std::size_t cut : {std::size_t{1}, std::size_t{9}, saved[0].state.size() - 1}) {
+        auto damaged = saved;
+        damaged[0].state.resize(cut);
+        engine fresh{load_ok(config(hourly_cap))};
+        EXPECT_FALSE(fresh.restore_meters(damaged, 0ms, clock.now(), &error)) << cut;
+        EXPECT_NE(error.find("rule cap: "), std::string::npos) << error;
+        EXPECT_FALSE(fresh.read("cap", "spring", clock.now())) << "nothing half-restored";
+    }
+    auto trailing = saved;
+    trailing[0].state += "x";
+    engine fresh{load_ok(config(hourly_cap))};
+    EXPECT_FALSE(fresh.restore_meters(trailing, 0ms, clock.now(), &error));
+    // An idle meter saves nothing.
+    engine idle{load_ok(config(hourly_cap))};
+    EXPECT_TRUE(idle.save_meters().empty());
+}
+
+TEST(SavedMeters, ABaselineKeepsItsHistorySoARestartDoesNotStartItsWarmupAgain) {
+    manual_clock clock;
+    clock.set(time_point{std::chrono::minutes{60'000}});
+    engine before{load_ok(baseline_rule())};
+    request req;
+    req.header("x-campaign-id", "spring");
+    req.body = sendgrid_body(10);
+    for (int bucket = 0; bucket < 30; ++bucket) {
+        for (int i = 0; i < 100; ++i) {
+            ASSERT_TRUE(before.evaluate(req.view(), clock.now() + std::chrono::milliseconds{i * 50}).allowed());
+        }
+        clock.advance(1min);
+    }
+    const auto saved = before.save_meters();
+    engine after{load_ok(baseline_rule())};
+    std::string error;
+    ASSERT_TRUE(after.restore_meters(saved, 0ms, clock.now(), &error)) << error;
+    // Armed at once: a 10x spike in the first bucket after the restart trips.
+    int sent = 0;
+    for (; sent < 1000; ++sent) {
+        if (!after.evaluate(req.view(), clock.now() + std::chrono::milliseconds{sent * 5}).allowed()) {
+            break;
+        }
+    }
+    EXPECT_LT(sent, 400) << "a restored baseline is armed; a fresh one would let the spike through for 10 minutes";
+    // A fresh engine lets the whole spike through (what the restore prevents).
+    engine fresh{load_ok(baseline_rule())};
+    for (int i = 0; i < 1000; ++i) {
+        ASSERT_TRUE(fresh.evaluate(req.view(), clock.now() + std::chrono::milliseconds{i * 5}).allowed());
+    }
+}
+
+}  // namespace
+}  // namespace bb::rules::test
