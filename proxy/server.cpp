@@ -880,7 +880,7 @@ bool server::save_meters(bool wait) {
     std::vector<store::database::saved_meter> rows;
     std::size_t hash = 0;
     if (rt->engine) {
-        for (auto& m : rt->engine->save_meters()) {
+        for (auto& m : rt->engine->save_meters(clock_->now())) {
             hash = hash * 31 + std::hash<std::string_view>{}(m.state);
             hash = hash * 31 + std::hash<std::string_view>{}(m.rule_id) + m.fingerprint;
             rows.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});

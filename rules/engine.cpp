@@ -1127,12 +1127,16 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
     }
 }
 
-std::vector<engine::saved_meter> engine::save_meters() const {
+std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
     std::vector<saved_meter> out;
+    const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     for (std::size_t i = 0; i < meters_.size(); ++i) {
-        std::string state = meters_[i]->encode();
+        const rule& r = set_->rules[i];
+        // A duplicates guard counts in its table (its meter books nothing); its table goes
+        // on across a change of only max or window, as at a reload.
+        std::string state = dups_[i] ? dups_[i]->encode(now_ms) : meters_[i]->encode();
         if (!state.empty()) {
-            out.push_back({set_->rules[i].id, set_->rules[i].fingerprint, std::move(state)});
+            out.push_back({r.id, dups_[i] ? r.counter_fingerprint : r.fingerprint, std::move(state)});
         }
     }
     return out;
@@ -1144,16 +1148,30 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
     std::vector<std::string> restored;
     for (const auto& m : saved) {
         const auto it = std::find_if(set_->rules.begin(), set_->rules.end(), [&](const rule& r) { return r.id == m.rule_id; });
-        if (it == set_->rules.end() || it->fingerprint != m.fingerprint) {
-            continue;  // removed or changed since: starts from zero, as a reload starts it
+        if (it == set_->rules.end()) {
+            continue;
         }
         const auto idx = static_cast<std::size_t>(it - set_->rules.begin());
+        if ((dups_[idx] ? it->counter_fingerprint : it->fingerprint) != m.fingerprint) {
+            continue;  // changed since: starts from zero, as a reload starts it
+        }
+        std::string why;
+        if (dups_[idx]) {
+            const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
+            if (!dups_[idx]->restore(m.state, offset.count(), now_ms, &why)) {
+                if (error) {
+                    *error = "rule " + m.rule_id + ": " + why;
+                }
+                return std::nullopt;
+            }
+            restored.push_back(m.rule_id);
+            continue;
+        }
         const std::int64_t res = std::max<std::int64_t>(it->resolution.count(), 1);
         // Rounded up: a bucket that straddles two of ours goes to the later one, so its
         // counts stay in the window for a little longer, never for less.
         const std::int64_t off = offset.count();
         const std::int64_t shift = off >= 0 ? (off + res - 1) / res : -((-off) / res);
-        std::string why;
         if (!meters_[idx]->restore(m.state, shift, epoch_of(now, it->resolution), &why)) {
             if (error) {
                 *error = "rule " + m.rule_id + ": " + why;

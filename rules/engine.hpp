@@ -150,13 +150,14 @@ public:
     const rule_set& rules() const { return *set_; }
     const std::shared_ptr<const rule_set>& rules_ptr() const { return set_; }
     // Rule meters across a restart (store: rule_meters). save_meters(): one entry per rule
-    // whose meter holds anything (rule::fingerprint says which definition it belongs to).
+    // whose meter holds anything (rule::fingerprint says which definition it belongs to), or
+    // whose duplicates table holds a send in its window at `now` (rule::counter_fingerprint).
     struct saved_meter {
         std::string rule_id;
         std::uint64_t fingerprint = 0;
         std::string state;  // rule_meter::encode()
     };
-    std::vector<saved_meter> save_meters() const;
+    std::vector<saved_meter> save_meters(time_point now) const;
     // Before the first request: restores every saved meter whose rule is here with the same
     // fingerprint (a changed rule starts from zero, as a reload would start it). `offset` is
     // what to add to a steady-clock time of the saving process to get this one's. Returns

@@ -2745,6 +2745,149 @@ std::shared_ptr<duplicate_counter> duplicate_counter::with_limits(std::uint32_t 
     return c;
 }
 
+// Saved tables: u8 format (1), u32 pairs, then per pair u64 key, u8 probation, i64 last
+// refusal, u32 sends, i64 send times (oldest first). Little-endian, like saved meters.
+namespace {
+
+constexpr std::uint8_t counter_format = 1;
+
+template <class T>
+void put_raw(std::string& out, T v) {
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));
+    out.append(b, sizeof(T));
+}
+
+template <class T>
+bool get_raw(std::string_view& in, T& v) {
+    if (in.size() < sizeof(T)) {
+        return false;
+    }
+    std::memcpy(&v, in.data(), sizeof(T));
+    in.remove_prefix(sizeof(T));
+    return true;
+}
+
+}  // namespace
+
+std::string duplicate_counter::encode(std::int64_t now_ms) const {
+    std::string body;
+    std::uint32_t pairs = 0;
+    for (auto& s : shards_) {
+        std::lock_guard lock{s.mu};
+        for (int l = 0; l < 2; ++l) {
+            for (std::uint32_t c = s.oldest[l]; c != none; c = s.slots[c].newer) {
+                const slot& e = s.slots[c];
+                const std::size_t sends = in_window(e, now_ms);
+                if (sends == 0 && e.refused_ms <= now_ms - window_ms_) {
+                    continue;  // nothing of it counts any more
+                }
+                put_raw<std::uint64_t>(body, e.key);
+                put_raw<std::uint8_t>(body, e.probation ? 1 : 0);
+                put_raw<std::int64_t>(body, e.refused_ms);
+                put_raw<std::uint32_t>(body, static_cast<std::uint32_t>(sends));
+                for (std::size_t k = e.times.size() - sends; k < e.times.size(); ++k) {
+                    put_raw<std::int64_t>(body, e.times[k]);
+                }
+                ++pairs;
+            }
+        }
+    }
+    if (pairs == 0) {
+        return {};
+    }
+    std::string out;
+    put_raw<std::uint8_t>(out, counter_format);
+    put_raw<std::uint32_t>(out, pairs);
+    return out + body;
+}
+
+bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, std::int64_t now_ms, std::string* error) {
+    struct pair {
+        std::uint64_t key;
+        bool probation;
+        std::int64_t refused_ms;
+        std::vector<std::int64_t> times;
+    };
+    auto fail = [&](const char* why) {
+        if (error) {
+            *error = why;
+        }
+        return false;
+    };
+    std::string_view in = blob;
+    std::uint8_t format = 0;
+    std::uint32_t count = 0;
+    if (!get_raw(in, format) || !get_raw(in, count) || format != counter_format) {
+        return fail("not a saved duplicates table of a format this breakerbox reads");
+    }
+    constexpr std::int64_t bound = std::int64_t{1} << 60;
+    std::vector<pair> pairs;
+    pairs.reserve(std::min<std::size_t>(count, blob.size() / 25));
+    for (std::uint32_t i = 0; i < count; ++i) {
+        pair p;
+        std::uint8_t probation = 0;
+        std::uint32_t sends = 0;
+        if (!get_raw(in, p.key) || !get_raw(in, probation) || !get_raw(in, p.refused_ms) || !get_raw(in, sends) ||
+            sends > in.size() / sizeof(std::int64_t)) {
+            return fail("saved duplicates table is truncated");
+        }
+        p.probation = probation != 0;
+        p.times.resize(sends);
+        for (auto& t : p.times) {
+            get_raw(in, t);
+            if (t < -bound || t > bound || (&t != p.times.data() && t < (&t)[-1])) {
+                return fail("saved duplicates table has a send time out of order or outside any clock");
+            }
+        }
+        if (p.refused_ms != std::numeric_limits<std::int64_t>::min() && (p.refused_ms < -bound || p.refused_ms > bound)) {
+            return fail("saved duplicates table has a refusal time outside any clock");
+        }
+        pairs.push_back(std::move(p));
+    }
+    if (!in.empty()) {
+        return fail("saved duplicates table has trailing bytes");
+    }
+    if (shift_ms < -bound || shift_ms > bound || now_ms < -bound || now_ms > bound) {
+        return fail("the saved duplicates table's clock cannot be mapped onto this one");
+    }
+    const std::size_t main_cap = per_shard_ - probation_;
+    for (auto& p : pairs) {
+        // One shift for the pair, pulled back so that nothing of it lies after now.
+        std::int64_t d = shift_ms;
+        const std::int64_t latest = std::max(p.times.empty() ? INT64_MIN : p.times.back(), p.refused_ms);
+        if (latest != std::numeric_limits<std::int64_t>::min() && latest + d > now_ms) {
+            d = now_ms - latest;
+        }
+        shard& s = shard_of(p.key);
+        std::lock_guard lock{s.mu};
+        const int l = p.probation ? 1 : 0;
+        if (s.index.contains(p.key) || s.count[l] >= (l == 0 ? main_cap : probation_)) {
+            continue;
+        }
+        std::uint32_t i;
+        if (!s.free.empty()) {
+            i = s.free.back();
+            s.free.pop_back();
+        } else {
+            i = static_cast<std::uint32_t>(s.slots.size());
+            s.slots.emplace_back();
+        }
+        slot& e = s.slots[i];
+        e.key = p.key;
+        e.probation = p.probation;
+        e.refused_ms = p.refused_ms == std::numeric_limits<std::int64_t>::min() ? p.refused_ms : p.refused_ms + d;
+        e.times.clear();
+        for (const std::int64_t t : p.times) {
+            e.times.push_back(t + d);
+        }
+        e.head = 0;
+        s.push_newest(i);
+        s.index.emplace(p.key, i);
+    }
+    return true;
+}
+
 void duplicate_counter::unbook(std::uint64_t key, std::int64_t now_ms) {
     shard& s = shard_of(key);
     std::lock_guard lock{s.mu};

@@ -322,6 +322,15 @@ public:
     // that fails or is shadowed leaves the running rule as it was.
     std::shared_ptr<duplicate_counter> with_limits(std::uint32_t max, milliseconds window) const;
     std::size_t max_keys() const { return max_keys_; }
+    // Carrying the sends over a restart (as rule_meter::encode/restore do for caps): every
+    // pair with a send in the window ending at now_ms, or refused in it, least recently seen
+    // first; "" when there is none.
+    std::string encode(std::int64_t now_ms) const;
+    // Into a table that has booked nothing yet: the pairs of `blob`, every time moved by
+    // `shift_ms` (the saving process's clock onto this one's) and never past now_ms. Pairs
+    // beyond this table's room are left out (the same rule has the same room). False +
+    // *error if the blob is not a saved table (nothing restored then).
+    bool restore(std::string_view blob, std::int64_t shift_ms, std::int64_t now_ms, std::string* error);
     std::size_t keys() const;
     std::uint64_t evictions() const;
     // New pairs not tracked because every tracked pair of their shard was in its window.

@@ -1468,6 +1468,58 @@ TEST(GuardDuplicates, SameRecipientAndSubjectMoreThanMaxInTheWindow) {
     EXPECT_FALSE(f.check(req).allowed());
 }
 
+// A loop that goes on across a restart (a deploy while an agent resends one mail) is still
+// a loop: the sends in the window are saved with the rule meters and restored.
+TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
+    const auto rules = dup_rule(R"j({"max": 3, "window": "10m", "of": ["recipient", "subject"]})j");
+    fixture f{rules};
+    f.clock.set(time_point{std::chrono::hours{1000}});
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(f.check(req).allowed()) << i;
+        f.clock.advance(1min);
+    }
+    request bob;
+    bob.body = sendgrid_to({"bob@example.com"});
+    ASSERT_TRUE(f.check(bob).allowed());
+    const auto saved = f.eng.save_meters(f.clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+
+    // Another process of the same boot, a minute later.
+    fixture again{rules};
+    again.clock.set(f.clock.now() + 1min);
+    std::string error;
+    ASSERT_TRUE(again.eng.restore_meters(saved, 0ms, again.clock.now(), &error)) << error;
+    EXPECT_FALSE(again.check(req).allowed()) << "the fourth send to jane in 10 minutes";
+    EXPECT_TRUE(again.check(bob).allowed());
+    EXPECT_TRUE(again.check(bob).allowed());
+    EXPECT_FALSE(again.check(bob).allowed()) << "bob's first send came from before the restart";
+    // The first send leaves the window when it would have (t0 + 10m).
+    again.clock.set(f.clock.now() - 3min + 10min + 1ms);
+    EXPECT_TRUE(again.check(req).allowed());
+    EXPECT_FALSE(again.check(req).allowed());
+
+    // A new max or window keeps the sends (as at a reload); another `of` starts from zero.
+    fixture tighter{dup_rule(R"j({"max": 2, "window": "10m", "of": ["recipient", "subject"]})j")};
+    tighter.clock.set(f.clock.now());
+    auto restored = tighter.eng.restore_meters(saved, 0ms, tighter.clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_EQ(restored->size(), 1u);
+    EXPECT_FALSE(tighter.check(req).allowed());
+    fixture other{dup_rule(R"j({"max": 3, "window": "10m", "of": ["recipient"]})j")};
+    other.clock.set(f.clock.now());
+    restored = other.eng.restore_meters(saved, 0ms, other.clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_TRUE(restored->empty());
+    // A damaged table is refused, nothing restored.
+    auto damaged = saved;
+    damaged[0].state.resize(damaged[0].state.size() - 3);
+    fixture fresh{rules};
+    EXPECT_FALSE(fresh.eng.restore_meters(damaged, 0ms, f.clock.now(), &error));
+    EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
+}
+
 TEST(GuardDuplicates, ByTemplateAndPerPersonalizationSubjects) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "template"]})j")};
     request req;

@@ -324,7 +324,7 @@ TEST(SavedMeters, ACapKeepsItsCountsAcrossARestart) {
         ASSERT_TRUE(send(before, "spring", 30, clock.now()).allowed());
     }
     ASSERT_TRUE(send(before, "autumn", 5, clock.now()).allowed());
-    const auto saved = before.save_meters();
+    const auto saved = before.save_meters(clock.now());
     ASSERT_EQ(saved.size(), 1u);
     EXPECT_EQ(saved[0].rule_id, "cap");
 
@@ -351,7 +351,7 @@ TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFutu
     clock.set(time_point{std::chrono::minutes{60'000}});
     engine before{load_ok(config(hourly_cap))};
     ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
-    const auto saved = before.save_meters();
+    const auto saved = before.save_meters(clock.now());
     // After a reboot the steady clock starts near zero: the saving process's time T is
     // T + offset here. 20 minutes passed: the counts have 40 minutes left.
     const time_point reboot_now{std::chrono::minutes{5}};
@@ -376,7 +376,7 @@ TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
     manual_clock clock;
     engine before{load_ok(config(hourly_cap))};
     ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
-    auto saved = before.save_meters();
+    auto saved = before.save_meters(clock.now());
     std::string error;
     // Another window is another meter (as a reload sees it): its counts start again. (A new
     // limit is not: the counts are judged by it, at a reload as at a restart.)
@@ -402,7 +402,7 @@ TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
     EXPECT_FALSE(fresh.restore_meters(trailing, 0ms, clock.now(), &error));
     // An idle meter saves nothing.
     engine idle{load_ok(config(hourly_cap))};
-    EXPECT_TRUE(idle.save_meters().empty());
+    EXPECT_TRUE(idle.save_meters(clock.now()).empty());
 }
 
 TEST(SavedMeters, ABaselineKeepsItsHistorySoARestartDoesNotStartItsWarmupAgain) {
@@ -418,7 +418,7 @@ TEST(SavedMeters, ABaselineKeepsItsHistorySoARestartDoesNotStartItsWarmupAgain) 
         }
         clock.advance(1min);
     }
-    const auto saved = before.save_meters();
+    const auto saved = before.save_meters(clock.now());
     engine after{load_ok(baseline_rule())};
     std::string error;
     ASSERT_TRUE(after.restore_meters(saved, 0ms, clock.now(), &error)) << error;
