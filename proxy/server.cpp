@@ -839,11 +839,11 @@ void server::restore_meters() {
         throw std::runtime_error("cannot restore rule meters: " + error + " (refusing to start with every cap at zero)");
     }
     std::vector<rules::engine::saved_meter> saved;
-    saved.reserve(loaded->meters.size());
-    for (auto& m : loaded->meters) {
-        saved.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});
+    saved.reserve(loaded->size());
+    for (auto& m : *loaded) {
+        saved.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state), m.offset});
     }
-    const auto restored = rt_->engine->restore_meters(saved, loaded->offset, clock_->now(), &error);
+    const auto restored = rt_->engine->restore_meters(saved, clock_->now(), &error);
     if (!restored) {
         throw std::runtime_error("cannot restore rule meters: store " + cfg_->store.path + ": " + error +
                                  " (refusing to start with every cap at zero; deleting the rule's row from the "
@@ -876,32 +876,41 @@ bool server::save_meters(bool wait) {
         }
         meters_saving_ = true;
     }
+    // Only the rules whose counts changed since the last save are written (a meter of
+    // 10,000 keys is a few hundred KiB); the rows of rules that hold nothing now go.
     const auto rt = current_runtime();
-    std::vector<store::database::saved_meter> rows;
-    std::size_t hash = 0;
-    if (rt->engine) {
-        for (auto& m : rt->engine->save_meters(clock_->now())) {
-            hash = hash * 31 + std::hash<std::string_view>{}(m.state);
-            hash = hash * 31 + std::hash<std::string_view>{}(m.rule_id) + m.fingerprint;
-            rows.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});
-        }
-    }
+    std::map<std::string, std::size_t> hashes;
+    std::vector<store::database::saved_meter> changed;
+    std::vector<std::string> keep;
     {
-        std::lock_guard lock{meters_mu_};
-        if (meters_saved_hash_ == hash) {
+        // meters_saved_ changes only when a save completes, and this is the only save on
+        // its way: read without the lock (the snapshot takes every slot's lock in turn).
+        if (rt->engine) {
+            for (auto& m : rt->engine->save_meters(clock_->now())) {
+                const std::size_t h = std::hash<std::string_view>{}(m.state) * 31 + m.fingerprint;
+                hashes.emplace(m.rule_id, h);
+                keep.push_back(m.rule_id);
+                const auto it = meters_saved_.find(m.rule_id);
+                if (it == meters_saved_.end() || it->second != h) {
+                    changed.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state)});
+                }
+            }
+        }
+        if (changed.empty() && hashes.size() == meters_saved_.size()) {
+            std::lock_guard lock{meters_mu_};
             meters_saving_ = false;
             meters_cv_.notify_all();
-            return true;
+            return true;  // the store has all of it
         }
     }
     auto done = std::make_shared<std::promise<bool>>();
     auto saved = done->get_future();
-    db_->save_meters(std::move(rows), [this, hash, done](const store::result& r) {
+    db_->save_meters(std::move(changed), std::move(keep), [this, hashes = std::move(hashes), done](const store::result& r) {
         {
             std::lock_guard lock{meters_mu_};
             meters_saving_ = false;
             if (r.ok) {
-                meters_saved_hash_ = hash;
+                meters_saved_ = hashes;
                 if (meters_failing_) {
                     spdlog::info("rule meters saved again");
                 }

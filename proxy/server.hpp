@@ -341,12 +341,12 @@ private:
     // last completions post to the workers' io_contexts, which must still exist.
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
-    // save_meters(): one save at a time; the hash of the last saved content, to skip saves
-    // of what is already there; whether the last one failed (logged once per failing run).
+    // save_meters(): one save at a time; per rule, the hash of what the store has, to write
+    // only what changed; whether the last save failed (logged once per failing run).
     std::mutex meters_mu_;
     std::condition_variable meters_cv_;
     bool meters_saving_ = false;
-    std::optional<std::size_t> meters_saved_hash_;
+    std::map<std::string, std::size_t> meters_saved_;
     bool meters_failing_ = false;
     void restore_meters();
     // Saved state of breakers this config does not have (e.g. a restart with an older config

@@ -1142,8 +1142,7 @@ std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
     return out;
 }
 
-std::optional<std::vector<std::string>> engine::restore_meters(const std::vector<saved_meter>& saved,
-                                                               std::chrono::milliseconds offset, time_point now,
+std::optional<std::vector<std::string>> engine::restore_meters(const std::vector<saved_meter>& saved, time_point now,
                                                                std::string* error) {
     std::vector<std::string> restored;
     for (const auto& m : saved) {
@@ -1158,7 +1157,7 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
         std::string why;
         if (dups_[idx]) {
             const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
-            if (!dups_[idx]->restore(m.state, offset.count(), now_ms, &why)) {
+            if (!dups_[idx]->restore(m.state, m.offset.count(), now_ms, &why)) {
                 if (error) {
                     *error = "rule " + m.rule_id + ": " + why;
                 }
@@ -1170,7 +1169,7 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
         const std::int64_t res = std::max<std::int64_t>(it->resolution.count(), 1);
         // Rounded up: a bucket that straddles two of ours goes to the later one, so its
         // counts stay in the window for a little longer, never for less.
-        const std::int64_t off = offset.count();
+        const std::int64_t off = m.offset.count();
         const std::int64_t shift = off >= 0 ? (off + res - 1) / res : -((-off) / res);
         if (!meters_[idx]->restore(m.state, shift, epoch_of(now, it->resolution), &why)) {
             if (error) {

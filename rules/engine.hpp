@@ -155,16 +155,18 @@ public:
     struct saved_meter {
         std::string rule_id;
         std::uint64_t fingerprint = 0;
-        std::string state;  // rule_meter::encode()
+        std::string state;  // rule_meter::encode() or duplicate_counter::encode()
+        // restore_meters(): what to add to a steady-clock time of the process that saved it
+        // to get one of this process's (the store works it out from the clocks of the save).
+        std::chrono::milliseconds offset{0};
     };
     std::vector<saved_meter> save_meters(time_point now) const;
     // Before the first request: restores every saved meter whose rule is here with the same
-    // fingerprint (a changed rule starts from zero, as a reload would start it). `offset` is
-    // what to add to a steady-clock time of the saving process to get this one's. Returns
+    // fingerprint (a changed rule starts from zero, as a reload would start it). Returns
     // the ids of the rules restored; a saved meter that cannot be read is an error (*error
     // names the rule) and the caller must not start (caps would start from zero).
-    std::optional<std::vector<std::string>> restore_meters(const std::vector<saved_meter>& saved, std::chrono::milliseconds offset,
-                                                           time_point now, std::string* error);
+    std::optional<std::vector<std::string>> restore_meters(const std::vector<saved_meter>& saved, time_point now,
+                                                           std::string* error);
 
     // Whether this engine shares the meter of `rule_id` with `other` (reload adoption).
     bool shares_meter_with(const engine& other, std::string_view rule_id) const;

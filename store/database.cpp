@@ -232,22 +232,20 @@ CREATE TABLE idem_tombstones (
 ) WITHOUT ROWID;
 CREATE INDEX idem_tombstones_pruned ON idem_tombstones(pruned_ms);
 )sql"},
-    // The counts of caps and baselines (rules::rule_meter::encode), saved every second and
-    // at shutdown, so a restart does not hand every cap a fresh window (PRODUCT.md principle
-    // 4). The clocks of the save map its epochs onto the next process's clock, as
-    // breaker_state_clock does for breakers.
+    // The counts of caps and baselines (rules::rule_meter::encode) and the sends duplicates
+    // guards remember, saved every second (the rules whose counts changed) and at shutdown,
+    // so a restart does not hand every cap a fresh window (PRODUCT.md principle 4). Each
+    // row's clocks map its times onto the next process's clock, as breaker_state_clock does
+    // for breakers.
     {6, R"sql(
 CREATE TABLE rule_meters (
   rule_id     TEXT PRIMARY KEY,
   fingerprint INTEGER NOT NULL,
-  state       BLOB NOT NULL
+  state       BLOB NOT NULL,
+  boot_id     TEXT NOT NULL,
+  steady_ms   INTEGER NOT NULL,
+  wall_ms     INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE rule_meters_clock (
-  one       INTEGER PRIMARY KEY CHECK (one = 1),
-  boot_id   TEXT NOT NULL,
-  steady_ms INTEGER NOT NULL,
-  wall_ms   INTEGER NOT NULL
-);
 )sql"},
 };
 
@@ -585,7 +583,8 @@ public:
                           std::optional<std::uint32_t> expected_attempts = std::nullopt);
     outcome do_prune(batch_ctx& ctx, std::int64_t cutoff, std::size_t max_records);
     outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows, const clock_reading& clocks);
-    outcome do_save_meters(batch_ctx& ctx, const std::vector<saved_meter>& meters, const clock_reading& clocks);
+    outcome do_save_meters(batch_ctx& ctx, const std::vector<saved_meter>& changed, const std::vector<std::string>& keep,
+                           const clock_reading& clocks);
 
     // Reads.
     class reader_lease;
@@ -1854,57 +1853,74 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
     }, std::move(done), bytes, /*essential=*/true);
 }
 
-database::impl::outcome database::impl::do_save_meters(batch_ctx& ctx, const std::vector<saved_meter>& meters,
-                                                      const clock_reading& clocks) {
+database::impl::outcome database::impl::do_save_meters(batch_ctx& ctx, const std::vector<saved_meter>& changed,
+                                                      const std::vector<std::string>& keep, const clock_reading& clocks) {
     auto failed = [&](int rc) {
         return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save rule meters: " + ctx.c.error())};
     };
-    if (const int rc = ctx.c.exec("DELETE FROM rule_meters"); rc != SQLITE_OK) {
-        return failed(rc);
-    }
+    // Rows of rules that hold nothing any more (idle, removed, changed) go.
+    std::vector<std::string> gone;
     {
-        auto s = ctx.c.prepared(
-            "INSERT OR REPLACE INTO rule_meters_clock(one, boot_id, steady_ms, wall_ms) VALUES(1, ?1, ?2, ?3)");
-        if (!s.valid()) {
-            return fatal_stmt(SQLITE_ERROR, "prepare rule meters clock");
+        auto q = ctx.c.prepared("SELECT rule_id FROM rule_meters");
+        if (!q.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare rule meters");
         }
-        s.text(1, clocks.boot_id);
-        s.i64(2, clocks.steady_ms);
-        s.i64(3, clocks.wall_ms);
-        if (const int rc = s.step(); rc != SQLITE_DONE) {
+        int rc = 0;
+        while ((rc = q.step()) == SQLITE_ROW) {
+            std::string id = q.col_str(0);
+            if (std::find(keep.begin(), keep.end(), id) == keep.end()) {
+                gone.push_back(std::move(id));
+            }
+        }
+        if (rc != SQLITE_DONE) {
             return failed(rc);
         }
     }
-    for (const auto& m : meters) {
-        auto s = ctx.c.prepared("INSERT INTO rule_meters(rule_id, fingerprint, state) VALUES(?1, ?2, ?3)");
+    for (const auto& id : gone) {
+        auto d = ctx.c.prepared("DELETE FROM rule_meters WHERE rule_id = ?1");
+        if (!d.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare rule meters");
+        }
+        d.text(1, id);
+        if (const int rc = d.step(); rc != SQLITE_DONE) {
+            return failed(rc);
+        }
+    }
+    for (const auto& m : changed) {
+        auto s = ctx.c.prepared(
+            "INSERT OR REPLACE INTO rule_meters(rule_id, fingerprint, state, boot_id, steady_ms, wall_ms) "
+            "VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare rule meters");
         }
         s.text(1, m.rule_id);
         s.i64(2, static_cast<std::int64_t>(m.fingerprint));
         s.blob(3, m.state);
+        s.text(4, clocks.boot_id);
+        s.i64(5, clocks.steady_ms);
+        s.i64(6, clocks.wall_ms);
         if (const int rc = s.step(); rc != SQLITE_DONE) {
             return failed(rc);
         }
     }
     result ok;
-    ok.count = static_cast<std::int64_t>(meters.size());
+    ok.count = static_cast<std::int64_t>(changed.size());
     return {ok};
 }
 
-void database::save_meters(std::vector<saved_meter> meters, done_fn done) {
+void database::save_meters(std::vector<saved_meter> changed, std::vector<std::string> keep, done_fn done) {
     // The clocks of this moment: the caller took the snapshot just before.
     const clock_reading clocks = read_clocks(impl_->clock_);
     std::size_t bytes = 256;
-    for (const auto& m : meters) {
+    for (const auto& m : changed) {
         bytes += m.rule_id.size() + m.state.size() + 64;
     }
-    impl_->enqueue([p = impl_.get(), meters = std::move(meters), clocks](impl::batch_ctx& ctx) {
-        return p->do_save_meters(ctx, meters, clocks);
+    impl_->enqueue([p = impl_.get(), changed = std::move(changed), keep = std::move(keep), clocks](impl::batch_ctx& ctx) {
+        return p->do_save_meters(ctx, changed, keep, clocks);
     }, std::move(done), bytes);
 }
 
-std::optional<database::loaded_meters> database::load_meters(const clock& c, std::string* error) const {
+std::optional<std::vector<database::saved_meter>> database::load_meters(const clock& c, std::string* error) const {
     auto conn = impl_->lease();
     auto fail = [&](std::string why) {
         if (error != nullptr) {
@@ -1912,42 +1928,27 @@ std::optional<database::loaded_meters> database::load_meters(const clock& c, std
         }
         return std::nullopt;
     };
-    loaded_meters out;
     const auto current = read_clocks(c);
-    {
-        auto k = conn->prepared("SELECT boot_id, steady_ms, wall_ms FROM rule_meters_clock WHERE one = 1");
-        if (!k.valid()) {
-            return fail(conn->error());
-        }
-        const int krc = k.step();
-        if (krc == SQLITE_DONE) {
-            return out;  // never saved
-        }
-        if (krc != SQLITE_ROW) {
-            return fail(conn->error());
-        }
-        constexpr std::int64_t max_steady_ms = 1'000'000'000'000;
-        if (!k.is_integer(1) || !k.is_integer(2) || k.col_i64(1) < 0 || k.col_i64(1) > max_steady_ms ||
-            k.col_i64(2) < 0 || k.col_i64(2) > max_wall_ms) {
-            return fail("the clocks of the last save are not plausible readings");
-        }
-        // The same boot: the steady clock went on counting while we were down, so the saved
-        // epochs are ours as they are. Another boot: only the wall clock links the two.
-        if (current.boot_id.empty() || k.col_str(0) != current.boot_id) {
-            out.offset = std::chrono::milliseconds{(current.steady_ms - current.wall_ms) -
-                                                   (k.col_i64(1) - k.col_i64(2))};
-        }
-    }
-    auto s = conn->prepared("SELECT rule_id, fingerprint, state FROM rule_meters ORDER BY rule_id");
+    auto s = conn->prepared("SELECT rule_id, fingerprint, state, boot_id, steady_ms, wall_ms FROM rule_meters "
+                            "ORDER BY rule_id");
     if (!s.valid()) {
         return fail(conn->error());
     }
+    std::vector<saved_meter> out;
     int rc = 0;
     while ((rc = s.step()) == SQLITE_ROW) {
-        if (!s.is_integer(1)) {
-            return fail("rule " + s.col_str(0) + " has no fingerprint");
+        constexpr std::int64_t max_steady_ms = 1'000'000'000'000;
+        if (!s.is_integer(1) || !s.is_integer(4) || !s.is_integer(5) || s.col_i64(4) < 0 ||
+            s.col_i64(4) > max_steady_ms || s.col_i64(5) < 0 || s.col_i64(5) > max_wall_ms) {
+            return fail("rule " + s.col_str(0) + " has a fingerprint or clocks that are not plausible readings");
         }
-        out.meters.push_back({s.col_str(0), static_cast<std::uint64_t>(s.col_i64(1)), s.col_str(2)});
+        saved_meter m{s.col_str(0), static_cast<std::uint64_t>(s.col_i64(1)), s.col_str(2)};
+        // The same boot: the steady clock went on counting while we were down, so the saved
+        // times are ours as they are. Another boot: only the wall clock links the two.
+        if (current.boot_id.empty() || s.col_str(3) != current.boot_id) {
+            m.offset = std::chrono::milliseconds{(current.steady_ms - current.wall_ms) - (s.col_i64(4) - s.col_i64(5))};
+        }
+        out.push_back(std::move(m));
     }
     if (rc != SQLITE_DONE) {
         return fail(conn->error());

@@ -304,26 +304,24 @@ public:
     // nullopt + *error on a read failure.
     std::optional<bool> breaker_state_saved(std::string* error) const;
 
-    // --- rule meters: the counts of caps and baselines across a restart ---
+    // --- rule meters: the counts of caps, baselines and duplicates guards across a restart ---
     struct saved_meter {
         std::string rule_id;
-        std::uint64_t fingerprint = 0;  // rules::rule::fingerprint
-        std::string state;              // rules::rule_meter::encode()
-    };
-    // Replaces every saved meter with these, with the clocks of this moment (take the
-    // snapshot just before). Not essential: refused while the write queue is full (the next
-    // save carries the counts).
-    void save_meters(std::vector<saved_meter> meters, done_fn done);
-    struct loaded_meters {
-        std::vector<saved_meter> meters;
-        // What to add to a steady-clock time of the saving process to get one of `c`'s: zero
-        // within the same boot (the steady clock counts from boot), else through the wall
-        // clocks of the save and of now.
+        std::uint64_t fingerprint = 0;  // which definition of the rule the state belongs to
+        std::string state;              // rules::engine::save_meters()
+        // load_meters(): what to add to a steady-clock time of the process that saved the
+        // row to get one of `c`'s: zero within the same boot (the steady clock counts from
+        // boot), else through the wall clocks of the save and of now.
         std::chrono::milliseconds offset{0};
     };
-    // Empty when nothing was ever saved; nullopt + *error on a read failure or a save whose
-    // clocks are not plausible readings.
-    std::optional<loaded_meters> load_meters(const clock& c, std::string* error) const;
+    // Writes the rows of `changed` with the clocks of this moment (take the snapshot just
+    // before) and deletes every row whose rule is not in `keep` (the rules that hold
+    // something now, changed or not). Not essential: refused while the write queue is full
+    // (the next save carries the counts).
+    void save_meters(std::vector<saved_meter> changed, std::vector<std::string> keep, done_fn done);
+    // Every saved row (none when nothing was ever saved); nullopt + *error on a read failure
+    // or a row whose clocks are not plausible readings.
+    std::optional<std::vector<saved_meter>> load_meters(const clock& c, std::string* error) const;
 
     // --- audit log (hash-chained) and config versions ---
     // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each

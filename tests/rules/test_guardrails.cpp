@@ -1490,7 +1490,7 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     fixture again{rules};
     again.clock.set(f.clock.now() + 1min);
     std::string error;
-    ASSERT_TRUE(again.eng.restore_meters(saved, 0ms, again.clock.now(), &error)) << error;
+    ASSERT_TRUE(again.eng.restore_meters(saved, again.clock.now(), &error)) << error;
     EXPECT_FALSE(again.check(req).allowed()) << "the fourth send to jane in 10 minutes";
     EXPECT_TRUE(again.check(bob).allowed());
     EXPECT_TRUE(again.check(bob).allowed());
@@ -1503,20 +1503,20 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     // A new max or window keeps the sends (as at a reload); another `of` starts from zero.
     fixture tighter{dup_rule(R"j({"max": 2, "window": "10m", "of": ["recipient", "subject"]})j")};
     tighter.clock.set(f.clock.now());
-    auto restored = tighter.eng.restore_meters(saved, 0ms, tighter.clock.now(), &error);
+    auto restored = tighter.eng.restore_meters(saved, tighter.clock.now(), &error);
     ASSERT_TRUE(restored) << error;
     EXPECT_EQ(restored->size(), 1u);
     EXPECT_FALSE(tighter.check(req).allowed());
     fixture other{dup_rule(R"j({"max": 3, "window": "10m", "of": ["recipient"]})j")};
     other.clock.set(f.clock.now());
-    restored = other.eng.restore_meters(saved, 0ms, other.clock.now(), &error);
+    restored = other.eng.restore_meters(saved, other.clock.now(), &error);
     ASSERT_TRUE(restored) << error;
     EXPECT_TRUE(restored->empty());
     // A damaged table is refused, nothing restored.
     auto damaged = saved;
     damaged[0].state.resize(damaged[0].state.size() - 3);
     fixture fresh{rules};
-    EXPECT_FALSE(fresh.eng.restore_meters(damaged, 0ms, f.clock.now(), &error));
+    EXPECT_FALSE(fresh.eng.restore_meters(damaged, f.clock.now(), &error));
     EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
 }
 

@@ -332,7 +332,7 @@ TEST(SavedMeters, ACapKeepsItsCountsAcrossARestart) {
     clock.advance(10min);
     engine after{load_ok(config(hourly_cap))};
     std::string error;
-    const auto restored = after.restore_meters(saved, 0ms, clock.now(), &error);
+    const auto restored = after.restore_meters(saved, clock.now(), &error);
     ASSERT_TRUE(restored) << error;
     EXPECT_EQ(*restored, std::vector<std::string>{"cap"});
     EXPECT_EQ(after.read("cap", "spring", clock.now())->value, 90);
@@ -351,14 +351,15 @@ TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFutu
     clock.set(time_point{std::chrono::minutes{60'000}});
     engine before{load_ok(config(hourly_cap))};
     ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
-    const auto saved = before.save_meters(clock.now());
+    auto saved = before.save_meters(clock.now());
     // After a reboot the steady clock starts near zero: the saving process's time T is
     // T + offset here. 20 minutes passed: the counts have 40 minutes left.
     const time_point reboot_now{std::chrono::minutes{5}};
     const auto offset = std::chrono::duration_cast<std::chrono::milliseconds>(reboot_now - 20min - clock.now());
+    saved[0].offset = offset;
     engine after{load_ok(config(hourly_cap))};
     std::string error;
-    ASSERT_TRUE(after.restore_meters(saved, offset, reboot_now, &error)) << error;
+    ASSERT_TRUE(after.restore_meters(saved, reboot_now, &error)) << error;
     EXPECT_FALSE(send(after, "spring", 11, reboot_now).allowed());
     EXPECT_FALSE(send(after, "spring", 11, reboot_now + 39min).allowed());
     EXPECT_TRUE(send(after, "spring", 11, reboot_now + 41min).allowed());
@@ -366,7 +367,8 @@ TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFutu
     // A wall clock set back while we were down would put the counts after now: they are
     // put at now instead (a full window more, the safe side), not in the future.
     engine skewed{load_ok(config(hourly_cap))};
-    ASSERT_TRUE(skewed.restore_meters(saved, offset + 3h, reboot_now, &error)) << error;
+    saved[0].offset = offset + 3h;
+    ASSERT_TRUE(skewed.restore_meters(saved, reboot_now, &error)) << error;
     EXPECT_EQ(skewed.read("cap", "spring", reboot_now)->value, 90);
     EXPECT_FALSE(send(skewed, "spring", 11, reboot_now + 59min).allowed());
     EXPECT_TRUE(send(skewed, "spring", 11, reboot_now + 61min).allowed());
@@ -383,7 +385,7 @@ TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
     std::string looser = hourly_cap;
     looser.replace(looser.find("\"window\": \"1h\""), 14, "\"window\": \"2h\"");
     engine changed{load_ok(config(looser))};
-    const auto restored = changed.restore_meters(saved, 0ms, clock.now(), &error);
+    const auto restored = changed.restore_meters(saved, clock.now(), &error);
     ASSERT_TRUE(restored) << error;
     EXPECT_TRUE(restored->empty());
     EXPECT_FALSE(changed.read("cap", "spring", clock.now()));
@@ -392,14 +394,14 @@ TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
         auto damaged = saved;
         damaged[0].state.resize(cut);
         engine fresh{load_ok(config(hourly_cap))};
-        EXPECT_FALSE(fresh.restore_meters(damaged, 0ms, clock.now(), &error)) << cut;
+        EXPECT_FALSE(fresh.restore_meters(damaged, clock.now(), &error)) << cut;
         EXPECT_NE(error.find("rule cap: "), std::string::npos) << error;
         EXPECT_FALSE(fresh.read("cap", "spring", clock.now())) << "nothing half-restored";
     }
     auto trailing = saved;
     trailing[0].state += "x";
     engine fresh{load_ok(config(hourly_cap))};
-    EXPECT_FALSE(fresh.restore_meters(trailing, 0ms, clock.now(), &error));
+    EXPECT_FALSE(fresh.restore_meters(trailing, clock.now(), &error));
     // An idle meter saves nothing.
     engine idle{load_ok(config(hourly_cap))};
     EXPECT_TRUE(idle.save_meters(clock.now()).empty());
@@ -421,7 +423,7 @@ TEST(SavedMeters, ABaselineKeepsItsHistorySoARestartDoesNotStartItsWarmupAgain) 
     const auto saved = before.save_meters(clock.now());
     engine after{load_ok(baseline_rule())};
     std::string error;
-    ASSERT_TRUE(after.restore_meters(saved, 0ms, clock.now(), &error)) << error;
+    ASSERT_TRUE(after.restore_meters(saved, clock.now(), &error)) << error;
     // Armed at once: a 10x spike in the first bucket after the restart trips.
     int sent = 0;
     for (; sent < 1000; ++sent) {

@@ -1279,48 +1279,58 @@ TEST_F(store_db, a_wall_clock_step_between_runs_moves_no_saved_breaker_time) {
     EXPECT_EQ((*back)[0].opened_at, tripped.opened_at - 2h);
 }
 
-// Rule meters: saved whole (each save replaces the last), read back with the offset that
-// maps the saving process's steady clock onto the reader's.
+// Rule meters: each save writes the rules that changed and deletes the rows of rules not
+// kept; each row is read back with the offset that maps its saving process's steady clock
+// onto the reader's.
 TEST_F(store_db, rule_meters_round_trip_with_the_offset_of_their_clocks) {
     auto db = open();
     std::string err;
     auto none = db->load_meters(clock_, &err);
     ASSERT_TRUE(none) << err;
-    EXPECT_TRUE(none->meters.empty());
+    EXPECT_TRUE(none->empty());
     const std::string binary{"\x01\x00\xff state", 9};
     ASSERT_TRUE(wait_done([&](bb::store::done_fn d) {
-        db->save_meters({{"cap", 0xfedc'ba98'7654'3210ull, binary}, {"other", 7, "x"}}, d);
+        db->save_meters({{"cap", 0xfedc'ba98'7654'3210ull, binary}, {"other", 7, "x"}, {"third", 8, "y"}},
+                        {"cap", "other", "third"}, d);
     }).ok);
-    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_meters({{"cap", 0xfedc'ba98'7654'3210ull, binary}}, d); }).ok);
+    // Later: "other" changed, "cap" did not (not written, kept), "third" holds nothing now.
+    clock_.advance(1h);
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_meters({{"other", 7, "x2"}}, {"cap", "other"}, d); }).ok);
     // Same boot, a wall-clock step since: the steady clock is the link (offset 0).
     bb::manual_clock later;
     later.set(clock_.now() + 1min);
     later.step_wall(2h);
     auto back = db->load_meters(later, &err);
     ASSERT_TRUE(back) << err;
-    ASSERT_EQ(back->meters.size(), 1u) << "the second save replaced the first";
-    EXPECT_EQ(back->meters[0].rule_id, "cap");
-    EXPECT_EQ(back->meters[0].fingerprint, 0xfedc'ba98'7654'3210ull);
-    EXPECT_EQ(back->meters[0].state, binary);
-    EXPECT_EQ(back->offset, 0ms);
-    // Another boot: through the wall clocks. 1 minute of steady time and 2 hours of wall
-    // time later: the save happened 2 hours ago by the wall clock.
+    ASSERT_EQ(back->size(), 2u);
+    EXPECT_EQ((*back)[0].rule_id, "cap");
+    EXPECT_EQ((*back)[0].fingerprint, 0xfedc'ba98'7654'3210ull);
+    EXPECT_EQ((*back)[0].state, binary);
+    EXPECT_EQ((*back)[0].offset, 0ms);
+    EXPECT_EQ((*back)[1].rule_id, "other");
+    EXPECT_EQ((*back)[1].state, "x2");
+    // Another boot: through the wall clocks of each row's save. 1 minute of steady time and
+    // 2 hours of wall time after the second save.
     bb::manual_clock rebooted;
     rebooted.set_boot_id("another-boot");
     rebooted.set(clock_.now() + 1min);
     rebooted.step_wall(2h);
     back = db->load_meters(rebooted, &err);
     ASSERT_TRUE(back) << err;
-    EXPECT_EQ(back->offset, -2h);
+    ASSERT_EQ(back->size(), 2u);
+    EXPECT_EQ((*back)[0].offset, -2h) << "saved an hour earlier by both clocks: the same offset";
+    EXPECT_EQ((*back)[1].offset, -2h);
     // Clocks that are no readings: an error, not a guess.
     db.reset();
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open(options().path.c_str(), &raw), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(raw, "UPDATE rule_meters_clock SET wall_ms = 'soon'", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw, "UPDATE rule_meters SET wall_ms = 'soon' WHERE rule_id = 'other'", nullptr, nullptr,
+                           nullptr),
+              SQLITE_OK);
     sqlite3_close(raw);
     db = open();
     EXPECT_FALSE(db->load_meters(clock_, &err));
-    EXPECT_NE(err.find("cannot read rule meters"), std::string::npos) << err;
+    EXPECT_NE(err.find("cannot read rule meters: rule other"), std::string::npos) << err;
 }
 
 // A tripped breaker's row with a time that is not an integer would read as 0 (its cooldown
@@ -1382,7 +1392,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     ASSERT_EQ(sqlite3_exec(raw,
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
-                           "DROP TABLE idem_tombstones; DROP TABLE rule_meters; DROP TABLE rule_meters_clock; "
+                           "DROP TABLE idem_tombstones; DROP TABLE rule_meters; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
