@@ -418,7 +418,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         open_store(cfg_->store);
     }
     if (db_ && rt_->engine) {
-        restore_meters();  // before the first request, as breaker state is
+        restore_meters(*rt_->engine, cfg_->store.path);  // before the first request, as breaker state is
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -830,7 +830,7 @@ remediation& server::remediation() {
     return *remediation_;
 }
 
-void server::restore_meters() {
+void server::restore_meters(rules::engine& engine, const std::string& path) {
     // A cap must not come back from a restart as a fresh one (PRODUCT.md principle 4):
     // counts that cannot be read are a reason not to start, as breaker state is.
     std::string error;
@@ -843,9 +843,9 @@ void server::restore_meters() {
     for (auto& m : *loaded) {
         saved.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state), m.offset});
     }
-    const auto restored = rt_->engine->restore_meters(saved, clock_->now(), &error);
+    const auto restored = engine.restore_meters(saved, clock_->now(), &error);
     if (!restored) {
-        throw std::runtime_error("cannot restore rule meters: store " + cfg_->store.path + ": " + error +
+        throw std::runtime_error("cannot restore rule meters: store " + path + ": " + error +
                                  " (refusing to start with every cap at zero; deleting the rule's row from the "
                                  "rule_meters table starts it from zero)");
     }
@@ -856,7 +856,7 @@ void server::restore_meters() {
         }
     }
     if (!restored->empty()) {
-        spdlog::info("restored the counts of {} rule(s) from {}", restored->size(), cfg_->store.path);
+        spdlog::info("restored the counts of {} rule(s) from {}", restored->size(), path);
     }
     if (!started_over.empty()) {
         spdlog::warn("rule(s) {} changed or were removed since their counts were saved: they start from zero", started_over);
@@ -876,15 +876,34 @@ bool server::save_meters(bool wait) {
         }
         meters_saving_ = true;
     }
+    // Whatever happens before the store takes the save (an allocation that fails on a huge
+    // snapshot), the next save must not find one "on its way" for ever.
+    auto finish = [this](std::optional<std::map<std::string, std::size_t>> saved, const store::result* r) {
+        std::lock_guard lock{meters_mu_};
+        meters_saving_ = false;
+        if (saved) {
+            meters_saved_ = std::move(*saved);
+            if (meters_failing_) {
+                spdlog::info("rule meters saved again");
+            }
+            meters_failing_ = false;
+        } else if (r != nullptr && !meters_failing_) {
+            meters_failing_ = true;
+            spdlog::warn("rule meters not saved ({}: {}); trying again every second: until a save succeeds, a "
+                         "restart would bring back the counts of the last one",
+                         r->code, r->message);
+        }
+        meters_cv_.notify_all();  // under the lock: a waiter that returns may destroy us
+    };
     // Only the rules whose counts changed since the last save are written (a meter of
     // 10,000 keys is a few hundred KiB); the rows of rules that hold nothing now go.
-    const auto rt = current_runtime();
     std::map<std::string, std::size_t> hashes;
     std::vector<store::database::saved_meter> changed;
     std::vector<std::string> keep;
-    {
+    try {
         // meters_saved_ changes only when a save completes, and this is the only save on
         // its way: read without the lock (the snapshot takes every slot's lock in turn).
+        const auto rt = current_runtime();
         if (rt->engine) {
             for (auto& m : rt->engine->save_meters(clock_->now())) {
                 const std::size_t h = std::hash<std::string_view>{}(m.state) * 31 + m.fingerprint;
@@ -896,35 +915,22 @@ bool server::save_meters(bool wait) {
                 }
             }
         }
-        if (changed.empty() && hashes.size() == meters_saved_.size()) {
-            std::lock_guard lock{meters_mu_};
-            meters_saving_ = false;
-            meters_cv_.notify_all();
-            return true;  // the store has all of it
-        }
+    } catch (const std::exception& e) {
+        const store::result failed = store::result::failure("snapshot_failed", e.what());
+        finish(std::nullopt, &failed);
+        return false;
+    }
+    if (changed.empty() && hashes.size() == meters_saved_.size()) {
+        finish(std::move(hashes), nullptr);
+        return true;  // the store has all of it
     }
     auto done = std::make_shared<std::promise<bool>>();
     auto saved = done->get_future();
-    db_->save_meters(std::move(changed), std::move(keep), [this, hashes = std::move(hashes), done](const store::result& r) {
-        {
-            std::lock_guard lock{meters_mu_};
-            meters_saving_ = false;
-            if (r.ok) {
-                meters_saved_ = hashes;
-                if (meters_failing_) {
-                    spdlog::info("rule meters saved again");
-                }
-                meters_failing_ = false;
-            } else if (!meters_failing_) {
-                meters_failing_ = true;
-                spdlog::warn("rule meters not saved ({}: {}); trying again every second: until a save succeeds, a "
-                             "restart would bring back the counts of the last one",
-                             r.code, r.message);
-            }
-        }
-        meters_cv_.notify_all();
-        done->set_value(r.ok);
-    });
+    db_->save_meters(std::move(changed), std::move(keep),
+                     [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
+                         finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
+                         done->set_value(r.ok);
+                     });
     return !wait || saved.get();
 }
 
@@ -1127,13 +1133,18 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         // The hold limits apply from the next hold (store.path alone needs a restart).
         db_->set_limits(store_limits_of(effective->store));
     }
-    if (!db_ && !effective->breakers.empty()) {
+    const bool opened = !db_ && !effective->breakers.empty();
+    if (opened) {
         // The first breakers of this run: their state must be saved, and what the store kept
         // of them (a trip, an operator's forced_open from an earlier run) must hold now, as at
         // a start. Throws, with nothing applied, if the store cannot be opened.
         open_store(effective->store);
     }
     rt = build_runtime(effective, current_runtime().get(), prepare);
+    if (opened && rt->engine) {
+        // So must the counts it kept (the rules are new to this run: nothing is booked yet).
+        restore_meters(*rt->engine, effective->store.path);
+    }
     {
         std::lock_guard lock{cfg_mutex_};
         cfg_ = effective;
@@ -1250,7 +1261,7 @@ int server::run() {
     control_tick_ = &tick;
     std::chrono::steady_clock::time_point drain_deadline{};
     std::chrono::steady_clock::time_point next_breaker_tick{};
-    std::chrono::steady_clock::time_point next_meter_save{};
+    std::chrono::steady_clock::time_point next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
     std::chrono::steady_clock::time_point next_prune = std::chrono::steady_clock::now() + std::chrono::seconds{10};
     std::function<void()> poll = [&] {
         tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
@@ -1265,9 +1276,11 @@ int server::run() {
                 next_breaker_tick = std::chrono::steady_clock::now() + std::chrono::seconds{1};
                 current_runtime()->breakers->tick(clock_->now());
             }
-            // The counts of caps and baselines, for a restart (at most a second behind).
-            if (db_ && !stopping && std::chrono::steady_clock::now() >= next_meter_save) {
-                next_meter_save = std::chrono::steady_clock::now() + std::chrono::seconds{1};
+            // The counts of caps and baselines, for a restart (at most a second behind; also
+            // while draining: a supervisor's kill at the end of its grace period must not
+            // lose what the drain booked).
+            if (db_ && std::chrono::steady_clock::now() >= next_meter_save) {
+                next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
                 save_meters(false);
             }
             // Retention: resolved quarantine records older than store.retention go away.
@@ -1324,9 +1337,10 @@ int server::run() {
         drain_access_log(*access_log_);
     }
     // The counts as they stand once nothing is served any more: a restart goes on from them.
-    if (!save_meters(true)) {
-        spdlog::error("rule meters not saved at shutdown: a restart goes on from the counts of the last save (at "
-                      "most a second older)");
+    const bool meters_saved = save_meters(true);
+    if (!meters_saved) {
+        spdlog::error("rule meters not saved at shutdown: a restart goes on from the counts of the last save that "
+                      "succeeded, and what was booked since is not in them");
     }
     if (!flush_breaker_state()) {
         // Exit non-zero so a supervisor sees it: a restart reads the state last saved, and
@@ -1336,7 +1350,7 @@ int server::run() {
                       state_writer_->last_error());
         return 1;
     }
-    return 0;
+    return meters_saved ? 0 : 1;  // a supervisor sees it as it sees unsaved breaker state
 }
 
 }  // namespace bb::proxy

@@ -215,6 +215,9 @@ struct server_options {
     std::string config_path;        // for SIGHUP reload; empty: reload disabled
     bool handle_signals = true;     // tests running in-process turn this off
     const clock* time = nullptr;    // null: the real clock; tests pass a manual_clock
+    // How often the rule meters are saved for a restart (tests stretch it to see the save
+    // at shutdown alone).
+    std::chrono::milliseconds meter_save_every{1000};
 };
 
 class server {
@@ -337,18 +340,20 @@ private:
     std::atomic<std::uint64_t> config_generation_{0};
     bool config_change_busy_ = false;  // control thread only
     bool started_ = false;
-    // Declared after the workers so they are destroyed first (in reverse order): their
-    // last completions post to the workers' io_contexts, which must still exist.
-    std::unique_ptr<store::database> db_;
-    std::unique_ptr<store::breaker_state_writer> state_writer_;
     // save_meters(): one save at a time; per rule, the hash of what the store has, to write
     // only what changed; whether the last save failed (logged once per failing run).
+    // Declared before db_, so they outlive the store's writer thread, which completes saves.
     std::mutex meters_mu_;
     std::condition_variable meters_cv_;
     bool meters_saving_ = false;
     std::map<std::string, std::size_t> meters_saved_;
     bool meters_failing_ = false;
-    void restore_meters();
+    // Before `engine` books anything (a start, or the reload that opens the store).
+    void restore_meters(rules::engine& engine, const std::string& path);
+    // Declared after the workers so they are destroyed first (in reverse order): their
+    // last completions post to the workers' io_contexts, which must still exist.
+    std::unique_ptr<store::database> db_;
+    std::unique_ptr<store::breaker_state_writer> state_writer_;
     // Saved state of breakers this config does not have (e.g. a restart with an older config
     // file): kept in the store rather than erased, and restored when a reload configures the
     // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).

@@ -2771,35 +2771,62 @@ bool get_raw(std::string_view& in, T& v) {
 }  // namespace
 
 std::string duplicate_counter::encode(std::int64_t now_ms) const {
-    std::string body;
-    std::uint32_t pairs = 0;
+    struct pair {
+        std::uint64_t key;
+        bool probation;
+        std::int64_t refused_ms;
+        std::int64_t last;  // latest send or refusal: the order they are saved in
+        std::vector<std::int64_t> times;
+    };
+    std::vector<pair> pairs;
+    // A shard is copied a slice at a time, its lock let go between slices: the requests
+    // checked against it wait for at most one slice, never for the whole table.
+    constexpr std::size_t slice = 256;
     for (auto& s : shards_) {
-        std::lock_guard lock{s.mu};
-        for (int l = 0; l < 2; ++l) {
-            for (std::uint32_t c = s.oldest[l]; c != none; c = s.slots[c].newer) {
-                const slot& e = s.slots[c];
+        for (std::size_t from = 0;; from += slice) {
+            std::lock_guard lock{s.mu};
+            if (from >= s.slots.size()) {
+                break;
+            }
+            const std::size_t to = std::min(s.slots.size(), from + slice);
+            for (std::size_t i = from; i < to; ++i) {
+                const slot& e = s.slots[i];
                 const std::size_t sends = in_window(e, now_ms);
                 if (sends == 0 && e.refused_ms <= now_ms - window_ms_) {
                     continue;  // nothing of it counts any more
                 }
-                put_raw<std::uint64_t>(body, e.key);
-                put_raw<std::uint8_t>(body, e.probation ? 1 : 0);
-                put_raw<std::int64_t>(body, e.refused_ms);
-                put_raw<std::uint32_t>(body, static_cast<std::uint32_t>(sends));
-                for (std::size_t k = e.times.size() - sends; k < e.times.size(); ++k) {
-                    put_raw<std::int64_t>(body, e.times[k]);
+                const auto it = s.index.find(e.key);
+                if (it == s.index.end() || it->second != i) {
+                    continue;  // a slot that was let go (its pair forgotten)
                 }
-                ++pairs;
+                pair p{e.key, e.probation, e.refused_ms, e.refused_ms, {}};
+                p.times.assign(e.times.end() - static_cast<std::ptrdiff_t>(sends), e.times.end());
+                if (!p.times.empty()) {
+                    p.last = std::max(p.last, p.times.back());
+                }
+                pairs.push_back(std::move(p));
             }
         }
     }
-    if (pairs == 0) {
+    if (pairs.empty()) {
         return {};
     }
+    // Least recently seen first: restore() adds them in this order, so its recency lists
+    // (which pair makes way for a new one) come back as they were, up to ties.
+    std::stable_sort(pairs.begin(), pairs.end(), [](const pair& a, const pair& b) { return a.last < b.last; });
     std::string out;
     put_raw<std::uint8_t>(out, counter_format);
-    put_raw<std::uint32_t>(out, pairs);
-    return out + body;
+    put_raw<std::uint32_t>(out, static_cast<std::uint32_t>(pairs.size()));
+    for (const auto& p : pairs) {
+        put_raw<std::uint64_t>(out, p.key);
+        put_raw<std::uint8_t>(out, p.probation ? 1 : 0);
+        put_raw<std::int64_t>(out, p.refused_ms);
+        put_raw<std::uint32_t>(out, static_cast<std::uint32_t>(p.times.size()));
+        for (const std::int64_t t : p.times) {
+            put_raw<std::int64_t>(out, t);
+        }
+    }
+    return out;
 }
 
 bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, std::int64_t now_ms, std::string* error) {
@@ -2852,13 +2879,10 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         return fail("the saved duplicates table's clock cannot be mapped onto this one");
     }
     const std::size_t main_cap = per_shard_ - probation_;
+    // Every time moves by the same shift; one that would land after now lands at now (a
+    // wall clock set back while we were down), which keeps it for longer, never for less.
+    auto moved = [&](std::int64_t t) { return std::min(t + shift_ms, now_ms); };
     for (auto& p : pairs) {
-        // One shift for the pair, pulled back so that nothing of it lies after now.
-        std::int64_t d = shift_ms;
-        const std::int64_t latest = std::max(p.times.empty() ? INT64_MIN : p.times.back(), p.refused_ms);
-        if (latest != std::numeric_limits<std::int64_t>::min() && latest + d > now_ms) {
-            d = now_ms - latest;
-        }
         shard& s = shard_of(p.key);
         std::lock_guard lock{s.mu};
         const int l = p.probation ? 1 : 0;
@@ -2876,10 +2900,10 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         slot& e = s.slots[i];
         e.key = p.key;
         e.probation = p.probation;
-        e.refused_ms = p.refused_ms == std::numeric_limits<std::int64_t>::min() ? p.refused_ms : p.refused_ms + d;
+        e.refused_ms = p.refused_ms == std::numeric_limits<std::int64_t>::min() ? p.refused_ms : moved(p.refused_ms);
         e.times.clear();
         for (const std::int64_t t : p.times) {
-            e.times.push_back(t + d);
+            e.times.push_back(moved(t));
         }
         e.head = 0;
         s.push_newest(i);

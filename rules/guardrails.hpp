@@ -327,7 +327,7 @@ public:
     // first; "" when there is none.
     std::string encode(std::int64_t now_ms) const;
     // Into a table that has booked nothing yet: the pairs of `blob`, every time moved by
-    // `shift_ms` (the saving process's clock onto this one's) and never past now_ms. Pairs
+    // `shift_ms` (the saving process's clock onto this one's), one after now_ms put at now_ms. Pairs
     // beyond this table's room are left out (the same rule has the same room). False +
     // *error if the blob is not a saved table (nothing restored then).
     bool restore(std::string_view blob, std::int64_t shift_ms, std::int64_t now_ms, std::string* error);

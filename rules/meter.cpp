@@ -54,13 +54,12 @@ void ring_window::restart_at(std::int64_t head) {
     started_ = true;
 }
 
-void ring_window::set_bucket(std::int64_t epoch, std::size_t channel, double value) {
+void ring_window::add_to_bucket(std::int64_t epoch, std::size_t channel, double value) {
     if (epoch > head_ || epoch <= head_ - static_cast<std::int64_t>(n_) || channel >= channels_) {
-        return;
+        return;  // left the window (or a channel the rule does not have)
     }
-    double& v = at(epoch, channel);
-    totals_[channel] += value - v;
-    v = value;
+    at(epoch, channel) += value;
+    totals_[channel] += value;
 }
 
 std::int64_t ring_window::book_epoch(std::int64_t epoch) const {
@@ -307,14 +306,44 @@ void encode_slot(std::string& out, std::uint8_t kind, std::string_view key, cons
 std::string rule_meter::encode() {
     std::string body;
     std::uint32_t slots = 0;
-    for_each_slot([&](std::string_view key, meter_slot& s) {
-        if (!worth_saving(s, baseline_)) {
-            return;
+    auto one = [&](std::uint8_t kind, std::string_view key, const meter_slot& s) {
+        if (worth_saving(s, baseline_)) {
+            encode_slot(body, kind, key, s);
+            ++slots;
         }
-        const std::uint8_t kind = !keyed_ ? slot_single : key == overflow_key && &s == &overflow_ ? slot_overflow : slot_key;
-        encode_slot(body, kind, kind == slot_overflow ? std::string_view{} : key, s);
-        ++slots;
-    });
+    };
+    if (!keyed_) {
+        std::lock_guard lock{single_.mu};
+        one(slot_single, {}, single_);
+    } else {
+        // A key at a time, each under its shard's read lock and its own lock: a request that
+        // adds a key to the shard (which needs the shard's write lock) waits for one key's
+        // copy, or for the copy of the shard's key names, never for the whole shard.
+        std::vector<std::string> keys;
+        for (auto& sh : shards_) {
+            keys.clear();
+            {
+                std::shared_lock read{sh.mu};
+                keys.reserve(sh.slots.size());
+                for (const auto& [key, slot] : sh.slots) {
+                    keys.push_back(key);
+                }
+            }
+            for (const auto& key : keys) {
+                std::shared_lock read{sh.mu};
+                const auto it = sh.slots.find(key);
+                if (it == sh.slots.end()) {
+                    continue;  // evicted meanwhile: idle, so nothing to carry over
+                }
+                std::lock_guard lock{it->second->mu};
+                one(slot_key, key, *it->second);
+            }
+        }
+        if (overflow_events_.load(std::memory_order_relaxed) > 0) {
+            std::lock_guard lock{overflow_.mu};
+            one(slot_overflow, {}, overflow_);
+        }
+    }
     if (slots == 0) {
         return {};
     }
@@ -412,27 +441,24 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
         }
     }
     auto apply = [&](const saved_slot& s, meter_slot& slot) {
-        // One shift for the whole slot (its buckets keep their distance from the head),
-        // pulled back so that nothing of it lies after now.
-        std::int64_t d = shift;
-        for (const std::int64_t e : {s.last_epoch, s.ring_started ? s.head : INT64_MIN,
-                                     s.base.started ? s.base.bucket : INT64_MIN}) {
-            if (e != INT64_MIN && e + d > now_epoch) {
-                d = now_epoch - e;
-            }
-        }
-        slot.last_epoch = s.last_epoch + d;
+        // Every epoch moves by the same (rounded-up) shift, so no count leaves the window
+        // before it would have; what would land after now lands at now instead (a wall clock
+        // set back while we were down, or the rounding), which keeps it for longer, never
+        // for less.
+        auto moved = [&](std::int64_t e) { return std::min(e + shift, now_epoch); };
+        slot.last_epoch = moved(s.last_epoch);
         if (s.ring_started) {
-            slot.ring.restart_at(s.head + d);
+            const std::int64_t head = moved(s.head);
+            slot.ring.restart_at(head);
             for (const auto& [e, v] : s.values) {
                 for (std::size_t c = 0; c < channels_; ++c) {
-                    slot.ring.set_bucket(e + d, c, v[c]);
+                    slot.ring.add_to_bucket(moved(e), c, v[c]);
                 }
             }
         }
         auto b = s.base;
-        b.bucket += d;
-        b.first_bucket += d;
+        b.bucket = moved(b.bucket);
+        b.first_bucket = moved(b.first_bucket);
         slot.base.load(b);
     };
     for (const auto& s : slots) {

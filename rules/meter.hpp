@@ -49,8 +49,9 @@ public:
     }
     // A restored window (rule_meter::restore): head at `head`, every bucket empty.
     void restart_at(std::int64_t head);
-    // Sets bucket `epoch` (inside the window at the head) on `channel`; totals follow.
-    void set_bucket(std::int64_t epoch, std::size_t channel, double value);
+    // Adds `value` to bucket `epoch` on `channel` (nothing when the bucket is outside the
+    // window at the head); totals follow.
+    void add_to_bucket(std::int64_t epoch, std::size_t channel, double value);
     std::size_t memory_bytes() const { return sizeof(*this) + values_.capacity() * sizeof(double); }
 
 private:
@@ -176,9 +177,9 @@ public:
     // the same rule), every epoch moved by `shift` (in units of the rule's resolution: the
     // saving process's clock onto this one's) and never past `now_epoch` (a wall clock set
     // back while we were down must not put counts in the future, where they would stay for
-    // longer than the window). Counts that have left the window at `now_epoch` go at the
-    // next booking, as they would have. False + *error if the blob is not one of this
-    // meter's (nothing restored then).
+    // longer than the window: they are put at now). Counts that have left the window at
+    // `now_epoch` go at the next booking, as they would have. False + *error if the blob is
+    // not one of this meter's (nothing restored then).
     bool restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error);
 
     // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its

@@ -1917,7 +1917,7 @@ void database::save_meters(std::vector<saved_meter> changed, std::vector<std::st
     }
     impl_->enqueue([p = impl_.get(), changed = std::move(changed), keep = std::move(keep), clocks](impl::batch_ctx& ctx) {
         return p->do_save_meters(ctx, changed, keep, clocks);
-    }, std::move(done), bytes);
+    }, std::move(done), bytes, /*essential=*/true);
 }
 
 std::optional<std::vector<database::saved_meter>> database::load_meters(const clock& c, std::string* error) const {

@@ -316,8 +316,9 @@ public:
     };
     // Writes the rows of `changed` with the clocks of this moment (take the snapshot just
     // before) and deletes every row whose rule is not in `keep` (the rules that hold
-    // something now, changed or not). Not essential: refused while the write queue is full
-    // (the next save carries the counts).
+    // something now, changed or not). Essential (taken past the queue's bounds, as breaker
+    // state): a flood of holds fills the queue exactly when the counts matter; the caller
+    // keeps at most one save in flight.
     void save_meters(std::vector<saved_meter> changed, std::vector<std::string> keep, done_fn done);
     // Every saved row (none when nothing was ever saved); nullopt + *error on a read failure
     // or a row whose clocks are not plausible readings.

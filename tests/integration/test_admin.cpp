@@ -907,6 +907,28 @@ TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succ
     EXPECT_EQ(fresh.read("recipients", "m", f.bb.server().now())->value, 2) << "both sends are in the saved counts";
 }
 
+// What was booked after the last periodic save is saved at shutdown (the periodic save is
+// stretched to an hour here, so only the one at shutdown can have written it).
+TEST(admin_api, the_counts_booked_since_the_last_periodic_save_are_saved_at_shutdown) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
+    send_mail(bb.port(), "m");
+    send_mail(bb.port(), "m");
+    bb.stop();
+    EXPECT_EQ(bb.exit_code(), 0);
+    bb::real_clock clock;
+    std::string err;
+    const auto saved = bb.server().db()->load_meters(clock, &err);  // the stopped server's store
+    ASSERT_TRUE(saved) << err;
+    ASSERT_EQ(saved->size(), 1u);
+    const auto& m = (*saved)[0];
+    bb::rules::engine fresh{bb.cfg()->rules};
+    ASSERT_TRUE(fresh.restore_meters({{m.rule_id, m.fingerprint, m.state, m.offset}}, clock.now(), &err)) << err;
+    ASSERT_TRUE(fresh.read("recipients", "m", clock.now()));
+    EXPECT_EQ(fresh.read("recipients", "m", clock.now())->value, 2);
+}
+
 // Counters stay with their route's name when a reload inserts a route before it.
 TEST(admin_api, route_counters_follow_their_route_across_a_reload) {
     admin_fixture f;

@@ -374,6 +374,34 @@ TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFutu
     EXPECT_TRUE(send(skewed, "spring", 11, reboot_now + 61min).allowed());
 }
 
+// After a reboot the offset is no whole number of buckets: a bucket straddles two of ours
+// and goes to the later one, and the head, which would then lie after now, is now. No count
+// leaves the window before it would have in the saving process.
+TEST(SavedMeters, ABucketThatStraddlesTwoAfterARebootGoesToTheLaterOne) {
+    manual_clock clock;
+    const time_point t0{std::chrono::minutes{60'000} + 50s};  // 10 s before a bucket ends
+    engine before{load_ok(config(hourly_cap))};
+    ASSERT_TRUE(send(before, "spring", 45, t0).allowed());
+    ASSERT_TRUE(send(before, "spring", 45, t0 + 15s).allowed());  // the next bucket
+    auto saved = before.save_meters(t0 + 20s);
+    ASSERT_EQ(saved.size(), 1u);
+    // The saving process's time t is t + offset here: offset = -59,000 minutes + 10 s; back
+    // up 30 s after the save.
+    const auto offset = std::chrono::duration_cast<std::chrono::milliseconds>(-std::chrono::minutes{59'000} + 10s);
+    saved[0].offset = offset;
+    const time_point up = t0 + 20s + offset + 30s;
+    engine after{load_ok(config(hourly_cap))};
+    std::string error;
+    ASSERT_TRUE(after.restore_meters(saved, up, &error)) << error;
+    // The first 45 leave the old process's window at t0 + 59m 10s (its bucket ends 10 s
+    // after t0, plus the hour); 5 s before that, all 90 count.
+    const time_point just_before = t0 + offset + 59min + 5s;
+    EXPECT_EQ(after.read("cap", "spring", just_before)->value, 90);
+    EXPECT_FALSE(send(after, "spring", 11, just_before).allowed());
+    // Kept a little longer (to the end of our bucket), never for less; gone after the hour.
+    EXPECT_TRUE(send(after, "spring", 11, t0 + offset + 62min).allowed());
+}
+
 TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
     manual_clock clock;
     engine before{load_ok(config(hourly_cap))};

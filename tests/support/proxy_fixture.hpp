@@ -15,17 +15,18 @@ namespace bb::test {
 
 class proxy_instance {
 public:
-    explicit proxy_instance(const std::string& json, const clock* time = nullptr) {
+    explicit proxy_instance(const std::string& json, const clock* time = nullptr,
+                            std::chrono::milliseconds meter_save_every = std::chrono::seconds{1}) {
         auto parsed = parse_config(json);
         if (!parsed.errors.empty()) {
             ADD_FAILURE() << "test config has errors:\n" << parsed.errors.to_string() << json;
             throw std::runtime_error("bad test config");
         }
         cfg_ = parsed.cfg;
-        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false, time});
+        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false, time, meter_save_every});
         srv_->start();
         port_ = srv_->bound_port(0);
-        thread_ = std::thread{[this] { srv_->run(); }};
+        thread_ = std::thread{[this] { exit_code_ = srv_->run(); }};
     }
     ~proxy_instance() { stop(); }
     void stop() {
@@ -35,6 +36,8 @@ public:
         }
     }
     std::uint16_t port() const { return port_; }
+    // What run() returned (after stop()).
+    int exit_code() const { return exit_code_; }
     proxy::server& server() { return *srv_; }
     const std::shared_ptr<const config>& cfg() const { return cfg_; }
 
@@ -43,6 +46,7 @@ private:
     std::unique_ptr<proxy::server> srv_;
     std::thread thread_;
     std::uint16_t port_ = 0;
+    int exit_code_ = -1;
 };
 
 // A config with one listener on port 0, one upstream and one catch-all route "all" (plus
