@@ -3,6 +3,7 @@
 
 #include "rules/guardrails.hpp"
 
+#include "core/byte_codec.hpp"
 #include "core/hex.hpp"
 #include "core/json_key.hpp"
 #include "core/utf8.hpp"
@@ -2751,23 +2752,6 @@ namespace {
 
 constexpr std::uint8_t counter_format = 1;
 
-template <class T>
-void put_raw(std::string& out, T v) {
-    char b[sizeof(T)];
-    std::memcpy(b, &v, sizeof(T));
-    out.append(b, sizeof(T));
-}
-
-template <class T>
-bool get_raw(std::string_view& in, T& v) {
-    if (in.size() < sizeof(T)) {
-        return false;
-    }
-    std::memcpy(&v, in.data(), sizeof(T));
-    in.remove_prefix(sizeof(T));
-    return true;
-}
-
 }  // namespace
 
 std::string duplicate_counter::encode(std::int64_t now_ms) const {
@@ -2815,15 +2799,15 @@ std::string duplicate_counter::encode(std::int64_t now_ms) const {
     // (which pair makes way for a new one) come back as they were, up to ties.
     std::stable_sort(pairs.begin(), pairs.end(), [](const pair& a, const pair& b) { return a.last < b.last; });
     std::string out;
-    put_raw<std::uint8_t>(out, counter_format);
-    put_raw<std::uint32_t>(out, static_cast<std::uint32_t>(pairs.size()));
+    put_bytes<std::uint8_t>(out, counter_format);
+    put_bytes<std::uint32_t>(out, static_cast<std::uint32_t>(pairs.size()));
     for (const auto& p : pairs) {
-        put_raw<std::uint64_t>(out, p.key);
-        put_raw<std::uint8_t>(out, p.probation ? 1 : 0);
-        put_raw<std::int64_t>(out, p.refused_ms);
-        put_raw<std::uint32_t>(out, static_cast<std::uint32_t>(p.times.size()));
+        put_bytes<std::uint64_t>(out, p.key);
+        put_bytes<std::uint8_t>(out, p.probation ? 1 : 0);
+        put_bytes<std::int64_t>(out, p.refused_ms);
+        put_bytes<std::uint32_t>(out, static_cast<std::uint32_t>(p.times.size()));
         for (const std::int64_t t : p.times) {
-            put_raw<std::int64_t>(out, t);
+            put_bytes<std::int64_t>(out, t);
         }
     }
     return out;
@@ -2842,10 +2826,10 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         }
         return false;
     };
-    std::string_view in = blob;
-    std::uint8_t format = 0;
-    std::uint32_t count = 0;
-    if (!get_raw(in, format) || !get_raw(in, count) || format != counter_format) {
+    byte_reader in{blob};
+    const auto format = in.get<std::uint8_t>();
+    const auto count = in.get<std::uint32_t>();
+    if (!in.ok || format != counter_format) {
         return fail("not a saved duplicates table of a format this breakerbox reads");
     }
     constexpr std::int64_t bound = std::int64_t{1} << 60;
@@ -2853,16 +2837,16 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
     pairs.reserve(std::min<std::size_t>(count, blob.size() / 25));
     for (std::uint32_t i = 0; i < count; ++i) {
         pair p;
-        std::uint8_t probation = 0;
-        std::uint32_t sends = 0;
-        if (!get_raw(in, p.key) || !get_raw(in, probation) || !get_raw(in, p.refused_ms) || !get_raw(in, sends) ||
-            sends > in.size() / sizeof(std::int64_t)) {
+        p.key = in.get<std::uint64_t>();
+        p.probation = in.get<std::uint8_t>() != 0;
+        p.refused_ms = in.get<std::int64_t>();
+        const auto sends = in.get<std::uint32_t>();
+        if (!in.ok || sends > in.in.size() / sizeof(std::int64_t)) {
             return fail("saved duplicates table is truncated");
         }
-        p.probation = probation != 0;
         p.times.resize(sends);
         for (auto& t : p.times) {
-            get_raw(in, t);
+            t = in.get<std::int64_t>();
             if (t < -bound || t > bound || (&t != p.times.data() && t < (&t)[-1])) {
                 return fail("saved duplicates table has a send time out of order or outside any clock");
             }
@@ -2872,7 +2856,7 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         }
         pairs.push_back(std::move(p));
     }
-    if (!in.empty()) {
+    if (!in.in.empty()) {
         return fail("saved duplicates table has trailing bytes");
     }
     if (shift_ms < -bound || shift_ms > bound || now_ms < -bound || now_ms > bound) {

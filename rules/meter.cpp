@@ -1,10 +1,10 @@
 #include "rules/meter.hpp"
 
+#include "core/byte_codec.hpp"
+
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
-#include <cstring>
 
 namespace bb::rules {
 
@@ -206,46 +206,13 @@ std::size_t rule_meter::bytes_per_key(std::size_t key_len) const {
 //   i64 last_epoch, u8 ring started, i64 ring head, u32 buckets saved, per bucket i64
 //   epoch and `channels` f64, then the baseline: u8 started, i64 bucket, i64 first bucket,
 //   f64 current, mean, variance, u32 samples.
-// Hand-written rather than JSON: a meter may hold 100,000 keys of 60 buckets, saved every
-// second, and doubles must come back bit for bit (a cap at 10,000.0 is not one at 9,999.999).
+// Binary rather than JSON: a meter may hold 100,000 keys of 60 buckets, saved every second,
+// and doubles must come back bit for bit (core/byte_codec.hpp).
 
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "saved meters are written in the host's byte order");
 constexpr std::uint8_t meter_format = 1;
 enum : std::uint8_t { slot_single = 0, slot_key = 1, slot_overflow = 2 };
-
-template <class T>
-void put(std::string& out, T v) {
-    char b[sizeof(T)];
-    std::memcpy(b, &v, sizeof(T));
-    out.append(b, sizeof(T));
-}
-
-struct reader {
-    std::string_view in;
-    bool ok = true;
-    template <class T>
-    T get() {
-        T v{};
-        if (in.size() < sizeof(T)) {
-            ok = false;
-            return v;
-        }
-        std::memcpy(&v, in.data(), sizeof(T));
-        in.remove_prefix(sizeof(T));
-        return v;
-    }
-    std::string_view bytes(std::size_t n) {
-        if (in.size() < n) {
-            ok = false;
-            return {};
-        }
-        const auto b = in.substr(0, n);
-        in.remove_prefix(n);
-        return b;
-    }
-};
 
 // Whether a slot carries anything over: counts inside its window, or a baseline's history.
 bool worth_saving(const meter_slot& s, bool baseline) {
@@ -264,15 +231,15 @@ bool worth_saving(const meter_slot& s, bool baseline) {
 }
 
 void encode_slot(std::string& out, std::uint8_t kind, std::string_view key, const meter_slot& s) {
-    put<std::uint8_t>(out, kind);
-    put<std::uint32_t>(out, static_cast<std::uint32_t>(key.size()));
+    put_bytes<std::uint8_t>(out, kind);
+    put_bytes<std::uint32_t>(out, static_cast<std::uint32_t>(key.size()));
     out.append(key);
-    put<std::int64_t>(out, s.last_epoch);
-    put<std::uint8_t>(out, s.ring.started() ? 1 : 0);
-    put<std::int64_t>(out, s.ring.head());
+    put_bytes<std::int64_t>(out, s.last_epoch);
+    put_bytes<std::uint8_t>(out, s.ring.started() ? 1 : 0);
+    put_bytes<std::int64_t>(out, s.ring.head());
     const auto n = static_cast<std::int64_t>(s.ring.buckets());
     const std::size_t count_at = out.size();
-    put<std::uint32_t>(out, 0);
+    put_bytes<std::uint32_t>(out, 0);
     std::uint32_t saved = 0;
     if (s.ring.started()) {
         for (std::int64_t e = s.ring.head() - n + 1; e <= s.ring.head(); ++e) {
@@ -283,22 +250,22 @@ void encode_slot(std::string& out, std::uint8_t kind, std::string_view key, cons
             if (!any) {
                 continue;
             }
-            put<std::int64_t>(out, e);
+            put_bytes<std::int64_t>(out, e);
             for (std::size_t c = 0; c < s.ring.channels(); ++c) {
-                put<double>(out, s.ring.bucket(e, c));
+                put_bytes<double>(out, s.ring.bucket(e, c));
             }
             ++saved;
         }
     }
     std::memcpy(out.data() + count_at, &saved, sizeof saved);
     const auto b = s.base.save();
-    put<std::uint8_t>(out, b.started ? 1 : 0);
-    put<std::int64_t>(out, b.bucket);
-    put<std::int64_t>(out, b.first_bucket);
-    put<double>(out, b.current);
-    put<double>(out, b.mean);
-    put<double>(out, b.var);
-    put<std::uint32_t>(out, b.samples);
+    put_bytes<std::uint8_t>(out, b.started ? 1 : 0);
+    put_bytes<std::int64_t>(out, b.bucket);
+    put_bytes<std::int64_t>(out, b.first_bucket);
+    put_bytes<double>(out, b.current);
+    put_bytes<double>(out, b.mean);
+    put_bytes<double>(out, b.var);
+    put_bytes<std::uint32_t>(out, b.samples);
 }
 
 }  // namespace
@@ -349,10 +316,10 @@ std::string rule_meter::encode() {
     }
     std::string out;
     out.reserve(body.size() + 16);
-    put<std::uint8_t>(out, meter_format);
-    put<std::uint32_t>(out, static_cast<std::uint32_t>(buckets_));
-    put<std::uint8_t>(out, static_cast<std::uint8_t>(channels_));
-    put<std::uint32_t>(out, slots);
+    put_bytes<std::uint8_t>(out, meter_format);
+    put_bytes<std::uint32_t>(out, static_cast<std::uint32_t>(buckets_));
+    put_bytes<std::uint8_t>(out, static_cast<std::uint8_t>(channels_));
+    put_bytes<std::uint32_t>(out, slots);
     out += body;
     return out;
 }
@@ -364,7 +331,7 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
         }
         return false;
     };
-    reader r{blob};
+    byte_reader r{blob};
     const auto format = r.get<std::uint8_t>();
     const auto buckets = r.get<std::uint32_t>();
     const auto channels = r.get<std::uint8_t>();

@@ -462,11 +462,10 @@ TEST(resources, fd_count_returns_to_baseline_after_10000_mixed_requests) {
     EXPECT_EQ(bb.wait_exit(), 0);
 }
 
-TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart) {
-    fake_upstream up{[](const request&) { return respond(202, ""); }};
-    const auto dir = temp_dir();
-    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
-    // Splice a store, a failure mode, a breaker and a cap of 15 recipients per campaign.
+// dir/bb.json: two workers, a store in dir, and a cap of 15 recipients per campaign an hour
+// (rule "cap") that pauses the campaign (breaker campaign-volume, manual reset).
+static void write_capped_config(const std::string& dir, std::uint16_t upstream_port) {
+    std::string cfg = make_config(local_url(upstream_port), "", "", "", 2);
     cfg.insert(cfg.rfind('}'),
                ", \"store\": {\"path\": \"" + dir +
                    "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
@@ -475,6 +474,12 @@ TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart)
                    "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 15,"
                    "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
     write_file(dir + "/bb.json", cfg);
+}
+
+TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    write_capped_config(dir, up.port());
     const std::string ten = "{\"to\":[1,2,3,4,5,6,7,8,9,10]}";
     auto send = [&](std::uint16_t port) {
         return http_request(port, http::verb::post, "/v3/mail/send", ten,
@@ -512,15 +517,7 @@ TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart)
 TEST(durability, a_cap_keeps_its_counts_across_kill_9_and_sigterm_restarts) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
-    cfg.insert(cfg.rfind('}'),
-               ", \"store\": {\"path\": \"" + dir +
-                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
-                   "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"}],"
-                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
-                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 15,"
-                   "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
-    write_file(dir + "/bb.json", cfg);
+    write_capped_config(dir, up.port());
     const std::string ten = "{\"to\":[1,2,3,4,5,6,7,8,9,10]}";
     auto send = [&](std::uint16_t port, const std::string& campaign) {
         return http_request(port, http::verb::post, "/v3/mail/send", ten,
