@@ -418,7 +418,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
         open_store(cfg_->store);
     }
     if (db_ && rt_->engine) {
-        restore_meters(*rt_->engine, cfg_->store.path);  // before the first request, as breaker state is
+        restore_meters(*rt_->engine, cfg_->store.path, nullptr);  // before the first request, as breaker state is
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -830,7 +830,7 @@ remediation& server::remediation() {
     return *remediation_;
 }
 
-void server::restore_meters(rules::engine& engine, const std::string& path) {
+void server::restore_meters(rules::engine& engine, const std::string& path, const rules::engine* running) {
     // A cap must not come back from a restart as a fresh one (PRODUCT.md principle 4):
     // counts that cannot be read are a reason not to start, as breaker state is.
     std::string error;
@@ -841,6 +841,9 @@ void server::restore_meters(rules::engine& engine, const std::string& path) {
     std::vector<rules::engine::saved_meter> saved;
     saved.reserve(loaded->size());
     for (auto& m : *loaded) {
+        if (running && engine.shares_meter_with(*running, m.rule_id)) {
+            continue;
+        }
         saved.push_back({std::move(m.rule_id), m.fingerprint, std::move(m.state), m.offset});
     }
     const auto restored = engine.restore_meters(saved, clock_->now(), &error);
@@ -924,13 +927,21 @@ bool server::save_meters(bool wait) {
         finish(std::move(hashes), nullptr);
         return true;  // the store has all of it
     }
-    auto done = std::make_shared<std::promise<bool>>();
-    auto saved = done->get_future();
-    db_->save_meters(std::move(changed), std::move(keep),
-                     [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
-                         finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
-                         done->set_value(r.ok);
-                     });
+    std::future<bool> saved;
+    try {
+        auto done = std::make_shared<std::promise<bool>>();
+        saved = done->get_future();
+        db_->save_meters(std::move(changed), std::move(keep),
+                         [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
+                             finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
+                             done->set_value(r.ok);
+                         });
+    } catch (const std::exception& e) {
+        // Not queued (the store queues an operation whole or not at all).
+        const store::result failed = store::result::failure("save_failed", e.what());
+        finish(std::nullopt, &failed);
+        return false;
+    }
     return !wait || saved.get();
 }
 
@@ -1142,8 +1153,10 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     }
     rt = build_runtime(effective, current_runtime().get(), prepare);
     if (opened && rt->engine) {
-        // So must the counts it kept (the rules are new to this run: nothing is booked yet).
-        restore_meters(*rt->engine, effective->store.path);
+        // So must the counts it kept. (Rules need breakers, so the runtime before had none
+        // and nothing of this engine is booked yet; a meter it shares with the running
+        // engine would hold this run's counts and is left alone all the same.)
+        restore_meters(*rt->engine, effective->store.path, current_runtime()->engine.get());
     }
     {
         std::lock_guard lock{cfg_mutex_};
@@ -1281,7 +1294,11 @@ int server::run() {
             // lose what the drain booked).
             if (db_ && std::chrono::steady_clock::now() >= next_meter_save) {
                 next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
-                save_meters(false);
+                try {
+                    save_meters(false);  // a failure is logged and shown by the gauge
+                } catch (const std::exception& e) {
+                    spdlog::error("rule meters not saved: {}", e.what());
+                }
             }
             // Retention: resolved quarantine records older than store.retention go away.
             if (db_ && std::chrono::steady_clock::now() >= next_prune) {

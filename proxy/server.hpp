@@ -349,7 +349,8 @@ private:
     std::map<std::string, std::size_t> meters_saved_;
     bool meters_failing_ = false;
     // Before `engine` books anything (a start, or the reload that opens the store).
-    void restore_meters(rules::engine& engine, const std::string& path);
+    // `running`: the engine serving meanwhile (a reload), whose meters are left alone.
+    void restore_meters(rules::engine& engine, const std::string& path, const rules::engine* running);
     // Declared after the workers so they are destroyed first (in reverse order): their
     // last completions post to the workers' io_contexts, which must still exist.
     std::unique_ptr<store::database> db_;

@@ -1134,7 +1134,7 @@ std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
         const rule& r = set_->rules[i];
         // A duplicates guard counts in its table (its meter books nothing); its table goes
         // on across a change of only max or window, as at a reload.
-        std::string state = dups_[i] ? dups_[i]->encode(now_ms) : meters_[i]->encode();
+        std::string state = dups_[i] ? dups_[i]->encode(now_ms) : meters_[i]->encode(epoch_of(now, r.resolution));
         if (!state.empty()) {
             out.push_back({r.id, dups_[i] ? r.counter_fingerprint : r.fingerprint, std::move(state)});
         }

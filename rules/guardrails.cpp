@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <type_traits>
 
 #include "rules/form.hpp"
@@ -2763,38 +2764,51 @@ std::string duplicate_counter::encode(std::int64_t now_ms) const {
         std::vector<std::int64_t> times;
     };
     std::vector<pair> pairs;
+    std::vector<pair> slice_pairs;  // filled under the lock, moved out after it
     // A shard is copied a slice at a time, its lock let go between slices: the requests
     // checked against it wait for at most one slice, never for the whole table.
     constexpr std::size_t slice = 256;
+    slice_pairs.reserve(slice);
     for (auto& s : shards_) {
         for (std::size_t from = 0;; from += slice) {
-            std::lock_guard lock{s.mu};
-            if (from >= s.slots.size()) {
-                break;
+            {
+                std::lock_guard lock{s.mu};
+                if (from >= s.slots.size()) {
+                    break;
+                }
+                const std::size_t to = std::min(s.slots.size(), from + slice);
+                for (std::size_t i = from; i < to; ++i) {
+                    const slot& e = s.slots[i];
+                    const std::size_t sends = in_window(e, now_ms);
+                    if (sends == 0 && e.refused_ms <= now_ms - window_ms_) {
+                        continue;  // nothing of it counts any more
+                    }
+                    const auto it = s.index.find(e.key);
+                    if (it == s.index.end() || it->second != i) {
+                        continue;  // a slot that was let go (its pair forgotten)
+                    }
+                    pair p{e.key, e.probation, e.refused_ms, e.refused_ms, {}};
+                    p.times.assign(e.times.end() - static_cast<std::ptrdiff_t>(sends), e.times.end());
+                    if (!p.times.empty()) {
+                        p.last = std::max(p.last, p.times.back());
+                    }
+                    slice_pairs.push_back(std::move(p));
+                }
             }
-            const std::size_t to = std::min(s.slots.size(), from + slice);
-            for (std::size_t i = from; i < to; ++i) {
-                const slot& e = s.slots[i];
-                const std::size_t sends = in_window(e, now_ms);
-                if (sends == 0 && e.refused_ms <= now_ms - window_ms_) {
-                    continue;  // nothing of it counts any more
-                }
-                const auto it = s.index.find(e.key);
-                if (it == s.index.end() || it->second != i) {
-                    continue;  // a slot that was let go (its pair forgotten)
-                }
-                pair p{e.key, e.probation, e.refused_ms, e.refused_ms, {}};
-                p.times.assign(e.times.end() - static_cast<std::ptrdiff_t>(sends), e.times.end());
-                if (!p.times.empty()) {
-                    p.last = std::max(p.last, p.times.back());
-                }
-                pairs.push_back(std::move(p));
-            }
+            std::move(slice_pairs.begin(), slice_pairs.end(), std::back_inserter(pairs));
+            slice_pairs.clear();
         }
     }
     if (pairs.empty()) {
         return {};
     }
+    // A pair forgotten and taken up again in a later slot while the table was copied is in
+    // the copy twice: its latest copy is the one that counts.
+    std::sort(pairs.begin(), pairs.end(), [](const pair& a, const pair& b) {
+        return a.key != b.key ? a.key < b.key : a.last > b.last;
+    });
+    pairs.erase(std::unique(pairs.begin(), pairs.end(), [](const pair& a, const pair& b) { return a.key == b.key; }),
+                pairs.end());
     // Least recently seen first: restore() adds them in this order, so its recency lists
     // (which pair makes way for a new one) come back as they were, up to ties.
     std::stable_sort(pairs.begin(), pairs.end(), [](const pair& a, const pair& b) { return a.last < b.last; });

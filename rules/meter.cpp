@@ -214,8 +214,9 @@ namespace {
 constexpr std::uint8_t meter_format = 1;
 enum : std::uint8_t { slot_single = 0, slot_key = 1, slot_overflow = 2 };
 
-// Whether a slot carries anything over: counts inside its window, or a baseline's history.
-bool worth_saving(const meter_slot& s, bool baseline) {
+// Whether a slot carries anything over at `now_epoch`: counts inside its window then (its
+// totals are as of its last booking), or a baseline's history.
+bool worth_saving(const meter_slot& s, bool baseline, std::int64_t now_epoch) {
     if (baseline) {
         return s.base.started();
     }
@@ -223,7 +224,7 @@ bool worth_saving(const meter_slot& s, bool baseline) {
         return false;
     }
     for (std::size_t c = 0; c < s.ring.channels(); ++c) {
-        if (s.ring.total(c) != 0) {
+        if (s.ring.total_at(std::max(now_epoch, s.ring.head()), c) != 0) {
             return true;
         }
     }
@@ -270,18 +271,30 @@ void encode_slot(std::string& out, std::uint8_t kind, std::string_view key, cons
 
 }  // namespace
 
-std::string rule_meter::encode() {
+std::string rule_meter::encode(std::int64_t now_epoch) {
     std::string body;
     std::uint32_t slots = 0;
-    auto one = [&](std::uint8_t kind, std::string_view key, const meter_slot& s) {
-        if (worth_saving(s, baseline_)) {
-            encode_slot(body, kind, key, s);
+    // Each slot is encoded into `one` under its locks and appended to `body` after them, so
+    // a lock is never held while the whole body grows.
+    std::string one;
+    auto take = [&](std::uint8_t kind, std::string_view key, const meter_slot& s) {
+        one.clear();
+        if (worth_saving(s, baseline_, now_epoch)) {
+            encode_slot(one, kind, key, s);
+        }
+    };
+    auto keep = [&] {
+        if (!one.empty()) {
+            body += one;
             ++slots;
         }
     };
     if (!keyed_) {
-        std::lock_guard lock{single_.mu};
-        one(slot_single, {}, single_);
+        {
+            std::lock_guard lock{single_.mu};
+            take(slot_single, {}, single_);
+        }
+        keep();
     } else {
         // A key at a time, each under its shard's read lock and its own lock: a request that
         // adds a key to the shard (which needs the shard's write lock) waits for one key's
@@ -297,18 +310,24 @@ std::string rule_meter::encode() {
                 }
             }
             for (const auto& key : keys) {
-                std::shared_lock read{sh.mu};
-                const auto it = sh.slots.find(key);
-                if (it == sh.slots.end()) {
-                    continue;  // evicted meanwhile: idle, so nothing to carry over
+                {
+                    std::shared_lock read{sh.mu};
+                    const auto it = sh.slots.find(key);
+                    if (it == sh.slots.end()) {
+                        continue;  // evicted meanwhile: idle, so nothing to carry over
+                    }
+                    std::lock_guard lock{it->second->mu};
+                    take(slot_key, key, *it->second);
                 }
-                std::lock_guard lock{it->second->mu};
-                one(slot_key, key, *it->second);
+                keep();
             }
         }
         if (overflow_events_.load(std::memory_order_relaxed) > 0) {
-            std::lock_guard lock{overflow_.mu};
-            one(slot_overflow, {}, overflow_);
+            {
+                std::lock_guard lock{overflow_.mu};
+                take(slot_overflow, {}, overflow_);
+            }
+            keep();
         }
     }
     if (slots == 0) {
@@ -407,26 +426,50 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
             return fail("saved meter key " + s.key + " has a baseline that is no number");
         }
     }
+    // Every epoch moves by the same rounded-up shift, so no count leaves the window before
+    // it would have. The head of a slot saved in the bucket that was current may then be
+    // the bucket after ours (the rounding): it stays there (the ring books the next events
+    // in their own buckets behind it). Anything later (a wall clock set back while we were
+    // down) lands there too, which keeps it for longer, never for less.
+    const std::int64_t latest = now_epoch + 1;
+    auto moved = [&](std::int64_t e) { return std::min(e + shift, latest); };
     auto apply = [&](const saved_slot& s, meter_slot& slot) {
-        // Every epoch moves by the same (rounded-up) shift, so no count leaves the window
-        // before it would have; what would land after now lands at now instead (a wall clock
-        // set back while we were down, or the rounding), which keeps it for longer, never
-        // for less.
-        auto moved = [&](std::int64_t e) { return std::min(e + shift, now_epoch); };
-        slot.last_epoch = moved(s.last_epoch);
+        slot.last_epoch = std::min(moved(s.last_epoch), now_epoch);
         if (s.ring_started) {
-            const std::int64_t head = moved(s.head);
-            slot.ring.restart_at(head);
+            slot.ring.restart_at(moved(s.head));
             for (const auto& [e, v] : s.values) {
                 for (std::size_t c = 0; c < channels_; ++c) {
                     slot.ring.add_to_bucket(moved(e), c, v[c]);
                 }
             }
         }
+        // A baseline moves as one (its warm-up keeps its length).
         auto b = s.base;
-        b.bucket = moved(b.bucket);
-        b.first_bucket = moved(b.first_bucket);
+        if (b.started) {
+            const std::int64_t d = std::min(shift, latest - b.bucket);
+            b.bucket += d;
+            b.first_bucket += d;
+        }
         slot.base.load(b);
+    };
+    // A key the table has no room for (a snapshot taken while keys came and went can hold
+    // more than max_keys): its counts go to the overflow slot, as its next events would.
+    auto merge_into_overflow = [&](const saved_slot& s) {
+        std::lock_guard lock{overflow_.mu};
+        if (s.ring_started) {
+            if (!overflow_.ring.started()) {
+                overflow_.ring.restart_at(moved(s.head));
+            } else {
+                overflow_.ring.advance(moved(s.head));
+            }
+            for (const auto& [e, v] : s.values) {
+                for (std::size_t c = 0; c < channels_; ++c) {
+                    overflow_.ring.add_to_bucket(std::min(moved(e), overflow_.ring.head()), c, v[c]);
+                }
+            }
+        }
+        overflow_.last_epoch = std::max(overflow_.last_epoch, std::min(moved(s.last_epoch), now_epoch));
+        overflow_events_.fetch_add(1, std::memory_order_relaxed);
     };
     for (const auto& s : slots) {
         if (s.kind == slot_single) {
@@ -442,7 +485,9 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
             auto it = sh.slots.find(s.key);
             if (it == sh.slots.end()) {
                 if (keys_.load(std::memory_order_relaxed) >= max_keys_) {
-                    continue;  // cannot happen for the same rule (same max_keys); bounded anyway
+                    write.unlock();
+                    merge_into_overflow(s);
+                    continue;
                 }
                 keys_.fetch_add(1, std::memory_order_relaxed);
                 it = sh.slots.emplace(s.key, std::make_unique<meter_slot>(buckets_, channels_)).first;

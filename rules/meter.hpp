@@ -169,17 +169,18 @@ public:
     meter_stats stats() const;
 
     // Carrying the counts over a restart (PRODUCT.md principle 4: a cap is no fresh cap
-    // after a deploy). encode() is every key that holds something (counts inside its
-    // window, or a baseline's history), with its epochs as they are; "" when none does.
-    // Thread-safe: each slot is copied under its lock, as a scrape reads it.
-    std::string encode();
+    // after a deploy). encode() is every key that holds something at `now_epoch` (counts
+    // inside its window, or a baseline's history), with its epochs as they are; "" when
+    // none does. Thread-safe: each slot is copied under its lock, as a scrape reads it.
+    std::string encode(std::int64_t now_epoch);
     // Into a meter that has booked nothing yet: the keys of `blob` (encode() of a meter of
     // the same rule), every epoch moved by `shift` (in units of the rule's resolution: the
-    // saving process's clock onto this one's) and never past `now_epoch` (a wall clock set
-    // back while we were down must not put counts in the future, where they would stay for
-    // longer than the window: they are put at now). Counts that have left the window at
-    // `now_epoch` go at the next booking, as they would have. False + *error if the blob is
-    // not one of this meter's (nothing restored then).
+    // saving process's clock onto this one's) and never past the bucket after `now_epoch`
+    // (where the rounding may put a head; a wall clock set back while we were down must not
+    // put counts further in the future, where they would stay for longer than the window).
+    // Counts that have left the window at `now_epoch` go at the next booking, as they would
+    // have. Keys beyond max_keys go to the overflow slot. False + *error if the blob is not
+    // one of this meter's (nothing restored then).
     bool restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error);
 
     // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its

@@ -876,7 +876,13 @@ TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
 // The rules' counts are saved for a restart (every second and at shutdown); a save that
 // fails shows in /metrics until one succeeds, and the next one carries the counts.
 TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succeeds) {
-    admin_fixture f;
+    // Periodic saves stretched to an hour: only the test's own saves run.
+    struct {
+        fake_upstream up{[](const request&) { return respond(202, ""); }};
+        std::string dir = temp_dir();
+        proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
+        std::uint16_t port() { return bb.server().admin_port(); }
+    } f;
     auto gauge = [&] {
         const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
         const auto at = text.find("\nbreakerbox_rule_meters_unsaved ");

@@ -1520,6 +1520,36 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
 }
 
+// A table larger than the slices it is copied in (256 pairs of a shard at a time): every
+// pair comes back once.
+TEST(GuardDuplicates, ALargeTableSurvivesARestartWhole) {
+    const auto rules = dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "subject"]})j");
+    fixture f{rules};
+    std::string all = R"j({"personalizations": [{"to": [)j";
+    for (int i = 0; i < 6000; ++i) {
+        all += (i ? ", " : "") + std::string{R"j({"email": "r)j"} + std::to_string(i) + R"j(@example.com"})j";
+    }
+    all += R"j(]}], "from": {"email": "news@example.com"}, "subject": "Spring sale", "content": [{"type": "text/plain", "value": "Hi"}]})j";
+    request req;
+    req.body = all;
+    ASSERT_TRUE(f.check(req).allowed());
+    const auto saved = f.eng.save_meters(f.clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+    EXPECT_EQ(saved[0].state.size(), 5u + 6000u * (8 + 1 + 8 + 4 + 8)) << "each pair once";
+    fixture again{rules};
+    again.clock.set(f.clock.now());
+    std::string error;
+    ASSERT_TRUE(again.eng.restore_meters(saved, again.clock.now(), &error)) << error;
+    for (const int i : {0, 255, 256, 2999, 5999}) {
+        request one;
+        one.body = sendgrid_to({"r" + std::to_string(i) + "@example.com"});
+        EXPECT_FALSE(again.check(one).allowed()) << i;
+    }
+    request fresh;
+    fresh.body = sendgrid_to({"r6000@example.com"});
+    EXPECT_TRUE(again.check(fresh).allowed());
+}
+
 TEST(GuardDuplicates, ByTemplateAndPerPersonalizationSubjects) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "template"]})j")};
     request req;

@@ -398,8 +398,11 @@ TEST(SavedMeters, ABucketThatStraddlesTwoAfterARebootGoesToTheLaterOne) {
     const time_point just_before = t0 + offset + 59min + 5s;
     EXPECT_EQ(after.read("cap", "spring", just_before)->value, 90);
     EXPECT_FALSE(send(after, "spring", 11, just_before).allowed());
+    // The second 45 leave the old window at t0 + 60m 10s: 5 s before, they count.
+    EXPECT_FALSE(send(after, "spring", 56, t0 + offset + 60min + 5s).allowed());
+    EXPECT_TRUE(send(after, "spring", 55, t0 + offset + 60min + 5s).allowed());
     // Kept a little longer (to the end of our bucket), never for less; gone after the hour.
-    EXPECT_TRUE(send(after, "spring", 11, t0 + offset + 62min).allowed());
+    EXPECT_TRUE(send(after, "spring", 45, t0 + offset + 62min).allowed());
 }
 
 TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
