@@ -52,8 +52,9 @@ cat <<'MSG'
     build/breakerctl quarantine list --breaker campaign-volume
     build/breakerctl quarantine release --breaker campaign-volume --rate 5 --reason "segment checked"
 
-  Breaker states and held mail are kept in var/breakerbox.db across runs (as in production:
-  a restart never reopens a breaker); `rm -rf var/` before a run starts the demo afresh.
+  Breaker states, held mail and the caps' counts are kept in var/breakerbox.db across runs
+  (as in production: a restart never reopens a breaker nor refills a cap); `rm -rf var/`
+  before a run starts the demo afresh.
 
   Access log lines (JSON) follow. Ctrl-C drains and stops.
 
