@@ -1167,11 +1167,14 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
             continue;
         }
         const std::int64_t res = std::max<std::int64_t>(it->resolution.count(), 1);
-        // Rounded up: a bucket that straddles two of ours goes to the later one, so its
-        // counts stay in the window for a little longer, never for less.
+        // A window's bucket that straddles two of ours goes to the later one (rounded up), so
+        // its counts stay in the window for a little longer, never for less. A baseline's
+        // current bucket goes to the earlier one (rounded down), so the counts it compares
+        // with its threshold never span more than one bucket of time.
         const std::int64_t off = m.offset.count();
-        const std::int64_t shift = off >= 0 ? (off + res - 1) / res : -((-off) / res);
-        if (!meters_[idx]->restore(m.state, shift, epoch_of(now, it->resolution), &why)) {
+        const std::int64_t down = off >= 0 ? off / res : -((-off + res - 1) / res);
+        const std::int64_t up = off % res == 0 ? down : down + 1;
+        if (!meters_[idx]->restore(m.state, up, down, epoch_of(now, it->resolution), &why)) {
             if (error) {
                 *error = "rule " + m.rule_id + ": " + why;
             }

@@ -343,7 +343,8 @@ std::string rule_meter::encode(std::int64_t now_epoch) {
     return out;
 }
 
-bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error) {
+bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t base_shift, std::int64_t now_epoch,
+                         std::string* error) {
     auto fail = [&](std::string why) {
         if (error) {
             *error = std::move(why);
@@ -407,7 +408,8 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
     }
     // Epochs far outside any clock (a damaged row) would overflow the shifts below.
     constexpr std::int64_t bound = std::int64_t{1} << 52;
-    if (shift < -bound || shift > bound || now_epoch < -bound || now_epoch > bound) {
+    if (shift < -bound || shift > bound || base_shift < -bound || base_shift > bound || now_epoch < -bound ||
+        now_epoch > bound) {
         return fail("the saved meter's clock cannot be mapped onto this one");
     }
     for (const auto& s : slots) {
@@ -443,10 +445,13 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
                 }
             }
         }
-        // A baseline moves as one (its warm-up keeps its length).
+        // A baseline moves as one (its warm-up keeps its length), by the shift rounded down,
+        // and never past now: the counts of its current bucket and ours never span more
+        // than one bucket of time (rounded up, they could span two: a false trip at twice
+        // the usual rate).
         auto b = s.base;
         if (b.started) {
-            const std::int64_t d = std::min(shift, latest - b.bucket);
+            const std::int64_t d = std::min(base_shift, now_epoch - b.bucket);
             b.bucket += d;
             b.first_bucket += d;
         }
@@ -471,6 +476,9 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
         overflow_.last_epoch = std::max(overflow_.last_epoch, std::min(moved(s.last_epoch), now_epoch));
         overflow_events_.fetch_add(1, std::memory_order_relaxed);
     };
+    // The overflow slot first: keys merged into it below add to it, and would be wiped by
+    // restoring it after them.
+    std::stable_partition(slots.begin(), slots.end(), [](const saved_slot& s) { return s.kind == slot_overflow; });
     for (const auto& s : slots) {
         if (s.kind == slot_single) {
             std::lock_guard lock{single_.mu};

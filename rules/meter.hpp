@@ -181,7 +181,9 @@ public:
     // Counts that have left the window at `now_epoch` go at the next booking, as they would
     // have. Keys beyond max_keys go to the overflow slot. False + *error if the blob is not
     // one of this meter's (nothing restored then).
-    bool restore(std::string_view blob, std::int64_t shift, std::int64_t now_epoch, std::string* error);
+    // `base_shift`: the same shift rounded down, for a baseline's buckets (never past now).
+    bool restore(std::string_view blob, std::int64_t shift, std::int64_t base_shift, std::int64_t now_epoch,
+                 std::string* error);
 
     // Visits every tracked key (the overflow key as rule_meter::overflow_key) with its
     // slot locked. For scrapes: it takes each shard's lock shared, one at a time.

@@ -405,6 +405,45 @@ TEST(SavedMeters, ABucketThatStraddlesTwoAfterARebootGoesToTheLaterOne) {
     EXPECT_TRUE(send(after, "spring", 45, t0 + offset + 62min).allowed());
 }
 
+// A baseline's current bucket after a fractional reboot offset goes to the earlier of the two
+// it straddles: the next bucket starts afresh on time, and the counts compared with the
+// threshold never span two buckets (rounded up they did: 60 before the restart + 100 after
+// it against a threshold of 150, a false trip at the usual rate).
+TEST(SavedMeters, ABaselineAfterARebootComparesOneBucketOfTraffic) {
+    const std::string rule = config(R"j({"id": "spike", "route": "mail-send", "key": "header:x-campaign-id",
+        "measure": "count($.personalizations[*].to[*])", "window": "1m",
+        "baseline": {"factor": 1.5, "warmup": "10m", "min_samples": 10, "alpha": 0.2},
+        "failure_mode": "volume-spike", "trips": "campaign-volume"})j");
+    const time_point start{std::chrono::minutes{60'000}};
+    engine before{load_ok(rule)};
+    for (int bucket = 0; bucket < 30; ++bucket) {
+        for (int i = 0; i < 100; ++i) {
+            ASSERT_TRUE(send(before, "spring", 1, start + std::chrono::minutes{bucket} + std::chrono::milliseconds{i * 500}).allowed());
+        }
+    }
+    const time_point b30 = start + 30min;
+    for (int i = 0; i < 60; ++i) {
+        ASSERT_TRUE(send(before, "spring", 1, b30 + std::chrono::milliseconds{i * 500}).allowed());
+    }
+    auto saved = before.save_meters(b30 + 40s);
+    const auto offset = std::chrono::duration_cast<std::chrono::milliseconds>(-std::chrono::minutes{59'000} + 30s);
+    saved[0].offset = offset;
+    const time_point up = b30 + 45s + offset;  // 15 s into our next bucket
+    engine after{load_ok(rule)};
+    std::string error;
+    ASSERT_TRUE(after.restore_meters(saved, up, &error)) << error;
+    for (int i = 0; i < 100; ++i) {
+        const auto d = send(after, "spring", 1, up + std::chrono::milliseconds{i * 400});
+        ASSERT_TRUE(d.allowed()) << i << ": " << d.reason;
+    }
+    // Still armed: a spike in that bucket trips.
+    bool tripped = false;
+    for (int i = 0; i < 100 && !tripped; ++i) {
+        tripped = !send(after, "spring", 1, up + 41s).allowed();
+    }
+    EXPECT_TRUE(tripped);
+}
+
 TEST(SavedMeters, AChangedRuleStartsFromZeroAndADamagedOneIsAnError) {
     manual_clock clock;
     engine before{load_ok(config(hourly_cap))};
