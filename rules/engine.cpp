@@ -1127,16 +1127,21 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
     }
 }
 
+// A duplicates guard's table goes on across a change of only its max or window (as at a
+// reload): it is saved under the fingerprint without them.
+std::uint64_t engine::saved_fingerprint(std::size_t i) const {
+    return dups_[i] ? set_->rules[i].counter_fingerprint : set_->rules[i].fingerprint;
+}
+
 std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
     std::vector<saved_meter> out;
     const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     for (std::size_t i = 0; i < meters_.size(); ++i) {
         const rule& r = set_->rules[i];
-        // A duplicates guard counts in its table (its meter books nothing); its table goes
-        // on across a change of only max or window, as at a reload.
+        // A duplicates guard counts in its table (its meter books nothing).
         std::string state = dups_[i] ? dups_[i]->encode(now_ms) : meters_[i]->encode(epoch_of(now, r.resolution));
         if (!state.empty()) {
-            out.push_back({r.id, dups_[i] ? r.counter_fingerprint : r.fingerprint, std::move(state)});
+            out.push_back({r.id, saved_fingerprint(i), std::move(state)});
         }
     }
     return out;
@@ -1145,36 +1150,28 @@ std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
 std::optional<std::vector<std::string>> engine::restore_meters(const std::vector<saved_meter>& saved, time_point now,
                                                                std::string* error) {
     std::vector<std::string> restored;
+    const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     for (const auto& m : saved) {
-        const auto it = std::find_if(set_->rules.begin(), set_->rules.end(), [&](const rule& r) { return r.id == m.rule_id; });
-        if (it == set_->rules.end()) {
-            continue;
-        }
-        const auto idx = static_cast<std::size_t>(it - set_->rules.begin());
-        if ((dups_[idx] ? it->counter_fingerprint : it->fingerprint) != m.fingerprint) {
-            continue;  // changed since: starts from zero, as a reload starts it
+        const rule* r = set_->find_rule(m.rule_id);
+        if (!r || saved_fingerprint(r->index) != m.fingerprint) {
+            continue;  // removed or changed since: starts from zero, as a reload starts it
         }
         std::string why;
-        if (dups_[idx]) {
-            const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
-            if (!dups_[idx]->restore(m.state, m.offset.count(), now_ms, &why)) {
-                if (error) {
-                    *error = "rule " + m.rule_id + ": " + why;
-                }
-                return std::nullopt;
-            }
-            restored.push_back(m.rule_id);
-            continue;
+        bool ok = false;
+        if (dups_[r->index]) {
+            ok = dups_[r->index]->restore(m.state, m.offset.count(), now_ms, &why);
+        } else {
+            const std::int64_t res = std::max<std::int64_t>(r->resolution.count(), 1);
+            // A window's bucket that straddles two of ours goes to the later one (rounded up),
+            // so its counts stay in the window for a little longer, never for less. A
+            // baseline's current bucket goes to the earlier one (rounded down), so the counts
+            // it compares with its threshold never span more than one bucket of time.
+            const std::int64_t off = m.offset.count();
+            const std::int64_t down = off >= 0 ? off / res : -((-off + res - 1) / res);
+            const std::int64_t up = off % res == 0 ? down : down + 1;
+            ok = meters_[r->index]->restore(m.state, up, down, epoch_of(now, r->resolution), &why);
         }
-        const std::int64_t res = std::max<std::int64_t>(it->resolution.count(), 1);
-        // A window's bucket that straddles two of ours goes to the later one (rounded up), so
-        // its counts stay in the window for a little longer, never for less. A baseline's
-        // current bucket goes to the earlier one (rounded down), so the counts it compares
-        // with its threshold never span more than one bucket of time.
-        const std::int64_t off = m.offset.count();
-        const std::int64_t down = off >= 0 ? off / res : -((-off + res - 1) / res);
-        const std::int64_t up = off % res == 0 ? down : down + 1;
-        if (!meters_[idx]->restore(m.state, up, down, epoch_of(now, it->resolution), &why)) {
+        if (!ok) {
             if (error) {
                 *error = "rule " + m.rule_id + ": " + why;
             }

@@ -172,6 +172,8 @@ public:
     bool shares_meter_with(const engine& other, std::string_view rule_id) const;
 
 private:
+    // The fingerprint a rule's saved counts are kept under (save_meters/restore_meters).
+    std::uint64_t saved_fingerprint(std::size_t rule_index) const;
     // Takes bookings off the meters and the duplicates counters (rollback, release).
     void undo(std::span<const evaluation_receipt::meter_booking> meters,
               const std::vector<evaluation_receipt::guard_send>& guards);

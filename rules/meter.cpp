@@ -98,55 +98,55 @@ double ring_window::total_at(std::int64_t epoch, std::size_t channel) const {
 }
 
 void baseline_state::fold(double x, double alpha) {
-    if (samples_ == 0) {
-        mean_ = x;
-        var_ = 0;
+    if (s_.samples == 0) {
+        s_.mean = x;
+        s_.var = 0;
     } else {
         // Incremental EWMA of mean and variance (West 1979 / Finch 2009).
-        const double d = x - mean_;
-        mean_ += alpha * d;
-        var_ = (1 - alpha) * (var_ + alpha * d * d);
+        const double d = x - s_.mean;
+        s_.mean += alpha * d;
+        s_.var = (1 - alpha) * (s_.var + alpha * d * d);
     }
-    if (samples_ < UINT32_MAX) {
-        ++samples_;
+    if (s_.samples < UINT32_MAX) {
+        ++s_.samples;
     }
 }
 
 void baseline_state::roll(std::int64_t epoch, double alpha) {
-    if (!started_) {
-        started_ = true;
-        bucket_ = epoch;
-        first_bucket_ = epoch;
-        current_ = 0;
+    if (!s_.started) {
+        s_.started = true;
+        s_.bucket = epoch;
+        s_.first_bucket = epoch;
+        s_.current = 0;
         return;
     }
-    if (epoch <= bucket_) {
+    if (epoch <= s_.bucket) {
         return;
     }
-    fold(current_, alpha);
+    fold(s_.current, alpha);
     // Quiet buckets in a gap are zeros; past a few hundred the EWMA has forgotten
     // everything anyway, so the loop is bounded.
-    const std::int64_t gap = std::min<std::int64_t>(epoch - bucket_ - 1, 512);
+    const std::int64_t gap = std::min<std::int64_t>(epoch - s_.bucket - 1, 512);
     for (std::int64_t i = 0; i < gap; ++i) {
         fold(0, alpha);
     }
-    bucket_ = epoch;
-    current_ = 0;
+    s_.bucket = epoch;
+    s_.current = 0;
 }
 
-double baseline_state::stddev() const { return std::sqrt(std::max(var_, 0.0)); }
+double baseline_state::stddev() const { return std::sqrt(std::max(s_.var, 0.0)); }
 
 bool baseline_state::armed(std::int64_t epoch, const baseline_spec& spec, std::int64_t bucket_ms) const {
-    return started_ && samples_ >= spec.min_samples && (epoch - first_bucket_) * bucket_ms >= spec.warmup.count();
+    return s_.started && s_.samples >= spec.min_samples && (epoch - s_.first_bucket) * bucket_ms >= spec.warmup.count();
 }
 
 double baseline_state::threshold(const baseline_spec& spec) const {
     double t = spec.min_value;
     if (spec.factor) {
-        t = std::max(t, mean_ * *spec.factor);
+        t = std::max(t, s_.mean * *spec.factor);
     }
     if (spec.sigma) {
-        t = std::max(t, mean_ + *spec.sigma * stddev());
+        t = std::max(t, s_.mean + *spec.sigma * stddev());
     }
     return t;
 }

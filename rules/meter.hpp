@@ -73,25 +73,7 @@ private:
 // compared against the mean/variance of the buckets before it.
 class baseline_state {
 public:
-    // Folds completed buckets (and empty buckets in a gap, as zeros) into the EWMA.
-    void roll(std::int64_t epoch, double alpha);
-    double current() const { return current_; }
-    void add(double amount) { current_ += amount; }
-    void subtract(std::int64_t epoch, double amount) {
-        if (epoch == bucket_) {
-            current_ -= amount;
-        }
-    }
-    double mean() const { return mean_; }
-    double stddev() const;
-    std::uint32_t samples() const { return samples_; }
-    // Whether the baseline may trip at `epoch` and above which bucket total.
-    bool armed(std::int64_t epoch, const baseline_spec& spec, std::int64_t bucket_ms) const;
-    double threshold(const baseline_spec& spec) const;
-    std::int64_t bucket() const { return bucket_; }
-    bool started() const { return started_; }
-
-    // Everything a restart must carry over (rule_meter::encode/restore).
+    // Everything the baseline is, and all a restart must carry over (rule_meter::encode/restore).
     struct image {
         std::int64_t bucket = 0;
         std::int64_t first_bucket = 0;
@@ -101,27 +83,32 @@ public:
         std::uint32_t samples = 0;
         bool started = false;
     };
-    image save() const { return {bucket_, first_bucket_, current_, mean_, var_, samples_, started_}; }
-    void load(const image& i) {
-        bucket_ = i.bucket;
-        first_bucket_ = i.first_bucket;
-        current_ = i.current;
-        mean_ = i.mean;
-        var_ = i.var;
-        samples_ = i.samples;
-        started_ = i.started;
+
+    // Folds completed buckets (and empty buckets in a gap, as zeros) into the EWMA.
+    void roll(std::int64_t epoch, double alpha);
+    double current() const { return s_.current; }
+    void add(double amount) { s_.current += amount; }
+    void subtract(std::int64_t epoch, double amount) {
+        if (epoch == s_.bucket) {
+            s_.current -= amount;
+        }
     }
+    double mean() const { return s_.mean; }
+    double stddev() const;
+    std::uint32_t samples() const { return s_.samples; }
+    // Whether the baseline may trip at `epoch` and above which bucket total.
+    bool armed(std::int64_t epoch, const baseline_spec& spec, std::int64_t bucket_ms) const;
+    double threshold(const baseline_spec& spec) const;
+    std::int64_t bucket() const { return s_.bucket; }
+    bool started() const { return s_.started; }
+
+    const image& save() const { return s_; }
+    void load(const image& i) { s_ = i; }
 
 private:
     void fold(double x, double alpha);
 
-    std::int64_t bucket_ = 0;
-    std::int64_t first_bucket_ = 0;
-    double current_ = 0;
-    double mean_ = 0;
-    double var_ = 0;
-    std::uint32_t samples_ = 0;
-    bool started_ = false;
+    image s_;
 };
 
 // State of one key of one rule.
