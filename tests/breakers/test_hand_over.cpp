@@ -48,17 +48,27 @@ TEST_F(registry_test, hand_over_moves_state_and_forwards_later_operations) {
     EXPECT_EQ(reg().admit("gone/k", now()).v, verdict::allow);
 }
 
-TEST_F(registry_test, hand_over_keeps_a_half_open_probe_report) {
-    auto b = make_config("b");
-    b.cooldown = 10s;
-    b.half_open_probes = 1;
-    make({b});
-    reg().trip("b", "k", rule_cause(), now());
-    clock_.advance(11s);
-    const auto probe = reg().admit("b/k", now());
-    ASSERT_EQ(probe.v, verdict::probe);
-    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
-    reg().hand_over(next, now());
+// Breaker b (one half-open probe) tripped for key k, its probe out, then handed over to a
+// registry of the same config: the new registry and the probe's admission.
+class half_open_hand_over : public registry_test {
+protected:
+    void SetUp() override {
+        auto b = make_config("b");
+        b.cooldown = 10s;
+        b.half_open_probes = 1;
+        make({b});
+        reg().trip("b", "k", rule_cause(), now());
+        clock_.advance(11s);
+        probe = reg().admit("b/k", now());
+        ASSERT_EQ(probe.v, verdict::probe);
+        next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
+        reg().hand_over(next, now());
+    }
+    admission probe;
+    std::shared_ptr<breaker_registry> next;
+};
+
+TEST_F(half_open_hand_over, keeps_a_half_open_probe_report) {
     // The probe's request finishes on the old config: its failure must reopen the breaker
     // where the state now lives, not vanish.
     reg().probe_result("b/k", false, now(), 0);
@@ -71,17 +81,7 @@ TEST_F(registry_test, hand_over_keeps_a_half_open_probe_report) {
 // A reload while a probe is out keeps the round: no second budget of probes goes out in the
 // new registry, and the probe's late success, reported with its round, closes the breaker
 // there (a stale round's report would have freed a slot for one probe too many).
-TEST_F(registry_test, hand_over_keeps_the_half_open_round_and_its_probes) {
-    auto b = make_config("b");
-    b.cooldown = 10s;
-    b.half_open_probes = 1;
-    make({b});
-    reg().trip("b", "k", rule_cause(), now());
-    clock_.advance(11s);
-    const auto probe = reg().admit("b/k", now());
-    ASSERT_EQ(probe.v, verdict::probe);
-    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
-    reg().hand_over(next, now());
+TEST_F(half_open_hand_over, keeps_the_half_open_round_and_its_probes) {
     EXPECT_EQ(next->admit("b/k", now()).v, verdict::contain) << "the one probe is still out";
     reg().probe_result("b/k", true, now(), probe.probe_round);
     EXPECT_EQ(next->get("b/k", now())->st, state::closed);

@@ -928,17 +928,13 @@ TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
 TEST(breakers, a_rule_on_a_host_sees_every_spelling_of_it) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
         "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
         "\"breakers\": [{\"id\": \"per-host\", \"action\": \"deny\"}],"
         "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\", \"match\": {\"host\": \"API.SendGrid.com.\"},"
         " \"key\": [\"host\"], \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
-        " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+        " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],")};
     auto send_as = [&](const std::string& host) {
         raw_client c{bb.port()};
         const std::string body = R"({"to":[1]})";
@@ -961,11 +957,8 @@ TEST(breakers, a_breaker_two_rules_trip_is_asked_once_per_request) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     bb::manual_clock clock;
     const auto dir = temp_dir();
-    proxy_instance bb{
-        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
-        "\"upstreams\": [{\"name\": \"sendgrid\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
-        "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
         "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
         "\"breakers\": [{\"id\": \"shared\", \"action\": \"pause\", \"reset\": \"auto\", \"cooldown\": \"10s\", \"scope\": \"breaker\","
         " \"half_open_probes\": 1}],"
@@ -973,8 +966,7 @@ TEST(breakers, a_breaker_two_rules_trip_is_asked_once_per_request) {
         " \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
         " \"failure_mode\": \"volume-spike\", \"trips\": \"shared\"},"
         "{\"id\": \"overall\", \"route\": \"mail-send\", \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\","
-        " \"limit\": 1000, \"failure_mode\": \"volume-spike\", \"trips\": \"shared\"}],"
-        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}",
+        " \"limit\": 1000, \"failure_mode\": \"volume-spike\", \"trips\": \"shared\"}],"),
         &clock};
     auto send = [&](const std::string& campaign) {
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
