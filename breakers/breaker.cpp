@@ -26,6 +26,8 @@ std::string format_ms(milliseconds d) {
     return std::to_string(d.count()) + "ms";
 }
 
+std::atomic<std::uint64_t> changes_made{0};
+
 trip_cause cause_of(std::string kind, std::string actor, std::string reason) {
     trip_cause c;
     c.kind = std::move(kind);
@@ -35,6 +37,8 @@ trip_cause cause_of(std::string kind, std::string actor, std::string reason) {
 }
 
 }  // namespace
+
+std::uint64_t changes_so_far() { return changes_made.load(std::memory_order_acquire); }
 
 namespace detail {
 
@@ -433,6 +437,7 @@ private:
         a.act = cfg_.act;
         a.instance = name_;
         a.last_trip = last_trip_;
+        a.change = change_;
         return a;
     }
 
@@ -496,6 +501,9 @@ private:
         st_ = to;
         md_ = mto;
         last_at_ = at;
+        // Numbered under this instance's lock: a snapshot that locks it later and began
+        // after changes_so_far() read n has every change numbered n or less.
+        change_ = changes_made.fetch_add(1, std::memory_order_acq_rel) + 1;
         if (trips) {
             ++trips_;
             last_trip_ = t;
@@ -529,6 +537,7 @@ private:
     time_point opened_at_{};
     milliseconds cooldown_;
     time_point last_at_{};
+    std::uint64_t change_ = 0;  // the number of its last change (changes_so_far())
     // half_open: probes let through and succeeded in this round; the round tells a late
     // report from an earlier round apart.
     std::uint32_t issued_ = 0;

@@ -525,10 +525,17 @@ void server::open_store(const store_config& sc) {
                      "kept, not enforced; restored when a reload configures them again",
                      kept.size(), names);
     }
+    // From here a hold or a containment waits for the save of the change it reports.
+    saved_through_.store(0, std::memory_order_release);
     auto writer = std::make_unique<store::breaker_state_writer>(
         sc.path,
         [this] {
+            // Read before the snapshot, which then holds every change up to it; unless the
+            // registry is handing over to a reload's, whose changes it may lack (the save
+            // requested after the switch covers those).
+            const auto change = breakers::changes_so_far();
             const auto rt = current_runtime();
+            snapshot_change_ = rt->breakers->handed_over() ? 0 : change;
             auto all = rt->breakers->snapshot(clock_->now());
             std::lock_guard lock{orphans_mu_};
             for (const auto& o : orphans_) {
@@ -538,12 +545,17 @@ void server::open_store(const store_config& sc) {
             }
             return all;
         },
-        [db = db.get()](std::vector<breakers::instance_snapshot> instances) {
+        [this, db = db.get()](std::vector<breakers::instance_snapshot> instances) {
             std::promise<store::result> done;
             auto f = done.get_future();
             db->save_breaker_state(std::move(instances), [&done](const store::result& r) { done.set_value(r); });
             const auto r = f.get();
-            return r.ok ? std::string{} : r.code + ": " + r.message;
+            if (!r.ok) {
+                return r.code + ": " + r.message;
+            }
+            saved_through_.store(std::max(saved_through_.load(std::memory_order_relaxed), snapshot_change_),
+                                 std::memory_order_release);
+            return std::string{};
         },
         *clock_);
     // A failed save is logged and alerted (sev1, at most once a minute): the writer keeps
@@ -564,6 +576,7 @@ void server::open_store(const store_config& sc) {
     if (!writer->flush()) {
         const auto why = writer->last_error();
         writer.reset();
+        saved_through_.store(~std::uint64_t{0}, std::memory_order_release);
         std::lock_guard lock{orphans_mu_};
         orphans_.resize(orphans_.size() - kept.size());
         throw std::runtime_error("cannot write breaker state: " + why);
@@ -952,6 +965,12 @@ bool server::rule_meters_unsaved() {
 
 bool server::flush_breaker_state() {
     return state_writer_ ? state_writer_->flush() : true;
+}
+
+void server::pause_breaker_state_writes(bool on) {
+    if (state_writer_) {
+        state_writer_->pause(on);
+    }
 }
 
 bool server::breaker_state_unsaved() const { return state_writer_ && state_writer_->failing(); }

@@ -273,6 +273,13 @@ public:
     bool flush_breaker_state();
     // Whether the last save of breaker state failed (the writer is retrying).
     bool breaker_state_unsaved() const;
+    // Whether the saved breaker state holds every change numbered up to `change`
+    // (breakers::admission::change). True when no store keeps breaker state.
+    bool breaker_state_saved_through(std::uint64_t change) const {
+        return saved_through_.load(std::memory_order_acquire) >= change;
+    }
+    // Tests: while paused no breaker state save starts (persist_breakers waits).
+    void pause_breaker_state_writes(bool on);
     // Saves the rule meters (the counts of caps and baselines) to the store, so a restart
     // carries them over: every second from the control thread (skipped when nothing changed
     // or a save is still on its way), and with `wait` at shutdown and in tests, blocking
@@ -355,6 +362,10 @@ private:
     // last completions post to the workers' io_contexts, which must still exist.
     std::unique_ptr<store::database> db_;
     std::unique_ptr<store::breaker_state_writer> state_writer_;
+    // The last change (breakers::changes_so_far()) the saved state holds; all of them
+    // until a store keeps breaker state. snapshot_change_: the writer thread's own.
+    std::atomic<std::uint64_t> saved_through_{~std::uint64_t{0}};
+    std::uint64_t snapshot_change_ = 0;
     // Saved state of breakers this config does not have (e.g. a restart with an older config
     // file): kept in the store rather than erased, and restored when a reload configures the
     // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).

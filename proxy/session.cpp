@@ -536,6 +536,15 @@ private:
     std::shared_ptr<state> st_;
 };
 
+// A response that reports a breaker's containment (a hold's 202, a 503 paused, ...) goes
+// out only once the saved breaker state holds the change it reports (`change`,
+// breakers::admission::change): a crash right after it finds the breaker as the response
+// said. True when the request must wait for a save first (rare: within the moments after
+// a change); not while saves fail (logged and alerted by the writer, which keeps trying).
+bool must_settle(const server& srv, std::uint64_t change) {
+    return change != 0 && !srv.breaker_state_saved_through(change) && !srv.breaker_state_unsaved();
+}
+
 // Closing a socket with unread input makes the kernel send RST, which can destroy the
 // error response we just wrote (a 413 while the client is still sending its body). Like
 // nginx's lingering_close: after an error answer, stop sending, then read and discard for
@@ -1520,9 +1529,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         std::string quarantine_instance;  // set when a quarantine breaker holds this request
         std::string quarantine_rule;
         std::string quarantine_reason;
+        // The last breaker change the containment reported reflects (must_settle).
+        std::uint64_t contained_change = 0;
+        std::uint64_t quarantine_change = 0;
         auto contain = [&](const breakers::admission& adm, std::string_view rule, std::string reason) {
             contained_rule = std::string{rule};
             contained_breaker = adm.instance;
+            contained_change = std::max(contained_change, adm.change);
             if (reason.empty() && adm.last_trip) {
                 reason = adm.last_trip->cause.reason;
             }
@@ -1561,6 +1574,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 return true;
             }
             if (adm.act == breakers::action::quarantine) {
+                quarantine_change = std::max(quarantine_change, adm.change);
                 if (quarantine_instance.empty()) {
                     quarantine_instance = adm.instance;
                     quarantine_rule = std::string{rule};
@@ -1868,6 +1882,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (stored.duplicate) {
                         spdlog::info("request {}: {}", request_id, stored.message);
                     }
+                    if (must_settle(w.owner(), quarantine_change)) {
+                        const bool durable = co_await await_persist(w.owner());
+                        if (!durable) {
+                            spdlog::error("breaker state for {} could not be persisted", quarantine_instance);
+                        }
+                    }
                     if (!co_await reply_quarantined(stored.ticket, quarantine_instance, quarantine_reason) ||
                         !keep_alive) {
                         break;
@@ -1951,6 +1971,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             contained->rule = contained_rule;
             contained->breaker = contained_breaker;
+            if (must_settle(w.owner(), contained_change)) {
+                const bool durable = co_await await_persist(w.owner());
+                if (!durable) {
+                    spdlog::error("breaker state for {} could not be persisted", contained_breaker);
+                }
+            }
             if (!co_await reply(*contained, keep_alive) || !keep_alive) {
                 break;
             }

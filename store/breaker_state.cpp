@@ -292,6 +292,7 @@ breaker_state_writer::breaker_state_writer(std::string path, snapshot_fn snapsho
 }
 
 breaker_state_writer::~breaker_state_writer() {
+    pause(false);
     flush();
     {
         std::lock_guard lock{mu_};
@@ -317,6 +318,14 @@ bool breaker_state_writer::flush() {
     const auto target = requested_;
     cv_.wait(lock, [&] { return completed_ >= target || stop_; });
     return last_ok_;
+}
+
+void breaker_state_writer::pause(bool on) {
+    {
+        std::lock_guard lock{mu_};
+        paused_ = on;
+    }
+    cv_.notify_all();
 }
 
 std::uint64_t breaker_state_writer::writes() const {
@@ -347,8 +356,11 @@ void breaker_state_writer::run() {
     std::chrono::milliseconds backoff{100};
     for (;;) {
         if (last_ok_ || stop_) {
-            cv_.wait(lock, [&] { return stop_ || requested_ > completed_; });
-        } else if (!cv_.wait_for(lock, backoff, [&] { return stop_ || requested_ > completed_; })) {
+            cv_.wait(lock, [&] { return stop_ || (requested_ > completed_ && !paused_); });
+        } else if (!cv_.wait_for(lock, backoff, [&] { return stop_ || (requested_ > completed_ && !paused_); })) {
+            if (paused_) {
+                continue;
+            }
             ++requested_;  // the retry: nothing new asked for, the last write failed
             backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds{10});
         }

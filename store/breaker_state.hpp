@@ -54,6 +54,8 @@ public:
     void request(std::function<void(bool ok)> done = nullptr);
     // Blocks until everything requested so far is written. For shutdown and tests.
     bool flush();
+    // Tests: while paused no write starts (one under way finishes); requests wait.
+    void pause(bool on);
 
     std::uint64_t writes() const;
     std::string last_error() const;
@@ -80,6 +82,7 @@ private:
     std::uint64_t writes_ = 0;
     bool last_ok_ = true;
     std::string last_error_;
+    bool paused_ = false;
     bool stop_ = false;
     std::thread thread_;
 };

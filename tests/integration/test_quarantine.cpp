@@ -574,6 +574,68 @@ TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_s
     EXPECT_EQ(up.request_count(), 0u) << "sent beside the hold that will be released";
 }
 
+// A hold's 202 says the breaker quarantines this traffic; it goes out only once the saved
+// breaker state holds that trip, so a crash right after the 202 finds the breaker tripped
+// (PRODUCT.md principle 2). Here the trip is not saved yet when the hold commits (the
+// breaker state writer is held back): the 202 waits for the save. The same for a 503 of
+// a paused breaker.
+TEST(quarantine, a_hold_is_answered_only_once_the_trip_it_reports_is_saved) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto* db = bb.server().db();
+    ASSERT_NE(db, nullptr);
+    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
+        for (int i = 0; i < ms && !done(); ++i) {
+            pollfd none{};
+            ::poll(&none, 0, 1);
+        }
+        return done();
+    };
+    auto saved_open = [&] {
+        std::string err;
+        const auto saved = db->load_breaker_state(bb.server().time(), &err);
+        EXPECT_TRUE(saved) << err;
+        return saved && std::any_of(saved->begin(), saved->end(), [](const auto& s) {
+                   return s.instance == "campaign-volume" && s.st == bb::breakers::state::open;
+               });
+    };
+    bb.server().pause_breaker_state_writes(true);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    std::promise<response> answer;
+    auto answered = answer.get_future();
+    std::thread client{[&] { answer.set_value(send_mail(bb.port(), "c", R"({"to":[1]})")); }};
+    ASSERT_TRUE(wait_until([&] { return db->counts().held_count == 1; }, 5000)) << "the hold commits";
+    EXPECT_EQ(answered.wait_for(300ms), std::future_status::timeout)
+        << "answered 202 while the trip it reports is not saved";
+    EXPECT_FALSE(saved_open());
+    bb.server().pause_breaker_state_writes(false);
+    client.join();
+    const auto res = answered.get();
+    EXPECT_EQ(res.result_int(), 202u) << res.body();
+    EXPECT_EQ(res["x-breakerbox-decision"], "quarantined");
+    EXPECT_TRUE(saved_open());
+    EXPECT_EQ(up.request_count(), 0u);
+
+    // A pause breaker's 503 waits the same way.
+    const auto dir2 = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir2, 1000);
+    const std::string quarantine = R"("action": "quarantine")";
+    cfg.replace(cfg.find(quarantine), quarantine.size(), R"("action": "pause")");
+    proxy_instance paused{cfg};
+    paused.server().pause_breaker_state_writes(true);
+    ASSERT_TRUE(paused.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", paused.server().now()));
+    std::promise<response> refused;
+    auto refused_answer = refused.get_future();
+    std::thread second{[&] { refused.set_value(send_mail(paused.port(), "c", R"({"to":[1]})")); }};
+    EXPECT_EQ(refused_answer.wait_for(300ms), std::future_status::timeout)
+        << "answered 503 while the trip it reports is not saved";
+    paused.server().pause_breaker_state_writes(false);
+    second.join();
+    EXPECT_EQ(refused_answer.get().result_int(), 503u);
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The upstream took the replay but the store could not record it, and kept failing for
 // the few seconds the result is tried again: that is an unknown outcome, not "nothing was
 // saved" (which would invite a second release).
