@@ -304,12 +304,15 @@ public:
         }
     }
 
-    // An operator's trip saved open under the automatic mode (the breaker reset by hand
-    // then) on a breaker that now resets by itself: held as manual_trip holds it there, so a
-    // changed reset policy does not let a probe close what an operator opened.
+    // An operator's trip saved open under the automatic mode by a breaker that reset by
+    // hand then (or by one whose policy the store did not record), on a breaker that now
+    // resets by itself: held as manual_trip holds it there, so a changed reset policy does
+    // not let a probe close what an operator opened. Saved by a self-resetting breaker, the
+    // automatic mode is the operator's own choice (set back to auto, or a forced_open that
+    // expired): its probes decide, as before the restart.
     bool held_by_hand(const instance_snapshot& s) const {
-        return cfg_.reset == reset_policy::automatic && s.md == mode::automatic && s.st != state::closed &&
-               s.last_trip && s.last_trip->cause.kind == "manual";
+        return cfg_.reset == reset_policy::automatic && s.reset != reset_policy::automatic &&
+               s.md == mode::automatic && s.st != state::closed && s.last_trip && s.last_trip->cause.kind == "manual";
     }
 
     // The state and the mode merge separately. State: open over closed; of two open, the
@@ -378,6 +381,7 @@ public:
         s.cooldown = cooldown_;
         s.trips = trips_;
         s.last_trip = last_trip_;
+        s.reset = cfg_.reset;
         s.shadow_trips = shadow_trips_;
         s.last_shadow_trip = last_shadow_trip_;
         for (std::size_t i = 0; i < slots_.size(); ++i) {

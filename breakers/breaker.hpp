@@ -135,6 +135,10 @@ struct instance_snapshot {
     milliseconds cooldown{0};  // current (after backoff)
     std::uint64_t trips = 0;
     std::shared_ptr<const transition> last_trip;
+    // The breaker's reset policy when the snapshot was taken; null when not known (a store
+    // written before it was saved). An operator's trip left open under the automatic mode
+    // is restored held (forced_open) unless it was saved by a self-resetting breaker.
+    std::optional<reset_policy> reset;
     std::uint64_t shadow_trips = 0;                      // trips turned away by forced_closed/metrics_only
     std::shared_ptr<const transition> last_shadow_trip;  // what that trip would have done
     // Throttle: the times of the last admissions, oldest first. In-process only (a reload's

@@ -247,9 +247,15 @@ CREATE TABLE rule_meters (
   wall_ms     INTEGER NOT NULL
 ) WITHOUT ROWID;
 )sql"},
+    // The breaker's reset policy when its state was saved ('automatic' or 'manual'; NULL
+    // in rows saved before): tells an operator's trip that a self-resetting breaker was set
+    // back to auto on apart from one saved under a manual reset (breakers::instance_snapshot).
+    {7, R"sql(
+ALTER TABLE breaker_state ADD COLUMN reset TEXT;
+)sql"},
 };
 
-constexpr int latest_version = 6;
+constexpr int latest_version = 7;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -440,6 +446,7 @@ constexpr std::int64_t max_wall_ms = 10'000'000'000'000;
 // conversion uses the clock reading closest to the snapshot).
 struct breaker_row {
     std::string instance, breaker, key, state, mode;
+    std::optional<std::string> reset;
     std::optional<std::int64_t> mode_expires_ms;
     std::int64_t opened_at_ms = 0;
     std::int64_t cooldown_ms = 0;
@@ -1647,8 +1654,8 @@ database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const s
         auto s = ctx.c.prepared(
             "INSERT INTO breaker_state(instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, "
             "cooldown_ms, trips, trip_kind, trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, "
-            "trip_window_ms, trip_request_id, trip_at_ms) "
-            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)");
+            "trip_window_ms, trip_request_id, trip_at_ms, reset) "
+            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare breaker state");
         }
@@ -1680,6 +1687,11 @@ database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const s
             for (int i = 10; i <= 19; ++i) {
                 s.null(i);
             }
+        }
+        if (r.reset) {
+            s.text(20, *r.reset);
+        } else {
+            s.null(20);
         }
         if (const int rc = s.step(); rc != SQLITE_DONE) {
             return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
@@ -1825,6 +1837,9 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
         r.key = i.key;
         r.state = breakers::to_string(i.st);
         r.mode = breakers::to_string(i.md);
+        if (i.reset) {
+            r.reset = *i.reset == breakers::reset_policy::automatic ? "automatic" : "manual";
+        }
         if (i.mode_expires) {
             r.mode_expires_ms = to_wall(*i.mode_expires);
         }
@@ -1975,7 +1990,7 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
     auto s = conn->prepared(
         "SELECT instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, cooldown_ms, trips, trip_kind, "
         "trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, trip_window_ms, trip_request_id, "
-        "trip_at_ms FROM breaker_state ORDER BY instance");
+        "trip_at_ms, reset FROM breaker_state ORDER BY instance");
     auto fail = [&](std::string why) {
         if (error != nullptr) {
             *error = "store " + impl_->opt_.path + ": " + why;
@@ -2029,6 +2044,13 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         }
         i.st = *st;
         i.md = *md;
+        if (!s.is_null(19)) {
+            const std::string reset = s.col_str(19);
+            if (reset != "automatic" && reset != "manual") {
+                return fail("breaker " + i.instance + " has an unknown reset policy");
+            }
+            i.reset = reset == "automatic" ? breakers::reset_policy::automatic : breakers::reset_policy::manual;
+        }
         // A time or duration that is not a plausible integer would read as 0 (a cooldown
         // long over) or overflow the clock: refused, never a silently reopened breaker.
         auto plausible = [&](int col, bool optional) {

@@ -288,6 +288,36 @@ TEST_F(registry_test, an_operators_trip_stays_held_when_the_breaker_now_resets_b
     EXPECT_EQ(reg().get("cv", now())->md, mode::automatic);
 }
 
+// On a breaker that resets by itself an operator's trip is held (forced_open); set back to
+// auto by the operator (or a timed forced_open run out), its probes decide. A restart keeps
+// that choice: the snapshot says the breaker reset by itself when it was taken, so it is
+// not mistaken for a trip saved under a manual reset and held again with no end.
+TEST_F(registry_test, an_operators_trip_set_back_to_auto_is_not_held_again_after_a_restart) {
+    auto b = make_config("cv", action::pause, reset_policy::automatic);
+    b.cooldown = 10s;
+    make({b});
+    ASSERT_TRUE(reg().manual_trip("cv", "alice", "vendor incident", now()));
+    ASSERT_EQ(reg().get("cv", now())->md, mode::forced_open);
+    ASSERT_TRUE(reg().set_mode("cv", mode::automatic, std::nullopt, "alice", "let it recover", now()));
+    const auto saved = reg().snapshot(now());
+    ASSERT_EQ(saved.size(), 1u);
+    EXPECT_EQ(saved[0].reset, reset_policy::automatic);
+
+    breaker_registry again{{b}};
+    again.restore(saved, now());
+    EXPECT_EQ(again.get("cv", now())->md, mode::automatic);
+    EXPECT_EQ(again.admit("cv", now()).v, verdict::contain) << "still open for its cooldown";
+    clock_.advance(10s);
+    EXPECT_EQ(again.admit("cv", now()).v, verdict::probe) << "its probes decide, as before the restart";
+
+    // Saved without the policy (a store from before it was kept): held, as it was.
+    auto unknown = saved;
+    unknown[0].reset.reset();
+    breaker_registry older{{b}};
+    older.restore(unknown, now());
+    EXPECT_EQ(older.get("cv", now())->md, mode::forced_open);
+}
+
 TEST_F(registry_test, snapshot_round_trips_through_restore) {
     auto b = make_config("campaign-volume");
     b.max_instances = 1;

@@ -143,8 +143,9 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 6);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
-                                         // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters
+    EXPECT_EQ(db->schema_version(), 7);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+                                         // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
+                                         // 7: the reset policy of saved breaker state
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1169,6 +1170,7 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     t->cause.request_id = "abc";
     t->at = open_inst.opened_at;
     open_inst.last_trip = t;
+    open_inst.reset = br::reset_policy::automatic;
     br::instance_snapshot closed;
     closed.instance = closed.breaker = "idle";
     br::instance_snapshot forced;
@@ -1176,6 +1178,7 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     forced.md = br::mode::forced_open;
     forced.mode_expires = clock_.now() + 10min;
     forced.opened_at = clock_.now();
+    forced.reset = br::reset_policy::manual;
 
     auto db = open();
     auto r = wait_done([&](bb::store::done_fn d) { db->save_breaker_state({open_inst, closed, forced}, d); });
@@ -1203,12 +1206,14 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     EXPECT_EQ(a.last_trip->cause.value, 1010.5);
     EXPECT_EQ(a.last_trip->cause.window, 1h);
     EXPECT_EQ(a.last_trip->at, open_inst.opened_at);
+    EXPECT_EQ(a.reset, br::reset_policy::automatic);
     const auto& m = (*back)[1];
     EXPECT_EQ(m.instance, "manual");
     EXPECT_EQ(m.md, br::mode::forced_open);
     ASSERT_TRUE(m.mode_expires);
     EXPECT_EQ(*m.mode_expires, *forced.mode_expires);
     EXPECT_FALSE(m.last_trip);
+    EXPECT_EQ(m.reset, br::reset_policy::manual);
 
     r = wait_done([&](bb::store::done_fn d) { db2->save_breaker_state({forced}, d); });
     ASSERT_TRUE(r.ok);
@@ -1395,7 +1400,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     ASSERT_EQ(sqlite3_exec(raw,
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
-                           "DROP TABLE idem_tombstones; DROP TABLE rule_meters; "
+                           "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
@@ -1403,7 +1408,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 6);
+    EXPECT_EQ(db->schema_version(), 7);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
