@@ -2337,6 +2337,10 @@ std::string render_metrics(server& srv) {
              "would go on from the counts of the last save that succeeded).\n";
         o += "# TYPE breakerbox_rule_meters_unsaved gauge\n";
         o += "breakerbox_rule_meters_unsaved " + std::string{srv.rule_meters_unsaved() ? "1" : "0"} + "\n";
+        o += "# HELP breakerbox_release_results_unrecorded Released requests that went out whose result the store "
+             "has not taken yet (their records stay releasing; tried again in the background).\n";
+        o += "# TYPE breakerbox_release_results_unrecorded gauge\n";
+        o += "breakerbox_release_results_unrecorded " + std::to_string(srv.remediation().unrecorded()) + "\n";
         o += "# HELP breakerbox_store_hold_seconds Time from receiving a quarantined request to its durable commit.\n";
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);

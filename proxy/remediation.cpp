@@ -308,10 +308,20 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     }
     if (!finished.ok) {
         // The request went out; only its result is not recorded. The record stays
-        // `releasing` (nothing can release it again) and becomes outcome_unknown at the next
-        // start. Saying "nothing was saved" here would invite a second release.
-        spdlog::error("release of {}: sent, the upstream answered {} but recording it failed: {}", ticket,
-                      status != 0 ? std::to_string(status) : detail, finished.message);
+        // `releasing` (nothing can release it again) while the result is tried again in the
+        // background; a restart first turns it outcome_unknown. Saying "nothing was saved"
+        // here would invite a second release.
+        spdlog::error("release of {}: sent, the upstream answered {} but recording it failed: {}; trying again in "
+                      "the background",
+                      ticket, status != 0 ? std::to_string(status) : detail, finished.message);
+        if (passing(finished)) {
+            unrecorded_.push_back({ticket, outcome, status, detail});
+            unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+            if (!recording_later_) {
+                recording_later_ = true;
+                asio::co_spawn(control_, record_later(), [](std::exception_ptr) {});
+            }
+        }
         store::result r;
         r.ok = false;
         r.ticket = ticket;
@@ -319,7 +329,8 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         r.code = "outcome_unknown";
         r.message = "sent to the upstream (" + (status != 0 ? std::to_string(status) : detail) +
                     ") but the result could not be recorded (" + finished.message +
-                    "); the record stays releasing and becomes outcome_unknown at the next start: do not send it again";
+                    "); the record stays releasing while breakerbox tries again to record it (outcome_unknown if it "
+                    "restarts first): do not send it again";
         co_return r;
     }
     spdlog::info("release of {} by {}: {} ({})", ticket, actor,
@@ -336,6 +347,42 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         r.message = detail;
     }
     co_return r;
+}
+
+asio::awaitable<void> remediation::record_later() {
+    stoppable_timer wait{control_, pacers_};
+    std::chrono::milliseconds backoff{1000};
+    while (!unrecorded_.empty() && !stopping_) {
+        wait.timer.expires_after(backoff);
+        co_await wait.timer.async_wait(use_tuple);
+        if (stopping_) {
+            break;
+        }
+        // One at a time, in the order they went out; each record is looked up by ticket,
+        // so a result recorded meanwhile (or a record pruned) just drops out.
+        for (std::size_t i = 0; i < unrecorded_.size();) {
+            const unrecorded_result u = unrecorded_[i];
+            const auto r = co_await await_store([&](store::done_fn done) {
+                db_.finish_release(u.ticket, u.outcome, u.status, u.detail, std::move(done));
+            });
+            if (!r.ok && r.code != "invalid_state" && r.code != "not_found") {
+                break;  // the store still refuses: wait longer
+            }
+            spdlog::info("release of {}: result recorded late: {}", u.ticket,
+                         r.ok ? (u.outcome == store::release_outcome::released ? "released"
+                                 : u.outcome == store::release_outcome::failed ? "release_failed"
+                                                                               : "outcome_unknown")
+                              : r.code + " (" + r.message + ")");
+            unrecorded_.erase(unrecorded_.begin() + static_cast<std::ptrdiff_t>(i));
+            unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+        }
+        backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds{30});
+    }
+    if (!unrecorded_.empty()) {
+        spdlog::warn("{} released request(s) still have no recorded result; the next start turns them outcome_unknown",
+                     unrecorded_.size());
+    }
+    recording_later_ = false;
 }
 
 release_pacer::time_point release_pacer::reserve(const std::string& upstream, double rate_per_s, time_point now) {

@@ -15,6 +15,7 @@
 #include "proxy/asio.hpp"
 #include "store/database.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <map>
@@ -89,6 +90,9 @@ public:
     // The server is stopping (control thread): bulk releases send nothing more (a release
     // in flight finishes), their pacing waits end now, and what was not sent stays held.
     void stop();
+    // Replays that went out whose result the store has not taken yet (tried again in the
+    // background; their records stay `releasing` meanwhile). Thread-safe.
+    std::size_t unrecorded() const { return unrecorded_count_.load(std::memory_order_relaxed); }
 
 private:
     bool snapshot(store::list_filter& filter, std::string* error);
@@ -96,6 +100,17 @@ private:
     std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after,
                                                std::string* error);
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
+    // Records the results in unrecorded_ as the store takes them, backing off from 1 s to
+    // 30 s, until none is left or the server stops.
+    asio::awaitable<void> record_later();
+
+    // A replay's result the store refused for the few seconds release_one tried.
+    struct unrecorded_result {
+        std::string ticket;
+        store::release_outcome outcome;
+        int status;
+        std::string detail;
+    };
 
     asio::io_context& control_;
     store::database& db_;
@@ -104,6 +119,9 @@ private:
     std::set<asio::steady_timer*> pacers_;  // waits stop() cancels (pacing, retries); control thread only
     release_pacer schedule_;                // bulk release pacing per upstream; control thread only
     bool stopping_ = false;                 // control thread only
+    std::vector<unrecorded_result> unrecorded_;  // control thread only
+    bool recording_later_ = false;               // record_later() runs; control thread only
+    std::atomic<std::size_t> unrecorded_count_{0};
 };
 
 // Completes on the calling coroutine's executor once the breaker state that includes every

@@ -655,12 +655,12 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
         tickets.emplace_back(res["x-breakerbox-ticket"]);
     }
     auto r = bb.server().remediation().release(tickets[0], "ops").get();
-    bb.server().db()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
     EXPECT_FALSE(r.ok);
     EXPECT_EQ(r.code, "outcome_unknown");
     EXPECT_EQ(r.count, 202);
     EXPECT_NE(r.message.find("could not be recorded"), std::string::npos) << r.message;
     EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::releasing);
+    bb.server().db()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
     auto again = bb.server().remediation().release(tickets[0], "ops").get();
     EXPECT_EQ(again.code, "invalid_state") << "never sent twice";
     bb::store::list_filter f;
@@ -671,6 +671,37 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
     EXPECT_EQ(sum.skipped, 0u);
     EXPECT_EQ(up.request_count(), 2u);
     bb.server().db()->inject_write_fault(SQLITE_FULL, 0);
+}
+
+// The store refused a replay's result for longer than the release waited (a full disk
+// freed later): the record is not left `releasing` until a restart turns it
+// outcome_unknown, the known result is recorded in the background once the store takes it.
+TEST(quarantine, a_replay_result_the_store_refused_is_recorded_once_it_recovers) {
+    std::atomic<bb::store::database*> db{nullptr};
+    fake_upstream up{[&](const request&) {
+        db.load()->inject_write_fault(SQLITE_FULL, 1000, bb::store::fault_point::first_write);
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    db = bb.server().db();
+    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+    ASSERT_EQ(res.result_int(), 202u);
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto r = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(r.code, "outcome_unknown");
+    EXPECT_EQ(bb.server().remediation().unrecorded(), 1u);
+    EXPECT_EQ(db.load()->get(ticket)->state, bb::store::held_state::releasing);
+    db.load()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
+    for (int i = 0; i < 15'000 && bb.server().remediation().unrecorded() > 0; ++i) {  // bounded poll
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    EXPECT_EQ(bb.server().remediation().unrecorded(), 0u);
+    const auto rec = db.load()->get(ticket);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->state, bb::store::held_state::released) << "the upstream's 202, recorded late";
+    EXPECT_EQ(up.request_count(), 1u);
 }
 
 // A passing store failure while the result of a replay is recorded (two refused writes):
