@@ -436,6 +436,10 @@ private:
     }
     milliseconds backoff(milliseconds c) const { return std::min(c * 2, std::max(cfg_.max_cooldown, cfg_.cooldown)); }
 
+    static bool containing(state st, mode md) {
+        return md == mode::forced_open || (md == mode::automatic && st != state::closed);
+    }
+
     admission base() const {
         admission a;
         a.act = cfg_.act;
@@ -497,6 +501,9 @@ private:
     // Every state or mode change goes through here: the event, the active counter and the
     // per-state bookkeeping stay in step. `trips`: containment begins (rule, operator, force).
     void change(state to, mode mto, trip_cause cause, time_point at, bool trips) {
+        const bool contained_before = containing(st_, md_);
+        const bool opens = to == state::open && st_ != state::open;
+        const bool forces = mto == mode::forced_open && md_ != mode::forced_open;
         auto t = make(st_, to, md_, mto, std::move(cause), at);
         if (to == state::half_open && st_ != state::half_open) {
             new_round();
@@ -505,9 +512,14 @@ private:
         st_ = to;
         md_ = mto;
         last_at_ = at;
-        // Numbered under this instance's lock: a snapshot that locks it later and began
-        // after changes_so_far() read n has every change numbered n or less.
-        change_ = changes_made.fetch_add(1, std::memory_order_acq_rel) + 1;
+        // A change that makes it contain (or contain anew: reopened, forced) is numbered,
+        // under this instance's lock: a snapshot that locks it later and began after
+        // changes_so_far() read n has every change numbered n or less. One that loosens it
+        // (open -> half_open, a force run out) keeps the number: a restart that lost it
+        // would only contain more.
+        if (containing(st_, md_) && (!contained_before || opens || forces)) {
+            change_ = changes_made.fetch_add(1, std::memory_order_acq_rel) + 1;
+        }
         if (trips) {
             ++trips_;
             last_trip_ = t;
@@ -541,7 +553,7 @@ private:
     time_point opened_at_{};
     milliseconds cooldown_;
     time_point last_at_{};
-    std::uint64_t change_ = 0;  // the number of its last change (changes_so_far())
+    std::uint64_t change_ = 0;  // the number of its last containing change (changes_so_far())
     // half_open: probes let through and succeeded in this round; the round tells a late
     // report from an earlier round apart.
     std::uint32_t issued_ = 0;

@@ -112,15 +112,16 @@ struct admission {
                                         // an earlier half-open round is not counted
     std::string instance;
     std::shared_ptr<const transition> last_trip;  // the trip that opened it (null if none)
-    // The number of the instance's last change (changes_so_far()): a response that reports
-    // this containment waits until the saved state holds it (a 202 for a hold must not
-    // outlive a trip that a crash could lose).
+    // The number of the change that made the instance contain as it does (changes_so_far()):
+    // a response that reports this containment waits until the saved state holds it (a 202
+    // for a hold must not outlive a trip that a crash could lose).
     std::uint64_t change = 0;
 };
 
-// Every state or mode change of any breaker instance in this process takes the next
-// number of one counter; this is the last number taken. A snapshot() begun after it
-// returned n holds every change numbered n or less.
+// Every change of a breaker instance in this process that makes it contain (a trip, a
+// reopening, a force, a restore) takes the next number of one counter; this is the last
+// number taken. A snapshot() begun after it returned n holds every change numbered n or
+// less.
 std::uint64_t changes_so_far();
 
 // A point-in-time view of one instance for operators and persistence.

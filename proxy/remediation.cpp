@@ -283,8 +283,11 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             detail = ex.detail;
             break;
     }
+    const auto attempts = static_cast<std::uint32_t>(begun.count);
     auto record = [&] {
-        return await_store([&](store::done_fn done) { db_.finish_release(ticket, outcome, status, detail, std::move(done)); });
+        return await_store([&](store::done_fn done) {
+            db_.finish_release(ticket, outcome, status, detail, std::move(done), attempts);
+        });
     };
     // A refused write (the queue full under a flood of holds, a passing I/O error) is tried
     // again for about 3.5 s: else the record stays `releasing`, counts against the limits and
@@ -315,12 +318,9 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                       "the background",
                       ticket, status != 0 ? std::to_string(status) : detail, finished.message);
         if (passing(finished)) {
-            unrecorded_.push_back({ticket, outcome, status, detail});
+            unrecorded_.push_back({ticket, outcome, status, detail, attempts});
             unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
-            if (!recording_later_) {
-                recording_later_ = true;
-                asio::co_spawn(control_, record_later(), [](std::exception_ptr) {});
-            }
+            start_recording_later();
         }
         store::result r;
         r.ok = false;
@@ -349,6 +349,21 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     co_return r;
 }
 
+void remediation::start_recording_later() {
+    if (recording_later_ || unrecorded_.empty() || stopping_) {
+        return;
+    }
+    recording_later_ = true;
+    // Ended however (done, stopped, an exception), the next unrecorded result starts it again.
+    asio::co_spawn(control_, record_later(), [this](std::exception_ptr e) {
+        recording_later_ = false;
+        if (e) {
+            spdlog::error("recording release results in the background stopped by an error; {} left",
+                          unrecorded_.size());
+        }
+    });
+}
+
 asio::awaitable<void> remediation::record_later() {
     stoppable_timer wait{control_, pacers_};
     std::chrono::milliseconds backoff{1000};
@@ -358,15 +373,16 @@ asio::awaitable<void> remediation::record_later() {
         if (stopping_) {
             break;
         }
-        // One at a time, in the order they went out; each record is looked up by ticket,
-        // so a result recorded meanwhile (or a record pruned) just drops out.
+        // One at a time, in the order they went out. A result whose record moved on (its
+        // release attempt is not the latest, it was resolved, or pruned) drops out.
         for (std::size_t i = 0; i < unrecorded_.size();) {
             const unrecorded_result u = unrecorded_[i];
             const auto r = co_await await_store([&](store::done_fn done) {
-                db_.finish_release(u.ticket, u.outcome, u.status, u.detail, std::move(done));
+                db_.finish_release(u.ticket, u.outcome, u.status, u.detail, std::move(done), u.attempts);
             });
             if (!r.ok && r.code != "invalid_state" && r.code != "not_found") {
-                break;  // the store still refuses: wait longer
+                ++i;  // the store still refuses it: the next, then wait longer
+                continue;
             }
             spdlog::info("release of {}: result recorded late: {}", u.ticket,
                          r.ok ? (u.outcome == store::release_outcome::released ? "released"
@@ -382,7 +398,6 @@ asio::awaitable<void> remediation::record_later() {
         spdlog::warn("{} released request(s) still have no recorded result; the next start turns them outcome_unknown",
                      unrecorded_.size());
     }
-    recording_later_ = false;
 }
 
 release_pacer::time_point release_pacer::reserve(const std::string& upstream, double rate_per_s, time_point now) {

@@ -103,6 +103,7 @@ private:
     // Records the results in unrecorded_ as the store takes them, backing off from 1 s to
     // 30 s, until none is left or the server stops.
     asio::awaitable<void> record_later();
+    void start_recording_later();  // record_later() unless it runs
 
     // A replay's result the store refused for the few seconds release_one tried.
     struct unrecorded_result {
@@ -110,6 +111,7 @@ private:
         store::release_outcome outcome;
         int status;
         std::string detail;
+        std::uint32_t attempts;  // begin_release's count: a later release is not overwritten
     };
 
     asio::io_context& control_;
@@ -129,10 +131,11 @@ private:
 asio::awaitable<bool> await_persist(server& srv);
 
 // Awaits a store write's completion on the calling coroutine's executor.
+// `op` by value: the coroutine starts when awaited, after a temporary passed here is gone.
 template <class Op>
-asio::awaitable<store::result> await_store(Op&& op) {
+asio::awaitable<store::result> await_store(Op op) {
     co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(store::result)>(
-        [op = std::forward<Op>(op)](auto handler) mutable {
+        [op = std::move(op)](auto handler) mutable {
             auto ex = asio::get_associated_executor(handler);
             auto h = std::make_shared<decltype(handler)>(std::move(handler));
             op([ex, h](store::result r) mutable {

@@ -540,9 +540,10 @@ private:
 // out only once the saved breaker state holds the change it reports (`change`,
 // breakers::admission::change): a crash right after it finds the breaker as the response
 // said. True when the request must wait for a save first (rare: within the moments after
-// a change); not while saves fail (logged and alerted by the writer, which keeps trying).
+// a trip). While saves fail the wait is for one more attempt; if that fails too the response
+// goes out (logged; the writer alerts and keeps trying).
 bool must_settle(const server& srv, std::uint64_t change) {
-    return change != 0 && !srv.breaker_state_saved_through(change) && !srv.breaker_state_unsaved();
+    return change != 0 && !srv.breaker_state_saved_through(change);
 }
 
 // Closing a socket with unread input makes the kernel send RST, which can destroy the

@@ -292,7 +292,6 @@ breaker_state_writer::breaker_state_writer(std::string path, snapshot_fn snapsho
 }
 
 breaker_state_writer::~breaker_state_writer() {
-    pause(false);
     flush();
     {
         std::lock_guard lock{mu_};
@@ -315,6 +314,8 @@ void breaker_state_writer::request(std::function<void(bool)> done) {
 
 bool breaker_state_writer::flush() {
     std::unique_lock lock{mu_};
+    paused_ = false;  // a flush (shutdown) writes whatever a test paused
+    cv_.notify_all();
     const auto target = requested_;
     cv_.wait(lock, [&] { return completed_ >= target || stop_; });
     return last_ok_;

@@ -54,7 +54,8 @@ public:
     void request(std::function<void(bool ok)> done = nullptr);
     // Blocks until everything requested so far is written. For shutdown and tests.
     bool flush();
-    // Tests: while paused no write starts (one under way finishes); requests wait.
+    // Tests: while paused no write starts (one under way finishes); requests wait. flush()
+    // ends the pause.
     void pause(bool on);
 
     std::uint64_t writes() const;

@@ -1782,15 +1782,16 @@ void database::begin_release(std::string ticket, std::string actor, bool force, 
 }
 
 void database::finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
-                              done_fn done) {
+                              done_fn done, std::optional<std::uint32_t> attempts) {
     const std::size_t bytes = 256 + detail.size();
     const held_state to = outcome == release_outcome::released ? held_state::released
                           : outcome == release_outcome::failed ? held_state::release_failed
                                                                : held_state::outcome_unknown;
     impl_->enqueue(
-        [p = impl_.get(), ticket = std::move(ticket), detail = std::move(detail), to,
-         status_code](impl::batch_ctx& ctx) {
-            return p->do_transition(ctx, ticket, to, false, {}, detail, status_code, {});
+        [p = impl_.get(), ticket = std::move(ticket), detail = std::move(detail), to, status_code,
+         attempts](impl::batch_ctx& ctx) {
+            return p->do_transition(ctx, ticket, to, false, {}, detail, status_code, {},
+                                    attempts ? std::optional{held_state::releasing} : std::nullopt, attempts);
         },
         std::move(done), bytes);
 }

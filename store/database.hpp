@@ -249,8 +249,10 @@ public:
                        std::optional<held_state> expected = std::nullopt,
                        std::optional<std::uint32_t> expected_attempts = std::nullopt);
     // Records the result of the replay started by begin_release (state must be releasing).
+    // `attempts`: the release_attempts that begin_release returned (its result's count), so
+    // a result recorded late never lands on a later release of the record (invalid_state).
     void finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
-                        done_fn done);
+                        done_fn done, std::optional<std::uint32_t> attempts = std::nullopt);
     // The brief's form: ok -> released, !ok -> release_failed.
     void finish_release(std::string ticket, int status_code, bool ok, std::string detail, done_fn done);
     void discard(std::string ticket, std::string actor, std::string reason, done_fn done,

@@ -359,5 +359,35 @@ TEST_F(registry_test, callback_may_reenter_the_registry) {
     EXPECT_EQ(seen, (std::vector<state>{state::open, state::closed}));
 }
 
+// The number an admission carries (the response that reports it waits until the saved
+// state holds it): taken by each change that makes an instance contain, kept by changes
+// that loosen it, so those make no response wait for a save.
+TEST_F(registry_test, containing_changes_are_numbered_and_loosening_ones_keep_the_number) {
+    auto b = make_config("b");
+    b.cooldown = 30s;
+    make({b});
+    const auto before = changes_so_far();
+    EXPECT_EQ(reg().admit("b/k", now()).change, 0u) << "closed: nothing to wait for";
+    reg().trip("b", "k", rule_cause(), now());
+    const auto tripped = reg().admit("b/k", now());
+    EXPECT_EQ(tripped.v, verdict::contain);
+    EXPECT_GT(tripped.change, before);
+    EXPECT_LE(tripped.change, changes_so_far());
+    clock_.advance(30s);
+    const auto probe = reg().admit("b/k", now());  // open -> half_open: loosens
+    EXPECT_EQ(probe.v, verdict::probe);
+    const auto waiting = reg().admit("b/k", now());  // turned away while the probe is out
+    EXPECT_EQ(waiting.v, verdict::contain);
+    EXPECT_EQ(waiting.change, tripped.change);
+    reg().probe_result("b/k", false, now(), probe.probe_round);  // reopens: contains anew
+    const auto reopened = reg().admit("b/k", now());
+    EXPECT_GT(reopened.change, tripped.change);
+    reg().set_mode("b/k", mode::forced_open, 1min, "alice", "hold", now());
+    const auto forced = reg().admit("b/k", now());
+    EXPECT_GT(forced.change, reopened.change);
+    clock_.advance(1min);  // the force runs out (still open by the rule's trip): loosens
+    EXPECT_EQ(reg().admit("b/k", now()).change, forced.change);
+}
+
 }  // namespace
 }  // namespace bb::breakers::test

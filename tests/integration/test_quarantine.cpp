@@ -600,38 +600,54 @@ TEST(quarantine, a_hold_is_answered_only_once_the_trip_it_reports_is_saved) {
                    return s.instance == "campaign-volume" && s.st == bb::breakers::state::open;
                });
     };
+    // Whatever fails below, the writer resumes and the client thread is joined.
+    std::thread client;
+    std::shared_ptr<void> resume{nullptr, [&](void*) {
+                                     bb.server().pause_breaker_state_writes(false);
+                                     if (client.joinable()) {
+                                         client.join();
+                                     }
+                                 }};
     bb.server().pause_breaker_state_writes(true);
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     std::promise<response> answer;
     auto answered = answer.get_future();
-    std::thread client{[&] { answer.set_value(send_mail(bb.port(), "c", R"({"to":[1]})")); }};
+    client = std::thread{[&] { answer.set_value(send_mail(bb.port(), "c", R"({"to":[1]})")); }};
     ASSERT_TRUE(wait_until([&] { return db->counts().held_count == 1; }, 5000)) << "the hold commits";
     EXPECT_EQ(answered.wait_for(300ms), std::future_status::timeout)
         << "answered 202 while the trip it reports is not saved";
     EXPECT_FALSE(saved_open());
-    bb.server().pause_breaker_state_writes(false);
-    client.join();
+    resume.reset();
     const auto res = answered.get();
     EXPECT_EQ(res.result_int(), 202u) << res.body();
     EXPECT_EQ(res["x-breakerbox-decision"], "quarantined");
     EXPECT_TRUE(saved_open());
     EXPECT_EQ(up.request_count(), 0u);
+}
 
-    // A pause breaker's 503 waits the same way.
-    const auto dir2 = temp_dir();
-    std::string cfg = quarantine_config(up.port(), dir2, 1000);
+// The same for a pause breaker's 503.
+TEST(quarantine, a_paused_answer_waits_for_the_trip_it_reports_to_be_saved) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir, 1000);
     const std::string quarantine = R"("action": "quarantine")";
     cfg.replace(cfg.find(quarantine), quarantine.size(), R"("action": "pause")");
-    proxy_instance paused{cfg};
-    paused.server().pause_breaker_state_writes(true);
-    ASSERT_TRUE(paused.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", paused.server().now()));
+    proxy_instance bb{cfg};
+    std::thread client;
+    std::shared_ptr<void> resume{nullptr, [&](void*) {
+                                     bb.server().pause_breaker_state_writes(false);
+                                     if (client.joinable()) {
+                                         client.join();
+                                     }
+                                 }};
+    bb.server().pause_breaker_state_writes(true);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     std::promise<response> refused;
     auto refused_answer = refused.get_future();
-    std::thread second{[&] { refused.set_value(send_mail(paused.port(), "c", R"({"to":[1]})")); }};
+    client = std::thread{[&] { refused.set_value(send_mail(bb.port(), "c", R"({"to":[1]})")); }};
     EXPECT_EQ(refused_answer.wait_for(300ms), std::future_status::timeout)
         << "answered 503 while the trip it reports is not saved";
-    paused.server().pause_breaker_state_writes(false);
-    second.join();
+    resume.reset();
     EXPECT_EQ(refused_answer.get().result_int(), 503u);
     EXPECT_EQ(up.request_count(), 0u);
 }

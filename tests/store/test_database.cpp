@@ -547,6 +547,29 @@ TEST_F(store_db, a_released_request_is_never_released_again) {
     sqlite3_close(raw);
 }
 
+// A release's result recorded late (the store refused it for a while) names the attempt it
+// belongs to: it never lands on a later release of the same record, whose replay may have
+// been delivered (a "failed" there would make it releasable again).
+TEST_F(store_db, a_late_result_lands_only_on_its_own_release_attempt) {
+    auto db = open();
+    const auto t = hold(*db, sample()).ticket;
+    const auto first = begin(*db, t);
+    ASSERT_TRUE(first.ok);
+    EXPECT_EQ(first.count, 1);
+    ASSERT_TRUE(finish(*db, t, bb::store::release_outcome::failed, 500).ok);
+    ASSERT_TRUE(begin(*db, t).ok);  // released again: attempt 2, under way
+    auto late = wait_done([&](bb::store::done_fn d) {
+        db->finish_release(t, bb::store::release_outcome::failed, 500, "late", std::move(d), 1);
+    });
+    EXPECT_EQ(late.code, "invalid_state") << "attempt 1's result on attempt 2";
+    EXPECT_EQ(db->get(t)->state, held_state::releasing);
+    auto own = wait_done([&](bb::store::done_fn d) {
+        db->finish_release(t, bb::store::release_outcome::released, 202, "", std::move(d), 2);
+    });
+    EXPECT_TRUE(own.ok) << own.message;
+    EXPECT_EQ(db->get(t)->state, held_state::released);
+}
+
 // Two operators look at a record of unknown outcome (1 attempt) and both force it: the first
 // re-sends it and its outcome is unknown again; the second, decided on the 1 attempt it saw,
 // must not send it a third time.
