@@ -83,6 +83,7 @@ struct scratch {
     std::string mime_message;  // a decoded raw MIME message (mime: terms)
     std::string mime_scratch;
     std::vector<std::string_view> mime_addresses;
+    std::vector<std::pair<std::string, std::string>> url_query;  // url_ids: terms
 };
 
 scratch& local() {
@@ -392,6 +393,23 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
 // ---------------------------------------------------------------------------------------
 // JSON paths over simdjson's DOM.
 
+// A filter step's test: `e` is an object with a member named seg.names[0] (any of them,
+// duplicates included) whose value is the string seg.value, in any ASCII case.
+bool passes_filter(simdjson::dom::element e, const path_segment& seg) {
+    simdjson::dom::object obj;
+    if (e.get(obj) != simdjson::SUCCESS) {
+        return false;
+    }
+    for (auto it = obj.begin(); it != obj.end(); ++it) {
+        const std::string_view key{it.key_c_str(), it.key_length()};
+        std::string_view v;
+        if (json_key::matches(key, seg.names[0]) && it.value().get(v) == simdjson::SUCCESS && iequals(v, seg.value)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 template <class F>
 void visit(simdjson::dom::element e, const path_segment* seg, const path_segment* end, F& f) {
     if (seg == end) {
@@ -430,16 +448,22 @@ void visit(simdjson::dom::element e, const path_segment* seg, const path_segment
             }
             return;
         }
-        case path_segment::kind::wildcard: {
+        case path_segment::kind::wildcard:
+        case path_segment::kind::filter: {
+            const bool all = seg->k == path_segment::kind::wildcard;
             simdjson::dom::array arr;
             simdjson::dom::object obj;
             if (e.get(arr) == simdjson::SUCCESS) {
                 for (auto c : arr) {
-                    visit(c, seg + 1, end, f);
+                    if (all || passes_filter(c, *seg)) {
+                        visit(c, seg + 1, end, f);
+                    }
                 }
             } else if (e.get(obj) == simdjson::SUCCESS) {
                 for (auto field : obj) {
-                    visit(field.value, seg + 1, end, f);
+                    if (all || passes_filter(field.value, *seg)) {
+                        visit(field.value, seg + 1, end, f);
+                    }
                 }
             }
             return;
@@ -647,7 +671,8 @@ bool build_key(const rule& r, context& ctx) {
                 // disagree on which one counts, so a key read from it could be the one an
                 // upstream ignores (a tripped campaign stepped around).
                 const bool single = std::none_of(kp.path.segments.begin(), kp.path.segments.end(), [](const path_segment& sg) {
-                    return sg.k == path_segment::kind::wildcard || sg.names.size() > 1;
+                    return sg.k == path_segment::kind::wildcard || sg.k == path_segment::kind::filter ||
+                           sg.names.size() > 1;
                 });
                 if (ambiguous && single) {
                     ctx.req_json.error = "the body has two different values for the key " + kp.path.text;
@@ -837,7 +862,30 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     break;
                 }
                 const auto root = response ? ctx.resp_json.root : ctx.req_json.root;
-                if (t.kind == term_kind::count) {
+                if (t.source == source_kind::url_ids) {
+                    // Each URL names the records in its `ids` parameter (every one of them,
+                    // in any case: `IDS` too), else one; a value that is not a string is
+                    // still a subrequest: one.
+                    std::size_t n = 0;
+                    for_each_match(root, t.path, [&](simdjson::dom::element v) {
+                        std::string_view url;
+                        const auto q = v.get(url) == simdjson::SUCCESS ? url.find('?') : std::string_view::npos;
+                        std::size_t ids = 0;
+                        bool named = false;
+                        if (q != std::string_view::npos) {
+                            auto& fields = ctx.s.url_query;
+                            parse_urlencoded(url.substr(q + 1, url.find('#', q) - (q + 1)), fields);
+                            for (const auto& [name, value] : fields) {
+                                if (iequals(name, "ids")) {
+                                    named = true;
+                                    for_each_address(value, [&](std::string_view) { ++ids; });
+                                }
+                            }
+                        }
+                        n += named ? std::max<std::size_t>(ids, 1) : 1;
+                    });
+                    total += static_cast<double>(n);
+                } else if (t.kind == term_kind::count) {
                     std::size_t n = 0;
                     for_each_match(root, t.path, [&](simdjson::dom::element) { ++n; });
                     total += static_cast<double>(n);

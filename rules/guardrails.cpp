@@ -687,6 +687,7 @@ private:
                     break;
                 case path_segment::kind::index: on = array && ch.index == seg.index; break;
                 case path_segment::kind::wildcard: on = true; break;
+                case path_segment::kind::filter: break;  // refused in guard fields (parse_field)
             }
             if (on) {
                 path_frames_.push_back(frame{array, ch.index, key});
@@ -880,6 +881,7 @@ void path_index::build_levels() {
             level& lv = levels[d];
             switch (seg.k) {
                 case path_segment::kind::wildcard: lv.wildcard |= bit; break;
+                case path_segment::kind::filter: break;  // refused in guard fields (parse_field)
                 case path_segment::kind::index: {
                     auto it = std::find_if(lv.indexes.begin(), lv.indexes.end(),
                                            [&](const auto& e) { return e.first == seg.index; });
@@ -958,6 +960,7 @@ bool path_matches(const json_path& p, std::span<const frame> f, bool prefix) {
                 }
                 break;
             case path_segment::kind::wildcard: break;
+            case path_segment::kind::filter: return false;  // refused in guard fields (parse_field)
         }
     }
     return true;
@@ -2262,6 +2265,13 @@ std::optional<guard_field> parse_field(std::string_view text, std::string* error
     }
     auto p = parse_json_path(text, error);
     if (!p) {
+        return std::nullopt;
+    }
+    // A guard reads its fields in one pass over the body, which cannot look ahead at a
+    // sibling member; a filter there would silently read nothing.
+    if (std::any_of(p->segments.begin(), p->segments.end(),
+                    [](const path_segment& s) { return s.k == path_segment::kind::filter; })) {
+        *error = "a filter ([?(...)]) is not supported in guardrail fields";
         return std::nullopt;
     }
     f.path = std::move(*p);

@@ -85,6 +85,63 @@ bool fail(std::string* error, std::string message) {
     return false;
 }
 
+// `?(@.name=='value')` at text[i] (inside the brackets); on success i is at the `]`.
+bool parse_filter(std::string_view text, std::size_t& i, path_segment& seg, std::string* error) {
+    auto skip_spaces = [&] {
+        while (i < text.size() && text[i] == ' ') {
+            ++i;
+        }
+    };
+    auto expect = [&](std::string_view what) {
+        skip_spaces();
+        if (text.substr(i, what.size()) != what) {
+            fail(error, "expected \"" + std::string{what} + "\" at offset " + std::to_string(i) +
+                            " (a filter is written [?(@.name=='value')])");
+            return false;
+        }
+        i += what.size();
+        return true;
+    };
+    ++i;  // '?'
+    if (!expect("(") || !expect("@.")) {
+        return false;
+    }
+    const std::size_t start = i;
+    while (i < text.size() && name_char(text[i])) {
+        ++i;
+    }
+    if (i == start) {
+        fail(error, "expected a name after \"@.\" at offset " + std::to_string(start));
+        return false;
+    }
+    seg.names.push_back(json_key::fold(text.substr(start, i - start)));
+    if (!expect("==")) {
+        return false;
+    }
+    skip_spaces();
+    if (i >= text.size() || (text[i] != '\'' && text[i] != '"')) {
+        fail(error, "expected a quoted string after \"==\" at offset " + std::to_string(i));
+        return false;
+    }
+    const char q = text[i++];
+    const std::size_t vstart = i;
+    while (i < text.size() && text[i] != q) {
+        ++i;
+    }
+    if (i >= text.size()) {
+        fail(error, "unterminated quoted string in a filter");
+        return false;
+    }
+    seg.value = std::string{text.substr(vstart, i - vstart)};
+    ++i;
+    if (!expect(")")) {
+        return false;
+    }
+    skip_spaces();
+    seg.k = path_segment::kind::filter;
+    return true;
+}
+
 }  // namespace
 
 std::optional<json_path> parse_json_path(std::string_view text, std::string* error) {
@@ -118,6 +175,10 @@ std::optional<json_path> parse_json_path(std::string_view text, std::string* err
             if (i < text.size() && text[i] == '*') {
                 ++i;
                 seg.k = path_segment::kind::wildcard;
+            } else if (i < text.size() && text[i] == '?') {
+                if (!parse_filter(text, i, seg, error)) {
+                    return std::nullopt;
+                }
             } else if (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
                 const std::size_t start = i;
                 while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
@@ -266,6 +327,13 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
         }
         out.source = source_kind::mime;
         src = trim(src.substr(5));
+    } else if (src.starts_with("url_ids:")) {
+        if (out.kind != term_kind::count) {
+            fail(error, "url_ids: counts the records URLs name (use count)");
+            return std::nullopt;
+        }
+        out.source = source_kind::url_ids;
+        src = trim(src.substr(8));
     }
     std::string perr;
     auto p = parse_json_path(src, &perr);

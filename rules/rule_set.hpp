@@ -37,14 +37,19 @@ struct failure_mode {
     std::string runbook;  // text or URL
 };
 
-// A compiled JSON path: `$.personalizations[*]['to','cc','bcc'][*]`, `$.inputs[0].id`, `$.a.*`.
+// A compiled JSON path: `$.personalizations[*]['to','cc','bcc'][*]`, `$.inputs[0].id`, `$.a.*`,
+// `$.compositeRequest[?(@.method=='DELETE')].url`.
 struct path_segment {
-    enum class kind : std::uint8_t { names, index, wildcard };
+    // filter: the members of an array (or object) that are objects whose member names[0]
+    // is the string `value`, compared without regard to ASCII case (`delete` is DELETE to
+    // an upstream that reads it so: counting more is the safe side).
+    enum class kind : std::uint8_t { names, index, wildcard, filter };
     kind k = kind::names;
     // One name, or a union `['to','cc']`; folded (core/json_key.hpp): a body's keys match
     // them the way Go's encoding/json matches keys, without regard to case.
     std::vector<std::string> names;
     std::size_t index = 0;
+    std::string value;  // filter
 };
 struct json_path {
     std::string text;
@@ -54,7 +59,10 @@ struct json_path {
 // Where a term reads its values from.
 // mime: the recipients (To, Cc, Bcc) of the base64 MIME messages at a request JSON path
 // (SES raw sends, rules/mime.hpp).
-enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime };
+// url_ids: the records each URL at a request JSON path names: the comma-separated items of
+// its `ids` query parameter (Salesforce sObject Collections), else 1 (Salesforce composite
+// subrequests).
+enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime, url_ids };
 
 enum class term_kind : std::uint8_t {
     constant,        // 3

@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 10> table{{
+constexpr std::array<preset, 13> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -40,6 +40,19 @@ constexpr std::array<preset, 10> table{{
     {"salesforce.sobject.deletes", "DELETE", "/services/data/{version}/sobjects/{sobject}/{id}",
      "requests",
      "Salesforce single sObject delete"},
+    // Deletes inside one composite call (up to 25 subrequests, each a single delete or a
+    // Collections delete of up to 200 ids): an agent deleting through composite would
+    // otherwise meet no delete cap.
+    {"salesforce.composite.deletes", "POST", "/services/data/{version}/composite",
+     "count(url_ids:$.compositeRequest[?(@.method=='DELETE')].url)",
+     "Salesforce Composite: records deleted by its DELETE subrequests (the ids of a Collections delete, "
+     "else one each)"},
+    {"salesforce.composite_batch.deletes", "POST", "/services/data/{version}/composite/batch",
+     "count(url_ids:$.batchRequests[?(@.method=='DELETE')].url)",
+     "Salesforce Composite Batch: records deleted by its DELETE subrequests"},
+    {"salesforce.composite_graph.deletes", "POST", "/services/data/{version}/composite/graph",
+     "count(url_ids:$.graphs[*].compositeRequest[?(@.method=='DELETE')].url)",
+     "Salesforce Composite Graph: records deleted by the DELETE subrequests of every graph"},
 }};
 
 }  // namespace

@@ -1889,7 +1889,7 @@ std::vector<std::string> guard_errors(std::string_view rules_json) {
 
 TEST(GuardConfig, EveryErrorHasItsPath) {
     const auto lines = guard_errors(R"j(
-        {"id": "a", "guard": {"pii": ["card", "passport"], "in": ["$.content[", "form:", "attachment:form:file"]}, "failure_mode": "pii-risk", "trips": "x"},
+        {"id": "a", "guard": {"pii": ["card", "passport"], "in": ["$.content[", "form:", "attachment:form:file", "$.r[?(@.method=='DELETE')].url"]}, "failure_mode": "pii-risk", "trips": "x"},
         {"id": "b", "guard": {"recipients": {"suppression_file": "/nonexistent/list.txt", "allow_domains": ["a@b.com"]}},
          "failure_mode": "wrong-audience", "trips": "x"},
         {"id": "c", "guard": {"recipients": {}}, "failure_mode": "wrong-audience", "trips": "x"},
@@ -1907,6 +1907,7 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         R"j(rules[0].guard.in[0]: "$.content[" is not a JSON path or form:NAME: expected *, an index or a quoted name inside [] at offset 10)j",
         R"j(rules[0].guard.in[1]: "form:" is not a JSON path or form:NAME: missing form field name)j",
         R"j(rules[0].guard.in[2]: "attachment:form:file" is not a JSON path or form:NAME: an attachment: field is a JSON path (a form's files are read as they are sent))j",
+        R"j(rules[0].guard.in[3]: "$.r[?(@.method=='DELETE')].url" is not a JSON path or form:NAME: a filter ([?(...)]) is not supported in guardrail fields)j",
         R"j(rules[1].guard.recipients.allow_domains[0]: "a@b.com" is not a domain)j",
         R"j(rules[1].guard.recipients.suppression_file: "/nonexistent/list.txt" cannot be read)j",
         R"j(rules[2].guard.recipients: needs allow_domains, block_domains or suppression_file)j",

@@ -82,7 +82,8 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[5].key[1]: "path:{op}" names no parameter of the rule's match.path (none set))j",
         R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
-        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes))j",
+        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes, )j"
+        R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",
         R"j(rules[9].measure: "status:5xx + requests": mixes request and response measures; use one rule for each)j",
         R"j(rules[10].window: a per_request measure has no window)j",
@@ -171,6 +172,50 @@ TEST(RulesParse, JsonPaths) {
     EXPECT_EQ(err, "a JSON path starts with \"$\"");
     EXPECT_FALSE(parse_json_path("$.a[x]", &err));
     EXPECT_FALSE(parse_json_path("$..a", &err));
+    // Filters: the members that are objects whose `name` is that string.
+    auto f = parse_json_path("$.compositeRequest[?(@.Method == \"DELETE\")].url", &err);
+    ASSERT_TRUE(f) << err;
+    ASSERT_EQ(f->segments.size(), 3u);
+    EXPECT_EQ(f->segments[1].k, path_segment::kind::filter);
+    EXPECT_EQ(f->segments[1].names, (std::vector<std::string>{"method"}));
+    EXPECT_EQ(f->segments[1].value, "DELETE");
+    ASSERT_TRUE(parse_json_path("$.a[?(@.m=='x y')]", &err)) << err;
+    EXPECT_FALSE(parse_json_path("$.a[?(@.m='x')]", &err));
+    EXPECT_EQ(err, "expected \"==\" at offset 9 (a filter is written [?(@.name=='value')])");
+    EXPECT_FALSE(parse_json_path("$.a[?(@.m==x)]", &err));
+    EXPECT_EQ(err, "expected a quoted string after \"==\" at offset 11");
+    EXPECT_FALSE(parse_json_path("$.a[?(@.=='x')]", &err));
+    EXPECT_FALSE(parse_json_path("$.a[?(@.m=='x']", &err));
+    EXPECT_FALSE(parse_json_path("$.a[?(@.m=='x)]", &err));
+    EXPECT_EQ(err, "unterminated quoted string in a filter");
+    EXPECT_FALSE(parse_json_path("$.a[?@.m=='x']", &err));
+}
+
+// A filter picks the members of an array (or object) whose field has the value, in any
+// case, duplicates of the field included; other members and non-objects are skipped.
+TEST(RulesParse, FilteredPathsCountTheMembersThatMatch) {
+    auto set = load_ok(config(R"j(
+        {"id": "a", "route": "crm", "measure": {"per_request": "count($.ops[?(@.method=='DELETE')]) + count(url_ids:$.ops[?(@.method=='DELETE')].url)"},
+         "limit": 0, "failure_mode": "volume-spike", "trips": "crm-mass-change"})j"));
+    engine eng{set};
+    request_view v;
+    v.method = "POST";
+    v.path = v.target = "/x";
+    v.route = "crm";
+    v.content_type = "application/json";
+    const std::string body = R"j({"ops": [{"method": "DELETE", "url": "/a?ids=1,2"}, {"method": "GET", "url": "/b"},
+        {"METHOD": "Delete"}, "DELETE", {"method": ["DELETE"]}, {"method": "GET", "method": "delete", "url": 7},
+        {"x": {"method": "DELETE"}}]})j";
+    v.body = body;
+    manual_clock clock;
+    const auto d = eng.evaluate(v, clock.now());
+    // Members 0, 2 and 5 match (3); of their URLs, "/a?ids=1,2" names 2 records and the
+    // number 7 one (member 2 has none to count): 3 more.
+    EXPECT_FALSE(d.allowed());
+    EXPECT_EQ(d.measured, 6);
+    std::string err;
+    EXPECT_FALSE(parse_expr("sum(url_ids:$.a[*].url)", &err));
+    EXPECT_EQ(err, "url_ids: counts the records URLs name (use count)");
 }
 
 TEST(RulesParse, PathTemplates) {

@@ -195,6 +195,50 @@ TEST(Presets, SalesforceCollections) {
     EXPECT_EQ(measure("salesforce.sobject.deletes", req), 1);
 }
 
+// Deletes inside composite calls (Salesforce REST API Developer Guide, Composite, Composite
+// Batch and Composite Graph): each DELETE subrequest counts the records its URL names.
+TEST(Presets, SalesforceCompositeDeletes) {
+    request req;
+    req.route = "salesforce";
+    req.host = "example.my.salesforce.com";
+    req.method = "POST";
+    req.path = "/services/data/v59.0/composite";
+    req.body = R"j({"allOrNone": true, "compositeRequest": [
+        {"method": "GET", "url": "/services/data/v59.0/query?q=SELECT+Id+FROM+Account+LIMIT+200",
+         "referenceId": "refAccounts"},
+        {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Account/001xx000003DGb2AAG",
+         "referenceId": "refDeleteOne"},
+        {"method": "delete", "url": "/services/data/v59.0/composite/sobjects?ids=001xx000003DGb3AAG,001xx000003DGb4AAG,001xx000003DGb5AAG&allOrNone=false",
+         "referenceId": "refDeleteMany"},
+        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/001xx000003DGb6AAG",
+         "referenceId": "refUpdate", "body": {"Name": "Renamed"}},
+        {"Method": "DELETE", "url": "/services/data/v59.0/composite/sobjects?IDS=001xx000003DGb7AAG%2C001xx000003DGb8AAG",
+         "referenceId": "refDeleteEncoded"}]})j";
+    // 1 + 3 + 2: the lower-case method and key, and the encoded comma, count as an upstream
+    // reading them so would delete; the GET and the PATCH do not.
+    EXPECT_EQ(measure("salesforce.composite.deletes", req), 6);
+
+    req.path = "/services/data/v59.0/composite/batch";
+    req.body = R"j({"haltOnError": false, "batchRequests": [
+        {"method": "DELETE", "url": "v59.0/sobjects/Contact/003xx000004TmiQAAS"},
+        {"method": "GET", "url": "v59.0/sobjects/Account/001xx000003DGb2AAG"},
+        {"method": "DELETE", "url": "v59.0/composite/sobjects?ids=003xx000004TmiRAAS,003xx000004TmiSAAS"}]})j";
+    EXPECT_EQ(measure("salesforce.composite_batch.deletes", req), 3);
+
+    req.path = "/services/data/v59.0/composite/graph";
+    req.body = R"j({"graphs": [
+        {"graphId": "g1", "compositeRequest": [
+            {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Lead/00Qxx0000001", "referenceId": "a"}]},
+        {"graphId": "g2", "compositeRequest": [
+            {"method": "POST", "url": "/services/data/v59.0/sobjects/Lead", "referenceId": "b", "body": {"LastName": "X"}},
+            {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Lead/00Qxx0000002", "referenceId": "c"}]}]})j";
+    EXPECT_EQ(measure("salesforce.composite_graph.deletes", req), 2);
+
+    req.path = "/services/data/v59.0/composite";
+    req.body = R"j({"compositeRequest": [{"method": "GET", "url": "/services/data/v59.0/limits", "referenceId": "l"}]})j";
+    EXPECT_EQ(measure("salesforce.composite.deletes", req), 0);
+}
+
 TEST(Presets, ReadmeListsEveryPreset) {
     // rules/presets/README.md is the user's reference; keep it in step with the table.
     const std::string path = std::string{BB_SOURCE_DIR} + "/rules/presets/README.md";
