@@ -349,6 +349,29 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     co_return r;
 }
 
+std::size_t remediation::record_left_over() {
+    std::size_t left = 0;
+    for (const auto& u : unrecorded_) {
+        std::promise<store::result> done;
+        auto f = done.get_future();
+        db_.finish_release(u.ticket, u.outcome, u.status, u.detail,
+                           [&done](const store::result& r) { done.set_value(r); }, u.attempts);
+        const auto r = f.get();
+        if (!r.ok && r.code != "invalid_state" && r.code != "not_found") {
+            ++left;
+        } else {
+            spdlog::info("release of {}: result recorded at shutdown", u.ticket);
+        }
+    }
+    unrecorded_.clear();
+    unrecorded_count_.store(0, std::memory_order_relaxed);
+    if (left > 0) {
+        spdlog::warn("{} released request(s) have no recorded result; the next start turns them outcome_unknown",
+                     left);
+    }
+    return left;
+}
+
 void remediation::start_recording_later() {
     if (recording_later_ || unrecorded_.empty() || stopping_) {
         return;

@@ -93,6 +93,10 @@ public:
     // Replays that went out whose result the store has not taken yet (tried again in the
     // background; their records stay `releasing` meanwhile). Thread-safe.
     std::size_t unrecorded() const { return unrecorded_count_.load(std::memory_order_relaxed); }
+    // At shutdown, once the control loop has stopped (the store still open): one last try
+    // for each result not recorded yet, blocking. Returns how many are still unrecorded
+    // (the next start turns their records outcome_unknown).
+    std::size_t record_left_over();
 
 private:
     bool snapshot(store::list_filter& filter, std::string* error);

@@ -1372,6 +1372,9 @@ int server::run() {
     if (access_log_) {
         drain_access_log(*access_log_);
     }
+    if (remediation_) {
+        remediation_->record_left_over();  // release results the store refused until now
+    }
     // The counts as they stand once nothing is served any more: a restart goes on from them.
     const bool meters_saved = save_meters(true);
     if (!meters_saved) {

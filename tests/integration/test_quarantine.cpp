@@ -720,6 +720,34 @@ TEST(quarantine, a_replay_result_the_store_refused_is_recorded_once_it_recovers)
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// The same when the server stops before the background retry: the result is recorded at
+// shutdown, so the record is released after the restart, not outcome_unknown.
+TEST(quarantine, a_replay_result_the_store_refused_is_recorded_at_shutdown) {
+    std::atomic<bb::store::database*> db{nullptr};
+    fake_upstream up{[&](const request&) {
+        db.load()->inject_write_fault(SQLITE_FULL, 1000, bb::store::fault_point::first_write);
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    std::string ticket;
+    {
+        proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+        db = bb.server().db();
+        auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+        ASSERT_EQ(res.result_int(), 202u);
+        ticket = std::string{res["x-breakerbox-ticket"]};
+        EXPECT_EQ(bb.server().remediation().release(ticket, "ops").get().code, "outcome_unknown");
+        db.load()->inject_write_fault(SQLITE_FULL, 0);  // recovers; stopped before the first retry (1 s)
+        bb.stop();
+        EXPECT_EQ(bb.exit_code(), 0);
+    }
+    proxy_instance again{quarantine_config(up.port(), dir, 0)};
+    const auto rec = again.server().db()->get(ticket);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->state, bb::store::held_state::released);
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // A passing store failure while the result of a replay is recorded (two refused writes):
 // recorded on a later try, released, sent once.
 TEST(quarantine, a_replay_result_is_recorded_after_a_passing_store_failure) {
