@@ -1517,6 +1517,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
+        // A method override inside a Salesforce composite request: a subrequest POST asking for
+        // DELETE would pass every delete cap (they count DELETE subrequests), whoever sends it.
+        // (A scoped agent's subrequests were refused in 5 already, as out of scope.)
+        if (req.method() == http::verb::post) {
+            if (const auto refused = rules::salesforce_subrequest_refusal(req_path, req.body()); !refused.empty()) {
+                if (!co_await reply({http::status::bad_request, "rejected", "method_override",
+                                     refused + " is not accepted: delete caps and agent scopes judge each "
+                                               "subrequest by its method, so send the method itself"},
+                                    keep_alive) ||
+                    !keep_alive) {
+                    break;
+                }
+                continue;
+            }
+        }
+
         // 6. Guards. The common case (no rules on the route, no breaker active, upstream not
         //    paused) costs a few relaxed atomic loads and no lock.
         const auto now = w.owner().now();

@@ -572,6 +572,20 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
     return {};
 }
 
+std::string salesforce_subrequest_refusal(std::string_view path, std::string_view body) {
+    thread_local std::vector<subrequest> subs;
+    salesforce_subrequests(path, body, subs);
+    for (const auto& r : subs) {
+        if (!r.refused.empty()) {
+            return r.refused;
+        }
+        if (salesforce_composite_path(r.path)) {
+            return "a composite request inside a composite request";
+        }
+    }
+    return {};
+}
+
 bool body_unreadable(std::string_view why) {
     for (const std::string_view unreadable :
          {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",

@@ -59,6 +59,11 @@ struct subrequest {
 // (the caller refuses it: fail closed); for any other path returns "" with `out` empty.
 // Keys are matched without case and every duplicate is read.
 std::string salesforce_subrequests(std::string_view path, std::string_view body, std::vector<subrequest>& out);
+// For every POST to a Salesforce composite path, agent or not: why one of its subrequests
+// must not be sent ("" when none): it asks for another method (`_HttpMethod`, a method
+// override header), which the rules that count DELETE subrequests would not see, or it is a
+// composite request itself. A body that does not read as subrequests is the rules' to judge.
+std::string salesforce_subrequest_refusal(std::string_view path, std::string_view body);
 
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).

@@ -83,7 +83,7 @@ struct scratch {
     std::string mime_message;  // a decoded raw MIME message (mime: terms)
     std::string mime_scratch;
     std::vector<std::string_view> mime_addresses;
-    std::vector<std::pair<std::string, std::string>> url_query;  // url_ids: terms
+    std::string url_decoded;  // url_ids: terms
 };
 
 scratch& local() {
@@ -392,6 +392,47 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
 
 // ---------------------------------------------------------------------------------------
 // JSON paths over simdjson's DOM.
+
+// The records a subrequest URL names (url_ids:): the items of its `ids` query parameters,
+// else 1. Read the widest way a server might: the URL percent-decoded first (an encoded
+// `?` or `,` counts), parameters split at `&`, `;` and `#`, every `ids` in any case, items
+// split at commas; an item that is a reference Salesforce fills in (`@{ref.field}`) may
+// stand for a whole Collections delete: 200. A URL that names none is one record.
+std::size_t records_named(std::string_view url, std::string& decoded) {
+    constexpr std::size_t collection_max = 200;
+    url_decode(url, decoded);
+    const std::string_view u{decoded};
+    const auto q = u.find('?');
+    if (q == std::string_view::npos) {
+        return 1;
+    }
+    std::size_t ids = 0;
+    std::string_view rest = u.substr(q + 1);
+    while (!rest.empty()) {
+        const auto cut = rest.find_first_of("&;#");
+        const std::string_view param = rest.substr(0, cut);
+        rest = cut == std::string_view::npos ? std::string_view{} : rest.substr(cut + 1);
+        const auto eq = param.find('=');
+        if (eq == std::string_view::npos || !iequals(param.substr(0, eq), "ids")) {
+            continue;
+        }
+        std::string_view items = param.substr(eq + 1);
+        while (true) {
+            const auto comma = items.find(',');
+            const std::string_view item = items.substr(0, comma);
+            if (item.find("@{") != std::string_view::npos) {
+                ids += collection_max;
+            } else if (item.find_first_not_of(" \t") != std::string_view::npos) {
+                ++ids;
+            }
+            if (comma == std::string_view::npos) {
+                break;
+            }
+            items.remove_prefix(comma + 1);
+        }
+    }
+    return std::max<std::size_t>(ids, 1);
+}
 
 // A filter step's test: `e` is an object with a member named seg.names[0] (any of them,
 // duplicates included) whose value is the string seg.value, in any ASCII case.
@@ -863,26 +904,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                 }
                 const auto root = response ? ctx.resp_json.root : ctx.req_json.root;
                 if (t.source == source_kind::url_ids) {
-                    // Each URL names the records in its `ids` parameter (every one of them,
-                    // in any case: `IDS` too), else one; a value that is not a string is
-                    // still a subrequest: one.
                     std::size_t n = 0;
                     for_each_match(root, t.path, [&](simdjson::dom::element v) {
                         std::string_view url;
-                        const auto q = v.get(url) == simdjson::SUCCESS ? url.find('?') : std::string_view::npos;
-                        std::size_t ids = 0;
-                        bool named = false;
-                        if (q != std::string_view::npos) {
-                            auto& fields = ctx.s.url_query;
-                            parse_urlencoded(url.substr(q + 1, url.find('#', q) - (q + 1)), fields);
-                            for (const auto& [name, value] : fields) {
-                                if (iequals(name, "ids")) {
-                                    named = true;
-                                    for_each_address(value, [&](std::string_view) { ++ids; });
-                                }
-                            }
-                        }
-                        n += named ? std::max<std::size_t>(ids, 1) : 1;
+                        n += v.get(url) == simdjson::SUCCESS ? records_named(url, ctx.s.url_decoded) : 1;
                     });
                     total += static_cast<double>(n);
                 } else if (t.kind == term_kind::count) {

@@ -405,7 +405,8 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
                     e.needs_response_json = true;
                 } else {
                     e.request_side = true;
-                    e.needs_request_json |= t->source == source_kind::request_json;
+                    e.needs_request_json |= t->source == source_kind::request_json ||
+                                            t->source == source_kind::mime || t->source == source_kind::url_ids;
                     e.needs_form |= t->source == source_kind::form;
                 }
                 break;

@@ -296,6 +296,15 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
     EXPECT_EQ(post("/services/data/v59.0/composite", R"({"compositeRequest":[)" + get + "]}").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/composite/batch", R"({"batchRequests":[{"method":"GET","url":"v59.0/limits"}]})").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/composite", R"({"compositeRequest":[)" + del + "]}", "admin-key").result_int(), 200u);
+    // Nor may anyone else ask for another method inside a subrequest: the delete caps
+    // count DELETE subrequests (400, as a `_method` form field is).
+    for (const std::string body :
+         {R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/composite/sobjects?ids=a,b&_HttpMethod=DELETE"}]})",
+          R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx","httpHeaders":{"X-HTTP-Method-Override":"DELETE"}}]})"}) {
+        const auto r = post("/services/data/v59.0/composite", body, "admin-key");
+        EXPECT_EQ(r.result_int(), 400u) << body << ": " << r.body();
+        EXPECT_EQ(code_of(r), "method_override") << r.body();
+    }
     EXPECT_EQ(post("/services/data/v59.0/sobjects/Contact", R"({"LastName":"x"})").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/connect/batch", R"({"batchRequests":[{"method":"Get","url":"/v59.0/chatter/users/me"}]})").result_int(), 200u);
     // A GET of /composite lists the resources: it has no subrequests to read.

@@ -237,6 +237,22 @@ TEST(Presets, SalesforceCompositeDeletes) {
     req.path = "/services/data/v59.0/composite";
     req.body = R"j({"compositeRequest": [{"method": "GET", "url": "/services/data/v59.0/limits", "referenceId": "l"}]})j";
     EXPECT_EQ(measure("salesforce.composite.deletes", req), 0);
+
+    // The ways a URL can name more records than a reader splitting it one way sees: `;` and
+    // `#` as separators, an encoded `?`, quotes and brackets that are no grouping to
+    // Salesforce, empty items, and a reference filled in by Salesforce (up to 200 ids).
+    auto deletes_of = [&](const std::string& url) {
+        req.body = R"j({"compositeRequest": [{"method": "DELETE", "url": ")j" + url + R"j(", "referenceId": "d"}]})j";
+        return measure("salesforce.composite.deletes", req);
+    };
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?x=1;ids=a,b,c"), 3);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?x=#&ids=a,b"), 2);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects%3Fids=a,b"), 2);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=(,a,b"), 3);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=\\\"x,a,b,z\\\""), 4);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=a,,b,&ids=c"), 3);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=@{r.Description}"), 200);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids="), 1);
 }
 
 TEST(Presets, ReadmeListsEveryPreset) {
