@@ -142,10 +142,11 @@ struct instance_snapshot {
     std::optional<reset_policy> reset;
     std::uint64_t shadow_trips = 0;                      // trips turned away by forced_closed/metrics_only
     std::shared_ptr<const transition> last_shadow_trip;  // what that trip would have done
-    // Throttle: the times of the last admissions, oldest first. In-process only (a reload's
-    // hand-over keeps the budget; the store does not keep it across a restart).
+    // Throttle: the times of the last admissions, oldest first (kept by a reload's hand-over
+    // and by the store: a restart after a SIGTERM goes on with the same budget; after a
+    // crash, with the admissions of the last save).
     std::vector<time_point> throttle_admissions;
-    // Half-open: the probe round under way. In-process only too: a reload's hand-over keeps
+    // Half-open: the probe round under way. In-process only: a reload's hand-over keeps
     // the probes out and their round (one answered after the reload still counts, and no
     // second budget of probes goes out); a restart opens again.
     struct probe_round {

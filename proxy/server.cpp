@@ -964,7 +964,13 @@ bool server::rule_meters_unsaved() {
 }
 
 bool server::flush_breaker_state() {
-    return state_writer_ ? state_writer_->flush() : true;
+    if (!state_writer_) {
+        return true;
+    }
+    // A write of the state as it is now, not only of the last transition: a throttle's
+    // admissions change without one.
+    state_writer_->request();
+    return state_writer_->flush();
 }
 
 void server::pause_breaker_state_writes(bool on) {

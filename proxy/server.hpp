@@ -269,7 +269,8 @@ public:
     // Asks for the breaker state to be written; `done(ok)` runs on the writer thread once
     // it is durable. Without breakers (nothing to keep) it completes at once.
     void persist_breakers(std::function<void(bool)> done);
-    // Blocks until the breaker state written so far is durable (tests, shutdown).
+    // Writes the breaker state as it is now and blocks until that is durable (tests,
+    // shutdown).
     bool flush_breaker_state();
     // Whether the last save of breaker state failed (the writer is retrying).
     bool breaker_state_unsaved() const;

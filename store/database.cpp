@@ -1,5 +1,7 @@
 #include "store/database.hpp"
 
+#include "core/byte_codec.hpp"
+
 #include "core/sha256.hpp"
 
 #include <sqlite3.h>
@@ -253,9 +255,14 @@ CREATE TABLE rule_meters (
     {7, R"sql(
 ALTER TABLE breaker_state ADD COLUMN reset TEXT;
 )sql"},
+    // A throttling instance's recent admissions (wall-clock ms, int64 each, oldest first;
+    // NULL: none), so a restart does not grant a fresh budget of R on top of the last R.
+    {8, R"sql(
+ALTER TABLE breaker_state ADD COLUMN throttle_ms BLOB;
+)sql"},
 };
 
-constexpr int latest_version = 7;
+constexpr int latest_version = 8;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -447,6 +454,7 @@ constexpr std::int64_t max_wall_ms = 10'000'000'000'000;
 struct breaker_row {
     std::string instance, breaker, key, state, mode;
     std::optional<std::string> reset;
+    std::string throttle_ms;  // int64 wall-clock ms each, oldest first
     std::optional<std::int64_t> mode_expires_ms;
     std::int64_t opened_at_ms = 0;
     std::int64_t cooldown_ms = 0;
@@ -1654,8 +1662,8 @@ database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const s
         auto s = ctx.c.prepared(
             "INSERT INTO breaker_state(instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, "
             "cooldown_ms, trips, trip_kind, trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, "
-            "trip_window_ms, trip_request_id, trip_at_ms, reset) "
-            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)");
+            "trip_window_ms, trip_request_id, trip_at_ms, reset, throttle_ms) "
+            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare breaker state");
         }
@@ -1692,6 +1700,11 @@ database::impl::outcome database::impl::do_save_breakers(batch_ctx& ctx, const s
             s.text(20, *r.reset);
         } else {
             s.null(20);
+        }
+        if (r.throttle_ms.empty()) {
+            s.null(21);
+        } else {
+            s.blob(21, r.throttle_ms);
         }
         if (const int rc = s.step(); rc != SQLITE_DONE) {
             return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save breaker state: " + ctx.c.error())};
@@ -1840,6 +1853,9 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
         r.mode = breakers::to_string(i.md);
         if (i.reset) {
             r.reset = *i.reset == breakers::reset_policy::automatic ? "automatic" : "manual";
+        }
+        for (const auto t : i.throttle_admissions) {
+            put_bytes(r.throttle_ms, to_wall(t));
         }
         if (i.mode_expires) {
             r.mode_expires_ms = to_wall(*i.mode_expires);
@@ -1991,7 +2007,7 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
     auto s = conn->prepared(
         "SELECT instance, breaker, key, state, mode, mode_expires_ms, opened_at_ms, cooldown_ms, trips, trip_kind, "
         "trip_actor, trip_reason, trip_rule, trip_key, trip_value, trip_limit, trip_window_ms, trip_request_id, "
-        "trip_at_ms, reset FROM breaker_state ORDER BY instance");
+        "trip_at_ms, reset, throttle_ms FROM breaker_state ORDER BY instance");
     auto fail = [&](std::string why) {
         if (error != nullptr) {
             *error = "store " + impl_->opt_.path + ": " + why;
@@ -2051,6 +2067,20 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
                 return fail("breaker " + i.instance + " has an unknown reset policy");
             }
             i.reset = reset == "automatic" ? breakers::reset_policy::automatic : breakers::reset_policy::manual;
+        }
+        if (!s.is_null(20)) {
+            const std::string blob = s.col_str(20);
+            if (blob.size() % sizeof(std::int64_t) != 0) {
+                return fail("breaker " + i.instance + " has throttle admissions that cannot be read");
+            }
+            byte_reader in{blob};
+            while (!in.in.empty()) {
+                const auto ms = in.get<std::int64_t>();
+                if (ms < -max_wall_ms || ms > max_wall_ms) {
+                    return fail("breaker " + i.instance + " has a throttle admission time that is not plausible");
+                }
+                i.throttle_admissions.push_back(to_time(ms));
+            }
         }
         // A time or duration that is not a plausible integer would read as 0 (a cooldown
         // long over) or overflow the clock: refused, never a silently reopened breaker.

@@ -608,6 +608,38 @@ TEST(throttle, open_throttle_breaker_lets_r_per_interval_through) {
     EXPECT_EQ(throttled, 4);
 }
 
+// A restart (a deploy) does not grant a throttling breaker a fresh budget: the admissions
+// of the interval are saved with its state, so R in the interval stays R.
+TEST(throttle, a_restart_keeps_the_admissions_of_the_interval) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    const auto cfg = guarded_config(up.port(), dir,
+                                    R"({"id": "campaign-volume", "action": "throttle", "reset": "manual",
+                                        "throttle": {"requests": 2, "per": "1m"}})",
+                                    0);
+    auto send = [&](proxy_instance& bb) {
+        raw_client c{bb.port()};
+        c.send(mail(0, "t"));
+        return c.read_response().result_int();
+    };
+    {
+        proxy_instance bb{cfg, &clock};
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/t", "ops", "slow down", clock.now()));
+        EXPECT_EQ(send(bb), 202u);
+        EXPECT_EQ(send(bb), 202u);
+        EXPECT_EQ(send(bb), 429u);
+        bb.stop();
+        ASSERT_EQ(bb.exit_code(), 0);
+    }
+    clock.advance(std::chrono::seconds{20});
+    proxy_instance again{cfg, &clock};
+    EXPECT_EQ(send(again), 429u) << "a fresh budget after the restart";
+    clock.advance(std::chrono::seconds{41});  // a minute after the first admissions
+    EXPECT_EQ(send(again), 202u);
+    EXPECT_EQ(up.request_count(), 3u);
+}
+
 TEST(throttle, a_rule_that_stays_broken_does_not_take_a_second_slot_per_request) {
     // Tripped by its rule, which every request keeps breaking (each is over the cap and so
     // not counted): each request takes one slot, not one before the rules and one at the trip.

@@ -143,9 +143,9 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 7);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+    EXPECT_EQ(db->schema_version(), 8);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
                                          // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
-                                         // 7: the reset policy of saved breaker state
+                                         // 7: the reset policy of saved breaker state, 8: throttle admissions
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1194,6 +1194,7 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     t->at = open_inst.opened_at;
     open_inst.last_trip = t;
     open_inst.reset = br::reset_policy::automatic;
+    open_inst.throttle_admissions = {clock_.now() - 3s, clock_.now() - 1s};
     br::instance_snapshot closed;
     closed.instance = closed.breaker = "idle";
     br::instance_snapshot forced;
@@ -1230,6 +1231,7 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     EXPECT_EQ(a.last_trip->cause.window, 1h);
     EXPECT_EQ(a.last_trip->at, open_inst.opened_at);
     EXPECT_EQ(a.reset, br::reset_policy::automatic);
+    EXPECT_EQ(a.throttle_admissions, open_inst.throttle_admissions);
     const auto& m = (*back)[1];
     EXPECT_EQ(m.instance, "manual");
     EXPECT_EQ(m.md, br::mode::forced_open);
@@ -1237,6 +1239,7 @@ TEST_F(store_db, breaker_state_round_trips_and_is_replaced_whole) {
     EXPECT_EQ(*m.mode_expires, *forced.mode_expires);
     EXPECT_FALSE(m.last_trip);
     EXPECT_EQ(m.reset, br::reset_policy::manual);
+    EXPECT_TRUE(m.throttle_admissions.empty());
 
     r = wait_done([&](bb::store::done_fn d) { db2->save_breaker_state({forced}, d); });
     ASSERT_TRUE(r.ok);
@@ -1424,6 +1427,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
                            "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
+                           "ALTER TABLE breaker_state DROP COLUMN throttle_ms; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
@@ -1431,7 +1435,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 7);
+    EXPECT_EQ(db->schema_version(), 8);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
