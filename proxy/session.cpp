@@ -1521,10 +1521,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // DELETE would pass every delete cap (they count DELETE subrequests), whoever sends it.
         // (A scoped agent's subrequests were refused in 5 already, as out of scope.)
         if (req.method() == http::verb::post) {
-            if (const auto refused = rules::salesforce_subrequest_refusal(req_path, req.body()); !refused.empty()) {
-                if (!co_await reply({http::status::bad_request, "rejected", "method_override",
-                                     refused + " is not accepted: delete caps and agent scopes judge each "
-                                               "subrequest by its method, so send the method itself"},
+            if (auto refused = rules::salesforce_subrequest_refusal(req_path, req.body()); !refused.code.empty()) {
+                if (!co_await reply({http::status::bad_request, "rejected", refused.code,
+                                     std::move(refused.message)},
                                     keep_alive) ||
                     !keep_alive) {
                     break;

@@ -572,15 +572,27 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
     return {};
 }
 
-std::string salesforce_subrequest_refusal(std::string_view path, std::string_view body) {
+subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::string_view body) {
     thread_local std::vector<subrequest> subs;
-    salesforce_subrequests(path, body, subs);
+    const auto unreadable = salesforce_subrequests(path, body, subs);
     for (const auto& r : subs) {
-        if (!r.refused.empty()) {
-            return r.refused;
+        const std::string why = !r.refused.empty()                  ? r.refused
+                                : salesforce_composite_path(r.path) ? "a composite request inside a composite request"
+                                                                    : std::string{};
+        if (!why.empty()) {
+            return {"method_override", why + " is not accepted: delete caps and agent scopes judge each subrequest "
+                                             "by its method, so send the method itself"};
         }
-        if (salesforce_composite_path(r.path)) {
-            return "a composite request inside a composite request";
+    }
+    if (!unreadable.empty()) {
+        // JSON that does not read as subrequests throughout (a duplicate key of another type,
+        // a null httpHeaders): what was read up to there is not all there is, and an
+        // upstream reading it its own way may find a DELETE the rules never saw. Not JSON at
+        // all (an XML batch) is the rules' to judge.
+        element root;
+        if (local().parser.parse(body.data(), body.size()).get(root) == simdjson::SUCCESS) {
+            return {"bad_body", unreadable + ": delete caps and agent scopes judge each subrequest, so every one "
+                                             "must read as an object with method and url strings"};
         }
     }
     return {};

@@ -62,8 +62,13 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
 // For every POST to a Salesforce composite path, agent or not: why one of its subrequests
 // must not be sent ("" when none): it asks for another method (`_HttpMethod`, a method
 // override header), which the rules that count DELETE subrequests would not see, or it is a
-// composite request itself. A body that does not read as subrequests is the rules' to judge.
-std::string salesforce_subrequest_refusal(std::string_view path, std::string_view body);
+// composite request itself; or the body is JSON that does not read as subrequests
+// throughout. A body that is not JSON (an XML batch) is the rules' to judge.
+struct subrequest_refusal {
+    std::string code;     // "" (none), method_override, or bad_body
+    std::string message;  // the whole answer's message
+};
+subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::string_view body);
 
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).

@@ -398,38 +398,60 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
 // `?` or `,` counts), parameters split at `&`, `;` and `#`, every `ids` in any case, items
 // split at commas; an item that is a reference Salesforce fills in (`@{ref.field}`) may
 // stand for a whole Collections delete: 200. A URL that names none is one record.
+// Both ways a server may read it count: decoded first and then split (an encoded `?`
+// counts), and split first with each name and value decoded after (an encoded `&` inside
+// the list is part of it); the larger is taken.
 std::size_t records_named(std::string_view url, std::string& decoded) {
     constexpr std::size_t collection_max = 200;
-    url_decode(url, decoded);
-    const std::string_view u{decoded};
-    const auto q = u.find('?');
-    if (q == std::string_view::npos) {
-        return 1;
-    }
-    std::size_t ids = 0;
-    std::string_view rest = u.substr(q + 1);
-    while (!rest.empty()) {
-        const auto cut = rest.find_first_of("&;#");
-        const std::string_view param = rest.substr(0, cut);
-        rest = cut == std::string_view::npos ? std::string_view{} : rest.substr(cut + 1);
-        const auto eq = param.find('=');
-        if (eq == std::string_view::npos || !iequals(param.substr(0, eq), "ids")) {
-            continue;
-        }
-        std::string_view items = param.substr(eq + 1);
+    auto items_in = [](std::string_view items) {
+        std::size_t n = 0;
         while (true) {
             const auto comma = items.find(',');
             const std::string_view item = items.substr(0, comma);
             if (item.find("@{") != std::string_view::npos) {
-                ids += collection_max;
+                n += collection_max;
             } else if (item.find_first_not_of(" \t") != std::string_view::npos) {
-                ++ids;
+                ++n;
             }
             if (comma == std::string_view::npos) {
-                break;
+                return n;
             }
             items.remove_prefix(comma + 1);
         }
+    };
+    // The ids of query `q` (after its '?'), its parameters split at & ; #, decoded or not.
+    auto ids_in = [&](std::string_view q, bool decode_parts) {
+        std::size_t n = 0;
+        std::string name;
+        std::string value;
+        while (!q.empty()) {
+            const auto cut = q.find_first_of("&;#");
+            const std::string_view param = q.substr(0, cut);
+            q = cut == std::string_view::npos ? std::string_view{} : q.substr(cut + 1);
+            const auto eq = param.find('=');
+            if (eq == std::string_view::npos) {
+                continue;
+            }
+            if (decode_parts) {
+                url_decode(param.substr(0, eq), name);
+                url_decode(param.substr(eq + 1), value);
+            } else {
+                name.assign(param.substr(0, eq));
+                value.assign(param.substr(eq + 1));
+            }
+            if (iequals(name, "ids")) {
+                n += items_in(value);
+            }
+        }
+        return n;
+    };
+    std::size_t ids = 0;
+    if (const auto q = url.find('?'); q != std::string_view::npos) {
+        ids = ids_in(url.substr(q + 1), true);
+    }
+    url_decode(url, decoded);
+    if (const auto q = decoded.find('?'); q != std::string::npos) {
+        ids = std::max(ids, ids_in(std::string_view{decoded}.substr(q + 1), false));
     }
     return std::max<std::size_t>(ids, 1);
 }

@@ -250,6 +250,7 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
     const auto dir = temp_dir();
     proxy_instance bb{
         "{\"workers\": 1, \"listeners\": [{\"name\": \"agents\", \"address\": \"127.0.0.1:0\", \"require_agent\": true}],"
+        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
         "\"upstreams\": [{\"name\": \"sf\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
         "\"routes\": [{\"name\": \"salesforce\", \"match\": {\"path_prefix\": \"/services/\"}, \"upstream\": \"sf\"}],"
         "\"agents\": [{\"id\": \"crm-bot\", \"key_sha256\": [\"" + sha256_hex("crm-key") + "\"],"
@@ -304,6 +305,15 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
         const auto r = post("/services/data/v59.0/composite", body, "admin-key");
         EXPECT_EQ(r.result_int(), 400u) << body << ": " << r.body();
         EXPECT_EQ(code_of(r), "method_override") << r.body();
+    }
+    // Nor a JSON body read only part of the way (a duplicate key of another type before the
+    // real list, a null httpHeaders): what follows could hide one.
+    for (const std::string body :
+         {R"({"compositeRequest":"x","compositeRequest":[{"method":"POST","url":"/services/data/v59.0/composite/sobjects?ids=a&_HttpMethod=DELETE"}]})",
+          R"({"compositeRequest":[{"method":"GET","url":"/services/data/v59.0/limits","httpHeaders":null},{"method":"POST","url":"/x?_HttpMethod=DELETE"}]})"}) {
+        const auto r = post("/services/data/v59.0/composite", body, "admin-key");
+        EXPECT_EQ(r.result_int(), 400u) << body << ": " << r.body();
+        EXPECT_EQ(code_of(r), "bad_body") << r.body();
     }
     EXPECT_EQ(post("/services/data/v59.0/sobjects/Contact", R"({"LastName":"x"})").result_int(), 200u);
     EXPECT_EQ(post("/services/data/v59.0/connect/batch", R"({"batchRequests":[{"method":"Get","url":"/v59.0/chatter/users/me"}]})").result_int(), 200u);

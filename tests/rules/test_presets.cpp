@@ -253,6 +253,10 @@ TEST(Presets, SalesforceCompositeDeletes) {
     EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=a,,b,&ids=c"), 3);
     EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=@{r.Description}"), 200);
     EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids="), 1);
+    // An encoded separator inside the list: split first, it is part of the list (x&, a, b).
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=x%26,a,b"), 3);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=x%23,a,b"), 3);
+    EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=x%3B,a,b,c"), 4);
 }
 
 TEST(Presets, ReadmeListsEveryPreset) {
