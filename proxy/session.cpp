@@ -1422,6 +1422,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string original_target{req.target()};
         const std::string origin_form{tp.origin_form};
         const std::string req_path{tp.path};
+        // The path the upstream is sent (its base path first): what tells a Salesforce
+        // composite request, whatever path the client used for it.
+        const std::string upstream_path = cfg->upstreams[upstream_index].base_path + req_path;
         rec.target = original_target;
 
         // A compressed body would reach the guards, the rules and the agent's body
@@ -1469,7 +1472,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 thread_local std::vector<rules::subrequest> subs;
                 subs.clear();
                 if (const auto unreadable = req.method() == http::verb::post
-                                                ? rules::salesforce_subrequests(req_path, req.body(), subs)
+                                                ? rules::salesforce_subrequests(upstream_path, req.body(), subs)
                                                 : std::string{};
                     !unreadable.empty()) {
                     why = "this composite request: " + unreadable;
@@ -1521,7 +1524,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // DELETE would pass every delete cap (they count DELETE subrequests), whoever sends it.
         // (A scoped agent's subrequests were refused in 5 already, as out of scope.)
         if (req.method() == http::verb::post) {
-            if (auto refused = rules::salesforce_subrequest_refusal(req_path, req.body()); !refused.code.empty()) {
+            if (auto refused = rules::salesforce_subrequest_refusal(upstream_path, req.body()); !refused.code.empty()) {
                 if (!co_await reply({http::status::bad_request, "rejected", refused.code,
                                      std::move(refused.message)},
                                     keep_alive) ||

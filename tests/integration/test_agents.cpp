@@ -241,6 +241,31 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
               std::string::npos);
 }
 
+// An upstream whose URL carries Salesforce's base path (clients POST /v59.0/composite): the
+// request is still read as the composite request the upstream receives, and a subrequest
+// asking for another method is refused as it is on the full path.
+TEST(agents, a_composite_request_under_an_upstream_base_path_is_read_as_one) {
+    fake_upstream up{[](const request&) { return respond(200, "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sf\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/services/data\"}],"
+        "\"routes\": [{\"name\": \"salesforce\", \"match\": {\"path_prefix\": \"/v\"}, \"upstream\": \"sf\"}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+    const auto r = http_request(
+        bb.port(), http::verb::post, "/v59.0/composite",
+        R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/composite/sobjects?ids=a,b&_HttpMethod=DELETE"}]})",
+        {{"content-type", "application/json"}});
+    EXPECT_EQ(r.result_int(), 400u) << r.body();
+    EXPECT_EQ(code_of(r), "method_override") << r.body();
+    const auto ok = http_request(bb.port(), http::verb::post, "/v59.0/composite",
+                                 R"({"compositeRequest":[{"method":"GET","url":"/services/data/v59.0/limits"}]})",
+                                 {{"content-type", "application/json"}});
+    EXPECT_EQ(ok.result_int(), 200u) << ok.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // Salesforce's composite resources carry requests of their own in one POST: an agent allowed
 // GET and POST on /services/data/* must not DELETE a record through compositeRequest[],
 // batchRequests[] or a graph, nor reach a path outside its list there. Each subrequest is
