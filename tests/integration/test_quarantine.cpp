@@ -22,6 +22,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -574,6 +575,18 @@ TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_s
     EXPECT_EQ(up.request_count(), 0u) << "sent beside the hold that will be released";
 }
 
+// Holds the breaker state writer back until the returned handle is reset, and then (or
+// however the test ends) resumes it and joins `client`.
+std::shared_ptr<void> hold_state_writes(proxy_instance& bb, std::thread& client) {
+    bb.server().pause_breaker_state_writes(true);
+    return {nullptr, [&bb, &client](void*) {
+                bb.server().pause_breaker_state_writes(false);
+                if (client.joinable()) {
+                    client.join();
+                }
+            }};
+}
+
 // A hold's 202 says the breaker quarantines this traffic; it goes out only once the saved
 // breaker state holds that trip, so a crash right after the 202 finds the breaker tripped
 // (PRODUCT.md principle 2). Here the trip is not saved yet when the hold commits (the
@@ -600,15 +613,8 @@ TEST(quarantine, a_hold_is_answered_only_once_the_trip_it_reports_is_saved) {
                    return s.instance == "campaign-volume" && s.st == bb::breakers::state::open;
                });
     };
-    // Whatever fails below, the writer resumes and the client thread is joined.
     std::thread client;
-    std::shared_ptr<void> resume{nullptr, [&](void*) {
-                                     bb.server().pause_breaker_state_writes(false);
-                                     if (client.joinable()) {
-                                         client.join();
-                                     }
-                                 }};
-    bb.server().pause_breaker_state_writes(true);
+    auto resume = hold_state_writes(bb, client);
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     std::promise<response> answer;
     auto answered = answer.get_future();
@@ -634,13 +640,7 @@ TEST(quarantine, a_paused_answer_waits_for_the_trip_it_reports_to_be_saved) {
     cfg.replace(cfg.find(quarantine), quarantine.size(), R"("action": "pause")");
     proxy_instance bb{cfg};
     std::thread client;
-    std::shared_ptr<void> resume{nullptr, [&](void*) {
-                                     bb.server().pause_breaker_state_writes(false);
-                                     if (client.joinable()) {
-                                         client.join();
-                                     }
-                                 }};
-    bb.server().pause_breaker_state_writes(true);
+    auto resume = hold_state_writes(bb, client);
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     std::promise<response> refused;
     auto refused_answer = refused.get_future();
@@ -689,83 +689,74 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
     bb.server().db()->inject_write_fault(SQLITE_FULL, 0);
 }
 
+// One request held behind a proxy whose upstream, on every request it gets, makes the
+// store refuse its next `faults` writes (the replay's result among them).
+struct refused_result {
+    std::atomic<bb::store::database*> db{nullptr};
+    fake_upstream up;
+    std::string dir = temp_dir();
+    std::optional<proxy_instance> proxy;
+    std::string ticket;
+
+    explicit refused_result(int faults)
+        : up{[this, faults](const request&) {
+              db.load()->inject_write_fault(SQLITE_FULL, faults, bb::store::fault_point::first_write);
+              return respond(202, "");
+          }} {
+        proxy.emplace(quarantine_config(up.port(), dir, 0));
+        db = proxy->server().db();
+        auto res = send_mail(proxy->port(), "c", R"({"to":[1]})");
+        EXPECT_EQ(res.result_int(), 202u);
+        ticket = std::string{res["x-breakerbox-ticket"]};
+    }
+    bb::store::result release() { return proxy->server().remediation().release(ticket, "ops").get(); }
+};
+
 // The store refused a replay's result for longer than the release waited (a full disk
 // freed later): the record is not left `releasing` until a restart turns it
 // outcome_unknown, the known result is recorded in the background once the store takes it.
 TEST(quarantine, a_replay_result_the_store_refused_is_recorded_once_it_recovers) {
-    std::atomic<bb::store::database*> db{nullptr};
-    fake_upstream up{[&](const request&) {
-        db.load()->inject_write_fault(SQLITE_FULL, 1000, bb::store::fault_point::first_write);
-        return respond(202, "");
-    }};
-    const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
-    db = bb.server().db();
-    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
-    ASSERT_EQ(res.result_int(), 202u);
-    const std::string ticket{res["x-breakerbox-ticket"]};
-    auto r = bb.server().remediation().release(ticket, "ops").get();
-    EXPECT_EQ(r.code, "outcome_unknown");
-    EXPECT_EQ(bb.server().remediation().unrecorded(), 1u);
-    EXPECT_EQ(db.load()->get(ticket)->state, bb::store::held_state::releasing);
-    db.load()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
-    for (int i = 0; i < 15'000 && bb.server().remediation().unrecorded() > 0; ++i) {  // bounded poll
+    refused_result t{1000};
+    EXPECT_EQ(t.release().code, "outcome_unknown");
+    auto& rem = t.proxy->server().remediation();
+    EXPECT_EQ(rem.unrecorded(), 1u);
+    EXPECT_EQ(t.db.load()->get(t.ticket)->state, bb::store::held_state::releasing);
+    t.db.load()->inject_write_fault(SQLITE_FULL, 0);  // the store recovers
+    for (int i = 0; i < 15'000 && rem.unrecorded() > 0; ++i) {  // bounded poll
         pollfd none{};
         ::poll(&none, 0, 1);
     }
-    EXPECT_EQ(bb.server().remediation().unrecorded(), 0u);
-    const auto rec = db.load()->get(ticket);
+    EXPECT_EQ(rem.unrecorded(), 0u);
+    const auto rec = t.db.load()->get(t.ticket);
     ASSERT_TRUE(rec);
     EXPECT_EQ(rec->state, bb::store::held_state::released) << "the upstream's 202, recorded late";
-    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(t.up.request_count(), 1u);
 }
 
 // The same when the server stops before the background retry: the result is recorded at
 // shutdown, so the record is released after the restart, not outcome_unknown.
 TEST(quarantine, a_replay_result_the_store_refused_is_recorded_at_shutdown) {
-    std::atomic<bb::store::database*> db{nullptr};
-    fake_upstream up{[&](const request&) {
-        db.load()->inject_write_fault(SQLITE_FULL, 1000, bb::store::fault_point::first_write);
-        return respond(202, "");
-    }};
-    const auto dir = temp_dir();
-    std::string ticket;
-    {
-        proxy_instance bb{quarantine_config(up.port(), dir, 0)};
-        db = bb.server().db();
-        auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
-        ASSERT_EQ(res.result_int(), 202u);
-        ticket = std::string{res["x-breakerbox-ticket"]};
-        EXPECT_EQ(bb.server().remediation().release(ticket, "ops").get().code, "outcome_unknown");
-        db.load()->inject_write_fault(SQLITE_FULL, 0);  // recovers; stopped before the first retry (1 s)
-        bb.stop();
-        EXPECT_EQ(bb.exit_code(), 0);
-    }
-    proxy_instance again{quarantine_config(up.port(), dir, 0)};
-    const auto rec = again.server().db()->get(ticket);
+    refused_result t{1000};
+    EXPECT_EQ(t.release().code, "outcome_unknown");
+    t.db.load()->inject_write_fault(SQLITE_FULL, 0);  // recovers; stopped before the first retry (1 s)
+    t.proxy->stop();
+    EXPECT_EQ(t.proxy->exit_code(), 0);
+    t.proxy.reset();
+    proxy_instance again{quarantine_config(t.up.port(), t.dir, 0)};
+    const auto rec = again.server().db()->get(t.ticket);
     ASSERT_TRUE(rec);
     EXPECT_EQ(rec->state, bb::store::held_state::released);
-    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(t.up.request_count(), 1u);
 }
 
 // A passing store failure while the result of a replay is recorded (two refused writes):
 // recorded on a later try, released, sent once.
 TEST(quarantine, a_replay_result_is_recorded_after_a_passing_store_failure) {
-    std::atomic<bb::store::database*> db{nullptr};
-    fake_upstream up{[&](const request&) {
-        db.load()->inject_write_fault(SQLITE_FULL, 2, bb::store::fault_point::first_write);
-        return respond(202, "");
-    }};
-    const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
-    db = bb.server().db();
-    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
-    ASSERT_EQ(res.result_int(), 202u);
-    const std::string ticket{res["x-breakerbox-ticket"]};
-    auto r = bb.server().remediation().release(ticket, "ops").get();
+    refused_result t{2};
+    const auto r = t.release();
     EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
-    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::released);
-    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(t.db.load()->get(t.ticket)->state, bb::store::held_state::released);
+    EXPECT_EQ(t.up.request_count(), 1u);
 }
 
 // SIGTERM (request_stop) during a paced release: nothing more is sent, the rest stays held,
