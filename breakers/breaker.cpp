@@ -27,6 +27,7 @@ std::string format_ms(milliseconds d) {
 }
 
 std::atomic<std::uint64_t> changes_made{0};
+std::atomic<std::uint64_t> throttle_admissions_made{0};
 
 trip_cause cause_of(std::string kind, std::string actor, std::string reason) {
     trip_cause c;
@@ -39,6 +40,7 @@ trip_cause cause_of(std::string kind, std::string actor, std::string reason) {
 }  // namespace
 
 std::uint64_t changes_so_far() { return changes_made.load(std::memory_order_acquire); }
+std::uint64_t throttle_admissions_so_far() { return throttle_admissions_made.load(std::memory_order_relaxed); }
 
 namespace detail {
 
@@ -282,14 +284,9 @@ public:
         shadow_trips_ = s.shadow_trips;
         last_shadow_trip_ = s.last_shadow_trip;
         mode_expires_ = s.md == mode::automatic ? std::nullopt : s.mode_expires;
-        // A reload handing a throttling instance over keeps the admissions it counted: the
-        // new registry does not grant a fresh budget (up to R more requests) on every reload.
-        if (cfg_.act == action::throttle && !s.throttle_admissions.empty()) {
-            const std::size_t limit = cfg_.throttle.requests;
-            const std::size_t from = s.throttle_admissions.size() > limit ? s.throttle_admissions.size() - limit : 0;
-            slots_.assign(s.throttle_admissions.begin() + static_cast<std::ptrdiff_t>(from), s.throttle_admissions.end());
-            oldest_ = 0;
-        }
+        // A reload handing a throttling instance over (or a restart) keeps the admissions it
+        // counted: no fresh budget (up to R more requests) on every reload or deploy.
+        take_admissions(s, now);
         // A probe in flight died with the process: open again, half-open on the next look.
         // Handed over by a reload (the round comes with it), the round goes on.
         const state st = s.st == state::half_open && !s.probes ? state::open : s.st;
@@ -333,6 +330,7 @@ public:
             last_trip_ = s.last_trip ? s.last_trip : last_trip_;
         }
         trips_ += s.trips;
+        take_admissions(s, now);  // several keys folded into one: their admissions together
         shadow_trips_ += s.shadow_trips;
         if (s.last_shadow_trip) {
             last_shadow_trip_ = s.last_shadow_trip;
@@ -369,6 +367,28 @@ public:
         change(st, md, cause_of("restore", "restore", "restored at start"), now, false);
     }
 
+    // Adds a snapshot's throttle admissions to this instance's: the latest `requests` of
+    // them all, oldest first, none after `now` (a wall clock behind the saved one after a
+    // reboot would put them in the future and refuse everything for as long).
+    void take_admissions(const instance_snapshot& s, time_point now) {
+        if (cfg_.act != action::throttle || s.throttle_admissions.empty()) {
+            return;
+        }
+        std::vector<time_point> all;
+        all.reserve(slots_.size() + s.throttle_admissions.size());
+        for (std::size_t i = 0; i < slots_.size(); ++i) {
+            all.push_back(slots_[(oldest_ + i) % slots_.size()]);
+        }
+        for (const auto t : s.throttle_admissions) {
+            all.push_back(std::min(t, now));
+        }
+        std::sort(all.begin(), all.end());
+        const std::size_t limit = cfg_.throttle.requests;
+        const std::size_t from = all.size() > limit ? all.size() - limit : 0;
+        slots_.assign(all.begin() + static_cast<std::ptrdiff_t>(from), all.end());
+        oldest_ = 0;
+    }
+
     instance_snapshot view(time_point now) const {
         instance_snapshot s;
         s.instance = name_;
@@ -384,8 +404,13 @@ public:
         s.reset = cfg_.reset;
         s.shadow_trips = shadow_trips_;
         s.last_shadow_trip = last_shadow_trip_;
+        // The admissions that still count (within an interval of now): older ones free
+        // their slot whatever comes next, and would only make every save bigger.
         for (std::size_t i = 0; i < slots_.size(); ++i) {
-            s.throttle_admissions.push_back(slots_[(oldest_ + i) % slots_.size()]);
+            const auto t = slots_[(oldest_ + i) % slots_.size()];
+            if (now - t < cfg_.throttle.interval) {
+                s.throttle_admissions.push_back(t);
+            }
         }
         if (st_ == state::half_open) {
             s.probes = instance_snapshot::probe_round{round_, period_round_, issued_, succeeded_, last_probe_at_};
@@ -472,6 +497,7 @@ private:
             a.retry_after = until(slots_[oldest_] + interval, now);
             return a;
         }
+        throttle_admissions_made.fetch_add(1, std::memory_order_relaxed);  // at most R an interval
         a.v = admission::verdict::allow;
         a.throttled = true;
         a.retry_after = milliseconds{0};

@@ -123,6 +123,10 @@ struct admission {
 // number taken. A snapshot() begun after it returned n holds every change numbered n or
 // less.
 std::uint64_t changes_so_far();
+// How many requests throttling instances in this process have let through: the state is
+// saved again when it moved (admissions change no state, and a restart must not grant a
+// fresh budget).
+std::uint64_t throttle_admissions_so_far();
 
 // A point-in-time view of one instance for operators and persistence.
 struct instance_snapshot {

@@ -1313,6 +1313,12 @@ int server::run() {
             if (std::chrono::steady_clock::now() >= next_breaker_tick) {
                 next_breaker_tick = std::chrono::steady_clock::now() + std::chrono::seconds{1};
                 current_runtime()->breakers->tick(clock_->now());
+                // A throttling breaker's admissions, for a restart (no transition saves
+                // them): at most a second behind, also while draining.
+                if (state_writer_ && breakers::throttle_admissions_so_far() != throttle_admissions_saved_) {
+                    throttle_admissions_saved_ = breakers::throttle_admissions_so_far();
+                    state_writer_->request();
+                }
             }
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not

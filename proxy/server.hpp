@@ -367,6 +367,7 @@ private:
     // until a store keeps breaker state. snapshot_change_: the writer thread's own.
     std::atomic<std::uint64_t> saved_through_{~std::uint64_t{0}};
     std::uint64_t snapshot_change_ = 0;
+    std::uint64_t throttle_admissions_saved_ = 0;  // control thread: when the state was last asked for
     // Saved state of breakers this config does not have (e.g. a restart with an older config
     // file): kept in the store rather than erased, and restored when a reload configures the
     // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).

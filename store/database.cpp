@@ -1879,7 +1879,10 @@ void database::save_breaker_state(std::vector<breakers::instance_snapshot> insta
         }
         rows.push_back(std::move(r));
     }
-    const std::size_t bytes = 256 + rows.size() * 256;
+    std::size_t bytes = 256 + rows.size() * 256;
+    for (const auto& r : rows) {
+        bytes += r.throttle_ms.size();
+    }
     impl_->enqueue([p = impl_.get(), rows = std::move(rows), clocks](impl::batch_ctx& ctx) {
         return p->do_save_breakers(ctx, rows, clocks);
     }, std::move(done), bytes, /*essential=*/true);

@@ -318,6 +318,45 @@ TEST_F(registry_test, an_operators_trip_set_back_to_auto_is_not_held_again_after
     EXPECT_EQ(older.get("cv", now())->md, mode::forced_open);
 }
 
+// Saved throttle admissions come back as a budget already spent: never after now (a wall
+// clock behind the saved one after a reboot must not refuse everything for as long), and
+// of several keys folded into one instance, the latest R of them all.
+TEST_F(registry_test, restored_throttle_admissions_are_clamped_to_now_and_merged) {
+    auto b = make_config("cv", action::throttle, reset_policy::manual);
+    b.per_key = false;
+    b.throttle.requests = 2;
+    b.throttle.interval = 1min;
+    make({b});
+    auto snap = [&](std::string key, std::vector<time_point> admitted) {
+        instance_snapshot s;
+        s.instance = "cv/" + key;
+        s.breaker = "cv";
+        s.key = std::move(key);
+        s.st = state::open;
+        s.opened_at = now() - 1h;
+        s.throttle_admissions = std::move(admitted);
+        return s;
+    };
+    reg().restore({snap("a", {now() + 5h, now() + 6h})}, now());
+    auto a = reg().admit("cv", now());
+    EXPECT_EQ(a.v, verdict::contain);
+    EXPECT_EQ(a.retry_after, 1min) << "as if both were admitted now, not in five hours";
+    clock_.advance(1min);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::allow);
+
+    // Key a admitted nothing lately, key b twice in the last 10 s: folded, the budget is spent.
+    make({b});
+    reg().restore({snap("a", {}), snap("b", {now() - 10s, now() - 5s})}, now());
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
+    clock_.advance(50s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::allow) << "b's first admission is a minute old";
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
+
+    // Only admissions within the interval are saved.
+    clock_.advance(2min);
+    EXPECT_TRUE(reg().get("cv", now())->throttle_admissions.empty());
+}
+
 TEST_F(registry_test, snapshot_round_trips_through_restore) {
     auto b = make_config("campaign-volume");
     b.max_instances = 1;

@@ -629,6 +629,23 @@ TEST(throttle, a_restart_keeps_the_admissions_of_the_interval) {
         EXPECT_EQ(send(bb), 202u);
         EXPECT_EQ(send(bb), 202u);
         EXPECT_EQ(send(bb), 429u);
+        // Saved within about a second, before any shutdown (a kill at the end of a drain's
+        // grace period must not lose them): bounded poll of the store.
+        auto saved_admissions = [&] {
+            std::string err;
+            const auto saved = bb.server().db()->load_breaker_state(clock, &err);
+            for (const auto& i : saved ? *saved : std::vector<bb::breakers::instance_snapshot>{}) {
+                if (i.instance == "campaign-volume/t") {
+                    return i.throttle_admissions.size();
+                }
+            }
+            return std::size_t{0};
+        };
+        for (int i = 0; i < 5000 && saved_admissions() < 2; i += 20) {
+            pollfd none{};
+            ::poll(&none, 0, 20);
+        }
+        EXPECT_EQ(saved_admissions(), 2u) << "not saved until the shutdown";
         bb.stop();
         ASSERT_EQ(bb.exit_code(), 0);
     }
