@@ -31,6 +31,11 @@ std::future<T> spawn_future(asio::io_context& ctx, Make make) {
     return future;
 }
 
+// A refused write of a release's result (the queue full, a passing I/O error): worth trying
+// again. invalid_state or not_found mean the record moved on (resolved, released again,
+// pruned): nothing to record any more.
+bool refused_for_now(const store::result& r) { return !r.ok && r.code != "invalid_state" && r.code != "not_found"; }
+
 // A timer that stop() cancels while it exists (registered in `set`, the control thread's).
 struct stoppable_timer {
     stoppable_timer(asio::io_context& ctx, std::set<asio::steady_timer*>& set) : timer{ctx}, set_{set} {
@@ -293,14 +298,11 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     // again for about 3.5 s: else the record stays `releasing`, counts against the limits and
     // turns outcome_unknown at the next start although the upstream's answer is known.
     // Repeating is safe: it only moves a record still `releasing`. A stop ends the waiting.
-    auto passing = [](const store::result& r) {
-        return !r.ok && r.code != "invalid_state" && r.code != "not_found";
-    };
     auto finished = co_await record();
-    if (passing(finished)) {
+    if (refused_for_now(finished)) {
         stoppable_timer wait{control_, pacers_};
         std::chrono::milliseconds backoff{100};
-        for (int attempt = 0; attempt < 6 && passing(finished) && !stopping_; ++attempt) {
+        for (int attempt = 0; attempt < 6 && refused_for_now(finished) && !stopping_; ++attempt) {
             spdlog::warn("release of {}: sent, recording the result failed ({}); trying again in {} ms", ticket,
                          finished.message, backoff.count());
             wait.timer.expires_after(backoff);
@@ -317,7 +319,7 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         spdlog::error("release of {}: sent, the upstream answered {} but recording it failed: {}; trying again in "
                       "the background",
                       ticket, status != 0 ? std::to_string(status) : detail, finished.message);
-        if (passing(finished)) {
+        if (refused_for_now(finished)) {
             unrecorded_.push_back({ticket, outcome, status, detail, attempts});
             unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
             start_recording_later();
@@ -333,17 +335,14 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                     "restarts first): do not send it again";
         co_return r;
     }
-    spdlog::info("release of {} by {}: {} ({})", ticket, actor,
-                 outcome == store::release_outcome::released ? "released"
-                 : outcome == store::release_outcome::failed ? "release_failed"
-                                                              : "outcome_unknown",
+    spdlog::info("release of {} by {}: {} ({})", ticket, actor, store::to_string(store::state_after(outcome)),
                  status != 0 ? std::to_string(status) : detail);
     store::result r;
     r.ticket = ticket;
     r.count = status;
     if (outcome != store::release_outcome::released) {
         r.ok = false;
-        r.code = outcome == store::release_outcome::failed ? "release_failed" : "outcome_unknown";
+        r.code = std::string{store::to_string(store::state_after(outcome))};
         r.message = detail;
     }
     co_return r;
@@ -356,8 +355,7 @@ std::size_t remediation::record_left_over() {
         auto f = done.get_future();
         db_.finish_release(u.ticket, u.outcome, u.status, u.detail,
                            [&done](const store::result& r) { done.set_value(r); }, u.attempts);
-        const auto r = f.get();
-        if (!r.ok && r.code != "invalid_state" && r.code != "not_found") {
+        if (refused_for_now(f.get())) {
             ++left;
         } else {
             spdlog::info("release of {}: result recorded at shutdown", u.ticket);
@@ -403,14 +401,12 @@ asio::awaitable<void> remediation::record_later() {
             const auto r = co_await await_store([&](store::done_fn done) {
                 db_.finish_release(u.ticket, u.outcome, u.status, u.detail, std::move(done), u.attempts);
             });
-            if (!r.ok && r.code != "invalid_state" && r.code != "not_found") {
+            if (refused_for_now(r)) {
                 ++i;  // the store still refuses it: the next, then wait longer
                 continue;
             }
             spdlog::info("release of {}: result recorded late: {}", u.ticket,
-                         r.ok ? (u.outcome == store::release_outcome::released ? "released"
-                                 : u.outcome == store::release_outcome::failed ? "release_failed"
-                                                                               : "outcome_unknown")
+                         r.ok ? std::string{store::to_string(store::state_after(u.outcome))}
                               : r.code + " (" + r.message + ")");
             unrecorded_.erase(unrecorded_.begin() + static_cast<std::ptrdiff_t>(i));
             unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);

@@ -40,6 +40,15 @@ std::string_view to_string(held_state s) {
     return "held";
 }
 
+held_state state_after(release_outcome o) {
+    switch (o) {
+        case release_outcome::released: return held_state::released;
+        case release_outcome::failed: return held_state::release_failed;
+        case release_outcome::unknown: break;
+    }
+    return held_state::outcome_unknown;
+}
+
 std::optional<held_state> parse_held_state(std::string_view s) {
     for (auto st : {held_state::held, held_state::releasing, held_state::released, held_state::release_failed,
                     held_state::discarded, held_state::outcome_unknown}) {
@@ -1797,9 +1806,7 @@ void database::begin_release(std::string ticket, std::string actor, bool force, 
 void database::finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
                               done_fn done, std::optional<std::uint32_t> attempts) {
     const std::size_t bytes = 256 + detail.size();
-    const held_state to = outcome == release_outcome::released ? held_state::released
-                          : outcome == release_outcome::failed ? held_state::release_failed
-                                                               : held_state::outcome_unknown;
+    const held_state to = state_after(outcome);
     impl_->enqueue(
         [p = impl_.get(), ticket = std::move(ticket), detail = std::move(detail), to, status_code,
          attempts](impl::batch_ctx& ctx) {

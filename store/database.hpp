@@ -187,6 +187,9 @@ enum class release_outcome : std::uint8_t {
     failed,          // the upstream refused or was not reached; retry is allowed
     unknown,         // it may have reached the upstream (sent, no answer): an operator decides
 };
+// The state a release's outcome leaves its record in (released, release_failed,
+// outcome_unknown).
+held_state state_after(release_outcome o);
 
 // Where an injected fault strikes, for tests.
 enum class fault_point : std::uint8_t {
