@@ -1447,6 +1447,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // 5. The caller (identified in 2b) is held to its scope; breakerbox's own key header
         //    never reaches an upstream.
         req.erase("x-breakerbox-key");
+        bool subrequests_read = false;  // a scoped agent's composite POST, read whole in 5
         if (agent != nullptr) {
             rec.agent = agent->id;
             const auto& scope = agent->allow;
@@ -1471,6 +1472,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // the same allow list (a POST allowed on /services/data/* must not DELETE).
                 thread_local std::vector<rules::subrequest> subs;
                 subs.clear();
+                subrequests_read = req.method() == http::verb::post;
                 if (const auto unreadable = req.method() == http::verb::post
                                                 ? rules::salesforce_subrequests(upstream_path, req.body(), subs)
                                                 : std::string{};
@@ -1522,8 +1524,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
 
         // A method override inside a Salesforce composite request: a subrequest POST asking for
         // DELETE would pass every delete cap (they count DELETE subrequests), whoever sends it.
-        // (A scoped agent's subrequests were refused in 5 already, as out of scope.)
-        if (req.method() == http::verb::post) {
+        // (A scoped agent's were read in 5: what is refused here was refused there, as out of
+        // scope, so its body is not parsed again.)
+        if (req.method() == http::verb::post && !subrequests_read) {
             if (auto refused = rules::salesforce_subrequest_refusal(upstream_path, req.body()); !refused.code.empty()) {
                 if (!co_await reply({http::status::bad_request, "rejected", refused.code,
                                      std::move(refused.message)},
