@@ -85,15 +85,30 @@ bool fail(std::string* error, std::string message) {
     return false;
 }
 
+void skip_spaces(std::string_view text, std::size_t& i) {
+    while (i < text.size() && text[i] == ' ') {
+        ++i;
+    }
+}
+
+// The text between the quote at text[i] (' or ") and the next of the same; i goes past it.
+// nullopt when it is not closed.
+std::optional<std::string_view> quoted(std::string_view text, std::size_t& i) {
+    const char q = text[i++];
+    const std::size_t start = i;
+    while (i < text.size() && text[i] != q) {
+        ++i;
+    }
+    if (i >= text.size()) {
+        return std::nullopt;
+    }
+    return text.substr(start, i++ - start);
+}
+
 // `?(@.name=='value')` at text[i] (inside the brackets); on success i is at the `]`.
 bool parse_filter(std::string_view text, std::size_t& i, path_segment& seg, std::string* error) {
-    auto skip_spaces = [&] {
-        while (i < text.size() && text[i] == ' ') {
-            ++i;
-        }
-    };
     auto expect = [&](std::string_view what) {
-        skip_spaces();
+        skip_spaces(text, i);
         if (text.substr(i, what.size()) != what) {
             fail(error, "expected \"" + std::string{what} + "\" at offset " + std::to_string(i) +
                             " (a filter is written [?(@.name=='value')])");
@@ -118,26 +133,21 @@ bool parse_filter(std::string_view text, std::size_t& i, path_segment& seg, std:
     if (!expect("==")) {
         return false;
     }
-    skip_spaces();
+    skip_spaces(text, i);
     if (i >= text.size() || (text[i] != '\'' && text[i] != '"')) {
         fail(error, "expected a quoted string after \"==\" at offset " + std::to_string(i));
         return false;
     }
-    const char q = text[i++];
-    const std::size_t vstart = i;
-    while (i < text.size() && text[i] != q) {
-        ++i;
-    }
-    if (i >= text.size()) {
+    const auto value = quoted(text, i);
+    if (!value) {
         fail(error, "unterminated quoted string in a filter");
         return false;
     }
-    seg.value = std::string{text.substr(vstart, i - vstart)};
-    ++i;
+    seg.value = std::string{*value};
     if (!expect(")")) {
         return false;
     }
-    skip_spaces();
+    skip_spaces(text, i);
     seg.k = path_segment::kind::filter;
     return true;
 }
@@ -193,27 +203,18 @@ std::optional<json_path> parse_json_path(std::string_view text, std::string* err
             } else {
                 // ['a'] or ['to','cc','bcc'] (also double quotes).
                 while (true) {
-                    while (i < text.size() && text[i] == ' ') {
-                        ++i;
-                    }
+                    skip_spaces(text, i);
                     if (i >= text.size() || (text[i] != '\'' && text[i] != '"')) {
                         fail(error, "expected *, an index or a quoted name inside [] at offset " + std::to_string(i));
                         return std::nullopt;
                     }
-                    const char q = text[i++];
-                    const std::size_t start = i;
-                    while (i < text.size() && text[i] != q) {
-                        ++i;
-                    }
-                    if (i >= text.size()) {
+                    const auto name = quoted(text, i);
+                    if (!name) {
                         fail(error, "unterminated quoted name");
                         return std::nullopt;
                     }
-                    seg.names.push_back(json_key::fold(text.substr(start, i - start)));
-                    ++i;
-                    while (i < text.size() && text[i] == ' ') {
-                        ++i;
-                    }
+                    seg.names.push_back(json_key::fold(*name));
+                    skip_spaces(text, i);
                     if (i < text.size() && text[i] == ',') {
                         ++i;
                         continue;
