@@ -1663,6 +1663,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.method = req.method_string();
             view.target = original_target;
             view.path = req_path;
+            view.upstream_path = upstream_path.size() != req_path.size() ? std::string_view{upstream_path} : std::string_view{};
             view.query = query_of(origin_form);
             view.host = request_host;
             view.route = route->name;

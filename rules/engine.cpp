@@ -667,7 +667,8 @@ bool matches(const rule& r, context& ctx) {
         !(req.path.size() >= m.path_prefix.size() && iequals(req.path.substr(0, m.path_prefix.size()), m.path_prefix))) {
         return false;
     }
-    if (m.path && !match_path(*m.path, req.path, ctx.params)) {
+    if (m.path && !match_path(*m.path, req.path, ctx.params) &&
+        !(m.path_from_preset && !req.upstream_path.empty() && match_path(*m.path, req.upstream_path, ctx.params))) {
         return false;
     }
     if (!m.host.empty() && !iequals(m.host, req.host)) {

@@ -619,6 +619,9 @@ std::string canonical(const rule& r) {
     for (const auto& m : r.match.methods) {
         c += m + ",";
     }
+    // Not path_from_preset: a preset's path matching the upstream's path too counts requests
+    // that were missed, it does not change what the meter means (and a changed fingerprint
+    // would drop every preset rule's saved meters and baselines at the upgrade).
     c += ";path=" + (r.match.path ? r.match.path->text : std::string{});
     c += ";prefix=" + r.match.path_prefix + ";host=" + r.match.host + ";headers=";
     for (const auto& [n, v] : r.match.headers) {
@@ -737,6 +740,7 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
             }
             if (!out.match.path && out.match.path_prefix.empty()) {
                 out.match.path = parse_path_template(pre->path, nullptr);
+                out.match.path_from_preset = true;
             }
         }
     }

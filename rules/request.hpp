@@ -25,6 +25,9 @@ struct request_view {
     std::string_view method;        // "POST"
     std::string_view target;        // "/v3/mail/send?x=1" as received
     std::string_view path;          // "/v3/mail/send" (no query)
+    // The path the upstream is sent, when its URL has a base path ("/services/data" +
+    // path); empty: the same as path. Preset paths match either.
+    std::string_view upstream_path;
     std::string_view query;         // "x=1" (no '?')
     std::string_view host;          // without port
     std::string_view route;         // name of the matched route; "" if none

@@ -123,6 +123,10 @@ struct path_template {
 struct match_spec {
     std::vector<std::string> methods;  // upper case; empty: any
     std::optional<path_template> path;
+    // The path is a preset's: the API's own path, so it also matches the path the upstream
+    // is sent (request_view::upstream_path), the one that names the API call when the
+    // upstream's URL carries part of it (`https://x.my.salesforce.com/services/data`).
+    bool path_from_preset = false;
     std::string path_prefix;
     std::string host;
     std::vector<std::pair<std::string, std::string>> headers;  // lower-case name, value ("*" = present)

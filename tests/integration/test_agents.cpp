@@ -252,6 +252,10 @@ TEST(agents, a_composite_request_under_an_upstream_base_path_is_read_as_one) {
         "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
         "\"upstreams\": [{\"name\": \"sf\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/services/data\"}],"
         "\"routes\": [{\"name\": \"salesforce\", \"match\": {\"path_prefix\": \"/v\"}, \"upstream\": \"sf\"}],"
+        "\"failure_modes\": [{\"id\": \"fm\", \"title\": \"Mass delete\", \"severity\": \"sev1\"}],"
+        "\"breakers\": [{\"id\": \"crm-deletes\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+        "\"rules\": [{\"id\": \"deletes\", \"route\": \"salesforce\", \"preset\": \"salesforce.composite.deletes\","
+        "\"window\": \"1h\", \"limit\": 3, \"failure_mode\": \"fm\", \"trips\": \"crm-deletes\"}],"
         "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
     const auto r = http_request(
         bb.port(), http::verb::post, "/v59.0/composite",
@@ -264,6 +268,20 @@ TEST(agents, a_composite_request_under_an_upstream_base_path_is_read_as_one) {
                                  {{"content-type", "application/json"}});
     EXPECT_EQ(ok.result_int(), 200u) << ok.body();
     EXPECT_EQ(up.request_count(), 1u);
+    // The delete cap's preset names Salesforce's path (/services/data/{version}/composite):
+    // it meets the client's /v59.0/composite by the path the upstream is sent. Two deletes,
+    // then two more: 4 > 3 trips the breaker, and the request that crossed is not sent.
+    const std::string two_deletes =
+        R"({"compositeRequest":[{"method":"DELETE","url":"/services/data/v59.0/sobjects/Contact/003xx000004TmiQ","referenceId":"a"},)"
+        R"({"method":"DELETE","url":"/services/data/v59.0/sobjects/Contact/003xx000004TmiR","referenceId":"b"}]})";
+    const auto first = http_request(bb.port(), http::verb::post, "/v59.0/composite", two_deletes,
+                                    {{"content-type", "application/json"}});
+    EXPECT_EQ(first.result_int(), 200u) << first.body();
+    const auto second = http_request(bb.port(), http::verb::post, "/v59.0/composite", two_deletes,
+                                     {{"content-type", "application/json"}});
+    EXPECT_EQ(second.result_int(), 503u) << second.body();
+    EXPECT_EQ(second["x-breakerbox-decision"], "paused");
+    EXPECT_EQ(up.request_count(), 2u);
 }
 
 // Salesforce's composite resources carry requests of their own in one POST: an agent allowed

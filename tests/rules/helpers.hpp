@@ -67,6 +67,7 @@ inline std::string config(std::string_view rules_json) {
 struct request {
     std::string method = "POST";
     std::string path = "/v3/mail/send";
+    std::string upstream_path;  // request_view::upstream_path (empty: the same as path)
     std::string query;
     std::string host = "api.sendgrid.com";
     std::string route = "mail-send";
@@ -88,6 +89,7 @@ struct request {
         request_view v;
         v.method = method;
         v.path = path;
+        v.upstream_path = upstream_path;
         v.query = query;
         v.target = path;
         v.host = host;

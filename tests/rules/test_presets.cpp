@@ -259,6 +259,27 @@ TEST(Presets, SalesforceCompositeDeletes) {
     EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=x%3B,a,b,c"), 4);
 }
 
+// An upstream whose URL carries Salesforce's base path (`https://x.my.salesforce.com/services/data`)
+// is sent /services/data/v59.0/composite for the client's /v59.0/composite: the preset,
+// which names the API's own path, meets the request by that path. A path the rule writes
+// itself is matched against the client's path only.
+TEST(Presets, APresetPathAlsoMatchesThePathTheUpstreamIsSent) {
+    request req;
+    req.route = "salesforce";
+    req.host = "breakerbox.internal";
+    req.path = "/v59.0/composite";
+    req.body = R"j({"compositeRequest": [
+        {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Account/001xx000003DGb2AAG", "referenceId": "a"}]})j";
+    EXPECT_EQ(measure("salesforce.composite.deletes", req), 0);
+    req.upstream_path = "/services/data/v59.0/composite";
+    EXPECT_EQ(measure("salesforce.composite.deletes", req), 1);
+
+    engine own{load_ok(config(R"j({"id": "own", "route": "salesforce", "match": {"path": "/services/data/{v}/composite"},
+        "measure": {"per_request": "requests"}, "limit": 0, "failure_mode": "volume-spike", "trips": "x"})j"))};
+    manual_clock clock;
+    EXPECT_TRUE(own.evaluate(req.view(), clock.now()).allowed());
+}
+
 TEST(Presets, ReadmeListsEveryPreset) {
     // rules/presets/README.md is the user's reference; keep it in step with the table.
     const std::string path = std::string{BB_SOURCE_DIR} + "/rules/presets/README.md";
