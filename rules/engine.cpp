@@ -456,6 +456,34 @@ std::size_t records_named(std::string_view url, std::string& decoded) {
     return std::max<std::size_t>(ids, 1);
 }
 
+// The records a subrequest object writes (sub_records:): the items of a `records` array in
+// its body (`body`; `richInput` in a Composite Batch), as a Collections create or update
+// sends them, else 1. Read the widest way: either body member, any spelling a key folds to,
+// the largest array when there are several; an empty array is one record all the same.
+std::size_t records_written(simdjson::dom::element sub) {
+    simdjson::dom::object obj;
+    if (sub.get(obj) != simdjson::SUCCESS) {
+        return 1;
+    }
+    std::size_t most = 1;
+    for (auto it = obj.begin(); it != obj.end(); ++it) {
+        const std::string_view key{it.key_c_str(), it.key_length()};
+        simdjson::dom::object body;
+        if (!(json_key::matches(key, "body") || json_key::matches(key, "richInput")) ||
+            it.value().get(body) != simdjson::SUCCESS) {
+            continue;
+        }
+        for (auto b = body.begin(); b != body.end(); ++b) {
+            simdjson::dom::array records;
+            if (json_key::matches({b.key_c_str(), b.key_length()}, "records") &&
+                b.value().get(records) == simdjson::SUCCESS) {
+                most = std::max(most, records.size());
+            }
+        }
+    }
+    return most;
+}
+
 // A filter step's test: `e` is an object with a member named seg.names[0] (any of them,
 // duplicates included) whose value is the string seg.value, in any ASCII case.
 bool passes_filter(simdjson::dom::element e, const path_segment& seg) {
@@ -932,6 +960,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                         std::string_view url;
                         n += v.get(url) == simdjson::SUCCESS ? records_named(url, ctx.s.url_decoded) : 1;
                     });
+                    total += static_cast<double>(n);
+                } else if (t.source == source_kind::sub_records) {
+                    std::size_t n = 0;
+                    for_each_match(root, t.path, [&](simdjson::dom::element v) { n += records_written(v); });
                     total += static_cast<double>(n);
                 } else if (t.kind == term_kind::count) {
                     std::size_t n = 0;

@@ -335,6 +335,13 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
         }
         out.source = source_kind::url_ids;
         src = trim(src.substr(8));
+    } else if (src.starts_with("sub_records:")) {
+        if (out.kind != term_kind::count) {
+            fail(error, "sub_records: counts the records subrequests write (use count)");
+            return std::nullopt;
+        }
+        out.source = source_kind::sub_records;
+        src = trim(src.substr(12));
     }
     std::string perr;
     auto p = parse_json_path(src, &perr);
@@ -407,7 +414,8 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
                 } else {
                     e.request_side = true;
                     e.needs_request_json |= t->source == source_kind::request_json ||
-                                            t->source == source_kind::mime || t->source == source_kind::url_ids;
+                                            t->source == source_kind::mime || t->source == source_kind::url_ids ||
+                                            t->source == source_kind::sub_records;
                     e.needs_form |= t->source == source_kind::form;
                 }
                 break;

@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 13> table{{
+constexpr std::array<preset, 16> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -53,6 +53,19 @@ constexpr std::array<preset, 13> table{{
     {"salesforce.composite_graph.deletes", "POST", "/services/data/{version}/composite/graph",
      "count(url_ids:$.graphs[*].compositeRequest[?(@.method=='DELETE')].url)",
      "Salesforce Composite Graph: records deleted by the DELETE subrequests of every graph"},
+    // Creates, updates and upserts inside one composite call (a subrequest may itself be a
+    // Collections write of up to 200 records): an agent rewriting CRM records through
+    // composite would otherwise meet no records cap.
+    {"salesforce.composite.records", "POST", "/services/data/{version}/composite",
+     "count(sub_records:$.compositeRequest[?(@.method=='POST')]) + count(sub_records:$.compositeRequest[?(@.method=='PATCH')]) + count(sub_records:$.compositeRequest[?(@.method=='PUT')])",
+     "Salesforce Composite: records written by its POST, PATCH and PUT subrequests (the records[] of a "
+     "Collections write, else one each)"},
+    {"salesforce.composite_batch.records", "POST", "/services/data/{version}/composite/batch",
+     "count(sub_records:$.batchRequests[?(@.method=='POST')]) + count(sub_records:$.batchRequests[?(@.method=='PATCH')]) + count(sub_records:$.batchRequests[?(@.method=='PUT')])",
+     "Salesforce Composite Batch: records written by its POST, PATCH and PUT subrequests"},
+    {"salesforce.composite_graph.records", "POST", "/services/data/{version}/composite/graph",
+     "count(sub_records:$.graphs[*].compositeRequest[?(@.method=='POST')]) + count(sub_records:$.graphs[*].compositeRequest[?(@.method=='PATCH')]) + count(sub_records:$.graphs[*].compositeRequest[?(@.method=='PUT')])",
+     "Salesforce Composite Graph: records written by the POST, PATCH and PUT subrequests of every graph"},
 }};
 
 }  // namespace

@@ -83,7 +83,8 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
         R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes, )j"
-        R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes))j",
+        R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes, )j"
+        R"j(salesforce.composite.records, salesforce.composite_batch.records, salesforce.composite_graph.records))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",
         R"j(rules[9].measure: "status:5xx + requests": mixes request and response measures; use one rule for each)j",
         R"j(rules[10].window: a per_request measure has no window)j",
@@ -216,6 +217,8 @@ TEST(RulesParse, FilteredPathsCountTheMembersThatMatch) {
     std::string err;
     EXPECT_FALSE(parse_expr("sum(url_ids:$.a[*].url)", &err));
     EXPECT_EQ(err, "url_ids: counts the records URLs name (use count)");
+    EXPECT_FALSE(parse_expr("distinct(sub_records:$.a[*])", &err));
+    EXPECT_EQ(err, "sub_records: counts the records subrequests write (use count)");
 }
 
 TEST(RulesParse, PathTemplates) {

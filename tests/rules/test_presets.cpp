@@ -259,6 +259,52 @@ TEST(Presets, SalesforceCompositeDeletes) {
     EXPECT_EQ(deletes_of("/services/data/v59.0/composite/sobjects?ids=x%3B,a,b,c"), 4);
 }
 
+TEST(Presets, SalesforceCompositeRecords) {
+    request req;
+    req.route = "salesforce";
+    req.host = "example.my.salesforce.com";
+    req.method = "POST";
+    req.path = "/services/data/v59.0/composite";
+    req.body = R"j({"allOrNone": true, "compositeRequest": [
+        {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "refAccount",
+         "body": {"Name": "Sample Account"}},
+        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/@{refAccount.id}", "referenceId": "refUpdate",
+         "body": {"Phone": "555-0100"}},
+        {"method": "GET", "url": "/services/data/v59.0/sobjects/Account/@{refAccount.id}", "referenceId": "refGet"},
+        {"method": "patch", "url": "/services/data/v59.0/composite/sobjects", "referenceId": "refContacts",
+         "body": {"allOrNone": false, "records": [
+            {"attributes": {"type": "Contact"}, "id": "003xx000004TmiQAAS", "Email": "a@example.com"},
+            {"attributes": {"type": "Contact"}, "id": "003xx000004TmiRAAS", "Email": "b@example.com"},
+            {"attributes": {"type": "Contact"}, "id": "003xx000004TmiSAAS", "Email": "c@example.com"}]}},
+        {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Account/001xx000003DGb2AAG", "referenceId": "refDelete"}]})j";
+    // 1 + 1 + 3: the lower-case PATCH writes its three records; the GET and the DELETE write none.
+    EXPECT_EQ(measure("salesforce.composite.records", req), 5);
+    // A body spelled the other ways a reader folds, and two records arrays (the larger counts).
+    req.body = R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/composite/sobjects",
+        "Body": {"Records": [{}, {}], "records": [{}, {}, {}, {}]}}, {"method": "PUT", "url": "/services/apexrest/x"}]})j";
+    EXPECT_EQ(measure("salesforce.composite.records", req), 5);
+
+    req.path = "/services/data/v59.0/composite/batch";
+    req.body = R"j({"batchRequests": [
+        {"method": "PATCH", "url": "v59.0/sobjects/account/001D000000K0fXOIAZ", "richInput": {"Name": "NewName"}},
+        {"method": "GET", "url": "v59.0/sobjects/account/001D000000K0fXOIAZ?fields=Name"},
+        {"method": "POST", "url": "v59.0/composite/sobjects", "richInput": {"records": [
+            {"attributes": {"type": "Account"}, "Name": "A"}, {"attributes": {"type": "Account"}, "Name": "B"}]}}]})j";
+    EXPECT_EQ(measure("salesforce.composite_batch.records", req), 3);
+
+    req.path = "/services/data/v59.0/composite/graph";
+    req.body = R"j({"graphs": [
+        {"graphId": "g1", "compositeRequest": [
+            {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "A"}},
+            {"method": "POST", "url": "/services/data/v59.0/sobjects/Contact", "referenceId": "c",
+             "body": {"LastName": "X", "AccountId": "@{a.id}"}}]},
+        {"graphId": "g2", "compositeRequest": [
+            {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Lead/00Qxx0000001", "referenceId": "l",
+             "body": {"Status": "Closed"}},
+            {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Lead/00Qxx0000002", "referenceId": "d"}]}]})j";
+    EXPECT_EQ(measure("salesforce.composite_graph.records", req), 3);
+}
+
 // An upstream whose URL carries Salesforce's base path (`https://x.my.salesforce.com/services/data`)
 // is sent /services/data/v59.0/composite for the client's /v59.0/composite: the preset,
 // which names the API's own path, meets the request by that path. A path the rule writes
