@@ -393,6 +393,10 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
 // ---------------------------------------------------------------------------------------
 // JSON paths over simdjson's DOM.
 
+// A Salesforce reference (`@{ref.field}`) where record ids or records stand: filled in from
+// an earlier subrequest, it may be a whole Collections call (200 records at most).
+constexpr std::size_t referenced_records = 200;
+
 // The records a subrequest URL names (url_ids:): the items of its `ids` query parameters,
 // else 1. Read the widest way a server might: the URL percent-decoded first (an encoded
 // `?` or `,` counts), parameters split at `&`, `;` and `#`, every `ids` in any case, items
@@ -402,14 +406,13 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
 // counts), and split first with each name and value decoded after (an encoded `&` inside
 // the list is part of it); the larger is taken.
 std::size_t records_named(std::string_view url, std::string& decoded) {
-    constexpr std::size_t collection_max = 200;
     auto items_in = [](std::string_view items) {
         std::size_t n = 0;
         while (true) {
             const auto comma = items.find(',');
             const std::string_view item = items.substr(0, comma);
             if (item.find("@{") != std::string_view::npos) {
-                n += collection_max;
+                n += referenced_records;
             } else if (item.find_first_not_of(" \t") != std::string_view::npos) {
                 ++n;
             }
@@ -456,32 +459,56 @@ std::size_t records_named(std::string_view url, std::string& decoded) {
     return std::max<std::size_t>(ids, 1);
 }
 
-// The records a subrequest object writes (sub_records:): the items of a `records` array in
-// its body (`body`; `richInput` in a Composite Batch), as a Collections create or update
-// sends them, else 1. Read the widest way: either body member, any spelling a key folds to,
-// the largest array when there are several; an empty array is one record all the same.
+bool holds_reference(simdjson::dom::element v) {
+    std::string_view text;
+    return v.get(text) == simdjson::SUCCESS && text.find("@{") != std::string_view::npos;
+}
+
+// The records under `v`, part of a subrequest's body: the items of every `records` array at
+// any depth (a Collections write's records[], an sObject Tree's children under each record),
+// a reference standing for a records array as referenced_records.
+std::size_t records_under(simdjson::dom::element v) {
+    std::size_t n = 0;
+    simdjson::dom::object obj;
+    simdjson::dom::array arr;
+    if (v.get(obj) == simdjson::SUCCESS) {
+        for (auto it = obj.begin(); it != obj.end(); ++it) {
+            const simdjson::dom::element m = it.value();
+            if (json_key::matches({it.key_c_str(), it.key_length()}, "records")) {
+                if (m.get(arr) == simdjson::SUCCESS) {
+                    n += arr.size();
+                } else if (holds_reference(m)) {
+                    n += referenced_records;
+                }
+            }
+            n += records_under(m);
+        }
+    } else if (v.get(arr) == simdjson::SUCCESS) {
+        for (const simdjson::dom::element item : arr) {
+            n += records_under(item);
+        }
+    }
+    return n;
+}
+
+// The records a subrequest object writes (sub_records:): those under its body (`body`;
+// `richInput` in a Composite Batch), see records_under; a body that is a reference counts
+// as referenced_records; a subrequest with none counts 1. Read the widest way: either body
+// member in any spelling a key folds to, every one of them (duplicates included) summed.
 std::size_t records_written(simdjson::dom::element sub) {
     simdjson::dom::object obj;
     if (sub.get(obj) != simdjson::SUCCESS) {
         return 1;
     }
-    std::size_t most = 1;
+    std::size_t n = 0;
     for (auto it = obj.begin(); it != obj.end(); ++it) {
         const std::string_view key{it.key_c_str(), it.key_length()};
-        simdjson::dom::object body;
-        if (!(json_key::matches(key, "body") || json_key::matches(key, "richInput")) ||
-            it.value().get(body) != simdjson::SUCCESS) {
-            continue;
-        }
-        for (auto b = body.begin(); b != body.end(); ++b) {
-            simdjson::dom::array records;
-            if (json_key::matches({b.key_c_str(), b.key_length()}, "records") &&
-                b.value().get(records) == simdjson::SUCCESS) {
-                most = std::max(most, records.size());
-            }
+        // json_key::matches takes the folded name: "richinput".
+        if (json_key::matches(key, "body") || json_key::matches(key, "richinput")) {
+            n += holds_reference(it.value()) ? referenced_records : records_under(it.value());
         }
     }
-    return most;
+    return std::max<std::size_t>(n, 1);
 }
 
 // A filter step's test: `e` is an object with a member named seg.names[0] (any of them,

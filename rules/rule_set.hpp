@@ -63,8 +63,8 @@ struct json_path {
 // its `ids` query parameter (Salesforce sObject Collections), else 1 (Salesforce composite
 // subrequests).
 // sub_records: the records each subrequest object at a request JSON path writes: the items
-// of the `records` array in its body (`body`, or `richInput` in a Composite Batch: a
-// Collections create or update), else 1.
+// of every `records` array under its body (`body`, or `richInput` in a Composite Batch: a
+// Collections create or update, an sObject Tree), a reference in their place as 200, else 1.
 enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime, url_ids, sub_records };
 
 enum class term_kind : std::uint8_t {

@@ -217,8 +217,10 @@ TEST(RulesParse, FilteredPathsCountTheMembersThatMatch) {
     std::string err;
     EXPECT_FALSE(parse_expr("sum(url_ids:$.a[*].url)", &err));
     EXPECT_EQ(err, "url_ids: counts the records URLs name (use count)");
-    EXPECT_FALSE(parse_expr("distinct(sub_records:$.a[*])", &err));
-    EXPECT_EQ(err, "sub_records: counts the records subrequests write (use count)");
+    for (const char* expr : {"distinct(sub_records:$.a[*])", "sum(sub_records:$.a[*])"}) {
+        EXPECT_FALSE(parse_expr(expr, &err)) << expr;
+        EXPECT_EQ(err, "sub_records: counts the records subrequests write (use count)");
+    }
 }
 
 TEST(RulesParse, PathTemplates) {

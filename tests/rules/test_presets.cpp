@@ -279,18 +279,35 @@ TEST(Presets, SalesforceCompositeRecords) {
         {"method": "DELETE", "url": "/services/data/v59.0/sobjects/Account/001xx000003DGb2AAG", "referenceId": "refDelete"}]})j";
     // 1 + 1 + 3: the lower-case PATCH writes its three records; the GET and the DELETE write none.
     EXPECT_EQ(measure("salesforce.composite.records", req), 5);
-    // A body spelled the other ways a reader folds, and two records arrays (the larger counts).
+    // A body spelled the other ways a reader folds, with both spellings of records (both
+    // count: the widest reading), and a PUT with no body (one).
     req.body = R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/composite/sobjects",
         "Body": {"Records": [{}, {}], "records": [{}, {}, {}, {}]}}, {"method": "PUT", "url": "/services/apexrest/x"}]})j";
+    EXPECT_EQ(measure("salesforce.composite.records", req), 7);
+    // An sObject Tree: each record's children are records written too (2 accounts, 3 contacts).
+    req.body = R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/composite/tree/Account",
+        "referenceId": "tree", "body": {"records": [
+            {"attributes": {"type": "Account", "referenceId": "a1"}, "Name": "A",
+             "Contacts": {"records": [{"attributes": {"type": "Contact", "referenceId": "c1"}, "LastName": "X"},
+                                      {"attributes": {"type": "Contact", "referenceId": "c2"}, "LastName": "Y"}]}},
+            {"attributes": {"type": "Account", "referenceId": "a2"}, "Name": "B",
+             "Contacts": {"records": [{"attributes": {"type": "Contact", "referenceId": "c3"}, "LastName": "Z"}]}}]}}]})j";
     EXPECT_EQ(measure("salesforce.composite.records", req), 5);
+    // Records filled in from an earlier subrequest (a reference) may be a whole Collections
+    // write: 200, as a referenced ids list counts for deletes.
+    req.body = R"j({"compositeRequest": [{"method": "PATCH", "url": "/services/data/v59.0/composite/sobjects",
+        "referenceId": "r", "body": {"allOrNone": false, "records": "@{refQuery.records}"}},
+        {"method": "POST", "url": "/services/data/v59.0/composite/sobjects", "body": "@{refBody}"}]})j";
+    EXPECT_EQ(measure("salesforce.composite.records", req), 400);
 
     req.path = "/services/data/v59.0/composite/batch";
     req.body = R"j({"batchRequests": [
         {"method": "PATCH", "url": "v59.0/sobjects/account/001D000000K0fXOIAZ", "richInput": {"Name": "NewName"}},
         {"method": "GET", "url": "v59.0/sobjects/account/001D000000K0fXOIAZ?fields=Name"},
         {"method": "POST", "url": "v59.0/composite/sobjects", "richInput": {"records": [
-            {"attributes": {"type": "Account"}, "Name": "A"}, {"attributes": {"type": "Account"}, "Name": "B"}]}}]})j";
-    EXPECT_EQ(measure("salesforce.composite_batch.records", req), 3);
+            {"attributes": {"type": "Account"}, "Name": "A"}, {"attributes": {"type": "Account"}, "Name": "B"}]}},
+        {"method": "POST", "url": "v59.0/composite/sobjects", "RichInput": {"records": [{}, {}, {}]}}]})j";
+    EXPECT_EQ(measure("salesforce.composite_batch.records", req), 6);
 
     req.path = "/services/data/v59.0/composite/graph";
     req.body = R"j({"graphs": [
