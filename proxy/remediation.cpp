@@ -251,10 +251,12 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             // (credentials that expired or changed while the request was held), 408, 409 (the
             // key in use by a request in flight), 425, 429, and the rest too (a 404 from a
             // base_path a reload got wrong, a 400 the upstream will never take): nothing was
-            // delivered. So did a 503. Recorded release_failed, so the request stays for an
-            // operator to release again (once the cause is mended) or discard, not resolved
-            // and pruned as if delivered. A 2xx is delivered. Any other 5xx (500 after
-            // sending half a batch, 502/504 from a gateway whose origin may have acted)
+            // delivered. So did a 503 with Retry-After (the server asking to come back).
+            // Recorded release_failed, so the request stays for an operator to release again
+            // (once the cause is mended) or discard, not resolved and pruned as if delivered.
+            // A 2xx is delivered. Any other 5xx (500 after sending half a batch, 502/504 from
+            // a gateway whose origin may have acted, and a bare 503: Envoy, in front of many
+            // APIs, answers one for a connection reset after the request went through)
             // leaves the outcome unknown.
             // A 3xx (a moved endpoint, a login redirect) or a 1xx that ended the exchange did
             // not take it either: a redirect is never followed with a held request. Except
@@ -263,7 +265,8 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             // release_failed record is released again without force: a second send).
             const bool moved = status == 300 || status == 301 || status == 302 || status == 304 || status == 305 ||
                                status == 307 || status == 308;
-            if (status < 200 || moved || (status >= 400 && status < 500) || status == 503) {
+            const bool come_back = status == 503 && ex.res.find(http::field::retry_after) != ex.res.end();
+            if (status < 200 || moved || (status >= 400 && status < 500) || come_back) {
                 outcome = store::release_outcome::failed;
             } else if (status >= 500 || (status >= 300 && status < 400)) {
                 outcome = store::release_outcome::unknown;
@@ -287,6 +290,13 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             outcome = store::release_outcome::unknown;  // it may have been acted on
             detail = ex.detail;
             break;
+    }
+    if (outcome == store::release_outcome::failed && rec->state == store::held_state::outcome_unknown) {
+        // An earlier attempt may have been delivered: this one failing does not make the
+        // record safe to send without force (a bulk release of release_failed records would).
+        outcome = store::release_outcome::unknown;
+        detail += "; an earlier release attempt's outcome is unknown (it may have been delivered): releasing again "
+                  "needs force";
     }
     const auto attempts = static_cast<std::uint32_t>(begun.count);
     auto record = [&] {
@@ -480,13 +490,15 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 ++sum.matched;
                 // Only in the state it was listed in: a record that failed or went unknown
                 // since (another release) is an operator's to look at again, not resent here.
-                auto r = co_await release_one(rec.ticket, actor, false, rec.state);
+                // And with the attempts it was listed with: one another release sent since,
+                // failed again, is not resent on a listing made before that.
+                auto r = co_await release_one(rec.ticket, actor, false, rec.state, rec.release_attempts);
                 if (r.ok) {
                     ++sum.released;
                 } else if (r.code == "release_failed") {
                     ++sum.failed;
                     if (r.count == 429 || r.count == 503) {
-                        // The upstream asks to slow down (rate limit, overload): the rest
+                        // The upstream asks to slow down (rate limit, overload with Retry-After): the rest
                         // would fail the same way, each using an attempt. Left held.
                         sum.halted = "upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " +
                                      rec.ticket + "; the records after it stay as they are: release them again once "
@@ -497,6 +509,16 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     }
                 } else if (r.code == "outcome_unknown") {
                     ++sum.unknown;
+                    if (r.count == 503) {
+                        // Overloaded, or a gateway that lost the connection: the rest would
+                        // meet the same. Left held.
+                        sum.halted = "upstream " + rec.upstream + " answered 503 to " + rec.ticket +
+                                     " (outcome unknown); the records after it stay as they are: release them "
+                                     "again once it recovers";
+                        spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
+                        sum.results.push_back(std::move(r));
+                        co_return sum;
+                    }
                 } else if (r.code == "store_busy") {
                     // The store's writer is full: the rest would be refused the same way
                     // (nothing of them sent). Left held. (A record that cannot be read,

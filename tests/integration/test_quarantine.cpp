@@ -271,8 +271,8 @@ TEST(quarantine, a_bulk_operation_leaves_alone_a_record_that_changed_since_it_wa
         return [&p](const bb::store::result& r) { p.set_value(r); };
     };
     // As a bulk release that listed tickets[0] as held would find it after another release
-    // sent it and got 503: release_failed now.
-    status = 503;
+    // sent it and got 429: release_failed now.
+    status = 429;
     ASSERT_EQ(bb.server().remediation().release(tickets[0], "alice").get().code, "release_failed");
     status = 202;
     std::promise<bb::store::result> p1;
@@ -336,6 +336,108 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
     sum = bb.server().remediation().release_matching(f, 0, "ops").get();
     EXPECT_EQ(sum.released, 3u);
     EXPECT_TRUE(sum.halted.empty());
+}
+
+// A bare 503 (overload, or a gateway that lost the connection after sending) is of unknown
+// outcome, and a bulk release stops there too: the rest would meet the same.
+TEST(quarantine, a_bulk_release_halts_at_a_bare_503) {
+    fake_upstream up{[](const request&) { return respond(503, "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 3; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    const auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.unknown, 1u);
+    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_NE(sum.halted.find("answered 503"), std::string::npos) << sum.halted;
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::outcome_unknown);
+    EXPECT_EQ(bb.server().db()->get(tickets[2])->state, bb::store::held_state::held);
+}
+
+// A forced release of a record whose outcome is unknown that then fails (429) leaves it of
+// unknown outcome: the first attempt may have been delivered, so no release without force,
+// and no bulk release of release_failed records, sends it again.
+TEST(quarantine, a_failed_attempt_after_an_unknown_outcome_still_needs_force) {
+    std::atomic<int> status{502};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
+    ASSERT_EQ(res.result_int(), 202u);
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto& rem = bb.server().remediation();
+    ASSERT_EQ(rem.release(ticket, "alice").get().code, "outcome_unknown");
+    status = 429;
+    const auto forced = rem.release(ticket, "alice", true).get();
+    EXPECT_EQ(forced.code, "outcome_unknown") << forced.message;
+    EXPECT_NE(forced.message.find("earlier release attempt"), std::string::npos) << forced.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::outcome_unknown);
+    EXPECT_EQ(up.request_count(), 2u);
+    status = 202;
+    EXPECT_EQ(rem.release(ticket, "bob").get().code, "invalid_state");
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    f.state = bb::store::held_state::release_failed;
+    const auto sum = rem.release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.matched, 0u);
+    EXPECT_EQ(up.request_count(), 2u) << "sent a third time without force";
+}
+
+// A bulk release sends a record only as it was listed: one that another release sent (and
+// failed again) after the listing has more attempts and is left for an operator.
+TEST(quarantine, a_bulk_release_skips_a_record_sent_again_after_it_was_listed) {
+    std::atomic<int> status{429};
+    std::atomic<bb::store::database*> db_of{nullptr};
+    std::string second;
+    std::atomic<bool> raced{false};
+    fake_upstream up{[&](const request&) {
+        if (status.load() == 202 && !raced.exchange(true)) {
+            // While the bulk release waits for its first replay's answer, another release
+            // sends the second record and it fails again (as an operator's would).
+            auto* db = db_of.load();
+            std::promise<bb::store::result> begun;
+            db->begin_release(second, "alice", false, [&](const bb::store::result& r) { begun.set_value(r); });
+            const auto b = begun.get_future().get();
+            std::promise<bb::store::result> finished;
+            db->finish_release(second, bb::store::release_outcome::failed, 429, "Too Many Requests",
+                               [&](const bb::store::result& r) { finished.set_value(r); },
+                               static_cast<std::uint32_t>(b.count));
+            finished.get_future().get();
+        }
+        return respond(static_cast<unsigned>(status.load()), "{}");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    db_of = bb.server().db();
+    std::vector<std::string> tickets;
+    for (int i = 0; i < 2; ++i) {
+        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    second = tickets[1];
+    auto& rem = bb.server().remediation();
+    for (const auto& t : tickets) {
+        ASSERT_EQ(rem.release(t, "alice").get().code, "release_failed");
+    }
+    status = 202;
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    f.state = bb::store::held_state::release_failed;
+    const auto sum = rem.release_matching(f, 0, "ops").get();
+    EXPECT_TRUE(raced.load());
+    EXPECT_EQ(sum.released, 1u);
+    EXPECT_EQ(sum.skipped, 1u);
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::released);
+    EXPECT_EQ(bb.server().db()->get(tickets[1])->state, bb::store::held_state::release_failed);
+    EXPECT_EQ(bb.server().db()->get(tickets[1])->release_attempts, 2u);
+    EXPECT_EQ(up.request_count(), 3u) << "the second record was sent again on a listing made before its last attempt";
 }
 
 // A record the store cannot read is a store error, not "not found", and nothing of it is
@@ -822,16 +924,26 @@ TEST(quarantine, a_release_whose_outcome_is_unknown_is_not_sent_again) {
 // record stays, never reported as delivered); a 500 or a gateway's 502/504 may follow a
 // partial send: outcome unknown, never re-sent by a filter; a 2xx is delivered.
 TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknown) {
+    // 1503: a 503 with Retry-After.
     std::atomic<int> status{503};
-    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    fake_upstream up{[&](const request&) {
+        if (status.load() == 1503) {
+            auto r = respond(503, "{}");
+            r.res.set(http::field::retry_after, "30");
+            return r;
+        }
+        return respond(static_cast<unsigned>(status.load()), "{}");
+    }};
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::map<int, std::string> tickets;
-    // A redirect (a moved endpoint, a login page) did not take it either.
-    const std::set<int> not_taken{301, 302, 307, 308, 400, 401, 403, 404, 408, 409, 422, 425, 429, 503};
+    // A redirect (a moved endpoint, a login page) did not take it either, nor a 503 asking
+    // to come back later.
+    const std::set<int> not_taken{301, 302, 307, 308, 400, 401, 403, 404, 408, 409, 422, 425, 429, 1503};
     // 303 See Other answers a POST that was processed, and a 3xx no RFC defines may have
-    // been: unknown (a release_failed record is released again without force).
-    for (int s : {503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 404, 422, 202, 200, 301, 302, 307, 308, 303, 399}) {
+    // been: unknown (a release_failed record is released again without force). So may a
+    // bare 503 (a gateway's answer to a connection reset after the request went out).
+    for (int s : {503, 1503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 404, 422, 202, 200, 301, 302, 307, 308, 303, 399}) {
         auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
         tickets[s] = std::string{res["x-breakerbox-ticket"]};
