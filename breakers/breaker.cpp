@@ -1280,7 +1280,18 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
         }
         run([&] { return get_or_create(*s, key, true); },
             [&](instance& in) {
-                in.restore(snap, now);
+                if (in.name() == snap.instance || !is_shadow(snap.md)) {
+                    in.restore(snap, now);
+                    return true;
+                }
+                // A key's bypass (an operator's forced_closed or metrics_only for that key)
+                // landing on another instance (keys folded when the scope became the whole
+                // breaker, or past max_instances into the overflow) would exempt every key
+                // there: only the state under it comes back, enforced.
+                instance_snapshot enforced = snap;
+                enforced.md = mode::automatic;
+                enforced.mode_expires.reset();
+                in.restore(enforced, now);
                 return true;
             },
             on_transition_);
