@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <future>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace bb::proxy {
 
@@ -538,8 +539,20 @@ void server::open_store(const store_config& sc) {
             snapshot_change_ = rt->breakers->handed_over() ? 0 : change;
             auto all = rt->breakers->snapshot(clock_->now());
             std::lock_guard lock{orphans_mu_};
+            if (orphans_.empty()) {
+                return all;
+            }
+            // Not an orphan the registry's snapshot has already: a reload that configures a
+            // dropped breaker again restores its kept state into the successor, which a
+            // snapshot through the handed-over registry includes, while the kept copy waits
+            // in orphans_ until the publish. Twice in one save is a failed save (one row per
+            // instance), the registry's copy is the live one.
+            std::unordered_set<std::string> have;
+            for (const auto& snap : all) {
+                have.insert(snap.instance);
+            }
             for (const auto& o : orphans_) {
-                if (rt->breakers->find(o.breaker) == nullptr) {
+                if (rt->breakers->find(o.breaker) == nullptr && !have.contains(o.instance)) {
                     all.push_back(o);
                 }
             }
