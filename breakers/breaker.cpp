@@ -287,9 +287,15 @@ public:
         // A reload handing a throttling instance over (or a restart) keeps the admissions it
         // counted: no fresh budget (up to R more requests) on every reload or deploy.
         take_admissions(s, now);
-        // A probe in flight died with the process: open again, half-open on the next look.
-        // Handed over by a reload (the round comes with it), the round goes on.
-        const state st = s.st == state::half_open && !s.probes ? state::open : s.st;
+        // A probe in flight died with the process: open again for a whole cooldown from now
+        // (its result, which may have been a failure, is lost: a crash loop must not send a
+        // fresh round of probes at every start). Handed over by a reload (the round comes
+        // with it), the round goes on.
+        const bool probe_lost = s.st == state::half_open && !s.probes;
+        const state st = probe_lost ? state::open : s.st;
+        if (probe_lost) {
+            opened_at_ = now;
+        }
         change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", "restored at start"), now,
                false);
         if (st_ == state::half_open && s.probes) {
@@ -318,7 +324,8 @@ public:
     // under the automatic mode, so a key's bypass never lets another key's trip through.
     void merge(const instance_snapshot& s, time_point now) {
         const state got = s.st == state::half_open ? state::open : s.st;
-        const time_point opened = std::min(s.opened_at, now);
+        // A half-open round does not survive a merge: a whole cooldown from now (see restore).
+        const time_point opened = s.st == state::half_open ? now : std::min(s.opened_at, now);
         const milliseconds cooldown = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
         const bool enforced_here = st_ != state::closed && md_ == mode::automatic;
         const bool enforced_there = got != state::closed && s.md == mode::automatic;

@@ -261,6 +261,29 @@ TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_s
     EXPECT_EQ(reg().get("cv", now())->mode_expires, now() + 5min);
 }
 
+// A half-open instance saved without its probe round (a crash, a restart: the probes in
+// flight died with the process, their results lost) waits a whole cooldown from the start
+// before it probes again: a crash loop does not send a fresh round at every start.
+TEST_F(registry_test, a_half_open_instance_restored_without_its_round_waits_a_whole_cooldown) {
+    auto b = make_config("cv");
+    b.cooldown = 10s;
+    make({b});
+    instance_snapshot s;
+    s.instance = "cv";
+    s.breaker = "cv";
+    s.st = state::half_open;
+    s.md = mode::automatic;
+    s.opened_at = now() - 1h;
+    s.cooldown = 10s;
+    reg().restore({s}, now());
+    EXPECT_EQ(reg().get("cv", now())->st, state::open);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "probed at once after the restart";
+    clock_.advance(9s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
+    clock_.advance(2s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::probe);
+}
+
 // An operator's trip saved on a breaker that reset by hand then, restored where it now
 // resets by itself, holds as manual_trip holds there: no probe closes it.
 TEST_F(registry_test, an_operators_trip_stays_held_when_the_breaker_now_resets_by_itself) {
