@@ -2032,6 +2032,8 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
     // after a reboot the wall clock is the only link left.
     const auto current = read_clocks(c);
     std::int64_t steady_minus_wall = current.steady_ms - current.wall_ms;
+    // After a reboot: the wall clock when the state was saved (0: not known or same boot).
+    std::int64_t saved_wall_ms = 0;
     {
         auto k = conn->prepared("SELECT boot_id, steady_ms, wall_ms FROM breaker_state_clock WHERE one = 1");
         if (!k.valid()) {
@@ -2045,6 +2047,8 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
             if (!current.boot_id.empty() && k.col_str(0) == current.boot_id && k.is_integer(1) && k.is_integer(2) && k.col_i64(1) >= 0 &&
                 k.col_i64(1) <= max_steady_ms && k.col_i64(2) >= min_wall_ms && k.col_i64(2) <= max_wall_ms) {
                 steady_minus_wall = k.col_i64(1) - k.col_i64(2);
+            } else if (k.is_integer(2) && k.col_i64(2) >= min_wall_ms && k.col_i64(2) <= max_wall_ms) {
+                saved_wall_ms = k.col_i64(2);
             }
         } else if (krc != SQLITE_DONE) {
             return fail("cannot read breaker state: " + conn->error());
@@ -2104,6 +2108,13 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         }
         if (!s.is_null(5)) {
             i.mode_expires = to_time(s.col_i64(5));
+            if (saved_wall_ms != 0 && (i.md == breakers::mode::forced_closed || i.md == breakers::mode::metrics_only)) {
+                // A bypass never outlasts what was left of it at the save: a wall clock behind
+                // after a reboot (an unset RTC, fake-hwclock) would stretch it by as much, and
+                // a correction later would not shorten it (the steady clock holds it then).
+                i.mode_expires = std::min(*i.mode_expires,
+                                          to_time(current.wall_ms + std::max<std::int64_t>(s.col_i64(5) - saved_wall_ms, 0)));
+            }
         }
         i.opened_at = to_time(s.col_i64(6));
         i.cooldown = std::chrono::milliseconds{s.col_i64(7)};

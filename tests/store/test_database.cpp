@@ -1310,6 +1310,50 @@ TEST_F(store_db, a_wall_clock_step_between_runs_moves_no_saved_breaker_time) {
     EXPECT_EQ((*back)[0].opened_at, tripped.opened_at - 2h);
 }
 
+// An operator's bypass (forced_closed, metrics_only) with an expiry, read after a reboot
+// whose wall clock is behind (an unset RTC, fake-hwclock): it never lasts longer than what
+// was left of it at the save. A wall clock ahead shortens it, as before.
+TEST_F(store_db, a_bypass_never_outlasts_what_was_left_of_it_after_a_reboot) {
+    namespace br = bb::breakers;
+    br::instance_snapshot bypass;
+    bypass.instance = bypass.breaker = "campaign-volume";
+    bypass.st = br::state::open;
+    bypass.opened_at = clock_.now() - 5s;
+    bypass.cooldown = 30min;
+    bypass.md = br::mode::forced_closed;
+    bypass.mode_expires = clock_.now() + 15min;
+    auto forced = bypass;
+    forced.instance = forced.breaker = "crm-deletes";
+    forced.md = br::mode::forced_open;
+    auto db = open();
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->save_breaker_state({bypass, forced}, d); }).ok);
+    std::string err;
+    bb::manual_clock behind;
+    behind.set_boot_id("another-boot");
+    behind.set(clock_.now() + 1min);
+    behind.step_wall(-3h);
+    auto back = db->load_breaker_state(behind, &err);
+    ASSERT_TRUE(back && back->size() == 2u) << err;
+    for (const auto& b : *back) {
+        if (b.md == br::mode::forced_closed) {
+            EXPECT_EQ(*b.mode_expires, behind.now() + 15min) << "the bypass would last 3 hours longer";
+        } else {
+            EXPECT_EQ(*b.mode_expires, *forced.mode_expires + 3h) << "a forced_open is read by the wall clock";
+        }
+    }
+    bb::manual_clock ahead;
+    ahead.set_boot_id("another-boot");
+    ahead.set(clock_.now() + 1min);
+    ahead.step_wall(5min);
+    back = db->load_breaker_state(ahead, &err);
+    ASSERT_TRUE(back && back->size() == 2u) << err;
+    for (const auto& b : *back) {
+        if (b.md == br::mode::forced_closed) {
+            EXPECT_EQ(*b.mode_expires, *bypass.mode_expires - 5min);
+        }
+    }
+}
+
 // Rule meters: each save writes the rules that changed and deletes the rows of rules not
 // kept; each row is read back with the offset that maps its saving process's steady clock
 // onto the reader's.
