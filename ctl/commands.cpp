@@ -489,7 +489,7 @@ global options (anywhere on the line):
   --admin URL       admin API (default: $BREAKERBOX_ADMIN, else http://127.0.0.1:9901)
   --token T         bearer token (default: $BREAKERBOX_TOKEN)
   --json            print the API's JSON answer instead of tables
-  --timeout D       overall deadline per request (default 10s)
+  --timeout D       overall deadline per request (default 10s; 1h for quarantine release and discard)
   --cacert FILE     CA certificates (PEM) for an https admin URL
   --cert FILE       client certificate (PEM) for an admin API that maps mTLS clients to operators
   --key FILE        the client certificate's private key (PEM; default: in --cert)
@@ -552,6 +552,11 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
         }
         p.json = t.has("--json");
         build(p, t);
+        if (!t.has("--timeout") && (p.kind == view::quarantine_result || p.kind == view::quarantine_summary)) {
+            // A release answers once the upstream has (up to its route timeout), a paced bulk
+            // release once every record went: 10 s would give up on a release still running.
+            p.client.timeout = std::chrono::hours{1};
+        }
         r.p = std::move(p);
     } catch (const usage_error& e) {
         r.error = e.what();
@@ -602,6 +607,12 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
         auto r = t(req);
         if (!r.ok()) {
             err << describe_transport_error(p.client.url.to_string(), r.transport_error);
+            if ((p.kind == view::quarantine_result || p.kind == view::quarantine_summary) &&
+                r.transport_error.find("timed out") != std::string::npos) {
+                // Sent, maybe acted on: the server goes on without us.
+                err << "breakerctl: the admin API may still be acting on it (a release goes on once asked): look with "
+                       "`breakerctl quarantine show TICKET` or `quarantine list` before asking again\n";
+            }
             return exit_failed;
         }
         answers.push_back(std::move(*r.response));

@@ -519,6 +519,17 @@ std::optional<rendered> render_quarantine_summary(std::string_view body, std::st
     } else {
         out.text += "discarded " + std::to_string(n("discarded")) + ", skipped " + std::to_string(n("skipped")) + "\n";
     }
+    // A run that ended early did not act on every record it was asked to: not a success,
+    // and said so (the records it did not reach are as they were).
+    if (bool_field(*s, "stopped")) {
+        out.text += "stopped: breakerbox began to shut down; the records not reached are as they were (" +
+                    std::string{verb == "release" ? "still held" : "not discarded"} + "): run it again\n";
+        out.ok = false;
+    }
+    if (const auto incomplete = field(*s, "incomplete", ""); !incomplete.empty()) {
+        out.text += "incomplete: " + incomplete + "\n";
+        out.ok = false;
+    }
     return out;
 }
 

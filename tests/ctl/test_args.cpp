@@ -361,6 +361,29 @@ TEST(CtlExecute, ErrorsMapToMessagesAndExitOne) {
     r = run_fake({"breakers"}, [](const http_request&) { return http_result{std::nullopt, "Connection refused"}; });
     EXPECT_EQ(r.code, exit_failed);
     EXPECT_EQ(r.err, "breakerctl: cannot reach the admin API at http://127.0.0.1:9901: Connection refused\n");
+
+    // A release that timed out may have been acted on: the operator is told to look first.
+    r = run_fake({"quarantine", "release", "q_1", "--reason", "r"},
+                 [](const http_request&) { return http_result{std::nullopt, "timed out after 1h"}; });
+    EXPECT_EQ(r.code, exit_failed);
+    EXPECT_NE(r.err.find("may still be acting on it"), std::string::npos) << r.err;
+}
+
+// A release answers once the upstream has, a paced bulk release once every record went:
+// their default deadline is an hour, not the 10 s of a read.
+TEST(CtlArgs, QuarantineActionsWaitLonger) {
+    auto r = parse({"quarantine", "release", "q_1", "--reason", "r"});
+    ASSERT_TRUE(r.p) << r.error;
+    EXPECT_EQ(r.p->client.timeout, std::chrono::hours{1});
+    r = parse({"quarantine", "discard", "--breaker", "cv", "--reason", "r"});
+    ASSERT_TRUE(r.p) << r.error;
+    EXPECT_EQ(r.p->client.timeout, std::chrono::hours{1});
+    r = parse({"quarantine", "release", "q_1", "--reason", "r", "--timeout", "30s"});
+    ASSERT_TRUE(r.p) << r.error;
+    EXPECT_EQ(r.p->client.timeout, std::chrono::seconds{30});
+    r = parse({"quarantine", "list"});
+    ASSERT_TRUE(r.p) << r.error;
+    EXPECT_EQ(r.p->client.timeout, std::chrono::seconds{10});
 }
 
 TEST(CtlExecute, ResultsThatFailExitOne) {

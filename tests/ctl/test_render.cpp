@@ -152,6 +152,16 @@ TEST(CtlRender, QuarantineResultsAndSummaries) {
     auto ds = render_quarantine_summary(R"({"summary":{"matched":4,"discarded":4,"skipped":0}})", "discard");
     EXPECT_TRUE(ds->ok);
     EXPECT_EQ(ds->text, "matched 4: discarded 4, skipped 0\n");
+    // A run that ended early is no success, whatever it did before.
+    auto st = render_quarantine_summary(
+        R"({"summary":{"matched":100,"released":100,"failed":0,"unknown":0,"skipped":0,"stopped":true}})", "release");
+    EXPECT_FALSE(st->ok);
+    EXPECT_NE(st->text.find("stopped: breakerbox began to shut down"), std::string::npos) << st->text;
+    auto inc = render_quarantine_summary(
+        R"({"summary":{"matched":2,"discarded":2,"skipped":0,"incomplete":"the store could not be read (busy): records past these were not looked at"}})",
+        "discard");
+    EXPECT_FALSE(inc->ok);
+    EXPECT_NE(inc->text.find("incomplete: the store could not be read"), std::string::npos) << inc->text;
 }
 
 TEST(CtlRender, Config) {
