@@ -135,6 +135,11 @@ TEST(CtlRender, QuarantineResultsAndSummaries) {
         R"({"result":{"ticket":"q_1","ok":false,"code":"upstream_error","message":"HTTP 500","status":500}})", "release");
     EXPECT_FALSE(bad->ok);
     EXPECT_EQ(bad->text, "q_1: release failed: upstream_error: HTTP 500 (upstream answered 500)\n");
+    auto unknown = render_quarantine_result(
+        R"({"result":{"ticket":"q_1","ok":false,"code":"outcome_unknown","message":"Bad Gateway","status":502}})", "release");
+    EXPECT_FALSE(unknown->ok);
+    EXPECT_EQ(unknown->text.find("release failed"), std::string::npos) << unknown->text;
+    EXPECT_NE(unknown->text.find("q_1: outcome unknown: it may have been delivered"), std::string::npos) << unknown->text;
 
     auto s = render_quarantine_summary(
         R"({"summary":{"matched":10,"released":8,"failed":0,"unknown":0,"discarded":0,"skipped":2}})", "release");
