@@ -291,13 +291,6 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             detail = ex.detail;
             break;
     }
-    if (outcome == store::release_outcome::failed && rec->state == store::held_state::outcome_unknown) {
-        // An earlier attempt may have been delivered: this one failing does not make the
-        // record safe to send without force (a bulk release of release_failed records would).
-        outcome = store::release_outcome::unknown;
-        detail += "; an earlier release attempt's outcome is unknown (it may have been delivered): releasing again "
-                  "needs force";
-    }
     const auto attempts = static_cast<std::uint32_t>(begun.count);
     auto record = [&] {
         return await_store([&](store::done_fn done) {
@@ -344,6 +337,11 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                     "); the record stays releasing while breakerbox tries again to record it (outcome_unknown if it "
                     "restarts first): do not send it again";
         co_return r;
+    }
+    if (outcome == store::release_outcome::failed && finished.code == "outcome_unknown") {
+        // The store keeps a record that was ever of unknown outcome so (database::finish_release).
+        outcome = store::release_outcome::unknown;
+        detail = finished.message;
     }
     spdlog::info("release of {} by {}: {} ({})", ticket, actor, store::to_string(store::state_after(outcome)),
                  status != 0 ? std::to_string(status) : detail);

@@ -1424,9 +1424,10 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
 
 database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std::string& ticket, held_state to,
                                                       bool force, const std::string& actor_in,
-                                                      const std::string& detail, int status,
+                                                      const std::string& detail_in, int status,
                                                       const std::string& reason, std::optional<held_state> expected,
                                                       std::optional<std::uint32_t> expected_attempts) {
+    std::string detail = detail_in;
     held_state from = held_state::held;
     std::string breaker;
     std::int64_t bytes = 0;
@@ -1484,6 +1485,26 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
                   "needs force, with the release attempts seen (" + std::to_string(attempts) + ")";
         }
         return {result::failure("invalid_state", why)};
+    }
+    if (to == held_state::release_failed) {
+        // Once of unknown outcome, always: an earlier attempt may have been delivered, so a
+        // later one failing does not make the record safe to send without force (a bulk
+        // release of release_failed records would). Decided here, on the record's own
+        // history, whatever its caller saw before the attempt.
+        auto h = ctx.c.prepared(
+            "SELECT 1 FROM quarantine_history WHERE held_id = ?1 AND to_state = 'outcome_unknown' LIMIT 1");
+        if (!h.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare history lookup");
+        }
+        h.i64(1, id);
+        const int hrc = h.step();
+        if (hrc == SQLITE_ROW) {
+            to = held_state::outcome_unknown;
+            detail += (detail.empty() ? "" : "; ") + std::string{"an earlier release attempt's outcome is unknown (it may "
+                                                                 "have been delivered): releasing again needs force"};
+        } else if (hrc != SQLITE_DONE) {
+            return is_io_fault(hrc) ? fatal(hrc) : outcome{unavailable("cannot read history: " + ctx.c.error())};
+        }
     }
     const auto now = wall_ms(clock_);
     // The UPDATE repeats the expected state, and the trigger checks the transition again,
@@ -1581,6 +1602,10 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
     result ok;
     ok.ticket = ticket;
     ok.count = attempts;
+    if (from == held_state::releasing) {
+        ok.code = to_string(to);  // finish_release: the state the record is in now
+        ok.message = detail;
+    }
     return {ok};
 }
 

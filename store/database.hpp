@@ -254,6 +254,9 @@ public:
     // Records the result of the replay started by begin_release (state must be releasing).
     // `attempts`: the release_attempts that begin_release returned (its result's count), so
     // a result recorded late never lands on a later release of the record (invalid_state).
+    // A failure of a record that was ever outcome_unknown is recorded outcome_unknown (an
+    // earlier attempt may have been delivered). On success r.code is the state recorded,
+    // r.message its detail.
     void finish_release(std::string ticket, release_outcome outcome, int status_code, std::string detail,
                         done_fn done, std::optional<std::uint32_t> attempts = std::nullopt);
     // The brief's form: ok -> released, !ok -> release_failed.

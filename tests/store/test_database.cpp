@@ -570,6 +570,31 @@ TEST_F(store_db, a_late_result_lands_only_on_its_own_release_attempt) {
     EXPECT_EQ(db->get(t)->state, held_state::released);
 }
 
+// A record that was ever of unknown outcome stays so when a later attempt fails: the store
+// decides on its own history, whatever state the releasing caller read before (a result
+// recorded late can turn a `releasing` record outcome_unknown between that read and the
+// next attempt).
+TEST_F(store_db, a_failure_after_an_unknown_outcome_is_recorded_as_unknown) {
+    auto db = open();
+    const auto t = hold(*db, sample()).ticket;
+    ASSERT_TRUE(begin(*db, t).ok);
+    const auto unknown = finish(*db, t, bb::store::release_outcome::unknown, 0);
+    ASSERT_TRUE(unknown.ok);
+    EXPECT_EQ(unknown.code, "outcome_unknown");
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->begin_release(t, "alice", true, std::move(d), std::nullopt, 1); }).ok);
+    const auto failed = finish(*db, t, bb::store::release_outcome::failed, 429);
+    ASSERT_TRUE(failed.ok) << failed.message;
+    EXPECT_EQ(failed.code, "outcome_unknown");
+    EXPECT_NE(failed.message.find("earlier release attempt"), std::string::npos) << failed.message;
+    EXPECT_EQ(db->get(t)->state, held_state::outcome_unknown);
+    EXPECT_EQ(begin(*db, t).code, "invalid_state") << "released again without force";
+    // A record never of unknown outcome fails as it did.
+    const auto t2 = hold(*db, sample()).ticket;
+    ASSERT_TRUE(begin(*db, t2).ok);
+    EXPECT_EQ(finish(*db, t2, bb::store::release_outcome::failed, 429).code, "release_failed");
+    EXPECT_EQ(db->get(t2)->state, held_state::release_failed);
+}
+
 // Two operators look at a record of unknown outcome (1 attempt) and both force it: the first
 // re-sends it and its outcome is unknown again; the second, decided on the 1 attempt it saw,
 // must not send it a third time.
