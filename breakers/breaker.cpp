@@ -269,12 +269,14 @@ public:
     // scope changed from key to breaker, or past max_instances into the overflow instance):
     // they are merged so that the instance contains whatever any of them contained, now and
     // after an operator's mode expires.
-    void restore(const instance_snapshot& s, time_point now) {
+    // `at_start`: restored from the store when the process starts (not handed over by a
+    // reload).
+    void restore(const instance_snapshot& s, time_point now, bool at_start) {
         if (s.at_rest()) {
             return;
         }
         if (counted_) {
-            merge(s, now);
+            merge(s, now, at_start);
             return;
         }
         opened_at_ = std::min(s.opened_at, now);
@@ -293,7 +295,10 @@ public:
         // with it), the round goes on.
         const bool probe_lost = s.st == state::half_open && !s.probes;
         const state st = probe_lost ? state::open : s.st;
-        if (probe_lost) {
+        if (probe_lost || (at_start && s.st == state::open && opened_at_ + cooldown_ <= now)) {
+            // Also an open instance whose cooldown ended before the start: a probe may have
+            // gone out (and crashed the process, or its result been lost) before the
+            // half-open state was saved; a crash loop must not probe at every start.
             opened_at_ = now;
         }
         change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", "restored at start"), now,
@@ -322,11 +327,14 @@ public:
     // later reopening. Mode: forced_open over everything (the latest expiry, or none); a
     // bypass mode (forced_closed, metrics_only) only while no snapshot's trip is enforced
     // under the automatic mode, so a key's bypass never lets another key's trip through.
-    void merge(const instance_snapshot& s, time_point now) {
+    void merge(const instance_snapshot& s, time_point now, bool at_start) {
         const state got = s.st == state::half_open ? state::open : s.st;
-        // A half-open round does not survive a merge: a whole cooldown from now (see restore).
-        const time_point opened = s.st == state::half_open ? now : std::min(s.opened_at, now);
         const milliseconds cooldown = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
+        // A half-open round does not survive a merge, nor, at a start, an ended cooldown: a
+        // whole cooldown from now (see restore).
+        const time_point opened = s.st == state::half_open || (at_start && s.st == state::open && s.opened_at + cooldown <= now)
+                                      ? now
+                                      : std::min(s.opened_at, now);
         const bool enforced_here = st_ != state::closed && md_ == mode::automatic;
         const bool enforced_there = got != state::closed && s.md == mode::automatic;
         state st = st_;
@@ -1272,7 +1280,7 @@ std::optional<instance_snapshot> breaker_registry::get(std::string_view name, ti
     return v;
 }
 
-void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time_point now) {
+void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time_point now, bool at_start) {
     for (const auto& snap : saved) {
         slot* s = find_slot(snap.breaker);
         std::string_view key = snap.key;
@@ -1288,7 +1296,7 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
         run([&] { return get_or_create(*s, key, true); },
             [&](instance& in) {
                 if (in.name() == snap.instance || !is_shadow(snap.md)) {
-                    in.restore(snap, now);
+                    in.restore(snap, now, at_start);
                     return true;
                 }
                 // A key's bypass (an operator's forced_closed or metrics_only for that key)
@@ -1298,7 +1306,7 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
                 instance_snapshot enforced = snap;
                 enforced.md = mode::automatic;
                 enforced.mode_expires.reset();
-                in.restore(enforced, now);
+                in.restore(enforced, now, at_start);
                 return true;
             },
             on_transition_);

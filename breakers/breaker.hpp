@@ -271,7 +271,10 @@ public:
     // Snapshots hold steady_clock time points, which mean nothing in another process: the
     // persistence layer must rebase opened_at/mode_expires onto this process's clock
     // (opened_at later than `now` is clamped to `now`).
-    void restore(const std::vector<instance_snapshot>& saved, time_point now);
+    // `at_start`: from the store as the process starts (an open instance whose cooldown
+    // ended meanwhile waits a whole cooldown more: a probe may have gone out unsaved), not
+    // a reload's hand-over or kept state.
+    void restore(const std::vector<instance_snapshot>& saved, time_point now, bool at_start = false);
 
     // A reload changed the breakers and built `next`: every instance of a breaker that
     // `next` also has moves there (its state restored into `next`), atomically with respect

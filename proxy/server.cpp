@@ -513,7 +513,7 @@ void server::open_store(const store_config& sc) {
     }
     // Before the first save below, which writes the registry's state: restored (in memory)
     // first. At a reload the running config has no breakers, so nothing is restored here.
-    rt_->breakers->restore(known, clock_->now());
+    rt_->breakers->restore(known, clock_->now(), true);
     if (!known.empty()) {
         spdlog::warn("restored {} breaker instance(s) from {}", known.size(), sc.path);
     }

@@ -263,8 +263,9 @@ TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_s
 
 // A half-open instance saved without its probe round (a crash, a restart: the probes in
 // flight died with the process, their results lost) waits a whole cooldown from the start
-// before it probes again: a crash loop does not send a fresh round at every start.
-TEST_F(registry_test, a_half_open_instance_restored_without_its_round_waits_a_whole_cooldown) {
+// before it probes again, and so does, at a start, an open one whose cooldown ended: a
+// crash loop does not send a fresh round at every start.
+TEST_F(registry_test, an_instance_restored_without_its_probe_round_waits_a_whole_cooldown) {
     auto b = make_config("cv");
     b.cooldown = 10s;
     make({b});
@@ -281,6 +282,19 @@ TEST_F(registry_test, a_half_open_instance_restored_without_its_round_waits_a_wh
     clock_.advance(9s);
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
     clock_.advance(2s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::probe);
+
+    // Saved open, its cooldown over before the start: a probe may have gone out before the
+    // half-open state was saved (and crashed the process): a whole cooldown too, at a start.
+    s.st = state::open;
+    make({b});
+    reg().restore({s}, now(), true);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "probed at once after the restart";
+    clock_.advance(11s);
+    EXPECT_EQ(reg().admit("cv", now()).v, verdict::probe);
+    // Not at a start (a reload's kept state): as saved.
+    make({b});
+    reg().restore({s}, now());
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::probe);
 }
 
