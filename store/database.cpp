@@ -2133,12 +2133,18 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
         }
         if (!s.is_null(5)) {
             i.mode_expires = to_time(s.col_i64(5));
-            if (saved_wall_ms != 0 && (i.md == breakers::mode::forced_closed || i.md == breakers::mode::metrics_only)) {
-                // A bypass never outlasts what was left of it at the save: a wall clock behind
-                // after a reboot (an unset RTC, fake-hwclock) would stretch it by as much, and
-                // a correction later would not shorten it (the steady clock holds it then).
-                i.mode_expires = std::min(*i.mode_expires,
-                                          to_time(current.wall_ms + std::max<std::int64_t>(s.col_i64(5) - saved_wall_ms, 0)));
+            if (saved_wall_ms != 0) {
+                // What was left of the mode at the save, from now. A bypass never outlasts it:
+                // a wall clock behind after a reboot (an unset RTC, fake-hwclock) would stretch
+                // it by as much, and a correction later would not shorten it (the steady clock
+                // holds it then). A forced_open never ends before it: a wall clock ahead would
+                // end it early (the downtime is added to it instead: the containing side).
+                const time_point left = to_time(current.wall_ms + std::max<std::int64_t>(s.col_i64(5) - saved_wall_ms, 0));
+                if (i.md == breakers::mode::forced_closed || i.md == breakers::mode::metrics_only) {
+                    i.mode_expires = std::min(*i.mode_expires, left);
+                } else if (i.md == breakers::mode::forced_open) {
+                    i.mode_expires = std::max(*i.mode_expires, left);
+                }
             }
         }
         i.opened_at = to_time(s.col_i64(6));

@@ -1320,7 +1320,9 @@ TEST_F(store_db, a_wall_clock_step_between_runs_moves_no_saved_breaker_time) {
     back = db2->load_breaker_state(rebooted, &err);
     ASSERT_TRUE(back && back->size() == 1u) << err;
     EXPECT_EQ((*back)[0].opened_at, tripped.opened_at - 2h);
-    EXPECT_EQ(*(*back)[0].mode_expires, *tripped.mode_expires - 2h);
+    // A forced_open never ends before what it had left at the save (10 minutes from the
+    // start, not from 2 hours ago: it would have ended).
+    EXPECT_EQ(*(*back)[0].mode_expires, rebooted.now() + 10min);
     db2.reset();
 
     // A store from before the clocks were saved: read by the wall clock, as it was written.
@@ -1337,8 +1339,9 @@ TEST_F(store_db, a_wall_clock_step_between_runs_moves_no_saved_breaker_time) {
 
 // An operator's bypass (forced_closed, metrics_only) with an expiry, read after a reboot
 // whose wall clock is behind (an unset RTC, fake-hwclock): it never lasts longer than what
-// was left of it at the save. A wall clock ahead shortens it, as before.
-TEST_F(store_db, a_bypass_never_outlasts_what_was_left_of_it_after_a_reboot) {
+// was left of it at the save. A wall clock ahead shortens it, as before; a forced_open then
+// lasts what it had left at the save.
+TEST_F(store_db, after_a_reboot_a_bypass_never_outlasts_and_a_forced_open_never_ends_before_what_was_left) {
     namespace br = bb::breakers;
     br::instance_snapshot bypass;
     bypass.instance = bypass.breaker = "campaign-volume";
@@ -1364,6 +1367,20 @@ TEST_F(store_db, a_bypass_never_outlasts_what_was_left_of_it_after_a_reboot) {
             EXPECT_EQ(*b.mode_expires, behind.now() + 15min) << "the bypass would last 3 hours longer";
         } else {
             EXPECT_EQ(*b.mode_expires, *forced.mode_expires + 3h) << "a forced_open is read by the wall clock";
+        }
+    }
+    // A wall clock ahead: the bypass is shorter, a forced_open lasts what it had left.
+    bb::manual_clock far_ahead;
+    far_ahead.set_boot_id("another-boot");
+    far_ahead.set(clock_.now() + 1min);
+    far_ahead.step_wall(1h);
+    back = db->load_breaker_state(far_ahead, &err);
+    ASSERT_TRUE(back && back->size() == 2u) << err;
+    for (const auto& b : *back) {
+        if (b.md == br::mode::forced_open) {
+            EXPECT_EQ(*b.mode_expires, far_ahead.now() + 15min) << "the forced_open would have ended at the start";
+        } else {
+            EXPECT_EQ(*b.mode_expires, *bypass.mode_expires - 1h);
         }
     }
     bb::manual_clock ahead;
