@@ -542,17 +542,18 @@ void server::open_store(const store_config& sc) {
             if (orphans_.empty()) {
                 return all;
             }
-            // Not an orphan the registry's snapshot has already: a reload that configures a
-            // dropped breaker again restores its kept state into the successor, which a
-            // snapshot through the handed-over registry includes, while the kept copy waits
-            // in orphans_ until the publish. Twice in one save is a failed save (one row per
-            // instance), the registry's copy is the live one.
+            // Not an orphan of a breaker the registry's snapshot has already: a reload that
+            // configures a dropped breaker again restores its kept state into the successor,
+            // which a snapshot through the handed-over registry includes, while the kept copy
+            // waits in orphans_ until the publish. Written twice (under its own name, or
+            // under the instance it folded into: a wider scope, the overflow), the save fails
+            // or a crash restores it twice; the registry's copy is the live one.
             std::unordered_set<std::string> have;
             for (const auto& snap : all) {
-                have.insert(snap.instance);
+                have.insert(snap.breaker);
             }
             for (const auto& o : orphans_) {
-                if (rt->breakers->find(o.breaker) == nullptr && !have.contains(o.instance)) {
+                if (rt->breakers->find(o.breaker) == nullptr && !have.contains(o.breaker)) {
                     all.push_back(o);
                 }
             }
