@@ -607,9 +607,9 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
         auto r = t(req);
         if (!r.ok()) {
             err << describe_transport_error(p.client.url.to_string(), r.transport_error);
-            if ((p.kind == view::quarantine_result || p.kind == view::quarantine_summary) &&
-                r.transport_error.find("timed out") != std::string::npos) {
-                // Sent, maybe acted on: the server goes on without us.
+            if (p.kind == view::quarantine_result || p.kind == view::quarantine_summary) {
+                // Maybe sent and acted on (a timeout, a reset while waiting): the server goes
+                // on without us.
                 err << "breakerctl: the admin API may still be acting on it (a release goes on once asked): look with "
                        "`breakerctl quarantine show TICKET` or `quarantine list` before asking again\n";
             }

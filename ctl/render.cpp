@@ -483,7 +483,7 @@ std::optional<rendered> render_quarantine_result(std::string_view body, std::str
     } else if (field(*r, "code") == "outcome_unknown") {
         // Not "failed": it may have been delivered, and a second send is what to avoid.
         out.text = field(*r, "ticket") + ": outcome unknown: it may have been delivered; look at it with "
-                   "`breakerctl quarantine show " + field(*r, "ticket") + "` before releasing again (that needs --force)";
+                   "`breakerctl quarantine show " + field(*r, "ticket") + "` before releasing again (that needs --force --attempts N)";
         if (auto m = field(*r, "message", ""); !m.empty()) {
             out.text += ": " + m;
         }
