@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/forwarded_keys.hpp"
 #include "rules/engine.hpp"
 
 #include <boost/asio/signal_set.hpp>
@@ -310,6 +311,8 @@ public:
     store::database* db() { return db_.get(); }
     // Release/discard of quarantined requests; throws std::logic_error without a store.
     class remediation& remediation();
+    // Idempotency-Keys of requests sent live (see forwarded_keys.hpp).
+    forwarded_keys& forwarded() { return forwarded_; }
 
     // Connection admission, shared by every worker (exact: never above max_connections).
     bool try_admit();
@@ -374,6 +377,7 @@ private:
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
+    forwarded_keys forwarded_;
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and

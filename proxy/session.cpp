@@ -1858,6 +1858,27 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_return !qec;
         };
 
+        // A retry of a request sent live (its Idempotency-Key, route and agent) is not held:
+        // the first may have been delivered (the client gave up waiting, the upstream did
+        // not), and releasing the retry would send it a second time. Refused, nothing held.
+        if (!contained && !quarantine_instance.empty()) {
+            const std::string_view key = req[cfg->store.idempotency_header];
+            const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
+            const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    w.owner().time().wall_now().time_since_epoch())
+                                    .count();
+            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
+                contained = error_info{http::status::conflict, "rejected", "already_forwarded",
+                                       "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
+                                           std::to_string(std::max<std::int64_t>((now_ms - *sent) / 1000, 0)) +
+                                           " s ago; its retry is not quarantined (a release would send it a second "
+                                           "time): if it did not arrive, send it again with a new key once " +
+                                           quarantine_instance + " closes"};
+                contained_breaker = quarantine_instance;
+                contained_rule = quarantine_rule;
+            }
+        }
+
         // Quarantine: hold the request durably; 202 + ticket only once it is committed.
         if (!contained && !quarantine_instance.empty()) {
             store::database* db = w.owner().db();
@@ -2031,6 +2052,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
         const auto& pool = lease.pool(upstream_index);
         exchange_result ex;
+        if (!idempotent(req.method()) && std::string_view{forwarded_decision} != "sandboxed") {
+            // Remembered before it goes: a retry while it is in flight is as much a second send.
+            if (const std::string_view key = req[cfg->store.idempotency_header]; !key.empty()) {
+                w.owner().forwarded().note(key, route->name, agent != nullptr ? std::string_view{agent->id} : std::string_view{},
+                                           std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               w.owner().time().wall_now().time_since_epoch())
+                                               .count());
+            }
+        }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
         if (watch.disarm()) {

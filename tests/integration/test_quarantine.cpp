@@ -629,6 +629,36 @@ TEST(quarantine, a_live_retry_of_a_held_request_is_not_sent_beside_its_release) 
     EXPECT_EQ(up.request_count(), 3u);
 }
 
+// The other way round: a request sent live (the client gave up waiting; the upstream may
+// have delivered it), then the breaker trips and the client retries with its
+// Idempotency-Key. Held, a release would send it a second time: it is refused (409
+// already_forwarded) and nothing is held. Another key, and no key, are held as usual.
+TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto send_with_key = [&](const std::string& key, const std::string& body) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    ASSERT_EQ(send_with_key("k-1", R"({"to":[1]})").result_int(), 202u);
+    ASSERT_EQ(up.request_count(), 1u);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto retry = send_with_key("k-1", R"({"to":[1]})");
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    EXPECT_EQ(retry["x-breakerbox-decision"], "rejected");
+    EXPECT_TRUE(retry["x-breakerbox-ticket"].empty());
+    const auto other = send_with_key("k-2", R"({"to":[1]})");
+    EXPECT_EQ(other.result_int(), 202u);
+    EXPECT_FALSE(other["x-breakerbox-ticket"].empty());
+    EXPECT_EQ(send_mail(bb.port(), "c", R"({"to":[1]})").result_int(), 202u);
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 2u);
+    EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
+}
+
 // The same while the hold is still queued for the store (the client gave up before its 202
 // and the breaker was reset meanwhile): the retry's lookup waits behind the hold, finds it
 // and is not sent.
