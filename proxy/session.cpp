@@ -1864,9 +1864,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (!contained && !quarantine_instance.empty()) {
             const std::string_view key = req[cfg->store.idempotency_header];
             const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
-            const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    w.owner().time().wall_now().time_since_epoch())
-                                    .count();
+            const auto now_ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
             if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
                 contained = error_info{http::status::conflict, "rejected", "already_forwarded",
                                        "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
@@ -1876,6 +1875,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                            quarantine_instance + " closes"};
                 contained_breaker = quarantine_instance;
                 contained_rule = quarantine_rule;
+                contained_change = std::max(contained_change, quarantine_change);  // named: saved first
             }
         }
 
@@ -1951,6 +1951,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                              "the request could not be quarantined: " + stored.message};
                 contained_breaker = quarantine_instance;
                 contained_rule = quarantine_rule;
+                contained_change = std::max(contained_change, quarantine_change);
             }
         }
 
@@ -2052,17 +2053,25 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const auto timeout = route->timeout.count() > 0 ? route->timeout : up.timeout;
         const auto& pool = lease.pool(upstream_index);
         exchange_result ex;
-        if (!idempotent(req.method()) && std::string_view{forwarded_decision} != "sandboxed") {
-            // Remembered before it goes: a retry while it is in flight is as much a second send.
-            if (const std::string_view key = req[cfg->store.idempotency_header]; !key.empty()) {
-                w.owner().forwarded().note(key, route->name, agent != nullptr ? std::string_view{agent->id} : std::string_view{},
-                                           std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               w.owner().time().wall_now().time_since_epoch())
-                                               .count());
-            }
+        // Remembered before it goes (a retry while it is in flight is as much a second send),
+        // forgotten again if nothing went out.
+        const std::string sent_key = !idempotent(req.method()) && std::string_view{forwarded_decision} != "sandboxed"
+                                         ? std::string{req[cfg->store.idempotency_header]}
+                                         : std::string{};
+        const std::string_view sent_agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
+        const auto sent_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
+        std::optional<std::int64_t> sent_before;
+        if (!sent_key.empty()) {
+            sent_before = w.owner().forwarded().note(sent_key, route->name, sent_agent, sent_ms);
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
+        if (!sent_key.empty() &&
+            (ex.failure == upstream_failure::pool_exhausted || ex.failure == upstream_failure::connect_failed ||
+             ex.failure == upstream_failure::connect_timeout || ex.failure == upstream_failure::tls_failed)) {
+            w.owner().forwarded().forget(sent_key, route->name, sent_agent, sent_ms, sent_before);
+        }
         if (watch.disarm()) {
             for (const auto& p : probes) {
                 registry.cancel_probe(p.instance, p.round);  // the client left: no verdict from the upstream

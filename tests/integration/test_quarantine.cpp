@@ -659,6 +659,28 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
 }
 
+// A send that went nowhere (no connection) is not remembered: its retry is held as usual.
+TEST(quarantine, a_retry_of_a_request_that_reached_no_upstream_is_held) {
+    std::uint16_t dead_port = 0;
+    {
+        fake_upstream gone;
+        dead_port = gone.port();
+    }
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(dead_port, dir, 1000)};
+    auto send_with_key = [&](const std::string& key) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    const auto first = send_with_key("k-1");
+    ASSERT_EQ(first.result_int(), 502u) << first.body();
+    ASSERT_NE(first.body().find("upstream_connect_failed"), std::string::npos) << first.body();
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto retry = send_with_key("k-1");
+    EXPECT_EQ(retry.result_int(), 202u) << retry.body();
+    EXPECT_FALSE(retry["x-breakerbox-ticket"].empty());
+}
+
 // The same while the hold is still queued for the store (the client gave up before its 202
 // and the breaker was reset meanwhile): the retry's lookup waits behind the hold, finds it
 // and is not sent.
