@@ -491,6 +491,12 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 // And with the attempts it was listed with: one another release sent since,
                 // failed again, is not resent on a listing made before that.
                 auto r = co_await release_one(rec.ticket, actor, false, rec.state, rec.release_attempts);
+                // The run stops at this record (its result is the last); the rest stays held.
+                auto halt = [&](std::string why) {
+                    sum.halted = std::move(why);
+                    spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
+                    sum.results.push_back(std::move(r));
+                };
                 if (r.ok) {
                     ++sum.released;
                 } else if (r.code == "release_failed") {
@@ -498,11 +504,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     if (r.count == 429 || r.count == 503) {
                         // The upstream asks to slow down (rate limit, overload with Retry-After): the rest
                         // would fail the same way, each using an attempt. Left held.
-                        sum.halted = "upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " +
-                                     rec.ticket + "; the records after it stay as they are: release them again once "
-                                     "its limit resets (a lower rate_per_s may help)";
-                        spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
-                        sum.results.push_back(std::move(r));
+                        halt("upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " + rec.ticket +
+                             "; the records after it stay as they are: release them again once its limit resets (a "
+                             "lower rate_per_s may help)");
                         co_return sum;
                     }
                 } else if (r.code == "outcome_unknown") {
@@ -510,11 +514,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     if (r.count == 503) {
                         // Overloaded, or a gateway that lost the connection: the rest would
                         // meet the same. Left held.
-                        sum.halted = "upstream " + rec.upstream + " answered 503 to " + rec.ticket +
-                                     " (outcome unknown); the records after it stay as they are: release them "
-                                     "again once it recovers";
-                        spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
-                        sum.results.push_back(std::move(r));
+                        halt("upstream " + rec.upstream + " answered 503 to " + rec.ticket +
+                             " (outcome unknown); the records after it stay as they are: release them again once it "
+                             "recovers");
                         co_return sum;
                     }
                 } else if (r.code == "store_busy") {
@@ -522,11 +524,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     // (nothing of them sent). Left held. (A record that cannot be read,
                     // store_unavailable, is skipped: one damaged record must not block all.)
                     ++sum.skipped;
-                    sum.halted = "the store is busy (" + r.message + ") at " + rec.ticket +
-                                 "; nothing of it was sent, and the records after it stay as they are: release "
-                                 "them again in a moment";
-                    spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
-                    sum.results.push_back(std::move(r));
+                    halt("the store is busy (" + r.message + ") at " + rec.ticket +
+                         "; nothing of it was sent, and the records after it stay as they are: release them again in "
+                         "a moment");
                     co_return sum;
                 } else {
                     ++sum.skipped;
