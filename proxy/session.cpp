@@ -1425,6 +1425,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // The path the upstream is sent (its base path first): what tells a Salesforce
         // composite request, whatever path the client used for it.
         const std::string upstream_path = cfg->upstreams[upstream_index].base_path + req_path;
+        const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
         rec.target = original_target;
 
         // A compressed body would reach the guards, the rules and the agent's body
@@ -1667,7 +1668,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.query = query_of(origin_form);
             view.host = request_host;
             view.route = route->name;
-            view.agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
+            view.agent = agent_id;
             view.content_type = req[http::field::content_type];
             view.body = req.body();
             view.headers = header_scratch;
@@ -1863,7 +1864,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // not), and releasing the retry would send it a second time. Refused, nothing held.
         if (!contained && !quarantine_instance.empty()) {
             const std::string_view key = req[cfg->store.idempotency_header];
-            const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
             if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
@@ -1962,7 +1962,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
             store::database* db = w.owner().db();
-            const std::string_view agent_id = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
             std::optional<store::result> found;
             if (db != nullptr && db->may_hold_key(key, route->name, agent_id)) {
                 // Rare (a key held before): the lookup queues behind any hold of it on the
@@ -2058,19 +2057,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string sent_key = !idempotent(req.method()) && std::string_view{forwarded_decision} != "sandboxed"
                                          ? std::string{req[cfg->store.idempotency_header]}
                                          : std::string{};
-        const std::string_view sent_agent = agent != nullptr ? std::string_view{agent->id} : std::string_view{};
         const auto sent_ms =
             std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
         std::optional<std::int64_t> sent_before;
         if (!sent_key.empty()) {
-            sent_before = w.owner().forwarded().note(sent_key, route->name, sent_agent, sent_ms);
+            sent_before = w.owner().forwarded().note(sent_key, route->name, agent_id, sent_ms);
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
-        if (!sent_key.empty() &&
-            (ex.failure == upstream_failure::pool_exhausted || ex.failure == upstream_failure::connect_failed ||
-             ex.failure == upstream_failure::connect_timeout || ex.failure == upstream_failure::tls_failed)) {
-            w.owner().forwarded().forget(sent_key, route->name, sent_agent, sent_ms, sent_before);
+        if (!sent_key.empty() && nothing_sent(ex.failure)) {
+            w.owner().forwarded().forget(sent_key, route->name, agent_id, sent_ms, sent_before);
         }
         if (watch.disarm()) {
             for (const auto& p : probes) {
@@ -2090,9 +2086,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                          fill_view, request_id);
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
-            if (!booked.empty() &&
-                (ex.failure == upstream_failure::pool_exhausted || ex.failure == upstream_failure::connect_failed ||
-                 ex.failure == upstream_failure::connect_timeout || ex.failure == upstream_failure::tls_failed)) {
+            if (!booked.empty() && nothing_sent(ex.failure)) {
                 // Nothing was sent: off the caps and the duplicates counters, so the client's
                 // retry is judged like the first try. (After a send began it stays booked.)
                 rt.engine->release(booked);

@@ -34,6 +34,12 @@ enum class upstream_failure {
 };
 
 std::string_view to_string(upstream_failure f);
+// Whether the exchange failed before any of the request went out (no connection, no TLS,
+// no room in the pool): nothing reached the upstream.
+inline bool nothing_sent(upstream_failure f) {
+    return f == upstream_failure::pool_exhausted || f == upstream_failure::connect_failed ||
+           f == upstream_failure::connect_timeout || f == upstream_failure::tls_failed;
+}
 
 // A name lookup bounded by `timeout`: getaddrinfo on a detached thread of its own (it
 // cannot be interrupted, and Asio's resolver joins its thread when the io_context goes, so
