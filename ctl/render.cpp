@@ -480,18 +480,15 @@ std::optional<rendered> render_quarantine_result(std::string_view body, std::str
         if (auto st = integer_field(*r, "status"); st && *st > 0 && verb == "release") {
             out.text += " (upstream answered " + std::to_string(*st) + ")";
         }
-    } else if (field(*r, "code") == "outcome_unknown") {
-        // Not "failed": it may have been delivered, and a second send is what to avoid.
-        out.text = field(*r, "ticket") + ": outcome unknown: it may have been delivered; look at it with "
-                   "`breakerctl quarantine show " + field(*r, "ticket") + "` before releasing again (that needs --force --attempts N)";
-        if (auto m = field(*r, "message", ""); !m.empty()) {
-            out.text += ": " + m;
-        }
-        if (auto st = integer_field(*r, "status"); st && *st > 0) {
-            out.text += " (upstream answered " + std::to_string(*st) + ")";
-        }
     } else {
-        out.text = field(*r, "ticket") + ": " + std::string{verb} + " failed: " + field(*r, "code");
+        if (field(*r, "code") == "outcome_unknown") {
+            // Not "failed": it may have been delivered, and a second send is what to avoid.
+            out.text = field(*r, "ticket") + ": outcome unknown: it may have been delivered; look at it with "
+                       "`breakerctl quarantine show " + field(*r, "ticket") +
+                       "` before releasing again (that needs --force --attempts N)";
+        } else {
+            out.text = field(*r, "ticket") + ": " + std::string{verb} + " failed: " + field(*r, "code");
+        }
         if (auto m = field(*r, "message", ""); !m.empty()) {
             out.text += ": " + m;
         }
