@@ -13,8 +13,6 @@ constexpr milliseconds default_manual_retry{60'000};
 constexpr milliseconds half_open_retry{1'000};
 constexpr std::string_view overflow_key = "_overflow";
 
-bool is_shadow(mode m) { return m == mode::forced_closed || m == mode::metrics_only; }
-
 milliseconds until(time_point t, time_point now) {
     return t <= now ? milliseconds{0} : std::chrono::ceil<milliseconds>(t - now);
 }
@@ -647,6 +645,8 @@ std::string_view to_string(mode m) {
     }
     return "?";
 }
+
+bool is_shadow(mode m) { return m == mode::forced_closed || m == mode::metrics_only; }
 
 std::optional<mode> parse_mode(std::string_view s) {
     for (mode m : {mode::automatic, mode::forced_open, mode::forced_closed, mode::metrics_only}) {

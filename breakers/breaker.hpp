@@ -50,6 +50,8 @@ std::string_view to_string(action a);
 std::string_view to_string(state s);
 std::string_view to_string(mode m);
 std::optional<mode> parse_mode(std::string_view s);  // "auto", "forced_open", ...
+// forced_closed and metrics_only: an operator's bypass (trips are recorded, not enforced).
+bool is_shadow(mode m);
 
 struct throttle_config {
     std::uint32_t requests = 1;       // at most this many requests ...

@@ -2140,7 +2140,7 @@ std::optional<std::vector<breakers::instance_snapshot>> database::load_breaker_s
                 // holds it then). A forced_open never ends before it: a wall clock ahead would
                 // end it early (the downtime is added to it instead: the containing side).
                 const time_point left = to_time(current.wall_ms + std::max<std::int64_t>(s.col_i64(5) - saved_wall_ms, 0));
-                if (i.md == breakers::mode::forced_closed || i.md == breakers::mode::metrics_only) {
+                if (breakers::is_shadow(i.md)) {
                     i.mode_expires = std::min(*i.mode_expires, left);
                 } else if (i.md == breakers::mode::forced_open) {
                     i.mode_expires = std::max(*i.mode_expires, left);
