@@ -328,20 +328,28 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
         }
         out.source = source_kind::mime;
         src = trim(src.substr(5));
-    } else if (src.starts_with("url_ids:")) {
-        if (out.kind != term_kind::count) {
-            fail(error, "url_ids: counts the records URLs name (use count)");
-            return std::nullopt;
+    } else {
+        // Sources that only count: each value stands for some number of records.
+        struct counting_source {
+            std::string_view prefix;
+            source_kind kind;
+            std::string_view what;
+        };
+        static constexpr counting_source counting[] = {
+            {"url_ids:", source_kind::url_ids, "counts the records URLs name"},
+            {"sub_records:", source_kind::sub_records, "counts the records subrequests write"},
+        };
+        for (const auto& c : counting) {
+            if (src.starts_with(c.prefix)) {
+                if (out.kind != term_kind::count) {
+                    fail(error, std::string{c.prefix} + " " + std::string{c.what} + " (use count)");
+                    return std::nullopt;
+                }
+                out.source = c.kind;
+                src = trim(src.substr(c.prefix.size()));
+                break;
+            }
         }
-        out.source = source_kind::url_ids;
-        src = trim(src.substr(8));
-    } else if (src.starts_with("sub_records:")) {
-        if (out.kind != term_kind::count) {
-            fail(error, "sub_records: counts the records subrequests write (use count)");
-            return std::nullopt;
-        }
-        out.source = source_kind::sub_records;
-        src = trim(src.substr(12));
     }
     std::string perr;
     auto p = parse_json_path(src, &perr);
