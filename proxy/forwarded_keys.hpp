@@ -2,10 +2,13 @@
 // The Idempotency-Keys of requests sent live (proxy/session.cpp, step 8), remembered for a
 // while so that a retry of one that comes while a breaker quarantines its traffic is not
 // held: the first may have been delivered (the client timed out, the upstream did not), and
-// releasing the retry later would send it a second time. Held requests are remembered by
-// the store; these only in memory (a restart forgets them), bounded in number and age.
+// releasing the retry later would send it a second time. Bounded in number and age; the
+// server writes what changed to the store every second and at shutdown, and reads it back at
+// start (changes()/restore()), so a restart remembers them too (a crash forgets at most the
+// last second's). Only a 64-bit digest of (key, route, agent) is kept, never the key.
 // Thread-safe.
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -17,7 +20,11 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
+#include <vector>
+
+#include "core/sha256.hpp"
 
 namespace bb::proxy {
 
@@ -44,6 +51,7 @@ public:
             lru_.emplace_back(h, now_ms);
             at_.emplace(h, std::prev(lru_.end()));
         }
+        dirty_.insert(h);
         expire(now_ms);
         return before;
     }
@@ -64,6 +72,7 @@ public:
             lru_.erase(it->second);
             at_.erase(it);
         }
+        dirty_.insert(h);
     }
 
     // When a request with this key, route and agent was last sent, if within the memory.
@@ -88,13 +97,66 @@ public:
         return dropped_young_;
     }
 
-private:
+    // --- across a restart ---
+    // A key as the store keeps it: its digest and when it was last sent (steady ms), or
+    // nullopt when it is remembered no more (forgotten, or dropped for the bound).
+    struct change {
+        std::uint64_t digest = 0;
+        std::optional<std::int64_t> sent_ms;
+    };
+    // What changed since the last call, as it stands now; the caller writes it to the store
+    // and hands it back with retry() if the write failed.
+    std::vector<change> changes() {
+        std::lock_guard lock{mu_};
+        std::vector<change> out;
+        out.reserve(dirty_.size());
+        for (const std::uint64_t h : dirty_) {
+            const auto it = at_.find(h);
+            out.push_back({h, it == at_.end() ? std::nullopt : std::optional{it->second->second}});
+        }
+        dirty_.clear();
+        return out;
+    }
+    // A write of changes() failed: they go with the next (as they stand then).
+    void retry(const std::vector<change>& failed) {
+        std::lock_guard lock{mu_};
+        for (const auto& c : failed) {
+            dirty_.insert(c.digest);
+        }
+    }
+    // At start, before any request: the keys the store had (steady ms on this process's
+    // clock), least recently sent first. Beyond the bound, the least recently sent go.
+    void restore(std::vector<std::pair<std::uint64_t, std::int64_t>> saved, std::int64_t now_ms) {
+        std::sort(saved.begin(), saved.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+        std::lock_guard lock{mu_};
+        for (const auto& [h, sent] : saved) {
+            if (const auto it = at_.find(h); it != at_.end()) {
+                it->second->second = std::max(it->second->second, sent);
+                lru_.splice(lru_.end(), lru_, it->second);
+            } else {
+                lru_.emplace_back(h, sent);
+                at_.emplace(h, std::prev(lru_.end()));
+            }
+        }
+        expire(now_ms);
+    }
+    std::chrono::milliseconds memory() const { return std::chrono::milliseconds{memory_ms_}; }
+
+    // The digest of (key, route, agent): the first 8 bytes of a SHA-256, the same in every
+    // build (the store keeps it across versions).
     static std::uint64_t hash(std::string_view key, std::string_view route, std::string_view agent) {
         std::string s;
         s.reserve(key.size() + route.size() + agent.size() + 2);
         s.append(key).append(1, '\0').append(route).append(1, '\0').append(agent);
-        return std::hash<std::string>{}(s);
+        const auto d = sha256(s);
+        std::uint64_t h = 0;
+        for (int i = 0; i < 8; ++i) {
+            h = h << 8 | d[i];
+        }
+        return h;
     }
+
+private:
 
     // Least recently sent first: drops what is past the memory, and past `max_` keys the
     // least recently sent.
@@ -102,6 +164,11 @@ private:
         while (!lru_.empty() && (lru_.size() > max_ || now_ms - lru_.front().second > memory_ms_)) {
             if (now_ms - lru_.front().second <= memory_ms_) {
                 ++dropped_young_;
+                // Its row goes too (an aged one goes by its time). Bounded: while the store
+                // refuses every write, what is left of it ages out there instead.
+                if (dirty_.size() < 2 * max_) {
+                    dirty_.insert(lru_.front().first);
+                }
             }
             at_.erase(lru_.front().first);
             lru_.pop_front();
@@ -114,6 +181,7 @@ private:
     std::list<std::pair<std::uint64_t, std::int64_t>> lru_;
     std::unordered_map<std::uint64_t, std::list<std::pair<std::uint64_t, std::int64_t>>::iterator> at_;
     std::uint64_t dropped_young_ = 0;
+    std::unordered_set<std::uint64_t> dirty_;  // digests changed since changes()
 };
 
 }  // namespace bb::proxy

@@ -605,9 +605,98 @@ void server::open_store(const store_config& sc) {
                          legacy, ec.message());
         }
     }
+    // The keys of requests sent live before the restart: a retry of one while a breaker
+    // quarantines is refused, not held and released into a second send. Unreadable, they
+    // are a reason not to start (as meters are): forgetting them is exactly that risk.
+    {
+        const auto steady_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
+        const auto wall_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
+        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_keys::default_max, &error);
+        if (!keys) {
+            throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
+                                     " (refusing to start: their retries could be held and released a second time)");
+        }
+        std::vector<std::pair<std::uint64_t, std::int64_t>> saved_keys;
+        saved_keys.reserve(keys->size());
+        for (const auto& k : *keys) {
+            // A send "later" than now (the wall clock went back) counts as now.
+            saved_keys.emplace_back(k.digest, steady_now - std::max<std::int64_t>(wall_now - *k.sent_wall_ms, 0));
+        }
+        if (!saved_keys.empty()) {
+            spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
+        }
+        forwarded_.restore(std::move(saved_keys), steady_now);
+    }
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
+}
+
+bool server::save_forwarded_keys(bool wait) {
+    if (!db_) {
+        return true;
+    }
+    {
+        std::unique_lock lock{forwarded_mu_};
+        if (wait) {
+            forwarded_cv_.wait(lock, [&] { return !forwarded_saving_; });
+        } else if (forwarded_saving_) {
+            return true;  // the next tick takes what changed meanwhile
+        }
+        forwarded_saving_ = true;
+    }
+    auto finish = [this](const std::vector<forwarded_keys::change>* failed, const store::result* r) {
+        if (failed != nullptr) {
+            forwarded_.retry(*failed);  // with the next save
+        }
+        std::lock_guard lock{forwarded_mu_};
+        forwarded_saving_ = false;
+        if (r != nullptr && !r->ok && !forwarded_failing_) {
+            spdlog::warn("keys of requests sent live not saved ({}: {}); trying again every second: until a save "
+                         "succeeds, a restart forgets the keys sent since the last one",
+                         r->code, r->message);
+        } else if (r != nullptr && r->ok && forwarded_failing_) {
+            spdlog::info("keys of requests sent live saved again");
+        }
+        if (r != nullptr) {
+            forwarded_failing_ = !r->ok;
+        }
+        forwarded_cv_.notify_all();  // under the lock: a waiter that returns may destroy us
+    };
+    std::vector<forwarded_keys::change> changes;
+    std::future<bool> saved;
+    try {
+        changes = forwarded_.changes();
+        if (changes.empty()) {
+            finish(nullptr, nullptr);  // aged rows go with the next save that writes something
+            return true;
+        }
+        // Steady times of this process onto the wall clock, through one reading of both.
+        const auto steady_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
+        const auto wall_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
+        std::vector<store::database::forwarded_key> rows;
+        rows.reserve(changes.size());
+        for (const auto& c : changes) {
+            rows.push_back({c.digest, c.sent_ms ? std::optional{wall_now - (steady_now - *c.sent_ms)} : std::nullopt});
+        }
+        auto done = std::make_shared<std::promise<bool>>();
+        saved = done->get_future();
+        db_->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
+                                 [finish, changes, done](const store::result& r) {
+                                     finish(r.ok ? nullptr : &changes, &r);
+                                     done->set_value(r.ok);
+                                 });
+    } catch (const std::exception& e) {
+        // Not queued (the store queues an operation whole or not at all).
+        const store::result failed = store::result::failure("save_failed", e.what());
+        finish(&changes, &failed);
+        return false;
+    }
+    return !wait || saved.get();
 }
 
 std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
@@ -1344,6 +1433,7 @@ int server::run() {
                 } catch (const std::exception& e) {
                     spdlog::error("rule meters not saved: {}", e.what());
                 }
+                save_forwarded_keys(false);  // a failure is logged, the keys go with the next
             }
             // Retention: resolved quarantine records older than store.retention go away.
             if (db_ && std::chrono::steady_clock::now() >= next_prune) {
@@ -1407,6 +1497,11 @@ int server::run() {
         spdlog::error("rule meters not saved at shutdown: a restart goes on from the counts of the last save that "
                       "succeeded, and what was booked since is not in them");
     }
+    const bool keys_saved = save_forwarded_keys(true);
+    if (!keys_saved) {
+        spdlog::error("keys of requests sent live not saved at shutdown: a restart forgets those sent since the "
+                      "last save, and a retry of one while a breaker quarantines could be held");
+    }
     if (!flush_breaker_state()) {
         // Exit non-zero so a supervisor sees it: a restart reads the state last saved, and
         // what was tripped or set since is not in it.
@@ -1415,7 +1510,7 @@ int server::run() {
                       state_writer_->last_error());
         return 1;
     }
-    return meters_saved ? 0 : 1;  // a supervisor sees it as it sees unsaved breaker state
+    return meters_saved && keys_saved ? 0 : 1;  // a supervisor sees it as it sees unsaved breaker state
 }
 
 }  // namespace bb::proxy

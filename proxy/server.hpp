@@ -287,6 +287,9 @@ public:
     // or a save is still on its way), and with `wait` at shutdown and in tests, blocking
     // until that save is durable. True when saved (or there is nothing to save).
     bool save_meters(bool wait);
+    // Writes the keys of requests sent live that changed (forwarded_keys) to the store, as
+    // save_meters does: every second and at shutdown (wait).
+    bool save_forwarded_keys(bool wait);
     // Whether the last save of the rule meters failed (saves go on every second).
     bool rule_meters_unsaved();
 
@@ -359,6 +362,13 @@ private:
     bool meters_saving_ = false;
     std::map<std::string, std::size_t> meters_saved_;
     bool meters_failing_ = false;
+    // Before db_ too (a save's completion hands failed keys back).
+    forwarded_keys forwarded_;
+    // save_forwarded_keys(): one save at a time; whether the last one failed.
+    std::mutex forwarded_mu_;
+    std::condition_variable forwarded_cv_;
+    bool forwarded_saving_ = false;
+    bool forwarded_failing_ = false;
     // Before `engine` books anything (a start, or the reload that opens the store).
     // `running`: the engine serving meanwhile (a reload), whose meters are left alone.
     void restore_meters(rules::engine& engine, const std::string& path, const rules::engine* running);
@@ -377,7 +387,6 @@ private:
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
-    forwarded_keys forwarded_;
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and

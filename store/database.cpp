@@ -14,6 +14,7 @@
 #include <deque>
 #include <fcntl.h>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 #include <ostream>
 #include <sys/file.h>
@@ -269,9 +270,20 @@ ALTER TABLE breaker_state ADD COLUMN reset TEXT;
     {8, R"sql(
 ALTER TABLE breaker_state ADD COLUMN throttle_ms BLOB;
 )sql"},
+    // The Idempotency-Keys of requests sent live (proxy/forwarded_keys.hpp), as 64-bit
+    // digests of (key, route, agent) with the wall-clock time of their last send: a retry
+    // after a restart, while a breaker quarantines, is refused rather than held and released
+    // into a second send. Written every second (what changed) and at shutdown.
+    {9, R"sql(
+CREATE TABLE forwarded_keys (
+  digest  INTEGER PRIMARY KEY,
+  sent_ms INTEGER NOT NULL
+);
+CREATE INDEX forwarded_keys_sent ON forwarded_keys(sent_ms);
+)sql"},
 };
 
-constexpr int latest_version = 8;
+constexpr int latest_version = 9;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -609,6 +621,7 @@ public:
     outcome do_save_breakers(batch_ctx& ctx, const std::vector<breaker_row>& rows, const clock_reading& clocks);
     outcome do_save_meters(batch_ctx& ctx, const std::vector<saved_meter>& changed, const std::vector<std::string>& keep,
                            const clock_reading& clocks);
+    outcome do_save_forwarded_keys(batch_ctx& ctx, const std::vector<forwarded_key>& changed, std::int64_t older_than_ms);
 
     // Reads.
     class reader_lease;
@@ -2019,6 +2032,70 @@ std::optional<std::vector<database::saved_meter>> database::load_meters(const cl
     }
     if (rc != SQLITE_DONE) {
         return fail(conn->error());
+    }
+    return out;
+}
+
+database::impl::outcome database::impl::do_save_forwarded_keys(batch_ctx& ctx,
+                                                              const std::vector<forwarded_key>& changed,
+                                                              std::int64_t older_than_ms) {
+    auto failed = [&](int rc) {
+        return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot save forwarded keys: " + ctx.c.error())};
+    };
+    auto aged = ctx.c.prepared("DELETE FROM forwarded_keys WHERE sent_ms < ?1");
+    if (!aged.valid()) {
+        return fatal_stmt(SQLITE_ERROR, "prepare forwarded keys");
+    }
+    aged.i64(1, older_than_ms);
+    if (const int rc = aged.step(); rc != SQLITE_DONE) {
+        return failed(rc);
+    }
+    for (const auto& k : changed) {
+        auto s = ctx.c.prepared(k.sent_wall_ms ? "INSERT OR REPLACE INTO forwarded_keys(digest, sent_ms) VALUES(?1, ?2)"
+                                               : "DELETE FROM forwarded_keys WHERE digest = ?1");
+        if (!s.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare forwarded keys");
+        }
+        s.i64(1, static_cast<std::int64_t>(k.digest));
+        if (k.sent_wall_ms) {
+            s.i64(2, *k.sent_wall_ms);
+        }
+        if (const int rc = s.step(); rc != SQLITE_DONE) {
+            return failed(rc);
+        }
+    }
+    result ok;
+    ok.count = static_cast<std::int64_t>(changed.size());
+    return {ok};
+}
+
+void database::save_forwarded_keys(std::vector<forwarded_key> changed, std::int64_t older_than_ms, done_fn done) {
+    const std::size_t bytes = 128 + 32 * changed.size();
+    impl_->enqueue([p = impl_.get(), changed = std::move(changed), older_than_ms](impl::batch_ctx& ctx) {
+        return p->do_save_forwarded_keys(ctx, changed, older_than_ms);
+    }, std::move(done), bytes, /*essential=*/true);
+}
+
+std::optional<std::vector<database::forwarded_key>> database::load_forwarded_keys(std::int64_t since_ms,
+                                                                                  std::size_t max,
+                                                                                  std::string* error) const {
+    auto conn = impl_->lease();
+    auto s = conn->prepared("SELECT digest, sent_ms FROM forwarded_keys WHERE sent_ms >= ?1 "
+                            "ORDER BY sent_ms DESC LIMIT ?2");
+    std::vector<forwarded_key> out;
+    int rc = SQLITE_ERROR;
+    if (s.valid()) {
+        s.i64(1, since_ms);
+        s.i64(2, static_cast<std::int64_t>(std::min<std::size_t>(max, std::numeric_limits<std::int64_t>::max())));
+        while ((rc = s.step()) == SQLITE_ROW) {
+            out.push_back({static_cast<std::uint64_t>(s.col_i64(0)), s.col_i64(1)});
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        if (error != nullptr) {
+            *error = "store " + impl_->opt_.path + ": cannot read forwarded keys: " + conn->error();
+        }
+        return std::nullopt;
     }
     return out;
 }

@@ -332,6 +332,19 @@ public:
     // or a row whose clocks are not plausible readings.
     std::optional<std::vector<saved_meter>> load_meters(const clock& c, std::string* error) const;
 
+    // --- Idempotency-Keys of requests sent live (proxy/forwarded_keys.hpp) ---
+    struct forwarded_key {
+        std::uint64_t digest = 0;
+        std::optional<std::int64_t> sent_wall_ms;  // nullopt (save): remembered no more
+    };
+    // Writes these rows and deletes every row sent before older_than_ms (wall clock).
+    // Essential, as save_meters.
+    void save_forwarded_keys(std::vector<forwarded_key> changed, std::int64_t older_than_ms, done_fn done);
+    // The `max` most recently sent rows sent at or after since_ms, most recent first;
+    // nullopt + *error on a read failure.
+    std::optional<std::vector<forwarded_key>> load_forwarded_keys(std::int64_t since_ms, std::size_t max,
+                                                                  std::string* error) const;
+
     // --- audit log (hash-chained) and config versions ---
     // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each
     // entry to the one before (done: r.count = the new id).

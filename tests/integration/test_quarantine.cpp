@@ -659,6 +659,46 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
 }
 
+// The same across a restart (a deploy between the client's timeout and its retry): the keys
+// of requests sent live are saved to the store (what a failed save had goes with the next)
+// and read back at start.
+TEST(quarantine, a_retry_after_a_restart_of_a_request_sent_live_is_not_held) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto send_with_key = [&](std::uint16_t port, const std::string& key) {
+        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    {
+        proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+        ASSERT_EQ(send_with_key(bb.port(), "k-1").result_int(), 202u);
+        // The store refuses the first save: k-1 goes with the next (as every second).
+        bb.server().db()->inject_write_fault(SQLITE_IOERR, 1'000'000);
+        EXPECT_FALSE(bb.server().save_forwarded_keys(true));
+        bb.server().db()->inject_write_fault(SQLITE_IOERR, 0);
+        ASSERT_TRUE(bb.server().save_forwarded_keys(true));
+        EXPECT_TRUE(bb.server().save_forwarded_keys(true)) << "nothing changed since: nothing written";
+        ASSERT_EQ(send_with_key(bb.port(), "k-2").result_int(), 202u);  // saved at shutdown
+        ASSERT_EQ(up.request_count(), 2u);
+        bb.stop();
+        EXPECT_EQ(bb.exit_code(), 0);
+    }
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    for (const char* key : {"k-1", "k-2"}) {
+        const auto retry = send_with_key(bb.port(), key);
+        EXPECT_EQ(retry.result_int(), 409u) << key << ": " << retry.body();
+        EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    }
+    const auto other = send_with_key(bb.port(), "k-3");
+    EXPECT_EQ(other.result_int(), 202u);
+    EXPECT_FALSE(other["x-breakerbox-ticket"].empty());
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 1u);
+    EXPECT_EQ(up.request_count(), 3u) << "k-1 or k-2 sent a second time by a release";
+}
+
 // A send that went nowhere (no connection) is not remembered: its retry is held as usual.
 TEST(quarantine, a_retry_of_a_request_that_reached_no_upstream_is_held) {
     std::uint16_t dead_port = 0;

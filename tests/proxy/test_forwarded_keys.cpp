@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 namespace bb::proxy {
 namespace {
 
@@ -62,6 +64,67 @@ TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
     k.note("K", "r", "", 5000);
     k.forget("K", "r", "", 4000, b2);
     EXPECT_EQ(k.sent_at("K", "r", "", 5001), 5000);
+}
+
+// What the store is handed: every key noted, dropped or forgotten since the last changes(),
+// as it stands then; a failed write hands them back for the next.
+TEST(forwarded_keys, changes_carry_what_the_store_must_write) {
+    forwarded_keys k{2, 1h};
+    k.note("a", "r", "", 1000);
+    k.note("b", "r", "", 1001);
+    auto c = k.changes();
+    ASSERT_EQ(c.size(), 2u);
+    for (const auto& ch : c) {
+        ASSERT_TRUE(ch.sent_ms);
+        EXPECT_EQ(*ch.sent_ms, ch.digest == forwarded_keys::hash("a", "r", "") ? 1000 : 1001);
+    }
+    EXPECT_TRUE(k.changes().empty()) << "nothing changed since";
+    k.note("c", "r", "", 1002);  // drops "a" (the bound): its row goes
+    k.note("b", "r", "", 1003);
+    const auto before = k.note("d", "r", "", 1004);  // drops "c"
+    k.forget("d", "r", "", 1004, before);  // went nowhere: its row goes
+    c = k.changes();
+    std::map<std::uint64_t, std::optional<std::int64_t>> got;
+    for (const auto& ch : c) {
+        got[ch.digest] = ch.sent_ms;
+    }
+    ASSERT_EQ(got.size(), 4u);
+    EXPECT_EQ(got.at(forwarded_keys::hash("a", "r", "")), std::nullopt);
+    EXPECT_EQ(got.at(forwarded_keys::hash("b", "r", "")), 1003);
+    EXPECT_EQ(got.at(forwarded_keys::hash("c", "r", "")), std::nullopt);
+    EXPECT_EQ(got.at(forwarded_keys::hash("d", "r", "")), std::nullopt);
+    // A write that failed: the same keys again, as they stand at the next changes().
+    k.retry(c);
+    k.note("b", "r", "", 1005);
+    const auto again = k.changes();
+    EXPECT_EQ(again.size(), 4u);
+    for (const auto& ch : again) {
+        if (ch.digest == forwarded_keys::hash("b", "r", "")) {
+            EXPECT_EQ(ch.sent_ms, 1005);
+        }
+    }
+}
+
+// At start: what the store had comes back, least recently sent dropped past the bound or
+// the memory, and is not written back as a change.
+TEST(forwarded_keys, restored_keys_are_remembered_within_their_bounds) {
+    forwarded_keys k{2, 1h};
+    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", "agent"); };
+    k.restore({{h("new"), 10'000'000}, {h("aged"), 10'000'000 - 3'600'001}, {h("mid"), 9'000'000}, {h("old"), 8'000'000}},
+              10'000'000);
+    EXPECT_EQ(k.sent_at("new", "r", "agent", 10'000'000), 10'000'000);
+    EXPECT_EQ(k.sent_at("mid", "r", "agent", 10'000'000), 9'000'000);
+    EXPECT_FALSE(k.sent_at("old", "r", "agent", 10'000'000)) << "past the bound of 2";
+    EXPECT_FALSE(k.sent_at("aged", "r", "agent", 10'000'000)) << "past the memory";
+    for (const auto& c : k.changes()) {
+        EXPECT_FALSE(c.sent_ms) << "only the rows dropped for the bound are changes";
+    }
+}
+
+// The digest is what the store keeps across versions: the first 8 bytes of SHA-256 of
+// key NUL route NUL agent, not a hash that may change with the standard library.
+TEST(forwarded_keys, the_digest_is_the_same_in_every_build) {
+    EXPECT_EQ(forwarded_keys::hash("k", "r", "a"), 0xcf984c12d75afafeull);  // printf 'k\0r\0a' | sha256sum
 }
 
 }  // namespace

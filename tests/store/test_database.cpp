@@ -143,9 +143,10 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 8);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+    EXPECT_EQ(db->schema_version(), 9);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
                                          // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
-                                         // 7: the reset policy of saved breaker state, 8: throttle admissions
+                                         // 7: the reset policy of saved breaker state, 8: throttle admissions,
+                                         // 9: keys of requests sent live
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1396,6 +1397,42 @@ TEST_F(store_db, after_a_reboot_a_bypass_never_outlasts_and_a_forced_open_never_
     }
 }
 
+// Keys of requests sent live: each save writes or deletes the rows it names and deletes the
+// rows sent before its cutoff; a load reads the most recent ones since a time, newest first.
+TEST_F(store_db, forwarded_keys_round_trip_and_age_out) {
+    auto db = open();
+    std::string err;
+    auto none = db->load_forwarded_keys(0, 100, &err);
+    ASSERT_TRUE(none) << err;
+    EXPECT_TRUE(none->empty());
+    const std::uint64_t high = 0xfedc'ba98'7654'3210ull;  // beyond int64: stored as its bits
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) {
+        db->save_forwarded_keys({{1, 1000}, {2, 2000}, {high, 3000}, {4, 4000}}, 0, d);
+    }).ok);
+    auto back = db->load_forwarded_keys(1500, 100, &err);
+    ASSERT_TRUE(back) << err;
+    ASSERT_EQ(back->size(), 3u);
+    EXPECT_EQ((*back)[0].digest, 4u);
+    EXPECT_EQ((*back)[0].sent_wall_ms, 4000);
+    EXPECT_EQ((*back)[1].digest, high);
+    EXPECT_EQ((*back)[1].sent_wall_ms, 3000);
+    EXPECT_EQ((*back)[2].digest, 2u);
+    back = db->load_forwarded_keys(0, 2, &err);
+    ASSERT_TRUE(back) << err;
+    ASSERT_EQ(back->size(), 2u) << "the most recent `max`";
+    EXPECT_EQ((*back)[1].digest, high);
+    // Key 4 remembered no more, key 2 sent again, everything before 2500 aged out.
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) {
+        db->save_forwarded_keys({{4, std::nullopt}, {2, 5000}}, 2500, d);
+    }).ok);
+    back = db->load_forwarded_keys(0, 100, &err);
+    ASSERT_TRUE(back) << err;
+    ASSERT_EQ(back->size(), 2u);
+    EXPECT_EQ((*back)[0].digest, 2u);
+    EXPECT_EQ((*back)[0].sent_wall_ms, 5000);
+    EXPECT_EQ((*back)[1].digest, high);
+}
+
 // Rule meters: each save writes the rules that changed and deletes the rows of rules not
 // kept; each row is read back with the offset that maps its saving process's steady clock
 // onto the reader's.
@@ -1513,7 +1550,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
                            "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
-                           "ALTER TABLE breaker_state DROP COLUMN throttle_ms; "
+                           "ALTER TABLE breaker_state DROP COLUMN throttle_ms; DROP TABLE forwarded_keys; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
@@ -1521,7 +1558,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 8);
+    EXPECT_EQ(db->schema_version(), 9);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
