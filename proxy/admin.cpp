@@ -2337,6 +2337,18 @@ std::string render_metrics(server& srv) {
              "would go on from the counts of the last save that succeeded).\n";
         o += "# TYPE breakerbox_rule_meters_unsaved gauge\n";
         o += "breakerbox_rule_meters_unsaved " + std::string{srv.rule_meters_unsaved() ? "1" : "0"} + "\n";
+        o += "# HELP breakerbox_forwarded_keys Idempotency-Keys of requests sent live remembered (a retry of one "
+             "while a breaker quarantines is refused, not held).\n";
+        o += "# TYPE breakerbox_forwarded_keys gauge\n";
+        o += "breakerbox_forwarded_keys " + std::to_string(srv.forwarded().size()) + "\n";
+        o += "# HELP breakerbox_forwarded_keys_dropped_young_total Keys of requests sent live forgotten within their "
+             "24 hours for the bound of 200,000 (a retry of one could be held).\n";
+        o += "# TYPE breakerbox_forwarded_keys_dropped_young_total counter\n";
+        o += "breakerbox_forwarded_keys_dropped_young_total " + std::to_string(srv.forwarded().dropped_young()) + "\n";
+        o += "# HELP breakerbox_forwarded_keys_unsaved 1 while the last save of the keys of requests sent live "
+             "failed (a restart would forget those sent since the last save).\n";
+        o += "# TYPE breakerbox_forwarded_keys_unsaved gauge\n";
+        o += "breakerbox_forwarded_keys_unsaved " + std::string{srv.forwarded_keys_unsaved() ? "1" : "0"} + "\n";
         o += "# HELP breakerbox_release_results_unrecorded Released requests that went out whose result the store "
              "has not taken yet (their records stay releasing; tried again in the background).\n";
         o += "# TYPE breakerbox_release_results_unrecorded gauge\n";

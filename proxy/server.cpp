@@ -1061,6 +1061,11 @@ bool server::save_meters(bool wait) {
     return !wait || saved.get();
 }
 
+bool server::forwarded_keys_unsaved() {
+    std::lock_guard lock{forwarded_mu_};
+    return forwarded_failing_;
+}
+
 bool server::rule_meters_unsaved() {
     std::lock_guard lock{meters_mu_};
     return meters_failing_;

@@ -290,6 +290,8 @@ public:
     // Writes the keys of requests sent live that changed (forwarded_keys) to the store, as
     // save_meters does: every second and at shutdown (wait).
     bool save_forwarded_keys(bool wait);
+    // Whether the last save of those keys failed.
+    bool forwarded_keys_unsaved();
     // Whether the last save of the rule meters failed (saves go on every second).
     bool rule_meters_unsaved();
 

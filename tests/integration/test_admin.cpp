@@ -913,6 +913,38 @@ TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succ
     EXPECT_EQ(fresh.read("recipients", "m", f.bb.server().now())->value, 2) << "both sends are in the saved counts";
 }
 
+// The keys of requests sent live are saved the same way: how many are remembered, how many
+// were forgotten young for the bound, and whether the last save failed, in /metrics.
+TEST(admin_api, the_keys_of_requests_sent_live_show_in_metrics) {
+    struct {
+        fake_upstream up{[](const request&) { return respond(202, ""); }};
+        std::string dir = temp_dir();
+        proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
+        std::uint16_t port() { return bb.server().admin_port(); }
+    } f;
+    auto metric = [&](const std::string& name) {
+        const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+        const auto at = text.find("\n" + name + " ");
+        return at == std::string::npos ? std::string{"missing"}
+                                       : text.substr(at + name.size() + 2, text.find('\n', at + 1) - at - name.size() - 2);
+    };
+    EXPECT_EQ(metric("breakerbox_forwarded_keys"), "0");
+    EXPECT_EQ(metric("breakerbox_forwarded_keys_dropped_young_total"), "0");
+    auto send = [&](const std::string& key) {
+        return http_request(f.bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "m"}, {"idempotency-key", key}});
+    };
+    ASSERT_EQ(send("k-1").result_int(), 202u);
+    ASSERT_EQ(send("k-2").result_int(), 202u);
+    EXPECT_EQ(metric("breakerbox_forwarded_keys"), "2");
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1'000'000);
+    EXPECT_FALSE(f.bb.server().save_forwarded_keys(true));
+    EXPECT_EQ(metric("breakerbox_forwarded_keys_unsaved"), "1");
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 0);
+    EXPECT_TRUE(f.bb.server().save_forwarded_keys(true));
+    EXPECT_EQ(metric("breakerbox_forwarded_keys_unsaved"), "0");
+}
+
 // What was booked after the last periodic save is saved at shutdown (the periodic save is
 // stretched to an hour here, so only the one at shutdown can have written it).
 TEST(admin_api, the_counts_booked_since_the_last_periodic_save_are_saved_at_shutdown) {
