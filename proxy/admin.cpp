@@ -161,14 +161,19 @@ std::string result_json(const store::result& r) {
            ",\"message\":" + q(r.message) + ",\"status\":" + std::to_string(r.count) + "}";
 }
 
-std::map<std::string, std::string> parse_query(std::string_view qs) {
+// `twice`: the first parameter given more than once (which copy would count?), if any.
+std::map<std::string, std::string> parse_query(std::string_view qs, std::string* twice) {
     std::map<std::string, std::string> out;
     while (!qs.empty()) {
         const auto amp = qs.find('&');
         const auto pair = qs.substr(0, amp);
         const auto eq = pair.find('=');
         if (!pair.empty()) {
-            out[url_decode(pair.substr(0, eq))] = eq == std::string_view::npos ? "" : url_decode(pair.substr(eq + 1));
+            auto name = url_decode(pair.substr(0, eq));
+            if (out.contains(name) && twice->empty()) {
+                *twice = name;
+            }
+            out[std::move(name)] = eq == std::string_view::npos ? "" : url_decode(pair.substr(eq + 1));
         }
         qs = amp == std::string_view::npos ? std::string_view{} : qs.substr(amp + 1);
     }
@@ -796,8 +801,12 @@ private:
                      "role " + std::string{to_string(who_->role)} + " cannot " + std::string{what} + " (needs " +
                          std::string{to_string(need)} + ")"});
     }
-    // Parses the JSON body of a mutation and checks `reason`. nullopt: *err says why.
-    std::optional<simdjson::dom::element> body(std::optional<api_error>& err) {
+    // Parses the JSON body of a mutation, `what` (a bulk release, ...) with the fields
+    // `known`, and checks `reason`. A field it does not know, or one given twice (which
+    // copy would count? the audit's reader may take the other), is refused, never acted on
+    // as if absent. nullopt: *err says why.
+    std::optional<simdjson::dom::element> body(std::optional<api_error>& err, std::string_view what,
+                                               std::initializer_list<std::string_view> known) {
         auto r = parser_.parse(req_.body().data(), req_.body().size());
         if (r.error()) {
             err = api_error{http::status::bad_request, "bad_json",
@@ -805,11 +814,35 @@ private:
             return std::nullopt;
         }
         simdjson::dom::element e = r.value_unsafe();
-        if (e.type() != simdjson::dom::element_type::OBJECT) {
+        simdjson::dom::object fields;
+        if (e.get(fields) != simdjson::SUCCESS) {
             err = api_error{http::status::bad_request, "bad_json", "the body must be a JSON object"};
             return std::nullopt;
         }
+        std::vector<std::string_view> seen;
+        for (auto field : fields) {
+            if (std::find(known.begin(), known.end(), field.key) == known.end()) {
+                std::string list;
+                for (const auto k : known) {
+                    list += (list.empty() ? "" : ", ") + std::string{k};
+                }
+                err = api_error{http::status::bad_request, "bad_field",
+                                cfg::quote(field.key) + " is not a field of " + std::string{what} + " (" + list + ")",
+                                std::string{field.key}};
+                return std::nullopt;
+            }
+            if (std::find(seen.begin(), seen.end(), field.key) != seen.end()) {
+                err = api_error{http::status::bad_request, "bad_field", cfg::quote(field.key) + " is given twice",
+                                std::string{field.key}};
+                return std::nullopt;
+            }
+            seen.push_back(field.key);
+        }
         std::string_view reason;
+        if (auto rv = e["reason"]; rv.error() != simdjson::NO_SUCH_FIELD && rv.get(reason) != simdjson::SUCCESS) {
+            err = api_error{http::status::bad_request, "bad_field", "\"reason\" must be a string", "reason"};
+            return std::nullopt;
+        }
         if (e["reason"].get(reason) != simdjson::SUCCESS || reason.find_first_not_of(" \t") == std::string_view::npos) {
             err = api_error{http::status::bad_request, "missing_field", "every change needs a non-empty \"reason\"", "reason"};
             return std::nullopt;
@@ -884,7 +917,11 @@ asio::awaitable<handled> handler_context::run() {
     path_ = path;
     const auto qpos = tp.origin_form.find('?');
     if (qpos != std::string_view::npos) {
-        query_ = parse_query(tp.origin_form.substr(qpos + 1));
+        std::string twice;
+        query_ = parse_query(tp.origin_form.substr(qpos + 1), &twice);
+        if (!twice.empty()) {
+            co_return fail({http::status::bad_request, "bad_field", cfg::quote(twice) + " is given twice", twice});
+        }
     }
     const bool get = req_.method() == http::verb::get || req_.method() == http::verb::head;
     if (path == "/metrics") {
@@ -959,9 +996,16 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
             break;
         }
     }
+    // A breaker, or an instance of a per-key breaker (`breaker/key`, the key not empty): a
+    // key on a breaker of one instance is no instance of it (acting on the whole breaker
+    // for a script's stale per-key name would reopen every key), nor is an empty key.
     const auto known = [&] {
+        if (cfg->find_breaker(id) != nullptr) {
+            return true;
+        }
         const auto slash = id.find('/');
-        return cfg->find_breaker(id) != nullptr || cfg->find_breaker(id.substr(0, slash)) != nullptr;
+        const auto* b = slash == std::string::npos ? nullptr : cfg->find_breaker(id.substr(0, slash));
+        return b != nullptr && b->per_key && slash + 1 < id.size();
     };
     if (!known()) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
@@ -992,7 +1036,8 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         co_return forbidden(action + " a breaker", admin_role::operator_);
     }
     std::optional<api_error> err;
-    auto b = body(err);
+    auto b = action == "mode" ? body(err, "a mode change", {"reason", "mode", "expires_in"})
+                              : body(err, action == "trip" ? "a trip" : "a reset", {"reason"});
     if (!b) {
         co_return fail(*err);
     }
@@ -1067,21 +1112,6 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     co_return h;
 }
 
-// The first member of a JSON object a call does not know, if any: refused, never ignored
-// (a misspelt field read as absent acts without it).
-std::optional<std::string_view> unknown_field(simdjson::dom::element e, std::initializer_list<std::string_view> known) {
-    simdjson::dom::object o;
-    if (e.get(o) != simdjson::SUCCESS) {
-        return std::nullopt;
-    }
-    for (auto field : o) {
-        if (std::find(known.begin(), known.end(), field.key) == known.end()) {
-            return field.key;
-        }
-    }
-    return std::nullopt;
-}
-
 // `prefix`: how a field is named in an error ("filter." in a bulk body, "" in a query).
 store::list_filter filter_from(const std::map<std::string, std::string>& qy, std::optional<api_error>& err,
                                const std::string& prefix = "") {
@@ -1137,7 +1167,10 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
         for (auto f : o) {
             std::string_view s;
             std::int64_t n = 0;
-            if (f.value.get(s) == simdjson::SUCCESS) {
+            if (m.contains(std::string{f.key})) {
+                err = api_error{http::status::bad_request, "bad_field", cfg::quote(f.key) + " is given twice",
+                                "filter." + std::string{f.key}};
+            } else if (f.value.get(s) == simdjson::SUCCESS) {
                 m[std::string{f.key}] = std::string{s};
             } else if (f.value.get(n) == simdjson::SUCCESS) {
                 m[std::string{f.key}] = std::to_string(n);
@@ -1157,7 +1190,15 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
                         "filter.after"};
         return {};
     }
-    return filter_from(m, err, "filter.");
+    auto f = filter_from(m, err, "filter.");
+    // A bulk action's limit is what it may send: 0 is not "no limit", nor 5000 "1000".
+    if (const auto it = m.find("limit"); !err && it != m.end()) {
+        if (it->second.size() > 4 || std::stoll(it->second) < 1 || std::stoll(it->second) > 1000) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            "\"limit\" of a bulk action is 1 to 1000 (leave it out for every match)", "filter.limit"};
+        }
+    }
+    return f;
 }
 
 asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) {
@@ -1231,7 +1272,10 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         co_return forbidden(action + " quarantined requests", admin_role::operator_);
     }
     std::optional<api_error> err;
-    auto b = body(err);
+    auto b = bulk ? (action == "release" ? body(err, "a bulk release", {"filter", "reason", "rate_per_s"})
+                                         : body(err, "a bulk discard", {"filter", "reason"}))
+                  : (action == "release" ? body(err, "a release", {"reason", "force", "attempts"})
+                                         : body(err, "a discard", {"reason"}));
     if (!b) {
         co_return fail(*err);
     }
@@ -1248,6 +1292,10 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         // record of unknown outcome would otherwise each re-send it, the second on a decision
         // made before the first's replay.
         std::optional<std::uint32_t> attempts;
+        if (!force && (*b)["attempts"].error() != simdjson::NO_SUCH_FIELD) {
+            co_return fail({http::status::bad_request, "bad_field",
+                            "\"attempts\" goes with \"force\": true (a release without force needs none)", "attempts"});
+        }
         if (force) {
             std::uint64_t n = 0;
             auto av = (*b)["attempts"];
@@ -1283,20 +1331,6 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         h.body = "{\"result\":" + result_json(r) + "}";
         h.audit_result = r.ok ? "ok" : r.code;
         co_return h;
-    }
-    // A bulk action acts on many requests: a field it does not know (`rate_per_sec`, a
-    // filter field at the top) is refused rather than acted on without it.
-    std::optional<std::string_view> k;
-    if (action == "release") {
-        k = unknown_field(*b, {"filter", "reason", "rate_per_s"});
-    } else {
-        k = unknown_field(*b, {"filter", "reason"});
-    }
-    if (k) {
-        co_return fail({http::status::bad_request, "bad_field",
-                        cfg::quote(*k) + " is not a field of a bulk " + action + " (filter, reason" +
-                            (action == "release" ? ", rate_per_s)" : ")"),
-                        std::string{*k}});
     }
     simdjson::dom::element fe;
     store::list_filter f;
@@ -1582,20 +1616,13 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
             co_return f;
         }
         std::optional<api_error> err;
-        auto b = body(err);
-        if (!b) {
-            auto f = fail(*err);
-            f.mutation = true;
-            co_return f;
-        }
         // A field it does not know is refused, never applied without: a misspelt
         // "dry_run" in the body would apply for real, "metricsOnly" enforce at once,
         // "baseVersion" skip the version check.
-        if (const auto k = unknown_field(*b, {"config", "reason", "metrics_only", "base_version"})) {
-            auto f = fail({http::status::bad_request, "bad_field",
-                           cfg::quote(*k) + " is not a field of a config change (config, reason, metrics_only, "
-                                            "base_version; dry_run is a query parameter)",
-                           std::string{*k}});
+        auto b = body(err, "a config change (dry_run is a query parameter)",
+                      {"config", "reason", "metrics_only", "base_version"});
+        if (!b) {
+            auto f = fail(*err);
             f.mutation = true;
             co_return f;
         }
@@ -1675,8 +1702,18 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         f.mutation = true;
         co_return f;
     }
+    // Neither takes a query parameter: `?dry_run=1` would be a preview here that applies
+    // for real (POST /v1/config has the dry run).
+    if (!query_.empty()) {
+        auto f = fail({http::status::bad_request, "bad_field",
+                       cfg::quote(query_.begin()->first) + " is not a parameter of /v1/config" + std::string{rest} +
+                           " (it takes none; a dry run is POST /v1/config?dry_run=1)",
+                       query_.begin()->first});
+        f.mutation = true;
+        co_return f;
+    }
     std::optional<api_error> err;
-    auto b = body(err);
+    auto b = rest == "/reload" ? body(err, "a reload", {"reason"}) : body(err, "a rollback", {"version", "reason"});
     if (!b) {
         auto f = fail(*err);
         f.mutation = true;
@@ -1690,8 +1727,11 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         parsed = load_config_file(srv_.config_path());
     } else {
         std::int64_t version = 0;
-        if ((*b)["version"].get(version) != simdjson::SUCCESS || version <= 0) {
-            auto f = fail({http::status::bad_request, "missing_field", "\"version\" (a positive number) is required", "version"});
+        if (auto vv = (*b)["version"]; vv.get(version) != simdjson::SUCCESS || version <= 0) {
+            auto f = vv.error() == simdjson::NO_SUCH_FIELD
+                         ? fail({http::status::bad_request, "missing_field", "\"version\" (a positive number) is required",
+                                 "version"})
+                         : fail({http::status::bad_request, "bad_field", "\"version\" must be a positive number", "version"});
             f.mutation = true;
             co_return f;
         }

@@ -54,7 +54,7 @@ std::string admin_config(std::uint16_t upstream_port, const std::string& dir, in
            "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"sendgrid\"}],"
            "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
            "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"pause\", \"reset\": \"manual\"},"
-           "{\"id\": \"held\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+           "{\"id\": \"held\", \"action\": \"quarantine\", \"reset\": \"manual\", \"scope\": \"breaker\"}],"
            "\"rules\": [{\"id\": \"recipients\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
            "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": " + std::to_string(limit) +
            ", \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},"
@@ -252,7 +252,8 @@ TEST(admin_api, a_key_contained_by_the_overflow_instance_is_shown_there_and_not_
     EXPECT_NE(one.body().find("\"instance\":\"campaign-volume/_overflow\""), std::string::npos) << one.body();
     EXPECT_NE(one.body().find("\"state\":\"open\""), std::string::npos) << one.body();
     for (const std::string act : {"reset", "mode"}) {
-        auto r = post("/v1/breakers/campaign-volume/winter/" + act, R"({"mode":"forced_closed","reason":"mine"})");
+        auto r = post("/v1/breakers/campaign-volume/winter/" + act,
+                      act == "mode" ? R"({"mode":"forced_closed","reason":"mine"})" : R"({"reason":"mine"})");
         EXPECT_EQ(r.result_int(), 409u) << act << ": " << r.body();
         EXPECT_EQ(code_of(r), "contained_by_overflow") << r.body();
         EXPECT_NE(r.body().find("campaign-volume/_overflow"), std::string::npos) << r.body();
@@ -383,6 +384,63 @@ TEST(admin_api, quarantine_endpoints) {
     EXPECT_NE(log.body().find("ok: 1 matched, 1 released, 0 release_failed, 0 outcome_unknown, 0 skipped"),
               std::string::npos)
         << log.body();
+}
+
+// Every mutation refuses a field it does not know, a field given twice and a wrong type,
+// and acts on nothing: a misspelt expiry would leave a breaker forced_closed for good, a
+// preview of a rollback would roll back, a bulk limit of 0 would release everything.
+TEST(admin_api, every_mutation_refuses_unknown_repeated_and_mistyped_fields) {
+    admin_fixture f;
+    ASSERT_EQ(send_mail(f.bb.port(), "c", 1, true).result_int(), 202u);  // held
+    const auto listed = admin(f.port(), http::verb::get, "/v1/quarantine", "view-token");
+    const auto at = listed.body().find("\"ticket\":\"");
+    ASSERT_NE(at, std::string::npos) << listed.body();
+    const std::string ticket = listed.body().substr(at + 10, listed.body().find('"', at + 10) - at - 10);
+    struct refused {
+        std::string target;
+        std::string body;
+        std::string field;
+    };
+    const refused cases[] = {
+        {"/v1/breakers/campaign-volume/mode", R"({"reason":"maint","mode":"forced_closed","expiresIn":"10m"})", "expiresIn"},
+        {"/v1/breakers/campaign-volume/mode", R"({"reason":"r","mode":"forced_open","mode":"forced_closed"})", "mode"},
+        {"/v1/breakers/campaign-volume/c/trip", R"({"reason":"r","why":"x"})", "why"},
+        {"/v1/breakers/campaign-volume/c/reset", R"({"reason":"r","reason":"s"})", "reason"},
+        {"/v1/breakers/campaign-volume/c/reset", R"({"reason":5})", "reason"},
+        {"/v1/quarantine/" + ticket + "/release", R"({"reason":"r","attempts":2})", "attempts"},
+        {"/v1/quarantine/" + ticket + "/release", R"({"reason":"r","forced":true})", "forced"},
+        {"/v1/quarantine/" + ticket + "/discard", R"({"reason":"r","force":true})", "force"},
+        {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":0}})", "filter.limit"},
+        {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":5000}})", "filter.limit"},
+        {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","breaker":"other"}})", "filter.breaker"},
+        {"/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"held"},"rate_per_s":5})", "rate_per_s"},
+        {"/v1/config/rollback", R"({"reason":"r","version":"1"})", "version"},
+        {"/v1/config/rollback?dry_run=1", R"({"reason":"preview","version":1})", "dry_run"},
+        {"/v1/config/reload", R"({"reason":"r","metrics_only":true})", "metrics_only"},
+    };
+    for (const auto& c : cases) {
+        auto r = admin(f.port(), http::verb::post, c.target, "admin-token", c.body);
+        EXPECT_EQ(r.result_int(), 400u) << c.target << " " << c.body << ": " << r.body();
+        EXPECT_EQ(code_of(r), "bad_field") << c.body << ": " << r.body();
+        EXPECT_NE(r.body().find("\"field\":\"" + c.field + "\""), std::string::npos) << c.body << ": " << r.body();
+    }
+    auto twice = admin(f.port(), http::verb::get, "/v1/quarantine?agent=a&agent=b", "view-token");
+    EXPECT_EQ(twice.result_int(), 400u) << twice.body();
+    EXPECT_NE(twice.body().find("\"field\":\"agent\""), std::string::npos) << twice.body();
+    // Nothing acted on: the breaker as it was, the request still held, nothing sent.
+    const auto snap = f.bb.server().breakers()->get("campaign-volume", f.bb.server().now());
+    EXPECT_TRUE(!snap || snap->md == bb::breakers::mode::automatic);
+    EXPECT_EQ(f.up.request_count(), 0u);
+    EXPECT_NE(admin(f.port(), http::verb::get, "/v1/quarantine/" + ticket, "view-token").body().find("\"state\":\"held\""),
+              std::string::npos);
+    // A key is no instance of a breaker of one instance (`held`), nor is an empty key.
+    for (const char* id : {"/v1/breakers/held/spring-sale/reset", "/v1/breakers/campaign-volume//reset"}) {
+        auto r = admin(f.port(), http::verb::post, id, "op-token", R"({"reason":"r"})");
+        EXPECT_EQ(r.result_int(), 404u) << id << ": " << r.body();
+    }
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers/held/spring-sale", "view-token").result_int(), 404u);
+    EXPECT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/held/reset", "op-token", R"({"reason":"r"})").result_int(),
+              200u);
 }
 
 TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
