@@ -1262,7 +1262,11 @@ body_kind kind_of(const guard_input& in) {
     if (in.form) {
         return body_kind::form;
     }
-    for (const char c : in.req.body) {
+    std::string_view b = in.req.body;
+    if (b.starts_with(utf8_bom)) {  // as the walker reads past it (and many JSON parsers do)
+        b.remove_prefix(utf8_bom.size());
+    }
+    for (const char c : b) {
         if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
             continue;
         }
@@ -1972,25 +1976,25 @@ std::uint64_t combine(std::uint64_t h, std::uint64_t x) {
 }
 
 // The subject (template) that goes with a recipient: the one of its own personalization,
-// else the message's, else the first one found. `by_group` holds (group, index) of every
-// value, sorted, so this is a binary search (a body with a subject per personalization would
-// make a scan quadratic). Returns the value's hash, 0 (the hash of "") if there is none.
-std::uint64_t pick(const std::vector<scratch::valued>& v, const std::vector<std::pair<std::int64_t, std::size_t>>& by_group,
-                   std::int64_t group) {
-    if (v.empty()) {
-        return 0;
-    }
-    auto first_of = [&](std::int64_t g) -> const scratch::valued* {
-        const auto it = std::lower_bound(by_group.begin(), by_group.end(), std::pair<std::int64_t, std::size_t>{g, 0});
-        return it != by_group.end() && it->first == g ? &v[it->second] : nullptr;
+// else the message's; nullopt if neither has one (another personalization's subject is not
+// this recipient's mail). Of several in one place (a key given twice, in any case) the last,
+// as Go's encoding/json (SendGrid) and most parsers keep it. `by_group` holds (group, index)
+// of every value, sorted, so this is a binary search (a body with a subject per
+// personalization would make a scan quadratic). Returns the value's hash.
+std::optional<std::uint64_t> pick(const std::vector<scratch::valued>& v,
+                                  const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t group) {
+    auto last_of = [&](std::int64_t g) -> const scratch::valued* {
+        const auto it = std::upper_bound(by_group.begin(), by_group.end(),
+                                         std::pair<std::int64_t, std::size_t>{g, std::numeric_limits<std::size_t>::max()});
+        return it != by_group.begin() && std::prev(it)->first == g ? &v[std::prev(it)->second] : nullptr;
     };
-    if (const auto* own = first_of(group)) {
+    if (const auto* own = last_of(group)) {
         return own->hash;
     }
-    if (const auto* top = first_of(-1)) {
+    if (const auto* top = last_of(-1)) {
         return top->hash;
     }
-    return v.front().hash;
+    return std::nullopt;
 }
 
 // A subject as the duplicates guard compares it: case (ASCII), runs of blanks (a no-break
@@ -2168,14 +2172,16 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     for (std::size_t i = 0; i < n; ++i) {
         const std::int64_t group = g.by_recipient ? s.recipients[i].group : -1;
         std::uint64_t h = combine(key_hash, g.by_recipient ? s.recipients[i].hash : 0);
+        const std::uint64_t templ = pick(s.templates, s.template_groups, group).value_or(0);
         std::uint64_t subject = 0;
         if (g.by_subject) {
-            subject = !s.subjects.empty() || g.by_template ? pick(s.subjects, s.subject_groups, group)
-                                                          : combine(0x7465'6d70'6c61'7465ull,
-                                                                    pick(s.templates, s.template_groups, group));
+            // Without a subject of its own or the message's, a recipient's mail takes the
+            // template's (SendGrid refuses one with neither): the template stands for it.
+            const auto own = pick(s.subjects, s.subject_groups, group);
+            subject = own ? *own : g.by_template ? 0 : combine(0x7465'6d70'6c61'7465ull, templ);
         }
         h = combine(h, subject);
-        h = combine(h, g.by_template ? pick(s.templates, s.template_groups, group) : 0);
+        h = combine(h, g.by_template ? templ : 0);
         s.keys.push_back(h);
     }
     // The same recipient twice in one request is one send to it: only the first of equal
@@ -2308,12 +2314,17 @@ const std::vector<guard_field>& default_content_fields() {
     static const auto f = default_fields({
         "$.subject", "$.content", "$.personalizations[*].subject",             // SendGrid
         "$.personalizations[*].dynamic_template_data", "$.personalizations[*].substitutions",
+        "$.mail_settings.footer", "$.sections",                                 // SendGrid: also in the mail
         "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)
-        "$.message.subject", "$.customProperties",                             // HubSpot single send
+        "$.DefaultContent", "$.BulkEmailEntries[*].ReplacementEmailContent",   // SES v2 SendBulkEmail
+        "$.message.subject", "$.customProperties", "$.contactProperties",      // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
+        "form:recipient-variables", "form:t:variables", "form:h:X-Mailgun-Variables",
         "mime:form:message",                                                    // Mailgun messages.mime
         "mime:base64:form:RawMessage.Data",                                            // SES v1 SendRawEmail
-        "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data"});  // SES v1
+        "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1
+        "form:TemplateData", "form:DefaultTemplateData",                       // SES v1 templated sends
+        "form:Destinations.member.*.ReplacementTemplateData"});
     return f;
 }
 

@@ -658,6 +658,17 @@ TEST(GuardRecipients, EveryDefaultFieldIsRead) {
     }
 }
 
+// A JSON body after a byte order mark, not labelled JSON, is read as JSON (as one starting
+// with `{`): an upstream that parses JSON whatever the label reads past the mark.
+TEST(GuardRecipients, AnUnlabelledJsonBodyAfterAByteOrderMarkIsRead) {
+    fixture f{recipients_rule(R"j({"block_domains": ["blocked.io"]})j")};
+    const std::string body = R"j({"emailId": 1, "message": {"to": "x@blocked.io"}})j";
+    for (const char* type : {"text/plain", ""}) {
+        EXPECT_FALSE(f.check_body(body, type).allowed()) << type;
+        EXPECT_FALSE(f.check_body("\xEF\xBB\xBF" + body, type).allowed()) << type;
+    }
+}
+
 TEST(GuardRecipients, Blocklist) {
     fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"]})j")};
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com"})).allowed());
@@ -814,6 +825,30 @@ TEST(GuardContent, BlockedTermsOnWordBoundaries) {
     req.body = sendgrid_to({"jane@example.com"});
     req.body.replace(req.body.find("Spring sale"), 11, "ACT NOW: sale");
     EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #1 (act now)"));
+}
+
+// Every default field whose text ends up in the mail is read: a footer, sections, SES v2 bulk
+// defaults and replacements, HubSpot contact properties, Mailgun and SES v1 template data.
+TEST(GuardContent, EveryDefaultFieldIsRead) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money"], "link_domains": ["example.com"]})j")};
+    for (const char* body : {
+             R"j({"subject": "Hi", "mail_settings": {"footer": {"enable": true, "html": "<p>free money</p>"}}})j",
+             R"j({"subject": "Hi", "sections": {":promo": "Free money inside"}})j",
+             R"j({"DefaultContent": {"Template": {"TemplateName": "t", "TemplateData": "{\"x\":\"free money\"}"}}})j",
+             R"j({"BulkEmailEntries": [{"ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "free money"}}}]})j",
+             R"j({"emailId": 1, "message": {"to": "a@example.com"}, "contactProperties": {"offer": "free money"}})j",
+             R"j({"subject": "Hi", "mail_settings": {"footer": {"html": "<a href=\"https://evil.example\">x</a>"}}})j",
+         }) {
+        EXPECT_FALSE(f.check_body(body).allowed()) << body;
+    }
+    for (const char* form : {"recipient-variables=%7B%22a%40example.com%22%3A%7B%22o%22%3A%22free+money%22%7D%7D",
+                             "t%3Avariables=%7B%22o%22%3A%22free+money%22%7D",
+                             "h%3AX-Mailgun-Variables=%7B%22u%22%3A%22https%3A%2F%2Fevil.example%2Fx%22%7D",
+                             "TemplateData=free+money", "DefaultTemplateData=free+money",
+                             "Destinations.member.2.ReplacementTemplateData=free+money"}) {
+        EXPECT_FALSE(f.check_body(form, "application/x-www-form-urlencoded").allowed()) << form;
+    }
+    EXPECT_TRUE(f.check_body(R"j({"subject": "Hi", "mail_settings": {"footer": {"html": "<p>Thanks</p>"}}})j").allowed());
 }
 
 TEST(GuardContent, LinkDomainsInHtmlAndText) {
@@ -1598,6 +1633,29 @@ TEST(GuardDuplicates, TemplatedSendsWithoutASubjectAreToldApartByTheirTemplate) 
     EXPECT_TRUE(h.check_body(bulk("Welcome")).allowed());
     EXPECT_TRUE(h.check_body(bulk("Receipt")).allowed());
     EXPECT_FALSE(h.check_body(bulk("Welcome")).allowed());
+}
+
+// A recipient's subject is the one its mail gets: of a key given twice the last (as SendGrid
+// reads it), and never another personalization's; without its own or the message's, the
+// template's. A loop cannot make each send new by rotating a subject its mail does not have.
+TEST(GuardDuplicates, ASubjectTheRecipientsMailDoesNotHaveMakesNoNewPair) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    auto twice = [](int nonce) {
+        return R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}], "from": {"email": "n@example.com"},
+                    "subject": "nonce-)j" + std::to_string(nonce) + R"j(", "subject": "Your invoice"})j";
+    };
+    EXPECT_TRUE(f.check_body(twice(1)).allowed());
+    EXPECT_FALSE(f.check_body(twice(2)).allowed()) << "both are the subject Your invoice";
+    auto other = [](int nonce) {
+        return R"j({"personalizations": [{"to": [{"email": "me@example.com"}], "subject": "nonce-)j" +
+               std::to_string(nonce) + R"j("}, {"to": [{"email": "victim@example.org"}]}],
+                    "from": {"email": "n@example.com"}, "template_id": "d-invoice"})j";
+    };
+    fixture g{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    EXPECT_TRUE(g.check_body(other(1)).allowed());
+    const auto d = g.check_body(other(2));
+    EXPECT_FALSE(d.allowed()) << "victim's mail is the template's both times";
+    EXPECT_THAT(d.reason, HasSubstr("v***@example.org"));
 }
 
 TEST(GuardDuplicates, SubjectsDifferingOnlyInCaseOrBlanksAreOneSubject) {
