@@ -620,6 +620,40 @@ public:
     // During walk(): the classification of the value being visited.
     const node_paths& current_paths() const { return paths_[current_]; }
 
+    // During walk(): whether the value being visited, or one of its containers, is shadowed:
+    // a later member of the same object has a key that folds to its own (json_key), and
+    // parsers that keep the last of a key given twice (Go's, SendGrid's, and most others)
+    // never see it. For what must be there to pass (an unsubscribe link or setting), not what
+    // must not (those read every copy). A body too large to keep its values is walked as a
+    // stream: false then. Costs a walk back to each container and over its later members.
+    bool current_shadowed() const {
+        if (streaming_ || nodes_.empty()) {
+            return false;
+        }
+        std::uint32_t i = current_;
+        while (nodes_[i].depth > 0) {
+            // The container: the last value before i one level up (the root for a top-level
+            // member, without walking back over what came before it).
+            std::uint32_t p = nodes_[i].depth == 1 ? 1 : i;
+            while (p > 0 && nodes_[p - 1].depth >= nodes_[i].depth) {
+                --p;
+            }
+            p = p > 0 ? p - 1 : 0;
+            const node& parent = nodes_[p];
+            if (parent.type == value_type::object) {
+                const std::string folded = json_key::fold({nodes_[i].key, nodes_[i].key_len});
+                for (std::uint32_t c = is_container(nodes_[i].type) ? nodes_[i].end : i + 1; c < parent.end;
+                     c = is_container(nodes_[c].type) ? nodes_[c].end : c + 1) {
+                    if (json_key::matches({nodes_[c].key, nodes_[c].key_len}, folded)) {
+                        return true;
+                    }
+                }
+            }
+            i = p;
+        }
+        return false;
+    }
+
     // The strings at exactly `path`, in document order: visit(frames, text, raw_start) -> true
     // to stop. Only the containers on the way are entered (the rest is jumped over), so it
     // costs a few values, not a walk. Same result as walk().
@@ -1904,10 +1938,22 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             std::size_t offset = 0;
             detail::parsed_body& doc = doc_of(in);
             path_tracker paths{g.index, g.fields, nullptr, nullptr, &doc, body};
+            // An unsubscribe in a value the upstream never reads (a key given twice, the
+            // later copy without it) does not count; a few such copies are looked at, past
+            // them the send counts as without one.
+            int shadowed_left = 64;
+            auto counts = [&] {
+                if (!doc.current_shadowed()) {
+                    return true;
+                }
+                --shadowed_left;
+                return false;
+            };
             auto res = doc.walk(body, [&](std::span<const frame> f, value_type t, std::string_view text,
                                           std::size_t start, bool escaped) {
                 paths.visit(f);
-                if (!unsubscribe && unsubscribe_setting(f, t, text, doc.may_have_key_list_unsubscribe())) {
+                if (!unsubscribe && shadowed_left > 0 &&
+                    unsubscribe_setting(f, t, text, doc.may_have_key_list_unsubscribe()) && counts()) {
                     unsubscribe = true;
                 }
                 if (paths.dead() && !f.empty() && (unsubscribe || !may_hold_unsubscribe_setting(doc, f))) {
@@ -1916,7 +1962,12 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 if (t != value_type::string || !paths.under() || passed_over(s, start)) {
                     return walk_next::go;
                 }
-                if (!detail::find_content(g, text, unsubscribe, &hit)) {
+                bool found = unsubscribe || shadowed_left <= 0;
+                const bool stop = detail::find_content(g, text, found, &hit);
+                if (found && !unsubscribe && shadowed_left > 0 && counts()) {
+                    unsubscribe = true;
+                }
+                if (!stop) {
                     return walk_next::go;
                 }
                 offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;

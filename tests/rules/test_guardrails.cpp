@@ -1003,6 +1003,37 @@ TEST(GuardContent, TermsAndLinksHiddenByHtmlReferencesOrInvisibleCharactersAreFo
                     .allowed());
 }
 
+// An unsubscribe the upstream never reads does not count: a key given twice (in any case,
+// as Go folds it) whose later copy has none. Go's encoding/json keeps the last copy.
+TEST(GuardContent, AnUnsubscribeInAShadowedCopyOfAKeyDoesNotCount) {
+    fixture f{content_rule(R"j({"require_unsubscribe": true})j")};
+    auto with = [](const std::string& html, const std::string& extra) {
+        return R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}], "from": {"email": "n@example.com"},
+                    "subject": "Sale", "content": [{"type": "text/html", "value": ")j" + html + "\"}]" + extra + "}";
+    };
+    for (const std::string& body : {
+             with("<p>Sale</p>", R"j(, "tracking_settings": {"subscription_tracking": {"enable": true, "Enable": false}})j"),
+             with("<p>Sale</p>", R"j(, "tracking_settings": {"subscription_tracking": {"enable": true}}, "tracking_settings": {})j"),
+             with("<p>Sale</p>", R"j(, "asm": {"group_id": 42}, "ASM": null)j"),
+             with("<p>Sale</p>", R"j(, "headers": {"List-Unsubscribe": "<https://x.example/u>", "List-Unsubscribe": "x"})j"),
+             std::string{R"j({"subject": "Sale", "content": [{"type": "text/html", "value": "<a href='https://x.example/u'>Unsubscribe</a>",
+                  "value": "<p>Sale</p>"}]})j"},
+             std::string{R"j({"subject": "Sale", "content": [{"type": "text/html", "value": "<a>Unsubscribe</a>"}], "content": []})j"},
+         }) {
+        const auto d = f.check_body(body);
+        EXPECT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link")) << body;
+    }
+    // The copy read last has it: it counts.
+    for (const std::string& body : {
+             with("<p>Sale</p>", R"j(, "tracking_settings": {"subscription_tracking": {"enable": false, "enable": true}})j"),
+             std::string{R"j({"subject": "Sale", "content": [{"type": "text/html", "value": "<p>Sale</p>",
+                  "value": "<a href='https://x.example/u'>Unsubscribe</a>"}]})j"},
+         }) {
+        EXPECT_TRUE(f.check_body(body).allowed()) << body;
+    }
+}
+
 TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     // Marketing sends: here, the ones with a campaign header (the rule's match decides).
     fixture f{content_rule(R"j({"require_unsubscribe": true})j", R"j(, "match": {"headers": {"x-campaign-id": "*"}})j")};
