@@ -1580,6 +1580,64 @@ bool passed_over(const scratch& s, std::size_t start) {
 
 // What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
 // the body is still read: a finding there wins over the unreadable message).
+// A JSON number in exponent form (`4111111111111111e0`, `4.111111111111111E15`) as the whole
+// number a template engine prints for it (JavaScript, Python: `4111111111111111`), so the
+// scan sees the digits it would send. False for anything else: not such a number, not whole,
+// below 1, or more than 24 digits (no card, SSN or account number then).
+bool exponent_number_digits(std::string_view t, std::string& out) {
+    if (t.size() < 3 || t.size() > 48 || !(t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
+        return false;
+    }
+    const auto e = t.find_first_of("eE");
+    if (e == std::string_view::npos || e + 1 >= t.size()) {
+        return false;
+    }
+    std::string digits;
+    std::size_t point = std::string::npos;  // digits before the decimal point
+    for (std::size_t i = t[0] == '-' ? 1 : 0; i < e; ++i) {
+        if (t[i] == '.' && point == std::string::npos) {
+            point = digits.size();
+        } else if (t[i] >= '0' && t[i] <= '9') {
+            digits += t[i];
+        } else {
+            return false;
+        }
+    }
+    if (point == std::string::npos) {
+        point = digits.size();
+    }
+    std::size_t i = e + 1;
+    const bool negative = t[i] == '-';
+    if (t[i] == '-' || t[i] == '+') {
+        ++i;
+    }
+    if (i == t.size() || t.size() - i > 3) {
+        return false;
+    }
+    long exp = 0;
+    for (; i < t.size(); ++i) {
+        if (t[i] < '0' || t[i] > '9') {
+            return false;
+        }
+        exp = exp * 10 + (t[i] - '0');
+    }
+    const long whole = static_cast<long>(point) + (negative ? -exp : exp);  // digits before the point now
+    if (whole <= 0 || whole > 24) {
+        return false;
+    }
+    if (static_cast<std::size_t>(whole) < digits.size() &&
+        digits.find_first_not_of('0', static_cast<std::size_t>(whole)) != std::string::npos) {
+        return false;  // not whole
+    }
+    digits.resize(static_cast<std::size_t>(whole), '0');
+    const auto lead = digits.find_first_not_of('0');
+    if (lead == std::string::npos) {
+        return false;
+    }
+    out.assign(digits, lead);
+    return true;
+}
+
 guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::string& unreadable) {
     const std::string_view body = in.req.body;
     detail::text_hit hit;
@@ -1620,12 +1678,23 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         case body_kind::json: {
             std::string where;
             std::size_t offset = 0;
+            std::string shown;
             auto found = [&](std::string_view text, std::size_t start, bool escaped) {
-                if (text.size() < min_length || passed_over(s, start) || !detail::find_pii(g.kinds, text, &hit)) {
+                if (text.size() < 3 || passed_over(s, start)) {
                     return false;
                 }
-                offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
-                return true;
+                if (text.size() >= min_length && detail::find_pii(g.kinds, text, &hit)) {
+                    offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
+                    return true;
+                }
+                // A number in exponent form, as it would be printed: at the number's start.
+                if (exponent_number_digits(text, shown) && shown.size() >= min_length &&
+                    detail::find_pii(g.kinds, shown, &hit)) {
+                    hit.what += " (a number written with an exponent)";
+                    offset = start;
+                    return true;
+                }
+                return false;
             };
             detail::parsed_body& doc = doc_of(in);
             json_walker::result res;

@@ -205,8 +205,18 @@ TEST(GuardPii, CardFormats) {
         EXPECT_EQ(d.outcome, verdict::violated) << text;
         EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****")) << text;
     }
-    // Numbers as JSON numbers are scanned too.
+    // Numbers as JSON numbers are scanned too, also with an exponent (a template engine
+    // prints 4111111111111111e0 as 4111111111111111); not a number that is not whole.
     EXPECT_FALSE(f.check_body(R"j({"custom_args": {"card": 4111111111111111}})j").allowed());
+    for (const char* n : {"4111111111111111e0", "4.111111111111111E15", "41111111111111110e-1", "411111111111111.1e+1"}) {
+        const auto d = f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}");
+        EXPECT_EQ(d.outcome, verdict::violated) << n;
+        EXPECT_THAT(d.reason, HasSubstr("****1111")) << n;
+        EXPECT_THAT(d.reason, HasSubstr("with an exponent")) << n;
+    }
+    for (const char* n : {"4.1111111111111115e15", "4111111111111111e-3", "1e400", "0e15"}) {
+        EXPECT_TRUE(f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}").allowed()) << n;
+    }
     // Separators must be consistent and single; a run of 20+ digits is not a card.
     EXPECT_TRUE(f.check_body(sendgrid("<p>4111 1111-1111 1111</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>41111111111111110000</p>")).allowed());
