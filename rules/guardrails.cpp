@@ -573,14 +573,18 @@ public:
 
     // The strings and scalars only, without their paths, for a visitor that needs a path
     // only for what it finds: visit(text, raw_start, escaped) -> true to stop; then
-    // path_of_stop() gives its path. Same values, order and result as walk().
-    template <class V>
-    json_walker::result walk_values(std::string_view body, V&& visit) {
+    // path_of_stop() gives its path. Same values, order and result as walk(). Before each
+    // value (containers too) whose key is at least `key_min` bytes long, visit_key(key,
+    // raw_start of the value) -> true to stop there.
+    template <class V, class K>
+    json_walker::result walk_values(std::string_view body, V&& visit, std::size_t key_min, K&& visit_key) {
         ensure_parsed(body);
         if (streaming_) {
             return walker_.run(body, [&](std::span<const frame> f, value_type t, std::string_view text,
                                          std::size_t start, bool esc) {
-                if (is_container(t) || !visit(text, start, esc)) {
+                const bool by_key = !f.empty() && !f.back().array && f.back().key.size() >= key_min &&
+                                    visit_key(f.back().key, start);
+                if (!by_key && (is_container(t) || !visit(text, start, esc))) {
                     return false;
                 }
                 stop_frames_.assign(f.begin(), f.end());
@@ -589,7 +593,8 @@ public:
         }
         for (std::size_t i = 0; i < nodes_.size(); ++i) {
             const node& n = nodes_[i];
-            if (!is_container(n.type) && visit(std::string_view{n.text, n.text_len}, n.raw_start, n.flags & escaped)) {
+            if ((n.key_len >= key_min && !(n.flags & in_array) && visit_key(std::string_view{n.key, n.key_len}, n.raw_start)) ||
+                (!is_container(n.type) && visit(std::string_view{n.text, n.text_len}, n.raw_start, n.flags & escaped))) {
                 // Rebuild the stopping value's frames (its ancestors are the last values
                 // before it at each smaller depth).
                 stop_frames_.assign(n.depth, frame{});
@@ -1580,6 +1585,20 @@ bool passed_over(const scratch& s, std::size_t start) {
 
 // What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
 // the body is still read: a finding there wins over the unreadable message).
+// Whether a key or form name is worth a PII scan: nine digits or more (an SSN has nine, a
+// card twelve or more, an IBAN more). Every key of a body passes here; almost none scan.
+constexpr std::size_t key_pii_min = 9;
+bool key_may_hold_pii(std::string_view key) {
+    if (key.size() < key_pii_min) {
+        return false;
+    }
+    std::size_t digits = 0;
+    for (const char c : key) {
+        digits += c >= '0' && c <= '9';
+    }
+    return digits >= key_pii_min;
+}
+
 // A JSON number in exponent form (`4111111111111111e0`, `4.111111111111111E15`) as the whole
 // number a template engine prints for it (JavaScript, Python: `4111111111111111`), so the
 // scan sees the digits it would send. False for anything else: not such a number, not whole,
@@ -1698,9 +1717,20 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
             };
             detail::parsed_body& doc = doc_of(in);
             json_walker::result res;
+            bool in_key = false;
+            // A key with a long run of digits in it (`"X-Ref-4111111111111111": "1"` under
+            // SendGrid's headers becomes a header of the mail; Handlebars prints keys too).
+            auto found_key = [&](std::string_view key, std::size_t start) {
+                if (!key_may_hold_pii(key) || !detail::find_pii(g.kinds, key, &hit)) {
+                    return false;
+                }
+                in_key = true;
+                offset = start;
+                return true;
+            };
             if (g.every_value) {
                 // Every string and number: no paths to follow, a path only for a finding.
-                res = doc.walk_values(body, found);
+                res = doc.walk_values(body, found, key_pii_min, found_key);
                 if (res == json_walker::result::stopped) {
                     where = render_path(doc.path_of_stop());
                 }
@@ -1720,7 +1750,8 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 });
             }
             if (res == json_walker::result::stopped) {
-                return violated(hit.what + " at body offset " + std::to_string(offset) + " (" + where + ")");
+                return violated(hit.what + (in_key ? " in the key of the value at body offset " : " at body offset ") +
+                                std::to_string(offset) + " (" + where + ")");
             }
             if (res == json_walker::result::done) {
                 return {};
@@ -1739,6 +1770,10 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 if (detail::find_pii(g.kinds, value, &hit)) {
                     return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
+                }
+                // Its name too (Mailgun's `v:NAME` becomes a header of the mail).
+                if (g.every_value && key_may_hold_pii(name) && detail::find_pii(g.kinds, name, &hit)) {
+                    return violated(hit.what + " in the name of form field " + std::to_string(i));
                 }
             }
             return {};

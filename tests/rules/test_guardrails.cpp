@@ -214,6 +214,19 @@ TEST(GuardPii, CardFormats) {
         EXPECT_THAT(d.reason, HasSubstr("****1111")) << n;
         EXPECT_THAT(d.reason, HasSubstr("with an exponent")) << n;
     }
+    // In a key (a SendGrid header name is a header of the mail; templates print keys), of a
+    // value or of a container, and in a form field's name.
+    for (const char* body : {R"j({"headers": {"X-Ref-4111111111111111": "1"}})j",
+                             R"j({"dynamic_template_data": {"4111 1111 1111 1111": {"a": 1}}})j"}) {
+        const auto d = f.check_body(body);
+        EXPECT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("in the key of the value at body offset")) << body;
+        EXPECT_THAT(d.reason, Not(HasSubstr("4111111111111111"))) << d.reason;
+    }
+    const auto named = f.check_body("v%3A4111111111111111=1&to=a%40example.com", "application/x-www-form-urlencoded");
+    EXPECT_EQ(named.outcome, verdict::violated);
+    EXPECT_THAT(named.reason, HasSubstr("in the name of form field 0"));
+    EXPECT_TRUE(f.check_body(R"j({"headers": {"X-Campaign-2026-03-14": "1", "order_123456789": 2}})j").allowed());
     for (const char* n : {"4.1111111111111115e15", "4111111111111111e-3", "1e400", "0e15"}) {
         EXPECT_TRUE(f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}").allowed()) << n;
     }
