@@ -1193,7 +1193,9 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
     auto f = filter_from(m, err, "filter.");
     // A bulk action's limit is what it may send: 0 is not "no limit", nor 5000 "1000".
     if (const auto it = m.find("limit"); !err && it != m.end()) {
-        if (it->second.size() > 4 || std::stoll(it->second) < 1 || std::stoll(it->second) > 1000) {
+        const std::string& l = it->second;
+        if (l.empty() || l.size() > 4 || !std::all_of(l.begin(), l.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+            std::stoi(l) < 1 || std::stoi(l) > 1000) {
             err = api_error{http::status::bad_request, "bad_field",
                             "\"limit\" of a bulk action is 1 to 1000 (leave it out for every match)", "filter.limit"};
         }

@@ -51,7 +51,7 @@ public:
             lru_.emplace_back(h, now_ms);
             at_.emplace(h, std::prev(lru_.end()));
         }
-        dirty_.insert(h);
+        mark(h);
         expire(now_ms);
         return before;
     }
@@ -72,7 +72,7 @@ public:
             lru_.erase(it->second);
             at_.erase(it);
         }
-        dirty_.insert(h);
+        mark(h);
     }
 
     // When a request with this key, route and agent was last sent, if within the memory.
@@ -121,23 +121,31 @@ public:
     void retry(const std::vector<change>& failed) {
         std::lock_guard lock{mu_};
         for (const auto& c : failed) {
-            dirty_.insert(c.digest);
+            mark(c.digest);
         }
     }
-    // At start, before any request: the keys the store had (steady ms on this process's
-    // clock), least recently sent first. Beyond the bound, the least recently sent go.
+    // When the store opens (at start, or the reload that opens it): the keys it had (steady
+    // ms on this process's clock) join those noted meanwhile, in the order they were sent;
+    // beyond the bound the least recently sent go. From here on changes are tracked for it.
     void restore(std::vector<std::pair<std::uint64_t, std::int64_t>> saved, std::int64_t now_ms) {
-        std::sort(saved.begin(), saved.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
         std::lock_guard lock{mu_};
+        for (const auto& [h, sent] : lru_) {
+            saved.emplace_back(h, sent);
+            dirty_.insert(h);  // noted without a store: not in it yet
+        }
+        std::sort(saved.begin(), saved.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+        lru_.clear();
+        at_.clear();
         for (const auto& [h, sent] : saved) {
             if (const auto it = at_.find(h); it != at_.end()) {
-                it->second->second = std::max(it->second->second, sent);
+                it->second->second = sent;  // sorted: the later send
                 lru_.splice(lru_.end(), lru_, it->second);
             } else {
                 lru_.emplace_back(h, sent);
                 at_.emplace(h, std::prev(lru_.end()));
             }
         }
+        persisted_ = true;
         expire(now_ms);
     }
     std::chrono::milliseconds memory() const { return std::chrono::milliseconds{memory_ms_}; }
@@ -164,14 +172,21 @@ private:
         while (!lru_.empty() && (lru_.size() > max_ || now_ms - lru_.front().second > memory_ms_)) {
             if (now_ms - lru_.front().second <= memory_ms_) {
                 ++dropped_young_;
-                // Its row goes too (an aged one goes by its time). Bounded: while the store
-                // refuses every write, what is left of it ages out there instead.
-                if (dirty_.size() < 2 * max_) {
-                    dirty_.insert(lru_.front().first);
-                }
+                // Its row goes too (an aged one goes by its time).
+                mark(lru_.front().first);
             }
             at_.erase(lru_.front().first);
             lru_.pop_front();
+        }
+    }
+
+    // A change the store must see. Only once a store keeps them (restore()). Bounded: a key
+    // remembered is in at most once, and of those remembered no more (rows to delete), at
+    // most 2 x max_ wait; past that, while the store refuses every write, the rest age out
+    // of it by their time instead.
+    void mark(std::uint64_t h) {
+        if (persisted_ && (at_.contains(h) || dirty_.size() < 2 * max_)) {
+            dirty_.insert(h);
         }
     }
 
@@ -182,6 +197,7 @@ private:
     std::unordered_map<std::uint64_t, std::list<std::pair<std::uint64_t, std::int64_t>>::iterator> at_;
     std::uint64_t dropped_young_ = 0;
     std::unordered_set<std::uint64_t> dirty_;  // digests changed since changes()
+    bool persisted_ = false;                    // a store keeps them (restore() ran)
 };
 
 }  // namespace bb::proxy

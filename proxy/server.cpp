@@ -473,6 +473,30 @@ void server::open_store(const store_config& sc) {
         throw std::runtime_error("cannot restore breaker state: " + error +
                                  " (refusing to start with every breaker closed)");
     }
+    // The keys of requests sent live before the restart: a retry of one while a breaker
+    // quarantines is refused, not held and released into a second send. Unreadable, they
+    // are a reason not to start (as meters are): forgetting them is exactly that risk. Read
+    // here, before anything needs undoing; restored once the store is in use (below).
+    const auto steady_now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
+    std::vector<std::pair<std::uint64_t, std::int64_t>> saved_keys;
+    {
+        const auto wall_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
+        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_keys::default_max, &error);
+        if (!keys) {
+            throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
+                                     " (refusing to start: their retries could be held and released a second time)");
+        }
+        saved_keys.reserve(keys->size());
+        for (const auto& k : *keys) {
+            // A send "later" than now (the wall clock went back) counts as now.
+            saved_keys.emplace_back(k.digest, steady_now_ms - std::max<std::int64_t>(wall_now - *k.sent_wall_ms, 0));
+        }
+        if (!saved_keys.empty()) {
+            spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
+        }
+    }
     const auto legacy = sc.breaker_state_path();
     bool adopt = false;
     if (saved->empty() && std::filesystem::exists(legacy)) {
@@ -605,30 +629,7 @@ void server::open_store(const store_config& sc) {
                          legacy, ec.message());
         }
     }
-    // The keys of requests sent live before the restart: a retry of one while a breaker
-    // quarantines is refused, not held and released into a second send. Unreadable, they
-    // are a reason not to start (as meters are): forgetting them is exactly that risk.
-    {
-        const auto steady_now =
-            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
-        const auto wall_now =
-            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
-        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_keys::default_max, &error);
-        if (!keys) {
-            throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
-                                     " (refusing to start: their retries could be held and released a second time)");
-        }
-        std::vector<std::pair<std::uint64_t, std::int64_t>> saved_keys;
-        saved_keys.reserve(keys->size());
-        for (const auto& k : *keys) {
-            // A send "later" than now (the wall clock went back) counts as now.
-            saved_keys.emplace_back(k.digest, steady_now - std::max<std::int64_t>(wall_now - *k.sent_wall_ms, 0));
-        }
-        if (!saved_keys.empty()) {
-            spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
-        }
-        forwarded_.restore(std::move(saved_keys), steady_now);
-    }
+    forwarded_.restore(std::move(saved_keys), steady_now_ms);  // read above, with the breaker state
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);

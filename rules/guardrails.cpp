@@ -646,10 +646,18 @@ public:
             p = p > 0 ? p - 1 : 0;
             const node& parent = nodes_[p];
             if (parent.type == value_type::object) {
-                const std::string folded = json_key::fold({nodes_[i].key, nodes_[i].key_len});
+                // A map (SendGrid's `headers`, `custom_args`, template data: Go map[string]...)
+                // keeps keys as written: only the same bytes shadow there. Struct fields fold.
+                const std::string_view pk{parent.key, parent.key_len};
+                const bool map = json_key::matches(pk, "headers") || json_key::matches(pk, "custom_args") ||
+                                 json_key::matches(pk, "dynamic_template_data") ||
+                                 json_key::matches(pk, "substitutions") || json_key::matches(pk, "sections");
+                const std::string_view own{nodes_[i].key, nodes_[i].key_len};
+                const std::string folded = map ? std::string{} : json_key::fold(own);
                 for (std::uint32_t c = is_container(nodes_[i].type) ? nodes_[i].end : i + 1; c < parent.end;
                      c = is_container(nodes_[c].type) ? nodes_[c].end : c + 1) {
-                    if (json_key::matches({nodes_[c].key, nodes_[c].key_len}, folded)) {
+                    const std::string_view other{nodes_[c].key, nodes_[c].key_len};
+                    if (map ? other == own : json_key::matches(other, folded)) {
                         return true;
                     }
                 }

@@ -412,6 +412,7 @@ TEST(admin_api, every_mutation_refuses_unknown_repeated_and_mistyped_fields) {
         {"/v1/quarantine/" + ticket + "/discard", R"({"reason":"r","force":true})", "force"},
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":0}})", "filter.limit"},
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":5000}})", "filter.limit"},
+        {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":""}})", "filter.limit"},
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","breaker":"other"}})", "filter.breaker"},
         {"/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"held"},"rate_per_s":5})", "rate_per_s"},
         {"/v1/config/rollback", R"({"reason":"r","version":"1"})", "version"},

@@ -670,7 +670,8 @@ TEST(quarantine, a_retry_after_a_restart_of_a_request_sent_live_is_not_held) {
                             {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
     };
     {
-        proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+        // Periodic saves stretched to an hour: only the test's own saves run.
+        proxy_instance bb{quarantine_config(up.port(), dir, 1000), nullptr, std::chrono::hours{1}};
         ASSERT_EQ(send_with_key(bb.port(), "k-1").result_int(), 202u);
         // The store refuses the first save: k-1 goes with the next (as every second).
         bb.server().db()->inject_write_fault(SQLITE_IOERR, 1'000'000);

@@ -70,6 +70,7 @@ TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
 // as it stands then; a failed write hands them back for the next.
 TEST(forwarded_keys, changes_carry_what_the_store_must_write) {
     forwarded_keys k{2, 1h};
+    k.restore({}, 0);  // a store keeps them from here
     k.note("a", "r", "", 1000);
     k.note("b", "r", "", 1001);
     auto c = k.changes();
@@ -119,6 +120,30 @@ TEST(forwarded_keys, restored_keys_are_remembered_within_their_bounds) {
     for (const auto& c : k.changes()) {
         EXPECT_FALSE(c.sent_ms) << "only the rows dropped for the bound are changes";
     }
+}
+
+// Without a store nothing is tracked for one (no set growing for the process's life); the
+// store opened later (a reload) gets what was noted meanwhile, in the order of the sends.
+TEST(forwarded_keys, keys_noted_before_a_store_opens_join_it_in_order) {
+    forwarded_keys k{3, 1h};
+    for (int i = 0; i < 100; ++i) {
+        k.note("pre" + std::to_string(i), "r", "", 5000 + i);
+    }
+    EXPECT_TRUE(k.changes().empty());
+    EXPECT_EQ(k.size(), 3u);  // pre97..pre99
+    // Saved ones are older (4000) and newer (6000) than those noted meanwhile.
+    k.restore({{forwarded_keys::hash("old", "r", ""), 4000}, {forwarded_keys::hash("new", "r", ""), 6000}}, 6000);
+    EXPECT_EQ(k.size(), 3u);
+    EXPECT_TRUE(k.sent_at("new", "r", "", 6000));
+    EXPECT_TRUE(k.sent_at("pre99", "r", "", 6000));
+    EXPECT_TRUE(k.sent_at("pre98", "r", "", 6000));
+    EXPECT_FALSE(k.sent_at("pre97", "r", "", 6000)) << "the least recently sent go first";
+    EXPECT_FALSE(k.sent_at("old", "r", "", 6000));
+    std::size_t remembered = 0;
+    for (const auto& c : k.changes()) {
+        remembered += c.sent_ms.has_value();
+    }
+    EXPECT_EQ(remembered, 2u) << "pre98 and pre99 were never in the store";
 }
 
 // The digest is what the store keeps across versions: the first 8 bytes of SHA-256 of

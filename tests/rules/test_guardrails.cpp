@@ -1047,8 +1047,10 @@ TEST(GuardContent, AnUnsubscribeInAShadowedCopyOfAKeyDoesNotCount) {
         EXPECT_EQ(d.outcome, verdict::violated) << body;
         EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link")) << body;
     }
-    // The copy read last has it: it counts.
+    // The copy read last has it: it counts. A header map keeps keys as written (Go's
+    // map[string]string): another case is another header, not a shadowing copy.
     for (const std::string& body : {
+             with("<p>Sale</p>", R"j(, "headers": {"List-Unsubscribe": "<https://x.example/u>", "list-unsubscribe": "x"})j"),
              with("<p>Sale</p>", R"j(, "tracking_settings": {"subscription_tracking": {"enable": false, "enable": true}})j"),
              std::string{R"j({"subject": "Sale", "content": [{"type": "text/html", "value": "<p>Sale</p>",
                   "value": "<a href='https://x.example/u'>Unsubscribe</a>"}]})j"},
