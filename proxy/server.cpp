@@ -847,6 +847,21 @@ void server::on_transition(const breakers::transition& t) {
         } else if (t.breaker.starts_with("upstream/")) {
             a.severity = "sev2";
         }
+        // An incident's later alerts (its resolve, a failed probe's re-trip, an operator's
+        // mode change) carry the severity it opened with: a pager sink that takes sev1 and
+        // sev2 only must get the resolve of what it paged, or the incident stays open and
+        // later trips fold into it under the same dedup key without paging.
+        {
+            std::lock_guard lock{alert_severity_mu_};
+            if (!t.cause.rule.empty()) {
+                auto& sev = alert_severity_[t.instance];
+                if (sev.empty() || a.severity < sev) {  // "sev1" < "sev2" < "sev3": the most severe
+                    sev = a.severity;
+                }
+            } else if (const auto it = alert_severity_.find(t.instance); it != alert_severity_.end()) {
+                a.severity = std::min(a.severity, it->second);
+            }
+        }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
         const bool closed = t.from != breakers::state::closed && t.to == breakers::state::closed;
         if (closed && t.mode_to == breakers::mode::automatic && (t.cause.kind == "manual" || t.cause.kind == "probe")) {
@@ -869,6 +884,10 @@ void server::on_transition(const breakers::transition& t) {
                         (t.cause.reason.empty() ? "" : ": " + t.cause.reason);
             dispatcher->publish(a);
         }
+    }
+    if (t.to == breakers::state::closed && t.mode_to == breakers::mode::automatic) {
+        std::lock_guard lock{alert_severity_mu_};
+        alert_severity_.erase(t.instance);  // the incident is over
     }
     // A recovered upstream starts with a clean health record, or the failures that opened
     // the breaker would count against it again right away.

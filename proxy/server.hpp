@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace spdlog {
@@ -389,6 +390,10 @@ private:
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
+    // Per instance with an open incident, the severity of the rule trip that opened it
+    // (on_transition): its later alerts go out with it. Gone once the instance closes.
+    std::mutex alert_severity_mu_;
+    std::unordered_map<std::string, std::string> alert_severity_;
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and
