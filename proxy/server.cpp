@@ -1148,6 +1148,40 @@ server::~server() {
     }
 }
 
+void server::report_alert_losses() {
+    // Control thread only. An alert that never reached on-call is logged (its sink, how many
+    // and why: the sink's last error, which names at most a host, never a URL or key), at
+    // most once a second per sink, so a page lost to a wrong routing key or a full queue is
+    // seen in the log, not only in a counter.
+    const auto d = alerts();
+    if (d.get() != alert_losses_of_) {
+        alert_losses_of_ = d.get();  // a reload's new sinks count from zero
+        alert_losses_seen_.clear();
+        if (d) {
+            for (const auto& st : d->stats()) {
+                alert_losses_seen_[st.name] = {st.failed, st.dropped};
+            }
+        }
+        return;
+    }
+    if (!d) {
+        return;
+    }
+    for (const auto& st : d->stats()) {
+        auto& [failed, dropped] = alert_losses_seen_[st.name];
+        if (st.failed > failed) {
+            spdlog::error("alerts: {} alert(s) to sink {} failed ({} so far): {}", st.failed - failed, st.name,
+                          st.failed, st.last_error.empty() ? std::string{"no detail"} : st.last_error);
+        }
+        if (st.dropped > dropped) {
+            spdlog::error("alerts: {} alert(s) to sink {} dropped, its queue full ({} so far)", st.dropped - dropped,
+                          st.name, st.dropped);
+        }
+        failed = st.failed;
+        dropped = st.dropped;
+    }
+}
+
 std::shared_ptr<alerts::dispatcher> server::alerts() const {
     std::lock_guard lock{alerts_mu_};
     return alerts_;
@@ -1447,6 +1481,7 @@ int server::run() {
                     throttle_admissions_saved_ = breakers::throttle_admissions_so_far();
                     state_writer_->request();
                 }
+                report_alert_losses();
             }
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not

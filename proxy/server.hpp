@@ -392,6 +392,11 @@ private:
     std::unique_ptr<class remediation> remediation_;
     // Per instance with an open incident, the severity of the rule trip that opened it
     // (on_transition): its later alerts go out with it. Gone once the instance closes.
+    // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
+    // the failed and dropped counts already logged.
+    void report_alert_losses();
+    const alerts::dispatcher* alert_losses_of_ = nullptr;
+    std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> alert_losses_seen_;
     std::mutex alert_severity_mu_;
     std::unordered_map<std::string, std::string> alert_severity_;
     mutable std::mutex alerts_mu_;
