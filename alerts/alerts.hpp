@@ -58,7 +58,8 @@ struct alerts_config {
 alerts_config parse_alerts(const simdjson::dom::element* section, cfg::errors& errs);
 
 struct alert {
-    std::string event;     // "breaker_tripped", "breaker_manual_trip", "breaker_reset", "breaker_mode", "store_trouble", "test"
+    std::string event;     // "breaker_tripped", "breaker_manual_trip", "breaker_reset", "breaker_mode", "rule_denied",
+                           // "store_trouble", "test"
     std::string severity;  // "sev1".."sev4"
     std::string summary;   // one line for people
     std::string breaker, rule, failure_mode, key, actor, reason, request_id;

@@ -1148,6 +1148,50 @@ server::~server() {
     }
 }
 
+void server::report_denial(std::string_view rule, std::string_view breaker, std::string_view key,
+                           std::string_view request_id, std::string_view reason) {
+    // A deny rule trips nothing, so no breaker transition would tell on-call: an agent that
+    // keeps trying to mail card numbers is refused with 403 and nobody hears of it. The
+    // first denial of a rule alerts at once; later ones at most once a minute, with how
+    // many there were since (one incident per rule: its dedup key).
+    const auto d = alerts();
+    if (!d) {
+        return;
+    }
+    const auto now = clock_->now();
+    std::uint64_t count = 0;
+    {
+        std::lock_guard lock{denials_mu_};
+        auto& st = denials_[std::string{rule}];
+        ++st.count;
+        if (st.alerted && now - *st.alerted < std::chrono::minutes{1}) {
+            return;
+        }
+        count = st.count;
+        st.count = 0;
+        st.alerted = now;
+    }
+    alerts::alert a;
+    a.event = "rule_denied";
+    a.severity = "sev3";
+    a.rule = std::string{rule};
+    a.breaker = std::string{breaker};
+    a.key = std::string{key};
+    a.reason = std::string{reason};
+    a.request_id = std::string{request_id};
+    a.dedup_key = "rule/" + a.rule + "/denied";
+    if (const auto rt = current_runtime(); rt->engine) {
+        if (const auto* r = rt->engine->rules().find_rule(a.rule)) {
+            const auto& fm = rt->engine->rules().mode_of(*r);
+            a.failure_mode = fm.id;
+            a.severity = std::string{rules::to_string(fm.sev)};
+        }
+    }
+    a.summary = "rule " + a.rule + " denied " + std::to_string(count) + " request(s)" +
+                (count > 1 ? " since its last alert" : "") + (a.reason.empty() ? "" : ": " + a.reason);
+    d->publish(a);
+}
+
 void server::report_alert_losses() {
     // Control thread only. An alert that never reached on-call is logged (its sink, how many
     // and why: the sink's last error, which names at most a host, never a URL or key), at

@@ -306,6 +306,10 @@ public:
     // The dispatcher of the current config (null without sinks); a reload that changes
     // `alerts` replaces it.
     std::shared_ptr<alerts::dispatcher> alerts() const;
+    // A deny rule refused a request (any thread): alerts on-call, the first at once, then at
+    // most once a minute per rule with the count since.
+    void report_denial(std::string_view rule, std::string_view breaker, std::string_view key,
+                       std::string_view request_id, std::string_view reason);
     // A hold failed for a store reason: alert (at most once a minute). Thread-safe.
     void report_store_trouble(const std::string& message);
 
@@ -392,6 +396,13 @@ private:
     std::unique_ptr<class remediation> remediation_;
     // Per instance with an open incident, the severity of the rule trip that opened it
     // (on_transition): its later alerts go out with it. Gone once the instance closes.
+    // report_denial(): per deny rule, when it last alerted and the denials since.
+    struct denial_alerts {
+        std::optional<time_point> alerted;
+        std::uint64_t count = 0;
+    };
+    std::mutex denials_mu_;
+    std::map<std::string, denial_alerts> denials_;
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
     // the failed and dropped counts already logged.
     void report_alert_losses();

@@ -1754,6 +1754,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         contained_rule = d.rule;
                         contained_breaker = b->id;
                         contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
+                        w.owner().report_denial(d.rule, b->id, d.key, request_id, d.reason);
                     } else if (b != nullptr) {
                         const auto instance = registry.instance_name(*b, d.key);
                         auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now,

@@ -753,6 +753,44 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     EXPECT_NE(reqs[1].req.body().find("\"resolve\":true"), std::string::npos) << reqs[1].req.body();
 }
 
+// A deny rule trips nothing, yet on-call hears of it: the first denial alerts at once (at
+// the failure mode's severity, masked reason), later ones at most once a minute per rule,
+// with the count since.
+TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    bb::manual_clock clock;
+    std::string cfg = guarded_config(up.port(), dir, pause_manual + R"(, {"id": "no-pii", "action": "deny"})");
+    cfg.replace(cfg.find("\"rules\": [") + 10, 0,
+                R"({"id": "no-cards", "route": "mail-send", "guard": {"pii": ["card"]}, "failure_mode": "volume-spike", "trips": "no-pii"},)");
+    cfg.insert(cfg.rfind('}'), R"(, "alerts": {"sinks": [{"name": "pager", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                   std::to_string(hook.port()) + R"(/hook", "severities": ["sev1", "sev2"]}]})");
+    proxy_instance bb{cfg, &clock};
+    auto send_card = [&] {
+        raw_client c{bb.port()};
+        c.send(mail(1, "a", R"(, "note": "card 4111 1111 1111 1111")"));
+        return c.read_response().result_int();
+    };
+    EXPECT_EQ(send_card(), 403u);
+    EXPECT_EQ(send_card(), 403u);
+    EXPECT_EQ(send_card(), 403u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    auto reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 1u) << "one alert for the first minute";
+    const auto& first = reqs[0].req.body();
+    EXPECT_NE(first.find("\"event\":\"rule_denied\""), std::string::npos) << first;
+    EXPECT_NE(first.find("\"severity\":\"sev2\""), std::string::npos) << first;
+    EXPECT_NE(first.find("rule no-cards denied 1 request(s)"), std::string::npos) << first;
+    EXPECT_EQ(first.find("4111 1111 1111 1111"), std::string::npos) << "never the card in clear: " << first;
+    clock.advance(61s);
+    EXPECT_EQ(send_card(), 403u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 2u);
+    EXPECT_NE(reqs[1].req.body().find("denied 3 request(s) since its last alert"), std::string::npos) << reqs[1].req.body();
+}
+
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends
 // that mode too, and must resolve the page (it was sent as a mode change: a second page under
 // the same dedup key).
