@@ -851,16 +851,15 @@ void server::on_transition(const breakers::transition& t) {
         // mode change) carry the severity it opened with: a pager sink that takes sev1 and
         // sev2 only must get the resolve of what it paged, or the incident stays open and
         // later trips fold into it under the same dedup key without paging.
+        std::vector<std::string> sent_as;  // the severities the incident's alerts went out with
         {
             std::lock_guard lock{alert_severity_mu_};
-            if (!t.cause.rule.empty()) {
-                auto& sev = alert_severity_[t.instance];
-                if (sev.empty() || a.severity < sev) {  // "sev1" < "sev2" < "sev3": the most severe
-                    sev = a.severity;
-                }
-            } else if (const auto it = alert_severity_.find(t.instance); it != alert_severity_.end()) {
-                a.severity = std::min(a.severity, it->second);
+            if (const auto it = alert_severity_.find(t.instance); it != alert_severity_.end()) {
+                sent_as = it->second;
             }
+        }
+        if (t.cause.rule.empty() && !sent_as.empty()) {
+            a.severity = sent_as.front();  // kept sorted: the most severe
         }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
         const bool closed = t.from != breakers::state::closed && t.to == breakers::state::closed;
@@ -882,7 +881,24 @@ void server::on_transition(const breakers::transition& t) {
                         std::string{breakers::to_string(t.to)} +
                         (t.mode_from != t.mode_to ? " (mode " + std::string{breakers::to_string(t.mode_to)} + ")" : "") +
                         (t.cause.reason.empty() ? "" : ": " + t.cause.reason);
-            dispatcher->publish(a);
+            if (a.resolve && !sent_as.empty()) {
+                // Once per severity the incident's alerts had: every sink that got one of
+                // them gets the resolve (a sink taking several gets it more than once;
+                // PagerDuty folds those by dedup key).
+                for (const auto& sev : sent_as) {
+                    a.severity = sev;
+                    dispatcher->publish(a);
+                }
+            } else {
+                dispatcher->publish(a);
+                if (!a.resolve) {
+                    std::lock_guard lock{alert_severity_mu_};
+                    auto& sevs = alert_severity_[t.instance];
+                    if (std::find(sevs.begin(), sevs.end(), a.severity) == sevs.end()) {
+                        sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), a.severity), a.severity);
+                    }
+                }
+            }
         }
     }
     if (t.to == breakers::state::closed && t.mode_to == breakers::mode::automatic) {
@@ -1152,44 +1168,79 @@ void server::report_denial(std::string_view rule, std::string_view breaker, std:
                            std::string_view request_id, std::string_view reason) {
     // A deny rule trips nothing, so no breaker transition would tell on-call: an agent that
     // keeps trying to mail card numbers is refused with 403 and nobody hears of it. The
-    // first denial of a rule alerts at once; later ones at most once a minute, with how
-    // many there were since (one incident per rule: its dedup key).
+    // first denial of a rule alerts at once; those after it at most once a minute, with how
+    // many there were (the control tick sends them when no later denial does:
+    // report_denials). One incident per rule (its dedup key), resolved by on-call.
+    if (!alerts()) {
+        return;
+    }
+    const auto now = clock_->now();
+    std::optional<alerts::alert> a;
+    {
+        std::lock_guard lock{denials_mu_};
+        auto& st = denials_[std::string{rule}];
+        ++st.count;
+        st.breaker = breaker;
+        st.key = key;
+        st.request_id = request_id;
+        st.reason = reason;
+        if (!st.alerted || now - *st.alerted >= std::chrono::minutes{1}) {
+            a = denial_alert(std::string{rule}, st, st.count);
+            st.count = 0;
+            st.alerted = now;
+        }
+    }
+    if (a) {
+        if (const auto d = alerts()) {
+            d->publish(*a);
+        }
+    }
+}
+
+void server::report_denials() {
+    // Control thread: the denials counted since a rule's last alert, once it is a minute old.
     const auto d = alerts();
     if (!d) {
         return;
     }
     const auto now = clock_->now();
-    std::uint64_t count = 0;
+    std::vector<alerts::alert> due;
     {
         std::lock_guard lock{denials_mu_};
-        auto& st = denials_[std::string{rule}];
-        ++st.count;
-        if (st.alerted && now - *st.alerted < std::chrono::minutes{1}) {
-            return;
+        for (auto& [rule, st] : denials_) {
+            if (st.count > 0 && st.alerted && now - *st.alerted >= std::chrono::minutes{1}) {
+                due.push_back(denial_alert(rule, st, st.count));
+                st.count = 0;
+                st.alerted = now;
+            }
         }
-        count = st.count;
-        st.count = 0;
-        st.alerted = now;
     }
+    for (const auto& a : due) {
+        d->publish(a);
+    }
+}
+
+alerts::alert server::denial_alert(const std::string& rule, const denial_alerts& st, std::uint64_t count) {
     alerts::alert a;
     a.event = "rule_denied";
     a.severity = "sev3";
-    a.rule = std::string{rule};
-    a.breaker = std::string{breaker};
-    a.key = std::string{key};
-    a.reason = std::string{reason};
-    a.request_id = std::string{request_id};
-    a.dedup_key = "rule/" + a.rule + "/denied";
+    a.rule = rule;
+    a.breaker = st.breaker;
+    a.key = st.key;
+    a.reason = st.reason;
+    a.request_id = st.request_id;
+    a.dedup_key = "rule/" + rule + "/denied";
     if (const auto rt = current_runtime(); rt->engine) {
-        if (const auto* r = rt->engine->rules().find_rule(a.rule)) {
+        if (const auto* r = rt->engine->rules().find_rule(rule)) {
             const auto& fm = rt->engine->rules().mode_of(*r);
             a.failure_mode = fm.id;
             a.severity = std::string{rules::to_string(fm.sev)};
         }
     }
-    a.summary = "rule " + a.rule + " denied " + std::to_string(count) + " request(s)" +
-                (count > 1 ? " since its last alert" : "") + (a.reason.empty() ? "" : ": " + a.reason);
-    d->publish(a);
+    a.summary = "rule " + rule + " denied " + std::to_string(count) + " request(s)" +
+                (st.alerted ? " since its last alert" : "") +
+                (a.reason.empty() ? "" : (st.alerted ? "; the last: " : ": ") + a.reason);
+    return a;
 }
 
 void server::report_alert_losses() {
@@ -1199,14 +1250,8 @@ void server::report_alert_losses() {
     // seen in the log, not only in a counter.
     const auto d = alerts();
     if (d.get() != alert_losses_of_) {
-        alert_losses_of_ = d.get();  // a reload's new sinks count from zero
+        alert_losses_of_ = d.get();  // a reload's new sinks: their counts start at zero
         alert_losses_seen_.clear();
-        if (d) {
-            for (const auto& st : d->stats()) {
-                alert_losses_seen_[st.name] = {st.failed, st.dropped};
-            }
-        }
-        return;
     }
     if (!d) {
         return;
@@ -1526,6 +1571,7 @@ int server::run() {
                     state_writer_->request();
                 }
                 report_alert_losses();
+                report_denials();
             }
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not

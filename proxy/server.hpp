@@ -394,22 +394,28 @@ private:
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
     std::unique_ptr<class remediation> remediation_;
-    // Per instance with an open incident, the severity of the rule trip that opened it
-    // (on_transition): its later alerts go out with it. Gone once the instance closes.
-    // report_denial(): per deny rule, when it last alerted and the denials since.
+    // report_denial(): per deny rule, when it last alerted, the denials since and the last
+    // of them (the control tick reports those a minute on: report_denials()).
     struct denial_alerts {
         std::optional<time_point> alerted;
         std::uint64_t count = 0;
+        std::string breaker, key, request_id, reason;
     };
     std::mutex denials_mu_;
     std::map<std::string, denial_alerts> denials_;
+    // The alert of `count` denials of `rule` (its last: st); publish outside denials_mu_.
+    alerts::alert denial_alert(const std::string& rule, const denial_alerts& st, std::uint64_t count);
+    void report_denials();
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
     // the failed and dropped counts already logged.
     void report_alert_losses();
     const alerts::dispatcher* alert_losses_of_ = nullptr;
     std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> alert_losses_seen_;
+    // Per instance with an open incident, the severities its alerts went out with, most
+    // severe first (on_transition): its resolve goes out with each, its alerts without a
+    // rule of their own with the first. Gone once the instance closes.
     std::mutex alert_severity_mu_;
-    std::unordered_map<std::string, std::string> alert_severity_;
+    std::unordered_map<std::string, std::vector<std::string>> alert_severity_;
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and

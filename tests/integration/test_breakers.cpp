@@ -730,8 +730,11 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
     const auto dir = temp_dir();
     std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
+    fake_upstream low{[](const request&) { return respond(200, "ok"); }};  // sev3 only
     cfg.insert(cfg.rfind('}'), ", \"alerts\": {\"sinks\": [{\"name\": \"hook\", \"type\": \"webhook\", \"url\": \"http://127.0.0.1:" +
-                                   std::to_string(hook.port()) + "/alerts\", \"severities\": [\"sev1\", \"sev2\"]}],"
+                                   std::to_string(hook.port()) + "/alerts\", \"severities\": [\"sev1\", \"sev2\"]},"
+                                   "{\"name\": \"low\", \"type\": \"webhook\", \"url\": \"http://127.0.0.1:" +
+                                   std::to_string(low.port()) + "/alerts\", \"severities\": [\"sev3\"]}],"
                                    "\"initial_backoff\": \"10ms\"}");
     proxy_instance bb{cfg};
     raw_client c{bb.port()};
@@ -751,6 +754,14 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     EXPECT_NE(reqs[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << reqs[1].req.body();
     EXPECT_NE(reqs[1].req.body().find("\"severity\":\"sev2\""), std::string::npos) << reqs[1].req.body();
     EXPECT_NE(reqs[1].req.body().find("\"resolve\":true"), std::string::npos) << reqs[1].req.body();
+    // An operator's trip is sev3: its sink gets the trip and the resolve, the pager neither.
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/quiet", "ops", "look", bb.server().now()));
+    ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume/quiet", "ops", "fine", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 2u);
+    const auto lows = low.requests();
+    ASSERT_EQ(lows.size(), 2u) << "the sev2 incident reached the sev3 sink";
+    EXPECT_NE(lows[1].req.body().find("\"resolve\":true"), std::string::npos) << lows[1].req.body();
 }
 
 // A deny rule trips nothing, yet on-call hears of it: the first denial alerts at once (at
@@ -789,6 +800,13 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     reqs = hook.requests();
     ASSERT_EQ(reqs.size(), 2u);
     EXPECT_NE(reqs[1].req.body().find("denied 3 request(s) since its last alert"), std::string::npos) << reqs[1].req.body();
+    // Denials with none after them are told by the control tick, a minute on.
+    EXPECT_EQ(send_card(), 403u);
+    EXPECT_EQ(send_card(), 403u);
+    clock.advance(61s);
+    ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 3; }, 5s));
+    reqs = hook.requests();
+    EXPECT_NE(reqs[2].req.body().find("denied 2 request(s) since its last alert"), std::string::npos) << reqs[2].req.body();
 }
 
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends
