@@ -932,16 +932,19 @@ TEST(admin_api, an_act_whose_audit_record_cannot_be_written_is_not_taken) {
     EXPECT_NE(admin(f.port(), http::verb::get, "/v1/audit", "view-token").body().find("now audited"), std::string::npos);
 }
 
+// Periodic saves (meters, keys of requests sent live) stretched to an hour: only the test's
+// own saves run.
+struct no_periodic_saves {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    std::string dir = temp_dir();
+    proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
+    std::uint16_t port() { return bb.server().admin_port(); }
+};
+
 // The rules' counts are saved for a restart (every second and at shutdown); a save that
 // fails shows in /metrics until one succeeds, and the next one carries the counts.
 TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succeeds) {
-    // Periodic saves stretched to an hour: only the test's own saves run.
-    struct {
-        fake_upstream up{[](const request&) { return respond(202, ""); }};
-        std::string dir = temp_dir();
-        proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
-        std::uint16_t port() { return bb.server().admin_port(); }
-    } f;
+    no_periodic_saves f;
     auto gauge = [&] {
         const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
         const auto at = text.find("\nbreakerbox_rule_meters_unsaved ");
@@ -975,12 +978,7 @@ TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succ
 // The keys of requests sent live are saved the same way: how many are remembered, how many
 // were forgotten young for the bound, and whether the last save failed, in /metrics.
 TEST(admin_api, the_keys_of_requests_sent_live_show_in_metrics) {
-    struct {
-        fake_upstream up{[](const request&) { return respond(202, ""); }};
-        std::string dir = temp_dir();
-        proxy_instance bb{admin_config(up.port(), dir), nullptr, std::chrono::hours{1}};
-        std::uint16_t port() { return bb.server().admin_port(); }
-    } f;
+    no_periodic_saves f;
     auto metric = [&](const std::string& name) {
         const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
         const auto at = text.find("\n" + name + " ");
