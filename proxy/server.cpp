@@ -876,6 +876,35 @@ void server::on_transition(const breakers::transition& t) {
         } else if (opened) {
             a.event = "breaker_tripped";
         }
+        // A storm (one misfire opening hundreds of per-key instances): each breaker's trips
+        // page one by one up to storm_alerts a minute; the rest are summed up by the
+        // control tick (report_storms), and their resolves, of pages never sent, are not sent.
+        if (!a.event.empty() && t.instance != t.breaker && (a.event == "breaker_tripped" || a.resolve)) {
+            std::lock_guard lock{storms_mu_};
+            auto& st = storms_[t.breaker];
+            if (a.resolve) {
+                if (st.unpaged.erase(t.instance) > 0) {
+                    a.event.clear();
+                }
+            } else {
+                const auto now = clock_->now();
+                if (!st.window || now - *st.window >= std::chrono::minutes{1}) {
+                    st.window = now;
+                    st.paged = 0;
+                }
+                if (st.paged >= storm_alerts) {
+                    ++st.suppressed;
+                    st.unpaged.insert(t.instance);
+                    if (st.worst.empty() || a.severity < st.worst) {
+                        st.worst = a.severity;
+                    }
+                    st.last_reason = a.reason;
+                    a.event.clear();
+                } else {
+                    ++st.paged;
+                }
+            }
+        }
         if (!a.event.empty()) {
             a.summary = "breaker " + t.instance + ": " + std::string{breakers::to_string(t.from)} + " -> " +
                         std::string{breakers::to_string(t.to)} +
@@ -1194,6 +1223,41 @@ void server::report_denial(std::string_view rule, std::string_view breaker, std:
         if (const auto d = alerts()) {
             d->publish(*a);
         }
+    }
+}
+
+void server::report_storms() {
+    // Control thread: per breaker, the trips not paged one by one in the last minute, as one
+    // alert (its dedup key: one incident per breaker's storm, resolved by on-call).
+    const auto d = alerts();
+    if (!d) {
+        return;
+    }
+    const auto now = clock_->now();
+    std::vector<alerts::alert> due;
+    {
+        std::lock_guard lock{storms_mu_};
+        for (auto& [breaker, st] : storms_) {
+            if (st.suppressed == 0 || (st.window && now - *st.window < std::chrono::minutes{1})) {
+                continue;
+            }
+            alerts::alert a;
+            a.event = "breaker_storm";
+            a.severity = st.worst.empty() ? "sev3" : st.worst;
+            a.breaker = breaker;
+            a.dedup_key = breaker + "/storm";
+            a.reason = st.last_reason;
+            a.summary = "breaker " + breaker + ": " + std::to_string(st.suppressed) +
+                        " more instance(s) opened, beyond " + std::to_string(storm_alerts) +
+                        " alerted one by one a minute (GET /v1/breakers lists them)" +
+                        (st.last_reason.empty() ? "" : "; the last: " + st.last_reason);
+            due.push_back(std::move(a));
+            st.suppressed = 0;
+            st.worst.clear();
+        }
+    }
+    for (const auto& a : due) {
+        d->publish(a);
     }
 }
 
@@ -1572,6 +1636,7 @@ int server::run() {
                 }
                 report_alert_losses();
                 report_denials();
+                report_storms();
             }
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not

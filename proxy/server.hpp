@@ -28,6 +28,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace spdlog {
@@ -406,6 +407,20 @@ private:
     // The alert of `count` denials of `rule` (its last: st); publish outside denials_mu_.
     alerts::alert denial_alert(const std::string& rule, const denial_alerts& st, std::uint64_t count);
     void report_denials();
+    // on_transition()/report_storms(): per breaker, the trips paged one by one in the current
+    // minute, those beyond (told as one alert by the tick) and the instances whose trip was
+    // not paged (their resolve is not sent either).
+    static constexpr std::size_t storm_alerts = 10;
+    struct storm {
+        std::optional<time_point> window;
+        std::size_t paged = 0;
+        std::uint64_t suppressed = 0;
+        std::string worst, last_reason;
+        std::unordered_set<std::string> unpaged;
+    };
+    std::mutex storms_mu_;
+    std::map<std::string, storm> storms_;
+    void report_storms();
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
     // the failed and dropped counts already logged.
     void report_alert_losses();

@@ -809,6 +809,42 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     EXPECT_NE(reqs[2].req.body().find("denied 2 request(s) since its last alert"), std::string::npos) << reqs[2].req.body();
 }
 
+// A storm (one misfire opening many per-key instances) pages one by one up to 10 trips of a
+// breaker a minute; the rest come as one `breaker_storm` alert from the control tick, and the
+// resolves of trips never paged are not sent either.
+TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    bb::manual_clock clock;
+    std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
+    cfg.insert(cfg.rfind('}'), R"(, "alerts": {"sinks": [{"name": "pager", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                   std::to_string(hook.port()) + R"(/hook"}]})");
+    proxy_instance bb{cfg, &clock};
+    for (int i = 0; i < 13; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(10, "c" + std::to_string(i)));
+        ASSERT_EQ(c.read_response().result_int(), 503u) << i;
+    }
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 10u);
+    clock.advance(61s);
+    ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 11; }, 5s));
+    const auto storm = hook.requests()[10].req.body();
+    EXPECT_NE(storm.find("\"event\":\"breaker_storm\""), std::string::npos) << storm;
+    EXPECT_NE(storm.find("3 more instance(s) opened"), std::string::npos) << storm;
+    EXPECT_NE(storm.find("\"severity\":\"sev2\""), std::string::npos) << storm;
+    // A trip never paged resolves silently; one paged resolves as usual.
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.reset("campaign-volume/c12", "ops", "fine", bb.server().now()));
+    ASSERT_TRUE(reg.reset("campaign-volume/c0", "ops", "fine", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    const auto all = hook.requests();
+    ASSERT_EQ(all.size(), 12u);
+    EXPECT_NE(all[11].req.body().find("campaign-volume/c0"), std::string::npos) << all[11].req.body();
+    EXPECT_NE(all[11].req.body().find("\"resolve\":true"), std::string::npos) << all[11].req.body();
+}
+
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends
 // that mode too, and must resolve the page (it was sent as a mode change: a second page under
 // the same dedup key).
