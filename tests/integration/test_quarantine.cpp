@@ -55,6 +55,16 @@ response send_mail(std::uint16_t port, const std::string& campaign, const std::s
                         {{"content-type", content_type}, {"x-campaign-id", campaign}, {"x-trace", "t-1"}});
 }
 
+// Holds `n` requests of campaign "c" (bodies {"to":[1],"n":i}, told apart), appending their
+// tickets; a request not held (not 202) fails the test there.
+void hold_numbered(std::uint16_t port, int n, std::vector<std::string>& tickets) {
+    for (int i = 0; i < n; ++i) {
+        auto res = send_mail(port, "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
+        ASSERT_EQ(res.result_int(), 202u);
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+}
+
 std::string field_of(const response& r, const std::string& name) {
     const auto& b = r.body();
     const auto k = b.find("\"" + name + "\":\"");
@@ -138,11 +148,7 @@ TEST(quarantine, release_by_filter_is_paced_sends_each_once_with_its_key_and_nev
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 11; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 11, tickets));
     ASSERT_EQ(up.request_count(), 0u);
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
@@ -232,11 +238,7 @@ TEST(quarantine, a_bulk_limit_releases_or_discards_at_most_that_many) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 5; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 5, tickets));
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     f.limit = 1;  // a canary
@@ -261,11 +263,7 @@ TEST(quarantine, a_bulk_operation_leaves_alone_a_record_that_changed_since_it_wa
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 3; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
     auto* db = bb.server().db();
     auto done = [](std::promise<bb::store::result>& p) {
         return [&p](const bb::store::result& r) { p.set_value(r); };
@@ -314,11 +312,7 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 4; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 4, tickets));
     status = 429;
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
@@ -345,11 +339,7 @@ TEST(quarantine, a_bulk_release_halts_at_a_bare_503) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 3; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     const auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
@@ -416,11 +406,7 @@ TEST(quarantine, a_bulk_release_skips_a_record_sent_again_after_it_was_listed) {
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     db_of = bb.server().db();
     std::vector<std::string> tickets;
-    for (int i = 0; i < 2; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 2, tickets));
     second = tickets[1];
     auto& rem = bb.server().remediation();
     for (const auto& t : tickets) {
@@ -447,11 +433,7 @@ TEST(quarantine, an_unreadable_record_is_a_store_error_and_is_skipped_by_a_bulk_
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 3; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
     // The first record's stored headers are damaged (a bad sector, a hand edit).
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open((dir + "/bb.db").c_str(), &raw), SQLITE_OK);
@@ -513,11 +495,7 @@ TEST(quarantine, a_bulk_limit_counts_what_is_sent_not_what_is_skipped) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     db = bb.server().db();
-    for (int i = 0; i < 4; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 4, tickets));
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     f.limit = 2;
@@ -860,11 +838,7 @@ TEST(quarantine, a_replay_whose_result_cannot_be_recorded_is_reported_as_sent) {
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     db = bb.server().db();
     std::vector<std::string> tickets;
-    for (int i = 0; i < 2; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 2, tickets));
     auto r = bb.server().remediation().release(tickets[0], "ops").get();
     EXPECT_FALSE(r.ok);
     EXPECT_EQ(r.code, "outcome_unknown");
@@ -961,11 +935,7 @@ TEST(quarantine, a_paced_release_stops_sending_when_the_server_stops) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::vector<std::string> tickets;
-    for (int i = 0; i < 6; ++i) {
-        auto res = send_mail(bb.port(), "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
-        ASSERT_EQ(res.result_int(), 202u);
-        tickets.emplace_back(res["x-breakerbox-ticket"]);
-    }
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 6, tickets));
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     auto pending = bb.server().remediation().release_matching(f, 2.0, "ops");  // 2.5 s for all six
