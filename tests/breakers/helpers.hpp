@@ -56,6 +56,20 @@ protected:
     }
     time_point now() const { return clock_.now(); }
     breaker_registry& reg() { return *reg_; }
+    // The saved state of breaker cv's instance for `key` ("": the breaker-wide one), opened
+    // `ago` before now with a cooldown of 10 s, as restore() is handed it.
+    instance_snapshot saved(std::string key, state st, mode md = mode::automatic,
+                            std::chrono::milliseconds ago = std::chrono::hours{1}) const {
+        instance_snapshot s;
+        s.instance = key.empty() ? "cv" : "cv/" + key;
+        s.breaker = "cv";
+        s.key = std::move(key);
+        s.st = st;
+        s.md = md;
+        s.opened_at = now() - ago;
+        s.cooldown = std::chrono::seconds{10};
+        return s;
+    }
 
     manual_clock clock_;
     std::unique_ptr<breaker_registry> reg_;

@@ -196,15 +196,7 @@ TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_s
     b.cooldown = 10s;
     make({b});
     auto snap = [&](std::string key, state st, mode md, std::chrono::seconds ago = 0s) {
-        instance_snapshot s;
-        s.instance = "cv/" + key;
-        s.breaker = "cv";
-        s.key = std::move(key);
-        s.st = st;
-        s.md = md;
-        s.opened_at = now() - ago;
-        s.cooldown = 10s;
-        return s;
+        return saved(std::move(key), st, md, ago);
     };
     reg().restore({snap("a", state::closed, mode::forced_closed), snap("b", state::open, mode::automatic, 2s)}, now());
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "b's trip is not let through by a's forced_closed";
@@ -269,13 +261,7 @@ TEST_F(registry_test, an_instance_restored_without_its_probe_round_waits_a_whole
     auto b = make_config("cv");
     b.cooldown = 10s;
     make({b});
-    instance_snapshot s;
-    s.instance = "cv";
-    s.breaker = "cv";
-    s.st = state::half_open;
-    s.md = mode::automatic;
-    s.opened_at = now() - 1h;
-    s.cooldown = 10s;
+    instance_snapshot s = saved("", state::half_open);
     reg().restore({s}, now());
     EXPECT_EQ(reg().get("cv", now())->st, state::open);
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain) << "probed at once after the restart";
@@ -304,13 +290,7 @@ TEST_F(registry_test, an_operators_trip_stays_held_when_the_breaker_now_resets_b
     auto b = make_config("cv", action::pause, reset_policy::automatic);
     b.cooldown = 10s;
     make({b});
-    instance_snapshot s;
-    s.instance = "cv";
-    s.breaker = "cv";
-    s.st = state::open;
-    s.md = mode::automatic;
-    s.opened_at = now() - 1h;
-    s.cooldown = 10s;
+    instance_snapshot s = saved("", state::open);
     auto t = std::make_shared<transition>();
     t->instance = "cv";
     t->to = state::open;
