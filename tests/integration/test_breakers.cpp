@@ -76,6 +76,19 @@ std::string guarded_config(std::uint16_t upstream_port, const std::string& dir, 
            "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
 }
 
+// A webhook sink to a fake upstream's /alerts, for `severities` (a JSON list's items; none:
+// every alert).
+std::string webhook_sink(const std::string& name, std::uint16_t port, const std::string& severities = "") {
+    return R"({"name": ")" + name + R"(", "type": "webhook", "url": "http://127.0.0.1:)" + std::to_string(port) +
+           R"(/alerts")" + (severities.empty() ? "" : R"(, "severities": [)" + severities + "]") + "}";
+}
+
+// A guarded_config with an alerts section of these sinks (and `extra` settings).
+std::string with_alerts(std::string cfg, const std::string& sinks, const std::string& extra = "") {
+    cfg.insert(cfg.rfind('}'), R"(, "alerts": {"sinks": [)" + sinks + "]" + extra + "}");
+    return cfg;
+}
+
 const std::string pause_manual = R"({"id": "campaign-volume", "action": "pause", "reset": "manual"})";
 
 // One upstream and a catch-all route, one worker; `extra`: more top-level members, each
@@ -731,11 +744,9 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     const auto dir = temp_dir();
     std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
     fake_upstream low{[](const request&) { return respond(200, "ok"); }};  // sev3 only
-    cfg.insert(cfg.rfind('}'), ", \"alerts\": {\"sinks\": [{\"name\": \"hook\", \"type\": \"webhook\", \"url\": \"http://127.0.0.1:" +
-                                   std::to_string(hook.port()) + "/alerts\", \"severities\": [\"sev1\", \"sev2\"]},"
-                                   "{\"name\": \"low\", \"type\": \"webhook\", \"url\": \"http://127.0.0.1:" +
-                                   std::to_string(low.port()) + "/alerts\", \"severities\": [\"sev3\"]}],"
-                                   "\"initial_backoff\": \"10ms\"}");
+    cfg = with_alerts(cfg, webhook_sink("hook", hook.port(), R"("sev1", "sev2")") + "," +
+                               webhook_sink("low", low.port(), R"("sev3")"),
+                      R"(, "initial_backoff": "10ms")");
     proxy_instance bb{cfg};
     raw_client c{bb.port()};
     c.send(mail(10, "loud"));
@@ -775,8 +786,7 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     std::string cfg = guarded_config(up.port(), dir, pause_manual + R"(, {"id": "no-pii", "action": "deny"})");
     cfg.replace(cfg.find("\"rules\": [") + 10, 0,
                 R"({"id": "no-cards", "route": "mail-send", "guard": {"pii": ["card"]}, "failure_mode": "volume-spike", "trips": "no-pii"},)");
-    cfg.insert(cfg.rfind('}'), R"(, "alerts": {"sinks": [{"name": "pager", "type": "webhook", "url": "http://127.0.0.1:)" +
-                                   std::to_string(hook.port()) + R"(/hook", "severities": ["sev1", "sev2"]}]})");
+    cfg = with_alerts(cfg, webhook_sink("pager", hook.port(), R"("sev1", "sev2")"));
     proxy_instance bb{cfg, &clock};
     auto send_card = [&] {
         raw_client c{bb.port()};
@@ -818,8 +828,7 @@ TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
     const auto dir = temp_dir();
     bb::manual_clock clock;
     std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
-    cfg.insert(cfg.rfind('}'), R"(, "alerts": {"sinks": [{"name": "pager", "type": "webhook", "url": "http://127.0.0.1:)" +
-                                   std::to_string(hook.port()) + R"(/hook"}]})");
+    cfg = with_alerts(cfg, webhook_sink("pager", hook.port()));
     proxy_instance bb{cfg, &clock};
     for (int i = 0; i < 13; ++i) {
         raw_client c{bb.port()};
