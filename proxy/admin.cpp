@@ -895,7 +895,8 @@ private:
     asio::awaitable<handled> quarantine_api(std::string_view rest);
     asio::awaitable<handled> config_api(std::string_view rest);
     asio::awaitable<handled> audit_api(std::string_view rest);
-    asio::awaitable<handled> apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only);
+    asio::awaitable<handled> apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only,
+                                   std::string file_sha256 = {});
 
     server& srv_;
     const request& req_;
@@ -1441,7 +1442,8 @@ private:
     server& srv_;
 };
 
-asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only) {
+asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only,
+                                                std::string file_sha256) {
     // One change at a time, judged against the config it replaces: a second apply while one
     // is between its judgement and its stored version would be judged against a base that
     // is about to go (and could undo the first one without the role that needs).
@@ -1490,7 +1492,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         // base_version checks and rollback numbering out of step with what runs.
         if (auto* db = srv_.db()) {
             auto r = co_await await_store([&](store::done_fn done) {
-                db->save_config_version(next->source_json, who_->name, reason_, std::move(done));
+                db->save_config_version(next->source_json, who_->name, reason_, std::move(done), file_sha256);
             });
             if (!r.ok) {
                 auto f = fail({http::status::service_unavailable, "store_unavailable",
@@ -1747,7 +1749,13 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
     if (!parsed.errors.empty()) {
         co_return invalid_config(parsed.errors);
     }
-    co_return co_await apply(parsed.cfg, false, false);
+    // A reload from the file marks the file as read (a later SIGHUP or start compares with it).
+    // (A named local: GCC 12 mishandles a conditional's temporary inside a co_await.)
+    std::string file_sha;
+    if (rest == "/reload") {
+        file_sha = sha256_hex(parsed.cfg->source_json);
+    }
+    co_return co_await apply(parsed.cfg, false, false, std::move(file_sha));
 }
 
 asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
@@ -1867,10 +1875,28 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     config_change_slot slot{srv};
     const std::string& path = srv.config_path();
     const std::string actor = "signal:SIGHUP";
-    const std::string reason = "SIGHUP: reload " + path;
+    std::string reason = "SIGHUP: reload " + path;
     std::optional<std::string> text;
-    const auto parsed = load_config_file(path, &text);
+    auto parsed = load_config_file(path, &text);
     const std::string params = file_params(path, text);
+    // A file unchanged since it was last read, while what runs differs from it: a config was
+    // applied through the API (or rolled back to) after that read. Applying the file would
+    // undo it without anyone having asked (a certificate-renewal hook signals without
+    // editing the file); what runs is re-applied instead, which re-reads its certificates
+    // and suppression lists. An edited file, or POST /v1/config/reload, applies the file.
+    std::optional<std::pair<std::int64_t, std::int64_t>> kept;  // (running version, file's version)
+    const std::string file_sha = text ? sha256_hex(*text) : std::string{};
+    if (auto* db = srv.db(); db != nullptr && text) {
+        const auto mark = db->config_file();
+        const auto running = srv.current_config();
+        if (mark && mark->sha256 == file_sha && !same_json(*text, running->source_json)) {
+            const auto latest = db->config_version(0);
+            kept.emplace(latest ? latest->first : 0, mark->version);
+            reason = "SIGHUP: " + path + " unchanged since version " + std::to_string(mark->version) +
+                     "; re-apply the running version " + std::to_string(kept->first);
+            parsed = parse_config(running->source_json);
+        }
+    }
     if (!parsed.errors.empty()) {
         spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving", parsed.errors.size());
         std::string listed;
@@ -1880,6 +1906,33 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         }
         co_await audit_local(srv, actor, "SIGHUP", params, reason,
                              "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)", listed);
+        co_return;
+    }
+    if (kept) {
+        // The same JSON as runs, so no judgement and no new version; a suppression file that
+        // no longer parses was refused above, as for any reload.
+        if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", "")) {
+            spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the config keeps serving");
+            co_return;
+        }
+        std::string result = "kept version " + std::to_string(kept->first) + ": the file is unchanged since it was " +
+                             "read as version " + std::to_string(kept->second) + "; files re-read";
+        try {
+            for (const auto& w : srv.apply_config(parsed.cfg)) {
+                spdlog::warn("reload: {}", w);
+            }
+        } catch (const std::exception& e) {
+            result = std::string{"not applied: "} + e.what();
+        }
+        for (const auto& e : srv.reload_security()) {
+            spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
+            result += "; TLS files not reloaded: " + e;
+        }
+        co_await audit_local(srv, actor, "SIGHUP", params, reason, result, "");
+        spdlog::warn("SIGHUP: {} is unchanged since it was read as version {}; version {}, applied after it through "
+                     "the admin API, keeps running (its certificate and list files re-read). Edit the file, or POST "
+                     "/v1/config/reload, to run the file",
+                     path, kept->second, kept->first);
         co_return;
     }
     // Whoever can signal the process can edit its file, so a loosening is not refused here;
@@ -1900,7 +1953,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     bool stored = false;
     if (auto* db = srv.db()) {
         auto r = co_await await_store([&](store::done_fn done) {
-            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done));
+            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done), file_sha);
         });
         if (!r.ok) {
             spdlog::error("SIGHUP: not reloaded: its version could not be stored ({}); the old config keeps serving",
@@ -1935,7 +1988,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     if (auto* db = srv.db(); db != nullptr && !stored) {
         // The store was opened by this reload (its first breakers): the version goes after.
         auto r = co_await await_store([&](store::done_fn done) {
-            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done));
+            db->save_config_version(parsed.cfg->source_json, actor, reason, std::move(done), file_sha);
         });
         version = r.ok ? r.count : 0;
     }
@@ -1950,10 +2003,25 @@ asio::awaitable<void> record_startup_config(server& srv) {
     if (db == nullptr || srv.config_path().empty() || cfg->source_json.empty()) {
         co_return;
     }
+    if (srv.config_change_busy()) {
+        co_return;  // (it runs before the admin API and signals are served; never, then)
+    }
     const auto last = db->config_version(0);
+    if (const auto v = srv.config_from_version(); v != 0) {
+        // choose_startup_config ran the latest version rather than the unchanged file.
+        const auto mark = db->config_file();
+        const std::string why = "started from version " + std::to_string(v) + ", applied after the file was read as " +
+                                "version " + std::to_string(mark ? mark->version : 0) + "; the file is unchanged";
+        co_await audit_local(srv, "startup", "START", file_params(srv.config_path(), std::nullopt),
+                             "started from " + srv.config_path(), why, "");
+        co_return;
+    }
+    const std::string file_sha = sha256_hex(cfg->source_json);  // the file's text as read
     // The same config whatever its layout: the API stores what it applied minified.
-    if ((last && same_json(last->second, cfg->source_json)) || srv.config_change_busy()) {
-        co_return;  // (busy: it runs before the admin API and signals are served; never, then)
+    if (last && same_json(last->second, cfg->source_json)) {
+        co_await await_store(
+            [&](store::done_fn done) { db->mark_config_file(file_sha, last->first, std::move(done)); });
+        co_return;
     }
     config_change_slot slot{srv};
     std::string diff;
@@ -1971,11 +2039,57 @@ asio::awaitable<void> record_startup_config(server& srv) {
         }
     }
     auto r = co_await await_store([&](store::done_fn done) {
-        db->save_config_version(cfg->source_json, "startup", "started from " + srv.config_path(), std::move(done));
+        db->save_config_version(cfg->source_json, "startup", "started from " + srv.config_path(), std::move(done),
+                                file_sha);
     });
     co_await audit_local(srv, "startup", "START", file_params(srv.config_path(), cfg->source_json),
                          "started from " + srv.config_path(),
                          result + " (version " + std::to_string(r.ok ? r.count : 0) + ")", diff);
+}
+
+std::shared_ptr<const config> choose_startup_config(const std::string& path, std::shared_ptr<const config> from_file,
+                                                    std::int64_t* version) {
+    *version = 0;
+    // The store is opened (and so holds versions) only with breakers or an admin API.
+    if (from_file->breakers.empty() && !from_file->admin.enabled) {
+        return from_file;
+    }
+    std::string error;
+    const auto view = store::database::peek_config(from_file->store.path, &error);
+    if (!view) {
+        if (!error.empty()) {
+            spdlog::warn("config: cannot read the config versions in {} ({}); starting from {}", from_file->store.path,
+                         error, path);
+        }
+        return from_file;
+    }
+    if (view->file.sha256 != sha256_hex(from_file->source_json)) {
+        return from_file;  // edited since it was last read (or never read): the file runs
+    }
+    if (view->latest <= view->file.version || same_json(view->latest_json, from_file->source_json)) {
+        return from_file;  // nothing applied after the file
+    }
+    auto stored = parse_config(view->latest_json);
+    if (!stored.errors.empty()) {
+        spdlog::error("config: version {} (applied after {} was read as version {}) no longer parses ({}); "
+                      "starting from the file instead, which undoes it",
+                      view->latest, path, view->file.version, stored.errors.list().front().to_string());
+        return from_file;
+    }
+    if (stored.cfg->store.path != from_file->store.path) {
+        spdlog::error("config: version {} (applied after {} was read as version {}) names another store ({}); "
+                      "starting from the file instead, which undoes it: write the change to the file",
+                      view->latest, path, view->file.version, stored.cfg->store.path);
+        return from_file;
+    }
+    spdlog::warn("config: {} is unchanged since it was read as version {}; version {}, applied after it through the "
+                 "admin API, runs (edit the file, or POST /v1/config/reload, to run the file)",
+                 path, view->file.version, view->latest);
+    for (const auto& w : stored.warnings) {
+        spdlog::warn("config: {}", w);
+    }
+    *version = view->latest;
+    return stored.cfg;
 }
 
 admin_server::admin_server(asio::io_context& control, server& srv) : control_(control), srv_(srv) {}

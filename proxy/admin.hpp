@@ -57,7 +57,10 @@ private:
 };
 
 // SIGHUP: reloads the config file the way POST /v1/config/reload applies one, except that a
-// loosening is not refused (whoever can signal the process can edit its file): after any
+// loosening is not refused (whoever can signal the process can edit its file), and that a
+// file unchanged since breakerbox last read it does not undo a config applied after it
+// through the API (a certificate-renewal hook signals without editing the file): that config
+// is re-applied instead, re-reading its certificates and lists. After any
 // config change in flight, the intent goes to the audit log first (actor signal:SIGHUP, the
 // file and its SHA-256, the diff, what it loosens); the config is applied and stored as a
 // version; the outcome follows. A file with errors is audited and changes nothing; so does
@@ -69,6 +72,15 @@ asio::awaitable<void> reload_on_signal(server& srv);
 // and the audit log with the diff, and stores the file as the new version, so that
 // GET /v1/config and rollbacks number what really runs. Control thread.
 asio::awaitable<void> record_startup_config(server& srv);
+
+// The config a start from the file at `path` runs: the file's, unless the store at the
+// file's store.path says the file is unchanged since breakerbox last read it (same SHA-256)
+// and a config was applied after that (through the admin API or a rollback): then that
+// latest version, so a restart does not undo an emergency change made through the API. An
+// edited file always runs. Said in the log either way when they differ. *version: the
+// stored version chosen, or 0 for the file.
+std::shared_ptr<const config> choose_startup_config(const std::string& path, std::shared_ptr<const config> from_file,
+                                                    std::int64_t* version);
 
 // Prometheus text exposition (format 0.0.4) of everything breakerbox measures.
 std::string render_metrics(server& srv);

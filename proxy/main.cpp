@@ -1,6 +1,7 @@
 // breakerbox --config FILE [--log-level LEVEL]
 // breakerbox --check-config FILE
 #include "config/config.hpp"
+#include "proxy/admin.hpp"
 #include "proxy/server.hpp"
 
 #include <spdlog/spdlog.h>
@@ -91,12 +92,19 @@ int main(int argc, char** argv) {
     for (const auto& w : parsed.warnings) {
         spdlog::warn("config: {}", w);
     }
+    // A config applied through the admin API after the file was last read survives a
+    // restart while the file is unchanged.
+    std::int64_t from_version = 0;
+    parsed.cfg = bb::proxy::choose_startup_config(config_path, parsed.cfg, &from_version);
     std::signal(SIGPIPE, SIG_IGN);
     try {
         int rc = 0;
         {
             // The server goes (and writes out its logs) before spdlog's log thread does.
-            bb::proxy::server srv{parsed.cfg, {config_path, true}};
+            bb::proxy::server_options opts;
+            opts.config_path = config_path;
+            opts.config_from_version = from_version;
+            bb::proxy::server srv{parsed.cfg, opts};
             srv.start();
             for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
                 const auto& l = parsed.cfg->listeners[i];

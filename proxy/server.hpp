@@ -221,6 +221,9 @@ struct server_options {
     // How often the rule meters are saved for a restart (tests stretch it to see the save
     // at shutdown alone).
     std::chrono::milliseconds meter_save_every{1000};
+    // Not 0: the config runs from this stored version, not from the file at config_path,
+    // which is unchanged since it was read as an earlier version (choose_startup_config).
+    std::int64_t config_from_version = 0;
 };
 
 class server {
@@ -302,6 +305,7 @@ public:
     void for_each_worker(const std::function<void(worker&)>& f);
     bool draining() const { return stop_requested_.load(); }
     const std::string& config_path() const { return opts_.config_path; }
+    std::int64_t config_from_version() const { return opts_.config_from_version; }
     std::uint16_t admin_port() const;
     // Alerts to on-call; null without sinks. Publishing never blocks.
     // The dispatcher of the current config (null without sinks); a reload that changes

@@ -281,9 +281,21 @@ CREATE TABLE forwarded_keys (
 );
 CREATE INDEX forwarded_keys_sent ON forwarded_keys(sent_ms);
 )sql"},
+    // The config file as breakerbox last read it (at a start, a SIGHUP, POST
+    // /v1/config/reload): its SHA-256 and the config version it became. A start or SIGHUP
+    // that finds the file unchanged since keeps a config applied through the admin API after
+    // it, so a restart or a certificate-renewal SIGHUP does not undo an emergency tightening;
+    // an edited file applies.
+    {10, R"sql(
+CREATE TABLE config_file (
+  one     INTEGER PRIMARY KEY CHECK (one = 1),
+  sha256  TEXT NOT NULL,
+  version INTEGER NOT NULL
+);
+)sql"},
 };
 
-constexpr int latest_version = 9;
+constexpr int latest_version = 10;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -2840,11 +2852,31 @@ bool database::audit_verifier::step() {
     return true;
 }
 
-void database::save_config_version(std::string json, std::string actor, std::string reason, done_fn done) {
+namespace {
+
+// Upserts the config file's mark (inside the caller's transaction); an empty outcome is success.
+std::optional<int> write_config_file_mark(connection& c, const std::string& sha256, std::int64_t version) {
+    auto s = c.once("INSERT INTO config_file(one, sha256, version) VALUES(1, ?1, ?2) "
+                    "ON CONFLICT(one) DO UPDATE SET sha256 = excluded.sha256, version = excluded.version");
+    if (!s.valid()) {
+        return SQLITE_ERROR;
+    }
+    s.text(1, sha256);
+    s.i64(2, version);
+    if (const int rc = s.step(); rc != SQLITE_DONE) {
+        return rc;
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+void database::save_config_version(std::string json, std::string actor, std::string reason, done_fn done,
+                                   std::string file_sha256) {
     const auto bytes = json.size() + 256;
     impl_->enqueue(
-        [this, json = std::move(json), actor = std::move(actor), reason = std::move(reason)](
-            impl::batch_ctx& ctx) -> impl::outcome {
+        [this, json = std::move(json), actor = std::move(actor), reason = std::move(reason),
+         file_sha256 = std::move(file_sha256)](impl::batch_ctx& ctx) -> impl::outcome {
             auto ins = ctx.c.once("INSERT INTO config_versions(at_ms, actor, reason, json) VALUES(?1, ?2, ?3, ?4)");
             if (!ins.valid()) {
                 return impl::outcome{unavailable("cannot prepare the config version insert: " + ctx.c.error())};
@@ -2858,6 +2890,12 @@ void database::save_config_version(std::string json, std::string actor, std::str
                                        : impl::outcome{unavailable("cannot save the config version: " + ctx.c.error())};
             }
             const auto version = sqlite3_last_insert_rowid(ctx.c.handle());
+            if (!file_sha256.empty()) {
+                if (const auto rc = write_config_file_mark(ctx.c, file_sha256, version)) {
+                    return is_io_fault(*rc) ? impl::outcome{unavailable(ctx.c.error()), *rc, ctx.c.error()}
+                                            : impl::outcome{unavailable("cannot mark the config file: " + ctx.c.error())};
+                }
+            }
             // Keep the last 50.
             auto del = ctx.c.once("DELETE FROM config_versions WHERE version <= ?1");
             if (del.valid()) {
@@ -2871,6 +2909,84 @@ void database::save_config_version(std::string json, std::string actor, std::str
             return impl::outcome{r};
         },
         std::move(done), bytes);
+}
+
+void database::mark_config_file(std::string sha256, std::int64_t version, done_fn done) {
+    impl_->enqueue(
+        [sha256 = std::move(sha256), version](impl::batch_ctx& ctx) -> impl::outcome {
+            if (const auto rc = write_config_file_mark(ctx.c, sha256, version)) {
+                return is_io_fault(*rc) ? impl::outcome{unavailable(ctx.c.error()), *rc, ctx.c.error()}
+                                        : impl::outcome{unavailable("cannot mark the config file: " + ctx.c.error())};
+            }
+            return impl::outcome{result{}};
+        },
+        std::move(done), 128);
+}
+
+namespace {
+
+std::optional<config_file_mark> read_config_file_mark(connection& c) {
+    auto s = c.once("SELECT sha256, version FROM config_file WHERE one = 1");
+    if (!s.valid() || s.step() != SQLITE_ROW) {
+        return std::nullopt;
+    }
+    return config_file_mark{s.col_str(0), s.col_i64(1)};
+}
+
+}  // namespace
+
+std::optional<config_file_mark> database::config_file() const {
+    auto c = impl_->lease();
+    return read_config_file_mark(*c);
+}
+
+std::optional<startup_config_view> database::peek_config(const std::string& path, std::string* error) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) {
+        return std::nullopt;  // a first start: nothing was applied before
+    }
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+    std::unique_ptr<sqlite3, int (*)(sqlite3*)> owned{db, sqlite3_close_v2};
+    if (rc != SQLITE_OK) {
+        *error = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+        return std::nullopt;
+    }
+    sqlite3_busy_timeout(db, 2000);
+    auto read = [&](const char* sql, auto&& row) {
+        sqlite3_stmt* s = nullptr;
+        if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) {
+            return false;  // no such table: a store from before schema 10, or a new one
+        }
+        std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> st{s, sqlite3_finalize};
+        const int step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            row(s);
+            return true;
+        }
+        if (step != SQLITE_DONE) {
+            *error = sqlite3_errmsg(db);
+        }
+        return false;
+    };
+    auto text = [](sqlite3_stmt* s, int col) {
+        const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, col));
+        return p == nullptr ? std::string{} : std::string{p, static_cast<std::size_t>(sqlite3_column_bytes(s, col))};
+    };
+    startup_config_view v;
+    if (!read("SELECT sha256, version FROM config_file WHERE one = 1", [&](sqlite3_stmt* s) {
+            v.file.sha256 = text(s, 0);
+            v.file.version = sqlite3_column_int64(s, 1);
+        })) {
+        return std::nullopt;
+    }
+    if (!read("SELECT version, json FROM config_versions ORDER BY version DESC LIMIT 1", [&](sqlite3_stmt* s) {
+            v.latest = sqlite3_column_int64(s, 0);
+            v.latest_json = text(s, 1);
+        })) {
+        return std::nullopt;
+    }
+    return v;
 }
 
 std::optional<std::pair<std::int64_t, std::string>> database::config_version(std::int64_t version) const {

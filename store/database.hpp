@@ -222,6 +222,18 @@ struct audit_verification {
     std::string problem;
 };
 
+// The config file as breakerbox last read it: its SHA-256 and the config version it became.
+struct config_file_mark {
+    std::string sha256;
+    std::int64_t version = 0;
+};
+
+struct startup_config_view {
+    config_file_mark file;
+    std::int64_t latest = 0;  // the latest config version and its JSON
+    std::string latest_json;
+};
+
 class database {
 public:
     // Opens (creating the file and its parent directories), locks, migrates, recovers
@@ -380,8 +392,19 @@ public:
         std::string anchor_hash_;
         bool done_ = false;
     };
-    // Keeps the last 50 (done: r.count = the new version).
-    void save_config_version(std::string json, std::string actor, std::string reason, done_fn done);
+    // Keeps the last 50 (done: r.count = the new version). `file_sha256`: the config was read
+    // from the config file, whose SHA-256 this is; the file's mark (config_file()) becomes
+    // this version in the same transaction.
+    void save_config_version(std::string json, std::string actor, std::string reason, done_fn done,
+                             std::string file_sha256 = {});
+    // The config file read again, unchanged from `version` (no new version).
+    void mark_config_file(std::string sha256, std::int64_t version, done_fn done);
+    // The config file as last read: nullopt before the first mark.
+    std::optional<config_file_mark> config_file() const;
+    // For a start, before the store is opened (locked, migrated): the file's mark and the
+    // latest version, read-only. nullopt when there is no store, no mark or no version yet,
+    // or when it cannot be read (then *error says why).
+    static std::optional<startup_config_view> peek_config(const std::string& path, std::string* error);
     // version 0: the latest. nullopt when there is none.
     std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version) const;
 

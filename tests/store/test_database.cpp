@@ -143,10 +143,10 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 9);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
-                                         // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
-                                         // 7: the reset policy of saved breaker state, 8: throttle admissions,
-                                         // 9: keys of requests sent live
+    EXPECT_EQ(db->schema_version(), 10);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+                                          // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
+                                          // 7: the reset policy of saved breaker state, 8: throttle admissions,
+                                          // 9: keys of requests sent live, 10: the config file as last read
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1399,6 +1399,43 @@ TEST_F(store_db, after_a_reboot_a_bypass_never_outlasts_and_a_forced_open_never_
 
 // Keys of requests sent live: each save writes or deletes the rows it names and deletes the
 // rows sent before its cutoff; a load reads the most recent ones since a time, newest first.
+// The config file as last read (its digest and version) goes with the version it became, in
+// one transaction; a version from the API leaves it; it can be read before the store is
+// opened (a start choosing what to run), also while another process holds the store.
+TEST_F(store_db, the_config_file_mark_follows_the_versions_read_from_the_file) {
+    std::string err;
+    EXPECT_FALSE(database::peek_config(options().path, &err)) << "no store yet";
+    EXPECT_EQ(err, "");
+    auto db = open();
+    EXPECT_FALSE(db->config_file());
+    auto save = [&](const std::string& json, const std::string& sha) {
+        return wait_done([&](bb::store::done_fn d) { db->save_config_version(json, "t", "r", d, sha); });
+    };
+    auto v1 = save(R"({"a":1})", "aaaa");
+    ASSERT_TRUE(v1.ok) << v1.message;
+    auto mark = db->config_file();
+    ASSERT_TRUE(mark);
+    EXPECT_EQ(mark->sha256, "aaaa");
+    EXPECT_EQ(mark->version, v1.count);
+    auto v2 = save(R"({"a":2})", "");  // applied through the API
+    ASSERT_TRUE(v2.ok) << v2.message;
+    EXPECT_EQ(db->config_file()->version, v1.count) << "a version not from the file leaves the mark";
+    auto peek = database::peek_config(options().path, &err);
+    ASSERT_TRUE(peek) << err;
+    EXPECT_EQ(peek->file.sha256, "aaaa");
+    EXPECT_EQ(peek->file.version, v1.count);
+    EXPECT_EQ(peek->latest, v2.count);
+    EXPECT_EQ(peek->latest_json, R"({"a":2})");
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->mark_config_file("bbbb", v2.count, d); }).ok);
+    mark = db->config_file();
+    EXPECT_EQ(mark->sha256, "bbbb");
+    EXPECT_EQ(mark->version, v2.count);
+    // A failed save leaves the old mark.
+    db->inject_write_fault(SQLITE_IOERR, 1);
+    EXPECT_FALSE(save(R"({"a":3})", "cccc").ok);
+    EXPECT_EQ(db->config_file()->sha256, "bbbb");
+}
+
 TEST_F(store_db, forwarded_keys_round_trip_and_age_out) {
     auto db = open();
     std::string err;
@@ -1550,7 +1587,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
                            "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
                            "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
-                           "ALTER TABLE breaker_state DROP COLUMN throttle_ms; DROP TABLE forwarded_keys; "
+                           "ALTER TABLE breaker_state DROP COLUMN throttle_ms; DROP TABLE forwarded_keys; DROP TABLE config_file; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
@@ -1558,7 +1595,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 9);
+    EXPECT_EQ(db->schema_version(), 10);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     auto keyed = sample();
     keyed.idempotency_key = "k";
