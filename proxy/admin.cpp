@@ -2035,7 +2035,13 @@ asio::awaitable<void> record_startup_config(server& srv) {
                      srv.config_path(), last->first);
         auto before = parse_config(last->second);
         if (before.errors.empty()) {
-            diff = diff_text_of(diff_configs(*before.cfg, *cfg));
+            // As for SIGHUP: whoever edits the file may loosen a guard; written down and said.
+            const auto d = diff_configs(*before.cfg, *cfg);
+            diff = diff_text_of(d);
+            for (const auto& l : d.loosening) {
+                diff += "loosens: " + l + "\n";
+                spdlog::warn("config: the file loosens a guard of version {}: {}", last->first, l);
+            }
         }
     }
     auto r = co_await await_store([&](store::done_fn done) {

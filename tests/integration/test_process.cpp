@@ -344,6 +344,7 @@ TEST(signals, sighup_and_a_restart_from_the_file_are_audited_and_numbered) {
     const auto admin = start(bb);
     ASSERT_NE(admin, 0);
     bb.wait_output("differs from version 3");
+    bb.wait_output("the file loosens a guard of version 3: changes routes");
     const auto log = audit_with(admin, "differs from the last applied version 3");
     EXPECT_NE(log.find("differs from the last applied version 3 (version 4)"), std::string::npos) << log;
     ::kill(bb.pid(), SIGTERM);
