@@ -1889,9 +1889,12 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     if (auto* db = srv.db(); db != nullptr && text) {
         const auto mark = db->config_file();
         const auto running = srv.current_config();
-        if (mark && mark->sha256 == file_sha && !same_json(*text, running->source_json)) {
-            const auto latest = db->config_version(0);
-            kept.emplace(latest ? latest->first : 0, mark->version);
+        const auto latest = mark && mark->sha256 == file_sha ? db->config_version(0) : std::nullopt;
+        // Only a version stored after the file's, and the one running: a mark written with a
+        // version whose apply then failed is no reason to keep what runs.
+        if (latest && latest->first > mark->version && same_json(latest->second, running->source_json) &&
+            !same_json(*text, running->source_json)) {
+            kept.emplace(latest->first, mark->version);
             reason = "SIGHUP: " + path + " unchanged since version " + std::to_string(mark->version) +
                      "; re-apply the running version " + std::to_string(kept->first);
             parsed = parse_config(running->source_json);
@@ -2019,8 +2022,13 @@ asio::awaitable<void> record_startup_config(server& srv) {
     const std::string file_sha = sha256_hex(cfg->source_json);  // the file's text as read
     // The same config whatever its layout: the API stores what it applied minified.
     if (last && same_json(last->second, cfg->source_json)) {
-        co_await await_store(
+        auto r = co_await await_store(
             [&](store::done_fn done) { db->mark_config_file(file_sha, last->first, std::move(done)); });
+        if (!r.ok) {
+            spdlog::error("config: cannot record {} as read ({}); a config applied through the API later may be "
+                          "undone by a SIGHUP or restart that finds this file unchanged",
+                          srv.config_path(), r.message);
+        }
         co_return;
     }
     config_change_slot slot{srv};
@@ -2064,8 +2072,11 @@ std::shared_ptr<const config> choose_startup_config(const std::string& path, std
     const auto view = store::database::peek_config(from_file->store.path, &error);
     if (!view) {
         if (!error.empty()) {
-            spdlog::warn("config: cannot read the config versions in {} ({}); starting from {}", from_file->store.path,
-                         error, path);
+            // Starting from the file could undo a config applied after it, for good (the start
+            // stores the file as the latest version): not started, as for unreadable state.
+            throw std::runtime_error("cannot read the config versions in " + from_file->store.path + " (" + error +
+                                     "), so whether a config applied through the admin API should run instead of " +
+                                     path + " is unknown");
         }
         return from_file;
     }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 
 namespace {
@@ -94,18 +95,37 @@ int main(int argc, char** argv) {
     }
     // A config applied through the admin API after the file was last read survives a
     // restart while the file is unchanged.
+    const auto from_file = parsed.cfg;
     std::int64_t from_version = 0;
-    parsed.cfg = bb::proxy::choose_startup_config(config_path, parsed.cfg, &from_version);
     std::signal(SIGPIPE, SIG_IGN);
     try {
+        parsed.cfg = bb::proxy::choose_startup_config(config_path, parsed.cfg, &from_version);
         int rc = 0;
         {
             // The server goes (and writes out its logs) before spdlog's log thread does.
             bb::proxy::server_options opts;
             opts.config_path = config_path;
             opts.config_from_version = from_version;
-            bb::proxy::server srv{parsed.cfg, opts};
-            srv.start();
+            std::unique_ptr<bb::proxy::server> owned;
+            try {
+                owned = std::make_unique<bb::proxy::server>(parsed.cfg, opts);
+                owned->start();
+            } catch (const std::exception& e) {
+                if (from_version == 0) {
+                    throw;
+                }
+                // What the API changed of the settings fixed until a restart (listeners, the
+                // admin address...) is tried for the first time here; a version that cannot
+                // start must not keep every restart down while the file can.
+                spdlog::error("config: version {} cannot start ({}); starting from {} instead, which undoes it",
+                              from_version, e.what(), config_path);
+                owned.reset();
+                parsed.cfg = from_file;
+                opts.config_from_version = 0;
+                owned = std::make_unique<bb::proxy::server>(parsed.cfg, opts);
+                owned->start();
+            }
+            auto& srv = *owned;
             for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
                 const auto& l = parsed.cfg->listeners[i];
                 const bool v6 = l.host.find(':') != std::string::npos;

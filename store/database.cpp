@@ -2956,7 +2956,13 @@ std::optional<startup_config_view> database::peek_config(const std::string& path
     auto read = [&](const char* sql, auto&& row) {
         sqlite3_stmt* s = nullptr;
         if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) {
-            return false;  // no such table: a store from before schema 10, or a new one
+            // No such table: a store from before schema 10, or a new one. Anything else (a
+            // busy, unreadable or foreign file) is said: the caller does not guess.
+            const std::string why = sqlite3_errmsg(db);
+            if (why.rfind("no such table", 0) != 0) {
+                *error = why;
+            }
+            return false;
         }
         std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> st{s, sqlite3_finalize};
         const int step = sqlite3_step(s);

@@ -418,6 +418,26 @@ TEST(signals, a_config_applied_through_the_api_survives_sighup_and_restart_while
         ::kill(bb.pid(), SIGTERM);
         EXPECT_EQ(bb.wait_exit(), 0);
     }
+    {
+        // The SIGHUP above recorded the /v3/ file as read: it is unchanged, so /v2/ runs.
+        child bb{{"--config", path, "--log-level", "info"}};
+        const auto [port, admin] = start(bb);
+        ASSERT_NE(port, 0);
+        EXPECT_EQ(status(port, "/v3/x"), 404u) << "the restart undid the change made through the API";
+        EXPECT_EQ(status(port, "/v2/x"), 200u);
+        // POST /v1/config/reload applies the file, whatever it is, and records it as read.
+        auto r = http_request(admin, http::verb::post, "/v1/config/reload", R"({"reason": "to the file"})", admin_auth);
+        ASSERT_EQ(r.result_int(), 200u) << r.body();
+        EXPECT_EQ(status(port, "/v3/x"), 200u);
+        const std::string apply = R"({"reason": "v2 again", "config": )" + with_prefix("/v2/") + "}";
+        r = http_request(admin, http::verb::post, "/v1/config", apply, admin_auth);
+        ASSERT_EQ(r.result_int(), 200u) << r.body();
+        ::kill(bb.pid(), SIGHUP);
+        bb.wait_output("keeps running");
+        EXPECT_EQ(status(port, "/v3/x"), 404u) << "the SIGHUP undid the change made through the API";
+        ::kill(bb.pid(), SIGTERM);
+        EXPECT_EQ(bb.wait_exit(), 0);
+    }
     write_file(path, with_prefix("/v4/"));  // edited while stopped: the file runs
     child bb{{"--config", path, "--log-level", "info"}};
     const auto [port, admin] = start(bb);
@@ -425,6 +445,43 @@ TEST(signals, a_config_applied_through_the_api_survives_sighup_and_restart_while
     bb.wait_output("differs from version");
     EXPECT_EQ(status(port, "/v2/x"), 404u);
     EXPECT_EQ(status(port, "/v4/x"), 200u);
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+}
+
+// A setting fixed until a restart that an API apply changed (here: the listener, onto a
+// port already taken) is tried for the first time at the next start; a version that cannot
+// start falls back to the file rather than keeping every restart down.
+TEST(signals, a_stored_version_that_cannot_start_falls_back_to_the_file) {
+    fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
+    const auto dir = temp_dir();
+    const auto path = dir + "/bb.json";
+    std::string file = make_config(local_url(up.port()));
+    file.insert(file.rfind('}'), ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+                                 "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+                                 "{\"name\": \"ada\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex_of("admin-token") + "\"}]}");
+    write_file(path, file);
+    std::string taken = file;  // the listener on the fake upstream's port
+    taken.replace(taken.find("127.0.0.1:0"), 11, "127.0.0.1:" + std::to_string(up.port()));
+    {
+        child bb{{"--config", path, "--log-level", "info"}};
+        started_port(bb);
+        auto m = bb.wait_output(R"(admin API on http://127\.0\.0\.1:(\d+))");
+        ASSERT_FALSE(m.empty());
+        const auto admin = static_cast<std::uint16_t>(std::stoi(m[1].str()));
+        bb.wait_output("audit: entry 1 appended");
+        auto r = http_request(admin, http::verb::post, "/v1/config", R"({"reason": "move", "config": )" + taken + "}",
+                              {{"authorization", "Bearer admin-token"}, {"content-type", "application/json"}});
+        ASSERT_EQ(r.result_int(), 200u) << r.body();
+        ::kill(bb.pid(), SIGTERM);
+        EXPECT_EQ(bb.wait_exit(), 0);
+    }
+    child bb{{"--config", path, "--log-level", "info"}};
+    bb.wait_output("version 2 cannot start");
+    const auto port = started_port(bb);
+    ASSERT_NE(port, 0);
+    EXPECT_NE(port, up.port());
+    EXPECT_EQ(http_request(port, http::verb::get, "/x").result_int(), 200u);
     ::kill(bb.pid(), SIGTERM);
     EXPECT_EQ(bb.wait_exit(), 0);
 }

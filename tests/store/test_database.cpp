@@ -1397,8 +1397,6 @@ TEST_F(store_db, after_a_reboot_a_bypass_never_outlasts_and_a_forced_open_never_
     }
 }
 
-// Keys of requests sent live: each save writes or deletes the rows it names and deletes the
-// rows sent before its cutoff; a load reads the most recent ones since a time, newest first.
 // The config file as last read (its digest and version) goes with the version it became, in
 // one transaction; a version from the API leaves it; it can be read before the store is
 // opened (a start choosing what to run), also while another process holds the store.
@@ -1430,12 +1428,15 @@ TEST_F(store_db, the_config_file_mark_follows_the_versions_read_from_the_file) {
     mark = db->config_file();
     EXPECT_EQ(mark->sha256, "bbbb");
     EXPECT_EQ(mark->version, v2.count);
-    // A failed save leaves the old mark.
+    // A save whose commit fails (the version and the mark written, then rolled back) leaves
+    // the old mark.
     db->inject_write_fault(SQLITE_IOERR, 1);
     EXPECT_FALSE(save(R"({"a":3})", "cccc").ok);
     EXPECT_EQ(db->config_file()->sha256, "bbbb");
 }
 
+// Keys of requests sent live: each save writes or deletes the rows it names and deletes the
+// rows sent before its cutoff; a load reads the most recent ones since a time, newest first.
 TEST_F(store_db, forwarded_keys_round_trip_and_age_out) {
     auto db = open();
     std::string err;
