@@ -1945,7 +1945,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     w.owner().report_store_trouble(stored.message +
                                                    "; quarantined requests are refused with 503 until it recovers");
                 }
-                contained = contained_code == "idempotency_key_reused"
+                contained = contained_code == "idempotency_key_reused" || contained_code == "discarded"
                                 ? error_info{http::status::conflict, "rejected", contained_code,
                                              "the request was not quarantined: " + stored.message}
                                 : error_info{http::status::service_unavailable, "unavailable", contained_code,
@@ -1985,6 +1985,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                            "another request (method, target or body differ) was quarantined with this "
                                            "key as ticket " + earlier->ticket +
                                                "; a retry must repeat the request exactly, a new request needs a new key"};
+                } else if (earlier && earlier->message.rfind("discarded", 0) == 0) {
+                    // Not a 202 as if it still waited for an operator: one discarded it.
+                    contained = error_info{http::status::conflict, "rejected", "discarded",
+                                           "the request held as " + earlier->ticket + " under this " +
+                                               cfg->store.idempotency_header + " was discarded by an operator (" +
+                                               earlier->message + "); it is not sent"};
+                    contained_breaker = earlier->breaker;
                 } else if (earlier) {
                     for (const auto& p : probes) {
                         registry.cancel_probe(p.instance, p.round);  // never reached the upstream

@@ -1326,6 +1326,14 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
                     "another request (method, target or body differ) was quarantined with this key as ticket " +
                         earlier.r.ticket + "; a retry must repeat the request exactly, a new request needs a new key")};
             }
+            if (earlier.r.message.rfind("discarded", 0) == 0) {
+                // Not a 202 as if it waited again: an operator decided it is not to be sent.
+                auto gone = result::failure("discarded", "the request held as " + earlier.r.ticket +
+                                                             " under this key was discarded by an operator (" +
+                                                             earlier.r.message + "); it is not held again or sent");
+                gone.ticket = earlier.r.ticket;
+                return {gone};
+            }
             result again;
             again.ticket = earlier.r.ticket;
             again.duplicate = true;

@@ -598,6 +598,23 @@ TEST(quarantine, a_live_retry_of_a_held_request_is_not_sent_beside_its_release) 
         EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 1u);
         EXPECT_EQ(up.request_count(), 3u);
         EXPECT_EQ(send_with_key(bb.port(), "k-1", R"({"to":[1]})")["x-breakerbox-ticket"], ticket) << "after its release";
+
+        // A retry of a request an operator discarded is told so (409), not 202 as if it
+        // still waited for a release; nothing is sent.
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "again", bb.server().now()));
+        auto misfire = send_with_key(bb.port(), "k-3", R"({"to":[3]})");
+        ASSERT_EQ(misfire.result_int(), 202u);
+        const std::string discarded{misfire["x-breakerbox-ticket"]};
+        ASSERT_TRUE(bb.server().remediation().discard(discarded, "ops", "misfire").get().ok);
+        auto held_again = send_with_key(bb.port(), "k-3", R"({"to":[3]})");  // while the breaker still holds
+        EXPECT_EQ(held_again.result_int(), 409u) << held_again.body();
+        EXPECT_NE(held_again.body().find("\"discarded\""), std::string::npos) << held_again.body();
+        ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume", "ops", "fixed", bb.server().now()));
+        auto late = send_with_key(bb.port(), "k-3", R"({"to":[3]})");
+        EXPECT_EQ(late.result_int(), 409u) << late.body();
+        EXPECT_NE(late.body().find("\"discarded\""), std::string::npos) << late.body();
+        EXPECT_NE(late.body().find(discarded), std::string::npos) << late.body();
+        EXPECT_EQ(up.request_count(), 3u) << "the retry of a discarded request was sent";
     }
     // After a restart: the keys are read back from the store.
     proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
