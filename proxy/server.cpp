@@ -862,11 +862,14 @@ void server::on_transition(const breakers::transition& t) {
             a.severity = sent_as.front();  // kept sorted: the most severe
         }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
-        const bool closed = t.from != breakers::state::closed && t.to == breakers::state::closed;
-        if (closed && t.mode_to == breakers::mode::automatic && (t.cause.kind == "manual" || t.cause.kind == "probe")) {
-            // Traffic flows again under the breaker's own judgement: resolves the page. First,
-            // since resetting a manual trip on a self-resetting breaker also ends its
-            // forced_open (a mode change, which paged again under the same dedup key).
+        const bool normal_before = t.from == breakers::state::closed && t.mode_from == breakers::mode::automatic;
+        const bool normal_after = t.to == breakers::state::closed && t.mode_to == breakers::mode::automatic;
+        if (!normal_before && normal_after) {
+            // Traffic flows again under the breaker's own judgement, whatever brought it back
+            // (a reset, a probe, an operator's mode expiring: forced_open leaves the state
+            // closed, so its end is a mode change alone): resolves the page. First, since
+            // resetting a manual trip on a self-resetting breaker also ends its forced_open
+            // (a mode change, which paged again under the same dedup key).
             a.event = "breaker_reset";
             a.resolve = true;
         } else if (t.cause.kind == "manual" && t.mode_from != t.mode_to) {
@@ -879,16 +882,28 @@ void server::on_transition(const breakers::transition& t) {
         // A storm (one misfire opening hundreds of per-key instances): each breaker's trips
         // page one by one up to storm_alerts a minute; the rest are summed up by the
         // control tick (report_storms), and their resolves, of pages never sent, are not sent.
+        // An instance with an incident open (a failed probe's re-trip) is not limited: its
+        // alert folds into the page already sent, and counting it would hold back first trips.
         if (!a.event.empty() && t.instance != t.breaker && (a.event == "breaker_tripped" || a.resolve)) {
             std::lock_guard lock{storms_mu_};
             auto& st = storms_[t.breaker];
             if (a.resolve) {
-                if (st.unpaged.erase(t.instance) > 0) {
+                // Not sent only when nothing of the incident was: a trip held back, never
+                // paged later (re-trips, operators' mode changes) either.
+                if (st.unpaged.erase(t.instance) > 0 && sent_as.empty()) {
                     a.event.clear();
                 }
-            } else {
+            } else if (sent_as.empty()) {
                 const auto now = clock_->now();
                 if (!st.window || now - *st.window >= std::chrono::minutes{1}) {
+                    if (st.suppressed > 0) {  // the window that ends: told by the next tick
+                        st.due += st.suppressed;
+                        if (st.due_worst.empty() || st.worst < st.due_worst) {
+                            st.due_worst = st.worst;
+                        }
+                        st.suppressed = 0;
+                        st.worst.clear();
+                    }
                     st.window = now;
                     st.paged = 0;
                 }
@@ -902,7 +917,10 @@ void server::on_transition(const breakers::transition& t) {
                     a.event.clear();
                 } else {
                     ++st.paged;
+                    st.unpaged.erase(t.instance);
                 }
+            } else {
+                st.unpaged.erase(t.instance);  // paged now: its resolve goes out
             }
         }
         if (!a.event.empty()) {
@@ -910,11 +928,14 @@ void server::on_transition(const breakers::transition& t) {
                         std::string{breakers::to_string(t.to)} +
                         (t.mode_from != t.mode_to ? " (mode " + std::string{breakers::to_string(t.mode_to)} + ")" : "") +
                         (t.cause.reason.empty() ? "" : ": " + t.cause.reason);
-            if (a.resolve && !sent_as.empty()) {
+            if (a.resolve) {
                 // Once per severity the incident's alerts had: every sink that got one of
                 // them gets the resolve (a sink taking several gets it more than once;
-                // PagerDuty folds those by dedup key).
-                for (const auto& sev : sent_as) {
+                // PagerDuty folds those by dedup key). Not known (they are kept in memory:
+                // a restart since the trip): once per severity, so that a pager sink taking
+                // sev1 and sev2 only gets the resolve of what it paged before the restart.
+                static const std::vector<std::string> every{"sev1", "sev2", "sev3"};
+                for (const auto& sev : sent_as.empty() ? every : sent_as) {
                     a.severity = sev;
                     dispatcher->publish(a);
                 }
@@ -1238,22 +1259,33 @@ void server::report_storms() {
     {
         std::lock_guard lock{storms_mu_};
         for (auto& [breaker, st] : storms_) {
-            if (st.suppressed == 0 || (st.window && now - *st.window < std::chrono::minutes{1})) {
+            // A window a minute old, or ended by the trips of the next one.
+            const bool ended = st.window && now - *st.window >= std::chrono::minutes{1};
+            const std::uint64_t count = st.due + (ended ? st.suppressed : 0);
+            if (count == 0) {
                 continue;
+            }
+            std::string worst = st.due_worst;
+            if (ended && !st.worst.empty() && (worst.empty() || st.worst < worst)) {
+                worst = st.worst;
             }
             alerts::alert a;
             a.event = "breaker_storm";
-            a.severity = st.worst.empty() ? "sev3" : st.worst;
+            a.severity = worst.empty() ? "sev3" : worst;
             a.breaker = breaker;
             a.dedup_key = breaker + "/storm";
             a.reason = st.last_reason;
-            a.summary = "breaker " + breaker + ": " + std::to_string(st.suppressed) +
+            a.summary = "breaker " + breaker + ": " + std::to_string(count) +
                         " more instance(s) opened, beyond " + std::to_string(storm_alerts) +
                         " alerted one by one a minute (GET /v1/breakers lists them)" +
                         (st.last_reason.empty() ? "" : "; the last: " + st.last_reason);
             due.push_back(std::move(a));
-            st.suppressed = 0;
-            st.worst.clear();
+            st.due = 0;
+            st.due_worst.clear();
+            if (ended) {
+                st.suppressed = 0;
+                st.worst.clear();
+            }
         }
     }
     for (const auto& a : due) {

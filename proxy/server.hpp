@@ -418,8 +418,12 @@ private:
     struct storm {
         std::optional<time_point> window;
         std::size_t paged = 0;
-        std::uint64_t suppressed = 0;
+        std::uint64_t suppressed = 0;  // in the current window
         std::string worst, last_reason;
+        // Of windows that ended with trips not yet told (a storm that goes on across the
+        // minute): the tick tells them at once.
+        std::uint64_t due = 0;
+        std::string due_worst;
         std::unordered_set<std::string> unpaged;
     };
     std::mutex storms_mu_;
