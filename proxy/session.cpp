@@ -1656,6 +1656,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         thread_local std::vector<rules::header_field> header_scratch;
         thread_local std::vector<rules::engine::rule_key> key_scratch;
         rules::request_view view;
+        std::string rule_host;  // view.host's storage when it is the upstream's
         auto fill_view = [&] {
             header_scratch.clear();
             for (const auto& f : req) {
@@ -1666,7 +1667,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             view.path = req_path;
             view.upstream_path = upstream_path.size() != req_path.size() ? std::string_view{upstream_path} : std::string_view{};
             view.query = query_of(origin_form);
-            view.host = request_host;
+            // The host rules see is where the request goes: a route for any host sends to its
+            // own upstream whatever Host the client wrote, so a Host of the client's choosing
+            // must not step past a rule's match.host or split a budget keyed by host.
+            if (route->match.host.empty()) {
+                rule_host = canonical_host(cfg->upstreams[upstream_index].host);
+                view.host = rule_host;
+            } else {
+                view.host = request_host;
+            }
             view.route = route->name;
             view.agent = agent_id;
             view.content_type = req[http::field::content_type];

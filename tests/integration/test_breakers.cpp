@@ -1165,30 +1165,43 @@ TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
 // however the client spells it:
 // `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
 // to DNS and to the upstream (the route took them all), so none slips past the rule or
-// gets a cap of its own.
+// gets a cap of its own. On a route for any host the rule sees the route's upstream, where
+// the request goes, whatever Host the client wrote: a Host of its choosing does not step
+// past the rule or open a budget of its own.
 TEST(breakers, a_rule_on_a_host_sees_every_spelling_of_it) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
-    const auto dir = temp_dir();
-    proxy_instance bb{one_route_config(
-        up.port(), dir,
-        "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
-        "\"breakers\": [{\"id\": \"per-host\", \"action\": \"deny\"}],"
-        "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\", \"match\": {\"host\": \"API.SendGrid.com.\"},"
-        " \"key\": [\"host\"], \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
-        " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],")};
-    auto send_as = [&](const std::string& host) {
-        raw_client c{bb.port()};
+    const auto rule = [](const std::string& match) {
+        return "\"failure_modes\": [{\"id\": \"volume-spike\", \"title\": \"Send volume spike\", \"severity\": \"sev2\"}],"
+               "\"breakers\": [{\"id\": \"per-host\", \"action\": \"deny\"}],"
+               "\"rules\": [{\"id\": \"per-host\", \"route\": \"mail-send\"" + match + ","
+               " \"key\": [\"host\"], \"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
+               " \"failure_mode\": \"volume-spike\", \"trips\": \"per-host\"}],";
+    };
+    auto send_as = [&](std::uint16_t port, const std::string& host) {
+        raw_client c{port};
         const std::string body = R"({"to":[1]})";
         c.send("POST /v3/mail/send HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body);
         return c.read_response().result_int();
     };
-    EXPECT_EQ(send_as("API.SendGrid.com"), 202u);
-    EXPECT_EQ(send_as("api.sendgrid.com."), 202u);
-    EXPECT_EQ(send_as("api.sendgrid.com:443"), 403u) << "the third recipient to one host crosses the limit of 2";
-    EXPECT_EQ(send_as("Api.Sendgrid.Com.:443"), 403u);
-    EXPECT_EQ(send_as("other.example"), 202u) << "the rule names one host";
-    EXPECT_EQ(up.request_count(), 3u);
+    {
+        std::string cfg = one_route_config(up.port(), temp_dir(), rule(R"(, "match": {"host": "API.SendGrid.com."})"));
+        cfg.replace(cfg.find(R"("match": {"path_prefix": "/"})"), 29,
+                    R"("match": {"host": "api.sendgrid.com", "path_prefix": "/"})");
+        proxy_instance bb{cfg};
+        EXPECT_EQ(send_as(bb.port(), "API.SendGrid.com"), 202u);
+        EXPECT_EQ(send_as(bb.port(), "api.sendgrid.com."), 202u);
+        EXPECT_EQ(send_as(bb.port(), "api.sendgrid.com:443"), 403u) << "the third recipient to one host crosses the limit of 2";
+        EXPECT_EQ(send_as(bb.port(), "Api.Sendgrid.Com.:443"), 403u);
+        EXPECT_EQ(send_as(bb.port(), "other.example"), 404u) << "no route takes another host";
+        EXPECT_EQ(up.request_count(), 2u);
+    }
+    // A route for any host: every Host is the upstream's (127.0.0.1 here), one budget.
+    proxy_instance bb{one_route_config(up.port(), temp_dir(), rule(""))};
+    EXPECT_EQ(send_as(bb.port(), "a.example"), 202u);
+    EXPECT_EQ(send_as(bb.port(), "b.example"), 202u);
+    EXPECT_EQ(send_as(bb.port(), "c.example"), 403u) << "a Host of the client's own opened a budget of its own";
+    EXPECT_EQ(up.request_count(), 4u);
 }
 
 // Two rules trip one breaker: a request asks that breaker once. Asked once per rule, the
