@@ -1033,6 +1033,13 @@ parse_result parse_config(std::string_view json_text) {
     root.finish();
 
     if (out.errors.empty()) {
+        for (std::size_t i = 0; i < c->upstreams.size(); ++i) {
+            if (c->upstreams[i].tls && !c->upstreams[i].verify) {
+                out.warnings.push_back("upstreams[" + std::to_string(i) + "].verify: false: the certificate of " +
+                                       c->upstreams[i].host + " is not verified, so anyone on the path can read and "
+                                       "answer what is sent to it (the API keys included); for tests only");
+            }
+        }
         // Agents whose controls a caller can skip by sending no key at all.
         if (!c->agents.empty()) {
             for (std::size_t i = 0; i < c->listeners.size(); ++i) {

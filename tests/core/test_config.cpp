@@ -245,6 +245,13 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     ASSERT_TRUE(strict.errors.empty()) << all_errors(strict);
     EXPECT_TRUE(strict.warnings.empty());
     EXPECT_TRUE(parse_config(base()).warnings.empty()) << "no agents: nothing to skip";
+    // An upstream whose certificate is not verified is said at load.
+    std::string unverified = base();
+    unverified.replace(unverified.find("\"http://127.0.0.1:9000\""), 23, "\"https://api.sendgrid.com\", \"verify\": false");
+    auto mitm = parse_config(unverified);
+    ASSERT_TRUE(mitm.errors.empty()) << all_errors(mitm);
+    ASSERT_EQ(mitm.warnings.size(), 1u);
+    EXPECT_NE(mitm.warnings[0].find("upstreams[0].verify: false"), std::string::npos) << mitm.warnings[0];
 }
 
 TEST(config, agent_body_constraints_are_parsed_and_normalized) {

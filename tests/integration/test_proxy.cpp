@@ -893,6 +893,26 @@ TEST(upstream_tls, wrong_name_is_502_and_never_forwarded) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// breakerbox's TLS to upstreams takes forward secrecy and AEAD only, as its listeners do:
+// an upstream (or a man in the middle) offering only CBC suites (OpenSSL's default list
+// takes them) gets no request; the same upstream with an ECDHE-GCM suite does. (The test
+// certificate is ECDSA, whose suites all have forward secrecy; RSA key exchange is outside
+// the list as well.)
+TEST(upstream_tls, an_upstream_offering_only_cbc_suites_is_502_and_never_forwarded) {
+    for (const auto& [suite, status] : std::vector<std::pair<std::string, unsigned>>{
+             {"ECDHE-ECDSA-AES128-SHA256", 502u},
+             {"ECDHE-ECDSA-AES256-SHA", 502u},
+             {"ECDHE-ECDSA-AES128-GCM-SHA256", 200u}}) {
+        fake_upstream up{nullptr, cert("server.pem"), cert("server.key")};
+        up.tls12_ciphers(suite);
+        proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                      "\"ca_file\": \"" + cert("ca.pem") + "\"")};
+        auto res = http_request(bb.port(), http::verb::get, "/x");
+        EXPECT_EQ(res.result_int(), status) << suite << ": " << res;
+        EXPECT_EQ(up.request_count(), status == 200u ? 1u : 0u) << suite;
+    }
+}
+
 TEST(upstream_tls, untrusted_certificate_is_502_and_never_forwarded) {
     fake_upstream up{nullptr, cert("self-signed.pem"), cert("self-signed.key")};
     // No ca_file: the system trust store, which does not know this certificate.

@@ -208,6 +208,13 @@ void fake_upstream::max_tls_record(std::size_t bytes) {
     }
 }
 
+void fake_upstream::tls12_ciphers(const std::string& list) {
+    if (impl_->tls) {
+        SSL_CTX_set_max_proto_version(impl_->tls->native_handle(), TLS1_2_VERSION);
+        SSL_CTX_set_cipher_list(impl_->tls->native_handle(), list.c_str());
+    }
+}
+
 fake_upstream::fake_upstream(handler h, std::string tls_cert, std::string tls_key) : impl_(std::make_unique<impl>()) {
     impl_->h = std::move(h);
     if (!tls_cert.empty()) {

@@ -50,6 +50,9 @@ public:
     // TLS: at most this many plaintext bytes per record (OpenSSL's minimum is 512), so one
     // write can put several records on the wire at once. Before the first connection.
     void max_tls_record(std::size_t bytes);
+    // TLS: offer TLS 1.2 alone with these cipher suites (OpenSSL names). Before the first
+    // connection.
+    void tls12_ciphers(const std::string& list);
     ~fake_upstream();
 
     std::uint16_t port() const { return port_; }
