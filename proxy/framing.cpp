@@ -60,6 +60,12 @@ bool split_target(std::string_view target, target_parts& out) {
         const auto scheme_end = target.find("://") + 3;
         const auto slash = target.find('/', scheme_end);
         out.host = target.substr(scheme_end, slash == std::string_view::npos ? std::string_view::npos : slash - scheme_end);
+        // No user information and nothing past the authority but a path: by RFC 3986,
+        // `http://api.sendgrid.com:443@evil.example/` addresses evil.example, and
+        // `http://a.example?x` a.example; parsers disagree on both, so neither is guessed.
+        if (out.host.empty() || out.host.find_first_of("@?#\\") != std::string_view::npos) {
+            return false;
+        }
         out.origin_form = slash == std::string_view::npos ? std::string_view{"/"} : target.substr(slash);
     } else if (target == "*") {
         out.origin_form = target;

@@ -1369,7 +1369,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         target_parts tp;
         if (!split_target(req.target(), tp)) {
             co_await reply({http::status::bad_request, "rejected", "bad_target",
-                            "the request target must be an absolute path or an absolute URL"},
+                            "the request target must be an absolute path or an absolute URL (with a host, without "
+                            "user information)"},
                            false);
             break;
         }

@@ -274,6 +274,17 @@ TEST(routing, no_route_is_404_json_and_keeps_the_connection) {
     ASSERT_EQ(up.request_count(), 4u);
     EXPECT_EQ(up.requests()[2].req.target(), "/crm/abs");
     EXPECT_EQ(up.connections_accepted(), 1u);  // one client connection, one pooled upstream connection
+    // User information in an absolute-form authority (by RFC 3986 the host is after the @,
+    // a parser reading the text before the last colon sees crm.test), or no host: 400.
+    for (const std::string target : {"http://crm.test:80@evil.example/crm/x", "http://user@crm.test/crm/x",
+                                     "http:///crm/x", "http://crm.test?x=1"}) {
+        raw_client other{bb.port()};
+        other.send("GET " + target + " HTTP/1.1\r\nHost: crm.test\r\n\r\n");
+        auto res = other.read_response();
+        EXPECT_EQ(res.result_int(), 400u) << target;
+        EXPECT_EQ(body_code(res), "bad_target") << target;
+    }
+    EXPECT_EQ(up.request_count(), 4u);
 }
 
 // Rails, Laravel and Symfony act on `_method` in a form body (a POST that deletes): refused
