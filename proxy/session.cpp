@@ -816,17 +816,49 @@ bool agent_switched_off(worker& w, const std::string& agent_id) {
                     (snap->md == breakers::mode::automatic && snap->st == breakers::state::open));
 }
 
+// What an open blind tunnel opened under an earlier config is no longer allowed under the
+// worker's current one ("": it still is). A reload that takes the destination out of
+// passthrough (or makes it a route's, intercepted from now on), revokes the key that opened
+// it, removes its agent (and with it the kill switch agent/<id>), holds that agent to an
+// allow list, body constraints or the sandbox, or requires an agent on the listener, ends it,
+// as it would refuse the CONNECT now.
+std::string blind_tunnel_refusal(worker& w, std::size_t listener, const std::string& host, std::uint16_t port,
+                                 const std::string& agent_id, const std::string& digest) {
+    const auto cfg = w.cfg();
+    const listener_config* l = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
+    if (l == nullptr || !l->forward_proxy || !passthrough_allowed(*l->forward_proxy, host, port)) {
+        return "no longer in forward_proxy.passthrough";
+    }
+    if (known_destination(*cfg, host)) {
+        return "now a route's destination (inspected and metered: open a new tunnel)";
+    }
+    if (agent_id.empty()) {
+        return l->require_agent ? "the listener now requires an agent" : "";
+    }
+    const agent_config* a = digest.empty() ? nullptr : cfg->agent_by_key_digest(digest);
+    if (a == nullptr || a->id != agent_id) {
+        return "the key that opened it no longer names agent " + agent_id + " (key revoked or agent removed)";
+    }
+    if (a->sandbox || !a->constraints.empty() || !a->allow.routes.empty() || !a->allow.methods.empty() ||
+        !a->allow.paths.empty()) {
+        return "agent " + agent_id + " now has an allow list, body constraints or the sandbox";
+    }
+    return "";
+}
+
 // Ends a tunnel that has been quiet for `idle`, or (every second) whose agent an operator
-// has switched off: closes both sockets (which ends the pumps).
+// has switched off or that the current config no longer allows (`refusal`, for a blind
+// tunnel): closes both sockets (which ends the pumps).
 asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
                                       std::shared_ptr<std::chrono::steady_clock::time_point> last_activity,
-                                      std::chrono::milliseconds idle, std::string agent_id) {
+                                      std::chrono::milliseconds idle, std::string agent_id,
+                                      std::function<std::string()> refusal = {}) {
     co_await asio::this_coro::throw_if_cancelled(false);
     static constexpr std::chrono::seconds kill_switch_check{1};
     asio::steady_timer timer{a.get_executor()};
     for (;;) {
         auto at = *last_activity + idle;
-        if (!agent_id.empty()) {
+        if (!agent_id.empty() || refusal) {
             at = std::min(at, std::chrono::steady_clock::now() + kill_switch_check);
         }
         timer.expires_at(at);
@@ -836,9 +868,13 @@ asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
         }
         const bool idle_out = std::chrono::steady_clock::now() - *last_activity >= idle;
         const bool switched_off = !idle_out && !agent_id.empty() && agent_switched_off(w, agent_id);
-        if (idle_out || switched_off) {
+        const std::string refused = !idle_out && !switched_off && refusal ? refusal() : std::string{};
+        if (idle_out || switched_off || !refused.empty()) {
             if (switched_off) {
                 spdlog::warn("tunnel of agent {} closed: agent/{} is switched off", agent_id, agent_id);
+            } else if (!refused.empty()) {
+                spdlog::warn("tunnel of agent {} closed by a config change: {}", agent_id.empty() ? "-" : agent_id,
+                             refused);
             }
             error_code ignored;
             a.close(ignored);
@@ -850,8 +886,9 @@ asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
 
 // A blind tunnel for a passthrough destination: not inspected, not metered, logged.
 // `agent_id`: who opened it (empty: nobody identified); its kill switch closes the tunnel.
-asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, const std::string& host,
-                                   std::uint16_t port, const client_info& ci, std::string agent_id) {
+asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, std::size_t listener,
+                                   const std::string& host, std::uint16_t port, const client_info& ci, std::string agent_id,
+                                   std::string digest) {
     co_await asio::this_coro::throw_if_cancelled(false);
     // A copy: the tunnel outlives any runtime lease, and a reload may free this config.
     const auto idle_timeout = w.cfg()->limits.idle_timeout;
@@ -928,8 +965,11 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     // Bounded like any connection: idle for limits.idle_timeout in both directions, or one
     // direction done and the other idle that long, and both sides are closed.
     auto last_activity = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    auto refusal = [&w, listener, host, port, agent_id, digest] {
+        return blind_tunnel_refusal(w, listener, host, port, agent_id, digest);
+    };
     co_await ((pump(client, out, last_activity) && pump(out, client, last_activity)) ||
-              tunnel_watchdog(w, client, out, last_activity, idle_timeout, std::move(agent_id)));
+              tunnel_watchdog(w, client, out, last_activity, idle_timeout, std::move(agent_id), refusal));
 }
 
 asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guard, deadline& dl, std::size_t listener,
@@ -950,6 +990,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         std::string host;                                 // blind
         std::uint16_t port = 0;                           // blind
         std::string agent;                                // blind: who opened it (kill switch)
+        std::string key_digest;                           // blind: the key it opened with
     } tunnel;
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
@@ -1315,6 +1356,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         }
                     }
                     tunnel.agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
+                    tunnel.key_digest = tunnel_agent != nullptr ? key_digest(req) : std::string{};
                     tunnel.kind = tunnel_plan::blind;
                     tunnel.host = dest->first;
                     tunnel.port = dest->second;
@@ -2204,7 +2246,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_return;
         }
         if (tunnel.kind == tunnel_plan::blind) {
-            co_await blind_tunnel(w, raw, buf, tunnel.host, tunnel.port, ci, std::move(tunnel.agent));
+            co_await blind_tunnel(w, raw, buf, listener, tunnel.host, tunnel.port, ci, std::move(tunnel.agent),
+                                  std::move(tunnel.key_digest));
             co_return;
         }
     }

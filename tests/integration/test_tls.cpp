@@ -397,6 +397,52 @@ TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_ope
     EXPECT_NE(scoped_answer.find("may not open a blind tunnel"), std::string::npos) << scoped_answer;
 }
 
+// An open blind tunnel is judged again (every second) against the config now running: a
+// reload that revokes the key that opened it closes it, while a tunnel nobody identified
+// stays; a reload that requires an agent on the listener closes that one too.
+TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    const std::string target = "127.0.0.1:" + std::to_string(api.port());
+    const std::string cfg = forward_config(api.port(), q(target));
+    proxy_instance bb{cfg};
+    auto open_tunnel = [&](const std::string& credentials) {
+        auto c = std::make_unique<raw_client>(bb.port());
+        c->send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" + credentials + "\r\n");
+        std::string head;
+        char chunk[512];
+        while (head.find("\r\n\r\n") == std::string::npos) {
+            const auto n = ::recv(c->fd(), chunk, sizeof chunk, 0);
+            if (n <= 0) {
+                break;
+            }
+            head.append(chunk, static_cast<std::size_t>(n));
+        }
+        EXPECT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+        return c;
+    };
+    auto reload = [&](const std::string& text) {
+        auto next = bb::parse_config(text);
+        ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+        bb.server().apply_config(next.cfg);
+    };
+    auto agent_tunnel = open_tunnel("Proxy-Authorization: Bearer tunneler-key\r\n");
+    auto anonymous_tunnel = open_tunnel("");
+    // tunneler's key replaced by another digest.
+    std::string revoked = cfg;
+    const std::string needle = "{\"id\": \"tunneler\", \"key_sha256\": [\"";
+    revoked.replace(revoked.find(needle) + needle.size(), 64, std::string(64, 'a'));
+    reload(revoked);
+    EXPECT_TRUE(agent_tunnel->closed_by_server()) << "the tunnel of a revoked key went on";
+    const auto out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) + " --cacert " +
+                         cert("ca.pem") + " https://" + target + "/x");
+    EXPECT_EQ(out, "direct") << "a new anonymous tunnel still opens";
+    // An agent required on the listener: the anonymous tunnel closes too.
+    std::string required = revoked;
+    required.replace(required.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
+    reload(required);
+    EXPECT_TRUE(anonymous_tunnel->closed_by_server()) << "a tunnel nobody identified went on under require_agent";
+}
+
 // An intercepted tunnel's identity comes from its CONNECT's key, judged again on every
 // request: once a reload revokes the key, the open tunnel is no longer that agent (nor
 // nobody): 401, and nothing more reaches the upstream through it.
