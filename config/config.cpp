@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include "core/hex.hpp"
+#include "core/host_name.hpp"
 #include "core/http_token.hpp"
 
 #include "rules/rule_set.hpp"
@@ -322,7 +323,20 @@ void parse_routes(cfg::object_reader& root, config& c) {
         if (auto m = r.object("match", true)) {
             cfg::object_reader mr{*m, r.path_of("match"), root.errs()};
             if (auto v = mr.string("host")) {
-                rt.match.host = *v;
+                // One spelling, as requests are compared (core/host_name.hpp): lower case, an
+                // IPv6 literal without brackets, no root dot; `API.SendGrid.com.` would
+                // otherwise match requests but not be intercepted as a known destination.
+                std::string h{host_name(*v)};
+                std::transform(h.begin(), h.end(), h.begin(),
+                               [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+                if (h.find_first_of("/@?# \t") != std::string::npos) {
+                    mr.errs().add(mr.path_of("host"), cfg::quote(*v) + " is not a host name");
+                } else if (std::count(h.begin(), h.end(), ':') == 1) {
+                    mr.errs().add(mr.path_of("host"), cfg::quote(*v) +
+                                                          " names a port: match.host is a host alone (requests match "
+                                                          "whatever their port)");
+                }
+                rt.match.host = std::move(h);
             }
             if (auto v = mr.string("path")) {
                 if (v->empty() || v->front() != '/') {

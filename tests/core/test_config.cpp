@@ -245,6 +245,21 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     ASSERT_TRUE(strict.errors.empty()) << all_errors(strict);
     EXPECT_TRUE(strict.warnings.empty());
     EXPECT_TRUE(parse_config(base()).warnings.empty()) << "no agents: nothing to skip";
+    // A route's match.host is kept in one spelling, and a port or a URL in it is an error.
+    auto spelled = [](const std::string& host) {
+        std::string c = base();
+        c.replace(c.find("\"match\": {"), 10, "\"match\": {\"host\": \"" + host + "\", ");
+        return parse_config(c);
+    };
+    for (const auto& [given, kept] : std::vector<std::pair<std::string, std::string>>{
+             {"API.SendGrid.com.", "api.sendgrid.com"}, {"[::1]", "::1"}, {"", ""}}) {
+        auto r = spelled(given);
+        ASSERT_TRUE(r.errors.empty()) << given << ": " << all_errors(r);
+        EXPECT_EQ(r.cfg->routes[0].match.host, kept) << given;
+    }
+    EXPECT_NE(all_errors(spelled("api.sendgrid.com:443")).find("routes[0].match.host: \"api.sendgrid.com:443\" names a port"),
+              std::string::npos);
+    EXPECT_NE(all_errors(spelled("https://api.sendgrid.com/")).find("is not a host name"), std::string::npos);
     // An upstream whose certificate is not verified is said at load.
     std::string unverified = base();
     unverified.replace(unverified.find("\"http://127.0.0.1:9000\""), 23, "\"https://api.sendgrid.com\", \"verify\": false");
