@@ -1551,7 +1551,70 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     if (state_writer_) {
         state_writer_->request();  // the durable state now comes from the new registry
     }
+    resolve_gone_incidents(*rt->breakers);
     return warnings;
+}
+
+void server::resolve_gone_incidents(const breakers::breaker_registry& registry) {
+    // An incident paged for an instance the new config no longer has (its breaker dropped,
+    // its key merged into another instance: per_key off, fewer max_instances) would never
+    // see a transition again, so never resolve: its page would stay open for good. Resolved
+    // here, saying why, at the severities it went out with.
+    const auto now = clock_->now();
+    std::vector<std::string> paged;
+    {
+        std::lock_guard lock{alert_severity_mu_};
+        for (const auto& [instance, sevs] : alert_severity_) {
+            paged.push_back(instance);
+        }
+    }
+    // The registry is asked outside alert_severity_mu_: on_transition takes that lock while
+    // the registry reports a transition.
+    std::vector<std::string> missing;
+    for (const auto& instance : paged) {
+        const auto snap = registry.get(instance, now);
+        if (!snap || snap->instance != instance) {
+            missing.push_back(instance);
+        }
+    }
+    std::vector<std::pair<std::string, std::vector<std::string>>> gone;
+    {
+        std::lock_guard lock{alert_severity_mu_};
+        for (const auto& instance : missing) {
+            if (auto it = alert_severity_.find(instance); it != alert_severity_.end()) {
+                gone.emplace_back(instance, std::move(it->second));
+                alert_severity_.erase(it);
+            }
+        }
+    }
+    const auto d = alerts();
+    for (const auto& [instance, sevs] : gone) {
+        const auto slash = instance.find('/');
+        const std::string breaker = instance.substr(0, slash);
+        const bool dropped = registry.find(breaker) == nullptr && registry.find(instance) == nullptr;
+        {
+            std::lock_guard lock{storms_mu_};
+            if (auto it = storms_.find(breaker); it != storms_.end()) {
+                it->second.unpaged.erase(instance);
+            }
+        }
+        if (!d) {
+            continue;
+        }
+        alerts::alert a;
+        a.event = "breaker_reset";
+        a.resolve = true;
+        a.breaker = instance;
+        a.dedup_key = instance;
+        a.actor = "config";
+        a.reason = dropped ? "its breaker was removed by a config change (its state is kept, not enforced)"
+                           : "a config change merged its key into another instance, which carries its state";
+        a.summary = "breaker " + instance + ": " + a.reason;
+        for (const auto& sev : sevs) {
+            a.severity = sev;
+            d->publish(a);
+        }
+    }
 }
 
 std::shared_ptr<const listener_security> server::security(std::size_t listener) const {

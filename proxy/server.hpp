@@ -429,6 +429,8 @@ private:
     std::mutex storms_mu_;
     std::map<std::string, storm> storms_;
     void report_storms();
+    // apply_config(): resolves the incidents of instances the new registry no longer has.
+    void resolve_gone_incidents(const breakers::breaker_registry& registry);
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
     // the failed and dropped counts already logged.
     void report_alert_losses();

@@ -919,6 +919,33 @@ TEST(alerts, a_storm_that_goes_on_is_summed_up_every_minute) {
     EXPECT_NE(storms()[told].find("1 more instance(s) opened"), std::string::npos) << storms()[told];
 }
 
+// A reload that merges a paged per-key instance into another (scope: breaker) leaves no
+// instance that could ever resolve that page: the reload resolves it, saying why.
+TEST(alerts, a_reload_that_merges_a_paged_instance_resolves_its_page) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5), webhook_sink("pager", hook.port()));
+    proxy_instance bb{cfg};
+    raw_client c{bb.port()};
+    c.send(mail(10, "c1"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 1u);
+    std::string merged = cfg;
+    merged.replace(merged.find(R"("reset": "manual")"), 17, R"("reset": "manual", "scope": "breaker")");
+    auto next = bb::parse_config(merged);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    const auto reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 2u);
+    const std::string body{reqs[1].req.body()};
+    EXPECT_NE(body.find("campaign-volume/c1"), std::string::npos) << body;
+    EXPECT_NE(body.find("\"resolve\":true"), std::string::npos) << body;
+    EXPECT_NE(body.find("merged its key"), std::string::npos) << body;
+}
+
 // An operator's forced_open leaves the state closed; its end (here: the mode expiring) is a
 // mode change alone, and resolves the page it sent.
 TEST(alerts, a_forced_open_that_expires_resolves_its_page) {
