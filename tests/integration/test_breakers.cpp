@@ -832,21 +832,35 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     EXPECT_NE(reqs[1].req.body().find("since its last alert"), std::string::npos) << reqs[1].req.body();
 }
 
+namespace {
+
+// Per-key instances that trip at 5 recipients (pause, manual reset), a webhook sink for
+// every alert, a manual clock.
+struct storm_setup {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    bb::manual_clock clock;
+    proxy_instance bb{with_alerts(guarded_config(up.port(), temp_dir(), pause_manual, 5), webhook_sink("pager", hook.port())),
+                      &clock};
+
+    // A 10-recipient mail of this campaign: its instance trips (503).
+    unsigned trip(const std::string& campaign) {
+        raw_client c{bb.port()};
+        c.send(mail(10, campaign));
+        return c.read_response().result_int();
+    }
+};
+
+}  // namespace
+
 // A storm (one misfire opening many per-key instances) pages one by one up to 10 trips of a
 // breaker a minute; the rest come as one `breaker_storm` alert from the control tick, and the
 // resolves of trips never paged are not sent either.
 TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
-    fake_upstream up{[](const request&) { return respond(202, ""); }};
-    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
-    const auto dir = temp_dir();
-    bb::manual_clock clock;
-    std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
-    cfg = with_alerts(cfg, webhook_sink("pager", hook.port()));
-    proxy_instance bb{cfg, &clock};
+    storm_setup st;
+    auto& [up, hook, clock, bb] = st;
     for (int i = 0; i < 13; ++i) {
-        raw_client c{bb.port()};
-        c.send(mail(10, "c" + std::to_string(i)));
-        ASSERT_EQ(c.read_response().result_int(), 503u) << i;
+        ASSERT_EQ(st.trip("c" + std::to_string(i)), 503u) << i;
     }
     ASSERT_TRUE(bb.server().alerts()->flush(5s));
     EXPECT_EQ(hook.request_count(), 10u);
@@ -878,18 +892,9 @@ TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
 // next tick even though trips of the next minute keep coming (the summary used to wait for a
 // quiet minute).
 TEST(alerts, a_storm_that_goes_on_is_summed_up_every_minute) {
-    fake_upstream up{[](const request&) { return respond(202, ""); }};
-    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
-    const auto dir = temp_dir();
-    bb::manual_clock clock;
-    std::string cfg = guarded_config(up.port(), dir, pause_manual, 5);
-    cfg = with_alerts(cfg, webhook_sink("pager", hook.port()));
-    proxy_instance bb{cfg, &clock};
-    auto trip = [&](const std::string& campaign) {
-        raw_client c{bb.port()};
-        c.send(mail(10, campaign));
-        return c.read_response().result_int();
-    };
+    storm_setup st;
+    auto& [up, hook, clock, bb] = st;
+    auto trip = [&](const std::string& campaign) { return st.trip(campaign); };
     for (int i = 0; i < 13; ++i) {
         ASSERT_EQ(trip("a" + std::to_string(i)), 503u) << i;
     }

@@ -180,6 +180,14 @@ std::size_t open_fds(pid_t pid) {
     return n;
 }
 
+// A config with its store in `dir` and an admin API with one admin token, "admin-token".
+std::string with_admin_api(std::string cfg, const std::string& dir) {
+    cfg.insert(cfg.rfind('}'), ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
+                               "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
+                               "{\"name\": \"ada\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex_of("admin-token") + "\"}]}");
+    return cfg;
+}
+
 }  // namespace
 
 TEST(check_config, valid_file_exits_0) {
@@ -358,10 +366,7 @@ TEST(signals, a_config_applied_through_the_api_survives_sighup_and_restart_while
     fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
     const auto dir = temp_dir();
     const auto path = dir + "/bb.json";
-    std::string file = make_config(local_url(up.port()));
-    file.insert(file.rfind('}'), ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-                                 "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
-                                 "{\"name\": \"ada\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex_of("admin-token") + "\"}]}");
+    const std::string file = with_admin_api(make_config(local_url(up.port())), dir);
     auto with_prefix = [&](const std::string& prefix) {
         std::string c = file;
         c.replace(c.find("\"path_prefix\": \"/\""), 18, "\"path_prefix\": \"" + prefix + "\"");
@@ -456,10 +461,7 @@ TEST(signals, a_stored_version_that_cannot_start_falls_back_to_the_file) {
     fake_upstream up{[](const request& r) { return respond(200, std::string{r.target()}); }};
     const auto dir = temp_dir();
     const auto path = dir + "/bb.json";
-    std::string file = make_config(local_url(up.port()));
-    file.insert(file.rfind('}'), ", \"store\": {\"path\": \"" + dir + "/bb.db\"},"
-                                 "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": ["
-                                 "{\"name\": \"ada\", \"role\": \"admin\", \"sha256\": \"" + sha256_hex_of("admin-token") + "\"}]}");
+    const std::string file = with_admin_api(make_config(local_url(up.port())), dir);
     write_file(path, file);
     std::string taken = file;  // the listener on the fake upstream's port
     taken.replace(taken.find("127.0.0.1:0"), 11, "127.0.0.1:" + std::to_string(up.port()));

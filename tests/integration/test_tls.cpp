@@ -348,26 +348,35 @@ TEST(forward_proxy, unknown_destinations_are_refused_and_passthrough_is_a_blind_
     EXPECT_EQ(api.request_count(), 1u);
 }
 
+namespace {
+
+// A CONNECT to `target` with these header lines: the client and the answer's head (the
+// tunnel's bytes follow on the client).
+std::pair<std::unique_ptr<raw_client>, std::string> connect_to(std::uint16_t port, const std::string& target,
+                                                               const std::string& credentials) {
+    auto c = std::make_unique<raw_client>(port);
+    c->send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" + credentials + "\r\n");
+    std::string head;
+    char chunk[512];
+    while (head.find("\r\n\r\n") == std::string::npos) {
+        const auto n = ::recv(c->fd(), chunk, sizeof chunk, 0);
+        if (n <= 0) {
+            break;
+        }
+        head.append(chunk, static_cast<std::size_t>(n));
+    }
+    return {std::move(c), head};
+}
+
+}  // namespace
+
 // The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and
 // the ones it has open close (checked every second), while other agents' tunnels stay.
 TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_open_ones) {
     fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
     proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())))};
     const std::string target = "127.0.0.1:" + std::to_string(api.port());
-    auto open_tunnel = [&](const std::string& credentials) {
-        auto c = std::make_unique<raw_client>(bb.port());
-        c->send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" + credentials + "\r\n");
-        std::string head;
-        char chunk[512];
-        while (head.find("\r\n\r\n") == std::string::npos) {
-            const auto n = ::recv(c->fd(), chunk, sizeof chunk, 0);
-            if (n <= 0) {
-                break;
-            }
-            head.append(chunk, static_cast<std::size_t>(n));
-        }
-        return std::make_pair(std::move(c), head);
-    };
+    auto open_tunnel = [&](const std::string& credentials) { return connect_to(bb.port(), target, credentials); };
     auto [agent_tunnel, opened] = open_tunnel("Proxy-Authorization: Bearer tunneler-key\r\n");
     ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
     auto [anonymous_tunnel, opened_too] = open_tunnel("");
@@ -406,19 +415,9 @@ TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
     const std::string cfg = forward_config(api.port(), q(target));
     proxy_instance bb{cfg};
     auto open_tunnel = [&](const std::string& credentials) {
-        auto c = std::make_unique<raw_client>(bb.port());
-        c->send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" + credentials + "\r\n");
-        std::string head;
-        char chunk[512];
-        while (head.find("\r\n\r\n") == std::string::npos) {
-            const auto n = ::recv(c->fd(), chunk, sizeof chunk, 0);
-            if (n <= 0) {
-                break;
-            }
-            head.append(chunk, static_cast<std::size_t>(n));
-        }
+        auto [c, head] = connect_to(bb.port(), target, credentials);
         EXPECT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
-        return c;
+        return std::move(c);
     };
     auto reload = [&](const std::string& text) {
         auto next = bb::parse_config(text);
