@@ -65,6 +65,9 @@ struct alert {
     std::string breaker, rule, failure_mode, key, actor, reason, request_id;
     std::string dedup_key;     // PagerDuty dedup_key; e.g. the breaker instance (defaults to breaker)
     bool resolve = false;      // PagerDuty event_action "resolve" (e.g. on reset) instead of "trigger"
+    // A resolve whose incident's severities are not known (kept in memory: a restart since
+    // its trigger): to every sink, once, whatever severities it takes.
+    bool every_sink = false;
     std::int64_t at_ms = 0;    // wall clock, ms since the epoch; publish() fills it in when 0
 };
 

@@ -435,7 +435,7 @@ void dispatcher::publish(const alert& a) {
         std::shared_ptr<alert> copy;
         std::lock_guard lk{m.mu};
         for (auto& s : m.sinks) {
-            if (!s->wants(a.severity)) {
+            if (!a.every_sink && !s->wants(a.severity)) {
                 continue;
             }
             if (m.stopping || s->queue.size() >= m.cfg.queue_max) {

@@ -331,7 +331,7 @@ void parse_routes(cfg::object_reader& root, config& c) {
                                [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
                 if (h.find_first_of("/@?# \t") != std::string::npos) {
                     mr.errs().add(mr.path_of("host"), cfg::quote(*v) + " is not a host name");
-                } else if (std::count(h.begin(), h.end(), ':') == 1) {
+                } else if (std::count(h.begin(), h.end(), ':') == 1 || v->find("]:") != std::string::npos) {
                     mr.errs().add(mr.path_of("host"), cfg::quote(*v) +
                                                           " names a port: match.host is a host alone (requests match "
                                                           "whatever their port)");

@@ -932,11 +932,14 @@ void server::on_transition(const breakers::transition& t) {
                 // Once per severity the incident's alerts had: every sink that got one of
                 // them gets the resolve (a sink taking several gets it more than once;
                 // PagerDuty folds those by dedup key). Not known (they are kept in memory:
-                // a restart since the trip): once per severity, so that a pager sink taking
+                // a restart since the trip): once to every sink, so that a pager sink taking
                 // sev1 and sev2 only gets the resolve of what it paged before the restart.
-                static const std::vector<std::string> every{"sev1", "sev2", "sev3"};
-                for (const auto& sev : sent_as.empty() ? every : sent_as) {
+                a.every_sink = sent_as.empty();
+                for (const auto& sev : sent_as) {
                     a.severity = sev;
+                    dispatcher->publish(a);
+                }
+                if (sent_as.empty()) {
                     dispatcher->publish(a);
                 }
             } else {

@@ -1714,7 +1714,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // own upstream whatever Host the client wrote, so a Host of the client's choosing
             // must not step past a rule's match.host or split a budget keyed by host.
             if (route->match.host.empty()) {
-                rule_host = canonical_host(cfg->upstreams[upstream_index].host);
+                // The route's own upstream (not a sandbox it was switched to), as stored:
+                // a host name or an IPv6 literal without brackets, and no port.
+                rule_host = std::string{host_name(cfg->upstreams[route->upstream_index].host)};
+                std::transform(rule_host.begin(), rule_host.end(), rule_host.begin(),
+                               [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
                 view.host = rule_host;
             } else {
                 view.host = request_host;
@@ -2041,7 +2045,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // Not a 202 as if it still waited for an operator: one discarded it.
                     contained = error_info{http::status::conflict, "rejected", "discarded",
                                            "the request held as " + earlier->ticket + " under this " +
-                                               cfg->store.idempotency_header + " was discarded by an operator (" +
+                                               cfg->store.idempotency_header + " was discarded (" +
                                                earlier->message + "); it is not sent"};
                     contained_breaker = earlier->breaker;
                 } else if (earlier) {

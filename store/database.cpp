@@ -1329,7 +1329,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
             if (earlier.r.message.rfind("discarded", 0) == 0) {
                 // Not a 202 as if it waited again: an operator decided it is not to be sent.
                 auto gone = result::failure("discarded", "the request held as " + earlier.r.ticket +
-                                                             " under this key was discarded by an operator (" +
+                                                             " under this key was discarded (" +
                                                              earlier.r.message + "); it is not held again or sent");
                 gone.ticket = earlier.r.ticket;
                 return {gone};

@@ -260,6 +260,7 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     EXPECT_NE(all_errors(spelled("api.sendgrid.com:443")).find("routes[0].match.host: \"api.sendgrid.com:443\" names a port"),
               std::string::npos);
     EXPECT_NE(all_errors(spelled("https://api.sendgrid.com/")).find("is not a host name"), std::string::npos);
+    EXPECT_NE(all_errors(spelled("[::1]:8443")).find("names a port"), std::string::npos);
     // An upstream whose certificate is not verified is said at load.
     std::string unverified = base();
     unverified.replace(unverified.find("\"http://127.0.0.1:9000\""), 23, "\"https://api.sendgrid.com\", \"verify\": false");
