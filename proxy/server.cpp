@@ -896,23 +896,14 @@ void server::on_transition(const breakers::transition& t) {
             } else if (sent_as.empty()) {
                 const auto now = clock_->now();
                 if (!st.window || now - *st.window >= std::chrono::minutes{1}) {
-                    if (st.suppressed > 0) {  // the window that ends: told by the next tick
-                        st.due += st.suppressed;
-                        if (st.due_worst.empty() || st.worst < st.due_worst) {
-                            st.due_worst = st.worst;
-                        }
-                        st.suppressed = 0;
-                        st.worst.clear();
-                    }
+                    st.close_window();  // what it held back is told by the next tick
                     st.window = now;
                     st.paged = 0;
                 }
                 if (st.paged >= storm_alerts) {
                     ++st.suppressed;
                     st.unpaged.insert(t.instance);
-                    if (st.worst.empty() || a.severity < st.worst) {
-                        st.worst = a.severity;
-                    }
+                    storm::keep_most_severe(st.worst, a.severity);
                     st.last_reason = a.reason;
                     a.event.clear();
                 } else {
@@ -1263,18 +1254,16 @@ void server::report_storms() {
         std::lock_guard lock{storms_mu_};
         for (auto& [breaker, st] : storms_) {
             // A window a minute old, or ended by the trips of the next one.
-            const bool ended = st.window && now - *st.window >= std::chrono::minutes{1};
-            const std::uint64_t count = st.due + (ended ? st.suppressed : 0);
+            if (st.window && now - *st.window >= std::chrono::minutes{1}) {
+                st.close_window();
+            }
+            const std::uint64_t count = st.due;
             if (count == 0) {
                 continue;
             }
-            std::string worst = st.due_worst;
-            if (ended && !st.worst.empty() && (worst.empty() || st.worst < worst)) {
-                worst = st.worst;
-            }
             alerts::alert a;
             a.event = "breaker_storm";
-            a.severity = worst.empty() ? "sev3" : worst;
+            a.severity = st.due_worst.empty() ? "sev3" : st.due_worst;
             a.breaker = breaker;
             a.dedup_key = breaker + "/storm";
             a.reason = st.last_reason;
@@ -1285,10 +1274,6 @@ void server::report_storms() {
             due.push_back(std::move(a));
             st.due = 0;
             st.due_worst.clear();
-            if (ended) {
-                st.suppressed = 0;
-                st.worst.clear();
-            }
         }
     }
     for (const auto& a : due) {

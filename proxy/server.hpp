@@ -425,6 +425,20 @@ private:
         std::uint64_t due = 0;
         std::string due_worst;
         std::unordered_set<std::string> unpaged;
+
+        // `worst` becomes `sev` when that is more severe ("sev1" < "sev2"; "" is none).
+        static void keep_most_severe(std::string& worst, const std::string& sev) {
+            if (!sev.empty() && (worst.empty() || sev < worst)) {
+                worst = sev;
+            }
+        }
+        // The current window ends: what it held back is due to be told.
+        void close_window() {
+            due += suppressed;
+            keep_most_severe(due_worst, worst);
+            suppressed = 0;
+            worst.clear();
+        }
     };
     std::mutex storms_mu_;
     std::map<std::string, storm> storms_;
