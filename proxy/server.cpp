@@ -1,5 +1,7 @@
 #include "proxy/server.hpp"
 
+#include "core/host_name.hpp"
+
 #include "proxy/responses.hpp"
 #include "proxy/mint.hpp"
 #include "proxy/session.hpp"
@@ -776,6 +778,9 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
     }
     for (const auto& u : cfg->upstreams) {
         upstream_guard g;
+        g.rule_host = std::string{host_name(u.host)};
+        std::transform(g.rule_host.begin(), g.rule_host.end(), g.rule_host.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
         if (previous) {
             for (std::size_t i = 0; i < previous->cfg->upstreams.size(); ++i) {
                 const auto& pu = previous->cfg->upstreams[i];

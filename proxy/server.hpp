@@ -65,6 +65,9 @@ struct upstream_guard {
     std::string breaker;  // implicit health breaker "upstream/<name>"; "" when no health checks
     std::shared_ptr<breakers::health_tracker> health;  // null when no health checks
     std::shared_ptr<breakers::quota_pause> quota;      // always set
+    // The host rules see on a route for any host (where the request goes, whatever Host the
+    // client wrote): the upstream's, lower case, an IPv6 literal without brackets, no port.
+    std::string rule_host;
 };
 
 // Everything a request consults, built once per config and swapped whole on reload. The

@@ -1699,7 +1699,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         thread_local std::vector<rules::header_field> header_scratch;
         thread_local std::vector<rules::engine::rule_key> key_scratch;
         rules::request_view view;
-        std::string rule_host;  // view.host's storage when it is the upstream's
         auto fill_view = [&] {
             header_scratch.clear();
             for (const auto& f : req) {
@@ -1713,16 +1712,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // The host rules see is where the request goes: a route for any host sends to its
             // own upstream whatever Host the client wrote, so a Host of the client's choosing
             // must not step past a rule's match.host or split a budget keyed by host.
-            if (route->match.host.empty()) {
-                // The route's own upstream (not a sandbox it was switched to), as stored:
-                // a host name or an IPv6 literal without brackets, and no port.
-                rule_host = std::string{host_name(cfg->upstreams[route->upstream_index].host)};
-                std::transform(rule_host.begin(), rule_host.end(), rule_host.begin(),
-                               [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-                view.host = rule_host;
-            } else {
-                view.host = request_host;
-            }
+            // The route's own upstream, not a sandbox it was switched to (built once per config).
+            view.host = route->match.host.empty() ? std::string_view{rt.upstreams[route->upstream_index].rule_host}
+                                                  : std::string_view{request_host};
             view.route = route->name;
             view.agent = agent_id;
             view.content_type = req[http::field::content_type];
