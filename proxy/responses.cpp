@@ -39,6 +39,12 @@ response make_error(const error_info& e, std::string_view request_id, unsigned v
     res.set(http::field::content_type, "application/json");
     res.set("x-breakerbox-decision", e.decision);
     res.set("x-request-id", request_id);
+    // A 401 or 407 names the scheme that would be accepted (RFC 9110 §11.6.1, §11.7.1).
+    if (e.status == http::status::unauthorized) {
+        res.set(http::field::www_authenticate, R"(Bearer realm="breakerbox")");
+    } else if (e.status == http::status::proxy_authentication_required) {
+        res.set(http::field::proxy_authenticate, R"(Bearer realm="breakerbox")");
+    }
     if (e.retry_after_s != 0 || e.status == http::status::service_unavailable) {
         res.set(http::field::retry_after, std::to_string(e.retry_after_s == 0 ? 1 : e.retry_after_s));
     }

@@ -1139,7 +1139,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             if (!refused.empty()) {
                 head_request = parser.get().method() == http::verb::head;
-                co_await reply({http::status::unauthorized, "denied", "unauthenticated", std::move(refused)}, false);
+                // Said to a client that talks to breakerbox as its proxy (a CONNECT, or an
+                // absolute-form request on a forward proxy, outside any tunnel): 407 with
+                // Proxy-Authenticate, which HTTP_PROXY clients answer with their proxy
+                // credentials (RFC 9110 §15.5.8); to anyone else 401 with WWW-Authenticate.
+                const auto& h = parser.get();
+                const bool as_proxy = lc != nullptr && lc->forward_proxy && ci.tunnel_host.empty() &&
+                                      (h.method() == http::verb::connect || !h.target().starts_with('/'));
+                co_await reply({as_proxy ? http::status::proxy_authentication_required : http::status::unauthorized,
+                                "denied", "unauthenticated", std::move(refused)},
+                               false);
                 break;
             }
         }

@@ -265,9 +265,10 @@ TEST(forward_proxy, connect_is_intercepted_metered_and_forwarded_over_verified_t
                             std::to_string(api.port()) + "/v3/mail/send");
     EXPECT_NE(scoped.find("status=403"), std::string::npos) << scoped;
     EXPECT_NE(scoped.find("agent writer may not use method GET"), std::string::npos) << scoped;
+    // An unknown key on the CONNECT: the proxy asks for proxy credentials (407).
     const auto bad_key = run("curl -sS --max-time 10 --proxy " + proxy + " --proxy-header 'Proxy-Authorization: Bearer nope'"
                              " --cacert " + cert("ca.pem") + " https://localhost:" + std::to_string(api.port()) + "/x");
-    EXPECT_NE(bad_key.find("401"), std::string::npos) << bad_key;
+    EXPECT_NE(bad_key.find("407"), std::string::npos) << bad_key;
     // Plain HTTP through the proxy (absolute-form) is routed by host too.
     const auto plain = run("curl -sS --max-time 10 --proxy " + proxy + " -w ' status=%{http_code}' http://localhost:" +
                            std::to_string(api.port()) + "/v3/mail/send -X POST -d '{}'");
@@ -440,6 +441,38 @@ TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
     required.replace(required.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
     reload(required);
     EXPECT_TRUE(anonymous_tunnel->closed_by_server()) << "a tunnel nobody identified went on under require_agent";
+}
+
+// Under require_agent a client that talks to breakerbox as its proxy (a CONNECT, or an
+// absolute-form request) and presents no known key gets 407 with Proxy-Authenticate, the
+// answer HTTP_PROXY clients know to send proxy credentials for; a request addressed to
+// breakerbox itself (origin-form) gets 401 with WWW-Authenticate.
+TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
+    fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
+    std::string cfg = forward_config(api.port());
+    cfg.replace(cfg.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
+    proxy_instance bb{cfg};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    const std::string dest = "localhost:" + std::to_string(api.port());
+    auto [tunnel, head] = connect_to(bb.port(), dest, "");
+    EXPECT_EQ(head.rfind("HTTP/1.1 407", 0), 0u) << head;
+    EXPECT_NE(head.find("Proxy-Authenticate: Bearer realm=\"breakerbox\""), std::string::npos) << head;
+    EXPECT_EQ(head.find("WWW-Authenticate"), std::string::npos) << head;
+    EXPECT_EQ(api.request_count(), 0u);
+    // Absolute-form: 407 too; the same request with the key goes through.
+    const auto plain = run("curl -sS -i --max-time 10 --proxy " + proxy + " http://" + dest + "/v3/mail/send -X POST -d '{}'");
+    EXPECT_EQ(plain.rfind("HTTP/1.1 407", 0), 0u) << plain;
+    EXPECT_NE(plain.find("Proxy-Authenticate: Bearer realm=\"breakerbox\""), std::string::npos) << plain;
+    EXPECT_NE(plain.find("\"unauthenticated\""), std::string::npos) << plain;
+    const auto keyed = run("curl -sS --max-time 10 --proxy " + proxy + " --proxy-header 'Proxy-Authorization: Bearer writer-key'"
+                           " --cacert " + cert("ca.pem") + " -w ' status=%{http_code}' https://" + dest +
+                           "/v3/mail/send -X POST -d '{}'");
+    EXPECT_NE(keyed.find("status=202"), std::string::npos) << keyed;
+    // Origin-form, to breakerbox itself: 401.
+    const auto direct = run("curl -sS -i --max-time 10 " + proxy + "/v3/mail/send -H 'Host: localhost' -X POST -d '{}'");
+    EXPECT_EQ(direct.rfind("HTTP/1.1 401", 0), 0u) << direct;
+    EXPECT_NE(direct.find("WWW-Authenticate: Bearer realm=\"breakerbox\""), std::string::npos) << direct;
+    EXPECT_EQ(api.request_count(), 1u);
 }
 
 // An intercepted tunnel's identity comes from its CONNECT's key, judged again on every
