@@ -7,6 +7,7 @@
 // one mutex, held only for O(sinks) bookkeeping and never across I/O. Timers, TLS contexts
 // and the random source are touched only on the alerts thread.
 #include "alerts/alerts.hpp"
+#include "core/tls_policy.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -166,6 +167,11 @@ struct dispatcher::impl {
         s.tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                            asio::ssl::context::no_tlsv1_1);
+        // A page carries incident details: forward secrecy and AEAD only, as to upstreams.
+        SSL_CTX_set_min_proto_version(s.tls->native_handle(), TLS1_2_VERSION);
+        if (SSL_CTX_set_cipher_list(s.tls->native_handle(), client_tls12_ciphers) != 1) {
+            s.setup_error = "cannot set the TLS cipher list";
+        }
         s.tls->set_verify_mode(asio::ssl::verify_peer);
         error_code ec;
         if (!s.cfg.ca_file.empty()) {

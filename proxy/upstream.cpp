@@ -1,5 +1,6 @@
 #include "proxy/upstream.hpp"
 
+#include "core/tls_policy.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/wire.hpp"
 
@@ -111,18 +112,10 @@ upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std:
         tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
                           asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                           asio::ssl::context::no_tlsv1_1);
-        // Forward secrecy and AEAD only, as on the listeners (Mozilla intermediate, with DHE:
-        // a client needs no parameters of its own): OpenSSL's default list would still
-        // accept RSA key exchange and CBC suites when an upstream or a man in the middle
-        // prefers them. TLS 1.3 suites are all AEAD with forward secrecy already.
+        // Forward secrecy and AEAD only (core/tls_policy.hpp).
         SSL_CTX* native = tls_->native_handle();
         SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
-        if (SSL_CTX_set_cipher_list(native,
-                                    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-                                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-                                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-                                    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:"
-                                    "DHE-RSA-CHACHA20-POLY1305") != 1) {
+        if (SSL_CTX_set_cipher_list(native, client_tls12_ciphers) != 1) {
             spdlog::error("upstream {}: cannot set the TLS cipher list; OpenSSL's defaults stay", cfg_.name);
         }
         if (cfg_.verify) {

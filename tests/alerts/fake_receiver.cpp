@@ -14,6 +14,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <thread>
@@ -141,6 +142,13 @@ fake_receiver::fake_receiver(handler h, std::string tls_cert, std::string tls_ke
     port_ = impl_->acceptor.local_endpoint().port();
     asio::co_spawn(impl_->io, impl_->accept_loop(), [](std::exception_ptr) {});
     impl_->thread = std::thread{[this] { impl_->io.run(); }};
+}
+
+void fake_receiver::tls12_ciphers(const std::string& list) {
+    if (impl_->tls) {
+        SSL_CTX_set_max_proto_version(impl_->tls->native_handle(), TLS1_2_VERSION);
+        SSL_CTX_set_cipher_list(impl_->tls->native_handle(), list.c_str());
+    }
 }
 
 fake_receiver::~fake_receiver() {

@@ -58,6 +58,8 @@ public:
     std::uint16_t port() const { return port_; }
     std::string url(std::string_view path = "/hook") const;
     void set_handler(handler h);
+    // TLS: offer at most TLS 1.2 with only these suites (OpenSSL list syntax). Before use.
+    void tls12_ciphers(const std::string& list);
     std::vector<webhook_request> requests() const;
     std::size_t count() const;
     // Waits (condition variable, no sleeping) until at least n requests arrived.

@@ -375,6 +375,33 @@ TEST(AlertsDispatcherTls, VerifiedWithCaFile) {
     EXPECT_EQ(rx.requests()[0].header("Host"), "localhost:" + std::to_string(rx.port()));
 }
 
+// A receiver (or a man in the middle) that offers only CBC suites gets no page (OpenSSL's
+// default list takes them): the dispatcher speaks forward-secret AEAD suites only, as to
+// upstreams. The same receiver with an ECDHE-GCM suite gets it. (The test certificate is
+// ECDSA, so every suite it can use has forward secrecy.)
+TEST(AlertsDispatcherTls, CbcOnlyReceiverIsRefused) {
+    for (const auto& [suite, delivered] : std::vector<std::pair<std::string, bool>>{
+             {"ECDHE-ECDSA-AES128-SHA256", false},
+             {"ECDHE-ECDSA-AES256-SHA", false},
+             {"ECDHE-ECDSA-AES128-GCM-SHA256", true}}) {
+        fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::reply(200); },
+                         certs + "/server.pem", certs + "/server.key"};
+        rx.tls12_ciphers(suite);
+        sink_config s;
+        s.name = "tls";
+        s.url = rx.url();
+        s.ca_file = certs + "/ca.pem";
+        auto cfg = quick({s});
+        cfg.max_attempts = 1;
+        dispatcher d{cfg};
+        d.publish(make_alert());
+        ASSERT_TRUE(d.flush(5s));
+        const auto st = d.stats()[0];
+        EXPECT_EQ(st.sent, delivered ? 1u : 0u) << suite << ": " << st.last_error;
+        EXPECT_EQ(rx.count(), delivered ? 1u : 0u) << suite;
+    }
+}
+
 TEST(AlertsDispatcherTls, IpAddressVerifiedAgainstSan) {
     fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::reply(200); }, certs + "/server.pem",
                      certs + "/server.key"};
