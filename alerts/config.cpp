@@ -146,7 +146,12 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
 
 alerts_config parse_alerts(const simdjson::dom::element* section, cfg::errors& errs) {
     alerts_config out;
-    if (section == nullptr || section->type() == simdjson::dom::element_type::NULL_VALUE) {
+    if (section == nullptr) {
+        return out;
+    }
+    if (section->type() == simdjson::dom::element_type::NULL_VALUE) {
+        // Not "no alerts": a template that renders null would silence every page.
+        errs.add(std::string{section_path}, "must be an object, not null (leave it out for no alerts)");
         return out;
     }
     cfg::object_reader r{*section, std::string{section_path}, errs};

@@ -489,7 +489,17 @@ void parse_agents(cfg::object_reader& root, config& c) {
         }
         if (auto al = r.object("allow")) {
             cfg::object_reader ar{*al, r.path_of("allow"), root.errs()};
+            // An empty list reads as "none", but would allow all (a missing list does):
+            // refused, like constraints' empty lists.
+            auto refuse_empty = [&](std::string_view key, const std::vector<std::string>& v, const char* what) {
+                if (v.empty()) {
+                    ar.errs().add(ar.path_of(key), std::string{"needs at least one "} + what +
+                                                       " (leave it out to allow any; to allow nothing, switch the "
+                                                       "agent's kill switch or remove the agent)");
+                }
+            };
             if (auto v = ar.strings("routes")) {
+                refuse_empty("routes", *v, "route");
                 for (std::size_t i = 0; i < v->size(); ++i) {
                     if (c.find_route((*v)[i]) == nullptr) {
                         ar.errs().add(cfg::child(ar.path_of("routes"), i), cfg::quote((*v)[i]) + " is not a configured route");
@@ -498,12 +508,18 @@ void parse_agents(cfg::object_reader& root, config& c) {
                 a.allow.routes = std::move(*v);
             }
             if (auto v = ar.strings("methods")) {
-                for (auto& m : *v) {
+                refuse_empty("methods", *v, "method");
+                for (std::size_t i = 0; i < v->size(); ++i) {
+                    auto& m = (*v)[i];
                     std::transform(m.begin(), m.end(), m.begin(), [](char ch) { return std::toupper(static_cast<unsigned char>(ch)); });
+                    if (!is_token(m)) {
+                        ar.errs().add(cfg::child(ar.path_of("methods"), i), cfg::quote(m) + " is not an HTTP method");
+                    }
                 }
                 a.allow.methods = std::move(*v);
             }
             if (auto v = ar.strings("paths")) {
+                refuse_empty("paths", *v, "path");
                 for (std::size_t i = 0; i < v->size(); ++i) {
                     const auto& p = (*v)[i];
                     if (p.empty() || p.front() != '/' || (p.find('*') != std::string::npos && p.find('*') != p.size() - 1)) {
@@ -544,7 +560,9 @@ void parse_breakers(cfg::object_reader& root, config& c) {
             }
             b.id = *id;
         }
+        bool action_known = false;
         if (auto a = r.string("action", true)) {
+            action_known = true;
             if (*a == "pause") {
                 b.act = breakers::action::pause;
             } else if (*a == "throttle") {
@@ -556,6 +574,7 @@ void parse_breakers(cfg::object_reader& root, config& c) {
             } else if (*a == "quarantine") {
                 b.act = breakers::action::quarantine;
             } else {
+                action_known = false;
                 r.errs().add(r.path_of("action"), cfg::quote(*a) + " is not an action (pause, throttle, sandbox, quarantine, deny)");
             }
         }
@@ -573,9 +592,14 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         }
         if (auto v = r.duration("max_cooldown", false, milliseconds{1})) {
             b.max_cooldown = *v;
+            if (b.max_cooldown < b.cooldown) {
+                r.errs().add(r.path_of("max_cooldown"), cfg::quote(cfg::format_duration(b.max_cooldown)) +
+                                                            " is shorter than cooldown " +
+                                                            cfg::quote(cfg::format_duration(b.cooldown)));
+            }
         }
         if (b.max_cooldown < b.cooldown) {
-            b.max_cooldown = b.cooldown;
+            b.max_cooldown = b.cooldown;  // the default, below a longer cooldown given
         }
         if (auto v = r.integer("half_open_probes", false, 1, 1000)) {
             b.half_open_probes = static_cast<std::uint32_t>(*v);
@@ -594,6 +618,16 @@ void parse_breakers(cfg::object_reader& root, config& c) {
             } else {
                 r.errs().add(r.path_of("scope"), cfg::quote(*v) + " is not a scope (key: one instance per key value; breaker: one for all)");
             }
+        }
+        // A throttle or sandbox under another action would do nothing: most likely the
+        // action is the mistake, and a pause where a throttle was meant stops all traffic.
+        if (action_known && r.has("throttle") && b.act != breakers::action::throttle) {
+            r.errs().add(r.path_of("throttle"), "applies only to action \"throttle\" (this breaker's action is " +
+                                                    cfg::quote(breakers::to_string(b.act)) + ")");
+        }
+        if (action_known && r.has("sandbox") && b.act != breakers::action::sandbox) {
+            r.errs().add(r.path_of("sandbox"), "applies only to action \"sandbox\" (this breaker's action is " +
+                                                   cfg::quote(breakers::to_string(b.act)) + ")");
         }
         if (auto t = r.object("throttle")) {
             cfg::object_reader tr{*t, r.path_of("throttle"), root.errs()};
@@ -713,7 +747,11 @@ void parse_admin(cfg::object_reader& root, config& c) {
     if (auto v = r.integer("max_body_bytes", false, 1024, 16 * 1024 * 1024)) {
         c.admin.max_body_bytes = static_cast<std::size_t>(*v);
     }
+    // Names are the audit's actors (tokens and certificates alike); a credential given twice
+    // would act with the first entry's role, whatever the second says.
     std::set<std::string> names;
+    std::set<std::string> digests;
+    std::set<std::pair<std::string, std::string>> certs;  // (subject_cn, pin or "")
     each_item(r, "tokens", !r.has("client_certs"), [&](simdjson::dom::element t, const std::string& path) {
         cfg::object_reader tr{t, path, root.errs()};
         admin_token tok;
@@ -726,6 +764,8 @@ void parse_admin(cfg::object_reader& root, config& c) {
         if (auto v = tr.string("sha256", true)) {
             if (!hex_to_bytes(*v, tok.sha256.data(), tok.sha256.size())) {
                 tr.errs().add(tr.path_of("sha256"), "must be 64 hex digits: the SHA-256 of the token, never the token");
+            } else if (!digests.emplace(reinterpret_cast<const char*>(tok.sha256.data()), tok.sha256.size()).second) {
+                tr.errs().add(tr.path_of("sha256"), "this token already belongs to another entry");
             }
         }
         if (auto v = tr.string("role", true)) {
@@ -746,6 +786,9 @@ void parse_admin(cfg::object_reader& root, config& c) {
         cfg::object_reader cr{t, path, root.errs()};
         admin_client_cert cc;
         if (auto v = cr.string("name", true)) {
+            if (v->empty() || !names.insert(*v).second) {
+                cr.errs().add(cr.path_of("name"), cfg::quote(*v) + " is empty or used by another token or certificate");
+            }
             cc.name = *v;
         }
         if (auto v = cr.string("subject_cn", true)) {
@@ -775,6 +818,15 @@ void parse_admin(cfg::object_reader& root, config& c) {
             } else {
                 cr.errs().add(cr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
             }
+        }
+        std::string pin;
+        if (cc.cert_sha256) {
+            pin.assign(reinterpret_cast<const char*>(cc.cert_sha256->data()), cc.cert_sha256->size());
+        }
+        if (!cc.subject_cn.empty() && !certs.emplace(cc.subject_cn, pin).second) {
+            cr.errs().add(cr.path_of("subject_cn"), cfg::quote(cc.subject_cn) +
+                                                        (pin.empty() ? " is listed twice without a pin"
+                                                                     : " is listed twice with the same cert_sha256"));
         }
         cr.finish();
         c.admin.client_certs.push_back(std::move(cc));

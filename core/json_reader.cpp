@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <limits>
 
 namespace bb::cfg {
 
@@ -40,6 +41,10 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
         scale = 86'400'000;
     } else {
         return std::nullopt;
+    }
+    // Twelve digits of days would overflow: saturated, so every bound above refuses it.
+    if (n > std::numeric_limits<std::int64_t>::max() / scale) {
+        return std::chrono::milliseconds::max();
     }
     return std::chrono::milliseconds{n * scale};
 }
@@ -250,7 +255,8 @@ std::optional<bool> object_reader::boolean(std::string_view key, bool required) 
 }
 
 std::optional<std::chrono::milliseconds> object_reader::duration(std::string_view key, bool required,
-                                                                std::chrono::milliseconds min) {
+                                                                std::chrono::milliseconds min,
+                                                                std::chrono::milliseconds max) {
     auto e = lookup(key, required);
     if (!e) {
         return std::nullopt;
@@ -268,6 +274,10 @@ std::optional<std::chrono::milliseconds> object_reader::duration(std::string_vie
     }
     if (*d < min) {
         errs_.add(path_of(key), quote(s) + " is too short (at least " + format_duration(min) + ")");
+        return std::nullopt;
+    }
+    if (*d > max) {
+        errs_.add(path_of(key), quote(s) + " is too long (at most " + format_duration(max) + ")");
         return std::nullopt;
     }
     return d;

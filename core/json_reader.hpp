@@ -38,6 +38,9 @@ private:
 
 // "250ms", "30s", "15m", "1h", "7d" (a whole number and a unit). nullopt when malformed.
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+// The longest duration a config takes (ten years: a store's retention may be long; a
+// cooldown or a window that long is already "never").
+inline constexpr std::chrono::milliseconds max_duration{std::int64_t{3650} * 86'400'000};
 // Renders a duration the way the config writes it ("1500ms", "30s", "2h").
 std::string format_duration(std::chrono::milliseconds d);
 
@@ -72,8 +75,11 @@ public:
     std::optional<double> number(std::string_view key, bool required = false,
                                  double min = -1e300, double max = 1e300);
     std::optional<bool> boolean(std::string_view key, bool required = false);
+    // At most max_duration unless told: longer is a typo (and would overflow the clock
+    // arithmetic of cooldowns and windows).
     std::optional<std::chrono::milliseconds> duration(std::string_view key, bool required = false,
-                                                      std::chrono::milliseconds min = std::chrono::milliseconds{0});
+                                                      std::chrono::milliseconds min = std::chrono::milliseconds{0},
+                                                      std::chrono::milliseconds max = max_duration);
     std::optional<simdjson::dom::array> array(std::string_view key, bool required = false);
     std::optional<simdjson::dom::element> object(std::string_view key, bool required = false);
     std::optional<std::vector<std::string>> strings(std::string_view key, bool required = false);

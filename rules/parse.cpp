@@ -8,6 +8,7 @@
 
 #include "core/credential.hpp"
 #include "core/host_name.hpp"
+#include "core/http_token.hpp"
 #include "core/json_key.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
@@ -588,8 +589,14 @@ std::optional<key_part> parse_key_part(std::string_view text, std::string* error
 
 void parse_match(simdjson::dom::element e, const std::string& path, match_spec& m, cfg::errors& errs) {
     cfg::object_reader r{e, path, errs};
+    // As a route's match is checked (config.cpp): a rule whose match can never match is
+    // a rule, or a guard, silently off.
     if (auto methods = r.strings("methods")) {
-        for (auto& mth : *methods) {
+        for (std::size_t i = 0; i < methods->size(); ++i) {
+            const auto& mth = (*methods)[i];
+            if (!is_token(mth)) {
+                errs.add(cfg::child(r.path_of("methods"), i), cfg::quote(mth) + " is not an HTTP method");
+            }
             std::string up = mth;
             for (auto& c : up) {
                 c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -607,12 +614,23 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
         }
     }
     if (auto p = r.string("path_prefix")) {
+        if (p->empty() || p->front() != '/') {
+            errs.add(r.path_of("path_prefix"), cfg::quote(*p) + " must start with / (request paths do)");
+        } else if (m.path) {
+            errs.add(r.path_of("path_prefix"), "give either path or path_prefix, not both");
+        }
         m.path_prefix = *p;
     }
     if (auto h = r.string("host")) {
         // As the proxy hands hosts to rules (lower case, core/host_name.hpp): a rule naming
-        // "[::1]" or "api.sendgrid.com." still matches.
+        // "[::1]" or "api.sendgrid.com." still matches. Without a port: rules see none.
         m.host = lower(host_name(*h));
+        if (m.host.find_first_of("/@?# \t") != std::string::npos) {
+            errs.add(r.path_of("host"), cfg::quote(*h) + " is not a host name");
+        } else if (std::count(m.host.begin(), m.host.end(), ':') == 1 || h->find("]:") != std::string::npos) {
+            errs.add(r.path_of("host"), cfg::quote(*h) + " names a port: match.host is a host alone (rules see "
+                                                         "the host without its port)");
+        }
     }
     if (auto hs = r.object("headers")) {
         simdjson::dom::object obj = hs->get_object().value_unsafe();
@@ -1048,12 +1066,14 @@ std::shared_ptr<const rule_set> parse_rules(const simdjson::dom::element* failur
                                             cfg::errors& errs) {
     auto set = std::make_shared<rule_set>();
     auto read_array = [&](const simdjson::dom::element* e, const char* name) -> std::optional<simdjson::dom::array> {
-        if (!e || e->is_null()) {
+        if (!e) {
             return std::nullopt;
         }
         simdjson::dom::array a;
         if (e->get(a) != simdjson::SUCCESS) {
-            errs.add(name, std::string{"must be an array, not "} + std::string{cfg::type_name(e->type())});
+            // null too: a template that renders null would silently remove every rule.
+            errs.add(name, std::string{"must be an array, not "} + std::string{cfg::type_name(e->type())} +
+                               (e->is_null() ? " (leave it out for none)" : ""));
             return std::nullopt;
         }
         return a;

@@ -28,7 +28,9 @@ bool has_error(const bb::cfg::errors& errs, std::string_view path, std::string_v
     });
 }
 
-TEST(AlertsConfig, NullSectionIsEmpty) {
+// No section: no alerts. A section that is null is a mistake (a template that renders null
+// would silence every page), refused rather than read as "none".
+TEST(AlertsConfig, MissingSectionIsEmptyAndNullIsRefused) {
     bb::cfg::errors errs;
     auto cfg = parse_alerts(nullptr, errs);
     EXPECT_TRUE(errs.empty());
@@ -36,8 +38,7 @@ TEST(AlertsConfig, NullSectionIsEmpty) {
     EXPECT_EQ(cfg.queue_max, 1000u);
 
     auto p = parse("null");
-    EXPECT_TRUE(p.errs.empty());
-    EXPECT_TRUE(p.cfg.sinks.empty());
+    EXPECT_NE(p.errs.to_string().find("alerts: must be an object, not null"), std::string::npos) << p.errs.to_string();
 }
 
 TEST(AlertsConfig, FullConfig) {

@@ -149,6 +149,75 @@ TEST(config, breakers_are_validated) {
     EXPECT_NE(e.find("breakers[6].id: \"upstream\" is reserved"), std::string::npos) << e;
 }
 
+// Settings that would silently do nothing, or the opposite of what they say, are refused
+// with their path: a duration long enough to overflow the clock (a cooldown of "forever"
+// that half-opens at once), a max_cooldown below the cooldown, a throttle or sandbox under
+// another action, an empty allow list (which would allow all), a rule match that can never
+// match, a null section, and an admin credential given twice.
+TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
+    const std::string key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    auto r = parse_config(base(R"(, "breakers": [
+        {"id": "a", "action": "pause", "cooldown": "999999d"},
+        {"id": "b", "action": "pause", "cooldown": "213503982335d"},
+        {"id": "c", "action": "pause", "cooldown": "1h", "max_cooldown": "1m",
+         "throttle": {"requests": 1, "per": "1s"}, "sandbox": {"upstream": "up"}},
+        {"id": "d", "action": "explode", "throttle": {"requests": 1, "per": "1s"}}],
+        "agents": [{"id": "w", "key_sha256": [")" + key + R"("],
+                    "allow": {"routes": [], "methods": [], "paths": []}},
+                   {"id": "v", "key_sha256": ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+                    "allow": {"methods": ["PO ST"]}}],
+        "failure_modes": null,
+        "admin": {"tokens": [{"name": "t1", "sha256": ")" + key + R"(", "role": "viewer"},
+                             {"name": "t2", "sha256": ")" + key + R"(", "role": "admin"}]})"));
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("breakers[0].cooldown: \"999999d\" is too long (at most 3650d)"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[1].cooldown: \"213503982335d\" is too long"), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[2].max_cooldown: \"1m\" is shorter than cooldown \"1h\""), std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[2].throttle: applies only to action \"throttle\" (this breaker's action is \"pause\")"),
+              std::string::npos) << e;
+    EXPECT_NE(e.find("breakers[2].sandbox: applies only to action \"sandbox\""), std::string::npos) << e;
+    EXPECT_EQ(e.find("breakers[3].throttle"), std::string::npos) << "an unknown action is one error, not two: " << e;
+    EXPECT_NE(e.find("agents[0].allow.routes: needs at least one route (leave it out to allow any"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].allow.methods: needs at least one method"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[0].allow.paths: needs at least one path"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].allow.methods[0]: \"PO ST\" is not an HTTP method"), std::string::npos) << e;
+    EXPECT_NE(e.find("failure_modes: must be an array, not null (leave it out for none)"), std::string::npos) << e;
+    EXPECT_NE(e.find("admin.tokens[1].sha256: this token already belongs to another entry"), std::string::npos) << e;
+
+    // A rule's match is checked as a route's is.
+    auto m = parse_config(base(R"(, "breakers": [{"id": "b", "action": "pause"}],
+        "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
+        "rules": [{"id": "x", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                   "failure_mode": "fm", "trips": "b",
+                   "match": {"path_prefix": "v3/mail/send", "host": "api.sendgrid.com:443", "methods": ["P@ST"]}},
+                  {"id": "y", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                   "failure_mode": "fm", "trips": "b",
+                   "match": {"path": "/v3/mail/send", "path_prefix": "/v3", "host": "API.SendGrid.com."}}])"));
+    const auto me = all_errors(m);
+    EXPECT_NE(me.find("rules[0].match.path_prefix: \"v3/mail/send\" must start with /"), std::string::npos) << me;
+    EXPECT_NE(me.find("rules[0].match.host: \"api.sendgrid.com:443\" names a port"), std::string::npos) << me;
+    EXPECT_NE(me.find("rules[0].match.methods[0]: \"P@ST\" is not an HTTP method"), std::string::npos) << me;
+    EXPECT_NE(me.find("rules[1].match.path_prefix: give either path or path_prefix, not both"), std::string::npos) << me;
+    EXPECT_EQ(me.find("rules[1].match.host"), std::string::npos) << "a host's other spellings are fine: " << me;
+    EXPECT_NE(all_errors(parse_config(base(R"(, "rules": null)"))).find("rules: must be an array, not null"),
+              std::string::npos);
+
+    // Client certificates: names shared with tokens, and one subject twice without a pin.
+    auto c = parse_config(base(R"(, "admin": {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key",
+        "client_ca_file": "/nonexistent.ca"},
+        "tokens": [{"name": "ops", "sha256": ")" + key + R"(", "role": "viewer"}],
+        "client_certs": [{"name": "ops", "subject_cn": "alice", "role": "viewer"},
+                         {"name": "alice-admin", "subject_cn": "alice", "role": "admin"}]})"));
+    const auto ce = all_errors(c);
+    EXPECT_NE(ce.find("admin.client_certs[0].name: \"ops\" is empty or used by another token or certificate"),
+              std::string::npos) << ce;
+    EXPECT_NE(ce.find("admin.client_certs[1].subject_cn: \"alice\" is listed twice without a pin"), std::string::npos)
+        << ce;
+    // The longest duration still reads, and every unit stays exact.
+    EXPECT_EQ(bb::cfg::parse_duration("3650d"), bb::cfg::max_duration);
+    EXPECT_EQ(bb::cfg::parse_duration("999999999999d"), std::chrono::milliseconds::max());
+}
+
 TEST(config, a_rule_must_trip_a_declared_breaker) {
     auto r = parse_config(base(R"(, "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
         "rules": [{"id": "cap", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
