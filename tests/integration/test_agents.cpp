@@ -227,7 +227,7 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     const std::string want = "breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1";
     const std::string want_denied = "breakerbox_agent_requests_total{agent=\"reader\",decision=\"denied\"} 1";
     response metrics;
-    for (int i = 0; i < 200; ++i) {
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds{5}; std::chrono::steady_clock::now() < until;) {
         metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
         if (metrics.body().find(want) != std::string::npos && metrics.body().find(want_denied) != std::string::npos) {
             break;
