@@ -156,41 +156,50 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         co_return read_error.code == "not_found" ? store::result::failure("not_found", "no quarantined request " + ticket)
                                                  : read_error;
     }
-    if (!rec->agent.empty()) {
-        // An agent an operator switched off sends nothing, a release of what it sent before
-        // included (a bulk release by breaker or time range would otherwise send a killed
-        // agent's held mail): reset agent/<id> first, or discard.
-        const auto snap = srv_.breakers()->get("agent/" + rec->agent, srv_.now());
-        if (snap && (snap->md == breakers::mode::forced_open ||
-                     (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
-            co_return store::result::failure("agent_disabled", "agent " + rec->agent +
-                                                                   " is switched off (breaker agent/" + rec->agent +
-                                                                   "): reset it to release " + ticket +
-                                                                   ", or discard it; nothing was sent");
-        }
-    }
-    const auto cfg = srv_.current_config();
-    if (!rec->agent.empty()) {
-        // An agent in sandbox mode must not reach customers, with what it sent before it was
-        // put there included: the hold was taken as a real send, so replaying it would be one.
-        for (const auto& a : cfg->agents) {
-            if (a.id == rec->agent && a.sandbox) {
-                co_return store::result::failure("agent_sandboxed", "agent " + rec->agent +
-                                                                        " is in sandbox mode: take it out of sandbox to "
-                                                                        "release " + ticket +
-                                                                        ", or discard it; nothing was sent");
+    // What would refuse the release under `cfg` and the breakers now (nothing is sent then),
+    // and the upstream it goes to. Asked before the release is begun and again once it is:
+    // the begin may wait seconds behind a flood of holds, meanwhile an operator may switch
+    // the agent off or a reload remove the upstream (or the CA it was trusted under).
+    std::size_t upstream_index = 0;
+    auto refusal = [&](const config& cfg) -> std::optional<store::result> {
+        if (!rec->agent.empty()) {
+            // An agent an operator switched off sends nothing, a release of what it sent
+            // before included (a bulk release by breaker or time range would otherwise send a
+            // killed agent's held mail): reset agent/<id> first, or discard.
+            const auto snap = srv_.breakers()->get("agent/" + rec->agent, srv_.now());
+            if (snap && (snap->md == breakers::mode::forced_open ||
+                         (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
+                return store::result::failure("agent_disabled", "agent " + rec->agent +
+                                                                    " is switched off (breaker agent/" + rec->agent +
+                                                                    "): reset it to release " + ticket +
+                                                                    ", or discard it; nothing was sent");
+            }
+            // An agent in sandbox mode must not reach customers, with what it sent before it
+            // was put there included: replaying a hold taken as a real send would be one.
+            for (const auto& a : cfg.agents) {
+                if (a.id == rec->agent && a.sandbox) {
+                    return store::result::failure("agent_sandboxed", "agent " + rec->agent +
+                                                                         " is in sandbox mode: take it out of sandbox to "
+                                                                         "release " + ticket +
+                                                                         ", or discard it; nothing was sent");
+                }
             }
         }
-    }
-    std::size_t upstream_index = cfg->upstreams.size();
-    for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
-        if (cfg->upstreams[i].name == rec->upstream) {
-            upstream_index = i;
+        upstream_index = cfg.upstreams.size();
+        for (std::size_t i = 0; i < cfg.upstreams.size(); ++i) {
+            if (cfg.upstreams[i].name == rec->upstream) {
+                upstream_index = i;
+            }
         }
-    }
-    if (upstream_index == cfg->upstreams.size()) {
-        co_return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
-                                                              " is no longer configured; nothing was sent");
+        if (upstream_index == cfg.upstreams.size()) {
+            return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
+                                                               " is no longer configured; nothing was sent");
+        }
+        return std::nullopt;
+    };
+    auto cfg = srv_.current_config();
+    if (auto no = refusal(*cfg)) {
+        co_return std::move(*no);
     }
     target_parts tp;
     if (!split_target(rec->target, tp)) {
@@ -203,6 +212,21 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     });
     if (!begun.ok) {
         co_return begun;
+    }
+    cfg = srv_.current_config();
+    if (auto no = refusal(*cfg)) {
+        // Begun (durably `releasing`), not sent: recorded as a failed attempt with the reason,
+        // to be released again once mended, or discarded.
+        const auto refused = *no;
+        auto recorded = co_await await_store([&](store::done_fn done) {
+            db_.finish_release(ticket, store::release_outcome::failed, 0, refused.message, std::move(done),
+                               static_cast<std::uint32_t>(begun.count));
+        });
+        if (!recorded.ok) {
+            spdlog::error("release of {}: refused after it began ({}), and the store did not record it: {}", ticket,
+                          refused.message, recorded.message);
+        }
+        co_return refused;
     }
     const auto& up = cfg->upstreams[upstream_index];
     request req;
@@ -220,7 +244,8 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     // The client's own key, when it sent one, is what the upstream de-duplicates on: a
     // client that retried a hold it never got the 202 for has two records with one key, and
     // both replays must carry it. Otherwise the ticket is the key.
-    if (req.find(cfg->store.idempotency_header) == req.end()) {
+    // (An empty key, which the hold did not treat as a key either, is replaced.)
+    if (req[cfg->store.idempotency_header].empty()) {
         req.set(cfg->store.idempotency_header, ticket);
     }
     if (!rec->request_id.empty()) {
@@ -263,8 +288,11 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             // 303 See Other, the answer to a POST that was processed (see the result there),
             // and a 3xx no RFC defines: the request may have been acted on, so unknown (a
             // release_failed record is released again without force: a second send).
-            const bool moved = status == 300 || status == 301 || status == 302 || status == 304 || status == 305 ||
-                               status == 307 || status == 308;
+            // 301 and 302 to a POST are also how servers answer one they processed (the
+            // post/redirect/get pattern, as common as 303): unknown for a method that is not
+            // idempotent. 307 and 308 keep the method: the request belongs elsewhere.
+            const bool moved = status == 300 || ((status == 301 || status == 302) && idempotent) || status == 304 ||
+                               status == 305 || status == 307 || status == 308;
             const bool come_back = status == 503 && ex.res.find(http::field::retry_after) != ex.res.end();
             if (status < 200 || moved || (status >= 400 && status < 500) || come_back) {
                 outcome = store::release_outcome::failed;

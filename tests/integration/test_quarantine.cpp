@@ -540,15 +540,21 @@ TEST(quarantine, a_retried_hold_gets_its_first_ticket_and_is_released_once) {
     EXPECT_NE(other.body().find(tickets[0]), std::string::npos) << other.body();
     auto plain = send_mail(bb.port(), "c", R"({"to":[2]})");
     ASSERT_EQ(plain.result_int(), 202u);
+    // An empty key is no key: the ticket replaces it.
+    auto empty_key = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[3]})",
+                                  {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", ""}});
+    ASSERT_EQ(empty_key.result_int(), 202u);
     bb::store::list_filter f;
     f.breaker = "campaign-volume";
     auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
-    EXPECT_EQ(sum.released, 2u);
+    EXPECT_EQ(sum.released, 3u);
     const auto reqs = up.requests();
-    ASSERT_EQ(reqs.size(), 2u);
+    ASSERT_EQ(reqs.size(), 3u);
     EXPECT_EQ(reqs[0].req["Idempotency-Key"], "client-key-1");
     EXPECT_EQ(reqs[0].req.body(), R"({"to":[1]})");
     EXPECT_EQ(reqs[1].req["Idempotency-Key"], plain["x-breakerbox-ticket"]) << "no key of its own: the ticket";
+    EXPECT_EQ(reqs[2].req["Idempotency-Key"], empty_key["x-breakerbox-ticket"]) << "an empty key: the ticket";
+    EXPECT_EQ(reqs[2].req.count("Idempotency-Key"), 1u);
     for (const auto& r : reqs) {
         EXPECT_EQ(r.req.count(http::field::expect), 0u);
         EXPECT_EQ(r.req.body().size(), r.req.body().find('}') + 1);
@@ -558,7 +564,7 @@ TEST(quarantine, a_retried_hold_gets_its_first_ticket_and_is_released_once) {
     ASSERT_EQ(late.result_int(), 202u);
     EXPECT_EQ(late["x-breakerbox-ticket"], tickets[0]);
     EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 0u);
-    EXPECT_EQ(up.requests().size(), 2u);
+    EXPECT_EQ(up.requests().size(), 3u);
 }
 
 // The client never got the 202 for its hold (a timeout), the breaker was reset, and it
@@ -1017,12 +1023,13 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 0)};
     std::map<int, std::string> tickets;
-    // A redirect (a moved endpoint, a login page) did not take it either, nor a 503 asking
-    // to come back later.
-    const std::set<int> not_taken{301, 302, 307, 308, 400, 401, 403, 404, 408, 409, 422, 425, 429, 1503};
-    // 303 See Other answers a POST that was processed, and a 3xx no RFC defines may have
-    // been: unknown (a release_failed record is released again without force). So may a
-    // bare 503 (a gateway's answer to a connection reset after the request went out).
+    // A redirect that keeps the method (a moved endpoint) did not take it either, nor a 503
+    // asking to come back later.
+    const std::set<int> not_taken{307, 308, 400, 401, 403, 404, 408, 409, 422, 425, 429, 1503};
+    // 303 See Other answers a POST that was processed, and so, as often, do 301 and 302
+    // (post/redirect/get); a 3xx no RFC defines may have been too: unknown (a
+    // release_failed record is released again without force). So may a bare 503 (a
+    // gateway's answer to a connection reset after the request went out).
     for (int s : {503, 1503, 429, 401, 403, 408, 409, 425, 500, 502, 504, 400, 404, 422, 202, 200, 301, 302, 307, 308, 303, 399}) {
         auto res = send_mail(bb.port(), "c", R"({"to":[1]})");
         ASSERT_EQ(res.result_int(), 202u);
@@ -1035,7 +1042,7 @@ TEST(quarantine, replay_answers_decide_between_release_failed_and_outcome_unknow
         if (not_taken.count(s) != 0) {
             EXPECT_EQ(r.code, "release_failed") << s;
             EXPECT_EQ(state, bb::store::held_state::release_failed) << s;
-        } else if (s >= 500 || s == 303 || s == 399) {
+        } else if (s >= 500 || s == 301 || s == 302 || s == 303 || s == 399) {
             EXPECT_EQ(r.code, "outcome_unknown") << s;
             EXPECT_EQ(state, bb::store::held_state::outcome_unknown) << s;
         } else {
@@ -1163,6 +1170,53 @@ TEST(quarantine, a_switched_off_agents_held_requests_are_not_released) {
     EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
     EXPECT_EQ(up.request_count(), 0u);
     ASSERT_TRUE(bb.server().breakers()->reset("agent/bot", "ops", "fixed", bb.server().now()));
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
+// A release is judged again once it is begun: the begin waits for the store (seconds behind
+// a flood of holds), and an agent put in sandbox mode meanwhile sends nothing; the attempt
+// is recorded failed with the reason, and the request can be released once mended.
+TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto with_agent = [&](bool sandbox) {
+        std::string cfg = quarantine_config(up.port(), dir, 0);
+        cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
+                                       "\"], \"sandbox\": " + (sandbox ? "true" : "false") + "}]");
+        return cfg;
+    };
+    proxy_instance bb{with_agent(false)};
+    auto reload = [&](bool sandbox) {
+        auto parsed = bb::parse_config(with_agent(sandbox));
+        ASSERT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+        bb.server().apply_config(parsed.cfg);
+    };
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    auto* db = bb.server().db();
+    db->flush();
+    const auto queued_before = db->stats().queued;
+    db->pause_writer(true);
+    auto release = bb.server().remediation().release(ticket, "ops");
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds{5};
+         db->stats().queued == queued_before && std::chrono::steady_clock::now() < until;) {
+        std::this_thread::yield();
+    }
+    ASSERT_GT(db->stats().queued, queued_before) << "the begin of the release waits for the store";
+    reload(true);
+    db->pause_writer(false);
+    const auto refused = release.get();
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.code, "agent_sandboxed") << refused.message;
+    EXPECT_EQ(up.request_count(), 0u) << "sent by an agent put in sandbox mode while its release began";
+    const auto rec = db->get(ticket);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->state, bb::store::held_state::release_failed);
+    EXPECT_NE(rec->detail.find("nothing was sent"), std::string::npos) << rec->detail;
+    reload(false);
     EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
     EXPECT_EQ(up.request_count(), 1u);
 }
