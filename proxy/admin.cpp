@@ -119,6 +119,7 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
     o += ",\"rule\":" + q(h.rule);
     o += ",\"breaker_instance\":" + q(h.breaker_instance);
     o += ",\"failure_mode\":" + q(h.failure_mode);
+    o += ",\"sandboxed_by\":" + (h.sandboxed_by.empty() ? std::string{"null"} : q(h.sandboxed_by));
     o += ",\"request_id\":" + q(h.request_id);
     o += ",\"received_at\":" + std::to_string(h.received_ms);
     o += ",\"body_bytes\":" + std::to_string(h.body_bytes != 0 ? h.body_bytes : static_cast<std::int64_t>(h.body.size()));
@@ -1324,7 +1325,8 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         } else {
             r = co_await rem.discard_one(ticket, who_->name, reason_);
         }
-        const bool refused_now = r.code == "invalid_state" || r.code == "agent_disabled" || r.code == "agent_sandboxed";
+        const bool refused_now = r.code == "invalid_state" || r.code == "agent_disabled" || r.code == "agent_sandboxed" ||
+                                r.code == "sandboxed";
         if (!r.ok && (r.code == "not_found" || refused_now || r.code == "store_unavailable" || r.code == "store_busy")) {
             co_return fail({r.code == "not_found" ? http::status::not_found
                             : refused_now         ? http::status::conflict

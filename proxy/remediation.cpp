@@ -185,6 +185,18 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                 }
             }
         }
+        if (!rec->sandboxed_by.empty() && !rec->sandboxed_by.starts_with("agent/")) {
+            // Held under a sandbox breaker, as sent: a real send only once that sandbox is
+            // over (reset, closed, or removed by a reload).
+            const auto snap = srv_.breakers()->get(rec->sandboxed_by, srv_.now());
+            if (snap && (snap->md == breakers::mode::forced_open ||
+                         (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
+                return store::result::failure("sandboxed", "breaker " + rec->sandboxed_by +
+                                                               " still sandboxes this traffic (the request was held "
+                                                               "under it, for a real send): reset it to release " +
+                                                               ticket + ", or discard it; nothing was sent");
+            }
+        }
         upstream_index = cfg.upstreams.size();
         for (std::size_t i = 0; i < cfg.upstreams.size(); ++i) {
             if (cfg.upstreams[i].name == rec->upstream) {

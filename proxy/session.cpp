@@ -1657,8 +1657,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 // The breakers after it are still asked, so the outcome does not depend on the
                 // rules' order: a pause or deny there wins (nothing is held), a sandbox there
-                // holds the dry-run version (a release then never sends it for real while the
-                // sandbox breaker is open, as when the sandbox came first).
+                // is named on the hold (a release waits until it no longer applies), as when
+                // the sandbox came first.
                 return true;
             }
             if (adm.act == breakers::action::sandbox) {
@@ -1842,8 +1842,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
-        // Sandbox: the API's own dry-run switch, or an alternate upstream.
-        if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
+        // Sandbox: the API's own dry-run switch, or an alternate upstream. Not for a request
+        // a quarantine holds: it is held as sent, with the sandbox named (a release waits
+        // until that sandbox no longer applies). Holding the dry run would let a release
+        // after the incident "deliver" a dry run: the mail lost, the record saying released.
+        std::string sandboxed_by;
+        if (!contained && std::string_view{forwarded_decision} == "sandboxed" && !quarantine_instance.empty()) {
+            sandboxed_by = contained_breaker;
+        } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
             const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
             const auto* b = cfg->find_breaker(name);
             if (b != nullptr && !b->sandbox_upstream.empty()) {
@@ -1968,6 +1974,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 held.request_id = request_id;
                 held.idempotency_key = std::string{req[cfg->store.idempotency_header]};
+                held.sandboxed_by = sandboxed_by;
                 held.received_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                        w.owner().time().wall_now().time_since_epoch())
                                        .count();

@@ -293,9 +293,15 @@ CREATE TABLE config_file (
   version INTEGER NOT NULL
 );
 )sql"},
+    // The sandbox that applied to a request when it was held (a sandbox breaker's instance,
+    // or agent/<id> for an agent in sandbox mode): the record holds the request as sent, for
+    // a real send, and is not released while that sandbox still applies.
+    {11, R"sql(
+ALTER TABLE held_requests ADD COLUMN sandboxed_by TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
-constexpr int latest_version = 10;
+constexpr int latest_version = 11;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -541,8 +547,8 @@ std::string breaker_of(const held_request& r) {
 constexpr const char* summary_columns =
     "h.ticket, h.method, h.target, h.route, h.upstream, h.agent, h.rule, h.breaker, h.breaker_instance, "
     "h.failure_mode, h.request_id, h.received_ms, h.state, h.state_ms, h.body_bytes, h.held_bytes, "
-    "h.release_status, h.released_ms, h.release_attempts, h.discard_reason, h.actor, h.detail";
-constexpr int summary_column_count = 22;
+    "h.release_status, h.released_ms, h.release_attempts, h.discard_reason, h.actor, h.detail, h.sandboxed_by";
+constexpr int summary_column_count = 23;
 
 void read_summary(const statement& s, held_request& r) {
     r.ticket = s.col_str(0);
@@ -571,6 +577,7 @@ void read_summary(const statement& s, held_request& r) {
     r.discard_reason = s.col_str(19);
     r.actor = s.col_str(20);
     r.detail = s.col_str(21);
+    r.sandboxed_by = s.col_str(22);
 }
 
 // What tells a retry from another request under the same Idempotency-Key: SHA-256 of the
@@ -1381,8 +1388,8 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         auto s = ctx.c.prepared(
             "INSERT INTO held_requests(ticket, method, target, route, upstream, agent, rule, breaker, "
             "breaker_instance, failure_mode, request_id, received_ms, state, state_ms, body_bytes, held_bytes, "
-            "actor, idem_key, idem_fingerprint) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'held', "
-            "?13, ?14, ?15, ?16, ?17, ?18)");
+            "actor, idem_key, idem_fingerprint, sandboxed_by) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+            "?12, 'held', ?13, ?14, ?15, ?16, ?17, ?18, ?19)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare hold");
         }
@@ -1405,6 +1412,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         s.text(16, actor);
         s.text(17, r.idempotency_key);
         s.text(18, fingerprint);
+        s.text(19, r.sandboxed_by);
         const int rc = s.step();
         if (rc == SQLITE_DONE) {
             break;

@@ -95,6 +95,10 @@ struct held_request {
     // the earlier ticket with `duplicate`, nothing is stored; one whose method, target or
     // body differ fails with idempotency_key_reused.
     std::string idempotency_key;
+    // The sandbox that applied when it was held (a sandbox breaker's instance, or agent/<id>),
+    // "" for none: the record is the request as sent, released for real only once that
+    // sandbox no longer applies.
+    std::string sandboxed_by;
 
     // Filled by the store when read back.
     held_state state = held_state::held;

@@ -4,6 +4,7 @@
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
+#include "proxy/remediation.hpp"
 #include "store/breaker_state.hpp"
 #include "store/database.hpp"
 
@@ -542,7 +543,10 @@ TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
 // A request covered by an open quarantine breaker and an open sandbox breaker is held in
 // its dry-run version whichever rule comes first (it was held as sent, to be released for
 // real, when the quarantine's rule came first); an open pause breaker wins over a hold.
-TEST(sandbox, quarantine_and_sandbox_together_hold_the_dry_run_whatever_the_order) {
+// A request both a quarantine and a sandbox apply to is held as sent, naming the sandbox:
+// holding the dry run would let a release after the incident "deliver" a dry run (the mail
+// lost, the record saying released). A release waits until that sandbox is over.
+TEST(sandbox, quarantine_and_sandbox_together_hold_the_request_as_sent_whatever_the_order) {
     for (const bool quarantine_first : {true, false}) {
         fake_upstream up{[](const request&) { return respond(202, ""); }};
         const auto dir = temp_dir();
@@ -568,14 +572,26 @@ TEST(sandbox, quarantine_and_sandbox_together_hold_the_dry_run_whatever_the_orde
         ASSERT_FALSE(ticket.empty()) << quarantine_first;
         const auto held = bb.server().db()->get(ticket);
         ASSERT_TRUE(held);
-        EXPECT_NE(held->body.find("\"sandbox_mode\":{\"enable\":true}"), std::string::npos)
-            << "quarantine first: " << quarantine_first << " " << held->body;
+        EXPECT_EQ(held->body, body) << "quarantine first: " << quarantine_first;
+        EXPECT_EQ(held->sandboxed_by, "dry") << quarantine_first;
+        // While the sandbox applies, a release sends nothing (a bulk release skips it).
+        auto refused = bb.server().remediation().release(ticket, "ops").get();
+        EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+        bb::store::list_filter all;
+        EXPECT_EQ(bb.server().remediation().release_matching(all, 0, "ops").get().skipped, 1u);
+        EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
         // With the pause breaker open too, nothing is held: 503.
         ASSERT_TRUE(reg.manual_trip("stop", "ops", "stop everything", bb.server().now()));
         auto paused = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
         EXPECT_EQ(paused.result_int(), 503u) << quarantine_first << paused.body();
         EXPECT_TRUE(paused["x-breakerbox-ticket"].empty());
         EXPECT_EQ(up.request_count(), 0u);
+        // The sandbox over, the release is the real send, as the client sent it.
+        ASSERT_TRUE(reg.reset("dry", "ops", "dry runs over", bb.server().now()));
+        auto released = bb.server().remediation().release(ticket, "ops").get();
+        EXPECT_TRUE(released.ok) << released.code << ": " << released.message;
+        ASSERT_EQ(up.request_count(), 1u);
+        EXPECT_EQ(up.requests()[0].req.body(), body);
     }
 }
 

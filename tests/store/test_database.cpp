@@ -143,10 +143,11 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 10);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+    EXPECT_EQ(db->schema_version(), 11);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
                                           // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
                                           // 7: the reset policy of saved breaker state, 8: throttle admissions,
-                                          // 9: keys of requests sent live, 10: the config file as last read
+                                          // 9: keys of requests sent live, 10: the config file as last read,
+                                          // 11: the sandbox a request was held under
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -1589,6 +1590,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
                            "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
                            "ALTER TABLE breaker_state DROP COLUMN throttle_ms; DROP TABLE forwarded_keys; DROP TABLE config_file; "
+                           "ALTER TABLE held_requests DROP COLUMN sandboxed_by; "
                            "DELETE FROM schema_version WHERE version >= 3",
                            nullptr, nullptr, nullptr),
               SQLITE_OK)
@@ -1596,8 +1598,9 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 10);
+    EXPECT_EQ(db->schema_version(), 11);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
+    EXPECT_EQ(db->get(old.ticket)->sandboxed_by, "") << "a record from before was held for a real send";
     auto keyed = sample();
     keyed.idempotency_key = "k";
     const auto a = hold(*db, keyed);
