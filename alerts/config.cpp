@@ -151,7 +151,7 @@ alerts_config parse_alerts(const simdjson::dom::element* section, cfg::errors& e
     }
     if (section->type() == simdjson::dom::element_type::NULL_VALUE) {
         // Not "no alerts": a template that renders null would silence every page.
-        errs.add(std::string{section_path}, "must be an object, not null (leave it out for no alerts)");
+        errs.add_since_stored(std::string{section_path}, "must be an object, not null (leave it out for no alerts)");
         return out;
     }
     cfg::object_reader r{*section, std::string{section_path}, errs};

@@ -493,7 +493,7 @@ void parse_agents(cfg::object_reader& root, config& c) {
             // refused, like constraints' empty lists.
             auto refuse_empty = [&](std::string_view key, const std::vector<std::string>& v, const char* what) {
                 if (v.empty()) {
-                    ar.errs().add(ar.path_of(key), std::string{"needs at least one "} + what +
+                    ar.errs().add_since_stored(ar.path_of(key), std::string{"needs at least one "} + what +
                                                        " (leave it out to allow any; to allow nothing, switch the "
                                                        "agent's kill switch or remove the agent)");
                 }
@@ -513,7 +513,7 @@ void parse_agents(cfg::object_reader& root, config& c) {
                     auto& m = (*v)[i];
                     std::transform(m.begin(), m.end(), m.begin(), [](char ch) { return std::toupper(static_cast<unsigned char>(ch)); });
                     if (!is_token(m)) {
-                        ar.errs().add(cfg::child(ar.path_of("methods"), i), cfg::quote(m) + " is not an HTTP method");
+                        ar.errs().add_since_stored(cfg::child(ar.path_of("methods"), i), cfg::quote(m) + " is not an HTTP method");
                     }
                 }
                 a.allow.methods = std::move(*v);
@@ -593,7 +593,7 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         if (auto v = r.duration("max_cooldown", false, milliseconds{1})) {
             b.max_cooldown = *v;
             if (b.max_cooldown < b.cooldown) {
-                r.errs().add(r.path_of("max_cooldown"), cfg::quote(cfg::format_duration(b.max_cooldown)) +
+                r.errs().add_since_stored(r.path_of("max_cooldown"), cfg::quote(cfg::format_duration(b.max_cooldown)) +
                                                             " is shorter than cooldown " +
                                                             cfg::quote(cfg::format_duration(b.cooldown)));
             }
@@ -622,11 +622,11 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         // A throttle or sandbox under another action would do nothing: most likely the
         // action is the mistake, and a pause where a throttle was meant stops all traffic.
         if (action_known && r.has("throttle") && b.act != breakers::action::throttle) {
-            r.errs().add(r.path_of("throttle"), "applies only to action \"throttle\" (this breaker's action is " +
+            r.errs().add_since_stored(r.path_of("throttle"), "applies only to action \"throttle\" (this breaker's action is " +
                                                     cfg::quote(breakers::to_string(b.act)) + ")");
         }
         if (action_known && r.has("sandbox") && b.act != breakers::action::sandbox) {
-            r.errs().add(r.path_of("sandbox"), "applies only to action \"sandbox\" (this breaker's action is " +
+            r.errs().add_since_stored(r.path_of("sandbox"), "applies only to action \"sandbox\" (this breaker's action is " +
                                                    cfg::quote(breakers::to_string(b.act)) + ")");
         }
         if (auto t = r.object("throttle")) {
@@ -752,6 +752,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
     std::set<std::string> names;
     std::set<std::string> digests;
     std::set<std::pair<std::string, std::string>> certs;  // (subject_cn, pin or "")
+    std::set<std::string> unpinned;                       // subject_cns with an entry that takes any certificate
     each_item(r, "tokens", !r.has("client_certs"), [&](simdjson::dom::element t, const std::string& path) {
         cfg::object_reader tr{t, path, root.errs()};
         admin_token tok;
@@ -765,7 +766,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
             if (!hex_to_bytes(*v, tok.sha256.data(), tok.sha256.size())) {
                 tr.errs().add(tr.path_of("sha256"), "must be 64 hex digits: the SHA-256 of the token, never the token");
             } else if (!digests.emplace(reinterpret_cast<const char*>(tok.sha256.data()), tok.sha256.size()).second) {
-                tr.errs().add(tr.path_of("sha256"), "this token already belongs to another entry");
+                tr.errs().add_since_stored(tr.path_of("sha256"), "this token already belongs to another entry");
             }
         }
         if (auto v = tr.string("role", true)) {
@@ -786,8 +787,8 @@ void parse_admin(cfg::object_reader& root, config& c) {
         cfg::object_reader cr{t, path, root.errs()};
         admin_client_cert cc;
         if (auto v = cr.string("name", true)) {
-            if (v->empty() || !names.insert(*v).second) {
-                cr.errs().add(cr.path_of("name"), cfg::quote(*v) + " is empty or used by another token or certificate");
+            if (v->empty()) {
+                cr.errs().add_since_stored(cr.path_of("name"), "must not be empty (it names the actor in the audit log)");
             }
             cc.name = *v;
         }
@@ -823,10 +824,19 @@ void parse_admin(cfg::object_reader& root, config& c) {
         if (cc.cert_sha256) {
             pin.assign(reinterpret_cast<const char*>(cc.cert_sha256->data()), cc.cert_sha256->size());
         }
-        if (!cc.subject_cn.empty() && !certs.emplace(cc.subject_cn, pin).second) {
-            cr.errs().add(cr.path_of("subject_cn"), cfg::quote(cc.subject_cn) +
-                                                        (pin.empty() ? " is listed twice without a pin"
-                                                                     : " is listed twice with the same cert_sha256"));
+        // The first entry that matches a certificate decides its role: an entry after one
+        // without a pin for the same subject, or a second with the same pin, is never used.
+        if (unpinned.count(cc.subject_cn) != 0) {
+            cr.errs().add_since_stored(cr.path_of("subject_cn"),
+                                       cfg::quote(cc.subject_cn) + " is already taken, with any certificate, by an "
+                                                                   "earlier entry without cert_sha256: this one is "
+                                                                   "never used (list pinned entries first)");
+        } else if (!certs.emplace(cc.subject_cn, pin).second) {
+            cr.errs().add_since_stored(cr.path_of("subject_cn"),
+                                       cfg::quote(cc.subject_cn) + " is listed twice with the same cert_sha256");
+        }
+        if (pin.empty()) {
+            unpinned.insert(cc.subject_cn);
         }
         cr.finish();
         c.admin.client_certs.push_back(std::move(cc));
@@ -1026,8 +1036,9 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_v
     return hp;
 }
 
-parse_result parse_config(std::string_view json_text) {
+parse_result parse_config(std::string_view json_text, bool stored) {
     parse_result out;
+    out.errors.set_lenient(stored);
     simdjson::dom::parser parser;
     simdjson::padded_string padded{json_text};
     simdjson::dom::element doc;
@@ -1116,6 +1127,10 @@ parse_result parse_config(std::string_view json_text) {
                                            "(set require_agent: true to refuse them with 401)");
                 }
             }
+        }
+        for (const auto& e : out.errors.relaxed()) {
+            out.warnings.push_back(e.to_string() + " (kept: this version was stored before the check; the next "
+                                                   "config applied must mend it)");
         }
         c->source_json = std::string{json_text};
         out.cfg = std::move(c);

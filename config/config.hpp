@@ -216,7 +216,9 @@ struct parse_result {
 };
 
 // Parses JSON text; never throws. Every problem is in `errors`, each with its path.
-parse_result parse_config(std::string_view json_text);
+// `stored`: the text is a version read back from the store (written by an earlier release,
+// perhaps): checks added since are warnings there, not errors (cfg::errors::add_since_stored).
+parse_result parse_config(std::string_view json_text, bool stored = false);
 // Reads and parses a file; an unreadable file is one error at path "".
 // `text`, when given, receives the bytes read (nullopt when the file cannot be read): what a
 // reload records the digest of, whether or not they parse.

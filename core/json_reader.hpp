@@ -26,6 +26,14 @@ struct error {
 class errors {
 public:
     void add(std::string path, std::string message) { list_.push_back({std::move(path), std::move(message)}); }
+    // A check added after configs were stored: an error, except while reading back a version
+    // stored before it (lenient), which is kept with a warning rather than dropped at a
+    // start for the file (undoing an operator's change). The caller keeps the old reading.
+    void add_since_stored(std::string path, std::string message) {
+        (lenient_ ? relaxed_ : list_).push_back({std::move(path), std::move(message)});
+    }
+    void set_lenient(bool on) { lenient_ = on; }
+    const std::vector<error>& relaxed() const { return relaxed_; }
     bool empty() const { return list_.empty(); }
     std::size_t size() const { return list_.size(); }
     const std::vector<error>& list() const { return list_; }
@@ -34,6 +42,8 @@ public:
 
 private:
     std::vector<error> list_;
+    std::vector<error> relaxed_;
+    bool lenient_ = false;
 };
 
 // "250ms", "30s", "15m", "1h", "7d" (a whole number and a unit). nullopt when malformed.

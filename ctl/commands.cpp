@@ -545,7 +545,7 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
         p.client.key = t.get("--key");
         if (t.has("--timeout")) {
             const auto d = cfg::parse_duration(t.get("--timeout"));
-            if (!d || d->count() <= 0) {
+            if (!d || d->count() <= 0 || *d > cfg::max_duration) {
                 throw usage_error("--timeout wants a duration like 10s, not " + cfg::quote(t.get("--timeout")));
             }
             p.client.timeout = *d;

@@ -1746,7 +1746,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         if (!v) {
             co_return fail({http::status::not_found, "not_found", "no config version " + std::to_string(version)});
         }
-        parsed = parse_config(v->second);
+        parsed = parse_config(v->second, true);
     }
     if (!parsed.errors.empty()) {
         co_return invalid_config(parsed.errors);
@@ -1899,7 +1899,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
             kept.emplace(latest->first, mark->version);
             reason = "SIGHUP: " + path + " unchanged since version " + std::to_string(mark->version) +
                      "; re-apply the running version " + std::to_string(kept->first);
-            parsed = parse_config(running->source_json);
+            parsed = parse_config(running->source_json, true);
         }
     }
     if (!parsed.errors.empty()) {
@@ -2043,7 +2043,7 @@ asio::awaitable<void> record_startup_config(server& srv) {
         spdlog::warn("config: {} differs from version {}, the last one applied (through the admin API, a reload or a "
                      "rollback); it is what runs now: see the audit log for what changed",
                      srv.config_path(), last->first);
-        auto before = parse_config(last->second);
+        auto before = parse_config(last->second, true);
         if (before.errors.empty()) {
             // As for SIGHUP: whoever edits the file may loosen a guard; written down and said.
             const auto d = diff_configs(*before.cfg, *cfg);
@@ -2088,7 +2088,7 @@ std::shared_ptr<const config> choose_startup_config(const std::string& path, std
     if (view->latest <= view->file.version || same_json(view->latest_json, from_file->source_json)) {
         return from_file;  // nothing applied after the file
     }
-    auto stored = parse_config(view->latest_json);
+    auto stored = parse_config(view->latest_json, true);
     if (!stored.errors.empty()) {
         spdlog::error("config: version {} (applied after {} was read as version {}) no longer parses ({}); "
                       "starting from the file instead, which undoes it",

@@ -235,8 +235,17 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                                static_cast<std::uint32_t>(begun.count));
         });
         if (!recorded.ok) {
-            spdlog::error("release of {}: refused after it began ({}), and the store did not record it: {}", ticket,
-                          refused.message, recorded.message);
+            spdlog::error("release of {}: refused after it began ({}), and the store did not record it: {}{}", ticket,
+                          refused.message, recorded.message,
+                          refused_for_now(recorded) ? "; trying again in the background" : "");
+            if (refused_for_now(recorded)) {
+                // As for a result after a send: else the record stays `releasing` and turns
+                // outcome_unknown at the next start, though nothing was sent.
+                unrecorded_.push_back({ticket, store::release_outcome::failed, 0, refused.message,
+                                       static_cast<std::uint32_t>(begun.count)});
+                unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+                start_recording_later();
+            }
         }
         co_return refused;
     }

@@ -1143,9 +1143,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // absolute-form request on a forward proxy, outside any tunnel): 407 with
                 // Proxy-Authenticate, which HTTP_PROXY clients answer with their proxy
                 // credentials (RFC 9110 §15.5.8); to anyone else 401 with WWW-Authenticate.
+                // (Not for a refusal a proxy credential cannot mend, a client certificate's;
+                // nor a CONNECT inside TLS, refused as such below; nor `OPTIONS *`.)
                 const auto& h = parser.get();
                 const bool as_proxy = lc != nullptr && lc->forward_proxy && ci.tunnel_host.empty() &&
-                                      (h.method() == http::verb::connect || !h.target().starts_with('/'));
+                                      ci.cert_names.empty() && ci.ignored_cn.empty() &&
+                                      (h.method() == http::verb::connect ? !ci.tls
+                                                                         : !h.target().starts_with('/') && h.target() != "*");
                 co_await reply({as_proxy ? http::status::proxy_authentication_required : http::status::unauthorized,
                                 "denied", "unauthenticated", std::move(refused)},
                                false);
@@ -1614,7 +1618,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (reason.empty() && adm.last_trip) {
                 reason = adm.last_trip->cause.reason;
             }
-            const auto secs = static_cast<unsigned>((adm.retry_after.count() + 999) / 1000);
+            // (At most a day: a long cooldown, backed off, must not wrap the header.)
+            const auto secs = static_cast<unsigned>(
+                std::min<std::int64_t>((adm.retry_after.count() + 999) / 1000, std::int64_t{86'400}));
             switch (adm.act) {
                 case breakers::action::throttle:
                     contained = error_info{http::status::too_many_requests, "throttled", "throttled",

@@ -595,7 +595,7 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
         for (std::size_t i = 0; i < methods->size(); ++i) {
             const auto& mth = (*methods)[i];
             if (!is_token(mth)) {
-                errs.add(cfg::child(r.path_of("methods"), i), cfg::quote(mth) + " is not an HTTP method");
+                errs.add_since_stored(cfg::child(r.path_of("methods"), i), cfg::quote(mth) + " is not an HTTP method");
             }
             std::string up = mth;
             for (auto& c : up) {
@@ -615,9 +615,7 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
     }
     if (auto p = r.string("path_prefix")) {
         if (p->empty() || p->front() != '/') {
-            errs.add(r.path_of("path_prefix"), cfg::quote(*p) + " must start with / (request paths do)");
-        } else if (m.path) {
-            errs.add(r.path_of("path_prefix"), "give either path or path_prefix, not both");
+            errs.add_since_stored(r.path_of("path_prefix"), cfg::quote(*p) + " must start with / (request paths do)");
         }
         m.path_prefix = *p;
     }
@@ -626,9 +624,9 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
         // "[::1]" or "api.sendgrid.com." still matches. Without a port: rules see none.
         m.host = lower(host_name(*h));
         if (m.host.find_first_of("/@?# \t") != std::string::npos) {
-            errs.add(r.path_of("host"), cfg::quote(*h) + " is not a host name");
+            errs.add_since_stored(r.path_of("host"), cfg::quote(*h) + " is not a host name");
         } else if (std::count(m.host.begin(), m.host.end(), ':') == 1 || h->find("]:") != std::string::npos) {
-            errs.add(r.path_of("host"), cfg::quote(*h) + " names a port: match.host is a host alone (rules see "
+            errs.add_since_stored(r.path_of("host"), cfg::quote(*h) + " names a port: match.host is a host alone (rules see "
                                                          "the host without its port)");
         }
     }
@@ -1072,8 +1070,13 @@ std::shared_ptr<const rule_set> parse_rules(const simdjson::dom::element* failur
         simdjson::dom::array a;
         if (e->get(a) != simdjson::SUCCESS) {
             // null too: a template that renders null would silently remove every rule.
-            errs.add(name, std::string{"must be an array, not "} + std::string{cfg::type_name(e->type())} +
-                               (e->is_null() ? " (leave it out for none)" : ""));
+            const std::string why = std::string{"must be an array, not "} + std::string{cfg::type_name(e->type())} +
+                                    (e->is_null() ? " (leave it out for none)" : "");
+            if (e->is_null()) {
+                errs.add_since_stored(name, why);
+            } else {
+                errs.add(name, why);
+            }
             return std::nullopt;
         }
         return a;

@@ -2511,6 +2511,7 @@ std::size_t database::export_jsonl(const list_filter& filter, std::ostream& out,
             str("breaker", r.breaker);
             str("breaker_instance", r.breaker_instance);
             str("failure_mode", r.failure_mode);
+            str("sandboxed_by", r.sandboxed_by);
             str("request_id", r.request_id);
             num("release_attempts", r.release_attempts);
             if (r.release_status) {

@@ -472,6 +472,10 @@ TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
     const auto direct = run("curl -sS -i --max-time 10 " + proxy + "/v3/mail/send -H 'Host: localhost' -X POST -d '{}'");
     EXPECT_EQ(direct.rfind("HTTP/1.1 401", 0), 0u) << direct;
     EXPECT_NE(direct.find("WWW-Authenticate: Bearer realm=\"breakerbox\""), std::string::npos) << direct;
+    // `OPTIONS *` is asked of breakerbox itself too.
+    raw_client star{bb.port()};
+    star.send("OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    EXPECT_EQ(star.read_response().result_int(), 401u);
     EXPECT_EQ(api.request_count(), 1u);
 }
 
