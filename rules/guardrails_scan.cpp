@@ -1177,8 +1177,31 @@ namespace detail {
 
 bool word_byte(unsigned char c) { return table.word[c]; }
 
+// The last `<` outside quoted strings: in `"<ceo@example.com>"@evil.net` the angle brackets
+// are the local part's (RFC 5322 quoted-string), the mailbox is at evil.net.
+static std::size_t angle_outside_quotes(std::string_view item) {
+    if (item.find('"') == std::string_view::npos) {
+        return item.rfind('<');
+    }
+    std::size_t last = std::string_view::npos;
+    bool quoted = false;
+    for (std::size_t i = 0; i < item.size(); ++i) {
+        const char c = item[i];
+        if (quoted && c == '\\') {
+            ++i;  // a quoted-pair
+        } else if (c == '"') {
+            quoted = !quoted;
+        } else if (!quoted && c == '<') {
+            last = i;
+        }
+    }
+    // An unterminated quote is no quoted-string (an upstream refuses the address): read
+    // as before, by the last `<`.
+    return quoted ? item.rfind('<') : last;
+}
+
 void normalize_address(std::string_view item, std::string& out) {
-    const auto lt = item.rfind('<');
+    const auto lt = angle_outside_quotes(item);
     if (lt != std::string_view::npos) {
         const auto gt = item.find('>', lt);
         item = item.substr(lt + 1, gt == std::string_view::npos ? std::string_view::npos : gt - lt - 1);

@@ -532,6 +532,10 @@ TEST(GuardPii, MailgunFormFieldsAndRawBodies) {
     no_body.body = "";
     no_body.query = "to=jane%40example.com&text=card+4111+1111+1111+1111";
     EXPECT_THAT(f.check(no_body).reason, HasSubstr("in form field \"text\""));
+    // A JSON label on an empty body hides nothing: the query's fields are what it says.
+    no_body.content_type = "application/json";
+    EXPECT_THAT(f.check(no_body).reason, HasSubstr("in form field \"text\""));
+    no_body.content_type = "";
     // A raw ';' in a query read as form fields: servers that split there read other fields.
     req.query = "o:tag=x;text=4111+1111+1111+1111";
     const auto semicolon = f.check(req);
@@ -621,6 +625,9 @@ TEST(GuardRecipients, AllowlistCoversSubdomains) {
     }
     EXPECT_FALSE(f.check_body(sendgrid_to({"x@example.com<a@evil.io"})).allowed()) << "the bracketed address counts";
     EXPECT_TRUE(f.check_body(sendgrid_to({"Jane Doe <jane@example.com>"})).allowed());
+    // Angle brackets inside a quoted local part enclose no address: the mailbox is at evil.net.
+    EXPECT_FALSE(f.check_body(sendgrid_to({R"(\"<ceo@example.com>\"@evil.net)"})).allowed());
+    EXPECT_TRUE(f.check_body(sendgrid_to({R"(\"Jane <x>\" <jane@example.com>)"})).allowed());
 }
 
 // Keys are read as Go's encoding/json reads them (SendGrid): "To"/"EMAIL" are `to`/`email`.
@@ -2589,6 +2596,12 @@ TEST(GuardFastPaths, NormalizedAddressesAreTrimmedAndLowerCased) {
     EXPECT_EQ(out, "jane doe@x.com");
     detail::normalize_address("no-at-sign.", out);
     EXPECT_EQ(out, "no-at-sign.");
+    // Angle brackets inside a quoted local part are the local part's: the mailbox is at
+    // evil.net (RFC 5322 quoted-string), not the address they enclose.
+    detail::normalize_address(R"("<ceo@example.com>"@Evil.net)", out);
+    EXPECT_EQ(out.substr(out.rfind('@')), "@evil.net");
+    detail::normalize_address(R"("Jane \"<x>\"" <Jane@Example.com>)", out);
+    EXPECT_EQ(out, "jane@example.com");
     // Never cut: a cut could end in an allowed domain the upstream does not see.
     detail::normalize_address(std::string(303, 'A') + "@News.Example.com.evil.tld", out);
     EXPECT_EQ(out, std::string(303, 'a') + "@news.example.com.evil.tld");
