@@ -1868,6 +1868,25 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     }
                     return walk_next::go;
                 }
+                if (split_lists && text.find_first_of(",;") != std::string_view::npos) {
+                    // `"ceo@competitor.com, Jane <jane@example.com>"`: an upstream that reads
+                    // the string as an address list sends to both; each is checked, as in a
+                    // form field, and a list that splits more than one way is refused.
+                    bool stop = false;
+                    const int group = group_of(fr);
+                    const bool split = for_each_address(text, [&](std::string_view item) {
+                        if (!stop) {
+                            stop = f(item, group, [fr] { return render_path(fr); });
+                        }
+                    });
+                    if (!split && !stop) {
+                        unreadable = true;
+                        if (why) {
+                            *why = "the value at " + render_path(fr) + " " + std::string{unsplittable_list};
+                        }
+                    }
+                    return stop || !split ? walk_next::stop : walk_next::go;
+                }
                 return f(text, group_of(fr), [fr] { return render_path(fr); }) ? walk_next::stop : walk_next::go;
             });
             return res != json_walker::result::invalid && !unreadable;

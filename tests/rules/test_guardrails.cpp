@@ -628,6 +628,14 @@ TEST(GuardRecipients, AllowlistCoversSubdomains) {
     // Angle brackets inside a quoted local part enclose no address: the mailbox is at evil.net.
     EXPECT_FALSE(f.check_body(sendgrid_to({R"(\"<ceo@example.com>\"@evil.net)"})).allowed());
     EXPECT_TRUE(f.check_body(sendgrid_to({R"(\"Jane <x>\" <jane@example.com>)"})).allowed());
+    // A string an upstream may read as an address list: every address in it is checked.
+    const auto listed = f.check_body(sendgrid_to({"ceo@competitor.com, Jane <jane@example.com>"}));
+    ASSERT_EQ(listed.outcome, verdict::violated) << listed.reason;
+    EXPECT_THAT(listed.reason, HasSubstr("c***@competitor.com"));
+    EXPECT_FALSE(f.check_body(sendgrid_to({"jane@example.com; x@evil.io"})).allowed());
+    EXPECT_TRUE(f.check_body(sendgrid_to({R"(\"Doe, Jane\" <jane@example.com>)"})).allowed());
+    EXPECT_FALSE(f.check_body(sendgrid_to({R"(\"Doe, Jane <jane@example.com>, x@evil.io)"})).allowed())
+        << "a list that splits more than one way";
 }
 
 // Keys are read as Go's encoding/json reads them (SendGrid): "To"/"EMAIL" are `to`/`email`.
