@@ -2349,6 +2349,28 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     };
     index_groups(s.subjects, s.subject_groups);
     index_groups(s.templates, s.template_groups);
+    // Two different subjects (or templates) in a form (a field given twice): form readers
+    // take different ones (Go's FormValue and Werkzeug the first, others the last), so a
+    // loop varying the one not sent would never be counted. Refused as a body that reads two
+    // ways, rather than counting one guess. (A JSON key given twice is read as the APIs'
+    // JSON readers do, by the last: pick.)
+    auto ambiguous = [](const std::vector<scratch::valued>& v, const std::vector<std::pair<std::int64_t, std::size_t>>& by) {
+        for (std::size_t j = 1; j < by.size(); ++j) {
+            if (by[j].first == by[j - 1].first && v[by[j].second].hash != v[by[j - 1].second].hash) {
+                return true;
+            }
+        }
+        return false;
+    };
+    const bool form = kind_of(in) == body_kind::form;
+    if (form && g.by_subject && ambiguous(s.subjects, s.subject_groups)) {
+        return invalid_body("two different subjects are given for one mail (a field or key given twice): upstreams "
+                            "read different ones");
+    }
+    if (form && (g.by_template || g.by_subject) && ambiguous(s.templates, s.template_groups)) {
+        return invalid_body("two different templates are given for one mail (a field or key given twice): upstreams "
+                            "read different ones");
+    }
     // One key per recipient (or one for the request when recipients are not part of it).
     s.keys.clear();
     const std::uint64_t key_hash = detail::bytes_hash(in.key);

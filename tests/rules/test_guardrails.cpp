@@ -1743,6 +1743,19 @@ TEST(GuardDuplicates, SubjectsDifferingOnlyInCaseOrBlanksAreOneSubject) {
     EXPECT_TRUE(f.check_body(with_subject("Your invoice is ready!")).allowed()) << "another text is another subject";
 }
 
+// A form with two different subjects reads two ways (Go's FormValue takes the first,
+// others the last): a loop varying the one not sent would never be counted. Refused.
+TEST(GuardDuplicates, TwoDifferentSubjectsInAFormAreRefused) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "10m"})j")};
+    const auto form = "application/x-www-form-urlencoded";
+    const auto two = f.check_body("to=jane%40example.com&subject=Your+invoice&subject=r-1", form);
+    EXPECT_EQ(two.outcome, verdict::rejected) << two.reason;
+    EXPECT_THAT(two.reason, HasSubstr("two different subjects"));
+    EXPECT_TRUE(f.check_body("to=jane%40example.com&subject=Your+invoice&subject=Your+invoice", form).allowed())
+        << "the same subject twice is one subject";
+    EXPECT_FALSE(f.check_body("to=jane%40example.com&subject=Your+invoice", form).allowed()) << "and it was counted";
+}
+
 TEST(GuardDuplicates, ASuspendedViolationStillCountsTheSend) {
     // metrics_only / forced_closed: the request goes out, to every recipient, so every pair
     // of it counts; when enforcement is back, the loop is where it was.
