@@ -277,8 +277,10 @@ std::optional<std::chrono::milliseconds> object_reader::duration(std::string_vie
         return std::nullopt;
     }
     if (*d > max) {
-        errs_.add(path_of(key), quote(s) + " is too long (at most " + format_duration(max) + ")");
-        return std::nullopt;
+        // (A version stored before the bound keeps running, at the bound: the clock
+        // arithmetic stays in range.)
+        errs_.add_since_stored(path_of(key), quote(s) + " is too long (at most " + format_duration(max) + ")");
+        return max;
     }
     return d;
 }

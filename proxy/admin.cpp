@@ -1746,7 +1746,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         if (!v) {
             co_return fail({http::status::not_found, "not_found", "no config version " + std::to_string(version)});
         }
-        parsed = parse_config(v->second, true);
+        parsed = parse_config(v->second);  // a rollback is a new apply: every check holds
     }
     if (!parsed.errors.empty()) {
         co_return invalid_config(parsed.errors);

@@ -1881,9 +1881,15 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                         }
                     });
                     if (!split && !stop) {
-                        unreadable = true;
-                        if (why) {
-                            *why = "the value at " + render_path(fr) + " " + std::string{unsplittable_list};
+                        // Still read as one address, as before (`x@evil.io (a,b)` is at
+                        // evil.io): an invalid body may be let through (on_invalid_body), a
+                        // blocked domain must not be.
+                        stop = f(text, group, [fr] { return render_path(fr); });
+                        if (!stop) {
+                            unreadable = true;
+                            if (why) {
+                                *why = "the value at " + render_path(fr) + " " + std::string{unsplittable_list};
+                            }
                         }
                     }
                     return stop || !split ? walk_next::stop : walk_next::go;

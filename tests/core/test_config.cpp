@@ -223,7 +223,7 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     // A version stored before these checks is read back with warnings, as it ran then: a
     // start does not drop an operator's change for the file.
     const std::string stored_text = base(R"(, "breakers": [{"id": "c", "action": "pause", "cooldown": "1h", "max_cooldown": "1m",
-        "throttle": {"requests": 1, "per": "1s"}}], "rules": null)");
+        "throttle": {"requests": 1, "per": "1s"}}, {"id": "d", "action": "pause", "cooldown": "4000d"}], "rules": null)");
     EXPECT_FALSE(parse_config(stored_text).errors.empty());
     const auto stored = parse_config(stored_text, true);
     ASSERT_TRUE(stored.errors.empty()) << all_errors(stored);
@@ -234,6 +234,8 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     }
     EXPECT_NE(warned.find("breakers[0].throttle: applies only to action \"throttle\""), std::string::npos) << warned;
     EXPECT_NE(warned.find("rules: must be an array, not null"), std::string::npos) << warned;
+    EXPECT_NE(warned.find("breakers[1].cooldown: \"4000d\" is too long"), std::string::npos) << warned;
+    EXPECT_EQ(stored.cfg->find_breaker("d")->cooldown, bb::cfg::max_duration) << "kept, at the bound";
     EXPECT_NE(warned.find("(kept: this version was stored before the check"), std::string::npos) << warned;
     // The longest duration still reads, and every unit stays exact.
     EXPECT_EQ(bb::cfg::parse_duration("3650d"), bb::cfg::max_duration);

@@ -636,6 +636,10 @@ TEST(GuardRecipients, AllowlistCoversSubdomains) {
     EXPECT_TRUE(f.check_body(sendgrid_to({R"(\"Doe, Jane\" <jane@example.com>)"})).allowed());
     EXPECT_FALSE(f.check_body(sendgrid_to({R"(\"Doe, Jane <jane@example.com>, x@evil.io)"})).allowed())
         << "a list that splits more than one way";
+    // One that cannot be split is still read as one address: a blocked domain is a violation
+    // whatever on_invalid_body lets through.
+    const auto unsplit = f.check_body(sendgrid_to({"x@evil.io (a,b)"}));
+    EXPECT_EQ(unsplit.outcome, verdict::violated) << unsplit.reason;
 }
 
 // Keys are read as Go's encoding/json reads them (SendGrid): "To"/"EMAIL" are `to`/`email`.
