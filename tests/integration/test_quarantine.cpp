@@ -49,6 +49,14 @@ std::string quarantine_config(std::uint16_t upstream_port, const std::string& di
            "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
 }
 
+// quarantine_config (limit 0) with one agent, "bot" (key "bot-key"), in sandbox mode or not.
+std::string quarantine_config_with_agent(std::uint16_t upstream_port, const std::string& dir, bool sandbox) {
+    std::string cfg = quarantine_config(upstream_port, dir, 0);
+    cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
+                                   "\"], \"sandbox\": " + (sandbox ? "true" : "false") + "}]");
+    return cfg;
+}
+
 response send_mail(std::uint16_t port, const std::string& campaign, const std::string& body,
                    const std::string& content_type = "application/json") {
     return http_request(port, http::verb::post, "/v3/mail/send?via=agent", body,
@@ -1180,12 +1188,7 @@ TEST(quarantine, a_switched_off_agents_held_requests_are_not_released) {
 TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    auto with_agent = [&](bool sandbox) {
-        std::string cfg = quarantine_config(up.port(), dir, 0);
-        cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
-                                       "\"], \"sandbox\": " + (sandbox ? "true" : "false") + "}]");
-        return cfg;
-    };
+    auto with_agent = [&](bool sandbox) { return quarantine_config_with_agent(up.port(), dir, sandbox); };
     proxy_instance bb{with_agent(false)};
     auto reload = [&](bool sandbox) {
         auto parsed = bb::parse_config(with_agent(sandbox));
@@ -1226,12 +1229,7 @@ TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
     // release would be a real send of an agent that must not reach customers.
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    auto with_agent = [&](bool sandbox) {
-        std::string cfg = quarantine_config(up.port(), dir, 0);
-        cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
-                                       "\"], \"sandbox\": " + (sandbox ? "true" : "false") + "}]");
-        return cfg;
-    };
+    auto with_agent = [&](bool sandbox) { return quarantine_config_with_agent(up.port(), dir, sandbox); };
     proxy_instance bb{with_agent(false)};
     auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
                             {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
