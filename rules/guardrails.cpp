@@ -2303,9 +2303,23 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                 }
                 if (t == value_type::string) {
                     for (std::size_t k = 0; k < 3; ++k) {
-                        if (targets[k].on && paths.exact(k)) {
-                            add(targets[k], text, group_of(fr));
+                        if (!targets[k].on || !paths.exact(k)) {
+                            continue;
                         }
+                        // A recipient string that is an address list: each address is a
+                        // recipient, as the recipients guard reads it (one that does not split
+                        // is one, as before). (A plain loop: find_first_of calls memchr per byte.)
+                        if (targets[k].kind == value_kind::address &&
+                            std::any_of(text.begin(), text.end(), [](char c) { return c == ',' || c == ';'; })) {
+                            const std::size_t before = targets[k].out->size();
+                            const std::size_t chars_before = s.chars.size();
+                            if (for_each_address(text, [&](std::string_view item) { add(targets[k], item, group_of(fr)); })) {
+                                continue;
+                            }
+                            targets[k].out->resize(before);
+                            s.chars.resize(chars_before);
+                        }
+                        add(targets[k], text, group_of(fr));
                     }
                 } else if (t == value_type::scalar && targets[2].on && paths.exact(2) && !text.empty() &&
                            (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) {

@@ -1578,6 +1578,16 @@ TEST(GuardDuplicates, SameRecipientAndSubjectMoreThanMaxInTheWindow) {
     EXPECT_FALSE(f.check(req).allowed());
 }
 
+// A recipient string that is an address list counts each address, as the recipients guard
+// reads it: a nonce address beside the real one makes no new pair for the real one.
+TEST(GuardDuplicates, EachAddressOfARecipientListIsARecipient) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "10m"})j")};
+    EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com, r-1@example.com"})).allowed());
+    const auto again = f.check_body(sendgrid_to({"jane@example.com; r-2@example.com"}));
+    EXPECT_EQ(again.outcome, verdict::violated) << again.reason;
+    EXPECT_THAT(again.reason, HasSubstr("j***@example.com"));
+}
+
 // A loop that goes on across a restart (a deploy while an agent resends one mail) is still
 // a loop: the sends in the window are saved with the rule meters and restored.
 TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
