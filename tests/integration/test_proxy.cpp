@@ -1074,14 +1074,16 @@ TEST(lifecycle, request_in_flight_across_a_renumbering_reload_keeps_its_upstream
 
 TEST(lifecycle, drain_finishes_in_flight_requests) {
     // The upstream answers once the drain has begun (the idle connection closed), however
-    // slow the machine: the busy request is in flight across it.
+    // slow the machine: the busy request is in flight across it. One worker: each worker
+    // begins its drain in turn, so an idle connection closed by another says nothing of the
+    // busy one's.
     auto drained = std::make_shared<std::promise<void>>();
     std::shared_future<void> drain_seen = drained->get_future().share();
     fake_upstream up{[drain_seen](const request&) {
         drain_seen.wait_for(10s);
         return respond(200, "done");
     }};
-    proxy_instance bb{make_config(local_url(up.port()))};
+    proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
     raw_client busy{bb.port()};
     busy.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
     ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
