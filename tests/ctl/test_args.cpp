@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <unistd.h>
 
 namespace bb::ctl {
 namespace {
@@ -276,7 +278,7 @@ TEST(CtlRequests, ConfigMutations) {
 }
 
 TEST(CtlRequests, ConfigApplyReadsTheFileAtExecution) {
-    const std::string path = ::testing::TempDir() + "breakerctl-apply.json";
+    const std::string path = ::testing::TempDir() + "breakerctl-apply-" + std::to_string(::getpid()) + ".json";
     {
         std::ofstream f{path};
         f << "{\"breakers\": [{\"id\": \"b1\"}]}\n";

@@ -15,6 +15,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <unistd.h>
 
 #include "helpers.hpp"
 #include "rules/guardrails.hpp"
@@ -74,8 +75,22 @@ struct fixture {
     manual_clock clock;
 };
 
+// Each test runs as its own process under ctest, in parallel and perhaps beside another
+// checkout's run: the name carries the process id, so no two runs share (and truncate) a file.
+// They are removed when the process ends.
 std::string temp_file(const std::string& name, std::string_view text) {
-    const auto path = std::filesystem::path{::testing::TempDir()} / name;
+    struct remover {
+        std::vector<std::filesystem::path> paths;
+        ~remover() {
+            for (const auto& p : paths) {
+                std::error_code ec;
+                std::filesystem::remove(p, ec);
+            }
+        }
+    };
+    static remover made;
+    const auto path = std::filesystem::path{::testing::TempDir()} / ("bb-" + std::to_string(::getpid()) + "-" + name);
+    made.paths.push_back(path);
     std::ofstream out{path, std::ios::binary | std::ios::trunc};
     out << text;
     return path.string();
