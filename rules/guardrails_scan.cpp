@@ -1252,9 +1252,20 @@ void normalize_address(std::string_view item, std::string& out) {
     // One spelling per mailbox, as an MTA keeps it (Postfix's internal form): a quoted local
     // part unquoted (`"jane"@x.com`, `"ja\ne"@x.com` is jane@x.com) and the root's trailing
     // dot dropped (`jane@x.com.`), so the suppression list and duplicate counts see them.
-    const auto at = out.rfind('@');
+    auto at = out.rfind('@');
     if (at == std::string::npos) {
         return;
+    }
+    // Blanks around the '@' and inside the domain are folding white space to an MTA that
+    // reads the obsolete syntax (`jane @competitor.com`, `jane@competitor .com` is
+    // jane@competitor.com); a domain never holds one. Without them, the block and
+    // suppression lists see the mailbox such an upstream delivers to.
+    auto blank = [](char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; };
+    if (std::any_of(out.begin() + static_cast<std::ptrdiff_t>(at), out.end(), blank)) {
+        out.erase(std::remove_if(out.begin() + static_cast<std::ptrdiff_t>(at), out.end(), blank), out.end());
+    }
+    while (at > 0 && blank(out[at - 1])) {
+        out.erase(--at, 1);
     }
     while (out.size() > at + 1 && out.back() == '.') {
         out.pop_back();

@@ -732,6 +732,12 @@ TEST(GuardRecipients, Blocklist) {
     const auto d = f.check_body(sendgrid_to({"jane@example.com"}, "spy@Sales.Competitor.com"));
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_THAT(d.reason, HasSubstr("recipient domain blocked #1 s***@sales.competitor.com ($.personalizations[0].bcc[0].email)"));
+    // Blanks around the '@' or inside the domain: an MTA reading the obsolete syntax
+    // delivers to competitor.com.
+    for (const std::string spelling : {"spy@competitor .com", "spy@ competitor.com", "spy @competitor.com",
+                                       "spy@competitor.\tcom", "Spy <spy @ Competitor . com>"}) {
+        EXPECT_EQ(f.check_body(sendgrid_to({spelling})).outcome, verdict::violated) << spelling;
+    }
 }
 
 TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
@@ -750,7 +756,8 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
     EXPECT_THAT(by_hash.reason, HasSubstr("suppressed recipient #1 b***@example.com ($.personalizations[0].bcc[0].email)"));
     EXPECT_TRUE(f.check_body(sendgrid_to({"ann@example.com", "carl@example.com"})).allowed());
     // Other spellings of the same mailbox (an MTA delivers them to the same person).
-    for (const std::string spelling : {R"(\"jane.doe\"@example.com)", "jane.doe@example.com.", R"(\"jane\\.doe\"@Example.COM.)"}) {
+    for (const std::string spelling : {R"(\"jane.doe\"@example.com)", "jane.doe@example.com.", R"(\"jane\\.doe\"@Example.COM.)",
+                                       "jane.doe @example.com", "jane.doe@ example .com"}) {
         EXPECT_EQ(f.check_body(sendgrid_to({spelling})).outcome, verdict::violated) << spelling;
     }
 
@@ -2644,6 +2651,8 @@ TEST(GuardFastPaths, NormalizedAddressesAreTrimmedAndLowerCased) {
     EXPECT_EQ(out, "jane@example.com");
     detail::normalize_address(R"(<"ja\ne doe"@x.com>)", out);
     EXPECT_EQ(out, "jane doe@x.com");
+    detail::normalize_address("Jane \t@ Example .\r\ncom", out);
+    EXPECT_EQ(out, "jane@example.com");
     detail::normalize_address("no-at-sign.", out);
     EXPECT_EQ(out, "no-at-sign.");
     // Angle brackets inside a quoted local part are the local part's: the mailbox is at
