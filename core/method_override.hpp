@@ -30,14 +30,16 @@ inline bool is_method_override_name(std::string_view name) {
 
 // Whether a header name asks for another method (X-HTTP-Method-Override and its kin; any
 // ASCII case): refused on a request (proxy/framing.cpp) and in a Salesforce composite
-// subrequest's httpHeaders (rules/agent_constraints.cpp).
+// subrequest's httpHeaders (rules/agent_constraints.cpp). An '_' counts as '-': CGI,
+// FastCGI and the PHP stacks map both to one variable (HTTP_X_HTTP_METHOD_OVERRIDE).
 inline bool is_method_override_header(std::string_view name) {
     auto same = [&](std::string_view want) {
         if (name.size() != want.size()) {
             return false;
         }
         for (std::size_t i = 0; i < name.size(); ++i) {
-            if (std::tolower(static_cast<unsigned char>(name[i])) != want[i]) {
+            const char c = name[i] == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+            if (c != want[i]) {
                 return false;
             }
         }
