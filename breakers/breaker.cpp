@@ -91,7 +91,16 @@ public:
             const std::string reason = "mode " + std::string{to_string(md_)} + " expired";
             mode_expires_.reset();
             shadow_until_.reset();
-            change(st_, mode::automatic, cause_of("expiry", "expiry", reason), at, false);
+            // A timed bypass (forced_closed, metrics_only) over an operator's trip of a
+            // breaker that resets by itself gives the trip back as manual_trip held it:
+            // forced_open until a reset. Under automatic its old cooldown would half-open it
+            // at once and one probe would close what the operator opened. (A timed
+            // forced_open that ends is the operator's choice of automatic.)
+            const bool hand_trip_back = md_ != mode::forced_open && cfg_.reset == reset_policy::automatic &&
+                                        st_ != state::closed && last_trip_ && last_trip_->cause.kind == "manual";
+            change(st_, hand_trip_back ? mode::forced_open : mode::automatic,
+                   cause_of("expiry", "expiry", hand_trip_back ? reason + "; the operator's trip holds again" : reason),
+                   at, false);
         }
         if (md_ == mode::automatic && st_ == state::open && cfg_.reset == reset_policy::automatic &&
             now >= opened_at_ + cooldown_) {
@@ -224,7 +233,10 @@ public:
         const bool hold = cfg_.reset == reset_policy::automatic;
         const mode to = hold ? mode::forced_open : is_shadow(md_) ? mode::automatic : md_;
         const bool opens = st_ != state::open;
-        if (!opens && to == md_ && !(hold && mode_expires_)) {
+        // Open already by a rule: the trip is still recorded as the operator's, so it holds
+        // as one (a later bypass mode gives way to it, a changed reset policy keeps it).
+        const bool by_hand = last_trip_ && last_trip_->cause.kind == "manual";
+        if (!opens && to == md_ && !(hold && mode_expires_) && by_hand) {
             return;
         }
         if (to != md_ || hold) {
@@ -234,7 +246,7 @@ public:
         if (opens) {
             opened_at_ = now;
         }
-        change(state::open, to, std::move(cause), now, opens);
+        change(state::open, to, std::move(cause), now, opens || !by_hand);
     }
 
     // Back to closed+automatic with the base cooldown: "make it normal again".
@@ -291,7 +303,9 @@ public:
         // (its result, which may have been a failure, is lost: a crash loop must not send a
         // fresh round of probes at every start). Handed over by a reload (the round comes
         // with it), the round goes on.
-        const bool probe_lost = s.st == state::half_open && !s.probes;
+        // Also a half-open round handed to a breaker that now resets only by hand (a
+        // reload changed its policy): no probe may close it.
+        const bool probe_lost = s.st == state::half_open && (!s.probes || cfg_.reset == reset_policy::manual);
         const state st = probe_lost ? state::open : s.st;
         if (probe_lost || (at_start && s.st == state::open && opened_at_ + cooldown_ <= now)) {
             // Also an open instance whose cooldown ended before the start: a probe may have
@@ -556,7 +570,7 @@ private:
         // changes_so_far() read n has every change numbered n or less. One that loosens it
         // (open -> half_open, a force run out) keeps the number: a restart that lost it
         // would only contain more.
-        if (containing(st_, md_) && (!contained_before || opens || forces)) {
+        if (containing(st_, md_) && (!contained_before || opens || forces || trips)) {
             change_ = changes_made.fetch_add(1, std::memory_order_acq_rel) + 1;
         }
         if (trips) {

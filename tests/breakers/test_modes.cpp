@@ -235,6 +235,49 @@ TEST_F(registry_test, a_manual_trip_holds_past_the_cooldown_until_a_reset) {
     EXPECT_EQ(reg().admit("b/k", now()).v, verdict::probe);
 }
 
+// A key a rule opened, then tripped by an operator: the trip is the operator's (a rule's
+// trip would give way to a breaker-wide bypass; an operator's never does).
+TEST_F(registry_test, a_manual_trip_of_a_key_a_rule_opened_is_the_operators) {
+    make({make_config("m", action::pause, reset_policy::manual)});
+    ASSERT_TRUE(reg().trip("m", "k", rule_cause(), now()).opened);
+    ASSERT_TRUE(reg().manual_trip("m/k", "bob", "stop it", now()));
+    const auto s = reg().get("m/k", now());
+    ASSERT_TRUE(s && s->last_trip);
+    EXPECT_EQ(s->last_trip->cause.kind, "manual");
+    EXPECT_EQ(s->trips, 2u);
+    reg().set_mode("m", mode::forced_closed, std::nullopt, "alice", "let the rest through", now());
+    EXPECT_EQ(reg().admit("m/k", now()).v, verdict::contain);
+    EXPECT_EQ(reg().admit("m/other", now()).v, verdict::allow);
+}
+
+// A timed bypass over an operator's trip of a breaker that resets by itself: when it ends,
+// the trip holds again (forced_open), rather than half-opening on its old cooldown.
+TEST_F(registry_test, a_timed_bypass_over_a_manual_trip_gives_the_trip_back) {
+    make({make_config("b")});
+    ASSERT_TRUE(reg().manual_trip("b/k", "bob", "vendor incident", now()));
+    clock_.advance(1h);
+    ASSERT_TRUE(reg().set_mode("b/k", mode::forced_closed, 15min, "alice", "one batch through", now()));
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
+    clock_.advance(15min);
+    reg().tick(now());
+    const auto s = reg().get("b/k", now());
+    EXPECT_EQ(s->md, mode::forced_open);
+    EXPECT_FALSE(s->mode_expires);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+    clock_.advance(1h);
+    reg().tick(now());
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain) << "no probe: held until a reset";
+    // The same for metrics_only; and a timed forced_open that ends is the operator's choice
+    // of automatic, as before.
+    ASSERT_TRUE(reg().set_mode("b/k", mode::metrics_only, 1min, "alice", "watch", now()));
+    clock_.advance(1min);
+    EXPECT_EQ(reg().admit("b/k", now()).v, verdict::contain);
+    ASSERT_TRUE(reg().set_mode("b/k", mode::forced_open, 1min, "alice", "one more minute", now()));
+    clock_.advance(1min);
+    reg().tick(now());
+    EXPECT_EQ(reg().get("b/k", now())->md, mode::automatic);
+}
+
 TEST_F(registry_test, reset_clears_mode_and_state) {
     make({make_config("b")});
     reg().trip("b", "k", rule_cause(), now());
