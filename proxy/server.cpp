@@ -610,6 +610,9 @@ void server::open_store(const store_config& sc) {
     {
         std::lock_guard lock{orphans_mu_};
         orphans_.insert(orphans_.end(), kept.begin(), kept.end());
+        for (const auto& k : kept) {
+            orphans_from_store_.insert(k.instance);
+        }
     }
     // Prove the store is writable now rather than at the first trip.
     writer->request();
@@ -619,6 +622,9 @@ void server::open_store(const store_config& sc) {
         saved_through_.store(~std::uint64_t{0}, std::memory_order_release);
         std::lock_guard lock{orphans_mu_};
         orphans_.resize(orphans_.size() - kept.size());
+        for (const auto& k : kept) {
+            orphans_from_store_.erase(k.instance);
+        }
         throw std::runtime_error("cannot write breaker state: " + why);
     }
 
@@ -743,6 +749,7 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             for (auto& snap : previous->breakers->snapshot(clock_->now())) {
                 if (rt->breakers->find(snap.breaker) == nullptr && !snap.at_rest()) {
                     std::lock_guard lock{orphans_mu_};
+                    orphans_from_store_.erase(snap.instance);
                     orphans_.push_back(std::move(snap));
                     ++dropped;
                 }
@@ -757,18 +764,24 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
         // A breaker configured again gets the state the store kept for it. The kept copy
         // stays in orphans_ until the new runtime is published (apply_config): a state write
         // in between still takes it from there, so the store never lacks it.
+        // One read from the store and not live since the start is restored as at a start:
+        // an open one whose cooldown ended while breakerbox was down (a probe may have gone
+        // out and its result been lost) gets a fresh cooldown, not a probe at once.
         std::vector<breakers::instance_snapshot> back;
+        std::vector<breakers::instance_snapshot> back_from_store;
         {
             std::lock_guard lock{orphans_mu_};
             for (const auto& o : orphans_) {
                 if (rt->breakers->find(o.breaker) != nullptr) {
-                    back.push_back(o);
+                    (orphans_from_store_.contains(o.instance) ? back_from_store : back).push_back(o);
                 }
             }
         }
-        if (!back.empty()) {
+        if (!back.empty() || !back_from_store.empty()) {
+            rt->breakers->restore(back_from_store, clock_->now(), true);
             rt->breakers->restore(back, clock_->now());
-            spdlog::warn("restored the kept state of {} instance(s) of breakers configured again", back.size());
+            spdlog::warn("restored the kept state of {} instance(s) of breakers configured again",
+                         back.size() + back_from_store.size());
         }
     }
     // Before any request runs the new rules (only requests on the old config, with the old
@@ -1536,7 +1549,13 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     {
         // Published: the breakers configured again now hold their kept state themselves.
         std::lock_guard lock{orphans_mu_};
-        std::erase_if(orphans_, [&](const breakers::instance_snapshot& o) { return rt->breakers->find(o.breaker) != nullptr; });
+        std::erase_if(orphans_, [&](const breakers::instance_snapshot& o) {
+            if (rt->breakers->find(o.breaker) == nullptr) {
+                return false;
+            }
+            orphans_from_store_.erase(o.instance);
+            return true;
+        });
     }
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->apply_runtime(rt); });

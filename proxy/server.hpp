@@ -401,6 +401,9 @@ private:
     // breaker again. Not enforced meanwhile (nothing can consult a breaker no rule names).
     mutable std::mutex orphans_mu_;
     std::vector<breakers::instance_snapshot> orphans_;
+    // Those of orphans_ (by instance) read from the store and not live since this process
+    // started: restored as at a start (an open one whose cooldown ended gets a fresh one).
+    std::unordered_set<std::string> orphans_from_store_;
     std::unique_ptr<class remediation> remediation_;
     // report_denial(): per deny rule, when it last alerted, the denials since and the last
     // of them (the control tick reports those a minute on: report_denials()).

@@ -1103,6 +1103,37 @@ TEST(breakers_durable, the_first_breakers_of_a_run_come_with_their_saved_state) 
     EXPECT_EQ(up.request_count(), before);
 }
 
+// An instance a rule opened, whose cooldown ended while breakerbox ran without its breaker,
+// is restored by the reload that brings it as at a start: a whole cooldown from then, not a
+// probe at once (a probe may have gone out just before the earlier run stopped).
+TEST(breakers_durable, the_first_breakers_of_a_run_get_a_fresh_cooldown_as_at_a_start) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    const std::string pause_auto = R"({"id": "campaign-volume", "action": "pause", "cooldown": "30s"})";
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_auto, 25), &clock};
+        raw_client c{bb.port()};
+        for (int i = 0; i < 3; ++i) {
+            c.send(mail(10, "spring"));
+            ASSERT_EQ(c.read_response().result_int(), i < 2 ? 202u : 503u) << i;
+        }
+        ASSERT_TRUE(bb.server().flush_breaker_state());
+    }
+    proxy_instance bb{one_route_config(up.port(), dir), &clock};
+    ASSERT_EQ(bb.server().db(), nullptr);
+    clock.advance(1min);
+    auto next = bb::parse_config(guarded_config(up.port(), dir, pause_auto, 25));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    auto& reg = *bb.server().breakers();
+    EXPECT_EQ(reg.admit("campaign-volume/spring", bb.server().now()).v, bb::breakers::admission::verdict::contain)
+        << "probed at once: the cooldown that ended while it was not running was taken as served";
+    clock.advance(31s);
+    reg.tick(bb.server().now());
+    EXPECT_EQ(reg.admit("campaign-volume/spring", bb.server().now()).v, bb::breakers::admission::verdict::probe);
+}
+
 // If that store cannot be opened (here: another process holds it), the reload is refused
 // whole: no breaker runs unsaved and without what the store kept.
 TEST(breakers_durable, a_reload_whose_first_breakers_cannot_open_the_store_is_refused) {
