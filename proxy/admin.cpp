@@ -1053,9 +1053,9 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         }
     }
     if (action == "trip") {
-        done.known = reg.manual_trip(id, who_->name, reason_, now);
+        done.known = reg.manual_trip(id, who_->name, reason_, srv_.now());
     } else if (action == "reset") {
-        done = reg.reset(id, who_->name, reason_, now);
+        done = reg.reset(id, who_->name, reason_, srv_.now());
     } else {
         std::string_view m;
         if (auto mv = (*b)["mode"]; mv.get(m) != simdjson::SUCCESS) {
@@ -1090,7 +1090,9 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         if (!co_await record_intent(id)) {
             co_return intent_unrecorded();
         }
-        done = reg.set_mode(id, *md, expires, who_->name, reason_, now);
+        // Now, after the audit write: a timed mode runs from when it is set, not from when
+        // the call came in (the write can wait behind a flood of holds).
+        done = reg.set_mode(id, *md, expires, who_->name, reason_, srv_.now());
     }
     if (!done.known) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});

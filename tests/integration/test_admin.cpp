@@ -548,6 +548,35 @@ TEST(admin_api, a_config_change_while_another_is_in_flight_is_refused_not_applie
     EXPECT_EQ(send_mail(f.bb.port(), "c", 20).result_int(), 503u) << "the admin's limit of 10 holds";
 }
 
+// A timed mode runs from when it is set: the write-ahead audit record before it can wait
+// (behind a flood of holds; here a paused writer) while time goes by.
+TEST(admin_api, a_timed_mode_runs_from_when_it_is_set_not_from_when_it_was_asked) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{admin_config(up.port(), dir), &clock};
+    auto* db = bb.server().db();
+    db->pause_writer(true);
+    const auto queued = db->stats().queued;
+    response set;
+    std::thread t{[&] {
+        set = admin(bb.server().admin_port(), http::verb::post, "/v1/breakers/campaign-volume/spring/mode", "op-token",
+                    R"({"mode":"forced_open","expires_in":"10m","reason":"hold"})");
+    }};
+    for (int i = 0; i < 5000 && db->stats().queued <= queued; ++i) {  // bounded
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    EXPECT_GT(db->stats().queued, queued) << "the audit record never queued";
+    clock.advance(5min);
+    db->pause_writer(false);
+    t.join();
+    ASSERT_EQ(set.result_int(), 200u) << set.body();
+    const auto s = bb.server().breakers()->get("campaign-volume/spring", bb.server().now());
+    ASSERT_TRUE(s && s->mode_expires);
+    EXPECT_EQ(*s->mode_expires, bb.server().now() + 10min) << "the 10 minutes began before the wait";
+}
+
 // Applying a rule change as metrics_only shadows the breakers it trips, but never one that
 // contains something now: a trip or an operator's forced_open must not be undone by it.
 TEST(admin_api, a_metrics_only_apply_does_not_undo_a_trip_or_a_forced_mode) {
