@@ -2254,6 +2254,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         rec.request_id = request_id;
         write_access_log(w, rec);
         if (wec || !keep_alive) {
+            // Requests pipelined behind this one (a drain, max_requests_per_connection, a
+            // client's own close): closing over unread input sends RST, which can destroy
+            // the response still in the kernel's buffers. Linger as after an error. (Not
+            // for every close we chose: a drain would wait on clients that keep the socket.)
+            error_code aec;
+            linger = linger || (!wec && (buf.size() > 0 || raw.available(aec) > 0));
             break;
         }
     }

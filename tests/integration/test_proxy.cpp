@@ -531,6 +531,32 @@ TEST(proxying, requests_pipelined_during_a_slow_exchange_are_answered_in_order) 
     EXPECT_EQ(up.connections_closed_by_peer(), 0u);
 }
 
+// A close the client did not ask for (max_requests_per_connection here), with a request
+// pipelined behind the last answered one: the answer arrives whole, then the close. Closing
+// over the unread request would send RST, which throws away what of the answer is still in
+// the kernel's buffers.
+TEST(proxying, a_connection_limit_with_requests_pipelined_behind_it_delivers_the_last_answer) {
+    const std::string big(4 * 1024 * 1024, 'x');
+    fake_upstream up{[&](const request&) { return respond(200, big); }};
+    proxy_instance bb{make_config(local_url(up.port()), "\"max_requests_per_connection\": 1")};
+    raw_client client{bb.port()};
+    client.send("GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+    // The next request once the answer is being written: it waits unread in the kernel.
+    char chunk[16384];
+    while (client.buffer().size() < 64 * 1024) {
+        const auto n = ::recv(client.fd(), chunk, sizeof chunk, 0);
+        ASSERT_GT(n, 0);
+        client.buffer().append(chunk, static_cast<std::size_t>(n));
+    }
+    client.send("GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+    const auto res = client.read_response();
+    EXPECT_EQ(res.result_int(), 200u);
+    EXPECT_EQ(res.body().size(), big.size());
+    EXPECT_EQ(res[http::field::connection], "close");
+    EXPECT_TRUE(client.closed_by_server());
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(proxying, http10_client_without_keepalive_gets_a_closed_connection) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()))};
