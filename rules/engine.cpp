@@ -1418,6 +1418,19 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                 g.finding = *unreadable;
             } else {
                 g = check_guard(*r.guard, in, now, dups_[idx].get(), &s.guard_bookings);
+                // A body that is not a form (JSON, say) with fields in the query string: an
+                // upstream that merges query and form fields (Go's FormValue, PHP's
+                // $_REQUEST) reads recipients, text and secrets there too, as the agents'
+                // body constraints do. (Not the duplicates guard: its bookings are the body's.)
+                if (!form && !req.query.empty() && g.outcome == guard_result::status::clean &&
+                    r.guard->k != guardrail::kind::duplicates && !ctx.query().empty()) {
+                    guard_input qin{req, &ctx.query(), s.key, nullptr};
+                    qin.query_fields = true;
+                    g = check_guard(*r.guard, qin, now, dups_[idx].get(), &s.guard_bookings);
+                    if (g.outcome == guard_result::status::violated) {
+                        g.finding += " (in the query string)";
+                    }
+                }
             }
             if (g.outcome == guard_result::status::invalid_body && r.on_invalid_body == invalid_body_policy::reject) {
                 rollback();

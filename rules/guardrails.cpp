@@ -1303,6 +1303,9 @@ bool holds_json(const guard_input& in) {
 }
 
 body_kind kind_of(const guard_input& in) {
+    if (in.query_fields) {
+        return body_kind::form;
+    }
     // A JSON label on a blank body holds no JSON: fields read from the query string (as an
     // upstream that takes form fields there reads them) are what the request says.
     if (labelled_json(in) && (in.form == nullptr || holds_json(in))) {

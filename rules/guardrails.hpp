@@ -447,6 +447,9 @@ struct guard_input {
     std::string_view key;  // the rule's key value (duplicates are counted per key)
     // The parse of req.body shared by the guards of this request; null: the guard parses it.
     guard_body* body = nullptr;
+    // `form` holds the query string's fields, read as a form beside a body that is not one
+    // (a JSON or text body: an upstream that merges query and form fields reads them too).
+    bool query_fields = false;
 };
 
 // Runs the guard. `dups`/`bookings`: for a duplicates guard, the counter to book in and

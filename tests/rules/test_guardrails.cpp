@@ -556,13 +556,18 @@ TEST(GuardPii, MailgunFormFieldsAndRawBodies) {
     const auto semicolon = f.check(req);
     EXPECT_EQ(semicolon.outcome, verdict::rejected);
     EXPECT_THAT(semicolon.reason, HasSubstr("query string with a raw ';'"));
-    // Beside a JSON body the query is not read by guards: no refusal.
+    // Beside a JSON body the query's fields are read too (an upstream that merges query and
+    // form fields reads them); a raw ';' there is not refused.
     request json_req;
     json_req.route = "mail-send";
     json_req.content_type = "application/json";
     json_req.body = R"({"subject":"hello"})";
     json_req.query = "a=1;b=2";
     EXPECT_TRUE(f.check(json_req).allowed());
+    json_req.query = "to=jane%40example.com&text=card+4111+1111+1111+1111";
+    const auto beside = f.check(json_req);
+    ASSERT_EQ(beside.outcome, verdict::violated);
+    EXPECT_THAT(beside.reason, HasSubstr("in form field \"text\" at offset 5 (in the query string)"));
 
     // Not JSON, not a form: the raw text is scanned.
     const std::string text = "Dear Jane,\nyour card 5555 5555 5555 4444 expires soon.";
@@ -738,6 +743,21 @@ TEST(GuardRecipients, Blocklist) {
                                        "spy@competitor.\tcom", "Spy <spy @ Competitor . com>"}) {
         EXPECT_EQ(f.check_body(sendgrid_to({spelling})).outcome, verdict::violated) << spelling;
     }
+}
+
+// Beside a JSON body, recipients in the query string (an upstream that merges query and
+// form fields sends to them too).
+TEST(GuardRecipients, RecipientsInTheQueryBesideAJsonBodyAreChecked) {
+    fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"]})j")};
+    request req;
+    req.route = "mail-send";
+    req.content_type = "application/json";
+    req.body = sendgrid_to({"jane@example.com"});
+    EXPECT_TRUE(f.check(req).allowed());
+    req.query = "bcc=spy%40competitor.com";
+    const auto d = f.check(req);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient domain blocked #0 s***@competitor.com (form field bcc) (in the query string)"));
 }
 
 TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
