@@ -1784,66 +1784,91 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (!contained) {
                 // Rules whose breaker an operator suspended (forced_closed, metrics_only) are
                 // checked, not enforced, and do not hide the request from the other rules.
-                rules::decision shadowed;
+                // So are those whose breaker let this request through over its own violation
+                // (a throttle slot, a quarantine hold, a sandbox): evaluate() stops at the
+                // first violation and books nothing, so the request is evaluated again with
+                // that breaker passed, and the other rules check it and book what it sends.
+                std::vector<std::string> let_through;
                 struct suspension {
                     const config* cfg;
                     breakers::breaker_registry* registry;
                     decltype(now) at;
-                } const sus{cfg, &registry, now};
+                    const std::vector<std::string>* let_through;
+                } const sus{cfg, &registry, now, &let_through};
                 // One pointer captured: std::function keeps it inline, no allocation.
                 const std::function<bool(const rules::decision&)> suspended = [p = &sus](const rules::decision& v) {
                     const auto* b = p->cfg->find_breaker(v.trips);
-                    return b != nullptr &&
-                           p->registry->enforcement_suspended(p->registry->instance_name(*b, v.key), p->at);
-                };
-                const auto d =
-                    rt.engine->evaluate(view, now, registry.any_active() ? &suspended : nullptr, &shadowed, &booked);
-                if (shadowed.outcome == rules::verdict::violated) {
-                    const auto* b = cfg->find_breaker(shadowed.trips);
-                    if (b != nullptr && b->act != breakers::action::deny) {
-                        registry.trip(shadowed.trips, shadowed.key, rule_cause(shadowed, request_id), now);  // counted as a shadow trip
+                    if (b == nullptr) {
+                        return false;
                     }
-                    spdlog::info("rule {} would have {} request {} ({} in shadow mode): {}", shadowed.rule,
-                                 b != nullptr && b->act == breakers::action::deny ? "denied" : "contained", request_id,
-                                 b != nullptr ? registry.instance_name(*b, shadowed.key) : shadowed.trips, shadowed.reason);
-                }
-                if (d.outcome == rules::verdict::rejected) {
-                    contained_rule = d.rule;
-                    contained = error_info{http::status::bad_request, "rejected", "invalid_body", d.reason};
-                } else if (d.outcome == rules::verdict::violated) {
-                    const auto* b = cfg->find_breaker(d.trips);
-                    if (b != nullptr && b->act == breakers::action::deny) {
-                        // Guardrail-style: refuse this request, trip nothing.
+                    const auto instance = p->registry->instance_name(*b, v.key);
+                    return std::find(p->let_through->begin(), p->let_through->end(), instance) != p->let_through->end() ||
+                           p->registry->enforcement_suspended(instance, p->at);
+                };
+                // Bounded: each pass lets one more breaker through.
+                for (std::size_t pass = 0; pass < 64 && !contained; ++pass) {
+                    rules::decision shadowed;
+                    const auto d = rt.engine->evaluate(view, now,
+                                                       registry.any_active() || !let_through.empty() ? &suspended : nullptr,
+                                                       &shadowed, &booked);
+                    if (shadowed.outcome == rules::verdict::violated) {
+                        const auto* b = cfg->find_breaker(shadowed.trips);
+                        const auto instance = b != nullptr ? registry.instance_name(*b, shadowed.key) : shadowed.trips;
+                        if (std::find(let_through.begin(), let_through.end(), instance) == let_through.end()) {
+                            if (b != nullptr && b->act != breakers::action::deny) {
+                                registry.trip(shadowed.trips, shadowed.key, rule_cause(shadowed, request_id),
+                                              now);  // counted as a shadow trip
+                            }
+                            spdlog::info("rule {} would have {} request {} ({} in shadow mode): {}", shadowed.rule,
+                                         b != nullptr && b->act == breakers::action::deny ? "denied" : "contained",
+                                         request_id, instance, shadowed.reason);
+                        }
+                    }
+                    if (d.outcome == rules::verdict::rejected) {
                         contained_rule = d.rule;
-                        contained_breaker = b->id;
-                        contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
-                        w.owner().report_denial(d.rule, b->id, d.key, request_id, d.reason);
-                    } else if (b != nullptr) {
-                        const auto instance = registry.instance_name(*b, d.key);
-                        auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now,
-                                                std::find(throttle_slots.begin(), throttle_slots.end(), instance) !=
-                                                    throttle_slots.end());
-                        if (tr.shadow) {
-                            spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
-                                         tr.adm.instance, request_id, d.reason);
-                        } else {
-                            if (tr.opened) {
-                                // The response that reports a trip goes out only once the trip
-                                // is durable: a restart right after it still finds it tripped.
-                                const bool durable = co_await await_persist(w.owner());
-                                if (!durable) {
-                                    spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
+                        contained = error_info{http::status::bad_request, "rejected", "invalid_body", d.reason};
+                    } else if (d.outcome == rules::verdict::violated) {
+                        const auto* b = cfg->find_breaker(d.trips);
+                        if (b != nullptr && b->act == breakers::action::deny) {
+                            // Guardrail-style: refuse this request, trip nothing.
+                            contained_rule = d.rule;
+                            contained_breaker = b->id;
+                            contained = error_info{http::status::forbidden, "denied", "rule_violated", d.reason};
+                            w.owner().report_denial(d.rule, b->id, d.key, request_id, d.reason);
+                        } else if (b != nullptr) {
+                            const auto instance = registry.instance_name(*b, d.key);
+                            auto tr = registry.trip(d.trips, d.key, rule_cause(d, request_id), now,
+                                                    std::find(throttle_slots.begin(), throttle_slots.end(), instance) !=
+                                                        throttle_slots.end());
+                            if (tr.shadow) {
+                                spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
+                                             tr.adm.instance, request_id, d.reason);
+                            } else {
+                                if (tr.opened) {
+                                    // The response that reports a trip goes out only once the trip
+                                    // is durable: a restart right after it still finds it tripped.
+                                    const bool durable = co_await await_persist(w.owner());
+                                    if (!durable) {
+                                        spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
+                                    }
                                 }
-                            }
-                            if (!quarantine_instance.empty() && quarantine_reason.empty()) {
-                                quarantine_reason = d.reason;
-                            }
-                            if (!admit(tr.adm, d.rule) && contained) {
-                                contained->message = d.reason.empty() ? contained->message
-                                                                      : "breaker " + tr.adm.instance + " tripped: " + d.reason;
+                                if (!quarantine_instance.empty() && quarantine_reason.empty()) {
+                                    quarantine_reason = d.reason;
+                                }
+                                if (!admit(tr.adm, d.rule)) {
+                                    if (contained) {
+                                        contained->message = d.reason.empty()
+                                                                 ? contained->message
+                                                                 : "breaker " + tr.adm.instance + " tripped: " + d.reason;
+                                    }
+                                } else if (std::find(let_through.begin(), let_through.end(), instance) == let_through.end()) {
+                                    let_through.push_back(instance);
+                                    continue;  // let through over this rule: the others judge it too
+                                }
                             }
                         }
                     }
+                    break;
                 }
             }
         }

@@ -1113,7 +1113,8 @@ TEST(admin_api, metrics_pass_promtool) {
     EXPECT_NE(text.find("\nbreakerbox_audit_entries "), std::string::npos);
     EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\""), std::string::npos);
     EXPECT_NE(text.find("breakerbox_rule_limit{rule=\"recipients\"} 1000"), std::string::npos);
-    EXPECT_NE(text.find("breakerbox_rule_meter_value{rule=\"recipients\",key=\"m\"} 1"), std::string::npos) << text;
+    // Both mails: the held one counts too (a release sends it without judging it again).
+    EXPECT_NE(text.find("breakerbox_rule_meter_value{rule=\"recipients\",key=\"m\"} 2"), std::string::npos) << text;
     const std::string file = f.dir + "/metrics.txt";
     std::ofstream{file} << text;
     if (std::system("command -v promtool >/dev/null 2>&1") != 0) {

@@ -712,6 +712,38 @@ TEST(throttle, a_rule_that_stays_broken_does_not_take_a_second_slot_per_request)
     EXPECT_EQ(again.read_response().result_int(), 202u) << "a new interval has its slots";
 }
 
+// A request let through on a throttle slot over its own violation is still judged by the
+// other rules and counted by them: here 10-recipient mails break a per-request cap of 5
+// (throttle: 10 a minute), and a campaign cap of 25 an hour behind it must still pause the
+// third. (evaluate() stops at the first violation and books nothing; the request went out
+// uncounted and unchecked by every later rule.)
+TEST(throttle, a_request_let_through_over_its_violation_is_judged_by_the_other_rules) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    auto cfg = guarded_config(up.port(), dir,
+                              R"({"id": "campaign-volume", "action": "pause", "reset": "manual"},
+                                 {"id": "big-mails", "action": "throttle", "reset": "manual",
+                                  "throttle": {"requests": 10, "per": "1m"}})",
+                              25);
+    const std::string rules = "\"rules\": [";
+    ASSERT_NE(cfg.find(rules), std::string::npos);
+    cfg.insert(cfg.find(rules) + rules.size(),
+               R"j({"id": "recipients-per-mail", "route": "mail-send", "key": ["header:x-campaign-id"],
+                   "measure": {"per_request": "count($.personalizations[*].to[*])"}, "limit": 5,
+                   "failure_mode": "volume-spike", "trips": "big-mails"},)j");
+    proxy_instance bb{cfg, &clock};
+    std::vector<unsigned> codes;
+    for (int i = 0; i < 4; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(10, "spring"));
+        codes.push_back(c.read_response().result_int());
+    }
+    EXPECT_EQ(codes, (std::vector<unsigned>{202, 202, 503, 503}));
+    EXPECT_EQ(up.request_count(), 2u) << "the campaign cap of 25 never saw the mails the throttle let through";
+    EXPECT_EQ(bb.server().breakers()->get("campaign-volume/spring", clock.now())->st, bb::breakers::state::open);
+}
+
 TEST(durability, a_new_server_on_the_same_store_starts_with_the_breaker_open) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
