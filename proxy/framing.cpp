@@ -210,6 +210,15 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     if (!is_token(method)) {
         return {400, "bad_request_line", "the method is not a valid token"};
     }
+    // Methods are case-sensitive (RFC 9110 9.1), and routes, agent scopes and rules match
+    // them upper case; but some upstream frameworks read `post` as POST, so a lower-case
+    // `delete` would pass every rule that counts DELETE. Every registered method is upper
+    // case: one with a lower-case letter is refused.
+    if (std::any_of(method.begin(), method.end(), [](char c) { return c >= 'a' && c <= 'z'; })) {
+        return {400, "bad_request_line",
+                "the method " + std::string{method.substr(0, 32)} +
+                    " has lower-case letters: send it upper case (routes and rules match methods as registered)"};
+    }
     if (target.empty() || std::any_of(target.begin(), target.end(), [](char c) {
             return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
         })) {

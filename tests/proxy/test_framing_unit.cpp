@@ -74,6 +74,19 @@ TEST(framing_unit, a_repeated_content_type_or_encoding_is_400) {
 
 // A POST that asks the upstream to act as a DELETE (Salesforce's _HttpMethod, the override
 // headers) would be routed, scoped and metered as a POST: refused, by name.
+// Some frameworks read `delete` as DELETE; routes and rules match methods upper case.
+TEST(framing_unit, a_method_with_lower_case_letters_is_400) {
+    for (const char* method : {"post", "Delete", "pATCH"}) {
+        const auto v = check_request_head(std::string{method} + " /x HTTP/1.1\r\nHost: a\r\n\r\n", 100);
+        EXPECT_EQ(v.status, 400) << method;
+        EXPECT_EQ(v.code, "bad_request_line") << method;
+        EXPECT_NE(v.message.find("lower-case"), std::string::npos) << v.message;
+    }
+    for (const char* method : {"POST", "M-SEARCH", "PROPFIND"}) {
+        EXPECT_TRUE(check_request_head(std::string{method} + " /x HTTP/1.1\r\nHost: a\r\n\r\n", 100).ok()) << method;
+    }
+}
+
 TEST(framing_unit, method_overrides_are_refused) {
     for (const char* target : {"/services/data/v59.0/sobjects/Account/001?_HttpMethod=DELETE",
                                "/services/data/v59.0/sobjects/Account/001?a=1&_httpmethod=PATCH",
