@@ -352,6 +352,10 @@ TEST(Engine, KeysFromEverySource) {
     const auto d = eng.evaluate(req.view(), clock.now());
     EXPECT_EQ(d.key, "bot-7/acme/u-42/deals");
     EXPECT_EQ(d.breaker_instance, "crm/bot-7/acme/u-42/deals");
+    // The path matches without case, so a path key is lower case: /Deals is not a new key.
+    req.path = "/crm/v3/objects/DEALS/batch/update";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "bot-7/acme/u-42/deals");
+    req.path = "/crm/v3/objects/deals/batch/update";
     req.route = "other";
     req.query = "a=1&campaign=spring%20sale";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "spring sale/POST/other");
