@@ -669,6 +669,19 @@ struct context {
         }
         return s.query;
     }
+    // Why the form's (body and query) or the query's fields read two ways ("" when they
+    // do not): a raw ';', a form type on a JSON-looking body, a form type we do not parse.
+    // Asked once each, by the first term that counts them.
+    std::optional<std::string> form_unreadable_;
+    std::optional<std::string> query_unreadable_;
+    const std::string& fields_unreadable(bool form_source) {
+        auto& memo = form_source ? form_unreadable_ : query_unreadable_;
+        if (!memo) {
+            memo = form_source ? unreadable_form(req.content_type, req.body, req.query)
+                               : unreadable_form({}, {}, req.query);
+        }
+        return *memo;
+    }
 };
 
 // Lenient where upstreams are: literal segments and a parameter's allowed values compare
@@ -935,6 +948,16 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                         // Read as far as it goes, a malformed multipart body would count what
                         // an upstream may read differently (or not at all): an invalid body.
                         ctx.req_json.error = "the multipart/form-data body is malformed";
+                        if (policy == invalid_body_policy::reject) {
+                            return std::nullopt;
+                        }
+                        break;
+                    }
+                    // Fields that read two ways (`o:tag=x;to=a@x.com,b@y.com` is no `to` here
+                    // and two recipients to a server that splits at ';'): an invalid body, as
+                    // the guards and the agents' constraints take it.
+                    if (const auto& why = ctx.fields_unreadable(t.source == source_kind::form); !why.empty()) {
+                        ctx.req_json.error = why;
                         if (policy == invalid_body_policy::reject) {
                             return std::nullopt;
                         }

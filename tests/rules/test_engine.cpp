@@ -169,6 +169,35 @@ TEST(Engine, FormAddressListsCountAsTheyReadOrAreRejected) {
     EXPECT_EQ(d.measured, 4);
 }
 
+// Fields that read two ways are an invalid body, not zero recipients: a raw ';' in a form
+// body or the query (servers that split there see `to`), a form type on a JSON-looking
+// body, a multipart that is not form-data.
+TEST(Engine, FormFieldsThatReadTwoWaysAreRejectedNotCountedAsNone) {
+    engine eng{load_ok(config(mailgun_to_cap))};
+    manual_clock clock;
+    request req = mailgun_send();
+    req.content_type = "application/x-www-form-urlencoded";
+    req.body = "o:tag=x;to=a%40x.com%2Cb%40x.com%2Cc%40x.com%2Cd%40x.com";
+    auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected) << d.reason;
+    EXPECT_NE(d.reason.find("raw ';'"), std::string::npos) << d.reason;
+    req.body = "subject=hi";
+    req.query = "o:tag=x;to=a%40x.com%2Cb%40x.com%2Cc%40x.com%2Cd%40x.com";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).outcome, verdict::rejected);
+    req.query.clear();
+    req.content_type = "multipart/mixed; boundary=B";
+    req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@x.com,b@x.com,c@x.com,d@x.com\r\n--B--\r\n";
+    d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected) << d.reason;
+    EXPECT_NE(d.reason.find("multipart/mixed"), std::string::npos) << d.reason;
+    // A query: term reads the query alone.
+    engine q{load_ok(config(R"j({"id": "ids", "route": "mailgun", "measure": "count(query:ids)", "window": "1h",
+        "limit": 2, "failure_mode": "volume-spike", "trips": "a"})j"))};
+    req = mailgun_send();
+    req.query = "x=1;ids=a,b,c";
+    EXPECT_EQ(q.evaluate(req.view(), clock.now()).outcome, verdict::rejected);
+}
+
 // A form-based API may read its parameters from the query string too: they count.
 TEST(Engine, QueryStringFieldsCountWithTheFormsOwn) {
     engine eng{load_ok(config(mailgun_to_cap))};
