@@ -765,7 +765,43 @@ bool build_key(const rule& r, context& ctx) {
         }
         const auto& kp = r.key[i];
         switch (kp.kind) {
-            case key_kind::header: k += ctx.req.header(kp.name); break;
+            case key_kind::header:
+            case key_kind::query: {
+                // The first value; a second, different one reads two ways (the upstream or
+                // whoever sets the key may take the last): a fresh first value each time would
+                // step around a tripped key. Refused as an invalid body is, by the rule's policy.
+                bool found = false;
+                bool ambiguous = false;
+                auto take = [&](std::string_view name, std::string_view value, bool header) {
+                    if (!(header ? iequals(name, kp.name) : name == kp.name)) {
+                        return;
+                    }
+                    if (!found) {
+                        found = true;
+                        part.assign(value);
+                        k += value;
+                    } else if (value != part) {
+                        ambiguous = true;
+                    }
+                };
+                if (kp.kind == key_kind::header) {
+                    for (const auto& h : ctx.req.headers) {
+                        take(h.name, h.value, true);
+                    }
+                } else {
+                    for (const auto& [n, v] : ctx.query()) {
+                        take(n, v, false);
+                    }
+                }
+                if (ambiguous) {
+                    ctx.req_json.error = std::string{kp.kind == key_kind::header ? "the header " : "the query field "} +
+                                         kp.name + " of the key is given twice with different values";
+                    if (r.on_invalid_body == invalid_body_policy::reject) {
+                        return false;
+                    }
+                }
+                break;
+            }
             case key_kind::agent: k += ctx.req.agent; break;
             case key_kind::route: k += ctx.req.route; break;
             case key_kind::method: k += ctx.req.method; break;
@@ -780,14 +816,6 @@ bool build_key(const rule& r, context& ctx) {
                 }
                 break;
             }
-            case key_kind::query:
-                for (const auto& [n, v] : ctx.query()) {
-                    if (n == kp.name) {
-                        k += v;
-                        break;
-                    }
-                }
-                break;
             case key_kind::json: {
                 if (!ctx.request_json()) {
                     if (r.on_invalid_body == invalid_body_policy::reject) {

@@ -381,6 +381,12 @@ TEST(Engine, KeysFromEverySource) {
     const auto d = eng.evaluate(req.view(), clock.now());
     EXPECT_EQ(d.key, "bot-7/acme/u-42/deals");
     EXPECT_EQ(d.breaker_instance, "crm/bot-7/acme/u-42/deals");
+    req.header("x-tenant", "other");
+    const auto twice = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(twice.outcome, verdict::rejected);
+    EXPECT_NE(twice.reason.find("the header x-tenant of the key is given twice with different values"), std::string::npos)
+        << twice.reason;
+    req.headers.pop_back();
     // The path matches without case, so a path key is lower case: /Deals is not a new key.
     req.path = "/crm/v3/objects/DEALS/batch/update";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "bot-7/acme/u-42/deals");
@@ -388,6 +394,15 @@ TEST(Engine, KeysFromEverySource) {
     req.route = "other";
     req.query = "a=1&campaign=spring%20sale";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "spring sale/POST/other");
+    // A key field given twice with different values reads two ways: refused (a fresh first
+    // value each time would step around a tripped key). The same value twice is one.
+    req.query = "campaign=r1&campaign=spring";
+    auto two = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(two.outcome, verdict::rejected);
+    EXPECT_NE(two.reason.find("the query field campaign of the key is given twice with different values"), std::string::npos)
+        << two.reason;
+    req.query = "campaign=spring&campaign=spring";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "spring/POST/other");
     // A key names a breaker instance in logs: no line breaks or escape sequences in it.
     req.query = "campaign=c1%0A2026-01-01%20warning%20forged%1B%5B2J";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "c1%0A2026-01-01 warning forged%1B[2J/POST/other");
