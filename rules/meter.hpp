@@ -233,7 +233,19 @@ auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
             room = sweep(s, epoch) > 0 && keys_.load(std::memory_order_relaxed) < max_keys_;
         }
         if (room && keys_.fetch_add(1, std::memory_order_relaxed) < max_keys_) {
-            it = s.slots.emplace(std::string{key}, std::make_unique<meter_slot>(buckets_, channels_)).first;
+            auto slot = std::make_unique<meter_slot>(buckets_, channels_);
+            if (overflow_events_.load(std::memory_order_relaxed) > 0) {
+                // This key may have been booked in the overflow slot while the table was full
+                // (which keys were is not kept: that is the overflow's point). It starts from
+                // the overflow's window, not from zero, or it could book its cap again while
+                // its first bookings are still in the window: counted with every overflowed
+                // key until they leave it (the safe side). Not the baseline: a higher history
+                // would hide a spike. (Lock order: shard, then overflow, as restore() takes them.)
+                std::lock_guard lock{overflow_.mu};
+                slot->ring = overflow_.ring;
+                slot->last_epoch = overflow_.last_epoch;
+            }
+            it = s.slots.emplace(std::string{key}, std::move(slot)).first;
         } else {
             if (room) {
                 keys_.fetch_sub(1, std::memory_order_relaxed);

@@ -230,6 +230,34 @@ TEST(BoundedKeys, NewKeysBeyondMaxKeysShareOneCappedOverflowKey) {
     EXPECT_LE(eng.stats("per-agent")->keys, 100u);
 }
 
+// A key booked in the overflow slot while the table was full, then given a slot of its own
+// once idle keys made room: it starts from the overflow's window, not from zero, else it
+// books its cap again while its first bookings are still in the window.
+TEST(BoundedKeys, AKeyThatLeavesTheOverflowSlotKeepsItsBookingsInTheWindow) {
+    engine eng{load_ok(config(R"j({"id": "cap", "route": "mail-send", "key": "header:x-k", "window": "10m",
+        "limit": 3, "max_keys": 100, "failure_mode": "volume-spike", "trips": "b"})j"))};
+    manual_clock clock;
+    auto send = [&](const std::string& key) {
+        request req;
+        req.header("x-k", key);
+        return eng.evaluate(req.view(), clock.now());
+    };
+    for (int i = 0; i < 100; ++i) {  // the table is full (keys in every shard, which sweeps alone)
+        ASSERT_TRUE(send("k" + std::to_string(i)).allowed());
+    }
+    clock.advance(9min);
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(send("spring").allowed()) << i;  // in the overflow slot
+    }
+    ASSERT_FALSE(send("spring").allowed());
+    clock.advance(2min);  // the others idle for a whole window: room for spring's own slot
+    const auto d = send("spring");
+    EXPECT_EQ(d.outcome, verdict::violated) << "a fresh slot: spring's cap booked twice in one window";
+    EXPECT_TRUE(eng.read("cap", "spring", clock.now())) << "the premise: spring has a slot of its own now";
+    clock.advance(10min);  // its bookings have left the window
+    EXPECT_TRUE(send("spring").allowed());
+}
+
 // A key whose value is spelled like the overflow slot's name is a key like any other: its
 // rollback undoes its own booking, never the overflow slot's (which would give every
 // overflowed key room beyond the cap).
