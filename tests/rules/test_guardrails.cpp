@@ -15,6 +15,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "helpers.hpp"
@@ -2137,6 +2138,24 @@ TEST(GuardConfig, BadSuppressionLineIsReportedWithItsLine) {
     ASSERT_EQ(lines.size(), 1u);
     EXPECT_EQ(lines[0], "rules[0].guard.recipients.suppression_file: " + cfg::quote(path) +
                             " line 2: not an email address or a SHA-256 hex digest");
+}
+
+// Only a regular file is read, and only up to the size a list can have: /dev/zero would
+// grow memory until the process dies, a named pipe block the thread that loads the config.
+TEST(GuardConfig, ASuppressionFileThatIsNoRegularFileIsRefusedUnread) {
+    auto lines = guard_errors(recipients_rule(R"j({"suppression_file": "/dev/zero"})j"));
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0], R"j(rules[0].guard.recipients.suppression_file: "/dev/zero" is not a regular file)j");
+    const auto fifo = std::filesystem::path{::testing::TempDir()} / ("bb-" + std::to_string(::getpid()) + "-fifo");
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    lines = guard_errors(recipients_rule(R"j({"suppression_file": ")j" + fifo.string() + R"j("})j"));
+    std::filesystem::remove(fifo);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_THAT(lines[0], HasSubstr("is not a regular file"));
+    const std::string big = temp_file("big-list.txt", std::string(1000 * 400 + 4097, '#'));
+    lines = guard_errors(recipients_rule(R"j({"suppression_file": ")j" + big + R"j(", "max_suppressed": 1000})j"));
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_THAT(lines[0], HasSubstr("is too large for max_entries 1000"));
 }
 
 TEST(GuardConfig, KeysForMapsAGuardRuleToItsBreaker) {
