@@ -10,12 +10,13 @@
 
 namespace bb {
 
-// Into `out` (cleared first; its capacity is reused).
-inline void url_decode(std::string_view in, std::string& out) {
+// Into `out` (cleared first; its capacity is reused). `plus_is_space`: false for a path,
+// where `+` is itself (RFC 3986; only form encoding makes it a space).
+inline void url_decode(std::string_view in, std::string& out, bool plus_is_space = true) {
     out.clear();
     for (std::size_t i = 0; i < in.size(); ++i) {
         const char c = in[i];
-        if (c == '+') {
+        if (c == '+' && plus_is_space) {
             out += ' ';
         } else if (c == '%' && i + 2 < in.size() && hex_digit_value(in[i + 1]) >= 0 &&
                    hex_digit_value(in[i + 2]) >= 0) {

@@ -915,7 +915,13 @@ asio::awaitable<handled> handler_context::run() {
     if (!split_target(req_.target(), tp)) {
         co_return fail({http::status::bad_request, "bad_target", "the request target is not a path"});
     }
-    const std::string path = url_decode(tp.path);
+    std::string path;
+    url_decode(tp.path, path, false);
+    // Ids in the path end up in logs, alerts and the store: a decoded line break or escape
+    // (`%0A`) would forge a log line (an audit chain head, say). Refused before anything.
+    if (std::any_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+        co_return fail({http::status::bad_request, "bad_target", "the path has control characters (decoded)"});
+    }
     path_ = path;
     const auto qpos = tp.origin_form.find('?');
     if (qpos != std::string_view::npos) {

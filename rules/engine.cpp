@@ -672,8 +672,8 @@ struct context {
     // Why the form's (body and query) or the query's fields read two ways ("" when they
     // do not): a raw ';', a form type on a JSON-looking body, a form type we do not parse.
     // Asked once each, by the first term that counts them.
-    std::optional<std::string> form_unreadable_;
-    std::optional<std::string> query_unreadable_;
+    std::optional<std::string> form_unreadable_{};
+    std::optional<std::string> query_unreadable_{};
     const std::string& fields_unreadable(bool form_source) {
         auto& memo = form_source ? form_unreadable_ : query_unreadable_;
         if (!memo) {

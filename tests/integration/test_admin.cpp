@@ -228,6 +228,25 @@ TEST(admin_api, a_trip_contains_the_next_request_on_every_worker_and_reset_relea
     EXPECT_EQ(send_mail(f.bb.port(), "anything").result_int(), 503u);
 }
 
+// Ids in a path reach logs, alerts and the store: a decoded control character would forge a
+// log line, so the path is refused before anything is audited or done. A '+' in a path is
+// itself (a key "a+b"), not a space.
+TEST(admin_api, a_path_with_control_characters_is_refused_and_a_plus_is_a_plus) {
+    admin_fixture f;
+    const auto forged = admin(f.port(), http::verb::post,
+                              "/v1/breakers/campaign-volume/x%0Aaudit:%20entry%2099%20appended/trip", "op-token",
+                              R"({"reason":"forge"})");
+    EXPECT_EQ(forged.result_int(), 400u) << forged.body();
+    EXPECT_EQ(code_of(forged), "bad_target");
+    for (const auto& snap : f.bb.server().breakers()->snapshot(f.bb.server().now())) {
+        EXPECT_EQ(snap.instance.find('\n'), std::string::npos) << "an instance was made: " << snap.instance;
+    }
+    const auto plus = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a+b/trip", "op-token",
+                            R"({"reason":"hold"})");
+    ASSERT_EQ(plus.result_int(), 200u) << plus.body();
+    EXPECT_TRUE(f.bb.server().breakers()->get("campaign-volume/a+b", f.bb.server().now()));
+}
+
 TEST(admin_api, a_key_contained_by_the_overflow_instance_is_shown_there_and_not_reset_by_its_own_name) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const std::string dir = temp_dir();
