@@ -1230,6 +1230,13 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         }
         store::result rerr;
         const auto list = db->list(f, &rerr);
+        if (!rerr.ok && rerr.code == "not_found") {
+            // The cursor names no record (mistyped, or pruned by retention while paging):
+            // the caller's input, not the store's trouble.
+            co_return fail({http::status::bad_request, "bad_field",
+                            rerr.message + " (\"after\" takes a next_after this list gave; start again without it)",
+                            "after"});
+        }
         if (!rerr.ok) {
             co_return fail({http::status::service_unavailable, rerr.code, rerr.message});
         }

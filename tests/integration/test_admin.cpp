@@ -399,6 +399,12 @@ TEST(admin_api, quarantine_endpoints) {
     for (const char* q : {"/v1/audit?limit=abc", "/v1/audit?after=-1", "/v1/audit?limt=5"}) {
         EXPECT_EQ(admin(f.port(), http::verb::get, q, "admin-token").result_int(), 400u) << q;
     }
+    // A cursor that names no record is the caller's mistake (or a record pruned meanwhile):
+    // 400 naming it, not a 503 that pages someone and makes scripts retry.
+    const auto bogus = admin(f.port(), http::verb::get, "/v1/quarantine?after=q_bogus", "view-token");
+    EXPECT_EQ(bogus.result_int(), 400u) << bogus.body();
+    EXPECT_EQ(code_of(bogus), "bad_field");
+    EXPECT_NE(bogus.body().find("\"field\":\"after\""), std::string::npos) << bogus.body();
     auto log = admin(f.port(), http::verb::get, "/v1/audit?limit=1000", "admin-token");
     EXPECT_NE(log.body().find("ok: 1 matched, 1 released, 0 release_failed, 0 outcome_unknown, 0 skipped"),
               std::string::npos)
