@@ -63,7 +63,8 @@ std::string number_json(double d) {
     return buf;
 }
 
-// One command line, split into positionals and flags (last occurrence wins).
+// One command line, split into positionals and flags (each at most once: the admin API
+// refuses a field given twice, and `--breaker a --breaker b` has no one meaning).
 struct tokens {
     std::vector<std::string> positional;
     std::map<std::string, std::string, std::less<>> flags;
@@ -101,6 +102,9 @@ tokens tokenize(const std::vector<std::string>& args) {
         const auto* spec = find_flag(name);
         if (spec == nullptr) {
             throw usage_error("unknown flag " + name);
+        }
+        if (t.has(name) || (name == "--help" && t.has("--help"))) {
+            throw usage_error(name + " is given twice");
         }
         if (!spec->takes_value) {
             if (eq != std::string::npos) {

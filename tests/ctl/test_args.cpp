@@ -146,6 +146,10 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"audit", "--limit", "-1"}, "--limit wants a positive");
     expect_usage_error({"breakers", "--admin", "gopher://x"}, "is not an admin URL");
     expect_usage_error({"breakers", "--timeout", "soon"}, "--timeout wants");
+    // A flag given twice has no one meaning (the server refuses a field given twice too).
+    expect_usage_error({"quarantine", "release", "--breaker", "a", "--breaker", "b", "--reason", "r"},
+                       "--breaker is given twice");
+    expect_usage_error({"breakers", "--json", "--json"}, "--json is given twice");
 }
 
 TEST(CtlArgs, MutationsNeedAReason) {
