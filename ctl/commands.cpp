@@ -192,6 +192,10 @@ std::string filter_json(const tokens& t) {
             add(k, digits_flag(t, flag));
         }
     }
+    // At most that many acted on (a canary release of one); the server bounds it (1 to 1000).
+    if (t.has("--limit")) {
+        add("limit", digits_flag(t, "--limit", true));
+    }
     return o.empty() ? o : o + "}";
 }
 
@@ -326,9 +330,9 @@ void build(plan& p, const tokens& t) {
                 expect(t, p.command, 2, 0, 0,
                        sub == "release"
                            ? std::initializer_list<std::string_view>{"--reason", "--rate", "--breaker", "--agent",
-                                                                     "--rule", "--state", "--from", "--to"}
+                                                                     "--rule", "--state", "--from", "--to", "--limit"}
                            : std::initializer_list<std::string_view>{"--reason", "--breaker", "--agent", "--rule",
-                                                                     "--state", "--from", "--to"},
+                                                                     "--state", "--from", "--to", "--limit"},
                        "");
                 check_state(t);
                 if (!t.has("--breaker") && !t.has("--agent") && !t.has("--rule") && !t.has("--from") &&
@@ -511,9 +515,11 @@ commands:
                   [--limit N] [--after TICKET]
   quarantine show TICKET
   quarantine release TICKET --reason R [--force --attempts N]
-  quarantine release --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] [--rate N] --reason R
+  quarantine release --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] [--rate N]
+                     [--limit N] --reason R      --limit 1: a canary
   quarantine discard TICKET --reason R
-  quarantine discard --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] --reason R
+  quarantine discard --breaker B|--agent A|--rule R|--from MS|--to MS [--state S] [--limit N]
+                     --reason R
   config show
   config apply FILE|- [--dry-run] [--metrics-only] [--base-version N] --reason R
                                            N: the version `config show` printed; refused

@@ -258,6 +258,11 @@ TEST(CtlRequests, QuarantineMutations) {
                             R"({"reason":"ok","rate_per_s":0.5,"filter":{"rule":"r1","state":"held","from":10,"to":20}})"}));
     EXPECT_EQ(only_request({"quarantine", "discard", "--breaker", "b", "--reason", "junk"}),
               (http_request{"POST", "/v1/quarantine/discard", R"({"reason":"junk","filter":{"breaker":"b"}})"}));
+    // A canary: at most one released.
+    EXPECT_EQ(only_request({"quarantine", "release", "--breaker", "b", "--limit", "1", "--reason", "canary"}),
+              (http_request{"POST", "/v1/quarantine/release", R"({"reason":"canary","filter":{"breaker":"b","limit":1}})"}));
+    expect_usage_error({"quarantine", "release", "--breaker", "b", "--limit", "0", "--reason", "r"},
+                       "--limit wants a positive");
 }
 
 TEST(CtlRequests, ConfigMutations) {
