@@ -49,9 +49,11 @@ TEST_F(registry_test, hand_over_moves_state_and_forwards_later_operations) {
 }
 
 // Breaker b (one half-open probe) tripped for key k, its probe out, then handed over to a
-// registry of the same config: the new registry and the probe's admission.
+// registry of the same config (or as changed by next_config): the new registry and the
+// probe's admission.
 class half_open_hand_over : public registry_test {
 protected:
+    virtual void next_config(breaker_config&) {}
     void SetUp() override {
         auto b = make_config("b");
         b.cooldown = 10s;
@@ -61,12 +63,29 @@ protected:
         clock_.advance(11s);
         probe = reg().admit("b/k", now());
         ASSERT_EQ(probe.v, verdict::probe);
+        next_config(b);
         next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
         reg().hand_over(next, now());
     }
     admission probe;
     std::shared_ptr<breaker_registry> next;
 };
+
+// A reload that makes the half-open breaker reset only by hand: its round ends there, and
+// neither a new probe nor the one in flight can close it.
+class half_open_hand_over_to_manual : public half_open_hand_over {
+protected:
+    void next_config(breaker_config& b) override { b.reset = reset_policy::manual; }
+};
+
+TEST_F(half_open_hand_over_to_manual, ends_the_round) {
+    EXPECT_EQ(next->get("b/k", now())->st, state::open);
+    reg().probe_result("b/k", true, now(), probe.probe_round);
+    EXPECT_EQ(next->get("b/k", now())->st, state::open);
+    clock_.advance(1h);
+    next->tick(now());
+    EXPECT_EQ(next->admit("b/k", now()).v, verdict::contain);
+}
 
 TEST_F(half_open_hand_over, keeps_a_half_open_probe_report) {
     // The probe's request finishes on the old config: its failure must reopen the breaker
@@ -90,28 +109,6 @@ TEST_F(half_open_hand_over, keeps_the_half_open_round_and_its_probes) {
 
 // Threads trip distinct keys on the old registry while the hand-over happens: every key
 // whose trip returned must be open in the successor, whichever side of the swap it fell on.
-// A reload that makes a half-open breaker reset only by hand: its round ends there, and
-// neither a new probe nor the one in flight can close it.
-TEST_F(registry_test, a_half_open_round_ends_when_a_reload_makes_the_reset_manual) {
-    auto b = make_config("b");
-    b.cooldown = 10s;
-    b.half_open_probes = 1;
-    make({b});
-    reg().trip("b", "k", rule_cause(), now());
-    clock_.advance(11s);
-    const auto probe = reg().admit("b/k", now());
-    ASSERT_EQ(probe.v, verdict::probe);
-    b.reset = reset_policy::manual;
-    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{b});
-    reg().hand_over(next, now());
-    EXPECT_EQ(next->get("b/k", now())->st, state::open);
-    reg().probe_result("b/k", true, now(), probe.probe_round);
-    EXPECT_EQ(next->get("b/k", now())->st, state::open);
-    clock_.advance(1h);
-    next->tick(now());
-    EXPECT_EQ(next->admit("b/k", now()).v, verdict::contain);
-}
-
 TEST(breaker_hand_over, no_trip_is_lost_to_a_concurrent_hand_over) {
     constexpr int threads = 4;
     constexpr int per_thread = 200;
