@@ -1475,13 +1475,20 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                 // upstream that merges query and form fields (Go's FormValue, PHP's
                 // $_REQUEST) reads recipients, text and secrets there too, as the agents'
                 // body constraints do. (Not the duplicates guard: its bookings are the body's.)
+                // A raw ';' there reads two ways (`?x=1;bcc=...` is one field here, two to a
+                // server that splits at it): an invalid body, as for a form's query.
                 if (!form && !req.query.empty() && g.outcome == guard_result::status::clean &&
                     r.guard->k != guardrail::kind::duplicates && !ctx.query().empty()) {
-                    guard_input qin{req, &ctx.query(), s.key, nullptr};
-                    qin.query_fields = true;
-                    g = check_guard(*r.guard, qin, now, dups_[idx].get(), &s.guard_bookings);
-                    if (g.outcome == guard_result::status::violated) {
-                        g.finding += " (in the query string)";
+                    if (const auto& why = ctx.fields_unreadable(false); !why.empty()) {
+                        g.outcome = guard_result::status::invalid_body;
+                        g.finding = why;
+                    } else {
+                        guard_input qin{req, &ctx.query(), s.key, nullptr};
+                        qin.query_fields = true;
+                        g = check_guard(*r.guard, qin, now, dups_[idx].get(), &s.guard_bookings);
+                        if (g.outcome == guard_result::status::violated) {
+                            g.finding += " (in the query string)";
+                        }
                     }
                 }
             }

@@ -2148,7 +2148,9 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             return violated(hit.what + " at body offset " + std::to_string(hit.offset));
         }
     }
-    if (g.require_unsubscribe && !unsubscribe) {
+    // The query's fields beside a body are read for what they add (terms, links); the body
+    // was judged for its unsubscribe link already.
+    if (g.require_unsubscribe && !unsubscribe && !in.query_fields) {
         return violated("missing unsubscribe link (no unsubscribe link or text, %unsubscribe_url%, asm group, "
                         "subscription tracking or List-Unsubscribe header)");
     }
