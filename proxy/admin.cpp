@@ -2299,7 +2299,13 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                         e.actor = who->name;
                         e.role = std::string{to_string(who->role)};
                         e.method = std::string{req.method_string()};
-                        e.path = url_decode(path);
+                        // As the handler read it ('+' is itself); a path refused for control
+                        // characters is kept as sent (encoded), never decoded into the record.
+                        url_decode(path, e.path, false);
+                        if (std::any_of(e.path.begin(), e.path.end(),
+                                        [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+                            e.path = std::string{path};
+                        }
                         e.target = h.audit_target;
                         e.params = req.body().size() <= 4096 ? req.body() : req.body().substr(0, 4096);
                         e.reason = ctx.reason_;

@@ -245,6 +245,12 @@ TEST(admin_api, a_path_with_control_characters_is_refused_and_a_plus_is_a_plus) 
                             R"({"reason":"hold"})");
     ASSERT_EQ(plus.result_int(), 200u) << plus.body();
     EXPECT_TRUE(f.bb.server().breakers()->get("campaign-volume/a+b", f.bb.server().now()));
+    // Both audit records of the act (intent, outcome) name it as it was read; the refused
+    // one keeps its path as sent, with no line break decoded into the record.
+    const auto log = admin(f.port(), http::verb::get, "/v1/audit?limit=1000", "admin-token");
+    EXPECT_EQ(log.body().find("campaign-volume/a b/trip"), std::string::npos) << log.body();
+    EXPECT_NE(log.body().find("campaign-volume/a+b/trip"), std::string::npos) << log.body();
+    EXPECT_EQ(log.body().find("x\\naudit"), std::string::npos) << log.body();
 }
 
 TEST(admin_api, a_key_contained_by_the_overflow_instance_is_shown_there_and_not_reset_by_its_own_name) {
