@@ -1805,7 +1805,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     return std::find(p->let_through->begin(), p->let_through->end(), instance) != p->let_through->end() ||
                            p->registry->enforcement_suspended(instance, p->at);
                 };
-                // Bounded: each pass lets one more breaker through.
+                // Bounded: each pass lets one more breaker through. Shadow trips are counted
+                // once per request, whatever the passes.
+                std::vector<std::string> shadow_reported;
+                bool settled = false;
                 for (std::size_t pass = 0; pass < 64 && !contained; ++pass) {
                     rules::decision shadowed;
                     const auto d = rt.engine->evaluate(view, now,
@@ -1814,7 +1817,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (shadowed.outcome == rules::verdict::violated) {
                         const auto* b = cfg->find_breaker(shadowed.trips);
                         const auto instance = b != nullptr ? registry.instance_name(*b, shadowed.key) : shadowed.trips;
-                        if (std::find(let_through.begin(), let_through.end(), instance) == let_through.end()) {
+                        if (std::find(let_through.begin(), let_through.end(), instance) == let_through.end() &&
+                            std::find(shadow_reported.begin(), shadow_reported.end(), instance) ==
+                                shadow_reported.end()) {
+                            shadow_reported.push_back(instance);
                             if (b != nullptr && b->act != breakers::action::deny) {
                                 registry.trip(shadowed.trips, shadowed.key, rule_cause(shadowed, request_id),
                                               now);  // counted as a shadow trip
@@ -1868,7 +1874,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                             }
                         }
                     }
+                    settled = true;
                     break;
+                }
+                if (!settled && !contained) {
+                    // 64 breakers let it through one after another and the rules were not done
+                    // with it: it is not sent unjudged (and uncounted).
+                    contained = error_info{http::status::service_unavailable, "unavailable", "rules_unsettled",
+                                           "the rules could not finish judging this request"};
                 }
             }
         }
