@@ -240,7 +240,8 @@ auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
                 // the overflow's window, not from zero, or it could book its cap again while
                 // its first bookings are still in the window: counted with every overflowed
                 // key until they leave it (the safe side). Not the baseline: a higher history
-                // would hide a spike. (Lock order: shard, then overflow, as restore() takes them.)
+                // would hide a spike. (Lock order: shard, then overflow; nothing takes them the
+                // other way round.)
                 std::lock_guard lock{overflow_.mu};
                 slot->ring = overflow_.ring;
                 slot->last_epoch = overflow_.last_epoch;
