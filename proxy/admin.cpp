@@ -40,6 +40,11 @@ namespace bb::proxy {
 
 namespace {
 
+// A byte that would break a log line (a line break, an escape): ids, reasons and paths are
+// logged as written.
+bool control_char(char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }
+bool has_control(std::string_view s) { return std::any_of(s.begin(), s.end(), control_char); }
+
 // ---- small JSON helpers ------------------------------------------------------------------
 
 std::string q(std::string_view s) {
@@ -850,9 +855,7 @@ private:
         }
         // The reason goes into the log as written: a line break in it could forge lines
         // there (the audit chain's "entry N appended, chain head H" among them).
-        if (std::any_of(reason.begin(), reason.end(), [](char c) {
-                return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-            })) {
+        if (has_control(reason)) {
             err = api_error{http::status::bad_request, "bad_field",
                             "\"reason\" is one line of text (no line breaks or other control characters)", "reason"};
             return std::nullopt;
@@ -919,7 +922,7 @@ asio::awaitable<handled> handler_context::run() {
     url_decode(tp.path, path, false);
     // Ids in the path end up in logs, alerts and the store: a decoded line break or escape
     // (`%0A`) would forge a log line (an audit chain head, say). Refused before anything.
-    if (std::any_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    if (has_control(path)) {
         co_return fail({http::status::bad_request, "bad_target", "the path has control characters (decoded)"});
     }
     path_ = path;
@@ -2302,8 +2305,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                         // As the handler read it ('+' is itself); a path refused for control
                         // characters is kept as sent (encoded), never decoded into the record.
                         url_decode(path, e.path, false);
-                        if (std::any_of(e.path.begin(), e.path.end(),
-                                        [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+                        if (has_control(e.path)) {
                             e.path = std::string{path};
                         }
                         e.target = h.audit_target;
@@ -2330,7 +2332,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
                     }
                     std::string shown_path{path.substr(0, 256)};
                     for (auto& c : shown_path) {  // decoded: %0A would break the line
-                        c = static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+                        c = control_char(c) ? '?' : c;
                     }
                     spdlog::info("admin: {} {} by {} ({}): {} -> {}", req.method_string(), shown_path, who->name,
                                  to_string(who->role), ctx.reason_, static_cast<unsigned>(h.status));
