@@ -103,7 +103,7 @@ tokens tokenize(const std::vector<std::string>& args) {
         if (spec == nullptr) {
             throw usage_error("unknown flag " + name);
         }
-        if (t.has(name) || (name == "--help" && t.has("--help"))) {
+        if (t.has(name)) {
             throw usage_error(name + " is given twice");
         }
         if (!spec->takes_value) {
