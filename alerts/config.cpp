@@ -1,6 +1,8 @@
 // parse_alerts: the "alerts" config section into alerts_config, every error at its path.
 #include "alerts/alerts.hpp"
 
+#include "core/file.hpp"
+
 #include <algorithm>
 #include <set>
 
@@ -129,6 +131,10 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
             errs.add(r.path_of("ca_file"), "is only for https URLs");
         } else if (ca->empty()) {
             errs.add(r.path_of("ca_file"), "must not be empty");
+        } else if (const file_error e = check_regular_file(*ca); e != file_error::none) {
+            // Checked here, not first at the sink's first alert (a FIFO would block the
+            // alert thread, a missing file would surface only when an alert is lost).
+            errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " " + describe(e, 0));
         }
         s.ca_file = std::move(*ca);
     }

@@ -1,5 +1,6 @@
 #include "config/config.hpp"
 
+#include "core/file.hpp"
 #include "core/hex.hpp"
 #include "core/host_name.hpp"
 #include "core/http_token.hpp"
@@ -50,8 +51,8 @@ void each_item(cfg::object_reader& r, std::string_view key, bool required, F&& f
 void readable_file(cfg::object_reader& r, std::string_view key, std::string& out, bool required) {
     if (auto v = r.string(key, required)) {
         out = *v;
-        if (!std::ifstream{*v}) {
-            r.errs().add(r.path_of(key), cfg::quote(*v) + " cannot be read");
+        if (const file_error e = check_regular_file(*v); e != file_error::none) {
+            r.errs().add(r.path_of(key), cfg::quote(*v) + " " + describe(e, 0));
         }
     }
 }
@@ -235,15 +236,15 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
         }
         if (auto v = r.string("ca_file")) {
             u.ca_file = *v;
-            std::ifstream probe{*v, std::ios::binary};
-            if (!probe) {
-                r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " cannot be read");
+            // A CA bundle (Debian's whole store is ~220 KiB); a larger file is a mistake.
+            constexpr std::size_t max_bundle = std::size_t{16} << 20;
+            file_error fe = file_error::none;
+            if (auto text = read_regular_file(*v, max_bundle, &fe); !text) {
+                r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " " + describe(fe, max_bundle));
             } else {
                 // Kept so a reload notices new contents under the same name (a CA removed
                 // from the bundle must stop being trusted without a restart).
-                std::ostringstream text;
-                text << probe.rdbuf();
-                u.ca_pem = std::move(text).str();
+                u.ca_pem = std::move(*text);
                 if (u.ca_pem.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
                     r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " holds no PEM certificate");
                 }
@@ -1139,18 +1140,21 @@ parse_result parse_config(std::string_view json_text, bool stored) {
 }
 
 parse_result load_config_file(const std::string& path, std::optional<std::string>* text) {
-    std::ifstream in{path, std::ios::binary};
-    if (!in) {
+    // SIGHUP reads it again on the control thread: a FIFO or a device there must not block
+    // or exhaust it. Far above any real config (a thousand rules is well under 1 MiB).
+    constexpr std::size_t max_config = std::size_t{64} << 20;
+    file_error fe = file_error::none;
+    std::optional<std::string> body = read_regular_file(path, max_config, &fe);
+    if (!body) {
         parse_result out;
-        out.errors.add("", "cannot read config file " + cfg::quote(path));
+        out.errors.add("", fe == file_error::unreadable ? "cannot read config file " + cfg::quote(path)
+                                                        : "config file " + cfg::quote(path) + " " + describe(fe, max_config));
         return out;
     }
-    std::ostringstream ss;
-    ss << in.rdbuf();
     if (text != nullptr) {
-        *text = ss.str();
+        *text = *body;
     }
-    return parse_config(ss.str());
+    return parse_config(*body);
 }
 
 }  // namespace bb

@@ -8,6 +8,7 @@
 
 #include "rules/guardrails_scan.hpp"
 
+#include "core/file.hpp"
 #include "core/hex.hpp"
 #include "core/sha256.hpp"
 #include "core/utf8.hpp"
@@ -16,11 +17,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
-
-#include <cerrno>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -954,52 +950,18 @@ std::optional<suppression_list> suppression_list::parse(std::string_view text, s
 
 std::optional<suppression_list> suppression_list::load_file(const std::string& path, std::size_t max_entries,
                                                             std::string* error) {
-    auto fail = [&](std::string why) {
-        if (error) {
-            *error = std::move(why);
-        }
-        return std::nullopt;
-    };
     // One address a line at most 320 bytes plus a comment: a larger file cannot be a list.
     const std::size_t limit = max_entries * 400 + 4096;
-    // A regular file only, checked before reading, and read up to the limit: a config that
-    // names /dev/zero would grow memory until the process dies, a named pipe would block
-    // the control thread (open without O_NONBLOCK waits for a writer).
-    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        return fail("cannot be read");
-    }
-    struct closer {
-        int fd;
-        ~closer() { ::close(fd); }
-    } const guard{fd};
-    struct stat st{};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        return fail("is not a regular file");
-    }
-    if (static_cast<std::uint64_t>(st.st_size) > limit) {
-        return fail("is too large for max_entries " + std::to_string(max_entries));
-    }
-    std::string text;
-    text.reserve(static_cast<std::size_t>(st.st_size));
-    char chunk[64 * 1024];
-    for (;;) {
-        const auto n = ::read(fd, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR) {
-            continue;
+    file_error fe = file_error::none;
+    const std::optional<std::string> text = read_regular_file(path, limit, &fe);
+    if (!text) {
+        if (error) {
+            *error = fe == file_error::too_large ? "is too large for max_entries " + std::to_string(max_entries)
+                                                 : describe(fe, limit);
         }
-        if (n < 0) {
-            return fail("cannot be read");
-        }
-        if (n == 0) {
-            break;
-        }
-        text.append(chunk, static_cast<std::size_t>(n));
-        if (text.size() > limit) {  // it grew while read
-            return fail("is too large for max_entries " + std::to_string(max_entries));
-        }
+        return std::nullopt;
     }
-    return parse(text, max_entries, error);
+    return parse(*text, max_entries, error);
 }
 
 bool suppression_list::contains(std::string_view address) const {

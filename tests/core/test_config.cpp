@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 using bb::parse_config;
 
 namespace {
@@ -442,6 +445,41 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_NE(e.find("agents[1].cert_names[0]: \"bot.agents.local\" already identifies another agent"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].key_sha256"), std::string::npos) << "an agent needs a key or a certificate name: " << e;
     EXPECT_EQ(e.find("agents[0].key_sha256"), std::string::npos) << e;
+}
+
+// Files named in config are read on the control thread (at start, on SIGHUP, on an admin
+// apply): a FIFO would block it until a writer came, /dev/zero would grow memory until the
+// process died. Both are refused as not regular files, before anything is read.
+TEST(config, files_named_in_config_must_be_regular_files) {
+    const std::string fifo = "/tmp/bb-config-fifo-" + std::to_string(::getpid());
+    ::unlink(fifo.c_str());
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    struct remove_at_exit {
+        std::string path;
+        ~remove_at_exit() { ::unlink(path.c_str()); }
+    } const cleanup{fifo};
+
+    auto bad = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0",
+                                 "tls": {"cert_file": ")" + fifo + R"(", "key_file": "/dev/zero"},
+                                 "forward_proxy": {"ca_cert_file": ")" + fifo + R"(", "ca_key_file": "/dev/null"}}],
+               "upstreams": [{"name": "up", "url": "https://127.0.0.1:9000", "ca_file": "/dev/zero"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
+    const auto e = all_errors(bad);
+    EXPECT_NE(e.find("listeners[0].tls.cert_file: \"" + fifo + "\" is not a regular file"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].tls.key_file: \"/dev/zero\" is not a regular file"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.ca_cert_file: \"" + fifo + "\" is not a regular file"), std::string::npos)
+        << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.ca_key_file: \"/dev/null\" is not a regular file"), std::string::npos)
+        << e;
+    EXPECT_NE(e.find("upstreams[0].ca_file: \"/dev/zero\" is not a regular file"), std::string::npos) << e;
+
+    // The config file itself (SIGHUP reads it again).
+    const auto from_fifo = bb::load_config_file(fifo, nullptr);
+    EXPECT_NE(all_errors(from_fifo).find("config file \"" + fifo + "\" is not a regular file"), std::string::npos)
+        << all_errors(from_fifo);
+    const auto missing = bb::load_config_file("/nonexistent/breakerbox.json", nullptr);
+    EXPECT_NE(all_errors(missing).find("cannot read config file \"/nonexistent/breakerbox.json\""), std::string::npos)
+        << all_errors(missing);
 }
 
 // A passthrough entry is (host, port); a host alone, bracketed or a bare IPv6 literal, is 443.

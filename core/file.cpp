@@ -1,0 +1,98 @@
+#include "core/file.hpp"
+
+#include <cerrno>
+#include <cstdint>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace bb {
+
+namespace {
+
+// Opens without blocking (a FIFO without a writer) and checks the kind before any read.
+struct regular_fd {
+    int fd = -1;
+    std::uint64_t size = 0;
+    file_error error = file_error::none;
+
+    explicit regular_fd(const std::string& path) {
+        fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+            error = file_error::unreadable;
+            return;
+        }
+        struct stat st{};
+        if (::fstat(fd, &st) != 0) {
+            error = file_error::unreadable;
+        } else if (!S_ISREG(st.st_mode)) {
+            error = file_error::not_regular;
+        } else {
+            size = static_cast<std::uint64_t>(st.st_size);
+        }
+    }
+    ~regular_fd() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+    regular_fd(const regular_fd&) = delete;
+    regular_fd& operator=(const regular_fd&) = delete;
+};
+
+}  // namespace
+
+std::string describe(file_error e, std::size_t max_bytes) {
+    switch (e) {
+        case file_error::none: return "is readable";
+        case file_error::unreadable: return "cannot be read";
+        case file_error::not_regular: return "is not a regular file";
+        case file_error::too_large: return "is larger than " + std::to_string(max_bytes) + " bytes";
+    }
+    return "cannot be read";
+}
+
+file_error check_regular_file(const std::string& path) {
+    return regular_fd{path}.error;
+}
+
+std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error) {
+    auto fail = [&](file_error e) -> std::optional<std::string> {
+        if (error) {
+            *error = e;
+        }
+        return std::nullopt;
+    };
+    const regular_fd f{path};
+    if (f.error != file_error::none) {
+        return fail(f.error);
+    }
+    if (f.size > max_bytes) {
+        return fail(file_error::too_large);
+    }
+    std::string text;
+    text.reserve(static_cast<std::size_t>(f.size));
+    char chunk[64 * 1024];
+    for (;;) {
+        const auto n = ::read(f.fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return fail(file_error::unreadable);
+        }
+        if (n == 0) {
+            break;
+        }
+        text.append(chunk, static_cast<std::size_t>(n));
+        if (text.size() > max_bytes) {  // it grew while read
+            return fail(file_error::too_large);
+        }
+    }
+    if (error) {
+        *error = file_error::none;
+    }
+    return text;
+}
+
+}  // namespace bb

@@ -1,0 +1,26 @@
+#pragma once
+// Files named in config (certificates, keys, CA bundles, suppression lists) are read on the
+// control thread: a path that names a FIFO would block it (open waits for a writer), and
+// /dev/zero or /dev/urandom would grow memory until the process dies. Only regular files
+// are read, and only up to a bound.
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+namespace bb {
+
+enum class file_error { none, unreadable, not_regular, too_large };
+
+// A phrase for an error that follows the quoted path: `"x.pem" is not a regular file`.
+// too_large names `max_bytes`.
+std::string describe(file_error e, std::size_t max_bytes);
+
+// Whether `path` opens for reading and is a regular file (nothing is read).
+file_error check_regular_file(const std::string& path);
+
+// The contents of `path` when it is a regular file of at most `max_bytes`, checked before
+// reading and again while reading (a file that grows is refused, not truncated).
+std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error);
+
+}  // namespace bb
