@@ -43,7 +43,8 @@ response make_error(const error_info& e, std::string_view request_id, unsigned v
     if (e.status == http::status::unauthorized) {
         res.set(http::field::www_authenticate, R"(Bearer realm="breakerbox")");
     } else if (e.status == http::status::proxy_authentication_required) {
-        res.set(http::field::proxy_authenticate, R"(Bearer realm="breakerbox")");
+        // Basic too: what HTTP_PROXY=http://agent:KEY@host makes clients send (session.cpp).
+        res.set(http::field::proxy_authenticate, R"(Bearer realm="breakerbox", Basic realm="breakerbox")");
     }
     if (e.retry_after_s != 0 || e.status == http::status::service_unavailable) {
         res.set(http::field::retry_after, std::to_string(e.retry_after_s == 0 ? 1 : e.retry_after_s));

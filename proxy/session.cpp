@@ -16,6 +16,7 @@
 #include "rules/agent_constraints.hpp"
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
+#include "rules/mime.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -732,26 +733,62 @@ struct client_info {
     std::string tunnel_key_digest;        // SHA-256 of the CONNECT's key, when a key named it
 };
 
-// The SHA-256 of the agent key a request presents (x-breakerbox-key, or Proxy-Authorization:
-// Bearer as a forward proxy sees it), as bytes; empty when it presents none.
-std::string key_digest(const request& req) {
+// The agent key a request presents, as the SHA-256 of it (bytes): x-breakerbox-key, else
+// Proxy-Authorization as a forward proxy's clients send it: `Bearer KEY`, or `Basic` with
+// base64 of `user:password`, which every HTTP_PROXY client (curl, Python, Go, Node) sends
+// for HTTP_PROXY=http://agent:KEY@host: the password is the key, or the user when there is
+// no password (http://KEY@host). A credential that names no key (another scheme, bad
+// base64, an empty token) is `unreadable`: refused with the reason, never read as no
+// credential (unscoped where identity is optional, out of reach of the agent's kill switch).
+struct presented_key {
+    std::string digest;      // empty: no key
+    std::string unreadable;  // why the credential presented names no key
+    bool any() const { return !digest.empty() || !unreadable.empty(); }
+};
+
+presented_key read_key(const request& req) {
+    presented_key out;
     std::string_view key = req["x-breakerbox-key"];
-    std::string_view pa = req[http::field::proxy_authorization];
-    if (key.empty() && starts_with_icase(pa, "bearer ")) {
-        key = trim(pa.substr(7));
-    }
+    std::string decoded;
     if (key.empty()) {
-        return {};
+        const std::string_view pa = trim(req[http::field::proxy_authorization]);
+        if (pa.empty()) {
+            return out;
+        }
+        const std::size_t sp = pa.find(' ');
+        const std::string_view scheme = pa.substr(0, sp);
+        const std::string_view rest = sp == std::string_view::npos ? std::string_view{} : trim(pa.substr(sp + 1));
+        if (iequals(scheme, "bearer")) {
+            key = rest;
+        } else if (iequals(scheme, "basic")) {
+            std::size_t colon = std::string_view::npos;
+            if (!rest.empty() && rules::decode_base64(rest, decoded) &&
+                (colon = decoded.find(':')) != std::string::npos) {
+                const std::string_view user = std::string_view{decoded}.substr(0, colon);
+                const std::string_view password = std::string_view{decoded}.substr(colon + 1);
+                key = password.empty() ? user : password;
+            } else {
+                out.unreadable = "the Proxy-Authorization Basic credentials are not base64 of user:password";
+                return out;
+            }
+        } else {
+            out.unreadable = "Proxy-Authorization uses a scheme other than Bearer or Basic";
+            return out;
+        }
+        if (key.empty()) {
+            out.unreadable = "the Proxy-Authorization credentials hold no agent key";
+            return out;
+        }
     }
-    const sha256_digest digest = sha256(key);
-    return std::string{reinterpret_cast<const char*>(digest.data()), digest.size()};
+    if (!key.empty()) {
+        const sha256_digest digest = sha256(key);
+        out.digest.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
+    }
+    return out;
 }
 
-// The agent that key names; only its SHA-256 is compared. `had_key`: a key was presented.
-const agent_config* agent_by_key(const config& cfg, const request& req, bool& had_key) {
-    const std::string digest = key_digest(req);
-    had_key = !digest.empty();
-    return had_key ? cfg.agent_by_key_digest(digest) : nullptr;
+std::string key_digest(const request& req) {
+    return read_key(req).digest;
 }
 
 // "host:port" of a CONNECT target (host may be a bracketed IPv6 literal), host lower-cased.
@@ -1089,9 +1126,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
         const bool identity_required = lc != nullptr && lc->require_agent;
         if (!cfg->agents.empty() || identity_required) {
-            bool had_key = false;
             bool ambiguous_cert = false;
-            agent = agent_by_key(*cfg, parser.get(), had_key);
+            const presented_key key = read_key(parser.get());
+            const bool had_key = key.any();
+            agent = key.digest.empty() ? nullptr : cfg->agent_by_key_digest(key.digest);
             if (agent == nullptr && !had_key && !ci.cert_names.empty()) {
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
@@ -1134,8 +1172,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
             }
             if (refused.empty() && agent == nullptr && (had_key || identity_required)) {
-                refused = had_key ? "the agent key is not known"
-                                  : "this listener needs an agent key (x-breakerbox-key) or client certificate";
+                refused = !key.unreadable.empty() ? key.unreadable
+                          : had_key               ? "the agent key is not known"
+                                                  : "this listener needs an agent key (x-breakerbox-key) or client certificate";
             }
             if (!refused.empty()) {
                 head_request = parser.get().method() == http::verb::head;

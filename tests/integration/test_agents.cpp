@@ -95,6 +95,62 @@ TEST(agents, identity_scope_and_key_stripping) {
     EXPECT_EQ(up.request_count(), 3u);
 }
 
+// HTTP_PROXY=http://writer:writer-key@host makes curl, Python, Go and Node send
+// `Proxy-Authorization: Basic base64(writer:writer-key)`: the password is the key (or the
+// user when there is none). A credential that names no key is refused with the reason, not
+// read as none: where identity is optional that would send the agent's traffic unscoped and
+// past its kill switch.
+TEST(agents, proxy_basic_credentials_name_the_agent_and_unreadable_ones_are_refused) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = agents_config(up.port(), dir);
+    const std::string required = "\"require_agent\": true";
+    ASSERT_NE(cfg.find(required), std::string::npos);
+    cfg.replace(cfg.find(required), required.size(), "\"require_agent\": false");
+    proxy_instance bb{cfg};
+    auto base64 = [](std::string_view s) {
+        std::string out(4 * ((s.size() + 2) / 3) + 1, '\0');
+        const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                      reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
+        out.resize(static_cast<std::size_t>(n));
+        return out;
+    };
+    auto get_as = [&](const std::string& credentials) {
+        return http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "",
+                            {{"proxy-authorization", credentials}});
+    };
+    // Anonymous traffic is allowed on this listener; the writer may not read the CRM.
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "").result_int(), 202u);
+    for (const std::string& userpass : {std::string{"writer:writer-key"}, std::string{"writer-key:"},
+                                        std::string{"anyone:writer-key"}}) {
+        auto r = get_as("Basic " + base64(userpass));
+        EXPECT_EQ(r.result_int(), 403u) << userpass << ": " << r.body();
+        EXPECT_EQ(code_of(r), "out_of_scope") << userpass;
+        EXPECT_NE(r.body().find("agent writer"), std::string::npos) << r.body();
+    }
+    auto sent = http_request(bb.port(), http::verb::post, "/v3/mail/send",
+                             R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})",
+                             {{"content-type", "application/json"}, {"proxy-authorization", "basic " + base64("w:writer-key")}});
+    EXPECT_EQ(sent.result_int(), 202u) << sent.body();
+    EXPECT_EQ(up.requests().back().req.count(http::field::proxy_authorization), 0u);
+    // Credentials that name no key: 401 with the reason (the credential itself is not echoed).
+    const std::pair<std::string, std::string> unreadable[] = {
+        {"Basic " + base64("writer-key"), "not base64 of user:password"},
+        {"Basic %%%", "not base64 of user:password"},
+        {"Basic " + base64(":"), "hold no agent key"},
+        {"Bearer ", "hold no agent key"},
+        {"Digest username=\"writer\"", "scheme other than Bearer or Basic"},
+        {"Basic " + base64("writer:guess"), "agent key is not known"},
+    };
+    for (const auto& [credentials, why] : unreadable) {
+        auto r = get_as(credentials);
+        EXPECT_EQ(r.result_int(), 401u) << credentials << ": " << r.body();
+        EXPECT_EQ(code_of(r), "unauthenticated") << credentials;
+        EXPECT_NE(r.body().find(why), std::string::npos) << credentials << ": " << r.body();
+    }
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();

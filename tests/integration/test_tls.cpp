@@ -265,6 +265,13 @@ TEST(forward_proxy, connect_is_intercepted_metered_and_forwarded_over_verified_t
                             std::to_string(api.port()) + "/v3/mail/send");
     EXPECT_NE(scoped.find("status=403"), std::string::npos) << scoped;
     EXPECT_NE(scoped.find("agent writer may not use method GET"), std::string::npos) << scoped;
+    // The same agent from credentials in the proxy URL, as HTTP_PROXY=http://agent:KEY@host
+    // gives them to every client: curl sends them as Proxy-Authorization: Basic.
+    const auto in_url = run("curl -sS --max-time 10 --proxy http://writer:writer-key@127.0.0.1:" +
+                            std::to_string(bb.port()) + " --cacert " + cert("ca.pem") + " -w ' status=%{http_code}' https://localhost:" +
+                            std::to_string(api.port()) + "/v3/mail/send");
+    EXPECT_NE(in_url.find("status=403"), std::string::npos) << in_url;
+    EXPECT_NE(in_url.find("agent writer may not use method GET"), std::string::npos) << in_url;
     // An unknown key on the CONNECT: the proxy asks for proxy credentials (407).
     const auto bad_key = run("curl -sS --max-time 10 --proxy " + proxy + " --proxy-header 'Proxy-Authorization: Bearer nope'"
                              " --cacert " + cert("ca.pem") + " https://localhost:" + std::to_string(api.port()) + "/x");
