@@ -1563,9 +1563,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 why = "method " + std::string{req.method_string()};
             } else if (!path_allowed(req_path)) {
                 why = "path " + req_path;
-            } else if (!scope.methods.empty() || !scope.paths.empty()) {
+            } else if (!scope.methods.empty() || !scope.paths.empty() || !scope.routes.empty()) {
                 // A Salesforce composite request carries requests of its own: each is held to
-                // the same allow list (a POST allowed on /services/data/* must not DELETE).
+                // the same allow list (a POST allowed on /services/data/* must not DELETE), its
+                // routes too: an agent allowed only the route for POST must not reach the
+                // route for DELETE through one. A subrequest's URL is the upstream's path:
+                // without the upstream's base path it is the path the agent would have sent.
+                const std::string& base = cfg->upstreams[upstream_index].base_path;
                 thread_local std::vector<rules::subrequest> subs;
                 subs.clear();
                 subrequests_read = req.method() == http::verb::post;
@@ -1577,15 +1581,36 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
                     const auto& sub = subs[i];
+                    const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
+                    std::string_view own_path = sub.path;
+                    const bool under_base = base.empty() || (sub.path.starts_with(base) && (sub.path.size() == base.size() ||
+                                                                                            sub.path[base.size()] == '/'));
+                    if (!base.empty() && under_base) {
+                        own_path = sub.path.size() == base.size() ? std::string_view{"/"}
+                                                                  : std::string_view{sub.path}.substr(base.size());
+                    }
+                    const route_config* sub_route =
+                        scope.routes.empty() || !under_base
+                            ? nullptr
+                            : match_route(*cfg, sub.method, original_host, own_path, forwarded);
                     if (const auto amb = ambiguous_path(sub.path); !amb.empty()) {
                         why = "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
                               std::string{amb};
+                    } else if (!under_base) {
+                        why = "path " + sub.path.substr(0, 256) + which + " (outside upstream " +
+                              cfg->upstreams[upstream_index].name + "'s base path " + base + ")";
                     } else if (!method_allowed(sub.method)) {
-                        why = "method " + sub.method.substr(0, 16) + " in subrequest #" + std::to_string(i) +
-                              " of this composite request";
-                    } else if (!path_allowed(sub.path)) {
-                        why = "path " + sub.path.substr(0, 256) + " in subrequest #" + std::to_string(i) +
-                              " of this composite request";
+                        why = "method " + sub.method.substr(0, 16) + which;
+                    } else if (!path_allowed(own_path)) {
+                        why = "path " + std::string{own_path.substr(0, 256)} + which;
+                    } else if (!scope.routes.empty() &&
+                               (sub_route == nullptr || sub_route->upstream_index != upstream_index ||
+                                std::find(scope.routes.begin(), scope.routes.end(), sub_route->name) == scope.routes.end())) {
+                        why = (sub_route != nullptr && sub_route->upstream_index == upstream_index
+                                   ? "route " + sub_route->name
+                                   : "route (none of upstream " + cfg->upstreams[upstream_index].name + " takes " +
+                                         sub.method.substr(0, 16) + " " + std::string{own_path.substr(0, 256)} + ")") +
+                              which;
                     }
                 }
             }

@@ -340,6 +340,72 @@ TEST(agents, a_composite_request_under_an_upstream_base_path_is_read_as_one) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// An agent allowed only some routes is held to them inside a composite request too: the
+// route that takes a DELETE directly takes it as a subrequest, so an agent allowed only the
+// POST route may not delete through /composite. Under an upstream base path, subrequest URLs
+// (the upstream's paths) are judged as the paths the agent would send.
+TEST(agents, composite_subrequests_are_held_to_the_agents_routes) {
+    fake_upstream up{[](const request&) { return respond(200, "{}"); }};
+    const auto dir = temp_dir();
+    const std::string prefix = "\"match\": {\"path_prefix\": \"/services/data/\", \"methods\": ";
+    proxy_instance bb{
+        "{\"workers\": 1, \"listeners\": [{\"name\": \"agents\", \"address\": \"127.0.0.1:0\", \"require_agent\": true}],"
+        "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+        "\"upstreams\": [{\"name\": \"sf\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"},"
+        "{\"name\": \"sf-base\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/services/data\"}],"
+        "\"routes\": [{\"name\": \"sf-write\", " + prefix + "[\"POST\"]}, \"upstream\": \"sf\"},"
+        "{\"name\": \"sf-delete\", " + prefix + "[\"DELETE\"]}, \"upstream\": \"sf\"},"
+        "{\"name\": \"sf-read\", " + prefix + "[\"GET\"]}, \"upstream\": \"sf\"},"
+        "{\"name\": \"v-write\", \"match\": {\"path_prefix\": \"/v\", \"methods\": [\"POST\"]}, \"upstream\": \"sf-base\"},"
+        "{\"name\": \"v-delete\", \"match\": {\"path_prefix\": \"/v\", \"methods\": [\"DELETE\"]}, \"upstream\": \"sf-base\"}],"
+        "\"agents\": [{\"id\": \"writer\", \"key_sha256\": [\"" + sha256_hex("w-key") + "\"], \"allow\": {\"routes\": [\"sf-write\"]}},"
+        "{\"id\": \"based\", \"key_sha256\": [\"" + sha256_hex("b-key") + "\"],"
+        " \"allow\": {\"routes\": [\"v-write\"], \"paths\": [\"/v59.0/*\"]}}],"
+        "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+    auto post = [&](const std::string& path, const std::string& body, const std::string& key) {
+        return http_request(bb.port(), http::verb::post, path, body,
+                            {{"content-type", "application/json"}, {"x-breakerbox-key", key}});
+    };
+    auto one = [](const std::string& method, const std::string& url) {
+        return R"({"compositeRequest":[{"method":")" + method + R"(","url":")" + url + R"(","referenceId":"a"}]})";
+    };
+    // Directly: the DELETE is another route's.
+    EXPECT_EQ(http_request(bb.port(), http::verb::delete_, "/services/data/v59.0/sobjects/Contact/003xx", "",
+                           {{"x-breakerbox-key", "w-key"}})
+                  .result_int(),
+              403u);
+    const std::pair<std::string, std::string> refused[] = {
+        {one("DELETE", "/services/data/v59.0/sobjects/Contact/003xx"), "route sf-delete in subrequest #0"},
+        {one("GET", "/services/data/v59.0/sobjects/Contact/003xx"), "route sf-read in subrequest #0"},
+        {one("PATCH", "/services/data/v59.0/sobjects/Contact/003xx"), "none of upstream sf takes PATCH"},
+        {one("POST", "/services/apexrest/x"), "none of upstream sf takes POST /services/apexrest/x"},
+    };
+    for (const auto& [body, why] : refused) {
+        const auto r = post("/services/data/v59.0/composite", body, "w-key");
+        EXPECT_EQ(r.result_int(), 403u) << body << ": " << r.body();
+        EXPECT_EQ(code_of(r), "out_of_scope") << r.body();
+        EXPECT_NE(r.body().find(why), std::string::npos) << r.body();
+    }
+    EXPECT_EQ(up.request_count(), 0u);
+    const auto ok = post("/services/data/v59.0/composite", one("POST", "/services/data/v59.0/sobjects/Contact"), "w-key");
+    EXPECT_EQ(ok.result_int(), 200u) << ok.body();
+
+    // Under the base path /services/data: the agent's paths and routes are the client's.
+    const auto based_ok = post("/v59.0/composite", one("POST", "/services/data/v59.0/sobjects/Contact"), "b-key");
+    EXPECT_EQ(based_ok.result_int(), 200u) << based_ok.body();
+    const std::pair<std::string, std::string> based_refused[] = {
+        {one("DELETE", "/services/data/v59.0/sobjects/Contact/003xx"), "route v-delete in subrequest #0"},
+        {one("POST", "/services/data/v58.0/sobjects/Contact"), "path /v58.0/sobjects/Contact in subrequest #0"},
+        {one("POST", "/services/apexrest/x"), "outside upstream sf-base's base path /services/data"},
+    };
+    for (const auto& [body, why] : based_refused) {
+        const auto r = post("/v59.0/composite", body, "b-key");
+        EXPECT_EQ(r.result_int(), 403u) << body << ": " << r.body();
+        EXPECT_NE(r.body().find(why), std::string::npos) << r.body();
+    }
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 // Salesforce's composite resources carry requests of their own in one POST: an agent allowed
 // GET and POST on /services/data/* must not DELETE a record through compositeRequest[],
 // batchRequests[] or a graph, nor reach a path outside its list there. Each subrequest is
