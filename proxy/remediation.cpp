@@ -176,13 +176,22 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             }
             // An agent in sandbox mode must not reach customers, with what it sent before it
             // was put there included: replaying a hold taken as a real send would be one.
-            for (const auto& a : cfg.agents) {
-                if (a.id == rec->agent && a.sandbox) {
-                    return store::result::failure("agent_sandboxed", "agent " + rec->agent +
-                                                                         " is in sandbox mode: take it out of sandbox to "
-                                                                         "release " + ticket +
-                                                                         ", or discard it; nothing was sent");
-                }
+            const auto a = std::find_if(cfg.agents.begin(), cfg.agents.end(),
+                                        [&](const agent_config& c) { return c.id == rec->agent; });
+            if (a == cfg.agents.end()) {
+                // Removed (or renamed) by a reload: its kill switch and sandbox are gone with
+                // it, so neither can be checked; an agent switched off, or in sandbox mode,
+                // and then removed must not have its held mail sent by a bulk release.
+                return store::result::failure("invalid_state", "agent " + rec->agent + " of " + ticket +
+                                                                   " is no longer configured, so its kill switch and "
+                                                                   "sandbox cannot be checked: configure it again to "
+                                                                   "release it, or discard it; nothing was sent");
+            }
+            if (a->sandbox) {
+                return store::result::failure("agent_sandboxed", "agent " + rec->agent +
+                                                                     " is in sandbox mode: take it out of sandbox to "
+                                                                     "release " + ticket +
+                                                                     ", or discard it; nothing was sent");
             }
         }
         if (!rec->sandboxed_by.empty() && !rec->sandboxed_by.starts_with("agent/")) {

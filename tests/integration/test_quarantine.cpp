@@ -1247,6 +1247,18 @@ TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
     EXPECT_EQ(bulk.released, 0u);
     EXPECT_EQ(bulk.skipped, 1u);
     EXPECT_EQ(up.request_count(), 0u);
+    // Removed by a reload (its sandbox and kill switch with it): nothing can be checked, so
+    // nothing is sent, one by one or in bulk.
+    auto removed = bb::parse_config(quarantine_config(up.port(), dir, 0));
+    ASSERT_TRUE(removed.errors.empty()) << removed.errors.to_string();
+    bb.server().apply_config(removed.cfg);
+    auto gone = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(gone.ok);
+    EXPECT_EQ(gone.code, "invalid_state") << gone.message;
+    EXPECT_NE(gone.message.find("agent bot of " + ticket + " is no longer configured"), std::string::npos) << gone.message;
+    EXPECT_EQ(bb.server().remediation().release_matching(all, 0, "ops").get().released, 0u);
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+    EXPECT_EQ(up.request_count(), 0u);
     auto live = bb::parse_config(with_agent(false));
     bb.server().apply_config(live.cfg);
     EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
