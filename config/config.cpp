@@ -447,6 +447,20 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
     return bc;
 }
 
+// A certificate name as compared: DNS names (and X.500 names, caseIgnoreMatch) ignore ASCII
+// case, and `bot.agents.local.` is the same name fully qualified. Without the fold a SAN
+// written with capitals named no agent: a 401 where identity is required, and where it is
+// optional an anonymous client, unscoped and out of reach of the agent's kill switch.
+std::string cert_name_fold(std::string_view n) {
+    if (n.size() > 1 && n.back() == '.') {
+        n.remove_suffix(1);
+    }
+    std::string out{n};
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char ch) { return ch >= 'A' && ch <= 'Z' ? static_cast<char>(ch + 32) : static_cast<char>(ch); });
+    return out;
+}
+
 void parse_agents(cfg::object_reader& root, config& c) {
     std::set<std::string> ids;
     std::set<std::string> digests;
@@ -466,7 +480,7 @@ void parse_agents(cfg::object_reader& root, config& c) {
             for (std::size_t i = 0; i < names->size(); ++i) {
                 if ((*names)[i].empty()) {
                     r.errs().add(cfg::child(r.path_of("cert_names"), i), "must not be empty");
-                } else if (!cert_names.insert((*names)[i]).second) {
+                } else if (!cert_names.insert(cert_name_fold((*names)[i])).second) {
                     r.errs().add(cfg::child(r.path_of("cert_names"), i),
                                  cfg::quote((*names)[i]) + " already identifies another agent");
                 }
@@ -937,9 +951,14 @@ const breakers::breaker_config* config::find_breaker(std::string_view id) const 
 
 const agent_config* config::agent_by_cert_names(const std::vector<std::string>& names, bool* ambiguous) const {
     const agent_config* found = nullptr;
+    std::vector<std::string> folded;
+    folded.reserve(names.size());
+    for (const auto& n : names) {
+        folded.push_back(cert_name_fold(n));
+    }
     for (const auto& a : agents) {
         const bool named = std::any_of(a.cert_names.begin(), a.cert_names.end(), [&](const std::string& want) {
-            return std::find(names.begin(), names.end(), want) != names.end();
+            return std::find(folded.begin(), folded.end(), cert_name_fold(want)) != folded.end();
         });
         if (named && found != nullptr) {
             // One certificate, two agents: neither, whatever their order in the config.

@@ -508,3 +508,28 @@ TEST(config, a_certificate_naming_two_agents_is_ambiguous) {
     EXPECT_EQ(r.cfg->agent_by_cert_names({"b.agents.local", "a.agents.local"}, &ambiguous), nullptr);
     EXPECT_TRUE(ambiguous);
 }
+
+// DNS names ignore case and a final dot: a certificate's SAN `A.Agents.Local` (or
+// `a.agents.local.`) names agent a; it named nobody, anonymous where identity is optional.
+// Names that fold to one are one name in the config too.
+TEST(config, certificate_names_compare_without_case_or_a_final_dot) {
+    auto r = parse_config(base(R"(, "agents": [{"id": "a", "cert_names": ["a.agents.local"]},
+                                              {"id": "b", "cert_names": ["B.Agents.Local."]}])"));
+    ASSERT_TRUE(r.errors.empty()) << all_errors(r);
+    for (const std::string n : {"A.Agents.Local", "a.agents.local.", "A.AGENTS.LOCAL."}) {
+        const auto* a = r.cfg->agent_by_cert_names({n});
+        ASSERT_NE(a, nullptr) << n;
+        EXPECT_EQ(a->id, "a") << n;
+    }
+    const auto* b = r.cfg->agent_by_cert_names({"b.agents.local"});
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(b->id, "b");
+    EXPECT_EQ(r.cfg->agent_by_cert_names({"a.agents.local.x"}), nullptr);
+    EXPECT_EQ(r.cfg->agent_by_cert_names({"a.agents.loca"}), nullptr);
+
+    auto dup = parse_config(base(R"(, "agents": [{"id": "a", "cert_names": ["bot.agents.local"]},
+                                                {"id": "b", "cert_names": ["Bot.Agents.Local."]}])"));
+    EXPECT_NE(all_errors(dup).find("agents[1].cert_names[0]: \"Bot.Agents.Local.\" already identifies another agent"),
+              std::string::npos)
+        << all_errors(dup);
+}
