@@ -1125,7 +1125,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const agent_config* agent = nullptr;
         const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
         const bool identity_required = lc != nullptr && lc->require_agent;
-        if (!cfg->agents.empty() || identity_required) {
+        // (A tunnel opened by an agent is judged again even when a reload removed every
+        // agent: it must not go on as nobody, unscoped.)
+        if (!cfg->agents.empty() || identity_required || !ci.tunnel_agent.empty()) {
             bool ambiguous_cert = false;
             const presented_key key = read_key(parser.get());
             const bool had_key = key.any();

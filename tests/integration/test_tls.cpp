@@ -487,58 +487,67 @@ TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
 }
 
 // An intercepted tunnel's identity comes from its CONNECT's key, judged again on every
-// request: once a reload revokes the key, the open tunnel is no longer that agent (nor
-// nobody): 401, and nothing more reaches the upstream through it.
+// request: once a reload revokes the key, or removes every agent, the open tunnel is no
+// longer that agent (nor nobody: unscoped, past a kill switch): 401, and nothing more
+// reaches the upstream through it.
 TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
     fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
     const std::string cfg = forward_config(api.port());
-    proxy_instance bb{cfg};
-    const std::string target = "localhost:" + std::to_string(api.port());
-    raw_client c{bb.port()};
-    c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer writer-key\r\n\r\n");
-    auto read_head = [](auto&& recv_some) {
-        std::string head;
-        char chunk[512];
-        while (head.find("\r\n\r\n") == std::string::npos) {
-            const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
-            if (n <= 0) {
-                break;
-            }
-            head.append(chunk, static_cast<std::size_t>(n));
-        }
-        return head;
-    };
-    const auto opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
-    ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
-    // TLS inside the tunnel, trusting the development CA that signs the minted certificate.
-    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-    ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr), 1);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-    SSL* ssl = SSL_new(ctx);
-    SSL_set_tlsext_host_name(ssl, "localhost");
-    SSL_set_fd(ssl, c.fd());
-    ASSERT_EQ(SSL_connect(ssl), 1);
-    auto post = [&] {
-        const std::string req = "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\nContent-Length: 2\r\n\r\n{}";
-        EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
-        return read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
-    };
-    const auto first = post();
-    EXPECT_EQ(first.rfind("HTTP/1.1 202", 0), 0u) << first;
-    // The reload takes writer's key away (another digest in its place).
+    // The reload takes writer's key away (another digest in its place), or every agent.
     std::string revoked = cfg;
     const std::string needle = "\"key_sha256\": [\"";
-    const auto k = revoked.find(needle) + needle.size();
-    revoked.replace(k, 64, std::string(64, 'a'));
-    auto next = bb::parse_config(revoked);
-    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
-    bb.server().apply_config(next.cfg);
-    const auto second = post();
-    EXPECT_EQ(second.rfind("HTTP/1.1 401", 0), 0u) << second;
-    EXPECT_NE(second.find("no longer name agent writer"), std::string::npos) << second;
-    EXPECT_EQ(api.request_count(), 1u);
-    SSL_free(ssl);
-    SSL_CTX_free(ctx);
+    revoked.replace(revoked.find(needle) + needle.size(), 64, std::string(64, 'a'));
+    std::string no_agents = cfg;
+    const auto agents_at = no_agents.find("\"agents\": [");
+    no_agents.erase(agents_at, no_agents.find("\"store\"") - agents_at);
+    std::size_t sent = 0;
+    for (int i = 0; i < 2; ++i) {
+        const std::string& reloaded = i == 0 ? revoked : no_agents;
+        SCOPED_TRACE(i == 0 ? "key revoked" : "agents removed");
+        proxy_instance bb{cfg};
+        const std::string target = "localhost:" + std::to_string(api.port());
+        raw_client c{bb.port()};
+        c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer writer-key\r\n\r\n");
+        auto read_head = [](auto&& recv_some) {
+            std::string head;
+            char chunk[512];
+            while (head.find("\r\n\r\n") == std::string::npos) {
+                const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
+                if (n <= 0) {
+                    break;
+                }
+                head.append(chunk, static_cast<std::size_t>(n));
+            }
+            return head;
+        };
+        const auto opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
+        ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
+        // TLS inside the tunnel, trusting the development CA that signs the minted certificate.
+        SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+        ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr), 1);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+        SSL* ssl = SSL_new(ctx);
+        SSL_set_tlsext_host_name(ssl, "localhost");
+        SSL_set_fd(ssl, c.fd());
+        ASSERT_EQ(SSL_connect(ssl), 1);
+        auto post = [&] {
+            const std::string req = "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\nContent-Length: 2\r\n\r\n{}";
+            EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
+            return read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
+        };
+        const auto first = post();
+        EXPECT_EQ(first.rfind("HTTP/1.1 202", 0), 0u) << first;
+        ++sent;
+        auto next = bb::parse_config(reloaded);
+        ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+        bb.server().apply_config(next.cfg);
+        const auto second = post();
+        EXPECT_EQ(second.rfind("HTTP/1.1 401", 0), 0u) << second;
+        EXPECT_NE(second.find("no longer name agent writer"), std::string::npos) << second;
+        EXPECT_EQ(api.request_count(), sent);
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+    }
 }
 
 // A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
