@@ -1197,6 +1197,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 break;
             }
         }
+        // The agent is in the access log and its metrics from here on: a request refused
+        // before its scope is judged (no route, a method override, an unknown destination,
+        // a blind tunnel it may not open) is still that agent's.
+        if (agent != nullptr) {
+            rec.agent = agent->id;
+        }
         {
             auto& h = parser.get();
             head_request = h.method() == http::verb::head;
@@ -1547,7 +1553,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         req.erase("x-breakerbox-key");
         bool subrequests_read = false;  // a scoped agent's composite POST, read whole in 5
         if (agent != nullptr) {
-            rec.agent = agent->id;
             const auto& scope = agent->allow;
             auto method_allowed = [&](std::string_view m) {
                 return scope.methods.empty() || std::find(scope.methods.begin(), scope.methods.end(), m) != scope.methods.end();

@@ -278,14 +278,20 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u) << "POST is allowed now, but mail-send is not under /crm/";
     // The agent is a metrics label (bounded by the configured agents).
     EXPECT_EQ(mail(bb.port(), "writer-key").result_int(), 200u);
+    // An identified agent's request refused before its scope is judged (no route here) is
+    // its own too: the probes an operator wants tied to an agent.
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/nowhere", "", {{"x-breakerbox-key", "writer-key"}}).result_int(),
+              404u);
     // Counted once the response is out, so a scrape right after may be a moment early.
-    // Both requests' counts (each on whichever worker served it) are waited for.
+    // Every request's count (each on whichever worker served it) is waited for.
     const std::string want = "breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1";
     const std::string want_denied = "breakerbox_agent_requests_total{agent=\"reader\",decision=\"denied\"} 1";
+    const std::string want_rejected = "breakerbox_agent_requests_total{agent=\"writer\",decision=\"rejected\"} 1";
     response metrics;
     for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds{5}; std::chrono::steady_clock::now() < until;) {
         metrics = http_request(port, http::verb::get, "/metrics", "", {{"authorization", "Bearer op-token"}});
-        if (metrics.body().find(want) != std::string::npos && metrics.body().find(want_denied) != std::string::npos) {
+        if (metrics.body().find(want) != std::string::npos && metrics.body().find(want_denied) != std::string::npos &&
+            metrics.body().find(want_rejected) != std::string::npos) {
             break;
         }
         std::this_thread::yield();
@@ -295,6 +301,7 @@ TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
         << metrics.body();
     EXPECT_NE(metrics.body().find("breakerbox_agent_requests_total{agent=\"writer\",decision=\"allowed\"} 1"),
               std::string::npos);
+    EXPECT_NE(metrics.body().find(want_rejected), std::string::npos) << metrics.body();
 }
 
 // An upstream whose URL carries Salesforce's base path (clients POST /v59.0/composite): the
