@@ -1927,8 +1927,19 @@ asio::awaitable<void> reload_on_signal(server& srv) {
             spdlog::error("  {}", e.to_string());
             listed += e.to_string() + "\n";
         }
-        co_await audit_local(srv, actor, "SIGHUP", params, reason,
-                             "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)", listed);
+        // A certificate renewal hook signals too: the running config's TLS files are re-read
+        // whatever the file now says (an unrelated mistake there must not keep an expiring
+        // certificate serving).
+        std::string result = "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)";
+        const auto tls_errors = srv.reload_security();
+        for (const auto& e : tls_errors) {
+            spdlog::error("SIGHUP: TLS files not reloaded, the previous certificates stay in use: {}", e);
+            result += "; TLS files not reloaded: " + e;
+        }
+        if (tls_errors.empty()) {
+            spdlog::info("SIGHUP: the running config's certificate files re-read");
+        }
+        co_await audit_local(srv, actor, "SIGHUP", params, reason, result, listed);
         co_return;
     }
     if (kept) {

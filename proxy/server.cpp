@@ -1637,8 +1637,10 @@ std::shared_ptr<const listener_security> server::security(std::size_t listener) 
 std::vector<std::string> server::reload_security() {
     std::vector<std::string> errors;
     std::vector<std::shared_ptr<const listener_security>> next;
+    std::vector<bool> failed;
     const auto cfg = current_config();
     for (const auto& l : cfg->listeners) {
+        failed.push_back(false);
         if (!l.tls && !l.forward_proxy) {
             next.push_back(nullptr);
             continue;
@@ -1655,12 +1657,25 @@ std::vector<std::string> server::reload_security() {
             }
         } catch (const std::exception& e) {
             errors.push_back("listener " + l.name + ": " + e.what());
+            failed.back() = true;
         }
         next.push_back(std::move(sec));
     }
-    if (errors.empty()) {
+    {
+        // Each listener on its own: a forward proxy whose CA expired must not keep the
+        // renewed certificate of another listener from being served. One that failed keeps
+        // what it had; at the start (nothing yet) any failure is the caller's to refuse.
         std::lock_guard lock{security_mutex_};
-        security_ = std::move(next);
+        if (security_.size() == next.size()) {
+            for (std::size_t i = 0; i < next.size(); ++i) {
+                if (failed[i]) {
+                    next[i] = security_[i];
+                }
+            }
+            security_ = std::move(next);
+        } else if (errors.empty()) {
+            security_ = std::move(next);
+        }
     }
     if (admin_) {
         if (auto e = admin_->reload_tls(*cfg); !e.empty()) {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <regex>
@@ -264,6 +265,51 @@ TEST(signals, sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies)
     EXPECT_EQ(http_request(port, http::verb::get, "/still").result_int(), 404u);
     EXPECT_EQ(http_request(port, http::verb::get, "/v2/ok").result_int(), 200u);
 
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+}
+
+// A certificate renewal hook sends SIGHUP: the renewed files are served even when the config
+// file has a mistake in it meanwhile (the config is refused, the running one's TLS files are
+// re-read), rather than the expiring certificate going on until the file is mended.
+TEST(signals, sighup_reloads_renewed_certificates_even_when_the_config_is_refused) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string certs = BB_TEST_CERTS_DIR;
+    std::filesystem::copy_file(certs + "/server.pem", dir + "/tls.pem");
+    std::filesystem::copy_file(certs + "/server.key", dir + "/tls.key");
+    const auto path = dir + "/bb.json";
+    write_file(path, R"({"listeners": [{"name": "tls", "address": "127.0.0.1:0", "tls": {"cert_file": ")" + dir +
+                         R"(/tls.pem", "key_file": ")" + dir + R"(/tls.key"}}],
+        "upstreams": [{"name": "up", "url": ")" + local_url(up.port()) + R"("}],
+        "routes": [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}],
+        "store": {"path": ")" + dir + R"(/bb.db"}})");
+    child bb{{"--config", path, "--log-level", "info"}};
+    const auto m = bb.wait_output(R"(listener tls on https://127\.0\.0\.1:(\d+))");
+    ASSERT_FALSE(m.empty());
+    const std::string port = m[1].str();
+    auto curl_as = [&](const std::string& name) {
+        const std::string cmd = "curl -sS --max-time 10 --cacert " + certs + "/ca.pem --resolve " + name + ":" + port +
+                                ":127.0.0.1 -o /dev/null -w '%{http_code}' https://" + name + ":" + port + "/x 2>&1";
+        std::string out;
+        if (FILE* p = ::popen(cmd.c_str(), "r")) {
+            char buf[512];
+            while (std::fgets(buf, sizeof buf, p) != nullptr) {
+                out += buf;
+            }
+            ::pclose(p);
+        }
+        return out;
+    };
+    EXPECT_EQ(curl_as("localhost"), "200");
+    std::filesystem::copy_file(certs + "/wrong-name.pem", dir + "/tls.pem", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(certs + "/wrong-name.key", dir + "/tls.key", std::filesystem::copy_options::overwrite_existing);
+    write_file(path, R"({"listeners": [{"name": "x", "address": "127.0.0.1:0"}], "routes": 7})");
+    ::kill(bb.pid(), SIGHUP);
+    bb.wait_output("the old one keeps serving");
+    bb.wait_output("routes: must be an array");
+    bb.wait_output("the running config's certificate files re-read");
+    EXPECT_EQ(curl_as("wrong.example"), "200") << "the renewed certificate is served";
     ::kill(bb.pid(), SIGTERM);
     EXPECT_EQ(bb.wait_exit(), 0);
 }

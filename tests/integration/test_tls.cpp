@@ -216,6 +216,37 @@ TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
     EXPECT_NE(out.find("status=200"), std::string::npos) << out;
 }
 
+// Each listener's files are reloaded on their own: a forward proxy whose CA key broke keeps
+// its previous CA, and does not keep the renewed certificate of another listener from
+// being served.
+TEST(tls_listener, one_listener_with_broken_files_does_not_hold_back_the_others) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    for (const char* f : {"server.pem", "server.key", "ca.pem", "ca.key"}) {
+        std::filesystem::copy_file(cert(f), dir + "/" + f);
+    }
+    std::string cfg = tls_config(up.port(), dir + "/server.pem", dir + "/server.key");
+    const std::string end_of_first = "}}],\"upstreams\"";
+    ASSERT_NE(cfg.find(end_of_first), std::string::npos);
+    cfg.replace(cfg.find(end_of_first), end_of_first.size(),
+                "}}, {\"name\": \"fwd\", \"address\": \"127.0.0.1:0\", \"forward_proxy\": {\"ca_cert_file\": " +
+                    q(dir + "/ca.pem") + ", \"ca_key_file\": " + q(dir + "/ca.key") + "}}],\"upstreams\"");
+    proxy_instance bb{cfg};
+    EXPECT_NE(run(curl_https(bb.port(), "/x")).find("status=200"), std::string::npos);
+    { std::ofstream{dir + "/ca.key", std::ios::trunc} << "not a key"; }
+    std::filesystem::copy_file(cert("wrong-name.pem"), dir + "/server.pem", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(cert("wrong-name.key"), dir + "/server.key", std::filesystem::copy_options::overwrite_existing);
+    const auto errors = bb.server().reload_security();
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].rfind("listener fwd: ", 0), 0u) << errors[0];
+    const auto out = run("curl -sS --max-time 10 --cacert " + cert("ca.pem") + " --resolve wrong.example:" +
+                         std::to_string(bb.port()) + ":127.0.0.1 -w ' status=%{http_code}' https://wrong.example:" +
+                         std::to_string(bb.port()) + "/x");
+    EXPECT_NE(out.find("status=200"), std::string::npos) << "the renewed certificate is served: " << out;
+    EXPECT_NE(bb.server().security(1), nullptr);
+    EXPECT_NE(bb.server().security(1)->minter, nullptr) << "the forward proxy keeps its previous CA";
+}
+
 // ---- forward proxy ----------------------------------------------------------------------
 
 namespace {
