@@ -805,10 +805,28 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string
 // A forward proxy intercepts destinations its routes name by host; nothing else.
 // (An IPv6 literal with or without brackets; a trailing dot is not stripped here: such a
 // destination is refused, closed.)
-bool known_destination(const config& cfg, std::string_view host) {
+// Whether a forward proxy's destination is a route's: a route whose match.host names the
+// host, addressed at the default port of how it was addressed (443 for a CONNECT or an
+// https:// URL, 80 for http://) or at its upstream's own port. Another port of the same
+// host is another service (a staging API on 8443): inspecting it would send it, with the
+// credentials meant for it, to the route's upstream; it is unknown, or a passthrough entry's.
+bool known_destination(const config& cfg, std::string_view host, std::uint16_t port, std::uint16_t default_port) {
     return std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
-        return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host));
+        return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
+               (port == default_port || (r.upstream_index < cfg.upstreams.size() &&
+                                         port == cfg.upstreams[r.upstream_index].port));
     });
+}
+
+// The port of an absolute-form URL's authority, `default_port` when it names none (`host`,
+// `host:`, `[v6]`); 0 when what follows the colon is not a port.
+std::uint16_t authority_port(std::string_view authority, std::uint16_t default_port) {
+    if (authority.empty() || authority.back() == ']' || authority.back() == ':' ||
+        authority.find(':') == std::string_view::npos) {
+        return default_port;
+    }
+    const auto hp = split_host_port(authority);
+    return hp ? hp->second : 0;
 }
 
 // An entry is host:port, or a host alone, which means its port 443 (HTTPS_PROXY tunnels
@@ -866,7 +884,7 @@ std::string blind_tunnel_refusal(worker& w, std::size_t listener, const std::str
     if (l == nullptr || !l->forward_proxy || !passthrough_allowed(*l->forward_proxy, host, port)) {
         return "no longer in forward_proxy.passthrough";
     }
-    if (known_destination(*cfg, host)) {
+    if (known_destination(*cfg, host, port, 443)) {
         return "now a route's destination (inspected and metered: open a new tunnel)";
     }
     if (agent_id.empty()) {
@@ -1335,7 +1353,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     break;
                 }
                 const agent_config* tunnel_agent = agent;  // named by the CONNECT's credentials (2b)
-                if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first)) {
+                if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first, dest->second, 443)) {
                     const auto sec = w.owner().security(listener);
                     cert_minter::leaf leaf;
                     std::optional<error_info> failed;
@@ -1424,7 +1442,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 co_await reply({http::status::forbidden, "denied", "unknown_destination",
                                 dest->first + ":" + std::to_string(dest->second) +
-                                    " is neither a configured destination (a route's match.host) nor in forward_proxy.passthrough"},
+                                    " is neither a configured destination (a route's match.host, at port 443 or its "
+                                    "upstream's port) nor in forward_proxy.passthrough"},
                                false);
                 break;
             }
@@ -1493,10 +1512,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const bool forwarded = fp != nullptr && (!ci.tunnel_host.empty() || !tp.host.empty());
         const std::string request_host = canonical_host(original_host);
         if (fp != nullptr && ci.tunnel_host.empty() && !tp.host.empty() &&
-            !known_destination(*cfg, host_without_port(original_host))) {
+            !known_destination(*cfg, host_without_port(original_host),
+                               authority_port(tp.host, starts_with_icase(req.target(), "https://") ? 443 : 80),
+                               starts_with_icase(req.target(), "https://") ? 443 : 80)) {
             if (!co_await reply({http::status::forbidden, "denied", "unknown_destination",
-                                 std::string{host_without_port(original_host)} +
-                                     " is not a configured destination (a route's match.host)"},
+                                 std::string{tp.host} +
+                                     " is not a configured destination (a route's match.host, at the URL's default "
+                                     "port or its upstream's)"},
                                 keep_alive) ||
                 !keep_alive) {
                 break;

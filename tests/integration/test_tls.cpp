@@ -409,6 +409,42 @@ std::pair<std::unique_ptr<raw_client>, std::string> connect_to(std::uint16_t por
 
 }  // namespace
 
+// A route's host at another port is another service (a staging API on 8443): a CONNECT or an
+// absolute-form URL to it is not intercepted and sent to the route's upstream, with the
+// credentials meant for that service; it is unknown (403), or a passthrough entry's.
+TEST(forward_proxy, another_port_of_a_routes_host_is_another_destination) {
+    fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
+    fake_upstream other{[](const request&) { return respond(200, "other"); }};
+    const std::string other_port = std::to_string(other.port());
+    proxy_instance bb{forward_config(api.port())};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    auto [refused_client, refused] = connect_to(bb.port(), "localhost:" + other_port, "");
+    EXPECT_EQ(refused.rfind("HTTP/1.1 403", 0), 0u) << refused;
+    EXPECT_NE(refused.find("unknown_destination"), std::string::npos) << refused;
+    const auto plain = run("curl -sS --max-time 10 --proxy " + proxy + " -w ' status=%{http_code}' http://localhost:" +
+                           other_port + "/x");
+    EXPECT_NE(plain.find("status=403"), std::string::npos) << plain;
+    EXPECT_NE(plain.find("unknown_destination"), std::string::npos) << plain;
+    EXPECT_EQ(api.request_count(), 0u);
+    EXPECT_EQ(other.request_count(), 0u);
+    // The route's own ports still are the route's: the upstream's (here) and 443.
+    auto [api_client, intercepted] = connect_to(bb.port(), "localhost:" + std::to_string(api.port()), "");
+    EXPECT_EQ(intercepted.rfind("HTTP/1.1 200", 0), 0u) << intercepted;
+    // Listed in passthrough, that port is a blind tunnel to the service addressed.
+    proxy_instance listed{forward_config(api.port(), q("localhost:" + other_port))};
+    auto [tunnel, opened] = connect_to(listed.port(), "localhost:" + other_port, "");
+    ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
+    tunnel->send("GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    std::string answer;
+    char chunk[512];
+    for (ssize_t n; (n = ::recv(tunnel->fd(), chunk, sizeof chunk, 0)) > 0;) {
+        answer.append(chunk, static_cast<std::size_t>(n));
+    }
+    EXPECT_NE(answer.find("other"), std::string::npos) << answer;
+    EXPECT_EQ(other.request_count(), 1u);
+    EXPECT_EQ(api.request_count(), 0u);
+}
+
 // The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and
 // the ones it has open close (checked every second), while other agents' tunnels stay.
 TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_open_ones) {
