@@ -233,10 +233,17 @@ void build(plan& p, const tokens& t) {
         p.action = "read metrics";
         p.requests = {get("/metrics")};
     } else if (cmd == "breakers") {
-        expect(t, cmd, 1, 0, 0, {}, "");
+        expect(t, cmd, 1, 0, 0, {"--breaker", "--state", "--limit", "--after"}, "");
+        if (t.has("--state") && t.get("--state") != "closed" && t.get("--state") != "open" &&
+            t.get("--state") != "half_open") {
+            throw usage_error(cfg::quote(t.get("--state")) + " is not a breaker state (closed, open, half_open)");
+        }
+        if (t.has("--limit")) {
+            digits_flag(t, "--limit", true);
+        }
         p.kind = view::breakers;
         p.action = "read breakers";
-        p.requests = {get("/v1/breakers")};
+        p.requests = {get("/v1/breakers" + list_query(t, {"breaker", "state", "limit", "after"}))};
     } else if (cmd == "breaker") {
         expect(t, cmd, 1, 1, 1, {}, "a breaker instance ID");
         p.kind = view::breaker;
@@ -506,7 +513,8 @@ global options (anywhere on the line):
 commands:
   health                                   liveness and readiness
   metrics                                  Prometheus metrics
-  breakers                                 every breaker instance
+  breakers [--breaker B] [--state closed|open|half_open] [--limit N] [--after INSTANCE]
+                                           breaker instances (name order, pages of 1000)
   breaker ID                               one breaker instance
   trip ID --reason R                       trip a breaker by hand
   reset ID --reason R                      close a breaker

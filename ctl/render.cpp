@@ -365,7 +365,7 @@ std::optional<rendered> render_breakers(std::string_view body) {
     }
     rendered out;
     if (t.rows() == 0) {
-        out.text = "no breakers configured\n";
+        out.text = "no breaker instances match\n";
         return out;
     }
     out.text = t.to_string();
@@ -378,6 +378,9 @@ std::optional<rendered> render_breakers(std::string_view body) {
     }
     if (auto total = integer_field(*doc, "total"); total && *total > static_cast<std::int64_t>(t.rows())) {
         out.text += "showing " + std::to_string(t.rows()) + " of " + std::to_string(*total) + " instances\n";
+    }
+    if (auto next = field(*doc, "next_after", ""); !next.empty()) {
+        out.text += "more: add --after " + next + "\n";
     }
     return out;
 }

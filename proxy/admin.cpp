@@ -983,17 +983,70 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
                 snaps.push_back(std::move(s));
             }
         }
-        std::sort(snaps.begin(), snaps.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
-        std::string o = "{\"breakers\":[";
-        // Bounded: an instance per key can mean thousands; the first 1000 are listed.
-        std::size_t n = 0;
-        for (const auto& s : snaps) {
-            if (n == 1000) {
-                break;
+        // Filters (an incident's open instances among thousands of keys) and a page: at most
+        // `limit` (1 to 1000, default 1000) instances in name order after the `after`
+        // instance; `next` names the last one listed when more match. `total` counts every
+        // instance that matches. An unknown or unreadable parameter is refused, not ignored
+        // (a misspelt `state` must not list everything as if it were the open ones).
+        std::optional<breakers::state> want_state;
+        std::optional<breakers::mode> want_mode;
+        std::string want_breaker;
+        std::string after;
+        std::size_t limit = 1000;
+        for (const auto& [k, v] : query_) {
+            if (k == "state") {
+                for (auto st : {breakers::state::closed, breakers::state::open, breakers::state::half_open}) {
+                    want_state = breakers::to_string(st) == v ? std::optional{st} : want_state;
+                }
+                if (!want_state) {
+                    co_return fail({http::status::bad_request, "bad_field",
+                                    cfg::quote(v) + " is not a state (closed, open, half_open)", "state"});
+                }
+            } else if (k == "mode") {
+                for (auto md : {breakers::mode::automatic, breakers::mode::forced_open, breakers::mode::forced_closed,
+                                breakers::mode::metrics_only}) {
+                    want_mode = breakers::to_string(md) == v ? std::optional{md} : want_mode;
+                }
+                if (!want_mode) {
+                    co_return fail({http::status::bad_request, "bad_field",
+                                    cfg::quote(v) + " is not a mode (automatic, forced_open, forced_closed, metrics_only)",
+                                    "mode"});
+                }
+            } else if (k == "breaker") {
+                if (cfg->find_breaker(v) == nullptr) {
+                    co_return fail({http::status::bad_request, "bad_field", cfg::quote(v) + " is not a configured breaker",
+                                    "breaker"});
+                }
+                want_breaker = v;
+            } else if (k == "after") {
+                after = v;
+            } else if (k == "limit") {
+                if (v.empty() || v.size() > 4 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+                    std::stoi(v) < 1 || std::stoi(v) > 1000) {
+                    co_return fail({http::status::bad_request, "bad_field", "\"limit\" is 1 to 1000", "limit"});
+                }
+                limit = static_cast<std::size_t>(std::stoi(v));
+            } else {
+                co_return fail({http::status::bad_request, "bad_field",
+                                "unknown query parameter " + cfg::quote(k) + " (state, mode, breaker, after, limit)", k});
             }
-            o += (n++ ? "," : "") + breaker_json(s, *cfg, srv_.time());
         }
-        o += "],\"total\":" + std::to_string(snaps.size()) + "}";
+        std::erase_if(snaps, [&](const breakers::instance_snapshot& s) {
+            return (want_state && s.st != *want_state) || (want_mode && s.md != *want_mode) ||
+                   (!want_breaker.empty() && s.breaker != want_breaker);
+        });
+        std::sort(snaps.begin(), snaps.end(), [](const auto& a, const auto& b) { return a.instance < b.instance; });
+        const auto first = after.empty() ? snaps.begin()
+                                         : std::upper_bound(snaps.begin(), snaps.end(), after,
+                                                            [](const std::string& a, const auto& s) { return a < s.instance; });
+        std::string o = "{\"breakers\":[";
+        std::size_t n = 0;
+        auto it = first;
+        for (; it != snaps.end() && n < limit; ++it) {
+            o += (n++ ? "," : "") + breaker_json(*it, *cfg, srv_.time());
+        }
+        o += "],\"total\":" + std::to_string(snaps.size());
+        o += ",\"next_after\":" + (it != snaps.end() && n > 0 ? q(std::prev(it)->instance) : std::string{"null"}) + "}";
         handled h;
         h.body = std::move(o);
         co_return h;

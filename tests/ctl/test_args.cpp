@@ -116,6 +116,8 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"frobnicate"}, "unknown command");
     expect_usage_error({"breakers", "--frob"}, "unknown flag --frob");
     expect_usage_error({"breakers", "extra"}, "unexpected argument");
+    expect_usage_error({"breakers", "--state", "tripped"}, "\"tripped\" is not a breaker state");
+    expect_usage_error({"breakers", "--limit", "0"}, "--limit wants a positive whole number");
     expect_usage_error({"breaker"}, "needs a breaker instance ID");
     expect_usage_error({"breakers", "--reason", "x"}, "--reason does not apply to breakers");
     expect_usage_error({"trip", "b", "--reason"}, "--reason needs a value");
@@ -217,6 +219,11 @@ TEST(CtlRequests, ReadOnlyCommands) {
     ASSERT_TRUE(h.p);
     ASSERT_EQ(h.p->requests.size(), 2u);
     EXPECT_EQ(h.p->requests[0], (http_request{"GET", "/healthz", ""}));
+    auto open = parse({"breakers", "--state", "open", "--breaker", "campaign-volume", "--limit", "50", "--after",
+                       "campaign-volume/m"});
+    ASSERT_TRUE(open.p) << open.error;
+    EXPECT_EQ(open.p->requests[0],
+              (http_request{"GET", "/v1/breakers?breaker=campaign-volume&state=open&limit=50&after=campaign-volume%2Fm", ""}));
     EXPECT_EQ(h.p->requests[1], (http_request{"GET", "/readyz", ""}));
 }
 

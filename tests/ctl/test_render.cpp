@@ -56,7 +56,11 @@ TEST(CtlRender, Breakers) {
     auto more = render_breakers(R"({"breakers":[{"instance":"a","state":"closed","mode":"auto","trips":0,"last_trip":null}],"total":1500})");
     ASSERT_TRUE(more);
     EXPECT_NE(more->text.find("showing 1 of 1500 instances"), std::string::npos);
-    EXPECT_EQ(render_breakers(R"({"breakers":[]})")->text, "no breakers configured\n");
+    auto paged = render_breakers(
+        R"({"breakers":[{"instance":"a","state":"open","mode":"auto","trips":1,"last_trip":null}],"total":2,"next_after":"a"})");
+    ASSERT_TRUE(paged);
+    EXPECT_NE(paged->text.find("more: add --after a\n"), std::string::npos) << paged->text;
+    EXPECT_EQ(render_breakers(R"({"breakers":[]})")->text, "no breaker instances match\n");
     EXPECT_FALSE(render_breakers("not json"));
     EXPECT_FALSE(render_breakers(R"({"something":"else"})"));
 }

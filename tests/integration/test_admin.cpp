@@ -292,6 +292,48 @@ TEST(admin_api, a_key_contained_by_the_overflow_instance_is_shown_there_and_not_
     EXPECT_EQ(send_mail(bb.port(), "spring").result_int(), 503u);
 }
 
+// An incident's open instances among thousands of keys: filtered by state, mode and breaker,
+// paged in name order (`next_after`), `total` counting what matches. A misspelt or unreadable
+// parameter is refused, never read as "everything".
+TEST(admin_api, breaker_instances_are_filtered_and_paged) {
+    admin_fixture f;
+    for (const std::string key : {"c", "a", "b"}) {
+        ASSERT_EQ(admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/" + key + "/trip", "op-token",
+                        R"({"reason":"loop"})")
+                      .result_int(),
+                  200u);
+    }
+    auto list = [&](const std::string& query) { return admin(f.port(), http::verb::get, "/v1/breakers" + query, "view-token"); };
+    auto open = list("?state=open");
+    ASSERT_EQ(open.result_int(), 200u) << open.body();
+    EXPECT_NE(open.body().find("\"total\":3,"), std::string::npos) << open.body();
+    EXPECT_NE(open.body().find("\"next_after\":null"), std::string::npos) << open.body();
+    EXPECT_EQ(open.body().find("\"state\":\"closed\""), std::string::npos) << open.body();
+    auto first = list("?state=open&limit=2");
+    EXPECT_NE(first.body().find("\"instance\":\"campaign-volume/a\""), std::string::npos) << first.body();
+    EXPECT_NE(first.body().find("\"instance\":\"campaign-volume/b\""), std::string::npos) << first.body();
+    EXPECT_EQ(first.body().find("\"instance\":\"campaign-volume/c\""), std::string::npos) << first.body();
+    EXPECT_NE(first.body().find("\"next_after\":\"campaign-volume/b\""), std::string::npos) << first.body();
+    auto second = list("?state=open&limit=2&after=campaign-volume%2Fb");
+    EXPECT_NE(second.body().find("\"instance\":\"campaign-volume/c\""), std::string::npos) << second.body();
+    EXPECT_EQ(second.body().find("\"instance\":\"campaign-volume/a\""), std::string::npos) << second.body();
+    EXPECT_NE(second.body().find("\"next_after\":null"), std::string::npos) << second.body();
+    auto closed = list("?state=closed");
+    EXPECT_EQ(closed.body().find("campaign-volume/"), std::string::npos) << closed.body();
+    auto by_breaker = list("?breaker=campaign-volume&state=open");
+    EXPECT_NE(by_breaker.body().find("\"total\":3,"), std::string::npos) << by_breaker.body();
+    const std::pair<std::string, std::string> refused[] = {
+        {"?state=tripped", "state"}, {"?mode=off", "mode"},          {"?breaker=nope", "breaker"},
+        {"?limit=0", "limit"},       {"?limit=1001", "limit"},       {"?stat=open", "stat"},
+    };
+    for (const auto& [query, field] : refused) {
+        auto r = list(query);
+        EXPECT_EQ(r.result_int(), 400u) << query << ": " << r.body();
+        EXPECT_EQ(code_of(r), "bad_field") << r.body();
+        EXPECT_NE(r.body().find("\"field\":\"" + field + "\""), std::string::npos) << query << ": " << r.body();
+    }
+}
+
 TEST(admin_api, quarantine_endpoints) {
     admin_fixture f;
     std::vector<std::string> tickets;
