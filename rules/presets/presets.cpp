@@ -19,9 +19,11 @@ constexpr std::array<preset, 16> table{{
     {"ses.send_bulk_email.destinations", "POST", "/v2/email/outbound-bulk-emails",
      "count($.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
      "SES v2 SendBulkEmail: destinations across all BulkEmailEntries"},
-    {"mailgun.recipients", "POST", "/v3/{domain}/messages",
+    // messages.mime sends a MIME message the client built to the `to` field's addresses.
+    {"mailgun.recipients", "POST", "/v3/{domain}/{endpoint:messages|messages.mime}",
      "count(form:to) + count(form:cc) + count(form:bcc)",
-     "Mailgun messages: repeated and comma-separated to/cc/bcc form fields (urlencoded or multipart)"},
+     "Mailgun messages and messages.mime: repeated and comma-separated to/cc/bcc form fields (urlencoded or "
+     "multipart)"},
     {"hubspot.batch.records", "POST", "/crm/v3/objects/{object}/batch/{op:create|update|upsert|archive}",
      "count($.inputs[*])",
      "HubSpot CRM batch create/update/upsert/archive: records in inputs[]"},

@@ -135,6 +135,13 @@ TEST(Presets, MailgunRecipientsMultipart) {
                "Content-Type: text/plain\r\n\r\nto=x\r\n" +
                b + "--\r\n";
     EXPECT_EQ(measure("mailgun.recipients", req), 3);
+    // messages.mime: the client's MIME message goes to the `to` field's addresses.
+    req.path = "/v3/mg.example.com/messages.mime";
+    req.body = field("to", "bar@example.com, other@example.com") + field("to", "third@example.com") + b +
+               "\r\nContent-Disposition: form-data; name=\"message\"; filename=\"message.mime\"\r\n"
+               "Content-Type: message/rfc822\r\n\r\nTo: bar@example.com\r\nSubject: hi\r\n\r\nbody\r\n" +
+               b + "--\r\n";
+    EXPECT_EQ(measure("mailgun.recipients", req), 3);
 }
 
 TEST(Presets, HubSpotBatchCreateUpdateArchive) {
