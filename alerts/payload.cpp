@@ -1,6 +1,8 @@
 // Pure parts of alerts: payload rendering, URL parsing, timestamps, backoff arithmetic.
 #include "alerts/alerts.hpp"
 
+#include "core/sha256.hpp"
+
 #include <algorithm>
 #include <charconv>
 #include <ctime>
@@ -176,7 +178,17 @@ std::string render_pagerduty(const alert& a, const sink_config& s) {
     o.str("event_action", a.resolve ? "resolve" : "trigger");
     // PagerDuty correlates trigger and resolve by dedup_key (at most 255 characters); the
     // breaker instance is the natural key when the caller gave none.
-    const std::string& dedup = a.dedup_key.empty() ? a.breaker : a.dedup_key;
+    // A longer one keeps its head and gets the SHA-256 of the whole in place of the rest: cut
+    // short, two instances sharing a long prefix (keys run to 256 bytes) would be one
+    // incident, and the first reset would resolve both.
+    std::string dedup = a.dedup_key.empty() ? a.breaker : a.dedup_key;
+    if (dedup.size() > 255) {
+        std::size_t head = 190;
+        while (head > 0 && (static_cast<unsigned char>(dedup[head]) & 0xC0) == 0x80) {
+            --head;  // not inside a UTF-8 sequence
+        }
+        dedup = dedup.substr(0, head) + "#" + sha256_hex(dedup);
+    }
     if (!dedup.empty()) {
         o.str("dedup_key", dedup, 255);
     }

@@ -1283,7 +1283,10 @@ void server::report_storms() {
             a.event = "breaker_storm";
             a.severity = st.due_worst.empty() ? "sev3" : st.due_worst;
             a.breaker = breaker;
-            a.dedup_key = breaker + "/storm";
+            // Not `<breaker>/storm`: that is the instance of the key "storm", which a
+            // request chooses (x-campaign-id: storm); its trip would fold into the storm
+            // without paging and its reset resolve it. A breaker id holds no ':'.
+            a.dedup_key = "storm:" + breaker;
             a.reason = st.last_reason;
             a.summary = "breaker " + breaker + ": " + std::to_string(count) +
                         " more instance(s) opened, beyond " + std::to_string(storm_alerts) +
@@ -1331,7 +1334,7 @@ alerts::alert server::denial_alert(const std::string& rule, const denial_alerts&
     a.key = st.key;
     a.reason = st.reason;
     a.request_id = st.request_id;
-    a.dedup_key = "rule/" + rule + "/denied";
+    a.dedup_key = "denied:" + rule;  // no instance is named so (ids hold no ':')
     if (const auto rt = current_runtime(); rt->engine) {
         if (const auto* r = rt->engine->rules().find_rule(rule)) {
             const auto& fm = rt->engine->rules().mode_of(*r);

@@ -169,6 +169,22 @@ TEST(AlertsPayload, PagerDutyLimits) {
     ASSERT_EQ(parser.parse(body).get(doc), simdjson::SUCCESS);
     EXPECT_EQ(str(doc, "dedup_key").size(), 255u);
     EXPECT_EQ(str(doc["payload"].value(), "summary").size(), 1024u);
+    // Two instances whose names share their first 255 bytes are two incidents: the head of
+    // the name, then the SHA-256 of the whole.
+    a.dedup_key = "campaign-volume/" + std::string(300, 'k') + "1";
+    alert b = a;
+    b.dedup_key = "campaign-volume/" + std::string(300, 'k') + "2";
+    ASSERT_EQ(parser.parse(render_payload(sink_kind::pagerduty, a, pd_sink())).get(doc), simdjson::SUCCESS);
+    const std::string key_a{str(doc, "dedup_key")};
+    ASSERT_EQ(parser.parse(render_payload(sink_kind::pagerduty, b, pd_sink())).get(doc), simdjson::SUCCESS);
+    const std::string key_b{str(doc, "dedup_key")};
+    EXPECT_NE(key_a, key_b);
+    EXPECT_LE(key_a.size(), 255u);
+    EXPECT_EQ(key_a.rfind("campaign-volume/kkk", 0), 0u) << key_a;
+    // One of 255 bytes or fewer is unchanged (an incident opened before stays correlated).
+    a.dedup_key = "campaign-volume/" + std::string(239, 'k');
+    ASSERT_EQ(parser.parse(render_payload(sink_kind::pagerduty, a, pd_sink())).get(doc), simdjson::SUCCESS);
+    EXPECT_EQ(str(doc, "dedup_key"), a.dedup_key);
 }
 
 }  // namespace

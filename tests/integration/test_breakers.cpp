@@ -852,6 +852,7 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     EXPECT_NE(first.find("\"event\":\"rule_denied\""), std::string::npos) << first;
     EXPECT_NE(first.find("\"severity\":\"sev2\""), std::string::npos) << first;
     EXPECT_NE(first.find("rule no-cards denied 1 request(s)"), std::string::npos) << first;
+    EXPECT_NE(first.find("\"dedup_key\":\"denied:no-cards\""), std::string::npos) << first;
     EXPECT_EQ(first.find("4111 1111 1111 1111"), std::string::npos) << "never the card in clear: " << first;
     // A minute on, the first denial alerts at once with the count since, or the control tick
     // tells the two before it first (whichever comes first); denials with none after them are
@@ -917,6 +918,9 @@ TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
     const auto storm = hook.requests()[10].req.body();
     EXPECT_NE(storm.find("\"event\":\"breaker_storm\""), std::string::npos) << storm;
     EXPECT_NE(storm.find("3 more instance(s) opened"), std::string::npos) << storm;
+    // Its incident is no instance's: campaign-volume/storm is the instance of the campaign a
+    // request names "storm", whose trip must page and whose reset must not resolve this.
+    EXPECT_NE(storm.find("\"dedup_key\":\"storm:campaign-volume\""), std::string::npos) << storm;
     EXPECT_NE(storm.find("\"severity\":\"sev2\""), std::string::npos) << storm;
     // A trip never paged resolves silently; one paged resolves as usual; so does one held
     // back whose incident paged later (an operator's mode change).
