@@ -844,6 +844,18 @@ void server::on_transition(const breakers::transition& t) {
     if (state_writer_) {
         state_writer_->request();
     }
+    if (t.cause.kind == "restore" &&
+        !(t.to == breakers::state::closed && t.mode_to == breakers::mode::automatic)) {
+        // Open (or held by an operator) when the process stopped: its incident may have paged
+        // sinks whose severities this process never knew (they are kept in memory). Marked
+        // unknown, its resolve goes to every sink, not only to those of a later alert's
+        // severity (a failed probe's re-trip is sev3), which would leave a sev1 page open.
+        std::lock_guard lock{alert_severity_mu_};
+        auto& sevs = alert_severity_[t.instance];
+        if (std::find(sevs.begin(), sevs.end(), unknown_severity) == sevs.end()) {
+            sevs.insert(sevs.begin(), std::string{unknown_severity});
+        }
+    }
     if (const auto dispatcher = alerts(); dispatcher && t.cause.kind != "restore") {
         alerts::alert a;
         a.breaker = t.instance;
@@ -876,8 +888,16 @@ void server::on_transition(const breakers::transition& t) {
                 sent_as = it->second;
             }
         }
-        if (t.cause.rule.empty() && !sent_as.empty()) {
-            a.severity = sent_as.front();  // kept sorted: the most severe
+        const bool severity_unknown =
+            std::find(sent_as.begin(), sent_as.end(), unknown_severity) != sent_as.end();
+        if (t.cause.rule.empty()) {
+            // Kept sorted: the most severe known one (after the marker, when there is one).
+            for (const auto& sev : sent_as) {
+                if (sev != unknown_severity) {
+                    a.severity = sev;
+                    break;
+                }
+            }
         }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
         const bool normal_before = t.from == breakers::state::closed && t.mode_from == breakers::mode::automatic;
@@ -943,13 +963,14 @@ void server::on_transition(const breakers::transition& t) {
                 // PagerDuty folds those by dedup key). Not known (they are kept in memory:
                 // a restart since the trip): once to every sink, so that a pager sink taking
                 // sev1 and sev2 only gets the resolve of what it paged before the restart.
-                a.every_sink = sent_as.empty();
-                for (const auto& sev : sent_as) {
-                    a.severity = sev;
+                a.every_sink = sent_as.empty() || severity_unknown;
+                if (a.every_sink) {
                     dispatcher->publish(a);
-                }
-                if (sent_as.empty()) {
-                    dispatcher->publish(a);
+                } else {
+                    for (const auto& sev : sent_as) {
+                        a.severity = sev;
+                        dispatcher->publish(a);
+                    }
                 }
             } else {
                 dispatcher->publish(a);
@@ -1625,6 +1646,18 @@ void server::resolve_gone_incidents(const breakers::breaker_registry& registry) 
         a.reason = dropped ? "its breaker was removed by a config change (its state is kept, not enforced)"
                            : "a config change merged its key into another instance, which carries its state";
         a.summary = "breaker " + instance + ": " + a.reason;
+        if (std::find(sevs.begin(), sevs.end(), unknown_severity) != sevs.end()) {
+            a.every_sink = true;  // restored open: what it paged before the restart is not known
+            a.severity = "sev3";
+            for (const auto& sev : sevs) {
+                if (sev != unknown_severity) {
+                    a.severity = sev;
+                    break;
+                }
+            }
+            d->publish(a);
+            continue;
+        }
         for (const auto& sev : sevs) {
             a.severity = sev;
             d->publish(a);

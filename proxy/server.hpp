@@ -460,7 +460,10 @@ private:
     // severe first (on_transition): its resolve goes out with each, its alerts without a
     // rule of their own with the first. Gone once the instance closes.
     std::mutex alert_severity_mu_;
+    // Per open incident, the severities its alerts went out with (sorted); an instance
+    // restored open at the start has unknown_severity first: what paged before is not known.
     std::unordered_map<std::string, std::vector<std::string>> alert_severity_;
+    static constexpr std::string_view unknown_severity = "?";
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and

@@ -1276,6 +1276,38 @@ TEST(alerts, a_trip_right_before_shutdown_is_still_delivered) {
     EXPECT_EQ(hook.request_count(), 2u) << "the retry was dropped at shutdown";
 }
 
+// An incident open across a restart paged sinks this process never knew of (the severities
+// are kept in memory): its resolve goes to every sink, also after a later alert of its own
+// (an operator's mode change is sev3), or a pager taking sev2 only kept its page open.
+TEST(alerts, an_incident_open_across_a_restart_resolves_on_every_sink) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream pager{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                        webhook_sink("pager", pager.port(), R"("sev2")") + "," +
+                                            webhook_sink("chat", chat.port()));
+    {
+        proxy_instance bb{cfg};
+        raw_client c{bb.port()};
+        c.send(mail(10, "spring"));
+        ASSERT_EQ(c.read_response().result_int(), 503u);
+        ASSERT_TRUE(bb.server().alerts()->flush(5s));
+        ASSERT_EQ(pager.request_count(), 1u) << "the sev2 trip paged";
+    }
+    proxy_instance bb{cfg};
+    auto& reg = *bb.server().breakers();
+    const std::string instance = "campaign-volume/spring";
+    ASSERT_TRUE(reg.set_mode(instance, bb::breakers::mode::metrics_only, std::nullopt, "ops", "look", bb.server().now()));
+    ASSERT_TRUE(reg.set_mode(instance, bb::breakers::mode::automatic, std::nullopt, "ops", "done", bb.server().now()));
+    ASSERT_TRUE(reg.reset(instance, "ops", "fixed", bb.server().now()));
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    const auto paged = pager.requests();
+    ASSERT_EQ(paged.size(), 2u) << "the pager got no resolve of what it paged before the restart";
+    EXPECT_NE(paged[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << paged[1].req.body();
+    EXPECT_GE(chat.request_count(), 3u);
+}
+
 // A rule that names a host (however the config spells it), or is keyed by it, sees one host
 // however the client spells it:
 // `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
