@@ -42,7 +42,9 @@ struct sink_config {
 struct alerts_config {
     std::vector<sink_config> sinks;
     std::size_t queue_max = 1000;  // per sink
-    std::uint32_t max_attempts = 5;
+    // Ten attempts from 0.5 s doubling to 30 s: about two minutes, so a receiver's brief
+    // outage (a 503 for ten seconds, a network blip) does not lose a trip's page.
+    std::uint32_t max_attempts = 10;
     std::chrono::milliseconds initial_backoff{500};
     std::chrono::milliseconds max_backoff{30000};
     std::chrono::milliseconds timeout{5000};  // per attempt: resolve + connect + TLS + write + read

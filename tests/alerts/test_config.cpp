@@ -36,6 +36,7 @@ TEST(AlertsConfig, MissingSectionIsEmptyAndNullIsRefused) {
     EXPECT_TRUE(errs.empty());
     EXPECT_TRUE(cfg.sinks.empty());
     EXPECT_EQ(cfg.queue_max, 1000u);
+    EXPECT_EQ(cfg.max_attempts, 10u);  // about two minutes of retries from the defaults
 
     auto p = parse("null");
     EXPECT_NE(p.errs.to_string().find("alerts: must be an object, not null"), std::string::npos) << p.errs.to_string();
