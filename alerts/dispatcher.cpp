@@ -297,12 +297,13 @@ struct dispatcher::impl {
                     co_return;
                 }
             }
-            // A receiver's Retry-After is a floor (up to 5 minutes), not cut to max_backoff: a
-            // retry before it is answered 429 again and spends an attempt for nothing.
+            // A receiver's Retry-After is a floor, not cut to max_backoff (a retry before it is
+            // refused again, spending an attempt), up to a minute: the sink's later alerts (a
+            // sev1 trip) wait behind this one.
             const std::chrono::milliseconds backoff = backoff_delay(attempt, cfg.initial_backoff, cfg.max_backoff,
                                                                     std::uniform_real_distribution<double>{0.8, 1.2}(rng));
             const std::chrono::milliseconds delay =
-                r.retry_after ? std::max(std::min(*r.retry_after, std::chrono::milliseconds{300'000}), backoff) : backoff;
+                r.retry_after ? std::max(std::min(*r.retry_after, std::max(cfg.max_backoff, std::chrono::milliseconds{60'000})), backoff) : backoff;
             s.backoff->expires_after(delay);
             co_await s.backoff->async_wait(use_tuple);
             std::lock_guard lk{mu};

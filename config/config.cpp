@@ -1158,12 +1158,12 @@ parse_result parse_config(std::string_view json_text, bool stored) {
     return out;
 }
 
-parse_result load_config_file(const std::string& path, std::optional<std::string>* text) {
+parse_result load_config_file(const std::string& path, std::optional<std::string>* text, bool at_start) {
     // SIGHUP reads it again on the control thread: a FIFO or a device there must not block
     // or exhaust it. Far above any real config (a thousand rules is well under 1 MiB).
     constexpr std::size_t max_config = std::size_t{64} << 20;
     file_error fe = file_error::none;
-    std::optional<std::string> body = read_regular_file(path, max_config, &fe);
+    std::optional<std::string> body = read_regular_file(path, max_config, &fe, at_start);
     if (!body) {
         parse_result out;
         out.errors.add("", fe == file_error::unreadable ? "cannot read config file " + cfg::quote(path)

@@ -222,7 +222,10 @@ parse_result parse_config(std::string_view json_text, bool stored = false);
 // Reads and parses a file; an unreadable file is one error at path "".
 // `text`, when given, receives the bytes read (nullopt when the file cannot be read): what a
 // reload records the digest of, whether or not they parse.
-parse_result load_config_file(const std::string& path, std::optional<std::string>* text = nullptr);
+// `at_start`: read once as the process starts (or --check-config), where a FIFO or
+// /dev/stdin is allowed; a reload (SIGHUP, the admin API) reads regular files only.
+parse_result load_config_file(const std::string& path, std::optional<std::string>* text = nullptr,
+                              bool at_start = false);
 
 // "127.0.0.1:8080", "[::1]:8080" -> host, port. nullopt when malformed.
 // "host:port" or "[v6]:port" split, the port 0-65535; nothing else is checked.

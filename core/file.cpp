@@ -16,8 +16,8 @@ struct regular_fd {
     std::uint64_t size = 0;
     file_error error = file_error::none;
 
-    explicit regular_fd(const std::string& path) {
-        fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    explicit regular_fd(const std::string& path, bool any_kind = false) {
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (any_kind ? 0 : O_NONBLOCK));
         if (fd < 0) {
             error = file_error::unreadable;
             return;
@@ -25,10 +25,10 @@ struct regular_fd {
         struct stat st{};
         if (::fstat(fd, &st) != 0) {
             error = file_error::unreadable;
-        } else if (!S_ISREG(st.st_mode)) {
-            error = file_error::not_regular;
-        } else {
+        } else if (S_ISREG(st.st_mode)) {
             size = static_cast<std::uint64_t>(st.st_size);
+        } else if (!any_kind || S_ISDIR(st.st_mode)) {
+            error = file_error::not_regular;
         }
     }
     ~regular_fd() {
@@ -56,14 +56,15 @@ file_error check_regular_file(const std::string& path) {
     return regular_fd{path}.error;
 }
 
-std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error) {
+std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error,
+                                             bool any_kind) {
     auto fail = [&](file_error e) -> std::optional<std::string> {
         if (error) {
             *error = e;
         }
         return std::nullopt;
     };
-    const regular_fd f{path};
+    const regular_fd f{path, any_kind};
     if (f.error != file_error::none) {
         return fail(f.error);
     }

@@ -21,6 +21,9 @@ file_error check_regular_file(const std::string& path);
 
 // The contents of `path` when it is a regular file of at most `max_bytes`, checked before
 // reading and again while reading (a file that grows is refused, not truncated).
-std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error);
+// `any_kind`: a FIFO or device too (still bounded), for a file read once at the start, where
+// `--config <(render ...)` or /dev/stdin is the operator's intent, not a mistake.
+std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error,
+                                             bool any_kind = false);
 
 }  // namespace bb

@@ -1003,13 +1003,10 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
                                     cfg::quote(v) + " is not a state (closed, open, half_open)", "state"});
                 }
             } else if (k == "mode") {
-                for (auto md : {breakers::mode::automatic, breakers::mode::forced_open, breakers::mode::forced_closed,
-                                breakers::mode::metrics_only}) {
-                    want_mode = breakers::to_string(md) == v ? std::optional{md} : want_mode;
-                }
+                want_mode = breakers::parse_mode(v);
                 if (!want_mode) {
                     co_return fail({http::status::bad_request, "bad_field",
-                                    cfg::quote(v) + " is not a mode (automatic, forced_open, forced_closed, metrics_only)",
+                                    cfg::quote(v) + " is not a mode (auto, forced_open, forced_closed, metrics_only)",
                                     "mode"});
                 }
             } else if (k == "breaker") {

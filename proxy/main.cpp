@@ -21,7 +21,7 @@ constexpr const char* usage =
     "       breakerbox --version\n";
 
 int check_config(const std::string& path) {
-    auto parsed = bb::load_config_file(path);
+    auto parsed = bb::load_config_file(path, nullptr, true);
     if (!parsed.errors.empty()) {
         std::cerr << path << ": " << parsed.errors.size() << " error(s)\n";
         for (const auto& e : parsed.errors.list()) {
@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
         std::cerr << usage;
         return 2;
     }
-    auto parsed = bb::load_config_file(config_path);
+    auto parsed = bb::load_config_file(config_path, nullptr, true);
     if (!parsed.errors.empty()) {
         std::cerr << "breakerbox: " << config_path << ": " << parsed.errors.size() << " error(s)\n";
         for (const auto& e : parsed.errors.list()) {

@@ -813,8 +813,9 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string
 bool known_destination(const config& cfg, std::string_view host, std::uint16_t port, std::uint16_t default_port) {
     return std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
         return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
-               (port == default_port || (r.upstream_index < cfg.upstreams.size() &&
-                                         port == cfg.upstreams[r.upstream_index].port));
+               (port == default_port ||
+                (r.upstream_index < cfg.upstreams.size() && port == cfg.upstreams[r.upstream_index].port &&
+                 iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host))));
     });
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <thread>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -477,6 +479,11 @@ TEST(config, files_named_in_config_must_be_regular_files) {
     const auto from_fifo = bb::load_config_file(fifo, nullptr);
     EXPECT_NE(all_errors(from_fifo).find("config file \"" + fifo + "\" is not a regular file"), std::string::npos)
         << all_errors(from_fifo);
+    // At the start a FIFO is the operator's own (`--config <(render ...)`): read, bounded.
+    std::thread writer{[&] { std::ofstream{fifo} << "{\"listeners\": 7}"; }};
+    const auto at_start = bb::load_config_file(fifo, nullptr, true);
+    writer.join();
+    EXPECT_NE(all_errors(at_start).find("listeners: must be an array"), std::string::npos) << all_errors(at_start);
     const auto missing = bb::load_config_file("/nonexistent/breakerbox.json", nullptr);
     EXPECT_NE(all_errors(missing).find("cannot read config file \"/nonexistent/breakerbox.json\""), std::string::npos)
         << all_errors(missing);

@@ -320,6 +320,7 @@ TEST(admin_api, breaker_instances_are_filtered_and_paged) {
     EXPECT_NE(second.body().find("\"next_after\":null"), std::string::npos) << second.body();
     auto closed = list("?state=closed");
     EXPECT_EQ(closed.body().find("campaign-volume/"), std::string::npos) << closed.body();
+    EXPECT_EQ(list("?mode=auto").result_int(), 200u) << "the mode's own name";
     auto by_breaker = list("?breaker=campaign-volume&state=open");
     EXPECT_NE(by_breaker.body().find("\"total\":3,"), std::string::npos) << by_breaker.body();
     const std::pair<std::string, std::string> refused[] = {
