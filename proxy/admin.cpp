@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <list>
 #include <map>
 #include <set>
@@ -44,6 +45,17 @@ namespace {
 // logged as written.
 bool control_char(char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }
 bool has_control(std::string_view s) { return std::any_of(s.begin(), s.end(), control_char); }
+
+// A page or bulk-action limit: 1 to 1000 in plain digits (not 0 read as "no limit", nor
+// 5000 read as 1000); nullopt otherwise.
+std::optional<std::size_t> one_to_thousand(std::string_view v) {
+    if (v.empty() || v.size() > 4 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return std::nullopt;
+    }
+    std::size_t n = 0;
+    std::from_chars(v.data(), v.data() + v.size(), n);
+    return n >= 1 && n <= 1000 ? std::optional{n} : std::nullopt;
+}
 
 // ---- small JSON helpers ------------------------------------------------------------------
 
@@ -985,7 +997,7 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         }
         // Filters (an incident's open instances among thousands of keys) and a page: at most
         // `limit` (1 to 1000, default 1000) instances in name order after the `after`
-        // instance; `next` names the last one listed when more match. `total` counts every
+        // instance; `next_after` names the last one listed when more match. `total` counts every
         // instance that matches. An unknown or unreadable parameter is refused, not ignored
         // (a misspelt `state` must not list everything as if it were the open ones).
         std::optional<breakers::state> want_state;
@@ -1018,11 +1030,11 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
             } else if (k == "after") {
                 after = v;
             } else if (k == "limit") {
-                if (v.empty() || v.size() > 4 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-                    std::stoi(v) < 1 || std::stoi(v) > 1000) {
+                const auto n = one_to_thousand(v);
+                if (!n) {
                     co_return fail({http::status::bad_request, "bad_field", "\"limit\" is 1 to 1000", "limit"});
                 }
-                limit = static_cast<std::size_t>(std::stoi(v));
+                limit = *n;
             } else {
                 co_return fail({http::status::bad_request, "bad_field",
                                 "unknown query parameter " + cfg::quote(k) + " (state, mode, breaker, after, limit)", k});
@@ -1256,9 +1268,7 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
     auto f = filter_from(m, err, "filter.");
     // A bulk action's limit is what it may send: 0 is not "no limit", nor 5000 "1000".
     if (const auto it = m.find("limit"); !err && it != m.end()) {
-        const std::string& l = it->second;
-        if (l.empty() || l.size() > 4 || !std::all_of(l.begin(), l.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-            std::stoi(l) < 1 || std::stoi(l) > 1000) {
+        if (!one_to_thousand(it->second)) {
             err = api_error{http::status::bad_request, "bad_field",
                             "\"limit\" of a bulk action is 1 to 1000 (leave it out for every match)", "filter.limit"};
         }

@@ -834,6 +834,17 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
     return rt;
 }
 
+// The most severe severity an incident's alerts went out with (the list is kept sorted),
+// past the marker of an instance restored open; nullptr when none is known.
+const std::string* server::most_severe_known(const std::vector<std::string>& sent_as) {
+    for (const auto& sev : sent_as) {
+        if (sev != unknown_severity) {
+            return &sev;
+        }
+    }
+    return nullptr;
+}
+
 void server::on_transition(const breakers::transition& t) {
     // Called on whichever thread made the transition (a worker, or the control thread):
     // the log is asynchronous and persistence is only requested, never waited on here.
@@ -890,14 +901,8 @@ void server::on_transition(const breakers::transition& t) {
         }
         const bool severity_unknown =
             std::find(sent_as.begin(), sent_as.end(), unknown_severity) != sent_as.end();
-        if (t.cause.rule.empty()) {
-            // Kept sorted: the most severe known one (after the marker, when there is one).
-            for (const auto& sev : sent_as) {
-                if (sev != unknown_severity) {
-                    a.severity = sev;
-                    break;
-                }
-            }
+        if (const std::string* known = most_severe_known(sent_as); t.cause.rule.empty() && known != nullptr) {
+            a.severity = *known;
         }
         const bool opened = t.from != breakers::state::open && t.to == breakers::state::open;
         const bool normal_before = t.from == breakers::state::closed && t.mode_from == breakers::mode::automatic;
@@ -1648,13 +1653,8 @@ void server::resolve_gone_incidents(const breakers::breaker_registry& registry) 
         a.summary = "breaker " + instance + ": " + a.reason;
         if (std::find(sevs.begin(), sevs.end(), unknown_severity) != sevs.end()) {
             a.every_sink = true;  // restored open: what it paged before the restart is not known
-            a.severity = "sev3";
-            for (const auto& sev : sevs) {
-                if (sev != unknown_severity) {
-                    a.severity = sev;
-                    break;
-                }
-            }
+            const std::string* known = most_severe_known(sevs);
+            a.severity = known != nullptr ? *known : "sev3";
             d->publish(a);
             continue;
         }

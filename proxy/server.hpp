@@ -464,6 +464,7 @@ private:
     // restored open at the start has unknown_severity first: what paged before is not known.
     std::unordered_map<std::string, std::vector<std::string>> alert_severity_;
     static constexpr std::string_view unknown_severity = "?";
+    static const std::string* most_severe_known(const std::vector<std::string>& sent_as);
     mutable std::mutex alerts_mu_;
     std::shared_ptr<alerts::dispatcher> alerts_;
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and

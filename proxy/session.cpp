@@ -780,10 +780,8 @@ presented_key read_key(const request& req) {
             return out;
         }
     }
-    if (!key.empty()) {
-        const sha256_digest digest = sha256(key);
-        out.digest.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
-    }
+    const sha256_digest digest = sha256(key);  // not empty: x-breakerbox-key, or checked above
+    out.digest.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
     return out;
 }
 
@@ -1512,10 +1510,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                                                             : tp.host};
         const bool forwarded = fp != nullptr && (!ci.tunnel_host.empty() || !tp.host.empty());
         const std::string request_host = canonical_host(original_host);
+        const std::uint16_t url_default_port = starts_with_icase(req.target(), "https://") ? 443 : 80;
         if (fp != nullptr && ci.tunnel_host.empty() && !tp.host.empty() &&
-            !known_destination(*cfg, host_without_port(original_host),
-                               authority_port(tp.host, starts_with_icase(req.target(), "https://") ? 443 : 80),
-                               starts_with_icase(req.target(), "https://") ? 443 : 80)) {
+            !known_destination(*cfg, host_without_port(original_host), authority_port(tp.host, url_default_port),
+                               url_default_port)) {
             if (!co_await reply({http::status::forbidden, "denied", "unknown_destination",
                                  std::string{tp.host} +
                                      " is not a configured destination (a route's match.host, at the URL's default "

@@ -387,12 +387,16 @@ TEST(agents, composite_subrequests_are_held_to_the_agents_routes) {
         {one("PATCH", "/services/data/v59.0/sobjects/Contact/003xx"), "none of upstream sf takes PATCH"},
         {one("POST", "/services/apexrest/x"), "none of upstream sf takes POST /services/apexrest/x"},
     };
-    for (const auto& [body, why] : refused) {
-        const auto r = post("/services/data/v59.0/composite", body, "w-key");
-        EXPECT_EQ(r.result_int(), 403u) << body << ": " << r.body();
-        EXPECT_EQ(code_of(r), "out_of_scope") << r.body();
-        EXPECT_NE(r.body().find(why), std::string::npos) << r.body();
-    }
+    // Each refused as out of scope, naming why.
+    auto expect_refused = [&](const std::string& path, const std::string& key, const auto& cases) {
+        for (const auto& [body, why] : cases) {
+            const auto r = post(path, body, key);
+            EXPECT_EQ(r.result_int(), 403u) << body << ": " << r.body();
+            EXPECT_EQ(code_of(r), "out_of_scope") << r.body();
+            EXPECT_NE(r.body().find(why), std::string::npos) << r.body();
+        }
+    };
+    expect_refused("/services/data/v59.0/composite", "w-key", refused);
     EXPECT_EQ(up.request_count(), 0u);
     const auto ok = post("/services/data/v59.0/composite", one("POST", "/services/data/v59.0/sobjects/Contact"), "w-key");
     EXPECT_EQ(ok.result_int(), 200u) << ok.body();
@@ -405,11 +409,7 @@ TEST(agents, composite_subrequests_are_held_to_the_agents_routes) {
         {one("POST", "/services/data/v58.0/sobjects/Contact"), "path /v58.0/sobjects/Contact in subrequest #0"},
         {one("POST", "/services/apexrest/x"), "outside upstream sf-base's base path /services/data"},
     };
-    for (const auto& [body, why] : based_refused) {
-        const auto r = post("/v59.0/composite", body, "b-key");
-        EXPECT_EQ(r.result_int(), 403u) << body << ": " << r.body();
-        EXPECT_NE(r.body().find(why), std::string::npos) << r.body();
-    }
+    expect_refused("/v59.0/composite", "b-key", based_refused);
     EXPECT_EQ(up.request_count(), 2u);
 }
 
