@@ -876,16 +876,20 @@ bool build_key(const rule& r, context& ctx) {
 // A mime: term (SES raw messages): adds the To/Cc/Bcc addresses of the base64 MIME messages
 // at the term's path to `total` (count, or distinct addresses); false when one is not base64
 // or not a message. Out of line: amount() stays as small as it was for every other term.
-[[gnu::noinline]] bool mime_amount(const term& t, context& ctx, double& total) {
+// The To, Cc and Bcc addresses of raw MIME messages, counted or collected for distinct():
+// the base64 strings at a JSON path (SES v2 Content.Raw.Data), or form fields holding a
+// message as written (Mailgun messages.mime) or in base64 (SES v1 RawMessage.Data). False
+// when a message is not base64 or not a message (an invalid body: what it is sent to is
+// unknown).
+[[gnu::noinline]] bool mime_amount(const term& t, context& ctx,
+                                   const std::vector<std::pair<std::string, std::string>>* form, double& total) {
     auto& s = ctx.s;
     auto& d = s.distinct;
     std::size_t dn = 0;
     bool readable = true;
-    for_each_match(ctx.req_json.root, t.path, [&](simdjson::dom::element v) {
-        std::string_view b64;
+    auto add = [&](std::string_view message) {
         s.mime_addresses.clear();
-        if (!readable || v.get(b64) != simdjson::SUCCESS || !decode_base64(b64, s.mime_message) ||
-            !mime_recipients(s.mime_message, s.mime_scratch, s.mime_addresses)) {
+        if (!mime_recipients(message, s.mime_scratch, s.mime_addresses)) {
             readable = false;
             return;
         }
@@ -903,7 +907,30 @@ bool build_key(const rule& r, context& ctx) {
             }
             ++dn;
         }
-    });
+    };
+    if (form) {
+        for (const auto& [n, v] : *form) {
+            if (!readable || !form_name_matches(t.field, n)) {
+                continue;
+            }
+            if (!t.base64) {
+                add(v);
+            } else if (decode_base64(v, s.mime_message)) {
+                add(s.mime_message);
+            } else {
+                readable = false;
+            }
+        }
+    } else {
+        for_each_match(ctx.req_json.root, t.path, [&](simdjson::dom::element v) {
+            std::string_view b64;
+            if (!readable || v.get(b64) != simdjson::SUCCESS || !decode_base64(b64, s.mime_message)) {
+                readable = false;
+                return;
+            }
+            add(s.mime_message);
+        });
+    }
     if (readable && t.kind == term_kind::distinct) {
         std::sort(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn));
         total += static_cast<double>(std::unique(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(dn)) - d.begin());
@@ -951,8 +978,8 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
             case term_kind::count:
             case term_kind::sum:
             case term_kind::distinct: {
-                if (t.source == source_kind::mime) [[unlikely]] {
-                    if (!ctx.request_json() || !mime_amount(t, ctx, total)) {
+                if (t.source == source_kind::mime && t.field.empty()) [[unlikely]] {
+                    if (!ctx.request_json() || !mime_amount(t, ctx, nullptr, total)) {
                         if (ctx.req_json.error.empty() || ctx.req_json.state == 1) {
                             ctx.req_json.error =
                                 "a raw MIME message at " + t.path.text + " is not base64 or not a message";
@@ -963,9 +990,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     }
                     break;
                 }
-                if (t.source == source_kind::form || t.source == source_kind::query) {
-                    const auto& fields = t.source == source_kind::form ? ctx.form() : ctx.query();
-                    if (t.source == source_kind::form && !ctx.form_ok) {
+                if (t.source == source_kind::form || t.source == source_kind::query || t.source == source_kind::mime) {
+                    const bool form_source = t.source != source_kind::query;
+                    const auto& fields = form_source ? ctx.form() : ctx.query();
+                    if (form_source && !ctx.form_ok) {
                         // Read as far as it goes, a malformed multipart body would count what
                         // an upstream may read differently (or not at all): an invalid body.
                         ctx.req_json.error = "the multipart/form-data body is malformed";
@@ -977,10 +1005,20 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     // Fields that read two ways (`o:tag=x;to=a@x.com,b@y.com` is no `to` here
                     // and two recipients to a server that splits at ';'): an invalid body, as
                     // the guards and the agents' constraints take it.
-                    if (const auto& why = ctx.fields_unreadable(t.source == source_kind::form); !why.empty()) {
+                    if (const auto& why = ctx.fields_unreadable(form_source); !why.empty()) {
                         ctx.req_json.error = why;
                         if (policy == invalid_body_policy::reject) {
                             return std::nullopt;
+                        }
+                        break;
+                    }
+                    if (t.source == source_kind::mime) {
+                        if (!mime_amount(t, ctx, &fields, total)) {
+                            ctx.req_json.error = "a raw MIME message in form field " + t.field + " is " +
+                                                 (t.base64 ? "not base64 or " : "") + "not a message";
+                            if (policy == invalid_body_policy::reject) {
+                                return std::nullopt;
+                            }
                         }
                         break;
                     }
@@ -988,8 +1026,8 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     std::size_t dn = 0;
                     bool split_ok = true;
                     for (const auto& [n, v] : fields) {
-                        // Any case: `To` may be `to` to the API (fail closed: it counts).
-                        if (!iequals(n, t.field)) {
+                        // Any case, `*` a number (form_name_matches): `To` may be `to` to the API.
+                        if (!form_name_matches(t.field, n)) {
                             continue;
                         }
                         if (t.kind == term_kind::sum) {
@@ -1205,6 +1243,28 @@ verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
 }
 
 }  // namespace
+
+bool form_name_matches(std::string_view pattern, std::string_view name) {
+    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    std::size_t n = 0;
+    for (const char pc : pattern) {
+        if (pc != '*') {
+            if (n >= name.size() || lower(name[n]) != lower(pc)) {
+                return false;
+            }
+            ++n;
+            continue;
+        }
+        const std::size_t digits = n;
+        while (n < name.size() && name[n] >= '0' && name[n] <= '9') {
+            ++n;
+        }
+        if (n == digits) {
+            return false;
+        }
+    }
+    return n == name.size();
+}
 
 bool parse_form(std::string_view content_type, std::string_view body,
                 std::vector<std::pair<std::string, std::string>>& out) {

@@ -27,6 +27,13 @@ bool parse_form(std::string_view content_type, std::string_view body,
 bool parse_form_fields(std::string_view content_type, std::string_view body, std::string_view query,
                        std::vector<std::pair<std::string, std::string>>& out);
 
+// Whether a form field's name matches `pattern`, in any ASCII case (an API that reads `To` as
+// `to` is not ruled out: fail closed). A '*' in the pattern stands for a number, as SES v1's
+// list members are written: `Destinations.member.*` is `Destinations.member.1`, `.2`, ...,
+// not `Destinations.member.1.ReplacementTemplateData`. Used by the engine's form: and query:
+// sources and by the guardrails' form fields.
+bool form_name_matches(std::string_view pattern, std::string_view name);
+
 // Whether a request is read as a form: a form content type, or no body but a query string
 // (whose fields a form-based API may take as its parameters).
 bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query);

@@ -1327,34 +1327,8 @@ body_kind kind_of(const guard_input& in) {
     return body_kind::text;
 }
 
-// form:NAME names one field; a '*' in NAME stands for a number (SES v1's list members:
-// `form:Destinations.member.*` is `Destinations.member.1`, `.2`, ..., not
-// `Destinations.member.1.ReplacementTemplateData`). Names match in any ASCII case: an API
-// that reads `To` as `to` is not ruled out, so `To` is checked too (as the agent body
-// constraints and the engine's form: measures count it).
-bool form_name_matches(std::string_view pattern, std::string_view name) {
-    std::size_t n = 0;
-    for (std::size_t p = 0; p < pattern.size(); ++p) {
-        if (pattern[p] != '*') {
-            auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-            if (n >= name.size() || lower(name[n]) != lower(pattern[p])) {
-                return false;
-            }
-            ++n;
-            continue;
-        }
-        const std::size_t digits = n;
-        while (n < name.size() && name[n] >= '0' && name[n] <= '9') {
-            ++n;
-        }
-        if (n == digits) {
-            return false;
-        }
-    }
-    return n == name.size();
-}
-
-bool form_name_matches(const guard_field& f, std::string_view name) { return form_name_matches(f.name, name); }
+// form:NAME names one field (rules/form.hpp: a '*' stands for a number, any ASCII case).
+bool form_name_matches(const guard_field& f, std::string_view name) { return rules::form_name_matches(f.name, name); }
 
 // The message in a form field's value: its base64 decoded into `buf` for a mime:base64:
 // field (nullopt when it is not base64), else the value as written.

@@ -329,6 +329,21 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
         }
         out.source = source_kind::mime;
         src = trim(src.substr(5));
+        // The messages in form fields: as written (Mailgun messages.mime's `message`) or in
+        // base64 (SES v1 SendRawEmail's `RawMessage.Data`).
+        out.base64 = src.starts_with("base64:");
+        if (out.base64 && !src.substr(7).starts_with("form:")) {
+            fail(error, "mime:base64: reads a form field: mime:base64:form:NAME (a JSON mime: path is base64 already)");
+            return std::nullopt;
+        }
+        if (const auto f = src.substr(out.base64 ? 7 : 0); f.starts_with("form:")) {
+            out.field = std::string{trim(f.substr(5))};
+            if (out.field.empty()) {
+                fail(error, "missing field name in \"" + std::string{arg} + "\"");
+                return std::nullopt;
+            }
+            return out;
+        }
     } else {
         // Sources that only count: each value stands for some number of records.
         struct counting_source {
@@ -422,10 +437,11 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
                     e.needs_response_json = true;
                 } else {
                     e.request_side = true;
+                    const bool mime_form = t->source == source_kind::mime && !t->field.empty();
                     e.needs_request_json |= t->source == source_kind::request_json ||
-                                            t->source == source_kind::mime || t->source == source_kind::url_ids ||
-                                            t->source == source_kind::sub_records;
-                    e.needs_form |= t->source == source_kind::form;
+                                            (t->source == source_kind::mime && !mime_form) ||
+                                            t->source == source_kind::url_ids || t->source == source_kind::sub_records;
+                    e.needs_form |= t->source == source_kind::form || mime_form;
                 }
                 break;
         }

@@ -85,7 +85,8 @@ struct term {
     double constant = 0;
     source_kind source = source_kind::request_json;
     json_path path;     // request_json / response_json
-    std::string field;  // form / query field name
+    std::string field;  // form / query field name; for mime, a form field (`mime:form:message`)
+    bool base64 = false;  // mime:base64:form:NAME: the field holds the message in base64
     int status_lo = 0;
     int status_hi = 0;
 };

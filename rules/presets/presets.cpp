@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 16> table{{
+constexpr std::array<preset, 17> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -19,6 +19,20 @@ constexpr std::array<preset, 16> table{{
     {"ses.send_bulk_email.destinations", "POST", "/v2/email/outbound-bulk-emails",
      "count($.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
      "SES v2 SendBulkEmail: destinations across all BulkEmailEntries"},
+    // The SES v1 Query API (what boto3's `ses` client and the v1 SDKs call): form fields in a
+    // POST body, or the same in a GET's query string. SendEmail and SendTemplatedEmail name
+    // Destination.*Addresses.member.N; SendRawEmail Destinations.member.N and, for a message
+    // that names none, its own headers; SendBulkTemplatedEmail
+    // Destinations.member.N.Destination.*Addresses.member.M. Other actions have none of these.
+    {"ses.v1.destinations", "POST,GET", "/",
+     "count(form:Destination.ToAddresses.member.*) + count(form:Destination.CcAddresses.member.*) + "
+     "count(form:Destination.BccAddresses.member.*) + count(form:Destinations.member.*) + "
+     "count(form:Destinations.member.*.Destination.ToAddresses.member.*) + "
+     "count(form:Destinations.member.*.Destination.CcAddresses.member.*) + "
+     "count(form:Destinations.member.*.Destination.BccAddresses.member.*) + "
+     "count(mime:base64:form:RawMessage.Data)",
+     "SES v1 (Query API) SendEmail, SendTemplatedEmail, SendRawEmail and SendBulkTemplatedEmail: every "
+     "Destination address, and a raw message's To, Cc and Bcc headers (both counted when both are there)"},
     // messages.mime sends a MIME message the client built to the `to` field's addresses.
     {"mailgun.recipients", "POST", "/v3/{domain}/{endpoint:messages|messages.mime}",
      "count(form:to) + count(form:cc) + count(form:bcc)",

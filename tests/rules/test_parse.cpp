@@ -82,7 +82,7 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[5].key[1]: "path:{op}" names no parameter of the rule's match.path (none set))j",
         R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
-        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes, )j"
+        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes, )j"
         R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes, )j"
         R"j(salesforce.composite.records, salesforce.composite_batch.records, salesforce.composite_graph.records))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",
@@ -221,6 +221,23 @@ TEST(RulesParse, FilteredPathsCountTheMembersThatMatch) {
         EXPECT_FALSE(parse_expr(expr, &err)) << expr;
         EXPECT_EQ(err, "sub_records: counts the records subrequests write (use count)");
     }
+}
+
+TEST(RulesParse, MimeFormSources) {
+    std::string err;
+    auto e = parse_expr("count(mime:base64:form:RawMessage.Data) + distinct(mime:form:message)", &err);
+    ASSERT_TRUE(e) << err;
+    EXPECT_EQ(e->terms[0].field, "RawMessage.Data");
+    EXPECT_TRUE(e->terms[0].base64);
+    EXPECT_EQ(e->terms[1].field, "message");
+    EXPECT_FALSE(e->terms[1].base64);
+    EXPECT_TRUE(e->needs_form);
+    EXPECT_FALSE(e->needs_request_json) << "a form's messages need no JSON body";
+    EXPECT_FALSE(parse_expr("count(mime:base64:$.Content.Raw.Data)", &err));
+    EXPECT_EQ(err, "mime:base64: reads a form field: mime:base64:form:NAME (a JSON mime: path is base64 already)");
+    EXPECT_FALSE(parse_expr("count(mime:form: )", &err));
+    EXPECT_EQ(err, "missing field name in \"mime:form:\"");
+    EXPECT_FALSE(parse_expr("sum(mime:form:message)", &err));
 }
 
 TEST(RulesParse, PathTemplates) {

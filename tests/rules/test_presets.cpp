@@ -103,6 +103,75 @@ TEST(Presets, SesSendBulkEmailDestinations) {
     EXPECT_EQ(measure("ses.send_bulk_email.destinations", req), 5);
 }
 
+// The SES v1 Query API, as boto3's `ses` client sends it: a form body at `/`.
+TEST(Presets, SesV1SendEmailAndTemplatedEmail) {
+    request req;
+    req.route = "ses";
+    req.host = "email.us-east-1.amazonaws.com";
+    req.path = "/";
+    req.content_type = "application/x-www-form-urlencoded; charset=utf-8";
+    req.body =
+        "Action=SendEmail&Version=2010-12-01&Source=sender%40example.com"
+        "&Destination.ToAddresses.member.1=a%40example.com&Destination.ToAddresses.member.2=b%40example.com"
+        "&Destination.CcAddresses.member.1=c%40example.com&Destination.BccAddresses.member.1=d%40example.com"
+        "&ReplyToAddresses.member.1=reply%40example.com"
+        "&Message.Subject.Data=Hi&Message.Body.Text.Data=Hello";
+    EXPECT_EQ(measure("ses.v1.destinations", req), 4) << "To 2, Cc 1, Bcc 1; not Source nor ReplyTo";
+    req.body =
+        "Action=SendTemplatedEmail&Source=sender%40example.com&Template=welcome&TemplateData=%7B%7D"
+        "&destination.toaddresses.member.1=a%40example.com&DESTINATION.CCADDRESSES.MEMBER.7=b%40example.com"
+        "&Destination.ToAddresses.member.x=c%40example.com";
+    EXPECT_EQ(measure("ses.v1.destinations", req), 2) << "names in any case; a member is numbered";
+    // The same call as a GET: its parameters are in the query string.
+    req.method = "GET";
+    req.content_type.clear();
+    req.body.clear();
+    req.query = "Action=SendEmail&Source=s%40example.com&Destination.ToAddresses.member.1=a%40example.com"
+                "&Destination.ToAddresses.member.2=b%40example.com&Message.Subject.Data=Hi";
+    EXPECT_EQ(measure("ses.v1.destinations", req), 2);
+    req.query = "Action=GetSendQuota";
+    EXPECT_EQ(measure("ses.v1.destinations", req), 0);
+}
+
+TEST(Presets, SesV1BulkTemplatedEmail) {
+    request req;
+    req.route = "ses";
+    req.path = "/";
+    req.content_type = "application/x-www-form-urlencoded";
+    req.body =
+        "Action=SendBulkTemplatedEmail&Source=sender%40example.com&Template=news&DefaultTemplateData=%7B%7D"
+        "&Destinations.member.1.Destination.ToAddresses.member.1=a%40example.com"
+        "&Destinations.member.1.ReplacementTemplateData=%7B%22name%22%3A%22Ann%22%7D"
+        "&Destinations.member.2.Destination.ToAddresses.member.1=b%40example.com"
+        "&Destinations.member.2.Destination.ToAddresses.member.2=c%40example.com"
+        "&Destinations.member.2.Destination.CcAddresses.member.1=d%40example.com"
+        "&Destinations.member.3.Destination.BccAddresses.member.1=e%40example.com";
+    EXPECT_EQ(measure("ses.v1.destinations", req), 5) << "not the ReplacementTemplateData";
+}
+
+// SendRawEmail: Destinations.member.N, and the raw message's own To, Cc and Bcc headers
+// (base64 in RawMessage.Data; the same message as SesRawMessagesAreCountedFromTheirHeaders:
+// 5 addresses). Both are counted when both are there.
+TEST(Presets, SesV1SendRawEmail) {
+    const std::string raw =
+        "RnJvbTogU2VuZGVyIDxzZW5kZXJAZXhhbXBsZS5jb20%2BDQpUbzogYUBleGFtcGxlLmNvbSwgIkRvZSwgSmFuZSIgPGphbmVAZXhh"
+        "bXBsZS5jb20%2BDQpDYzogdGVhbTogYkBleGFtcGxlLmNvbSwNCiBjQGV4YW1wbGUuY29tOw0KQkNDOiBkQGV4YW1wbGUuY29tDQpT"
+        "dWJqZWN0OiBIaQ0KDQpUbzogbm90QGhlYWRlci5leGFtcGxlDQo%3D";
+    request req;
+    req.route = "ses";
+    req.path = "/";
+    req.content_type = "application/x-www-form-urlencoded";
+    req.body = "Action=SendRawEmail&RawMessage.Data=" + raw;
+    EXPECT_EQ(measure("ses.v1.destinations", req), 5);
+    req.body = "Action=SendRawEmail&Destinations.member.1=x%40example.com&Destinations.member.2=y%40example.com"
+               "&RawMessage.Data=" + raw;
+    EXPECT_EQ(measure("ses.v1.destinations", req), 7);
+    req.body = "Action=SendRawEmail&Destinations.member.1=x%40example.com&RawMessage.Data=not%20base64%21";
+    EXPECT_FALSE(measure_or_invalid("ses.v1.destinations", req)) << "not base64: an invalid body";
+    req.body = "Action=SendRawEmail&RawMessage.Data=anVzdCBzb21lIHRleHQgd2l0aG91dCBoZWFkZXJz";
+    EXPECT_FALSE(measure_or_invalid("ses.v1.destinations", req)) << "not a message";
+}
+
 TEST(Presets, MailgunRecipientsUrlencoded) {
     request req;
     req.route = "mailgun";
