@@ -2736,7 +2736,10 @@ void database::append_audit(audit_entry entry, done_fn done) {
             r.hash = entry.hash;
             return impl::outcome{r};
         },
-        std::move(done), bytes);
+        // Past the queue's bounds: every admin action writes its audit entry first, and an
+        // operator's trip or pause must not be refused by the flood of holds it is meant to
+        // stop (admin calls are few and their bodies bounded).
+        std::move(done), bytes, /*essential=*/true);
 }
 
 std::pair<std::int64_t, std::string> database::audit_anchor() const {

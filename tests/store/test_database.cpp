@@ -959,6 +959,17 @@ TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
     auto saved_f = saved->get_future();
     db->save_breaker_state({open}, [saved](const result& r) { saved->set_value(r); });
     EXPECT_EQ(saved_f.wait_for(0s), std::future_status::timeout) << "queued, not refused";
+    // So is an operator's audit entry: every admin action writes one before it acts, and the
+    // kill switch must work during the flood it is meant to stop.
+    bb::store::audit_entry e;
+    e.actor = "oncall";
+    e.method = "POST";
+    e.path = "/v1/breakers/campaign-volume/trip";
+    e.target = "campaign-volume";
+    auto audited = std::make_shared<std::promise<result>>();
+    auto audited_f = audited->get_future();
+    db->append_audit(std::move(e), [audited](const result& r) { audited->set_value(r); });
+    EXPECT_EQ(audited_f.wait_for(0s), std::future_status::timeout) << "queued, not refused";
     db->pause_writer(false);
     for (int i = 0; i < 4; ++i) {
         ASSERT_EQ(futures[i].wait_for(20s), std::future_status::ready);
@@ -966,6 +977,8 @@ TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
     }
     ASSERT_EQ(saved_f.wait_for(20s), std::future_status::ready);
     EXPECT_TRUE(saved_f.get().ok);
+    ASSERT_EQ(audited_f.wait_for(20s), std::future_status::ready);
+    EXPECT_TRUE(audited_f.get().ok);
 }
 
 TEST_F(store_db, count_limits_are_exact_per_breaker_and_global) {
