@@ -1774,6 +1774,10 @@ int server::run() {
     std::chrono::steady_clock::time_point next_breaker_tick{};
     std::chrono::steady_clock::time_point next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
     std::chrono::steady_clock::time_point next_prune = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+    // Set (by the writer thread) when a prune took its whole batch: more are due at once, or
+    // resolving records faster than a batch a minute (bulk discards of a misfire) would grow
+    // the backlog without bound.
+    auto prune_more = std::make_shared<std::atomic<bool>>(false);
     std::function<void()> poll = [&] {
         tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
         tick.async_wait([&](const error_code& ec) {
@@ -1809,16 +1813,20 @@ int server::run() {
                 save_forwarded_keys(false);  // a failure is logged, the keys go with the next
             }
             // Retention: resolved quarantine records older than store.retention go away.
-            if (db_ && std::chrono::steady_clock::now() >= next_prune) {
+            if (db_ && (std::chrono::steady_clock::now() >= next_prune || prune_more->exchange(false))) {
                 next_prune = std::chrono::steady_clock::now() + std::chrono::minutes{1};
                 const auto cutoff = std::chrono::duration_cast<std::chrono::milliseconds>(
                                         (clock_->wall_now() - current_config()->store.retention).time_since_epoch())
                                         .count();
-                db_->prune(cutoff, [](const store::result& r) {
+                constexpr std::size_t batch = 10'000;
+                db_->prune(cutoff, [prune_more](const store::result& r) {
                     if (r.ok && r.count > 0) {
                         spdlog::info("retention: pruned {} resolved quarantine record(s)", r.count);
                     }
-                });
+                    if (r.ok && r.count >= static_cast<std::int64_t>(batch)) {
+                        prune_more->store(true);
+                    }
+                }, batch);
             }
             if (stop_requested_ && !stopping) {
                 stopping = true;
