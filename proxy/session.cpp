@@ -649,15 +649,23 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     const bool failed = ex.failure != upstream_failure::none;
     const unsigned status = failed ? 0 : ex.res.result_int();
     const bool bad = failed || status >= 500;
+    // A response over limits.upstream_body_bytes is our own limit, not the upstream failing
+    // (a few large list GETs in a row must not open upstream/<name> and pause every write):
+    // no verdict for probes or health.
+    const bool our_limit = ex.failure == upstream_failure::too_large;
     for (const auto& p : probes) {
-        registry.probe_result(p.instance, !bad && status != 429, now, p.round);
+        if (our_limit) {
+            registry.cancel_probe(p.instance, p.round);
+        } else {
+            registry.probe_result(p.instance, !bad && status != 429, now, p.round);
+        }
     }
     const auto& ug = rt.upstreams[upstream_index];
     const auto& up = rt.cfg->upstreams[upstream_index];
     if (rt.cfg == w.cfg() && upstream_index < w.stats().upstream_latency.size()) {  // not across a reload
         w.stats().upstream_latency[upstream_index].observe(static_cast<double>(ex.elapsed.count()) / 1e6);
     }
-    if (ug.health) {
+    if (ug.health && !our_limit) {
         if (auto cause = ug.health->record(bad, ex.elapsed, now)) {
             cause->request_id = request_id;
             registry.trip(ug.breaker, "", std::move(*cause), now);

@@ -222,6 +222,29 @@ TEST(health, five_consecutive_5xx_open_the_upstream_breaker_then_a_probe_closes_
     EXPECT_EQ(up.request_count(), 7u);
 }
 
+// A response over limits.upstream_body_bytes is breakerbox's own limit: the client gets its
+// 502, but the upstream answered, so health counts no failure (a few large list GETs in a row
+// used to open upstream/<name> and pause every write behind it).
+TEST(health, a_response_over_our_body_limit_is_no_upstream_failure) {
+    fake_upstream up{[](const request& r) { return respond(200, r.target() == "/big" ? std::string(4096, 'x') : "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    auto cfg = guarded_config(up.port(), dir, pause_manual, 1000000,
+                              R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
+    const std::string limits = R"("limits": {"drain_timeout": "2s")";
+    ASSERT_NE(cfg.find(limits), std::string::npos);
+    cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
+    proxy_instance bb{cfg, &clock};
+    for (int i = 0; i < 3; ++i) {
+        auto res = http_request(bb.port(), http::verb::get, "/big");
+        EXPECT_EQ(res.result_int(), 502u);
+        EXPECT_EQ(body_field(res, "code"), "upstream_response_too_large");
+    }
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/small").result_int(), 200u)
+        << "upstream/sendgrid must stay closed";
+    EXPECT_EQ(up.request_count(), 4u);
+}
+
 TEST(health, a_failed_probe_reopens_with_a_longer_cooldown) {
     fake_upstream up{[](const request&) { return respond(502, "{}"); }};
     bb::manual_clock clock;
