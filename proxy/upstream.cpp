@@ -29,6 +29,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 
 namespace bb::proxy {
 
@@ -202,7 +203,26 @@ struct name_lookup {
 constexpr int max_lookups_in_flight = 64;
 std::atomic<int> lookups_in_flight{0};
 
+// Lookups in flight by "host:port": connects to one upstream share its lookup, so a burst
+// of new connections (after a start or a reload, with an empty pool) is one getaddrinfo, not
+// one each against the cap above. Nothing is cached past the lookup: the next connect asks
+// again (the resolver's own TTLs apply). Waiters only wait on the eventfd (nobody reads it),
+// so any number of them see its one write.
+std::mutex shared_lookups_mu;
+std::unordered_map<std::string, std::weak_ptr<name_lookup>> shared_lookups;
+
 std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uint16_t port) {
+    const std::string key = host + ":" + std::to_string(port);
+    std::lock_guard registry{shared_lookups_mu};
+    if (const auto it = shared_lookups.find(key); it != shared_lookups.end()) {
+        if (auto running = it->second.lock()) {
+            std::lock_guard lock{running->mu};
+            if (!running->finished) {
+                return running;
+            }
+        }
+        shared_lookups.erase(it);
+    }
     if (lookups_in_flight.fetch_add(1) >= max_lookups_in_flight) {
         lookups_in_flight.fetch_sub(1);
         return nullptr;
@@ -214,7 +234,7 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
         return nullptr;
     }
     try {
-        std::thread{[st, host, port] {
+        std::thread{[st, host, port, key] {
             addrinfo hints{};
             hints.ai_family = AF_UNSPEC;
             hints.ai_socktype = SOCK_STREAM;
@@ -243,12 +263,19 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
             }
             const std::uint64_t one = 1;
             [[maybe_unused]] const auto n = ::write(st->event_fd, &one, sizeof one);
+            {
+                std::lock_guard registry{shared_lookups_mu};
+                if (const auto it = shared_lookups.find(key); it != shared_lookups.end() && it->second.lock() == st) {
+                    shared_lookups.erase(it);
+                }
+            }
             lookups_in_flight.fetch_sub(1);
         }}.detach();
     } catch (const std::system_error&) {
         lookups_in_flight.fetch_sub(1);
         return nullptr;
     }
+    shared_lookups[key] = st;
     return st;
 }
 
@@ -270,6 +297,7 @@ asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const 
     auto lookup = start_name_lookup(host, port);
     if (!lookup) {
         out.error = "cannot resolve " + host + ": too many name lookups in flight";
+        out.busy = true;
         co_return out;
     }
     struct wait_state {
@@ -358,7 +386,11 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
             co_return nullptr;
         }
         if (!r.error.empty()) {
-            out.failure = r.timed_out ? upstream_failure::connect_timeout : upstream_failure::connect_failed;
+            // Our own lookup cap is local overload, as a full pool is (503, and no verdict on
+            // the upstream's health).
+            out.failure = r.busy        ? upstream_failure::pool_exhausted
+                          : r.timed_out ? upstream_failure::connect_timeout
+                                        : upstream_failure::connect_failed;
             out.detail = std::move(r.error);
             co_return nullptr;
         }

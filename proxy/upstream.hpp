@@ -50,6 +50,7 @@ struct resolve_result {
     std::string error;
     bool timed_out = false;
     bool cancelled = false;
+    bool busy = false;  // refused here: too many lookups in flight (local overload)
 };
 asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const std::string& host, std::uint16_t port,
                                                 std::chrono::milliseconds timeout);

@@ -12,6 +12,10 @@
 #include <chrono>
 #include <cstdlib>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "proxy/upstream.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
@@ -72,6 +76,36 @@ TEST(dns, a_resolver_that_never_answers_costs_connect_timeout_then_503) {
     bb->stop();
     bb.reset();
     EXPECT_LT(clock_type::now() - s0, 3s) << "shutdown waited for a hung name lookup";
+}
+
+// A burst of connects to one upstream (a start or a reload, with an empty pool) shares one
+// name lookup. They used to start one each against a process-wide cap of 64: past it a
+// connect failed at once as "too many name lookups in flight", a 502 counted against the
+// upstream's health (so 100 concurrent requests to a slow resolver could open a healthy
+// upstream's breaker). Each waiter still gets its own timeout.
+TEST(dns, concurrent_lookups_of_one_name_share_one_lookup) {
+    ASSERT_NE(std::getenv("BB_DNS_SANDBOX"), nullptr) << "run this binary through dns_sandbox.sh";
+    silent_nameserver ns;
+    ASSERT_TRUE(ns.bound()) << "cannot hold UDP 127.0.0.1:53";
+    asio::io_context io;
+    std::vector<bb::proxy::resolve_result> results;
+    const std::string host = "burst.breakerbox.test";  // the coroutines keep a reference
+    for (int i = 0; i < 100; ++i) {
+        asio::co_spawn(io, bb::proxy::resolve_bounded(io.get_executor(), host, 443, 300ms),
+                       [&](std::exception_ptr e, bb::proxy::resolve_result r) {
+                           EXPECT_FALSE(e);
+                           results.push_back(std::move(r));
+                       });
+    }
+    const auto t0 = clock_type::now();
+    io.run();
+    EXPECT_LT(clock_type::now() - t0, 3s);
+    ASSERT_EQ(results.size(), 100u);
+    for (const auto& r : results) {
+        EXPECT_FALSE(r.busy) << r.error;
+        EXPECT_TRUE(r.timed_out) << r.error;
+        EXPECT_EQ(r.error, "cannot resolve burst.breakerbox.test within 300ms");
+    }
 }
 
 }  // namespace
