@@ -5,6 +5,7 @@
 #include "core/host_name.hpp"
 #include "core/http_token.hpp"
 
+#include "rules/request.hpp"
 #include "rules/rule_set.hpp"
 
 #include <boost/url/parse.hpp>
@@ -295,8 +296,9 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
             u.max_rate_limit_pause = *v;
         }
         if (auto v = r.string("sandbox_api")) {
-            if (*v != "sendgrid" && *v != "mailgun" && *v != "none") {
-                r.errs().add(r.path_of("sandbox_api"), cfg::quote(*v) + " is not one of \"sendgrid\", \"mailgun\", \"none\"");
+            if (*v != "sendgrid" && *v != "mailgun" && *v != "any" && *v != "none") {
+                r.errs().add(r.path_of("sandbox_api"),
+                             cfg::quote(*v) + " is not one of \"sendgrid\", \"mailgun\", \"any\", \"none\"");
             }
             u.sandbox_api = *v;
         }
@@ -665,6 +667,28 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                                                [&](const upstream_config& u) { return u.name == *v; });
                 if (!known) {
                     sr.errs().add(sr.path_of("upstream"), cfg::quote(*v) + " is not a configured upstream");
+                } else {
+                    // A sandbox that sends where a route sends (the route's own upstream, or
+                    // another name for the same scheme, host and port) reaches the real API
+                    // under a "sandboxed" label.
+                    const auto& sandbox = *std::find_if(c.upstreams.begin(), c.upstreams.end(),
+                                                        [&](const upstream_config& u) { return u.name == *v; });
+                    auto same_place = [&](const upstream_config& u) {
+                        return u.tls == sandbox.tls && u.port == sandbox.port &&
+                               rules::iequals(host_name(u.host), host_name(sandbox.host));
+                    };
+                    for (const auto& rt : c.routes) {
+                        const auto u = std::find_if(c.upstreams.begin(), c.upstreams.end(),
+                                                    [&](const upstream_config& x) { return x.name == rt.upstream; });
+                        if (u != c.upstreams.end() && same_place(*u)) {
+                            sr.errs().add(sr.path_of("upstream"),
+                                          cfg::quote(*v) + (u->name == *v ? " is" : " sends to the same place as") +
+                                              " the upstream of route " + cfg::quote(rt.name) +
+                                              ": a sandboxed request would reach the real API (name an upstream "
+                                              "no route sends to)");
+                            break;
+                        }
+                    }
                 }
                 b.sandbox_upstream = *v;
             }

@@ -29,11 +29,11 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
 std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);
 
 // The dry-run switches an upstream takes: its configured `sandbox_api` ("sendgrid",
-// "mailgun", "none"), else from its host: SendGrid's (sendgrid.com, sendgrid.net) and
-// Mailgun's (mailgun.net) API hosts take their own; a loopback address or localhost (a test
-// fake, the demo) is read from the request (`any`); any other host or address (a CRM,
-// another provider, an internal relay: set sandbox_api) has none: a path that looks like a
-// mail send there is not one we can switch.
+// "mailgun", "any": read from the request, for a test fake or a relay to both; "none"),
+// else from its host: SendGrid's (sendgrid.com, sendgrid.net) and Mailgun's (mailgun.net)
+// API hosts take their own; any other host or address (a CRM, another provider, an internal
+// or loopback relay: set sandbox_api) has none: a path that looks like a mail send there is
+// not one we can switch.
 enum class upstream_sandbox { sendgrid, mailgun, none, any };
 upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_view host);
 

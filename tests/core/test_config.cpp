@@ -130,6 +130,37 @@ TEST(config, upstream_url_parts) {
     EXPECT_EQ(r.cfg->listeners[0].host, "::1");
 }
 
+// A sandbox upstream that sends where a route sends reaches the real API under a
+// "sandboxed" label: refused, by name or by another name for the same place.
+TEST(config, a_sandbox_upstream_must_not_be_where_a_route_sends) {
+    auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+        "upstreams": [{"name": "up", "url": "https://api.sendgrid.com"},
+                      {"name": "alias", "url": "https://API.SendGrid.com./v3"},
+                      {"name": "dry", "url": "http://127.0.0.1:9100", "sandbox_api": "any"},
+                      {"name": "other-port", "url": "https://api.sendgrid.com:8443"}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}],
+        "breakers": [{"id": "a", "action": "sandbox", "sandbox": {"upstream": "up"}},
+                     {"id": "b", "action": "sandbox", "sandbox": {"upstream": "alias"}},
+                     {"id": "c", "action": "sandbox", "sandbox": {"upstream": "dry"}},
+                     {"id": "d", "action": "sandbox", "sandbox": {"upstream": "other-port"}}]})");
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("breakers[0].sandbox.upstream: \"up\" is the upstream of route \"r\": a sandboxed request "
+                     "would reach the real API"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("breakers[1].sandbox.upstream: \"alias\" sends to the same place as the upstream of route \"r\""),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find("breakers[2]"), std::string::npos) << e;
+    EXPECT_EQ(e.find("breakers[3]"), std::string::npos) << e;
+    auto bad = parse_config(base(R"(, "breakers": [])").replace(base().find("9000\""), 5,
+                                                                 "9000\", \"sandbox_api\": \"maybe\""));
+    EXPECT_NE(all_errors(bad).find("upstreams[0].sandbox_api: \"maybe\" is not one of \"sendgrid\", \"mailgun\", "
+                                   "\"any\", \"none\""),
+              std::string::npos)
+        << all_errors(bad);
+}
+
 TEST(config, breakers_are_validated) {
     auto r = parse_config(base(R"(, "breakers": [
         {"id": "q", "action": "quarantine", "cooldown": "1x"},

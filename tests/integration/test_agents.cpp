@@ -34,7 +34,8 @@ std::string sha256_hex(std::string_view s) {
 std::string agents_config(std::uint16_t port, const std::string& dir) {
     return "{\"workers\": 2, \"listeners\": [{\"name\": \"agents\", \"address\": \"127.0.0.1:0\", \"require_agent\": true}],"
            "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
-           "\"upstreams\": [{\"name\": \"up\", \"url\": \"http://127.0.0.1:" + std::to_string(port) + "\"}],"
+           "\"upstreams\": [{\"name\": \"up\", \"url\": \"http://127.0.0.1:" + std::to_string(port) +
+           "\", \"sandbox_api\": \"any\"}],"
            "\"routes\": [{\"name\": \"mail-send\", \"match\": {\"path_prefix\": \"/v3/mail/send\"}, \"upstream\": \"up\"},"
            "{\"name\": \"crm\", \"match\": {\"path_prefix\": \"/crm/\"}, \"upstream\": \"up\"}],"
            "\"agents\": ["

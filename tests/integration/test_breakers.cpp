@@ -545,7 +545,8 @@ TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
     fake_upstream up{[](const request&) { return respond(200, ""); }};
     const auto dir = temp_dir();
     proxy_instance bb{guarded_config(up.port(), dir,
-                                     R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})", 10)};
+                                     R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})", 10,
+                                     R"("sandbox_api": "sendgrid")")};
     raw_client c{bb.port()};
     c.send(mail(10, "s"));
     EXPECT_EQ(c.read_response().result_int(), 200u);

@@ -149,11 +149,15 @@ TEST(sandbox_rewrite, the_upstream_decides_which_switch_it_takes) {
     EXPECT_FALSE(sandbox_api_for("POST", "/v3/mail/send", "application/json", upstream_sandbox_of("", "api.mailgun.net")));
     EXPECT_EQ(sandbox_api_for("POST", "/v3/mail/send", "application/json", upstream_sandbox_of("", "api.sendgrid.com")),
               sandbox_api::sendgrid);
-    // Test fakes and local relays on an address are read from the request; the config can say.
-    EXPECT_EQ(upstream_sandbox_of("", "127.0.0.1"), upstream_sandbox::any);
-    EXPECT_EQ(upstream_sandbox_of("", "::1"), upstream_sandbox::any);
-    EXPECT_EQ(upstream_sandbox_of("", "localhost"), upstream_sandbox::any);
-    EXPECT_EQ(upstream_sandbox_of("", "127.0.0.9"), upstream_sandbox::any);
+    // A relay on loopback (a sidecar's egress) may front any API, Mailgun's testmode switch on
+    // another API's `.../messages` form would send for real: it says what it is, like any
+    // relay or test fake.
+    EXPECT_EQ(upstream_sandbox_of("", "127.0.0.1"), upstream_sandbox::none);
+    EXPECT_EQ(upstream_sandbox_of("", "::1"), upstream_sandbox::none);
+    EXPECT_EQ(upstream_sandbox_of("", "localhost"), upstream_sandbox::none);
+    EXPECT_FALSE(sandbox_api_for("POST", "/v1/Conversations/CH1/Messages", "application/x-www-form-urlencoded",
+                                 upstream_sandbox_of("", "127.0.0.1")));
+    EXPECT_EQ(upstream_sandbox_of("any", "127.0.0.9"), upstream_sandbox::any);
     EXPECT_EQ(upstream_sandbox_of("", "10.0.0.5"), upstream_sandbox::none) << "an internal relay says what it is";
     EXPECT_EQ(upstream_sandbox_of("", "2001:db8::1"), upstream_sandbox::none);
     EXPECT_EQ(upstream_sandbox_of("sendgrid", "relay.internal"), upstream_sandbox::sendgrid);
