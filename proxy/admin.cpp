@@ -1650,8 +1650,18 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             spdlog::warn("config apply with metrics_only: breaker {} keeps enforcing", k);
         }
         shadow_kept = std::move(kept);
-        if (!touched.empty()) {
-            co_await await_persist(srv_);
+        // Durable before the answer, as an operator's mode change is: the version is stored,
+        // so a restart runs it, and without the saved metrics_only modes its rules would
+        // enforce at once although the caller was told they only record.
+        if (!touched.empty() && !co_await await_persist(srv_)) {
+            auto f = fail({http::status::service_unavailable, "store_unavailable",
+                           "version " + std::to_string(version) +
+                               " is in effect with metrics_only, but the breakers' modes could not be persisted: "
+                               "a restart now would enforce its rules"});
+            f.mutation = true;
+            f.audit_target = "config";
+            f.audit_diff = diff_text;
+            co_return f;
         }
     }
     h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +
