@@ -61,10 +61,24 @@ std::optional<trip_cause> health_tracker::check_ratio(std::atomic<bool>& over, d
 }
 
 std::optional<trip_cause> health_tracker::record(bool failure, std::chrono::microseconds latency, time_point now) {
+    return record(failure, latency, now, false);
+}
+
+std::optional<trip_cause> health_tracker::record_abandoned(std::chrono::microseconds waited, time_point now) {
+    if (cfg_.slow_call <= milliseconds{0} || waited < cfg_.slow_call) {
+        return std::nullopt;
+    }
+    return record(false, waited, now, true);
+}
+
+std::optional<trip_cause> health_tracker::record(bool failure, std::chrono::microseconds latency, time_point now,
+                                                 bool abandoned) {
     const bool slow = cfg_.slow_call > milliseconds{0} && latency >= cfg_.slow_call;
 
     std::optional<trip_cause> crossed;
-    if (!failure) {
+    if (abandoned) {
+        // No answer: neither a success that ends a run of failures nor a failure.
+    } else if (!failure) {
         consecutive_.store(0, std::memory_order_relaxed);
     } else {
         // fetch_add hands every failure its own count, so exactly one result sees N.

@@ -36,6 +36,11 @@ public:
     // this result crosses a threshold: once per crossing, not for every result above it.
     // actor and key are left empty for the caller (the upstream's name).
     std::optional<trip_cause> record(bool failure, std::chrono::microseconds latency, time_point now);
+    // A call its client gave up on after `waited`, before the upstream answered: no verdict
+    // on failure (the consecutive count is left as it is), but a slow call when waited >=
+    // slow_call, so an upstream that hangs until every client times out still shows in the
+    // slow-call ratio. A shorter wait is not counted at all.
+    std::optional<trip_cause> record_abandoned(std::chrono::microseconds waited, time_point now);
 
     // Forget everything (the breaker closed again after its probes); `now` starts afresh.
     void reset(time_point now);
@@ -55,6 +60,7 @@ private:
         std::uint64_t failures = 0;
         std::uint64_t slow = 0;
     };
+    std::optional<trip_cause> record(bool failure, std::chrono::microseconds latency, time_point now, bool abandoned);
     std::int64_t epoch_of(time_point t) const { return (t.time_since_epoch() / bucket_width_); }
     totals sum(std::int64_t epoch) const;
     std::optional<trip_cause> check_ratio(std::atomic<bool>& over, double ratio, double threshold, std::uint64_t calls,

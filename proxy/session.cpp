@@ -2288,6 +2288,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             for (const auto& p : probes) {
                 registry.cancel_probe(p.instance, p.round);  // the client left: no verdict from the upstream
             }
+            // Still a slow call if it waited that long: an upstream that hangs until every
+            // client gives up must not look healthy for it.
+            if (const auto& ug = rt.upstreams[upstream_index]; ug.health) {
+                if (auto cause = ug.health->record_abandoned(ex.elapsed, w.owner().now())) {
+                    cause->request_id = request_id;
+                    registry.trip(ug.breaker, "", std::move(*cause), w.owner().now());
+                }
+            }
             ++w.stats().client_aborts;
             rec.status = 499;
             rec.decision = "allowed";

@@ -124,6 +124,39 @@ TEST(health, window_slides) {
     EXPECT_TRUE(g.record(true, fast, clock.now()));
 }
 
+// Calls the client gave up on: slow ones count in the slow-call ratio (an upstream hanging
+// until every client times out trips), and none of them touches the consecutive count.
+TEST(health, abandoned_calls_count_as_slow_only) {
+    manual_clock clock;
+    health_config c;
+    c.consecutive_failures = 3;
+    c.min_volume = 4;
+    c.slow_call = 2s;
+    c.slow_ratio = 0.5;
+    health_tracker h{c};
+    EXPECT_FALSE(h.record(true, fast, clock.now()));
+    EXPECT_FALSE(h.record(true, fast, clock.now()));
+    EXPECT_FALSE(h.record_abandoned(1s, clock.now())) << "shorter than slow_call: not counted";
+    EXPECT_FALSE(h.record_abandoned(3s, clock.now())) << "3 calls so far, under min_volume";
+    const auto third = h.record(true, fast, clock.now());
+    ASSERT_TRUE(third) << "an abandoned call does not end a run of failures";
+    EXPECT_EQ(third->reason, "3 consecutive failures");
+
+    health_tracker g{c};
+    g.record(false, fast, clock.now());
+    g.record(false, fast, clock.now());
+    EXPECT_FALSE(g.record_abandoned(5s, clock.now()));
+    const auto cause = g.record_abandoned(5s, clock.now());
+    ASSERT_TRUE(cause) << "2 of 4 calls slow";
+    EXPECT_EQ(cause->reason, "slow-call ratio 0.50 >= 0.50 over 30s (4 calls, slow >= 2s)");
+
+    c.slow_call = 0ms;
+    health_tracker off{c};
+    for (int i = 0; i < 10; ++i) {
+        EXPECT_FALSE(off.record_abandoned(60s, clock.now())) << "no slow_call: no verdict at all";
+    }
+}
+
 TEST(health, slow_call_ratio) {
     manual_clock clock;
     health_config c;
