@@ -1,4 +1,6 @@
 #include "proxy/admin.hpp"
+
+#include "core/utf8.hpp"
 #include "proxy/redact.hpp"
 
 #include "alerts/alerts.hpp"
@@ -2476,17 +2478,27 @@ std::string render_metrics(server& srv) {
     });
     std::string o;
     o.reserve(16 * 1024);
+    // A label value is UTF-8 in the text format, and Prometheus refuses a whole scrape over
+    // one invalid byte: rule keys come from clients (`x-campaign-id: caf\xE9`, a percent-
+    // decoded query value, a key cut at 256 bytes inside a character), so a byte that starts
+    // no well-formed sequence is written as U+FFFD, as the access log writes it.
     auto label = [](std::string_view v) {
         std::string s;
-        for (char c : v) {
+        for (std::size_t i = 0; i < v.size();) {
+            const char c = v[i];
             if (c == '\\' || c == '"') {
                 s += '\\';
                 s += c;
             } else if (c == '\n') {
                 s += "\\n";
+            } else if (const auto n = utf8_sequence(v, i); n == 0) {
+                s += "\xEF\xBF\xBD";
             } else {
-                s += c;
+                s.append(v.substr(i, n));
+                i += n;
+                continue;
             }
+            ++i;
         }
         return s;
     };

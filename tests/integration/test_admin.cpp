@@ -1163,13 +1163,15 @@ TEST(admin_api, metrics_pass_promtool) {
     admin_fixture f;
     send_mail(f.bb.port(), "m");
     send_mail(f.bb.port(), "m", 1, true);
+    // A key in Latin-1, not UTF-8: Prometheus refuses a whole scrape over one such byte.
+    send_mail(f.bb.port(), "caf\xE9");
     http_request(f.bb.port(), http::verb::get, "/nowhere");
     // Requests are counted once their response is out: a scrape right after may be early.
     response res;
     for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds{5}; std::chrono::steady_clock::now() < until;) {
         res = admin(f.port(), http::verb::get, "/metrics", "view-token");
         const auto& b = res.body();
-        if (b.find("decision=\"allowed\"} 1") != std::string::npos &&
+        if (b.find("decision=\"allowed\"} 2") != std::string::npos &&
             b.find("decision=\"quarantined\"} 1") != std::string::npos &&
             b.find("route=\"\",decision=\"rejected\"} 1") != std::string::npos) {
             break;
@@ -1179,9 +1181,11 @@ TEST(admin_api, metrics_pass_promtool) {
     ASSERT_EQ(res.result_int(), 200u);
     EXPECT_NE(res[http::field::content_type].find("text/plain"), std::string::npos);
     const auto& text = res.body();
-    EXPECT_NE(text.find("breakerbox_requests_total{route=\"mail-send\",decision=\"allowed\"} 1"), std::string::npos) << text;
+    EXPECT_NE(text.find("breakerbox_requests_total{route=\"mail-send\",decision=\"allowed\"} 2"), std::string::npos) << text;
+    EXPECT_NE(text.find("breakerbox_rule_meter_value{rule=\"recipients\",key=\"caf\xEF\xBF\xBD\"} 1"), std::string::npos)
+        << text;
     EXPECT_NE(text.find("breakerbox_requests_total{route=\"mail-send\",decision=\"quarantined\"} 1"), std::string::npos);
-    EXPECT_NE(text.find("breakerbox_upstream_latency_seconds_bucket{upstream=\"sendgrid\",le=\"+Inf\"} 1"),
+    EXPECT_NE(text.find("breakerbox_upstream_latency_seconds_bucket{upstream=\"sendgrid\",le=\"+Inf\"} 2"),
               std::string::npos);
     EXPECT_NE(text.find("breakerbox_quarantine_held 1"), std::string::npos);
     EXPECT_NE(text.find("\nbreakerbox_audit_entries "), std::string::npos);
