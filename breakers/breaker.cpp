@@ -848,7 +848,7 @@ breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::str
     return inst;
 }
 
-admission breaker_registry::admit(std::string_view name, time_point now) {
+admission breaker_registry::admit(std::string_view name, time_point now, bool with_wide) {
     auto [s, key] = split(name);
     if (!s) {
         // An instance we were never told about is our own fault: fail closed.
@@ -859,14 +859,14 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
         return a;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->admit(name, now);
+        return successor_->admit(name, now, with_wide);
     }
     instance_ptr inst;
     instance_ptr wide;
     {
         std::shared_lock lock{mutex_};
         inst = lookup(*s, key);
-        if (!key.empty()) {
+        if (!key.empty() && with_wide) {
             wide = exact(*s, {});
         }
     }
@@ -883,7 +883,7 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
         std::unique_lock lock{wide->mutex()};
         if (wide->moved()) {
             lock.unlock();
-            return successor_->admit(name, now);
+            return successor_->admit(name, now, with_wide);
         }
         wide->advance(now);
         const bool bypass = wide->shadowing();
@@ -922,13 +922,21 @@ admission breaker_registry::admit(std::string_view name, time_point now) {
             std::lock_guard wl{wide->mutex()};
             wide->cancel_probe(w.probe_round);
         }
-        return successor_->admit(name, now);
+        return successor_->admit(name, now, with_wide);
     }
     inst->advance(now);
     admission k = inst->decide(now);
     lock.unlock();
     inst->deliver(on_transition_);
     if (!wide) {
+        return k;
+    }
+    if (k.v == admission::verdict::probe && w.v == admission::verdict::probe) {
+        // Both half-open: the request goes upstream as the key's probe, so it is the wide
+        // instance's probe too and both hear its result. (Handing the wide probe back here let
+        // one request per half-open key through a wide instance that allows one probe.)
+        k.wide_probe = w.instance;
+        k.wide_probe_round = w.probe_round;
         return k;
     }
     if (k.v != admission::verdict::allow) {

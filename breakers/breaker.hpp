@@ -112,6 +112,10 @@ struct admission {
     bool throttled = false;             // allow only because a throttle slot was taken (act == throttle)
     std::uint64_t probe_round = 0;      // probe: pass back to probe_result() so a late report from
                                         // an earlier half-open round is not counted
+    // probe of a key whose breaker-wide instance is half-open too: the request is the wide
+    // instance's probe as well (report to both; its name and round).
+    std::string wide_probe;
+    std::uint64_t wide_probe_round = 0;
     std::string instance;
     std::shared_ptr<const transition> last_trip;  // the trip that opened it (null if none)
     // The number of the change that made the instance contain as it does (changes_so_far()):
@@ -204,7 +208,11 @@ public:
     // What to do with a request mapping to `instance`. Advances time-based state: expiry of
     // operator modes, open -> half_open after the cooldown. Takes a throttle token when the
     // instance throttles. An unknown breaker id is our own fault: contain (fail closed).
-    admission admit(std::string_view instance, time_point now);
+    // A keyed instance's breaker-wide instance is consulted too, unless `with_wide` is false:
+    // a request that maps to several keys of one breaker asks the wide instance once (a
+    // second ask would take a second half-open probe or throttle slot, and with one probe
+    // allowed the request would be contained by its own probe every time).
+    admission admit(std::string_view instance, time_point now, bool with_wide = true);
 
     // A rule crossed a line: open the instance (closed/half_open -> open). In forced_closed
     // or metrics_only mode nothing changes and the result says `shadow`.

@@ -1745,6 +1745,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         auto admit = [&](const breakers::admission& adm, std::string_view rule) {
             if (adm.v == breakers::admission::verdict::probe) {
                 probes.push_back({adm.instance, adm.probe_round});
+                if (!adm.wide_probe.empty()) {
+                    probes.push_back({adm.wide_probe, adm.wide_probe_round});
+                }
                 return true;
             }
             if (adm.v == breakers::admission::verdict::allow) {
@@ -1858,6 +1861,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // request is contained by its own probe, every time) or a second throttle slot.
                 thread_local std::vector<std::string> asked;
                 asked.clear();
+                // Breakers whose breaker-wide instance this request has asked already (with two
+                // keys of one breaker, the second must not take a second wide probe or slot).
+                thread_local std::vector<std::string_view> asked_wide;
+                asked_wide.clear();
                 for (const auto& k : key_scratch) {
                     const auto& r = rt.engine->rules().rules[k.rule];
                     const auto* b = cfg->find_breaker(r.trips);
@@ -1872,7 +1879,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // A deny breaker is never tripped by its rule (the rule refuses the one
                     // request), but an operator's trip or forced_open refuses everything it
                     // covers: admit() says so like for any other breaker.
-                    auto adm = registry.admit(asked.back(), now);
+                    const bool wide_asked = std::find(asked_wide.begin(), asked_wide.end(), b->id) != asked_wide.end();
+                    if (!wide_asked) {
+                        asked_wide.push_back(b->id);
+                    }
+                    auto adm = registry.admit(asked.back(), now, !wide_asked);
                     if (adm.throttled) {
                         throttle_slots.push_back(adm.instance);
                     }

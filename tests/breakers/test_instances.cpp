@@ -404,4 +404,50 @@ TEST_F(registry_test, snapshot_round_trips_through_restore) {
 }
 
 }  // namespace
+// The breaker-wide instance and keys all half-open (an operator's trip of the breaker set back
+// to auto, keys opened by their rules before): one request probes the wide instance and its
+// key together and both hear its result. The wide probe used to be handed back whenever the
+// key's own verdict was a probe, so one request per half-open key, then every closed key's,
+// went through a wide instance that allows one probe.
+TEST_F(registry_test, a_half_open_wide_instance_lets_one_probe_through_with_half_open_keys) {
+    auto b = make_config("cv");
+    b.cooldown = 10s;
+    make({b});
+    for (const char* key : {"a", "b", "c"}) {
+        reg().trip("cv", key, rule_cause("r", key), now());
+    }
+    reg().trip("cv", "", rule_cause("r", ""), now());
+    clock_.advance(11s);
+    const auto first = reg().admit("cv/a", now());
+    ASSERT_EQ(first.v, verdict::probe);
+    EXPECT_EQ(first.instance, "cv/a");
+    EXPECT_EQ(first.wide_probe, "cv") << "the request is the wide instance's probe too";
+    EXPECT_EQ(reg().admit("cv/b", now()).v, verdict::contain) << "the wide instance's one probe is out";
+    EXPECT_EQ(reg().admit("cv/c", now()).v, verdict::contain);
+    EXPECT_EQ(reg().admit("cv/closed-key", now()).v, verdict::contain);
+    reg().probe_result(first.instance, true, now(), first.probe_round);
+    reg().probe_result(first.wide_probe, true, now(), first.wide_probe_round);
+    EXPECT_EQ(reg().get("cv", now())->st, state::closed);
+    EXPECT_EQ(reg().get("cv/a", now())->st, state::closed);
+    EXPECT_EQ(reg().admit("cv/b", now()).v, verdict::probe) << "b probes for itself now";
+    EXPECT_EQ(reg().admit("cv/closed-key", now()).v, verdict::allow);
+}
+
+// A request with two keys of one breaker asks the breaker-wide instance once: with its one
+// half-open probe taken by the first key, the second ask used to contain the request, give
+// the probe back, and leave the wide instance half-open for good.
+TEST_F(registry_test, a_second_key_of_one_request_does_not_ask_the_wide_instance_again) {
+    auto b = make_config("cv");
+    b.cooldown = 10s;
+    make({b});
+    reg().trip("cv", "", rule_cause("r", ""), now());
+    clock_.advance(11s);
+    const auto campaign = reg().admit("cv/spring", now());
+    ASSERT_EQ(campaign.v, verdict::probe);
+    EXPECT_EQ(campaign.instance, "cv");
+    EXPECT_EQ(reg().admit("cv/agent-7", now(), /*with_wide=*/false).v, verdict::allow);
+    reg().probe_result(campaign.instance, true, now(), campaign.probe_round);
+    EXPECT_EQ(reg().get("cv", now())->st, state::closed);
+}
+
 }  // namespace bb::breakers::test

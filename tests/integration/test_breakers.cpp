@@ -185,6 +185,37 @@ TEST(caps, the_crossing_request_is_contained_and_explains_itself) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// A request that two keyed rules of one breaker judge (a campaign key and an agent key) asks
+// the breaker-wide instance once. With the wide instance half-open, the second ask used to
+// refuse the request its own probe: contained, the probe given back, and the breaker stayed
+// half-open, refusing everything, for good.
+TEST(caps, two_keys_of_one_breaker_take_one_wide_probe) {
+    fake_upstream up;
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    auto cfg = guarded_config(up.port(), dir, R"({"id": "campaign-volume", "action": "pause", "cooldown": "10s"})");
+    const std::string tail = R"("trips": "campaign-volume"}],)";
+    ASSERT_NE(cfg.find(tail), std::string::npos);
+    cfg.replace(cfg.find(tail), tail.size(),
+                R"("trips": "campaign-volume"}, {"id": "per-source", "route": "mail-send", "key": ["header:x-source"],)"
+                R"j("measure": {"sum": "count($.personalizations[*].to[*])"}, "window": "1h", "limit": 1000,)j"
+                R"("failure_mode": "volume-spike", "trips": "campaign-volume"}],)");
+    proxy_instance bb{cfg, &clock};
+    bb::breakers::trip_cause cause;
+    cause.kind = "rule";
+    cause.reason = "test";
+    bb.server().breakers()->trip("campaign-volume", "", cause, bb.server().now());
+    clock.advance(11s);  // half-open: one probe
+    auto probe = http_request(bb.port(), http::verb::post, "/v3/mail/send",
+                              R"({"personalizations":[{"to":[{"email":"a@example.com"}]}]})",
+                              {{"content-type", "application/json"}, {"x-campaign-id", "spring"}, {"x-source", "crm"}});
+    EXPECT_EQ(probe.result_int(), 200u) << probe.body();
+    const auto wide = bb.server().breakers()->get("campaign-volume", bb.server().now());
+    ASSERT_TRUE(wide);
+    EXPECT_EQ(wide->st, bb::breakers::state::closed) << "the probe's success closes the breaker";
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(caps, invalid_json_is_rejected_not_forwarded) {
     fake_upstream up;
     const auto dir = temp_dir();
