@@ -538,8 +538,9 @@ private:
     }
 
     std::shared_ptr<const transition> make(state from, state to, mode mfrom, mode mto, trip_cause cause,
-                                           time_point at) const {
+                                           time_point at, bool trip = false) const {
         auto t = std::make_shared<transition>();
+        t->trip = trip;
         t->instance = name_;
         t->breaker = cfg_.id;
         t->from = from;
@@ -557,7 +558,7 @@ private:
         const bool contained_before = containing(st_, md_);
         const bool opens = to == state::open && st_ != state::open;
         const bool forces = mto == mode::forced_open && md_ != mode::forced_open;
-        auto t = make(st_, to, md_, mto, std::move(cause), at);
+        auto t = make(st_, to, md_, mto, std::move(cause), at, trips);
         if (to == state::half_open && st_ != state::half_open) {
             new_round();
             period_round_ = round_;

@@ -96,6 +96,7 @@ struct transition {
     mode mode_to = mode::automatic;
     trip_cause cause;
     time_point at{};
+    bool trip = false;  // containment begins (a rule's trip, a reopening, an operator's trip or force)
 };
 
 // What the data plane must do with a request that maps to an instance.

@@ -2552,25 +2552,46 @@ std::string render_metrics(server& srv) {
     o += "breakerbox_connections " + std::to_string(srv.active_connections()) + "\n";
 
     const auto snaps = rt->breakers->snapshot(srv.now());
-    o += "# HELP breakerbox_breaker_state Breaker instance state: 0 closed, 1 open, 2 half_open (first 1000 instances).\n";
+    o += "# HELP breakerbox_breaker_state Breaker instance state: 0 closed, 1 open, 2 half_open (every instance that "
+         "contains or is held in a mode, and every breaker-wide one; closed keyed instances up to 1000 in all).\n";
     o += "# TYPE breakerbox_breaker_state gauge\n";
-    std::map<std::string, std::uint64_t> trips;
+    // What an alert is written against comes first: instances that contain or are in an
+    // operator's mode, and the breaker-wide ones (upstream/<name>, agent/<id>, a breaker
+    // without keys). Closed keyed instances stay in memory until their breaker is full, and
+    // listing them first let a thousand old campaign keys push upstream/sendgrid out.
     std::size_t listed = 0;
+    auto state_line = [&](const breakers::instance_snapshot& s) {
+        o += "breakerbox_breaker_state{breaker=\"" + label(s.breaker) + "\",instance=\"" + label(s.instance) +
+             "\",mode=\"" + std::string{breakers::to_string(s.md)} + "\"} " + std::to_string(static_cast<int>(s.st)) +
+             "\n";
+        ++listed;
+    };
+    auto at_rest = [](const breakers::instance_snapshot& s) {
+        return s.st == breakers::state::closed && s.md == breakers::mode::automatic && !s.key.empty();
+    };
     for (const auto& s : snaps) {
-        trips[s.breaker] += s.trips;
-        if (listed++ < 1000) {
-            o += "breakerbox_breaker_state{breaker=\"" + label(s.breaker) + "\",instance=\"" + label(s.instance) +
-                 "\",mode=\"" + std::string{breakers::to_string(s.md)} + "\"} " +
-                 std::to_string(static_cast<int>(s.st)) + "\n";
+        if (!at_rest(s)) {
+            state_line(s);
+        }
+    }
+    for (const auto& s : snaps) {
+        if (listed >= 1000) {
+            break;
+        }
+        if (at_rest(s)) {
+            state_line(s);
         }
     }
     o += "# HELP breakerbox_breaker_instances Breaker instances that exist now.\n";
     o += "# TYPE breakerbox_breaker_instances gauge\n";
     o += "breakerbox_breaker_instances " + std::to_string(snaps.size()) + "\n";
-    o += "# HELP breakerbox_breaker_trips_total Trips per breaker (instances alive now).\n";
+    o += "# HELP breakerbox_breaker_trips_total Trips per breaker since this process started.\n";
     o += "# TYPE breakerbox_breaker_trips_total counter\n";
+    const auto trips = srv.trip_counts();
     for (const auto& b : cfg->breakers) {
-        o += "breakerbox_breaker_trips_total{breaker=\"" + label(b.id) + "\"} " + std::to_string(trips[b.id]) + "\n";
+        const auto t = trips.find(b.id);
+        o += "breakerbox_breaker_trips_total{breaker=\"" + label(b.id) + "\"} " +
+             std::to_string(t == trips.end() ? 0 : t->second) + "\n";
     }
     if (rt->engine) {
         o += "# HELP breakerbox_rule_keys Keys metered per rule (bounded by max_keys).\n";

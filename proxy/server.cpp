@@ -845,6 +845,11 @@ const std::string* server::most_severe_known(const std::vector<std::string>& sen
     return nullptr;
 }
 
+std::map<std::string, std::uint64_t, std::less<>> server::trip_counts() const {
+    std::lock_guard lock{trips_mu_};
+    return trips_;
+}
+
 void server::on_transition(const breakers::transition& t) {
     // Called on whichever thread made the transition (a worker, or the control thread):
     // the log is asynchronous and persistence is only requested, never waited on here.
@@ -854,6 +859,10 @@ void server::on_transition(const breakers::transition& t) {
                  t.cause.reason.empty() ? std::string{} : ": " + t.cause.reason);
     if (state_writer_) {
         state_writer_->request();
+    }
+    if (t.trip) {
+        std::lock_guard lock{trips_mu_};
+        ++trips_[t.breaker];
     }
     if (t.cause.kind == "restore" &&
         !(t.to == breakers::state::closed && t.mode_to == breakers::mode::automatic)) {

@@ -324,6 +324,8 @@ public:
     // Admin API request counts by endpoint family and status (for /metrics). Thread-safe.
     void count_admin_action(std::string_view path, unsigned status);
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_action_counts() const;
+    // Trips of each breaker since this process started.
+    std::map<std::string, std::uint64_t, std::less<>> trip_counts() const;
 
     // The durable store (quarantine, breaker state); null when the config has no breakers.
     store::database* db() { return db_.get(); }
@@ -460,6 +462,10 @@ private:
     // severe first (on_transition): its resolve goes out with each, its alerts without a
     // rule of their own with the first. Gone once the instance closes.
     std::mutex alert_severity_mu_;
+    // Trips per breaker id since this process started (on_transition): a counter for
+    // /metrics that a reload's rebuilt registry or an evicted instance cannot lower.
+    mutable std::mutex trips_mu_;
+    std::map<std::string, std::uint64_t, std::less<>> trips_;
     // Per open incident, the severities its alerts went out with (sorted); an instance
     // restored open at the start has unknown_severity first: what paged before is not known.
     std::unordered_map<std::string, std::vector<std::string>> alert_severity_;

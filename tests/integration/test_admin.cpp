@@ -1209,6 +1209,65 @@ TEST(admin_api, metrics_pass_promtool) {
     EXPECT_EQ(rc, 0) << out;
 }
 
+// breakerbox_breaker_trips_total counts trips since the process started: a reload that
+// rebuilds the registry drops the closed instances (and a full breaker evicts them), and the
+// counter used to be the sum over the instances alive, so it went down and Prometheus read a
+// reset (an increase() alert on new trips fired for nothing).
+TEST(admin_api, the_trips_counter_never_goes_down) {
+    admin_fixture f;
+    auto trips = [&] {
+        const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+        const std::string name = "breakerbox_breaker_trips_total{breaker=\"campaign-volume\"} ";
+        const auto at = text.find(name);
+        return at == std::string::npos ? std::string{"missing"} : text.substr(at + name.size(), text.find('\n', at) - at - name.size());
+    };
+    for (const char* key : {"a", "b"}) {
+        ASSERT_EQ(admin(f.port(), http::verb::post, std::string{"/v1/breakers/campaign-volume/"} + key + "/trip",
+                        "op-token", R"({"reason":"r"})")
+                      .result_int(),
+                  200u);
+        ASSERT_EQ(admin(f.port(), http::verb::post, std::string{"/v1/breakers/campaign-volume/"} + key + "/reset",
+                        "op-token", R"({"reason":"r"})")
+                      .result_int(),
+                  200u);
+    }
+    EXPECT_EQ(trips(), "2");
+    // A change to the breaker rebuilds the registry; the closed instances are not carried.
+    std::string next = admin_config(f.up.port(), f.dir);
+    const std::string cv = R"("id": "campaign-volume", "action": "pause", "reset": "manual")";
+    ASSERT_NE(next.find(cv), std::string::npos);
+    next.replace(next.find(cv), cv.size(), cv + R"(, "cooldown": "2m")");
+    const auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"longer cooldown\",\"config\":" + next + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    EXPECT_EQ(trips(), "2");
+}
+
+// Closed keyed instances stay in memory until their breaker is full; a thousand of them
+// (old campaign keys) used to fill breakerbox_breaker_state's 1000 lines in name order and
+// push out every breaker sorting later, open ones included.
+TEST(admin_api, breaker_state_lists_what_contains_before_closed_keys) {
+    admin_fixture f;
+    auto& reg = *f.bb.server().breakers();
+    const auto now = f.bb.server().now();
+    for (int i = 0; i < 1001; ++i) {
+        const std::string name = "campaign-volume/k" + std::to_string(10000 + i);
+        ASSERT_TRUE(reg.manual_trip(name, "ops", "r", now));
+        ASSERT_TRUE(reg.reset(name, "ops", "r", now));
+    }
+    ASSERT_TRUE(reg.manual_trip("held", "ops", "misfire", now));
+    const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+    EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\",instance=\"held\",mode=\"auto\"} 1"),
+              std::string::npos)
+        << text.substr(text.find("# TYPE breakerbox_breaker_state"), 600);
+    std::size_t lines = 0;
+    for (auto at = text.find("breakerbox_breaker_state{"); at != std::string::npos;
+         at = text.find("breakerbox_breaker_state{", at + 1)) {
+        ++lines;
+    }
+    EXPECT_EQ(lines, 1000u) << "the closed keys fill the rest";
+}
+
 namespace {
 
 std::string run(const std::string& cmd, int* rc) {
