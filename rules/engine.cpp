@@ -870,6 +870,18 @@ bool build_key(const rule& r, context& ctx) {
             k.resize(max_key_bytes);
         }
     }
+    // A keyed rule's key names a per-key breaker instance, never one that contains every key:
+    // the breaker-wide instance (the empty key: a request without the key's header, say) or
+    // the overflow instance (`_overflow`, breakers/breaker.cpp). One client's traffic without
+    // a campaign id, or with `x-campaign-id: _overflow`, used to trip them and pause every
+    // campaign.
+    if (!r.key.empty()) {
+        if (k.empty()) {
+            k = "(none)";
+        } else if (k == "_overflow") {
+            k = "%5Foverflow";
+        }
+    }
     return true;
 }
 

@@ -13,6 +13,25 @@ const char* recipients_rule = R"j({"id": "recipients-per-campaign", "route": "ma
     "key": ["header:x-campaign-id"], "measure": {"sum": "count($.personalizations[*].to[*])"},
     "window": "1h", "limit": 100, "failure_mode": "volume-spike", "trips": "campaign-volume"})j";
 
+// A keyed rule never names the breaker-wide or the overflow instance, which contain every
+// key: a request without the key's header is metered and tripped as "(none)", and a client's
+// `_overflow` is written `%5Foverflow`.
+TEST(Engine, AKeyNeverNamesTheWideOrTheOverflowInstance) {
+    engine eng{load_ok(config(recipients_rule))};
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_body(101);
+    auto d = eng.evaluate(req.view(), clock.now());
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.key, "(none)");
+    EXPECT_EQ(d.breaker_instance, "campaign-volume/(none)");
+    req.header("X-Campaign-Id", "_overflow");
+    d = eng.evaluate(req.view(), clock.now());
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.key, "%5Foverflow");
+    EXPECT_EQ(d.breaker_instance, "campaign-volume/%5Foverflow");
+}
+
 TEST(Engine, CapIsExactAndTheCrossingRequestIsRefusedAndNotBooked) {
     engine eng{load_ok(config(recipients_rule))};
     manual_clock clock;
