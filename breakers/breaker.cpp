@@ -83,6 +83,13 @@ public:
         return true;
     }
 
+    // Whether an expiring mode gives an operator's trip back as forced_open (advance(); view()
+    // reports the same before advance() has run, so a save in between keeps the trip held).
+    bool hands_trip_back() const {
+        return md_ != mode::forced_open && cfg_.reset == reset_policy::automatic && st_ != state::closed &&
+               last_trip_ && last_trip_->cause.kind == "manual";
+    }
+
     // Applies what time alone changes: mode expiry, then open -> half_open, then restarts
     // a half-open round whose probes never reported (a cancelled request must not wedge it).
     void advance(time_point now) {
@@ -96,8 +103,7 @@ public:
             // forced_open until a reset. Under automatic its old cooldown would half-open it
             // at once and one probe would close what the operator opened. (A timed
             // forced_open that ends is the operator's choice of automatic.)
-            const bool hand_trip_back = md_ != mode::forced_open && cfg_.reset == reset_policy::automatic &&
-                                        st_ != state::closed && last_trip_ && last_trip_->cause.kind == "manual";
+            const bool hand_trip_back = hands_trip_back();
             change(st_, hand_trip_back ? mode::forced_open : mode::automatic,
                    cause_of("expiry", "expiry", hand_trip_back ? reason + "; the operator's trip holds again" : reason),
                    at, false);
@@ -444,7 +450,7 @@ public:
         }
         // What advance() would make of it, without reporting from a const reader.
         if (s.md != mode::automatic && s.mode_expires && now >= *s.mode_expires) {
-            s.md = mode::automatic;
+            s.md = hands_trip_back() ? mode::forced_open : mode::automatic;
             s.mode_expires.reset();
         }
         if (s.md == mode::automatic && s.st == state::open && cfg_.reset == reset_policy::automatic &&

@@ -259,6 +259,14 @@ TEST_F(registry_test, a_timed_bypass_over_a_manual_trip_gives_the_trip_back) {
     ASSERT_TRUE(reg().set_mode("b/k", mode::forced_closed, 15min, "alice", "one batch through", now()));
     EXPECT_EQ(reg().admit("b/k", now()).v, verdict::allow);
     clock_.advance(15min);
+    // Before any tick: a snapshot (a state save, GET /v1/breakers) already says what the
+    // expiry makes of it. It said automatic, and a crash right after that save restored an
+    // operator's trip that one probe would close.
+    for (const auto& snap : reg().snapshot(now())) {
+        if (snap.instance == "b/k") {
+            EXPECT_EQ(snap.md, mode::forced_open) << "the snapshot before the tick";
+        }
+    }
     reg().tick(now());
     const auto s = reg().get("b/k", now());
     EXPECT_EQ(s->md, mode::forced_open);
