@@ -2669,10 +2669,10 @@ std::string render_metrics(server& srv) {
         o += "# TYPE breakerbox_store_hold_seconds histogram\n";
         hist("breakerbox_store_hold_seconds", "", hold);
     }
-    if (const auto al = srv.alerts()) {
+    if (const auto sinks = srv.alert_stats(); !sinks.empty()) {
         o += "# HELP breakerbox_alerts_total Alerts per sink by outcome (sent, failed after retries, dropped, retries).\n";
         o += "# TYPE breakerbox_alerts_total counter\n";
-        for (const auto& st : al->stats()) {
+        for (const auto& st : sinks) {
             for (const auto& [outcome, v] : {std::pair{"sent", st.sent}, std::pair{"failed", st.failed},
                                              std::pair{"dropped", st.dropped}, std::pair{"retry", st.retries}}) {
                 o += "breakerbox_alerts_total{sink=\"" + label(st.name) + "\",outcome=\"" + outcome + "\"} " +

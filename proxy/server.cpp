@@ -1426,12 +1426,49 @@ void server::replace_alerts(const alerts::alerts_config& next) {
     // A rotated webhook URL (a leaked one, say) gets nothing new from here on; what the old
     // dispatcher had queued still goes out, and it is dropped once idle (at a later reload or
     // at shutdown), here on the control thread.
-    std::erase_if(retired_alerts_, [](const std::shared_ptr<alerts::dispatcher>& d) {
-        return d.use_count() == 1 && d->flush(std::chrono::milliseconds{0});
+    std::lock_guard lock{alerts_mu_};
+    std::erase_if(retired_alerts_, [this](const std::shared_ptr<alerts::dispatcher>& d) {
+        if (d.use_count() != 1 || !d->flush(std::chrono::milliseconds{0})) {
+            return false;
+        }
+        for (const auto& st : d->stats()) {
+            auto& f = alerts_folded_[st.name];
+            f.sent += st.sent;
+            f.failed += st.failed;
+            f.retries += st.retries;
+            f.dropped += st.dropped;
+        }
+        return true;
     });
     if (old) {
         retired_alerts_.push_back(std::move(old));
     }
+}
+
+std::vector<alerts::sink_stats> server::alert_stats() const {
+    std::lock_guard lock{alerts_mu_};
+    std::map<std::string, alerts::sink_stats> sum = alerts_folded_;
+    auto add = [&](const alerts::dispatcher& d) {
+        for (const auto& st : d.stats()) {
+            auto& f = sum[st.name];
+            f.sent += st.sent;
+            f.failed += st.failed;
+            f.retries += st.retries;
+            f.dropped += st.dropped;
+        }
+    };
+    for (const auto& d : retired_alerts_) {
+        add(*d);
+    }
+    if (alerts_) {
+        add(*alerts_);
+    }
+    std::vector<alerts::sink_stats> out;
+    for (auto& [name, st] : sum) {
+        st.name = name;
+        out.push_back(std::move(st));
+    }
+    return out;
 }
 
 std::shared_ptr<const config> server::current_config() const {

@@ -314,6 +314,11 @@ public:
     // The dispatcher of the current config (null without sinks); a reload that changes
     // `alerts` replaces it.
     std::shared_ptr<alerts::dispatcher> alerts() const;
+    // Alert counts per sink name since this process started, for /metrics: the running
+    // dispatcher's, plus those of every dispatcher a reload replaced (still sending what it
+    // had queued, or gone), so a rotated webhook URL neither resets a counter nor hides the
+    // failures of what the old dispatcher was still retrying.
+    std::vector<alerts::sink_stats> alert_stats() const;
     // A deny rule refused a request (any thread): alerts on-call, the first at once, then at
     // most once a minute per rule with the count since.
     void report_denial(std::string_view rule, std::string_view breaker, std::string_view key,
@@ -476,6 +481,8 @@ private:
     // Replaced by a reload: each still sends what it had queued (to the sinks it had), and
     // goes once idle (dropped on the control thread, never by a worker's last reference).
     std::vector<std::shared_ptr<alerts::dispatcher>> retired_alerts_;
+    // The counts of retired dispatchers already dropped, by sink name (alert_stats()).
+    std::map<std::string, alerts::sink_stats> alerts_folded_;
     void replace_alerts(const alerts::alerts_config& next);
     std::atomic<std::int64_t> last_store_alert_ms_{0};
     std::unique_ptr<class admin_server> admin_;

@@ -1033,6 +1033,45 @@ TEST(alerts, a_storm_that_goes_on_is_summed_up_every_minute) {
 
 // A reload that merges a paged per-key instance into another (scope: breaker) leaves no
 // instance that could ever resolve that page: the reload resolves it, saying why.
+// Rotating a sink's webhook URL replaces the dispatcher: the alert counts go on from where
+// they were (they used to restart at 0, a counter reset to Prometheus), the old URL's counts
+// included.
+TEST(alerts, a_rotated_webhook_url_keeps_the_sinks_counts) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream rotated{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5), webhook_sink("pager", hook.port()));
+    proxy_instance bb{cfg};
+    auto sent = [&] {
+        for (const auto& st : bb.server().alert_stats()) {
+            if (st.name == "pager") {
+                return st.sent;
+            }
+        }
+        return std::uint64_t{999};
+    };
+    raw_client c{bb.port()};
+    c.send(mail(10, "c1"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(sent(), 1u);
+    auto next = bb::parse_config(with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                             webhook_sink("pager", rotated.port())));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    EXPECT_EQ(sent(), 1u) << "the old dispatcher's count is kept";
+    c.send(mail(10, "c2"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(rotated.request_count(), 1u);
+    EXPECT_EQ(sent(), 2u);
+    // Once idle, a replaced dispatcher goes at the next reload; its counts stay.
+    bb.server().apply_config(bb::parse_config(cfg).cfg);
+    bb.server().apply_config(next.cfg);
+    EXPECT_EQ(sent(), 2u);
+}
+
 TEST(alerts, a_reload_that_merges_a_paged_instance_resolves_its_page) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
