@@ -524,10 +524,19 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         out.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
     };
 
+    // One deadline for the whole exchange: the retry on a new connection after a stale one
+    // does not start the route timeout again.
+    const auto deadline = clock_type::now() + timeout;
     for (int attempt = 0; attempt < 2; ++attempt) {
         std::unique_ptr<upstream_conn> conn = attempt == 0 ? take_idle() : nullptr;
         const bool reused = conn != nullptr;
         if (!conn) {
+            if (active_ + idle_.size() >= cfg_.max_connections && attempt > 0 && !idle_.empty()) {
+                // The retry wants a new connection; an idle one (maybe as stale as the one
+                // that just failed) makes room rather than refusing the request.
+                idle_.front()->close();
+                idle_.erase(idle_.begin());
+            }
             if (active_ + idle_.size() >= cfg_.max_connections) {
                 out.failure = upstream_failure::pool_exhausted;
                 out.detail = "all " + std::to_string(cfg_.max_connections) + " connections to upstream " + cfg_.name +
@@ -538,6 +547,13 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
             active_guard connecting{active_};
             conn = co_await connect(out);
             if (!conn) {
+                if (attempt > 0 && nothing_sent(out.failure)) {
+                    // The first attempt wrote the request on the stale connection: not
+                    // "nothing sent" (whoever books on that would take it off the caps).
+                    out.detail = "upstream connection failed before a response, and a new connection failed: " +
+                                 out.detail;
+                    out.failure = upstream_failure::failed_after_send;
+                }
                 finish();
                 co_return;
             }
@@ -556,7 +572,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
             co_return;
         }
 
-        conn->tcp().expires_after(timeout);
+        conn->tcp().expires_at(deadline);
         out.sending = true;
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });
         bool got_response_bytes = false;
