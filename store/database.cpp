@@ -2660,9 +2660,14 @@ void database::append_audit(audit_entry entry, done_fn done) {
             }
             std::int64_t last_id = 0;
             std::string last_hash = genesis_hash;
-            if (head.step() == SQLITE_ROW) {
+            // A read that fails is no empty log: taken for one, the append would flag the
+            // chain as cut for the rest of the process's life.
+            if (const int rc = head.step(); rc == SQLITE_ROW) {
                 last_id = head.col_i64(0);
                 last_hash = head.col_str(1);
+            } else if (rc != SQLITE_DONE) {
+                return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                       : impl::outcome{unavailable("cannot read the audit head: " + ctx.c.error())};
             }
             // The chain must still hold the anchor as written; an append onto a chain cut
             // back, wiped or re-chained is made (operators are never blocked by it), and the
@@ -2678,7 +2683,12 @@ void database::append_audit(audit_entry entry, done_fn done) {
                         return impl::outcome{unavailable("cannot read the audit log: " + ctx.c.error())};
                     }
                     at.i64(1, anchor_id);
-                    if (at.step() != SQLITE_ROW || at.col_str(0) != anchor_hash) {
+                    const int rc = at.step();
+                    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                        return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                               : impl::outcome{unavailable("cannot read the audit log: " + ctx.c.error())};
+                    }
+                    if (rc != SQLITE_ROW || at.col_str(0) != anchor_hash) {
                         problem = anchor_rewritten(anchor_id);
                     }
                 }
