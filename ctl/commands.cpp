@@ -174,8 +174,20 @@ void check_state(const tokens& t) {
     }
 }
 
+// A selector given empty (`--agent "$AGENT"` with AGENT unset) is refused, not sent: it would
+// match any, and a bulk release or discard would act on every agent's held requests.
+void refuse_empty(const tokens& t, std::initializer_list<std::string_view> keys) {
+    for (auto k : keys) {
+        const std::string flag = "--" + std::string{k};
+        if (t.has(flag) && blank(t.get(flag))) {
+            throw usage_error(flag + " is empty: give a value, or leave it out to match any");
+        }
+    }
+}
+
 // The quarantine filter as a JSON object (bulk release/discard); "" when no selector is given.
 std::string filter_json(const tokens& t) {
+    refuse_empty(t, {"breaker", "agent", "rule", "state"});
     std::string o;
     auto add = [&](std::string_view key, std::string value_json) {
         o += (o.empty() ? "{" : ",") + cfg::quote(key) + ":" + value_json;
@@ -200,6 +212,7 @@ std::string filter_json(const tokens& t) {
 }
 
 std::string list_query(const tokens& t, std::initializer_list<std::string_view> keys) {
+    refuse_empty(t, keys);
     std::string q;
     for (auto k : keys) {
         const std::string flag = "--" + std::string{k};

@@ -1204,6 +1204,15 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
             return f;
         }
     }
+    // An empty value would match any: `{"breaker": "b", "agent": ""}` from a script whose
+    // variable was unset would release every agent's held requests in b. Refused, naming it.
+    for (const auto& [k, v] : qy) {
+        if (v.empty()) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            cfg::quote(k) + " is empty: give a value, or leave the field out to match any", prefix + k};
+            return f;
+        }
+    }
     auto get = [&](const char* k) -> std::string {
         auto it = qy.find(k);
         return it == qy.end() ? std::string{} : it->second;

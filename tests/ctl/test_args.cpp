@@ -118,6 +118,12 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"breakers", "extra"}, "unexpected argument");
     expect_usage_error({"breakers", "--state", "tripped"}, "\"tripped\" is not a breaker state");
     expect_usage_error({"breakers", "--limit", "0"}, "--limit wants a positive whole number");
+    // An empty selector (AGENT unset in `--agent "$AGENT"`) would match any: refused.
+    expect_usage_error({"quarantine", "release", "--breaker", "b", "--agent", "", "--reason", "r"},
+                       "--agent is empty: give a value, or leave it out to match any");
+    expect_usage_error({"quarantine", "discard", "--breaker", " ", "--to", "1767225600000", "--reason", "r"},
+                       "--breaker is empty");
+    expect_usage_error({"quarantine", "list", "--rule", ""}, "--rule is empty");
     expect_usage_error({"breaker"}, "needs a breaker instance ID");
     expect_usage_error({"breakers", "--reason", "x"}, "--reason does not apply to breakers");
     expect_usage_error({"trip", "b", "--reason"}, "--reason needs a value");

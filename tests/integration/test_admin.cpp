@@ -429,7 +429,10 @@ TEST(admin_api, quarantine_endpoints) {
         {R"({"reason":"x","breaker":"held","filter":{"agent":"bot-7"}})", "breaker"},
         {R"({"reason":"x","filter":"breaker=held"})", "filter"},
         // Paging is for a list: a bulk action would ignore it and take every match.
-        {R"({"reason":"x","filter":{"breaker":"held","after":"q_1"}})", "filter.after"}};
+        {R"({"reason":"x","filter":{"breaker":"held","after":"q_1"}})", "filter.after"},
+        // An empty value (a script's unset variable) would match any agent.
+        {R"({"reason":"x","filter":{"breaker":"held","agent":""}})", "filter.agent"},
+        {R"({"reason":"x","filter":{"breaker":"","to":1767225600000}})", "filter.breaker"}};
     for (const auto& [body, field] : unknown) {
         auto r = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token", body);
         EXPECT_EQ(r.result_int(), 400u) << body;
@@ -437,6 +440,9 @@ TEST(admin_api, quarantine_endpoints) {
     }
     auto listed = admin(f.port(), http::verb::get, "/v1/quarantine?breakr=held", "op-token");
     EXPECT_EQ(listed.result_int(), 400u) << listed.body();
+    auto empty = admin(f.port(), http::verb::get, "/v1/quarantine?breaker=held&agent=", "op-token");
+    EXPECT_EQ(empty.result_int(), 400u) << empty.body();
+    EXPECT_NE(empty.body().find("\"field\":\"agent\""), std::string::npos) << empty.body();
     EXPECT_EQ(f.up.request_count(), 1u);
     auto bulk = admin(f.port(), http::verb::post, "/v1/quarantine/release", "op-token",
                       R"({"reason":"ok now","rate_per_s":50,"filter":{"breaker":"held"}})");
