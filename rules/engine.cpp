@@ -1385,6 +1385,11 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
         const bool same = it != old.end() && previous->set_->rules[it->second].fingerprint == r.fingerprint;
         if (same) {
             meters_.push_back(previous->meters_[it->second]);
+        } else if (it != old.end() && previous->set_->rules[it->second].meter_fingerprint == r.meter_fingerprint) {
+            // Only max_keys changed (raised while keys spill into the overflow, say): the
+            // counts go on, under the new bound.
+            meters_.push_back(previous->meters_[it->second]);
+            meters_.back()->set_max_keys(r.max_keys);
         } else {
             meters_.push_back(std::make_shared<rule_meter>(r));
         }

@@ -492,7 +492,7 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
             std::unique_lock write{sh.mu};
             auto it = sh.slots.find(s.key);
             if (it == sh.slots.end()) {
-                if (keys_.load(std::memory_order_relaxed) >= max_keys_) {
+                if (keys_.load(std::memory_order_relaxed) >= max_keys_.load(std::memory_order_relaxed)) {
                     write.unlock();
                     merge_into_overflow(s);
                     continue;

@@ -154,6 +154,10 @@ public:
     bool with_overflow_slot(F&& f);
 
     meter_stats stats() const;
+    // A reload that changes only a rule's max_keys keeps its meter with the new bound (a
+    // raise while keys spill into the overflow must not reset every count mid-misfire). A
+    // lower bound evicts nothing: new keys wait until idle ones go.
+    void set_max_keys(std::size_t n) { max_keys_.store(n, std::memory_order_relaxed); }
 
     // Carrying the counts over a restart (PRODUCT.md principle 4: a cap is no fresh cap
     // after a deploy). encode() is every key that holds something at `now_epoch` (counts
@@ -194,7 +198,7 @@ private:
 
     std::size_t buckets_;
     std::size_t channels_;
-    std::size_t max_keys_;
+    std::atomic<std::size_t> max_keys_;
     bool keyed_;
     bool baseline_;
     std::int64_t idle_epochs_;
@@ -226,13 +230,13 @@ auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
     std::unique_lock write{s.mu};
     auto it = s.slots.find(key);
     if (it == s.slots.end()) {
-        bool room = keys_.load(std::memory_order_relaxed) < max_keys_;
+        bool room = keys_.load(std::memory_order_relaxed) < max_keys_.load(std::memory_order_relaxed);
         if (!room && s.last_sweep != epoch) {
             // At most one sweep per shard per bucket, so a full meter costs O(1) amortised.
             s.last_sweep = epoch;
-            room = sweep(s, epoch) > 0 && keys_.load(std::memory_order_relaxed) < max_keys_;
+            room = sweep(s, epoch) > 0 && keys_.load(std::memory_order_relaxed) < max_keys_.load(std::memory_order_relaxed);
         }
-        if (room && keys_.fetch_add(1, std::memory_order_relaxed) < max_keys_) {
+        if (room && keys_.fetch_add(1, std::memory_order_relaxed) < max_keys_.load(std::memory_order_relaxed)) {
             auto slot = std::make_unique<meter_slot>(buckets_, channels_);
             if (overflow_events_.load(std::memory_order_relaxed) > 0) {
                 // This key may have been booked in the overflow slot while the table was full

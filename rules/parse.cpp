@@ -1058,6 +1058,13 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
     }
     r.finish();
     out.fingerprint = fnv1a(canonical(out));
+    {
+        std::string c = canonical(out);
+        const auto at = c.find(";max_keys=");
+        const auto end = c.find(';', at + 1);
+        c.erase(at, end == std::string::npos ? std::string::npos : end - at);
+        out.meter_fingerprint = fnv1a(c);
+    }
     if (out.guard && out.guard->k == guardrail::kind::duplicates) {
         // What a duplicate table's state means, without the limits that only judge it (max,
         // window): a reload that tightens them keeps the counts (engine.cpp).

@@ -199,6 +199,9 @@ struct rule {
     // resolution, condition kind, EWMA alpha, max_keys) but not thresholds, failure mode
     // or breaker: a reload that only changes a limit keeps the meter.
     std::uint64_t fingerprint = 0;
+    // The fingerprint without max_keys: a reload that changes only that keeps the meter
+    // (rule_meter::set_max_keys).
+    std::uint64_t meter_fingerprint = 0;
     // Duplicates guards: the fingerprint without the guard's max and window (its table's
     // counts keep their meaning when only those change); 0 otherwise.
     std::uint64_t counter_fingerprint = 0;

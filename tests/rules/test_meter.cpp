@@ -191,6 +191,32 @@ TEST(Baseline, NoTripDuringWarmup) {
     }
 }
 
+// Raising max_keys while keys spill into the overflow (an operator's move mid-incident)
+// keeps the counts: max_keys was part of the meter's fingerprint, so the reload gave every
+// key a fresh cap.
+TEST(BoundedKeys, AReloadThatChangesOnlyMaxKeysKeepsTheCounts) {
+    auto rule = [](int max_keys) {
+        return config(R"j({"id": "per-agent", "route": "mail-send", "key": "agent", "window": "1m",
+            "limit": 3, "max_keys": )j" + std::to_string(max_keys) +
+                      R"j(, "failure_mode": "volume-spike", "trips": "agent-volume"})j");
+    };
+    engine first{load_ok(rule(100))};
+    manual_clock clock;
+    request req;
+    req.agent = "agent-1";
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    }
+    engine raised{load_ok(rule(1000)), &first};
+    EXPECT_EQ(raised.evaluate(req.view(), clock.now()).outcome, verdict::violated) << "its 3 are still counted";
+    for (int i = 0; i < 150; ++i) {
+        req.agent = "agent-x" + std::to_string(i);
+        ASSERT_TRUE(raised.evaluate(req.view(), clock.now()).allowed());
+    }
+    EXPECT_EQ(raised.stats("per-agent")->keys, 151u) << "the new bound holds";
+    EXPECT_EQ(raised.stats("per-agent")->overflow_events, 0u);
+}
+
 TEST(BoundedKeys, NewKeysBeyondMaxKeysShareOneCappedOverflowKey) {
     engine eng{load_ok(config(R"j({"id": "per-agent", "route": "mail-send", "key": "agent", "window": "1m",
         "limit": 3, "max_keys": 100, "failure_mode": "volume-spike", "trips": "agent-volume"})j"))};
