@@ -155,13 +155,19 @@ std::string require_reason(const tokens& t, std::string_view command) {
     return r;
 }
 
+// A number as JSON writes it: `010` is no JSON number (the server would answer bad_json).
+std::string json_number(std::string v) {
+    v.erase(0, std::min(v.find_first_not_of('0'), v.size() - 1));
+    return v;
+}
+
 std::string digits_flag(const tokens& t, std::string_view name, bool positive = false) {
     const std::string v = t.get(name);
     if (!all_digits(v) || (positive && std::strtoll(v.c_str(), nullptr, 10) == 0)) {
         throw usage_error(std::string{name} + " wants " + (positive ? "a positive whole number" : "milliseconds since the epoch") +
                           ", not " + cfg::quote(v));
     }
-    return v;
+    return json_number(v);
 }
 
 const std::set<std::string, std::less<>> held_states = {"held",     "releasing", "released", "release_failed",
@@ -341,7 +347,7 @@ void build(plan& p, const tokens& t) {
                         if (!all_digits(n) || n.size() > 9) {
                             throw usage_error("--attempts wants a whole number, not " + cfg::quote(n));
                         }
-                        body += ",\"attempts\":" + n;
+                        body += ",\"attempts\":" + json_number(n);
                     }
                 }
                 p.kind = view::quarantine_result;
@@ -574,6 +580,15 @@ parse_result parse_args(const std::vector<std::string>& args, const environment&
         p.client.cacert = t.get("--cacert");
         p.client.cert = t.get("--cert");
         p.client.key = t.get("--key");
+        // Silently unused, a client certificate would leave the operator blaming the token.
+        for (const char* flag : {"--cacert", "--cert", "--key"}) {
+            if (t.has(flag) && !p.client.url.tls()) {
+                throw usage_error(std::string{flag} + " applies to an https:// admin URL, not " + cfg::quote(admin));
+            }
+        }
+        if (t.has("--key") && !t.has("--cert")) {
+            throw usage_error("--key needs --cert (the client certificate it belongs to)");
+        }
         if (t.has("--timeout")) {
             const auto d = cfg::parse_duration(t.get("--timeout"));
             if (!d || d->count() <= 0 || *d > cfg::max_duration) {

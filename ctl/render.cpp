@@ -525,7 +525,13 @@ std::optional<rendered> render_quarantine_summary(std::string_view body, std::st
             out.ok = false;
             return out;
         }
-        out.ok = n("failed") == 0 && n("unknown") == 0;
+        // Matched and none released (every one skipped: the agent switched off, a sandbox
+        // still applying, records another run took): nothing the operator asked for happened.
+        out.ok = n("failed") == 0 && n("unknown") == 0 && !(n("matched") > 0 && n("released") == 0);
+        if (n("skipped") > 0) {
+            out.text += "skipped requests were not sent (changed since listed, or refused now); see what is still "
+                        "held with breakerctl quarantine list --state held\n";
+        }
     } else {
         out.text += "discarded " + std::to_string(n("discarded")) + ", skipped " + std::to_string(n("skipped")) + "\n";
     }

@@ -80,11 +80,11 @@ TEST(CtlArgs, GlobalsDefaultsAndEnvironment) {
     EXPECT_EQ(r.p->client.token, "tok-env");
 
     // Flags beat the environment, and globals go anywhere on the line.
-    r = parse({"breakers", "--json", "--admin=http://10.0.0.1:1234", "--token", "tok-flag", "--timeout", "250ms",
+    r = parse({"breakers", "--json", "--admin=https://10.0.0.1:1234", "--token", "tok-flag", "--timeout", "250ms",
                "--cacert", "/ca.pem"},
               environment{"http://ignored:1", "tok-env"});
     ASSERT_TRUE(r.p) << r.error;
-    EXPECT_EQ(r.p->client.url.to_string(), "http://10.0.0.1:1234");
+    EXPECT_EQ(r.p->client.url.to_string(), "https://10.0.0.1:1234");
     EXPECT_EQ(r.p->client.token, "tok-flag");
     EXPECT_EQ(r.p->client.timeout, std::chrono::milliseconds{250});
     EXPECT_EQ(r.p->client.cacert, "/ca.pem");
@@ -118,6 +118,10 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"breakers", "extra"}, "unexpected argument");
     expect_usage_error({"breakers", "--state", "tripped"}, "\"tripped\" is not a breaker state");
     expect_usage_error({"breakers", "--limit", "0"}, "--limit wants a positive whole number");
+    // TLS flags on a plain URL would be silently unused (and the token blamed).
+    expect_usage_error({"breakers", "--admin", "127.0.0.1:9901", "--cert", "op.pem"},
+                       "--cert applies to an https:// admin URL");
+    expect_usage_error({"breakers", "--admin", "https://a:1", "--key", "op.key"}, "--key needs --cert");
     // An empty selector (AGENT unset in `--agent "$AGENT"`) would match any: refused.
     expect_usage_error({"quarantine", "release", "--breaker", "b", "--agent", "", "--reason", "r"},
                        "--agent is empty: give a value, or leave it out to match any");
@@ -254,6 +258,11 @@ TEST(CtlRequests, QuarantineMutations) {
               (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":false})"}));
     EXPECT_EQ(only_request({"quarantine", "release", "q_1", "--force", "--attempts", "1", "--reason", "checked"}),
               (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":true,"attempts":1})"}));
+    // Numbers go out as JSON writes them: `010` is no JSON number.
+    EXPECT_EQ(only_request({"quarantine", "release", "q_1", "--force", "--attempts", "01", "--reason", "checked"}),
+              (http_request{"POST", "/v1/quarantine/q_1/release", R"({"reason":"checked","force":true,"attempts":1})"}));
+    EXPECT_EQ(only_request({"quarantine", "discard", "--breaker", "b", "--to", "0020", "--limit", "010", "--reason", "r"}),
+              (http_request{"POST", "/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"b","to":20,"limit":10}})"}));
     // A force names the attempts the operator saw (the server refuses a stale one).
     expect_usage_error({"quarantine", "release", "q_1", "--force", "--reason", "r"}, "--force needs --attempts");
     expect_usage_error({"quarantine", "release", "q_1", "--attempts", "1", "--reason", "r"}, "--force needs --attempts");

@@ -148,7 +148,12 @@ TEST(CtlRender, QuarantineResultsAndSummaries) {
     auto s = render_quarantine_summary(
         R"({"summary":{"matched":10,"released":8,"failed":0,"unknown":0,"discarded":0,"skipped":2}})", "release");
     EXPECT_TRUE(s->ok);
-    EXPECT_EQ(s->text, "matched 10: released 8, failed 0, unknown 0, skipped 2\n");
+    EXPECT_EQ(s->text, "matched 10: released 8, failed 0, unknown 0, skipped 2\nskipped requests were not sent (changed "
+                       "since listed, or refused now); see what is still held with breakerctl quarantine list --state held\n");
+    // Every match skipped (the agent switched off, say): nothing was released, not a success.
+    auto none = render_quarantine_summary(
+        R"({"summary":{"matched":40,"released":0,"failed":0,"unknown":0,"discarded":0,"skipped":40}})", "release");
+    EXPECT_FALSE(none->ok);
     auto u = render_quarantine_summary(
         R"({"summary":{"matched":3,"released":1,"failed":1,"unknown":1,"skipped":0}})", "release");
     EXPECT_FALSE(u->ok);
