@@ -218,6 +218,22 @@ TEST(CtlClient, PostsTheMutationBody) {
     EXPECT_EQ(reqs[0].body(), R"({"mode":"forced_open","reason":"maintenance window"})");
 }
 
+// The act was taken but its outcome is missing from the audit log: the table does not show
+// the field, so stderr says it; the exit code is the act's.
+TEST(CtlClient, AnUnrecordedAuditOutcomeIsAWarning) {
+    fake_admin admin{[](const request&) {
+        return json(http::status::ok,
+                    R"({"breaker":{"instance":"b1","breaker":"b1","key":"","action":"pause","state":"open","mode":"forced_open",)"
+                    R"("mode_expires_at":null,"opened_at":1772366400000,"cooldown_ms":30000,"trips":1,"last_trip":null},)"
+                    R"j("audit_unrecorded":"the outcome could not be written to the audit log (disk full)"})j");
+    }};
+    auto o = run_ctl({"--admin", admin.url(), "--token", "t", "mode", "b1", "forced_open", "--reason", "hold"});
+    EXPECT_EQ(o.code, exit_ok) << o.err;
+    EXPECT_NE(o.err.find("warning: the action was taken, but its outcome could not be written to the audit log"),
+              std::string::npos)
+        << o.err;
+}
+
 TEST(CtlClient, UnauthorizedAndForbidden) {
     fake_admin admin{admin_like};
     auto o = run_ctl({"--admin", admin.url(), "breakers"});
