@@ -604,7 +604,12 @@ std::optional<rendered> render_audit(std::string_view body) {
                field(e, "method") + " " + field(e, "path"), field(e, "target"), field(e, "result"),
                field(e, "reason")});
     }
-    return rendered{t.rows() == 0 ? std::string{"no audit entries\n"} : t.to_string(), true};
+    std::string text = t.rows() == 0 ? std::string{"no audit entries\n"} : t.to_string();
+    // Oldest first, a page at a time: say where the next page starts.
+    if (const auto next = field(*doc, "next_after", ""); !next.empty() && next != "null") {
+        text += "more: breakerctl audit --after " + next + "\n";
+    }
+    return rendered{std::move(text), true};
 }
 
 std::optional<rendered> render_audit_verify(std::string_view body) {

@@ -1904,7 +1904,11 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
     if (auto it = query_.find("limit"); it != query_.end()) {
         limit = static_cast<std::size_t>(std::clamp<long long>(std::atoll(it->second.c_str()), 1, 1000));
     }
-    const auto entries = db->list_audit(after, limit);
+    std::string read_error;
+    const auto entries = db->list_audit(after, limit, &read_error);
+    if (!read_error.empty()) {
+        co_return fail({http::status::service_unavailable, "store_unavailable", read_error});
+    }
     const bool reveal = allowed(admin_role::operator_);
     std::string o = "{\"entries\":[";
     for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -1920,7 +1924,8 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
              ",\"reason\":" + q(e.reason) + ",\"result\":" + q(e.result) + ",\"diff\":" + q(e.diff) +
              ",\"prev_hash\":" + q(e.prev_hash) + ",\"hash\":" + q(e.hash) + "}";
     }
-    o += "]}";
+    // Oldest first: a full page has more after it (`?after=next_after`).
+    o += "],\"next_after\":" + (entries.size() == limit ? std::to_string(entries.back().id) : std::string{"null"}) + "}";
     handled h;
     h.body = std::move(o);
     co_return h;

@@ -2765,17 +2765,27 @@ std::string database::audit_tampering(std::int64_t* first_bad) const {
     return impl_->tampered_;
 }
 
-std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t limit) const {
+std::vector<audit_entry> database::list_audit(std::int64_t after_id, std::size_t limit, std::string* error) const {
     std::vector<audit_entry> out;
     auto c = impl_->lease();
     auto s = c->once("SELECT id, at_ms, actor, role, method, path, target, params, reason, result, diff, prev_hash, hash "
                      "FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2");
     if (!s.valid()) {
+        if (error != nullptr) {
+            *error = "cannot read the audit log: " + c->error();
+        }
         return out;
     }
     s.i64(1, after_id);
     s.i64(2, static_cast<std::int64_t>(limit == 0 ? 100 : std::min<std::size_t>(limit, 1000)));
-    while (s.step() == SQLITE_ROW) {
+    for (;;) {
+        const int rc = s.step();
+        if (rc != SQLITE_ROW) {
+            if (rc != SQLITE_DONE && error != nullptr) {
+                *error = "cannot read the audit log: " + c->error();
+            }
+            break;
+        }
         audit_entry e;
         e.id = s.col_i64(0);
         e.at_ms = s.col_i64(1);
@@ -2820,7 +2830,16 @@ bool database::audit_verifier::step() {
             return true;
         }
     }
-    const auto page = db_.list_audit(expected_id_ - 1, 1000);
+    std::string read_error;
+    const auto page = db_.list_audit(expected_id_ - 1, 1000, &read_error);
+    if (!read_error.empty()) {
+        // Not a verified log: what could not be read was not checked.
+        v_.ok = false;
+        v_.first_bad = expected_id_;
+        v_.problem = std::move(read_error);
+        done_ = true;
+        return true;
+    }
     for (const auto& e : page) {
         auto bad = [&](std::string problem) {
             v_.ok = false;

@@ -365,7 +365,9 @@ public:
     // Appends an entry: id, prev_hash and hash are filled in by the writer, which chains each
     // entry to the one before (done: r.count = the new id).
     void append_audit(audit_entry entry, done_fn done);
-    std::vector<audit_entry> list_audit(std::int64_t after_id, std::size_t limit) const;
+    // Oldest first, after `after_id`. A read that fails sets *error (when given) and returns
+    // what was read before it: never an empty log in disguise.
+    std::vector<audit_entry> list_audit(std::int64_t after_id, std::size_t limit, std::string* error = nullptr) const;
     // Walks the chain: an edited, inserted or deleted entry breaks it.
     audit_verification verify_audit() const;
     // The last entry this process knows to be in the log (id, hash): the head read at open,

@@ -241,6 +241,12 @@ TEST(CtlRender, Audit) {
               "1   2026-03-01T12:00:00Z  ops-oncall  operator  POST /v1/breakers/b/trip  b       ok                 drill line two\n"
               "2   2026-03-01T12:01:00Z  alice       admin     POST /v1/config           config  applied version 2  raise cap\n");
 
+    // A full page says where the next starts; the last page says nothing more.
+    auto paged = render_audit(R"({"entries":[],"next_after":100})");
+    EXPECT_EQ(paged->text, "no audit entries\nmore: breakerctl audit --after 100\n");
+    auto last = render_audit(R"({"entries":[],"next_after":null})");
+    EXPECT_EQ(last->text, "no audit entries\n");
+
     auto good = render_audit_verify(R"({"ok":true,"entries":42})");
     EXPECT_TRUE(good->ok);
     EXPECT_EQ(good->text, "audit log verified: 42 entries, hash chain intact\n");

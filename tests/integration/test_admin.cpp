@@ -454,6 +454,11 @@ TEST(admin_api, quarantine_endpoints) {
     for (const char* q : {"/v1/audit?limit=abc", "/v1/audit?after=-1", "/v1/audit?limt=5"}) {
         EXPECT_EQ(admin(f.port(), http::verb::get, q, "admin-token").result_int(), 400u) << q;
     }
+    // Oldest first, a page at a time: a full page names where the next one starts.
+    const auto first = admin(f.port(), http::verb::get, "/v1/audit?limit=1", "admin-token");
+    EXPECT_NE(first.body().find("\"next_after\":1}"), std::string::npos) << first.body();
+    const auto rest = admin(f.port(), http::verb::get, "/v1/audit?after=1&limit=1000", "admin-token");
+    EXPECT_NE(rest.body().find("\"next_after\":null}"), std::string::npos) << rest.body().substr(rest.body().size() - 200);
     // A cursor that names no record is the caller's mistake (or a record pruned meanwhile):
     // 400 naming it, not a 503 that pages someone and makes scripts retry.
     const auto bogus = admin(f.port(), http::verb::get, "/v1/quarantine?after=q_bogus", "view-token");
