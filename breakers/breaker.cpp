@@ -437,11 +437,15 @@ public:
         s.reset = cfg_.reset;
         s.shadow_trips = shadow_trips_;
         s.last_shadow_trip = last_shadow_trip_;
-        // The admissions that still count (within an interval of now): older ones free
-        // their slot whatever comes next, and would only make every save bigger.
+        // The admissions that may still count: those within an interval of now, and at least
+        // of the last hour, since a reload (or a restart with a new config) may lengthen the
+        // interval (5 per 10 s to 5 per 10 min) and the new instance judges them by its own;
+        // filtered by the old interval, a tightened throttle granted R at once. Older ones
+        // would only make every save bigger (at most R are kept in any case).
+        const auto keep = std::max<duration>(cfg_.throttle.interval, std::chrono::hours{1});
         for (std::size_t i = 0; i < slots_.size(); ++i) {
             const auto t = slots_[(oldest_ + i) % slots_.size()];
-            if (now - t < cfg_.throttle.interval) {
+            if (now - t < keep) {
                 s.throttle_admissions.push_back(t);
             }
         }

@@ -372,8 +372,11 @@ TEST_F(registry_test, restored_throttle_admissions_are_clamped_to_now_and_merged
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::allow) << "b's first admission is a minute old";
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::contain);
 
-    // Only admissions within the interval are saved.
+    // Only admissions within the interval, and at least of the last hour, are saved (a new
+    // config may lengthen the interval: test_throttle.cpp).
     clock_.advance(2min);
+    EXPECT_EQ(reg().get("cv", now())->throttle_admissions.size(), 2u);
+    clock_.advance(1h);
     EXPECT_TRUE(reg().get("cv", now())->throttle_admissions.empty());
 }
 

@@ -69,6 +69,22 @@ TEST_F(registry_test, a_hand_over_keeps_the_throttle_budget_already_used) {
     EXPECT_EQ(next->admit("crm-writes", now()).v, verdict::contain);
 }
 
+// A reload that lengthens the interval (2 per 10 s to 2 per 10 min, tightening it) judges the
+// admissions made by the new interval: they used to be dropped at the hand-over as older than
+// the old one, and the tightened throttle granted R at once.
+TEST_F(registry_test, a_hand_over_that_lengthens_the_interval_keeps_the_admissions) {
+    make({throttle_config_of(2, 10s)});
+    ASSERT_TRUE(reg().manual_trip("crm-writes", "alice", "slow down", now()));
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
+    clock_.advance(30s);
+    auto next = std::make_shared<breaker_registry>(std::vector<breaker_config>{throttle_config_of(2, 10min)});
+    reg().hand_over(next, now());
+    const auto a = next->admit("crm-writes", now());
+    EXPECT_EQ(a.v, verdict::contain) << "both admissions are within the new 10 min";
+    EXPECT_EQ(a.retry_after, 9min + 30s);
+}
+
 TEST_F(registry_test, throttle_window_slides) {
     make({throttle_config_of(2, 1s)});
     reg().manual_trip("crm-writes", "alice", "slow down", now());
