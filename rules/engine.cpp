@@ -1380,16 +1380,29 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
         }
     }
     meters_.reserve(set_->rules.size());
+    std::vector<bool> adopted(previous ? previous->meters_.size() : 0, false);
+    if (previous) {
+        kept_ = previous->kept_;
+    }
     for (const auto& r : set_->rules) {
         auto it = old.find(r.id);
         const bool same = it != old.end() && previous->set_->rules[it->second].fingerprint == r.fingerprint;
+        const auto kept = std::find_if(kept_.begin(), kept_.end(), [&](const kept_meter& k) {
+            return k.id == r.id && k.fingerprint == r.fingerprint;
+        });
         if (same) {
             meters_.push_back(previous->meters_[it->second]);
+            adopted[it->second] = true;
         } else if (it != old.end() && previous->set_->rules[it->second].meter_fingerprint == r.meter_fingerprint) {
             // Only max_keys changed (raised while keys spill into the overflow, say): the
             // counts go on, under the new bound.
             meters_.push_back(previous->meters_[it->second]);
             meters_.back()->set_max_keys(r.max_keys);
+            adopted[it->second] = true;
+        } else if (kept != kept_.end()) {
+            // This definition ran before (a rollback, a rule added back): its counts again.
+            meters_.push_back(kept->meter);
+            kept_.erase(kept);
         } else {
             meters_.push_back(std::make_shared<rule_meter>(r));
         }
@@ -1409,6 +1422,17 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
         } else {
             dups_.push_back(nullptr);
         }
+    }
+    // The previous engine's meters no rule adopted are kept aside, newest last.
+    for (std::size_t i = 0; i < adopted.size(); ++i) {
+        if (!adopted[i]) {
+            const auto& r = previous->set_->rules[i];
+            std::erase_if(kept_, [&](const kept_meter& k) { return k.id == r.id && k.fingerprint == r.fingerprint; });
+            kept_.push_back({r.id, r.fingerprint, previous->meters_[i]});
+        }
+    }
+    if (kept_.size() > kept_max) {
+        kept_.erase(kept_.begin(), kept_.begin() + static_cast<std::ptrdiff_t>(kept_.size() - kept_max));
     }
 }
 

@@ -183,6 +183,16 @@ private:
     // Duplicates guards' counters, parallel to set_->rules (null for other rules); adopted
     // on reload like meters.
     std::vector<std::shared_ptr<duplicate_counter>> dups_;
+    // Meters of rules a reload removed or changed, by rule id and fingerprint, newest last
+    // (at most kept_max): a rollback, or a rule removed and added back, finds its counts
+    // again instead of a fresh cap. Their windows go on expiring as time passes.
+    struct kept_meter {
+        std::string id;
+        std::uint64_t fingerprint = 0;
+        std::shared_ptr<rule_meter> meter;
+    };
+    static constexpr std::size_t kept_max = 64;
+    std::vector<kept_meter> kept_;
 };
 
 }  // namespace bb::rules

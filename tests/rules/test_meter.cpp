@@ -217,6 +217,25 @@ TEST(BoundedKeys, AReloadThatChangesOnlyMaxKeysKeepsTheCounts) {
     EXPECT_EQ(raised.stats("per-agent")->overflow_events, 0u);
 }
 
+// A rule changed and changed back (a rollback), or removed and added back: the counts it had
+// come back with it, instead of a fresh cap mid-misfire.
+TEST(BoundedKeys, ARollbackFindsTheRulesCountsAgain) {
+    auto rule = [](const char* window) {
+        return config(std::string{R"j({"id": "per-agent", "route": "mail-send", "key": "agent", "window": ")j"} + window +
+                      R"j(", "limit": 3, "failure_mode": "volume-spike", "trips": "agent-volume"})j");
+    };
+    engine v1{load_ok(rule("1h"))};
+    manual_clock clock;
+    request req;
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(v1.evaluate(req.view(), clock.now()).allowed());
+    }
+    engine v2{load_ok(rule("2h")), &v1};
+    EXPECT_TRUE(v2.evaluate(req.view(), clock.now()).allowed()) << "another window: another meter";
+    engine back{load_ok(rule("1h")), &v2};
+    EXPECT_EQ(back.evaluate(req.view(), clock.now()).outcome, verdict::violated) << "v1's three are still counted";
+}
+
 TEST(BoundedKeys, NewKeysBeyondMaxKeysShareOneCappedOverflowKey) {
     engine eng{load_ok(config(R"j({"id": "per-agent", "route": "mail-send", "key": "agent", "window": "1m",
         "limit": 3, "max_keys": 100, "failure_mode": "volume-spike", "trips": "agent-volume"})j"))};
