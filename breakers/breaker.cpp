@@ -877,7 +877,7 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
     {
         std::shared_lock lock{mutex_};
         inst = lookup(*s, key);
-        if (!key.empty() && with_wide) {
+        if (!key.empty()) {
             wide = exact(*s, {});
         }
     }
@@ -898,10 +898,17 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
         }
         wide->advance(now);
         const bool bypass = wide->shadowing();
-        w = wide->decide(now);
+        // A request's later keys (with_wide false) do not ask it again: its probe or throttle
+        // slot is taken once. Only a breaker-wide bypass still applies to them.
+        const bool ask = with_wide || bypass;
+        if (ask) {
+            w = wide->decide(now);
+        }
         lock.unlock();
         wide->deliver(on_transition_);
-        if (bypass) {
+        if (!ask) {
+            wide = nullptr;
+        } else if (bypass) {
             // Every key is bypassed (its rules checked, not enforced), except one an operator
             // tripped or forced open by its own name: an operator's trip is always enforced,
             // and the wide shadow mode (an apply with metrics_only, say) must not make a
@@ -922,9 +929,12 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
             }
             return w;
         }
-        if (w.v == admission::verdict::contain || !inst) {
+        if (wide && (w.v == admission::verdict::contain || !inst)) {
             return w;
         }
+    }
+    if (!inst) {
+        return none;
     }
     std::unique_lock lock{inst->mutex()};
     if (inst->moved()) {

@@ -111,9 +111,10 @@ struct upstream_config {
     // Upstream 429/503 with retry-after (and HubSpot's X-HubSpot-RateLimit-Remaining: 0)
     // pause this upstream for every agent; retry-after is capped at this.
     milliseconds max_rate_limit_pause{300'000};
-    // Which dry-run switch the sandbox action may use on it: "sendgrid", "mailgun", "none",
-    // or "" (from the host: SendGrid's and Mailgun's API hosts take theirs, a loopback or IP
-    // address is read from the request as a test or relay fake, any other host has none).
+    // Which dry-run switch the sandbox action may use on it: "sendgrid", "mailgun", "any"
+    // (read from the request: a test fake, a relay to both), "none", or "" (from the host:
+    // SendGrid's and Mailgun's API hosts take theirs, any other host or address, loopback
+    // included, has none).
     std::string sandbox_api;
 };
 

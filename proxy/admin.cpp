@@ -1207,7 +1207,7 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
     // An empty value would match any: `{"breaker": "b", "agent": ""}` from a script whose
     // variable was unset would release every agent's held requests in b. Refused, naming it.
     for (const auto& [k, v] : qy) {
-        if (v.empty()) {
+        if (v.empty() && k != "after") {  // an empty cursor is the first page
             err = api_error{http::status::bad_request, "bad_field",
                             cfg::quote(k) + " is empty: give a value, or leave the field out to match any", prefix + k};
             return f;

@@ -1417,16 +1417,13 @@ std::shared_ptr<alerts::dispatcher> server::alerts() const {
 }
 
 void server::replace_alerts(const alerts::alerts_config& next) {
-    std::shared_ptr<alerts::dispatcher> old;
-    {
-        std::lock_guard lock{alerts_mu_};
-        old = alerts_;
-        alerts_ = next.sinks.empty() ? nullptr : std::make_shared<alerts::dispatcher>(next);
-    }
+    auto fresh = next.sinks.empty() ? nullptr : std::make_shared<alerts::dispatcher>(next);
     // A rotated webhook URL (a leaked one, say) gets nothing new from here on; what the old
     // dispatcher had queued still goes out, and it is dropped once idle (at a later reload or
-    // at shutdown), here on the control thread.
+    // at shutdown), here on the control thread. One hold of the lock: a scrape in between
+    // would miss the old dispatcher's counts (a counter reset to Prometheus).
     std::lock_guard lock{alerts_mu_};
+    std::shared_ptr<alerts::dispatcher> old = std::exchange(alerts_, std::move(fresh));
     std::erase_if(retired_alerts_, [this](const std::shared_ptr<alerts::dispatcher>& d) {
         if (d.use_count() != 1 || !d->flush(std::chrono::milliseconds{0})) {
             return false;

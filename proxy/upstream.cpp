@@ -190,6 +190,7 @@ struct name_lookup {
     int event_fd = -1;  // written once, when the lookup is done
     std::mutex mu;
     bool finished = false;  // rc and endpoints are the lookup's (set before event_fd is written)
+    std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
     int rc = 0;             // getaddrinfo's result
     std::vector<tcp::endpoint> endpoints;
     ~name_lookup() {
@@ -208,20 +209,32 @@ std::atomic<int> lookups_in_flight{0};
 // one each against the cap above. Nothing is cached past the lookup: the next connect asks
 // again (the resolver's own TTLs apply). Waiters only wait on the eventfd (nobody reads it),
 // so any number of them see its one write.
-std::mutex shared_lookups_mu;
-std::unordered_map<std::string, std::weak_ptr<name_lookup>> shared_lookups;
+// A lookup is joined only while it is younger than the joiner's own timeout: one whose
+// query was lost waits for the resolver's retry (5 s), and every connect after it would
+// time out with it. The registry is never destroyed: a detached lookup thread may finish
+// while the process's statics are going.
+struct lookup_registry {
+    std::mutex mu;
+    std::unordered_map<std::string, std::weak_ptr<name_lookup>> running;
+};
+lookup_registry& shared_lookups() {
+    static auto* r = new lookup_registry;
+    return *r;
+}
 
-std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uint16_t port) {
+std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uint16_t port,
+                                               std::chrono::milliseconds join_younger_than) {
     const std::string key = host + ":" + std::to_string(port);
-    std::lock_guard registry{shared_lookups_mu};
-    if (const auto it = shared_lookups.find(key); it != shared_lookups.end()) {
+    auto& reg = shared_lookups();
+    std::lock_guard registry{reg.mu};
+    if (const auto it = reg.running.find(key); it != reg.running.end()) {
         if (auto running = it->second.lock()) {
             std::lock_guard lock{running->mu};
-            if (!running->finished) {
+            if (!running->finished && std::chrono::steady_clock::now() - running->started < join_younger_than) {
                 return running;
             }
         }
-        shared_lookups.erase(it);
+        reg.running.erase(it);
     }
     if (lookups_in_flight.fetch_add(1) >= max_lookups_in_flight) {
         lookups_in_flight.fetch_sub(1);
@@ -264,9 +277,10 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
             const std::uint64_t one = 1;
             [[maybe_unused]] const auto n = ::write(st->event_fd, &one, sizeof one);
             {
-                std::lock_guard registry{shared_lookups_mu};
-                if (const auto it = shared_lookups.find(key); it != shared_lookups.end() && it->second.lock() == st) {
-                    shared_lookups.erase(it);
+                auto& reg = shared_lookups();
+                std::lock_guard registry{reg.mu};
+                if (const auto it = reg.running.find(key); it != reg.running.end() && it->second.lock() == st) {
+                    reg.running.erase(it);
                 }
             }
             lookups_in_flight.fetch_sub(1);
@@ -275,7 +289,7 @@ std::shared_ptr<name_lookup> start_name_lookup(const std::string& host, std::uin
         lookups_in_flight.fetch_sub(1);
         return nullptr;
     }
-    shared_lookups[key] = st;
+    reg.running[key] = st;
     return st;
 }
 
@@ -294,7 +308,7 @@ asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const 
             co_return out;
         }
     }
-    auto lookup = start_name_lookup(host, port);
+    auto lookup = start_name_lookup(host, port, timeout);
     if (!lookup) {
         out.error = "cannot resolve " + host + ": too many name lookups in flight";
         out.busy = true;
@@ -541,11 +555,10 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 out.failure = upstream_failure::pool_exhausted;
                 out.detail = "all " + std::to_string(cfg_.max_connections) + " connections to upstream " + cfg_.name +
                              " are busy on this worker";
-                finish();
-                co_return;
+            } else {
+                active_guard connecting{active_};
+                conn = co_await connect(out);
             }
-            active_guard connecting{active_};
-            conn = co_await connect(out);
             if (!conn) {
                 if (attempt > 0 && nothing_sent(out.failure)) {
                     // The first attempt wrote the request on the stale connection: not

@@ -879,7 +879,7 @@ bool build_key(const rule& r, context& ctx) {
         if (k.empty()) {
             k = "(none)";
         } else if (k == "_overflow") {
-            k = "%5Foverflow";
+            k = "(_overflow)";  // not %5F: the admin API decodes its path, and would name the real one
         }
     }
     return true;

@@ -1060,7 +1060,7 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
     out.fingerprint = fnv1a(canonical(out));
     {
         std::string c = canonical(out);
-        const auto at = c.find(";max_keys=");
+        const auto at = c.rfind(";max_keys=");  // after every user string but the guard's
         const auto end = c.find(';', at + 1);
         c.erase(at, end == std::string::npos ? std::string::npos : end - at);
         out.meter_fingerprint = fnv1a(c);

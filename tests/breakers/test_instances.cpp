@@ -451,6 +451,15 @@ TEST_F(registry_test, a_second_key_of_one_request_does_not_ask_the_wide_instance
     EXPECT_EQ(reg().admit("cv/agent-7", now(), /*with_wide=*/false).v, verdict::allow);
     reg().probe_result(campaign.instance, true, now(), campaign.probe_round);
     EXPECT_EQ(reg().get("cv", now())->st, state::closed);
+
+    // A breaker-wide bypass (an operator's forced_closed) still reaches the later keys: their
+    // rules' own trips are bypassed as the first key's are.
+    reg().trip("cv", "agent-7", rule_cause("r", "agent-7"), now());
+    ASSERT_TRUE(reg().set_mode("cv", mode::forced_closed, std::nullopt, "alice", "let it through", now()));
+    EXPECT_EQ(reg().admit("cv/spring", now()).v, verdict::allow);
+    const auto second = reg().admit("cv/agent-7", now(), /*with_wide=*/false);
+    EXPECT_EQ(second.v, verdict::allow) << "bypassed by the breaker-wide forced_closed";
+    EXPECT_TRUE(second.would_contain);
 }
 
 }  // namespace bb::breakers::test

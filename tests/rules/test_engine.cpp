@@ -15,7 +15,7 @@ const char* recipients_rule = R"j({"id": "recipients-per-campaign", "route": "ma
 
 // A keyed rule never names the breaker-wide or the overflow instance, which contain every
 // key: a request without the key's header is metered and tripped as "(none)", and a client's
-// `_overflow` is written `%5Foverflow`.
+// `_overflow` is written `(_overflow)`.
 TEST(Engine, AKeyNeverNamesTheWideOrTheOverflowInstance) {
     engine eng{load_ok(config(recipients_rule))};
     manual_clock clock;
@@ -28,8 +28,8 @@ TEST(Engine, AKeyNeverNamesTheWideOrTheOverflowInstance) {
     req.header("X-Campaign-Id", "_overflow");
     d = eng.evaluate(req.view(), clock.now());
     ASSERT_EQ(d.outcome, verdict::violated);
-    EXPECT_EQ(d.key, "%5Foverflow");
-    EXPECT_EQ(d.breaker_instance, "campaign-volume/%5Foverflow");
+    EXPECT_EQ(d.key, "(_overflow)");
+    EXPECT_EQ(d.breaker_instance, "campaign-volume/(_overflow)");
 }
 
 TEST(Engine, CapIsExactAndTheCrossingRequestIsRefusedAndNotBooked) {
