@@ -311,11 +311,12 @@ std::size_t raw_form_message(checker& k, std::string_view value, bool base64) {
     std::string decoded;
     std::string scratch;
     std::vector<std::string_view> to;
-    if (base64 && !decode_base64(value, decoded)) {
+    const auto read = form_field_message(value, base64, decoded);
+    if (!read) {
         k.fail("a raw MIME message is not base64");
         return 0;
     }
-    const std::string_view message = base64 ? std::string_view{decoded} : value;
+    const std::string_view message = *read;
     if (!mime_recipients(message, scratch, to)) {
         k.fail("a raw MIME message is not a message whose recipients can be read for certain");
         return 0;

@@ -925,10 +925,8 @@ bool build_key(const rule& r, context& ctx) {
             if (!readable || !form_name_matches(t.field, n)) {
                 continue;
             }
-            if (!t.base64) {
-                add(v);
-            } else if (decode_base64(v, s.mime_message)) {
-                add(s.mime_message);
+            if (const auto message = form_field_message(v, t.base64, s.mime_message)) {
+                add(*message);
             } else {
                 readable = false;
             }

@@ -1333,13 +1333,7 @@ bool form_name_matches(const guard_field& f, std::string_view name) { return rul
 // The message in a form field's value: its base64 decoded into `buf` for a mime:base64:
 // field (nullopt when it is not base64), else the value as written.
 std::optional<std::string_view> form_message(const guard_field& f, std::string_view value, std::string& buf) {
-    if (!f.base64) {
-        return value;
-    }
-    if (!decode_base64(value, buf)) {
-        return std::nullopt;
-    }
-    return std::string_view{buf};
+    return form_field_message(value, f.base64, buf);
 }
 
 // The mime: form field of `fields` that names `name`, or null.

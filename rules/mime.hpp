@@ -17,6 +17,18 @@ namespace bb::rules {
 // skipped (a MIME-style line-wrapped encoding). False when anything else is in it.
 bool decode_base64(std::string_view in, std::string& out);
 
+// The raw message a form field holds: in base64 (SES v1 RawMessage.Data; decoded into `buf`,
+// nullopt when it is not base64) or as written (Mailgun messages.mime's `message`).
+inline std::optional<std::string_view> form_field_message(std::string_view value, bool base64, std::string& buf) {
+    if (!base64) {
+        return value;
+    }
+    if (!decode_base64(value, buf)) {
+        return std::nullopt;
+    }
+    return std::string_view{buf};
+}
+
 // The addresses in the To, Cc and Bcc header fields (any case, folded lines unfolded) of
 // the header section of `message`, split like an address list (commas outside quotes and
 // angle brackets), group syntax (`team: a@x, b@y;`) read as its members. The views point
