@@ -422,6 +422,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     }
     if (db_ && rt_->engine) {
         restore_meters(*rt_->engine, cfg_->store.path, nullptr);  // before the first request, as breaker state is
+        meters_restored_ = true;
     }
     unsigned n = cfg_->workers;
     if (n == 0) {
@@ -1602,11 +1603,14 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         open_store(effective->store);
     }
     rt = build_runtime(effective, current_runtime().get(), prepare);
-    if (opened && rt->engine) {
-        // So must the counts it kept. (Rules need breakers, so the runtime before had none
-        // and nothing of this engine is booked yet; a meter it shares with the running
-        // engine would hold this run's counts and is left alone all the same.)
+    if (db_ && !meters_restored_ && rt->engine) {
+        // So must the counts it kept: at the first apply that brings rules, whether it opened
+        // the store or found it open (the admin API opens it at the start), and again after
+        // an apply refused here. (Rules need breakers, so the runtime before had none and
+        // nothing of this engine is booked yet; a meter it shares with the running engine
+        // would hold this run's counts and is left alone all the same.)
         restore_meters(*rt->engine, effective->store.path, current_runtime()->engine.get());
+        meters_restored_ = true;
     }
     {
         std::lock_guard lock{cfg_mutex_};

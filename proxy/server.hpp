@@ -411,6 +411,9 @@ private:
     // Those of orphans_ (by instance) read from the store and not live since this process
     // started: restored as at a start (an open one whose cooldown ended gets a fresh one).
     std::unordered_set<std::string> orphans_from_store_;
+    // Whether the store's saved rule counts have gone into an engine (at the start, or at the
+    // first apply that brings rules): a refused apply leaves it false, so the next one does.
+    bool meters_restored_ = false;
     std::unique_ptr<class remediation> remediation_;
     // report_denial(): per deny rule, when it last alerted, the denials since and the last
     // of them (the control tick reports those a minute on: report_denials()).

@@ -1233,6 +1233,32 @@ TEST(breakers_durable, the_first_breakers_of_a_run_come_with_their_saved_state) 
     EXPECT_EQ(up.request_count(), before);
 }
 
+// A run whose store is open from the start (the admin API's) but whose config has no rules:
+// the reload that brings the rules also brings the counts the store kept of them. It used to
+// restore them only when that reload opened the store itself, so here every cap started at 0.
+TEST(breakers_durable, the_first_rules_of_a_run_come_with_their_saved_counts) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        raw_client c{bb.port()};
+        c.send(mail(4, "spring"));
+        ASSERT_EQ(c.read_response().result_int(), 202u);
+    }  // stopping saves the counts
+    const std::string admin = R"("admin": {"address": "127.0.0.1:0", "tokens": [{"name": "ada", "sha256": ")" +
+                              bb::sha256_hex("admin-token") + R"(", "role": "admin"}]},)";
+    proxy_instance bb{one_route_config(up.port(), dir, admin)};
+    ASSERT_NE(bb.server().db(), nullptr) << "the premise: the admin API opens the store at the start";
+    std::string with_rules = guarded_config(up.port(), dir, pause_manual, 5);
+    with_rules.insert(1, admin);
+    auto next = bb::parse_config(with_rules);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    raw_client c{bb.port()};
+    c.send(mail(2, "spring"));
+    EXPECT_EQ(c.read_response().result_int(), 503u) << "4 + 2 recipients > 5: the earlier run's 4 were lost";
+}
+
 // An instance a rule opened, whose cooldown ended while breakerbox ran without its breaker,
 // is restored by the reload that brings it as at a start: a whole cooldown from then, not a
 // probe at once (a probe may have gone out just before the earlier run stopped).
