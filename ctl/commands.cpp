@@ -34,6 +34,7 @@ constexpr flag_spec known_flags[] = {
     {"--agent", true},      {"--rule", true},          {"--state", true},      {"--from", true},
     {"--to", true},         {"--limit", true},         {"--after", true},      {"--rate", true},
     {"--cert", true},       {"--key", true},           {"--base-version", true}, {"--attempts", true},
+    {"--mode", true},
 };
 
 const std::set<std::string, std::less<>> global_flags = {"--admin", "--token", "--json", "--timeout", "--cacert",
@@ -170,6 +171,10 @@ std::string digits_flag(const tokens& t, std::string_view name, bool positive = 
     return json_number(v);
 }
 
+bool is_mode(std::string_view m) {
+    return m == "forced_open" || m == "forced_closed" || m == "metrics_only" || m == "auto";
+}
+
 const std::set<std::string, std::less<>> held_states = {"held",     "releasing", "released", "release_failed",
                                                          "discarded", "outcome_unknown"};
 
@@ -252,17 +257,20 @@ void build(plan& p, const tokens& t) {
         p.action = "read metrics";
         p.requests = {get("/metrics")};
     } else if (cmd == "breakers") {
-        expect(t, cmd, 1, 0, 0, {"--breaker", "--state", "--limit", "--after"}, "");
+        expect(t, cmd, 1, 0, 0, {"--breaker", "--state", "--mode", "--limit", "--after"}, "");
         if (t.has("--state") && t.get("--state") != "closed" && t.get("--state") != "open" &&
             t.get("--state") != "half_open") {
             throw usage_error(cfg::quote(t.get("--state")) + " is not a breaker state (closed, open, half_open)");
+        }
+        if (t.has("--mode") && !is_mode(t.get("--mode"))) {
+            throw usage_error(cfg::quote(t.get("--mode")) + " is not a mode (forced_open, forced_closed, metrics_only, auto)");
         }
         if (t.has("--limit")) {
             digits_flag(t, "--limit", true);
         }
         p.kind = view::breakers;
         p.action = "read breakers";
-        p.requests = {get("/v1/breakers" + list_query(t, {"breaker", "state", "limit", "after"}))};
+        p.requests = {get("/v1/breakers" + list_query(t, {"breaker", "state", "mode", "limit", "after"}))};
     } else if (cmd == "breaker") {
         expect(t, cmd, 1, 1, 1, {}, "a breaker instance ID");
         p.kind = view::breaker;
@@ -279,7 +287,7 @@ void build(plan& p, const tokens& t) {
         expect(t, cmd, 1, 2, 2, {"--reason", "--expires-in"},
                "a breaker instance ID and a mode (forced_open, forced_closed, metrics_only, auto)");
         const std::string& mode = w[2];
-        if (mode != "forced_open" && mode != "forced_closed" && mode != "metrics_only" && mode != "auto") {
+        if (!is_mode(mode)) {
             throw usage_error(cfg::quote(mode) + " is not a mode (forced_open, forced_closed, metrics_only, auto)");
         }
         std::string body = "{\"mode\":" + cfg::quote(mode);
@@ -532,7 +540,7 @@ global options (anywhere on the line):
 commands:
   health                                   liveness and readiness
   metrics                                  Prometheus metrics
-  breakers [--breaker B] [--state closed|open|half_open] [--limit N] [--after INSTANCE]
+  breakers [--breaker B] [--state closed|open|half_open] [--mode MODE] [--limit N] [--after INSTANCE]
                                            breaker instances (name order, pages of 1000)
   breaker ID                               one breaker instance
   trip ID --reason R                       trip a breaker by hand

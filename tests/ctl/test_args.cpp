@@ -118,6 +118,9 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"breakers", "extra"}, "unexpected argument");
     expect_usage_error({"breakers", "--state", "tripped"}, "\"tripped\" is not a breaker state");
     expect_usage_error({"breakers", "--limit", "0"}, "--limit wants a positive whole number");
+    expect_usage_error({"breakers", "--mode", "open"}, "\"open\" is not a mode");
+    EXPECT_EQ(only_request({"breakers", "--mode", "forced_open", "--state", "open"}),
+              (http_request{"GET", "/v1/breakers?state=open&mode=forced_open", ""}));
     // TLS flags on a plain URL would be silently unused (and the token blamed).
     expect_usage_error({"breakers", "--admin", "127.0.0.1:9901", "--cert", "op.pem"},
                        "--cert applies to an https:// admin URL");
