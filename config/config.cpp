@@ -663,16 +663,15 @@ void parse_breakers(cfg::object_reader& root, config& c) {
         if (auto sb = r.object("sandbox")) {
             cfg::object_reader sr{*sb, r.path_of("sandbox"), root.errs()};
             if (auto v = sr.string("upstream")) {
-                const bool known = std::any_of(c.upstreams.begin(), c.upstreams.end(),
-                                               [&](const upstream_config& u) { return u.name == *v; });
-                if (!known) {
+                const auto known = std::find_if(c.upstreams.begin(), c.upstreams.end(),
+                                                [&](const upstream_config& u) { return u.name == *v; });
+                if (known == c.upstreams.end()) {
                     sr.errs().add(sr.path_of("upstream"), cfg::quote(*v) + " is not a configured upstream");
                 } else {
                     // A sandbox that sends where a route sends (the route's own upstream, or
                     // another name for the same scheme, host and port) reaches the real API
                     // under a "sandboxed" label.
-                    const auto& sandbox = *std::find_if(c.upstreams.begin(), c.upstreams.end(),
-                                                        [&](const upstream_config& u) { return u.name == *v; });
+                    const auto& sandbox = *known;
                     auto same_place = [&](const upstream_config& u) {
                         return u.tls == sandbox.tls && u.port == sandbox.port &&
                                rules::iequals(host_name(u.host), host_name(sandbox.host));

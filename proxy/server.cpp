@@ -1417,6 +1417,21 @@ std::shared_ptr<alerts::dispatcher> server::alerts() const {
     return alerts_;
 }
 
+namespace {
+
+// Adds a dispatcher's counts to `into`, by sink name.
+void add_alert_counts(std::map<std::string, alerts::sink_stats>& into, const alerts::dispatcher& d) {
+    for (const auto& st : d.stats()) {
+        auto& f = into[st.name];
+        f.sent += st.sent;
+        f.failed += st.failed;
+        f.retries += st.retries;
+        f.dropped += st.dropped;
+    }
+}
+
+}  // namespace
+
 void server::replace_alerts(const alerts::alerts_config& next) {
     auto fresh = next.sinks.empty() ? nullptr : std::make_shared<alerts::dispatcher>(next);
     // A rotated webhook URL (a leaked one, say) gets nothing new from here on; what the old
@@ -1429,13 +1444,7 @@ void server::replace_alerts(const alerts::alerts_config& next) {
         if (d.use_count() != 1 || !d->flush(std::chrono::milliseconds{0})) {
             return false;
         }
-        for (const auto& st : d->stats()) {
-            auto& f = alerts_folded_[st.name];
-            f.sent += st.sent;
-            f.failed += st.failed;
-            f.retries += st.retries;
-            f.dropped += st.dropped;
-        }
+        add_alert_counts(alerts_folded_, *d);
         return true;
     });
     if (old) {
@@ -1446,20 +1455,11 @@ void server::replace_alerts(const alerts::alerts_config& next) {
 std::vector<alerts::sink_stats> server::alert_stats() const {
     std::lock_guard lock{alerts_mu_};
     std::map<std::string, alerts::sink_stats> sum = alerts_folded_;
-    auto add = [&](const alerts::dispatcher& d) {
-        for (const auto& st : d.stats()) {
-            auto& f = sum[st.name];
-            f.sent += st.sent;
-            f.failed += st.failed;
-            f.retries += st.retries;
-            f.dropped += st.dropped;
-        }
-    };
     for (const auto& d : retired_alerts_) {
-        add(*d);
+        add_alert_counts(sum, *d);
     }
     if (alerts_) {
-        add(*alerts_);
+        add_alert_counts(sum, *alerts_);
     }
     std::vector<alerts::sink_stats> out;
     for (auto& [name, st] : sum) {

@@ -660,7 +660,9 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
     r.finish();
 }
 
-std::string canonical(const rule& r) {
+// `with_max_keys` false: the meter_fingerprint's text (a change of max_keys alone keeps the
+// meter, under the new bound).
+std::string canonical(const rule& r, bool with_max_keys = true) {
     std::string c;
     c += "route=" + r.route;
     c += ";methods=";
@@ -685,7 +687,9 @@ std::string canonical(const rule& r) {
     c += ";window=" + std::to_string(r.window.count()) + ";res=" + std::to_string(r.resolution.count());
     c += ";cond=" + std::string{to_string(r.condition)};
     c += ";alpha=" + std::to_string(r.baseline.alpha);
-    c += ";max_keys=" + std::to_string(r.max_keys);
+    if (with_max_keys) {
+        c += ";max_keys=" + std::to_string(r.max_keys);
+    }
     if (r.guard) {
         c += ";guard=" + r.guard->canonical;
     }
@@ -1057,18 +1061,12 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
         }
     }
     r.finish();
-    out.fingerprint = fnv1a(canonical(out));
-    {
-        std::string c = canonical(out);
-        const auto at = c.rfind(";max_keys=");  // after every user string but the guard's
-        const auto end = c.find(';', at + 1);
-        c.erase(at, end == std::string::npos ? std::string::npos : end - at);
-        out.meter_fingerprint = fnv1a(c);
-    }
+    std::string c = canonical(out);
+    out.fingerprint = fnv1a(c);
+    out.meter_fingerprint = fnv1a(canonical(out, false));
     if (out.guard && out.guard->k == guardrail::kind::duplicates) {
         // What a duplicate table's state means, without the limits that only judge it (max,
         // window): a reload that tightens them keeps the counts (engine.cpp).
-        std::string c = canonical(out);
         constexpr std::string_view head = ";guard=duplicates;";
         if (const auto at = c.find(head); at != std::string::npos) {
             if (const auto of = c.find(";of=", at); of != std::string::npos) {
