@@ -1435,9 +1435,10 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
 }
 
 // A duplicates guard's table goes on across a change of only its max or window (as at a
-// reload): it is saved under the fingerprint without them.
+// reload): it is saved under the fingerprint without them. A meter goes on across a change
+// of only max_keys (as at a reload): it is saved under the fingerprint without that.
 std::uint64_t engine::saved_fingerprint(std::size_t i) const {
-    return dups_[i] ? set_->rules[i].counter_fingerprint : set_->rules[i].fingerprint;
+    return dups_[i] ? set_->rules[i].counter_fingerprint : set_->rules[i].meter_fingerprint;
 }
 
 std::vector<engine::saved_meter> engine::save_meters(time_point now) const {
@@ -1460,7 +1461,9 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
     const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     for (const auto& m : saved) {
         const rule* r = set_->find_rule(m.rule_id);
-        if (!r || saved_fingerprint(r->index) != m.fingerprint) {
+        // Rows saved before meters were saved without max_keys carry the full fingerprint.
+        if (!r || (saved_fingerprint(r->index) != m.fingerprint &&
+                   (dups_[r->index] || r->fingerprint != m.fingerprint))) {
             continue;  // removed or changed since: starts from zero, as a reload starts it
         }
         std::string why;

@@ -419,6 +419,50 @@ TEST(SavedMeters, ACapKeepsItsCountsAcrossARestart) {
     EXPECT_EQ(after.read("cap", "spring", clock.now())->value, 40) << "the 10 booked after the restart are still in";
 }
 
+// A restart after a reload that changed only max_keys (raised while keys spilled into the
+// overflow, say) brings the counts back, as the reload itself kept them; more keys than the
+// new bound go to the overflow key. Rows saved under the full fingerprint (before meters
+// were saved without max_keys) are still read.
+TEST(SavedMeters, ARestartAfterAChangeOfOnlyMaxKeysKeepsTheCounts) {
+    auto with_max_keys = [](int n) {
+        std::string rule = hourly_cap;
+        const std::string at = R"("window": "1h",)";
+        rule.insert(rule.find(at) + at.size(), " \"max_keys\": " + std::to_string(n) + ",");
+        return config(rule);
+    };
+    manual_clock clock;
+    clock.set(time_point{std::chrono::minutes{60'000}});
+    engine before{load_ok(with_max_keys(100))};
+    ASSERT_TRUE(send(before, "spring", 90, clock.now()).allowed());
+    ASSERT_TRUE(send(before, "autumn", 60, clock.now()).allowed());
+    const auto saved = before.save_meters(clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+
+    engine raised{load_ok(with_max_keys(1000))};
+    std::string error;
+    ASSERT_TRUE(raised.restore_meters(saved, clock.now(), &error)) << error;
+    EXPECT_EQ(raised.read("cap", "spring", clock.now())->value, 90);
+    EXPECT_FALSE(send(raised, "spring", 11, clock.now()).allowed());
+
+    engine lowered{load_ok(with_max_keys(1))};
+    ASSERT_TRUE(lowered.restore_meters(saved, clock.now(), &error)) << error;
+    EXPECT_FALSE(send(lowered, "spring", 11, clock.now()).allowed()) << "spring's 90, or the overflow's 150";
+    EXPECT_FALSE(send(lowered, "autumn", 41, clock.now()).allowed()) << "autumn's 60, or the overflow's 150";
+
+    // A row an earlier version saved: under the fingerprint with max_keys.
+    const auto set = load_ok(with_max_keys(100));
+    auto legacy = saved;
+    legacy[0].fingerprint = set->find_rule("cap")->fingerprint;
+    engine upgraded{set};
+    ASSERT_TRUE(upgraded.restore_meters(legacy, clock.now(), &error)) << error;
+    EXPECT_EQ(upgraded.read("cap", "spring", clock.now())->value, 90);
+    // ... but a rule changed in anything else starts from zero.
+    engine other{load_ok(config(std::string{hourly_cap}.replace(std::string{hourly_cap}.find("1h"), 2, "2h")))};
+    const auto none = other.restore_meters(saved, clock.now(), &error);
+    ASSERT_TRUE(none) << error;
+    EXPECT_TRUE(none->empty());
+}
+
 TEST(SavedMeters, AnotherBootMapsTheCountsThroughTheWallClockAndNeverIntoTheFuture) {
     manual_clock clock;
     clock.set(time_point{std::chrono::minutes{60'000}});
