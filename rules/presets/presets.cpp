@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 17> table{{
+constexpr std::array<preset, 23> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -47,6 +47,14 @@ constexpr std::array<preset, 17> table{{
     {"hubspot.deletes", "DELETE", "/crm/v3/objects/{object}/{id}",
      "requests",
      "HubSpot CRM single-record archive (DELETE)"},
+    // GDPR delete removes the contact and everything about it for good (not to the recycle
+    // bin, as an archive goes); a merge deletes the record merged away.
+    {"hubspot.gdpr_deletes", "POST", "/crm/v3/objects/{object}/gdpr-delete",
+     "requests",
+     "HubSpot CRM GDPR delete (permanent, one record a request)"},
+    {"hubspot.merges", "POST", "/crm/v3/objects/{object}/merge",
+     "requests",
+     "HubSpot CRM merge: the record merged into the primary one is deleted"},
     {"salesforce.collections.records", "POST,PATCH", "/services/data/{version}/composite/sobjects",
      "count($.records[*])",
      "Salesforce sObject Collections create (POST) / update (PATCH): records[]"},
@@ -56,6 +64,22 @@ constexpr std::array<preset, 17> table{{
     {"salesforce.sobject.deletes", "DELETE", "/services/data/{version}/sobjects/{sobject}/{id}",
      "requests",
      "Salesforce single sObject delete"},
+    {"salesforce.collections.upserts", "PATCH", "/services/data/{version}/composite/sobjects/{sobject}/{field}",
+     "count($.records[*])",
+     "Salesforce sObject Collections upsert by external ID: records[]"},
+    {"salesforce.sobject_external_id.deletes", "DELETE",
+     "/services/data/{version}/sobjects/{sobject}/{field}/{value}",
+     "requests",
+     "Salesforce single sObject delete by external ID"},
+    {"salesforce.ui_api.deletes", "DELETE", "/services/data/{version}/ui-api/records/{id}",
+     "requests",
+     "Salesforce User Interface API record delete"},
+    // An sObject Tree nests child records under a relationship name, up to five levels.
+    {"salesforce.tree.records", "POST", "/services/data/{version}/composite/tree/{sobject}",
+     "count($.records[*]) + count($.records[*].*.records[*]) + count($.records[*].*.records[*].*.records[*]) + "
+     "count($.records[*].*.records[*].*.records[*].*.records[*]) + "
+     "count($.records[*].*.records[*].*.records[*].*.records[*].*.records[*])",
+     "Salesforce sObject Tree: the records created, children (up to five levels) included"},
     // Deletes inside one composite call (up to 25 subrequests, each a single delete or a
     // Collections delete of up to 200 ids): an agent deleting through composite would
     // otherwise meet no delete cap.

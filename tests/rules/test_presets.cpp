@@ -247,6 +247,64 @@ TEST(Presets, HubSpotSingleDelete) {
     EXPECT_EQ(measure("hubspot.deletes", req), 0);
 }
 
+// GDPR delete and merge (HubSpot CRM API reference): one record gone each.
+TEST(Presets, HubSpotGdprDeleteAndMerge) {
+    request req;
+    req.route = "crm";
+    req.path = "/crm/v3/objects/contacts/gdpr-delete";
+    req.body = R"j({"objectId": "alice@example.com", "idProperty": "email"})j";
+    EXPECT_EQ(measure("hubspot.gdpr_deletes", req), 1);
+    EXPECT_EQ(measure("hubspot.merges", req), 0);
+    req.path = "/crm/v3/objects/companies/merge";
+    req.body = R"j({"primaryObjectId": "5123", "objectIdToMerge": "5456"})j";
+    EXPECT_EQ(measure("hubspot.merges", req), 1);
+    EXPECT_EQ(measure("hubspot.gdpr_deletes", req), 0);
+    req.method = "GET";
+    EXPECT_EQ(measure("hubspot.merges", req), 0);
+}
+
+// Upsert by external ID, delete by external ID, the UI API's delete, and an sObject Tree with
+// nested children (Salesforce REST API Developer Guide examples).
+TEST(Presets, SalesforceUpsertsExternalIdAndUiApiDeletesAndTrees) {
+    request req;
+    req.route = "salesforce";
+    req.method = "PATCH";
+    req.path = "/services/data/v59.0/composite/sobjects/Account/ExternalId__c";
+    req.body = R"j({"allOrNone": false, "records": [
+        {"attributes": {"type": "Account"}, "ExternalId__c": "AAA", "Name": "Company One"},
+        {"attributes": {"type": "Account"}, "ExternalId__c": "BBB", "Name": "Company Two"},
+        {"attributes": {"type": "Account"}, "ExternalId__c": "CCC", "Name": "Company Three"}]})j";
+    EXPECT_EQ(measure("salesforce.collections.upserts", req), 3);
+    EXPECT_EQ(measure("salesforce.collections.records", req), 0) << "another path";
+
+    req.method = "DELETE";
+    req.body = "";
+    req.path = "/services/data/v59.0/sobjects/Account/ExternalId__c/AAA";
+    EXPECT_EQ(measure("salesforce.sobject_external_id.deletes", req), 1);
+    EXPECT_EQ(measure("salesforce.sobject.deletes", req), 0);
+    req.path = "/services/data/v59.0/ui-api/records/001R0000003GeJ1IAK";
+    EXPECT_EQ(measure("salesforce.ui_api.deletes", req), 1);
+    req.method = "GET";
+    EXPECT_EQ(measure("salesforce.ui_api.deletes", req), 0);
+
+    req.method = "POST";
+    req.path = "/services/data/v59.0/composite/tree/Account";
+    req.body = R"j({"records": [
+        {"attributes": {"type": "Account", "referenceId": "ref1"}, "name": "SampleAccount1", "industry": "Banking",
+         "Contacts": {"records": [
+            {"attributes": {"type": "Contact", "referenceId": "ref2"}, "lastname": "Smith", "email": "sample@example.com"},
+            {"attributes": {"type": "Contact", "referenceId": "ref3"}, "lastname": "Evans",
+             "Cases": {"records": [{"attributes": {"type": "Case", "referenceId": "ref5"}, "Subject": "Hello"}]}}]}},
+        {"attributes": {"type": "Account", "referenceId": "ref4"}, "name": "SampleAccount2", "industry": "Banking"}]})j";
+    EXPECT_EQ(measure("salesforce.tree.records", req), 5) << "two accounts, two contacts, one case";
+    std::string deep = R"j({"attributes": {"type": "Account", "referenceId": "r"}, "name": "leaf"})j";
+    for (int level = 0; level < 5; ++level) {
+        deep = R"j({"attributes": {"type": "Account", "referenceId": "r"}, "Children": {"records": [)j" + deep + "]}}";
+    }
+    req.body = R"j({"records": [)j" + deep + "]}";
+    EXPECT_EQ(measure("salesforce.tree.records", req), 5) << "five levels counted (Salesforce allows five)";
+}
+
 TEST(Presets, SalesforceCollections) {
     request req;
     req.route = "salesforce";
