@@ -968,6 +968,29 @@ std::optional<double> request_amount(const expr& e, context& ctx, invalid_body_p
     return v;
 }
 
+// The data rows of a CSV body (a Salesforce Bulk API 2.0 upload): its lines after the header.
+// A line break inside a quoted field is part of the field (a doubled quote inside one flips
+// twice, so it needs no case of its own); a blank line is no row; a last line without a line
+// break is one. Whatever the column delimiter: only quotes and line breaks tell rows.
+std::size_t csv_data_rows(std::string_view body) {
+    std::size_t lines = 0;
+    bool quoted = false;
+    bool blank = true;  // the current line holds nothing but a CR so far
+    for (const char c : body) {
+        if (c == '"') {
+            quoted = !quoted;
+            blank = false;
+        } else if (c == '\n' && !quoted) {
+            lines += blank ? 0 : 1;
+            blank = true;
+        } else if (c != '\r') {
+            blank = false;
+        }
+    }
+    lines += blank ? 0 : 1;
+    return lines > 0 ? lines - 1 : 0;
+}
+
 // Per-request amount of an expression; nullopt when it needs a JSON body that is invalid
 // (the caller applies the rule's on_invalid_body policy).
 std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy policy) {
@@ -978,6 +1001,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
             case term_kind::requests:
             case term_kind::responses: total += 1; break;
             case term_kind::body_bytes: total += static_cast<double>(ctx.req.body.size()); break;
+            case term_kind::csv_rows: total += static_cast<double>(csv_data_rows(ctx.req.body)); break;
             case term_kind::response_bytes: total += ctx.resp ? static_cast<double>(ctx.resp->body.size()) : 0; break;
             case term_kind::latency_ms:
                 total += ctx.resp ? std::chrono::duration<double, std::milli>(ctx.resp->latency).count() : 0;

@@ -263,7 +263,8 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     }
     static const std::pair<std::string_view, term_kind> words[] = {
         {"requests", term_kind::requests},   {"responses", term_kind::responses},
-        {"body_bytes", term_kind::body_bytes}, {"response_bytes", term_kind::response_bytes},
+        {"body_bytes", term_kind::body_bytes}, {"csv_rows", term_kind::csv_rows},
+        {"response_bytes", term_kind::response_bytes},
         {"latency_ms", term_kind::latency_ms}};
     for (const auto& [w, k] : words) {
         if (t == w) {
@@ -291,7 +292,7 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     const auto open = t.find('(');
     if (open == std::string_view::npos || t.back() != ')') {
         fail(error, "unknown term \"" + std::string{t} +
-                        "\" (use requests, responses, body_bytes, response_bytes, latency_ms, status:5xx, "
+                        "\" (use requests, responses, body_bytes, csv_rows, response_bytes, latency_ms, status:5xx, "
                         "count(...), sum(...), distinct(...) or a number)");
         return std::nullopt;
     }
@@ -424,7 +425,8 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
         switch (t->kind) {
             case term_kind::constant: break;
             case term_kind::requests:
-            case term_kind::body_bytes: e.request_side = true; break;
+            case term_kind::body_bytes:
+            case term_kind::csv_rows: e.request_side = true; break;
             case term_kind::responses:
             case term_kind::response_bytes:
             case term_kind::latency_ms:

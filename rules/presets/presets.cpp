@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 23> table{{
+constexpr std::array<preset, 24> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -74,6 +74,11 @@ constexpr std::array<preset, 23> table{{
     {"salesforce.ui_api.deletes", "DELETE", "/services/data/{version}/ui-api/records/{id}",
      "requests",
      "Salesforce User Interface API record delete"},
+    // Bulk API 2.0: the job's data goes up as CSV (one upload per job); the operation, a
+    // hardDelete perhaps, was named when the job was created.
+    {"salesforce.bulk.records", "PUT", "/services/data/{version}/jobs/ingest/{jobId}/batches",
+     "csv_rows",
+     "Salesforce Bulk API 2.0 ingest: the rows of a job's CSV upload, whatever its operation"},
     // An sObject Tree nests child records under a relationship name, up to five levels.
     {"salesforce.tree.records", "POST", "/services/data/{version}/composite/tree/{sobject}",
      "count($.records[*]) + count($.records[*].*.records[*]) + count($.records[*].*.records[*].*.records[*]) + "

@@ -82,7 +82,9 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[5].key[1]: "path:{op}" names no parameter of the rule's match.path (none set))j",
         R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
-        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, salesforce.collections.records, salesforce.collections.deletes, salesforce.sobject.deletes, )j"
+        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, hubspot.gdpr_deletes, hubspot.merges, salesforce.collections.records, salesforce.collections.deletes, )j"
+        R"j(salesforce.sobject.deletes, salesforce.collections.upserts, salesforce.sobject_external_id.deletes, )j"
+        R"j(salesforce.ui_api.deletes, salesforce.bulk.records, salesforce.tree.records, )j"
         R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes, )j"
         R"j(salesforce.composite.records, salesforce.composite_batch.records, salesforce.composite_graph.records))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",

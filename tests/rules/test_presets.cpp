@@ -305,6 +305,30 @@ TEST(Presets, SalesforceUpsertsExternalIdAndUiApiDeletesAndTrees) {
     EXPECT_EQ(measure("salesforce.tree.records", req), 5) << "five levels counted (Salesforce allows five)";
 }
 
+// A Bulk API 2.0 upload (PUT .../jobs/ingest/{jobId}/batches, text/csv): its rows after the
+// header, a quoted field with a line break or a doubled quote in it being one field.
+TEST(Presets, SalesforceBulkIngestCountsTheCsvRows) {
+    request req;
+    req.route = "salesforce";
+    req.method = "PUT";
+    req.path = "/services/data/v59.0/jobs/ingest/7505fEXAMPLE4C2AAM/batches";
+    req.content_type = "text/csv";
+    req.body = "Id\n001xx000003DGb2AAG\n001xx000003DGb3AAG\n001xx000003DGb4AAG\n";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 3) << "a hardDelete job's ids";
+    req.body = "Name,Description,NumberOfEmployees\r\n"
+               "TestAccount1,\"Line one\r\nline two, with a comma\",30\r\n"
+               "TestAccount2,\"He said \"\"hi\"\"\",40\r\n"
+               "\r\n"
+               "TestAccount3,Description3,50";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 3) << "CRLF, a quoted line break, a blank line, no last break";
+    req.body = "Name|Phone\nAcme|555-0100\n";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 1) << "any column delimiter";
+    req.body = "Id\n";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 0) << "the header alone";
+    req.method = "GET";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 0);
+}
+
 TEST(Presets, SalesforceCollections) {
     request req;
     req.route = "salesforce";
