@@ -568,15 +568,17 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                         co_return sum;
                     }
                 } else if (r.code == "outcome_unknown") {
+                    // Perhaps delivered, perhaps not (a gateway's 502, 503 or 504, a timeout, a
+                    // connection lost after the send): the rest would most likely meet the same,
+                    // and each would be one more record an operator must decide on by hand (a
+                    // forced release may send it twice). Left held.
                     ++sum.unknown;
-                    if (r.count == 503) {
-                        // Overloaded, or a gateway that lost the connection: the rest would
-                        // meet the same. Left held.
-                        halt("upstream " + rec.upstream + " answered 503 to " + rec.ticket +
-                             " (outcome unknown); the records after it stay as they are: release them again once it "
-                             "recovers");
-                        co_return sum;
-                    }
+                    const std::string what =
+                        r.count > 0 ? "answered " + std::to_string(r.count) : std::string{"gave no complete answer"};
+                    halt("upstream " + rec.upstream + " " + what + " to " + rec.ticket +
+                         " (outcome unknown); the records after it stay as they are: release them again once it "
+                         "recovers");
+                    co_return sum;
                 } else if (r.code == "store_busy") {
                     // The store's writer is full: the rest would be refused the same way
                     // (nothing of them sent). Left held. (A record that cannot be read,

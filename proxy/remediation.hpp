@@ -39,7 +39,8 @@ struct remediation_summary {
     bool stopped = false;           // the server began to stop: the rest stays held
     std::string error;              // the store could not be read: the rest was not looked at
     // Why a bulk release stopped early with records left held (the upstream answered 429 or
-    // 503: sending the rest would only burn their attempts and push its limit further).
+    // 503: sending the rest would only burn their attempts and push its limit further; or a
+    // replay's outcome is unknown: the rest would be left for an operator one by one).
     std::string halted;
     std::vector<store::result> results;  // one per ticket, in order
 };
