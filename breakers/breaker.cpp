@@ -1291,6 +1291,17 @@ bool breaker_registry::enforcement_suspended(std::string_view name, time_point n
     return s != nullptr && !key.empty() && bypass(get(s->cfg.id, now));
 }
 
+bool breaker_registry::holds_back(std::string_view name, time_point now) const {
+    auto holds = [](const std::optional<instance_snapshot>& v) {
+        return v && (v->md == mode::forced_open || (v->st != state::closed && v->md == mode::automatic));
+    };
+    if (holds(get(name, now))) {
+        return true;
+    }
+    auto [s, key] = split(name);
+    return s != nullptr && !key.empty() && holds(get(s->cfg.id, now));
+}
+
 std::optional<instance_snapshot> breaker_registry::get(std::string_view name, time_point now) const {
     auto [s, key] = split(name);
     if (!s) {

@@ -272,6 +272,13 @@ public:
     // (deny) rather than through admit().
     bool enforcement_suspended(std::string_view instance, time_point now) const;
 
+    // Whether `instance` holds traffic back now, read only (no probe taken, nothing
+    // advanced): it, the overflow instance deciding for it (as get() says), or its
+    // breaker-wide instance is forced open, or open or half-open under automatic mode. A
+    // bypass of the wide instance is not read as letting it through: for a caller that must
+    // fail closed (a release of what a sandbox held). False for an unknown breaker.
+    bool holds_back(std::string_view instance, time_point now) const;
+
     std::vector<instance_snapshot> snapshot(time_point now) const;
     // The instance that decides for `instance`: its own, or, for a key without one while the
     // overflow instance contains, the overflow instance (as admit() sees it).

@@ -166,9 +166,7 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             // An agent an operator switched off sends nothing, a release of what it sent
             // before included (a bulk release by breaker or time range would otherwise send a
             // killed agent's held mail): reset agent/<id> first, or discard.
-            const auto snap = srv_.breakers()->get("agent/" + rec->agent, srv_.now());
-            if (snap && (snap->md == breakers::mode::forced_open ||
-                         (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
+            if (srv_.breakers()->holds_back("agent/" + rec->agent, srv_.now())) {
                 return store::result::failure("agent_disabled", "agent " + rec->agent +
                                                                     " is switched off (breaker agent/" + rec->agent +
                                                                     "): reset it to release " + ticket +
@@ -197,9 +195,9 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         if (!rec->sandboxed_by.empty() && !rec->sandboxed_by.starts_with("agent/")) {
             // Held under a sandbox breaker, as sent: a real send only once that sandbox is
             // over (reset, closed, or removed by a reload).
-            const auto snap = srv_.breakers()->get(rec->sandboxed_by, srv_.now());
-            if (snap && (snap->md == breakers::mode::forced_open ||
-                         (snap->st != breakers::state::closed && snap->md == breakers::mode::automatic))) {
+            // Its breaker-wide instance too: a key reset while the whole breaker is forced open
+            // is still sandboxed on the live path.
+            if (srv_.breakers()->holds_back(rec->sandboxed_by, srv_.now())) {
                 return store::result::failure("sandboxed", "breaker " + rec->sandboxed_by +
                                                                " still sandboxes this traffic (the request was held "
                                                                "under it, for a real send): reset it to release " +

@@ -650,6 +650,41 @@ TEST(sandbox, quarantine_and_sandbox_together_hold_the_request_as_sent_whatever_
     }
 }
 
+// A hold that names a key's sandbox instance is not released while the breaker-wide instance
+// still sandboxes the key's traffic (the key itself reset meanwhile): the live path would
+// still send it as a dry run.
+TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
+        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
+        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
+        R"({"id": "s", "route": "mail-send", "key": ["header:x-campaign-id"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
+    ASSERT_TRUE(reg.manual_trip("dry/spring", "ops", "dry runs only", bb.server().now()));
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "dry/spring");
+    // The whole breaker forced open, the key's own trip reset: still a dry run live.
+    ASSERT_TRUE(reg.set_mode("dry", bb::breakers::mode::forced_open, std::nullopt, "ops", "all dry", bb.server().now()));
+    ASSERT_TRUE(reg.reset("dry/spring", "ops", "key done", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_EQ(up.request_count(), 0u) << "a real send while the breaker still sandboxes the key's traffic";
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+    ASSERT_TRUE(reg.set_mode("dry", bb::breakers::mode::automatic, std::nullopt, "ops", "over", bb.server().now()));
+    auto released = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_TRUE(released.ok) << released.code << ": " << released.message;
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(sandbox, a_body_that_cannot_be_switched_to_dry_run_is_not_forwarded) {
     fake_upstream up;
     const auto dir = temp_dir();
