@@ -349,6 +349,11 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     if (trace && (transfer_encodings > 0 || nonzero_length)) {
         return bad("a TRACE request cannot have a body");
     }
+    // RFC 9110 9.3.6: a CONNECT has no content. Read as a body, its bytes would be the first
+    // of the tunnel (a ClientHello) eaten: the two ends would disagree on where it starts.
+    if (method == "CONNECT" && (transfer_encodings > 0 || nonzero_length)) {
+        return bad("a CONNECT request cannot have a body");
+    }
     return {};
 }
 
