@@ -268,7 +268,9 @@ cert_minter::leaf cert_minter::get(std::string_view host) {
 }
 
 bool cert_minter::fresh(const entry& e, time_point now) const {
-    if (now >= e.not_after) {
+    // Not yet valid: the wall clock was set back (an NTP step) since it was minted, and a
+    // client with the right time would refuse it until then.
+    if (now >= e.not_after || now < e.not_before) {
         return false;
     }
     // A leaf cut off at the CA's notAfter cannot be renewed into a longer one: keep it to the end.
@@ -325,8 +327,9 @@ cert_minter::entry cert_minter::mint(const std::string& host, bool ip, time_poin
     }
 
     // Backdated an hour for clients whose clocks run a little behind ours.
+    const time_point not_before = now - std::chrono::hours{1};
     if (X509_set_issuer_name(x, X509_get_subject_name(ca_.get())) != 1 ||
-        !set_time(X509_getm_notBefore(x), now - std::chrono::hours{1}) || !set_time(X509_getm_notAfter(x), not_after) ||
+        !set_time(X509_getm_notBefore(x), not_before) || !set_time(X509_getm_notAfter(x), not_after) ||
         X509_set_pubkey(x, leaf_key_.get()) != 1) {
         throw fail("fields");
     }
@@ -356,7 +359,7 @@ cert_minter::entry cert_minter::mint(const std::string& host, bool ip, time_poin
     if (X509_sign(x, ca_key_.get(), signing_digest(ca_key_.get())) <= 0) {
         throw fail("signature");
     }
-    return entry{host, leaf{std::move(cert), leaf_key_, ca_}, not_after};
+    return entry{host, leaf{std::move(cert), leaf_key_, ca_}, not_before, not_after};
 }
 
 bool cert_minter::apply(SSL* ssl, const leaf& l, std::string* error) {

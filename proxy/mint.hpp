@@ -72,6 +72,7 @@ private:
     struct entry {
         std::string host;
         leaf l;
+        time_point not_before;  // as written in the certificate (backdated)
         time_point not_after;
     };
 

@@ -363,6 +363,22 @@ TEST(cert_minter, leaves_are_renewed_a_day_before_they_expire) {
     EXPECT_NE(brief.get("brief.example").cert, short_lived.cert);
 }
 
+// A wall clock set back (an NTP step) by more than the hour a leaf is backdated makes the
+// cached leaf not yet valid: a new one is minted rather than handed out for days.
+TEST(cert_minter, a_leaf_not_yet_valid_after_the_clock_was_set_back_is_minted_again) {
+    bb::manual_clock clock;
+    clock.step_wall(24h * 30);  // the clock ran a month fast
+    cert_minter m{cert("ca.pem"), cert("ca.key"), 16, cert_minter::default_lifetime, &clock};
+    const auto fast = m.get("clock.example");
+    clock.step_wall(-59min);
+    EXPECT_EQ(m.get("clock.example").cert, fast.cert) << "still valid: backdated an hour";
+    clock.step_wall(-(24h * 30 - 59min));
+    const auto again = m.get("clock.example");
+    EXPECT_NE(again.cert, fast.cert);
+    EXPECT_EQ(ASN1_TIME_cmp_time_t(X509_get0_notBefore(again.cert.get()), seconds_since_epoch(clock.wall_now() - 1h)), 0);
+    EXPECT_EQ(m.cached(), 1u);
+}
+
 TEST(cert_minter, leaves_never_outlive_the_ca) {
     bb::manual_clock clock;
     cert_minter m{cert("ca.pem"), cert("ca.key"), 16, std::chrono::hours{24 * 365 * 100}, &clock};
