@@ -1212,6 +1212,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // (Not for a refusal a proxy credential cannot mend, a client certificate's;
                 // nor a CONNECT inside TLS, refused as such below; nor `OPTIONS *`.)
                 const auto& h = parser.get();
+                // The access log says what was refused (the target redacted as always).
+                rec.method = std::string{h.method_string()};
+                rec.target = h.target();
                 const bool as_proxy = lc != nullptr && lc->forward_proxy && ci.tunnel_host.empty() &&
                                       ci.cert_names.empty() && ci.ignored_cn.empty() &&
                                       (h.method() == http::verb::connect ? !ci.tls
@@ -2309,7 +2312,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             ++w.stats().client_aborts;
             rec.status = 499;
-            rec.decision = "allowed";
+            rec.decision = forwarded_decision;  // a dry run the client left is still one
             rec.code = "client_closed";
             rec.request_id = request_id;
             write_access_log(w, rec);
