@@ -240,6 +240,11 @@ cert_minter::cert_minter(const std::string& ca_cert_file, const std::string& ca_
 
 cert_minter::~cert_minter() = default;
 
+bool cert_minter::same_as(const cert_minter& other) const {
+    return X509_cmp(ca_.get(), other.ca_.get()) == 0 && EVP_PKEY_eq(ca_key_.get(), other.ca_key_.get()) == 1 &&
+           lifetime_ == other.lifetime_ && cache_max_ == other.cache_max_ && clock_ == other.clock_;
+}
+
 cert_minter::time_point cert_minter::wall_now() const {
     return std::chrono::floor<std::chrono::seconds>(clock_ != nullptr ? clock_->wall_now()
                                                                        : std::chrono::system_clock::now());

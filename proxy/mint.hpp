@@ -67,6 +67,11 @@ public:
     // Certificates held in the cache (at most cache_max).
     std::size_t cached() const;
 
+    // The same CA certificate and key, cache bound and lifetime: a reload that changed none
+    // of them keeps the running minter, its leaves and their key (a new one would sign every
+    // host again, on the worker that meets it first).
+    bool same_as(const cert_minter& other) const;
+
 private:
     using time_point = std::chrono::sys_seconds;  // certificates count whole seconds
     struct entry {

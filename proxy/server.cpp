@@ -1723,6 +1723,7 @@ std::vector<std::string> server::reload_security() {
     std::vector<bool> failed;
     const auto cfg = current_config();
     for (const auto& l : cfg->listeners) {
+        const auto running = security(next.size());
         failed.push_back(false);
         if (!l.tls && !l.forward_proxy) {
             next.push_back(nullptr);
@@ -1736,6 +1737,9 @@ std::vector<std::string> server::reload_security() {
             if (l.forward_proxy) {
                 sec->minter = std::make_shared<cert_minter>(l.forward_proxy->ca_cert_file, l.forward_proxy->ca_key_file,
                                                             l.forward_proxy->leaf_cache, l.forward_proxy->leaf_lifetime);
+                if (running && running->minter && running->minter->same_as(*sec->minter)) {
+                    sec->minter = running->minter;  // read and checked again, unchanged: its leaves stay
+                }
                 sec->intercept_tls = make_server_tls(nullptr);
             }
         } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 // Inbound TLS and the forward proxy (issue 7), with real clients: curl, openssl s_client,
 // sslscan and a Node.js client, all on 127.0.0.1. The certificates are the build's
 // development test material (certs/make-dev-certs.sh): nothing here is production.
+#include "proxy/mint.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
@@ -317,6 +318,20 @@ TEST(forward_proxy, connect_is_intercepted_metered_and_forwarded_over_verified_t
 // would forward it to that route's upstream, another API than the one the agent addressed,
 // with the credentials it meant for this one. Only routes naming the host take it; a
 // request the listener gets directly (origin-form) still takes the route for any host.
+// A reload (every admin apply, every SIGHUP) that leaves the CA as it was keeps the minter:
+// its leaves are not signed again, one by one, on the workers that meet them first.
+TEST(forward_proxy, a_reload_with_the_same_ca_keeps_the_minted_leaves) {
+    proxy_instance bb{forward_config(1)};
+    const auto before = bb.server().security(0)->minter;
+    ASSERT_NE(before, nullptr);
+    const auto leaf = before->get("localhost");
+    EXPECT_TRUE(bb.server().reload_security().empty());
+    const auto after = bb.server().security(0)->minter;
+    EXPECT_EQ(after, before);
+    EXPECT_EQ(after->get("localhost").cert, leaf.cert);
+    EXPECT_EQ(after->cached(), 1u);
+}
+
 TEST(forward_proxy, a_request_goes_only_to_a_route_naming_its_destination) {
     fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
     fake_upstream crm{[](const request&) { return respond(200, "crm"); }};

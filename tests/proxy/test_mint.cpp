@@ -379,6 +379,14 @@ TEST(cert_minter, a_leaf_not_yet_valid_after_the_clock_was_set_back_is_minted_ag
     EXPECT_EQ(m.cached(), 1u);
 }
 
+TEST(cert_minter, the_same_ca_and_settings_are_the_same_minter) {
+    bb::manual_clock clock;
+    const cert_minter a{cert("ca.pem"), cert("ca.key"), 16, cert_minter::default_lifetime, &clock};
+    EXPECT_TRUE(a.same_as(cert_minter{cert("ca.pem"), cert("ca.key"), 16, cert_minter::default_lifetime, &clock}));
+    EXPECT_FALSE(a.same_as(cert_minter{cert("ca.pem"), cert("ca.key"), 32, cert_minter::default_lifetime, &clock}));
+    EXPECT_FALSE(a.same_as(cert_minter{cert("ca.pem"), cert("ca.key"), 16, std::chrono::hours{48}, &clock}));
+}
+
 TEST(cert_minter, leaves_never_outlive_the_ca) {
     bb::manual_clock clock;
     cert_minter m{cert("ca.pem"), cert("ca.key"), 16, std::chrono::hours{24 * 365 * 100}, &clock};
