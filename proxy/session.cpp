@@ -161,16 +161,34 @@ std::string canonical_host(std::string_view host_port) {
     return out;
 }
 
+// Whether route `r` serves a forward proxy's destination `host`:`port`: its match.host names
+// the host, addressed at the default port of how it was addressed (443 for a CONNECT or an
+// https:// URL, 80 for http://) or at its upstream's own port. Another port of the same host
+// is another service (a staging API on 8443): inspecting it would send it, with the
+// credentials meant for it, to the route's upstream.
+bool serves_destination(const config& cfg, const route_config& r, std::string_view host, std::uint16_t port,
+                        std::uint16_t default_port) {
+    return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
+           (port == default_port ||
+            (r.upstream_index < cfg.upstreams.size() && port == cfg.upstreams[r.upstream_index].port &&
+             iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host))));
+}
+
 // `forwarded`: a forward proxy's request (absolute-form or inside an intercepted tunnel),
-// whose destination is its host: only a route naming that host may take it (a route for
-// any host forwards to its own upstream, which is not the destination the agent addressed,
-// with the credentials it meant for that one).
+// whose destination is its host at `port` (`default_port` being how it was addressed):
+// only a route serving that destination may take it (a route for any host, or for another
+// port of the host, forwards to its own upstream, which is not the destination the agent
+// addressed, with the credentials it meant for that one).
 const route_config* match_route(const config& cfg, std::string_view method, std::string_view host,
-                                std::string_view path, bool forwarded = false) {
+                                std::string_view path, bool forwarded = false, std::uint16_t port = 0,
+                                std::uint16_t default_port = 0) {
     const std::string_view bare_host = host_name(host_without_port(host));
     for (const auto& r : cfg.routes) {
         const auto& m = r.match;
         if (m.host.empty() ? forwarded : !iequals(host_name(m.host), bare_host)) {
+            continue;
+        }
+        if (forwarded && !serves_destination(cfg, r, host_without_port(host), port, default_port)) {
             continue;
         }
         // Without case, and an exact path also with one trailing slash: upstreams commonly
@@ -811,18 +829,11 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_authority(std::string
 // A forward proxy intercepts destinations its routes name by host; nothing else.
 // (An IPv6 literal with or without brackets; a trailing dot is not stripped here: such a
 // destination is refused, closed.)
-// Whether a forward proxy's destination is a route's: a route whose match.host names the
-// host, addressed at the default port of how it was addressed (443 for a CONNECT or an
-// https:// URL, 80 for http://) or at its upstream's own port. Another port of the same
-// host is another service (a staging API on 8443): inspecting it would send it, with the
-// credentials meant for it, to the route's upstream; it is unknown, or a passthrough entry's.
+// Whether a forward proxy's destination is a route's (serves_destination); else it is
+// unknown, or a passthrough entry's.
 bool known_destination(const config& cfg, std::string_view host, std::uint16_t port, std::uint16_t default_port) {
-    return std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
-        return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
-               (port == default_port ||
-                (r.upstream_index < cfg.upstreams.size() && port == cfg.upstreams[r.upstream_index].port &&
-                 iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host))));
-    });
+    return std::any_of(cfg.routes.begin(), cfg.routes.end(),
+                       [&](const route_config& r) { return serves_destination(cfg, r, host, port, default_port); });
 }
 
 // The port of an absolute-form URL's authority, `default_port` when it names none (`host`,
@@ -1522,9 +1533,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const bool forwarded = fp != nullptr && (!ci.tunnel_host.empty() || !tp.host.empty());
         const std::string request_host = canonical_host(original_host);
         const std::uint16_t url_default_port = starts_with_icase(req.target(), "https://") ? 443 : 80;
+        // The destination's port, and the default port of how it was addressed.
+        const std::uint16_t dest_default_port = !ci.tunnel_host.empty() ? 443 : url_default_port;
+        const std::uint16_t dest_port =
+            !ci.tunnel_host.empty() ? ci.tunnel_port : authority_port(tp.host, url_default_port);
         if (fp != nullptr && ci.tunnel_host.empty() && !tp.host.empty() &&
-            !known_destination(*cfg, host_without_port(original_host), authority_port(tp.host, url_default_port),
-                               url_default_port)) {
+            !known_destination(*cfg, host_without_port(original_host), dest_port, dest_default_port)) {
             if (!co_await reply({http::status::forbidden, "denied", "unknown_destination",
                                  std::string{tp.host} +
                                      " is not a configured destination (a route's match.host, at the URL's default "
@@ -1535,7 +1549,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             continue;
         }
-        const route_config* route = match_route(*cfg, req.method_string(), original_host, tp.path, forwarded);
+        const route_config* route =
+            match_route(*cfg, req.method_string(), original_host, tp.path, forwarded, dest_port, dest_default_port);
         if (route == nullptr) {
             // (Built outside the co_await: GCC 12 frees a conditional's temporaries inside
             // one wrongly.)
@@ -1631,7 +1646,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     const route_config* sub_route =
                         scope.routes.empty() || !under_base
                             ? nullptr
-                            : match_route(*cfg, sub.method, original_host, own_path, forwarded);
+                            : match_route(*cfg, sub.method, original_host, own_path, forwarded, dest_port,
+                                          dest_default_port);
                     if (const auto amb = ambiguous_path(sub.path); !amb.empty()) {
                         why = "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
                               std::string{amb};

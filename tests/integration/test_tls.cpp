@@ -462,6 +462,27 @@ TEST(forward_proxy, another_port_of_a_routes_host_is_another_destination) {
 
 // The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and
 // the ones it has open close (checked every second), while other agents' tunnels stay.
+// Two routes on one host, each with its upstream's port (production at one, a beta API at
+// another): a request addressed to the beta port that only the production route's path
+// matches is no route's, not production's (with the credentials meant for beta).
+TEST(forward_proxy, a_request_to_one_port_of_a_host_never_takes_the_route_of_another) {
+    fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
+    fake_upstream beta{[](const request&) { return respond(200, "beta"); }};
+    const std::string beta_port = std::to_string(beta.port());
+    proxy_instance bb{forward_config(
+        api.port(), "", "",
+        R"({"name": "beta", "match": {"host": "localhost", "path_prefix": "/beta"}, "upstream": "beta"},)",
+        R"({"name": "beta", "url": "http://localhost:)" + beta_port + R"("},)")};
+    const std::string curl = "curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) +
+                             " --proxy-header 'Proxy-Authorization: Bearer tunneler-key' -w ' status=%{http_code}' ";
+    const auto to_beta = run(curl + "http://localhost:" + beta_port + "/beta/x");
+    EXPECT_NE(to_beta.find("status=200"), std::string::npos) << to_beta;
+    const auto not_beta = run(curl + "http://localhost:" + beta_port + "/v1/users");
+    EXPECT_EQ(not_beta.find("status=200"), std::string::npos) << not_beta;
+    EXPECT_EQ(api.request_count(), 0u) << "a request for the beta port went to production";
+    EXPECT_EQ(beta.request_count(), 1u);
+}
+
 TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_open_ones) {
     fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
     proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())))};
