@@ -127,11 +127,12 @@ void remediation::stop() {
     }
 }
 
-std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::string& after,
+std::vector<store::held_request> remediation::next_page(const store::list_filter& filter, std::int64_t& after,
                                                        std::string* error) {
-    // Keyset paging: each page re-queries, so records resolved meanwhile drop out.
+    // Keyset paging: each page re-queries, so records resolved meanwhile drop out. By row
+    // id: the page's last record may be discarded and pruned while a paced page is sent.
     auto page_filter = filter;
-    page_filter.after_ticket = after;
+    page_filter.after_id = after;
     page_filter.limit = 500;
     store::result err;
     auto page = db_.list(page_filter, &err);
@@ -140,7 +141,7 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
         return {};
     }
     if (!page.empty()) {
-        after = page.back().ticket;
+        after = page.back().id;
     }
     return page;
 }
@@ -517,7 +518,7 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         }
         stoppable_timer paced{control_, pacers_};
         asio::steady_timer& pacer = paced.timer;
-        std::string after;
+        std::int64_t after = 0;
         for (;;) {
             const auto page = next_page(filter, after, &sum.error);
             if (page.empty()) {
@@ -621,7 +622,7 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
         if (!snapshot(filter, &sum.error)) {
             co_return sum;
         }
-        std::string after;
+        std::int64_t after = 0;
         for (;;) {
             const auto page = next_page(filter, after, &sum.error);
             if (page.empty()) {

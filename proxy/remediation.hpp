@@ -102,7 +102,7 @@ public:
 private:
     bool snapshot(store::list_filter& filter, std::string* error);
     // The next page after `after`; empty at the end, or with *error set when unreadable.
-    std::vector<store::held_request> next_page(const store::list_filter& filter, std::string& after,
+    std::vector<store::held_request> next_page(const store::list_filter& filter, std::int64_t& after,
                                                std::string* error);
     std::shared_ptr<upstream_pool> pool_for(const config& cfg, std::size_t upstream_index);
     // Records the results in unrecorded_ as the store takes them, backing off from 1 s to

@@ -547,8 +547,8 @@ std::string breaker_of(const held_request& r) {
 constexpr const char* summary_columns =
     "h.ticket, h.method, h.target, h.route, h.upstream, h.agent, h.rule, h.breaker, h.breaker_instance, "
     "h.failure_mode, h.request_id, h.received_ms, h.state, h.state_ms, h.body_bytes, h.held_bytes, "
-    "h.release_status, h.released_ms, h.release_attempts, h.discard_reason, h.actor, h.detail, h.sandboxed_by";
-constexpr int summary_column_count = 23;
+    "h.release_status, h.released_ms, h.release_attempts, h.discard_reason, h.actor, h.detail, h.sandboxed_by, h.id";
+constexpr int summary_column_count = 24;
 
 void read_summary(const statement& s, held_request& r) {
     r.ticket = s.col_str(0);
@@ -578,6 +578,7 @@ void read_summary(const statement& s, held_request& r) {
     r.actor = s.col_str(20);
     r.detail = s.col_str(21);
     r.sandboxed_by = s.col_str(22);
+    r.id = s.col_i64(23);
 }
 
 // What tells a retry from another request under the same Idempotency-Key: SHA-256 of the
@@ -2332,7 +2333,7 @@ std::string filter_sql(const list_filter& f) {
     if (f.to_ms) {
         w += " AND h.received_ms < :to";
     }
-    if (!f.after_ticket.empty()) {
+    if (!f.after_ticket.empty() || f.after_id > 0) {
         w += " AND h.id > :after";
     }
     if (f.upto_id > 0) {
@@ -2367,8 +2368,8 @@ bool query_filtered(connection& c, const list_filter& f, bool with_bodies, std::
         }
         return false;
     };
-    std::int64_t after = 0;
-    if (!f.after_ticket.empty()) {
+    std::int64_t after = f.after_id;
+    if (after == 0 && !f.after_ticket.empty()) {
         auto s = c.prepared("SELECT id FROM held_requests WHERE ticket = ?");
         const int rc = s.valid() ? (s.text(1, f.after_ticket), s.step()) : SQLITE_ERROR;
         if (rc == SQLITE_DONE) {

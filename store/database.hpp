@@ -109,6 +109,7 @@ struct held_request {
     std::optional<std::int64_t> released_ms;  // when the last release attempt finished
     std::uint32_t release_attempts = 0;
     std::string discard_reason;
+    std::int64_t id = 0;              // the store's row id (listings): keyset paging by id
     std::string actor;                // who made the last change
     std::string detail;               // last release detail (error text, upstream reason)
 };
@@ -131,6 +132,9 @@ struct list_filter {
     std::optional<std::int64_t> to_ms;    // received_ms < to_ms
     std::size_t limit = 0;            // list: 0 -> 100, at most 1000; export: 0 -> everything
     std::string after_ticket;         // keyset paging: records held after this one
+    // Or after this row id (held_request::id), which needs no record to exist any more: a
+    // bulk action's page ends on a record that may be discarded and pruned meanwhile.
+    std::int64_t after_id = 0;
     // A snapshot bound (0: none): only records held no later than the one with this internal
     // id (latest_hold_id()), so a bulk action covers what was held when it began and never
     // requests held while it runs.
