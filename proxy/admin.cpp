@@ -1993,9 +1993,24 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     std::optional<std::pair<std::int64_t, std::int64_t>> kept;  // (running version, file's version)
     const std::string file_sha = text ? sha256_hex(*text) : std::string{};
     if (auto* db = srv.db(); db != nullptr && text) {
-        const auto mark = db->config_file();
+        std::string store_error;
+        const auto mark = db->config_file(&store_error);
         const auto running = srv.current_config();
-        const auto latest = mark && mark->sha256 == file_sha ? db->config_version(0) : std::nullopt;
+        const auto latest =
+            mark && mark->sha256 == file_sha ? db->config_version(0, &store_error) : std::nullopt;
+        if (!store_error.empty()) {
+            // Whether the file would undo a config applied through the API since it was read
+            // cannot be told: nothing changes (fail closed), as for a file with errors. The
+            // running config's certificate files are re-read all the same.
+            spdlog::error("SIGHUP: not reloaded: {}; the running config keeps serving", store_error);
+            std::string result = "store_unavailable: " + store_error;
+            for (const auto& e : srv.reload_security()) {
+                spdlog::error("SIGHUP: TLS files not reloaded, the previous certificates stay in use: {}", e);
+                result += "; TLS files not reloaded: " + e;
+            }
+            co_await audit_local(srv, actor, "SIGHUP", params, reason, result, "");
+            co_return;
+        }
         // Only a version stored after the file's, and the one running: a mark written with a
         // version whose apply then failed is no reason to keep what runs.
         if (latest && latest->first > mark->version && same_json(latest->second, running->source_json) &&

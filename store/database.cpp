@@ -2975,9 +2975,13 @@ void database::mark_config_file(std::string sha256, std::int64_t version, done_f
 
 namespace {
 
-std::optional<config_file_mark> read_config_file_mark(connection& c) {
+std::optional<config_file_mark> read_config_file_mark(connection& c, std::string* error = nullptr) {
     auto s = c.once("SELECT sha256, version FROM config_file WHERE one = 1");
-    if (!s.valid() || s.step() != SQLITE_ROW) {
+    const int rc = s.valid() ? s.step() : SQLITE_ERROR;
+    if (rc != SQLITE_ROW) {
+        if (rc != SQLITE_DONE && error != nullptr) {
+            *error = "cannot read the config file's mark: " + c.error();
+        }
         return std::nullopt;
     }
     return config_file_mark{s.col_str(0), s.col_i64(1)};
@@ -2985,9 +2989,9 @@ std::optional<config_file_mark> read_config_file_mark(connection& c) {
 
 }  // namespace
 
-std::optional<config_file_mark> database::config_file() const {
+std::optional<config_file_mark> database::config_file(std::string* error) const {
     auto c = impl_->lease();
-    return read_config_file_mark(*c);
+    return read_config_file_mark(*c, error);
 }
 
 std::optional<startup_config_view> database::peek_config(const std::string& path, std::string* error) {
@@ -3045,18 +3049,25 @@ std::optional<startup_config_view> database::peek_config(const std::string& path
     return v;
 }
 
-std::optional<std::pair<std::int64_t, std::string>> database::config_version(std::int64_t version) const {
+std::optional<std::pair<std::int64_t, std::string>> database::config_version(std::int64_t version,
+                                                                             std::string* error) const {
     auto c = impl_->lease();
     auto s = version == 0 ? c->once("SELECT version, json FROM config_versions ORDER BY version DESC LIMIT 1")
                           : c->once("SELECT version, json FROM config_versions WHERE version = ?1");
-    if (!s.valid()) {
+    auto failed = [&] {
+        if (error != nullptr) {
+            *error = "cannot read the config versions: " + c->error();
+        }
         return std::nullopt;
+    };
+    if (!s.valid()) {
+        return failed();
     }
     if (version != 0) {
         s.i64(1, version);
     }
-    if (s.step() != SQLITE_ROW) {
-        return std::nullopt;
+    if (const int rc = s.step(); rc != SQLITE_ROW) {
+        return rc == SQLITE_DONE ? std::nullopt : failed();
     }
     return std::pair{s.col_i64(0), s.col_str(1)};
 }

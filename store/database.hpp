@@ -409,14 +409,17 @@ public:
                              std::string file_sha256 = {});
     // The config file read again, unchanged from `version` (no new version).
     void mark_config_file(std::string sha256, std::int64_t version, done_fn done);
-    // The config file as last read: nullopt before the first mark.
-    std::optional<config_file_mark> config_file() const;
+    // The config file as last read: nullopt before the first mark, or when the store cannot
+    // be read (then *error says why).
+    std::optional<config_file_mark> config_file(std::string* error = nullptr) const;
     // For a start, before the store is opened (locked, migrated): the file's mark and the
     // latest version, read-only. nullopt when there is no store, no mark or no version yet,
     // or when it cannot be read (then *error says why).
     static std::optional<startup_config_view> peek_config(const std::string& path, std::string* error);
-    // version 0: the latest. nullopt when there is none.
-    std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version) const;
+    // version 0: the latest. nullopt when there is none, or when the store cannot be read
+    // (then *error says why).
+    std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version,
+                                                                       std::string* error = nullptr) const;
 
     // --- operations ---
     // Blocks until every write queued before the call has completed. For shutdown and tests.
