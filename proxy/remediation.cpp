@@ -193,13 +193,17 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                                                                      ", or discard it; nothing was sent");
             }
         }
-        if (!rec->sandboxed_by.empty() && !rec->sandboxed_by.starts_with("agent/")) {
-            // Held under a sandbox breaker, as sent: a real send only once that sandbox is
-            // over (reset, closed, or removed by a reload).
-            // Its breaker-wide instance too: a key reset while the whole breaker is forced open
-            // is still sandboxed on the live path.
-            if (srv_.breakers()->holds_back(rec->sandboxed_by, srv_.now())) {
-                return store::result::failure("sandboxed", "breaker " + rec->sandboxed_by +
+        // Held under sandbox breakers (one instance name a line), as sent: a real send only
+        // once every one of those sandboxes is over (reset, closed, or removed by a reload).
+        // Their breaker-wide instances too: a key reset while the whole breaker is forced
+        // open is still sandboxed on the live path. (agent/<id>: the agent's sandbox mode,
+        // checked above.)
+        for (std::string_view rest = rec->sandboxed_by; !rest.empty();) {
+            const auto nl = rest.find('\n');
+            const std::string_view name = rest.substr(0, nl);
+            rest = nl == std::string_view::npos ? std::string_view{} : rest.substr(nl + 1);
+            if (!name.empty() && !name.starts_with("agent/") && srv_.breakers()->holds_back(name, srv_.now())) {
+                return store::result::failure("sandboxed", "breaker " + std::string{name} +
                                                                " still sandboxes this traffic (the request was held "
                                                                "under it, for a real send): reset it to release " +
                                                                ticket + ", or discard it; nothing was sent");

@@ -1720,6 +1720,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         auto& registry = *rt.breakers;
         std::vector<probe_ticket> probes;  // half-open instances this request probes
         const char* forwarded_decision = "allowed";
+        // Every sandbox breaker instance that applied (a hold names them all: a release
+        // waits until none does).
+        std::string sandbox_instances;
         std::string contained_rule;
         std::string contained_breaker;
         std::optional<error_info> contained;
@@ -1792,6 +1795,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (adm.act == breakers::action::sandbox) {
                 forwarded_decision = "sandboxed";
                 contained_breaker = adm.instance;
+                // Instance names hold no control bytes (rules keys are %XX-escaped): a line
+                // break separates them.
+                sandbox_instances += (sandbox_instances.empty() ? "" : "\n") + adm.instance;
                 contained_rule = std::string{rule};
                 return true;
             }
@@ -2022,7 +2028,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // after the incident "deliver" a dry run: the mail lost, the record saying released.
         std::string sandboxed_by;
         if (!contained && std::string_view{forwarded_decision} == "sandboxed" && !quarantine_instance.empty()) {
-            sandboxed_by = contained_breaker;
+            sandboxed_by = sandbox_instances.empty() ? contained_breaker : sandbox_instances;
         } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
             const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
             const auto* b = cfg->find_breaker(name);

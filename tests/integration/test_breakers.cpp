@@ -685,6 +685,40 @@ TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// Two sandboxes applied to a held request: it names both, and a release waits until neither
+// applies (the one that applied last reset first is not enough).
+TEST(sandbox, a_hold_names_every_sandbox_that_applied_and_a_release_waits_for_all) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto rule = [](const char* id, const char* breaker) {
+        return std::string{R"({"id": ")"} + id + R"(", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": ")" + breaker + R"("})";
+    };
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
+        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+        R"({"id": "dry-a", "action": "sandbox", "reset": "manual"}, {"id": "dry-b", "action": "sandbox", "reset": "manual"}],)"
+        R"("rules": [)" + rule("q", "hold") + "," + rule("a", "dry-a") + "," + rule("b", "dry-b") + "],")};
+    auto& reg = *bb.server().breakers();
+    for (const char* b : {"hold", "dry-a", "dry-b"}) {
+        ASSERT_TRUE(reg.manual_trip(b, "ops", "test", bb.server().now()));
+    }
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    EXPECT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "dry-a\ndry-b");
+    ASSERT_TRUE(reg.reset("dry-b", "ops", "b over", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_NE(refused.message.find("dry-a"), std::string::npos) << refused.message;
+    EXPECT_EQ(up.request_count(), 0u) << "sent for real while dry-a still sandboxes it";
+    ASSERT_TRUE(reg.reset("dry-a", "ops", "a over", bb.server().now()));
+    auto released = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_TRUE(released.ok) << released.code << ": " << released.message;
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(sandbox, a_body_that_cannot_be_switched_to_dry_run_is_not_forwarded) {
     fake_upstream up;
     const auto dir = temp_dir();
