@@ -240,8 +240,12 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     cfg = srv_.current_config();
     if (auto no = refusal(*cfg)) {
         // Begun (durably `releasing`), not sent: recorded as a failed attempt with the reason,
-        // to be released again once mended, or discarded.
-        const auto refused = *no;
+        // to be released again once mended, or discarded. Said so, with the attempts (count,
+        // as for any transition): a bulk release counts it failed, not skipped, for it is no
+        // longer among the held records a rerun would list.
+        auto refused = *no;
+        refused.message += " (the release had begun: recorded as a failed attempt, the record is release_failed)";
+        refused.count = begun.count;
         auto recorded = co_await await_store([&](store::done_fn done) {
             db_.finish_release(ticket, store::release_outcome::failed, 0, refused.message, std::move(done),
                                static_cast<std::uint32_t>(begun.count));
@@ -522,6 +526,7 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         }
         stoppable_timer paced{control_, pacers_};
         asio::steady_timer& pacer = paced.timer;
+        std::size_t refused_once_begun = 0;  // counted failed, but nothing was sent: not in `limit`
         std::int64_t after = 0;
         for (;;) {
             const auto page = next_page(filter, after, &sum.error);
@@ -531,7 +536,7 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
             for (const auto& rec : page) {
                 // `limit` bounds what is sent: a record skipped (changed since it was listed)
                 // does not use it up, so a canary of 1 sends one if any is left.
-                if (stopping_ || (limit > 0 && sum.released + sum.failed + sum.unknown == limit)) {
+                if (stopping_ || (limit > 0 && sum.released + sum.failed + sum.unknown - refused_once_begun == limit)) {
                     sum.stopped = stopping_;
                     co_return sum;
                 }
@@ -591,6 +596,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                          "; nothing of it was sent, and the records after it stay as they are: release them again in "
                          "a moment");
                     co_return sum;
+                } else if (r.count > 0) {
+                    ++sum.failed;  // refused once begun: an attempt recorded as failed, nothing sent
+                    ++refused_once_begun;
                 } else {
                     ++sum.skipped;
                 }

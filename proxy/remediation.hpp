@@ -32,7 +32,8 @@ class server;
 struct remediation_summary {
     std::size_t matched = 0;
     std::size_t released = 0;
-    std::size_t failed = 0;         // release_failed: the upstream refused or was not reached
+    std::size_t failed = 0;         // release_failed: the upstream refused or was not reached, or
+                                    // a refusal of ours came once the release had begun
     std::size_t unknown = 0;        // outcome_unknown: sent, no complete answer
     std::size_t discarded = 0;
     std::size_t skipped = 0;        // not in a state that allows the action

@@ -1241,6 +1241,31 @@ TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
     reload(false);
     EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
     EXPECT_EQ(up.request_count(), 1u);
+
+    // The same in a bulk release: counted failed (the record is release_failed now, not
+    // among the held ones a rerun lists), not skipped.
+    res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[2]})",
+                       {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string second{res["x-breakerbox-ticket"]};
+    db->flush();
+    const auto queued_then = db->stats().queued;
+    db->pause_writer(true);
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    auto bulk = bb.server().remediation().release_matching(f, 0, "ops");
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds{5};
+         db->stats().queued == queued_then && std::chrono::steady_clock::now() < until;) {
+        std::this_thread::yield();
+    }
+    ASSERT_GT(db->stats().queued, queued_then);
+    reload(true);
+    db->pause_writer(false);
+    const auto sum = bulk.get();
+    EXPECT_EQ(sum.failed, 1u);
+    EXPECT_EQ(sum.skipped, 0u);
+    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(db->get(second)->state, bb::store::held_state::release_failed);
 }
 
 TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
