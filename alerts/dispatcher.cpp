@@ -8,6 +8,7 @@
 // and the random source are touched only on the alerts thread.
 #include "alerts/alerts.hpp"
 #include "core/tls_policy.hpp"
+#include "proxy/resolve.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -324,27 +325,20 @@ struct dispatcher::impl {
         const auto deadline = steady::now() + timeout;
         auto ex = co_await asio::this_coro::executor;
 
-        // The resolver has no deadline of its own: a timer cancels it. Shared ownership
-        // because the timer's handler may run after this frame has moved on.
-        auto resolver = std::make_shared<tcp::resolver>(ex);
-        tcp::resolver::results_type endpoints;
-        {
-            asio::steady_timer guard{ex};
-            guard.expires_at(deadline);
-            guard.async_wait([w = std::weak_ptr<tcp::resolver>{resolver}](error_code gec) {
-                if (!gec) {
-                    if (auto r = w.lock()) {
-                        r->cancel();
-                    }
-                }
-            });
-            auto [rec, results] = co_await resolver->async_resolve(u.host, std::to_string(u.port), use_tuple);
-            guard.cancel();
-            if (rec) {
-                co_return retry(describe(rec, "resolving " + u.host, timeout));
-            }
-            endpoints = std::move(results);
+        // Not Asio's resolver: its lookups run one at a time on one thread, so one sink's
+        // host stuck on a dead nameserver held every other sink's alert behind it for the
+        // resolver's whole timeout (and its cancel cannot interrupt a getaddrinfo). Each
+        // lookup runs on a thread of its own, bounded by the deadline (proxy/resolve.hpp).
+        const auto left =
+            std::max(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()),
+                     std::chrono::milliseconds{1});
+        const auto resolved = co_await proxy::resolve_bounded(ex, u.host, u.port, left);
+        if (!resolved.error.empty()) {
+            co_return retry(resolved.timed_out ? "resolving " + u.host + ": timed out (timeout " +
+                                                     cfg::format_duration(timeout) + ")"
+                                               : resolved.error);
         }
+        const std::vector<tcp::endpoint>& endpoints = resolved.endpoints;
 
         beast::tcp_stream stream{ex};
         stream.expires_at(deadline);

@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/resolve.hpp"
 
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
@@ -41,19 +42,6 @@ inline bool nothing_sent(upstream_failure f) {
            f == upstream_failure::connect_timeout || f == upstream_failure::tls_failed;
 }
 
-// A name lookup bounded by `timeout`: getaddrinfo on a detached thread of its own (it
-// cannot be interrupted, and Asio's resolver joins its thread when the io_context goes, so
-// one lookup stuck on a dead nameserver would hold up shutdown). `error` is empty on
-// success; `timed_out`/`cancelled` say why it ended early.
-struct resolve_result {
-    std::vector<tcp::endpoint> endpoints;
-    std::string error;
-    bool timed_out = false;
-    bool cancelled = false;
-    bool busy = false;  // refused here: too many lookups in flight (local overload)
-};
-asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const std::string& host, std::uint16_t port,
-                                                std::chrono::milliseconds timeout);
 
 struct exchange_result {
     upstream_failure failure = upstream_failure::none;

@@ -15,7 +15,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "alerts/alerts.hpp"
 #include "proxy/upstream.hpp"
+#include "tests/alerts/fake_receiver.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
@@ -106,6 +108,37 @@ TEST(dns, concurrent_lookups_of_one_name_share_one_lookup) {
         EXPECT_TRUE(r.timed_out) << r.error;
         EXPECT_EQ(r.error, "cannot resolve burst.breakerbox.test within 300ms");
     }
+}
+
+// An alert sink whose host's lookup hangs on a dead nameserver does not hold up another
+// sink's alert (a sev1 trip to PagerDuty behind a mistyped webhook host): each lookup runs on
+// a thread of its own. Asio's resolver ran them one at a time, so the other sink's lookup,
+// even of a name /etc/hosts answers, waited for the stuck one's whole timeout (2 x 5 s here).
+TEST(dns, an_alert_sinks_stuck_lookup_does_not_hold_up_the_others) {
+    ASSERT_NE(std::getenv("BB_DNS_SANDBOX"), nullptr) << "run this binary through dns_sandbox.sh";
+    silent_nameserver ns;
+    ASSERT_TRUE(ns.bound()) << "cannot hold UDP 127.0.0.1:53";
+    bb::test::fake_receiver rx{[](std::size_t, const bb::test::webhook_request&) { return bb::test::reply(200); }};
+    bb::alerts::sink_config stuck;
+    stuck.name = "stuck";
+    stuck.kind = bb::alerts::sink_kind::webhook;
+    stuck.url = "http://hooks.breakerbox.test:9/hook";
+    bb::alerts::sink_config reachable;
+    reachable.name = "reachable";
+    reachable.kind = bb::alerts::sink_kind::webhook;
+    reachable.url = "http://localhost:" + std::to_string(rx.port()) + "/hook";  // /etc/hosts, no DNS
+    bb::alerts::alerts_config c;
+    c.sinks = {stuck, reachable};
+    c.timeout = 4500ms;  // the stuck attempt's deadline: the dispatcher's teardown waits for it
+    c.max_attempts = 1;
+    bb::alerts::dispatcher d{c};
+    bb::alerts::alert a;
+    a.event = "breaker_tripped";
+    a.severity = "sev1";
+    a.summary = "campaign-volume tripped";
+    d.publish(a);
+    EXPECT_TRUE(rx.wait_for_count(1, 3s)) << "the reachable sink's alert waited behind the stuck lookup";
+    EXPECT_TRUE(ns.got_a_query()) << "the stuck sink's lookup never reached the silent nameserver";
 }
 
 }  // namespace
