@@ -1,6 +1,8 @@
 #include "proxy/server.hpp"
 
+#include "core/file.hpp"
 #include "core/host_name.hpp"
+#include "core/sha256.hpp"
 
 #include "proxy/responses.hpp"
 #include "proxy/mint.hpp"
@@ -395,6 +397,25 @@ void worker::shutdown() {
 
 // ---- server --------------------------------------------------------------------------
 
+namespace {
+
+// What the sinks' ca_files hold now (path and SHA-256 of each; "" when none has one): the
+// dispatcher reads them once, as it starts.
+std::string alert_ca_digest(const alerts::alerts_config& a) {
+    std::string out;
+    for (const auto& s : a.sinks) {
+        if (s.ca_file.empty()) {
+            continue;
+        }
+        file_error err{};
+        const auto text = read_regular_file(s.ca_file, std::size_t{16} << 20, &err);
+        out += s.ca_file + "=" + (text ? sha256_hex(*text) : std::string{"unreadable"}) + "\n";
+    }
+    return out;
+}
+
+}  // namespace
+
 server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(std::move(cfg)), opts_(std::move(opts)) {
     if (opts_.time != nullptr) {
         clock_ = opts_.time;
@@ -402,6 +423,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     access_log_ = make_access_log(cfg_->log);
     if (!cfg_->alerts.sinks.empty()) {
         alerts_ = std::make_shared<alerts::dispatcher>(cfg_->alerts);
+        alerts_ca_digest_ = alert_ca_digest(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
     max_connections_ = cfg_->limits.max_connections;
@@ -1619,8 +1641,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         max_connections_ = effective->limits.max_connections;
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
     }
-    if (!(before->alerts == effective->alerts)) {
-        replace_alerts(effective->alerts);  // sinks added, removed or changed (a rotated URL)
+    // Sinks added, removed or changed (a rotated URL), or a ca_file's contents (a rotated
+    // private CA at the same path: re-read at a reload, as listeners' certificates are).
+    if (auto ca = alert_ca_digest(effective->alerts); !(before->alerts == effective->alerts) || ca != alerts_ca_digest_) {
+        alerts_ca_digest_ = std::move(ca);
+        replace_alerts(effective->alerts);
     }
     {
         // Published: the breakers configured again now hold their kept state themselves.

@@ -487,6 +487,9 @@ private:
     // The counts of retired dispatchers already dropped, by sink name (alert_stats()).
     std::map<std::string, alerts::sink_stats> alerts_folded_;
     void replace_alerts(const alerts::alerts_config& next);
+    // The sinks' ca_file contents as the running dispatcher loaded them (alert_ca_digest): a
+    // reload that changes one (a rotated private CA, same path) replaces the dispatcher.
+    std::string alerts_ca_digest_;
     std::atomic<std::int64_t> last_store_alert_ms_{0};
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;

@@ -1141,6 +1141,27 @@ TEST(alerts, a_rotated_webhook_url_keeps_the_sinks_counts) {
     EXPECT_EQ(sent(), 2u);
 }
 
+// A sink's private CA rotated in place (same ca_file path, new contents) is read again at a
+// reload, as a listener's certificate files are: the dispatcher is replaced. An unchanged one
+// keeps the running dispatcher.
+TEST(alerts, a_reload_rereads_a_sinks_ca_file_when_its_contents_changed) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const std::string ca = dir + "/hooks-ca.pem";
+    { std::ofstream{ca} << "-----BEGIN CERTIFICATE-----\nfirst\n-----END CERTIFICATE-----\n"; }
+    const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                        R"({"name": "pager", "type": "webhook", "url": "https://127.0.0.1:9/alerts", "ca_file": ")" +
+                                            ca + R"("})");
+    proxy_instance bb{cfg};
+    const auto first = bb.server().alerts();
+    ASSERT_NE(first, nullptr);
+    bb.server().apply_config(bb::parse_config(cfg).cfg);
+    EXPECT_EQ(bb.server().alerts(), first) << "nothing changed";
+    { std::ofstream{ca, std::ios::trunc} << "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n"; }
+    bb.server().apply_config(bb::parse_config(cfg).cfg);
+    EXPECT_NE(bb.server().alerts(), first) << "the rotated CA was not read again";
+}
+
 TEST(alerts, a_reload_that_merges_a_paged_instance_resolves_its_page) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
