@@ -1268,7 +1268,8 @@ server::~server() {
     // alerts_) still exists: members are destroyed in reverse order, and those come after it.
     state_writer_.reset();
     // A trip just before shutdown is alerted now or never: a restart restores the trip
-    // without alerting it again. Bounded, so a dead sink cannot hold the exit for long.
+    // without alerting it again (run() queued the storm and denial counts last). Bounded, so
+    // a dead sink cannot hold the exit for long.
     {
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{2};
         auto left = [&] {
@@ -1360,8 +1361,9 @@ void server::report_storms() {
     }
 }
 
-void server::report_denials() {
-    // Control thread: the denials counted since a rule's last alert, once it is a minute old.
+void server::report_denials(bool at_exit) {
+    // Control thread: the denials counted since a rule's last alert, once it is a minute old
+    // (at exit: all of them, or they would be lost).
     const auto d = alerts();
     if (!d) {
         return;
@@ -1371,7 +1373,7 @@ void server::report_denials() {
     {
         std::lock_guard lock{denials_mu_};
         for (auto& [rule, st] : denials_) {
-            if (st.count > 0 && st.alerted && now - *st.alerted >= std::chrono::minutes{1}) {
+            if (st.count > 0 && st.alerted && (at_exit || now - *st.alerted >= std::chrono::minutes{1})) {
                 due.push_back(denial_alert(rule, st, st.count));
                 st.count = 0;
                 st.alerted = now;
@@ -1948,6 +1950,10 @@ int server::run() {
     if (remediation_) {
         remediation_->record_left_over();  // release results the store refused until now
     }
+    // Storm and denial counts not alerted yet live in memory only: queued now, once nothing
+    // is served any more, and sent as the server goes (~server flushes the alerts).
+    report_storms();
+    report_denials(true);
     // The counts as they stand once nothing is served any more: a restart goes on from them.
     const bool meters_saved = save_meters(true);
     if (!meters_saved) {

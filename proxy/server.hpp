@@ -426,7 +426,7 @@ private:
     std::map<std::string, denial_alerts> denials_;
     // The alert of `count` denials of `rule` (its last: st); publish outside denials_mu_.
     alerts::alert denial_alert(const std::string& rule, const denial_alerts& st, std::uint64_t count);
-    void report_denials();
+    void report_denials(bool at_exit = false);
     // on_transition()/report_storms(): per breaker, the trips paged one by one in the current
     // minute, those beyond (told as one alert by the tick) and the instances whose trip was
     // not paged (their resolve is not sent either).

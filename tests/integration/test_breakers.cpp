@@ -948,6 +948,15 @@ TEST(alerts, a_trip_and_a_manual_reset_reach_the_webhook_off_the_data_path) {
     EXPECT_NE(lows[1].req.body().find("\"resolve\":true"), std::string::npos) << lows[1].req.body();
 }
 
+// A deny rule `no-cards` (card numbers in the body are refused, 403) and a webhook sink for
+// sev1 and sev2 on `hook_port`.
+std::string deny_cards_config(std::uint16_t upstream_port, std::uint16_t hook_port, const std::string& dir) {
+    std::string cfg = guarded_config(upstream_port, dir, pause_manual + R"(, {"id": "no-pii", "action": "deny"})");
+    cfg.replace(cfg.find("\"rules\": [") + 10, 0,
+                R"({"id": "no-cards", "route": "mail-send", "guard": {"pii": ["card"]}, "failure_mode": "volume-spike", "trips": "no-pii"},)");
+    return with_alerts(cfg, webhook_sink("pager", hook_port, R"("sev1", "sev2")"));
+}
+
 // A deny rule trips nothing, yet on-call hears of it: the first denial alerts at once (at
 // the failure mode's severity, masked reason), later ones at most once a minute per rule,
 // with the count since.
@@ -956,11 +965,7 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
     const auto dir = temp_dir();
     bb::manual_clock clock;
-    std::string cfg = guarded_config(up.port(), dir, pause_manual + R"(, {"id": "no-pii", "action": "deny"})");
-    cfg.replace(cfg.find("\"rules\": [") + 10, 0,
-                R"({"id": "no-cards", "route": "mail-send", "guard": {"pii": ["card"]}, "failure_mode": "volume-spike", "trips": "no-pii"},)");
-    cfg = with_alerts(cfg, webhook_sink("pager", hook.port(), R"("sev1", "sev2")"));
-    proxy_instance bb{cfg, &clock};
+    proxy_instance bb{deny_cards_config(up.port(), hook.port(), dir), &clock};
     auto send_card = [&] {
         raw_client c{bb.port()};
         c.send(mail(1, "a", R"(, "note": "card 4111 1111 1111 1111")"));
@@ -1003,6 +1008,27 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
     EXPECT_EQ(hook.request_count(), 3u);
     reqs = hook.requests();
     EXPECT_NE(reqs[1].req.body().find("since its last alert"), std::string::npos) << reqs[1].req.body();
+}
+
+// Denials counted since a rule's last alert are in memory only: a shutdown alerts them
+// rather than losing them.
+TEST(alerts, denials_not_alerted_yet_are_alerted_at_shutdown) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    bb::manual_clock clock;
+    proxy_instance bb{deny_cards_config(up.port(), hook.port(), temp_dir()), &clock};
+    for (int i = 0; i < 3; ++i) {
+        raw_client c{bb.port()};
+        c.send(mail(1, "a", R"(, "note": "card 4111 1111 1111 1111")"));
+        ASSERT_EQ(c.read_response().result_int(), 403u);
+    }
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 1u) << "the first denial, at once";
+    bb.stop();
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 2u) << "the two denials after it were lost at shutdown";
+    EXPECT_NE(hook.requests()[1].req.body().find("denied 2 request(s)"), std::string::npos)
+        << hook.requests()[1].req.body();
 }
 
 namespace {
