@@ -1318,9 +1318,10 @@ void server::report_denial(std::string_view rule, std::string_view breaker, std:
     }
 }
 
-void server::report_storms() {
+void server::report_storms(bool at_exit) {
     // Control thread: per breaker, the trips not paged one by one in the last minute, as one
-    // alert (its dedup key: one incident per breaker's storm, resolved by on-call).
+    // alert (its dedup key: one incident per breaker's storm, resolved by on-call). At exit,
+    // the current window's too: they live in memory only.
     const auto d = alerts();
     if (!d) {
         return;
@@ -1331,7 +1332,7 @@ void server::report_storms() {
         std::lock_guard lock{storms_mu_};
         for (auto& [breaker, st] : storms_) {
             // A window a minute old, or ended by the trips of the next one.
-            if (st.window && now - *st.window >= std::chrono::minutes{1}) {
+            if (st.window && (at_exit || now - *st.window >= std::chrono::minutes{1})) {
                 st.close_window();
             }
             const std::uint64_t count = st.due;
@@ -1952,7 +1953,7 @@ int server::run() {
     }
     // Storm and denial counts not alerted yet live in memory only: queued now, once nothing
     // is served any more, and sent as the server goes (~server flushes the alerts).
-    report_storms();
+    report_storms(true);
     report_denials(true);
     // The counts as they stand once nothing is served any more: a restart goes on from them.
     const bool meters_saved = save_meters(true);

@@ -458,7 +458,7 @@ private:
     };
     std::mutex storms_mu_;
     std::map<std::string, storm> storms_;
-    void report_storms();
+    void report_storms(bool at_exit = false);
     // apply_config(): resolves the incidents of instances the new registry no longer has.
     void resolve_gone_incidents(const breakers::breaker_registry& registry);
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,

@@ -1090,6 +1090,23 @@ TEST(alerts, a_storm_of_trips_pages_ten_a_minute_and_sums_up_the_rest) {
     EXPECT_NE(all[13].req.body().find("\"resolve\":true"), std::string::npos) << all[13].req.body();
 }
 
+// The trips a storm held back in its current minute live in memory only: a shutdown tells
+// them rather than losing them (a restart brings the trips back without alerting them).
+TEST(alerts, a_storms_held_back_trips_are_told_at_shutdown) {
+    storm_setup st;
+    auto& [up, hook, clock, bb] = st;
+    for (int i = 0; i < 13; ++i) {
+        ASSERT_EQ(st.trip("c" + std::to_string(i)), 503u) << i;
+    }
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 10u);
+    bb.stop();
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 11u) << "the three trips held back were lost at shutdown";
+    EXPECT_NE(hook.requests()[10].req.body().find("3 more instance(s) opened"), std::string::npos)
+        << hook.requests()[10].req.body();
+}
+
 // A storm that goes on across the minute: the trips held back in a minute are told by the
 // next tick even though trips of the next minute keep coming (the summary used to wait for a
 // quiet minute).
