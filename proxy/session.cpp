@@ -183,12 +183,24 @@ const route_config* match_route(const config& cfg, std::string_view method, std:
                                 std::string_view path, bool forwarded = false, std::uint16_t port = 0,
                                 std::uint16_t default_port = 0) {
     const std::string_view bare_host = host_name(host_without_port(host));
+    // Routes whose upstream is this very host and port are the destination's own: when one
+    // exists, a route bound to another port of the host (a beta API on 8443, taking the
+    // default port as its own) is not it.
+    auto at_port = [&](const route_config& r) {
+        return r.upstream_index < cfg.upstreams.size() && cfg.upstreams[r.upstream_index].port == port &&
+               iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host_without_port(host)));
+    };
+    const bool own_port_route =
+        forwarded && std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
+            return !r.match.host.empty() && iequals(host_name(r.match.host), bare_host) && at_port(r);
+        });
     for (const auto& r : cfg.routes) {
         const auto& m = r.match;
         if (m.host.empty() ? forwarded : !iequals(host_name(m.host), bare_host)) {
             continue;
         }
-        if (forwarded && !serves_destination(cfg, r, host_without_port(host), port, default_port)) {
+        if (forwarded && (own_port_route ? !at_port(r)
+                                         : !serves_destination(cfg, r, host_without_port(host), port, default_port))) {
             continue;
         }
         // Without case, and an exact path also with one trailing slash: upstreams commonly

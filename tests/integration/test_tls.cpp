@@ -481,6 +481,18 @@ TEST(forward_proxy, a_request_to_one_port_of_a_host_never_takes_the_route_of_ano
     EXPECT_EQ(not_beta.find("status=200"), std::string::npos) << not_beta;
     EXPECT_EQ(api.request_count(), 0u) << "a request for the beta port went to production";
     EXPECT_EQ(beta.request_count(), 1u);
+
+    // And the other way: with a route whose upstream is the host at the port addressed (80,
+    // the default here), the beta route, bound to its own port, does not take the request
+    // although its path matches.
+    proxy_instance with_80{forward_config(
+        api.port(), "", "",
+        R"({"name": "beta", "match": {"host": "localhost", "path_prefix": "/beta"}, "upstream": "beta"},)"
+        R"({"name": "web", "match": {"host": "localhost", "path_prefix": "/"}, "upstream": "web"},)",
+        R"({"name": "beta", "url": "http://localhost:)" + beta_port + R"("}, {"name": "web", "url": "http://localhost:80"},)")};
+    run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(with_80.port()) +
+        " --proxy-header 'Proxy-Authorization: Bearer tunneler-key' http://localhost/beta/x");
+    EXPECT_EQ(beta.request_count(), 1u) << "a request for port 80 went to the beta port";
 }
 
 TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_open_ones) {
