@@ -969,25 +969,63 @@ std::optional<double> request_amount(const expr& e, context& ctx, invalid_body_p
 }
 
 // The data rows of a CSV body (a Salesforce Bulk API 2.0 upload): its lines after the header.
-// A line break inside a quoted field is part of the field (a doubled quote inside one flips
-// twice, so it needs no case of its own); a blank line is no row; a last line without a line
-// break is one. Whatever the column delimiter: only quotes and line breaks tell rows.
+// A line break inside a quoted field is part of the field; a blank line is no row; a last
+// line without a line break is one. Whatever the column delimiter: only quotes, delimiters
+// and line breaks tell rows. Two readings count, and the larger count is taken, so a stray
+// quote cannot hide the rows after it: a quote opening a field only at its start (RFC 4180:
+// `12" pipe` is text, `""` inside a quoted field is a quote), and a quote toggling anywhere.
+// A reading that ends inside quotes counts every line instead.
 std::size_t csv_data_rows(std::string_view body) {
-    std::size_t lines = 0;
-    bool quoted = false;
-    bool blank = true;  // the current line holds nothing but a CR so far
-    for (const char c : body) {
-        if (c == '"') {
-            quoted = !quoted;
-            blank = false;
-        } else if (c == '\n' && !quoted) {
+    struct reading {
+        bool quoted = false;
+        bool blank = true;        // the line holds nothing but a CR so far
+        bool field_start = true;  // at the start of a line or after a delimiter
+        std::size_t lines = 0;
+        void end_line() {
             lines += blank ? 0 : 1;
             blank = true;
+            field_start = true;
+        }
+    };
+    auto delimiter = [](char c) { return c == ',' || c == '\t' || c == '|' || c == ';' || c == '^' || c == '`'; };
+    reading rfc;
+    reading toggle;
+    reading plain;  // no quotes at all: every line
+    for (std::size_t i = 0; i < body.size(); ++i) {
+        const char c = body[i];
+        if (c == '\n') {
+            plain.end_line();
         } else if (c != '\r') {
-            blank = false;
+            plain.blank = false;
+        }
+        if (c == '"') {
+            toggle.quoted = !toggle.quoted;
+            toggle.blank = false;
+        } else if (c == '\n' && !toggle.quoted) {
+            toggle.end_line();
+        } else if (c != '\r') {
+            toggle.blank = false;
+        }
+        if (rfc.quoted) {
+            if (c == '"') {
+                if (i + 1 < body.size() && body[i + 1] == '"') {
+                    ++i;  // a quote inside the field
+                } else {
+                    rfc.quoted = false;
+                }
+            }
+        } else if (c == '\n') {
+            rfc.end_line();
+        } else if (c != '\r') {
+            rfc.quoted = c == '"' && rfc.field_start;
+            rfc.field_start = delimiter(c);
+            rfc.blank = false;
         }
     }
-    lines += blank ? 0 : 1;
+    for (reading* r : {&rfc, &toggle, &plain}) {
+        r->end_line();
+    }
+    const std::size_t lines = std::max(rfc.quoted ? plain.lines : rfc.lines, toggle.quoted ? plain.lines : toggle.lines);
     return lines > 0 ? lines - 1 : 0;
 }
 

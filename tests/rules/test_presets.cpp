@@ -323,6 +323,12 @@ TEST(Presets, SalesforceBulkIngestCountsTheCsvRows) {
     EXPECT_EQ(measure("salesforce.bulk.records", req), 3) << "CRLF, a quoted line break, a blank line, no last break";
     req.body = "Name|Phone\nAcme|555-0100\n";
     EXPECT_EQ(measure("salesforce.bulk.records", req), 1) << "any column delimiter";
+    // A stray quote inside an unquoted field is text (RFC 4180): it hides no row after it.
+    req.body = "Name,Desc\nA,12\" pipe\nB,x\nC,y\nD,z\n";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 4);
+    // Nor does a quote that never closes, in either reading.
+    req.body = "Name,Desc\nA,\"open\nB,x\nC,y\n";
+    EXPECT_EQ(measure("salesforce.bulk.records", req), 3);
     req.body = "Id\n";
     EXPECT_EQ(measure("salesforce.bulk.records", req), 0) << "the header alone";
     req.method = "GET";
