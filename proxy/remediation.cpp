@@ -244,12 +244,15 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         // as for any transition): a bulk release counts it failed, not skipped, for it is no
         // longer among the held records a rerun would list.
         auto refused = *no;
-        refused.message += " (the release had begun: recorded as a failed attempt, the record is release_failed)";
         refused.count = begun.count;
         auto recorded = co_await await_store([&](store::done_fn done) {
             db_.finish_release(ticket, store::release_outcome::failed, 0, refused.message, std::move(done),
                                static_cast<std::uint32_t>(begun.count));
         });
+        // A record once of unknown outcome stays so (database::finish_release).
+        refused.message += recorded.code == "outcome_unknown"
+                               ? " (the release had begun: recorded as a failed attempt; the record stays outcome_unknown)"
+                               : " (the release had begun: recorded as a failed attempt, the record is release_failed)";
         if (!recorded.ok) {
             spdlog::error("release of {}: refused after it began ({}), and the store did not record it: {}{}", ticket,
                           refused.message, recorded.message,
@@ -397,6 +400,7 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         r.ticket = ticket;
         r.count = status;
         r.code = "outcome_unknown";
+        r.unrecorded = true;
         r.message = "sent to the upstream (" + (status != 0 ? std::to_string(status) : detail) +
                     ") but the result could not be recorded (" + finished.message +
                     "); the record stays releasing while breakerbox tries again to record it (outcome_unknown if it "
@@ -581,6 +585,14 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     // and each would be one more record an operator must decide on by hand (a
                     // forced release may send it twice). Left held.
                     ++sum.unknown;
+                    if (r.unrecorded) {
+                        // The upstream answered; the store did not take the result.
+                        halt("the replay of " + rec.ticket + " was sent to upstream " + rec.upstream +
+                             " but the store could not record its result (" + r.message +
+                             "); the records after it stay as they are: release them again once the store records "
+                             "again");
+                        co_return sum;
+                    }
                     const std::string what =
                         r.count > 0 ? "answered " + std::to_string(r.count) : std::string{"gave no complete answer"};
                     halt("upstream " + rec.upstream + " " + what + " to " + rec.ticket +

@@ -54,10 +54,11 @@ struct result {
     std::string hash;         // append_audit: the entry's hash
     bool duplicate = false;   // hold: `ticket` is an earlier hold of the same request (its key)
     std::string breaker;      // earlier_hold: the record's breaker instance
+    bool unrecorded = false;  // a release (proxy/remediation): sent, its result not recorded yet
 
     static result success() { return {}; }
     static result failure(std::string code, std::string message) {
-        return {false, std::move(code), std::move(message), {}, 0, {}, false, {}};
+        return {false, std::move(code), std::move(message), {}, 0, {}, false, {}, false};
     }
 };
 
