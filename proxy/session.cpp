@@ -1123,6 +1123,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             write_access_log(w, rec);
             co_return !ec;
         };
+        // The client left before it was answered (mid-body, or a write of ours to it failed):
+        // nothing was forwarded. A line of its own, 499 as for a client that leaves during the
+        // exchange, counted not forwarded (rejected).
+        auto log_client_left = [&] {
+            ++w.stats().client_aborts;
+            rec.status = 499;
+            rec.decision = "rejected";
+            rec.code = "client_closed";
+            rec.request_id = request_id;
+            write_access_log(w, rec);
+        };
 
         if (outcome == head_outcome::closed) {
             co_return;
@@ -1277,6 +1288,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     dl.arm(lim.write_timeout);
                     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);
                     if (ec) {
+                        log_client_left();
                         co_return;
                     }
                 }
@@ -1341,6 +1353,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof ||
                 ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+                log_client_left();
                 co_return;  // the client left mid-body: nothing to answer, nothing forwarded
             }
             if (ec) {
@@ -1413,16 +1426,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     dl.disarm();
                     // The CONNECT itself in the access log and the decision counters (each
                     // request inside the tunnel gets its own line).
+                    rec.agent = tunnel_agent != nullptr ? std::string_view{tunnel_agent->id} : std::string_view{};
+                    if (cec) {
+                        log_client_left();
+                        co_return;
+                    }
                     rec.status = 200;
                     rec.decision = "allowed";
                     rec.code = "tunnel_intercepted";
-                    rec.agent = tunnel_agent != nullptr ? std::string_view{tunnel_agent->id} : std::string_view{};
                     rec.bytes_out = cn;
                     rec.request_id = request_id;
                     write_access_log(w, rec);
-                    if (cec) {
-                        co_return;
-                    }
                     // The tunnel runs after this loop, once this request's runtime lease is
                     // released: a long-lived tunnel must not pin an old config.
                     tunnel.kind = tunnel_plan::intercept;

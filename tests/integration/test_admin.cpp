@@ -106,7 +106,34 @@ struct admin_fixture {
     std::uint16_t port() { return bb.server().admin_port(); }
 };
 
+// The value of an unlabelled metric in /metrics, "missing" when it is not there.
+std::string metric_value(std::uint16_t admin_port, const std::string& name) {
+    const auto text = admin(admin_port, http::verb::get, "/metrics", "view-token").body();
+    const auto at = text.find("\n" + name + " ");
+    return at == std::string::npos ? std::string{"missing"}
+                                   : text.substr(at + name.size() + 2, text.find('\n', at + 1) - at - name.size() - 2);
+}
+
 }  // namespace
+
+// A client that leaves mid-body, before anything is answered, is counted as one that left
+// (and gets its access log line), not forgotten.
+TEST(admin_api, a_client_that_leaves_mid_body_is_counted) {
+    admin_fixture f;
+    ASSERT_EQ(metric_value(f.port(), "breakerbox_client_aborts_total"), "0");
+    {
+        raw_client c{f.bb.port()};
+        c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"to\":");
+        c.close();
+    }
+    std::string aborts;
+    for (int i = 0; i < 500 && (aborts = metric_value(f.port(), "breakerbox_client_aborts_total")) != "1"; ++i) {
+        pollfd none{};
+        ::poll(&none, 0, 10);  // the worker notices the close on its own time: bounded polling
+    }
+    EXPECT_EQ(aborts, "1");
+    EXPECT_EQ(f.up.request_count(), 0u);
+}
 
 TEST(admin_api, health_and_readiness_need_no_token) {
     admin_fixture f;
@@ -1093,12 +1120,7 @@ TEST(admin_api, a_failed_save_of_the_rule_meters_shows_in_metrics_until_one_succ
 // were forgotten young for the bound, and whether the last save failed, in /metrics.
 TEST(admin_api, the_keys_of_requests_sent_live_show_in_metrics) {
     no_periodic_saves f;
-    auto metric = [&](const std::string& name) {
-        const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
-        const auto at = text.find("\n" + name + " ");
-        return at == std::string::npos ? std::string{"missing"}
-                                       : text.substr(at + name.size() + 2, text.find('\n', at + 1) - at - name.size() - 2);
-    };
+    auto metric = [&](const std::string& name) { return metric_value(f.port(), name); };
     EXPECT_EQ(metric("breakerbox_forwarded_keys"), "0");
     EXPECT_EQ(metric("breakerbox_forwarded_keys_dropped_young_total"), "0");
     auto send = [&](const std::string& key) {
