@@ -1956,6 +1956,18 @@ asio::awaitable<bool> audit_local(server& srv, std::string actor, std::string me
     co_return r.ok;
 }
 
+// Re-reads every listener's TLS files (server::reload_security), logging, after `who`, each
+// listener whose files could not be: "; TLS files not reloaded: ..." for each, to append to
+// an audit result ("" when all were read).
+std::string reload_tls_files(server& srv, std::string_view who) {
+    std::string failed;
+    for (const auto& e : srv.reload_security()) {
+        spdlog::error("{}: TLS files not reloaded, the previous certificates stay in use: {}", who, e);
+        failed += "; TLS files not reloaded: " + e;
+    }
+    return failed;
+}
+
 // The audit params of a change read from a file: the file and the SHA-256 of what was read.
 std::string file_params(const std::string& path, const std::optional<std::string>& text) {
     return "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + sha256_hex(*text) + "\"" : std::string{}) +
@@ -2003,11 +2015,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
             // cannot be told: nothing changes (fail closed), as for a file with errors. The
             // running config's certificate files are re-read all the same.
             spdlog::error("SIGHUP: not reloaded: {}; the running config keeps serving", store_error);
-            std::string result = "store_unavailable: " + store_error;
-            for (const auto& e : srv.reload_security()) {
-                spdlog::error("SIGHUP: TLS files not reloaded, the previous certificates stay in use: {}", e);
-                result += "; TLS files not reloaded: " + e;
-            }
+            const std::string result = "store_unavailable: " + store_error + reload_tls_files(srv, "SIGHUP");
             co_await audit_local(srv, actor, "SIGHUP", params, reason, result, "");
             co_return;
         }
@@ -2031,15 +2039,12 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         // A certificate renewal hook signals too: the running config's TLS files are re-read
         // whatever the file now says (an unrelated mistake there must not keep an expiring
         // certificate serving).
-        std::string result = "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)";
-        const auto tls_errors = srv.reload_security();
-        for (const auto& e : tls_errors) {
-            spdlog::error("SIGHUP: TLS files not reloaded, the previous certificates stay in use: {}", e);
-            result += "; TLS files not reloaded: " + e;
-        }
-        if (tls_errors.empty()) {
+        const std::string tls_failed = reload_tls_files(srv, "SIGHUP");
+        if (tls_failed.empty()) {
             spdlog::info("SIGHUP: the running config's certificate files re-read");
         }
+        const std::string result =
+            "invalid_config: " + std::to_string(parsed.errors.size()) + " error(s)" + tls_failed;
         co_await audit_local(srv, actor, "SIGHUP", params, reason, result, listed);
         co_return;
     }
@@ -2059,10 +2064,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         } catch (const std::exception& e) {
             result = std::string{"not applied: "} + e.what();
         }
-        for (const auto& e : srv.reload_security()) {
-            spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
-            result += "; TLS files not reloaded: " + e;
-        }
+        result += reload_tls_files(srv, "reload");
         co_await audit_local(srv, actor, "SIGHUP", params, reason, result, "");
         spdlog::warn("SIGHUP: {} is unchanged since it was read as version {}; version {}, applied after it through "
                      "the admin API, keeps running (its certificate and list files re-read). Edit the file, or POST "

@@ -166,12 +166,16 @@ std::string canonical_host(std::string_view host_port) {
 // https:// URL, 80 for http://) or at its upstream's own port. Another port of the same host
 // is another service (a staging API on 8443): inspecting it would send it, with the
 // credentials meant for it, to the route's upstream.
+// Whether route `r`'s upstream is `host`:`port` itself.
+bool upstream_is(const config& cfg, const route_config& r, std::string_view host, std::uint16_t port) {
+    return r.upstream_index < cfg.upstreams.size() && port == cfg.upstreams[r.upstream_index].port &&
+           iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host));
+}
+
 bool serves_destination(const config& cfg, const route_config& r, std::string_view host, std::uint16_t port,
                         std::uint16_t default_port) {
     return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
-           (port == default_port ||
-            (r.upstream_index < cfg.upstreams.size() && port == cfg.upstreams[r.upstream_index].port &&
-             iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host))));
+           (port == default_port || upstream_is(cfg, r, host, port));
 }
 
 // `forwarded`: a forward proxy's request (absolute-form or inside an intercepted tunnel),
@@ -186,10 +190,7 @@ const route_config* match_route(const config& cfg, std::string_view method, std:
     // Routes whose upstream is this very host and port are the destination's own: when one
     // exists, a route bound to another port of the host (a beta API on 8443, taking the
     // default port as its own) is not it.
-    auto at_port = [&](const route_config& r) {
-        return r.upstream_index < cfg.upstreams.size() && cfg.upstreams[r.upstream_index].port == port &&
-               iequals(unbracketed_host(cfg.upstreams[r.upstream_index].host), unbracketed_host(host_without_port(host)));
-    };
+    auto at_port = [&](const route_config& r) { return upstream_is(cfg, r, host_without_port(host), port); };
     const bool own_port_route =
         forwarded && std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const route_config& r) {
             return !r.match.host.empty() && iequals(host_name(r.match.host), bare_host) && at_port(r);
@@ -1123,13 +1124,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             write_access_log(w, rec);
             co_return !ec;
         };
-        // The client left before it was answered (mid-body, or a write of ours to it failed):
-        // nothing was forwarded. A line of its own, 499 as for a client that leaves during the
-        // exchange, counted not forwarded (rejected).
-        auto log_client_left = [&] {
+        // The client left before it was answered: 499 client_closed, a line of its own.
+        // `decision`: what the request was (before anything was forwarded, mid-body or when a
+        // write of ours to it failed: not forwarded, rejected).
+        auto log_client_left = [&](std::string_view decision = "rejected") {
             ++w.stats().client_aborts;
             rec.status = 499;
-            rec.decision = "rejected";
+            rec.decision = decision;
             rec.code = "client_closed";
             rec.request_id = request_id;
             write_access_log(w, rec);
@@ -2358,12 +2359,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     registry.trip(ug.breaker, "", std::move(*cause), w.owner().now());
                 }
             }
-            ++w.stats().client_aborts;
-            rec.status = 499;
-            rec.decision = forwarded_decision;  // a dry run the client left is still one
-            rec.code = "client_closed";
-            rec.request_id = request_id;
-            write_access_log(w, rec);
+            log_client_left(forwarded_decision);  // a dry run the client left is still one
             co_return;
         }
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
