@@ -1029,6 +1029,29 @@ std::size_t csv_data_rows(std::string_view body) {
     return lines > 0 ? lines - 1 : 0;
 }
 
+// csv_rows (the whole body) or csv_rows(form:NAME): the data rows of each form field NAME (a
+// Bulk API 2.0 job created with its CSV in one multipart request, the part `content`). A
+// form whose fields cannot be read for certain (a multipart body with LF line ends, as
+// Salesforce's own example is often sent, or one a reader may split another way) is not
+// refused: every line of the whole body a reading could take for a row counts instead, a
+// dozen more than the data (the job's JSON, the part headers), never fewer.
+std::size_t csv_rows(const term& t, context& ctx) {
+    if (t.field.empty()) {
+        return csv_data_rows(ctx.req.body);
+    }
+    const auto& fields = ctx.form();
+    if (!ctx.form_ok || !ctx.fields_unreadable(true).empty()) {
+        return csv_data_rows(ctx.req.body);
+    }
+    std::size_t rows = 0;
+    for (const auto& [n, v] : fields) {
+        if (form_name_matches(t.field, n)) {
+            rows += csv_data_rows(v);
+        }
+    }
+    return rows;
+}
+
 // Per-request amount of an expression; nullopt when it needs a JSON body that is invalid
 // (the caller applies the rule's on_invalid_body policy).
 std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy policy) {
@@ -1039,7 +1062,7 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
             case term_kind::requests:
             case term_kind::responses: total += 1; break;
             case term_kind::body_bytes: total += static_cast<double>(ctx.req.body.size()); break;
-            case term_kind::csv_rows: total += static_cast<double>(csv_data_rows(ctx.req.body)); break;
+            case term_kind::csv_rows: total += static_cast<double>(csv_rows(t, ctx)); break;
             case term_kind::response_bytes: total += ctx.resp ? static_cast<double>(ctx.resp->body.size()) : 0; break;
             case term_kind::latency_ms:
                 total += ctx.resp ? std::chrono::duration<double, std::milli>(ctx.resp->latency).count() : 0;

@@ -292,12 +292,25 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     const auto open = t.find('(');
     if (open == std::string_view::npos || t.back() != ')') {
         fail(error, "unknown term \"" + std::string{t} +
-                        "\" (use requests, responses, body_bytes, csv_rows, response_bytes, latency_ms, status:5xx, "
-                        "count(...), sum(...), distinct(...) or a number)");
+                        "\" (use requests, responses, body_bytes, csv_rows, csv_rows(form:NAME), response_bytes, "
+                        "latency_ms, status:5xx, count(...), sum(...), distinct(...) or a number)");
         return std::nullopt;
     }
     const std::string_view fn = trim(t.substr(0, open));
     const std::string_view arg = trim(t.substr(open + 1, t.size() - open - 2));
+    if (fn == "csv_rows") {
+        // The rows of the CSV in a form field: a Bulk API 2.0 job created with its data in
+        // one multipart request (the part named `content`).
+        out.kind = term_kind::csv_rows;
+        out.source = source_kind::form;
+        out.field = arg.starts_with("form:") ? std::string{trim(arg.substr(5))} : std::string{};
+        if (!arg.starts_with("form:") || out.field.empty()) {
+            fail(error, "csv_rows(...) takes a form field, csv_rows(form:NAME); \"" + std::string{arg} +
+                            "\" is not one (bare csv_rows counts the whole body)");
+            return std::nullopt;
+        }
+        return out;
+    }
     if (fn == "count") {
         out.kind = term_kind::count;
     } else if (fn == "sum") {
@@ -305,7 +318,7 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     } else if (fn == "distinct") {
         out.kind = term_kind::distinct;
     } else {
-        fail(error, "unknown function \"" + std::string{fn} + "\" (use count, sum or distinct)");
+        fail(error, "unknown function \"" + std::string{fn} + "\" (use count, sum, distinct or csv_rows)");
         return std::nullopt;
     }
     std::string_view src = arg;
@@ -425,8 +438,11 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
         switch (t->kind) {
             case term_kind::constant: break;
             case term_kind::requests:
-            case term_kind::body_bytes:
-            case term_kind::csv_rows: e.request_side = true; break;
+            case term_kind::body_bytes: e.request_side = true; break;
+            case term_kind::csv_rows:
+                e.request_side = true;
+                e.needs_form |= !t->field.empty();
+                break;
             case term_kind::responses:
             case term_kind::response_bytes:
             case term_kind::latency_ms:

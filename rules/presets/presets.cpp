@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 24> table{{
+constexpr std::array<preset, 25> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -79,6 +79,12 @@ constexpr std::array<preset, 24> table{{
     {"salesforce.bulk.records", "PUT", "/services/data/{version}/jobs/ingest/{jobId}/batches",
      "csv_rows",
      "Salesforce Bulk API 2.0 ingest: the rows of a job's CSV upload, whatever its operation"},
+    // A job can be created with its data in the same request (multipart/form-data: a `job`
+    // part with the JSON definition, a `content` part with up to 100,000 characters of CSV).
+    // A job created with JSON alone uploads nothing: 0.
+    {"salesforce.bulk.multipart_records", "POST", "/services/data/{version}/jobs/ingest",
+     "csv_rows(form:content)",
+     "Salesforce Bulk API 2.0 job created with its data: the rows of its CSV part, whatever its operation"},
     // An sObject Tree nests child records under a relationship name, up to five levels.
     {"salesforce.tree.records", "POST", "/services/data/{version}/composite/tree/{sobject}",
      "count($.records[*]) + count($.records[*].*.records[*]) + count($.records[*].*.records[*].*.records[*]) + "

@@ -84,7 +84,8 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
         R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, hubspot.gdpr_deletes, hubspot.merges, salesforce.collections.records, salesforce.collections.deletes, )j"
         R"j(salesforce.sobject.deletes, salesforce.collections.upserts, salesforce.sobject_external_id.deletes, )j"
-        R"j(salesforce.ui_api.deletes, salesforce.bulk.records, salesforce.tree.records, )j"
+        R"j(salesforce.ui_api.deletes, salesforce.bulk.records, salesforce.bulk.multipart_records, )j"
+        R"j(salesforce.tree.records, )j"
         R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes, )j"
         R"j(salesforce.composite.records, salesforce.composite_batch.records, salesforce.composite_graph.records))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",
@@ -240,6 +241,21 @@ TEST(RulesParse, MimeFormSources) {
     EXPECT_FALSE(parse_expr("count(mime:form: )", &err));
     EXPECT_EQ(err, "missing field name in \"mime:form:\"");
     EXPECT_FALSE(parse_expr("sum(mime:form:message)", &err));
+}
+
+TEST(RulesParse, CsvRowsOfAFormField) {
+    std::string err;
+    auto e = parse_expr("csv_rows(form:content) + csv_rows", &err);
+    ASSERT_TRUE(e) << err;
+    EXPECT_EQ(e->terms[0].kind, term_kind::csv_rows);
+    EXPECT_EQ(e->terms[0].field, "content");
+    EXPECT_TRUE(e->terms[1].field.empty()) << "bare csv_rows: the whole body";
+    EXPECT_TRUE(e->needs_form);
+    EXPECT_FALSE(e->needs_request_json);
+    for (const char* bad : {"csv_rows(query:ids)", "csv_rows($.records[*])", "csv_rows(form: )", "csv_rows()"}) {
+        EXPECT_FALSE(parse_expr(bad, &err)) << bad;
+        EXPECT_NE(err.find("csv_rows(form:NAME)"), std::string::npos) << err;
+    }
 }
 
 TEST(RulesParse, PathTemplates) {
