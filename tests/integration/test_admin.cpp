@@ -119,20 +119,32 @@ std::string metric_value(std::uint16_t admin_port, const std::string& name) {
 // A client that leaves mid-body, before anything is answered, is counted as one that left
 // (and gets its access log line), not forgotten.
 TEST(admin_api, a_client_that_leaves_mid_body_is_counted) {
-    admin_fixture f;
-    ASSERT_EQ(metric_value(f.port(), "breakerbox_client_aborts_total"), "0");
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    const std::string off = "\"access_log\": \"off\"";
+    cfg.replace(cfg.find(off), off.size(), "\"access_log\": \"" + dir + "/access.log\"");
+    proxy_instance bb{cfg};
+    const std::uint16_t admin_port = bb.server().admin_port();
+    ASSERT_EQ(metric_value(admin_port, "breakerbox_client_aborts_total"), "0");
     {
-        raw_client c{f.bb.port()};
+        raw_client c{bb.port()};
         c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"to\":");
         c.close();
     }
     std::string aborts;
-    for (int i = 0; i < 500 && (aborts = metric_value(f.port(), "breakerbox_client_aborts_total")) != "1"; ++i) {
+    for (int i = 0; i < 500 && (aborts = metric_value(admin_port, "breakerbox_client_aborts_total")) != "1"; ++i) {
         pollfd none{};
         ::poll(&none, 0, 10);  // the worker notices the close on its own time: bounded polling
     }
     EXPECT_EQ(aborts, "1");
-    EXPECT_EQ(f.up.request_count(), 0u);
+    EXPECT_EQ(up.request_count(), 0u);
+    bb.stop();  // flushes the log
+    std::ifstream in{dir + "/access.log"};
+    const std::string log{std::istreambuf_iterator<char>{in}, {}};
+    EXPECT_NE(log.find("\"method\":\"POST\",\"target\":\"/v3/mail/send\""), std::string::npos) << log;
+    EXPECT_NE(log.find("\"status\":499,\"decision\":\"rejected\",\"code\":\"client_closed\""), std::string::npos)
+        << log;
 }
 
 TEST(admin_api, health_and_readiness_need_no_token) {

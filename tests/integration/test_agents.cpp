@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <thread>
 
 #include <openssl/evp.h>
@@ -70,7 +71,10 @@ std::string code_of(const response& r) {
 TEST(agents, identity_scope_and_key_stripping) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{agents_config(up.port(), dir)};
+    std::string cfg = agents_config(up.port(), dir);
+    const std::string off = "\"access_log\": \"off\"";
+    cfg.replace(cfg.find(off), off.size(), "\"access_log\": \"" + dir + "/access.log\"");
+    proxy_instance bb{cfg};
     auto none = mail(bb.port(), "");
     EXPECT_EQ(none.result_int(), 401u);
     EXPECT_EQ(code_of(none), "unauthenticated");
@@ -94,6 +98,22 @@ TEST(agents, identity_scope_and_key_stripping) {
     EXPECT_EQ(other_path.result_int(), 403u);
     EXPECT_EQ(mail(bb.port(), "reader-key").result_int(), 403u);
     EXPECT_EQ(up.request_count(), 3u);
+
+    // A refused caller's line says what it asked for; the key it tried is never logged.
+    bb.stop();  // flushes the log
+    std::ifstream in{dir + "/access.log"};
+    std::vector<std::string> refused;
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("\"status\":401") != std::string::npos) {
+            refused.push_back(line);
+        }
+    }
+    ASSERT_EQ(refused.size(), 2u);
+    for (const auto& line : refused) {
+        EXPECT_NE(line.find("\"method\":\"POST\",\"target\":\"/v3/mail/send\""), std::string::npos) << line;
+        EXPECT_NE(line.find("\"code\":\"unauthenticated\""), std::string::npos) << line;
+        EXPECT_EQ(line.find("guess"), std::string::npos) << line;
+    }
 }
 
 // HTTP_PROXY=http://writer:writer-key@host makes curl, Python, Go and Node send

@@ -573,6 +573,9 @@ TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
     fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
     std::string cfg = forward_config(api.port());
     cfg.replace(cfg.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
+    const auto dir = temp_dir();
+    const std::string off = "\"access_log\": \"off\"";
+    cfg.replace(cfg.find(off), off.size(), "\"access_log\": " + q(dir + "/access.log"));
     proxy_instance bb{cfg};
     const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
     const std::string dest = "localhost:" + std::to_string(api.port());
@@ -599,6 +602,22 @@ TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
     star.send("OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n");
     EXPECT_EQ(star.read_response().result_int(), 401u);
     EXPECT_EQ(api.request_count(), 1u);
+
+    // Each refusal's line says what was asked for: the CONNECT's authority, the absolute
+    // URL, the origin-form path.
+    bb.stop();  // flushes the log
+    std::ifstream in{dir + "/access.log"};
+    std::string asked;
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("\"status\":407") != std::string::npos || line.find("\"status\":401") != std::string::npos) {
+            const auto m = line.find("\"method\":");
+            asked += line.substr(m, line.find(",\"route\"") - m) + "\n";
+        }
+    }
+    EXPECT_EQ(asked, "\"method\":\"CONNECT\",\"target\":\"" + dest + "\"\n"
+                     "\"method\":\"POST\",\"target\":\"http://" + dest + "/v3/mail/send\"\n"
+                     "\"method\":\"POST\",\"target\":\"/v3/mail/send\"\n"
+                     "\"method\":\"OPTIONS\",\"target\":\"*\"\n");
 }
 
 // An intercepted tunnel's identity comes from its CONNECT's key, judged again on every
