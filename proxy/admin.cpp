@@ -1648,7 +1648,39 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
                 }
             }
         };
-        warnings = srv_.apply_config(next, shadow);
+        std::string refused;
+        try {
+            warnings = srv_.apply_config(next, shadow);
+        } catch (const std::exception& e) {  // the store cannot be opened, or the rules' saved counts read
+            refused = e.what();
+        }
+        if (!refused.empty()) {
+            // Nothing was applied, but the version is stored: a restart would run it. The
+            // running config is stored again after it, so what a restart runs is what runs
+            // now (a change read from the file keeps the file's mark: the file is what the
+            // operator wants, and a SIGHUP tries it again).
+            std::string restored;
+            if (auto* db = srv_.db(); db != nullptr && version > 0 && file_sha256.empty()) {
+                const auto running = srv_.current_config();
+                auto r = co_await await_store([&](store::done_fn done) {
+                    db->save_config_version(running->source_json, who_->name,
+                                            "version " + std::to_string(version) + " could not be applied (" + refused +
+                                                "): the running config recorded again",
+                                            std::move(done));
+                });
+                restored = r.ok ? "; the running config is stored again as version " + std::to_string(r.count)
+                                : "; storing the running config again failed too (" + r.message +
+                                      "): a restart would run version " + std::to_string(version);
+            }
+            spdlog::error("config apply: version {} not applied: {}", version, refused);
+            auto f = fail({http::status::service_unavailable, "apply_failed",
+                           "version " + std::to_string(version) + " was not applied, the running config is unchanged: " +
+                               refused + restored});
+            f.mutation = true;
+            f.audit_target = "config";
+            f.audit_diff = diff_text;
+            co_return f;
+        }
         // Renewed certificates and a rotated client CA (same files, new contents) too, as
         // SIGHUP does: an API reload must not leave the old ones serving.
         for (const auto& e : srv_.reload_security()) {

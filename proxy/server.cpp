@@ -732,11 +732,15 @@ bool server::save_forwarded_keys(bool wait) {
 }
 
 std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
-                                                     const std::function<void(breakers::breaker_registry&)>& prepare) {
+                                                     const std::function<void(breakers::breaker_registry&)>& prepare,
+                                                     const std::function<void(rules::engine&)>& restore) {
     auto rt = std::make_shared<runtime>();
     rt->cfg = cfg;
     if (cfg->rules && !cfg->rules->rules.empty()) {
         rt->engine = std::make_shared<rules::engine>(cfg->rules, previous ? previous->engine.get() : nullptr);
+        if (restore) {
+            restore(*rt->engine);  // may throw: nothing of `previous` is changed yet
+        }
     }
     // The registry keeps breaker state across reloads: reuse it when the breakers did not
     // change; otherwise carry every instance of a breaker that still exists over.
@@ -773,6 +777,8 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
                 if (rt->breakers->find(snap.breaker) == nullptr && !snap.at_rest()) {
                     std::lock_guard lock{orphans_mu_};
                     orphans_from_store_.erase(snap.instance);
+                    // One copy per instance: the state save writes them under one key.
+                    std::erase_if(orphans_, [&](const auto& o) { return o.instance == snap.instance; });
                     orphans_.push_back(std::move(snap));
                     ++dropped;
                 }
@@ -1627,14 +1633,21 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         // a start. Throws, with nothing applied, if the store cannot be opened.
         open_store(effective->store);
     }
-    rt = build_runtime(effective, current_runtime().get(), prepare);
-    if (db_ && !meters_restored_ && rt->engine) {
-        // So must the counts it kept: at the first apply that brings rules, whether it opened
-        // the store or found it open (the admin API opens it at the start), and again after
-        // an apply refused here. (Rules need breakers, so the runtime before had none and
-        // nothing of this engine is booked yet; a meter it shares with the running engine
-        // would hold this run's counts and is left alone all the same.)
-        restore_meters(*rt->engine, effective->store.path, current_runtime()->engine.get());
+    // So must the counts it kept: at the first apply that brings rules, whether it opened the
+    // store or found it open (the admin API opens it at the start), and again after an apply
+    // refused here. (Nothing of this engine is booked yet; a meter it shares with the running
+    // engine holds this run's counts and is left alone.) Before the running breakers are
+    // handed over to the new registry: a refusal here must leave them where they are, or
+    // the next apply would hand them over again, from a registry that no longer holds them,
+    // and an operator's forced_open or a trip would be lost.
+    const bool restore = db_ && !meters_restored_;
+    const auto running = current_runtime();
+    rt = build_runtime(effective, running.get(), prepare, [&](rules::engine& engine) {
+        if (restore) {
+            restore_meters(engine, effective->store.path, running->engine.get());
+        }
+    });
+    if (restore && rt->engine) {
         meters_restored_ = true;
     }
     {

@@ -348,8 +348,12 @@ private:
     // in orphans_) and starts the state writer. Throws std::runtime_error, changing nothing
     // of the server's, if the store cannot be opened, read or written. Control thread.
     void open_store(const store_config& sc);
+    // `restore`: called with the new rules engine before anything of the running runtime is
+    // touched (the breakers' hand-over, kept state): what may throw goes there, so a throw
+    // leaves the running config whole.
     std::shared_ptr<const runtime> build_runtime(std::shared_ptr<const config> cfg, const runtime* previous,
-                                                 const std::function<void(breakers::breaker_registry&)>& prepare = nullptr);
+                                                 const std::function<void(breakers::breaker_registry&)>& prepare = nullptr,
+                                                 const std::function<void(rules::engine&)>& restore = nullptr);
     void on_transition(const breakers::transition& t);
 
     real_clock real_clock_;

@@ -188,6 +188,61 @@ TEST(admin_api, a_removed_token_ends_on_an_open_connection) {
     EXPECT_EQ(after.result_int(), 401u) << after.body();
 }
 
+// An apply that fails after its version was stored (here: the rules' saved counts cannot be
+// read when the first rules arrive) changes nothing: the breakers stay where they are, so an
+// operator's forced_open survives it and the next apply alike, the caller is told, and the
+// running config is stored again so that a restart runs what runs.
+TEST(admin_api, an_apply_that_cannot_restore_the_counts_changes_nothing) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string with_rules = admin_config(up.port(), dir);
+    std::string without_rules = with_rules;
+    // The new config brings a breaker too: the running ones move to a new registry.
+    const std::string breakers = "\"breakers\": [";
+    with_rules.insert(with_rules.find(breakers) + breakers.size(), "{\"id\": \"extra\", \"action\": \"pause\"},");
+    const auto rules_at = without_rules.find("\"rules\": [");
+    const auto log_at = without_rules.find("\"log\":");
+    without_rules.replace(rules_at, log_at - rules_at, "\"rules\": [],");
+    proxy_instance bb{without_rules};
+    const std::uint16_t port = bb.server().admin_port();
+    auto forced = admin(port, http::verb::post, "/v1/breakers/held/mode", "op-token",
+                        R"({"mode":"forced_open","reason":"hold everything"})");
+    ASSERT_EQ(forced.result_int(), 200u) << forced.body();
+    auto exec = [&](const char* sql) {
+        sqlite3* db = nullptr;
+        ASSERT_EQ(sqlite3_open((dir + "/bb.db").c_str(), &db), SQLITE_OK);
+        sqlite3_busy_timeout(db, 5000);
+        EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+        sqlite3_close(db);
+    };
+    auto held_mode = [&] {
+        const auto snap = bb.server().breakers()->get("held", bb.server().now());
+        return snap ? std::string{bb::breakers::to_string(snap->md)} : std::string{"none"};
+    };
+    exec("ALTER TABLE rule_meters RENAME TO rule_meters_away");
+    const auto refused = admin(port, http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"caps\",\"config\":" + with_rules + "}");
+    EXPECT_EQ(refused.result_int(), 503u) << refused.body();
+    EXPECT_EQ(code_of(refused), "apply_failed");
+    EXPECT_NE(refused.body().find("the running config is stored again as version 2"), std::string::npos)
+        << refused.body();
+    EXPECT_TRUE(bb.server().current_config()->rules->rules.empty()) << "the refused config runs";
+    EXPECT_EQ(held_mode(), "forced_open");
+    const auto latest = bb.server().db()->config_version(0);
+    ASSERT_TRUE(latest);
+    EXPECT_EQ(latest->first, 2);
+    EXPECT_EQ(latest->second, bb.server().current_config()->source_json) << "a restart would run another config";
+
+    exec("ALTER TABLE rule_meters_away RENAME TO rule_meters");
+    const auto applied = admin(port, http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"caps, again\",\"config\":" + with_rules + "}");
+    ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+    EXPECT_FALSE(bb.server().current_config()->rules->rules.empty());
+    EXPECT_EQ(held_mode(), "forced_open") << "the operator's force was lost to the refused apply";
+    EXPECT_EQ(send_mail(bb.port(), "spring", 1, true)["x-breakerbox-decision"], "quarantined");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // What needs a restart keeps its running value and is named in the answer; the rest of the
 // change (here the store's retention beside a new worker count) applies.
 TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
