@@ -42,6 +42,39 @@ public:
                                      std::int64_t now_ms) {
         const std::uint64_t h = hash(key, route, agent);
         std::lock_guard lock{mu_};
+        return note_locked(h, now_ms);
+    }
+
+    // The two checks that keep a live send and a hold of one key apart, each made under the
+    // lock the other takes, so they cannot interleave: a live send notes its key and then
+    // asks whether a hold under it may exist (note_then: `may_hold()`); a hold asks whether
+    // the key was sent and, if not, says a hold is coming (sent_at_then: `expect_hold()`).
+    // Whichever comes second sees the first. Both callbacks must be quick and must not call
+    // back into this object.
+    template <class F>
+    std::pair<std::optional<std::int64_t>, bool> note_then(std::string_view key, std::string_view route,
+                                                           std::string_view agent, std::int64_t now_ms, F&& may_hold) {
+        const std::uint64_t h = hash(key, route, agent);
+        std::lock_guard lock{mu_};
+        auto before = note_locked(h, now_ms);
+        const bool held = may_hold();
+        return {before, held};
+    }
+    template <class F>
+    std::optional<std::int64_t> sent_at_then(std::string_view key, std::string_view route, std::string_view agent,
+                                             std::int64_t now_ms, F&& expect_hold) {
+        const std::uint64_t h = hash(key, route, agent);
+        std::lock_guard lock{mu_};
+        const auto it = at_.find(h);
+        if (it != at_.end() && now_ms - it->second->second <= memory_ms_) {
+            return it->second->second;
+        }
+        expect_hold();
+        return std::nullopt;
+    }
+
+private:
+    std::optional<std::int64_t> note_locked(std::uint64_t h, std::int64_t now_ms) {
         std::optional<std::int64_t> before;
         if (const auto it = at_.find(h); it != at_.end()) {
             before = it->second->second;
@@ -56,6 +89,7 @@ public:
         return before;
     }
 
+public:
     // The send noted at `sent_ms` went nowhere (no connection): as if not noted, unless the
     // key was noted again since. `before`: what note() returned.
     void forget(std::string_view key, std::string_view route, std::string_view agent, std::int64_t sent_ms,

@@ -624,6 +624,49 @@ breakers::trip_cause rule_cause(const rules::decision& d, const std::string& req
 }
 
 // A half-open probe this request carries; its result is reported when the request ends.
+// An Idempotency-Key noted as sent before the request is (forwarded_keys::note_then): kept
+// when the request goes out (keep(), for step 8's bookkeeping), forgotten when it does not
+// (any way out of the request before that), so a retry is not refused for a send that
+// never was.
+class pending_send {
+public:
+    pending_send(forwarded_keys& keys, std::string_view key, std::string_view route, std::string_view agent,
+                 time_point now)
+        : keys_(keys), key_(key), route_(route), agent_(agent),
+          ms_(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count()) {}
+    pending_send(const pending_send&) = delete;
+    pending_send& operator=(const pending_send&) = delete;
+    ~pending_send() {
+        if (noted_ && !kept_) {
+            keys_.forget(key_, route_, agent_, ms_, before_);
+        }
+    }
+    // Notes the key, then returns may_hold() (asked under the same lock).
+    template <class F>
+    bool note(F&& may_hold) {
+        auto [before, held] = keys_.note_then(key_, route_, agent_, ms_, std::forward<F>(may_hold));
+        before_ = before;
+        noted_ = true;
+        return held;
+    }
+    const std::string& key() const { return key_; }
+    // The request is being sent: the note stays. (when noted, what was noted before)
+    std::pair<std::int64_t, std::optional<std::int64_t>> keep() {
+        kept_ = true;
+        return {ms_, before_};
+    }
+
+private:
+    forwarded_keys& keys_;
+    std::string key_;
+    std::string route_;
+    std::string agent_;
+    std::int64_t ms_ = 0;
+    std::optional<std::int64_t> before_;
+    bool noted_ = false;
+    bool kept_ = false;
+};
+
 struct probe_ticket {
     std::string instance;
     std::uint64_t round = 0;
@@ -2133,11 +2176,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // A retry of a request sent live (its Idempotency-Key, route and agent) is not held:
         // the first may have been delivered (the client gave up waiting, the upstream did
         // not), and releasing the retry would send it a second time. Refused, nothing held.
+        // Otherwise the hold is announced to the store in the same step, so a live send of
+        // the key that notes itself after this check finds the hold (below, and note_then).
         if (!contained && !quarantine_instance.empty()) {
             const std::string_view key = req[cfg->store.idempotency_header];
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
-            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
+            store::database* const hold_db = w.owner().db();
+            const auto sent = key.empty() ? std::nullopt
+                                          : w.owner().forwarded().sent_at_then(key, route->name, agent_id, now_ms, [&] {
+                                                if (hold_db != nullptr) {
+                                                    hold_db->expect_hold(key, route->name, agent_id);
+                                                }
+                                            });
+            if (sent) {
                 contained = error_info{http::status::conflict, "rejected", "already_forwarded",
                                        "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
                                            std::to_string(std::max<std::int64_t>((now_ms - *sent) / 1000, 0)) +
@@ -2231,11 +2283,24 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // client never got the 202 for its hold, the breaker closed, and it retries. The
         // retry is answered with the first hold's ticket and not sent: the hold is released
         // (or discarded) by an operator, once. (A sandboxed request sends nothing real.)
+        // A request that will be sent live notes its key first and then asks whether a hold
+        // under it may exist, in one step against the hold's own check (sent_at_then above):
+        // a retry held meanwhile, on another worker, either sees this send (409
+        // already_forwarded) or is seen here. The note stands for the send below and goes
+        // again if the request is not sent after all.
+        std::optional<pending_send> noted_send;
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
             store::database* db = w.owner().db();
             std::optional<store::result> found;
-            if (db != nullptr && db->may_hold_key(key, route->name, agent_id)) {
+            bool may_hold = false;
+            if (!key.empty() && !idempotent(req.method())) {
+                noted_send.emplace(w.owner().forwarded(), key, route->name, agent_id, w.owner().now());
+                may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, route->name, agent_id); });
+            } else {
+                may_hold = db != nullptr && db->may_hold_key(key, route->name, agent_id);
+            }
+            if (may_hold) {
                 // Rare (a key held before): the lookup queues behind any hold of it on the
                 // store's writer, and this request waits for it without blocking the worker.
                 found = co_await await_store([&](store::done_fn done) {
@@ -2336,10 +2401,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string sent_key = !idempotent(req.method()) && std::string_view{forwarded_decision} != "sandboxed"
                                          ? std::string{req[cfg->store.idempotency_header]}
                                          : std::string{};
-        const auto sent_ms =
-            std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
+        auto sent_ms = std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
         std::optional<std::int64_t> sent_before;
-        if (!sent_key.empty()) {
+        if (!sent_key.empty() && noted_send && noted_send->key() == sent_key) {
+            std::tie(sent_ms, sent_before) = noted_send->keep();  // noted before the hold lookup: this send
+        } else if (!sent_key.empty()) {
             sent_before = w.owner().forwarded().note(sent_key, route->name, agent_id, sent_ms);
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));

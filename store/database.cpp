@@ -1844,6 +1844,12 @@ bool database::may_hold_key(std::string_view key, std::string_view route, std::s
     return !key.empty() && impl_->may_hold_key(key, route, agent);
 }
 
+void database::expect_hold(std::string_view key, std::string_view route, std::string_view agent) {
+    if (!key.empty()) {
+        impl_->note_idempotency_key(key, route, agent);
+    }
+}
+
 void database::earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
                             std::string_view target, std::string_view body, done_fn done) {
     auto fingerprint = std::make_shared<std::string>(

@@ -298,6 +298,11 @@ public:
     // of the records found at open), cheap enough for every request that carries a key.
     // False for certain means none was; true is answered by earlier_hold.
     bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const;
+    // A hold under this key, route and agent is about to be queued: from now on
+    // may_hold_key() says so (hold() does it too; this is for a caller that must order it
+    // against its own check, proxy/forwarded_keys.hpp). A hold that then never comes costs
+    // one earlier_hold lookup more.
+    void expect_hold(std::string_view key, std::string_view route, std::string_view agent);
     // The record held before under this key, route and agent (its tombstone once pruned),
     // for a request about to be forwarded live: a client that never got the 202 for its
     // hold retries after the breaker closed, and the retry must not go out beside the

@@ -17,6 +17,7 @@
 
 #include <poll.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <future>
@@ -781,6 +782,64 @@ TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_s
     EXPECT_EQ(retry.result_int(), 202u) << retry.body();
     EXPECT_EQ(retry["x-breakerbox-ticket"], held["x-breakerbox-ticket"]);
     EXPECT_EQ(up.request_count(), 0u) << "sent beside the hold that will be released";
+    // The retry noted its key as about to be sent, then was not sent: the note is gone, so
+    // once the breaker quarantines again a third try is the same hold, not "already sent".
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "again", bb.server().now()));
+    const auto third = send_with_key();
+    EXPECT_EQ(third.result_int(), 202u) << third.body();
+    EXPECT_EQ(third["x-breakerbox-ticket"], held["x-breakerbox-ticket"]);
+}
+
+// A live send waiting for its hold lookup, and a retry of it that a breaker quarantines
+// meanwhile (here: another campaign's instance, tripped and saved before): the retry must
+// see the live send (409 already_forwarded) rather than be held, or the lookup, queued
+// before the hold, finds nothing, the first goes out, and a release sends the second.
+TEST(quarantine, a_retry_held_while_a_live_send_waits_for_its_lookup_is_refused) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto* db = bb.server().db();
+    auto send = [&](const std::string& campaign) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", campaign}, {"idempotency-key", "k-7"}});
+    };
+    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
+        for (int i = 0; i < ms && !done(); ++i) {
+            pollfd none{};
+            ::poll(&none, 0, 1);
+        }
+        return done();
+    };
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/c2", "ops", "misfire", bb.server().now()));
+    ASSERT_TRUE(bb.server().flush_breaker_state());
+    // An earlier hold of k-7 that failed (quarantine_full, say) left its key behind: the
+    // live send looks it up, and the lookup waits in the store's queue.
+    db->expect_hold("k-7", "mail-send", "");
+    db->flush();
+    const auto queued_before = db->stats().queued;
+    db->pause_writer(true);
+    response live;
+    std::thread first{[&] { live = send("c1"); }};
+    ASSERT_TRUE(wait_until([&] { return db->stats().queued > queued_before; }, 5000)) << "the lookup is queued";
+    const auto lookup_queued = db->stats().queued;
+    std::atomic<bool> answered{false};
+    response retry;
+    std::thread second{[&] {
+        retry = send("c2");
+        answered = true;
+    }};
+    // Answered at once (refused), or queued behind the lookup (held: the defect).
+    EXPECT_TRUE(wait_until([&] { return answered.load() || db->stats().queued > lookup_queued; }, 5000));
+    db->pause_writer(false);
+    first.join();
+    second.join();
+    EXPECT_EQ(live.result_int(), 202u) << live.body();
+    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    EXPECT_TRUE(db->list(f).empty()) << "held beside the live send: a release would send k-7 twice";
 }
 
 // Holds the breaker state writer back until the returned handle is reset, and then (or

@@ -29,6 +29,30 @@ TEST(forwarded_keys, a_key_is_remembered_per_route_and_agent_for_its_memory) {
     EXPECT_EQ(k.sent_at("K", "mail-send", "agent-1", t0 + 3'700'000), t0 + 3'000'000);
 }
 
+// The two checks that keep a live send and a hold of one key apart: each asks its question
+// of the other side after making its own mark, under one lock.
+TEST(forwarded_keys, a_send_notes_before_it_asks_and_a_hold_announces_only_when_unsent) {
+    forwarded_keys k{10, 1h};
+    const std::int64_t t0 = 1'700'000'000'000;
+    bool asked = false;
+    const auto [before, held] = k.note_then("K", "r", "a", t0, [&] {
+        asked = true;
+        return true;
+    });
+    EXPECT_TRUE(asked);
+    EXPECT_TRUE(held) << "what may_hold() said";
+    EXPECT_FALSE(before);
+    int announced = 0;
+    EXPECT_EQ(k.sent_at_then("K", "r", "a", t0 + 5, [&] { ++announced; }), t0) << "the send is seen";
+    EXPECT_EQ(announced, 0) << "no hold is announced for a key sent";
+    EXPECT_FALSE(k.sent_at_then("K2", "r", "a", t0 + 5, [&] { ++announced; }));
+    EXPECT_EQ(announced, 1);
+    // Forgotten (not sent after all): the next hold is announced.
+    k.forget("K", "r", "a", t0, before);
+    EXPECT_FALSE(k.sent_at_then("K", "r", "a", t0 + 6, [&] { ++announced; }));
+    EXPECT_EQ(announced, 2);
+}
+
 TEST(forwarded_keys, the_least_recently_sent_go_first_past_the_bound) {
     forwarded_keys k{3, 1h};
     for (int i = 0; i < 5; ++i) {
