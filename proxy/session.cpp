@@ -2055,6 +2055,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                             if (tr.shadow) {
                                 spdlog::info("rule {} would have tripped {} on request {} (shadow mode): {}", d.rule,
                                              tr.adm.instance, request_id, d.reason);
+                                // An operator's metrics_only or forced_closed came between the
+                                // check and the trip: evaluate() undid every booking when it
+                                // returned the violation, so the request is judged again with
+                                // this breaker passed, and the rules book what it sends.
+                                if (std::find(let_through.begin(), let_through.end(), instance) == let_through.end()) {
+                                    let_through.push_back(instance);
+                                    continue;
+                                }
                             } else {
                                 if (tr.opened) {
                                     // The response that reports a trip goes out only once the trip

@@ -1765,7 +1765,7 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
         std::int64_t booked = 0;
         // The check and the booking happen under the key's lock in one step: this is what
         // makes caps exact when many threads hit the same key.
-        const bool overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
+        bool overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
             slot.last_epoch = std::max(slot.last_epoch, epoch);
             if (r.condition == condition_kind::baseline) {
                 slot.base.roll(epoch, r.baseline.alpha);
@@ -1802,13 +1802,34 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             }
             return ovf;
         });
+        bool counted_over = false;
         if (d.violated) {
             auto v = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
             if (enforced(v)) {
                 rollback();
                 return v;
             }
-            continue;  // nothing was booked for it
+            if (r.condition == condition_kind::baseline) {
+                continue;  // not booked: a spike let through must not raise the baseline that judges the next
+            }
+            // Let through over this rule (an operator's metrics_only or forced_closed, a
+            // throttle slot, a hold, a sandbox): what it sends still counts in the window, so
+            // that once the rule is enforced again the cap is judged against what was sent,
+            // not against a window that missed it (as the duplicates guard books its sends).
+            // Taken off again with the rest if the request is then not sent (release()).
+            counted_over = true;
+        }
+        if (counted_over) {
+            overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
+                slot.last_epoch = std::max(slot.last_epoch, epoch);
+                slot.ring.advance(epoch);
+                booked = slot.ring.book_epoch(epoch);
+                slot.ring.add(booked, 0, *a);
+                if (meter.channels() > 1) {
+                    slot.ring.add(booked, 1, *b);
+                }
+                return ovf;
+            });
         }
         if (s.reservation_count == s.reservations.size()) {
             s.reservations.emplace_back();

@@ -255,9 +255,13 @@ auto rule_meter::with_slot(std::string_view key, std::int64_t epoch, F&& f) {
             if (room) {
                 keys_.fetch_sub(1, std::memory_order_relaxed);
             }
-            write.unlock();
+            // The overflow slot is taken before the shard is let go: a request for this key
+            // that finds room right after (a sweep elsewhere, a larger max_keys) creates the
+            // key's slot from the overflow's window only once this booking is in it, and
+            // starts from it at all (overflow_events_), or the key could book its cap again.
             overflow_events_.fetch_add(1, std::memory_order_relaxed);
             std::lock_guard lock{overflow_.mu};
+            write.unlock();
             return f(overflow_, true);
         }
     }

@@ -489,6 +489,36 @@ TEST(modes, forced_open_forced_closed_metrics_only_and_expiry) {
     EXPECT_EQ(send("bypass").result_int(), 503u);
 }
 
+// What an operator's metrics_only lets through over a cap still counts in the cap's window:
+// set back to auto, the cap is judged against what was sent meanwhile, not against a window
+// that missed it (here the sends before the shadow have left the window, the shadowed ones
+// have not).
+TEST(modes, sends_let_through_under_metrics_only_count_once_the_cap_is_enforced_again) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 20), &clock};
+    auto reg_ptr = bb.server().breakers();
+    auto send = [&] {
+        raw_client c{bb.port()};
+        c.send(mail(10, "s"));
+        return c.read_response();
+    };
+    EXPECT_EQ(send().result_int(), 202u);
+    EXPECT_EQ(send().result_int(), 202u);  // 20 of 20
+    ASSERT_TRUE(reg_ptr->set_mode("campaign-volume/s", bb::breakers::mode::metrics_only, std::nullopt, "ops",
+                                  "trying the rule", clock.now()));
+    clock.advance(30min);
+    EXPECT_EQ(send().result_int(), 202u);  // over the cap, let through
+    EXPECT_EQ(send().result_int(), 202u);
+    ASSERT_TRUE(reg_ptr->set_mode("campaign-volume/s", bb::breakers::mode::automatic, std::nullopt, "ops", "enforce",
+                                  clock.now()));
+    clock.advance(31min);  // the first 20 have left the 1h window; the 20 sent in shadow have not
+    const auto res = send();
+    EXPECT_EQ(res.result_int(), 503u) << "the window forgot the 20 sent under metrics_only";
+    EXPECT_EQ(up.request_count(), 4u);
+}
+
 // A deny breaker's rule refuses single requests and trips nothing, but operators flip it
 // like any other: forced_open (or a manual trip) refuses everything it covers, and
 // forced_closed (e.g. a guardrail with false positives) lets violations through while the

@@ -121,16 +121,20 @@ TEST(Engine, ASuspendedRuleIsShadowedAndTheOtherRulesStillBookTheRequest) {
     EXPECT_EQ(shadowed.rule, "small");
     EXPECT_EQ(shadowed.outcome, verdict::violated);
     EXPECT_EQ(eng.read("all", "", clock.now())->value, 8) << "booked on the rule after the suspended one";
-    EXPECT_EQ(eng.read("small", "", clock.now())->value, 0) << "the violated rule books nothing";
+    // What is let through over a suspended rule still counts there: once the rule is enforced
+    // again, its cap is judged against what was sent meanwhile.
+    EXPECT_EQ(eng.read("small", "", clock.now())->value, 8) << "sent, and missing from the suspended rule's window";
     decision second;
     EXPECT_TRUE(eng.evaluate(req.view(), clock.now(), &suspended, &second).allowed());
     EXPECT_EQ(eng.read("all", "", clock.now())->value, 16);
+    EXPECT_EQ(eng.read("small", "", clock.now())->value, 16);
     // The third crosses the enforced rule: refused, and nothing of it stays booked.
     decision third_shadow;
     d = eng.evaluate(req.view(), clock.now(), &suspended, &third_shadow);
     EXPECT_EQ(d.rule, "all");
     EXPECT_EQ(d.outcome, verdict::violated);
     EXPECT_EQ(eng.read("all", "", clock.now())->value, 16);
+    EXPECT_EQ(eng.read("small", "", clock.now())->value, 16) << "the refused request is off the suspended rule too";
     EXPECT_EQ(asked, (std::vector<std::string>{"small", "small", "small", "all"}));
     // Without a suspension the first violation decides, as before.
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "small");
