@@ -1494,11 +1494,12 @@ engine::engine(std::shared_ptr<const rule_set> rules, const engine* previous) : 
             const std::shared_ptr<duplicate_counter> kept = it != old.end() ? previous->dups_[it->second] : nullptr;
             if (same && kept) {
                 dups_.push_back(kept);
-            } else if (kept && previous->set_->rules[it->second].counter_fingerprint == r.counter_fingerprint &&
-                       kept->max_keys() == d.max_keys) {
-                // Only max or window changed (an operator tightening a rule mid-incident): the
-                // counts stay, judged by the new limits.
-                dups_.push_back(kept->with_limits(d.max, d.window));
+            } else if (kept && previous->set_->rules[it->second].counter_fingerprint == r.counter_fingerprint) {
+                // Only max, window or max_keys changed (an operator tightening a rule
+                // mid-incident; a max whose default max_keys follows it): the counts stay,
+                // judged by the new limits, in a table of the new size.
+                dups_.push_back(kept->max_keys() == d.max_keys ? kept->with_limits(d.max, d.window)
+                                                               : kept->resized(d.max, d.window, d.max_keys));
             } else {
                 dups_.push_back(std::make_shared<duplicate_counter>(d.max, d.window, d.max_keys));
             }
@@ -1546,9 +1547,11 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
     const std::int64_t now_ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
     for (const auto& m : saved) {
         const rule* r = set_->find_rule(m.rule_id);
-        // Rows saved before meters were saved without max_keys carry the full fingerprint.
+        // Rows saved before meters were saved without max_keys carry the full fingerprint,
+        // and duplicates tables saved before that their fingerprint with max_keys.
         if (!r || (saved_fingerprint(r->index) != m.fingerprint &&
-                   (dups_[r->index] || r->fingerprint != m.fingerprint))) {
+                   (dups_[r->index] ? r->counter_fingerprint_with_keys != m.fingerprint
+                                    : r->fingerprint != m.fingerprint))) {
             continue;  // removed or changed since: starts from zero, as a reload starts it
         }
         std::string why;

@@ -2968,6 +2968,27 @@ std::shared_ptr<duplicate_counter> duplicate_counter::with_limits(std::uint32_t 
     return c;
 }
 
+std::shared_ptr<duplicate_counter> duplicate_counter::resized(std::uint32_t max, milliseconds window,
+                                                               std::size_t max_keys) const {
+    auto c = std::make_shared<duplicate_counter>(max, window, max_keys);
+    std::int64_t latest = std::numeric_limits<std::int64_t>::min();
+    for (auto& s : shards_) {
+        std::lock_guard lock{s.mu};
+        for (const slot& e : s.slots) {
+            latest = std::max(latest, e.refused_ms);
+            if (!e.times.empty()) {
+                latest = std::max(latest, e.times.back());
+            }
+        }
+    }
+    if (latest == std::numeric_limits<std::int64_t>::min()) {
+        return c;  // nothing was ever booked
+    }
+    std::string why;
+    c->restore(encode(latest), 0, latest, &why);  // our own encoding: it reads
+    return c;
+}
+
 // Saved tables: u8 format (1), u32 pairs, then per pair u64 key, u8 probation, i64 last
 // refusal, u32 sends, i64 send times (oldest first). Little-endian, like saved meters.
 namespace {

@@ -321,6 +321,11 @@ public:
     // send times kept judge the next sends by them. The copy, not this table, so an apply
     // that fails or is shadowed leaves the running rule as it was.
     std::shared_ptr<duplicate_counter> with_limits(std::uint32_t max, milliseconds window) const;
+    // The same into a table of another size (a reload that changed max_keys, or a max whose
+    // default max_keys follows it): every pair with a send in the window ending at the
+    // latest send or refusal the table holds, least recently seen first, as far as the new
+    // table has room (as restore() does).
+    std::shared_ptr<duplicate_counter> resized(std::uint32_t max, milliseconds window, std::size_t max_keys) const;
     std::size_t max_keys() const { return max_keys_; }
     // Carrying the sends over a restart (as rule_meter::encode/restore do for caps): every
     // pair with a send in the window ending at now_ms, or refused in it, least recently seen

@@ -1086,12 +1086,25 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
         // What a duplicate table's state means, without the limits that only judge it (max,
         // window): a reload that tightens them keeps the counts (engine.cpp).
         constexpr std::string_view head = ";guard=duplicates;";
-        if (const auto at = c.find(head); at != std::string::npos) {
-            if (const auto of = c.find(";of=", at); of != std::string::npos) {
-                c.erase(at + head.size(), of - (at + head.size()));
+        auto without_limits = [&](std::string t) {
+            if (const auto at = t.find(head); at != std::string::npos) {
+                if (const auto of = t.find(";of=", at); of != std::string::npos) {
+                    t.erase(at + head.size(), of - (at + head.size()));
+                }
+            }
+            return t;
+        };
+        out.counter_fingerprint_with_keys = fnv1a(without_limits(c));
+        // Nor its size (max_keys, the rule's and the guard's): a table carries over into one
+        // of another size (engine.cpp).
+        std::string sized = without_limits(canonical(out, false));
+        if (const auto at = sized.find(head); at != std::string::npos) {
+            if (const auto keys = sized.find(";keys=", at); keys != std::string::npos) {
+                const auto end = sized.find_first_not_of("0123456789", keys + 6);
+                sized.erase(keys, (end == std::string::npos ? sized.size() : end) - keys);
             }
         }
-        out.counter_fingerprint = fnv1a(c);
+        out.counter_fingerprint = fnv1a(sized);
     }
 }
 

@@ -206,6 +206,7 @@ struct rule {
     // Duplicates guards: the fingerprint without the guard's max and window (its table's
     // counts keep their meaning when only those change); 0 otherwise.
     std::uint64_t counter_fingerprint = 0;
+    std::uint64_t counter_fingerprint_with_keys = 0;  // as saved before max_keys left it (restore reads both)
 };
 
 struct string_hash {

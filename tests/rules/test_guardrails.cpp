@@ -1692,6 +1692,49 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
 }
 
+// A reload that changes the table's size (max_keys, or a max above 200 whose default
+// max_keys follows it) keeps the sends in the window: a loop under way is not given a fresh
+// `max` sends per recipient. A restart after it reads the table saved under either
+// fingerprint (with max_keys, as before this version, or without).
+TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
+    manual_clock clock;
+    clock.set(time_point{std::chrono::hours{1000}});
+    const std::string before = dup_rule(R"j({"max": 3, "window": "10m"})j", R"j(, "max_keys": 1000)j");
+    engine first{load_ok(guard_config(before))};
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed()) << i;
+    }
+    engine resized{load_ok(guard_config(dup_rule(R"j({"max": 3, "window": "10m"})j", R"j(, "max_keys": 5000)j"))),
+                   &first};
+    EXPECT_FALSE(resized.evaluate(req.view(), clock.now()).allowed()) << "the fourth send, after a new max_keys";
+
+    // max 300 -> 200: the default max_keys (20,000,000 / max) changes with it.
+    engine big{load_ok(guard_config(dup_rule(R"j({"max": 300, "window": "10m"})j")))};
+    for (int i = 0; i < 300; ++i) {
+        ASSERT_TRUE(big.evaluate(req.view(), clock.now()).allowed()) << i;
+    }
+    engine bigger{load_ok(guard_config(dup_rule(R"j({"max": 200, "window": "10m"})j"))), &big};
+    EXPECT_FALSE(bigger.evaluate(req.view(), clock.now()).allowed()) << "300 sends are over a max of 200";
+
+    // Across a restart: a row saved under today's fingerprint, and one under the older one.
+    auto saved = first.save_meters(clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+    engine after{load_ok(guard_config(dup_rule(R"j({"max": 3, "window": "10m"})j", R"j(, "max_keys": 5000)j")))};
+    std::string error;
+    auto restored = after.restore_meters(saved, clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_EQ(restored->size(), 1u);
+    EXPECT_FALSE(after.evaluate(req.view(), clock.now()).allowed());
+    saved[0].fingerprint = first.rules().rules[0].counter_fingerprint_with_keys;
+    engine legacy{load_ok(guard_config(before))};
+    restored = legacy.restore_meters(saved, clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_EQ(restored->size(), 1u) << "a row saved by the version before";
+    EXPECT_FALSE(legacy.evaluate(req.view(), clock.now()).allowed());
+}
+
 // A table larger than the slices it is copied in (256 pairs of a shard at a time): every
 // pair comes back once.
 TEST(GuardDuplicates, ALargeTableSurvivesARestartWhole) {
