@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdlib>
 #include <cmath>
 #include <unordered_map>
 
@@ -1126,9 +1127,14 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                             continue;
                         }
                         if (t.kind == term_kind::sum) {
-                            double x = 0;
-                            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-                            if (ec == std::errc{}) {
+                            // Read as widely as the servers behind a form read it (Go's
+                            // ParseFloat, Java, Python): leading blanks, a `+`, an exponent
+                            // beyond a double's range (1e400: the bound, not 0); strtod in the
+                            // C locale takes all of them, and hex floats besides (more, the
+                            // safe side). What is not a number at all adds 0, as in JSON.
+                            char* end = nullptr;
+                            const double x = std::strtod(v.c_str(), &end);
+                            if (end != v.c_str()) {
                                 total += summable(x);
                             }
                             continue;

@@ -168,6 +168,26 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
 }
 
+// A form amount reads as the servers behind it read a number: `+5`, blanks around it, an
+// exponent past a double's range (the bound, never 0).
+TEST(Engine, FormSumsReadNumbersAsServersDo) {
+    engine eng{load_ok(config(R"j(
+        {"id": "qty", "route": "mailgun", "measure": {"per_request": "sum(form:qty)"}, "limit": 100,
+         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req = mailgun_send();
+    req.content_type = "application/x-www-form-urlencoded";
+    for (const char* body : {"qty=%2B1000", "qty=+1000", "qty=%20%201000", "qty=1e400", "qty=60&qty=%2B60"}) {
+        req.body = body;
+        const auto d = eng.evaluate(req.view(), clock.now());
+        EXPECT_EQ(d.outcome, verdict::violated) << body << ": " << d.measured;
+    }
+    for (const char* body : {"qty=99", "qty=1e-400", "qty=-1000000", "qty=many", "qty="}) {
+        req.body = body;
+        EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << body;
+    }
+}
+
 // An address list counts as RFC 5322 splits it; one that splits more than one way is an
 // invalid body (counted as fewer recipients, it could pass a cap).
 TEST(Engine, FormAddressListsCountAsTheyReadOrAreRejected) {
