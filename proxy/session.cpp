@@ -2184,29 +2184,24 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // A retry of a request sent live (its Idempotency-Key, route and agent) is not held:
         // the first may have been delivered (the client gave up waiting, the upstream did
         // not), and releasing the retry would send it a second time. Refused, nothing held.
-        // Otherwise the hold is announced to the store in the same step, so a live send of
-        // the key that notes itself after this check finds the hold (below, and note_then).
+        // Asked here for an early answer, and again as the hold is queued (below).
+        const auto already_forwarded = [&](std::int64_t now_ms, std::int64_t sent_ms) {
+            contained = error_info{http::status::conflict, "rejected", "already_forwarded",
+                                   "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
+                                       std::to_string(std::max<std::int64_t>((now_ms - sent_ms) / 1000, 0)) +
+                                       " s ago; its retry is not quarantined (a release would send it a second "
+                                       "time): if it did not arrive, send it again with a new key once " +
+                                       quarantine_instance + " closes"};
+            contained_breaker = quarantine_instance;
+            contained_rule = quarantine_rule;
+            contained_change = std::max(contained_change, quarantine_change);  // named: saved first
+        };
         if (!contained && !quarantine_instance.empty()) {
             const std::string_view key = req[cfg->store.idempotency_header];
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
-            store::database* const hold_db = w.owner().db();
-            const auto sent = key.empty() ? std::nullopt
-                                          : w.owner().forwarded().sent_at_then(key, route->name, agent_id, now_ms, [&] {
-                                                if (hold_db != nullptr) {
-                                                    hold_db->expect_hold(key, route->name, agent_id);
-                                                }
-                                            });
-            if (sent) {
-                contained = error_info{http::status::conflict, "rejected", "already_forwarded",
-                                       "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
-                                           std::to_string(std::max<std::int64_t>((now_ms - *sent) / 1000, 0)) +
-                                           " s ago; its retry is not quarantined (a release would send it a second "
-                                           "time): if it did not arrive, send it again with a new key once " +
-                                           quarantine_instance + " closes"};
-                contained_breaker = quarantine_instance;
-                contained_rule = quarantine_rule;
-                contained_change = std::max(contained_change, quarantine_change);  // named: saved first
+            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
+                already_forwarded(now_ms, *sent);
             }
         }
 
@@ -2246,8 +2241,28 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                        w.owner().time().wall_now().time_since_epoch())
                                        .count();
                 const auto hold_started = std::chrono::steady_clock::now();
-                const auto stored = co_await await_store(
-                    [&](store::done_fn done) { db->hold(std::move(held), std::move(done)); });
+                // Queued in one step with the question whether the key was sent live, under
+                // the lock a live send takes to note its key and then ask whether a hold may
+                // exist (pending_send): whichever comes second sees the first, so a hold and
+                // a live send of one key never both go ahead. The costly part (the body's
+                // fingerprint) is done before, outside that lock.
+                const std::string key{req[cfg->store.idempotency_header]};
+                const auto queued_ms =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
+                std::optional<std::int64_t> sent_meanwhile;
+                auto prepared = db->prepare_hold(std::move(held));
+                const auto stored = co_await await_store([&](store::done_fn done) {
+                    if (key.empty()) {
+                        db->queue_hold(std::move(prepared), std::move(done));
+                        return;
+                    }
+                    sent_meanwhile = w.owner().forwarded().sent_at_then(key, route->name, agent_id, queued_ms, [&] {
+                        db->queue_hold(std::move(prepared), std::move(done));
+                    });
+                    if (sent_meanwhile) {
+                        done(store::result::failure("already_forwarded", "sent live meanwhile"));
+                    }
+                });
                 w.stats().hold_latency.observe(
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - hold_started).count());
                 for (const auto& p : probes) {
@@ -2257,6 +2272,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (stored.ok) {
                     if (stored.duplicate) {
                         spdlog::info("request {}: {}", request_id, stored.message);
+                        // A retry of the held request, not a second one: its amount is in the
+                        // windows once already, booked with the first hold.
+                        if (!booked.empty()) {
+                            rt.engine->release(booked);
+                        }
                     }
                     if (must_settle(w.owner(), quarantine_change)) {
                         const bool durable = co_await await_persist(w.owner());
@@ -2270,20 +2290,24 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     continue;
                 }
-                // Never 202 without a durable record, never forward: fail closed.
-                contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
-                if (contained_code == "store_unavailable" || contained_code == "store_busy") {
-                    w.owner().report_store_trouble(stored.message +
-                                                   "; quarantined requests are refused with 503 until it recovers");
+                if (sent_meanwhile) {
+                    already_forwarded(queued_ms, *sent_meanwhile);  // nothing was queued
+                } else {
+                    // Never 202 without a durable record, never forward: fail closed.
+                    contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
+                    if (contained_code == "store_unavailable" || contained_code == "store_busy") {
+                        w.owner().report_store_trouble(stored.message +
+                                                       "; quarantined requests are refused with 503 until it recovers");
+                    }
+                    contained = contained_code == "idempotency_key_reused" || contained_code == "discarded"
+                                    ? error_info{http::status::conflict, "rejected", contained_code,
+                                                 "the request was not quarantined: " + stored.message}
+                                    : error_info{http::status::service_unavailable, "unavailable", contained_code,
+                                                 "the request could not be quarantined: " + stored.message};
+                    contained_breaker = quarantine_instance;
+                    contained_rule = quarantine_rule;
+                    contained_change = std::max(contained_change, quarantine_change);
                 }
-                contained = contained_code == "idempotency_key_reused" || contained_code == "discarded"
-                                ? error_info{http::status::conflict, "rejected", contained_code,
-                                             "the request was not quarantined: " + stored.message}
-                                : error_info{http::status::service_unavailable, "unavailable", contained_code,
-                                             "the request could not be quarantined: " + stored.message};
-                contained_breaker = quarantine_instance;
-                contained_rule = quarantine_rule;
-                contained_change = std::max(contained_change, quarantine_change);
             }
         }
 

@@ -1809,35 +1809,49 @@ std::unique_ptr<database> database::open(store_options options, const clock& c, 
     return std::unique_ptr<database>{new database{std::move(p)}};
 }
 
-void database::hold(held_request request, done_fn done) {
+database::prepared_hold database::prepare_hold(held_request request) {
+    prepared_hold h;
     request.ticket = make_ticket(wall_ms(impl_->clock_));
     if (request.ticket.empty()) {
-        if (done) {
-            done(unavailable("no randomness for a ticket"));
-        }
-        return;
+        h.error = unavailable("no randomness for a ticket");
+        return h;
     }
-    auto headers = std::make_shared<std::string>(encode_headers(request.headers));
+    h.headers = std::make_shared<std::string>(encode_headers(request.headers));
     // What tells a retry from another request under the same key (do_hold): hashed here, on
     // the caller's thread, not on the one writer every hold waits for; the body is hashed in
     // place rather than copied into one string with the method and target.
-    auto fingerprint = std::make_shared<std::string>(
+    h.fingerprint = std::make_shared<std::string>(
         request.idempotency_key.empty()
             ? std::string{}
             : request_fingerprint(request.method, request.target, request.body));
+    h.request = std::make_shared<held_request>(std::move(request));
+    return h;
+}
+
+void database::queue_hold(prepared_hold h, done_fn done) {
+    if (h.error) {
+        if (done) {
+            done(*h.error);
+        }
+        return;
+    }
+    const held_request& request = *h.request;
     if (!request.idempotency_key.empty()) {
         // Before the hold is queued: a live retry that comes while it waits in the queue
         // finds the key here and queues its lookup behind it (earlier_hold: the writer runs
         // both in order). A hold that fails leaves a hash with no record: one lookup more.
         impl_->note_idempotency_key(request.idempotency_key, request.route, request.agent);
     }
-    auto req = std::make_shared<held_request>(std::move(request));
-    const std::size_t bytes = req->body.size() + headers->size() + req->target.size() + 512;
+    const std::size_t bytes = request.body.size() + h.headers->size() + request.target.size() + 512;
     impl_->enqueue(
-        [p = impl_.get(), req, headers, fingerprint](impl::batch_ctx& ctx) {
+        [p = impl_.get(), req = h.request, headers = h.headers, fingerprint = h.fingerprint](impl::batch_ctx& ctx) {
             return p->do_hold(ctx, *req, *headers, *fingerprint);
         },
         std::move(done), bytes);
+}
+
+void database::hold(held_request request, done_fn done) {
+    queue_hold(prepare_hold(std::move(request)), std::move(done));
 }
 
 bool database::may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const {

@@ -263,6 +263,18 @@ public:
     // --- quarantine writes (queued, group-committed; see the header comment) ---
     // done(r): r.ticket is the new ticket once the record is durable (fsync'd).
     void hold(held_request request, done_fn done);
+    // hold() in two steps, for a caller that must queue the hold in one step with a check of
+    // its own (proxy/forwarded_keys.hpp sent_at_then): prepare_hold does the costly part
+    // (ticket, headers, the body's fingerprint) anywhere; queue_hold only announces the key
+    // (may_hold_key) and queues the write.
+    struct prepared_hold {
+        std::shared_ptr<held_request> request;
+        std::shared_ptr<std::string> headers;
+        std::shared_ptr<std::string> fingerprint;
+        std::optional<result> error;  // the hold cannot be made (queue_hold answers it)
+    };
+    prepared_hold prepare_hold(held_request request);
+    void queue_hold(prepared_hold hold, done_fn done);
     // Commits `releasing` (before the proxy sends). Allowed from held and release_failed;
     // from outcome_unknown only with force. Never from released. `expected`: the state the
     // caller selected the record in (a bulk operation's listing); another state now is
@@ -298,11 +310,6 @@ public:
     // of the records found at open), cheap enough for every request that carries a key.
     // False for certain means none was; true is answered by earlier_hold.
     bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const;
-    // A hold under this key, route and agent is about to be queued: from now on
-    // may_hold_key() says so (hold() does it too; this is for a caller that must order it
-    // against its own check, proxy/forwarded_keys.hpp). A hold that then never comes costs
-    // one earlier_hold lookup more.
-    void expect_hold(std::string_view key, std::string_view route, std::string_view agent);
     // The record held before under this key, route and agent (its tombstone once pruned),
     // for a request about to be forwarded live: a client that never got the 202 for its
     // hold retries after the breaker closed, and the retry must not go out beside the
@@ -442,6 +449,9 @@ public:
     void inject_write_fault(int sqlite_code, int count, fault_point where = fault_point::commit, int after = 0);
     // While paused the writer takes nothing from the queue, so a test can line up a batch.
     void pause_writer(bool paused);
+    // What a hold under this key that then failed (quarantine_full, say) leaves behind:
+    // may_hold_key() says true, and a live send of the key looks it up.
+    void expect_hold(std::string_view key, std::string_view route, std::string_view agent);
 
     class impl;
 

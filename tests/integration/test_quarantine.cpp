@@ -790,6 +790,33 @@ TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_s
     EXPECT_EQ(third["x-breakerbox-ticket"], held["x-breakerbox-ticket"]);
 }
 
+// A client that retries its held request (it never saw the 202) gets the first ticket, and
+// the retry is not counted again: the held request's amount is in the windows once.
+TEST(quarantine, a_retried_hold_is_counted_once) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/c", "ops", "misfire", bb.server().now()));
+    auto send = [&] {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1,2,3,4,5]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", "k-5"}});
+    };
+    auto counted = [&] {
+        const auto m = bb.server().current_runtime()->engine->read("recipients", "c", bb.server().now());
+        return m ? m->value : -1.0;
+    };
+    const auto first = send();
+    ASSERT_EQ(first.result_int(), 202u) << first.body();
+    const double once = counted();
+    for (int i = 0; i < 2; ++i) {
+        const auto retry = send();
+        ASSERT_EQ(retry.result_int(), 202u) << retry.body();
+        EXPECT_EQ(retry["x-breakerbox-ticket"], first["x-breakerbox-ticket"]);
+    }
+    EXPECT_EQ(counted(), once) << "each retry of the held request added its recipients again";
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // A live send waiting for its hold lookup, and a retry of it that a breaker quarantines
 // meanwhile (here: another campaign's instance, tripped and saved before): the retry must
 // see the live send (409 already_forwarded) rather than be held, or the lookup, queued
