@@ -3119,6 +3119,36 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         return fail("the saved duplicates table's clock cannot be mapped onto this one");
     }
     const std::size_t main_cap = per_shard_ - probation_;
+    // A table smaller than the one saved (max_keys lowered, or a larger max whose default
+    // max_keys follows it) keeps the most recently seen pairs of each shard's part, those
+    // of a loop under way: the pairs come least recently seen first, so the last ones that
+    // fit are taken, and then added in order (the recency lists as they were).
+    {
+        std::array<std::array<std::size_t, 2>, 16> room{};
+        for (std::size_t i = 0; i < shards_.size(); ++i) {
+            std::lock_guard lock{shards_[i].mu};
+            room[i][0] = main_cap - std::min<std::size_t>(main_cap, shards_[i].count[0]);
+            room[i][1] = probation_ - std::min<std::size_t>(probation_, shards_[i].count[1]);
+        }
+        std::vector<bool> keep(pairs.size(), false);
+        for (std::size_t k = pairs.size(); k-- > 0;) {
+            auto& r = room[(pairs[k].key >> 59) & 15][pairs[k].probation ? 1 : 0];
+            if (r > 0) {
+                --r;
+                keep[k] = true;
+            }
+        }
+        std::size_t n = 0;
+        for (std::size_t k = 0; k < pairs.size(); ++k) {
+            if (keep[k]) {
+                if (n != k) {
+                    pairs[n] = std::move(pairs[k]);  // never onto itself: a vector moved onto itself is emptied
+                }
+                ++n;
+            }
+        }
+        pairs.resize(n);
+    }
     // Every time moves by the same shift; one that would land after now lands at now (a
     // wall clock set back while we were down), which keeps it for longer, never for less.
     auto moved = [&](std::int64_t t) { return std::min(t + shift_ms, now_ms); };

@@ -1718,6 +1718,23 @@ TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
     engine bigger{load_ok(guard_config(dup_rule(R"j({"max": 200, "window": "10m"})j"))), &big};
     EXPECT_FALSE(bigger.evaluate(req.view(), clock.now()).allowed()) << "300 sends are over a max of 200";
 
+    // A smaller table keeps the pairs seen last: a loop under way, not the campaign before it.
+    engine wide{load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "10m"})j", R"j(, "max_keys": 1600)j")))};
+    std::string many = R"j({"personalizations": [{"to": [)j";
+    for (int i = 0; i < 1000; ++i) {
+        many += (i ? ", " : "") + std::string{R"j({"email": "r)j"} + std::to_string(i) + R"j(@example.com"})j";
+    }
+    many += R"j(]}], "from": {"email": "news@example.com"}, "subject": "Spring sale", "content": [{"type": "text/plain", "value": "Hi"}]})j";
+    request campaign;
+    campaign.body = many;
+    ASSERT_TRUE(wide.evaluate(campaign.view(), clock.now()).allowed());
+    clock.advance(1s);
+    ASSERT_TRUE(wide.evaluate(req.view(), clock.now()).allowed());
+    ASSERT_TRUE(wide.evaluate(req.view(), clock.now()).allowed());
+    engine narrow{load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "10m"})j", R"j(, "max_keys": 160)j"))),
+                  &wide};
+    EXPECT_FALSE(narrow.evaluate(req.view(), clock.now()).allowed()) << "jane's third send, after the table shrank";
+
     // Across a restart: a row saved under today's fingerprint, and one under the older one.
     auto saved = first.save_meters(clock.now());
     ASSERT_EQ(saved.size(), 1u);
