@@ -85,6 +85,7 @@ struct scratch {
     std::string mime_scratch;
     std::vector<std::string_view> mime_addresses;
     std::string url_decoded;  // url_ids: terms
+    std::string number;       // sum(form:...): a value read as a number
 };
 
 scratch& local() {
@@ -223,6 +224,36 @@ namespace {
 double summable(double x) {
     constexpr double most = 1e15;
     return x > 0 ? std::min(x, most) : 0;
+}
+
+constexpr std::string_view unreadable_amount =
+    "holds a value that is not a number as read here (digits, one sign, a point, an exponent, blanks around; "
+    "'_' between digits), though a server may read one in it (Python takes 1_000 and other scripts' digits)";
+
+// A form field's amount for sum(form:...), read as widely as the servers behind a form read
+// one (Go's ParseFloat, Java, Python): blanks around it, a leading `+`, `_` between digits
+// (Python), an exponent beyond a double's range (1e400: the bound, not 0), hex floats
+// (more, the safe side); strtod in the C locale. A blank value is 0. Anything else is not
+// read as a number here (nullopt: an invalid body), since some server may read one in it.
+std::optional<double> form_number(const std::string& v, std::string& buf) {
+    const auto first = v.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) {
+        return 0.0;
+    }
+    const auto last = v.find_last_not_of(" \t\r\n");
+    buf.assign(v, first, last + 1 - first);
+    for (std::size_t i = 1; i + 1 < buf.size(); ++i) {
+        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+        if (buf[i] == '_' && digit(buf[i - 1]) && digit(buf[i + 1])) {
+            buf.erase(i, 1);
+        }
+    }
+    char* end = nullptr;
+    const double x = std::strtod(buf.c_str(), &end);
+    if (end == buf.c_str() || end != buf.c_str() + buf.size()) {
+        return std::nullopt;
+    }
+    return x;
 }
 
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
@@ -1127,15 +1158,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                             continue;
                         }
                         if (t.kind == term_kind::sum) {
-                            // Read as widely as the servers behind a form read it (Go's
-                            // ParseFloat, Java, Python): leading blanks, a `+`, an exponent
-                            // beyond a double's range (1e400: the bound, not 0); strtod in the
-                            // C locale takes all of them, and hex floats besides (more, the
-                            // safe side). What is not a number at all adds 0, as in JSON.
-                            char* end = nullptr;
-                            const double x = std::strtod(v.c_str(), &end);
-                            if (end != v.c_str()) {
-                                total += summable(x);
+                            if (const auto x = form_number(v, ctx.s.number)) {
+                                total += summable(*x);
+                            } else {
+                                split_ok = false;  // not a number here, maybe one to the server
                             }
                             continue;
                         }
@@ -1153,7 +1179,10 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     if (!split_ok) {
                         // Counted as far as it splits, a list another reader splits otherwise
                         // could hide recipients: an invalid body, like a malformed multipart.
-                        ctx.req_json.error = "form field " + t.field + " " + std::string{unsplittable_list};
+                        // Likewise an amount that is not a number as read here.
+                        ctx.req_json.error = "form field " + t.field + " " +
+                                             (t.kind == term_kind::sum ? std::string{unreadable_amount}
+                                                                       : std::string{unsplittable_list});
                         if (policy == invalid_body_policy::reject) {
                             return std::nullopt;
                         }

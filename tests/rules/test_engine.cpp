@@ -177,14 +177,22 @@ TEST(Engine, FormSumsReadNumbersAsServersDo) {
     manual_clock clock;
     request req = mailgun_send();
     req.content_type = "application/x-www-form-urlencoded";
-    for (const char* body : {"qty=%2B1000", "qty=+1000", "qty=%20%201000", "qty=1e400", "qty=60&qty=%2B60"}) {
+    for (const char* body : {"qty=%2B1000", "qty=+1000", "qty=%20%201000", "qty=1e400", "qty=60&qty=%2B60",
+                             "qty=1_000"}) {
         req.body = body;
         const auto d = eng.evaluate(req.view(), clock.now());
         EXPECT_EQ(d.outcome, verdict::violated) << body << ": " << d.measured;
     }
-    for (const char* body : {"qty=99", "qty=1e-400", "qty=-1000000", "qty=many", "qty="}) {
+    for (const char* body : {"qty=99", "qty=1e-400", "qty=-1000000", "qty=", "qty=%20"}) {
         req.body = body;
         EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << body;
+    }
+    // Not a number here, perhaps one to the server (Python reads full-width digits): refused.
+    for (const char* body : {"qty=%EF%BC%91%EF%BC%90%EF%BC%90%EF%BC%90", "qty=many", "qty=100abc", "qty=1__0"}) {
+        req.body = body;
+        const auto d = eng.evaluate(req.view(), clock.now());
+        EXPECT_EQ(d.outcome, verdict::rejected) << body;
+        EXPECT_NE(d.reason.find("not a number as read here"), std::string::npos) << d.reason;
     }
 }
 
