@@ -12,7 +12,9 @@
 #include <cstring>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <type_traits>
+#include <unordered_set>
 
 #include "rules/form.hpp"
 #include "rules/guardrails_scan.hpp"
@@ -631,8 +633,14 @@ public:
     // never see it. For what must be there to pass (an unsubscribe link or setting), not what
     // must not (those read every copy). A body too large to keep its values is walked as a
     // stream: false then. Costs a walk back to each container and over its later members.
-    bool current_shadowed() const {
-        if (streaming_ || nodes_.empty()) {
+    bool current_shadowed() {
+        if (streaming_) {
+            // Values not kept: which copy of a key is the last cannot be told. A body with
+            // no key given twice has no shadowed value; one with any counts every value as
+            // perhaps shadowed (an unsubscribe in it is not one the upstream reads for sure).
+            return key_given_twice();
+        }
+        if (nodes_.empty()) {
             return false;
         }
         std::uint32_t i = current_;
@@ -778,8 +786,43 @@ private:
         paths_.push_back(np);
     }
 
+    // A streamed body: whether any object in it has a key given twice (keys folded as
+    // struct fields fold them, maps too: the safe side). One walk, asked at most once a body.
+    bool key_given_twice() {
+        if (twice_) {
+            return *twice_;
+        }
+        std::vector<std::unordered_set<std::string>> seen;
+        bool twice = false;
+        json_walker w;
+        w.run<false>(
+            body_,
+            [&](std::span<const frame> f, value_type t, std::string_view, std::size_t, bool) {
+                if (!f.empty() && !f.back().array) {
+                    if (seen.size() < f.size()) {
+                        seen.resize(f.size());
+                    }
+                    if (!seen[f.size() - 1].insert(json_key::fold(f.back().key)).second) {
+                        twice = true;
+                        return true;  // one is enough
+                    }
+                }
+                if (t == value_type::object) {
+                    if (seen.size() < f.size() + 1) {
+                        seen.resize(f.size() + 1);
+                    }
+                    seen[f.size()].clear();  // its members' keys, from none
+                }
+                return false;
+            },
+            [] {});
+        twice_ = twice;
+        return twice;
+    }
+
     void parse(std::string_view body) {
         parsed_ = true;
+        twice_.reset();
         body_ = body;
         nodes_.clear();
         paths_.clear();
@@ -847,6 +890,7 @@ private:
 
     bool parsed_ = false;
     bool streaming_ = false;
+    std::optional<bool> twice_;  // key_given_twice(), once known
     bool list_unsubscribe_ = false;
     std::string_view body_;
     json_walker walker_;

@@ -1123,6 +1123,25 @@ TEST(GuardContent, AnUnsubscribeInAShadowedCopyOfAKeyDoesNotCount) {
     }
 }
 
+// The same in a body too large to keep its values (more than 65,536: walked as a stream):
+// with a key given twice anywhere, an unsubscribe is not one the upstream reads for sure.
+TEST(GuardContent, AnUnsubscribeInALargeBodyWithAKeyGivenTwiceDoesNotCount) {
+    fixture f{content_rule(R"j({"require_unsubscribe": true})j")};
+    std::string padding;
+    for (int i = 0; i < 70'000; ++i) {
+        padding += i ? ",{}" : "{}";
+    }
+    const std::string unsubscribe = R"j({"type": "text/html", "value": "<a href='https://x.example/u'>Unsubscribe</a>"})j";
+    const std::string shadowed = R"j({"subject": "Sale", "content": [)j" + unsubscribe + "," + padding +
+                                 R"j(], "content": [{"type": "text/html", "value": "<p>Buy now</p>"}]})j";
+    const auto d = f.check_body(shadowed);
+    EXPECT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link"));
+    // Without a key given twice, a large body's unsubscribe counts as before.
+    const std::string plain = R"j({"subject": "Sale", "content": [)j" + unsubscribe + "," + padding + "]}";
+    EXPECT_TRUE(f.check_body(plain).allowed());
+}
+
 TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     // Marketing sends: here, the ones with a campaign header (the rule's match decides).
     fixture f{content_rule(R"j({"require_unsubscribe": true})j", R"j(, "match": {"headers": {"x-campaign-id": "*"}})j")};
