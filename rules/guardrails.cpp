@@ -1629,7 +1629,8 @@ bool key_may_hold_pii(std::string_view key) {
 // scan sees the digits it would send. False for anything else: not such a number, not whole,
 // below 1, or more than 24 digits (no card, SSN or account number then).
 bool exponent_number_digits(std::string_view t, std::string& out) {
-    if (t.size() < 3 || t.size() > 48 || !(t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
+    // Up to 1 KiB: zeros pad a number as far as JSON lets them (4111111.1111111110000...e9).
+    if (t.size() < 3 || t.size() > 1024 || !(t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
         return false;
     }
     const auto e = t.find_first_of("eE");
@@ -1655,7 +1656,13 @@ bool exponent_number_digits(std::string_view t, std::string& out) {
     if (t[i] == '-' || t[i] == '+') {
         ++i;
     }
-    if (i == t.size() || t.size() - i > 3) {
+    if (i == t.size()) {
+        return false;
+    }
+    while (i + 1 < t.size() && t[i] == '0') {
+        ++i;  // e0015 is e15 (JSON allows the zeros)
+    }
+    if (t.size() - i > 3) {
         return false;
     }
     long exp = 0;
