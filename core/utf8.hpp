@@ -8,6 +8,13 @@
 namespace bb {
 
 // Writes cp (<= 0x10FFFF; the caller replaces surrogates) to out and advances it: 1-4 bytes.
+// A UTF-8 byte order mark before a JSON value: Jackson and Python read past it (Go and
+// simdjson refuse it), so every reader of a body here reads past it too, and they agree.
+inline constexpr std::string_view utf8_bom = "\xEF\xBB\xBF";
+inline std::string_view without_bom(std::string_view body) {
+    return body.starts_with(utf8_bom) ? body.substr(utf8_bom.size()) : body;
+}
+
 inline void put_utf8(std::uint32_t cp, char*& out) {
     if (cp < 0x80) {
         *out++ = static_cast<char>(cp);

@@ -1,5 +1,7 @@
 #include "rules/agent_constraints.hpp"
 
+#include "core/utf8.hpp"
+
 #include <simdjson.h>
 
 #include <algorithm>
@@ -391,7 +393,9 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
         return {};
     }
     const bool form = reads_as_form(content_type, body, query);
-    const auto first = body.find_first_not_of(" \t\r\n");
+    // Past a byte order mark, as the meter and the guards read a JSON body (and Jackson).
+    const std::string_view json = without_bom(body);
+    const auto first = json.find_first_not_of(" \t\r\n");
     if (first == std::string_view::npos && !form) {
         return {};  // no body: no recipient, no from, no template
     }
@@ -401,9 +405,9 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     scratch& s = local();
     checker k{c, s};
     if (first != std::string_view::npos &&
-        (mentions_json(content_type) || (!form && (body[first] == '{' || body[first] == '[')))) {
+        (mentions_json(content_type) || (!form && (json[first] == '{' || json[first] == '[')))) {
         element root;
-        if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
+        if (s.parser.parse(json.data(), json.size()).get(root) != simdjson::SUCCESS) {
             return "the body is not valid JSON";
         }
         walk_json(k, root);

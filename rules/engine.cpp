@@ -1,5 +1,7 @@
 #include "rules/engine.hpp"
 
+#include "core/utf8.hpp"
+
 #include "core/http_token.hpp"
 #include "core/json_key.hpp"
 #include "core/method_override.hpp"
@@ -651,7 +653,8 @@ bool parse_json(std::string_view body, simdjson::dom::parser& parser, parsed_jso
             pj.state = 2;
             pj.error = "body is empty";
         } else {
-            auto err = parser.parse(body.data(), body.size()).get(pj.root);
+            const std::string_view json = without_bom(body);  // as the guards and Jackson read it
+            auto err = parser.parse(json.data(), json.size()).get(pj.root);
             if (err) {
                 pj.state = 2;
                 pj.error = std::string{"body is not valid JSON ("} + simdjson::error_message(err) + ")";

@@ -32,7 +32,6 @@ constexpr std::size_t max_fields = 32;
 constexpr std::size_t max_list = 10'000;       // domains, terms
 constexpr std::size_t max_term_bytes = 256;
 constexpr std::size_t max_json_depth = 512;
-constexpr std::string_view utf8_bom = "\xEF\xBB\xBF";
 
 bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }
 

@@ -128,6 +128,16 @@ TEST(AgentConstraints, SendGridRecipientsCountToCcBccAcrossPersonalizations) {
     EXPECT_THAT(why, Not(HasSubstr("@")));
 }
 
+// A byte order mark before the JSON (Jackson reads past it) hides nothing: with no
+// content type, or a text one, the body is still read as the JSON it is.
+TEST(AgentConstraints, AByteOrderMarkHidesNothing) {
+    const std::string bom = "\xEF\xBB\xBF" + hubspot_single;
+    for (const char* type : {"", "text/plain", "application/json"}) {
+        EXPECT_EQ(check_body_constraints(max(3), type, bom), "4 recipients in one request; this agent may address at most 3")
+            << type;
+    }
+}
+
 TEST(AgentConstraints, SendGridFromDomainIsExactAndCaseInsensitive) {
     // from is orders@Mail.Example.com; reply_to (other.example) is not the sender.
     EXPECT_EQ(check_body_constraints(domains({"mail.example.com"}), json, sendgrid), "");

@@ -168,6 +168,20 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
 }
 
+// A byte order mark before a JSON body: the meter reads past it as the guards and Jackson
+// do, rather than refusing a body they read (or counting it 0 under on_invalid_body zero).
+TEST(Engine, AByteOrderMarkBeforeTheJsonIsReadPast) {
+    engine eng{load_ok(config(R"j(
+        {"id": "r", "route": "mail-send", "measure": {"per_request": "count($.personalizations[*].to[*])"}, "limit": 2,
+         "on_invalid_body": "zero", "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.body = "\xEF\xBB\xBF" + sendgrid_body(3);
+    const auto d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_EQ(d.measured, 3);
+}
+
 // A form amount reads as the servers behind it read a number: `+5`, blanks around it, an
 // exponent past a double's range (the bound, never 0).
 TEST(Engine, FormSumsReadNumbersAsServersDo) {
