@@ -71,12 +71,14 @@ public:
     std::uint64_t recipients() const { return recipients_; }
 
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
-    void add_recipient_list(std::string_view list) {
+    void add_recipient_list(std::string_view list) { recipients_ += recipient_list_size(list); }
+    // The addresses in such a list (not added).
+    std::uint64_t recipient_list_size(std::string_view list) {
         s_.items.clear();
         if (!split_addresses(list, s_.items)) {
             fail("a recipient list " + std::string{unsplittable_list});
         }
-        recipients_ += s_.items.size();
+        return s_.items.size();
     }
 
     // A from value: `a@x.com` or `Name <a@x.com>`; a list is checked address by address.
@@ -329,9 +331,11 @@ std::size_t raw_form_message(checker& k, std::string_view value, bool base64) {
     return to.size();
 }
 
-// SES v1 (Query API) names are case-sensitive; a list member is `<prefix><number>`.
+// SES v1 (Query API) names; a list member is `<prefix><number>`. In any case, as the meter
+// and the guards read form names (form_name_matches): a server that folds case must not
+// find recipients here that the agent's limit never counted.
 bool list_member(std::string_view name, std::string_view prefix) {
-    return name.size() > prefix.size() && name.starts_with(prefix) &&
+    return name.size() > prefix.size() && iequals(name.substr(0, prefix.size()), prefix) &&
            std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
                        [](char c) { return c >= '0' && c <= '9'; });
 }
@@ -345,7 +349,7 @@ bool destination_address(std::string_view name) {
 // SendBulkTemplatedEmail: Destinations.member.N.Destination.{To,Cc,Bcc}Addresses.member.M.
 bool bulk_destination(std::string_view name) {
     constexpr std::string_view head = "Destinations.member.";
-    if (!name.starts_with(head)) {
+    if (name.size() < head.size() || !iequals(name.substr(0, head.size()), head)) {
         return false;
     }
     std::size_t i = head.size();
@@ -368,7 +372,7 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     std::uint64_t raw_recipients = 0;
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
-            ++destinations;
+            destinations += k.recipient_list_size(value);  // a list, as the meter splits it
         } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || destination_address(name) ||
                    bulk_destination(name)) {
             k.add_recipient_list(value);

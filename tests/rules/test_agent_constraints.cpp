@@ -386,8 +386,20 @@ TEST(AgentConstraints, SesV1AndMailgunMimeFormPosts) {
     EXPECT_EQ(check_body_constraints(max(3), urlencoded, raw_send + "&Destinations.member.1=a%40example.com"), "");
     EXPECT_EQ(check_body_constraints(max(2), urlencoded,
                                      raw_send + "&Destinations.member.1=a%40example.com&destinations.member.2=b%40x.io"),
-              "3 recipients in one request; this agent may address at most 2")
-        << "names are case-sensitive: destinations.member.2 is no destination";
+              "3 recipients in one request; this agent may address at most 2");
+    // Names in any case and lists in a value, as the meter and the guards read them (a server
+    // that folds case or splits lists must not find recipients the limit never counted).
+    EXPECT_EQ(check_body_constraints(max(3), urlencoded,
+                                     raw_send + "&destinations.member.1=a%40x.io&DESTINATIONS.MEMBER.2=b%40x.io"
+                                                "&Destinations.member.3=c%40x.io&destinations.member.4=d%40x.io"),
+              "4 recipients in one request; this agent may address at most 3");
+    EXPECT_EQ(check_body_constraints(max(3), urlencoded,
+                                     raw_send + "&Destinations.member.1=a%40x.io%2Cb%40x.io%2Cc%40x.io%2Cd%40x.io"),
+              "4 recipients in one request; this agent may address at most 3");
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded,
+                                     "Action=SendEmail&Source=a%40example.com&destination.toAddresses.member.1=a%40x.io"
+                                     "&Destination.ToAddresses.member.2=b%40x.io"),
+              "2 recipients in one request; this agent may address at most 1");
     EXPECT_EQ(check_body_constraints(max(4), urlencoded,
                                      "Action=SendRawEmail&RawMessage.Data=" + raw + "&Destinations.member.1=a%40x.io"
                                      "&Destinations.member.2=b%40x.io&Destinations.member.3=c%40x.io"
