@@ -335,6 +335,8 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
         // Find `Content-Disposition: form-data; name="to"` (any case, any whitespace).
         std::optional<std::string> name;
         bool has_disposition = false;
+        bool odd_charset = false;  // a Content-Type charset that may not leave ASCII as it is
+        bool is_file = false;      // a filename: an attachment, its text in its own charset
         std::size_t line_start = 0;
         while (line_start < head.size()) {
             auto line_end = head.find("\r\n", line_start);
@@ -369,6 +371,19 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                     ok = false;
                 }
             }
+            constexpr std::string_view ct = "content-type:";
+            if (line.size() > ct.size() && iequals(line.substr(0, ct.size()), ct)) {
+                // A field's text in another charset (utf-7, utf-16) is decoded by readers that
+                // honour it (Werkzeug before 2.3) into what we never see here: `a@+AGU-vil.com`
+                // is a@evil.com there. Only charsets that leave ASCII as it is, for fields;
+                // a file keeps its own (checked below, once the disposition is read).
+                std::optional<std::string> charset;
+                if (!header_param(line, "charset", &charset) ||
+                    (charset && !iequals(*charset, "utf-8") && !iequals(*charset, "us-ascii") &&
+                     !iequals(*charset, "utf8"))) {
+                    odd_charset = true;
+                }
+            }
             constexpr std::string_view cd = "content-disposition:";
             if (line.size() > cd.size() && iequals(line.substr(0, cd.size()), cd)) {
                 if (has_disposition) {
@@ -378,6 +393,9 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 if (!header_param(line, "name", &name)) {
                     ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
                 }
+                std::optional<std::string> filename;
+                is_file = (header_param(line, "filename", &filename) && filename.has_value()) ||
+                          icontains(line, "filename*=");
                 // RFC 2231 continuations (`name*0="t"; name*1="o"`) are joined by some
                 // readers into a name we would not see: no parameter of that kind is read.
                 for_each_param(line, [&](std::string_view pn, const std::string&) {
@@ -389,6 +407,9 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 });
             }
             line_start = line_end + 2;
+        }
+        if (odd_charset && !is_file) {
+            ok = false;
         }
         if (!name || name->empty()) {
             ok = false;  // a part we cannot name is one another reader may name (and read)

@@ -166,6 +166,21 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
     req.content_type = "multipart/form-data; boundary=B";
     d = eng.evaluate(req.view(), clock.now());
     EXPECT_EQ(d.outcome, verdict::violated) << "4 recipients > 3, read";
+    // A field in a charset that does not leave ASCII as it is: decoded by readers that honour
+    // it into addresses never seen here (utf-7 `+AGU-` is `e`). A file keeps its own.
+    req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n"
+               "a@+AGU-vil.com\r\n--B--\r\n";
+    d = eng.evaluate(req.view(), clock.now());
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    for (const char* charset : {"utf-8", "UTF-8", "\"us-ascii\""}) {
+        req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\nContent-Type: text/plain; charset=" +
+                   std::string{charset} + "\r\n\r\na@x.com\r\n--B--\r\n";
+        EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << charset;
+    }
+    req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@x.com\r\n"
+               "--B\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"a.txt\"\r\n"
+               "Content-Type: text/plain; charset=iso-8859-1\r\n\r\nsch\xF6n\r\n--B--\r\n";
+    EXPECT_NE(eng.evaluate(req.view(), clock.now()).outcome, verdict::rejected) << "an attachment in its own charset";
 }
 
 // A byte order mark before a JSON body: the meter reads past it as the guards and Jackson
