@@ -396,7 +396,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     if (c.empty()) {
         return {};
     }
-    const bool form = reads_as_form(content_type, body, query);
+    const bool form = reads_as_form(content_type, body, query);  // a BOM alone is no body there either
     // Past a byte order mark, as the meter and the guards read a JSON body (and Jackson).
     const std::string_view json = without_bom(body);
     const auto first = json.find_first_not_of(" \t\r\n");

@@ -258,6 +258,17 @@ std::optional<double> form_number(const std::string& v, std::string& buf) {
     return x;
 }
 
+// A part's charset that leaves every ASCII byte as it is (a field's addresses read the
+// same in it as here): UTF-8, US-ASCII, the ISO 8859 family, the Windows 125x code pages
+// (Apache HttpClient labels every text field ISO-8859-1). Not UTF-7, UTF-16/32, ISO-2022,
+// HZ or EBCDIC pages, which readers that honour them decode into other text.
+bool ascii_compatible_charset(std::string_view cs) {
+    auto starts = [&](std::string_view p) { return cs.size() >= p.size() && iequals(cs.substr(0, p.size()), p); };
+    return iequals(cs, "utf-8") || iequals(cs, "utf8") || iequals(cs, "us-ascii") || iequals(cs, "ascii") ||
+           starts("iso-8859-") || starts("iso8859-") || starts("iso_8859-") || iequals(cs, "latin1") ||
+           starts("windows-125") || starts("cp125");
+}
+
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
 // a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
 // multipart parser an upstream runs reads it.
@@ -378,9 +389,7 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 // is a@evil.com there. Only charsets that leave ASCII as it is, for fields;
                 // a file keeps its own (checked below, once the disposition is read).
                 std::optional<std::string> charset;
-                if (!header_param(line, "charset", &charset) ||
-                    (charset && !iequals(*charset, "utf-8") && !iequals(*charset, "us-ascii") &&
-                     !iequals(*charset, "utf8"))) {
+                if (!header_param(line, "charset", &charset) || (charset && !ascii_compatible_charset(*charset))) {
                     odd_charset = true;
                 }
             }
@@ -393,9 +402,10 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 if (!header_param(line, "name", &name)) {
                     ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
                 }
-                std::optional<std::string> filename;
-                is_file = (header_param(line, "filename", &filename) && filename.has_value()) ||
-                          icontains(line, "filename*=");
+                for_each_param(line, [&](std::string_view pn, const std::string&) {
+                    is_file = is_file || iequals(pn, "filename") || iequals(pn, "filename*");
+                    return true;
+                });
                 // RFC 2231 continuations (`name*0="t"; name*1="o"`) are joined by some
                 // readers into a name we would not see: no parameter of that kind is read.
                 for_each_param(line, [&](std::string_view pn, const std::string&) {
@@ -1472,7 +1482,7 @@ bool parse_form_fields(std::string_view content_type, std::string_view body, std
 
 bool reads_as_form(std::string_view content_type, std::string_view body, std::string_view query) {
     return is_form_content_type(content_type) ||
-           (!query.empty() && body.find_first_not_of(" \t\r\n") == std::string_view::npos);
+           (!query.empty() && without_bom(body).find_first_not_of(" \t\r\n") == std::string_view::npos);
 }
 
 std::string unreadable_form(std::string_view content_type, std::string_view body, std::string_view query) {
@@ -1487,8 +1497,9 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
         media.remove_suffix(1);
     }
     if (is_form_content_type(media)) {
-        const auto first = body.find_first_not_of(" \t\r\n");
-        if (first != std::string_view::npos && (body[first] == '{' || body[first] == '[')) {
+        const std::string_view json = without_bom(body);  // as a JSON reader past a BOM sees it
+        const auto first = json.find_first_not_of(" \t\r\n");
+        if (first != std::string_view::npos && (json[first] == '{' || json[first] == '[')) {
             return "a form body that starts like JSON reads two ways (as the form its content type says, and as "
                    "JSON): send it as application/json";
         }

@@ -626,6 +626,14 @@ public:
     // During walk(): the classification of the value being visited.
     const node_paths& current_paths() const { return paths_[current_]; }
 
+    // A SendGrid member that is a map (Go map[string]...: headers, custom_args, template
+    // data): its keys are kept as written, so only the same bytes shadow there.
+    static bool map_valued(std::string_view key) {
+        return json_key::matches(key, "headers") || json_key::matches(key, "custom_args") ||
+               json_key::matches(key, "dynamic_template_data") || json_key::matches(key, "substitutions") ||
+               json_key::matches(key, "sections");
+    }
+
     // During walk(): whether the value being visited, or one of its containers, is shadowed:
     // a later member of the same object has a key that folds to its own (json_key), and
     // parsers that keep the last of a key given twice (Go's, SendGrid's, and most others)
@@ -656,9 +664,7 @@ public:
                 // A map (SendGrid's `headers`, `custom_args`, template data: Go map[string]...)
                 // keeps keys as written: only the same bytes shadow there. Struct fields fold.
                 const std::string_view pk{parent.key, parent.key_len};
-                const bool map = json_key::matches(pk, "headers") || json_key::matches(pk, "custom_args") ||
-                                 json_key::matches(pk, "dynamic_template_data") ||
-                                 json_key::matches(pk, "substitutions") || json_key::matches(pk, "sections");
+                const bool map = map_valued(pk);
                 const std::string_view own{nodes_[i].key, nodes_[i].key_len};
                 const std::string folded = map ? std::string{} : json_key::fold(own);
                 for (std::uint32_t c = is_container(nodes_[i].type) ? nodes_[i].end : i + 1; c < parent.end;
@@ -785,8 +791,9 @@ private:
         paths_.push_back(np);
     }
 
-    // A streamed body: whether any object in it has a key given twice (keys folded as
-    // struct fields fold them, maps too: the safe side). One walk, asked at most once a body.
+    // A streamed body: whether any object in it has a key given twice: keys folded as struct
+    // fields fold them, but in a map (headers, template data: Go map[string]...) only the
+    // same bytes, as current_shadowed() compares them. One walk, at most once a body.
     bool key_given_twice() {
         if (twice_) {
             return *twice_;
@@ -801,7 +808,11 @@ private:
                     if (seen.size() < f.size()) {
                         seen.resize(f.size());
                     }
-                    if (!seen[f.size() - 1].insert(json_key::fold(f.back().key)).second) {
+                    // The object's own key in its container: a map's members keep theirs as written.
+                    const std::string_view pk = f.size() >= 2 && !f[f.size() - 2].array ? f[f.size() - 2].key
+                                                                                          : std::string_view{};
+                    const bool map = map_valued(pk);
+                    if (!seen[f.size() - 1].insert(map ? std::string{f.back().key} : json_key::fold(f.back().key)).second) {
                         twice = true;
                         return true;  // one is enough
                     }
@@ -1628,8 +1639,9 @@ bool key_may_hold_pii(std::string_view key) {
 // scan sees the digits it would send. False for anything else: not such a number, not whole,
 // below 1, or more than 24 digits (no card, SSN or account number then).
 bool exponent_number_digits(std::string_view t, std::string& out) {
-    // Up to 1 KiB: zeros pad a number as far as JSON lets them (4111111.1111111110000...e9).
-    if (t.size() < 3 || t.size() > 1024 || !(t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
+    // Any length: zeros pad a number as far as JSON lets them (0.000…04111111111111111e25,
+    // 4111111.1111111110000…e9); they are dropped below, and what is left is bounded.
+    if (t.size() < 3 || !(t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
         return false;
     }
     const auto e = t.find_first_of("eE");
@@ -1649,6 +1661,18 @@ bool exponent_number_digits(std::string_view t, std::string& out) {
     }
     if (point == std::string::npos) {
         point = digits.size();
+    }
+    // Zeros before the first significant digit move the point; zeros after the last one
+    // change nothing (the whole part is padded back below). Then at most 24 digits matter.
+    const auto lead0 = digits.find_first_not_of('0');
+    if (lead0 == std::string::npos) {
+        return false;  // zero
+    }
+    const long shifted_point = static_cast<long>(point) - static_cast<long>(lead0);
+    digits.erase(0, lead0);
+    digits.erase(digits.find_last_not_of('0') + 1);
+    if (digits.size() > 24) {
+        return false;
     }
     std::size_t i = e + 1;
     const bool negative = t[i] == '-';
@@ -1671,7 +1695,7 @@ bool exponent_number_digits(std::string_view t, std::string& out) {
         }
         exp = exp * 10 + (t[i] - '0');
     }
-    const long whole = static_cast<long>(point) + (negative ? -exp : exp);  // digits before the point now
+    const long whole = shifted_point + (negative ? -exp : exp);  // digits before the point now
     if (whole <= 0 || whole > 24) {
         return false;
     }

@@ -136,6 +136,9 @@ TEST(AgentConstraints, AByteOrderMarkHidesNothing) {
         EXPECT_EQ(check_body_constraints(max(3), type, bom), "4 recipients in one request; this agent may address at most 3")
             << type;
     }
+    // A body that is a BOM alone is no body: the query's fields are read, as for an empty one.
+    EXPECT_EQ(check_body_constraints(max(3), "", "\xEF\xBB\xBF", "to=a%40x.io%2Cb%40x.io%2Cc%40x.io%2Cd%40x.io"),
+              "4 recipients in one request; this agent may address at most 3");
 }
 
 TEST(AgentConstraints, SendGridFromDomainIsExactAndCaseInsensitive) {
@@ -747,6 +750,8 @@ TEST(AgentConstraints, AJsonParameterDoesNotMakeAFormJson) {
 TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
     const std::string sendgrid = R"({"personalizations":[{"to":[{"email":"a@x.com"},{"email":"b@x.com"},{"email":"c@x.com"}]}]})";
     EXPECT_THAT(check_body_constraints(max(5), urlencoded, sendgrid), HasSubstr("starts like JSON"));
+    EXPECT_THAT(check_body_constraints(max(5), urlencoded, "\xEF\xBB\xBF" + sendgrid), HasSubstr("starts like JSON"))
+        << "past a byte order mark too";
     // `;` separates fields too for some servers: one recipient here, two there.
     const auto semicolon = check_body_constraints(max(1), urlencoded, "to=a%40x.com;to=b%40y.com");
     EXPECT_THAT(semicolon, HasSubstr("with a raw ';' reads two ways"));

@@ -172,10 +172,15 @@ TEST(Engine, AMalformedMultipartBodyIsRejectedNotCountedAsEmpty) {
                "a@+AGU-vil.com\r\n--B--\r\n";
     d = eng.evaluate(req.view(), clock.now());
     EXPECT_EQ(d.outcome, verdict::rejected);
-    for (const char* charset : {"utf-8", "UTF-8", "\"us-ascii\""}) {
+    // Hidden from a check that looks for a filename anywhere in the line: still a field.
+    req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"; x=\"filename*=\"\r\n"
+               "Content-Type: text/plain; charset=utf-7\r\n\r\na@+AGU-vil.com\r\n--B--\r\n";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).outcome, verdict::rejected);
+    // Charsets that leave ASCII as it is (Apache HttpClient labels text fields ISO-8859-1).
+    for (const char* charset : {"utf-8", "UTF-8", "\"us-ascii\"", "ISO-8859-1", "windows-1252"}) {
         req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\nContent-Type: text/plain; charset=" +
                    std::string{charset} + "\r\n\r\na@x.com\r\n--B--\r\n";
-        EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << charset;
+        EXPECT_NE(eng.evaluate(req.view(), clock.now()).outcome, verdict::rejected) << charset;
     }
     req.body = "--B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\na@x.com\r\n"
                "--B\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"a.txt\"\r\n"
