@@ -1712,6 +1712,38 @@ bool exponent_number_digits(std::string_view t, std::string& out) {
     return true;
 }
 
+// In a string that holds a JSON document (its first character past blanks `{` or `[`):
+// the first number in exponent form that is whole and whose digits (in `out`) hit(out)
+// accepts, by its offset in the string; nullopt when there is none. Linear; other strings
+// are not looked into.
+template <class Hit>
+std::optional<std::size_t> embedded_exponent_number(std::string_view text, std::string& out, Hit&& hit) {
+    const auto first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos || (text[first] != '{' && text[first] != '[') ||
+        text.find_first_of("eE") == std::string_view::npos) {
+        return std::nullopt;
+    }
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    for (std::size_t i = first; i < text.size();) {
+        if (!digit(text[i]) && !(text[i] == '-' && i + 1 < text.size() && digit(text[i + 1]))) {
+            ++i;
+            continue;
+        }
+        std::size_t j = i + 1;
+        bool exponent = false;
+        while (j < text.size() && (digit(text[j]) || text[j] == '.' || text[j] == 'e' || text[j] == 'E' ||
+                                   text[j] == '+' || text[j] == '-')) {
+            exponent = exponent || text[j] == 'e' || text[j] == 'E';
+            ++j;
+        }
+        if (exponent && exponent_number_digits(text.substr(i, j - i), out) && hit(out)) {
+            return i;
+        }
+        i = j;
+    }
+    return std::nullopt;
+}
+
 guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::string& unreadable) {
     const std::string_view body = in.req.body;
     detail::text_hit hit;
@@ -1766,6 +1798,16 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                     detail::find_pii(g.kinds, shown, &hit)) {
                     hit.what += " (a number written with an exponent)";
                     offset = start;
+                    return true;
+                }
+                // The same inside a JSON document carried in a string (SES TemplateData,
+                // ReplacementTemplateData): the API parses it and its template prints the
+                // number whole, which the text scan above does not read as digits.
+                if (const auto at = embedded_exponent_number(text, shown, [&](const std::string& digits) {
+                        return digits.size() >= min_length && detail::find_pii(g.kinds, digits, &hit);
+                    })) {
+                    hit.what += " (a number written with an exponent, in JSON inside a string)";
+                    offset = escaped ? raw_offset(body, start, *at) : start + *at;
                     return true;
                 }
                 return false;
@@ -1825,6 +1867,14 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 if (detail::find_pii(g.kinds, value, &hit)) {
                     return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
+                }
+                // SES v1's TemplateData: JSON in a field, its numbers printed whole.
+                std::string shown;
+                if (const auto at = embedded_exponent_number(value, shown, [&](const std::string& digits) {
+                        return digits.size() >= min_length && detail::find_pii(g.kinds, digits, &hit);
+                    })) {
+                    return violated(hit.what + " (a number written with an exponent, in JSON) in form field " +
+                                    field_name(name) + " at offset " + std::to_string(*at));
                 }
                 // Its name too (Mailgun's `v:NAME` becomes a header of the mail).
                 if (g.every_value && key_may_hold_pii(name) && detail::find_pii(g.kinds, name, &hit)) {

@@ -247,6 +247,23 @@ TEST(GuardPii, CardFormats) {
     EXPECT_EQ(named.outcome, verdict::violated);
     EXPECT_THAT(named.reason, HasSubstr("in the name of form field 0"));
     EXPECT_TRUE(f.check_body(R"j({"headers": {"X-Campaign-2026-03-14": "1", "order_123456789": 2}})j").allowed());
+    // In JSON carried in a string (SES TemplateData, v2 and v1): the API parses it and its
+    // template prints the number whole. A first number that is no card hides no later one.
+    for (const char* body : {
+             R"j({"Content": {"Template": {"TemplateName": "t", "TemplateData": "{\"n\": 1e3, \"card\": 4.111111111111111e15}"}}})j",
+             R"j({"BulkEmailEntries": [{"ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "[4111111111111111E0]"}}}]})j",
+         }) {
+        const auto d = f.check_body(body);
+        EXPECT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("in JSON inside a string")) << body;
+    }
+    const auto v1 = f.check_body("Action=SendTemplatedEmail&TemplateData=%7B%22card%22%3A4.111111111111111e15%7D",
+                                 "application/x-www-form-urlencoded");
+    EXPECT_EQ(v1.outcome, verdict::violated);
+    EXPECT_THAT(v1.reason, HasSubstr("in form field"));
+    EXPECT_TRUE(f.check_body(R"j({"Content": {"Template": {"TemplateData": "{\"price\": 1.5e2, \"id\": 4.1e15}"}}})j")
+                    .allowed())
+        << "whole numbers that are no card";
     for (const char* n : {"4.1111111111111115e15", "4111111111111111e-3", "1e400", "0e15"}) {
         EXPECT_TRUE(f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}").allowed()) << n;
     }
