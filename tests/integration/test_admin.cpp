@@ -3,6 +3,7 @@
 // hash-chained audit log (tampered with in the SQLite file), and /metrics through promtool.
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
+#include "tests/support/sqlite_exec.hpp"
 #include "store/database.hpp"
 
 #include <gtest/gtest.h>
@@ -208,13 +209,7 @@ TEST(admin_api, an_apply_that_cannot_restore_the_counts_changes_nothing) {
     auto forced = admin(port, http::verb::post, "/v1/breakers/held/mode", "op-token",
                         R"({"mode":"forced_open","reason":"hold everything"})");
     ASSERT_EQ(forced.result_int(), 200u) << forced.body();
-    auto exec = [&](const char* sql) {
-        sqlite3* db = nullptr;
-        ASSERT_EQ(sqlite3_open((dir + "/bb.db").c_str(), &db), SQLITE_OK);
-        sqlite3_busy_timeout(db, 5000);
-        EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-        sqlite3_close(db);
-    };
+    auto exec = [&](const char* sql) { sqlite_exec(dir + "/bb.db", sql); };
     auto held_mode = [&] {
         const auto snap = bb.server().breakers()->get("held", bb.server().now());
         return snap ? std::string{bb::breakers::to_string(snap->md)} : std::string{"none"};

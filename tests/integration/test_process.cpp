@@ -3,6 +3,7 @@
 // Waits are reads with deadlines (poll), never sleeps.
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
+#include "tests/support/sqlite_exec.hpp"
 
 #include <gtest/gtest.h>
 
@@ -446,13 +447,7 @@ TEST(signals, a_config_applied_through_the_api_survives_sighup_and_restart_while
 
         // The store cannot say what the file was (its mark unreadable): whether the file
         // would undo the API's change is unknown, so nothing changes.
-        auto exec = [&](const char* sql) {
-            sqlite3* db = nullptr;
-            ASSERT_EQ(sqlite3_open((dir + "/bb.db").c_str(), &db), SQLITE_OK);
-            sqlite3_busy_timeout(db, 5000);
-            EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-            sqlite3_close(db);
-        };
+        auto exec = [&](const char* sql) { sqlite_exec(dir + "/bb.db", sql); };
         exec("ALTER TABLE config_file RENAME TO config_file_away");
         ::kill(bb.pid(), SIGHUP);
         bb.wait_output("SIGHUP: not reloaded: cannot read the config file's mark");

@@ -1615,6 +1615,15 @@ TEST(GuardRawMessages, AnUnreadableMessageDoesNotHideTheRest) {
 // ---------------------------------------------------------------------------------------
 // Duplicates.
 
+// A SendGrid mail to `n` recipients r0@example.com... in one personalization.
+std::string mail_to_many(int n) {
+    std::string b = R"j({"personalizations": [{"to": [)j";
+    for (int i = 0; i < n; ++i) {
+        b += (i ? ", " : "") + std::string{R"j({"email": "r)j"} + std::to_string(i) + R"j(@example.com"})j";
+    }
+    return b + R"j(]}], "from": {"email": "news@example.com"}, "subject": "Spring sale", "content": [{"type": "text/plain", "value": "Hi"}]})j";
+}
+
 std::string dup_rule(std::string_view inner, std::string_view extra = "") {
     return R"j({"id": "no-loops", "route": "mail-send", "guard": {"duplicates": )j" + std::string{inner} + "}" +
            std::string{extra} + R"j(, "failure_mode": "loop", "trips": "loop-pause"})j";
@@ -1763,13 +1772,8 @@ TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
 
     // A smaller table keeps the pairs seen last: a loop under way, not the campaign before it.
     engine wide{load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "10m"})j", R"j(, "max_keys": 1600)j")))};
-    std::string many = R"j({"personalizations": [{"to": [)j";
-    for (int i = 0; i < 1000; ++i) {
-        many += (i ? ", " : "") + std::string{R"j({"email": "r)j"} + std::to_string(i) + R"j(@example.com"})j";
-    }
-    many += R"j(]}], "from": {"email": "news@example.com"}, "subject": "Spring sale", "content": [{"type": "text/plain", "value": "Hi"}]})j";
     request campaign;
-    campaign.body = many;
+    campaign.body = mail_to_many(1000);
     ASSERT_TRUE(wide.evaluate(campaign.view(), clock.now()).allowed());
     clock.advance(1s);
     ASSERT_TRUE(wide.evaluate(req.view(), clock.now()).allowed());
@@ -1800,13 +1804,8 @@ TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
 TEST(GuardDuplicates, ALargeTableSurvivesARestartWhole) {
     const auto rules = dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "subject"]})j");
     fixture f{rules};
-    std::string all = R"j({"personalizations": [{"to": [)j";
-    for (int i = 0; i < 6000; ++i) {
-        all += (i ? ", " : "") + std::string{R"j({"email": "r)j"} + std::to_string(i) + R"j(@example.com"})j";
-    }
-    all += R"j(]}], "from": {"email": "news@example.com"}, "subject": "Spring sale", "content": [{"type": "text/plain", "value": "Hi"}]})j";
     request req;
-    req.body = all;
+    req.body = mail_to_many(6000);
     ASSERT_TRUE(f.check(req).allowed());
     const auto saved = f.eng.save_meters(f.clock.now());
     ASSERT_EQ(saved.size(), 1u);
