@@ -1685,17 +1685,19 @@ bool exponent_number_digits(std::string_view t, std::string& out) {
     while (i + 1 < t.size() && t[i] == '0') {
         ++i;  // e0015 is e15 (JSON allows the zeros)
     }
-    if (t.size() - i > 3) {
+    // Up to 18 digits (zeros around the mantissa move the point as far as the exponent
+    // moves it back); the whole part is bounded below.
+    if (t.size() - i > 18) {
         return false;
     }
-    long exp = 0;
+    long long exp = 0;
     for (; i < t.size(); ++i) {
         if (t[i] < '0' || t[i] > '9') {
             return false;
         }
         exp = exp * 10 + (t[i] - '0');
     }
-    const long whole = shifted_point + (negative ? -exp : exp);  // digits before the point now
+    const long long whole = shifted_point + (negative ? -exp : exp);  // digits before the point now
     if (whole <= 0 || whole > 24) {
         return false;
     }
@@ -1723,9 +1725,21 @@ std::optional<std::size_t> embedded_exponent_number(std::string_view text, std::
         text.find_first_of("eE") == std::string_view::npos) {
         return std::nullopt;
     }
+    // Only a JSON number: not the text of the document's strings (printed as written: an id
+    // `c0ffee42e14fab` is no number), and a token that starts and ends where a value does.
     auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    auto opens = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '[' || c == ',' || c == ':'; };
+    auto closes = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ']' || c == ',' || c == '}'; };
     for (std::size_t i = first; i < text.size();) {
-        if (!digit(text[i]) && !(text[i] == '-' && i + 1 < text.size() && digit(text[i + 1]))) {
+        if (text[i] == '"') {
+            for (++i; i < text.size() && text[i] != '"'; ++i) {
+                i += text[i] == '\\' ? 1 : 0;  // an escaped character, a quote perhaps
+            }
+            ++i;
+            continue;
+        }
+        const bool starts = digit(text[i]) || (text[i] == '-' && i + 1 < text.size() && digit(text[i + 1]));
+        if (!starts || (i > 0 && !opens(text[i - 1]))) {
             ++i;
             continue;
         }
@@ -1736,7 +1750,8 @@ std::optional<std::size_t> embedded_exponent_number(std::string_view text, std::
             exponent = exponent || text[j] == 'e' || text[j] == 'E';
             ++j;
         }
-        if (exponent && exponent_number_digits(text.substr(i, j - i), out) && hit(out)) {
+        if (exponent && (j == text.size() || closes(text[j])) && exponent_number_digits(text.substr(i, j - i), out) &&
+            hit(out)) {
             return i;
         }
         i = j;

@@ -228,7 +228,9 @@ TEST(GuardPii, CardFormats) {
     for (const std::string& n : {std::string{"4111111111111111e0"}, std::string{"4.111111111111111E15"},
                                 std::string{"41111111111111110e-1"}, std::string{"411111111111111.1e+1"},
                                 std::string{"4.111111111111111e0015"}, padded,
-                                std::string{"0.0000000004111111111111111e25"}}) {
+                                std::string{"0.0000000004111111111111111e25"},
+                                "0." + std::string(1000, '0') + "4111111111111111e1016",
+                                "4111111111111111" + std::string(1000, '0') + "e-1000"}) {
         const auto d = f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}");
         EXPECT_EQ(d.outcome, verdict::violated) << n;
         EXPECT_THAT(d.reason, HasSubstr("****1111")) << n;
@@ -264,6 +266,15 @@ TEST(GuardPii, CardFormats) {
     EXPECT_TRUE(f.check_body(R"j({"Content": {"Template": {"TemplateData": "{\"price\": 1.5e2, \"id\": 4.1e15}"}}})j")
                     .allowed())
         << "whole numbers that are no card";
+    // Text in the embedded document's strings, and digits inside a word, are no numbers: an
+    // id or a colour that holds 42e14 (4200000000000000, Luhn-valid) is printed as written.
+    for (const char* data : {R"j({\"order\": \"c0ffee42e14fab\"})j", R"j({\"color\": \"#42e14c\"})j",
+                             R"j([\"42e14\"])j", R"j({\"x\": 1, \"y\": \"a 42e14 b\"})j"}) {
+        const std::string body = std::string{R"j({"Content": {"Template": {"TemplateData": ")j"} + data + "\"}}}";
+        EXPECT_TRUE(f.check_body(body).allowed()) << body;
+    }
+    const std::string hex_form = "recipient-variables=%7B%22a%40x.io%22%3A%7B%22id%22%3A%22c0ffee42e14fab%22%7D%7D";
+    EXPECT_TRUE(f.check_body(hex_form, "application/x-www-form-urlencoded").allowed());
     for (const char* n : {"4.1111111111111115e15", "4111111111111111e-3", "1e400", "0e15"}) {
         EXPECT_TRUE(f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}").allowed()) << n;
     }
