@@ -65,31 +65,13 @@ public:
                                              std::int64_t now_ms, F&& expect_hold) {
         const std::uint64_t h = hash(key, route, agent);
         std::lock_guard lock{mu_};
-        const auto it = at_.find(h);
-        if (it != at_.end() && now_ms - it->second->second <= memory_ms_) {
-            return it->second->second;
+        if (const auto sent = sent_locked(h, now_ms)) {
+            return sent;
         }
         expect_hold();
         return std::nullopt;
     }
 
-private:
-    std::optional<std::int64_t> note_locked(std::uint64_t h, std::int64_t now_ms) {
-        std::optional<std::int64_t> before;
-        if (const auto it = at_.find(h); it != at_.end()) {
-            before = it->second->second;
-            it->second->second = now_ms;
-            lru_.splice(lru_.end(), lru_, it->second);  // one entry per key: the bound counts keys
-        } else {
-            lru_.emplace_back(h, now_ms);
-            at_.emplace(h, std::prev(lru_.end()));
-        }
-        mark(h);
-        expire(now_ms);
-        return before;
-    }
-
-public:
     // The send noted at `sent_ms` went nowhere (no connection): as if not noted, unless the
     // key was noted again since. `before`: what note() returned.
     void forget(std::string_view key, std::string_view route, std::string_view agent, std::int64_t sent_ms,
@@ -114,11 +96,7 @@ public:
                                         std::int64_t now_ms) const {
         const std::uint64_t h = hash(key, route, agent);
         std::lock_guard lock{mu_};
-        const auto it = at_.find(h);
-        if (it == at_.end() || now_ms - it->second->second > memory_ms_) {
-            return std::nullopt;
-        }
-        return it->second->second;
+        return sent_locked(h, now_ms);
     }
 
     std::size_t size() const {
@@ -199,6 +177,28 @@ public:
     }
 
 private:
+    // With mu_ held: when h was last sent, if within the memory; note() itself.
+    std::optional<std::int64_t> sent_locked(std::uint64_t h, std::int64_t now_ms) const {
+        const auto it = at_.find(h);
+        if (it == at_.end() || now_ms - it->second->second > memory_ms_) {
+            return std::nullopt;
+        }
+        return it->second->second;
+    }
+    std::optional<std::int64_t> note_locked(std::uint64_t h, std::int64_t now_ms) {
+        std::optional<std::int64_t> before;
+        if (const auto it = at_.find(h); it != at_.end()) {
+            before = it->second->second;
+            it->second->second = now_ms;
+            lru_.splice(lru_.end(), lru_, it->second);  // one entry per key: the bound counts keys
+        } else {
+            lru_.emplace_back(h, now_ms);
+            at_.emplace(h, std::prev(lru_.end()));
+        }
+        mark(h);
+        expire(now_ms);
+        return before;
+    }
 
     // Least recently sent first: drops what is past the memory, and past `max_` keys the
     // least recently sent.

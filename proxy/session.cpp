@@ -623,7 +623,6 @@ breakers::trip_cause rule_cause(const rules::decision& d, const std::string& req
     return cause;
 }
 
-// A half-open probe this request carries; its result is reported when the request ends.
 // An Idempotency-Key noted as sent before the request is (forwarded_keys::note_then): kept
 // when the request goes out (keep(), for step 8's bookkeeping), forgotten when it does not
 // (any way out of the request before that), so a retry is not refused for a send that
@@ -667,6 +666,7 @@ private:
     bool kept_ = false;
 };
 
+// A half-open probe this request carries; its result is reported when the request ends.
 struct probe_ticket {
     std::string instance;
     std::uint64_t round = 0;

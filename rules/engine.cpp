@@ -244,8 +244,8 @@ std::optional<double> form_number(const std::string& v, std::string& buf) {
     }
     const auto last = v.find_last_not_of(" \t\r\n");
     buf.assign(v, first, last + 1 - first);
+    const auto digit = [](char c) { return c >= '0' && c <= '9'; };
     for (std::size_t i = 1; i + 1 < buf.size(); ++i) {
-        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
         if (buf[i] == '_' && digit(buf[i - 1]) && digit(buf[i + 1])) {
             buf.erase(i, 1);
         }
@@ -402,13 +402,11 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
                 if (!header_param(line, "name", &name)) {
                     ok = false;  // a name we cannot read for certain (repeated, encoded, malformed)
                 }
-                for_each_param(line, [&](std::string_view pn, const std::string&) {
-                    is_file = is_file || iequals(pn, "filename") || iequals(pn, "filename*");
-                    return true;
-                });
                 // RFC 2231 continuations (`name*0="t"; name*1="o"`) are joined by some
                 // readers into a name we would not see: no parameter of that kind is read.
+                // And a filename (either form) makes the part a file.
                 for_each_param(line, [&](std::string_view pn, const std::string&) {
+                    is_file = is_file || iequals(pn, "filename") || iequals(pn, "filename*");
                     // `name*0`, `name*1*`; `filename*` (.NET sends it for every file) is fine.
                     if (const auto star = pn.find('*'); star != std::string_view::npos && iequals(pn.substr(0, star), "name")) {
                         ok = false;
@@ -1836,6 +1834,14 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
 
         verdict_detail d;
         std::int64_t booked = 0;
+        // Books the request's amounts in the window (the slot locked, advanced to epoch).
+        auto book = [&](meter_slot& slot) {
+            booked = slot.ring.book_epoch(epoch);
+            slot.ring.add(booked, 0, *a);
+            if (meter.channels() > 1) {
+                slot.ring.add(booked, 1, *b);
+            }
+        };
         // The check and the booking happen under the key's lock in one step: this is what
         // makes caps exact when many threads hit the same key.
         bool overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
@@ -1867,15 +1873,10 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
                 d.violated = next_b > 0 && next_b >= r.min_volume && d.measured > r.limit;
             }
             if (!d.violated) {
-                booked = slot.ring.book_epoch(epoch);
-                slot.ring.add(booked, 0, *a);
-                if (meter.channels() > 1) {
-                    slot.ring.add(booked, 1, *b);
-                }
+                book(slot);
             }
             return ovf;
         });
-        bool counted_over = false;
         if (d.violated) {
             auto v = explain(*set_, r, verdict::violated, s.key, overflow, d, {});
             if (enforced(v)) {
@@ -1890,17 +1891,10 @@ decision engine::evaluate(const request_view& req, time_point now, const std::fu
             // that once the rule is enforced again the cap is judged against what was sent,
             // not against a window that missed it (as the duplicates guard books its sends).
             // Taken off again with the rest if the request is then not sent (release()).
-            counted_over = true;
-        }
-        if (counted_over) {
             overflow = meter.with_slot(s.key, epoch, [&](meter_slot& slot, bool ovf) {
                 slot.last_epoch = std::max(slot.last_epoch, epoch);
                 slot.ring.advance(epoch);
-                booked = slot.ring.book_epoch(epoch);
-                slot.ring.add(booked, 0, *a);
-                if (meter.channels() > 1) {
-                    slot.ring.add(booked, 1, *b);
-                }
+                book(slot);
                 return ovf;
             });
         }

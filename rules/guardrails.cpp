@@ -1763,6 +1763,10 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
     const std::string_view body = in.req.body;
     detail::text_hit hit;
     const std::size_t min_length = detail::pii_min_length(g.kinds);
+    // The digits a number in exponent form prints as, read like any text (into `hit`).
+    auto pii_in_digits = [&](const std::string& digits) {
+        return digits.size() >= min_length && detail::find_pii(g.kinds, digits, &hit);
+    };
     scratch& s = local();
     {
         std::string why;
@@ -1818,9 +1822,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 // The same inside a JSON document carried in a string (SES TemplateData,
                 // ReplacementTemplateData): the API parses it and its template prints the
                 // number whole, which the text scan above does not read as digits.
-                if (const auto at = embedded_exponent_number(text, shown, [&](const std::string& digits) {
-                        return digits.size() >= min_length && detail::find_pii(g.kinds, digits, &hit);
-                    })) {
+                if (const auto at = embedded_exponent_number(text, shown, pii_in_digits)) {
                     hit.what += " (a number written with an exponent, in JSON inside a string)";
                     offset = escaped ? raw_offset(body, start, *at) : start + *at;
                     return true;
@@ -1885,9 +1887,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 }
                 // SES v1's TemplateData: JSON in a field, its numbers printed whole.
                 std::string shown;
-                if (const auto at = embedded_exponent_number(value, shown, [&](const std::string& digits) {
-                        return digits.size() >= min_length && detail::find_pii(g.kinds, digits, &hit);
-                    })) {
+                if (const auto at = embedded_exponent_number(value, shown, pii_in_digits)) {
                     return violated(hit.what + " (a number written with an exponent, in JSON) in form field " +
                                     field_name(name) + " at offset " + std::to_string(*at));
                 }
@@ -3271,7 +3271,7 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         }
         std::vector<bool> keep(pairs.size(), false);
         for (std::size_t k = pairs.size(); k-- > 0;) {
-            auto& r = room[(pairs[k].key >> 59) & 15][pairs[k].probation ? 1 : 0];
+            auto& r = room[shard_index(pairs[k].key)][pairs[k].probation ? 1 : 0];
             if (r > 0) {
                 --r;
                 keep[k] = true;

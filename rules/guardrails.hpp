@@ -374,7 +374,8 @@ private:
     };
     // Sends of slot e in the window ending at now_ms.
     std::size_t in_window(const slot& e, std::int64_t now_ms) const;
-    shard& shard_of(std::uint64_t key) { return shards_[(key >> 59) & 15]; }
+    static std::size_t shard_index(std::uint64_t key) { return (key >> 59) & 15; }
+    shard& shard_of(std::uint64_t key) { return shards_[shard_index(key)]; }
     std::uint64_t total(std::uint64_t shard::*field) const;  // over the shards
 
     std::size_t max_keys_;
