@@ -1116,6 +1116,88 @@ std::size_t csv_rows(const term& t, context& ctx) {
     return rows;
 }
 
+// The elements named sObject (any namespace prefix, any case) of an XML body: the records
+// of a Bulk API 1.0 XML batch (`<sObjects><sObject>...</sObject>...</sObjects>`). Not a
+// full XML reader: a tag inside a comment or CDATA counts too, and so does an `<sObject>`
+// nested in a record for a relationship; more than the records, never fewer.
+std::size_t xml_sobjects(std::string_view body) {
+    std::size_t n = 0;
+    for (std::size_t at = body.find('<'); at != std::string_view::npos; at = body.find('<', at + 1)) {
+        std::size_t end = at + 1;
+        while (end < body.size() && body[end] != '>' && body[end] != '/' && body[end] != ' ' && body[end] != '\t' &&
+               body[end] != '\r' && body[end] != '\n' && body[end] != '<') {
+            ++end;
+        }
+        if (end == body.size()) {
+            break;
+        }
+        std::string_view name = body.substr(at + 1, end - at - 1);
+        if (const auto colon = name.rfind(':'); colon != std::string_view::npos) {
+            name.remove_prefix(colon + 1);
+        }
+        n += iequals(name, "sobject") ? 1 : 0;
+    }
+    return n;
+}
+
+// A Bulk API 1.0 query job's batch is its SOQL (sent as text/csv, application/xml or
+// application/json, as the job's content type says): it writes no record.
+bool soql_query(std::string_view body) {
+    body = without_bom(body);
+    while (!body.empty() && (body[0] == ' ' || body[0] == '\t' || body[0] == '\r' || body[0] == '\n')) {
+        body.remove_prefix(1);
+    }
+    constexpr std::string_view select = "select";
+    return body.size() > select.size() && iequals(body.substr(0, select.size()), select) &&
+           (body[select.size()] == ' ' || body[select.size()] == '\t' || body[select.size()] == '\r' ||
+            body[select.size()] == '\n');
+}
+
+// bulk_batch_records: the records of a Salesforce Bulk API 1.0 batch (POST
+// /services/async/{version}/job/{jobId}/batch), read as its Content-Type says: text/csv the
+// CSV's data rows (csv_data_rows), application/xml or text/xml the sObject elements,
+// application/json the items of the top-level array (an object alone 1). A query job's SOQL
+// counts 0. A zipped batch (zip/csv, zip/xml, zip/json) is not read here: nullopt, an invalid
+// body. Any other or no Content-Type counts the largest of the three readings.
+std::optional<std::size_t> bulk_batch_records(context& ctx) {
+    std::string_view type = ctx.req.content_type.substr(0, ctx.req.content_type.find(';'));
+    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
+        type.remove_suffix(1);
+    }
+    while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
+        type.remove_prefix(1);
+    }
+    const std::string_view body = ctx.req.body;
+    auto json_records = [&]() -> std::optional<std::size_t> {
+        if (!ctx.request_json()) {
+            return std::nullopt;
+        }
+        simdjson::dom::array items;
+        if (ctx.req_json.root.get(items) == simdjson::SUCCESS) {
+            return items.size();
+        }
+        return ctx.req_json.root.is_object() ? 1 : 0;
+    };
+    if (type.size() >= 4 && iequals(type.substr(0, 4), "zip/")) {
+        ctx.req_json.error = "a zipped Bulk API batch (" + std::string{type} + ") cannot be read to count its records";
+        return std::nullopt;
+    }
+    if (soql_query(body)) {
+        return 0;
+    }
+    if (iequals(type, "text/csv")) {
+        return csv_data_rows(body);
+    }
+    if (iequals(type, "application/xml") || iequals(type, "text/xml")) {
+        return xml_sobjects(body);
+    }
+    if (iequals(type, "application/json")) {
+        return json_records();
+    }
+    const auto json = json_records();
+    return std::max({csv_data_rows(body), xml_sobjects(body), json.value_or(0)});
+}
+
 // Per-request amount of an expression; nullopt when it needs a JSON body that is invalid
 // (the caller applies the rule's on_invalid_body policy).
 std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy policy) {
@@ -1127,6 +1209,17 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
             case term_kind::responses: total += 1; break;
             case term_kind::body_bytes: total += static_cast<double>(ctx.req.body.size()); break;
             case term_kind::csv_rows: total += static_cast<double>(csv_rows(t, ctx)); break;
+            case term_kind::bulk_batch_records: {
+                const auto n = bulk_batch_records(ctx);
+                if (!n) {
+                    if (policy == invalid_body_policy::reject) {
+                        return std::nullopt;
+                    }
+                    break;
+                }
+                total += static_cast<double>(*n);
+                break;
+            }
             case term_kind::response_bytes: total += ctx.resp ? static_cast<double>(ctx.resp->body.size()) : 0; break;
             case term_kind::latency_ms:
                 total += ctx.resp ? std::chrono::duration<double, std::milli>(ctx.resp->latency).count() : 0;

@@ -264,6 +264,7 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     static const std::pair<std::string_view, term_kind> words[] = {
         {"requests", term_kind::requests},   {"responses", term_kind::responses},
         {"body_bytes", term_kind::body_bytes}, {"csv_rows", term_kind::csv_rows},
+        {"bulk_batch_records", term_kind::bulk_batch_records},
         {"response_bytes", term_kind::response_bytes},
         {"latency_ms", term_kind::latency_ms}};
     for (const auto& [w, k] : words) {
@@ -292,7 +293,8 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
     const auto open = t.find('(');
     if (open == std::string_view::npos || t.back() != ')') {
         fail(error, "unknown term \"" + std::string{t} +
-                        "\" (use requests, responses, body_bytes, csv_rows, csv_rows(form:NAME), response_bytes, "
+                        "\" (use requests, responses, body_bytes, csv_rows, csv_rows(form:NAME), bulk_batch_records, "
+                        "response_bytes, "
                         "latency_ms, status:5xx, count(...), sum(...), distinct(...) or a number)");
         return std::nullopt;
     }
@@ -443,6 +445,7 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
                 e.request_side = true;
                 e.needs_form |= !t->field.empty();
                 break;
+            case term_kind::bulk_batch_records: e.request_side = true; break;
             case term_kind::responses:
             case term_kind::response_bytes:
             case term_kind::latency_ms:

@@ -73,6 +73,7 @@ enum class term_kind : std::uint8_t {
     responses,       // 1 per response
     body_bytes,      // request body size
     csv_rows,        // data rows of a CSV request body (the lines after its header)
+    bulk_batch_records,  // records of a Salesforce Bulk API 1.0 batch (CSV, XML or JSON, by Content-Type)
     response_bytes,  // response body size
     latency_ms,      // upstream latency
     status,          // 1 if the response status is in [status_lo, status_hi] ("status:5xx", "status:429")

@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 25> table{{
+constexpr std::array<preset, 26> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -85,6 +85,13 @@ constexpr std::array<preset, 25> table{{
     {"salesforce.bulk.multipart_records", "POST", "/services/data/{version}/jobs/ingest",
      "csv_rows(form:content)",
      "Salesforce Bulk API 2.0 job created with its data: the rows of its CSV part, whatever its operation"},
+    // Bulk API 1.0 (Data Loader's Bulk mode, many ETL tools): each batch of a job carries its
+    // records as CSV, XML or JSON, by its Content-Type; the operation was named when the job
+    // was created. A query job's batch is its SOQL: 0.
+    {"salesforce.bulk_v1.records", "POST", "/services/async/{version}/job/{jobId}/batch",
+     "bulk_batch_records",
+     "Salesforce Bulk API 1.0 batch: its records (CSV rows, XML sObject elements or JSON array items, by "
+     "Content-Type), whatever the job's operation"},
     // An sObject Tree nests child records under a relationship name, up to five levels.
     {"salesforce.tree.records", "POST", "/services/data/{version}/composite/tree/{sobject}",
      "count($.records[*]) + count($.records[*].*.records[*]) + count($.records[*].*.records[*].*.records[*]) + "

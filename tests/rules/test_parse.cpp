@@ -85,7 +85,7 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, hubspot.gdpr_deletes, hubspot.merges, salesforce.collections.records, salesforce.collections.deletes, )j"
         R"j(salesforce.sobject.deletes, salesforce.collections.upserts, salesforce.sobject_external_id.deletes, )j"
         R"j(salesforce.ui_api.deletes, salesforce.bulk.records, salesforce.bulk.multipart_records, )j"
-        R"j(salesforce.tree.records, )j"
+        R"j(salesforce.bulk_v1.records, salesforce.tree.records, )j"
         R"j(salesforce.composite.deletes, salesforce.composite_batch.deletes, salesforce.composite_graph.deletes, )j"
         R"j(salesforce.composite.records, salesforce.composite_batch.records, salesforce.composite_graph.records))j",
         R"j(rules[8].baseline: needs factor and/or sigma)j",
@@ -256,6 +256,17 @@ TEST(RulesParse, CsvRowsOfAFormField) {
         EXPECT_FALSE(parse_expr(bad, &err)) << bad;
         EXPECT_NE(err.find("csv_rows(form:NAME)"), std::string::npos) << err;
     }
+}
+
+TEST(RulesParse, BulkBatchRecords) {
+    std::string err;
+    auto e = parse_expr("bulk_batch_records", &err);
+    ASSERT_TRUE(e) << err;
+    EXPECT_EQ(e->terms[0].kind, term_kind::bulk_batch_records);
+    EXPECT_TRUE(e->request_side);
+    EXPECT_FALSE(parse_expr("bulk_batch_records + latency_ms", &err)) << "a request measure";
+    EXPECT_FALSE(parse_expr("bulk_records", &err));
+    EXPECT_NE(err.find("bulk_batch_records"), std::string::npos) << "the error lists it: " << err;
 }
 
 TEST(RulesParse, PathTemplates) {

@@ -373,6 +373,73 @@ TEST(Presets, SalesforceBulkJobCreatedWithItsDataCountsTheCsvPart) {
     EXPECT_EQ(measure("salesforce.bulk.multipart_records", req), 0) << "a query job is no write";
 }
 
+// A Bulk API 1.0 batch (POST /services/async/{version}/job/{jobId}/batch), in each of the
+// job's content types, shaped like the Bulk API guide's sample files.
+TEST(Presets, SalesforceBulkV1BatchCountsItsRecordsByContentType) {
+    request req;
+    req.route = "salesforce";
+    req.method = "POST";
+    req.path = "/services/async/59.0/job/750x0000000005LAAQ/batch";
+    req.content_type = "text/csv; charset=UTF-8";
+    req.body = "Id\n001xx000003DGb2AAG\n001xx000003DGb3AAG\n001xx000003DGb4AAG\n";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 3) << "a hardDelete job's ids";
+
+    req.content_type = "application/xml; charset=UTF-8";
+    req.body = R"x(<?xml version="1.0" encoding="UTF-8"?>
+<sObjects xmlns="http://www.force.com/2009/06/asyncapi/dataload">
+  <sObject>
+    <description>Created from Bulk API</description>
+    <name>[Bulk API] Account 0 (batch 0)</name>
+  </sObject>
+  <sObject>
+    <description>Created from Bulk API</description>
+    <name>[Bulk API] Account 1 (batch 0)</name>
+  </sObject>
+  <ns1:sObject xmlns:ns1="http://www.force.com/2009/06/asyncapi/dataload"><Id>001x</Id></ns1:sObject>
+  <sObject/>
+</sObjects>)x";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 4) << "sObject elements, any prefix, not sObjects";
+    req.content_type = "text/xml";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 4);
+
+    req.content_type = "application/json";
+    req.body = R"j([{"Name": "Account 0", "Description": "Created from Bulk API"},
+                    {"Name": "Account 1", "Parent": {"External_Id__c": "A-1"}},
+                    {"Id": "001xx000003DGb4AAG"}])j";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 3) << "the top-level items, not nested objects";
+    req.body = "\xEF\xBB\xBF" R"j({"Id": "001xx000003DGb4AAG"})j";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 1) << "an object alone, past a BOM";
+    req.body = R"j([{"Id": "001x"}, )j";
+    EXPECT_FALSE(measure_or_invalid("salesforce.bulk_v1.records", req)) << "JSON that is not JSON";
+
+    // A query job's batch is its SOQL, whatever the job's content type.
+    for (const char* type : {"text/csv", "application/xml", "application/json"}) {
+        req.content_type = type;
+        req.body = "SELECT Id, Name\r\nFROM Account\r\nWHERE CreatedDate = TODAY\r\n";
+        EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 0) << type;
+    }
+
+    // A zipped batch cannot be read: refused unless the rule counts it 0.
+    req.content_type = "zip/csv";
+    req.body = std::string{"PK\x03\x04\x14\x00", 6} + "request.txt";
+    EXPECT_FALSE(measure_or_invalid("salesforce.bulk_v1.records", req));
+    req.content_type = "ZIP/JSON";
+    EXPECT_FALSE(measure_or_invalid("salesforce.bulk_v1.records", req));
+
+    // Another or no Content-Type: the largest reading.
+    req.content_type = "";
+    req.body = R"x(<sObjects><sObject><Id>1</Id></sObject><sObject><Id>2</Id></sObject><sObject><Id>3</Id></sObject></sObjects>)x";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 3) << "the XML reading, the CSV one is 0";
+    req.content_type = "application/octet-stream";
+    req.body = "Id\n001a\n001b\n";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 2) << "the CSV reading";
+    req.body = R"j([{"Id": "001a"}, {"Id": "001b"}, {"Id": "001c"}])j";
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 3) << "the JSON reading";
+
+    req.path = "/services/async/59.0/job";  // creating the job uploads nothing
+    EXPECT_EQ(measure("salesforce.bulk_v1.records", req), 0);
+}
+
 TEST(Presets, SalesforceCollections) {
     request req;
     req.route = "salesforce";
