@@ -70,6 +70,16 @@ tls_files parse_tls_files(simdjson::dom::element e, const std::string& path, cfg
             tr.errs().add(tr.path_of("require_client_cert"), "needs client_ca_file to verify client certificates");
         }
     }
+    readable_file(tr, "client_crl_file", tls.client_crl_file, false);
+    if (!tls.client_crl_file.empty() && tls.client_ca_file.empty()) {
+        tr.errs().add(tr.path_of("client_crl_file"), "needs client_ca_file: it revokes client certificates verified against it");
+    }
+    if (auto v = tr.boolean("client_crl_leaf_only")) {
+        tls.client_crl_leaf_only = *v;
+        if (tls.client_crl_file.empty()) {
+            tr.errs().add(tr.path_of("client_crl_leaf_only"), "needs client_crl_file");
+        }
+    }
     tr.finish();
     return tls;
 }

@@ -31,6 +31,11 @@ struct tls_files {
     std::string key_file;        // PEM key
     std::string client_ca_file;  // when set, client certificates signed by it are verified (mTLS)
     bool require_client_cert = false;
+    // PEM CRLs: a client certificate they revoke is refused at the handshake. Every
+    // certificate of the client's chain is checked, so the file holds a CRL of each issuing
+    // CA (of the leaf's issuer alone with client_crl_leaf_only).
+    std::string client_crl_file;
+    bool client_crl_leaf_only = false;
     bool operator==(const tls_files&) const = default;
 };
 

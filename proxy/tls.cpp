@@ -46,6 +46,20 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
         if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files->client_ca_file.c_str())) {
             SSL_CTX_set_client_CA_list(c, names);
         }
+        if (!files->client_crl_file.empty()) {
+            // Revoked client certificates. A certificate whose issuer has no CRL in the file is
+            // refused too (OpenSSL's "unable to get certificate CRL"), and so is every
+            // certificate once a CRL is past its next update: a list that is not renewed
+            // fails closed, as a pinned revocation list should.
+            X509_STORE* store = SSL_CTX_get_cert_store(c);
+            X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+            if (lookup == nullptr || X509_load_crl_file(lookup, files->client_crl_file.c_str(), X509_FILETYPE_PEM) <= 0) {
+                throw std::runtime_error("TLS client CRL " + files->client_crl_file +
+                                         " holds no PEM certificate revocation list: " + openssl_reason());
+            }
+            X509_STORE_set_flags(store, files->client_crl_leaf_only ? X509_V_FLAG_CRL_CHECK
+                                                                     : X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+        }
         SSL_CTX_set_verify(c, files->require_client_cert ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
                            nullptr);
         static const unsigned char sid[] = "breakerbox";

@@ -453,7 +453,8 @@ TEST(config, agent_body_constraint_errors_name_their_path) {
 
 TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     auto bad = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0",
-                                 "tls": {"cert_file": "/nonexistent/cert.pem", "require_client_cert": true},
+                                 "tls": {"cert_file": "/nonexistent/cert.pem", "require_client_cert": true,
+                                         "client_crl_file": "/nonexistent/crl.pem", "client_crl_leaf_only": true},
                                  "forward_proxy": {"ca_cert_file": "/nonexistent/ca.pem", "passthrough": ["ok.example:443", "bad host/x"],
                                                    "leaf_cache": 0, "leaf_lifetime": "1m", "extra": 1}}],
                "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
@@ -465,6 +466,9 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_NE(e.find("listeners[0].tls.cert_file: \"/nonexistent/cert.pem\" cannot be read"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].tls.key_file"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].tls.require_client_cert: needs client_ca_file"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].tls.client_crl_file: \"/nonexistent/crl.pem\" cannot be read"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].tls.client_crl_file: needs client_ca_file"), std::string::npos) << e;
+    EXPECT_EQ(e.find("client_crl_leaf_only"), std::string::npos) << "it has its file: " << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.ca_cert_file: \"/nonexistent/ca.pem\" cannot be read"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.ca_key_file"), std::string::npos) << e;
     EXPECT_EQ(e.find("passthrough[0]"), std::string::npos) << e;
