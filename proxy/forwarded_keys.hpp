@@ -3,9 +3,9 @@
 // while so that a retry of one that comes while a breaker quarantines its traffic is not
 // held: the first may have been delivered (the client timed out, the upstream did not), and
 // releasing the retry later would send it a second time. Bounded in number and age; the
-// server writes what changed to the store every second and at shutdown, and reads it back at
-// start (changes()/restore()), so a restart remembers them too (a crash forgets at most the
-// last second's). Only a 64-bit digest of (key, route, agent) is kept, never the key.
+// server writes what changed to the store every 50 ms (server_options::keys_save_every) and
+// at shutdown, and reads it back at start (changes()/restore()), so a restart remembers them
+// too (a crash forgets at most those of its last 50 ms and the commit under way). Only a 64-bit digest of (key, route, agent) is kept, never the key.
 // Thread-safe.
 
 #include <algorithm>

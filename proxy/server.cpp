@@ -686,8 +686,8 @@ bool server::save_forwarded_keys(bool wait) {
         std::lock_guard lock{forwarded_mu_};
         forwarded_saving_ = false;
         if (r != nullptr && !r->ok && !forwarded_failing_) {
-            spdlog::warn("keys of requests sent live not saved ({}: {}); trying again every second: until a save "
-                         "succeeds, a restart forgets the keys sent since the last one",
+            spdlog::warn("keys of requests sent live not saved ({}: {}); trying again at the next tick: until a "
+                         "save succeeds, a restart forgets the keys sent since the last one",
                          r->code, r->message);
         } else if (r != nullptr && r->ok && forwarded_failing_) {
             spdlog::info("keys of requests sent live saved again");
@@ -1870,6 +1870,23 @@ int server::run() {
     // resolving records faster than a batch a minute (bulk discards of a misfire) would grow
     // the backlog without bound.
     auto prune_more = std::make_shared<std::atomic<bool>>(false);
+    // The keys of requests sent live, on their own shorter tick (keys_save_every): a save
+    // that finds nothing changed writes nothing, and one still running is not doubled (the
+    // next tick takes what changed meanwhile). A failure is logged; the keys go with the next.
+    asio::steady_timer keys_tick{control_};
+    std::function<void()> keys_poll = [&] {
+        keys_tick.expires_after(opts_.keys_save_every);
+        keys_tick.async_wait([&](const error_code& ec) {
+            if (ec) {
+                return;  // cancelled: the loop below is over, the shutdown saves them
+            }
+            if (db_) {
+                save_forwarded_keys(false);
+            }
+            keys_poll();
+        });
+    };
+    keys_poll();
     std::function<void()> poll = [&] {
         tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
         tick.async_wait([&](const error_code& ec) {
@@ -1902,7 +1919,6 @@ int server::run() {
                 } catch (const std::exception& e) {
                     spdlog::error("rule meters not saved: {}", e.what());
                 }
-                save_forwarded_keys(false);  // a failure is logged, the keys go with the next
             }
             // Retention: resolved quarantine records older than store.retention go away.
             if (db_ && (std::chrono::steady_clock::now() >= next_prune || prune_more->exchange(false))) {
@@ -1940,6 +1956,7 @@ int server::run() {
                 if (admin_) {
                     admin_->stop();
                 }
+                keys_tick.cancel();
                 return;
             }
             poll();

@@ -224,6 +224,10 @@ struct server_options {
     // How often the rule meters are saved for a restart (tests stretch it to see the save
     // at shutdown alone).
     std::chrono::milliseconds meter_save_every{1000};
+    // How often the Idempotency-Keys of requests sent live are saved when some changed: a
+    // crash forgets those sent in its last such interval (plus a commit). Short, because the
+    // request a crash cuts off is the one its client retries.
+    std::chrono::milliseconds keys_save_every{50};
     // Not 0: the config runs from this stored version, not from the file at config_path,
     // which is unchanged since it was read as an earlier version (choose_startup_config).
     std::int64_t config_from_version = 0;

@@ -714,6 +714,44 @@ TEST(quarantine, a_retry_after_a_restart_of_a_request_sent_live_is_not_held) {
     EXPECT_EQ(up.request_count(), 3u) << "k-1 or k-2 sent a second time by a release";
 }
 
+// The key of a request sent live reaches the store on its own short tick, while the request
+// still waits for its answer: a crash that cuts it off (the request its client will retry)
+// does not forget it. The periodic meter saves are stretched to an hour here, so nothing
+// else writes it (before, the keys went with them, once a second).
+TEST(quarantine, the_key_of_a_request_in_flight_is_saved_before_its_answer) {
+    fake_upstream up{[](const request&) {
+        behaviour b;
+        b.what = behaviour::kind::hang;
+        return b;
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000), nullptr, std::chrono::hours{1},
+                      std::chrono::milliseconds{50}};
+    raw_client c{bb.port()};
+    const std::string body = R"({"to":[1]})";
+    c.send("POST /v3/mail/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-campaign-id: c\r\n"
+           "Idempotency-Key: k-1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
+    auto saved_keys = [&] {
+        int rows = -1;
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2((dir + "/bb.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+            sqlite3_exec(db, "SELECT count(*) FROM forwarded_keys", [](void* out, int, char** v, char**) {
+                *static_cast<int*>(out) = std::atoi(v[0]);
+                return 0;
+            }, &rows, nullptr);
+        }
+        sqlite3_close(db);
+        return rows;
+    };
+    for (int i = 0; i < 10'000 && saved_keys() < 1; ++i) {  // bounded: polls the store, never a time
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    EXPECT_EQ(saved_keys(), 1) << "the key is in the store while its request is in flight";
+    c.close();
+}
+
 // A send that went nowhere (no connection) is not remembered: its retry is held as usual.
 TEST(quarantine, a_retry_of_a_request_that_reached_no_upstream_is_held) {
     std::uint16_t dead_port = 0;

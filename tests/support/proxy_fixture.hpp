@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -16,14 +17,21 @@ namespace bb::test {
 class proxy_instance {
 public:
     explicit proxy_instance(const std::string& json, const clock* time = nullptr,
-                            std::chrono::milliseconds meter_save_every = std::chrono::seconds{1}) {
+                            std::chrono::milliseconds meter_save_every = std::chrono::seconds{1},
+                            std::optional<std::chrono::milliseconds> keys_save_every = std::nullopt) {
         auto parsed = parse_config(json);
         if (!parsed.errors.empty()) {
             ADD_FAILURE() << "test config has errors:\n" << parsed.errors.to_string() << json;
             throw std::runtime_error("bad test config");
         }
         cfg_ = parsed.cfg;
-        srv_ = std::make_unique<proxy::server>(cfg_, proxy::server_options{"", false, time, meter_save_every});
+        proxy::server_options opts{"", false, time, meter_save_every};
+        if (keys_save_every) {
+            opts.keys_save_every = *keys_save_every;
+        } else if (meter_save_every != std::chrono::seconds{1}) {
+            opts.keys_save_every = meter_save_every;  // a test that stretches the periodic saves stretches both
+        }
+        srv_ = std::make_unique<proxy::server>(cfg_, opts);
         srv_->start();
         port_ = srv_->bound_port(0);
         thread_ = std::thread{[this] { exit_code_ = srv_->run(); }};
