@@ -2362,7 +2362,7 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
     }
     if (!tls) {
         beast::tcp_stream stream{std::move(socket)};
-        co_await serve(stream, no_tls);
+        co_await serve(stream, no_tls, nullptr);
         co_return;
     }
     beast::ssl_stream<beast::tcp_stream> stream{std::move(socket), *tls};
@@ -2373,13 +2373,14 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
         co_return;
     }
     SSL* ssl = stream.native_handle();
-    co_await serve(stream, ssl);
+    co_await serve(stream, ssl, tls);
     error_code ignored;
     stream.next_layer().socket().shutdown(tcp::socket::shutdown_both, ignored);
 }
 
 template <class Stream>
-asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
+asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
+                                         std::shared_ptr<asio::ssl::context> verified_under) {
     beast::flat_buffer buf;
     std::string scratch;
     for (;;) {
@@ -2421,6 +2422,25 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl) {
             // config: a mapping removed meanwhile ends that identity on an open connection too.
             // (Read again here: the read above may have waited 30 s for this request.)
             const auto now_cfg = srv_.current_config();
+            // A client certificate is judged again once the TLS files were reloaded (a CRL
+            // that revokes it, a CA no longer trusted): refused, it identifies nobody on this
+            // connection from then on (a bearer token still may).
+            if (ssl != nullptr) {
+                std::shared_ptr<asio::ssl::context> now_tls;
+                {
+                    std::lock_guard lock{tls_mu_};
+                    now_tls = tls_;
+                }
+                if (now_tls != verified_under) {
+                    std::string why;
+                    if (reverify_peer(ssl, now_tls.get(), &why) != peer_verdict::still_ok) {
+                        spdlog::info("admin: a connection's client certificate no longer identifies it since the TLS "
+                                     "files were reloaded{}", why.empty() ? "" : " (" + why + ")");
+                        ssl = nullptr;
+                    }
+                    verified_under = std::move(now_tls);
+                }
+            }
             std::optional<caller> who = ssl != nullptr ? cert_caller(*now_cfg, ssl) : std::nullopt;
             if (!who) {
                 who = authenticate(*now_cfg, req[http::field::authorization]);

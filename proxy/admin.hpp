@@ -46,7 +46,8 @@ private:
     asio::awaitable<void> session(tcp::socket socket);
     // `client`: the operator a verified client certificate names (name, role), if any.
     template <class Stream>
-    asio::awaitable<void> serve(Stream& stream, SSL* ssl);  // ssl: null for a plain listener
+    // ssl: null for a plain listener; verified_under: the context its handshake used.
+    asio::awaitable<void> serve(Stream& stream, SSL* ssl, std::shared_ptr<asio::ssl::context> verified_under);
 
     asio::io_context& control_;
     server& srv_;

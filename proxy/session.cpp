@@ -813,6 +813,10 @@ struct client_info {
     std::uint16_t tunnel_port = 0;
     std::string tunnel_agent;             // the agent the CONNECT's credentials named
     std::string tunnel_key_digest;        // SHA-256 of the CONNECT's key, when a key named it
+    // A client certificate verified at the handshake: the connection and the TLS files it
+    // was verified under (reverify_peer when a reload replaced them).
+    SSL* ssl = nullptr;
+    std::shared_ptr<const listener_security> verified_under;
 };
 
 // The agent key a request presents, as the SHA-256 of it (bytes): x-breakerbox-key, else
@@ -1107,7 +1111,7 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
 
 template <class Stream>
 asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_guard& guard, deadline& dl,
-                            std::size_t listener, const client_info& ci, beast::flat_buffer& buf) {
+                            std::size_t listener, client_info ci, beast::flat_buffer& buf) {
     const std::string& client_ip = ci.ip;
     client_watch watch{raw, buf, is_tls<Stream>, guard.cancel};
     // A CONNECT that opens a tunnel ends the request loop; the tunnel runs after it.
@@ -1225,6 +1229,30 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         //     compared), a verified client certificate, or the CONNECT that opened this
         //     tunnel. An unknown or (where required) missing identity is refused before any
         //     body is read or 100-continue is sent.
+        // A client certificate is judged again once the listener's TLS files were reloaded
+        // (a CRL that revokes it, a CA no longer trusted): a keep-alive connection does not
+        // keep a trust the files withdrew. Refused: 401 and the connection closes.
+        if (ci.ssl != nullptr && ci.verified_under != nullptr) {
+            if (auto now = w.owner().security(listener); now != ci.verified_under) {
+                std::string why;
+                const auto verdict = reverify_peer(ci.ssl, now ? now->tls.get() : nullptr, &why);
+                if (verdict == peer_verdict::refused) {
+                    rec.method = std::string{parser.get().method_string()};
+                    rec.target = parser.get().target();
+                    head_request = parser.get().method() == http::verb::head;
+                    co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                                    "the client certificate is no longer accepted since the TLS files were reloaded (" +
+                                        why + "): it identifies nobody on this connection"},
+                                   false);
+                    break;
+                }
+                if (verdict == peer_verdict::not_verified) {
+                    ci.cert_names.clear();  // verified against nothing now: it names no agent
+                    ci.ignored_cn.clear();
+                }
+                ci.verified_under = std::move(now);
+            }
+        }
         const agent_config* agent = nullptr;
         const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
         const bool identity_required = lc != nullptr && lc->require_agent;
@@ -2602,6 +2630,14 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     }
     ci.tls = true;
     ci.cert_names = verified_peer_names(stream.native_handle(), &ci.ignored_cn);
+    if (leaf == nullptr && SSL_get0_peer_certificate(stream.native_handle()) != nullptr &&
+        SSL_get_verify_result(stream.native_handle()) == X509_V_OK) {
+        ci.ssl = stream.native_handle();
+        ci.verified_under = w.owner().security(listener);
+    } else {
+        ci.ssl = nullptr;
+        ci.verified_under = nullptr;
+    }
     beast::flat_buffer inner;
     co_await serve(w, stream, raw, guard, dl, listener, ci, inner);
 }

@@ -10,6 +10,24 @@
 
 namespace bb::proxy {
 
+namespace {
+
+// "Dec  1 17:09:49 2026 GMT", as openssl prints a certificate's or a CRL's times.
+std::string asn1_time_text(const ASN1_TIME* t) {
+    BIO* b = BIO_new(BIO_s_mem());
+    if (b == nullptr) {
+        return "?";
+    }
+    ASN1_TIME_print(b, t);
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(b, &data);
+    std::string out{data, static_cast<std::size_t>(n > 0 ? n : 0)};
+    BIO_free(b);
+    return out;
+}
+
+}  // namespace
+
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files) {
     namespace ssl = boost::asio::ssl;
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
@@ -56,6 +74,27 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
             if (lookup == nullptr || X509_load_crl_file(lookup, files->client_crl_file.c_str(), X509_FILETYPE_PEM) <= 0) {
                 throw std::runtime_error("TLS client CRL " + files->client_crl_file +
                                          " holds no PEM certificate revocation list: " + openssl_reason());
+            }
+            // A list already past its next update (or not valid yet) would refuse every client
+            // at once: refused here, so a reload keeps the running list and says why.
+            STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
+            for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
+                const X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
+                if (crl == nullptr) {
+                    continue;
+                }
+                const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl);
+                const ASN1_TIME* last = X509_CRL_get0_lastUpdate(crl);
+                const bool expired = next != nullptr && X509_cmp_current_time(next) < 0;
+                const bool early = last != nullptr && X509_cmp_current_time(last) > 0;
+                if (expired || early) {
+                    char issuer[256];
+                    X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
+                    throw std::runtime_error("TLS client CRL " + files->client_crl_file + ": the CRL of " + issuer +
+                                             (expired ? " is past its next update (" + asn1_time_text(next) +
+                                                            "): renew it"
+                                                      : " is not valid until " + asn1_time_text(last)));
+                }
             }
             X509_STORE_set_flags(store, files->client_crl_leaf_only ? X509_V_FLAG_CRL_CHECK
                                                                      : X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
@@ -109,6 +148,33 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn) 
         }
     }
     return names;
+}
+
+peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why) {
+    SSL_CTX* c = now != nullptr ? now->native_handle() : nullptr;
+    if (c == nullptr || (SSL_CTX_get_verify_mode(c) & SSL_VERIFY_PEER) == 0) {
+        return peer_verdict::not_verified;
+    }
+    X509* leaf = SSL_get0_peer_certificate(ssl);
+    if (leaf == nullptr) {
+        return peer_verdict::not_verified;
+    }
+    X509_STORE_CTX* v = X509_STORE_CTX_new();
+    if (v == nullptr || X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(c), leaf, SSL_get_peer_cert_chain(ssl)) != 1) {
+        X509_STORE_CTX_free(v);
+        *why = "cannot set up the verification";
+        return peer_verdict::refused;
+    }
+    // As the handshake verifies a client: its purpose, then the context's own parameters.
+    X509_STORE_CTX_set_default(v, "ssl_client");
+    X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(v), SSL_CTX_get0_param(c));
+    const bool ok = X509_verify_cert(v) == 1;
+    if (!ok) {
+        *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(v));
+    }
+    X509_STORE_CTX_free(v);
+    ERR_clear_error();
+    return ok ? peer_verdict::still_ok : peer_verdict::refused;
 }
 
 std::optional<std::string_view> single_common_name(const X509* cert) {

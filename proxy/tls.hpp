@@ -28,6 +28,15 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
 // is no certificate or it did not verify.
 // `ignored_cn`, when given, receives the CN of a certificate that has DNS SANs (not used).
 std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn = nullptr);
+// A connection's client certificate, verified at its handshake, judged again against a
+// context the TLS files were reloaded into (a CRL that revokes it now, a CA no longer
+// trusted): a keep-alive connection must not outlive its certificate's trust. `still_ok`
+// when it verifies as a new handshake would verify it (with its chain, CRLs and purpose);
+// `not_verified` when the context verifies no client certificate any more (it identifies
+// nobody now); `refused` with OpenSSL's reason in *why.
+enum class peer_verdict { still_ok, not_verified, refused };
+peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why);
+
 // The subject's common name when it has exactly one (with two, which one "is" the subject
 // depends on who reads it); a view into `cert`.
 std::optional<std::string_view> single_common_name(const X509* cert);

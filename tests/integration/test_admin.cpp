@@ -2,6 +2,7 @@
 // failure answers, trips that take effect on every worker, change control, the
 // hash-chained audit log (tampered with in the SQLite file), and /metrics through promtool.
 #include "tests/support/fake_upstream.hpp"
+#include "tests/support/keep_alive_tls.hpp"
 #include "tests/support/proxy_fixture.hpp"
 #include "tests/support/sqlite_exec.hpp"
 #include "store/database.hpp"
@@ -1478,6 +1479,9 @@ TEST(admin_api, an_api_reload_rotates_the_admin_client_ca) {
     const std::string curl = "curl -s -o /dev/null -w '%{http_code}' --cacert " + cert("ca.pem") + " ";
     const std::string with_cert = curl + "--cert " + cert("agent-agent-one.pem") + " --key " + cert("agent-agent-one.key") + " ";
     EXPECT_EQ(run(with_cert + base + "/v1/breakers", &rc), "200");
+    // A keep-alive connection opened with the certificate before the rotation.
+    keep_alive_tls kept{bb.server().admin_port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
+    EXPECT_EQ(kept.get("/v1/breakers").rfind("HTTP/1.1 200", 0), 0u);
     // The operators' CA file now holds another CA; the config itself is unchanged.
     std::filesystem::copy_file(cert("self-signed.pem"), dir + "/operators-ca.pem",
                                std::filesystem::copy_options::overwrite_existing);
@@ -1490,6 +1494,8 @@ TEST(admin_api, an_api_reload_rotates_the_admin_client_ca) {
                              &rc);
     EXPECT_EQ(applied, "200");
     EXPECT_NE(run(with_cert + base + "/v1/breakers", &rc), "200") << "a certificate of the rotated-out CA still got in";
+    const auto on_kept = kept.get("/v1/breakers");
+    EXPECT_EQ(on_kept.rfind("HTTP/1.1 401", 0), 0u) << "nor on a connection opened before: " << on_kept;
     EXPECT_EQ(run(curl + "-H 'Authorization: Bearer view-token' " + base + "/v1/breakers", &rc), "200");
 }
 

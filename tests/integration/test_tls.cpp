@@ -3,6 +3,7 @@
 // development test material (certs/make-dev-certs.sh): nothing here is production.
 #include "proxy/mint.hpp"
 #include "tests/support/fake_upstream.hpp"
+#include "tests/support/keep_alive_tls.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
 #include <gtest/gtest.h>
@@ -11,10 +12,13 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include <sys/socket.h>
 
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 using namespace bb::test;
 namespace http = boost::beast::http;
@@ -58,6 +62,33 @@ std::string tls_config(std::uint16_t upstream_port, const std::string& cert_file
 std::string curl_https(std::uint16_t port, const std::string& path, const std::string& extra = "") {
     return "curl -sS --max-time 10 --cacert " + cert("ca.pem") + " " + extra + " -o - -w ' status=%{http_code}' https://localhost:" +
            std::to_string(port) + path;
+}
+
+// A CRL from the development CA revoking nothing, valid from now + last_days to now +
+// next_days (what `openssl ca -gencrl` cannot write: a list already stale, or not yet valid).
+void write_crl(const std::string& path, int last_days, int next_days) {
+    FILE* f = std::fopen(cert("ca.pem").c_str(), "r");
+    X509* ca = PEM_read_X509(f, nullptr, nullptr, nullptr);
+    std::fclose(f);
+    f = std::fopen(cert("ca.key").c_str(), "r");
+    EVP_PKEY* key = PEM_read_PrivateKey(f, nullptr, nullptr, nullptr);
+    std::fclose(f);
+    X509_CRL* crl = X509_CRL_new();
+    X509_CRL_set_version(crl, 1);
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca));
+    ASN1_TIME* last = X509_time_adj_ex(nullptr, last_days, 0, nullptr);
+    ASN1_TIME* next = X509_time_adj_ex(nullptr, next_days, 0, nullptr);
+    X509_CRL_set1_lastUpdate(crl, last);
+    X509_CRL_set1_nextUpdate(crl, next);
+    X509_CRL_sign(crl, key, EVP_sha256());
+    f = std::fopen(path.c_str(), "w");
+    PEM_write_X509_CRL(f, crl);
+    std::fclose(f);
+    ASN1_TIME_free(last);
+    ASN1_TIME_free(next);
+    X509_CRL_free(crl);
+    EVP_PKEY_free(key);
+    X509_free(ca);
 }
 
 }  // namespace
@@ -213,10 +244,23 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     const std::string revoked = "--cert " + cert("agent-revoked.pem") + " --key " + cert("agent-revoked.key");
     auto out = run(curl_https(bb.port(), "/x", revoked));
     EXPECT_NE(out.find("status=200"), std::string::npos) << "not revoked yet: " << out;
+    // Two keep-alive connections opened before the revocation, one with each certificate.
+    keep_alive_tls kept_revoked{bb.port(), cert("ca.pem"), cert("agent-revoked.pem"), cert("agent-revoked.key")};
+    keep_alive_tls kept_one{bb.port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
+    EXPECT_EQ(kept_revoked.get("/x").rfind("HTTP/1.1 200", 0), 0u);
+    EXPECT_EQ(kept_one.get("/x").rfind("HTTP/1.1 200", 0), 0u);
 
     // The CA revokes it; the new list is installed and reloaded (what SIGHUP does).
     std::filesystem::copy_file(cert("crl.pem"), dir + "/crl.pem", std::filesystem::copy_options::overwrite_existing);
     EXPECT_TRUE(bb.server().reload_security().empty());
+    // The open connection of the revoked certificate is judged again: 401, and closed.
+    const auto after = kept_revoked.get("/x");
+    EXPECT_EQ(after.rfind("HTTP/1.1 401", 0), 0u) << after;
+    EXPECT_NE(after.find("the client certificate is no longer accepted since the TLS files were reloaded "
+                         "(certificate revoked)"),
+              std::string::npos) << after;
+    EXPECT_TRUE(kept_revoked.closed());
+    EXPECT_EQ(kept_one.get("/x").rfind("HTTP/1.1 200", 0), 0u) << "still trusted: its connection goes on";
     int rc = 0;
     out = run(curl_https(bb.port(), "/x", revoked), &rc);
     EXPECT_NE(rc, 0) << out;
@@ -240,6 +284,18 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     out = run(curl_https(bb.port(), "/x", one));
     EXPECT_NE(out.find("status=200"), std::string::npos) << out;
 
+    // A list already past its next update (or not valid yet) is refused at the reload: the
+    // running one stays, and says why.
+    for (const auto& [last_days, next_days, says] :
+         {std::tuple{-2, -1, "is past its next update"}, std::tuple{1, 2, "is not valid until"}}) {
+        write_crl(dir + "/crl.pem", last_days, next_days);
+        const auto stale = bb.server().reload_security();
+        ASSERT_EQ(stale.size(), 1u);
+        EXPECT_NE(stale[0].find("the CRL of /CN=breakerbox development CA (TEST ONLY) " + std::string{says}),
+                  std::string::npos) << stale[0];
+        EXPECT_EQ(kept_one.get("/x").rfind("HTTP/1.1 200", 0), 0u) << "the running list stays";
+    }
+
     // A list from another CA holds no CRL for ours: every client certificate is refused.
     const auto other_ca = temp_dir() + "/other";
     run("bash " + std::string{BB_SOURCE_DIR} + "/certs/make-dev-certs.sh " + other_ca, &rc);
@@ -248,7 +304,7 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     EXPECT_TRUE(bb.server().reload_security().empty());
     out = run(curl_https(bb.port(), "/x", one));
     EXPECT_EQ(out.find("status=200"), std::string::npos) << "no CRL of its issuer: " << out;
-    EXPECT_EQ(up.request_count(), 3u);
+    EXPECT_EQ(up.request_count(), 8u);
 }
 
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
