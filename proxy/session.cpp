@@ -1290,6 +1290,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                               "alone: list one of them in that agent's cert_names";
                 }
             }
+            if (refused.empty() && agent == nullptr && !had_key && !ci.cert_names.empty() &&
+                std::any_of(cfg->agents.begin(), cfg->agents.end(),
+                            [](const agent_config& a) { return !a.cert_names.empty(); })) {
+                // A verified certificate is a credential, like a key: one that names no agent
+                // where agents are named by certificates (an agent removed, a name changed) is
+                // refused as an unknown key is, never taken as nobody (unscoped where identity
+                // is optional).
+                std::string names;
+                for (const auto& n : ci.cert_names) {
+                    names += (names.empty() ? "" : ", ") + n;
+                }
+                refused = "the client certificate (" + names +
+                          ") names no agent: list one of its names in an agent's cert_names, or connect without it";
+            }
             if (refused.empty() && agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
                 // The CONNECT's credentials are judged again on every request of the tunnel
                 // (the config may have changed since): a key revoked, or the agent removed, by

@@ -224,6 +224,19 @@ TEST(tls_listener, client_certificates_identify_agents) {
     out = run(curl_https(uri.port(), "/v3/mail/send", "--cert " + cert("uri-only.pem") + " --key " + cert("uri-only.key")));
     EXPECT_NE(out.find("status=401"), std::string::npos) << out;
     EXPECT_EQ(up.request_count(), 1u);
+    // Where identity is optional, a verified certificate that names no agent (its agent
+    // removed from the config) is refused as an unknown key is, not let through as nobody.
+    proxy_instance optional{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                       ", \"client_ca_file\": " + q(cert("ca.pem")), "",
+                                       "\"agents\": [{\"id\": \"agent-one\", \"cert_names\": [\"agent-one.agents.local\"],"
+                                       " \"allow\": {\"paths\": [\"/v3/*\"]}}],")};
+    out = run(curl_https(optional.port(), "/crm/x", "--cert " + cert("agent-agent-two.pem") + " --key " +
+                                                        cert("agent-agent-two.key")));
+    EXPECT_NE(out.find("status=401"), std::string::npos) << out;
+    EXPECT_NE(out.find("the client certificate (agent-two.agents.local) names no agent"), std::string::npos) << out;
+    EXPECT_NE(run(curl_https(optional.port(), "/crm/x")).find("status=200"), std::string::npos)
+        << "no certificate, no key: anonymous, as the listener allows";
+    EXPECT_EQ(up.request_count(), 2u);
 }
 
 // A certificate revocation list (client_crl_file): a revoked agent certificate is refused at
