@@ -899,12 +899,46 @@ digest16 address_digest(std::string_view address) {
     return out;
 }
 
+// Why a suppression file's address, as normalize_address spelled it, is no address ("" when it
+// is one): an `@` between a local part and a domain, no blank, control byte or separator.
+std::string suppression_address_fault(std::string_view a) {
+    const auto at = a.rfind('@');
+    if (a.size() > 320) {
+        return "longer than 320 bytes";
+    }
+    if (at == 0 || at + 1 >= a.size()) {
+        return "nothing before or after the @";
+    }
+    for (const char c : a) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f || c == ' ' || c == ',' || c == ';' || c == '<' || c == '>' || c == '"') {
+            return "a blank, control character or separator";
+        }
+    }
+    const std::string_view domain = a.substr(at + 1);
+    if (domain.front() == '.' || domain.find("..") != std::string_view::npos) {
+        return "an empty label in the domain";
+    }
+    return "";
+}
+
 }  // namespace
 
 std::optional<suppression_list> suppression_list::parse(std::string_view text, std::size_t max_entries,
                                                         std::string* error) {
     suppression_list out;
+    // A file saved as UTF-16 (Excel's "Unicode Text") holds a NUL after every ASCII byte:
+    // each line would load as an address no recipient ever matches.
+    if (text.starts_with("\xFF\xFE") || text.starts_with("\xFE\xFF") ||
+        text.find('\0') != std::string_view::npos) {
+        if (error) {
+            *error = "the file is UTF-16 or holds NUL bytes: save it as UTF-8 text";
+        }
+        return std::nullopt;
+    }
+    text = without_bom(text);  // Excel's "CSV UTF-8"
     std::size_t line_no = 0;
+    std::string address;
     while (!text.empty()) {
         ++line_no;
         const auto nl = text.find('\n');
@@ -913,24 +947,47 @@ std::optional<suppression_list> suppression_list::parse(std::string_view text, s
         if (const auto hash = line.find('#'); hash != std::string_view::npos) {
             line = line.substr(0, hash);
         }
-        while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) {
-            line.remove_prefix(1);
+        // Blanks around a line, a no-break space (U+00A0) among them, and a CRLF's CR.
+        for (;;) {
+            if (!line.empty() && (line.front() == ' ' || line.front() == '\t')) {
+                line.remove_prefix(1);
+            } else if (line.starts_with("\xC2\xA0")) {
+                line.remove_prefix(2);
+            } else {
+                break;
+            }
         }
-        while (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r')) {
-            line.remove_suffix(1);
+        for (;;) {
+            if (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r')) {
+                line.remove_suffix(1);
+            } else if (line.ends_with("\xC2\xA0")) {
+                line.remove_suffix(2);
+            } else {
+                break;
+            }
         }
         if (line.empty()) {
             continue;
         }
         std::array<std::uint8_t, 16> d{};
         if (line.find('@') != std::string_view::npos) {
-            if (line.size() > 320 || line.find_first_of(" \t,;<>") != std::string_view::npos) {
+            // Spelled as the guard spells a recipient before it hashes one (normalize_address:
+            // `"Jane"@Example.com.` and `<jane@example.com>` are jane@example.com), so every
+            // line can match; a line that is still no address is refused, never loaded as
+            // one nobody matches (a quoted CSV cell, a `mailto:` link, a CR-only file).
+            if (line.size() >= 7 && std::equal(line.begin(), line.begin() + 7, "mailto:",
+                                                [](char a, char b) { return to_lower(static_cast<unsigned char>(a)) == b; })) {
+                line.remove_prefix(7);
+            }
+            detail::normalize_address(line, address);
+            if (const std::string why = suppression_address_fault(address); !why.empty()) {
                 if (error) {
-                    *error = "line " + std::to_string(line_no) + ": not an email address or a SHA-256 hex digest";
+                    *error = "line " + std::to_string(line_no) + ": not an email address (" + why +
+                             ") or a SHA-256 hex digest";
                 }
                 return std::nullopt;
             }
-            d = address_digest(line);
+            d = address_digest(address);
         } else if (!hex_digest(line, d)) {
             if (error) {
                 *error = "line " + std::to_string(line_no) + ": not an email address or a SHA-256 hex digest";

@@ -2791,6 +2791,41 @@ TEST(GuardFastPaths, SuppressionDigestsAgreeWithOpenSsl) {
     EXPECT_TRUE(by_address->contains("jane.doe@example.com"));
 }
 
+// Every address line of a suppression file is spelled as the guard spells a recipient
+// before hashing it, so each can match; what is still no address is refused with its line,
+// never loaded as an entry nobody matches.
+TEST(GuardRecipients, SuppressionLinesAreSpelledAsRecipientsAreAndBadOnesRefused) {
+    std::string err;
+    const auto list = suppression_list::parse("\xEF\xBB\xBFjane@example.com\r\n"   // a BOM (Excel's CSV UTF-8)
+                                              "\"bob@example.com\"\r\n"              // a quoted CSV cell
+                                              "ann@example.com.\n"                   // the root's dot
+                                              "\"Carl\"@Example.COM\n"              // a quoted local part
+                                              "Dee <dee@example.com>\n"              // a display name
+                                              "mailto:eve@example.com\n"             // a link
+                                              "fay@example.com\xC2\xA0\n"            // a no-break space
+                                              "  gus@example.com (old)  # gone\n",  // a comment
+                                              100, &err);
+    ASSERT_TRUE(list.has_value()) << err;
+    EXPECT_EQ(list->size(), 8u);
+    for (const char* a : {"jane@example.com", "bob@example.com", "ann@example.com", "carl@example.com",
+                          "dee@example.com", "eve@example.com", "fay@example.com", "gus@example.com"}) {
+        EXPECT_TRUE(list->contains(a)) << a;
+    }
+    const std::pair<std::string, std::string> bad[] = {
+        {"ok@example.com\nbob@\n", "line 2: not an email address (nothing before or after the @)"},
+        {"@example.com\n", "line 1: not an email address (nothing before or after the @)"},
+        {"a@x.com b@y.com\n", "line 1: not an email address (a blank, control character or separator)"},
+        {"a@x.com;b@y.com\n", "line 1: not an email address (a blank, control character or separator)"},
+        {"a@x.com\rb@y.com\rc@z.com\r", "line 1: not an email address (a blank, control character or separator)"},
+        {"a@x..com\n", "line 1: not an email address (an empty label in the domain)"},
+        {std::string{"\xFF\xFE" "a\0@\0x\0.\0c\0o\0m\0", 16}, "the file is UTF-16 or holds NUL bytes"},
+    };
+    for (const auto& [text, says] : bad) {
+        EXPECT_FALSE(suppression_list::parse(text, 100, &err)) << text;
+        EXPECT_EQ(err.rfind(says, 0), 0u) << err;
+    }
+}
+
 TEST(GuardFastPaths, NormalizedAddressesAreTrimmedAndLowerCased) {
     std::string out;
     std::string all;
