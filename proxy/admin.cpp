@@ -13,6 +13,7 @@
 #include "proxy/tls.hpp"
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
+#include "rules/guardrails.hpp"
 #include "store/codec.hpp"
 #include "store/database.hpp"
 
@@ -514,6 +515,29 @@ void judge_other_fields(config_diff& d, const config& a, const config& b, std::s
     }
 }
 
+// A suppression list that lost entries (a file cut short while being written, a list
+// replaced by a smaller one) lets mail through to addresses it held: a loosening, judged by
+// the entries read, since the config names the same file either way.
+void judge_suppression_list(config_diff& d, const std::string& id, const rules::rule& r, const rules::rule& n) {
+    auto entries = [](const rules::rule& x) -> std::optional<std::size_t> {
+        if (!x.guard || x.guard->k != rules::guardrail::kind::recipients || !x.guard->recipients.suppressed) {
+            return std::nullopt;
+        }
+        return x.guard->recipients.suppressed->size();
+    };
+    const auto before = entries(r);
+    const auto after = entries(n);
+    if (!before || !after || *before == *after) {
+        return;
+    }
+    d.lines.push_back("rules[" + id + "].guard.recipients.suppression_file: " + std::to_string(*before) + " -> " +
+                      std::to_string(*after) + " entries");
+    if (*after < *before) {
+        d.loosening.push_back("shrinks the suppression list of rule " + id + " (" + std::to_string(*before) + " -> " +
+                              std::to_string(*after) + " entries)");
+    }
+}
+
 config_diff diff_configs(const config& a, const config& b) {
     config_diff d;
     // What the checks below do not judge field by field is judged as a loosening: an
@@ -571,6 +595,7 @@ config_diff diff_configs(const config& a, const config& b) {
         if (n->trips != r->trips) {
             d.lines.push_back("rules[" + id + "].trips: " + q(r->trips) + " -> " + q(n->trips));
         }
+        judge_suppression_list(d, id, *r, *n);
         if (n->fingerprint != r->fingerprint && n->measure.text == r->measure.text && n->window == r->window) {
             d.lines.push_back("rules[" + id + "]: match or key changed");
         }
@@ -2081,9 +2106,16 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         co_return;
     }
     if (kept) {
-        // The same JSON as runs, so no judgement and no new version; a suppression file that
-        // no longer parses was refused above, as for any reload.
-        if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", "")) {
+        // The same JSON as runs, so no new version; a suppression file that no longer parses
+        // was refused above, as for any reload. The files re-read may still loosen a guard (a
+        // suppression list that lost entries): said out loud and written down, as below.
+        const auto d = judge_change(srv, *srv.current_config(), *parsed.cfg);
+        std::string diff;
+        for (const auto& l : d.loosening) {
+            diff += "loosens: " + l + "\n";
+            spdlog::warn("SIGHUP: the re-read files loosen a guard: {}", l);
+        }
+        if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", diff)) {
             spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the config keeps serving");
             co_return;
         }

@@ -2836,7 +2836,14 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         if (auto file = rr.string("suppression_file")) {
             rg.suppression_file = *file;
             std::string err;
-            if (auto list = suppression_list::load_file(*file, max_entries, &err)) {
+            if (auto list = suppression_list::load_file(*file, max_entries, &err); list && list->size() == 0) {
+                // Read while being rewritten (`>` truncates before it writes), it would make the
+                // guard suppress nobody at the next reload, without a word.
+                errs.add(rr.path_of("suppression_file"),
+                         cfg::quote(*file) + " holds no address or digest: an empty list suppresses nobody (write a "
+                                             "new list to another file and rename it into place; to suppress nobody, "
+                                             "leave suppression_file out)");
+            } else if (list) {
                 rg.suppressed = std::make_shared<const suppression_list>(std::move(*list));
             } else {
                 errs.add(rr.path_of("suppression_file"), cfg::quote(*file) + " " + err);

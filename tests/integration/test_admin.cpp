@@ -687,6 +687,40 @@ TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
     EXPECT_EQ(send_mail(f.bb.port(), "other", 20).result_int(), 202u);
 }
 
+// The config names the same suppression file before and after, but a list that lost entries
+// (cut short while being rewritten, replaced by a smaller one) lets mail through to addresses
+// it held: a loosening, for the admin role, with the entries in the diff.
+TEST(admin_api, a_suppression_list_that_shrank_is_a_loosening) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const std::string list = dir + "/suppressed.txt";
+    { std::ofstream{list} << "ann@example.com\nbob@example.com\n"; }
+    std::string cfg = admin_config(up.port(), dir);
+    const std::string rules = "\"rules\": [";
+    cfg.insert(cfg.find(rules) + rules.size(),
+               "{\"id\": \"audience\", \"route\": \"mail-send\", \"guard\": {\"recipients\": {\"suppression_file\": \"" +
+                   list + "\"}}, \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    const std::string body = "{\"reason\":\"list re-read\",\"config\":" + cfg + "}";
+    { std::ofstream{list, std::ios::trunc} << "ann@example.com\n"; }
+    auto as_op = admin(port, http::verb::post, "/v1/config", "op-token", body);
+    EXPECT_EQ(as_op.result_int(), 403u) << as_op.body();
+    EXPECT_NE(as_op.body().find("shrinks the suppression list of rule audience (2 -> 1 entries)"), std::string::npos)
+        << as_op.body();
+    auto dry = admin(port, http::verb::post, "/v1/config?dry_run=1", "admin-token", body);
+    EXPECT_NE(dry.body().find("rules[audience].guard.recipients.suppression_file: 2 -> 1 entries"), std::string::npos)
+        << dry.body();
+    // Growing it is an operator's call.
+    { std::ofstream{list, std::ios::trunc} << "ann@example.com\nbob@example.com\ncarl@example.com\n"; }
+    EXPECT_EQ(admin(port, http::verb::post, "/v1/config", "op-token", body).result_int(), 200u);
+    // An empty list is refused outright (read while being rewritten, it would suppress nobody).
+    { std::ofstream{list, std::ios::trunc} << ""; }
+    auto empty = admin(port, http::verb::post, "/v1/config", "admin-token", body);
+    EXPECT_EQ(empty.result_int(), 400u) << empty.body();
+    EXPECT_NE(empty.body().find("holds no address or digest"), std::string::npos) << empty.body();
+}
+
 // Two config changes at once: the second is refused (409 config_busy) rather than judged
 // against the config the first is replacing and installed over it. Here an operator's
 // resend of the old config would silently undo an admin's tightening (and, judged against

@@ -2262,6 +2262,17 @@ TEST(GuardConfig, BadSuppressionLineIsReportedWithItsLine) {
                             " line 2: not an email address or a SHA-256 hex digest");
 }
 
+TEST(GuardConfig, AnEmptySuppressionFileIsRefused) {
+    const std::string path = temp_file("empty-list.txt", "# nobody yet\n\n");
+    const auto lines = guard_errors(recipients_rule(R"j({"suppression_file": ")j" + path + R"j("})j"));
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0].rfind("rules[0].guard.recipients.suppression_file: " + cfg::quote(path) +
+                                 " holds no address or digest: an empty list suppresses nobody",
+                             0),
+              0u)
+        << lines[0];
+}
+
 // Only a regular file is read, and only up to the size a list can have: /dev/zero would
 // grow memory until the process dies, a named pipe block the thread that loads the config.
 TEST(GuardConfig, ASuppressionFileThatIsNoRegularFileIsRefusedUnread) {
