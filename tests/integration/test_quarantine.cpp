@@ -780,7 +780,8 @@ TEST(quarantine, a_retry_of_a_request_that_reached_no_upstream_is_held) {
 TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_sent) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    // Periodic saves stretched to an hour: the store ops counted below are the requests' own.
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000), nullptr, std::chrono::hours{1}};
     auto* db = bb.server().db();
     auto send_with_key = [&] {
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
@@ -862,7 +863,8 @@ TEST(quarantine, a_retried_hold_is_counted_once) {
 TEST(quarantine, a_retry_held_while_a_live_send_waits_for_its_lookup_is_refused) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    // Periodic saves stretched to an hour: the store ops counted below are the requests' own.
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000), nullptr, std::chrono::hours{1}};
     auto* db = bb.server().db();
     auto send = [&](const std::string& campaign) {
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
@@ -1317,7 +1319,8 @@ TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     auto with_agent = [&](bool sandbox) { return quarantine_config_with_agent(up.port(), dir, sandbox); };
-    proxy_instance bb{with_agent(false)};
+    // Periodic saves stretched to an hour: the store ops counted below are the release's own.
+    proxy_instance bb{with_agent(false), nullptr, std::chrono::hours{1}};
     auto reload = [&](bool sandbox) {
         auto parsed = bb::parse_config(with_agent(sandbox));
         ASSERT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
