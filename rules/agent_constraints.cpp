@@ -132,7 +132,21 @@ public:
         }
     }
 
+    // Content the API sends as written, whatever template the body also names (SES v2
+    // Content.Simple or Raw, an inline TemplateContent, SES v1 Message.* or a raw message,
+    // Mailgun messages.mime): SES never combines it with a template, and a template key from
+    // another API's schema (`template_id` beside Content.Simple) is ignored by it.
+    void own_content(std::string_view where) {
+        if (own_content_.empty()) {
+            own_content_ = std::string{where};
+        }
+    }
+
     std::string finish() {
+        if (reason_.empty() && !c_.template_ids.empty() && !own_content_.empty()) {
+            reason_ = "this send carries content of its own (" + own_content_ +
+                      "); this agent may send only its templates";
+        }
         if (reason_.empty() && c_.max_recipients && recipients_ > *c_.max_recipients) {
             reason_ = std::to_string(recipients_) + " recipients in one request; this agent may address at most " +
                       std::to_string(*c_.max_recipients);
@@ -151,6 +165,7 @@ private:
     scratch& s_;
     std::uint64_t recipients_ = 0;
     std::uint64_t templates_ = 0;  // template ids named, allowed or not
+    std::string own_content_;      // the first field of content of its own (own_content)
     std::string reason_;
 };
 
@@ -246,15 +261,46 @@ void recipient_fields(checker& k, element parent, std::initializer_list<std::str
     }
 }
 
+// A sender set as a header (SendGrid `headers: {"Sender": ...}`; SES v2 `Headers: [{"Name":
+// "From", "Value": ...}]`): the mail goes out with it, so it is checked as `from` is.
+bool sender_header(std::string_view name) {
+    return iequals(name, "From") || iequals(name, "Sender");
+}
+void header_object(checker& k, element headers) {
+    simdjson::dom::object obj;
+    if (!k.checks_from() || headers.get(obj) != simdjson::SUCCESS) {
+        return;
+    }
+    for (const auto field : obj) {
+        if (sender_header(field.key)) {
+            from_value(k, field.value);
+        }
+    }
+}
+void header_list(checker& k, element headers) {
+    each_item(headers, [&](element h) {
+        bool sender = false;
+        each_field(h, "Name", [&](element n) {
+            std::string_view name;
+            sender = sender || (n.get(name) == simdjson::SUCCESS && sender_header(name));
+        });
+        if (sender) {
+            each_field(h, "Value", [&](element v) { from_value(k, v); });
+        }
+    });
+}
+
 void walk_json(checker& k, element root) {
     // SendGrid v3 mail/send.
     each_field(root, "personalizations", [&](element list) {
         each_item(list, [&](element p) {
             recipient_fields(k, p, {"to", "cc", "bcc"});
             each_field(p, "from", [&](element v) { from_value(k, v); });
+            each_field(p, "headers", [&](element h) { header_object(k, h); });
         });
     });
     each_field(root, "from", [&](element v) { from_value(k, v); });
+    each_field(root, "headers", [&](element h) { header_object(k, h); });
     each_field(root, "template_id", [&](element v) { template_value(k, v, false); });
 
     // SES v2 SendEmail and SendBulkEmail.
@@ -289,10 +335,21 @@ void walk_json(checker& k, element root) {
     };
     for (const auto content : {"Content", "DefaultContent"}) {
         each_field(root, content, [&](element c) {
-            each_field(c, "Raw", [&](element r) { each_field(r, "Data", raw_message); });
+            each_field(c, "Raw", [&](element r) {
+                k.own_content(std::string{content} + ".Raw");
+                each_field(r, "Data", raw_message);
+            });
+            each_field(c, "Simple", [&](element s) {
+                k.own_content(std::string{content} + ".Simple");
+                each_field(s, "Headers", [&](element h) { header_list(k, h); });
+            });
             each_field(c, "Template", [&](element t) {
                 each_field(t, "TemplateName", [&](element v) { template_value(k, v, false); });
                 each_field(t, "TemplateArn", [&](element v) { template_value(k, v, true); });
+                each_field(t, "TemplateContent", [&](element) {
+                    k.own_content(std::string{content} + ".Template.TemplateContent");
+                });
+                each_field(t, "Headers", [&](element h) { header_list(k, h); });
             });
         });
     }
@@ -373,17 +430,31 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
             destinations += k.recipient_list_size(value);  // a list, as the meter splits it
-        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || destination_address(name) ||
+        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || iequals(name, "to[]") ||
+                   iequals(name, "cc[]") || iequals(name, "bcc[]") || destination_address(name) ||
                    bulk_destination(name)) {
+            // (`to[]`: SendGrid's v2 mail.send.json, a form post with repeated array fields.)
             k.add_recipient_list(value);
-        } else if (iequals(name, "from") || iequals(name, "Source")) {
-            k.from(value);
+        } else if (iequals(name, "from") || iequals(name, "Source") || iequals(name, "h:From") ||
+                   iequals(name, "h:Sender")) {
+            k.from(value);  // (Mailgun's h: fields are headers of the mail it sends)
         } else if (iequals(name, "template")) {
             k.template_id(value, false);
+        } else if (iequals(name, "TemplateArn")) {
+            k.template_id(value, true);  // SES v1 SendTemplatedEmail, beside or instead of Template
+        } else if (iequals(name, "x-smtpapi")) {
+            // SendGrid v2's JSON header: recipients, substitutions and template filters of its
+            // own, read by no check here.
+            k.fail("the x-smtpapi field (SendGrid v2) is not read by this agent's constraints; send through "
+                   "/v3/mail/send");
         } else if (iequals(name, "RawMessage.Data")) {
+            k.own_content("RawMessage.Data");
             raw_recipients += raw_form_message(k, value, true);
         } else if (iequals(name, "message")) {
+            k.own_content("message");
             raw_form_message(k, value, false);  // Mailgun sends to its `to` field, counted above
+        } else if (name.size() > 8 && iequals(std::string_view{name}.substr(0, 8), "Message.")) {
+            k.own_content(name);  // SES v1 SendEmail's Message.Subject.Data, Message.Body.*.Data
         }
     }
     k.add_recipients(std::max(destinations, raw_recipients));

@@ -2645,7 +2645,8 @@ const std::vector<guard_field>& default_recipient_fields() {
         "form:Destinations.member.*.Destination.CcAddresses.member.*",
         "form:Destinations.member.*.Destination.BccAddresses.member.*",
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
-        "form:to", "form:cc", "form:bcc"});                                     // Mailgun
+        "form:to", "form:cc", "form:bcc",                                       // Mailgun
+        "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
     return f;
 }
 

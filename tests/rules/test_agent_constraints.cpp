@@ -277,14 +277,73 @@ TEST(AgentConstraints, ASendWithoutATemplateIsRefusedToAnAgentHeldToTemplates) {
         "Destination": {"ToAddresses": ["a@example.com"]},
         "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hello"}}}}})j";
     EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, body),
-              "this send names no template; this agent may send only its templates");
+              "this send carries content of its own (Content.Simple); this agent may send only its templates");
     const std::string in_line = R"j({"Destination": {"ToAddresses": ["a@example.com"]},
         "Content": {"Template": {"TemplateContent": {"Subject": "Hi", "Text": "Hello"}}}})j";
     EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, in_line),
-              "this send names no template; this agent may send only its templates");
+              "this send carries content of its own (Content.Template.TemplateContent); this agent may send only its "
+              "templates");
+    // A template key SES never reads (SendGrid's template_id) does not excuse SES's own
+    // content, nor does an allowed TemplateName beside an inline TemplateContent.
+    const std::string foreign = R"j({"Destination": {"ToAddresses": ["a@example.com"]}, "template_id": "welcome-v2",
+        "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "own text"}}}}})j";
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, foreign),
+              "this send carries content of its own (Content.Simple); this agent may send only its templates");
+    const std::string both = R"j({"Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Template": {"TemplateName": "welcome-v2", "TemplateContent": {"Subject": "x", "Html": "own"}}}})j";
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, both),
+              "this send carries content of its own (Content.Template.TemplateContent); this agent may send only its "
+              "templates");
+    // SES v1: SendEmail's Message.* is sent as written, whatever Template the form also names;
+    // SendTemplatedEmail's TemplateArn is checked as the JSON one is.
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), urlencoded,
+                                     "Action=SendEmail&Source=a%40example.com&Destination.ToAddresses.member.1=b%40x.com"
+                                     "&Template=welcome-v2&Message.Subject.Data=Hi&Message.Body.Text.Data=own"),
+              "this send carries content of its own (Message.Subject.Data); this agent may send only its templates");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), urlencoded,
+                                     "Action=SendTemplatedEmail&Source=a%40example.com&Template=welcome-v2"
+                                     "&TemplateArn=arn%3Aaws%3Ases%3Aus-east-1%3A1%3Atemplate%2Fother"
+                                     "&Destination.ToAddresses.member.1=b%40x.com"),
+              "template \"arn:aws:ses:us-east-1:1:template/other\" is not allowed for this agent");
     // Without the constraint, or without recipients (not a send), nothing is asked of it.
     EXPECT_EQ(check_body_constraints(max(5), json, body), "");
     EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, R"j({"properties": {"email": "x"}})j"), "");
+}
+
+// A sender set through an API's header fields goes out as the mail's From or Sender: checked
+// as the from field is (Mailgun h:From / h:Sender, SendGrid headers, SES v2 Headers).
+TEST(AgentConstraints, SenderHeadersAreCheckedAsFromIs) {
+    const auto allowed = domains({"news.example.com"});
+    EXPECT_EQ(check_body_constraints(allowed, urlencoded,
+                                     "from=a%40news.example.com&h%3ASender=ceo%40other.example&to=x%40y.com"),
+              "from domain \"other.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(allowed, urlencoded, "from=a%40news.example.com&H%3AFrom=x%40other.example&to=x%40y.com"),
+              "from domain \"other.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(allowed, urlencoded, "from=a%40news.example.com&h%3AReply-To=x%40other.example&to=x%40y.com"),
+              "") << "a reply-to sends nothing as anyone";
+    EXPECT_EQ(check_body_constraints(allowed, json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}],
+        "headers": {"sender": "ceo@other.example"}}], "from": {"email": "a@news.example.com"}})j"),
+              "from domain \"other.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(allowed, json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}],
+        "headers": {"X-Campaign": "c", "Sender": "ceo@other.example"}, "from": {"email": "a@news.example.com"}})j"),
+              "from domain \"other.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(allowed, json, R"j({"FromEmailAddress": "a@news.example.com",
+        "Destination": {"ToAddresses": ["x@y.com"]},
+        "Content": {"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "t"}},
+                               "Headers": [{"Name": "X-Tag", "Value": "v"}, {"Name": "Sender", "Value": "ceo@other.example"}]}}})j"),
+              "from domain \"other.example\" is not allowed for this agent");
+}
+
+// SendGrid's v2 mail.send.json is a form post with array fields and an X-SMTPAPI JSON header
+// that carries recipients and template filters of its own.
+TEST(AgentConstraints, SendGridV2FormFields) {
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded, "to%5B%5D=a%40x.com&to%5B%5D=b%40x.com&from=n%40x.com"),
+              "2 recipients in one request; this agent may address at most 1");
+    EXPECT_EQ(check_body_constraints(max(1), urlencoded, "bcc%5B%5D=a%40x.com&cc%5B%5D=b%40x.com&from=n%40x.com"),
+              "2 recipients in one request; this agent may address at most 1");
+    EXPECT_EQ(check_body_constraints(max(1000), urlencoded,
+                                     "to%5B%5D=a%40x.com&x-smtpapi=%7B%22to%22%3A%5B%22b%40x.com%22%5D%7D&from=n%40x.com"),
+              "the x-smtpapi field (SendGrid v2) is not read by this agent's constraints; send through /v3/mail/send");
 }
 
 TEST(AgentConstraints, HubSpotSingleSend) {

@@ -849,6 +849,20 @@ TEST(GuardRecipients, SuppressionListReloadsWhenTheConfigIsParsedAgain) {
     EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed()) << "a parsed config never changes under a request";
 }
 
+// SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
+TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    request v2;
+    v2.route = "mail-send";
+    v2.path = "/api/mail.send.json";
+    v2.content_type = "application/x-www-form-urlencoded";
+    v2.body = "to%5B%5D=ok%40example.com&bcc%5B%5D=leak%40evil.com&from=news%40example.com&subject=Hi&text=Hello";
+    const auto d = f.check(v2);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist"));
+    EXPECT_THAT(d.reason, HasSubstr("(form field bcc[])"));
+}
+
 // Mailgun lists are split as RFC 5322 reads them: an escaped quote or a comment cannot
 // fold several addresses into one that passes.
 TEST(GuardRecipients, FormAddressListsCannotHideAnAddress) {
