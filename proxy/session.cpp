@@ -2506,6 +2506,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         rec.upstream_time = ex.elapsed;
         observe_upstream(w, rt, upstream_index, ex, probes, has_rules && rt.route_has_response_rules[route_index], view,
                          fill_view, request_id);
+        if (ex.failure == upstream_failure::none && !booked.guards.empty()) {
+            // The upstream answered that it did not take the request (a 4xx, a 503 asking to
+            // come back: what a release counts as not delivered): the duplicates guards'
+            // sends come off, so the client's retry (after a 429, say) is judged as the first
+            // try was, not as a repeat of a mail that never went out.
+            const unsigned status = ex.res.result_int();
+            if ((status >= 400 && status < 500) ||
+                (status == 503 && ex.res.find(http::field::retry_after) != ex.res.end())) {
+                rt.engine->release_guard_sends(booked);
+            }
+        }
         if (ex.failure != upstream_failure::none) {
             ++w.stats().upstream_failures;
             if (!booked.empty() && nothing_sent(ex.failure)) {

@@ -2047,6 +2047,11 @@ void engine::release(evaluation_receipt& receipt) {
     receipt.clear();
 }
 
+void engine::release_guard_sends(evaluation_receipt& receipt) {
+    undo({}, receipt.guards);
+    receipt.guards.clear();
+}
+
 decision engine::record_response(const request_view& req, const response_view& resp, time_point now) {
     scratch& s = local();
     context ctx{req, &resp, s, {}, {}, false, false, {}};

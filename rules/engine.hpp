@@ -122,6 +122,11 @@ public:
     // count against caps, and its client's retry is no duplicate), and clears the receipt.
     // Call on the engine that evaluated it. Amounts whose bucket has left the window are gone.
     void release(evaluation_receipt& receipt);
+    // Takes off only the duplicates guards' sends: the upstream answered that it did not take
+    // the request (a 4xx: rate limited, refused), so its client's retry is no repeat of a
+    // mail that went out. The caps keep their amounts (an agent retrying without end is
+    // still held to them).
+    void release_guard_sends(evaluation_receipt& receipt);
 
     // Books response-side facts (status classes, latency, response JSON) for the request's
     // rules. Returns the first response-side rule the response pushed over its line, else allow.

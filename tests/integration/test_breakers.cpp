@@ -398,6 +398,31 @@ TEST(health, a_request_never_sent_is_no_duplicate_for_its_retry) {
     }
 }
 
+// A send the upstream answered it did not take (a 4xx) comes off the duplicates counters
+// too: the client's corrected retry is no repeat of a mail that went out. What was taken is
+// counted: the next copy is the loop.
+TEST(health, a_send_the_upstream_refused_is_no_duplicate_for_its_retry) {
+    std::atomic<int> answered{0};
+    fake_upstream up{[&](const request&) {
+        return answered++ == 0 ? respond(400, "{\"errors\":[{\"message\":\"bad from\"}]}") : respond(202, "");
+    }};
+    proxy_instance bb{one_route_config(
+        up.port(), temp_dir(),
+        "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
+        "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
+        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],")};
+    auto send = [&] {
+        raw_client c{bb.port()};
+        c.send(mail(1, "x"));
+        return c.read_response().result_int();
+    };
+    EXPECT_EQ(send(), 400u);
+    EXPECT_EQ(send(), 202u) << "the retry of a refused send was taken for a duplicate";
+    EXPECT_NE(send(), 202u) << "a second copy of a mail that went out";
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) {
     std::atomic<bool> limited{true};
     fake_upstream up{[&](const request&) {
