@@ -2721,6 +2721,26 @@ std::string render_metrics(server& srv) {
         }
         o += "# HELP breakerbox_rule_overflow_events_total Events booked to a rule's overflow key (max_keys reached).\n";
         o += "# TYPE breakerbox_rule_overflow_events_total counter\n" + overflow;
+        std::string pairs;
+        std::string evicted;
+        std::string untracked;
+        for (const auto& r : rt->engine->rules().rules) {
+            if (auto st = rt->engine->guard_table_stats(r.id)) {
+                const std::string l = "{rule=\"" + label(r.id) + "\"} ";
+                pairs += "breakerbox_duplicates_pairs" + l + std::to_string(st->pairs) + "\n";
+                evicted += "breakerbox_duplicates_evictions_total" + l + std::to_string(st->evictions) + "\n";
+                untracked += "breakerbox_duplicates_untracked_total" + l + std::to_string(st->untracked) + "\n";
+            }
+        }
+        if (!pairs.empty()) {
+            o += "# HELP breakerbox_duplicates_pairs (recipient, subject/template) pairs a duplicates guard tracks "
+                 "(bounded by its max_keys).\n# TYPE breakerbox_duplicates_pairs gauge\n" + pairs;
+            o += "# HELP breakerbox_duplicates_evictions_total Pairs a duplicates guard forgot to make room (sent once, "
+                 "least recently seen).\n# TYPE breakerbox_duplicates_evictions_total counter\n" + evicted;
+            o += "# HELP breakerbox_duplicates_untracked_total New pairs a duplicates guard could not track, every slot "
+                 "being in its window: raise max_keys (a loop among them is not caught).\n"
+                 "# TYPE breakerbox_duplicates_untracked_total counter\n" + untracked;
+        }
         o += "# HELP breakerbox_rule_meter_value Current window total of a capped rule, for its 10 fullest keys.\n";
         o += "# TYPE breakerbox_rule_meter_value gauge\n";
         for (const auto& r : rt->engine->rules().rules) {

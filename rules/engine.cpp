@@ -2165,6 +2165,15 @@ std::optional<meter_stats> engine::stats(std::string_view rule_id) const {
     return meters_[r->index]->stats();
 }
 
+std::optional<engine::duplicates_stats> engine::guard_table_stats(std::string_view rule_id) const {
+    const rule* r = set_->find_rule(rule_id);
+    if (!r || !dups_[r->index]) {
+        return std::nullopt;
+    }
+    const auto& d = *dups_[r->index];
+    return duplicates_stats{d.keys(), d.evictions(), d.untracked()};
+}
+
 std::optional<std::size_t> engine::bytes_per_key(std::string_view rule_id, std::size_t key_len) const {
     const rule* r = set_->find_rule(rule_id);
     if (!r) {

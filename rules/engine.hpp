@@ -145,6 +145,16 @@ public:
     // nullopt if the rule is unknown or the key is not tracked.
     std::optional<meter_reading> read(std::string_view rule_id, std::string_view key, time_point now) const;
     std::optional<meter_stats> stats(std::string_view rule_id) const;
+    // A duplicates guard rule's table: pairs tracked, pairs forgotten to make room, and new
+    // pairs not tracked at all because every slot of their shard was in its window (a
+    // max_keys too small for the traffic: a loop among them goes uncaught). nullopt for other
+    // rules.
+    struct duplicates_stats {
+        std::size_t pairs = 0;
+        std::uint64_t evictions = 0;
+        std::uint64_t untracked = 0;
+    };
+    std::optional<duplicates_stats> guard_table_stats(std::string_view rule_id) const;
     // The `n` keys of a windowed limit rule with the highest current window totals, highest
     // first (for /metrics: bounded however many keys the rule tracks).
     std::vector<std::pair<std::string, double>> top_values(std::string_view rule_id, std::size_t n,

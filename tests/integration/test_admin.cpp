@@ -721,6 +721,30 @@ TEST(admin_api, a_suppression_list_that_shrank_is_a_loosening) {
     EXPECT_NE(empty.body().find("holds no address or digest"), std::string::npos) << empty.body();
 }
 
+// A duplicates guard's table shows in /metrics: the pairs it tracks, those it forgot for
+// room, and new ones it could not track (a max_keys too small for the traffic).
+TEST(admin_api, a_duplicates_guards_table_shows_in_metrics) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    const std::string rules = "\"rules\": [";
+    cfg.insert(cfg.find(rules) + rules.size(),
+               "{\"id\": \"loops\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 3, \"window\": "
+               "\"1h\"}}, \"failure_mode\": \"volume-spike\", \"trips\": \"campaign-volume\"},");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    EXPECT_EQ(metric_value(port, "breakerbox_duplicates_pairs{rule=\"loops\"}"), "0");
+    const auto sent = http_request(bb.port(), http::verb::post, "/v3/mail/send",
+                                   R"({"personalizations": [{"to": [{"email": "a@example.com"}, {"email": "b@example.com"}]}],
+                                       "subject": "Hi", "content": [{"type": "text/plain", "value": "x"}]})",
+                                   {{"content-type", "application/json"}, {"x-campaign-id", "c"}});
+    ASSERT_EQ(sent.result_int(), 202u) << sent.body();
+    EXPECT_EQ(metric_value(port, "breakerbox_duplicates_pairs{rule=\"loops\"}"), "2");
+    EXPECT_EQ(metric_value(port, "breakerbox_duplicates_evictions_total{rule=\"loops\"}"), "0");
+    EXPECT_EQ(metric_value(port, "breakerbox_duplicates_untracked_total{rule=\"loops\"}"), "0");
+    EXPECT_EQ(metric_value(port, "breakerbox_duplicates_pairs{rule=\"recipients\"}"), "missing") << "a cap has no table";
+}
+
 // Two config changes at once: the second is refused (409 config_busy) rather than judged
 // against the config the first is replacing and installed over it. Here an operator's
 // resend of the old config would silently undo an admin's tightening (and, judged against
