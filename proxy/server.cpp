@@ -304,7 +304,8 @@ void worker::start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> accepto
 }
 
 void worker::refuse(tcp::socket& s) {
-    // Over the connection limit: one non-blocking write of a canned 503, then close.
+    // Over the connection limit (a plain listener): one non-blocking write of a canned 503,
+    // then close.
     const auto text = overload_response();
     ::send(s.native_handle(), text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     error_code ignored;
@@ -326,7 +327,14 @@ asio::awaitable<void> worker::accept_loop(std::shared_ptr<tcp::acceptor> accepto
             continue;
         }
         if (!owner_.try_admit()) {
-            refuse(socket);
+            if (const auto sec = owner_.security(listener); sec && sec->tls) {
+                // A TLS client would read plaintext bytes as a broken record ("wrong version
+                // number"): closed without a word, which clients take as a connection to retry.
+                error_code ignored;
+                socket.close(ignored);
+            } else {
+                refuse(socket);
+            }
             continue;
         }
         // The signal lives with the completion handler, which outlives the coroutine.

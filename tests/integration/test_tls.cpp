@@ -320,6 +320,22 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     EXPECT_EQ(up.request_count(), 8u);
 }
 
+// Over the connection limit a TLS listener closes the connection: the plain listener's
+// canned 503 would reach a TLS client as a broken record ("wrong version number").
+TEST(tls_listener, over_the_connection_limit_a_tls_client_is_closed_not_sent_plaintext) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                 ", \"client_ca_file\": " + q(cert("ca.pem")), "",
+                                 "\"limits\": {\"max_connections\": 1},")};
+    keep_alive_tls held{bb.port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
+    ASSERT_EQ(held.get("/x").rfind("HTTP/1.1 200", 0), 0u);
+    int rc = 0;
+    const auto out = run(curl_https(bb.port(), "/x"), &rc);
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_EQ(out.find("wrong version number"), std::string::npos) << out;
+    EXPECT_EQ(out.find("status=200"), std::string::npos) << out;
+}
+
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
     fake_upstream up{[](const request&) { return respond(200, "ok"); }};
     const auto dir = temp_dir();
