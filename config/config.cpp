@@ -792,6 +792,9 @@ void parse_admin(cfg::object_reader& root, config& c) {
             r.errs().add(r.path_of("address"), cfg::quote(*v) + " is not an address (use \"127.0.0.1:9901\")");
         }
     }
+    if (auto v = r.integer("max_connections", false, 1, 100'000)) {
+        c.admin.max_connections = static_cast<std::size_t>(*v);
+    }
     if (auto v = r.integer("max_body_bytes", false, 1024, 16 * 1024 * 1024)) {
         c.admin.max_body_bytes = static_cast<std::size_t>(*v);
     }

@@ -167,6 +167,10 @@ struct admin_config {
     std::optional<admin_tls> tls;
     std::vector<admin_client_cert> client_certs;
     std::size_t max_body_bytes = 64 * 1024;
+    // Connections served at once (TLS handshakes included); more are closed at accept, so a
+    // flood of idle or handshaking connections cannot take the process's descriptors or the
+    // control thread that also runs breaker expiries and saves.
+    std::size_t max_connections = 64;
 };
 
 struct store_config {

@@ -2380,11 +2380,29 @@ asio::awaitable<void> admin_server::accept_loop() {
             co_await t.async_wait(use_tuple);
             continue;
         }
+        if (sessions_ >= srv_.current_config()->admin.max_connections) {
+            if (!refusing_) {
+                spdlog::warn("admin: {} connections being served (admin.max_connections): closing new ones until one "
+                             "ends",
+                             sessions_);
+                refusing_ = true;
+            }
+            error_code ignored;
+            socket.close(ignored);
+            continue;
+        }
+        refusing_ = false;
+        ++sessions_;  // before the session starts: the accepts queued behind this one see it
         asio::co_spawn(control_, session(std::move(socket)), asio::detached);
     }
 }
 
 asio::awaitable<void> admin_server::session(tcp::socket socket) {
+    // Counted by accept_loop before the handshake (admin.max_connections); uncounted here.
+    struct count_down {
+        std::size_t& n;
+        ~count_down() { --n; }
+    } counted{sessions_};
     // Arguments are named locals: GCC 12 mishandles temporaries inside a co_await operand.
     SSL* no_tls = nullptr;
     std::shared_ptr<asio::ssl::context> tls;  // this connection's, even if a reload replaces it

@@ -55,6 +55,8 @@ private:
     mutable std::mutex tls_mu_;
     std::shared_ptr<asio::ssl::context> tls_;  // under tls_mu_
     std::uint16_t port_ = 0;
+    std::size_t sessions_ = 0;  // connections being served (control thread only)
+    bool refusing_ = false;     // at admin.max_connections: said once until below it again
 };
 
 // SIGHUP: reloads the config file the way POST /v1/config/reload applies one, except that a

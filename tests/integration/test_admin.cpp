@@ -721,6 +721,36 @@ TEST(admin_api, a_suppression_list_that_shrank_is_a_loosening) {
     EXPECT_NE(empty.body().find("holds no address or digest"), std::string::npos) << empty.body();
 }
 
+// admin.max_connections: idle (or handshaking) connections beyond it are closed at accept,
+// and one that ends makes room again.
+TEST(admin_api, connections_beyond_admin_max_connections_are_closed) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    cfg.insert(cfg.find("\"admin\": {") + 10, "\"max_connections\": 2, ");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    auto healthz = [&] {
+        raw_client c{port, std::chrono::seconds{2}};
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        return c.read_response().result_int();
+    };
+    auto idle1 = std::make_unique<raw_client>(port);
+    raw_client idle2{port};
+    // The two idle ones hold both places (accepted in order: wait until the server has them).
+    bool full = false;
+    for (int i = 0; i < 200 && !full; ++i) {
+        full = healthz() == 0;
+    }
+    EXPECT_TRUE(full) << "a third connection was served beside two idle ones";
+    idle1.reset();  // one ends: room again
+    bool served = false;
+    for (int i = 0; i < 200 && !served; ++i) {
+        served = healthz() == 200;
+    }
+    EXPECT_TRUE(served);
+}
+
 // A duplicates guard's table shows in /metrics: the pairs it tracks, those it forgot for
 // room, and new ones it could not track (a max_keys too small for the traffic).
 TEST(admin_api, a_duplicates_guards_table_shows_in_metrics) {
