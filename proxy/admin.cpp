@@ -515,26 +515,31 @@ void judge_other_fields(config_diff& d, const config& a, const config& b, std::s
     }
 }
 
-// A suppression list that lost entries (a file cut short while being written, a list
-// replaced by a smaller one) lets mail through to addresses it held: a loosening, judged by
-// the entries read, since the config names the same file either way.
+// A suppression list that lost entries (a file cut short while being written, an address
+// taken off, a list replaced by another) lets mail through to addresses it held: a
+// loosening, judged by the entries read, since the config names the same file either way.
 void judge_suppression_list(config_diff& d, const std::string& id, const rules::rule& r, const rules::rule& n) {
-    auto entries = [](const rules::rule& x) -> std::optional<std::size_t> {
-        if (!x.guard || x.guard->k != rules::guardrail::kind::recipients || !x.guard->recipients.suppressed) {
-            return std::nullopt;
+    auto list = [](const rules::rule& x) -> const rules::suppression_list* {
+        if (!x.guard || x.guard->k != rules::guardrail::kind::recipients) {
+            return nullptr;
         }
-        return x.guard->recipients.suppressed->size();
+        return x.guard->recipients.suppressed.get();
     };
-    const auto before = entries(r);
-    const auto after = entries(n);
-    if (!before || !after || *before == *after) {
+    const auto* before = list(r);
+    const auto* after = list(n);
+    if (before == nullptr || after == nullptr || before == after) {
         return;
     }
-    d.lines.push_back("rules[" + id + "].guard.recipients.suppression_file: " + std::to_string(*before) + " -> " +
-                      std::to_string(*after) + " entries");
-    if (*after < *before) {
-        d.loosening.push_back("shrinks the suppression list of rule " + id + " (" + std::to_string(*before) + " -> " +
-                              std::to_string(*after) + " entries)");
+    const std::size_t removed = before->missing_from(*after);
+    if (before->size() != after->size() || removed > 0) {
+        d.lines.push_back("rules[" + id + "].guard.recipients.suppression_file: " + std::to_string(before->size()) +
+                          " -> " + std::to_string(after->size()) + " entries (" + std::to_string(removed) + " removed)");
+    }
+    if (removed > 0) {
+        d.loosening.push_back("takes " + std::to_string(removed) + (removed == 1 ? " entry" : " entries") +
+                              " off the suppression list of rule " + id +
+                              " (" + std::to_string(before->size()) + " -> " + std::to_string(after->size()) +
+                              " entries)");
     }
 }
 

@@ -98,6 +98,14 @@ public:
     // as calling contains() in turn).
     std::size_t first_of(std::span<const std::string_view> addresses) const;
     std::size_t size() const { return digests_.size(); }
+    // Entries of this list that `newer` no longer holds (a reload that un-suppresses them).
+    std::size_t missing_from(const suppression_list& newer) const {
+        std::size_t n = 0;
+        for (const auto& d : digests_) {
+            n += newer.digests_.contains(d) ? 0 : 1;
+        }
+        return n;
+    }
 
 private:
     struct digest_hash {

@@ -688,9 +688,9 @@ TEST(admin_api, config_apply_validates_guards_loosening_and_rolls_back) {
 }
 
 // The config names the same suppression file before and after, but a list that lost entries
-// (cut short while being rewritten, replaced by a smaller one) lets mail through to addresses
-// it held: a loosening, for the admin role, with the entries in the diff.
-TEST(admin_api, a_suppression_list_that_shrank_is_a_loosening) {
+// (cut short while being rewritten, an address taken off or swapped) lets mail through to
+// addresses it held: a loosening, for the admin role, with the entries in the diff.
+TEST(admin_api, a_suppression_list_that_lost_entries_is_a_loosening) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     const std::string list = dir + "/suppressed.txt";
@@ -706,12 +706,18 @@ TEST(admin_api, a_suppression_list_that_shrank_is_a_loosening) {
     { std::ofstream{list, std::ios::trunc} << "ann@example.com\n"; }
     auto as_op = admin(port, http::verb::post, "/v1/config", "op-token", body);
     EXPECT_EQ(as_op.result_int(), 403u) << as_op.body();
-    EXPECT_NE(as_op.body().find("shrinks the suppression list of rule audience (2 -> 1 entries)"), std::string::npos)
-        << as_op.body();
+    EXPECT_NE(as_op.body().find("takes 1 entry off the suppression list of rule audience (2 -> 1 entries)"),
+              std::string::npos) << as_op.body();
     auto dry = admin(port, http::verb::post, "/v1/config?dry_run=1", "admin-token", body);
-    EXPECT_NE(dry.body().find("rules[audience].guard.recipients.suppression_file: 2 -> 1 entries"), std::string::npos)
-        << dry.body();
-    // Growing it is an operator's call.
+    EXPECT_NE(dry.body().find("rules[audience].guard.recipients.suppression_file: 2 -> 1 entries (1 removed)"),
+              std::string::npos) << dry.body();
+    // An address swapped for another (the same size): bob is no longer suppressed.
+    { std::ofstream{list, std::ios::trunc} << "ann@example.com\ncarl@example.com\n"; }
+    auto swapped = admin(port, http::verb::post, "/v1/config", "op-token", body);
+    EXPECT_EQ(swapped.result_int(), 403u) << swapped.body();
+    EXPECT_NE(swapped.body().find("takes 1 entry off the suppression list of rule audience (2 -> 2 entries)"),
+              std::string::npos) << swapped.body();
+    // Adding to it is an operator's call.
     { std::ofstream{list, std::ios::trunc} << "ann@example.com\nbob@example.com\ncarl@example.com\n"; }
     EXPECT_EQ(admin(port, http::verb::post, "/v1/config", "op-token", body).result_int(), 200u);
     // An empty list is refused outright (read while being rewritten, it would suppress nobody).
