@@ -143,7 +143,7 @@ public:
     }
 
     std::string finish() {
-        if (reason_.empty() && !c_.template_ids.empty() && !own_content_.empty()) {
+        if (reason_.empty() && !c_.template_ids.empty() && recipients_ > 0 && !own_content_.empty()) {
             reason_ = "this send carries content of its own (" + own_content_ +
                       "); this agent may send only its templates";
         }
