@@ -1766,6 +1766,31 @@ std::shared_ptr<const listener_security> server::security(std::size_t listener) 
     return listener < security_.size() ? security_[listener] : nullptr;
 }
 
+namespace {
+
+// The settings and the contents of a TLS listener's files: equal, the running context serves
+// on (its session cache and ticket keys with it: a reload for another reason does not send
+// every client through a full handshake). "" when a file cannot be read (built anew, and
+// refused there with the reason).
+std::string tls_files_digest(const tls_files& t) {
+    std::string out = t.cert_file + "\n" + t.key_file + "\n" + t.client_ca_file + "\n" + t.client_crl_file + "\n" +
+                      (t.require_client_cert ? "1" : "0") + (t.client_crl_leaf_only ? "1" : "0");
+    for (const std::string* f : {&t.cert_file, &t.key_file, &t.client_ca_file, &t.client_crl_file}) {
+        if (f->empty()) {
+            continue;
+        }
+        file_error err = file_error::none;
+        const auto text = read_regular_file(*f, std::size_t{16} << 20, &err);
+        if (!text) {
+            return "";
+        }
+        out += "\n" + sha256_hex(*text);
+    }
+    return out;
+}
+
+}  // namespace
+
 std::vector<std::string> server::reload_security() {
     std::vector<std::string> errors;
     std::vector<std::shared_ptr<const listener_security>> next;
@@ -1781,7 +1806,13 @@ std::vector<std::string> server::reload_security() {
         auto sec = std::make_shared<listener_security>();
         try {
             if (l.tls) {
-                sec->tls = make_server_tls(&*l.tls);
+                sec->tls_files_digest = tls_files_digest(*l.tls);
+                if (running && running->tls && !sec->tls_files_digest.empty() &&
+                    running->tls_files_digest == sec->tls_files_digest) {
+                    sec->tls = running->tls;  // the same files, read again: its sessions stay
+                } else {
+                    sec->tls = make_server_tls(&*l.tls);
+                }
             }
             if (l.forward_proxy) {
                 sec->minter = std::make_shared<cert_minter>(l.forward_proxy->ca_cert_file, l.forward_proxy->ca_key_file,
@@ -1882,11 +1913,12 @@ int server::run() {
     // that finds nothing changed writes nothing, and one still running is not doubled (the
     // next tick takes what changed meanwhile). A failure is logged; the keys go with the next.
     asio::steady_timer keys_tick{control_};
+    bool keys_stopped = false;  // a wait that completed before cancel() must not re-arm
     std::function<void()> keys_poll = [&] {
         keys_tick.expires_after(opts_.keys_save_every);
         keys_tick.async_wait([&](const error_code& ec) {
-            if (ec) {
-                return;  // cancelled: the loop below is over, the shutdown saves them
+            if (ec || keys_stopped) {
+                return;  // the loop below is over: the shutdown saves them
             }
             if (db_) {
                 save_forwarded_keys(false);
@@ -1964,6 +1996,7 @@ int server::run() {
                 if (admin_) {
                     admin_->stop();
                 }
+                keys_stopped = true;
                 keys_tick.cancel();
                 return;
             }

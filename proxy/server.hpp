@@ -54,6 +54,7 @@ class server;
 // connections get the new one; open ones keep theirs).
 struct listener_security {
     std::shared_ptr<asio::ssl::context> tls;            // TLS listener; null: plain TCP
+    std::string tls_files_digest;                       // what tls was made from (tls_files_digest())
     std::shared_ptr<cert_minter> minter;                // forward proxy: mints interception leaves
     std::shared_ptr<asio::ssl::context> intercept_tls;  // forward proxy: leaf set per connection
 };

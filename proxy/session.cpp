@@ -2655,10 +2655,9 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     }
     ci.tls = true;
     ci.cert_names = verified_peer_names(stream.native_handle(), &ci.ignored_cn);
-    if (leaf == nullptr && SSL_get0_peer_certificate(stream.native_handle()) != nullptr &&
+    if (leaf == nullptr && ci.verified_under != nullptr && SSL_get0_peer_certificate(stream.native_handle()) != nullptr &&
         SSL_get_verify_result(stream.native_handle()) == X509_V_OK) {
-        ci.ssl = stream.native_handle();
-        ci.verified_under = w.owner().security(listener);
+        ci.ssl = stream.native_handle();  // verified under the files the caller handshook with (ci.verified_under)
     } else {
         ci.ssl = nullptr;
         ci.verified_under = nullptr;
@@ -2685,6 +2684,9 @@ asio::awaitable<void> run_session(worker& w, tcp::socket socket, std::size_t lis
     beast::flat_buffer buf;
     const auto sec = w.owner().security(listener);
     if (sec && sec->tls) {
+        // The files this handshake verifies a client certificate under: a reload that lands
+        // while it runs is judged against on the connection's first request.
+        ci.verified_under = sec;
         co_await serve_tls(w, raw, guard, dl, listener, std::move(ci), *sec->tls, buf, nullptr);
     } else {
         co_await serve(w, raw, raw, guard, dl, listener, ci, buf);

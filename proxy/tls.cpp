@@ -103,6 +103,13 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
                            nullptr);
         static const unsigned char sid[] = "breakerbox";
         SSL_CTX_set_session_id_context(c, sid, sizeof sid - 1);
+        // No session resumption where clients are verified: a resumed session brings its
+        // certificate without the chain it was verified with (a TLS 1.3 ticket holds the leaf
+        // alone), so reverify_peer could not judge it after a reload, and a resumption skips
+        // the CRL the files hold now. Every connection verifies its chain in full.
+        SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(c, 0);
     }
     return ctx;
 }
@@ -162,6 +169,7 @@ peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string
     X509_STORE_CTX* v = X509_STORE_CTX_new();
     if (v == nullptr || X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(c), leaf, SSL_get_peer_cert_chain(ssl)) != 1) {
         X509_STORE_CTX_free(v);
+        ERR_clear_error();
         *why = "cannot set up the verification";
         return peer_verdict::refused;
     }

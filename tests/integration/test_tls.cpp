@@ -336,6 +336,37 @@ TEST(tls_listener, over_the_connection_limit_a_tls_client_is_closed_not_sent_pla
     EXPECT_EQ(out.find("status=200"), std::string::npos) << out;
 }
 
+// Where client certificates are verified, no session is resumed: a resumed session brings its
+// certificate without the chain it was verified with, and would skip the CRL in force now.
+// A listener that verifies no client resumes as usual.
+TEST(tls_listener, client_verifying_listeners_resume_no_session) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    proxy_instance mtls{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                   ", \"client_ca_file\": " + q(cert("ca.pem")))};
+    proxy_instance plain{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
+    const auto dir = temp_dir();
+    auto twice = [&](std::uint16_t port, const std::string& extra, proxy_instance* reload_between = nullptr) {
+        const std::string base = "openssl s_client -connect 127.0.0.1:" + std::to_string(port) + " -CAfile " +
+                                 cert("ca.pem") + " -tls1_2 " + extra;
+        run("echo | " + base + " -sess_out " + dir + "/s");
+        if (reload_between != nullptr) {
+            EXPECT_TRUE(reload_between->server().reload_security().empty());
+        }
+        return run("echo | " + base + " -sess_in " + dir + "/s");
+    };
+    const auto again = twice(mtls.port(), "-cert " + cert("agent-agent-one.pem") + " -key " + cert("agent-agent-one.key"));
+    EXPECT_EQ(again.find("Reused, TLS"), std::string::npos) << again;
+    // The first connection got no session to keep (s_client writes none), or the second a new one.
+    EXPECT_TRUE(again.find("Can't open session file") != std::string::npos || again.find("New, TLS") != std::string::npos)
+        << again;
+    const auto resumed = twice(plain.port(), "");
+    EXPECT_NE(resumed.find("Reused, TLS"), std::string::npos) << resumed;
+    // A reload whose files are unchanged (any config apply, a SIGHUP for another listener)
+    // keeps the running context, and with it the sessions it can resume.
+    const auto across_reload = twice(plain.port(), "", &plain);
+    EXPECT_NE(across_reload.find("Reused, TLS"), std::string::npos) << across_reload;
+}
+
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {
     fake_upstream up{[](const request&) { return respond(200, "ok"); }};
     const auto dir = temp_dir();
