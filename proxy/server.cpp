@@ -1806,12 +1806,16 @@ std::vector<std::string> server::reload_security() {
         auto sec = std::make_shared<listener_security>();
         try {
             if (l.tls) {
-                sec->tls_files_digest = tls_files_digest(*l.tls);
-                if (running && running->tls && !sec->tls_files_digest.empty() &&
-                    running->tls_files_digest == sec->tls_files_digest) {
+                const std::string digest = tls_files_digest(*l.tls);
+                if (running && running->tls && !digest.empty() && running->tls_files_digest == digest) {
+                    check_client_crl_times(*running->tls, *l.tls);  // unchanged, but time has passed
                     sec->tls = running->tls;  // the same files, read again: its sessions stay
+                    sec->tls_files_digest = digest;
                 } else {
                     sec->tls = make_server_tls(&*l.tls);
+                    // Read again after the build: a file that changed in between leaves no
+                    // digest, so the next reload builds anew rather than keep what it cannot name.
+                    sec->tls_files_digest = tls_files_digest(*l.tls) == digest ? digest : std::string{};
                 }
             }
             if (l.forward_proxy) {

@@ -1233,7 +1233,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // (a CRL that revokes it, a CA no longer trusted): a keep-alive connection does not
         // keep a trust the files withdrew. Refused: 401 and the connection closes.
         if (ci.ssl != nullptr && ci.verified_under != nullptr) {
-            if (auto now = w.owner().security(listener); now != ci.verified_under) {
+            // (The same TLS context under a new listener_security, a reload whose files are
+            // unchanged, verifies nothing differently: not judged again.)
+            if (auto now = w.owner().security(listener);
+                (now ? now->tls : nullptr) != ci.verified_under->tls) {
                 std::string why;
                 const auto verdict = reverify_peer(ci.ssl, now ? now->tls.get() : nullptr, &why);
                 if (verdict == peer_verdict::refused) {

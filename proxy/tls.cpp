@@ -28,6 +28,31 @@ std::string asn1_time_text(const ASN1_TIME* t) {
 
 }  // namespace
 
+void check_client_crl_times(boost::asio::ssl::context& ctx, const tls_files& files) {
+    if (files.client_crl_file.empty()) {
+        return;
+    }
+    // Read only: the objects are not changed after the context was built.
+    STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx.native_handle()));
+    for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
+        const X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
+        if (crl == nullptr) {
+            continue;
+        }
+        const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl);
+        const ASN1_TIME* last = X509_CRL_get0_lastUpdate(crl);
+        const bool expired = next != nullptr && X509_cmp_current_time(next) < 0;
+        const bool early = last != nullptr && X509_cmp_current_time(last) > 0;
+        if (expired || early) {
+            char issuer[256];
+            X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
+            throw std::runtime_error("TLS client CRL " + files.client_crl_file + ": the CRL of " + issuer +
+                                     (expired ? " is past its next update (" + asn1_time_text(next) + "): renew it"
+                                              : " is not valid until " + asn1_time_text(last)));
+        }
+    }
+}
+
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files) {
     namespace ssl = boost::asio::ssl;
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
@@ -77,25 +102,7 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
             }
             // A list already past its next update (or not valid yet) would refuse every client
             // at once: refused here, so a reload keeps the running list and says why.
-            STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
-            for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
-                const X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
-                if (crl == nullptr) {
-                    continue;
-                }
-                const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl);
-                const ASN1_TIME* last = X509_CRL_get0_lastUpdate(crl);
-                const bool expired = next != nullptr && X509_cmp_current_time(next) < 0;
-                const bool early = last != nullptr && X509_cmp_current_time(last) > 0;
-                if (expired || early) {
-                    char issuer[256];
-                    X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
-                    throw std::runtime_error("TLS client CRL " + files->client_crl_file + ": the CRL of " + issuer +
-                                             (expired ? " is past its next update (" + asn1_time_text(next) +
-                                                            "): renew it"
-                                                      : " is not valid until " + asn1_time_text(last)));
-                }
-            }
+            check_client_crl_times(*ctx, *files);
             X509_STORE_set_flags(store, files->client_crl_leaf_only ? X509_V_FLAG_CRL_CHECK
                                                                      : X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
         }

@@ -22,6 +22,10 @@ namespace bb::proxy {
 // and when client_ca_file is set, client certificates verified against it (required when
 // require_client_cert). Throws std::runtime_error naming the file and OpenSSL's reason.
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* files);
+// Throws, naming the CRL, when a client CRL the context holds is past its next update or not
+// valid yet (make_server_tls checks it when it reads the file; a reload that keeps a context
+// whose files are unchanged checks it again, since time has passed).
+void check_client_crl_times(boost::asio::ssl::context& ctx, const tls_files& files);
 
 // The names a verified peer certificate carries: its DNS SANs, or when it has none its
 // subject CN (only when there is one CN). Names with a NUL are left out. Empty when there

@@ -2,6 +2,7 @@
 // sslscan and a Node.js client, all on 127.0.0.1. The certificates are the build's
 // development test material (certs/make-dev-certs.sh): nothing here is production.
 #include "proxy/mint.hpp"
+#include "proxy/tls.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/keep_alive_tls.hpp"
 #include "tests/support/proxy_fixture.hpp"
@@ -345,26 +346,61 @@ TEST(tls_listener, client_verifying_listeners_resume_no_session) {
                                    ", \"client_ca_file\": " + q(cert("ca.pem")))};
     proxy_instance plain{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
     const auto dir = temp_dir();
-    auto twice = [&](std::uint16_t port, const std::string& extra, proxy_instance* reload_between = nullptr) {
-        const std::string base = "openssl s_client -connect 127.0.0.1:" + std::to_string(port) + " -CAfile " +
-                                 cert("ca.pem") + " -tls1_2 " + extra;
-        run("echo | " + base + " -sess_out " + dir + "/s");
+    // Two connections, each one HTTP/1.0 request (answered, then closed: s_client reads a
+    // TLS 1.3 ticket sent after the handshake before it goes); the second offers the first's
+    // session. Returns the second's output.
+    auto twice = [&](std::uint16_t port, const std::string& version, const std::string& extra,
+                     proxy_instance* reload_between = nullptr) {
+        const std::string base = "printf 'GET /x HTTP/1.0\\r\\n\\r\\n' | openssl s_client -ign_eof -connect 127.0.0.1:" +
+                                 std::to_string(port) + " -CAfile " + cert("ca.pem") + " " + version + " " + extra;
+        std::filesystem::remove(dir + "/s");
+        const auto first = run(base + " -sess_out " + dir + "/s");
+        EXPECT_NE(first.find("Verify return code: 0 (ok)"), std::string::npos) << first;
+        EXPECT_NE(first.find(" 200 OK"), std::string::npos) << "the first connection is served: " << first;
         if (reload_between != nullptr) {
             EXPECT_TRUE(reload_between->server().reload_security().empty());
         }
-        return run("echo | " + base + " -sess_in " + dir + "/s");
+        return run(base + (std::filesystem::exists(dir + "/s") ? " -sess_in " + dir + "/s" : std::string{}));
     };
-    const auto again = twice(mtls.port(), "-cert " + cert("agent-agent-one.pem") + " -key " + cert("agent-agent-one.key"));
-    EXPECT_EQ(again.find("Reused, TLS"), std::string::npos) << again;
-    // The first connection got no session to keep (s_client writes none), or the second a new one.
-    EXPECT_TRUE(again.find("Can't open session file") != std::string::npos || again.find("New, TLS") != std::string::npos)
-        << again;
-    const auto resumed = twice(plain.port(), "");
-    EXPECT_NE(resumed.find("Reused, TLS"), std::string::npos) << resumed;
+    const std::string agent = "-cert " + cert("agent-agent-one.pem") + " -key " + cert("agent-agent-one.key");
+    for (const char* version : {"-tls1_2", "-tls1_3"}) {
+        const auto again = twice(mtls.port(), version, agent);
+        EXPECT_EQ(again.find("Reused,"), std::string::npos) << version << ": " << again;
+        EXPECT_NE(again.find(" 200 OK"), std::string::npos) << again;
+        const auto resumed = twice(plain.port(), version, "");
+        EXPECT_NE(resumed.find("Reused,"), std::string::npos) << version << ": " << resumed;
+    }
     // A reload whose files are unchanged (any config apply, a SIGHUP for another listener)
     // keeps the running context, and with it the sessions it can resume.
-    const auto across_reload = twice(plain.port(), "", &plain);
-    EXPECT_NE(across_reload.find("Reused, TLS"), std::string::npos) << across_reload;
+    const auto across_reload = twice(plain.port(), "-tls1_2", "", &plain);
+    EXPECT_NE(across_reload.find("Reused,"), std::string::npos) << across_reload;
+}
+
+// A reload that keeps a context whose files are unchanged checks its CRLs' times again: the
+// list that was valid when read may be past its next update now (renewal job failed).
+TEST(tls_listener, a_kept_context_has_its_crl_times_checked_again) {
+    const auto dir = temp_dir();
+    bb::tls_files files;
+    files.cert_file = cert("server.pem");
+    files.key_file = cert("server.key");
+    files.client_ca_file = cert("ca.pem");
+    files.client_crl_file = cert("crl.pem");
+    const auto ctx = bb::proxy::make_server_tls(&files);
+    EXPECT_NO_THROW(bb::proxy::check_client_crl_times(*ctx, files));
+    // The same context once a CRL in it has lapsed (one added here, as time would make it).
+    write_crl(dir + "/stale.pem", -2, -1);
+    FILE* f = std::fopen((dir + "/stale.pem").c_str(), "r");
+    X509_CRL* stale = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr);
+    std::fclose(f);
+    ASSERT_NE(stale, nullptr);
+    X509_STORE_add_crl(SSL_CTX_get_cert_store(ctx->native_handle()), stale);
+    X509_CRL_free(stale);
+    try {
+        bb::proxy::check_client_crl_times(*ctx, files);
+        ADD_FAILURE() << "a lapsed CRL was not reported";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string{e.what()}.find("is past its next update"), std::string::npos) << e.what();
+    }
 }
 
 TEST(tls_listener, certificates_are_reloaded_without_a_restart) {

@@ -308,6 +308,9 @@ TEST(AgentConstraints, ASendWithoutATemplateIsRefusedToAnAgentHeldToTemplates) {
     // Without the constraint, or without recipients (not a send), nothing is asked of it.
     EXPECT_EQ(check_body_constraints(max(5), json, body), "");
     EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json, R"j({"properties": {"email": "x"}})j"), "");
+    EXPECT_EQ(check_body_constraints(templates({"welcome-v2"}), json,
+                                     R"j({"Content": {"Simple": {"Subject": {"Data": "draft"}}}})j"),
+              "") << "content without a recipient is no send";
 }
 
 // A sender set through an API's header fields goes out as the mail's From or Sender: checked
