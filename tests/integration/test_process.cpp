@@ -722,18 +722,7 @@ TEST(durability, a_cap_keeps_its_counts_across_kill_9_and_sigterm_restarts) {
                             {{"content-type", "application/json"}, {"x-campaign-id", campaign}});
     };
     // Whether the store holds saved counts (read beside the running process, as SQLite lets).
-    auto saved_rows = [&] {
-        sqlite3* db = nullptr;
-        int rows = -1;
-        if (sqlite3_open_v2((dir + "/bb.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-            sqlite3_exec(db, "SELECT count(*) FROM rule_meters", [](void* out, int, char** v, char**) {
-                *static_cast<int*>(out) = std::atoi(v[0]);
-                return 0;
-            }, &rows, nullptr);
-        }
-        sqlite3_close(db);
-        return rows;
-    };
+    auto saved_rows = [&] { return sqlite_count(dir + "/bb.db", "rule_meters"); };
     {
         child bb{{"--config", dir + "/bb.json"}};
         const auto port = started_port(bb);

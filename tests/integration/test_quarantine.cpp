@@ -3,6 +3,7 @@
 // discard, limits, and a store that fails closed and recovers.
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
+#include "tests/support/sqlite_exec.hpp"
 
 #include "core/sha256.hpp"
 #include "proxy/framing.hpp"
@@ -732,18 +733,7 @@ TEST(quarantine, the_key_of_a_request_in_flight_is_saved_before_its_answer) {
     c.send("POST /v3/mail/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-campaign-id: c\r\n"
            "Idempotency-Key: k-1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
     ASSERT_TRUE(up.wait_for([&] { return up.request_count() == 1; }));
-    auto saved_keys = [&] {
-        int rows = -1;
-        sqlite3* db = nullptr;
-        if (sqlite3_open_v2((dir + "/bb.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-            sqlite3_exec(db, "SELECT count(*) FROM forwarded_keys", [](void* out, int, char** v, char**) {
-                *static_cast<int*>(out) = std::atoi(v[0]);
-                return 0;
-            }, &rows, nullptr);
-        }
-        sqlite3_close(db);
-        return rows;
-    };
+    auto saved_keys = [&] { return sqlite_count(dir + "/bb.db", "forwarded_keys"); };
     for (int i = 0; i < 10'000 && saved_keys() < 1; ++i) {  // bounded: polls the store, never a time
         pollfd none{};
         ::poll(&none, 0, 1);
