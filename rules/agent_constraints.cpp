@@ -355,6 +355,32 @@ void walk_json(checker& k, element root) {
     }
     k.add_recipients(raw_count > destination_count ? raw_count - destination_count : 0);
 
+    // Salesforce's Send Email action (POST .../actions/standard/emailSimple, and the Flow
+    // actions that take the same inputs): each input is one mail to its addresses (a
+    // comma-separated string and/or an array) and its recipientId, from senderAddress, with
+    // its own subject and body unless it names an emailTemplateId. (HubSpot's batch `inputs`
+    // carry none of these keys.)
+    each_field(root, "inputs", [&](element list) {
+        each_item(list, [&](element in) {
+            each_field(in, "emailAddresses", [&](element v) { count_recipients(k, v); });
+            each_field(in, "emailAddressesArray", [&](element v) { count_recipients(k, v); });
+            each_field(in, "recipientId", [&](element v) {
+                if (!v.is_null()) {
+                    k.add_recipients(1);
+                }
+            });
+            each_field(in, "senderAddress", [&](element v) { from_value(k, v); });
+            bool templated = false;
+            each_field(in, "emailTemplateId", [&](element v) {
+                templated = templated || !v.is_null();
+                template_value(k, v, false);
+            });
+            if (!templated) {
+                each_field(in, "emailBody", [&](element) { k.own_content("inputs[].emailBody"); });
+            }
+        });
+    });
+
     // HubSpot single send (marketing/v3/transactional/single-email/send).
     each_field(root, "message", [&](element m) {
         recipient_fields(k, m, {"to", "cc", "bcc"});

@@ -349,6 +349,26 @@ TEST(AgentConstraints, SendGridV2FormFields) {
               "the x-smtpapi field (SendGrid v2) is not read by this agent's constraints; send through /v3/mail/send");
 }
 
+// Salesforce's Send Email action (POST /services/data/v59.0/actions/standard/emailSimple):
+// each input is a mail to its addresses (string list and array) and its recipientId.
+TEST(AgentConstraints, SalesforceEmailSimpleInputs) {
+    const std::string body = R"j({"inputs": [
+        {"emailAddresses": "a@example.com, b@example.com", "emailAddressesArray": ["c@example.com"],
+         "recipientId": "003xx000004TmiQAAS", "senderType": "OrgWideEmailAddress",
+         "senderAddress": "ceo@other.example", "emailSubject": "Hi", "emailBody": "own text"},
+        {"emailAddresses": "d@example.com", "emailTemplateId": "00Xxx0000001", "senderType": "CurrentUser"}]})j";
+    EXPECT_EQ(check_body_constraints(max(5), json, body), "");
+    EXPECT_EQ(check_body_constraints(max(4), json, body), "5 recipients in one request; this agent may address at most 4");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, body),
+              "from domain \"other.example\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(templates({"00Xxx0000001"}), json, body),
+              "this send carries content of its own (inputs[].emailBody); this agent may send only its templates");
+    EXPECT_EQ(check_body_constraints(templates({"welcome"}), json, body),
+              "template \"00Xxx0000001\" is not allowed for this agent");
+    // HubSpot's batch inputs are no mail.
+    EXPECT_EQ(check_body_constraints(max(0), json, R"j({"inputs": [{"properties": {"email": "a@example.com"}}]})j"), "");
+}
+
 TEST(AgentConstraints, HubSpotSingleSend) {
     EXPECT_EQ(check_body_constraints(max(4), json, hubspot_single), "");
     EXPECT_THAT(check_body_constraints(max(3), json, hubspot_single), HasSubstr("4 recipients"));
