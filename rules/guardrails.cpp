@@ -2645,6 +2645,7 @@ const std::vector<guard_field>& default_recipient_fields() {
         "form:Destinations.member.*.Destination.CcAddresses.member.*",
         "form:Destinations.member.*.Destination.BccAddresses.member.*",
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
+        "$.inputs[*].emailAddresses", "$.inputs[*].emailAddressesArray[*]",     // Salesforce emailSimple
         "form:to", "form:cc", "form:bcc",                                       // Mailgun
         "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
     return f;
@@ -2925,9 +2926,15 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(cfg::child(dr.path_of("of"), i), cfg::quote(of[i]) + " is not recipient, subject or template");
             }
         }
+        // The default lists are named as such in the canonical form (a release that reads one
+        // more API's fields does not make a saved table look like another rule's and drop it).
+        const bool default_recipients = !dr.has("recipient_fields");
+        const bool default_subjects = !dr.has("subject_fields");
+        const bool default_templates = !dr.has("template_fields");
         dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields(), true);
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
-        const std::string raw_fields = join_fields(dg.recipient_fields) + ";" + join_fields(dg.subject_fields);
+        const std::string raw_fields = (default_recipients ? std::string{"default"} : join_fields(dg.recipient_fields)) +
+                                       ";" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields));
         dg.recipient_mime = take_mime(dg.recipient_fields);
         dg.subject_mime = take_mime(dg.subject_fields);
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
@@ -2938,8 +2945,10 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         dr.finish();
         g->canonical = "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
                        ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
-                       std::to_string(dg.by_template) + ";r=" + join_fields(dg.recipient_fields) +
-                       ";s=" + join_fields(dg.subject_fields) + ";t=" + join_fields(dg.template_fields) +
+                       std::to_string(dg.by_template) +
+                       ";r=" + (default_recipients ? std::string{"default"} : join_fields(dg.recipient_fields)) +
+                       ";s=" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields)) +
+                       ";t=" + (default_templates ? std::string{"default"} : join_fields(dg.template_fields)) +
                        ";raw=" + raw_fields;
     }
 

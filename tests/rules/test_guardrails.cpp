@@ -849,6 +849,22 @@ TEST(GuardRecipients, SuppressionListReloadsWhenTheConfigIsParsedAgain) {
     EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed()) << "a parsed config never changes under a request";
 }
 
+// Salesforce's Send Email action: each input's address list and address array.
+TEST(GuardRecipients, SalesforceEmailSimpleAddressesAreRecipients) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    request sf;
+    sf.route = "mail-send";
+    sf.path = "/services/data/v59.0/actions/standard/emailSimple";
+    sf.content_type = "application/json";
+    sf.body = R"j({"inputs": [{"emailAddresses": "ok@example.com, leak@evil.com", "emailSubject": "s", "emailBody": "b"}]})j";
+    auto d = f.check(sf);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_THAT(d.reason, HasSubstr("l***@evil.com ($.inputs[0].emailAddresses)"));
+    sf.body = R"j({"inputs": [{"emailAddressesArray": ["ok@example.com", "x@evil.com"], "emailSubject": "s"}]})j";
+    d = f.check(sf);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+}
+
 // SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
 TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
