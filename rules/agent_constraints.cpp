@@ -362,8 +362,12 @@ void walk_json(checker& k, element root) {
     // carry none of these keys.)
     each_field(root, "inputs", [&](element list) {
         each_item(list, [&](element in) {
-            each_field(in, "emailAddresses", [&](element v) { count_recipients(k, v); });
-            each_field(in, "emailAddressesArray", [&](element v) { count_recipients(k, v); });
+            // (The cc and bcc lists and collections came with API v64.0.)
+            for (const auto key : {"emailAddresses", "emailAddressesArray", "ccRecipientAddressList",
+                                   "ccRecipientAddressCollection", "bccRecipientAddressList",
+                                   "bccRecipientAddressCollection"}) {
+                each_field(in, key, [&](element v) { count_recipients(k, v); });
+            }
             each_field(in, "recipientId", [&](element v) {
                 if (!v.is_null()) {
                     k.add_recipients(1);

@@ -1710,8 +1710,10 @@ std::optional<std::vector<std::string>> engine::restore_meters(const std::vector
         const rule* r = set_->find_rule(m.rule_id);
         // Rows saved before meters were saved without max_keys carry the full fingerprint,
         // and duplicates tables saved before that their fingerprint with max_keys.
+        // Duplicates tables saved before default field lists were named carry those lists.
         if (!r || (saved_fingerprint(r->index) != m.fingerprint &&
-                   (dups_[r->index] ? r->counter_fingerprint_with_keys != m.fingerprint
+                   (dups_[r->index] ? r->counter_fingerprint_with_keys != m.fingerprint &&
+                                          (r->counter_fingerprint_legacy == 0 || r->counter_fingerprint_legacy != m.fingerprint)
                                     : r->fingerprint != m.fingerprint))) {
             continue;  // removed or changed since: starts from zero, as a reload starts it
         }

@@ -2645,7 +2645,8 @@ const std::vector<guard_field>& default_recipient_fields() {
         "form:Destinations.member.*.Destination.CcAddresses.member.*",
         "form:Destinations.member.*.Destination.BccAddresses.member.*",
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
-        "$.inputs[*].emailAddresses", "$.inputs[*].emailAddressesArray[*]",     // Salesforce emailSimple
+        "$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",  // Salesforce
+        "$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]",  // emailSimple
         "form:to", "form:cc", "form:bcc",                                       // Mailgun
         "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
     return f;
@@ -2694,11 +2695,42 @@ const std::vector<guard_field>& default_subject_fields() {
     static const auto f = default_fields({"$.subject", "$.personalizations[*].subject",
                                           "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject",
                                           "form:Message.Subject.Data", "mime:$.Content.Raw.Data",
-                                          "mime:base64:form:RawMessage.Data", "mime:form:message"});
+                                          "mime:base64:form:RawMessage.Data", "mime:form:message",
+                                          "$.inputs[*].emailSubject"});  // Salesforce emailSimple
     return f;
 }
 
 const std::vector<guard_field>& default_template_fields() {
+    static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
+                                          "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
+                                          "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template",
+                                          "$.inputs[*].emailTemplateId"});  // Salesforce emailSimple
+    return f;
+}
+
+// The three default lists as the release before 0e9ae91 wrote them into a duplicates table's
+// canonical form (frozen: only to read back the tables that release saved; see
+// guardrail::canonical_legacy).
+const std::vector<guard_field>& legacy_recipient_fields_v1() {
+    static const auto f = default_fields({
+        "$.personalizations[*]['to','cc','bcc'][*].email", "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",
+        "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]", "mime:$.Content.Raw.Data",
+        "mime:base64:form:RawMessage.Data", "form:Destinations.member.*", "form:Destination.ToAddresses.member.*",
+        "form:Destination.CcAddresses.member.*", "form:Destination.BccAddresses.member.*",
+        "form:Destinations.member.*.Destination.ToAddresses.member.*",
+        "form:Destinations.member.*.Destination.CcAddresses.member.*",
+        "form:Destinations.member.*.Destination.BccAddresses.member.*", "$.message.to", "$.message['cc','bcc'][*]",
+        "form:to", "form:cc", "form:bcc"});
+    return f;
+}
+const std::vector<guard_field>& legacy_subject_fields_v1() {
+    static const auto f = default_fields({"$.subject", "$.personalizations[*].subject", "$.Content.Simple.Subject.Data",
+                                          "$.message.subject", "form:subject", "form:Message.Subject.Data",
+                                          "mime:$.Content.Raw.Data", "mime:base64:form:RawMessage.Data",
+                                          "mime:form:message"});
+    return f;
+}
+const std::vector<guard_field>& legacy_template_fields_v1() {
     static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
                                           "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
                                           "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template"});
@@ -2933,6 +2965,8 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         const bool default_templates = !dr.has("template_fields");
         dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields(), true);
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
+        const auto recipients_as_read = dg.recipient_fields;
+        const auto subjects_as_read = dg.subject_fields;
         const std::string raw_fields = (default_recipients ? std::string{"default"} : join_fields(dg.recipient_fields)) +
                                        ";" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields));
         dg.recipient_mime = take_mime(dg.recipient_fields);
@@ -2950,6 +2984,21 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                        ";s=" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields)) +
                        ";t=" + (default_templates ? std::string{"default"} : join_fields(dg.template_fields)) +
                        ";raw=" + raw_fields;
+        if (default_recipients || default_subjects || default_templates) {
+            // The same as the release before wrote it, its default lists spelled out: a table
+            // it saved is read back (parse.cpp counter_fingerprint_legacy).
+            auto r_old = default_recipients ? legacy_recipient_fields_v1() : recipients_as_read;
+            auto s_old = default_subjects ? legacy_subject_fields_v1() : subjects_as_read;
+            const std::string raw_old = join_fields(r_old) + ";" + join_fields(s_old);
+            take_mime(r_old);
+            take_mime(s_old);
+            g->canonical_legacy =
+                "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
+                ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
+                std::to_string(dg.by_template) + ";r=" + join_fields(r_old) + ";s=" + join_fields(s_old) +
+                ";t=" + join_fields(default_templates ? legacy_template_fields_v1() : dg.template_fields) +
+                ";raw=" + raw_old;
+        }
     }
 
     if (kinds == 0) {

@@ -280,6 +280,9 @@ struct guardrail {
     content_guard content;
     duplicates_guard duplicates;
     std::string canonical;  // for the rule fingerprint (state-bearing parts only)
+    // A duplicates guard with a default field list: its canonical form as the release before
+    // 0e9ae91 wrote it (the lists spelled out), so a table that release saved is read back.
+    std::string canonical_legacy;
     bool needs_structure() const {  // must read fields (an invalid JSON body cannot be checked)
         return k == kind::recipients || k == kind::duplicates;
     }

@@ -1070,6 +1070,9 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
     }
     if (guard) {
         guard->canonical += ";keys=" + std::to_string(guard->duplicates.max_keys);
+        if (!guard->canonical_legacy.empty()) {
+            guard->canonical_legacy += ";keys=" + std::to_string(guard->duplicates.max_keys);
+        }
         out.guard = std::move(guard);
     }
     if (auto ib = r.string("on_invalid_body")) {
@@ -1100,14 +1103,26 @@ void parse_rule(simdjson::dom::element e, const std::string& path, rule& out,
         out.counter_fingerprint_with_keys = fnv1a(without_limits(c));
         // Nor its size (max_keys, the rule's and the guard's): a table carries over into one
         // of another size (engine.cpp).
-        std::string sized = without_limits(canonical(out, false));
-        if (const auto at = sized.find(head); at != std::string::npos) {
-            if (const auto keys = sized.find(";keys=", at); keys != std::string::npos) {
-                const auto end = sized.find_first_not_of("0123456789", keys + 6);
-                sized.erase(keys, (end == std::string::npos ? sized.size() : end) - keys);
+        auto unsized = [&](std::string t) {
+            t = without_limits(std::move(t));
+            if (const auto at = t.find(head); at != std::string::npos) {
+                if (const auto keys = t.find(";keys=", at); keys != std::string::npos) {
+                    const auto end = t.find_first_not_of("0123456789", keys + 6);
+                    t.erase(keys, (end == std::string::npos ? t.size() : end) - keys);
+                }
+            }
+            return t;
+        };
+        const std::string base = canonical(out, false);
+        out.counter_fingerprint = fnv1a(unsized(base));
+        // As the release before wrote it, its default field lists spelled out.
+        if (const auto& legacy = out.guard->canonical_legacy; !legacy.empty()) {
+            if (const auto at = base.find(out.guard->canonical); at != std::string::npos) {
+                std::string old = base;
+                old.replace(at, out.guard->canonical.size(), legacy);
+                out.counter_fingerprint_legacy = fnv1a(unsized(std::move(old)));
             }
         }
-        out.counter_fingerprint = fnv1a(sized);
     }
 }
 

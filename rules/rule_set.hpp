@@ -208,6 +208,7 @@ struct rule {
     // counts keep their meaning when only those change); 0 otherwise.
     std::uint64_t counter_fingerprint = 0;
     std::uint64_t counter_fingerprint_with_keys = 0;  // as saved before max_keys left it (restore reads both)
+    std::uint64_t counter_fingerprint_legacy = 0;     // as saved before default field lists were named (0: none)
 };
 
 struct string_hash {

@@ -356,9 +356,10 @@ TEST(AgentConstraints, SalesforceEmailSimpleInputs) {
         {"emailAddresses": "a@example.com, b@example.com", "emailAddressesArray": ["c@example.com"],
          "recipientId": "003xx000004TmiQAAS", "senderType": "OrgWideEmailAddress",
          "senderAddress": "ceo@other.example", "emailSubject": "Hi", "emailBody": "own text"},
-        {"emailAddresses": "d@example.com", "emailTemplateId": "00Xxx0000001", "senderType": "CurrentUser"}]})j";
-    EXPECT_EQ(check_body_constraints(max(5), json, body), "");
-    EXPECT_EQ(check_body_constraints(max(4), json, body), "5 recipients in one request; this agent may address at most 4");
+        {"emailAddresses": "d@example.com", "emailTemplateId": "00Xxx0000001", "senderType": "CurrentUser",
+         "ccRecipientAddressList": "e@example.com,f@example.com", "bccRecipientAddressCollection": ["g@example.com"]}]})j";
+    EXPECT_EQ(check_body_constraints(max(8), json, body), "");
+    EXPECT_EQ(check_body_constraints(max(7), json, body), "8 recipients in one request; this agent may address at most 7");
     EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, body),
               "from domain \"other.example\" is not allowed for this agent");
     EXPECT_EQ(check_body_constraints(templates({"00Xxx0000001"}), json, body),

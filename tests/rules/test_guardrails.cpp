@@ -863,6 +863,10 @@ TEST(GuardRecipients, SalesforceEmailSimpleAddressesAreRecipients) {
     sf.body = R"j({"inputs": [{"emailAddressesArray": ["ok@example.com", "x@evil.com"], "emailSubject": "s"}]})j";
     d = f.check(sf);
     ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    sf.body = R"j({"inputs": [{"emailAddresses": "ok@example.com", "bccRecipientAddressList": "y@evil.com"}]})j";
+    d = f.check(sf);
+    ASSERT_EQ(d.outcome, verdict::violated) << d.reason;
+    EXPECT_THAT(d.reason, HasSubstr("bccRecipientAddressList"));
 }
 
 // SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
@@ -1672,6 +1676,27 @@ std::string dup_rule(std::string_view inner, std::string_view extra = "") {
 
 // A loop of raw sends is a loop: the duplicates guard counts a raw message's own recipients
 // and Subject (SES v2 and v1).
+// The duplicates guard pairs each emailSimple input's addresses with its own subject: two
+// different mails to one contact are no loop; the same one twice is.
+TEST(GuardDuplicates, SalesforceEmailSimpleSubjectsTellMailsApart) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    auto mail = [](const std::string& subject) {
+        request sf;
+        sf.route = "mail-send";
+        sf.path = "/services/data/v59.0/actions/standard/emailSimple";
+        sf.content_type = "application/json";
+        sf.body = R"j({"inputs": [{"emailAddresses": "ann@example.com", "emailSubject": ")j" + subject +
+                  R"j(", "emailBody": "b"}]})j";
+        return sf;
+    };
+    auto first = mail("Your order shipped");
+    EXPECT_TRUE(f.check(first).allowed());
+    auto second = mail("Your invoice");
+    EXPECT_TRUE(f.check(second).allowed()) << "another mail to the same contact";
+    auto again = mail("Your invoice");
+    EXPECT_EQ(f.check(again).outcome, verdict::violated) << "the same mail twice";
+}
+
 TEST(GuardRawMessages, DuplicatesCountRawMessages) {
     fixture f{dup_rule(R"j({"max": 2, "window": "1h"})j")};
     const std::string body = ses_raw("To: Jane <jane@example.com>\r\nSubject: =?utf-8?Q?Your_order?=\r\n\r\nHi");
@@ -1838,6 +1863,52 @@ TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
     ASSERT_TRUE(restored) << error;
     EXPECT_EQ(restored->size(), 1u) << "a row saved by the version before";
     EXPECT_FALSE(legacy.evaluate(req.view(), clock.now()).allowed());
+}
+
+// A table saved by the release before default field lists were named in the canonical form
+// (their fields spelled out) is read back: a rule on the default lists accepts the
+// fingerprint that release gave it, which is that of the same rule with those lists written
+// out. A rule with other lists does not.
+TEST(GuardDuplicates, ATableSavedBeforeDefaultListsWereNamedIsReadBack) {
+    const std::string old_lists = R"j(,
+        "recipient_fields": ["$.personalizations[*]['to','cc','bcc'][*].email",
+            "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",
+            "$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*]", "mime:$.Content.Raw.Data",
+            "mime:base64:form:RawMessage.Data", "form:Destinations.member.*", "form:Destination.ToAddresses.member.*",
+            "form:Destination.CcAddresses.member.*", "form:Destination.BccAddresses.member.*",
+            "form:Destinations.member.*.Destination.ToAddresses.member.*",
+            "form:Destinations.member.*.Destination.CcAddresses.member.*",
+            "form:Destinations.member.*.Destination.BccAddresses.member.*", "$.message.to", "$.message['cc','bcc'][*]",
+            "form:to", "form:cc", "form:bcc"],
+        "subject_fields": ["$.subject", "$.personalizations[*].subject", "$.Content.Simple.Subject.Data",
+            "$.message.subject", "form:subject", "form:Message.Subject.Data", "mime:$.Content.Raw.Data",
+            "mime:base64:form:RawMessage.Data", "mime:form:message"],
+        "template_fields": ["$.template_id", "$.Content.Template.TemplateName", "$.Content.Template.TemplateArn",
+            "$.DefaultContent.Template.TemplateName", "$.DefaultContent.Template.TemplateArn", "$.emailId",
+            "form:template"]})j";
+    const auto defaults = load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "10m"})j")));
+    const auto spelled = load_ok(guard_config(dup_rule(R"j({"max": 2, "window": "10m")j" + old_lists)));
+    const auto& d = defaults->rules[0];
+    const auto& s = spelled->rules[0];
+    EXPECT_NE(d.counter_fingerprint, s.counter_fingerprint) << "the default lists are named, not spelled out";
+    ASSERT_NE(d.counter_fingerprint_legacy, 0u);
+    EXPECT_EQ(d.counter_fingerprint_legacy, s.counter_fingerprint) << "the fingerprint the release before gave it";
+    EXPECT_EQ(s.counter_fingerprint_legacy, 0u) << "explicit lists have no older form";
+    // And a row saved under it is restored.
+    engine first{spelled};
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_to({"jane@example.com"});
+    ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    const auto saved = first.save_meters(clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+    engine after{defaults};
+    std::string error;
+    const auto restored = after.restore_meters(saved, clock.now(), &error);
+    ASSERT_TRUE(restored) << error;
+    EXPECT_EQ(restored->size(), 1u);
+    EXPECT_FALSE(after.evaluate(req.view(), clock.now()).allowed()) << "jane's third send, across the upgrade";
 }
 
 // A table larger than the slices it is copied in (256 pairs of a shard at a time): every
