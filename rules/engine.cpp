@@ -1116,6 +1116,16 @@ std::size_t csv_rows(const term& t, context& ctx) {
     return rows;
 }
 
+// A Content-Type's media type: before its parameters, without the blanks before them
+// (header values reach here with none in front).
+std::string_view media_type(std::string_view content_type) {
+    std::string_view media = content_type.substr(0, content_type.find(';'));
+    while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) {
+        media.remove_suffix(1);
+    }
+    return media;
+}
+
 // The elements named sObject (any namespace prefix, any case) of an XML body: the records
 // of a Bulk API 1.0 XML batch (`<sObjects><sObject>...</sObject>...</sObjects>`). Not a
 // full XML reader: a tag inside a comment or CDATA counts too, and so does an `<sObject>`
@@ -1160,13 +1170,7 @@ bool soql_query(std::string_view body) {
 // counts 0. A zipped batch (zip/csv, zip/xml, zip/json) is not read here: nullopt, an invalid
 // body. Any other or no Content-Type counts the largest of the three readings.
 std::optional<std::size_t> bulk_batch_records(context& ctx) {
-    std::string_view type = ctx.req.content_type.substr(0, ctx.req.content_type.find(';'));
-    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
-        type.remove_suffix(1);
-    }
-    while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
-        type.remove_prefix(1);
-    }
+    const std::string_view type = media_type(ctx.req.content_type);
     const std::string_view body = ctx.req.body;
     auto json_records = [&]() -> std::optional<std::size_t> {
         if (!ctx.request_json()) {
@@ -1583,10 +1587,7 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
         return "a query string with a raw ';' reads two ways (some servers split fields at it too): "
                "percent-encode it as %3B";
     }
-    std::string_view media = content_type.substr(0, content_type.find(';'));
-    while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) {
-        media.remove_suffix(1);
-    }
+    const std::string_view media = media_type(content_type);
     if (is_form_content_type(media)) {
         const std::string_view json = without_bom(body);  // as a JSON reader past a BOM sees it
         const auto first = json.find_first_not_of(" \t\r\n");

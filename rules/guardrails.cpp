@@ -2967,8 +2967,11 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
         const auto recipients_as_read = dg.recipient_fields;
         const auto subjects_as_read = dg.subject_fields;
-        const std::string raw_fields = (default_recipients ? std::string{"default"} : join_fields(dg.recipient_fields)) +
-                                       ";" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields));
+        const auto named = [](bool dflt, const std::vector<guard_field>& f) {
+            return dflt ? std::string{"default"} : join_fields(f);
+        };
+        const std::string raw_fields =
+            named(default_recipients, dg.recipient_fields) + ";" + named(default_subjects, dg.subject_fields);
         dg.recipient_mime = take_mime(dg.recipient_fields);
         dg.subject_mime = take_mime(dg.subject_fields);
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
@@ -2977,13 +2980,15 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                                    dg.by_subject ? &dg.subject_fields : &no_fields(),
                                    dg.by_template || dg.by_subject ? &dg.template_fields : &no_fields()});
         dr.finish();
-        g->canonical = "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
-                       ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
-                       std::to_string(dg.by_template) +
-                       ";r=" + (default_recipients ? std::string{"default"} : join_fields(dg.recipient_fields)) +
-                       ";s=" + (default_subjects ? std::string{"default"} : join_fields(dg.subject_fields)) +
-                       ";t=" + (default_templates ? std::string{"default"} : join_fields(dg.template_fields)) +
-                       ";raw=" + raw_fields;
+        const auto canonical_form = [&](const std::string& r, const std::string& s, const std::string& t,
+                                        const std::string& raw) {
+            return "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
+                   ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
+                   std::to_string(dg.by_template) + ";r=" + r + ";s=" + s + ";t=" + t + ";raw=" + raw;
+        };
+        g->canonical = canonical_form(named(default_recipients, dg.recipient_fields),
+                                      named(default_subjects, dg.subject_fields),
+                                      named(default_templates, dg.template_fields), raw_fields);
         if (default_recipients || default_subjects || default_templates) {
             // The same as the release before wrote it, its default lists spelled out: a table
             // it saved is read back (parse.cpp counter_fingerprint_legacy).
@@ -2993,11 +2998,8 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             take_mime(r_old);
             take_mime(s_old);
             g->canonical_legacy =
-                "duplicates;max=" + std::to_string(dg.max) + ";window=" + std::to_string(dg.window.count()) +
-                ";of=" + std::to_string(dg.by_recipient) + std::to_string(dg.by_subject) +
-                std::to_string(dg.by_template) + ";r=" + join_fields(r_old) + ";s=" + join_fields(s_old) +
-                ";t=" + join_fields(default_templates ? legacy_template_fields_v1() : dg.template_fields) +
-                ";raw=" + raw_old;
+                canonical_form(join_fields(r_old), join_fields(s_old),
+                               join_fields(default_templates ? legacy_template_fields_v1() : dg.template_fields), raw_old);
         }
     }
 
