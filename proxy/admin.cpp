@@ -2410,11 +2410,7 @@ asio::awaitable<void> admin_server::session(tcp::socket socket) {
     } counted{sessions_};
     // Arguments are named locals: GCC 12 mishandles temporaries inside a co_await operand.
     SSL* no_tls = nullptr;
-    std::shared_ptr<asio::ssl::context> tls;  // this connection's, even if a reload replaces it
-    {
-        std::lock_guard lock{tls_mu_};
-        tls = tls_;
-    }
+    const std::shared_ptr<asio::ssl::context> tls = current_tls();  // this connection's, even if a reload replaces it
     if (!tls) {
         beast::tcp_stream stream{std::move(socket)};
         co_await serve(stream, no_tls, nullptr);
@@ -2481,11 +2477,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
             // that revokes it, a CA no longer trusted): refused, it identifies nobody on this
             // connection from then on (a bearer token still may).
             if (ssl != nullptr) {
-                std::shared_ptr<asio::ssl::context> now_tls;
-                {
-                    std::lock_guard lock{tls_mu_};
-                    now_tls = tls_;
-                }
+                auto now_tls = current_tls();
                 if (now_tls != verified_under) {
                     std::string why;
                     if (reverify_peer(ssl, now_tls.get(), &why) != peer_verdict::still_ok) {

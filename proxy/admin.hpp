@@ -52,6 +52,10 @@ private:
     asio::io_context& control_;
     server& srv_;
     std::unique_ptr<tcp::acceptor> acceptor_;
+    std::shared_ptr<asio::ssl::context> current_tls() const {
+        std::lock_guard lock{tls_mu_};
+        return tls_;
+    }
     mutable std::mutex tls_mu_;
     std::shared_ptr<asio::ssl::context> tls_;  // under tls_mu_
     std::uint16_t port_ = 0;

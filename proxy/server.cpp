@@ -407,6 +407,14 @@ void worker::shutdown() {
 
 namespace {
 
+// The SHA-256 (hex) of a certificate, key or CA file as it is now; nullopt when it cannot be
+// read (it is then read, and refused with the reason, where it is used).
+std::optional<std::string> file_sha256(const std::string& path) {
+    file_error err{};
+    const auto text = read_regular_file(path, std::size_t{16} << 20, &err);
+    return text ? std::optional{sha256_hex(*text)} : std::nullopt;
+}
+
 // What the sinks' ca_files hold now (path and SHA-256 of each; "" when none has one): the
 // dispatcher reads them once, as it starts.
 std::string alert_ca_digest(const alerts::alerts_config& a) {
@@ -415,9 +423,7 @@ std::string alert_ca_digest(const alerts::alerts_config& a) {
         if (s.ca_file.empty()) {
             continue;
         }
-        file_error err{};
-        const auto text = read_regular_file(s.ca_file, std::size_t{16} << 20, &err);
-        out += s.ca_file + "=" + (text ? sha256_hex(*text) : std::string{"unreadable"}) + "\n";
+        out += s.ca_file + "=" + file_sha256(s.ca_file).value_or("unreadable") + "\n";
     }
     return out;
 }
@@ -1779,12 +1785,11 @@ std::string tls_files_digest(const tls_files& t) {
         if (f->empty()) {
             continue;
         }
-        file_error err = file_error::none;
-        const auto text = read_regular_file(*f, std::size_t{16} << 20, &err);
-        if (!text) {
+        const auto digest = file_sha256(*f);
+        if (!digest) {
             return "";
         }
-        out += "\n" + sha256_hex(*text);
+        out += "\n" + *digest;
     }
     return out;
 }
