@@ -381,16 +381,18 @@ TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
     EXPECT_EQ(c.read_response().result_int(), 503u);
 }
 
+// A duplicates guard that denies the second copy of a mail within an hour.
+const std::string loop_guard_max_1 =
+    "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
+    "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
+    "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
+    "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],";
+
 // A request the upstream never received (connection refused) is taken off the rules'
 // counters: its client's retry is not refused as a duplicate of a send that never happened,
 // and it counts against no cap.
 TEST(health, a_request_never_sent_is_no_duplicate_for_its_retry) {
-    proxy_instance bb{one_route_config(
-        dead_port(), temp_dir(),
-        "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
-        "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
-        "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
-        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],")};
+    proxy_instance bb{one_route_config(dead_port(), temp_dir(), loop_guard_max_1)};
     for (int attempt = 0; attempt < 3; ++attempt) {
         raw_client c{bb.port()};
         c.send(mail(1, "x"));
@@ -406,12 +408,7 @@ TEST(health, a_send_the_upstream_refused_is_no_duplicate_for_its_retry) {
     fake_upstream up{[&](const request&) {
         return answered++ == 0 ? respond(400, "{\"errors\":[{\"message\":\"bad from\"}]}") : respond(202, "");
     }};
-    proxy_instance bb{one_route_config(
-        up.port(), temp_dir(),
-        "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
-        "\"breakers\": [{\"id\": \"no-loops\", \"action\": \"deny\"}],"
-        "\"rules\": [{\"id\": \"dups\", \"route\": \"mail-send\", \"guard\": {\"duplicates\": {\"max\": 1, \"window\": \"1h\"}},"
-        "\"failure_mode\": \"loop\", \"trips\": \"no-loops\"}],")};
+    proxy_instance bb{one_route_config(up.port(), temp_dir(), loop_guard_max_1)};
     auto send = [&] {
         raw_client c{bb.port()};
         c.send(mail(1, "x"));
