@@ -11,6 +11,7 @@
 #include "core/json_reader.hpp"
 #include "core/json_key.hpp"
 #include "core/method_override.hpp"
+#include "core/url_decode.hpp"
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
@@ -109,6 +110,24 @@ public:
                 fail("from domain " + shown(domain) + " is not allowed for this agent");
                 return;
             }
+        }
+    }
+
+    // The sending domain a Mailgun send names in its path (/v3/{domain}/messages): the mail
+    // goes out signed for that domain and on its reputation, whatever its From says. Allowed
+    // when it is a from domain or a subdomain of one (Mailgun's `mg.example.com` beside a
+    // From at `example.com`, which DMARC's relaxed alignment accepts).
+    void sending_domain(std::string_view domain) {
+        if (!checks_from()) {
+            return;
+        }
+        const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(), [&](const std::string& d) {
+            return iequals(d, domain) ||
+                   (domain.size() > d.size() + 1 && domain[domain.size() - d.size() - 1] == '.' &&
+                    iequals(d, domain.substr(domain.size() - d.size())));
+        });
+        if (!allowed) {
+            fail("sending domain " + shown(domain) + " (the Mailgun path) is not allowed for this agent");
         }
     }
 
@@ -490,10 +509,39 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     k.add_recipients(std::max(destinations, raw_recipients));
 }
 
+// Mailgun's send resources, /v3/{domain}/messages and /v3/{domain}/messages.mime (any case,
+// one trailing slash, read percent-decoded as a Go router reads a path): the domain; nullopt
+// for any other path.
+std::optional<std::string> mailgun_sending_domain(std::string_view raw_path) {
+    constexpr std::string_view head = "/v3/";
+    if (raw_path.size() <= head.size()) {
+        return std::nullopt;
+    }
+    std::string decoded;
+    url_decode(raw_path, decoded, false);
+    const std::string_view path = decoded;
+    if (path.size() <= head.size() || !iequals(path.substr(0, head.size()), head)) {
+        return std::nullopt;
+    }
+    std::string_view rest = path.substr(head.size());
+    const auto slash = rest.find('/');
+    if (slash == std::string_view::npos) {
+        return std::nullopt;
+    }
+    std::string_view tail = rest.substr(slash);
+    if (tail.size() > 1 && tail.back() == '/') {
+        tail.remove_suffix(1);
+    }
+    if (!iequals(tail, "/messages") && !iequals(tail, "/messages.mime")) {
+        return std::nullopt;
+    }
+    return std::string{rest.substr(0, slash)};
+}
+
 }  // namespace
 
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
-                                   std::string_view query) {
+                                   std::string_view query, std::string_view path) {
     if (c.empty()) {
         return {};
     }
@@ -509,6 +557,9 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     }
     scratch& s = local();
     checker k{c, s};
+    if (const auto domain = mailgun_sending_domain(path)) {
+        k.sending_domain(*domain);
+    }
     if (first != std::string_view::npos &&
         (mentions_json(content_type) || (!form && (json[first] == '{' || json[first] == '[')))) {
         element root;

@@ -38,8 +38,10 @@ struct body_constraints {
 // case-insensitively and every duplicate is checked, so a body an upstream might read
 // differently cannot slip past. Empty constraints pass every body without reading it.
 // `query`: the request's query string (no '?'); a form-based API may read its fields too.
+// `path`: the request's path (no query); a Mailgun send's sending domain in it
+// (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one.
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
-                                   std::string_view query = {});
+                                   std::string_view query = {}, std::string_view path = {});
 
 // A request carried inside another: its method (upper case) and path (absolute, no query).
 struct subrequest {

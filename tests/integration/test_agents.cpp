@@ -272,6 +272,35 @@ TEST(agents, body_constraints_hold_an_agent_to_its_recipients_and_senders) {
     EXPECT_EQ(up.request_count(), 1u) << "only the request within its constraints went out";
 }
 
+// Mailgun names the sending domain in its path: a From at an allowed domain does not make a
+// send on another brand's domain (its DKIM, its reputation) allowed.
+TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    std::string cfg = agents_config(up.port(), dir);
+    const std::string routes = "{\"name\": \"crm\",";
+    ASSERT_NE(cfg.find(routes), std::string::npos);
+    cfg.insert(cfg.find(routes), "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/v3/\"}, \"upstream\": \"up\"},");
+    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
+    ASSERT_NE(cfg.find(writer_routes), std::string::npos);
+    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"mailgun\"]");
+    proxy_instance bb{cfg};
+    auto send = [&](const std::string& path) {
+        return http_request(bb.port(), http::verb::post, path, "from=news%40example.com&to=a%40x.com&text=hi",
+                            {{"content-type", "application/x-www-form-urlencoded"}, {"x-breakerbox-key", "writer-key"}});
+    };
+    EXPECT_EQ(send("/v3/example.com/messages").result_int(), 200u);
+    EXPECT_EQ(send("/v3/mg.example.com/messages").result_int(), 200u) << "a subdomain of an allowed from domain";
+    for (const std::string path : {"/v3/other-brand.com/messages", "/v3/other-brand.com/messages.mime",
+                                   "/v3/notexample.com/messages"}) {
+        auto res = send(path);
+        EXPECT_EQ(res.result_int(), 403u) << path << ": " << res.body();
+        EXPECT_EQ(code_of(res), "constraint_violated") << path;
+        EXPECT_NE(res.body().find("sending domain"), std::string::npos) << res.body();
+    }
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     fake_upstream up;
     const auto dir = temp_dir();

@@ -423,6 +423,29 @@ TEST(AgentConstraints, MailgunUrlencoded) {
               "5 recipients in one request; this agent may address at most 4");
 }
 
+TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {
+    const std::string body = "from=news%40example.com&to=x%40example.com&text=hi";
+    const auto c = domains({"example.com"});
+    EXPECT_EQ(check_body_constraints(c, urlencoded, body, "", "/v3/example.com/messages"), "");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, body, "", "/v3/MG.Example.com/messages"), "");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, body, "", "/v3/mg.example.com/messages.mime/"), "");
+    for (const std::string_view path :
+         {"/v3/other.com/messages", "/v3/notexample.com/messages", "/V3/other.com/MESSAGES", "/v3/other.com/messages.mime",
+          "/v3/other.com/%6dessages", "/v3/other%2Ecom/messages", "/v3/example.com.other.com/messages"}) {
+        EXPECT_THAT(check_body_constraints(c, urlencoded, body, "", path),
+                    HasSubstr("(the Mailgun path) is not allowed for this agent"))
+            << path;
+    }
+    EXPECT_EQ(check_body_constraints(c, urlencoded, body, "", "/v3//messages"),
+              "sending domain \"\" (the Mailgun path) is not allowed for this agent");
+    // Other paths name no sending domain; an agent without from_domains is not asked.
+    for (const std::string_view path : {"/v3/mail/send", "/v3/other.com/events", "/v3/other.com/templates",
+                                        "/v3/other.com", "/crm/v3/other.com/messages"}) {
+        EXPECT_EQ(check_body_constraints(c, urlencoded, body, "", path), "") << path;
+    }
+    EXPECT_EQ(check_body_constraints(max(5), urlencoded, body, "", "/v3/other.com/messages"), "");
+}
+
 TEST(AgentConstraints, MailgunFromListIsCheckedAddressByAddress) {
     const std::string body = "from=a%40mg.example.com%2C%20b%40evil.example&to=x%40example.com&text=hi";
     EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, body),
