@@ -429,21 +429,27 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
     if (auto v = r.integer("max_recipients", false, 1)) {
         bc.max_recipients = static_cast<std::uint64_t>(*v);
     }
-    if (auto v = r.strings("from_domains")) {
+    const auto domains = [&](const char* key) -> std::vector<std::string> {
+        auto v = r.strings(key);
+        if (!v) {
+            return {};
+        }
         if (v->empty()) {
-            r.errs().add(r.path_of("from_domains"), "needs at least one domain (leave it out to allow any)");
+            r.errs().add(r.path_of(key), "needs at least one domain (leave it out to allow any)");
         }
         for (std::size_t i = 0; i < v->size(); ++i) {
             auto& d = (*v)[i];
             std::transform(d.begin(), d.end(), d.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
             if (!valid_host_name(d)) {
-                r.errs().add(cfg::child(r.path_of("from_domains"), i),
+                r.errs().add(cfg::child(r.path_of(key), i),
                              cfg::quote(d) + " is not a domain name" +
                                  (d.starts_with("*.") ? " (no wildcards: list each domain, matched exactly)" : ""));
             }
         }
-        bc.from_domains = std::move(*v);
-    }
+        return std::move(*v);
+    };
+    bc.from_domains = domains("from_domains");
+    bc.reply_to_domains = domains("reply_to_domains");
     if (auto v = r.strings("template_ids")) {
         if (v->empty()) {
             r.errs().add(r.path_of("template_ids"), "needs at least one template id (leave it out to allow any)");

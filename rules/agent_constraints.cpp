@@ -60,6 +60,7 @@ public:
     checker(const body_constraints& c, scratch& s) : c_(c), s_(s) {}
 
     bool checks_from() const { return !c_.from_domains.empty() && reason_.empty(); }
+    bool checks_reply_to() const { return !c_.reply_to_domains.empty() && reason_.empty(); }
     bool checks_template() const { return !c_.template_ids.empty() && reason_.empty(); }
 
     void fail(std::string why) {
@@ -108,6 +109,35 @@ public:
                                              [&](const std::string& d) { return iequals(d, domain); });
             if (!allowed) {
                 fail("from domain " + shown(domain) + " is not allowed for this agent");
+                return;
+            }
+        }
+    }
+
+    // A Reply-To value, when reply_to_domains is given: every address in it must be at one
+    // of them or at a from domain (an agent's replies go where they are meant to, not to
+    // wherever a prompt says).
+    void reply_to(std::string_view list) {
+        if (!checks_reply_to()) {
+            return;
+        }
+        s_.items.clear();
+        if (!split_addresses(list, s_.items)) {
+            fail("the reply-to address is not one that reads one way only");
+            return;
+        }
+        for (const auto item : s_.items) {
+            detail::normalize_address(item, s_.addr);
+            const auto at = s_.addr.rfind('@');
+            if (at == std::string::npos || at + 1 == s_.addr.size()) {
+                fail("the reply-to address has no domain");
+                return;
+            }
+            const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+            const auto is = [&](const std::string& d) { return iequals(d, domain); };
+            if (std::none_of(c_.from_domains.begin(), c_.from_domains.end(), is) &&
+                std::none_of(c_.reply_to_domains.begin(), c_.reply_to_domains.end(), is)) {
+                fail("reply-to domain " + shown(domain) + " is not allowed for this agent");
                 return;
             }
         }
@@ -256,6 +286,24 @@ void from_value(checker& k, element v) {
     }
 }
 
+// SendGrid `reply_to` ({"email": ...}) and `reply_to_list` ([{"email": ...}]), SES
+// `ReplyToAddresses` (strings), HubSpot `replyTo` (strings), a Reply-To header's value.
+void reply_to_value(checker& k, element v) {
+    if (!k.checks_reply_to() || v.is_null()) {
+        return;
+    }
+    std::string_view s;
+    if (v.get(s) == simdjson::SUCCESS) {
+        k.reply_to(s);
+    } else if (v.type() == element_type::OBJECT) {
+        each_field(v, "email", [&](element e) { reply_to_value(k, e); });
+    } else if (v.type() == element_type::ARRAY) {
+        each_item(v, [&](element e) { reply_to_value(k, e); });
+    } else {
+        k.fail("the reply-to address is not a string");
+    }
+}
+
 void template_value(checker& k, element v, bool arn) {
     if (!k.checks_template() || v.is_null()) {
         return;
@@ -282,31 +330,55 @@ void recipient_fields(checker& k, element parent, std::initializer_list<std::str
 
 // A sender set as a header (SendGrid `headers: {"Sender": ...}`; SES v2 `Headers: [{"Name":
 // "From", "Value": ...}]`): the mail goes out with it, so it is checked as `from` is.
+// A Reply-To header is checked as `reply_to` is.
 bool sender_header(std::string_view name) {
     return iequals(name, "From") || iequals(name, "Sender");
 }
 void header_object(checker& k, element headers) {
     simdjson::dom::object obj;
-    if (!k.checks_from() || headers.get(obj) != simdjson::SUCCESS) {
+    if ((!k.checks_from() && !k.checks_reply_to()) || headers.get(obj) != simdjson::SUCCESS) {
         return;
     }
     for (const auto field : obj) {
         if (sender_header(field.key)) {
             from_value(k, field.value);
+        } else if (iequals(field.key, "Reply-To")) {
+            reply_to_value(k, field.value);
         }
     }
 }
 void header_list(checker& k, element headers) {
     each_item(headers, [&](element h) {
         bool sender = false;
+        bool reply = false;
         each_field(h, "Name", [&](element n) {
             std::string_view name;
-            sender = sender || (n.get(name) == simdjson::SUCCESS && sender_header(name));
+            if (n.get(name) == simdjson::SUCCESS) {
+                sender = sender || sender_header(name);
+                reply = reply || iequals(name, "Reply-To");
+            }
         });
         if (sender) {
             each_field(h, "Value", [&](element v) { from_value(k, v); });
         }
+        if (reply) {
+            each_field(h, "Value", [&](element v) { reply_to_value(k, v); });
+        }
     });
+}
+
+// A raw message's From and Sender, and its Reply-To.
+void raw_senders(checker& k, std::string_view message) {
+    if (k.checks_from()) {
+        k.from(mime_from(message));
+    }
+    if (k.checks_reply_to()) {
+        if (const auto reply = mime_reply_to(message); !reply) {
+            k.fail("a raw MIME message's Reply-To cannot be read for certain");
+        } else if (!reply->empty()) {
+            k.reply_to(*reply);
+        }
+    }
 }
 
 void walk_json(checker& k, element root) {
@@ -319,8 +391,25 @@ void walk_json(checker& k, element root) {
         });
     });
     each_field(root, "from", [&](element v) { from_value(k, v); });
+    each_field(root, "reply_to", [&](element v) { reply_to_value(k, v); });
+    each_field(root, "reply_to_list", [&](element v) { reply_to_value(k, v); });
     each_field(root, "headers", [&](element h) { header_object(k, h); });
-    each_field(root, "template_id", [&](element v) { template_value(k, v, false); });
+    bool legacy_template = false;
+    each_field(root, "template_id", [&](element v) {
+        std::string_view id;
+        legacy_template = legacy_template || (v.get(id) == simdjson::SUCCESS && !id.starts_with("d-"));
+        template_value(k, v, false);
+    });
+    // A legacy template (an id without `d-`) takes `content` into its <%body%>: the agent's
+    // own words in a reviewed template's frame. (A dynamic template's own content overrides it.)
+    if (legacy_template) {
+        each_field(root, "content", [&](element v) {
+            simdjson::dom::array a;
+            if (v.get(a) == simdjson::SUCCESS && a.size() > 0) {  // (an object is SES's Content, below)
+                k.own_content("content");
+            }
+        });
+    }
 
     // SES v2 SendEmail and SendBulkEmail.
     const auto destination = [&](element d) {
@@ -330,9 +419,13 @@ void walk_json(checker& k, element root) {
     each_field(root, "Destination", destination);
     const std::uint64_t destination_count = k.recipients() - before_destination;
     each_field(root, "BulkEmailEntries", [&](element list) {
-        each_item(list, [&](element entry) { each_field(entry, "Destination", destination); });
+        each_item(list, [&](element entry) {
+            each_field(entry, "Destination", destination);
+            each_field(entry, "ReplacementHeaders", [&](element h) { header_list(k, h); });
+        });
     });
     each_field(root, "FromEmailAddress", [&](element v) { from_value(k, v); });
+    each_field(root, "ReplyToAddresses", [&](element v) { reply_to_value(k, v); });
     // A raw message (SES v2 Content.Raw.Data): SES sends it to its own To/Cc/Bcc headers when
     // no Destination is given, else to the Destination only; from its From header. Counted as
     // the larger of the two, as SES v1's (v1 SendRawEmail is a form post: walk_form).
@@ -348,9 +441,7 @@ void walk_json(checker& k, element root) {
             return;
         }
         raw_count += to.size();
-        if (k.checks_from()) {
-            k.from(mime_from(message));
-        }
+        raw_senders(k, message);
     };
     for (const auto content : {"Content", "DefaultContent"}) {
         each_field(root, content, [&](element c) {
@@ -408,6 +499,7 @@ void walk_json(checker& k, element root) {
     each_field(root, "message", [&](element m) {
         recipient_fields(k, m, {"to", "cc", "bcc"});
         each_field(m, "from", [&](element v) { from_value(k, v); });
+        each_field(m, "replyTo", [&](element v) { reply_to_value(k, v); });
     });
     each_field(root, "emailId", [&](element v) { template_value(k, v, false); });
 }
@@ -431,9 +523,7 @@ std::size_t raw_form_message(checker& k, std::string_view value, bool base64) {
         k.fail("a raw MIME message is not a message whose recipients can be read for certain");
         return 0;
     }
-    if (k.checks_from()) {
-        k.from(mime_from(message));
-    }
+    raw_senders(k, message);
     return to.size();
 }
 
@@ -487,6 +577,9 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
         } else if (iequals(name, "from") || iequals(name, "Source") || iequals(name, "h:From") ||
                    iequals(name, "h:Sender")) {
             k.from(value);  // (Mailgun's h: fields are headers of the mail it sends)
+        } else if (iequals(name, "h:Reply-To") || iequals(name, "replyto") ||
+                   list_member(name, "ReplyToAddresses.member.")) {
+            k.reply_to(value);  // Mailgun, SendGrid v2, SES v1
         } else if (iequals(name, "template")) {
             k.template_id(value, false);
         } else if (iequals(name, "TemplateArn")) {

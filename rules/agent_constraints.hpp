@@ -19,9 +19,14 @@ namespace bb::rules {
 struct body_constraints {
     std::optional<std::uint64_t> max_recipients;  // to + cc + bcc over the whole request, >= 1
     std::vector<std::string> from_domains;        // lower case; the from domain must equal one exactly
-    std::vector<std::string> template_ids;        // exact; an SES TemplateArn also matches by its name
+    // lower case; when given, a Reply-To domain must equal one of these or of from_domains
+    // (where the replies to the agent's mail go: a help desk's domain, say)
+    std::vector<std::string> reply_to_domains;
+    std::vector<std::string> template_ids;  // exact; an SES TemplateArn also matches by its name
 
-    bool empty() const { return !max_recipients && from_domains.empty() && template_ids.empty(); }
+    bool empty() const {
+        return !max_recipients && from_domains.empty() && reply_to_domains.empty() && template_ids.empty();
+    }
     bool operator==(const body_constraints&) const = default;
 };
 

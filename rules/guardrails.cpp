@@ -2659,6 +2659,7 @@ const std::vector<guard_field>& default_content_fields() {
         "$.mail_settings.footer", "$.sections",                                 // SendGrid: also in the mail
         "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)
         "$.DefaultContent", "$.BulkEmailEntries[*].ReplacementEmailContent",   // SES v2 SendBulkEmail
+        "$.BulkEmailEntries[*].ReplacementHeaders",
         "$.message.subject", "$.customProperties", "$.contactProperties",      // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
         "form:recipient-variables", "form:t:variables", "form:h:X-Mailgun-Variables",
@@ -2666,7 +2667,8 @@ const std::vector<guard_field>& default_content_fields() {
         "mime:base64:form:RawMessage.Data",                                            // SES v1 SendRawEmail
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1
         "form:TemplateData", "form:DefaultTemplateData",                       // SES v1 templated sends
-        "form:Destinations.member.*.ReplacementTemplateData"});
+        "form:Destinations.member.*.ReplacementTemplateData",
+        "$.inputs[*]['emailSubject','emailBody']"});                           // Salesforce emailSimple
     return f;
 }
 
@@ -2704,6 +2706,7 @@ const std::vector<guard_field>& default_template_fields() {
     static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
                                           "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
                                           "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template",
+                                          "form:TemplateArn",                  // SES v1 SendTemplatedEmail
                                           "$.inputs[*].emailTemplateId"});  // Salesforce emailSimple
     return f;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
 
 #include <iconv.h>
@@ -747,21 +748,36 @@ std::optional<std::string> mime_subject(std::string_view message) {
     return subject;
 }
 
-std::string mime_from(std::string_view message) {
+namespace {
+
+// The values of every header field named one of `names`, unfolded and joined by ", ";
+// nullopt when one holds a comment or the header section cannot be read.
+std::optional<std::string> address_fields(std::string_view message, std::initializer_list<std::string_view> names) {
     std::string value;
-    std::string from;
+    std::string joined;
     bool comment = false;
-    // Every From, and Sender: a second From (or a Sender) is what some clients and relays
-    // show or send as, so each address of each is checked, not only the first field's.
     const bool ok = for_each_field(message, value, [&](std::string_view name, std::string_view v) {
-        if (iequals(name, "From") || iequals(name, "Sender")) {
+        if (std::any_of(names.begin(), names.end(), [&](std::string_view n) { return iequals(name, n); })) {
             comment |= has_comment(v);
-            from += from.empty() ? "" : ", ";
-            from += v;
+            joined += joined.empty() ? "" : ", ";
+            joined += v;
         }
     });
-    return ok && !comment ? from : std::string{};
+    if (!ok || comment) {
+        return std::nullopt;
+    }
+    return joined;
 }
+
+}  // namespace
+
+std::string mime_from(std::string_view message) {
+    // Every From, and Sender: a second From (or a Sender) is what some clients and relays
+    // show or send as, so each address of each is checked, not only the first field's.
+    return address_fields(message, {"From", "Sender"}).value_or(std::string{});
+}
+
+std::optional<std::string> mime_reply_to(std::string_view message) { return address_fields(message, {"Reply-To"}); }
 
 bool list_unsubscribe_value(std::string_view value) {
     for (std::size_t lt = value.find('<'); lt != std::string_view::npos; lt = value.find('<', lt + 1)) {

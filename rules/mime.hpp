@@ -78,6 +78,9 @@ std::optional<std::string> mime_subject(std::string_view message);
 // by ", ": every mailbox to be checked), empty when there is none, when one holds a comment,
 // or when the header section cannot be read.
 std::string mime_from(std::string_view message);
+// The values of every Reply-To header field, joined as mime_from joins them; empty when
+// there is none; nullopt when one holds a comment or the header section cannot be read.
+std::optional<std::string> mime_reply_to(std::string_view message);
 
 // Whether a List-Unsubscribe value (RFC 2369) gives a way to unsubscribe: an angle-bracketed
 // https:, http: or mailto: URI. An empty or placeholder value satisfies no unsubscribe check.

@@ -403,7 +403,7 @@ TEST(config, agent_body_constraints_are_parsed_and_normalized) {
     auto ok = parse_config(base(R"(, "agents": [
         {"id": "mailer", "key_sha256": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
          "constraints": {"max_recipients": 50, "from_domains": ["Example.com", "mail.example.com"],
-                         "template_ids": ["d-123", "welcome-v2"]}},
+                         "reply_to_domains": ["Help.Example.net"], "template_ids": ["d-123", "welcome-v2"]}},
         {"id": "partial", "key_sha256": ["0f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
          "constraints": {"template_ids": ["t"]}},
         {"id": "free", "key_sha256": ["1f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]}])"));
@@ -411,10 +411,12 @@ TEST(config, agent_body_constraints_are_parsed_and_normalized) {
     const auto& c = ok.cfg->agents[0].constraints;
     EXPECT_EQ(c.max_recipients, std::optional<std::uint64_t>{50});
     EXPECT_EQ(c.from_domains, (std::vector<std::string>{"example.com", "mail.example.com"}));
+    EXPECT_EQ(c.reply_to_domains, std::vector<std::string>{"help.example.net"});
     EXPECT_EQ(c.template_ids, (std::vector<std::string>{"d-123", "welcome-v2"}));
     const auto& p = ok.cfg->agents[1].constraints;
     EXPECT_FALSE(p.max_recipients);
     EXPECT_TRUE(p.from_domains.empty());
+    EXPECT_TRUE(p.reply_to_domains.empty());
     EXPECT_EQ(p.template_ids, std::vector<std::string>{"t"});
     EXPECT_TRUE(ok.cfg->agents[2].constraints.empty());
 }
@@ -425,7 +427,8 @@ TEST(config, agent_body_constraint_errors_name_their_path) {
          "constraints": {"max_recipients": 0, "from_domains": ["ok.example", "*.example.com", "bad domain", "-x.com", "a..b", "x.com."],
                          "template_ids": ["fine", ""], "max_recipents": 5}},
         {"id": "b", "key_sha256": ["0f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
-         "constraints": {"max_recipients": "10", "from_domains": [], "template_ids": [7]}},
+         "constraints": {"max_recipients": "10", "from_domains": [], "template_ids": [7],
+                         "reply_to_domains": ["ok.example", "*.help.example"]}},
         {"id": "c", "key_sha256": ["1f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
          "constraints": {"max_recipients": 1.5, "from_domains": "example.com", "template_ids": []}},
         {"id": "d", "key_sha256": ["2f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
@@ -445,6 +448,9 @@ TEST(config, agent_body_constraint_errors_name_their_path) {
     EXPECT_NE(e.find("agents[1].constraints.max_recipients: must be a whole number"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].constraints.from_domains: needs at least one domain"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].constraints.template_ids[0]: must be a string"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].constraints.reply_to_domains[1]: \"*.help.example\" is not a domain name (no wildcards"),
+              std::string::npos) << e;
+    EXPECT_EQ(e.find("agents[1].constraints.reply_to_domains[0]"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].constraints.max_recipients: must be a whole number"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].constraints.from_domains"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].constraints.template_ids: needs at least one template id"), std::string::npos) << e;

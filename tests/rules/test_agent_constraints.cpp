@@ -10,6 +10,7 @@
 
 #include "rules/agent_constraints.hpp"
 #include "rules/form.hpp"
+#include "tests/support/base64.hpp"
 
 namespace bb::rules {
 namespace {
@@ -335,6 +336,12 @@ TEST(AgentConstraints, SenderHeadersAreCheckedAsFromIs) {
         "Content": {"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "t"}},
                                "Headers": [{"Name": "X-Tag", "Value": "v"}, {"Name": "Sender", "Value": "ceo@other.example"}]}}})j"),
               "from domain \"other.example\" is not allowed for this agent");
+    // SES v2 SendBulkEmail: an entry's ReplacementHeaders.
+    EXPECT_EQ(check_body_constraints(allowed, json, R"j({"FromEmailAddress": "a@news.example.com",
+        "DefaultContent": {"Template": {"TemplateName": "t"}},
+        "BulkEmailEntries": [{"Destination": {"ToAddresses": ["x@y.com"]},
+                              "ReplacementHeaders": [{"Name": "From", "Value": "ceo@other.example"}]}]})j"),
+              "from domain \"other.example\" is not allowed for this agent");
 }
 
 // SendGrid's v2 mail.send.json is a form post with array fields and an X-SMTPAPI JSON header
@@ -421,6 +428,78 @@ TEST(AgentConstraints, MailgunUrlencoded) {
     // Content type parameters and case do not matter.
     EXPECT_EQ(check_body_constraints(max(4), "Application/X-WWW-Form-Urlencoded; charset=utf-8", mailgun_form),
               "5 recipients in one request; this agent may address at most 4");
+}
+
+body_constraints reply_to(std::vector<std::string> d) {
+    body_constraints c;
+    c.from_domains = {"example.com", "mail.example.com", "news.example.com"};
+    c.reply_to_domains = std::move(d);
+    return c;
+}
+
+// With reply_to_domains, where replies go is held to them (or to a from domain), in every
+// API's spelling of a Reply-To. Without it a Reply-To is not judged (a help desk elsewhere).
+TEST(AgentConstraints, ReplyToIsHeldToReplyToDomainsWhenGiven) {
+    // The SendGrid fixture replies to customer_service@other.example.
+    EXPECT_EQ(check_body_constraints(domains({"mail.example.com"}), json, sendgrid), "");
+    EXPECT_EQ(check_body_constraints(reply_to({"other.example"}), json, sendgrid), "");
+    EXPECT_EQ(check_body_constraints(reply_to({"help.example.net"}), json, sendgrid),
+              "reply-to domain \"other.example\" is not allowed for this agent");
+    const auto c = reply_to({"help.example.net"});
+    const auto refused = [&](std::string_view type, std::string_view body) {
+        return check_body_constraints(c, type, body) == "reply-to domain \"evil.example\" is not allowed for this agent";
+    };
+    // SendGrid: reply_to_list, a Reply-To header (also per personalization).
+    EXPECT_TRUE(refused(json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}], "from": {"email": "a@example.com"},
+        "reply_to_list": [{"email": "ok@help.example.net"}, {"email": "x@evil.example"}]})j"));
+    EXPECT_TRUE(refused(json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}], "headers": {"reply-to": "x@evil.example"}}],
+        "from": {"email": "a@example.com"}})j"));
+    // SES v2: ReplyToAddresses, a Reply-To in Headers or in a bulk entry's ReplacementHeaders.
+    EXPECT_TRUE(refused(json, R"j({"FromEmailAddress": "a@example.com", "Destination": {"ToAddresses": ["x@y.com"]},
+        "ReplyToAddresses": ["ok@news.example.com", "x@evil.example"], "Content": {"Template": {"TemplateName": "t"}}})j"));
+    EXPECT_TRUE(refused(json, R"j({"FromEmailAddress": "a@example.com", "Destination": {"ToAddresses": ["x@y.com"]},
+        "Content": {"Template": {"TemplateName": "t", "Headers": [{"Name": "Reply-To", "Value": "x@evil.example"}]}}})j"));
+    EXPECT_TRUE(refused(json, R"j({"FromEmailAddress": "a@example.com", "DefaultContent": {"Template": {"TemplateName": "t"}},
+        "BulkEmailEntries": [{"Destination": {"ToAddresses": ["x@y.com"]},
+                              "ReplacementHeaders": [{"Name": "Reply-To", "Value": "x@evil.example"}]}]})j"));
+    // HubSpot single send.
+    EXPECT_TRUE(refused(json, R"j({"emailId": 1, "message": {"to": "x@y.com", "replyTo": ["x@evil.example"]}})j"));
+    // Mailgun, SendGrid v2, SES v1 forms.
+    EXPECT_TRUE(refused(urlencoded, "from=a%40example.com&to=x%40y.com&h%3AReply-To=Desk%20%3Cx%40evil.example%3E"));
+    EXPECT_TRUE(refused(urlencoded, "from=a%40example.com&to%5B%5D=x%40y.com&replyto=x%40evil.example"));
+    EXPECT_TRUE(refused(urlencoded, "Action=SendEmail&Source=a%40example.com&Destination.ToAddresses.member.1=x%40y.com"
+                                    "&ReplyToAddresses.member.1=x%40evil.example"));
+    // A raw message's own Reply-To (SES v2 Content.Raw.Data: base64 of the message).
+    const auto raw = [](std::string_view reply) {
+        std::string message = "From: a@example.com\r\nTo: x@y.com\r\n" + std::string{reply} + "Subject: s\r\n\r\nbody\r\n";
+        return R"j({"Content": {"Raw": {"Data": ")j" + bb::test::b64(message) + R"j("}}})j";
+    };
+    EXPECT_TRUE(refused(json, raw("Reply-To: x@evil.example\r\n")));
+    EXPECT_EQ(check_body_constraints(c, json, raw("Reply-To: desk@help.example.net\r\n")), "");
+    EXPECT_EQ(check_body_constraints(c, json, raw("")), "") << "no Reply-To";
+    EXPECT_EQ(check_body_constraints(c, json, raw("Reply-To: desk@help.example.net (x@evil.example)\r\n")),
+              "a raw MIME message's Reply-To cannot be read for certain");
+    // Allowed: a reply-to domain, a from domain; exact, in any case.
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "from=a%40example.com&to=x%40y.com&h%3AReply-To=d%40Help.Example.NET"), "");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "from=a%40example.com&to=x%40y.com&h%3AReply-To=d%40example.com"), "");
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "from=a%40example.com&to=x%40y.com&h%3AReply-To=d%40sub.help.example.net"),
+              "reply-to domain \"sub.help.example.net\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"message": {"to": "x@y.com", "replyTo": [7]}})j"),
+              "the reply-to address is not a string");
+}
+
+// A legacy SendGrid template (no `d-`) takes the body's `content` into its <%body%>; a
+// dynamic template's own content overrides it.
+TEST(AgentConstraints, SendGridContentInALegacyTemplateIsContentOfItsOwn) {
+    const auto c = templates({"legacy-1", "d-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"});
+    const std::string legacy = R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}], "from": {"email": "a@example.com"},
+        "template_id": "legacy-1", "content": [{"type": "text/html", "value": "<p>whatever the agent wrote</p>"}]})j";
+    EXPECT_EQ(check_body_constraints(c, json, legacy),
+              "this send carries content of its own (content); this agent may send only its templates");
+    EXPECT_EQ(check_body_constraints(c, json, sendgrid), "") << "a dynamic template beside content";
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}],
+        "template_id": "legacy-1", "content": []})j"), "");
+    EXPECT_EQ(check_body_constraints(max(5), json, legacy), "") << "no template constraint";
 }
 
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {

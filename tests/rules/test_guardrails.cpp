@@ -22,6 +22,7 @@
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
 #include "rules/mime.hpp"
+#include "tests/support/base64.hpp"
 
 namespace bb::rules::test {
 namespace {
@@ -100,20 +101,7 @@ std::string temp_file(const std::string& name, std::string_view text) {
 // ---------------------------------------------------------------------------------------
 // Building blocks.
 
-std::string b64(std::string_view raw) {
-    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    std::string out;
-    for (std::size_t i = 0; i < raw.size(); i += 3) {
-        const std::uint32_t n = (static_cast<unsigned char>(raw[i]) << 16) |
-                                (i + 1 < raw.size() ? static_cast<unsigned char>(raw[i + 1]) << 8 : 0) |
-                                (i + 2 < raw.size() ? static_cast<unsigned char>(raw[i + 2]) : 0);
-        out += alphabet[(n >> 18) & 63];
-        out += alphabet[(n >> 12) & 63];
-        out += i + 1 < raw.size() ? alphabet[(n >> 6) & 63] : '=';
-        out += i + 2 < raw.size() ? alphabet[n & 63] : '=';
-    }
-    return out;
-}
+using bb::test::b64;
 
 TEST(GuardrailBlocks, Luhn) {
     EXPECT_TRUE(luhn_valid("4111111111111111"));
@@ -991,6 +979,10 @@ TEST(GuardContent, EveryDefaultFieldIsRead) {
              R"j({"BulkEmailEntries": [{"ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "free money"}}}]})j",
              R"j({"emailId": 1, "message": {"to": "a@example.com"}, "contactProperties": {"offer": "free money"}})j",
              R"j({"subject": "Hi", "mail_settings": {"footer": {"html": "<a href=\"https://evil.example\">x</a>"}}})j",
+             R"j({"BulkEmailEntries": [{"ReplacementHeaders": [{"Name": "X-Offer", "Value": "free money"}]}]})j",
+             R"j({"inputs": [{"emailAddresses": "a@example.com", "emailSubject": "Free money", "emailBody": "b"}]})j",
+             R"j({"inputs": [{"emailAddresses": "a@example.com", "emailSubject": "s", "emailBody": "free money"}]})j",
+             R"j({"inputs": [{"emailAddresses": "a@example.com", "emailBody": "see https://evil.example/x"}]})j",
          }) {
         EXPECT_FALSE(f.check_body(body).allowed()) << body;
     }
@@ -1695,6 +1687,21 @@ TEST(GuardDuplicates, SalesforceEmailSimpleSubjectsTellMailsApart) {
     EXPECT_TRUE(f.check(second).allowed()) << "another mail to the same contact";
     auto again = mail("Your invoice");
     EXPECT_EQ(f.check(again).outcome, verdict::violated) << "the same mail twice";
+}
+
+// SES v1 SendTemplatedEmail may name its template by TemplateArn alone: two templates are
+// two sends, not one loop.
+TEST(GuardDuplicates, SesV1TemplateArnsTellSendsApart) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "template"]})j")};
+    const auto send = [&](std::string_view name) {
+        return f.check_body("Action=SendTemplatedEmail&Source=a%40example.com&Destination.ToAddresses.member.1=ann%40x.com"
+                            "&TemplateArn=arn%3Aaws%3Ases%3Aus-east-1%3A1%3Atemplate%2F" + std::string{name} +
+                                "&TemplateData=%7B%7D",
+                            "application/x-www-form-urlencoded");
+    };
+    EXPECT_TRUE(send("order-shipped").allowed());
+    EXPECT_TRUE(send("invoice").allowed()) << "another template to the same recipient";
+    EXPECT_EQ(send("invoice").outcome, verdict::violated) << "the same template twice";
 }
 
 TEST(GuardRawMessages, DuplicatesCountRawMessages) {
