@@ -2077,7 +2077,53 @@ std::string where_recipient(const recipients_guard& g, const guard_input& in, st
 // suppressed. The walk checks the domains and stops at the first refused one; the addresses
 // before it are then looked up in the suppression list together, two SHA-256 at a time (so
 // a suppressed recipient before a blocked one is still the one reported).
+// SendGrid's mail_settings.bypass_list_management, bypass_unsubscribe_management,
+// bypass_spam_management and bypass_bounce_management with `"enable": true` send past
+// SendGrid's own unsubscribe, spam-report and bounce lists. The setting's name, or "".
+// Keys as Go folds them; every copy of a key given twice counts (fail closed).
+std::string_view suppression_bypass(const guard_input& in) {
+    const std::string_view body = in.req.body;
+    // Cheap test first: "ypa" has no letter Go folds from another character, and a key may
+    // be spelled with escapes.
+    if (kind_of(in) != body_kind::json || (!icontains(body, "ypa") && body.find("\\u") == std::string_view::npos)) {
+        return {};
+    }
+    using json_key::matches;
+    static constexpr std::string_view names[] = {"bypass_list_management", "bypass_unsubscribe_management",
+                                                 "bypass_spam_management", "bypass_bounce_management"};
+    std::string_view found;
+    doc_of(in).walk(body, [&](std::span<const frame> f, value_type t, std::string_view text, std::size_t, bool) {
+        if (f.empty()) {
+            return walk_next::go;
+        }
+        if (f[0].array || !matches(f[0].key, "mail_settings") || f.size() > 3) {
+            return walk_next::skip;
+        }
+        if (f.size() == 2) {
+            const bool bypass =
+                !f[1].array && std::any_of(std::begin(names), std::end(names), [&](auto n) { return matches(f[1].key, n); });
+            return bypass ? walk_next::go : walk_next::skip;
+        }
+        if (f.size() == 3 && !f[2].array && matches(f[2].key, "enable") && t == value_type::scalar && text == "true") {
+            for (const auto n : names) {
+                if (matches(f[1].key, n)) {
+                    found = n;
+                }
+            }
+            return walk_next::stop;
+        }
+        return walk_next::go;
+    });
+    return found;
+}
+
 guard_result check_recipients(const recipients_guard& g, const guard_input& in) {
+    if (g.refuse_bypass) {
+        if (const auto setting = suppression_bypass(in); !setting.empty()) {
+            return violated("the send asks the API to skip its suppression lists ($.mail_settings." +
+                            std::string{setting} + ".enable)");
+        }
+    }
     scratch& s = local();
     guard_result refused;
     std::size_t index = 0;
@@ -2888,6 +2934,14 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         }
         rg.fields = read_fields(rr, "fields", default_recipient_fields(), true);
         rg.index = path_index::of({&rg.fields});
+        rg.refuse_bypass = !rg.suppression_file.empty();
+        if (auto b = rr.string("suppression_bypass")) {
+            if (*b == "refuse" || *b == "allow") {
+                rg.refuse_bypass = *b == "refuse";
+            } else {
+                errs.add(rr.path_of("suppression_bypass"), cfg::quote(*b) + " is not refuse or allow");
+            }
+        }
         if (rr.is_object() && rg.allow.empty() && rg.block.empty() && rg.suppression_file.empty()) {
             errs.add(rr.path(), "needs allow_domains, block_domains or suppression_file");
         }

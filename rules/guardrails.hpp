@@ -244,6 +244,9 @@ struct recipients_guard {
     std::string suppression_file;
     std::vector<guard_field> fields;  // defaults: SendGrid, SES, Mailgun, HubSpot recipients
     path_index index;
+    // A send that asks the API to skip its own suppression lists (SendGrid's
+    // mail_settings.bypass_*_management) is violated. Default: when a suppression_file is set.
+    bool refuse_bypass = false;
 };
 
 struct content_guard {

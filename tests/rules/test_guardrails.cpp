@@ -823,6 +823,47 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
     EXPECT_THAT(f.check(ses).reason, HasSubstr("suppressed recipient #1 j***@example.com ($.Destination.BccAddresses[0])"));
 }
 
+// SendGrid's bypass_*_management settings send past SendGrid's own unsubscribe, bounce and
+// spam-report lists: a guard that keeps suppressed people out refuses them by default.
+TEST(GuardRecipients, ASendThatSkipsTheApisSuppressionListsIsRefused) {
+    const std::string path = temp_file("bypass.txt", "jane.doe@example.com\n");
+    const std::string file = R"j("suppression_file": ")j" + path + "\"";
+    const auto with = [](std::string_view settings) {
+        std::string b = sendgrid_to({"ann@example.com"});
+        b.insert(b.rfind('}'), std::string{R"j(, "mail_settings": )j"} + std::string{settings});
+        return b;
+    };
+    fixture f{recipients_rule("{" + file + "}")};
+    for (const std::string_view name : {"bypass_list_management", "bypass_unsubscribe_management",
+                                        "bypass_spam_management", "bypass_bounce_management"}) {
+        const auto d = f.check_body(with(R"j({")j" + std::string{name} + R"j(": {"enable": true}})j"));
+        ASSERT_EQ(d.outcome, verdict::violated) << name;
+        EXPECT_THAT(d.reason, HasSubstr("skip its suppression lists ($.mail_settings." + std::string{name} + ".enable)"));
+    }
+    // As Go reads the keys: any case, escapes, every copy of a repeated key.
+    for (const std::string_view settings : {R"j({"Bypass_List_Management": {"ENABLE": true}})j",
+                                            R"j({"\u0062ypass_list_management": {"enable": true}})j",
+                                            R"j({"bypass_list_management": {"enable": true, "enable": false}})j",
+                                            R"j({"sandbox_mode": {"enable": false}, "bypass_list_management": {"enable": true}})j"}) {
+        EXPECT_EQ(f.check_body(with(settings)).outcome, verdict::violated) << settings;
+    }
+    for (const std::string_view settings : {R"j({"bypass_list_management": {"enable": false}})j",
+                                            R"j({"footer": {"enable": true, "text": "bypass_list_management"}})j",
+                                            R"j({"sandbox_mode": {"enable": true}})j"}) {
+        EXPECT_TRUE(f.check_body(with(settings)).allowed()) << settings;
+    }
+    EXPECT_TRUE(f.check_body(R"j({"bypass_list_management": {"enable": true}, "personalizations": []})j").allowed())
+        << "not SendGrid's mail_settings";
+    const std::string bypass = with(R"j({"bypass_list_management": {"enable": true}})j");
+    // Explicitly: allowed with the file (a password reset past the lists), refused without one.
+    EXPECT_TRUE(fixture{recipients_rule("{" + file + R"j(, "suppression_bypass": "allow"})j")}.check_body(bypass).allowed());
+    EXPECT_TRUE(fixture{recipients_rule(R"j({"block_domains": ["evil.example"]})j")}.check_body(bypass).allowed());
+    EXPECT_EQ(fixture{recipients_rule(R"j({"block_domains": ["evil.example"], "suppression_bypass": "refuse"})j")}
+                  .check_body(bypass)
+                  .outcome,
+              verdict::violated);
+}
+
 TEST(GuardRecipients, SuppressionListReloadsWhenTheConfigIsParsedAgain) {
     const std::string path = temp_file("reload.txt", "ann@example.com\n");
     const std::string cfg = guard_config(recipients_rule(R"j({"suppression_file": ")j" + path + R"j("})j"));
@@ -2314,6 +2355,12 @@ std::vector<std::string> guard_errors(std::string_view rules_json) {
         out.push_back(e.to_string());
     }
     return out;
+}
+
+TEST(GuardConfig, SuppressionBypassIsRefuseOrAllow) {
+    const auto errs = guard_errors(recipients_rule(R"j({"block_domains": ["x.com"], "suppression_bypass": "yes"})j"));
+    ASSERT_EQ(errs.size(), 1u);
+    EXPECT_THAT(errs[0], HasSubstr("guard.recipients.suppression_bypass: \"yes\" is not refuse or allow"));
 }
 
 TEST(GuardConfig, EveryErrorHasItsPath) {
