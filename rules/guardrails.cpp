@@ -1938,6 +1938,14 @@ std::string_view refuse_domain(const recipients_guard& g, std::string_view addr,
 }
 
 
+// SendGrid v2's X-SMTPAPI form field: a JSON header whose `to` replaces the request's
+// recipients and whose filters and substitutions add more. The recipients and duplicates
+// guards do not read it, so a form that has one is an invalid body to them (fail closed).
+bool smtpapi_field(std::string_view name) { return ieq(name, "x-smtpapi"); }
+constexpr std::string_view smtpapi_unread =
+    "form field x-smtpapi (SendGrid v2) names recipients of its own, which this guard does not read; send through "
+    "/v3/mail/send";
+
 // Calls f(address, group, where) for every recipient at `fields`; false if the body should
 // be JSON and is not.
 template <class F>
@@ -2010,6 +2018,12 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
         }
         case body_kind::form: {
             for (const auto& [name, value] : *in.form) {
+                if (smtpapi_field(name)) {
+                    if (why) {
+                        *why = smtpapi_unread;
+                    }
+                    return false;
+                }
                 if (const guard_field* mf = mime_form_field(fields, name)) {
                     // A raw message (SES v1 SendRawEmail): its own To/Cc/Bcc headers.
                     scratch& s = local();
@@ -2492,6 +2506,9 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         }
         case body_kind::form:
             for (const auto& [name, value] : *in.form) {
+                if (smtpapi_field(name)) {
+                    return invalid_body(std::string{smtpapi_unread});
+                }
                 for (const auto& tg : targets) {
                     if (!tg.on || !form_selected(*tg.fields, name)) {
                         continue;
@@ -2708,6 +2725,7 @@ const std::vector<guard_field>& default_content_fields() {
         "$.BulkEmailEntries[*].ReplacementHeaders",
         "$.message.subject", "$.customProperties", "$.contactProperties",      // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
+        "form:x-smtpapi",                                                       // SendGrid v2 (as text)
         "form:recipient-variables", "form:t:variables", "form:h:X-Mailgun-Variables",
         "mime:form:message",                                                    // Mailgun messages.mime
         "mime:base64:form:RawMessage.Data",                                            // SES v1 SendRawEmail

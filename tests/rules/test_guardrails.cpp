@@ -912,6 +912,7 @@ TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
     EXPECT_THAT(d.reason, HasSubstr("(form field bcc[])"));
 }
 
+
 // Mailgun lists are split as RFC 5322 reads them: an escaped quote or a comment cannot
 // fold several addresses into one that passes.
 TEST(GuardRecipients, FormAddressListsCannotHideAnAddress) {
@@ -1728,6 +1729,27 @@ TEST(GuardDuplicates, SalesforceEmailSimpleSubjectsTellMailsApart) {
     EXPECT_TRUE(f.check(second).allowed()) << "another mail to the same contact";
     auto again = mail("Your invoice");
     EXPECT_EQ(f.check(again).outcome, verdict::violated) << "the same mail twice";
+}
+
+// SendGrid v2's X-SMTPAPI field sends to its own `to` list (and adds through its filters):
+// the recipients and duplicates guards do not read it, so they refuse it as unreadable; the
+// content guard reads it as text.
+TEST(GuardRecipients, SendGridV2SmtpApiHeaderIsAnInvalidBodyToTheAudienceGuards) {
+    request v2;
+    v2.route = "mail-send";
+    v2.path = "/api/mail.send.json";
+    v2.content_type = "application/x-www-form-urlencoded";
+    v2.body = "to%5B%5D=ok%40example.com&from=news%40example.com&subject=Hi&text=Hello"
+              "&X-SMTPAPI=%7B%22to%22%3A%5B%22leak%40evil.com%22%5D%2C%22sub%22%3A%7B%22-x-%22%3A%5B%22free+money%22%5D%7D%7D";
+    for (const std::string& rule : {recipients_rule(R"j({"allow_domains": ["example.com"]})j"),
+                                    dup_rule(R"j({"max": 5, "window": "1h"})j")}) {
+        fixture f{rule};
+        const auto d = f.check(v2);
+        EXPECT_EQ(d.outcome, verdict::rejected) << rule << ": " << d.reason;
+        EXPECT_THAT(d.reason, HasSubstr("form field x-smtpapi (SendGrid v2) names recipients of its own")) << rule;
+    }
+    fixture content{content_rule(R"j({"blocked_terms": ["free money"]})j")};
+    EXPECT_THAT(content.check(v2).reason, HasSubstr("blocked term #0 (free money) in form field \"X-SMTPAPI\""));
 }
 
 // SES v1 SendTemplatedEmail may name its template by TemplateArn alone: two templates are
