@@ -1342,6 +1342,26 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     std::size_t n = 0;
                     for_each_match(root, t.path, [&](simdjson::dom::element v) { n += records_written(v); });
                     total += static_cast<double>(n);
+                } else if (t.source == source_kind::addresses) {
+                    std::size_t n = 0;
+                    bool split_ok = true;
+                    for_each_match(root, t.path, [&](simdjson::dom::element v) {
+                        std::string_view list;
+                        if (v.get(list) != simdjson::SUCCESS) {
+                            n += 1;
+                            return;
+                        }
+                        split_ok = for_each_address(list, [&](std::string_view) { ++n; }) && split_ok;
+                    });
+                    total += static_cast<double>(n);
+                    if (!split_ok) {
+                        // As a form field's list: counted as far as it splits, one another
+                        // reader splits otherwise could hide recipients.
+                        ctx.req_json.error = "a value at " + t.path.text + " " + std::string{unsplittable_list};
+                        if (policy == invalid_body_policy::reject) {
+                            return std::nullopt;
+                        }
+                    }
                 } else if (t.kind == term_kind::count) {
                     std::size_t n = 0;
                     for_each_match(root, t.path, [&](simdjson::dom::element) { ++n; });

@@ -370,6 +370,7 @@ std::optional<term> parse_term(std::string_view t, std::string* error) {
         static constexpr counting_source counting[] = {
             {"url_ids:", source_kind::url_ids, "counts the records URLs name"},
             {"sub_records:", source_kind::sub_records, "counts the records subrequests write"},
+            {"addresses:", source_kind::addresses, "counts the addresses of address lists"},
         };
         for (const auto& c : counting) {
             if (src.starts_with(c.prefix)) {
@@ -461,7 +462,8 @@ std::optional<expr> parse_expr(std::string_view text, std::string* error) {
                     const bool mime_form = t->source == source_kind::mime && !t->field.empty();
                     e.needs_request_json |= t->source == source_kind::request_json ||
                                             (t->source == source_kind::mime && !mime_form) ||
-                                            t->source == source_kind::url_ids || t->source == source_kind::sub_records;
+                                            t->source == source_kind::url_ids || t->source == source_kind::sub_records ||
+                                            t->source == source_kind::addresses;
                     e.needs_form |= t->source == source_kind::form || mime_form;
                 }
                 break;

@@ -65,7 +65,9 @@ struct json_path {
 // sub_records: the records each subrequest object at a request JSON path writes: the items
 // of every `records` array under its body (`body`, or `richInput` in a Composite Batch: a
 // Collections create or update, an sObject Tree), a reference in their place as 200, else 1.
-enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime, url_ids, sub_records };
+// addresses: the addresses of each string at a request JSON path, read as an address list
+// as form fields are (Salesforce emailSimple's `"a@x.com, b@y.com"`), any other value 1.
+enum class source_kind : std::uint8_t { request_json, response_json, form, query, mime, url_ids, sub_records, addresses };
 
 enum class term_kind : std::uint8_t {
     constant,        // 3

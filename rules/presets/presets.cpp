@@ -8,7 +8,7 @@ namespace {
 
 // Shapes follow each API's public reference; the tests in tests/rules/test_presets.cpp
 // feed a documented-shape body through every preset.
-constexpr std::array<preset, 26> table{{
+constexpr std::array<preset, 28> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
@@ -38,6 +38,17 @@ constexpr std::array<preset, 26> table{{
      "count(form:to) + count(form:cc) + count(form:bcc)",
      "Mailgun messages and messages.mime: repeated and comma-separated to/cc/bcc form fields (urlencoded or "
      "multipart)"},
+    {"hubspot.single_send.recipients", "POST", "/marketing/v3/transactional/single-email/send",
+     "count(addresses:$.message.to) + count(addresses:$.message['cc','bcc'][*])",
+     "HubSpot transactional single send: message.to, cc and bcc (a string holding a list counts each address)"},
+    // Salesforce's Send Email action: each input's addresses (a comma-separated string and
+    // the lists and collections of API v64.0) and its recipientId (a Contact or Lead).
+    {"salesforce.email_simple.recipients", "POST", "/services/data/{version}/actions/standard/emailSimple",
+     "count(addresses:$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']) + "
+     "count(addresses:$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]) + "
+     "count($.inputs[*].recipientId)",
+     "Salesforce Send Email action (emailSimple): every input's addresses, its cc and bcc lists and collections, "
+     "and its recipientId"},
     {"hubspot.batch.records", "POST", "/crm/v3/objects/{object}/batch/{op:create|update|upsert|archive}",
      "count($.inputs[*])",
      "HubSpot CRM batch create/update/upsert/archive: records in inputs[]"},

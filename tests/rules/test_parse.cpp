@@ -82,7 +82,7 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[5].key[1]: "path:{op}" names no parameter of the rule's match.path (none set))j",
         R"j(rules[5].key[2]: "cookie:y" is not a key (use header:NAME, agent, route, method, host, json:$.path, query:NAME or path:{param}))j",
         R"j(rules[6].resolution: "7s" does not divide the window "1m")j",
-        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, hubspot.gdpr_deletes, hubspot.merges, salesforce.collections.records, salesforce.collections.deletes, )j"
+        R"j(rules[7].preset: "sendgrid.nope" is not a preset (known: sendgrid.recipients, ses.send_email.destinations, ses.send_bulk_email.destinations, ses.v1.destinations, mailgun.recipients, hubspot.single_send.recipients, salesforce.email_simple.recipients, hubspot.batch.records, hubspot.batch.archive, hubspot.deletes, hubspot.gdpr_deletes, hubspot.merges, salesforce.collections.records, salesforce.collections.deletes, )j"
         R"j(salesforce.sobject.deletes, salesforce.collections.upserts, salesforce.sobject_external_id.deletes, )j"
         R"j(salesforce.ui_api.deletes, salesforce.bulk.records, salesforce.bulk.multipart_records, )j"
         R"j(salesforce.bulk_v1.records, salesforce.tree.records, )j"
@@ -224,6 +224,9 @@ TEST(RulesParse, FilteredPathsCountTheMembersThatMatch) {
         EXPECT_FALSE(parse_expr(expr, &err)) << expr;
         EXPECT_EQ(err, "sub_records: counts the records subrequests write (use count)");
     }
+    EXPECT_FALSE(parse_expr("distinct(addresses:$.to)", &err));
+    EXPECT_EQ(err, "addresses: counts the addresses of address lists (use count)");
+    EXPECT_TRUE(parse_expr("count(addresses:$.message.to) + count($.x)", &err)) << err;
 }
 
 TEST(RulesParse, MimeFormSources) {

@@ -187,6 +187,30 @@ TEST(Presets, MailgunRecipientsUrlencoded) {
     EXPECT_EQ(measure("mailgun.recipients", req), 5);
 }
 
+TEST(Presets, HubSpotSingleSendRecipients) {
+    request req;
+    req.route = "hubspot";
+    req.path = "/marketing/v3/transactional/single-email/send";
+    req.body = R"j({"emailId": 4126643121,
+      "message": {"to": "jdoe@example.com", "from": "Marketing <marketing@example.com>",
+                  "cc": ["boss@example.com"], "bcc": ["audit@example.com", "crm@example.com, ops@example.com"]},
+      "contactProperties": {"first_name": "John"}})j";
+    EXPECT_EQ(measure("hubspot.single_send.recipients", req), 5) << "a string holding a list counts each address";
+    req.body = R"j({"emailId": 1, "message": {"to": "a@example.com, \"b\" <b@example.com"}})j";
+    EXPECT_FALSE(measure_or_invalid("hubspot.single_send.recipients", req)) << "a list that reads two ways";
+}
+
+TEST(Presets, SalesforceEmailSimpleRecipients) {
+    request req;
+    req.route = "salesforce";
+    req.path = "/services/data/v64.0/actions/standard/emailSimple";
+    req.body = R"j({"inputs": [
+      {"emailAddresses": "ann@example.com, Bob <bob@example.com>", "emailSubject": "s", "emailBody": "b",
+       "ccRecipientAddressList": "carl@example.com", "bccRecipientAddressCollection": ["d@example.com", "e@example.com"]},
+      {"emailAddressesArray": ["f@example.com"], "recipientId": "003xx000004TmiQAAS", "emailTemplateId": "00Xxx"}]})j";
+    EXPECT_EQ(measure("salesforce.email_simple.recipients", req), 7);
+}
+
 TEST(Presets, MailgunRecipientsMultipart) {
     request req;
     req.route = "mailgun";
