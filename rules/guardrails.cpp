@@ -546,6 +546,9 @@ public:
 
     // Whether the body may have a key List-Unsubscribe (in any case); valid once walk() ran.
     bool may_have_key_list_unsubscribe() const { return streaming_ || list_unsubscribe_; }
+    // Whether the body may have a top-level key mail_settings (as Go folds it); valid once
+    // walk() ran.
+    bool may_have_mail_settings() const { return streaming_ || mail_settings_; }
 
     template <class V>
     json_walker::result walk(std::string_view body, V&& visit) {
@@ -842,6 +845,7 @@ private:
         }
         bool too_many = false;
         list_unsubscribe_ = false;
+        mail_settings_ = false;
         open_.clear();
         auto closed = [&] {
             // The container's children end here.
@@ -870,6 +874,9 @@ private:
                 const frame& last = f.back();
                 if (last.key.size() == 16 && iequals(last.key, "List-Unsubscribe")) {
                     list_unsubscribe_ = true;
+                }
+                if (f.size() == 1 && !last.array && json_key::matches(last.key, "mail_settings")) {
+                    mail_settings_ = true;
                 }
                 n.flags |= last.array ? in_array : 0;
                 n.index = static_cast<std::uint32_t>(last.index);
@@ -902,6 +909,7 @@ private:
     bool streaming_ = false;
     std::optional<bool> twice_;  // key_given_twice(), once known
     bool list_unsubscribe_ = false;
+    bool mail_settings_ = false;
     std::string_view body_;
     json_walker walker_;
     std::vector<node> nodes_;
@@ -1360,9 +1368,11 @@ body_kind kind_of(const guard_input& in) {
     if (in.query_fields) {
         return body_kind::form;
     }
-    // A JSON label on a blank body holds no JSON: fields read from the query string (as an
-    // upstream that takes form fields there reads them) are what the request says.
-    if (labelled_json(in) && (in.form == nullptr || holds_json(in))) {
+    // A JSON label on a blank body holds no JSON (a GET or DELETE that carries the header
+    // anyway, as some SDKs do on every call): fields read from the query string (as an
+    // upstream that takes form fields there reads them) are what the request says, and
+    // without any there is nothing to read.
+    if (labelled_json(in) && holds_json(in)) {
         return body_kind::json;
     }
     if (in.form) {
@@ -2094,12 +2104,11 @@ std::string where_recipient(const recipients_guard& g, const guard_input& in, st
 // SendGrid's mail_settings.bypass_list_management, bypass_unsubscribe_management,
 // bypass_spam_management and bypass_bounce_management with `"enable": true` send past
 // SendGrid's own unsubscribe, spam-report and bounce lists. The setting's name, or "".
-// Keys as Go folds them; every copy of a key given twice counts (fail closed).
+// Keys as Go folds them; every copy of a key given twice counts (fail closed). Call after a
+// walk of the body (the parse notes whether it has a top-level mail_settings at all).
 std::string_view suppression_bypass(const guard_input& in) {
     const std::string_view body = in.req.body;
-    // Cheap test first: "ypa" has no letter Go folds from another character, and a key may
-    // be spelled with escapes.
-    if (kind_of(in) != body_kind::json || (!icontains(body, "ypa") && body.find("\\u") == std::string_view::npos)) {
+    if (kind_of(in) != body_kind::json || !doc_of(in).may_have_mail_settings()) {
         return {};
     }
     using json_key::matches;
@@ -2132,12 +2141,6 @@ std::string_view suppression_bypass(const guard_input& in) {
 }
 
 guard_result check_recipients(const recipients_guard& g, const guard_input& in) {
-    if (g.refuse_bypass) {
-        if (const auto setting = suppression_bypass(in); !setting.empty()) {
-            return violated("the send asks the API to skip its suppression lists ($.mail_settings." +
-                            std::string{setting} + ".enable)");
-        }
-    }
     scratch& s = local();
     guard_result refused;
     std::size_t index = 0;
@@ -2183,6 +2186,17 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
     }
     if (!ok) {
         return invalid_body(std::move(why));
+    }
+    if (g.refuse_bypass) {
+        if (const auto setting = suppression_bypass(in); !setting.empty()) {
+            return violated("the send asks the API to skip its suppression lists ($.mail_settings." +
+                            std::string{setting} + ".enable)");
+        }
+    }
+    // (The query's pass beside a JSON body adds what it holds; the body's pass judges.)
+    if (g.require_recipients && index == 0 && !in.query_fields && (!in.req.body.empty() || in.form != nullptr)) {
+        return violated("no recipient in the fields this guard reads (a send to a list or a segment, whose audience "
+                        "cannot be checked here)");
     }
     return {};
 }
@@ -2953,6 +2967,9 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         rg.fields = read_fields(rr, "fields", default_recipient_fields(), true);
         rg.index = path_index::of({&rg.fields});
         rg.refuse_bypass = !rg.suppression_file.empty();
+        if (auto req = rr.boolean("require_recipients")) {
+            rg.require_recipients = *req;
+        }
         if (auto b = rr.string("suppression_bypass")) {
             if (*b == "refuse" || *b == "allow") {
                 rg.refuse_bypass = *b == "refuse";

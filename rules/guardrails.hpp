@@ -247,6 +247,10 @@ struct recipients_guard {
     // A send that asks the API to skip its own suppression lists (SendGrid's
     // mail_settings.bypass_*_management) is violated. Default: when a suppression_file is set.
     bool refuse_bypass = false;
+    // A request with a body in which the fields name no recipient is violated: a send to a
+    // list or a segment (SendGrid single sends, HubSpot marketing email) whose audience the
+    // guard cannot see.
+    bool require_recipients = false;
 };
 
 struct content_guard {

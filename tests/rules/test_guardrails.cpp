@@ -864,6 +864,38 @@ TEST(GuardRecipients, ASendThatSkipsTheApisSuppressionListsIsRefused) {
               verdict::violated);
 }
 
+// A send to a list or a segment names no recipient the guard can judge: with
+// require_recipients it is refused rather than passed.
+TEST(GuardRecipients, RequireRecipientsRefusesASendToAListOrSegment) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"], "require_recipients": true})j")};
+    // SendGrid single send to lists and segments; HubSpot's marketing email publish.
+    for (const std::string body :
+         {R"j({"name": "Spring", "send_to": {"list_ids": ["a1"], "segment_ids": ["s1"]}, "email_config": {"subject": "Hi"}})j",
+          R"j({"send_to": {"all": true}})j", "{}"}) {
+        const auto d = f.check_body(body);
+        ASSERT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("no recipient in the fields this guard reads"));
+    }
+    EXPECT_TRUE(f.check_body(sendgrid_to({"ann@example.com"})).allowed());
+    request mg;
+    mg.path = "/v3/mg.example.com/messages";
+    mg.content_type = "application/x-www-form-urlencoded";
+    mg.body = "from=news%40example.com&subject=Hi&text=Hello";
+    EXPECT_EQ(f.check(mg).outcome, verdict::violated) << "a Mailgun form without to";
+    mg.body += "&to=ann%40example.com";
+    EXPECT_TRUE(f.check(mg).allowed());
+    request get;
+    get.method = "GET";
+    get.path = "/v3/marketing/singlesends";
+    get.body = "";
+    const auto g = f.check(get);
+    EXPECT_TRUE(g.allowed()) << "no body: not a send: " << g.reason;
+    const auto g2 = fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check(get);
+    EXPECT_TRUE(g2.allowed()) << "no body: " << g2.reason;
+    // Without the setting, a body naming nobody passes (the audience is not this guard's to see).
+    EXPECT_TRUE(fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check_body("{}").allowed());
+}
+
 TEST(GuardRecipients, SuppressionListReloadsWhenTheConfigIsParsedAgain) {
     const std::string path = temp_file("reload.txt", "ann@example.com\n");
     const std::string cfg = guard_config(recipients_rule(R"j({"suppression_file": ")j" + path + R"j("})j"));
