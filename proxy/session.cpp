@@ -1797,8 +1797,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (!agent->constraints.empty()) {
                 const auto broken =
                     rules::check_body_constraints(agent->constraints, req[http::field::content_type], req.body(),
-                                                  query_of(origin_form),
-                                                  origin_form.substr(0, origin_form.find('?')));
+                                                  query_of(origin_form), upstream_path);
                 if (!broken.empty()) {
                     // A body that cannot be read is a bad request; one that reads is refused.
                     const bool unreadable = rules::body_unreadable(broken);

@@ -401,13 +401,22 @@ void walk_json(checker& k, element root) {
         template_value(k, v, false);
     });
     // A legacy template (an id without `d-`) takes `content` into its <%body%>: the agent's
-    // own words in a reviewed template's frame. (A dynamic template's own content overrides it.)
+    // own words in a reviewed template's frame. (A dynamic template's own content overrides
+    // it.) A blank value, which clients sent because SendGrid once required content, is none.
     if (legacy_template) {
         each_field(root, "content", [&](element v) {
-            simdjson::dom::array a;
-            if (v.get(a) == simdjson::SUCCESS && a.size() > 0) {  // (an object is SES's Content, below)
-                k.own_content("content");
-            }
+            // (An object is SES's Content, read below.)
+            each_item(v, [&](element part) {
+                bool blank = part.is_object();
+                each_field(part, "value", [&](element value) {
+                    std::string_view text;
+                    blank = blank && value.get(text) == simdjson::SUCCESS &&
+                            text.find_first_not_of(" \t\r\n") == std::string_view::npos;
+                });
+                if (!blank) {
+                    k.own_content("content");
+                }
+            });
         });
     }
 
@@ -577,6 +586,17 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
         } else if (iequals(name, "from") || iequals(name, "Source") || iequals(name, "h:From") ||
                    iequals(name, "h:Sender")) {
             k.from(value);  // (Mailgun's h: fields are headers of the mail it sends)
+        } else if (iequals(name, "headers")) {
+            // SendGrid v2: a JSON object of headers, a From, Sender or Reply-To among them.
+            simdjson::dom::element headers;
+            if (k.checks_from() || k.checks_reply_to()) {
+                if (local().parser.parse(value.data(), value.size()).get(headers) != simdjson::SUCCESS ||
+                    !headers.is_object()) {
+                    k.fail("the headers field (SendGrid v2) is not a JSON object");
+                } else {
+                    header_object(k, headers);
+                }
+            }
         } else if (iequals(name, "h:Reply-To") || iequals(name, "replyto") ||
                    list_member(name, "ReplyToAddresses.member.")) {
             k.reply_to(value);  // Mailgun, SendGrid v2, SES v1

@@ -1347,6 +1347,9 @@ std::optional<double> amount(const expr& e, context& ctx, invalid_body_policy po
                     bool split_ok = true;
                     for_each_match(root, t.path, [&](simdjson::dom::element v) {
                         std::string_view list;
+                        if (v.is_null()) {
+                            return;  // an unset field (clients that write every field)
+                        }
                         if (v.get(list) != simdjson::SUCCESS) {
                             n += 1;
                             return;

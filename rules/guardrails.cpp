@@ -1356,13 +1356,15 @@ const char* const unreadable_json = "the body is labelled JSON but cannot be rea
 
 // Whether a body labelled JSON holds something to read: an empty body (a DELETE or GET that
 // carries the header anyway, as some clients do on every call) or only blanks is no JSON.
-bool holds_json(const guard_input& in) {
-    std::string_view b = in.req.body;
+// Whether a body is empty or only blanks (after a UTF-8 byte order mark).
+bool blank(std::string_view b) {
     if (b.starts_with(utf8_bom)) {
         b.remove_prefix(utf8_bom.size());
     }
-    return labelled_json(in) && b.find_first_not_of(" \t\r\n") != std::string_view::npos;
+    return b.find_first_not_of(" \t\r\n") == std::string_view::npos;
 }
+
+bool holds_json(const guard_input& in) { return labelled_json(in) && !blank(in.req.body); }
 
 body_kind kind_of(const guard_input& in) {
     if (in.query_fields) {
@@ -2194,7 +2196,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
         }
     }
     // (The query's pass beside a JSON body adds what it holds; the body's pass judges.)
-    if (g.require_recipients && index == 0 && !in.query_fields && (!in.req.body.empty() || in.form != nullptr)) {
+    if (g.require_recipients && index == 0 && !in.query_fields && !blank(in.req.body)) {
         return violated("no recipient in the fields this guard reads (a send to a list or a segment, whose audience "
                         "cannot be checked here)");
     }
@@ -2784,7 +2786,6 @@ const std::vector<guard_field>& default_template_fields() {
     static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
                                           "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
                                           "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template",
-                                          "form:TemplateArn",                  // SES v1 SendTemplatedEmail
                                           "$.inputs[*].emailTemplateId"});  // Salesforce emailSimple
     return f;
 }
@@ -2966,7 +2967,6 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         }
         rg.fields = read_fields(rr, "fields", default_recipient_fields(), true);
         rg.index = path_index::of({&rg.fields});
-        rg.refuse_bypass = !rg.suppression_file.empty();
         if (auto req = rr.boolean("require_recipients")) {
             rg.require_recipients = *req;
         }

@@ -245,7 +245,7 @@ struct recipients_guard {
     std::vector<guard_field> fields;  // defaults: SendGrid, SES, Mailgun, HubSpot recipients
     path_index index;
     // A send that asks the API to skip its own suppression lists (SendGrid's
-    // mail_settings.bypass_*_management) is violated. Default: when a suppression_file is set.
+    // mail_settings.bypass_*_management) is violated (suppression_bypass: refuse).
     bool refuse_bypass = false;
     // A request with a body in which the fields name no recipient is violated: a send to a
     // list or a segment (SendGrid single sends, HubSpot marketing email) whose audience the

@@ -46,7 +46,7 @@ constexpr std::array<preset, 28> table{{
     {"salesforce.email_simple.recipients", "POST", "/services/data/{version}/actions/standard/emailSimple",
      "count(addresses:$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']) + "
      "count(addresses:$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]) + "
-     "count($.inputs[*].recipientId)",
+     "count(addresses:$.inputs[*].recipientId)",
      "Salesforce Send Email action (emailSimple): every input's addresses, its cc and bcc lists and collections, "
      "and its recipientId"},
     {"hubspot.batch.records", "POST", "/crm/v3/objects/{object}/batch/{op:create|update|upsert|archive}",

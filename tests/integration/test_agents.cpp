@@ -301,6 +301,33 @@ TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// Mailgun's SDKs take https://api.mailgun.net/v3 as their base URL: with an upstream that
+// carries /v3, the client sends /{domain}/messages, judged as the path the upstream gets.
+TEST(agents, a_mailgun_send_under_an_upstream_base_path_is_held_to_from_domains) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    std::string cfg = agents_config(up.port(), dir);
+    const std::string upstreams = "\"upstreams\": [";
+    ASSERT_NE(cfg.find(upstreams), std::string::npos);
+    cfg.insert(cfg.find(upstreams) + upstreams.size(),
+               "{\"name\": \"mg\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/v3\"},");
+    const std::string routes = "{\"name\": \"crm\",";
+    cfg.insert(cfg.find(routes), "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/mg.\"}, \"upstream\": \"mg\"},"
+                                 "{\"name\": \"mailgun-other\", \"match\": {\"path_prefix\": \"/other\"}, \"upstream\": \"mg\"},");
+    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
+    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"mailgun\", \"mailgun-other\"]");
+    proxy_instance bb{cfg};
+    auto send = [&](const std::string& path) {
+        return http_request(bb.port(), http::verb::post, path, "from=news%40example.com&to=a%40x.com&text=hi",
+                            {{"content-type", "application/x-www-form-urlencoded"}, {"x-breakerbox-key", "writer-key"}});
+    };
+    EXPECT_EQ(send("/mg.example.com/messages").result_int(), 200u);
+    auto res = send("/other-brand.com/messages");
+    EXPECT_EQ(res.result_int(), 403u) << res.body();
+    EXPECT_NE(res.body().find("other-brand.com\\\" (the Mailgun path)"), std::string::npos) << res.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(agents, widening_an_agents_scope_needs_the_admin_role) {
     fake_upstream up;
     const auto dir = temp_dir();

@@ -467,6 +467,12 @@ TEST(AgentConstraints, ReplyToIsHeldToReplyToDomainsWhenGiven) {
     // Mailgun, SendGrid v2, SES v1 forms.
     EXPECT_TRUE(refused(urlencoded, "from=a%40example.com&to=x%40y.com&h%3AReply-To=Desk%20%3Cx%40evil.example%3E"));
     EXPECT_TRUE(refused(urlencoded, "from=a%40example.com&to%5B%5D=x%40y.com&replyto=x%40evil.example"));
+    EXPECT_TRUE(refused(urlencoded, "from=a%40example.com&to%5B%5D=x%40y.com&headers=%7B%22Reply-To%22%3A%22x%40evil.example%22%7D"));
+    EXPECT_EQ(check_body_constraints(c, urlencoded, "from=a%40example.com&to%5B%5D=x%40y.com&headers=oops"),
+              "the headers field (SendGrid v2) is not a JSON object");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), urlencoded,
+                                     "from=a%40example.com&to%5B%5D=x%40y.com&headers=%7B%22Sender%22%3A%22x%40evil.example%22%7D"),
+              "from domain \"evil.example\" is not allowed for this agent");
     EXPECT_TRUE(refused(urlencoded, "Action=SendEmail&Source=a%40example.com&Destination.ToAddresses.member.1=x%40y.com"
                                     "&ReplyToAddresses.member.1=x%40evil.example"));
     // A raw message's own Reply-To (SES v2 Content.Raw.Data: base64 of the message).
@@ -500,6 +506,13 @@ TEST(AgentConstraints, SendGridContentInALegacyTemplateIsContentOfItsOwn) {
     EXPECT_EQ(check_body_constraints(c, json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}],
         "template_id": "legacy-1", "content": []})j"), "");
     EXPECT_EQ(check_body_constraints(max(5), json, legacy), "") << "no template constraint";
+    // A blank placeholder (SendGrid once required content beside a legacy template) is none.
+    const std::string placeholder = R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}],
+        "template_id": "legacy-1", "content": [{"type": "text/html", "value": " "}]})j";
+    EXPECT_EQ(check_body_constraints(c, json, placeholder), "");
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"personalizations": [{"to": [{"email": "x@y.com"}]}],
+        "template_id": "legacy-1", "content": [{"type": "text/html", "value": " "}, {"type": "text/plain", "value": "mine"}]})j"),
+              "this send carries content of its own (content); this agent may send only its templates");
 }
 
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {

@@ -824,7 +824,7 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
 }
 
 // SendGrid's bypass_*_management settings send past SendGrid's own unsubscribe, bounce and
-// spam-report lists: a guard that keeps suppressed people out refuses them by default.
+// spam-report lists: suppression_bypass: refuse refuses them.
 TEST(GuardRecipients, ASendThatSkipsTheApisSuppressionListsIsRefused) {
     const std::string path = temp_file("bypass.txt", "jane.doe@example.com\n");
     const std::string file = R"j("suppression_file": ")j" + path + "\"";
@@ -833,7 +833,7 @@ TEST(GuardRecipients, ASendThatSkipsTheApisSuppressionListsIsRefused) {
         b.insert(b.rfind('}'), std::string{R"j(, "mail_settings": )j"} + std::string{settings});
         return b;
     };
-    fixture f{recipients_rule("{" + file + "}")};
+    fixture f{recipients_rule("{" + file + R"j(, "suppression_bypass": "refuse"})j")};
     for (const std::string_view name : {"bypass_list_management", "bypass_unsubscribe_management",
                                         "bypass_spam_management", "bypass_bounce_management"}) {
         const auto d = f.check_body(with(R"j({")j" + std::string{name} + R"j(": {"enable": true}})j"));
@@ -855,7 +855,9 @@ TEST(GuardRecipients, ASendThatSkipsTheApisSuppressionListsIsRefused) {
     EXPECT_TRUE(f.check_body(R"j({"bypass_list_management": {"enable": true}, "personalizations": []})j").allowed())
         << "not SendGrid's mail_settings";
     const std::string bypass = with(R"j({"bypass_list_management": {"enable": true}})j");
-    // Explicitly: allowed with the file (a password reset past the lists), refused without one.
+    // Allowed by default (as before the setting existed: a password reset past the lists),
+    // and explicitly; refused with or without a suppression file.
+    EXPECT_TRUE(fixture{recipients_rule("{" + file + "}")}.check_body(bypass).allowed());
     EXPECT_TRUE(fixture{recipients_rule("{" + file + R"j(, "suppression_bypass": "allow"})j")}.check_body(bypass).allowed());
     EXPECT_TRUE(fixture{recipients_rule(R"j({"block_domains": ["evil.example"]})j")}.check_body(bypass).allowed());
     EXPECT_EQ(fixture{recipients_rule(R"j({"block_domains": ["evil.example"], "suppression_bypass": "refuse"})j")}
@@ -892,6 +894,11 @@ TEST(GuardRecipients, RequireRecipientsRefusesASendToAListOrSegment) {
     EXPECT_TRUE(g.allowed()) << "no body: not a send: " << g.reason;
     const auto g2 = fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check(get);
     EXPECT_TRUE(g2.allowed()) << "no body: " << g2.reason;
+    get.query = "page_size=10";
+    EXPECT_TRUE(f.check(get).allowed()) << "a query string and no body";
+    get.method = "POST";
+    get.body = " \r\n";
+    EXPECT_TRUE(f.check(get).allowed()) << "a blank body";
     // Without the setting, a body naming nobody passes (the audience is not this guard's to see).
     EXPECT_TRUE(fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check_body("{}").allowed());
 }
@@ -1784,17 +1791,18 @@ TEST(GuardRecipients, SendGridV2SmtpApiHeaderIsAnInvalidBodyToTheAudienceGuards)
     EXPECT_THAT(content.check(v2).reason, HasSubstr("blocked term #0 (free money) in form field \"X-SMTPAPI\""));
 }
 
-// SES v1 SendTemplatedEmail may name its template by TemplateArn alone: two templates are
-// two sends, not one loop.
-TEST(GuardDuplicates, SesV1TemplateArnsTellSendsApart) {
+// SES v1 SendTemplatedEmail requires Template and may add a TemplateArn beside it: the pair
+// is one template, not two different ones for one mail (an invalid body).
+TEST(GuardDuplicates, SesV1TemplateAndTemplateArnAreOneTemplate) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "template"]})j")};
     const auto send = [&](std::string_view name) {
         return f.check_body("Action=SendTemplatedEmail&Source=a%40example.com&Destination.ToAddresses.member.1=ann%40x.com"
-                            "&TemplateArn=arn%3Aaws%3Ases%3Aus-east-1%3A1%3Atemplate%2F" + std::string{name} +
-                                "&TemplateData=%7B%7D",
+                            "&Template=" + std::string{name} + "&TemplateArn=arn%3Aaws%3Ases%3Aus-east-1%3A1%3Atemplate%2F" +
+                                std::string{name} + "&TemplateData=%7B%7D",
                             "application/x-www-form-urlencoded");
     };
-    EXPECT_TRUE(send("order-shipped").allowed());
+    const auto first = send("order-shipped");
+    EXPECT_TRUE(first.allowed()) << first.reason;
     EXPECT_TRUE(send("invoice").allowed()) << "another template to the same recipient";
     EXPECT_EQ(send("invoice").outcome, verdict::violated) << "the same template twice";
 }

@@ -209,6 +209,10 @@ TEST(Presets, SalesforceEmailSimpleRecipients) {
        "ccRecipientAddressList": "carl@example.com", "bccRecipientAddressCollection": ["d@example.com", "e@example.com"]},
       {"emailAddressesArray": ["f@example.com"], "recipientId": "003xx000004TmiQAAS", "emailTemplateId": "00Xxx"}]})j";
     EXPECT_EQ(measure("salesforce.email_simple.recipients", req), 7);
+    // Unset fields written as null (clients that serialise every field) count nothing.
+    req.body = R"j({"inputs": [{"emailAddresses": "ann@example.com", "ccRecipientAddressList": null,
+      "bccRecipientAddressCollection": null, "recipientId": null, "emailSubject": "s", "emailBody": "b"}]})j";
+    EXPECT_EQ(measure("salesforce.email_simple.recipients", req), 1);
 }
 
 TEST(Presets, MailgunRecipientsMultipart) {
