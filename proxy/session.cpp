@@ -1795,9 +1795,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             // What the body may say: recipients per request, from domains, templates.
             if (!agent->constraints.empty()) {
-                const auto broken =
-                    rules::check_body_constraints(agent->constraints, req[http::field::content_type], req.body(),
-                                                  query_of(origin_form), upstream_path);
+                auto broken = req.method() == http::verb::post
+                                  ? rules::constrained_subrequests(upstream_path, req.body())
+                                  : std::string{};
+                if (broken.empty()) {
+                    broken = rules::check_body_constraints(agent->constraints, req[http::field::content_type],
+                                                           req.body(), query_of(origin_form), upstream_path);
+                }
                 if (!broken.empty()) {
                     // A body that cannot be read is a bad request; one that reads is refused.
                     const bool unreadable = rules::body_unreadable(broken);

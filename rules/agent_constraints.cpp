@@ -872,6 +872,27 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
     return {};
 }
 
+std::string constrained_subrequests(std::string_view path, std::string_view body) {
+    thread_local std::vector<subrequest> subs;
+    subs.clear();
+    if (!salesforce_subrequests(path, body, subs).empty()) {
+        return {};  // unreadable: salesforce_subrequest_refusal refuses it for everyone
+    }
+    constexpr std::string_view action = "/actions/standard/emailsimple";
+    for (std::size_t i = 0; i < subs.size(); ++i) {
+        std::string_view p = subs[i].path;
+        while (p.size() > 1 && p.back() == '/') {
+            p.remove_suffix(1);
+        }
+        if (p.size() >= action.size() && iequals(p.substr(p.size() - action.size()), action)) {
+            return "subrequest #" + std::to_string(i) +
+                   " of this composite request calls emailSimple, whose inputs this agent's constraints read only "
+                   "in a direct call (POST it to .../actions/standard/emailSimple)";
+        }
+    }
+    return {};
+}
+
 bool body_unreadable(std::string_view why) {
     for (const std::string_view unreadable :
          {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",

@@ -77,6 +77,13 @@ struct subrequest_refusal {
 };
 subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::string_view body);
 
+// For an agent with body constraints: why this POST must not be sent ("" when it may): a
+// composite request (salesforce_subrequests) with a subrequest that calls the Send Email
+// action (.../actions/standard/emailSimple, any case), whose inputs check_body_constraints
+// reads only in a direct call. Without this an agent allowed emailSimple under a recipient
+// cap could send to any number through /composite.
+std::string constrained_subrequests(std::string_view path, std::string_view body);
+
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).
 bool body_unreadable(std::string_view why);

@@ -301,6 +301,38 @@ TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// An agent allowed emailSimple under a recipient cap cannot send past it through a
+// Salesforce composite request, whose subrequests' bodies its constraints do not read.
+TEST(agents, email_simple_inside_a_composite_request_is_refused_to_a_constrained_agent) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    std::string cfg = agents_config(up.port(), dir);
+    const std::string routes = "{\"name\": \"crm\",";
+    cfg.insert(cfg.find(routes), "{\"name\": \"sf\", \"match\": {\"path_prefix\": \"/services/\"}, \"upstream\": \"up\"},");
+    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
+    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"sf\"]");
+    proxy_instance bb{cfg};
+    auto post = [&](const std::string& path, const std::string& body) {
+        return http_request(bb.port(), http::verb::post, path, body,
+                            {{"content-type", "application/json"}, {"x-breakerbox-key", "writer-key"}});
+    };
+    const std::string inputs = R"j({"inputs": [{"emailAddresses": "a@x.com, b@x.com, c@x.com", "emailSubject": "s", "emailBody": "b"}]})j";
+    auto direct = post("/services/data/v59.0/actions/standard/emailSimple", inputs);
+    EXPECT_EQ(direct.result_int(), 403u) << direct.body();
+    EXPECT_NE(direct.body().find("3 recipients in one request"), std::string::npos) << direct.body();
+    auto composite = post("/services/data/v59.0/composite",
+                          R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/actions/standard/emailSimple",
+                              "referenceId": "m", "body": )j" + inputs + "}]}");
+    EXPECT_EQ(composite.result_int(), 403u) << composite.body();
+    EXPECT_EQ(code_of(composite), "constraint_violated");
+    EXPECT_NE(composite.body().find("calls emailSimple"), std::string::npos) << composite.body();
+    auto records = post("/services/data/v59.0/composite",
+                        R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/sobjects/Account",
+                            "referenceId": "a", "body": {"Name": "x"}}]})j");
+    EXPECT_EQ(records.result_int(), 200u) << records.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // Mailgun's SDKs take https://api.mailgun.net/v3 as their base URL: with an upstream that
 // carries /v3, the client sends /{domain}/messages, judged as the path the upstream gets.
 TEST(agents, a_mailgun_send_under_an_upstream_base_path_is_held_to_from_domains) {

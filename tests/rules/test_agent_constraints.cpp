@@ -515,6 +515,26 @@ TEST(AgentConstraints, SendGridContentInALegacyTemplateIsContentOfItsOwn) {
               "this send carries content of its own (content); this agent may send only its templates");
 }
 
+// emailSimple inside a Salesforce composite request is not read by the constraints: a
+// constrained agent sends it directly or not at all.
+TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
+    const std::string composite = R"j({"compositeRequest": [
+        {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}},
+        {"method": "POST", "url": "/services/data/v59.0/actions/standard/EmailSimple/", "referenceId": "m",
+         "body": {"inputs": [{"emailAddresses": "a@x.com, b@x.com, c@x.com", "emailSubject": "s", "emailBody": "b"}]}}]})j";
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", composite),
+              "subrequest #1 of this composite request calls emailSimple, whose inputs this agent's constraints read "
+              "only in a direct call (POST it to .../actions/standard/emailSimple)");
+    const std::string batch = R"j({"batchRequests": [{"method": "POST", "url": "v59.0/actions/standard/emailSimple",
+        "richInput": {"inputs": [{"emailAddresses": "a@x.com"}]}}]})j";
+    EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite/batch", batch), HasSubstr("subrequest #0"));
+    const std::string records = R"j({"compositeRequest": [
+        {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}}]})j";
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", records), "");
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/actions/standard/emailSimple", composite), "")
+        << "not a composite path";
+}
+
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {
     const std::string body = "from=news%40example.com&to=x%40example.com&text=hi";
     const auto c = domains({"example.com"});
