@@ -26,7 +26,8 @@ per_call() {  # BINARY BENCHMARK
     # (The overload that takes more arguments starts with the same text: match the whole name.)
     incl=$(callgrind_annotate --inclusive=yes --threshold=100 "$out" 2>/dev/null | grep -F -m1 "$fn [" |
         awk '{gsub(",", "", $1); print $1}')
-    id=$(awk -v fn="$fn" '/^fn=\(/ && substr($0, length($0) - length(fn) + 1) == fn { print $1; exit }' "$out" |
+    # (callgrind names a function once, in whichever fn= or cfn= line comes first, then by id.)
+    id=$(awk -v fn="$fn" '/^c?fn=\(/ && substr($0, length($0) - length(fn) + 1) == fn { print $1; exit }' "$out" |
         grep -o '([0-9]*)')
     calls=$(grep -F -A1 "cfn=$id" "$out" | grep '^calls=' | cut -d= -f2 | cut -d' ' -f1 | paste -sd+ | bc)
     echo $((incl / calls))

@@ -2726,6 +2726,17 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",  // Salesforce
         "$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]",  // emailSimple
+        // ... and inside Salesforce composite, composite batch and composite graph requests.
+        "$.compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",
+        "$.compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
+        "'bccRecipientAddressCollection'][*]",
+        "$.batchRequests[*].richInput.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",
+        "$.batchRequests[*].richInput.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
+        "'bccRecipientAddressCollection'][*]",
+        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList',"
+        "'bccRecipientAddressList']",
+        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
+        "'bccRecipientAddressCollection'][*]",
         "form:to", "form:cc", "form:bcc",                                       // Mailgun
         "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
     return f;
@@ -2748,7 +2759,10 @@ const std::vector<guard_field>& default_content_fields() {
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1
         "form:TemplateData", "form:DefaultTemplateData",                       // SES v1 templated sends
         "form:Destinations.member.*.ReplacementTemplateData",
-        "$.inputs[*]['emailSubject','emailBody']"});                           // Salesforce emailSimple
+        "$.inputs[*]['emailSubject','emailBody']",                             // Salesforce emailSimple
+        "$.compositeRequest[*].body.inputs[*]['emailSubject','emailBody']",     // ... in composite requests
+        "$.batchRequests[*].richInput.inputs[*]['emailSubject','emailBody']",
+        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailSubject','emailBody']"});
     return f;
 }
 

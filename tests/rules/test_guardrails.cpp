@@ -938,6 +938,26 @@ TEST(GuardRecipients, SalesforceEmailSimpleAddressesAreRecipients) {
 }
 
 // SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
+// emailSimple called inside a Salesforce composite request sends as a direct call does.
+TEST(GuardRecipients, EmailSimpleInsideCompositeRequestsIsRead) {
+    fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
+    fixture content{R"j({"id": "brand", "guard": {"content": {"blocked_terms": ["free money"]}},
+        "failure_mode": "off-brand", "trips": "x"})j"};
+    const std::string inputs = R"j({"inputs": [{"emailAddresses": "ok@example.com, leak@evil.com", "emailSubject": "s",
+        "emailBody": "free money"}]})j";
+    for (const std::string& body :
+         {R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/actions/standard/emailSimple",
+               "referenceId": "m", "body": )j" + inputs + "}]}",
+          R"j({"batchRequests": [{"method": "POST", "url": "v59.0/actions/standard/emailSimple", "richInput": )j" + inputs + "}]}",
+          R"j({"graphs": [{"graphId": "g", "compositeRequest": [{"method": "POST", "referenceId": "m",
+               "url": "/services/data/v59.0/actions/standard/emailSimple", "body": )j" + inputs + "}]}]}"}) {
+        const auto d = f.check_body(body);
+        ASSERT_EQ(d.outcome, verdict::violated) << body;
+        EXPECT_THAT(d.reason, HasSubstr("recipient domain not in allowlist #1 l***@evil.com"));
+        EXPECT_EQ(content.check_body(body).outcome, verdict::violated) << body;
+    }
+}
+
 TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
     request v2;
