@@ -88,30 +88,10 @@ public:
         if (!checks_from()) {
             return;
         }
-        s_.items.clear();
-        if (!split_addresses(list, s_.items)) {
-            fail("the from address is not one that reads one way only");
-            return;
-        }
-        if (s_.items.empty()) {
-            fail("the from address has no domain");
-            return;
-        }
-        for (const auto item : s_.items) {
-            detail::normalize_address(item, s_.addr);
-            const auto at = s_.addr.rfind('@');
-            if (at == std::string::npos || at + 1 == s_.addr.size()) {
-                fail("the from address has no domain");
-                return;
-            }
-            const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
-            const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(),
-                                             [&](const std::string& d) { return iequals(d, domain); });
-            if (!allowed) {
-                fail("from domain " + shown(domain) + " is not allowed for this agent");
-                return;
-            }
-        }
+        each_domain(list, "from", true, [&](std::string_view domain) {
+            return std::any_of(c_.from_domains.begin(), c_.from_domains.end(),
+                               [&](const std::string& d) { return iequals(d, domain); });
+        });
     }
 
     // A Reply-To value, when reply_to_domains is given: every address in it must be at one
@@ -121,26 +101,11 @@ public:
         if (!checks_reply_to()) {
             return;
         }
-        s_.items.clear();
-        if (!split_addresses(list, s_.items)) {
-            fail("the reply-to address is not one that reads one way only");
-            return;
-        }
-        for (const auto item : s_.items) {
-            detail::normalize_address(item, s_.addr);
-            const auto at = s_.addr.rfind('@');
-            if (at == std::string::npos || at + 1 == s_.addr.size()) {
-                fail("the reply-to address has no domain");
-                return;
-            }
-            const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+        each_domain(list, "reply-to", false, [&](std::string_view domain) {
             const auto is = [&](const std::string& d) { return iequals(d, domain); };
-            if (std::none_of(c_.from_domains.begin(), c_.from_domains.end(), is) &&
-                std::none_of(c_.reply_to_domains.begin(), c_.reply_to_domains.end(), is)) {
-                fail("reply-to domain " + shown(domain) + " is not allowed for this agent");
-                return;
-            }
-        }
+            return std::any_of(c_.from_domains.begin(), c_.from_domains.end(), is) ||
+                   std::any_of(c_.reply_to_domains.begin(), c_.reply_to_domains.end(), is);
+        });
     }
 
     // The sending domain a Mailgun send names in its path (/v3/{domain}/messages): the mail
@@ -210,6 +175,35 @@ public:
     }
 
 private:
+    // Each address of a list (a from, a reply-to: `what`) by its domain, as the guards spell
+    // it: the first whose domain is not `allowed` fails the check. `need_one`: a list with no
+    // address fails too.
+    template <class Allowed>
+    void each_domain(std::string_view list, std::string_view what, bool need_one, Allowed&& allowed) {
+        s_.items.clear();
+        if (!split_addresses(list, s_.items)) {
+            fail("the " + std::string{what} + " address is not one that reads one way only");
+            return;
+        }
+        if (need_one && s_.items.empty()) {
+            fail("the " + std::string{what} + " address has no domain");
+            return;
+        }
+        for (const auto item : s_.items) {
+            detail::normalize_address(item, s_.addr);
+            const auto at = s_.addr.rfind('@');
+            if (at == std::string::npos || at + 1 == s_.addr.size()) {
+                fail("the " + std::string{what} + " address has no domain");
+                return;
+            }
+            const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+            if (!allowed(domain)) {
+                fail(std::string{what} + " domain " + shown(domain) + " is not allowed for this agent");
+                return;
+            }
+        }
+    }
+
     const body_constraints& c_;
     scratch& s_;
     std::uint64_t recipients_ = 0;

@@ -51,6 +51,17 @@ std::string agents_config(std::uint16_t port, const std::string& dir) {
            "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
 }
 
+// agents_config with routes added (before "crm") that the writer agent may use too.
+std::string with_writer_routes(std::string cfg, const std::string& routes_json, const std::string& names) {
+    const std::string crm = "{\"name\": \"crm\",";
+    EXPECT_NE(cfg.find(crm), std::string::npos);
+    cfg.insert(cfg.find(crm), routes_json);
+    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
+    EXPECT_NE(cfg.find(writer_routes), std::string::npos);
+    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", " + names + "]");
+    return cfg;
+}
+
 response mail(std::uint16_t port, const std::string& key, const std::string& header = "x-breakerbox-key") {
     std::vector<std::pair<std::string, std::string>> h{{"content-type", "application/json"}};
     if (!key.empty()) {
@@ -277,14 +288,9 @@ TEST(agents, body_constraints_hold_an_agent_to_its_recipients_and_senders) {
 TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
     fake_upstream up;
     const auto dir = temp_dir();
-    std::string cfg = agents_config(up.port(), dir);
-    const std::string routes = "{\"name\": \"crm\",";
-    ASSERT_NE(cfg.find(routes), std::string::npos);
-    cfg.insert(cfg.find(routes), "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/v3/\"}, \"upstream\": \"up\"},");
-    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
-    ASSERT_NE(cfg.find(writer_routes), std::string::npos);
-    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"mailgun\"]");
-    proxy_instance bb{cfg};
+    proxy_instance bb{with_writer_routes(
+        agents_config(up.port(), dir),
+        "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/v3/\"}, \"upstream\": \"up\"},", "\"mailgun\"")};
     auto send = [&](const std::string& path) {
         return http_request(bb.port(), http::verb::post, path, "from=news%40example.com&to=a%40x.com&text=hi",
                             {{"content-type", "application/x-www-form-urlencoded"}, {"x-breakerbox-key", "writer-key"}});
@@ -306,12 +312,9 @@ TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
 TEST(agents, email_simple_inside_a_composite_request_is_refused_to_a_constrained_agent) {
     fake_upstream up;
     const auto dir = temp_dir();
-    std::string cfg = agents_config(up.port(), dir);
-    const std::string routes = "{\"name\": \"crm\",";
-    cfg.insert(cfg.find(routes), "{\"name\": \"sf\", \"match\": {\"path_prefix\": \"/services/\"}, \"upstream\": \"up\"},");
-    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
-    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"sf\"]");
-    proxy_instance bb{cfg};
+    proxy_instance bb{with_writer_routes(
+        agents_config(up.port(), dir),
+        "{\"name\": \"sf\", \"match\": {\"path_prefix\": \"/services/\"}, \"upstream\": \"up\"},", "\"sf\"")};
     auto post = [&](const std::string& path, const std::string& body) {
         return http_request(bb.port(), http::verb::post, path, body,
                             {{"content-type", "application/json"}, {"x-breakerbox-key", "writer-key"}});
@@ -343,11 +346,10 @@ TEST(agents, a_mailgun_send_under_an_upstream_base_path_is_held_to_from_domains)
     ASSERT_NE(cfg.find(upstreams), std::string::npos);
     cfg.insert(cfg.find(upstreams) + upstreams.size(),
                "{\"name\": \"mg\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/v3\"},");
-    const std::string routes = "{\"name\": \"crm\",";
-    cfg.insert(cfg.find(routes), "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/mg.\"}, \"upstream\": \"mg\"},"
-                                 "{\"name\": \"mailgun-other\", \"match\": {\"path_prefix\": \"/other\"}, \"upstream\": \"mg\"},");
-    const std::string writer_routes = "\"routes\": [\"mail-send\"]";
-    cfg.replace(cfg.find(writer_routes), writer_routes.size(), "\"routes\": [\"mail-send\", \"mailgun\", \"mailgun-other\"]");
+    cfg = with_writer_routes(cfg,
+                             "{\"name\": \"mailgun\", \"match\": {\"path_prefix\": \"/mg.\"}, \"upstream\": \"mg\"},"
+                             "{\"name\": \"mailgun-other\", \"match\": {\"path_prefix\": \"/other\"}, \"upstream\": \"mg\"},",
+                             "\"mailgun\", \"mailgun-other\"");
     proxy_instance bb{cfg};
     auto send = [&](const std::string& path) {
         return http_request(bb.port(), http::verb::post, path, "from=news%40example.com&to=a%40x.com&text=hi",
