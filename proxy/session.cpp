@@ -1796,7 +1796,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // What the body may say: recipients per request, from domains, templates.
             if (!agent->constraints.empty()) {
                 auto broken = req.method() == http::verb::post
-                                  ? rules::constrained_subrequests(upstream_path, req.body())
+                                  ? rules::constrained_subrequests(upstream_path, req.body(), &ambiguous_path)
                                   : std::string{};
                 if (broken.empty()) {
                     broken = rules::check_body_constraints(agent->constraints, req[http::field::content_type],

@@ -866,14 +866,23 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
     return {};
 }
 
-std::string constrained_subrequests(std::string_view path, std::string_view body) {
+std::string constrained_subrequests(std::string_view path, std::string_view body,
+                                    std::string_view (*ambiguous)(std::string_view)) {
     thread_local std::vector<subrequest> subs;
     subs.clear();
-    if (!salesforce_subrequests(path, body, subs).empty()) {
-        return {};  // unreadable: salesforce_subrequest_refusal refuses it for everyone
+    if (auto why = salesforce_subrequests(path, body, subs); !why.empty()) {
+        // (An XML batch, say: its subrequests cannot be told apart here.)
+        return "this composite request: " + why;
     }
     constexpr std::string_view action = "/actions/standard/emailsimple";
     for (std::size_t i = 0; i < subs.size(); ++i) {
+        if (const auto amb = ambiguous ? ambiguous(subs[i].path) : std::string_view{}; !amb.empty()) {
+            return "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
+                   std::string{amb};
+        }
+        if (subs[i].method == "GET" || subs[i].method == "HEAD") {
+            continue;  // the action's description: nothing is sent
+        }
         std::string_view p = subs[i].path;
         while (p.size() > 1 && p.back() == '/') {
             p.remove_suffix(1);

@@ -78,11 +78,14 @@ struct subrequest_refusal {
 subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::string_view body);
 
 // For an agent with body constraints: why this POST must not be sent ("" when it may): a
-// composite request (salesforce_subrequests) with a subrequest that calls the Send Email
-// action (.../actions/standard/emailSimple, any case), whose inputs check_body_constraints
-// reads only in a direct call. Without this an agent allowed emailSimple under a recipient
-// cap could send to any number through /composite.
-std::string constrained_subrequests(std::string_view path, std::string_view body);
+// composite request (salesforce_subrequests) that cannot be read, or with a subrequest that
+// calls the Send Email action (.../actions/standard/emailSimple, any case, any method but
+// GET and HEAD), whose inputs check_body_constraints reads only in a direct call, or whose
+// URL `ambiguous` finds a spelling in that an upstream may resolve otherwise (%-escapes, dot
+// segments: the proxy's own test). Without this an agent allowed emailSimple under a
+// recipient cap could send to any number through /composite.
+std::string constrained_subrequests(std::string_view path, std::string_view body,
+                                    std::string_view (*ambiguous)(std::string_view) = nullptr);
 
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).

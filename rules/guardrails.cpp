@@ -2711,7 +2711,10 @@ std::vector<guard_field> default_fields(std::initializer_list<std::string_view> 
     return out;
 }
 
-const std::vector<guard_field>& default_recipient_fields() {
+// The duplicates guard's recipients: those of direct calls. (Inside a composite request its
+// pairing, by the outermost array, would pair one subrequest's inputs with each other's
+// subjects.)
+const std::vector<guard_field>& default_duplicate_recipient_fields() {
     static const auto f = default_fields({
         "$.personalizations[*]['to','cc','bcc'][*].email",                     // SendGrid
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
@@ -2726,7 +2729,17 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",  // Salesforce
         "$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]",  // emailSimple
-        // ... and inside Salesforce composite, composite batch and composite graph requests.
+        "form:to", "form:cc", "form:bcc",                                       // Mailgun
+        "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
+    return f;
+}
+
+// The recipients guard's: also emailSimple inside Salesforce composite, composite batch and
+// composite graph requests.
+const std::vector<guard_field>& default_recipient_fields() {
+    static const auto f = [] {
+        auto all = default_duplicate_recipient_fields();
+        for (auto& x : default_fields({
         "$.compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",
         "$.compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
         "'bccRecipientAddressCollection'][*]",
@@ -2736,9 +2749,11 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList',"
         "'bccRecipientAddressList']",
         "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
-        "'bccRecipientAddressCollection'][*]",
-        "form:to", "form:cc", "form:bcc",                                       // Mailgun
-        "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
+        "'bccRecipientAddressCollection'][*]"})) {
+            all.push_back(std::move(x));
+        }
+        return all;
+    }();
     return f;
 }
 
@@ -3069,7 +3084,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         const bool default_recipients = !dr.has("recipient_fields");
         const bool default_subjects = !dr.has("subject_fields");
         const bool default_templates = !dr.has("template_fields");
-        dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields(), true);
+        dg.recipient_fields = read_fields(dr, "recipient_fields", default_duplicate_recipient_fields(), true);
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
         const auto recipients_as_read = dg.recipient_fields;
         const auto subjects_as_read = dg.subject_fields;

@@ -329,6 +329,11 @@ TEST(agents, email_simple_inside_a_composite_request_is_refused_to_a_constrained
     EXPECT_EQ(composite.result_int(), 403u) << composite.body();
     EXPECT_EQ(code_of(composite), "constraint_violated");
     EXPECT_NE(composite.body().find("calls emailSimple"), std::string::npos) << composite.body();
+    auto escaped = post("/services/data/v59.0/composite",
+                        R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/actions/standard/email%53imple",
+                            "referenceId": "m", "body": )j" + inputs + "}]}");
+    EXPECT_EQ(escaped.result_int(), 403u) << escaped.body();
+    EXPECT_NE(escaped.body().find("its URL contains"), std::string::npos) << escaped.body();
     auto records = post("/services/data/v59.0/composite",
                         R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/sobjects/Account",
                             "referenceId": "a", "body": {"Name": "x"}}]})j");

@@ -533,6 +533,21 @@ TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
     EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", records), "");
     EXPECT_EQ(constrained_subrequests("/services/data/v59.0/actions/standard/emailSimple", composite), "")
         << "not a composite path";
+    // The action's description sends nothing.
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", R"j({"compositeRequest": [
+        {"method": "GET", "url": "/services/data/v59.0/actions/standard/emailSimple", "referenceId": "d"}]})j"), "");
+    // A URL another reader resolves otherwise, as the proxy's own test finds it.
+    const std::string escaped = R"j({"compositeRequest": [{"method": "POST", "referenceId": "m",
+        "url": "/services/data/v59.0/actions/standard/email%53imple", "body": {"inputs": []}}]})j";
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", escaped), "") << "without the test";
+    const auto percent = [](std::string_view p) {
+        return p.find('%') != std::string_view::npos ? std::string_view{"a percent escape"} : std::string_view{};
+    };
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", escaped, +percent),
+              "subrequest #0 of this composite request: its URL contains a percent escape");
+    // A composite body that cannot be read as subrequests (an XML batch) is refused.
+    EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite/batch", "<batchRequests/>"),
+                HasSubstr("this composite request: "));
 }
 
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {

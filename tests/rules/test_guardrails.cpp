@@ -937,7 +937,6 @@ TEST(GuardRecipients, SalesforceEmailSimpleAddressesAreRecipients) {
     EXPECT_THAT(d.reason, HasSubstr("bccRecipientAddressList"));
 }
 
-// SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
 // emailSimple called inside a Salesforce composite request sends as a direct call does.
 TEST(GuardRecipients, EmailSimpleInsideCompositeRequestsIsRead) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
@@ -958,6 +957,8 @@ TEST(GuardRecipients, EmailSimpleInsideCompositeRequestsIsRead) {
     }
 }
 
+
+// SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
 TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
     request v2;
@@ -1809,6 +1810,21 @@ TEST(GuardRecipients, SendGridV2SmtpApiHeaderIsAnInvalidBodyToTheAudienceGuards)
     }
     fixture content{content_rule(R"j({"blocked_terms": ["free money"]})j")};
     EXPECT_THAT(content.check(v2).reason, HasSubstr("blocked term #0 (free money) in form field \"X-SMTPAPI\""));
+}
+
+// The duplicates guard counts emailSimple's direct calls only: inside a composite request it
+// would pair one subrequest's inputs with each other's subjects, and every such send to one
+// address with no subject read would look like the same mail.
+TEST(GuardDuplicates, EmailSimpleInsideCompositeRequestsIsNotCounted) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    const auto send = [&](std::string_view subject) {
+        return f.check_body(R"j({"compositeRequest": [{"method": "POST", "referenceId": "m",
+            "url": "/services/data/v59.0/actions/standard/emailSimple",
+            "body": {"inputs": [{"emailAddresses": "ann@example.com", "emailSubject": ")j" + std::string{subject} +
+                            R"j(", "emailBody": "b"}]}}]})j");
+    };
+    EXPECT_TRUE(send("Your order").allowed());
+    EXPECT_TRUE(send("Your invoice").allowed()) << "another mail, not a loop";
 }
 
 // SES v1 SendTemplatedEmail requires Template and may add a TemplateArn beside it: the pair
