@@ -62,6 +62,7 @@ public:
     bool checks_from() const { return !c_.from_domains.empty() && reason_.empty(); }
     bool checks_reply_to() const { return !c_.reply_to_domains.empty() && reason_.empty(); }
     bool checks_template() const { return !c_.template_ids.empty() && reason_.empty(); }
+    bool checks_count() const { return c_.max_recipients.has_value() && reason_.empty(); }
 
     void fail(std::string why) {
         if (reason_.empty()) {
@@ -497,6 +498,29 @@ void walk_json(checker& k, element root) {
             }
         });
     });
+
+    // SendGrid Marketing single sends (POST /v3/marketing/singlesends, a PATCH of one): their
+    // audience is lists and segments (or every contact), whose size no count here can read.
+    // To an agent held to max_recipients they are refused, not counted as none.
+    if (k.checks_count()) {
+        each_field(root, "send_to", [&](element to) {
+            bool audience = false;
+            for (const auto key : {"list_ids", "segment_ids"}) {
+                each_field(to, key, [&](element ids) {
+                    simdjson::dom::array a;
+                    audience = audience || (!ids.is_null() && (ids.get(a) != simdjson::SUCCESS || a.size() > 0));
+                });
+            }
+            each_field(to, "all", [&](element all) {
+                bool b = false;
+                audience = audience || (!all.is_null() && (all.get(b) != simdjson::SUCCESS || b));
+            });
+            if (audience) {
+                k.fail("this send goes to lists or segments (send_to), whose size this agent's max_recipients cannot "
+                       "count");
+            }
+        });
+    }
 
     // HubSpot single send (marketing/v3/transactional/single-email/send).
     each_field(root, "message", [&](element m) {

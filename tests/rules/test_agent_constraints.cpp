@@ -550,6 +550,25 @@ TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
                 HasSubstr("this composite request: "));
 }
 
+// A SendGrid single send reaches lists and segments: an agent held to max_recipients cannot
+// have it counted as no recipient.
+TEST(AgentConstraints, ASendToListsOrSegmentsIsRefusedToAnAgentWithARecipientCap) {
+    const std::string why =
+        "this send goes to lists or segments (send_to), whose size this agent's max_recipients cannot count";
+    for (const std::string body : {R"j({"name": "Spring", "send_to": {"list_ids": ["a1"]}, "email_config": {"subject": "Hi"}})j",
+                                   R"j({"name": "Spring", "send_to": {"segment_ids": ["s1"], "list_ids": []}})j",
+                                   R"j({"send_to": {"all": true}})j", R"j({"SEND_TO": {"List_Ids": ["a1"]}})j",
+                                   R"j({"send_to": {"list_ids": "a1"}})j"}) {
+        EXPECT_EQ(check_body_constraints(max(500), json, body), why) << body;
+    }
+    for (const std::string body : {R"j({"name": "Draft", "send_to": {"list_ids": [], "segment_ids": [], "all": false}})j",
+                                   R"j({"name": "Draft", "send_to": {"list_ids": null}})j", R"j({"name": "Draft"})j"}) {
+        EXPECT_EQ(check_body_constraints(max(500), json, body), "") << body;
+    }
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, R"j({"send_to": {"all": true}})j"), "")
+        << "no recipient cap";
+}
+
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {
     const std::string body = "from=news%40example.com&to=x%40example.com&text=hi";
     const auto c = domains({"example.com"});
