@@ -1714,6 +1714,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         //    never reaches an upstream.
         req.erase("x-breakerbox-key");
         bool subrequests_read = false;  // a scoped agent's composite POST, read whole in 5
+        // What it read (when subrequests_read): thread-local, so used only before this
+        // request's next co_await (the body constraints below take it, none between).
+        thread_local std::vector<rules::subrequest> subs;
         if (agent != nullptr) {
             const auto& scope = agent->allow;
             auto method_allowed = [&](std::string_view m) {
@@ -1739,7 +1742,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // route for DELETE through one. A subrequest's URL is the upstream's path:
                 // without the upstream's base path it is the path the agent would have sent.
                 const std::string& base = cfg->upstreams[upstream_index].base_path;
-                thread_local std::vector<rules::subrequest> subs;
                 subs.clear();
                 subrequests_read = req.method() == http::verb::post;
                 if (const auto unreadable = req.method() == http::verb::post
@@ -1796,7 +1798,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // What the body may say: recipients per request, from domains, templates.
             if (!agent->constraints.empty()) {
                 auto broken = req.method() == http::verb::post
-                                  ? rules::constrained_subrequests(upstream_path, req.body(), &ambiguous_path)
+                                  ? rules::constrained_subrequests(upstream_path, req.body(), &ambiguous_path,
+                                                                   subrequests_read ? &subs : nullptr)
                                   : std::string{};
                 if (broken.empty()) {
                     broken = rules::check_body_constraints(agent->constraints, req[http::field::content_type],

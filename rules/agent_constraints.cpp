@@ -891,13 +891,18 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
 }
 
 std::string constrained_subrequests(std::string_view path, std::string_view body,
-                                    std::string_view (*ambiguous)(std::string_view)) {
-    thread_local std::vector<subrequest> subs;
-    subs.clear();
-    if (auto why = salesforce_subrequests(path, body, subs); !why.empty()) {
-        // (An XML batch, say: its subrequests cannot be told apart here.)
-        return "this composite request: " + why;
+                                    std::string_view (*ambiguous)(std::string_view),
+                                    const std::vector<subrequest>* read) {
+    thread_local std::vector<subrequest> own;
+    if (read == nullptr) {
+        own.clear();
+        if (auto why = salesforce_subrequests(path, body, own); !why.empty()) {
+            // (An XML batch, say: its subrequests cannot be told apart here.)
+            return "this composite request: " + why;
+        }
+        read = &own;
     }
+    const std::vector<subrequest>& subs = *read;
     constexpr std::string_view action = "/actions/standard/emailsimple";
     for (std::size_t i = 0; i < subs.size(); ++i) {
         if (const auto amb = ambiguous ? ambiguous(subs[i].path) : std::string_view{}; !amb.empty()) {

@@ -84,8 +84,11 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
 // URL `ambiguous` finds a spelling in that an upstream may resolve otherwise (%-escapes, dot
 // segments: the proxy's own test). Without this an agent allowed emailSimple under a
 // recipient cap could send to any number through /composite.
+// `read`: the request's subrequests if the caller has read them already (salesforce_subrequests
+// for its allow-list check, with no error): the body is not parsed again.
 std::string constrained_subrequests(std::string_view path, std::string_view body,
-                                    std::string_view (*ambiguous)(std::string_view) = nullptr);
+                                    std::string_view (*ambiguous)(std::string_view) = nullptr,
+                                    const std::vector<subrequest>* read = nullptr);
 
 // Whether a check_body_constraints answer says the body cannot be read one way (a bad
 // request) rather than that it reads and breaks a constraint (refused).
