@@ -1354,8 +1354,6 @@ bool labelled_json(const guard_input& in) {
 // `\u0034111 1111 1111 1111`), so the scan did not see what it would send.
 const char* const unreadable_json = "the body is labelled JSON but cannot be read as JSON (UTF-8, nesting up to 512)";
 
-// Whether a body labelled JSON holds something to read: an empty body (a DELETE or GET that
-// carries the header anyway, as some clients do on every call) or only blanks is no JSON.
 // Whether a body is empty or only blanks (after a UTF-8 byte order mark).
 bool blank(std::string_view b) {
     if (b.starts_with(utf8_bom)) {
@@ -1364,6 +1362,8 @@ bool blank(std::string_view b) {
     return b.find_first_not_of(" \t\r\n") == std::string_view::npos;
 }
 
+// Whether a body labelled JSON holds something to read: an empty body (a DELETE or GET that
+// carries the header anyway, as some clients do on every call) or only blanks is no JSON.
 bool holds_json(const guard_input& in) { return labelled_json(in) && !blank(in.req.body); }
 
 body_kind kind_of(const guard_input& in) {
@@ -2099,10 +2099,6 @@ std::string where_recipient(const recipients_guard& g, const guard_input& in, st
     return out;
 }
 
-// Recipients in order, each refused by the first of: blocked domain, domain not allowed,
-// suppressed. The walk checks the domains and stops at the first refused one; the addresses
-// before it are then looked up in the suppression list together, two SHA-256 at a time (so
-// a suppressed recipient before a blocked one is still the one reported).
 // SendGrid's mail_settings.bypass_list_management, bypass_unsubscribe_management,
 // bypass_spam_management and bypass_bounce_management with `"enable": true` send past
 // SendGrid's own unsubscribe, spam-report and bounce lists. The setting's name, or "".
@@ -2142,6 +2138,10 @@ std::string_view suppression_bypass(const guard_input& in) {
     return found;
 }
 
+// Recipients in order, each refused by the first of: blocked domain, domain not allowed,
+// suppressed. The walk checks the domains and stops at the first refused one; the addresses
+// before it are then looked up in the suppression list together, two SHA-256 at a time (so
+// a suppressed recipient before a blocked one is still the one reported).
 guard_result check_recipients(const recipients_guard& g, const guard_input& in) {
     scratch& s = local();
     guard_result refused;
