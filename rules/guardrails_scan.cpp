@@ -975,8 +975,7 @@ std::optional<suppression_list> suppression_list::parse(std::string_view text, s
             // `"Jane"@Example.com.` and `<jane@example.com>` are jane@example.com), so every
             // line can match; a line that is still no address is refused, never loaded as
             // one nobody matches (a quoted CSV cell, a `mailto:` link, a CR-only file).
-            if (line.size() >= 7 && std::equal(line.begin(), line.begin() + 7, "mailto:",
-                                                [](char a, char b) { return to_lower(static_cast<unsigned char>(a)) == b; })) {
+            if (iequals_lower(line.substr(0, 7), "mailto:")) {
                 line.remove_prefix(7);
             }
             detail::normalize_address(line, address);
