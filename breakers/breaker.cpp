@@ -1103,7 +1103,7 @@ bool breaker_registry::manual_trip(std::string_view name, std::string actor, std
     if (s->handed_over.load(std::memory_order_acquire)) {
         return successor_->manual_trip(name, std::move(actor), std::move(reason), now);
     }
-    const auto done = run([&] { return get_or_create(*s, key); },
+    const auto done = run([this, s = s, key = key] { return get_or_create(*s, key); },  // (not [&]: clang < 16)
                           [&](instance& in) {
                               in.advance(now);
                               in.manual_trip(cause_of("manual", actor, reason), now);
@@ -1177,7 +1177,7 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
     // every key that later overflows (forced_closed would let their trips through), so it is
     // refused rather than applied to the overflow instance.
     const bool own = key.empty() || key == overflow_key;
-    const auto done = run([&] { return get_or_create(*s, key); },
+    const auto done = run([this, s = s, key = key] { return get_or_create(*s, key); },  // (not [&]: clang < 16)
                           [&](instance& in) {
                               if (!own && !tightens && in.key() == overflow_key) {
                                   return op_result{true, in.name()};

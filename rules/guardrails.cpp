@@ -2029,7 +2029,10 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
             return res != json_walker::result::invalid && !unreadable;
         }
         case body_kind::form: {
-            for (const auto& [name, value] : *in.form) {
+            for (const auto& field : *in.form) {
+                // (Named, not a structured binding: clang before 16 cannot capture those.)
+                const std::string& name = field.first;
+                const std::string& value = field.second;
                 if (smtpapi_field(name)) {
                     if (why) {
                         *why = smtpapi_unread;
@@ -3149,7 +3152,7 @@ duplicate_counter::duplicate_counter(std::uint32_t max, milliseconds window, std
     : max_keys_(max_keys),
       max_(std::max<std::uint32_t>(max, 1)),
       window_ms_(std::max<std::int64_t>(window.count(), 1)),
-      per_shard_(std::max<std::size_t>((max_keys + shards_.size() - 1) / shards_.size(), 1)),
+      per_shard_(std::max<std::size_t>((max_keys + shard_count - 1) / shard_count, 1)),
       probation_(per_shard_ >= 8 ? per_shard_ / 8 : per_shard_ > 1 ? 1 : 0) {}
 
 void duplicate_counter::shard::unlink(std::uint32_t i) {

@@ -401,7 +401,8 @@ private:
     std::int64_t window_ms_;
     std::size_t per_shard_;
     std::size_t probation_;  // of per_shard_
-    mutable std::array<shard, 16> shards_;
+    static constexpr std::size_t shard_count = 16;
+    mutable std::array<shard, shard_count> shards_;
 };
 
 // ---------------------------------------------------------------------------------------
