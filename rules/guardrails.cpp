@@ -1321,6 +1321,19 @@ std::string render_path(std::span<const frame> f) {
     return out;
 }
 
+// The arrays a value is in, as the duplicates guard pairs a recipient with its mail's subject
+// and template: at[d] names the place of the first d + 1 array indices of its path (at most
+// four; never -1, which is the message's own place). A subject belongs to its innermost place;
+// a recipient's mail is the innermost of its places that has one, else the message's: a
+// SendGrid `personalizations[2].to[5].email` takes `personalizations[2].subject`, an emailSimple
+// in a composite request `compositeRequest[1].body.inputs[3].emailAddresses` takes
+// `compositeRequest[1].body.inputs[3].emailSubject` (not another input's or subrequest's).
+struct array_groups {
+    std::array<std::int64_t, 4> at{};
+    std::uint8_t n = 0;
+    std::int64_t innermost() const { return n ? at[n - 1] : -1; }
+};
+
 // Index of the first array in the path (a SendGrid personalization), -1 if none.
 std::int64_t group_of(std::span<const frame> f) {
     for (const auto& fr : f) {
@@ -1427,8 +1440,9 @@ struct scratch {
     struct valued {
         std::size_t off = 0;
         std::size_t len = 0;
-        std::int64_t group = -1;
+        std::int64_t group = -1;  // array_groups::innermost()
         std::uint64_t hash = 0;
+        array_groups where;  // a recipient's: the places its mail's subject and template may be
     };
     std::string chars;
     std::vector<valued> recipients;
@@ -2357,21 +2371,37 @@ std::uint64_t combine(std::uint64_t h, std::uint64_t x) {
     return mix(h ^ (x + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2)));
 }
 
-// The subject (template) that goes with a recipient: the one of its own personalization,
-// else the message's; nullopt if neither has one (another personalization's subject is not
-// this recipient's mail). Of several in one place (a key given twice, in any case) the last,
+array_groups array_groups_of(std::span<const frame> f) {
+    array_groups g;
+    std::uint64_t h = 0x6172'7261'7973ull;
+    for (const auto& fr : f) {
+        if (fr.array && g.n < g.at.size()) {
+            h = combine(h, fr.index);
+            g.at[g.n++] = static_cast<std::int64_t>(h >> 1);
+        }
+    }
+    return g;
+}
+
+// The subject (template) that goes with a recipient: the one of the innermost of its places
+// that has one (its own personalization's, its own emailSimple input's: array_groups), else
+// the message's; nullopt if none has one (another personalization's subject is not this
+// recipient's mail). Of several in one place (a key given twice, in any case) the last,
 // as Go's encoding/json (SendGrid) and most parsers keep it. `by_group` holds (group, index)
 // of every value, sorted, so this is a binary search (a body with a subject per
 // personalization would make a scan quadratic). Returns the value's hash.
 std::optional<std::uint64_t> pick(const std::vector<scratch::valued>& v,
-                                  const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t group) {
+                                  const std::vector<std::pair<std::int64_t, std::size_t>>& by_group,
+                                  const array_groups& where) {
     auto last_of = [&](std::int64_t g) -> const scratch::valued* {
         const auto it = std::upper_bound(by_group.begin(), by_group.end(),
                                          std::pair<std::int64_t, std::size_t>{g, std::numeric_limits<std::size_t>::max()});
         return it != by_group.begin() && std::prev(it)->first == g ? &v[std::prev(it)->second] : nullptr;
     };
-    if (const auto* own = last_of(group)) {
-        return own->hash;
+    for (std::size_t d = where.n; d-- > 0;) {
+        if (const auto* own = last_of(where.at[d])) {
+            return own->hash;
+        }
     }
     if (const auto* top = last_of(-1)) {
         return top->hash;
@@ -2436,7 +2466,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     const target targets[] = {{g.by_recipient, &g.recipient_fields, &s.recipients, value_kind::address},
                               {g.by_subject, &g.subject_fields, &s.subjects, value_kind::subject},
                               {g.by_template || g.by_subject, &g.template_fields, &s.templates, value_kind::id}};
-    auto add = [&s](const target& t, std::string_view v, std::int64_t group) {
+    auto add = [&s](const target& t, std::string_view v, const array_groups& where) {
         if (t.out->size() >= 100'000) {
             return;
         }
@@ -2451,7 +2481,8 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             s.chars.append(v.substr(0, 1024));
         }
         x.len = s.chars.size() - x.off;
-        x.group = group;
+        x.group = where.innermost();
+        x.where = where;
         t.out->push_back(x);
     };
     // Raw messages first (the message's own recipients and Subject; group -1, the message's).
@@ -2461,7 +2492,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
                 read = raw_recipients(m, s).empty();
                 for (const auto a : s.addresses) {
-                    add(targets[0], a, -1);
+                    add(targets[0], a, {});
                 }
                 return !read;
             });
@@ -2470,7 +2501,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             for_each_raw(g.subject_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
                 const auto subject = m ? mime_subject(*m) : std::nullopt;
                 if (subject) {
-                    add(targets[1], *subject, -1);
+                    add(targets[1], *subject, {});
                 }
                 read = subject.has_value();
                 return !read;
@@ -2504,17 +2535,18 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                             std::any_of(text.begin(), text.end(), [](char c) { return c == ',' || c == ';'; })) {
                             const std::size_t before = targets[k].out->size();
                             const std::size_t chars_before = s.chars.size();
-                            if (for_each_address(text, [&](std::string_view item) { add(targets[k], item, group_of(fr)); })) {
+                            const array_groups where = array_groups_of(fr);
+                            if (for_each_address(text, [&](std::string_view item) { add(targets[k], item, where); })) {
                                 continue;
                             }
                             targets[k].out->resize(before);
                             s.chars.resize(chars_before);
                         }
-                        add(targets[k], text, group_of(fr));
+                        add(targets[k], text, array_groups_of(fr));
                     }
                 } else if (t == value_type::scalar && targets[2].on && paths.exact(2) && !text.empty() &&
                            (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) {
-                    add(targets[2], text, group_of(fr));  // a numeric id (HubSpot's emailId)
+                    add(targets[2], text, array_groups_of(fr));  // a numeric id (HubSpot's emailId)
                 }
                 return walk_next::go;
             });
@@ -2533,12 +2565,12 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                         continue;
                     }
                     if (tg.kind == value_kind::address) {
-                        if (!for_each_address(value, [&](std::string_view item) { add(tg, item, -1); })) {
+                        if (!for_each_address(value, [&](std::string_view item) { add(tg, item, {}); })) {
                             return invalid_body("form field " + field_name(name) + " " +
                                                 std::string{unsplittable_list});
                         }
                     } else {
-                        add(tg, value, -1);
+                        add(tg, value, {});
                     }
                 }
             }
@@ -2591,14 +2623,14 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     const std::uint64_t key_hash = detail::bytes_hash(in.key);
     const std::size_t n = g.by_recipient ? s.recipients.size() : 1;
     for (std::size_t i = 0; i < n; ++i) {
-        const std::int64_t group = g.by_recipient ? s.recipients[i].group : -1;
+        const array_groups where = g.by_recipient ? s.recipients[i].where : array_groups{};
         std::uint64_t h = combine(key_hash, g.by_recipient ? s.recipients[i].hash : 0);
-        const std::uint64_t templ = pick(s.templates, s.template_groups, group).value_or(0);
+        const std::uint64_t templ = pick(s.templates, s.template_groups, where).value_or(0);
         std::uint64_t subject = 0;
         if (g.by_subject) {
             // Without a subject of its own or the message's, a recipient's mail takes the
             // template's (SendGrid refuses one with neither): the template stands for it.
-            const auto own = pick(s.subjects, s.subject_groups, group);
+            const auto own = pick(s.subjects, s.subject_groups, where);
             subject = own ? *own : g.by_template ? 0 : combine(0x7465'6d70'6c61'7465ull, templ);
         }
         h = combine(h, subject);
@@ -2714,10 +2746,8 @@ std::vector<guard_field> default_fields(std::initializer_list<std::string_view> 
     return out;
 }
 
-// The duplicates guard's recipients: those of direct calls. (Inside a composite request its
-// pairing, by the outermost array, would pair one subrequest's inputs with each other's
-// subjects.)
-const std::vector<guard_field>& default_duplicate_recipient_fields() {
+// The recipients and duplicates guards' recipients.
+const std::vector<guard_field>& default_recipient_fields() {
     static const auto f = default_fields({
         "$.personalizations[*]['to','cc','bcc'][*].email",                     // SendGrid
         "$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]",         // SES v2 SendEmail
@@ -2732,17 +2762,7 @@ const std::vector<guard_field>& default_duplicate_recipient_fields() {
         "$.message.to", "$.message['cc','bcc'][*]",                             // HubSpot single send
         "$.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",  // Salesforce
         "$.inputs[*]['emailAddressesArray','ccRecipientAddressCollection','bccRecipientAddressCollection'][*]",  // emailSimple
-        "form:to", "form:cc", "form:bcc",                                       // Mailgun
-        "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
-    return f;
-}
-
-// The recipients guard's: also emailSimple inside Salesforce composite, composite batch and
-// composite graph requests.
-const std::vector<guard_field>& default_recipient_fields() {
-    static const auto f = [] {
-        auto all = default_duplicate_recipient_fields();
-        for (auto& x : default_fields({
+        // ... inside composite, composite batch and composite graph requests
         "$.compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList','bccRecipientAddressList']",
         "$.compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
         "'bccRecipientAddressCollection'][*]",
@@ -2752,11 +2772,9 @@ const std::vector<guard_field>& default_recipient_fields() {
         "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddresses','ccRecipientAddressList',"
         "'bccRecipientAddressList']",
         "$.graphs[*].compositeRequest[*].body.inputs[*]['emailAddressesArray','ccRecipientAddressCollection',"
-        "'bccRecipientAddressCollection'][*]"})) {
-            all.push_back(std::move(x));
-        }
-        return all;
-    }();
+        "'bccRecipientAddressCollection'][*]",
+        "form:to", "form:cc", "form:bcc",                                       // Mailgun
+        "form:to[]", "form:cc[]", "form:bcc[]"});                               // SendGrid v2 mail.send.json
     return f;
 }
 
@@ -2810,7 +2828,10 @@ const std::vector<guard_field>& default_subject_fields() {
                                           "$.Content.Simple.Subject.Data", "$.message.subject", "form:subject",
                                           "form:Message.Subject.Data", "mime:$.Content.Raw.Data",
                                           "mime:base64:form:RawMessage.Data", "mime:form:message",
-                                          "$.inputs[*].emailSubject"});  // Salesforce emailSimple
+                                          "$.inputs[*].emailSubject",  // Salesforce emailSimple, direct and composite
+                                          "$.compositeRequest[*].body.inputs[*].emailSubject",
+                                          "$.batchRequests[*].richInput.inputs[*].emailSubject",
+                                          "$.graphs[*].compositeRequest[*].body.inputs[*].emailSubject"});
     return f;
 }
 
@@ -2818,7 +2839,10 @@ const std::vector<guard_field>& default_template_fields() {
     static const auto f = default_fields({"$.template_id", "$.Content.Template.TemplateName",
                                           "$.Content.Template.TemplateArn", "$.DefaultContent.Template.TemplateName",
                                           "$.DefaultContent.Template.TemplateArn", "$.emailId", "form:template",
-                                          "$.inputs[*].emailTemplateId"});  // Salesforce emailSimple
+                                          "$.inputs[*].emailTemplateId",  // Salesforce emailSimple, direct and composite
+                                          "$.compositeRequest[*].body.inputs[*].emailTemplateId",
+                                          "$.batchRequests[*].richInput.inputs[*].emailTemplateId",
+                                          "$.graphs[*].compositeRequest[*].body.inputs[*].emailTemplateId"});
     return f;
 }
 
@@ -3087,7 +3111,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         const bool default_recipients = !dr.has("recipient_fields");
         const bool default_subjects = !dr.has("subject_fields");
         const bool default_templates = !dr.has("template_fields");
-        dg.recipient_fields = read_fields(dr, "recipient_fields", default_duplicate_recipient_fields(), true);
+        dg.recipient_fields = read_fields(dr, "recipient_fields", default_recipient_fields(), true);
         dg.subject_fields = read_fields(dr, "subject_fields", default_subject_fields(), true);
         const auto recipients_as_read = dg.recipient_fields;
         const auto subjects_as_read = dg.subject_fields;

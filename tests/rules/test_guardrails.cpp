@@ -1812,19 +1812,46 @@ TEST(GuardRecipients, SendGridV2SmtpApiHeaderIsAnInvalidBodyToTheAudienceGuards)
     EXPECT_THAT(content.check(v2).reason, HasSubstr("blocked term #0 (free money) in form field \"X-SMTPAPI\""));
 }
 
-// The duplicates guard counts emailSimple's direct calls only: inside a composite request it
-// would pair one subrequest's inputs with each other's subjects, and every such send to one
-// address with no subject read would look like the same mail.
-TEST(GuardDuplicates, EmailSimpleInsideCompositeRequestsIsNotCounted) {
-    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
-    const auto send = [&](std::string_view subject) {
-        return f.check_body(R"j({"compositeRequest": [{"method": "POST", "referenceId": "m",
-            "url": "/services/data/v59.0/actions/standard/emailSimple",
-            "body": {"inputs": [{"emailAddresses": "ann@example.com", "emailSubject": ")j" + std::string{subject} +
-                            R"j(", "emailBody": "b"}]}}]})j");
+// emailSimple inside a Salesforce composite request is counted as a direct call is, each
+// input's addresses with its own input's subject (not another input's or subrequest's): a
+// loop cannot leave the guard by going through /composite.
+TEST(GuardDuplicates, EmailSimpleInsideCompositeRequestsIsCountedWithItsOwnSubject) {
+    const auto input = [](std::string_view to, std::string_view subject) {
+        return R"j({"emailAddresses": ")j" + std::string{to} + R"j(", "emailSubject": ")j" + std::string{subject} +
+               R"j(", "emailBody": "b"})j";
     };
-    EXPECT_TRUE(send("Your order").allowed());
-    EXPECT_TRUE(send("Your invoice").allowed()) << "another mail, not a loop";
+    const auto composite = [](const std::string& inputs) {
+        return R"j({"compositeRequest": [{"method": "POST", "referenceId": "m",
+            "url": "/services/data/v59.0/actions/standard/emailSimple", "body": {"inputs": [)j" + inputs + "]}}]}";
+    };
+    const auto batch = [](const std::string& inputs) {
+        return R"j({"batchRequests": [{"method": "POST", "url": "v59.0/actions/standard/emailSimple",
+            "richInput": {"inputs": [)j" + inputs + "]}}]}";
+    };
+    const auto graph = [](const std::string& inputs) {
+        return R"j({"graphs": [{"graphId": "g", "compositeRequest": [{"method": "POST", "referenceId": "m",
+            "url": "/services/data/v59.0/actions/standard/emailSimple", "body": {"inputs": [)j" + inputs + "]}}]}]}";
+    };
+    for (const auto& wrap : {std::function<std::string(const std::string&)>{composite},
+                             std::function<std::string(const std::string&)>{batch},
+                             std::function<std::string(const std::string&)>{graph}}) {
+        fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+        SCOPED_TRACE(wrap("..."));
+        // Two inputs in one subrequest: ann's mail is "Your order", not bob's "Your invoice".
+        EXPECT_TRUE(f.check_body(wrap(input("ann@example.com", "Your order") + "," +
+                                      input("bob@example.com", "Your invoice")))
+                        .allowed());
+        EXPECT_TRUE(f.check_body(wrap(input("ann@example.com", "Your invoice"))).allowed())
+            << "another mail to ann, not a loop";
+        const auto again = f.check_body(wrap(input("ann@example.com", "Your order")));
+        EXPECT_EQ(again.outcome, verdict::violated) << "the same mail to ann again: " << again.reason;
+        // The same mail sent directly is the same loop.
+        request direct;
+        direct.route = "mail-send";
+        direct.path = "/services/data/v59.0/actions/standard/emailSimple";
+        direct.body = R"j({"inputs": [)j" + input("bob@example.com", "Your invoice") + "]}";
+        EXPECT_EQ(f.check(direct).outcome, verdict::violated) << "bob's invoice, sent again directly";
+    }
 }
 
 // SES v1 SendTemplatedEmail requires Template and may add a TemplateArn beside it: the pair
