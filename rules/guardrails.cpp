@@ -1443,6 +1443,9 @@ struct scratch {
         std::int64_t group = -1;  // array_groups::innermost()
         std::uint64_t hash = 0;
         array_groups where;  // a recipient's: the places its mail's subject and template may be
+        // Holds a reference Salesforce fills in from an earlier subrequest of a composite
+        // request (`@{contact.Email}`): its text does not say who or what it is.
+        bool reference = false;
     };
     std::string chars;
     std::vector<valued> recipients;
@@ -1451,6 +1454,7 @@ struct scratch {
     std::vector<std::pair<std::int64_t, std::size_t>> subject_groups;
     std::vector<std::pair<std::int64_t, std::size_t>> template_groups;
     std::vector<std::uint64_t> keys;
+    std::vector<std::size_t> key_of;  // the recipient each key is for
     std::vector<std::pair<std::uint64_t, std::size_t>> sorted_keys;
     std::vector<std::uint8_t> repeat;
     // Recipients guard: the addresses that passed the domain checks, in `chars`.
@@ -2389,10 +2393,9 @@ array_groups array_groups_of(std::span<const frame> f) {
 // recipient's mail). Of several in one place (a key given twice, in any case) the last,
 // as Go's encoding/json (SendGrid) and most parsers keep it. `by_group` holds (group, index)
 // of every value, sorted, so this is a binary search (a body with a subject per
-// personalization would make a scan quadratic). Returns the value's hash.
-std::optional<std::uint64_t> pick(const std::vector<scratch::valued>& v,
-                                  const std::vector<std::pair<std::int64_t, std::size_t>>& by_group,
-                                  const array_groups& where) {
+// personalization would make a scan quadratic). Null when there is none.
+const scratch::valued* pick(const std::vector<scratch::valued>& v,
+                            const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, const array_groups& where) {
     auto last_of = [&](std::int64_t g) -> const scratch::valued* {
         const auto it = std::upper_bound(by_group.begin(), by_group.end(),
                                          std::pair<std::int64_t, std::size_t>{g, std::numeric_limits<std::size_t>::max()});
@@ -2400,13 +2403,10 @@ std::optional<std::uint64_t> pick(const std::vector<scratch::valued>& v,
     };
     for (std::size_t d = where.n; d-- > 0;) {
         if (const auto* own = last_of(where.at[d])) {
-            return own->hash;
+            return own;
         }
     }
-    if (const auto* top = last_of(-1)) {
-        return top->hash;
-    }
-    return std::nullopt;
+    return last_of(-1);
 }
 
 // A subject as the duplicates guard compares it: case (ASCII), runs of blanks (a no-break
@@ -2447,6 +2447,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     trim(s.subject_groups);
     trim(s.template_groups);
     trim(s.keys);
+    trim(s.key_of);
     trim(s.sorted_keys);
     trim(s.repeat);
     s.chars.clear();
@@ -2463,10 +2464,12 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     };
     // Templates are read for a subject too: a templated send without a subject is told
     // apart by its template (welcome and receipt mails to one person are not one mail).
-    const target targets[] = {{g.by_recipient, &g.recipient_fields, &s.recipients, value_kind::address},
+    // Recipients are read when not counted too: they say which mails the request sends (the
+    // subject and template of each one's personalization or input).
+    const target targets[] = {{true, &g.recipient_fields, &s.recipients, value_kind::address},
                               {g.by_subject, &g.subject_fields, &s.subjects, value_kind::subject},
                               {g.by_template || g.by_subject, &g.template_fields, &s.templates, value_kind::id}};
-    auto add = [&s](const target& t, std::string_view v, const array_groups& where) {
+    auto add = [&s](const target& t, std::string_view v, const array_groups& where, bool in_composite = false) {
         if (t.out->size() >= 100'000) {
             return;
         }
@@ -2483,12 +2486,13 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         x.len = s.chars.size() - x.off;
         x.group = where.innermost();
         x.where = where;
+        x.reference = in_composite && v.find("@{") != std::string_view::npos;
         t.out->push_back(x);
     };
     // Raw messages first (the message's own recipients and Subject; group -1, the message's).
     {
         bool read = true;
-        if (g.by_recipient) {
+        {
             for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
                 read = raw_recipients(m, s).empty();
                 for (const auto a : s.addresses) {
@@ -2514,7 +2518,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     switch (kind_of(in)) {
         case body_kind::json: {
             detail::parsed_body& doc = doc_of(in);
-            path_tracker paths{g.index, g.by_recipient ? g.recipient_fields : no_fields(),
+            path_tracker paths{g.index, g.recipient_fields,
                                g.by_subject ? &g.subject_fields : &no_fields(),
                                targets[2].on ? &g.template_fields : &no_fields(), &doc, in.req.body};
             auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
@@ -2528,6 +2532,9 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                         if (!targets[k].on || !paths.exact(k)) {
                             continue;
                         }
+                        // (References are filled in only inside composite and graph requests.)
+                        const bool in_composite = !fr.empty() && (json_key::matches(fr[0].key, "compositerequest") ||
+                                                                  json_key::matches(fr[0].key, "graphs"));
                         // A recipient string that is an address list: each address is a
                         // recipient, as the recipients guard reads it (one that does not split
                         // is one, as before). (A plain loop: find_first_of calls memchr per byte.)
@@ -2536,13 +2543,15 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                             const std::size_t before = targets[k].out->size();
                             const std::size_t chars_before = s.chars.size();
                             const array_groups where = array_groups_of(fr);
-                            if (for_each_address(text, [&](std::string_view item) { add(targets[k], item, where); })) {
+                            if (for_each_address(text, [&](std::string_view item) {
+                                    add(targets[k], item, where, in_composite);
+                                })) {
                                 continue;
                             }
                             targets[k].out->resize(before);
                             s.chars.resize(chars_before);
                         }
-                        add(targets[k], text, array_groups_of(fr));
+                        add(targets[k], text, array_groups_of(fr), in_composite);
                     }
                 } else if (t == value_type::scalar && targets[2].on && paths.exact(2) && !text.empty() &&
                            (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) {
@@ -2618,24 +2627,41 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         return invalid_body("two different templates are given for one mail (a field or key given twice): upstreams "
                             "read different ones");
     }
-    // One key per recipient (or one for the request when recipients are not part of it).
+    // One key per recipient: its mail's subject and template (those of its personalization or
+    // input, else the message's), and itself unless `of` leaves recipients out (then each mail
+    // the request sends counts once; one for the request when it names no recipient). A
+    // recipient, subject or template that is a composite request's reference to another
+    // subrequest's result is not known here: that mail is not booked (the reference's text is
+    // the same whoever and whatever it stands for).
     s.keys.clear();
+    s.key_of.clear();
     const std::uint64_t key_hash = detail::bytes_hash(in.key);
-    const std::size_t n = g.by_recipient ? s.recipients.size() : 1;
-    for (std::size_t i = 0; i < n; ++i) {
-        const array_groups where = g.by_recipient ? s.recipients[i].where : array_groups{};
-        std::uint64_t h = combine(key_hash, g.by_recipient ? s.recipients[i].hash : 0);
-        const std::uint64_t templ = pick(s.templates, s.template_groups, where).value_or(0);
+    auto book = [&](const scratch::valued* recipient, std::size_t i) {
+        const array_groups where = recipient ? recipient->where : array_groups{};
+        const scratch::valued* templ = pick(s.templates, s.template_groups, where);
+        const scratch::valued* own = g.by_subject ? pick(s.subjects, s.subject_groups, where) : nullptr;
+        if ((g.by_recipient && recipient && recipient->reference) || (templ && templ->reference) ||
+            (own && own->reference)) {
+            return;
+        }
+        const std::uint64_t t = templ ? templ->hash : 0;
         std::uint64_t subject = 0;
         if (g.by_subject) {
             // Without a subject of its own or the message's, a recipient's mail takes the
             // template's (SendGrid refuses one with neither): the template stands for it.
-            const auto own = pick(s.subjects, s.subject_groups, where);
-            subject = own ? *own : g.by_template ? 0 : combine(0x7465'6d70'6c61'7465ull, templ);
+            subject = own ? own->hash : g.by_template ? 0 : combine(0x7465'6d70'6c61'7465ull, t);
         }
+        std::uint64_t h = combine(key_hash, g.by_recipient && recipient ? recipient->hash : 0);
         h = combine(h, subject);
-        h = combine(h, g.by_template ? templ : 0);
+        h = combine(h, g.by_template ? t : 0);
         s.keys.push_back(h);
+        s.key_of.push_back(i);
+    };
+    for (std::size_t i = 0; i < s.recipients.size(); ++i) {
+        book(&s.recipients[i], i);
+    }
+    if (s.recipients.empty() && !g.by_recipient) {
+        book(nullptr, 0);
     }
     // The same recipient twice in one request is one send to it: only the first of equal
     // keys is booked (sorted, so linear after the sort whatever the number of recipients).
@@ -2666,7 +2692,8 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             }
             std::string what = "duplicate send: ";
             if (g.by_recipient) {
-                what += "recipient #" + std::to_string(i) + " " + mask_address(text_of(s.recipients[i])) + " ";
+                const std::size_t r = s.key_of[i];
+                what += "recipient #" + std::to_string(r) + " " + mask_address(text_of(s.recipients[r])) + " ";
             }
             what += "with the same ";
             what += g.by_subject && g.by_template ? "subject and template" : g.by_subject ? "subject" : g.by_template ? "template" : "content";
@@ -3123,8 +3150,9 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         dg.recipient_mime = take_mime(dg.recipient_fields);
         dg.subject_mime = take_mime(dg.subject_fields);
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
-        // Only the lists that are counted (the others would keep parts of the body alive).
-        dg.index = path_index::of({dg.by_recipient ? &dg.recipient_fields : &no_fields(),
+        // Only the lists that are read (the others would keep parts of the body alive):
+        // recipients always (they say which mails a request sends), templates for a subject too.
+        dg.index = path_index::of({&dg.recipient_fields,
                                    dg.by_subject ? &dg.subject_fields : &no_fields(),
                                    dg.by_template || dg.by_subject ? &dg.template_fields : &no_fields()});
         dr.finish();

@@ -1854,6 +1854,71 @@ TEST(GuardDuplicates, EmailSimpleInsideCompositeRequestsIsCountedWithItsOwnSubje
     }
 }
 
+// A composite subrequest may take its recipient or subject from an earlier subrequest's result
+// (`@{contact.Email}`): that text is the same in every request whoever it sends to, so such a
+// mail is not booked (it would make different mails look alike). Outside a composite request
+// the same text is literal and counts.
+TEST(GuardDuplicates, CompositeReferencesAreNotBookedAsOneMail) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    const auto composite = [](std::string_view to, std::string_view subject) {
+        return R"j({"compositeRequest": [
+            {"method": "GET", "url": "/services/data/v59.0/sobjects/Case/500x", "referenceId": "case"},
+            {"method": "POST", "referenceId": "m", "url": "/services/data/v59.0/actions/standard/emailSimple",
+             "body": {"inputs": [{"emailAddresses": ")j" + std::string{to} + R"j(", "emailSubject": ")j" +
+               std::string{subject} + R"j(", "emailBody": "b"}]}}]})j";
+    };
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_TRUE(f.check_body(composite("@{case.ContactEmail}", "Your case")).allowed()) << i;
+        EXPECT_TRUE(f.check_body(composite("ann@example.com", "Re: case @{case.CaseNumber}")).allowed()) << i;
+    }
+    EXPECT_TRUE(f.check_body(composite("ann@example.com", "Your case")).allowed());
+    EXPECT_EQ(f.check_body(composite("ann@example.com", "Your case")).outcome, verdict::violated)
+        << "known recipient and subject: counted";
+    request direct;
+    direct.route = "mail-send";
+    direct.path = "/services/data/v59.0/actions/standard/emailSimple";
+    direct.body = R"j({"inputs": [{"emailAddresses": "bob@example.com", "emailSubject": "@{literal}"}]})j";
+    EXPECT_TRUE(f.check(direct).allowed());
+    EXPECT_EQ(f.check(direct).outcome, verdict::violated) << "no reference outside a composite request";
+}
+
+// Without `recipient` in `of`, each mail the request sends counts: a SendGrid
+// personalization's own subject, an emailSimple input's template; not only the message's.
+TEST(GuardDuplicates, WithoutRecipientsEachPersonalizationsSubjectCounts) {
+    fixture by_subject{dup_rule(R"j({"max": 1, "window": "1h", "of": ["subject"]})j")};
+    const auto sendgrid = [](std::string_view subject) {
+        return R"j({"personalizations": [{"to": [{"email": "ann@example.com"}], "subject": ")j" + std::string{subject} +
+               R"j("}], "from": {"email": "news@example.com"}, "content": [{"type": "text/plain", "value": "x"}]})j";
+    };
+    EXPECT_TRUE(by_subject.check_body(sendgrid("Your order shipped")).allowed());
+    EXPECT_TRUE(by_subject.check_body(sendgrid("Your invoice")).allowed()) << "another subject";
+    EXPECT_EQ(by_subject.check_body(sendgrid("Your invoice")).outcome, verdict::violated) << "the same subject again";
+    // The top-level subject is sent to no one when every personalization has its own.
+    fixture shadowed{dup_rule(R"j({"max": 1, "window": "1h", "of": ["subject"]})j")};
+    for (const char* own : {"Your order #1", "Your order #2", "Your order #3"}) {
+        EXPECT_TRUE(shadowed.check_body(R"j({"subject": "Newsletter", "personalizations": [{"to": [{"email": "ann@example.com"}],
+            "subject": ")j" + std::string{own} + R"j("}], "from": {"email": "news@example.com"}})j")
+                        .allowed())
+            << own;
+    }
+
+    fixture by_template{dup_rule(R"j({"max": 1, "window": "1h", "of": ["template"]})j")};
+    const auto email_simple = [](std::string_view a, std::string_view b) {
+        request sf;
+        sf.route = "mail-send";
+        sf.path = "/services/data/v59.0/actions/standard/emailSimple";
+        sf.body = R"j({"inputs": [{"emailAddresses": "ann@example.com", "emailTemplateId": ")j" + std::string{a} +
+                  R"j("}, {"emailAddresses": "bob@example.com", "emailTemplateId": ")j" + std::string{b} + R"j("}]})j";
+        return sf;
+    };
+    auto first = email_simple("00X1", "00X2");
+    EXPECT_TRUE(by_template.check(first).allowed());
+    auto other = email_simple("00X3", "00X4");
+    EXPECT_TRUE(by_template.check(other).allowed()) << "other templates";
+    auto again = email_simple("00X5", "00X2");
+    EXPECT_EQ(by_template.check(again).outcome, verdict::violated) << "template 00X2 again, in the second input";
+}
+
 // SES v1 SendTemplatedEmail requires Template and may add a TemplateArn beside it: the pair
 // is one template, not two different ones for one mail (an invalid body).
 TEST(GuardDuplicates, SesV1TemplateAndTemplateArnAreOneTemplate) {
