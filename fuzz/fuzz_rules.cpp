@@ -25,7 +25,10 @@
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core/clock.hpp"
+#include "core/json_reader.hpp"
 #include "core/sha256.hpp"
 #include "rules/agent_constraints.hpp"
 #include "rules/engine.hpp"
@@ -53,8 +56,10 @@ std::shared_ptr<const rule_set> load(const std::string& rules, const std::vector
     return set;
 }
 
+// One file per process: fuzzing jobs and test runs side by side must not rewrite each other's.
 std::string suppression_file() {
-    const auto path = std::filesystem::temp_directory_path() / "bb_fuzz_rules_suppressed.txt";
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("bb_fuzz_rules_suppressed." + std::to_string(::getpid()) + ".txt");
     std::ofstream out{path, std::ios::trunc};
     out << "# addresses and digests\nformer@example.org\nmailto:Gone@Example.COM\n"
         << sha256_hex("digest@example.org") << "\n";
@@ -77,9 +82,9 @@ struct engines {
         const std::string guards[] = {
             guard("pii", R"({"pii":["card","ssn","iban","secrets"]})"),
             guard("rcpt", R"({"recipients":{"allow_domains":["example.com","example.org"],)"
-                          R"("block_domains":["competitor.com"],"suppression_file":")" +
-                              suppression_file() +
-                              R"(","suppression_bypass":"refuse","require_recipients":true}})"),
+                          R"("block_domains":["competitor.com"],"suppression_file":)" +
+                              cfg::quote(suppression_file()) +
+                              R"(,"suppression_bypass":"refuse","require_recipients":true}})"),
             guard("content", R"({"content":{"blocked_terms":["free money","act now","wire transfer","winner"],)"
                              R"("link_domains":["example.com"],"require_unsubscribe":true}})"),
             guard("dup", R"({"duplicates":{"max":2,"window":"1m","of":["recipient","subject"]}})"),

@@ -16,12 +16,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh clang libclang-rt-14-dev  # the build's packages, and libFuzzer's
 targets=("$@")
 ((${#targets[@]})) || targets=(fuzz_rules fuzz_proxy_input fuzz_config)
-flags="-fsanitize=address,undefined -fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-if [[ ! -f build-fuzz/CMakeCache.txt ]]; then
-  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DBREAKERBOX_FUZZ=ON -DBREAKERBOX_TESTS=OFF -DBREAKERBOX_BENCH=OFF \
-    -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
-fi
+# (-fsanitize=fuzzer-no-link, libFuzzer's coverage, comes with BREAKERBOX_FUZZ itself.)
+flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+# Configured every time (cheap), so a half-made or hand-made build-fuzz/ gets these settings.
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DBREAKERBOX_FUZZ=ON -DBREAKERBOX_TESTS=OFF -DBREAKERBOX_BENCH=OFF \
+  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
 cmake --build build-fuzz -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
 for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t"
