@@ -456,7 +456,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(st
     if (!cfg_->breakers.empty() || cfg_->admin.enabled) {
         open_store(cfg_->store);
     }
-    if (db_ && rt_->engine) {
+    if (db() && rt_->engine) {
         restore_meters(*rt_->engine, cfg_->store.path, nullptr);  // before the first request, as breaker state is
         meters_restored_ = true;
     }
@@ -678,10 +678,12 @@ void server::open_store(const store_config& sc) {
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
+    // Published last: a thread that sees the store sees all of the above.
+    db_view_.store(db_.get(), std::memory_order_release);
 }
 
 bool server::save_forwarded_keys(bool wait) {
-    if (!db_) {
+    if (!db()) {
         return true;
     }
     {
@@ -731,7 +733,7 @@ bool server::save_forwarded_keys(bool wait) {
         }
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
-        db_->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
+        db()->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
                                  [finish, changes, done](const store::result& r) {
                                      finish(r.ok ? nullptr : &changes, &r);
                                      done->set_value(r.ok);
@@ -1126,7 +1128,7 @@ void server::restore_meters(rules::engine& engine, const std::string& path, cons
     // A cap must not come back from a restart as a fresh one (PRODUCT.md principle 4):
     // counts that cannot be read are a reason not to start, as breaker state is.
     std::string error;
-    auto loaded = db_->load_meters(*clock_, &error);
+    auto loaded = db()->load_meters(*clock_, &error);
     if (!loaded) {
         throw std::runtime_error("cannot restore rule meters: " + error + " (refusing to start with every cap at zero)");
     }
@@ -1159,7 +1161,7 @@ void server::restore_meters(rules::engine& engine, const std::string& path, cons
 }
 
 bool server::save_meters(bool wait) {
-    if (!db_) {
+    if (!db()) {
         return true;
     }
     {
@@ -1223,7 +1225,7 @@ bool server::save_meters(bool wait) {
     try {
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
-        db_->save_meters(std::move(changed), std::move(keep),
+        db()->save_meters(std::move(changed), std::move(keep),
                          [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
                              finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
                              done->set_value(r.ok);
@@ -1636,11 +1638,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             effective = patched;
         }
     }
-    if (db_) {
+    if (db()) {
         // The hold limits apply from the next hold (store.path alone needs a restart).
-        db_->set_limits(store_limits_of(effective->store));
+        db()->set_limits(store_limits_of(effective->store));
     }
-    const bool opened = !db_ && !effective->breakers.empty();
+    const bool opened = !db() && !effective->breakers.empty();
     if (opened) {
         // The first breakers of this run: their state must be saved, and what the store kept
         // of them (a trip, an operator's forced_open from an earlier run) must hold now, as at
@@ -1654,7 +1656,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     // handed over to the new registry: a refusal here must leave them where they are, or
     // the next apply would hand them over again, from a registry that no longer holds them,
     // and an operator's forced_open or a trip would be lost.
-    const bool restore = db_ && !meters_restored_;
+    const bool restore = db() && !meters_restored_;
     const auto running = current_runtime();
     rt = build_runtime(effective, running.get(), prepare, [&](rules::engine& engine) {
         if (restore) {
@@ -1903,7 +1905,7 @@ int server::run() {
         };
         wait_signal();
     }
-    if (db_ && !opts_.config_path.empty()) {
+    if (db() && !opts_.config_path.empty()) {
         asio::co_spawn(control_, record_startup_config(*this), asio::detached);
     }
     // The control thread ticks once a second (breaker expiries, retention) and every 20 ms
@@ -1929,7 +1931,7 @@ int server::run() {
             if (ec || keys_stopped) {
                 return;  // the loop below is over: the shutdown saves them
             }
-            if (db_) {
+            if (db()) {
                 save_forwarded_keys(false);
             }
             keys_poll();
@@ -1961,7 +1963,7 @@ int server::run() {
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not
             // lose what the drain booked).
-            if (db_ && std::chrono::steady_clock::now() >= next_meter_save) {
+            if (db() && std::chrono::steady_clock::now() >= next_meter_save) {
                 next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
                 try {
                     save_meters(false);  // a failure is logged and shown by the gauge
@@ -1970,13 +1972,13 @@ int server::run() {
                 }
             }
             // Retention: resolved quarantine records older than store.retention go away.
-            if (db_ && (std::chrono::steady_clock::now() >= next_prune || prune_more->exchange(false))) {
+            if (db() && (std::chrono::steady_clock::now() >= next_prune || prune_more->exchange(false))) {
                 next_prune = std::chrono::steady_clock::now() + std::chrono::minutes{1};
                 const auto cutoff = std::chrono::duration_cast<std::chrono::milliseconds>(
                                         (clock_->wall_now() - current_config()->store.retention).time_since_epoch())
                                         .count();
                 constexpr std::size_t batch = 10'000;
-                db_->prune(cutoff, [prune_more](const store::result& r) {
+                db()->prune(cutoff, [prune_more](const store::result& r) {
                     if (r.ok && r.count > 0) {
                         spdlog::info("retention: pruned {} resolved quarantine record(s)", r.count);
                     }

@@ -338,7 +338,9 @@ public:
     std::map<std::string, std::uint64_t, std::less<>> trip_counts() const;
 
     // The durable store (quarantine, breaker state); null when the config has no breakers.
-    store::database* db() { return db_.get(); }
+    // Any thread: the workers read it on every keyed send, while the reload that brings the
+    // first breakers opens it on the control thread.
+    store::database* db() const { return db_view_.load(std::memory_order_acquire); }
     // Release/discard of quarantined requests; throws std::logic_error without a store.
     class remediation& remediation();
     // Idempotency-Keys of requests sent live (see forwarded_keys.hpp).
@@ -405,7 +407,8 @@ private:
     void restore_meters(rules::engine& engine, const std::string& path, const rules::engine* running);
     // Declared after the workers so they are destroyed first (in reverse order): their
     // last completions post to the workers' io_contexts, which must still exist.
-    std::unique_ptr<store::database> db_;
+    std::unique_ptr<store::database> db_;  // written once, by open_store(); read through db()
+    std::atomic<store::database*> db_view_{nullptr};
     std::unique_ptr<store::breaker_state_writer> state_writer_;
     // The last change (breakers::changes_so_far()) the saved state holds; all of them
     // until a store keeps breaker state. snapshot_change_: the writer thread's own.
