@@ -97,10 +97,10 @@ public:
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
         if (msg.level == spdlog::level::trace) {
-            {
-                std::lock_guard lock{wait_mu_};
-                ++markers_;
-            }
+            // Notified under the lock: drain() returns, and its caller may destroy this
+            // sink, only once the notify is over (ThreadSanitizer saw the destroy race it).
+            std::lock_guard lock{wait_mu_};
+            ++markers_;
             cv_.notify_all();
         }
     }
