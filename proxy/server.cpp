@@ -734,10 +734,10 @@ bool server::save_forwarded_keys(bool wait) {
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
         db()->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
-                                 [finish, changes, done](const store::result& r) {
-                                     finish(r.ok ? nullptr : &changes, &r);
-                                     done->set_value(r.ok);
-                                 });
+                                  [finish, changes, done](const store::result& r) {
+                                      finish(r.ok ? nullptr : &changes, &r);
+                                      done->set_value(r.ok);
+                                  });
     } catch (const std::exception& e) {
         // Not queued (the store queues an operation whole or not at all).
         const store::result failed = store::result::failure("save_failed", e.what());
@@ -1226,10 +1226,10 @@ bool server::save_meters(bool wait) {
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
         db()->save_meters(std::move(changed), std::move(keep),
-                         [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
-                             finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
-                             done->set_value(r.ok);
-                         });
+                          [finish, hashes = std::move(hashes), done](const store::result& r) mutable {
+                              finish(r.ok ? std::optional{std::move(hashes)} : std::nullopt, &r);
+                              done->set_value(r.ok);
+                          });
     } catch (const std::exception& e) {
         // Not queued (the store queues an operation whole or not at all).
         const store::result failed = store::result::failure("save_failed", e.what());
