@@ -20,7 +20,7 @@
 namespace bb {
 
 namespace rules {
-class rule_set;
+struct rule_set;
 }
 
 using std::chrono::milliseconds;
