@@ -1334,16 +1334,6 @@ struct array_groups {
     std::int64_t innermost() const { return n ? at[n - 1] : -1; }
 };
 
-// Index of the first array in the path (a SendGrid personalization), -1 if none.
-std::int64_t group_of(std::span<const frame> f) {
-    for (const auto& fr : f) {
-        if (fr.array) {
-            return static_cast<std::int64_t>(fr.index);
-        }
-    }
-    return -1;
-}
-
 enum class body_kind : std::uint8_t { json, form, text };
 
 // Whether the content type says JSON (its media type only: `application/x-www-form-urlencoded;
@@ -1440,9 +1430,10 @@ struct scratch {
     struct valued {
         std::size_t off = 0;
         std::size_t len = 0;
-        std::int64_t group = -1;  // array_groups::innermost()
         std::uint64_t hash = 0;
-        array_groups where;  // a recipient's: the places its mail's subject and template may be
+        // Its places: a subject's or template's own is the innermost; a recipient's mail's
+        // subject and template may be at any of them.
+        array_groups where;
         // Holds a reference Salesforce fills in from an earlier subrequest of a composite
         // request (`@{contact.Email}`): its text does not say who or what it is.
         bool reference = false;
@@ -1976,8 +1967,8 @@ constexpr std::string_view smtpapi_unread =
     "form field x-smtpapi (SendGrid v2) names recipients of its own, which this guard does not read; send through "
     "/v3/mail/send";
 
-// Calls f(address, group, where) for every recipient at `fields`; false if the body should
-// be JSON and is not.
+// Calls f(address, where) for every recipient at `fields`; false if the body should be JSON
+// and is not.
 template <class F>
 bool for_each_value(const std::vector<guard_field>& fields, const path_index& index, const guard_input& in,
                     bool split_lists, F&& f, std::string* why = nullptr) {
@@ -2010,7 +2001,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                         return walk_next::stop;
                     }
                     for (const auto a : s.addresses) {
-                        if (f(a, group_of(fr), [fr] { return render_path(fr) + " (MIME header)"; })) {
+                        if (f(a, [fr] { return render_path(fr) + " (MIME header)"; })) {
                             return walk_next::stop;
                         }
                     }
@@ -2022,17 +2013,16 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     // the string as an address list sends to both; each is checked, as in a
                     // form field, and a list that splits more than one way is refused.
                     bool stop = false;
-                    const int group = group_of(fr);
                     const bool split = for_each_address(text, [&](std::string_view item) {
                         if (!stop) {
-                            stop = f(item, group, [fr] { return render_path(fr); });
+                            stop = f(item, [fr] { return render_path(fr); });
                         }
                     });
                     if (!split && !stop) {
                         // Still read as one address, as before (`x@evil.io (a,b)` is at
                         // evil.io): an invalid body may be let through (on_invalid_body), a
                         // blocked domain must not be.
-                        stop = f(text, group, [fr] { return render_path(fr); });
+                        stop = f(text, [fr] { return render_path(fr); });
                         if (!stop) {
                             unreadable = true;
                             if (why) {
@@ -2042,7 +2032,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     }
                     return stop || !split ? walk_next::stop : walk_next::go;
                 }
-                return f(text, group_of(fr), [fr] { return render_path(fr); }) ? walk_next::stop : walk_next::go;
+                return f(text, [fr] { return render_path(fr); }) ? walk_next::stop : walk_next::go;
             });
             return res != json_walker::result::invalid && !unreadable;
         }
@@ -2069,7 +2059,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                     }
                     auto where = [&name] { return "form field " + name.substr(0, 64) + " (MIME header)"; };
                     for (const auto a : s.addresses) {
-                        if (f(a, -1, where)) {
+                        if (f(a, where)) {
                             return true;
                         }
                     }
@@ -2083,7 +2073,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                 if (split_lists) {
                     const bool split = for_each_address(value, [&](std::string_view item) {
                         if (!stop) {
-                            stop = f(item, -1, where);
+                            stop = f(item, where);
                         }
                     });
                     if (!split && !stop) {
@@ -2093,7 +2083,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
                         return false;
                     }
                 } else {
-                    stop = f(value, -1, where);
+                    stop = f(value, where);
                 }
                 if (stop) {
                     return true;
@@ -2110,7 +2100,7 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
 std::string where_recipient(const recipients_guard& g, const guard_input& in, std::size_t k) {
     std::string out;
     std::size_t index = 0;
-    for_each_value(g.fields, g.index, in, true, [&](std::string_view, std::int64_t, auto&& where) {
+    for_each_value(g.fields, g.index, in, true, [&](std::string_view, auto&& where) {
         if (index++ == k) {
             out = where();
             return true;
@@ -2178,7 +2168,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
     s.chars.clear();
     s.spans.clear();
     std::string why = "body is not valid JSON";
-    const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, std::int64_t, auto&& where) {
+    const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, auto&& where) {
         detail::normalize_address(item, s.addr);
         const std::string_view why = refuse_domain(g, s.addr, block, allow);
         if (!why.empty()) {
@@ -2484,23 +2474,20 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             s.chars.append(v.substr(0, 1024));
         }
         x.len = s.chars.size() - x.off;
-        x.group = where.innermost();
         x.where = where;
         x.reference = in_composite && v.find("@{") != std::string_view::npos;
         t.out->push_back(x);
     };
-    // Raw messages first (the message's own recipients and Subject; group -1, the message's).
+    // Raw messages first: the message's own recipients and Subject, at the message's own place.
     {
         bool read = true;
-        {
-            for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
-                read = raw_recipients(m, s).empty();
-                for (const auto a : s.addresses) {
-                    add(targets[0], a, {});
-                }
-                return !read;
-            });
-        }
+        for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
+            read = raw_recipients(m, s).empty();
+            for (const auto a : s.addresses) {
+                add(targets[0], a, {});
+            }
+            return !read;
+        });
         if (read && g.by_subject) {
             for_each_raw(g.subject_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
                 const auto subject = m ? mime_subject(*m) : std::nullopt;
@@ -2599,7 +2586,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     auto index_groups = [](const std::vector<scratch::valued>& v, std::vector<std::pair<std::int64_t, std::size_t>>& out) {
         out.clear();
         for (std::size_t i = 0; i < v.size(); ++i) {
-            out.emplace_back(v[i].group, i);
+            out.emplace_back(v[i].where.innermost(), i);
         }
         std::sort(out.begin(), out.end());
     };
