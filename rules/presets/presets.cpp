@@ -10,15 +10,18 @@ namespace {
 // feed a documented-shape body through every preset.
 constexpr std::array<preset, 28> table{{
     {"sendgrid.recipients", "POST", "/v3/mail/send",
+     // Each recipient object counts 1: SendGrid validates its `email` as one address and refuses
+     // the send otherwise, so reading it as a list would cost every request and find nothing.
      "count($.personalizations[*]['to','cc','bcc'][*])",
      "SendGrid v3 mail send: to + cc + bcc across all personalizations"},
     {"ses.send_email.destinations", "POST", "/v2/email/outbound-emails",
-     "count($.Destination['ToAddresses','CcAddresses','BccAddresses'][*]) + count(mime:$.Content.Raw.Data)",
+     "count(addresses:$.Destination['ToAddresses','CcAddresses','BccAddresses'][*]) + count(mime:$.Content.Raw.Data)",
      "SES v2 SendEmail: ToAddresses + CcAddresses + BccAddresses, and a raw message's To, Cc and Bcc headers "
-     "(what SES sends a raw message to when no Destination is given; both are counted when both are there)"},
+     "(what SES sends a raw message to when no Destination is given; both are counted when both are there); a "
+     "string holding a list counts each address"},
     {"ses.send_bulk_email.destinations", "POST", "/v2/email/outbound-bulk-emails",
-     "count($.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
-     "SES v2 SendBulkEmail: destinations across all BulkEmailEntries"},
+     "count(addresses:$.BulkEmailEntries[*].Destination['ToAddresses','CcAddresses','BccAddresses'][*])",
+     "SES v2 SendBulkEmail: destinations across all BulkEmailEntries (a string holding a list counts each address)"},
     // The SES v1 Query API (what boto3's `ses` client and the v1 SDKs call): form fields in a
     // POST body, or the same in a GET's query string. SendEmail and SendTemplatedEmail name
     // Destination.*Addresses.member.N; SendRawEmail Destinations.member.N and, for a message

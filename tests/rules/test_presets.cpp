@@ -68,6 +68,13 @@ TEST(Presets, SesSendEmailDestinations) {
       "ConfigurationSetName": "my-config-set"
     })j";
     EXPECT_EQ(measure("ses.send_email.destinations", req), 3);
+    req.body = R"j({"FromEmailAddress": "sender@example.com",
+      "Destination": {"ToAddresses": ["recipient1@example.com, recipient2@example.com", "Ann <ann@example.com>"],
+                      "BccAddresses": ["\"Doe, Jane\" <jane@example.com>"]},
+      "Content": {"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}}}})j";
+    EXPECT_EQ(measure("ses.send_email.destinations", req), 4) << "a string holding a list counts each address";
+    req.body = R"j({"Destination": {"ToAddresses": ["a@example.com, \"b\" <b@example.com"]}})j";
+    EXPECT_FALSE(measure_or_invalid("ses.send_email.destinations", req)) << "a list that reads two ways";
 }
 
 // A raw message that names no Destination goes to its own To, Cc and Bcc headers (here a
@@ -101,6 +108,9 @@ TEST(Presets, SesSendBulkEmailDestinations) {
       ]
     })j";
     EXPECT_EQ(measure("ses.send_bulk_email.destinations", req), 5);
+    req.body = R"j({"BulkEmailEntries": [{"Destination": {"ToAddresses": ["a@example.com, b@example.com"]}},
+      {"Destination": {"CcAddresses": ["c@example.com"]}}]})j";
+    EXPECT_EQ(measure("ses.send_bulk_email.destinations", req), 3) << "a string holding a list counts each address";
 }
 
 // The SES v1 Query API, as boto3's `ses` client sends it: a form body at `/`.
