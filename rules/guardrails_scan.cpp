@@ -1249,7 +1249,7 @@ static std::size_t angle_outside_quotes(std::string_view item) {
     return quoted ? item.rfind('<') : last;
 }
 
-void normalize_address(std::string_view item, std::string& out) {
+void normalize_address_general(std::string_view item, std::string& out) {
     const auto lt = angle_outside_quotes(item);
     if (lt != std::string_view::npos) {
         const auto gt = item.find('>', lt);
@@ -1330,6 +1330,68 @@ void normalize_address(std::string_view item, std::string& out) {
             }
         }
         out.replace(0, at, local);
+    }
+}
+
+// Bytes that send an address down normalize_address_general: blanks and other control
+// bytes, the quote, angle brackets, parentheses and the backslash. Without any of them
+// (nearly every recipient: `Jane.Doe@Example.com`) and without a trailing dot, the general
+// path only lower-cases the address (no display name, comment, quoted local part, folding
+// white space or root dot to take off).
+struct address_special_table {
+    bool on[256] = {};
+    constexpr address_special_table() {
+        for (int c = 0; c <= ' '; ++c) {
+            on[c] = true;
+        }
+        for (const char c : {'"', '<', '>', '(', ')', '\\'}) {
+            on[static_cast<unsigned char>(c)] = true;
+        }
+    }
+};
+constexpr address_special_table address_special{};
+
+void normalize_address(std::string_view item, std::string& out) {
+    // Every recipient goes through here, twice with both the recipients and the duplicates
+    // guards on: one pass copies, lower-cases and looks for what the general path is for.
+    const std::size_t n = item.size();
+    if (n == 0 || item.back() == '.') {
+        normalize_address_general(item, out);
+        return;
+    }
+    out.resize(n);
+    char* o = out.data();
+    std::size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
+    const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
+    const __m128i bit5 = _mm_set1_epi8(0x20);
+    const __m128i space = _mm_set1_epi8(' ');
+    __m128i special = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(item.data() + i));
+        const __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_or_si128(c, _mm_and_si128(upper, bit5)));
+        __m128i sp = _mm_cmpeq_epi8(_mm_max_epu8(c, space), space);  // <= ' '
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('"')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('<')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('>')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('(')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8(')')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('\\')));
+        special = _mm_or_si128(special, sp);
+    }
+    bool general = _mm_movemask_epi8(special) != 0;
+#else
+    bool general = false;
+#endif
+    for (; i < n; ++i) {
+        const auto c = static_cast<unsigned char>(item[i]);
+        general |= address_special.on[c];
+        o[i] = static_cast<char>(to_lower(c));
+    }
+    if (general) {
+        normalize_address_general(item, out);
     }
 }
 

@@ -137,5 +137,7 @@ std::uint64_t bytes_hash(std::string_view s);
 
 // `"Jane Doe" <Jane@Example.com>` -> `jane@example.com` into out (trimmed, lower-cased).
 void normalize_address(std::string_view item, std::string& out);
+// The same without its fast path for plain addresses (for the tests: the two agree).
+void normalize_address_general(std::string_view item, std::string& out);
 
 }  // namespace bb::rules::detail
