@@ -65,6 +65,27 @@ walk_next as_next(R r) {
 
 bool is_container(value_type t) { return t == value_type::object || t == value_type::array; }
 
+// The bytes json_walker tells apart by table: JSON's white space; what ends a scalar (a
+// separator, a closing bracket, white space); what may start one (a number, true, false,
+// null; the rest of it is not checked).
+struct json_byte_table {
+    bool ws[256] = {};
+    bool scalar_end[256] = {};
+    bool scalar_start[256] = {};
+    constexpr json_byte_table() {
+        for (const char c : {' ', '\n', '\r', '\t'}) {
+            ws[static_cast<unsigned char>(c)] = scalar_end[static_cast<unsigned char>(c)] = true;
+        }
+        for (const char c : {',', ']', '}'}) {
+            scalar_end[static_cast<unsigned char>(c)] = true;
+        }
+        for (const char c : std::string_view{"-0123456789tfn"}) {
+            scalar_start[static_cast<unsigned char>(c)] = true;
+        }
+    }
+};
+constexpr json_byte_table json_bytes{};
+
 // First '"' or '\\' at or after p, or end.
 [[gnu::always_inline]] inline const char* find_quote_or_escape(const char* p, const char* end) {
 #if defined(__SSE2__)
@@ -294,11 +315,10 @@ public:
                         break;
                     }
                     const std::size_t start = pos;
-                    while (pos < n && body[pos] != ',' && body[pos] != ']' && body[pos] != '}' && body[pos] != ' ' &&
-                           body[pos] != '\n' && body[pos] != '\r' && body[pos] != '\t') {
+                    while (pos < n && !json_bytes.scalar_end[static_cast<unsigned char>(body[pos])]) {
                         ++pos;
                     }
-                    if (pos == start || std::strchr("-0123456789tfn", c) == nullptr) {
+                    if (pos == start || !json_bytes.scalar_start[static_cast<unsigned char>(c)]) {
                         return result::invalid;
                     }
                     if (visit(frames(), value_type::scalar, body.substr(start, pos - start), start, false)) {
@@ -367,7 +387,7 @@ public:
 
 private:
     static std::size_t skip_ws(std::string_view b, std::size_t pos) {
-        while (pos < b.size() && (b[pos] == ' ' || b[pos] == '\n' || b[pos] == '\r' || b[pos] == '\t')) {
+        while (pos < b.size() && json_bytes.ws[static_cast<unsigned char>(b[pos])]) {
             ++pos;
         }
         return pos;

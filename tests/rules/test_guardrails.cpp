@@ -1038,6 +1038,10 @@ TEST(GuardRecipients, InvalidJsonIsRejectedUnlessTheRuleSaysZero) {
     EXPECT_EQ(d.reason, "rule audience (wrong-audience, sev2): cannot check guard(recipients): body is not valid JSON");
     // ...unless a recipient read before the break is already refused.
     EXPECT_EQ(f.check_body(R"j({"personalizations": [{"to": [{"email": "x@evil.com"})j").outcome, verdict::violated);
+    // A value that starts with a byte no JSON value starts with (here NUL) is no scalar.
+    std::string nul = R"j({"personalizations": [{"to": [{"email": "x@example.com"}]}], "send_at": ?1})j";
+    nul[nul.find('?')] = '\0';
+    EXPECT_EQ(f.check_body(nul).outcome, verdict::rejected);
     fixture zero{R"j({"id": "audience", "guard": {"recipients": {"allow_domains": ["example.com"]}},
         "on_invalid_body": "zero", "failure_mode": "wrong-audience", "trips": "audience-hold"})j"};
     EXPECT_TRUE(zero.check_body(R"j({"personalizations": [{"to": [{"email": "x@example.com"}, )j").allowed());
