@@ -3,9 +3,9 @@
 # runs CTest there:
 #
 #   scripts/sanitize.sh              # AddressSanitizer + UndefinedBehaviorSanitizer, every test (build-asan/)
-#   scripts/sanitize.sh thread       # ThreadSanitizer (build-tsan/): the rules, breakers,
-#                                    # store-database and alerts tests, and the proxy's,
-#                                    # quarantine's and breakers' integration tests
+#   scripts/sanitize.sh thread       # ThreadSanitizer (build-tsan/): every test but the DNS
+#                                    # resolver's and the fuzz corpus replays; the process
+#                                    # tests run the breakerbox binary built with it
 #
 # Not part of scripts/test.sh: on a 2-core machine each build takes 30 minutes or more (the
 # tests then run in about 2). GCC warns that ThreadSanitizer does not model the fences in
@@ -27,8 +27,10 @@ case $kind in
     dir=build-tsan
     flags="-fsanitize=thread -fno-omit-frame-pointer"
     link="-fsanitize=thread"
-    targets=(--target test_rules test_breakers test_store_db test_alerts
-             test_proxy_integration test_quarantine_integration test_breakers_integration)
+    targets=(--target breakerbox breakerctl test_rules test_breakers test_store test_store_db test_alerts
+             test_config test_ctl test_proxy_unit test_proxy_integration test_quarantine_integration
+             test_breakers_integration test_admin_integration test_agents_integration test_tls_integration
+             test_process)
     tests=(-E "_NOT_BUILT\$|^fuzz_corpus\.|^dns\.")  # the tests of the binaries built
     ;;
   *) echo "usage: $0 [address|thread]" >&2; exit 2 ;;
