@@ -5,6 +5,7 @@
 #include "core/host_name.hpp"
 #include "core/http_token.hpp"
 
+#include "rules/idna.hpp"
 #include "rules/request.hpp"
 #include "rules/rule_set.hpp"
 
@@ -444,6 +445,10 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
                 r.errs().add(cfg::child(r.path_of(key), i),
                              cfg::quote(d) + " is not a domain name" +
                                  (d.starts_with("*.") ? " (no wildcards: list each domain, matched exactly)" : ""));
+            } else if (rules::idna::may_have_other_form(d)) {
+                // Compared in the Unicode form the guards read addresses in (rules/idna.hpp):
+                // `xn--bcher-kva.de` allows mail from jane@bücher.de, however it is written.
+                rules::idna::to_unicode(d, d);
             }
         }
         return std::move(*v);

@@ -15,6 +15,7 @@
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/guardrails_scan.hpp"
+#include "rules/idna.hpp"
 #include "rules/mime.hpp"
 #include "rules/request.hpp"
 
@@ -116,6 +117,11 @@ public:
     void sending_domain(std::string_view domain) {
         if (!checks_from()) {
             return;
+        }
+        // In the Unicode form the from domains are kept in (rules/idna.hpp).
+        std::string unicode;
+        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
+            domain = unicode;
         }
         const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(), [&](const std::string& d) {
             return iequals(d, domain) ||

@@ -74,6 +74,8 @@ public:
     std::size_t size() const { return domains_.size(); }
 
 private:
+    bool contains_lowered(std::string_view host) const;
+    [[gnu::noinline]] bool contains_unicode(std::string_view lowered) const;
     struct domain_hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const noexcept;

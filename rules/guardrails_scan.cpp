@@ -7,6 +7,7 @@
 // characters, a private key header at most 64 bytes, a URL host at most 512 bytes).
 
 #include "rules/guardrails_scan.hpp"
+#include "rules/idna.hpp"
 
 #include "core/file.hpp"
 #include "core/hex.hpp"
@@ -827,6 +828,10 @@ void domain_set::add(std::string_view domain) {
     for (auto& c : d) {
         c = static_cast<char>(to_lower(static_cast<unsigned char>(c)));
     }
+    // Kept in Unicode form: `xn--bcher-kva.de` and `bücher.de` are one entry (idna.hpp).
+    if (idna::may_have_other_form(d)) {
+        idna::to_unicode(d, d);
+    }
     if (!d.empty()) {
         domains_.insert(std::move(d));
     }
@@ -843,7 +848,21 @@ bool domain_set::contains(std::string_view host) const {
     for (std::size_t i = 0; i < host.size(); ++i) {
         buf[i] = static_cast<char>(to_lower(static_cast<unsigned char>(host[i])));
     }
-    std::string_view h{buf, host.size()};
+    const std::string_view h{buf, host.size()};
+    // In the Unicode form the entries are kept in: an ACE label (`xn--...`) is looked up as
+    // the Unicode label it stands for.
+    if (idna::may_have_other_form(h)) [[unlikely]] {
+        return contains_unicode(h);
+    }
+    return contains_lowered(h);
+}
+
+bool domain_set::contains_unicode(std::string_view lowered) const {
+    std::string unicode;
+    return idna::to_unicode(lowered, unicode) ? contains_lowered(unicode) : contains_lowered(lowered);
+}
+
+bool domain_set::contains_lowered(std::string_view h) const {
     // The host itself, then each parent: at most one lookup per label.
     while (true) {
         if (domains_.contains(h)) {
@@ -1024,7 +1043,29 @@ bool suppression_list::contains(std::string_view address) const {
     if (digests_.empty()) {
         return false;
     }
-    return digests_.contains(address_digest(address));
+    if (digests_.contains(address_digest(address))) {
+        return true;
+    }
+    // An internationalized domain has two spellings (idna.hpp), and a line of the list, or
+    // the digest an operator made of one, may use either: the address is looked up in both.
+    if (!idna::may_have_other_form(address)) {
+        return false;  // (the whole address: nearly always false, and cheaper than finding the '@' first)
+    }
+    const auto at = address.rfind('@');
+    if (at == std::string_view::npos || !idna::may_have_other_form(address.substr(at + 1))) {
+        return false;
+    }
+    std::string domain;
+    for (const bool unicode : {true, false}) {
+        if (unicode ? idna::to_unicode(address.substr(at + 1), domain) : idna::to_ascii(address.substr(at + 1), domain)) {
+            std::string other{address.substr(0, at + 1)};
+            other += domain;
+            if (other != address && digests_.contains(address_digest(other))) {
+                return true;
+            }
+        }
+    }
+    return false;
 }
 
 std::size_t suppression_list::first_of(std::span<const std::string_view> addresses) const {
@@ -1032,7 +1073,7 @@ std::size_t suppression_list::first_of(std::span<const std::string_view> address
         return addresses.size();
     }
     for (std::size_t i = 0; i < addresses.size(); ++i) {
-        if (digests_.contains(address_digest(addresses[i]))) {
+        if (contains(addresses[i])) {
             return i;
         }
     }
@@ -1249,6 +1290,20 @@ static std::size_t angle_outside_quotes(std::string_view item) {
     return quoted ? item.rfind('<') : last;
 }
 
+// An address's domain in the Unicode form the guards compare (idna.hpp): `jane@xn--bcher-kva.de`
+// is jane@bücher.de to the suppression list, the duplicate counts and the domain lists.
+static void unicode_domain(std::string& address) {
+    const auto at = address.rfind('@');
+    if (at == std::string::npos) {
+        return;
+    }
+    const std::string_view domain = std::string_view{address}.substr(at + 1);
+    thread_local std::string unicode;
+    if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
+        address.replace(at + 1, std::string::npos, unicode);
+    }
+}
+
 void normalize_address_general(std::string_view item, std::string& out) {
     const auto lt = angle_outside_quotes(item);
     if (lt != std::string_view::npos) {
@@ -1331,13 +1386,14 @@ void normalize_address_general(std::string_view item, std::string& out) {
         }
         out.replace(0, at, local);
     }
+    unicode_domain(out);
 }
 
 // Bytes that send an address down normalize_address_general: blanks and other control
 // bytes, the quote, angle brackets, parentheses and the backslash. Without any of them
 // (nearly every recipient: `Jane.Doe@Example.com`) and without a trailing dot, the general
 // path only lower-cases the address (no display name, comment, quoted local part, folding
-// white space or root dot to take off).
+// white space or root dot to take off) and writes an internationalized domain in Unicode form.
 struct address_special_table {
     bool on[256] = {};
     constexpr address_special_table() {
@@ -1392,6 +1448,8 @@ void normalize_address(std::string_view item, std::string& out) {
     }
     if (general) {
         normalize_address_general(item, out);
+    } else if (idna::may_have_other_form(out)) [[unlikely]] {
+        unicode_domain(out);
     }
 }
 

@@ -402,7 +402,7 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
 TEST(config, agent_body_constraints_are_parsed_and_normalized) {
     auto ok = parse_config(base(R"(, "agents": [
         {"id": "mailer", "key_sha256": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
-         "constraints": {"max_recipients": 50, "from_domains": ["Example.com", "mail.example.com"],
+         "constraints": {"max_recipients": 50, "from_domains": ["Example.com", "mail.example.com", "XN--bcher-kva.de"],
                          "reply_to_domains": ["Help.Example.net"], "template_ids": ["d-123", "welcome-v2"]}},
         {"id": "partial", "key_sha256": ["0f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
          "constraints": {"template_ids": ["t"]}},
@@ -410,7 +410,8 @@ TEST(config, agent_body_constraints_are_parsed_and_normalized) {
     ASSERT_TRUE(ok.errors.empty()) << all_errors(ok);
     const auto& c = ok.cfg->agents[0].constraints;
     EXPECT_EQ(c.max_recipients, std::optional<std::uint64_t>{50});
-    EXPECT_EQ(c.from_domains, (std::vector<std::string>{"example.com", "mail.example.com"}));
+    // An ACE label is kept as its Unicode label, the form addresses are compared in.
+    EXPECT_EQ(c.from_domains, (std::vector<std::string>{"example.com", "mail.example.com", "bücher.de"}));
     EXPECT_EQ(c.reply_to_domains, std::vector<std::string>{"help.example.net"});
     EXPECT_EQ(c.template_ids, (std::vector<std::string>{"d-123", "welcome-v2"}));
     const auto& p = ok.cfg->agents[1].constraints;

@@ -592,6 +592,22 @@ TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfO
     EXPECT_EQ(check_body_constraints(max(5), urlencoded, body, "", "/v3/other.com/messages"), "");
 }
 
+// An internationalized from domain is one domain however it is written (rules/idna.hpp): the
+// config keeps from_domains in Unicode form, and addresses and the Mailgun path are read so.
+TEST(AgentConstraints, InternationalizedFromDomainsMatchInEitherSpelling) {
+    const std::string ace = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],)"
+                            R"("from":{"email":"news@XN--BCHER-KVA.de"},"subject":"x"})";
+    const std::string unicode = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],)"
+                                R"("from":{"email":"news@bücher.de"},"subject":"x"})";
+    EXPECT_EQ(check_body_constraints(domains({"bücher.de"}), json, ace), "");
+    EXPECT_EQ(check_body_constraints(domains({"bücher.de"}), json, unicode), "");
+    EXPECT_THAT(check_body_constraints(domains({"münchen.de"}), json, ace), HasSubstr("is not allowed for this agent"));
+    const std::string form = "from=news%40b%C3%BCcher.de&to=x%40example.com&text=hi";
+    EXPECT_EQ(check_body_constraints(domains({"bücher.de"}), urlencoded, form, "", "/v3/mg.xn--bcher-kva.de/messages"), "");
+    EXPECT_THAT(check_body_constraints(domains({"bücher.de"}), urlencoded, form, "", "/v3/xn--mnchen-3ya.de/messages"),
+                HasSubstr("(the Mailgun path) is not allowed for this agent"));
+}
+
 TEST(AgentConstraints, MailgunFromListIsCheckedAddressByAddress) {
     const std::string body = "from=a%40mg.example.com%2C%20b%40evil.example&to=x%40example.com&text=hi";
     EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, body),

@@ -1795,6 +1795,32 @@ TEST(GuardDuplicates, SalesforceEmailSimpleSubjectsTellMailsApart) {
     EXPECT_EQ(f.check(again).outcome, verdict::violated) << "the same mail twice";
 }
 
+// A domain written with ACE labels (`xn--bcher-kva.de`, what SMTP libraries send) and in
+// Unicode (`bücher.de`, what a CRM or an operator writes) is one domain: the domain lists,
+// the suppression list, the duplicate counts and the link domains match either spelling.
+TEST(GuardRecipients, InternationalizedDomainsMatchInEitherSpelling) {
+    fixture block{recipients_rule(R"j({"block_domains": ["bücher.de"]})j")};
+    EXPECT_EQ(block.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated);
+    EXPECT_EQ(block.check_body(sendgrid_to({"Jane <jane@mail.XN--BCHER-KVA.DE>"})).outcome, verdict::violated);
+    EXPECT_TRUE(block.check_body(sendgrid_to({"jane@xn--mnchen-3ya.de", "jane@xn--evil-.de"})).allowed());
+    fixture allow{recipients_rule(R"j({"allow_domains": ["xn--bcher-kva.de"]})j")};
+    EXPECT_TRUE(allow.check_body(sendgrid_to({"jane@bücher.de", "ann@mail.bücher.de"})).allowed());
+    EXPECT_EQ(allow.check_body(sendgrid_to({"jane@münchen.de"})).outcome, verdict::violated);
+    // A line in one spelling, a digest of the other.
+    const std::string path =
+        temp_file("idn-suppressed.txt", "jane@bücher.de\n" + sha256_hex("ann@xn--mnchen-3ya.de") + "\n");
+    fixture suppressed{recipients_rule(R"j({"suppression_file": ")j" + path + "\"}")};
+    EXPECT_EQ(suppressed.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated);
+    EXPECT_EQ(suppressed.check_body(sendgrid_to({"Ann@München.de"})).outcome, verdict::violated);
+    EXPECT_TRUE(suppressed.check_body(sendgrid_to({"bob@bücher.de", "jane@xn--evil-.de"})).allowed());
+    fixture dup{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    EXPECT_TRUE(dup.check_body(sendgrid_to({"jane@bücher.de"})).allowed());
+    EXPECT_EQ(dup.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated) << "the same mailbox";
+    fixture links{content_rule(R"j({"link_domains": ["bücher.de"]})j")};
+    EXPECT_TRUE(links.check_body(sendgrid(R"j(<a href=\"https://www.xn--bcher-kva.de/x\">x</a>)j")).allowed());
+    EXPECT_FALSE(links.check_body(sendgrid(R"j(<a href=\"https://xn--mnchen-3ya.de/x\">x</a>)j")).allowed());
+}
+
 // SendGrid v2's X-SMTPAPI field sends to its own `to` list (and adds through its filters):
 // the recipients and duplicates guards do not read it, so they refuse it as unreadable; the
 // content guard reads it as text.

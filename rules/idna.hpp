@@ -1,0 +1,36 @@
+#pragma once
+// Internationalized domain names, as far as the guards compare them: a domain written with
+// ACE labels (`xn--bcher-kva.de`, what an SMTP library or a browser sends) and the same
+// domain written in Unicode (`bücher.de`, what a CRM or an operator writes) are one domain to
+// DNS, so an allow list, a block list, a suppression list or an agent's from domains must see
+// them as one. Punycode (RFC 3492) by hand: none of the project's libraries (Boost.URL,
+// OpenSSL) has it, and libidn2 is not among its dependencies.
+//
+// Not the whole of IDNA2008/UTS 46: no Unicode case folding or normalization (`BÜCHER.de`
+// and `bücher.de` stay two spellings; ASCII letters are lower-cased), and no check of which
+// code points a label may hold beyond what keeps a label one label. Pure; thread-safe.
+
+#include <string>
+#include <string_view>
+
+namespace bb::rules::idna {
+
+// `domain` (any case) with every label that is a valid ACE label (`xn--` + Punycode that
+// decodes to at least one non-ASCII code point, with no dot or control character among them)
+// written as its Unicode label in UTF-8, and ASCII lower-cased; a label that does not decode
+// so is kept as written (lower-cased). The domain names it: the form the guards compare.
+// Returns false, leaving `out` alone, when no label was decoded (the domain's own form
+// lower-cased is then the unicode form).
+bool to_unicode(std::string_view domain, std::string& out);
+
+// `domain` with every label that holds a non-ASCII byte written as its ACE label
+// (`bücher.de` -> `xn--bcher-kva.de`), ASCII lower-cased. Returns false, leaving `out`
+// alone, when no label is non-ASCII or one is not UTF-8 that encodes so.
+bool to_ascii(std::string_view domain, std::string& out);
+
+// Whether a domain may have another spelling for to_unicode/to_ascii to give: a label that
+// starts with `xn--` (any case), or a non-ASCII byte. Also for a whole address (a label may
+// start after its '@'). Cheap; false for nearly every domain.
+bool may_have_other_form(std::string_view domain);
+
+}  // namespace bb::rules::idna
