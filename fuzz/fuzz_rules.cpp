@@ -32,6 +32,7 @@
 #include "core/sha256.hpp"
 #include "rules/agent_constraints.hpp"
 #include "rules/engine.hpp"
+#include "rules/idna.hpp"
 #include "rules/presets/presets.hpp"
 #include "rules/rule_set.hpp"
 
@@ -61,8 +62,8 @@ std::string suppression_file() {
     const auto path = std::filesystem::temp_directory_path() /
                       ("bb_fuzz_rules_suppressed." + std::to_string(::getpid()) + ".txt");
     std::ofstream out{path, std::ios::trunc};
-    out << "# addresses and digests\nformer@example.org\nmailto:Gone@Example.COM\n"
-        << sha256_hex("digest@example.org") << "\n";
+    out << "# addresses and digests\nformer@example.org\nmailto:Gone@Example.COM\njane@b\xC3\xBC" "cher.de\n"
+        << sha256_hex("digest@example.org") << "\n" << sha256_hex("ann@xn--mnchen-3ya.de") << "\n";
     return path.string();
 }
 
@@ -82,7 +83,7 @@ struct engines {
         const std::string guards[] = {
             guard("pii", R"({"pii":["card","ssn","iban","secrets"]})"),
             guard("rcpt", R"({"recipients":{"allow_domains":["example.com","example.org"],)"
-                          R"("block_domains":["competitor.com"],"suppression_file":)" +
+                          R"("block_domains":["competitor.com","xn--bcher-kva.de"],"suppression_file":)" +
                               cfg::quote(suppression_file()) +
                               R"(,"suppression_bypass":"refuse","require_recipients":true}})"),
             guard("content", R"({"content":{"blocked_terms":["free money","act now","wire transfer","winner"],)"
@@ -229,5 +230,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string read = salesforce_subrequests(t.path, body, subs);
     (void)salesforce_subrequest_refusal(t.path, body);
     (void)constrained_subrequests(t.path, body, nullptr, read.empty() ? &subs : nullptr);
+
+    // Internationalized domains: a domain and its ACE spelling name one domain, so both read
+    // back to the same Unicode form (the bytes after the query, as a domain of DNS's length).
+    const std::string_view domain = body.substr(0, 253);
+    auto unicode_form = [](std::string_view d) {
+        std::string u;
+        if (!idna::to_unicode(d, u)) {
+            u.assign(d);
+            for (auto& ch : u) {
+                ch = ch >= 'A' && ch <= 'Z' ? static_cast<char>(ch + 32) : ch;
+            }
+        }
+        return u;
+    };
+    if (std::string ace; idna::to_ascii(domain, ace)) {
+        if (!idna::may_have_other_form(ace) || unicode_form(ace) != unicode_form(domain)) {
+            std::fprintf(stderr, "fuzz_rules: the ACE spelling %s reads as another domain\n", ace.c_str());
+            std::abort();
+        }
+    }
     return 0;
 }
