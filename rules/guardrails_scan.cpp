@@ -841,10 +841,13 @@ bool domain_set::contains(std::string_view host) const {
     while (!host.empty() && host.back() == '.') {
         host.remove_suffix(1);
     }
-    if (host.empty() || host.size() > 253 || domains_.empty()) {
+    // A DNS name is at most 253 bytes in its ACE form; in Unicode form (how recipients come
+    // here) up to about 950 (each 63-byte ACE label can stand for 59 four-byte characters).
+    constexpr std::size_t max_host = 1024;
+    if (host.empty() || host.size() > max_host || domains_.empty()) {
         return false;
     }
-    char buf[256];
+    char buf[max_host];
     for (std::size_t i = 0; i < host.size(); ++i) {
         buf[i] = static_cast<char>(to_lower(static_cast<unsigned char>(host[i])));
     }
@@ -922,7 +925,12 @@ digest16 address_digest(std::string_view address) {
 // is one): an `@` between a local part and a domain, no blank, control byte or separator.
 std::string suppression_address_fault(std::string_view a) {
     const auto at = a.rfind('@');
-    if (a.size() > 320) {
+    // (An internationalized domain by its ACE form: its Unicode form may be longer.)
+    std::string ace;
+    const std::size_t length = at != std::string_view::npos && idna::to_ascii(a.substr(at + 1), ace)
+                                   ? at + 1 + ace.size()
+                                   : a.size();
+    if (length > 320) {
         return "longer than 320 bytes";
     }
     if (at == 0 || at + 1 >= a.size()) {

@@ -108,6 +108,9 @@ bool punycode_decode(std::string_view in, std::vector<std::uint32_t>& out) {
     std::size_t pos = 0;
     if (dash != std::string_view::npos) {
         for (std::size_t k = 0; k < dash; ++k) {
+            if (static_cast<unsigned char>(in[k]) >= 0x80) {
+                return false;  // basic code points are ASCII (RFC 3492 6.2)
+            }
             out.push_back(static_cast<unsigned char>(lower(in[k])));
         }
         pos = dash + 1;
@@ -206,7 +209,7 @@ bool punycode_encode(const std::vector<std::uint32_t>& in, std::string& out) {
         }
         ++delta;
         ++n;
-        if (out.size() - start > max_label) {
+        if (out.size() - start + 4 > max_label) {  // with its `xn--`
             return false;
         }
     }
@@ -269,6 +272,7 @@ bool may_have_other_form(std::string_view domain) {
 
 bool to_unicode(std::string_view domain, std::string& out) {
     std::string result;
+    std::string canonical;
     std::vector<std::uint32_t> points;
     bool decoded = false;
     each_label(domain, [&](std::string_view label, bool last) {
@@ -277,6 +281,16 @@ bool to_unicode(std::string_view domain, std::string& out) {
         for (std::size_t k = 0; ok && k < points.size(); ++k) {
             ok = label_code_point(points[k]);
             non_ascii = non_ascii || points[k] >= 0x80;
+        }
+        if (ok && non_ascii) {
+            // Only the one spelling that encodes back to it (RFC 3490 4.2, steps 6-7):
+            // `xn---tda` also decodes to ü, but a resolver sends to it as written, not to
+            // xn--tda.
+            canonical.clear();
+            ok = punycode_encode(points, canonical) && canonical.size() == label.size() - 4;
+            for (std::size_t k = 0; ok && k < canonical.size(); ++k) {
+                ok = canonical[k] == lower(label[4 + k]);
+            }
         }
         if (ok && non_ascii) {
             for (const std::uint32_t c : points) {

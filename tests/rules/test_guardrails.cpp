@@ -1803,6 +1803,17 @@ TEST(GuardRecipients, InternationalizedDomainsMatchInEitherSpelling) {
     EXPECT_EQ(block.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated);
     EXPECT_EQ(block.check_body(sendgrid_to({"Jane <jane@mail.XN--BCHER-KVA.DE>"})).outcome, verdict::violated);
     EXPECT_TRUE(block.check_body(sendgrid_to({"jane@xn--mnchen-3ya.de", "jane@xn--evil-.de"})).allowed());
+    // A valid domain whose Unicode form is longer than any ACE name (458 bytes here) is still
+    // judged by its parents; and a label that decodes once is not decoded again.
+    const std::string emoji = "xn--e28h" + std::string(55, 'a');
+    fixture evil{recipients_rule(R"j({"block_domains": ["evil.com", "xn--xn---kva-95a.com"]})j")};
+    EXPECT_EQ(evil.check_body(sendgrid_to({"jane@" + emoji + "." + emoji + ".evil.com"})).outcome, verdict::violated);
+    EXPECT_EQ(evil.check_body(sendgrid_to({"jane@xn--xn---kva-95a.com"})).outcome, verdict::violated);
+    // The suppression file measures such an address by its ACE form (at most 320 bytes).
+    const std::string long_idn = "jane@" + emoji + "." + emoji + ".de";
+    fixture listed{recipients_rule(R"j({"suppression_file": ")j" +
+                                   temp_file("idn-long.txt", long_idn + "\n") + "\"}")};
+    EXPECT_EQ(listed.check_body(sendgrid_to({long_idn})).outcome, verdict::violated);
     fixture allow{recipients_rule(R"j({"allow_domains": ["xn--bcher-kva.de"]})j")};
     EXPECT_TRUE(allow.check_body(sendgrid_to({"jane@bücher.de", "ann@mail.bücher.de"})).allowed());
     EXPECT_EQ(allow.check_body(sendgrid_to({"jane@münchen.de"})).outcome, verdict::violated);

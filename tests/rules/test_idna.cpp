@@ -44,6 +44,14 @@ TEST(Idna, LabelsThatAreNoAceLabelAreKeptAsWritten) {
     EXPECT_EQ(unicode("xn--ab-r13a.example"), "(unchanged)");
     EXPECT_EQ(unicode("xn--b!d.example"), "(unchanged)");
     EXPECT_EQ(unicode("xn--99999999999999999999.example"), "(unchanged)") << "overflow";
+    // Raw bytes in the basic part are no Punycode (RFC 3492 6.2): `xn--b\xFCcher-` is not
+    // bücher, and a label decoded once does not decode again into something else.
+    EXPECT_EQ(unicode("xn--b\xFC" "cher-.de"), "(unchanged)");
+    EXPECT_EQ(unicode("xn--xn---kva-95a.com"), "xn--\xC3\xBC-kva.com");
+    EXPECT_EQ(unicode("xn--\xC3\xBC-kva.com"), "(unchanged)");
+    // Only the canonical spelling: `xn---tda` also decodes to ü, but DNS sends to it as written.
+    EXPECT_EQ(unicode("xn--tda.de"), "\xC3\xBC.de");
+    EXPECT_EQ(unicode("xn---tda.de"), "(unchanged)");
     // One label decoded, the other kept (lower-cased).
     EXPECT_EQ(unicode("XN--evil-.xn--bcher-kva.DE"), "xn--evil-.bücher.de");
 }
