@@ -2424,6 +2424,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                             earlier->message +
                                             "): not sent, the held request is released or discarded by an operator";
                     spdlog::info("request {}: {}", request_id, why);
+                    // Not sent: its note goes before the answer does, not after it is written
+                    // (a client's next try, quarantined, would see a send that never was: 409).
+                    noted_send.reset();
                     if (!co_await reply_quarantined(earlier->ticket, earlier->breaker, why) || !keep_alive) {
                         break;
                     }
@@ -2433,6 +2436,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
 
         if (contained) {
+            noted_send.reset();  // not sent (see above)
             for (const auto& p : probes) {
                 registry.cancel_probe(p.instance, p.round);  // contained here: it never reached the upstream
             }
