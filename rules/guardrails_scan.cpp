@@ -1298,6 +1298,62 @@ static std::size_t angle_outside_quotes(std::string_view item) {
     return quoted ? item.rfind('<') : last;
 }
 
+// Bytes that send an address down normalize_address_general: blanks and other control
+// bytes, the quote, angle brackets, parentheses and the backslash. Without any of them
+// (nearly every recipient: `Jane.Doe@Example.com`) and without a trailing dot, the general
+// path only lower-cases the address (no display name, comment, quoted local part, folding
+// white space or root dot to take off) and writes an internationalized domain in Unicode form.
+struct address_special_table {
+    bool on[256] = {};
+    constexpr address_special_table() {
+        for (int c = 0; c <= ' '; ++c) {
+            on[c] = true;
+        }
+        for (const char c : {'"', '<', '>', '(', ')', '\\'}) {
+            on[static_cast<unsigned char>(c)] = true;
+        }
+    }
+};
+constexpr address_special_table address_special{};
+
+// `item` copied into `out` with ASCII lower-cased, in one pass (every recipient goes through
+// here, twice with both the recipients and duplicates guards on); whether it holds a byte
+// of address_special.
+[[gnu::always_inline]] static inline bool lower_into(std::string_view item, std::string& out) {
+    const std::size_t n = item.size();
+    out.resize(n);
+    char* o = out.data();
+    std::size_t i = 0;
+    bool special_seen = false;
+#if defined(__SSE2__)
+    const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
+    const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
+    const __m128i bit5 = _mm_set1_epi8(0x20);
+    const __m128i space = _mm_set1_epi8(' ');
+    __m128i special = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(item.data() + i));
+        const __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_or_si128(c, _mm_and_si128(upper, bit5)));
+        __m128i sp = _mm_cmpeq_epi8(_mm_max_epu8(c, space), space);  // <= ' '
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('"')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('<')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('>')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('(')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8(')')));
+        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('\\')));
+        special = _mm_or_si128(special, sp);
+    }
+    special_seen = _mm_movemask_epi8(special) != 0;
+#endif
+    for (; i < n; ++i) {
+        const auto c = static_cast<unsigned char>(item[i]);
+        special_seen |= address_special.on[c];
+        o[i] = static_cast<char>(to_lower(c));
+    }
+    return special_seen;
+}
+
 // An address's domain in the Unicode form the guards compare (idna.hpp): `jane@xn--bcher-kva.de`
 // is jane@bücher.de to the suppression list, the duplicate counts and the domain lists.
 static void unicode_domain(std::string& address) {
@@ -1342,25 +1398,7 @@ void normalize_address_general(std::string_view item, std::string& out) {
     }
     // Never cut: `aaa...(300)...@news.example.com.evil.tld` cut at 320 bytes would end in
     // an allowed domain the upstream never sees. The body bounds the length.
-    // Copied and lower-cased in one pass (every recipient goes through here, twice with both
-    // the recipients and duplicates guards on).
-    const std::size_t n = item.size();
-    out.resize(n);
-    char* o = out.data();
-    std::size_t i = 0;
-#if defined(__SSE2__)
-    const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
-    const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
-    const __m128i bit5 = _mm_set1_epi8(0x20);
-    for (; i + 16 <= n; i += 16) {
-        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(item.data() + i));
-        const __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_or_si128(c, _mm_and_si128(upper, bit5)));
-    }
-#endif
-    for (; i < n; ++i) {
-        o[i] = static_cast<char>(to_lower(static_cast<unsigned char>(item[i])));
-    }
+    lower_into(item, out);
     // One spelling per mailbox, as an MTA keeps it (Postfix's internal form): a quoted local
     // part unquoted (`"jane"@x.com`, `"ja\ne"@x.com` is jane@x.com) and the root's trailing
     // dot dropped (`jane@x.com.`), so the suppression list and duplicate counts see them.
@@ -1397,64 +1435,9 @@ void normalize_address_general(std::string_view item, std::string& out) {
     unicode_domain(out);
 }
 
-// Bytes that send an address down normalize_address_general: blanks and other control
-// bytes, the quote, angle brackets, parentheses and the backslash. Without any of them
-// (nearly every recipient: `Jane.Doe@Example.com`) and without a trailing dot, the general
-// path only lower-cases the address (no display name, comment, quoted local part, folding
-// white space or root dot to take off) and writes an internationalized domain in Unicode form.
-struct address_special_table {
-    bool on[256] = {};
-    constexpr address_special_table() {
-        for (int c = 0; c <= ' '; ++c) {
-            on[c] = true;
-        }
-        for (const char c : {'"', '<', '>', '(', ')', '\\'}) {
-            on[static_cast<unsigned char>(c)] = true;
-        }
-    }
-};
-constexpr address_special_table address_special{};
-
 void normalize_address(std::string_view item, std::string& out) {
-    // Every recipient goes through here, twice with both the recipients and the duplicates
-    // guards on: one pass copies, lower-cases and looks for what the general path is for.
-    const std::size_t n = item.size();
-    if (n == 0 || item.back() == '.') {
-        normalize_address_general(item, out);
-        return;
-    }
-    out.resize(n);
-    char* o = out.data();
-    std::size_t i = 0;
-#if defined(__SSE2__)
-    const __m128i upper_off = _mm_set1_epi8(static_cast<char>(128 - 'A'));
-    const __m128i lim26 = _mm_set1_epi8(static_cast<char>(-128 + 26));
-    const __m128i bit5 = _mm_set1_epi8(0x20);
-    const __m128i space = _mm_set1_epi8(' ');
-    __m128i special = _mm_setzero_si128();
-    for (; i + 16 <= n; i += 16) {
-        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(item.data() + i));
-        const __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(c, upper_off), lim26);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_or_si128(c, _mm_and_si128(upper, bit5)));
-        __m128i sp = _mm_cmpeq_epi8(_mm_max_epu8(c, space), space);  // <= ' '
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('"')));
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('<')));
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('>')));
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('(')));
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8(')')));
-        sp = _mm_or_si128(sp, _mm_cmpeq_epi8(c, _mm_set1_epi8('\\')));
-        special = _mm_or_si128(special, sp);
-    }
-    bool general = _mm_movemask_epi8(special) != 0;
-#else
-    bool general = false;
-#endif
-    for (; i < n; ++i) {
-        const auto c = static_cast<unsigned char>(item[i]);
-        general |= address_special.on[c];
-        o[i] = static_cast<char>(to_lower(c));
-    }
-    if (general) {
+    // One pass copies, lower-cases and looks for what the general path is for.
+    if (item.empty() || item.back() == '.' || lower_into(item, out)) {
         normalize_address_general(item, out);
     } else if (idna::may_have_other_form(out)) [[unlikely]] {
         unicode_domain(out);

@@ -1,5 +1,7 @@
 #include "rules/idna.hpp"
 
+#include "core/utf8.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -52,48 +54,25 @@ bool label_code_point(std::uint32_t c) {
 }
 
 void append_utf8(std::string& out, std::uint32_t c) {
-    if (c < 0x80) {
-        out += static_cast<char>(c);
-    } else if (c < 0x800) {
-        out += static_cast<char>(0xC0 | (c >> 6));
-        out += static_cast<char>(0x80 | (c & 0x3F));
-    } else if (c < 0x10000) {
-        out += static_cast<char>(0xE0 | (c >> 12));
-        out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (c & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (c >> 18));
-        out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (c & 0x3F));
-    }
+    char buf[4];
+    char* end = buf;
+    put_utf8(c, end);
+    out.append(buf, end);
 }
 
-// Strict UTF-8 (no overlong form, surrogate or code point past U+10FFFF) into code points.
+// Strict UTF-8 (core/utf8.hpp: no overlong form, surrogate or code point past U+10FFFF)
+// into code points.
 bool utf8_code_points(std::string_view s, std::vector<std::uint32_t>& out) {
     out.clear();
     for (std::size_t i = 0; i < s.size();) {
+        const std::size_t len = utf8_sequence(s, i);
+        if (len == 0) {
+            return false;
+        }
         const auto b0 = static_cast<unsigned char>(s[i]);
-        if (b0 < 0x80) {
-            out.push_back(b0);
-            ++i;
-            continue;
-        }
-        const std::size_t len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : b0 >= 0xC0 ? 2 : 0;
-        if (len == 0 || b0 > 0xF4 || i + len > s.size()) {
-            return false;
-        }
-        std::uint32_t c = b0 & (0x7F >> len);
+        std::uint32_t c = len == 1 ? b0 : b0 & (0x7F >> len);
         for (std::size_t k = 1; k < len; ++k) {
-            const auto b = static_cast<unsigned char>(s[i + k]);
-            if ((b & 0xC0) != 0x80) {
-                return false;
-            }
-            c = (c << 6) | (b & 0x3F);
-        }
-        const std::uint32_t min = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) {
-            return false;
+            c = (c << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
         }
         out.push_back(c);
         i += len;

@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "core/utf8.hpp"
 #include "rules/idna.hpp"
 
 namespace bb::rules::test {
@@ -72,21 +73,10 @@ TEST(Idna, UnicodeAndAceFormsRoundTrip) {
     std::mt19937_64 rng{7};
     const char32_t pool[] = {U'a', U'z', U'0', U'9', U'-', U'ü', U'é', U'ß', U'ж', U'例', U'テ', U'😀', U'\U0010FFFD'};
     auto utf8 = [](char32_t c, std::string& out) {
-        if (c < 0x80) {
-            out += static_cast<char>(c);
-        } else if (c < 0x800) {
-            out += static_cast<char>(0xC0 | (c >> 6));
-            out += static_cast<char>(0x80 | (c & 0x3F));
-        } else if (c < 0x10000) {
-            out += static_cast<char>(0xE0 | (c >> 12));
-            out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (c & 0x3F));
-        } else {
-            out += static_cast<char>(0xF0 | (c >> 18));
-            out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (c & 0x3F));
-        }
+        char buf[4];
+        char* end = buf;
+        put_utf8(static_cast<std::uint32_t>(c), end);
+        out.append(buf, end);
     };
     int encoded = 0;
     for (int round = 0; round < 5000; ++round) {
