@@ -53,6 +53,53 @@ bool label_code_point(std::uint32_t c) {
            c != 0xFF61;
 }
 
+// The lower-case letter of an upper-case one in the scripts most domains outside ASCII are
+// written in (IDNA's mapping, UTS 46, lower-cases every script; this covers Latin-1, Latin
+// Extended-A, modern Greek and basic Cyrillic): what a mail library does to `BÜCHER.de`
+// before it sends.
+// Anything else is returned as it is.
+std::uint32_t fold(std::uint32_t c) {
+    if (c < 0xC0) {
+        return c >= 'A' && c <= 'Z' ? c + 0x20 : c;
+    }
+    if (c <= 0xDE) {
+        return c == 0xD7 ? c : c + 0x20;  // À..Þ, not ×
+    }
+    if (c >= 0x100 && c <= 0x17F) {
+        // Pairs, upper case first, but for Ĺ..Ň and Ź..Ž (odd first), Ÿ (whose lower case is
+        // ÿ, in Latin-1) and the letters that have no pair here (İ ı ĸ ŉ ſ).
+        if (c == 0x178) {
+            return 0xFF;
+        }
+        if (c == 0x130 || c == 0x131 || c == 0x138 || c == 0x149 || c == 0x17F) {
+            return c;
+        }
+        const bool odd_first = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E);
+        return (c % 2 == 1) == odd_first ? c + 1 : c;
+    }
+    if (c >= 0x391 && c <= 0x3AB && c != 0x3A2) {
+        return c + 0x20;  // Α..Ω, Ϊ, Ϋ (0x3A2 is a hole)
+    }
+    switch (c) {  // the accented capitals of modern Greek
+        case 0x386: return 0x3AC;
+        case 0x388: return 0x3AD;
+        case 0x389: return 0x3AE;
+        case 0x38A: return 0x3AF;
+        case 0x38C: return 0x3CC;
+        case 0x38E: return 0x3CD;
+        case 0x38F: return 0x3CE;
+        default: break;
+    }
+    if (c >= 0x400 && c <= 0x42F) {
+        return c < 0x410 ? c + 0x50 : c + 0x20;  // Ѐ..Џ, А..Я
+    }
+    return c;
+}
+
+// Whether fold() changes c: an ACE label that decodes to one is no A-label (IDNA2008 allows
+// no upper-case letter in a label), and DNS sends to it as written.
+bool folds(std::uint32_t c) { return fold(c) != c; }
+
 void append_utf8(std::string& out, std::uint32_t c) {
     char buf[4];
     char* end = buf;
@@ -195,6 +242,15 @@ bool punycode_encode(const std::vector<std::uint32_t>& in, std::string& out) {
     return true;
 }
 
+bool has_non_ascii(std::string_view label) {
+    for (const char c : label) {
+        if (static_cast<unsigned char>(c) >= 0x80) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool ace_prefix(std::string_view label) {
     return label.size() > 4 && lower(label[0]) == 'x' && lower(label[1]) == 'n' && label[2] == '-' && label[3] == '-';
 }
@@ -258,7 +314,7 @@ bool to_unicode(std::string_view domain, std::string& out) {
         bool ok = ace_prefix(label) && label.size() <= max_label && punycode_decode(label.substr(4), points);
         bool non_ascii = false;
         for (std::size_t k = 0; ok && k < points.size(); ++k) {
-            ok = label_code_point(points[k]);
+            ok = label_code_point(points[k]) && !folds(points[k]);
             non_ascii = non_ascii || points[k] >= 0x80;
         }
         if (ok && non_ascii) {
@@ -276,6 +332,12 @@ bool to_unicode(std::string_view domain, std::string& out) {
                 append_utf8(result, c);
             }
             decoded = true;
+        } else if (!ace_prefix(label) && has_non_ascii(label) && utf8_code_points(label, points)) {
+            // A Unicode label, lower-cased as a mail library maps it before sending.
+            for (const std::uint32_t c : points) {
+                append_utf8(result, fold(c));
+                decoded = decoded || folds(c);
+            }
         } else {
             for (const char c : label) {
                 result += lower(c);
@@ -300,18 +362,14 @@ bool to_ascii(std::string_view domain, std::string& out) {
         if (!ok) {
             return;
         }
-        bool non_ascii = false;
-        for (const char c : label) {
-            non_ascii = non_ascii || static_cast<unsigned char>(c) >= 0x80;
-        }
-        if (!non_ascii) {
+        if (!has_non_ascii(label)) {
             for (const char c : label) {
                 result += lower(c);
             }
         } else {
             ok = utf8_code_points(label, points);
             for (auto& c : points) {
-                c = c < 0x80 ? static_cast<unsigned char>(lower(static_cast<char>(c))) : c;
+                c = fold(c);
                 ok = ok && label_code_point(c);
             }
             result += "xn--";

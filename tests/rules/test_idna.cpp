@@ -57,6 +57,20 @@ TEST(Idna, LabelsThatAreNoAceLabelAreKeptAsWritten) {
     EXPECT_EQ(unicode("XN--evil-.xn--bcher-kva.DE"), "xn--evil-.bücher.de");
 }
 
+// Upper-case letters of the common scripts are lower-cased, as a mail library maps a domain
+// before it sends; an ACE label that stands for an upper-case letter is no A-label.
+TEST(Idna, UnicodeLabelsAreLowerCased) {
+    EXPECT_EQ(unicode("BÜCHER.de"), "bücher.de");
+    EXPECT_EQ(unicode("ПРИМЕР.РФ"), "пример.рф");
+    EXPECT_EQ(unicode("ΑΘΉΝΑ.gr"), "αθήνα.gr");
+    EXPECT_EQ(unicode("ŸVES.ŁÓDŹ.pl"), "ÿves.łódź.pl");
+    EXPECT_EQ(unicode("bücher.de"), "(unchanged)") << "already in its Unicode form";
+    EXPECT_EQ(unicode("xn--bcher-2pa.de"), "(unchanged)") << "bÜcher";
+    EXPECT_EQ(ascii("BÜCHER.de"), "xn--bcher-kva.de");
+    EXPECT_EQ(ascii("ПРИМЕР.РФ"), "xn--e1afmkfd.xn--p1ai");
+    EXPECT_EQ(unicode("xn--e1afmkfd.xn--p1ai"), "пример.рф");
+}
+
 TEST(Idna, UnicodeLabelsEncodeToTheirAceLabels) {
     EXPECT_EQ(ascii("bücher.de"), "xn--bcher-kva.de");
     EXPECT_EQ(ascii("Mail.Bücher.DE"), "mail.xn--bcher-kva.de");
