@@ -62,6 +62,14 @@ std::uint32_t fold(std::uint32_t c) {
     if (c < 0xC0) {
         return c >= 'A' && c <= 'Z' ? c + 0x20 : c;
     }
+    // Full-width letters, digits and hyphen are their ASCII selves to IDNA (UTS 46 maps
+    // `ｅｖｉｌ` to evil); other full-width punctuation is left alone (it names no host).
+    if ((c >= 0xFF10 && c <= 0xFF19) || (c >= 0xFF41 && c <= 0xFF5A) || c == 0xFF0D) {
+        return c - 0xFEE0;
+    }
+    if (c >= 0xFF21 && c <= 0xFF3A) {
+        return c - 0xFEE0 + 0x20;
+    }
     if (c <= 0xDE) {
         return c == 0xD7 ? c : c + 0x20;  // À..Þ, not ×
     }
@@ -333,10 +341,13 @@ bool to_unicode(std::string_view domain, std::string& out) {
             }
             decoded = true;
         } else if (!ace_prefix(label) && has_non_ascii(label) && utf8_code_points(label, points)) {
-            // A Unicode label, lower-cased as a mail library maps it before sending.
+            // A Unicode label, lower-cased as a mail library maps it before sending, and its
+            // other full stops (U+3002, U+FF0E, U+FF61: `evil。com` is evil.com to IDNA)
+            // made dots.
             for (const std::uint32_t c : points) {
-                append_utf8(result, fold(c));
-                decoded = decoded || folds(c);
+                const bool stop = c == 0x3002 || c == 0xFF0E || c == 0xFF61;
+                append_utf8(result, stop ? '.' : fold(c));
+                decoded = decoded || stop || folds(c);
             }
         } else {
             for (const char c : label) {
@@ -368,12 +379,20 @@ bool to_ascii(std::string_view domain, std::string& out) {
             }
         } else {
             ok = utf8_code_points(label, points);
+            bool still_non_ascii = false;
             for (auto& c : points) {
                 c = fold(c);
                 ok = ok && label_code_point(c);
+                still_non_ascii = still_non_ascii || c >= 0x80;
             }
-            result += "xn--";
-            ok = ok && punycode_encode(points, result);
+            if (still_non_ascii) {
+                result += "xn--";
+                ok = ok && punycode_encode(points, result);
+            } else {
+                for (const std::uint32_t c : points) {
+                    result += static_cast<char>(c);  // full-width letters only: their ASCII
+                }
+            }
             encoded = true;
         }
         if (!last) {

@@ -8,7 +8,8 @@
 //
 // Not the whole of IDNA2008/UTS 46: letters are lower-cased in ASCII, Latin-1, Latin
 // Extended-A, modern Greek and basic Cyrillic only (`BÜCHER.de` is bücher.de, as a mail
-// library maps it),
+// library maps it), IDNA's other full stops are dots and full-width letters, digits and
+// hyphens their ASCII selves (`ｅｖｉｌ。ｃｏｍ` is evil.com),
 // there is no Unicode normalization (a precomposed `ü` and `u` + a combining diaeresis stay
 // two spellings), and no check of which code points a label may hold beyond what keeps a
 // label one label. Pure; thread-safe.

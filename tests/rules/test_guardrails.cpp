@@ -1803,6 +1803,8 @@ TEST(GuardRecipients, InternationalizedDomainsMatchInEitherSpelling) {
     EXPECT_EQ(block.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated);
     EXPECT_EQ(block.check_body(sendgrid_to({"Jane <jane@mail.XN--BCHER-KVA.DE>"})).outcome, verdict::violated);
     EXPECT_EQ(block.check_body(sendgrid_to({"jane@MAIL.BÜCHER.DE"})).outcome, verdict::violated);
+    EXPECT_EQ(block.check_body(sendgrid_to({"jane@mail\xE3\x80\x82" "bücher.de"})).outcome, verdict::violated)
+        << "U+3002 is a full stop to IDNA";
     EXPECT_TRUE(block.check_body(sendgrid_to({"jane@xn--mnchen-3ya.de", "jane@xn--evil-.de"})).allowed());
     // A valid domain whose Unicode form is longer than any ACE name (458 bytes here) is still
     // judged by its parents; and a label that decodes once is not decoded again.

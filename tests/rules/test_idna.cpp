@@ -69,6 +69,11 @@ TEST(Idna, UnicodeLabelsAreLowerCased) {
     EXPECT_EQ(ascii("BÜCHER.de"), "xn--bcher-kva.de");
     EXPECT_EQ(ascii("ПРИМЕР.РФ"), "xn--e1afmkfd.xn--p1ai");
     EXPECT_EQ(unicode("xn--e1afmkfd.xn--p1ai"), "пример.рф");
+    // IDNA's other full stops and full-width letters: `ｅｖｉｌ。ｃｏｍ` is evil.com.
+    EXPECT_EQ(unicode("evil\xE3\x80\x82" "com"), "evil.com");
+    EXPECT_EQ(unicode("\xEF\xBD\x85\xEF\xBD\x96\xEF\xBC\xA9\xEF\xBD\x8C\xEF\xBC\x8E" "com"), "evil.com");
+    EXPECT_EQ(unicode("a\xEF\xBC\x8F" "b.com"), "(unchanged)") << "full-width '/' names no host";
+    EXPECT_EQ(ascii("\xEF\xBD\x85\xEF\xBD\x96\xEF\xBC\xA9\xEF\xBD\x8C.b\xC3\xBC" "cher.de"), "evil.xn--bcher-kva.de");
 }
 
 TEST(Idna, UnicodeLabelsEncodeToTheirAceLabels) {
