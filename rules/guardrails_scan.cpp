@@ -829,8 +829,14 @@ void domain_set::add(std::string_view domain) {
         c = static_cast<char>(to_lower(static_cast<unsigned char>(c)));
     }
     // Kept in Unicode form: `xn--bcher-kva.de` and `bücher.de` are one entry (idna.hpp).
-    if (idna::may_have_other_form(d)) {
-        idna::to_unicode(d, d);
+    if (idna::may_have_other_form(d) && idna::to_unicode(d, d)) {
+        // A full stop mapped to a dot at either end, as the ASCII ones are dropped above.
+        while (!d.empty() && d.back() == '.') {
+            d.pop_back();
+        }
+        while (!d.empty() && d.front() == '.') {
+            d.erase(0, 1);
+        }
     }
     if (!d.empty()) {
         domains_.insert(std::move(d));
@@ -1365,6 +1371,11 @@ static void unicode_domain(std::string& address) {
     thread_local std::string unicode;
     if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
         address.replace(at + 1, std::string::npos, unicode);
+        // The root's dot written as another full stop (`jane@example.com。`) goes as the
+        // general path drops an ASCII one.
+        while (address.size() > at + 1 && address.back() == '.') {
+            address.pop_back();
+        }
     }
 }
 

@@ -313,11 +313,38 @@ bool may_have_other_form(std::string_view domain) {
     return false;
 }
 
+namespace {
+
+// IDNA's mapping as far as it goes here (UTS 46 maps the whole name, then splits it into
+// labels): letters lower-cased (fold), U+3002, U+FF0E and U+FF61 made dots. Into `mapped`
+// when the domain is UTF-8 with a non-ASCII code point that maps to something else; false
+// (nothing written) otherwise, the domain then standing as it is.
+bool map_domain(std::string_view domain, std::string& mapped, std::vector<std::uint32_t>& points) {
+    if (!has_non_ascii(domain) || !utf8_code_points(domain, points)) {
+        return false;
+    }
+    bool changed = false;
+    mapped.clear();
+    for (const std::uint32_t c : points) {
+        const bool stop = c == 0x3002 || c == 0xFF0E || c == 0xFF61;
+        const std::uint32_t m = stop ? '.' : fold(c);
+        changed = changed || (c >= 0x80 && m != c);
+        append_utf8(mapped, m);
+    }
+    return changed;
+}
+
+}  // namespace
+
 bool to_unicode(std::string_view domain, std::string& out) {
     std::string result;
     std::string canonical;
+    std::string mapped;
     std::vector<std::uint32_t> points;
-    bool decoded = false;
+    bool decoded = map_domain(domain, mapped, points);
+    if (decoded) {
+        domain = mapped;
+    }
     each_label(domain, [&](std::string_view label, bool last) {
         bool ok = ace_prefix(label) && label.size() <= max_label && punycode_decode(label.substr(4), points);
         bool non_ascii = false;
@@ -340,15 +367,6 @@ bool to_unicode(std::string_view domain, std::string& out) {
                 append_utf8(result, c);
             }
             decoded = true;
-        } else if (!ace_prefix(label) && has_non_ascii(label) && utf8_code_points(label, points)) {
-            // A Unicode label, lower-cased as a mail library maps it before sending, and its
-            // other full stops (U+3002, U+FF0E, U+FF61: `evil。com` is evil.com to IDNA)
-            // made dots.
-            for (const std::uint32_t c : points) {
-                const bool stop = c == 0x3002 || c == 0xFF0E || c == 0xFF61;
-                append_utf8(result, stop ? '.' : fold(c));
-                decoded = decoded || stop || folds(c);
-            }
         } else {
             for (const char c : label) {
                 result += lower(c);
@@ -366,7 +384,12 @@ bool to_unicode(std::string_view domain, std::string& out) {
 
 bool to_ascii(std::string_view domain, std::string& out) {
     std::string result;
+    std::string mapped;
     std::vector<std::uint32_t> points;
+    const bool remapped = map_domain(domain, mapped, points);
+    if (remapped) {
+        domain = mapped;
+    }
     bool encoded = false;
     bool ok = true;
     each_label(domain, [&](std::string_view label, bool last) {
@@ -379,27 +402,19 @@ bool to_ascii(std::string_view domain, std::string& out) {
             }
         } else {
             ok = utf8_code_points(label, points);
-            bool still_non_ascii = false;
             for (auto& c : points) {
-                c = fold(c);
+                c = fold(c);  // ASCII letters too (map_domain left the domain as it was)
                 ok = ok && label_code_point(c);
-                still_non_ascii = still_non_ascii || c >= 0x80;
             }
-            if (still_non_ascii) {
-                result += "xn--";
-                ok = ok && punycode_encode(points, result);
-            } else {
-                for (const std::uint32_t c : points) {
-                    result += static_cast<char>(c);  // full-width letters only: their ASCII
-                }
-            }
+            result += "xn--";
+            ok = ok && punycode_encode(points, result);
             encoded = true;
         }
         if (!last) {
             result += '.';
         }
     });
-    if (!ok || !encoded) {
+    if (!ok || (!encoded && !remapped)) {
         return false;
     }
     out = std::move(result);

@@ -1826,6 +1826,10 @@ TEST(GuardRecipients, InternationalizedDomainsMatchInEitherSpelling) {
     fixture suppressed{recipients_rule(R"j({"suppression_file": ")j" + path + "\"}")};
     EXPECT_EQ(suppressed.check_body(sendgrid_to({"jane@xn--bcher-kva.de"})).outcome, verdict::violated);
     EXPECT_EQ(suppressed.check_body(sendgrid_to({"Jane@BÜCHER.DE"})).outcome, verdict::violated) << "upper case";
+    EXPECT_EQ(suppressed.check_body(sendgrid_to({"jane@b\xC3\xBC" "cher.de\xE3\x80\x82"})).outcome, verdict::violated)
+        << "the root's dot as U+3002";
+    EXPECT_EQ(suppressed.check_body(sendgrid_to({"jane@xn--bcher-kva\xEF\xBC\x8E" "de"})).outcome, verdict::violated)
+        << "an ACE label before U+FF0E";
     EXPECT_EQ(suppressed.check_body(sendgrid_to({"Ann@München.de"})).outcome, verdict::violated);
     EXPECT_TRUE(suppressed.check_body(sendgrid_to({"bob@bücher.de", "jane@xn--evil-.de"})).allowed());
     fixture dup{dup_rule(R"j({"max": 1, "window": "1h"})j")};

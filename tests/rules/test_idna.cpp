@@ -73,6 +73,14 @@ TEST(Idna, UnicodeLabelsAreLowerCased) {
     EXPECT_EQ(unicode("evil\xE3\x80\x82" "com"), "evil.com");
     EXPECT_EQ(unicode("\xEF\xBD\x85\xEF\xBD\x96\xEF\xBC\xA9\xEF\xBD\x8C\xEF\xBC\x8E" "com"), "evil.com");
     EXPECT_EQ(unicode("a\xEF\xBC\x8F" "b.com"), "(unchanged)") << "full-width '/' names no host";
+    // The whole name is mapped before it is split into labels (UTS 46): an ACE label after a
+    // full stop, or written in full-width letters, is decoded too, and the result maps to itself.
+    EXPECT_EQ(unicode("xn--bcher-kva\xE3\x80\x82" "de"), "bücher.de");
+    EXPECT_EQ(unicode("\xEF\xBD\x98\xEF\xBD\x8E--bcher-kva.de"), "bücher.de");
+    for (const std::string_view d : {"xn--bcher-kva\xE3\x80\x82" "de", "BÜCHER.de", "\xEF\xBD\x98\xEF\xBD\x8E--bcher-kva.de"}) {
+        const std::string once = unicode(d);
+        EXPECT_EQ(unicode(once), "(unchanged)") << once;
+    }
     EXPECT_EQ(ascii("\xEF\xBD\x85\xEF\xBD\x96\xEF\xBC\xA9\xEF\xBD\x8C.b\xC3\xBC" "cher.de"), "evil.xn--bcher-kva.de");
 }
 
@@ -81,7 +89,8 @@ TEST(Idna, UnicodeLabelsEncodeToTheirAceLabels) {
     EXPECT_EQ(ascii("Mail.Bücher.DE"), "mail.xn--bcher-kva.de");
     EXPECT_EQ(ascii("例え.テスト"), "xn--r8jz45g.xn--zckzah");
     EXPECT_EQ(ascii("example.com"), "(unchanged)");
-    EXPECT_EQ(ascii("a\xE3\x80\x82" "b.com"), "(unchanged)") << "U+3002 in a label";
+    EXPECT_EQ(ascii("a\xE3\x80\x82" "b.com"), "a.b.com") << "U+3002 is a full stop";
+    EXPECT_EQ(ascii("a\xE3\x80\x82" "b\xC3\xBC.com"), "a.xn--b-eha.com");
     EXPECT_EQ(ascii("b\xFC" "cher.de"), "(unchanged)") << "Latin-1, not UTF-8";
     EXPECT_EQ(ascii("b\xC3\xBC_cher.de"), "(unchanged)") << "'_' is no host name byte";
 }
