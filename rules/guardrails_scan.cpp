@@ -818,26 +818,23 @@ std::uint64_t bytes_hash(std::string_view w) {
 std::size_t domain_set::domain_hash::operator()(std::string_view s) const noexcept { return detail::bytes_hash(s); }
 
 void domain_set::add(std::string_view domain) {
-    while (!domain.empty() && (domain.front() == '*' || domain.front() == '.')) {
-        domain.remove_prefix(1);
-    }
-    while (!domain.empty() && domain.back() == '.') {
-        domain.remove_suffix(1);
-    }
     std::string d{domain};
     for (auto& c : d) {
         c = static_cast<char>(to_lower(static_cast<unsigned char>(c)));
     }
-    // Kept in Unicode form: `xn--bcher-kva.de` and `bücher.de` are one entry (idna.hpp).
-    if (idna::may_have_other_form(d) && idna::to_unicode(d, d)) {
-        // A full stop mapped to a dot at either end, as the ASCII ones are dropped above.
-        while (!d.empty() && d.back() == '.') {
-            d.pop_back();
-        }
-        while (!d.empty() && d.front() == '.') {
-            d.erase(0, 1);
-        }
+    // Kept in Unicode form: `xn--bcher-kva.de` and `bücher.de` are one entry (idna.hpp). First,
+    // so that a full stop it maps to a dot is dropped at either end below like an ASCII one.
+    if (idna::may_have_other_form(d)) {
+        idna::to_unicode(d, d);
     }
+    std::size_t from = 0;
+    while (from < d.size() && (d[from] == '*' || d[from] == '.')) {
+        ++from;
+    }
+    while (d.size() > from && d.back() == '.') {
+        d.pop_back();
+    }
+    d.erase(0, from);
     if (!d.empty()) {
         domains_.insert(std::move(d));
     }
@@ -933,7 +930,8 @@ std::string suppression_address_fault(std::string_view a) {
     const auto at = a.rfind('@');
     // (An internationalized domain by its ACE form: its Unicode form may be longer.)
     std::string ace;
-    const std::size_t length = at != std::string_view::npos && idna::to_ascii(a.substr(at + 1), ace)
+    const std::size_t length = at != std::string_view::npos && idna::may_have_other_form(a.substr(at + 1)) &&
+                                       idna::to_ascii(a.substr(at + 1), ace)
                                    ? at + 1 + ace.size()
                                    : a.size();
     if (length > 320) {
@@ -1066,7 +1064,7 @@ bool suppression_list::contains(std::string_view address) const {
         return false;  // (the whole address: nearly always false, and cheaper than finding the '@' first)
     }
     const auto at = address.rfind('@');
-    if (at == std::string_view::npos || !idna::may_have_other_form(address.substr(at + 1))) {
+    if (at == std::string_view::npos) {
         return false;
     }
     std::string domain;
@@ -1371,11 +1369,6 @@ static void unicode_domain(std::string& address) {
     thread_local std::string unicode;
     if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
         address.replace(at + 1, std::string::npos, unicode);
-        // The root's dot written as another full stop (`jane@example.com。`) goes as the
-        // general path drops an ASCII one.
-        while (address.size() > at + 1 && address.back() == '.') {
-            address.pop_back();
-        }
     }
 }
 
@@ -1428,6 +1421,8 @@ void normalize_address_general(std::string_view item, std::string& out) {
     while (at > 0 && blank(out[at - 1])) {
         out.erase(--at, 1);
     }
+    // (After the mapping: a root dot written as another full stop, `jane@example.com。`, goes too.)
+    unicode_domain(out);
     while (out.size() > at + 1 && out.back() == '.') {
         out.pop_back();
     }
@@ -1443,15 +1438,13 @@ void normalize_address_general(std::string_view item, std::string& out) {
         }
         out.replace(0, at, local);
     }
-    unicode_domain(out);
 }
 
 void normalize_address(std::string_view item, std::string& out) {
-    // One pass copies, lower-cases and looks for what the general path is for.
-    if (item.empty() || item.back() == '.' || lower_into(item, out)) {
+    // One pass copies, lower-cases and looks for what the general path is for (an
+    // internationalized domain included).
+    if (item.empty() || item.back() == '.' || lower_into(item, out) || idna::may_have_other_form(out)) {
         normalize_address_general(item, out);
-    } else if (idna::may_have_other_form(out)) [[unlikely]] {
-        unicode_domain(out);
     }
 }
 

@@ -1,5 +1,6 @@
 #include "rules/idna.hpp"
 
+#include "core/json_key.hpp"
 #include "core/utf8.hpp"
 
 #include <cstdint>
@@ -250,15 +251,6 @@ bool punycode_encode(const std::vector<std::uint32_t>& in, std::string& out) {
     return true;
 }
 
-bool has_non_ascii(std::string_view label) {
-    for (const char c : label) {
-        if (static_cast<unsigned char>(c) >= 0x80) {
-            return true;
-        }
-    }
-    return false;
-}
-
 bool ace_prefix(std::string_view label) {
     return label.size() > 4 && lower(label[0]) == 'x' && lower(label[1]) == 'n' && label[2] == '-' && label[3] == '-';
 }
@@ -274,6 +266,25 @@ void each_label(std::string_view domain, F&& f) {
         }
         domain.remove_prefix(dot + 1);
     }
+}
+
+// IDNA's mapping as far as it goes here (UTS 46 maps the whole name, then splits it into
+// labels): letters lower-cased (fold), U+3002, U+FF0E and U+FF61 made dots. Into `mapped`
+// when the domain is UTF-8 with a non-ASCII code point that maps to something else; false
+// (nothing written) otherwise, the domain then standing as it is.
+bool map_domain(std::string_view domain, std::string& mapped, std::vector<std::uint32_t>& points) {
+    if (json_key::is_ascii(domain) || !utf8_code_points(domain, points)) {
+        return false;
+    }
+    bool changed = false;
+    mapped.clear();
+    for (const std::uint32_t c : points) {
+        const bool stop = c == 0x3002 || c == 0xFF0E || c == 0xFF61;
+        const std::uint32_t m = stop ? '.' : fold(c);
+        changed = changed || (c >= 0x80 && m != c);
+        append_utf8(mapped, m);
+    }
+    return changed;
 }
 
 }  // namespace
@@ -313,28 +324,6 @@ bool may_have_other_form(std::string_view domain) {
     return false;
 }
 
-namespace {
-
-// IDNA's mapping as far as it goes here (UTS 46 maps the whole name, then splits it into
-// labels): letters lower-cased (fold), U+3002, U+FF0E and U+FF61 made dots. Into `mapped`
-// when the domain is UTF-8 with a non-ASCII code point that maps to something else; false
-// (nothing written) otherwise, the domain then standing as it is.
-bool map_domain(std::string_view domain, std::string& mapped, std::vector<std::uint32_t>& points) {
-    if (!has_non_ascii(domain) || !utf8_code_points(domain, points)) {
-        return false;
-    }
-    bool changed = false;
-    mapped.clear();
-    for (const std::uint32_t c : points) {
-        const bool stop = c == 0x3002 || c == 0xFF0E || c == 0xFF61;
-        const std::uint32_t m = stop ? '.' : fold(c);
-        changed = changed || (c >= 0x80 && m != c);
-        append_utf8(mapped, m);
-    }
-    return changed;
-}
-
-}  // namespace
 
 bool to_unicode(std::string_view domain, std::string& out) {
     std::string result;
@@ -396,7 +385,7 @@ bool to_ascii(std::string_view domain, std::string& out) {
         if (!ok) {
             return;
         }
-        if (!has_non_ascii(label)) {
+        if (json_key::is_ascii(label)) {
             for (const char c : label) {
                 result += lower(c);
             }
