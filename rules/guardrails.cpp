@@ -393,7 +393,7 @@ private:
         return pos;
     }
 
-    void push(bool array) {
+    [[gnu::always_inline]] void push(bool array) {
         if (frames_.size() == depth_) {
             frames_.emplace_back();
         }
@@ -520,9 +520,21 @@ struct path_step {
         }
     } else if (!lv.names.empty()) {
         const key_head head = key_head::of(fr.key);
-        for (const auto& [n, b] : lv.names) {
-            if ((parent_alive & b) != 0 && name_matches(n, fr.key, head)) {
-                bits |= b;
+        if (head.ascii) {
+            const std::size_t len = fr.key.size();
+            if (len + 1 < lv.by_len.size()) {
+                for (std::size_t i = lv.by_len[len], e = lv.by_len[len + 1]; i < e; ++i) {
+                    const auto& [n, b] = lv.names[i];
+                    if ((parent_alive & b) != 0 && name_matches(n, fr.key, head)) {
+                        bits |= b;
+                    }
+                }
+            }
+        } else {
+            for (const auto& [n, b] : lv.names) {
+                if ((parent_alive & b) != 0 && name_matches(n, fr.key, head)) {
+                    bits |= b;
+                }
             }
         }
     }
@@ -873,7 +885,7 @@ private:
             open_.pop_back();
         };
         result_ = walker_.run<false>(body, [&](std::span<const frame> f, value_type t, std::string_view text,
-                                               std::size_t start, bool esc) {
+                                               std::size_t start, bool esc) __attribute__((always_inline)) {
             if (nodes_.size() == max_nodes) {
                 too_many = true;
                 return true;
@@ -1035,6 +1047,17 @@ void path_index::build_levels() {
             }
         }
         levels[paths[i].size() - 1].ending |= bit;
+    }
+    for (level& lv : levels) {
+        std::stable_sort(lv.names.begin(), lv.names.end(),
+                         [](const auto& a, const auto& b) { return a.first.len < b.first.len; });
+        lv.by_len.assign(lv.names.empty() ? 0 : lv.names.back().first.len + 2, 0);
+        for (const auto& [n, b] : lv.names) {
+            ++lv.by_len[n.len + 1];
+        }
+        for (std::size_t i = 1; i < lv.by_len.size(); ++i) {
+            lv.by_len[i] += lv.by_len[i - 1];
+        }
     }
 }
 

@@ -207,7 +207,10 @@ struct path_index {
         std::string text;
     };
     struct level {
-        std::vector<std::pair<name, std::uint64_t>> names;           // key -> paths
+        std::vector<std::pair<name, std::uint64_t>> names;           // key -> paths, by length
+        // names[by_len[n] .. by_len[n + 1]) are the names n bytes long (an ASCII key matches
+        // only a name of its own length: step_paths looks at those alone).
+        std::vector<std::uint32_t> by_len;
         std::vector<std::pair<std::size_t, std::uint64_t>> indexes;  // [i] -> paths
         std::uint64_t wildcard = 0;                                  // [*] -> paths
         std::uint64_t ending = 0;                                    // paths that end at this depth
