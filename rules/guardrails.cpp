@@ -2249,8 +2249,12 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
                             std::string{setting} + ".enable)");
         }
     }
-    // (The query's pass beside a JSON body adds what it holds; the body's pass judges.)
-    if (g.require_recipients && index == 0 && !in.query_fields && !blank(in.req.body)) {
+    // (The query's pass beside a JSON body adds what it holds; the body's pass judges.) A
+    // blank body is a read (GET, HEAD, OPTIONS) or a DELETE, not judged, unless the method
+    // writes: a POST, PUT or PATCH that takes no body sends to an audience defined elsewhere
+    // (HubSpot's marketing email publish).
+    const auto writes = [](std::string_view m) { return m == "POST" || m == "PUT" || m == "PATCH"; };
+    if (g.require_recipients && index == 0 && !in.query_fields && (!blank(in.req.body) || writes(in.req.method))) {
         return violated("no recipient in the fields this guard reads (a send to a list or a segment, whose audience "
                         "cannot be checked here)");
     }

@@ -896,9 +896,35 @@ TEST(GuardRecipients, RequireRecipientsRefusesASendToAListOrSegment) {
     EXPECT_TRUE(g2.allowed()) << "no body: " << g2.reason;
     get.query = "page_size=10";
     EXPECT_TRUE(f.check(get).allowed()) << "a query string and no body";
-    get.method = "POST";
-    get.body = " \r\n";
-    EXPECT_TRUE(f.check(get).allowed()) << "a blank body";
+    get.method = "DELETE";
+    get.query.clear();
+    EXPECT_TRUE(f.check(get).allowed()) << "a DELETE without a body";
+    // A write that takes no body sends to an audience set elsewhere: HubSpot's marketing
+    // email publish (POST, no body), a blank one, with a query string naming nobody.
+    request publish;
+    publish.method = "POST";
+    publish.path = "/marketing/v3/emails/12345/publish";
+    publish.content_type = "";
+    publish.body = "";
+    for (const std::string_view method : {"POST", "PUT", "PATCH"}) {
+        publish.method = method;
+        const auto p = f.check(publish);
+        ASSERT_EQ(p.outcome, verdict::violated) << method;
+        EXPECT_THAT(p.reason, HasSubstr("no recipient in the fields this guard reads"));
+    }
+    publish.method = "POST";
+    publish.body = " \r\n";
+    EXPECT_EQ(f.check(publish).outcome, verdict::violated) << "a blank body";
+    publish.body = "";
+    publish.query = "archived=false";
+    EXPECT_EQ(f.check(publish).outcome, verdict::violated) << "a query naming nobody";
+    // Recipients in the query string of a write without a body (SES v1's query API) count.
+    publish.path = "/";
+    publish.query = "Action=SendEmail&Destination.ToAddresses.member.1=ann%40example.com";
+    const auto ses = f.check(publish);
+    EXPECT_TRUE(ses.allowed()) << ses.reason;
+    EXPECT_TRUE(fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check(publish).allowed())
+        << "without the setting";
     // Without the setting, a body naming nobody passes (the audience is not this guard's to see).
     EXPECT_TRUE(fixture{recipients_rule(R"j({"allow_domains": ["example.com"]})j")}.check_body("{}").allowed());
 }
