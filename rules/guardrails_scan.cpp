@@ -446,17 +446,21 @@ inline std::size_t word_end(std::string_view text, std::size_t block, unsigned b
 }
 
 // Where a link may start (first_bad_link reads each): a ':' after a 'p' or 's' (the end of
-// an `http:`/`https:` scheme), a '.' after a 'w' (`www.`), and a pair of slashes or
-// backslashes not after a ':' (scheme-relative `href="//host"`; browsers read '\\' as '/'
-// in web URLs).
+// an `http:`/`https:` scheme) or after a tab or line break (browsers delete those from a
+// URL: `href="https&NewLine;://x"`), a '.' after a 'w' (`www.`), and a slash or backslash
+// not after a ':' followed by another or by a tab or line break (scheme-relative
+// `href="//host"`, `href="/&Tab;/host"`; browsers read '\\' as '/' in web URLs).
 // Mail has few of each, so the scan is mostly one pass of compares.
 inline bool link_slash(unsigned char c) { return c == '/' || c == '\\'; }
+// What browsers delete from anywhere in a URL (WHATWG URL: ASCII tab or newline).
+inline bool url_break(char c) { return c == '\t' || c == '\r' || c == '\n'; }
 
 inline bool link_mark(const char* p, std::size_t i) {
     const auto c = static_cast<unsigned char>(p[i]);
-    const auto before = i > 0 ? static_cast<unsigned char>(p[i - 1] | 0x20) : 0u;
-    return (c == ':' && (before == 'p' || before == 's')) || (c == '.' && before == 'w') ||
-           (link_slash(c) && before != ':' && link_slash(static_cast<unsigned char>(p[i + 1])));
+    const char raw = i > 0 ? p[i - 1] : '\0';
+    const auto before = i > 0 ? static_cast<unsigned char>(raw | 0x20) : 0u;
+    return (c == ':' && (before == 'p' || before == 's' || url_break(raw))) || (c == '.' && before == 'w') ||
+           (link_slash(c) && before != ':' && (link_slash(static_cast<unsigned char>(p[i + 1])) || url_break(p[i + 1])));
 }
 
 #if defined(BB_GUARDRAILS_AVX2)
@@ -470,19 +474,30 @@ __attribute__((target("avx2"))) std::size_t next_link_marks_avx2(const char* p, 
     const __m256i colon = _mm256_set1_epi8(':');
     const __m256i dot = _mm256_set1_epi8('.');
     const __m256i lower = _mm256_set1_epi8(0x20);
+    const __m256i tab = _mm256_set1_epi8('\t');
+    const __m256i lf = _mm256_set1_epi8('\n');
+    const __m256i cr = _mm256_set1_epi8('\r');
     std::size_t i = from;
     for (; i + 33 <= n; i += 32) {
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 1));
-        const __m256i before = _mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i - 1)), lower);
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i - 1));
+        const __m256i before = _mm256_or_si256(raw, lower);
+        // url_break of the byte after and of the one before
+        const __m256i b_break = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(b, tab), _mm256_cmpeq_epi8(b, lf)),
+                                                _mm256_cmpeq_epi8(b, cr));
+        const __m256i before_break = _mm256_or_si256(
+            _mm256_or_si256(_mm256_cmpeq_epi8(raw, tab), _mm256_cmpeq_epi8(raw, lf)), _mm256_cmpeq_epi8(raw, cr));
         // A scheme's slashes are read at its ':' (not a mark of their own).
         const __m256i pair = _mm256_andnot_si256(
             _mm256_cmpeq_epi8(before, colon),
             _mm256_and_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(a, backslash)),
-                             _mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash))));
-        const __m256i scheme = _mm256_and_si256(_mm256_cmpeq_epi8(a, colon),
-                                                _mm256_or_si256(_mm256_cmpeq_epi8(before, _mm256_set1_epi8('p')),
-                                                                _mm256_cmpeq_epi8(before, _mm256_set1_epi8('s'))));
+                             _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash)),
+                                             b_break)));
+        const __m256i scheme = _mm256_and_si256(
+            _mm256_cmpeq_epi8(a, colon), _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(before, _mm256_set1_epi8('p')),
+                                                                          _mm256_cmpeq_epi8(before, _mm256_set1_epi8('s'))),
+                                                         before_break));
         const __m256i www = _mm256_and_si256(_mm256_cmpeq_epi8(a, dot), _mm256_cmpeq_epi8(before, _mm256_set1_epi8('w')));
         mask = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_or_si256(pair, _mm256_or_si256(scheme, www))));
         if (mask != 0) {
@@ -531,15 +546,25 @@ bool for_each_link_mark(std::string_view text, F&& f) {
     const __m128i colon = _mm_set1_epi8(':');
     const __m128i dot = _mm_set1_epi8('.');
     const __m128i lower = _mm_set1_epi8(0x20);
+    const __m128i tab = _mm_set1_epi8('\t');
+    const __m128i lf = _mm_set1_epi8('\n');
+    const __m128i cr = _mm_set1_epi8('\r');
     for (; i + 17 <= n; i += 16) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
-        const __m128i before = _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1)), lower);
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
+        const __m128i before = _mm_or_si128(raw, lower);
+        const __m128i b_break = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, tab), _mm_cmpeq_epi8(b, lf)), _mm_cmpeq_epi8(b, cr));
+        const __m128i before_break =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(raw, tab), _mm_cmpeq_epi8(raw, lf)), _mm_cmpeq_epi8(raw, cr));
         const __m128i pair = _mm_andnot_si128(
-            _mm_cmpeq_epi8(before, colon), _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
-                                                         _mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash))));
-        const __m128i scheme = _mm_and_si128(_mm_cmpeq_epi8(a, colon), _mm_or_si128(_mm_cmpeq_epi8(before, _mm_set1_epi8('p')),
-                                                                                    _mm_cmpeq_epi8(before, _mm_set1_epi8('s'))));
+            _mm_cmpeq_epi8(before, colon),
+            _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
+                          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash)), b_break)));
+        const __m128i scheme =
+            _mm_and_si128(_mm_cmpeq_epi8(a, colon), _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(before, _mm_set1_epi8('p')),
+                                                                              _mm_cmpeq_epi8(before, _mm_set1_epi8('s'))),
+                                                                 before_break));
         const __m128i www = _mm_and_si128(_mm_cmpeq_epi8(a, dot), _mm_cmpeq_epi8(before, _mm_set1_epi8('w')));
         auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(pair, _mm_or_si128(scheme, www))));
         while (m != 0) {
@@ -1988,8 +2013,6 @@ struct authority_end_table {
 };
 constexpr authority_end_table authority_end{};
 
-bool url_break(char c) { return c == '\t' || c == '\r' || c == '\n'; }
-
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
 // `authority_end_at`: where the authority ended in `text`.
 std::string_view read_host(std::string_view text, std::size_t from, std::size_t* authority_end_at = nullptr) {
@@ -2135,7 +2158,64 @@ bool word_before_is(std::string_view text, std::size_t end, std::string_view low
     return end == k || !table.word[b] || (scheme && b >= 0x80);
 }
 
-bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\''; }
+// Between `href` and a scheme-relative URL: ` = " '`, and the C0 controls: HTML reads tab,
+// line feed, form feed and carriage return around the '=' as blanks, and browsers trim any
+// of them from the start of a URL (`href="&Tab;//host"`).
+bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\'' || static_cast<unsigned char>(c) < 0x20; }
+
+// For a slash or backslash at `i`: the position past the second one of a scheme-relative
+// URL's two, with tabs and line breaks between them deleted as browsers do
+// (`href="/&Tab;/host"`); npos when no second one follows.
+std::size_t after_second_slash(std::string_view text, std::size_t i) {
+    std::size_t j = i + 1;
+    while (j < text.size() && url_break(text[j])) {
+        ++j;
+    }
+    return j < text.size() && link_slash(static_cast<unsigned char>(text[j])) ? j + 1 : std::string_view::npos;
+}
+
+// A scheme cut by tabs or line breaks, which browsers delete from a URL: for the ':' at
+// `colon`, the start of the `http` or `https` before it when its letters are cut by at least
+// one (`href="ht&Tab;tps://host"`, `href="https&NewLine;://host"`) and it starts a quoted
+// attribute value (after blanks, as url_host reads one); else npos. In text a cut word is no
+// link.
+std::size_t cut_scheme(std::string_view text, std::size_t colon) {
+    char letters[5];
+    std::size_t n = 0;
+    std::size_t i = colon;
+    while (i > 0) {
+        const char b = text[i - 1];
+        if (url_break(b)) {
+            --i;
+            continue;
+        }
+        const char l = static_cast<char>(b | 0x20);
+        if (l < 'a' || l > 'z') {
+            break;
+        }
+        if (n == sizeof letters) {
+            return std::string_view::npos;
+        }
+        letters[n++] = l;
+        --i;
+    }
+    const std::string_view word{letters, n};  // backwards
+    if (word != "ptth" && word != "sptth") {
+        return std::string_view::npos;
+    }
+    std::size_t start = i;
+    while (url_break(text[start])) {
+        ++start;  // the first letter
+    }
+    if (start + n == colon) {
+        return std::string_view::npos;  // not cut: word_before_is reads it
+    }
+    std::size_t q = i;
+    while (q > 0 && (text[q - 1] == ' ' || url_break(text[q - 1]))) {
+        --q;
+    }
+    return q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'') ? start : std::string_view::npos;
+}
 
 // Whether the byte after `www.` at `dot` can start a host (`www.` alone is no link).
 bool www_has_host(std::string_view text, std::size_t dot) {
@@ -2159,6 +2239,8 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
                 s = c - 4;
             } else if (word_before_is(text, c, "https", true)) {
                 s = c - 5;
+            } else {
+                s = cut_scheme(text, c);
             }
             start = s;
             from = c + 1;
@@ -2168,15 +2250,15 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
             }
             start = from = s;
         } else {  // two slashes not after a ':' (a scheme's are read at its ':')
+            from = after_second_slash(text, c);
             std::size_t q = c;
             while (q > 0 && href_gap(text[q - 1])) {
                 --q;
             }
-            if (word_before_is(text, q, "href")) {
+            if (from != std::string_view::npos && word_before_is(text, q, "href")) {
                 s = q - 4;
             }
             start = c;
-            from = c + 2;
         }
         if (s == std::string_view::npos) {
             return false;
@@ -2215,6 +2297,20 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         if (len >= 11 && !unsubscribe && contains_unsubscribe(text, s, e)) {
             unsubscribe = true;
         }
+        if (g.check_links) {
+            // A scheme cut by tabs or line breaks (cut_scheme), found at its first piece.
+            std::size_t k = s;
+            while (k < text.size() && (url_break(text[k]) || ((text[k] | 0x20) >= 'a' && (text[k] | 0x20) <= 'z'))) {
+                ++k;
+            }
+            if (k < text.size() && text[k] == ':' && cut_scheme(text, k) == s) {
+                const std::string_view host = url_host(text, k + 1, s);
+                if (!host.empty() && !g.link_domains.contains(host)) {
+                    set_hit(hit, link_finding(host), s);
+                    return true;
+                }
+            }
+        }
         if (g.check_links && len >= 4 && e < text.size() && text[e] == ':') {
             // A word that is the scheme, or ends in it after a non-ASCII byte (`“https`).
             for (const std::string_view scheme : {std::string_view{"https"}, std::string_view{"http"}}) {
@@ -2246,9 +2342,11 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
             while (i < text.size() && href_gap(text[i])) {
                 ++i;
             }
-            if (i + 1 < text.size() && link_slash(static_cast<unsigned char>(text[i])) &&
-                link_slash(static_cast<unsigned char>(text[i + 1]))) {
-                const std::string_view host = url_host(text, i + 2, i);
+            const std::size_t after = i < text.size() && link_slash(static_cast<unsigned char>(text[i]))
+                                          ? after_second_slash(text, i)
+                                          : std::string_view::npos;
+            if (after != std::string_view::npos) {
+                const std::string_view host = url_host(text, after, i);
                 if (!host.empty() && !g.link_domains.contains(host)) {
                     set_hit(hit, link_finding(host), s);
                     return true;

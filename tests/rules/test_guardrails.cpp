@@ -1180,7 +1180,15 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<a href=\"https://example.com,\t@evil.io/\">x</a>)j",
                                    R"j(<a href=\" https://example.com\t.evil.io/\">x</a>)j", "Visit www.evil.io today",
                                    "(www.EVIL.io/x)", "<p>www.evil.io</p>", "Web:www.evil.io",
-                                   "\xE2\x80\x9Cwww.evil.io\xE2\x80\x9D"}) {
+                                   "\xE2\x80\x9Cwww.evil.io\xE2\x80\x9D",
+                                   // Tabs and line breaks in the scheme or between the slashes
+                                   // (browsers delete them from a URL), and the blanks HTML
+                                   // allows around an attribute's '=' or trims before a URL.
+                                   R"j(<a href=\"ht\ttps://evil.io/\">x</a>)j", R"j(<a href=\"https\n://evil.io/\">x</a>)j",
+                                   R"j(<a href=\"http\t:evil.io/\">x</a>)j", R"j(<a href='H\r\nTTP://evil.io/'>x</a>)j",
+                                   R"j(<a href=\"/\t/evil.io/x\">x</a>)j", R"j(<a href=\"\\\n\\evil.io/x\">x</a>)j",
+                                   R"j(<a href=\"\t//evil.io/x\">x</a>)j", R"j(<a href=\n\"//evil.io/x\">x</a>)j",
+                                   R"j(<a href\r\n=\"//evil.io/x\">x</a>)j", R"j(<a href=\"\u000c//evil.io/x\">x</a>)j"}) {
         const std::string b = sendgrid(link);
         const auto hit = f.check_body(b);
         ASSERT_EQ(hit.outcome, verdict::violated) << link;
@@ -1198,7 +1206,10 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(Shop at https://www.example.com\nThanks)j", R"j(https:\/\/www.example.com\/x)j",
                                    R"j(<a href=\"https://www.example.com\t\">x</a>)j",
                                    "[www.example.com](https://www.example.com)", "**www.example.com**",
-                                   R"j(Your settings:\nHTTPS:\tEnabled)j", R"j(Webhooks need HTTPS:\nPlease check)j"}) {
+                                   R"j(Your settings:\nHTTPS:\tEnabled)j", R"j(Webhooks need HTTPS:\nPlease check)j",
+                                   // A scheme cut by a line break in text (not a URL in an attribute).
+                                   R"j(Read ht\ntps://evil.io later)j", R"j(Protocols: http\n: plain, https\n: secure)j",
+                                   R"j(<p>ht\ttps://evil.io</p>)j", R"j(<a href=\"/\t\">x</a>)j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
 }
@@ -2866,7 +2877,8 @@ struct text_gen {
             case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
-                                "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->"});
+                                "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
+                                "\r\n", "/\t/", "\f", "href=\"\t"});
         }
     }
 
