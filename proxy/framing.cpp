@@ -122,13 +122,14 @@ std::string_view ambiguous_path(std::string_view path) {
             if (a == '3' && b == 'b') {
                 return "an encoded path parameter separator (%3B)";
             }
-            // An unreserved character percent-encoded (/v3/mail/%73end): RFC 3986 says it
-            // is the same path as the decoded one, so an upstream may serve /v3/mail/send
-            // for it while our routes (and their rules) would not have matched it.
+            // An unreserved character percent-encoded (/v3/mail/%73end, /v3/mg%2Eexample.com/
+            // messages): RFC 3986 says it is the same path as the decoded one, so an upstream
+            // may serve /v3/mail/send for it while our routes (and their rules) would not have
+            // matched it.
             if (const int hi = hex_digit_value(path[i + 1]), lo = hex_digit_value(path[i + 2]); hi >= 0 && lo >= 0) {
                 const char d = static_cast<char>(hi * 16 + lo);
                 if ((d >= 'a' && d <= 'z') || (d >= 'A' && d <= 'Z') || (d >= '0' && d <= '9') || d == '-' ||
-                    d == '_' || d == '~') {
+                    d == '.' || d == '_' || d == '~') {
                     return "a percent-encoded unreserved character (use the character itself)";
                 }
             }
