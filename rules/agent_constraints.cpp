@@ -721,8 +721,19 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
 
 namespace {
 
-// /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash):
-// the resources whose POST body carries requests of their own.
+// Salesforce reads a resource with `.json` or `.xml` appended (the response's format, in
+// REST API versions up to 57.0) as the resource itself: `/composite.json` is /composite.
+std::string_view without_format_suffix(std::string_view path) {
+    for (const std::string_view ext : {".json", ".xml"}) {
+        if (path.size() > ext.size() && iequals(path.substr(path.size() - ext.size()), ext)) {
+            return path.substr(0, path.size() - ext.size());
+        }
+    }
+    return path;
+}
+
+// /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash,
+// a format suffix): the resources whose POST body carries requests of their own.
 bool salesforce_composite_path(std::string_view path) {
     constexpr std::string_view head = "/services/data/v";
     if (path.size() < head.size() || !iequals(path.substr(0, head.size()), head)) {
@@ -736,7 +747,7 @@ bool salesforce_composite_path(std::string_view path) {
     if (i == version) {
         return false;
     }
-    std::string_view rest = path.substr(i);
+    std::string_view rest = without_format_suffix(path.substr(i));
     if (rest.size() > 1 && rest.back() == '/') {
         rest.remove_suffix(1);
     }
@@ -827,6 +838,7 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
     }
     constexpr const char* unreadable = "the composite request's subrequests cannot be read (the body is not JSON "
                                        "with method and url strings)";
+    body = without_bom(body);  // as Salesforce's JSON reader (Jackson) reads past it
     scratch& s = local();
     element root;
     if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
@@ -888,7 +900,8 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
         // upstream reading it its own way may find a DELETE the rules never saw. Not JSON at
         // all (an XML batch) is the rules' to judge.
         element root;
-        if (local().parser.parse(body.data(), body.size()).get(root) == simdjson::SUCCESS) {
+        const std::string_view json = without_bom(body);
+        if (local().parser.parse(json.data(), json.size()).get(root) == simdjson::SUCCESS) {
             return {"bad_body", unreadable + ": delete caps and agent scopes judge each subrequest, so every one "
                                              "must read as an object with method and url strings"};
         }
@@ -918,7 +931,7 @@ std::string constrained_subrequests(std::string_view path, std::string_view body
         if (subs[i].method == "GET" || subs[i].method == "HEAD") {
             continue;  // the action's description: nothing is sent
         }
-        std::string_view p = subs[i].path;
+        std::string_view p = without_format_suffix(subs[i].path);
         while (p.size() > 1 && p.back() == '/') {
             p.remove_suffix(1);
         }

@@ -567,6 +567,9 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
         // The Tooling API's composite and Connect's batch (URLs relative to /services/data).
         {"/services/data/v59.0/tooling/composite", R"({"compositeRequest":[)" + del + "]}"},
         {"/services/data/v59.0/connect/batch", R"({"batchRequests":[{"method":"Delete","url":"/v59.0/chatter/feed-elements/0D5xx"}]})"},
+        // A format suffix names the same resource (REST API up to 57.0).
+        {"/services/data/v57.0/composite.json", R"({"compositeRequest":[)" + del + "]}"},
+        {"/services/data/v57.0/composite/batch.JSON", R"({"batchRequests":[{"method":"delete","url":"v57.0/sobjects/Contact/003xx"}]})"},
     };
     for (const auto& [path, body] : refused) {
         const auto r = post(path, body);
@@ -589,7 +592,9 @@ TEST(agents, composite_subrequests_are_held_to_the_allow_list) {
     // count DELETE subrequests (400, as a `_method` form field is).
     for (const std::string body :
          {R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/composite/sobjects?ids=a,b&_HttpMethod=DELETE"}]})",
-          R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx","httpHeaders":{"X-HTTP-Method-Override":"DELETE"}}]})"}) {
+          R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx","httpHeaders":{"X-HTTP-Method-Override":"DELETE"}}]})",
+          // After a byte order mark, which Salesforce's JSON reader passes over.
+          "\xEF\xBB\xBF" R"({"compositeRequest":[{"method":"POST","url":"/services/data/v59.0/sobjects/Contact/003xx?_HttpMethod=DELETE"}]})"}) {
         const auto r = post("/services/data/v59.0/composite", body, "admin-key");
         EXPECT_EQ(r.result_int(), 400u) << body << ": " << r.body();
         EXPECT_EQ(code_of(r), "method_override") << r.body();
