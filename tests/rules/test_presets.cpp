@@ -219,6 +219,9 @@ TEST(Presets, SalesforceEmailSimpleRecipients) {
        "ccRecipientAddressList": "carl@example.com", "bccRecipientAddressCollection": ["d@example.com", "e@example.com"]},
       {"emailAddressesArray": ["f@example.com"], "recipientId": "003xx000004TmiQAAS", "emailTemplateId": "00Xxx"}]})j";
     EXPECT_EQ(measure("salesforce.email_simple.recipients", req), 7);
+    req.path = "/services/data/v57.0/actions/standard/emailSimple.json";
+    EXPECT_EQ(measure("salesforce.email_simple.recipients", req), 7);
+    req.path = "/services/data/v64.0/actions/standard/emailSimple";
     // Unset fields written as null (clients that serialise every field) count nothing.
     req.body = R"j({"inputs": [{"emailAddresses": "ann@example.com", "ccRecipientAddressList": null,
       "bccRecipientAddressCollection": null, "recipientId": null, "emailSubject": "s", "emailBody": "b"}]})j";
@@ -524,6 +527,13 @@ TEST(Presets, SalesforceCompositeDeletes) {
     // 1 + 3 + 2: the lower-case method and key, and the encoded comma, count as an upstream
     // reading them so would delete; the GET and the PATCH do not.
     EXPECT_EQ(measure("salesforce.composite.deletes", req), 6);
+    // With the response format appended (REST API up to 57.0): the same resource.
+    for (const char* path : {"/services/data/v57.0/composite.json", "/services/data/v57.0/Composite.XML"}) {
+        req.path = path;
+        EXPECT_EQ(measure("salesforce.composite.deletes", req), 6) << path;
+    }
+    req.path = "/services/data/v57.0/composite.jsonx";
+    EXPECT_EQ(measure("salesforce.composite.deletes", req), 0) << "another resource: the preset does not match";
 
     req.path = "/services/data/v59.0/composite/batch";
     req.body = R"j({"haltOnError": false, "batchRequests": [
