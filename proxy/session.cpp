@@ -1482,6 +1482,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                    false);
                     break;
                 }
+                if (w.draining()) {
+                    // A tunnel opened now would be cut at the end of the drain, its first
+                    // request unanswered: the client opens it again elsewhere.
+                    co_await reply({http::status::service_unavailable, "rejected", "draining",
+                                    "breakerbox is shutting down: open the tunnel again"},
+                                   false);
+                    break;
+                }
                 const auto dest = parse_authority(req.target());
                 if (!dest) {
                     co_await reply({http::status::bad_request, "rejected", "bad_target", "CONNECT needs host:port"}, false);

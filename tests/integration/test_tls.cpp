@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <string>
+#include <thread>
 #include <tuple>
 
 #include <sys/socket.h>
@@ -893,6 +895,43 @@ TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
 }
 
 // A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
+// A CONNECT whose head was still coming in when the drain began gets no tunnel: one opened
+// then would be cut at the end of the drain, its first request unanswered.
+TEST(forward_proxy, a_connect_finished_during_a_drain_is_refused) {
+    auto drained = std::make_shared<std::promise<void>>();
+    std::shared_future<void> drain_seen = drained->get_future().share();
+    fake_upstream api{[drain_seen](const request&) {
+                          drain_seen.wait_for(std::chrono::seconds{10});
+                          return respond(200, "done");
+                      },
+                      cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port())};
+    const std::string target = "localhost:" + std::to_string(api.port());
+    // One request in flight holds the drain open.
+    raw_client busy{bb.port()};
+    busy.send("GET http://" + target + "/x HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+    ASSERT_TRUE(api.wait_for([&] { return api.request_count() == 1; }));
+    // Part of a CONNECT's head; then another connection's request, which the one worker
+    // answers itself only after reading those bytes (they were in before it connected).
+    raw_client tunnel{bb.port()};
+    tunnel.send("CONNECT " + target + " HTTP/1.1\r\n");
+    raw_client second{bb.port()};
+    second.send("GET http://wrong.example/y HTTP/1.1\r\nHost: wrong.example\r\n\r\n");
+    ASSERT_EQ(second.read_response().result_int(), 403u);
+    raw_client idle{bb.port()};
+    std::thread stopper{[&] { bb.stop(); }};
+    const bool idle_closed = idle.closed_by_server();  // the drain has begun
+    tunnel.send("Host: " + target + "\r\n\r\n");
+    auto res = tunnel.read_response();
+    tunnel.close();  // (breakerbox reads a closing connection to its end before it lets go)
+    drained->set_value();
+    EXPECT_EQ(busy.read_response().body(), "done");
+    stopper.join();
+    EXPECT_TRUE(idle_closed);
+    EXPECT_EQ(res.result_int(), 503u) << res.body();
+    EXPECT_NE(res.body().find("\"draining\""), std::string::npos) << res.body();
+}
+
 TEST(forward_proxy, an_idle_blind_tunnel_is_closed) {
     fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
     proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())), R"({"idle_timeout": "300ms"})")};
