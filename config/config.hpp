@@ -9,12 +9,14 @@
 #include "core/json_reader.hpp"
 #include "rules/agent_constraints.hpp"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bb {
@@ -67,6 +69,19 @@ struct agent_scope {
     std::vector<std::string> routes;
     std::vector<std::string> methods;  // upper case
     std::vector<std::string> paths;    // exact, or a prefix ending in "*"
+
+    bool allows_route(std::string_view route) const {
+        return routes.empty() || std::find(routes.begin(), routes.end(), route) != routes.end();
+    }
+    bool allows_method(std::string_view method) const {
+        return methods.empty() || std::find(methods.begin(), methods.end(), method) != methods.end();
+    }
+    bool allows_path(std::string_view path) const {
+        return paths.empty() || std::any_of(paths.begin(), paths.end(), [&](const std::string& p) {
+                   return p.back() == '*' ? path.substr(0, p.size() - 1) == std::string_view{p}.substr(0, p.size() - 1)
+                                          : path == p;
+               });
+    }
 };
 
 struct agent_config {

@@ -146,6 +146,69 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
     return page;
 }
 
+namespace {
+
+// What the agent's allow list and body constraints say now of a held request, as step 5 of
+// the live path would judge it ("" when they let it through): a reload that narrowed them
+// (the agent misfired) must not have a release send what they would refuse live. The route
+// is the one it was held on; a composite request's subrequests are held to the methods and
+// paths (their routes are matched against a live request's destination: not re-judged).
+std::string scope_now(const agent_config& a, const store::held_request& rec, const target_parts& tp,
+                      const upstream_config& up) {
+    const agent_scope& scope = a.allow;
+    if (!scope.allows_route(rec.route)) {
+        return "route " + rec.route;
+    }
+    if (!scope.allows_method(rec.method)) {
+        return "method " + rec.method;
+    }
+    if (!scope.allows_path(tp.path)) {
+        return "path " + std::string{tp.path};
+    }
+    const std::string upstream_path = up.base_path + std::string{tp.path};
+    std::string_view content_type;
+    for (const auto& [name, value] : rec.headers) {
+        if (iequals(name, "content-type")) {
+            content_type = value;
+        }
+    }
+    const auto q = tp.origin_form.find('?');
+    const std::string_view query = q == std::string_view::npos ? std::string_view{} : tp.origin_form.substr(q + 1);
+    std::vector<rules::subrequest> subs;
+    if (rec.method == "POST" && (!scope.methods.empty() || !scope.paths.empty() || !scope.routes.empty())) {
+        if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
+            return "this composite request: " + unreadable;
+        }
+        for (std::size_t i = 0; i < subs.size(); ++i) {
+            std::string_view own = subs[i].path;
+            if (!up.base_path.empty() && own.starts_with(up.base_path)) {
+                own.remove_prefix(up.base_path.size());
+                own = own.empty() ? std::string_view{"/"} : own;
+            }
+            const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
+            if (!scope.allows_method(subs[i].method)) {
+                return "method " + subs[i].method.substr(0, 16) + which;
+            }
+            if (!scope.allows_path(own)) {
+                return "path " + std::string{own.substr(0, 256)} + which;
+            }
+        }
+    }
+    if (!a.constraints.empty()) {
+        auto broken = rec.method == "POST" ? rules::constrained_subrequests(upstream_path, rec.body, &ambiguous_path, nullptr)
+                                           : std::string{};
+        if (broken.empty()) {
+            broken = rules::check_body_constraints(a.constraints, content_type, rec.body, query, upstream_path);
+        }
+        if (!broken.empty()) {
+            return broken + " (its constraints)";
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
                                                         std::optional<store::held_state> expected,
                                                         std::optional<std::uint32_t> expected_attempts) {
@@ -218,6 +281,20 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         if (upstream_index == cfg.upstreams.size()) {
             return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
                                                                " is no longer configured; nothing was sent");
+        }
+        if (const auto a = std::find_if(cfg.agents.begin(), cfg.agents.end(),
+                                        [&](const agent_config& c) { return c.id == rec->agent; });
+            !rec->agent.empty() && a != cfg.agents.end()) {
+            target_parts tp;
+            if (split_target(rec->target, tp)) {
+                if (const auto why = scope_now(*a, *rec, tp, cfg.upstreams[upstream_index]); !why.empty()) {
+                    return store::result::failure("out_of_scope", "agent " + rec->agent + " may no longer send " +
+                                                                      ticket + ": " + why +
+                                                                      " (its allow list and constraints in the config "
+                                                                      "now); widen them to release it, or discard it; "
+                                                                      "nothing was sent");
+                }
+            }
         }
         return std::nullopt;
     };

@@ -1727,17 +1727,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         thread_local std::vector<rules::subrequest> subs;
         if (agent != nullptr) {
             const auto& scope = agent->allow;
-            auto method_allowed = [&](std::string_view m) {
-                return scope.methods.empty() || std::find(scope.methods.begin(), scope.methods.end(), m) != scope.methods.end();
-            };
-            auto path_allowed = [&](std::string_view path) {
-                return scope.paths.empty() || std::any_of(scope.paths.begin(), scope.paths.end(), [&](const std::string& p) {
-                           return p.back() == '*' ? path.substr(0, p.size() - 1) == std::string_view{p}.substr(0, p.size() - 1)
-                                                  : path == p;
-                       });
-            };
+            auto method_allowed = [&](std::string_view m) { return scope.allows_method(m); };
+            auto path_allowed = [&](std::string_view path) { return scope.allows_path(path); };
             std::string why;
-            if (!scope.routes.empty() && std::find(scope.routes.begin(), scope.routes.end(), route->name) == scope.routes.end()) {
+            if (!scope.allows_route(route->name)) {
                 why = "route " + route->name;
             } else if (!method_allowed(req.method_string())) {
                 why = "method " + std::string{req.method_string()};
@@ -1785,7 +1778,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         why = "path " + std::string{own_path.substr(0, 256)} + which;
                     } else if (!scope.routes.empty() &&
                                (sub_route == nullptr || sub_route->upstream_index != upstream_index ||
-                                std::find(scope.routes.begin(), scope.routes.end(), sub_route->name) == scope.routes.end())) {
+                                !scope.allows_route(sub_route->name))) {
                         why = (sub_route != nullptr && sub_route->upstream_index == upstream_index
                                    ? "route " + sub_route->name
                                    : "route (none of upstream " + cfg->upstreams[upstream_index].name + " takes " +

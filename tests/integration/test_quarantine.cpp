@@ -1370,6 +1370,55 @@ TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
     EXPECT_EQ(db->get(second)->state, bb::store::held_state::release_failed);
 }
 
+// An agent's allow list or constraints narrowed after its request was held (it misfired):
+// a release, one by one or in bulk, sends nothing they would refuse live now.
+TEST(quarantine, a_release_is_held_to_the_agents_scope_and_constraints_as_they_are_now) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto json = [&](const std::string& agent_fields) {
+        std::string cfg = quarantine_config(up.port(), dir, 0);
+        cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") +
+                                       "\"]" + agent_fields + "}]");
+        return cfg;
+    };
+    auto with = [&](const std::string& agent_fields) {
+        auto parsed = bb::parse_config(json(agent_fields));
+        EXPECT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+        return parsed.cfg;
+    };
+    const std::string as_held = R"(, "allow": {"methods": ["POST"], "paths": ["/v3/*"]}, "constraints": {"max_recipients": 5})";
+    proxy_instance bb{json(as_held)};
+    // (`to` is what the test config's rule counts, to hold it.)
+    const std::string two = R"({"to":[1],"personalizations":[{"to":[{"email":"a@example.com"},{"email":"b@example.com"}]}],)"
+                            R"("from":{"email":"news@example.com"},"subject":"s","content":[{"type":"text/plain","value":"v"}]})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", two,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_FALSE(ticket.empty()) << "held";
+    bb::store::list_filter all;
+    for (const auto& [fields, why] : std::vector<std::pair<std::string, std::string>>{
+             {R"(, "allow": {"methods": ["GET"]})", "method POST"},
+             {R"(, "allow": {"paths": ["/v2/*"]})", "path /v3/mail/send"},
+             {R"(, "constraints": {"max_recipients": 1})", "recipients"}}) {
+        bb.server().apply_config(with(fields));
+        const auto refused = bb.server().remediation().release(ticket, "ops").get();
+        EXPECT_FALSE(refused.ok) << fields;
+        EXPECT_EQ(refused.code, "out_of_scope") << refused.message;
+        EXPECT_NE(refused.message.find(why), std::string::npos) << refused.message;
+        EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
+        EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+        const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
+        EXPECT_EQ(bulk.released, 0u) << fields;
+        EXPECT_EQ(bulk.skipped, 1u) << fields;
+        EXPECT_EQ(up.request_count(), 0u) << fields;
+    }
+    // Widened again (as it was when held): released.
+    bb.server().apply_config(with(as_held));
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
     // Held while the agent could send for real; the operator then put it in sandbox mode: a
     // release would be a real send of an agent that must not reach customers.
