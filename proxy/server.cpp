@@ -1620,11 +1620,15 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
                 }
             }
         }
-        if (cfg_->store.path != cfg->store.path || cfg_->store.group_commit != cfg->store.group_commit) {
-            warnings.push_back("store.path and store.group_commit are fixed until restart; the new values were not "
-                               "applied (the other store settings were)");
+        // (The Idempotency-Key header too: held requests and remembered live sends are found
+        // by its value, and a retry read under another name would be sent live beside its hold.)
+        if (cfg_->store.path != cfg->store.path || cfg_->store.group_commit != cfg->store.group_commit ||
+            cfg_->store.idempotency_header != cfg->store.idempotency_header) {
+            warnings.push_back("store.path, store.group_commit and store.idempotency_header are fixed until restart; "
+                               "the new values were not applied (the other store settings were)");
             patch()->store.path = cfg_->store.path;
             patch()->store.group_commit = cfg_->store.group_commit;
+            patch()->store.idempotency_header = cfg_->store.idempotency_header;
         }
         if (cfg_->admin.enabled != cfg->admin.enabled || cfg_->admin.host != cfg->admin.host ||
             cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {

@@ -256,6 +256,15 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     const auto running = f.bb.server().current_config();
     EXPECT_EQ(running->workers, 2u);
     EXPECT_EQ(running->store.retention, std::chrono::hours{2});
+    // The Idempotency-Key header: held requests are found by its value, so a retry read
+    // under another name would go live beside its hold.
+    next = admin_config(f.up.port(), f.dir);
+    next.replace(next.find(store), store.size(), store + ", \"idempotency_header\": \"X-Dedupe\"");
+    const auto renamed = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"rename\",\"config\":" + next + "}");
+    ASSERT_EQ(renamed.result_int(), 200u) << renamed.body();
+    EXPECT_NE(renamed.body().find("store.idempotency_header are fixed until restart"), std::string::npos) << renamed.body();
+    EXPECT_EQ(f.bb.server().current_config()->store.idempotency_header, "Idempotency-Key");
 }
 
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
