@@ -1065,9 +1065,7 @@ void server::report_store_trouble(const std::string& message) {
     if (!dispatcher) {
         return;
     }
-    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::steady_clock::now().time_since_epoch())
-                            .count();
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now().time_since_epoch()).count();
     auto last = last_store_alert_ms_.load();
     if (now_ms - last < 60'000 || !last_store_alert_ms_.compare_exchange_strong(last, now_ms)) {
         return;  // one alert a minute is enough to wake someone; the log has every failure

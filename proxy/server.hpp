@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <deque>
+#include <limits>
 #include <list>
 #include <map>
 #include <mutex>
@@ -502,7 +503,10 @@ private:
     // The sinks' ca_file contents as the running dispatcher loaded them (alert_ca_digest): a
     // reload that changes one (a rotated private CA, same path) replaces the dispatcher.
     std::string alerts_ca_digest_;
-    std::atomic<std::int64_t> last_store_alert_ms_{0};
+    // When the last store_trouble alert went out (now(), ms); long before any clock reading
+    // at first (0 would hold back the first alert within a minute of the clock's start: a
+    // host's boot, for the steady clock).
+    std::atomic<std::int64_t> last_store_alert_ms_{std::numeric_limits<std::int64_t>::min() / 2};
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;

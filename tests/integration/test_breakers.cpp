@@ -1303,6 +1303,32 @@ TEST(alerts, a_forced_open_that_expires_resolves_its_page) {
     EXPECT_NE(reqs[1].req.body().find("campaign-volume/launch"), std::string::npos) << reqs[1].req.body();
 }
 
+// The store failing is paged at once, then at most once a minute: also in the first minute of
+// the clock (the steady clock starts at the host's boot: a breakerbox started with it).
+TEST(alerts, store_trouble_is_paged_at_once_and_then_once_a_minute) {
+    fake_upstream up;
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    bb::manual_clock clock;
+    clock.set(bb::time_point{});  // at the steady clock's start: a host just booted
+    proxy_instance bb{one_route_config(up.port(), dir,
+                                       R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                           std::to_string(hook.port()) + R"(/hook"}]},)"),
+                      &clock};
+    bb.server().report_store_trouble("disk full");
+    clock.advance(30s);
+    bb.server().report_store_trouble("disk still full");
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 1u);
+    EXPECT_NE(hook.requests()[0].req.body().find("\"event\":\"store_trouble\""), std::string::npos)
+        << hook.requests()[0].req.body();
+    EXPECT_NE(hook.requests()[0].req.body().find("disk full"), std::string::npos) << hook.requests()[0].req.body();
+    clock.advance(31s);
+    bb.server().report_store_trouble("disk full again");
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 2u);
+}
+
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends
 // that mode too, and must resolve the page (it was sent as a mode change: a second page under
 // the same dedup key).
