@@ -1567,12 +1567,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // Not metered, but an agent an operator switched off opens nothing (and
                     // its open tunnels close: see tunnel_watchdog).
                     if (tunnel_agent != nullptr && rt.breakers->any_active()) {
-                        const auto adm = rt.breakers->admit("agent/" + tunnel_agent->id, w.owner().now());
+                        const std::string kill_switch = "agent/" + tunnel_agent->id;
+                        const auto adm = rt.breakers->admit(kill_switch, w.owner().now());
                         if (adm.v == breakers::admission::verdict::contain) {
                             error_info e{http::status::service_unavailable, "paused", "agent_disabled",
                                          "agent " + tunnel_agent->id + " is switched off by an operator (breaker agent/" +
                                              tunnel_agent->id + ")"};
                             e.retry_after_s = std::max(1u, static_cast<unsigned>((adm.retry_after.count() + 999) / 1000));
+                            e.breaker = kill_switch;
+                            // As any containment: told only once the saved state holds the
+                            // operator's switch-off (a crash then finds it so).
+                            if (must_settle(w.owner(), adm.change) && !co_await await_persist(w.owner())) {
+                                spdlog::error("breaker state for agent/{} could not be persisted", tunnel_agent->id);
+                            }
                             co_await reply(e, false);
                             break;
                         }

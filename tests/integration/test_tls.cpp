@@ -739,6 +739,32 @@ TEST(forward_proxy, a_switched_off_agent_opens_no_blind_tunnel_and_loses_its_ope
     EXPECT_NE(scoped_answer.find("may not open a blind tunnel"), std::string::npos) << scoped_answer;
 }
 
+// The kill switch's 503 to a CONNECT reports a breaker's containment: it goes out only once
+// the saved state holds the switch-off, as on the request path (a crash right after it finds
+// the agent switched off).
+TEST(forward_proxy, a_switched_off_agents_connect_is_refused_only_once_the_switch_off_is_saved) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    const std::string target = "127.0.0.1:" + std::to_string(api.port());
+    proxy_instance bb{forward_config(api.port(), q(target))};
+    std::thread client;
+    std::shared_ptr<void> resume{nullptr, [&](void*) {
+                                     bb.server().pause_breaker_state_writes(false);
+                                     if (client.joinable()) {
+                                         client.join();
+                                     }
+                                 }};
+    bb.server().pause_breaker_state_writes(true);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("agent/tunneler", "ops", "runaway loop", bb.server().now()));
+    std::promise<std::string> answer;
+    auto answered = answer.get_future();
+    client = std::thread{[&] { answer.set_value(connect_to(bb.port(), target, "Proxy-Authorization: Bearer tunneler-key\r\n").second); }};
+    EXPECT_EQ(answered.wait_for(std::chrono::milliseconds{300}), std::future_status::timeout)
+        << "refused while the switch-off it reports is not saved";
+    resume.reset();
+    const auto head = answered.get();
+    EXPECT_EQ(head.rfind("HTTP/1.1 503", 0), 0u) << head;
+}
+
 // An open blind tunnel is judged again (every second) against the config now running: a
 // reload that revokes the key that opened it closes it, while a tunnel nobody identified
 // stays; a reload that requires an agent on the listener closes that one too.
