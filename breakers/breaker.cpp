@@ -1356,9 +1356,14 @@ void breaker_registry::restore(const std::vector<instance_snapshot>& saved, time
                 // A key's bypass (an operator's forced_closed or metrics_only for that key)
                 // landing on another instance (keys folded when the scope became the whole
                 // breaker, or past max_instances into the overflow) would exempt every key
-                // there: only the state under it comes back, enforced.
+                // there: only the state under it comes back, enforced. An operator's trip
+                // under it on a breaker that resets by itself comes back as the bypass's end
+                // would give it back (hands_trip_back): forced_open, held until reset, not
+                // left to a probe.
                 instance_snapshot enforced = snap;
-                enforced.md = mode::automatic;
+                const bool operators_trip = s->cfg.reset == reset_policy::automatic && snap.st != state::closed &&
+                                            snap.last_trip && snap.last_trip->cause.kind == "manual";
+                enforced.md = operators_trip ? mode::forced_open : mode::automatic;
                 enforced.mode_expires.reset();
                 in.restore(enforced, now, at_start);
                 return true;

@@ -284,6 +284,35 @@ TEST_F(registry_test, an_instance_restored_without_its_probe_round_waits_a_whole
     EXPECT_EQ(reg().admit("cv", now()).v, verdict::probe);
 }
 
+// On a breaker that resets by itself, an operator's trip of a key under that key's timed
+// bypass is given back as forced_open when the bypass ends. Folded into another instance by
+// a reload or restart (the bypass does not come along), it comes back so at once: held until
+// reset, not closed by the first probe after its cooldown.
+TEST_F(registry_test, an_operators_trip_under_a_keys_bypass_stays_held_when_keys_fold) {
+    auto b = make_config("cv", action::pause, reset_policy::automatic);
+    b.cooldown = 10s;
+    make({b});
+    ASSERT_TRUE(reg().manual_trip("cv/k", "alice", "runaway", now()));
+    ASSERT_TRUE(reg().set_mode("cv/k", mode::forced_closed, 15min, "alice", "let one through", now()));
+    const auto saved = reg().snapshot(now());
+    ASSERT_EQ(saved.size(), 1u);
+    auto folded = b;
+    folded.per_key = false;
+    breaker_registry again{{folded}};
+    again.restore(saved, now());
+    EXPECT_EQ(again.get("cv", now())->md, mode::forced_open);
+    clock_.advance(1min);
+    EXPECT_EQ(again.admit("cv", now()).v, verdict::contain) << "no probe after the cooldown";
+    // A rule's trip under the bypass recovers by itself, as it would have unfolded.
+    auto by_rule = saved;
+    auto t = std::make_shared<transition>(*by_rule[0].last_trip);
+    t->cause.kind = "rule";
+    by_rule[0].last_trip = t;
+    breaker_registry rule_tripped{{folded}};
+    rule_tripped.restore(by_rule, now());
+    EXPECT_EQ(rule_tripped.get("cv", now())->md, mode::automatic);
+}
+
 // An operator's trip saved on a breaker that reset by hand then, restored where it now
 // resets by itself, holds as manual_trip holds there: no probe closes it.
 TEST_F(registry_test, an_operators_trip_stays_held_when_the_breaker_now_resets_by_itself) {
