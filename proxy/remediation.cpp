@@ -166,10 +166,10 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
         return "path " + std::string{tp.path};
     }
     const std::string upstream_path = up.base_path + std::string{tp.path};
-    std::string_view content_type;
-    for (const auto& [name, value] : rec.headers) {
-        if (iequals(name, "content-type")) {
-            content_type = value;
+    std::string_view content_type;  // the first, as the live path reads it
+    for (auto it = rec.headers.rbegin(); it != rec.headers.rend(); ++it) {
+        if (iequals(it->first, "content-type")) {
+            content_type = it->second;
         }
     }
     const auto q = tp.origin_form.find('?');
@@ -179,13 +179,24 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
         if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
             return "this composite request: " + unreadable;
         }
+        const std::string& base = up.base_path;
         for (std::size_t i = 0; i < subs.size(); ++i) {
-            std::string_view own = subs[i].path;
-            if (!up.base_path.empty() && own.starts_with(up.base_path)) {
-                own.remove_prefix(up.base_path.size());
-                own = own.empty() ? std::string_view{"/"} : own;
-            }
+            const std::string& path = subs[i].path;
             const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
+            const bool under_base =
+                base.empty() || (path.starts_with(base) && (path.size() == base.size() || path[base.size()] == '/'));
+            if (const auto amb = ambiguous_path(path); !amb.empty()) {
+                return "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
+                       std::string{amb};
+            }
+            if (!under_base) {
+                return "path " + path.substr(0, 256) + which + " (outside upstream " + up.name + "'s base path " + base +
+                       ")";
+            }
+            std::string_view own = path;
+            if (!base.empty()) {
+                own = path.size() == base.size() ? std::string_view{"/"} : own.substr(base.size());
+            }
             if (!scope.allows_method(subs[i].method)) {
                 return "method " + subs[i].method.substr(0, 16) + which;
             }

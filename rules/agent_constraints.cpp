@@ -747,10 +747,11 @@ bool salesforce_composite_path(std::string_view path) {
     if (i == version) {
         return false;
     }
-    std::string_view rest = without_format_suffix(path.substr(i));
+    std::string_view rest = path.substr(i);
     if (rest.size() > 1 && rest.back() == '/') {
         rest.remove_suffix(1);
     }
+    rest = without_format_suffix(rest);  // (after the slash, as the presets' paths read it)
     for (const std::string_view r : {"/composite", "/composite/batch", "/composite/graph", "/tooling/composite",
                                      "/tooling/composite/batch", "/connect/batch"}) {
         if (iequals(rest, r)) {
@@ -931,10 +932,11 @@ std::string constrained_subrequests(std::string_view path, std::string_view body
         if (subs[i].method == "GET" || subs[i].method == "HEAD") {
             continue;  // the action's description: nothing is sent
         }
-        std::string_view p = without_format_suffix(subs[i].path);
+        std::string_view p = subs[i].path;
         while (p.size() > 1 && p.back() == '/') {
             p.remove_suffix(1);
         }
+        p = without_format_suffix(p);
         if (p.size() >= action.size() && iequals(p.substr(p.size() - action.size()), action)) {
             return "subrequest #" + std::to_string(i) +
                    " of this composite request calls emailSimple, whose inputs this agent's constraints read only "

@@ -460,7 +460,7 @@ inline bool link_mark(const char* p, std::size_t i) {
     const char raw = i > 0 ? p[i - 1] : '\0';
     const auto before = i > 0 ? static_cast<unsigned char>(raw | 0x20) : 0u;
     return (c == ':' && (before == 'p' || before == 's' || url_break(raw))) || (c == '.' && before == 'w') ||
-           (link_slash(c) && before != ':' && (link_slash(static_cast<unsigned char>(p[i + 1])) || url_break(p[i + 1])));
+           (link_slash(c) && raw != ':' && (link_slash(static_cast<unsigned char>(p[i + 1])) || url_break(p[i + 1])));
 }
 
 #if defined(BB_GUARDRAILS_AVX2)
@@ -486,9 +486,10 @@ __attribute__((target("avx2"))) std::size_t next_link_marks_avx2(const char* p, 
         // are cheaper than six)
         const __m256i b_break = _mm256_cmpeq_epi8(_mm256_min_epu8(b, cr), b);
         const __m256i before_break = _mm256_cmpeq_epi8(_mm256_min_epu8(raw, cr), raw);
-        // A scheme's slashes are read at its ':' (not a mark of their own).
+        // A scheme's slashes are read at its ':' (not a mark of their own). (The byte as
+        // written: 0x1A lower-cased would be a ':'.)
         const __m256i pair = _mm256_andnot_si256(
-            _mm256_cmpeq_epi8(before, colon),
+            _mm256_cmpeq_epi8(raw, colon),
             _mm256_and_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, slash), _mm256_cmpeq_epi8(a, backslash)),
                              _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(b, slash), _mm256_cmpeq_epi8(b, backslash)),
                                              b_break)));
@@ -555,7 +556,7 @@ bool for_each_link_mark(std::string_view text, F&& f) {
         const __m128i b_break = _mm_cmpeq_epi8(_mm_min_epu8(b, cr), b);
         const __m128i before_break = _mm_cmpeq_epi8(_mm_min_epu8(raw, cr), raw);
         const __m128i pair = _mm_andnot_si128(
-            _mm_cmpeq_epi8(before, colon),
+            _mm_cmpeq_epi8(raw, colon),
             _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(a, slash), _mm_cmpeq_epi8(a, backslash)),
                           _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, slash), _mm_cmpeq_epi8(b, backslash)), b_break)));
         const __m128i scheme =
@@ -2010,6 +2011,9 @@ struct authority_end_table {
 };
 constexpr authority_end_table authority_end{};
 
+// What browsers trim from the start of a URL (WHATWG URL: C0 controls and spaces).
+bool url_lead(char c) { return static_cast<unsigned char>(c) <= ' '; }
+
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
 // `authority_end_at`: where the authority ended in `text`.
 std::string_view read_host(std::string_view text, std::size_t from, std::size_t* authority_end_at = nullptr) {
@@ -2085,9 +2089,9 @@ std::string_view read_host(std::string_view text, std::size_t from, std::size_t*
 std::string_view url_host(std::string_view text, std::size_t from, std::size_t start) {
     std::size_t end = 0;
     const std::string_view host = read_host(text, from, &end);
-    // In a quoted attribute value; blanks before the URL are trimmed by browsers too.
+    // In a quoted attribute value; blanks and controls before the URL are trimmed by browsers too.
     std::size_t q = start;
-    while (q > 0 && (text[q - 1] == ' ' || url_break(text[q - 1]))) {
+    while (q > 0 && url_lead(text[q - 1])) {
         --q;
     }
     const bool quoted = q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'');
@@ -2208,7 +2212,7 @@ std::size_t cut_scheme(std::string_view text, std::size_t colon) {
         return std::string_view::npos;  // not cut: word_before_is reads it
     }
     std::size_t q = i;
-    while (q > 0 && (text[q - 1] == ' ' || url_break(text[q - 1]))) {
+    while (q > 0 && url_lead(text[q - 1])) {
         --q;
     }
     return q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'') ? start : std::string_view::npos;

@@ -920,7 +920,6 @@ TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
     }
 }
 
-// A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
 // A CONNECT whose head was still coming in when the drain began gets no tunnel: one opened
 // then would be cut at the end of the drain, its first request unanswered.
 TEST(forward_proxy, a_connect_finished_during_a_drain_is_refused) {
@@ -958,6 +957,7 @@ TEST(forward_proxy, a_connect_finished_during_a_drain_is_refused) {
     EXPECT_NE(res.body().find("\"draining\""), std::string::npos) << res.body();
 }
 
+// A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
 TEST(forward_proxy, an_idle_blind_tunnel_is_closed) {
     fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
     proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())), R"({"idle_timeout": "300ms"})")};

@@ -530,6 +530,7 @@ TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
     EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite/batch", batch), HasSubstr("subrequest #0"));
     // With a format suffix (REST API up to 57.0), on the composite or on the action.
     EXPECT_THAT(constrained_subrequests("/services/data/v57.0/composite.json", composite), HasSubstr("subrequest #1"));
+    EXPECT_THAT(constrained_subrequests("/services/data/v57.0/composite.json/", composite), HasSubstr("subrequest #1"));
     EXPECT_THAT(constrained_subrequests("/services/data/v57.0/composite", R"j({"compositeRequest": [{"method": "POST",
         "url": "/services/data/v57.0/actions/standard/emailSimple.json", "referenceId": "m", "body": {"inputs": []}}]})j"),
                 HasSubstr("subrequest #0"));

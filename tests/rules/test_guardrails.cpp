@@ -1188,7 +1188,9 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<a href=\"http\t:evil.io/\">x</a>)j", R"j(<a href='H\r\nTTP://evil.io/'>x</a>)j",
                                    R"j(<a href=\"/\t/evil.io/x\">x</a>)j", R"j(<a href=\"\\\n\\evil.io/x\">x</a>)j",
                                    R"j(<a href=\"\t//evil.io/x\">x</a>)j", R"j(<a href=\n\"//evil.io/x\">x</a>)j",
-                                   R"j(<a href\r\n=\"//evil.io/x\">x</a>)j", R"j(<a href=\"\u000c//evil.io/x\">x</a>)j"}) {
+                                   R"j(<a href\r\n=\"//evil.io/x\">x</a>)j", R"j(<a href=\"\u000c//evil.io/x\">x</a>)j",
+                                   R"j(<a href=\"\u001a//evil.io/x\">x</a>)j", R"j(<a href=\"\u000cht\ttps://evil.io/\">x</a>)j",
+                                   R"j(<a href=\"\u0001https://example.com\t.evil.io/\">x</a>)j"}) {
         const std::string b = sendgrid(link);
         const auto hit = f.check_body(b);
         ASSERT_EQ(hit.outcome, verdict::violated) << link;
@@ -2878,7 +2880,7 @@ struct text_gen {
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
                                 "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
-                                "\r\n", "/\t/", "\f", "href=\"\t"});
+                                "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01"});
         }
     }
 
