@@ -1539,6 +1539,11 @@ verdict_detail check_state(const rule& r, meter_slot& s, std::int64_t epoch) {
 
 bool form_name_matches(std::string_view pattern, std::string_view name) {
     auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    constexpr std::string_view any_name = "{name}";
+    const bool named = pattern.ends_with(any_name);
+    if (named) {
+        pattern.remove_suffix(any_name.size());
+    }
     std::size_t n = 0;
     for (const char pc : pattern) {
         if (pc != '*') {
@@ -1556,7 +1561,7 @@ bool form_name_matches(std::string_view pattern, std::string_view name) {
             return false;
         }
     }
-    return n == name.size();
+    return named ? n < name.size() : n == name.size();
 }
 
 bool parse_form(std::string_view content_type, std::string_view body,

@@ -30,7 +30,9 @@ bool parse_form_fields(std::string_view content_type, std::string_view body, std
 // Whether a form field's name matches `pattern`, in any ASCII case (an API that reads `To` as
 // `to` is not ruled out: fail closed). A '*' in the pattern stands for a number, as SES v1's
 // list members are written: `Destinations.member.*` is `Destinations.member.1`, `.2`, ...,
-// not `Destinations.member.1.ReplacementTemplateData`. Used by the engine's form: and query:
+// not `Destinations.member.1.ReplacementTemplateData`. A pattern ending in `{name}` stands for
+// any field whose name goes on from there (Mailgun's `v:{name}` custom variables). Used by
+// the engine's form: and query:
 // sources and by the guardrails' form fields.
 bool form_name_matches(std::string_view pattern, std::string_view name);
 

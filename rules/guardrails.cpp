@@ -2851,6 +2851,7 @@ const std::vector<guard_field>& default_content_fields() {
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
         "form:x-smtpapi",                                                       // SendGrid v2 (as text)
         "form:recipient-variables", "form:t:variables", "form:h:X-Mailgun-Variables",
+        "form:v:{name}",  // Mailgun custom variables: a field each, what h:X-Mailgun-Variables holds whole
         "mime:form:message",                                                    // Mailgun messages.mime
         "mime:base64:form:RawMessage.Data",                                            // SES v1 SendRawEmail
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1

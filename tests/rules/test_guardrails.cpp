@@ -1121,11 +1121,14 @@ TEST(GuardContent, EveryDefaultFieldIsRead) {
     for (const char* form : {"recipient-variables=%7B%22a%40example.com%22%3A%7B%22o%22%3A%22free+money%22%7D%7D",
                              "t%3Avariables=%7B%22o%22%3A%22free+money%22%7D",
                              "h%3AX-Mailgun-Variables=%7B%22u%22%3A%22https%3A%2F%2Fevil.example%2Fx%22%7D",
+                             "v%3Aoffer=free+money", "V%3Apromo-link=https%3A%2F%2Fevil.example%2Fx",
                              "TemplateData=free+money", "DefaultTemplateData=free+money",
                              "Destinations.member.2.ReplacementTemplateData=free+money"}) {
         EXPECT_FALSE(f.check_body(form, "application/x-www-form-urlencoded").allowed()) << form;
     }
     EXPECT_TRUE(f.check_body(R"j({"subject": "Hi", "mail_settings": {"footer": {"html": "<p>Thanks</p>"}}})j").allowed());
+    // `v:` alone names no variable; another prefix is another field.
+    EXPECT_TRUE(f.check_body("v%3A=free+money&vv%3Aoffer=free+money", "application/x-www-form-urlencoded").allowed());
 }
 
 TEST(GuardContent, LinkDomainsInHtmlAndText) {
