@@ -1734,14 +1734,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         thread_local std::vector<rules::subrequest> subs;
         if (agent != nullptr) {
             const auto& scope = agent->allow;
-            auto method_allowed = [&](std::string_view m) { return scope.allows_method(m); };
-            auto path_allowed = [&](std::string_view path) { return scope.allows_path(path); };
             std::string why;
             if (!scope.allows_route(route->name)) {
                 why = "route " + route->name;
-            } else if (!method_allowed(req.method_string())) {
+            } else if (!scope.allows_method(req.method_string())) {
                 why = "method " + std::string{req.method_string()};
-            } else if (!path_allowed(req_path)) {
+            } else if (!scope.allows_path(req_path)) {
                 why = "path " + req_path;
             } else if (!scope.methods.empty() || !scope.paths.empty() || !scope.routes.empty()) {
                 // A Salesforce composite request carries requests of its own: each is held to
@@ -1779,9 +1777,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     } else if (!under_base) {
                         why = "path " + sub.path.substr(0, 256) + which + " (outside upstream " +
                               cfg->upstreams[upstream_index].name + "'s base path " + base + ")";
-                    } else if (!method_allowed(sub.method)) {
+                    } else if (!scope.allows_method(sub.method)) {
                         why = "method " + sub.method.substr(0, 16) + which;
-                    } else if (!path_allowed(own_path)) {
+                    } else if (!scope.allows_path(own_path)) {
                         why = "path " + std::string{own_path.substr(0, 256)} + which;
                     } else if (!scope.routes.empty() &&
                                (sub_route == nullptr || sub_route->upstream_index != upstream_index ||

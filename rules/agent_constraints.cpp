@@ -719,10 +719,6 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     return k.finish();
 }
 
-namespace {
-
-// Salesforce reads a resource with `.json` or `.xml` appended (the response's format, in
-// REST API versions up to 57.0) as the resource itself: `/composite.json` is /composite.
 std::string_view without_format_suffix(std::string_view path) {
     for (const std::string_view ext : {".json", ".xml"}) {
         if (path.size() > ext.size() && iequals(path.substr(path.size() - ext.size()), ext)) {
@@ -731,6 +727,8 @@ std::string_view without_format_suffix(std::string_view path) {
     }
     return path;
 }
+
+namespace {
 
 // /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash,
 // a format suffix): the resources whose POST body carries requests of their own.

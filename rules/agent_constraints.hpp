@@ -48,6 +48,11 @@ struct body_constraints {
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
                                    std::string_view query = {}, std::string_view path = {});
 
+// Salesforce reads a resource with `.json` or `.xml` appended (the response's format, in
+// REST API versions up to 57.0) as the resource itself: `/composite.json` is /composite.
+// The path without that suffix (any case), or as it is.
+std::string_view without_format_suffix(std::string_view path);
+
 // A request carried inside another: its method (upper case) and path (absolute, no query).
 struct subrequest {
     std::string method;

@@ -7,6 +7,7 @@
 #include "core/method_override.hpp"
 #include "core/url_decode.hpp"
 
+#include "rules/agent_constraints.hpp"
 #include "rules/form.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/mime.hpp"
@@ -748,20 +749,10 @@ struct context {
     }
 };
 
-// A last literal segment with the response format appended, which Salesforce's REST API (up
-// to 57.0) reads as the resource itself: `composite.json` for `composite`.
-bool format_suffixed(std::string_view seg, std::string_view literal) {
-    if (seg.size() <= literal.size() || !iequals(seg.substr(0, literal.size()), literal)) {
-        return false;
-    }
-    const std::string_view ext = seg.substr(literal.size());
-    return iequals(ext, ".json") || iequals(ext, ".xml");
-}
-
 // Lenient where upstreams are: literal segments and a parameter's allowed values compare
 // without case, one trailing slash is ignored (`.../batch/Archive/` reaches the same
 // HubSpot endpoint, so it must meet the same rule; matching more is the safe side), and so
-// is a format suffix on the last segment (format_suffixed).
+// is a format suffix on the last segment (without_format_suffix: `composite.json`).
 bool match_path(const path_template& t, std::string_view path, std::array<std::string_view, max_params>& params) {
     if (path.empty() || path[0] != '/') {
         return false;
@@ -790,7 +781,7 @@ bool match_path(const path_template& t, std::string_view path, std::array<std::s
             if (pi < max_params) {
                 params[pi++] = seg;
             }
-        } else if (!iequals(seg, ts.literal) && !(last && format_suffixed(seg, ts.literal))) {
+        } else if (!iequals(seg, ts.literal) && !(last && iequals(without_format_suffix(seg), ts.literal))) {
             return false;
         }
         if (!last) {

@@ -2014,6 +2014,15 @@ constexpr authority_end_table authority_end{};
 // What browsers trim from the start of a URL (WHATWG URL: C0 controls and spaces).
 bool url_lead(char c) { return static_cast<unsigned char>(c) <= ' '; }
 
+// Whether what starts at `start` starts a quoted attribute value, after what browsers trim.
+bool starts_quoted_value(std::string_view text, std::size_t start) {
+    std::size_t q = start;
+    while (q > 0 && url_lead(text[q - 1])) {
+        --q;
+    }
+    return q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'');
+}
+
 // Host of a URL whose authority starts at `from`: after any userinfo, before port/path.
 // `authority_end_at`: where the authority ended in `text`.
 std::string_view read_host(std::string_view text, std::size_t from, std::size_t* authority_end_at = nullptr) {
@@ -2089,13 +2098,7 @@ std::string_view read_host(std::string_view text, std::size_t from, std::size_t*
 std::string_view url_host(std::string_view text, std::size_t from, std::size_t start) {
     std::size_t end = 0;
     const std::string_view host = read_host(text, from, &end);
-    // In a quoted attribute value; blanks and controls before the URL are trimmed by browsers too.
-    std::size_t q = start;
-    while (q > 0 && url_lead(text[q - 1])) {
-        --q;
-    }
-    const bool quoted = q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'');
-    if (!quoted || (!host.empty() && host.front() == '(') || end >= text.size() || !url_break(text[end])) {
+    if (!starts_quoted_value(text, start) || (!host.empty() && host.front() == '(') || end >= text.size() || !url_break(text[end])) {
         return host;
     }
     // The authority ended at a tab or line break: read it again from a copy without them, up
@@ -2162,7 +2165,7 @@ bool word_before_is(std::string_view text, std::size_t end, std::string_view low
 // Between `href` and a scheme-relative URL: ` = " '`, and the C0 controls: HTML reads tab,
 // line feed, form feed and carriage return around the '=' as blanks, and browsers trim any
 // of them from the start of a URL (`href="&Tab;//host"`).
-bool href_gap(char c) { return c == ' ' || c == '=' || c == '"' || c == '\'' || static_cast<unsigned char>(c) < 0x20; }
+bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || url_lead(c); }
 
 // For a slash or backslash at `i`: the position past the second one of a scheme-relative
 // URL's two, with tabs and line breaks between them deleted as browsers do
@@ -2178,7 +2181,7 @@ std::size_t after_second_slash(std::string_view text, std::size_t i) {
 // A scheme cut by tabs or line breaks, which browsers delete from a URL: for the ':' at
 // `colon`, the start of the `http` or `https` before it when its letters are cut by at least
 // one (`href="ht&Tab;tps://host"`, `href="https&NewLine;://host"`) and it starts a quoted
-// attribute value (after blanks, as url_host reads one); else npos. In text a cut word is no
+// attribute value (starts_quoted_value, as url_host reads one); else npos. In text a cut word is no
 // link.
 std::size_t cut_scheme(std::string_view text, std::size_t colon) {
     char letters[5];
@@ -2190,14 +2193,14 @@ std::size_t cut_scheme(std::string_view text, std::size_t colon) {
             --i;
             continue;
         }
-        const char l = static_cast<char>(b | 0x20);
-        if (l < 'a' || l > 'z') {
+        const auto c = static_cast<unsigned char>(b);
+        if (!is_upper(c) && !is_lower(c)) {
             break;
         }
         if (n == sizeof letters) {
             return std::string_view::npos;
         }
-        letters[n++] = l;
+        letters[n++] = static_cast<char>(to_lower(c));
         --i;
     }
     const std::string_view word{letters, n};  // backwards
@@ -2211,11 +2214,7 @@ std::size_t cut_scheme(std::string_view text, std::size_t colon) {
     if (start + n == colon) {
         return std::string_view::npos;  // not cut: word_before_is reads it
     }
-    std::size_t q = i;
-    while (q > 0 && url_lead(text[q - 1])) {
-        --q;
-    }
-    return q > 0 && (text[q - 1] == '"' || text[q - 1] == '\'') ? start : std::string_view::npos;
+    return starts_quoted_value(text, start) ? start : std::string_view::npos;
 }
 
 // Whether the byte after `www.` at `dot` can start a host (`www.` alone is no link).
@@ -2301,7 +2300,8 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         if (g.check_links) {
             // A scheme cut by tabs or line breaks (cut_scheme), found at its first piece.
             std::size_t k = s;
-            while (k < text.size() && (url_break(text[k]) || ((text[k] | 0x20) >= 'a' && (text[k] | 0x20) <= 'z'))) {
+            while (k < text.size() && (url_break(text[k]) || is_upper(static_cast<unsigned char>(text[k])) ||
+                                       is_lower(static_cast<unsigned char>(text[k])))) {
                 ++k;
             }
             if (k < text.size() && text[k] == ':' && cut_scheme(text, k) == s) {
