@@ -88,6 +88,16 @@ std::string_view override_parameter(std::string_view target) {
 
 }  // namespace
 
+std::optional<std::string_view> path_under_base(std::string_view path, std::string_view base) {
+    if (base.empty()) {
+        return path;
+    }
+    if (!path.starts_with(base) || (path.size() != base.size() && path[base.size()] != '/')) {
+        return std::nullopt;
+    }
+    return path.size() == base.size() ? std::string_view{"/"} : path.substr(base.size());
+}
+
 std::string_view ambiguous_path(std::string_view path) {
     if (path == "*") {
         return {};

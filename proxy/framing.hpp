@@ -8,6 +8,7 @@
 // Pure functions of their input: no I/O, no Beast; thread-safe.
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -42,5 +43,9 @@ bool split_target(std::string_view target, target_parts& out);
 // "\\", a backslash, an encoded NUL. Such paths are refused (400) rather than normalized:
 // routes, agent scopes and rules all match on the path as sent.
 std::string_view ambiguous_path(std::string_view path);
+// An upstream's path (a composite subrequest's URL) under that upstream's base path: the
+// path a client would send for it, without the base ("/" for the base itself); nullopt when
+// it is not under it (`/services/database` is not under `/services/data`).
+std::optional<std::string_view> path_under_base(std::string_view path, std::string_view base);
 
 }  // namespace bb::proxy

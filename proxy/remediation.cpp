@@ -183,25 +183,20 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
         for (std::size_t i = 0; i < subs.size(); ++i) {
             const std::string& path = subs[i].path;
             const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
-            const bool under_base =
-                base.empty() || (path.starts_with(base) && (path.size() == base.size() || path[base.size()] == '/'));
+            const auto own = path_under_base(path, base);
             if (const auto amb = ambiguous_path(path); !amb.empty()) {
                 return "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
                        std::string{amb};
             }
-            if (!under_base) {
+            if (!own) {
                 return "path " + path.substr(0, 256) + which + " (outside upstream " + up.name + "'s base path " + base +
                        ")";
-            }
-            std::string_view own = path;
-            if (!base.empty()) {
-                own = path.size() == base.size() ? std::string_view{"/"} : own.substr(base.size());
             }
             if (!scope.allows_method(subs[i].method)) {
                 return "method " + subs[i].method.substr(0, 16) + which;
             }
-            if (!scope.allows_path(own)) {
-                return "path " + std::string{own.substr(0, 256)} + which;
+            if (!scope.allows_path(*own)) {
+                return "path " + std::string{own->substr(0, 256)} + which;
             }
         }
     }

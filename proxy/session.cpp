@@ -1759,13 +1759,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
                     const auto& sub = subs[i];
                     const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
-                    std::string_view own_path = sub.path;
-                    const bool under_base = base.empty() || (sub.path.starts_with(base) && (sub.path.size() == base.size() ||
-                                                                                            sub.path[base.size()] == '/'));
-                    if (!base.empty() && under_base) {
-                        own_path = sub.path.size() == base.size() ? std::string_view{"/"}
-                                                                  : std::string_view{sub.path}.substr(base.size());
-                    }
+                    const auto own = path_under_base(sub.path, base);
+                    const bool under_base = own.has_value();
+                    const std::string_view own_path = own.value_or(std::string_view{sub.path});
                     const route_config* sub_route =
                         scope.routes.empty() || !under_base
                             ? nullptr

@@ -60,6 +60,14 @@ TEST(framing_unit, ambiguous_paths) {
     }
 }
 
+TEST(framing_unit, a_path_under_an_upstreams_base_path) {
+    EXPECT_EQ(path_under_base("/services/data/v59.0/x", "/services/data"), "/v59.0/x");
+    EXPECT_EQ(path_under_base("/services/data", "/services/data"), "/");
+    EXPECT_EQ(path_under_base("/services/database/x", "/services/data"), std::nullopt) << "not a segment boundary";
+    EXPECT_EQ(path_under_base("/other", "/services/data"), std::nullopt);
+    EXPECT_EQ(path_under_base("/any/path", ""), "/any/path");
+}
+
 TEST(framing_unit, a_repeated_content_type_or_encoding_is_400) {
     // The guards would read the body as one type, an upstream perhaps as the other.
     const auto two_types = check_request_head(
