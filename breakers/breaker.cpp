@@ -287,6 +287,9 @@ public:
     // after an operator's mode expires.
     // `at_start`: restored from the store when the process starts (not handed over by a
     // reload).
+    static std::string restored_why(bool at_start) {
+        return at_start ? "restored at start" : "carried over by a config change";
+    }
     void restore(const instance_snapshot& s, time_point now, bool at_start) {
         if (s.at_rest()) {
             return;
@@ -319,7 +322,7 @@ public:
             // half-open state was saved; a crash loop must not probe at every start.
             opened_at_ = now;
         }
-        change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", "restored at start"), now,
+        change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", restored_why(at_start)), now,
                false);
         if (st_ == state::half_open && s.probes) {
             round_ = s.probes->round;
@@ -397,7 +400,7 @@ public:
                 }
             }
         }
-        change(st, md, cause_of("restore", "restore", "restored at start"), now, false);
+        change(st, md, cause_of("restore", "restore", restored_why(at_start)), now, false);
     }
 
     // Adds a snapshot's throttle admissions to this instance's: the latest `requests` of
@@ -870,7 +873,7 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
         return a;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->admit(name, now, with_wide);
+        return s->successor->admit(name, now, with_wide);
     }
     instance_ptr inst;
     instance_ptr wide;
@@ -894,7 +897,7 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
         std::unique_lock lock{wide->mutex()};
         if (wide->moved()) {
             lock.unlock();
-            return successor_->admit(name, now, with_wide);
+            return s->successor->admit(name, now, with_wide);
         }
         wide->advance(now);
         const bool bypass = wide->shadowing();
@@ -943,7 +946,7 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
             std::lock_guard wl{wide->mutex()};
             wide->cancel_probe(w.probe_round);
         }
-        return successor_->admit(name, now, with_wide);
+        return s->successor->admit(name, now, with_wide);
     }
     inst->advance(now);
     admission k = inst->decide(now);
@@ -987,7 +990,7 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         return r;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->trip(breaker_id, key, std::move(cause), now, holds_slot);
+        return s->successor->trip(breaker_id, key, std::move(cause), now, holds_slot);
     }
     if (!s->cfg.per_key) {
         key = {};
@@ -1024,7 +1027,7 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         trip_lock.unlock();
     }
     if (!outcome) {
-        return successor_->trip(breaker_id, key, kept, now, holds_slot);
+        return s->successor->trip(breaker_id, key, kept, now, holds_slot);
     }
     r.opened = outcome->opened;
     r.shadow = outcome->shadow;
@@ -1056,7 +1059,7 @@ bool breaker_registry::on_existing(std::string_view name, Op&& op, Forward&& for
         return false;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        forward(*successor_);
+        forward(*s->successor);
         return true;
     }
     instance_ptr inst;
@@ -1070,7 +1073,7 @@ bool breaker_registry::on_existing(std::string_view name, Op&& op, Forward&& for
     std::unique_lock lock{inst->mutex()};
     if (inst->moved()) {
         lock.unlock();
-        forward(*successor_);
+        forward(*s->successor);
         return true;
     }
     op(*inst);
@@ -1101,7 +1104,7 @@ bool breaker_registry::manual_trip(std::string_view name, std::string actor, std
         return false;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->manual_trip(name, std::move(actor), std::move(reason), now);
+        return s->successor->manual_trip(name, std::move(actor), std::move(reason), now);
     }
     const auto done = run([this, s = s, key = key] { return get_or_create(*s, key); },  // (not [&]: clang < 16)
                           [&](instance& in) {
@@ -1111,7 +1114,7 @@ bool breaker_registry::manual_trip(std::string_view name, std::string actor, std
                           },
                           on_transition_);
     if (!done) {
-        return successor_->manual_trip(name, std::move(actor), std::move(reason), now);
+        return s->successor->manual_trip(name, std::move(actor), std::move(reason), now);
     }
     return true;
 }
@@ -1123,7 +1126,7 @@ breaker_registry::op_result breaker_registry::reset(std::string_view name, std::
         return {};
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->reset(name, std::move(actor), std::move(reason), now);
+        return s->successor->reset(name, std::move(actor), std::move(reason), now);
     }
     instance_ptr inst;
     {
@@ -1139,7 +1142,7 @@ breaker_registry::op_result breaker_registry::reset(std::string_view name, std::
     std::unique_lock lock{inst->mutex()};
     if (inst->moved()) {
         lock.unlock();
-        return successor_->reset(name, std::move(actor), std::move(reason), now);
+        return s->successor->reset(name, std::move(actor), std::move(reason), now);
     }
     if (!inst->evicted()) {
         inst->advance(now);
@@ -1158,7 +1161,7 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
         return {};
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
+        return s->successor->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
     // forced_open only tightens: like a trip, it may land on the overflow instance.
     const bool tightens = m == mode::forced_open;
@@ -1188,7 +1191,7 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
                           },
                           on_transition_);
     if (!done) {
-        return successor_->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
+        return s->successor->set_mode(name, m, expires_in, std::move(actor), std::move(reason), now);
     }
     return *done;
 }
@@ -1202,7 +1205,7 @@ std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, m
     std::unique_lock trip_lock{s->trip_mu};  // no keyed trip runs until the mode is set
     if (s->handed_over.load(std::memory_order_acquire)) {
         trip_lock.unlock();
-        return successor_->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
+        return s->successor->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
     }
     std::vector<instance_ptr> all;
     {
@@ -1238,7 +1241,7 @@ std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, m
                           on_transition_);
     if (!done) {
         trip_lock.unlock();
-        return successor_->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
+        return s->successor->set_mode_if_at_rest(breaker_id, m, std::move(actor), std::move(reason), now);
     }
     return busy;
 }
@@ -1264,13 +1267,13 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
     // Handed over: the successor holds those breakers now. A snapshot taken through this
     // registry (the state writer may still see it as current during a swap) includes them,
     // so it never writes a state without them.
-    std::shared_ptr<breaker_registry> next;
+    std::vector<std::shared_ptr<breaker_registry>> next;
     {
         std::shared_lock lock{mutex_};
-        next = successor_;
+        next = successors_;
     }
-    if (next) {
-        for (auto& snap : next->snapshot(now)) {
+    for (const auto& n : next) {
+        for (auto& snap : n->snapshot(now)) {
             out.push_back(std::move(snap));
         }
     }
@@ -1308,7 +1311,7 @@ std::optional<instance_snapshot> breaker_registry::get(std::string_view name, ti
         return std::nullopt;
     }
     if (s->handed_over.load(std::memory_order_acquire)) {
-        return successor_->get(name, now);
+        return s->successor->get(name, now);
     }
     instance_ptr inst;
     {
@@ -1379,12 +1382,13 @@ void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_po
     // a successor that already holds its state. Lock order: this map -> this instance ->
     // next's map -> next's instance; forwarding never holds a lock of this registry.
     std::unique_lock lock{mutex_};
-    successor_ = next;
+    successors_.push_back(next);
     forwarding_.store(true, std::memory_order_release);
     for (auto& [id, s] : slots_) {
-        if (next->find(id) == nullptr) {
+        if (next->find(id) == nullptr || s.handed_over.load(std::memory_order_relaxed)) {
             continue;
         }
+        s.successor = next;
         for (auto& [iname, inst] : s.instances) {
             std::unique_lock il{inst->mutex()};
             if (!inst->evicted() && !inst->moved()) {
@@ -1398,6 +1402,30 @@ void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_po
     lock.unlock();
     // Transitions advance() produced just now are reported by this registry's callback.
     tick(now);
+}
+
+breaker_registry::kept_state breaker_registry::kept(time_point now) const {
+    kept_state out;
+    std::vector<instance_ptr> all;
+    {
+        std::shared_lock lock{mutex_};
+        for (const auto& [id, s] : slots_) {
+            if (s.handed_over.load(std::memory_order_relaxed)) {
+                continue;
+            }
+            out.breakers.push_back(id);
+            for (const auto& [name, inst] : s.instances) {
+                all.push_back(inst);
+            }
+        }
+    }
+    for (const auto& inst : all) {
+        std::lock_guard lock{inst->mutex()};
+        if (!inst->evicted() && !inst->moved()) {
+            out.instances.push_back(inst->view(now));
+        }
+    }
+    return out;
 }
 
 void breaker_registry::tick(time_point now) {

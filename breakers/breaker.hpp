@@ -299,8 +299,19 @@ public:
     // to concurrent operations. From then on every operation on such a breaker made through
     // this registry (requests still finishing on the old config) is forwarded to `next`, so
     // no trip, reset or probe result is lost to the swap. Breakers `next` lacks stay here
-    // and go away with this registry. Call once.
+    // (kept() reads them) until a later reload configures them again and this registry is
+    // handed over to that one's too: call again with each later registry, and only breakers
+    // still here move.
     void hand_over(std::shared_ptr<breaker_registry> next, time_point now);
+
+    // The breakers this registry still holds itself (no hand_over() took them) and the state
+    // of their instances, at rest ones included: after a hand-over, the breakers a reload
+    // dropped, which requests still finishing on the old config can trip or reset.
+    struct kept_state {
+        std::vector<std::string> breakers;
+        std::vector<instance_snapshot> instances;
+    };
+    kept_state kept(time_point now) const;
 
     // Applies every due time-based change (mode expiry, open -> half_open) to every
     // instance, so their transitions are reported on time even when no request arrives.
@@ -320,8 +331,10 @@ private:
         // breaker-wide instance (named by the id) and the overflow instance.
         std::unordered_map<std::string, instance_ptr, string_hash, std::equal_to<>> instances;
         std::size_t keyed = 0;  // keyed instances (the bound); wide and overflow not counted
-        // Set (under mutex_, exclusively) when hand_over moved this breaker to successor_.
+        // Set (under mutex_, exclusively) when hand_over moved this breaker to `successor`,
+        // which is set first and never changes after.
         std::atomic<bool> handed_over{false};
+        std::shared_ptr<breaker_registry> successor;
         // A keyed trip holds it shared from reading the breaker-wide mode to its own
         // transition; set_mode_if_at_rest holds it exclusively. Taken before mutex_ and the
         // instances' mutexes, never while holding them.
@@ -356,8 +369,9 @@ private:
     // and exactness (probes, throttle slots, the active counter) matters more than speed.
     mutable std::shared_mutex mutex_;
     std::function<void(const transition&)> on_transition_;
-    // Set once by hand_over, before any slot is marked handed_over (which publishes it).
-    std::shared_ptr<breaker_registry> successor_;
+    // Every registry hand_over() was called with, in order (guarded by mutex_): a snapshot
+    // through this one includes theirs.
+    std::vector<std::shared_ptr<breaker_registry>> successors_;
     std::atomic<bool> forwarding_{false};  // hand_over has begun
     // Instances that are not closed+automatic; changed under the instance's mutex on every
     // transition that crosses that line, so at rest it is exact.

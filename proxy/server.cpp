@@ -602,6 +602,7 @@ void server::open_store(const store_config& sc) {
             snapshot_change_ = rt->breakers->handed_over() ? 0 : change;
             auto all = rt->breakers->snapshot(clock_->now());
             std::lock_guard lock{orphans_mu_};
+            fold_retired(clock_->now());  // after reading `change`: a trip numbered up to it is in
             if (orphans_.empty()) {
                 return all;
             }
@@ -782,6 +783,7 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
     } else {
         rt->breakers = std::make_shared<breakers::breaker_registry>(
             cfg->breakers, [this](const breakers::transition& t) { on_transition(t); });
+        std::set<std::string, std::less<>> taken_live;  // breakers a retired registry handed over
         if (previous) {
             // Every instance of a breaker that still exists moves to the new registry, and
             // requests still finishing on the old config forward their trips and probe
@@ -789,6 +791,10 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             // The state of a breaker this config drops is kept as well (it comes back with
             // the breaker), like the state of one missing at a start.
             std::size_t dropped = 0;
+            bool dropped_breakers = false;
+            for (const auto& b : previous->cfg->breakers) {
+                dropped_breakers = dropped_breakers || rt->breakers->find(b.id) == nullptr;
+            }
             for (auto& snap : previous->breakers->snapshot(clock_->now())) {
                 if (rt->breakers->find(snap.breaker) == nullptr && !snap.at_rest()) {
                     std::lock_guard lock{orphans_mu_};
@@ -805,6 +811,28 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
                              dropped);
             }
             previous->breakers->hand_over(rt->breakers, clock_->now());
+            // A breaker an earlier reload dropped, still held by a registry that requests on
+            // an older config use, moves here live like the rest (its copy in orphans_ is not
+            // restored: it may be older than what those requests did since).
+            std::vector<std::shared_ptr<breakers::breaker_registry>> retired;
+            {
+                std::lock_guard lock{orphans_mu_};
+                fold_retired(clock_->now());
+                retired = retired_registries_;
+                for (const auto& r : retired) {
+                    for (const auto& b : r->kept(clock_->now()).breakers) {
+                        if (rt->breakers->find(b) != nullptr) {
+                            taken_live.insert(b);
+                        }
+                    }
+                }
+                if (dropped_breakers) {
+                    retired_registries_.push_back(previous->breakers);
+                }
+            }
+            for (const auto& r : retired) {
+                r->hand_over(rt->breakers, clock_->now());
+            }
         }
         // A breaker configured again gets the state the store kept for it. The kept copy
         // stays in orphans_ until the new runtime is published (apply_config): a state write
@@ -817,7 +845,7 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
         {
             std::lock_guard lock{orphans_mu_};
             for (const auto& o : orphans_) {
-                if (rt->breakers->find(o.breaker) != nullptr) {
+                if (rt->breakers->find(o.breaker) != nullptr && !taken_live.contains(o.breaker)) {
                     (orphans_from_store_.contains(o.instance) ? back_from_store : back).push_back(o);
                 }
             }
@@ -1268,6 +1296,31 @@ bool server::breaker_state_unsaved() const { return state_writer_ && state_write
 std::shared_ptr<const runtime> server::current_runtime() const {
     std::lock_guard lock{cfg_mutex_};
     return rt_;
+}
+
+void server::fold_retired(time_point now) {
+    std::erase_if(retired_registries_, [&](const std::shared_ptr<breakers::breaker_registry>& r) {
+        // Read first: a user that lets go after this read leaves it for the next fold.
+        const bool last = r.use_count() == 1;
+        auto kept = r->kept(now);
+        for (const auto& b : kept.breakers) {
+            // It holds every instance of the breaker: it restored the kept ones when it was
+            // built, and one at rest now (reset since) must not come back from an old copy.
+            std::erase_if(orphans_, [&](const breakers::instance_snapshot& o) {
+                if (o.breaker != b) {
+                    return false;
+                }
+                orphans_from_store_.erase(o.instance);
+                return true;
+            });
+        }
+        for (auto& snap : kept.instances) {
+            if (!snap.at_rest()) {
+                orphans_.push_back(std::move(snap));
+            }
+        }
+        return last || kept.breakers.empty();
+    });
 }
 
 server::~server() {

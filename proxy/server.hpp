@@ -424,6 +424,14 @@ private:
     // Those of orphans_ (by instance) read from the store and not live since this process
     // started: restored as at a start (an open one whose cooldown ended gets a fresh one).
     std::unordered_set<std::string> orphans_from_store_;
+    // Registries a reload replaced that still hold breakers it dropped (guarded by
+    // orphans_mu_). Requests finishing on the old config can still trip or reset those, so
+    // their copies in orphans_ are taken again from there (fold_retired) until the last such
+    // request is gone, and a reload that configures them again takes them over live.
+    std::vector<std::shared_ptr<breakers::breaker_registry>> retired_registries_;
+    // orphans_ := the current state of every breaker a retired registry holds; drops the
+    // registries nothing else uses any more (their state just read is final). Holds orphans_mu_.
+    void fold_retired(time_point now);
     // Whether the store's saved rule counts have gone into an engine (at the start, or at the
     // first apply that brings rules): a refused apply leaves it false, so the next one does.
     bool meters_restored_ = false;

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <latch>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -46,6 +47,49 @@ TEST_F(registry_test, hand_over_moves_state_and_forwards_later_operations) {
     EXPECT_EQ(reg().admit("gone/k", now()).v, verdict::contain);
     EXPECT_TRUE(reg().reset("gone/k", "bob", "done", now()));
     EXPECT_EQ(reg().admit("gone/k", now()).v, verdict::allow);
+}
+
+// A breaker one reload dropped and a later one configures again: the old registry, still
+// used by requests on the oldest config, says what it holds (kept), then hands it over to the
+// later registry, live, and forwards what those requests do to it from then on.
+TEST_F(registry_test, a_kept_breaker_moves_to_the_registry_that_configures_it_again) {
+    make({make_config("campaign-volume"), make_config("gone")});
+    auto without = std::make_shared<breaker_registry>(std::vector<breaker_config>{make_config("campaign-volume")});
+    reg().hand_over(without, now());
+    reg().trip("gone", "k", rule_cause(), now());  // a request on the oldest config, after the swap
+    reg().manual_trip("gone/ops", "bob", "stop", now());
+    reg().reset("gone/ops", "bob", "false alarm", now());
+    auto kept = reg().kept(now());
+    ASSERT_EQ(kept.breakers, std::vector<std::string>{"gone"});
+    ASSERT_EQ(kept.instances.size(), 2u);
+    std::map<std::string, instance_snapshot> by_name;
+    for (const auto& i : kept.instances) {
+        by_name[i.instance] = i;
+    }
+    EXPECT_EQ(by_name.at("gone/k").st, state::open);
+    EXPECT_TRUE(by_name.at("gone/ops").at_rest()) << "the reset since is what it holds";
+
+    auto again = std::make_shared<breaker_registry>(
+        std::vector<breaker_config>{make_config("campaign-volume"), make_config("gone")});
+    without->hand_over(again, now());
+    reg().hand_over(again, now());
+    EXPECT_TRUE(reg().kept(now()).breakers.empty());
+    EXPECT_EQ(again->get("gone/k", now())->st, state::open);
+    EXPECT_TRUE(reg().reset("gone/k", "bob", "done", now()));
+    EXPECT_EQ(again->get("gone/k", now())->st, state::closed) << "the oldest config's reset was not forwarded";
+    reg().trip("gone", "k2", rule_cause(), now());
+    EXPECT_EQ(again->get("gone/k2", now())->st, state::open) << "the oldest config's trip was not forwarded";
+    // A snapshot through the oldest registry sees both successors.
+    bool saw = false;
+    for (const auto& snap : reg().snapshot(now())) {
+        saw = saw || snap.instance == "gone/k2";
+    }
+    EXPECT_TRUE(saw);
+    // Handed over already: a second hand-over moves nothing again.
+    auto last = std::make_shared<breaker_registry>(std::vector<breaker_config>{make_config("gone")});
+    reg().hand_over(last, now());
+    EXPECT_EQ(last->get("gone/k2", now())->st, state::closed);
+    EXPECT_EQ(reg().get("gone/k2", now())->st, state::open) << "answered by the registry it moved to first";
 }
 
 // Breaker b (one half-open probe) tripped for key k, its probe out, then handed over to a

@@ -1526,6 +1526,62 @@ TEST(breakers_durable, a_reload_whose_first_breakers_cannot_open_the_store_is_re
     EXPECT_FALSE(bb.server().current_config()->breakers.empty());
 }
 
+// Requests still finishing on the config a reload replaced can trip or reset a breaker that
+// reload dropped (an operator's call can race it too). What they do is the breaker's state:
+// saved, and what a later reload that configures the breaker again (a rollback) finds. It
+// used to be lost: the kept copy was taken at the reload, and the old registry's later
+// changes went with it, so a reset came back tripped and a trip came back closed.
+TEST(breakers_durable, a_dropped_breaker_keeps_what_requests_on_the_old_config_do) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    const std::string with_extra = pause_manual + R"(, {"id": "extra", "action": "pause", "reset": "manual"})";
+    proxy_instance bb{guarded_config(up.port(), dir, with_extra)};
+    auto saved_names = [&] {
+        EXPECT_TRUE(bb.server().flush_breaker_state());
+        std::string err;
+        auto saved = bb.server().db()->load_breaker_state(bb.server().time(), &err);
+        EXPECT_TRUE(saved) << err;
+        std::set<std::string> names;
+        for (const auto& s : saved.value_or(std::vector<bb::breakers::instance_snapshot>{})) {
+            names.insert(s.instance);
+        }
+        return names;
+    };
+    auto apply = [&](const std::string& breakers) {
+        auto next = bb::parse_config(guarded_config(up.port(), dir, breakers));
+        ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+        bb.server().apply_config(next.cfg);
+    };
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/spring", "ops", "hold", bb.server().now()));
+    {
+        auto old = bb.server().breakers();  // what a request on this config holds
+        apply(pause_manual);                // drops "extra"
+        ASSERT_TRUE(old->manual_trip("extra", "ops", "stop the agent", bb.server().now()));
+        EXPECT_TRUE(saved_names().count("extra")) << "a trip made after the reload was not saved";
+        EXPECT_TRUE(old->reset("extra", "ops", "false alarm", bb.server().now()));
+        EXPECT_FALSE(saved_names().count("extra")) << "the reset was lost: the copy taken at the reload was saved";
+        ASSERT_TRUE(old->manual_trip("extra", "ops", "stop it after all", bb.server().now()));
+        // A rollback configures it again while that request still runs: it gets the trip, and
+        // what the old request does from then on reaches it.
+        apply(with_extra);
+        EXPECT_EQ(bb.server().breakers()->admit("extra", bb.server().now()).v,
+                  bb::breakers::admission::verdict::contain)
+            << "the trip made after the first reload was lost";
+        EXPECT_TRUE(old->reset("extra", "ops", "done", bb.server().now()));
+        EXPECT_EQ(bb.server().breakers()->admit("extra", bb.server().now()).v,
+                  bb::breakers::admission::verdict::allow)
+            << "the old request's reset did not reach the breaker configured again";
+        ASSERT_TRUE(old->manual_trip("extra", "ops", "once more", bb.server().now()));
+        apply(pause_manual);  // dropped again, while the oldest request still runs
+    }
+    // That request is gone: what it left is kept, and comes back with the breaker.
+    const auto names = saved_names();
+    EXPECT_TRUE(names.count("extra"));
+    EXPECT_TRUE(names.count("campaign-volume/spring"));
+    apply(with_extra);
+    EXPECT_EQ(bb.server().breakers()->admit("extra", bb.server().now()).v, bb::breakers::admission::verdict::contain);
+}
+
 TEST(breakers_durable, a_reload_that_changes_breakers_keeps_tripped_ones_on_disk) {
     fake_upstream up;
     const auto dir = temp_dir();
