@@ -2500,12 +2500,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
-        if (!sent_key.empty() && nothing_sent(ex.failure)) {
+        // Nothing of it went out: no connection, or the client left before its first byte
+        // was written (a POST is cancelled only then; a GET's cancel may come later).
+        const bool unsent = nothing_sent(ex.failure) || (ex.failure == upstream_failure::cancelled && !ex.sending);
+        if (!sent_key.empty() && unsent) {
             w.owner().forwarded().forget(sent_key, route->name, agent_id, sent_ms, sent_before);
         }
         if (watch.disarm()) {
             for (const auto& p : probes) {
                 registry.cancel_probe(p.instance, p.round);  // the client left: no verdict from the upstream
+            }
+            if (unsent && !booked.empty()) {
+                // Off the caps and the duplicates counters: its retry is the first send.
+                rt.engine->release(booked);
             }
             // Still a slow call if it waited that long: an upstream that hangs until every
             // client gives up must not look healthy for it.

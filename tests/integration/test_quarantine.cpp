@@ -16,7 +16,11 @@
 
 #include <sqlite3.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -672,6 +676,62 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     f.breaker = "campaign-volume";
     EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 2u);
     EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
+}
+
+// A client that gives up while its request still waits for the upstream's connection (a
+// slow TLS handshake here): nothing went out, so nothing of it may stay behind. Its key was
+// remembered as sent and its recipients booked: the retry, once the breaker trips, got 409
+// already_forwarded (a client reads that as delivered: the mail was lost), and counted twice.
+TEST(quarantine, a_request_its_client_left_before_it_was_sent_leaves_nothing_behind) {
+    // A TCP listener that never answers the TLS handshake.
+    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(lfd, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(lfd, 8), 0);
+    socklen_t len = sizeof a;
+    ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    const timeval bound{10, 0};  // no test waits longer on it
+    ::setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(ntohs(a.sin_port), dir, 1);
+    const std::string plain = "\"url\": \"http://127.0.0.1:";
+    cfg.replace(cfg.find(plain), plain.size(), "\"connect_timeout\": \"30s\", \"url\": \"https://127.0.0.1:");
+    // One worker: what it does once the handshake is dropped comes before the retry's turn.
+    cfg.replace(cfg.find("\"workers\": 2"), 12, "\"workers\": 1");
+    proxy_instance bb{cfg};
+    const std::string body = R"({"to":[1]})";
+    {
+        raw_client c{bb.port()};
+        c.send("POST /v3/mail/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Campaign-Id: c\r\n"
+               "Idempotency-Key: k-1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+        const int conn = ::accept(lfd, nullptr, nullptr);  // the request waits on this handshake now
+        ASSERT_GE(conn, 0) << "breakerbox never connected to the upstream";
+        ::setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+        c.close();  // the client gives up
+        char buf[4096];
+        while (::recv(conn, buf, sizeof buf, 0) > 0) {
+        }  // until breakerbox drops the handshake it gave up on
+        ::close(conn);
+    }
+    ::close(lfd);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    auto send = [&](const std::string& key) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    auto recipients = [&] {
+        const auto m = bb.server().current_runtime()->engine->read("recipients", "c", bb.server().now());
+        return m ? m->value : -1;
+    };
+    EXPECT_EQ(send("k-2").result_int(), 202u);  // held: counts against the caps it would use
+    EXPECT_EQ(recipients(), 1) << "the recipients of the request never sent still count";
+    const auto retry = send("k-1");
+    EXPECT_EQ(retry.result_int(), 202u) << "the first try never left: " << retry.body();
+    EXPECT_FALSE(retry["x-breakerbox-ticket"].empty());
+    EXPECT_EQ(recipients(), 2);
 }
 
 // The same across a restart (a deploy between the client's timeout and its retry): the keys
