@@ -1571,18 +1571,27 @@ bool parse_form(std::string_view content_type, std::string_view body,
 }
 
 std::string method_override_field(std::string_view content_type, std::string_view body) {
-    if (!is_form_content_type(content_type)) {
+    // Read as the widest server-side reader reads a body (Rack::MethodOverride): any
+    // multipart type as a form (Rack parses multipart/mixed and multipart/related too), and
+    // a body that names no type at all as urlencoded.
+    constexpr std::string_view multipart = "multipart/";
+    const bool any_multipart =
+        content_type.size() > multipart.size() && iequals(content_type.substr(0, multipart.size()), multipart);
+    if (!any_multipart && !is_form_content_type(content_type) && !content_type.empty()) {
         return {};
     }
-    constexpr std::string_view mp = "multipart/form-data";
-    if (iequals(content_type.substr(0, mp.size()), mp)) {
+    if (any_multipart) {
         // A part's name is written as is (maybe percent-encoded); a body without the word
         // anywhere has no such part, whatever its size.
         if (!icontains(body, "method")) {
             return {};
         }
+        // Parts as form-data's (the boundary parameter read from the type as given).
+        const auto params = content_type.find(';');
+        const std::string as_form_data =
+            "multipart/form-data" + std::string{params == std::string_view::npos ? std::string_view{} : content_type.substr(params)};
         thread_local std::vector<std::pair<std::string, std::string>> fields;
-        parse_form(content_type, body, fields);  // a malformed body: the fields before the fault
+        parse_form(as_form_data, body, fields);  // a malformed body: the fields before the fault
         for (const auto& [name, value] : fields) {
             if (is_method_override_name(name) || is_method_override_name(url_decode(name))) {
                 return name.substr(0, 32);

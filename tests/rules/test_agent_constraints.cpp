@@ -867,6 +867,17 @@ TEST(forms, method_override_fields) {
     // A malformed multipart body: the fields before the fault are still looked at.
     EXPECT_EQ(method_override_field(mp, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1\r\nbroken"),
               "_method");
+    // Read as Rack reads a body: one without a Content-Type as urlencoded, any multipart
+    // type as a form.
+    EXPECT_EQ(method_override_field("", "to=a%40x.com&_method=DELETE"), "_method");
+    EXPECT_EQ(method_override_field("", R"({"to":"a@x.com"})"), "");
+    EXPECT_EQ(method_override_field("", ""), "");
+    for (const char* type : {"multipart/mixed; boundary=b1", "Multipart/Related; boundary=b1"}) {
+        EXPECT_EQ(method_override_field(type, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1--\r\n"),
+                  "_method")
+            << type;
+    }
+    EXPECT_EQ(method_override_field("text/plain", "_method=DELETE"), "");
 }
 
 // Address lists split as RFC 5322 reads them (quoted strings with escapes); a list another
