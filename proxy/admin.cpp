@@ -1269,6 +1269,22 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
     };
     f.from_ms = number("from");
     f.to_ms = number("to");
+    // Unix time in milliseconds. One before 2001-09-09 (under 13 digits) is refused: nearly
+    // always seconds, or 0 (a script's default), and read as milliseconds it is January
+    // 1970, so a bulk discard of what was held "since" then takes every record.
+    constexpr std::int64_t earliest_ms = 1'000'000'000'000;
+    for (const auto& [k, v] : {std::pair{"from", f.from_ms}, std::pair{"to", f.to_ms}}) {
+        if (!err && v && *v < earliest_ms) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            std::to_string(*v) + " is not a time in milliseconds since the epoch (it reads as 1970; "
+                                                 "a time in seconds is written with 3 more digits)",
+                            prefix + k};
+        }
+    }
+    if (!err && f.from_ms && f.to_ms && *f.from_ms > *f.to_ms) {
+        err = api_error{http::status::bad_request, "bad_field", "\"from\" is after \"to\": nothing could match",
+                        prefix + "from"};
+    }
     if (auto l = number("limit")) {
         f.limit = static_cast<std::size_t>(std::min<std::int64_t>(*l, 1000));
     }

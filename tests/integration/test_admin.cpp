@@ -599,6 +599,10 @@ TEST(admin_api, every_mutation_refuses_unknown_repeated_and_mistyped_fields) {
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","limit":""}})", "filter.limit"},
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"breaker":"held","breaker":"other"}})", "filter.breaker"},
         {"/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"held"},"rate_per_s":5})", "rate_per_s"},
+        // Seconds (or 0) where milliseconds belong: read as such, every record held since 1970.
+        {"/v1/quarantine/discard", R"({"reason":"r","filter":{"from":1700000000}})", "filter.from"},
+        {"/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"held","to":"0"}})", "filter.to"},
+        {"/v1/quarantine/release", R"({"reason":"r","filter":{"from":1700000000000,"to":1600000000000}})", "filter.from"},
         {"/v1/config/rollback", R"({"reason":"r","version":"1"})", "version"},
         {"/v1/config/rollback?dry_run=1", R"({"reason":"preview","version":1})", "dry_run"},
         {"/v1/config/reload", R"({"reason":"r","metrics_only":true})", "metrics_only"},
@@ -609,6 +613,9 @@ TEST(admin_api, every_mutation_refuses_unknown_repeated_and_mistyped_fields) {
         EXPECT_EQ(code_of(r), "bad_field") << c.body << ": " << r.body();
         EXPECT_NE(r.body().find("\"field\":\"" + c.field + "\""), std::string::npos) << c.body << ": " << r.body();
     }
+    auto seconds = admin(f.port(), http::verb::get, "/v1/quarantine?from=1700000000", "view-token");
+    EXPECT_EQ(seconds.result_int(), 400u) << seconds.body();
+    EXPECT_NE(seconds.body().find("\"field\":\"from\""), std::string::npos) << seconds.body();
     auto twice = admin(f.port(), http::verb::get, "/v1/quarantine?agent=a&agent=b", "view-token");
     EXPECT_EQ(twice.result_int(), 400u) << twice.body();
     EXPECT_NE(twice.body().find("\"field\":\"agent\""), std::string::npos) << twice.body();
