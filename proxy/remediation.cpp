@@ -662,6 +662,16 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                              "lower rate_per_s may help)");
                         co_return sum;
                     }
+                    if (r.count == 0) {
+                        // No answer and nothing sent: the upstream could not be reached (refused,
+                        // a TLS failure, our own pool full). The rest would meet the same, each
+                        // turned release_failed, and a second run of this filter would find none
+                        // of them held. Left held.
+                        halt("upstream " + rec.upstream + " could not be reached for " + rec.ticket + " (" + r.message +
+                             "); nothing of it was sent, and the records after it stay as they are: release them "
+                             "again once it can be reached");
+                        co_return sum;
+                    }
                 } else if (r.code == "outcome_unknown") {
                     // Perhaps delivered, perhaps not (a gateway's 502, 503 or 504, a timeout, a
                     // connection lost after the send): the rest would most likely meet the same,

@@ -346,6 +346,30 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
     EXPECT_TRUE(sum.halted.empty());
 }
 
+// An upstream that cannot be reached (refused here; a TLS failure after a reload broke its CA
+// file, our own pool full): nothing of the replay went out, and the rest would meet the same.
+// The run stops and leaves them held. It used to go on at full speed, turning every record
+// release_failed, so a second run of the same filter (state held) found nothing to release.
+TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
+    std::uint16_t gone = 0;
+    {
+        fake_upstream up;
+        gone = up.port();
+    }  // closed: connections to it are refused
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(gone, dir, 0)};
+    std::vector<std::string> tickets;
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    const auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.failed, 1u);
+    EXPECT_NE(sum.halted.find("could not be reached"), std::string::npos) << sum.halted;
+    EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::release_failed);
+    EXPECT_EQ(bb.server().db()->get(tickets[1])->state, bb::store::held_state::held);
+    EXPECT_EQ(bb.server().db()->get(tickets[2])->state, bb::store::held_state::held);
+}
+
 // A bare 503 (overload, or a gateway that lost the connection after sending), a gateway's
 // 502 or 504, is of unknown outcome, and a bulk release stops there: the rest would meet the
 // same, each left for an operator to decide on by hand.
