@@ -8,10 +8,16 @@ using bb::proxy::redact_query;
 TEST(redact, credential_names_in_headers_and_query_parameters) {
     for (const char* n : {"Authorization", "proxy-authorization", "Cookie", "X-Api-Key", "hapikey", "api_key",
                           "access_token", "X-Amz-Signature", "X-Amz-Credential", "client_secret", "password", "key",
-                          "sig", "code", "auth", "AWSAccessKeyId"}) {
+                          "sig", "code", "auth", "AWSAccessKeyId",
+                          // vendors' own names, word by word
+                          "X-Auth-Key", "X-Authorization", "X-Access-Key", "Ocp-Apim-Subscription-Key",
+                          "X-Functions-Key", "x-auth", "jwt", "sessionid", "X-Session-Id", "routing_key",
+                          "X-Hub-Signature-256", "X-Private-Token", "authentication"}) {
         EXPECT_TRUE(credential_name(n)) << n;
     }
-    for (const char* n : {"content-type", "limit", "author", "keyword", "email", "x-campaign-id", "after"}) {
+    for (const char* n : {"content-type", "limit", "author", "keyword", "email", "x-campaign-id", "after",
+                          "Idempotency-Key", "x-idempotency-key", "authority", "monkey", "keys", "x-request-id",
+                          "x-breakerbox-decision", "x-tenant"}) {
         EXPECT_FALSE(credential_name(n)) << n;
     }
 }
