@@ -1382,6 +1382,16 @@ void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_po
     // a successor that already holds its state. Lock order: this map -> this instance ->
     // next's map -> next's instance; forwarding never holds a lock of this registry.
     std::unique_lock lock{mutex_};
+    // The first successor always (a snapshot through this registry, current until the swap
+    // is published, includes what is set on it meanwhile); a later one only when a breaker
+    // moves to it (a registry kept for a dropped breaker must not hold every later one).
+    bool moves = successors_.empty();
+    for (auto& [id, s] : slots_) {
+        moves = moves || (next->find(id) != nullptr && !s.handed_over.load(std::memory_order_relaxed));
+    }
+    if (!moves) {
+        return;
+    }
     successors_.push_back(next);
     forwarding_.store(true, std::memory_order_release);
     for (auto& [id, s] : slots_) {

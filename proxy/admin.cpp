@@ -1269,21 +1269,23 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
     };
     f.from_ms = number("from");
     f.to_ms = number("to");
-    // Unix time in milliseconds. One before 2001-09-09 (under 13 digits) is refused: nearly
-    // always seconds, or 0 (a script's default), and read as milliseconds it is January
-    // 1970, so a bulk discard of what was held "since" then takes every record.
+    // Unix time in milliseconds: 13 digits (2001-09-09 to 2286). Fewer are nearly always
+    // seconds, or 0 (a script's default), and more are microseconds: read as milliseconds
+    // they are January 1970 or centuries ahead, so a bulk discard of what was held "since"
+    // or "until" then takes every record.
     constexpr std::int64_t earliest_ms = 1'000'000'000'000;
+    constexpr std::int64_t latest_ms = 9'999'999'999'999;
     for (const auto& [k, v] : {std::pair{"from", f.from_ms}, std::pair{"to", f.to_ms}}) {
-        if (!err && v && *v < earliest_ms) {
+        if (!err && v && (*v < earliest_ms || *v > latest_ms)) {
             err = api_error{http::status::bad_request, "bad_field",
-                            std::to_string(*v) + " is not a time in milliseconds since the epoch (it reads as 1970; "
-                                                 "a time in seconds is written with 3 more digits)",
+                            std::to_string(*v) + " is not a time in milliseconds since the epoch (13 digits; "
+                                                 "seconds have 10, microseconds 16)",
                             prefix + k};
         }
     }
-    if (!err && f.from_ms && f.to_ms && *f.from_ms > *f.to_ms) {
-        err = api_error{http::status::bad_request, "bad_field", "\"from\" is after \"to\": nothing could match",
-                        prefix + "from"};
+    if (!err && f.from_ms && f.to_ms && *f.from_ms >= *f.to_ms) {
+        err = api_error{http::status::bad_request, "bad_field",
+                        "\"from\" is not before \"to\" (which is exclusive): nothing could match", prefix + "from"};
     }
     if (auto l = number("limit")) {
         f.limit = static_cast<std::size_t>(std::min<std::int64_t>(*l, 1000));

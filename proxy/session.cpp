@@ -1608,7 +1608,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // A form field asking the upstream for another method (`_method=DELETE`): the route,
         // the agent's scope and the rules would judge a POST that acts as a DELETE. The query
         // and the headers were refused in 2.
-        if (const auto field = rules::method_override_field(req[http::field::content_type], req.body());
+        if (const auto field = rules::method_override_field(req.method_string(), req[http::field::content_type], req.body());
             !field.empty()) {
             if (!co_await reply({http::status::bad_request, "rejected", "method_override",
                                  "the form field " + field +
@@ -1625,7 +1625,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // request bodies would read `_method` in it): a form is accepted uncompressed only.
         if (const auto enc = req[http::field::content_encoding];
             !enc.empty() && !iequals(enc, "identity") && !req.body().empty() &&
-            rules::is_form_content_type(req[http::field::content_type])) {
+            rules::form_type_somewhere(req[http::field::content_type])) {
             if (!co_await reply({http::status::unsupported_media_type, "rejected", "unsupported_content_encoding",
                                  "Content-Encoding " + std::string{enc.substr(0, 32)} +
                                      " is not accepted on a form body: its fields (a method override among them) "

@@ -1570,17 +1570,35 @@ bool parse_form(std::string_view content_type, std::string_view body,
     return true;
 }
 
-std::string method_override_field(std::string_view content_type, std::string_view body) {
-    // Read as the widest server-side reader reads a body (Rack::MethodOverride): any
-    // multipart type as a form (Rack parses multipart/mixed and multipart/related too), and
-    // a body that names no type at all as urlencoded.
+namespace {
+bool any_multipart(std::string_view content_type) {
     constexpr std::string_view multipart = "multipart/";
-    const bool any_multipart =
-        content_type.size() > multipart.size() && iequals(content_type.substr(0, multipart.size()), multipart);
-    if (!any_multipart && !is_form_content_type(content_type) && !content_type.empty()) {
+    return content_type.size() > multipart.size() && iequals(content_type.substr(0, multipart.size()), multipart);
+}
+}  // namespace
+
+bool form_type_somewhere(std::string_view content_type) {
+    return any_multipart(content_type) || is_form_content_type(content_type);
+}
+
+bool read_as_form_somewhere(std::string_view method, std::string_view content_type, std::string_view body) {
+    // Rack also takes a POST body that names no type as urlencoded.
+    if (form_type_somewhere(content_type)) {
+        return true;
+    }
+    if (!content_type.empty() || method != "POST" || body.empty()) {
+        return false;
+    }
+    const std::string_view text = without_bom(body);
+    const auto first = text.find_first_not_of(" \t\r\n");
+    return first == std::string_view::npos || (text[first] != '{' && text[first] != '[');
+}
+
+std::string method_override_field(std::string_view method, std::string_view content_type, std::string_view body) {
+    if (!read_as_form_somewhere(method, content_type, body)) {
         return {};
     }
-    if (any_multipart) {
+    if (any_multipart(content_type)) {
         // A part's name is written as is (maybe percent-encoded); a body without the word
         // anywhere has no such part, whatever its size.
         if (!icontains(body, "method")) {

@@ -53,7 +53,16 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
 // as Rails, Laravel and Symfony read it from a form body; Salesforce's `_HttpMethod`), as
 // written (at most 32 bytes), or "" (also for a body that is not a form). Routes, agent
 // scopes and rules judge the method on the wire, so the proxy refuses such a body.
-std::string method_override_field(std::string_view content_type, std::string_view body);
+std::string method_override_field(std::string_view method, std::string_view content_type, std::string_view body);
+
+// Whether some server-side reader takes this body as a form, as Rack does: a form type
+// (form_type_somewhere), and for a POST a body with no type at all that does not start like
+// JSON (`{` or `[` after white space). What method_override_field reads.
+bool read_as_form_somewhere(std::string_view method, std::string_view content_type, std::string_view body);
+// A type some reader takes as a form: urlencoded or any multipart/* (Rack parses
+// multipart/mixed and multipart/related as form-data). Such a body must not come
+// compressed: its fields could not be read.
+bool form_type_somewhere(std::string_view content_type);
 
 // One parameter of a header value (`multipart/mixed; boundary="b"`) into *out, left empty
 // when absent. False when the value is malformed (RFC 9110 / RFC 2183 syntax) or the

@@ -603,6 +603,8 @@ TEST(admin_api, every_mutation_refuses_unknown_repeated_and_mistyped_fields) {
         {"/v1/quarantine/discard", R"({"reason":"r","filter":{"from":1700000000}})", "filter.from"},
         {"/v1/quarantine/discard", R"({"reason":"r","filter":{"breaker":"held","to":"0"}})", "filter.to"},
         {"/v1/quarantine/release", R"({"reason":"r","filter":{"from":1700000000000,"to":1600000000000}})", "filter.from"},
+        {"/v1/quarantine/discard", R"({"reason":"r","filter":{"to":1700000000000000}})", "filter.to"},
+        {"/v1/quarantine/discard", R"({"reason":"r","filter":{"from":1700000000000,"to":1700000000000}})", "filter.from"},
         {"/v1/config/rollback", R"({"reason":"r","version":"1"})", "version"},
         {"/v1/config/rollback?dry_run=1", R"({"reason":"preview","version":1})", "dry_run"},
         {"/v1/config/reload", R"({"reason":"r","metrics_only":true})", "metrics_only"},

@@ -351,13 +351,18 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
 // The run stops and leaves them held. It used to go on at full speed, turning every record
 // release_failed, so a second run of the same filter (state held) found nothing to release.
 TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
-    std::uint16_t gone = 0;
-    {
-        fake_upstream up;
-        gone = up.port();
-    }  // closed: connections to it are refused
+    // A port bound and not listening: connections to it are refused, and no other test can
+    // take it meanwhile.
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    socklen_t len = sizeof a;
+    ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
     const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(gone, dir, 0)};
+    proxy_instance bb{quarantine_config(ntohs(a.sin_port), dir, 0)};
     std::vector<std::string> tickets;
     ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
     bb::store::list_filter f;
@@ -368,6 +373,7 @@ TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
     EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::release_failed);
     EXPECT_EQ(bb.server().db()->get(tickets[1])->state, bb::store::held_state::held);
     EXPECT_EQ(bb.server().db()->get(tickets[2])->state, bb::store::held_state::held);
+    ::close(fd);
 }
 
 // A bare 503 (overload, or a gateway that lost the connection after sending), a gateway's

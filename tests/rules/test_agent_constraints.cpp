@@ -854,30 +854,40 @@ TEST(FormHelpers, SplitAddressesAndParseForm) {
 }
 
 TEST(forms, method_override_fields) {
-    EXPECT_EQ(method_override_field(urlencoded, "to=a%40x.com&_method=DELETE"), "_method");
-    EXPECT_EQ(method_override_field(urlencoded, "%5F%48ttpMethod=PATCH"), "%5F%48ttpMethod");
-    EXPECT_EQ(method_override_field(urlencoded, "a=1;_Method"), "_Method");  // no value: still a field
-    EXPECT_EQ(method_override_field(urlencoded, "to=_method&method=DELETE&__method=x"), "");
-    EXPECT_EQ(method_override_field("application/json", "_method=DELETE"), "");
-    EXPECT_EQ(method_override_field(multipart_type, mailgun_multipart()), "");
+    EXPECT_EQ(method_override_field("POST", urlencoded, "to=a%40x.com&_method=DELETE"), "_method");
+    EXPECT_EQ(method_override_field("POST", urlencoded, "%5F%48ttpMethod=PATCH"), "%5F%48ttpMethod");
+    EXPECT_EQ(method_override_field("POST", urlencoded, "a=1;_Method"), "_Method");  // no value: still a field
+    EXPECT_EQ(method_override_field("POST", urlencoded, "to=_method&method=DELETE&__method=x"), "");
+    EXPECT_EQ(method_override_field("POST", "application/json", "_method=DELETE"), "");
+    EXPECT_EQ(method_override_field("POST", multipart_type, mailgun_multipart()), "");
     const std::string mp = "multipart/form-data; boundary=b1";
-    EXPECT_EQ(method_override_field(mp, "--b1\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.com\r\n--b1\r\n"
+    EXPECT_EQ(method_override_field("POST", mp, "--b1\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.com\r\n--b1\r\n"
                                         "Content-Disposition: form-data; name=\"_HTTPMETHOD\"\r\n\r\nDELETE\r\n--b1--\r\n"),
               "_HTTPMETHOD");
     // A malformed multipart body: the fields before the fault are still looked at.
-    EXPECT_EQ(method_override_field(mp, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1\r\nbroken"),
+    EXPECT_EQ(method_override_field("POST", mp, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1\r\nbroken"),
               "_method");
     // Read as Rack reads a body: one without a Content-Type as urlencoded, any multipart
     // type as a form.
-    EXPECT_EQ(method_override_field("", "to=a%40x.com&_method=DELETE"), "_method");
-    EXPECT_EQ(method_override_field("", R"({"to":"a@x.com"})"), "");
-    EXPECT_EQ(method_override_field("", ""), "");
+    EXPECT_EQ(method_override_field("POST", "", "to=a%40x.com&_method=DELETE"), "_method");
+    EXPECT_EQ(method_override_field("POST", "", R"({"to":"a@x.com"})"), "");
+    // Only a POST's untyped body is read so (Rack), and not one that starts like JSON: an
+    // HTML part in it (`&amp;_method=put`) is no form field.
+    EXPECT_EQ(method_override_field("PUT", "", "id=7&_method=DELETE"), "");
+    EXPECT_EQ(method_override_field("POST", "", "\xEF\xBB\xBF [{\"html\":\"a&amp;_method=put\"}]"), "");
+    EXPECT_TRUE(read_as_form_somewhere("POST", "", "a=1"));
+    EXPECT_FALSE(read_as_form_somewhere("POST", "", " {\"a\":1}"));
+    EXPECT_TRUE(read_as_form_somewhere("PATCH", "multipart/mixed; boundary=b", "x"));
+    EXPECT_FALSE(read_as_form_somewhere("POST", "application/json", "a=1"));
+    EXPECT_TRUE(form_type_somewhere("multipart/related; boundary=b"));
+    EXPECT_FALSE(form_type_somewhere(""));
+    EXPECT_EQ(method_override_field("POST", "", ""), "");
     for (const char* type : {"multipart/mixed; boundary=b1", "Multipart/Related; boundary=b1"}) {
-        EXPECT_EQ(method_override_field(type, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1--\r\n"),
+        EXPECT_EQ(method_override_field("POST", type, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1--\r\n"),
                   "_method")
             << type;
     }
-    EXPECT_EQ(method_override_field("text/plain", "_method=DELETE"), "");
+    EXPECT_EQ(method_override_field("POST", "text/plain", "_method=DELETE"), "");
 }
 
 // Address lists split as RFC 5322 reads them (quoted strings with escapes); a list another
