@@ -26,6 +26,21 @@ namespace bb {
 
 namespace {
 
+// `url` as it may be shown: user info, query and fragment replaced by "[redacted]".
+std::string url_without_secrets(std::string_view url) {
+    std::string out{url};
+    if (const auto cut = out.find_first_of("?#"); cut != std::string::npos) {
+        out.replace(cut, std::string::npos, std::string{out[cut]} + "[redacted]");
+    }
+    const auto scheme = out.find("://");
+    const auto from = scheme == std::string::npos ? 0 : scheme + 3;
+    const auto authority_end = std::min(out.find('/', from), out.size());
+    if (const auto at = out.rfind('@', authority_end); at != std::string::npos && at >= from && at < authority_end) {
+        out.replace(from, at - from, "[redacted]");
+    }
+    return out;
+}
+
 bool valid_name(std::string_view s) {
     if (s.empty() || s.size() > 64) {
         return false;
@@ -196,8 +211,11 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
             u.url = *url;
             auto parsed = boost::urls::parse_absolute_uri(*url);
             const std::string where = r.path_of("url");
+            // Errors are logged and kept in the audit log, which viewers read: a URL is
+            // quoted without what may be a credential (user info, the query and fragment).
+            const std::string shown = url_without_secrets(*url);
             if (!parsed) {
-                r.errs().add(where, cfg::quote(*url) + " is not an absolute URL");
+                r.errs().add(where, cfg::quote(shown) + " is not an absolute URL");
             } else {
                 const auto scheme = parsed->scheme();
                 if (scheme == "https") {
@@ -206,20 +224,20 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
                 } else if (scheme == "http") {
                     u.port = 80;
                 } else {
-                    r.errs().add(where, cfg::quote(*url) + ": scheme must be http or https");
+                    r.errs().add(where, cfg::quote(shown) + ": scheme must be http or https");
                 }
                 std::string host{parsed->encoded_host()};
                 if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
                     host = host.substr(1, host.size() - 2);
                 }
                 if (host.empty()) {
-                    r.errs().add(where, cfg::quote(*url) + " has no host");
+                    r.errs().add(where, cfg::quote(shown) + " has no host");
                 }
                 u.host = host;
                 if (parsed->has_port()) {
                     const auto p = parsed->port_number();
                     if (p == 0) {
-                        r.errs().add(where, cfg::quote(*url) + " has an invalid port");
+                        r.errs().add(where, cfg::quote(shown) + " has an invalid port");
                     }
                     u.port = p;
                 }
@@ -230,7 +248,7 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
                 }
                 u.base_path = p;
                 if (parsed->has_query() || parsed->has_fragment() || parsed->has_userinfo()) {
-                    r.errs().add(where, cfg::quote(*url) + " must not carry a query, fragment or user info");
+                    r.errs().add(where, cfg::quote(shown) + " must not carry a query, fragment or user info");
                 }
             }
         }

@@ -315,7 +315,12 @@ void redact_into(simdjson::dom::element e, std::string& out, bool hide, bool& re
                 out += q(f.key);
                 out += ':';
                 const bool alerts = in_alerts || iequals(f.key, "alerts");
-                redact_into(f.value, out, hide || hidden_key(f.key, alerts), redacted, alerts);
+                // Any URL that carries user info or a query (a config refused for it, kept in
+                // the audit log): the credential may be there.
+                std::string_view text;
+                const bool url_secret = iequals(f.key, "url") && f.value.get(text) == simdjson::SUCCESS &&
+                                        text.find_first_of("@?#") != std::string_view::npos;
+                redact_into(f.value, out, hide || url_secret || hidden_key(f.key, alerts), redacted, alerts);
             }
             out += '}';
             return;

@@ -989,6 +989,18 @@ TEST(admin_api, a_viewer_reads_the_config_and_the_audit_log_without_secrets) {
     auto log = admin(port, http::verb::get, "/v1/audit", "view-token");
     EXPECT_EQ(log.body().find("TOKEN-123"), std::string::npos) << log.body();
     EXPECT_NE(admin(port, http::verb::get, "/v1/audit", "admin-token").body().find("TOKEN-123"), std::string::npos);
+    // A config refused for an upstream URL that carries a credential: neither its error
+    // (kept in the audit log) nor the refused body shows the credential to a viewer.
+    std::string leaky = cfg;
+    const std::string plain_url = "\"url\": \"http://127.0.0.1:";
+    leaky.replace(leaky.find(plain_url), plain_url.size(), "\"url\": \"http://svc:UP-SECRET@127.0.0.1:");
+    auto refused = admin(port, http::verb::post, "/v1/config", "op-token",
+                         R"({"reason":"rotate","config":)" + leaky + "}");
+    EXPECT_EQ(refused.result_int(), 400u) << refused.body();
+    EXPECT_EQ(refused.body().find("UP-SECRET"), std::string::npos) << refused.body();
+    EXPECT_NE(refused.body().find("http://[redacted]@127.0.0.1:"), std::string::npos) << refused.body();
+    log = admin(port, http::verb::get, "/v1/audit", "view-token");
+    EXPECT_EQ(log.body().find("UP-SECRET"), std::string::npos) << log.body();
 }
 
 // What the judge does not compare field by field is a loosening (fail closed), and a key
