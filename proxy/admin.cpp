@@ -1215,8 +1215,11 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     }
     // Durable before the answer: a restart right after still sees the operator's act.
     if (!co_await await_persist(srv_)) {
-        co_return fail({http::status::service_unavailable, "store_unavailable",
-                        "the change is in effect but could not be persisted"});
+        auto f = fail({http::status::service_unavailable, "store_unavailable",
+                       "the change is in effect but could not be persisted"});
+        // What happened, for whoever reads the audit log: done, only not durable.
+        f.audit_result = "in effect, not persisted (store_unavailable)";
+        co_return f;
     }
     auto s = reg.get(id, srv_.now());
     h.body = "{\"breaker\":" + (s ? breaker_json(*s, *cfg, srv_.time()) : std::string{"null"}) + "}";
@@ -1757,6 +1760,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
             f.mutation = true;
             f.audit_target = "config";
             f.audit_diff = diff_text;
+            f.audit_result = "applied version " + std::to_string(version) +
+                             "; its metrics_only modes not persisted (store_unavailable)";
             co_return f;
         }
     }

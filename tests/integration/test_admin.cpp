@@ -1198,6 +1198,32 @@ TEST(admin_api, an_act_whose_outcome_cannot_be_recorded_still_answers_what_was_d
     EXPECT_EQ(f.bb.server().db()->get(ticket)->state, bb::store::held_state::discarded);
 }
 
+// A trip that took effect but whose breaker state could not be saved is 503, and the audit
+// log says what happened: in effect, not persisted (it used to read as a plain failure,
+// "store_unavailable", of a trip that holds traffic).
+TEST(admin_api, a_trip_in_effect_but_not_persisted_is_audited_as_such) {
+    admin_fixture f;
+    // The intent is written; the state save, held back until the trip is in effect, fails
+    // once (the outcome's record after it is written).
+    f.bb.server().pause_breaker_state_writes(true);
+    f.bb.server().db()->inject_write_fault(SQLITE_IOERR, 1, bb::store::fault_point::first_write, 1);
+    auto answer = std::async(std::launch::async, [&] {
+        return admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/a/trip", "op-token",
+                     R"({"reason":"disk trouble"})");
+    });
+    EXPECT_EQ(answer.wait_for(std::chrono::milliseconds{300}), std::future_status::timeout)
+        << "answered before its save";
+    f.bb.server().pause_breaker_state_writes(false);
+    auto trip = answer.get();
+    EXPECT_EQ(trip.result_int(), 503u) << trip.body();
+    EXPECT_EQ(code_of(trip), "store_unavailable") << trip.body();
+    EXPECT_NE(trip["x-breakerbox-audit"], "unrecorded") << trip.body();
+    EXPECT_EQ(f.bb.server().breakers()->get("campaign-volume/a", f.bb.server().now())->st, bb::breakers::state::open);
+    ASSERT_TRUE(f.bb.server().flush_breaker_state());  // the store is back
+    const auto log = admin(f.port(), http::verb::get, "/v1/audit", "view-token").body();
+    EXPECT_NE(log.find("\"result\":\"in effect, not persisted (store_unavailable)\""), std::string::npos) << log;
+}
+
 // A config change whose version cannot be stored is not applied: the versions (base_version,
 // rollback) always number what runs.
 TEST(admin_api, a_config_change_whose_version_cannot_be_stored_is_not_applied) {
