@@ -1224,6 +1224,19 @@ TEST(admin_api, a_trip_in_effect_but_not_persisted_is_audited_as_such) {
     EXPECT_NE(log.find("\"result\":\"in effect, not persisted (store_unavailable)\""), std::string::npos) << log;
 }
 
+// A refused credential is counted (a token being guessed, or a revoked one still tried,
+// shows in /metrics), not only answered 401.
+TEST(admin_api, refused_credentials_are_counted) {
+    admin_fixture f;
+    for (const char* token : {"guess-1", "guess-2"}) {
+        EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", token).result_int(), 401u);
+    }
+    const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+    EXPECT_NE(text.find("breakerbox_admin_actions_total{endpoint=\"/v1/breakers\",status=\"401\"} 2"),
+              std::string::npos)
+        << text;
+}
+
 // A config change whose version cannot be stored is not applied: the versions (base_version,
 // rollback) always number what runs.
 TEST(admin_api, a_config_change_whose_version_cannot_be_stored_is_not_applied) {
