@@ -388,6 +388,17 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
             co_return;
         }
 
+        if (clock_type::now() >= deadline) {
+            // The request's timeout ran out while its connection was made (a slow lookup,
+            // connect or TLS handshake): written now, it could get no answer in time, and the
+            // client would hear "outcome unknown" of a request the upstream may act on. Not sent.
+            out.failure = upstream_failure::connect_timeout;
+            out.detail = "no connection to upstream " + cfg_.name + " was ready within the request's timeout of " +
+                         cfg::format_duration(timeout) + "; nothing was sent";
+            give_back(std::move(conn));  // unused: still good for the next request
+            finish();
+            co_return;
+        }
         conn->tcp().expires_at(deadline);
         out.sending = true;
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });

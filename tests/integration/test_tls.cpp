@@ -18,6 +18,10 @@
 #include <tuple>
 
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -461,6 +465,56 @@ TEST(tls_listener, one_listener_with_broken_files_does_not_hold_back_the_others)
 // ---- forward proxy ----------------------------------------------------------------------
 
 namespace {
+
+// A request whose timeout runs out while its connection is made (a TLS handshake slower than
+// the route's timeout) is not written: it could get no answer in time. It used to go out and
+// be answered 504 "outcome unknown" at once, while the upstream might act on it.
+TEST(upstream_tls, a_request_whose_timeout_ran_out_while_connecting_is_not_sent) {
+    fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
+    // A relay that starts passing the handshake on only 300 ms after breakerbox connects.
+    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(lfd, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(lfd, 4), 0);
+    socklen_t len = sizeof a;
+    ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    const timeval bound{10, 0};
+    ::setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    std::thread relay{[&] {
+        const int in = ::accept(lfd, nullptr, nullptr);
+        if (in < 0) {
+            return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds{300});  // the slow handshake
+        raw_client out{api.port()};
+        pollfd fds[2] = {{in, POLLIN, 0}, {out.fd(), POLLIN, 0}};
+        char buf[16384];
+        while (::poll(fds, 2, 5000) > 0) {
+            const int from = (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0 ? 0 : 1;
+            const auto n = ::recv(fds[from].fd, buf, sizeof buf, 0);
+            if (n <= 0 || ::send(fds[1 - from].fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) {
+                break;
+            }
+        }
+        ::close(in);
+    }};
+    proxy_instance bb{"{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+                      "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(ntohs(a.sin_port)) +
+                      "\", \"ca_file\": " + q(cert("ca.pem")) + ", \"timeout\": \"100ms\", \"connect_timeout\": \"10s\"}],"
+                      "\"routes\": [{\"name\": \"send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
+                      "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+    const auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                                  {{"content-type", "application/json"}});
+    EXPECT_EQ(res.result_int(), 503u) << res.body();
+    EXPECT_NE(res.body().find("upstream_connect_timeout"), std::string::npos) << res.body();
+    EXPECT_NE(res.body().find("nothing was sent"), std::string::npos) << res.body();
+    relay.join();
+    ::close(lfd);
+    EXPECT_EQ(api.request_count(), 0u) << "written although no answer could come in time";
+}
 
 std::string forward_config(std::uint16_t https_port, const std::string& passthrough = "",
                            const std::string& limits = "", const std::string& routes_before = "",
