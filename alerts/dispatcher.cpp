@@ -61,6 +61,39 @@ constexpr std::size_t response_header_limit = 16 * 1024;
 constexpr std::size_t response_body_limit = 64 * 1024;  // read only to quote it in last_error
 constexpr std::size_t error_body_quote = 200;
 
+// What of a receiver's error body goes into logs and stats: its first bytes, with this sink's
+// secrets (a receiver or gateway may echo the request: its Authorization header, the routing
+// key, the URL) cut out and control bytes shown as '?' (a body cannot forge log lines).
+std::string quotable_body(const sink_config& cfg, std::string_view body) {
+    std::string out{body};
+    auto scrub = [&](std::string_view secret) {
+        if (secret.size() < 4) {
+            return;  // too short to be one, and would cut ordinary words
+        }
+        for (auto at = out.find(secret); at != std::string::npos; at = out.find(secret, at + 10)) {
+            out.replace(at, secret.size(), "[redacted]");
+        }
+    };
+    scrub(cfg.url);
+    scrub(cfg.routing_key);
+    for (const auto& [name, value] : cfg.headers) {
+        scrub(value);
+        if (const auto sp = value.find(' '); sp != std::string::npos) {
+            scrub(std::string_view{value}.substr(sp + 1));  // "Bearer T": T alone too
+        }
+    }
+    if (out.size() > error_body_quote) {
+        out.resize(error_body_quote);
+    }
+    for (auto& c : out) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) {
+            c = '?';
+        }
+    }
+    return out;
+}
+
 struct attempt_result {
     enum class outcome { ok, retry, give_up };
     outcome what = outcome::give_up;
@@ -411,7 +444,7 @@ struct dispatcher::impl {
         co_await http::async_read(stream, buf, parser, use_tuple);
         std::string message = "HTTP " + std::to_string(status);
         if (const auto& b = parser.get().body(); !b.empty()) {
-            message += ": " + b.substr(0, error_body_quote);
+            message += ": " + quotable_body(s.cfg, b);
         }
         error_code ignored;
         tcp_layer.socket().shutdown(tcp::socket::shutdown_both, ignored);

@@ -231,6 +231,22 @@ TEST(AlertsDispatcher, ClientErrorsAreNotRetried) {
     EXPECT_NE(st.last_error.find("routing_key is invalid"), std::string::npos) << st.last_error;
 }
 
+// A receiver (or a gateway before it) that echoes the request in its error body: what is
+// quoted in the stats and the log has the sink's secrets cut out, and no control bytes.
+TEST(AlertsDispatcher, AnEchoedSecretIsNotQuoted) {
+    fake_receiver rx{[](std::size_t, const webhook_request&) {
+        return bb::test::reply(400, "bad request\nAuthorization: Bearer HOOK-SECRET-1\r\nfake log line");
+    }};
+    auto sink = webhook_sink(rx);
+    sink.headers.emplace_back("Authorization", "Bearer HOOK-SECRET-1");
+    dispatcher d{quick({sink})};
+    d.publish(make_alert());
+    ASSERT_TRUE(d.flush(5s));
+    const auto st = d.stats()[0];
+    EXPECT_EQ(st.last_error.find("HOOK-SECRET-1"), std::string::npos) << st.last_error;
+    EXPECT_EQ(st.last_error, "HTTP 400: bad request?Authorization: [redacted]??fake log line");
+}
+
 TEST(AlertsDispatcher, ConnectionRefusedIsRetriedThenFails) {
     std::uint16_t port = 0;
     {
