@@ -2070,6 +2070,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 std::vector<std::string> shadow_reported;
                 bool settled = false;
                 for (std::size_t pass = 0; pass < 64 && !contained; ++pass) {
+                    if (pass > 0) {
+                        // A pass may follow a wait for the breaker state's save, during which
+                        // other requests on this thread refilled the shared header list the
+                        // view reads: filled again from this request.
+                        fill_view();
+                    }
                     rules::decision shadowed;
                     const auto d = rt.engine->evaluate(view, now,
                                                        registry.any_active() || !let_through.empty() ? &suspended : nullptr,

@@ -764,6 +764,37 @@ TEST(quarantine, a_request_its_client_left_before_it_was_sent_leaves_nothing_beh
     EXPECT_EQ(recipients(), 2);
 }
 
+// A request whose rule trips a quarantine waits for the breaker state's save, then the other
+// rules judge it and book what it sends. They read its headers through a list shared by the
+// worker's requests, which another request refilled meanwhile: the count was booked under the
+// other request's campaign (or read freed memory).
+TEST(quarantine, the_rules_after_a_trip_read_this_requests_own_headers) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir, 0);
+    cfg.replace(cfg.find("\"workers\": 2"), 12, "\"workers\": 1");  // both requests on one thread
+    cfg.replace(cfg.find("\"breakers\": ["), 13, "\"breakers\": [{\"id\": \"other\", \"action\": \"pause\", \"reset\": \"manual\"}, ");
+    cfg.replace(cfg.find("\"rules\": ["), 10,
+                "\"rules\": [{\"id\": \"count\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"], "
+                "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 1000, "
+                "\"failure_mode\": \"volume-spike\", \"trips\": \"other\"}, ");
+    proxy_instance bb{cfg};
+    bb.server().pause_breaker_state_writes(true);
+    auto one = std::async(std::launch::async, [&] { return send_mail(bb.port(), "one", R"({"to":[1]})"); });
+    EXPECT_EQ(one.wait_for(std::chrono::milliseconds{300}), std::future_status::timeout) << "held before its trip was saved";
+    auto two = std::async(std::launch::async, [&] { return send_mail(bb.port(), "two", R"({"to":[1,2]})"); });
+    EXPECT_EQ(two.wait_for(std::chrono::milliseconds{300}), std::future_status::timeout);
+    bb.server().pause_breaker_state_writes(false);
+    EXPECT_EQ(one.get().result_int(), 202u);
+    EXPECT_EQ(two.get().result_int(), 202u);
+    auto counted = [&](const char* campaign) {
+        const auto m = bb.server().current_runtime()->engine->read("count", campaign, bb.server().now());
+        return m ? m->value : 0;
+    };
+    EXPECT_EQ(counted("one"), 1) << "booked under another request's campaign";
+    EXPECT_EQ(counted("two"), 2);
+}
+
 // The same across a restart (a deploy between the client's timeout and its retry): the keys
 // of requests sent live are saved to the store (what a failed save had goes with the next)
 // and read back at start.
