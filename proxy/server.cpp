@@ -43,6 +43,25 @@ namespace bb::proxy {
 
 namespace {
 
+// Runs `ioc` until it stops. An exception out of a handler (a library's throw inside an
+// asynchronous operation: Beast throws std::length_error for a field of 64 KiB or more,
+// as a chunked body's trailer can be) would end the thread and std::terminate the
+// process: it is logged instead and the loop goes on. The coroutine that waited on that
+// operation is destroyed with it (asio destroys an abandoned awaitable's frames), so its
+// connection closes.
+void run_catching(asio::io_context& ioc, std::string_view who) {
+    for (;;) {
+        try {
+            ioc.run();
+            return;
+        } catch (const std::exception& e) {
+            spdlog::error("{}: an operation threw and was abandoned (its connection closed): {}", who, e.what());
+        } catch (...) {
+            spdlog::error("{}: an operation threw and was abandoned (its connection closed)", who);
+        }
+    }
+}
+
 bool same_listeners(const config& a, const config& b) {
     if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) {
         return false;
@@ -1635,7 +1654,7 @@ void server::start() {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
         auto* w = workers_[i].get();
         w->start_accepting(std::move(per_worker[i]));
-        threads_.emplace_back([w] { w->ioc().run(); });
+        threads_.emplace_back([w] { run_catching(w->ioc(), "worker"); });
     }
     started_ = true;
 }
@@ -2070,7 +2089,7 @@ int server::run() {
         });
     };
     poll();
-    control_.run();
+    run_catching(control_, "control thread");
     control_tick_ = nullptr;
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->shutdown(); });

@@ -1398,7 +1398,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // Chunk extensions and trailer fields wait in `buf` until their line (section)
             // ends, and Beast bounds neither: without a cap here one unterminated chunk line
             // grows the buffer by whatever the client sends until the body timeout.
-            const std::size_t buf_cap = buf.size() + lim.header_bytes + 65536;
+            // Under 64 KiB as well: Beast stores a field's size in 16 bits and throws for a
+            // trailer field of 64 KiB or more (run_catching would close the connection; here
+            // it is refused, 431). (Chunk data does not wait here: the parser takes it as it
+            // comes.)
+            const std::size_t buf_cap =
+                std::max(buf.size(), std::min<std::size_t>(lim.header_bytes + 65536, 65000));
             buf.max_size(buf_cap);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
             buf.max_size(std::numeric_limits<std::size_t>::max());

@@ -457,7 +457,8 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 }
                 // Beast bounds neither chunk extensions nor trailer sections, which wait in
                 // the buffer until their line ends: capped, as on the client side.
-                conn->buffer.max_size(conn->buffer.size() + 128 * 1024);
+                // (Under 64 KiB: Beast throws for a trailer field of 64 KiB or more.)
+                conn->buffer.max_size(std::max<std::size_t>(conn->buffer.size(), 65000));
                 auto [rec, rn] = co_await conn->visit(
                     [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
                 conn->buffer.max_size(std::numeric_limits<std::size_t>::max());
