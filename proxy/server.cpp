@@ -914,14 +914,19 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
     for (const auto& r : cfg->routes) {
         bool any = false;
         bool response = false;
+        bool response_body = false;
         if (rt->engine) {
             for (const auto idx : cfg->rules->rules_for(r.name)) {
+                const auto& rule = cfg->rules->rules[idx];
                 any = true;
-                response = response || cfg->rules->rules[idx].response_side;
+                response = response || rule.response_side;
+                response_body = response_body || rule.measure.needs_response_json ||
+                                (rule.ratio_of && rule.ratio_of->needs_response_json);
             }
         }
         rt->route_has_rules.push_back(any ? 1 : 0);
         rt->route_has_response_rules.push_back(response ? 1 : 0);
+        rt->route_reads_response_body.push_back(response_body ? 1 : 0);
     }
     return rt;
 }

@@ -81,6 +81,7 @@ struct runtime {
     std::vector<upstream_guard> upstreams;                 // by upstream index
     std::vector<std::uint8_t> route_has_rules;             // by route index
     std::vector<std::uint8_t> route_has_response_rules;    // by route index
+    std::vector<std::uint8_t> route_reads_response_body;   // by route index: a rule reads the response's JSON
 };
 
 // One per connection, registered with its worker so a drain can wake idle connections.

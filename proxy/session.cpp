@@ -2477,6 +2477,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
 
         // 7. Rewrite for the upstream: hop-by-hop fields out, forwarding fields in.
         strip_hop_by_hop(req);
+        if (rt.route_reads_response_body[route_index] != 0) {
+            // A rule reads the response's JSON: a compressed one (the client's gzip, which
+            // Go's HTTP client asks for by default) would be unreadable, and the rule blind.
+            req.set(http::field::accept_encoding, "identity");
+        }
         req.erase(http::field::expect);
         req.erase(http::field::host);
         req.set(http::field::host, up.authority);

@@ -358,6 +358,37 @@ TEST(health, a_probe_sent_to_the_sandbox_upstream_is_no_verdict_on_the_real_one)
     EXPECT_EQ(up.request_count(), 3u);
 }
 
+// A rule that reads the response's JSON asks the upstream for it uncompressed: a client's
+// Accept-Encoding: gzip (Go's default) made the upstream compress it, the rule read nothing,
+// and its breaker never tripped.
+TEST(health, a_rule_reading_the_response_gets_it_uncompressed) {
+    fake_upstream up{[](const request& r) {
+        if (r[http::field::accept_encoding].find("gzip") != std::string_view::npos) {
+            auto b = respond(200, std::string{"\x1f\x8b\x08\x00 not json", 13});
+            b.res.set(http::field::content_encoding, "gzip");
+            return b;
+        }
+        return respond(200, R"({"errors":[1,2]})");
+    }};
+    proxy_instance bb{one_route_config(
+        up.port(), temp_dir(),
+        "\"failure_modes\": [{\"id\": \"crm\", \"title\": \"CRM errors\", \"severity\": \"sev2\"}],"
+        "\"breakers\": [{\"id\": \"errors\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+        "\"rules\": [{\"id\": \"crm-errors\", \"route\": \"mail-send\", \"measure\": \"count(response:$.errors[*])\","
+        " \"window\": \"1m\", \"limit\": 3, \"failure_mode\": \"crm\", \"trips\": \"errors\"}],")};
+    for (int i = 0; i < 2; ++i) {
+        raw_client c{bb.port()};
+        std::string m = mail(1, "x");
+        m.replace(m.find("Content-Type"), 0, "Accept-Encoding: gzip\r\n");
+        c.send(m);
+        ASSERT_EQ(c.read_response().result_int(), 200u) << i;
+    }
+    EXPECT_EQ(up.requests().back().req[http::field::accept_encoding], "identity");
+    auto errors = bb.server().breakers()->get("errors", bb.server().now());
+    ASSERT_TRUE(errors);
+    EXPECT_EQ(errors->st, bb::breakers::state::open) << "2 + 2 errors > 3, read from the responses";
+}
+
 // An outage shows as refused connections and timeouts, not 5xx answers: those count as the
 // 502/503/504 the clients get, so an error-ratio rule trips (they used to count as responses
 // that were not errors, driving the ratio down).
