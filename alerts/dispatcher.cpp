@@ -65,7 +65,8 @@ constexpr std::size_t error_body_quote = 200;
 // secrets (a receiver or gateway may echo the request: its Authorization header, the routing
 // key, the URL) cut out and control bytes shown as '?' (a body cannot forge log lines).
 std::string quotable_body(const sink_config& cfg, std::string_view body) {
-    std::string out{body};
+    // Only what can be quoted is read (with room for a secret that starts inside it).
+    std::string out{body.substr(0, error_body_quote + 1024)};
     auto scrub = [&](std::string_view secret) {
         if (secret.size() < 4) {
             return;  // too short to be one, and would cut ordinary words
@@ -75,6 +76,13 @@ std::string quotable_body(const sink_config& cfg, std::string_view body) {
         }
     };
     scrub(cfg.url);
+    // A webhook's secret is often its path (Slack's /services/T/B/X), which a receiver's
+    // "Cannot POST /services/..." echoes without the rest.
+    if (const auto scheme = cfg.url.find("://"); scheme != std::string::npos) {
+        if (const auto path = cfg.url.find('/', scheme + 3); path != std::string::npos && cfg.url.size() - path > 8) {
+            scrub(std::string_view{cfg.url}.substr(path));
+        }
+    }
     scrub(cfg.routing_key);
     for (const auto& [name, value] : cfg.headers) {
         scrub(value);
@@ -422,7 +430,10 @@ struct dispatcher::impl {
         if (wec) {
             co_return retry(describe(wec, "sending to " + s.host_header, timeout));
         }
-        beast::flat_buffer buf;
+        // Under 64 KiB: Beast throws (out of the read, ending the process) for a header or
+        // trailer field of 64 KiB or more, and a chunked answer's trailers have no other
+        // limit. (Body bytes do not wait here: the parser takes them as they come.)
+        beast::flat_buffer buf{65000};
         http::response_parser<http::string_body> parser;
         parser.header_limit(response_header_limit);
         parser.body_limit(response_body_limit);

@@ -29,14 +29,15 @@ namespace {
 // `url` as it may be shown: user info, query and fragment replaced by "[redacted]".
 std::string url_without_secrets(std::string_view url) {
     std::string out{url};
-    if (const auto cut = out.find_first_of("?#"); cut != std::string::npos) {
-        out.replace(cut, std::string::npos, std::string{out[cut]} + "[redacted]");
-    }
+    // Everything up to the last '@' first (a password may hold '/', '?' or '#': this is the
+    // text of URLs that fail to parse too), then the query and fragment.
     const auto scheme = out.find("://");
     const auto from = scheme == std::string::npos ? 0 : scheme + 3;
-    const auto authority_end = std::min(out.find('/', from), out.size());
-    if (const auto at = out.rfind('@', authority_end); at != std::string::npos && at >= from && at < authority_end) {
+    if (const auto at = out.rfind('@'); at != std::string::npos && at >= from) {
         out.replace(from, at - from, "[redacted]");
+    }
+    if (const auto cut = out.find_first_of("?#", from); cut != std::string::npos) {
+        out.replace(cut, std::string::npos, std::string{out[cut]} + "[redacted]");
     }
     return out;
 }

@@ -43,21 +43,26 @@ namespace bb::proxy {
 
 namespace {
 
-// Runs `ioc` until it stops. An exception out of a handler (a library's throw inside an
-// asynchronous operation: Beast throws std::length_error for a field of 64 KiB or more,
-// as a chunked body's trailer can be) would end the thread and std::terminate the
-// process: it is logged instead and the loop goes on. The coroutine that waited on that
-// operation is destroyed with it (asio destroys an abandoned awaitable's frames), so its
-// connection closes.
+// Runs a worker's `ioc` until it stops. Beast throws std::length_error from inside an
+// asynchronous read for a field of 64 KiB or more (a chunked body's trailer can be one; the
+// reads cap their buffers below that, and this is the net behind them): out of run() it
+// would end the thread and std::terminate the process. Logged instead (at most every 10 s),
+// and the loop goes on; the coroutine that waited on that read is destroyed with it (asio
+// destroys an abandoned awaitable's frames), so only its connection closes. Anything else
+// still ends the process: a worker's state after an unknown throw cannot be trusted.
 void run_catching(asio::io_context& ioc, std::string_view who) {
+    static std::atomic<std::int64_t> last_logged{0};
     for (;;) {
         try {
             ioc.run();
             return;
-        } catch (const std::exception& e) {
-            spdlog::error("{}: an operation threw and was abandoned (its connection closed): {}", who, e.what());
-        } catch (...) {
-            spdlog::error("{}: an operation threw and was abandoned (its connection closed)", who);
+        } catch (const std::length_error& e) {
+            const auto now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count();
+            if (auto last = last_logged.load(); now_s - last >= 10 && last_logged.compare_exchange_strong(last, now_s)) {
+                spdlog::error("{}: a read threw and was abandoned (its connection closed): {}", who, e.what());
+            }
         }
     }
 }
@@ -2094,7 +2099,7 @@ int server::run() {
         });
     };
     poll();
-    run_catching(control_, "control thread");
+    control_.run();
     control_tick_ = nullptr;
     for (auto& w : workers_) {
         run_on(w->ioc(), [&] { w->shutdown(); });

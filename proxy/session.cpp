@@ -1402,8 +1402,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // trailer field of 64 KiB or more (run_catching would close the connection; here
             // it is refused, 431). (Chunk data does not wait here: the parser takes it as it
             // comes.)
-            const std::size_t buf_cap =
-                std::max(buf.size(), std::min<std::size_t>(lim.header_bytes + 65536, 65000));
+            const std::size_t buf_cap = std::max<std::size_t>(buf.size(), 65000);
             buf.max_size(buf_cap);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
             buf.max_size(std::numeric_limits<std::size_t>::max());

@@ -391,10 +391,14 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         if (clock_type::now() >= deadline) {
             // The request's timeout ran out while its connection was made (a slow lookup,
             // connect or TLS handshake): written now, it could get no answer in time, and the
-            // client would hear "outcome unknown" of a request the upstream may act on. Not sent.
-            out.failure = upstream_failure::connect_timeout;
-            out.detail = "no connection to upstream " + cfg_.name + " was ready within the request's timeout of " +
-                         cfg::format_duration(timeout) + "; nothing was sent";
+            // client would hear "outcome unknown" of a request the upstream may act on. Not
+            // sent (on this connection: a retry's first attempt went out on a stale one).
+            out.failure = attempt > 0 ? upstream_failure::failed_after_send : upstream_failure::connect_timeout;
+            out.detail = attempt > 0 ? "upstream connection failed before a response, and a new connection was not "
+                                       "ready within the request's timeout of " + cfg::format_duration(timeout)
+                                     : "no connection to upstream " + cfg_.name +
+                                           " was ready within the request's timeout of " +
+                                           cfg::format_duration(timeout) + "; nothing was sent";
             give_back(std::move(conn));  // unused: still good for the next request
             finish();
             co_return;

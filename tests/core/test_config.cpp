@@ -582,3 +582,19 @@ TEST(config, certificate_names_compare_without_case_or_a_final_dot) {
               std::string::npos)
         << all_errors(dup);
 }
+
+// An upstream URL refused for carrying a credential is quoted without it: errors are logged
+// and kept in the audit log, which viewers read. Also when the password holds '/', '?' or
+// '#', or the URL does not parse at all.
+TEST(config, upstream_url_errors_do_not_quote_credentials) {
+    const std::string plain = "http://127.0.0.1:9000";
+    for (const std::string url : {"http://svc:S3CRET@127.0.0.1:9000", "https://svc:p/S3CRET@api.example.com",
+                                  "https://svc:pa?S3CRET@api.example.com", "http://h:1/x?api_key=S3CRET",
+                                  "ht tp://svc:S3CRET@h"}) {
+        std::string cfg = base();
+        cfg.replace(cfg.find(plain), plain.size(), url);
+        const auto e = all_errors(parse_config(cfg));
+        EXPECT_NE(e.find("upstreams[0].url"), std::string::npos) << url << ": " << e;
+        EXPECT_EQ(e.find("S3CRET"), std::string::npos) << e;
+    }
+}

@@ -351,18 +351,9 @@ TEST(quarantine, a_bulk_release_halts_at_a_429_and_leaves_the_rest_held) {
 // The run stops and leaves them held. It used to go on at full speed, turning every record
 // release_failed, so a second run of the same filter (state held) found nothing to release.
 TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
-    // A port bound and not listening: connections to it are refused, and no other test can
-    // take it meanwhile.
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    socklen_t len = sizeof a;
-    ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    const loopback_socket refusing{false};
     const auto dir = temp_dir();
-    proxy_instance bb{quarantine_config(ntohs(a.sin_port), dir, 0)};
+    proxy_instance bb{quarantine_config(refusing.port(), dir, 0)};
     std::vector<std::string> tickets;
     ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 3, tickets));
     bb::store::list_filter f;
@@ -373,7 +364,6 @@ TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
     EXPECT_EQ(bb.server().db()->get(tickets[0])->state, bb::store::held_state::release_failed);
     EXPECT_EQ(bb.server().db()->get(tickets[1])->state, bb::store::held_state::held);
     EXPECT_EQ(bb.server().db()->get(tickets[2])->state, bb::store::held_state::held);
-    ::close(fd);
 }
 
 // A bare 503 (overload, or a gateway that lost the connection after sending), a gateway's
@@ -713,20 +703,9 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
 // remembered as sent and its recipients booked: the retry, once the breaker trips, got 409
 // already_forwarded (a client reads that as delivered: the mail was lost), and counted twice.
 TEST(quarantine, a_request_its_client_left_before_it_was_sent_leaves_nothing_behind) {
-    // A TCP listener that never answers the TLS handshake.
-    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_GE(lfd, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    ASSERT_EQ(::listen(lfd, 8), 0);
-    socklen_t len = sizeof a;
-    ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    const timeval bound{10, 0};  // no test waits longer on it
-    ::setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    auto silent = std::make_unique<loopback_socket>(true);  // never answers the TLS handshake
     const auto dir = temp_dir();
-    std::string cfg = quarantine_config(ntohs(a.sin_port), dir, 1);
+    std::string cfg = quarantine_config(silent->port(), dir, 1);
     const std::string plain = "\"url\": \"http://127.0.0.1:";
     cfg.replace(cfg.find(plain), plain.size(), "\"connect_timeout\": \"30s\", \"url\": \"https://127.0.0.1:");
     // One worker: what it does once the handshake is dropped comes before the retry's turn.
@@ -737,16 +716,15 @@ TEST(quarantine, a_request_its_client_left_before_it_was_sent_leaves_nothing_beh
         raw_client c{bb.port()};
         c.send("POST /v3/mail/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Campaign-Id: c\r\n"
                "Idempotency-Key: k-1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
-        const int conn = ::accept(lfd, nullptr, nullptr);  // the request waits on this handshake now
+        const int conn = silent->accept();  // the request waits on this handshake now
         ASSERT_GE(conn, 0) << "breakerbox never connected to the upstream";
-        ::setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
         c.close();  // the client gives up
         char buf[4096];
         while (::recv(conn, buf, sizeof buf, 0) > 0) {
         }  // until breakerbox drops the handshake it gave up on
         ::close(conn);
     }
-    ::close(lfd);
+    silent.reset();
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     auto send = [&](const std::string& key) {
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", body,

@@ -472,19 +472,9 @@ namespace {
 TEST(upstream_tls, a_request_whose_timeout_ran_out_while_connecting_is_not_sent) {
     fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
     // A relay that starts passing the handshake on only 300 ms after breakerbox connects.
-    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_GE(lfd, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    ASSERT_EQ(::listen(lfd, 4), 0);
-    socklen_t len = sizeof a;
-    ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    const timeval bound{10, 0};
-    ::setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    const loopback_socket listener{true};
     std::thread relay{[&] {
-        const int in = ::accept(lfd, nullptr, nullptr);
+        const int in = listener.accept();
         if (in < 0) {
             return;
         }
@@ -501,18 +491,19 @@ TEST(upstream_tls, a_request_whose_timeout_ran_out_while_connecting_is_not_sent)
         }
         ::close(in);
     }};
-    proxy_instance bb{"{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
-                      "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(ntohs(a.sin_port)) +
-                      "\", \"ca_file\": " + q(cert("ca.pem")) + ", \"timeout\": \"100ms\", \"connect_timeout\": \"10s\"}],"
-                      "\"routes\": [{\"name\": \"send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
-                      "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
-    const auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
-                                  {{"content-type", "application/json"}});
-    EXPECT_EQ(res.result_int(), 503u) << res.body();
-    EXPECT_NE(res.body().find("upstream_connect_timeout"), std::string::npos) << res.body();
-    EXPECT_NE(res.body().find("nothing was sent"), std::string::npos) << res.body();
+    {  // (gone before the join: its idle connection to the relay closes with it)
+        proxy_instance bb{"{\"workers\": 1, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+                          "\"upstreams\": [{\"name\": \"api\", \"url\": \"https://localhost:" + std::to_string(listener.port()) +
+                          "\", \"ca_file\": " + q(cert("ca.pem")) + ", \"timeout\": \"100ms\", \"connect_timeout\": \"10s\"}],"
+                          "\"routes\": [{\"name\": \"send\", \"match\": {\"path_prefix\": \"/\"}, \"upstream\": \"api\"}],"
+                          "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}"};
+        const auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
+                                      {{"content-type", "application/json"}});
+        EXPECT_EQ(res.result_int(), 503u) << res.body();
+        EXPECT_NE(res.body().find("upstream_connect_timeout"), std::string::npos) << res.body();
+        EXPECT_NE(res.body().find("nothing was sent"), std::string::npos) << res.body();
+    }
     relay.join();
-    ::close(lfd);
     EXPECT_EQ(api.request_count(), 0u) << "written although no answer could come in time";
 }
 

@@ -435,6 +435,36 @@ made_dirs& made() {
 
 }  // namespace
 
+loopback_socket::loopback_socket(bool listening) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || (listening && ::listen(fd_, 8) != 0) ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        throw std::runtime_error("loopback_socket: cannot bind 127.0.0.1");
+    }
+    port_ = ntohs(a.sin_port);
+    const timeval bound{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+}
+
+loopback_socket::~loopback_socket() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+}
+
+int loopback_socket::accept() const {
+    const int conn = ::accept(fd_, nullptr, nullptr);
+    if (conn >= 0) {
+        const timeval bound{10, 0};
+        ::setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    }
+    return conn;
+}
+
 std::string temp_dir() {
     // mkdtemp: always a new, empty directory. A name made of pid + counter was reused once
     // pids wrapped, handing a test the store and files an earlier run left behind.

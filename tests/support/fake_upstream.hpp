@@ -101,4 +101,23 @@ response http_request(std::uint16_t port, http::verb method, std::string target,
 
 std::string temp_dir();  // a fresh directory under the build tree's test scratch space
 
+// A TCP socket on 127.0.0.1 at a port of the kernel's choosing. Listening (`listening`):
+// connections complete in the kernel and wait there until accept(), which gives up after
+// 10 s, as recv() on what it accepts does (the test's own bound). Not listening: connections
+// to it are refused, and no other test can take its port meanwhile. Closes with the object.
+class loopback_socket {
+public:
+    explicit loopback_socket(bool listening);
+    ~loopback_socket();
+    loopback_socket(const loopback_socket&) = delete;
+    loopback_socket& operator=(const loopback_socket&) = delete;
+    int fd() const { return fd_; }
+    std::uint16_t port() const { return port_; }
+    int accept() const;  // -1 after 10 s without a connection
+
+private:
+    int fd_ = -1;
+    std::uint16_t port_ = 0;
+};
+
 }  // namespace bb::test
