@@ -51,7 +51,8 @@ namespace {
 // destroys an abandoned awaitable's frames), so only its connection closes. Anything else
 // still ends the process: a worker's state after an unknown throw cannot be trusted.
 void run_catching(asio::io_context& ioc, std::string_view who) {
-    static std::atomic<std::int64_t> last_logged{0};
+    // (Not 0: the steady clock counts from the host's boot, and the first one is logged.)
+    static std::atomic<std::int64_t> last_logged{std::numeric_limits<std::int64_t>::min() / 2};
     for (;;) {
         try {
             ioc.run();
