@@ -82,6 +82,21 @@ struct agent_scope {
                                           : path == p;
                });
     }
+    // What of a request the list refuses, as an out_of_scope message names it ("route R",
+    // "method M", "path P"), or "" when it allows all three.
+    std::string refusal(std::string_view route, std::string_view method, std::string_view path) const {
+        if (!allows_route(route)) {
+            return "route " + std::string{route};
+        }
+        if (!allows_method(method)) {
+            return "method " + std::string{method};
+        }
+        if (!allows_path(path)) {
+            return "path " + std::string{path};
+        }
+        return {};
+    }
+    bool any() const { return !routes.empty() || !methods.empty() || !paths.empty(); }
 };
 
 struct agent_config {

@@ -98,6 +98,27 @@ std::optional<std::string_view> path_under_base(std::string_view path, std::stri
     return path.size() == base.size() ? std::string_view{"/"} : path.substr(base.size());
 }
 
+std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
+                               std::string_view url, std::string_view base, std::string_view upstream) {
+    const std::string which = " in subrequest #" + std::to_string(index) + " of this composite request";
+    const auto own = path_under_base(url, base);
+    if (const auto amb = ambiguous_path(url); !amb.empty()) {
+        return "subrequest #" + std::to_string(index) + " of this composite request: its URL contains " +
+               std::string{amb};
+    }
+    if (!own) {
+        return "path " + std::string{url.substr(0, 256)} + which + " (outside upstream " + std::string{upstream} +
+               "'s base path " + std::string{base} + ")";
+    }
+    if (!scope.allows_method(method)) {
+        return "method " + std::string{method.substr(0, 16)} + which;
+    }
+    if (!scope.allows_path(*own)) {
+        return "path " + std::string{own->substr(0, 256)} + which;
+    }
+    return {};
+}
+
 std::string_view ambiguous_path(std::string_view path) {
     if (path == "*") {
         return {};

@@ -7,6 +7,8 @@
 //
 // Pure functions of their input: no I/O, no Beast; thread-safe.
 
+#include "config/config.hpp"
+
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -47,5 +49,11 @@ std::string_view ambiguous_path(std::string_view path);
 // path a client would send for it, without the base ("/" for the base itself); nullopt when
 // it is not under it (`/services/database` is not under `/services/data`).
 std::optional<std::string_view> path_under_base(std::string_view path, std::string_view base);
+// Why `scope` refuses subrequest #`index` of a composite request to upstream `upstream` (base
+// path `base`), as an out_of_scope message names it: its URL ambiguous, outside the base
+// path, or its method or path (without the base) not allowed; "" when none of these. Its
+// route is the caller's to judge (from where the request was sent).
+std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
+                               std::string_view url, std::string_view base, std::string_view upstream);
 
 }  // namespace bb::proxy

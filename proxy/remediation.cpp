@@ -156,14 +156,8 @@ namespace {
 std::string scope_now(const agent_config& a, const store::held_request& rec, const target_parts& tp,
                       const upstream_config& up) {
     const agent_scope& scope = a.allow;
-    if (!scope.allows_route(rec.route)) {
-        return "route " + rec.route;
-    }
-    if (!scope.allows_method(rec.method)) {
-        return "method " + rec.method;
-    }
-    if (!scope.allows_path(tp.path)) {
-        return "path " + std::string{tp.path};
+    if (auto why = scope.refusal(rec.route, rec.method, tp.path); !why.empty()) {
+        return why;
     }
     const std::string upstream_path = up.base_path + std::string{tp.path};
     std::string_view content_type;  // the first, as the live path reads it
@@ -175,28 +169,14 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
     const auto q = tp.origin_form.find('?');
     const std::string_view query = q == std::string_view::npos ? std::string_view{} : tp.origin_form.substr(q + 1);
     std::vector<rules::subrequest> subs;
-    if (rec.method == "POST" && (!scope.methods.empty() || !scope.paths.empty() || !scope.routes.empty())) {
+    if (rec.method == "POST" && scope.any()) {
         if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
             return "this composite request: " + unreadable;
         }
-        const std::string& base = up.base_path;
         for (std::size_t i = 0; i < subs.size(); ++i) {
-            const std::string& path = subs[i].path;
-            const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
-            const auto own = path_under_base(path, base);
-            if (const auto amb = ambiguous_path(path); !amb.empty()) {
-                return "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
-                       std::string{amb};
-            }
-            if (!own) {
-                return "path " + path.substr(0, 256) + which + " (outside upstream " + up.name + "'s base path " + base +
-                       ")";
-            }
-            if (!scope.allows_method(subs[i].method)) {
-                return "method " + subs[i].method.substr(0, 16) + which;
-            }
-            if (!scope.allows_path(*own)) {
-                return "path " + std::string{own->substr(0, 256)} + which;
+            if (auto why = subrequest_refusal(scope, i, subs[i].method, subs[i].path, up.base_path, up.name);
+                !why.empty()) {
+                return why;
             }
         }
     }

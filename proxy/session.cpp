@@ -1738,14 +1738,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         thread_local std::vector<rules::subrequest> subs;
         if (agent != nullptr) {
             const auto& scope = agent->allow;
-            std::string why;
-            if (!scope.allows_route(route->name)) {
-                why = "route " + route->name;
-            } else if (!scope.allows_method(req.method_string())) {
-                why = "method " + std::string{req.method_string()};
-            } else if (!scope.allows_path(req_path)) {
-                why = "path " + req_path;
-            } else if (!scope.methods.empty() || !scope.paths.empty() || !scope.routes.empty()) {
+            std::string why = scope.refusal(route->name, req.method_string(), req_path);
+            if (why.empty() && scope.any()) {
                 // A Salesforce composite request carries requests of its own: each is held to
                 // the same allow list (a POST allowed on /services/data/* must not DELETE), its
                 // routes too: an agent allowed only the route for POST must not reach the
@@ -1762,33 +1756,21 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
                     const auto& sub = subs[i];
-                    const std::string which = " in subrequest #" + std::to_string(i) + " of this composite request";
-                    const auto own = path_under_base(sub.path, base);
-                    const bool under_base = own.has_value();
-                    const std::string_view own_path = own.value_or(std::string_view{sub.path});
-                    const route_config* sub_route =
-                        scope.routes.empty() || !under_base
-                            ? nullptr
-                            : match_route(*cfg, sub.method, original_host, own_path, forwarded, dest_port,
-                                          dest_default_port);
-                    if (const auto amb = ambiguous_path(sub.path); !amb.empty()) {
-                        why = "subrequest #" + std::to_string(i) + " of this composite request: its URL contains " +
-                              std::string{amb};
-                    } else if (!under_base) {
-                        why = "path " + sub.path.substr(0, 256) + which + " (outside upstream " +
-                              cfg->upstreams[upstream_index].name + "'s base path " + base + ")";
-                    } else if (!scope.allows_method(sub.method)) {
-                        why = "method " + sub.method.substr(0, 16) + which;
-                    } else if (!scope.allows_path(own_path)) {
-                        why = "path " + std::string{own_path.substr(0, 256)} + which;
-                    } else if (!scope.routes.empty() &&
-                               (sub_route == nullptr || sub_route->upstream_index != upstream_index ||
-                                !scope.allows_route(sub_route->name))) {
+                    why = subrequest_refusal(scope, i, sub.method, sub.path, base, cfg->upstreams[upstream_index].name);
+                    if (!why.empty() || scope.routes.empty()) {
+                        continue;
+                    }
+                    // Its route, matched as if it were sent by itself (its path under the base).
+                    const std::string_view own_path = *path_under_base(sub.path, base);
+                    const route_config* sub_route = match_route(*cfg, sub.method, original_host, own_path, forwarded,
+                                                                dest_port, dest_default_port);
+                    if (sub_route == nullptr || sub_route->upstream_index != upstream_index ||
+                        !scope.allows_route(sub_route->name)) {
                         why = (sub_route != nullptr && sub_route->upstream_index == upstream_index
                                    ? "route " + sub_route->name
                                    : "route (none of upstream " + cfg->upstreams[upstream_index].name + " takes " +
                                          sub.method.substr(0, 16) + " " + std::string{own_path.substr(0, 256)} + ")") +
-                              which;
+                              " in subrequest #" + std::to_string(i) + " of this composite request";
                     }
                 }
             }
