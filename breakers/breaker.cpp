@@ -1246,11 +1246,15 @@ std::string breaker_registry::set_mode_if_at_rest(std::string_view breaker_id, m
     return busy;
 }
 
-std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const {
+template <class Take>
+std::vector<instance_snapshot> breaker_registry::views_of(time_point now, Take&& take) const {
     std::vector<instance_ptr> all;
     {
         std::shared_lock lock{mutex_};
         for (const auto& [id, s] : slots_) {
+            if (!take(id, s)) {
+                continue;
+            }
             for (const auto& [name, inst] : s.instances) {
                 all.push_back(inst);
             }
@@ -1264,6 +1268,11 @@ std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const 
             out.push_back(inst->view(now));
         }
     }
+    return out;
+}
+
+std::vector<instance_snapshot> breaker_registry::snapshot(time_point now) const {
+    auto out = views_of(now, [](const std::string&, const slot&) { return true; });
     // Handed over: the successor holds those breakers now. A snapshot taken through this
     // registry (the state writer may still see it as current during a swap) includes them,
     // so it never writes a state without them.
@@ -1416,25 +1425,13 @@ void breaker_registry::hand_over(std::shared_ptr<breaker_registry> next, time_po
 
 breaker_registry::kept_state breaker_registry::kept(time_point now) const {
     kept_state out;
-    std::vector<instance_ptr> all;
-    {
-        std::shared_lock lock{mutex_};
-        for (const auto& [id, s] : slots_) {
-            if (s.handed_over.load(std::memory_order_relaxed)) {
-                continue;
-            }
-            out.breakers.push_back(id);
-            for (const auto& [name, inst] : s.instances) {
-                all.push_back(inst);
-            }
+    out.instances = views_of(now, [&](const std::string& id, const slot& s) {
+        if (s.handed_over.load(std::memory_order_relaxed)) {
+            return false;
         }
-    }
-    for (const auto& inst : all) {
-        std::lock_guard lock{inst->mutex()};
-        if (!inst->evicted() && !inst->moved()) {
-            out.instances.push_back(inst->view(now));
-        }
-    }
+        out.breakers.push_back(id);
+        return true;
+    });
     return out;
 }
 

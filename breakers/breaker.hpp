@@ -358,6 +358,10 @@ private:
     instance_ptr get_or_create(slot& s, std::string_view key, bool restoring = false);
     template <class Op, class Forward>
     bool on_existing(std::string_view name, Op&& op, Forward&& forward);
+    // The views of the instances of every slot `take(id, slot)` accepts (called under the
+    // map lock), evicted and moved ones left out.
+    template <class Take>
+    std::vector<instance_snapshot> views_of(time_point now, Take&& take) const;
 
     // Configured breakers; the map itself never changes after construction, so it is read
     // without a lock (std::map nodes are stable, instances keep a reference to their config).

@@ -842,15 +842,12 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             std::vector<std::shared_ptr<breakers::breaker_registry>> retired;
             {
                 std::lock_guard lock{orphans_mu_};
-                fold_retired(clock_->now());
-                retired = retired_registries_;
-                for (const auto& r : retired) {
-                    for (const auto& b : r->kept(clock_->now()).breakers) {
-                        if (rt->breakers->find(b) != nullptr) {
-                            taken_live.insert(b);
-                        }
+                for (const auto& b : fold_retired(clock_->now())) {
+                    if (rt->breakers->find(b) != nullptr) {
+                        taken_live.insert(b);
                     }
                 }
+                retired = retired_registries_;
                 if (dropped_breakers) {
                     retired_registries_.push_back(previous->breakers);
                 }
@@ -1328,7 +1325,8 @@ std::shared_ptr<const runtime> server::current_runtime() const {
     return rt_;
 }
 
-void server::fold_retired(time_point now) {
+std::set<std::string, std::less<>> server::fold_retired(time_point now) {
+    std::set<std::string, std::less<>> live;
     std::erase_if(retired_registries_, [&](const std::shared_ptr<breakers::breaker_registry>& r) {
         // Read first: a user that lets go after this read leaves it for the next fold.
         const bool last = r.use_count() == 1;
@@ -1349,8 +1347,13 @@ void server::fold_retired(time_point now) {
                 orphans_.push_back(std::move(snap));
             }
         }
-        return last || kept.breakers.empty();
+        if (last || kept.breakers.empty()) {
+            return true;
+        }
+        live.insert(kept.breakers.begin(), kept.breakers.end());
+        return false;
     });
+    return live;
 }
 
 server::~server() {

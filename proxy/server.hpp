@@ -24,6 +24,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -431,8 +432,10 @@ private:
     // request is gone, and a reload that configures them again takes them over live.
     std::vector<std::shared_ptr<breakers::breaker_registry>> retired_registries_;
     // orphans_ := the current state of every breaker a retired registry holds; drops the
-    // registries nothing else uses any more (their state just read is final). Holds orphans_mu_.
-    void fold_retired(time_point now);
+    // registries nothing else uses any more (their state just read is final). Returns the
+    // breakers the registries it keeps still hold (live: requests may change them). Holds
+    // orphans_mu_.
+    std::set<std::string, std::less<>> fold_retired(time_point now);
     // Whether the store's saved rule counts have gone into an engine (at the start, or at the
     // first apply that brings rules): a refused apply leaves it false, so the next one does.
     bool meters_restored_ = false;
