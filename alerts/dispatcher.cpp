@@ -7,6 +7,7 @@
 // one mutex, held only for O(sinks) bookkeeping and never across I/O. Timers, TLS contexts
 // and the random source are touched only on the alerts thread.
 #include "alerts/alerts.hpp"
+#include "core/read_limits.hpp"
 #include "core/tls_policy.hpp"
 #include "proxy/resolve.hpp"
 
@@ -430,10 +431,7 @@ struct dispatcher::impl {
         if (wec) {
             co_return retry(describe(wec, "sending to " + s.host_header, timeout));
         }
-        // Under 64 KiB: Beast throws (out of the read, ending the process) for a header or
-        // trailer field of 64 KiB or more, and a chunked answer's trailers have no other
-        // limit. (Body bytes do not wait here: the parser takes them as they come.)
-        beast::flat_buffer buf{65000};
+        beast::flat_buffer buf{max_buffered_line};  // core/read_limits.hpp
         http::response_parser<http::string_body> parser;
         parser.header_limit(response_header_limit);
         parser.body_limit(response_body_limit);

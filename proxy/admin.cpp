@@ -1,5 +1,6 @@
 #include "proxy/admin.hpp"
 
+#include "core/read_limits.hpp"
 #include "core/utf8.hpp"
 #include "proxy/redact.hpp"
 
@@ -2470,9 +2471,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
         parser.body_limit(cfg->admin.max_body_bytes);
         parser.header_limit(16 * 1024);
         beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});
-        // Under 64 KiB: Beast throws for a field (a chunked body's trailer: no other limit
-        // holds it) of 64 KiB or more; the body itself does not wait here.
-        buf.max_size(std::max<std::size_t>(buf.size(), 65000));
+        buf.max_size(std::max(buf.size(), max_buffered_line));  // core/read_limits.hpp
         auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
         if (ec) {
             if (ec == http::error::body_limit) {

@@ -43,14 +43,14 @@ namespace bb::proxy {
 
 namespace {
 
-// Runs a worker's `ioc` until it stops. Beast throws std::length_error from inside an
-// asynchronous read for a field of 64 KiB or more (a chunked body's trailer can be one; the
-// reads cap their buffers below that, and this is the net behind them): out of run() it
-// would end the thread and std::terminate the process. Logged instead (at most every 10 s),
-// and the loop goes on; the coroutine that waited on that read is destroyed with it (asio
-// destroys an abandoned awaitable's frames), so only its connection closes. Anything else
-// still ends the process: a worker's state after an unknown throw cannot be trusted.
-void run_catching(asio::io_context& ioc, std::string_view who) {
+// Runs a worker's `ioc` until it stops. Beast's std::length_error for a field of 64 KiB or
+// more (core/read_limits.hpp: the reads cap their buffers below that, and this is the net
+// behind them) would end the thread and std::terminate the process out of run(). Logged
+// instead (at most every 10 s), and the loop goes on; the coroutine that waited on that read
+// is destroyed with it (asio destroys an abandoned awaitable's frames), so only its
+// connection closes. Anything else still ends the process: a worker's state after an
+// unknown throw cannot be trusted.
+void run_catching(asio::io_context& ioc) {
     // (Not 0: the steady clock counts from the host's boot, and the first one is logged.)
     static std::atomic<std::int64_t> last_logged{std::numeric_limits<std::int64_t>::min() / 2};
     for (;;) {
@@ -62,7 +62,7 @@ void run_catching(asio::io_context& ioc, std::string_view who) {
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count();
             if (auto last = last_logged.load(); now_s - last >= 10 && last_logged.compare_exchange_strong(last, now_s)) {
-                spdlog::error("{}: a read threw and was abandoned (its connection closed): {}", who, e.what());
+                spdlog::error("worker: a read threw and was abandoned (its connection closed): {}", e.what());
             }
         }
     }
@@ -1668,7 +1668,7 @@ void server::start() {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
         auto* w = workers_[i].get();
         w->start_accepting(std::move(per_worker[i]));
-        threads_.emplace_back([w] { run_catching(w->ioc(), "worker"); });
+        threads_.emplace_back([w] { run_catching(w->ioc()); });
     }
     started_ = true;
 }

@@ -1,5 +1,6 @@
 #include "proxy/session.hpp"
 
+#include "core/read_limits.hpp"
 #include "core/host_name.hpp"
 #include "core/json_reader.hpp"
 #include "core/sha256.hpp"
@@ -1398,11 +1399,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // Chunk extensions and trailer fields wait in `buf` until their line (section)
             // ends, and Beast bounds neither: without a cap here one unterminated chunk line
             // grows the buffer by whatever the client sends until the body timeout.
-            // Under 64 KiB as well: Beast stores a field's size in 16 bits and throws for a
-            // trailer field of 64 KiB or more (run_catching would close the connection; here
-            // it is refused, 431). (Chunk data does not wait here: the parser takes it as it
-            // comes.)
-            const std::size_t buf_cap = std::max<std::size_t>(buf.size(), 65000);
+            // Under 64 KiB as well (core/read_limits.hpp): here a longer line is refused, 431.
+            const std::size_t buf_cap = std::max(buf.size(), max_buffered_line);
             buf.max_size(buf_cap);
             auto [ec, n] = co_await http::async_read(sock, buf, parser, use_tuple);
             buf.max_size(std::numeric_limits<std::size_t>::max());

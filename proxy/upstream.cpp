@@ -1,5 +1,6 @@
 #include "proxy/upstream.hpp"
 
+#include "core/read_limits.hpp"
 #include "core/tls_policy.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/wire.hpp"
@@ -461,8 +462,8 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 }
                 // Beast bounds neither chunk extensions nor trailer sections, which wait in
                 // the buffer until their line ends: capped, as on the client side.
-                // (Under 64 KiB: Beast throws for a trailer field of 64 KiB or more.)
-                conn->buffer.max_size(std::max<std::size_t>(conn->buffer.size(), 65000));
+                // (Under 64 KiB: core/read_limits.hpp.)
+                conn->buffer.max_size(std::max(conn->buffer.size(), max_buffered_line));
                 auto [rec, rn] = co_await conn->visit(
                     [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
                 conn->buffer.max_size(std::numeric_limits<std::size_t>::max());
