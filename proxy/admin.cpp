@@ -1,5 +1,6 @@
 #include "proxy/admin.hpp"
 
+#include "core/once_every.hpp"
 #include "core/read_limits.hpp"
 #include "core/utf8.hpp"
 #include "proxy/redact.hpp"
@@ -34,10 +35,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <charconv>
-#include <limits>
 #include <list>
 #include <map>
 #include <set>
@@ -2528,10 +2527,8 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                 // Counted (breakerbox_admin_actions_total{status="401"}) and logged at most every
                 // 10 s: a token being guessed, or a revoked one still tried, shows.
                 srv_.count_admin_action(path, 401);
-                static std::atomic<std::int64_t> last_logged{std::numeric_limits<std::int64_t>::min() / 2};
-                const std::int64_t now_s =
-                    std::chrono::duration_cast<std::chrono::seconds>(srv_.now().time_since_epoch()).count();
-                if (auto last = last_logged.load(); now_s - last >= 10 && last_logged.compare_exchange_strong(last, now_s)) {
+                static once_every logged{std::chrono::seconds{10}};
+                if (logged.due(srv_.now())) {
                     spdlog::warn("admin: a request to {} was refused: {} (logged at most every 10 s; "
                                  "breakerbox_admin_actions_total counts them all)",
                                  redact_query(path),

@@ -51,17 +51,13 @@ namespace {
 // connection closes. Anything else still ends the process: a worker's state after an
 // unknown throw cannot be trusted.
 void run_catching(asio::io_context& ioc) {
-    // (Not 0: the steady clock counts from the host's boot, and the first one is logged.)
-    static std::atomic<std::int64_t> last_logged{std::numeric_limits<std::int64_t>::min() / 2};
+    static once_every logged{std::chrono::seconds{10}};
     for (;;) {
         try {
             ioc.run();
             return;
         } catch (const std::length_error& e) {
-            const auto now_s = std::chrono::duration_cast<std::chrono::seconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count();
-            if (auto last = last_logged.load(); now_s - last >= 10 && last_logged.compare_exchange_strong(last, now_s)) {
+            if (logged.due(std::chrono::steady_clock::now())) {
                 spdlog::error("worker: a read threw and was abandoned (its connection closed): {}", e.what());
             }
         }
@@ -1120,9 +1116,7 @@ void server::report_store_trouble(const std::string& message) {
     if (!dispatcher) {
         return;
     }
-    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now().time_since_epoch()).count();
-    auto last = last_store_alert_ms_.load();
-    if (now_ms - last < 60'000 || !last_store_alert_ms_.compare_exchange_strong(last, now_ms)) {
+    if (!store_alerted_.due(now())) {
         return;  // one alert a minute is enough to wake someone; the log has every failure
     }
     alerts::alert a;

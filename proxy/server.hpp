@@ -7,6 +7,7 @@
 #include "breakers/health.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "core/once_every.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/forwarded_keys.hpp"
 #include "rules/engine.hpp"
@@ -515,10 +516,8 @@ private:
     // The sinks' ca_file contents as the running dispatcher loaded them (alert_ca_digest): a
     // reload that changes one (a rotated private CA, same path) replaces the dispatcher.
     std::string alerts_ca_digest_;
-    // When the last store_trouble alert went out (now(), ms); long before any clock reading
-    // at first (0 would hold back the first alert within a minute of the clock's start: a
-    // host's boot, for the steady clock).
-    std::atomic<std::int64_t> last_store_alert_ms_{std::numeric_limits<std::int64_t>::min() / 2};
+    // The store_trouble alert: at most once a minute (by now()), the first at once.
+    once_every store_alerted_{std::chrono::minutes{1}};
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;
