@@ -1132,6 +1132,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
     // What the rules booked for the request in hand, taken off again when it is not sent.
     // The session's own (a worker's sessions interleave at every co_await), reused.
     rules::evaluation_receipt booked;
+    // The request's header fields as the rules read them (fill_view), the session's own for
+    // the same reason: the view holds them across the waits between rule passes.
+    std::vector<rules::header_field> header_scratch;
 
     for (;;) {
         booked.clear();
@@ -1947,7 +1950,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
-        thread_local std::vector<rules::header_field> header_scratch;
         thread_local std::vector<rules::engine::rule_key> key_scratch;
         rules::request_view view;
         auto fill_view = [&] {
@@ -2054,12 +2056,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 std::vector<std::string> shadow_reported;
                 bool settled = false;
                 for (std::size_t pass = 0; pass < 64 && !contained; ++pass) {
-                    if (pass > 0) {
-                        // A pass may follow a wait for the breaker state's save, during which
-                        // other requests on this thread refilled the shared header list the
-                        // view reads: filled again from this request.
-                        fill_view();
-                    }
                     rules::decision shadowed;
                     const auto d = rt.engine->evaluate(view, now,
                                                        registry.any_active() || !let_through.empty() ? &suspended : nullptr,
