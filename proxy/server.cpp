@@ -660,10 +660,11 @@ void server::open_store(const store_config& sc) {
     // A failed save is logged and alerted (sev1, at most once a minute): the writer keeps
     // trying, but until it succeeds a restart would come back without what changed.
     writer->on_failure([this](const std::string& err) {
-        report_store_trouble("breaker state not saved (" + err +
+        report_store_trouble(store_part::breaker_state, "breaker state not saved (" + err +
                              "); trying again: until a save succeeds, a restart would not see the trips and "
                              "operator actions since the last one");
     });
+    writer->on_recovery([this] { store_writes_again(store_part::breaker_state); });
     // The state of breakers the running config lacks waits in orphans_ (the writer saves it
     // from there) until a reload configures them again.
     {
@@ -1110,8 +1111,10 @@ void server::on_transition(const breakers::transition& t) {
     }
 }
 
-void server::report_store_trouble(const std::string& message) {
+void server::report_store_trouble(store_part part, const std::string& message) {
     spdlog::error("store trouble: {}", message);
+    std::lock_guard lock{store_page_mu_};
+    store_failing_.fetch_or(static_cast<unsigned>(part));
     const auto dispatcher = alerts();
     if (!dispatcher) {
         return;
@@ -1127,6 +1130,35 @@ void server::report_store_trouble(const std::string& message) {
     a.dedup_key = "store:" + store_path;
     a.reason = message;
     dispatcher->publish(a);
+    store_paged_ = true;
+}
+
+void server::store_writes_again(store_part part) {
+    const auto bit = static_cast<unsigned>(part);
+    if ((store_failing_.load(std::memory_order_relaxed) & bit) == 0) {
+        return;
+    }
+    std::lock_guard lock{store_page_mu_};
+    if ((store_failing_.fetch_and(~bit) & ~bit) != 0) {
+        return;  // another part still fails
+    }
+    const auto store_path = current_config()->store.path;
+    spdlog::info("store writes again ({})", store_path);
+    if (!store_paged_) {
+        return;
+    }
+    store_paged_ = false;
+    // To the dispatcher running now; one a reload replaced after the trigger still has it
+    // (or sent it), to sinks this one may not have (known: a removed sink keeps the page).
+    if (const auto dispatcher = alerts()) {
+        alerts::alert a;
+        a.event = "store_trouble";
+        a.severity = "sev1";
+        a.summary = "breakerbox writes its store again (" + store_path + ")";
+        a.dedup_key = "store:" + store_path;
+        a.resolve = true;
+        dispatcher->publish(a);
+    }
 }
 
 void server::persist_breakers(std::function<void(bool)> done) {

@@ -332,8 +332,14 @@ public:
     // most once a minute per rule with the count since.
     void report_denial(std::string_view rule, std::string_view breaker, std::string_view key,
                        std::string_view request_id, std::string_view reason);
-    // A hold failed for a store reason: alert (at most once a minute). Thread-safe.
-    void report_store_trouble(const std::string& message);
+    // What failed to write to the store, or wrote again: the breaker state, or a hold.
+    enum class store_part : unsigned { breaker_state = 1, holds = 2 };
+    // A write of `part` failed for a store reason: log, and page (sev1, at most once a
+    // minute). Thread-safe.
+    void report_store_trouble(store_part part, const std::string& message);
+    // A write of `part` succeeded. Once every part that failed has written again, the page
+    // (if one went out) is resolved. Thread-safe; one atomic load when nothing failed.
+    void store_writes_again(store_part part);
 
     // Admin API request counts by endpoint family and status (for /metrics). Thread-safe.
     void count_admin_action(std::string_view path, unsigned status);
@@ -516,8 +522,12 @@ private:
     // The sinks' ca_file contents as the running dispatcher loaded them (alert_ca_digest): a
     // reload that changes one (a rotated private CA, same path) replaces the dispatcher.
     std::string alerts_ca_digest_;
-    // The store_trouble alert: at most once a minute (by now()), the first at once.
+    // The store_trouble alert: at most once a minute (by now()), the first at once. A
+    // resolve does not restart that minute, so a flapping store pages at most once a minute.
     once_every store_alerted_{std::chrono::minutes{1}};
+    std::atomic<unsigned> store_failing_{0};  // store_part bits whose last write failed
+    std::mutex store_page_mu_;
+    bool store_paged_ = false;  // a store_trouble trigger went out and was not resolved; under store_page_mu_
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;

@@ -2310,6 +2310,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 probes.clear();  // given back once (a failed hold is contained below)
                 if (stored.ok) {
+                    w.owner().store_writes_again(server::store_part::holds);
                     if (stored.duplicate) {
                         spdlog::info("request {}: {}", request_id, stored.message);
                         // A retry of the held request, not a second one: its amount is in the
@@ -2336,7 +2337,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // Never 202 without a durable record, never forward: fail closed.
                     contained_code = stored.code.empty() ? std::string{"store_unavailable"} : stored.code;
                     if (contained_code == "store_unavailable" || contained_code == "store_busy") {
-                        w.owner().report_store_trouble(stored.message +
+                        w.owner().report_store_trouble(server::store_part::holds, stored.message +
                                                        "; quarantined requests are refused with 503 until it recovers");
                     }
                     contained = contained_code == "idempotency_key_reused" || contained_code == "discarded"

@@ -349,6 +349,11 @@ void breaker_state_writer::on_failure(std::function<void(const std::string&)> f)
     on_failure_ = std::move(f);
 }
 
+void breaker_state_writer::on_recovery(std::function<void()> f) {
+    std::lock_guard lock{mu_};
+    on_recovery_ = std::move(f);
+}
+
 void breaker_state_writer::run() {
     std::unique_lock lock{mu_};
     // After a failed write the state on disk is stale (a tripped breaker could come back
@@ -382,6 +387,11 @@ void breaker_state_writer::run() {
             auto report = on_failure_;
             lock.unlock();
             report(err);
+            lock.lock();
+        } else if (err.empty() && !last_ok_ && on_recovery_) {
+            auto report = on_recovery_;
+            lock.unlock();
+            report();
             lock.lock();
         }
         ++writes_;

@@ -65,6 +65,8 @@ public:
     // Called on the writer thread after each failed write, with what failed (set it before
     // the first request: a failed save must not go unseen).
     void on_failure(std::function<void(const std::string&)> f);
+    // Called on the writer thread after a write that succeeded where the one before failed.
+    void on_recovery(std::function<void()> f);
     const std::string& path() const { return path_; }
 
 private:
@@ -74,6 +76,7 @@ private:
     snapshot_fn snapshot_;
     sink_fn sink_;
     std::function<void(const std::string&)> on_failure_;  // under mu_
+    std::function<void()> on_recovery_;                    // under mu_
     const clock& clock_;
     mutable std::mutex mu_;
     std::condition_variable cv_;

@@ -1346,18 +1346,60 @@ TEST(alerts, store_trouble_is_paged_at_once_and_then_once_a_minute) {
                                        R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
                                            std::to_string(hook.port()) + R"(/hook"}]},)"),
                       &clock};
-    bb.server().report_store_trouble("disk full");
+    bb.server().report_store_trouble(bb::proxy::server::store_part::holds, "disk full");
     clock.advance(30s);
-    bb.server().report_store_trouble("disk still full");
+    bb.server().report_store_trouble(bb::proxy::server::store_part::holds, "disk still full");
     ASSERT_TRUE(bb.server().alerts()->flush(5s));
     ASSERT_EQ(hook.request_count(), 1u);
     EXPECT_NE(hook.requests()[0].req.body().find("\"event\":\"store_trouble\""), std::string::npos)
         << hook.requests()[0].req.body();
     EXPECT_NE(hook.requests()[0].req.body().find("disk full"), std::string::npos) << hook.requests()[0].req.body();
     clock.advance(31s);
-    bb.server().report_store_trouble("disk full again");
+    bb.server().report_store_trouble(bb::proxy::server::store_part::holds, "disk full again");
     ASSERT_TRUE(bb.server().alerts()->flush(5s));
     EXPECT_EQ(hook.request_count(), 2u);
+}
+
+// The page is resolved once every part of the store that failed writes again; a store that
+// fails again at once is not paged again within the minute (a flapping disk pages once a
+// minute, not once a write).
+TEST(alerts, store_trouble_is_resolved_when_every_failed_part_writes_again) {
+    using part = bb::proxy::server::store_part;
+    fake_upstream up;
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    bb::manual_clock clock;
+    proxy_instance bb{one_route_config(up.port(), dir,
+                                       R"("alerts": {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                           std::to_string(hook.port()) + R"(/hook"}]},)"),
+                      &clock};
+    auto& srv = bb.server();
+    srv.store_writes_again(part::holds);  // nothing failed: nothing to resolve
+    srv.report_store_trouble(part::holds, "disk full");
+    srv.report_store_trouble(part::breaker_state, "disk full");
+    srv.store_writes_again(part::holds);
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 1u) << "resolved while the breaker state still fails to save";
+    srv.store_writes_again(part::breaker_state);
+    srv.store_writes_again(part::breaker_state);  // once
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    auto reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 2u);
+    const std::string resolve{reqs[1].req.body()};
+    EXPECT_NE(resolve.find("\"event\":\"store_trouble\""), std::string::npos) << resolve;
+    EXPECT_NE(resolve.find("\"resolve\":true"), std::string::npos) << resolve;
+    EXPECT_NE(resolve.find("\"dedup_key\":\"store:"), std::string::npos) << resolve;
+    srv.report_store_trouble(part::holds, "disk full again");
+    srv.store_writes_again(part::holds);
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 2u) << "paged again within the minute";
+    clock.advance(61s);
+    srv.report_store_trouble(part::holds, "disk full once more");
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 3u);
+    EXPECT_NE(reqs[2].req.body().find("disk full once more"), std::string::npos) << reqs[2].req.body();
+    EXPECT_EQ(reqs[2].req.body().find("\"resolve\":true"), std::string::npos) << reqs[2].req.body();
 }
 
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends

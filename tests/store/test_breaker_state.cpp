@@ -145,6 +145,9 @@ TEST(breaker_state, a_failed_write_is_retried_until_it_succeeds) {
         EXPECT_EQ(err, "disk I/O error (injected)");
         ++reported;
     });
+    // And so is the first write that succeeds again (the server resolves its page).
+    std::atomic<int> recovered{0};
+    w.on_recovery([&] { ++recovered; });
     w.request();
     EXPECT_FALSE(w.flush());  // the first attempt failed
     EXPECT_TRUE(w.failing());
@@ -157,4 +160,8 @@ TEST(breaker_state, a_failed_write_is_retried_until_it_succeeds) {
     EXPECT_EQ(w.last_error(), "");
     EXPECT_EQ(attempts.load(), 4) << "no more writes once one succeeded";
     EXPECT_EQ(reported.load(), 3);
+    EXPECT_EQ(recovered.load(), 1);
+    w.request();
+    EXPECT_TRUE(w.flush());
+    EXPECT_EQ(recovered.load(), 1) << "a write after a good one is no recovery";
 }
