@@ -82,4 +82,34 @@ inline bool valid_utf8(std::string_view s) {
     return true;
 }
 
+// For a name that people read (a breaker instance's key, a cell of breakerctl's table): the
+// unit at s[i], its length in *n, and whether it must not be shown raw. Unsafe: C0 controls
+// and DEL, C1 controls (U+0080..U+009F: a terminal reads U+009B as CSI), the bidi marks,
+// embeddings, overrides and isolates (U+200E/F, U+202A..U+202E, U+2066..U+2069: they reorder
+// what is printed after them), and any byte not part of well-formed UTF-8 (shown as U+FFFD,
+// so two different names would read the same, and neither as typed).
+inline bool display_unsafe(std::string_view s, std::size_t i, std::size_t* n) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    if (b < 0x80) {
+        *n = 1;
+        return b < 0x20 || b == 0x7f;
+    }
+    const std::size_t len = utf8_sequence(s, i);
+    if (len == 0) {
+        *n = 1;
+        return true;
+    }
+    *n = len;
+    const auto b1 = static_cast<unsigned char>(s[i + 1]);
+    if (len == 2) {
+        return b == 0xC2 && b1 <= 0x9F;
+    }
+    if (len == 3 && b == 0xE2) {
+        const auto b2 = static_cast<unsigned char>(s[i + 2]);
+        return (b1 == 0x80 && (b2 == 0x8E || b2 == 0x8F || (b2 >= 0xAA && b2 <= 0xAE))) ||
+               (b1 == 0x81 && b2 >= 0xA6 && b2 <= 0xA9);
+    }
+    return false;
+}
+
 }  // namespace bb

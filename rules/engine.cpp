@@ -915,26 +915,36 @@ bool build_key(const rule& r, context& ctx) {
             k.resize(max_key_bytes);
         }
     }
-    // The key names a breaker instance in logs, alerts and the API: a decoded query value or
-    // a JSON string may hold a line break or an escape sequence (a request forging log
-    // lines). Control bytes are written as %XX (`c1\n` -> `c1%0A`).
-    if (std::any_of(k.begin(), k.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    // The key names a breaker instance in logs, alerts, breakerctl and the API, and an
+    // operator types it back to reset that instance: a decoded query value or a JSON string
+    // may hold a line break or an escape sequence (a request forging log lines, or driving
+    // an operator's terminal), and a header in Latin-1 is shown as U+FFFD, a name no one can
+    // type. Every byte of such a unit is written as %XX (`c1\n` -> `c1%0A`, `caf\xE9` ->
+    // `caf%E9`), whole units only within the bound.
+    const auto plain = [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u >= 0x20 && u < 0x7f;
+    };
+    if (!std::all_of(k.begin(), k.end(), plain)) {
         std::string clean;
-        for (const char c : k) {
-            const auto u = static_cast<unsigned char>(c);
-            if (u < 0x20 || u == 0x7f) {
+        for (std::size_t i = 0, n = 0; i < k.size(); i += n) {
+            const bool unsafe = display_unsafe(k, i, &n);
+            if (clean.size() + (unsafe ? 3 * n : n) > max_key_bytes) {
+                break;
+            }
+            if (!unsafe) {
+                clean.append(k, i, n);
+                continue;
+            }
+            for (std::size_t j = i; j < i + n; ++j) {
                 static constexpr char hex[] = "0123456789ABCDEF";
+                const auto u = static_cast<unsigned char>(k[j]);
                 clean += '%';
                 clean += hex[u >> 4];
                 clean += hex[u & 15];
-            } else {
-                clean += c;
             }
         }
         k = std::move(clean);
-        if (k.size() > max_key_bytes) {
-            k.resize(max_key_bytes);
-        }
     }
     // A keyed rule's key names a per-key breaker instance, never one that contains every key:
     // the breaker-wide instance (the empty key: a request without the key's header, say) or

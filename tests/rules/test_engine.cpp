@@ -487,6 +487,13 @@ TEST(Engine, KeysFromEverySource) {
     // A key names a breaker instance in logs: no line breaks or escape sequences in it.
     req.query = "campaign=c1%0A2026-01-01%20warning%20forged%1B%5B2J";
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "c1%0A2026-01-01 warning forged%1B[2J/POST/other");
+    // Nor a byte an operator could not type back to reset it (Latin-1, shown as U+FFFD), a
+    // C1 control (U+009B is a terminal's CSI) or a bidi override; other UTF-8 stays.
+    req.query = "campaign=caf%E9-%C2%9B2J-%E2%80%AEevil-%C3%A9t%C3%A9";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "caf%E9-%C2%9B2J-%E2%80%AEevil-\xC3\xA9t\xC3\xA9/POST/other");
+    // Cut to the bound in whole units: never half a %XX.
+    req.query = "campaign=" + std::string(252, 'a') + "%E9%E9";
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, std::string(252, 'a') + "%E9");
     req.route = "crm";
     req.body = R"j({"inputs":[{"id":"1","properties":{"owner":"u\n\u007f"}}]})j";
     ASSERT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());  // the key's first request (limit 1)
