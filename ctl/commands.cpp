@@ -115,6 +115,12 @@ tokens tokenize(const std::vector<std::string>& args) {
         } else if (eq != std::string::npos) {
             t.flags[name] = a.substr(eq + 1);
         } else if (i + 1 < args.size()) {
+            // `--reason $R --json` with R unset: the next flag is no value (a value that
+            // starts with -- is given as --reason=--text).
+            if (args[i + 1].starts_with("--")) {
+                throw usage_error(name + " needs a value, not the flag " + args[i + 1] + " (write " + name + "=" +
+                                  args[i + 1] + " if that is the value)");
+            }
             t.flags[name] = args[++i];
         } else {
             throw usage_error(name + " needs a value");
@@ -253,6 +259,9 @@ void build(plan& p, const tokens& t) {
         p.requests = {get("/healthz"), get("/readyz")};
     } else if (cmd == "metrics") {
         expect(t, cmd, 1, 0, 0, {}, "");
+        if (t.has("--json")) {
+            throw usage_error("metrics are Prometheus text: --json does not apply");
+        }
         p.kind = view::metrics;
         p.action = "read metrics";
         p.requests = {get("/metrics")};
@@ -495,7 +504,7 @@ std::optional<std::string> read_file(const std::string& path, std::string* why) 
 std::optional<rendered> render(const plan& p, std::string_view body) {
     switch (p.kind) {
     case view::metrics:
-        return rendered{std::string{body}, true};
+        return rendered{std::string{body}, true, {}};
     case view::breakers:
         return render_breakers(body);
     case view::breaker:
@@ -685,7 +694,7 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
             };
             out << "{\"healthz\":" << doc(h.body) << ",\"readyz\":" << doc(r.body) << "}\n";
         } else {
-            out << rendered->text;
+            out << printable_text(rendered->text);
         }
         return rendered->ok ? exit_ok : exit_failed;
     }
@@ -694,7 +703,7 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
         if (p.json && is_json(a.body)) {
             out << with_newline(a.body);
         }
-        err << describe_error_response(a.status, a.body, p.action);
+        err << printable_text(describe_error_response(a.status, a.body, p.action));
         return exit_failed;
     }
     // The act was taken, but its outcome is missing from the audit log: said on stderr (the
@@ -703,14 +712,28 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
         err << "breakerctl: warning: the action was taken, but its outcome could not be written to the audit log "
                "(see the server's log)\n";
     }
+    // A 2xx that is not the admin API's JSON (a login page of a proxy in front of it): the
+    // act may not have reached breakerbox at all, so nothing is printed as if it had.
+    if (p.kind != view::metrics && !is_json(a.body)) {
+        std::string_view first{a.body};
+        first = first.substr(0, std::min(first.find('\n'), std::size_t{300}));
+        err << "breakerctl: the admin API answered HTTP " << a.status
+            << " with a body that is not JSON (is something else answering at " << p.client.url.to_string()
+            << "?): " << printable(first) << "\n";
+        return exit_failed;
+    }
     auto r = render(p, a.body);
     if (p.json) {
         out << with_newline(a.body);
     } else if (r) {
-        out << r->text;
+        out << printable_text(r->text);
     } else {
-        // Not the shape this breakerctl knows (a newer server?): show it rather than guess.
-        out << with_newline(a.body);
+        // JSON of a shape this breakerctl does not know (a newer server?): show it rather
+        // than guess.
+        out << printable_text(with_newline(a.body));
+    }
+    if (r && !r->ok && !r->failure.empty()) {
+        err << "breakerctl: " << r->failure << "\n";
     }
     return !r || r->ok ? exit_ok : exit_failed;
 }

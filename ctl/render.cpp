@@ -1,6 +1,7 @@
 #include "ctl/render.hpp"
 
 #include "core/json_reader.hpp"
+#include "core/utf8.hpp"
 
 #include <simdjson.h>
 
@@ -284,14 +285,30 @@ std::string iso8601(std::int64_t ms) {
     return o + "Z";
 }
 
-std::string printable(std::string_view s) {
+namespace {
+
+std::string printable_keeping(std::string_view s, bool newlines) {
     std::string o;
     o.reserve(s.size());
-    for (unsigned char c : s) {
-        o += (c < 0x20 || c == 0x7f) ? ' ' : static_cast<char>(c);
+    for (std::size_t i = 0, n = 0; i < s.size(); i += n) {
+        if (!display_unsafe(s, i, &n)) {
+            o.append(s, i, n);
+        } else if (newlines && s[i] == '\n') {
+            o += '\n';
+        } else {
+            // A control byte keeps a table's columns (one column wide); the rest shows that
+            // something was there.
+            o += static_cast<unsigned char>(s[i]) < 0x80 ? ' ' : '?';
+        }
     }
     return o;
 }
+
+}  // namespace
+
+std::string printable(std::string_view s) { return printable_keeping(s, false); }
+
+std::string printable_text(std::string_view s) { return printable_keeping(s, true); }
 
 table::table(std::vector<std::string> header) : header_(std::move(header)) {}
 
@@ -394,7 +411,7 @@ std::optional<rendered> render_breaker(std::string_view body) {
     }
     details d;
     breaker_details(*b, d);
-    return rendered{d.to_string(), true};
+    return rendered{d.to_string(), true, {}};
 }
 
 std::optional<rendered> render_quarantine_list(std::string_view body) {
@@ -465,7 +482,7 @@ std::optional<rendered> render_quarantine_show(std::string_view body) {
         }
         o += "\nhistory:\n" + t.to_string();
     }
-    return rendered{o, true};
+    return rendered{o, true, {}};
 }
 
 std::optional<rendered> render_quarantine_result(std::string_view body, std::string_view verb) {
@@ -558,7 +575,7 @@ std::optional<rendered> render_config_show(std::string_view body) {
     std::string o = "version " + field(*doc, "version") + "\n";
     std::string cfg;
     pretty(*member(*doc, "config"), 0, cfg);
-    return rendered{o + cfg + "\n", true};
+    return rendered{o + cfg + "\n", true, {}};
 }
 
 std::optional<rendered> render_config_change(std::string_view body) {
@@ -575,7 +592,7 @@ std::optional<rendered> render_config_change(std::string_view body) {
     } else {
         o += "changes:\n";
         for (auto l : *diff) {
-            o += "  " + scalar_text(l) + "\n";
+            o += "  " + printable(scalar_text(l)) + "\n";
         }
     }
     for (const auto& [member_name, title] : {std::pair{"loosening", "loosens guards (needs the admin role):"},
@@ -584,11 +601,17 @@ std::optional<rendered> render_config_change(std::string_view body) {
         if (auto lines = array_member(*doc, member_name); lines && lines->size() > 0) {
             o += std::string{title} + "\n";
             for (auto l : *lines) {
-                o += "  " + scalar_text(l) + "\n";
+                o += "  " + printable(scalar_text(l)) + "\n";
             }
         }
     }
-    return rendered{o, true};
+    // Applied in part (settings fixed until a restart, TLS files that did not load): not
+    // what was asked for, so a script that goes on only on success stops here.
+    if (auto w = array_member(*doc, "warnings"); w && w->size() > 0) {
+        return rendered{o, false, "applied in part: " + std::to_string(w->size()) +
+                                      " setting(s) did not take effect (listed under \"not applied\")"};
+    }
+    return rendered{o, true, {}};
 }
 
 std::optional<rendered> render_audit(std::string_view body) {
@@ -609,7 +632,7 @@ std::optional<rendered> render_audit(std::string_view body) {
     if (const auto next = field(*doc, "next_after", ""); !next.empty() && next != "null") {
         text += "more: breakerctl audit --after " + next + "\n";
     }
-    return rendered{std::move(text), true};
+    return rendered{std::move(text), true, {}};
 }
 
 std::optional<rendered> render_audit_verify(std::string_view body) {
@@ -662,14 +685,14 @@ std::string describe_error_response(unsigned status, std::string_view body, std:
         }
         return o + "\n";
     }
-    std::string o = "breakerctl: " + code + ": " + message;
+    std::string o = "breakerctl: " + printable(code) + ": " + printable(message);
     if (auto f = field(*err, "field", ""); !f.empty()) {
-        o += " (field " + f + ")";
+        o += " (field " + printable(f) + ")";
     }
     o += " [HTTP " + std::to_string(status) + "]\n";
     if (auto errors = array_member(*doc, "errors")) {
         for (auto e : *errors) {
-            o += "  " + scalar_text(e) + "\n";
+            o += "  " + printable(scalar_text(e)) + "\n";
         }
     }
     return o;

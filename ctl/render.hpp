@@ -17,9 +17,12 @@ namespace bb::ctl {
 // (".250" added when the milliseconds are not zero).
 std::string iso8601(std::int64_t ms);
 
-// Replaces control characters (newlines, ESC, ...) so a server-supplied string can neither
-// break a table's alignment nor drive the terminal.
+// Replaces control characters (newlines, ESC, C1 controls such as U+009B, bidi overrides,
+// bytes that are not UTF-8) so a server-supplied string can neither break a table's alignment,
+// nor drive the terminal, nor print in another order than it reads.
 std::string printable(std::string_view s);
+// The same for text of many lines (metrics, a body of an unknown shape): keeps line breaks.
+std::string printable_text(std::string_view s);
 
 // Left-aligned columns, two spaces apart, widths from the widest cell (in code points);
 // the last column is not padded.
@@ -40,6 +43,7 @@ private:
 struct rendered {
     std::string text;
     bool ok = true;
+    std::string failure;  // when not ok: one line for stderr (may be empty)
 };
 
 std::optional<rendered> render_health(unsigned healthz_status, std::string_view healthz_body, unsigned readyz_status,

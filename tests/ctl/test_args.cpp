@@ -1,6 +1,7 @@
 // breakerctl's command line: usage errors, the reason rule, and the exact request each
 // subcommand makes. No network: parse_args is pure and run() takes a fake transport.
 #include "ctl/commands.hpp"
+#include "ctl/render.hpp"
 
 #include <gtest/gtest.h>
 
@@ -165,6 +166,10 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"quarantine", "release", "--breaker", "a", "--breaker", "b", "--reason", "r"},
                        "--breaker is given twice");
     expect_usage_error({"breakers", "--json", "--json"}, "--json is given twice");
+    // `--reason "$R" --json` with R unset: the flag after is not the reason.
+    expect_usage_error({"trip", "b", "--reason", "--json"}, "--reason needs a value, not the flag --json");
+    EXPECT_TRUE(parse({"trip", "b", "--reason=--json"}).p.has_value());
+    expect_usage_error({"metrics", "--json"}, "metrics are Prometheus text");
 }
 
 TEST(CtlArgs, MutationsNeedAReason) {
@@ -453,6 +458,70 @@ TEST(CtlExecute, ResultsThatFailExitOne) {
     });
     EXPECT_EQ(r.code, exit_failed);
     EXPECT_EQ(r.out, "healthz: ok\nreadyz:  draining (HTTP 503)\n");
+
+    // A config applied in part (a setting fixed until restart) is not a success.
+    const std::string path = ::testing::TempDir() + "breakerctl-part-" + std::to_string(::getpid()) + ".json";
+    {
+        std::ofstream f{path};
+        f << "{}\n";
+    }
+    r = run_fake({"config", "apply", path, "--reason", "r"}, [](const http_request&) {
+        return http_result{http_response{200, "application/json",
+                                         R"({"applied":true,"version":4,"diff":[],"warnings":["limits.workers: needs a restart"]})"},
+                           {}};
+    });
+    EXPECT_EQ(r.code, exit_failed);
+    EXPECT_NE(r.out.find("not applied:\n  limits.workers: needs a restart"), std::string::npos) << r.out;
+    EXPECT_NE(r.err.find("applied in part: 1 setting(s) did not take effect"), std::string::npos) << r.err;
+    std::remove(path.c_str());
+}
+
+// A 2xx that is not the admin API's JSON (an SSO proxy's login page in front of it) did not
+// do what was asked: exit 1, nothing printed as if it had, with or without --json.
+TEST(CtlExecute, ANonJsonSuccessIsAFailure) {
+    auto login = [](const http_request&) {
+        return http_result{http_response{200, "text/html", "<html><body>Sign in</body></html>\n"}, {}};
+    };
+    for (auto args : {std::vector<std::string>{"trip", "b", "--reason", "r"},
+                      std::vector<std::string>{"trip", "b", "--reason", "r", "--json"},
+                      std::vector<std::string>{"breakers"}}) {
+        auto r = run_fake(args, login);
+        EXPECT_EQ(r.code, exit_failed) << args.size();
+        EXPECT_TRUE(r.out.empty()) << r.out;
+        EXPECT_NE(r.err.find("answered HTTP 200 with a body that is not JSON"), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("<html><body>Sign in"), std::string::npos) << r.err;
+    }
+}
+
+// Strings from the server cannot drive the operator's terminal: C1 controls (U+009B is CSI)
+// and bidi overrides are replaced in tables, in a body of an unknown shape and in errors.
+TEST(CtlExecute, ServerStringsCannotDriveTheTerminal) {
+    const std::string csi = "\xC2\x9B" "2J";
+    const std::string rlo = "\xE2\x80\xAE";
+    auto r = run_fake({"breakers"}, [&](const http_request&) {
+        return http_result{http_response{200, "application/json",
+                                         R"({"breakers":[{"instance":"cv/)" + csi + R"(","breaker":"cv","key":")" + csi +
+                                             R"(","state":"open","mode":"auto"}],"total":1})"},
+                           {}};
+    });
+    EXPECT_EQ(r.code, exit_ok);
+    EXPECT_EQ(r.out.find("\xC2\x9B"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("cv/?2J"), std::string::npos) << r.out;
+    r = run_fake({"audit", "verify"}, [&](const http_request&) {
+        return http_result{http_response{200, "application/json", R"({"unknown":")" + rlo + csi + R"("})"}, {}};
+    });
+    EXPECT_EQ(r.out.find(rlo), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("\xC2\x9B"), std::string::npos) << r.out;
+    r = run_fake({"breaker", "x"}, [&](const http_request&) {
+        return http_result{http_response{404, "application/json",
+                                         R"({"error":{"code":"not_found","message":"no breaker )" + rlo + R"(x"}})"},
+                           {}};
+    });
+    EXPECT_EQ(r.code, exit_failed);
+    EXPECT_EQ(r.err.find(rlo), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("no breaker ?x"), std::string::npos) << r.err;
+    EXPECT_EQ(printable("caf\xC3\xA9 \x1B[2J"), "caf\xC3\xA9  [2J");
+    EXPECT_EQ(printable_text("a\nb\x7F\xE2\x81\xA6"), "a\nb ?");
 }
 
 }  // namespace
