@@ -2395,9 +2395,13 @@ std::string admin_server::reload_tls(const config& cfg) {
 }
 
 void admin_server::stop() {
+    stopped_ = true;
+    error_code ignored;
     if (acceptor_) {
-        error_code ignored;
         acceptor_->close(ignored);
+    }
+    for (auto* s : reading_) {
+        s->cancel(ignored);
     }
 }
 
@@ -2471,7 +2475,22 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
         parser.header_limit(16 * 1024);
         beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});
         buf.max_size(std::max(buf.size(), max_buffered_line));  // core/read_limits.hpp
-        auto [ec, n] = co_await http::async_read(stream, buf, parser, use_tuple);
+        if (stopped_) {
+            co_return;
+        }
+        error_code ec;
+        {
+            // Known to stop() while it waits, so a shutdown need not wait out the idle timeout.
+            auto* sock = &beast::get_lowest_layer(stream).socket();
+            reading_.insert(sock);
+            struct unmark {
+                std::set<tcp::socket*>& reading;
+                tcp::socket* sock;
+                ~unmark() { reading.erase(sock); }
+            } unmarked{reading_, sock};
+            std::size_t ignored_bytes = 0;
+            std::tie(ec, ignored_bytes) = co_await http::async_read(stream, buf, parser, use_tuple);
+        }
         if (ec) {
             if (ec == http::error::body_limit) {
                 auto res = json_response(http::status::payload_too_large,

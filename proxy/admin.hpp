@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -33,6 +34,9 @@ public:
     ~admin_server();
     // Binds admin.address; throws std::runtime_error naming the address on failure.
     void start();
+    // Closes the listener, and every connection waiting for its next request (a scraper's
+    // keep-alive would otherwise hold the control thread for its 30 s idle timeout); one
+    // being answered finishes its answer and then closes.
     void stop();
     std::uint16_t port() const { return port_; }
     // A new TLS context from `cfg`'s admin.tls (a renewed certificate, a rotated client CA:
@@ -60,6 +64,8 @@ private:
     std::shared_ptr<asio::ssl::context> tls_;  // under tls_mu_
     std::uint16_t port_ = 0;
     std::size_t sessions_ = 0;  // connections being served (control thread only)
+    std::set<tcp::socket*> reading_;  // connections waiting for their next request (control thread only)
+    bool stopped_ = false;
     bool refusing_ = false;     // at admin.max_connections: said once until below it again
 };
 

@@ -729,6 +729,10 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
                 if (limit > 0 && sum.discarded == limit) {
                     co_return sum;
                 }
+                if (stopping_) {  // the server stops: a shutdown does not wait for the rest
+                    sum.stopped = true;
+                    co_return sum;
+                }
                 ++sum.matched;
                 auto r = co_await await_store(
                     [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done), rec.state); });

@@ -1694,7 +1694,13 @@ void server::start() {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
         auto* w = workers_[i].get();
         w->start_accepting(std::move(per_worker[i]));
-        threads_.emplace_back([w] { run_catching(w->ioc()); });
+        threads_.emplace_back([w] {
+            // Until run() ends it with ioc().stop(): a worker with nothing left to do (shut
+            // down at the end of a drain) must still run what the control thread posts to it
+            // (run_on), or the control thread would wait for ever.
+            const auto busy = asio::make_work_guard(w->ioc());
+            run_catching(w->ioc());
+        });
     }
     started_ = true;
 }
@@ -2039,6 +2045,7 @@ int server::run() {
     // next tick takes what changed meanwhile). A failure is logged; the keys go with the next.
     asio::steady_timer keys_tick{control_};
     bool keys_stopped = false;  // a wait that completed before cancel() must not re-arm
+    bool workers_shut = false;  // at the end of the drain (below)
     std::function<void()> keys_poll = [&] {
         keys_tick.expires_after(opts_.keys_save_every);
         keys_tick.async_wait([&](const error_code& ec) {
@@ -2123,6 +2130,23 @@ int server::run() {
                 }
                 keys_stopped = true;
                 keys_tick.cancel();
+                // Nothing is served past the grace period: the connections left close now,
+                // not once the control thread's own work ends (a release in flight waits for
+                // its upstream), and what they booked and sent is saved at once, because a
+                // supervisor's kill at the end of its grace period (commonly drain_timeout
+                // itself) must not find it unsaved. The saves after the run wait for theirs.
+                for (auto& w : workers_) {
+                    run_on(w->ioc(), [&] { w->shutdown(); });
+                }
+                workers_shut = true;
+                if (db()) {
+                    save_forwarded_keys(false);
+                    try {
+                        save_meters(false);
+                    } catch (const std::exception& e) {
+                        spdlog::error("rule meters not saved: {}", e.what());
+                    }
+                }
                 return;
             }
             poll();
@@ -2131,8 +2155,10 @@ int server::run() {
     poll();
     control_.run();
     control_tick_ = nullptr;
-    for (auto& w : workers_) {
-        run_on(w->ioc(), [&] { w->shutdown(); });
+    if (!workers_shut) {
+        for (auto& w : workers_) {
+            run_on(w->ioc(), [&] { w->shutdown(); });
+        }
     }
     for (auto& w : workers_) {
         w->ioc().stop();

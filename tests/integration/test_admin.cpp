@@ -118,6 +118,22 @@ std::string metric_value(std::uint16_t admin_port, const std::string& name) {
 
 }  // namespace
 
+// A scraper's keep-alive connection waiting for its next request does not hold a shutdown
+// for the admin API's 30 s idle timeout (a supervisor's kill at the end of its grace period
+// would come before the final saves): stop() closes it.
+TEST(admin_api, an_idle_admin_connection_does_not_hold_the_shutdown) {
+    admin_fixture f;
+    raw_client scraper{f.port(), std::chrono::seconds{20}};
+    scraper.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_EQ(scraper.read_response().result_int(), 200u);
+    auto stopped = std::async(std::launch::async, [&] { f.bb.stop(); });
+    // The drain ends at once (no data-plane connection); the admin connection's timeout is 30 s.
+    ASSERT_EQ(stopped.wait_for(std::chrono::seconds{15}), std::future_status::ready)
+        << "the shutdown waited for the idle admin connection";
+    EXPECT_EQ(f.bb.exit_code(), 0);
+    EXPECT_TRUE(scraper.closed_by_server());
+}
+
 // A client that leaves mid-body, before anything is answered, is counted as one that left
 // (and gets its access log line), not forgotten.
 TEST(admin_api, a_client_that_leaves_mid_body_is_counted) {
