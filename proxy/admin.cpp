@@ -2060,6 +2060,16 @@ std::string reload_tls_files(server& srv, std::string_view who) {
     return failed;
 }
 
+// A SIGHUP whose reload was refused before it could be audited (the store cannot take the
+// record): a certificate-renewal hook signals once, and an expiring certificate must not keep
+// serving because the disk is full. Logged; there is no record to write it to.
+void reload_tls_files_anyway(server& srv) {
+    if (reload_tls_files(srv, "SIGHUP").empty()) {
+        spdlog::warn("SIGHUP: the running config's certificate files re-read (not in the audit log: it cannot be "
+                     "written)");
+    }
+}
+
 // The audit params of a change read from a file: the file and the SHA-256 of what was read.
 std::string file_params(const std::string& path, const std::optional<std::string>& text) {
     return "{\"file\":" + cfg::quote(path) + (text ? ",\"sha256\":\"" + sha256_hex(*text) + "\"" : std::string{}) +
@@ -2152,6 +2162,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         }
         if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", diff)) {
             spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the config keeps serving");
+            reload_tls_files_anyway(srv);
             co_return;
         }
         std::string result = "kept version " + std::to_string(kept->first) + ": the file is unchanged since it was " +
@@ -2181,6 +2192,7 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     }
     if (!co_await audit_local(srv, actor, "SIGHUP", params, reason, "started", diff)) {
         spdlog::error("SIGHUP: not reloaded: its audit record could not be written; the old config keeps serving");
+        reload_tls_files_anyway(srv);
         co_return;
     }
     // The version first, as for the API: a change that runs without its stored version would
@@ -2194,7 +2206,8 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         if (!r.ok) {
             spdlog::error("SIGHUP: not reloaded: its version could not be stored ({}); the old config keeps serving",
                           r.message);
-            co_await audit_local(srv, actor, "SIGHUP", params, reason, "not applied: version not stored: " + r.message,
+            co_await audit_local(srv, actor, "SIGHUP", params, reason,
+                                 "not applied: version not stored: " + r.message + reload_tls_files(srv, "SIGHUP"),
                                  diff);
             co_return;
         }
@@ -2210,7 +2223,8 @@ asio::awaitable<void> reload_on_signal(server& srv) {
     }
     if (!refused.empty()) {
         spdlog::error("SIGHUP: not reloaded, the old config keeps serving: {}", refused);
-        co_await audit_local(srv, actor, "SIGHUP", params, reason, "not applied: " + refused, diff);
+        co_await audit_local(srv, actor, "SIGHUP", params, reason, "not applied: " + refused + reload_tls_files(srv, "SIGHUP"),
+                             diff);
         co_return;
     }
     for (const auto& w : warnings) {
