@@ -1758,10 +1758,6 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             effective = patched;
         }
     }
-    if (db()) {
-        // The hold limits apply from the next hold (store.path alone needs a restart).
-        db()->set_limits(store_limits_of(effective->store));
-    }
     const bool opened = !db() && !effective->breakers.empty();
     if (opened) {
         // The first breakers of this run: their state must be saved, and what the store kept
@@ -1792,6 +1788,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    if (db()) {
+        // The hold limits apply from the next hold (store.path alone needs a restart); only
+        // once the config is published: an apply refused above leaves the running limits.
+        db()->set_limits(store_limits_of(effective->store));
     }
     // Sinks added, removed or changed (a rotated URL), or a ca_file's contents (a rotated
     // private CA at the same path: re-read at a reload, as listeners' certificates are).
