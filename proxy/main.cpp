@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -89,6 +91,17 @@ int main(int argc, char** argv) {
         std::cerr << "breakerbox: --log-level " << level << " is not a level\n" << usage;
         return 2;
     }
+    // Until start() registers the server's handlers, SIGHUP's default action would end the
+    // process (a renewal hook or `systemctl reload` during a restart; systemd takes that for
+    // a clean exit and does not restart it), and SIGTERM would skip the drain and the final
+    // saves. Blocked here, before any thread starts (each inherits the mask), and taken from
+    // the queue once the handlers are registered.
+    sigset_t startup_signals;
+    sigemptyset(&startup_signals);
+    for (const int s : {SIGHUP, SIGINT, SIGTERM}) {
+        sigaddset(&startup_signals, s);
+    }
+    pthread_sigmask(SIG_BLOCK, &startup_signals, nullptr);
     bb::proxy::init_logging(level);
     for (const auto& w : parsed.warnings) {
         spdlog::warn("config: {}", w);
@@ -125,6 +138,7 @@ int main(int argc, char** argv) {
                 owned = std::make_unique<bb::proxy::server>(parsed.cfg, opts);
                 owned->start();
             }
+            pthread_sigmask(SIG_UNBLOCK, &startup_signals, nullptr);
             auto& srv = *owned;
             for (std::size_t i = 0; i < parsed.cfg->listeners.size(); ++i) {
                 const auto& l = parsed.cfg->listeners[i];
