@@ -622,6 +622,7 @@ public:
         done_fn done;
         std::size_t bytes = 0;
         std::uint64_t seq = 0;
+        bool essential = false;
     };
 
     // `essential`: past the queue's bounds too (breaker state: the state writer keeps at most
@@ -1062,7 +1063,7 @@ void database::impl::enqueue(std::function<outcome(batch_ctx&)> apply, done_fn d
                                                         std::to_string(queue_.size()) + " operations waiting)");
             ++stats_.ops_failed;
         } else {
-            queue_.push_back(op{std::move(apply), std::move(done), bytes, ++enqueued_});
+            queue_.push_back(op{std::move(apply), std::move(done), bytes, ++enqueued_, essential});
             queue_bytes_ += bytes;
         }
     }
@@ -1143,6 +1144,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
         }
     }
     std::vector<result> results(batch.size());
+    std::size_t retried = 0;  // essential ops run again on their own after a failed batch
     counters delta;
     int fatal_rc = 0;
     std::string fatal_message;
@@ -1244,12 +1246,31 @@ void database::impl::run_batch(std::vector<op>& batch) {
         if (sqlite3_get_autocommit(writer_.db()) == 0) {
             writer_.exec("ROLLBACK");
         }
-        std::string saved = "nothing of this operation was saved";
-        if (commit_failed && !seal_failed_commit()) {
-            saved = "it was not saved, but a crash before the store's next successful write could bring it back";
-        }
+        const bool may_come_back = commit_failed && !seal_failed_commit();
+        const std::string saved =
+            may_come_back ? "it was not saved, but a crash before the store's next successful write could bring it back"
+                          : "nothing of this operation was saved";
         for (auto& r : results) {
             r = unavailable("the store cannot write (" + fatal_message + "); " + saved);
+        }
+        // The essential ops (breaker state, meters, sent keys, audit entries) fail with the
+        // rest of a batch: a flood of large holds on a nearly full disk, or a corrupt page of
+        // the holds' index, would leave the trip that caused the flood unsaved (a restart
+        // brings the breaker back closed) and every operator act refused for want of its
+        // audit record. Once nothing of the batch can come back (no commit, or a sealed
+        // one), they run again on their own; the holds stay failed (503, fail closed).
+        const bool mixed = std::any_of(batch.begin(), batch.end(), [](const op& o) { return o.essential; }) &&
+                           std::any_of(batch.begin(), batch.end(), [](const op& o) { return !o.essential; });
+        if (mixed && !may_come_back) {
+            std::vector<op> again;
+            for (auto& o : batch) {
+                if (o.essential) {
+                    again.push_back(std::move(o));
+                    o.done = nullptr;  // answered by the run below
+                }
+            }
+            retried = again.size();
+            run_batch(again);
         }
     } else {
         std::lock_guard lock{counters_mu_};
@@ -1263,7 +1284,7 @@ void database::impl::run_batch(std::vector<op>& batch) {
             stats_.ops_failed += batch.size() - ok_ops;
         } else {
             ++stats_.batches_failed;
-            stats_.ops_failed += batch.size();
+            stats_.ops_failed += batch.size() - retried;
         }
         stats_.largest_batch = std::max<std::uint64_t>(stats_.largest_batch, batch.size());
         stats_.batches_rerun += rerun ? 1 : 0;

@@ -729,6 +729,56 @@ TEST_F(store_db, injected_disk_full_fails_the_batch_keeps_old_records_and_recove
     EXPECT_EQ(db->counts().held_count, 2u);
 }
 
+// A batch that fails (a flood of large holds on a nearly full disk) must not take the breaker
+// state and the audit entry queued with it down too: they run again on their own, while the
+// holds stay failed (503, fail closed). Not when the failed commit could come back.
+TEST_F(store_db, a_failed_batch_still_saves_its_breaker_state_and_audit_entry) {
+    auto db = open();
+    for (auto where : {bb::store::fault_point::first_write, bb::store::fault_point::commit}) {
+        db->inject_write_fault(SQLITE_FULL, 1, where);
+        db->pause_writer(true);
+        std::vector<std::future<result>> holds;
+        auto add = [&](std::vector<std::future<result>>& to, auto start) {
+            auto p = std::make_shared<std::promise<result>>();
+            to.push_back(p->get_future());
+            start([p](const result& r) { p->set_value(r); });
+        };
+        add(holds, [&](auto d) { db->hold(sample(), d); });
+        std::vector<std::future<result>> essential;
+        bb::breakers::instance_snapshot open;
+        open.instance = open.breaker = "campaign-volume";
+        open.st = bb::breakers::state::open;
+        open.opened_at = clock_.now();
+        add(essential, [&](auto d) { db->save_breaker_state({open}, d); });
+        add(holds, [&](auto d) { db->hold(sample(), d); });
+        bb::store::audit_entry e;
+        e.actor = "oncall";
+        e.method = "POST";
+        e.path = "/v1/breakers/campaign-volume/trip";
+        e.target = "campaign-volume";
+        add(essential, [&](auto d) { db->append_audit(e, d); });
+        db->pause_writer(false);
+        for (auto& f : holds) {
+            ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+            EXPECT_EQ(f.get().code, "store_unavailable");
+        }
+        for (auto& f : essential) {
+            ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+            const auto r = f.get();
+            EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+        }
+        bb::store::list_filter all;
+        EXPECT_EQ(db->list(all).size(), 0u) << "a hold of the failed batch was saved";
+        std::string err;
+        const auto back = db->load_breaker_state(clock_, &err);
+        ASSERT_TRUE(back) << err;
+        ASSERT_EQ(back->size(), 1u);
+        EXPECT_EQ((*back)[0].instance, "campaign-volume");
+        db->save_breaker_state({}, [](const result&) {});
+    }
+    EXPECT_EQ(db->stats().batches_failed, 2u);
+}
+
 // SQLite rolls a transaction back by itself on some errors; an op that ignored such an error
 // must not leave the rest of its batch committing statement by statement.
 TEST_F(store_db, a_transaction_rolled_back_under_an_op_loses_the_whole_batch_not_part_of_it) {
