@@ -2711,6 +2711,38 @@ void database::append_audit(audit_entry entry, done_fn done) {
                 return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
                                        : impl::outcome{unavailable("cannot read the audit head: " + ctx.c.error())};
             }
+            // A head behind the log itself (audit_head edited, or restored from an older
+            // copy): the next id would collide with an entry there, and every append, so
+            // every operator act, would fail. The entry goes after the log's last one, and
+            // the damage is remembered, as below.
+            std::string head_problem;
+            const std::int64_t head_id = last_id;
+            {
+                auto tail = ctx.c.once("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1");
+                if (!tail.valid()) {
+                    return impl::outcome{unavailable("cannot read the audit log: " + ctx.c.error())};
+                }
+                const int rc = tail.step();
+                if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                    return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
+                                           : impl::outcome{unavailable("cannot read the audit log: " + ctx.c.error())};
+                }
+                if (rc == SQLITE_ROW && tail.col_i64(0) > last_id) {
+                    head_problem = "the audit head says entry " + std::to_string(last_id) +
+                                   " is the last, but the log holds entries up to " + std::to_string(tail.col_i64(0)) +
+                                   " (the head was moved back)";
+                    last_id = tail.col_i64(0);
+                    last_hash = tail.col_str(1);
+                }
+            }
+            if (!head_problem.empty()) {
+                std::lock_guard lock{impl_->anchor_mu_};
+                if (impl_->tampered_.empty()) {
+                    impl_->tampered_at_ = head_id + 1;  // the first entry the head disowned
+                    impl_->tampered_ = std::move(head_problem) + ", found when entry " + std::to_string(last_id + 1) +
+                                       " was appended";
+                }
+            }
             // The chain must still hold the anchor as written; an append onto a chain cut
             // back, wiped or re-chained is made (operators are never blocked by it), and the
             // damage is remembered for every later verification.

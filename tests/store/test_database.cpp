@@ -1798,6 +1798,50 @@ TEST_F(store_db, audit_verification_finds_a_chain_cut_wiped_or_rechained_with_it
     EXPECT_NE(v.problem.find("(entries deleted from the end)"), std::string::npos) << v.problem;
 }
 
+// The head moved back behind the log (audit_head edited, or restored from an older copy):
+// the next id would collide with an entry, and every append (so every operator act, which
+// writes its entry first) would fail. The append goes after the log's last entry, chained to
+// it, and the damage is remembered.
+TEST_F(store_db, an_audit_head_moved_back_blocks_no_append_and_is_remembered) {
+    auto db = open();
+    for (int i = 0; i < 5; ++i) {
+        append_entry(*db, "entry " + std::to_string(i));
+    }
+    db->flush();
+    const auto all = db->list_audit(0, 10);
+    ASSERT_EQ(all.size(), 5u);
+    db.reset();
+    {
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open(options().path.c_str(), &raw), SQLITE_OK);
+        const std::string text = "UPDATE audit_head SET last_id = 3, last_hash = '" + all[2].hash + "'";
+        ASSERT_EQ(sqlite3_exec(raw, text.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(raw);
+        sqlite3_close(raw);
+    }
+    db = open();
+    auto r = wait_done([&](bb::store::done_fn d) {
+        bb::store::audit_entry e;
+        e.actor = "oncall";
+        e.method = "POST";
+        e.path = "/v1/breakers/x/trip";
+        e.target = "x";
+        db->append_audit(std::move(e), d);
+    });
+    ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+    EXPECT_EQ(r.count, 6);
+    const auto after = db->list_audit(5, 10);
+    ASSERT_EQ(after.size(), 1u);
+    EXPECT_EQ(after[0].prev_hash, all[4].hash);
+    std::int64_t first_bad = 0;
+    EXPECT_EQ(db->audit_tampering(&first_bad),
+              "the audit head says entry 3 is the last, but the log holds entries up to 5 (the head was moved back), "
+              "found when entry 6 was appended");
+    EXPECT_EQ(first_bad, 4);
+    const auto v = db->verify_audit();
+    EXPECT_FALSE(v.ok);
+    EXPECT_NE(v.problem.find("the head was moved back"), std::string::npos) << v.problem;
+}
+
 // The audit chain verified a page per step (the admin API yields between pages): the same
 // answer as one call, entries appended between steps are verified too, and a changed entry
 // past the first page is still found.
