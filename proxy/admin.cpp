@@ -38,6 +38,7 @@
 #include <cctype>
 #include <charconv>
 #include <list>
+#include <array>
 #include <map>
 #include <set>
 #include <sstream>
@@ -2756,8 +2757,9 @@ std::string render_metrics(server& srv) {
     o += "breakerbox_connections " + std::to_string(srv.active_connections()) + "\n";
 
     const auto snaps = rt->breakers->snapshot(srv.now());
-    o += "# HELP breakerbox_breaker_state Breaker instance state: 0 closed, 1 open, 2 half_open (every instance that "
-         "contains or is held in a mode, and every breaker-wide one; closed keyed instances up to 1000 in all).\n";
+    o += "# HELP breakerbox_breaker_state Breaker instance state: 0 closed, 1 open, 2 half_open (every breaker-wide "
+         "instance; then keyed instances that contain or are held in a mode, then closed keyed ones, up to 1000 in "
+         "all; breakerbox_breaker_instances_by_state counts every one).\n";
     o += "# TYPE breakerbox_breaker_state gauge\n";
     // What an alert is written against comes first: instances that contain or are in an
     // operator's mode, and the breaker-wide ones (upstream/<name>, agent/<id>, a breaker
@@ -2773,22 +2775,46 @@ std::string render_metrics(server& srv) {
     auto at_rest = [](const breakers::instance_snapshot& s) {
         return s.st == breakers::state::closed && s.md == breakers::mode::automatic && !s.key.empty();
     };
+    // Keyed instances come from clients' keys: an agent looping over fresh campaign ids on a
+    // breaker that resets by hand opens up to max_instances of them, so they are bounded
+    // too (the counts below cover every one).
+    constexpr std::size_t max_listed = 1000;
     for (const auto& s : snaps) {
-        if (!at_rest(s)) {
+        if (s.key.empty()) {
             state_line(s);
         }
     }
     for (const auto& s : snaps) {
-        if (listed >= 1000) {
-            break;
+        if (listed < max_listed && !s.key.empty() && !at_rest(s)) {
+            state_line(s);
         }
-        if (at_rest(s)) {
+    }
+    for (const auto& s : snaps) {
+        if (listed < max_listed && at_rest(s)) {
             state_line(s);
         }
     }
     o += "# HELP breakerbox_breaker_instances Breaker instances that exist now.\n";
     o += "# TYPE breakerbox_breaker_instances gauge\n";
     o += "breakerbox_breaker_instances " + std::to_string(snaps.size()) + "\n";
+    {
+        std::map<std::string, std::array<std::size_t, 3>, std::less<>> by_state;
+        for (const auto& b : cfg->breakers) {
+            by_state[b.id];
+        }
+        for (const auto& s : snaps) {
+            ++by_state[s.breaker][std::min<std::size_t>(static_cast<std::size_t>(s.st), 2)];
+        }
+        o += "# HELP breakerbox_breaker_instances_by_state Instances of each breaker by state, listed or not.\n";
+        o += "# TYPE breakerbox_breaker_instances_by_state gauge\n";
+        for (const auto& [breaker, n] : by_state) {
+            for (std::size_t st = 0; st < 3; ++st) {
+                o += "breakerbox_breaker_instances_by_state{breaker=\"" + label(breaker) + "\",state=\"" +
+                     std::string{breakers::to_string(static_cast<breakers::state>(st))} + "\"} " +
+                     std::to_string(n[st]) + "\n";
+            }
+        }
+    }
     o += "# HELP breakerbox_breaker_trips_total Trips per breaker since this process started.\n";
     o += "# TYPE breakerbox_breaker_trips_total counter\n";
     const auto trips = srv.trip_counts();

@@ -1544,6 +1544,32 @@ TEST(admin_api, breaker_state_lists_what_contains_before_closed_keys) {
     EXPECT_EQ(lines, 1000u) << "the closed keys fill the rest";
 }
 
+// Keyed instances that contain come from clients' keys too (an agent looping over fresh
+// campaign ids on a breaker reset by hand): bounded like the rest, breaker-wide instances
+// first, and every one counted by state.
+TEST(admin_api, open_keyed_instances_are_bounded_in_metrics_and_counted) {
+    admin_fixture f;
+    auto& reg = *f.bb.server().breakers();
+    const auto now = f.bb.server().now();
+    for (int i = 0; i < 1200; ++i) {
+        ASSERT_TRUE(reg.manual_trip("campaign-volume/k" + std::to_string(10000 + i), "ops", "r", now));
+    }
+    ASSERT_TRUE(reg.manual_trip("held", "ops", "misfire", now));
+    const auto text = admin(f.port(), http::verb::get, "/metrics", "view-token").body();
+    EXPECT_NE(text.find("breakerbox_breaker_state{breaker=\"held\",instance=\"held\",mode=\"auto\"} 1"),
+              std::string::npos);
+    std::size_t lines = 0;
+    for (auto at = text.find("breakerbox_breaker_state{"); at != std::string::npos;
+         at = text.find("breakerbox_breaker_state{", at + 1)) {
+        ++lines;
+    }
+    EXPECT_EQ(lines, 1000u);
+    EXPECT_NE(text.find("breakerbox_breaker_instances_by_state{breaker=\"campaign-volume\",state=\"open\"} 1200"),
+              std::string::npos)
+        << text.substr(text.find("# TYPE breakerbox_breaker_instances_by_state"), 600);
+    EXPECT_NE(text.find("breakerbox_breaker_instances_by_state{breaker=\"held\",state=\"open\"} 1"), std::string::npos);
+}
+
 namespace {
 
 std::string run(const std::string& cmd, int* rc) {
