@@ -1,5 +1,7 @@
 #include "ctl/http_client.hpp"
 
+#include "proxy/resolve.hpp"
+
 #include "core/json_reader.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -52,7 +54,6 @@ struct exchange {
     explicit exchange(const client_options& o) : opts(o) {}
     const client_options& opts;
     asio::io_context ioc;
-    tcp::resolver resolver{ioc};
     asio::steady_timer deadline{ioc};
     std::optional<asio::ssl::context> tls_ctx;
     std::optional<beast::tcp_stream> plain;
@@ -115,11 +116,17 @@ asio::awaitable<http_result> round_trip(exchange& x, Stream& stream, const http_
 asio::awaitable<http_result> run(exchange& x, const http_request& req) {
     const auto& u = x.opts.url;
     // Named locals: GCC 12 mishandles temporaries inside a co_await operand.
-    const std::string service = std::to_string(u.port);
-    auto [ec, endpoints] = co_await x.resolver.async_resolve(u.host, service, use_tuple);
-    if (ec) {
-        co_return x.fail("cannot resolve " + u.host + ": " + ec.message());
+    // Bounded by --timeout: Asio's resolver cannot interrupt getaddrinfo, and its io_context
+    // would wait out a dead nameserver's own timeouts (proxy/resolve.hpp).
+    const auto ex = x.ioc.get_executor();
+    const auto found = co_await proxy::resolve_bounded(ex, u.host, u.port, x.opts.timeout);
+    if (found.timed_out) {
+        x.timed_out = true;
     }
+    if (!found.error.empty() || found.endpoints.empty()) {
+        co_return x.fail("cannot resolve " + u.host + ": " + (found.error.empty() ? "no address" : found.error));
+    }
+    const auto& endpoints = found.endpoints;
     if (u.tls()) {
         x.tls_ctx.emplace(asio::ssl::context::tls_client);
         x.tls_ctx->set_verify_mode(asio::ssl::verify_peer);
@@ -301,7 +308,6 @@ http_result send(const client_options& opts, const http_request& req) {
             return;  // cancelled: the exchange finished first, or the deadline moved
         }
         x.timed_out = true;
-        x.resolver.cancel();
         if (x.plain || x.tls) {
             error_code ignored;
             x.lowest().socket().close(ignored);

@@ -16,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "alerts/alerts.hpp"
+#include "ctl/http_client.hpp"
 #include "proxy/upstream.hpp"
 #include "tests/alerts/fake_receiver.hpp"
 #include "tests/support/fake_upstream.hpp"
@@ -139,6 +140,24 @@ TEST(dns, an_alert_sinks_stuck_lookup_does_not_hold_up_the_others) {
     d.publish(a);
     EXPECT_TRUE(rx.wait_for_count(1, 3s)) << "the reachable sink's alert waited behind the stuck lookup";
     EXPECT_TRUE(ns.got_a_query()) << "the stuck sink's lookup never reached the silent nameserver";
+}
+
+// breakerctl's --timeout covers the admin host's name lookup too: a dead nameserver costs
+// the timeout, not the resolver's own (5 s x 2 attempts here).
+TEST(dns, breakerctl_gives_up_on_a_stuck_lookup_at_its_timeout) {
+    ASSERT_NE(std::getenv("BB_DNS_SANDBOX"), nullptr) << "run this binary through dns_sandbox.sh";
+    silent_nameserver ns;
+    ASSERT_TRUE(ns.bound()) << "cannot hold UDP 127.0.0.1:53";
+    bb::ctl::client_options opts;
+    opts.url = *bb::ctl::parse_admin_url("http://admin.breakerbox.test:9901");
+    opts.timeout = 500ms;
+    const auto started = clock_type::now();
+    const auto r = bb::ctl::send(opts, bb::ctl::http_request{"GET", "/v1/breakers", ""});
+    const auto took = clock_type::now() - started;
+    EXPECT_FALSE(r.ok());
+    EXPECT_EQ(r.transport_error, "timed out after 500ms");
+    EXPECT_LT(took, 4s) << "waited for the resolver's own timeout";
+    EXPECT_TRUE(ns.got_a_query());
 }
 
 }  // namespace
