@@ -3,6 +3,7 @@
 #include "core/hex.hpp"
 #include "core/http_token.hpp"
 #include "core/method_override.hpp"
+#include "core/read_limits.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -293,6 +294,13 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
         }
         if (line.front() == ' ' || line.front() == '\t') {
             return bad("obsolete line folding (a header line starting with whitespace) is not accepted");
+        }
+        // Beast stores a field's size in 16 bits and throws for a longer one, which would
+        // drop the connection without an answer (core/read_limits.hpp): refused here, also
+        // where limits.header_bytes allows a head larger than that.
+        if (line.size() >= max_buffered_line) {
+            return {431, "header_too_large",
+                    "a header field is larger than " + std::to_string(max_buffered_line) + " bytes"};
         }
         if (++count > max_header_count) {
             return {431, "too_many_headers", "the request has more than " + std::to_string(max_header_count) + " header fields"};

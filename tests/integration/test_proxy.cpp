@@ -498,6 +498,31 @@ TEST(limits, chunk_extensions_and_trailers_are_held_to_the_header_limits) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// With header_bytes above 64 KiB a head may be that large, but no one field can be (Beast
+// stores its size in 16 bits and throws): 431, not a dropped connection.
+TEST(proxying, a_head_field_longer_than_beast_stores_is_refused_with_an_answer) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "\"header_bytes\": 262144")};
+    {
+        raw_client client{bb.port()};
+        client.send("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(66000, 'v') + "\r\n\r\n");
+        const auto res = client.read_response();
+        EXPECT_EQ(res.result_int(), 431u);
+        EXPECT_NE(res.body().find("header_too_large"), std::string::npos) << res.body();
+    }
+    {
+        // A large head of ordinary fields still passes.
+        raw_client client{bb.port()};
+        std::string fields;
+        for (int i = 0; i < 3; ++i) {
+            fields += "X-F" + std::to_string(i) + ": " + std::string(30000, 'v') + "\r\n";
+        }
+        client.send("GET /x HTTP/1.1\r\nHost: a\r\n" + fields + "\r\n");
+        EXPECT_EQ(client.read_response().result_int(), 200u);
+    }
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(proxying, head_response_keeps_content_length_without_a_body) {
     fake_upstream up{[](const request&) {
         return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n", false);
