@@ -1619,11 +1619,17 @@ std::string method_override_field(std::string_view method, std::string_view cont
         const std::string as_form_data =
             "multipart/form-data" + std::string{params == std::string_view::npos ? std::string_view{} : content_type.substr(params)};
         thread_local std::vector<std::pair<std::string, std::string>> fields;
-        parse_form(as_form_data, body, fields);  // a malformed body: the fields before the fault
+        const bool whole = parse_form(as_form_data, body, fields);  // malformed: the fields before the fault
         for (const auto& [name, value] : fields) {
             if (is_method_override_name(name) || is_method_override_name(url_decode(name))) {
                 return name.substr(0, 32);
             }
+        }
+        // Past the fault a lenient reader may still find parts (Rack reads on where this
+        // stops), and a name may be encoded in ways no list covers: a body that cannot be
+        // read to its end and has the word anywhere (checked above) is refused.
+        if (!whole) {
+            return "_method (in a multipart body that cannot be read to its end)";
         }
         return {};
     }

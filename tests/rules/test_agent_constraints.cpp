@@ -867,6 +867,18 @@ TEST(forms, method_override_fields) {
     // A malformed multipart body: the fields before the fault are still looked at.
     EXPECT_EQ(method_override_field("POST", mp, "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1\r\nbroken"),
               "_method");
+    // And a field past the fault, where a lenient reader (Rack) may still find it: a body that
+    // cannot be read to its end and has the word anywhere is refused.
+    // (A part whose headers never end: the reading stops there.)
+    const std::string cut = "--b1\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.com\r\n--b1\r\n"
+                            "Content-Disposition: form-data; name=\"";
+    EXPECT_EQ(method_override_field("POST", mp, cut + "_method\"\r\nDELETE\r\n--b1--\r\n"),
+              "_method (in a multipart body that cannot be read to its end)");
+    EXPECT_EQ(method_override_field("POST", mp, cut + "payment method\"\r\nx\r\n--b1--\r\n"),
+              "_method (in a multipart body that cannot be read to its end)")
+        << "the word alone is enough in a body that cannot be read";
+    EXPECT_EQ(method_override_field("POST", mp, cut + "c\"\r\nx\r\n--b1--\r\n"), "")
+        << "malformed, but nothing about a method";
     // Read as Rack reads a body: one without a Content-Type as urlencoded, any multipart
     // type as a form.
     EXPECT_EQ(method_override_field("POST", "", "to=a%40x.com&_method=DELETE"), "_method");
