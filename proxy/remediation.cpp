@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 namespace bb::proxy {
 
@@ -594,6 +595,10 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
         stoppable_timer paced{control_, pacers_};
         asio::steady_timer& pacer = paced.timer;
         std::size_t refused_once_begun = 0;  // counted failed, but nothing was sent: not in `limit`
+        // Upstreams the run halted at (a 429, unreachable, an unknown outcome): their later
+        // records stay held, while records bound to other upstreams go on. A halt of the
+        // store's (busy, a result not recorded) stops the whole run.
+        std::set<std::string, std::less<>> halted_upstreams;
         std::int64_t after = 0;
         for (;;) {
             const auto page = next_page(filter, after, &sum.error);
@@ -606,6 +611,9 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 if (stopping_ || (limit > 0 && sum.released + sum.failed + sum.unknown - refused_once_begun == limit)) {
                     sum.stopped = stopping_;
                     co_return sum;
+                }
+                if (halted_upstreams.contains(rec.upstream)) {
+                    continue;  // left held, not looked at: released again once that upstream recovers
                 }
                 if (rate_per_s > 0) {
                     const auto now = std::chrono::steady_clock::now();
@@ -626,9 +634,14 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                 auto r = co_await release_one(rec.ticket, actor, false, rec.state, rec.release_attempts);
                 // The run stops at this record (its result is the last); the rest stays held.
                 auto halt = [&](std::string why) {
-                    sum.halted = std::move(why);
-                    spdlog::warn("bulk release by {} halted: {}", actor, sum.halted);
+                    spdlog::warn("bulk release by {} halted: {}", actor, why);
+                    sum.halted += (sum.halted.empty() ? "" : "; ") + why;
                     sum.results.push_back(std::move(r));
+                };
+                // Only this upstream's records stop here; the run goes on with the others.
+                auto halt_upstream = [&](std::string why) {
+                    halt(std::move(why));
+                    halted_upstreams.insert(rec.upstream);
                 };
                 if (r.ok) {
                     ++sum.released;
@@ -637,20 +650,20 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     if (r.count == 429 || r.count == 503) {
                         // The upstream asks to slow down (rate limit, overload with Retry-After): the rest
                         // would fail the same way, each using an attempt. Left held.
-                        halt("upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " + rec.ticket +
-                             "; the records after it stay as they are: release them again once its limit resets (a "
-                             "lower rate_per_s may help)");
-                        co_return sum;
+                        halt_upstream("upstream " + rec.upstream + " answered " + std::to_string(r.count) + " to " +
+                                      rec.ticket + "; its records after it stay as they are: release them again once "
+                                      "its limit resets (a lower rate_per_s may help)");
+                        continue;
                     }
                     if (r.count == 0) {
                         // No answer and nothing sent: the upstream could not be reached (refused,
                         // a TLS failure, our own pool full). The rest would meet the same, each
                         // turned release_failed, and a second run of this filter would find none
                         // of them held. Left held.
-                        halt("upstream " + rec.upstream + " could not be reached for " + rec.ticket + " (" + r.message +
-                             "); nothing of it was sent, and the records after it stay as they are: release them "
-                             "again once it can be reached");
-                        co_return sum;
+                        halt_upstream("upstream " + rec.upstream + " could not be reached for " + rec.ticket + " (" +
+                                      r.message + "); nothing of it was sent, and its records after it stay as they "
+                                      "are: release them again once it can be reached");
+                        continue;
                     }
                 } else if (r.code == "outcome_unknown") {
                     // Perhaps delivered, perhaps not (a gateway's 502, 503 or 504, a timeout, a
@@ -668,10 +681,10 @@ asio::awaitable<remediation_summary> remediation::release_matching_impl(store::l
                     }
                     const std::string what =
                         r.count > 0 ? "answered " + std::to_string(r.count) : std::string{"gave no complete answer"};
-                    halt("upstream " + rec.upstream + " " + what + " to " + rec.ticket +
-                         " (outcome unknown); the records after it stay as they are: release them again once it "
-                         "recovers");
-                    co_return sum;
+                    halt_upstream("upstream " + rec.upstream + " " + what + " to " + rec.ticket +
+                                  " (outcome unknown); its records after it stay as they are: release them again "
+                                  "once it recovers");
+                    continue;
                 } else if (r.code == "store_busy") {
                     // The store's writer is full: the rest would be refused the same way
                     // (nothing of them sent). Left held. (A record that cannot be read,

@@ -366,6 +366,47 @@ TEST(quarantine, a_bulk_release_halts_when_the_upstream_cannot_be_reached) {
     EXPECT_EQ(bb.server().db()->get(tickets[2])->state, bb::store::held_state::held);
 }
 
+// A halt at an upstream stops only that upstream's records: those bound to another upstream,
+// reachable and answering, still go.
+TEST(quarantine, a_bulk_release_halted_at_one_upstream_goes_on_with_the_others) {
+    const loopback_socket refusing{false};
+    fake_upstream healthy{[](const request&) { return respond(202, "{}"); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(refusing.port(), dir, 0);
+    const std::string routes = R"("routes": [)";
+    cfg.replace(cfg.find(routes), routes.size(),
+                routes + R"({"name": "mg-send", "match": {"path_prefix": "/v3/mg"}, "upstream": "mailgun"},)");
+    const std::string upstreams = R"("upstreams": [)";
+    cfg.replace(cfg.find(upstreams), upstreams.size(),
+                upstreams + R"({"name": "mailgun", "url": "http://127.0.0.1:)" + std::to_string(healthy.port()) + R"("},)");
+    const std::string rules = R"("rules": [)";
+    cfg.replace(cfg.find(rules), rules.size(),
+                rules + R"({"id": "mg-recipients", "route": "mg-send", "key": ["header:x-campaign-id"],)"
+                        R"j("measure": {"sum": "count($.to[*])"}, "window": "1h", "limit": 0,)j"
+                        R"("failure_mode": "volume-spike", "trips": "campaign-volume"},)");
+    proxy_instance bb{cfg};
+    std::vector<std::string> tickets;  // sendgrid, mailgun, sendgrid, mailgun
+    for (int i = 0; i < 4; ++i) {
+        auto res = http_request(bb.port(), http::verb::post, i % 2 == 0 ? "/v3/mail/send" : "/v3/mg",
+                                "{\"to\":[1],\"n\":" + std::to_string(i) + "}",
+                                {{"content-type", "application/json"}, {"x-campaign-id", "c"}});
+        ASSERT_EQ(res.result_int(), 202u) << i << res.body();
+        tickets.emplace_back(res["x-breakerbox-ticket"]);
+    }
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    const auto sum = bb.server().remediation().release_matching(f, 0, "ops").get();
+    EXPECT_EQ(sum.failed, 1u);
+    EXPECT_EQ(sum.released, 2u);
+    EXPECT_NE(sum.halted.find("upstream sendgrid could not be reached"), std::string::npos) << sum.halted;
+    EXPECT_EQ(healthy.request_count(), 2u);
+    auto* db = bb.server().db();
+    EXPECT_EQ(db->get(tickets[0])->state, bb::store::held_state::release_failed);
+    EXPECT_EQ(db->get(tickets[1])->state, bb::store::held_state::released);
+    EXPECT_EQ(db->get(tickets[2])->state, bb::store::held_state::held) << "sent after its upstream halted the run";
+    EXPECT_EQ(db->get(tickets[3])->state, bb::store::held_state::released);
+}
+
 // A bare 503 (overload, or a gateway that lost the connection after sending), a gateway's
 // 502 or 504, is of unknown outcome, and a bulk release stops there: the rest would meet the
 // same, each left for an operator to decide on by hand.
