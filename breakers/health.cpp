@@ -36,6 +36,7 @@ health_tracker::totals health_tracker::sum(std::int64_t epoch) const {
             t.calls += b.calls.load(std::memory_order_relaxed);
             t.failures += b.failures.load(std::memory_order_relaxed);
             t.slow += b.slow.load(std::memory_order_relaxed);
+            t.abandoned += b.abandoned.load(std::memory_order_relaxed);
         }
     }
     return t;
@@ -107,8 +108,12 @@ std::optional<trip_cause> health_tracker::record(bool failure, std::chrono::micr
         b.calls.store(0, std::memory_order_relaxed);
         b.failures.store(0, std::memory_order_relaxed);
         b.slow.store(0, std::memory_order_relaxed);
+        b.abandoned.store(0, std::memory_order_relaxed);
     }
     b.calls.fetch_add(1, std::memory_order_relaxed);
+    if (abandoned) {
+        b.abandoned.fetch_add(1, std::memory_order_relaxed);
+    }
     if (failure) {
         b.failures.fetch_add(1, std::memory_order_relaxed);
     }
@@ -117,19 +122,25 @@ std::optional<trip_cause> health_tracker::record(bool failure, std::chrono::micr
     }
 
     const auto t = sum(epoch);
-    if (t.calls < std::max<std::uint64_t>(cfg_.min_volume, 1)) {
+    const auto min_volume = std::max<std::uint64_t>(cfg_.min_volume, 1);
+    // The failure ratio is of answered calls: an abandoned call (no answer) is no success,
+    // and counting it would dilute the failures (10 5xx among 22 calls, 12 of them abandoned,
+    // would read 0.45, not 1.0). The slow-call ratio counts every call.
+    const std::uint64_t answered = t.calls - std::min(t.abandoned, t.calls);
+    if (answered < min_volume) {
         failure_over_.store(false, std::memory_order_relaxed);
-        slow_over_.store(false, std::memory_order_relaxed);
-        return crossed;
-    }
-    const double calls = static_cast<double>(t.calls);
-    if (cfg_.failure_ratio > 0) {
-        auto c = check_ratio(failure_over_, static_cast<double>(t.failures) / calls, cfg_.failure_ratio, t.calls,
-                             "failure ratio", "");
+    } else if (cfg_.failure_ratio > 0) {
+        auto c = check_ratio(failure_over_, static_cast<double>(t.failures) / static_cast<double>(answered),
+                             cfg_.failure_ratio, answered, "failure ratio", "");
         if (!crossed) {
             crossed = std::move(c);
         }
     }
+    if (t.calls < min_volume) {
+        slow_over_.store(false, std::memory_order_relaxed);
+        return crossed;
+    }
+    const double calls = static_cast<double>(t.calls);
     if (cfg_.slow_call > milliseconds{0}) {
         const std::string detail = ", slow >= " + format_ms(cfg_.slow_call);
         auto c = check_ratio(slow_over_, static_cast<double>(t.slow) / calls, cfg_.slow_ratio, t.calls,
@@ -151,6 +162,7 @@ void health_tracker::reset(time_point now) {
         b.calls.store(0, std::memory_order_relaxed);
         b.failures.store(0, std::memory_order_relaxed);
         b.slow.store(0, std::memory_order_relaxed);
+        b.abandoned.store(0, std::memory_order_relaxed);
     }
 }
 

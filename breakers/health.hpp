@@ -54,11 +54,13 @@ private:
         std::atomic<std::uint32_t> calls{0};
         std::atomic<std::uint32_t> failures{0};
         std::atomic<std::uint32_t> slow{0};
+        std::atomic<std::uint32_t> abandoned{0};  // of calls: no answer, so neither failure nor success
     };
     struct totals {
         std::uint64_t calls = 0;
         std::uint64_t failures = 0;
         std::uint64_t slow = 0;
+        std::uint64_t abandoned = 0;
     };
     std::optional<trip_cause> record(bool failure, std::chrono::microseconds latency, time_point now, bool abandoned);
     std::int64_t epoch_of(time_point t) const { return (t.time_since_epoch() / bucket_width_); }

@@ -157,6 +157,27 @@ TEST(health, abandoned_calls_count_as_slow_only) {
     }
 }
 
+// The failure ratio is of answered calls: abandoned ones (no answer) do not dilute it.
+TEST(health, abandoned_calls_do_not_dilute_the_failure_ratio) {
+    manual_clock clock;
+    health_config c;
+    c.consecutive_failures = 0;
+    c.failure_ratio = 0.5;
+    c.min_volume = 10;
+    c.slow_call = 2s;
+    c.slow_ratio = 0.9;
+    health_tracker h{c};
+    for (int i = 0; i < 9; ++i) {
+        EXPECT_FALSE(h.record(true, fast, clock.now())) << i << ": under min_volume of answered calls";
+    }
+    for (int i = 0; i < 12; ++i) {
+        EXPECT_FALSE(h.record_abandoned(3s, clock.now())) << i << ": still 9 answered calls";
+    }
+    const auto cause = h.record(true, fast, clock.now());
+    ASSERT_TRUE(cause) << "10 answered calls, all failures: 1.0, not 10/22";
+    EXPECT_EQ(cause->reason, "failure ratio 1.00 >= 0.50 over 30s (10 calls)");
+}
+
 TEST(health, slow_call_ratio) {
     manual_clock clock;
     health_config c;
