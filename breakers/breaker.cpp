@@ -281,6 +281,16 @@ public:
         change(st_, m, std::move(cause), now, trips);
     }
 
+    // forced_open landing on an instance that holds for others too (the overflow instance of
+    // a full breaker): never shortens a forced_open already there. The later end wins, and
+    // no end beats any.
+    void force_open_at_least(std::optional<milliseconds> expires_in, trip_cause cause, time_point now) {
+        if (md_ == mode::forced_open && (!mode_expires_ || (expires_in && now + *expires_in <= *mode_expires_))) {
+            return;
+        }
+        set_mode(mode::forced_open, expires_in, std::move(cause), now);
+    }
+
     // Several snapshots can land on one instance (keys folded together when a breaker's
     // scope changed from key to breaker, or past max_instances into the overflow instance):
     // they are merged so that the instance contains whatever any of them contained, now and
@@ -299,7 +309,10 @@ public:
             return;
         }
         opened_at_ = std::min(s.opened_at, now);
-        cooldown_ = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
+        // A backed-off cooldown within what this config allows now (a reload that lowered
+        // max_cooldown from 1h to 5m must not leave an open instance waiting the hour).
+        cooldown_ = s.cooldown > milliseconds{0} ? std::min(s.cooldown, std::max(cfg_.max_cooldown, cfg_.cooldown))
+                                                 : cfg_.cooldown;
         trips_ = s.trips;
         last_trip_ = s.last_trip;
         shadow_trips_ = s.shadow_trips;
@@ -821,8 +834,12 @@ breaker_registry::instance_ptr breaker_registry::get_or_create(slot& s, std::str
             // of its own (lookup), among them the ones tripped into it. An instance made now
             // would start closed and take that key out of it: an expiring forced_open, or a
             // trip absorbed elsewhere, would let it through. So the key stays with it.
+            // Not while an operator lets it through (forced_closed, metrics_only): a new key's
+            // trip there would be a shadow trip, and nothing new would be contained until the
+            // mode ends; the key gets an instance of its own instead (or the overflow instance
+            // once more, if the breaker is full of containing instances).
             std::lock_guard il{over->mutex()};  // map -> instance, the lock order
-            if (!over->evicted() && !over->moved() && over->active()) {
+            if (!over->evicted() && !over->moved() && over->active() && !over->shadowing()) {
                 return over;
             }
         }
@@ -1186,7 +1203,13 @@ breaker_registry::op_result breaker_registry::set_mode(std::string_view name, mo
                                   return op_result{true, in.name()};
                               }
                               in.advance(now);
-                              in.set_mode(m, expires_in, cause_of("manual", actor, reason), now);
+                              if (!own && in.key() == overflow_key) {
+                                  // One key's forced_open must not cut short another's hold on
+                                  // every key the overflow instance contains.
+                                  in.force_open_at_least(expires_in, cause_of("manual", actor, reason), now);
+                              } else {
+                                  in.set_mode(m, expires_in, cause_of("manual", actor, reason), now);
+                              }
                               return op_result{true, {}};
                           },
                           on_transition_);

@@ -105,6 +105,54 @@ TEST_F(registry_test, a_key_in_the_open_overflow_instance_does_not_escape_it_whe
     EXPECT_EQ(reg().trip("campaign-volume", "k3", rule_cause(), now()).adm.instance, "campaign-volume/k3");
 }
 
+// An operator's hold on the overflow instance (every key of a full breaker) is not cut short
+// by another operator's timed forced_open of one new key, which lands there too.
+TEST_F(registry_test, a_forced_open_of_one_key_does_not_shorten_the_overflow_instances_hold) {
+    auto b = make_config("campaign-volume");
+    b.max_instances = 2;
+    b.cooldown = 1s;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    reg().trip("campaign-volume", "k2", rule_cause(), now());
+    ASSERT_TRUE(reg().manual_trip("campaign-volume/_overflow", "alice", "hold them all", now()));
+    ASSERT_TRUE(reg().set_mode("campaign-volume/k9", mode::forced_open, milliseconds{600'000}, "bob", "k9", now()));
+    auto over = reg().get("campaign-volume/_overflow", now());
+    ASSERT_TRUE(over);
+    EXPECT_EQ(over->md, mode::forced_open);
+    EXPECT_FALSE(over->mode_expires) << "alice's hold has no end; bob's ten minutes gave it one";
+    clock_.advance(std::chrono::minutes{11});
+    EXPECT_EQ(reg().admit("campaign-volume/k7", now()).v, verdict::contain);
+    // A timed hold there is lengthened by a longer one, never shortened by a shorter one.
+    auto c = make_config("cv2");
+    c.max_instances = 1;
+    make({c});
+    reg().trip("cv2", "k1", rule_cause(), now());
+    ASSERT_TRUE(reg().set_mode("cv2/k2", mode::forced_open, milliseconds{600'000}, "alice", "", now()));
+    ASSERT_TRUE(reg().set_mode("cv2/k3", mode::forced_open, milliseconds{60'000}, "bob", "", now()));
+    EXPECT_EQ(reg().get("cv2/_overflow", now())->mode_expires, now() + milliseconds{600'000});
+    ASSERT_TRUE(reg().set_mode("cv2/k4", mode::forced_open, milliseconds{1'200'000}, "carol", "", now()));
+    EXPECT_EQ(reg().get("cv2/_overflow", now())->mode_expires, now() + milliseconds{1'200'000});
+}
+
+// While an operator lets the overflow instance through (forced_closed), a new key's trip is
+// no shadow trip there: it gets an instance of its own (room permitting) and is contained.
+TEST_F(registry_test, a_new_keys_trip_is_not_absorbed_by_an_overflow_instance_let_through) {
+    auto b = make_config("campaign-volume", action::pause, reset_policy::manual);
+    b.max_instances = 2;
+    make({b});
+    reg().trip("campaign-volume", "k1", rule_cause(), now());
+    reg().trip("campaign-volume", "k2", rule_cause(), now());
+    EXPECT_EQ(reg().trip("campaign-volume", "k3", rule_cause("r", "k3"), now()).adm.instance,
+              "campaign-volume/_overflow");
+    ASSERT_TRUE(reg().set_mode("campaign-volume/_overflow", mode::forced_closed, milliseconds{3'600'000}, "alice",
+                               "let the overflowed keys through", now()));
+    ASSERT_TRUE(reg().reset("campaign-volume/k1", "alice", "ok", now()));  // room for one key
+    const auto r = reg().trip("campaign-volume", "k4", rule_cause("r", "k4"), now());
+    EXPECT_TRUE(r.opened);
+    EXPECT_EQ(r.adm.instance, "campaign-volume/k4");
+    EXPECT_EQ(reg().admit("campaign-volume/k4", now()).v, verdict::contain);
+}
+
 TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
     auto b = make_config("campaign-volume");
     b.max_instances = 2;
@@ -120,6 +168,22 @@ TEST_F(registry_test, idle_instances_make_room_for_new_keys) {
     // The wide instance does not count against the bound.
     reg().manual_trip("campaign-volume", "alice", "all", now());
     EXPECT_EQ(reg().snapshot(now()).size(), 3u);
+}
+
+// A cooldown backed off under an earlier config is held within what the config allows now: a
+// reload that lowers max_cooldown from an hour to 30 s does not leave the instance an hour.
+TEST_F(registry_test, a_restored_cooldown_is_held_within_the_configs_maximum) {
+    auto b = make_config("cv");
+    b.cooldown = 10s;
+    b.max_cooldown = 30s;
+    make({b});
+    auto s = saved("k", state::open, mode::automatic, 0ms);
+    s.cooldown = std::chrono::hours{1};
+    reg().restore({s}, now());
+    clock_.advance(29s);
+    EXPECT_EQ(reg().admit("cv/k", now()).v, verdict::contain);
+    clock_.advance(2s);
+    EXPECT_EQ(reg().admit("cv/k", now()).v, verdict::probe);
 }
 
 TEST_F(registry_test, restore_recreates_open_instances_and_modes) {
