@@ -391,7 +391,8 @@ std::string containing_instance(const std::vector<breakers::instance_snapshot>& 
 bool same_mapping(const rules::rule& a, const rules::rule& b) {
     auto path_text = [](const rules::match_spec& m) { return m.path ? m.path->text : std::string{}; };
     if (a.trips != b.trips || a.route != b.route || a.match.methods != b.match.methods ||
-        path_text(a.match) != path_text(b.match) || a.match.path_prefix != b.match.path_prefix ||
+        path_text(a.match) != path_text(b.match) || a.match.path_from_preset != b.match.path_from_preset ||
+        a.match.path_prefix != b.match.path_prefix ||
         a.match.host != b.match.host || a.match.headers != b.match.headers || a.key.size() != b.key.size()) {
         return false;
     }

@@ -1105,6 +1105,24 @@ TEST(admin_api, every_unjudged_change_and_every_duplicate_key_needs_more_than_an
     EXPECT_EQ(lower.result_int(), 200u) << lower.body();
 }
 
+// A preset's path written out is not the preset's path: the preset's is also tried with the
+// upstream's base path in front (an upstream URL that carries part of the path), the written
+// one is not. So the rule may stop matching: a change of mapping, not an operator's to make.
+TEST(admin_api, writing_out_a_presets_path_is_a_change_of_mapping) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string base = admin_config(up.port(), dir);
+    const std::string rule = R"("id": "recipients", "route": "mail-send",)";
+    base.replace(base.find(rule), rule.size(), rule + R"( "preset": "sendgrid.recipients",)");
+    proxy_instance bb{base};
+    std::string written = base;
+    written.replace(written.find(rule), rule.size(), rule + R"( "match": {"path": "/v3/mail/send"},)");
+    auto r = admin(bb.server().admin_port(), http::verb::post, "/v1/config?dry_run=1", "op-token",
+                   R"({"reason":"tidy","config":)" + written + "}");
+    EXPECT_EQ(r.result_int(), 403u) << r.body();
+    EXPECT_NE(r.body().find("changes which requests rule recipients meets"), std::string::npos) << r.body();
+}
+
 // A change that remaps a rule's traffic while its breaker contains some (the trip would be
 // stranded) and a breaker that would reset by itself or sooner are loosenings: admin only.
 TEST(admin_api, remapping_a_tripped_rule_or_weakening_a_breakers_reset_needs_the_admin_role) {
