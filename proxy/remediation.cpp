@@ -194,6 +194,61 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
     return {};
 }
 
+// A sandbox breaker that covers the held request now (it, its overflow or its breaker-wide
+// instance holds traffic back), as the live path would map the request to breakers: "" when
+// none does. A sandbox that began after the hold (forced open, or tripped, since) must keep
+// the release from being a real send as much as one recorded at the hold.
+std::string sandbox_now(const runtime& rt, const store::held_request& rec, const target_parts& tp,
+                        const upstream_config& up, time_point now) {
+    if (!rt.engine) {
+        return {};
+    }
+    std::vector<rules::header_field> headers;
+    headers.reserve(rec.headers.size());
+    std::string_view content_type;
+    std::string_view host;
+    for (const auto& [name, value] : rec.headers) {
+        headers.push_back({name, value});
+        if (content_type.empty() && iequals(name, "content-type")) {
+            content_type = value;
+        }
+        if (host.empty() && iequals(name, "host")) {
+            host = value;
+        }
+    }
+    if (const auto colon = host.rfind(':'); colon != std::string_view::npos && host.find(']', colon) == std::string_view::npos) {
+        host = host.substr(0, colon);
+    }
+    const std::string upstream_path = up.base_path.empty() ? std::string{} : up.base_path + std::string{tp.path};
+    rules::request_view view;
+    view.method = rec.method;
+    view.target = tp.origin_form;
+    view.path = tp.path;
+    view.upstream_path = upstream_path;
+    const auto q = tp.origin_form.find('?');
+    view.query = q == std::string_view::npos ? std::string_view{} : tp.origin_form.substr(q + 1);
+    view.host = host;
+    view.route = rec.route;
+    view.agent = rec.agent;
+    view.content_type = content_type;
+    view.body = rec.body;
+    view.headers = headers;
+    std::vector<rules::engine::rule_key> keys;
+    rt.engine->keys_for(view, keys);
+    for (const auto& k : keys) {
+        const auto& r = rt.engine->rules().rules[k.rule];
+        const auto* b = rt.cfg->find_breaker(r.trips);
+        if (b == nullptr || b->act != breakers::action::sandbox) {
+            continue;
+        }
+        const std::string instance = rt.breakers->instance_name(*b, k.key);
+        if (rt.breakers->holds_back(instance, now)) {
+            return instance;
+        }
+    }
+    return {};
+}
+
 }  // namespace
 
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
@@ -268,6 +323,14 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         if (upstream_index == cfg.upstreams.size()) {
             return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
                                                                " is no longer configured; nothing was sent");
+        }
+        if (target_parts tp; split_target(rec->target, tp)) {
+            const auto rt = srv_.current_runtime();
+            if (const auto by = sandbox_now(*rt, *rec, tp, cfg.upstreams[upstream_index], srv_.now()); !by.empty()) {
+                return store::result::failure("sandboxed", "breaker " + by +
+                                                               " sandboxes this traffic now: reset it to release " +
+                                                               ticket + ", or discard it; nothing was sent");
+            }
         }
         if (const auto a = std::find_if(cfg.agents.begin(), cfg.agents.end(),
                                         [&](const agent_config& c) { return c.id == rec->agent; });

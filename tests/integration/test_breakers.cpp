@@ -768,6 +768,42 @@ TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// A sandbox that begins after the hold (forced open, or tripped, since) keeps the release
+// from being a real send as much as one that applied at the hold: the live path would send
+// the request as a dry run now. Per key too: the key's own instance, as the rules map it.
+TEST(sandbox, a_release_waits_for_a_sandbox_that_began_after_the_hold) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
+        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
+        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
+        R"({"id": "s", "route": "mail-send", "key": ["header:x-campaign-id"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "");
+    ASSERT_TRUE(reg.manual_trip("dry/spring", "ops", "dry runs only", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_NE(refused.message.find("dry/spring"), std::string::npos) << refused.message;
+    bb::store::list_filter all;
+    EXPECT_EQ(bb.server().remediation().release_matching(all, 0, "ops").get().skipped, 1u);
+    EXPECT_EQ(up.request_count(), 0u) << "a real send while a sandbox covers the traffic";
+    // Another key's sandbox is not this request's.
+    ASSERT_TRUE(reg.reset("dry/spring", "ops", "over", bb.server().now()));
+    ASSERT_TRUE(reg.manual_trip("dry/autumn", "ops", "dry runs only", bb.server().now()));
+    auto released = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_TRUE(released.ok) << released.code << ": " << released.message;
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // Two sandboxes applied to a held request: it names both, and a release waits until neither
 // applies (the one that applied last reset first is not enough).
 TEST(sandbox, a_hold_names_every_sandbox_that_applied_and_a_release_waits_for_all) {
