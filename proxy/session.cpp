@@ -2519,8 +2519,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
-        observe_upstream(w, rt, upstream_index, ex, probes, has_rules && rt.route_has_response_rules[route_index], view,
-                         fill_view, request_id);
+        // A dry run's answer (the API's sandbox mode, or an alternate upstream) is no verdict
+        // on any breaker's probe, and no response of the route for its response rules: a fake
+        // that always answers 200 would close a half-open breaker of the real traffic, and
+        // dilute its 5xx ratios. (The upstream it went to still records its health.)
+        const bool dry_run = std::string_view{forwarded_decision} == "sandboxed";
+        if (dry_run) {
+            for (const auto& p : probes) {
+                registry.cancel_probe(p.instance, p.round);
+            }
+            probes.clear();
+        }
+        observe_upstream(w, rt, upstream_index, ex, probes,
+                         !dry_run && has_rules && rt.route_has_response_rules[route_index], view, fill_view, request_id);
         if (ex.failure == upstream_failure::none && !booked.guards.empty()) {
             // The upstream answered that it did not take the request (a 4xx, a 503 asking to
             // come back: what a release counts as not delivered): the duplicates guards'

@@ -358,6 +358,44 @@ TEST(health, a_probe_sent_to_the_sandbox_upstream_is_no_verdict_on_the_real_one)
     EXPECT_EQ(up.request_count(), 3u);
 }
 
+// Nor is a dry run's answer a verdict on any other breaker's probe: a route breaker in
+// half-open whose probe went out as a sandboxed request stays half-open (a fake that always
+// answers 200 would close it, and every agent's real traffic would resume on no evidence).
+TEST(health, a_sandboxed_request_settles_no_probe) {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(
+        up.port(), dir,
+        R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}},)"
+        R"({"id": "errors", "action": "pause", "reset": "auto", "cooldown": "10s"})");
+    const std::string end_of_upstreams = "}],\"routes\"";
+    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
+                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    const std::string rules = "\"rules\": [";
+    cfg.replace(cfg.find(rules), rules.size(),
+                rules + R"({"id": "errs", "route": "mail-send", "measure": {"per_request": "requests"}, "limit": 1000000,)"
+                        R"( "failure_mode": "volume-spike", "trips": "errors"},)");
+    proxy_instance bb{cfg, &clock};
+    auto& reg = *bb.server().breakers();
+    bb::breakers::trip_cause cause;
+    cause.kind = "rule";
+    cause.reason = "5xx ratio";
+    ASSERT_TRUE(reg.trip("errors", "", cause, clock.now()).opened);
+    ASSERT_TRUE(reg.manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    clock.advance(11s);
+    raw_client c{bb.port()};
+    c.send(mail(1, "x"));
+    auto sandboxed = c.read_response();
+    EXPECT_EQ(sandboxed.result_int(), 200u) << sandboxed.body();
+    EXPECT_EQ(sandboxed["x-breakerbox-decision"], "sandboxed");
+    EXPECT_EQ(sink.request_count(), 1u);
+    EXPECT_EQ(reg.get("errors", clock.now())->st, bb::breakers::state::half_open)
+        << "a dry run's 200 closed a breaker of the real traffic";
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // A rule that reads the response's JSON asks the upstream for it uncompressed: a client's
 // Accept-Encoding: gzip (Go's default) made the upstream compress it, the rule read nothing,
 // and its breaker never tripped.
