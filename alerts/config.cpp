@@ -50,6 +50,10 @@ void parse_headers(simdjson::dom::element e, const std::string& path, cfg::error
             errs.add(hpath, "is set by breakerbox and cannot be configured");
             continue;
         }
+        if (std::any_of(out.begin(), out.end(), [&](const auto& h) { return lower(h.first) == lower(name); })) {
+            errs.add(hpath, "is given twice (header names compare without case): it would be sent twice");
+            continue;
+        }
         std::string_view value;
         if (field.value.get(value) != simdjson::SUCCESS) {
             errs.add(hpath, std::string{"must be a string, not "} + std::string{cfg::type_name(field.value.type())});

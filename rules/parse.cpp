@@ -677,7 +677,14 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
                 errs.add(cfg::child(r.path_of("headers"), field.key), "must be a string (\"*\" for any value)");
                 continue;
             }
-            m.headers.emplace_back(lower(field.key), std::string{v});
+            // A name given twice (in any case) is two conditions on one header, which no
+            // request meets when their values differ: refused as any key given twice is.
+            const std::string name = lower(field.key);
+            if (std::any_of(m.headers.begin(), m.headers.end(), [&](const auto& h) { return h.first == name; })) {
+                errs.add(cfg::child(r.path_of("headers"), field.key), "is given twice (header names compare without case)");
+                continue;
+            }
+            m.headers.emplace_back(name, std::string{v});
         }
     }
     r.finish();

@@ -80,7 +80,7 @@ TEST(AlertsConfig, EveryErrorWithItsPath) {
         {"name": "b", "type": "webhook", "url": "ftp://x/y", "severities": ["sev1", "sev9", "sev1"]},
         {"name": "c", "type": "pagerduty", "url": "https://x"},
         {"name": "a", "type": "slack", "url": "http://x:0/", "routing_key": "k", "ca_file": "/ca.pem"},
-        {"type": "webhook", "url": "http://x", "headers": {"Content-Type": "text/plain", "X-Bad": "a\r\nb", "bad name": "v", "X-Num": 1}},
+        {"type": "webhook", "url": "http://x", "headers": {"Content-Type": "text/plain", "X-Bad": "a\r\nb", "bad name": "v", "X-Num": 1, "X-Team": "a", "x-team": "b"}},
         {"name": "d", "type": "webhook", "url": "https://user:pw@x/", "severity": ["sev1"]},
         "nope",
         {"name": "e", "type": "webhook", "url": "https://x/", "ca_file": "/dev/zero"},
@@ -107,6 +107,7 @@ TEST(AlertsConfig, EveryErrorWithItsPath) {
     EXPECT_TRUE(has_error(e, "alerts.sinks[4].headers.X-Bad", "control characters")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[4].headers.bad name", "not a valid header name")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[4].headers.X-Num", "must be a string")) << e.to_string();
+    EXPECT_TRUE(has_error(e, "alerts.sinks[4].headers.x-team", "is given twice")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[5].url", "credentials")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[5].severity", "not a known setting")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[6]", "must be an object")) << e.to_string();

@@ -64,6 +64,8 @@ TEST(RulesParse, EveryErrorHasItsPath) {
          "failure_mode": "volume-spike", "trips": "x"},
         {"id": "l", "limit": 1, "failure_mode": "volume-spike", "trips": "x", "on_invalid_body": "ignore"},
         {"id": "m", "key": ["header:Authorization", "query:hapikey"], "window": "1m", "limit": 1,
+         "failure_mode": "volume-spike", "trips": "x"},
+        {"id": "n", "match": {"headers": {"x-tenant": "a", "X-Tenant": "b"}}, "window": "1m", "limit": 1,
          "failure_mode": "volume-spike", "trips": "x"}
     )j");
     const std::vector<std::string> expected{
@@ -95,6 +97,7 @@ TEST(RulesParse, EveryErrorHasItsPath) {
         R"j(rules[11].on_invalid_body: "ignore" is not a policy (reject or zero))j",
         R"j(rules[12].key[0]: "header:Authorization" carries a credential: a key from it would show the secret in breaker names, logs and alerts (key by agent instead))j",
         R"j(rules[12].key[1]: "query:hapikey" carries a credential: a key from it would show the secret in breaker names, logs and alerts (key by agent instead))j",
+        R"j(rules[13].match.headers.X-Tenant: is given twice (header names compare without case))j",
     };
     EXPECT_EQ(lines, expected);
 }
