@@ -1122,6 +1122,95 @@ std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_v
     return hp;
 }
 
+namespace {
+
+// Where a JSON text stops being valid, as " near line L, column C", or "" when that cannot
+// be told (an error the structural pass finds: an unclosed string, bad UTF-8). The DOM
+// parser says only what went wrong; the on-demand parser reads the text in order, so where
+// it stands when it fails is close to the fault.
+simdjson::error_code walk_json(simdjson::ondemand::value v) {
+    simdjson::ondemand::json_type t;
+    if (auto e = v.type().get(t)) {
+        return e;
+    }
+    switch (t) {
+    case simdjson::ondemand::json_type::object: {
+        simdjson::ondemand::object o;
+        if (auto e = v.get_object().get(o)) {
+            return e;
+        }
+        for (auto f : o) {
+            simdjson::ondemand::field field;
+            std::string_view key;
+            if (auto e = std::move(f).get(field)) {
+                return e;
+            }
+            if (auto e = field.unescaped_key().get(key)) {
+                return e;
+            }
+            if (auto e = walk_json(field.value())) {
+                return e;
+            }
+        }
+        return simdjson::SUCCESS;
+    }
+    case simdjson::ondemand::json_type::array: {
+        simdjson::ondemand::array a;
+        if (auto e = v.get_array().get(a)) {
+            return e;
+        }
+        for (auto item : a) {
+            simdjson::ondemand::value child;
+            if (auto e = std::move(item).get(child)) {
+                return e;
+            }
+            if (auto e = walk_json(child)) {
+                return e;
+            }
+        }
+        return simdjson::SUCCESS;
+    }
+    case simdjson::ondemand::json_type::string: return v.get_string().error();
+    case simdjson::ondemand::json_type::number: return v.get_number().error();
+    case simdjson::ondemand::json_type::boolean: return v.get_bool().error();
+    case simdjson::ondemand::json_type::null: {
+        bool is_null = false;
+        if (auto e = v.is_null().get(is_null)) {
+            return e;
+        }
+        return is_null ? simdjson::SUCCESS : simdjson::INCORRECT_TYPE;
+    }
+    }
+    return simdjson::SUCCESS;
+}
+
+std::string json_error_location(std::string_view text) {
+    simdjson::ondemand::parser parser;
+    const simdjson::padded_string padded{text};
+    simdjson::ondemand::document doc;
+    if (parser.iterate(padded).get(doc) != simdjson::SUCCESS) {
+        return {};
+    }
+    simdjson::ondemand::value root;
+    auto e = doc.get_value().get(root);
+    if (e == simdjson::SUCCESS) {
+        e = walk_json(root);
+    }
+    const char* at = nullptr;
+    if (e == simdjson::SUCCESS || doc.current_location().get(at) != simdjson::SUCCESS || at < padded.data() ||
+        at > padded.data() + text.size()) {
+        return {};
+    }
+    const auto offset = static_cast<std::size_t>(at - padded.data());
+    const auto before = text.substr(0, offset);
+    const auto line = 1 + std::count(before.begin(), before.end(), '\n');
+    const auto last_nl = before.rfind('\n');
+    const auto column = 1 + (last_nl == std::string_view::npos ? offset : offset - last_nl - 1);
+    return " near line " + std::to_string(line) + ", column " + std::to_string(column);
+}
+
+}  // namespace
+
 parse_result parse_config(std::string_view json_text, bool stored) {
     parse_result out;
     out.errors.set_lenient(stored);
@@ -1129,7 +1218,8 @@ parse_result parse_config(std::string_view json_text, bool stored) {
     simdjson::padded_string padded{json_text};
     simdjson::dom::element doc;
     if (auto err = parser.parse(padded).get(doc); err) {
-        out.errors.add("", std::string{"the file is not valid JSON: "} + simdjson::error_message(err));
+        out.errors.add("", std::string{"the file is not valid JSON: "} + simdjson::error_message(err) +
+                               json_error_location(json_text));
         return out;
     }
     auto c = std::make_shared<config>();

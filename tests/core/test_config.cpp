@@ -71,6 +71,21 @@ TEST(config, minimal_config_has_the_documented_defaults) {
     EXPECT_EQ(r.cfg->store.breaker_state_path(), "var/breakerbox.breakers.json");
 }
 
+// A syntax error says where it is: a stray comma in a long file is found by its line.
+TEST(config, a_json_syntax_error_names_its_line) {
+    const std::string text = "{\n  \"listeners\": [{\"name\": \"a\", \"address\": \"127.0.0.1:1\"}],\n"
+                             "  \"upstreams\": [{\"name\": \"u\", \"url\": \"http://127.0.0.1:2\"},],\n"
+                             "  \"routes\": []\n}\n";
+    auto r = parse_config(text);
+    ASSERT_FALSE(r.errors.empty());
+    const auto all = r.errors.to_string();
+    EXPECT_NE(all.find("is not valid JSON"), std::string::npos) << all;
+    EXPECT_NE(all.find("near line 3, column "), std::string::npos) << all;
+    auto unclosed = parse_config("{\"listeners\": \"abc");
+    ASSERT_FALSE(unclosed.errors.empty());
+    EXPECT_NE(unclosed.errors.to_string().find("is not valid JSON"), std::string::npos);
+}
+
 TEST(config, names_must_be_unique_and_references_known) {
     auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:1"}, {"name": "a", "address": "127.0.0.1:2"}],
         "upstreams": [{"name": "up", "url": "https://api.example.com/base/"}, {"name": "up", "url": "http://x"}],
