@@ -2499,8 +2499,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             w.owner().forwarded().forget(sent_key, route->name, agent_id, sent_ms, sent_before);
         }
         if (watch.disarm()) {
+            // The client left: no verdict from the upstream, except on its own health probe
+            // once the wait reached slow_call. An upstream that hangs until every client
+            // gives up would otherwise hand each next request the probe for ever: half-open,
+            // never reopened, its cooldown never backed off.
+            const auto& real = rt.upstreams[upstream_index];
+            const bool hung = real.health && real.health->config().slow_call > std::chrono::milliseconds{0} &&
+                              ex.elapsed >= real.health->config().slow_call;
             for (const auto& p : probes) {
-                registry.cancel_probe(p.instance, p.round);  // the client left: no verdict from the upstream
+                if (hung && p.instance == real.breaker) {
+                    registry.probe_result(p.instance, false, w.owner().now(), p.round);
+                } else {
+                    registry.cancel_probe(p.instance, p.round);
+                }
             }
             if (unsent && !booked.empty()) {
                 // Off the caps and the duplicates counters: its retry is the first send.

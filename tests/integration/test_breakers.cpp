@@ -20,6 +20,8 @@
 #include <sstream>
 #include <thread>
 
+#include <poll.h>
+
 using namespace bb::test;
 using namespace std::chrono_literals;
 namespace http = boost::beast::http;
@@ -293,6 +295,50 @@ TEST(health, a_failed_probe_reopens_with_a_longer_cooldown) {
     clock.advance(10s);
     EXPECT_EQ(http_request(bb.port(), http::verb::get, "/probe2").result_int(), 502u);
     EXPECT_EQ(up.request_count(), 4u);
+}
+
+// An upstream that hangs until every client gives up: a probe whose client left after
+// waiting slow_call or longer fails, and the breaker reopens with its cooldown backed off
+// (it used to be cancelled, so each next request took the probe, half-open for ever).
+TEST(health, a_probe_abandoned_after_slow_call_fails) {
+    std::atomic<bool> hang{false};
+    fake_upstream up{[&](const request&) {
+        auto b = respond(502, "{}");
+        if (hang) {
+            b.what = behaviour::kind::hang;
+        }
+        return b;
+    }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 1000000,
+                                     R"("health": {"consecutive_failures": 2, "cooldown": "10s", "slow_call": "1ms"})"),
+                      &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
+    clock.advance(11s);
+    hang = true;
+    {
+        raw_client c{bb.port()};
+        c.send("GET /probe HTTP/1.1\r\nHost: a\r\n\r\n");
+        ASSERT_TRUE(up.wait_for([&] { return up.request_count() >= 3; }, 5s));
+        pollfd none{};
+        ::poll(&none, 0, 5);  // the wait itself is the condition: past slow_call (1 ms)
+        c.close();
+    }
+    auto& reg = *bb.server().breakers();
+    std::optional<bb::breakers::instance_snapshot> s;
+    for (int i = 0; i < 500; ++i) {
+        s = reg.get("upstream/sendgrid", clock.now());
+        if (s && s->st == bb::breakers::state::open) {
+            break;
+        }
+        pollfd none{};
+        ::poll(&none, 0, 10);  // the worker notices the client's close on its own time: bounded polling
+    }
+    ASSERT_TRUE(s);
+    EXPECT_EQ(s->st, bb::breakers::state::open) << "the abandoned probe gave no verdict";
+    EXPECT_EQ(s->cooldown, 20s);
 }
 
 // The upstream breaker's probe slot went to a request that a campaign breaker then
