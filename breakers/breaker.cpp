@@ -960,8 +960,9 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
     if (inst->moved()) {
         lock.unlock();
         if (wide && w.v == admission::verdict::probe) {
-            std::lock_guard wl{wide->mutex()};
-            wide->cancel_probe(w.probe_round);
+            // Through the registry: a reload that moved the key's instance has moved the wide
+            // one too, and the probe must go back to the copy that now counts it.
+            cancel_probe(wide->name(), w.probe_round);
         }
         return s->successor->admit(name, now, with_wide);
     }
@@ -982,9 +983,9 @@ admission breaker_registry::admit(std::string_view name, time_point now, bool wi
     }
     if (k.v != admission::verdict::allow) {
         if (w.v == admission::verdict::probe) {
-            // The request will not reach the upstream: hand the wide probe back.
-            std::lock_guard wl{wide->mutex()};
-            wide->cancel_probe(w.probe_round);
+            // The request will not reach the upstream: hand the wide probe back (through the
+            // registry, to whichever copy counts it now).
+            cancel_probe(wide->name(), w.probe_round);
         }
         return k;
     }
