@@ -716,6 +716,25 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                         return u.tls == sandbox.tls && u.port == sandbox.port &&
                                rules::iequals(host_name(u.host), host_name(sandbox.host));
                     };
+                    // Nor may it be a real API by another name (SendGrid's EU host, a
+                    // regional endpoint): the request goes there as the client sent it.
+                    std::string_view host = host_name(sandbox.host);
+                    while (!host.empty() && host.back() == '.') {
+                        host.remove_suffix(1);
+                    }
+                    for (const std::string_view domain :
+                         {"sendgrid.com", "sendgrid.net", "mailgun.net", "mailgun.org", "amazonaws.com", "hubapi.com",
+                          "hubspot.com", "salesforce.com", "force.com"}) {
+                        if (rules::iequals(host, domain) ||
+                            (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
+                             rules::iequals(host.substr(host.size() - domain.size()), domain))) {
+                            sr.errs().add(sr.path_of("upstream"),
+                                          cfg::quote(*v) + " sends to " + std::string{host} + ", a real API (" +
+                                              std::string{domain} + "): a sandboxed request would be a real send "
+                                              "(name a test fake or capture server)");
+                            break;
+                        }
+                    }
                     for (const auto& rt : c.routes) {
                         const auto u = std::find_if(c.upstreams.begin(), c.upstreams.end(),
                                                     [&](const upstream_config& x) { return x.name == rt.upstream; });

@@ -152,12 +152,16 @@ TEST(config, a_sandbox_upstream_must_not_be_where_a_route_sends) {
         "upstreams": [{"name": "up", "url": "https://api.sendgrid.com"},
                       {"name": "alias", "url": "https://API.SendGrid.com./v3"},
                       {"name": "dry", "url": "http://127.0.0.1:9100", "sandbox_api": "any"},
-                      {"name": "other-port", "url": "https://api.sendgrid.com:8443"}],
+                      {"name": "other-port", "url": "https://api.sendgrid.com:8443"},
+                      {"name": "eu", "url": "https://api.eu.sendgrid.com"},
+                      {"name": "capture", "url": "http://mailpit.internal:8025"}],
         "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}],
         "breakers": [{"id": "a", "action": "sandbox", "sandbox": {"upstream": "up"}},
                      {"id": "b", "action": "sandbox", "sandbox": {"upstream": "alias"}},
                      {"id": "c", "action": "sandbox", "sandbox": {"upstream": "dry"}},
-                     {"id": "d", "action": "sandbox", "sandbox": {"upstream": "other-port"}}]})");
+                     {"id": "d", "action": "sandbox", "sandbox": {"upstream": "other-port"}},
+                     {"id": "e", "action": "sandbox", "sandbox": {"upstream": "eu"}},
+                     {"id": "f", "action": "sandbox", "sandbox": {"upstream": "capture"}}]})");
     const auto e = all_errors(r);
     EXPECT_NE(e.find("breakers[0].sandbox.upstream: \"up\" is the upstream of route \"r\": a sandboxed request "
                      "would reach the real API"),
@@ -167,7 +171,14 @@ TEST(config, a_sandbox_upstream_must_not_be_where_a_route_sends) {
               std::string::npos)
         << e;
     EXPECT_EQ(e.find("breakers[2]"), std::string::npos) << e;
-    EXPECT_EQ(e.find("breakers[3]"), std::string::npos) << e;
+    // A real API by another name or port (SendGrid's EU host): the request goes there as sent.
+    EXPECT_NE(e.find("breakers[3].sandbox.upstream: \"other-port\" sends to api.sendgrid.com, a real API (sendgrid.com)"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("breakers[4].sandbox.upstream: \"eu\" sends to api.eu.sendgrid.com, a real API (sendgrid.com)"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find("breakers[5]"), std::string::npos) << e;
     auto bad = parse_config(base(R"(, "breakers": [])").replace(base().find("9000\""), 5,
                                                                  "9000\", \"sandbox_api\": \"maybe\""));
     EXPECT_NE(all_errors(bad).find("upstreams[0].sandbox_api: \"maybe\" is not one of \"sendgrid\", \"mailgun\", "
