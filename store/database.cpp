@@ -299,9 +299,20 @@ CREATE TABLE config_file (
     {11, R"sql(
 ALTER TABLE held_requests ADD COLUMN sandboxed_by TEXT NOT NULL DEFAULT '';
 )sql"},
+    // The highest record id ever given: SQLite gives a new row max(id) + 1, so a prune of the
+    // newest record handed its id to the next hold, and a bulk release bounded by the id it
+    // saw at its start (upto_id) could take in a request held after it (with the wall clock
+    // stepped back, its time bound too). Ids are given above this floor, never again.
+    {12, R"sql(
+CREATE TABLE held_id_floor (
+  one     INTEGER PRIMARY KEY CHECK (one = 1),
+  last_id INTEGER NOT NULL
+);
+INSERT INTO held_id_floor(one, last_id) SELECT 1, coalesce(max(id), 0) FROM held_requests;
+)sql"},
 };
 
-constexpr int latest_version = 11;
+constexpr int latest_version = 12;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -1408,10 +1419,12 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     // A ticket collision (100 random bits) is all but impossible; draw again if it happens.
     for (int attempt = 0;; ++attempt) {
         auto s = ctx.c.prepared(
-            "INSERT INTO held_requests(ticket, method, target, route, upstream, agent, rule, breaker, "
+            "INSERT INTO held_requests(id, ticket, method, target, route, upstream, agent, rule, breaker, "
             "breaker_instance, failure_mode, request_id, received_ms, state, state_ms, body_bytes, held_bytes, "
-            "actor, idem_key, idem_fingerprint, sandboxed_by) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-            "?12, 'held', ?13, ?14, ?15, ?16, ?17, ?18, ?19)");
+            "actor, idem_key, idem_fingerprint, sandboxed_by) VALUES("
+            "max(coalesce((SELECT max(id) FROM held_requests), 0), "
+            "coalesce((SELECT last_id FROM held_id_floor WHERE one = 1), 0)) + 1, "
+            "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'held', ?13, ?14, ?15, ?16, ?17, ?18, ?19)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare hold");
         }
@@ -1701,6 +1714,18 @@ database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cu
             victims.emplace_back(s.col_i64(0), s.col_str(1));
         }
         if (rc != SQLITE_DONE) {
+            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
+        }
+    }
+    if (!victims.empty()) {
+        // The newest record may go: its id is never given again (migration 12).
+        auto floor = ctx.c.prepared(
+            "UPDATE held_id_floor SET last_id = max(last_id, coalesce((SELECT max(id) FROM held_requests), 0)) "
+            "WHERE one = 1");
+        if (!floor.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare id floor");
+        }
+        if (const int rc = floor.step(); rc != SQLITE_DONE) {
             return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot prune: " + ctx.c.error())};
         }
     }
