@@ -5,6 +5,9 @@
 // the route or the rule that names the host). Case is the caller's (compare with iequals,
 // or lower it).
 
+#include <algorithm>
+#include <cctype>
+#include <string>
 #include <string_view>
 
 namespace bb {
@@ -19,6 +22,25 @@ inline std::string_view host_name(std::string_view h) {
         h.remove_suffix(1);
     }
     return h;
+}
+
+// `host[:port]` or `[v6]:port` without the port.
+inline std::string_view host_without_port(std::string_view host) {
+    if (!host.empty() && host.front() == '[') {
+        const auto close = host.find(']');
+        return close == std::string_view::npos ? host : host.substr(0, close + 1);
+    }
+    const auto colon = host.rfind(':');
+    return colon == std::string_view::npos ? host : host.substr(0, colon);
+}
+
+// The host of a request as rules see it (match.host, the "host" key): one spelling per
+// host, lower case, so `API.SendGrid.com` and `api.sendgrid.com.` are not other hosts with
+// caps of their own.
+inline std::string canonical_host(std::string_view host_port) {
+    std::string out{host_name(host_without_port(host_port))};
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
 }
 
 }  // namespace bb

@@ -4,6 +4,8 @@
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
 
+#include "core/host_name.hpp"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -206,19 +208,25 @@ std::string sandbox_now(const runtime& rt, const store::held_request& rec, const
     std::vector<rules::header_field> headers;
     headers.reserve(rec.headers.size());
     std::string_view content_type;
-    std::string_view host;
+    std::string_view forwarded_host;  // the host the client addressed (a tunnel's, a URL's, or Host)
     for (const auto& [name, value] : rec.headers) {
         headers.push_back({name, value});
         if (content_type.empty() && iequals(name, "content-type")) {
             content_type = value;
         }
-        if (host.empty() && iequals(name, "host")) {
-            host = value;
+        if (forwarded_host.empty() && iequals(name, "x-forwarded-host")) {
+            forwarded_host = value;
         }
     }
-    if (const auto colon = host.rfind(':'); colon != std::string_view::npos && host.find(']', colon) == std::string_view::npos) {
-        host = host.substr(0, colon);
+    // The host as the live path gives it to rules (session.cpp, fill_view): a route for any
+    // host is its upstream's, whatever the client wrote; a route that names hosts sees the
+    // one addressed, in one spelling.
+    const auto* route = rt.cfg->find_route(rec.route);
+    if (route == nullptr || route->upstream_index >= rt.upstreams.size()) {
+        return {};
     }
+    const std::string host = route->match.host.empty() ? rt.upstreams[route->upstream_index].rule_host
+                                                        : canonical_host(forwarded_host);
     const std::string upstream_path = up.base_path.empty() ? std::string{} : up.base_path + std::string{tp.path};
     rules::request_view view;
     view.method = rec.method;

@@ -144,24 +144,6 @@ void append_list(request& req, std::string_view name, std::string_view value) {
     req.set(name, joined);
 }
 
-std::string_view host_without_port(std::string_view host) {
-    if (!host.empty() && host.front() == '[') {
-        const auto close = host.find(']');
-        return close == std::string_view::npos ? host : host.substr(0, close + 1);
-    }
-    const auto colon = host.rfind(':');
-    return colon == std::string_view::npos ? host : host.substr(0, colon);
-}
-
-// The host of a request as rules see it (match.host, the "host" key): one spelling per
-// host, lower case, so `API.SendGrid.com` and `api.sendgrid.com.` are not other hosts with
-// caps of their own.
-std::string canonical_host(std::string_view host_port) {
-    std::string out{host_name(host_without_port(host_port))};
-    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return out;
-}
-
 // Whether route `r` serves a forward proxy's destination `host`:`port`: its match.host names
 // the host, addressed at the default port of how it was addressed (443 for a CONNECT or an
 // https:// URL, 80 for http://) or at its upstream's own port. Another port of the same host

@@ -888,6 +888,32 @@ TEST(sandbox, a_release_waits_for_a_sandbox_that_began_after_the_hold) {
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// The release maps the held request to breakers with the host the live path gives rules: a
+// route for any host sees its upstream's host, whatever Host the client wrote.
+TEST(sandbox, a_release_reads_the_host_as_the_live_path_does) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{one_route_config(
+        up.port(), dir,
+        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
+        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
+        R"({"id": "s", "route": "mail-send", "key": ["host"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"host", "API.Example.com"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    // Live, this route's requests are keyed by its upstream's host.
+    ASSERT_TRUE(reg.manual_trip("dry/127.0.0.1", "ops", "dry runs only", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // Two sandboxes applied to a held request: it names both, and a release waits until neither
 // applies (the one that applied last reset first is not enough).
 TEST(sandbox, a_hold_names_every_sandbox_that_applied_and_a_release_waits_for_all) {
