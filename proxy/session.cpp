@@ -2513,15 +2513,21 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
         // A dry run's answer (the API's sandbox mode, or an alternate upstream) is no verdict
-        // on any breaker's probe, and no response of the route for its response rules: a fake
-        // that always answers 200 would close a half-open breaker of the real traffic, and
-        // dilute its 5xx ratios. (The upstream it went to still records its health.)
+        // on a rule breaker's probe, and no response of the route for its response rules: a
+        // fake that always answers 200 would close a half-open breaker of the real traffic,
+        // and dilute its 5xx ratios. It is one on the health of the upstream it reached:
+        // that upstream's own probe stays (the API's sandbox mode answers from the real API;
+        // an alternate upstream's switch gave the real one's probe back already).
         const bool dry_run = std::string_view{forwarded_decision} == "sandboxed";
         if (dry_run) {
-            for (const auto& p : probes) {
+            const std::string& reached = rt.upstreams[upstream_index].breaker;
+            std::erase_if(probes, [&](const probe_ticket& p) {
+                if (!reached.empty() && p.instance == reached) {
+                    return false;
+                }
                 registry.cancel_probe(p.instance, p.round);
-            }
-            probes.clear();
+                return true;
+            });
         }
         observe_upstream(w, rt, upstream_index, ex, probes,
                          !dry_run && has_rules && rt.route_has_response_rules[route_index], view, fill_view, request_id);

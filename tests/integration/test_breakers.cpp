@@ -442,6 +442,32 @@ TEST(health, a_sandboxed_request_settles_no_probe) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// The API's own sandbox mode answers from the real API: that answer is a verdict on the real
+// upstream's probe (its breaker closes on it), though not on rule breakers' probes.
+TEST(health, a_dry_run_through_the_real_api_settles_its_upstreams_probe) {
+    std::atomic<int> status{502};
+    fake_upstream up{[&](const request&) { return respond(static_cast<unsigned>(status.load()), "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{guarded_config(up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual"})",
+                                     1000000, R"("sandbox_api": "sendgrid", "health": {"consecutive_failures": 2, "cooldown": "10s"})"),
+                      &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    clock.advance(11s);
+    status = 200;
+    raw_client c{bb.port()};
+    c.send(mail(1, "x"));
+    auto sandboxed = c.read_response();
+    EXPECT_EQ(sandboxed.result_int(), 200u) << sandboxed.body();
+    EXPECT_EQ(sandboxed["x-breakerbox-decision"], "sandboxed");
+    ASSERT_EQ(up.request_count(), 3u);
+    EXPECT_NE(up.requests()[2].req.body().find("sandbox_mode"), std::string::npos);
+    EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::closed)
+        << "the real API's answer to the dry run was no verdict on its health probe";
+}
+
 // A rule that reads the response's JSON asks the upstream for it uncompressed: a client's
 // Accept-Encoding: gzip (Go's default) made the upstream compress it, the rule read nothing,
 // and its breaker never tripped.
