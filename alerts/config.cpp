@@ -51,8 +51,8 @@ void parse_headers(simdjson::dom::element e, const std::string& path, cfg::error
             continue;
         }
         if (std::any_of(out.begin(), out.end(), [&](const auto& h) { return lower(h.first) == lower(name); })) {
-            errs.add(hpath, "is given twice (header names compare without case): it would be sent twice");
-            continue;
+            // (A version stored before this check is read as it was.)
+            errs.add_since_stored(hpath, "is given twice (header names compare without case): it would be sent twice");
         }
         std::string_view value;
         if (field.value.get(value) != simdjson::SUCCESS) {

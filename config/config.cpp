@@ -722,13 +722,14 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                     while (!host.empty() && host.back() == '.') {
                         host.remove_suffix(1);
                     }
+                    // (Not salesforce.com: a sandbox org is the natural target there, and it
+                    // takes no production token; nor amazonaws.com, which hosts test fakes.)
                     for (const std::string_view domain :
-                         {"sendgrid.com", "sendgrid.net", "mailgun.net", "mailgun.org", "amazonaws.com", "hubapi.com",
-                          "hubspot.com", "salesforce.com", "force.com"}) {
+                         {"sendgrid.com", "sendgrid.net", "mailgun.net", "mailgun.org", "hubapi.com", "hubspot.com"}) {
                         if (rules::iequals(host, domain) ||
                             (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
                              rules::iequals(host.substr(host.size() - domain.size()), domain))) {
-                            sr.errs().add(sr.path_of("upstream"),
+                            sr.errs().add_since_stored(sr.path_of("upstream"),
                                           cfg::quote(*v) + " sends to " + std::string{host} + ", a real API (" +
                                               std::string{domain} + "): a sandboxed request would be a real send "
                                               "(name a test fake or capture server)");

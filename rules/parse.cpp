@@ -678,11 +678,12 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
                 continue;
             }
             // A name given twice (in any case) is two conditions on one header, which no
-            // request meets when their values differ: refused as any key given twice is.
+            // request meets when their values differ: refused as any key given twice is
+            // (a version stored before this check is read as it was).
             const std::string name = lower(field.key);
             if (std::any_of(m.headers.begin(), m.headers.end(), [&](const auto& h) { return h.first == name; })) {
-                errs.add(cfg::child(r.path_of("headers"), field.key), "is given twice (header names compare without case)");
-                continue;
+                errs.add_since_stored(cfg::child(r.path_of("headers"), field.key),
+                                      "is given twice (header names compare without case)");
             }
             m.headers.emplace_back(name, std::string{v});
         }
