@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace bb {
@@ -108,6 +109,41 @@ inline bool display_unsafe(std::string_view s, std::size_t i, std::size_t* n) {
         const auto b2 = static_cast<unsigned char>(s[i + 2]);
         return (b1 == 0x80 && (b2 == 0x8E || b2 == 0x8F || (b2 >= 0xAA && b2 <= 0xAE))) ||
                (b1 == 0x81 && b2 >= 0xA6 && b2 <= 0xA9);
+    }
+    return false;
+}
+
+// `s` with every byte of a display_unsafe unit written as %XX (`c1\n` -> `c1%0A`, `caf\xE9`
+// -> `caf%E9`), whole units only within `max_bytes`. Idempotent: what it returns has
+// nothing left to write so.
+inline std::string escape_unshowable(std::string_view s, std::size_t max_bytes) {
+    std::string out;
+    for (std::size_t i = 0, n = 0; i < s.size(); i += n) {
+        const bool unsafe = display_unsafe(s, i, &n);
+        if (out.size() + (unsafe ? 3 * n : n) > max_bytes) {
+            break;
+        }
+        if (!unsafe) {
+            out.append(s, i, n);
+            continue;
+        }
+        for (std::size_t j = i; j < i + n; ++j) {
+            static constexpr char hex[] = "0123456789ABCDEF";
+            const auto u = static_cast<unsigned char>(s[j]);
+            out += '%';
+            out += hex[u >> 4];
+            out += hex[u & 15];
+        }
+    }
+    return out;
+}
+
+// Whether escape_unshowable would change `s` (ASCII printable text never needs it).
+inline bool needs_escape(std::string_view s) {
+    for (std::size_t i = 0, n = 0; i < s.size(); i += n) {
+        if (display_unsafe(s, i, &n)) {
+            return true;
+        }
     }
     return false;
 }

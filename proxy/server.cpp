@@ -3,6 +3,7 @@
 #include "core/file.hpp"
 #include "core/host_name.hpp"
 #include "core/sha256.hpp"
+#include "core/utf8.hpp"
 
 #include "proxy/responses.hpp"
 #include "proxy/mint.hpp"
@@ -583,6 +584,16 @@ void server::open_store(const store_config& sc) {
                                      " (refusing to start with every breaker closed; repair or move the file aside)");
         }
         saved = std::move(from_file);
+    }
+    // Saved before keys were written as people can type them back (rules/engine.cpp): under
+    // the name the same requests map to now, or a tripped key would come back as an
+    // instance no request reaches, and its traffic would go through a fresh, closed one.
+    // Two that become one are merged by restore(), containing what either contained.
+    for (auto& s : *saved) {
+        if (!s.key.empty() && needs_escape(s.key)) {
+            s.key = escape_unshowable(s.key, rules::max_key_bytes);
+            s.instance = s.breaker + "/" + s.key;
+        }
     }
     std::vector<breakers::instance_snapshot> known;
     std::vector<breakers::instance_snapshot> kept;

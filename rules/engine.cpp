@@ -63,7 +63,6 @@ std::string_view to_string(verdict v) {
 
 namespace {
 
-constexpr std::size_t max_key_bytes = 256;  // keys are stored per meter: bound them
 constexpr std::size_t max_params = 32;
 
 // ---------------------------------------------------------------------------------------
@@ -926,25 +925,7 @@ bool build_key(const rule& r, context& ctx) {
         return u >= 0x20 && u < 0x7f;
     };
     if (!std::all_of(k.begin(), k.end(), plain)) {
-        std::string clean;
-        for (std::size_t i = 0, n = 0; i < k.size(); i += n) {
-            const bool unsafe = display_unsafe(k, i, &n);
-            if (clean.size() + (unsafe ? 3 * n : n) > max_key_bytes) {
-                break;
-            }
-            if (!unsafe) {
-                clean.append(k, i, n);
-                continue;
-            }
-            for (std::size_t j = i; j < i + n; ++j) {
-                static constexpr char hex[] = "0123456789ABCDEF";
-                const auto u = static_cast<unsigned char>(k[j]);
-                clean += '%';
-                clean += hex[u >> 4];
-                clean += hex[u & 15];
-            }
-        }
-        k = std::move(clean);
+        k = escape_unshowable(k, max_key_bytes);
     }
     // A keyed rule's key names a per-key breaker instance, never one that contains every key:
     // the breaker-wide instance (the empty key: a request without the key's header, say) or

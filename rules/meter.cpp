@@ -1,6 +1,7 @@
 #include "rules/meter.hpp"
 
 #include "core/byte_codec.hpp"
+#include "core/utf8.hpp"
 
 #include <algorithm>
 #include <array>
@@ -380,6 +381,12 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
         s.kind = r.get<std::uint8_t>();
         const auto len = r.get<std::uint32_t>();
         s.key = std::string{r.bytes(len)};
+        // Saved before keys were written as people can type them back (rules/engine.cpp):
+        // under the name the same requests map to now, or their counts would sit under a
+        // key no request reaches, and the cap start again from zero.
+        if (needs_escape(s.key)) {
+            s.key = escape_unshowable(s.key, max_key_bytes);
+        }
         s.last_epoch = r.get<std::int64_t>();
         s.ring_started = r.get<std::uint8_t>() != 0;
         s.head = r.get<std::int64_t>();
@@ -459,21 +466,25 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
     };
     // A key the table has no room for (a snapshot taken while keys came and went can hold
     // more than max_keys): its counts go to the overflow slot, as its next events would.
-    auto merge_into_overflow = [&](const saved_slot& s) {
-        std::lock_guard lock{overflow_.mu};
+    // Adds a saved key's counts to a slot that holds some already (locked by the caller).
+    auto merge_into = [&](const saved_slot& s, meter_slot& slot) {
         if (s.ring_started) {
-            if (!overflow_.ring.started()) {
-                overflow_.ring.restart_at(moved(s.head));
+            if (!slot.ring.started()) {
+                slot.ring.restart_at(moved(s.head));
             } else {
-                overflow_.ring.advance(moved(s.head));
+                slot.ring.advance(moved(s.head));
             }
             for (const auto& [e, v] : s.values) {
                 for (std::size_t c = 0; c < channels_; ++c) {
-                    overflow_.ring.add_to_bucket(std::min(moved(e), overflow_.ring.head()), c, v[c]);
+                    slot.ring.add_to_bucket(std::min(moved(e), slot.ring.head()), c, v[c]);
                 }
             }
         }
-        overflow_.last_epoch = std::max(overflow_.last_epoch, std::min(moved(s.last_epoch), now_epoch));
+        slot.last_epoch = std::max(slot.last_epoch, std::min(moved(s.last_epoch), now_epoch));
+    };
+    auto merge_into_overflow = [&](const saved_slot& s) {
+        std::lock_guard lock{overflow_.mu};
+        merge_into(s, overflow_);
         overflow_events_.fetch_add(1, std::memory_order_relaxed);
     };
     // The overflow slot first: keys merged into it below add to it, and would be wiped by
@@ -491,6 +502,13 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
             shard& sh = shard_of(s.key);
             std::unique_lock write{sh.mu};
             auto it = sh.slots.find(s.key);
+            if (it != sh.slots.end()) {
+                // Two saved keys that are one now (a raw byte and its %XX, written as people
+                // read keys since): the counts add up, none is lost.
+                std::lock_guard lock{it->second->mu};
+                merge_into(s, *it->second);
+                continue;
+            }
             if (it == sh.slots.end()) {
                 if (keys_.load(std::memory_order_relaxed) >= max_keys_.load(std::memory_order_relaxed)) {
                     write.unlock();

@@ -20,6 +20,9 @@
 
 namespace bb::rules {
 
+// A rule key's bound in bytes (keys are stored per meter and name breaker instances).
+inline constexpr std::size_t max_key_bytes = 256;
+
 // Bucket epoch: time / resolution. The window at head epoch h covers epochs (h - n, h].
 // An event older than the window is counted in the head bucket (late events never vanish,
 // which errs towards tripping); an event inside the window goes to its own bucket.

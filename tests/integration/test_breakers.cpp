@@ -1267,6 +1267,31 @@ TEST(alerts, a_deny_rule_alerts_at_its_first_denial_and_then_once_a_minute) {
 
 // Denials counted since a rule's last alert are in memory only: a shutdown alerts them
 // rather than losing them.
+// An instance saved under a key as it was written before keys were escaped (a raw Latin-1
+// byte) comes back under the name its traffic maps to now, and still contains it.
+TEST(durability, an_instance_saved_under_a_raw_key_still_contains_after_the_upgrade) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const auto cfg = guarded_config(up.port(), dir, pause_manual);
+    {
+        proxy_instance before{cfg};
+        // As an older version tripped it: the registry takes the name as given.
+        ASSERT_TRUE(before.server().breakers()->manual_trip("campaign-volume/caf\xE9", "ops", "misfire",
+                                                             before.server().now()));
+    }
+    proxy_instance bb{cfg};
+    const auto s = bb.server().breakers()->get("campaign-volume/caf%E9", bb.server().now());
+    ASSERT_TRUE(s);
+    EXPECT_EQ(s->instance, "campaign-volume/caf%E9");
+    EXPECT_EQ(s->st, bb::breakers::state::open);
+    raw_client c{bb.port()};
+    c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nx-campaign-id: caf\xE9\r\n"
+           "Content-Length: 2\r\n\r\n{}");
+    auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 503u) << res.body();
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 TEST(alerts, denials_not_alerted_yet_are_alerted_at_shutdown) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     fake_upstream hook{[](const request&) { return respond(200, "ok"); }};

@@ -500,6 +500,34 @@ TEST(Engine, KeysFromEverySource) {
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).key, "bot-7/acme/u%0A%7F/deals");
 }
 
+// Counts saved under a key as it was written before keys were escaped (a raw Latin-1 byte)
+// come back under the key the same requests map to now: the cap goes on from them.
+TEST(Engine, CountsSavedUnderARawKeyComeBackUnderItsEscapedName) {
+    const auto cfg = config(R"j({"id": "q", "route": "other", "key": ["query:campaign"], "window": "1h", "limit": 2,
+         "failure_mode": "volume-spike", "trips": "q"})j");
+    engine first{load_ok(cfg)};
+    manual_clock clock;
+    request req;
+    req.route = "other";
+    req.query = "campaign=caf%E9";
+    ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    ASSERT_TRUE(first.evaluate(req.view(), clock.now()).allowed());
+    auto saved = first.save_meters(clock.now());
+    ASSERT_EQ(saved.size(), 1u);
+    // As an older version saved it: length 4, "caf\xE9".
+    const std::string now_key = std::string{"\x06\0\0\0", 4} + "caf%E9";
+    const std::string raw_key = std::string{"\x04\0\0\0", 4} + "caf\xE9";
+    const auto at = saved[0].state.find(now_key);
+    ASSERT_NE(at, std::string::npos);
+    saved[0].state.replace(at, now_key.size(), raw_key);
+    engine after{load_ok(cfg)};
+    std::string error;
+    ASSERT_TRUE(after.restore_meters(saved, clock.now(), &error)) << error;
+    const auto third = after.evaluate(req.view(), clock.now());
+    EXPECT_FALSE(third.allowed()) << "the cap started again from zero under the escaped key";
+    EXPECT_EQ(third.key, "caf%E9");
+}
+
 TEST(Engine, ErrorRatioFromResponses) {
     engine eng{load_ok(config(R"j({"id": "err-ratio", "route": "mail-send", "measure": "status:5xx", "window": "5m",
         "ratio": {"max": 0.2, "min_volume": 10}, "failure_mode": "upstream-trouble", "trips": "sendgrid-health"})j"))};
