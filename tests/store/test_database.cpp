@@ -764,7 +764,8 @@ TEST_F(store_db, injected_disk_full_fails_the_batch_keeps_old_records_and_recove
 
 // A batch that fails (a flood of large holds on a nearly full disk) must not take the breaker
 // state and the audit entry queued with it down too: they run again on their own, while the
-// holds stay failed (503, fail closed). Not when the failed commit could come back.
+// holds stay failed (503, fail closed). (The case where they must not run again, a failed
+// commit whose seal failed too, so that it could come back, cannot be injected here.)
 TEST_F(store_db, a_failed_batch_still_saves_its_breaker_state_and_audit_entry) {
     auto db = open();
     for (auto where : {bb::store::fault_point::first_write, bb::store::fault_point::commit}) {
