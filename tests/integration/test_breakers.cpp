@@ -843,19 +843,26 @@ TEST(sandbox, quarantine_and_sandbox_together_hold_the_request_as_sent_whatever_
     }
 }
 
+// A quarantine breaker "hold" and a sandbox breaker "dry" keyed by `sandbox_key`, each
+// tripped by a rule of the one route that nothing crosses (an operator trips them).
+std::string hold_and_sandbox_config(std::uint16_t upstream_port, const std::string& dir, const std::string& sandbox_key) {
+    return one_route_config(
+        upstream_port, dir,
+        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
+        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
+        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
+        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
+        R"({"id": "s", "route": "mail-send", "key": [")" + sandbox_key +
+            R"("], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)");
+}
+
 // A hold that names a key's sandbox instance is not released while the breaker-wide instance
 // still sandboxes the key's traffic (the key itself reset meanwhile): the live path would
 // still send it as a dry run.
 TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{one_route_config(
-        up.port(), dir,
-        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
-        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
-        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
-        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
-        R"({"id": "s", "route": "mail-send", "key": ["header:x-campaign-id"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "header:x-campaign-id")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
     ASSERT_TRUE(reg.manual_trip("dry/spring", "ops", "dry runs only", bb.server().now()));
@@ -884,13 +891,7 @@ TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
 TEST(sandbox, a_release_waits_for_a_sandbox_that_began_after_the_hold) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{one_route_config(
-        up.port(), dir,
-        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
-        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
-        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
-        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
-        R"({"id": "s", "route": "mail-send", "key": ["header:x-campaign-id"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "header:x-campaign-id")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
     const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
@@ -919,13 +920,7 @@ TEST(sandbox, a_release_waits_for_a_sandbox_that_began_after_the_hold) {
 TEST(sandbox, a_release_reads_the_host_as_the_live_path_does) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    proxy_instance bb{one_route_config(
-        up.port(), dir,
-        R"("failure_modes": [{"id": "fm", "title": "x", "severity": "sev2"}],)"
-        R"("breakers": [{"id": "hold", "action": "quarantine", "reset": "manual"},)"
-        R"({"id": "dry", "action": "sandbox", "reset": "manual"}],)"
-        R"("rules": [{"id": "q", "route": "mail-send", "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "hold"},)"
-        R"({"id": "s", "route": "mail-send", "key": ["host"], "measure": {"sum": "requests"}, "window": "1h", "limit": 1000, "failure_mode": "fm", "trips": "dry"}],)")};
+    proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "host")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
     const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
