@@ -5,6 +5,7 @@
 #include "proxy/upstream.hpp"
 
 #include "core/host_name.hpp"
+#include "core/utf8.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -313,8 +314,12 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         // checked above.)
         for (std::string_view rest = rec->sandboxed_by; !rest.empty();) {
             const auto nl = rest.find('\n');
-            const std::string_view name = rest.substr(0, nl);
+            std::string name{rest.substr(0, nl)};
             rest = nl == std::string_view::npos ? std::string_view{} : rest.substr(nl + 1);
+            // Recorded before keys were escaped: the instance goes by its escaped name now.
+            if (const auto slash = name.find('/'); slash != std::string::npos && needs_escape(name)) {
+                name = name.substr(0, slash + 1) + escape_unshowable(name.substr(slash + 1), rules::max_key_bytes);
+            }
             if (!name.empty() && !name.starts_with("agent/") && srv_.breakers()->holds_back(name, srv_.now())) {
                 return store::result::failure("sandboxed", "breaker " + std::string{name} +
                                                                " still sandboxes this traffic (the request was held "
@@ -334,6 +339,14 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         }
         if (target_parts tp; split_target(rec->target, tp)) {
             const auto rt = srv_.current_runtime();
+            if (rt->cfg->find_route(rec->route) == nullptr) {
+                // Which rules (so which sandboxes) would judge it now cannot be told: fail
+                // closed rather than read "no sandbox".
+                return store::result::failure("invalid_state", "route " + rec->route + " of " + ticket +
+                                                                   " is no longer configured, so whether a sandbox "
+                                                                   "covers it now cannot be told: configure it again "
+                                                                   "to release it, or discard it; nothing was sent");
+            }
             if (const auto by = sandbox_now(*rt, *rec, tp, cfg.upstreams[upstream_index], srv_.now()); !by.empty()) {
                 return store::result::failure("sandboxed", "breaker " + by +
                                                                " sandboxes this traffic now: reset it to release " +

@@ -935,6 +935,47 @@ TEST(sandbox, a_release_reads_the_host_as_the_live_path_does) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// A hold recorded under a sandbox instance whose key had raw bytes (before keys were escaped)
+// waits for that instance by its escaped name; and a hold whose route a reload removed is not
+// released at all, since which sandboxes would judge it cannot be told (fail closed).
+TEST(sandbox, a_release_finds_its_sandbox_by_the_escaped_name_and_needs_its_route) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const auto cfg = hold_and_sandbox_config(up.port(), dir, "header:x-campaign-id");
+    proxy_instance bb{cfg};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("dry/caf%E9", "ops", "dry runs only", bb.server().now()));
+    bb::store::held_request held;
+    held.method = "POST";
+    held.target = "/v3/mail/send";
+    held.headers = {{"content-type", "application/json"}};  // no key: only sandboxed_by can tell
+    held.body = "{}";
+    held.route = "mail-send";
+    held.upstream = "sendgrid";
+    held.breaker_instance = "hold";
+    held.sandboxed_by = "dry/caf\xE9";
+    std::promise<bb::store::result> stored;
+    bb.server().db()->hold(held, [&](const bb::store::result& r) { stored.set_value(r); });
+    const auto h = stored.get_future().get();
+    ASSERT_TRUE(h.ok) << h.message;
+    auto refused = bb.server().remediation().release(h.ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_EQ(up.request_count(), 0u);
+    ASSERT_TRUE(reg.reset("dry/caf%E9", "ops", "over", bb.server().now()));
+    // The route renamed by a reload.
+    std::string renamed = cfg;
+    for (std::size_t at = 0; (at = renamed.find("\"mail-send\"", at)) != std::string::npos; at += 13) {
+        renamed.replace(at, 11, "\"mail-sends\"");
+    }
+    auto next = bb::parse_config(renamed);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    auto gone = bb.server().remediation().release(h.ticket, "ops").get();
+    EXPECT_EQ(gone.code, "invalid_state") << gone.message;
+    EXPECT_NE(gone.message.find("route mail-send"), std::string::npos) << gone.message;
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // Two sandboxes applied to a held request: it names both, and a release waits until neither
 // applies (the one that applied last reset first is not enough).
 TEST(sandbox, a_hold_names_every_sandbox_that_applied_and_a_release_waits_for_all) {
