@@ -589,11 +589,28 @@ void server::open_store(const store_config& sc) {
     // the name the same requests map to now, or a tripped key would come back as an
     // instance no request reaches, and its traffic would go through a fresh, closed one.
     // Two that become one are merged by restore(), containing what either contained.
+    // Of breakers the config lacks (kept aside, saved as they are), only the first of a name
+    // is kept: the table has one row per instance.
+    std::set<std::string> renamed;
     for (auto& s : *saved) {
         if (!s.key.empty() && needs_escape(s.key)) {
             s.key = escape_unshowable(s.key, rules::max_key_bytes);
             s.instance = s.breaker + "/" + s.key;
+            renamed.insert(s.instance);
         }
+    }
+    if (!renamed.empty()) {
+        std::set<std::string> seen;
+        std::erase_if(*saved, [&](const breakers::instance_snapshot& s) {
+            const bool twice = !seen.insert(s.instance).second;
+            if (twice && rt_->breakers->find(s.breaker) == nullptr) {
+                spdlog::warn("breaker state: two saved instances of unconfigured breaker {} are both {} now; the "
+                             "first is kept",
+                             s.breaker, s.instance);
+                return true;
+            }
+            return false;
+        });
     }
     std::vector<breakers::instance_snapshot> known;
     std::vector<breakers::instance_snapshot> kept;
