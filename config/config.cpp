@@ -729,7 +729,10 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                         if (rules::iequals(host, domain) ||
                             (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
                              rules::iequals(host.substr(host.size() - domain.size()), domain))) {
-                            sr.errs().add_since_stored(sr.path_of("upstream"),
+                            // An error for a stored version too: keeping it would leave real
+                            // sends labelled sandboxed (a start falls back to the file, and
+                            // refuses a file that has it).
+                            sr.errs().add(sr.path_of("upstream"),
                                           cfg::quote(*v) + " sends to " + std::string{host} + ", a real API (" +
                                               std::string{domain} + "): a sandboxed request would be a real send "
                                               "(name a test fake or capture server)");
