@@ -183,8 +183,11 @@ class instance;  // one instance's state machine (breaker.cpp)
 
 class breaker_registry {
 public:
-    // `on_transition` is called (outside any lock) for every transition, in order per
-    // instance; it must not block or throw (the data plane may be the caller). When two
+    // `on_transition` is called for every transition, in order per instance, outside the
+    // instance's own lock but not outside every lock: a keyed trip runs it under its
+    // breaker's trip lock (shared; set_mode_if_at_rest takes it exclusively), and
+    // hand_over under this registry's map lock. So it must not call back into a registry,
+    // and must not block or throw (the data plane may be the caller). When two
     // threads change one instance at once, the thread already reporting for it reports
     // both, so a call may return just before its own event has been delivered.
     explicit breaker_registry(std::vector<breaker_config> breakers,

@@ -35,10 +35,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <charconv>
 #include <list>
-#include <array>
 #include <map>
 #include <set>
 #include <sstream>
