@@ -211,13 +211,34 @@ std::string sandbox_now(const runtime& rt, const store::held_request& rec, const
     std::string_view content_type;
     std::string_view forwarded_host;  // the host the client addressed (a tunnel's, a URL's, or Host)
     for (const auto& [name, value] : rec.headers) {
-        headers.push_back({name, value});
         if (content_type.empty() && iequals(name, "content-type")) {
             content_type = value;
         }
-        if (forwarded_host.empty() && iequals(name, "x-forwarded-host")) {
-            forwarded_host = value;
+        if (iequals(name, "x-forwarded-host")) {
+            if (forwarded_host.empty()) {
+                forwarded_host = value;
+            }
+            continue;  // ours (set at the hold); the client's own, which rules saw, is not kept
         }
+        if (iequals(name, "x-forwarded-proto")) {
+            continue;  // likewise
+        }
+        if (iequals(name, "x-forwarded-for") || iequals(name, "via")) {
+            // The client's list with our element appended at the hold: rules saw the
+            // client's list alone (none when ours is the only element).
+            std::string_view v{value};
+            const auto comma = v.rfind(',');
+            if (comma == std::string_view::npos) {
+                continue;
+            }
+            v = v.substr(0, comma);
+            while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) {
+                v.remove_suffix(1);
+            }
+            headers.push_back({name, v});
+            continue;
+        }
+        headers.push_back({name, value});
     }
     // The host as the live path gives it to rules (session.cpp, fill_view): a route for any
     // host is its upstream's, whatever the client wrote; a route that names hosts sees the
@@ -231,7 +252,7 @@ std::string sandbox_now(const runtime& rt, const store::held_request& rec, const
     const std::string upstream_path = up.base_path.empty() ? std::string{} : up.base_path + std::string{tp.path};
     rules::request_view view;
     view.method = rec.method;
-    view.target = tp.origin_form;
+    view.target = rec.target;  // as received, as the live path gives it
     view.path = tp.path;
     view.upstream_path = upstream_path;
     const auto q = tp.origin_form.find('?');

@@ -935,6 +935,25 @@ TEST(sandbox, a_release_reads_the_host_as_the_live_path_does) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// And the X-Forwarded-For the live path's rules saw: the client's own, not the list with
+// our element appended at the hold.
+TEST(sandbox, a_release_reads_the_clients_forwarded_for) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "header:x-forwarded-for")};
+    auto& reg = *bb.server().breakers();
+    ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
+    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
+                            {{"content-type", "application/json"}, {"x-forwarded-for", "10.0.0.7"}});
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_TRUE(reg.manual_trip("dry/10.0.0.7", "ops", "dry runs only", bb.server().now()));
+    auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_EQ(refused.code, "sandboxed") << refused.message;
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // A hold recorded under a sandbox instance whose key had raw bytes (before keys were escaped)
 // waits for that instance by its escaped name; and a hold whose route a reload removed is not
 // released at all, since which sandboxes would judge it cannot be told (fail closed).
