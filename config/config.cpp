@@ -718,17 +718,12 @@ void parse_breakers(cfg::object_reader& root, config& c) {
                     };
                     // Nor may it be a real API by another name (SendGrid's EU host, a
                     // regional endpoint): the request goes there as the client sent it.
-                    std::string_view host = host_name(sandbox.host);
-                    while (!host.empty() && host.back() == '.') {
-                        host.remove_suffix(1);
-                    }
+                    const std::string_view host = host_name(sandbox.host);
                     // (Not salesforce.com: a sandbox org is the natural target there, and it
                     // takes no production token; nor amazonaws.com, which hosts test fakes.)
                     for (const std::string_view domain :
                          {"sendgrid.com", "sendgrid.net", "mailgun.net", "mailgun.org", "hubapi.com", "hubspot.com"}) {
-                        if (rules::iequals(host, domain) ||
-                            (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
-                             rules::iequals(host.substr(host.size() - domain.size()), domain))) {
+                        if (host_is_or_under(host, domain)) {
                             // An error for a stored version too: keeping it would leave real
                             // sends labelled sandboxed (a start falls back to the file, and
                             // refuses a file that has it).

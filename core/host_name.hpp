@@ -24,6 +24,21 @@ inline std::string_view host_name(std::string_view h) {
     return h;
 }
 
+// Whether `host` is `domain` or a name under it (`api.eu.sendgrid.com` under `sendgrid.com`),
+// without case and past the root's trailing dots.
+inline bool host_is_or_under(std::string_view host, std::string_view domain) {
+    while (!host.empty() && host.back() == '.') {
+        host.remove_suffix(1);
+    }
+    auto same = [](std::string_view a, std::string_view b) {
+        return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+                   return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+               });
+    };
+    return same(host, domain) || (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
+                                  same(host.substr(host.size() - domain.size()), domain));
+}
+
 // `host[:port]` or `[v6]:port` without the port.
 inline std::string_view host_without_port(std::string_view host) {
     if (!host.empty() && host.front() == '[') {

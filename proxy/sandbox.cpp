@@ -1,5 +1,6 @@
 #include "proxy/sandbox.hpp"
 
+#include "core/host_name.hpp"
 #include "core/json_reader.hpp"
 #include "core/json_key.hpp"
 #include "core/url_decode.hpp"
@@ -72,18 +73,10 @@ upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_vi
     if (configured == "any") {
         return upstream_sandbox::any;
     }
-    while (!host.empty() && host.back() == '.') {
-        host.remove_suffix(1);
-    }
-    auto is_or_under = [&](std::string_view domain) {
-        return iequals(host, domain) ||
-               (host.size() > domain.size() && host[host.size() - domain.size() - 1] == '.' &&
-                iequals(host.substr(host.size() - domain.size()), domain));
-    };
-    if (is_or_under("sendgrid.com") || is_or_under("sendgrid.net")) {
+    if (host_is_or_under(host, "sendgrid.com") || host_is_or_under(host, "sendgrid.net")) {
         return upstream_sandbox::sendgrid;
     }
-    if (is_or_under("mailgun.net")) {
+    if (host_is_or_under(host, "mailgun.net")) {
         return upstream_sandbox::mailgun;
     }
     // Any other host, loopback included: a sidecar's egress relay (Envoy, stunnel) on
