@@ -2736,6 +2736,16 @@ void database::append_audit(audit_entry entry, done_fn done) {
                 return is_io_fault(rc) ? impl::outcome{unavailable(ctx.c.error()), rc, ctx.c.error()}
                                        : impl::outcome{unavailable("cannot read the audit head: " + ctx.c.error())};
             }
+            // Damage found while appending is remembered for every later verification (the
+            // first found), with the entry it was found at.
+            auto remember_damage = [&](std::string problem, std::int64_t first_bad) {
+                std::lock_guard lock{impl_->anchor_mu_};
+                if (impl_->tampered_.empty()) {
+                    impl_->tampered_at_ = first_bad;
+                    impl_->tampered_ = std::move(problem) + ", found when entry " + std::to_string(last_id + 1) +
+                                       " was appended";
+                }
+            };
             // A head behind the log itself (audit_head edited, or restored from an older
             // copy): the next id would collide with an entry there, and every append, so
             // every operator act, would fail. The entry goes after the log's last one, and
@@ -2761,12 +2771,7 @@ void database::append_audit(audit_entry entry, done_fn done) {
                 }
             }
             if (!head_problem.empty()) {
-                std::lock_guard lock{impl_->anchor_mu_};
-                if (impl_->tampered_.empty()) {
-                    impl_->tampered_at_ = head_id + 1;  // the first entry the head disowned
-                    impl_->tampered_ = std::move(head_problem) + ", found when entry " + std::to_string(last_id + 1) +
-                                       " was appended";
-                }
+                remember_damage(std::move(head_problem), head_id + 1);  // the first entry the head disowned
             }
             // The chain must still hold the anchor as written; an append onto a chain cut
             // back, wiped or re-chained is made (operators are never blocked by it), and the
@@ -2792,12 +2797,7 @@ void database::append_audit(audit_entry entry, done_fn done) {
                     }
                 }
                 if (!problem.empty()) {
-                    std::lock_guard lock{impl_->anchor_mu_};
-                    if (impl_->tampered_.empty()) {
-                        impl_->tampered_at_ = std::min(last_id + 1, anchor_id);
-                        impl_->tampered_ = std::move(problem) + ", found when entry " + std::to_string(last_id + 1) +
-                                           " was appended";
-                    }
+                    remember_damage(std::move(problem), std::min(last_id + 1, anchor_id));
                 }
             }
             entry.id = last_id + 1;
