@@ -591,15 +591,15 @@ void server::open_store(const store_config& sc) {
     // Two that become one are merged by restore(), containing what either contained.
     // Of breakers the config lacks (kept aside, saved as they are), only the first of a name
     // is kept: the table has one row per instance.
-    std::set<std::string> renamed;
+    bool renamed = false;
     for (auto& s : *saved) {
         if (!s.key.empty() && needs_escape(s.key)) {
             s.key = escape_unshowable(s.key, rules::max_key_bytes);
             s.instance = s.breaker + "/" + s.key;
-            renamed.insert(s.instance);
+            renamed = true;
         }
     }
-    if (!renamed.empty()) {
+    if (renamed) {
         std::set<std::string> seen;
         std::erase_if(*saved, [&](const breakers::instance_snapshot& s) {
             const bool twice = !seen.insert(s.instance).second;
@@ -2088,6 +2088,15 @@ int server::run() {
         });
     };
     keys_poll();
+    // A save of the meters that does not wait for the store (a failure is logged and shown
+    // by the gauge).
+    auto save_meters_now = [this] {
+        try {
+            save_meters(false);
+        } catch (const std::exception& e) {
+            spdlog::error("rule meters not saved: {}", e.what());
+        }
+    };
     std::function<void()> poll = [&] {
         tick.expires_after(stopping ? std::chrono::milliseconds{20} : std::chrono::milliseconds{1000});
         tick.async_wait([&](const error_code& ec) {
@@ -2115,11 +2124,7 @@ int server::run() {
             // lose what the drain booked).
             if (db() && std::chrono::steady_clock::now() >= next_meter_save) {
                 next_meter_save = std::chrono::steady_clock::now() + opts_.meter_save_every;
-                try {
-                    save_meters(false);  // a failure is logged and shown by the gauge
-                } catch (const std::exception& e) {
-                    spdlog::error("rule meters not saved: {}", e.what());
-                }
+                save_meters_now();
             }
             // Retention: resolved quarantine records older than store.retention go away.
             if (db() && (std::chrono::steady_clock::now() >= next_prune || prune_more->exchange(false))) {
@@ -2170,11 +2175,7 @@ int server::run() {
                 workers_shut = true;
                 if (db()) {
                     save_forwarded_keys(false);
-                    try {
-                        save_meters(false);
-                    } catch (const std::exception& e) {
-                        spdlog::error("rule meters not saved: {}", e.what());
-                    }
+                    save_meters_now();
                 }
                 return;
             }
