@@ -920,11 +920,7 @@ bool build_key(const rule& r, context& ctx) {
     // an operator's terminal), and a header in Latin-1 is shown as U+FFFD, a name no one can
     // type. Every byte of such a unit is written as %XX (`c1\n` -> `c1%0A`, `caf\xE9` ->
     // `caf%E9`), whole units only within the bound.
-    const auto plain = [](char c) {
-        const auto u = static_cast<unsigned char>(c);
-        return u >= 0x20 && u < 0x7f;
-    };
-    if (!std::all_of(k.begin(), k.end(), plain)) {
+    if (needs_escape(k)) {
         k = escape_unshowable(k, max_key_bytes);
     }
     // A keyed rule's key names a per-key breaker instance, never one that contains every key:

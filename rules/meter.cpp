@@ -509,15 +509,13 @@ bool rule_meter::restore(std::string_view blob, std::int64_t shift, std::int64_t
                 merge_into(s, *it->second);
                 continue;
             }
-            if (it == sh.slots.end()) {
-                if (keys_.load(std::memory_order_relaxed) >= max_keys_.load(std::memory_order_relaxed)) {
-                    write.unlock();
-                    merge_into_overflow(s);
-                    continue;
-                }
-                keys_.fetch_add(1, std::memory_order_relaxed);
-                it = sh.slots.emplace(s.key, std::make_unique<meter_slot>(buckets_, channels_)).first;
+            if (keys_.load(std::memory_order_relaxed) >= max_keys_.load(std::memory_order_relaxed)) {
+                write.unlock();
+                merge_into_overflow(s);
+                continue;
             }
+            keys_.fetch_add(1, std::memory_order_relaxed);
+            it = sh.slots.emplace(s.key, std::make_unique<meter_slot>(buckets_, channels_)).first;
             std::lock_guard lock{it->second->mu};
             apply(s, *it->second);
         }
