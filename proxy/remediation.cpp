@@ -201,8 +201,8 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
 // instance holds traffic back), as the live path would map the request to breakers: "" when
 // none does. A sandbox that began after the hold (forced open, or tripped, since) must keep
 // the release from being a real send as much as one recorded at the hold.
-std::string sandbox_now(const runtime& rt, const store::held_request& rec, const target_parts& tp,
-                        const upstream_config& up, time_point now) {
+std::string sandbox_now(const runtime& rt, const route_config& route, const store::held_request& rec,
+                        const target_parts& tp, const upstream_config& up, time_point now) {
     if (!rt.engine) {
         return {};
     }
@@ -243,12 +243,8 @@ std::string sandbox_now(const runtime& rt, const store::held_request& rec, const
     // The host as the live path gives it to rules (session.cpp, fill_view): a route for any
     // host is its upstream's, whatever the client wrote; a route that names hosts sees the
     // one addressed, in one spelling.
-    const auto* route = rt.cfg->find_route(rec.route);
-    if (route == nullptr || route->upstream_index >= rt.upstreams.size()) {
-        return {};
-    }
-    const std::string host = route->match.host.empty() ? rt.upstreams[route->upstream_index].rule_host
-                                                        : canonical_host(forwarded_host);
+    const std::string host = route.match.host.empty() ? rt.upstreams[route.upstream_index].rule_host
+                                                       : canonical_host(forwarded_host);
     const std::string upstream_path = up.base_path.empty() ? std::string{} : up.base_path + std::string{tp.path};
     rules::request_view view;
     view.method = rec.method;
@@ -358,34 +354,34 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             return store::result::failure("invalid_state", "upstream " + rec->upstream + " of " + ticket +
                                                                " is no longer configured; nothing was sent");
         }
-        if (target_parts tp; split_target(rec->target, tp)) {
-            const auto rt = srv_.current_runtime();
-            if (rt->cfg->find_route(rec->route) == nullptr) {
-                // Which rules (so which sandboxes) would judge it now cannot be told: fail
-                // closed rather than read "no sandbox".
-                return store::result::failure("invalid_state", "route " + rec->route + " of " + ticket +
-                                                                   " is no longer configured, so whether a sandbox "
-                                                                   "covers it now cannot be told: configure it again "
-                                                                   "to release it, or discard it; nothing was sent");
-            }
-            if (const auto by = sandbox_now(*rt, *rec, tp, cfg.upstreams[upstream_index], srv_.now()); !by.empty()) {
-                return store::result::failure("sandboxed", "breaker " + by +
-                                                               " sandboxes this traffic now: reset it to release " +
-                                                               ticket + ", or discard it; nothing was sent");
-            }
+        target_parts tp;
+        if (!split_target(rec->target, tp)) {
+            return std::nullopt;  // not routable: refused as such below
+        }
+        const auto rt = srv_.current_runtime();
+        const auto* route = rt->cfg->find_route(rec->route);
+        if (route == nullptr) {
+            // Which rules (so which sandboxes) would judge it now cannot be told: fail
+            // closed rather than read "no sandbox".
+            return store::result::failure("invalid_state", "route " + rec->route + " of " + ticket +
+                                                               " is no longer configured, so whether a sandbox "
+                                                               "covers it now cannot be told: configure it again "
+                                                               "to release it, or discard it; nothing was sent");
+        }
+        if (const auto by = sandbox_now(*rt, *route, *rec, tp, cfg.upstreams[upstream_index], srv_.now()); !by.empty()) {
+            return store::result::failure("sandboxed", "breaker " + by +
+                                                           " sandboxes this traffic now: reset it to release " +
+                                                           ticket + ", or discard it; nothing was sent");
         }
         if (const auto a = std::find_if(cfg.agents.begin(), cfg.agents.end(),
                                         [&](const agent_config& c) { return c.id == rec->agent; });
             !rec->agent.empty() && a != cfg.agents.end()) {
-            target_parts tp;
-            if (split_target(rec->target, tp)) {
-                if (const auto why = scope_now(*a, *rec, tp, cfg.upstreams[upstream_index]); !why.empty()) {
-                    return store::result::failure("out_of_scope", "agent " + rec->agent + " may no longer send " +
-                                                                      ticket + ": " + why +
-                                                                      " (its allow list and constraints in the config "
-                                                                      "now); widen them to release it, or discard it; "
-                                                                      "nothing was sent");
-                }
+            if (const auto why = scope_now(*a, *rec, tp, cfg.upstreams[upstream_index]); !why.empty()) {
+                return store::result::failure("out_of_scope", "agent " + rec->agent + " may no longer send " +
+                                                                  ticket + ": " + why +
+                                                                  " (its allow list and constraints in the config "
+                                                                  "now); widen them to release it, or discard it; "
+                                                                  "nothing was sent");
             }
         }
         return std::nullopt;
