@@ -715,11 +715,9 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
     // A 2xx that is not the admin API's JSON (a login page of a proxy in front of it): the
     // act may not have reached breakerbox at all, so nothing is printed as if it had.
     if (p.kind != view::metrics && !is_json(a.body)) {
-        std::string_view first{a.body};
-        first = first.substr(0, std::min(first.find('\n'), std::size_t{300}));
         err << "breakerctl: the admin API answered HTTP " << a.status
             << " with a body that is not JSON (is something else answering at " << p.client.url.to_string()
-            << "?): " << printable(first) << "\n";
+            << "?): " << first_line_printable(a.body) << "\n";
         return exit_failed;
     }
     auto r = render(p, a.body);

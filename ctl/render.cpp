@@ -663,6 +663,10 @@ std::optional<std::string> pretty_json(std::string_view json) {
     return o + "\n";
 }
 
+std::string first_line_printable(std::string_view body) {
+    return printable(body.substr(0, std::min(body.find('\n'), std::size_t{300})));
+}
+
 std::string describe_error_response(unsigned status, std::string_view body, std::string_view action) {
     simdjson::dom::parser p;
     auto doc = parse(p, body);
@@ -679,9 +683,8 @@ std::string describe_error_response(unsigned status, std::string_view body, std:
     }
     if (code.empty()) {
         std::string o = "breakerctl: the admin API answered HTTP " + std::to_string(status);
-        std::string_view first = body.substr(0, std::min(body.find('\n'), std::size_t{300}));
-        if (!first.empty()) {
-            o += ": " + printable(first);
+        if (const auto first = first_line_printable(body); !first.empty()) {
+            o += ": " + first;
         }
         return o + "\n";
     }

@@ -64,6 +64,10 @@ std::optional<rendered> render_audit_verify(std::string_view body);   // {"ok","
 // Indented JSON (two spaces) for a document; nullopt when it does not parse.
 std::optional<std::string> pretty_json(std::string_view json);
 
+// A body of no known shape as a message quotes it: its first line, at most 300 bytes,
+// printable.
+std::string first_line_printable(std::string_view body);
+
 // The stderr message for an answer with an error status. `action` completes "your token's
 // role cannot ..." for a 403. One or more lines, each ending in '\n'.
 std::string describe_error_response(unsigned status, std::string_view body, std::string_view action);

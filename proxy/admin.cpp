@@ -2762,9 +2762,9 @@ std::string render_metrics(server& srv) {
          "instance; then keyed instances that contain or are held in a mode, then closed keyed ones, up to 1000 in "
          "all; breakerbox_breaker_instances_by_state counts every one).\n";
     o += "# TYPE breakerbox_breaker_state gauge\n";
-    // What an alert is written against comes first: instances that contain or are in an
-    // operator's mode, and the breaker-wide ones (upstream/<name>, agent/<id>, a breaker
-    // without keys). Closed keyed instances stay in memory until their breaker is full, and
+    // What an alert is written against comes first: the breaker-wide instances
+    // (upstream/<name>, agent/<id>, a breaker without keys), then keyed instances that
+    // contain or are in an operator's mode. Closed keyed instances stay in memory until their breaker is full, and
     // listing them first let a thousand old campaign keys push upstream/sendgrid out.
     std::size_t listed = 0;
     auto state_line = [&](const breakers::instance_snapshot& s) {
