@@ -85,4 +85,38 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     return out;
 }
 
+// An origin-form target without its credential query parameters (named as redact_query
+// reads them; `&` and `;` separate, a parameter without `=` is kept), for a request that
+// goes somewhere its credentials were not meant for (an alternate sandbox upstream). A `?`
+// left with nothing after it goes too.
+inline std::string without_credential_params(std::string_view target) {
+    const auto qm = target.find('?');
+    if (qm == std::string_view::npos) {
+        return std::string{target};
+    }
+    std::string out{target.substr(0, qm + 1)};
+    std::string_view query = target.substr(qm + 1);
+    bool first = true;
+    while (true) {
+        const auto sep = query.find_first_of("&;");
+        const std::string_view param = query.substr(0, sep);
+        const auto eq = param.find('=');
+        if (eq == std::string_view::npos || !credential_name(url_decode(param.substr(0, eq)))) {
+            if (!first) {
+                out += '&';
+            }
+            out.append(param);
+            first = false;
+        }
+        if (sep == std::string_view::npos) {
+            break;
+        }
+        query.remove_prefix(sep + 1);
+    }
+    if (first) {
+        out.pop_back();  // the '?'
+    }
+    return out;
+}
+
 }  // namespace bb::proxy

@@ -2127,6 +2127,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // until that sandbox no longer applies). Holding the dry run would let a release
         // after the incident "deliver" a dry run: the mail lost, the record saying released.
         std::string sandboxed_by;
+        bool to_sandbox_upstream = false;  // to the breaker's alternate upstream, not the route's
         if (!contained && std::string_view{forwarded_decision} == "sandboxed" && !quarantine_instance.empty()) {
             sandboxed_by = sandbox_instances.empty() ? contained_breaker : sandbox_instances;
         } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
@@ -2148,6 +2149,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         upstream_index = i;
                     }
                 }
+                to_sandbox_upstream = true;
             } else {
                 std::string why;
                 std::optional<std::string> body;
@@ -2445,10 +2447,27 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         req.set(http::field::host, up.authority);
         add_forwarding_fields();
         req.set("x-request-id", request_id);
-        if (up.base_path.empty() || origin_form == "*") {
-            req.target(origin_form);
+        std::string sent_form = origin_form;
+        if (to_sandbox_upstream) {
+            // The client's credentials are the real API's (a SendGrid key, a HubSpot token,
+            // an AWS signature): a test fake or capture server is no place for them. Every
+            // header and query parameter named like a credential stays behind (redact.hpp's
+            // names; what the dry run is judged by, the body, goes as sent).
+            std::vector<std::string> names;
+            for (const auto& f : req) {
+                if (credential_name(f.name_string())) {
+                    names.emplace_back(f.name_string());
+                }
+            }
+            for (const auto& n : names) {
+                req.erase(n);
+            }
+            sent_form = without_credential_params(origin_form);
+        }
+        if (up.base_path.empty() || sent_form == "*") {
+            req.target(sent_form);
         } else {
-            req.target(up.base_path + origin_form);
+            req.target(up.base_path + sent_form);
         }
         req.version(11);
         req.keep_alive(true);

@@ -442,6 +442,45 @@ TEST(health, a_sandboxed_request_settles_no_probe) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// A sandbox upstream is a test fake or a capture server: the real API's credentials the
+// client sent (its key, a token in the query, a cookie) do not go there; the body and the
+// other fields do, as sent.
+TEST(sandbox, an_alternate_upstream_gets_no_credentials) {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(
+        up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
+    const std::string end_of_upstreams = "}],\"routes\"";
+    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
+                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    proxy_instance bb{cfg, &clock};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    std::string m = mail(1, "x");
+    const std::string head = "POST /v3/mail/send HTTP/1.1\r\n";
+    m.replace(0, head.size(),
+              "POST /v3/mail/send?api_key=SG.query-secret&page=2;access_token=t0k HTTP/1.1\r\n"
+              "Authorization: Bearer SG.header-secret\r\nX-Api-Key: k3y\r\nCookie: session=s3ss\r\n"
+              "Idempotency-Key: send-1\r\n");
+    raw_client c{bb.port()};
+    c.send(m);
+    auto sandboxed = c.read_response();
+    EXPECT_EQ(sandboxed.result_int(), 200u) << sandboxed.body();
+    EXPECT_EQ(sandboxed["x-breakerbox-decision"], "sandboxed");
+    ASSERT_EQ(sink.request_count(), 1u);
+    const auto seen = sink.requests();
+    const auto& got = seen[0].req;
+    EXPECT_EQ(got.target(), "/v3/mail/send?page=2");
+    EXPECT_EQ(got.count(http::field::authorization), 0u);
+    EXPECT_EQ(got.count("x-api-key"), 0u);
+    EXPECT_EQ(got.count(http::field::cookie), 0u);
+    EXPECT_EQ(got["x-campaign-id"], "x");
+    EXPECT_EQ(got["idempotency-key"], "send-1");
+    EXPECT_NE(got.body().find("Spring sale"), std::string::npos);
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The API's own sandbox mode answers from the real API: that answer is a verdict on the real
 // upstream's probe (its breaker closes on it), though not on rule breakers' probes.
 TEST(health, a_dry_run_through_the_real_api_settles_its_upstreams_probe) {

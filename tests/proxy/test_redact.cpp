@@ -73,3 +73,14 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
     EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
     EXPECT_FALSE(changed);
 }
+
+TEST(without_credential_params, drops_credential_parameters_and_keeps_the_rest) {
+    using bb::proxy::without_credential_params;
+    EXPECT_EQ(without_credential_params("/v3/mail/send"), "/v3/mail/send");
+    EXPECT_EQ(without_credential_params("/contacts/v1/lists?hapikey=abc&count=5"), "/contacts/v1/lists?count=5");
+    EXPECT_EQ(without_credential_params("/a?count=5&hap%69key=abc"), "/a?count=5");
+    EXPECT_EQ(without_credential_params("/a?access_token=t;page=2&flag"), "/a?page=2&flag");
+    EXPECT_EQ(without_credential_params("/a?api_key=k"), "/a");
+    EXPECT_EQ(without_credential_params("/a?"), "/a?");  // nothing dropped: as sent
+    EXPECT_EQ(without_credential_params("/a?&x=1"), "/a?&x=1");
+}
