@@ -41,7 +41,7 @@ struct sink_config {
 
 struct alerts_config {
     std::vector<sink_config> sinks;
-    std::size_t queue_max = 1000;  // per sink
+    std::size_t queue_max = 1000;  // per sink; resolves may use as many again
     // Ten attempts from 0.5 s doubling to 30 s: about two minutes, so a receiver's brief
     // outage (a 503 for ten seconds, a network blip) does not lose a trip's page.
     std::uint32_t max_attempts = 10;
@@ -94,7 +94,9 @@ public:
     dispatcher& operator=(const dispatcher&) = delete;
 
     // Non-blocking, never throws: routes by severity to each matching sink's bounded queue
-    // (a full queue drops the alert and counts it). Holds one mutex for O(sinks) work.
+    // (a full queue drops the alert and counts it; a resolve is dropped only at twice the
+    // bound, so a storm of triggers does not cost the resolve of one that went out). Holds
+    // one mutex for O(sinks) work.
     void publish(const alert& a);
     std::vector<sink_stats> stats() const;
     // Alerts waiting in the queues (not counting ones being sent).

@@ -483,7 +483,11 @@ void dispatcher::publish(const alert& a) {
             if (!a.every_sink && !s->wants(a.severity)) {
                 continue;
             }
-            if (m.stopping || s->queue.size() >= m.cfg.queue_max) {
+            // A resolve has room of its own past the bound: a queue filled by a storm of
+            // triggers would otherwise drop the resolve of one it already sent, and that
+            // incident would stay open on the pager for ever. (Each trigger has at most one
+            // resolve per severity, so this doubles the bound at worst.)
+            if (m.stopping || s->queue.size() >= (a.resolve ? 2 * m.cfg.queue_max : m.cfg.queue_max)) {
                 ++s->stats.dropped;
                 continue;
             }

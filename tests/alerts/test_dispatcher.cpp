@@ -293,6 +293,35 @@ TEST(AlertsDispatcher, BoundedQueueDropsAndCounts) {
     EXPECT_LT(steady::now() - t0, 300ms + 500ms);
 }
 
+// A queue full of triggers still takes resolves (up to the bound again): the resolve of
+// an incident paged before the storm is what closes it on the pager.
+TEST(AlertsDispatcher, FullQueueStillTakesResolves) {
+    fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::hang(); }};
+    auto cfg = quick({webhook_sink(rx)});
+    cfg.queue_max = 5;
+    cfg.timeout = 300ms;
+    auto d = std::make_unique<dispatcher>(cfg);
+    for (int i = 0; i < 20; ++i) {
+        d->publish(make_alert());
+    }
+    const auto full = d->queued();
+    const auto dropped = d->stats()[0].dropped;
+    auto resolve = make_alert();
+    resolve.resolve = true;
+    for (int i = 0; i < 3; ++i) {
+        d->publish(resolve);
+    }
+    EXPECT_GE(d->queued(), full + 2);  // (the worker may take one into flight meanwhile)
+    EXPECT_EQ(d->stats()[0].dropped, dropped);
+    for (int i = 0; i < 10; ++i) {
+        d->publish(resolve);  // bounded all the same
+    }
+    EXPECT_EQ(d->queued(), 2 * cfg.queue_max);
+    d->publish(make_alert());
+    EXPECT_EQ(d->queued(), 2 * cfg.queue_max);
+    d.reset();
+}
+
 TEST(AlertsDispatcher, HangingReceiverTimesOut) {
     fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::hang(); }};
     auto cfg = quick({webhook_sink(rx)});
