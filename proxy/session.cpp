@@ -1000,11 +1000,20 @@ asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
     }
 }
 
+// The answer that opens a tunnel, with breakerbox's decision and the CONNECT's request id
+// like any answer of its own (no length: RFC 9110 forbids one on a 2xx to CONNECT).
+std::string connect_established(std::string_view request_id) {
+    std::string out = "HTTP/1.1 200 Connection established\r\nx-breakerbox-decision: allowed\r\nx-request-id: ";
+    out += request_id;
+    out += "\r\n\r\n";
+    return out;
+}
+
 // A blind tunnel for a passthrough destination: not inspected, not metered, logged.
 // `agent_id`: who opened it (empty: nobody identified); its kill switch closes the tunnel.
 asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_buffer& buf, std::size_t listener,
                                    const std::string& host, std::uint16_t port, const client_info& ci, std::string agent_id,
-                                   std::string digest) {
+                                   std::string digest, const std::string& request_id) {
     co_await asio::this_coro::throw_if_cancelled(false);
     // A copy: the tunnel outlives any runtime lease, and a reload may free this config.
     const auto idle_timeout = w.cfg()->limits.idle_timeout;
@@ -1034,9 +1043,11 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
             failure = cec == asio::error::operation_aborted ? "no connection within 10s" : cec.message();
         }
     }
-    static constexpr std::string_view ok = "HTTP/1.1 200 Connection established\r\n\r\n";
-    // The CONNECT in the access log and the decision counters, as any request.
-    const std::string request_id = new_request_id();
+    // Out of time (the lookup or the connect): 503 with retry-after, as a route's upstream
+    // that cannot be connected in time (failure_status); refused or unknown: 502.
+    const bool timed_out = resolved.timed_out || failure == "no connection within 10s";
+    // The CONNECT in the access log and the decision counters, as any request (its id the
+    // one the session gave it: the client's own x-request-id when it sent one).
     const std::string target = host + ":" + std::to_string(port);
     log_record rec{};
     rec.started = started;
@@ -1048,20 +1059,21 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     if (!failure.empty()) {
         spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {} (request {})", ci.ip, agent_id.empty() ? "-" : agent_id,
                      host, port, failure, request_id);
-        auto res = make_error({http::status::bad_gateway, "unavailable", "connect_failed",
-                               "the passthrough destination " + host + ":" + std::to_string(port) +
-                                   " cannot be reached: " + failure},
-                              request_id, 11, false);
+        error_info e{timed_out ? http::status::service_unavailable : http::status::bad_gateway, "unavailable",
+                     timed_out ? "connect_timeout" : "connect_failed",
+                     "the passthrough destination " + host + ":" + std::to_string(port) + " cannot be reached: " + failure};
+        auto res = make_error(e, request_id, 11, false);  // a 503 carries retry-after
         auto [wec, wn] = co_await http::async_write(client, res, use_tuple);
-        rec.status = 502;
+        rec.status = res.result_int();
         rec.decision = "unavailable";
-        rec.code = "connect_failed";
+        rec.code = timed_out ? "connect_timeout" : "connect_failed";
         rec.bytes_out = wn;
         write_access_log(w, rec);
         co_return;
     }
     spdlog::info("tunnel {} (agent {}) -> {}:{} (passthrough: not inspected)", ci.ip,
                  agent_id.empty() ? "-" : agent_id, host, port);
+    const std::string ok = connect_established(request_id);
     auto [wec, wn] = co_await asio::async_write(client, asio::buffer(ok), use_tuple);
     rec.status = 200;
     rec.decision = "allowed";
@@ -1107,6 +1119,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         std::uint16_t port = 0;                           // blind
         std::string agent;                                // blind: who opened it (kill switch)
         std::string key_digest;                           // blind: the key it opened with
+        std::string request_id;                           // blind: the CONNECT's
     } tunnel;
     std::string scratch;  // serialized response heads, reused
     std::uint64_t served = 0;
@@ -1472,7 +1485,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (w.draining()) {
                     // A tunnel opened now would be cut at the end of the drain, its first
                     // request unanswered: the client opens it again elsewhere.
-                    co_await reply({http::status::service_unavailable, "rejected", "draining",
+                    co_await reply({http::status::service_unavailable, "unavailable", "draining",
                                     "breakerbox is shutting down: open the tunnel again"},
                                    false);
                     break;
@@ -1504,7 +1517,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         co_await reply(*failed, false);
                         break;
                     }
-                    static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+                    const std::string established = connect_established(request_id);
                     dl.arm(lim.write_timeout);
                     auto [cec, cn] = co_await asio::async_write(raw, asio::buffer(established), use_tuple);
                     dl.disarm();
@@ -1576,6 +1589,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     tunnel.kind = tunnel_plan::blind;
                     tunnel.host = dest->first;
                     tunnel.port = dest->second;
+                    tunnel.request_id = request_id;
                     break;
                 }
                 co_await reply({http::status::forbidden, "denied", "unknown_destination",
@@ -2670,7 +2684,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
         if (tunnel.kind == tunnel_plan::blind) {
             co_await blind_tunnel(w, raw, buf, listener, tunnel.host, tunnel.port, ci, std::move(tunnel.agent),
-                                  std::move(tunnel.key_digest));
+                                  std::move(tunnel.key_digest), tunnel.request_id);
             co_return;
         }
     }

@@ -1002,6 +1002,19 @@ TEST(forward_proxy, a_connect_finished_during_a_drain_is_refused) {
     EXPECT_NE(res.body().find("\"draining\""), std::string::npos) << res.body();
 }
 
+// The 200 that opens a tunnel is breakerbox's own answer: it carries the decision and the
+// CONNECT's request id (the client's own when it sent one), intercepted or blind.
+TEST(forward_proxy, a_tunnel_opens_with_a_decision_and_the_request_id) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port(), q("127.0.0.1:" + std::to_string(api.port())))};
+    for (const std::string& target : {"localhost:" + std::to_string(api.port()), "127.0.0.1:" + std::to_string(api.port())}) {
+        auto [c, head] = connect_to(bb.port(), target, "X-Request-Id: conn-7\r\n");
+        ASSERT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+        EXPECT_NE(head.find("\r\nx-breakerbox-decision: allowed\r\n"), std::string::npos) << head;
+        EXPECT_NE(head.find("\r\nx-request-id: conn-7\r\n"), std::string::npos) << head;
+    }
+}
+
 // A blind tunnel is bounded like any connection: quiet for limits.idle_timeout, it is closed.
 TEST(forward_proxy, an_idle_blind_tunnel_is_closed) {
     fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
