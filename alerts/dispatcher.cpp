@@ -19,7 +19,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -397,7 +396,9 @@ struct dispatcher::impl {
         if (!is_ip_literal(u.host) && !SSL_set_tlsext_host_name(tls.native_handle(), u.host.c_str())) {
             co_return give_up("cannot set SNI for " + u.host);
         }
-        tls.set_verify_callback(asio::ssl::host_name_verification(u.host));
+        if (!expect_peer_name(tls.native_handle(), u.host)) {
+            co_return give_up("cannot check the certificate's name against " + u.host);
+        }
         auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
         if (hec) {
             const long vr = SSL_get_verify_result(tls.native_handle());

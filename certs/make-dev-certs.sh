@@ -3,6 +3,8 @@
 #   ca.pem / ca.key           the development CA (NOT for production)
 #   server.pem / server.key   for localhost and 127.0.0.1, signed by the CA
 #   wrong-name.pem / .key     for wrong.example, signed by the CA (name-mismatch tests)
+#   cn-only.pem / .key        CN localhost, no DNS or IP name (a URI SAN), signed by the CA:
+#                             a name only in the CN, which TLS clients must not take (tests)
 #   self-signed.pem / .key    for localhost, signed by nobody (untrusted tests)
 #   uri-only.pem / .key       CN uri-agent with only a URI SAN, signed by the CA (tests)
 #   agent-<name>.pem / .key   client certificates for agents (mTLS), one per extra argument
@@ -46,6 +48,7 @@ leaf() { # name cn san
 }
 leaf server localhost "DNS:localhost,IP:127.0.0.1"
 leaf wrong-name wrong.example "DNS:wrong.example"
+leaf cn-only localhost "URI:spiffe://example.test/cn-only"
 if [[ ! -f self-signed.pem ]]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout self-signed.key \
     -out self-signed.pem -days "$days" -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null

@@ -3,6 +3,7 @@
 #include "proxy/resolve.hpp"
 
 #include "core/json_reader.hpp"
+#include "core/tls_policy.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -11,7 +12,6 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -164,7 +164,9 @@ asio::awaitable<http_result> run(exchange& x, const http_request& req) {
         // SNI: a name, never an address (RFC 6066).
         SSL_set_tlsext_host_name(x.tls->native_handle(), u.host.c_str());
     }
-    x.tls->set_verify_callback(asio::ssl::host_name_verification(u.host));
+    if (!expect_peer_name(x.tls->native_handle(), u.host)) {
+        co_return x.fail("cannot check the certificate's name against " + u.host);
+    }
     auto [hec] = co_await x.tls->async_handshake(asio::ssl::stream_base::client, use_tuple);
     if (hec) {
         std::string why = "TLS handshake failed: " + hec.message();

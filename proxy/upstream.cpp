@@ -7,7 +7,6 @@
 
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
@@ -241,7 +240,11 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
             }
         }
         if (cfg_.verify) {
-            tls.set_verify_callback(asio::ssl::host_name_verification(cfg_.host));
+            if (!expect_peer_name(tls.native_handle(), cfg_.host)) {
+                out.failure = upstream_failure::tls_failed;
+                out.detail = "cannot check the certificate's name against " + cfg_.host;
+                co_return nullptr;
+            }
         }
         auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
         if (hec) {

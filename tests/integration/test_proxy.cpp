@@ -1008,6 +1008,18 @@ TEST(upstream_tls, wrong_name_is_502_and_never_forwarded) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// The host's name only in the certificate's CN (no DNS name among its subjectAltNames) is no
+// name at all (RFC 6125; asio's host_name_verification fell back to the CN): refused.
+TEST(upstream_tls, a_name_only_in_the_cn_is_502_and_never_forwarded) {
+    fake_upstream up{nullptr, cert("cn-only.pem"), cert("cn-only.key")};
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                  "\"ca_file\": \"" + cert("ca.pem") + "\"")};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u) << res;
+    EXPECT_EQ(body_code(res), "upstream_tls_error");
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // breakerbox's TLS to upstreams takes forward secrecy and AEAD only, as its listeners do:
 // an upstream (or a man in the middle) offering only CBC suites (OpenSSL's default list
 // takes them) gets no request; the same upstream with an ECDHE-GCM suite does. (The test
