@@ -117,12 +117,17 @@ upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std:
         SSL_CTX* native = tls_->native_handle();
         SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
         if (SSL_CTX_set_cipher_list(native, client_tls12_ciphers) != 1) {
-            spdlog::error("upstream {}: cannot set the TLS cipher list; OpenSSL's defaults stay", cfg_.name);
+            // OpenSSL's defaults would take RSA key exchange and CBC suites: nothing is sent.
+            spdlog::error("upstream {}: cannot set the TLS cipher list; its connections will fail", cfg_.name);
+            tls_setup_failed_ = true;
         }
         if (cfg_.verify) {
             tls_->set_verify_mode(asio::ssl::verify_peer);
             if (!cfg_.ca_file.empty()) {
-                tls_->load_verify_file(cfg_.ca_file, ec);
+                // The contents the config read (and a reload compares), not the file as it is
+                // now: a bundle replaced on disk without a reload changes no pool's trust, and
+                // pools made later (a release's) trust what the others do.
+                tls_->add_certificate_authority(asio::buffer(cfg_.ca_pem), ec);
             } else {
                 tls_->set_default_verify_paths(ec);
             }
@@ -231,6 +236,11 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
     tcp_stream.socket().set_option(tcp::no_delay(true), ignored);
     if (conn->is_tls()) {
         auto& tls = conn->tls();
+        if (tls_setup_failed_) {
+            out.failure = upstream_failure::tls_failed;
+            out.detail = "TLS to " + cfg_.authority + " is not set up (the cipher policy could not be set; see the log)";
+            co_return nullptr;
+        }
         if (!literal_address_) {
             // SNI: a name, never an address (RFC 6066).
             if (!SSL_set_tlsext_host_name(tls.native_handle(), cfg_.host.c_str())) {

@@ -128,6 +128,7 @@ private:
     std::size_t active_ = 0;
     bool retired_ = false;
     bool literal_address_ = false;
+    bool tls_setup_failed_ = false;  // the cipher policy could not be set: nothing is sent
     tcp::endpoint literal_endpoint_;
 };
 
