@@ -1624,6 +1624,20 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         f.audit_diff = diff_text;
         co_return f;
     }
+    {
+        // Changed TLS settings that cannot be built refuse the change whole (server.hpp): a
+        // CRL added to revoke a leaked certificate, or a new client CA with the roles mapped
+        // for it, applied over the old context would be reported applied and not be.
+        cfg::errors tls_errors;
+        srv_.check_tls_change(*current, *next, tls_errors);
+        if (!tls_errors.empty()) {
+            auto f = invalid_config(tls_errors);
+            f.mutation = true;
+            f.audit_target = "config";
+            f.audit_diff = diff_text;
+            co_return f;
+        }
+    }
     std::int64_t version = 0;
     std::vector<std::string> shadow_kept;
     std::vector<std::string> warnings;  // what was not applied (fixed until restart, TLS files)
@@ -2132,6 +2146,10 @@ asio::awaitable<void> reload_on_signal(server& srv) {
                      "; re-apply the running version " + std::to_string(kept->first);
             parsed = parse_config(running->source_json, true);
         }
+    }
+    if (parsed.errors.empty() && parsed.cfg) {
+        // Changed TLS settings that cannot be built refuse the reload whole (server.hpp).
+        srv.check_tls_change(*srv.current_config(), *parsed.cfg, parsed.errors);
     }
     if (!parsed.errors.empty()) {
         spdlog::error("SIGHUP: the new configuration has {} error(s); the old one keeps serving", parsed.errors.size());

@@ -1947,6 +1947,36 @@ std::string tls_files_digest(const tls_files& t) {
 
 }  // namespace
 
+void server::check_tls_change(const config& current, const config& next, cfg::errors& errs) const {
+    for (std::size_t i = 0; i < next.listeners.size(); ++i) {
+        const auto& l = next.listeners[i];
+        const listener_config* was = i < current.listeners.size() ? &current.listeners[i] : nullptr;
+        const std::string at = "listeners[" + std::to_string(i) + "]";
+        if (l.tls && (was == nullptr || was->tls != l.tls)) {
+            try {
+                make_server_tls(&*l.tls);
+            } catch (const std::exception& e) {
+                errs.add(at + ".tls", e.what());
+            }
+        }
+        if (l.forward_proxy && (was == nullptr || was->forward_proxy != l.forward_proxy)) {
+            try {
+                cert_minter{l.forward_proxy->ca_cert_file, l.forward_proxy->ca_key_file, l.forward_proxy->leaf_cache,
+                            l.forward_proxy->leaf_lifetime};
+            } catch (const std::exception& e) {
+                errs.add(at + ".forward_proxy", e.what());
+            }
+        }
+    }
+    if (next.admin.tls && current.admin.tls && next.admin.tls != current.admin.tls) {
+        try {
+            make_server_tls(&*next.admin.tls);
+        } catch (const std::exception& e) {
+            errs.add("admin.tls", e.what());
+        }
+    }
+}
+
 std::vector<std::string> server::reload_security() {
     std::vector<std::string> errors;
     std::vector<std::shared_ptr<const listener_security>> next;

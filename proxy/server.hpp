@@ -274,6 +274,13 @@ public:
     // Re-reads every listener's certificate, key and CA files. On any error nothing changes
     // and the errors are returned (the running certificates stay in use).
     std::vector<std::string> reload_security();
+    // The TLS settings `next` changes from `current` (a listener's certificate, key, client CA
+    // or CRL paths and options, a forward proxy's CA, the admin API's), built once as a
+    // reload would build them: every one that cannot be is an error in `errs`, with its JSON
+    // path. A change to them is refused whole when one fails (a CRL added to revoke a leaked
+    // certificate must not leave it serving under a change reported applied). Files that
+    // stay the same are not judged here: a renewal that fails keeps what serves (a warning).
+    void check_tls_change(const config& current, const config& next, cfg::errors& errs) const;
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }
     std::shared_ptr<const config> current_config() const;

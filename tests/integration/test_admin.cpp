@@ -206,6 +206,26 @@ TEST(admin_api, a_removed_token_ends_on_an_open_connection) {
     EXPECT_EQ(after.result_int(), 401u) << after.body();
 }
 
+// A TLS setting the change makes that cannot be built (a key that is not the certificate's)
+// refuses the apply whole: 400 with its path, no version stored, nothing of it running.
+TEST(admin_api, an_apply_whose_tls_cannot_be_built_is_refused) {
+    admin_fixture f;
+    std::string cfg = admin_config(f.up.port(), f.dir);
+    const std::string listener = "{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}";
+    ASSERT_NE(cfg.find(listener), std::string::npos);
+    const std::string certs = BB_TEST_CERTS_DIR;
+    cfg.replace(cfg.find(listener), listener.size(),
+                "{\"name\": \"t\", \"address\": \"127.0.0.1:0\", \"tls\": {\"cert_file\": \"" + certs +
+                    "/server.pem\", \"key_file\": \"" + certs + "/wrong-name.key\"}}");
+    const auto before = f.bb.server().current_config();
+    const auto refused = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"tls\",\"config\":" + cfg + "}");
+    EXPECT_EQ(refused.result_int(), 400u) << refused.body();
+    EXPECT_EQ(code_of(refused), "invalid_config");
+    EXPECT_NE(refused.body().find("listeners[0].tls: TLS key"), std::string::npos) << refused.body();
+    EXPECT_EQ(f.bb.server().current_config(), before);
+}
+
 // An apply that fails after its version was stored (here: the rules' saved counts cannot be
 // read when the first rules arrive) changes nothing: the breakers stay where they are, so an
 // operator's forced_open survives it and the next apply alike, the caller is told, and the

@@ -327,6 +327,37 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     EXPECT_EQ(up.request_count(), 8u);
 }
 
+// A change to a listener's TLS settings that cannot be built is refused whole, before
+// anything of it runs: an operator adding a CRL to revoke a leaked certificate must hear
+// that it did not take, not see the change applied while the old context, without the CRL,
+// keeps serving. Settings left as they were are not judged (a stale list there is the
+// reload's warning, and must not block an unrelated change).
+TEST(tls_listener, a_tls_change_that_cannot_be_built_is_refused) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string mtls = ", \"client_ca_file\": " + q(cert("ca.pem")) + ", \"require_client_cert\": true";
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"), mtls)};
+    write_crl(dir + "/crl.pem", 1, 2);  // not valid until tomorrow: cannot be loaded
+    auto with_crl = bb::parse_config(tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                                mtls + ", \"client_crl_file\": " + q(dir + "/crl.pem")));
+    ASSERT_TRUE(with_crl.errors.empty()) << with_crl.errors.to_string();
+    bb::cfg::errors errs;
+    bb.server().check_tls_change(*bb.server().current_config(), *with_crl.cfg, errs);
+    ASSERT_EQ(errs.size(), 1u);
+    EXPECT_NE(errs.to_string().find("listeners[0].tls: "), std::string::npos) << errs.to_string();
+    EXPECT_NE(errs.to_string().find("is not valid until"), std::string::npos) << errs.to_string();
+    // A key that is not the certificate's: refused too.
+    auto wrong_key = bb::parse_config(tls_config(up.port(), cert("server.pem"), cert("wrong-name.key"), mtls));
+    ASSERT_TRUE(wrong_key.errors.empty()) << wrong_key.errors.to_string();
+    bb::cfg::errors key_errs;
+    bb.server().check_tls_change(*bb.server().current_config(), *wrong_key.cfg, key_errs);
+    EXPECT_NE(key_errs.to_string().find("key values mismatch"), std::string::npos) << key_errs.to_string();
+    // Unchanged settings: nothing to judge.
+    bb::cfg::errors none;
+    bb.server().check_tls_change(*bb.server().current_config(), *bb.server().current_config(), none);
+    EXPECT_TRUE(none.empty());
+}
+
 // Over the connection limit a TLS listener closes the connection: the plain listener's
 // canned 503 would reach a TLS client as a broken record ("wrong version number").
 TEST(tls_listener, over_the_connection_limit_a_tls_client_is_closed_not_sent_plaintext) {
