@@ -327,11 +327,18 @@ void worker::start_accepting(std::vector<std::shared_ptr<tcp::acceptor>> accepto
 
 void worker::refuse(tcp::socket& s) {
     // Over the connection limit (a plain listener): one non-blocking write of a canned 503,
-    // then close.
+    // then close. Closing with the client's request unread would send a reset instead of a
+    // FIN, which some stacks let destroy the 503 before the client reads it (session.cpp's
+    // close_connection lingers for that; this path may not wait): our side is shut first,
+    // and what has arrived is read and dropped, without waiting, up to 64 KiB.
     const auto text = overload_response();
-    ::send(s.native_handle(), text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    const int fd = s.native_handle();
+    ::send(fd, text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    char dropped[4096];
+    for (int i = 0; i < 16 && ::recv(fd, dropped, sizeof dropped, MSG_DONTWAIT) > 0; ++i) {
+    }
     error_code ignored;
-    s.shutdown(tcp::socket::shutdown_both, ignored);
     s.close(ignored);
 }
 

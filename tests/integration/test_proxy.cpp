@@ -189,6 +189,16 @@ TEST(limits, connections_over_the_limit_are_refused_fast) {
     EXPECT_EQ(res.result_int(), 503u);
     EXPECT_EQ(body_code(res), "too_many_connections");
     EXPECT_EQ(decision(res), "unavailable");
+    // A client that sends its request at once (before the refusal is accepted): closing a
+    // socket with that input unread would reset the connection, and the reset can destroy
+    // the 503 on its way. The request is read and dropped, and the 503 arrives.
+    for (int i = 0; i < 20; ++i) {
+        raw_client eager{bb.port()};
+        eager.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + std::string(5000, 'x'));
+        auto refused = eager.read_response();
+        ASSERT_EQ(refused.result_int(), 503u) << "attempt " << i;
+        EXPECT_EQ(body_code(refused), "too_many_connections");
+    }
     // Freeing a slot admits the next connection.
     held.pop_back();
     bool admitted = false;
