@@ -2709,6 +2709,20 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     buf.consume(buf.size());
     if (hec) {
         spdlog::debug("TLS handshake with {} failed: {}", ci.ip, hec.message());
+        if (hec.category() == asio::error::get_ssl_category() &&
+            (ERR_GET_REASON(static_cast<unsigned long>(hec.value())) == SSL_R_HTTP_REQUEST ||
+             ERR_GET_REASON(static_cast<unsigned long>(hec.value())) == SSL_R_HTTPS_PROXY_REQUEST)) {
+            // Plain HTTP to a TLS port (http:// for https://): OpenSSL recognised the request
+            // line. A client can read a plain answer that says so (nginx's "plain HTTP request
+            // was sent to HTTPS port"), where a bare close leaves it guessing.
+            auto res = make_error({http::status::bad_request, "rejected", "plain_http_on_tls_listener",
+                                   "this listener speaks TLS: send the request with https://"},
+                                  new_request_id(), 11, false);
+            dl.arm(w.cfg()->limits.write_timeout);
+            co_await http::async_write(raw, res, use_tuple);
+            dl.disarm();
+            co_await close_connection(raw, raw, dl, true);
+        }
         co_return;
     }
     ci.tls = true;

@@ -111,10 +111,11 @@ TEST(tls_listener, serves_https_and_tells_the_upstream) {
     const auto two = run("curl -sS --max-time 10 --cacert " + cert("ca.pem") + " https://localhost:" +
                          std::to_string(bb.port()) + "/a https://localhost:" + std::to_string(bb.port()) + "/b");
     EXPECT_EQ(two, "hello over tlshello over tls");
-    // Plain HTTP to a TLS listener is not served.
-    int rc = 0;
-    run("curl -sS --max-time 5 http://127.0.0.1:" + std::to_string(bb.port()) + "/x", &rc);
-    EXPECT_NE(rc, 0);
+    // Plain HTTP to a TLS listener is not served: it is told to use https.
+    const auto plain = run("curl -sS --max-time 5 -w ' status=%{http_code}' http://127.0.0.1:" + std::to_string(bb.port()) + "/x");
+    EXPECT_NE(plain.find("status=400"), std::string::npos) << plain;
+    EXPECT_NE(plain.find("plain_http_on_tls_listener"), std::string::npos) << plain;
+    EXPECT_EQ(up.request_count(), 3u);
 }
 
 // A TLS client that gives up while the upstream works: its watch (a peek at the socket
@@ -325,6 +326,24 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     out = run(curl_https(bb.port(), "/x", one));
     EXPECT_EQ(out.find("status=200"), std::string::npos) << "no CRL of its issuer: " << out;
     EXPECT_EQ(up.request_count(), 8u);
+}
+
+// Plain HTTP sent to a TLS listener (http:// for https://) is told so in plain HTTP, as
+// nginx does, rather than met with a bare close.
+TEST(tls_listener, plain_http_to_a_tls_listener_gets_a_plain_400) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"))};
+    raw_client c{bb.port()};
+    c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}");
+    const auto res = c.read_response();
+    EXPECT_EQ(res.result_int(), 400u) << res.body();
+    EXPECT_EQ(res["x-breakerbox-decision"], "rejected");
+    EXPECT_FALSE(res["x-request-id"].empty());
+    EXPECT_NE(res.body().find("\"code\":\"plain_http_on_tls_listener\""), std::string::npos) << res.body();
+    EXPECT_TRUE(c.closed_by_server());
+    EXPECT_EQ(up.request_count(), 0u);
+    // TLS still works on it.
+    EXPECT_NE(run(curl_https(bb.port(), "/x", "")).find("status=200"), std::string::npos);
 }
 
 // A change to a listener's TLS settings that cannot be built is refused whole, before
