@@ -1185,6 +1185,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (outcome == head_outcome::closed) {
             co_return;
         }
+        // A HEAD refused before Beast names its method (a framing error, a body too large, a
+        // head that timed out) gets the head of the error alone too: read off the raw line.
+        head_request = std::string_view{static_cast<const char*>(buf.data().data()), buf.size()}.starts_with("HEAD ");
         if (outcome == head_outcome::timeout) {
             co_await reply({http::status::request_timeout, "rejected", "header_timeout",
                             "the request head did not arrive within " + cfg::format_duration(lim.header_timeout)},

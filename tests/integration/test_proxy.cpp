@@ -1111,6 +1111,24 @@ TEST(proxying, generated_answers_to_head_have_no_body) {
     EXPECT_FALSE(get.body().empty());
 }
 
+// So do the refusals that come before the head is parsed: a HEAD whose declared body is too
+// large, or whose head breaks the framing rules.
+TEST(proxying, early_refusals_of_a_head_request_have_no_body) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()))};
+    for (const std::string& head : {"HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n",
+                                   "HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"}) {
+        raw_client client{bb.port()};
+        client.send(head);
+        auto res = client.read_response(true);
+        EXPECT_GE(res.result_int(), 400u) << head;
+        EXPECT_TRUE(res.body().empty()) << head;
+        EXPECT_TRUE(client.closed_by_server()) << head;
+        EXPECT_TRUE(client.buffer().empty()) << "a body after the HEAD answer: " << client.buffer();
+    }
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 TEST(proxying, chunked_trailers_are_not_forwarded_as_headers) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()))};
