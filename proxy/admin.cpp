@@ -63,6 +63,38 @@ std::optional<std::size_t> one_to_thousand(std::string_view v) {
     return n >= 1 && n <= 1000 ? std::optional{n} : std::nullopt;
 }
 
+// An operator's reason: bounded (see body()), and not blank however written: ASCII blanks,
+// and the Unicode spaces and invisible characters a form or a chat paste leaves (no-break
+// and other spaces, zero-width characters, the byte order mark).
+constexpr std::size_t max_reason_bytes = 2048;
+bool blank_text(std::string_view s) {
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        if (c == ' ' || c == '\t') {
+            ++i;
+            continue;
+        }
+        auto at = [&](std::size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+        if (c == 0xC2 && at(1) == 0xA0) {  // U+00A0
+            i += 2;
+            continue;
+        }
+        if (c == 0xE2 && at(1) == 0x80 && (at(2) <= 0x8F || at(2) == 0xA8 || at(2) == 0xA9 || at(2) == 0xAF)) {
+            i += 3;  // U+2000..U+200F (spaces, zero-width, marks), U+2028, U+2029, U+202F
+            continue;
+        }
+        if ((c == 0xE2 && at(1) == 0x81 && (at(2) == 0x9F || at(2) == 0xA0)) ||  // U+205F, U+2060
+            (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) ||                    // U+3000
+            (c == 0xEF && at(1) == 0xBB && at(2) == 0xBF)) {                    // U+FEFF
+            i += 3;
+            continue;
+        }
+        return false;
+    }
+    return true;
+}
+
 // ---- small JSON helpers ------------------------------------------------------------------
 
 std::string q(std::string_view s) {
@@ -902,8 +934,17 @@ private:
             err = api_error{http::status::bad_request, "bad_field", "\"reason\" must be a string", "reason"};
             return std::nullopt;
         }
-        if (e["reason"].get(reason) != simdjson::SUCCESS || reason.find_first_not_of(" \t") == std::string_view::npos) {
+        if (e["reason"].get(reason) != simdjson::SUCCESS || blank_text(reason)) {
             err = api_error{http::status::bad_request, "missing_field", "every change needs a non-empty \"reason\"", "reason"};
+            return std::nullopt;
+        }
+        // It is kept with every audit entry and a manual trip, and shown with the breaker:
+        // a sentence or a ticket link, not a document.
+        if (reason.size() > max_reason_bytes) {
+            err = api_error{http::status::bad_request, "bad_field",
+                            "\"reason\" is at most " + std::to_string(max_reason_bytes) + " bytes (it has " +
+                                std::to_string(reason.size()) + ")",
+                            "reason"};
             return std::nullopt;
         }
         // The reason goes into the log as written: a line break in it could forge lines
@@ -988,6 +1029,23 @@ asio::awaitable<handled> handler_context::run() {
         }
     }
     const bool get = req_.method() == http::verb::get || req_.method() == http::verb::head;
+    // A parameter where none is read is refused, not ignored: `?dry_run=1` on a bulk
+    // release would release for real, `?expires_in=10m` on a mode would set it for ever.
+    // Lists (breakers, quarantine, audit) and POST /v1/config (dry_run) read theirs.
+    if (!query_.empty() && path != "/metrics") {
+        const bool list = get && (path == "/v1/breakers" || path == "/v1/breakers/" || path == "/v1/quarantine" ||
+                                  path == "/v1/quarantine/" || path == "/v1/audit" || path == "/v1/audit/");
+        const bool apply = req_.method() == http::verb::post && (path == "/v1/config" || path == "/v1/config/");
+        const bool own_check = path.rfind("/v1/config/", 0) == 0;  // reload and rollback say why themselves
+        if (!list && !apply && !own_check) {
+            auto f = fail({http::status::bad_request, "bad_field",
+                           cfg::quote(query_.begin()->first) + " is not a parameter of " +
+                               std::string{req_.method_string()} + " " + path + " (it takes none)",
+                           query_.begin()->first});
+            f.mutation = req_.method() == http::verb::post;
+            co_return f;
+        }
+    }
     if (path == "/metrics") {
         if (!get) {
             co_return method_not_allowed("GET");
@@ -1188,6 +1246,12 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
                             "\"expires_in\" must be a duration string such as \"15m\"", "expires_in"});
         }
         if ((*b)["expires_in"].get(ex) == simdjson::SUCCESS) {
+            if (*md == breakers::mode::automatic) {
+                // auto has no end: the expiry would be recorded in the audit and never be.
+                co_return fail({http::status::bad_request, "bad_field",
+                                "\"expires_in\" applies to forced_open, forced_closed and metrics_only, not auto",
+                                "expires_in"});
+            }
             expires = cfg::parse_duration(ex);
             if (!expires || expires->count() <= 0) {
                 co_return fail({http::status::bad_request, "bad_field", cfg::quote(ex) + " is not a duration", "expires_in"});
@@ -1299,8 +1363,13 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
         err = api_error{http::status::bad_request, "bad_field",
                         "\"from\" is not before \"to\" (which is exclusive): nothing could match", prefix + "from"};
     }
-    if (auto l = number("limit")) {
-        f.limit = static_cast<std::size_t>(std::min<std::int64_t>(*l, 1000));
+    if (auto l = get("limit"); !l.empty() && !err) {
+        if (const auto n = one_to_thousand(l)) {
+            f.limit = *n;
+        } else {
+            err = api_error{http::status::bad_request, "bad_field", cfg::quote(l) + " is not a limit (1 to 1000)",
+                            prefix + "limit"};
+        }
     }
     f.after_ticket = get("after");
     return f;
@@ -1393,6 +1462,10 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
     } else {
         const auto slash = tail.find('/');
         ticket = std::string{tail.substr(0, slash)};
+        if (ticket.empty()) {
+            // (`/v1/quarantine//release`: before anything is written to the audit log.)
+            co_return fail({http::status::not_found, "not_found", "no quarantined request with an empty ticket"});
+        }
         if (slash != std::string_view::npos) {
             action = std::string{tail.substr(slash + 1)};
             if (action != "release" && action != "discard") {
@@ -1841,7 +1914,10 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         }
         simdjson::dom::element ce;
         if ((*b)["config"].get(ce) != simdjson::SUCCESS || ce.type() != simdjson::dom::element_type::OBJECT) {
-            auto f = fail({http::status::bad_request, "missing_field", "\"config\" (an object) is required", "config"});
+            const bool missing = (*b)["config"].error() == simdjson::NO_SUCH_FIELD;
+            auto f = fail({http::status::bad_request, missing ? "missing_field" : "bad_field",
+                           missing ? "\"config\" (an object) is required" : "\"config\" must be an object (the config itself)",
+                           "config"});
             f.mutation = true;
             co_return f;
         }
@@ -2010,7 +2086,12 @@ asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
         after = std::atoll(it->second.c_str());
     }
     if (auto it = query_.find("limit"); it != query_.end()) {
-        limit = static_cast<std::size_t>(std::clamp<long long>(std::atoll(it->second.c_str()), 1, 1000));
+        const auto n = one_to_thousand(it->second);
+        if (!n) {
+            co_return fail({http::status::bad_request, "bad_field", cfg::quote(it->second) + " is not a limit (1 to 1000)",
+                            "limit"});
+        }
+        limit = *n;
     }
     std::string read_error;
     const auto entries = db->list_audit(after, limit, &read_error);
@@ -2526,7 +2607,12 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
             std::tie(ec, ignored_bytes) = co_await http::async_read(stream, buf, parser, use_tuple);
         }
         if (ec) {
+            // Counted like any answer (the family from the target, when the head was read).
+            const std::string counted_path =
+                parser.is_header_done() ? std::string{parser.get().target().substr(0, parser.get().target().find('?'))}
+                                        : std::string{};
             if (ec == http::error::body_limit) {
+                srv_.count_admin_action(counted_path, 413);
                 auto res = json_response(http::status::payload_too_large,
                                          error_json({http::status::payload_too_large, "body_too_large",
                                                      "admin request bodies are limited to " +
@@ -2535,6 +2621,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                 co_await write_message(stream, res, scratch);
             } else if (ec != http::error::end_of_stream && ec != beast::error::timeout && ec != asio::error::eof &&
                        ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+                srv_.count_admin_action(counted_path, 400);
                 auto res = json_response(http::status::bad_request,
                                          error_json({http::status::bad_request, "bad_request", ec.message()}), 11, false);
                 co_await write_message(stream, res, scratch);

@@ -303,6 +303,64 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     EXPECT_EQ(f.bb.server().current_config()->store.idempotency_header, "Idempotency-Key");
 }
 
+// Input that would be misread is refused naming what is wrong, before anything is done
+// (the refusal is audited, no "started" entry): a query parameter where none is read (a bulk release with
+// `?dry_run=1` released for real), a reason that is only invisible characters or a
+// document, an expiry on `auto` (recorded, never set), a page limit out of range (bent
+// to 100 or 1000 before), a `config` that is not an object, an empty ticket.
+TEST(admin_api, input_that_would_be_misread_is_refused) {
+    admin_fixture f;
+    auto field_of = [](const response& r) {
+        const auto at = r.body().find("\"field\":\"");
+        return at == std::string::npos ? std::string{} : r.body().substr(at + 9, r.body().find('"', at + 9) - at - 9);
+    };
+    auto dry = admin(f.port(), http::verb::post, "/v1/quarantine/release?dry_run=1", "op-token",
+                     R"({"reason":"preview","filter":{"breaker":"held"}})");
+    EXPECT_EQ(dry.result_int(), 400u) << dry.body();
+    EXPECT_EQ(field_of(dry), "dry_run");
+    auto timed = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/mode?expires_in=10m", "op-token",
+                       R"({"mode":"forced_closed","reason":"x"})");
+    EXPECT_EQ(timed.result_int(), 400u) << timed.body();
+    EXPECT_EQ(field_of(timed), "expires_in");
+    auto versioned = admin(f.port(), http::verb::get, "/v1/config?version=3", "op-token");
+    EXPECT_EQ(versioned.result_int(), 400u);
+    EXPECT_EQ(field_of(versioned), "version");
+    for (const char* blank : {"\u00a0", "\u200b \u3000", "\ufeff "}) {
+        auto r = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token",
+                       "{\"reason\":\"" + std::string{blank} + "\"}");
+        EXPECT_EQ(r.result_int(), 400u) << r.body();
+        EXPECT_EQ(code_of(r), "missing_field");
+    }
+    auto essay = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/trip", "op-token",
+                       "{\"reason\":\"" + std::string(3000, 'x') + "\"}");
+    EXPECT_EQ(essay.result_int(), 400u);
+    EXPECT_EQ(field_of(essay), "reason");
+    auto auto_expiry = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/x/mode", "op-token",
+                             R"({"mode":"auto","expires_in":"10m","reason":"x"})");
+    EXPECT_EQ(auto_expiry.result_int(), 400u);
+    EXPECT_EQ(field_of(auto_expiry), "expires_in");
+    for (const char* target : {"/v1/quarantine?limit=0", "/v1/quarantine?limit=5000", "/v1/audit?limit=0",
+                                     "/v1/audit?limit=1001"}) {
+        auto r = admin(f.port(), http::verb::get, target, "view-token");
+        EXPECT_EQ(r.result_int(), 400u) << target;
+        EXPECT_EQ(field_of(r), "limit") << target;
+    }
+    auto bulk_limit = admin(f.port(), http::verb::post, "/v1/quarantine/discard", "op-token",
+                            R"({"reason":"x","filter":{"breaker":"held","limit":5000}})");
+    EXPECT_EQ(bulk_limit.result_int(), 400u) << bulk_limit.body();
+    EXPECT_EQ(field_of(bulk_limit), "filter.limit");
+    auto text_config = admin(f.port(), http::verb::post, "/v1/config", "admin-token", R"({"config":"{}","reason":"x"})");
+    EXPECT_EQ(text_config.result_int(), 400u);
+    EXPECT_EQ(code_of(text_config), "bad_field");
+    auto empty_ticket = admin(f.port(), http::verb::post, "/v1/quarantine//release", "op-token", R"({"reason":"x"})");
+    EXPECT_EQ(empty_ticket.result_int(), 404u);
+    // Refused, each is in the audit log as such, and nothing was done.
+    const auto audit = admin(f.port(), http::verb::get, "/v1/audit?limit=1000", "admin-token").body();
+    EXPECT_EQ(audit.find("\"result\":\"started\""), std::string::npos) << audit;
+    const auto b = f.bb.server().breakers()->get("campaign-volume/x", f.bb.server().now());
+    EXPECT_TRUE(!b || (b->st == bb::breakers::state::closed && b->md == bb::breakers::mode::automatic));
+}
+
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
     admin_fixture f;
     auto get = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/x/trip", "op-token");
