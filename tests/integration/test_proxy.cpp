@@ -1116,7 +1116,7 @@ TEST(proxying, generated_answers_to_head_have_no_body) {
 TEST(proxying, early_refusals_of_a_head_request_have_no_body) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()))};
-    for (const std::string& head : {"HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n",
+    for (const char* head : {"HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n",
                                    "HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"}) {
         raw_client client{bb.port()};
         client.send(head);
