@@ -265,7 +265,7 @@ void write_access_log(worker& w, const log_record& r) {
     line += "{\"ts_ms\":" + std::to_string(ts);
     line += ",\"request_id\":" + cfg::quote(r.request_id);
     line += ",\"client\":" + cfg::quote(r.client);
-    line += ",\"method\":" + cfg::quote(r.method);
+    line += ",\"method\":" + cfg::quote(std::string_view{r.method}.substr(0, 32));  // a client's token: bounded
     line += ",\"target\":" + cfg::quote(redact_query(r.target).substr(0, 2048));  // cut after: `user:<long>@host`
     line += ",\"route\":" + (r.route.empty() ? std::string{"null"} : cfg::quote(r.route));
     line += ",\"upstream\":" + (r.upstream.empty() ? std::string{"null"} : cfg::quote(r.upstream));

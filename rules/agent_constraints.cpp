@@ -700,6 +700,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     if (first != std::string_view::npos &&
         (mentions_json(content_type) || (!form && (json[first] == '{' || json[first] == '[')))) {
         element root;
+        cfg::release_if_grown(s.parser, json.size());  // (the top-level parse of a check)
         if (s.parser.parse(json.data(), json.size()).get(root) != simdjson::SUCCESS) {
             return "the body is not valid JSON";
         }
@@ -840,6 +841,7 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
     body = without_bom(body);  // as Salesforce's JSON reader (Jackson) reads past it
     scratch& s = local();
     element root;
+    cfg::release_if_grown(s.parser, body.size());  // (the top-level parse of a check)
     if (s.parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
         return unreadable;
     }

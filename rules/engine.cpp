@@ -683,6 +683,7 @@ bool parse_json(std::string_view body, simdjson::dom::parser& parser, parsed_jso
             pj.error = "body is empty";
         } else {
             const std::string_view json = without_bom(body);  // as the guards and Jackson read it
+            cfg::release_if_grown(parser, json.size());  // (an evaluation parses each body once)
             auto err = parser.parse(json.data(), json.size()).get(pj.root);
             if (err) {
                 pj.state = 2;

@@ -642,3 +642,23 @@ TEST(config, upstream_url_errors_do_not_quote_credentials) {
         EXPECT_EQ(e.find("S3CRET"), std::string::npos) << e;
     }
 }
+
+// A per-thread parser that once read a large document does not keep its capacity for ever.
+TEST(json_reader, a_grown_parser_is_released_before_a_small_document) {
+    simdjson::dom::parser p;
+    std::string big = "[";
+    for (int i = 0; i < 300000; ++i) {
+        big += i ? ",0" : "0";
+    }
+    big += "]";
+    simdjson::dom::element e;
+    ASSERT_EQ(p.parse(big).get(e), simdjson::SUCCESS);
+    ASSERT_GT(p.capacity(), std::size_t{1} << 19);
+    bb::cfg::release_if_grown(p, 2 * big.size());  // a larger one next: kept
+    EXPECT_GE(p.capacity(), big.size());
+    big.append(std::size_t{1} << 20, ' ');
+    ASSERT_EQ(p.parse(big).get(e), simdjson::SUCCESS);
+    bb::cfg::release_if_grown(p, 10);
+    EXPECT_EQ(p.capacity(), 0u);
+    ASSERT_EQ(p.parse("[1]", 3).get(e), simdjson::SUCCESS);
+}
