@@ -973,6 +973,10 @@ void parse_store(cfg::object_reader& root, config& c) {
     if (auto v = r.boolean("group_commit")) {
         c.store.group_commit = *v;
     }
+    // (About 100 bytes each in memory: 50 million is ~5 GiB.)
+    if (auto v = r.integer("idempotency_keys", false, 1000, 50'000'000)) {
+        c.store.idempotency_keys = static_cast<std::uint64_t>(*v);
+    }
     if (auto v = r.string("idempotency_header")) {
         if (!is_token(*v)) {
             r.errs().add(r.path_of("idempotency_header"), cfg::quote(*v) + " is not a header name");

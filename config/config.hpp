@@ -211,6 +211,9 @@ struct store_config {
     std::uint64_t per_breaker_max_held = 10'000;
     std::uint64_t per_breaker_max_held_bytes = 512ull << 20;
     std::string idempotency_header = "Idempotency-Key";  // set to the ticket on every replay
+    // Keys of requests sent live remembered (proxy/forwarded_keys.hpp): past this many in
+    // 24 h the least recently sent are forgotten, and a retry of one is no longer refused.
+    std::uint64_t idempotency_keys = 200'000;
     bool group_commit = true;  // false: one transaction per write (only to measure group commit)
     // Where breaker states and operator modes are kept until the SQLite store lands:
     // derived from path ("var/breakerbox.db" -> "var/breakerbox.breakers.json").

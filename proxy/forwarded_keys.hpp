@@ -36,6 +36,8 @@ public:
     explicit forwarded_keys(std::size_t max = default_max, std::chrono::milliseconds memory = default_memory)
         : max_(max), memory_ms_(memory.count()) {}
 
+    std::size_t max() const { return max_; }
+
     // The request with this key, route and agent is being sent at `now_ms` (a steady
     // clock). Returns when it was last sent before, if remembered (for forget()).
     std::optional<std::int64_t> note(std::string_view key, std::string_view route, std::string_view agent,

@@ -459,7 +459,8 @@ std::string alert_ca_digest(const alerts::alerts_config& a) {
 
 }  // namespace
 
-server::server(std::shared_ptr<const config> cfg, server_options opts) : cfg_(std::move(cfg)), opts_(std::move(opts)) {
+server::server(std::shared_ptr<const config> cfg, server_options opts)
+    : cfg_(std::move(cfg)), opts_(std::move(opts)), forwarded_(static_cast<std::size_t>(cfg_->store.idempotency_keys)) {
     if (opts_.time != nullptr) {
         clock_ = opts_.time;
     }
@@ -551,7 +552,7 @@ void server::open_store(const store_config& sc) {
     {
         const auto wall_now =
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
-        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_keys::default_max, &error);
+        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_.max(), &error);
         if (!keys) {
             throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
                                      " (refusing to start: their retries could be held and released a second time)");
@@ -1774,12 +1775,14 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         // (The Idempotency-Key header too: held requests and remembered live sends are found
         // by its value, and a retry read under another name would be sent live beside its hold.)
         if (cfg_->store.path != cfg->store.path || cfg_->store.group_commit != cfg->store.group_commit ||
-            cfg_->store.idempotency_header != cfg->store.idempotency_header) {
-            warnings.push_back("store.path, store.group_commit and store.idempotency_header are fixed until restart; "
-                               "the new values were not applied (the other store settings were)");
+            cfg_->store.idempotency_header != cfg->store.idempotency_header ||
+            cfg_->store.idempotency_keys != cfg->store.idempotency_keys) {
+            warnings.push_back("store.path, store.group_commit, store.idempotency_header and store.idempotency_keys are "
+                               "fixed until restart; the new values were not applied (the other store settings were)");
             patch()->store.path = cfg_->store.path;
             patch()->store.group_commit = cfg_->store.group_commit;
             patch()->store.idempotency_header = cfg_->store.idempotency_header;
+            patch()->store.idempotency_keys = cfg_->store.idempotency_keys;
         }
         if (cfg_->admin.enabled != cfg->admin.enabled || cfg_->admin.host != cfg->admin.host ||
             cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {

@@ -71,6 +71,18 @@ TEST(config, minimal_config_has_the_documented_defaults) {
     EXPECT_EQ(r.cfg->store.breaker_state_path(), "var/breakerbox.breakers.json");
 }
 
+// How many keys of requests sent live are remembered: the default, a setting, and bounds.
+TEST(config, store_idempotency_keys) {
+    EXPECT_EQ(parse_config(base()).cfg->store.idempotency_keys, 200000u);
+    auto set = parse_config(base(R"(, "store": {"idempotency_keys": 2000000})"));
+    ASSERT_TRUE(set.errors.empty()) << all_errors(set);
+    EXPECT_EQ(set.cfg->store.idempotency_keys, 2000000u);
+    for (const char* bad : {"5", "60000000", "\"1e6\""}) {
+        const auto e = all_errors(parse_config(base(std::string{R"(, "store": {"idempotency_keys": )"} + bad + "}")));
+        EXPECT_NE(e.find("store.idempotency_keys"), std::string::npos) << bad << ": " << e;
+    }
+}
+
 // A syntax error says where it is: a stray comma in a long file is found by its line.
 TEST(config, a_json_syntax_error_names_its_line) {
     const std::string text = "{\n  \"listeners\": [{\"name\": \"a\", \"address\": \"127.0.0.1:1\"}],\n"

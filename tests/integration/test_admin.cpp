@@ -299,7 +299,7 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     const auto renamed = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
                                "{\"reason\":\"rename\",\"config\":" + next + "}");
     ASSERT_EQ(renamed.result_int(), 200u) << renamed.body();
-    EXPECT_NE(renamed.body().find("store.idempotency_header are fixed until restart"), std::string::npos) << renamed.body();
+    EXPECT_NE(renamed.body().find("store.idempotency_header and store.idempotency_keys are fixed until restart"), std::string::npos) << renamed.body();
     EXPECT_EQ(f.bb.server().current_config()->store.idempotency_header, "Idempotency-Key");
 }
 
