@@ -85,10 +85,11 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     return out;
 }
 
-// An origin-form target without its credential query parameters (named as redact_query
-// reads them; `&` and `;` separate, a parameter without `=` is kept), for a request that
-// goes somewhere its credentials were not meant for (an alternate sandbox upstream). A `?`
-// left with nothing after it goes too.
+// An origin-form target without its credential query parameters (named and separated as
+// redact_query reads them: `&`, `;` and `#` separate, a parameter without `=` is kept), for
+// a request that goes somewhere its credentials were not meant for (an alternate sandbox
+// upstream). Each kept parameter keeps the separator before it; a target with none to drop
+// is returned as it was, and a `?` left with nothing after it goes.
 inline std::string without_credential_params(std::string_view target) {
     const auto qm = target.find('?');
     if (qm == std::string_view::npos) {
@@ -96,14 +97,18 @@ inline std::string without_credential_params(std::string_view target) {
     }
     std::string out{target.substr(0, qm + 1)};
     std::string_view query = target.substr(qm + 1);
+    bool dropped = false;
     bool first = true;
+    char before = 0;  // the separator in front of the parameter in hand
     while (true) {
-        const auto sep = query.find_first_of("&;");
+        const auto sep = query.find_first_of("&;#");
         const std::string_view param = query.substr(0, sep);
         const auto eq = param.find('=');
-        if (eq == std::string_view::npos || !credential_name(url_decode(param.substr(0, eq)))) {
+        if (eq != std::string_view::npos && credential_name(url_decode(param.substr(0, eq)))) {
+            dropped = true;
+        } else {
             if (!first) {
-                out += '&';
+                out += before;
             }
             out.append(param);
             first = false;
@@ -111,7 +116,11 @@ inline std::string without_credential_params(std::string_view target) {
         if (sep == std::string_view::npos) {
             break;
         }
+        before = query[sep];
         query.remove_prefix(sep + 1);
+    }
+    if (!dropped) {
+        return std::string{target};
     }
     if (first) {
         out.pop_back();  // the '?'

@@ -80,6 +80,9 @@ TEST(without_credential_params, drops_credential_parameters_and_keeps_the_rest) 
     EXPECT_EQ(without_credential_params("/contacts/v1/lists?hapikey=abc&count=5"), "/contacts/v1/lists?count=5");
     EXPECT_EQ(without_credential_params("/a?count=5&hap%69key=abc"), "/a?count=5");
     EXPECT_EQ(without_credential_params("/a?access_token=t;page=2&flag"), "/a?page=2&flag");
+    EXPECT_EQ(without_credential_params("/a?properties=email;firstname&x=1"), "/a?properties=email;firstname&x=1");
+    EXPECT_EQ(without_credential_params("/a?p=email;api_key=k;q=2"), "/a?p=email;q=2");
+    EXPECT_EQ(without_credential_params("/a?x=1#api_key=REAL"), "/a?x=1");
     EXPECT_EQ(without_credential_params("/a?api_key=k"), "/a");
     EXPECT_EQ(without_credential_params("/a?"), "/a?");  // nothing dropped: as sent
     EXPECT_EQ(without_credential_params("/a?&x=1"), "/a?&x=1");
