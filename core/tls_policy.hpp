@@ -28,8 +28,12 @@ inline constexpr const char* client_tls12_ciphers =
 // cannot take the name (then nothing may be sent).
 inline bool expect_peer_name(SSL* ssl, const std::string& host) {
     X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-    if (X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) == 1) {
+    const std::string address = host.substr(0, host.find('%'));  // an IPv6 zone (fe80::1%eth0) is local
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, address.c_str()) == 1) {
         return true;
+    }
+    if (address.size() != host.size() || host.find(':') != std::string::npos) {
+        return false;  // an address OpenSSL cannot take: never matched as a DNS name
     }
     X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
     return X509_VERIFY_PARAM_set1_host(param, host.c_str(), host.size()) == 1;

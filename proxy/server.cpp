@@ -330,7 +330,8 @@ void worker::refuse(tcp::socket& s) {
     // then close. Closing with the client's request unread would send a reset instead of a
     // FIN, which some stacks let destroy the 503 before the client reads it (session.cpp's
     // close_connection lingers for that; this path may not wait): our side is shut first,
-    // and what has arrived is read and dropped, without waiting, up to 64 KiB.
+    // and what has arrived is read and dropped, without waiting, up to 64 KiB. Best effort:
+    // a request that arrives after the close still meets a reset.
     const auto text = overload_response();
     const int fd = s.native_handle();
     ::send(fd, text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);

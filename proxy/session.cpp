@@ -2712,9 +2712,9 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     buf.consume(buf.size());
     if (hec) {
         spdlog::debug("TLS handshake with {} failed: {}", ci.ip, hec.message());
-        if (hec.category() == asio::error::get_ssl_category() &&
-            (ERR_GET_REASON(static_cast<unsigned long>(hec.value())) == SSL_R_HTTP_REQUEST ||
-             ERR_GET_REASON(static_cast<unsigned long>(hec.value())) == SSL_R_HTTPS_PROXY_REQUEST)) {
+        const auto e = static_cast<unsigned long>(hec.value());
+        if (hec.category() == asio::error::get_ssl_category() && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+            (ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST || ERR_GET_REASON(e) == SSL_R_HTTPS_PROXY_REQUEST)) {
             // Plain HTTP to a TLS port (http:// for https://): OpenSSL recognised the request
             // line. A client can read a plain answer that says so (nginx's "plain HTTP request
             // was sent to HTTPS port"), where a bare close leaves it guessing.

@@ -13,6 +13,8 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/error.hpp>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
@@ -100,6 +102,40 @@ bool same_upstream(const upstream_config& a, const upstream_config& b) {
            a.ca_pem == b.ca_pem && a.verify == b.verify;
 }
 
+namespace {
+
+// A CA bundle's contents into ctx's trust store, read as OpenSSL's file loader reads a file
+// (PEM_X509_INFO_read_bio: `CERTIFICATE` and `TRUSTED CERTIFICATE` blocks, CRLs; other
+// blocks skipped), all or nothing: a bundle with a block that cannot be read adds none of
+// it, so a pool never trusts part of what the config names. False when nothing was added.
+bool trust_pem(SSL_CTX* ctx, const std::string& pem) {
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    if (bio == nullptr) {
+        return false;
+    }
+    STACK_OF(X509_INFO)* infos = PEM_X509_INFO_read_bio(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    if (infos == nullptr) {
+        ERR_clear_error();
+        return false;
+    }
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+    int added = 0;
+    for (int i = 0; i < sk_X509_INFO_num(infos); ++i) {
+        const X509_INFO* info = sk_X509_INFO_value(infos, i);
+        if (info->x509 != nullptr && X509_STORE_add_cert(store, info->x509) == 1) {
+            ++added;
+        }
+        if (info->crl != nullptr) {
+            X509_STORE_add_crl(store, info->crl);
+        }
+    }
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    return added > 0;
+}
+
+}  // namespace
+
 upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit)
     : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit) {
     error_code ec;
@@ -127,7 +163,9 @@ upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std:
                 // The contents the config read (and a reload compares), not the file as it is
                 // now: a bundle replaced on disk without a reload changes no pool's trust, and
                 // pools made later (a release's) trust what the others do.
-                tls_->add_certificate_authority(asio::buffer(cfg_.ca_pem), ec);
+                if (!trust_pem(native, cfg_.ca_pem)) {
+                    ec = asio::error::invalid_argument;  // (trust_pem added nothing)
+                }
             } else {
                 tls_->set_default_verify_paths(ec);
             }

@@ -1008,6 +1008,29 @@ TEST(upstream_tls, a_reload_reads_a_changed_ca_file_again) {
     EXPECT_NE(bad.errors.to_string().find("holds no PEM certificate"), std::string::npos) << bad.errors.to_string();
 }
 
+// A bundle in OpenSSL's trusted form (`BEGIN TRUSTED CERTIFICATE`, as p11-kit's
+// ca-bundle.trust.crt writes its roots) is trusted as the file loader trusted it: the CA
+// there verifies the upstream, beside an ordinary block.
+TEST(upstream_tls, a_trusted_certificate_block_in_the_ca_file_is_trusted) {
+    fake_upstream up{nullptr, cert("server.pem"), cert("server.key")};
+    const std::string dir = temp_dir();
+    const std::string trusted = dir + "/trusted.pem";
+    const std::string cmd = "openssl x509 -in " + cert("ca.pem") + " -trustout -addtrust serverAuth -out " + trusted;
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    std::string bundle;
+    for (const auto& f : {cert("self-signed.pem"), trusted}) {
+        std::ifstream in{f};
+        bundle += std::string{std::istreambuf_iterator<char>{in}, {}};
+    }
+    ASSERT_NE(bundle.find("BEGIN TRUSTED CERTIFICATE"), std::string::npos);
+    { std::ofstream{dir + "/bundle.pem"} << bundle; }
+    proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
+                                  "\"ca_file\": \"" + dir + "/bundle.pem\"")};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 200u) << res.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(upstream_tls, wrong_name_is_502_and_never_forwarded) {
     fake_upstream up{nullptr, cert("wrong-name.pem"), cert("wrong-name.key")};
     proxy_instance bb{make_config("https://localhost:" + std::to_string(up.port()), "",
