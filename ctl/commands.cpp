@@ -177,6 +177,15 @@ std::string digits_flag(const tokens& t, std::string_view name, bool positive = 
     return json_number(v);
 }
 
+// A page or bulk limit: 1 to 1000, as the server takes it (a larger one is refused there).
+std::string limit_flag(const tokens& t) {
+    std::string v = digits_flag(t, "--limit", true);
+    if (v.size() > 4 || std::strtoll(v.c_str(), nullptr, 10) > 1000) {
+        throw usage_error("--limit is 1 to 1000, not " + cfg::quote(t.get("--limit")));
+    }
+    return v;
+}
+
 bool is_mode(std::string_view m) {
     return m == "forced_open" || m == "forced_closed" || m == "metrics_only" || m == "auto";
 }
@@ -223,7 +232,7 @@ std::string filter_json(const tokens& t) {
     }
     // At most that many acted on (a canary release of one); the server bounds it (1 to 1000).
     if (t.has("--limit")) {
-        add("limit", digits_flag(t, "--limit", true));
+        add("limit", limit_flag(t));
     }
     return o.empty() ? o : o + "}";
 }
@@ -275,7 +284,7 @@ void build(plan& p, const tokens& t) {
             throw usage_error(cfg::quote(t.get("--mode")) + " is not a mode (forced_open, forced_closed, metrics_only, auto)");
         }
         if (t.has("--limit")) {
-            digits_flag(t, "--limit", true);
+            limit_flag(t);
         }
         p.kind = view::breakers;
         p.action = "read breakers";
@@ -301,6 +310,9 @@ void build(plan& p, const tokens& t) {
         }
         std::string body = "{\"mode\":" + cfg::quote(mode);
         if (t.has("--expires-in")) {
+            if (mode == "auto") {
+                throw usage_error("--expires-in applies to forced_open, forced_closed and metrics_only, not auto");
+            }
             const auto d = cfg::parse_duration(t.get("--expires-in"));
             if (!d || d->count() <= 0) {
                 throw usage_error("--expires-in wants a duration like 10m, not " + cfg::quote(t.get("--expires-in")));
@@ -328,7 +340,7 @@ void build(plan& p, const tokens& t) {
                 }
             }
             if (t.has("--limit")) {
-                digits_flag(t, "--limit", true);
+                limit_flag(t);
             }
             p.kind = view::quarantine_list;
             p.action = "read quarantined requests";
@@ -461,7 +473,7 @@ void build(plan& p, const tokens& t) {
         } else {
             expect(t, cmd, 1, 0, 0, {"--limit", "--after"}, "");
             if (t.has("--limit")) {
-                digits_flag(t, "--limit", true);
+                limit_flag(t);
             }
             if (t.has("--after")) {
                 digits_flag(t, "--after");

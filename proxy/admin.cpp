@@ -65,7 +65,9 @@ std::optional<std::size_t> one_to_thousand(std::string_view v) {
 
 // An operator's reason: bounded (see body()), and not blank however written: ASCII blanks,
 // and the Unicode spaces and invisible characters a form or a chat paste leaves (no-break
-// and other spaces, zero-width characters, the byte order mark).
+// and other spaces, zero-width characters and joiners, direction marks and embeddings, the
+// soft hyphen, variation selectors, the Hangul fillers, the byte order mark). (The guards'
+// own table, rules/guardrails_scan.cpp, reads text to scan it; this one only says blank.)
 constexpr std::size_t max_reason_bytes = 2048;
 bool blank_text(std::string_view s) {
     std::size_t i = 0;
@@ -76,17 +78,26 @@ bool blank_text(std::string_view s) {
             continue;
         }
         auto at = [&](std::size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
-        if (c == 0xC2 && at(1) == 0xA0) {  // U+00A0
+        if (c == 0xC2 && (at(1) == 0xA0 || at(1) == 0xAD)) {  // U+00A0, U+00AD
             i += 2;
             continue;
         }
-        if (c == 0xE2 && at(1) == 0x80 && (at(2) <= 0x8F || at(2) == 0xA8 || at(2) == 0xA9 || at(2) == 0xAF)) {
-            i += 3;  // U+2000..U+200F (spaces, zero-width, marks), U+2028, U+2029, U+202F
+        if ((c == 0xCD && at(1) == 0x8F) || (c == 0xD8 && at(1) == 0x9C)) {  // U+034F, U+061C
+            i += 2;
             continue;
         }
-        if ((c == 0xE2 && at(1) == 0x81 && (at(2) == 0x9F || at(2) == 0xA0)) ||  // U+205F, U+2060
-            (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) ||                    // U+3000
-            (c == 0xEF && at(1) == 0xBB && at(2) == 0xBF)) {                    // U+FEFF
+        if (c == 0xE2 && at(1) == 0x80 && (at(2) <= 0x8F || (at(2) >= 0xA8 && at(2) <= 0xAF))) {
+            i += 3;  // U+2000..U+200F (spaces, zero-width, marks), U+2028..U+202F (separators, embeddings)
+            continue;
+        }
+        if ((c == 0xE2 && at(1) == 0x81 && at(2) >= 0x9F && at(2) <= 0xAF) ||  // U+205F..U+206F
+            (c == 0xE1 && at(1) == 0x9A && at(2) == 0x80) ||                   // U+1680
+            (c == 0xE1 && at(1) == 0xA0 && at(2) == 0x8E) ||                   // U+180E
+            (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) ||                   // U+3000
+            (c == 0xE3 && at(1) == 0x85 && at(2) == 0xA4) ||                   // U+3164 (Hangul filler)
+            (c == 0xEF && at(1) == 0xB8 && at(2) >= 0x80 && at(2) <= 0x8F) ||  // U+FE00..U+FE0F
+            (c == 0xEF && at(1) == 0xBE && at(2) == 0xA0) ||                   // U+FFA0 (half-width filler)
+            (c == 0xEF && at(1) == 0xBB && at(2) == 0xBF)) {                   // U+FEFF
             i += 3;
             continue;
         }
@@ -1036,7 +1047,7 @@ asio::awaitable<handled> handler_context::run() {
         const bool list = get && (path == "/v1/breakers" || path == "/v1/breakers/" || path == "/v1/quarantine" ||
                                   path == "/v1/quarantine/" || path == "/v1/audit" || path == "/v1/audit/");
         const bool apply = req_.method() == http::verb::post && (path == "/v1/config" || path == "/v1/config/");
-        const bool own_check = path.rfind("/v1/config/", 0) == 0;  // reload and rollback say why themselves
+        const bool own_check = path == "/v1/config/reload" || path == "/v1/config/rollback";  // they say why themselves
         if (!list && !apply && !own_check) {
             auto f = fail({http::status::bad_request, "bad_field",
                            cfg::quote(query_.begin()->first) + " is not a parameter of " +
@@ -1364,10 +1375,13 @@ store::list_filter filter_from(const std::map<std::string, std::string>& qy, std
                         "\"from\" is not before \"to\" (which is exclusive): nothing could match", prefix + "from"};
     }
     if (auto l = get("limit"); !l.empty() && !err) {
+        // A bulk action's limit is what it may send: 0 is not "no limit", nor 5000 "1000".
         if (const auto n = one_to_thousand(l)) {
             f.limit = *n;
         } else {
-            err = api_error{http::status::bad_request, "bad_field", cfg::quote(l) + " is not a limit (1 to 1000)",
+            err = api_error{http::status::bad_request, "bad_field",
+                            prefix.empty() ? cfg::quote(l) + " is not a limit (1 to 1000)"
+                                           : "\"limit\" of a bulk action is 1 to 1000 (leave it out for every match)",
                             prefix + "limit"};
         }
     }
@@ -1405,15 +1419,7 @@ store::list_filter filter_from_json(simdjson::dom::element e, std::optional<api_
                         "filter.after"};
         return {};
     }
-    auto f = filter_from(m, err, "filter.");
-    // A bulk action's limit is what it may send: 0 is not "no limit", nor 5000 "1000".
-    if (const auto it = m.find("limit"); !err && it != m.end()) {
-        if (!one_to_thousand(it->second)) {
-            err = api_error{http::status::bad_request, "bad_field",
-                            "\"limit\" of a bulk action is 1 to 1000 (leave it out for every match)", "filter.limit"};
-        }
-    }
-    return f;
+    return filter_from(m, err, "filter.");
 }
 
 asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) {
@@ -2607,12 +2613,16 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
             std::tie(ec, ignored_bytes) = co_await http::async_read(stream, buf, parser, use_tuple);
         }
         if (ec) {
-            // Counted like any answer (the family from the target, when the head was read).
+            // Counted like any answer but the health checks' (the family from the target,
+            // when the head was read).
             const std::string counted_path =
                 parser.is_header_done() ? std::string{parser.get().target().substr(0, parser.get().target().find('?'))}
                                         : std::string{};
+            const bool counted = counted_path != "/healthz" && counted_path != "/readyz";
             if (ec == http::error::body_limit) {
-                srv_.count_admin_action(counted_path, 413);
+                if (counted) {
+                    srv_.count_admin_action(counted_path, 413);
+                }
                 auto res = json_response(http::status::payload_too_large,
                                          error_json({http::status::payload_too_large, "body_too_large",
                                                      "admin request bodies are limited to " +
@@ -2621,7 +2631,9 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                 co_await write_message(stream, res, scratch);
             } else if (ec != http::error::end_of_stream && ec != beast::error::timeout && ec != asio::error::eof &&
                        ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
-                srv_.count_admin_action(counted_path, 400);
+                if (counted) {
+                    srv_.count_admin_action(counted_path, 400);
+                }
                 auto res = json_response(http::status::bad_request,
                                          error_json({http::status::bad_request, "bad_request", ec.message()}), 11, false);
                 co_await write_message(stream, res, scratch);

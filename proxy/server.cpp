@@ -1959,9 +1959,14 @@ std::string tls_files_digest(const tls_files& t) {
 }  // namespace
 
 void server::check_tls_change(const config& current, const config& next, cfg::errors& errs) const {
+    // Listeners by name, against the running ones: their settings take effect at a restart,
+    // so this checks what a restart would build (a change it could not start with is
+    // refused now, not at the restart).
     for (std::size_t i = 0; i < next.listeners.size(); ++i) {
         const auto& l = next.listeners[i];
-        const listener_config* was = i < current.listeners.size() ? &current.listeners[i] : nullptr;
+        const auto running = std::find_if(current.listeners.begin(), current.listeners.end(),
+                                          [&](const listener_config& c) { return c.name == l.name; });
+        const listener_config* was = running != current.listeners.end() ? &*running : nullptr;
         const std::string at = "listeners[" + std::to_string(i) + "]";
         if (l.tls && (was == nullptr || was->tls != l.tls)) {
             try {

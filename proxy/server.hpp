@@ -274,12 +274,14 @@ public:
     // Re-reads every listener's certificate, key and CA files. On any error nothing changes
     // and the errors are returned (the running certificates stay in use).
     std::vector<std::string> reload_security();
-    // The TLS settings `next` changes from `current` (a listener's certificate, key, client CA
-    // or CRL paths and options, a forward proxy's CA, the admin API's), built once as a
-    // reload would build them: every one that cannot be is an error in `errs`, with its JSON
-    // path. A change to them is refused whole when one fails (a CRL added to revoke a leaked
-    // certificate must not leave it serving under a change reported applied). Files that
-    // stay the same are not judged here: a renewal that fails keeps what serves (a warning).
+    // The TLS settings `next` changes from `current` (the admin API's certificate, key,
+    // client CA or CRL paths and options, applied with the change; a listener's or a forward
+    // proxy's CA, by listener name, which take effect at a restart), built once as they
+    // would be: every one that cannot be is an error in `errs`, with its JSON path. A change
+    // is refused whole when one fails (a CRL added to revoke a leaked certificate must not
+    // leave it accepted under a change reported applied; a listener a restart could not
+    // start is refused now). Settings that stay the same are not judged here: a renewal of
+    // the same files that fails keeps what serves (a warning).
     void check_tls_change(const config& current, const config& next, cfg::errors& errs) const;
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }

@@ -218,12 +218,15 @@ TEST(admin_api, an_apply_whose_tls_cannot_be_built_is_refused) {
                 "{\"name\": \"t\", \"address\": \"127.0.0.1:0\", \"tls\": {\"cert_file\": \"" + certs +
                     "/server.pem\", \"key_file\": \"" + certs + "/wrong-name.key\"}}");
     const auto before = f.bb.server().current_config();
+    const auto stored_before = admin(f.port(), http::verb::get, "/v1/config", "admin-token").body();
     const auto refused = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
                                "{\"reason\":\"tls\",\"config\":" + cfg + "}");
     EXPECT_EQ(refused.result_int(), 400u) << refused.body();
     EXPECT_EQ(code_of(refused), "invalid_config");
     EXPECT_NE(refused.body().find("listeners[0].tls: TLS key"), std::string::npos) << refused.body();
     EXPECT_EQ(f.bb.server().current_config(), before);
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/config", "admin-token").body(), stored_before)
+        << "a version was stored";
 }
 
 // An apply that fails after its version was stored (here: the rules' saved counts cannot be
