@@ -8,6 +8,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <poll.h>
+
 #include <atomic>
 #include <thread>
 
@@ -299,19 +301,25 @@ TEST(AlertsDispatcher, FullQueueStillTakesResolves) {
     fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::hang(); }};
     auto cfg = quick({webhook_sink(rx)});
     cfg.queue_max = 5;
-    cfg.timeout = 300ms;
+    cfg.timeout = 1s;  // the first alert hangs in flight meanwhile; the queue only grows
     auto d = std::make_unique<dispatcher>(cfg);
-    for (int i = 0; i < 20; ++i) {
+    d->publish(make_alert());
+    for (int i = 0; i < 500 && rx.count() == 0; ++i) {
+        ::poll(nullptr, 0, 10);  // bounded: until the receiver holds it
+    }
+    ASSERT_EQ(rx.count(), 1u);
+    for (int i = 0; i < 19; ++i) {
         d->publish(make_alert());
     }
     const auto full = d->queued();
+    ASSERT_EQ(full, cfg.queue_max);
     const auto dropped = d->stats()[0].dropped;
     auto resolve = make_alert();
     resolve.resolve = true;
     for (int i = 0; i < 3; ++i) {
         d->publish(resolve);
     }
-    EXPECT_GE(d->queued(), full + 2);  // (the worker may take one into flight meanwhile)
+    EXPECT_EQ(d->queued(), full + 3);
     EXPECT_EQ(d->stats()[0].dropped, dropped);
     for (int i = 0; i < 10; ++i) {
         d->publish(resolve);  // bounded all the same
