@@ -145,6 +145,10 @@ TEST(CtlArgs, UsageErrors) {
     expect_usage_error({"mode", "b", "--reason", "r"}, "needs a breaker instance ID and a mode");
     expect_usage_error({"mode", "b", "open", "--reason", "r"}, "is not a mode");
     expect_usage_error({"mode", "b", "auto", "--expires-in", "10x", "--reason", "r"}, "--expires-in");
+    // What the server refuses is a usage error here: an expiry on auto, a limit past 1000.
+    expect_usage_error({"mode", "b", "auto", "--expires-in", "10m", "--reason", "r"}, "not auto");
+    expect_usage_error({"breakers", "--limit", "5000"}, "1 to 1000");
+    expect_usage_error({"quarantine", "list", "--limit", "1001"}, "1 to 1000");
     expect_usage_error({"quarantine"}, "quarantine needs");
     expect_usage_error({"quarantine", "purge"}, "unknown subcommand");
     expect_usage_error({"quarantine", "list", "--state", "lost"}, "is not a state");
