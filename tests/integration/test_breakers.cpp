@@ -370,6 +370,18 @@ TEST(health, a_probe_contained_by_another_breaker_is_no_verdict_on_the_upstream)
     EXPECT_EQ(bb.server().breakers()->get("upstream/sendgrid", clock.now())->st, bb::breakers::state::closed);
 }
 
+namespace {
+
+// Adds an upstream "sink" at `port` (a sandbox breaker's alternate upstream) to a
+// guarded_config.
+void add_sink_upstream(std::string& cfg, std::uint16_t port) {
+    const std::string end_of_upstreams = "}],\"routes\"";
+    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
+                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(port) + "\"}],\"routes\"");
+}
+
+}  // namespace
+
 // The probe slot of a half-open upstream breaker went to a request a sandbox breaker sent to
 // its sandbox upstream: the sandbox's 200 says nothing of the real upstream, whose breaker
 // stays half-open (it used to close on it, letting real sends flood back to a down API).
@@ -382,9 +394,7 @@ TEST(health, a_probe_sent_to_the_sandbox_upstream_is_no_verdict_on_the_real_one)
     std::string cfg = guarded_config(
         up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})",
         1000000, R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
-    const std::string end_of_upstreams = "}],\"routes\"";
-    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
-                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    add_sink_upstream(cfg, sink.port());
     proxy_instance bb{cfg, &clock};
     EXPECT_EQ(http_request(bb.port(), http::verb::get, "/a").result_int(), 502u);
     EXPECT_EQ(http_request(bb.port(), http::verb::get, "/b").result_int(), 502u);
@@ -416,9 +426,7 @@ TEST(health, a_sandboxed_request_settles_no_probe) {
         up.port(), dir,
         R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}},)"
         R"({"id": "errors", "action": "pause", "reset": "auto", "cooldown": "10s"})");
-    const std::string end_of_upstreams = "}],\"routes\"";
-    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
-                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    add_sink_upstream(cfg, sink.port());
     const std::string rules = "\"rules\": [";
     cfg.replace(cfg.find(rules), rules.size(),
                 rules + R"({"id": "errs", "route": "mail-send", "measure": {"per_request": "requests"}, "limit": 1000000,)"
@@ -452,9 +460,7 @@ TEST(sandbox, an_alternate_upstream_gets_no_credentials) {
     const auto dir = temp_dir();
     std::string cfg = guarded_config(
         up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
-    const std::string end_of_upstreams = "}],\"routes\"";
-    cfg.replace(cfg.find(end_of_upstreams), end_of_upstreams.size(),
-                "}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) + "\"}],\"routes\"");
+    add_sink_upstream(cfg, sink.port());
     proxy_instance bb{cfg, &clock};
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
     std::string m = mail(1, "x");
