@@ -13,7 +13,9 @@
 
 #include <boost/beast/http/write.hpp>
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -693,6 +695,47 @@ TEST(pool, connection_close_from_upstream_is_not_reused) {
         ASSERT_EQ(client.read_response().result_int(), 200u);
     }
     EXPECT_EQ(up.connections_accepted(), 3u);
+}
+
+// A process out of file descriptors cannot connect to its upstream: that is our limit, not
+// the upstream's fault. 503 as for a full pool, and no failure on the upstream's health
+// record (counted as one, it tripped upstream/<name> and paused every agent).
+TEST(pool, out_of_file_descriptors_is_our_overload_not_an_upstream_failure) {
+    fake_upstream up;
+    auto cfg = make_config(local_url(up.port()), "", R"("health": {"consecutive_failures": 1, "cooldown": "10s"})", "", 1);
+    const std::string catch_all = "\"path_prefix\": \"/\"}";
+    cfg.replace(cfg.find(catch_all), catch_all.size(), "\"path_prefix\": \"/ok\"}");
+    // A store of its own: a run that tripped upstream/up must not leave it open for the next.
+    cfg.insert(1, "\"store\": {\"path\": \"" + temp_dir() + "/bb.db\"}, ");
+    proxy_instance bb{cfg};
+    raw_client client{bb.port()};
+    client.send("GET /nope HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_EQ(client.read_response().result_int(), 404u);  // accepted, kept alive, no upstream yet
+    // Every descriptor the soft limit allows is taken (bounded: the limit is lowered first).
+    rlimit was{};
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &was), 0);
+    rlimit low = was;
+    low.rlim_cur = std::min<rlim_t>(was.rlim_cur, 4096);
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    std::vector<int> taken;
+    for (int fd; taken.size() < 4096 && (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) {
+        taken.push_back(fd);
+    }
+    const int open_errno = errno;
+    client.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    auto res = client.read_response();
+    for (const int fd : taken) {
+        ::close(fd);
+    }
+    ::setrlimit(RLIMIT_NOFILE, &was);
+    ASSERT_EQ(open_errno, EMFILE);
+    EXPECT_EQ(res.result_int(), 503u) << res.body();
+    EXPECT_EQ(body_code(res), "upstream_overloaded");
+    EXPECT_FALSE(res["retry-after"].empty());
+    const auto health = bb.server().breakers()->get("upstream/up", bb.server().now());
+    EXPECT_TRUE(!health || health->st == bb::breakers::state::closed) << "our descriptors tripped the upstream";
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/ok").result_int(), 200u);
+    EXPECT_EQ(up.request_count(), 1u);
 }
 
 TEST(pool, max_connections_per_worker_gives_503_when_exhausted) {
