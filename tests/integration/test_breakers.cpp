@@ -833,6 +833,16 @@ TEST(sandbox, sendgrid_body_is_rewritten_to_sandbox_mode) {
     EXPECT_EQ(reqs[1].req[http::field::content_length], std::to_string(body.size()));
 }
 
+// The mail the release tests hold: sent with `headers` beside its content type, it must be
+// answered 202; its ticket ("" when it was not held, which the caller asserts against).
+const std::string held_mail = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+std::string hold_mail(proxy_instance& bb, std::vector<std::pair<std::string, std::string>> headers = {}) {
+    headers.insert(headers.begin(), {"content-type", "application/json"});
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", held_mail, headers);
+    EXPECT_EQ(res.result_int(), 202u) << res.body();
+    return std::string{res["x-breakerbox-ticket"]};
+}
+
 // A request covered by an open quarantine breaker and an open sandbox breaker is held in
 // its dry-run version whichever rule comes first (it was held as sent, to be released for
 // real, when the quarantine's rule came first); an open pause breaker wins over a hold.
@@ -858,7 +868,7 @@ TEST(sandbox, quarantine_and_sandbox_together_hold_the_request_as_sent_whatever_
         auto& reg = *bb.server().breakers();
         ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
         ASSERT_TRUE(reg.manual_trip("dry", "ops", "dry runs only", bb.server().now()));
-        const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
+        const std::string& body = held_mail;
         auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
         ASSERT_EQ(res.result_int(), 202u) << quarantine_first << res.body();
         const std::string ticket{res["x-breakerbox-ticket"]};
@@ -911,11 +921,8 @@ TEST(sandbox, a_release_waits_while_the_breaker_wide_sandbox_still_applies) {
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
     ASSERT_TRUE(reg.manual_trip("dry/spring", "ops", "dry runs only", bb.server().now()));
-    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
-    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
-    ASSERT_EQ(res.result_int(), 202u) << res.body();
-    const std::string ticket{res["x-breakerbox-ticket"]};
+    const std::string ticket = hold_mail(bb, {{"x-campaign-id", "spring"}});
+    ASSERT_FALSE(ticket.empty());
     ASSERT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "dry/spring");
     // The whole breaker forced open, the key's own trip reset: still a dry run live.
     ASSERT_TRUE(reg.set_mode("dry", bb::breakers::mode::forced_open, std::nullopt, "ops", "all dry", bb.server().now()));
@@ -939,11 +946,8 @@ TEST(sandbox, a_release_waits_for_a_sandbox_that_began_after_the_hold) {
     proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "header:x-campaign-id")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
-    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
-    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "spring"}});
-    ASSERT_EQ(res.result_int(), 202u) << res.body();
-    const std::string ticket{res["x-breakerbox-ticket"]};
+    const std::string ticket = hold_mail(bb, {{"x-campaign-id", "spring"}});
+    ASSERT_FALSE(ticket.empty());
     ASSERT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "");
     ASSERT_TRUE(reg.manual_trip("dry/spring", "ops", "dry runs only", bb.server().now()));
     auto refused = bb.server().remediation().release(ticket, "ops").get();
@@ -968,11 +972,8 @@ TEST(sandbox, a_release_reads_the_host_as_the_live_path_does) {
     proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "host")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
-    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
-    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
-                            {{"content-type", "application/json"}, {"host", "API.Example.com"}});
-    ASSERT_EQ(res.result_int(), 202u) << res.body();
-    const std::string ticket{res["x-breakerbox-ticket"]};
+    const std::string ticket = hold_mail(bb, {{"host", "API.Example.com"}});
+    ASSERT_FALSE(ticket.empty());
     // Live, this route's requests are keyed by its upstream's host.
     ASSERT_TRUE(reg.manual_trip("dry/127.0.0.1", "ops", "dry runs only", bb.server().now()));
     auto refused = bb.server().remediation().release(ticket, "ops").get();
@@ -988,11 +989,8 @@ TEST(sandbox, a_release_reads_the_clients_forwarded_for) {
     proxy_instance bb{hold_and_sandbox_config(up.port(), dir, "header:x-forwarded-for")};
     auto& reg = *bb.server().breakers();
     ASSERT_TRUE(reg.manual_trip("hold", "ops", "held for review", bb.server().now()));
-    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
-    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body,
-                            {{"content-type", "application/json"}, {"x-forwarded-for", "10.0.0.7"}});
-    ASSERT_EQ(res.result_int(), 202u) << res.body();
-    const std::string ticket{res["x-breakerbox-ticket"]};
+    const std::string ticket = hold_mail(bb, {{"x-forwarded-for", "10.0.0.7"}});
+    ASSERT_FALSE(ticket.empty());
     ASSERT_TRUE(reg.manual_trip("dry/10.0.0.7", "ops", "dry runs only", bb.server().now()));
     auto refused = bb.server().remediation().release(ticket, "ops").get();
     EXPECT_EQ(refused.code, "sandboxed") << refused.message;
@@ -1058,10 +1056,8 @@ TEST(sandbox, a_hold_names_every_sandbox_that_applied_and_a_release_waits_for_al
     for (const char* b : {"hold", "dry-a", "dry-b"}) {
         ASSERT_TRUE(reg.manual_trip(b, "ops", "test", bb.server().now()));
     }
-    const std::string body = R"({"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"})";
-    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
-    ASSERT_EQ(res.result_int(), 202u) << res.body();
-    const std::string ticket{res["x-breakerbox-ticket"]};
+    const std::string ticket = hold_mail(bb);
+    ASSERT_FALSE(ticket.empty());
     EXPECT_EQ(bb.server().db()->get(ticket)->sandboxed_by, "dry-a\ndry-b");
     ASSERT_TRUE(reg.reset("dry-b", "ops", "b over", bb.server().now()));
     auto refused = bb.server().remediation().release(ticket, "ops").get();
