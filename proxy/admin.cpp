@@ -3022,11 +3022,16 @@ std::string render_metrics(server& srv) {
         o += "# TYPE breakerbox_forwarded_keys gauge\n";
         o += "breakerbox_forwarded_keys " + std::to_string(srv.forwarded().size()) + "\n";
         o += "# HELP breakerbox_forwarded_keys_dropped_young_total Keys of requests sent live forgotten within their "
-             "24 hours for the bound of 200,000 (a retry of one could be held).\n";
+             "24 hours for their bound, store.idempotency_keys (a retry of one could be held).\n";
         o += "# TYPE breakerbox_forwarded_keys_dropped_young_total counter\n";
         o += "breakerbox_forwarded_keys_dropped_young_total " + std::to_string(srv.forwarded().dropped_young()) + "\n";
+        o += "# HELP breakerbox_forwarded_keys_journal_failures_total Changes to the keys of requests sent live "
+             "that their journal could not take (a crash before the next save of them to the store forgets them).\n";
+        o += "# TYPE breakerbox_forwarded_keys_journal_failures_total counter\n";
+        o += "breakerbox_forwarded_keys_journal_failures_total " + std::to_string(srv.forwarded().journal_failures()) +
+             "\n";
         o += "# HELP breakerbox_forwarded_keys_unsaved 1 while the last save of the keys of requests sent live "
-             "failed (a restart would forget those sent since the last save).\n";
+             "failed (those sent since the last save are kept in the journal next to the store meanwhile).\n";
         o += "# TYPE breakerbox_forwarded_keys_unsaved gauge\n";
         o += "breakerbox_forwarded_keys_unsaved " + std::string{srv.forwarded_keys_unsaved() ? "1" : "0"} + "\n";
         o += "# HELP breakerbox_release_results_unrecorded Released requests that went out whose result the store "

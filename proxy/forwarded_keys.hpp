@@ -5,7 +5,9 @@
 // releasing the retry later would send it a second time. Bounded in number and age; the
 // server writes what changed to the store every 50 ms (server_options::keys_save_every) and
 // at shutdown, and reads it back at start (changes()/restore()), so a restart remembers them
-// too (a crash forgets at most those of its last 50 ms and the commit under way). Only a 64-bit digest of (key, route, agent) is kept, never the key.
+// too. Between saves every change is also written to a journal (store/key_journal.hpp) before
+// its request goes out, so a process that dies forgets none of them. Only a 64-bit digest of
+// (key, route, agent) is kept, never the key.
 // Thread-safe.
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <iterator>
 #include <list>
+#include <memory>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "core/sha256.hpp"
+#include "store/key_journal.hpp"
 
 namespace bb::proxy {
 
@@ -91,6 +95,7 @@ public:
             at_.erase(it);
         }
         mark(h);
+        journal(h, before);
     }
 
     // When a request with this key, route and agent was last sent, if within the memory.
@@ -119,9 +124,13 @@ public:
         std::optional<std::int64_t> sent_ms;
     };
     // What changed since the last call, as it stands now; the caller writes it to the store
-    // and hands it back with retry() if the write failed.
-    std::vector<change> changes() {
+    // and hands it back with retry() if the write failed, or calls saved(*journal_file) once
+    // it is in the store (-1: no journal).
+    std::vector<change> changes(int* journal_file = nullptr) {
         std::lock_guard lock{mu_};
+        if (journal_file != nullptr) {
+            *journal_file = journal_ ? journal_->retire() : -1;
+        }
         std::vector<change> out;
         out.reserve(dirty_.size());
         for (const std::uint64_t h : dirty_) {
@@ -138,11 +147,57 @@ public:
             mark(c.digest);
         }
     }
-    // When the store opens (at start, or the reload that opens it): the keys it had (steady
-    // ms on this process's clock) join those noted meanwhile, in the order they were sent;
-    // beyond the bound the least recently sent go. From here on changes are tracked for it.
-    void restore(std::vector<std::pair<std::uint64_t, std::int64_t>> saved, std::int64_t now_ms) {
+    // The changes() that named this journal file are in the store: the file is emptied.
+    void saved(int journal_file) {
         std::lock_guard lock{mu_};
+        if (journal_ && journal_file >= 0 && !journal_->saved(journal_file)) {
+            ++journal_failures_;
+        }
+    }
+    // Wall-clock ms minus this process's steady ms: the journal records wall-clock times
+    // (a restart reads them back onto its own steady clock). Set when the store opens and at
+    // every save.
+    void set_wall_offset(std::int64_t wall_minus_steady_ms) {
+        std::lock_guard lock{mu_};
+        wall_offset_ms_ = wall_minus_steady_ms;
+    }
+    // Changes the journal could not take (a full disk): those are forgotten by a crash
+    // before the next save, as they all were before there was a journal.
+    std::uint64_t journal_failures() const {
+        std::lock_guard lock{mu_};
+        return journal_failures_;
+    }
+    // When the store opens (at start, or the reload that opens it): the keys it had (steady
+    // ms on this process's clock), then what its journal holds (changes made after them, or
+    // saved too: `replay`, oldest first, wall-clock ms, read with `journal`), join those noted
+    // meanwhile, in the order they were sent; beyond the bound the least recently sent go.
+    // From here on changes are tracked for it, and journalled in `journal` when given.
+    void restore(std::vector<std::pair<std::uint64_t, std::int64_t>> saved, std::int64_t now_ms,
+                 std::unique_ptr<store::key_journal> journal = nullptr,
+                 const std::vector<store::key_journal::entry>& replay = {}, std::int64_t wall_now_ms = 0) {
+        std::lock_guard lock{mu_};
+        if (!replay.empty()) {
+            // The journal's changes over the store's rows, one at a time, each as it was made;
+            // the store has not seen them all: written with the next save.
+            std::unordered_map<std::uint64_t, std::int64_t> last;
+            for (const auto& [h, sent] : saved) {
+                auto [it, added] = last.emplace(h, sent);
+                if (!added) {
+                    it->second = std::max(it->second, sent);
+                }
+            }
+            for (const auto& e : replay) {
+                if (e.wall_ms == store::key_journal::forgotten) {
+                    last.erase(e.digest);
+                } else {
+                    last[e.digest] = now_ms - std::max<std::int64_t>(wall_now_ms - e.wall_ms, 0);
+                }
+                dirty_.insert(e.digest);
+            }
+            saved.assign(last.begin(), last.end());
+        }
+        journal_ = std::move(journal);
+        wall_offset_ms_ = wall_now_ms - now_ms;
         for (const auto& [h, sent] : lru_) {
             saved.emplace_back(h, sent);
             dirty_.insert(h);  // noted without a store: not in it yet
@@ -198,8 +253,16 @@ private:
             at_.emplace(h, std::prev(lru_.end()));
         }
         mark(h);
+        journal(h, now_ms);
         expire(now_ms);
         return before;
+    }
+
+    // With mu_ held: this change goes to the journal before its request goes out.
+    void journal(std::uint64_t h, std::optional<std::int64_t> sent_ms) {
+        if (journal_ && !journal_->append(h, sent_ms ? *sent_ms + wall_offset_ms_ : store::key_journal::forgotten)) {
+            ++journal_failures_;
+        }
     }
 
     // Least recently sent first: drops what is past the memory, and past `max_` keys the
@@ -234,6 +297,9 @@ private:
     std::uint64_t dropped_young_ = 0;
     std::unordered_set<std::uint64_t> dirty_;  // digests changed since changes()
     bool persisted_ = false;                    // a store keeps them (restore() ran)
+    std::unique_ptr<store::key_journal> journal_;  // null: no store, or none given
+    std::int64_t wall_offset_ms_ = 0;
+    std::uint64_t journal_failures_ = 0;
 };
 
 }  // namespace bb::proxy

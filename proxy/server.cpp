@@ -550,8 +550,13 @@ void server::open_store(const store_config& sc) {
     const auto steady_now_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
     std::vector<std::pair<std::uint64_t, std::int64_t>> saved_keys;
+    // Changes to them since the store's last save, from the journal a crash leaves behind.
+    std::vector<store::key_journal::entry> journalled_keys;
+    std::unique_ptr<store::key_journal> keys_journal;
+    const auto keys_wall_now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
     {
-        const auto wall_now =
+        const auto wall_now = keys_wall_now;
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
         auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_.max(), &error);
         if (!keys) {
@@ -565,6 +570,21 @@ void server::open_store(const store_config& sc) {
         }
         if (!saved_keys.empty()) {
             spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
+        }
+        keys_journal = store::key_journal::open(sc.path, &journalled_keys, &error);
+        if (!keys_journal) {
+            throw std::runtime_error("cannot open the journal of keys of requests sent live: " + error +
+                                     " (refusing to start: their retries could be held and released a second time)");
+        }
+        if (!journalled_keys.empty()) {
+            spdlog::info("replayed {} change(s) to the keys of requests sent live from {} (made after the store's "
+                         "last save of them)",
+                         journalled_keys.size(), sc.path + ".sent-keys.*");
+        }
+        if (keys_journal->skipped_at_open() > 0) {
+            spdlog::warn("{} damaged entr(ies) in the journal of keys of requests sent live skipped (left by a crash "
+                         "of the machine?); the keys they held are not remembered",
+                         keys_journal->skipped_at_open());
         }
     }
     const auto legacy = sc.breaker_state_path();
@@ -734,7 +754,8 @@ void server::open_store(const store_config& sc) {
                          legacy, ec.message());
         }
     }
-    forwarded_.restore(std::move(saved_keys), steady_now_ms);  // read above, with the breaker state
+    forwarded_.restore(std::move(saved_keys), steady_now_ms, std::move(keys_journal), journalled_keys,
+                       keys_wall_now);  // read above, with the breaker state
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);
@@ -755,9 +776,18 @@ bool server::save_forwarded_keys(bool wait) {
         }
         forwarded_saving_ = true;
     }
-    auto finish = [this](const std::vector<forwarded_keys::change>* failed, const store::result* r) {
+    // `journal_file`: the journal file the changes' save covers (forwarded_keys::changes()).
+    auto finish = [this](const std::vector<forwarded_keys::change>* failed, const store::result* r,
+                         int journal_file) {
         if (failed != nullptr) {
             forwarded_.retry(*failed);  // with the next save
+        } else if (r != nullptr && r->ok) {
+            forwarded_.saved(journal_file);  // its entries are in the store now
+        }
+        if (const auto lost = forwarded_.journal_failures(); lost != journal_failures_logged_.exchange(lost)) {
+            spdlog::warn("{} change(s) to the keys of requests sent live could not be written to their journal "
+                         "(disk full?) since the start: a crash before the next save of them forgets them",
+                         lost);
         }
         std::lock_guard lock{forwarded_mu_};
         forwarded_saving_ = false;
@@ -774,18 +804,21 @@ bool server::save_forwarded_keys(bool wait) {
         forwarded_cv_.notify_all();  // under the lock: a waiter that returns may destroy us
     };
     std::vector<forwarded_keys::change> changes;
+    int journal_file = -1;
     std::future<bool> saved;
     try {
-        changes = forwarded_.changes();
-        if (changes.empty()) {
-            finish(nullptr, nullptr);  // aged rows go with the next save that writes something
-            return true;
-        }
-        // Steady times of this process onto the wall clock, through one reading of both.
+        // Steady times of this process onto the wall clock, through one reading of both (the
+        // journal's too, from here on).
         const auto steady_now =
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
         const auto wall_now =
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
+        forwarded_.set_wall_offset(wall_now - steady_now);
+        changes = forwarded_.changes(&journal_file);
+        if (changes.empty()) {
+            finish(nullptr, nullptr, -1);  // aged rows go with the next save that writes something
+            return true;
+        }
         std::vector<store::database::forwarded_key> rows;
         rows.reserve(changes.size());
         for (const auto& c : changes) {
@@ -794,14 +827,14 @@ bool server::save_forwarded_keys(bool wait) {
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
         db()->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
-                                  [finish, changes, done](const store::result& r) {
-                                      finish(r.ok ? nullptr : &changes, &r);
+                                  [finish, changes, done, journal_file](const store::result& r) {
+                                      finish(r.ok ? nullptr : &changes, &r, journal_file);
                                       done->set_value(r.ok);
                                   });
     } catch (const std::exception& e) {
         // Not queued (the store queues an operation whole or not at all).
         const store::result failed = store::result::failure("save_failed", e.what());
-        finish(&changes, &failed);
+        finish(&changes, &failed, -1);
         return false;
     }
     return !wait || saved.get();

@@ -229,9 +229,9 @@ struct server_options {
     // How often the rule meters are saved for a restart (tests stretch it to see the save
     // at shutdown alone).
     std::chrono::milliseconds meter_save_every{1000};
-    // How often the Idempotency-Keys of requests sent live are saved when some changed: a
-    // crash forgets those sent in its last such interval (plus a commit). Short, because the
-    // request a crash cuts off is the one its client retries.
+    // How often the Idempotency-Keys of requests sent live are saved when some changed. What
+    // changed since is in their journal (store/key_journal.hpp), which a crash leaves behind;
+    // short, so that the journal stays small.
     std::chrono::milliseconds keys_save_every{50};
     // Not 0: the config runs from this stored version, not from the file at config_path,
     // which is unchanged since it was read as an earlier version (choose_startup_config).
@@ -416,6 +416,7 @@ private:
     bool meters_failing_ = false;
     // Before db_ too (a save's completion hands failed keys back).
     forwarded_keys forwarded_;
+    std::atomic<std::uint64_t> journal_failures_logged_{0};  // forwarded_.journal_failures() last logged
     // save_forwarded_keys(): one save at a time; whether the last one failed.
     std::mutex forwarded_mu_;
     std::condition_variable forwarded_cv_;

@@ -759,6 +759,54 @@ TEST(durability, a_cap_keeps_its_counts_across_kill_9_and_sigterm_restarts) {
     EXPECT_EQ(again.wait_exit(), 0);
 }
 
+// The key of a request sent live is remembered across a kill -9 that comes before the store's
+// next save of it (every 50 ms): the journal beside the store holds it from before the request
+// went out. A retry of it once a breaker quarantines is refused, never held to be released into
+// a second send. (Before the journal, a crash forgot the keys of its last 50 ms: the requests
+// it cut off, the very ones clients retry.)
+TEST(durability, a_key_sent_live_just_before_kill_9_is_remembered_after_restart) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
+    cfg.insert(cfg.rfind('}'),
+               ", \"store\": {\"path\": \"" + dir +
+                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+                   "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
+                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
+                   "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
+    write_file(dir + "/bb.json", cfg);
+    auto send = [&](std::uint16_t port, const std::string& body, const std::string& key) {
+        std::vector<std::pair<std::string, std::string>> headers{{"content-type", "application/json"},
+                                                                 {"x-campaign-id", "spring"}};
+        if (!key.empty()) {
+            headers.emplace_back("idempotency-key", key);
+        }
+        return http_request(port, http::verb::post, "/v3/mail/send", body, headers);
+    };
+    {
+        child bb{{"--config", dir + "/bb.json"}};
+        const auto port = started_port(bb);
+        ASSERT_NE(port, 0);
+        ASSERT_EQ(send(port, R"({"to":[1]})", "k-1").result_int(), 202u);
+        ::kill(bb.pid(), SIGKILL);  // at once: the 50 ms save has most likely not run
+        EXPECT_EQ(bb.wait_exit(), 128 + SIGKILL);
+    }
+    ASSERT_EQ(up.request_count(), 1u);
+    child again{{"--config", dir + "/bb.json"}};
+    const auto port = started_port(again);
+    ASSERT_NE(port, 0);
+    const auto trip = send(port, R"({"to":[1,2,3]})", "");  // over the cap: trips, and is held
+    ASSERT_EQ(trip.result_int(), 202u) << trip;
+    ASSERT_FALSE(trip["x-breakerbox-ticket"].empty()) << trip;
+    const auto retry = send(port, R"({"to":[1]})", "k-1");
+    EXPECT_EQ(retry.result_int(), 409u) << retry;
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    EXPECT_EQ(up.request_count(), 1u);
+    ::kill(again.pid(), SIGTERM);
+    EXPECT_EQ(again.wait_exit(), 0);
+}
+
 TEST(durability, a_corrupt_state_file_refuses_to_start) {
     const auto dir = temp_dir();
     std::string cfg = make_config("http://127.0.0.1:9");

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <map>
 
 namespace bb::proxy {
@@ -168,6 +171,56 @@ TEST(forwarded_keys, keys_noted_before_a_store_opens_join_it_in_order) {
         remembered += c.sent_ms.has_value();
     }
     EXPECT_EQ(remembered, 2u) << "pre98 and pre99 were never in the store";
+}
+
+// A process that dies between two saves: what its journal holds is replayed over the store's
+// rows at the next start, each change as it was made (a forgotten send stays forgotten), and
+// written to the store with the next save.
+TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores_rows) {
+    const auto dir = std::filesystem::temp_directory_path() / ("bb_fkeys_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string base = (dir / "bb.db").string();
+    const std::int64_t wall0 = 1'700'000'000'000;  // wall clock = steady + wall0 in the first process
+    auto journal = [&](std::vector<store::key_journal::entry>* replay) {
+        std::string error;
+        auto j = store::key_journal::open(base, replay, &error);
+        EXPECT_TRUE(j) << error;
+        return j;
+    };
+    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    {
+        forwarded_keys k{10, 1h};
+        std::vector<store::key_journal::entry> none;
+        k.restore({}, 0, journal(&none), none, wall0);
+        k.note("saved", "r", "", 1000);
+        int file = -1;
+        ASSERT_EQ(k.changes(&file).size(), 1u);
+        k.saved(file);  // "saved" is in the store now (the rows given below)
+        k.note("a", "r", "", 2000);
+        const auto before = k.note("gone", "r", "", 2001);
+        k.note("saved", "r", "", 2002);
+        k.forget("gone", "r", "", 2001, before);  // went nowhere
+        // The process dies here: no save.
+    }
+    std::vector<store::key_journal::entry> replay;
+    auto j = journal(&replay);
+    ASSERT_EQ(replay.size(), 4u) << "the saved file was emptied; the four changes after it are left";
+    forwarded_keys k{10, 1h};
+    // The second process: its steady clock starts at 0, the wall clock 10 s on.
+    const std::int64_t now = 5000;
+    k.restore({{h("saved"), now - 9000}}, now, std::move(j), replay, wall0 + 10'000);
+    EXPECT_EQ(k.sent_at("a", "r", "", now), now - 8000) << "sent 8 s before the restart";
+    EXPECT_EQ(k.sent_at("saved", "r", "", now), now - 7998) << "the journal's later send";
+    EXPECT_FALSE(k.sent_at("gone", "r", "", now)) << "forgotten, as it was before the crash";
+    std::map<std::uint64_t, std::optional<std::int64_t>> got;
+    for (const auto& c : k.changes()) {
+        got[c.digest] = c.sent_ms;
+    }
+    EXPECT_EQ(got.size(), 3u) << "what the journal changed goes to the store with the next save";
+    EXPECT_EQ(got.at(h("a")), now - 8000);
+    EXPECT_EQ(got.at(h("gone")), std::nullopt);
+    std::filesystem::remove_all(dir);
 }
 
 // The digest is what the store keeps across versions: the first 8 bytes of SHA-256 of
