@@ -1,5 +1,6 @@
 #include "proxy/server.hpp"
 
+#include "core/fd_limit.hpp"
 #include "core/file.hpp"
 #include "core/host_name.hpp"
 #include "core/sha256.hpp"
@@ -1717,7 +1718,30 @@ void server::release_connection() {
     connections_.fetch_sub(1, std::memory_order_relaxed);
 }
 
+namespace {
+
+// Raises the process's descriptor limit for what `c` can need (core/fd_limit.hpp), and says
+// when it cannot be raised far enough: past it, connections are refused or answered 503.
+void ensure_fd_limit(const config& c) {
+    const auto needed = fds_needed(c.limits.max_connections, c.admin.enabled ? c.admin.max_connections : 0);
+    const auto r = raise_fd_limit(needed);
+    if (r.now > r.before) {
+        spdlog::info("open file limit raised from {} to {} (limits.max_connections {} needs about {})", r.before,
+                     r.now, c.limits.max_connections, needed);
+    }
+    if (r.now < needed) {
+        spdlog::warn("open file limit {} (hard limit {}{}) is below the about {} that limits.max_connections {} "
+                     "needs: past about {} connections new ones are refused or answered 503. Raise the hard limit "
+                     "(LimitNOFILE= in systemd, ulimit -Hn, docker --ulimit nofile=) or lower limits.max_connections",
+                     r.now, r.hard, r.error.empty() ? "" : "; raising failed: " + r.error, needed,
+                     c.limits.max_connections, r.now > 300 ? (r.now - 256) / 2 : 0);
+    }
+}
+
+}  // namespace
+
 void server::start() {
+    ensure_fd_limit(*cfg_);
     if (opts_.handle_signals && !signals_) {
         // Registered before any listener exists: a SIGTERM that arrives while we start is
         // queued for run() instead of killing the process with requests in flight.
@@ -1860,6 +1884,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    if (started_ && effective->limits.max_connections != before->limits.max_connections) {
+        ensure_fd_limit(*effective);
     }
     if (db()) {
         // The hold limits apply from the next hold (store.path alone needs a restart); only
