@@ -32,8 +32,18 @@ void check_client_crl_times(boost::asio::ssl::context& ctx, const tls_files& fil
     if (files.client_crl_file.empty()) {
         return;
     }
-    // Read only: the objects are not changed after the context was built.
-    STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx.native_handle()));
+    // Under the store's lock: no object is added after the context was built, but handshakes
+    // running on the workers meanwhile look issuers and CRLs up in this stack, and OpenSSL
+    // sorts it in place on such a lookup (sk_X509_OBJECT_find), under this lock.
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx.native_handle());
+    if (X509_STORE_lock(store) != 1) {
+        throw std::runtime_error("TLS client CRL " + files.client_crl_file + ": cannot lock the certificate store");
+    }
+    struct unlock {
+        X509_STORE* s;
+        ~unlock() { X509_STORE_unlock(s); }
+    } unlocked_at_exit{store};
+    STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
     for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
         const X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
         if (crl == nullptr) {
