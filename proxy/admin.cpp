@@ -2589,6 +2589,9 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                                          std::shared_ptr<asio::ssl::context> verified_under) {
     beast::flat_buffer buf;
     std::string scratch;
+    // When the client certificate (or one of its chain) expires: from then on it identifies
+    // nobody on this connection, as a new handshake would refuse it.
+    const auto cert_expires = ssl != nullptr ? verified_chain_expiry(ssl) : std::nullopt;
     for (;;) {
         const auto cfg = srv_.current_config();
         request_parser parser;
@@ -2670,6 +2673,11 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                     }
                     verified_under = std::move(now_tls);
                 }
+            }
+            if (ssl != nullptr && cert_expires && srv_.time().wall_now() > *cert_expires) {
+                spdlog::info("admin: a connection's client certificate expired while it was open: it identifies "
+                             "nobody there from now on");
+                ssl = nullptr;
             }
             std::optional<caller> who = ssl != nullptr ? cert_caller(*now_cfg, ssl) : std::nullopt;
             if (!who) {

@@ -800,6 +800,8 @@ struct client_info {
     // was verified under (reverify_peer when a reload replaced them).
     SSL* ssl = nullptr;
     std::shared_ptr<const listener_security> verified_under;
+    // When that certificate (or a certificate of its chain) stops being valid.
+    std::optional<std::chrono::system_clock::time_point> cert_expires;
 };
 
 // The agent key a request presents, as the SHA-256 of it (bytes): x-breakerbox-key, else
@@ -1257,6 +1259,20 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 ci.verified_under = std::move(now);
             }
+        }
+        // Nor does it outlive the certificate: the handshake's verification is not repeated per
+        // request, so a certificate (or an intermediate) that expires during a keep-alive
+        // connection would go on naming its agent. Refused as a new handshake would be.
+        if (ci.ssl != nullptr && !ci.cert_names.empty() && ci.cert_expires &&
+            w.owner().time().wall_now() > *ci.cert_expires) {
+            rec.method = std::string{parser.get().method_string()};
+            rec.target = parser.get().target();
+            head_request = parser.get().method() == http::verb::head;
+            co_await reply({http::status::unauthorized, "denied", "unauthenticated",
+                            "the client certificate (or a certificate of its chain) expired during this "
+                            "connection: it identifies nobody now; connect again with a renewed certificate"},
+                           false);
+            break;
         }
         const agent_config* agent = nullptr;
         const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
@@ -2733,6 +2749,7 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     if (leaf == nullptr && ci.verified_under != nullptr && SSL_get0_peer_certificate(stream.native_handle()) != nullptr &&
         SSL_get_verify_result(stream.native_handle()) == X509_V_OK) {
         ci.ssl = stream.native_handle();  // verified under the files the caller handshook with (ci.verified_under)
+        ci.cert_expires = verified_chain_expiry(ci.ssl);
     } else {
         ci.ssl = nullptr;
         ci.verified_under = nullptr;

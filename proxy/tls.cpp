@@ -3,6 +3,7 @@
 #include "proxy/openssl_error.hpp"
 
 #include <cstring>
+#include <ctime>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -204,6 +205,26 @@ peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string
     X509_STORE_CTX_free(v);
     ERR_clear_error();
     return ok ? peer_verdict::still_ok : peer_verdict::refused;
+}
+
+std::optional<std::chrono::system_clock::time_point> verified_chain_expiry(SSL* ssl) {
+    STACK_OF(X509)* chain = SSL_get0_verified_chain(ssl);
+    if (chain == nullptr || sk_X509_num(chain) == 0) {
+        return std::nullopt;
+    }
+    std::optional<std::chrono::system_clock::time_point> earliest;
+    for (int i = 0; i < sk_X509_num(chain); ++i) {
+        std::tm tm{};
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(sk_X509_value(chain, i)), &tm) != 1) {
+            ERR_clear_error();
+            return std::nullopt;
+        }
+        const auto t = std::chrono::system_clock::from_time_t(::timegm(&tm));
+        if (!earliest || t < *earliest) {
+            earliest = t;
+        }
+    }
+    return earliest;
 }
 
 std::optional<std::string_view> single_common_name(const X509* cert) {

@@ -6,6 +6,7 @@
 
 #include <boost/asio/ssl/context.hpp>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,6 +41,12 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn =
 // nobody now); `refused` with OpenSSL's reason in *why.
 enum class peer_verdict { still_ok, not_verified, refused };
 peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why);
+
+// When a verified client certificate stops being valid: the earliest notAfter of its
+// verified chain (the leaf, its intermediates and the trust anchor). A keep-alive connection
+// outlives it otherwise: the handshake's verification is not repeated per request.
+// nullopt without a verified certificate, or when a time cannot be read.
+std::optional<std::chrono::system_clock::time_point> verified_chain_expiry(SSL* ssl);
 
 // The subject's common name when it has exactly one (with two, which one "is" the subject
 // depends on who reads it); a view into `cert`.

@@ -1723,6 +1723,26 @@ TEST(admin_api, a_removed_certificate_mapping_ends_that_identity_on_an_open_conn
                                                           << out;
 }
 
+// A client certificate that expires while its connection stays open identifies nobody there
+// from then on (the wall clock is a manual one, stepped past the test certificates' ten years).
+TEST(admin_api, a_client_certificate_that_expires_on_an_open_connection_identifies_nobody) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string c = admin_config(up.port(), dir);
+    c.insert(c.find("\"admin\": {") + 10,
+             "\"tls\": {\"cert_file\": \"" + cert("server.pem") + "\", \"key_file\": \"" + cert("server.key") +
+                 "\", \"client_ca_file\": \"" + cert("ca.pem") +
+                 "\"}, \"client_certs\": [{\"name\": \"cert-admin\", \"subject_cn\": \"agent-one\", \"role\": \"admin\"}], ");
+    bb::manual_clock clock;
+    proxy_instance bb{c, &clock};
+    keep_alive_tls kept{bb.server().admin_port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
+    const auto before = kept.get("/v1/breakers");
+    ASSERT_EQ(before.rfind("HTTP/1.1 200", 0), 0u) << before;
+    clock.step_wall(std::chrono::hours{24 * 365 * 12});
+    const auto after = kept.get("/v1/breakers");
+    EXPECT_EQ(after.rfind("HTTP/1.1 401", 0), 0u) << after;
+}
+
 // A mapping can pin one certificate (its SHA-256): another certificate the same CA issued
 // with the same CN (an agent's, say) is then nobody to the admin API.
 TEST(admin_api, a_pinned_client_certificate_mapping_takes_only_that_certificate) {

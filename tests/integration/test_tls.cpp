@@ -328,6 +328,28 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
     EXPECT_EQ(up.request_count(), 8u);
 }
 
+// A client certificate that expires while its keep-alive connection stays open stops naming
+// its agent there: the handshake verified it once, and requests after its notAfter are
+// refused as a new handshake would be (the wall clock here is a manual one, stepped past the
+// test certificates' ten years).
+TEST(tls_listener, a_client_certificate_that_expires_on_an_open_connection_names_nobody) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    bb::manual_clock clock;
+    const std::string agents = "\"agents\": [{\"id\": \"one\", \"cert_names\": [\"agent-one.agents.local\"]}],";
+    proxy_instance bb{tls_config(up.port(), cert("server.pem"), cert("server.key"),
+                                 ", \"client_ca_file\": " + q(cert("ca.pem")) + ", \"require_client_cert\": true",
+                                 ", \"require_agent\": true", agents),
+                      &clock};
+    keep_alive_tls kept{bb.port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
+    ASSERT_EQ(kept.get("/x").rfind("HTTP/1.1 200", 0), 0u);
+    clock.step_wall(std::chrono::hours{24 * 365 * 12});
+    const auto after = kept.get("/x");
+    EXPECT_EQ(after.rfind("HTTP/1.1 401", 0), 0u) << after;
+    EXPECT_NE(after.find("expired during this connection"), std::string::npos) << after;
+    EXPECT_TRUE(kept.closed());
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // Plain HTTP sent to a TLS listener (http:// for https://) is told so in plain HTTP, as
 // nginx does, rather than met with a bare close.
 TEST(tls_listener, plain_http_to_a_tls_listener_gets_a_plain_400) {
