@@ -53,15 +53,9 @@ std::shared_ptr<X509_EXTENSION> own(X509_EXTENSION* p) {
     return {p, X509_EXTENSION_free};
 }
 
-// Without a callback OpenSSL would prompt on the terminal for an encrypted key, which hangs
-// a daemon; refusing makes it a load error instead.
-int no_password(char*, int, int, void*) {
-    return -1;
-}
-
 std::shared_ptr<X509> load_cert(const std::string& file) {
     bio_ptr in{BIO_new_file(file.c_str(), "r")};
-    X509* cert = in ? PEM_read_bio_X509(in.get(), nullptr, no_password, nullptr) : nullptr;
+    X509* cert = in ? PEM_read_bio_X509(in.get(), nullptr, no_password_prompt, nullptr) : nullptr;
     if (cert == nullptr) {
         throw std::runtime_error("CA certificate " + file + ": " + openssl_reason());
     }
@@ -70,7 +64,7 @@ std::shared_ptr<X509> load_cert(const std::string& file) {
 
 std::shared_ptr<EVP_PKEY> load_key(const std::string& file) {
     bio_ptr in{BIO_new_file(file.c_str(), "r")};
-    EVP_PKEY* key = in ? PEM_read_bio_PrivateKey(in.get(), nullptr, no_password, nullptr) : nullptr;
+    EVP_PKEY* key = in ? PEM_read_bio_PrivateKey(in.get(), nullptr, no_password_prompt, nullptr) : nullptr;
     if (key == nullptr) {
         throw std::runtime_error("CA key " + file + ": " + openssl_reason());
     }

@@ -20,4 +20,11 @@ inline std::string openssl_reason() {
     return buf;
 }
 
+// A pem_password_cb that refuses: without one OpenSSL prompts on the terminal for an
+// encrypted key, which hangs a daemon (the control thread, on SIGHUP); refused, it is a
+// load error instead.
+inline int no_password_prompt(char*, int, int, void*) {
+    return -1;
+}
+
 }  // namespace bb::proxy

@@ -17,10 +17,30 @@ namespace bb::proxy {
 
 using bb::credential_name;
 
+// Walks a query string's parameters in order: on_param(param, eq) for each, where `eq` is
+// the place of its `=` when its name (percent-decoded, as the upstream reads it) is a
+// credential's and npos otherwise; on_sep(c) for each separator between two (`&`, `;` and
+// `#` all separate, since upstream servers disagree on the last two and a `#` in a
+// request-target reaches them as sent).
+template <class OnParam, class OnSep>
+void each_query_param(std::string_view query, OnParam&& on_param, OnSep&& on_sep) {
+    while (true) {
+        const auto sep = query.find_first_of("&;#");
+        const std::string_view param = query.substr(0, sep);
+        const auto eq = param.find('=');
+        const bool credential = eq != std::string_view::npos && credential_name(url_decode(param.substr(0, eq)));
+        on_param(param, credential ? eq : std::string_view::npos);
+        if (sep == std::string_view::npos) {
+            return;
+        }
+        on_sep(query[sep]);
+        query.remove_prefix(sep + 1);
+    }
+}
+
 // The target with credentials replaced by `[redacted]`: the value of every credential query
 // parameter (names percent-decoded as the upstream reads them, so `hap%69key` is `hapikey`;
-// `&`, `;` and `#` all separate parameters, since upstream servers disagree on the last two
-// and a `#` in a request-target reaches them as sent), and the user information of an
+// separated as each_query_param reads them), and the user information of an
 // absolute-form or authority-form target (`http://user:pass@host/...`, `user:pass@host:443`). The path and the other parameters are
 // untouched; *changed says whether anything was replaced.
 inline std::string redact_query(std::string_view target, bool* changed = nullptr) {
@@ -63,25 +83,18 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
         return out;
     }
     out.append(target.substr(0, qm + 1));
-    std::string_view query = target.substr(qm + 1);
-    while (true) {
-        const auto sep = query.find_first_of("&;#");
-        const std::string_view param = query.substr(0, sep);
-        const auto eq = param.find('=');
-        if (eq != std::string_view::npos && eq + 1 < param.size() &&
-            credential_name(url_decode(param.substr(0, eq)))) {
-            out.append(param.substr(0, eq + 1));
-            out += "[redacted]";
-            mark();
-        } else {
-            out.append(param);
-        }
-        if (sep == std::string_view::npos) {
-            break;
-        }
-        out += query[sep];
-        query.remove_prefix(sep + 1);
-    }
+    each_query_param(
+        target.substr(qm + 1),
+        [&](std::string_view param, std::size_t eq) {
+            if (eq != std::string_view::npos && eq + 1 < param.size()) {
+                out.append(param.substr(0, eq + 1));
+                out += "[redacted]";
+                mark();
+            } else {
+                out.append(param);
+            }
+        },
+        [&](char sep) { out += sep; });
     return out;
 }
 
@@ -96,29 +109,23 @@ inline std::string without_credential_params(std::string_view target) {
         return std::string{target};
     }
     std::string out{target.substr(0, qm + 1)};
-    std::string_view query = target.substr(qm + 1);
     bool dropped = false;
     bool first = true;
     char before = 0;  // the separator in front of the parameter in hand
-    while (true) {
-        const auto sep = query.find_first_of("&;#");
-        const std::string_view param = query.substr(0, sep);
-        const auto eq = param.find('=');
-        if (eq != std::string_view::npos && credential_name(url_decode(param.substr(0, eq)))) {
-            dropped = true;
-        } else {
+    each_query_param(
+        target.substr(qm + 1),
+        [&](std::string_view param, std::size_t eq) {
+            if (eq != std::string_view::npos) {
+                dropped = true;
+                return;
+            }
             if (!first) {
                 out += before;
             }
             out.append(param);
             first = false;
-        }
-        if (sep == std::string_view::npos) {
-            break;
-        }
-        before = query[sep];
-        query.remove_prefix(sep + 1);
-    }
+        },
+        [&](char sep) { before = sep; });
     if (!dropped) {
         return std::string{target};
     }

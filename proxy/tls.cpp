@@ -89,7 +89,7 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls(const tls_files* file
     // Without a callback OpenSSL prompts on the terminal for an encrypted key: a SIGHUP
     // would hang the control thread (the admin API, expiries, the drain) on a read of stdin.
     // Refused, it is a load error naming the file.
-    SSL_CTX_set_default_passwd_cb(c, [](char*, int, int, void*) { return -1; });
+    SSL_CTX_set_default_passwd_cb(c, no_password_prompt);
     if (SSL_CTX_use_PrivateKey_file(c, files->key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
         throw std::runtime_error("TLS key " + files->key_file + ": " + openssl_reason());
     }
