@@ -408,6 +408,36 @@ TEST(tls_listener, a_tls_change_that_cannot_be_built_is_refused) {
     EXPECT_TRUE(none.empty()) << none.to_string();
 }
 
+// The admin API's TLS is judged the same way, and it is the one applied with the change (a
+// listener's is built at the next restart): a CRL added to revoke a leaked operator
+// certificate that cannot be loaded refuses the change, naming admin.tls, instead of leaving
+// the API running without it.
+TEST(tls_listener, an_admin_tls_change_that_cannot_be_built_is_refused) {
+    fake_upstream up{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    auto with_admin = [&](const std::string& admin_tls_extra) {
+        return tls_config(up.port(), cert("server.pem"), cert("server.key"), "", "",
+                          "\"admin\": {\"address\": \"127.0.0.1:0\", \"tls\": {\"cert_file\": " + q(cert("server.pem")) +
+                              ", \"key_file\": " + q(cert("server.key")) + ", \"client_ca_file\": " + q(cert("ca.pem")) +
+                              admin_tls_extra + "}, \"client_certs\": [{\"name\": \"ops\", \"subject_cn\": "
+                              "\"agent-one\", \"role\": \"admin\"}]},");
+    };
+    proxy_instance bb{with_admin("")};
+    write_crl(dir + "/crl.pem", 1, 2);  // not valid until tomorrow: cannot be loaded
+    auto with_crl = bb::parse_config(with_admin(", \"client_crl_file\": " + q(dir + "/crl.pem")));
+    ASSERT_TRUE(with_crl.errors.empty()) << with_crl.errors.to_string();
+    bb::cfg::errors errs;
+    bb.server().check_tls_change(*bb.server().current_config(), *with_crl.cfg, errs);
+    ASSERT_EQ(errs.size(), 1u) << errs.to_string();
+    EXPECT_NE(errs.to_string().find("admin.tls: "), std::string::npos) << errs.to_string();
+    EXPECT_NE(errs.to_string().find("is not valid until"), std::string::npos) << errs.to_string();
+    // Valid from yesterday: the same change is accepted.
+    write_crl(dir + "/crl.pem", -1, 1);
+    bb::cfg::errors none;
+    bb.server().check_tls_change(*bb.server().current_config(), *with_crl.cfg, none);
+    EXPECT_TRUE(none.empty()) << none.to_string();
+}
+
 // Over the connection limit a TLS listener closes the connection: the plain listener's
 // canned 503 would reach a TLS client as a broken record ("wrong version number").
 TEST(tls_listener, over_the_connection_limit_a_tls_client_is_closed_not_sent_plaintext) {
