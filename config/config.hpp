@@ -114,6 +114,10 @@ struct limits_config {
     std::size_t header_count = 100;              // -> 431
     std::size_t body_bytes = 10 * 1024 * 1024;   // request body -> 413
     std::size_t upstream_body_bytes = 64 * 1024 * 1024;  // upstream response body -> 502
+    // Upstream response bodies held in memory at once, by all connections together (each is
+    // read whole before it is relayed): past it a GET/HEAD/OPTIONS is answered 503, a write's
+    // response is still relayed (its request has acted). At least upstream_body_bytes.
+    std::size_t upstream_buffered_bytes = std::size_t{512} * 1024 * 1024;
     milliseconds header_timeout{10'000};         // whole request head -> 408, close
     milliseconds body_timeout{30'000};           // whole request body -> 408, close
     milliseconds idle_timeout{60'000};           // keep-alive wait for the next request

@@ -3033,6 +3033,15 @@ std::string render_metrics(server& srv) {
              "24 hours for their bound, store.idempotency_keys (a retry of one could be held).\n";
         o += "# TYPE breakerbox_forwarded_keys_dropped_young_total counter\n";
         o += "breakerbox_forwarded_keys_dropped_young_total " + std::to_string(srv.forwarded().dropped_young()) + "\n";
+        o += "# HELP breakerbox_upstream_response_bytes_buffered Upstream response bodies held in memory now, all "
+             "connections together (bounded by limits.upstream_buffered_bytes).\n";
+        o += "# TYPE breakerbox_upstream_response_bytes_buffered gauge\n";
+        o += "breakerbox_upstream_response_bytes_buffered " + std::to_string(srv.response_memory()->used()) + "\n";
+        o += "# HELP breakerbox_upstream_responses_dropped_for_memory_total GET, HEAD and OPTIONS responses dropped "
+             "unread (503 response_buffers_full) because limits.upstream_buffered_bytes was reached.\n";
+        o += "# TYPE breakerbox_upstream_responses_dropped_for_memory_total counter\n";
+        o += "breakerbox_upstream_responses_dropped_for_memory_total " +
+             std::to_string(srv.response_memory()->refused()) + "\n";
         o += "# HELP breakerbox_forwarded_keys_journal_failures_total Changes to the keys of requests sent live "
              "that their journal could not take (a crash before the next save of them to the store forgets them).\n";
         o += "# TYPE breakerbox_forwarded_keys_journal_failures_total counter\n";

@@ -95,7 +95,8 @@ std::shared_ptr<upstream_pool> remediation::pool_for(const config& cfg, std::siz
         if (slot) {
             slot->retire();
         }
-        slot = std::make_shared<upstream_pool>(control_.get_executor(), u, cfg.limits.upstream_body_bytes);
+        slot = std::make_shared<upstream_pool>(control_.get_executor(), u, cfg.limits.upstream_body_bytes,
+                                               srv_.response_memory());
     }
     return slot;
 }
@@ -513,6 +514,12 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         case upstream_failure::connect_timeout:
         case upstream_failure::tls_failed:
             outcome = store::release_outcome::failed;  // nothing was sent
+            detail = ex.detail;
+            break;
+        case upstream_failure::over_budget:
+            // Only a GET, HEAD or OPTIONS is refused for the response budget: it acted on
+            // nothing, and may be released again.
+            outcome = store::release_outcome::failed;
             detail = ex.detail;
             break;
         case upstream_failure::failed_after_send:

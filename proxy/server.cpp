@@ -238,7 +238,8 @@ void worker::apply_runtime(std::shared_ptr<const runtime> rt) {
             }
         }
         if (!keep) {
-            keep = std::make_shared<upstream_pool>(ioc_.get_executor(), u, cfg->limits.upstream_body_bytes);
+            keep = std::make_shared<upstream_pool>(ioc_.get_executor(), u, cfg->limits.upstream_body_bytes,
+                                                   owner_.response_memory());
         }
         pools.push_back(std::move(keep));
     }
@@ -462,7 +463,10 @@ std::string alert_ca_digest(const alerts::alerts_config& a) {
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg, server_options opts)
-    : cfg_(std::move(cfg)), opts_(std::move(opts)), forwarded_(static_cast<std::size_t>(cfg_->store.idempotency_keys)) {
+    : cfg_(std::move(cfg)),
+      opts_(std::move(opts)),
+      forwarded_(static_cast<std::size_t>(cfg_->store.idempotency_keys)),
+      response_memory_(std::make_shared<response_budget>(cfg_->limits.upstream_buffered_bytes)) {
     if (opts_.time != nullptr) {
         clock_ = opts_.time;
     }
@@ -1883,6 +1887,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         cfg_ = effective;
         rt_ = rt;
         max_connections_ = effective->limits.max_connections;
+        response_memory_->set_limit(effective->limits.upstream_buffered_bytes);
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
     }
     if (started_ && effective->limits.max_connections != before->limits.max_connections) {

@@ -50,6 +50,7 @@ class database;
 namespace bb::proxy {
 
 class upstream_pool;
+class response_budget;
 class cert_minter;
 class server;
 
@@ -364,6 +365,8 @@ public:
     class remediation& remediation();
     // Idempotency-Keys of requests sent live (see forwarded_keys.hpp).
     forwarded_keys& forwarded() { return forwarded_; }
+    // Upstream response bodies in memory, all pools together (limits.upstream_buffered_bytes).
+    const std::shared_ptr<response_budget>& response_memory() const { return response_memory_; }
 
     // Connection admission, shared by every worker (exact: never above max_connections).
     bool try_admit();
@@ -416,6 +419,7 @@ private:
     bool meters_failing_ = false;
     // Before db_ too (a save's completion hands failed keys back).
     forwarded_keys forwarded_;
+    std::shared_ptr<response_budget> response_memory_;
     std::atomic<std::uint64_t> journal_failures_logged_{0};  // forwarded_.journal_failures() last logged
     // save_forwarded_keys(): one save at a time; whether the last one failed.
     std::mutex forwarded_mu_;

@@ -683,6 +683,7 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v, s
 http::status failure_status(upstream_failure f) {
     switch (f) {
         case upstream_failure::pool_exhausted:
+        case upstream_failure::over_budget:
         case upstream_failure::connect_timeout: return http::status::service_unavailable;
         case upstream_failure::timeout: return http::status::gateway_timeout;
         default: return http::status::bad_gateway;
@@ -706,10 +707,10 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     const bool failed = ex.failure != upstream_failure::none;
     const unsigned status = failed ? 0 : ex.res.result_int();
     const bool bad = failed || status >= 500;
-    // A response over limits.upstream_body_bytes is our own limit, not the upstream failing
+    // A response over limits.upstream_body_bytes (or past upstream_buffered_bytes) is our own limit, not the upstream failing
     // (a few large list GETs in a row must not open upstream/<name> and pause every write):
     // no verdict for probes or health.
-    const bool our_limit = ex.failure == upstream_failure::too_large;
+    const bool our_limit = ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::over_budget;
     for (const auto& p : probes) {
         if (our_limit) {
             registry.cancel_probe(p.instance, p.round);
@@ -2633,6 +2634,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     break;
                 case upstream_failure::too_large:
                     e.code = "upstream_response_too_large";
+                    break;
+                case upstream_failure::over_budget:
+                    e.code = "response_buffers_full";
                     break;
                 case upstream_failure::bad_response:
                 case upstream_failure::cancelled:

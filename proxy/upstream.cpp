@@ -48,6 +48,7 @@ std::string_view to_string(upstream_failure f) {
         case upstream_failure::timeout: return "timeout";
         case upstream_failure::bad_response: return "bad_response";
         case upstream_failure::too_large: return "too_large";
+        case upstream_failure::over_budget: return "over_budget";
         case upstream_failure::cancelled: return "cancelled";
     }
     return "unknown";
@@ -136,8 +137,9 @@ bool trust_pem(SSL_CTX* ctx, const std::string& pem) {
 
 }  // namespace
 
-upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit)
-    : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit) {
+upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit,
+                             std::shared_ptr<response_budget> budget)
+    : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit), budget_(std::move(budget)) {
     error_code ec;
     const auto addr = asio::ip::make_address(cfg_.host, ec);
     if (!ec) {
@@ -523,10 +525,33 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 // the buffer until their line ends: capped, as on the client side.
                 // (Under 64 KiB: core/read_limits.hpp.)
                 conn->buffer.max_size(std::max(conn->buffer.size(), max_buffered_line));
-                auto [rec, rn] = co_await conn->visit(
-                    [&](auto& s) { return http::async_read(s, conn->buffer, parser, use_tuple); });
+                // The body is held in the process's response budget as it is read (its
+                // declared length up front): a read's response that does not fit is dropped
+                // with the connection, not read on.
+                const bool safe = req.method() == http::verb::get || req.method() == http::verb::head ||
+                                  req.method() == http::verb::options;
+                bool fits = out.held.grow_to(budget_, static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                          parser.content_length().value_or(0), response_body_limit_)),
+                                             safe);
+                while (fits && !parser.is_done()) {
+                    auto [rec, rn] = co_await conn->visit(
+                        [&](auto& s) { return http::async_read_some(s, conn->buffer, parser, use_tuple); });
+                    if (rec) {
+                        ec = rec;
+                        break;
+                    }
+                    fits = out.held.grow_to(budget_, parser.get().body().size(), safe);
+                }
                 conn->buffer.max_size(std::numeric_limits<std::size_t>::max());
-                ec = rec;
+                if (!ec && !fits) {
+                    conn->close();
+                    out.held.release();
+                    out.failure = upstream_failure::over_budget;
+                    out.detail = "upstream response bodies held in memory have reached limits.upstream_buffered_bytes (" +
+                                 std::to_string(budget_->limit()) + " bytes): this response was dropped unread";
+                    finish();
+                    co_return;
+                }
             }
         }
         if (ec) {

@@ -13,9 +13,12 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -31,6 +34,7 @@ enum class upstream_failure {
     timeout,            // no complete response within the route timeout  -> 504
     bad_response,       // unparseable or ambiguously framed response     -> 502
     too_large,          // response body over limits.upstream_body_bytes  -> 502
+    over_budget,        // a GET/HEAD/OPTIONS response past limits.upstream_buffered_bytes -> 503
     cancelled,          // the client went away
 };
 
@@ -43,10 +47,92 @@ inline bool nothing_sent(upstream_failure f) {
 }
 
 
+// The upstream response bodies held in memory by the whole process (every response is read
+// whole before it is relayed, for the response rules and for framing): bounded by
+// limits.upstream_buffered_bytes. Without it, a thousand slow readers of 20 MiB exports
+// would hold 20 GiB. Like an overload manager, it refuses what can be asked again: the
+// response of a GET, HEAD or OPTIONS that would take it past the bound is dropped (503,
+// retry-after); a write's response is read all the same (its request has acted, and the
+// client must learn what happened), counted but never refused. Thread-safe.
+class response_budget {
+public:
+    explicit response_budget(std::size_t limit) : limit_(limit) {}
+    void set_limit(std::size_t limit) { limit_.store(limit, std::memory_order_relaxed); }
+    std::size_t limit() const { return limit_.load(std::memory_order_relaxed); }
+    std::size_t used() const { return used_.load(std::memory_order_relaxed); }
+    std::uint64_t refused() const { return refused_.load(std::memory_order_relaxed); }
+
+    // Takes `n` bytes; false (nothing taken) when that passes the limit and `refusable`.
+    bool take(std::size_t n, bool refusable) {
+        if (!refusable) {
+            used_.fetch_add(n, std::memory_order_relaxed);
+            return true;
+        }
+        auto cur = used_.load(std::memory_order_relaxed);
+        do {
+            if (cur + n > limit()) {
+                refused_.fetch_add(1, std::memory_order_relaxed);
+                return false;
+            }
+        } while (!used_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+        return true;
+    }
+    void give_back(std::size_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+
+private:
+    std::atomic<std::size_t> limit_;
+    std::atomic<std::size_t> used_{0};
+    std::atomic<std::uint64_t> refused_{0};
+};
+
+// Bytes of a response_budget held by one response: given back when it goes (with the
+// response, once it was relayed).
+class budget_hold {
+public:
+    budget_hold() = default;
+    budget_hold(const budget_hold&) = delete;
+    budget_hold& operator=(const budget_hold&) = delete;
+    budget_hold(budget_hold&& o) noexcept : budget_(std::move(o.budget_)), bytes_(std::exchange(o.bytes_, 0)) {}
+    budget_hold& operator=(budget_hold&& o) noexcept {
+        if (this != &o) {
+            release();
+            budget_ = std::move(o.budget_);
+            bytes_ = std::exchange(o.bytes_, 0);
+        }
+        return *this;
+    }
+    ~budget_hold() { release(); }
+
+    // Holds `total` bytes in all (taking what is more than held now); false when refused.
+    bool grow_to(const std::shared_ptr<response_budget>& budget, std::size_t total, bool refusable) {
+        if (!budget || total <= bytes_) {
+            return true;
+        }
+        if (!budget->take(total - bytes_, refusable)) {
+            return false;
+        }
+        budget_ = budget;
+        bytes_ = total;
+        return true;
+    }
+    std::size_t bytes() const { return bytes_; }
+    void release() {
+        if (budget_ && bytes_ > 0) {
+            budget_->give_back(bytes_);
+        }
+        bytes_ = 0;
+    }
+
+private:
+    std::shared_ptr<response_budget> budget_;
+    std::size_t bytes_ = 0;
+};
+
 struct exchange_result {
     upstream_failure failure = upstream_failure::none;
     std::string detail;  // for logs and the error message; never contains secrets
     response res;
+    budget_hold held;  // res's body in the process's response_budget
     std::chrono::microseconds elapsed{0};
     bool reused_connection = false;
     // Set as the request starts to go out (readable while the exchange runs, on the same
@@ -89,7 +175,9 @@ bool same_upstream(const upstream_config& a, const upstream_config& b);
 // Thread-compatible, not thread-safe: owned by one worker.
 class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
 public:
-    upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit);
+    // `budget`: the process's bound on response bodies in memory (null: none).
+    upstream_pool(asio::any_io_executor ex, upstream_config cfg, std::size_t response_body_limit,
+                  std::shared_ptr<response_budget> budget = nullptr);
     ~upstream_pool();
 
     const upstream_config& cfg() const { return cfg_; }
@@ -123,6 +211,7 @@ private:
     asio::any_io_executor ex_;
     upstream_config cfg_;
     std::size_t response_body_limit_;
+    std::shared_ptr<response_budget> budget_;
     std::unique_ptr<asio::ssl::context> tls_;
     std::vector<std::unique_ptr<upstream_conn>> idle_;  // bounded by cfg_.max_connections
     std::size_t active_ = 0;

@@ -1,6 +1,7 @@
 // The data plane through real sockets: breakerbox in-process on 127.0.0.1:0 in front of
 // fake upstreams on port 0. No sleeps: every wait is a read with a deadline or a
 // condition with a deadline.
+#include "proxy/upstream.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/proxy_fixture.hpp"
 
@@ -1027,6 +1028,62 @@ TEST(limits, a_reload_lowers_the_upstream_response_limit) {
     const auto res = http_request(bb.port(), http::verb::get, "/big");
     EXPECT_EQ(res.result_int(), 502u) << res;
     EXPECT_EQ(body_code(res), "upstream_response_too_large");
+}
+
+// Upstream response bodies in memory are bounded for the whole process: while one 600 KiB
+// response is being read (its upstream stalls halfway), a second GET whose 600 KiB would pass
+// the 1 MiB bound is dropped unread (503 response_buffers_full, no verdict on the upstream),
+// while a POST's response is still relayed (its request has acted). Once the first
+// exchange ends, the room is back.
+TEST(limits, response_bodies_in_memory_are_bounded_across_connections) {
+    const std::string big(600 * 1024, 'x');
+    fake_upstream up{[&](const request& r) {
+        if (r.target() == "/stalled") {
+            return respond_raw("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(big.size()) + "\r\n\r\n" +
+                                   big.substr(0, 1000),
+                               false);  // the rest never comes
+        }
+        return respond(200, big);
+    }};
+    proxy_instance bb{make_config(local_url(up.port()),
+                                  "\"upstream_body_bytes\": 1048576, \"upstream_buffered_bytes\": 1048576",
+                                  "\"timeout\": \"30s\"")};
+    const auto& memory = *bb.server().response_memory();
+    raw_client stalled{bb.port()};
+    stalled.send("GET /stalled HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (int i = 0; i < 2000 && memory.used() == 0; ++i) {  // bounded: until its length is held
+        ::poll(nullptr, 0, 5);
+    }
+    ASSERT_EQ(memory.used(), big.size()) << "the stalled response's declared length is held";
+
+    auto res = http_request(bb.port(), http::verb::get, "/list");
+    EXPECT_EQ(res.result_int(), 503u) << res;
+    EXPECT_EQ(body_code(res), "response_buffers_full");
+    EXPECT_FALSE(res[http::field::retry_after].empty());
+    EXPECT_EQ(memory.refused(), 1u);
+    res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 200u) << "a write's response is relayed all the same";
+    EXPECT_EQ(res.body().size(), big.size());
+
+    stalled.close();  // the client leaves: the stalled exchange is cancelled, its room given back
+    for (int i = 0; i < 2000 && memory.used() != 0; ++i) {
+        ::poll(nullptr, 0, 5);
+    }
+    EXPECT_EQ(memory.used(), 0u);
+    res = http_request(bb.port(), http::verb::get, "/list");
+    EXPECT_EQ(res.result_int(), 200u) << res;
+    EXPECT_EQ(res.body().size(), big.size());
+    for (int i = 0; i < 2000 && memory.used() != 0; ++i) {  // the session lets go just after the write
+        ::poll(nullptr, 0, 5);
+    }
+    EXPECT_EQ(memory.used(), 0u) << "given back once relayed";
+}
+
+TEST(limits, the_response_memory_bound_is_at_least_one_response) {
+    const auto parsed = bb::parse_config(make_config("http://127.0.0.1:1", "\"upstream_buffered_bytes\": 4096"));
+    EXPECT_NE(parsed.errors.to_string().find("limits.upstream_buffered_bytes: must be at least limits.upstream_body_bytes"),
+              std::string::npos)
+        << parsed.errors.to_string();
 }
 
 // A CA taken out of the file stops being trusted at the next reload, same file name or not.
