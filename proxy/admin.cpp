@@ -2591,7 +2591,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
     std::string scratch;
     // When the client certificate (or one of its chain) expires: from then on it identifies
     // nobody on this connection, as a new handshake would refuse it.
-    const auto cert_expires = ssl != nullptr ? verified_chain_expiry(ssl) : std::nullopt;
+    auto cert_expires = ssl != nullptr ? verified_chain_expiry(ssl) : std::nullopt;
     for (;;) {
         const auto cfg = srv_.current_config();
         request_parser parser;
@@ -2666,7 +2666,7 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                 auto now_tls = current_tls();
                 if (now_tls != verified_under) {
                     std::string why;
-                    if (reverify_peer(ssl, now_tls.get(), &why) != peer_verdict::still_ok) {
+                    if (reverify_peer(ssl, now_tls.get(), &why, &cert_expires) != peer_verdict::still_ok) {
                         spdlog::info("admin: a connection's client certificate no longer identifies it since the TLS "
                                      "files were reloaded{}", why.empty() ? "" : " (" + why + ")");
                         ssl = nullptr;
@@ -2674,7 +2674,8 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                     verified_under = std::move(now_tls);
                 }
             }
-            if (ssl != nullptr && cert_expires && srv_.time().wall_now() > *cert_expires) {
+            if (ssl != nullptr && cert_expires &&
+                std::chrono::floor<std::chrono::seconds>(srv_.time().wall_now()) > *cert_expires) {
                 spdlog::info("admin: a connection's client certificate expired while it was open: it identifies "
                              "nobody there from now on");
                 ssl = nullptr;

@@ -2,6 +2,7 @@
 
 #include "core/clock.hpp"
 #include "proxy/openssl_error.hpp"
+#include "proxy/tls.hpp"
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -89,11 +90,11 @@ void require_ca(X509* ca, const std::string& file) {
 
 // Seconds, like the certificate: a CA valid "until 9999" overflows nanoseconds.
 std::chrono::sys_seconds to_time_point(const ASN1_TIME* t) {
-    std::tm tm{};
-    if (ASN1_TIME_to_tm(t, &tm) != 1) {
-        throw std::runtime_error("unreadable time: " + openssl_reason());
+    const auto s = asn1_seconds(t);
+    if (!s) {
+        throw std::runtime_error("unreadable time in the CA certificate");
     }
-    return std::chrono::sys_seconds{std::chrono::seconds{timegm(&tm)}};
+    return *s;
 }
 
 bool set_time(ASN1_TIME* field, std::chrono::sys_seconds t) {

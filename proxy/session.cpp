@@ -802,7 +802,7 @@ struct client_info {
     SSL* ssl = nullptr;
     std::shared_ptr<const listener_security> verified_under;
     // When that certificate (or a certificate of its chain) stops being valid.
-    std::optional<std::chrono::system_clock::time_point> cert_expires;
+    std::optional<std::chrono::sys_seconds> cert_expires;
 };
 
 // The agent key a request presents, as the SHA-256 of it (bytes): x-breakerbox-key, else
@@ -1243,7 +1243,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (auto now = w.owner().security(listener);
                 (now ? now->tls : nullptr) != ci.verified_under->tls) {
                 std::string why;
-                const auto verdict = reverify_peer(ci.ssl, now ? now->tls.get() : nullptr, &why);
+                const auto verdict = reverify_peer(ci.ssl, now ? now->tls.get() : nullptr, &why, &ci.cert_expires);
                 if (verdict == peer_verdict::refused) {
                     rec.method = std::string{parser.get().method_string()};
                     rec.target = parser.get().target();
@@ -1257,6 +1257,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 if (verdict == peer_verdict::not_verified) {
                     ci.cert_names.clear();  // verified against nothing now: it names no agent
                     ci.ignored_cn.clear();
+                    ci.cert_expires.reset();  // nor is it held to its dates
                 }
                 ci.verified_under = std::move(now);
             }
@@ -1264,8 +1265,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // Nor does it outlive the certificate: the handshake's verification is not repeated per
         // request, so a certificate (or an intermediate) that expires during a keep-alive
         // connection would go on naming its agent. Refused as a new handshake would be.
-        if (ci.ssl != nullptr && !ci.cert_names.empty() && ci.cert_expires &&
-            w.owner().time().wall_now() > *ci.cert_expires) {
+        if (ci.ssl != nullptr && ci.cert_expires &&
+            std::chrono::floor<std::chrono::seconds>(w.owner().time().wall_now()) > *ci.cert_expires) {
             rec.method = std::string{parser.get().method_string()};
             rec.target = parser.get().target();
             head_request = parser.get().method() == http::verb::head;

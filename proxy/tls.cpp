@@ -179,7 +179,41 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn) 
     return names;
 }
 
-peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why) {
+std::optional<std::chrono::sys_seconds> asn1_seconds(const ASN1_TIME* t) {
+    std::tm tm{};
+    if (t == nullptr || ASN1_TIME_to_tm(t, &tm) != 1) {
+        ERR_clear_error();
+        return std::nullopt;
+    }
+    return std::chrono::sys_seconds{std::chrono::seconds{::timegm(&tm)}};
+}
+
+namespace {
+
+// The earliest notAfter of `chain`; `leaf`'s alone when the chain is empty or a time in it
+// cannot be read (verification read them all, so that does not happen in practice).
+std::optional<std::chrono::sys_seconds> earliest_expiry(STACK_OF(X509)* chain, const X509* leaf) {
+    std::optional<std::chrono::sys_seconds> earliest;
+    for (int i = 0; chain != nullptr && i < sk_X509_num(chain); ++i) {
+        const auto t = asn1_seconds(X509_get0_notAfter(sk_X509_value(chain, i)));
+        if (!t) {
+            earliest.reset();
+            break;
+        }
+        if (!earliest || *t < *earliest) {
+            earliest = t;
+        }
+    }
+    if (!earliest && leaf != nullptr) {
+        earliest = asn1_seconds(X509_get0_notAfter(leaf));
+    }
+    return earliest;
+}
+
+}  // namespace
+
+peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why,
+                           std::optional<std::chrono::sys_seconds>* expires) {
     SSL_CTX* c = now != nullptr ? now->native_handle() : nullptr;
     if (c == nullptr || (SSL_CTX_get_verify_mode(c) & SSL_VERIFY_PEER) == 0) {
         return peer_verdict::not_verified;
@@ -201,30 +235,16 @@ peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string
     const bool ok = X509_verify_cert(v) == 1;
     if (!ok) {
         *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(v));
+    } else if (expires != nullptr) {
+        *expires = earliest_expiry(X509_STORE_CTX_get0_chain(v), leaf);  // the chain as it verifies now
     }
     X509_STORE_CTX_free(v);
     ERR_clear_error();
     return ok ? peer_verdict::still_ok : peer_verdict::refused;
 }
 
-std::optional<std::chrono::system_clock::time_point> verified_chain_expiry(SSL* ssl) {
-    STACK_OF(X509)* chain = SSL_get0_verified_chain(ssl);
-    if (chain == nullptr || sk_X509_num(chain) == 0) {
-        return std::nullopt;
-    }
-    std::optional<std::chrono::system_clock::time_point> earliest;
-    for (int i = 0; i < sk_X509_num(chain); ++i) {
-        std::tm tm{};
-        if (ASN1_TIME_to_tm(X509_get0_notAfter(sk_X509_value(chain, i)), &tm) != 1) {
-            ERR_clear_error();
-            return std::nullopt;
-        }
-        const auto t = std::chrono::system_clock::from_time_t(::timegm(&tm));
-        if (!earliest || t < *earliest) {
-            earliest = t;
-        }
-    }
-    return earliest;
+std::optional<std::chrono::sys_seconds> verified_chain_expiry(SSL* ssl) {
+    return earliest_expiry(SSL_get0_verified_chain(ssl), SSL_get0_peer_certificate(ssl));
 }
 
 std::optional<std::string_view> single_common_name(const X509* cert) {

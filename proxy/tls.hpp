@@ -40,13 +40,18 @@ std::vector<std::string> verified_peer_names(SSL* ssl, std::string* ignored_cn =
 // `not_verified` when the context verifies no client certificate any more (it identifies
 // nobody now); `refused` with OpenSSL's reason in *why.
 enum class peer_verdict { still_ok, not_verified, refused };
-peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why);
+// `expires`, when given and still_ok: the new chain's earliest notAfter (see below).
+peer_verdict reverify_peer(SSL* ssl, boost::asio::ssl::context* now, std::string* why,
+                           std::optional<std::chrono::sys_seconds>* expires = nullptr);
 
 // When a verified client certificate stops being valid: the earliest notAfter of its
 // verified chain (the leaf, its intermediates and the trust anchor). A keep-alive connection
-// outlives it otherwise: the handshake's verification is not repeated per request.
-// nullopt without a verified certificate, or when a time cannot be read.
-std::optional<std::chrono::system_clock::time_point> verified_chain_expiry(SSL* ssl);
+// outlives it otherwise: the handshake's verification is not repeated per request. In
+// seconds: a certificate valid "until 9999" (RFC 5280's "no expiry") overflows nanoseconds.
+// nullopt without a certificate.
+std::optional<std::chrono::sys_seconds> verified_chain_expiry(SSL* ssl);
+// An ASN1_TIME in seconds since the epoch; nullopt when it cannot be read.
+std::optional<std::chrono::sys_seconds> asn1_seconds(const ASN1_TIME* t);
 
 // The subject's common name when it has exactly one (with two, which one "is" the subject
 // depends on who reads it); a view into `cert`.

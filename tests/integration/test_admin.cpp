@@ -1724,7 +1724,8 @@ TEST(admin_api, a_removed_certificate_mapping_ends_that_identity_on_an_open_conn
 }
 
 // A client certificate that expires while its connection stays open identifies nobody there
-// from then on (the wall clock is a manual one, stepped past the test certificates' ten years).
+// from then on (the wall clock is a manual one, stepped to the certificate's last valid second,
+// then past it).
 TEST(admin_api, a_client_certificate_that_expires_on_an_open_connection_identifies_nobody) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
@@ -1738,7 +1739,9 @@ TEST(admin_api, a_client_certificate_that_expires_on_an_open_connection_identifi
     keep_alive_tls kept{bb.server().admin_port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
     const auto before = kept.get("/v1/breakers");
     ASSERT_EQ(before.rfind("HTTP/1.1 200", 0), 0u) << before;
-    clock.step_wall(std::chrono::hours{24 * 365 * 12});
+    step_wall_past(clock, {cert("agent-agent-one.pem"), cert("ca.pem")}, std::chrono::seconds{-1});
+    ASSERT_EQ(kept.get("/v1/breakers").rfind("HTTP/1.1 200", 0), 0u) << "valid through its last second";
+    step_wall_past(clock, {cert("agent-agent-one.pem"), cert("ca.pem")});
     const auto after = kept.get("/v1/breakers");
     EXPECT_EQ(after.rfind("HTTP/1.1 401", 0), 0u) << after;
 }

@@ -330,8 +330,8 @@ TEST(tls_listener, revoked_client_certificates_are_refused) {
 
 // A client certificate that expires while its keep-alive connection stays open stops naming
 // its agent there: the handshake verified it once, and requests after its notAfter are
-// refused as a new handshake would be (the wall clock here is a manual one, stepped past the
-// test certificates' ten years).
+// refused as a new handshake would be (the wall clock here is a manual one, stepped to the
+// last second of the certificate's validity, then past it).
 TEST(tls_listener, a_client_certificate_that_expires_on_an_open_connection_names_nobody) {
     fake_upstream up{[](const request&) { return respond(200, "ok"); }};
     bb::manual_clock clock;
@@ -342,12 +342,14 @@ TEST(tls_listener, a_client_certificate_that_expires_on_an_open_connection_names
                       &clock};
     keep_alive_tls kept{bb.port(), cert("ca.pem"), cert("agent-agent-one.pem"), cert("agent-agent-one.key")};
     ASSERT_EQ(kept.get("/x").rfind("HTTP/1.1 200", 0), 0u);
-    clock.step_wall(std::chrono::hours{24 * 365 * 12});
+    step_wall_past(clock, {cert("agent-agent-one.pem"), cert("ca.pem")}, std::chrono::seconds{-1});
+    ASSERT_EQ(kept.get("/x").rfind("HTTP/1.1 200", 0), 0u) << "valid through its last second";
+    step_wall_past(clock, {cert("agent-agent-one.pem"), cert("ca.pem")});
     const auto after = kept.get("/x");
     EXPECT_EQ(after.rfind("HTTP/1.1 401", 0), 0u) << after;
     EXPECT_NE(after.find("expired during this connection"), std::string::npos) << after;
     EXPECT_TRUE(kept.closed());
-    EXPECT_EQ(up.request_count(), 1u);
+    EXPECT_EQ(up.request_count(), 2u) << "the two requests before its notAfter";
 }
 
 // Plain HTTP sent to a TLS listener (http:// for https://) is told so in plain HTTP, as

@@ -1,4 +1,5 @@
 #include "proxy/mint.hpp"
+#include "proxy/tls.hpp"
 
 #include "core/clock.hpp"
 
@@ -470,4 +471,18 @@ TEST(cert_minter, apply_refuses_an_empty_leaf) {
     std::string error;
     EXPECT_FALSE(cert_minter::apply(server.get(), cert_minter::leaf{}, &error));
     EXPECT_FALSE(error.empty());
+}
+
+// Certificate times are read in seconds: RFC 5280's "no well-defined expiration" is
+// 99991231235959Z, which overflows a nanosecond clock (a client certificate or CA dated so
+// would read as expired in the 1800s and be refused on its first request).
+TEST(certificate_times, a_notafter_in_9999_is_read_as_9999) {
+    ASN1_TIME* t = ASN1_TIME_new();
+    ASSERT_EQ(ASN1_TIME_set_string(t, "99991231235959Z"), 1);
+    const auto s = asn1_seconds(t);
+    ASN1_TIME_free(t);
+    ASSERT_TRUE(s);
+    EXPECT_EQ(s->time_since_epoch().count(), 253402300799);
+    EXPECT_GT(*s, std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()));
+    EXPECT_FALSE(asn1_seconds(nullptr));
 }

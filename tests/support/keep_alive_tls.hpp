@@ -5,11 +5,44 @@
 
 #include <gtest/gtest.h>
 
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <initializer_list>
 #include <string>
 
+#include "core/clock.hpp"
+#include "proxy/tls.hpp"
+
 namespace bb::test {
+
+// The notAfter of the first certificate in a PEM file.
+inline std::chrono::sys_seconds not_after_of(const std::string& pem) {
+    FILE* f = std::fopen(pem.c_str(), "r");
+    X509* c = f != nullptr ? PEM_read_X509(f, nullptr, nullptr, nullptr) : nullptr;
+    if (f != nullptr) {
+        std::fclose(f);
+    }
+    const auto t = c != nullptr ? bb::proxy::asn1_seconds(X509_get0_notAfter(c)) : std::nullopt;
+    X509_free(c);
+    EXPECT_TRUE(t) << "no certificate time in " << pem;
+    return t.value_or(std::chrono::sys_seconds{});
+}
+
+// Steps a manual clock's wall time to `seconds_after` past the earliest notAfter of a chain
+// (the leaf and its CA: the CA made first may end a second before the leaf).
+inline void step_wall_past(bb::manual_clock& clock, std::initializer_list<std::string> chain,
+                           std::chrono::seconds seconds_after = std::chrono::seconds{1}) {
+    auto earliest = std::chrono::sys_seconds::max();
+    for (const auto& pem : chain) {
+        earliest = std::min(earliest, not_after_of(pem));
+    }
+    const auto now = std::chrono::floor<std::chrono::seconds>(clock.wall_now());
+    clock.step_wall(earliest + seconds_after - now);
+}
 
 class keep_alive_tls {
 public:
