@@ -562,7 +562,6 @@ void server::open_store(const store_config& sc) {
         std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
     {
         const auto wall_now = keys_wall_now;
-            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
         auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_.max(), &error);
         if (!keys) {
             throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
@@ -1724,10 +1723,14 @@ void server::release_connection() {
 
 namespace {
 
+std::uint64_t fds_needed_by(const config& c) {
+    return fds_needed(c.limits.max_connections, c.admin.enabled ? c.admin.max_connections : 0);
+}
+
 // Raises the process's descriptor limit for what `c` can need (core/fd_limit.hpp), and says
 // when it cannot be raised far enough: past it, connections are refused or answered 503.
 void ensure_fd_limit(const config& c) {
-    const auto needed = fds_needed(c.limits.max_connections, c.admin.enabled ? c.admin.max_connections : 0);
+    const auto needed = fds_needed_by(c);
     const auto r = raise_fd_limit(needed);
     if (r.now > r.before) {
         spdlog::info("open file limit raised from {} to {} (limits.max_connections {} needs about {})", r.before,
@@ -1735,10 +1738,12 @@ void ensure_fd_limit(const config& c) {
     }
     if (r.now < needed) {
         spdlog::warn("open file limit {} (hard limit {}{}) is below the about {} that limits.max_connections {} "
-                     "needs: past about {} connections new ones are refused or answered 503. Raise the hard limit "
-                     "(LimitNOFILE= in systemd, ulimit -Hn, docker --ulimit nofile=) or lower limits.max_connections",
+                     "needs (two a connection, the admin API's and a reserve): once the files run out, new "
+                     "connections are refused or answered 503 before max_connections is reached. Raise the hard "
+                     "limit (LimitNOFILE= in systemd, ulimit -Hn, docker --ulimit nofile=) or lower "
+                     "limits.max_connections",
                      r.now, r.hard, r.error.empty() ? "" : "; raising failed: " + r.error, needed,
-                     c.limits.max_connections, r.now > 300 ? (r.now - 256) / 2 : 0);
+                     c.limits.max_connections);
     }
 }
 
@@ -1890,7 +1895,7 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         response_memory_->set_limit(effective->limits.upstream_buffered_bytes);
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
     }
-    if (started_ && effective->limits.max_connections != before->limits.max_connections) {
+    if (started_ && fds_needed_by(*effective) != fds_needed_by(*before)) {
         ensure_fd_limit(*effective);
     }
     if (db()) {
