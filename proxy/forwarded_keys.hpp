@@ -10,11 +10,14 @@
 // (key, route, agent) is kept, never the key.
 // Thread-safe.
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <list>
 #include <memory>
 #include <functional>
@@ -95,7 +98,7 @@ public:
             at_.erase(it);
         }
         mark(h);
-        journal(h, before);
+        journal(h, before ? *before : journal_none, sent_ms);
     }
 
     // When a request with this key, route and agent was last sent, if within the memory.
@@ -147,11 +150,24 @@ public:
             mark(c.digest);
         }
     }
-    // The changes() that named this journal file are in the store: the file is emptied.
+    // The changes() that named this journal file are in the store: the file is emptied
+    // (truncated outside the lock: nothing writes to a retired file until it is emptied, and
+    // saves run one at a time).
     void saved(int journal_file) {
+        std::shared_ptr<store::key_journal> j;
+        {
+            std::lock_guard lock{mu_};
+            if (!journal_ || journal_file < 0 || !journal_->may_empty(journal_file)) {
+                return;
+            }
+            j = journal_;
+        }
+        const bool ok = ::ftruncate(j->fd(journal_file), 0) == 0;
         std::lock_guard lock{mu_};
-        if (journal_ && journal_file >= 0 && !journal_->saved(journal_file)) {
+        if (!ok) {
             ++journal_failures_;
+        } else if (j == journal_) {
+            j->emptied(journal_file);
         }
     }
     // Wall-clock ms minus this process's steady ms: the journal records wall-clock times
@@ -169,16 +185,21 @@ public:
     }
     // When the store opens (at start, or the reload that opens it): the keys it had (steady
     // ms on this process's clock), then what its journal holds (changes made after them, or
-    // saved too: `replay`, oldest first, wall-clock ms, read with `journal`), join those noted
+    // saved too: `replay`, oldest first, wall-clock ms, read with `log`), join those noted
     // meanwhile, in the order they were sent; beyond the bound the least recently sent go.
-    // From here on changes are tracked for it, and journalled in `journal` when given.
+    // From here on changes are tracked for it, and journalled in `log` when given.
     void restore(std::vector<std::pair<std::uint64_t, std::int64_t>> saved, std::int64_t now_ms,
-                 std::unique_ptr<store::key_journal> journal = nullptr,
+                 std::unique_ptr<store::key_journal> log = nullptr,
                  const std::vector<store::key_journal::entry>& replay = {}, std::int64_t wall_now_ms = 0) {
         std::lock_guard lock{mu_};
         if (!replay.empty()) {
-            // The journal's changes over the store's rows, one at a time, each as it was made;
-            // the store has not seen them all: written with the next save.
+            // The journal's changes over the store's rows, oldest first; the store has not
+            // seen them all: written with the next save. A key's sends only move forward, so
+            // a send counts when it is later than what the store has; a send taken back
+            // (it went nowhere) is taken back only when it is still the key's last: the
+            // store may hold a later send whose own entry was lost (a full disk), and that
+            // one must not be forgotten.
+            const auto steady = [&](std::int64_t wall) { return now_ms - std::max<std::int64_t>(wall_now_ms - wall, 0); };
             std::unordered_map<std::uint64_t, std::int64_t> last;
             for (const auto& [h, sent] : saved) {
                 auto [it, added] = last.emplace(h, sent);
@@ -187,18 +208,29 @@ public:
                 }
             }
             for (const auto& e : replay) {
-                if (e.wall_ms == store::key_journal::forgotten) {
-                    last.erase(e.digest);
-                } else {
-                    last[e.digest] = now_ms - std::max<std::int64_t>(wall_now_ms - e.wall_ms, 0);
+                const auto it = last.find(e.digest);
+                if (e.undoes_ms == 0) {
+                    const auto sent = steady(e.wall_ms);
+                    if (it == last.end()) {
+                        last.emplace(e.digest, sent);
+                    } else {
+                        it->second = std::max(it->second, sent);
+                    }
+                } else if (it != last.end() && it->second == steady(e.undoes_ms)) {
+                    if (e.wall_ms == store::key_journal::forgotten) {
+                        last.erase(it);
+                    } else {
+                        it->second = steady(e.wall_ms);
+                    }
                 }
                 dirty_.insert(e.digest);
             }
             saved.assign(last.begin(), last.end());
         }
-        journal_ = std::move(journal);
+        journal_ = std::move(log);
         wall_offset_ms_ = wall_now_ms - now_ms;
         for (const auto& [h, sent] : lru_) {
+            journal(h, sent, 0);  // noted before the store opened: in the journal from now too
             saved.emplace_back(h, sent);
             dirty_.insert(h);  // noted without a store: not in it yet
         }
@@ -253,14 +285,21 @@ private:
             at_.emplace(h, std::prev(lru_.end()));
         }
         mark(h);
-        journal(h, now_ms);
+        journal(h, now_ms, 0);
         expire(now_ms);
         return before;
     }
 
-    // With mu_ held: this change goes to the journal before its request goes out.
-    void journal(std::uint64_t h, std::optional<std::int64_t> sent_ms) {
-        if (journal_ && !journal_->append(h, sent_ms ? *sent_ms + wall_offset_ms_ : store::key_journal::forgotten)) {
+    // With mu_ held: this change goes to the journal before its request goes out. Steady
+    // times; `sent_ms` journal_none: remembered no more; `undoes_ms` not 0: the send at that
+    // time is taken back.
+    static constexpr std::int64_t journal_none = std::numeric_limits<std::int64_t>::min();
+    void journal(std::uint64_t h, std::int64_t sent_ms, std::int64_t undoes_ms) {
+        if (!journal_) {
+            return;
+        }
+        const std::int64_t wall = sent_ms == journal_none ? store::key_journal::forgotten : sent_ms + wall_offset_ms_;
+        if (!journal_->append(h, wall, undoes_ms == 0 ? 0 : undoes_ms + wall_offset_ms_)) {
             ++journal_failures_;
         }
     }
@@ -297,7 +336,7 @@ private:
     std::uint64_t dropped_young_ = 0;
     std::unordered_set<std::uint64_t> dirty_;  // digests changed since changes()
     bool persisted_ = false;                    // a store keeps them (restore() ran)
-    std::unique_ptr<store::key_journal> journal_;  // null: no store, or none given
+    std::shared_ptr<store::key_journal> journal_;  // null: no store, or none given
     std::int64_t wall_offset_ms_ = 0;
     std::uint64_t journal_failures_ = 0;
 };

@@ -12,7 +12,7 @@ namespace bb::store {
 
 namespace {
 
-constexpr std::size_t entry_bytes = 32;
+constexpr std::size_t entry_bytes = 40;
 
 std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
     x ^= x >> 30;
@@ -23,8 +23,9 @@ std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
     return x;
 }
 
-std::uint64_t check_of(std::uint64_t seq, std::uint64_t digest, std::int64_t wall_ms) {
-    return mix(seq ^ mix(digest ^ mix(static_cast<std::uint64_t>(wall_ms) ^ 0x6b62622d6b657973ULL)));  // "bbb-keys"
+std::uint64_t check_of(std::uint64_t seq, std::uint64_t digest, std::int64_t wall_ms, std::int64_t undoes_ms) {
+    return mix(seq ^ mix(digest ^ mix(static_cast<std::uint64_t>(wall_ms) ^
+                                      mix(static_cast<std::uint64_t>(undoes_ms) ^ 0x6b62622d6b657973ULL))));  // "bbb-keys"
 }
 
 std::string errno_text(int e) { return std::strerror(e); }
@@ -80,8 +81,9 @@ std::unique_ptr<key_journal> key_journal::open(const std::string& base, std::vec
             std::memcpy(&e.seq, bytes.data() + at, 8);
             std::memcpy(&e.digest, bytes.data() + at + 8, 8);
             std::memcpy(&e.wall_ms, bytes.data() + at + 16, 8);
-            std::memcpy(&check, bytes.data() + at + 24, 8);
-            if (e.seq == 0 || check != check_of(e.seq, e.digest, e.wall_ms)) {
+            std::memcpy(&e.undoes_ms, bytes.data() + at + 24, 8);
+            std::memcpy(&check, bytes.data() + at + 32, 8);
+            if (e.seq == 0 || check != check_of(e.seq, e.digest, e.wall_ms, e.undoes_ms)) {
                 ++j->skipped_;
                 continue;
             }
@@ -110,7 +112,7 @@ key_journal::~key_journal() {
     }
 }
 
-bool key_journal::append(std::uint64_t digest, std::int64_t wall_ms, int* err) {
+bool key_journal::append(std::uint64_t digest, std::int64_t wall_ms, std::int64_t undoes_ms, int* err) {
     if (size_[active_] + entry_bytes > max_file_bytes) {
         if (err != nullptr) {
             *err = EFBIG;
@@ -118,12 +120,13 @@ bool key_journal::append(std::uint64_t digest, std::int64_t wall_ms, int* err) {
         return false;
     }
     const std::uint64_t seq = next_seq_;
-    const std::uint64_t check = check_of(seq, digest, wall_ms);
+    const std::uint64_t check = check_of(seq, digest, wall_ms, undoes_ms);
     unsigned char buf[entry_bytes];
     std::memcpy(buf, &seq, 8);
     std::memcpy(buf + 8, &digest, 8);
     std::memcpy(buf + 16, &wall_ms, 8);
-    std::memcpy(buf + 24, &check, 8);
+    std::memcpy(buf + 24, &undoes_ms, 8);
+    std::memcpy(buf + 32, &check, 8);
     std::size_t put = 0;
     while (put < entry_bytes) {
         const auto n = ::pwrite(fd_[active_], buf + put, entry_bytes - put, static_cast<off_t>(size_[active_] + put));
@@ -152,15 +155,21 @@ int key_journal::retire() {
 }
 
 bool key_journal::saved(int file) {
-    if (file != 1 - active_ || !pending_) {
+    if (!may_empty(file)) {
         return true;  // emptied already (a save of an older snapshot finishing late)
     }
     if (::ftruncate(fd_[file], 0) != 0) {
         return false;
     }
-    size_[file] = 0;
-    pending_ = false;
+    emptied(file);
     return true;
+}
+
+void key_journal::emptied(int file) {
+    if (may_empty(file)) {
+        size_[file] = 0;
+        pending_ = false;
+    }
 }
 
 }  // namespace bb::store

@@ -13,9 +13,11 @@
 // replayed over the store's rows at start. A file left non-empty by a failed save is not
 // switched back to until a later save empties it.
 //
-// Each entry is 32 bytes in host byte order (the files never leave this host): a sequence
-// number, the key's digest, when it was sent (wall-clock ms) or `forgotten`, and a check
-// over the three, so a torn last entry is told from a whole one.
+// Each entry is 40 bytes in host byte order (the files never leave this host): a sequence
+// number, the key's digest, when it was sent (wall-clock ms), the send it undoes (0 for a
+// send; for a send that went nowhere, that send's time, with the time before it or
+// `forgotten` as the first), and a check over the four, so a torn last entry is told from a
+// whole one.
 // Not thread-safe: the caller serialises every call (forwarded_keys does, under its lock).
 
 #include <cstddef>
@@ -33,6 +35,7 @@ public:
         std::uint64_t seq = 0;
         std::uint64_t digest = 0;
         std::int64_t wall_ms = 0;  // forgotten: remembered no more
+        std::int64_t undoes_ms = 0;  // not 0: this entry takes back the send made at this time
     };
     static constexpr std::int64_t forgotten = std::numeric_limits<std::int64_t>::min();
     // A file holds at most this many bytes (about 2 million entries: ~40 minutes of 1,000
@@ -50,13 +53,19 @@ public:
 
     // Writes one change. False when it was not written whole (errno in `*err`); a partial
     // entry is overwritten by the next.
-    bool append(std::uint64_t digest, std::int64_t wall_ms, int* err = nullptr);
+    bool append(std::uint64_t digest, std::int64_t wall_ms, std::int64_t undoes_ms = 0, int* err = nullptr);
     // Before a save whose snapshot covers every entry appended so far: the file to empty
     // once that save is in the store (saved()). Writes move to the other file when it is empty.
     int retire();
     // The save of the snapshot taken at retire() is in the store: that file is emptied.
     // False when it could not be (it stays pending, and is emptied after a later save).
     bool saved(int file);
+    // saved() in two steps, so that the caller can empty the file outside its lock: whether
+    // `file` is the retired one still holding entries (nothing writes to it until emptied()),
+    // its descriptor, and the bookkeeping once it was truncated.
+    bool may_empty(int file) const { return file == 1 - active_ && pending_; }
+    int fd(int file) const { return fd_[file]; }
+    void emptied(int file);
 
     // Whole entries that failed their check at open (a crash of the OS, not of breakerbox,
     // can leave zeros or old bytes inside a file): skipped, not replayed.

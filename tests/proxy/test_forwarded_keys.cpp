@@ -223,6 +223,59 @@ TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores
     std::filesystem::remove_all(dir);
 }
 
+// A send taken back in the journal (it went nowhere) is taken back only while it is the
+// key's last: the store may hold a later send of the key whose own journal entry was lost (a
+// full disk), and forgetting that one would let its retry be held and released a second time.
+// Nor does an older send in the journal move the store's later one back.
+TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
+    const std::int64_t wall_now = 1'700'000'100'000;
+    const std::int64_t now = 50'000;  // steady; steady = now - (wall_now - wall)
+    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    const auto wall_of = [&](std::int64_t steady) { return wall_now - (now - steady); };
+    std::vector<store::key_journal::entry> replay{
+        {1, h("k"), wall_of(10'000), 0},                                             // sent at 10 s
+        {2, h("k"), store::key_journal::forgotten, wall_of(10'000)},                 // went nowhere
+        {3, h("gone"), wall_of(11'000), 0},
+        {4, h("gone"), store::key_journal::forgotten, wall_of(11'000)},              // went nowhere
+        {5, h("back"), wall_of(12'000), 0},
+        {6, h("back"), wall_of(13'000), 0},
+        {7, h("back"), wall_of(12'000), wall_of(13'000)},                            // 13 s taken back
+    };
+    forwarded_keys k{10, 1h};
+    // The store has k sent again at 20 s (that send's entry never reached the journal).
+    k.restore({{h("k"), 20'000}}, now, nullptr, replay, wall_now);
+    EXPECT_EQ(k.sent_at("k", "r", "", now), 20'000) << "the later send stays";
+    EXPECT_FALSE(k.sent_at("gone", "r", "", now));
+    EXPECT_EQ(k.sent_at("back", "r", "", now), 12'000) << "back to the send before the one taken back";
+}
+
+// Keys noted before the store opened (a reload that adds the first breaker opens it) go into
+// the journal when it comes, so a crash before the first save does not forget them.
+TEST(forwarded_keys, keys_noted_before_the_store_opens_are_journalled_when_it_does) {
+    const auto dir = std::filesystem::temp_directory_path() / ("bb_fkeys_pre_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string base = (dir / "bb.db").string();
+    {
+        forwarded_keys k{10, 1h};
+        k.note("early", "r", "", 1000);
+        std::vector<store::key_journal::entry> none;
+        std::string error;
+        auto j = store::key_journal::open(base, &none, &error);
+        ASSERT_TRUE(j) << error;
+        k.restore({}, 2000, std::move(j), none, 1'700'000'000'000);
+        // The process dies before any save.
+    }
+    std::vector<store::key_journal::entry> replay;
+    std::string error;
+    auto j = store::key_journal::open(base, &replay, &error);
+    ASSERT_TRUE(j) << error;
+    ASSERT_EQ(replay.size(), 1u);
+    EXPECT_EQ(replay[0].digest, forwarded_keys::hash("early", "r", ""));
+    EXPECT_EQ(replay[0].wall_ms, 1'700'000'000'000 - 1000);
+    std::filesystem::remove_all(dir);
+}
+
 // The digest is what the store keeps across versions: the first 8 bytes of SHA-256 of
 // key NUL route NUL agent, not a hash that may change with the standard library.
 TEST(forwarded_keys, the_digest_is_the_same_in_every_build) {

@@ -47,7 +47,7 @@ TEST_F(journal_test, what_was_written_comes_back_in_order_after_the_process_is_g
         EXPECT_TRUE(replay.empty());
         ASSERT_TRUE(j->append(11, 1000));
         ASSERT_TRUE(j->append(22, 1001));
-        ASSERT_TRUE(j->append(11, key_journal::forgotten));
+        ASSERT_TRUE(j->append(11, key_journal::forgotten, 1000));
         // No save: destroyed as a crash leaves it.
     }
     std::vector<key_journal::entry> replay;
@@ -57,6 +57,8 @@ TEST_F(journal_test, what_was_written_comes_back_in_order_after_the_process_is_g
     EXPECT_EQ(replay[0].wall_ms, 1000);
     EXPECT_EQ(replay[1].digest, 22u);
     EXPECT_EQ(replay[2].wall_ms, key_journal::forgotten);
+    EXPECT_EQ(replay[2].undoes_ms, 1000);
+    EXPECT_EQ(replay[0].undoes_ms, 0);
     EXPECT_LT(replay[0].seq, replay[1].seq);
     EXPECT_LT(replay[1].seq, replay[2].seq);
     // Written after the reopen: numbered after what was read.
@@ -123,7 +125,7 @@ TEST_F(journal_test, torn_and_damaged_entries_are_skipped) {
     }
     {
         std::fstream f{path, std::ios::in | std::ios::out | std::ios::binary};
-        f.seekp(32 + 9);  // inside the second entry's digest
+        f.seekp(40 + 9);  // inside the second entry's digest
         f.put('\x7f');
         f.seekp(0, std::ios::end);
         f.write("\x01\x02\x03\x04\x05", 5);  // a torn sixth of an entry
@@ -134,7 +136,7 @@ TEST_F(journal_test, torn_and_damaged_entries_are_skipped) {
     EXPECT_EQ(replay[0].digest, 1u);
     EXPECT_EQ(replay[1].digest, 3u);
     EXPECT_EQ(j->skipped_at_open(), 1u);
-    EXPECT_EQ(fs::file_size(path), 96u) << "the torn end is cut off";
+    EXPECT_EQ(fs::file_size(path), 120u) << "the torn end is cut off";
     ASSERT_TRUE(j->append(4, 400));
     j.reset();
     replay.clear();
