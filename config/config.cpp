@@ -185,6 +185,7 @@ void parse_limits(cfg::object_reader& root, config& c) {
     size("header_count", l.header_count, 8, 10'000);
     size("body_bytes", l.body_bytes, 0, std::int64_t{1} << 32);
     size("upstream_body_bytes", l.upstream_body_bytes, 1024, std::int64_t{1} << 32);
+    const bool buffered_set = r.has("upstream_buffered_bytes");
     size("upstream_buffered_bytes", l.upstream_buffered_bytes, 1024, std::int64_t{1} << 40);
     size("max_connections", l.max_connections, 1, 1'000'000);
     size("max_requests_per_connection", l.max_requests_per_connection, 0, INT64_MAX);
@@ -194,7 +195,11 @@ void parse_limits(cfg::object_reader& root, config& c) {
     dur("write_timeout", l.write_timeout, milliseconds{1});
     dur("drain_timeout", l.drain_timeout, milliseconds{0});
     r.finish();
-    if (l.upstream_buffered_bytes < l.upstream_body_bytes) {
+    if (!buffered_set) {
+        // Unset, it is at least one response of the largest size (a config from before it
+        // existed, with upstream_body_bytes over 512 MiB, still starts).
+        l.upstream_buffered_bytes = std::max(l.upstream_buffered_bytes, l.upstream_body_bytes);
+    } else if (l.upstream_buffered_bytes < l.upstream_body_bytes) {
         root.errs().add("limits.upstream_buffered_bytes",
                         "must be at least limits.upstream_body_bytes (" + std::to_string(l.upstream_body_bytes) +
                             "): one response that size would never be read");

@@ -401,6 +401,9 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
     const auto started = clock_type::now();
     auto finish = [&] {
         out.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+        if (out.failure != upstream_failure::none) {
+            out.held.release();  // no body is kept: the room goes back now, not with the error's answer
+        }
     };
 
     // One deadline for the whole exchange: the retry on a new connection after a stale one
@@ -530,6 +533,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 // with the connection, not read on.
                 const bool safe = req.method() == http::verb::get || req.method() == http::verb::head ||
                                   req.method() == http::verb::options;
+                parser.eager(true);  // as http::async_read parses: every buffered element at once
                 bool fits = out.held.grow_to(budget_, static_cast<std::size_t>(std::min<std::uint64_t>(
                                                           parser.content_length().value_or(0), response_body_limit_)),
                                              safe);

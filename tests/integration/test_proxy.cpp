@@ -1045,9 +1045,18 @@ TEST(limits, response_bodies_in_memory_are_bounded_across_connections) {
         }
         return respond(200, big);
     }};
-    proxy_instance bb{make_config(local_url(up.port()),
+    std::string cfg = make_config(local_url(up.port()),
                                   "\"upstream_body_bytes\": 1048576, \"upstream_buffered_bytes\": 1048576",
-                                  "\"timeout\": \"30s\"")};
+                                  "\"timeout\": \"30s\"");
+    // An error-ratio rule on the GETs' route: a response dropped for our memory bound is no
+    // upstream error, and must not trip it.
+    cfg.insert(cfg.rfind('}'),
+               ", \"failure_modes\": [{\"id\": \"outage\", \"title\": \"Outage\", \"severity\": \"sev2\"}],"
+               "\"breakers\": [{\"id\": \"errors\", \"action\": \"pause\", \"reset\": \"manual\"}],"
+               "\"rules\": [{\"id\": \"error-ratio\", \"route\": \"all\", \"measure\": \"status:5xx\", \"window\": \"5m\","
+               "\"ratio\": {\"max\": 0.5, \"min_volume\": 1}, \"failure_mode\": \"outage\", \"trips\": \"errors\"}],"
+               "\"store\": {\"path\": \"" + temp_dir() + "/bb.db\"}");
+    proxy_instance bb{cfg};
     const auto& memory = *bb.server().response_memory();
     raw_client stalled{bb.port()};
     stalled.send("GET /stalled HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -1061,6 +1070,8 @@ TEST(limits, response_bodies_in_memory_are_bounded_across_connections) {
     EXPECT_EQ(body_code(res), "response_buffers_full");
     EXPECT_FALSE(res[http::field::retry_after].empty());
     EXPECT_EQ(memory.refused(), 1u);
+    const auto errors = bb.server().breakers()->get("errors", bb.server().now());
+    EXPECT_TRUE(!errors || errors->st == bb::breakers::state::closed) << "our own 503 tripped an error-ratio rule";
     res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
     EXPECT_EQ(res.result_int(), 200u) << "a write's response is relayed all the same";
     EXPECT_EQ(res.body().size(), big.size());
@@ -1084,6 +1095,10 @@ TEST(limits, the_response_memory_bound_is_at_least_one_response) {
     EXPECT_NE(parsed.errors.to_string().find("limits.upstream_buffered_bytes: must be at least limits.upstream_body_bytes"),
               std::string::npos)
         << parsed.errors.to_string();
+    // Unset, it follows a larger upstream_body_bytes (a config from before it existed starts).
+    const auto large = bb::parse_config(make_config("http://127.0.0.1:1", "\"upstream_body_bytes\": 1073741824"));
+    ASSERT_TRUE(large.errors.empty()) << large.errors.to_string();
+    EXPECT_EQ(large.cfg->limits.upstream_buffered_bytes, 1073741824u);
 }
 
 // A CA taken out of the file stops being trusted at the next reload, same file name or not.
