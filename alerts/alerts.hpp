@@ -60,7 +60,8 @@ struct alerts_config {
 alerts_config parse_alerts(const simdjson::dom::element* section, cfg::errors& errs);
 
 struct alert {
-    std::string event;     // "breaker_tripped", "breaker_manual_trip", "breaker_reset", "breaker_mode", "breaker_storm", "rule_denied",
+    std::string event;     // "breaker_tripped", "breaker_manual_trip", "breaker_reset", "breaker_mode", "breaker_storm",
+                           // "breaker_restored_open", "rule_denied",
                            // "store_trouble", "test"
     std::string severity;  // "sev1".."sev4"
     std::string summary;   // one line for people

@@ -662,6 +662,7 @@ void server::open_store(const store_config& sc) {
     if (!known.empty()) {
         spdlog::warn("restored {} breaker instance(s) from {}", known.size(), sc.path);
     }
+    alert_restored_open(known);
     if (!kept.empty()) {
         std::string names;
         for (const auto& m : missing) {
@@ -1021,6 +1022,82 @@ std::map<std::string, std::uint64_t, std::less<>> server::trip_counts() const {
     return trips_;
 }
 
+std::string server::trip_severity(const std::string& breaker, const std::string& rule, std::string* failure_mode) const {
+    // A rule's trip has its failure mode's severity; an upstream's breaker sev2; the rest
+    // (an operator's act) sev3.
+    if (!rule.empty()) {
+        if (const auto rt = current_runtime(); rt->engine) {
+            if (const auto* r = rt->engine->rules().find_rule(rule)) {
+                const auto& fm = rt->engine->rules().mode_of(*r);
+                *failure_mode = fm.id;
+                return std::string{rules::to_string(fm.sev)};
+            }
+        }
+        return "sev3";
+    }
+    return breaker.starts_with("upstream/") ? "sev2" : "sev3";
+}
+
+void server::alert_restored_open(const std::vector<breakers::instance_snapshot>& restored) {
+    // An instance that comes back containing (open, half-open, or held open by an operator)
+    // pages again under its own dedup key: the page of its trip may never have gone out (a
+    // crash right after the trip, or a sink down until the restart dropped the queue), and
+    // the traffic it contains would otherwise be held or refused with nobody told. A page
+    // that did go out takes it in (PagerDuty folds a trigger into the open incident of the
+    // same dedup key); chat sinks get a line saying what is still open after the restart.
+    // Per-key instances page one by one up to storm_alerts per breaker, the rest in the
+    // breaker's storm alert, as trips do.
+    const auto dispatcher = alerts();
+    if (!dispatcher) {
+        return;
+    }
+    for (const auto& s : restored) {
+        const bool containing = s.st != breakers::state::closed || s.md == breakers::mode::forced_open;
+        if (!containing) {
+            continue;
+        }
+        alerts::alert a;
+        a.event = "breaker_restored_open";
+        a.breaker = s.instance;
+        a.dedup_key = s.instance;
+        a.key = s.key;
+        if (s.last_trip) {
+            a.rule = s.last_trip->cause.rule;
+            a.actor = s.last_trip->cause.actor;
+            a.reason = s.last_trip->cause.reason;
+            a.request_id = s.last_trip->cause.request_id;
+        }
+        a.severity = trip_severity(s.breaker, a.rule, &a.failure_mode);
+        a.summary = "breaker " + s.instance + " is still " +
+                    (s.md == breakers::mode::forced_open ? std::string{"held open by an operator"}
+                                                         : std::string{breakers::to_string(s.st)}) +
+                    " after a restart" + (a.reason.empty() ? "" : " (tripped: " + a.reason + ")");
+        if (s.instance != s.breaker) {
+            std::lock_guard lock{storms_mu_};
+            auto& st = storms_[s.breaker];
+            const auto now = clock_->now();
+            if (!st.window || now - *st.window >= std::chrono::minutes{1}) {
+                st.close_window();
+                st.window = now;
+                st.paged = 0;
+            }
+            if (st.paged >= storm_alerts) {
+                ++st.suppressed;
+                storm::keep_most_severe(st.worst, a.severity);
+                st.last_reason = a.summary;
+                continue;
+            }
+            ++st.paged;
+        }
+        dispatcher->publish(a);
+        std::lock_guard lock{alert_severity_mu_};
+        auto& sevs = alert_severity_[s.instance];
+        if (std::find(sevs.begin(), sevs.end(), a.severity) == sevs.end()) {
+            sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), a.severity), a.severity);
+        }
+    }
+}
+
 void server::on_transition(const breakers::transition& t) {
     // Called on whichever thread made the transition (a worker, or the control thread):
     // the log is asynchronous and persistence is only requested, never waited on here.
@@ -1056,18 +1133,7 @@ void server::on_transition(const breakers::transition& t) {
         a.actor = t.cause.actor;
         a.reason = t.cause.reason;
         a.request_id = t.cause.request_id;
-        a.severity = "sev3";
-        if (!t.cause.rule.empty()) {
-            if (const auto rt = current_runtime(); rt->engine) {
-                if (const auto* r = rt->engine->rules().find_rule(t.cause.rule)) {
-                    const auto& fm = rt->engine->rules().mode_of(*r);
-                    a.failure_mode = fm.id;
-                    a.severity = std::string{rules::to_string(fm.sev)};
-                }
-            }
-        } else if (t.breaker.starts_with("upstream/")) {
-            a.severity = "sev2";
-        }
+        a.severity = trip_severity(t.breaker, t.cause.rule, &a.failure_mode);
         // An incident's later alerts (its resolve, a failed probe's re-trip, an operator's
         // mode change) carry the severity it opened with: a pager sink that takes sev1 and
         // sev2 only must get the resolve of what it paged, or the incident stays open and

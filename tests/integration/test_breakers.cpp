@@ -2056,9 +2056,52 @@ TEST(alerts, an_incident_open_across_a_restart_resolves_on_every_sink) {
     ASSERT_TRUE(reg.reset(instance, "ops", "fixed", bb.server().now()));
     ASSERT_TRUE(bb.server().alerts()->flush(5s));
     const auto paged = pager.requests();
-    ASSERT_EQ(paged.size(), 2u) << "the pager got no resolve of what it paged before the restart";
-    EXPECT_NE(paged[1].req.body().find("\"event\":\"breaker_reset\""), std::string::npos) << paged[1].req.body();
+    ASSERT_GE(paged.size(), 3u);
+    // At start the instance restored open pages again (the page before the restart may never
+    // have gone out); PagerDuty folds it into the open incident by its dedup key.
+    EXPECT_NE(paged[1].req.body().find("\"event\":\"breaker_restored_open\""), std::string::npos)
+        << paged[1].req.body();
+    EXPECT_NE(paged[1].req.body().find("\"dedup_key\":\"campaign-volume/spring\""), std::string::npos)
+        << paged[1].req.body();
+    EXPECT_NE(paged.back().req.body().find("\"event\":\"breaker_reset\""), std::string::npos)
+        << "the pager got no resolve of what it paged before the restart: " << paged.back().req.body();
     EXPECT_GE(chat.request_count(), 3u);
+}
+
+// A trip whose page never went out (the process died first, or the sink was down until the
+// restart dropped its queue) is paged at the next start, while the breaker is still open:
+// the traffic it holds back is not contained with nobody told. Per-key instances page one by
+// one up to ten per breaker; the rest come as the breaker's storm alert.
+TEST(alerts, a_breaker_restored_open_pages_again_at_start) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream pager{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    {
+        // No sinks: the trips page nobody (as if the pages were lost).
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        for (int i = 0; i < 12; ++i) {
+            raw_client c{bb.port()};
+            c.send(mail(10, "campaign-" + std::to_string(i)));
+            ASSERT_EQ(c.read_response().result_int(), 503u) << i;
+        }
+    }
+    bb::manual_clock clock;
+    proxy_instance bb{with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                  webhook_sink("pager", pager.port(), R"("sev2")")),
+                      &clock};
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    const auto paged = pager.requests();
+    ASSERT_EQ(paged.size(), 10u) << "ten one by one, the other two held for the storm alert";
+    for (const auto& p : paged) {
+        EXPECT_NE(p.req.body().find("\"event\":\"breaker_restored_open\""), std::string::npos) << p.req.body();
+        EXPECT_NE(p.req.body().find("\"severity\":\"sev2\""), std::string::npos) << "the rule's failure mode";
+        EXPECT_NE(p.req.body().find("still open after a restart"), std::string::npos) << p.req.body();
+    }
+    clock.advance(61s);
+    ASSERT_TRUE(pager.wait_for([&] { return pager.request_count() >= 11; }, 5s));
+    const auto storm = pager.requests()[10].req.body();
+    EXPECT_NE(storm.find("\"event\":\"breaker_storm\""), std::string::npos) << storm;
+    EXPECT_NE(storm.find("2 more instance(s)"), std::string::npos) << storm;
 }
 
 // A rule that names a host (however the config spells it), or is keyed by it, sees one host
