@@ -949,6 +949,7 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             rt->breakers->restore(back, clock_->now());
             spdlog::warn("restored the kept state of {} instance(s) of breakers configured again",
                          back.size() + back_from_store.size());
+            rt->restored_from_store = std::move(back_from_store);  // paged once this runtime runs
         }
     }
     // Before any request runs the new rules (only requests on the old config, with the old
@@ -1039,21 +1040,36 @@ std::string server::trip_severity(const std::string& breaker, const std::string&
 }
 
 void server::alert_restored_open(const std::vector<breakers::instance_snapshot>& restored) {
-    // An instance that comes back containing (open, half-open, or held open by an operator)
-    // pages again under its own dedup key: the page of its trip may never have gone out (a
-    // crash right after the trip, or a sink down until the restart dropped the queue), and
-    // the traffic it contains would otherwise be held or refused with nobody told. A page
-    // that did go out takes it in (PagerDuty folds a trigger into the open incident of the
-    // same dedup key); chat sinks get a line saying what is still open after the restart.
-    // Per-key instances page one by one up to storm_alerts per breaker, the rest in the
-    // breaker's storm alert, as trips do.
+    // An instance that comes back containing (open or half-open under its own judgement, or
+    // held open by an operator) pages again under its own dedup key: the page of its trip may
+    // never have gone out (a crash right after the trip, or a sink down until the restart
+    // dropped the queue), and the traffic it contains would otherwise be held or refused with
+    // nobody told. A page that did go out takes it in (PagerDuty folds a trigger into the open
+    // incident of the same dedup key); chat sinks get a line saying what is still open after
+    // the restart. Judged on the instances as restored (a mode that expired meanwhile, a key
+    // saved under an older spelling, an instance folded into the overflow one), not on the
+    // saved rows. Per-key instances page one by one up to storm_alerts per breaker; the rest
+    // are counted in one alert per breaker at once (a crash loop must not leave them unsaid
+    // for want of a minute's tick), and none of them takes the first minute's room of new trips.
     const auto dispatcher = alerts();
-    if (!dispatcher) {
+    if (!dispatcher || restored.empty()) {
         return;
     }
+    std::set<std::string> names;
     for (const auto& s : restored) {
-        const bool containing = s.st != breakers::state::closed || s.md == breakers::mode::forced_open;
-        if (!containing) {
+        names.insert(s.breaker);
+    }
+    const auto rt = current_runtime();
+    struct held_back {
+        std::size_t count = 0;
+        std::string worst;
+    };
+    std::map<std::string, std::size_t> paged;
+    std::map<std::string, held_back> rest;
+    for (const auto& s : rt->breakers->snapshot(clock_->now())) {
+        const bool containing = s.md == breakers::mode::forced_open ||
+                                (s.md == breakers::mode::automatic && s.st != breakers::state::closed);
+        if (!containing || !names.contains(s.breaker)) {
             continue;
         }
         alerts::alert a;
@@ -1068,33 +1084,33 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
             a.request_id = s.last_trip->cause.request_id;
         }
         a.severity = trip_severity(s.breaker, a.rule, &a.failure_mode);
+        if (s.instance != s.breaker && paged[s.breaker]++ >= storm_alerts) {
+            auto& r = rest[s.breaker];
+            ++r.count;
+            storm::keep_most_severe(r.worst, a.severity);
+            continue;
+        }
         a.summary = "breaker " + s.instance + " is still " +
                     (s.md == breakers::mode::forced_open ? std::string{"held open by an operator"}
                                                          : std::string{breakers::to_string(s.st)}) +
                     " after a restart" + (a.reason.empty() ? "" : " (tripped: " + a.reason + ")");
-        if (s.instance != s.breaker) {
-            std::lock_guard lock{storms_mu_};
-            auto& st = storms_[s.breaker];
-            const auto now = clock_->now();
-            if (!st.window || now - *st.window >= std::chrono::minutes{1}) {
-                st.close_window();
-                st.window = now;
-                st.paged = 0;
-            }
-            if (st.paged >= storm_alerts) {
-                ++st.suppressed;
-                storm::keep_most_severe(st.worst, a.severity);
-                st.last_reason = a.summary;
-                continue;
-            }
-            ++st.paged;
-        }
         dispatcher->publish(a);
         std::lock_guard lock{alert_severity_mu_};
         auto& sevs = alert_severity_[s.instance];
         if (std::find(sevs.begin(), sevs.end(), a.severity) == sevs.end()) {
             sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), a.severity), a.severity);
         }
+    }
+    for (const auto& [breaker, r] : rest) {
+        alerts::alert a;
+        a.event = "breaker_storm";
+        a.breaker = breaker;
+        a.dedup_key = "storm:" + breaker;
+        a.severity = r.worst;
+        a.summary = "breaker " + breaker + ": " + std::to_string(r.count) + " more instance(s) still open after a " +
+                    "restart, beyond " + std::to_string(storm_alerts) +
+                    " alerted one by one (GET /v1/breakers lists them)";
+        dispatcher->publish(a);
     }
 }
 
@@ -1960,6 +1976,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         max_connections_ = effective->limits.max_connections;
         response_memory_->set_limit(effective->limits.upstream_buffered_bytes);
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    if (!rt->restored_from_store.empty()) {
+        alert_restored_open(rt->restored_from_store);  // kept in the store, configured again
     }
     if (started_ && fds_needed_by(*effective) != fds_needed_by(*before)) {
         ensure_fd_limit(*effective);
