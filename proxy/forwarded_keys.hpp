@@ -170,12 +170,13 @@ public:
             j->emptied(journal_file);
         }
     }
-    // Wall-clock ms minus this process's steady ms: the journal records wall-clock times
-    // (a restart reads them back onto its own steady clock). Set when the store opens and at
-    // every save.
-    void set_wall_offset(std::int64_t wall_minus_steady_ms) {
+    // Wall-clock ms minus this process's steady ms, as read when the store opened: the store
+    // and the journal both record sends on the wall clock with it, so that a take-back in the
+    // journal names exactly the time the store has (a fresh reading per save would move by a
+    // millisecond now and then, and the replay compares for equality).
+    std::int64_t wall_offset() const {
         std::lock_guard lock{mu_};
-        wall_offset_ms_ = wall_minus_steady_ms;
+        return wall_offset_ms_;
     }
     // Changes the journal could not take (a full disk): those are forgotten by a crash
     // before the next save, as they all were before there was a journal.
@@ -199,7 +200,9 @@ public:
             // (it went nowhere) is taken back only when it is still the key's last: the
             // store may hold a later send whose own entry was lost (a full disk), and that
             // one must not be forgotten.
-            const auto steady = [&](std::int64_t wall) { return now_ms - std::max<std::int64_t>(wall_now_ms - wall, 0); };
+            // Unclamped here (a send "later" than now, after the wall clock went back, keeps its
+            // order and its identity for the comparison below); clamped to now below.
+            const auto steady = [&](std::int64_t wall) { return now_ms - (wall_now_ms - wall); };
             std::unordered_map<std::uint64_t, std::int64_t> last;
             for (const auto& [h, sent] : saved) {
                 auto [it, added] = last.emplace(h, sent);
@@ -226,6 +229,9 @@ public:
                 dirty_.insert(e.digest);
             }
             saved.assign(last.begin(), last.end());
+        }
+        for (auto& [h, sent] : saved) {
+            sent = std::min(sent, now_ms);  // a send "later" than now (the wall clock went back) counts as now
         }
         journal_ = std::move(log);
         wall_offset_ms_ = wall_now_ms - now_ms;

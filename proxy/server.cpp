@@ -569,8 +569,9 @@ void server::open_store(const store_config& sc) {
         }
         saved_keys.reserve(keys->size());
         for (const auto& k : *keys) {
-            // A send "later" than now (the wall clock went back) counts as now.
-            saved_keys.emplace_back(k.digest, steady_now_ms - std::max<std::int64_t>(wall_now - *k.sent_wall_ms, 0));
+            // On this process's steady clock; one "later" than now (the wall clock went back)
+            // counts as now, once the journal was replayed over it (forwarded_keys::restore).
+            saved_keys.emplace_back(k.digest, steady_now_ms - (wall_now - *k.sent_wall_ms));
         }
         if (!saved_keys.empty()) {
             spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
@@ -812,13 +813,11 @@ bool server::save_forwarded_keys(bool wait) {
     int journal_file = -1;
     std::future<bool> saved;
     try {
-        // Steady times of this process onto the wall clock, through one reading of both (the
-        // journal's too, from here on).
-        const auto steady_now =
-            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
+        // Steady times of this process onto the wall clock by the offset read when the store
+        // opened, as the journal writes them (forwarded_keys::wall_offset).
+        const auto offset = forwarded_.wall_offset();
         const auto wall_now =
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
-        forwarded_.set_wall_offset(wall_now - steady_now);
         changes = forwarded_.changes(&journal_file);
         if (changes.empty()) {
             finish(nullptr, nullptr, -1);  // aged rows go with the next save that writes something
@@ -827,7 +826,7 @@ bool server::save_forwarded_keys(bool wait) {
         std::vector<store::database::forwarded_key> rows;
         rows.reserve(changes.size());
         for (const auto& c : changes) {
-            rows.push_back({c.digest, c.sent_ms ? std::optional{wall_now - (steady_now - *c.sent_ms)} : std::nullopt});
+            rows.push_back({c.digest, c.sent_ms ? std::optional{*c.sent_ms + offset} : std::nullopt});
         }
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();

@@ -249,6 +249,22 @@ TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
     EXPECT_EQ(k.sent_at("back", "r", "", now), 12'000) << "back to the send before the one taken back";
 }
 
+// The same when the wall clock went back before the restart, so both sends look "later" than
+// now: they are told apart before they are counted as now.
+TEST(forwarded_keys, a_replayed_take_back_tells_sends_apart_after_the_wall_clock_went_back) {
+    const std::int64_t wall_now = 1'700'000'100'000;
+    const std::int64_t now = 50'000;
+    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    const auto wall_of = [&](std::int64_t steady) { return wall_now - (now - steady); };
+    std::vector<store::key_journal::entry> replay{
+        {1, h("k"), wall_of(55'000), 0},
+        {2, h("k"), store::key_journal::forgotten, wall_of(55'000)},
+    };
+    forwarded_keys k{10, 1h};
+    k.restore({{h("k"), 60'000}}, now, nullptr, replay, wall_now);  // the store's later send, 10 s "ahead"
+    EXPECT_EQ(k.sent_at("k", "r", "", now), now) << "the later send stays (counted as now)";
+}
+
 // Keys noted before the store opened (a reload that adds the first breaker opens it) go into
 // the journal when it comes, so a crash before the first save does not forget them.
 TEST(forwarded_keys, keys_noted_before_the_store_opens_are_journalled_when_it_does) {
