@@ -750,9 +750,10 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
                          cfg::format_duration(capped));
         }
     }
-    // Nor is a response dropped for our memory bound a response of the upstream's: counted as
-    // a 503 it would raise `status:5xx` ratios and trip breakers over healthy upstreams.
-    if (response_rules && rt.engine && ex.failure != upstream_failure::over_budget) {
+    // Nor is an answer of our own limits (a response over upstream_body_bytes, or dropped for
+    // the memory bound) a response of the upstream's: counted as a 502 or 503 it would raise
+    // `status:5xx` ratios and trip breakers over healthy upstreams.
+    if (response_rules && rt.engine && !our_limit) {
         fill_view();
         rules::response_view rv;
         // A failed exchange counts as what the client is answered (502, 503 or 504), so an
