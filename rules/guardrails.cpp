@@ -6,6 +6,7 @@
 #include "core/byte_codec.hpp"
 #include "core/hex.hpp"
 #include "core/json_key.hpp"
+#include "core/mix.hpp"
 #include "core/utf8.hpp"
 
 #include <algorithm>
@@ -2398,18 +2399,9 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
     return {};
 }
 
-std::uint64_t mix(std::uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
 // Ordered: combine(combine(a, x), y) != combine(combine(a, y), x).
 std::uint64_t combine(std::uint64_t h, std::uint64_t x) {
-    return mix(h ^ (x + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2)));
+    return fmix64(h ^ (x + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2)));
 }
 
 array_groups array_groups_of(std::span<const frame> f) {

@@ -1,5 +1,7 @@
 #include "store/key_journal.hpp"
 
+#include "core/mix.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,18 +16,10 @@ namespace {
 
 constexpr std::size_t entry_bytes = 40;
 
-std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 std::uint64_t check_of(std::uint64_t seq, std::uint64_t digest, std::int64_t wall_ms, std::int64_t undoes_ms) {
-    return mix(seq ^ mix(digest ^ mix(static_cast<std::uint64_t>(wall_ms) ^
-                                      mix(static_cast<std::uint64_t>(undoes_ms) ^ 0x6b62622d6b657973ULL))));  // "bbb-keys"
+    return fmix64(seq ^ fmix64(digest ^ fmix64(static_cast<std::uint64_t>(wall_ms) ^
+                                               fmix64(static_cast<std::uint64_t>(undoes_ms) ^
+                                                      0x6b62622d6b657973ULL))));  // "bbb-keys"
 }
 
 std::string errno_text(int e) { return std::strerror(e); }

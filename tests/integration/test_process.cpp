@@ -674,6 +674,22 @@ static void write_capped_config(const std::string& dir, std::uint16_t upstream_p
     write_file(dir + "/bb.json", cfg);
 }
 
+// dir/bb.json: two workers, a store in dir, and a quarantine breaker `breaker` (manual reset)
+// that rule "cap" trips past `limit` recipients an hour (`key`: the rule's key member and a
+// comma, or empty for one count).
+static void write_quarantine_config(const std::string& dir, std::uint16_t upstream_port, const std::string& breaker,
+                                    int limit, const std::string& key = "") {
+    std::string cfg = make_config(local_url(upstream_port), "", "", "", 2);
+    cfg.insert(cfg.rfind('}'),
+               ", \"store\": {\"path\": \"" + dir +
+                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
+                   "\"breakers\": [{\"id\": \"" + breaker + "\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", " + key +
+                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": " +
+                   std::to_string(limit) + ", \"failure_mode\": \"fm\", \"trips\": \"" + breaker + "\"}]");
+    write_file(dir + "/bb.json", cfg);
+}
+
 TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
@@ -767,15 +783,7 @@ TEST(durability, a_cap_keeps_its_counts_across_kill_9_and_sigterm_restarts) {
 TEST(durability, a_key_sent_live_just_before_kill_9_is_remembered_after_restart) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
-    cfg.insert(cfg.rfind('}'),
-               ", \"store\": {\"path\": \"" + dir +
-                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
-                   "\"breakers\": [{\"id\": \"campaign-volume\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
-                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"key\": [\"header:x-campaign-id\"],"
-                   "\"measure\": {\"sum\": \"count($.to[*])\"}, \"window\": \"1h\", \"limit\": 2,"
-                   "\"failure_mode\": \"fm\", \"trips\": \"campaign-volume\"}]");
-    write_file(dir + "/bb.json", cfg);
+    write_quarantine_config(dir, up.port(), "campaign-volume", 2, "\"key\": [\"header:x-campaign-id\"], ");
     auto send = [&](std::uint16_t port, const std::string& body, const std::string& key) {
         std::vector<std::pair<std::string, std::string>> headers{{"content-type", "application/json"},
                                                                  {"x-campaign-id", "spring"}};
@@ -822,14 +830,7 @@ TEST(durability, a_corrupt_state_file_refuses_to_start) {
 TEST(durability, quarantine_survives_50_kill_9_restarts_with_every_acknowledged_ticket_intact) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
-    std::string cfg = make_config(local_url(up.port()), "", "", "", 2);
-    cfg.insert(cfg.rfind('}'),
-               ", \"store\": {\"path\": \"" + dir +
-                   "/bb.db\"}, \"failure_modes\": [{\"id\": \"fm\", \"title\": \"Volume\", \"severity\": \"sev2\"}],"
-                   "\"breakers\": [{\"id\": \"hold-all\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
-                   "\"rules\": [{\"id\": \"cap\", \"route\": \"mail-send\", \"measure\": {\"sum\": \"count($.to[*])\"},"
-                   "\"window\": \"1h\", \"limit\": 0, \"failure_mode\": \"fm\", \"trips\": \"hold-all\"}]");
-    write_file(dir + "/bb.json", cfg);
+    write_quarantine_config(dir, up.port(), "hold-all", 0);
 
     struct sent {
         std::string body;

@@ -34,6 +34,12 @@ protected:
         EXPECT_TRUE(j) << error;
         return j;
     }
+    // Closes the journal (as a crash leaves it) and opens it again, reading what it holds.
+    void reopen(std::unique_ptr<key_journal>& j, std::vector<key_journal::entry>& replay) {
+        j.reset();
+        replay.clear();
+        j = open(&replay);
+    }
     std::uintmax_t size_of(int file) const { return fs::file_size(base_ + ".sent-keys." + std::to_string(file)); }
 
     fs::path dir_;
@@ -63,9 +69,7 @@ TEST_F(journal_test, what_was_written_comes_back_in_order_after_the_process_is_g
     EXPECT_LT(replay[1].seq, replay[2].seq);
     // Written after the reopen: numbered after what was read.
     ASSERT_TRUE(j->append(33, 1002));
-    j.reset();
-    replay.clear();
-    j = open(&replay);
+    reopen(j, replay);
     ASSERT_EQ(replay.size(), 4u);
     EXPECT_EQ(replay[3].digest, 33u);
 }
@@ -82,9 +86,7 @@ TEST_F(journal_test, a_file_is_emptied_only_after_the_save_that_covers_it) {
     ASSERT_TRUE(j->saved(first));
     EXPECT_EQ(size_of(first), 0u);
     EXPECT_GT(size_of(1 - first), 0u);
-    j.reset();
-    replay.clear();
-    j = open(&replay);
+    reopen(j, replay);
     ASSERT_EQ(replay.size(), 1u);
     EXPECT_EQ(replay[0].digest, 2u);
 }
@@ -101,9 +103,7 @@ TEST_F(journal_test, a_failed_save_keeps_its_file_until_a_later_save_covers_it) 
     ASSERT_TRUE(j->append(3, 300));
     ASSERT_TRUE(j->saved(first));
     EXPECT_EQ(size_of(first), 0u);
-    j.reset();
-    replay.clear();
-    j = open(&replay);
+    reopen(j, replay);
     ASSERT_EQ(replay.size(), 2u) << "written after the first file was retired";
     EXPECT_EQ(replay[0].digest, 2u);
     EXPECT_EQ(replay[1].digest, 3u);
@@ -138,9 +138,7 @@ TEST_F(journal_test, torn_and_damaged_entries_are_skipped) {
     EXPECT_EQ(j->skipped_at_open(), 1u);
     EXPECT_EQ(fs::file_size(path), 120u) << "the torn end is cut off";
     ASSERT_TRUE(j->append(4, 400));
-    j.reset();
-    replay.clear();
-    j = open(&replay);
+    reopen(j, replay);
     ASSERT_EQ(replay.size(), 3u);
     EXPECT_EQ(replay[2].digest, 4u);
 }
