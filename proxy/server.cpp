@@ -663,7 +663,7 @@ void server::open_store(const store_config& sc) {
     if (!known.empty()) {
         spdlog::warn("restored {} breaker instance(s) from {}", known.size(), sc.path);
     }
-    alert_restored_open(known);
+    alert_restored_open(known, "after a restart");
     if (!kept.empty()) {
         std::string names;
         for (const auto& m : missing) {
@@ -1038,7 +1038,7 @@ std::string server::trip_severity(const std::string& breaker, const std::string&
     return breaker.starts_with("upstream/") ? "sev2" : "sev3";
 }
 
-void server::alert_restored_open(const std::vector<breakers::instance_snapshot>& restored) {
+void server::alert_restored_open(const std::vector<breakers::instance_snapshot>& restored, const std::string& when) {
     // An instance that comes back containing (open or half-open under its own judgement, or
     // held open by an operator) pages again under its own dedup key: the page of its trip may
     // never have gone out (a crash right after the trip, or a sink down until the restart
@@ -1092,7 +1092,7 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
         a.summary = "breaker " + s.instance + " is still " +
                     (s.md == breakers::mode::forced_open ? std::string{"held open by an operator"}
                                                          : std::string{breakers::to_string(s.st)}) +
-                    " after a restart" + (a.reason.empty() ? "" : " (tripped: " + a.reason + ")");
+                    " " + when + (a.reason.empty() ? "" : " (tripped: " + a.reason + ")");
         dispatcher->publish(a);
         std::lock_guard lock{alert_severity_mu_};
         auto& sevs = alert_severity_[s.instance];
@@ -1106,8 +1106,8 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
         a.breaker = breaker;
         a.dedup_key = "storm:" + breaker;
         a.severity = r.worst;
-        a.summary = "breaker " + breaker + ": " + std::to_string(r.count) + " more instance(s) still open after a " +
-                    "restart, beyond " + std::to_string(storm_alerts) +
+        a.summary = "breaker " + breaker + ": " + std::to_string(r.count) + " more instance(s) still open " + when +
+                    ", beyond " + std::to_string(storm_alerts) +
                     " alerted one by one (GET /v1/breakers lists them)";
         dispatcher->publish(a);
     }
@@ -1976,9 +1976,6 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         response_memory_->set_limit(effective->limits.upstream_buffered_bytes);
         config_generation_.fetch_add(1, std::memory_order_acq_rel);
     }
-    if (!rt->restored_from_store.empty()) {
-        alert_restored_open(rt->restored_from_store);  // kept in the store, configured again
-    }
     if (started_ && fds_needed_by(*effective) != fds_needed_by(*before)) {
         ensure_fd_limit(*effective);
     }
@@ -1992,6 +1989,10 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     if (auto ca = alert_ca_digest(effective->alerts); !(before->alerts == effective->alerts) || ca != alerts_ca_digest_) {
         alerts_ca_digest_ = std::move(ca);
         replace_alerts(effective->alerts);
+    }
+    if (!rt->restored_from_store.empty()) {
+        // Kept in the store, configured again: paged to the sinks of this config.
+        alert_restored_open(rt->restored_from_store, "after a reload configured it again");
     }
     {
         // Published: the breakers configured again now hold their kept state themselves.

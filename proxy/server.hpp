@@ -390,8 +390,9 @@ private:
     // The severity a trip's alerts carry: its rule's failure mode's, sev2 for an upstream's
     // breaker, else sev3. `failure_mode` receives the mode's id when there is one.
     std::string trip_severity(const std::string& breaker, const std::string& rule, std::string* failure_mode) const;
-    // At start: pages the instances restored containing (see server.cpp).
-    void alert_restored_open(const std::vector<breakers::instance_snapshot>& restored);
+    // At start (and a reload that configures a breaker again): pages the instances restored
+    // containing (see server.cpp); `when` ends their summary ("after a restart").
+    void alert_restored_open(const std::vector<breakers::instance_snapshot>& restored, const std::string& when);
 
     real_clock real_clock_;
     const clock* clock_ = &real_clock_;

@@ -2108,6 +2108,32 @@ TEST(alerts, a_breaker_restored_open_pages_again_at_start) {
     EXPECT_NE(pager.requests()[11].req.body().find("\"event\":\"breaker_tripped\""), std::string::npos);
 }
 
+// A breaker the running config lacks keeps its state in the store, not enforced; the reload
+// that configures it again restores it, and pages it then, to the sinks of that config (here
+// the first sink arrives with the same reload).
+TEST(alerts, a_breaker_configured_again_by_a_reload_pages_what_it_restored_open) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream pager{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        raw_client c{bb.port()};
+        c.send(mail(10, "spring"));
+        ASSERT_EQ(c.read_response().result_int(), 503u);
+    }
+    proxy_instance bb{one_route_config(up.port(), dir)};  // no breakers, no sinks
+    const auto again = bb::parse_config(with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                                    webhook_sink("pager", pager.port())));
+    ASSERT_TRUE(again.errors.empty()) << again.errors.to_string();
+    bb.server().apply_config(again.cfg);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(pager.request_count(), 1u);
+    const auto body = pager.requests()[0].req.body();
+    EXPECT_NE(body.find("\"event\":\"breaker_restored_open\""), std::string::npos) << body;
+    EXPECT_NE(body.find("campaign-volume/spring is still open after a reload configured it again"), std::string::npos)
+        << body;
+}
+
 // A rule that names a host (however the config spells it), or is keyed by it, sees one host
 // however the client spells it:
 // `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
