@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <iterator>
 #include <limits>
 #include <list>
@@ -129,10 +130,19 @@ public:
     // What changed since the last call, as it stands now; the caller writes it to the store
     // and hands it back with retry() if the write failed, or calls saved(*journal_file) once
     // it is in the store (-1: no journal).
-    std::vector<change> changes(int* journal_file = nullptr) {
+    // `wall_minus_steady_ms`, when given: the clocks' offset read now. When the wall clock
+    // moved more than a second against the steady one (an NTP step, a suspended VM), every
+    // key is written again at the new offset: rows on the old one would age by the step.
+    std::vector<change> changes(int* journal_file = nullptr, std::optional<std::int64_t> wall_minus_steady_ms = {}) {
         std::lock_guard lock{mu_};
         if (journal_file != nullptr) {
             *journal_file = journal_ ? journal_->retire() : -1;
+        }
+        if (wall_minus_steady_ms && persisted_ && std::abs(*wall_minus_steady_ms - wall_offset_ms_) > 1000) {
+            wall_offset_ms_ = *wall_minus_steady_ms;
+            for (const auto& [h, sent] : lru_) {
+                dirty_.insert(h);
+            }
         }
         std::vector<change> out;
         out.reserve(dirty_.size());
@@ -170,10 +180,11 @@ public:
             j->emptied(journal_file);
         }
     }
-    // Wall-clock ms minus this process's steady ms, as read when the store opened: the store
-    // and the journal both record sends on the wall clock with it, so that a take-back in the
-    // journal names exactly the time the store has (a fresh reading per save would move by a
-    // millisecond now and then, and the replay compares for equality).
+    // Wall-clock ms minus this process's steady ms, as read when the store opened (or when
+    // changes() found the clocks a second apart from it): the store and the journal both
+    // record sends on the wall clock with it, so that a take-back in the journal names
+    // exactly the time the store has (a fresh reading per save would move by a millisecond
+    // now and then, and the replay compares for equality).
     std::int64_t wall_offset() const {
         std::lock_guard lock{mu_};
         return wall_offset_ms_;

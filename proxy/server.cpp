@@ -813,12 +813,14 @@ bool server::save_forwarded_keys(bool wait) {
     int journal_file = -1;
     std::future<bool> saved;
     try {
-        // Steady times of this process onto the wall clock by the offset read when the store
-        // opened, as the journal writes them (forwarded_keys::wall_offset).
-        const auto offset = forwarded_.wall_offset();
+        // Steady times of this process onto the wall clock by one offset, as the journal writes
+        // them (forwarded_keys::wall_offset; moved, and every key rewritten, after a clock step).
+        const auto steady_now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock_->now().time_since_epoch()).count();
         const auto wall_now =
             std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
-        changes = forwarded_.changes(&journal_file);
+        changes = forwarded_.changes(&journal_file, wall_now - steady_now);
+        const auto offset = forwarded_.wall_offset();
         if (changes.empty()) {
             finish(nullptr, nullptr, -1);  // aged rows go with the next save that writes something
             return true;
@@ -830,7 +832,7 @@ bool server::save_forwarded_keys(bool wait) {
         }
         auto done = std::make_shared<std::promise<bool>>();
         saved = done->get_future();
-        db()->save_forwarded_keys(std::move(rows), wall_now - forwarded_.memory().count(),
+        db()->save_forwarded_keys(std::move(rows), steady_now + offset - forwarded_.memory().count(),
                                   [finish, changes, done, journal_file](const store::result& r) {
                                       finish(r.ok ? nullptr : &changes, &r, journal_file);
                                       done->set_value(r.ok);

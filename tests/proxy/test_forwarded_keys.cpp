@@ -249,6 +249,22 @@ TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
     EXPECT_EQ(k.sent_at("back", "r", "", now), 12'000) << "back to the send before the one taken back";
 }
 
+// A wall clock stepped against the steady one (NTP, a suspended VM) moves the offset the store
+// and journal use, and every key is written again: rows on the old offset would age by the step.
+TEST(forwarded_keys, a_clock_step_rewrites_every_key_at_the_new_offset) {
+    forwarded_keys k{10, 1h};
+    k.restore({}, 1000, nullptr, {}, 1'700'000'000'000);
+    EXPECT_EQ(k.wall_offset(), 1'700'000'000'000 - 1000);
+    k.note("a", "r", "", 1000);
+    k.note("b", "r", "", 1001);
+    EXPECT_EQ(k.changes(nullptr, k.wall_offset() + 400).size(), 2u);
+    EXPECT_EQ(k.wall_offset(), 1'700'000'000'000 - 1000) << "under a second: left alone";
+    EXPECT_TRUE(k.changes(nullptr, k.wall_offset() + 400).empty());
+    const auto stepped = k.wall_offset() + 26 * 3'600'000LL;
+    EXPECT_EQ(k.changes(nullptr, stepped).size(), 2u) << "every key again";
+    EXPECT_EQ(k.wall_offset(), stepped);
+}
+
 // The same when the wall clock went back before the restart, so both sends look "later" than
 // now: they are told apart before they are counted as now.
 TEST(forwarded_keys, a_replayed_take_back_tells_sends_apart_after_the_wall_clock_went_back) {
