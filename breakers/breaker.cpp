@@ -514,10 +514,6 @@ private:
     }
     milliseconds backoff(milliseconds c) const { return std::min(c * 2, std::max(cfg_.max_cooldown, cfg_.cooldown)); }
 
-    static bool containing(state st, mode md) {
-        return md == mode::forced_open || (md == mode::automatic && st != state::closed);
-    }
-
     admission base() const {
         admission a;
         a.act = cfg_.act;

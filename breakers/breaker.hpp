@@ -52,6 +52,11 @@ std::string_view to_string(mode m);
 std::optional<mode> parse_mode(std::string_view s);  // "auto", "forced_open", ...
 // forced_closed and metrics_only: an operator's bypass (trips are recorded, not enforced).
 bool is_shadow(mode m);
+// Whether an instance in this state and mode contains its traffic: held open by an operator,
+// or open or half-open under its own judgement.
+inline bool containing(state st, mode md) {
+    return md == mode::forced_open || (md == mode::automatic && st != state::closed);
+}
 
 struct throttle_config {
     std::uint32_t requests = 1;       // at most this many requests ...
@@ -171,6 +176,7 @@ struct instance_snapshot {
 
     // Closed and in automatic mode: nothing to contain, nothing to keep.
     bool at_rest() const { return st == state::closed && md == mode::automatic; }
+    bool containing() const { return breakers::containing(st, md); }
     // "instance is state/mode", for messages.
     std::string described() const {
         return instance + " is " + std::string{to_string(st)} + "/" + std::string{to_string(md)};

@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
-#include <limits>
 #include <list>
 #include <memory>
 #include <functional>
@@ -99,7 +98,7 @@ public:
             at_.erase(it);
         }
         mark(h);
-        journal(h, before ? *before : journal_none, sent_ms);
+        journal(h, before ? *before : store::key_journal::forgotten, sent_ms);
     }
 
     // When a request with this key, route and agent was last sent, if within the memory.
@@ -308,14 +307,14 @@ private:
     }
 
     // With mu_ held: this change goes to the journal before its request goes out. Steady
-    // times; `sent_ms` journal_none: remembered no more; `undoes_ms` not 0: the send at that
-    // time is taken back.
-    static constexpr std::int64_t journal_none = std::numeric_limits<std::int64_t>::min();
+    // times; `sent_ms` key_journal::forgotten: remembered no more; `undoes_ms` not 0: the
+    // send at that time is taken back.
     void journal(std::uint64_t h, std::int64_t sent_ms, std::int64_t undoes_ms) {
         if (!journal_) {
             return;
         }
-        const std::int64_t wall = sent_ms == journal_none ? store::key_journal::forgotten : sent_ms + wall_offset_ms_;
+        const std::int64_t wall =
+            sent_ms == store::key_journal::forgotten ? store::key_journal::forgotten : sent_ms + wall_offset_ms_;
         if (!journal_->append(h, wall, undoes_ms == 0 ? 0 : undoes_ms + wall_offset_ms_)) {
             ++journal_failures_;
         }

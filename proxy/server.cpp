@@ -561,8 +561,7 @@ void server::open_store(const store_config& sc) {
     const auto keys_wall_now =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock_->wall_now().time_since_epoch()).count();
     {
-        const auto wall_now = keys_wall_now;
-        auto keys = db->load_forwarded_keys(wall_now - forwarded_.memory().count(), forwarded_.max(), &error);
+        auto keys = db->load_forwarded_keys(keys_wall_now - forwarded_.memory().count(), forwarded_.max(), &error);
         if (!keys) {
             throw std::runtime_error("cannot restore the keys of requests sent live: " + error +
                                      " (refusing to start: their retries could be held and released a second time)");
@@ -571,7 +570,7 @@ void server::open_store(const store_config& sc) {
         for (const auto& k : *keys) {
             // On this process's steady clock; one "later" than now (the wall clock went back)
             // counts as now, once the journal was replayed over it (forwarded_keys::restore).
-            saved_keys.emplace_back(k.digest, steady_now_ms - (wall_now - *k.sent_wall_ms));
+            saved_keys.emplace_back(k.digest, steady_now_ms - (keys_wall_now - *k.sent_wall_ms));
         }
         if (!saved_keys.empty()) {
             spdlog::info("restored the keys of {} request(s) sent live from {}", saved_keys.size(), sc.path);
@@ -1040,6 +1039,14 @@ std::string server::trip_severity(const std::string& breaker, const std::string&
     return breaker.starts_with("upstream/") ? "sev2" : "sev3";
 }
 
+void server::note_alert_severity(const std::string& instance, const std::string& severity) {
+    std::lock_guard lock{alert_severity_mu_};
+    auto& sevs = alert_severity_[instance];  // kept sorted
+    if (std::find(sevs.begin(), sevs.end(), severity) == sevs.end()) {
+        sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), severity), severity);
+    }
+}
+
 void server::alert_restored_open(const std::vector<breakers::instance_snapshot>& restored, const std::string& when) {
     // An instance that comes back containing (open or half-open under its own judgement, or
     // held open by an operator) pages again under its own dedup key: the page of its trip may
@@ -1068,9 +1075,7 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
     std::map<std::string, std::size_t> paged;
     std::map<std::string, held_back> rest;
     for (const auto& s : rt->breakers->snapshot(clock_->now())) {
-        const bool containing = s.md == breakers::mode::forced_open ||
-                                (s.md == breakers::mode::automatic && s.st != breakers::state::closed);
-        if (!containing || !names.contains(s.breaker)) {
+        if (!s.containing() || !names.contains(s.breaker)) {
             continue;
         }
         alerts::alert a;
@@ -1096,11 +1101,7 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
                                                          : std::string{breakers::to_string(s.st)}) +
                     " " + when + (a.reason.empty() ? "" : " (tripped: " + a.reason + ")");
         dispatcher->publish(a);
-        std::lock_guard lock{alert_severity_mu_};
-        auto& sevs = alert_severity_[s.instance];
-        if (std::find(sevs.begin(), sevs.end(), a.severity) == sevs.end()) {
-            sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), a.severity), a.severity);
-        }
+        note_alert_severity(s.instance, a.severity);
     }
     for (const auto& [breaker, r] : rest) {
         alerts::alert a;
@@ -1243,11 +1244,7 @@ void server::on_transition(const breakers::transition& t) {
             } else {
                 dispatcher->publish(a);
                 if (!a.resolve) {
-                    std::lock_guard lock{alert_severity_mu_};
-                    auto& sevs = alert_severity_[t.instance];
-                    if (std::find(sevs.begin(), sevs.end(), a.severity) == sevs.end()) {
-                        sevs.insert(std::lower_bound(sevs.begin(), sevs.end(), a.severity), a.severity);
-                    }
+                    note_alert_severity(t.instance, a.severity);
                 }
             }
         }

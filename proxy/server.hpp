@@ -392,6 +392,9 @@ private:
     std::string trip_severity(const std::string& breaker, const std::string& rule, std::string* failure_mode) const;
     // At start (and a reload that configures a breaker again): pages the instances restored
     // containing (see server.cpp); `when` ends their summary ("after a restart").
+    // An incident's alert went out with this severity (alert_severity_: its resolve goes to
+    // the sinks of every severity it had).
+    void note_alert_severity(const std::string& instance, const std::string& severity);
     void alert_restored_open(const std::vector<breakers::instance_snapshot>& restored, const std::string& when);
 
     real_clock real_clock_;

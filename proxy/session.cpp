@@ -1240,6 +1240,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // A client certificate is judged again once the listener's TLS files were reloaded
         // (a CRL that revokes it, a CA no longer trusted): a keep-alive connection does not
         // keep a trust the files withdrew. Refused: 401 and the connection closes.
+        std::string cert_refused;  // why the connection's certificate is refused now
         if (ci.ssl != nullptr && ci.verified_under != nullptr) {
             // (The same TLS context under a new listener_security, a reload whose files are
             // unchanged, verifies nothing differently: not judged again.)
@@ -1248,16 +1249,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 std::string why;
                 const auto verdict = reverify_peer(ci.ssl, now ? now->tls.get() : nullptr, &why, &ci.cert_expires);
                 if (verdict == peer_verdict::refused) {
-                    rec.method = std::string{parser.get().method_string()};
-                    rec.target = parser.get().target();
-                    head_request = parser.get().method() == http::verb::head;
-                    co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                                    "the client certificate is no longer accepted since the TLS files were reloaded (" +
-                                        why + "): it identifies nobody on this connection"},
-                                   false);
-                    break;
-                }
-                if (verdict == peer_verdict::not_verified) {
+                    cert_refused = "the client certificate is no longer accepted since the TLS files were reloaded (" +
+                                   why + "): it identifies nobody on this connection";
+                } else if (verdict == peer_verdict::not_verified) {
                     ci.cert_names.clear();  // verified against nothing now: it names no agent
                     ci.ignored_cn.clear();
                     ci.cert_expires.reset();  // nor is it held to its dates
@@ -1268,15 +1262,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // Nor does it outlive the certificate: the handshake's verification is not repeated per
         // request, so a certificate (or an intermediate) that expires during a keep-alive
         // connection would go on naming its agent. Refused as a new handshake would be.
-        if (ci.ssl != nullptr && ci.cert_expires &&
+        if (cert_refused.empty() && ci.ssl != nullptr && ci.cert_expires &&
             std::chrono::floor<std::chrono::seconds>(w.owner().time().wall_now()) > *ci.cert_expires) {
+            cert_refused = "the client certificate (or a certificate of its chain) expired during this "
+                           "connection: it identifies nobody now; connect again with a renewed certificate";
+        }
+        if (!cert_refused.empty()) {
             rec.method = std::string{parser.get().method_string()};
             rec.target = parser.get().target();
             head_request = parser.get().method() == http::verb::head;
-            co_await reply({http::status::unauthorized, "denied", "unauthenticated",
-                            "the client certificate (or a certificate of its chain) expired during this "
-                            "connection: it identifies nobody now; connect again with a renewed certificate"},
-                           false);
+            co_await reply({http::status::unauthorized, "denied", "unauthenticated", cert_refused}, false);
             break;
         }
         const agent_config* agent = nullptr;
