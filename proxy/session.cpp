@@ -706,11 +706,14 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     }
     const bool failed = ex.failure != upstream_failure::none;
     const unsigned status = failed ? 0 : ex.res.result_int();
-    const bool bad = failed || status >= 500;
     // A response over limits.upstream_body_bytes (or past upstream_buffered_bytes) is our own limit, not the upstream failing
     // (a few large list GETs in a row must not open upstream/<name> and pause every write):
-    // no verdict for probes or health.
-    const bool our_limit = ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::over_budget;
+    // no verdict for probes or health. Unless its status was a 5xx: the upstream failed,
+    // whatever the size of its error page.
+    const bool dropped_5xx = ex.dropped_status >= 500 && ex.dropped_status < 600;
+    const bool our_limit = (ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::over_budget) &&
+                           !dropped_5xx;
+    const bool bad = failed || status >= 500;
     for (const auto& p : probes) {
         if (our_limit) {
             registry.cancel_probe(p.instance, p.round);
@@ -752,14 +755,17 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
     }
     // Nor is an answer of our own limits (a response over upstream_body_bytes, or dropped for
     // the memory bound) a response of the upstream's: counted as a 502 or 503 it would raise
-    // `status:5xx` ratios and trip breakers over healthy upstreams.
+    // `status:5xx` ratios and trip breakers over healthy upstreams. (A dropped 5xx counts as
+    // the upstream's own status, without its body.)
     if (response_rules && rt.engine && !our_limit) {
         fill_view();
         rules::response_view rv;
         // A failed exchange counts as what the client is answered (502, 503 or 504), so an
         // outage of refused connections and timeouts raises a `status:5xx` ratio instead of
         // diluting it as "responses" that are not errors.
-        rv.status = failed ? static_cast<int>(failure_status(ex.failure)) : static_cast<int>(status);
+        rv.status = dropped_5xx ? static_cast<int>(ex.dropped_status)
+                    : failed    ? static_cast<int>(failure_status(ex.failure))
+                                : static_cast<int>(status);
         rv.latency = ex.elapsed;
         if (!failed) {
             rv.content_type = ex.res[http::field::content_type];

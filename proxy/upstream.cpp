@@ -551,6 +551,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                     conn->close();
                     out.held.release();
                     out.failure = upstream_failure::over_budget;
+                    out.dropped_status = parser.get().result_int();
                     out.detail = "upstream response bodies held in memory have reached limits.upstream_buffered_bytes (" +
                                  std::to_string(budget_->limit()) + " bytes): this response was dropped unread";
                     finish();
@@ -573,6 +574,9 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
             }
             if (ec == http::error::body_limit) {
                 out.failure = upstream_failure::too_large;
+                // Over the limit by its Content-Length or by the bytes that came: either way
+                // after the status line, which the parser has read.
+                out.dropped_status = parser.get().result_int();
                 out.detail = "upstream response body is larger than " + std::to_string(response_body_limit_) + " bytes";
                 finish();
                 co_return;

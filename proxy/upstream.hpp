@@ -133,6 +133,9 @@ struct exchange_result {
     std::string detail;  // for logs and the error message; never contains secrets
     response res;
     budget_hold held;  // res's body in the process's response_budget
+    // too_large, over_budget: the status the upstream answered before its body was dropped
+    // for our own limit (a 5xx still says the upstream is failing).
+    unsigned dropped_status = 0;
     std::chrono::microseconds elapsed{0};
     bool reused_connection = false;
     // Set as the request starts to go out (readable while the exchange runs, on the same

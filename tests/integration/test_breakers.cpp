@@ -278,6 +278,29 @@ TEST(health, a_response_over_our_body_limit_is_no_upstream_failure) {
     EXPECT_EQ(up.request_count(), 4u);
 }
 
+// ...but a 5xx is the upstream failing, however large its error page: counted as one, so an
+// upstream that answers every request with a big 503 page still opens its breaker.
+TEST(health, a_5xx_over_our_body_limit_is_still_an_upstream_failure) {
+    fake_upstream up{[](const request&) { return respond(503, std::string(4096, 'x')); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    auto cfg = guarded_config(up.port(), dir, pause_manual, 1000000,
+                              R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
+    const std::string limits = R"("limits": {"drain_timeout": "2s")";
+    ASSERT_NE(cfg.find(limits), std::string::npos);
+    cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
+    proxy_instance bb{cfg, &clock};
+    for (int i = 0; i < 2; ++i) {
+        auto res = http_request(bb.port(), http::verb::get, "/big");
+        EXPECT_EQ(res.result_int(), 502u);
+        EXPECT_EQ(body_field(res, "code"), "upstream_response_too_large");
+    }
+    auto res = http_request(bb.port(), http::verb::get, "/small");
+    EXPECT_EQ(res.result_int(), 503u);
+    EXPECT_EQ(body_field(res, "code"), "upstream_unhealthy");
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(health, a_failed_probe_reopens_with_a_longer_cooldown) {
     fake_upstream up{[](const request&) { return respond(502, "{}"); }};
     bb::manual_clock clock;
