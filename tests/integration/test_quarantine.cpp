@@ -855,6 +855,39 @@ TEST(quarantine, a_retry_after_a_restart_of_a_request_sent_live_is_not_held) {
     EXPECT_EQ(up.request_count(), 3u) << "k-1 or k-2 sent a second time by a release";
 }
 
+// ...and when the machine's wall clock was set back across the restart (a VM restored, a
+// wrong clock corrected by NTP at boot): the keys' send times are then "in the future" of
+// the new process. They are remembered as sent now, not dropped as unreadable or aged out.
+TEST(quarantine, a_retry_after_a_restart_with_the_wall_clock_set_back_is_not_held) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    auto send_with_key = [&](std::uint16_t port, const std::string& key) {
+        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    {
+        bb::manual_clock before;
+        proxy_instance bb{quarantine_config(up.port(), dir, 1000), &before};
+        ASSERT_EQ(send_with_key(bb.port(), "k-1").result_int(), 202u);
+        bb.stop();
+        EXPECT_EQ(bb.exit_code(), 0);
+    }
+    bb::manual_clock after;
+    after.step_wall(-std::chrono::hours{2});
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000), &after};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto retry = send_with_key(bb.port(), "k-1");
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    // Remembered as sent at the restart: forgotten a day after it, like a key sent then.
+    after.advance(std::chrono::hours{23});
+    EXPECT_EQ(send_with_key(bb.port(), "k-1").result_int(), 409u);
+    after.advance(std::chrono::hours{2});
+    const auto late = send_with_key(bb.port(), "k-1");
+    EXPECT_EQ(late.result_int(), 202u) << late.body();
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // The key of a request sent live reaches the store on its own short tick, while the request
 // still waits for its answer: a crash that cuts it off (the request its client will retry)
 // does not forget it. The periodic meter saves are stretched to an hour here, so nothing
