@@ -1855,6 +1855,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // Every sandbox breaker instance that applied (a hold names them all: a release
         // waits until none does).
         std::string sandbox_instances;
+        // The breaker change a sandbox admission saw: its dry run's answer waits until it is
+        // saved, as every containing answer does (a restart must not find the breaker closed
+        // that this answer said was switched).
+        std::uint64_t sandbox_change = 0;
         std::string contained_rule;
         std::string contained_breaker;
         std::optional<error_info> contained;
@@ -1926,6 +1930,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             if (adm.act == breakers::action::sandbox) {
                 forwarded_decision = "sandboxed";
+                sandbox_change = std::max(sandbox_change, adm.change);
                 contained_breaker = adm.instance;
                 // Instance names hold no control bytes (rules keys are %XX-escaped): a line
                 // break separates them.
@@ -2167,6 +2172,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // after the incident "deliver" a dry run: the mail lost, the record saying released.
         std::string sandboxed_by;
         bool to_sandbox_upstream = false;  // to the breaker's alternate upstream, not the route's
+        if (!contained && std::string_view{forwarded_decision} == "sandboxed" && must_settle(w.owner(), sandbox_change)) {
+            // Before the dry run goes (its answer tells the client the traffic is switched).
+            if (!co_await await_persist(w.owner())) {
+                spdlog::error("breaker state for {} could not be persisted", contained_breaker);
+            }
+        }
         if (!contained && std::string_view{forwarded_decision} == "sandboxed" && !quarantine_instance.empty()) {
             sandboxed_by = sandbox_instances.empty() ? contained_breaker : sandbox_instances;
         } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {

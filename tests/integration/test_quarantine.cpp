@@ -1149,6 +1149,39 @@ TEST(quarantine, a_paused_answer_waits_for_the_trip_it_reports_to_be_saved) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// And for a sandbox breaker's dry run: its answer (x-breakerbox-decision: sandboxed) tells the
+// client its traffic is switched; the dry run is sent only once that trip is saved, so a
+// crash right after it does not come back with the traffic going live. (It used to go
+// straight out: the one containing answer that did not wait.)
+TEST(quarantine, a_sandboxed_answer_waits_for_the_trip_it_reports_to_be_saved) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    const auto dir = temp_dir();
+    std::string cfg = quarantine_config(up.port(), dir, 1000);
+    const std::string quarantine = R"("action": "quarantine")";
+    cfg.replace(cfg.find(quarantine), quarantine.size(), R"("action": "sandbox", "sandbox": {"upstream": "sink"})");
+    const std::string upstreams_end = "\"}],\"routes\"";
+    cfg.replace(cfg.find(upstreams_end), upstreams_end.size(),
+                "\"}, {\"name\": \"sink\", \"url\": \"http://127.0.0.1:" + std::to_string(sink.port()) +
+                    "\"}],\"routes\"");
+    proxy_instance bb{cfg};
+    std::thread client;
+    auto resume = hold_state_writes(bb, client);
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    std::promise<response> sandboxed;
+    auto sandboxed_answer = sandboxed.get_future();
+    client = std::thread{[&] { sandboxed.set_value(send_mail(bb.port(), "c", R"({"to":[1]})")); }};
+    EXPECT_EQ(sandboxed_answer.wait_for(300ms), std::future_status::timeout)
+        << "answered as sandboxed while the trip it reports is not saved";
+    EXPECT_EQ(sink.request_count(), 0u);
+    resume.reset();
+    const auto res = sandboxed_answer.get();
+    EXPECT_EQ(res.result_int(), 200u) << res.body();
+    EXPECT_EQ(res["x-breakerbox-decision"], "sandboxed");
+    EXPECT_EQ(sink.request_count(), 1u);
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The upstream took the replay but the store could not record it, and kept failing for
 // the few seconds the result is tried again: that is an unknown outcome, not "nothing was
 // saved" (which would invite a second release).
