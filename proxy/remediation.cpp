@@ -522,10 +522,19 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
             outcome = store::release_outcome::failed;
             detail = ex.detail;
             break;
+        case upstream_failure::too_large:
+            if (ex.dropped_status >= 200 && ex.dropped_status < 300) {
+                // A 2xx whose body is over upstream_body_bytes: the status line says the
+                // upstream took the request; only its answer was too large to keep.
+                outcome = store::release_outcome::released;
+                status = static_cast<int>(ex.dropped_status);
+                detail = ex.detail;
+                break;
+            }
+            [[fallthrough]];
         case upstream_failure::failed_after_send:
         case upstream_failure::timeout:
         case upstream_failure::bad_response:
-        case upstream_failure::too_large:
         case upstream_failure::cancelled:
             outcome = store::release_outcome::unknown;  // it may have been acted on
             detail = ex.detail;

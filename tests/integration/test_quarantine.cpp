@@ -429,6 +429,33 @@ TEST(quarantine, a_bulk_release_halts_at_any_unknown_outcome) {
     }
 }
 
+// A 2xx whose body is over limits.upstream_body_bytes was delivered: its status line says so
+// before the body is dropped. Released, not left outcome_unknown for an operator to judge by
+// hand; a 5xx over the limit stays unknown.
+TEST(quarantine, a_release_answered_2xx_with_a_body_over_the_limit_is_released) {
+    for (const unsigned status : {202u, 500u}) {
+        fake_upstream up{[status](const request&) { return respond(status, std::string(4096, 'x')); }};
+        const auto dir = temp_dir();
+        std::string cfg = quarantine_config(up.port(), dir, 0);
+        const std::string limits = R"("limits": {"drain_timeout": "2s")";
+        cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
+        proxy_instance bb{cfg};
+        std::vector<std::string> tickets;
+        ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 1, tickets));
+        const auto r = bb.server().remediation().release(tickets[0], "alice").get();
+        const auto rec = bb.server().db()->get(tickets[0]);
+        ASSERT_TRUE(rec);
+        if (status == 202u) {
+            EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+            EXPECT_EQ(rec->state, bb::store::held_state::released);
+        } else {
+            EXPECT_EQ(r.code, "outcome_unknown") << r.message;
+            EXPECT_EQ(rec->state, bb::store::held_state::outcome_unknown);
+        }
+        EXPECT_EQ(up.request_count(), 1u);
+    }
+}
+
 // A forced release of a record whose outcome is unknown that then fails (429) leaves it of
 // unknown outcome: the first attempt may have been delivered, so no release without force,
 // and no bulk release of release_failed records, sends it again.
