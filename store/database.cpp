@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 namespace bb::store {
 
@@ -719,6 +720,7 @@ public:
     bool stop_ = false;
     bool paused_ = false;
     int fault_code_ = 0;
+    int value_limit_ = 0;  // limit_value_bytes(): applied to the writer's connection by the writer
     int fault_left_ = 0;
     int fault_after_ = 0;
     fault_point fault_where_ = fault_point::commit;
@@ -1146,6 +1148,9 @@ void database::impl::run_batch(std::vector<op>& batch) {
     fault_point where = fault_point::commit;
     {
         std::lock_guard lock{mu_};
+        if (value_limit_ > 0) {
+            sqlite3_limit(writer_.db(), SQLITE_LIMIT_LENGTH, std::exchange(value_limit_, 0));
+        }
         if (fault_after_ > 0) {
             --fault_after_;
         } else if (fault_left_ > 0) {
@@ -1410,6 +1415,14 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
         return full("breaker " + breaker + " holds " + std::to_string(bb + db) + " bytes; " +
                     std::to_string(bytes) + " more would exceed its limit of " +
                     std::to_string(lim.per_breaker_max_held_bytes));
+    }
+    // SQLite keeps no value over SQLITE_LIMIT_LENGTH (1e9 bytes unless compiled otherwise):
+    // such a body would fail its insert after the record's, and roll back its whole batch.
+    // (Reached only with limits.body_bytes and the held-bytes limits raised past it.)
+    if (const auto most = static_cast<std::size_t>(sqlite3_limit(ctx.c.db(), SQLITE_LIMIT_LENGTH, -1));
+        r.body.size() > most || headers_blob.size() > most) {
+        return full("its body of " + std::to_string(r.body.size()) + " bytes is over the largest value the store " +
+                    "keeps (" + std::to_string(most) + " bytes)");
     }
 
     const auto now = wall_ms(clock_);
@@ -2648,6 +2661,11 @@ void database::inject_write_fault(int sqlite_code, int count, fault_point where,
     impl_->fault_left_ = count;
     impl_->fault_after_ = after;
     impl_->fault_where_ = where;
+}
+
+void database::limit_value_bytes(int bytes) {
+    std::lock_guard lock{impl_->mu_};
+    impl_->value_limit_ = bytes;
 }
 
 void database::pause_writer(bool paused) {

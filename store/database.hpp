@@ -447,6 +447,9 @@ public:
     // The next `count` write transactions, after `after` more that succeed, fail with
     // `sqlite_code` (e.g. SQLITE_FULL) at `where`, as a full disk would make them.
     void inject_write_fault(int sqlite_code, int count, fault_point where = fault_point::commit, int after = 0);
+    // The writer's connection keeps no value over `bytes` from its next batch on (SQLite's
+    // SQLITE_LIMIT_LENGTH, 1e9 by default: a test cannot hold a body that large).
+    void limit_value_bytes(int bytes);
     // While paused the writer takes nothing from the queue, so a test can line up a batch.
     void pause_writer(bool paused);
     // What a hold under this key that then failed (quarantine_full, say) leaves behind:

@@ -13,6 +13,7 @@
 #include <future>
 #include <random>
 #include <set>
+#include <poll.h>
 #include <sstream>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1063,6 +1064,31 @@ TEST_F(store_db, a_full_queue_fails_fast_with_store_busy) {
     EXPECT_TRUE(saved_f.get().ok);
     ASSERT_EQ(audited_f.wait_for(20s), std::future_status::ready);
     EXPECT_TRUE(audited_f.get().ok);
+}
+
+// A body over the largest value SQLite keeps (1e9 bytes by default; lowered here) is refused
+// as quarantine_full before anything is written, with the figures: it used to fail its body
+// insert after the record's, and roll back every other hold of its batch with it.
+TEST_F(store_db, a_body_over_the_largest_value_the_store_keeps_is_refused_alone) {
+    auto db = open();
+    db->limit_value_bytes(4096);
+    db->pause_writer(true);  // both holds in one batch
+    auto big = std::async(std::launch::async, [&] { return hold(*db, sample("a/1", std::string(5000, 'x'))); });
+    auto small = std::async(std::launch::async, [&] { return hold(*db, sample("a/2")); });
+    while (db->stats().queued < 2) {
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    db->pause_writer(false);
+    const auto refused = big.get();
+    EXPECT_EQ(refused.code, "quarantine_full");
+    EXPECT_NE(refused.message.find("its body of 5000 bytes is over the largest value the store keeps (4096 bytes)"),
+              std::string::npos)
+        << refused.message;
+    const auto kept = small.get();
+    EXPECT_TRUE(kept.ok) << kept.message;
+    EXPECT_EQ(db->counts().held_count, 1u);
+    EXPECT_EQ(db->stats().batches_rerun, 0u) << "the batch was rolled back and run again";
 }
 
 TEST_F(store_db, count_limits_are_exact_per_breaker_and_global) {
