@@ -281,6 +281,11 @@ std::string sandbox_now(const runtime& rt, const route_config& route, const stor
 asio::awaitable<store::result> remediation::release_one(std::string ticket, std::string actor, bool force,
                                                         std::optional<store::held_state> expected,
                                                         std::optional<std::uint32_t> expected_attempts) {
+    if (force && !expected_attempts) {
+        // Two callers forcing one record must not both re-send it: the store's check of the
+        // attempts each saw lets one through (database::begin_release).
+        co_return store::result::failure("bad_field", "a forced release needs the attempts its caller saw");
+    }
     store::result read_error;
     auto rec = db_.get(ticket, &read_error);
     if (!rec) {
@@ -688,8 +693,12 @@ release_pacer::time_point release_pacer::reserve(const std::string& upstream, do
     return slot;
 }
 
-std::future<store::result> remediation::release(std::string ticket, std::string actor, bool force) {
-    return spawn_future<store::result>(control_, [&] { return release_one(std::move(ticket), std::move(actor), force); });
+std::future<store::result> remediation::release(std::string ticket, std::string actor,
+                                                std::optional<std::uint32_t> forced_attempts) {
+    return spawn_future<store::result>(control_, [&] {
+        return release_one(std::move(ticket), std::move(actor), forced_attempts.has_value(), std::nullopt,
+                           forced_attempts);
+    });
 }
 
 std::future<remediation_summary> remediation::release_matching(store::list_filter filter, double rate_per_s,

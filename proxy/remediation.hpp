@@ -66,7 +66,10 @@ public:
     remediation(asio::io_context& control, store::database& db, server& srv);
     ~remediation();
 
-    std::future<store::result> release(std::string ticket, std::string actor, bool force = false);
+    // `forced_attempts`: a forced release (of an outcome_unknown record), given with the
+    // record's release attempts as the caller saw them; without it, no force.
+    std::future<store::result> release(std::string ticket, std::string actor,
+                                       std::optional<std::uint32_t> forced_attempts = std::nullopt);
     // Releases every record matching the filter (state defaults to held) that was held when
     // the call began (later holds are left alone), at most filter.limit of them (0: all), at
     // most rate_per_s per second (0: as fast as the upstream answers). The discards likewise.
@@ -79,7 +82,7 @@ public:
     // The same as coroutines, for callers already on the control io_context (the admin
     // API): waiting on the futures above from that thread would deadlock it.
     // `expected`: the state a bulk release listed the record in; `expected_attempts`: the
-    // release attempts the operator saw (see database::begin_release).
+    // release attempts the operator saw (see database::begin_release), required with `force`.
     asio::awaitable<store::result> release_one(std::string ticket, std::string actor, bool force,
                                                std::optional<store::held_state> expected = std::nullopt,
                                                std::optional<std::uint32_t> expected_attempts = std::nullopt);

@@ -470,7 +470,7 @@ TEST(quarantine, a_failed_attempt_after_an_unknown_outcome_still_needs_force) {
     auto& rem = bb.server().remediation();
     ASSERT_EQ(rem.release(ticket, "alice").get().code, "outcome_unknown");
     status = 429;
-    const auto forced = rem.release(ticket, "alice", true).get();
+    const auto forced = rem.release(ticket, "alice", bb.server().db()->get(ticket)->release_attempts).get();
     EXPECT_EQ(forced.code, "outcome_unknown") << forced.message;
     EXPECT_NE(forced.message.find("earlier release attempt"), std::string::npos) << forced.message;
     EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::outcome_unknown);
