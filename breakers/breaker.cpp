@@ -372,11 +372,23 @@ public:
         const bool enforced_here = st_ != state::closed && md_ == mode::automatic;
         const bool enforced_there = got != state::closed && s.md == mode::automatic;
         state st = st_;
+        // An operator's trip is enforced under a bypass of the breaker's wide instance (see
+        // operator_contained()): folded with a rule's trip, it stays the trip of record
+        // whichever reopened later, or the bypass would let the operator's key through.
+        const auto manual = [](const std::shared_ptr<const transition>& t) {
+            return t && t->cause.kind == "manual";
+        };
+        const bool manual_here = st_ != state::closed && manual(last_trip_);
+        const bool manual_there = got != state::closed && manual(s.last_trip);
         if (got != state::closed && (st_ == state::closed || opened + cooldown > opened_at_ + cooldown_)) {
             st = got;
             opened_at_ = opened;
             cooldown_ = cooldown;
-            last_trip_ = s.last_trip ? s.last_trip : last_trip_;
+            if (!(manual_here && !manual_there)) {
+                last_trip_ = s.last_trip ? s.last_trip : last_trip_;
+            }
+        } else if (manual_there && !manual_here) {
+            last_trip_ = s.last_trip;
         }
         trips_ += s.trips;
         take_admissions(s, now);  // several keys folded into one: their admissions together

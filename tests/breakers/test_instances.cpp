@@ -252,6 +252,39 @@ TEST_F(registry_test, restore_recreates_open_instances_and_modes) {
     EXPECT_EQ(reg().admit("campaign-volume/summer-sale", now()).v, verdict::allow);
 }
 
+// An operator's trip of one key folded with a rule's trip of another (max_instances lowered,
+// or the scope changed) stays the trip of record, whichever reopened later: under a bypass of
+// the breaker (metrics_only, forced_closed) an operator's trip is still enforced, and the
+// rule's trip taking its place let that key's traffic through.
+TEST_F(registry_test, folding_keeps_an_operators_trip_over_a_later_rule_trip) {
+    auto b = make_config("cv");
+    b.per_key = false;
+    b.reset = reset_policy::manual;
+    for (const bool manual_first : {false, true}) {
+        make({b});
+        auto by_hand = saved("k", state::open, mode::automatic, 5s);
+        transition hand;
+        hand.instance = "cv/k";
+        hand.breaker = "cv";
+        hand.to = state::open;
+        hand.cause.kind = "manual";
+        hand.cause.actor = "alice";
+        hand.trip = true;
+        by_hand.last_trip = std::make_shared<const transition>(hand);
+        auto by_rule = saved("j", state::open, mode::automatic, 1s);
+        transition rule = hand;
+        rule.instance = "cv/j";
+        rule.cause.kind = "rule";
+        rule.cause.actor = "rule:recipients";
+        by_rule.last_trip = std::make_shared<const transition>(rule);
+        reg().restore(manual_first ? std::vector{by_hand, by_rule} : std::vector{by_rule, by_hand}, now());
+        const auto got = reg().get("cv", now());
+        ASSERT_TRUE(got && got->last_trip) << manual_first;
+        EXPECT_EQ(got->last_trip->cause.kind, "manual") << "manual first: " << manual_first;
+        EXPECT_EQ(got->opened_at, now() - 1s) << "the later reopening still sets the times";
+    }
+}
+
 // Keys folded into one instance (scope changed from key to breaker): the snapshot that
 // contains the most wins, whatever the order; a key's bypass never opens the others.
 TEST_F(registry_test, restore_folding_several_keys_into_one_instance_keeps_the_strictest) {
