@@ -526,9 +526,20 @@ void server::open_store(const store_config& sc) {
     so.limits = store_limits_of(sc);
     so.group_commit = sc.group_commit;
     std::string error;
+    std::error_code exists_error;
+    const bool existed = std::filesystem::exists(sc.path, exists_error) || exists_error;
     auto db = store::database::open(so, *clock_, &error);
     if (!db) {
         throw std::runtime_error("cannot open the store " + sc.path + ": " + error);
+    }
+    if (!existed) {
+        // Everything a restart must not forget lives in the store: a new one is a first
+        // start, or store.path changed (then every breaker starts closed, and what the old
+        // file holds is out of reach). Said, so the second is not silent.
+        spdlog::warn("store {} did not exist and was created: no breaker state, quarantined requests, meters or "
+                     "keys of requests sent live were restored (expected on a first start; if store.path changed, "
+                     "stop, move the old store file and its -wal and .sent-keys.* files there, and start again)",
+                     sc.path);
     }
     {
         // Compare with the last "audit: entry N appended" line before the restart: a
@@ -1926,6 +1937,12 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             cfg_->store.idempotency_keys != cfg->store.idempotency_keys) {
             warnings.push_back("store.path, store.group_commit, store.idempotency_header and store.idempotency_keys are "
                                "fixed until restart; the new values were not applied (the other store settings were)");
+            if (cfg_->store.path != cfg->store.path) {
+                warnings.push_back("store.path changed to " + cfg->store.path + ": the next start opens that store, "
+                                   "not " + cfg_->store.path + ", and restores nothing from this one (breaker state, "
+                                   "quarantined requests, meters, keys of requests sent live); move the file there "
+                                   "while breakerbox is stopped");
+            }
             patch()->store.path = cfg_->store.path;
             patch()->store.group_commit = cfg_->store.group_commit;
             patch()->store.idempotency_header = cfg_->store.idempotency_header;

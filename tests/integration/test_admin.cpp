@@ -304,6 +304,17 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     ASSERT_EQ(renamed.result_int(), 200u) << renamed.body();
     EXPECT_NE(renamed.body().find("store.idempotency_header and store.idempotency_keys are fixed until restart"), std::string::npos) << renamed.body();
     EXPECT_EQ(f.bb.server().current_config()->store.idempotency_header, "Idempotency-Key");
+    // A new store.path says what the next start will not find.
+    next = admin_config(f.up.port(), f.dir);
+    next.replace(next.find(store), store.size(), "\"store\": {\"path\": \"" + f.dir + "/moved.db\"");
+    const auto moved = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                             "{\"reason\":\"move\",\"config\":" + next + "}");
+    ASSERT_EQ(moved.result_int(), 200u) << moved.body();
+    EXPECT_NE(moved.body().find("store.path changed to " + f.dir + "/moved.db: the next start opens that store, not " +
+                                f.dir + "/bb.db, and restores nothing from this one"),
+              std::string::npos)
+        << moved.body();
+    EXPECT_EQ(f.bb.server().current_config()->store.path, f.dir + "/bb.db");
 }
 
 // Input that would be misread is refused naming what is wrong, before anything is done
