@@ -1690,6 +1690,17 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     const auto generation = srv_.config_generation();
     const auto current = srv_.current_config();
+    if (current->admin.enabled && !next->admin.enabled) {
+        // Applied, it would take the tokens away from the running admin API (every call,
+        // this one's revert included, 401) and, stored, the next start would have none.
+        auto f = fail({http::status::bad_request, "bad_field",
+                       "config.admin: the config has no admin section; a change through the admin API cannot remove "
+                       "the admin API (remove it in the file and restart)",
+                       "config.admin"});
+        f.mutation = true;
+        f.audit_target = "config";
+        co_return f;
+    }
     const auto d = judge_change(srv_, *current, *next);
     handled h;
     h.mutation = true;

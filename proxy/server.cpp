@@ -1948,8 +1948,14 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             patch()->store.idempotency_header = cfg_->store.idempotency_header;
             patch()->store.idempotency_keys = cfg_->store.idempotency_keys;
         }
-        if (cfg_->admin.enabled != cfg->admin.enabled || cfg_->admin.host != cfg->admin.host ||
-            cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
+        if (cfg_->admin.enabled && !cfg->admin.enabled) {
+            // The admin API keeps running until restart: with the section gone its tokens
+            // would be, and every call (a revert included) would be refused.
+            warnings.push_back("the admin section was removed: the admin API runs on with its settings, tokens and "
+                               "client certificates included, until restart");
+            patch()->admin = cfg_->admin;
+        } else if (cfg_->admin.enabled != cfg->admin.enabled || cfg_->admin.host != cfg->admin.host ||
+                   cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
             warnings.push_back("admin.address and whether the admin API uses TLS are fixed until restart; the new "
                                "values were not applied (its tokens, client certificates and TLS files were)");
         }

@@ -317,6 +317,33 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     EXPECT_EQ(f.bb.server().current_config()->store.path, f.dir + "/bb.db");
 }
 
+// A config without the admin section would take the running admin API's tokens away (every
+// call 401, the revert included) and, stored, start the next process without one: through the
+// API it is refused naming the field; from the file (SIGHUP) the admin API runs on with its
+// settings until restart, and says so.
+TEST(admin_api, removing_the_admin_section_does_not_lock_operators_out) {
+    admin_fixture f;
+    std::string next = admin_config(f.up.port(), f.dir);
+    const auto from = next.find("\"admin\": {");
+    const auto to = next.find("\"store\":");
+    ASSERT_NE(from, std::string::npos);
+    ASSERT_NE(to, std::string::npos);
+    next.erase(from, to - from);
+    for (const char* target : {"/v1/config?dry_run=true", "/v1/config"}) {
+        const auto refused = admin(f.port(), http::verb::post, target, "admin-token",
+                                   "{\"reason\":\"template\",\"config\":" + next + "}");
+        EXPECT_EQ(refused.result_int(), 400u) << target << ": " << refused.body();
+        EXPECT_NE(refused.body().find("\"field\":\"config.admin\""), std::string::npos) << refused.body();
+    }
+    auto parsed = bb::parse_config(next);
+    ASSERT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+    const auto warnings = f.bb.server().apply_config(parsed.cfg);
+    EXPECT_TRUE(std::any_of(warnings.begin(), warnings.end(),
+                            [](const std::string& w) { return w.find("the admin section was removed") == 0; }));
+    EXPECT_EQ(admin(f.port(), http::verb::get, "/v1/breakers", "op-token").result_int(), 200u)
+        << "the running admin API lost its tokens";
+}
+
 // Input that would be misread is refused naming what is wrong, before anything is done
 // (the refusal is audited, no "started" entry): a query parameter where none is read (a bulk release with
 // `?dry_run=1` released for real), a reason that is only invisible characters or a
