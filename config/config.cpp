@@ -541,6 +541,12 @@ void parse_agents(cfg::object_reader& root, config& c) {
             a.cert_names = std::move(*names);
         }
         if (auto keys = r.strings("key_sha256", a.cert_names.empty())) {
+            if (keys->empty() && a.cert_names.empty()) {
+                // Nothing could identify the agent: its scope, kill switch and sandbox would
+                // look in force while no request is ever its.
+                r.errs().add_since_stored(r.path_of("key_sha256"),
+                                          "must not be empty when the agent has no cert_names: nothing would identify it");
+            }
             std::size_t i = 0;
             for (const auto& k : *keys) {
                 std::array<unsigned char, 32> d{};

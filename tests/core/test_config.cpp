@@ -414,6 +414,8 @@ TEST(config, agents_have_hashed_keys_known_routes_and_a_kill_switch) {
     EXPECT_NE(e.find("agents[0].allow.paths[0]"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[0].allow.paths[1]"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].id: \"writer\" is used by another agent"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].key_sha256: must not be empty when the agent has no cert_names"), std::string::npos)
+        << e;
     auto ok = parse_config(base(R"(, "agents": [{"id": "writer", "key_sha256":
         ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "allow": {"routes": ["r"], "methods": ["post"]}}])"));
     ASSERT_TRUE(ok.errors.empty()) << all_errors(ok);
