@@ -2161,7 +2161,9 @@ void server::check_tls_change(const config& current, const config& next, cfg::er
             }
         }
     }
-    if (next.admin.tls && current.admin.tls && next.admin.tls != current.admin.tls) {
+    if (next.admin.tls && (!current.admin.tls || next.admin.tls != current.admin.tls)) {
+        // (Added to an admin API running without TLS too: it takes effect at the restart, which
+        // must not be the first to find it cannot be built.)
         try {
             make_server_tls(&*next.admin.tls);
         } catch (const std::exception& e) {

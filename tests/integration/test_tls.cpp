@@ -1,6 +1,7 @@
 // Inbound TLS and the forward proxy (issue 7), with real clients: curl, openssl s_client,
 // sslscan and a Node.js client, all on 127.0.0.1. The certificates are the build's
 // development test material (certs/make-dev-certs.sh): nothing here is production.
+#include "core/sha256.hpp"
 #include "proxy/mint.hpp"
 #include "proxy/tls.hpp"
 #include "tests/support/fake_upstream.hpp"
@@ -438,6 +439,17 @@ TEST(tls_listener, an_admin_tls_change_that_cannot_be_built_is_refused) {
     bb::cfg::errors none;
     bb.server().check_tls_change(*bb.server().current_config(), *with_crl.cfg, none);
     EXPECT_TRUE(none.empty()) << none.to_string();
+    // TLS added to an admin API running without it (it takes effect at the restart) is built
+    // now too: the restart must not be the first to find it cannot be.
+    write_crl(dir + "/crl.pem", 1, 2);
+    auto plain = bb::parse_config(tls_config(up.port(), cert("server.pem"), cert("server.key"), "", "",
+                                             "\"admin\": {\"address\": \"127.0.0.1:0\", \"tokens\": [{\"name\": "
+                                             "\"ops\", \"sha256\": \"" + bb::sha256_hex("t") + "\", \"role\": "
+                                             "\"admin\"}]},"));
+    ASSERT_TRUE(plain.errors.empty()) << plain.errors.to_string();
+    bb::cfg::errors added;
+    bb.server().check_tls_change(*plain.cfg, *with_crl.cfg, added);
+    EXPECT_NE(added.to_string().find("admin.tls: "), std::string::npos) << added.to_string();
 }
 
 // Over the connection limit a TLS listener closes the connection: the plain listener's
