@@ -591,6 +591,22 @@ asio::awaitable<void> close_connection(Stream& stream, tcp::socket& sock, deadli
     sock.close(ec);
 }
 
+// A client's field that would read upstream as what its proxy asserts about the client:
+// Forwarded (RFC 7239), X-Real-IP, X-Forwarded-Port, and any X-Forwarded-* spelled with
+// underscores (X_Forwarded_For: CGI maps both spellings to HTTP_X_FORWARDED_FOR). The hyphen
+// spellings of For, Host and Proto are breakerbox's own, set or appended to after this.
+bool claims_to_be_forwarding(std::string_view name) {
+    std::string n;
+    n.reserve(name.size());
+    for (const char c : name) {
+        n += c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    if (n == "forwarded" || n == "x-real-ip" || n == "x-forwarded-port") {
+        return true;
+    }
+    return name.find('_') != std::string_view::npos && n.rfind("x-forwarded-", 0) == 0;
+}
+
 // Why a rule opened a breaker: everything an operator and the incident need.
 breakers::trip_cause rule_cause(const rules::decision& d, const std::string& request_id) {
     breakers::trip_cause cause;
@@ -2003,6 +2019,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // Forwarding fields as the upstream sees them, for a request forwarded now or held
         // and replayed later (step 7 and the quarantine).
         auto add_forwarding_fields = [&] {
+            // Fields an upstream takes as its proxy's word that breakerbox does not write
+            // (Forwarded, X-Real-IP, X-Forwarded-Port) and underscore spellings of those it
+            // does, which CGI-style stacks (PHP, Puma before 6.4.3) read as the same variable:
+            // a client's would pass as ours.
+            for (auto it = req.begin(); it != req.end();) {
+                it = claims_to_be_forwarding(it->name_string()) ? req.erase(it) : std::next(it);
+            }
             req.erase("x-forwarded-host");  // the client's own never passes as ours (HTTP/1.0 without Host)
             if (!original_host.empty()) {
                 req.set("x-forwarded-host", original_host);
