@@ -1403,8 +1403,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             rec.method = std::string{h.method_string()};
             rec.target = h.target();
             // Expect: only 100-continue is defined; answer it ourselves once limits allow.
-            if (auto expect = h[http::field::expect]; !expect.empty()) {
-                if (!iequals(expect, "100-continue")) {
+            // Every Expect line: a second one with another expectation is still one we cannot meet.
+            const auto [expect_from, expect_to] = h.equal_range(http::field::expect);
+            if (expect_from != expect_to) {
+                const bool only_continue = std::all_of(expect_from, expect_to, [](const auto& f) {
+                    return iequals(trim(f.value()), "100-continue");
+                });
+                if (!only_continue) {
                     co_await reply({http::status::expectation_failed, "rejected", "bad_expect",
                                     "only Expect: 100-continue is supported"},
                                    false);

@@ -139,7 +139,11 @@ INSTANTIATE_TEST_SUITE_P(
         framing_case{"head_never_ends_over_limit", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(5000, 'x'), 431, "headers_too_large"},
         framing_case{"body_cl_too_large", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + std::string(2000, 'x'), 413, "body_too_large"},
         framing_case{"body_chunked_too_large", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + std::string(2048, 'x') + "\r\n0\r\n\r\n", 413, "body_too_large"},
-        framing_case{"bad_expect", "POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\nContent-Length: 1\r\n\r\nx", 417, "bad_expect"}),
+        framing_case{"bad_expect", "POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\nContent-Length: 1\r\n\r\nx", 417, "bad_expect"},
+        // (A second Expect line is read too: the first alone met, the second not.)
+        framing_case{"second_expect",
+                     "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: x-custom\r\nContent-Length: 1\r\n\r\nx",
+                     417, "bad_expect"}),
     [](const auto& info) { return std::string{info.param.name}; });
 
 TEST(limits, header_timeout_answers_408_and_closes) {
