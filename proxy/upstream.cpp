@@ -374,6 +374,11 @@ bool close_after(const http::response_header<fields>& h) {
     if (te && h.version() < 11) {
         return true;
     }
+    // A 304 is bodiless (RFC 9110 15.4.5); its Content-Length describes the representation,
+    // but chunks it announces and sends anyway would answer the next request, however late.
+    if (h.result_int() == 304) {
+        return te;
+    }
     if (h.result_int() != 204) {
         return false;
     }
