@@ -1577,7 +1577,9 @@ server::~server() {
             spdlog::warn("shutdown: alerts still queued after 2s were not sent");
         }
         for (const auto& d : retired_alerts_) {
-            d->flush(left());
+            if (!d->flush(left())) {
+                spdlog::warn("shutdown: alerts queued before the last reload were still not sent after 2s");
+            }
         }
     }
 }
@@ -1711,15 +1713,9 @@ void server::report_alert_losses() {
     // and why: the sink's last error, which names at most a host, never a URL or key), at
     // most once a second per sink, so a page lost to a wrong routing key or a full queue is
     // seen in the log, not only in a counter.
-    const auto d = alerts();
-    if (d.get() != alert_losses_of_) {
-        alert_losses_of_ = d.get();  // a reload's new sinks: their counts start at zero
-        alert_losses_seen_.clear();
-    }
-    if (!d) {
-        return;
-    }
-    for (const auto& st : d->stats()) {
+    // Summed by sink name over every dispatcher, the ones a reload replaced included (what
+    // they still had queued fails or is dropped after the reload): the sums only grow.
+    for (const auto& st : alert_stats()) {
         auto& [failed, dropped] = alert_losses_seen_[st.name];
         if (st.failed > failed) {
             spdlog::error("alerts: {} alert(s) to sink {} failed ({} so far): {}", st.failed - failed, st.name,
@@ -1749,6 +1745,9 @@ void add_alert_counts(std::map<std::string, alerts::sink_stats>& into, const ale
         f.failed += st.failed;
         f.retries += st.retries;
         f.dropped += st.dropped;
+        if (!st.last_error.empty()) {
+            f.last_error = st.last_error;  // the newest dispatcher's, when it has one (added last)
+        }
     }
 }
 

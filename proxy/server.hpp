@@ -522,7 +522,6 @@ private:
     // report_alert_losses() (control thread): the dispatcher it counts for and, per sink,
     // the failed and dropped counts already logged.
     void report_alert_losses();
-    const alerts::dispatcher* alert_losses_of_ = nullptr;
     std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> alert_losses_seen_;
     // Per instance with an open incident, the severities its alerts went out with, most
     // severe first (on_transition): its resolve goes out with each, its alerts without a
