@@ -356,11 +356,13 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
             searched = 0;
         }
         auto end = find_head_end(data, searched);
-        // A bare LF would never be followed by CRLF CRLF; hand the head to the framing
-        // check now (it answers 400) instead of waiting for the header timeout.
+        // A bare LF, or a CR followed by anything but LF, may never be followed by CRLF CRLF
+        // (a head ended "\r\r"); hand the head to the framing check now (it answers 400)
+        // instead of waiting for the header timeout.
         if (end == std::string_view::npos) {
             for (std::size_t i = searched; i < data.size(); ++i) {
-                if (data[i] == '\n' && (i == 0 || data[i - 1] != '\r')) {
+                const bool after_cr = i > 0 && data[i - 1] == '\r';
+                if ((data[i] == '\n' && !after_cr) || (data[i] != '\n' && after_cr)) {
                     end = data.size();
                     break;
                 }

@@ -124,6 +124,8 @@ INSTANTIATE_TEST_SUITE_P(
         framing_case{"space_before_colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, "bad_framing"},
         framing_case{"bare_lf", "GET / HTTP/1.1\nHost: a\n\n", 400, ""},
         framing_case{"bare_cr", "GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", 400, "bad_framing"},
+        // (A head ended by bare CRs, never by CRLF CRLF: answered now, not at the header timeout.)
+        framing_case{"bare_cr_only", "GET / HTTP/1.1\rHost: a\r\r", 400, "bad_framing"},
         framing_case{"bad_request_line", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request_line"},
         framing_case{"http2_version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "http_version_not_supported"},
         framing_case{"garbage_version", "GET / FOO\r\nHost: a\r\n\r\n", 400, "bad_request_line"},
