@@ -2,6 +2,7 @@
 #include "alerts/alerts.hpp"
 
 #include "core/file.hpp"
+#include "core/pem.hpp"
 
 #include <algorithm>
 #include <set>
@@ -139,6 +140,20 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
             // Checked here, not first at the sink's first alert (a FIFO would block the
             // alert thread, a missing file would surface only when an alert is lost).
             errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " " + describe(e, 0));
+        } else {
+            // Read as the sink will load it: a bundle cut off or without a certificate would
+            // fail every alert to the sink, a page lost at the first trip.
+            constexpr std::size_t max_bundle = std::size_t{16} << 20;
+            file_error fe = file_error::none;
+            if (auto text = read_regular_file(*ca, max_bundle, &fe); !text) {
+                errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " " + describe(fe, max_bundle));
+            } else if (const int n = pem_certificate_count(*text); n < 0) {
+                errs.add(r.path_of("ca_file"),
+                         cfg::quote(*ca) + " cannot be read as PEM (a block is cut off or damaged): nothing in it "
+                                           "would be trusted");
+            } else if (n == 0) {
+                errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " holds no PEM certificate");
+            }
         }
         s.ca_file = std::move(*ca);
     }

@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include "core/file.hpp"
+#include "core/pem.hpp"
 #include "core/hex.hpp"
 #include "core/host_name.hpp"
 #include "core/http_token.hpp"
@@ -287,7 +288,13 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
                 // Kept so a reload notices new contents under the same name (a CA removed
                 // from the bundle must stop being trusted without a restart).
                 u.ca_pem = std::move(*text);
-                if (u.ca_pem.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+                // Read as the pool will read it: a block cut off or damaged would make it
+                // trust nothing of the file, and every request to the upstream fail.
+                if (const int n = pem_certificate_count(u.ca_pem); n < 0) {
+                    r.errs().add(r.path_of("ca_file"), cfg::quote(*v) +
+                                                           " cannot be read as PEM (a block is cut off or damaged): "
+                                                           "nothing in it would be trusted");
+                } else if (n == 0) {
                     r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " holds no PEM certificate");
                 }
             }

@@ -84,7 +84,8 @@ TEST(AlertsConfig, EveryErrorWithItsPath) {
         {"name": "d", "type": "webhook", "url": "https://user:pw@x/", "severity": ["sev1"]},
         "nope",
         {"name": "e", "type": "webhook", "url": "https://x/", "ca_file": "/dev/zero"},
-        {"name": "f", "type": "webhook", "url": "https://x/", "ca_file": "/nonexistent/ca.pem"}
+        {"name": "f", "type": "webhook", "url": "https://x/", "ca_file": "/nonexistent/ca.pem"},
+        {"name": "g", "type": "webhook", "url": "https://x/", "ca_file": ")" + std::string{BB_TEST_CERTS_DIR} + R"(/server.key"}
       ],
       "queue_max": 0, "max_attempts": 1000, "initial_backoff": "1x", "timeout": 5, "extra": true
     })");
@@ -115,6 +116,8 @@ TEST(AlertsConfig, EveryErrorWithItsPath) {
     // alert thread, a missing file lose the first page.
     EXPECT_TRUE(has_error(e, "alerts.sinks[7].ca_file", "\"/dev/zero\" is not a regular file")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.sinks[8].ca_file", "\"/nonexistent/ca.pem\" cannot be read")) << e.to_string();
+    // Read as the sink will load it (a key file given for the CA, say): no page lost to it.
+    EXPECT_TRUE(has_error(e, "alerts.sinks[9].ca_file", "holds no PEM certificate")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.queue_max", "out of range")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.max_attempts", "out of range")) << e.to_string();
     EXPECT_TRUE(has_error(e, "alerts.initial_backoff", "not a duration")) << e.to_string();

@@ -13,6 +13,7 @@
 #include <boost/beast/http/write.hpp>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <chrono>
 #include <regex>
@@ -1590,7 +1591,8 @@ TEST(alerts, a_reload_rereads_a_sinks_ca_file_when_its_contents_changed) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     const std::string ca = dir + "/hooks-ca.pem";
-    { std::ofstream{ca} << "-----BEGIN CERTIFICATE-----\nfirst\n-----END CERTIFICATE-----\n"; }
+    const std::string certs = BB_TEST_CERTS_DIR;
+    std::filesystem::copy_file(certs + "/ca.pem", ca);
     const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
                                         R"({"name": "pager", "type": "webhook", "url": "https://127.0.0.1:9/alerts", "ca_file": ")" +
                                             ca + R"("})");
@@ -1599,7 +1601,7 @@ TEST(alerts, a_reload_rereads_a_sinks_ca_file_when_its_contents_changed) {
     ASSERT_NE(first, nullptr);
     bb.server().apply_config(bb::parse_config(cfg).cfg);
     EXPECT_EQ(bb.server().alerts(), first) << "nothing changed";
-    { std::ofstream{ca, std::ios::trunc} << "-----BEGIN CERTIFICATE-----\nsecond\n-----END CERTIFICATE-----\n"; }
+    std::filesystem::copy_file(certs + "/self-signed.pem", ca, std::filesystem::copy_options::overwrite_existing);
     bb.server().apply_config(bb::parse_config(cfg).cfg);
     EXPECT_NE(bb.server().alerts(), first) << "the rotated CA was not read again";
 }

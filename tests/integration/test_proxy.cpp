@@ -1136,6 +1136,18 @@ TEST(upstream_tls, a_reload_reads_a_changed_ca_file_again) {
     { std::ofstream{ca, std::ios::trunc} << "not a certificate\n"; }
     const auto bad = bb::parse_config(cfg);
     EXPECT_NE(bad.errors.to_string().find("holds no PEM certificate"), std::string::npos) << bad.errors.to_string();
+    // Nor is a bundle cut off mid-certificate (a renewal caught half-written): the pool would
+    // trust none of it. A good block before the cut does not make it readable.
+    std::string whole;
+    {
+        std::ifstream in{cert("ca.pem")};
+        whole = std::string{std::istreambuf_iterator<char>{in}, {}};
+    }
+    { std::ofstream{ca, std::ios::trunc} << whole << whole.substr(0, whole.size() / 2); }
+    const auto cut = bb::parse_config(cfg);
+    EXPECT_NE(cut.errors.to_string().find("upstreams[0].ca_file: \"" + ca + "\" cannot be read as PEM"),
+              std::string::npos)
+        << cut.errors.to_string();
 }
 
 // A bundle in OpenSSL's trusted form (`BEGIN TRUSTED CERTIFICATE`, as p11-kit's
