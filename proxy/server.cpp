@@ -40,6 +40,9 @@
 #include <future>
 #include <stdexcept>
 #include <unordered_set>
+#include <cerrno>
+#include <cstring>
+#include <unistd.h>
 
 namespace bb::proxy {
 
@@ -2132,6 +2135,36 @@ std::string tls_files_digest(const tls_files& t) {
     return out;
 }
 
+// Why this process could not open `path` for appending (spdlog's file sink creates missing
+// directories), or "" when it could. Judged by access(2), for the process's own user: a file
+// that exists must be writable, else its nearest existing directory must be.
+std::string cannot_append_to(const std::string& path) {
+    std::error_code ec;
+    std::filesystem::path p{path};
+    if (std::filesystem::exists(p, ec)) {
+        if (std::filesystem::is_directory(p, ec)) {
+            return "is a directory";
+        }
+        return ::access(p.c_str(), W_OK) == 0 ? std::string{} : "cannot be written: " + std::string{std::strerror(errno)};
+    }
+    for (auto dir = p.parent_path(); ; dir = dir.parent_path()) {
+        if (dir.empty()) {
+            dir = ".";
+        }
+        if (std::filesystem::exists(dir, ec)) {
+            if (!std::filesystem::is_directory(dir, ec)) {
+                return "cannot be created: " + dir.string() + " is not a directory";
+            }
+            return ::access(dir.c_str(), W_OK | X_OK) == 0
+                       ? std::string{}
+                       : "cannot be created in " + dir.string() + ": " + std::strerror(errno);
+        }
+        if (dir == dir.parent_path() || dir == ".") {
+            return "cannot be created: no directory of it exists";
+        }
+    }
+}
+
 }  // namespace
 
 void server::check_tls_change(const config& current, const config& next, cfg::errors& errs) const {
@@ -2158,6 +2191,14 @@ void server::check_tls_change(const config& current, const config& next, cfg::er
             } catch (const std::exception& e) {
                 errs.add(at + ".forward_proxy", e.what());
             }
+        }
+    }
+    // The access log file is opened at the next start (log.access_log is fixed until
+    // restart): one this process cannot write would stop that start, found only then.
+    if (const auto& path = next.log.access_log;
+        path != current.log.access_log && path != "off" && path != "stdout" && path != "stderr") {
+        if (const auto why = cannot_append_to(path); !why.empty()) {
+            errs.add("log.access_log", cfg::quote(path) + " " + why);
         }
     }
     if (next.admin.tls && (!current.admin.tls || next.admin.tls != current.admin.tls)) {

@@ -285,7 +285,8 @@ public:
     // is refused whole when one fails (a CRL added to revoke a leaked certificate must not
     // leave it accepted under a change reported applied; a listener a restart could not
     // start is refused now). Settings that stay the same are not judged here: a renewal of
-    // the same files that fails keeps what serves (a warning).
+    // the same files that fails keeps what serves (a warning). A new log.access_log file
+    // this process could not open (it is opened at the restart) is judged here too.
     void check_tls_change(const config& current, const config& next, cfg::errors& errs) const;
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }

@@ -344,6 +344,28 @@ TEST(admin_api, removing_the_admin_section_does_not_lock_operators_out) {
         << "the running admin API lost its tokens";
 }
 
+// log.access_log is opened at the next start: a file this process could not create or write
+// is refused now, naming the field, not found when the restart fails.
+TEST(admin_api, an_access_log_the_next_start_could_not_open_is_refused) {
+    admin_fixture f;
+    std::string next = admin_config(f.up.port(), f.dir);
+    const std::string off = "\"access_log\": \"off\"";
+    ASSERT_NE(next.find(off), std::string::npos);
+    next.replace(next.find(off), off.size(), "\"access_log\": \"" + f.dir + "/bb.db/access.log\"");
+    const auto refused = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"log\",\"config\":" + next + "}");
+    EXPECT_EQ(refused.result_int(), 400u) << refused.body();
+    EXPECT_NE(refused.body().find("log.access_log: \\\"" + f.dir + "/bb.db/access.log\\\" cannot be created: " + f.dir +
+                                  "/bb.db is not a directory"),
+              std::string::npos)
+        << refused.body();
+    next = admin_config(f.up.port(), f.dir);
+    next.replace(next.find(off), off.size(), "\"access_log\": \"" + f.dir + "/logs/access.log\"");
+    const auto applied = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
+                               "{\"reason\":\"log\",\"config\":" + next + "}");
+    EXPECT_EQ(applied.result_int(), 200u) << applied.body();
+}
+
 // Input that would be misread is refused naming what is wrong, before anything is done
 // (the refusal is audited, no "started" entry): a query parameter where none is read (a bulk release with
 // `?dry_run=1` released for real), a reason that is only invisible characters or a
