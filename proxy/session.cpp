@@ -593,20 +593,25 @@ asio::awaitable<void> close_connection(Stream& stream, tcp::socket& sock, deadli
     sock.close(ec);
 }
 
-// A client's field that would read upstream as what its proxy asserts about the client:
-// Forwarded (RFC 7239), X-Real-IP, X-Forwarded-Port, and any X-Forwarded-* spelled with
-// underscores (X_Forwarded_For: CGI maps both spellings to HTTP_X_FORWARDED_FOR). The hyphen
-// spellings of For, Host and Proto are breakerbox's own, set or appended to after this.
+// A client's field that would read upstream as what its proxy asserts about the client or
+// the connection: Forwarded (RFC 7239), X-Real-IP, Front-End-Https, every X-Forwarded-* but
+// the hyphen spellings of For, Host and Proto (breakerbox's own, set or appended to when the
+// request goes out; Rack reads X-Forwarded-Ssl and -Scheme for the scheme), and any of these
+// spelled with underscores (X_Forwarded_For: CGI maps both spellings to one variable).
 bool claims_to_be_forwarding(std::string_view name) {
     std::string n;
     n.reserve(name.size());
     for (const char c : name) {
         n += c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     }
-    if (n == "forwarded" || n == "x-real-ip" || n == "x-forwarded-port") {
+    if (n == "forwarded" || n == "x-real-ip" || n == "front-end-https") {
         return true;
     }
-    return name.find('_') != std::string_view::npos && n.rfind("x-forwarded-", 0) == 0;
+    if (n.rfind("x-forwarded-", 0) != 0) {
+        return false;
+    }
+    return name.find('_') != std::string_view::npos ||
+           (n != "x-forwarded-for" && n != "x-forwarded-host" && n != "x-forwarded-proto");
 }
 
 // Why a rule opened a breaker: everything an operator and the incident need.
@@ -1408,9 +1413,22 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // Every Expect line: a second one with another expectation is still one we cannot meet.
             const auto [expect_from, expect_to] = h.equal_range(http::field::expect);
             if (expect_from != expect_to) {
-                const bool only_continue = std::all_of(expect_from, expect_to, [](const auto& f) {
-                    return iequals(trim(f.value()), "100-continue");
-                });
+                // Each line a list (RFC 9110 5.6.1: empty elements are ignored); every element
+                // must be 100-continue, and an Expect of nothing but empty elements asks nothing.
+                bool only_continue = true;
+                bool asks = false;
+                for (auto f = expect_from; f != expect_to; ++f) {
+                    std::string_view rest = f->value();
+                    while (!rest.empty()) {
+                        const auto comma = rest.find(',');
+                        const auto item = trim(rest.substr(0, comma));
+                        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+                        if (!item.empty()) {
+                            asks = true;
+                            only_continue = only_continue && iequals(item, "100-continue");
+                        }
+                    }
+                }
                 if (!only_continue) {
                     co_await reply({http::status::expectation_failed, "rejected", "bad_expect",
                                     "only Expect: 100-continue is supported"},
@@ -1419,7 +1437,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 // RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is
                 // ignored (such a client cannot read an interim response); it sends its body.
-                if (!parser.is_done() && h.version() >= 11) {
+                if (asks && !parser.is_done() && h.version() >= 11) {
                     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
                     dl.arm(lim.write_timeout);
                     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);
@@ -1504,6 +1522,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         request req = parser.release();
         if (head_copy) {
             req.base() = std::move(*head_copy);
+        }
+        // Fields an upstream takes as its proxy's word that breakerbox does not write, and
+        // underscore spellings of those it does (claims_to_be_forwarding): dropped before
+        // anything reads the request, so rules, holds and releases see what is forwarded.
+        for (auto it = req.begin(); it != req.end();) {
+            it = claims_to_be_forwarding(it->name_string()) ? req.erase(it) : std::next(it);
         }
         ++served;
         bool keep_alive = req.keep_alive() && !w.draining() &&
@@ -2026,13 +2050,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // Forwarding fields as the upstream sees them, for a request forwarded now or held
         // and replayed later (step 7 and the quarantine).
         auto add_forwarding_fields = [&] {
-            // Fields an upstream takes as its proxy's word that breakerbox does not write
-            // (Forwarded, X-Real-IP, X-Forwarded-Port) and underscore spellings of those it
-            // does, which CGI-style stacks (PHP, Puma before 6.4.3) read as the same variable:
-            // a client's would pass as ours.
-            for (auto it = req.begin(); it != req.end();) {
-                it = claims_to_be_forwarding(it->name_string()) ? req.erase(it) : std::next(it);
-            }
             req.erase("x-forwarded-host");  // the client's own never passes as ours (HTTP/1.0 without Host)
             if (!original_host.empty()) {
                 req.set("x-forwarded-host", original_host);

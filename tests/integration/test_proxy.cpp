@@ -395,7 +395,8 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
         "Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nProxy-Authorization: Bearer s3cret\r\n"
         "Proxy-Connection: keep-alive\r\nX-Forwarded-For: 10.1.1.1\r\nVia: 1.1 edge\r\nX-Keep: kept\r\n"
         "X_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nForwarded: for=6.6.6.6;proto=https\r\n"
-        "X-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 443\r\nX_Custom_Field: kept\r\n"
+        "X-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Ssl: on\r\nX_Custom_Field: kept\r\n"
+        "Expect: \r\n"
         "X-Breakerbox-Key: agent-secret\r\nContent-Length: 2\r\n\r\n{}");
     auto res = client.read_response();
     ASSERT_EQ(res.result_int(), 201u);
@@ -415,7 +416,9 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
         EXPECT_EQ(seen.count(name), 0u) << name << " must not be forwarded";
     }
     // What an upstream would take as breakerbox's word about the client, the client's own:
-    for (auto name : {"X_Forwarded_For", "X_Forwarded_Proto", "Forwarded", "X-Real-IP", "X-Forwarded-Port"}) {
+    // (And an empty Expect asks nothing: served, not 417.)
+    for (auto name : {"X_Forwarded_For", "X_Forwarded_Proto", "Forwarded", "X-Real-IP", "X-Forwarded-Port",
+                      "X-Forwarded-Ssl"}) {
         EXPECT_EQ(seen.count(name), 0u) << name << " from the client must not pass as breakerbox's";
     }
     EXPECT_EQ(seen["X_Custom_Field"], "kept");
