@@ -1419,10 +1419,13 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
     // SQLite keeps no value over SQLITE_LIMIT_LENGTH (1e9 bytes unless compiled otherwise):
     // such a body would fail its insert after the record's, and roll back its whole batch.
     // (Reached only with limits.body_bytes and the held-bytes limits raised past it.)
+    // The limit holds for a whole row too: the body's row is its headers, body and id (64
+    // bytes of headroom for the id and the record's header).
     if (const auto most = static_cast<std::size_t>(sqlite3_limit(ctx.c.db(), SQLITE_LIMIT_LENGTH, -1));
-        r.body.size() > most || headers_blob.size() > most) {
-        return full("its body of " + std::to_string(r.body.size()) + " bytes is over the largest value the store " +
-                    "keeps (" + std::to_string(most) + " bytes)");
+        r.body.size() + headers_blob.size() + 64 > most) {
+        return full("its body of " + std::to_string(r.body.size()) + " bytes and headers of " +
+                    std::to_string(headers_blob.size()) + " bytes are over the largest row the store keeps (" +
+                    std::to_string(most) + " bytes)");
     }
 
     const auto now = wall_ms(clock_);
