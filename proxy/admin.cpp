@@ -1690,9 +1690,10 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     const auto generation = srv_.config_generation();
     const auto current = srv_.current_config();
-    if (current->admin.enabled && !next->admin.enabled) {
+    if (file_sha256.empty() && current->admin.enabled && !next->admin.enabled) {
         // Applied, it would take the tokens away from the running admin API (every call,
         // this one's revert included, 401) and, stored, the next start would have none.
+        // (A reload of the file applies as SIGHUP does: the admin API runs on until restart.)
         auto f = fail({http::status::bad_request, "bad_field",
                        "config.admin: the config has no admin section; a change through the admin API cannot remove "
                        "the admin API (remove it in the file and restart)",

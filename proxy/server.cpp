@@ -42,6 +42,7 @@
 #include <unordered_set>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace bb::proxy {
@@ -1940,10 +1941,11 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             warnings.push_back("store.path, store.group_commit, store.idempotency_header and store.idempotency_keys are "
                                "fixed until restart; the new values were not applied (the other store settings were)");
             if (cfg_->store.path != cfg->store.path) {
-                warnings.push_back("store.path changed to " + cfg->store.path + ": the next start opens that store, "
-                                   "not " + cfg_->store.path + ", and restores nothing from this one (breaker state, "
-                                   "quarantined requests, meters, keys of requests sent live); move the file there "
-                                   "while breakerbox is stopped");
+                warnings.push_back("store.path changed to " + cfg->store.path + ", not applied: a start that runs "
+                                   "with it opens that store, not " + cfg_->store.path + ", and restores nothing from "
+                                   "this one (breaker state, quarantined requests, meters, keys of requests sent "
+                                   "live); to move the store, stop breakerbox, move its files, and name the new "
+                                   "path in the config file");
             }
             patch()->store.path = cfg_->store.path;
             patch()->store.group_commit = cfg_->store.group_commit;
@@ -2136,16 +2138,24 @@ std::string tls_files_digest(const tls_files& t) {
 }
 
 // Why this process could not open `path` for appending (spdlog's file sink creates missing
-// directories), or "" when it could. Judged by access(2), for the process's own user: a file
-// that exists must be writable, else its nearest existing directory must be.
+// directories), or "" when it could. Judged by faccessat(2), for the process's own user: a file
+// that exists must be writable, else its nearest existing directory must be (a dangling
+// symbolic link is refused).
 std::string cannot_append_to(const std::string& path) {
     std::error_code ec;
     std::filesystem::path p{path};
+    if (std::filesystem::is_symlink(std::filesystem::symlink_status(p, ec)) && !std::filesystem::exists(p, ec)) {
+        return "is a symbolic link to nothing";
+    }
+    // Effective IDs and capabilities, as open(2) judges (access(2) uses the real ones).
+    const auto writable = [](const std::filesystem::path& f, int mode) {
+        return ::faccessat(AT_FDCWD, f.c_str(), mode, AT_EACCESS) == 0;
+    };
     if (std::filesystem::exists(p, ec)) {
         if (std::filesystem::is_directory(p, ec)) {
             return "is a directory";
         }
-        return ::access(p.c_str(), W_OK) == 0 ? std::string{} : "cannot be written: " + std::string{std::strerror(errno)};
+        return writable(p, W_OK) ? std::string{} : "cannot be written: " + std::string{std::strerror(errno)};
     }
     for (auto dir = p.parent_path(); ; dir = dir.parent_path()) {
         if (dir.empty()) {
@@ -2155,9 +2165,8 @@ std::string cannot_append_to(const std::string& path) {
             if (!std::filesystem::is_directory(dir, ec)) {
                 return "cannot be created: " + dir.string() + " is not a directory";
             }
-            return ::access(dir.c_str(), W_OK | X_OK) == 0
-                       ? std::string{}
-                       : "cannot be created in " + dir.string() + ": " + std::strerror(errno);
+            return writable(dir, W_OK | X_OK) ? std::string{}
+                                              : "cannot be created in " + dir.string() + ": " + std::strerror(errno);
         }
         if (dir == dir.parent_path() || dir == ".") {
             return "cannot be created: no directory of it exists";

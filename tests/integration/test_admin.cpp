@@ -310,8 +310,8 @@ TEST(admin_api, an_apply_says_what_waits_for_a_restart_and_applies_the_rest) {
     const auto moved = admin(f.port(), http::verb::post, "/v1/config", "admin-token",
                              "{\"reason\":\"move\",\"config\":" + next + "}");
     ASSERT_EQ(moved.result_int(), 200u) << moved.body();
-    EXPECT_NE(moved.body().find("store.path changed to " + f.dir + "/moved.db: the next start opens that store, not " +
-                                f.dir + "/bb.db, and restores nothing from this one"),
+    EXPECT_NE(moved.body().find("store.path changed to " + f.dir + "/moved.db, not applied: a start that runs with it "
+                                "opens that store, not " + f.dir + "/bb.db, and restores nothing from this one"),
               std::string::npos)
         << moved.body();
     EXPECT_EQ(f.bb.server().current_config()->store.path, f.dir + "/bb.db");
