@@ -256,6 +256,21 @@ TEST(health, five_consecutive_5xx_open_the_upstream_breaker_then_a_probe_closes_
     EXPECT_EQ(up.request_count(), 7u);
 }
 
+namespace {
+
+// guarded_config with an upstream health of two consecutive failures, and responses over
+// 2,048 bytes refused (limits.upstream_body_bytes).
+std::string health_config_with_a_2048_byte_body_limit(std::uint16_t upstream_port, const std::string& dir) {
+    auto cfg = guarded_config(upstream_port, dir, pause_manual, 1000000,
+                              R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
+    const std::string limits = R"("limits": {"drain_timeout": "2s")";
+    EXPECT_NE(cfg.find(limits), std::string::npos);
+    cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
+    return cfg;
+}
+
+}  // namespace
+
 // A response over limits.upstream_body_bytes is breakerbox's own limit: the client gets its
 // 502, but the upstream answered, so health counts no failure (a few large list GETs in a row
 // used to open upstream/<name> and pause every write behind it).
@@ -263,12 +278,7 @@ TEST(health, a_response_over_our_body_limit_is_no_upstream_failure) {
     fake_upstream up{[](const request& r) { return respond(200, r.target() == "/big" ? std::string(4096, 'x') : "{}"); }};
     bb::manual_clock clock;
     const auto dir = temp_dir();
-    auto cfg = guarded_config(up.port(), dir, pause_manual, 1000000,
-                              R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
-    const std::string limits = R"("limits": {"drain_timeout": "2s")";
-    ASSERT_NE(cfg.find(limits), std::string::npos);
-    cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
-    proxy_instance bb{cfg, &clock};
+    proxy_instance bb{health_config_with_a_2048_byte_body_limit(up.port(), dir), &clock};
     for (int i = 0; i < 3; ++i) {
         auto res = http_request(bb.port(), http::verb::get, "/big");
         EXPECT_EQ(res.result_int(), 502u);
@@ -285,12 +295,7 @@ TEST(health, a_5xx_over_our_body_limit_is_still_an_upstream_failure) {
     fake_upstream up{[](const request&) { return respond(503, std::string(4096, 'x')); }};
     bb::manual_clock clock;
     const auto dir = temp_dir();
-    auto cfg = guarded_config(up.port(), dir, pause_manual, 1000000,
-                              R"("health": {"consecutive_failures": 2, "cooldown": "10s"})");
-    const std::string limits = R"("limits": {"drain_timeout": "2s")";
-    ASSERT_NE(cfg.find(limits), std::string::npos);
-    cfg.replace(cfg.find(limits), limits.size(), limits + R"(, "upstream_body_bytes": 2048)");
-    proxy_instance bb{cfg, &clock};
+    proxy_instance bb{health_config_with_a_2048_byte_body_limit(up.port(), dir), &clock};
     for (int i = 0; i < 2; ++i) {
         auto res = http_request(bb.port(), http::verb::get, "/big");
         EXPECT_EQ(res.result_int(), 502u);
