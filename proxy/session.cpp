@@ -563,6 +563,17 @@ bool must_settle(const server& srv, std::uint64_t change) {
     return change != 0 && !srv.breaker_state_saved_through(change);
 }
 
+// The wait itself (after must_settle said so, or after a trip this request made): the
+// response goes out either way, logged when the state could not be saved.
+// (The result is read into a variable: GCC 12 miscompiles some co_await expressions used
+// directly as a condition, and this one trapped at run time.)
+asio::awaitable<void> persist_or_log(server& srv, std::string_view instance) {
+    const bool durable = co_await await_persist(srv);
+    if (!durable) {
+        spdlog::error("breaker state for {} could not be persisted", instance);
+    }
+}
+
 // Closing a socket with unread input makes the kernel send RST, which can destroy the
 // error response we just wrote (a 413 while the client is still sending its body). Like
 // nginx's lingering_close: after an error answer, stop sending, then read and discard for
@@ -1649,8 +1660,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                             e.breaker = kill_switch;
                             // As any containment: told only once the saved state holds the
                             // operator's switch-off (a crash then finds it so).
-                            if (must_settle(w.owner(), adm.change) && !co_await await_persist(w.owner())) {
-                                spdlog::error("breaker state for agent/{} could not be persisted", tunnel_agent->id);
+                            if (must_settle(w.owner(), adm.change)) {
+                                co_await persist_or_log(w.owner(), kill_switch);
                             }
                             co_await reply(e, false);
                             break;
@@ -2180,10 +2191,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                 if (tr.opened) {
                                     // The response that reports a trip goes out only once the trip
                                     // is durable: a restart right after it still finds it tripped.
-                                    const bool durable = co_await await_persist(w.owner());
-                                    if (!durable) {
-                                        spdlog::error("breaker state for {} could not be persisted", tr.adm.instance);
-                                    }
+                                    co_await persist_or_log(w.owner(), tr.adm.instance);
                                 }
                                 if (!quarantine_instance.empty() && quarantine_reason.empty()) {
                                     quarantine_reason = d.reason;
@@ -2221,9 +2229,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         bool to_sandbox_upstream = false;  // to the breaker's alternate upstream, not the route's
         if (!contained && std::string_view{forwarded_decision} == "sandboxed" && must_settle(w.owner(), sandbox_change)) {
             // Before the dry run goes (its answer tells the client the traffic is switched).
-            if (!co_await await_persist(w.owner())) {
-                spdlog::error("breaker state for {} could not be persisted", contained_breaker);
-            }
+            co_await persist_or_log(w.owner(), contained_breaker);
         }
         if (!contained && std::string_view{forwarded_decision} == "sandboxed" && !quarantine_instance.empty()) {
             sandboxed_by = sandbox_instances.empty() ? contained_breaker : sandbox_instances;
@@ -2401,10 +2407,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         }
                     }
                     if (must_settle(w.owner(), quarantine_change)) {
-                        const bool durable = co_await await_persist(w.owner());
-                        if (!durable) {
-                            spdlog::error("breaker state for {} could not be persisted", quarantine_instance);
-                        }
+                        co_await persist_or_log(w.owner(), quarantine_instance);
                     }
                     if (!co_await reply_quarantined(stored.ticket, quarantine_instance, quarantine_reason) ||
                         !keep_alive) {
@@ -2518,10 +2521,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             contained->rule = contained_rule;
             contained->breaker = contained_breaker;
             if (must_settle(w.owner(), contained_change)) {
-                const bool durable = co_await await_persist(w.owner());
-                if (!durable) {
-                    spdlog::error("breaker state for {} could not be persisted", contained_breaker);
-                }
+                co_await persist_or_log(w.owner(), contained_breaker);
             }
             if (!co_await reply(*contained, keep_alive) || !keep_alive) {
                 break;
