@@ -95,22 +95,29 @@ bool starts_with_icase(std::string_view s, std::string_view prefix) {
     return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
 
+// Calls fn(element) for each element of a list field over all its lines (RFC 9110 5.6.1:
+// comma-separated, blanks around them trimmed, empty elements ignored).
+template <class Fields, class F>
+void each_list_element(const Fields& f, http::field name, F&& fn) {
+    const auto [from, to] = f.equal_range(name);
+    for (auto it = from; it != to; ++it) {
+        std::string_view v = it->value();
+        while (!v.empty()) {
+            const auto comma = v.find(',');
+            if (const auto element = trim(v.substr(0, comma)); !element.empty()) {
+                fn(element);
+            }
+            v = comma == std::string_view::npos ? std::string_view{} : v.substr(comma + 1);
+        }
+    }
+}
+
 // RFC 9110 §7.6.1: Connection and the fields it names, plus the fixed hop-by-hop set,
 // apply to one connection only and are never forwarded (in either direction).
 template <class Fields>
 void strip_hop_by_hop(Fields& f) {
     std::vector<std::string> named;
-    for (auto it = f.find(http::field::connection); it != f.end() && it->name() == http::field::connection; ++it) {
-        std::string_view v = it->value();
-        while (!v.empty()) {
-            const auto comma = v.find(',');
-            const auto token = trim(v.substr(0, comma));
-            if (!token.empty()) {
-                named.emplace_back(token);
-            }
-            v = comma == std::string_view::npos ? std::string_view{} : v.substr(comma + 1);
-        }
-    }
+    each_list_element(f, http::field::connection, [&](std::string_view token) { named.emplace_back(token); });
     for (const auto& n : named) {
         f.erase(n);
     }
@@ -1421,25 +1428,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             rec.method = std::string{h.method_string()};
             rec.target = h.target();
             // Expect: only 100-continue is defined; answer it ourselves once limits allow.
-            // Every Expect line: a second one with another expectation is still one we cannot meet.
-            const auto [expect_from, expect_to] = h.equal_range(http::field::expect);
-            if (expect_from != expect_to) {
-                // Each line a list (RFC 9110 5.6.1: empty elements are ignored); every element
-                // must be 100-continue, and an Expect of nothing but empty elements asks nothing.
-                bool only_continue = true;
-                bool asks = false;
-                for (auto f = expect_from; f != expect_to; ++f) {
-                    std::string_view rest = f->value();
-                    while (!rest.empty()) {
-                        const auto comma = rest.find(',');
-                        const auto item = trim(rest.substr(0, comma));
-                        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-                        if (!item.empty()) {
-                            asks = true;
-                            only_continue = only_continue && iequals(item, "100-continue");
-                        }
-                    }
-                }
+            // Every element of every Expect line must be 100-continue (a second line with
+            // another expectation is still one we cannot meet); an Expect of nothing but empty
+            // elements asks nothing.
+            bool only_continue = true;
+            bool asks = false;
+            each_list_element(h, http::field::expect, [&](std::string_view element) {
+                asks = true;
+                only_continue = only_continue && iequals(element, "100-continue");
+            });
+            if (asks) {
                 if (!only_continue) {
                     co_await reply({http::status::expectation_failed, "rejected", "bad_expect",
                                     "only Expect: 100-continue is supported"},
@@ -1448,7 +1446,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
                 // RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is
                 // ignored (such a client cannot read an interim response); it sends its body.
-                if (asks && !parser.is_done() && h.version() >= 11) {
+                if (!parser.is_done() && h.version() >= 11) {
                     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
                     dl.arm(lim.write_timeout);
                     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);
