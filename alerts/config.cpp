@@ -147,12 +147,8 @@ std::optional<sink_config> parse_sink(simdjson::dom::element e, const std::strin
             file_error fe = file_error::none;
             if (auto text = read_regular_file(*ca, max_bundle, &fe); !text) {
                 errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " " + describe(fe, max_bundle));
-            } else if (const int n = pem_certificate_count(*text); n < 0) {
-                errs.add(r.path_of("ca_file"),
-                         cfg::quote(*ca) + " cannot be read as PEM (a block is cut off or damaged): nothing in it "
-                                           "would be trusted");
-            } else if (n == 0) {
-                errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " holds no PEM certificate");
+            } else if (const auto why = ca_bundle_problem(*text); !why.empty()) {
+                errs.add(r.path_of("ca_file"), cfg::quote(*ca) + " " + why);
             }
         }
         s.ca_file = std::move(*ca);

@@ -290,12 +290,8 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
                 u.ca_pem = std::move(*text);
                 // Read as the pool will read it: a block cut off or damaged would make it
                 // trust nothing of the file, and every request to the upstream fail.
-                if (const int n = pem_certificate_count(u.ca_pem); n < 0) {
-                    r.errs().add(r.path_of("ca_file"), cfg::quote(*v) +
-                                                           " cannot be read as PEM (a block is cut off or damaged): "
-                                                           "nothing in it would be trusted");
-                } else if (n == 0) {
-                    r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " holds no PEM certificate");
+                if (const auto why = ca_bundle_problem(u.ca_pem); !why.empty()) {
+                    r.errs().add(r.path_of("ca_file"), cfg::quote(*v) + " " + why);
                 }
             }
         }

@@ -9,6 +9,9 @@
 
 namespace bb {
 
+namespace {
+
+// The certificates in `pem`; -1 when a block cannot be read (then the loader takes none of it).
 int pem_certificate_count(std::string_view pem) {
     if (pem.size() > static_cast<std::size_t>(INT_MAX)) {
         return -1;
@@ -31,6 +34,16 @@ int pem_certificate_count(std::string_view pem) {
     }
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     return n;
+}
+
+}  // namespace
+
+std::string ca_bundle_problem(std::string_view pem) {
+    const int n = pem_certificate_count(pem);
+    if (n < 0) {
+        return "cannot be read as PEM (a block is cut off or damaged): nothing in it would be trusted";
+    }
+    return n == 0 ? "holds no PEM certificate" : "";
 }
 
 }  // namespace bb

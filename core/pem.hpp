@@ -4,11 +4,13 @@
 // judges a ca_file with it when it is read, so a bundle cut off mid-certificate (a renewal
 // caught half-written) is refused with its JSON path, not found at the first connection.
 
+#include <string>
 #include <string_view>
 
 namespace bb {
 
-// The certificates in `pem`; -1 when a block cannot be read (then the loader takes none of it).
-int pem_certificate_count(std::string_view pem);
+// What makes `pem` unusable as a CA bundle, said after its file's name ("cannot be read as
+// PEM ...", "holds no PEM certificate"), or "" when it holds a certificate and reads whole.
+std::string ca_bundle_problem(std::string_view pem);
 
 }  // namespace bb
