@@ -384,7 +384,7 @@ public:
             st = got;
             opened_at_ = opened;
             cooldown_ = cooldown;
-            if (!(manual_here && !manual_there)) {
+            if (manual_there || !manual_here) {
                 last_trip_ = s.last_trip ? s.last_trip : last_trip_;
             }
         } else if (manual_there && !manual_here) {

@@ -1416,11 +1416,11 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
                     std::to_string(bytes) + " more would exceed its limit of " +
                     std::to_string(lim.per_breaker_max_held_bytes));
     }
-    // SQLite keeps no value over SQLITE_LIMIT_LENGTH (1e9 bytes unless compiled otherwise):
-    // such a body would fail its insert after the record's, and roll back its whole batch.
-    // (Reached only with limits.body_bytes and the held-bytes limits raised past it.)
-    // The limit holds for a whole row too: the body's row is its headers, body and id (64
-    // bytes of headroom for the id and the record's header).
+    // SQLite keeps no value or row over SQLITE_LIMIT_LENGTH (1e9 bytes unless compiled
+    // otherwise): a body whose row (its headers, body and id; 64 bytes of headroom for the id
+    // and the record's header) is larger would fail its insert after the record's, and roll
+    // back its whole batch. (Reached only with limits.body_bytes and the held-bytes limits
+    // raised past it.)
     if (const auto most = static_cast<std::size_t>(sqlite3_limit(ctx.c.db(), SQLITE_LIMIT_LENGTH, -1));
         r.body.size() + headers_blob.size() + 64 > most) {
         return full("its body of " + std::to_string(r.body.size()) + " bytes and headers of " +
