@@ -99,6 +99,15 @@ public:
     // bound, so a storm of triggers does not cost the resolve of one that went out). Holds
     // one mutex for O(sinks) work.
     void publish(const alert& a);
+    // A reload's "alerts" section, applied in place. A sink configured again (same name,
+    // type, URL, routing key, headers, and ca_file with the same contents; its severities may
+    // change) keeps its queue and the alert it is sending: what it was given before the
+    // reload stays ahead of what comes after, so a resolve never overtakes its trigger. A
+    // sink removed or changed (a rotated URL) gets nothing new and still sends what it had
+    // queued. The settings (queue_max, attempts, backoff, timeout) apply from the next alert.
+    void reconfigure(alerts_config next);
+    // Per sink name, whatever reloads changed: the counts of the sinks it was, summed; the
+    // newest one's last error.
     std::vector<sink_stats> stats() const;
     // Alerts waiting in the queues (not counting ones being sent).
     std::size_t queued() const;

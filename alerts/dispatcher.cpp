@@ -7,13 +7,16 @@
 // one mutex, held only for O(sinks) bookkeeping and never across I/O. Timers, TLS contexts
 // and the random source are touched only on the alerts thread.
 #include "alerts/alerts.hpp"
+#include "core/file.hpp"
 #include "core/read_limits.hpp"
+#include "core/sha256.hpp"
 #include "core/tls_policy.hpp"
 #include "proxy/resolve.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -144,9 +147,28 @@ bool is_ip_literal(const std::string& host) {
 
 }  // namespace
 
+// What a sink's ca_file holds now ("" without one): a reload keeps a sink only while it is
+// the same, so a private CA rotated in place (same path) is read again.
+std::string ca_digest(const sink_config& s) {
+    if (s.ca_file.empty()) {
+        return {};
+    }
+    file_error err{};
+    const auto text = read_regular_file(s.ca_file, std::size_t{16} << 20, &err);
+    return text ? sha256_hex(*text) : "unreadable";
+}
+
+// Whether a reload keeps the running sink for `b`: everything but its severities (which only
+// route what comes next) unchanged.
+bool same_receiver(const sink_config& a, const sink_config& b) {
+    return a.name == b.name && a.kind == b.kind && a.url == b.url && a.routing_key == b.routing_key &&
+           a.ca_file == b.ca_file && a.headers == b.headers;
+}
+
 struct dispatcher::impl {
     struct sink {
-        sink_config cfg;
+        sink_config cfg;  // its severities as first configured: see `severities`
+        std::string ca;   // ca_digest(cfg) as the TLS context was built
         std::optional<url_parts> url;
         std::string host_header;
         std::string setup_error;                   // unusable URL or TLS setup: every alert fails
@@ -155,53 +177,80 @@ struct dispatcher::impl {
         std::unique_ptr<asio::steady_timer> backoff;  // alerts thread only
 
         // Guarded by impl::mu.
+        std::vector<std::string> severities;  // a reload may change them in place
         std::deque<std::shared_ptr<const alert>> queue;
         bool waiting = false;    // the coroutine is parked on `wake`
         bool in_flight = false;  // an alert was taken off the queue and is being delivered
+        // Taken out by a reload (removed, or its URL, key, headers or CA changed): it gets
+        // nothing new, sends what it has queued, and its coroutine ends.
+        // A reload that configures it again before it ended takes it back.
+        bool retired = false;
+        bool ending = false;    // its coroutine has decided to end: it takes nothing more
+        bool finished = false;  // its coroutine ended (the sink may go)
         sink_stats stats;
 
         bool wants(std::string_view severity) const {
-            return cfg.severities.empty() ||
-                   std::find(cfg.severities.begin(), cfg.severities.end(), severity) != cfg.severities.end();
+            return severities.empty() || std::find(severities.begin(), severities.end(), severity) != severities.end();
         }
     };
 
     // Declared first so it is destroyed last: the timers and sockets below belong to it.
     asio::io_context io{1};
-    alerts_config cfg;
-    std::vector<std::unique_ptr<sink>> sinks;
+    // The thread runs until stop(), with or without sinks: a reload may take out every sink
+    // (their coroutines end) and add one after.
+    asio::executor_work_guard<asio::io_context::executor_type> keep_running{io.get_executor()};
     std::minstd_rand rng{std::random_device{}()};  // alerts thread only
 
     mutable std::mutex mu;
     std::condition_variable cv;
-    bool stopping = false;   // guarded by mu
-    std::size_t running = 0; // sink coroutines not yet finished; guarded by mu
+    // Guarded by mu. The settings (cfg.sinks is left empty: the sinks are below) and the sinks,
+    // in the order they were made; a reload changes both (reconfigure).
+    alerts_config cfg;
+    std::vector<std::unique_ptr<sink>> sinks;
+    // The counts of retired sinks whose coroutine ended, by name (stats()).
+    std::vector<sink_stats> folded;
+    bool stopping = false;
+    std::size_t running = 0; // sink coroutines not yet finished
     std::thread thread;
 
-    explicit impl(alerts_config c) : cfg(std::move(c)) {
-        for (auto& sc : cfg.sinks) {
-            auto s = std::make_unique<sink>();
-            s->cfg = sc;
-            s->stats.name = sc.name;
-            s->wake = std::make_unique<asio::steady_timer>(io);
-            s->backoff = std::make_unique<asio::steady_timer>(io);
-            std::string why;
-            s->url = parse_url(sc.url, &why);
-            if (!s->url) {
-                s->setup_error = "url " + cfg::quote(sc.url) + " " + why;
-            } else {
-                const auto& u = *s->url;
-                const bool v6 = u.host.find(':') != std::string::npos;
-                s->host_header = v6 ? "[" + u.host + "]" : u.host;
-                if (u.port != (u.tls ? 443 : 80)) {
-                    s->host_header += ":" + std::to_string(u.port);
-                }
-                if (u.tls) {
-                    setup_tls(*s);
-                }
-            }
-            sinks.push_back(std::move(s));
+    explicit impl(alerts_config c) {
+        for (const auto& sc : c.sinks) {
+            sinks.push_back(make_sink(sc));
         }
+        c.sinks.clear();
+        cfg = std::move(c);
+    }
+
+    // The settings an attempt runs under (a reload may change them between two alerts).
+    alerts_config settings() const {
+        std::lock_guard lk{mu};
+        return cfg;
+    }
+
+    std::unique_ptr<sink> make_sink(const sink_config& sc) {
+        auto s = std::make_unique<sink>();
+        s->cfg = sc;
+        s->severities = sc.severities;
+        s->ca = ca_digest(sc);
+        s->stats.name = sc.name;
+        s->wake = std::make_unique<asio::steady_timer>(io);
+        s->backoff = std::make_unique<asio::steady_timer>(io);
+        std::string why;
+        s->url = parse_url(sc.url, &why);
+        if (!s->url) {
+            s->setup_error = "url " + cfg::quote(sc.url) + " " + why;
+        } else {
+            const auto& u = *s->url;
+            const bool v6 = u.host.find(':') != std::string::npos;
+            s->host_header = v6 ? "[" + u.host + "]" : u.host;
+            if (u.port != (u.tls ? 443 : 80)) {
+                s->host_header += ":" + std::to_string(u.port);
+            }
+            if (u.tls) {
+                setup_tls(*s);
+            }
+        }
+        return s;
     }
 
     void setup_tls(sink& s) {
@@ -229,36 +278,138 @@ struct dispatcher::impl {
         }
     }
 
-    void start() {
-        running = sinks.size();
-        for (auto& s : sinks) {
-            asio::co_spawn(io, run_sink(*s), [this, sp = s.get()](std::exception_ptr e) {
-                std::lock_guard lk{mu};
-                if (e) {
-                    // Not expected (errors are values); make it visible rather than silent.
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        sp->stats.last_error = std::string{"alerts sender stopped: "} + ex.what();
-                    } catch (...) {
-                        sp->stats.last_error = "alerts sender stopped";
-                    }
+    // Under mu.
+    void spawn(sink& s) {
+        ++running;
+        asio::co_spawn(io, run_sink(s), [this, sp = &s](std::exception_ptr e) {
+            std::lock_guard lk{mu};
+            if (e) {
+                // Not expected (errors are values); make it visible rather than silent.
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    sp->stats.last_error = std::string{"alerts sender stopped: "} + ex.what();
+                } catch (...) {
+                    sp->stats.last_error = "alerts sender stopped";
                 }
-                sp->in_flight = false;
-                --running;
-                cv.notify_all();
-            });
+            }
+            sp->in_flight = false;
+            sp->finished = true;
+            --running;
+            cv.notify_all();
+        });
+    }
+
+    void start() {
+        {
+            std::lock_guard lk{mu};
+            for (auto& s : sinks) {
+                spawn(*s);
+            }
         }
         thread = std::thread{[this] { io.run(); }};
     }
 
+    // Under mu: wakes a sink's coroutine parked on an empty queue (one post per idle-to-busy
+    // transition, not per alert).
+    void wake(sink& s) {
+        if (s.waiting) {
+            s.waiting = false;
+            asio::post(io, [sp = &s] { sp->wake->cancel(); });
+        }
+    }
+
+    void reconfigure(alerts_config next) {
+        // Only the control thread calls this, one call at a time, and only this changes
+        // `sinks`: what is read here without mu stays as read.
+        std::vector<sink*> kept(next.sinks.size(), nullptr);
+        {
+            std::lock_guard lk{mu};
+            for (std::size_t i = 0; i < next.sinks.size(); ++i) {
+                for (auto& s : sinks) {
+                    if (!s->ending && std::find(kept.begin(), kept.end(), s.get()) == kept.end() &&
+                        same_receiver(s->cfg, next.sinks[i])) {
+                        kept[i] = s.get();
+                        break;
+                    }
+                }
+            }
+        }
+        // New sinks are built (a CA file read, a TLS context) before the lock is taken, and a
+        // kept one whose CA file changed is replaced.
+        std::vector<std::unique_ptr<sink>> made;
+        for (std::size_t i = 0; i < next.sinks.size(); ++i) {
+            if (kept[i] != nullptr && kept[i]->ca != ca_digest(next.sinks[i])) {
+                kept[i] = nullptr;
+            }
+            if (kept[i] == nullptr) {
+                made.push_back(make_sink(next.sinks[i]));
+            }
+        }
+        std::lock_guard lk{mu};
+        if (stopping) {
+            return;
+        }
+        for (std::size_t i = 0; i < next.sinks.size(); ++i) {
+            if (kept[i] != nullptr && kept[i]->ending) {
+                // Its coroutine ended since the match above: a new sink takes its place.
+                // (Rare; built under the lock.)
+                kept[i] = nullptr;
+                made.push_back(make_sink(next.sinks[i]));
+            } else if (kept[i] != nullptr) {
+                kept[i]->severities = next.sinks[i].severities;
+                kept[i]->retired = false;
+            }
+        }
+        for (auto& s : sinks) {
+            if (!s->retired && std::find(kept.begin(), kept.end(), s.get()) == kept.end()) {
+                s->retired = true;
+                wake(*s);  // to see it is retired, if it is parked
+            }
+        }
+        // Retired sinks that have sent their queue go; their counts stay (stats()).
+        std::erase_if(sinks, [&](const std::unique_ptr<sink>& s) {
+            if (!s->retired || !s->finished) {
+                return false;
+            }
+            fold(folded, s->stats);
+            return true;
+        });
+        for (auto& s : made) {
+            sinks.push_back(std::move(s));
+            spawn(*sinks.back());
+        }
+        next.sinks.clear();
+        cfg = std::move(next);
+    }
+
+    // Adds `st` to the entry of its name in `into` (appended when there is none). The last
+    // error is the newest: `st` is newer than what `into` holds.
+    static void fold(std::vector<sink_stats>& into, const sink_stats& st) {
+        auto it = std::find_if(into.begin(), into.end(), [&](const sink_stats& f) { return f.name == st.name; });
+        if (it == into.end()) {
+            into.push_back(st);
+            return;
+        }
+        it->sent += st.sent;
+        it->failed += st.failed;
+        it->retries += st.retries;
+        it->dropped += st.dropped;
+        if (!st.last_error.empty()) {
+            it->last_error = st.last_error;
+        }
+    }
+
     void stop() {
+        std::chrono::milliseconds grace{};
         {
             std::lock_guard lk{mu};
             stopping = true;
+            grace = cfg.timeout;
         }
         try {
             asio::post(io, [this] {
+                std::lock_guard lk{mu};
                 for (auto& s : sinks) {
                     s->wake->cancel();
                     s->backoff->cancel();
@@ -271,7 +422,7 @@ struct dispatcher::impl {
             // An attempt in flight ends by its own deadline (cfg.timeout), so this wait is
             // the "up to cfg.timeout" grace; a little slack covers scheduling.
             std::unique_lock lk{mu};
-            cv.wait_for(lk, cfg.timeout + std::chrono::milliseconds{50}, [&] { return running == 0; });
+            cv.wait_for(lk, grace + std::chrono::milliseconds{50}, [&] { return running == 0; });
         }
         io.stop();
         if (thread.joinable()) {
@@ -285,6 +436,10 @@ struct dispatcher::impl {
             {
                 std::lock_guard lk{mu};
                 if (stopping) {
+                    co_return;
+                }
+                if (s.queue.empty() && s.retired) {
+                    s.ending = true;  // a reload took it out, and it has sent what it had
                     co_return;
                 }
                 if (s.queue.empty()) {
@@ -319,10 +474,11 @@ struct dispatcher::impl {
             co_return;
         }
         const std::string body = render_payload(s.cfg.kind, a, s.cfg);
+        const alerts_config set = settings();
         for (std::uint32_t attempt = 1;; ++attempt) {
             attempt_result r;
             try {
-                r = co_await send_once(s, body);
+                r = co_await send_once(s, body, set.timeout);
             } catch (const std::exception& e) {
                 r = give_up(std::string{"internal error: "} + e.what());
             }
@@ -334,7 +490,7 @@ struct dispatcher::impl {
             {
                 std::lock_guard lk{mu};
                 s.stats.last_error = r.error;
-                if (r.what == attempt_result::outcome::give_up || attempt >= cfg.max_attempts || stopping) {
+                if (r.what == attempt_result::outcome::give_up || attempt >= set.max_attempts || stopping) {
                     ++s.stats.failed;
                     co_return;
                 }
@@ -342,10 +498,10 @@ struct dispatcher::impl {
             // A receiver's Retry-After is a floor, not cut to max_backoff (a retry before it is
             // refused again, spending an attempt), up to a minute: the sink's later alerts (a
             // sev1 trip) wait behind this one.
-            const std::chrono::milliseconds backoff = backoff_delay(attempt, cfg.initial_backoff, cfg.max_backoff,
+            const std::chrono::milliseconds backoff = backoff_delay(attempt, set.initial_backoff, set.max_backoff,
                                                                     std::uniform_real_distribution<double>{0.8, 1.2}(rng));
             const std::chrono::milliseconds delay =
-                r.retry_after ? std::max(std::min(*r.retry_after, std::max(cfg.max_backoff, std::chrono::milliseconds{60'000})), backoff) : backoff;
+                r.retry_after ? std::max(std::min(*r.retry_after, std::max(set.max_backoff, std::chrono::milliseconds{60'000})), backoff) : backoff;
             s.backoff->expires_after(delay);
             co_await s.backoff->async_wait(use_tuple);
             std::lock_guard lk{mu};
@@ -360,9 +516,8 @@ struct dispatcher::impl {
 
     // One POST: resolve, connect, TLS, write, read the answer; every step under one
     // deadline of cfg.timeout. One connection per send: alerts are rare.
-    asio::awaitable<attempt_result> send_once(sink& s, const std::string& body) {
+    asio::awaitable<attempt_result> send_once(sink& s, const std::string& body, std::chrono::milliseconds timeout) {
         const auto& u = *s.url;
-        const auto timeout = cfg.timeout;
         const auto deadline = steady::now() + timeout;
         auto ex = co_await asio::this_coro::executor;
 
@@ -388,7 +543,7 @@ struct dispatcher::impl {
             co_return retry(describe(cec, "connecting to " + s.host_header, timeout));
         }
         if (!u.tls) {
-            co_return co_await exchange(s, stream, stream, body, deadline);
+            co_return co_await exchange(s, stream, stream, body, deadline, timeout);
         }
         asio::ssl::stream<beast::tcp_stream> tls{std::move(stream), *s.tls};
         tls.next_layer().expires_at(deadline);
@@ -409,13 +564,13 @@ struct dispatcher::impl {
             }
             co_return retry(describe(hec, "TLS handshake with " + s.host_header, timeout));
         }
-        co_return co_await exchange(s, tls, tls.next_layer(), body, deadline);
+        co_return co_await exchange(s, tls, tls.next_layer(), body, deadline, timeout);
     }
 
     template <class Stream>
     asio::awaitable<attempt_result> exchange(sink& s, Stream& stream, beast::tcp_stream& tcp_layer,
-                                             const std::string& body, steady::time_point deadline) {
-        const auto timeout = cfg.timeout;
+                                             const std::string& body, steady::time_point deadline,
+                                             std::chrono::milliseconds timeout) {
         http::request<http::string_body> req{http::verb::post, s.url->target, 11};
         req.set(http::field::host, s.host_header);
         req.set(http::field::user_agent, "breakerbox-alerts");
@@ -481,7 +636,7 @@ void dispatcher::publish(const alert& a) {
         std::shared_ptr<alert> copy;
         std::lock_guard lk{m.mu};
         for (auto& s : m.sinks) {
-            if (!a.every_sink && !s->wants(a.severity)) {
+            if (s->retired || (!a.every_sink && !s->wants(a.severity))) {
                 continue;
             }
             // A resolve has room of its own past the bound: a queue filled by a storm of
@@ -501,11 +656,7 @@ void dispatcher::publish(const alert& a) {
                 }
             }
             s->queue.push_back(copy);
-            if (s->waiting) {
-                // One post per idle-to-busy transition, not per alert.
-                s->waiting = false;
-                asio::post(m.io, [sp = s.get()] { sp->wake->cancel(); });
-            }
+            m.wake(*s);
         }
     } catch (...) {
         // Out of memory: the alert is lost, but the caller (maybe the data plane) is not.
@@ -514,12 +665,15 @@ void dispatcher::publish(const alert& a) {
 
 std::vector<sink_stats> dispatcher::stats() const {
     std::lock_guard lk{impl_->mu};
-    std::vector<sink_stats> out;
-    out.reserve(impl_->sinks.size());
+    std::vector<sink_stats> out = impl_->folded;
     for (const auto& s : impl_->sinks) {
-        out.push_back(s->stats);
+        impl::fold(out, s->stats);  // oldest first: the last error shown is the newest sink's
     }
     return out;
+}
+
+void dispatcher::reconfigure(alerts_config next) {
+    impl_->reconfigure(std::move(next));
 }
 
 std::size_t dispatcher::queued() const {

@@ -451,19 +451,6 @@ std::optional<std::string> file_sha256(const std::string& path) {
     return text ? std::optional{sha256_hex(*text)} : std::nullopt;
 }
 
-// What the sinks' ca_files hold now (path and SHA-256 of each; "" when none has one): the
-// dispatcher reads them once, as it starts.
-std::string alert_ca_digest(const alerts::alerts_config& a) {
-    std::string out;
-    for (const auto& s : a.sinks) {
-        if (s.ca_file.empty()) {
-            continue;
-        }
-        out += s.ca_file + "=" + file_sha256(s.ca_file).value_or("unreadable") + "\n";
-    }
-    return out;
-}
-
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg, server_options opts)
@@ -477,7 +464,6 @@ server::server(std::shared_ptr<const config> cfg, server_options opts)
     access_log_ = make_access_log(cfg_->log);
     if (!cfg_->alerts.sinks.empty()) {
         alerts_ = std::make_shared<alerts::dispatcher>(cfg_->alerts);
-        alerts_ca_digest_ = alert_ca_digest(cfg_->alerts);
     }
     rt_ = build_runtime(cfg_, nullptr);
     max_connections_ = cfg_->limits.max_connections;
@@ -1577,13 +1563,13 @@ server::~server() {
             return std::max(std::chrono::milliseconds{0}, std::chrono::duration_cast<std::chrono::milliseconds>(
                                                               deadline - std::chrono::steady_clock::now()));
         };
-        if (const auto d = alerts(); d && !d->flush(left())) {
-            spdlog::warn("shutdown: alerts still queued after 2s were not sent");
+        std::shared_ptr<alerts::dispatcher> d;
+        {
+            std::lock_guard lock{alerts_mu_};
+            d = alerts_ ? alerts_ : idle_alerts_;
         }
-        for (const auto& d : retired_alerts_) {
-            if (!d->flush(left())) {
-                spdlog::warn("shutdown: alerts queued before the last reload were still not sent after 2s");
-            }
+        if (d && !d->flush(left())) {
+            spdlog::warn("shutdown: alerts still queued after 2s were not sent");
         }
     }
 }
@@ -1739,58 +1725,33 @@ std::shared_ptr<alerts::dispatcher> server::alerts() const {
     return alerts_;
 }
 
-namespace {
-
-// Adds a dispatcher's counts to `into`, by sink name.
-void add_alert_counts(std::map<std::string, alerts::sink_stats>& into, const alerts::dispatcher& d) {
-    for (const auto& st : d.stats()) {
-        auto& f = into[st.name];
-        f.sent += st.sent;
-        f.failed += st.failed;
-        f.retries += st.retries;
-        f.dropped += st.dropped;
-        if (!st.last_error.empty()) {
-            f.last_error = st.last_error;  // the newest dispatcher's, when it has one (added last)
-        }
-    }
-}
-
-}  // namespace
-
 void server::replace_alerts(const alerts::alerts_config& next) {
-    auto fresh = next.sinks.empty() ? nullptr : std::make_shared<alerts::dispatcher>(next);
-    // A rotated webhook URL (a leaked one, say) gets nothing new from here on; what the old
-    // dispatcher had queued still goes out, and it is dropped once idle (at a later reload or
-    // at shutdown), here on the control thread. One hold of the lock: a scrape in between
-    // would miss the old dispatcher's counts (a counter reset to Prometheus).
-    std::lock_guard lock{alerts_mu_};
-    std::shared_ptr<alerts::dispatcher> old = std::exchange(alerts_, std::move(fresh));
-    std::erase_if(retired_alerts_, [this](const std::shared_ptr<alerts::dispatcher>& d) {
-        if (d.use_count() != 1 || !d->flush(std::chrono::milliseconds{0})) {
-            return false;
-        }
-        add_alert_counts(alerts_folded_, *d);
-        return true;
-    });
-    if (old) {
-        retired_alerts_.push_back(std::move(old));
+    // One dispatcher for the process, changed in place (alerts::dispatcher::reconfigure): a
+    // sink configured again keeps its queue, so a resolve never overtakes its trigger; a
+    // rotated webhook URL (a leaked one, say) gets nothing new, and what it had queued still
+    // goes out. While the config has no sinks it is kept aside (alerts() is null), still
+    // sending what its last sinks had queued. Control thread only; the sinks are built (CA
+    // files read) without the lock that workers take to publish.
+    std::shared_ptr<alerts::dispatcher> d;
+    {
+        std::lock_guard lock{alerts_mu_};
+        d = alerts_ ? alerts_ : idle_alerts_;
     }
+    if (d) {
+        d->reconfigure(next);
+    } else if (!next.sinks.empty()) {
+        d = std::make_shared<alerts::dispatcher>(next);
+    }
+    std::lock_guard lock{alerts_mu_};
+    alerts_ = next.sinks.empty() ? nullptr : d;
+    idle_alerts_ = next.sinks.empty() ? d : nullptr;
 }
 
 std::vector<alerts::sink_stats> server::alert_stats() const {
     std::lock_guard lock{alerts_mu_};
-    std::map<std::string, alerts::sink_stats> sum = alerts_folded_;
-    for (const auto& d : retired_alerts_) {
-        add_alert_counts(sum, *d);
-    }
-    if (alerts_) {
-        add_alert_counts(sum, *alerts_);
-    }
-    std::vector<alerts::sink_stats> out;
-    for (auto& [name, st] : sum) {
-        st.name = name;
-        out.push_back(std::move(st));
-    }
+    const auto& d = alerts_ ? alerts_ : idle_alerts_;
+    auto out = d ? d->stats() : std::vector<alerts::sink_stats>{};
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
     return out;
 }
 
@@ -2011,11 +1972,9 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
         db()->set_limits(store_limits_of(effective->store));
     }
     // Sinks added, removed or changed (a rotated URL), or a ca_file's contents (a rotated
-    // private CA at the same path: re-read at a reload, as listeners' certificates are).
-    if (auto ca = alert_ca_digest(effective->alerts); !(before->alerts == effective->alerts) || ca != alerts_ca_digest_) {
-        alerts_ca_digest_ = std::move(ca);
-        replace_alerts(effective->alerts);
-    }
+    // private CA at the same path: re-read at a reload, as listeners' certificates are; the
+    // dispatcher compares them).
+    replace_alerts(effective->alerts);
     if (!rt->restored_from_store.empty()) {
         // Kept in the store, configured again: paged to the sinks of this config.
         alert_restored_open(rt->restored_from_store, "after a reload configured it again");

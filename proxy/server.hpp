@@ -538,16 +538,11 @@ private:
     static constexpr std::string_view unknown_severity = "?";
     static const std::string* most_severe_known(const std::vector<std::string>& sent_as);
     mutable std::mutex alerts_mu_;
-    std::shared_ptr<alerts::dispatcher> alerts_;
-    // Replaced by a reload: each still sends what it had queued (to the sinks it had), and
-    // goes once idle (dropped on the control thread, never by a worker's last reference).
-    std::vector<std::shared_ptr<alerts::dispatcher>> retired_alerts_;
-    // The counts of retired dispatchers already dropped, by sink name (alert_stats()).
-    std::map<std::string, alerts::sink_stats> alerts_folded_;
+    std::shared_ptr<alerts::dispatcher> alerts_;  // null while the config has no sinks
+    // The dispatcher while the config has no sinks: what its last sinks had queued still goes
+    // out, and a reload that adds sinks takes it back (replace_alerts).
+    std::shared_ptr<alerts::dispatcher> idle_alerts_;
     void replace_alerts(const alerts::alerts_config& next);
-    // The sinks' ca_file contents as the running dispatcher loaded them (alert_ca_digest): a
-    // reload that changes one (a rotated private CA, same path) replaces the dispatcher.
-    std::string alerts_ca_digest_;
     // The store_trouble alert: at most once a minute (by now()), the first at once. A
     // resolve does not restart that minute, so a flapping store pages at most once a minute.
     once_every store_alerted_{std::chrono::minutes{1}};

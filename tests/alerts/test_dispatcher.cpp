@@ -413,6 +413,48 @@ TEST(AlertsDispatcher, NoSinksIsFine) {
     EXPECT_EQ(d.queued(), 0u);
 }
 
+// A reload's sink removed while its alert is being retried: the alert still goes out, the
+// sink gets nothing new, and its counts stay. Configured again, it is back (the sender
+// thread runs on with no sink at all).
+TEST(AlertsDispatcher, ReconfigureLetsARemovedSinkSendWhatItHad) {
+    std::atomic<int> n{0};
+    fake_receiver rx{[&](std::size_t, const webhook_request&) { return bb::test::reply(n++ == 0 ? 503 : 200); }};
+    const auto cfg = quick({webhook_sink(rx)});
+    dispatcher d{cfg};
+    d.publish(make_alert("sev2", "first"));
+    d.reconfigure(quick({}));
+    d.publish(make_alert("sev2", "after the reload"));
+    ASSERT_TRUE(d.flush(5s));
+    ASSERT_EQ(rx.count(), 2u);
+    EXPECT_EQ(field(rx.requests()[1].body, "summary"), "first");
+    ASSERT_EQ(d.stats().size(), 1u);
+    EXPECT_EQ(d.stats()[0].sent, 1u);
+    EXPECT_EQ(d.stats()[0].retries, 1u);
+    d.reconfigure(cfg);
+    d.publish(make_alert("sev2", "configured again"));
+    ASSERT_TRUE(d.flush(5s)) << "queued: " << d.queued();
+    ASSERT_EQ(rx.count(), 3u);
+    EXPECT_EQ(field(rx.requests()[2].body, "summary"), "configured again");
+    ASSERT_EQ(d.stats().size(), 1u);
+    EXPECT_EQ(d.stats()[0].sent, 2u) << "one name, one count";
+}
+
+// A sink whose severities alone change is the same sink (its queue kept), routed anew.
+TEST(AlertsDispatcher, ReconfigureChangesSeveritiesInPlace) {
+    fake_receiver rx{[](std::size_t, const webhook_request&) { return bb::test::reply(200); }};
+    auto s = webhook_sink(rx);
+    s.severities = {"sev1"};
+    dispatcher d{quick({s})};
+    d.publish(make_alert("sev2", "not routed"));
+    s.severities = {"sev2"};
+    d.reconfigure(quick({s}));
+    d.publish(make_alert("sev2", "routed"));
+    d.publish(make_alert("sev1", "no longer routed"));
+    ASSERT_TRUE(d.flush(5s));
+    ASSERT_EQ(rx.count(), 1u);
+    EXPECT_EQ(field(rx.requests()[0].body, "summary"), "routed");
+}
+
 // TLS: certificates from certs/make-dev-certs.sh, made at build time.
 const std::string certs = BB_TEST_CERTS_DIR;
 

@@ -1550,8 +1550,8 @@ TEST(alerts, a_storm_that_goes_on_is_summed_up_every_minute) {
 
 // A reload that merges a paged per-key instance into another (scope: breaker) leaves no
 // instance that could ever resolve that page: the reload resolves it, saying why.
-// Rotating a sink's webhook URL replaces the dispatcher: the alert counts go on from where
-// they were (they used to restart at 0, a counter reset to Prometheus), the old URL's counts
+// Rotating a sink's webhook URL replaces the sink: the alert counts go on from where they
+// were (they used to restart at 0, a counter reset to Prometheus), the old URL's counts
 // included.
 TEST(alerts, a_rotated_webhook_url_keeps_the_sinks_counts) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
@@ -1583,32 +1583,81 @@ TEST(alerts, a_rotated_webhook_url_keeps_the_sinks_counts) {
     ASSERT_TRUE(bb.server().alerts()->flush(5s));
     EXPECT_EQ(rotated.request_count(), 1u);
     EXPECT_EQ(sent(), 2u);
-    // Once idle, a replaced dispatcher goes at the next reload; its counts stay.
+    // Once idle, a replaced sink goes at the next reload; its counts stay.
     bb.server().apply_config(bb::parse_config(cfg).cfg);
     bb.server().apply_config(next.cfg);
     EXPECT_EQ(sent(), 2u);
 }
 
 // A sink's private CA rotated in place (same ca_file path, new contents) is read again at a
-// reload, as a listener's certificate files are: the dispatcher is replaced. An unchanged one
-// keeps the running dispatcher.
+// reload, as a listener's certificate files are: a page the old CA could not verify goes out
+// once the file holds the receiver's CA.
 TEST(alerts, a_reload_rereads_a_sinks_ca_file_when_its_contents_changed) {
+    const std::string certs = BB_TEST_CERTS_DIR;
     fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }, certs + "/server.pem", certs + "/server.key"};
     const auto dir = temp_dir();
     const std::string ca = dir + "/hooks-ca.pem";
-    const std::string certs = BB_TEST_CERTS_DIR;
-    std::filesystem::copy_file(certs + "/ca.pem", ca);
+    std::filesystem::copy_file(certs + "/self-signed.pem", ca);
     const std::string cfg = with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
-                                        R"({"name": "pager", "type": "webhook", "url": "https://127.0.0.1:9/alerts", "ca_file": ")" +
-                                            ca + R"("})");
+                                        R"({"name": "pager", "type": "webhook", "url": "https://127.0.0.1:)" +
+                                            std::to_string(hook.port()) + R"(/alerts", "ca_file": ")" + ca + R"("})");
     proxy_instance bb{cfg};
-    const auto first = bb.server().alerts();
-    ASSERT_NE(first, nullptr);
+    auto pager = [&] {
+        for (const auto& st : bb.server().alert_stats()) {
+            if (st.name == "pager") {
+                return st;
+            }
+        }
+        return bb::alerts::sink_stats{};
+    };
+    raw_client c{bb.port()};
+    c.send(mail(10, "c1"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(pager().failed, 1u);
+    EXPECT_NE(pager().last_error.find("not trusted"), std::string::npos) << pager().last_error;
+    std::filesystem::copy_file(certs + "/ca.pem", ca, std::filesystem::copy_options::overwrite_existing);
     bb.server().apply_config(bb::parse_config(cfg).cfg);
-    EXPECT_EQ(bb.server().alerts(), first) << "nothing changed";
-    std::filesystem::copy_file(certs + "/self-signed.pem", ca, std::filesystem::copy_options::overwrite_existing);
-    bb.server().apply_config(bb::parse_config(cfg).cfg);
-    EXPECT_NE(bb.server().alerts(), first) << "the rotated CA was not read again";
+    c.send(mail(10, "c2"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(pager().sent, 1u) << "the rotated CA was not read again: " << pager().last_error;
+    EXPECT_EQ(hook.request_count(), 1u);
+}
+
+// A reload that changes the alerts section (a sink added) keeps each unchanged sink's queue:
+// a trigger still being retried when the breaker is reset goes out before its resolve. (A
+// dispatcher built afresh by the reload sent the resolve at once while the old one retried
+// the trigger, and PagerDuty kept the incident open.)
+TEST(alerts, a_reload_never_lets_a_resolve_overtake_its_trigger) {
+    fake_upstream up;
+    std::atomic<int> seen{0};
+    fake_upstream hook{[&](const request&) { return respond(seen++ == 0 ? 503 : 200, "ok"); }};
+    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    auto config_with = [&](const std::string& extra) {
+        return one_route_config(up.port(), dir,
+                                R"("breakers": [{"id": "a", "action": "pause", "reset": "manual"}],)"
+                                R"("alerts": {"initial_backoff": "300ms", "max_backoff": "300ms", "sinks": [)"
+                                R"({"name": "hook", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                    std::to_string(hook.port()) + R"(/hook"})" + extra + "]},");
+    };
+    proxy_instance bb{config_with("")};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("a", "ops", "looks wrong", bb.server().now()));
+    auto next = bb::parse_config(config_with(R"(, {"name": "chat", "type": "webhook", "url": "http://127.0.0.1:)" +
+                                             std::to_string(chat.port()) + R"(/chat"})"));
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_TRUE(bb.server().breakers()->reset("a", "ops", "false alarm", bb.server().now()));
+    ASSERT_TRUE(hook.wait_for([&] { return hook.request_count() >= 3; }));
+    const auto got = hook.requests();
+    EXPECT_NE(got[0].req.body().find(R"("resolve":false)"), std::string::npos) << got[0].req.body();
+    EXPECT_NE(got[1].req.body().find(R"("resolve":false)"), std::string::npos) << "the resolve overtook the trigger";
+    EXPECT_NE(got[2].req.body().find(R"("resolve":true)"), std::string::npos) << got[2].req.body();
+    ASSERT_TRUE(chat.wait_for([&] { return chat.request_count() >= 1; }));
+    EXPECT_NE(chat.requests()[0].req.body().find(R"("resolve":true)"), std::string::npos)
+        << "the sink added by the reload gets what comes after it";
 }
 
 TEST(alerts, a_reload_that_merges_a_paged_instance_resolves_its_page) {
