@@ -71,6 +71,11 @@ struct alert {
     // A resolve whose incident's severities are not known (kept in memory: a restart since
     // its trigger): to every sink, once, whatever severities it takes.
     bool every_sink = false;
+    // Not to Slack sinks: the resolve of a page that may never have gone out (one of a storm's
+    // instances restored open and only counted at the start), where a chat line per instance
+    // would flood the channel. Pager and webhook sinks get it: it closes an incident left
+    // open, and a receiver ignores the resolve of one it never had.
+    bool not_to_chat = false;
     std::int64_t at_ms = 0;    // wall clock, ms since the epoch; publish() fills it in when 0
 };
 

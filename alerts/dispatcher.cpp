@@ -636,7 +636,8 @@ void dispatcher::publish(const alert& a) {
         std::shared_ptr<alert> copy;
         std::lock_guard lk{m.mu};
         for (auto& s : m.sinks) {
-            if (s->retired || (!a.every_sink && !s->wants(a.severity))) {
+            if (s->retired || (!a.every_sink && !s->wants(a.severity)) ||
+                (a.not_to_chat && s->cfg.kind == sink_kind::slack)) {
                 continue;
             }
             // A resolve has room of its own past the bound: a queue filled by a storm of

@@ -1095,6 +1095,8 @@ void server::alert_restored_open(const std::vector<breakers::instance_snapshot>&
             auto& r = rest[s.breaker];
             ++r.count;
             storm::keep_most_severe(r.worst, a.severity);
+            std::lock_guard lock{storms_mu_};
+            storms_[s.breaker].counted_at_start.insert(s.instance);
             continue;
         }
         a.summary = "breaker " + s.instance + " is still " +
@@ -1200,6 +1202,12 @@ void server::on_transition(const breakers::transition& t) {
                 // paged later (re-trips, operators' mode changes) either.
                 if (st.unpaged.erase(t.instance) > 0 && sent_as.empty()) {
                     a.event.clear();
+                }
+                // Restored open and only counted at the start, not paged since: whether its
+                // trip paged before the restart is not known. A storm of them closing sends
+                // chat sinks no line each.
+                if (st.counted_at_start.erase(t.instance) > 0 && most_severe_known(sent_as) == nullptr) {
+                    a.not_to_chat = true;
                 }
             } else if (sent_as.empty()) {
                 const auto now = clock_->now();

@@ -500,6 +500,9 @@ private:
         std::uint64_t due = 0;
         std::string due_worst;
         std::unordered_set<std::string> unpaged;
+        // Instances restored open at the start beyond the ones paged one by one (counted in
+        // one alert): their resolves go to no chat sink (alerts::alert::not_to_chat).
+        std::unordered_set<std::string> counted_at_start;
 
         // `worst` becomes `sev` when that is more severe ("sev1" < "sev2"; "" is none).
         static void keep_most_severe(std::string& worst, const std::string& sev) {

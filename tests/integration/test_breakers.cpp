@@ -2187,6 +2187,39 @@ TEST(alerts, a_breaker_restored_open_pages_again_at_start) {
     EXPECT_NE(pager.requests()[11].req.body().find("\"event\":\"breaker_tripped\""), std::string::npos);
 }
 
+// A storm restored open closes: every instance's resolve goes to the webhook (an incident
+// its trip opened before the restart may still be open there), but a chat sink gets a line
+// only for the instances it was told of one by one at the start, not one per instance of
+// the storm counted in one alert.
+TEST(alerts, a_restored_storm_closing_does_not_flood_chat) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    constexpr int instances = 14;
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        for (int i = 0; i < instances; ++i) {
+            raw_client c{bb.port()};
+            c.send(mail(10, "campaign-" + std::to_string(i)));
+            ASSERT_EQ(c.read_response().result_int(), 503u) << i;
+        }
+    }
+    proxy_instance bb{with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
+                                  webhook_sink("hook", hook.port()) + R"(, {"name": "chat", "type": "slack", "url": "http://127.0.0.1:)" +
+                                      std::to_string(chat.port()) + R"(/chat"})")};
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(chat.request_count(), 11u) << "ten one by one, one for the other four";
+    for (const auto& b : bb.server().breakers()->snapshot(bb.server().now())) {
+        if (b.instance != b.breaker && b.containing()) {
+            ASSERT_TRUE(bb.server().breakers()->reset(b.instance, "ops", "false alarm", bb.server().now())) << b.instance;
+        }
+    }
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 11u + instances) << "a resolve per instance";
+    EXPECT_EQ(chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
+}
+
 // A breaker the running config lacks keeps its state in the store, not enforced; the reload
 // that configures it again restores it, and pages it then, to the sinks of that config (here
 // the first sink arrives with the same reload).
