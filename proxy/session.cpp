@@ -773,15 +773,19 @@ void observe_upstream(worker& w, const runtime& rt, std::size_t upstream_index, 
             registry.trip(ug.breaker, "", std::move(*cause), now);
         }
     }
-    if (!failed) {
+    // The upstream's rate-limit signals, from its answer whether or not its body came (a 429
+    // with a large error page asks for its pause all the same).
+    if (!failed || ex.dropped_status != 0) {
+        const unsigned answered = failed ? ex.dropped_status : status;
+        const fields& said = failed ? ex.dropped_fields : static_cast<const fields&>(ex.res.base());
         std::optional<std::chrono::milliseconds> pause;
-        if (status == 429 || status == 503) {
-            pause = parse_retry_after(ex.res[http::field::retry_after], w.owner().time().wall_now());
+        if (answered == 429 || answered == 503) {
+            pause = parse_retry_after(said[http::field::retry_after], w.owner().time().wall_now());
         }
         // HubSpot says "0 left in this interval" on the last allowed call.
-        if (trim(ex.res["x-hubspot-ratelimit-remaining"]) == "0") {
+        if (trim(said["x-hubspot-ratelimit-remaining"]) == "0") {
             std::chrono::milliseconds interval{1000};
-            const auto iv = trim(ex.res["x-hubspot-ratelimit-interval-milliseconds"]);
+            const auto iv = trim(said["x-hubspot-ratelimit-interval-milliseconds"]);
             if (!iv.empty() && iv.size() < 10 && std::all_of(iv.begin(), iv.end(), [](char c) { return c >= '0' && c <= '9'; })) {
                 interval = std::chrono::milliseconds{std::stoll(std::string{iv})};
             }

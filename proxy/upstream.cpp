@@ -557,6 +557,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                     out.held.release();
                     out.failure = upstream_failure::over_budget;
                     out.dropped_status = parser.get().result_int();
+                    out.dropped_fields = parser.get().base();
                     out.detail = "upstream response bodies held in memory have reached limits.upstream_buffered_bytes (" +
                                  std::to_string(budget_->limit()) + " bytes): this response was dropped unread";
                     finish();
@@ -582,6 +583,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
                 // Over the limit by its Content-Length or by the bytes that came: either way
                 // after the status line, which the parser has read.
                 out.dropped_status = parser.get().result_int();
+                out.dropped_fields = parser.get().base();
                 out.detail = "upstream response body is larger than " + std::to_string(response_body_limit_) + " bytes";
                 finish();
                 co_return;

@@ -134,8 +134,10 @@ struct exchange_result {
     response res;
     budget_hold held;  // res's body in the process's response_budget
     // too_large, over_budget: the status the upstream answered before its body was dropped
-    // for our own limit (a 5xx still says the upstream is failing).
+    // for our own limit (a 5xx still says the upstream is failing), and its header fields (a
+    // 429's Retry-After still asks for a pause).
     unsigned dropped_status = 0;
+    fields dropped_fields;
     std::chrono::microseconds elapsed{0};
     bool reused_connection = false;
     // Set as the request starts to go out (readable while the exchange runs, on the same

@@ -662,6 +662,30 @@ TEST(rate_limit, upstream_429_with_retry_after_pauses_every_agent_then_resumes) 
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// A 429 whose error page is over limits.upstream_body_bytes still asks for its pause: the
+// client gets breakerbox's 502 for the page, and the next request waits the Retry-After.
+TEST(rate_limit, a_429_over_our_body_limit_still_pauses) {
+    std::atomic<bool> limited{true};
+    fake_upstream up{[&](const request&) {
+        if (limited.exchange(false)) {
+            auto b = respond(429, std::string(4096, 'x'));
+            b.res.set(http::field::retry_after, "30");
+            return b;
+        }
+        return respond(200, "{}");
+    }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    proxy_instance bb{health_config_with_a_2048_byte_body_limit(up.port(), dir), &clock};
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 502u);
+    auto paused = http_request(bb.port(), http::verb::get, "/x");
+    EXPECT_EQ(paused.result_int(), 503u);
+    EXPECT_EQ(body_field(paused, "code"), "upstream_rate_limited");
+    clock.advance(31s);
+    EXPECT_EQ(http_request(bb.port(), http::verb::get, "/x").result_int(), 200u);
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 TEST(rate_limit, hubspot_remaining_zero_pauses_for_the_interval) {
     fake_upstream up{[](const request& r) {
         auto b = respond(200, "{}");
