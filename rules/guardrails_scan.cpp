@@ -1122,7 +1122,11 @@ constexpr std::size_t max_term_words = 16;
 constexpr std::size_t max_word_bytes = 63;
 }  // namespace
 
-bool term_matcher::add(std::string_view term, std::string* error) {
+bool term_matcher::add(std::string_view written, std::string* error) {
+    // As a text is read (as shown): `don’t` is the words don and t, as `don't` is.
+    std::string shown_term;
+    detail::show(written, shown_term, false);
+    const std::string_view term = shown_term;
     std::vector<std::string> words;
     bool too_long = false;
     for_each_word(term, [&](std::size_t s, std::size_t e) {
@@ -1168,7 +1172,7 @@ bool term_matcher::add(std::string_view term, std::string* error) {
     if (out_[state] < 0) {
         out_[state] = static_cast<std::int32_t>(terms_.size());
     }
-    terms_.emplace_back(term);
+    terms_.emplace_back(written);
     term_words_.push_back(words.size());
     return true;
 }
@@ -2501,6 +2505,7 @@ namespace {
 // a dash, nothing (shown_drop), an ASCII digit or letter; shown_keep when it shows as itself.
 constexpr int shown_keep = -1;
 constexpr int shown_drop = -2;
+int typographic_as(std::uint32_t cp);
 int shown_as(std::uint32_t cp) {
     if (cp < 0x80) {
         return shown_keep;
@@ -2549,6 +2554,35 @@ int shown_as(std::uint32_t cp) {
     }
     if (cp >= 0xFF41 && cp <= 0xFF5A) {
         return static_cast<int>('a' + (cp - 0xFF41));
+    }
+    return typographic_as(cp);
+}
+
+// Punctuation and symbols that end a word as their ASCII kin do, though their bytes are
+    // not ASCII (the bytes as written read `“free` and `money”` as words, and `Don’t` as one
+    // word where a term says `don't`): typographic quotes and apostrophes, guillemets,
+    // inverted marks, the ellipsis, bullets, CJK and full-width punctuation, and pictographs
+    // (`🔥Free money`), which show as a space.
+int typographic_as(std::uint32_t cp) {
+    switch (cp) {
+        case 0x2018: case 0x2019: case 0x201A: case 0x201B: case 0x2032: case 0x2035: return '\'';
+        case 0x201C: case 0x201D: case 0x201E: case 0x201F: case 0x2033: case 0x2036:
+        case 0xAB: case 0xBB: case 0x2039: case 0x203A:
+        case 0x300C: case 0x300D: case 0x300E: case 0x300F: return '"';
+        case 0xA1: return '!';
+        case 0xBF: return '?';
+        case 0x2026: case 0x3002: case 0xFF61: return '.';
+        case 0x3001: case 0xFF64: return ',';
+        case 0xB7: case 0x2022: case 0x2027: case 0x30FB: return ' ';
+        default: break;
+    }
+    if ((cp >= 0xFF01 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF20) || (cp >= 0xFF3B && cp <= 0xFF40) ||
+        (cp >= 0xFF5B && cp <= 0xFF5E)) {
+        return static_cast<int>(cp - 0xFEE0);  // full-width ASCII punctuation
+    }
+    if ((cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) || (cp >= 0x25A0 && cp <= 0x27BF) ||
+        (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF)) {
+        return ' ';  // arrows, technical symbols, shapes, dingbats, emoji
     }
     return shown_keep;
 }
@@ -2921,7 +2955,10 @@ inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
                 const bool semicolon = t[i + s.len - 1] == ';';
                 const bool apart = (i == 0 || !table.word[static_cast<unsigned char>(t[i - 1])]) &&
                                    (i + s.len == t.size() || !table.word[static_cast<unsigned char>(t[i + s.len])]);
-                if ((punctuation && semicolon) || (s.as == shown_keep && plain_symbol(s.cp) && apart)) {
+                // (A typographic quote's reference too: `&#8220; x`. Written as UTF-8 it is read
+                // again wherever it is: its bytes are word bytes to the scan as written.)
+                if ((punctuation && semicolon) ||
+                    ((s.as == shown_keep || typographic_as(s.cp) != shown_keep) && plain_symbol(s.cp) && apart)) {
                     s.len = 0;
                 }
             }

@@ -3061,6 +3061,35 @@ TEST(GuardFastPaths, WhatShowsWithoutTagsIsFound) {
     EXPECT_GT(shown_hits, 8000);
 }
 
+// Typographic quotes, apostrophes, full-width punctuation and pictographs end a word as
+// their ASCII kin do, though their bytes are not ASCII: a term or a card number in curly
+// quotes is found, and a term written with either apostrophe matches text with the other.
+TEST(GuardContent, TypographicPunctuationEndsWords) {
+    content_guard g;
+    std::string err;
+    ASSERT_TRUE(g.terms.add("free money", &err)) << err;
+    ASSERT_TRUE(g.terms.add("don\xe2\x80\x99t miss", &err)) << err;  // don’t miss
+    g.terms.build();
+    for (const std::string text : {"Get \xe2\x80\x9c" "free money\xe2\x80\x9d today",  // “free money”
+                                   "\xf0\x9f\x94\xa5" "Free money",                      // 🔥Free money
+                                   "\xc2\xa1" "Free money!",                               // ¡Free money!
+                                   "Don't miss it", "Don\xe2\x80\x99t miss it"}) {
+        detail::text_hit hit;
+        bool unsubscribe = false;
+        EXPECT_TRUE(detail::find_content(g, text, unsubscribe, &hit)) << text;
+    }
+    detail::text_hit hit;
+    bool unsubscribe = false;
+    EXPECT_FALSE(detail::find_content(g, "\xe2\x80\x9c" "freedom money\xe2\x80\x9d", unsubscribe, &hit));
+    const auto card = static_cast<std::uint8_t>(pii_kind::card);
+    EXPECT_TRUE(detail::find_pii(card, "Card \xe2\x80\x9c" "4111 1111 1111 1111\xe2\x80\x9d", &hit));
+    EXPECT_TRUE(detail::find_pii(static_cast<std::uint8_t>(pii_kind::iban), "IBAN\xef\xbc\x9a" "DE89370400440532013000",
+                                 &hit));  // IBAN：
+    EXPECT_TRUE(detail::find_content(g, "free \xe2\x80\x93 money", unsubscribe, &hit)) << "a spaced en dash";
+    EXPECT_TRUE(detail::find_content(g, "free \xe2\x80\x9c money", unsubscribe, &hit)) << "a spaced quote";
+    EXPECT_FALSE(detail::hides_characters("5 &#8220; x")) << "a reference touching no word splits none";
+}
+
 TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_FALSE(detail::hides_characters("plain text, \xc3\xbc" "ber &amp; &lt;b&gt; &quot;x&quot; &apos; &copy; & #x"));
     EXPECT_FALSE(detail::hides_characters("&#; &#x; &; &nbs; &ZeroWidthSpace &"));
@@ -3080,7 +3109,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     std::string s;
     const std::string text = "a&amp;b&#52;2\xc2\xa0z\xe2\x80\x8b&shy;y&#x1F600;&#0;&#99999999;\xef\xbc\x91!&#150;&colon;";
     detail::show(text, s);
-    EXPECT_EQ(s, "a&b42 zy\xf0\x9f\x98\x80\xef\xbf\xbd\xef\xbf\xbd" "1!-:");
+    EXPECT_EQ(s, "a&b42 zy \xef\xbf\xbd\xef\xbf\xbd" "1!-:") << "a pictograph shows as a space";
     // A byte shown as written maps to itself; one from a replaced character to its start.
     EXPECT_EQ(detail::written_offset(text, 0), 0u);                        // a
     EXPECT_EQ(detail::written_offset(text, 1), text.find("&amp;"));       // &
@@ -3090,8 +3119,9 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_EQ(detail::written_offset(text, 5), text.find("\xc2\xa0"));    // ' '
     EXPECT_EQ(detail::written_offset(text, 6), text.find("z"));           // z
     EXPECT_EQ(detail::written_offset(text, 7), text.find("y&"));          // y (after two dropped)
-    EXPECT_EQ(detail::written_offset(text, 8), text.find("&#x1F600"));    // the emoji's 4 bytes
-    EXPECT_EQ(detail::written_offset(text, 11), text.find("&#x1F600"));
+    EXPECT_EQ(detail::written_offset(text, 8), text.find("&#x1F600"));    // the emoji, a space
+    EXPECT_EQ(detail::written_offset(text, 9), text.find("&#0;"));        // U+FFFD's 3 bytes
+    EXPECT_EQ(detail::written_offset(text, 11), text.find("&#0;"));
     EXPECT_EQ(detail::written_offset(text, s.size() - 1), text.find("&colon;"));
     EXPECT_EQ(detail::written_offset(text, s.size()), text.size());
     detail::show("nothing to do", s);
