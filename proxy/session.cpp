@@ -874,9 +874,21 @@ struct presented_key {
 
 presented_key read_key(const request& req) {
     presented_key out;
-    std::string_view key = req["x-breakerbox-key"];
+    std::string_view key;
     std::string decoded;
-    if (key.empty()) {
+    // Present but empty (an unset variable in the agent's client) is a credential that names
+    // no key, as is a second line: refused, not read as no key or as the first line's.
+    if (const auto [first, last] = req.equal_range("x-breakerbox-key"); first != last) {
+        key = trim(first->value());
+        if (std::next(first) != last) {
+            out.unreadable = "x-breakerbox-key is given more than once";
+            return out;
+        }
+        if (key.empty()) {
+            out.unreadable = "x-breakerbox-key is empty";
+            return out;
+        }
+    } else {
         const std::string_view pa = trim(req[http::field::proxy_authorization]);
         if (pa.empty()) {
             return out;

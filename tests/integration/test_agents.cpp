@@ -180,6 +180,17 @@ TEST(agents, proxy_basic_credentials_name_the_agent_and_unreadable_ones_are_refu
         EXPECT_EQ(code_of(r), "unauthenticated") << credentials;
         EXPECT_NE(r.body().find(why), std::string::npos) << credentials << ": " << r.body();
     }
+    // An empty x-breakerbox-key (an unset variable in the client), or two of them, names no
+    // key: refused, not sent on unscoped (out of reach of agent/writer's kill switch).
+    auto empty = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "", {{"x-breakerbox-key", ""}});
+    EXPECT_EQ(empty.result_int(), 401u) << empty.body();
+    EXPECT_NE(empty.body().find("x-breakerbox-key is empty"), std::string::npos) << empty.body();
+    raw_client c{bb.port()};
+    c.send("GET /crm/v3/objects/contacts HTTP/1.1\r\nHost: x\r\nx-breakerbox-key:\r\n"
+           "x-breakerbox-key: writer-key\r\n\r\n");
+    auto twice = c.read_response();
+    EXPECT_EQ(twice.result_int(), 401u) << twice.body();
+    EXPECT_NE(twice.body().find("more than once"), std::string::npos) << twice.body();
     EXPECT_EQ(up.request_count(), 2u);
 }
 
