@@ -164,8 +164,11 @@ bool upstream_is(const config& cfg, const route_config& r, std::string_view host
 
 bool serves_destination(const config& cfg, const route_config& r, std::string_view host, std::uint16_t port,
                         std::uint16_t default_port) {
+    // Addressed over TLS at the default port (a CONNECT to 443, an https:// URL), only a route
+    // whose upstream speaks TLS serves it: the agent asked for its credentials to go encrypted.
+    const bool tls_upstream = r.upstream_index < cfg.upstreams.size() && cfg.upstreams[r.upstream_index].tls;
     return !r.match.host.empty() && iequals(unbracketed_host(r.match.host), unbracketed_host(host)) &&
-           (port == default_port || upstream_is(cfg, r, host, port));
+           ((port == default_port && (default_port != 443 || tls_upstream)) || upstream_is(cfg, r, host, port));
 }
 
 // `forwarded`: a forward proxy's request (absolute-form or inside an intercepted tunnel),

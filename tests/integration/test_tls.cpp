@@ -861,6 +861,10 @@ TEST(forward_proxy, a_request_to_one_port_of_a_host_never_takes_the_route_of_ano
     EXPECT_EQ(not_beta.find("status=200"), std::string::npos) << not_beta;
     EXPECT_EQ(api.request_count(), 0u) << "a request for the beta port went to production";
     EXPECT_EQ(beta.request_count(), 1u);
+    // Tunnelled to 443 (TLS end to end, as the agent asked), a request never goes on in clear
+    // text to the beta route's plain-HTTP upstream on another port, whatever its path.
+    run(curl + "--cacert " + cert("ca.pem") + " https://localhost/beta/x");
+    EXPECT_EQ(beta.request_count(), 1u) << "an https request went on in clear text to the beta port";
 
     // And the other way: with a route whose upstream is the host at the port addressed (80,
     // the default here), the beta route, bound to its own port, does not take the request
