@@ -9,7 +9,6 @@
 #include "alerts/alerts.hpp"
 #include "core/file.hpp"
 #include "core/read_limits.hpp"
-#include "core/sha256.hpp"
 #include "core/tls_policy.hpp"
 #include "proxy/resolve.hpp"
 
@@ -150,12 +149,7 @@ bool is_ip_literal(const std::string& host) {
 // What a sink's ca_file holds now ("" without one): a reload keeps a sink only while it is
 // the same, so a private CA rotated in place (same path) is read again.
 std::string ca_digest(const sink_config& s) {
-    if (s.ca_file.empty()) {
-        return {};
-    }
-    file_error err{};
-    const auto text = read_regular_file(s.ca_file, std::size_t{16} << 20, &err);
-    return text ? sha256_hex(*text) : "unreadable";
+    return s.ca_file.empty() ? std::string{} : file_sha256(s.ca_file).value_or("unreadable");
 }
 
 // Whether a reload keeps the running sink for `b`: everything but its severities (which only

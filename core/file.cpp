@@ -1,4 +1,5 @@
 #include "core/file.hpp"
+#include "core/sha256.hpp"
 
 #include <cerrno>
 #include <cstdint>
@@ -94,6 +95,12 @@ std::optional<std::string> read_regular_file(const std::string& path, std::size_
         *error = file_error::none;
     }
     return text;
+}
+
+std::optional<std::string> file_sha256(const std::string& path) {
+    file_error err{};
+    const auto text = read_regular_file(path, std::size_t{16} << 20, &err);
+    return text ? std::optional{sha256_hex(*text)} : std::nullopt;
 }
 
 }  // namespace bb

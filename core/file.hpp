@@ -26,4 +26,9 @@ file_error check_regular_file(const std::string& path);
 std::optional<std::string> read_regular_file(const std::string& path, std::size_t max_bytes, file_error* error,
                                              bool any_kind = false);
 
+// The SHA-256 (hex) of a certificate, key or CA file (at most 16 MiB) as it is now, to tell
+// whether a reload must read it again; nullopt when it cannot be read (it is then read, and
+// refused with the reason, where it is used).
+std::optional<std::string> file_sha256(const std::string& path);
+
 }  // namespace bb

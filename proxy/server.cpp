@@ -3,7 +3,6 @@
 #include "core/fd_limit.hpp"
 #include "core/file.hpp"
 #include "core/host_name.hpp"
-#include "core/sha256.hpp"
 #include "core/utf8.hpp"
 
 #include "proxy/responses.hpp"
@@ -440,18 +439,6 @@ void worker::shutdown() {
 }
 
 // ---- server --------------------------------------------------------------------------
-
-namespace {
-
-// The SHA-256 (hex) of a certificate, key or CA file as it is now; nullopt when it cannot be
-// read (it is then read, and refused with the reason, where it is used).
-std::optional<std::string> file_sha256(const std::string& path) {
-    file_error err{};
-    const auto text = read_regular_file(path, std::size_t{16} << 20, &err);
-    return text ? std::optional{sha256_hex(*text)} : std::nullopt;
-}
-
-}  // namespace
 
 server::server(std::shared_ptr<const config> cfg, server_options opts)
     : cfg_(std::move(cfg)),
