@@ -2501,11 +2501,40 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
 
 namespace {
 
-// What a code point shows as when it can hide something from a scan of the bytes: a space,
-// a dash, nothing (shown_drop), an ASCII digit or letter; shown_keep when it shows as itself.
 constexpr int shown_keep = -1;
 constexpr int shown_drop = -2;
-int typographic_as(std::uint32_t cp);
+
+// Punctuation and symbols that end a word as their ASCII kin do, though their bytes are
+// not ASCII (the bytes as written read `“free` and `money”` as words, and `Don’t` as one
+// word where a term says `don't`): typographic quotes and apostrophes, guillemets,
+// inverted marks, the ellipsis, bullets, CJK and full-width punctuation, and pictographs
+// (`🔥Free money`), which show as a space.
+int typographic_as(std::uint32_t cp) {
+    switch (cp) {
+        case 0x2018: case 0x2019: case 0x201A: case 0x201B: case 0x2032: case 0x2035: return '\'';
+        case 0x201C: case 0x201D: case 0x201E: case 0x201F: case 0x2033: case 0x2036:
+        case 0xAB: case 0xBB: case 0x2039: case 0x203A:
+        case 0x300C: case 0x300D: case 0x300E: case 0x300F: return '"';
+        case 0xA1: return '!';
+        case 0xBF: return '?';
+        case 0x2026: case 0x3002: case 0xFF61: return '.';
+        case 0x3001: case 0xFF64: return ',';
+        case 0xB7: case 0x2022: case 0x2027: case 0x30FB: return ' ';
+        default: break;
+    }
+    if ((cp >= 0xFF01 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF20) || (cp >= 0xFF3B && cp <= 0xFF40) ||
+        (cp >= 0xFF5B && cp <= 0xFF5E)) {
+        return static_cast<int>(cp - 0xFEE0);  // full-width ASCII punctuation
+    }
+    if ((cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) || (cp >= 0x25A0 && cp <= 0x27BF) ||
+        (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF)) {
+        return ' ';  // arrows, technical symbols, shapes, dingbats, emoji
+    }
+    return shown_keep;
+}
+
+// What a code point shows as when it can hide something from a scan of the bytes: a space,
+// a dash, nothing (shown_drop), an ASCII digit or letter; shown_keep when it shows as itself.
 int shown_as(std::uint32_t cp) {
     if (cp < 0x80) {
         return shown_keep;
@@ -2558,34 +2587,6 @@ int shown_as(std::uint32_t cp) {
     return typographic_as(cp);
 }
 
-// Punctuation and symbols that end a word as their ASCII kin do, though their bytes are
-    // not ASCII (the bytes as written read `“free` and `money”` as words, and `Don’t` as one
-    // word where a term says `don't`): typographic quotes and apostrophes, guillemets,
-    // inverted marks, the ellipsis, bullets, CJK and full-width punctuation, and pictographs
-    // (`🔥Free money`), which show as a space.
-int typographic_as(std::uint32_t cp) {
-    switch (cp) {
-        case 0x2018: case 0x2019: case 0x201A: case 0x201B: case 0x2032: case 0x2035: return '\'';
-        case 0x201C: case 0x201D: case 0x201E: case 0x201F: case 0x2033: case 0x2036:
-        case 0xAB: case 0xBB: case 0x2039: case 0x203A:
-        case 0x300C: case 0x300D: case 0x300E: case 0x300F: return '"';
-        case 0xA1: return '!';
-        case 0xBF: return '?';
-        case 0x2026: case 0x3002: case 0xFF61: return '.';
-        case 0x3001: case 0xFF64: return ',';
-        case 0xB7: case 0x2022: case 0x2027: case 0x30FB: return ' ';
-        default: break;
-    }
-    if ((cp >= 0xFF01 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF20) || (cp >= 0xFF3B && cp <= 0xFF40) ||
-        (cp >= 0xFF5B && cp <= 0xFF5E)) {
-        return static_cast<int>(cp - 0xFEE0);  // full-width ASCII punctuation
-    }
-    if ((cp >= 0x2190 && cp <= 0x21FF) || (cp >= 0x2300 && cp <= 0x23FF) || (cp >= 0x25A0 && cp <= 0x27BF) ||
-        (cp >= 0x2B00 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF)) {
-        return ' ';  // arrows, technical symbols, shapes, dingbats, emoji
-    }
-    return shown_keep;
-}
 
 // Punctuation and symbols a newsletter writes as numeric references (&#8217; &#169; ...):
 // they show as themselves and hide nothing, so they alone do not make a text read again.
