@@ -451,6 +451,7 @@ server::server(std::shared_ptr<const config> cfg, server_options opts)
     access_log_ = make_access_log(cfg_->log);
     if (!cfg_->alerts.sinks.empty()) {
         alerts_ = std::make_shared<alerts::dispatcher>(cfg_->alerts);
+        alerts_routed_ = true;
     }
     rt_ = build_runtime(cfg_, nullptr);
     max_connections_ = cfg_->limits.max_connections;
@@ -1561,7 +1562,7 @@ server::~server() {
         std::shared_ptr<alerts::dispatcher> d;
         {
             std::lock_guard lock{alerts_mu_};
-            d = alerts_ ? alerts_ : idle_alerts_;
+            d = alerts_;
         }
         if (d && !d->flush(left())) {
             spdlog::warn("shutdown: alerts still queued after 2s were not sent");
@@ -1717,7 +1718,7 @@ void server::report_alert_losses() {
 
 std::shared_ptr<alerts::dispatcher> server::alerts() const {
     std::lock_guard lock{alerts_mu_};
-    return alerts_;
+    return alerts_routed_ ? alerts_ : nullptr;
 }
 
 void server::replace_alerts(const alerts::alerts_config& next) {
@@ -1730,7 +1731,7 @@ void server::replace_alerts(const alerts::alerts_config& next) {
     std::shared_ptr<alerts::dispatcher> d;
     {
         std::lock_guard lock{alerts_mu_};
-        d = alerts_ ? alerts_ : idle_alerts_;
+        d = alerts_;
     }
     if (d) {
         d->reconfigure(next);
@@ -1738,14 +1739,13 @@ void server::replace_alerts(const alerts::alerts_config& next) {
         d = std::make_shared<alerts::dispatcher>(next);
     }
     std::lock_guard lock{alerts_mu_};
-    alerts_ = next.sinks.empty() ? nullptr : d;
-    idle_alerts_ = next.sinks.empty() ? d : nullptr;
+    alerts_ = std::move(d);
+    alerts_routed_ = !next.sinks.empty();
 }
 
 std::vector<alerts::sink_stats> server::alert_stats() const {
     std::lock_guard lock{alerts_mu_};
-    const auto& d = alerts_ ? alerts_ : idle_alerts_;
-    auto out = d ? d->stats() : std::vector<alerts::sink_stats>{};
+    auto out = alerts_ ? alerts_->stats() : std::vector<alerts::sink_stats>{};
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
     return out;
 }

@@ -541,10 +541,11 @@ private:
     static constexpr std::string_view unknown_severity = "?";
     static const std::string* most_severe_known(const std::vector<std::string>& sent_as);
     mutable std::mutex alerts_mu_;
-    std::shared_ptr<alerts::dispatcher> alerts_;  // null while the config has no sinks
-    // The dispatcher while the config has no sinks: what its last sinks had queued still goes
-    // out, and a reload that adds sinks takes it back (replace_alerts).
-    std::shared_ptr<alerts::dispatcher> idle_alerts_;
+    // The dispatcher, once a config had sinks. While the config has none it is kept (what its
+    // last sinks had queued still goes out, and a reload that adds sinks takes it back), but
+    // alerts() is null: nothing is routed to it.
+    std::shared_ptr<alerts::dispatcher> alerts_;
+    bool alerts_routed_ = false;
     void replace_alerts(const alerts::alerts_config& next);
     // The store_trouble alert: at most once a minute (by now()), the first at once. A
     // resolve does not restart that minute, so a flapping store pages at most once a minute.
