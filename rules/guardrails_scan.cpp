@@ -2149,6 +2149,46 @@ bool contains_unsubscribe(std::string_view text, std::size_t s, std::size_t e) {
     return false;
 }
 
+// Whether the URL whose scheme starts at `start`, with host `host`, names an XML namespace or
+// a document type rather than a link: the value of an `xmlns` or `xmlns:*` attribute, or a
+// string in a `<!DOCTYPE ...>` declaration. XHTML email templates carry both
+// (`<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
+// "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">`, `<html
+// xmlns="http://www.w3.org/1999/xhtml">`), and no mail client shows either as a link. Only
+// for W3C's own host: text dressed up as a declaration hides no other link.
+bool w3c_declaration(std::string_view text, std::size_t start, std::string_view host) {
+    if (!iequals_lower(host, "www.w3.org") && !iequals_lower(host, "w3.org")) {
+        return false;
+    }
+    // An attribute value: `xmlns = "` or `xmlns:v='` right before the scheme.
+    std::size_t i = start;
+    if (i > 0 && (text[i - 1] == '"' || text[i - 1] == '\'')) {
+        --i;
+        while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '=' || url_break(text[i - 1]))) {
+            --i;
+        }
+        std::size_t b = i;
+        while (b > 0 && i - b < 64 &&
+               (table.word[static_cast<unsigned char>(text[b - 1])] || text[b - 1] == ':' || text[b - 1] == '-')) {
+            --b;
+        }
+        const std::string_view name = text.substr(b, i - b);
+        if (iequals_lower(name.substr(0, 5), "xmlns") && (name.size() == 5 || name[5] == ':')) {
+            return true;
+        }
+    }
+    // Inside `<!DOCTYPE`: its '<' before the scheme with no '>' between (a declaration is short).
+    for (std::size_t j = start; j > 0 && start - j < 512; --j) {
+        if (text[j - 1] == '>') {
+            return false;
+        }
+        if (text[j - 1] == '<') {
+            return iequals_lower(text.substr(j, 8), "!doctype");
+        }
+    }
+    return false;
+}
+
 std::string link_finding(std::string_view host) {
     return "link to a domain outside link_domains (" + std::string{host.substr(0, 253)} + ")";
 }
@@ -2268,7 +2308,7 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
             return false;
         }
         const std::string_view h = url_host(text, from, start);
-        if (h.empty() || domains.contains(h)) {
+        if (h.empty() || domains.contains(h) || w3c_declaration(text, s, h)) {
             return false;
         }
         found = s;
@@ -2310,7 +2350,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
             }
             if (k < text.size() && text[k] == ':' && cut_scheme(text, k) == s) {
                 const std::string_view host = url_host(text, k + 1, s);
-                if (!host.empty() && !g.link_domains.contains(host)) {
+                if (!host.empty() && !g.link_domains.contains(host) && !w3c_declaration(text, s, host)) {
                     set_hit(hit, link_finding(host), s);
                     return true;
                 }
@@ -2325,7 +2365,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
                     continue;
                 }
                 const std::string_view host = url_host(text, e + 1, e - k);
-                if (!host.empty() && !g.link_domains.contains(host)) {
+                if (!host.empty() && !g.link_domains.contains(host) && !w3c_declaration(text, e - k, host)) {
                     set_hit(hit, link_finding(host), e - k);
                     return true;
                 }

@@ -1131,6 +1131,28 @@ TEST(GuardContent, EveryDefaultFieldIsRead) {
     EXPECT_TRUE(f.check_body("v%3A=free+money&vv%3Aoffer=free+money", "application/x-www-form-urlencoded").allowed());
 }
 
+// An XHTML template's document type and namespaces name W3C URLs that no client shows as
+// links; anywhere else, or with another host, they are links.
+TEST(GuardContent, W3cDeclarationsAreNotLinks) {
+    fixture f{content_rule(R"j({"link_domains": ["example.com"]})j")};
+    const std::string xhtml =
+        R"j(<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\" \"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">)j"
+        R"j(<html xmlns=\"http://www.w3.org/1999/xhtml\" xmlns:v = 'urn:schemas-microsoft-com:vml' XMLNS:o=\"HTTP://WWW.W3.ORG/x\">)j"
+        R"j(<body><svg xmlns:xlink=\"https://www.w3.org/1999/xlink\"></svg><a href=\"https://www.example.com\">Shop</a></body></html>)j";
+    const auto fine = f.check_body(sendgrid(xhtml));
+    EXPECT_TRUE(fine.allowed()) << fine.reason;
+    for (const std::string link : {
+             R"j(<html xmlns=\"http://evil.io/1999/xhtml\"><p>Hi</p></html>)j",
+             R"j(<!DOCTYPE html SYSTEM \"http://evil.io/x.dtd\"><p>Hi</p>)j",
+             R"j(<!DOCTYPE html><p>See http://www.w3.org/TR/ for more</p>)j",
+             R"j(<a title=\"http://www.w3.org/1999/xhtml\" href=\"#\">x</a>)j",
+             R"j(<a href=\"http://www.w3.org/1999/xhtml\">x</a>)j",
+             R"j(<p xmlnsx=\"http://www.w3.org/1999/xhtml\">x</p>)j",
+         }) {
+        EXPECT_FALSE(f.check_body(sendgrid(link)).allowed()) << link;
+    }
+}
+
 TEST(GuardContent, LinkDomainsInHtmlAndText) {
     fixture f{content_rule(R"j({"link_domains": ["example.com", "sendgrid.net"]})j")};
     EXPECT_TRUE(f.check_body(sendgrid(R"j(<a href=\"https://www.example.com/sale?utm=1\">Sale</a> https://u123.ct.sendgrid.net/ls/click)j")).allowed());
