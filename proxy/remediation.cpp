@@ -189,7 +189,8 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
         auto broken = rec.method == "POST" ? rules::constrained_subrequests(upstream_path, rec.body, &ambiguous_path, nullptr)
                                            : std::string{};
         if (broken.empty()) {
-            broken = rules::check_body_constraints(a.constraints, content_type, rec.body, query, upstream_path);
+            broken = rules::check_body_constraints(a.constraints, content_type, rec.body, query, upstream_path,
+                                                   rec.method);
         }
         if (!broken.empty()) {
             return broken + " (its constraints)";

@@ -1888,7 +1888,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                   : std::string{};
                 if (broken.empty()) {
                     broken = rules::check_body_constraints(agent->constraints, req[http::field::content_type],
-                                                           req.body(), query_of(origin_form), upstream_path);
+                                                           req.body(), query_of(origin_form), upstream_path,
+                                                           req.method_string());
                 }
                 if (!broken.empty()) {
                     // A body that cannot be read is a bad request; one that reads is refused.

@@ -675,12 +675,87 @@ std::optional<std::string> mailgun_sending_domain(std::string_view raw_path) {
     return std::string{rest.substr(0, slash)};
 }
 
+// The path's segments, percent-decoded, without one trailing empty one: how the last `n`
+// read (any case) against `want` ("*" for any one segment). Matched from the end so that an
+// upstream's base path in front changes nothing.
+bool path_ends_with(std::string_view raw_path, std::initializer_list<std::string_view> want) {
+    std::string decoded;
+    url_decode(raw_path, decoded, false);
+    std::string_view path = decoded;
+    if (path.size() > 1 && path.back() == '/') {
+        path.remove_suffix(1);
+    }
+    auto it = std::rbegin(want);
+    for (; it != std::rend(want); ++it) {
+        const auto slash = path.rfind('/');
+        if (slash == std::string_view::npos) {
+            return false;
+        }
+        const std::string_view seg = path.substr(slash + 1);
+        if (seg.empty() || (*it != "*" && !iequals(seg, *it))) {
+            return false;
+        }
+        path = path.substr(0, slash);
+    }
+    return true;
+}
+
+// A call that sends mail stored upstream (with its lists, sender and content), which no body
+// shows: scheduling a SendGrid Single Send (PUT /v3/marketing/singlesends/{id}/schedule) or
+// legacy campaign (POST or PATCH /v3/campaigns/{id}/schedules, POST .../schedules/now), a
+// campaign's test send (POST .../schedules/test, from the campaign's stored sender), or
+// publishing a HubSpot marketing email (POST /marketing/v3/emails/{id}/publish). What it is,
+// or "" for any other call. Reading or deleting a schedule sends nothing. An empty method
+// counts as one that may send.
+std::string_view stored_send(std::string_view method, std::string_view path) {
+    if (iequals(method, "GET") || iequals(method, "HEAD") || iequals(method, "DELETE") || iequals(method, "OPTIONS")) {
+        return {};
+    }
+    if (path_ends_with(path, {"marketing", "singlesends", "*", "schedule"})) {
+        return "schedules a stored Single Send";
+    }
+    if (path_ends_with(path, {"campaigns", "*", "schedules"}) ||
+        path_ends_with(path, {"campaigns", "*", "schedules", "now"})) {
+        return "sends a stored campaign";
+    }
+    if (path_ends_with(path, {"campaigns", "*", "schedules", "test"})) {
+        return "sends a stored campaign as a test";
+    }
+    if (path_ends_with(path, {"marketing", "v3", "emails", "*", "publish"})) {
+        return "publishes a stored HubSpot marketing email";
+    }
+    return {};
+}
+
+// SendGrid's Marketing test send (POST /v3/marketing/test/send_email): up to ten addresses in
+// `emails`, from `from_address` or a stored sender named by `sender_id` (its template_id is
+// read with the other APIs' template ids). A stored sender's address is not in the body: to an
+// agent held to from or reply-to domains it is refused, not taken as no sender.
+void sendgrid_test_send(checker& k, element root) {
+    each_field(root, "emails", [&](element v) { count_recipients(k, v); });
+    each_field(root, "from_address", [&](element v) { from_value(k, v); });
+    if (k.checks_from() || k.checks_reply_to()) {
+        each_field(root, "sender_id", [&](element v) {
+            if (!v.is_null()) {
+                k.fail("this test send names a stored sender (sender_id), whose from and reply-to addresses this "
+                       "agent's domains cannot read; give from_address instead");
+            }
+        });
+    }
+}
+
 }  // namespace
 
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
-                                   std::string_view query, std::string_view path) {
+                                   std::string_view query, std::string_view path, std::string_view method) {
     if (c.empty()) {
         return {};
+    }
+    if (const auto what = stored_send(method, path); !what.empty()) {
+        // Whatever the body says (`{"send_at": "now"}`): the mail's recipients, sender and
+        // template are the stored ones.
+        return "this request " + std::string{what} +
+               ", whose recipients, sender and content this agent's constraints cannot read";
     }
     const bool form = reads_as_form(content_type, body, query);  // a BOM alone is no body there either
     // Past a byte order mark, as the meter and the guards read a JSON body (and Jackson).
@@ -705,6 +780,9 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
             return "the body is not valid JSON";
         }
         walk_json(k, root);
+        if (path_ends_with(path, {"marketing", "test", "send_email"})) {
+            sendgrid_test_send(k, root);
+        }
     } else if (form) {
         if (!parse_form_fields(content_type, body, query, s.form)) {
             return "the multipart/form-data body is malformed";

@@ -44,9 +44,15 @@ struct body_constraints {
 // differently cannot slip past. Empty constraints pass every body without reading it.
 // `query`: the request's query string (no '?'); a form-based API may read its fields too.
 // `path`: the request's path (no query); a Mailgun send's sending domain in it
-// (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one.
+// (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one;
+// a call that sends mail stored upstream, which no body shows (scheduling a SendGrid Single
+// Send or campaign, publishing a HubSpot marketing email), is refused to an agent with any
+// constraint; SendGrid's Marketing test
+// send (/v3/marketing/test/send_email) is read by its own fields.
+// `method`: the request's method (empty: one that may send).
 std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
-                                   std::string_view query = {}, std::string_view path = {});
+                                   std::string_view query = {}, std::string_view path = {},
+                                   std::string_view method = {});
 
 // Salesforce reads a resource with `.json` or `.xml` appended (the response's format, in
 // REST API versions up to 57.0) as the resource itself: `/composite.json` is /composite.

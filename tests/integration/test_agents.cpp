@@ -318,6 +318,38 @@ TEST(agents, a_mailgun_send_is_held_to_from_domains_by_its_path_too) {
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// Scheduling a stored SendGrid Single Send or campaign sends to lists no body shows: refused
+// to an agent with constraints (the method and the path reach the check), reading it is not.
+TEST(agents, scheduling_stored_sendgrid_mail_is_refused_to_a_constrained_agent) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    std::string cfg = with_writer_routes(
+        agents_config(up.port(), dir),
+        "{\"name\": \"marketing\", \"match\": {\"path_prefix\": \"/v3/\"}, \"upstream\": \"up\"},", "\"marketing\"");
+    const std::string methods = "\"methods\": [\"POST\"]";
+    ASSERT_NE(cfg.find(methods), std::string::npos);
+    cfg.replace(cfg.find(methods), methods.size(), "\"methods\": [\"POST\", \"PUT\", \"GET\"]");
+    proxy_instance bb{cfg};
+    auto call = [&](http::verb method, const std::string& path, const std::string& body) {
+        return http_request(bb.port(), method, path, body,
+                            {{"content-type", "application/json"}, {"x-breakerbox-key", "writer-key"}});
+    };
+    for (const auto& [method, path] : std::initializer_list<std::pair<http::verb, std::string>>{
+             {http::verb::put, "/v3/marketing/singlesends/3f1c2d/schedule"},
+             {http::verb::post, "/v3/campaigns/986724/schedules/now"}}) {
+        auto res = call(method, path, R"({"send_at": "now"})");
+        EXPECT_EQ(res.result_int(), 403u) << path << ": " << res.body();
+        EXPECT_EQ(code_of(res), "constraint_violated") << path;
+        EXPECT_NE(res.body().find("stored"), std::string::npos) << res.body();
+    }
+    auto test_send = call(http::verb::post, "/v3/marketing/test/send_email",
+                          R"({"template_id": "d-1", "from_address": "news@example.com", "emails": ["a@x.com", "b@x.com", "c@x.com"]})");
+    EXPECT_EQ(test_send.result_int(), 403u) << test_send.body();
+    EXPECT_NE(test_send.body().find("3 recipients in one request"), std::string::npos) << test_send.body();
+    EXPECT_EQ(call(http::verb::get, "/v3/marketing/singlesends/3f1c2d/schedule", "").result_int(), 200u);
+    EXPECT_EQ(up.request_count(), 1u) << "only the read went out";
+}
+
 // An agent allowed emailSimple under a recipient cap cannot send past it through a
 // Salesforce composite request, whose subrequests' bodies its constraints do not read.
 TEST(agents, email_simple_inside_a_composite_request_is_refused_to_a_constrained_agent) {

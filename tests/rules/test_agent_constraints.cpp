@@ -575,6 +575,64 @@ TEST(AgentConstraints, ASendToListsOrSegmentsIsRefusedToAnAgentWithARecipientCap
         << "no recipient cap";
 }
 
+// Scheduling a Single Send or a legacy campaign sends what is stored at SendGrid (its lists,
+// sender and content), as publishing a HubSpot marketing email does: no body shows it, so an
+// agent with any constraint may not.
+TEST(AgentConstraints, SendingStoredSendGridMailIsRefusedToAConstrainedAgent) {
+    for (const auto& c : {max(500), domains({"example.com"}), templates({"d-1"})}) {
+        for (const auto& [method, path] : std::initializer_list<std::pair<std::string_view, std::string_view>>{
+                 {"PUT", "/v3/marketing/singlesends/3f1c2d/schedule"},
+                 {"PUT", "/v3/Marketing/SingleSends/3f1c2d/schedule/"},
+                 {"PUT", "/sendgrid/v3/marketing/singlesends/3f1c2d/schedule"},  // under a base path
+                 {"POST", "/v3/campaigns/986724/schedules/now"},
+                 {"POST", "/v3/campaigns/986724/schedules"},
+                 {"PATCH", "/v3/campaigns/986724/schedules"},
+                 {"POST", "/v3/campaigns/986724/schedules/test"},
+                 {"POST", "/marketing/v3/emails/51234/publish"},
+                 {"", "/v3/marketing/singlesends/3f1c2d/schedule"},
+             }) {
+            const auto why = check_body_constraints(c, json, R"j({"send_at": "now"})j", "", path, method);
+            EXPECT_THAT(why, HasSubstr("whose recipients, sender and content this agent's constraints cannot read"))
+                << method << " " << path;
+            EXPECT_FALSE(body_unreadable(why));
+            EXPECT_NE(check_body_constraints(c, json, "", "", path, method), "") << "no body: " << path;
+        }
+        for (const auto& [method, path] : std::initializer_list<std::pair<std::string_view, std::string_view>>{
+                 {"GET", "/v3/marketing/singlesends/3f1c2d/schedule"},
+                 {"DELETE", "/v3/marketing/singlesends/3f1c2d/schedule"},
+                 {"DELETE", "/v3/campaigns/986724/schedules"},
+                 {"POST", "/v3/marketing/singlesends/3f1c2d"},  // a duplicate: a draft, nothing sent
+                 {"PUT", "/v3/marketing/singlesends/schedule"},
+             }) {
+            EXPECT_EQ(check_body_constraints(c, json, "{}", "", path, method), "") << method << " " << path;
+        }
+    }
+    EXPECT_EQ(check_body_constraints({}, json, "{}", "", "/v3/marketing/singlesends/1/schedule", "PUT"), "")
+        << "no constraints";
+}
+
+// SendGrid's Marketing test send names its recipients in `emails` and its sender in
+// `from_address`, or by a stored sender's id, which no from domain can be checked against.
+TEST(AgentConstraints, SendGridMarketingTestSend) {
+    const std::string_view path = "/v3/marketing/test/send_email";
+    const std::string ten = R"j({"template_id": "d-1", "from_address": "news@example.com", "emails": )j"
+                            R"j(["a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io", "f@x.io", "g@x.io", "h@x.io", "i@x.io", "j@x.io"]})j";
+    EXPECT_EQ(check_body_constraints(max(3), json, ten, "", path, "POST"),
+              "10 recipients in one request; this agent may address at most 3");
+    EXPECT_EQ(check_body_constraints(max(10), json, ten, "", path, "POST"), "");
+    EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, ten, "", path, "POST"), "");
+    EXPECT_EQ(check_body_constraints(domains({"other.com"}), json, ten, "", path, "POST"),
+              "from domain \"example.com\" is not allowed for this agent");
+    EXPECT_EQ(check_body_constraints(templates({"d-2"}), json, ten, "", path, "POST"),
+              "template \"d-1\" is not allowed for this agent");
+    const std::string stored = R"j({"template_id": "d-1", "sender_id": 1234, "emails": ["a@x.io"]})j";
+    EXPECT_THAT(check_body_constraints(domains({"example.com"}), json, stored, "", path, "POST"),
+                HasSubstr("names a stored sender (sender_id)"));
+    EXPECT_EQ(check_body_constraints(max(1), json, stored, "", path, "POST"), "") << "no domain constraint";
+    // Elsewhere `emails` is no recipient list (a contacts search by email).
+    EXPECT_EQ(check_body_constraints(max(1), json, ten, "", "/v3/marketing/contacts/search/emails", "POST"), "");
+}
+
 TEST(AgentConstraints, MailgunSendingDomainInThePathIsAFromDomainOrASubdomainOfOne) {
     const std::string body = "from=news%40example.com&to=x%40example.com&text=hi";
     const auto c = domains({"example.com"});
