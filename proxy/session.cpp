@@ -872,17 +872,53 @@ struct client_info {
 struct presented_key {
     std::string digest;      // empty: no key
     std::string unreadable;  // why the credential presented names no key
+    // With x-breakerbox-key, a Proxy-Authorization too: its key's digest, or why it names none.
+    // Both must name the same agent (two identities, neither wins).
+    std::string proxy_digest;
+    std::string proxy_unreadable;
     bool any() const { return !digest.empty() || !unreadable.empty(); }
 };
 
+// The key a Proxy-Authorization value names (into `decoded` when Basic), or why it names none.
+std::string_view proxy_authorization_key(std::string_view pa, std::string& decoded, std::string& unreadable) {
+    const std::size_t sp = pa.find(' ');
+    const std::string_view scheme = pa.substr(0, sp);
+    const std::string_view rest = sp == std::string_view::npos ? std::string_view{} : trim(pa.substr(sp + 1));
+    std::string_view key;
+    if (iequals(scheme, "bearer")) {
+        key = rest;
+    } else if (iequals(scheme, "basic")) {
+        std::size_t colon = std::string_view::npos;
+        if (rest.empty() || !rules::decode_base64(rest, decoded) || (colon = decoded.find(':')) == std::string::npos) {
+            unreadable = "the Proxy-Authorization Basic credentials are not base64 of user:password";
+            return {};
+        }
+        const std::string_view user = std::string_view{decoded}.substr(0, colon);
+        const std::string_view password = std::string_view{decoded}.substr(colon + 1);
+        key = password.empty() ? user : password;
+    } else {
+        unreadable = "Proxy-Authorization uses a scheme other than Bearer or Basic";
+        return {};
+    }
+    if (key.empty()) {
+        unreadable = "the Proxy-Authorization credentials hold no agent key";
+    }
+    return key;
+}
+
+std::string digest_bytes(std::string_view key) {
+    const sha256_digest digest = sha256(key);
+    return std::string{reinterpret_cast<const char*>(digest.data()), digest.size()};
+}
+
 presented_key read_key(const request& req) {
     presented_key out;
-    std::string_view key;
     std::string decoded;
+    const std::string_view pa = trim(req[http::field::proxy_authorization]);
     // Present but empty (an unset variable in the agent's client) is a credential that names
     // no key, as is a second line: refused, not read as no key or as the first line's.
     if (const auto [first, last] = req.equal_range("x-breakerbox-key"); first != last) {
-        key = trim(first->value());
+        const std::string_view key = trim(first->value());
         if (std::next(first) != last) {
             out.unreadable = "x-breakerbox-key is given more than once";
             return out;
@@ -891,38 +927,22 @@ presented_key read_key(const request& req) {
             out.unreadable = "x-breakerbox-key is empty";
             return out;
         }
-    } else {
-        const std::string_view pa = trim(req[http::field::proxy_authorization]);
-        if (pa.empty()) {
-            return out;
-        }
-        const std::size_t sp = pa.find(' ');
-        const std::string_view scheme = pa.substr(0, sp);
-        const std::string_view rest = sp == std::string_view::npos ? std::string_view{} : trim(pa.substr(sp + 1));
-        if (iequals(scheme, "bearer")) {
-            key = rest;
-        } else if (iequals(scheme, "basic")) {
-            std::size_t colon = std::string_view::npos;
-            if (!rest.empty() && rules::decode_base64(rest, decoded) &&
-                (colon = decoded.find(':')) != std::string::npos) {
-                const std::string_view user = std::string_view{decoded}.substr(0, colon);
-                const std::string_view password = std::string_view{decoded}.substr(colon + 1);
-                key = password.empty() ? user : password;
-            } else {
-                out.unreadable = "the Proxy-Authorization Basic credentials are not base64 of user:password";
-                return out;
+        out.digest = digest_bytes(key);
+        if (!pa.empty()) {
+            const std::string_view other = proxy_authorization_key(pa, decoded, out.proxy_unreadable);
+            if (out.proxy_unreadable.empty()) {
+                out.proxy_digest = digest_bytes(other);
             }
-        } else {
-            out.unreadable = "Proxy-Authorization uses a scheme other than Bearer or Basic";
-            return out;
         }
-        if (key.empty()) {
-            out.unreadable = "the Proxy-Authorization credentials hold no agent key";
-            return out;
-        }
+        return out;
     }
-    const sha256_digest digest = sha256(key);  // not empty: x-breakerbox-key, or checked above
-    out.digest.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
+    if (pa.empty()) {
+        return out;
+    }
+    const std::string_view key = proxy_authorization_key(pa, decoded, out.unreadable);
+    if (out.unreadable.empty()) {
+        out.digest = digest_bytes(key);
+    }
     return out;
 }
 
@@ -1354,7 +1374,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
             std::string refused;  // why the caller gets no identity: 401
-            if (had_key && agent != nullptr && !ci.cert_names.empty()) {
+            if (!key.proxy_unreadable.empty() ||
+                (!key.proxy_digest.empty() && cfg->agent_by_key_digest(key.proxy_digest) != agent)) {
+                // x-breakerbox-key and Proxy-Authorization (HTTP_PROXY's user:password) naming
+                // two identities, or one naming none: neither wins, as with a certificate.
+                const agent_config* by_proxy =
+                    key.proxy_digest.empty() ? nullptr : cfg->agent_by_key_digest(key.proxy_digest);
+                refused = !key.proxy_unreadable.empty()
+                              ? key.proxy_unreadable + ", beside x-breakerbox-key: present one identity"
+                              : "x-breakerbox-key names " + (agent ? "agent " + agent->id : std::string{"no known agent"}) +
+                                    " but Proxy-Authorization names " +
+                                    (by_proxy ? "agent " + by_proxy->id : std::string{"no known agent"}) +
+                                    ": present one identity";
+            } else if (had_key && agent != nullptr && !ci.cert_names.empty()) {
                 // Two credentials naming two agents: neither wins (a leaked key must not
                 // lift a certificate's holder to the key's wider scope, nor the reverse).
                 bool ambiguous = false;

@@ -191,7 +191,24 @@ TEST(agents, proxy_basic_credentials_name_the_agent_and_unreadable_ones_are_refu
     auto twice = c.read_response();
     EXPECT_EQ(twice.result_int(), 401u) << twice.body();
     EXPECT_NE(twice.body().find("more than once"), std::string::npos) << twice.body();
-    EXPECT_EQ(up.request_count(), 2u);
+    // x-breakerbox-key beside Proxy-Authorization: both must name the same agent (a reader
+    // key in the header must not lift a writer's HTTP_PROXY traffic to another scope, nor
+    // the reverse); an unreadable one beside a good key is refused too.
+    const std::pair<std::string, std::string> two[] = {
+        {"Bearer writer-key", "x-breakerbox-key names agent reader but Proxy-Authorization names agent writer"},
+        {"Basic " + base64("w:nobody-key"), "x-breakerbox-key names agent reader but Proxy-Authorization names no known agent"},
+        {"Digest username=\"writer\"", "scheme other than Bearer or Basic, beside x-breakerbox-key"},
+    };
+    for (const auto& [credentials, why] : two) {
+        auto r = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "",
+                              {{"x-breakerbox-key", "reader-key"}, {"proxy-authorization", credentials}});
+        EXPECT_EQ(r.result_int(), 401u) << credentials << ": " << r.body();
+        EXPECT_NE(r.body().find(why), std::string::npos) << credentials << ": " << r.body();
+    }
+    auto same = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "",
+                             {{"x-breakerbox-key", "reader-key"}, {"proxy-authorization", "Basic " + base64("r:reader-key")}});
+    EXPECT_EQ(same.result_int(), 202u) << same.body();
+    EXPECT_EQ(up.request_count(), 3u);
 }
 
 TEST(agents, kill_switch_sandbox_and_agent_keyed_rules) {
