@@ -120,7 +120,9 @@ forward_proxy_config parse_forward_proxy(simdjson::dom::element e, const std::st
     if (auto v = r.integer("leaf_cache", false, 1, 1'000'000)) {
         f.leaf_cache = static_cast<std::size_t>(*v);
     }
-    if (auto v = r.duration("leaf_lifetime", false, milliseconds{3600 * 1000})) {
+    // At most 825 days: Apple's clients refuse any TLS server certificate valid for longer,
+    // even one from a locally trusted CA (their rule since iOS 13 / macOS 10.15).
+    if (auto v = r.duration("leaf_lifetime", false, milliseconds{3600 * 1000}, milliseconds{825LL * 24 * 3600 * 1000})) {
         f.leaf_lifetime = *v;
     }
     r.finish();

@@ -541,12 +541,30 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
               std::string::npos)
         << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_cache"), std::string::npos) << e;
-    EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_lifetime"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_lifetime: \"1m\" is too short (at least 1h)"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.extra"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[0].cert_names[1]: must not be empty"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].cert_names[0]: \"bot.agents.local\" already identifies another agent"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].key_sha256"), std::string::npos) << "an agent needs a key or a certificate name: " << e;
     EXPECT_EQ(e.find("agents[0].key_sha256"), std::string::npos) << e;
+}
+
+// Apple's clients refuse a TLS server certificate valid for more than 825 days, even from a
+// locally trusted CA: a longer leaf would break every Apple agent behind the forward proxy.
+TEST(config, forward_proxy_leaf_lifetime_is_at_most_825_days) {
+    const auto with = [](const char* lifetime) {
+        return all_errors(parse_config(std::string{R"({"listeners": [{"name": "a", "address": "127.0.0.1:0",
+                                 "forward_proxy": {"ca_cert_file": "/nonexistent/ca.pem", "ca_key_file": "/nonexistent/ca.key",
+                                                   "leaf_lifetime": ")"} + lifetime + R"("}}],
+               "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})"));
+    };
+    const auto too_long = with("826d");
+    EXPECT_NE(too_long.find("listeners[0].forward_proxy.leaf_lifetime: \"826d\" is too long (at most 825d)"),
+              std::string::npos)
+        << too_long;
+    const auto longest = with("825d");
+    EXPECT_EQ(longest.find("leaf_lifetime"), std::string::npos) << longest;
 }
 
 // Files named in config are read on the control thread (at start, on SIGHUP, on an admin
