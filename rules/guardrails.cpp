@@ -2195,8 +2195,8 @@ std::string_view suppression_bypass(const guard_input& in) {
 
 // Recipients in order, each refused by the first of: blocked domain, domain not allowed,
 // suppressed. The walk checks the domains and stops at the first refused one; the addresses
-// before it are then looked up in the suppression list together, two SHA-256 at a time (so
-// a suppressed recipient before a blocked one is still the one reported).
+// before it are then looked up in the suppression list in order (so a suppressed recipient
+// before a blocked one is still the one reported).
 guard_result check_recipients(const recipients_guard& g, const guard_input& in) {
     scratch& s = local();
     guard_result refused;

@@ -95,7 +95,9 @@ public:
     // Reads and parses a file (config time only).
     static std::optional<suppression_list> load_file(const std::string& path, std::size_t max_entries,
                                                      std::string* error);
-    bool contains(std::string_view address) const;  // case-insensitive on the address
+    // Case-insensitive on the address; a sub-address `local+tag@domain` is also looked up as
+    // `local@domain` (suppressing a person suppresses their tags, not the other way round).
+    bool contains(std::string_view address) const;
     // The index of the first address that is in the list, addresses.size() if none (the same
     // as calling contains() in turn).
     std::size_t first_of(std::span<const std::string_view> addresses) const;
@@ -110,6 +112,7 @@ public:
     }
 
 private:
+    bool contains_as_written(std::string_view address) const;  // both IDNA spellings of the domain
     struct digest_hash {
         using is_avalanching = void;  // SHA-256 bytes are uniform already
         std::size_t operator()(const std::array<std::uint8_t, 16>& d) const noexcept;

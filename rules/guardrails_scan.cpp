@@ -1078,6 +1078,25 @@ bool suppression_list::contains(std::string_view address) const {
     if (digests_.empty()) {
         return false;
     }
+    if (contains_as_written(address)) {
+        return true;
+    }
+    // A sub-address (`jane+news@example.com`) reaches the mailbox of `jane@example.com`
+    // wherever `+` tags are delivered (Gmail, Outlook, Fastmail, most servers), while the APIs'
+    // own suppression lists compare whole addresses: a suppressed person would be mailed
+    // again under a new tag. The base is looked up too, so a tag never gets past the list.
+    // (Only `+`: `-` separates tags on few servers and is common in real local parts.)
+    const auto at = address.rfind('@');
+    const auto plus = at == std::string_view::npos ? at : address.substr(0, at).find('+');
+    if (plus == std::string_view::npos || plus == 0) {
+        return false;
+    }
+    std::string base{address.substr(0, plus)};
+    base += address.substr(at);
+    return contains_as_written(base);
+}
+
+bool suppression_list::contains_as_written(std::string_view address) const {
     if (digests_.contains(address_digest(address))) {
         return true;
     }

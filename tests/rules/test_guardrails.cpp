@@ -803,6 +803,19 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
                                        "jane.doe @example.com", "jane.doe@ example .com"}) {
         EXPECT_EQ(f.check_body(sendgrid_to({spelling})).outcome, verdict::violated) << spelling;
     }
+    // A `+tag` sub-address reaches the suppressed person's mailbox, by address or by digest;
+    // a listed sub-address does not suppress its base, nor another person's.
+    for (const std::string tagged : {"jane.doe+spring-sale@example.com", "Jane.Doe+@EXAMPLE.com", "bob+a+b@example.com",
+                                     R"(\"bob+x\"@example.com)"}) {
+        const auto d = f.check_body(sendgrid_to({"ann@example.com", tagged}));
+        EXPECT_EQ(d.outcome, verdict::violated) << tagged;
+        EXPECT_THAT(d.reason, HasSubstr("suppressed recipient #1")) << tagged;
+    }
+    const std::string tags = temp_file("suppressed-tag.txt", "ann+news@example.com\n");
+    fixture by_tag{recipients_rule(R"j({"suppression_file": ")j" + tags + R"j("})j")};
+    EXPECT_EQ(by_tag.check_body(sendgrid_to({"ANN+news@example.com"})).outcome, verdict::violated);
+    EXPECT_TRUE(by_tag.check_body(sendgrid_to({"ann@example.com", "ann+other@example.com", "+news@example.com"})).allowed());
+    EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com", "doe+jane.doe@example.com", "+jane.doe@example.com"})).allowed());
 
     // Mailgun: "Name <address>" forms and comma lists in form fields.
     request mg;
