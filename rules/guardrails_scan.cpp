@@ -148,7 +148,7 @@ enum class scan_mode : std::uint8_t {
 struct block_masks {
     std::uint64_t word;   // word bytes (table.word)
     std::uint64_t digit;  // 0-9 (pii)
-    std::uint64_t sep;    // ' ' and '-': what may join the digit groups of a card or an SSN (pii)
+    std::uint64_t sep;    // ' ' '-' '.': what may join the digit groups of a card or an SSN (pii)
     std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
     std::uint64_t lt;     // '<': where a tag may join what is written on both sides of it
 };
@@ -194,7 +194,8 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
                                                                       _mm_cmpeq_epi8(c, _mm_set1_epi8('s'))),
                                                          _mm_cmpeq_epi8(c, _mm_set1_epi8('x')))));
                 }
-                const __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8(' ')), _mm_cmpeq_epi8(c, _mm_set1_epi8('-')));
+                const __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8(' ')), _mm_cmpeq_epi8(c, _mm_set1_epi8('-'))),
+                                                 _mm_cmpeq_epi8(c, _mm_set1_epi8('.')));
                 m.digit |= bits(digit);
                 m.sep |= bits(sep);
                 m.pairs |= bits(first);
@@ -207,7 +208,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
             m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
-                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
+                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
                 const bool first = is_upper(c) || (secrets && (c == 'b' || c == 'g' || c == 'r' || c == 's' || c == 'x'));
                 m.pairs |= static_cast<std::uint64_t>(first) << i;
             }
@@ -227,7 +228,7 @@ enum : std::uint8_t {
     cls_digit = 0x04,  // 3 x 0-9
     cls_under = 0x08,  // 5 x F
     cls_lt = 0x10,     // 3 x C: '<'
-    cls_sep = 0x40,    // 2 x {0, D}: ' ' '-'
+    cls_sep = 0x40,    // 2 x {0, D, E}: ' ' '-' '.'
 };
 struct nibble_tables {
     std::uint8_t lo[16] = {};
@@ -235,7 +236,7 @@ struct nibble_tables {
     constexpr nibble_tables() {
         for (int v = 0; v < 16; ++v) {
             lo[v] = static_cast<std::uint8_t>((v >= 1 ? cls_a : 0) | (v <= 10 ? cls_b : 0) | (v <= 9 ? cls_digit : 0) |
-                                              (v == 15 ? cls_under : 0) | (v == 0 || v == 13 ? cls_sep : 0) |
+                                              (v == 15 ? cls_under : 0) | (v == 0 || v == 13 || v == 14 ? cls_sep : 0) |
                                               (v == 12 ? cls_lt : 0));
         }
         hi[2] = cls_sep;
@@ -382,7 +383,7 @@ bool for_each_block(std::string_view text, const pair_tables* pairs, bool secret
             m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
-                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-') << i;
+                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
             }
         }
         return n > 0 && f(0, m);
@@ -1497,7 +1498,7 @@ void normalize_address(std::string_view item, std::string& out) {
 namespace {
 
 // Digit groups of a possible card number or SSN: consecutive all-digit words joined by one
-// space or dash. Only the last 19 are kept (a card has at most 19 digits).
+// space, dash or dot. Only the last 19 are kept (a card has at most 19 digits).
 struct digit_groups {
     struct group {
         std::size_t start;
@@ -1618,11 +1619,13 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
     const auto& a = dg.g[dg.n - 3];
     const auto& g = dg.g[dg.n - 2];
     const auto& s = dg.g[dg.n - 1];
-    if (a.len != 3 || g.len != 2 || s.len != 4 || g.sep != '-' || s.sep != '-' || a.sep == '-') {
+    // `AAA-GG-SSSS` or `AAA GG SSSS` (as forms and scanned letters write it), one kind of
+    // separator, not part of a longer number so written (123-45-6789-0, 1 123 45 6789).
+    if (a.len != 3 || g.len != 2 || s.len != 4 || (g.sep != '-' && g.sep != ' ') || s.sep != g.sep ||
+        a.sep == g.sep) {
         return false;
     }
-    // Not part of a longer dashed number (123-45-6789-0).
-    if (end + 1 < text.size() && text[end] == '-' && is_digit(static_cast<unsigned char>(text[end + 1]))) {
+    if (end + 1 < text.size() && text[end] == g.sep && is_digit(static_cast<unsigned char>(text[end + 1]))) {
         return false;
     }
     if (!ssn_valid(text.substr(a.start, 3), text.substr(g.start, 2), text.substr(s.start, 4))) {
@@ -1632,10 +1635,13 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
     return true;
 }
 
-// An IBAN starting at `s` (two upper-case letters and two digits): read up to 34 characters
-// of upper-case letters and digits, in one piece or in groups separated by single spaces,
-// and check every length that ends on a group boundary (the country's length if known).
-bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
+// An IBAN starting at `s` (two letters and two digits): read up to 34 characters of letters
+// and digits, in one piece or in groups separated by single spaces, and check every length
+// that ends on a group boundary (the country's length if known). Written in upper case, or
+// all in lower case (`de89 3704 ...`, typed into a form): then only for a country whose
+// length is known, so a lower-case hex id (`ab12...`) is not read as an IBAN of some other.
+bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit) {
+    const auto letter = [lower](unsigned char c) { return lower ? is_lower(c) : is_upper(c); };
     char buf[34];
     std::size_t m = 0;
     std::size_t boundaries[34];
@@ -1643,13 +1649,13 @@ bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
     std::size_t i = s;
     while (i < text.size() && m < 34) {
         const auto c = static_cast<unsigned char>(text[i]);
-        if (is_upper(c) || is_digit(c)) {
-            buf[m++] = static_cast<char>(c);
+        if (letter(c) || is_digit(c)) {
+            buf[m++] = static_cast<char>(is_lower(c) ? c - 32 : c);
             ++i;
             continue;
         }
         if (table.word[c]) {
-            // Lower case or `_`: the piece being read is a word, not a group. In the first
+            // The other case or `_`: the piece being read is a word, not a group. In the first
             // piece there is no IBAN; after a group it ends before this word
             // (`DE89 3704 0044 0532 0130 00 Deutsche Bank`).
             if (nb == 0) {
@@ -1659,7 +1665,7 @@ bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
         }
         boundaries[nb++] = m;
         if (c == ' ' && i + 1 < text.size() &&
-            (is_upper(static_cast<unsigned char>(text[i + 1])) || is_digit(static_cast<unsigned char>(text[i + 1])))) {
+            (letter(static_cast<unsigned char>(text[i + 1])) || is_digit(static_cast<unsigned char>(text[i + 1])))) {
             ++i;
             continue;
         }
@@ -1669,6 +1675,9 @@ bool check_iban(std::string_view text, std::size_t s, text_hit* hit) {
         boundaries[nb++] = m;
     }
     const int expected = iban_length(buf[0], buf[1]);
+    if (lower && expected == 0) {
+        return false;
+    }
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t len = boundaries[b];
         if (len < 15 || (expected != 0 && static_cast<int>(len) != expected)) {
@@ -1751,8 +1760,9 @@ struct pii_first_table {
         for (int c = 'A'; c <= 'Z'; ++c) {
             on[c] = true;
         }
-        on[static_cast<unsigned char>('b')] = on[static_cast<unsigned char>('s')] = on[static_cast<unsigned char>('r')] = true;
-        on[static_cast<unsigned char>('x')] = on[static_cast<unsigned char>('g')] = true;
+        for (int c = 'a'; c <= 'z'; ++c) {
+            on[c] = true;  // b g r s x: secrets; any: a lower-case IBAN
+        }
     }
 };
 constexpr pii_first_table pii_first{};
@@ -1789,7 +1799,7 @@ struct pii_scan {
                 return false;
             }
             char sep = 0;
-            if (dg.n > 0 && s == dg.end + 1 && (text[dg.end] == ' ' || text[dg.end] == '-')) {
+            if (dg.n > 0 && s == dg.end + 1 && (text[dg.end] == ' ' || text[dg.end] == '-' || text[dg.end] == '.')) {
                 sep = text[dg.end];
             } else {
                 dg.clear();
@@ -1797,10 +1807,13 @@ struct pii_scan {
             dg.push(s, e - s, sep);
             return (ssn && check_ssn(text, dg, e, hit)) || (card && check_card(text, dg, hit));
         }
-        if (iban && is_upper(c0) && e - s >= 4 && is_upper(static_cast<unsigned char>(text[s + 1])) &&
-            is_digit(static_cast<unsigned char>(text[s + 2])) && is_digit(static_cast<unsigned char>(text[s + 3])) &&
-            check_iban(text, s, hit)) {
-            return true;
+        if (iban && e - s >= 4 && is_digit(static_cast<unsigned char>(text[s + 2])) &&
+            is_digit(static_cast<unsigned char>(text[s + 3]))) {
+            const auto c1 = static_cast<unsigned char>(text[s + 1]);
+            const bool upper = is_upper(c0) && is_upper(c1);
+            if ((upper || (is_lower(c0) && is_lower(c1))) && check_iban(text, s, !upper, hit)) {
+                return true;
+            }
         }
         return secrets && check_secret(text, s, e, hit);
     }
@@ -1841,7 +1854,7 @@ bool inline_element(std::string_view lower_name);
     if (j >= t.size()) {
         return false;
     }
-    if (!sep_before && (t[j] == ' ' || t[j] == '-')) {  // `<span>4111</span> <span>1111</span>`
+    if (!sep_before && (t[j] == ' ' || t[j] == '-' || t[j] == '.')) {  // `<span>4111</span> <span>1111</span>`
         ++j;
         if (j < t.size() && t[j] == '<') {
             j = after_joining_tags(t, j, read);
@@ -1910,17 +1923,24 @@ bool pii_pair(unsigned char c0, unsigned char c1, bool iban, bool secrets) {
     }
 }
 
+// `de89`: how a lower-case IBAN starts (pii_scan::word reads the rest).
+bool lower_iban_start(const unsigned char* p, std::size_t s, std::size_t n) {
+    return s + 3 < n && is_lower(p[s]) && is_lower(p[s + 1]) && is_digit(p[s + 2]) && is_digit(p[s + 3]);
+}
+
 }  // namespace
 
 bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* split_by_tag) {
     pii_scan scan{kinds};
     // Only the words pii_scan::word can do something with:
-    // - starting with a digit, and only inside a chain of digits joined by single spaces or
-    //   dashes at least as long as an SSN (11) or a card (13): every card or SSN it checks is
-    //   made of such groups, and a digit group outside those chains can neither be part of
-    //   one nor change the groups kept for one (it is not adjacent to any);
+    // - starting with a digit, and only inside a chain of digits joined by single spaces,
+    //   dashes or dots at least as long as an SSN (11) or a card (13): every card or SSN it
+    //   checks is made of such groups, and a digit group outside those chains can neither be
+    //   part of one nor change the groups kept for one (it is not adjacent to any);
     // - starting with an upper-case letter or b g r s x, and only with the second bytes of an
-    //   IBAN or of a secret (pii_pair).
+    //   IBAN or of a secret (pii_pair);
+    // - starting with two lower-case letters and two digits (a lower-case IBAN): from the
+    //   digit classes, two and three bytes on (unknown across the block edge: assumed).
     const bool digits = scan.card || scan.ssn;
     const bool upper = scan.iban || scan.secrets;
     const bool pick = scan.secrets;
@@ -1960,12 +1980,16 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
         if (upper) {
             cand |= starts & m.pairs;
         }
+        if (scan.iban) {
+            cand |= starts & ~m.digit & ((m.digit >> 2) | (3ull << 62)) & ((m.digit >> 3) | (7ull << 61));
+        }
         while (cand != 0) {
             const auto b = static_cast<unsigned>(__builtin_ctzll(cand));
             cand &= cand - 1;
             const std::size_t s = block + b;
             const unsigned char c0 = p[s];
-            if (!is_digit(c0) && !pii_pair(c0, s + 1 < n ? p[s + 1] : 0, scan.iban, scan.secrets)) {
+            if (!is_digit(c0) && !pii_pair(c0, s + 1 < n ? p[s + 1] : 0, scan.iban, scan.secrets) &&
+                !(scan.iban && lower_iban_start(p, s, n))) {
                 continue;  // pii_scan::word would do nothing with it
             }
             if (scan.word(text, s, word_end(text, block, b, m.word), hit)) {
@@ -1989,7 +2013,7 @@ std::string classification_mismatch(std::string_view text) {
             const bool sep = (m.sep >> i) & 1u;
             const bool pair = (m.pairs >> i) & 1u;
             const bool lt = (m.lt >> i) & 1u;
-            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-') || lt != (c == '<') ||
+            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-' || c == '.') || lt != (c == '<') ||
                 (!pair && !is_digit(c) && pii_pair(c, next, true, secrets))) {
                 out = std::string{which} + ": byte " + std::to_string(c) + " at " + std::to_string(block + i);
             }

@@ -266,6 +266,13 @@ TEST(GuardPii, CardFormats) {
     for (const char* n : {"4.1111111111111115e15", "4111111111111111e-3", "1e400", "0e15"}) {
         EXPECT_TRUE(f.check_body(std::string{R"j({"dynamic_template_data": {"card": )j"} + n + "}}").allowed()) << n;
     }
+    // Dots as separators, as some receipts and exports write them.
+    for (const char* text : {"4111.1111.1111.1111", "card 5555.5555.5555.4444.", "3782.822463.10005"}) {
+        const auto d = f.check_body(sendgrid(std::string{"<p>"} + text + "</p>"));
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+        EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****")) << text;
+    }
+    EXPECT_TRUE(f.check_body(sendgrid("<p>4111.1111 1111.1111 and v4111.1111.1111.1111</p>")).allowed());
     // Separators must be consistent and single; a run of 20+ digits is not a card.
     EXPECT_TRUE(f.check_body(sendgrid("<p>4111 1111-1111 1111</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>41111111111111110000</p>")).allowed());
@@ -482,8 +489,15 @@ TEST(GuardPii, Ssn) {
     EXPECT_THAT(d.reason, HasSubstr("US SSN at body offset " + std::to_string(body.find("078-05"))));
     EXPECT_THAT(d.reason, Not(HasSubstr("1120")));
     for (const char* text : {"000-12-3456", "666-12-3456", "912-12-3456", "123-00-4567", "123-45-0000",
-                             "123-45-6789-0", "12-345-6789", "123 45 6789"}) {
+                             "123-45-6789-0", "12-345-6789", "123 45 6789 0", "1 123 45 6789", "123 45-6789",
+                             "123-45 6789", "123.45.6789", "000 12 3456", "12-34 078 05 1120", "1-078-05-1120"}) {
         EXPECT_TRUE(f.check_body(sendgrid(std::string{"<p>"} + text + "</p>")).allowed()) << text;
+    }
+    // Written with spaces, as forms and scanned letters do; after a dashed number too.
+    for (const char* text : {"SSN 078 05 1120.", "ssn: 123 45 6789", "ref 12-34, 078 05 1120", "1 078-05-1120"}) {
+        const auto spaced = f.check_body(sendgrid(std::string{"<p>"} + text + "</p>"));
+        EXPECT_EQ(spaced.outcome, verdict::violated) << text;
+        EXPECT_THAT(spaced.reason, HasSubstr("US SSN")) << text;
     }
 }
 
@@ -503,6 +517,17 @@ TEST(GuardPii, Iban) {
     EXPECT_FALSE(f.check_body(sendgrid("<p>DE89370400440532013000 Thanks</p>")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid("<p>GB82 WEST 1234 5698 7654 32 Bitte</p>")).allowed());
     EXPECT_TRUE(f.check_body(sendgrid("<p>DE89370400440532013000abc</p>")).allowed()) << "one word, not an IBAN";
+    // All in lower case, as typed into a form; only for the countries whose length is known.
+    for (const char* text : {"iban: de89 3704 0044 0532 0130 00", "gb82west12345698765432", "gb82 west 1234 5698 7654 32 thanks",
+                             "<b>fr14 2004 1010 0505 0001 3m02 606</b>"}) {
+        const auto lower = f.check_body(sendgrid(std::string{"<p>"} + text + "</p>"));
+        EXPECT_EQ(lower.outcome, verdict::violated) << text;
+        EXPECT_THAT(lower.reason, HasSubstr("mod-97 valid")) << text;
+    }
+    for (const char* text : {"gb82 west 1234 5698 7654 33", "gb82WEST12345698765432", "De89 3704 0044 0532 0130 00",
+                             "de89370400440532013000abc", "de89 3704 0044 0532 0130"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(std::string{"<p>"} + text + "</p>")).allowed()) << text;
+    }
 }
 
 TEST(GuardPii, Secrets) {
@@ -2847,7 +2872,10 @@ struct text_gen {
                                               "github_pat_", "gho_", "Be", "sk", "xo", "gh"};
         static const char* const ibans[] = {"GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432",
                                             "DE89 3704 0044 0532 0130 00", "FR1420041010050500013M02606",
-                                            "GB82 WEST 1234 5698 7654 33", "NO9386011117947", "XX12"};
+                                            "GB82 WEST 1234 5698 7654 33", "NO9386011117947", "XX12",
+                                            "gb82 west 1234 5698 7654 32", "de89370400440532013000",
+                                            "fr1420041010050500013m02606", "no93 8601 1117 947", "xx12",
+                                            "De89 3704 0044 0532 0130 00", "gb82 WEST 1234 5698 7654 32"};
         switch (pick(12)) {
             case 0: {
                 const std::size_t n = 12 + pick(9);
@@ -2860,8 +2888,12 @@ struct text_gen {
                     default: return grouped(d, {4, 4, 4}, sep);
                 }
             }
-            case 1: return digits(3) + one({"-", "-", " ", "--"}) + digits(2) + "-" + digits(4) +
-                           (chance(20) ? "-" + digits(1) : std::string{});
+            case 1: {
+                const std::string sep = one({"-", " ", "."});
+                const std::string first = chance(25) ? one({" ", "--", "-"}) : sep;
+                return digits(3) + first + digits(2) + sep + digits(4) +
+                       (chance(20) ? sep + digits(1) : std::string{});
+            }
             case 2: {
                 std::string out;
                 for (std::size_t i = 0, n = 1 + pick(8); i < n; ++i) {
@@ -2870,7 +2902,11 @@ struct text_gen {
                 return out;
             }
             case 3: return one(ibans);
-            case 4: return chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2) + digits(2) + chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", pick(30));
+            case 4:
+                if (chance(50)) {
+                    return one({"de", "gb", "fr", "no", "ab", "it"}) + digits(2) + chars("abcdefwxyz0123456789 ", pick(30));
+                }
+                return chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2) + digits(2) + chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", pick(30));
             case 5: {
                 std::string t = one(secrets);
                 return t + chars("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.~+/", pick(45));
