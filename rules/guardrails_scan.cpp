@@ -2251,8 +2251,38 @@ bool word_before_is(std::string_view text, std::size_t end, std::string_view low
 
 // Between `href` and a scheme-relative URL: ` = " '`, and the C0 controls: HTML reads tab,
 // line feed, form feed and carriage return around the '=' as blanks, and browsers trim any
-// of them from the start of a URL (`href="&Tab;//host"`).
-bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || url_lead(c); }
+// of them from the start of a URL (`href="&Tab;//host"`); `(` for CSS (`url(//host)`).
+bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || c == '(' || url_lead(c); }
+
+// Words after which a scheme-relative `//host` is a link: the attributes whose value a mail
+// client follows or fetches (`<img src="//host/pixel.gif">`, `data-src`, `<td
+// background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)`. (`srcset` only
+// for its first URL.) Any case; at most 10 letters.
+bool url_word(std::string_view w) {
+    char lower[10];
+    if (w.size() < 3 || w.size() > sizeof lower) {
+        return false;
+    }
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        lower[i] = static_cast<char>(to_lower(static_cast<unsigned char>(w[i])));
+    }
+    const std::string_view l{lower, w.size()};
+    return l == "href" || l == "src" || l == "url" || l == "srcset" || l == "action" || l == "formaction" ||
+           l == "background" || l == "poster" || l == "lowsrc" || l == "dynsrc";
+}
+
+// The start of a url_word that ends at `end` (a whole word: no word byte before it), or npos.
+std::size_t url_word_before(std::string_view text, std::size_t end) {
+    std::size_t i = end;
+    while (i > 0 && end - i < 11 &&
+           (is_lower(static_cast<unsigned char>(text[i - 1])) || is_upper(static_cast<unsigned char>(text[i - 1])))) {
+        --i;
+    }
+    if (i > 0 && table.word[static_cast<unsigned char>(text[i - 1])]) {
+        return std::string_view::npos;
+    }
+    return url_word(text.substr(i, end - i)) ? i : std::string_view::npos;
+}
 
 // For a slash or backslash at `i`: the position past the second one of a scheme-relative
 // URL's two, with tabs and line breaks between them deleted as browsers do
@@ -2311,9 +2341,9 @@ bool www_has_host(std::string_view text, std::size_t dot) {
 
 // The first link to a host outside link_domains, the way the word scan finds them: a word
 // `http`/`https` followed by `:`, a word `www` followed by `.` (as www_starts_link), or a word
-// `href` followed by a run of ` ="'` and two slashes or backslashes. Only the link marks of
+// url_word followed by a run of ` ="'(` and two slashes or backslashes. Only the link marks of
 // the text (for_each_link_mark) are looked at, and each looks back at most over its own run
-// of ` ="'`. Returns the offset of the http/www/href word (the links come out in text order:
+// of ` ="'(`. Returns the offset of the http/www/url_word word (the links come out in text order:
 // the words and runs of two links cannot overlap).
 std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::string_view& host) {
     std::size_t found = std::string_view::npos;
@@ -2342,8 +2372,8 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
             while (q > 0 && href_gap(text[q - 1])) {
                 --q;
             }
-            if (from != std::string_view::npos && word_before_is(text, q, "href")) {
-                s = q - 4;
+            if (from != std::string_view::npos) {
+                s = url_word_before(text, q);
             }
             start = c;
         }
@@ -2424,7 +2454,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
                 return true;
             }
         }
-        if (g.check_links && c0 == 'h' && len == 4 && iequals_lower(text.substr(s, len), "href")) {
+        if (g.check_links && url_word(text.substr(s, len))) {
             // href="//host/..." (scheme-relative; `\` reads as `/`); href="http..." is caught as a URL.
             std::size_t i = e;
             while (i < text.size() && href_gap(text[i])) {

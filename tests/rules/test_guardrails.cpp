@@ -1202,6 +1202,23 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     // Userinfo does not fool the host check; scheme-relative and plain-text links count.
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href=\"https://example.com@evil.io/\">x</a>)j")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(<a href='//evil.io/x'>x</a>)j")).allowed());
+    // Scheme-relative URLs in the other attributes a mail client fetches or follows, and in CSS.
+    for (const std::string fetched : {R"j(<img src=\"//evil.io/pixel.gif\" width=1>)j", R"j(<IMG SRC = '//evil.io/p.gif'>)j",
+                                      R"j(<img data-src=\"//evil.io/x.png\">)j", R"j(<td background=\"//evil.io/bg.png\">)j",
+                                      R"j(<form action=\"//evil.io/login\">)j", R"j(<video poster=//evil.io/p.jpg>)j",
+                                      R"j(<img srcset=\"//evil.io/a.png 2x\">)j",
+                                      R"j(<div style=\"background-image:url(//evil.io/bg.png)\">)j",
+                                      R"j(<style>.h{background:URL( '//evil.io/h.png' )}</style>)j"}) {
+        const std::string b = sendgrid(fetched);
+        const auto d = f.check_body(b);
+        EXPECT_EQ(d.outcome, verdict::violated) << fetched;
+        EXPECT_THAT(d.reason, HasSubstr("(evil.io)")) << fetched;
+    }
+    for (const std::string fine : {R"j(<img src=\"//www.example.com/logo.png\">)j", R"j(<p>srcx=//evil.io and a // comment</p>)j",
+                                   R"j(<div style=\"background:url(//cdn.example.com/bg.png)\">)j",
+                                   R"j(<img src=\"/images/logo.png\">)j"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
+    }
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(see https:\/\/evil.io\/x)j")).allowed());  // JSON-escaped slashes
     // Runs of slashes after the scheme, and userinfo past a character that ends a link in
@@ -2931,6 +2948,8 @@ struct text_gen {
 
     std::string link() {
         static const char* const schemes[] = {"http://", "https://", "HTTP://", "Https://", "href=\"//", "href='//",
+                                              "src=\"//", "SRC='\\\\", "data-src=//", "url(//", "url( \"//", "xsrc=//",
+                                              "formaction=//", "src2=//", "\xc3\xa9src=//", "Background = '//",
                                               "HREF = //", "href//", "hrefs=//", "xhttp://", "http:/", "http//",
                                               "href=\"https://", "//", "://", "https:\\/\\/", "href = \" ' //",
                                               "https:\\\\", "https:\\", "http:/\\", "https:", "href=\"\\\\",
