@@ -99,6 +99,19 @@ std::optional<std::string_view> path_under_base(std::string_view path, std::stri
     return path.size() == base.size() ? std::string_view{"/"} : path.substr(base.size());
 }
 
+bool route_takes(const route_config& r, std::string_view method, std::string_view path) {
+    const auto& m = r.match;
+    const std::string_view trimmed = path.size() > 1 && path.back() == '/' ? path.substr(0, path.size() - 1) : path;
+    if (!m.path.empty() && !iequals(path, m.path) && !iequals(trimmed, m.path)) {
+        return false;
+    }
+    if (!m.path_prefix.empty() &&
+        !(path.size() >= m.path_prefix.size() && iequals(path.substr(0, m.path_prefix.size()), m.path_prefix))) {
+        return false;
+    }
+    return m.methods.empty() || std::find(m.methods.begin(), m.methods.end(), method) != m.methods.end();
+}
+
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
                                std::string_view url, std::string_view base, std::string_view upstream) {
     const std::string which = " in subrequest #" + std::to_string(index) + " of this composite request";

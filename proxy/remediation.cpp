@@ -153,13 +153,61 @@ std::vector<store::held_request> remediation::next_page(const store::list_filter
 
 namespace {
 
+// Whether the routes a subrequest of a held composite request could take now are all its
+// agent's ("" when they are), as step 5 of the live path judges one: matched as if sent by
+// itself (its path under the base), the route must be of the held request's upstream and in
+// the allow list. The hold keeps the host the client addressed (x-forwarded-host), not whether
+// it came through the forward proxy nor to which port, which narrow the live match; so every
+// route the live match could pick is judged: the first that takes it by host, method and path
+// (a reverse proxy's request) and, when the held request's own route names a host (a forward
+// proxy's request takes only such routes), the first such route of each upstream (the port
+// decides among upstreams). Fails closed: a release may be refused that the live path would
+// have let through, never the other way round.
+std::string subrequest_route_now(const config& cfg, const agent_scope& scope, const route_config& held_route,
+                                 std::string_view host, std::size_t upstream_index, std::size_t index,
+                                 std::string_view method, std::string_view own_path) {
+    const std::string_view bare_host = host_name(host_without_port(host));
+    std::vector<const route_config*> could_take;
+    std::vector<bool> upstream_seen(cfg.upstreams.size(), false);
+    for (const auto& r : cfg.routes) {
+        if ((!r.match.host.empty() && !iequals(host_name(r.match.host), bare_host)) || !route_takes(r, method, own_path)) {
+            continue;
+        }
+        const bool first = could_take.empty();
+        const bool forwarded_pick = !held_route.match.host.empty() && !r.match.host.empty() &&
+                                    r.upstream_index < upstream_seen.size() && !upstream_seen[r.upstream_index];
+        if (forwarded_pick) {
+            upstream_seen[r.upstream_index] = true;
+        }
+        if (first || forwarded_pick) {
+            could_take.push_back(&r);
+        }
+    }
+    const std::string which = " in subrequest #" + std::to_string(index) + " of this composite request";
+    if (could_take.empty()) {
+        return "route (none of upstream " + cfg.upstreams[upstream_index].name + " takes " +
+               std::string{method.substr(0, 16)} + " " + std::string{own_path.substr(0, 256)} + ")" + which;
+    }
+    for (const auto* r : could_take) {
+        if (r->upstream_index != upstream_index) {
+            return "route (" + r->name + ", of upstream " + cfg.upstreams[r->upstream_index].name + ", takes " +
+                   std::string{method.substr(0, 16)} + " " + std::string{own_path.substr(0, 256)} + ")" + which;
+        }
+        if (!scope.allows_route(r->name)) {
+            return "route " + r->name + which;
+        }
+    }
+    return {};
+}
+
 // What the agent's allow list and body constraints say now of a held request, as step 5 of
 // the live path would judge it ("" when they let it through): a reload that narrowed them
 // (the agent misfired) must not have a release send what they would refuse live. The route
-// is the one it was held on; a composite request's subrequests are held to the methods and
-// paths (their routes are matched against a live request's destination: not re-judged).
-std::string scope_now(const agent_config& a, const store::held_request& rec, const target_parts& tp,
-                      const upstream_config& up) {
+// is the one it was held on; a composite request's subrequests are held to the methods,
+// paths and routes (subrequest_route_now) of its allow list.
+std::string scope_now(const config& cfg, const agent_config& a, const store::held_request& rec, const target_parts& tp,
+                      std::size_t upstream_index) {
+    const upstream_config& up = cfg.upstreams[upstream_index];
     const agent_scope& scope = a.allow;
     if (auto why = scope.refusal(rec.route, rec.method, tp.path); !why.empty()) {
         return why;
@@ -178,8 +226,27 @@ std::string scope_now(const agent_config& a, const store::held_request& rec, con
         if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
             return "this composite request: " + unreadable;
         }
+        const route_config* held_route = cfg.find_route(rec.route);
+        std::string_view host;  // as the live path had it (session.cpp sets it at the hold)
+        for (const auto& [name, value] : rec.headers) {
+            if (host.empty() && iequals(name, "x-forwarded-host")) {
+                host = value;
+            }
+        }
         for (std::size_t i = 0; i < subs.size(); ++i) {
             if (auto why = subrequest_refusal(scope, i, subs[i].method, subs[i].path, up.base_path, up.name);
+                !why.empty()) {
+                return why;
+            }
+            if (scope.routes.empty()) {
+                continue;
+            }
+            if (held_route == nullptr) {
+                return "route " + rec.route + " (no longer configured)";
+            }
+            const std::string_view own_path = *path_under_base(subs[i].path, up.base_path);
+            if (auto why = subrequest_route_now(cfg, scope, *held_route, host, upstream_index, i, subs[i].method,
+                                                own_path);
                 !why.empty()) {
                 return why;
             }
@@ -383,7 +450,7 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
         if (const auto a = std::find_if(cfg.agents.begin(), cfg.agents.end(),
                                         [&](const agent_config& c) { return c.id == rec->agent; });
             !rec->agent.empty() && a != cfg.agents.end()) {
-            if (const auto why = scope_now(*a, *rec, tp, cfg.upstreams[upstream_index]); !why.empty()) {
+            if (const auto why = scope_now(cfg, *a, *rec, tp, upstream_index); !why.empty()) {
                 return store::result::failure("out_of_scope", "agent " + rec->agent + " may no longer send " +
                                                                   ticket + ": " + why +
                                                                   " (its allow list and constraints in the config "

@@ -197,20 +197,9 @@ const route_config* match_route(const config& cfg, std::string_view method, std:
                                          : !serves_destination(cfg, r, host_without_port(host), port, default_port))) {
             continue;
         }
-        // Without case, and an exact path also with one trailing slash: upstreams commonly
-        // serve /v3/Mail/send and /v3/mail/send/ as /v3/mail/send, so the route (and its
-        // rules) must meet them too. Matching more is the safe side.
-        const std::string_view trimmed = path.size() > 1 && path.back() == '/' ? path.substr(0, path.size() - 1) : path;
-        if (!m.path.empty() && !iequals(path, m.path) && !iequals(trimmed, m.path)) {
-            continue;
+        if (route_takes(r, method, path)) {
+            return &r;
         }
-        if (!m.path_prefix.empty() && !(path.size() >= m.path_prefix.size() && iequals(path.substr(0, m.path_prefix.size()), m.path_prefix))) {
-            continue;
-        }
-        if (!m.methods.empty() && std::find(m.methods.begin(), m.methods.end(), method) == m.methods.end()) {
-            continue;
-        }
-        return &r;
     }
     return nullptr;
 }

@@ -1652,6 +1652,73 @@ TEST(quarantine, a_release_is_held_to_the_agents_scope_and_constraints_as_they_a
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// The routes a held composite request's subrequests take are judged again at its release:
+// an agent whose allow list lost the route one of them takes sends nothing through it.
+TEST(quarantine, a_release_holds_composite_subrequests_to_the_routes_the_agent_may_use_now) {
+    fake_upstream up{[](const request&) { return respond(200, "{}"); }};
+    const auto dir = temp_dir();
+    auto json = [&](const std::string& routes, const std::string& extra_route = "") {
+        return "{\"workers\": 2, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+               "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+               "\"upstreams\": [{\"name\": \"salesforce\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"},"
+               "{\"name\": \"other\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "/x\"}],"
+               "\"routes\": [" + extra_route +
+               "{\"name\": \"sf-composite\", \"match\": {\"path\": \"/services/data/v59.0/composite\"}, \"upstream\": \"salesforce\"},"
+               "{\"name\": \"sf-accounts\", \"match\": {\"path_prefix\": \"/services/data/v59.0/sobjects/Account\"}, \"upstream\": \"salesforce\"},"
+               "{\"name\": \"sf-any\", \"match\": {\"path_prefix\": \"/services/data/\"}, \"upstream\": \"salesforce\"}],"
+               "\"failure_modes\": [{\"id\": \"writes\", \"title\": \"CRM writes\", \"severity\": \"sev2\"}],"
+               "\"breakers\": [{\"id\": \"crm-writes\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+               "\"rules\": [{\"id\": \"subrequests\", \"route\": \"sf-composite\", \"key\": [\"header:x-campaign-id\"],"
+               "\"measure\": {\"sum\": \"count($.compositeRequest[*])\"}, \"window\": \"1h\", \"limit\": 0,"
+               "\"failure_mode\": \"writes\", \"trips\": \"crm-writes\"}],"
+               "\"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") + "\"],"
+               "\"allow\": {\"routes\": [" + routes + "]}}],"
+               "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    };
+    auto with = [&](const std::string& routes, const std::string& extra_route = "") {
+        auto parsed = bb::parse_config(json(routes, extra_route));
+        EXPECT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+        return parsed.cfg;
+    };
+    const std::string as_held = R"("sf-composite", "sf-accounts")";
+    proxy_instance bb{json(as_held)};
+    const std::string body = R"({"compositeRequest": [{"method": "PATCH", "referenceId": "a",)"
+                             R"( "url": "/services/data/v59.0/sobjects/Account/001xx", "body": {"Name": "X"}}]})";
+    const std::vector<std::pair<std::string, std::string>> headers{
+        {"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}};
+    auto res = http_request(bb.port(), http::verb::post, "/services/data/v59.0/composite", body, headers);
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_FALSE(ticket.empty()) << "held";
+    bb::store::list_filter all;
+    for (const auto& [routes, extra, why] : std::vector<std::tuple<std::string, std::string, std::string>>{
+             {R"("sf-composite")", "", "route sf-accounts in subrequest #0 of this composite request"},
+             {R"("sf-composite", "sf-accounts")",
+              R"({"name": "sf-new", "match": {"path_prefix": "/services/data/v59.0/sobjects/"}, "upstream": "salesforce"},)",
+              "route sf-new in subrequest #0"},
+             {R"("sf-composite", "sf-accounts", "sf-elsewhere")",
+              R"({"name": "sf-elsewhere", "match": {"path_prefix": "/services/data/v59.0/sobjects/Account"}, "upstream": "other"},)",
+              "route (sf-elsewhere, of upstream other, takes PATCH"}}) {
+        bb.server().apply_config(with(routes, extra));
+        const auto refused = bb.server().remediation().release(ticket, "ops").get();
+        EXPECT_FALSE(refused.ok) << routes;
+        EXPECT_EQ(refused.code, "out_of_scope") << refused.message;
+        EXPECT_NE(refused.message.find(why), std::string::npos) << refused.message;
+        EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
+        EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+        const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
+        EXPECT_EQ(bulk.released, 0u) << routes;
+        EXPECT_EQ(up.request_count(), 0u) << routes;
+        // As the live path judges the same request now.
+        const auto live = http_request(bb.port(), http::verb::post, "/services/data/v59.0/composite", body, headers);
+        EXPECT_EQ(live.result_int(), 403u) << live.body();
+    }
+    // As it was when held: released.
+    bb.server().apply_config(with(as_held));
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
     // Held while the agent could send for real; the operator then put it in sandbox mode: a
     // release would be a real send of an agent that must not reach customers.
