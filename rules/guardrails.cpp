@@ -2291,6 +2291,55 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
     return (!f[0].array && json_key::matches(f[0].key, "tracking_settings")) || doc.may_have_key_list_unsubscribe();
 }
 
+// Whether the send names a template and every template it names is in the guard's
+// unsubscribe_templates (their stored copies carry the unsubscribe link, as the operator
+// says): SendGrid's template_id, SES's template name or ARN, HubSpot's emailId, Mailgun's
+// template, Salesforce's emailTemplateId (the duplicates guard's template fields). A template
+// named twice (a key given twice) must be listed both times; a body that cannot be read names
+// none.
+bool names_only_listed_templates(const content_guard& g, const guard_input& in) {
+    bool named = false;
+    bool unlisted = false;
+    auto see = [&](std::string_view id) {
+        named = true;
+        unlisted = unlisted || std::find(g.unsubscribe_templates.begin(), g.unsubscribe_templates.end(), id) ==
+                                   g.unsubscribe_templates.end();
+        return unlisted;
+    };
+    switch (kind_of(in)) {
+        case body_kind::json: {
+            detail::parsed_body& doc = doc_of(in);
+            path_tracker paths{g.template_index, g.template_fields, nullptr, nullptr, &doc, in.req.body};
+            const auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
+                                                        std::size_t, bool) {
+                paths.visit(fr);
+                if (paths.dead()) {
+                    return walk_next::skip;
+                }
+                const bool id = t == value_type::string ||
+                                (t == value_type::scalar && !text.empty() && (text[0] == '-' || (text[0] >= '0' && text[0] <= '9')));
+                if (!id || !paths.exact()) {
+                    return walk_next::go;
+                }
+                return see(text) ? walk_next::stop : walk_next::go;
+            });
+            if (res == json_walker::result::invalid) {
+                return false;
+            }
+            break;
+        }
+        case body_kind::form:
+            for (const auto& [name, value] : *in.form) {
+                if (form_selected(g.template_fields, name) && see(value)) {
+                    return false;
+                }
+            }
+            break;
+        case body_kind::text: return false;
+    }
+    return named && !unlisted;
+}
+
 // What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
 // the body is still read: a finding there wins over the unreadable message).
 guard_result check_content_fields(const content_guard& g, const guard_input& in, std::string& unreadable) {
@@ -2392,9 +2441,12 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
     }
     // The query's fields beside a body are read for what they add (terms, links); the body
     // was judged for its unsubscribe link already.
-    if (g.require_unsubscribe && !unsubscribe && !in.query_fields) {
-        return violated("missing unsubscribe link (no unsubscribe link or text, %unsubscribe_url%, asm group, "
-                        "subscription tracking or List-Unsubscribe header)");
+    if (g.require_unsubscribe && !unsubscribe && !in.query_fields &&
+        (g.unsubscribe_templates.empty() || !names_only_listed_templates(g, in))) {
+        return violated(std::string{"missing unsubscribe link (no unsubscribe link or text"} +
+                        (g.unsubscribe_words.empty() ? "" : ", none of unsubscribe_words") +
+                        ", %unsubscribe_url%, asm group, subscription tracking or List-Unsubscribe header" +
+                        (g.unsubscribe_templates.empty() ? "" : ", and a template not in unsubscribe_templates") + ")");
     }
     return {};
 }
@@ -3121,6 +3173,49 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         }
         if (auto ru = cr.boolean("require_unsubscribe")) {
             cg.require_unsubscribe = *ru;
+        }
+        if (auto words = cr.strings("unsubscribe_words")) {
+            if (words->size() > 32) {
+                errs.add(cr.path_of("unsubscribe_words"), "at most 32 words");
+            } else {
+                for (std::size_t i = 0; i < words->size(); ++i) {
+                    std::string w = (*words)[i];
+                    const bool control = std::any_of(w.begin(), w.end(), [](char c) {
+                        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+                    });
+                    if (w.size() < 3 || w.size() > 64 || control) {
+                        errs.add(cfg::child(cr.path_of("unsubscribe_words"), i),
+                                 cfg::quote(w) + " must be 3 to 64 bytes without control characters");
+                        continue;
+                    }
+                    for (auto& c : w) {
+                        c = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+                    }
+                    cg.unsubscribe_words.push_back(std::move(w));
+                }
+            }
+            if (!cg.require_unsubscribe) {
+                errs.add(cr.path_of("unsubscribe_words"), "needs require_unsubscribe: true");
+            }
+        }
+        if (auto ids = cr.strings("unsubscribe_templates")) {
+            if (ids->size() > max_list) {
+                errs.add(cr.path_of("unsubscribe_templates"), "at most " + std::to_string(max_list) + " templates");
+            } else {
+                for (std::size_t i = 0; i < ids->size(); ++i) {
+                    if ((*ids)[i].empty() || (*ids)[i].size() > max_term_bytes) {
+                        errs.add(cfg::child(cr.path_of("unsubscribe_templates"), i),
+                                 "a template id has 1 to " + std::to_string(max_term_bytes) + " bytes");
+                        continue;
+                    }
+                    cg.unsubscribe_templates.push_back((*ids)[i]);
+                }
+            }
+            if (!cg.require_unsubscribe) {
+                errs.add(cr.path_of("unsubscribe_templates"), "needs require_unsubscribe: true");
+            }
+            cg.template_fields = default_template_fields();
+            cg.template_index = path_index::of({&cg.template_fields});
         }
         cg.fields = read_fields(cr, "fields", default_content_fields(), true);
         cg.mime = take_mime(cg.fields);

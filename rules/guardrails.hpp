@@ -266,6 +266,13 @@ struct content_guard {
     domain_set link_domains;
     bool check_links = false;         // link_domains given
     bool require_unsubscribe = false;
+    // Other words that satisfy require_unsubscribe besides `unsubscribe` (`abmelden`,
+    // `désabonner`), ASCII lower-cased; and templates stored upstream with their own
+    // unsubscribe link: a send naming only such templates satisfies it.
+    std::vector<std::string> unsubscribe_words;
+    std::vector<std::string> unsubscribe_templates;
+    std::vector<guard_field> template_fields;  // where sends name templates (the duplicates guard's defaults)
+    path_index template_index;
     std::vector<guard_field> fields;  // defaults: subjects, bodies (SendGrid, SES, Mailgun)
     path_index index;
     std::vector<guard_field> mime;    // raw messages (the mime: fields; default SES v2 $.Content.Raw.Data)

@@ -663,6 +663,23 @@ bool has_unsubscribe(std::string_view text) {
     return false;
 }
 
+// Whether text holds one of a content guard's own unsubscribe words (`abmelden`,
+// `désabonner`: stored with ASCII lower-cased), ASCII in any case, outside an HTML comment,
+// as has_unsubscribe reads `unsubscribe`. Only when the guard has such words.
+bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_view text) {
+    for (const auto& w : words) {
+        const auto first = static_cast<unsigned char>(w[0]);
+        const auto other = is_lower(first) ? static_cast<unsigned char>(first - 32) : first;
+        for (std::size_t i = 0; i + w.size() <= text.size(); ++i) {
+            const auto c = static_cast<unsigned char>(text[i]);
+            if ((c == first || c == other) && iequals_lower(text.substr(i, w.size()), w) && !in_html_comment(text, i)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 // Calls f(start, end) for every word of text in order; stops when f returns true.
 // The reference walk: every word, one by one (the fast scanners use for_each_start).
 template <class F>
@@ -2404,6 +2421,9 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     std::size_t starts[16];
     std::size_t nwords = 0;
     char lower[64];
+    if (!unsubscribe && !g.unsubscribe_words.empty() && has_unsubscribe_word(g.unsubscribe_words, text)) {
+        unsubscribe = true;
+    }
     return for_each_word(text, [&](std::size_t s, std::size_t e) {
         if (is_punctuation_reference(text, s, e)) {
             return false;  // `amp` of `&amp;`: read as the punctuation it shows
@@ -2503,7 +2523,8 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
 // so terms are looked for only in the words before the first link.
 bool scan_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit, bool terms_only,
                   bool* split_by_tag) {
-    if (!terms_only && !unsubscribe && has_unsubscribe(text)) {
+    if (!terms_only && !unsubscribe &&
+        (has_unsubscribe(text) || (!g.unsubscribe_words.empty() && has_unsubscribe_word(g.unsubscribe_words, text)))) {
         unsubscribe = true;
     }
     std::string_view host;

@@ -1489,6 +1489,54 @@ TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     EXPECT_TRUE(f.check(tx).allowed());
 }
 
+// Other languages' unsubscribe wording, as the operator lists it; ASCII in any case, not in
+// an HTML comment, in every scanned field (Mailgun's html here too).
+TEST(GuardContent, UnsubscribeWordsOfOtherLanguages) {
+    fixture f{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_words": ["Abmelden", "désabonner", "配信停止"]})j")};
+    for (const std::string footer : {"<p>Hier ABMELDEN</p>", "<a href=\\\"https://example.com/x\\\">Se d\u00e9sabonner</a>",
+                                     "<p>Pour vous désabonner, cliquez ici</p>", "<p>配信停止はこちら</p>",
+                                     "<p>Unsubscribe</p>"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(footer)).allowed()) << footer;
+    }
+    for (const std::string none : {"<p>Große Aktion</p>", "<!-- abmelden --><p>Aktion</p>", "<p>Abmeld</p>",
+                                   "<p>DÉSABONNER</p>"}) {
+        const auto d = f.check_body(sendgrid(none));
+        EXPECT_EQ(d.outcome, verdict::violated) << none;
+        EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link (no unsubscribe link or text, none of unsubscribe_words"))
+            << none;
+    }
+    request mg;
+    mg.content_type = "application/x-www-form-urlencoded";
+    mg.body = "to=jane%40example.com&subject=Aktion&html=%3Cp%3EHier+abmelden%3C%2Fp%3E";
+    EXPECT_TRUE(f.check(mg).allowed());
+    // Without the list, only `unsubscribe` counts.
+    fixture english{content_rule(R"j({"require_unsubscribe": true})j")};
+    EXPECT_FALSE(english.check_body(sendgrid("<p>Hier abmelden</p>")).allowed());
+}
+
+// A template stored upstream carries its own footer: the operator lists such templates, and a
+// send naming only listed ones needs no link in the request.
+TEST(GuardContent, UnsubscribeTemplatesListedByTheOperator) {
+    fixture f{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_templates": ["d-0a1b2c", "spring-footer", "4242"]})j")};
+    const std::string sg = R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}],
+        "from": {"email": "news@example.com"}, "template_id": ")j";
+    EXPECT_TRUE(f.check_body(sg + R"j(d-0a1b2c"})j").allowed());
+    for (const std::string other : {sg + R"j(d-999"})j", sg + R"j(D-0A1B2C"})j", sg + R"j(d-0a1b2c", "template_id": "d-999"})j",
+                                    sg + R"j(d-999", "template_id": "d-0a1b2c"})j",
+                                    std::string{R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}], "content": [{"type": "text/html", "value": "<p>Sale</p>"}]})j"}}) {
+        const auto d = f.check_body(other);
+        EXPECT_EQ(d.outcome, verdict::violated) << other;
+        EXPECT_THAT(d.reason, HasSubstr("a template not in unsubscribe_templates")) << other;
+    }
+    // SES by name, HubSpot by number, Mailgun's template field.
+    EXPECT_TRUE(f.check_body(R"j({"Destination": {"ToAddresses": ["jane@example.com"]},
+        "Content": {"Template": {"TemplateName": "spring-footer", "TemplateData": "{}"}}})j").allowed());
+    EXPECT_TRUE(f.check_body(R"j({"emailId": 4242, "message": {"to": "jane@example.com"}})j").allowed());
+    EXPECT_FALSE(f.check_body(R"j({"emailId": 4243, "message": {"to": "jane@example.com"}})j").allowed());
+    EXPECT_TRUE(f.check_body("to=jane%40example.com&template=spring-footer", "application/x-www-form-urlencoded").allowed());
+    EXPECT_FALSE(f.check_body("to=jane%40example.com&template=other", "application/x-www-form-urlencoded").allowed());
+}
+
 // ---------------------------------------------------------------------------------------
 // Raw messages (SES v2 Content.Raw.Data): read as a mail client shows them.
 
@@ -2713,6 +2761,21 @@ std::vector<std::string> guard_errors(std::string_view rules_json) {
         out.push_back(e.to_string());
     }
     return out;
+}
+
+TEST(GuardConfig, UnsubscribeWordsAndTemplatesErrorsNameTheirPath) {
+    const auto errs = guard_errors(content_rule(
+        R"j({"blocked_terms": ["x"], "unsubscribe_words": ["ab", "ok word", "tab\tword"], "unsubscribe_templates": [""]})j"));
+    std::string all;
+    for (const auto& e : errs) {
+        all += e + "\n";
+    }
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[0]: \"ab\" must be 3 to 64 bytes without control characters"));
+    EXPECT_THAT(all, Not(HasSubstr("unsubscribe_words[1]")));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[2]"));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words: needs require_unsubscribe: true"));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_templates[0]: a template id has 1 to 256 bytes"));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_templates: needs require_unsubscribe: true"));
 }
 
 TEST(GuardConfig, SuppressionBypassIsRefuseOrAllow) {
