@@ -151,6 +151,7 @@ struct block_masks {
     std::uint64_t sep;    // ' ' '-' '.': what may join the digit groups of a card or an SSN (pii)
     std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
     std::uint64_t lt;     // '<': where a tag may join what is written on both sides of it
+    std::uint64_t high;   // bytes >= 0x80: a number glued to non-ASCII text starts a group (pii)
 };
 
 // Classifies n blocks at p into out; 64 * n + 1 bytes are readable (the pair prefilter reads
@@ -160,7 +161,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
     for (std::size_t blk = 0; blk < n; ++blk, p += 64) {
         block_masks& m = out[blk];
         m.word = 0;
-        m.digit = m.sep = m.lt = 0;
+        m.digit = m.sep = m.lt = m.high = 0;
         m.pairs = M == scan_mode::pii ? 0 : ~0ull;
 #if defined(__SSE2__)
         // Range checks as one signed compare each: x + (128 - lo) < -128 + width.
@@ -198,6 +199,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
                                                  _mm_cmpeq_epi8(c, _mm_set1_epi8('.')));
                 m.digit |= bits(digit);
                 m.sep |= bits(sep);
+                m.high |= bits(c);
                 m.pairs |= bits(first);
             }
         }
@@ -209,6 +211,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
                 m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
+                m.high |= static_cast<std::uint64_t>(c >= 0x80) << i;
                 const bool first = is_upper(c) || (secrets && (c == 'b' || c == 'g' || c == 'r' || c == 's' || c == 'x'));
                 m.pairs |= static_cast<std::uint64_t>(first) << i;
             }
@@ -292,6 +295,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
         std::uint64_t sep = 0;
         std::uint64_t pairs = 0;
         std::uint64_t lt = 0;
+        std::uint64_t high = 0;
         for (int k = 0; k < 2; ++k) {
             const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * k));
             const __m256i c_lo = low_nibbles(c);
@@ -305,6 +309,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
             if constexpr (M == scan_mode::pii) {
                 digit |= bits32(_mm256_slli_epi16(cls, 5)) << shift;  // cls_digit is bit 2
                 sep |= bits32(_mm256_slli_epi16(cls, 1)) << shift;    // cls_sep is bit 6
+                high |= bits32(c) << shift;
             }
             if (pt) {
                 const __m256i next = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * k + 1));
@@ -318,6 +323,7 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
         out[blk].sep = sep;
         out[blk].pairs = pt ? pairs : ~0ull;
         out[blk].lt = lt;
+        out[blk].high = high;
     }
 }
 
@@ -376,7 +382,7 @@ bool for_each_block(std::string_view text, const pair_tables* pairs, bool secret
     if (n <= 16) {
         // A short text (most JSON values): classified byte by byte, cheaper than setting up
         // a block. No pair prefilter (all ones): the exact checks that follow decide.
-        block_masks m{0, 0, 0, ~0ull, 0};
+        block_masks m{0, 0, 0, ~0ull, 0, 0};
         for (std::size_t i = 0; i < n; ++i) {
             const unsigned char c = p[i];
             m.word |= static_cast<std::uint64_t>(table.word[c]) << i;
@@ -384,6 +390,7 @@ bool for_each_block(std::string_view text, const pair_tables* pairs, bool secret
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
                 m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
+                m.high |= static_cast<std::uint64_t>(c >= 0x80) << i;
             }
         }
         return n > 0 && f(0, m);
@@ -1718,7 +1725,6 @@ bool all_of_range(std::string_view text, std::size_t s, std::size_t e, bool (*pr
 }
 
 bool upper_alnum(unsigned char c) { return is_upper(c) || is_digit(c); }
-bool digit_pred(unsigned char c) { return is_digit(c); }
 
 std::size_t token_run(std::string_view text, std::size_t from, std::size_t enough) {
     std::size_t n = 0;
@@ -1811,10 +1817,17 @@ struct pii_scan {
             if (!(card || ssn)) {
                 return false;
             }
-            if (e - s > 19 || !all_of_range(text, s, e, digit_pred)) {
+            // A number ends where non-ASCII text is glued to it (`4111...1111円`, CJK text
+            // puts no space there); digits glued to ASCII letters or `_` are a word, no number.
+            std::size_t d = s;
+            while (d < e && d - s <= 19 && is_digit(static_cast<unsigned char>(text[d]))) {
+                ++d;
+            }
+            if (d - s > 19 || (d < e && static_cast<unsigned char>(text[d]) < 0x80)) {
                 dg.clear();
                 return false;
             }
+            e = d;
             char sep = 0;
             if (dg.n > 0 && s == dg.end + 1 && (text[dg.end] == ' ' || text[dg.end] == '-' || text[dg.end] == '.')) {
                 sep = text[dg.end];
@@ -1840,7 +1853,19 @@ struct pii_scan {
 
 bool scan_pii_reference(std::uint8_t kinds, std::string_view text, text_hit* hit) {
     pii_scan scan{kinds};
-    return for_each_word(text, [&](std::size_t s, std::size_t e) { return scan.word(text, s, e, hit); });
+    return for_each_word(text, [&](std::size_t s, std::size_t e) {
+        if (scan.word(text, s, e, hit)) {
+            return true;
+        }
+        // Digits glued after non-ASCII text (`番号4111...`, `：4111...`) start a number too.
+        for (std::size_t i = s + 1; i < e; ++i) {
+            if (is_digit(static_cast<unsigned char>(text[i])) && static_cast<unsigned char>(text[i - 1]) >= 0x80 &&
+                scan.word(text, i, e, hit)) {
+                return true;
+            }
+        }
+        return false;
+    });
 }
 
 namespace {
@@ -1950,7 +1975,9 @@ bool lower_iban_start(const unsigned char* p, std::size_t s, std::size_t n) {
 bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* split_by_tag) {
     pii_scan scan{kinds};
     // Only the words pii_scan::word can do something with:
-    // - starting with a digit, and only inside a chain of digits joined by single spaces,
+    // - starting with a digit (a word's first byte, or a digit right after a byte >= 0x80:
+    //   pii_scan reads a number glued to non-ASCII text as one), and only inside a chain of
+    //   digits joined by single spaces,
     //   dashes or dots at least as long as an SSN (11) or a card (13): every card or SSN it
     //   checks is made of such groups, and a digit group outside those chains can neither be
     //   part of one nor change the groups kept for one (it is not adjacent to any);
@@ -1969,11 +1996,15 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
     const std::size_t n = text.size();
     std::uint64_t carry = 0;
     std::uint64_t number_carry = 0;  // bit 0: the previous block ended with a digit; bit 1: with a separator after one
+    std::uint64_t high_carry = 0;    // the previous block ended with a byte >= 0x80
     std::size_t tags_read = 0;       // see digits_joined_by_tags
     const pair_tables* pairs = upper ? (pick ? &pii_pairs_secrets : &pii_pairs_iban) : nullptr;
     return for_each_block<scan_mode::pii>(text, pairs, pick,
                                           [&](std::size_t block, const block_masks& m) __attribute__((always_inline)) {
         const std::uint64_t starts = word_starts(m, carry);
+        // Digits right after non-ASCII text start a number inside a word (`番号4111...`).
+        const std::uint64_t after_high = (m.high << 1) | high_carry;
+        high_carry = m.high >> 63;
         std::uint64_t cand = 0;
         if (digits && split_by_tag != nullptr) {
             // A tag right after a digit (or a separator) may join two groups of one number:
@@ -1992,7 +2023,7 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
             // A separator counts when a digit is on both sides (unknown across the block
             // edge: assumed, to be safe).
             const std::uint64_t joined = m.sep & ((m.digit << 1) | 1u) & ((m.digit >> 1) | (1ull << 63));
-            cand |= starts & m.digit & long_runs(m.digit | joined, chain);
+            cand |= (starts | after_high) & m.digit & long_runs(m.digit | joined, chain);
         }
         if (upper) {
             cand |= starts & m.pairs;
@@ -2030,7 +2061,9 @@ std::string classification_mismatch(std::string_view text) {
             const bool sep = (m.sep >> i) & 1u;
             const bool pair = (m.pairs >> i) & 1u;
             const bool lt = (m.lt >> i) & 1u;
+            const bool high = (m.high >> i) & 1u;
             if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-' || c == '.') || lt != (c == '<') ||
+                high != (c >= 0x80) ||
                 (!pair && !is_digit(c) && pii_pair(c, next, true, secrets))) {
                 out = std::string{which} + ": byte " + std::to_string(c) + " at " + std::to_string(block + i);
             }

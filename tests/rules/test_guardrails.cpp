@@ -375,6 +375,23 @@ TEST(GuardPii, DigitsOfOtherScriptsAndStyledDigitsAreRead) {
     EXPECT_TRUE(f.check_body(sendgrid("<p>\xD9\xA1\xD9\xA2\xD9\xA3 caf\x65\xCC\x81</p>")).allowed());
 }
 
+// CJK text puts no space around numbers: a card or an SSN glued to non-ASCII text on either
+// side is still one (`カード番号：4111...です`); glued to ASCII letters it is part of a word.
+TEST(GuardPii, NumbersGluedToNonAsciiTextAreRead) {
+    fixture f{pii_rule(R"j({"pii": ["card", "ssn"]})j")};
+    for (const std::string text : {"\xE7\x95\xAA\xE5\x8F\xB7" "4111111111111111",            // 番号4111...
+                                   "\xEF\xBC\x9A" "4111 1111 1111 1111\xE3\x81\xA7\xE3\x81\x99",  // ：4111 ...です
+                                   "4111-1111-1111-1111\xE5\x86\x86",                           // ...円
+                                   "\xE7\x95\xAA\xE5\x8F\xB7" "078-05-1120\xE3\x81\xA7\xE3\x81\x99"}) {
+        const auto d = f.check_body(sendgrid("<p>" + text + "</p>"));
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+    }
+    for (const std::string text : {"card4111111111111111", "4111111111111111x", "id_4111111111111111",
+                                   "\xE7\x95\xAA" "4111111111111111" "0000", "\xE7\x95\xAA" "41111111\xE7\x95\xAA" "11111111"}) {
+        EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
+    }
+}
+
 TEST(GuardPii, InNarrowsTheScanToJsonPaths) {
     const std::string body = sendgrid("<p>Hello</p>", R"j(, "custom_args": {"note": "4111 1111 1111 1111"})j");
     fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content[*].value", "$.subject"]})j")};
@@ -1521,7 +1538,7 @@ TEST(GuardContent, UnsubscribeTemplatesListedByTheOperator) {
     const std::string sg = R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}],
         "from": {"email": "news@example.com"}, "template_id": ")j";
     EXPECT_TRUE(f.check_body(sg + R"j(d-0a1b2c"})j").allowed());
-    for (const std::string other : {sg + R"j(d-999"})j", sg + R"j(D-0A1B2C"})j", sg + R"j(d-0a1b2c", "template_id": "d-999"})j",
+    for (const std::string& other : {sg + R"j(d-999"})j", sg + R"j(D-0A1B2C"})j", sg + R"j(d-0a1b2c", "template_id": "d-999"})j",
                                     sg + R"j(d-999", "template_id": "d-0a1b2c"})j",
                                     std::string{R"j({"personalizations": [{"to": [{"email": "jane@example.com"}]}], "content": [{"type": "text/html", "value": "<p>Sale</p>"}]})j"}}) {
         const auto d = f.check_body(other);
@@ -2993,7 +3010,9 @@ struct text_gen {
             }
             case 6: return chars("abcdefghijklmnopqrstuvwxyz", 1 + pick(9));
             case 7: return chars("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 1 + pick(5));
-            case 8: return one({"\xc3\xa9t\xc3\xa9", "_x", "x4111111111111111", "4111111111111111x", "\xe2\x82\xac" "4111"});
+            case 8: return one({"\xc3\xa9t\xc3\xa9", "_x", "x4111111111111111", "4111111111111111x", "\xe2\x82\xac" "4111",
+                                "\xe7\x95\xaa" "4111111111111111", "4111 1111 1111 1111\xe5\x86\x86", "\xef\xbc\x9a" "078-05-1120",
+                                "\xe7\x95\xaa" "41111111\xe7\x95\xaa" "11111111", "\xc3\xa9" "1 " "\xc3\xa9" "4111-1111"});
             case 9: return digits(1 + pick(25));
             case 10: return chars("0123456789 -", 1 + pick(40));
             default: return one({"px", "#", "$", "+1 (", ")", "2026-03-14", "1Z 999 AA1 01 2345 6784"});
