@@ -76,6 +76,43 @@ public:
 
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
     void add_recipient_list(std::string_view list) { recipients_ += recipient_list_size(list); }
+
+    // A Mailgun send's to/cc/bcc: also refused, to an agent held to max_recipients, when an
+    // address is at the sending domain itself. That is where Mailgun mailing lists live
+    // (`newsletter@mg.example.com` is every member of the list, one address in the body), and
+    // where no customer has a mailbox: the list's size cannot be counted against the limit.
+    void add_mailgun_recipients(std::string_view list) {
+        const std::uint64_t n = recipient_list_size(list);
+        recipients_ += n;
+        if (!checks_count() || mailgun_domain_.empty()) {
+            return;
+        }
+        for (const auto item : s_.items) {
+            detail::normalize_address(item, s_.addr);
+            const auto at = s_.addr.rfind('@');
+            if (at == std::string::npos) {
+                continue;
+            }
+            std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+            std::string unicode;
+            if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
+                domain = unicode;
+            }
+            if (iequals(domain, mailgun_domain_)) {
+                fail("a recipient at the sending domain " + shown(mailgun_domain_) +
+                     " (a Mailgun mailing list's address: one address for all its members), whose size this agent's "
+                     "max_recipients cannot count");
+                return;
+            }
+        }
+    }
+    void mailgun_domain(std::string_view domain) {
+        mailgun_domain_.assign(domain);
+        std::string unicode;  // in the form normalize_address gives a recipient's domain
+        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
+            mailgun_domain_ = unicode;
+        }
+    }
     // The addresses in such a list (not added).
     std::uint64_t recipient_list_size(std::string_view list) {
         s_.items.clear();
@@ -216,6 +253,7 @@ private:
     std::uint64_t recipients_ = 0;
     std::uint64_t templates_ = 0;  // template ids named, allowed or not
     std::string own_content_;      // the first field of content of its own (own_content)
+    std::string mailgun_domain_;   // a Mailgun send's sending domain (the path's), Unicode form
     std::string reason_;
 };
 
@@ -602,9 +640,10 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
             destinations += k.recipient_list_size(value);  // a list, as the meter splits it
-        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || iequals(name, "to[]") ||
-                   iequals(name, "cc[]") || iequals(name, "bcc[]") || destination_address(name) ||
-                   bulk_destination(name)) {
+        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc")) {
+            k.add_mailgun_recipients(value);
+        } else if (iequals(name, "to[]") || iequals(name, "cc[]") || iequals(name, "bcc[]") ||
+                   destination_address(name) || bulk_destination(name)) {
             // (`to[]`: SendGrid's v2 mail.send.json, a form post with repeated array fields.)
             k.add_recipient_list(value);
         } else if (iequals(name, "from") || iequals(name, "Source") || iequals(name, "h:From") ||
@@ -771,6 +810,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     checker k{c, s};
     if (const auto domain = mailgun_sending_domain(path)) {
         k.sending_domain(*domain);
+        k.mailgun_domain(*domain);
     }
     if (first != std::string_view::npos &&
         (mentions_json(content_type) || (!form && (json[first] == '{' || json[first] == '[')))) {

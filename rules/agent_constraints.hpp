@@ -44,7 +44,8 @@ struct body_constraints {
 // differently cannot slip past. Empty constraints pass every body without reading it.
 // `query`: the request's query string (no '?'); a form-based API may read its fields too.
 // `path`: the request's path (no query); a Mailgun send's sending domain in it
-// (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one;
+// (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one,
+// and a recipient at that domain itself (a Mailgun mailing list) is refused to max_recipients;
 // a call that sends mail stored upstream, which no body shows (scheduling a SendGrid Single
 // Send or campaign, publishing a HubSpot marketing email), is refused to an agent with any
 // constraint; SendGrid's Marketing test

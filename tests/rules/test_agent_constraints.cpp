@@ -402,6 +402,34 @@ TEST(AgentConstraints, CrmBodiesWithoutEmailFieldsPass) {
     EXPECT_EQ(check_body_constraints(c, "text/plain", "to=a@b.com,c@d.com&from=x@evil.example"), "");
 }
 
+// A Mailgun mailing list is one address at the sending domain for all its members: an agent
+// held to max_recipients may not send to it (its size cannot be counted).
+TEST(AgentConstraints, MailgunListAddressesAreRefusedToAnAgentWithMaxRecipients) {
+    const std::string path = "/v3/mg.example.com/messages";
+    const std::string refused =
+        "a recipient at the sending domain \"mg.example.com\" (a Mailgun mailing list's address: one address for all its "
+        "members), whose size this agent's max_recipients cannot count";
+    for (const std::string to : {"to=newsletter%40mg.example.com", "to=a%40example.com&cc=News%20%3CNewsletter%40MG.Example.COM%3E",
+                                 "to=a%40example.com%2C%20all%40mg.example.com", "bcc=%22all%22%40mg.example.com."}) {
+        EXPECT_EQ(check_body_constraints(max(1000), urlencoded, "from=news%40mg.example.com&subject=Hi&" + to, {}, path),
+                  refused)
+            << to;
+    }
+    EXPECT_EQ(check_body_constraints(max(1000), urlencoded, "to=a%40example.com", "to=all%40mg.example.com", path), refused)
+        << "in the query string too";
+    EXPECT_EQ(check_body_constraints(max(1000), urlencoded, "to=n%40mg.xn--bcher-kva.de", {}, "/v3/mg.b%C3%BCcher.de/messages"),
+              "a recipient at the sending domain \"mg.b??cher.de\" (a Mailgun mailing list's address: one address for all "
+              "its members), whose size this agent's max_recipients cannot count");
+    // Other domains, a subdomain of the sending domain, or no limit on recipients: as before.
+    for (const std::string to : {"to=jane%40example.com", "to=jane%40eu.mg.example.com", "to=jane%40mg.example.co"}) {
+        EXPECT_EQ(check_body_constraints(max(1000), urlencoded, to, {}, path), "") << to;
+    }
+    EXPECT_EQ(check_body_constraints(domains({"mg.example.com"}), urlencoded, "from=a%40mg.example.com&to=all%40mg.example.com",
+                                     {}, path),
+              "");
+    EXPECT_EQ(check_body_constraints(max(1000), urlencoded, "to=all%40mg.example.com"), "") << "not a Mailgun send";
+}
+
 TEST(AgentConstraints, MailgunUrlencoded) {
     EXPECT_EQ(check_body_constraints(max(5), urlencoded, mailgun_form), "");
     EXPECT_EQ(check_body_constraints(max(4), urlencoded, mailgun_form),
