@@ -1984,7 +1984,7 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
     // - starting with an upper-case letter or b g r s x, and only with the second bytes of an
     //   IBAN or of a secret (pii_pair);
     // - starting with two lower-case letters and two digits (a lower-case IBAN): from the
-    //   digit classes, two and three bytes on (unknown across the block edge: assumed).
+    //   digit classes, two and three bytes on.
     const bool digits = scan.card || scan.ssn;
     const bool upper = scan.iban || scan.secrets;
     const bool pick = scan.secrets;
@@ -2029,7 +2029,13 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
             cand |= starts & m.pairs;
         }
         if (scan.iban) {
-            cand |= starts & ~m.digit & ((m.digit >> 2) | (3ull << 62)) & ((m.digit >> 3) | (7ull << 61));
+            // Two and three bytes on: past the block edge read from the text (3 bytes), which
+            // is cheaper than taking every word start near the edge as a candidate.
+            std::uint64_t next = 0;  // bits 0-2: digits at block + 64, 65, 66
+            for (unsigned k = 0; k < 3; ++k) {
+                next |= static_cast<std::uint64_t>(block + 64 + k < n && is_digit(p[block + 64 + k])) << k;
+            }
+            cand |= starts & ~m.digit & ((m.digit >> 2) | (next << 62)) & ((m.digit >> 3) | (next << 61));
         }
         while (cand != 0) {
             const auto b = static_cast<unsigned>(__builtin_ctzll(cand));
