@@ -326,8 +326,12 @@ cert_minter::entry cert_minter::mint(const std::string& host, bool ip, time_poin
         throw fail("serial");
     }
 
-    // Backdated an hour for clients whose clocks run a little behind ours.
-    const time_point not_before = now - std::chrono::hours{1};
+    // Backdated an hour for clients whose clocks run a little behind ours, less when the
+    // lifetime is near 825 days: Apple's clients refuse a server certificate whose notBefore
+    // and notAfter are more than 825 days apart (the config's leaf_lifetime is at most that).
+    const auto apple_longest = std::chrono::days{825};
+    const time_point not_before =
+        std::max(now - std::chrono::hours{1}, std::min(now, std::chrono::time_point_cast<std::chrono::seconds>(not_after - apple_longest)));
     if (X509_set_issuer_name(x, X509_get_subject_name(ca_.get())) != 1 ||
         !set_time(X509_getm_notBefore(x), not_before) || !set_time(X509_getm_notAfter(x), not_after) ||
         X509_set_pubkey(x, leaf_key_.get()) != 1) {

@@ -388,6 +388,26 @@ TEST(cert_minter, the_same_ca_and_settings_are_the_same_minter) {
     EXPECT_FALSE(a.same_as(cert_minter{cert("ca.pem"), cert("ca.key"), 16, std::chrono::hours{48}, &clock}));
 }
 
+// Apple's clients refuse a leaf valid for more than 825 days, notBefore to notAfter: at the
+// longest lifetime the config allows, the backdate shrinks so the leaf stays within it.
+TEST(cert_minter, a_leaf_of_825_days_is_not_valid_for_longer) {
+    bb::manual_clock clock;
+    cert_minter m{cert("ca.pem"), cert("ca.key"), 16, std::chrono::days{825}, &clock};
+    const auto l = m.get("apple.example");
+    int days = 0;
+    int secs = 0;
+    ASSERT_EQ(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(l.cert.get()), X509_get0_notAfter(l.cert.get())), 1);
+    EXPECT_LE(days * 86400LL + secs, 825LL * 86400) << days << " days " << secs << " s";
+    EXPECT_GE(days * 86400LL + secs, 825LL * 86400 - 1);
+    EXPECT_LE(ASN1_TIME_cmp_time_t(X509_get0_notBefore(l.cert.get()), std::chrono::system_clock::to_time_t(clock.wall_now())), 0)
+        << "valid now";
+    // A week's leaf keeps its hour of backdating.
+    cert_minter week{cert("ca.pem"), cert("ca.key"), 16, std::chrono::days{7}, &clock};
+    const auto w = week.get("week.example");
+    ASSERT_EQ(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(w.cert.get()), X509_get0_notAfter(w.cert.get())), 1);
+    EXPECT_EQ(days * 86400LL + secs, 7LL * 86400 + 3600);
+}
+
 TEST(cert_minter, leaves_never_outlive_the_ca) {
     bb::manual_clock clock;
     cert_minter m{cert("ca.pem"), cert("ca.key"), 16, std::chrono::hours{24 * 365 * 100}, &clock};
