@@ -199,6 +199,7 @@ public:
             own_content_ = std::string{where};
         }
     }
+    const std::string& own_content_where() const { return own_content_; }
 
     std::string finish() {
         if (reason_.empty() && !c_.template_ids.empty() && recipients_ > 0 && !own_content_.empty()) {
@@ -785,29 +786,24 @@ void sendgrid_test_send(checker& k, element root) {
 
 }  // namespace
 
-std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
-                                   std::string_view query, std::string_view path, std::string_view method) {
-    if (c.empty()) {
-        return {};
-    }
-    if (const auto what = stored_send(method, path); !what.empty()) {
-        // Whatever the body says (`{"send_at": "now"}`): the mail's recipients, sender and
-        // template are the stored ones.
-        return "this request " + std::string{what} +
-               ", whose recipients, sender and content this agent's constraints cannot read";
-    }
+namespace {
+
+constexpr std::string_view no_body = "(no body)";
+
+// Reads what the body (and a form API's query string) says into `k`: "" when read, why not
+// otherwise, or no_body when there is none.
+std::string read_body(checker& k, scratch& s, std::string_view content_type, std::string_view body,
+                      std::string_view query, std::string_view path) {
     const bool form = reads_as_form(content_type, body, query);  // a BOM alone is no body there either
     // Past a byte order mark, as the meter and the guards read a JSON body (and Jackson).
     const std::string_view json = without_bom(body);
     const auto first = json.find_first_not_of(" \t\r\n");
     if (first == std::string_view::npos && !form) {
-        return {};  // no body: no recipient, no from, no template
+        return std::string{no_body};  // no recipient, no from, no template
     }
     if (auto why = unreadable_form(content_type, body, query); !why.empty()) {
         return why;
     }
-    scratch& s = local();
-    checker k{c, s};
     if (const auto domain = mailgun_sending_domain(path)) {
         k.sending_domain(*domain);
         k.mailgun_domain(*domain);
@@ -835,7 +831,39 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
         parse_form({}, query, s.form);  // urlencoded
         walk_form(k, s.form);
     }
+    return {};
+}
+
+}  // namespace
+
+std::string check_body_constraints(const body_constraints& c, std::string_view content_type, std::string_view body,
+                                   std::string_view query, std::string_view path, std::string_view method) {
+    if (c.empty()) {
+        return {};
+    }
+    if (const auto what = stored_send(method, path); !what.empty()) {
+        // Whatever the body says (`{"send_at": "now"}`): the mail's recipients, sender and
+        // template are the stored ones.
+        return "this request " + std::string{what} +
+               ", whose recipients, sender and content this agent's constraints cannot read";
+    }
+    scratch& s = local();
+    checker k{c, s};
+    if (auto why = read_body(k, s, content_type, body, query, path); !why.empty()) {
+        return why == no_body ? std::string{} : why;
+    }
     return k.finish();
+}
+
+std::string own_content_field(std::string_view content_type, std::string_view body, std::string_view query,
+                              std::string_view path) {
+    static const body_constraints none;
+    scratch& s = local();
+    checker k{none, s};
+    if (auto why = read_body(k, s, content_type, body, query, path); !why.empty()) {
+        return why == no_body ? std::string{} : "(a body that cannot be read: " + why + ")";
+    }
+    return k.own_content_where();
 }
 
 std::string_view without_format_suffix(std::string_view path) {

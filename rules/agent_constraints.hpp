@@ -55,6 +55,14 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
                                    std::string_view query = {}, std::string_view path = {},
                                    std::string_view method = {});
 
+// Where a send carries content of its own, which the API sends as written beside or instead
+// of a template, as template_ids judges it (SES Content.Simple, Raw or an inline
+// TemplateContent, SendGrid content beside a legacy template, a Salesforce emailBody without
+// a template, SES v1 Message.*, a raw message): its first such field, "" for none, and a
+// reason in parentheses for a body that cannot be read (fail closed: content of its own).
+std::string own_content_field(std::string_view content_type, std::string_view body, std::string_view query = {},
+                              std::string_view path = {});
+
 // Salesforce reads a resource with `.json` or `.xml` appended (the response's format, in
 // REST API versions up to 57.0) as the resource itself: `/composite.json` is /composite.
 // The path without that suffix (any case), or as it is.

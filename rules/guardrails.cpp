@@ -2,6 +2,7 @@
 // paths and byte offsets), the per-kind checks and the duplicate counter.
 
 #include "rules/guardrails.hpp"
+#include "rules/agent_constraints.hpp"
 
 #include "core/byte_codec.hpp"
 #include "core/hex.hpp"
@@ -2296,8 +2297,18 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
 // says): SendGrid's template_id, SES's template name or ARN, HubSpot's emailId, Mailgun's
 // template, Salesforce's emailTemplateId (the duplicates guard's template fields). A template
 // named twice (a key given twice) must be listed both times; a body that cannot be read names
-// none.
+// none. Nor does a send that also carries content of its own, which the API sends as written
+// instead (SES Content.Simple beside a template key of another API, an inline
+// TemplateContent, a Salesforce input with its own emailBody: own_content_field; Mailgun html
+// or text).
 bool names_only_listed_templates(const content_guard& g, const guard_input& in) {
+    // (SendGrid's `content` beside a legacy template goes into the template's <%body%>, inside
+    // the frame that carries the footer: not content of its own here.)
+    if (const auto own = own_content_field(in.req.content_type, in.req.body, in.req.query,
+                                           in.req.upstream_path.empty() ? in.req.path : in.req.upstream_path);
+        !own.empty() && own != "content") {
+        return false;
+    }
     bool named = false;
     bool unlisted = false;
     auto see = [&](std::string_view id) {
@@ -2332,6 +2343,9 @@ bool names_only_listed_templates(const content_guard& g, const guard_input& in) 
             for (const auto& [name, value] : *in.form) {
                 if (form_selected(g.template_fields, name) && see(value)) {
                     return false;
+                }
+                if ((ieq(name, "html") || ieq(name, "text") || ieq(name, "amp-html")) && !blank(value)) {
+                    return false;  // Mailgun's own content beside its template
                 }
             }
             break;
@@ -2446,7 +2460,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
         return violated(std::string{"missing unsubscribe link (no unsubscribe link or text"} +
                         (g.unsubscribe_words.empty() ? "" : ", none of unsubscribe_words") +
                         ", %unsubscribe_url%, asm group, subscription tracking or List-Unsubscribe header" +
-                        (g.unsubscribe_templates.empty() ? "" : ", and a template not in unsubscribe_templates") + ")");
+                        (g.unsubscribe_templates.empty() ? "" : ", nor only templates in unsubscribe_templates without content of its own") + ")");
     }
     return {};
 }
@@ -3179,17 +3193,31 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(cr.path_of("unsubscribe_words"), "at most 32 words");
             } else {
                 for (std::size_t i = 0; i < words->size(); ++i) {
-                    std::string w = (*words)[i];
-                    const bool control = std::any_of(w.begin(), w.end(), [](char c) {
-                        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-                    });
-                    if (w.size() < 3 || w.size() > 64 || control) {
-                        errs.add(cfg::child(cr.path_of("unsubscribe_words"), i),
-                                 cfg::quote(w) + " must be 3 to 64 bytes without control characters");
-                        continue;
+                    // Lower-cased (ASCII), words separated by single spaces (any run of blanks
+                    // in the text matches one).
+                    std::string w;
+                    bool letter = false;
+                    bool control = false;
+                    for (const char c : (*words)[i]) {
+                        const auto u = static_cast<unsigned char>(c);
+                        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+                            if (!w.empty() && w.back() != ' ') {
+                                w += ' ';
+                            }
+                            continue;
+                        }
+                        control = control || u < 0x20 || u == 0x7f;
+                        letter = letter || u >= 0x80 || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z');
+                        w += c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
                     }
-                    for (auto& c : w) {
-                        c = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+                    if (!w.empty() && w.back() == ' ') {
+                        w.pop_back();
+                    }
+                    if (w.size() < 3 || w.size() > 64 || control || !letter) {
+                        errs.add(cfg::child(cr.path_of("unsubscribe_words"), i),
+                                 cfg::quote((*words)[i]) +
+                                     " must be 3 to 64 bytes with a letter and no control characters");
+                        continue;
                     }
                     cg.unsubscribe_words.push_back(std::move(w));
                 }

@@ -670,17 +670,48 @@ bool has_unsubscribe(std::string_view text) {
     return false;
 }
 
+// Whether text at `i` reads as `w` (ASCII lower-cased, single spaces between its words):
+// ASCII in any case, and any run of blanks and line breaks where `w` has a space (a wrapped
+// `darse de\nbaja`).
+bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
+    const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f'; };
+    for (const char wc : w) {
+        if (i >= text.size()) {
+            return false;
+        }
+        if (wc == ' ') {
+            if (!blank(text[i])) {
+                return false;
+            }
+            while (i < text.size() && blank(text[i])) {
+                ++i;
+            }
+            continue;
+        }
+        if (to_lower(static_cast<unsigned char>(text[i])) != static_cast<unsigned char>(wc)) {
+            return false;
+        }
+        ++i;
+    }
+    return true;
+}
+
 // Whether text holds one of a content guard's own unsubscribe words (`abmelden`,
-// `désabonner`: stored with ASCII lower-cased), ASCII in any case, outside an HTML comment,
-// as has_unsubscribe reads `unsubscribe`. Only when the guard has such words.
+// `darse de baja`: stored ASCII lower-cased, blanks as single spaces), outside an HTML
+// comment, as has_unsubscribe reads `unsubscribe`. Only when the guard has such words. Each
+// candidate position is where the word's first byte is (memchr), and reads_as stops at the
+// first byte that differs.
 bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_view text) {
     for (const auto& w : words) {
         const auto first = static_cast<unsigned char>(w[0]);
-        const auto other = is_lower(first) ? static_cast<unsigned char>(first - 32) : first;
-        for (std::size_t i = 0; i + w.size() <= text.size(); ++i) {
-            const auto c = static_cast<unsigned char>(text[i]);
-            if ((c == first || c == other) && iequals_lower(text.substr(i, w.size()), w) && !in_html_comment(text, i)) {
-                return true;
+        for (const unsigned char f : {first, is_lower(first) ? static_cast<unsigned char>(first - 32) : first}) {
+            for (std::size_t i = text.find(static_cast<char>(f)); i != std::string_view::npos; i = text.find(static_cast<char>(f), i + 1)) {
+                if (reads_as(text, i, w) && !in_html_comment(text, i)) {
+                    return true;
+                }
+            }
+            if (!is_lower(first)) {
+                break;  // one spelling of its first byte
             }
         }
     }
@@ -1663,7 +1694,8 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
 // and digits, in one piece or in groups separated by single spaces, and check every length
 // that ends on a group boundary (the country's length if known). Written in upper case, or
 // all in lower case (`de89 3704 ...`, typed into a form): then only for a country whose
-// length is known, so a lower-case hex id (`ab12...`) is not read as an IBAN of some other.
+// length is known, so a lower-case hex id (`ab12...`) is not read as an IBAN of some other,
+// and only as IBANs are laid out (written_so, below).
 bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit) {
     const auto letter = [lower](unsigned char c) { return lower ? is_lower(c) : is_upper(c); };
     char buf[34];
@@ -1702,9 +1734,35 @@ bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit)
     if (lower && expected == 0) {
         return false;
     }
+    // In lower case, only as IBANs are written: in groups of four (the last of one to four),
+    // or in one piece whose account part is a bank code of up to four letters and digits
+    // (`de89370400440532013000`, `gb82west12345698765432`). Lower-case text runs on after a
+    // group where upper-case text would stop: `#de8500 none repeat scroll` must not read as
+    // DE85 00NONEREPEATSCROLL, nor a hex id as a one-piece IBAN.
+    const auto written_so = [&](std::size_t b) {
+        if (b == 0) {
+            std::size_t k = 4;
+            while (k < boundaries[0] && k < 8 && !is_digit(static_cast<unsigned char>(buf[k]))) {
+                ++k;
+            }
+            for (; k < boundaries[0]; ++k) {
+                if (!is_digit(static_cast<unsigned char>(buf[k]))) {
+                    return false;
+                }
+            }
+            return true;
+        }
+        for (std::size_t k = 0; k < b; ++k) {
+            if (boundaries[k] - (k == 0 ? 0 : boundaries[k - 1]) != 4) {
+                return false;
+            }
+        }
+        const std::size_t last = boundaries[b] - boundaries[b - 1];
+        return last >= 1 && last <= 4;
+    };
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t len = boundaries[b];
-        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected)) {
+        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected) || (lower && !written_so(b))) {
             continue;
         }
         if (iban_valid({buf, len})) {
@@ -2312,8 +2370,8 @@ bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || c == '(' || 
 
 // Words after which a scheme-relative `//host` is a link: the attributes whose value a mail
 // client follows or fetches (`<img src="//host/pixel.gif">`, `data-src`, `<td
-// background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)`. (`srcset` only
-// for its first URL.) Any case; at most 10 letters.
+// background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)` and `@import
+// "//host/x.css"`. (`srcset` only for its first URL.) Any case; at most 10 letters.
 bool url_word(std::string_view w) {
     char lower[10];
     if (w.size() < 3 || w.size() > sizeof lower) {
@@ -2324,7 +2382,7 @@ bool url_word(std::string_view w) {
     }
     const std::string_view l{lower, w.size()};
     return l == "href" || l == "src" || l == "url" || l == "srcset" || l == "action" || l == "formaction" ||
-           l == "background" || l == "poster" || l == "lowsrc" || l == "dynsrc";
+           l == "background" || l == "poster" || l == "lowsrc" || l == "dynsrc" || l == "import";
 }
 
 // The start of a url_word that ends at `end` (a whole word: no word byte before it), or npos.
