@@ -904,6 +904,12 @@ presented_key read_key(const request& req) {
     presented_key out;
     std::string decoded;
     const std::string_view pa = trim(req[http::field::proxy_authorization]);
+    if (const auto [first, last] = req.equal_range(http::field::proxy_authorization);
+        first != last && std::next(first) != last) {
+        // Two lines, perhaps two keys: neither is read as the credential.
+        out.unreadable = "Proxy-Authorization is given more than once";
+        return out;
+    }
     // Present but empty (an unset variable in the agent's client) is a credential that names
     // no key, as is a second line: refused, not read as no key or as the first line's.
     if (const auto [first, last] = req.equal_range("x-breakerbox-key"); first != last) {
@@ -1386,6 +1392,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     refused = "the agent key names agent " + agent->id + " but the client certificate names agent " +
                               by_cert->id + ": present one identity";
                 }
+            } else if (agent != nullptr && !ci.tunnel_agent.empty() && agent->id != ci.tunnel_agent) {
+                // The CONNECT's credentials name the agent of the whole tunnel: a request in it
+                // with a key of another agent presents two identities, and neither wins.
+                refused = "the agent key names agent " + agent->id + " but this tunnel was opened by agent " +
+                          ci.tunnel_agent + ": present one identity";
             } else if (ambiguous_cert) {
                 refused = "the client certificate names more than one agent";
             } else if (agent == nullptr && !had_key && !ci.ignored_cn.empty()) {

@@ -208,6 +208,13 @@ TEST(agents, proxy_basic_credentials_name_the_agent_and_unreadable_ones_are_refu
     auto same = http_request(bb.port(), http::verb::get, "/crm/v3/objects/contacts", "",
                              {{"x-breakerbox-key", "reader-key"}, {"proxy-authorization", "Basic " + base64("r:reader-key")}});
     EXPECT_EQ(same.result_int(), 202u) << same.body();
+    // Two Proxy-Authorization lines: neither is read as the credential.
+    raw_client pa{bb.port()};
+    pa.send("GET /crm/v3/objects/contacts HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer reader-key\r\n"
+            "Proxy-Authorization: Bearer writer-key\r\n\r\n");
+    auto pa_twice = pa.read_response();
+    EXPECT_EQ(pa_twice.result_int(), 401u) << pa_twice.body();
+    EXPECT_NE(pa_twice.body().find("Proxy-Authorization is given more than once"), std::string::npos) << pa_twice.body();
     EXPECT_EQ(up.request_count(), 3u);
 }
 

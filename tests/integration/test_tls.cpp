@@ -1094,6 +1094,59 @@ TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
     }
 }
 
+// The CONNECT's credentials name the agent of the whole tunnel: a request in it with another
+// agent's key presents two identities, and neither wins (401); the tunnel's own key is fine.
+TEST(forward_proxy, a_request_in_a_tunnel_with_another_agents_key_is_refused) {
+    fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port())};
+    const std::string target = "localhost:" + std::to_string(api.port());
+    for (const auto& [key, status] : std::vector<std::pair<std::string, std::string>>{
+             {"tunneler-key", "HTTP/1.1 401"}, {"writer-key", "HTTP/1.1 202"}}) {
+        raw_client c{bb.port()};
+        c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer writer-key\r\n\r\n");
+        auto read_head = [](auto&& recv_some) {
+            std::string head;
+            char chunk[512];
+            while (head.find("\r\n\r\n") == std::string::npos) {
+                const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
+                if (n <= 0) {
+                    break;
+                }
+                head.append(chunk, static_cast<std::size_t>(n));
+            }
+            return head;
+        };
+        const auto opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
+        ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
+        SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+        ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr), 1);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+        SSL* ssl = SSL_new(ctx);
+        SSL_set_tlsext_host_name(ssl, "localhost");
+        SSL_set_fd(ssl, c.fd());
+        ASSERT_EQ(SSL_connect(ssl), 1);
+        const std::string req = "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\nx-breakerbox-key: " + key +
+                                "\r\nContent-Length: 2\r\n\r\n{}";
+        EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
+        std::string answer = read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
+        char chunk[512];
+        for (int n; answer.find("present one identity") == std::string::npos && status.ends_with("401") &&
+                    (n = SSL_read(ssl, chunk, static_cast<int>(sizeof chunk))) > 0;) {
+            answer.append(chunk, static_cast<std::size_t>(n));
+        }
+        EXPECT_EQ(answer.rfind(status, 0), 0u) << key << ": " << answer;
+        if (status.ends_with("401")) {
+            EXPECT_NE(answer.find("the agent key names agent tunneler but this tunnel was opened by agent writer: "
+                                  "present one identity"),
+                      std::string::npos)
+                << answer;
+        }
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+    }
+    EXPECT_EQ(api.request_count(), 1u);
+}
+
 // A CONNECT whose head was still coming in when the drain began gets no tunnel: one opened
 // then would be cut at the end of the drain, its first request unanswered.
 TEST(forward_proxy, a_connect_finished_during_a_drain_is_refused) {
