@@ -490,6 +490,18 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
     };
     bc.from_domains = domains("from_domains");
     bc.reply_to_domains = domains("reply_to_domains");
+    if (r.has("list_domains")) {
+        // (`[]` is allowed here: no address is a list, not even at a Mailgun sending domain.)
+        auto v = r.strings("list_domains");
+        if (v && !v->empty()) {
+            bc.list_domains = domains("list_domains");
+        } else if (v) {
+            bc.list_domains.emplace();
+        }
+        if (!bc.max_recipients) {
+            r.errs().add(r.path_of("list_domains"), "needs max_recipients (mailing lists are refused for their size)");
+        }
+    }
     if (auto v = r.strings("template_ids")) {
         if (v->empty()) {
             r.errs().add(r.path_of("template_ids"), "needs at least one template id (leave it out to allow any)");

@@ -75,35 +75,46 @@ public:
     std::uint64_t recipients() const { return recipients_; }
 
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
-    void add_recipient_list(std::string_view list) { recipients_ += recipient_list_size(list); }
+    void add_recipient_list(std::string_view list) {
+        recipients_ += recipient_list_size(list);
+        if (checks_lists()) {
+            for (const auto item : s_.items) {
+                list_address(item);
+            }
+        }
+    }
 
-    // A Mailgun send's to/cc/bcc: also refused, to an agent held to max_recipients, when an
-    // address is at the sending domain itself. That is where Mailgun mailing lists live
-    // (`newsletter@mg.example.com` is every member of the list, one address in the body), and
-    // where no customer has a mailbox: the list's size cannot be counted against the limit.
-    void add_mailgun_recipients(std::string_view list) {
-        const std::uint64_t n = recipient_list_size(list);
-        recipients_ += n;
-        if (!checks_count() || mailgun_domain_.empty()) {
+    // Mailing lists: one address for every member of the list (`newsletter@mg.example.com`,
+    // a Google Group), whose size cannot be counted against max_recipients: refused to an
+    // agent held to it. Which addresses are lists: those at list_domains, or without it, at
+    // a Mailgun send's sending domain itself (where Mailgun's lists live).
+    bool checks_lists() const {
+        return checks_count() && (c_.list_domains ? !c_.list_domains->empty() : !mailgun_domain_.empty());
+    }
+    void list_address(std::string_view item) {
+        if (!checks_lists()) {
             return;
         }
-        for (const auto item : s_.items) {
-            detail::normalize_address(item, s_.addr);
-            const auto at = s_.addr.rfind('@');
-            if (at == std::string::npos) {
-                continue;
+        detail::normalize_address(item, s_.addr);
+        const auto at = s_.addr.rfind('@');
+        if (at == std::string::npos) {
+            return;
+        }
+        std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
+        std::string unicode;
+        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
+            domain = unicode;
+        }
+        if (c_.list_domains) {
+            if (std::any_of(c_.list_domains->begin(), c_.list_domains->end(),
+                            [&](const std::string& d) { return iequals(d, domain); })) {
+                fail("a recipient at " + shown(domain) + ", a mailing list's domain (list_domains), whose size this "
+                     "agent's max_recipients cannot count");
             }
-            std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
-            std::string unicode;
-            if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
-                domain = unicode;
-            }
-            if (iequals(domain, mailgun_domain_)) {
-                fail("a recipient at the sending domain " + shown(mailgun_domain_) +
-                     " (a Mailgun mailing list's address: one address for all its members), whose size this agent's "
-                     "max_recipients cannot count");
-                return;
-            }
+        } else if (iequals(domain, mailgun_domain_)) {
+            fail("a recipient at the sending domain " + shown(mailgun_domain_) +
+                 " (a Mailgun mailing list's address: one address for all its members), whose size this agent's "
+                 "max_recipients cannot count");
         }
     }
     void mailgun_domain(std::string_view domain) {
@@ -308,6 +319,12 @@ void count_recipients(checker& k, element v) {
             k.add_recipient_list(text);
         } else if (!item.is_null()) {
             k.add_recipients(1);
+            // {"email": ...} (SendGrid, HubSpot): read for mailing lists.
+            each_field(item, "email", [&](element e) {
+                if (std::string_view a; e.get(a) == simdjson::SUCCESS) {
+                    k.list_address(a);
+                }
+            });
         }
     });
 }
@@ -641,10 +658,9 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
             destinations += k.recipient_list_size(value);  // a list, as the meter splits it
-        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc")) {
-            k.add_mailgun_recipients(value);
-        } else if (iequals(name, "to[]") || iequals(name, "cc[]") || iequals(name, "bcc[]") ||
-                   destination_address(name) || bulk_destination(name)) {
+        } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || iequals(name, "to[]") ||
+                   iequals(name, "cc[]") || iequals(name, "bcc[]") || destination_address(name) ||
+                   bulk_destination(name)) {
             // (`to[]`: SendGrid's v2 mail.send.json, a form post with repeated array fields.)
             k.add_recipient_list(value);
         } else if (iequals(name, "from") || iequals(name, "Source") || iequals(name, "h:From") ||

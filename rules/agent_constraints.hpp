@@ -23,6 +23,9 @@ struct body_constraints {
     // (where the replies to the agent's mail go: a help desk's domain, say)
     std::vector<std::string> reply_to_domains;
     std::vector<std::string> template_ids;  // exact; an SES TemplateArn also matches by its name
+    // With max_recipients: domains whose addresses are mailing lists (lower case, Unicode
+    // form), refused; unset: a Mailgun send's sending domain itself; empty: none.
+    std::optional<std::vector<std::string>> list_domains;
 
     bool empty() const {
         return !max_recipients && from_domains.empty() && reply_to_domains.empty() && template_ids.empty();
@@ -45,7 +48,8 @@ struct body_constraints {
 // `query`: the request's query string (no '?'); a form-based API may read its fields too.
 // `path`: the request's path (no query); a Mailgun send's sending domain in it
 // (/v3/{domain}/messages) is held to from_domains, as a from domain or a subdomain of one,
-// and a recipient at that domain itself (a Mailgun mailing list) is refused to max_recipients;
+// and a recipient at that domain itself (a Mailgun mailing list) is refused to max_recipients
+// unless list_domains says which domains are lists;
 // a call that sends mail stored upstream, which no body shows (scheduling a SendGrid Single
 // Send or campaign, publishing a HubSpot marketing email), is refused to an agent with any
 // constraint; SendGrid's Marketing test

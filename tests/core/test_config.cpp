@@ -549,6 +549,21 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_EQ(e.find("agents[0].key_sha256"), std::string::npos) << e;
 }
 
+TEST(config, agent_list_domains_need_max_recipients_and_are_domains) {
+    const auto e = all_errors(parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+               "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}],
+               "agents": [{"id": "a", "key_sha256": ["0000000000000000000000000000000000000000000000000000000000000000"],
+                           "constraints": {"list_domains": ["lists.example.com"]}},
+                          {"id": "b", "key_sha256": ["1111111111111111111111111111111111111111111111111111111111111111"],
+                           "constraints": {"max_recipients": 5, "list_domains": ["not a domain"]}},
+                          {"id": "c", "key_sha256": ["2222222222222222222222222222222222222222222222222222222222222222"],
+                           "constraints": {"max_recipients": 5, "list_domains": []}}]})"));
+    EXPECT_NE(e.find("agents[0].constraints.list_domains: needs max_recipients"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].constraints.list_domains[0]: \"not a domain\" is not a domain name"), std::string::npos) << e;
+    EXPECT_EQ(e.find("agents[2]"), std::string::npos) << e;
+}
+
 // Apple's clients refuse a TLS server certificate valid for more than 825 days, even from a
 // locally trusted CA: a longer leaf would break every Apple agent behind the forward proxy.
 TEST(config, forward_proxy_leaf_lifetime_is_at_most_825_days) {

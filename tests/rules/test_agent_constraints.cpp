@@ -428,6 +428,27 @@ TEST(AgentConstraints, MailgunListAddressesAreRefusedToAnAgentWithMaxRecipients)
                                      {}, path),
               "");
     EXPECT_EQ(check_body_constraints(max(1000), urlencoded, "to=all%40mg.example.com"), "") << "not a Mailgun send";
+
+    // list_domains names them instead, for every API (a Google Group at the company's domain,
+    // lists on another Mailgun domain); [] names none (a Mailgun account on its root domain).
+    body_constraints lists = max(1000);
+    lists.list_domains = std::vector<std::string>{"lists.example.com", "groups.example.org"};
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=news%40lists.example.com", {}, path),
+              "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=all%40mg.example.com", {}, path), "") << "not listed";
+    EXPECT_EQ(check_body_constraints(lists, "application/json",
+                                     R"j({"personalizations": [{"to": [{"email": "a@example.com"}, {"email": "All-Staff@Groups.Example.org"}]}],
+                                         "from": {"email": "n@example.com"}, "subject": "s"})j"),
+              "a recipient at \"groups.example.org\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, "application/json",
+                                     R"j({"Destination": {"ToAddresses": ["x@lists.example.com"]}, "FromEmailAddress": "n@example.com"})j"),
+              "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    body_constraints none_listed = max(1000);
+    none_listed.list_domains = std::vector<std::string>{};
+    EXPECT_EQ(check_body_constraints(none_listed, urlencoded, "to=colleague%40mg.example.com", {}, path), "");
 }
 
 TEST(AgentConstraints, MailgunUrlencoded) {
