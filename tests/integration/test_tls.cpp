@@ -1034,6 +1034,74 @@ TEST(forward_proxy, missing_credentials_are_asked_for_as_a_proxy_asks) {
 // request: once a reload revokes the key, or removes every agent, the open tunnel is no
 // longer that agent (nor nobody: unscoped, past a kill switch): 401, and nothing more
 // reaches the upstream through it.
+namespace {
+
+// A tunnel through breakerbox's forward proxy, opened with `credentials`, and TLS inside it
+// trusting the development CA that signs the minted certificate.
+struct intercepted_tunnel {
+    raw_client c;
+    std::string opened;  // the head of the CONNECT's answer
+    SSL_CTX* ctx = nullptr;
+    SSL* ssl = nullptr;
+
+    intercepted_tunnel(std::uint16_t port, const std::string& target, const std::string& credentials) : c{port} {
+        c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: " + credentials +
+               "\r\n\r\n");
+        opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
+        if (opened.rfind("HTTP/1.1 200", 0) != 0) {
+            return;
+        }
+        ctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+        ssl = SSL_new(ctx);
+        SSL_set_tlsext_host_name(ssl, "localhost");
+        SSL_set_fd(ssl, c.fd());
+        if (SSL_connect(ssl) != 1) {
+            SSL_free(ssl);
+            ssl = nullptr;
+        }
+    }
+    ~intercepted_tunnel() {
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+    }
+    intercepted_tunnel(const intercepted_tunnel&) = delete;
+    intercepted_tunnel& operator=(const intercepted_tunnel&) = delete;
+
+    template <class Recv>
+    static std::string read_head(Recv&& recv_some) {
+        std::string head;
+        char chunk[512];
+        while (head.find("\r\n\r\n") == std::string::npos) {
+            const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
+            if (n <= 0) {
+                break;
+            }
+            head.append(chunk, static_cast<std::size_t>(n));
+        }
+        return head;
+    }
+    // POST /v3/mail/send with `headers` (each line ending CRLF); the head of the answer and
+    // whatever came with it.
+    std::string post(const std::string& target, const std::string& headers = "") {
+        const std::string req =
+            "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\n" + headers + "Content-Length: 2\r\n\r\n{}";
+        EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
+        return read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
+    }
+    // More of the answer, until `text` is in `so_far` or the connection ends.
+    std::string read_until(std::string so_far, std::string_view text) {
+        char chunk[512];
+        for (int n; so_far.find(text) == std::string::npos && (n = SSL_read(ssl, chunk, static_cast<int>(sizeof chunk))) > 0;) {
+            so_far.append(chunk, static_cast<std::size_t>(n));
+        }
+        return so_far;
+    }
+};
+
+}  // namespace
+
 TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
     fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
     const std::string cfg = forward_config(api.port());
@@ -1050,35 +1118,10 @@ TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
         SCOPED_TRACE(i == 0 ? "key revoked" : "agents removed");
         proxy_instance bb{cfg};
         const std::string target = "localhost:" + std::to_string(api.port());
-        raw_client c{bb.port()};
-        c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer writer-key\r\n\r\n");
-        auto read_head = [](auto&& recv_some) {
-            std::string head;
-            char chunk[512];
-            while (head.find("\r\n\r\n") == std::string::npos) {
-                const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
-                if (n <= 0) {
-                    break;
-                }
-                head.append(chunk, static_cast<std::size_t>(n));
-            }
-            return head;
-        };
-        const auto opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
-        ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
-        // TLS inside the tunnel, trusting the development CA that signs the minted certificate.
-        SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-        ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr), 1);
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-        SSL* ssl = SSL_new(ctx);
-        SSL_set_tlsext_host_name(ssl, "localhost");
-        SSL_set_fd(ssl, c.fd());
-        ASSERT_EQ(SSL_connect(ssl), 1);
-        auto post = [&] {
-            const std::string req = "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\nContent-Length: 2\r\n\r\n{}";
-            EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
-            return read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
-        };
+        intercepted_tunnel t{bb.port(), target, "Bearer writer-key"};
+        ASSERT_EQ(t.opened.rfind("HTTP/1.1 200", 0), 0u) << t.opened;
+        ASSERT_NE(t.ssl, nullptr);
+        auto post = [&] { return t.post(target); };
         const auto first = post();
         EXPECT_EQ(first.rfind("HTTP/1.1 202", 0), 0u) << first;
         ++sent;
@@ -1089,8 +1132,6 @@ TEST(forward_proxy, a_revoked_key_ends_the_identity_of_its_open_tunnel) {
         EXPECT_EQ(second.rfind("HTTP/1.1 401", 0), 0u) << second;
         EXPECT_NE(second.find("no longer name agent writer"), std::string::npos) << second;
         EXPECT_EQ(api.request_count(), sent);
-        SSL_free(ssl);
-        SSL_CTX_free(ctx);
     }
 }
 
@@ -1100,50 +1141,20 @@ TEST(forward_proxy, a_request_in_a_tunnel_with_another_agents_key_is_refused) {
     fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
     proxy_instance bb{forward_config(api.port())};
     const std::string target = "localhost:" + std::to_string(api.port());
-    for (const auto& [key, status] : std::vector<std::pair<std::string, std::string>>{
-             {"tunneler-key", "HTTP/1.1 401"}, {"writer-key", "HTTP/1.1 202"}}) {
-        raw_client c{bb.port()};
-        c.send("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer writer-key\r\n\r\n");
-        auto read_head = [](auto&& recv_some) {
-            std::string head;
-            char chunk[512];
-            while (head.find("\r\n\r\n") == std::string::npos) {
-                const int n = recv_some(chunk, static_cast<int>(sizeof chunk));
-                if (n <= 0) {
-                    break;
-                }
-                head.append(chunk, static_cast<std::size_t>(n));
-            }
-            return head;
-        };
-        const auto opened = read_head([&](char* b, int n) { return static_cast<int>(::recv(c.fd(), b, n, 0)); });
-        ASSERT_EQ(opened.rfind("HTTP/1.1 200", 0), 0u) << opened;
-        SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-        ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, cert("ca.pem").c_str(), nullptr), 1);
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-        SSL* ssl = SSL_new(ctx);
-        SSL_set_tlsext_host_name(ssl, "localhost");
-        SSL_set_fd(ssl, c.fd());
-        ASSERT_EQ(SSL_connect(ssl), 1);
-        const std::string req = "POST /v3/mail/send HTTP/1.1\r\nHost: " + target + "\r\nx-breakerbox-key: " + key +
-                                "\r\nContent-Length: 2\r\n\r\n{}";
-        EXPECT_EQ(SSL_write(ssl, req.data(), static_cast<int>(req.size())), static_cast<int>(req.size()));
-        std::string answer = read_head([&](char* b, int n) { return SSL_read(ssl, b, n); });
-        char chunk[512];
-        for (int n; answer.find("present one identity") == std::string::npos && status.ends_with("401") &&
-                    (n = SSL_read(ssl, chunk, static_cast<int>(sizeof chunk))) > 0;) {
-            answer.append(chunk, static_cast<std::size_t>(n));
-        }
-        EXPECT_EQ(answer.rfind(status, 0), 0u) << key << ": " << answer;
-        if (status.ends_with("401")) {
-            EXPECT_NE(answer.find("the agent key names agent tunneler but this tunnel was opened by agent writer: "
-                                  "present one identity"),
-                      std::string::npos)
-                << answer;
-        }
-        SSL_free(ssl);
-        SSL_CTX_free(ctx);
+    {
+        intercepted_tunnel t{bb.port(), target, "Bearer writer-key"};
+        ASSERT_NE(t.ssl, nullptr) << t.opened;
+        const auto answer = t.read_until(t.post(target, "x-breakerbox-key: tunneler-key\r\n"), "present one identity");
+        EXPECT_EQ(answer.rfind("HTTP/1.1 401", 0), 0u) << answer;
+        EXPECT_NE(answer.find("the agent key names agent tunneler but this tunnel was opened by agent writer: "
+                              "present one identity"),
+                  std::string::npos)
+            << answer;
     }
+    intercepted_tunnel t{bb.port(), target, "Bearer writer-key"};
+    ASSERT_NE(t.ssl, nullptr) << t.opened;
+    const auto same = t.post(target, "x-breakerbox-key: writer-key\r\n");
+    EXPECT_EQ(same.rfind("HTTP/1.1 202", 0), 0u) << same;
     EXPECT_EQ(api.request_count(), 1u);
 }
 
