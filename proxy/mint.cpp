@@ -310,10 +310,20 @@ cert_minter::entry cert_minter::mint(const std::string& host, bool ip, time_poin
     if (now >= ca_not_after_) {
         throw std::runtime_error("minting a certificate for " + host + ": the CA certificate has expired");
     }
+    // Backdated an hour for clients whose clocks run a little behind ours.
+    const time_point not_before = now - std::chrono::hours{1};
     // Compared as durations so a lifetime of centuries cannot overflow a time point.
-    const time_point not_after = lifetime_ >= std::chrono::duration_cast<std::chrono::milliseconds>(ca_not_after_ - now)
-                                     ? ca_not_after_
-                                     : std::chrono::floor<std::chrono::seconds>(now + lifetime_);
+    time_point not_after = lifetime_ >= std::chrono::duration_cast<std::chrono::milliseconds>(ca_not_after_ - now)
+                               ? ca_not_after_
+                               : std::chrono::floor<std::chrono::seconds>(now + lifetime_);
+    // Apple's clients refuse a server certificate whose notBefore and notAfter are more than
+    // 825 days apart (the config's leaf_lifetime is at most that): the hour of backdating is
+    // kept and the end drawn in. (Longer lifetimes, which only a caller outside the config can
+    // ask for, are left as asked.)
+    if (const auto apple_longest = std::chrono::days{825};
+        lifetime_ <= apple_longest && not_after - not_before > apple_longest) {
+        not_after = not_before + apple_longest;
+    }
     auto cert = own(X509_new());
     X509* x = cert.get();
     if (!x || X509_set_version(x, X509_VERSION_3) != 1) {
@@ -326,12 +336,6 @@ cert_minter::entry cert_minter::mint(const std::string& host, bool ip, time_poin
         throw fail("serial");
     }
 
-    // Backdated an hour for clients whose clocks run a little behind ours, less when the
-    // lifetime is near 825 days: Apple's clients refuse a server certificate whose notBefore
-    // and notAfter are more than 825 days apart (the config's leaf_lifetime is at most that).
-    const auto apple_longest = std::chrono::days{825};
-    const time_point not_before =
-        std::max(now - std::chrono::hours{1}, std::min(now, std::chrono::time_point_cast<std::chrono::seconds>(not_after - apple_longest)));
     if (X509_set_issuer_name(x, X509_get_subject_name(ca_.get())) != 1 ||
         !set_time(X509_getm_notBefore(x), not_before) || !set_time(X509_getm_notAfter(x), not_after) ||
         X509_set_pubkey(x, leaf_key_.get()) != 1) {

@@ -77,11 +77,7 @@ public:
     // A recipient field given as one string may hold a list ("a@x.com, Bob <b@y.com>").
     void add_recipient_list(std::string_view list) {
         recipients_ += recipient_list_size(list);
-        if (checks_lists()) {
-            for (const auto item : s_.items) {
-                list_address(item);
-            }
-        }
+        list_items();
     }
 
     // Mailing lists: one address for every member of the list (`newsletter@mg.example.com`,
@@ -115,6 +111,14 @@ public:
             fail("a recipient at the sending domain " + shown(mailgun_domain_) +
                  " (a Mailgun mailing list's address: one address for all its members), whose size this agent's "
                  "max_recipients cannot count");
+        }
+    }
+    // The addresses recipient_list_size just split, each looked up as a mailing list.
+    void list_items() {
+        if (checks_lists()) {
+            for (const auto item : s_.items) {
+                list_address(item);
+            }
         }
     }
     void mailgun_domain(std::string_view domain) {
@@ -205,8 +209,11 @@ public:
     // Content.Simple or Raw, an inline TemplateContent, SES v1 Message.* or a raw message,
     // Mailgun messages.mime): SES never combines it with a template, and a template key from
     // another API's schema (`template_id` beside Content.Simple) is ignored by it.
+    // (The first field, except that SendGrid's `content` gives way to any other: beside a
+    // legacy template it goes into the template's frame, which own_content_field's callers
+    // may accept, while SES sends its Content.Simple as written.)
     void own_content(std::string_view where) {
-        if (own_content_.empty()) {
+        if (own_content_.empty() || own_content_ == "content") {
             own_content_ = std::string{where};
         }
     }
@@ -508,6 +515,9 @@ void walk_json(checker& k, element root) {
         }
         raw_count += to.size();
         raw_senders(k, message);
+        for (const auto a : to) {
+            k.list_address(a);
+        }
     };
     for (const auto content : {"Content", "DefaultContent"}) {
         each_field(root, content, [&](element c) {
@@ -613,6 +623,9 @@ std::size_t raw_form_message(checker& k, std::string_view value, bool base64) {
         return 0;
     }
     raw_senders(k, message);
+    for (const auto a : to) {
+        k.list_address(a);
+    }
     return to.size();
 }
 
@@ -658,6 +671,7 @@ void walk_form(checker& k, const std::vector<std::pair<std::string, std::string>
     for (const auto& [name, value] : fields) {
         if (list_member(name, "Destinations.member.")) {
             destinations += k.recipient_list_size(value);  // a list, as the meter splits it
+            k.list_items();
         } else if (iequals(name, "to") || iequals(name, "cc") || iequals(name, "bcc") || iequals(name, "to[]") ||
                    iequals(name, "cc[]") || iequals(name, "bcc[]") || destination_address(name) ||
                    bulk_destination(name)) {

@@ -2292,6 +2292,25 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
     return (!f[0].array && json_key::matches(f[0].key, "tracking_settings")) || doc.may_have_key_list_unsubscribe();
 }
 
+// Whether a non-ASCII letter (or ideograph) starts at s[k]: a code point from U+00C0 on,
+// but for × and ÷, the spaces, punctuation, symbols and arrows (U+2000-U+2BFF), CJK
+// punctuation (U+3000-U+303F), variation selectors and small forms (U+FE00-U+FE6F), the
+// full-width punctuation (U+FF00-U+FF20) and anything past the BMP's letters (emoji).
+// An unsubscribe word must hold one, or an ASCII letter: `»»` or two no-break spaces would
+// match any text.
+bool word_letter_at(std::string_view s, std::size_t k) {
+    const std::size_t n = utf8_sequence(s, k);
+    if (n < 2) {
+        return false;
+    }
+    const auto b = [&](std::size_t j) { return static_cast<std::uint32_t>(static_cast<unsigned char>(s[k + j])); };
+    const std::uint32_t cp = n == 2   ? ((b(0) & 0x1F) << 6) | (b(1) & 0x3F)
+                             : n == 3 ? ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F)
+                                      : 0x10000;
+    return cp >= 0xC0 && cp != 0xD7 && cp != 0xF7 && !(cp >= 0x2000 && cp <= 0x2BFF) && !(cp >= 0x3000 && cp <= 0x303F) &&
+           !(cp >= 0xFE00 && cp <= 0xFE6F) && !(cp >= 0xFF00 && cp <= 0xFF20) && cp < 0x10000;
+}
+
 // Whether the send names a template and every template it names is in the guard's
 // unsubscribe_templates (their stored copies carry the unsubscribe link, as the operator
 // says): SendGrid's template_id, SES's template name or ARN, HubSpot's emailId, Mailgun's
@@ -2302,13 +2321,6 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
 // TemplateContent, a Salesforce input with its own emailBody: own_content_field; Mailgun html
 // or text).
 bool names_only_listed_templates(const content_guard& g, const guard_input& in) {
-    // (SendGrid's `content` beside a legacy template goes into the template's <%body%>, inside
-    // the frame that carries the footer: not content of its own here.)
-    if (const auto own = own_content_field(in.req.content_type, in.req.body, in.req.query,
-                                           in.req.upstream_path.empty() ? in.req.path : in.req.upstream_path);
-        !own.empty() && own != "content") {
-        return false;
-    }
     bool named = false;
     bool unlisted = false;
     auto see = [&](std::string_view id) {
@@ -2351,7 +2363,17 @@ bool names_only_listed_templates(const content_guard& g, const guard_input& in) 
             break;
         case body_kind::text: return false;
     }
-    return named && !unlisted;
+    if (!named || unlisted) {
+        return false;
+    }
+    // (SendGrid's `content` beside a legacy template goes into the template's <%body%>, inside
+    // the frame that carries the footer: not content of its own here.)
+    if (const auto own = own_content_field(in.req.content_type, in.req.body, in.req.query,
+                                           in.req.upstream_path.empty() ? in.req.path : in.req.upstream_path);
+        !own.empty() && own != "content") {
+        return false;
+    }
+    return true;
 }
 
 // What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
@@ -3198,7 +3220,9 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                     std::string w;
                     bool letter = false;
                     bool control = false;
-                    for (const char c : (*words)[i]) {
+                    const std::string_view given = (*words)[i];
+                    for (std::size_t k = 0; k < given.size(); ++k) {
+                        const char c = given[k];
                         const auto u = static_cast<unsigned char>(c);
                         if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
                             if (!w.empty() && w.back() != ' ') {
@@ -3207,7 +3231,7 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                             continue;
                         }
                         control = control || u < 0x20 || u == 0x7f;
-                        letter = letter || u >= 0x80 || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z');
+                        letter = letter || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') || word_letter_at(given, k);
                         w += c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
                     }
                     if (!w.empty() && w.back() == ' ') {

@@ -446,6 +446,19 @@ TEST(AgentConstraints, MailgunListAddressesAreRefusedToAnAgentWithMaxRecipients)
                                      R"j({"Destination": {"ToAddresses": ["x@lists.example.com"]}, "FromEmailAddress": "n@example.com"})j"),
               "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
               "max_recipients cannot count");
+    // Raw messages' own To/Cc/Bcc (SES v2 and v1), and SES v1's Destinations.
+    const std::string listed_raw = "RnJvbTogYUBleGFtcGxlLmNvbQ0KVG86IGFsbEBsaXN0cy5leGFtcGxlLmNvbQ0KU3ViamVjdDogcw0KDQpoaQ0K";
+    EXPECT_EQ(check_body_constraints(lists, "application/json", R"j({"Content": {"Raw": {"Data": ")j" + listed_raw + R"j("}}})j"),
+              "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "Action=SendRawEmail&RawMessage.Data=" + listed_raw),
+              "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded,
+                                     "Action=SendRawEmail&Destinations.member.1=all%40lists.example.com&RawMessage.Data=RnJvbTogYUBleGFtcGxlLmNvbQ0KVG86IGpAZXhhbXBsZS5jb20NClN1YmplY3Q6IHMNCg0KaGkNCg=="),
+              "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "Action=SendRawEmail&RawMessage.Data=RnJvbTogYUBleGFtcGxlLmNvbQ0KVG86IGpAZXhhbXBsZS5jb20NClN1YmplY3Q6IHMNCg0KaGkNCg=="), "");
     body_constraints none_listed = max(1000);
     none_listed.list_domains = std::vector<std::string>{};
     EXPECT_EQ(check_body_constraints(none_listed, urlencoded, "to=colleague%40mg.example.com", {}, path), "");

@@ -1517,7 +1517,7 @@ TEST(GuardContent, UnsubscribeWordsOfOtherLanguages) {
     fixture f{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_words": ["Abmelden", "désabonner", "配信停止", "darse  de baja"]})j")};
     for (const std::string footer : {"<p>Hier ABMELDEN</p>", "<a href=\\\"https://example.com/x\\\">Se d\u00e9sabonner</a>",
                                      "<p>Pour vous désabonner, cliquez ici</p>", "<p>配信停止はこちら</p>",
-                                     "<p>Unsubscribe</p>", "<p>Para DARSE de\\n\\tbaja</p>"}) {
+                                     "<p>Unsubscribe</p>", "<p>Para DARSE de\\n\\tbaja</p>", "<p>Para darse de&nbsp;baja</p>"}) {
         EXPECT_TRUE(f.check_body(sendgrid(footer)).allowed()) << footer;
     }
     for (const std::string none : {"<p>Große Aktion</p>", "<!-- abmelden --><p>Aktion</p>", "<p>Abmeld</p>",
@@ -1565,7 +1565,10 @@ TEST(GuardContent, UnsubscribeTemplatesListedByTheOperator) {
                  {"TemplateName": "spring-footer", "TemplateContent": {"Subject": "Sale", "Html": "<p>Sale</p>"}}}})j"},
              std::string{R"j({"inputs": [{"emailAddresses": "jane@example.com", "emailTemplateId": "spring-footer"},
                  {"emailAddresses": "bob@example.com", "emailSubject": "Sale", "emailBody": "Sale"}]})j"},
-             sg + R"j(12345", "content": [{"type": "text/html", "value": "<p>Sale</p>"}]})j"}) {
+             // SendGrid's legacy content (fine beside its template) and SES's Content.Simple.
+             sg + R"j(spring-footer", "content": [{"type": "text/html", "value": "<p>x</p>"}],
+                 "Destination": {"ToAddresses": ["j@example.com"]},
+                 "Content": {"Simple": {"Subject": {"Data": "Sale"}, "Body": {"Html": {"Data": "<p>Sale</p>"}}}}})j"}) {
         EXPECT_FALSE(f.check_body(own).allowed()) << own;
     }
     // SendGrid puts content into a legacy template's <%body%>, inside the frame with the footer.
@@ -2804,7 +2807,7 @@ std::vector<std::string> guard_errors(std::string_view rules_json) {
 
 TEST(GuardConfig, UnsubscribeWordsAndTemplatesErrorsNameTheirPath) {
     const auto errs = guard_errors(content_rule(
-        R"j({"blocked_terms": ["x"], "unsubscribe_words": ["ab", "ok\tword", "bell\u0007word", " ://  "], "unsubscribe_templates": [""]})j"));
+        R"j({"blocked_terms": ["x"], "unsubscribe_words": ["ab", "ok\tword", "bell\u0007word", " ://  ", "\u00a0\u00a0", "»»»", "über", "配信停止"], "unsubscribe_templates": [""]})j"));
     std::string all;
     for (const auto& e : errs) {
         all += e + "\n";
@@ -2813,6 +2816,10 @@ TEST(GuardConfig, UnsubscribeWordsAndTemplatesErrorsNameTheirPath) {
     EXPECT_THAT(all, Not(HasSubstr("unsubscribe_words[1]")));
     EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[2]"));
     EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[3]"));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[4]"));
+    EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words[5]"));
+    EXPECT_THAT(all, Not(HasSubstr("unsubscribe_words[6]")));
+    EXPECT_THAT(all, Not(HasSubstr("unsubscribe_words[7]")));
     EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_words: needs require_unsubscribe: true"));
     EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_templates[0]: a template id has 1 to 256 bytes"));
     EXPECT_THAT(all, HasSubstr("guard.content.unsubscribe_templates: needs require_unsubscribe: true"));
