@@ -465,16 +465,10 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
     if (auto v = r.integer("max_recipients", false, 1)) {
         bc.max_recipients = static_cast<std::uint64_t>(*v);
     }
-    const auto domains = [&](const char* key) -> std::vector<std::string> {
-        auto v = r.strings(key);
-        if (!v) {
-            return {};
-        }
-        if (v->empty()) {
-            r.errs().add(r.path_of(key), "needs at least one domain (leave it out to allow any)");
-        }
-        for (std::size_t i = 0; i < v->size(); ++i) {
-            auto& d = (*v)[i];
+    // Lower-cased and checked; an internationalized one in its Unicode form.
+    const auto fold_domains = [&](const char* key, std::vector<std::string>& v) {
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            auto& d = v[i];
             std::transform(d.begin(), d.end(), d.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
             if (!valid_host_name(d)) {
                 r.errs().add(cfg::child(r.path_of(key), i),
@@ -486,18 +480,24 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
                 rules::idna::to_unicode(d, d);
             }
         }
+    };
+    const auto domains = [&](const char* key) -> std::vector<std::string> {
+        auto v = r.strings(key);
+        if (!v) {
+            return {};
+        }
+        if (v->empty()) {
+            r.errs().add(r.path_of(key), "needs at least one domain (leave it out to allow any)");
+        }
+        fold_domains(key, *v);
         return std::move(*v);
     };
     bc.from_domains = domains("from_domains");
     bc.reply_to_domains = domains("reply_to_domains");
-    if (r.has("list_domains")) {
+    if (auto v = r.strings("list_domains")) {
         // (`[]` is allowed here: no address is a list, not even at a Mailgun sending domain.)
-        auto v = r.strings("list_domains");
-        if (v && !v->empty()) {
-            bc.list_domains = domains("list_domains");
-        } else if (v) {
-            bc.list_domains.emplace();
-        }
+        fold_domains("list_domains", *v);
+        bc.list_domains = std::move(*v);
         if (!bc.max_recipients) {
             r.errs().add(r.path_of("list_domains"), "needs max_recipients (mailing lists are refused for their size)");
         }

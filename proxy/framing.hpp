@@ -49,16 +49,17 @@ std::string_view ambiguous_path(std::string_view path);
 // path a client would send for it, without the base ("/" for the base itself); nullopt when
 // it is not under it (`/services/database` is not under `/services/data`).
 std::optional<std::string_view> path_under_base(std::string_view path, std::string_view base);
-// Why `scope` refuses subrequest #`index` of a composite request to upstream `upstream` (base
-// path `base`), as an out_of_scope message names it: its URL ambiguous, outside the base
-// path, or its method or path (without the base) not allowed; "" when none of these. Its
-// route is the caller's to judge (from where the request was sent).
+
 // Whether route `r` takes `method` and `path` (its match.path, path_prefix and methods; not
 // its host): without case, an exact path also with one trailing slash (upstreams commonly
 // serve /v3/Mail/send and /v3/mail/send/ as /v3/mail/send, so the route and its rules must
 // meet them too; matching more is the safe side).
 bool route_takes(const route_config& r, std::string_view method, std::string_view path);
 
+// Why `scope` refuses subrequest #`index` of a composite request to upstream `upstream` (base
+// path `base`), as an out_of_scope message names it: its URL ambiguous, outside the base
+// path, or its method or path (without the base) not allowed; "" when none of these. Its
+// route is the caller's to judge (from where the request was sent).
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
                                std::string_view url, std::string_view base, std::string_view upstream);
 

@@ -1369,12 +1369,10 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 agent = cfg->agent_by_cert_names(ci.cert_names, &ambiguous_cert);
             }
             std::string refused;  // why the caller gets no identity: 401
-            if (!key.proxy_unreadable.empty() ||
-                (!key.proxy_digest.empty() && cfg->agent_by_key_digest(key.proxy_digest) != agent)) {
-                // x-breakerbox-key and Proxy-Authorization (HTTP_PROXY's user:password) naming
-                // two identities, or one naming none: neither wins, as with a certificate.
-                const agent_config* by_proxy =
-                    key.proxy_digest.empty() ? nullptr : cfg->agent_by_key_digest(key.proxy_digest);
+            // x-breakerbox-key and Proxy-Authorization (HTTP_PROXY's user:password) naming two
+            // identities, or one naming none: neither wins, as with a certificate.
+            const agent_config* by_proxy = key.proxy_digest.empty() ? nullptr : cfg->agent_by_key_digest(key.proxy_digest);
+            if (!key.proxy_unreadable.empty() || (!key.proxy_digest.empty() && by_proxy != agent)) {
                 refused = !key.proxy_unreadable.empty()
                               ? key.proxy_unreadable + ", beside x-breakerbox-key: present one identity"
                               : "x-breakerbox-key names " + (agent ? "agent " + agent->id : std::string{"no known agent"}) +
