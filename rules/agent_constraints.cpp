@@ -38,6 +38,12 @@ scratch& local() {
     return s;
 }
 
+// `domain` in the Unicode form the config keeps domains in (rules/idna.hpp): in `buf` when it
+// has another spelling, else itself.
+std::string_view unicode_form(std::string_view domain, std::string& buf) {
+    return idna::may_have_other_form(domain) && idna::to_unicode(domain, buf) ? std::string_view{buf} : domain;
+}
+
 // A value from the body as a reason shows it: quoted, at most 64 bytes, ASCII only (the
 // reason goes into a JSON error answer; a cut UTF-8 sequence must not reach it).
 std::string shown(std::string_view v) {
@@ -96,11 +102,8 @@ public:
         if (at == std::string::npos) {
             return;
         }
-        std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
         std::string unicode;
-        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
-            domain = unicode;
-        }
+        const std::string_view domain = unicode_form(std::string_view{s_.addr}.substr(at + 1), unicode);
         if (c_.list_domains) {
             if (std::any_of(c_.list_domains->begin(), c_.list_domains->end(),
                             [&](const std::string& d) { return iequals(d, domain); })) {
@@ -122,11 +125,8 @@ public:
         }
     }
     void mailgun_domain(std::string_view domain) {
-        mailgun_domain_.assign(domain);
-        std::string unicode;  // in the form normalize_address gives a recipient's domain
-        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
-            mailgun_domain_ = unicode;
-        }
+        std::string unicode;  // in the form list_address reads a recipient's domain
+        mailgun_domain_.assign(unicode_form(domain, unicode));
     }
     // The addresses in such a list (not added).
     std::uint64_t recipient_list_size(std::string_view list) {
@@ -170,11 +170,8 @@ public:
         if (!checks_from()) {
             return;
         }
-        // In the Unicode form the from domains are kept in (rules/idna.hpp).
         std::string unicode;
-        if (idna::may_have_other_form(domain) && idna::to_unicode(domain, unicode)) {
-            domain = unicode;
-        }
+        domain = unicode_form(domain, unicode);
         const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(), [&](const std::string& d) {
             return iequals(d, domain) ||
                    (domain.size() > d.size() + 1 && domain[domain.size() - d.size() - 1] == '.' &&

@@ -62,8 +62,9 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
 // Where a send carries content of its own, which the API sends as written beside or instead
 // of a template, as template_ids judges it (SES Content.Simple, Raw or an inline
 // TemplateContent, SendGrid content beside a legacy template, a Salesforce emailBody without
-// a template, SES v1 Message.*, a raw message): its first such field, "" for none, and a
-// reason in parentheses for a body that cannot be read (fail closed: content of its own).
+// a template, SES v1 Message.*, a raw message): its first such field, but SendGrid's `content`
+// only when there is no other (a caller may accept that one), "" for none, and a reason in
+// parentheses for a body that cannot be read (fail closed: content of its own).
 std::string own_content_field(std::string_view content_type, std::string_view body, std::string_view query = {},
                               std::string_view path = {});
 

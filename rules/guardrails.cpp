@@ -2292,6 +2292,11 @@ bool may_hold_unsubscribe_setting(const detail::parsed_body& doc, std::span<cons
     return (!f[0].array && json_key::matches(f[0].key, "tracking_settings")) || doc.may_have_key_list_unsubscribe();
 }
 
+// A template id written as a JSON number (HubSpot's emailId), not true, false or null.
+bool numeric_id(value_type t, std::string_view text) {
+    return t == value_type::scalar && !text.empty() && (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'));
+}
+
 // Whether a non-ASCII letter (or ideograph) starts at s[k]: a code point from U+00C0 on,
 // but for × and ÷, the spaces, punctuation, symbols and arrows (U+2000-U+2BFF), CJK
 // punctuation (U+3000-U+303F), variation selectors and small forms (U+FE00-U+FE6F), the
@@ -2309,6 +2314,35 @@ bool word_letter_at(std::string_view s, std::size_t k) {
                                       : 0x10000;
     return cp >= 0xC0 && cp != 0xD7 && cp != 0xF7 && !(cp >= 0x2000 && cp <= 0x2BFF) && !(cp >= 0x3000 && cp <= 0x303F) &&
            !(cp >= 0xFE00 && cp <= 0xFE6F) && !(cp >= 0xFF00 && cp <= 0xFF20) && cp < 0x10000;
+}
+
+// An unsubscribe word as the scan reads it (has_unsubscribe_word): ASCII lower-cased, its
+// words separated by single spaces (any run of blanks in the text matches one); nullopt
+// unless it is 3 to 64 bytes so, with a letter and no control character.
+std::optional<std::string> unsubscribe_word(std::string_view given) {
+    std::string w;
+    bool letter = false;
+    bool control = false;
+    for (std::size_t k = 0; k < given.size(); ++k) {
+        const char c = given[k];
+        const auto u = static_cast<unsigned char>(c);
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            if (!w.empty() && w.back() != ' ') {
+                w += ' ';
+            }
+            continue;
+        }
+        control = control || u < 0x20 || u == 0x7f;
+        letter = letter || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') || word_letter_at(given, k);
+        w += c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+    }
+    if (!w.empty() && w.back() == ' ') {
+        w.pop_back();
+    }
+    if (w.size() < 3 || w.size() > 64 || control || !letter) {
+        return std::nullopt;
+    }
+    return w;
 }
 
 // Whether the send names a template and every template it names is in the guard's
@@ -2339,9 +2373,7 @@ bool names_only_listed_templates(const content_guard& g, const guard_input& in) 
                 if (paths.dead()) {
                     return walk_next::skip;
                 }
-                const bool id = t == value_type::string ||
-                                (t == value_type::scalar && !text.empty() && (text[0] == '-' || (text[0] >= '0' && text[0] <= '9')));
-                if (!id || !paths.exact()) {
+                if ((t != value_type::string && !numeric_id(t, text)) || !paths.exact()) {
                     return walk_next::go;
                 }
                 return see(text) ? walk_next::stop : walk_next::go;
@@ -2667,8 +2699,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                         }
                         add(targets[k], text, array_groups_of(fr), in_composite);
                     }
-                } else if (t == value_type::scalar && targets[2].on && paths.exact(2) && !text.empty() &&
-                           (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) {
+                } else if (targets[2].on && paths.exact(2) && numeric_id(t, text)) {
                     add(targets[2], text, array_groups_of(fr));  // a numeric id (HubSpot's emailId)
                 }
                 return walk_next::go;
@@ -3215,35 +3246,13 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
                 errs.add(cr.path_of("unsubscribe_words"), "at most 32 words");
             } else {
                 for (std::size_t i = 0; i < words->size(); ++i) {
-                    // Lower-cased (ASCII), words separated by single spaces (any run of blanks
-                    // in the text matches one).
-                    std::string w;
-                    bool letter = false;
-                    bool control = false;
-                    const std::string_view given = (*words)[i];
-                    for (std::size_t k = 0; k < given.size(); ++k) {
-                        const char c = given[k];
-                        const auto u = static_cast<unsigned char>(c);
-                        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-                            if (!w.empty() && w.back() != ' ') {
-                                w += ' ';
-                            }
-                            continue;
-                        }
-                        control = control || u < 0x20 || u == 0x7f;
-                        letter = letter || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') || word_letter_at(given, k);
-                        w += c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
-                    }
-                    if (!w.empty() && w.back() == ' ') {
-                        w.pop_back();
-                    }
-                    if (w.size() < 3 || w.size() > 64 || control || !letter) {
+                    if (auto w = unsubscribe_word((*words)[i])) {
+                        cg.unsubscribe_words.push_back(std::move(*w));
+                    } else {
                         errs.add(cfg::child(cr.path_of("unsubscribe_words"), i),
                                  cfg::quote((*words)[i]) +
                                      " must be 3 to 64 bytes with a letter and no control characters");
-                        continue;
                     }
-                    cg.unsubscribe_words.push_back(std::move(w));
                 }
             }
             if (!cg.require_unsubscribe) {

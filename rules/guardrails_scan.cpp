@@ -32,6 +32,8 @@ namespace {
 constexpr bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 constexpr bool is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 constexpr bool is_lower(unsigned char c) { return c >= 'a' && c <= 'z'; }
+// What may join the digit groups of a card or an SSN (block_masks::sep).
+constexpr bool digit_sep(unsigned char c) { return c == ' ' || c == '-' || c == '.'; }
 constexpr unsigned char to_lower(unsigned char c) { return is_upper(c) ? static_cast<unsigned char>(c + 32) : c; }
 
 struct byte_table {
@@ -148,7 +150,7 @@ enum class scan_mode : std::uint8_t {
 struct block_masks {
     std::uint64_t word;   // word bytes (table.word)
     std::uint64_t digit;  // 0-9 (pii)
-    std::uint64_t sep;    // ' ' '-' '.': what may join the digit groups of a card or an SSN (pii)
+    std::uint64_t sep;    // digit_sep: ' ' '-' '.', what may join the digit groups of a card or an SSN (pii)
     std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
     std::uint64_t lt;     // '<': where a tag may join what is written on both sides of it
     std::uint64_t high;   // bytes >= 0x80: a number glued to non-ASCII text starts a group (pii)
@@ -210,7 +212,7 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
             m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
-                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
+                m.sep |= static_cast<std::uint64_t>(digit_sep(c)) << i;
                 m.high |= static_cast<std::uint64_t>(c >= 0x80) << i;
                 const bool first = is_upper(c) || (secrets && (c == 'b' || c == 'g' || c == 'r' || c == 's' || c == 'x'));
                 m.pairs |= static_cast<std::uint64_t>(first) << i;
@@ -389,7 +391,7 @@ bool for_each_block(std::string_view text, const pair_tables* pairs, bool secret
             m.lt |= static_cast<std::uint64_t>(c == '<') << i;
             if constexpr (M == scan_mode::pii) {
                 m.digit |= static_cast<std::uint64_t>(is_digit(c)) << i;
-                m.sep |= static_cast<std::uint64_t>(c == ' ' || c == '-' || c == '.') << i;
+                m.sep |= static_cast<std::uint64_t>(digit_sep(c)) << i;
                 m.high |= static_cast<std::uint64_t>(c >= 0x80) << i;
             }
         }
@@ -1887,7 +1889,7 @@ struct pii_scan {
             }
             e = d;
             char sep = 0;
-            if (dg.n > 0 && s == dg.end + 1 && (text[dg.end] == ' ' || text[dg.end] == '-' || text[dg.end] == '.')) {
+            if (dg.n > 0 && s == dg.end + 1 && digit_sep(static_cast<unsigned char>(text[dg.end]))) {
                 sep = text[dg.end];
             } else {
                 dg.clear();
@@ -1954,7 +1956,7 @@ bool inline_element(std::string_view lower_name);
     if (j >= t.size()) {
         return false;
     }
-    if (!sep_before && (t[j] == ' ' || t[j] == '-' || t[j] == '.')) {  // `<span>4111</span> <span>1111</span>`
+    if (!sep_before && digit_sep(u(j))) {  // `<span>4111</span> <span>1111</span>`
         ++j;
         if (j < t.size() && t[j] == '<') {
             j = after_joining_tags(t, j, read);
@@ -2035,10 +2037,10 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
     // Only the words pii_scan::word can do something with:
     // - starting with a digit (a word's first byte, or a digit right after a byte >= 0x80:
     //   pii_scan reads a number glued to non-ASCII text as one), and only inside a chain of
-    //   digits joined by single spaces,
-    //   dashes or dots at least as long as an SSN (11) or a card (13): every card or SSN it
-    //   checks is made of such groups, and a digit group outside those chains can neither be
-    //   part of one nor change the groups kept for one (it is not adjacent to any);
+    //   digits joined by single spaces, dashes or dots at least as long as an SSN (11) or a
+    //   card (13): every card or SSN it checks is made of such groups, and a digit group
+    //   outside those chains can neither be part of one nor change the groups kept for one
+    //   (it is not adjacent to any);
     // - starting with an upper-case letter or b g r s x, and only with the second bytes of an
     //   IBAN or of a secret (pii_pair);
     // - starting with two lower-case letters and two digits (a lower-case IBAN): from the
@@ -2126,7 +2128,7 @@ std::string classification_mismatch(std::string_view text) {
             const bool pair = (m.pairs >> i) & 1u;
             const bool lt = (m.lt >> i) & 1u;
             const bool high = (m.high >> i) & 1u;
-            if (word != table.word[c] || digit != is_digit(c) || sep != (c == ' ' || c == '-' || c == '.') || lt != (c == '<') ||
+            if (word != table.word[c] || digit != is_digit(c) || sep != digit_sep(c) || lt != (c == '<') ||
                 high != (c >= 0x80) ||
                 (!pair && !is_digit(c) && pii_pair(c, next, true, secrets))) {
                 out = std::string{which} + ": byte " + std::to_string(c) + " at " + std::to_string(block + i);
@@ -2373,16 +2375,13 @@ bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || c == '(' || 
 // background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)` and `@import
 // "//host/x.css"`. (`srcset` only for its first URL.) Any case; at most 10 letters.
 bool url_word(std::string_view w) {
-    char lower[10];
-    if (w.size() < 3 || w.size() > sizeof lower) {
-        return false;
+    for (const std::string_view name : {"href", "src", "url", "srcset", "action", "formaction", "background", "poster",
+                                        "lowsrc", "dynsrc", "import"}) {
+        if (iequals_lower(w, name)) {
+            return true;
+        }
     }
-    for (std::size_t i = 0; i < w.size(); ++i) {
-        lower[i] = static_cast<char>(to_lower(static_cast<unsigned char>(w[i])));
-    }
-    const std::string_view l{lower, w.size()};
-    return l == "href" || l == "src" || l == "url" || l == "srcset" || l == "action" || l == "formaction" ||
-           l == "background" || l == "poster" || l == "lowsrc" || l == "dynsrc" || l == "import";
+    return false;
 }
 
 // The start of a url_word that ends at `end` (a whole word: no word byte before it), or npos.
