@@ -102,8 +102,8 @@ public:
         if (at == std::string::npos) {
             return;
         }
-        std::string unicode;
-        const std::string_view domain = unicode_form(std::string_view{s_.addr}.substr(at + 1), unicode);
+        // (normalize_address gives the domain in its Unicode form, as the config keeps them.)
+        const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
         if (c_.list_domains) {
             if (std::any_of(c_.list_domains->begin(), c_.list_domains->end(),
                             [&](const std::string& d) { return iequals(d, domain); })) {
@@ -125,7 +125,7 @@ public:
         }
     }
     void mailgun_domain(std::string_view domain) {
-        std::string unicode;  // in the form list_address reads a recipient's domain
+        std::string unicode;  // in the form normalize_address gives a recipient's domain
         mailgun_domain_.assign(unicode_form(domain, unicode));
     }
     // The addresses in such a list (not added).
