@@ -38,12 +38,6 @@ scratch& local() {
     return s;
 }
 
-// `domain` in the Unicode form the config keeps domains in (rules/idna.hpp): in `buf` when it
-// has another spelling, else itself.
-std::string_view unicode_form(std::string_view domain, std::string& buf) {
-    return idna::may_have_other_form(domain) && idna::to_unicode(domain, buf) ? std::string_view{buf} : domain;
-}
-
 // A value from the body as a reason shows it: quoted, at most 64 bytes, ASCII only (the
 // reason goes into a JSON error answer; a cut UTF-8 sequence must not reach it).
 std::string shown(std::string_view v) {
@@ -124,10 +118,6 @@ public:
             }
         }
     }
-    void mailgun_domain(std::string_view domain) {
-        std::string unicode;  // in the form normalize_address gives a recipient's domain
-        mailgun_domain_.assign(unicode_form(domain, unicode));
-    }
     // The addresses in such a list (not added).
     std::uint64_t recipient_list_size(std::string_view list) {
         s_.items.clear();
@@ -165,13 +155,18 @@ public:
     // The sending domain a Mailgun send names in its path (/v3/{domain}/messages): the mail
     // goes out signed for that domain and on its reputation, whatever its From says. Allowed
     // when it is a from domain or a subdomain of one (Mailgun's `mg.example.com` beside a
-    // From at `example.com`, which DMARC's relaxed alignment accepts).
-    void sending_domain(std::string_view domain) {
+    // From at `example.com`, which DMARC's relaxed alignment accepts). Kept for list_address
+    // too, in the Unicode form the config keeps domains in and normalize_address gives a
+    // recipient's (rules/idna.hpp).
+    void sending_domain(std::string_view path_domain) {
+        std::string unicode;
+        mailgun_domain_.assign(idna::may_have_other_form(path_domain) && idna::to_unicode(path_domain, unicode)
+                                   ? std::string_view{unicode}
+                                   : path_domain);
         if (!checks_from()) {
             return;
         }
-        std::string unicode;
-        domain = unicode_form(domain, unicode);
+        const std::string_view domain = mailgun_domain_;
         const bool allowed = std::any_of(c_.from_domains.begin(), c_.from_domains.end(), [&](const std::string& d) {
             return iequals(d, domain) ||
                    (domain.size() > d.size() + 1 && domain[domain.size() - d.size() - 1] == '.' &&
@@ -833,7 +828,6 @@ std::string read_body(checker& k, scratch& s, std::string_view content_type, std
     }
     if (const auto domain = mailgun_sending_domain(path)) {
         k.sending_domain(*domain);
-        k.mailgun_domain(*domain);
     }
     if (first != std::string_view::npos &&
         (mentions_json(content_type) || (!form && (json[first] == '{' || json[first] == '[')))) {
