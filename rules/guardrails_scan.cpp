@@ -2373,7 +2373,7 @@ bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || c == '(' || 
 // Words after which a scheme-relative `//host` is a link: the attributes whose value a mail
 // client follows or fetches (`<img src="//host/pixel.gif">`, `data-src`, `<td
 // background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)` and `@import
-// "//host/x.css"`. (`srcset` only for its first URL.) Any case; at most 10 letters.
+// "//host/x.css"`. (A `srcset`'s later URLs: url_list_entry.) Any case; at most 10 letters.
 bool url_word(std::string_view w) {
     for (const std::string_view name : {"href", "src", "url", "srcset", "action", "formaction", "background", "poster",
                                         "lowsrc", "dynsrc", "import"}) {
@@ -2395,6 +2395,80 @@ std::size_t url_word_before(std::string_view text, std::size_t end) {
         return std::string_view::npos;
     }
     return url_word(text.substr(i, end - i)) ? i : std::string_view::npos;
+}
+
+// Whether the word before the '(' at `paren` is CSS's `image-set` (or a prefixed
+// `-webkit-image-set`), in any case.
+bool image_set_before(std::string_view text, std::size_t paren) {
+    std::size_t i = paren;
+    while (i > 0 && paren - i < 24 &&
+           (is_lower(static_cast<unsigned char>(text[i - 1])) || is_upper(static_cast<unsigned char>(text[i - 1])) ||
+            text[i - 1] == '-')) {
+        --i;
+    }
+    const std::string_view w = text.substr(i, paren - i);
+    constexpr std::string_view name = "-image-set";
+    return iequals_lower(w, name.substr(1)) ||
+           (w.size() > name.size() && iequals_lower(w.substr(w.size() - name.size()), name));
+}
+
+// Whether the ',' at `comma` separates the candidates of a list of URLs a mail client
+// fetches: a `srcset` attribute's value (`srcset="//a/x.png 1x, //b/x.png 2x"`) or CSS's
+// `image-set("//a/x.png" 1x, "//b/x.png" 2x)`. Reads back to the attribute's `=` (past the
+// value's opening quote) or the function's '(' (past the parentheses of any `url(...)`
+// between): at most 4 KiB, and never past a `<`, `>`, `{` or `}`.
+bool in_url_list(std::string_view text, std::size_t comma) {
+    const std::size_t stop = comma > 4096 ? comma - 4096 : 0;
+    std::size_t depth = 0;
+    for (std::size_t j = comma; j > stop; --j) {
+        const char c = text[j - 1];
+        if (c == '<' || c == '>' || c == '{' || c == '}') {
+            return false;
+        }
+        if (c == ')') {
+            ++depth;
+        } else if (c == '(') {
+            if (depth == 0) {
+                return image_set_before(text, j - 1);
+            }
+            --depth;
+        } else if (c == '=' || c == '"' || c == '\'') {
+            // An attribute's `=`, or the opening quote of its value (a quote after a blank
+            // run and '='); any other quote closes or opens a CSS string: read on.
+            std::size_t k = j - 1;
+            if (c != '=') {
+                while (k > stop && url_lead(text[k - 1])) {
+                    --k;
+                }
+                if (k == stop || text[k - 1] != '=') {
+                    continue;
+                }
+                --k;
+            }
+            while (k > stop && url_lead(text[k - 1])) {
+                --k;
+            }
+            const std::size_t w = url_word_before(text, k);
+            if (w != std::string_view::npos && iequals_lower(text.substr(w, k - w), "srcset")) {
+                return true;
+            }
+            if (c != '=') {
+                return false;  // the value of another attribute
+            }
+        }
+    }
+    return false;
+}
+
+// A scheme-relative URL in a list of URLs (in_url_list) after the first, or the first in an
+// `image-set(`: for the run of ` ="'(` and blanks starting at `q` before the URL's slashes,
+// the ',' or '(' that starts it (where the link is reported), else npos. (`srcset`'s first
+// URL, and `url(//...)` anywhere, follow their url_word.)
+std::size_t url_list_entry(std::string_view text, std::size_t q) {
+    if (q > 0 && text[q - 1] == ',' && in_url_list(text, q - 1)) {
+        return q - 1;
+    }
+    return text[q] == '(' && image_set_before(text, q) ? q : std::string_view::npos;
 }
 
 // For a slash or backslash at `i`: the position past the second one of a scheme-relative
@@ -2487,6 +2561,9 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
             }
             if (from != std::string_view::npos) {
                 s = url_word_before(text, q);
+                if (s == std::string_view::npos) {
+                    s = url_list_entry(text, q);
+                }
             }
             start = c;
         }
@@ -2520,7 +2597,39 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     if (!unsubscribe && !g.unsubscribe_words.empty() && has_unsubscribe_word(g.unsubscribe_words, text)) {
         unsubscribe = true;
     }
-    return for_each_word(text, [&](std::size_t s, std::size_t e) {
+    // The first link to a host outside link_domains in a list of URLs (`srcset`'s URLs after
+    // its first, CSS `image-set(`), read at each ',' and '(': reported before the findings of
+    // the words from its ',' or '(' on.
+    std::size_t list_link = std::string_view::npos;
+    std::string list_host;  // (url_host's view of a host read without tabs is overwritten by the next)
+    for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
+        if (text[i] != ',' && text[i] != '(') {
+            continue;
+        }
+        std::size_t j = i + 1;
+        while (j < text.size() && href_gap(text[j])) {
+            ++j;
+        }
+        const std::size_t after = j < text.size() && link_slash(static_cast<unsigned char>(text[j]))
+                                      ? after_second_slash(text, j)
+                                      : std::string_view::npos;
+        if (after == std::string_view::npos || (text[i] == ',' ? !in_url_list(text, i) : !image_set_before(text, i))) {
+            continue;
+        }
+        const std::string_view host = url_host(text, after, j);
+        if (!host.empty() && !g.link_domains.contains(host) && !w3c_declaration(text, i, host)) {
+            list_link = i;
+            list_host = host;
+        }
+    }
+    const auto report_list_link = [&] {
+        set_hit(hit, link_finding(list_host), list_link);
+        return true;
+    };
+    const bool found = for_each_word(text, [&](std::size_t s, std::size_t e) {
+        if (s >= list_link) {
+            return report_list_link();
+        }
         if (is_punctuation_reference(text, s, e)) {
             return false;  // `amp` of `&amp;`: read as the punctuation it shows
         }
@@ -2609,6 +2718,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         }
         return false;
     });
+    return found || (list_link != std::string_view::npos && report_list_link());
 }
 
 // The same findings as scan_content_reference, found in three passes that each skip what

@@ -1230,7 +1230,15 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<img srcset=\"//evil.io/a.png 2x\">)j",
                                       R"j(<div style=\"background-image:url(//evil.io/bg.png)\">)j",
                                       R"j(<style>.h{background:URL( '//evil.io/h.png' )}</style>)j",
-                                      R"j(<style>@import \"//evil.io/t.css\";</style>)j"}) {
+                                      R"j(<style>@import \"//evil.io/t.css\";</style>)j",
+                                      // The URLs of a srcset after its first, and CSS image-set()'s.
+                                      R"j(<img srcset=\"//cdn.example.com/a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img SRCSET = '/a.png 480w,\\\\evil.io/b.png 800w'>)j",
+                                      R"j(<img srcset=//www.example.com/a.png,//evil.io/b.png>)j",
+                                      R"j(<img srcset=\"data:image/png;base64,iVBOR= 1x, //evil.io/b.png?w=2 2x\">)j",
+                                      R"j(<div style=\"background:image-set('//evil.io/a.png' 1x)\">)j",
+                                      R"j(<style>.h{background:-webkit-Image-Set(url(//cdn.example.com/a.png) 1x, '//evil.io/b.png' 2x)}</style>)j",
+                                      R"j(<style>.h{background:image-set(\"a.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -1238,7 +1246,10 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
     }
     for (const std::string fine : {R"j(<img src=\"//www.example.com/logo.png\">)j", R"j(<p>srcx=//evil.io and a // comment</p>)j",
                                    R"j(<div style=\"background:url(//cdn.example.com/bg.png)\">)j",
-                                   R"j(<img src=\"/images/logo.png\">)j"}) {
+                                   R"j(<img src=\"/images/logo.png\">)j",
+                                   R"j(<img srcset=\"//cdn.example.com/a.png 1x, //www.example.com/b.png 2x\" alt=\"a, b\">)j",
+                                   R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
+                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, //x}</style>)j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
@@ -3066,7 +3077,10 @@ struct text_gen {
                                               "href=\"https://", "//", "://", "https:\\/\\/", "href = \" ' //",
                                               "https:\\\\", "https:\\", "http:/\\", "https:", "href=\"\\\\",
                                               "href='/\\", "www.", " www.", "(www.", "href=\"https://\t",
-                                              "\"https://\n", "awww.", "/www."};
+                                              "\"https://\n", "awww.", "/www.", "srcset=\"a.png 1x, //",
+                                              "srcset='//example.com/a 1x,\t\\\\", "srcset=x,//", "alt=\"a, //",
+                                              "image-set(\"//", "-webkit-image-set( '//", "image-set(url(//a) 1x, \"//",
+                                              "imageset(\"//", ", //", "(//", "srcset=\"a.png?w=1 1x,//"};
         static const char* const hosts[] = {"example.com", "www.example.com", "evil.io", "EXAMPLE.com", "user@evil.io",
                                             "example.com@evil.io", "[::1]", "example.com:8080", "", " ",
                                             "sub.partner.io", "partner.io.evil.io", "e\xc3\xa9.io", "example.com\t.evil.io",
@@ -3085,7 +3099,8 @@ struct text_gen {
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
                                 "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
-                                "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01"});
+                                "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01", "srcset=\"", "srcset", ",",
+                                "image-set(", "(", ")", "<", "{"});
         }
     }
 
