@@ -2316,7 +2316,7 @@ bool word_letter_at(std::string_view s, std::size_t k) {
            !(cp >= 0xFE00 && cp <= 0xFE6F) && !(cp >= 0xFF00 && cp <= 0xFF20) && cp < 0x10000;
 }
 
-// An unsubscribe word as the scan reads it (has_unsubscribe_word): ASCII lower-cased, its
+// An unsubscribe word as the scan reads it (has_unsubscribe_word): case-folded (fold_case), its
 // words separated by single spaces (any run of blanks in the text matches one); nullopt
 // unless it is 3 to 64 bytes so, with a letter and no control character.
 std::optional<std::string> unsubscribe_word(std::string_view given) {
@@ -2334,7 +2334,7 @@ std::optional<std::string> unsubscribe_word(std::string_view given) {
         }
         control = control || u < 0x20 || u == 0x7f;
         letter = letter || ((u | 0x20) >= 'a' && (u | 0x20) <= 'z') || word_letter_at(given, k);
-        w += c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+        w += c;
     }
     if (!w.empty() && w.back() == ' ') {
         w.pop_back();
@@ -2342,7 +2342,7 @@ std::optional<std::string> unsubscribe_word(std::string_view given) {
     if (w.size() < 3 || w.size() > 64 || control || !letter) {
         return std::nullopt;
     }
-    return w;
+    return detail::fold_case(w);
 }
 
 // Whether the send names a template and every template it names is in the guard's

@@ -672,15 +672,25 @@ bool has_unsubscribe(std::string_view text) {
     return false;
 }
 
-// Whether text at `i` reads as `w` (ASCII lower-cased, single spaces between its words):
-// ASCII in any case, and any run of blanks and line breaks where `w` has a space (a wrapped
-// `darse de\nbaja`).
+// The two-byte UTF-8 code point at `i` (a lead byte C2 to DF and a continuation byte), or 0.
+char32_t two_byte_at(std::string_view s, std::size_t i) {
+    const auto lead = static_cast<unsigned char>(s[i]);
+    if (lead < 0xC2 || lead > 0xDF || i + 1 >= s.size() || (static_cast<unsigned char>(s[i + 1]) & 0xC0) != 0x80) {
+        return 0;
+    }
+    return (static_cast<char32_t>(lead & 0x1F) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3F);
+}
+
+// Whether text at `i` reads as `w` (fold_case'd, single spaces between its words): any case
+// (ASCII, and the two-byte letters fold_two_byte folds: `DÉSABONNER`, `ОТПИСАТЬСЯ`), and any
+// run of blanks and line breaks where `w` has a space (a wrapped `darse de\nbaja`).
 bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
     const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f'; };
-    for (const char wc : w) {
+    for (std::size_t k = 0; k < w.size();) {
         if (i >= text.size()) {
             return false;
         }
+        const char wc = w[k];
         if (wc == ' ') {
             if (!blank(text[i])) {
                 return false;
@@ -688,12 +698,24 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
             while (i < text.size() && blank(text[i])) {
                 ++i;
             }
+            ++k;
+            continue;
+        }
+        if (const char32_t cp = two_byte_at(text, i); cp != 0) {
+            const char32_t f = detail::fold_two_byte(cp);
+            if (k + 1 >= w.size() || static_cast<unsigned char>(w[k]) != (0xC0 | (f >> 6)) ||
+                static_cast<unsigned char>(w[k + 1]) != (0x80 | (f & 0x3F))) {
+                return false;
+            }
+            i += 2;
+            k += 2;
             continue;
         }
         if (to_lower(static_cast<unsigned char>(text[i])) != static_cast<unsigned char>(wc)) {
             return false;
         }
         ++i;
+        ++k;
     }
     return true;
 }
@@ -706,6 +728,17 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
 bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_view text) {
     for (const auto& w : words) {
         const auto first = static_cast<unsigned char>(w[0]);
+        if (two_byte_at(w, 0) != 0) {
+            // A letter that may have case: its other spellings can start with other bytes
+            // (`р` is D1 80, `Р` D0 A0), so every two-byte code point is a candidate.
+            for (std::size_t i = 0; i + 1 < text.size(); ++i) {
+                const auto b = static_cast<unsigned char>(text[i]);
+                if (b >= 0xC2 && b <= 0xDF && reads_as(text, i, w) && !in_html_comment(text, i)) {
+                    return true;
+                }
+            }
+            continue;
+        }
         for (const unsigned char f : {first, is_lower(first) ? static_cast<unsigned char>(first - 32) : first}) {
             for (std::size_t i = text.find(static_cast<char>(f)); i != std::string_view::npos; i = text.find(static_cast<char>(f), i + 1)) {
                 if (reads_as(text, i, w) && !in_html_comment(text, i)) {
@@ -875,6 +908,78 @@ std::string mask_address(std::string_view address) {
 // ---------------------------------------------------------------------------------------
 
 namespace detail {
+
+namespace {
+
+// The simple case folds (CaseFolding.txt, status C) of the code points U+0080 to U+07FF,
+// Unicode 14, in two tables: ranges where every other code point, from the first, folds to
+// the next one (Ā to ā, Ѡ to ѡ), and ranges that fold by one offset (À-Ö by +32, А-Я by +32,
+// Ѐ-Џ by +80, the irregular ones one by one). Written out from Python's str.casefold() over
+// the range (`len(c.casefold()) == 1`); GuardFastPaths.TwoByteCaseFolding checks samples.
+struct alternating_fold {
+    char16_t first, last;
+};
+constexpr alternating_fold alternating_folds[] = {
+    {0x100, 0x12E}, {0x132, 0x136}, {0x139, 0x147}, {0x14A, 0x176}, {0x179, 0x17D}, {0x182, 0x184},
+    {0x187, 0x187}, {0x18B, 0x18B}, {0x191, 0x191}, {0x198, 0x198}, {0x1A0, 0x1A4}, {0x1A7, 0x1A7},
+    {0x1AC, 0x1AC}, {0x1AF, 0x1AF}, {0x1B3, 0x1B5}, {0x1B8, 0x1B8}, {0x1BC, 0x1BC}, {0x1C5, 0x1C5},
+    {0x1C8, 0x1C8}, {0x1CB, 0x1DB}, {0x1DE, 0x1EE}, {0x1F2, 0x1F4}, {0x1F8, 0x21E}, {0x222, 0x232},
+    {0x23B, 0x23B}, {0x241, 0x241}, {0x246, 0x24E}, {0x370, 0x372}, {0x376, 0x376}, {0x3C2, 0x3C2},
+    {0x3D8, 0x3EE}, {0x3F7, 0x3F7}, {0x3FA, 0x3FA}, {0x460, 0x480}, {0x48A, 0x4BE}, {0x4C1, 0x4CD},
+    {0x4D0, 0x52E}};
+struct offset_fold {
+    char16_t first, last;
+    std::int16_t by;
+};
+constexpr offset_fold offset_folds[] = {
+    {0xB5, 0xB5, 775}, {0xC0, 0xD6, 32}, {0xD8, 0xDE, 32}, {0x178, 0x178, -121}, {0x181, 0x181, 210},
+    {0x186, 0x186, 206}, {0x189, 0x18A, 205}, {0x18E, 0x18E, 79}, {0x18F, 0x18F, 202}, {0x190, 0x190,
+    203}, {0x193, 0x193, 205}, {0x194, 0x194, 207}, {0x196, 0x196, 211}, {0x197, 0x197, 209}, {0x19C,
+    0x19C, 211}, {0x19D, 0x19D, 213}, {0x19F, 0x19F, 214}, {0x1A6, 0x1A6, 218}, {0x1A9, 0x1A9, 218},
+    {0x1AE, 0x1AE, 218}, {0x1B1, 0x1B2, 217}, {0x1B7, 0x1B7, 219}, {0x1C4, 0x1C4, 2}, {0x1C7, 0x1C7, 2},
+    {0x1CA, 0x1CA, 2}, {0x1F1, 0x1F1, 2}, {0x1F6, 0x1F6, -97}, {0x1F7, 0x1F7, -56}, {0x220, 0x220,
+    -130}, {0x23D, 0x23D, -163}, {0x243, 0x243, -195}, {0x244, 0x244, 69}, {0x245, 0x245, 71}, {0x345,
+    0x345, 116}, {0x37F, 0x37F, 116}, {0x386, 0x386, 38}, {0x388, 0x38A, 37}, {0x38C, 0x38C, 64},
+    {0x38E, 0x38F, 63}, {0x391, 0x3A1, 32}, {0x3A3, 0x3AB, 32}, {0x3CF, 0x3CF, 8}, {0x3D0, 0x3D0, -30},
+    {0x3D1, 0x3D1, -25}, {0x3D5, 0x3D5, -15}, {0x3D6, 0x3D6, -22}, {0x3F0, 0x3F0, -54}, {0x3F1, 0x3F1,
+    -48}, {0x3F4, 0x3F4, -60}, {0x3F5, 0x3F5, -64}, {0x3F9, 0x3F9, -7}, {0x3FD, 0x3FF, -130}, {0x400,
+    0x40F, 80}, {0x410, 0x42F, 32}, {0x4C0, 0x4C0, 15}, {0x531, 0x556, 48}};
+
+}  // namespace
+
+char32_t fold_two_byte(char32_t cp) {
+    for (const auto& r : offset_folds) {
+        if (cp < r.first) {
+            break;
+        }
+        if (cp <= r.last) {
+            return static_cast<char32_t>(static_cast<std::int32_t>(cp) + r.by);
+        }
+    }
+    for (const auto& r : alternating_folds) {
+        if (cp < r.first) {
+            break;
+        }
+        if (cp <= r.last && (cp - r.first) % 2 == 0) {
+            return cp + 1;
+        }
+    }
+    return cp;
+}
+
+std::string fold_case(std::string_view s) {
+    std::string out{s};
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        if (const char32_t cp = two_byte_at(out, i); cp != 0) {
+            const char32_t f = fold_two_byte(cp);
+            out[i] = static_cast<char>(0xC0 | (f >> 6));
+            out[++i] = static_cast<char>(0x80 | (f & 0x3F));
+        } else {
+            out[i] = static_cast<char>(to_lower(static_cast<unsigned char>(out[i])));
+        }
+    }
+    return out;
+}
 
 std::uint64_t bytes_hash(std::string_view w) {
     std::uint64_t h = w.size() * 0x9E3779B97F4A7C15ull;

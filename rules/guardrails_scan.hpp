@@ -132,6 +132,15 @@ private:
     unsigned next_ = 0;
 };
 
+// The simple case folding (Unicode CaseFolding.txt, status C) of a code point written in two
+// UTF-8 bytes (U+0080 to U+07FF), all of them: Latin-1, Latin Extended-A and -B, Greek,
+// Coptic, Cyrillic, Armenian. Each fold is itself two bytes (`ſ`, which folds to ASCII `s`,
+// is kept); other code points are kept.
+char32_t fold_two_byte(char32_t cp);
+// `s` with every two-byte code point folded (fold_two_byte) and ASCII lower-cased; the same
+// length as `s`.
+std::string fold_case(std::string_view s);
+
 // A 64-bit hash of the bytes, 8 at a time (the length is mixed in first).
 std::uint64_t bytes_hash(std::string_view s);
 

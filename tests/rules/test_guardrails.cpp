@@ -1522,17 +1522,21 @@ TEST(GuardContent, MissingUnsubscribeInMarketingSends) {
     EXPECT_TRUE(f.check(tx).allowed());
 }
 
-// Other languages' unsubscribe wording, as the operator lists it; ASCII in any case, not in
-// an HTML comment, in every scanned field (Mailgun's html here too).
+// Other languages' unsubscribe wording, as the operator lists it; in any case (accented,
+// Greek and Cyrillic capitals too), not in an HTML comment, in every scanned field
+// (Mailgun's html here too).
 TEST(GuardContent, UnsubscribeWordsOfOtherLanguages) {
-    fixture f{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_words": ["Abmelden", "désabonner", "配信停止", "darse  de baja"]})j")};
+    fixture f{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_words": ["Abmelden", "désabonner", "配信停止", "darse  de baja",
+                                 "ОТПИСАТЬСЯ", "рассылку", "Διαγραφή"]})j")};
     for (const std::string footer : {"<p>Hier ABMELDEN</p>", "<a href=\\\"https://example.com/x\\\">Se d\u00e9sabonner</a>",
                                      "<p>Pour vous désabonner, cliquez ici</p>", "<p>配信停止はこちら</p>",
-                                     "<p>Unsubscribe</p>", "<p>Para DARSE de\\n\\tbaja</p>", "<p>Para darse de&nbsp;baja</p>"}) {
+                                     "<p>Unsubscribe</p>", "<p>Para DARSE de\\n\\tbaja</p>", "<p>Para darse de&nbsp;baja</p>",
+                                     "<p>DÉSABONNER</p>", "<p>Se D\u00c9sabonner</p>", "<p>Нажмите, чтобы отписаться</p>",
+                                     "<p>Отменить РАССЫЛКУ</p>", "<p>ΔΙΑΓΡΑΦΉ</p>"}) {
         EXPECT_TRUE(f.check_body(sendgrid(footer)).allowed()) << footer;
     }
     for (const std::string none : {"<p>Große Aktion</p>", "<!-- abmelden --><p>Aktion</p>", "<p>Abmeld</p>",
-                                   "<p>DÉSABONNER</p>", "<p>darsede baja</p>"}) {
+                                   "<p>désabonnér</p>", "<p>darsede baja</p>", "<p>ОТПИСАТ</p>", "<p>ΔΙΑΓΡΑΦΗ</p>"}) {
         const auto d = f.check_body(sendgrid(none));
         EXPECT_EQ(d.outcome, verdict::violated) << none;
         EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link (no unsubscribe link or text, none of unsubscribe_words"))
@@ -3120,6 +3124,23 @@ struct text_gen {
                                              << fast << " (" << fh.what << " @" << fh.offset << ")";
     }
     return ::testing::AssertionSuccess();
+}
+
+// Samples of each kind of fold in the two-byte case-folding tables (checked in full against
+// Python's str.casefold() when they were written out).
+TEST(GuardFastPaths, TwoByteCaseFolding) {
+    const std::pair<char32_t, char32_t> folds[] = {
+        {0xC9, 0xE9}, {0xDE, 0xFE}, {0xD7, 0xD7}, {0xDF, 0xDF}, {0xE9, 0xE9}, {0xB5, 0x3BC},  // É Þ × ß é µ
+        {0x100, 0x101}, {0x101, 0x101}, {0x139, 0x13A}, {0x130, 0x130}, {0x178, 0xFF}, {0x17F, 0x17F},  // Ā ā Ĺ İ Ÿ ſ
+        {0x1C4, 0x1C6}, {0x1C5, 0x1C6}, {0x218, 0x219}, {0x243, 0x180},  // Ǆ ǅ Ș Ƀ
+        {0x391, 0x3B1}, {0x3A2, 0x3A2}, {0x389, 0x3AE}, {0x3C2, 0x3C3}, {0x3F4, 0x3B8},  // Α (unassigned) Ή ς ϴ
+        {0x401, 0x451}, {0x410, 0x430}, {0x42F, 0x44F}, {0x490, 0x491}, {0x4C0, 0x4CF}, {0x52E, 0x52F},  // Ё А Я Ґ Ӏ Ԯ
+        {0x531, 0x561}, {0x556, 0x586}, {0x557, 0x557}, {0x7FF, 0x7FF}, {0x80, 0x80}};  // Ա Ֆ
+    for (const auto& [from, to] : folds) {
+        EXPECT_EQ(detail::fold_two_byte(from), to) << std::hex << static_cast<std::uint32_t>(from);
+    }
+    EXPECT_EQ(detail::fold_case("DÉSABONNER ОТПИСАТЬСЯ Ά"), "désabonner отписаться ά");
+    EXPECT_EQ(detail::fold_case("\xC3"), "\xC3");  // a lead byte alone is kept
 }
 
 TEST(GuardFastPaths, SimdClassesMatchTheByteTables) {
