@@ -121,11 +121,11 @@ private:
 };
 
 // Word-level Aho-Corasick automaton over a list of terms. A term is split into words
-// (runs of letters, digits, `_` and non-ASCII bytes, lower-cased); the text is split the same
-// way and the automaton runs over word ids, so a term matches only on word boundaries, in
-// time linear in the text whatever the number of terms. Between the words of a term the
-// text may have any run of non-word characters ("Free Money!", "free-money", "FREE, money"
-// all match "free money"; "freemoney" and "free_money" do not).
+// (runs of letters, digits, `_` and non-ASCII bytes, case-folded: detail::fold_case); the
+// text is split the same way and the automaton runs over word ids, so a term matches only
+// on word boundaries, in time linear in the text whatever the number of terms. Between the
+// words of a term the text may have any run of non-word characters ("Free Money!",
+// "free-money", "FREE, money" all match "free money"; "freemoney" and "free_money" do not).
 class term_matcher {
 public:
     // Returns false (and *error) for a term without any word or longer than the bounds.
@@ -134,7 +134,7 @@ public:
     bool empty() const { return terms_.empty(); }
     std::size_t size() const { return terms_.size(); }
 
-    // Word id of a lower-cased word, 0 if the word is in no term.
+    // Word id of a case-folded word (detail::fold_word), 0 if the word is in no term.
     std::uint32_t word_id(std::string_view lower_word) const;
     // Automaton step: state after reading word `id` (0 = unknown word) from `state`.
     std::uint32_t step(std::uint32_t state, std::uint32_t id) const;

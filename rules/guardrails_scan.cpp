@@ -947,7 +947,9 @@ constexpr offset_fold offset_folds[] = {
 
 }  // namespace
 
-char32_t fold_two_byte(char32_t cp) {
+namespace {
+
+char32_t fold_by_ranges(char32_t cp) {
     for (const auto& r : offset_folds) {
         if (cp < r.first) {
             break;
@@ -967,17 +969,59 @@ char32_t fold_two_byte(char32_t cp) {
     return cp;
 }
 
-std::string fold_case(std::string_view s) {
-    std::string out{s};
-    for (std::size_t i = 0; i < out.size(); ++i) {
-        if (const char32_t cp = two_byte_at(out, i); cp != 0) {
-            const char32_t f = fold_two_byte(cp);
+// The folds as one lookup per code point (the term scan folds every letter of a candidate
+// word), and the other way round: the code points that fold to each (at most 4: θ Θ ϑ ϴ).
+struct fold_tables {
+    std::array<char16_t, 0x800> fold{};
+    std::array<std::array<char16_t, 4>, 0x800> variants{};
+    std::array<std::uint8_t, 0x800> nvariants{};
+};
+
+const fold_tables& folds() {
+    static const fold_tables t = [] {
+        fold_tables v;
+        for (char32_t cp = 0; cp < 0x800; ++cp) {
+            const char32_t f = cp < 0x80 ? cp : fold_by_ranges(cp);
+            v.fold[cp] = static_cast<char16_t>(f);
+            if (v.nvariants[f] == v.variants[f].size()) {
+                std::abort();  // the tables above changed: widen `variants`
+            }
+            v.variants[f][v.nvariants[f]++] = static_cast<char16_t>(cp);
+        }
+        return v;
+    }();
+    return t;
+}
+
+}  // namespace
+
+char32_t fold_two_byte(char32_t cp) { return cp < 0x800 ? folds().fold[cp] : cp; }
+
+std::span<const char16_t> case_variants(char32_t folded) {
+    if (folded >= 0x800) {
+        return {};
+    }
+    const auto& t = folds();
+    return {t.variants[folded].data(), t.nvariants[folded]};
+}
+
+void fold_word(const unsigned char* p, std::size_t len, char* out) {
+    const auto& t = folds();
+    for (std::size_t i = 0; i < len; ++i) {
+        const unsigned char c = p[i];
+        if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) {
+            const char32_t f = t.fold[(static_cast<char32_t>(c & 0x1F) << 6) | (p[i + 1] & 0x3F)];
             out[i] = static_cast<char>(0xC0 | (f >> 6));
             out[++i] = static_cast<char>(0x80 | (f & 0x3F));
         } else {
-            out[i] = static_cast<char>(to_lower(static_cast<unsigned char>(out[i])));
+            out[i] = static_cast<char>(to_lower(c));
         }
     }
+}
+
+std::string fold_case(std::string_view s) {
+    std::string out(s.size(), '\0');
+    fold_word(reinterpret_cast<const unsigned char*>(s.data()), s.size(), out.data());
     return out;
 }
 
@@ -1304,6 +1348,47 @@ constexpr std::size_t max_term_words = 16;
 constexpr std::size_t max_word_bytes = 63;
 }  // namespace
 
+namespace {
+
+// Calls f(first byte, second byte) for each spelling of the letter at `i` of a folded word: a
+// two-byte letter in each of its cases (case_variants); an ASCII letter in both cases (the
+// second byte 0); any other byte as it is.
+template <class F>
+void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
+    if (const char32_t cp = two_byte_at(w, i); cp != 0) {
+        for (const char16_t v : detail::case_variants(cp)) {
+            f(static_cast<unsigned char>(0xC0 | (v >> 6)), static_cast<unsigned char>(0x80 | (v & 0x3F)));
+        }
+        return;
+    }
+    const auto c = static_cast<unsigned char>(w[i]);
+    f(c, 0);
+    if (is_lower(c)) {
+        f(static_cast<unsigned char>(c - 32), 0);
+    }
+}
+
+// Calls f(first, second) for the raw first two bytes a text's word can start with to be `w`
+// in any case; second -1 for a one-byte word (any byte that is no word byte follows it).
+template <class F>
+void for_each_start_pair(const std::string& w, F&& f) {
+    if (two_byte_at(w, 0) != 0) {
+        for_each_spelling(w, 0, [&](unsigned char a, unsigned char b) { f(a, static_cast<int>(b)); });
+        return;
+    }
+    for_each_spelling(w, 0, [&](unsigned char a, unsigned char) {
+        if (w.size() == 1) {
+            f(a, -1);
+            return;
+        }
+        // The second byte: an ASCII letter in both cases, or the lead byte of a two-byte
+        // letter in each of its spellings.
+        for_each_spelling(w, 1, [&](unsigned char b, unsigned char) { f(a, static_cast<int>(b)); });
+    });
+}
+
+}  // namespace
+
 bool term_matcher::add(std::string_view written, std::string* error) {
     // As a text is read (as shown): `don’t` is the words don and t, as `don't` is.
     std::string shown_term;
@@ -1316,11 +1401,7 @@ bool term_matcher::add(std::string_view written, std::string* error) {
             too_long = true;
             return true;
         }
-        std::string w{term.substr(s, e - s)};
-        for (auto& c : w) {
-            c = static_cast<char>(to_lower(static_cast<unsigned char>(c)));
-        }
-        words.push_back(std::move(w));
+        words.push_back(detail::fold_case(term.substr(s, e - s)));
         return false;
     });
     if (too_long) {
@@ -1341,8 +1422,15 @@ bool term_matcher::add(std::string_view written, std::string* error) {
         if (added) {
             words_.push_back(w);
         }
-        first_bits_[w.size()] |= 1ull << (static_cast<unsigned char>(w[0]) & 63);
-        last_bits_[w.size()] |= 1ull << (static_cast<unsigned char>(w.back()) & 63);
+        // The first and last bytes of the word in every spelling of a two-byte first or last
+        // letter (`р` starts D1, `Р` D0; `ü` ends BC, `Ü` 9C), as a text's word has them.
+        for_each_spelling(w, 0, [&](unsigned char lead, unsigned char) { first_bits_[w.size()] |= 1ull << (lead & 63); });
+        if (w.size() >= 2 && two_byte_at(w, w.size() - 2) != 0) {
+            for_each_spelling(w, w.size() - 2,
+                              [&](unsigned char, unsigned char cont) { last_bits_[w.size()] |= 1ull << (cont & 63); });
+        } else {
+            last_bits_[w.size()] |= 1ull << (static_cast<unsigned char>(w.back()) & 63);
+        }
         const std::uint64_t edge = (static_cast<std::uint64_t>(state) << 32) | it->second;
         auto e = edges_.find(edge);
         if (e == edges_.end()) {
@@ -1362,34 +1450,24 @@ bool term_matcher::add(std::string_view written, std::string* error) {
 std::size_t term_matcher::word_hash::operator()(std::string_view w) const noexcept { return detail::bytes_hash(w); }
 
 void term_matcher::build() {
-    // Raw first two bytes of each word in every case: a letter stands for itself and its
-    // upper case; after a one-byte word comes any byte that is not a word byte (0 at the end).
+    // Raw first two bytes of each word in every case (for_each_start_pair); after a one-byte
+    // word comes any byte that is not a word byte (0 at the end).
     auto set_pairs = [](std::vector<std::uint64_t>& bits, const std::string& w) {
-        auto variants = [](unsigned char c, unsigned char out[2]) {
-            out[0] = c;
-            return is_lower(c) ? (out[1] = static_cast<unsigned char>(c - 32), 2) : 1;
-        };
-        unsigned char first[2];
-        const int nf = variants(static_cast<unsigned char>(w[0]), first);
-        for (int i = 0; i < nf; ++i) {
-            auto set = [&](unsigned second) {
-                const unsigned pair = first[i] | (second << 8);
+        for_each_start_pair(w, [&](unsigned char first, int second) {
+            auto set = [&](unsigned b) {
+                const unsigned pair = first | (b << 8);
                 bits[pair >> 6] |= 1ull << (pair & 63);
             };
-            if (w.size() > 1) {
-                unsigned char second[2];
-                const int ns = variants(static_cast<unsigned char>(w[1]), second);
-                for (int j = 0; j < ns; ++j) {
-                    set(second[j]);
-                }
-            } else {
-                for (unsigned c = 0; c < 256; ++c) {
-                    if (!table.word[c]) {
-                        set(c);
-                    }
+            if (second >= 0) {
+                set(static_cast<unsigned>(second));
+                return;
+            }
+            for (unsigned c = 0; c < 256; ++c) {
+                if (!table.word[c]) {
+                    set(c);
                 }
             }
-        }
+        });
     };
     std::fill(word_pairs_.begin(), word_pairs_.end(), 0);
     std::fill(first_pairs_.begin(), first_pairs_.end(), 0);
@@ -1412,16 +1490,7 @@ void term_matcher::build() {
         if (bucket_of[c0] == 0xFF) {
             bucket_of[c0] = static_cast<unsigned char>(buckets++ % 8);
         }
-        for (const unsigned char a : {c0, is_lower(c0) ? static_cast<unsigned char>(c0 - 32) : c0}) {
-            if (w.size() == 1) {
-                starts.add(bucket_of[c0], a, -1);
-                continue;
-            }
-            const auto c1 = static_cast<unsigned char>(w[1]);
-            for (const unsigned char b : {c1, is_lower(c1) ? static_cast<unsigned char>(c1 - 32) : c1}) {
-                starts.add(bucket_of[c0], a, b);
-            }
-        }
+        for_each_start_pair(w, [&](unsigned char a, int b) { starts.add(bucket_of[c0], a, b); });
     }
     static_assert(sizeof starts == sizeof start_nibbles_);
     std::memcpy(start_nibbles_.data(), &starts, sizeof starts);
@@ -2807,7 +2876,15 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         std::uint32_t id = 0;
         if (len <= max_word_bytes && g.terms.maybe_word(len, c0, to_lower(static_cast<unsigned char>(text[e - 1])))) {
             for (std::size_t i = 0; i < len; ++i) {
-                lower[i] = static_cast<char>(to_lower(static_cast<unsigned char>(text[s + i])));
+                const auto c = static_cast<unsigned char>(text[s + i]);
+                const char32_t cp = two_byte_at(text.substr(0, e), s + i);
+                if (cp != 0) {
+                    const char32_t f = detail::fold_two_byte(cp);
+                    lower[i] = static_cast<char>(0xC0 | (f >> 6));
+                    lower[++i] = static_cast<char>(0x80 | (f & 0x3F));
+                } else {
+                    lower[i] = static_cast<char>(to_lower(c));
+                }
             }
             id = g.terms.word_id({lower, len});
         }
@@ -2909,9 +2986,7 @@ bool scan_content(const content_guard& g, std::string_view text, bool& unsubscri
                 const std::size_t len = e - s;
                 std::uint32_t id = 0;
                 if (len <= max_word_bytes && m.maybe_word(len, to_lower(p[s]), to_lower(p[e - 1]))) {
-                    for (std::size_t i = 0; i < len; ++i) {
-                        lower[i] = static_cast<char>(to_lower(p[s + i]));
-                    }
+                    detail::fold_word(p + s, len, lower);
                     id = m.word_id({lower, len});
                 }
                 if (id == 0) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -140,6 +141,10 @@ char32_t fold_two_byte(char32_t cp);
 // `s` with every two-byte code point folded (fold_two_byte) and ASCII lower-cased; the same
 // length as `s`.
 std::string fold_case(std::string_view s);
+// fold_case of the `len` bytes at `p` into `out` (as many bytes).
+void fold_word(const unsigned char* p, std::size_t len, char* out);
+// The two-byte code points whose fold is `folded`, `folded` among them (none past U+07FF).
+std::span<const char16_t> case_variants(char32_t folded);
 
 // A 64-bit hash of the bytes, 8 at a time (the length is mixed in first).
 std::uint64_t bytes_hash(std::string_view s);

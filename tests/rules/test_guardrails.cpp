@@ -1159,6 +1159,24 @@ TEST(GuardContent, BlockedTermsOnWordBoundaries) {
     EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #1 (act now)"));
 }
 
+// Terms in other scripts match in any case too: a noun capitalised at the start of a
+// sentence, a subject in capitals. Letters whose cases start or end with other bytes (`р`
+// D1 80, `Р` D0 A0; `ü` C3 BC, `Ü` C3 9C) and with more than two spellings (σ ς Σ).
+TEST(GuardContent, BlockedTermsInOtherScriptsMatchInAnyCase) {
+    fixture f{content_rule(R"j({"blocked_terms": ["бесплатно", "Überweisung sofort", "δωρεάν προσφορά", "ΣΑΣ",
+                                                  "ǆungla", "рр", "xü", "ПЕРЕВОД"]})j")};
+    for (const std::string text : {"БЕСПЛАТНО!", "Бесплатно для вас", "<b>überweisung</b> SOFORT", "ÜBERWEISUNG sofort",
+                                   "ΔΩΡΕΆΝ ΠΡΟΣΦΟΡΆ", "Δωρεάν προσφορά", "για σας", "ΓΙΑ ΣΑΣ", "ΣΑς", "Ǆungla", "ǅUNGLA",
+                                   "РР", "Рр", "XÜ", "xÜ", "перевод", "Перевод денег"}) {
+        const auto d = f.check_body(sendgrid("<p>" + text + "</p>"));
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+        EXPECT_THAT(d.reason, HasSubstr("blocked term #")) << text;
+    }
+    for (const std::string text : {"бесплатное", "Überweisungen sofort", "ΔΩΡΕΑΝ ΠΡΟΣΦΟΡΑ", "σα", "рра", "xu", "переводы"}) {
+        EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
+    }
+}
+
 // Every default field whose text ends up in the mail is read: a footer, sections, SES v2 bulk
 // defaults and replacements, HubSpot contact properties, Mailgun and SES v1 template data.
 TEST(GuardContent, EveryDefaultFieldIsRead) {
@@ -2996,6 +3014,17 @@ struct text_gen {
     }
     std::string case_mix(std::string w) {
         const auto mode = pick(4);
+        for (std::size_t i = 0; i + 1 < w.size(); ++i) {
+            // A two-byte letter in any of its spellings (É é, Σ σ ς).
+            const auto lead = static_cast<unsigned char>(w[i]);
+            const auto next = static_cast<unsigned char>(w[i + 1]);
+            if (mode != 0 && lead >= 0xC2 && lead <= 0xDF && (next & 0xC0) == 0x80) {
+                const auto spellings = detail::case_variants(detail::fold_two_byte(((lead & 0x1Fu) << 6) | (next & 0x3Fu)));
+                const char16_t v = spellings[pick(spellings.size())];
+                w[i] = static_cast<char>(0xC0 | (v >> 6));
+                w[++i] = static_cast<char>(0x80 | (v & 0x3F));
+            }
+        }
         for (auto& c : w) {
             const auto u = static_cast<unsigned char>(c);
             if (mode == 1 || (mode == 3 && chance(50))) {
@@ -3216,7 +3245,8 @@ content_guard random_content_guard(text_gen& gen, const std::vector<std::string>
 
 TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     const std::vector<std::string> vocab{"free", "money", "act", "now", "a", "0", "7", "12", "win", "\xc3\xbc" "ber",
-                                         "x_y", "spam", "phrase", "href", "http", "unsubscribe", "amp", "lt"};
+                                         "x_y", "spam", "phrase", "href", "http", "unsubscribe", "amp", "lt",
+                                         "бесплатно", "рр", "σας", "θ", "ǆ", "xü", "Überweisung"};
     text_gen gen{4242};
     int hits = 0;
     for (int i = 0; i < 4000; ++i) {
