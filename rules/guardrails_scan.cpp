@@ -2586,60 +2586,117 @@ bool image_set_before(std::string_view text, std::size_t paren) {
            (w.size() > name.size() && iequals_lower(w.substr(w.size() - name.size()), name));
 }
 
-// Whether the ',' at `comma` separates the candidates of a list of URLs a mail client
-// fetches: a `srcset` attribute's value (`srcset="//a/x.png 1x, //b/x.png 2x"`) or CSS's
-// `image-set("//a/x.png" 1x, "//b/x.png" 2x)`. Reads back to the attribute's `=` (past the
-// value's opening quote) or the function's '(' (past the parentheses of any `url(...)`
-// between): at most 4 KiB, and never past a `<`, `>`, `{` or `}`.
-bool in_url_list(std::string_view text, std::size_t comma) {
-    const std::size_t stop = comma > 4096 ? comma - 4096 : 0;
-    std::size_t depth = 0;
-    for (std::size_t j = comma; j > stop; --j) {
-        const char c = text[j - 1];
-        if (c == '<' || c == '>' || c == '{' || c == '}') {
-            return false;
+// The spans of a text that hold lists of URLs a mail client fetches one of: the value of a
+// `srcset` attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its closing quote, or
+// unquoted to a blank or `>`) and the arguments of CSS's `image-set(` (to its `)`, over
+// quoted strings and nested parentheses). Read once per text, when a scheme-relative URL
+// first follows a ',' (one pass; a span's end is where the next search starts, so linear).
+// An unclosed span runs to the end of the text.
+class url_lists {
+public:
+    // Whether the byte at `pos` is inside a span.
+    bool holds(std::string_view text, std::size_t pos) {
+        if (!read_) {
+            read(text);
         }
-        if (c == ')') {
-            ++depth;
-        } else if (c == '(') {
-            if (depth == 0) {
-                return image_set_before(text, j - 1);
-            }
-            --depth;
-        } else if (c == '=' || c == '"' || c == '\'') {
-            // An attribute's `=`, or the opening quote of its value (a quote after a blank
-            // run and '='); any other quote closes or opens a CSS string: read on.
-            std::size_t k = j - 1;
-            if (c != '=') {
-                while (k > stop && url_lead(text[k - 1])) {
-                    --k;
+        const auto it = std::upper_bound(spans_.begin(), spans_.end(), pos,
+                                         [](std::size_t p, const auto& span) { return p < span.first; });
+        return it != spans_.begin() && pos < std::prev(it)->second;
+    }
+
+private:
+    void read(std::string_view text) {
+        read_ = true;
+        const std::size_t n = text.size();
+        std::size_t i = 0;
+        while (i < n) {
+            const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
+            // An attribute: after a blank, a quote or '/' (`<img/srcset=`), or `-` (`data-srcset`,
+            // as `data-src` counts); not in a URL's query (`?srcset=`).
+            if (c == 's' && iequals_lower(text.substr(i, 6), "srcset") &&
+                (i == 0 || url_lead(text[i - 1]) || text[i - 1] == '"' || text[i - 1] == '\'' || text[i - 1] == '/' ||
+                 text[i - 1] == '-')) {
+                std::size_t j = i + 6;
+                while (j < n && url_lead(text[j])) {
+                    ++j;
                 }
-                if (k == stop || text[k - 1] != '=') {
+                if (j == n || text[j] != '=') {
+                    i += 6;
                     continue;
                 }
-                --k;
+                ++j;
+                while (j < n && url_lead(text[j])) {
+                    ++j;
+                }
+                std::size_t end = j;
+                if (j < n && (text[j] == '"' || text[j] == '\'')) {
+                    const char quote = text[j++];
+                    end = std::min(text.find(quote, j), n);
+                } else {
+                    while (end < n && !url_lead(text[end]) && text[end] != '>') {
+                        ++end;
+                    }
+                }
+                spans_.emplace_back(j, end);
+                i = end + 1;
+                continue;
             }
-            while (k > stop && url_lead(text[k - 1])) {
-                --k;
+            if (c == 'i' && iequals_lower(text.substr(i, 10), "image-set(")) {
+                const std::size_t j = i + 10;
+                std::size_t k = j;
+                std::size_t depth = 0;
+                for (; k < n; ++k) {
+                    const char b = text[k];
+                    if (b == '"' || b == '\'') {
+                        k = std::min(text.find(b, k + 1), n - 1);  // a string: to its closing quote
+                    } else if (b == '(') {
+                        ++depth;
+                    } else if (b == ')' && depth-- == 0) {
+                        break;
+                    }
+                }
+                spans_.emplace_back(j, k);
+                i = k + 1;
+                continue;
             }
-            const std::size_t w = url_word_before(text, k);
-            if (w != std::string_view::npos && iequals_lower(text.substr(w, k - w), "srcset")) {
-                return true;
-            }
-            if (c != '=') {
-                return false;  // the value of another attribute
-            }
+            ++i;
         }
     }
-    return false;
+
+    std::vector<std::pair<std::size_t, std::size_t>> spans_;
+    bool read_ = false;
+};
+
+// The length of an HTML reference to a quote that starts at `i` (`&quot;`, `&apos;`, `&#34;`,
+// `&#x27;`...: how a CSS string is written inside a `style="..."` attribute), else 0.
+std::size_t quote_reference_at(std::string_view text, std::size_t i) {
+    if (text[i] != '&') {
+        return 0;
+    }
+    for (const std::string_view r : {"&quot;", "&apos;", "&#34;", "&#39;", "&#x22;", "&#x27;"}) {
+        if (iequals_lower(text.substr(i, r.size()), r)) {
+            return r.size();
+        }
+    }
+    return 0;
 }
 
-// A scheme-relative URL in a list of URLs (in_url_list) after the first, or the first in an
-// `image-set(`: for the run of ` ="'(` and blanks starting at `q` before the URL's slashes,
-// the ',' or '(' that starts it (where the link is reported), else npos. (`srcset`'s first
-// URL, and `url(//...)` anywhere, follow their url_word.)
-std::size_t url_list_entry(std::string_view text, std::size_t q) {
-    if (q > 0 && text[q - 1] == ',' && in_url_list(text, q - 1)) {
+// The same ending at `end` (text[end - 1] is its ';'), else 0.
+std::size_t quote_reference_before(std::string_view text, std::size_t end) {
+    for (const std::size_t len : {std::size_t{5}, std::size_t{6}}) {
+        if (end >= len && text[end - 1] == ';' && quote_reference_at(text, end - len) == len) {
+            return len;
+        }
+    }
+    return 0;
+}
+
+// A scheme-relative URL in a list of URLs (url_lists) after the first, or the first in an
+// `image-set(`: for the run of ` ="'(`, blanks and quote references starting at `q` before
+// the URL's slashes, the ',' or '(' that starts it (where the link is reported), else npos.
+// (`srcset`'s first URL, and `url(//...)` anywhere, follow their url_word.)
+std::size_t url_list_entry(std::string_view text, std::size_t q, url_lists& lists) {
+    if (q > 0 && text[q - 1] == ',' && lists.holds(text, q - 1)) {
         return q - 1;
     }
     return text[q] == '(' && image_set_before(text, q) ? q : std::string_view::npos;
@@ -2702,12 +2759,15 @@ bool www_has_host(std::string_view text, std::size_t dot) {
 
 // The first link to a host outside link_domains, the way the word scan finds them: a word
 // `http`/`https` followed by `:`, a word `www` followed by `.` (as www_starts_link), or a word
-// url_word followed by a run of ` ="'(` and two slashes or backslashes. Only the link marks of
-// the text (for_each_link_mark) are looked at, and each looks back at most over its own run
-// of ` ="'(`. Returns the offset of the http/www/url_word word (the links come out in text order:
-// the words and runs of two links cannot overlap).
+// url_word, a ',' inside a list of URLs (url_lists) or an `image-set(`'s '(' followed by a run
+// of ` ="'(`, blanks and quote references, and two slashes or backslashes. Only the link marks
+// of the text (for_each_link_mark) are looked at, and each looks back at most over its own
+// run (the lists are read once for the text). Returns the offset of the http/www/url_word word
+// or of the ',' or '(' (the links come out in text order: the words and runs of two links
+// cannot overlap).
 std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::string_view& host) {
     std::size_t found = std::string_view::npos;
+    url_lists lists;
     for_each_link_mark(text, [&](std::size_t c) {
         std::size_t s = std::string_view::npos;
         std::size_t from = 0;
@@ -2730,13 +2790,19 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
         } else {  // two slashes not after a ':' (a scheme's are read at its ':')
             from = after_second_slash(text, c);
             std::size_t q = c;
-            while (q > 0 && href_gap(text[q - 1])) {
-                --q;
+            while (q > 0) {
+                if (href_gap(text[q - 1])) {
+                    --q;
+                } else if (const std::size_t r = quote_reference_before(text, q); r != 0) {
+                    q -= r;  // `style="background:url(&quot;//host/x.png&quot;)"`
+                } else {
+                    break;
+                }
             }
             if (from != std::string_view::npos) {
                 s = url_word_before(text, q);
                 if (s == std::string_view::npos) {
-                    s = url_list_entry(text, q);
+                    s = url_list_entry(text, q, lists);
                 }
             }
             start = c;
@@ -2776,18 +2842,28 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     // the words from its ',' or '(' on.
     std::size_t list_link = std::string_view::npos;
     std::string list_host;  // (url_host's view of a host read without tabs is overwritten by the next)
+    const auto skip_gap = [&](std::size_t j) {  // a run of ` ="'(`, blanks and quote references
+        while (j < text.size()) {
+            if (href_gap(text[j])) {
+                ++j;
+            } else if (const std::size_t r = quote_reference_at(text, j); r != 0) {
+                j += r;
+            } else {
+                break;
+            }
+        }
+        return j;
+    };
+    url_lists lists;
     for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
         if (text[i] != ',' && text[i] != '(') {
             continue;
         }
-        std::size_t j = i + 1;
-        while (j < text.size() && href_gap(text[j])) {
-            ++j;
-        }
+        const std::size_t j = skip_gap(i + 1);
         const std::size_t after = j < text.size() && link_slash(static_cast<unsigned char>(text[j]))
                                       ? after_second_slash(text, j)
                                       : std::string_view::npos;
-        if (after == std::string_view::npos || (text[i] == ',' ? !in_url_list(text, i) : !image_set_before(text, i))) {
+        if (after == std::string_view::npos || (text[i] == ',' ? !lists.holds(text, i) : !image_set_before(text, i))) {
             continue;
         }
         const std::string_view host = url_host(text, after, j);
@@ -2855,10 +2931,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         }
         if (g.check_links && url_word(text.substr(s, len))) {
             // href="//host/..." (scheme-relative; `\` reads as `/`); href="http..." is caught as a URL.
-            std::size_t i = e;
-            while (i < text.size() && href_gap(text[i])) {
-                ++i;
-            }
+            const std::size_t i = skip_gap(e);
             const std::size_t after = i < text.size() && link_slash(static_cast<unsigned char>(text[i]))
                                           ? after_second_slash(text, i)
                                           : std::string_view::npos;

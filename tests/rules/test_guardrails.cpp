@@ -1256,7 +1256,18 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<img srcset=\"data:image/png;base64,iVBOR= 1x, //evil.io/b.png?w=2 2x\">)j",
                                       R"j(<div style=\"background:image-set('//evil.io/a.png' 1x)\">)j",
                                       R"j(<style>.h{background:-webkit-Image-Set(url(//cdn.example.com/a.png) 1x, '//evil.io/b.png' 2x)}</style>)j",
-                                      R"j(<style>.h{background:image-set(\"a.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j"}) {
+                                      R"j(<style>.h{background:image-set(\"a.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      // Whatever a srcset's URLs hold; a style attribute's CSS strings.
+                                      R"j(<img srcset=\"//cdn.example.com/a(1.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img srcset=\"//cdn.example.com/a.png?v={1} 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img srcset=\"a.png?q=a>b 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img srcset=\"a.png?x=' 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img alt=x/srcset=\"a.png 1x,//evil.io/b.png 2x\">)j",
+                                      R"j(<img data-srcset=\"a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<style>.h{background:image-set(\"a).png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<div style=\"background:image-set(&quot;//cdn.example.com/a.png&quot; 1x, &quot;//evil.io/b.png&quot; 2x)\">)j",
+                                      R"j(<div style=\"background:image-set(&#39;//evil.io/a.png&#39; 1x)\">)j",
+                                      R"j(<div style=\"background:url(&quot;//evil.io/a.png&quot;)\">)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -1267,9 +1278,15 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<img src=\"/images/logo.png\">)j",
                                    R"j(<img srcset=\"//cdn.example.com/a.png 1x, //www.example.com/b.png 2x\" alt=\"a, b\">)j",
                                    R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
-                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, //x}</style>)j"}) {
+                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, //x}</style>)j",
+                                   R"j(<a href=\"https://www.example.com/r?srcset=a,//tracker.example.net/x\">x</a>)j",
+                                   R"j(<img srcset=a.png alt=Sale,//evil.io>)j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
+    // A srcset's later URL however long the URLs before it (an inline placeholder image).
+    EXPECT_FALSE(f.check_body(sendgrid("<img srcset=\\\"data:image/png;base64," + std::string(5000, 'A') +
+                                       " 1x, //evil.io/b.png 2x\\\">"))
+                     .allowed());
     EXPECT_FALSE(f.check_body(sendgrid("Visit HTTP://Evil.IO:8080/path now")).allowed());
     EXPECT_FALSE(f.check_body(sendgrid(R"j(see https:\/\/evil.io\/x)j")).allowed());  // JSON-escaped slashes
     // Runs of slashes after the scheme, and userinfo past a character that ends a link in
@@ -3113,7 +3130,10 @@ struct text_gen {
                                               "\"https://\n", "awww.", "/www.", "srcset=\"a.png 1x, //",
                                               "srcset='//example.com/a 1x,\t\\\\", "srcset=x,//", "alt=\"a, //",
                                               "image-set(\"//", "-webkit-image-set( '//", "image-set(url(//a) 1x, \"//",
-                                              "imageset(\"//", ", //", "(//", "srcset=\"a.png?w=1 1x,//"};
+                                              "imageset(\"//", ", //", "(//", "srcset=\"a.png?w=1 1x,//",
+                                              "url(&quot;//", "image-set(&#39;//", ", &QUOT;//", "src=&apos; //",
+                                              "srcset=\"a(1 1x, //", "srcset=\"a?x=' 1x,//", "?srcset=a,//",
+                                              "data-srcset='a 1x, &#x22;//", "&amp;quot;//", "&quot//"};
         static const char* const hosts[] = {"example.com", "www.example.com", "evil.io", "EXAMPLE.com", "user@evil.io",
                                             "example.com@evil.io", "[::1]", "example.com:8080", "", " ",
                                             "sub.partner.io", "partner.io.evil.io", "e\xc3\xa9.io", "example.com\t.evil.io",
@@ -3133,7 +3153,7 @@ struct text_gen {
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
                                 "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
                                 "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01", "srcset=\"", "srcset", ",",
-                                "image-set(", "(", ")", "<", "{"});
+                                "image-set(", "(", ")", "<", "{", "&quot;", "&#39;", "srcset='"});
         }
     }
 
