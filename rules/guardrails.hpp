@@ -142,9 +142,10 @@ public:
     std::int32_t output(std::uint32_t state) const { return out_[state]; }
     std::size_t term_words(std::size_t term) const { return term_words_[term]; }
     const std::string& term(std::size_t i) const { return terms_[i]; }
-    // Cheap pre-filter: whether some term word has this length, first and last byte.
-    bool maybe_word(std::size_t len, unsigned char first_lower, unsigned char last_lower) const {
-        return len < 64 && ((first_bits_[len] >> (first_lower & 63)) & (last_bits_[len] >> (last_lower & 63)) & 1u);
+    // Cheap pre-filter: whether some term word has this length, first and last byte (a text's
+    // bytes, ASCII lower-cased; the bits hold every spelling of a two-byte first or last letter).
+    bool maybe_word(std::size_t len, unsigned char first, unsigned char last) const {
+        return len < 64 && ((first_bits_[len] >> (first & 63)) & (last_bits_[len] >> (last & 63)) & 1u);
     }
     // Cheaper pre-filters, before the word's end is known, on the raw first two bytes of a
     // word (`first | second << 8`; second: the byte after a one-byte word, 0 at the end):
@@ -267,8 +268,8 @@ struct content_guard {
     bool check_links = false;         // link_domains given
     bool require_unsubscribe = false;
     // Other words that satisfy require_unsubscribe besides `unsubscribe` (`abmelden`,
-    // `désabonner`), ASCII lower-cased; and templates stored upstream with their own
-    // unsubscribe link: a send naming only such templates satisfies it.
+    // `désabonner`), case-folded (detail::fold_case); and templates stored upstream with
+    // their own unsubscribe link: a send naming only such templates satisfies it.
     std::vector<std::string> unsubscribe_words;
     std::vector<std::string> unsubscribe_templates;
     std::vector<guard_field> template_fields;  // where sends name templates (the duplicates guard's defaults)

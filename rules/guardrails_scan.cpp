@@ -721,20 +721,30 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
 }
 
 // Whether text holds one of a content guard's own unsubscribe words (`abmelden`,
-// `darse de baja`: stored ASCII lower-cased, blanks as single spaces), outside an HTML
-// comment, as has_unsubscribe reads `unsubscribe`. Only when the guard has such words. Each
-// candidate position is where the word's first byte is (memchr), and reads_as stops at the
-// first byte that differs.
+// `darse de baja`: stored case-folded, blanks as single spaces), outside an HTML comment, as
+// has_unsubscribe reads `unsubscribe`. Only when the guard has such words. Each candidate
+// position is where the word's first byte is in one of its spellings (memchr), and reads_as
+// stops at the first byte that differs.
 bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_view text) {
     for (const auto& w : words) {
         const auto first = static_cast<unsigned char>(w[0]);
-        if (two_byte_at(w, 0) != 0) {
-            // A letter that may have case: its other spellings can start with other bytes
-            // (`р` is D1 80, `Р` D0 A0), so every two-byte code point is a candidate.
-            for (std::size_t i = 0; i + 1 < text.size(); ++i) {
-                const auto b = static_cast<unsigned char>(text[i]);
-                if (b >= 0xC2 && b <= 0xDF && reads_as(text, i, w) && !in_html_comment(text, i)) {
-                    return true;
+        if (const char32_t cp = two_byte_at(w, 0); cp != 0) {
+            // A letter that may have case: its spellings can start with other bytes (`р` is
+            // D1 80, `Р` D0 A0): each distinct lead byte once.
+            unsigned char leads[8];
+            std::size_t nleads = 0;
+            for (const char16_t v : detail::case_variants(cp)) {
+                const auto lead = static_cast<unsigned char>(0xC0 | (v >> 6));
+                if (std::find(leads, leads + nleads, lead) == leads + nleads) {
+                    leads[nleads++] = lead;
+                }
+            }
+            for (std::size_t k = 0; k < nleads; ++k) {
+                for (std::size_t i = text.find(static_cast<char>(leads[k])); i != std::string_view::npos;
+                     i = text.find(static_cast<char>(leads[k]), i + 1)) {
+                    if (reads_as(text, i, w) && !in_html_comment(text, i)) {
+                        return true;
+                    }
                 }
             }
             continue;
@@ -915,7 +925,9 @@ namespace {
 // Unicode 14, in two tables: ranges where every other code point, from the first, folds to
 // the next one (Ā to ā, Ѡ to ѡ), and ranges that fold by one offset (À-Ö by +32, А-Я by +32,
 // Ѐ-Џ by +80, the irregular ones one by one). Written out from Python's str.casefold() over
-// the range (`len(c.casefold()) == 1`); GuardFastPaths.TwoByteCaseFolding checks samples.
+// the range (`len(c.casefold()) == 1` and the fold in the range: not ſ to s, Ⱥ to ⱥ), less
+// U+0345 (a combining mark, which the text as shown drops); GuardFastPaths.TwoByteCaseFolding
+// checks samples.
 struct alternating_fold {
     char16_t first, last;
 };
@@ -938,8 +950,8 @@ constexpr offset_fold offset_folds[] = {
     0x19C, 211}, {0x19D, 0x19D, 213}, {0x19F, 0x19F, 214}, {0x1A6, 0x1A6, 218}, {0x1A9, 0x1A9, 218},
     {0x1AE, 0x1AE, 218}, {0x1B1, 0x1B2, 217}, {0x1B7, 0x1B7, 219}, {0x1C4, 0x1C4, 2}, {0x1C7, 0x1C7, 2},
     {0x1CA, 0x1CA, 2}, {0x1F1, 0x1F1, 2}, {0x1F6, 0x1F6, -97}, {0x1F7, 0x1F7, -56}, {0x220, 0x220,
-    -130}, {0x23D, 0x23D, -163}, {0x243, 0x243, -195}, {0x244, 0x244, 69}, {0x245, 0x245, 71}, {0x345,
-    0x345, 116}, {0x37F, 0x37F, 116}, {0x386, 0x386, 38}, {0x388, 0x38A, 37}, {0x38C, 0x38C, 64},
+    -130}, {0x23D, 0x23D, -163}, {0x243, 0x243, -195}, {0x244, 0x244, 69}, {0x245, 0x245, 71},
+    {0x37F, 0x37F, 116}, {0x386, 0x386, 38}, {0x388, 0x38A, 37}, {0x38C, 0x38C, 64},
     {0x38E, 0x38F, 63}, {0x391, 0x3A1, 32}, {0x3A3, 0x3AB, 32}, {0x3CF, 0x3CF, 8}, {0x3D0, 0x3D0, -30},
     {0x3D1, 0x3D1, -25}, {0x3D5, 0x3D5, -15}, {0x3D6, 0x3D6, -22}, {0x3F0, 0x3F0, -54}, {0x3F1, 0x3F1,
     -48}, {0x3F4, 0x3F4, -60}, {0x3F5, 0x3F5, -64}, {0x3F9, 0x3F9, -7}, {0x3FD, 0x3FF, -130}, {0x400,
@@ -949,7 +961,7 @@ constexpr offset_fold offset_folds[] = {
 
 namespace {
 
-char32_t fold_by_ranges(char32_t cp) {
+constexpr char32_t fold_by_ranges(char32_t cp) {
     for (const auto& r : offset_folds) {
         if (cp < r.first) {
             break;
@@ -969,44 +981,58 @@ char32_t fold_by_ranges(char32_t cp) {
     return cp;
 }
 
+// A folded Greek vowel without its tonos or dialytika: Greek written in capitals drops them
+// (`ΔΩΡΕΑΝ` is how `δωρεάν` is set in a capitalised subject), so they are no difference.
+constexpr char32_t greek_unaccented(char32_t f) {
+    switch (f) {
+        case 0x3AC: return 0x3B1;  // ά
+        case 0x3AD: return 0x3B5;  // έ
+        case 0x3AE: return 0x3B7;  // ή
+        case 0x3AF: case 0x3CA: case 0x390: return 0x3B9;  // ί ϊ ΐ
+        case 0x3CC: return 0x3BF;  // ό
+        case 0x3CD: case 0x3CB: case 0x3B0: return 0x3C5;  // ύ ϋ ΰ
+        case 0x3CE: return 0x3C9;  // ώ
+        default: return f;
+    }
+}
+
 // The folds as one lookup per code point (the term scan folds every letter of a candidate
-// word), and the other way round: the code points that fold to each (at most 4: θ Θ ϑ ϴ).
+// word), and the other way round: the code points that fold to each (at most 7: ι Ι ί Ί ϊ Ϊ ΐ).
+// Built at compile time.
 struct fold_tables {
     std::array<char16_t, 0x800> fold{};
-    std::array<std::array<char16_t, 4>, 0x800> variants{};
+    std::array<std::array<char16_t, 8>, 0x800> variants{};
     std::array<std::uint8_t, 0x800> nvariants{};
 };
 
-const fold_tables& folds() {
-    static const fold_tables t = [] {
-        fold_tables v;
-        for (char32_t cp = 0; cp < 0x800; ++cp) {
-            const char32_t f = cp < 0x80 ? cp : fold_by_ranges(cp);
-            v.fold[cp] = static_cast<char16_t>(f);
-            if (v.nvariants[f] == v.variants[f].size()) {
-                std::abort();  // the tables above changed: widen `variants`
-            }
-            v.variants[f][v.nvariants[f]++] = static_cast<char16_t>(cp);
+constexpr fold_tables make_fold_tables() {
+    fold_tables t;
+    for (char32_t cp = 0; cp < 0x800; ++cp) {
+        const char32_t f = cp < 0x80 ? cp : greek_unaccented(fold_by_ranges(cp));
+        t.fold[cp] = static_cast<char16_t>(f);
+        if (t.nvariants[f] == t.variants[f].size()) {
+            throw "more spellings of one letter than fold_tables::variants holds";  // at compile time
         }
-        return v;
-    }();
+        t.variants[f][t.nvariants[f]++] = static_cast<char16_t>(cp);
+    }
     return t;
 }
 
+constexpr fold_tables folds = make_fold_tables();
+
 }  // namespace
 
-char32_t fold_two_byte(char32_t cp) { return cp < 0x800 ? folds().fold[cp] : cp; }
+char32_t fold_two_byte(char32_t cp) { return cp < 0x800 ? folds.fold[cp] : cp; }
 
 std::span<const char16_t> case_variants(char32_t folded) {
     if (folded >= 0x800) {
         return {};
     }
-    const auto& t = folds();
-    return {t.variants[folded].data(), t.nvariants[folded]};
+    return {folds.variants[folded].data(), folds.nvariants[folded]};
 }
 
 void fold_word(const unsigned char* p, std::size_t len, char* out) {
-    const auto& t = folds();
+    const auto& t = folds;
     for (std::size_t i = 0; i < len; ++i) {
         const unsigned char c = p[i];
         if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) {

@@ -134,16 +134,18 @@ private:
 };
 
 // The simple case folding (Unicode CaseFolding.txt, status C) of a code point written in two
-// UTF-8 bytes (U+0080 to U+07FF), all of them: Latin-1, Latin Extended-A and -B, Greek,
-// Coptic, Cyrillic, Armenian. Each fold is itself two bytes (`ſ`, which folds to ASCII `s`,
-// is kept); other code points are kept.
+// UTF-8 bytes (U+0080 to U+07FF): Latin-1, Latin Extended-A and -B, Greek, Coptic, Cyrillic,
+// Armenian; a Greek vowel also loses its tonos or dialytika (Greek capitals drop them). Only
+// folds that stay two bytes (not `ſ` to `s`, `Ⱥ` to `ⱥ`), and not U+0345 (a combining mark);
+// other code points are kept.
 char32_t fold_two_byte(char32_t cp);
 // `s` with every two-byte code point folded (fold_two_byte) and ASCII lower-cased; the same
 // length as `s`.
 std::string fold_case(std::string_view s);
 // fold_case of the `len` bytes at `p` into `out` (as many bytes).
 void fold_word(const unsigned char* p, std::size_t len, char* out);
-// The two-byte code points whose fold is `folded`, `folded` among them (none past U+07FF).
+// The two-byte code points whose fold is `folded`, `folded` among them (at most 8; none
+// past U+07FF; an ASCII `folded` only itself).
 std::span<const char16_t> case_variants(char32_t folded);
 
 // A 64-bit hash of the bytes, 8 at a time (the length is mixed in first).

@@ -1166,13 +1166,13 @@ TEST(GuardContent, BlockedTermsInOtherScriptsMatchInAnyCase) {
     fixture f{content_rule(R"j({"blocked_terms": ["бесплатно", "Überweisung sofort", "δωρεάν προσφορά", "ΣΑΣ",
                                                   "ǆungla", "рр", "xü", "ПЕРЕВОД"]})j")};
     for (const std::string text : {"БЕСПЛАТНО!", "Бесплатно для вас", "<b>überweisung</b> SOFORT", "ÜBERWEISUNG sofort",
-                                   "ΔΩΡΕΆΝ ΠΡΟΣΦΟΡΆ", "Δωρεάν προσφορά", "για σας", "ΓΙΑ ΣΑΣ", "ΣΑς", "Ǆungla", "ǅUNGLA",
+                                   "ΔΩΡΕΆΝ ΠΡΟΣΦΟΡΆ", "Δωρεάν προσφορά", "ΔΩΡΕΑΝ ΠΡΟΣΦΟΡΑ", "δωρεαν προσφορα", "για σας", "ΓΙΑ ΣΑΣ", "ΣΑς", "Ǆungla", "ǅUNGLA",
                                    "РР", "Рр", "XÜ", "xÜ", "перевод", "Перевод денег"}) {
         const auto d = f.check_body(sendgrid("<p>" + text + "</p>"));
         EXPECT_EQ(d.outcome, verdict::violated) << text;
         EXPECT_THAT(d.reason, HasSubstr("blocked term #")) << text;
     }
-    for (const std::string text : {"бесплатное", "Überweisungen sofort", "ΔΩΡΕΑΝ ΠΡΟΣΦΟΡΑ", "σα", "рра", "xu", "переводы"}) {
+    for (const std::string text : {"бесплатное", "Überweisungen sofort", "Uberweisung sofort", "σα", "рра", "xu", "переводы"}) {
         EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
     }
 }
@@ -1567,11 +1567,11 @@ TEST(GuardContent, UnsubscribeWordsOfOtherLanguages) {
                                      "<p>Pour vous désabonner, cliquez ici</p>", "<p>配信停止はこちら</p>",
                                      "<p>Unsubscribe</p>", "<p>Para DARSE de\\n\\tbaja</p>", "<p>Para darse de&nbsp;baja</p>",
                                      "<p>DÉSABONNER</p>", "<p>Se D\u00c9sabonner</p>", "<p>Нажмите, чтобы отписаться</p>",
-                                     "<p>Отменить РАССЫЛКУ</p>", "<p>ΔΙΑΓΡΑΦΉ</p>"}) {
+                                     "<p>Отменить РАССЫЛКУ</p>", "<p>ΔΙΑΓΡΑΦΉ</p>", "<p>ΔΙΑΓΡΑΦΗ</p>"}) {
         EXPECT_TRUE(f.check_body(sendgrid(footer)).allowed()) << footer;
     }
     for (const std::string none : {"<p>Große Aktion</p>", "<!-- abmelden --><p>Aktion</p>", "<p>Abmeld</p>",
-                                   "<p>désabonnér</p>", "<p>darsede baja</p>", "<p>ОТПИСАТ</p>", "<p>ΔΙΑΓΡΑΦΗ</p>"}) {
+                                   "<p>désabonnér</p>", "<p>darsede baja</p>", "<p>ОТПИСАТ</p>", "<p>desabonner</p>"}) {
         const auto d = f.check_body(sendgrid(none));
         EXPECT_EQ(d.outcome, verdict::violated) << none;
         EXPECT_THAT(d.reason, HasSubstr("missing unsubscribe link (no unsubscribe link or text, none of unsubscribe_words"))
@@ -3176,19 +3176,20 @@ struct text_gen {
 }
 
 // Samples of each kind of fold in the two-byte case-folding tables (checked in full against
-// Python's str.casefold() when they were written out).
+// Python's str.casefold() when they were written out), and the Greek accents it drops.
 TEST(GuardFastPaths, TwoByteCaseFolding) {
     const std::pair<char32_t, char32_t> folds[] = {
         {0xC9, 0xE9}, {0xDE, 0xFE}, {0xD7, 0xD7}, {0xDF, 0xDF}, {0xE9, 0xE9}, {0xB5, 0x3BC},  // É Þ × ß é µ
         {0x100, 0x101}, {0x101, 0x101}, {0x139, 0x13A}, {0x130, 0x130}, {0x178, 0xFF}, {0x17F, 0x17F},  // Ā ā Ĺ İ Ÿ ſ
         {0x1C4, 0x1C6}, {0x1C5, 0x1C6}, {0x218, 0x219}, {0x243, 0x180},  // Ǆ ǅ Ș Ƀ
-        {0x391, 0x3B1}, {0x3A2, 0x3A2}, {0x389, 0x3AE}, {0x3C2, 0x3C3}, {0x3F4, 0x3B8},  // Α (unassigned) Ή ς ϴ
+        {0x391, 0x3B1}, {0x3A2, 0x3A2}, {0x3C2, 0x3C3}, {0x3F4, 0x3B8}, {0x345, 0x345},  // Α (unassigned) ς ϴ ͅ
+        {0x389, 0x3B7}, {0x3AE, 0x3B7}, {0x390, 0x3B9}, {0x3AA, 0x3B9}, {0x3CE, 0x3C9},  // Greek accents: Ή ή ΐ Ϊ ώ
         {0x401, 0x451}, {0x410, 0x430}, {0x42F, 0x44F}, {0x490, 0x491}, {0x4C0, 0x4CF}, {0x52E, 0x52F},  // Ё А Я Ґ Ӏ Ԯ
         {0x531, 0x561}, {0x556, 0x586}, {0x557, 0x557}, {0x7FF, 0x7FF}, {0x80, 0x80}};  // Ա Ֆ
     for (const auto& [from, to] : folds) {
         EXPECT_EQ(detail::fold_two_byte(from), to) << std::hex << static_cast<std::uint32_t>(from);
     }
-    EXPECT_EQ(detail::fold_case("DÉSABONNER ОТПИСАТЬСЯ Ά"), "désabonner отписаться ά");
+    EXPECT_EQ(detail::fold_case("DÉSABONNER ОТПИСАТЬСЯ Ά"), "désabonner отписаться α");
     EXPECT_EQ(detail::fold_case("\xC3"), "\xC3");  // a lead byte alone is kept
 }
 
@@ -3266,7 +3267,7 @@ content_guard random_content_guard(text_gen& gen, const std::vector<std::string>
 TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     const std::vector<std::string> vocab{"free", "money", "act", "now", "a", "0", "7", "12", "win", "\xc3\xbc" "ber",
                                          "x_y", "spam", "phrase", "href", "http", "unsubscribe", "amp", "lt",
-                                         "бесплатно", "рр", "σας", "θ", "ǆ", "xü", "Überweisung"};
+                                         "бесплатно", "рр", "σας", "θ", "ǆ", "xü", "Überweisung", "δωρεάν", "ΐ"};
     text_gen gen{4242};
     int hits = 0;
     for (int i = 0; i < 4000; ++i) {
