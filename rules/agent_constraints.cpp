@@ -99,8 +99,13 @@ public:
         // (normalize_address gives the domain in its Unicode form, as the config keeps them.)
         const std::string_view domain = std::string_view{s_.addr}.substr(at + 1);
         if (c_.list_domains) {
-            if (std::any_of(c_.list_domains->begin(), c_.list_domains->end(),
-                            [&](const std::string& d) { return iequals(d, domain); })) {
+            // A listed domain and its subdomains (`lists.example.com`: `eu.lists.example.com`
+            // too), as every other domain list of the config reads.
+            const auto listed = [&](const std::string& d) {
+                return domain.size() >= d.size() && iequals(d, domain.substr(domain.size() - d.size())) &&
+                       (domain.size() == d.size() || domain[domain.size() - d.size() - 1] == '.');
+            };
+            if (std::any_of(c_.list_domains->begin(), c_.list_domains->end(), listed)) {
                 fail("a recipient at " + shown(domain) + ", a mailing list's domain (list_domains), whose size this "
                      "agent's max_recipients cannot count");
             }

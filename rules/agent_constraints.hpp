@@ -23,8 +23,9 @@ struct body_constraints {
     // (where the replies to the agent's mail go: a help desk's domain, say)
     std::vector<std::string> reply_to_domains;
     std::vector<std::string> template_ids;  // exact; an SES TemplateArn also matches by its name
-    // With max_recipients: domains whose addresses are mailing lists (lower case, Unicode
-    // form), refused; unset: a Mailgun send's sending domain itself; empty: none.
+    // With max_recipients: domains whose addresses (and their subdomains' addresses) are
+    // mailing lists (lower case, Unicode form), refused; unset: a Mailgun send's sending domain
+    // itself; empty: none.
     std::optional<std::vector<std::string>> list_domains;
 
     bool empty() const {

@@ -437,6 +437,12 @@ TEST(AgentConstraints, MailgunListAddressesAreRefusedToAnAgentWithMaxRecipients)
               "a recipient at \"lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
               "max_recipients cannot count");
     EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=all%40mg.example.com", {}, path), "") << "not listed";
+    // A listed domain's subdomains hold lists too; a domain that only ends in its name does not.
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=news%40EU.lists.example.com", {}, path),
+              "a recipient at \"eu.lists.example.com\", a mailing list's domain (list_domains), whose size this agent's "
+              "max_recipients cannot count");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=jane%40mylists.example.com", {}, path), "");
+    EXPECT_EQ(check_body_constraints(lists, urlencoded, "to=jane%40example.com", {}, path), "");
     EXPECT_EQ(check_body_constraints(lists, "application/json",
                                      R"j({"personalizations": [{"to": [{"email": "a@example.com"}, {"email": "All-Staff@Groups.Example.org"}]}],
                                          "from": {"email": "n@example.com"}, "subject": "s"})j"),
