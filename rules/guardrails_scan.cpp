@@ -2612,12 +2612,38 @@ bool image_set_before(std::string_view text, std::size_t paren) {
            (w.size() > name.size() && iequals_lower(w.substr(w.size() - name.size()), name));
 }
 
+// The quote an HTML reference at `i` stands for (`&quot;`, `&#34;`, `&#x22;`: '"'; `&apos;`,
+// `&#39;`, `&#x27;`: '\'': how a CSS string is written inside a `style="..."` attribute), with
+// its length in *len; 0 if there is none.
+char quote_reference(std::string_view text, std::size_t i, std::size_t* len) {
+    if (text[i] != '&') {
+        return 0;
+    }
+    for (const std::string_view r : {"&quot;", "&#34;", "&#x22;", "&apos;", "&#39;", "&#x27;"}) {
+        if (iequals_lower(text.substr(i, r.size()), r)) {
+            *len = r.size();
+            return r[1] == 'q' || r == "&#34;" || r == "&#x22;" ? '"' : '\'';
+        }
+    }
+    return 0;
+}
+
+// The length of a quote reference (quote_reference) at `i`, else 0.
+std::size_t quote_reference_at(std::string_view text, std::size_t i) {
+    std::size_t len = 0;
+    return quote_reference(text, i, &len) != 0 ? len : 0;
+}
+
 // The spans of a text that hold lists of URLs a mail client fetches one of: the value of a
 // `srcset` attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its closing quote, or
 // unquoted to a blank or `>`) and the arguments of CSS's `image-set(` (to its `)`, over
-// quoted strings and nested parentheses). Read once per text, when a scheme-relative URL
-// first follows a ',' (one pass; a span's end is where the next search starts, so linear).
-// An unclosed span runs to the end of the text.
+// strings, with their quotes written as such or as references, `\` escapes, comments and
+// nested parentheses; ended early by a `;`, `<`, `>`, `{` or `}` outside them, which no
+// image-set holds: `image-set(` in prose). Every `srcset=` starts a span, one inside another's
+// too (a stray `srcset="` in a comment or an alt text must not hide the real one: the spans
+// are united); an `image-set(` inside another's span is part of it. Read once per text, when a
+// scheme-relative URL first follows a ','; linear: the ends are found by searches that only
+// move forward.
 class url_lists {
 public:
     // Whether the byte at `pos` is inside a span.
@@ -2634,8 +2660,11 @@ private:
     void read(std::string_view text) {
         read_ = true;
         const std::size_t n = text.size();
-        std::size_t i = 0;
-        while (i < n) {
+        std::size_t next_quote[2] = {0, 0};  // the first '"' / '\'' at or after where it was last sought
+        bool sought[2] = {false, false};
+        std::size_t next_blank = 0;           // the first blank or '>' at or after where it was last sought
+        std::size_t image_set_end = 0;        // of the last image-set span
+        for (std::size_t i = 0; i < n; ++i) {
             const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
             // An attribute: after a blank, a quote or '/' (`<img/srcset=`), or `-` (`data-srcset`,
             // as `data-src` counts); not in a URL's query (`?srcset=`).
@@ -2647,65 +2676,98 @@ private:
                     ++j;
                 }
                 if (j == n || text[j] != '=') {
-                    i += 6;
                     continue;
                 }
                 ++j;
                 while (j < n && url_lead(text[j])) {
                     ++j;
                 }
-                std::size_t end = j;
                 if (j < n && (text[j] == '"' || text[j] == '\'')) {
-                    const char quote = text[j++];
-                    end = std::min(text.find(quote, j), n);
+                    const int kind = text[j] == '"' ? 0 : 1;
+                    ++j;
+                    if (!sought[kind] || next_quote[kind] < j) {
+                        next_quote[kind] = std::min(text.find(text[j - 1], j), n);
+                        sought[kind] = true;
+                    }
+                    spans_.emplace_back(j, next_quote[kind]);
                 } else {
-                    while (end < n && !url_lead(text[end]) && text[end] != '>') {
-                        ++end;
+                    next_blank = std::max(next_blank, j);
+                    while (next_blank < n && !url_lead(text[next_blank]) && text[next_blank] != '>') {
+                        ++next_blank;
                     }
+                    spans_.emplace_back(j, next_blank);
                 }
-                spans_.emplace_back(j, end);
-                i = end + 1;
                 continue;
             }
-            if (c == 'i' && iequals_lower(text.substr(i, 10), "image-set(")) {
+            if (c == 'i' && i >= image_set_end && iequals_lower(text.substr(i, 10), "image-set(")) {
                 const std::size_t j = i + 10;
-                std::size_t k = j;
-                std::size_t depth = 0;
-                for (; k < n; ++k) {
-                    const char b = text[k];
-                    if (b == '"' || b == '\'') {
-                        k = std::min(text.find(b, k + 1), n - 1);  // a string: to its closing quote
-                    } else if (b == '(') {
-                        ++depth;
-                    } else if (b == ')' && depth-- == 0) {
+                image_set_end = image_set_span_end(text, j);
+                spans_.emplace_back(j, image_set_end);
+            }
+        }
+        // United: sorted by start, overlapping spans merged.
+        std::sort(spans_.begin(), spans_.end());
+        std::size_t out = 0;
+        for (const auto& span : spans_) {
+            if (out > 0 && span.first <= spans_[out - 1].second) {
+                spans_[out - 1].second = std::max(spans_[out - 1].second, span.second);
+            } else {
+                spans_[out++] = span;
+            }
+        }
+        spans_.resize(out);
+    }
+
+    // Where the arguments of an `image-set(` that start at `k` end (see above).
+    static std::size_t image_set_span_end(std::string_view text, std::size_t k) {
+        const std::size_t n = text.size();
+        std::size_t depth = 0;
+        while (k < n) {
+            const char b = text[k];
+            std::size_t len = 1;
+            const char quote = b == '"' || b == '\'' ? b : quote_reference(text, k, &len);
+            if (quote != 0) {
+                // A string, to the same quote (as written or as a reference), a line break or the end.
+                k += len;
+                while (k < n && text[k] != '\n') {
+                    std::size_t rlen = 1;
+                    if (text[k] == '\\') {
+                        k += 2;
+                    } else if (text[k] == quote || quote_reference(text, k, &rlen) == quote) {
+                        k += rlen;
                         break;
+                    } else {
+                        ++k;
                     }
                 }
-                spans_.emplace_back(j, k);
-                i = k + 1;
                 continue;
             }
-            ++i;
+            if (b == '\\') {
+                k += 2;
+            } else if (b == '/' && k + 1 < n && text[k + 1] == '*') {
+                const std::size_t close = text.find("*/", k + 2);
+                k = close == std::string_view::npos ? n : close + 2;
+            } else if (b == '(') {
+                ++depth;
+                ++k;
+            } else if (b == ')') {
+                if (depth == 0) {
+                    return k;
+                }
+                --depth;
+                ++k;
+            } else if (depth == 0 && (b == ';' || b == '<' || b == '>' || b == '{' || b == '}')) {
+                return k;
+            } else {
+                ++k;
+            }
         }
+        return n;
     }
 
     std::vector<std::pair<std::size_t, std::size_t>> spans_;
     bool read_ = false;
 };
-
-// The length of an HTML reference to a quote that starts at `i` (`&quot;`, `&apos;`, `&#34;`,
-// `&#x27;`...: how a CSS string is written inside a `style="..."` attribute), else 0.
-std::size_t quote_reference_at(std::string_view text, std::size_t i) {
-    if (text[i] != '&') {
-        return 0;
-    }
-    for (const std::string_view r : {"&quot;", "&apos;", "&#34;", "&#39;", "&#x22;", "&#x27;"}) {
-        if (iequals_lower(text.substr(i, r.size()), r)) {
-            return r.size();
-        }
-    }
-    return 0;
-}
 
 // The same ending at `end` (text[end - 1] is its ';'), else 0.
 std::size_t quote_reference_before(std::string_view text, std::size_t end) {
@@ -2881,11 +2943,13 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         return j;
     };
     url_lists lists;
+    std::size_t gap_end = 0;  // of the last gap run read: a '(' inside it ends the same run
     for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
         if (text[i] != ',' && text[i] != '(') {
             continue;
         }
-        const std::size_t j = skip_gap(i + 1);
+        const std::size_t j = i < gap_end ? gap_end : skip_gap(i + 1);
+        gap_end = j;
         const std::size_t after = j < text.size() && link_slash(static_cast<unsigned char>(text[j]))
                                       ? after_second_slash(text, j)
                                       : std::string_view::npos;

@@ -1267,7 +1267,14 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<style>.h{background:image-set(\"a).png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
                                       R"j(<div style=\"background:image-set(&quot;//cdn.example.com/a.png&quot; 1x, &quot;//evil.io/b.png&quot; 2x)\">)j",
                                       R"j(<div style=\"background:image-set(&#39;//evil.io/a.png&#39; 1x)\">)j",
-                                      R"j(<div style=\"background:url(&quot;//evil.io/a.png&quot;)\">)j"}) {
+                                      R"j(<div style=\"background:url(&quot;//evil.io/a.png&quot;)\">)j",
+                                      // A stray srcset=" before the real one; a ')' in a string or a comment.
+                                      R"j(<!-- srcset=\" --><img srcset=\"a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<p>Add srcset=\"</p><img srcset=\"//cdn.example.com/a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<img alt='srcset=\"' srcset=\"a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<div style=\"background:image-set(&quot;a).png&quot; 1x, &quot;//evil.io/b.png&quot; 2x)\">)j",
+                                      R"j(<style>.h{background:image-set(\"a\\\").png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<style>.h{background:image-set(\"a.png\" 1x /*)*/, \"//evil.io/b.png\" 2x)}</style>)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -1280,7 +1287,8 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
                                    R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, //x}</style>)j",
                                    R"j(<a href=\"https://www.example.com/r?srcset=a,//tracker.example.net/x\">x</a>)j",
-                                   R"j(<img srcset=a.png alt=Sale,//evil.io>)j"}) {
+                                   R"j(<img srcset=a.png alt=Sale,//evil.io>)j",
+                                   R"j(<p>CSS tip: image-set( lets you pick.</p><p>Cats, //dogs</p>)j"}) {
         EXPECT_TRUE(f.check_body(sendgrid(fine)).allowed()) << fine;
     }
     // A srcset's later URL however long the URLs before it (an inline placeholder image).
