@@ -473,7 +473,9 @@ rules::body_constraints parse_body_constraints(simdjson::dom::element e, const s
             if (!valid_host_name(d)) {
                 r.errs().add(cfg::child(r.path_of(key), i),
                              cfg::quote(d) + " is not a domain name" +
-                                 (d.starts_with("*.") ? " (no wildcards: list each domain, matched exactly)" : ""));
+                                 (!d.starts_with("*.")                     ? ""
+                                  : std::string_view{key} == "list_domains" ? " (no wildcards: a domain covers its subdomains)"
+                                                                            : " (no wildcards: list each domain, matched exactly)"));
             } else if (rules::idna::may_have_other_form(d)) {
                 // Compared in the Unicode form the guards read addresses in (rules/idna.hpp):
                 // `xn--bcher-kva.de` allows mail from jane@bücher.de, however it is written.

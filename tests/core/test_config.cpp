@@ -556,11 +556,15 @@ TEST(config, agent_list_domains_need_max_recipients_and_are_domains) {
                "agents": [{"id": "a", "key_sha256": ["0000000000000000000000000000000000000000000000000000000000000000"],
                            "constraints": {"list_domains": ["lists.example.com"]}},
                           {"id": "b", "key_sha256": ["1111111111111111111111111111111111111111111111111111111111111111"],
-                           "constraints": {"max_recipients": 5, "list_domains": ["not a domain"]}},
+                           "constraints": {"max_recipients": 5, "list_domains": ["not a domain", "*.lists.example.com"]}},
                           {"id": "c", "key_sha256": ["2222222222222222222222222222222222222222222222222222222222222222"],
                            "constraints": {"max_recipients": 5, "list_domains": []}}]})"));
     EXPECT_NE(e.find("agents[0].constraints.list_domains: needs max_recipients"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].constraints.list_domains[0]: \"not a domain\" is not a domain name"), std::string::npos) << e;
+    EXPECT_NE(e.find("agents[1].constraints.list_domains[1]: \"*.lists.example.com\" is not a domain name (no wildcards: a "
+                     "domain covers its subdomains)"),
+              std::string::npos)
+        << e;
     EXPECT_EQ(e.find("agents[2]"), std::string::npos) << e;
 }
 
