@@ -2612,38 +2612,31 @@ bool image_set_before(std::string_view text, std::size_t paren) {
            (w.size() > name.size() && iequals_lower(w.substr(w.size() - name.size()), name));
 }
 
-// The quote an HTML reference at `i` stands for (`&quot;`, `&#34;`, `&#x22;`: '"'; `&apos;`,
-// `&#39;`, `&#x27;`: '\'': how a CSS string is written inside a `style="..."` attribute), with
-// its length in *len; 0 if there is none.
-char quote_reference(std::string_view text, std::size_t i, std::size_t* len) {
+// The length of an HTML reference to a quote that starts at `i` (`&quot;`, `&apos;`, `&#34;`,
+// `&#x27;`...: how a CSS string is written inside a `style="..."` attribute), else 0. (Any
+// case: `&Quot;`, which browsers leave as written, is read as a quote too, the stricter way.)
+std::size_t quote_reference_at(std::string_view text, std::size_t i) {
     if (text[i] != '&') {
         return 0;
     }
-    for (const std::string_view r : {"&quot;", "&#34;", "&#x22;", "&apos;", "&#39;", "&#x27;"}) {
+    for (const std::string_view r : {"&quot;", "&apos;", "&#34;", "&#39;", "&#x22;", "&#x27;"}) {
         if (iequals_lower(text.substr(i, r.size()), r)) {
-            *len = r.size();
-            return r[1] == 'q' || r == "&#34;" || r == "&#x22;" ? '"' : '\'';
+            return r.size();
         }
     }
     return 0;
 }
 
-// The length of a quote reference (quote_reference) at `i`, else 0.
-std::size_t quote_reference_at(std::string_view text, std::size_t i) {
-    std::size_t len = 0;
-    return quote_reference(text, i, &len) != 0 ? len : 0;
-}
-
 // The spans of a text that hold lists of URLs a mail client fetches one of: the value of a
 // `srcset` attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its closing quote, or
-// unquoted to a blank or `>`) and the arguments of CSS's `image-set(` (to its `)`, over
-// strings, with their quotes written as such or as references, `\` escapes, comments and
-// nested parentheses; ended early by a `;`, `<`, `>`, `{` or `}` outside them, which no
-// image-set holds: `image-set(` in prose). Every `srcset=` starts a span, one inside another's
-// too (a stray `srcset="` in a comment or an alt text must not hide the real one: the spans
-// are united); an `image-set(` inside another's span is part of it. Read once per text, when a
-// scheme-relative URL first follows a ','; linear: the ends are found by searches that only
-// move forward.
+// unquoted to a blank or `>`), and what follows a CSS `image-set(` to the end of its CSS block
+// or tag, the next `<`, `>`, `{` or `}`: its own `)` is not looked for, since finding it
+// means reading CSS strings, escapes and comments as the browser does (a `)` in a string, a
+// stray `image-set('` in prose before the real one), and a comma after an image-set in the
+// same declaration block is rare. Every `srcset=` and `image-set(` starts a span, one inside
+// another's too (a stray `srcset="` in a comment or an alt text must not hide the real one):
+// the spans are united. Read once per text, when a scheme-relative URL first follows a ',';
+// linear: the ends are found by searches that only move forward.
 class url_lists {
 public:
     // Whether the byte at `pos` is inside a span.
@@ -2662,8 +2655,8 @@ private:
         const std::size_t n = text.size();
         std::size_t next_quote[2] = {0, 0};  // the first '"' / '\'' at or after where it was last sought
         bool sought[2] = {false, false};
-        std::size_t next_blank = 0;           // the first blank or '>' at or after where it was last sought
-        std::size_t image_set_end = 0;        // of the last image-set span
+        std::size_t next_blank = 0;  // the first blank or '>' at or after where it was last sought
+        std::size_t next_css_end = 0;  // the first '<', '>', '{' or '}' at or after where it was last sought
         for (std::size_t i = 0; i < n; ++i) {
             const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
             // An attribute: after a blank, a quote or '/' (`<img/srcset=`), or `-` (`data-srcset`,
@@ -2699,10 +2692,14 @@ private:
                 }
                 continue;
             }
-            if (c == 'i' && i >= image_set_end && iequals_lower(text.substr(i, 10), "image-set(")) {
+            if (c == 'i' && iequals_lower(text.substr(i, 10), "image-set(")) {
                 const std::size_t j = i + 10;
-                image_set_end = image_set_span_end(text, j);
-                spans_.emplace_back(j, image_set_end);
+                next_css_end = std::max(next_css_end, j);
+                while (next_css_end < n && text[next_css_end] != '<' && text[next_css_end] != '>' &&
+                       text[next_css_end] != '{' && text[next_css_end] != '}') {
+                    ++next_css_end;
+                }
+                spans_.emplace_back(j, next_css_end);
             }
         }
         // United: sorted by start, overlapping spans merged.
@@ -2716,53 +2713,6 @@ private:
             }
         }
         spans_.resize(out);
-    }
-
-    // Where the arguments of an `image-set(` that start at `k` end (see above).
-    static std::size_t image_set_span_end(std::string_view text, std::size_t k) {
-        const std::size_t n = text.size();
-        std::size_t depth = 0;
-        while (k < n) {
-            const char b = text[k];
-            std::size_t len = 1;
-            const char quote = b == '"' || b == '\'' ? b : quote_reference(text, k, &len);
-            if (quote != 0) {
-                // A string, to the same quote (as written or as a reference), a line break or the end.
-                k += len;
-                while (k < n && text[k] != '\n') {
-                    std::size_t rlen = 1;
-                    if (text[k] == '\\') {
-                        k += 2;
-                    } else if (text[k] == quote || quote_reference(text, k, &rlen) == quote) {
-                        k += rlen;
-                        break;
-                    } else {
-                        ++k;
-                    }
-                }
-                continue;
-            }
-            if (b == '\\') {
-                k += 2;
-            } else if (b == '/' && k + 1 < n && text[k + 1] == '*') {
-                const std::size_t close = text.find("*/", k + 2);
-                k = close == std::string_view::npos ? n : close + 2;
-            } else if (b == '(') {
-                ++depth;
-                ++k;
-            } else if (b == ')') {
-                if (depth == 0) {
-                    return k;
-                }
-                --depth;
-                ++k;
-            } else if (depth == 0 && (b == ';' || b == '<' || b == '>' || b == '{' || b == '}')) {
-                return k;
-            } else {
-                ++k;
-            }
-        }
-        return n;
     }
 
     std::vector<std::pair<std::size_t, std::size_t>> spans_;
@@ -2943,16 +2893,21 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         return j;
     };
     url_lists lists;
-    std::size_t gap_end = 0;  // of the last gap run read: a '(' inside it ends the same run
+    // The end of the last gap run read and what follows it: a '(' inside it ends the same run.
+    std::size_t gap_end = 0;
+    std::size_t gap_after = std::string_view::npos;
     for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
         if (text[i] != ',' && text[i] != '(') {
             continue;
         }
-        const std::size_t j = i < gap_end ? gap_end : skip_gap(i + 1);
-        gap_end = j;
-        const std::size_t after = j < text.size() && link_slash(static_cast<unsigned char>(text[j]))
-                                      ? after_second_slash(text, j)
-                                      : std::string_view::npos;
+        if (i >= gap_end) {
+            gap_end = skip_gap(i + 1);
+            gap_after = gap_end < text.size() && link_slash(static_cast<unsigned char>(text[gap_end]))
+                            ? after_second_slash(text, gap_end)
+                            : std::string_view::npos;
+        }
+        const std::size_t j = gap_end;
+        const std::size_t after = gap_after;
         if (after == std::string_view::npos || (text[i] == ',' ? !lists.holds(text, i) : !image_set_before(text, i))) {
             continue;
         }

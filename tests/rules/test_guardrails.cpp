@@ -1274,7 +1274,11 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<img alt='srcset=\"' srcset=\"a.png 1x, //evil.io/b.png 2x\">)j",
                                       R"j(<div style=\"background:image-set(&quot;a).png&quot; 1x, &quot;//evil.io/b.png&quot; 2x)\">)j",
                                       R"j(<style>.h{background:image-set(\"a\\\").png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
-                                      R"j(<style>.h{background:image-set(\"a.png\" 1x /*)*/, \"//evil.io/b.png\" 2x)}</style>)j"}) {
+                                      R"j(<style>.h{background:image-set(\"a.png\" 1x /*)*/, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<p title=\"image-set('\">x</p><div style=\"background:image-set('a.png;v=2' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<div title=\"image-set('\" style=\"background:image-set('a.png;v=2' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<style>.h{background:image-set(\"a\\\r\n);\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<style>.h{background:image-set(\"a&quot;b).png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
