@@ -2575,7 +2575,7 @@ bool href_gap(char c) { return c == '=' || c == '"' || c == '\'' || c == '(' || 
 // background=...>`, `<form action=...>`) and CSS's `url(//host/x.png)` and `@import
 // "//host/x.css"`. (A `srcset`'s later URLs: url_list_entry.) Any case; at most 10 letters.
 bool url_word(std::string_view w) {
-    for (const std::string_view name : {"href", "src", "url", "srcset", "action", "formaction", "background", "poster",
+    for (const std::string_view name : {"href", "src", "url", "srcset", "imagesrcset", "action", "formaction", "background", "poster",
                                         "lowsrc", "dynsrc", "import"}) {
         if (iequals_lower(w, name)) {
             return true;
@@ -2628,15 +2628,17 @@ std::size_t quote_reference_at(std::string_view text, std::size_t i) {
 }
 
 // The spans of a text that hold lists of URLs a mail client fetches one of: the value of a
-// `srcset` attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its closing quote, or
-// unquoted to a blank or `>`), and what follows a CSS `image-set(` to the end of its CSS block
-// or tag, the next `<`, `>`, `{` or `}`: its own `)` is not looked for, since finding it
-// means reading CSS strings, escapes and comments as the browser does (a `)` in a string, a
-// stray `image-set('` in prose before the real one), and a comma after an image-set in the
-// same declaration block is rare. Every `srcset=` and `image-set(` starts a span, one inside
-// another's too (a stray `srcset="` in a comment or an alt text must not hide the real one):
-// the spans are united. Read once per text, when a scheme-relative URL first follows a ',';
-// linear: the ends are found by searches that only move forward.
+// `srcset` (or `imagesrcset`) attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its
+// closing quote, or unquoted to a blank or `>`), and what follows a CSS `image-set(` to the
+// end of the CSS it is in: inside a `<style>` element, to its `</style`; inside a quoted
+// attribute value (`style="..."`: the last `="` or `='` before it whose value is still open),
+// to that quote; else to the next `<` or `>`. Not to its own `)`: finding that means reading
+// CSS strings, escapes and comments as a browser does (a `)`, `{` or `>` in a string, a stray
+// `image-set('` in a title), and a comma after an image-set in the same CSS is rare. Every
+// `srcset=` and `image-set(` starts a span, one inside another's too (a stray `srcset="` in
+// a comment or an alt text must not hide the real one): the spans are united. Read once per
+// text, when a scheme-relative URL first follows a ','; one forward pass, its searches only
+// moving forward, so linear.
 class url_lists {
 public:
     // Whether the byte at `pos` is inside a span.
@@ -2650,20 +2652,66 @@ public:
     }
 
 private:
+    // The first position at or after `from` that `stop` accepts, remembered: a call with a
+    // `from` between the last call's and its answer gives the same answer, so searches whose
+    // `from` only grows read each byte once.
+    template <class Stop>
+    struct forward_search {
+        std::size_t from_ = 0;
+        std::size_t at = 0;
+        bool sought = false;
+        std::size_t next(std::string_view text, std::size_t from, Stop stop) {
+            if (!sought || from < from_ || at < from) {
+                from_ = from;
+                at = from;
+                while (at < text.size() && !stop(text, at)) {
+                    ++at;
+                }
+                sought = true;
+            }
+            return at;
+        }
+    };
+
     void read(std::string_view text) {
         read_ = true;
         const std::size_t n = text.size();
-        std::size_t next_quote[2] = {0, 0};  // the first '"' / '\'' at or after where it was last sought
-        bool sought[2] = {false, false};
-        std::size_t next_blank = 0;  // the first blank or '>' at or after where it was last sought
-        std::size_t next_css_end = 0;  // the first '<', '>', '{' or '}' at or after where it was last sought
+        const auto is = [](char c) { return [c](std::string_view t, std::size_t k) { return t[k] == c; }; };
+        const auto blank_or_gt = [](std::string_view t, std::size_t k) { return url_lead(t[k]) || t[k] == '>'; };
+        const auto lt_or_gt = [](std::string_view t, std::size_t k) { return t[k] == '<' || t[k] == '>'; };
+        const auto style_end = [](std::string_view t, std::size_t k) {
+            return t[k] == '<' && iequals_lower(t.substr(k, 7), "</style");
+        };
+        forward_search<decltype(is('"'))> quote[2];
+        forward_search<decltype(blank_or_gt)> blank;
+        forward_search<decltype(lt_or_gt)> tag_edge;
+        forward_search<decltype(style_end)> style_close;
+        std::size_t style_open_end = std::string_view::npos;  // where the last `<style` element's text starts
+        std::size_t attr_quote_at = std::string_view::npos;   // the last `="` / `='` (its quote)
+        // The end of the quoted value whose quote is at `q` (its closing quote, or the end).
+        const auto value_end = [&](std::size_t q) {
+            return text[q] == '"' ? quote[0].next(text, q + 1, is('"')) : quote[1].next(text, q + 1, is('\''));
+        };
         for (std::size_t i = 0; i < n; ++i) {
-            const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
-            // An attribute: after a blank, a quote or '/' (`<img/srcset=`), or `-` (`data-srcset`,
-            // as `data-src` counts); not in a URL's query (`?srcset=`).
+            const char ch = text[i];
+            if ((ch == '"' || ch == '\'') && i > 0) {
+                std::size_t k = i;
+                while (k > 0 && url_lead(text[k - 1]) && i - k < 16) {
+                    --k;
+                }
+                if (k > 0 && text[k - 1] == '=') {
+                    attr_quote_at = i;
+                }
+            } else if (ch == '<' && iequals_lower(text.substr(i, 6), "<style") &&
+                       (i + 6 == n || text[i + 6] == '>' || url_lead(text[i + 6]))) {
+                style_open_end = tag_edge.next(text, i + 6, lt_or_gt);
+            }
+            const auto c = static_cast<unsigned char>(ch) | 0x20u;
+            // An attribute: after a blank, a quote or '/' (`<img/srcset=`), `-` (`data-srcset`, as
+            // `data-src` counts) or `image` (`<link imagesrcset=`); not in a URL's query (`?srcset=`).
             if (c == 's' && iequals_lower(text.substr(i, 6), "srcset") &&
                 (i == 0 || url_lead(text[i - 1]) || text[i - 1] == '"' || text[i - 1] == '\'' || text[i - 1] == '/' ||
-                 text[i - 1] == '-')) {
+                 text[i - 1] == '-' || (i >= 5 && iequals_lower(text.substr(i - 5, 5), "image")))) {
                 std::size_t j = i + 6;
                 while (j < n && url_lead(text[j])) {
                     ++j;
@@ -2676,30 +2724,24 @@ private:
                     ++j;
                 }
                 if (j < n && (text[j] == '"' || text[j] == '\'')) {
-                    const int kind = text[j] == '"' ? 0 : 1;
-                    ++j;
-                    if (!sought[kind] || next_quote[kind] < j) {
-                        next_quote[kind] = std::min(text.find(text[j - 1], j), n);
-                        sought[kind] = true;
-                    }
-                    spans_.emplace_back(j, next_quote[kind]);
+                    spans_.emplace_back(j + 1, value_end(j));
                 } else {
-                    next_blank = std::max(next_blank, j);
-                    while (next_blank < n && !url_lead(text[next_blank]) && text[next_blank] != '>') {
-                        ++next_blank;
-                    }
-                    spans_.emplace_back(j, next_blank);
+                    spans_.emplace_back(j, blank.next(text, j, blank_or_gt));
                 }
                 continue;
             }
             if (c == 'i' && iequals_lower(text.substr(i, 10), "image-set(")) {
                 const std::size_t j = i + 10;
-                next_css_end = std::max(next_css_end, j);
-                while (next_css_end < n && text[next_css_end] != '<' && text[next_css_end] != '>' &&
-                       text[next_css_end] != '{' && text[next_css_end] != '}') {
-                    ++next_css_end;
+                std::size_t end = 0;
+                if (style_open_end != std::string_view::npos && style_open_end < i &&
+                    style_close.next(text, style_open_end, style_end) > i) {
+                    end = style_close.next(text, style_open_end, style_end);  // in a <style> element
+                } else if (attr_quote_at != std::string_view::npos && value_end(attr_quote_at) > i) {
+                    end = value_end(attr_quote_at);  // in a quoted attribute value
+                } else {
+                    end = tag_edge.next(text, j, lt_or_gt);
                 }
-                spans_.emplace_back(j, next_css_end);
+                spans_.emplace_back(j, end);
             }
         }
         // United: sorted by start, overlapping spans merged.

@@ -1278,7 +1278,13 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<p title=\"image-set('\">x</p><div style=\"background:image-set('a.png;v=2' 1x, '//evil.io/b.png' 2x)\">)j",
                                       R"j(<div title=\"image-set('\" style=\"background:image-set('a.png;v=2' 1x, '//evil.io/b.png' 2x)\">)j",
                                       R"j(<style>.h{background:image-set(\"a\\\r\n);\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
-                                      R"j(<style>.h{background:image-set(\"a&quot;b).png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j"}) {
+                                      R"j(<style>.h{background:image-set(\"a&quot;b).png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      // '{', '}', '<', '>' in a CSS string, url() or comment before the candidate.
+                                      R"j(<style>.h{background:image-set(\"a{.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<STYLE type=text/css>.h{background:image-set(url(a}<.png) 1x /*}*/, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<div style=\"background:image-set('a>.png' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<link rel=preload as=image imagesrcset=\"//evil.io/a.png 1x, //evil.io/b.png 2x\">)j",
+                                      R"j(<link rel=preload as=image imagesrcset=\"//cdn.example.com/a.png 1x, //evil.io/b.png 2x\">)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -1289,7 +1295,8 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<img src=\"/images/logo.png\">)j",
                                    R"j(<img srcset=\"//cdn.example.com/a.png 1x, //www.example.com/b.png 2x\" alt=\"a, b\">)j",
                                    R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
-                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, //x}</style>)j",
+                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, // x}</style><p>Cats, //dogs</p>)j",
+                                   R"j(<div style=\"background:image-set('//cdn.example.com/a.png' 1x)\">Cats, //dogs</div>)j",
                                    R"j(<a href=\"https://www.example.com/r?srcset=a,//tracker.example.net/x\">x</a>)j",
                                    R"j(<img srcset=a.png alt=Sale,//evil.io>)j",
                                    R"j(<p>CSS tip: image-set( lets you pick.</p><p>Cats, //dogs</p>)j"}) {
@@ -3165,7 +3172,8 @@ struct text_gen {
             default: return one({"//", ":", "=", "\"", "'", "<a ", ">", "href", "http", "https", "&amp;", "&lt;", "&", ";",
                                 "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
                                 "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01", "srcset=\"", "srcset", ",",
-                                "image-set(", "(", ")", "<", "{", "&quot;", "&#39;", "srcset='"});
+                                "image-set(", "(", ")", "<", "{", "&quot;", "&#39;", "srcset='", "<style>", "</style>", "style=\"",
+                                "imagesrcset=\"", "title='"});
         }
     }
 
