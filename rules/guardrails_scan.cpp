@@ -2629,16 +2629,19 @@ std::size_t quote_reference_at(std::string_view text, std::size_t i) {
 
 // The spans of a text that hold lists of URLs a mail client fetches one of: the value of a
 // `srcset` (or `imagesrcset`) attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its
-// closing quote, or unquoted to a blank or `>`), and what follows a CSS `image-set(` to the
-// end of the CSS it is in: inside a `<style>` element, to its `</style`; inside a quoted
-// attribute value (`style="..."`: the last `="` or `='` before it whose value is still open),
-// to that quote; else to the next `<` or `>`. Not to its own `)`: finding that means reading
-// CSS strings, escapes and comments as a browser does (a `)`, `{` or `>` in a string, a stray
-// `image-set('` in a title), and a comma after an image-set in the same CSS is rare. Every
-// `srcset=` and `image-set(` starts a span, one inside another's too (a stray `srcset="` in
-// a comment or an alt text must not hide the real one): the spans are united. Read once per
-// text, when a scheme-relative URL first follows a ','; one forward pass, its searches only
-// moving forward, so linear.
+// closing quote, or unquoted to a blank or `>`), and what follows a CSS `image-set(` to where
+// the CSS it is in surely ended: the furthest of the next `"`, `'` and `>` (of those that come
+// again), and of the next `</style` when a `<style` came before (the end of the text if none). A double-quoted attribute value ends at the first of
+// these, a single-quoted one, an unquoted one or a tag, and a `<style>` element each at theirs,
+// so the furthest is never before the real end, whatever the image-set is in; the context
+// itself is not worked out (decoys: a `='` in a title or a CSS string, a `<style>` in a
+// comment). Not to the image-set's own `)`: finding that means reading CSS strings, escapes
+// and comments as a browser does. So a comma after an image-set in the same CSS, or in what
+// follows up to that end, counts too (rare; on the strict side). Every `srcset=` and
+// `image-set(` starts a span, one inside another's too (a stray `srcset="` in a comment or an
+// alt text must not hide the real one): the spans are united. Read once per text, when a
+// scheme-relative URL first follows a ','; one forward pass whose searches each only move
+// forward, so linear.
 class url_lists {
 public:
     // Whether the byte at `pos` is inside a span.
@@ -2653,8 +2656,8 @@ public:
 
 private:
     // The first position at or after `from` that `stop` accepts, remembered: a call with a
-    // `from` between the last call's and its answer gives the same answer, so searches whose
-    // `from` only grows read each byte once.
+    // `from` between the last call's and its answer gives the same answer, so a search whose
+    // `from` only grows reads each byte once (each search below has its own).
     template <class Stop>
     struct forward_search {
         std::size_t from_ = 0;
@@ -2673,45 +2676,44 @@ private:
         }
     };
 
+    // Whether an attribute name may start at `k` (after a blank, a quote, '/' as in
+    // `<img/srcset=`, or '-' as in `data-srcset`, which counts as `data-src` does; not in a
+    // URL's query: `?srcset=`).
+    static bool attribute_start(std::string_view text, std::size_t k) {
+        if (k == 0) {
+            return true;
+        }
+        const char b = text[k - 1];
+        return url_lead(b) || b == '"' || b == '\'' || b == '/' || b == '-';
+    }
+
     void read(std::string_view text) {
         read_ = true;
         const std::size_t n = text.size();
         const auto is = [](char c) { return [c](std::string_view t, std::size_t k) { return t[k] == c; }; };
         const auto blank_or_gt = [](std::string_view t, std::size_t k) { return url_lead(t[k]) || t[k] == '>'; };
-        const auto lt_or_gt = [](std::string_view t, std::size_t k) { return t[k] == '<' || t[k] == '>'; };
-        const auto style_end = [](std::string_view t, std::size_t k) {
-            return t[k] == '<' && iequals_lower(t.substr(k, 7), "</style");
+        // `</style` as the HTML tokenizer ends a style element: followed by a blank, '/' or '>'.
+        const auto style_close = [](std::string_view t, std::size_t k) {
+            return t[k] == '<' && iequals_lower(t.substr(k, 7), "</style") &&
+                   (k + 7 == t.size() || url_lead(t[k + 7]) || t[k + 7] == '/' || t[k + 7] == '>');
         };
-        forward_search<decltype(is('"'))> quote[2];
-        forward_search<decltype(blank_or_gt)> blank;
-        forward_search<decltype(lt_or_gt)> tag_edge;
-        forward_search<decltype(style_end)> style_close;
-        std::size_t style_open_end = std::string_view::npos;  // where the last `<style` element's text starts
-        std::size_t attr_quote_at = std::string_view::npos;   // the last `="` / `='` (its quote)
-        // The end of the quoted value whose quote is at `q` (its closing quote, or the end).
-        const auto value_end = [&](std::size_t q) {
-            return text[q] == '"' ? quote[0].next(text, q + 1, is('"')) : quote[1].next(text, q + 1, is('\''));
-        };
+        // srcset values, and the ends image-set spans take the furthest of.
+        forward_search<decltype(is('"'))> value_quote[2];
+        forward_search<decltype(blank_or_gt)> value_blank;
+        forward_search<decltype(is('"'))> css_quote[2];
+        forward_search<decltype(is('>'))> css_gt;
+        forward_search<decltype(style_close)> css_style_close;
+        bool style_seen = false;  // a `<style` (not `<styles`) before
         for (std::size_t i = 0; i < n; ++i) {
-            const char ch = text[i];
-            if ((ch == '"' || ch == '\'') && i > 0) {
-                std::size_t k = i;
-                while (k > 0 && url_lead(text[k - 1]) && i - k < 16) {
-                    --k;
-                }
-                if (k > 0 && text[k - 1] == '=') {
-                    attr_quote_at = i;
-                }
-            } else if (ch == '<' && iequals_lower(text.substr(i, 6), "<style") &&
-                       (i + 6 == n || text[i + 6] == '>' || url_lead(text[i + 6]))) {
-                style_open_end = tag_edge.next(text, i + 6, lt_or_gt);
+            const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
+            if (c == '<' && iequals_lower(text.substr(i, 6), "<style") &&
+                (i + 6 == n || !is_lower(static_cast<unsigned char>(text[i + 6]) | 0x20u))) {
+                style_seen = true;
+                continue;
             }
-            const auto c = static_cast<unsigned char>(ch) | 0x20u;
-            // An attribute: after a blank, a quote or '/' (`<img/srcset=`), `-` (`data-srcset`, as
-            // `data-src` counts) or `image` (`<link imagesrcset=`); not in a URL's query (`?srcset=`).
             if (c == 's' && iequals_lower(text.substr(i, 6), "srcset") &&
-                (i == 0 || url_lead(text[i - 1]) || text[i - 1] == '"' || text[i - 1] == '\'' || text[i - 1] == '/' ||
-                 text[i - 1] == '-' || (i >= 5 && iequals_lower(text.substr(i - 5, 5), "image")))) {
+                (attribute_start(text, i) ||
+                 (i >= 5 && iequals_lower(text.substr(i - 5, 5), "image") && attribute_start(text, i - 5)))) {
                 std::size_t j = i + 6;
                 while (j < n && url_lead(text[j])) {
                     ++j;
@@ -2724,24 +2726,27 @@ private:
                     ++j;
                 }
                 if (j < n && (text[j] == '"' || text[j] == '\'')) {
-                    spans_.emplace_back(j + 1, value_end(j));
+                    const int kind = text[j] == '"' ? 0 : 1;
+                    spans_.emplace_back(j + 1, value_quote[kind].next(text, j + 1, is(text[j])));
                 } else {
-                    spans_.emplace_back(j, blank.next(text, j, blank_or_gt));
+                    spans_.emplace_back(j, value_blank.next(text, j, blank_or_gt));
                 }
                 continue;
             }
             if (c == 'i' && iequals_lower(text.substr(i, 10), "image-set(")) {
                 const std::size_t j = i + 10;
+                // (A quote or '>' that never comes again ends nothing the image-set can be in:
+                // an attribute value or tag left open is no attribute or tag. A style element
+                // left open runs to the end.)
                 std::size_t end = 0;
-                if (style_open_end != std::string_view::npos && style_open_end < i &&
-                    style_close.next(text, style_open_end, style_end) > i) {
-                    end = style_close.next(text, style_open_end, style_end);  // in a <style> element
-                } else if (attr_quote_at != std::string_view::npos && value_end(attr_quote_at) > i) {
-                    end = value_end(attr_quote_at);  // in a quoted attribute value
-                } else {
-                    end = tag_edge.next(text, j, lt_or_gt);
+                for (const std::size_t e : {css_quote[0].next(text, j, is('"')), css_quote[1].next(text, j, is('\'')),
+                                            css_gt.next(text, j, is('>'))}) {
+                    end = e < n ? std::max(end, e) : end;
                 }
-                spans_.emplace_back(j, end);
+                if (style_seen) {
+                    end = std::max(end, css_style_close.next(text, j, style_close));
+                }
+                spans_.emplace_back(j, end == 0 ? n : end);
             }
         }
         // United: sorted by start, overlapping spans merged.

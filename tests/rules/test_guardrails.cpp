@@ -1284,7 +1284,14 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<STYLE type=text/css>.h{background:image-set(url(a}<.png) 1x /*}*/, \"//evil.io/b.png\" 2x)}</style>)j",
                                       R"j(<div style=\"background:image-set('a>.png' 1x, '//evil.io/b.png' 2x)\">)j",
                                       R"j(<link rel=preload as=image imagesrcset=\"//evil.io/a.png 1x, //evil.io/b.png 2x\">)j",
-                                      R"j(<link rel=preload as=image imagesrcset=\"//cdn.example.com/a.png 1x, //evil.io/b.png 2x\">)j"}) {
+                                      R"j(<link rel=preload as=image imagesrcset=\"//cdn.example.com/a.png 1x, //evil.io/b.png 2x\">)j",
+                                      // A stray =' or <style> elsewhere; blanks around '='; <style/>; </stylex.
+                                      R"j(<div style=\"content:'=';background:image-set('a.png' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<p title=\"a='\">x</p><div style=background:image-set('a.png'1x,'//evil.io/b.png'2x)>)j",
+                                      R"j(<div style=                   \"background:image-set('a>.png' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<style/>.h{background:image-set(\"a>.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<style>.h{background:image-set(\"a</stylex.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
+                                      R"j(<!-- <style> --><div style=\"background:image-set('a</style' 1x, '//evil.io/b.png' 2x)\">)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -1295,7 +1302,8 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<img src=\"/images/logo.png\">)j",
                                    R"j(<img srcset=\"//cdn.example.com/a.png 1x, //www.example.com/b.png 2x\" alt=\"a, b\">)j",
                                    R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
-                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, // x}</style><p>Cats, //dogs</p>)j",
+                                   R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, // x}</style><p class=\"x\">Cats, //dogs</p>)j",
+                                   R"j(<a href=\"https://www.example.com/r?imagesrcset=a,//tracker.example.net/x\">x</a>)j",
                                    R"j(<div style=\"background:image-set('//cdn.example.com/a.png' 1x)\">Cats, //dogs</div>)j",
                                    R"j(<a href=\"https://www.example.com/r?srcset=a,//tracker.example.net/x\">x</a>)j",
                                    R"j(<img srcset=a.png alt=Sale,//evil.io>)j",
