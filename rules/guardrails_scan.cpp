@@ -2631,7 +2631,8 @@ std::size_t quote_reference_at(std::string_view text, std::size_t i) {
 // `srcset` (or `imagesrcset`) attribute (`srcset="//a/x.png 1x, //b/x.png 2x"`: to its
 // closing quote, or unquoted to a blank or `>`), and what follows a CSS `image-set(` to where
 // the CSS it is in surely ended: the furthest of the next `"`, `'` and `>` (of those that come
-// again), and of the next `</style` when a `<style` came before (the end of the text if none). A double-quoted attribute value ends at the first of
+// again), and of the next `</style` when a `<style` came before with no `</style` since (the
+// end of the text if none). A double-quoted attribute value ends at the first of
 // these, a single-quoted one, an unquoted one or a tag, and a `<style>` element each at theirs,
 // so the furthest is never before the real end, whatever the image-set is in; the context
 // itself is not worked out (decoys: a `='` in a title or a CSS string, a `<style>` in a
@@ -2703,12 +2704,19 @@ private:
         forward_search<decltype(is('"'))> css_quote[2];
         forward_search<decltype(is('>'))> css_gt;
         forward_search<decltype(style_close)> css_style_close;
-        bool style_seen = false;  // a `<style` (not `<styles`) before
+        // Whether a style element may be open: a `<style` (not `<styles`) with no `</style`
+        // since. (In an HTML style element's text nothing but its `</style` ends it, so a real one
+        // is never taken for closed; a `<style` in a comment only widens what follows.)
+        bool style_open = false;
         for (std::size_t i = 0; i < n; ++i) {
             const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
             if (c == '<' && iequals_lower(text.substr(i, 6), "<style") &&
                 (i + 6 == n || !is_lower(static_cast<unsigned char>(text[i + 6]) | 0x20u))) {
-                style_seen = true;
+                style_open = true;
+                continue;
+            }
+            if (c == '<' && style_close(text, i)) {
+                style_open = false;
                 continue;
             }
             if (c == 's' && iequals_lower(text.substr(i, 6), "srcset") &&
@@ -2743,7 +2751,7 @@ private:
                                             css_gt.next(text, j, is('>'))}) {
                     end = e < n ? std::max(end, e) : end;
                 }
-                if (style_seen) {
+                if (style_open) {
                     end = std::max(end, css_style_close.next(text, j, style_close));
                 }
                 spans_.emplace_back(j, end == 0 ? n : end);

@@ -1304,6 +1304,8 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                    R"j(<img alt=\"Sale, //evil.io\" srcset=\"x.png\">)j", R"j(<p>one, //two</p>)j",
                                    R"j(<style>.h{background:image-set('//cdn.example.com/a.png' 1x)} p{margin:0 1px, // x}</style><p class=\"x\">Cats, //dogs</p>)j",
                                    R"j(<a href=\"https://www.example.com/r?imagesrcset=a,//tracker.example.net/x\">x</a>)j",
+                                   // A style element in the head does not stretch an image-set in the body to the end.
+                                   R"j(<style>p{}</style><div style=\"background:image-set(url(a.png) 1x)\">x</div><a href=\"https://www.example.com/r?to=a,//partner.example.net/\">p</a><p>Cats, //dogs</p>)j",
                                    R"j(<div style=\"background:image-set('//cdn.example.com/a.png' 1x)\">Cats, //dogs</div>)j",
                                    R"j(<a href=\"https://www.example.com/r?srcset=a,//tracker.example.net/x\">x</a>)j",
                                    R"j(<img srcset=a.png alt=Sale,//evil.io>)j",
