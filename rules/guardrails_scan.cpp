@@ -2784,13 +2784,40 @@ std::size_t quote_reference_before(std::string_view text, std::size_t end) {
     return 0;
 }
 
+// The length of an HTML reference to a comma at `i` (`&#44;`, `&#x2c;`, `&comma;`: a list's
+// comma written so, `srcset="a.png 1x&#44; //host/b.png 2x"`, which the browser decodes
+// before it reads the list), else 0; and the same ending at `end`.
+std::size_t comma_reference_at(std::string_view text, std::size_t i) {
+    if (text[i] != '&') {
+        return 0;
+    }
+    for (const std::string_view r : {"&#44;", "&#x2c;", "&comma;"}) {
+        if (iequals_lower(text.substr(i, r.size()), r)) {
+            return r.size();
+        }
+    }
+    return 0;
+}
+std::size_t comma_reference_before(std::string_view text, std::size_t end) {
+    for (const std::size_t len : {std::size_t{5}, std::size_t{6}, std::size_t{7}}) {
+        if (end >= len && text[end - 1] == ';' && comma_reference_at(text, end - len) == len) {
+            return len;
+        }
+    }
+    return 0;
+}
+
 // A scheme-relative URL in a list of URLs (url_lists) after the first, or the first in an
 // `image-set(`: for the run of ` ="'(`, blanks and quote references starting at `q` before
-// the URL's slashes, the ',' or '(' that starts it (where the link is reported), else npos.
+// the URL's slashes, the ',' (or comma reference) or '(' that starts it (where the link is
+// reported), else npos.
 // (`srcset`'s first URL, and `url(//...)` anywhere, follow their url_word.)
 std::size_t url_list_entry(std::string_view text, std::size_t q, url_lists& lists) {
     if (q > 0 && text[q - 1] == ',' && lists.holds(text, q - 1)) {
         return q - 1;
+    }
+    if (const std::size_t r = comma_reference_before(text, q); r != 0 && lists.holds(text, q - r)) {
+        return q - r;
     }
     return text[q] == '(' && image_set_before(text, q) ? q : std::string_view::npos;
 }
@@ -2952,18 +2979,19 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     std::size_t gap_end = 0;
     std::size_t gap_after = std::string_view::npos;
     for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
-        if (text[i] != ',' && text[i] != '(') {
+        std::size_t delimiter = 1;  // a ',', a '(', or a comma reference (`&#44;`)
+        if (text[i] != ',' && text[i] != '(' && (delimiter = comma_reference_at(text, i)) == 0) {
             continue;
         }
         if (i >= gap_end) {
-            gap_end = skip_gap(i + 1);
+            gap_end = skip_gap(i + delimiter);
             gap_after = gap_end < text.size() && link_slash(static_cast<unsigned char>(text[gap_end]))
                             ? after_second_slash(text, gap_end)
                             : std::string_view::npos;
         }
         const std::size_t j = gap_end;
         const std::size_t after = gap_after;
-        if (after == std::string_view::npos || (text[i] == ',' ? !lists.holds(text, i) : !image_set_before(text, i))) {
+        if (after == std::string_view::npos || (text[i] == '(' ? !image_set_before(text, i) : !lists.holds(text, i))) {
             continue;
         }
         const std::string_view host = url_host(text, after, j);

@@ -1291,7 +1291,11 @@ TEST(GuardContent, LinkDomainsInHtmlAndText) {
                                       R"j(<div style=                   \"background:image-set('a>.png' 1x, '//evil.io/b.png' 2x)\">)j",
                                       R"j(<style/>.h{background:image-set(\"a>.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
                                       R"j(<style>.h{background:image-set(\"a</stylex.png\" 1x, \"//evil.io/b.png\" 2x)}</style>)j",
-                                      R"j(<!-- <style> --><div style=\"background:image-set('a</style' 1x, '//evil.io/b.png' 2x)\">)j"}) {
+                                      R"j(<!-- <style> --><div style=\"background:image-set('a</style' 1x, '//evil.io/b.png' 2x)\">)j",
+                                      // A list's comma written as a reference (decoded quotes before it in the shown text).
+                                      R"j(<img srcset=\"a&quot;.png 1x&#44; //evil.io/b.png 2x\">)j",
+                                      R"j(<div style=\"background:image-set('a&quot;&gt;.png' 1x&#X2C; '//evil.io/b.png' 2x)\">)j",
+                                      R"j(<img srcset=\"a.png 1x&comma;//evil.io/b.png 2x\">)j"}) {
         const std::string b = sendgrid(fetched);
         const auto d = f.check_body(b);
         EXPECT_EQ(d.outcome, verdict::violated) << fetched;
@@ -3183,7 +3187,7 @@ struct text_gen {
                                 "\\", "\t", "www", ".", "www.", "s:", "p:", "<!--", "-->", "<!-->", "ht", "tps",
                                 "\r\n", "/\t/", "\f", "href=\"\t", "\x1a", "\x01", "srcset=\"", "srcset", ",",
                                 "image-set(", "(", ")", "<", "{", "&quot;", "&#39;", "srcset='", "<style>", "</style>", "style=\"",
-                                "imagesrcset=\"", "title='"});
+                                "imagesrcset=\"", "title='", "&#44;", "&comma; "});
         }
     }
 
