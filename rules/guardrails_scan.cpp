@@ -2612,15 +2612,30 @@ bool image_set_before(std::string_view text, std::size_t paren) {
            (w.size() > name.size() && iequals_lower(w.substr(w.size() - name.size()), name));
 }
 
-// The length of an HTML reference to a quote that starts at `i` (`&quot;`, `&apos;`, `&#34;`,
-// `&#x27;`...: how a CSS string is written inside a `style="..."` attribute), else 0. (Any
-// case: `&Quot;`, which browsers leave as written, is read as a quote too, the stricter way.)
-std::size_t quote_reference_at(std::string_view text, std::size_t i) {
+// HTML references to a quote (how a CSS string is written inside a `style="..."` attribute)
+// and to a comma (a list's comma written so, `srcset="a.png 1x&#44; //host/b.png 2x"`, which
+// the browser decodes before it reads the list). In any case: `&Quot;`, which browsers leave
+// as written, is read as a quote too, the stricter way.
+constexpr std::string_view quote_references[] = {"&quot;", "&apos;", "&#34;", "&#39;", "&#x22;", "&#x27;"};
+constexpr std::string_view comma_references[] = {"&#44;", "&#x2c;", "&comma;"};
+
+// The length of the one of `refs` that starts at `i`, else 0.
+std::size_t reference_in_at(std::span<const std::string_view> refs, std::string_view text, std::size_t i) {
     if (text[i] != '&') {
         return 0;
     }
-    for (const std::string_view r : {"&quot;", "&apos;", "&#34;", "&#39;", "&#x22;", "&#x27;"}) {
+    for (const std::string_view r : refs) {
         if (iequals_lower(text.substr(i, r.size()), r)) {
+            return r.size();
+        }
+    }
+    return 0;
+}
+
+// The length of the one of `refs` that ends at `end` (text[end - 1] is its ';'), else 0.
+std::size_t reference_in_before(std::span<const std::string_view> refs, std::string_view text, std::size_t end) {
+    for (const std::string_view r : refs) {
+        if (end >= r.size() && text[end - 1] == ';' && reference_in_at(refs, text, end - r.size()) == r.size()) {
             return r.size();
         }
     }
@@ -2774,39 +2789,6 @@ private:
     bool read_ = false;
 };
 
-// The same ending at `end` (text[end - 1] is its ';'), else 0.
-std::size_t quote_reference_before(std::string_view text, std::size_t end) {
-    for (const std::size_t len : {std::size_t{5}, std::size_t{6}}) {
-        if (end >= len && text[end - 1] == ';' && quote_reference_at(text, end - len) == len) {
-            return len;
-        }
-    }
-    return 0;
-}
-
-// The length of an HTML reference to a comma at `i` (`&#44;`, `&#x2c;`, `&comma;`: a list's
-// comma written so, `srcset="a.png 1x&#44; //host/b.png 2x"`, which the browser decodes
-// before it reads the list), else 0; and the same ending at `end`.
-std::size_t comma_reference_at(std::string_view text, std::size_t i) {
-    if (text[i] != '&') {
-        return 0;
-    }
-    for (const std::string_view r : {"&#44;", "&#x2c;", "&comma;"}) {
-        if (iequals_lower(text.substr(i, r.size()), r)) {
-            return r.size();
-        }
-    }
-    return 0;
-}
-std::size_t comma_reference_before(std::string_view text, std::size_t end) {
-    for (const std::size_t len : {std::size_t{5}, std::size_t{6}, std::size_t{7}}) {
-        if (end >= len && text[end - 1] == ';' && comma_reference_at(text, end - len) == len) {
-            return len;
-        }
-    }
-    return 0;
-}
-
 // A scheme-relative URL in a list of URLs (url_lists) after the first, or the first in an
 // `image-set(`: for the run of ` ="'(`, blanks and quote references starting at `q` before
 // the URL's slashes, the ',' (or comma reference) or '(' that starts it (where the link is
@@ -2816,7 +2798,7 @@ std::size_t url_list_entry(std::string_view text, std::size_t q, url_lists& list
     if (q > 0 && text[q - 1] == ',' && lists.holds(text, q - 1)) {
         return q - 1;
     }
-    if (const std::size_t r = comma_reference_before(text, q); r != 0 && lists.holds(text, q - r)) {
+    if (const std::size_t r = reference_in_before(comma_references, text, q); r != 0 && lists.holds(text, q - r)) {
         return q - r;
     }
     return text[q] == '(' && image_set_before(text, q) ? q : std::string_view::npos;
@@ -2913,7 +2895,7 @@ std::size_t first_bad_link(domain_memo& domains, std::string_view text, std::str
             while (q > 0) {
                 if (href_gap(text[q - 1])) {
                     --q;
-                } else if (const std::size_t r = quote_reference_before(text, q); r != 0) {
+                } else if (const std::size_t r = reference_in_before(quote_references, text, q); r != 0) {
                     q -= r;  // `style="background:url(&quot;//host/x.png&quot;)"`
                 } else {
                     break;
@@ -2966,7 +2948,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         while (j < text.size()) {
             if (href_gap(text[j])) {
                 ++j;
-            } else if (const std::size_t r = quote_reference_at(text, j); r != 0) {
+            } else if (const std::size_t r = reference_in_at(quote_references, text, j); r != 0) {
                 j += r;
             } else {
                 break;
@@ -2980,7 +2962,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
     std::size_t gap_after = std::string_view::npos;
     for (std::size_t i = 0; g.check_links && i < text.size() && list_link == std::string_view::npos; ++i) {
         std::size_t delimiter = 1;  // a ',', a '(', or a comma reference (`&#44;`)
-        if (text[i] != ',' && text[i] != '(' && (delimiter = comma_reference_at(text, i)) == 0) {
+        if (text[i] != ',' && text[i] != '(' && (delimiter = reference_in_at(comma_references, text, i)) == 0) {
             continue;
         }
         if (i >= gap_end) {
