@@ -135,7 +135,7 @@ public:
     std::size_t size() const { return terms_.size(); }
 
     // Word id of a case-folded word (detail::fold_word), 0 if the word is in no term.
-    std::uint32_t word_id(std::string_view lower_word) const;
+    std::uint32_t word_id(std::string_view folded_word) const;
     // Automaton step: state after reading word `id` (0 = unknown word) from `state`.
     std::uint32_t step(std::uint32_t state, std::uint32_t id) const;
     // Index of a term that ends in `state` (its longest), or -1.

@@ -681,6 +681,24 @@ char32_t two_byte_at(std::string_view s, std::size_t i) {
     return (static_cast<char32_t>(lead & 0x1F) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3F);
 }
 
+// Calls f(first byte, second byte) for each spelling of the letter at `i` of a folded word: a
+// two-byte letter in each of its cases (case_variants); an ASCII letter in both cases (the
+// second byte 0); any other byte as it is.
+template <class F>
+void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
+    if (const char32_t cp = two_byte_at(w, i); cp != 0) {
+        for (const char16_t v : detail::case_variants(cp)) {
+            f(static_cast<unsigned char>(0xC0 | (v >> 6)), static_cast<unsigned char>(0x80 | (v & 0x3F)));
+        }
+        return;
+    }
+    const auto c = static_cast<unsigned char>(w[i]);
+    f(c, 0);
+    if (is_lower(c)) {
+        f(static_cast<unsigned char>(c - 32), 0);
+    }
+}
+
 // Whether text at `i` reads as `w` (fold_case'd, single spaces between its words): any case
 // (ASCII, and the two-byte letters fold_two_byte folds: `DÉSABONNER`, `ОТПИСАТЬСЯ`), and any
 // run of blanks and line breaks where `w` has a space (a wrapped `darse de\nbaja`).
@@ -727,36 +745,21 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
 // stops at the first byte that differs.
 bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_view text) {
     for (const auto& w : words) {
-        const auto first = static_cast<unsigned char>(w[0]);
-        if (const char32_t cp = two_byte_at(w, 0); cp != 0) {
-            // A letter that may have case: its spellings can start with other bytes (`р` is
-            // D1 80, `Р` D0 A0): each distinct lead byte once.
-            unsigned char leads[8];
-            std::size_t nleads = 0;
-            for (const char16_t v : detail::case_variants(cp)) {
-                const auto lead = static_cast<unsigned char>(0xC0 | (v >> 6));
-                if (std::find(leads, leads + nleads, lead) == leads + nleads) {
-                    leads[nleads++] = lead;
-                }
+        // The first bytes of the word's first letter in each of its spellings, each once (`a`
+        // and `A`; `р` is D1 80, `Р` D0 A0).
+        unsigned char firsts[8];
+        std::size_t nfirsts = 0;
+        for_each_spelling(w, 0, [&](unsigned char first, unsigned char) {
+            if (std::find(firsts, firsts + nfirsts, first) == firsts + nfirsts) {
+                firsts[nfirsts++] = first;
             }
-            for (std::size_t k = 0; k < nleads; ++k) {
-                for (std::size_t i = text.find(static_cast<char>(leads[k])); i != std::string_view::npos;
-                     i = text.find(static_cast<char>(leads[k]), i + 1)) {
-                    if (reads_as(text, i, w) && !in_html_comment(text, i)) {
-                        return true;
-                    }
-                }
-            }
-            continue;
-        }
-        for (const unsigned char f : {first, is_lower(first) ? static_cast<unsigned char>(first - 32) : first}) {
-            for (std::size_t i = text.find(static_cast<char>(f)); i != std::string_view::npos; i = text.find(static_cast<char>(f), i + 1)) {
+        });
+        for (std::size_t k = 0; k < nfirsts; ++k) {
+            for (std::size_t i = text.find(static_cast<char>(firsts[k])); i != std::string_view::npos;
+                 i = text.find(static_cast<char>(firsts[k]), i + 1)) {
                 if (reads_as(text, i, w) && !in_html_comment(text, i)) {
                     return true;
                 }
-            }
-            if (!is_lower(first)) {
-                break;  // one spelling of its first byte
             }
         }
     }
@@ -956,10 +959,6 @@ constexpr offset_fold offset_folds[] = {
     {0x3D1, 0x3D1, -25}, {0x3D5, 0x3D5, -15}, {0x3D6, 0x3D6, -22}, {0x3F0, 0x3F0, -54}, {0x3F1, 0x3F1,
     -48}, {0x3F4, 0x3F4, -60}, {0x3F5, 0x3F5, -64}, {0x3F9, 0x3F9, -7}, {0x3FD, 0x3FF, -130}, {0x400,
     0x40F, 80}, {0x410, 0x42F, 32}, {0x4C0, 0x4C0, 15}, {0x531, 0x556, 48}};
-
-}  // namespace
-
-namespace {
 
 constexpr char32_t fold_by_ranges(char32_t cp) {
     for (const auto& r : offset_folds) {
@@ -1376,24 +1375,6 @@ constexpr std::size_t max_word_bytes = 63;
 
 namespace {
 
-// Calls f(first byte, second byte) for each spelling of the letter at `i` of a folded word: a
-// two-byte letter in each of its cases (case_variants); an ASCII letter in both cases (the
-// second byte 0); any other byte as it is.
-template <class F>
-void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
-    if (const char32_t cp = two_byte_at(w, i); cp != 0) {
-        for (const char16_t v : detail::case_variants(cp)) {
-            f(static_cast<unsigned char>(0xC0 | (v >> 6)), static_cast<unsigned char>(0x80 | (v & 0x3F)));
-        }
-        return;
-    }
-    const auto c = static_cast<unsigned char>(w[i]);
-    f(c, 0);
-    if (is_lower(c)) {
-        f(static_cast<unsigned char>(c - 32), 0);
-    }
-}
-
 // Calls f(first, second) for the raw first two bytes a text's word can start with to be `w`
 // in any case; second -1 for a one-byte word (any byte that is no word byte follows it).
 template <class F>
@@ -1557,8 +1538,8 @@ void term_matcher::build() {
     }
 }
 
-std::uint32_t term_matcher::word_id(std::string_view lower_word) const {
-    const auto it = vocab_.find(lower_word);
+std::uint32_t term_matcher::word_id(std::string_view folded_word) const {
+    const auto it = vocab_.find(folded_word);
     return it == vocab_.end() ? 0 : it->second;
 }
 
@@ -3058,17 +3039,7 @@ bool scan_content_reference(const content_guard& g, std::string_view text, bool&
         }
         std::uint32_t id = 0;
         if (len <= max_word_bytes && g.terms.maybe_word(len, c0, to_lower(static_cast<unsigned char>(text[e - 1])))) {
-            for (std::size_t i = 0; i < len; ++i) {
-                const auto c = static_cast<unsigned char>(text[s + i]);
-                const char32_t cp = two_byte_at(text.substr(0, e), s + i);
-                if (cp != 0) {
-                    const char32_t f = detail::fold_two_byte(cp);
-                    lower[i] = static_cast<char>(0xC0 | (f >> 6));
-                    lower[++i] = static_cast<char>(0x80 | (f & 0x3F));
-                } else {
-                    lower[i] = static_cast<char>(to_lower(c));
-                }
-            }
+            detail::fold_word(reinterpret_cast<const unsigned char*>(text.data()) + s, len, lower);
             id = g.terms.word_id({lower, len});
         }
         if (id == 0 && state == 0) {
