@@ -2706,12 +2706,12 @@ private:
         bool style_open = false;
         for (std::size_t i = 0; i < n; ++i) {
             const auto c = static_cast<unsigned char>(text[i]) | 0x20u;
-            if (c == '<' && iequals_lower(text.substr(i, 6), "<style") &&
+            if (text[i] == '<' && iequals_lower(text.substr(i, 6), "<style") &&
                 (i + 6 == n || !is_lower(static_cast<unsigned char>(text[i + 6]) | 0x20u))) {
                 style_open = true;
                 continue;
             }
-            if (c == '<' && style_close(text, i)) {
+            if (text[i] == '<' && style_close(text, i)) {
                 style_open = false;
                 continue;
             }
