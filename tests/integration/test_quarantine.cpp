@@ -1603,6 +1603,24 @@ TEST(quarantine, a_release_is_judged_again_once_the_store_has_begun_it) {
     EXPECT_EQ(db->get(second)->state, bb::store::held_state::release_failed);
 }
 
+// A release of `ticket`, one by one and then in bulk (`all`), refused as out_of_scope for
+// `why`: nothing sent, the record still held. Returns the bulk run's summary. (`label` names
+// the case in failures.)
+bb::proxy::remediation_summary expect_release_refused(proxy_instance& bb, const fake_upstream& up,
+                                                      const std::string& ticket, const bb::store::list_filter& all,
+                                                      const std::string& why, const std::string& label) {
+    const auto refused = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(refused.ok) << label;
+    EXPECT_EQ(refused.code, "out_of_scope") << refused.message;
+    EXPECT_NE(refused.message.find(why), std::string::npos) << refused.message;
+    EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
+    EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
+    const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
+    EXPECT_EQ(bulk.released, 0u) << label;
+    EXPECT_EQ(up.request_count(), 0u) << label;
+    return bulk;
+}
+
 // An agent's allow list or constraints narrowed after its request was held (it misfired):
 // a release, one by one or in bulk, sends nothing they would refuse live now.
 TEST(quarantine, a_release_is_held_to_the_agents_scope_and_constraints_as_they_are_now) {
@@ -1635,16 +1653,8 @@ TEST(quarantine, a_release_is_held_to_the_agents_scope_and_constraints_as_they_a
              {R"(, "allow": {"paths": ["/v2/*"]})", "path /v3/mail/send"},
              {R"(, "constraints": {"max_recipients": 1})", "recipients"}}) {
         bb.server().apply_config(with(fields));
-        const auto refused = bb.server().remediation().release(ticket, "ops").get();
-        EXPECT_FALSE(refused.ok) << fields;
-        EXPECT_EQ(refused.code, "out_of_scope") << refused.message;
-        EXPECT_NE(refused.message.find(why), std::string::npos) << refused.message;
-        EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
-        EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
-        const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
-        EXPECT_EQ(bulk.released, 0u) << fields;
+        const auto bulk = expect_release_refused(bb, up, ticket, all, why, fields);
         EXPECT_EQ(bulk.skipped, 1u) << fields;
-        EXPECT_EQ(up.request_count(), 0u) << fields;
     }
     // Widened again (as it was when held): released.
     bb.server().apply_config(with(as_held));
@@ -1700,15 +1710,7 @@ TEST(quarantine, a_release_holds_composite_subrequests_to_the_routes_the_agent_m
               R"({"name": "sf-elsewhere", "match": {"path_prefix": "/services/data/v59.0/sobjects/Account"}, "upstream": "other"},)",
               "route (sf-elsewhere, of upstream other, takes PATCH"}}) {
         bb.server().apply_config(with(routes, extra));
-        const auto refused = bb.server().remediation().release(ticket, "ops").get();
-        EXPECT_FALSE(refused.ok) << routes;
-        EXPECT_EQ(refused.code, "out_of_scope") << refused.message;
-        EXPECT_NE(refused.message.find(why), std::string::npos) << refused.message;
-        EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
-        EXPECT_EQ(bb.server().db()->get(ticket)->state, bb::store::held_state::held);
-        const auto bulk = bb.server().remediation().release_matching(all, 0, "ops").get();
-        EXPECT_EQ(bulk.released, 0u) << routes;
-        EXPECT_EQ(up.request_count(), 0u) << routes;
+        expect_release_refused(bb, up, ticket, all, why, routes);
         // As the live path judges the same request now.
         const auto live = http_request(bb.port(), http::verb::post, "/services/data/v59.0/composite", body, headers);
         EXPECT_EQ(live.result_int(), 403u) << live.body();
