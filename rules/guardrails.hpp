@@ -96,7 +96,9 @@ public:
     static std::optional<suppression_list> load_file(const std::string& path, std::size_t max_entries,
                                                      std::string* error);
     // Case-insensitive on the address; a sub-address `local+tag@domain` is also looked up as
-    // `local@domain` (suppressing a person suppresses their tags, not the other way round).
+    // `local@domain` (suppressing a person suppresses their tags, not the other way round);
+    // a Gmail address as every spelling of it with other dots before the tag, at gmail.com
+    // or googlemail.com (the same mailbox).
     bool contains(std::string_view address) const;
     // The index of the first address that is in the list, addresses.size() if none (the same
     // as calling contains() in turn).
@@ -118,6 +120,9 @@ private:
         std::size_t operator()(const std::array<std::uint8_t, 16>& d) const noexcept;
     };
     boost::unordered_flat_set<std::array<std::uint8_t, 16>, digest_hash> digests_;
+    // The listed Gmail addresses' spellings without dots (gmail.com), where they had dots or
+    // were at googlemail.com: one person, however the line spelled them. Not entries.
+    boost::unordered_flat_set<std::array<std::uint8_t, 16>, digest_hash> gmail_;
 };
 
 // Word-level Aho-Corasick automaton over a list of terms. A term is split into words

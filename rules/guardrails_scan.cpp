@@ -1179,6 +1179,35 @@ digest16 address_digest(std::string_view address) {
     return out;
 }
 
+// Gmail delivers every spelling of a mailbox that differs only in dots in its local part, and
+// googlemail.com is gmail.com (Google's help, "Dots don't matter in Gmail addresses"): the
+// one spelling of such an address without its dots, at gmail.com, `+` tag and all; nullopt
+// for any other domain (Google Workspace domains and every other server keep their dots) or
+// a local part that is all dots. `address` is as normalize_address spelled it.
+std::optional<std::string> gmail_spelling(std::string_view address) {
+    const auto at = address.rfind('@');
+    if (at == std::string_view::npos) {
+        return std::nullopt;
+    }
+    const std::string_view domain = address.substr(at + 1);
+    if (domain != "gmail.com" && domain != "googlemail.com") {
+        return std::nullopt;
+    }
+    const std::string_view local = address.substr(0, at);
+    const std::size_t plus = local.find('+');
+    std::string out;
+    for (std::size_t i = 0; i < local.size(); ++i) {
+        if (local[i] != '.' || i > plus) {
+            out += local[i];
+        }
+    }
+    if (out.empty() || out.front() == '+') {
+        return std::nullopt;
+    }
+    out += "@gmail.com";
+    return out;
+}
+
 // Why a suppression file's address, as normalize_address spelled it, is no address ("" when it
 // is one): an `@` between a local part and a domain, no blank, control byte or separator.
 std::string suppression_address_fault(std::string_view a) {
@@ -1273,6 +1302,12 @@ std::optional<suppression_list> suppression_list::parse(std::string_view text, s
                 return std::nullopt;
             }
             d = address_digest(address);
+            // Every dotted spelling of a listed Gmail mailbox is the same person: the listed
+            // one's own spelling without dots is looked up too (contains). Apart from the
+            // entries, so sizes and reload counts stay the file's lines.
+            if (auto g = gmail_spelling(address); g && *g != address) {
+                out.gmail_.insert(address_digest(*g));
+            }
         } else if (!hex_digest(line, d)) {
             if (error) {
                 *error = "line " + std::to_string(line_no) + ": not an email address or a SHA-256 hex digest";
@@ -1320,12 +1355,31 @@ bool suppression_list::contains(std::string_view address) const {
     // (Only `+`: `-` separates tags on few servers and is common in real local parts.)
     const auto at = address.rfind('@');
     const auto plus = at == std::string_view::npos ? at : address.substr(0, at).find('+');
-    if (plus == std::string_view::npos || plus == 0) {
-        return false;
+    std::string base;
+    if (plus != std::string_view::npos && plus != 0) {
+        base = address.substr(0, plus);
+        base += address.substr(at);
+        if (contains_as_written(base)) {
+            return true;
+        }
     }
-    std::string base{address.substr(0, plus)};
-    base += address.substr(at);
-    return contains_as_written(base);
+    // A Gmail mailbox is every spelling of it with dots anywhere before the tag: its one
+    // spelling without dots (at gmail.com) is looked up, tagged and not, among the entries
+    // and among the listed Gmail addresses' own spellings without dots.
+    for (const std::string_view spelled : {address, std::string_view{base}}) {
+        if (spelled.empty()) {
+            continue;
+        }
+        const std::optional<std::string> g = gmail_spelling(spelled);
+        if (!g) {
+            break;  // (not Gmail: neither is the base)
+        }
+        const digest16 d = address_digest(*g);
+        if ((*g != address && *g != base && digests_.contains(d)) || gmail_.contains(d)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 bool suppression_list::contains_as_written(std::string_view address) const {

@@ -862,6 +862,7 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
     EXPECT_EQ(by_tag.check_body(sendgrid_to({"ANN+news@example.com"})).outcome, verdict::violated);
     EXPECT_TRUE(by_tag.check_body(sendgrid_to({"ann@example.com", "ann+other@example.com", "+news@example.com"})).allowed());
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com", "doe+jane.doe@example.com", "+jane.doe@example.com"})).allowed());
+    // Dots are another spelling only at Gmail (example.com keeps them: jane@ is allowed above).
 
     // Mailgun: "Name <address>" forms and comma lists in form fields.
     request mg;
@@ -880,6 +881,42 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
         "Destination": {"ToAddresses": ["ann@example.com"], "BccAddresses": ["jane.doe@example.com"]},
         "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hello"}}}}})j";
     EXPECT_THAT(f.check(ses).reason, HasSubstr("suppressed recipient #1 j***@example.com ($.Destination.BccAddresses[0])"));
+}
+
+// Gmail ignores dots in the local part and reads googlemail.com as gmail.com: a suppressed
+// Gmail user is every such spelling of their address, whichever one the list holds.
+TEST(GuardRecipients, EveryGmailSpellingOfASuppressedMailboxIsSuppressed) {
+    const std::string path = temp_file("suppressed-gmail.txt",
+                                       "Jane.Doe@gmail.com\n"
+                                       "bob@googlemail.com\n"
+                                       "c.arl+news@gmail.com\n" +
+                                           sha256_hex("deeann@gmail.com") + "  # dee.ann@\n" +
+                                           sha256_hex("e.ve@gmail.com") + "  # a digest with dots\n"
+                                           "f.red@example.com\n");
+    fixture f{recipients_rule(R"j({"suppression_file": ")j" + path + R"j("})j")};
+    for (const std::string spelling : {"janedoe@gmail.com", "j.a.n.e.d.o.e@googlemail.com", "JaneDoe+Spring@GMAIL.com",
+                                       "jane.doe.@gmail.com", "bob@gmail.com", "b.o.b+x@gmail.com",
+                                       "carl+news@googlemail.com", "dee.ann@gmail.com", "Dee.Ann+x@googlemail.com",
+                                       "e.ve@gmail.com", "e.ve+x@gmail.com"}) {
+        const auto d = f.check_body(sendgrid_to({"ann@example.com", spelling}));
+        EXPECT_EQ(d.outcome, verdict::violated) << spelling;
+        EXPECT_THAT(d.reason, HasSubstr("suppressed recipient #1")) << spelling;
+    }
+    // Not the same mailbox: a listed tag suppresses that tag only; other domains keep their
+    // dots (a Workspace domain too); a digest is of one spelling, which is looked up as
+    // written and without dots (eve@ is another spelling of e.ve@, but its digest is of e.ve@).
+    for (const std::string other : {"carl@gmail.com", "carl+other@gmail.com", "janedoe@gmail.co", "jane.doe@mail.gmail.com",
+                                    "fred@example.com", "f.red@googlemail.com", "eve@gmail.com", "jane_doe@gmail.com",
+                                    "...@gmail.com", ".+jane.doe@gmail.com"}) {
+        EXPECT_TRUE(f.check_body(sendgrid_to({other})).allowed()) << other;
+    }
+    // The derived spellings are no entries of their own: the list holds its six lines.
+    std::string err;
+    std::ifstream in{path};
+    const std::string text{std::istreambuf_iterator<char>{in}, {}};
+    const auto list = suppression_list::parse(text, 100, &err);
+    ASSERT_TRUE(list.has_value()) << err;
+    EXPECT_EQ(list->size(), 6u);
 }
 
 // SendGrid's bypass_*_management settings send past SendGrid's own unsubscribe, bounce and
