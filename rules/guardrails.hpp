@@ -104,11 +104,16 @@ public:
     // as calling contains() in turn).
     std::size_t first_of(std::span<const std::string_view> addresses) const;
     std::size_t size() const { return digests_.size(); }
-    // Entries of this list that `newer` no longer holds (a reload that un-suppresses them).
+    // Entries of this list whose recipients `newer` no longer suppresses (a reload that
+    // un-suppresses them). A listed Gmail address is kept when `newer` suppresses its
+    // spelling without dots, however its line spells it; an entry made from a digest, only
+    // when `newer` holds that digest.
     std::size_t missing_from(const suppression_list& newer) const {
         std::size_t n = 0;
         for (const auto& d : digests_) {
-            n += newer.digests_.contains(d) ? 0 : 1;
+            const auto g = gmail_of_.find(d);
+            const auto& spelling = g == gmail_of_.end() ? d : g->second;
+            n += newer.digests_.contains(spelling) || newer.gmail_.contains(spelling) ? 0 : 1;
         }
         return n;
     }
@@ -123,6 +128,8 @@ private:
     // The listed Gmail addresses' spellings without dots (gmail.com), where they had dots or
     // were at googlemail.com: one person, however the line spelled them. Not entries.
     boost::unordered_flat_set<std::array<std::uint8_t, 16>, digest_hash> gmail_;
+    // For each such entry, its spelling without dots (config time only: missing_from).
+    boost::unordered_flat_map<std::array<std::uint8_t, 16>, std::array<std::uint8_t, 16>, digest_hash> gmail_of_;
 };
 
 // Word-level Aho-Corasick automaton over a list of terms. A term is split into words

@@ -1190,7 +1190,7 @@ std::optional<std::string> gmail_spelling(std::string_view address) {
         return std::nullopt;
     }
     const std::string_view domain = address.substr(at + 1);
-    if (domain != "gmail.com" && domain != "googlemail.com") {
+    if (!iequals_lower(domain, "gmail.com") && !iequals_lower(domain, "googlemail.com")) {
         return std::nullopt;
     }
     const std::string_view local = address.substr(0, at);
@@ -1306,7 +1306,9 @@ std::optional<suppression_list> suppression_list::parse(std::string_view text, s
             // one's own spelling without dots is looked up too (contains). Apart from the
             // entries, so sizes and reload counts stay the file's lines.
             if (auto g = gmail_spelling(address); g && *g != address) {
-                out.gmail_.insert(address_digest(*g));
+                const digest16 dg = address_digest(*g);
+                out.gmail_.insert(dg);
+                out.gmail_of_.emplace(d, dg);
             }
         } else if (!hex_digest(line, d)) {
             if (error) {
@@ -1374,8 +1376,13 @@ bool suppression_list::contains(std::string_view address) const {
         if (!g) {
             break;  // (not Gmail: neither is the base)
         }
+        // (Already looked up among the entries when spelled so: then only the Gmail set.)
+        const bool entries = *g != address && *g != base;
+        if (!entries && gmail_.empty()) {
+            continue;
+        }
         const digest16 d = address_digest(*g);
-        if ((*g != address && *g != base && digests_.contains(d)) || gmail_.contains(d)) {
+        if ((entries && digests_.contains(d)) || gmail_.contains(d)) {
             return true;
         }
     }
