@@ -721,8 +721,12 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
         }
         if (const char32_t cp = two_byte_at(text, i); cp != 0) {
             const char32_t f = detail::fold_two_byte(cp);
-            if (k + 1 >= w.size() || static_cast<unsigned char>(w[k]) != (0xC0 | (f >> 6)) ||
-                static_cast<unsigned char>(w[k + 1]) != (0x80 | (f & 0x3F))) {
+            if (k + 1 >= w.size()) {
+                return false;
+            }
+            if (f == detail::sharp_s ? w[k] != 's' || w[k + 1] != 's'
+                                     : static_cast<unsigned char>(w[k]) != (0xC0 | (f >> 6)) ||
+                                           static_cast<unsigned char>(w[k + 1]) != (0x80 | (f & 0x3F))) {
                 return false;
             }
             i += 2;
@@ -754,6 +758,9 @@ bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_vie
                 firsts[nfirsts++] = first;
             }
         });
+        if (w.starts_with("ss")) {
+            firsts[nfirsts++] = 0xC3;  // ß
+        }
         for (std::size_t k = 0; k < nfirsts; ++k) {
             for (std::size_t i = text.find(static_cast<char>(firsts[k])); i != std::string_view::npos;
                  i = text.find(static_cast<char>(firsts[k]), i + 1)) {
@@ -1036,6 +1043,11 @@ void fold_word(const unsigned char* p, std::size_t len, char* out) {
         const unsigned char c = p[i];
         if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) {
             const char32_t f = t.fold[(static_cast<char32_t>(c & 0x1F) << 6) | (p[i + 1] & 0x3F)];
+            if (f == sharp_s) {  // ß is ss (STRASSE, Swiss Strasse): two bytes either way
+                out[i] = 's';
+                out[++i] = 's';
+                continue;
+            }
             out[i] = static_cast<char>(0xC0 | (f >> 6));
             out[++i] = static_cast<char>(0x80 | (f & 0x3F));
         } else {
@@ -1453,6 +1465,9 @@ void for_each_start_pair(const std::string& w, F&& f) {
         // letter in each of its spellings.
         for_each_spelling(w, 1, [&](unsigned char b, unsigned char) { f(a, static_cast<int>(b)); });
     });
+    if (w.starts_with("ss")) {
+        f(0xC3, 0x9F);  // ß
+    }
 }
 
 }  // namespace
@@ -1498,6 +1513,13 @@ bool term_matcher::add(std::string_view written, std::string* error) {
                               [&](unsigned char, unsigned char cont) { last_bits_[w.size()] |= 1ull << (cont & 63); });
         } else {
             last_bits_[w.size()] |= 1ull << (static_cast<unsigned char>(w.back()) & 63);
+        }
+        // An ss, as a text may write it: ß (C3 9F), as long.
+        if (w.starts_with("ss")) {
+            first_bits_[w.size()] |= 1ull << (0xC3 & 63);
+        }
+        if (w.ends_with("ss")) {
+            last_bits_[w.size()] |= 1ull << (0x9F & 63);
         }
         const std::uint64_t edge = (static_cast<std::uint64_t>(state) << 32) | it->second;
         auto e = edges_.find(edge);

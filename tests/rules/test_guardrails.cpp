@@ -1234,6 +1234,29 @@ TEST(GuardContent, BlockedTermsInOtherScriptsMatchInAnyCase) {
     }
 }
 
+// ß is ss, as capitals and Swiss German write it, whichever way the term or the text has it:
+// first, last and inner letters, and a word that is only ß.
+TEST(GuardContent, SharpSIsSs) {
+    fixture f{content_rule(R"j({"blocked_terms": ["Spaß garantiert", "heiss", "ssangyong", "Grosshandel", "ß"]})j")};
+    for (const std::string text : {"SPASS GARANTIERT", "Spass garantiert", "spaß garantiert", "HEISS", "heiß", "Heiß!",
+                                   "ßangyong", "SSANGYONG", "Großhandel", "GROSSHANDEL", "SS", "Maß ß"}) {
+        const auto d = f.check_body(sendgrid("<p>" + text + "</p>"));
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+        EXPECT_THAT(d.reason, HasSubstr("blocked term #")) << text;
+    }
+    for (const std::string text : {"Spas garantiert", "heis", "heißer", "Grosshändel", "s", "sss", "Maß"}) {
+        EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
+    }
+    // And in unsubscribe_words (`ssabmelden` is made up, to start with one).
+    fixture u{content_rule(R"j({"require_unsubscribe": true, "unsubscribe_words": ["Newsletter abschließen", "ssabmelden"]})j")};
+    for (const std::string footer : {"<p>NEWSLETTER ABSCHLIESSEN</p>", "<p>Newsletter abschliessen</p>", "<p>Newsletter abschließen</p>",
+                                     "<p>ßabmelden</p>"}) {
+        EXPECT_TRUE(u.check_body(sendgrid(footer)).allowed()) << footer;
+    }
+    EXPECT_FALSE(u.check_body(sendgrid("<p>Newsletter abschlieen</p>")).allowed());
+    EXPECT_EQ(detail::fold_case("STRAẞE Straße"), "straẞe strasse");  // (ẞ is three bytes: not folded)
+}
+
 // Every default field whose text ends up in the mail is read: a footer, sections, SES v2 bulk
 // defaults and replacements, HubSpot contact properties, Mailgun and SES v1 template data.
 TEST(GuardContent, EveryDefaultFieldIsRead) {
@@ -3236,7 +3259,7 @@ struct text_gen {
             case 0:
             case 1:
             case 2: return case_mix(vocab[pick(vocab.size())]);
-            case 3: return one({"freedom", "mone", "acts", "aa", "00", "70", "12a", "wins", "\xc3\xbc", "_free", "free_"});
+            case 3: return one({"freedom", "mone", "acts", "aa", "00", "70", "12a", "wins", "\xc3\xbc", "_free", "free_", "SSA", "maß", "ßx"});
             case 4: return link();
             case 5: return case_mix(one({"unsubscribe", "xunsubscribex", "unsub", "unsubscrib", "UNSUBSCRIBE"}));
             case 6: return chars("abcdefghijklmnopqrstuvwxyz0123456789", 1 + pick(8));
@@ -3358,7 +3381,8 @@ content_guard random_content_guard(text_gen& gen, const std::vector<std::string>
 TEST(GuardFastPaths, ContentScanAgreesWithTheWordByWordReference) {
     const std::vector<std::string> vocab{"free", "money", "act", "now", "a", "0", "7", "12", "win", "\xc3\xbc" "ber",
                                          "x_y", "spam", "phrase", "href", "http", "unsubscribe", "amp", "lt",
-                                         "бесплатно", "рр", "σας", "θ", "ǆ", "xü", "Überweisung", "δωρεάν", "ΐ"};
+                                         "бесплатно", "рр", "σας", "θ", "ǆ", "xü", "Überweisung", "δωρεάν", "ΐ",
+                                         "ß", "ßa", "mass", "Maß", "ssx"};
     text_gen gen{4242};
     int hits = 0;
     for (int i = 0; i < 4000; ++i) {
