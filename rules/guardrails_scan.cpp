@@ -1379,7 +1379,11 @@ bool suppression_list::contains(std::string_view address) const {
     }
     // A Gmail mailbox is every spelling of it with dots anywhere before the tag: its one
     // spelling without dots (at gmail.com) is looked up, tagged and not, among the entries
-    // and among the listed Gmail addresses' own spellings without dots.
+    // and among the listed Gmail addresses' own spellings without dots. (Both Gmail domains
+    // end in mail.com: one compare for every other recipient.)
+    if (address.size() < 8 || !iequals_lower(address.substr(address.size() - 8), "mail.com")) {
+        return false;
+    }
     for (const std::string_view spelled : {address, std::string_view{base}}) {
         if (spelled.empty()) {
             continue;
