@@ -104,10 +104,11 @@ public:
     // as calling contains() in turn).
     std::size_t first_of(std::span<const std::string_view> addresses) const;
     std::size_t size() const { return digests_.size(); }
-    // Entries of this list whose recipients `newer` no longer suppresses (a reload that
-    // un-suppresses them). A listed Gmail address is kept when `newer` suppresses its
-    // spelling without dots, however its line spells it; an entry made from a digest, only
-    // when `newer` holds that digest.
+    // Entries of this list that `newer` may no longer suppress (a reload that un-suppresses
+    // them): each is kept when `newer` holds its spelling (for a listed Gmail address, its
+    // spelling without dots, however either line spells it) as an entry or as a Gmail line's
+    // spelling without dots. A tagged entry replaced by its base counts as taken off (the
+    // base covers it: the stricter way).
     std::size_t missing_from(const suppression_list& newer) const {
         std::size_t n = 0;
         for (const auto& d : digests_) {
