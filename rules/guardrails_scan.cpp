@@ -1469,10 +1469,12 @@ void for_each_start_pair(const std::string& w, F&& f) {
         // letter in each of its spellings.
         for_each_spelling(w, 1, [&](unsigned char b, unsigned char) { f(a, static_cast<int>(b)); });
     });
-    // ss written as ß: at the start, or as the second letter after an ASCII first one (Eßzimmer).
+    // ss written as ß: at the start, or as the second letter after an ASCII first one
+    // (Eßzimmer; sßt for ssst too).
     if (w.starts_with("ss")) {
         f(0xC3, 0x9F);
-    } else if (w.size() >= 3 && w.compare(1, 2, "ss") == 0) {
+    }
+    if (w.size() >= 3 && w.compare(1, 2, "ss") == 0) {
         for_each_spelling(w, 0, [&](unsigned char a, unsigned char) { f(a, 0xC3); });
     }
 }

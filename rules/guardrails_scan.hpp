@@ -140,7 +140,7 @@ private:
 // other code points are kept.
 char32_t fold_two_byte(char32_t cp);
 // ß, which fold_word (and so fold_case) writes as ss: STRASSE and the Swiss Strasse are
-// Straße. fold_two_byte leaves it as it is (it folds to one code point).
+// Straße (Unicode's full case folding). fold_two_byte, the simple folding, keeps it.
 constexpr char32_t sharp_s = 0xDF;
 // `s` with every two-byte code point folded (fold_two_byte), ß as ss and ASCII lower-cased;
 // the same length as `s`.
