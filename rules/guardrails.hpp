@@ -156,7 +156,8 @@ public:
     std::size_t term_words(std::size_t term) const { return term_words_[term]; }
     const std::string& term(std::size_t i) const { return terms_[i]; }
     // Cheap pre-filter: whether some term word has this length, first and last byte (a text's
-    // bytes, ASCII lower-cased; the bits hold every spelling of a two-byte first or last letter).
+    // bytes, ASCII lower-cased; the bits hold every spelling of a two-byte first or last letter,
+    // and ß's first or last byte for a word that starts or ends in ss).
     bool maybe_word(std::size_t len, unsigned char first, unsigned char last) const {
         return len < 64 && ((first_bits_[len] >> (first & 63)) & (last_bits_[len] >> (last & 63)) & 1u);
     }

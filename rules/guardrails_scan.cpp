@@ -700,8 +700,9 @@ void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
 }
 
 // Whether text at `i` reads as `w` (fold_case'd, single spaces between its words): any case
-// (ASCII, and the two-byte letters fold_two_byte folds: `DÉSABONNER`, `ОТПИСАТЬСЯ`), and any
-// run of blanks and line breaks where `w` has a space (a wrapped `darse de\nbaja`).
+// (ASCII, and the two-byte letters fold_two_byte folds: `DÉSABONNER`, `ОТПИСАТЬСЯ`; a ß is
+// the ss of `w`, never half of it), and any run of blanks and line breaks where `w` has a
+// space (a wrapped `darse de\nbaja`).
 bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
     const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f'; };
     for (std::size_t k = 0; k < w.size();) {
@@ -1195,7 +1196,7 @@ digest16 address_digest(std::string_view address) {
 // googlemail.com is gmail.com (Google's help, "Dots don't matter in Gmail addresses"): the
 // one spelling of such an address without its dots, at gmail.com, `+` tag and all; nullopt
 // for any other domain (Google Workspace domains and every other server keep their dots) or
-// a local part that is all dots. `address` is as normalize_address spelled it.
+// a local part that is nothing, or starts with the tag, once its dots are gone. `address` is as normalize_address spelled it.
 std::optional<std::string> gmail_spelling(std::string_view address) {
     const auto at = address.rfind('@');
     if (at == std::string_view::npos) {

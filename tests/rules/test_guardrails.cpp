@@ -862,8 +862,7 @@ TEST(GuardRecipients, SuppressionListByAddressAndBySha256) {
     EXPECT_EQ(by_tag.check_body(sendgrid_to({"ANN+news@example.com"})).outcome, verdict::violated);
     EXPECT_TRUE(by_tag.check_body(sendgrid_to({"ann@example.com", "ann+other@example.com", "+news@example.com"})).allowed());
     EXPECT_TRUE(f.check_body(sendgrid_to({"jane@example.com", "doe+jane.doe@example.com", "+jane.doe@example.com"})).allowed());
-    // Dots are another spelling only at Gmail: example.com keeps them, and so does another
-    // domain ending in mail.com.
+    // Dots are another spelling only at Gmail: example.com keeps them (and hotmail.com, below).
     EXPECT_TRUE(f.check_body(sendgrid_to({"janedoe@example.com"})).allowed());
 
     // Mailgun: "Name <address>" forms and comma lists in form fields.
