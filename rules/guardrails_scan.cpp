@@ -681,9 +681,10 @@ char32_t two_byte_at(std::string_view s, std::size_t i) {
     return (static_cast<char32_t>(lead & 0x1F) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3F);
 }
 
-// Calls f(first byte, second byte) for each spelling of the letter at `i` of a folded word: a
-// two-byte letter in each of its cases (case_variants); an ASCII letter in both cases (the
-// second byte 0); any other byte as it is.
+// Calls f(first byte, second byte) for each way a text can write what starts at `i` of a
+// folded word: a two-byte letter in each of its cases (case_variants); an ASCII letter in both
+// cases (the second byte 0), and where the word has ss, also ß (C3 9F: it folds to ss, as
+// long); any other byte as it is.
 template <class F>
 void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
     if (const char32_t cp = two_byte_at(w, i); cp != 0) {
@@ -696,6 +697,9 @@ void for_each_spelling(std::string_view w, std::size_t i, F&& f) {
     f(c, 0);
     if (is_lower(c)) {
         f(static_cast<unsigned char>(c - 32), 0);
+    }
+    if (w.compare(i, 2, "ss") == 0) {
+        f(0xC3, 0x9F);
     }
 }
 
@@ -720,14 +724,10 @@ bool reads_as(std::string_view text, std::size_t i, std::string_view w) {
             ++k;
             continue;
         }
-        if (const char32_t cp = two_byte_at(text, i); cp != 0) {
-            const char32_t f = detail::fold_two_byte(cp);
-            if (k + 1 >= w.size()) {
-                return false;
-            }
-            if (f == detail::sharp_s ? w[k] != 's' || w[k + 1] != 's'
-                                     : static_cast<unsigned char>(w[k]) != (0xC0 | (f >> 6)) ||
-                                           static_cast<unsigned char>(w[k + 1]) != (0x80 | (f & 0x3F))) {
+        if (two_byte_at(text, i) != 0) {
+            char folded[2];
+            detail::fold_word(reinterpret_cast<const unsigned char*>(text.data()) + i, 2, folded);
+            if (k + 1 >= w.size() || w[k] != folded[0] || w[k + 1] != folded[1]) {
                 return false;
             }
             i += 2;
@@ -759,9 +759,6 @@ bool has_unsubscribe_word(const std::vector<std::string>& words, std::string_vie
                 firsts[nfirsts++] = first;
             }
         });
-        if (w.starts_with("ss")) {
-            firsts[nfirsts++] = 0xC3;  // ß
-        }
         for (std::size_t k = 0; k < nfirsts; ++k) {
             for (std::size_t i = text.find(static_cast<char>(firsts[k])); i != std::string_view::npos;
                  i = text.find(static_cast<char>(firsts[k]), i + 1)) {
@@ -1044,7 +1041,7 @@ void fold_word(const unsigned char* p, std::size_t len, char* out) {
         const unsigned char c = p[i];
         if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) {
             const char32_t f = t.fold[(static_cast<char32_t>(c & 0x1F) << 6) | (p[i + 1] & 0x3F)];
-            if (f == sharp_s) {  // ß is ss (STRASSE, Swiss Strasse): two bytes either way
+            if (f == 0xDF) {  // ß is ss (STRASSE, Swiss Strasse): two bytes either way
                 out[i] = 's';
                 out[++i] = 's';
                 continue;
@@ -1196,7 +1193,8 @@ digest16 address_digest(std::string_view address) {
 // googlemail.com is gmail.com (Google's help, "Dots don't matter in Gmail addresses"): the
 // one spelling of such an address without its dots, at gmail.com, `+` tag and all; nullopt
 // for any other domain (Google Workspace domains and every other server keep their dots) or
-// a local part that is nothing, or starts with the tag, once its dots are gone. `address` is as normalize_address spelled it.
+// a local part that is nothing, or starts with the tag, once its dots are gone. `address` is
+// as normalize_address spelled it.
 std::optional<std::string> gmail_spelling(std::string_view address) {
     const auto at = address.rfind('@');
     if (at == std::string_view::npos) {
@@ -1457,27 +1455,17 @@ namespace {
 // in any case; second -1 for a one-byte word (any byte that is no word byte follows it).
 template <class F>
 void for_each_start_pair(const std::string& w, F&& f) {
-    if (two_byte_at(w, 0) != 0) {
-        for_each_spelling(w, 0, [&](unsigned char a, unsigned char b) { f(a, static_cast<int>(b)); });
-        return;
-    }
-    for_each_spelling(w, 0, [&](unsigned char a, unsigned char) {
-        if (w.size() == 1) {
+    for_each_spelling(w, 0, [&](unsigned char a, unsigned char b) {
+        if (b != 0) {
+            f(a, static_cast<int>(b));  // a two-byte spelling (a letter, or ß for ss): its own two bytes
+        } else if (w.size() == 1) {
             f(a, -1);
-            return;
+        } else {
+            // The second byte: the first of each spelling of what follows (an ASCII letter in
+            // both cases, a two-byte letter's lead byte, ß's for ss: Eßzimmer, sßt).
+            for_each_spelling(w, 1, [&](unsigned char c, unsigned char) { f(a, static_cast<int>(c)); });
         }
-        // The second byte: an ASCII letter in both cases, or the lead byte of a two-byte
-        // letter in each of its spellings.
-        for_each_spelling(w, 1, [&](unsigned char b, unsigned char) { f(a, static_cast<int>(b)); });
     });
-    // ss written as ß: at the start, or as the second letter after an ASCII first one
-    // (Eßzimmer; sßt for ssst too).
-    if (w.starts_with("ss")) {
-        f(0xC3, 0x9F);
-    }
-    if (w.size() >= 3 && w.compare(1, 2, "ss") == 0) {
-        for_each_spelling(w, 0, [&](unsigned char a, unsigned char) { f(a, 0xC3); });
-    }
 }
 
 }  // namespace
@@ -1515,21 +1503,20 @@ bool term_matcher::add(std::string_view written, std::string* error) {
         if (added) {
             words_.push_back(w);
         }
-        // The first and last bytes of the word in every spelling of a two-byte first or last
-        // letter (`р` starts D1, `Р` D0; `ü` ends BC, `Ü` 9C), as a text's word has them.
+        // The first and last bytes of the word in every spelling of its first and last
+        // letters (`р` starts D1, `Р` D0; `ü` ends BC, `Ü` 9C; an ss is also ß, C3 9F), as a
+        // text's word has them: an ASCII last letter as itself (a text's is lower-cased), a
+        // last two-byte spelling by its second byte.
         for_each_spelling(w, 0, [&](unsigned char lead, unsigned char) { first_bits_[w.size()] |= 1ull << (lead & 63); });
-        if (w.size() >= 2 && two_byte_at(w, w.size() - 2) != 0) {
-            for_each_spelling(w, w.size() - 2,
-                              [&](unsigned char, unsigned char cont) { last_bits_[w.size()] |= 1ull << (cont & 63); });
-        } else {
+        if (w.size() < 2 || two_byte_at(w, w.size() - 2) == 0) {
             last_bits_[w.size()] |= 1ull << (static_cast<unsigned char>(w.back()) & 63);
         }
-        // An ss, as a text may write it: ß (C3 9F), as long.
-        if (w.starts_with("ss")) {
-            first_bits_[w.size()] |= 1ull << (0xC3 & 63);
-        }
-        if (w.ends_with("ss")) {
-            last_bits_[w.size()] |= 1ull << (0x9F & 63);
+        if (w.size() >= 2) {
+            for_each_spelling(w, w.size() - 2, [&](unsigned char, unsigned char cont) {
+                if (cont != 0) {
+                    last_bits_[w.size()] |= 1ull << (cont & 63);
+                }
+            });
         }
         const std::uint64_t edge = (static_cast<std::uint64_t>(state) << 32) | it->second;
         auto e = edges_.find(edge);

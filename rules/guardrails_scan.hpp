@@ -139,11 +139,9 @@ private:
 // folds that stay two bytes (not `ſ` to `s`, `Ⱥ` to `ⱥ`), and not U+0345 (a combining mark);
 // other code points are kept.
 char32_t fold_two_byte(char32_t cp);
-// ß, which fold_word (and so fold_case) writes as ss: STRASSE and the Swiss Strasse are
-// Straße (Unicode's full case folding). fold_two_byte, the simple folding, keeps it.
-constexpr char32_t sharp_s = 0xDF;
-// `s` with every two-byte code point folded (fold_two_byte), ß as ss and ASCII lower-cased;
-// the same length as `s`.
+// `s` with every two-byte code point folded (fold_two_byte), ß as ss (Unicode's full case
+// folding: STRASSE and the Swiss Strasse are Straße; fold_two_byte, the simple folding,
+// keeps ß) and ASCII lower-cased; the same length as `s`.
 std::string fold_case(std::string_view s);
 // fold_case of the `len` bytes at `p` into `out` (as many bytes).
 void fold_word(const unsigned char* p, std::size_t len, char* out);
