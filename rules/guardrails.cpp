@@ -3106,6 +3106,19 @@ void read_domains(cfg::object_reader& r, std::string_view key, domain_set& out) 
     }
 }
 
+// gmail.com and googlemail.com are one set of mailboxes (`jane@googlemail.com` is
+// `jane@gmail.com`), as the suppression list reads them: a recipients list that covers
+// either domain covers the other too. Not for link domains: there they are two websites.
+void add_gmail_twin(domain_set& s) {
+    const bool gmail = s.contains("gmail.com");
+    const bool googlemail = s.contains("googlemail.com");
+    if (gmail && !googlemail) {
+        s.add("googlemail.com");
+    } else if (googlemail && !gmail) {
+        s.add("gmail.com");
+    }
+}
+
 std::string join_fields(const std::vector<guard_field>& fields) {
     std::string out;
     for (const auto& f : fields) {
@@ -3174,6 +3187,8 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         cfg::object_reader rr{*o, r.path_of("recipients"), errs};
         read_domains(rr, "allow_domains", rg.allow);
         read_domains(rr, "block_domains", rg.block);
+        add_gmail_twin(rg.allow);
+        add_gmail_twin(rg.block);
         std::size_t max_entries = 1'000'000;
         if (auto m = rr.integer("max_suppressed", false, 1, 10'000'000)) {
             max_entries = static_cast<std::size_t>(*m);

@@ -814,6 +814,23 @@ TEST(GuardRecipients, Blocklist) {
     }
 }
 
+// gmail.com and googlemail.com deliver to the same mailboxes: a list naming either domain
+// names both, whichever of the two it was written as. Other Google domains are their own.
+TEST(GuardRecipients, GmailsTwoDomainsAreOneInTheDomainLists) {
+    for (const char* listed : {"gmail.com", "GoogleMail.com"}) {
+        fixture block{recipients_rule(std::string{R"j({"block_domains": [")j"} + listed + R"j("]})j")};
+        fixture allow{recipients_rule(std::string{R"j({"allow_domains": [")j"} + listed + R"j("]})j")};
+        for (const char* to : {"jane@gmail.com", "jane@googlemail.com", "Jane@GOOGLEMAIL.COM"}) {
+            EXPECT_EQ(block.check_body(sendgrid_to({to})).outcome, verdict::violated) << listed << " " << to;
+            EXPECT_TRUE(allow.check_body(sendgrid_to({to})).allowed()) << listed << " " << to;
+        }
+        for (const char* to : {"jane@google.com", "jane@mail.com", "jane@hotmail.com"}) {
+            EXPECT_TRUE(block.check_body(sendgrid_to({to})).allowed()) << listed << " " << to;
+            EXPECT_EQ(allow.check_body(sendgrid_to({to})).outcome, verdict::violated) << listed << " " << to;
+        }
+    }
+}
+
 // Beside a JSON body, recipients in the query string (an upstream that merges query and
 // form fields sends to them too).
 TEST(GuardRecipients, RecipientsInTheQueryBesideAJsonBodyAreChecked) {
