@@ -32,6 +32,7 @@ namespace {
 constexpr bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 constexpr bool is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 constexpr bool is_lower(unsigned char c) { return c >= 'a' && c <= 'z'; }
+constexpr bool is_alpha(unsigned char c) { return is_upper(c) || is_lower(c); }
 // What may join the digit groups of a card or an SSN (block_masks::sep).
 constexpr bool digit_sep(unsigned char c) { return c == ' ' || c == '-' || c == '.'; }
 constexpr unsigned char to_lower(unsigned char c) { return is_upper(c) ? static_cast<unsigned char>(c + 32) : c; }
@@ -1956,11 +1957,15 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
 // An IBAN starting at `s` (two letters and two digits): read up to 34 characters of letters
 // and digits, in one piece or in groups separated by single spaces, and check every length
 // that ends on a group boundary (the country's length if known). Written in upper case, or
-// all in lower case (`de89 3704 ...`, typed into a form): then only for a country whose
+// (`any_case`) with lower-case letters anywhere (`de89 3704 ...` typed into a form, `De89`
+// after a phone capitalised the field, `GB82 west ...`): then only for a country whose
 // length is known, so a lower-case hex id (`ab12...`) is not read as an IBAN of some other,
 // and only as IBANs are laid out (written_so, below).
-bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit) {
-    const auto letter = [lower](unsigned char c) { return lower ? is_lower(c) : is_upper(c); };
+bool check_iban(std::string_view text, std::size_t s, bool any_case, text_hit* hit) {
+    const auto letter = [any_case](unsigned char c) { return is_upper(c) || (any_case && is_lower(c)); };
+    if (any_case && iban_length(static_cast<char>(text[s] & ~0x20), static_cast<char>(text[s + 1] & ~0x20)) == 0) {
+        return false;
+    }
     char buf[34];
     std::size_t m = 0;
     std::size_t boundaries[34];
@@ -1974,7 +1979,7 @@ bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit)
             continue;
         }
         if (table.word[c]) {
-            // The other case or `_`: the piece being read is a word, not a group. In the first
+            // Lower case (in upper-case mode) or `_`: the piece being read is a word, not a group. In the first
             // piece there is no IBAN; after a group it ends before this word
             // (`DE89 3704 0044 0532 0130 00 Deutsche Bank`).
             if (nb == 0) {
@@ -1994,12 +1999,9 @@ bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit)
         boundaries[nb++] = m;
     }
     const int expected = iban_length(buf[0], buf[1]);
-    if (lower && expected == 0) {
-        return false;
-    }
-    // In lower case, only as IBANs are written: in groups of four (the last of one to four),
+    // With lower case, only as IBANs are written: in groups of four (the last of one to four),
     // or in one piece whose account part is a bank code of up to four letters and digits
-    // (`de89370400440532013000`, `gb82west12345698765432`). Lower-case text runs on after a
+    // (`de89370400440532013000`, `gb82west12345698765432`). Text of any case runs on after a
     // group where upper-case text would stop: `#de8500 none repeat scroll` must not read as
     // DE85 00NONEREPEATSCROLL, nor a hex id as a one-piece IBAN.
     const auto written_so = [&](std::size_t b) {
@@ -2025,7 +2027,7 @@ bool check_iban(std::string_view text, std::size_t s, bool lower, text_hit* hit)
     };
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t len = boundaries[b];
-        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected) || (lower && !written_so(b))) {
+        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected) || (any_case && !written_so(b))) {
             continue;
         }
         if (iban_valid({buf, len})) {
@@ -2160,9 +2162,11 @@ struct pii_scan {
         }
         if (iban && e - s >= 4 && is_digit(static_cast<unsigned char>(text[s + 2])) &&
             is_digit(static_cast<unsigned char>(text[s + 3]))) {
+            // Upper case first (any country); then, for a known country, with lower case
+            // anywhere (an upper-case read stops at the first lower-case letter).
             const auto c1 = static_cast<unsigned char>(text[s + 1]);
-            const bool upper = is_upper(c0) && is_upper(c1);
-            if ((upper || (is_lower(c0) && is_lower(c1))) && check_iban(text, s, !upper, hit)) {
+            if (is_alpha(c0) && is_alpha(c1) &&
+                ((is_upper(c0) && is_upper(c1) && check_iban(text, s, false, hit)) || check_iban(text, s, true, hit))) {
                 return true;
             }
         }
@@ -2286,9 +2290,9 @@ bool pii_pair(unsigned char c0, unsigned char c1, bool iban, bool secrets) {
     }
 }
 
-// `de89`: how a lower-case IBAN starts (pii_scan::word reads the rest).
-bool lower_iban_start(const unsigned char* p, std::size_t s, std::size_t n) {
-    return s + 3 < n && is_lower(p[s]) && is_lower(p[s + 1]) && is_digit(p[s + 2]) && is_digit(p[s + 3]);
+// `de89`, `De89`: how an IBAN with lower case starts (pii_scan::word reads the rest).
+bool iban_start(const unsigned char* p, std::size_t s, std::size_t n) {
+    return s + 3 < n && is_alpha(p[s]) && is_alpha(p[s + 1]) && is_digit(p[s + 2]) && is_digit(p[s + 3]);
 }
 
 }  // namespace
@@ -2364,7 +2368,7 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
             const std::size_t s = block + b;
             const unsigned char c0 = p[s];
             if (!is_digit(c0) && !pii_pair(c0, s + 1 < n ? p[s + 1] : 0, scan.iban, scan.secrets) &&
-                !(scan.iban && lower_iban_start(p, s, n))) {
+                !(scan.iban && iban_start(p, s, n))) {
                 continue;  // pii_scan::word would do nothing with it
             }
             if (scan.word(text, s, word_end(text, block, b, m.word), hit)) {
