@@ -824,24 +824,35 @@ int mod97(std::string_view s) {
     return r;
 }
 
-// IBAN lengths of the countries we know (SWIFT IBAN registry); others: 15-34.
-int iban_length(char a, char b) {
-    static constexpr struct {
-        char cc[3];
-        int len;
-    } known[] = {{"AD", 24}, {"AE", 23}, {"AT", 20}, {"BE", 16}, {"BG", 22}, {"BH", 22}, {"BR", 29}, {"CH", 21},
-                 {"CY", 28}, {"CZ", 24}, {"DE", 22}, {"DK", 18}, {"EE", 20}, {"ES", 24}, {"FI", 18}, {"FO", 18},
-                 {"FR", 27}, {"GB", 22}, {"GI", 23}, {"GL", 18}, {"GR", 27}, {"HR", 21}, {"HU", 28}, {"IE", 22},
-                 {"IL", 23}, {"IS", 26}, {"IT", 27}, {"KW", 30}, {"KZ", 20}, {"LB", 28}, {"LI", 21}, {"LT", 20},
-                 {"LU", 20}, {"LV", 21}, {"MC", 27}, {"ME", 22}, {"MT", 31}, {"NL", 18}, {"NO", 15}, {"PK", 24},
-                 {"PL", 28}, {"PT", 25}, {"QA", 29}, {"RO", 24}, {"RS", 22}, {"SA", 24}, {"SE", 24}, {"SI", 19},
-                 {"SK", 24}, {"SM", 27}, {"TN", 24}, {"TR", 26}, {"UA", 29}};
-    for (const auto& k : known) {
-        if (k.cc[0] == a && k.cc[1] == b) {
-            return k.len;
+// IBAN lengths of the countries we know (SWIFT IBAN registry); others: 15-34. Indexed by the
+// two upper-case letters (every candidate of the PII scan looks its country up).
+struct iban_lengths {
+    std::uint8_t len[26][26] = {};
+    constexpr iban_lengths() {
+        struct country {
+            char cc[3];
+            int len;
+        };
+        constexpr country known[] = {
+            {"AD", 24}, {"AE", 23}, {"AT", 20}, {"BE", 16}, {"BG", 22}, {"BH", 22}, {"BR", 29},
+            {"CH", 21}, {"CY", 28}, {"CZ", 24}, {"DE", 22}, {"DK", 18}, {"EE", 20}, {"ES", 24},
+            {"FI", 18}, {"FO", 18}, {"FR", 27}, {"GB", 22}, {"GI", 23}, {"GL", 18}, {"GR", 27},
+            {"HR", 21}, {"HU", 28}, {"IE", 22}, {"IL", 23}, {"IS", 26}, {"IT", 27}, {"KW", 30},
+            {"KZ", 20}, {"LB", 28}, {"LI", 21}, {"LT", 20}, {"LU", 20}, {"LV", 21}, {"MC", 27},
+            {"ME", 22}, {"MT", 31}, {"NL", 18}, {"NO", 15}, {"PK", 24}, {"PL", 28}, {"PT", 25},
+            {"QA", 29}, {"RO", 24}, {"RS", 22}, {"SA", 24}, {"SE", 24}, {"SI", 19}, {"SK", 24},
+            {"SM", 27}, {"TN", 24}, {"TR", 26}, {"UA", 29}};
+        for (const auto& k : known) {
+            len[k.cc[0] - 'A'][k.cc[1] - 'A'] = static_cast<std::uint8_t>(k.len);
         }
     }
-    return 0;
+};
+constexpr iban_lengths iban_length_of{};
+
+int iban_length(char a, char b) {
+    const auto ua = static_cast<unsigned char>(a);
+    const auto ub = static_cast<unsigned char>(b);
+    return is_upper(ua) && is_upper(ub) ? iban_length_of.len[ua - 'A'][ub - 'A'] : 0;
 }
 
 }  // namespace
@@ -1963,7 +1974,9 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
 // and only as IBANs are laid out (written_so, below).
 bool check_iban(std::string_view text, std::size_t s, bool any_case, text_hit* hit) {
     const auto letter = [any_case](unsigned char c) { return is_upper(c) || (any_case && is_lower(c)); };
-    if (any_case && iban_length(static_cast<char>(text[s] & ~0x20), static_cast<char>(text[s + 1] & ~0x20)) == 0) {
+    // (The caller saw two letters at s.)
+    const int expected = iban_length(static_cast<char>(text[s] & ~0x20), static_cast<char>(text[s + 1] & ~0x20));
+    if (any_case && expected == 0) {
         return false;
     }
     char buf[34];
@@ -1998,7 +2011,6 @@ bool check_iban(std::string_view text, std::size_t s, bool any_case, text_hit* h
     if ((i >= text.size() || m == 34) && (nb == 0 || boundaries[nb - 1] != m)) {
         boundaries[nb++] = m;
     }
-    const int expected = iban_length(buf[0], buf[1]);
     // With lower case, only as IBANs are written: in groups of four (the last of one to four),
     // or in one piece whose account part is a bank code of up to four letters and digits
     // (`de89370400440532013000`, `gb82west12345698765432`). Text of any case runs on after a
@@ -2036,6 +2048,14 @@ bool check_iban(std::string_view text, std::size_t s, bool any_case, text_hit* h
         }
     }
     return false;
+}
+
+// An IBAN at `s` (two letters, two digits): upper case first (any country); then, for a known
+// country, with lower case anywhere (an upper-case read stops at the first lower-case letter).
+// Out of line: few words get here, and the word loop stays small.
+[[gnu::noinline]] bool find_iban(std::string_view text, std::size_t s, text_hit* hit) {
+    const bool upper = is_upper(static_cast<unsigned char>(text[s])) && is_upper(static_cast<unsigned char>(text[s + 1]));
+    return (upper && check_iban(text, s, false, hit)) || check_iban(text, s, true, hit);
 }
 
 bool all_of_range(std::string_view text, std::size_t s, std::size_t e, bool (*pred)(unsigned char)) {
@@ -2162,11 +2182,7 @@ struct pii_scan {
         }
         if (iban && e - s >= 4 && is_digit(static_cast<unsigned char>(text[s + 2])) &&
             is_digit(static_cast<unsigned char>(text[s + 3]))) {
-            // Upper case first (any country); then, for a known country, with lower case
-            // anywhere (an upper-case read stops at the first lower-case letter).
-            const auto c1 = static_cast<unsigned char>(text[s + 1]);
-            if (is_alpha(c0) && is_alpha(c1) &&
-                ((is_upper(c0) && is_upper(c1) && check_iban(text, s, false, hit)) || check_iban(text, s, true, hit))) {
+            if (is_alpha(c0) && is_alpha(static_cast<unsigned char>(text[s + 1])) && find_iban(text, s, hit)) {
                 return true;
             }
         }
