@@ -34,7 +34,12 @@ constexpr bool is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 constexpr bool is_lower(unsigned char c) { return c >= 'a' && c <= 'z'; }
 constexpr bool is_alpha(unsigned char c) { return is_upper(c) || is_lower(c); }
 // What may join the digit groups of a card or an SSN (block_masks::sep).
-constexpr bool digit_sep(unsigned char c) { return c == ' ' || c == '-' || c == '.'; }
+// Space, tab and line breaks: what text puts between the groups of a number. (Not a form
+// feed: the text as shown writes a tag that breaks a line as one, and such a tag splits a
+// number, see scan_shown.)
+constexpr bool blank(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+// What may join the digit groups of a card or an SSN: one `-` or `.`, or blanks (pii_scan::word).
+constexpr bool digit_sep(unsigned char c) { return c == '-' || c == '.' || blank(c); }
 constexpr unsigned char to_lower(unsigned char c) { return is_upper(c) ? static_cast<unsigned char>(c + 32) : c; }
 
 struct byte_table {
@@ -151,7 +156,7 @@ enum class scan_mode : std::uint8_t {
 struct block_masks {
     std::uint64_t word;   // word bytes (table.word)
     std::uint64_t digit;  // 0-9 (pii)
-    std::uint64_t sep;    // digit_sep: ' ' '-' '.', what may join the digit groups of a card or an SSN (pii)
+    std::uint64_t sep;    // digit_sep: '-' '.' and blanks, what may join the digit groups of a card or an SSN (pii)
     std::uint64_t pairs;  // the pair prefilter's candidates (all ones when there is none)
     std::uint64_t lt;     // '<': where a tag may join what is written on both sides of it
     std::uint64_t high;   // bytes >= 0x80: a number glued to non-ASCII text starts a group (pii)
@@ -198,8 +203,12 @@ void classify_sse2(const unsigned char* p, std::size_t n, block_masks* out, bool
                                                                       _mm_cmpeq_epi8(c, _mm_set1_epi8('s'))),
                                                          _mm_cmpeq_epi8(c, _mm_set1_epi8('x')))));
                 }
+                // ' ' '-' '.', and \t \n (one range compare) and \r.
+                const __m128i ctl = _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(c, _mm_set1_epi8(static_cast<char>(128 - '\t'))),
+                                                                _mm_set1_epi8(static_cast<char>(-128 + 2))),
+                                                 _mm_cmpeq_epi8(c, _mm_set1_epi8('\r')));
                 const __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8(' ')), _mm_cmpeq_epi8(c, _mm_set1_epi8('-'))),
-                                                 _mm_cmpeq_epi8(c, _mm_set1_epi8('.')));
+                                                 _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('.')), ctl));
                 m.digit |= bits(digit);
                 m.sep |= bits(sep);
                 m.high |= bits(c);
@@ -235,6 +244,7 @@ enum : std::uint8_t {
     cls_under = 0x08,  // 5 x F
     cls_lt = 0x10,     // 3 x C: '<'
     cls_sep = 0x40,    // 2 x {0, D, E}: ' ' '-' '.'
+    cls_ctl = 0x80,    // 0 x {9, A, D}: \t \n \r, which join digit groups like ' ' (read with cls_sep)
 };
 struct nibble_tables {
     std::uint8_t lo[16] = {};
@@ -243,8 +253,9 @@ struct nibble_tables {
         for (int v = 0; v < 16; ++v) {
             lo[v] = static_cast<std::uint8_t>((v >= 1 ? cls_a : 0) | (v <= 10 ? cls_b : 0) | (v <= 9 ? cls_digit : 0) |
                                               (v == 15 ? cls_under : 0) | (v == 0 || v == 13 || v == 14 ? cls_sep : 0) |
-                                              (v == 12 ? cls_lt : 0));
+                                              (v == 12 ? cls_lt : 0) | (v == 9 || v == 10 || v == 13 ? cls_ctl : 0));
         }
+        hi[0] = cls_ctl;
         hi[2] = cls_sep;
         hi[3] = cls_digit | cls_lt;
         hi[4] = cls_a;
@@ -311,7 +322,8 @@ __attribute__((target("avx2"))) void classify_avx2(const unsigned char* p, std::
             lt |= bits32(_mm256_slli_epi16(cls, 3)) << shift;  // cls_lt is bit 4
             if constexpr (M == scan_mode::pii) {
                 digit |= bits32(_mm256_slli_epi16(cls, 5)) << shift;  // cls_digit is bit 2
-                sep |= bits32(_mm256_slli_epi16(cls, 1)) << shift;    // cls_sep is bit 6
+                // cls_sep is bit 6, cls_ctl bit 7 (a 16-bit shift moves each byte's own bit 6 to 7).
+                sep |= bits32(_mm256_or_si256(cls, _mm256_slli_epi16(cls, 1))) << shift;
                 high |= bits32(c) << shift;
             }
             if (pt) {
@@ -1833,7 +1845,9 @@ struct digit_groups {
     struct group {
         std::size_t start;
         std::size_t len;
-        char sep;  // separator before this group; 0 for the first
+        char sep;   // separator before this group: '-', '.' or ' ' (blanks); 0 for the first
+        bool wide;  // blanks, but not one space (a double space, a tab, a line break)
+        bool line;  // blanks with a line break
     };
     static constexpr std::size_t cap = 20;
     group g[cap];  // g[0..n) only: not zeroed, a scan runs once per JSON string
@@ -1845,13 +1859,13 @@ struct digit_groups {
         n = 0;
         digits = 0;
     }
-    void push(std::size_t start, std::size_t len, char sep) {
+    void push(std::size_t start, std::size_t len, char sep, bool wide, bool line) {
         if (n == cap) {
             digits -= g[0].len;
             std::move(g + 1, g + cap, g);
             --n;
         }
-        g[n++] = {start, len, sep};
+        g[n++] = {start, len, sep, wide, line};
         digits += len;
         end = start + len;
     }
@@ -1881,13 +1895,15 @@ bool two_series_iin(std::string_view first4) {
 
 // Card windows ending at the newest group: 13-19 digits, Luhn-valid, an issuer digit 2-6
 // (2 only in the ranges issued), written as one group or in the usual groupings
-// (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator, not inside a longer
+// (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator (blanks of any width
+// are one kind, with at most one line break among them), not inside a longer
 // run of 4-digit groups that starts with a 9 (a USPS tracking number).
 bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
     if (dg.digits < 13) {
         return false;
     }
     std::size_t digits = 0;
+    int lines = 0;
     for (std::size_t k = 1; k <= dg.n; ++k) {
         const auto& first = dg.g[dg.n - k];
         digits += first.len;
@@ -1895,6 +1911,10 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
             return false;
         }
         if (k > 1 && dg.g[dg.n - k + 1].sep != dg.g[dg.n - 1].sep) {
+            return false;
+        }
+        // A line wrapped inside a number breaks it once; groups one per line are a list.
+        if (k > 1 && (lines += dg.g[dg.n - k + 1].line) > 1) {
             return false;
         }
         if (digits < 13) {
@@ -1949,10 +1969,11 @@ bool check_ssn(std::string_view text, const digit_groups& dg, std::size_t end, t
     const auto& a = dg.g[dg.n - 3];
     const auto& g = dg.g[dg.n - 2];
     const auto& s = dg.g[dg.n - 1];
-    // `AAA-GG-SSSS` or `AAA GG SSSS` (as forms and scanned letters write it), one kind of
-    // separator, not part of a longer number so written (123-45-6789-0, 1 123 45 6789).
-    if (a.len != 3 || g.len != 2 || s.len != 4 || (g.sep != '-' && g.sep != ' ') || s.sep != g.sep ||
-        a.sep == g.sep) {
+    // `AAA-GG-SSSS` or `AAA GG SSSS` (as forms and scanned letters write it: single spaces),
+    // one kind of separator, not part of a longer number so written (123-45-6789-0,
+    // 1 123 45 6789; a group before it on another line or after a double space is not).
+    if (a.len != 3 || g.len != 2 || s.len != 4 || (g.sep != '-' && g.sep != ' ') || g.wide || s.wide ||
+        s.sep != g.sep || (a.sep == g.sep && !a.wide)) {
         return false;
     }
     if (end + 1 < text.size() && text[end] == g.sep && is_digit(static_cast<unsigned char>(text[end + 1]))) {
@@ -2171,13 +2192,30 @@ struct pii_scan {
                 return false;
             }
             e = d;
+            // Joined to the group before by one `-` or `.`, or by blanks: one space, or up to
+            // 16 of them with at most one line break (a double space; a line wrapped inside
+            // the number, `4111 1111\r\n1111 1111`; HTML source, which shows them as one space).
             char sep = 0;
-            if (dg.n > 0 && s == dg.end + 1 && digit_sep(static_cast<unsigned char>(text[dg.end]))) {
-                sep = text[dg.end];
-            } else {
+            bool wide = false;
+            int lines = 0;
+            if (dg.n > 0 && s > dg.end && s - dg.end <= 16) {
+                const auto c = static_cast<unsigned char>(text[dg.end]);
+                if (s == dg.end + 1 && (c == '-' || c == '.' || c == ' ')) {
+                    sep = static_cast<char>(c);
+                } else {
+                    sep = ' ';
+                    wide = true;
+                    for (std::size_t k = dg.end; k < s && sep != 0; ++k) {
+                        const auto b = static_cast<unsigned char>(text[k]);
+                        lines += b == '\n' || (b == '\r' && (k + 1 == s || text[k + 1] != '\n'));
+                        sep = blank(b) && lines <= 1 ? sep : 0;
+                    }
+                }
+            }
+            if (sep == 0) {
                 dg.clear();
             }
-            dg.push(s, e - s, sep);
+            dg.push(s, e - s, sep, wide, lines > 0);
             return (ssn && check_ssn(text, dg, e, hit)) || (card && check_card(text, dg, hit));
         }
         if (iban && e - s >= 4 && is_digit(static_cast<unsigned char>(text[s + 2])) &&
@@ -2224,21 +2262,39 @@ bool inline_element(std::string_view lower_name);
 // more without its tags, which decides), since the check may have read tags the client does
 // not see.
 
-// Whether the '<' at t[i] (i > 0, t[i - 1] a digit or a separator) starts tags shown as
-// nothing between two digit groups of one number: `4111 <b>1111</b>`, `41<span>11</span>`,
-// `<span>4111</span> <span>1111</span>`.
+// Whether the '<' at t[i] (i > 0, after a digit, or after a digit and separators) starts tags
+// shown as nothing between two digit groups of one number: `4111 <b>1111</b>`,
+// `41<span>11</span>`, `<span>4111</span> <span>1111</span>`, `4111\n  <b> 1111</b>`.
+// Wider than what joins groups (pii_scan::word decides on the text without its tags): a `-`
+// or `.`, or up to 16 blanks, on either side of each run of tags.
 [[gnu::noinline]] bool digits_joined_by_tags(std::string_view t, std::size_t i, std::size_t& read) {
     const auto u = [&](std::size_t k) { return static_cast<unsigned char>(t[k]); };
-    const bool sep_before = !is_digit(u(i - 1));
-    if (sep_before && (i < 2 || !is_digit(u(i - 2)))) {
+    // Back over what may join, to a digit.
+    std::size_t b = i;
+    if (t[b - 1] == '-' || t[b - 1] == '.') {
+        --b;
+    } else {
+        while (b > 0 && i - b < 16 && blank(u(b - 1))) {
+            --b;
+        }
+    }
+    if (b == 0 || !is_digit(u(b - 1))) {
         return false;
     }
+    // On over tags, blanks (or one `-` or `.`) and more tags, to a digit.
     std::size_t j = after_joining_tags(t, i, read);
-    if (j >= t.size()) {
-        return false;
-    }
-    if (!sep_before && digit_sep(u(j))) {  // `<span>4111</span> <span>1111</span>`
-        ++j;
+    for (int runs = 0; j < t.size() && runs < 8 && !is_digit(u(j)); ++runs) {
+        if (t[j] == '-' || t[j] == '.') {
+            ++j;
+        } else {
+            const std::size_t from = j;
+            while (j < t.size() && j - from < 16 && blank(u(j))) {
+                ++j;
+            }
+            if (j == from) {
+                return false;
+            }
+        }
         if (j < t.size() && t[j] == '<') {
             j = after_joining_tags(t, j, read);
         }
@@ -2336,7 +2392,7 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
     const auto* p = reinterpret_cast<const unsigned char*>(text.data());
     const std::size_t n = text.size();
     std::uint64_t carry = 0;
-    std::uint64_t number_carry = 0;  // bit 0: the previous block ended with a digit; bit 1: with a separator after one
+    std::uint64_t run_carry = 0;     // the previous block ended with a digit or separators after one
     std::uint64_t high_carry = 0;    // the previous block ended with a byte >= 0x80
     std::size_t tags_read = 0;       // see digits_joined_by_tags
     const pair_tables* pairs = upper ? (pick ? &pii_pairs_secrets : &pii_pairs_iban) : nullptr;
@@ -2347,24 +2403,28 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
         const std::uint64_t after_high = (m.high << 1) | high_carry;
         high_carry = m.high >> 63;
         std::uint64_t cand = 0;
-        if (digits && split_by_tag != nullptr) {
-            // A tag right after a digit (or a separator) may join two groups of one number:
-            // find_pii reads the text again without its tags when one does.
-            const std::uint64_t after_digit = (m.digit << 1) | (number_carry & 1);
-            const std::uint64_t sep_after_digit = m.sep & after_digit;
-            std::uint64_t at = m.lt & (after_digit | (sep_after_digit << 1) | (number_carry >> 1));
-            number_carry = (m.digit >> 63) | ((sep_after_digit >> 63) << 1);
-            while (at != 0 && !*split_by_tag) [[unlikely]] {
-                const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
-                at &= at - 1;
-                *split_by_tag = i < tags_read || digits_joined_by_tags(text, i, tags_read);
-            }
-        }
         if (digits) {
-            // A separator counts when a digit is on both sides (unknown across the block
-            // edge: assumed, to be safe).
-            const std::uint64_t joined = m.sep & ((m.digit << 1) | 1u) & ((m.digit >> 1) | (1ull << 63));
+            // Separators count when a run of them starts right after a digit: adding the run's
+            // first bit carries through the run and clears it. Then its last bit goes unless a
+            // digit follows (or the block ends): the ` ` after a date would lengthen its chain.
+            // (What stays of longer runs that no digit follows is wider than what joins groups,
+            // to be safe; a second such step measured dearer than the candidates it saves.)
+            const std::uint64_t after = (m.digit << 1) | run_carry;  // after a digit, or such a run
+            const std::uint64_t runs = m.sep & ~(m.sep + (m.sep & after));
+            run_carry = (m.digit >> 63) | (runs >> 63);
+            const std::uint64_t edge = 1ull << 63;
+            const std::uint64_t joined = runs & ((m.digit >> 1) | (runs >> 1) | edge);
             cand |= (starts | after_high) & m.digit & long_runs(m.digit | joined, chain);
+            if (split_by_tag != nullptr) {
+                // A tag right after a digit, or after separators after one, may join two groups
+                // of one number: find_pii reads the text again without its tags when one does.
+                std::uint64_t at = m.lt & (after | (runs << 1));
+                while (at != 0 && !*split_by_tag) [[unlikely]] {
+                    const std::size_t i = block + static_cast<unsigned>(__builtin_ctzll(at));
+                    at &= at - 1;
+                    *split_by_tag = i < tags_read || digits_joined_by_tags(text, i, tags_read);
+                }
+            }
         }
         if (upper) {
             cand |= starts & m.pairs;
@@ -3763,7 +3823,9 @@ void for_each_shown(std::string_view text, F&& piece) {
         if constexpr (Tags) {
             bool space = false;
             if (text[i] == '<' && (c.len = tag_at(text, i, space)) != 0) {
-                c.as = space ? '\n' : shown_drop;  // a line break: it separates words, not digit groups
+                // A break: it separates words and lines, never the digit groups of a number
+                // (a form feed, not a blank: `<li>4111</li><li>1111</li>` is two numbers).
+                c.as = space ? '\f' : shown_drop;
                 if (piece(i, c.len, &c)) {
                     return;
                 }

@@ -209,6 +209,22 @@ TEST(GuardPii, CardFormats) {
         EXPECT_EQ(d.outcome, verdict::violated) << text;
         EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****")) << text;
     }
+    // Groups joined by blanks: a double space, a tab, a line wrapped inside the number (a
+    // plain-text mail wrapped at 72 columns, HTML source); at most one line break in a card,
+    // so 4-digit codes one per line are a list, not a card. (JSON escapes: `\\n` is a newline.)
+    for (const char* text : {"4111  1111  1111  1111", "4111\\t1111\\t1111\\t1111", "card 4111 1111\\n1111 1111",
+                             "4111 1111 \\r\\n1111 1111", "4111\\n        1111 1111 1111",
+                             "Amex 3782\\n822463 10005", "4111 1111  1111\\t1111"}) {
+        const auto d = f.check_body(sendgrid(text));
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+        EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****")) << text;
+    }
+    EXPECT_FALSE(f.check_body("Card: 4111 1111\r\n1111 1111\r\n", "text/plain").allowed());
+    for (const char* text : {"4111\\n1111\\n1111\\n1111", "4111 1111\\n\\n1111 1111", "4111\\r\\r1111 1111 1111",
+                             "4111 1111                 1111 1111", "4111-1111-1111-\\n1111",
+                             "4111 1111 1111-1111", "4111 .1111 1111 1111", "4111 1111\\n1111\\n1111"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(text)).allowed()) << text;
+    }
     // Numbers as JSON numbers are scanned too, also with an exponent (a template engine
     // prints 4111111111111111e0 as 4111111111111111); not a number that is not whole.
     EXPECT_FALSE(f.check_body(R"j({"custom_args": {"card": 4111111111111111}})j").allowed());
@@ -449,12 +465,17 @@ TEST(GuardPii, NumbersHiddenByHtmlReferencesOrInvisibleCharactersAreFound) {
         EXPECT_FALSE(d2.allowed()) << html;
         EXPECT_THAT(d2.reason, HasSubstr("without its HTML tags")) << html;
     }
+    // Blanks doubled, by references or around a tag, still join (a browser shows one space).
+    for (const char* html : {"4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111", "4111 <b> 1111</b> 1111 1111",
+                             "4111\\n  <b>1111</b> 1111 1111", "<span>4111</span>\\n<span>1111</span> 1111 1111"}) {
+        EXPECT_FALSE(f.check_body(sendgrid(std::string{"<p>"} + html + "</p>")).allowed()) << html;
+    }
     // What shows as no card is no card: references of punctuation, other spaces, a bad Luhn,
     // a break between the groups (a cell, a line), a separator doubled by a tag.
     for (const char* html : {"4111&amp;1111&amp;1111&amp;1111", "4111&nbsp;1111&nbsp;1111&nbsp;1112",
-                             "4111&nbsp;&nbsp;1111&nbsp;1111&nbsp;1111", "4111&nbsp;1111-1111&nbsp;1111",
+                             "4111&nbsp;1111-1111&nbsp;1111", "4111 1111 <br>1111 1111", "4111-<b>-1111</b>-1111-1111",
                              "4111&#8203 1111 &zwnj 1111 1111", "4111</td><td>1111</td><td>1111</td><td>1111",
-                             "4111<br>1111<br>1111<br>1111", "4111 <b> 1111</b> 1111 1111", "4111 <b>1111</b> 1111 1112",
+                             "4111<br>1111<br>1111<br>1111", "4111 <b>1111</b> 1111 1112",
                              "4111<br>1111<br>1111<br>1111 ref 12<b>34</b>", "4111</p><p>1111</p><p>1111</p><p>1111 5<i>6</i>"}) {
         const auto d2 = f.check_body(sendgrid(std::string{"<p>"} + html + "</p>"));
         EXPECT_TRUE(d2.allowed()) << html << ": " << d2.reason;
@@ -510,8 +531,14 @@ TEST(GuardPii, Ssn) {
                              "123-45 6789", "123.45.6789", "000 12 3456", "12-34 078 05 1120", "1-078-05-1120"}) {
         EXPECT_TRUE(f.check_body(sendgrid(std::string{"<p>"} + text + "</p>")).allowed()) << text;
     }
-    // Written with spaces, as forms and scanned letters do; after a dashed number too.
-    for (const char* text : {"SSN 078 05 1120.", "ssn: 123 45 6789", "ref 12-34, 078 05 1120", "1 078-05-1120"}) {
+    // Only single spaces join an SSN's groups (`078  05  1120` is a column of numbers).
+    for (const char* text : {"078  05  1120", "078 05\\n1120", "078\\t05\\t1120", "078 05  1120"}) {
+        EXPECT_TRUE(f.check_body(sendgrid(text)).allowed()) << text;
+    }
+    // Written with spaces, as forms and scanned letters do; after a dashed number too, and
+    // after a number on the line before or a double space away.
+    for (const char* text : {"SSN 078 05 1120.", "ssn: 123 45 6789", "ref 12-34, 078 05 1120", "1 078-05-1120",
+                             "Order 1234\\n078 05 1120", "Order 1234  078 05 1120"}) {
         const auto spaced = f.check_body(sendgrid(std::string{"<p>"} + text + "</p>"));
         EXPECT_EQ(spaced.outcome, verdict::violated) << text;
         EXPECT_THAT(spaced.reason, HasSubstr("US SSN")) << text;
@@ -3153,6 +3180,17 @@ struct text_gen {
         }
         return d;
     }
+    // Some of the spaces of s as other blanks: doubled, a tab, a wrapped line.
+    std::string widened(const std::string& s) {
+        if (!chance(40)) {
+            return s;
+        }
+        std::string out;
+        for (const char c : s) {
+            out += c == ' ' && chance(30) ? one({"  ", "\n", "\t", "\r\n", " \n ", "\r", "\n\n", "\f"}) : std::string(1, c);
+        }
+        return out;
+    }
     std::string grouped(const std::string& d, std::initializer_list<std::size_t> sizes, char sep) {
         std::string out;
         std::size_t at = 0;
@@ -3208,16 +3246,16 @@ struct text_gen {
                 const char sep = one({' ', '-', ' ', '.'});
                 switch (pick(4)) {
                     case 0: return d;
-                    case 1: return grouped(d, {4, 4, 4, 4, 4}, sep);
-                    case 2: return grouped(d, {4, 6, 5}, sep);
-                    default: return grouped(d, {4, 4, 4}, sep);
+                    case 1: return widened(grouped(d, {4, 4, 4, 4, 4}, sep));
+                    case 2: return widened(grouped(d, {4, 6, 5}, sep));
+                    default: return widened(grouped(d, {4, 4, 4}, sep));
                 }
             }
             case 1: {
                 const std::string sep = one({"-", " ", "."});
                 const std::string first = chance(25) ? one({" ", "--", "-"}) : sep;
-                return digits(3) + first + digits(2) + sep + digits(4) +
-                       (chance(20) ? sep + digits(1) : std::string{});
+                return widened(digits(3) + first + digits(2) + sep + digits(4) +
+                               (chance(20) ? sep + digits(1) : std::string{}));
             }
             case 2: {
                 std::string out;
@@ -3251,7 +3289,8 @@ struct text_gen {
         std::string out;
         for (std::size_t i = 0; i < pieces; ++i) {
             out += pii_piece();
-            out += one({" ", " ", "-", "", "\n", ", ", ".", "=", "_", "/", "  ", ": "});
+            out += one({" ", " ", "-", "", "\n", ", ", ".", "=", "_", "/", "  ", ": ", "\t", "\r\n", " \n ", "\r",
+                        "\n\n", "\f", "                 ", "- ", "\v"});
         }
         return out;
     }
@@ -3369,7 +3408,7 @@ TEST(GuardFastPaths, PiiScanAgreesOnDenseDigitRuns) {
         std::string text = gen.chars("abc ", gen.pick(70));
         for (std::size_t g = 0, n = 1 + gen.pick(12); g < n; ++g) {
             text += gen.pick(5) == 0 ? gen.card_number(13 + gen.pick(7)) : gen.digits(1 + gen.pick(5));
-            text += gen.one({" ", "-", " ", "  ", "x", "- ", ""});
+            text += gen.one({" ", "-", " ", "  ", "x", "- ", "", "\n", "\t", " \r\n", "\n\n"});
         }
         text += gen.chars("0123456789 -", gen.pick(30));
         for (const std::uint8_t kinds : {1, 2, 3}) {
@@ -3450,11 +3489,13 @@ TEST(GuardFastPaths, WhatShowsWithoutTagsIsFound) {
                             "</a>", "<!-- c -->", "<wbr>", "<br>", "</td><td>", "<p>", "</p>", "&nbsp;", "&shy;",
                             "&#8203;", "&amp;", "&#52;", "\xe2\x80\x8b", "</B >", "<3", "<"};
     const char* targets[] = {"free money", "act now", "winner", "4111 1111 1111 1111", "4111111111111111",
-                             "078-05-1120", "4111-1111-1111-1111", "FREE  MONEY", "4111 1111  1111 1111"};
+                             "078-05-1120", "4111-1111-1111-1111", "FREE  MONEY", "4111 1111  1111 1111",
+                             "4111\n1111 1111\t1111", "4111 1111 \r\n  1111 1111"};
     const char* noise[] = {"<b>", "</b>", "<i>", "</i>", "<span class=\"a>b\">", "</span>", "<!-- c -->", "<wbr>",
                            "<br>", "</td><td>", "</p>", "&nbsp;", "&shy;", "&#8203;", "&amp;", "\xe2\x80\x8b", "</B >",
                            "<3", " ", "x", "<!--->", "<!--a<b \"-->", "<i title=\"a<!--\">", "-->", "\"", "'",
-                           "</blockquote>", "x&lt;b \"", "<b title='1<i>'>", "7<u "};
+                           "</blockquote>", "x&lt;b \"", "<b title='1<i>'>", "7<u ", "\n", "  ", "\t", "\r\n",
+                           "\n<b>\n"};
     text_gen gen{99};
     int shown_hits = 0;
     for (int i = 0; i < 100000; ++i) {
@@ -3558,7 +3599,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     // text.
     const std::string html = "<p>fr<B>ee</B>&nbsp;mo<!-- - -->ney</p><td>x</td> a < b <3 </ 4 <b";
     detail::show(html, s, true);
-    EXPECT_EQ(s, "\nfree money\n\nx\n a < b <3 </ 4 ") << "a tag left open takes the rest";
+    EXPECT_EQ(s, "\ffree money\f\fx\f a < b <3 </ 4 ") << "a tag left open takes the rest";
     EXPECT_EQ(detail::written_offset(html, 0, true), 0u);
     EXPECT_EQ(detail::written_offset(html, 1, true), html.find("fr"));
     EXPECT_EQ(detail::written_offset(html, 3, true), html.find("ee"));
@@ -3572,7 +3613,7 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     detail::show("free <a title='x>y' href=\"a>b\">money</a>", s, true);
     EXPECT_EQ(s, "free money");
     detail::show("x<img alt=\"y z", s, true);
-    EXPECT_EQ(s, "x\n");
+    EXPECT_EQ(s, "x\f");
 
     // Random mixes: the shown text is never longer, and every shown byte maps to a written
     // place whose shown prefix is no longer than it (the same byte when shown as written).
