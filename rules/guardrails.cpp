@@ -1838,7 +1838,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         std::string why;
         std::string where;
         const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const raw_place& at) {
-            if (t.text.size() < min_length || !detail::find_pii(g.kinds, t.text, &hit)) {
+            if (t.text.size() < min_length || !detail::find_pii_in_file(g.kinds, t.text, &hit)) {
                 return false;
             }
             where = t.where + " of the raw message at " + at.at();
@@ -1854,7 +1854,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         // read as written by the walk below like any other value.
         std::string where;
         for_each_raw(g.attachments, in, s, [&](std::optional<std::string_view> file, std::size_t, const raw_place& at) {
-            if (!file || file->size() < min_length || !detail::find_pii(g.kinds, *file, &hit)) {
+            if (!file || file->size() < min_length || !detail::find_pii_in_file(g.kinds, *file, &hit)) {
                 return false;
             }
             where = at.at();
@@ -1947,7 +1947,7 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 if ((!g.every_value && !form_selected(g.in, name)) || passed_over(s, i)) {
                     continue;
                 }
-                if (detail::find_pii(g.kinds, value, &hit)) {
+                if (detail::find_pii_in_file(g.kinds, value, &hit)) {  // (a multipart form's files are values)
                     return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
                 }

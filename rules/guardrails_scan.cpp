@@ -4004,6 +4004,77 @@ bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
            });
 }
 
+bool utf16_text(std::string_view file, std::string& out) {
+    if (file.size() < 4) {
+        return false;
+    }
+    const auto b = [&](std::size_t i) { return static_cast<unsigned char>(file[i]); };
+    bool le = true;
+    std::size_t from = 0;
+    if (b(0) == 0xFF && b(1) == 0xFE) {
+        from = 2;
+    } else if (b(0) == 0xFE && b(1) == 0xFF) {
+        le = false;
+        from = 2;
+    } else {
+        // No mark: ASCII text, one byte of each pair NUL (and never the other), over the
+        // first 64 code units. A binary file has NULs in no such rhythm.
+        const std::size_t units = std::min<std::size_t>(file.size() / 2, 64);
+        if (units < 4) {
+            return false;
+        }
+        const bool big = b(0) == 0 && b(1) != 0;
+        for (std::size_t u = 0; u < units; ++u) {
+            const unsigned char hi = b(2 * u + (big ? 0 : 1));
+            const unsigned char lo = b(2 * u + (big ? 1 : 0));
+            if (hi != 0 || lo == 0 || lo >= 0x80) {
+                return false;
+            }
+        }
+        le = !big;
+    }
+    out.clear();
+    out.resize((file.size() - from) / 2 * 3);  // a code unit is at most 3 bytes in UTF-8 (a pair, 4)
+    char* w = out.data();
+    const auto unit = [&](std::size_t i) -> std::uint32_t {
+        return le ? b(i) | (b(i + 1) << 8) : (b(i) << 8) | b(i + 1);
+    };
+    for (std::size_t i = from; i + 1 < file.size(); i += 2) {
+        std::uint32_t cp = unit(i);
+        if (cp >= 0xD800 && cp < 0xDC00 && i + 3 < file.size() && unit(i + 2) >= 0xDC00 && unit(i + 2) < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (unit(i + 2) - 0xDC00);
+            i += 2;
+        } else if (cp >= 0xD800 && cp < 0xE000) {
+            cp = 0xFFFD;
+        }
+        put_utf8(cp, w);
+    }
+    out.resize(static_cast<std::size_t>(w - out.data()));
+    return true;
+}
+
+bool find_pii_in_file(std::uint8_t kinds, std::string_view file, text_hit* hit) {
+    std::string text;
+    if (!utf16_text(file, text)) {
+        return find_pii(kinds, file, hit);
+    }
+    text_hit h;
+    if (!find_pii(kinds, text, &h)) {
+        return false;
+    }
+    if (hit) {
+        // The offset in the file: two bytes a code point, four for one above U+FFFF.
+        std::size_t at = file.starts_with("\xFF\xFE") || file.starts_with("\xFE\xFF") ? 2 : 0;  // the mark
+        for (std::size_t i = 0; i < h.offset && i < text.size(); ++i) {
+            const auto c = static_cast<unsigned char>(text[i]);
+            at += (c & 0xC0) == 0x80 ? 0 : c >= 0xF0 ? 4 : 2;
+        }
+        hit->what = h.what + " (in UTF-16 text)";
+        hit->offset = at;
+    }
+    return true;
+}
+
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
     bool split = false;  // a partial match of a term met a tag
     if (scan_content(g, text, unsubscribe, hit, false, &split)) {

@@ -274,6 +274,9 @@ std::string converter_for(std::string_view charset) {
     return c;
 }
 
+// Converts text (whole) from the iconv charset `from` to UTF-8; false when it is not valid in it.
+bool convert(const std::string& from, std::string& text);
+
 // Text in an ASCII-compatible charset other than UTF-8 is converted to UTF-8 before it is
 // scanned, as a mail client converts it to show it: in ISO 8859 and Windows charsets 0xA0 is
 // a no-break space, 0xAD a soft hyphen and 0x96 a dash, which the "as shown" reading knows
@@ -293,6 +296,10 @@ bool to_utf8(std::string_view charset, std::string& text) {
     if (from == "WINDOWS-1252" && trim(charset).empty() && valid_utf8(text)) {
         return true;  // unlabelled, valid UTF-8: read as UTF-8
     }
+    return convert(from, text);
+}
+
+bool convert(const std::string& from, std::string& text) {
     const iconv_t cd = iconv_open("UTF-8", from.c_str());
     if (cd == reinterpret_cast<iconv_t>(-1)) {
         return false;
@@ -315,6 +322,20 @@ bool to_utf8(std::string_view charset, std::string& text) {
     out.resize(out.size() - out_left);
     text = std::move(out);
     return true;
+}
+
+// The converter for a body part in UTF-16 or UTF-32 (Windows' "Unicode" text, an Excel
+// export sent as text/plain), "" for any other charset. Such a part is converted whole (no
+// ASCII shortcut: its ASCII letters are not ASCII bytes); glibc's UTF-16 and UTF-32 read a
+// byte order mark and, without one, big endian (RFC 2781).
+std::string wide_converter(std::string_view charset) {
+    const std::string c = lower(trim(charset));
+    for (const std::string_view wide : {"utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be"}) {
+        if (c == wide) {
+            return c;
+        }
+    }
+    return {};
 }
 
 // Whether text in this charset label can be read: ASCII-compatible and known to the
@@ -626,16 +647,18 @@ struct content_reader {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
         if (type.empty() || type.starts_with("text/")) {
-            if (charset && !charset_readable(*charset)) {
+            const std::string wide = charset ? wide_converter(*charset) : std::string{};
+            if (charset && wide.empty() && !charset_readable(*charset)) {
                 return fail(at + " is in the charset " + charset->substr(0, 32) +
-                            ", which is not read (only ASCII-compatible ones are)");
+                            ", which is not read (only ASCII-compatible ones and UTF-16 and UTF-32 are)");
             }
             mime_text t;
             t.k = mime_text::kind::body;
             t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
             // A decoded body is moved, not copied again.
             t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
-            if (!to_utf8(charset ? std::string_view{*charset} : std::string_view{}, t.text)) {
+            if (!(wide.empty() ? to_utf8(charset ? std::string_view{*charset} : std::string_view{}, t.text)
+                               : convert(wide, t.text))) {
                 return fail(at + " is not valid text in its charset " + (charset ? charset->substr(0, 32) : "(none: windows-1252)"));
             }
             out.texts.push_back(std::move(t));

@@ -511,6 +511,44 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
                     .allowed());
     d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": "card 4111 1111 1111 1111!"}])j"));
     EXPECT_THAT(d.reason, HasSubstr("at body offset"));
+    // A file in UTF-16 (Excel's "Unicode Text" export): with a byte order mark either way, or
+    // without one; the offset is the file's (an emoji before the card is four bytes).
+    const auto utf16 = [](std::string_view ascii, bool le, std::string_view mark) {
+        std::string out{mark};
+        for (const char c : ascii) {
+            out += le ? std::string{c, '\0'} : std::string{'\0', c};
+        }
+        return out;
+    };
+    const std::string excel = utf16("name\tcard\r\nJane\t4111 1111 1111 1111\r\n", true, "\xFF\xFE");
+    d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + b64(excel) + R"j(", "type": "text/plain"}])j"));
+    EXPECT_EQ(d.reason, "rule no-pii (pii-risk, sev1): card number (Luhn-valid, ****1111) (in UTF-16 text) at offset " +
+                            std::to_string(excel.find('4')) + " of the attachment at $.attachments[0].content (decoded from base64)");
+    const std::pair<std::string, std::size_t> files[] = {
+        {utf16("SSN 078-05-1120", false, "\xFE\xFF"), 10},
+        {utf16("SSN 078-05-1120", true, ""), 8},
+        {utf16("SSN 078-05-1120", false, ""), 8},
+        {std::string{"\xFF\xFE\x3D\xD8\x00\xDE", 6} + utf16(" 078-05-1120", true, ""), 8},  // mark, an emoji, a space
+    };
+    for (const auto& [file, offset] : files) {
+        d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + b64(file) + R"j("}])j"));
+        EXPECT_THAT(d.reason, HasSubstr("US SSN (in UTF-16 text) at offset " + std::to_string(offset) + " of the attachment"))
+            << d.reason;
+    }
+    // A multipart form's file (Mailgun), a raw message's attachment.
+    request upload;
+    upload.content_type = "multipart/form-data; boundary=XyZ";
+    upload.body = "--XyZ\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"c.txt\"\r\n\r\n" +
+                  utf16("card 4111111111111111", true, "\xFF\xFE") + "\r\n--XyZ--\r\n";
+    EXPECT_THAT(f.check(upload).reason, HasSubstr("(in UTF-16 text) in form field \"attachment\" at offset 12"));
+    // Binary files with NULs are no UTF-16 text; nor is UTF-16 that is not mostly ASCII
+    // without a mark (read as its bytes, as before).
+    std::string text;
+    EXPECT_FALSE(detail::utf16_text(std::string{"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0", 20}, text));
+    EXPECT_FALSE(detail::utf16_text(std::string{"a\0b\0c\0\0\0d\0", 10}, text));
+    EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE", 2}, text));
+    ASSERT_TRUE(detail::utf16_text(std::string{"\xFE\xFF\xD8\x3D\xDE\x00\x00\x41\xD8\x00", 10}, text));
+    EXPECT_EQ(text, "\xF0\x9F\x98\x80" "A\xEF\xBF\xBD") << "a pair, a letter, an unpaired surrogate";
     // With `in`, only what it names.
     fixture narrow{pii_rule(R"j({"pii": ["card"], "in": ["$.content"]})j")};
     EXPECT_TRUE(narrow.check_body(body).allowed());
@@ -1988,6 +2026,26 @@ TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     EXPECT_THAT(attached.reason, HasSubstr("part 2 (application/octet-stream, an attachment) of the raw message"));
     fixture terms{content_rule(R"j({"blocked_terms": ["free money"]})j")};
     EXPECT_TRUE(terms.check_body(ses_raw(csv)).allowed()) << "the content guard does not read attachments";
+    // In UTF-16 (Excel's "Unicode Text"): a text part in that charset is converted as any
+    // other (the content guard reads it too), an attachment of another type read as UTF-16.
+    std::string wide = "\xFF\xFE";
+    for (const char c : std::string_view{"name\tcard\r\nJane\t4111111111111111\r\nfree money\r\n"}) {
+        wide += c;
+        wide += '\0';
+    }
+    const auto message = [&](std::string_view type) {
+        return ses_raw("From: a@example.com\r\nTo: b@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+                       "--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--b\r\nContent-Type: " +
+                       std::string{type} + "; name=\"c.txt\"\r\nContent-Disposition: attachment\r\n"
+                       "Content-Transfer-Encoding: base64\r\n\r\n" + b64(wide) + "\r\n--b--\r\n");
+    };
+    for (const char* type : {"text/plain; charset=utf-16", "text/csv; charset=\"UTF-16LE\""}) {
+        EXPECT_THAT(f.check_body(message(type)).reason, HasSubstr("card number (Luhn-valid, ****1111) at offset"))
+            << type;
+        EXPECT_THAT(terms.check_body(message(type)).reason, HasSubstr("free money")) << type;
+    }
+    EXPECT_THAT(f.check_body(message("application/octet-stream")).reason,
+                HasSubstr("(in UTF-16 text) at offset 34 of part 2 (application/octet-stream, an attachment)"));
     // A card number split by a quoted-printable soft line break.
     auto d = f.check_body(ses_raw(newsletter("Card on file: 4111 1111 =\r\n1111 1111.", "<p>Thanks</p>")));
     ASSERT_EQ(d.outcome, verdict::violated);
@@ -2022,10 +2080,13 @@ TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     EXPECT_THAT(d.reason, HasSubstr("of Subject of the raw message"));
     EXPECT_FALSE(f.check_body(ses_raw("X-Note: 078-05-1120\r\n\r\nHi")).allowed());
     // What cannot be read is an invalid body (the rule rejects it by default).
-    d = f.check_body(ses_raw("Content-Type: text/plain; charset=utf-16\r\n\r\nx"));
+    d = f.check_body(ses_raw("Content-Type: text/plain; charset=utf-7\r\n\r\nx"));
     EXPECT_EQ(d.outcome, verdict::rejected);
     EXPECT_THAT(d.reason, HasSubstr("the raw message at $.Content.Raw.Data cannot be read: the message is in the "
-                                    "charset utf-16"));
+                                    "charset utf-7"));
+    d = f.check_body(ses_raw("Content-Type: text/plain; charset=utf-16\r\n\r\nx"));  // half a code unit
+    EXPECT_EQ(d.outcome, verdict::rejected);
+    EXPECT_THAT(d.reason, HasSubstr("the message is not valid text in its charset utf-16"));
     EXPECT_EQ(f.check_body(R"j({"Content": {"Raw": {"Data": "not base64!"}}})j").outcome, verdict::rejected);
     // With `in`, only what it names: a mime: field reads the message, a plain path the string.
     fixture plain{pii_rule(R"j({"pii": ["card"], "in": ["$.Content"]})j")};
