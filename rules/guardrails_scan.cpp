@@ -1893,6 +1893,23 @@ bool two_series_iin(std::string_view first4) {
     return (v >= 2200 && v <= 2204) || (v >= 2221 && v <= 2720);
 }
 
+// Whether the line holding text[end - 1] has something other than digits and separators
+// before them: text, or markup (a tag's '>' or a reference's ';' reads as text, so the
+// text as written joins wherever the text as shown does). A form feed (a tag that breaks
+// the line, in the text as shown) starts a line. Up to 64 bytes back; further is text.
+bool text_before_on_line(std::string_view text, std::size_t end) {
+    for (std::size_t k = end, n = 0; k > 0; --k, ++n) {
+        const auto c = static_cast<unsigned char>(text[k - 1]);
+        if (c == '\n' || c == '\r' || c == '\f') {
+            return false;
+        }
+        if (n == 64 || !(is_digit(c) || c == ' ' || c == '\t' || c == '-' || c == '.')) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // Card windows ending at the newest group: 13-19 digits, Luhn-valid, an issuer digit 2-6
 // (2 only in the ranges issued), written as one group or in the usual groupings
 // (4-4-4-4[-3], 4-4-4-1..4, 4-6-5, 4-6-4) with one kind of separator (blanks of any width
@@ -1935,12 +1952,18 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
         if (!shape) {
             continue;
         }
-        if (fours && k < dg.n && dg.g[dg.n - k - 1].len == 4 && first.sep == dg.g[dg.n - 1].sep) {
+        // Joined as the card's own groups are: the same separator, not across a line, and
+        // blanks wider than one space only if the card's are.
+        const auto same_run = [&](const digit_groups::group& g) {
+            return g.sep == dg.g[dg.n - 1].sep && !g.line && (!g.wide || dg.g[dg.n - 1].wide);
+        };
+        if (fours && k < dg.n && dg.g[dg.n - k - 1].len == 4 && same_run(first)) {
             // Inside a longer run of 4-digit groups that starts with a 9: a USPS tracking
             // number as USPS shows it (`9400 1111 5112 7527 8510 09`, 20-22 digits); a window
-            // of it is no card. (A card after another group, `1234 4111 1111 1111 1111`, is.)
+            // of it is no card. (A card after another group, `1234 4111 1111 1111 1111`, is;
+            // so is one after a number on the line before, `9123\n4111 1111 1111 1111`.)
             std::size_t j = dg.n - k - 1;
-            while (j > 0 && dg.g[j].sep == first.sep && dg.g[j - 1].len == 4) {
+            while (j > 0 && same_run(dg.g[j]) && dg.g[j - 1].len == 4) {
                 --j;
             }
             if (text[dg.g[j].start] == '9') {
@@ -2058,9 +2081,22 @@ bool check_iban(std::string_view text, std::size_t s, bool any_case, text_hit* h
         const std::size_t last = boundaries[b] - boundaries[b - 1];
         return last >= 1 && last <= 4;
     };
+    // A group of one letter repeated is a mask (`DE89 XXXX XXXX XXXX XXXX 53`, `xx`), not an
+    // account's: a masked IBAN shown to its owner passes mod-97 by chance (1 in 97).
+    const auto masked = [&](std::size_t b) {
+        for (std::size_t k = 1; k <= b; ++k) {
+            const std::size_t from = boundaries[k - 1];
+            const std::size_t to = boundaries[k];
+            if (to - from >= 2 && !is_digit(static_cast<unsigned char>(buf[from])) &&
+                std::all_of(buf + from, buf + to, [&](char c) { return c == buf[from]; })) {
+                return true;
+            }
+        }
+        return false;
+    };
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t len = boundaries[b];
-        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected) || (any_case && !written_so(b))) {
+        if (len < 15 || (expected != 0 && static_cast<int>(len) != expected) || (any_case && !written_so(b)) || masked(b)) {
             continue;
         }
         if (iban_valid({buf, len})) {
@@ -2148,7 +2184,7 @@ struct pii_first_table {
             on[c] = true;
         }
         for (int c = 'a'; c <= 'z'; ++c) {
-            on[c] = true;  // b g r s x: secrets; any: a lower-case IBAN
+            on[c] = true;  // b g r s x: secrets; any: an IBAN with lower case
         }
     }
 };
@@ -2195,6 +2231,9 @@ struct pii_scan {
             // Joined to the group before by one `-` or `.`, or by blanks: one space, or up to
             // 16 of them with at most one line break (a double space; a line wrapped inside
             // the number, `4111 1111\r\n1111 1111`; HTML source, which shows them as one space).
+            // A line break joins only where a line wraps, inside a number that text leads up to
+            // on its line (`card 4111 1111` + a break + `1111 1111`); a line that is only
+            // numbers is an entry of a list (`5123 4410` and `2210 0934` are two codes).
             char sep = 0;
             bool wide = false;
             int lines = 0;
@@ -2209,6 +2248,9 @@ struct pii_scan {
                         const auto b = static_cast<unsigned char>(text[k]);
                         lines += b == '\n' || (b == '\r' && (k + 1 == s || text[k + 1] != '\n'));
                         sep = blank(b) && lines <= 1 ? sep : 0;
+                    }
+                    if (sep != 0 && lines > 0 && !text_before_on_line(text, dg.end)) {
+                        sep = 0;
                     }
                 }
             }
@@ -2281,22 +2323,20 @@ bool inline_element(std::string_view lower_name);
     if (b == 0 || !is_digit(u(b - 1))) {
         return false;
     }
-    // On over tags, blanks (or one `-` or `.`) and more tags, to a digit.
+    // On over tags, up to 16 blanks in all (or one `-` or `.`) and more tags, to a digit.
     std::size_t j = after_joining_tags(t, i, read);
-    for (int runs = 0; j < t.size() && runs < 8 && !is_digit(u(j)); ++runs) {
-        if (t[j] == '-' || t[j] == '.') {
+    std::size_t blanks = 0;
+    bool dash = false;
+    while (j < t.size() && !is_digit(u(j))) {
+        if (t[j] == '<') {
+            j = after_joining_tags(t, j, read);
+        } else if ((t[j] == '-' || t[j] == '.') && !dash) {
+            dash = true;
+            ++j;
+        } else if (blank(u(j)) && ++blanks <= 16) {
             ++j;
         } else {
-            const std::size_t from = j;
-            while (j < t.size() && j - from < 16 && blank(u(j))) {
-                ++j;
-            }
-            if (j == from) {
-                return false;
-            }
-        }
-        if (j < t.size() && t[j] == '<') {
-            j = after_joining_tags(t, j, read);
+            return false;
         }
     }
     return j < t.size() && is_digit(u(j));
@@ -2374,14 +2414,14 @@ bool scan_pii(std::uint8_t kinds, std::string_view text, text_hit* hit, bool* sp
     // Only the words pii_scan::word can do something with:
     // - starting with a digit (a word's first byte, or a digit right after a byte >= 0x80:
     //   pii_scan reads a number glued to non-ASCII text as one), and only inside a chain of
-    //   digits joined by single spaces, dashes or dots at least as long as an SSN (11) or a
+    //   digits joined by separators (a dash, a dot, blanks) at least as long as an SSN (11) or a
     //   card (13): every card or SSN it checks is made of such groups, and a digit group
     //   outside those chains can neither be part of one nor change the groups kept for one
     //   (it is not adjacent to any);
     // - starting with an upper-case letter or b g r s x, and only with the second bytes of an
     //   IBAN or of a secret (pii_pair);
-    // - starting with two lower-case letters and two digits (a lower-case IBAN): from the
-    //   digit classes, two and three bytes on.
+    // - starting with two letters of any case and two digits (an IBAN with lower case): from
+    //   the digit classes, two and three bytes on.
     const bool digits = scan.card || scan.ssn;
     const bool upper = scan.iban || scan.secrets;
     const bool pick = scan.secrets;
