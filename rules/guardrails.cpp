@@ -1838,7 +1838,10 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
         std::string why;
         std::string where;
         const auto m = read_messages(g.mime, in, s, why, [&](const mime_text& t, const mime_content&, const raw_place& at) {
-            if (t.text.size() < min_length || !detail::find_pii_in_file(g.kinds, t.text, &hit)) {
+            // (Text parts and headers are in UTF-8 by now, converted from their charsets.)
+            const bool file = t.k == mime_text::kind::attachment;
+            if (t.text.size() < min_length || !(file ? detail::find_pii_in_file(g.kinds, t.text, &hit)
+                                                      : detail::find_pii(g.kinds, t.text, &hit))) {
                 return false;
             }
             where = t.where + " of the raw message at " + at.at();
@@ -1947,7 +1950,8 @@ guard_result check_pii_fields(const pii_guard& g, const guard_input& in, std::st
                 if ((!g.every_value && !form_selected(g.in, name)) || passed_over(s, i)) {
                     continue;
                 }
-                if (detail::find_pii_in_file(g.kinds, value, &hit)) {  // (a multipart form's files are values)
+                // (A multipart form's files are values: any value is read as UTF-16 too when it is.)
+                if (detail::find_pii_in_file(g.kinds, value, &hit)) {
                     return violated(hit.what + " in form field " + field_name(name) + " at offset " +
                                     std::to_string(hit.offset));
                 }

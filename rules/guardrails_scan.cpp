@@ -4051,7 +4051,7 @@ bool utf16_text(std::string_view file, std::string& out) {
     const auto b = [&](std::size_t i) { return static_cast<unsigned char>(file[i]); };
     bool le = true;
     std::size_t from = 0;
-    if (b(0) == 0xFF && b(1) == 0xFE) {
+    if (b(0) == 0xFF && b(1) == 0xFE && !(b(2) == 0 && b(3) == 0)) {  // (FF FE 00 00 is UTF-32's)
         from = 2;
     } else if (b(0) == 0xFE && b(1) == 0xFF) {
         le = false;
@@ -4094,9 +4094,15 @@ bool utf16_text(std::string_view file, std::string& out) {
 }
 
 bool find_pii_in_file(std::uint8_t kinds, std::string_view file, text_hit* hit) {
+    // The bytes first, whatever the file looks like: a mark or NULs in front must not hide
+    // the ASCII after them from the scan that found it before (nor from a reader that skips
+    // them).
+    if (find_pii(kinds, file, hit)) {
+        return true;
+    }
     std::string text;
     if (!utf16_text(file, text)) {
-        return find_pii(kinds, file, hit);
+        return false;
     }
     text_hit h;
     if (!find_pii(kinds, text, &h)) {

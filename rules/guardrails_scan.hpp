@@ -98,13 +98,14 @@ bool is_punctuation_reference(std::string_view text, std::size_t s, std::size_t 
 // blocked terms and PII, also over the text without its tags when a tag may split a term, a
 // word or a number (see split_by_tag).
 bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit);
-// find_pii over the bytes of a file (an attachment, an uploaded form file): a file in UTF-16
-// (Excel's "Unicode Text", PowerShell's and Windows Notepad's exports) is read as its text,
-// the hit's offset still in the file's bytes and its `what` saying so.
+// find_pii over the bytes of a file (an attachment, an uploaded form file), and then, when
+// it is in UTF-16 (Excel's "Unicode Text", PowerShell's and Windows Notepad's exports), over
+// its text: the hit's offset still in the file's bytes and its `what` saying so.
 bool find_pii_in_file(std::uint8_t kinds, std::string_view file, text_hit* hit);
-// The text of a file in UTF-16, in UTF-8, into `out`: one with a byte order mark, or without
-// one whose first bytes are ASCII text with a NUL in every other byte. False (and `out`
-// untouched) for any other file. Unpaired surrogates become U+FFFD.
+// The text of a file in UTF-16, in UTF-8, into `out`: one with a byte order mark (not
+// UTF-32LE's, FF FE 00 00), or without one whose first 64 code units are ASCII with a NUL in
+// every other byte. False (and `out` untouched) for any other file. Unpaired surrogates
+// become U+FFFD; an odd last byte is dropped.
 bool utf16_text(std::string_view file, std::string& out);
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit);
 

@@ -324,18 +324,43 @@ bool convert(const std::string& from, std::string& text) {
     return true;
 }
 
-// The converter for a body part in UTF-16 or UTF-32 (Windows' "Unicode" text, an Excel
-// export sent as text/plain), "" for any other charset. Such a part is converted whole (no
-// ASCII shortcut: its ASCII letters are not ASCII bytes); glibc's UTF-16 and UTF-32 read a
-// byte order mark and, without one, big endian (RFC 2781).
-std::string wide_converter(std::string_view charset) {
+// Whether a body part's charset is UTF-16 or UTF-32 (Windows' "Unicode" text, an Excel
+// export sent as text/plain): read by wide_to_utf8.
+bool wide_charset(std::string_view charset) {
     const std::string c = lower(trim(charset));
     for (const std::string_view wide : {"utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be"}) {
         if (c == wide) {
-            return c;
+            return true;
         }
     }
-    return {};
+    return false;
+}
+
+// Text in UTF-16 or UTF-32 to UTF-8, whole (no ASCII shortcut: its ASCII letters are not
+// ASCII bytes). The byte order is a byte order mark's (dropped), else the label's (-le,
+// -be), else little endian (what WHATWG reads `utf-16` as, and what Windows writes; glibc
+// would take the machine's). A mark that contradicts the label is refused: a reader that
+// trusts the label and one that trusts the mark show two different texts.
+bool wide_to_utf8(std::string_view charset, std::string& text) {
+    const std::string c = lower(trim(charset));
+    const bool four = c.starts_with("utf-32");
+    const std::string labelled = c.size() > 6 ? c.substr(6) : std::string{};  // "le", "be" or ""
+    const std::string_view le_mark = four ? std::string_view{"\xFF\xFE\0\0", 4} : std::string_view{"\xFF\xFE", 2};
+    const std::string_view be_mark = four ? std::string_view{"\0\0\xFE\xFF", 4} : std::string_view{"\xFE\xFF", 2};
+    std::string marked;
+    if (text.starts_with(le_mark)) {
+        marked = "le";
+    } else if (text.starts_with(be_mark)) {
+        marked = "be";
+    }
+    if (!marked.empty() && !labelled.empty() && marked != labelled) {
+        return false;
+    }
+    if (!marked.empty()) {
+        text.erase(0, le_mark.size());
+    }
+    const std::string& order = !marked.empty() ? marked : !labelled.empty() ? labelled : std::string{"le"};
+    return convert(std::string{four ? "UTF-32" : "UTF-16"} + (order == "le" ? "LE" : "BE"), text);
 }
 
 // Whether text in this charset label can be read: ASCII-compatible and known to the
@@ -647,8 +672,8 @@ struct content_reader {
             return entity(body, name.empty() ? "1" : name + ".1", depth + 1, false);
         }
         if (type.empty() || type.starts_with("text/")) {
-            const std::string wide = charset ? wide_converter(*charset) : std::string{};
-            if (charset && wide.empty() && !charset_readable(*charset)) {
+            const bool wide = charset && wide_charset(*charset);
+            if (charset && !wide && !charset_readable(*charset)) {
                 return fail(at + " is in the charset " + charset->substr(0, 32) +
                             ", which is not read (only ASCII-compatible ones and UTF-16 and UTF-32 are)");
             }
@@ -657,8 +682,8 @@ struct content_reader {
             t.where = label + " (" + (type.empty() ? std::string{"text/plain"} : type.substr(0, 64)) + ")";
             // A decoded body is moved, not copied again.
             t.text = body.data() == unencoded.data() ? std::move(unencoded) : std::string{body};
-            if (!(wide.empty() ? to_utf8(charset ? std::string_view{*charset} : std::string_view{}, t.text)
-                               : convert(wide, t.text))) {
+            if (!(wide ? wide_to_utf8(*charset, t.text)
+                       : to_utf8(charset ? std::string_view{*charset} : std::string_view{}, t.text))) {
                 return fail(at + " is not valid text in its charset " + (charset ? charset->substr(0, 32) : "(none: windows-1252)"));
             }
             out.texts.push_back(std::move(t));

@@ -527,6 +527,7 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
     EXPECT_THAT(d.reason, HasSubstr("at body offset"));
     // A file in UTF-16 (Excel's "Unicode Text" export): with a byte order mark either way, or
     // without one; the offset is the file's (an emoji before the card is four bytes).
+    std::string text_of_utf32;
     const auto utf16 = [](std::string_view ascii, bool le, std::string_view mark) {
         std::string out{mark};
         for (const char c : ascii) {
@@ -549,15 +550,26 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
         EXPECT_THAT(d.reason, HasSubstr("US SSN (in UTF-16 text) at offset " + std::to_string(offset) + " of the attachment"))
             << d.reason;
     }
+    // The bytes are read first: a mark or NULs in front hide nothing written in ASCII after
+    // them (a reader that skips them shows it). UTF-32's mark is no UTF-16 mark.
+    for (const std::string& file : {std::string{"\xFF\xFE" "Card 4111 1111 1111 1111"},
+                                    utf16(std::string(64, 'a'), true, "") + "Card 4111 1111 1111 1111"}) {
+        d = f.check_body(sendgrid("<p>x</p>", R"j(, "attachments": [{"content": ")j" + b64(file) + R"j("}])j"));
+        EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****1111) at offset")) << d.reason;
+        EXPECT_THAT(d.reason, Not(HasSubstr("UTF-16"))) << d.reason;
+    }
+    EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE\0\0" "4\0\0\0", 8}, text_of_utf32));
     // A multipart form's file (Mailgun), a raw message's attachment.
     request upload;
     upload.content_type = "multipart/form-data; boundary=XyZ";
     upload.body = "--XyZ\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"c.txt\"\r\n\r\n" +
                   utf16("card 4111111111111111", true, "\xFF\xFE") + "\r\n--XyZ--\r\n";
     EXPECT_THAT(f.check(upload).reason, HasSubstr("(in UTF-16 text) in form field \"attachment\" at offset 12"));
+    EXPECT_THAT(f.check_body("text=%FF%FE4111111111111111", "application/x-www-form-urlencoded").reason,
+                HasSubstr("card number (Luhn-valid, ****1111) in form field \"text\" at offset 2"));
     // Binary files with NULs are no UTF-16 text; nor is UTF-16 that is not mostly ASCII
     // without a mark (read as its bytes, as before).
-    std::string text;
+    std::string& text = text_of_utf32;
     EXPECT_FALSE(detail::utf16_text(std::string{"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0", 20}, text));
     EXPECT_FALSE(detail::utf16_text(std::string{"a\0b\0c\0\0\0d\0", 10}, text));
     EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE", 2}, text));
@@ -2062,6 +2074,27 @@ TEST(GuardRawMessages, PiiGuardReadsTheMessage) {
     }
     EXPECT_THAT(f.check_body(message("application/octet-stream")).reason,
                 HasSubstr("(in UTF-16 text) at offset 34 of part 2 (application/octet-stream, an attachment)"));
+    // The byte order: the mark's, else the label's, else little endian; a mark that
+    // contradicts the label is refused (readers would differ on what it says).
+    std::string big = "\xFE\xFF";
+    for (const char c : std::string_view{"card 4111111111111111"}) {
+        big += '\0';
+        big += c;
+    }
+    const auto part = [&](std::string_view charset, const std::string& bytes) {
+        return ses_raw("Content-Type: text/plain; charset=" + std::string{charset} +
+                       "\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(bytes));
+    };
+    for (const char* charset : {"utf-16", "UTF-16BE"}) {
+        EXPECT_THAT(f.check_body(part(charset, big)).reason, HasSubstr("card number")) << charset;
+    }
+    EXPECT_THAT(f.check_body(part("utf-16be", big.substr(2))).reason, HasSubstr("card number"));
+    EXPECT_THAT(f.check_body(part("utf-16", wide.substr(2))).reason, HasSubstr("card number")) << "no mark: little endian";
+    const auto contradicted = f.check_body(part("utf-16le", big));
+    EXPECT_EQ(contradicted.outcome, verdict::rejected);
+    EXPECT_THAT(contradicted.reason, HasSubstr("not valid text in its charset utf-16le"));
+    // Text labelled UTF-8 that starts like UTF-16 is read as UTF-8.
+    EXPECT_THAT(f.check_body(part("utf-8", "\xFF\xFE" "Card 4111 1111 1111 1111")).reason, HasSubstr("card number"));
     // A card number split by a quoted-printable soft line break.
     auto d = f.check_body(ses_raw(newsletter("Card on file: 4111 1111 =\r\n1111 1111.", "<p>Thanks</p>")));
     ASSERT_EQ(d.outcome, verdict::violated);
