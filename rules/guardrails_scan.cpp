@@ -1840,7 +1840,8 @@ void normalize_address(std::string_view item, std::string& out) {
 namespace {
 
 // Digit groups of a possible card number or SSN: consecutive all-digit words joined by one
-// space, dash or dot. Only the last 19 are kept (a card has at most 19 digits).
+// dash or dot, or by blanks (pii_scan::word). Only the last 19 are kept (a card has at most
+// 19 digits).
 struct digit_groups {
     struct group {
         std::size_t start;
@@ -1952,16 +1953,17 @@ bool check_card(std::string_view text, const digit_groups& dg, text_hit* hit) {
         if (!shape) {
             continue;
         }
-        // Joined as the card's own groups are: the same separator, not across a line, and
-        // blanks wider than one space only if the card's are.
+        // Joined as the card's own groups are: the same separator, and blanks wider than one
+        // space only if the card's are or at a wrapped line (`9400 1111` + a break + `5112
+        // 0000 0000 04` is a tracking number too).
         const auto same_run = [&](const digit_groups::group& g) {
-            return g.sep == dg.g[dg.n - 1].sep && !g.line && (!g.wide || dg.g[dg.n - 1].wide);
+            return g.sep == dg.g[dg.n - 1].sep && (!g.wide || g.line || dg.g[dg.n - 1].wide);
         };
         if (fours && k < dg.n && dg.g[dg.n - k - 1].len == 4 && same_run(first)) {
             // Inside a longer run of 4-digit groups that starts with a 9: a USPS tracking
             // number as USPS shows it (`9400 1111 5112 7527 8510 09`, 20-22 digits); a window
             // of it is no card. (A card after another group, `1234 4111 1111 1111 1111`, is;
-            // so is one after a number on the line before, `9123\n4111 1111 1111 1111`.)
+            // so is one after a wider gap, `9123   4111 1111 1111 1111`.)
             std::size_t j = dg.n - k - 1;
             while (j > 0 && same_run(dg.g[j]) && dg.g[j - 1].len == 4) {
                 --j;
