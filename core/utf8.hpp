@@ -34,6 +34,13 @@ inline void put_utf8(std::uint32_t cp, char*& out) {
     }
 }
 
+// UTF-16's surrogates: a high one then a low one stand for one code point above U+FFFF.
+inline bool high_surrogate(std::uint32_t u) { return u >= 0xD800 && u < 0xDC00; }
+inline bool low_surrogate(std::uint32_t u) { return u >= 0xDC00 && u < 0xE000; }
+inline std::uint32_t from_surrogates(std::uint32_t high, std::uint32_t low) {
+    return 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+}
+
 // How many bytes put_utf8 writes for cp.
 inline std::size_t utf8_length(std::uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 

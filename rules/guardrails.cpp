@@ -170,14 +170,14 @@ std::size_t decode_escape(std::string_view s, std::size_t at, char*& out) {
             if (!hex4(s, at + 2, cp)) {
                 return 0;
             }
-            if (cp >= 0xD800 && cp < 0xDC00 && at + 12 <= s.size() && s[at + 6] == '\\' && s[at + 7] == 'u') {
+            if (high_surrogate(cp) && at + 12 <= s.size() && s[at + 6] == '\\' && s[at + 7] == 'u') {
                 unsigned lo = 0;
-                if (hex4(s, at + 8, lo) && lo >= 0xDC00 && lo < 0xE000) {
-                    put_utf8(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00), out);
+                if (hex4(s, at + 8, lo) && low_surrogate(lo)) {
+                    put_utf8(from_surrogates(cp, lo), out);
                     return 12;
                 }
             }
-            put_utf8(cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp, out);
+            put_utf8(high_surrogate(cp) || low_surrogate(cp) ? 0xFFFD : cp, out);
             return 6;
         }
         default: return 0;

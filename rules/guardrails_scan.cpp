@@ -1803,7 +1803,6 @@ void normalize_address_general(std::string_view item, std::string& out) {
     // reads the obsolete syntax (`jane @competitor.com`, `jane@competitor .com` is
     // jane@competitor.com); a domain never holds one. Without them, the block and
     // suppression lists see the mailbox such an upstream delivers to.
-    auto blank = [](char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; };
     if (std::any_of(out.begin() + static_cast<std::ptrdiff_t>(at), out.end(), blank)) {
         out.erase(std::remove_if(out.begin() + static_cast<std::ptrdiff_t>(at), out.end(), blank), out.end());
     }
@@ -4046,6 +4045,9 @@ bool find_pii(std::uint8_t kinds, std::string_view text, text_hit* hit) {
            });
 }
 
+// By hand rather than with iconv (which rules/mime.cpp uses for labelled parts): a file is
+// read whatever it holds, so an unpaired surrogate becomes U+FFFD instead of failing the
+// whole conversion, and find_pii_in_file maps offsets back knowing each code unit's place.
 bool utf16_text(std::string_view file, std::string& out) {
     if (file.size() < 4) {
         return false;
@@ -4083,10 +4085,10 @@ bool utf16_text(std::string_view file, std::string& out) {
     };
     for (std::size_t i = from; i + 1 < file.size(); i += 2) {
         std::uint32_t cp = unit(i);
-        if (cp >= 0xD800 && cp < 0xDC00 && i + 3 < file.size() && unit(i + 2) >= 0xDC00 && unit(i + 2) < 0xE000) {
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (unit(i + 2) - 0xDC00);
+        if (high_surrogate(cp) && i + 3 < file.size() && low_surrogate(unit(i + 2))) {
+            cp = from_surrogates(cp, unit(i + 2));
             i += 2;
-        } else if (cp >= 0xD800 && cp < 0xE000) {
+        } else if (high_surrogate(cp) || low_surrogate(cp)) {
             cp = 0xFFFD;
         }
         put_utf8(cp, w);

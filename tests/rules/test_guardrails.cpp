@@ -530,7 +530,7 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
     EXPECT_THAT(d.reason, HasSubstr("at body offset"));
     // A file in UTF-16 (Excel's "Unicode Text" export): with a byte order mark either way, or
     // without one; the offset is the file's (an emoji before the card is four bytes).
-    std::string text_of_utf32;
+    std::string text;
     const auto utf16 = [](std::string_view ascii, bool le, std::string_view mark) {
         std::string out{mark};
         for (const char c : ascii) {
@@ -561,7 +561,7 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
         EXPECT_THAT(d.reason, HasSubstr("card number (Luhn-valid, ****1111) at offset")) << d.reason;
         EXPECT_THAT(d.reason, Not(HasSubstr("UTF-16"))) << d.reason;
     }
-    EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE\0\0" "4\0\0\0", 8}, text_of_utf32));
+    EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE\0\0" "4\0\0\0", 8}, text));
     // A multipart form's file (Mailgun), a raw message's attachment.
     request upload;
     upload.content_type = "multipart/form-data; boundary=XyZ";
@@ -572,7 +572,6 @@ TEST(GuardPii, AttachmentsAreReadDecoded) {
                 HasSubstr("card number (Luhn-valid, ****1111) in form field \"text\" at offset 2"));
     // Binary files with NULs are no UTF-16 text; nor is UTF-16 that is not mostly ASCII
     // without a mark (read as its bytes, as before).
-    std::string& text = text_of_utf32;
     EXPECT_FALSE(detail::utf16_text(std::string{"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0", 20}, text));
     EXPECT_FALSE(detail::utf16_text(std::string{"a\0b\0c\0\0\0d\0", 10}, text));
     EXPECT_FALSE(detail::utf16_text(std::string{"\xFF\xFE", 2}, text));
