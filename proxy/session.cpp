@@ -379,6 +379,21 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
         if (handle.idle && w.draining()) {
             co_return std::pair{head_outcome::closed, std::size_t{0}};
         }
+        if constexpr (!is_tls<Stream>) {
+            if (buf.size() == 0) {
+                // Nothing buffered: wait for bytes holding no buffer. A keep-alive connection
+                // idles for up to idle_timeout, and its buffer may have grown to 64 KiB for
+                // the last body; HAProxy and nginx also free theirs while a connection idles.
+                // (A TLS stream cannot: the TLS engine may hold decrypted bytes already.)
+                buf.shrink_to_fit();
+                auto [wec] = co_await sock.async_wait(tcp::socket::wait_read, use_tuple);
+                handle.idle = false;  // bytes (or the end) are waiting: a drain lets it finish
+                if (wec) {
+                    co_return std::pair{dl.fired() && first ? head_outcome::timeout : head_outcome::closed,
+                                        std::size_t{0}};
+                }
+            }
+        }
         const std::size_t want = std::min<std::size_t>(16 * 1024, lim.header_bytes + 4 - data.size());
         auto [ec, n] = co_await sock.async_read_some(buf.prepare(want), use_tuple);
         handle.idle = false;
@@ -1218,12 +1233,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
     // the same reason: the view holds them across the waits between rule passes.
     std::vector<rules::header_field> header_scratch;
 
-    for (;;) {
-        booked.clear();
-        // 1. The request head: bounded in bytes and time. The limits are copied: a reload
-        //    while this connection idles may retire the config they came from.
-        const limits_config head_limits = w.cfg()->limits;
-        auto [outcome, head_len] = co_await read_head(sock, dl, buf, head_limits, served == 0, *guard.it, w);
+    // What a request leaves the connection to do.
+    enum class after_request { next, close, end };
+    // One request, from its head in `buf` to its answer. A coroutine of its own, so that its
+    // locals (a frame of ~17 KB: GCC gives every local of a coroutine its own slot) exist
+    // only while a request is in hand, not while the connection idles between requests.
+    auto one_request = [&](head_outcome outcome, std::size_t head_len) -> asio::awaitable<after_request> {
         // Hold the runtime current when the request arrived: a reload may swap the worker's
         // pointer meanwhile; this request finishes on the one it started with (its config,
         // its upstream indexes and the pools they name).
@@ -1270,7 +1285,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         };
 
         if (outcome == head_outcome::closed) {
-            co_return;
+            co_return after_request::end;
         }
         // A HEAD refused before Beast names its method (a framing error, a body too large, a
         // head that timed out) gets the head of the error alone too: read off the raw line.
@@ -1279,13 +1294,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_await reply({http::status::request_timeout, "rejected", "header_timeout",
                             "the request head did not arrive within " + cfg::format_duration(lim.header_timeout)},
                            false);
-            break;
+            co_return after_request::close;
         }
         if (outcome == head_outcome::too_large) {
             co_await reply({http::status::request_header_fields_too_large, "rejected", "headers_too_large",
                             "the request head is larger than " + std::to_string(lim.header_bytes) + " bytes"},
                            false);
-            break;
+            co_return after_request::close;
         }
         ++w.stats().requests;
 
@@ -1293,7 +1308,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         const std::string_view raw_head{static_cast<const char*>(buf.data().data()), head_len};
         if (auto verdict = check_request_head(raw_head, lim.header_count); !verdict.ok()) {
             co_await reply({static_cast<http::status>(verdict.status), "rejected", verdict.code, verdict.message}, false);
-            break;
+            co_return after_request::close;
         }
         request_parser parser;
         parser.header_limit(static_cast<std::uint32_t>(lim.header_bytes + 4));
@@ -1305,13 +1320,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
                             "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
                            false);
-            break;
+            co_return after_request::close;
         }
         if (pec || !parser.is_header_done()) {
             co_await reply({http::status::bad_request, "rejected", "bad_request",
                             "the request head cannot be parsed: " + (pec ? pec.message() : std::string{"incomplete"})},
                            false);
-            break;
+            co_return after_request::close;
         }
         // 2b. Who is calling, decided on the head: an agent's API key in x-breakerbox-key (or,
         //     as a forward proxy sees it, Proxy-Authorization: Bearer; only its SHA-256 is
@@ -1353,7 +1368,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             rec.target = parser.get().target();
             head_request = parser.get().method() == http::verb::head;
             co_await reply({http::status::unauthorized, "denied", "unauthenticated", cert_refused}, false);
-            break;
+            co_return after_request::close;
         }
         const agent_config* agent = nullptr;
         const listener_config* lc = listener < cfg->listeners.size() ? &cfg->listeners[listener] : nullptr;
@@ -1459,7 +1474,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 co_await reply({as_proxy ? http::status::proxy_authentication_required : http::status::unauthorized,
                                 "denied", "unauthenticated", std::move(refused)},
                                false);
-                break;
+                co_return after_request::close;
             }
         }
         // The agent is in the access log and its metrics from here on: a request refused
@@ -1491,7 +1506,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     co_await reply({http::status::expectation_failed, "rejected", "bad_expect",
                                     "only Expect: 100-continue is supported"},
                                    false);
-                    break;
+                    co_return after_request::close;
                 }
                 // RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is
                 // ignored (such a client cannot read an interim response); it sends its body.
@@ -1501,7 +1516,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(cont), use_tuple);
                     if (ec) {
                         log_client_left();
-                        co_return;
+                        co_return after_request::end;
                     }
                 }
             }
@@ -1550,30 +1565,30 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                     std::to_string(lim.header_bytes) + " bytes, " + std::to_string(lim.header_count) +
                                     " fields)"},
                                false);
-                break;
+                co_return after_request::close;
             }
             if (ec == http::error::body_limit) {
                 co_await reply({http::status::payload_too_large, "rejected", "body_too_large",
                                 "the request body is larger than " + std::to_string(lim.body_bytes) + " bytes"},
                                false);
-                break;
+                co_return after_request::close;
             }
             if (ec && dl.fired()) {
                 co_await reply({http::status::request_timeout, "rejected", "body_timeout",
                                 "the request body did not arrive within " + cfg::format_duration(lim.body_timeout)},
                                false);
-                break;
+                co_return after_request::close;
             }
             if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof ||
                 ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
                 log_client_left();
-                co_return;  // the client left mid-body: nothing to answer, nothing forwarded
+                co_return after_request::end;  // the client left mid-body: nothing to answer, nothing forwarded
             }
             if (ec) {
                 co_await reply({http::status::bad_request, "rejected", "bad_body",
                                 "the request body is malformed: " + ec.message()},
                                false);
-                break;
+                co_return after_request::close;
             }
         }
         dl.disarm();  // nothing may cancel the client socket while the upstream works
@@ -1604,13 +1619,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
                                 "CONNECT inside a TLS connection is not supported"},
                                false);
-                break;
+                co_return after_request::close;
             } else {
                 if (fp == nullptr) {
                     co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
                                     "this listener is not a forward proxy (listeners[].forward_proxy)"},
                                    false);
-                    break;
+                    co_return after_request::close;
                 }
                 if (w.draining()) {
                     // A tunnel opened now would be cut at the end of the drain, its first
@@ -1618,12 +1633,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     co_await reply({http::status::service_unavailable, "unavailable", "draining",
                                     "breakerbox is shutting down: open the tunnel again"},
                                    false);
-                    break;
+                    co_return after_request::close;
                 }
                 const auto dest = parse_authority(req.target());
                 if (!dest) {
                     co_await reply({http::status::bad_request, "rejected", "bad_target", "CONNECT needs host:port"}, false);
-                    break;
+                    co_return after_request::close;
                 }
                 const agent_config* tunnel_agent = agent;  // named by the CONNECT's credentials (2b)
                 if (ci.tunnel_host.empty() && known_destination(*cfg, dest->first, dest->second, 443)) {
@@ -1645,7 +1660,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     if (failed) {
                         co_await reply(*failed, false);
-                        break;
+                        co_return after_request::close;
                     }
                     const std::string established = connect_established(request_id);
                     dl.arm(lim.write_timeout);
@@ -1656,7 +1671,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     rec.agent = tunnel_agent != nullptr ? std::string_view{tunnel_agent->id} : std::string_view{};
                     if (cec) {
                         log_client_left();
-                        co_return;
+                        co_return after_request::end;
                     }
                     rec.status = 200;
                     rec.decision = "allowed";
@@ -1674,7 +1689,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     tunnel.inner.tunnel_key_digest = tunnel_agent != nullptr ? key_digest(req) : std::string{};
                     tunnel.sec = sec;
                     tunnel.leaf = std::move(leaf);
-                    break;
+                    co_return after_request::close;
                 }
                 if (passthrough_allowed(*fp, dest->first, dest->second)) {
                     // Nothing inside a blind tunnel can be judged: an agent held to an allow
@@ -1692,7 +1707,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                          " cannot be applied inside one (forward_proxy.passthrough)"};
                         e.rule = "scope";
                         co_await reply(e, false);
-                        break;
+                        co_return after_request::close;
                     }
                     // Not metered, but an agent an operator switched off opens nothing (and
                     // its open tunnels close: see tunnel_watchdog).
@@ -1711,7 +1726,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                 co_await persist_or_log(w.owner(), kill_switch);
                             }
                             co_await reply(e, false);
-                            break;
+                            co_return after_request::close;
                         }
                     }
                     tunnel.agent = tunnel_agent != nullptr ? tunnel_agent->id : std::string{};
@@ -1720,14 +1735,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     tunnel.host = dest->first;
                     tunnel.port = dest->second;
                     tunnel.request_id = request_id;
-                    break;
+                    co_return after_request::close;
                 }
                 co_await reply({http::status::forbidden, "denied", "unknown_destination",
                                 dest->first + ":" + std::to_string(dest->second) +
                                     " is neither a configured destination (a route's match.host, at port 443 or its "
                                     "upstream's port) nor in forward_proxy.passthrough"},
                                false);
-                break;
+                co_return after_request::close;
             }
         }
 
@@ -1747,9 +1762,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                      "method, so send the method itself"},
                                 keep_alive) ||
                 !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
 
         // A compressed form hides its fields from that check (an upstream that inflates
@@ -1763,9 +1778,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                      "cannot be read, so send it uncompressed"},
                                 keep_alive) ||
                 !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
 
         // 4. Route.
@@ -1775,14 +1790,14 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                             "the request target must be an absolute path or an absolute URL (with a host, without "
                             "user information)"},
                            false);
-            break;
+            co_return after_request::close;
         }
         if (const auto why = ambiguous_path(tp.path); !why.empty()) {
             co_await reply({http::status::bad_request, "rejected", "ambiguous_path",
                             "the request path contains " + std::string{why} +
                                 ", which the upstream may resolve differently from breakerbox's routes"},
                            false);
-            break;
+            co_return after_request::close;
         }
         // Inside an intercepted tunnel the destination is the CONNECT host, whatever Host says.
         // (An IPv6 tunnel host is kept without brackets; as a Host it has them.)
@@ -1806,9 +1821,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                      "port or its upstream's)"},
                                 keep_alive) ||
                 !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
         const route_config* route =
             match_route(*cfg, req.method_string(), original_host, tp.path, forwarded, dest_port, dest_default_port);
@@ -1821,9 +1836,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
             if (!co_await reply({http::status::not_found, "rejected", "no_route", std::move(why)}, keep_alive) ||
                 !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
         rec.route = route->name;
         const std::size_t route_index = static_cast<std::size_t>(route - cfg->routes.data());
@@ -1851,9 +1866,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                      ": its rules read the body, so send it uncompressed"},
                                 keep_alive) ||
                 !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
 
         // 5. The caller (identified in 2b) is held to its scope; breakerbox's own key header
@@ -1906,9 +1921,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                              "agent " + agent->id + " may not use " + why + " (its allow list in the config)"};
                 e.rule = "scope";
                 if (!co_await reply(e, keep_alive) || !keep_alive) {
-                    break;
+                    co_return after_request::close;
                 }
-                continue;
+                co_return after_request::next;
             }
             // What the body may say: recipients per request, from domains, templates.
             if (!agent->constraints.empty()) {
@@ -1929,9 +1944,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                  "agent " + agent->id + ": " + broken + " (its constraints in the config)"};
                     e.rule = "constraints";
                     if (!co_await reply(e, keep_alive) || !keep_alive) {
-                        break;
+                        co_return after_request::close;
                     }
-                    continue;
+                    co_return after_request::next;
                 }
             }
         }
@@ -1946,9 +1961,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                      std::move(refused.message)},
                                     keep_alive) ||
                     !keep_alive) {
-                    break;
+                    co_return after_request::close;
                 }
-                continue;
+                co_return after_request::next;
             }
         }
 
@@ -2459,9 +2474,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                     if (!co_await reply_quarantined(stored.ticket, quarantine_instance, quarantine_reason) ||
                         !keep_alive) {
-                        break;
+                        co_return after_request::close;
                     }
-                    continue;
+                    co_return after_request::next;
                 }
                 if (sent_meanwhile) {
                     already_forwarded(queued_ms, *sent_meanwhile);  // nothing was queued
@@ -2549,9 +2564,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     // (a client's next try, quarantined, would see a send that never was: 409).
                     noted_send.reset();
                     if (!co_await reply_quarantined(earlier->ticket, earlier->breaker, why) || !keep_alive) {
-                        break;
+                        co_return after_request::close;
                     }
-                    continue;
+                    co_return after_request::next;
                 }
             }
         }
@@ -2572,9 +2587,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 co_await persist_or_log(w.owner(), contained_breaker);
             }
             if (!co_await reply(*contained, keep_alive) || !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
 
         const upstream_config& up = cfg->upstreams[upstream_index];
@@ -2672,7 +2687,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 }
             }
             log_client_left(forwarded_decision);  // a dry run the client left is still one
-            co_return;
+            co_return after_request::end;
         }
         keep_alive = keep_alive && !w.draining();  // a drain may have begun meanwhile
         rec.upstream_time = ex.elapsed;
@@ -2763,9 +2778,9 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 e.message += "; the upstream answered, so the request may have been carried out; it was not retried";
             }
             if (!co_await reply(e, keep_alive) || !keep_alive) {
-                break;
+                co_return after_request::close;
             }
-            continue;
+            co_return after_request::next;
         }
 
         // 9. The response, faithfully: status, headers and body, minus hop-by-hop fields.
@@ -2807,7 +2822,23 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             // for every close we chose: a drain would wait on clients that keep the socket.)
             error_code aec;
             linger = linger || (!wec && (buf.size() > 0 || raw.available(aec) > 0));
+            co_return after_request::close;
+        }
+        co_return after_request::next;
+    };
+
+    for (;;) {
+        booked.clear();
+        // 1. The request head: bounded in bytes and time. The limits are copied: a reload
+        //    while this connection idles may retire the config they came from.
+        const limits_config head_limits = w.cfg()->limits;
+        auto [outcome, head_len] = co_await read_head(sock, dl, buf, head_limits, served == 0, *guard.it, w);
+        const after_request after = co_await one_request(outcome, head_len);
+        if (after == after_request::close) {
             break;
+        }
+        if (after == after_request::end) {
+            co_return;
         }
     }
     if constexpr (!is_tls<Stream>) {
