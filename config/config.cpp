@@ -1323,9 +1323,20 @@ parse_result parse_config(std::string_view json_text, bool stored) {
     auto rl = root.value("rules");
     if (fm || rl) {
         c->rules = rules::parse_rules(fm ? &*fm : nullptr, rl ? &*rl : nullptr, route_names, out.errors);
-        // Cross-check: every rule trips a declared breaker.
+        // Cross-check: every rule trips a declared breaker, and not an implicit one: an
+        // agent's kill switch tripped by a rule that counts every caller's traffic would
+        // switch that agent off for another's misfire and hold everyone's sends while it is
+        // off; an upstream's health breaker is the health checks' alone.
         for (const auto& r : c->rules->rules) {
-            if (!r.trips.empty() && c->find_breaker(r.trips) == nullptr) {
+            if (r.trips.empty()) {
+                continue;
+            }
+            if (r.trips.find('/') != std::string::npos && c->find_breaker(r.trips) != nullptr) {
+                out.errors.add_since_stored(cfg::child(cfg::child("rules", r.index), "trips"),
+                               cfg::quote(r.trips) +
+                                   " is an implicit breaker (an agent's kill switch or an upstream's health), "
+                                   "which only operators and health checks trip; declare a breaker in \"breakers\"");
+            } else if (c->find_breaker(r.trips) == nullptr) {
                 out.errors.add(cfg::child(cfg::child("rules", r.index), "trips"),
                                cfg::quote(r.trips) + " is not a declared breaker");
             }

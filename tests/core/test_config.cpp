@@ -342,6 +342,29 @@ TEST(config, a_rule_must_trip_a_declared_breaker) {
         << all_errors(r);
 }
 
+// An agent's kill switch is the operators' alone: a rule that counts every caller's sends
+// must not switch one agent off (nor hold everyone's sends while it is off).
+TEST(config, a_rule_may_not_trip_an_implicit_breaker) {
+    const std::string key(64, 'a');
+    auto r = parse_config(base(R"(, "agents": [{"id": "bot", "key_sha256": [")" + key + R"("]}],
+        "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
+        "rules": [{"id": "cap", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                   "failure_mode": "fm", "trips": "agent/bot"}])"));
+    EXPECT_NE(all_errors(r).find("rules[0].trips: \"agent/bot\" is an implicit breaker"), std::string::npos)
+        << all_errors(r);
+    // A version stored before the check still loads, with a warning.
+    auto stored = parse_config(base(R"(, "agents": [{"id": "bot", "key_sha256": [")" + key + R"("]}],
+        "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
+        "rules": [{"id": "cap", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                   "failure_mode": "fm", "trips": "agent/bot"}])"), true);
+    EXPECT_TRUE(stored.errors.empty()) << all_errors(stored);
+    std::string warned;
+    for (const auto& w : stored.warnings) {
+        warned += w + "\n";
+    }
+    EXPECT_NE(warned.find("rules[0].trips: \"agent/bot\" is an implicit breaker"), std::string::npos) << warned;
+}
+
 TEST(config, upstream_health_makes_an_implicit_breaker) {
     auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
         "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": {"consecutive_failures": 5, "cooldown": "10s"}}],
