@@ -54,9 +54,10 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     };
     std::string out;
     out.reserve(target.size());
-    if (!target.empty() && target.front() != '/' && target.find_first_of("/?#") == std::string_view::npos) {
+    if (!target.empty() && target.front() != '/' && target.find("://") == std::string_view::npos) {
         // Authority-form (CONNECT `user:pass@host:443`): a proxy refuses user information
-        // there, but the log shows the target it refused.
+        // there, but the log shows the target it refused. Up to the last '@', wherever it
+        // is: a password may hold '/', '?' or '#' unencoded (`user:s3/cr#t@host:443`).
         if (const auto at = target.rfind('@'); at != std::string_view::npos) {
             mark();
             return "[redacted]" + std::string{target.substr(at)};
@@ -67,7 +68,20 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
         scheme_end != std::string_view::npos && scheme_end > 0 && target.find_first_of("/?#") > scheme_end) {
         const std::size_t host_start = scheme_end + 3;
         const std::size_t authority_end = std::min(target.find_first_of("/?#", host_start), target.size());
-        const auto at = target.substr(0, authority_end).rfind('@');
+        auto at = target.substr(0, authority_end).rfind('@');
+        if (at == std::string_view::npos && target[host_start] != '[') {
+            // A password holding '/', '?' or '#' unencoded ends the authority early
+            // (`http://user:s3/cr@host/`): a ':' not followed by a port, and an '@' later.
+            // Up to the last '@' before the path that follows it (more rather than less).
+            const auto colon = target.find(':', host_start);
+            const auto after = colon < authority_end ? target.substr(colon + 1, authority_end - colon - 1)
+                                                     : std::string_view{"0"};
+            const bool port = !after.empty() && std::all_of(after.begin(), after.end(),
+                                                             [](char c) { return c >= '0' && c <= '9'; });
+            if (const auto first_at = target.find('@', authority_end); !port && first_at != std::string_view::npos) {
+                at = target.substr(0, target.find('/', first_at)).rfind('@');
+            }
+        }
         out.append(target.substr(0, host_start));
         if (at != std::string_view::npos && at >= host_start) {
             out += "[redacted]";

@@ -69,6 +69,20 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
     EXPECT_EQ(redact_query("api.hubspot.com:443", &changed), "api.hubspot.com:443");
     EXPECT_FALSE(changed);
     EXPECT_EQ(redact_query("*"), "*");
+    // A password holding '/', '?' or '#' unencoded: hidden up to its '@' all the same.
+    EXPECT_EQ(redact_query("alice:s3/cr+et@localhost:443", &changed), "[redacted]@localhost:443");
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(redact_query("alice:pw#x@localhost:443"), "[redacted]@localhost:443");
+    EXPECT_EQ(redact_query("alice:p?w@localhost:443"), "[redacted]@localhost:443");
+    EXPECT_EQ(redact_query("http://alice:s3/cr@api.example.com/v1?a=1", &changed),
+              "http://[redacted]@api.example.com/v1?a=1");
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(redact_query("http://alice:p#w@api.example.com/"), "http://[redacted]@api.example.com/");
+    // A port, or an '@' in the path or query of a target without user information, is not.
+    EXPECT_EQ(redact_query("http://api.example.com:8080/c?email=a@b.com", &changed),
+              "http://api.example.com:8080/c?email=a@b.com");
+    EXPECT_FALSE(changed);
+    EXPECT_EQ(redact_query("http://[::1]:80/c?email=a@b.com"), "http://[::1]:80/c?email=a@b.com");
     // Origin-form: a "://" later in the target is not a scheme.
     EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
     EXPECT_FALSE(changed);
