@@ -141,10 +141,13 @@ upstream_pool::upstream_pool(asio::any_io_executor ex, upstream_config cfg, std:
                              std::shared_ptr<response_budget> budget)
     : ex_(std::move(ex)), cfg_(std::move(cfg)), response_body_limit_(response_body_limit), budget_(std::move(budget)) {
     error_code ec;
-    const auto addr = asio::ip::make_address(cfg_.host, ec);
-    if (!ec) {
-        literal_address_ = true;
-        literal_endpoint_ = tcp::endpoint{addr, cfg_.port};
+    {
+        error_code not_literal;  // (a host name: not an error, and not the trust store's below)
+        const auto addr = asio::ip::make_address(cfg_.host, not_literal);
+        if (!not_literal) {
+            literal_address_ = true;
+            literal_endpoint_ = tcp::endpoint{addr, cfg_.port};
+        }
     }
     if (cfg_.tls) {
         tls_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
