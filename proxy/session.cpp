@@ -1128,25 +1128,35 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     constexpr std::chrono::milliseconds connect_budget{10'000};
     auto resolved = co_await resolve_bounded(ex, host, port, connect_budget);
     std::string failure = resolved.error;
+    // Our own limits (the lookup cap, file descriptors, socket buffers) are not the
+    // destination's fault: 503 with retry-after, as for a route's upstream.
+    bool ours = resolved.busy || resolved.cancelled;
     if (failure.empty()) {
         asio::steady_timer timer{ex};
         timer.expires_at(started + connect_budget);
-        bool connected = false;
-        timer.async_wait([&](const error_code& ec) {
-            if (!ec && !connected) {  // a completion already queued when the connect won does nothing
+        // Shared with the timer's handler: one already queued when the connect ends runs
+        // later (after this block, perhaps after this coroutine) and must find it.
+        auto settled = std::make_shared<bool>(false);
+        timer.async_wait([&out, settled](const error_code& ec) {
+            if (!ec && !*settled) {  // the connect is still pending, so `out` still exists
                 error_code ignored;
                 out.close(ignored);
             }
         });
         auto [cec, ep] = co_await asio::async_connect(out, resolved.endpoints, use_tuple);
-        connected = !cec;
+        *settled = true;
         timer.cancel();
         if (cec) {
             failure = cec == asio::error::operation_aborted ? "no connection within 10s" : cec.message();
+            ours = cec == asio::error::no_descriptors || cec == boost::system::errc::too_many_files_open_in_system ||
+                   cec == asio::error::no_buffer_space || cec == asio::error::no_memory;
+            if (ours) {
+                failure = "breakerbox cannot open a connection (" + cec.message() + "): its own limit";
+            }
         }
     }
-    // Out of time (the lookup or the connect): 503 with retry-after, as a route's upstream
-    // that cannot be connected in time (failure_status); refused or unknown: 502.
+    // Out of time (the lookup or the connect) or out of our own resources: 503 with
+    // retry-after, as a route's upstream (failure_status); refused or unknown: 502.
     const bool timed_out = resolved.timed_out || failure == "no connection within 10s";
     // The CONNECT in the access log and the decision counters, as any request (its id the
     // one the session gave it: the client's own x-request-id when it sent one).
@@ -1161,14 +1171,15 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     if (!failure.empty()) {
         spdlog::info("tunnel {} (agent {}) -> {}:{} failed: {} (request {})", ci.ip, agent_id.empty() ? "-" : agent_id,
                      host, port, failure, request_id);
-        error_info e{timed_out ? http::status::service_unavailable : http::status::bad_gateway, "unavailable",
-                     timed_out ? "connect_timeout" : "connect_failed",
+        const char* code = ours ? "upstream_overloaded" : timed_out ? "connect_timeout" : "connect_failed";
+        error_info e{timed_out || ours ? http::status::service_unavailable : http::status::bad_gateway, "unavailable",
+                     code,
                      "the passthrough destination " + host + ":" + std::to_string(port) + " cannot be reached: " + failure};
         auto res = make_error(e, request_id, 11, false);  // a 503 carries retry-after
         auto [wec, wn] = co_await http::async_write(client, res, use_tuple);
         rec.status = res.result_int();
         rec.decision = "unavailable";
-        rec.code = timed_out ? "connect_timeout" : "connect_failed";
+        rec.code = code;
         rec.bytes_out = wn;
         write_access_log(w, rec);
         co_return;
