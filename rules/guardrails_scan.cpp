@@ -3384,6 +3384,16 @@ constexpr int shown_drop = -2;
 // word where a term says `don't`): typographic quotes and apostrophes, guillemets,
 // inverted marks, the ellipsis, bullets, CJK and full-width punctuation, and pictographs
 // (`🔥Free money`), which show as a space.
+// Marks and signs written against a word (`Acme®`, `Acme™`, `€19`, `25°`): they end it as a
+// space would. Apart from words (`© 2026`, `€ 5`) they hide nothing.
+bool sign_mark(std::uint32_t cp) {
+    switch (cp) {
+        case 0xA2: case 0xA3: case 0xA4: case 0xA5: case 0xA7: case 0xA9: case 0xAE: case 0xB0: case 0xB6:
+        case 0x2120: case 0x2122: return true;
+        default: return cp >= 0x20A0 && cp <= 0x20C0;  // currency signs (€, ₹, ₽, ...)
+    }
+}
+
 int typographic_as(std::uint32_t cp) {
     switch (cp) {
         case 0x2018: case 0x2019: case 0x201A: case 0x201B: case 0x2032: case 0x2035: return '\'';
@@ -3396,6 +3406,9 @@ int typographic_as(std::uint32_t cp) {
         case 0x3001: case 0xFF64: return ',';
         case 0xB7: case 0x2022: case 0x2027: case 0x30FB: return ' ';
         default: break;
+    }
+    if (sign_mark(cp)) {
+        return ' ';
     }
     if ((cp >= 0xFF01 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF20) || (cp >= 0xFF3B && cp <= 0xFF40) ||
         (cp >= 0xFF5B && cp <= 0xFF5E)) {
@@ -3839,8 +3852,13 @@ inline shown_char shown_at(std::string_view t, std::size_t i, bool all) {
                 }
             }
         }
-    } else if ((s.len = utf8_at(t, i, s.cp)) != 0 && (s.as = shown_as(s.cp)) == shown_keep) {
-        s.len = 0;
+    } else if ((s.len = utf8_at(t, i, s.cp)) != 0) {
+        s.as = shown_as(s.cp);
+        if (s.as == shown_keep ||
+            (!all && sign_mark(s.cp) && (i == 0 || !table.word[static_cast<unsigned char>(t[i - 1])]) &&
+             (i + s.len == t.size() || !table.word[static_cast<unsigned char>(t[i + s.len])]))) {
+            s.len = 0;
+        }
     }
     return s;
 }

@@ -3654,6 +3654,10 @@ TEST(GuardContent, TypographicPunctuationEndsWords) {
     for (const std::string text : {"Get \xe2\x80\x9c" "free money\xe2\x80\x9d today",  // “free money”
                                    "\xf0\x9f\x94\xa5" "Free money",                      // 🔥Free money
                                    "\xc2\xa1" "Free money!",                               // ¡Free money!
+                                   "Free money\xe2\x84\xa2 now",                            // Free money™
+                                   "Free money\xc2\xae",                                     // Free money®
+                                   "\xc2\xa9" "Free money",                                  // ©Free money
+                                   "\xe2\x82\xac" "Free money",                             // €Free money
                                    "Don't miss it", "Don\xe2\x80\x99t miss it"}) {
         detail::text_hit hit;
         bool unsubscribe = false;
@@ -3685,7 +3689,10 @@ TEST(GuardFastPaths, TextAsShownDecodesOnlyWhatHides) {
     EXPECT_TRUE(detail::hides_characters("x\xe2\x80\x8b"));
     EXPECT_TRUE(detail::hides_characters("x\xe2\x80\x8e"));  // left-to-right mark
     EXPECT_FALSE(detail::hides_characters("x\xe2\x80"));      // a cut sequence
-    EXPECT_FALSE(detail::hides_characters("\xe2\x82\xac 5"));  // the euro sign shows as itself
+    EXPECT_FALSE(detail::hides_characters("\xe2\x82\xac 5"));  // the euro sign apart from words
+    EXPECT_FALSE(detail::hides_characters("\xc2\xa9 2026 Example Inc."));
+    EXPECT_TRUE(detail::hides_characters("Acme\xc2\xae"));       // Acme®: it ends the word
+    EXPECT_TRUE(detail::hides_characters("\xe2\x82\xac" "19"));  // €19
 
     std::string s;
     const std::string text = "a&amp;b&#52;2\xc2\xa0z\xe2\x80\x8b&shy;y&#x1F600;&#0;&#99999999;\xef\xbc\x91!&#150;&colon;";
