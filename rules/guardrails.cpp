@@ -2620,7 +2620,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     // Recipients are read when not counted too: they say which mails the request sends (the
     // subject and template of each one's personalization or input).
     const target targets[] = {{true, &g.recipient_fields, &s.recipients, value_kind::address},
-                              {g.by_subject, &g.subject_fields, &s.subjects, value_kind::subject},
+                              {g.by_subject || g.by_template, &g.subject_fields, &s.subjects, value_kind::subject},
                               {g.by_template || g.by_subject, &g.template_fields, &s.templates, value_kind::id}};
     auto add = [&s](const target& t, std::string_view v, const array_groups& where, bool in_composite = false) {
         if (t.out->size() >= 100'000) {
@@ -2642,6 +2642,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         t.out->push_back(x);
     };
     // Raw messages first: the message's own recipients and Subject, at the message's own place.
+    std::size_t raw_recipient_count = 0;
     {
         bool read = true;
         for_each_raw(g.recipient_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
@@ -2651,7 +2652,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             }
             return !read;
         });
-        if (read && g.by_subject) {
+        if (read && (g.by_subject || g.by_template)) {
             for_each_raw(g.subject_mime, in, s, [&](std::optional<std::string_view> m, std::size_t, const raw_place&) {
                 const auto subject = m ? mime_subject(*m) : std::nullopt;
                 if (subject) {
@@ -2664,12 +2665,13 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         if (!read) {
             return invalid_body("a raw message's recipients or subject cannot be read for certain");
         }
+        raw_recipient_count = s.recipients.size();
     }
     switch (kind_of(in)) {
         case body_kind::json: {
             detail::parsed_body& doc = doc_of(in);
             path_tracker paths{g.index, g.recipient_fields,
-                               g.by_subject ? &g.subject_fields : &no_fields(),
+                               targets[1].on ? &g.subject_fields : &no_fields(),
                                targets[2].on ? &g.template_fields : &no_fields(), &doc, in.req.body};
             auto res = doc.walk(in.req.body, [&](std::span<const frame> fr, value_type t, std::string_view text,
                                                      std::size_t, bool) {
@@ -2735,6 +2737,13 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
             break;
         case body_kind::text: break;
     }
+    if (raw_recipient_count > 0 && s.recipients.size() > raw_recipient_count) {
+        // The request names whom to send to beside a raw message (SES's Destination,
+        // Mailgun's `to`): those are the mails sent; the message's To and Cc are only
+        // headers then (`To: digest@company.com` to a thousand readers is no loop to it).
+        s.recipients.erase(s.recipients.begin(),
+                           s.recipients.begin() + static_cast<std::ptrdiff_t>(raw_recipient_count));
+    }
     if (!counter) {
         return {};
     }
@@ -2772,6 +2781,10 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         return invalid_body("two different subjects are given for one mail (a field or key given twice): upstreams "
                             "read different ones");
     }
+    if (form && g.by_template && !g.by_subject && s.templates.empty() && ambiguous(s.subjects, s.subject_groups)) {
+        return invalid_body("two different subjects are given for one mail without a template (a field or key given "
+                            "twice): upstreams read different ones");
+    }
     if (form && (g.by_template || g.by_subject) && ambiguous(s.templates, s.template_groups)) {
         return invalid_body("two different templates are given for one mail (a field or key given twice): upstreams "
                             "read different ones");
@@ -2784,16 +2797,37 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     // the same whoever and whatever it stands for).
     s.keys.clear();
     s.key_of.clear();
+    s.sorted_keys.clear();
     const std::uint64_t key_hash = detail::bytes_hash(in.key);
+    // Which mail of the request a recipient's is: the innermost of its places with a subject
+    // or template of its own (an emailSimple input), else the outermost of two or more places
+    // (a personalization, a bulk entry: each is a mail of its own, whatever subject it takes
+    // from the message), else the message. The same key twice in one mail is one send; in
+    // two mails, two (the same person in two personalizations gets two copies).
+    auto has_group = [](const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t g) {
+        const auto it = std::lower_bound(by_group.begin(), by_group.end(), std::pair<std::int64_t, std::size_t>{g, 0});
+        return it != by_group.end() && it->first == g;
+    };
+    auto mail_of = [&](const array_groups& where) -> std::int64_t {
+        for (std::size_t d = where.n; d-- > 0;) {
+            if (has_group(s.subject_groups, where.at[d]) || has_group(s.template_groups, where.at[d])) {
+                return where.at[d];
+            }
+        }
+        return where.n >= 2 ? where.at[0] : -1;
+    };
     auto book = [&](const scratch::valued* recipient, std::size_t i) {
         const array_groups where = recipient ? recipient->where : array_groups{};
         const scratch::valued* templ = pick(s.templates, s.template_groups, where);
-        const scratch::valued* own = g.by_subject ? pick(s.subjects, s.subject_groups, where) : nullptr;
+        const scratch::valued* own =
+            g.by_subject || (g.by_template && !templ) ? pick(s.subjects, s.subject_groups, where) : nullptr;
         if ((g.by_recipient && recipient && recipient->reference) || (templ && templ->reference) ||
             (own && own->reference)) {
             return;
         }
-        const std::uint64_t t = templ ? templ->hash : 0;
+        // A mail without a template is told apart by its subject: all of a person's plain
+        // mails are not "the same template".
+        const std::uint64_t t = templ ? templ->hash : own ? combine(0x7375'626a'6563'74ull, own->hash) : 0;
         std::uint64_t subject = 0;
         if (g.by_subject) {
             // Without a subject of its own or the message's, a recipient's mail takes the
@@ -2803,6 +2837,7 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         std::uint64_t h = combine(key_hash, g.by_recipient && recipient ? recipient->hash : 0);
         h = combine(h, subject);
         h = combine(h, g.by_template ? t : 0);
+        s.sorted_keys.emplace_back(combine(h, static_cast<std::uint64_t>(mail_of(where))), s.keys.size());
         s.keys.push_back(h);
         s.key_of.push_back(i);
     };
@@ -2812,12 +2847,9 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     if (s.recipients.empty() && !g.by_recipient) {
         book(nullptr, 0);
     }
-    // The same recipient twice in one request is one send to it: only the first of equal
-    // keys is booked (sorted, so linear after the sort whatever the number of recipients).
-    s.sorted_keys.clear();
-    for (std::size_t i = 0; i < s.keys.size(); ++i) {
-        s.sorted_keys.emplace_back(s.keys[i], i);
-    }
+    // The same recipient twice in one mail is one send to it: only the first of equal keys
+    // of one mail is booked (sorted, so linear after the sort whatever the number of
+    // recipients). In two mails of the request it is booked twice.
     std::sort(s.sorted_keys.begin(), s.sorted_keys.end());
     s.repeat.assign(s.keys.size(), 0);
     for (std::size_t j = 1; j < s.sorted_keys.size(); ++j) {
@@ -3353,9 +3385,10 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
         dg.subject_mime = take_mime(dg.subject_fields);
         dg.template_fields = read_fields(dr, "template_fields", default_template_fields());
         // Only the lists that are read (the others would keep parts of the body alive):
-        // recipients always (they say which mails a request sends), templates for a subject too.
+        // recipients always (they say which mails a request sends), templates for a subject too,
+        // subjects for a template too (a mail without a template is told by its subject).
         dg.index = path_index::of({&dg.recipient_fields,
-                                   dg.by_subject ? &dg.subject_fields : &no_fields(),
+                                   dg.by_subject || dg.by_template ? &dg.subject_fields : &no_fields(),
                                    dg.by_template || dg.by_subject ? &dg.template_fields : &no_fields()});
         dr.finish();
         const auto canonical_form = [&](const std::string& r, const std::string& s, const std::string& t,

@@ -2777,6 +2777,67 @@ TEST(GuardDuplicates, ByTemplateAndPerPersonalizationSubjects) {
     EXPECT_FALSE(s.check(p).allowed());
 }
 
+// A loop inside one request: the same person in five personalizations gets five mails, so
+// five sends are counted (SendGrid delivers each personalization as a mail of its own);
+// the same person twice in one personalization (to and bcc) is one mail.
+TEST(GuardDuplicates, TheSamePersonInSeveralMailsOfOneRequestIsSeveralSends) {
+    fixture f{dup_rule(R"j({"max": 2, "window": "1h"})j")};
+    std::string loop = R"j({"personalizations": [)j";
+    for (int i = 0; i < 5; ++i) {
+        loop += i ? "," : "";
+        loop += R"j({"to": [{"email": "loop@example.com"}]})j";
+    }
+    loop += R"j(], "from": {"email": "news@example.com"}, "subject": "Same"})j";
+    const auto d = f.check_body(loop);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient #2 l***@example.com with the same subject already sent 2 times"));
+    EXPECT_TRUE(f.check_body(sendgrid_to({"loop@example.com"}, "loop@example.com")).allowed()) << "to and bcc of one mail";
+    EXPECT_TRUE(f.check_body(sendgrid_to({"loop@example.com"})).allowed()) << "the refused request booked nothing: a second send";
+    EXPECT_FALSE(f.check_body(sendgrid_to({"loop@example.com"})).allowed());
+    // SES v2 bulk entries are mails of their own too.
+    fixture b{dup_rule(R"j({"max": 1, "window": "1h"})j")};
+    const auto bulk = b.check_body(R"j({"FromEmailAddress": "news@example.com", "DefaultContent": {"Template":
+        {"TemplateName": "weekly"}}, "BulkEmailEntries": [
+        {"Destination": {"ToAddresses": ["ann@example.com"]}}, {"Destination": {"ToAddresses": ["ann@example.com"]}}]})j");
+    EXPECT_EQ(bulk.outcome, verdict::violated) << bulk.reason;
+    // One SES v2 Destination is one mail, To and Cc together.
+    EXPECT_TRUE(b.check_body(R"j({"FromEmailAddress": "news@example.com", "Destination": {"ToAddresses":
+        ["bob@example.com"], "CcAddresses": ["bob@example.com"]}, "Content": {"Simple": {"Subject": {"Data": "Hi"},
+        "Body": {"Text": {"Data": "Hello"}}}}})j").allowed());
+}
+
+// `of: ["recipient", "template"]`: a mail without a template is told apart by its subject;
+// an invoice and a meeting note to one person are not "the same template".
+TEST(GuardDuplicates, AMailWithoutATemplateIsToldApartByItsSubject) {
+    fixture f{dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient", "template"]})j")};
+    request req;
+    req.body = sendgrid_to({"amy@example.com"});
+    ASSERT_TRUE(f.check(req).allowed());
+    request other = req;
+    other.body.replace(other.body.find("Spring sale"), 11, "Meeting tomorrow");
+    EXPECT_TRUE(f.check(other).allowed());
+    EXPECT_FALSE(f.check(other).allowed()) << "the same plain mail again";
+    fixture t{dup_rule(R"j({"max": 1, "window": "1h", "of": ["template"]})j")};
+    EXPECT_TRUE(t.check(req).allowed());
+    EXPECT_TRUE(t.check(other).allowed()) << "untemplated traffic is not one template";
+}
+
+// A raw message sent with its own recipient list (SES's Destination): the mails go to the
+// list; the message's To header is only a header then, and makes no loop.
+TEST(GuardDuplicates, ARawMessagesHeadersAreNotItsRecipientsWhenTheRequestNamesThem) {
+    fixture f{dup_rule(R"j({"max": 2, "window": "1h"})j")};
+    const std::string digest = "From: news@example.com\r\nTo: digest@company.com\r\nSubject: Daily digest\r\n\r\nHi\r\n";
+    for (const char* to : {"u1@company.com", "u2@company.com", "u3@company.com"}) {
+        const auto d = f.check_body(ses_raw(digest, R"j(, "Destination": {"ToAddresses": [")j" + std::string{to} + "\"]}"));
+        EXPECT_TRUE(d.allowed()) << to << ": " << d.reason;
+    }
+    // Without a list, the header's recipients are the mail's.
+    for (int i = 0; i < 2; ++i) {
+        EXPECT_TRUE(f.check_body(ses_raw(digest)).allowed()) << i;
+    }
+    EXPECT_FALSE(f.check_body(ses_raw(digest)).allowed());
+}
+
 TEST(GuardDuplicates, TemplatedSendsWithoutASubjectAreToldApartByTheirTemplate) {
     // Default `of` (recipient + subject): welcome, verify and receipt mails to one person are
     // not one mail; the same template four times is.
@@ -4313,8 +4374,8 @@ TEST(GuardSharedBody, AHugeBodyIsWalkedByEachGuardAndGivesTheSameFindings) {
 
 TEST(GuardDuplicates, ManyRecipientsAndPerPersonalizationSubjects) {
     fixture f{dup_rule(R"j({"max": 1, "window": "1h"})j")};
-    // 300 personalizations, each with its own subject; jane twice with subject 7 (one send),
-    // and once more with subject 8 (another pair).
+    // 300 personalizations, each with its own subject; r7 in one more with subject 7 (a
+    // second mail to r7 with S7: a second send), or with subject 8 (another pair).
     auto body_of = [](int n, int repeat_subject) {
         std::string b = R"j({"personalizations": [)j";
         for (int i = 0; i < n; ++i) {
@@ -4326,12 +4387,16 @@ TEST(GuardDuplicates, ManyRecipientsAndPerPersonalizationSubjects) {
             "from": {"email": "news@example.com"}, "subject": "fallback"})j";
         return b;
     };
-    EXPECT_TRUE(f.check_body(body_of(300, 7)).allowed()) << "r7 with S7 twice in one request is one send";
+    const auto twice = f.check_body(body_of(300, 7));
+    ASSERT_EQ(twice.outcome, verdict::violated) << "two personalizations are two mails to r7 with S7";
+    EXPECT_THAT(twice.reason, HasSubstr("recipient #300 r***@example.com with the same subject already sent 1 times"));
+    EXPECT_TRUE(f.check_body(body_of(300, 8)).allowed()) << "the refused request booked nothing";
     const auto d = f.check_body(body_of(300, 8));
     ASSERT_EQ(d.outcome, verdict::violated);
     EXPECT_THAT(d.reason, HasSubstr("recipient #0 r***@example.com with the same subject already sent 1 times"));
-    // r7 with S8 is a new pair: on its own it goes through.
-    EXPECT_TRUE(f.check_body(R"j({"personalizations": [{"to": [{"email": "r7@example.com"}], "subject": "S8"}]})j").allowed());
+    // r7 with S8 was booked by the request that went through; r7 with S9 is a new pair.
+    EXPECT_FALSE(f.check_body(R"j({"personalizations": [{"to": [{"email": "r7@example.com"}], "subject": "S8"}]})j").allowed());
+    EXPECT_TRUE(f.check_body(R"j({"personalizations": [{"to": [{"email": "r7@example.com"}], "subject": "S9"}]})j").allowed());
 }
 
 }  // namespace
