@@ -864,6 +864,9 @@ struct client_info {
     std::shared_ptr<const listener_security> verified_under;
     // When that certificate (or a certificate of its chain) stops being valid.
     std::optional<std::chrono::sys_seconds> cert_expires;
+    // That certificate is verified under the listener's files as they are now (whether or
+    // not it names anything an agent could be named by).
+    bool cert_verified = false;
 };
 
 // The agent key a request presents, as the SHA-256 of it (bytes): x-breakerbox-key, else
@@ -1361,6 +1364,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 } else if (verdict == peer_verdict::not_verified) {
                     ci.cert_names.clear();  // verified against nothing now: it names no agent
                     ci.ignored_cn.clear();
+                    ci.cert_verified = false;
                     ci.cert_expires.reset();  // nor is it held to its dates
                 }
                 ci.verified_under = std::move(now);
@@ -1433,19 +1437,25 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                               "alone: list one of them in that agent's cert_names";
                 }
             }
-            if (refused.empty() && agent == nullptr && !had_key && !ci.cert_names.empty() &&
+            if (refused.empty() && agent == nullptr && !had_key && (!ci.cert_names.empty() || ci.cert_verified) &&
                 std::any_of(cfg->agents.begin(), cfg->agents.end(),
                             [](const agent_config& a) { return !a.cert_names.empty(); })) {
                 // A verified certificate is a credential, like a key: one that names no agent
-                // where agents are named by certificates (an agent removed, a name changed) is
+                // where agents are named by certificates (an agent removed, a name changed, or
+                // a certificate with no name an agent can have: only URI or IP SANs) is
                 // refused as an unknown key is, never taken as nobody (unscoped where identity
                 // is optional).
                 std::string names;
                 for (const auto& n : ci.cert_names) {
                     names += (names.empty() ? "" : ", ") + n;
                 }
-                refused = "the client certificate (" + names +
-                          ") names no agent: list one of its names in an agent's cert_names, or connect without it";
+                refused = ci.cert_names.empty()
+                              ? std::string{"the client certificate has no DNS name (nor a single CN without "
+                                            "subject alternative names) to name an agent by: connect without it, or "
+                                            "with a certificate an agent's cert_names lists"}
+                              : "the client certificate (" + names +
+                                    ") names no agent: list one of its names in an agent's cert_names, or connect "
+                                    "without it";
             }
             if (refused.empty() && agent == nullptr && !had_key && !ci.tunnel_agent.empty()) {
                 // The CONNECT's credentials are judged again on every request of the tunnel
@@ -2907,6 +2917,7 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
         SSL_get_verify_result(stream.native_handle()) == X509_V_OK) {
         ci.ssl = stream.native_handle();  // verified under the files the caller handshook with (ci.verified_under)
         ci.cert_expires = verified_chain_expiry(ci.ssl);
+        ci.cert_verified = true;
     } else {
         ci.ssl = nullptr;
         ci.verified_under = nullptr;

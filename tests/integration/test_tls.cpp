@@ -243,6 +243,10 @@ TEST(tls_listener, client_certificates_identify_agents) {
                                                         cert("agent-agent-two.key")));
     EXPECT_NE(out.find("status=401"), std::string::npos) << out;
     EXPECT_NE(out.find("the client certificate (agent-two.agents.local) names no agent"), std::string::npos) << out;
+    // So is one with no name an agent can have (only a URI SAN: a workload identity).
+    out = run(curl_https(optional.port(), "/crm/x", "--cert " + cert("uri-only.pem") + " --key " + cert("uri-only.key")));
+    EXPECT_NE(out.find("status=401"), std::string::npos) << out;
+    EXPECT_NE(out.find("the client certificate has no DNS name"), std::string::npos) << out;
     EXPECT_NE(run(curl_https(optional.port(), "/crm/x")).find("status=200"), std::string::npos)
         << "no certificate, no key: anonymous, as the listener allows";
     EXPECT_EQ(up.request_count(), 2u);
