@@ -1171,25 +1171,30 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
         co_return h;
     }
     std::string id{rest.substr(1)};
-    std::string action;
-    for (std::string_view a : {"/trip", "/reset", "/mode"}) {
-        if (id.size() > a.size() && id.compare(id.size() - a.size(), a.size(), a) == 0) {
-            action = std::string{a.substr(1)};
-            id.resize(id.size() - a.size());
-            break;
-        }
-    }
     // A breaker, or an instance of a per-key breaker (`breaker/key`, the key not empty): a
     // key on a breaker of one instance is no instance of it (acting on the whole breaker
     // for a script's stale per-key name would reopen every key), nor is an empty key.
-    const auto known = [&] {
-        if (cfg->find_breaker(id) != nullptr) {
+    const auto known_id = [&](const std::string& name) {
+        if (cfg->find_breaker(name) != nullptr) {
             return true;
         }
-        const auto slash = id.find('/');
-        const auto* b = slash == std::string::npos ? nullptr : cfg->find_breaker(id.substr(0, slash));
-        return b != nullptr && b->per_key && slash + 1 < id.size();
+        const auto slash = name.find('/');
+        const auto* b = slash == std::string::npos ? nullptr : cfg->find_breaker(name.substr(0, slash));
+        return b != nullptr && b->per_key && slash + 1 < name.size();
     };
+    std::string action;
+    // (A GET of a breaker whose name ends like an action, `agent/mode` for an agent named
+    // `mode`, reads that breaker: actions are POSTs. A GET of `b/key/trip` stays a 405.)
+    if (!(get && cfg->find_breaker(id) != nullptr)) {
+        for (std::string_view a : {"/trip", "/reset", "/mode"}) {
+            if (id.size() > a.size() && id.compare(id.size() - a.size(), a.size(), a) == 0) {
+                action = std::string{a.substr(1)};
+                id.resize(id.size() - a.size());
+                break;
+            }
+        }
+    }
+    const auto known = [&] { return known_id(id); };
     if (!known()) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
     }

@@ -424,6 +424,25 @@ TEST(admin_api, input_that_would_be_misread_is_refused) {
     EXPECT_TRUE(!b || (b->st == bb::breakers::state::closed && b->md == bb::breakers::mode::automatic));
 }
 
+// An agent whose id is also an action's name (`mode`, `trip`): its kill switch is read with
+// a GET and flipped with the action after it, like any other.
+TEST(admin_api, an_agents_kill_switch_is_read_whatever_the_agents_name) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string cfg = admin_config(up.port(), dir);
+    cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"mode\", \"key_sha256\": [\"" + sha256_hex("mode-key") + "\"]}]");
+    proxy_instance bb{cfg};
+    const auto port = bb.server().admin_port();
+    auto read = admin(port, http::verb::get, "/v1/breakers/agent/mode", "view-token");
+    EXPECT_EQ(read.result_int(), 200u) << read.body();
+    EXPECT_NE(read.body().find("\"agent/mode\""), std::string::npos) << read.body();
+    auto trip = admin(port, http::verb::post, "/v1/breakers/agent/mode/trip", "op-token", R"({"reason":"runaway"})");
+    EXPECT_EQ(trip.result_int(), 200u) << trip.body();
+    read = admin(port, http::verb::get, "/v1/breakers/agent%2Fmode", "view-token");
+    EXPECT_EQ(read.result_int(), 200u) << read.body();
+    EXPECT_NE(read.body().find("runaway"), std::string::npos) << read.body();
+}
+
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
     admin_fixture f;
     auto get = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/x/trip", "op-token");
