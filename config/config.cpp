@@ -1343,6 +1343,25 @@ parse_result parse_config(std::string_view json_text, bool stored) {
         }
     }
 
+    // A forward proxy intercepts CONNECTs to the routes' hosts with a certificate minted for
+    // the host: a host no certificate can name (`my_api.internal`) would be a known
+    // destination whose every CONNECT fails, so it is refused here, at load.
+    if (std::any_of(c->listeners.begin(), c->listeners.end(), [](const auto& l) { return l.forward_proxy.has_value(); })) {
+        for (std::size_t i = 0; i < c->routes.size(); ++i) {
+            const std::string& h = c->routes[i].match.host;
+            unsigned char addr[16];
+            if (h.empty() || inet_pton(AF_INET, h.c_str(), addr) == 1 || inet_pton(AF_INET6, h.c_str(), addr) == 1 ||
+                valid_dns_name(h)) {
+                continue;
+            }
+            out.errors.add_since_stored(cfg::child(cfg::child(cfg::child("routes", i), "match"), "host"),
+                                        cfg::quote(h) +
+                                            " cannot be intercepted by a forward proxy: a certificate names a host "
+                                            "of letters, digits, '-' and dots (IDNA's xn-- form for others), or an "
+                                            "IP address");
+        }
+    }
+
     // Sections of the product that this build does not implement yet are refused rather
     // than silently ignored: an operator who configures a breaker must not believe it is
     // guarding traffic when it is not.

@@ -39,6 +39,27 @@ inline bool host_is_or_under(std::string_view host, std::string_view domain) {
                                   same(host.substr(host.size() - domain.size()), domain));
 }
 
+// A name a certificate can carry as a DNS SAN (lower case): letters, digits and '-' in
+// labels of 1..63 separated by single dots; at most 253 in all. A last label of digits only
+// is refused: "10.1.1" is a malformed address, not a name.
+inline bool valid_dns_name(std::string_view name) {
+    if (name.empty() || name.size() > 253) {
+        return false;
+    }
+    auto dns_char = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; };
+    std::size_t start = 0;
+    std::string_view last;
+    while (start <= name.size()) {
+        const auto dot = std::min(name.find('.', start), name.size());
+        last = name.substr(start, dot - start);
+        if (last.empty() || last.size() > 63 || !std::all_of(last.begin(), last.end(), dns_char)) {
+            return false;
+        }
+        start = dot + 1;
+    }
+    return !std::all_of(last.begin(), last.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 // `host[:port]` or `[v6]:port` without the port.
 inline std::string_view host_without_port(std::string_view host) {
     if (!host.empty() && host.front() == '[') {

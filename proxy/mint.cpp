@@ -1,6 +1,7 @@
 #include "proxy/mint.hpp"
 
 #include "core/clock.hpp"
+#include "core/host_name.hpp"
 #include "proxy/openssl_error.hpp"
 #include "proxy/tls.hpp"
 
@@ -151,29 +152,6 @@ std::vector<std::shared_ptr<X509_EXTENSION>> fixed_extensions(X509* ca, EVP_PKEY
         throw std::runtime_error("certificate extensions: " + openssl_reason());
     }
     return exts;
-}
-
-bool dns_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-}
-
-// Letters, digits and '-' in labels of 1..63 separated by single dots; at most 253 in all.
-// A last label of digits only is refused: "10.1.1" is a malformed address, not a name.
-bool valid_dns_name(std::string_view name) {
-    if (name.empty() || name.size() > 253) {
-        return false;
-    }
-    std::size_t start = 0;
-    std::string_view last;
-    while (start <= name.size()) {
-        const auto dot = std::min(name.find('.', start), name.size());
-        last = name.substr(start, dot - start);
-        if (last.empty() || last.size() > 63 || !std::all_of(last.begin(), last.end(), dns_char)) {
-            return false;
-        }
-        start = dot + 1;
-    }
-    return !std::all_of(last.begin(), last.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // IP literals are stored in canonical form so "::1" and "0::1" share one certificate.

@@ -546,7 +546,9 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
                                  "forward_proxy": {"ca_cert_file": "/nonexistent/ca.pem", "passthrough": ["ok.example:443", "bad host/x"],
                                                    "leaf_cache": 0, "leaf_lifetime": "1m", "extra": 1}}],
                "upstreams": [{"name": "up", "url": "http://127.0.0.1:9000"}],
-               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"},
+                          {"name": "r2", "match": {"host": "my_api.internal"}, "upstream": "up"},
+                          {"name": "r3", "match": {"host": "10.0.0.7"}, "upstream": "up"}],
                "agents": [{"id": "a", "cert_names": ["bot.agents.local", ""]},
                           {"id": "b", "cert_names": ["bot.agents.local"]},
                           {"id": "c"}]})");
@@ -566,6 +568,9 @@ TEST(config, listener_tls_forward_proxy_and_cert_name_errors_name_their_path) {
     EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_cache"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.leaf_lifetime: \"1m\" is too short (at least 1h)"), std::string::npos) << e;
     EXPECT_NE(e.find("listeners[0].forward_proxy.extra"), std::string::npos) << e;
+    EXPECT_NE(e.find("routes[1].match.host: \"my_api.internal\" cannot be intercepted by a forward proxy"),
+              std::string::npos) << e;
+    EXPECT_EQ(e.find("routes[2]"), std::string::npos) << "an IP address can be: " << e;
     EXPECT_NE(e.find("agents[0].cert_names[1]: must not be empty"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[1].cert_names[0]: \"bot.agents.local\" already identifies another agent"), std::string::npos) << e;
     EXPECT_NE(e.find("agents[2].key_sha256"), std::string::npos) << "an agent needs a key or a certificate name: " << e;
