@@ -1648,6 +1648,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                    false);
                     co_return after_request::close;
                 }
+                if (!ci.tunnel_host.empty()) {
+                    co_await reply({http::status::method_not_allowed, "rejected", "connect_not_allowed",
+                                    "CONNECT inside a tunnel is not supported"},
+                                   false);
+                    co_return after_request::close;
+                }
                 if (w.draining()) {
                     // A tunnel opened now would be cut at the end of the drain, its first
                     // request unanswered: the client opens it again elsewhere.
@@ -2864,8 +2870,30 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
     }
     if constexpr (!is_tls<Stream>) {
         if (tunnel.kind == tunnel_plan::intercept) {
-            co_await serve_tls(w, raw, guard, dl, listener, std::move(tunnel.inner), *tunnel.sec->intercept_tls, buf,
-                               &tunnel.leaf);
+            // TLS inside the tunnel (an https:// URL), or plain HTTP (curl -p with an http://
+            // URL, a client that tunnels everything): a TLS connection starts with a
+            // handshake record, 0x16; any other first byte is served as plain HTTP, inspected
+            // and metered the same, instead of failing every request as a bad handshake.
+            bool tls_inside = true;
+            if (buf.size() > 0) {
+                tls_inside = *static_cast<const unsigned char*>(buf.data().data()) == 0x16;
+            } else {
+                dl.arm(w.cfg()->limits.header_timeout);
+                auto [wec] = co_await raw.async_wait(tcp::socket::wait_read, use_tuple);
+                dl.disarm();
+                unsigned char first = 0;
+                if (wec || ::recv(raw.native_handle(), &first, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
+                    co_await close_connection(sock, raw, dl, false);  // quiet, gone, or nothing to read
+                    co_return;
+                }
+                tls_inside = first == 0x16;
+            }
+            if (tls_inside) {
+                co_await serve_tls(w, raw, guard, dl, listener, std::move(tunnel.inner), *tunnel.sec->intercept_tls,
+                                   buf, &tunnel.leaf);
+            } else {
+                co_await serve(w, raw, raw, guard, dl, listener, std::move(tunnel.inner), buf);
+            }
             co_return;
         }
         if (tunnel.kind == tunnel_plan::blind) {

@@ -808,6 +808,34 @@ std::pair<std::unique_ptr<raw_client>, std::string> connect_to(std::uint16_t por
 
 }  // namespace
 
+// A tunnel that carries plain HTTP (curl -p with an http:// URL) is served as plain HTTP,
+// inspected and metered like any request, not failed as a bad TLS handshake; a CONNECT
+// inside it is refused.
+TEST(forward_proxy, a_tunnel_carrying_plain_http_is_served) {
+    fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
+    fake_upstream crm{[](const request& r) { return respond(200, "crm " + std::string{r.target()}); }};
+    const std::string crm_port = std::to_string(crm.port());
+    proxy_instance bb{forward_config(
+        api.port(), "", "", R"({"name": "crm", "match": {"host": "127.0.0.1", "path_prefix": "/crm/"}, "upstream": "crm"},)",
+        R"({"name": "crm", "url": "http://127.0.0.1:)" + crm_port + R"("},)")};
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(bb.port());
+    const auto out = run("curl -sS --max-time 10 -p --proxy " + proxy + " http://127.0.0.1:" + crm_port + "/crm/v3/x");
+    EXPECT_EQ(out, "crm /crm/v3/x") << out;
+    EXPECT_EQ(crm.request_count(), 1u);
+    // Inside the tunnel, the route's rules apply: a path no route of the host serves is 404.
+    const std::string dest = "127.0.0.1:" + crm_port;
+    auto [tunnel, head] = connect_to(bb.port(), dest, "");
+    ASSERT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+    raw_client& c = *tunnel;
+    c.send("GET /nope HTTP/1.1\r\nHost: " + dest + "\r\n\r\n");
+    EXPECT_EQ(c.read_response().result_int(), 404u);
+    c.send("CONNECT " + dest + " HTTP/1.1\r\nHost: " + dest + "\r\n\r\n");
+    const auto nested = c.read_response();
+    EXPECT_EQ(nested.result_int(), 405u);
+    EXPECT_NE(nested.body().find("CONNECT inside a tunnel"), std::string::npos) << nested.body();
+    EXPECT_EQ(crm.request_count(), 1u);
+}
+
 // A route's host at another port is another service (a staging API on 8443): a CONNECT or an
 // absolute-form URL to it is not intercepted and sent to the route's upstream, with the
 // credentials meant for that service; it is unknown (403), or a passthrough entry's.
