@@ -2989,6 +2989,8 @@ const std::vector<guard_field>& default_recipient_fields() {
 const std::vector<guard_field>& default_content_fields() {
     static const auto f = default_fields({
         "$.subject", "$.content", "$.personalizations[*].subject",             // SendGrid
+        "$.from.name", "$.personalizations[*].from.name",                       // ... the sender's name shows too
+        "$.FromEmailAddress", "form:from", "form:Source",                       // SES v2, Mailgun, SES v1: "Name <addr>"
         "$.personalizations[*].dynamic_template_data", "$.personalizations[*].substitutions",
         "$.mail_settings.footer", "$.sections",                                 // SendGrid: also in the mail
         "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)

@@ -1331,6 +1331,15 @@ TEST(GuardContent, BlockedTermsOnWordBoundaries) {
     req.body = sendgrid_to({"jane@example.com"});
     req.body.replace(req.body.find("Spring sale"), 11, "ACT NOW: sale");
     EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #1 (act now)"));
+    // So is the sender's name, which the inbox shows before the subject.
+    req.body = sendgrid_to({"jane@example.com"});
+    req.body.replace(req.body.find(R"j({"email": "news@example.com"})j"), 28,
+                     R"j({"email": "news@example.com", "name": "Free Money Team"})j");
+    EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #0 (free money)"));
+    EXPECT_THAT(f.check_body("from=Free+Money+%3Cdeals%40example.com%3E&to=jane%40example.com&subject=Hi&text=Hello",
+                             "application/x-www-form-urlencoded")
+                    .reason,
+                HasSubstr("blocked term #0 (free money)"));
 }
 
 // Terms in other scripts match in any case too: a noun capitalised at the start of a
