@@ -79,6 +79,20 @@ inline std::size_t utf8_sequence(std::string_view s, std::size_t i) {
     return n;
 }
 
+// The code point of the well-formed multi-byte UTF-8 sequence at t[i] (utf8_sequence) and
+// its length; 0 when there is none.
+inline std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
+    const std::size_t n = utf8_sequence(t, i);
+    if (n < 2) {
+        return 0;
+    }
+    cp = static_cast<unsigned char>(t[i]) & (0x7Fu >> n);
+    for (std::size_t k = 1; k < n; ++k) {
+        cp = cp << 6 | (static_cast<unsigned char>(t[i + k]) & 0x3Fu);
+    }
+    return n;
+}
+
 inline bool valid_utf8(std::string_view s) {
     for (std::size_t i = 0; i < s.size();) {
         const std::size_t n = utf8_sequence(s, i);

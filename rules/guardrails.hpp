@@ -169,6 +169,11 @@ public:
     bool maybe_term_start(unsigned pair) const { return (first_pairs_[pair >> 6] >> (pair & 63)) & 1u; }
     // The same first-word pairs as SIMD nibble tables (a wider prefilter; guardrails_scan.cpp).
     const std::array<std::uint8_t, 64>& start_nibbles() const { return start_nibbles_; }
+    // Terms written in a script that puts no spaces between words (Chinese, Japanese, Thai,
+    // Lao, Khmer, Burmese): found anywhere in a run of such text, not only as a whole run.
+    // The index of the first one in `text` (and *at, its offset), or -1.
+    bool has_unspaced() const { return !unspaced_.empty(); }
+    std::int32_t find_unspaced(std::string_view text, std::size_t* at) const;
 
 private:
     struct word_hash {
@@ -190,6 +195,12 @@ private:
     std::uint32_t states_ = 1;
     std::array<std::uint64_t, 64> first_bits_{};
     std::array<std::uint64_t, 64> last_bits_{};
+    // Unspaced terms (their text as shown) by their first code point.
+    struct unspaced_term {
+        std::string text;
+        std::int32_t index;
+    };
+    boost::unordered_flat_map<std::uint32_t, std::vector<unspaced_term>> unspaced_;
 };
 
 // ---------------------------------------------------------------------------------------

@@ -1494,6 +1494,42 @@ void for_each_start_pair(const std::string& w, F&& f) {
 
 }  // namespace
 
+namespace {
+
+// Scripts written without spaces between words.
+bool unspaced_script(std::uint32_t cp) {
+    return (cp >= 0x0E00 && cp <= 0x0EFF) ||    // Thai, Lao
+           (cp >= 0x1000 && cp <= 0x109F) ||    // Myanmar
+           (cp >= 0x1780 && cp <= 0x17FF) ||    // Khmer
+           (cp >= 0x3040 && cp <= 0x30FF) ||    // Hiragana, Katakana
+           (cp >= 0x3400 && cp <= 0x4DBF) ||    // CJK extension A
+           (cp >= 0x4E00 && cp <= 0x9FFF) ||    // CJK unified ideographs
+           (cp >= 0xF900 && cp <= 0xFAFF) ||    // CJK compatibility ideographs
+           (cp >= 0xFF66 && cp <= 0xFF9F) ||    // half-width katakana
+           (cp >= 0x20000 && cp <= 0x3134F);    // CJK extensions B to G
+}
+
+// Whether `w` is all code points of unspaced scripts (its first in *first).
+bool unspaced_word(std::string_view w, std::uint32_t* first) {
+    if (w.empty()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < w.size();) {
+        std::uint32_t cp = 0;
+        const std::size_t n = utf8_at(w, i, cp);
+        if (n == 0 || !unspaced_script(cp)) {
+            return false;
+        }
+        if (i == 0) {
+            *first = cp;
+        }
+        i += n;
+    }
+    return true;
+}
+
+}  // namespace
+
 bool term_matcher::add(std::string_view written, std::string* error) {
     // As a text is read (as shown): `don’t` is the words don and t, as `don't` is.
     std::string shown_term;
@@ -1553,9 +1589,40 @@ bool term_matcher::add(std::string_view written, std::string* error) {
     if (out_[state] < 0) {
         out_[state] = static_cast<std::int32_t>(terms_.size());
     }
+    // A term of one word written wholly in an unspaced script is found inside longer runs too.
+    std::uint32_t first_cp = 0;
+    if (words.size() == 1 && unspaced_word(term, &first_cp)) {
+        unspaced_[first_cp].push_back({std::string{term}, static_cast<std::int32_t>(terms_.size())});
+    }
     terms_.emplace_back(written);
     term_words_.push_back(words.size());
     return true;
+}
+
+std::int32_t term_matcher::find_unspaced(std::string_view text, std::size_t* at) const {
+    for (std::size_t i = 0; i < text.size();) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c < 0xE0) {
+            ++i;  // (every unspaced script is written in three or four bytes)
+            continue;
+        }
+        std::uint32_t cp = 0;
+        const std::size_t n = utf8_at(text, i, cp);
+        if (n == 0) {
+            ++i;
+            continue;
+        }
+        if (const auto it = unspaced_.find(cp); it != unspaced_.end()) {
+            for (const auto& t : it->second) {
+                if (text.compare(i, t.text.size(), t.text) == 0) {
+                    *at = i;
+                    return t.index;
+                }
+            }
+        }
+        i += n;
+    }
+    return -1;
 }
 
 std::size_t term_matcher::word_hash::operator()(std::string_view w) const noexcept { return detail::bytes_hash(w); }
@@ -3483,19 +3550,6 @@ bool plain_symbol(std::uint32_t cp) {
            cp == 0x2122 || (cp >= 0x20A0 && cp <= 0x20C0);
 }
 
-// The code point of the well-formed multi-byte UTF-8 sequence at t[i] (utf8_sequence) and
-// its length; 0 when there is none.
-std::size_t utf8_at(std::string_view t, std::size_t i, std::uint32_t& cp) {
-    const std::size_t n = utf8_sequence(t, i);
-    if (n < 2) {
-        return 0;
-    }
-    cp = static_cast<unsigned char>(t[i]) & (0x7Fu >> n);
-    for (std::size_t k = 1; k < n; ++k) {
-        cp = cp << 6 | (static_cast<unsigned char>(t[i + k]) & 0x3Fu);
-    }
-    return n;
-}
 
 // Numeric references 128-159 are read as windows-1252, as browsers do (&#150; is an en dash).
 constexpr std::uint16_t windows_1252[32] = {
@@ -4147,6 +4201,15 @@ bool find_content(const content_guard& g, std::string_view text, bool& unsubscri
     bool split = false;  // a partial match of a term met a tag
     if (scan_content(g, text, unsubscribe, hit, false, &split)) {
         return true;
+    }
+    if (g.terms.has_unspaced()) {
+        // `無料` in `今すぐ無料でお試し`: Chinese, Japanese and Thai put no spaces between words.
+        std::size_t at = 0;
+        if (const auto t = g.terms.find_unspaced(text, &at); t >= 0) {
+            hit->what = term_finding(g.terms, t);
+            hit->offset = at;
+            return true;
+        }
     }
     if (hides_characters(text) && scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) {
             return scan_content(g, shown, unsubscribe, h, false, &split);

@@ -1360,6 +1360,25 @@ TEST(GuardContent, BlockedTermsInOtherScriptsMatchInAnyCase) {
     }
 }
 
+// Chinese, Japanese and Thai put no spaces between words: a term written wholly in such a
+// script is found inside a longer run of it, as the unsubscribe words are.
+TEST(GuardContent, TermsOfUnspacedScriptsAreFoundInsideRuns) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money", "無料", "今すぐ登録", "ฟรี", "立即领取"]})j")};
+    for (const std::string text : {"今すぐ無料でお試し", "無料", "【無料】", "今すぐ登録してください", "รับฟรีวันนี้",
+                                   "点击立即领取优惠"}) {
+        const std::string body = sendgrid("<p>" + text + "</p>");
+        const auto d = f.check_body(body);
+        EXPECT_EQ(d.outcome, verdict::violated) << text;
+        EXPECT_THAT(d.reason, HasSubstr("blocked term #")) << text;
+    }
+    const std::string body = sendgrid("<p>今すぐ無料でお試し</p>");
+    EXPECT_THAT(f.check_body(body).reason,
+                HasSubstr("blocked term #1 (無料) at body offset " + std::to_string(body.find("無料"))));
+    for (const std::string text : {"有料プラン", "今すぐ", "ฟร", "Free of charge"}) {
+        EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
+    }
+}
+
 // ß is ss, as capitals and Swiss German write it, whichever way the term or the text has it:
 // first, second, inner and last letters, and a word that is only ß.
 TEST(GuardContent, SharpSIsSs) {
