@@ -2988,15 +2988,19 @@ const std::vector<guard_field>& default_recipient_fields() {
 
 const std::vector<guard_field>& default_content_fields() {
     static const auto f = default_fields({
-        "$.subject", "$.content", "$.personalizations[*].subject",             // SendGrid
+        // (Members of one object in one path: the guards' paths share one 64-bit
+        // classification per value, guardrails.cpp guard_paths, and each path takes a bit.)
+        // SendGrid subject, content and sections; SES v2 Content, SendBulkEmail DefaultContent
+        // and the sender ("Name <addr>"); HubSpot single send's properties.
+        "$['subject','content','sections','Content','DefaultContent','FromEmailAddress','customProperties',"
+        "'contactProperties']",
+        "$.personalizations[*]['subject','dynamic_template_data','substitutions']",  // SendGrid
         "$.from.name", "$.personalizations[*].from.name",                       // ... the sender's name shows too
-        "$.FromEmailAddress", "form:from", "form:Source",                       // SES v2, Mailgun, SES v1: "Name <addr>"
-        "$.personalizations[*].dynamic_template_data", "$.personalizations[*].substitutions",
-        "$.mail_settings.footer", "$.sections",                                 // SendGrid: also in the mail
-        "$.Content", "mime:$.Content.Raw.Data",                                 // SES v2 (raw messages read as such)
-        "$.DefaultContent", "$.BulkEmailEntries[*].ReplacementEmailContent",   // SES v2 SendBulkEmail
-        "$.BulkEmailEntries[*].ReplacementHeaders",
-        "$.message.subject", "$.customProperties", "$.contactProperties",      // HubSpot single send
+        "form:from", "form:Source",                                             // Mailgun, SES v1: "Name <addr>"
+        "$.mail_settings.footer",                                               // SendGrid: also in the mail
+        "mime:$.Content.Raw.Data",                                              // SES v2 (raw messages read as such)
+        "$.BulkEmailEntries[*]['ReplacementEmailContent','ReplacementHeaders']",  // SES v2 SendBulkEmail
+        "$.message.subject",                                                    // HubSpot single send
         "form:subject", "form:text", "form:html", "form:amp-html",             // Mailgun
         "form:x-smtpapi",                                                       // SendGrid v2 (as text)
         "form:recipient-variables", "form:t:variables", "form:h:X-Mailgun-Variables",
