@@ -2802,8 +2802,9 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     // Which mail of the request a recipient's is: the innermost of its places with a subject
     // or template of its own (an emailSimple input), else the outermost of two or more places
     // (a personalization, a bulk entry: each is a mail of its own, whatever subject it takes
-    // from the message), else the message. The same key twice in one mail is one send; in
-    // two mails, two (the same person in two personalizations gets two copies).
+    // from the message), else the message. With recipients in `of`, the same key twice in
+    // one mail is one send; in two mails, two (the same person in two personalizations gets
+    // two copies).
     auto has_group = [](const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t g) {
         const auto it = std::lower_bound(by_group.begin(), by_group.end(), std::pair<std::int64_t, std::size_t>{g, 0});
         return it != by_group.end() && it->first == g;
@@ -2837,7 +2838,10 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
         std::uint64_t h = combine(key_hash, g.by_recipient && recipient ? recipient->hash : 0);
         h = combine(h, subject);
         h = combine(h, g.by_template ? t : 0);
-        s.sorted_keys.emplace_back(combine(h, static_cast<std::uint64_t>(mail_of(where))), s.keys.size());
+        // (Without recipients in `of`, a request counts once per distinct key, however many
+        // mails carry it: a bulk send of one template is one send of it.)
+        s.sorted_keys.emplace_back(g.by_recipient ? combine(h, static_cast<std::uint64_t>(mail_of(where))) : h,
+                                   s.keys.size());
         s.keys.push_back(h);
         s.key_of.push_back(i);
     };
@@ -2990,13 +2994,11 @@ const std::vector<guard_field>& default_content_fields() {
     static const auto f = default_fields({
         // (Members of one object in one path: the guards' paths share one 64-bit
         // classification per value, guardrails.cpp guard_paths, and each path takes a bit.)
-        // SendGrid subject, content and sections; SES v2 Content, SendBulkEmail DefaultContent
-        // and the sender ("Name <addr>"); HubSpot single send's properties.
-        "$['subject','content','sections','Content','DefaultContent','FromEmailAddress','customProperties',"
-        "'contactProperties']",
+        // SendGrid subject, content and sections; SES v2 Content, SendBulkEmail DefaultContent;
+        // HubSpot single send's properties.
+        "$['subject','content','sections','Content','DefaultContent','customProperties','contactProperties']",
         "$.personalizations[*]['subject','dynamic_template_data','substitutions']",  // SendGrid
         "$.from.name", "$.personalizations[*].from.name",                       // ... the sender's name shows too
-        "form:from", "form:Source",                                             // Mailgun, SES v1: "Name <addr>"
         "$.mail_settings.footer",                                               // SendGrid: also in the mail
         "mime:$.Content.Raw.Data",                                              // SES v2 (raw messages read as such)
         "$.BulkEmailEntries[*]['ReplacementEmailContent','ReplacementHeaders']",  // SES v2 SendBulkEmail
