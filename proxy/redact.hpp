@@ -54,15 +54,28 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     };
     std::string out;
     out.reserve(target.size());
+    // What follows an '@' that ends user information: a host and port, nothing else.
+    auto host_port = [](std::string_view t) {
+        return !t.empty() && std::all_of(t.begin(), t.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '[' ||
+                   c == ']' || c == '_';
+        });
+    };
     if (!target.empty() && target.front() != '/' && target.find("://") == std::string_view::npos) {
         // Authority-form (CONNECT `user:pass@host:443`): a proxy refuses user information
-        // there, but the log shows the target it refused. Up to the last '@', wherever it
-        // is: a password may hold '/', '?' or '#' unencoded (`user:s3/cr#t@host:443`).
-        if (const auto at = target.rfind('@'); at != std::string_view::npos) {
+        // there, but the log shows the target it refused. Up to the last '@' when a host and
+        // port follow it: a password may hold '/', '?' or '#' unencoded (`user:s3/cr#t@host:443`).
+        const bool authority = target.find_first_of("/?#") == std::string_view::npos;
+        if (const auto at = target.rfind('@');
+            at != std::string_view::npos && (authority || host_port(target.substr(at + 1)))) {
             mark();
             return "[redacted]" + std::string{target.substr(at)};
         }
-        return std::string{target};
+        if (authority) {
+            return std::string{target};
+        }
+        // Neither form (`host/path?hapikey=...`, refused as a bad target): its parameters are
+        // hidden as an origin-form target's are, below.
     }
     if (const auto scheme_end = target.find("://");
         scheme_end != std::string_view::npos && scheme_end > 0 && target.find_first_of("/?#") > scheme_end) {
@@ -76,10 +89,15 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
             const auto colon = target.find(':', host_start);
             const auto after = colon < authority_end ? target.substr(colon + 1, authority_end - colon - 1)
                                                      : std::string_view{"0"};
-            const bool port = !after.empty() && std::all_of(after.begin(), after.end(),
-                                                             [](char c) { return c >= '0' && c <= '9'; });
+            const bool port = std::all_of(after.begin(), after.end(), [](char c) { return c >= '0' && c <= '9'; });
             if (const auto first_at = target.find('@', authority_end); !port && first_at != std::string_view::npos) {
-                at = target.substr(0, target.find('/', first_at)).rfind('@');
+                const auto end = target.find('/', first_at);
+                const auto last_at = target.substr(0, end).rfind('@');
+                // Only an '@' a host follows (not one in a query: `?email=a@b.com&api_key=...`).
+                const auto tail = target.substr(last_at + 1, end == std::string_view::npos ? end : end - last_at - 1);
+                if (host_port(tail)) {
+                    at = last_at;
+                }
             }
         }
         out.append(target.substr(0, host_start));

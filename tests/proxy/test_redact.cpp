@@ -83,6 +83,11 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
               "http://api.example.com:8080/c?email=a@b.com");
     EXPECT_FALSE(changed);
     EXPECT_EQ(redact_query("http://[::1]:80/c?email=a@b.com"), "http://[::1]:80/c?email=a@b.com");
+    // A target of neither form keeps its parameters hidden, '@' or not.
+    EXPECT_EQ(redact_query("api.hubspot.com/v1/c?hapikey=SECRET"), "api.hubspot.com/v1/c?hapikey=[redacted]");
+    EXPECT_EQ(redact_query("api.hubspot.com/v1/c?email=a@b.com&api_key=S"),
+              "api.hubspot.com/v1/c?email=a@b.com&api_key=[redacted]");
+    EXPECT_EQ(redact_query("http://host:/p?email=a@b.com&api_key=S"), "http://host:/p?email=a@b.com&api_key=[redacted]");
     // Origin-form: a "://" later in the target is not a scheme.
     EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
     EXPECT_FALSE(changed);
