@@ -1344,8 +1344,9 @@ parse_result parse_config(std::string_view json_text, bool stored) {
     }
 
     // A forward proxy intercepts CONNECTs to the routes' hosts with a certificate minted for
-    // the host: a host no certificate can name (`my_api.internal`) would be a known
-    // destination whose every CONNECT fails, so it is refused here, at load.
+    // the host: a host no certificate can name (`my_api.internal`) is a destination whose
+    // every CONNECT is refused. Said at load, as a warning: such a host still serves its
+    // reverse-proxy and absolute-form requests (a docker-compose service name).
     if (std::any_of(c->listeners.begin(), c->listeners.end(), [](const auto& l) { return l.forward_proxy.has_value(); })) {
         for (std::size_t i = 0; i < c->routes.size(); ++i) {
             const std::string& h = c->routes[i].match.host;
@@ -1354,11 +1355,12 @@ parse_result parse_config(std::string_view json_text, bool stored) {
                 valid_dns_name(h)) {
                 continue;
             }
-            out.errors.add_since_stored(cfg::child(cfg::child(cfg::child("routes", i), "match"), "host"),
-                                        cfg::quote(h) +
-                                            " cannot be intercepted by a forward proxy: a certificate names a host "
-                                            "of letters, digits, '-' and dots (IDNA's xn-- form for others), or an "
-                                            "IP address");
+            out.warnings.push_back(cfg::child(cfg::child(cfg::child("routes", i), "match"), "host") + ": " +
+                                   cfg::quote(h) +
+                                   " cannot be intercepted by a forward proxy (a certificate names a host of letters, "
+                                   "digits, '-' and dots, IDNA's xn-- form for others, or an IP address): a CONNECT "
+                                   "to it is refused (400 bad_target); requests through the proxy to http:// URLs "
+                                   "and to the reverse-proxy listeners are served");
         }
     }
 
