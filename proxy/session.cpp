@@ -1133,7 +1133,7 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     std::string failure = resolved.error;
     // Our own limits (the lookup cap, file descriptors, socket buffers) are not the
     // destination's fault: 503 with retry-after, as for a route's upstream.
-    bool ours = resolved.busy || resolved.cancelled;
+    bool ours = resolved.busy;
     if (failure.empty()) {
         asio::steady_timer timer{ex};
         timer.expires_at(started + connect_budget);
