@@ -270,9 +270,6 @@ TEST(signals, sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies)
     EXPECT_EQ(bb.wait_exit(), 0);
 }
 
-// A certificate renewal hook sends SIGHUP: the renewed files are served even when the config
-// file has a mistake in it meanwhile (the config is refused, the running one's TLS files are
-// re-read), rather than the expiring certificate going on until the file is mended.
 // An https upstream named by a host name with its own CA bundle starts without an error:
 // the failed reading of the host as an IP address once reached the trust store's check.
 TEST(startup, an_upstream_named_by_host_with_a_ca_file_logs_no_error) {
@@ -288,6 +285,9 @@ TEST(startup, an_upstream_named_by_host_with_a_ca_file_logs_no_error) {
     EXPECT_EQ(bb.output().find("cannot load"), std::string::npos) << bb.output();
 }
 
+// A certificate renewal hook sends SIGHUP: the renewed files are served even when the config
+// file has a mistake in it meanwhile (the config is refused, the running one's TLS files are
+// re-read), rather than the expiring certificate going on until the file is mended.
 TEST(signals, sighup_reloads_renewed_certificates_even_when_the_config_is_refused) {
     fake_upstream up{[](const request&) { return respond(200, "ok"); }};
     const auto dir = temp_dir();
