@@ -3559,7 +3559,14 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         e.refused_ms = now_ms;
         return static_cast<std::uint32_t>(sent);
     }
-    e.times.push_back(now_ms);
+    // In order: requests read their time before they parse, so one that read it earlier can
+    // book after one that read it later (the window counts and the saved table rely on it).
+    if (e.times.size() > h && e.times.back() > now_ms) {
+        e.times.insert(std::upper_bound(e.times.begin() + static_cast<std::ptrdiff_t>(h), e.times.end(), now_ms),
+                       now_ms);
+    } else {
+        e.times.push_back(now_ms);
+    }
     if (e.probation && sent + 1 >= 2 && (s.count[0] < main_cap || stale(s.oldest[0]))) {
         // Sent twice: to the main part when it has room, or in place of its least recently
         // seen pair once nothing of that one is left in the window (else it stays, never
@@ -3729,9 +3736,15 @@ bool duplicate_counter::restore(std::string_view blob, std::int64_t shift_ms, st
         p.times.resize(sends);
         for (auto& t : p.times) {
             t = in.get<std::int64_t>();
-            if (t < -bound || t > bound || (&t != p.times.data() && t < (&t)[-1])) {
-                return fail("saved duplicates table has a send time out of order or outside any clock");
+            if (t < -bound || t > bound) {
+                return fail("saved duplicates table has a send time outside any clock");
             }
+        }
+        // A table saved before sends were kept in order may hold two of them swapped (two
+        // requests booking a pair a millisecond apart): put in order, never refused (a start
+        // refused for it would stay down).
+        if (!std::is_sorted(p.times.begin(), p.times.end())) {
+            std::sort(p.times.begin(), p.times.end());
         }
         if (p.refused_ms != std::numeric_limits<std::int64_t>::min() && (p.refused_ms < -bound || p.refused_ms > bound)) {
             return fail("saved duplicates table has a refusal time outside any clock");

@@ -2660,6 +2660,36 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
 // max_keys follows it) keeps the sends in the window: a loop under way is not given a fresh
 // `max` sends per recipient. A restart after it reads the table saved under either
 // fingerprint (with max_keys, as before this version, or without).
+// Requests read their time before they parse their bodies, so two booking one pair a
+// millisecond apart can reach the counter in the other order: the times are kept in order
+// (the window counts on it), and a table saved with two swapped (by the release before)
+// is put in order when read back, never refused (a start refused for it would stay down).
+TEST(GuardDuplicates, SendsBookedOutOfOrderAreKeptInOrder) {
+    duplicate_counter c{3, 60s, 1000};
+    EXPECT_EQ(c.check_and_book(7, 10'000), 0u);
+    EXPECT_EQ(c.check_and_book(7, 9'999), 0u);  // read its time first, booked second
+    EXPECT_EQ(c.check_and_book(7, 10'001), 0u);
+    EXPECT_EQ(c.check_and_book(7, 10'002), 3u);
+    const std::string saved = c.encode(10'002);
+    duplicate_counter d{3, 60s, 1000};
+    std::string err;
+    ASSERT_TRUE(d.restore(saved, 0, 10'002, &err)) << err;
+    EXPECT_EQ(d.check_and_book(7, 10'003), 3u);
+    EXPECT_EQ(d.check_and_book(7, 69'999), 0u) << "the send at 9,999 has left the window (69,999 - 60,000]";
+    EXPECT_EQ(d.check_and_book(7, 69'999), 3u) << "10,000, 10,001 and 69,999 are in it";
+    // A table saved with its two times swapped, as the release before could write it.
+    duplicate_counter two{3, 60s, 1000};
+    ASSERT_EQ(two.check_and_book(9, 10'000), 0u);
+    ASSERT_EQ(two.check_and_book(9, 10'001), 0u);
+    std::string swapped = two.encode(10'001);
+    ASSERT_EQ(swapped.size(), 42u);  // format, count, key, probation, refusal, sends, two times
+    std::swap_ranges(swapped.begin() + 26, swapped.begin() + 34, swapped.begin() + 34);
+    duplicate_counter back{3, 60s, 1000};
+    ASSERT_TRUE(back.restore(swapped, 0, 10'001, &err)) << err;
+    EXPECT_EQ(back.check_and_book(9, 10'002), 0u);
+    EXPECT_EQ(back.check_and_book(9, 10'003), 3u);
+}
+
 TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
     manual_clock clock;
     clock.set(time_point{std::chrono::hours{1000}});
