@@ -297,6 +297,15 @@ public:
     // after an operator's mode expires.
     // `at_start`: restored from the store when the process starts (not handed over by a
     // reload).
+    // A saved cooldown (backed off, perhaps) under this config: within what it allows now (a
+    // reload that lowered max_cooldown from 1h to 5m must not leave an open instance waiting
+    // the hour), and at least its cooldown now (an operator who raised it from 30s to 1h
+    // while the breaker is open must not see it half-open after 30s).
+    milliseconds restored_cooldown(const instance_snapshot& s) const {
+        return s.cooldown > milliseconds{0}
+                   ? std::min(std::max(s.cooldown, cfg_.cooldown), std::max(cfg_.max_cooldown, cfg_.cooldown))
+                   : cfg_.cooldown;
+    }
     static std::string restored_why(bool at_start) {
         return at_start ? "restored at start" : "carried over by a config change";
     }
@@ -309,10 +318,7 @@ public:
             return;
         }
         opened_at_ = std::min(s.opened_at, now);
-        // A backed-off cooldown within what this config allows now (a reload that lowered
-        // max_cooldown from 1h to 5m must not leave an open instance waiting the hour).
-        cooldown_ = s.cooldown > milliseconds{0} ? std::min(s.cooldown, std::max(cfg_.max_cooldown, cfg_.cooldown))
-                                                 : cfg_.cooldown;
+        cooldown_ = restored_cooldown(s);
         trips_ = s.trips;
         last_trip_ = s.last_trip;
         shadow_trips_ = s.shadow_trips;
@@ -363,7 +369,7 @@ public:
     // under the automatic mode, so a key's bypass never lets another key's trip through.
     void merge(const instance_snapshot& s, time_point now, bool at_start) {
         const state got = s.st == state::half_open ? state::open : s.st;
-        const milliseconds cooldown = s.cooldown > milliseconds{0} ? s.cooldown : cfg_.cooldown;
+        const milliseconds cooldown = restored_cooldown(s);
         // A half-open round does not survive a merge, nor, at a start, an ended cooldown: a
         // whole cooldown from now (see restore).
         const time_point opened = s.st == state::half_open || (at_start && s.st == state::open && s.opened_at + cooldown <= now)

@@ -186,6 +186,21 @@ TEST_F(registry_test, a_restored_cooldown_is_held_within_the_configs_maximum) {
     EXPECT_EQ(reg().admit("cv/k", now()).v, verdict::probe);
 }
 
+// And at least the cooldown the config has now: an operator who raises a 30 s cooldown to an
+// hour while the breaker is open (a tightening) does not see it half-open after 30 s.
+TEST_F(registry_test, a_restored_cooldown_is_at_least_the_configs_cooldown) {
+    auto b = make_config("cv");
+    b.cooldown = std::chrono::hours{1};
+    make({b});
+    auto s = saved("k", state::open, mode::automatic, 0ms);
+    s.cooldown = 30s;  // tripped under the config before
+    reg().restore({s}, now());
+    clock_.advance(31s);
+    EXPECT_EQ(reg().admit("cv/k", now()).v, verdict::contain);
+    clock_.advance(std::chrono::hours{1});
+    EXPECT_EQ(reg().admit("cv/k", now()).v, verdict::probe);
+}
+
 TEST_F(registry_test, restore_recreates_open_instances_and_modes) {
     auto b = make_config("campaign-volume");
     b.cooldown = 10s;
