@@ -506,6 +506,10 @@ void server::open_store(const store_config& sc) {
     std::string error;
     std::error_code exists_error;
     const bool existed = std::filesystem::exists(sc.path, exists_error) || exists_error;
+    std::error_code size_error;
+    // SQLite takes a file of zero bytes as an empty database: a truncated store, one made by
+    // provisioning (`touch`), or a copy restored without its -wal all start with nothing.
+    const bool empty_file = existed && !exists_error && std::filesystem::file_size(sc.path, size_error) == 0 && !size_error;
     auto db = store::database::open(so, *clock_, &error);
     if (!db) {
         throw std::runtime_error("cannot open the store " + sc.path + ": " + error);
@@ -517,6 +521,11 @@ void server::open_store(const store_config& sc) {
         spdlog::warn("store {} did not exist and was created: no breaker state, quarantined requests, meters or "
                      "keys of requests sent live were restored (expected on a first start; if store.path changed, "
                      "stop, move the old store file and its -wal and .sent-keys.* files there, and start again)",
+                     sc.path);
+    } else if (empty_file) {
+        spdlog::warn("store {} existed but was empty (zero bytes): no breaker state, quarantined requests, meters or "
+                     "keys of requests sent live were restored (expected if it was made empty on purpose; if it is a "
+                     "restored copy, stop and restore its -wal file beside it too, or the copy was cut short)",
                      sc.path);
     }
     {

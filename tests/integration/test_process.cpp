@@ -743,6 +743,21 @@ TEST(durability, a_breaker_tripped_before_kill_9_is_still_tripped_after_restart)
     EXPECT_EQ(again.output().find("did not exist and was created"), std::string::npos) << again.output();
 }
 
+// A store file of zero bytes (truncated, made by `touch`, a copy restored without its -wal)
+// opens as an empty database: every breaker closed, nothing held. Said at the start.
+TEST(durability, an_empty_store_file_is_said_at_the_start) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    write_capped_config(dir, up.port());
+    write_file(dir + "/bb.db", "");
+    child bb{{"--config", dir + "/bb.json"}};
+    ASSERT_NE(started_port(bb), 0);
+    ::kill(bb.pid(), SIGTERM);
+    EXPECT_EQ(bb.wait_exit(), 0);
+    EXPECT_NE(bb.output().find("existed but was empty (zero bytes)"), std::string::npos) << bb.output();
+    EXPECT_EQ(bb.output().find("did not exist and was created"), std::string::npos) << bb.output();
+}
+
 // A cap is no fresh cap after a restart (PRODUCT.md principle 4): the counts are saved every
 // second and at shutdown, and read back before the first request. 10 of 15 recipients sent,
 // then a kill -9 after a periodic save (seen in the store), or a SIGTERM at once: the next 10
