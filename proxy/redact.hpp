@@ -54,8 +54,10 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     };
     std::string out;
     out.reserve(target.size());
-    // What follows an '@' that ends user information: a host and port, nothing else.
+    // What follows an '@' that ends user information: a host and port (then a path, query or
+    // fragment, or nothing).
     auto host_port = [](std::string_view t) {
+        t = t.substr(0, t.find_first_of("/?#"));
         return !t.empty() && std::all_of(t.begin(), t.end(), [](char c) {
             return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '[' ||
                    c == ']' || c == '_';
@@ -69,9 +71,12 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
         if (const auto at = target.rfind('@');
             at != std::string_view::npos && (authority || host_port(target.substr(at + 1)))) {
             mark();
-            return "[redacted]" + std::string{target.substr(at)};
-        }
-        if (authority) {
+            if (authority) {
+                return "[redacted]" + std::string{target.substr(at)};
+            }
+            out += "[redacted]";
+            target.remove_prefix(at);
+        } else if (authority) {
             return std::string{target};
         }
         // Neither form (`host/path?hapikey=...`, refused as a bad target): its parameters are
@@ -91,11 +96,9 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
                                                      : std::string_view{"0"};
             const bool port = std::all_of(after.begin(), after.end(), [](char c) { return c >= '0' && c <= '9'; });
             if (const auto first_at = target.find('@', authority_end); !port && first_at != std::string_view::npos) {
-                const auto end = target.find('/', first_at);
-                const auto last_at = target.substr(0, end).rfind('@');
+                const auto last_at = target.substr(0, target.find_first_of("/?#", first_at)).rfind('@');
                 // Only an '@' a host follows (not one in a query: `?email=a@b.com&api_key=...`).
-                const auto tail = target.substr(last_at + 1, end == std::string_view::npos ? end : end - last_at - 1);
-                if (host_port(tail)) {
+                if (host_port(target.substr(last_at + 1))) {
                     at = last_at;
                 }
             }

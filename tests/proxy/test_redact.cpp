@@ -88,6 +88,11 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
     EXPECT_EQ(redact_query("api.hubspot.com/v1/c?email=a@b.com&api_key=S"),
               "api.hubspot.com/v1/c?email=a@b.com&api_key=[redacted]");
     EXPECT_EQ(redact_query("http://host:/p?email=a@b.com&api_key=S"), "http://host:/p?email=a@b.com&api_key=[redacted]");
+    // User information with a path, query or fragment after the host: hidden all the same.
+    EXPECT_EQ(redact_query("u:s3cret@api.example.com/v1/x"), "[redacted]@api.example.com/v1/x");
+    EXPECT_EQ(redact_query("u:s3cret@api.example.com?k=v&hapikey=S"), "[redacted]@api.example.com?k=v&hapikey=[redacted]");
+    EXPECT_EQ(redact_query("http://u:s3/cr@api.example.com?k=v"), "http://[redacted]@api.example.com?k=v");
+    EXPECT_EQ(redact_query("http://u:s3/cr@api.example.com#f"), "http://[redacted]@api.example.com#f");
     // Origin-form: a "://" later in the target is not a scheme.
     EXPECT_EQ(redact_query("/go?to=http://u:p@h/", &changed), "/go?to=http://u:p@h/");
     EXPECT_FALSE(changed);
