@@ -1004,8 +1004,9 @@ private:
     asio::awaitable<handled> quarantine_api(std::string_view rest);
     asio::awaitable<handled> config_api(std::string_view rest);
     asio::awaitable<handled> audit_api(std::string_view rest);
+    // `config_warnings`: what parse_config said of `next` (answered and logged with the rest).
     asio::awaitable<handled> apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only,
-                                   std::string file_sha256 = {});
+                                   std::string file_sha256 = {}, std::vector<std::string> config_warnings = {});
 
     server& srv_;
     const request& req_;
@@ -1678,7 +1679,7 @@ private:
 };
 
 asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> next, bool dry_run, bool metrics_only,
-                                                std::string file_sha256) {
+                                                std::string file_sha256, std::vector<std::string> config_warnings) {
     // One change at a time, judged against the config it replaces: a second apply while one
     // is between its judgement and its stored version would be judged against a base that
     // is about to go (and could undo the first one without the role that needs).
@@ -1736,7 +1737,9 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     std::int64_t version = 0;
     std::vector<std::string> shadow_kept;
-    std::vector<std::string> warnings;  // what was not applied (fixed until restart, TLS files)
+    // What was not applied (fixed until restart, TLS files), after what the config's own
+    // reading warned of (a dry run answers those too).
+    std::vector<std::string> warnings = std::move(config_warnings);
     if (!dry_run) {
         if (!co_await record_intent("config", diff_text)) {
             co_return intent_unrecorded();
@@ -1820,7 +1823,9 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         };
         std::string refused;
         try {
-            warnings = srv_.apply_config(next, shadow);
+            for (auto& w : srv_.apply_config(next, shadow)) {
+                warnings.push_back(std::move(w));
+            }
         } catch (const std::exception& e) {  // the store cannot be opened, or the rules' saved counts read
             refused = e.what();
         }
@@ -2000,7 +2005,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
         if (!parsed.errors.empty()) {
             co_return invalid_config(parsed.errors);
         }
-        co_return co_await apply(parsed.cfg, dry_run, metrics_only);
+        co_return co_await apply(parsed.cfg, dry_run, metrics_only, {}, std::move(parsed.warnings));
     }
     if (req_.method() != http::verb::post) {
         co_return method_not_allowed("POST");
@@ -2063,7 +2068,7 @@ asio::awaitable<handled> handler_context::config_api(std::string_view rest) {
     if (rest == "/reload") {
         file_sha = sha256_hex(parsed.cfg->source_json);
     }
-    co_return co_await apply(parsed.cfg, false, false, std::move(file_sha));
+    co_return co_await apply(parsed.cfg, false, false, std::move(file_sha), std::move(parsed.warnings));
 }
 
 asio::awaitable<handled> handler_context::audit_api(std::string_view rest) {
@@ -2338,10 +2343,12 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         version = r.count;
         stored = true;
     }
-    std::vector<std::string> warnings;
+    std::vector<std::string> warnings = parsed.warnings;  // what the config's reading warned of, first
     std::string refused;
     try {
-        warnings = srv.apply_config(parsed.cfg);
+        for (auto& w : srv.apply_config(parsed.cfg)) {
+            warnings.push_back(std::move(w));
+        }
     } catch (const std::exception& e) {  // the first breakers of the run, and a store that cannot be opened
         refused = e.what();
     }

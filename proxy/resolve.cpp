@@ -172,8 +172,9 @@ asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const 
     };
     const int fd = ::dup(lookup->event_fd);
     if (fd < 0) {
-        out.error = "cannot resolve " + host + ": " + std::strerror(errno);
-        out.busy = errno == EMFILE || errno == ENFILE || errno == ENOMEM;  // our own limit, not the name's
+        const int err = errno;  // (before anything else can change it)
+        out.error = "cannot resolve " + host + ": " + std::strerror(err);
+        out.busy = err == EMFILE || err == ENFILE || err == ENOMEM;  // our own limit, not the name's
         co_return out;
     }
     auto st = std::make_shared<wait_state>(ex, fd);

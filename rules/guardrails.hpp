@@ -172,7 +172,7 @@ public:
     // Terms written in a script that puts no spaces between words (Chinese, Japanese, Thai,
     // Lao, Khmer, Burmese): found anywhere in a run of such text, not only as a whole run.
     // The index of the first one in `text` (and *at, its offset), or -1.
-    bool has_unspaced() const { return !unspaced_.empty(); }
+    bool has_unspaced() const { return unspaced_out_.size() > 1; }  // (once built)
     std::int32_t find_unspaced(std::string_view text, std::size_t* at) const;
 
 private:
@@ -195,12 +195,17 @@ private:
     std::uint32_t states_ = 1;
     std::array<std::uint64_t, 64> first_bits_{};
     std::array<std::uint64_t, 64> last_bits_{};
-    // Unspaced terms (their text as shown) by their first code point.
+    void build_unspaced();
+    // Unspaced terms (their word as shown), matched byte by byte with an Aho-Corasick
+    // automaton (built by build()): linear in the text whatever the number of terms.
     struct unspaced_term {
         std::string text;
         std::int32_t index;
     };
-    boost::unordered_flat_map<std::uint32_t, std::vector<unspaced_term>> unspaced_;
+    std::vector<unspaced_term> unspaced_;
+    boost::unordered_flat_map<std::uint64_t, std::uint32_t> unspaced_edges_;  // (state << 8 | byte) -> state
+    std::vector<std::uint32_t> unspaced_fail_;
+    std::vector<std::int32_t> unspaced_out_;  // an unspaced_ entry ending here (or down the fail chain), or -1
 };
 
 // ---------------------------------------------------------------------------------------

@@ -1501,16 +1501,18 @@ bool unspaced_script(std::uint32_t cp) {
     return (cp >= 0x0E00 && cp <= 0x0EFF) ||    // Thai, Lao
            (cp >= 0x1000 && cp <= 0x109F) ||    // Myanmar
            (cp >= 0x1780 && cp <= 0x17FF) ||    // Khmer
+           (cp >= 0x3005 && cp <= 0x3007) ||    // 々 〆 〇
+           cp == 0x303B ||                      // 〻
            (cp >= 0x3040 && cp <= 0x30FF) ||    // Hiragana, Katakana
            (cp >= 0x3400 && cp <= 0x4DBF) ||    // CJK extension A
            (cp >= 0x4E00 && cp <= 0x9FFF) ||    // CJK unified ideographs
            (cp >= 0xF900 && cp <= 0xFAFF) ||    // CJK compatibility ideographs
            (cp >= 0xFF66 && cp <= 0xFF9F) ||    // half-width katakana
-           (cp >= 0x20000 && cp <= 0x3134F);    // CJK extensions B to G
+           (cp >= 0x20000 && cp <= 0x323AF);    // CJK extensions B to H, compatibility supplement
 }
 
-// Whether `w` is all code points of unspaced scripts (its first in *first).
-bool unspaced_word(std::string_view w, std::uint32_t* first) {
+// Whether `w` is all code points of unspaced scripts.
+bool unspaced_word(std::string_view w) {
     if (w.empty()) {
         return false;
     }
@@ -1519,9 +1521,6 @@ bool unspaced_word(std::string_view w, std::uint32_t* first) {
         const std::size_t n = utf8_at(w, i, cp);
         if (n == 0 || !unspaced_script(cp)) {
             return false;
-        }
-        if (i == 0) {
-            *first = cp;
         }
         i += n;
     }
@@ -1536,11 +1535,15 @@ bool term_matcher::add(std::string_view written, std::string* error) {
     detail::show(written, shown_term, false);
     const std::string_view term = shown_term;
     std::vector<std::string> words;
+    std::string_view first_word;  // as shown, not folded
     bool too_long = false;
     for_each_word(term, [&](std::size_t s, std::size_t e) {
         if (e - s > max_word_bytes) {
             too_long = true;
             return true;
+        }
+        if (words.empty()) {
+            first_word = term.substr(s, e - s);
         }
         words.push_back(detail::fold_case(term.substr(s, e - s)));
         return false;
@@ -1590,9 +1593,8 @@ bool term_matcher::add(std::string_view written, std::string* error) {
         out_[state] = static_cast<std::int32_t>(terms_.size());
     }
     // A term of one word written wholly in an unspaced script is found inside longer runs too.
-    std::uint32_t first_cp = 0;
-    if (words.size() == 1 && unspaced_word(term, &first_cp)) {
-        unspaced_[first_cp].push_back({std::string{term}, static_cast<std::int32_t>(terms_.size())});
+    if (words.size() == 1 && unspaced_word(first_word)) {
+        unspaced_.push_back({std::string{first_word}, static_cast<std::int32_t>(terms_.size())});
     }
     terms_.emplace_back(written);
     term_words_.push_back(words.size());
@@ -1600,34 +1602,88 @@ bool term_matcher::add(std::string_view written, std::string* error) {
 }
 
 std::int32_t term_matcher::find_unspaced(std::string_view text, std::size_t* at) const {
-    for (std::size_t i = 0; i < text.size();) {
+    std::uint32_t state = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
         const auto c = static_cast<unsigned char>(text[i]);
-        if (c < 0xE0) {
-            ++i;  // (every unspaced script is written in three or four bytes)
-            continue;
+        if (state == 0 && c < 0xE0) {
+            continue;  // (every unspaced script is written in three or four bytes)
         }
-        std::uint32_t cp = 0;
-        const std::size_t n = utf8_at(text, i, cp);
-        if (n == 0) {
-            ++i;
-            continue;
-        }
-        if (const auto it = unspaced_.find(cp); it != unspaced_.end()) {
-            for (const auto& t : it->second) {
-                if (text.compare(i, t.text.size(), t.text) == 0) {
-                    *at = i;
-                    return t.index;
-                }
+        for (;;) {
+            if (const auto e = unspaced_edges_.find(static_cast<std::uint64_t>(state) << 8 | c);
+                e != unspaced_edges_.end()) {
+                state = e->second;
+                break;
             }
+            if (state == 0) {
+                break;
+            }
+            state = unspaced_fail_[state];
         }
-        i += n;
+        if (const std::int32_t k = unspaced_out_[state]; k >= 0) {
+            const auto& t = unspaced_[static_cast<std::size_t>(k)];
+            *at = i + 1 - t.text.size();  // (UTF-8 is self-synchronizing: the match starts a character)
+            return t.index;
+        }
     }
     return -1;
 }
 
 std::size_t term_matcher::word_hash::operator()(std::string_view w) const noexcept { return detail::bytes_hash(w); }
 
+void term_matcher::build_unspaced() {
+    // The unspaced terms' automaton: a trie of their bytes, then the failure links breadth
+    // first (each state's output is its own term, else its failure state's).
+    unspaced_edges_.clear();
+    unspaced_fail_.assign(1, 0);
+    unspaced_out_.assign(1, -1);
+    std::vector<std::vector<std::pair<unsigned char, std::uint32_t>>> children(1);
+    for (std::size_t k = 0; k < unspaced_.size(); ++k) {
+        std::uint32_t state = 0;
+        for (const char ch : unspaced_[k].text) {
+            const auto c = static_cast<unsigned char>(ch);
+            auto [e, added] = unspaced_edges_.try_emplace(static_cast<std::uint64_t>(state) << 8 | c,
+                                                          static_cast<std::uint32_t>(unspaced_out_.size()));
+            if (added) {
+                unspaced_out_.push_back(-1);
+                unspaced_fail_.push_back(0);
+                children.emplace_back();
+                children[state].emplace_back(c, e->second);
+            }
+            state = e->second;
+        }
+        if (unspaced_out_[state] < 0) {
+            unspaced_out_[state] = static_cast<std::int32_t>(k);
+        }
+    }
+    std::vector<std::uint32_t> queue;
+    for (const auto& [c, child] : children[0]) {
+        queue.push_back(child);  // depth 1: fail to the root
+    }
+    for (std::size_t q = 0; q < queue.size(); ++q) {
+        const std::uint32_t state = queue[q];
+        for (const auto& [c, child] : children[state]) {
+            std::uint32_t f = unspaced_fail_[state];
+            for (;;) {
+                if (const auto e = unspaced_edges_.find(static_cast<std::uint64_t>(f) << 8 | c); e != unspaced_edges_.end()) {
+                    unspaced_fail_[child] = e->second;
+                    break;
+                }
+                if (f == 0) {
+                    break;  // (fail stays the root)
+                }
+                f = unspaced_fail_[f];
+            }
+            if (unspaced_out_[child] < 0) {
+                unspaced_out_[child] = unspaced_out_[unspaced_fail_[child]];
+            }
+            queue.push_back(child);
+        }
+    }
+}
+
 void term_matcher::build() {
+    build_unspaced();
+
     // Raw first two bytes of each word in every case (for_each_start_pair); after a one-byte
     // word comes any byte that is not a word byte (0 at the end).
     auto set_pairs = [](std::vector<std::uint64_t>& bits, const std::string& w) {
@@ -4199,29 +4255,33 @@ bool find_pii_in_file(std::uint8_t kinds, std::string_view file, text_hit* hit) 
 
 bool find_content(const content_guard& g, std::string_view text, bool& unsubscribe, text_hit* hit) {
     bool split = false;  // a partial match of a term met a tag
-    if (scan_content(g, text, unsubscribe, hit, false, &split)) {
-        return true;
-    }
-    if (g.terms.has_unspaced()) {
-        // `無料` in `今すぐ無料でお試し`: Chinese, Japanese and Thai put no spaces between words.
+    // `無料` in `今すぐ無料でお試し`: Chinese, Japanese and Thai put no spaces between words.
+    auto unspaced = [&g](std::string_view t, text_hit* h) {
         std::size_t at = 0;
-        if (const auto t = g.terms.find_unspaced(text, &at); t >= 0) {
-            hit->what = term_finding(g.terms, t);
-            hit->offset = at;
+        if (const auto k = g.terms.has_unspaced() ? g.terms.find_unspaced(t, &at) : -1; k >= 0) {
+            h->what = term_finding(g.terms, k);
+            h->offset = at;
             return true;
         }
+        return false;
+    };
+    if (scan_content(g, text, unsubscribe, hit, false, &split) || unspaced(text, hit)) {
+        return true;
     }
     if (hides_characters(text) && scan_shown(text, false, hit, [&](std::string_view shown, text_hit* h) {
-            return scan_content(g, shown, unsubscribe, h, false, &split);
+            return scan_content(g, shown, unsubscribe, h, false, &split) || unspaced(shown, h);
         })) {
         return true;
     }
     // A term whose words are split by tags (`<b>free</b> <i>money</i>`): the terms again over
     // the text without its tags (its links and unsubscribe were read above, attributes
     // included). Only when a match met a tag: most HTML never does, and reading it again costs.
-    return split && scan_shown(text, true, hit, [&](std::string_view shown, text_hit* h) {
+    // (For unspaced terms only where tags may split one: `無<b>料</b>`.)
+    const bool unspaced_split = g.terms.has_unspaced() && text.find('<') != std::string_view::npos &&
+                                std::any_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) >= 0xE0; });
+    return (split || unspaced_split) && scan_shown(text, true, hit, [&](std::string_view shown, text_hit* h) {
                bool ignored = true;
-               return scan_content(g, shown, ignored, h, true);
+               return (split && scan_content(g, shown, ignored, h, true)) || unspaced(shown, h);
            });
 }
 

@@ -206,6 +206,22 @@ TEST(admin_api, a_removed_token_ends_on_an_open_connection) {
     EXPECT_EQ(after.result_int(), 401u) << after.body();
 }
 
+// What the config's own reading warns of is answered by an apply (a dry run too) and logged,
+// as at a start: an agent added on a listener that also serves requests without a key.
+TEST(admin_api, an_apply_answers_the_configs_warnings) {
+    admin_fixture f;
+    std::string cfg = admin_config(f.up.port(), f.dir);
+    cfg.insert(cfg.rfind('}'), ", \"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + sha256_hex("bot-key") + "\"]}]");
+    for (const char* target : {"/v1/config?dry_run=1", "/v1/config"}) {
+        const auto applied = admin(f.port(), http::verb::post, target, "admin-token",
+                                   "{\"reason\":\"a new agent\",\"config\":" + cfg + "}");
+        ASSERT_EQ(applied.result_int(), 200u) << applied.body();
+        EXPECT_NE(applied.body().find("\"warnings\":[\"listeners[0].require_agent: agents are configured"),
+                  std::string::npos)
+            << target << ": " << applied.body();
+    }
+}
+
 // A TLS setting the change makes that cannot be built (a key that is not the certificate's)
 // refuses the apply whole: 400 with its path, no version stored, nothing of it running.
 TEST(admin_api, an_apply_whose_tls_cannot_be_built_is_refused) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "core/json_key.hpp"
+#include "core/utf8.hpp"
 
 #include <cstring>
 #include <filesystem>
@@ -1356,12 +1357,22 @@ TEST(GuardContent, BlockedTermsInOtherScriptsMatchInAnyCase) {
     }
 }
 
+void put_utf8_string(std::string& out, std::uint32_t cp) {
+    char buf[4];
+    char* e = buf;
+    bb::put_utf8(cp, e);
+    out.append(buf, static_cast<std::size_t>(e - buf));
+}
+
 // Chinese, Japanese and Thai put no spaces between words: a term written wholly in such a
 // script is found inside a longer run of it, as the unsubscribe words are.
 TEST(GuardContent, TermsOfUnspacedScriptsAreFoundInsideRuns) {
-    fixture f{content_rule(R"j({"blocked_terms": ["free money", "無料", "今すぐ登録", "ฟรี", "立即领取"]})j")};
+    fixture f{content_rule(R"j({"blocked_terms": ["free money", "無料", "今すぐ登録", "ฟรี", "立即领取", "続々登場",
+                                                  "限定!", "すぐ登"]})j")};
     for (const std::string text : {"今すぐ無料でお試し", "無料", "【無料】", "今すぐ登録してください", "รับฟรีวันนี้",
-                                   "点击立即领取优惠"}) {
+                                   "点击立即领取优惠", "新商品続々登場", "期間限定セール",  // the term 限定! is the word 限定
+                                   "今すぐ無\u200B料でお試し", "รับฟ\u00ADรีวันนี้",               // invisible characters
+                                   "今すぐ無<b>料</b>でお試し", "今すぐ&#28961;料"}) {              // a tag, a reference
         const std::string body = sendgrid("<p>" + text + "</p>");
         const auto d = f.check_body(body);
         EXPECT_EQ(d.outcome, verdict::violated) << text;
@@ -1370,7 +1381,30 @@ TEST(GuardContent, TermsOfUnspacedScriptsAreFoundInsideRuns) {
     const std::string body = sendgrid("<p>今すぐ無料でお試し</p>");
     EXPECT_THAT(f.check_body(body).reason,
                 HasSubstr("blocked term #1 (無料) at body offset " + std::to_string(body.find("無料"))));
-    for (const std::string text : {"有料プラン", "今すぐ", "ฟร", "Free of charge"}) {
+    // Overlapping terms (the automaton's failure links): `すぐ登` inside `今すぐ登`, a prefix of
+    // `今すぐ登録`, is found when the longer term is not there.
+    EXPECT_THAT(f.check_body(sendgrid("<p>今すぐ登れ</p>")).reason, HasSubstr("blocked term #7"));
+    // Many terms with one first character: each is found, and only where it is.
+    content_guard many;
+    std::string err;
+    for (int i = 0; i < 2000; ++i) {
+        std::string t = "無";
+        put_utf8_string(t, 0x4E00 + static_cast<std::uint32_t>(i));
+        ASSERT_TRUE(many.terms.add(t, &err)) << err;
+    }
+    many.terms.build();
+    std::string run;
+    for (int i = 0; i < 10'000; ++i) {
+        run += "無";
+    }
+    detail::text_hit hit;
+    bool unsubscribe = false;
+    EXPECT_FALSE(detail::find_content(many, run, unsubscribe, &hit));
+    std::string last = run;
+    put_utf8_string(last, 0x4E00 + 1999);
+    ASSERT_TRUE(detail::find_content(many, last, unsubscribe, &hit));
+    EXPECT_EQ(hit.offset, run.size() - 3);
+    for (const std::string text : {"有料プラン", "今す", "ฟร", "Free of charge"}) {
         EXPECT_TRUE(f.check_body(sendgrid("<p>" + text + "</p>")).allowed()) << text;
     }
 }
@@ -2656,10 +2690,6 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
 }
 
-// A reload that changes the table's size (max_keys, or a max above 200 whose default
-// max_keys follows it) keeps the sends in the window: a loop under way is not given a fresh
-// `max` sends per recipient. A restart after it reads the table saved under either
-// fingerprint (with max_keys, as before this version, or without).
 // Requests read their time before they parse their bodies, so two booking one pair a
 // millisecond apart can reach the counter in the other order: the times are kept in order
 // (the window counts on it), and a table saved with two swapped (by the release before)
@@ -2690,6 +2720,10 @@ TEST(GuardDuplicates, SendsBookedOutOfOrderAreKeptInOrder) {
     EXPECT_EQ(back.check_and_book(9, 10'003), 3u);
 }
 
+// A reload that changes the table's size (max_keys, or a max above 200 whose default
+// max_keys follows it) keeps the sends in the window: a loop under way is not given a fresh
+// `max` sends per recipient. A restart after it reads the table saved under either
+// fingerprint (with max_keys, as before this version, or without).
 TEST(GuardDuplicates, ANewTableSizeKeepsTheSends) {
     manual_clock clock;
     clock.set(time_point{std::chrono::hours{1000}});
