@@ -597,7 +597,8 @@ std::optional<rendered> render_config_change(std::string_view body) {
     }
     for (const auto& [member_name, title] : {std::pair{"loosening", "loosens guards (needs the admin role):"},
                                              std::pair{"still_enforcing", "still enforcing (not shadowed by metrics_only):"},
-                                             std::pair{"warnings", "not applied:"}}) {
+                                             std::pair{"warnings", "not applied:"},
+                                             std::pair{"config_warnings", "warnings (applied all the same):"}}) {
         if (auto lines = array_member(*doc, member_name); lines && lines->size() > 0) {
             o += std::string{title} + "\n";
             for (auto l : *lines) {

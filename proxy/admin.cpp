@@ -1737,9 +1737,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     }
     std::int64_t version = 0;
     std::vector<std::string> shadow_kept;
-    // What was not applied (fixed until restart, TLS files), after what the config's own
-    // reading warned of (a dry run answers those too).
-    std::vector<std::string> warnings = std::move(config_warnings);
+    std::vector<std::string> warnings;  // what was not applied (fixed until restart, TLS files)
     if (!dry_run) {
         if (!co_await record_intent("config", diff_text)) {
             co_return intent_unrecorded();
@@ -1823,9 +1821,7 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         };
         std::string refused;
         try {
-            for (auto& w : srv_.apply_config(next, shadow)) {
-                warnings.push_back(std::move(w));
-            }
+            warnings = srv_.apply_config(next, shadow);
         } catch (const std::exception& e) {  // the store cannot be opened, or the rules' saved counts read
             refused = e.what();
         }
@@ -1861,6 +1857,9 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
         for (const auto& e : srv_.reload_security()) {
             warnings.push_back("TLS files not reloaded, the previous certificates stay in use: " + e);
         }
+        for (const auto& w : config_warnings) {
+            spdlog::warn("config: {}", w);
+        }
         for (const auto& w : warnings) {
             spdlog::warn("config apply: {}", w);
         }
@@ -1887,7 +1886,8 @@ asio::awaitable<handled> handler_context::apply(std::shared_ptr<const config> ne
     h.body = "{\"version\":" + std::to_string(version) + ",\"applied\":" + (dry_run ? "false" : "true") +
              ",\"loosening\":" + strings_json(d.loosening) + ",\"diff\":" + strings_json(d.lines) +
              (shadow_kept.empty() ? "" : ",\"still_enforcing\":" + strings_json(shadow_kept)) +
-             (warnings.empty() ? "" : ",\"warnings\":" + strings_json(warnings)) + "}";
+             (warnings.empty() ? "" : ",\"warnings\":" + strings_json(warnings)) +
+             (config_warnings.empty() ? "" : ",\"config_warnings\":" + strings_json(config_warnings)) + "}";
     h.audit_result = dry_run ? "dry_run" : "applied version " + std::to_string(version);
     co_return h;
 }

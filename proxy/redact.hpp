@@ -56,25 +56,30 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
     out.reserve(target.size());
     // What follows an '@' that ends user information: a host and port (then a path, query or
     // fragment, or nothing).
-    auto host_port = [](std::string_view t) {
-        t = t.substr(0, t.find_first_of("/?#"));
+    auto host_chars = [](std::string_view t) {
         return !t.empty() && std::all_of(t.begin(), t.end(), [](char c) {
             return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '[' ||
                    c == ']' || c == '_';
         });
     };
+    auto host_port = [&](std::string_view t) { return host_chars(t.substr(0, t.find_first_of("/?#"))); };
     if (!target.empty() && target.front() != '/' && target.find("://") == std::string_view::npos) {
         // Authority-form (CONNECT `user:pass@host:443`): a proxy refuses user information
         // there, but the log shows the target it refused. Up to the last '@' when a host and
         // port follow it: a password may hold '/', '?' or '#' unencoded (`user:s3/cr#t@host:443`).
         const bool authority = target.find_first_of("/?#") == std::string_view::npos;
-        if (const auto at = target.rfind('@');
-            at != std::string_view::npos && (authority || host_port(target.substr(at + 1)))) {
+        if (const auto at = target.rfind('@'); at != std::string_view::npos) {
             mark();
-            if (authority) {
+            const auto tail = target.substr(at + 1);
+            if (authority || host_chars(tail)) {
                 return "[redacted]" + std::string{target.substr(at)};
             }
-            out += "[redacted]";
+            if (!host_port(tail) || target.substr(0, at).find_first_of("?#") != std::string_view::npos) {
+                // An '@' that may be a query's as well as user information's, in a target of
+                // neither form (refused as a bad target): all of it hidden, rather than either.
+                return "[redacted]";
+            }
+            out += "[redacted]";  // user information, then a host and its path and query (below)
             target.remove_prefix(at);
         } else if (authority) {
             return std::string{target};
@@ -87,7 +92,7 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
         const std::size_t host_start = scheme_end + 3;
         const std::size_t authority_end = std::min(target.find_first_of("/?#", host_start), target.size());
         auto at = target.substr(0, authority_end).rfind('@');
-        if (at == std::string_view::npos && target[host_start] != '[') {
+        if (at == std::string_view::npos && host_start < target.size() && target[host_start] != '[') {
             // A password holding '/', '?' or '#' unencoded ends the authority early
             // (`http://user:s3/cr@host/`): a ':' not followed by a port, and an '@' later.
             // Up to the last '@' before the path that follows it (more rather than less).
@@ -97,8 +102,14 @@ inline std::string redact_query(std::string_view target, bool* changed = nullptr
             const bool port = std::all_of(after.begin(), after.end(), [](char c) { return c >= '0' && c <= '9'; });
             if (const auto first_at = target.find('@', authority_end); !port && first_at != std::string_view::npos) {
                 const auto last_at = target.substr(0, target.find_first_of("/?#", first_at)).rfind('@');
-                // Only an '@' a host follows (not one in a query: `?email=a@b.com&api_key=...`).
+                // Only an '@' a host follows, and none a query may hold (`/p?email=a@b.com&api_key=`):
+                // a '?' or '#' between the cut and the '@' leaves it unclear, so all is hidden.
                 if (host_port(target.substr(last_at + 1))) {
+                    if (target.substr(authority_end + 1, last_at - authority_end - 1).find_first_of("?#") !=
+                        std::string_view::npos) {
+                        mark();
+                        return std::string{target.substr(0, host_start)} + "[redacted]";
+                    }
                     at = last_at;
                 }
             }

@@ -171,7 +171,7 @@ public:
     const std::array<std::uint8_t, 64>& start_nibbles() const { return start_nibbles_; }
     // Terms written in a script that puts no spaces between words (Chinese, Japanese, Thai,
     // Lao, Khmer, Burmese): found anywhere in a run of such text, not only as a whole run.
-    // The index of the first one in `text` (and *at, its offset), or -1.
+    // The index of the one whose match in `text` ends first (and *at, its offset), or -1.
     bool has_unspaced() const { return unspaced_out_.size() > 1; }  // (once built)
     std::int32_t find_unspaced(std::string_view text, std::size_t* at) const;
 

@@ -4277,8 +4277,10 @@ bool find_content(const content_guard& g, std::string_view text, bool& unsubscri
     // the text without its tags (its links and unsubscribe were read above, attributes
     // included). Only when a match met a tag: most HTML never does, and reading it again costs.
     // (For unspaced terms only where tags may split one: `無<b>料</b>`.)
-    const bool unspaced_split = g.terms.has_unspaced() && text.find('<') != std::string_view::npos &&
-                                std::any_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) >= 0xE0; });
+    const bool unspaced_split =
+        g.terms.has_unspaced() && text.find('<') != std::string_view::npos &&
+        (text.find("&#") != std::string_view::npos ||
+         std::any_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) >= 0xE0; }));
     return (split || unspaced_split) && scan_shown(text, true, hit, [&](std::string_view shown, text_hit* h) {
                bool ignored = true;
                return (split && scan_content(g, shown, ignored, h, true)) || unspaced(shown, h);

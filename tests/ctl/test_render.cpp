@@ -227,6 +227,16 @@ TEST(CtlRender, Config) {
               "  store.path and store.group_commit are fixed until restart\n");
     auto dry = render_config_change(R"({"version":0,"applied":false,"loosening":[],"diff":[]})");
     EXPECT_EQ(dry->text, "dry run: nothing applied\nno changes to rules or breakers\n");
+    // The config's own warnings are shown, and the apply is still a success.
+    auto noted = render_config_change(R"j({"version":9,"applied":true,"loosening":[],"diff":[],
+      "config_warnings":["upstreams[0].verify: false: the certificate of up is not verified"]})j");
+    ASSERT_TRUE(noted);
+    EXPECT_TRUE(noted->ok);
+    EXPECT_EQ(noted->text,
+              "applied as version 9\n"
+              "no changes to rules or breakers\n"
+              "warnings (applied all the same):\n"
+              "  upstreams[0].verify: false: the certificate of up is not verified\n");
 }
 
 TEST(CtlRender, Audit) {

@@ -85,8 +85,14 @@ TEST(redact, user_information_of_an_absolute_form_target_is_redacted) {
     EXPECT_EQ(redact_query("http://[::1]:80/c?email=a@b.com"), "http://[::1]:80/c?email=a@b.com");
     // A target of neither form keeps its parameters hidden, '@' or not.
     EXPECT_EQ(redact_query("api.hubspot.com/v1/c?hapikey=SECRET"), "api.hubspot.com/v1/c?hapikey=[redacted]");
-    EXPECT_EQ(redact_query("api.hubspot.com/v1/c?email=a@b.com&api_key=S"),
-              "api.hubspot.com/v1/c?email=a@b.com&api_key=[redacted]");
+    // With an '@' that may be a query's or user information's, all of it.
+    EXPECT_EQ(redact_query("api.hubspot.com/v1/c?email=a@b.com&api_key=S"), "[redacted]");
+    EXPECT_EQ(redact_query("host/p?email=a@b.com/x&api_key=S"), "[redacted]");
+    EXPECT_EQ(redact_query("host/p?email=a@b.com#hapikey=S"), "[redacted]");
+    EXPECT_EQ(redact_query("u:s3cret@api.example.com/v1?email=a@b.com&k=v"), "[redacted]");
+    EXPECT_EQ(redact_query("u:p@/?token=T"), "[redacted]");
+    EXPECT_EQ(redact_query("http://h:x/p?e=a@b#&api_key=S"), "http://[redacted]");
+    EXPECT_EQ(redact_query("http://"), "http://");
     EXPECT_EQ(redact_query("http://host:/p?email=a@b.com&api_key=S"), "http://host:/p?email=a@b.com&api_key=[redacted]");
     // User information with a path, query or fragment after the host: hidden all the same.
     EXPECT_EQ(redact_query("u:s3cret@api.example.com/v1/x"), "[redacted]@api.example.com/v1/x");

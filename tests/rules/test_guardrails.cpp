@@ -1372,7 +1372,8 @@ TEST(GuardContent, TermsOfUnspacedScriptsAreFoundInsideRuns) {
     for (const std::string text : {"今すぐ無料でお試し", "無料", "【無料】", "今すぐ登録してください", "รับฟรีวันนี้",
                                    "点击立即领取优惠", "新商品続々登場", "期間限定セール",  // the term 限定! is the word 限定
                                    "今すぐ無\u200B料でお試し", "รับฟ\u00ADรีวันนี้",               // invisible characters
-                                   "今すぐ無<b>料</b>でお試し", "今すぐ&#28961;料"}) {              // a tag, a reference
+                                   "今すぐ無<b>料</b>でお試し", "今すぐ&#28961;料",                 // a tag, a reference
+                                   "&#28961;<b>&#26009;</b>"}) {                                 // both, all ASCII
         const std::string body = sendgrid("<p>" + text + "</p>");
         const auto d = f.check_body(body);
         EXPECT_EQ(d.outcome, verdict::violated) << text;
