@@ -174,7 +174,7 @@ asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const 
     if (fd < 0) {
         const int err = errno;  // (before anything else can change it)
         out.error = "cannot resolve " + host + ": " + std::strerror(err);
-        out.busy = err == EMFILE || err == ENFILE || err == ENOMEM;  // our own limit, not the name's
+        out.busy = own_resource_limit({err, boost::system::system_category()});  // our own limit, not the name's
         co_return out;
     }
     auto st = std::make_shared<wait_state>(ex, fd);

@@ -4,6 +4,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <chrono>
@@ -29,5 +30,13 @@ struct resolve_result {
 };
 asio::awaitable<resolve_result> resolve_bounded(asio::any_io_executor ex, const std::string& host, std::uint16_t port,
                                                 std::chrono::milliseconds timeout);
+
+// Whether a failure to open a connection (or a lookup's descriptor) is breakerbox's own
+// limit, file descriptors, socket buffers or memory, rather than the destination's fault:
+// answered 503 with retry-after, and no verdict on the destination's health.
+inline bool own_resource_limit(const boost::system::error_code& ec) {
+    return ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
+           ec == asio::error::no_buffer_space || ec == asio::error::no_memory;
+}
 
 }  // namespace bb::proxy

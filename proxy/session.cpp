@@ -1151,8 +1151,7 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
         timer.cancel();
         if (cec) {
             failure = cec == asio::error::operation_aborted ? "no connection within 10s" : cec.message();
-            ours = cec == asio::error::no_descriptors || cec == boost::system::errc::too_many_files_open_in_system ||
-                   cec == asio::error::no_buffer_space || cec == asio::error::no_memory;
+            ours = own_resource_limit(cec);
             if (ours) {
                 failure = "breakerbox cannot open a connection (" + cec.message() + "): its own limit";
             }

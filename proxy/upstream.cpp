@@ -269,8 +269,7 @@ asio::awaitable<std::unique_ptr<upstream_conn>> upstream_pool::connect(exchange_
             out.detail = "no connection to " + cfg_.authority + " within " + cfg::format_duration(cfg_.connect_timeout);
         } else if (ec == asio::error::operation_aborted) {
             out.failure = upstream_failure::cancelled;
-        } else if (ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
-                   ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
+        } else if (own_resource_limit(ec)) {
             // Our own limits (file descriptors, socket buffers), not the upstream's fault: as
             // a full pool, 503 and no verdict on its health (counted as a connect failure,
             // a process out of descriptors tripped upstream/<name> and paused every agent).
