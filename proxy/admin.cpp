@@ -1195,8 +1195,7 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
             }
         }
     }
-    const auto known = [&] { return known_id(id); };
-    if (!known()) {
+    if (!known_id(id)) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
     }
     if (action.empty()) {

@@ -2547,12 +2547,19 @@ array_groups array_groups_of(std::span<const frame> f) {
 // as Go's encoding/json (SendGrid) and most parsers keep it. `by_group` holds (group, index)
 // of every value, sorted, so this is a binary search (a body with a subject per
 // personalization would make a scan quadratic). Null when there is none.
+// Of `by_group` (a group's values' indexes, sorted by group), the last value's index in group
+// `g`, or npos.
+std::size_t last_in_group(const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t g) {
+    const auto it = std::upper_bound(by_group.begin(), by_group.end(),
+                                     std::pair<std::int64_t, std::size_t>{g, std::numeric_limits<std::size_t>::max()});
+    return it != by_group.begin() && std::prev(it)->first == g ? std::prev(it)->second : std::string::npos;
+}
+
 const scratch::valued* pick(const std::vector<scratch::valued>& v,
                             const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, const array_groups& where) {
     auto last_of = [&](std::int64_t g) -> const scratch::valued* {
-        const auto it = std::upper_bound(by_group.begin(), by_group.end(),
-                                         std::pair<std::int64_t, std::size_t>{g, std::numeric_limits<std::size_t>::max()});
-        return it != by_group.begin() && std::prev(it)->first == g ? &v[std::prev(it)->second] : nullptr;
+        const std::size_t i = last_in_group(by_group, g);
+        return i == std::string::npos ? nullptr : &v[i];
     };
     for (std::size_t d = where.n; d-- > 0;) {
         if (const auto* own = last_of(where.at[d])) {
@@ -2805,13 +2812,10 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
     // from the message), else the message. With recipients in `of`, the same key twice in
     // one mail is one send; in two mails, two (the same person in two personalizations gets
     // two copies).
-    auto has_group = [](const std::vector<std::pair<std::int64_t, std::size_t>>& by_group, std::int64_t g) {
-        const auto it = std::lower_bound(by_group.begin(), by_group.end(), std::pair<std::int64_t, std::size_t>{g, 0});
-        return it != by_group.end() && it->first == g;
-    };
     auto mail_of = [&](const array_groups& where) -> std::int64_t {
         for (std::size_t d = where.n; d-- > 0;) {
-            if (has_group(s.subject_groups, where.at[d]) || has_group(s.template_groups, where.at[d])) {
+            if (last_in_group(s.subject_groups, where.at[d]) != std::string::npos ||
+                last_in_group(s.template_groups, where.at[d]) != std::string::npos) {
                 return where.at[d];
             }
         }
