@@ -139,6 +139,42 @@ private:
 // on word boundaries, in time linear in the text whatever the number of terms. Between the
 // words of a term the text may have any run of non-word characters ("Free Money!",
 // "free-money", "FREE, money" all match "free money"; "freemoney" and "free_money" do not).
+// An Aho–Corasick automaton over 32-bit symbols (term_matcher's word ids, or the bytes of
+// unspaced terms): extend() and end() add the sequences, build() then makes the failure
+// links breadth first. A state's output is that of a sequence ending there (the first
+// added), else that of its failure state; -1 for none.
+class symbol_automaton {
+public:
+    // The state after `symbol` from `state`, added if new (before build()).
+    std::uint32_t extend(std::uint32_t state, std::uint32_t symbol);
+    // A sequence that ends at `state` outputs `value` (unless an earlier one ends there).
+    void end(std::uint32_t state, std::int32_t value) {
+        if (out_[state] < 0) {
+            out_[state] = value;
+        }
+    }
+    void build();
+    // Whether build() ran after the last sequence was added, and some sequence was.
+    bool ready() const { return states_ > 1 && fail_.size() == states_; }
+    std::uint32_t step(std::uint32_t state, std::uint32_t symbol) const;
+    std::int32_t output(std::uint32_t state) const { return out_[state]; }
+    // f(symbol, state) for each edge from the root.
+    template <class F>
+    void for_each_first(F&& f) const {
+        for (const auto& [edge, to] : edges_) {
+            if ((edge >> 32) == 0) {
+                f(static_cast<std::uint32_t>(edge), to);
+            }
+        }
+    }
+
+private:
+    boost::unordered_flat_map<std::uint64_t, std::uint32_t> edges_;  // (state << 32 | symbol) -> state
+    std::vector<std::uint32_t> fail_;
+    std::vector<std::int32_t> out_ = std::vector<std::int32_t>(1, -1);
+    std::uint32_t states_ = 1;
+};
+
 class term_matcher {
 public:
     // Returns false (and *error) for a term without any word or longer than the bounds.
@@ -152,7 +188,7 @@ public:
     // Automaton step: state after reading word `id` (0 = unknown word) from `state`.
     std::uint32_t step(std::uint32_t state, std::uint32_t id) const;
     // Index of a term that ends in `state` (its longest), or -1.
-    std::int32_t output(std::uint32_t state) const { return out_[state]; }
+    std::int32_t output(std::uint32_t state) const { return words_ac_.output(state); }
     std::size_t term_words(std::size_t term) const { return term_words_[term]; }
     const std::string& term(std::size_t i) const { return terms_[i]; }
     // Cheap pre-filter: whether some term word has this length, first and last byte (a text's
@@ -172,7 +208,7 @@ public:
     // Terms written in a script that puts no spaces between words (Chinese, Japanese, Thai,
     // Lao, Khmer, Burmese): found anywhere in a run of such text, not only as a whole run.
     // The index of the one whose match in `text` ends first (and *at, its offset), or -1.
-    bool has_unspaced() const { return unspaced_out_.size() > 1; }  // (once built)
+    bool has_unspaced() const { return unspaced_ac_.ready(); }
     std::int32_t find_unspaced(std::string_view text, std::size_t* at) const;
 
 private:
@@ -185,27 +221,20 @@ private:
     std::vector<std::string> words_;
     // Vocabulary: word -> id (1-based); the data plane looks up every candidate word.
     boost::unordered_flat_map<std::string, std::uint32_t, word_hash, std::equal_to<>> vocab_;
-    // Trie edges keyed by (state << 32 | word id).
-    boost::unordered_flat_map<std::uint64_t, std::uint32_t> edges_;
+    symbol_automaton words_ac_;  // over word ids
     std::vector<std::uint64_t> word_pairs_ = std::vector<std::uint64_t>(1024, 0);   // 65,536 bits
     std::vector<std::uint64_t> first_pairs_ = std::vector<std::uint64_t>(1024, 0);  // 65,536 bits
     std::array<std::uint8_t, 64> start_nibbles_{};
-    std::vector<std::uint32_t> fail_;
-    std::vector<std::int32_t> out_;  // own term, else the output of the fail chain
-    std::uint32_t states_ = 1;
     std::array<std::uint64_t, 64> first_bits_{};
     std::array<std::uint64_t, 64> last_bits_{};
-    void build_unspaced();
-    // Unspaced terms (their word as shown), matched byte by byte with an Aho-Corasick
-    // automaton (built by build()): linear in the text whatever the number of terms.
+    // Unspaced terms (their word as shown), matched byte by byte (linear in the text
+    // whatever the number of terms); the automaton's outputs index unspaced_.
     struct unspaced_term {
         std::string text;
         std::int32_t index;
     };
     std::vector<unspaced_term> unspaced_;
-    boost::unordered_flat_map<std::uint64_t, std::uint32_t> unspaced_edges_;  // (state << 8 | byte) -> state
-    std::vector<std::uint32_t> unspaced_fail_;
-    std::vector<std::int32_t> unspaced_out_;  // an unspaced_ entry ending here (or down the fail chain), or -1
+    symbol_automaton unspaced_ac_;
 };
 
 // ---------------------------------------------------------------------------------------

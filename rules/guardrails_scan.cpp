@@ -1581,17 +1581,9 @@ bool term_matcher::add(std::string_view written, std::string* error) {
                 }
             });
         }
-        const std::uint64_t edge = (static_cast<std::uint64_t>(state) << 32) | it->second;
-        auto e = edges_.find(edge);
-        if (e == edges_.end()) {
-            e = edges_.emplace(edge, states_++).first;
-        }
-        state = e->second;
+        state = words_ac_.extend(state, it->second);
     }
-    out_.resize(states_, -1);
-    if (out_[state] < 0) {
-        out_[state] = static_cast<std::int32_t>(terms_.size());
-    }
+    words_ac_.end(state, static_cast<std::int32_t>(terms_.size()));
     // A term of one word written wholly in an unspaced script is found inside longer runs too.
     if (words.size() == 1 && unspaced_word(first_word)) {
         unspaced_.push_back({std::string{first_word}, static_cast<std::int32_t>(terms_.size())});
@@ -1608,18 +1600,8 @@ std::int32_t term_matcher::find_unspaced(std::string_view text, std::size_t* at)
         if (state == 0 && c < 0xE0) {
             continue;  // (every unspaced script is written in three or four bytes)
         }
-        for (;;) {
-            if (const auto e = unspaced_edges_.find(static_cast<std::uint64_t>(state) << 8 | c);
-                e != unspaced_edges_.end()) {
-                state = e->second;
-                break;
-            }
-            if (state == 0) {
-                break;
-            }
-            state = unspaced_fail_[state];
-        }
-        if (const std::int32_t k = unspaced_out_[state]; k >= 0) {
+        state = unspaced_ac_.step(state, c);
+        if (const std::int32_t k = unspaced_ac_.output(state); k >= 0) {
             const auto& t = unspaced_[static_cast<std::size_t>(k)];
             *at = i + 1 - t.text.size();  // (UTF-8 is self-synchronizing: the match starts a character)
             return t.index;
@@ -1630,59 +1612,73 @@ std::int32_t term_matcher::find_unspaced(std::string_view text, std::size_t* at)
 
 std::size_t term_matcher::word_hash::operator()(std::string_view w) const noexcept { return detail::bytes_hash(w); }
 
-void term_matcher::build_unspaced() {
-    // The unspaced terms' automaton: a trie of their bytes, then the failure links breadth
-    // first (each state's output is its own term, else its failure state's).
-    unspaced_edges_.clear();
-    unspaced_fail_.assign(1, 0);
-    unspaced_out_.assign(1, -1);
-    std::vector<std::vector<std::pair<unsigned char, std::uint32_t>>> children(1);
-    for (std::size_t k = 0; k < unspaced_.size(); ++k) {
-        std::uint32_t state = 0;
-        for (const char ch : unspaced_[k].text) {
-            const auto c = static_cast<unsigned char>(ch);
-            auto [e, added] = unspaced_edges_.try_emplace(static_cast<std::uint64_t>(state) << 8 | c,
-                                                          static_cast<std::uint32_t>(unspaced_out_.size()));
-            if (added) {
-                unspaced_out_.push_back(-1);
-                unspaced_fail_.push_back(0);
-                children.emplace_back();
-                children[state].emplace_back(c, e->second);
-            }
-            state = e->second;
-        }
-        if (unspaced_out_[state] < 0) {
-            unspaced_out_[state] = static_cast<std::int32_t>(k);
-        }
+std::uint32_t symbol_automaton::extend(std::uint32_t state, std::uint32_t symbol) {
+    auto [e, added] = edges_.try_emplace(static_cast<std::uint64_t>(state) << 32 | symbol, states_);
+    if (added) {
+        ++states_;
+        out_.push_back(-1);
+    }
+    return e->second;
+}
+
+void symbol_automaton::build() {
+    fail_.assign(states_, 0);
+    // Children per state, for the breadth-first pass.
+    std::vector<std::vector<std::pair<std::uint32_t, std::uint32_t>>> children(states_);
+    for (const auto& [edge, to] : edges_) {
+        children[static_cast<std::uint32_t>(edge >> 32)].emplace_back(static_cast<std::uint32_t>(edge), to);
     }
     std::vector<std::uint32_t> queue;
-    for (const auto& [c, child] : children[0]) {
-        queue.push_back(child);  // depth 1: fail to the root
+    queue.reserve(states_);
+    for (const auto& [symbol, to] : children[0]) {
+        fail_[to] = 0;
+        queue.push_back(to);
     }
-    for (std::size_t q = 0; q < queue.size(); ++q) {
-        const std::uint32_t state = queue[q];
-        for (const auto& [c, child] : children[state]) {
-            std::uint32_t f = unspaced_fail_[state];
-            for (;;) {
-                if (const auto e = unspaced_edges_.find(static_cast<std::uint64_t>(f) << 8 | c); e != unspaced_edges_.end()) {
-                    unspaced_fail_[child] = e->second;
+    for (std::size_t qi = 0; qi < queue.size(); ++qi) {
+        const std::uint32_t s = queue[qi];
+        if (out_[s] < 0) {
+            out_[s] = out_[fail_[s]];  // a sequence ending here through a suffix
+        }
+        for (const auto& [symbol, to] : children[s]) {
+            std::uint32_t f = fail_[s];
+            while (true) {
+                auto it = edges_.find((static_cast<std::uint64_t>(f) << 32) | symbol);
+                if (it != edges_.end() && it->second != to) {
+                    fail_[to] = it->second;
                     break;
                 }
                 if (f == 0) {
-                    break;  // (fail stays the root)
+                    fail_[to] = 0;
+                    break;
                 }
-                f = unspaced_fail_[f];
+                f = fail_[f];
             }
-            if (unspaced_out_[child] < 0) {
-                unspaced_out_[child] = unspaced_out_[unspaced_fail_[child]];
-            }
-            queue.push_back(child);
+            queue.push_back(to);
         }
     }
 }
 
+std::uint32_t symbol_automaton::step(std::uint32_t state, std::uint32_t symbol) const {
+    while (true) {
+        if (auto e = edges_.find((static_cast<std::uint64_t>(state) << 32) | symbol); e != edges_.end()) {
+            return e->second;
+        }
+        if (state == 0) {
+            return 0;
+        }
+        state = fail_[state];
+    }
+}
+
 void term_matcher::build() {
-    build_unspaced();
+    for (std::size_t k = 0; k < unspaced_.size(); ++k) {
+        std::uint32_t state = 0;
+        for (const char c : unspaced_[k].text) {
+            state = unspaced_ac_.extend(state, static_cast<unsigned char>(c));
+        }
+        unspaced_ac_.end(state, static_cast<std::int32_t>(k));
+    }
+    unspaced_ac_.build();
 
     // Raw first two bytes of each word in every case (for_each_start_pair); after a one-byte
     // word comes any byte that is not a word byte (0 at the end).
@@ -1714,55 +1710,18 @@ void term_matcher::build() {
     unsigned char bucket_of[256];
     std::memset(bucket_of, 0xFF, sizeof bucket_of);
     int buckets = 0;
-    for (const auto& [edge, to] : edges_) {
-        if ((edge >> 32) != 0) {
-            continue;
-        }
-        const std::string& w = words_[static_cast<std::uint32_t>(edge) - 1];  // from the root: a first word
+    words_ac_.for_each_first([&](std::uint32_t id, std::uint32_t) {
+        const std::string& w = words_[id - 1];  // from the root: a first word
         set_pairs(first_pairs_, w);
         const auto c0 = static_cast<unsigned char>(w[0]);
         if (bucket_of[c0] == 0xFF) {
             bucket_of[c0] = static_cast<unsigned char>(buckets++ % 8);
         }
         for_each_start_pair(w, [&](unsigned char a, int b) { starts.add(bucket_of[c0], a, b); });
-    }
+    });
     static_assert(sizeof starts == sizeof start_nibbles_);
     std::memcpy(start_nibbles_.data(), &starts, sizeof starts);
-    out_.resize(states_, -1);
-    fail_.assign(states_, 0);
-    // Children per state, for the breadth-first pass.
-    std::vector<std::vector<std::pair<std::uint32_t, std::uint32_t>>> children(states_);
-    for (const auto& [edge, to] : edges_) {
-        children[static_cast<std::uint32_t>(edge >> 32)].emplace_back(static_cast<std::uint32_t>(edge), to);
-    }
-    std::vector<std::uint32_t> queue;
-    queue.reserve(states_);
-    for (const auto& [id, to] : children[0]) {
-        fail_[to] = 0;
-        queue.push_back(to);
-    }
-    for (std::size_t qi = 0; qi < queue.size(); ++qi) {
-        const std::uint32_t s = queue[qi];
-        if (out_[s] < 0) {
-            out_[s] = out_[fail_[s]];  // a term ending here through a suffix
-        }
-        for (const auto& [id, to] : children[s]) {
-            std::uint32_t f = fail_[s];
-            while (true) {
-                auto it = edges_.find((static_cast<std::uint64_t>(f) << 32) | id);
-                if (it != edges_.end() && it->second != to) {
-                    fail_[to] = it->second;
-                    break;
-                }
-                if (f == 0) {
-                    fail_[to] = 0;
-                    break;
-                }
-                f = fail_[f];
-            }
-            queue.push_back(to);
-        }
-    }
+    words_ac_.build();
 }
 
 std::uint32_t term_matcher::word_id(std::string_view folded_word) const {
@@ -1774,15 +1733,7 @@ std::uint32_t term_matcher::step(std::uint32_t state, std::uint32_t id) const {
     if (id == 0) {
         return 0;  // a word in no term: every partial match is broken
     }
-    while (true) {
-        if (auto e = edges_.find((static_cast<std::uint64_t>(state) << 32) | id); e != edges_.end()) {
-            return e->second;
-        }
-        if (state == 0) {
-            return 0;
-        }
-        state = fail_[state];
-    }
+    return words_ac_.step(state, id);
 }
 
 // ---------------------------------------------------------------------------------------
