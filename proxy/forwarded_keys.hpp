@@ -7,7 +7,12 @@
 // at shutdown, and reads it back at start (changes()/restore()), so a restart remembers them
 // too. Between saves every change is also written to a journal (store/key_journal.hpp) before
 // its request goes out, so a process that dies forgets none of them. Only a 64-bit digest of
-// (key, route, agent) is kept, never the key.
+// (key, agent) is kept, never the key.
+// A key is the agent's, whichever route carries it (the store scopes held requests' keys
+// the same way): a client's key names one operation, and renaming or reordering routes
+// must not let the retry of a request sent live be held, and released, as if it never
+// went out. Versions before scoped keys by route too; their digests are still looked up,
+// under every route configured, until they age out (sent_at, by_route_until).
 // Thread-safe.
 
 #include <unistd.h>
@@ -18,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
+#include <limits>
 #include <list>
 #include <memory>
 #include <functional>
@@ -45,11 +51,10 @@ public:
 
     std::size_t max() const { return max_; }
 
-    // The request with this key, route and agent is being sent at `now_ms` (a steady
-    // clock). Returns when it was last sent before, if remembered (for forget()).
-    std::optional<std::int64_t> note(std::string_view key, std::string_view route, std::string_view agent,
-                                     std::int64_t now_ms) {
-        const std::uint64_t h = hash(key, route, agent);
+    // The request with this key and agent is being sent at `now_ms` (a steady clock).
+    // Returns when it was last sent before, if remembered (for forget()).
+    std::optional<std::int64_t> note(std::string_view key, std::string_view agent, std::int64_t now_ms) {
+        const std::uint64_t h = digest(key, agent);
         std::lock_guard lock{mu_};
         return note_locked(h, now_ms);
     }
@@ -61,20 +66,20 @@ public:
     // Whichever comes second sees the first. Both callbacks must be quick and must not call
     // back into this object.
     template <class F>
-    std::pair<std::optional<std::int64_t>, bool> note_then(std::string_view key, std::string_view route,
-                                                           std::string_view agent, std::int64_t now_ms, F&& may_hold) {
-        const std::uint64_t h = hash(key, route, agent);
+    std::pair<std::optional<std::int64_t>, bool> note_then(std::string_view key, std::string_view agent,
+                                                           std::int64_t now_ms, F&& may_hold) {
+        const std::uint64_t h = digest(key, agent);
         std::lock_guard lock{mu_};
         auto before = note_locked(h, now_ms);
         const bool held = may_hold();
         return {before, held};
     }
-    template <class F>
-    std::optional<std::int64_t> sent_at_then(std::string_view key, std::string_view route, std::string_view agent,
+    template <class Routes, class F>
+    std::optional<std::int64_t> sent_at_then(std::string_view key, std::string_view agent, const Routes& routes,
                                              std::int64_t now_ms, F&& expect_hold) {
-        const std::uint64_t h = hash(key, route, agent);
+        const auto digests = digests_of(key, agent, routes, now_ms);
         std::lock_guard lock{mu_};
-        if (const auto sent = sent_locked(h, now_ms)) {
+        if (const auto sent = sent_locked(digests, now_ms)) {
             return sent;
         }
         expect_hold();
@@ -83,9 +88,8 @@ public:
 
     // The send noted at `sent_ms` went nowhere (no connection): as if not noted, unless the
     // key was noted again since. `before`: what note() returned.
-    void forget(std::string_view key, std::string_view route, std::string_view agent, std::int64_t sent_ms,
-                std::optional<std::int64_t> before) {
-        const std::uint64_t h = hash(key, route, agent);
+    void forget(std::string_view key, std::string_view agent, std::int64_t sent_ms, std::optional<std::int64_t> before) {
+        const std::uint64_t h = digest(key, agent);
         std::lock_guard lock{mu_};
         const auto it = at_.find(h);
         if (it == at_.end() || it->second->second != sent_ms) {
@@ -101,12 +105,23 @@ public:
         journal(h, before ? *before : store::key_journal::forgotten, sent_ms);
     }
 
-    // When a request with this key, route and agent was last sent, if within the memory.
-    std::optional<std::int64_t> sent_at(std::string_view key, std::string_view route, std::string_view agent,
+    // When a request with this key and agent was last sent, if within the memory (the
+    // latest send when several digests are remembered). `routes`: the names of the routes
+    // configured (strings), for the digests by route a version before wrote; asked only
+    // until by_route_until (one SHA-256 per route and question, only for requests a breaker
+    // quarantines).
+    template <class Routes>
+    std::optional<std::int64_t> sent_at(std::string_view key, std::string_view agent, const Routes& routes,
                                         std::int64_t now_ms) const {
-        const std::uint64_t h = hash(key, route, agent);
+        const auto digests = digests_of(key, agent, routes, now_ms);
         std::lock_guard lock{mu_};
-        return sent_locked(h, now_ms);
+        return sent_locked(digests, now_ms);
+    }
+    // Digests by route may be remembered until `steady_ms` (a steady clock): those a version
+    // before wrote age out by then (the store's keys_by_agent_since_ms plus the memory).
+    void by_route_until(std::int64_t steady_ms) {
+        std::lock_guard lock{mu_};
+        by_route_until_ms_ = steady_ms;
     }
 
     std::size_t size() const {
@@ -267,9 +282,13 @@ public:
     }
     std::chrono::milliseconds memory() const { return std::chrono::milliseconds{memory_ms_}; }
 
-    // The digest of (key, route, agent): the first 8 bytes of a SHA-256, the same in every
-    // build (the store keeps it across versions).
-    static std::uint64_t hash(std::string_view key, std::string_view route, std::string_view agent) {
+    // The digest of (key, agent): the first 8 bytes of a SHA-256 of key NUL NUL agent, the
+    // same in every build (the store keeps it across versions). It is digest_by_route's
+    // encoding with no route: a route's name is never empty, so neither kind of digest is
+    // ever the other's.
+    static std::uint64_t digest(std::string_view key, std::string_view agent) { return digest_by_route(key, "", agent); }
+    // The digest versions before wrote: of key NUL route NUL agent.
+    static std::uint64_t digest_by_route(std::string_view key, std::string_view route, std::string_view agent) {
         std::string s;
         s.reserve(key.size() + route.size() + agent.size() + 2);
         s.append(key).append(1, '\0').append(route).append(1, '\0').append(agent);
@@ -282,20 +301,42 @@ public:
     }
 
 private:
-    // With mu_ held: when h was last sent, if within the memory; note() itself.
-    std::optional<std::int64_t> sent_locked(std::uint64_t h, std::int64_t now_ms) const {
-        const auto it = at_.find(h);
-        if (it == at_.end() || now_ms - it->second->second > memory_ms_) {
-            return std::nullopt;
+    // The digest of (key, agent), then those by route while they may be remembered.
+    template <class Routes>
+    std::vector<std::uint64_t> digests_of(std::string_view key, std::string_view agent, const Routes& routes,
+                                          std::int64_t now_ms) const {
+        std::vector<std::uint64_t> out{digest(key, agent)};
+        bool by_route = false;
+        {
+            std::lock_guard lock{mu_};
+            by_route = now_ms <= by_route_until_ms_;
         }
-        return it->second->second;
+        if (by_route) {
+            for (const auto& route : routes) {
+                out.push_back(digest_by_route(key, route, agent));
+            }
+        }
+        return out;
+    }
+    // With mu_ held: when any of `digests` was last sent, if within the memory.
+    std::optional<std::int64_t> sent_locked(const std::vector<std::uint64_t>& digests, std::int64_t now_ms) const {
+        std::optional<std::int64_t> last;
+        for (const std::uint64_t d : digests) {
+            const auto it = at_.find(d);
+            if (it != at_.end() && now_ms - it->second->second <= memory_ms_) {
+                last = std::max(last.value_or(it->second->second), it->second->second);
+            }
+        }
+        return last;
     }
     std::optional<std::int64_t> note_locked(std::uint64_t h, std::int64_t now_ms) {
         std::optional<std::int64_t> before;
         if (const auto it = at_.find(h); it != at_.end()) {
             before = it->second->second;
             it->second->second = now_ms;
-            lru_.splice(lru_.end(), lru_, it->second);  // one entry per key: the bound counts keys
+            // One entry per digest: the bound counts keys (a key sent both before and after an
+            // upgrade that scoped keys by agent alone: two, until the first ages out).
+            lru_.splice(lru_.end(), lru_, it->second);
         } else {
             lru_.emplace_back(h, now_ms);
             at_.emplace(h, std::prev(lru_.end()));
@@ -354,6 +395,8 @@ private:
     bool persisted_ = false;                    // a store keeps them (restore() ran)
     std::shared_ptr<store::key_journal> journal_;  // null: no store, or none given
     std::int64_t wall_offset_ms_ = 0;
+    // Until when digests by route (a version before) may be remembered: none by default.
+    std::int64_t by_route_until_ms_ = std::numeric_limits<std::int64_t>::min();
     std::uint64_t journal_failures_ = 0;
 };
 

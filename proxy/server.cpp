@@ -759,6 +759,9 @@ void server::open_store(const store_config& sc) {
     }
     forwarded_.restore(std::move(saved_keys), steady_now_ms, std::move(keys_journal), journalled_keys,
                        keys_wall_now);  // read above, with the breaker state
+    // Keys sent live before an upgrade were remembered by route: looked up so until they age out.
+    forwarded_.by_route_until(steady_now_ms + (db->keys_by_agent_since_ms() - keys_wall_now) +
+                              forwarded_.memory().count());
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);

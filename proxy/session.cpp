@@ -40,6 +40,7 @@
 #include <ctime>
 #include <chrono>
 #include <random>
+#include <ranges>
 
 namespace bb::proxy {
 
@@ -660,21 +661,20 @@ breakers::trip_cause rule_cause(const rules::decision& d, const std::string& req
 // never was.
 class pending_send {
 public:
-    pending_send(forwarded_keys& keys, std::string_view key, std::string_view route, std::string_view agent,
-                 time_point now)
-        : keys_(keys), key_(key), route_(route), agent_(agent),
+    pending_send(forwarded_keys& keys, std::string_view key, std::string_view agent, time_point now)
+        : keys_(keys), key_(key), agent_(agent),
           ms_(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count()) {}
     pending_send(const pending_send&) = delete;
     pending_send& operator=(const pending_send&) = delete;
     ~pending_send() {
         if (noted_ && !kept_) {
-            keys_.forget(key_, route_, agent_, ms_, before_);
+            keys_.forget(key_, agent_, ms_, before_);
         }
     }
     // Notes the key, then returns may_hold() (asked under the same lock).
     template <class F>
     bool note(F&& may_hold) {
-        auto [before, held] = keys_.note_then(key_, route_, agent_, ms_, std::forward<F>(may_hold));
+        auto [before, held] = keys_.note_then(key_, agent_, ms_, std::forward<F>(may_hold));
         before_ = before;
         noted_ = true;
         return held;
@@ -689,7 +689,6 @@ public:
 private:
     forwarded_keys& keys_;
     std::string key_;
-    std::string route_;
     std::string agent_;
     std::int64_t ms_ = 0;
     std::optional<std::int64_t> before_;
@@ -2397,10 +2396,12 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             co_return !qec;
         };
 
-        // A retry of a request sent live (its Idempotency-Key, route and agent) is not held:
+        // A retry of a request sent live (its Idempotency-Key and agent, whichever route) is not held:
         // the first may have been delivered (the client gave up waiting, the upstream did
         // not), and releasing the retry would send it a second time. Refused, nothing held.
         // Asked here for an early answer, and again as the hold is queued (below).
+        // (For the keys a version before remembered by route: forwarded_keys::sent_at.)
+        const auto route_names = cfg->routes | std::views::transform(&route_config::name);
         const auto already_forwarded = [&](std::int64_t now_ms, std::int64_t sent_ms) {
             contained = error_info{http::status::conflict, "rejected", "already_forwarded",
                                    "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
@@ -2416,7 +2417,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             const std::string_view key = req[cfg->store.idempotency_header];
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
-            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, route->name, agent_id, now_ms)) {
+            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, agent_id, route_names, now_ms)) {
                 already_forwarded(now_ms, *sent);
             }
         }
@@ -2472,7 +2473,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         db->queue_hold(std::move(prepared), std::move(done));
                         return;
                     }
-                    sent_meanwhile = w.owner().forwarded().sent_at_then(key, route->name, agent_id, queued_ms, [&] {
+                    sent_meanwhile = w.owner().forwarded().sent_at_then(key, agent_id, route_names, queued_ms, [&] {
                         db->queue_hold(std::move(prepared), std::move(done));
                     });
                     if (sent_meanwhile) {
@@ -2498,8 +2499,13 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     if (must_settle(w.owner(), quarantine_change)) {
                         co_await persist_or_log(w.owner(), quarantine_instance);
                     }
-                    if (!co_await reply_quarantined(stored.ticket, quarantine_instance, quarantine_reason) ||
-                        !keep_alive) {
+                    // A retry names the breaker its first hold is under (another route's, say).
+                    const std::string_view held_by =
+                        stored.duplicate && !stored.breaker.empty() ? std::string_view{stored.breaker}
+                                                                    : std::string_view{quarantine_instance};
+                    const std::string_view why = held_by == quarantine_instance ? std::string_view{quarantine_reason}
+                                                                                : std::string_view{stored.message};
+                    if (!co_await reply_quarantined(stored.ticket, held_by, why) || !keep_alive) {
                         co_return after_request::close;
                     }
                     co_return after_request::next;
@@ -2525,7 +2531,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
-        // A live send that repeats a held request (its Idempotency-Key, route and agent): the
+        // A live send that repeats a held request (its Idempotency-Key and agent): the
         // client never got the 202 for its hold, the breaker closed, and it retries. The
         // retry is answered with the first hold's ticket and not sent: the hold is released
         // (or discarded) by an operator, once. (A sandboxed request sends nothing real.)
@@ -2541,16 +2547,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             std::optional<store::result> found;
             bool may_hold = false;
             if (!key.empty() && !idempotent(req.method())) {
-                noted_send.emplace(w.owner().forwarded(), key, route->name, agent_id, w.owner().now());
-                may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, route->name, agent_id); });
+                noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
+                may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
             } else {
-                may_hold = db != nullptr && db->may_hold_key(key, route->name, agent_id);
+                may_hold = db != nullptr && db->may_hold_key(key, agent_id);
             }
             if (may_hold) {
                 // Rare (a key held before): the lookup queues behind any hold of it on the
                 // store's writer, and this request waits for it without blocking the worker.
                 found = co_await await_store([&](store::done_fn done) {
-                    db->earlier_hold(std::string{key}, route->name, std::string{agent_id}, req.method_string(),
+                    db->earlier_hold(std::string{key}, std::string{agent_id}, req.method_string(),
                                      original_target, req.body(), std::move(done));
                 });
             }
@@ -2675,7 +2681,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         if (!sent_key.empty() && noted_send && noted_send->key() == sent_key) {
             std::tie(sent_ms, sent_before) = noted_send->keep();  // noted before the hold lookup: this send
         } else if (!sent_key.empty()) {
-            sent_before = w.owner().forwarded().note(sent_key, route->name, agent_id, sent_ms);
+            sent_before = w.owner().forwarded().note(sent_key, agent_id, sent_ms);
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
@@ -2683,7 +2689,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // was written (a POST is cancelled only then; a GET's cancel may come later).
         const bool unsent = nothing_sent(ex.failure) || (ex.failure == upstream_failure::cancelled && !ex.sending);
         if (!sent_key.empty() && unsent) {
-            w.owner().forwarded().forget(sent_key, route->name, agent_id, sent_ms, sent_before);
+            w.owner().forwarded().forget(sent_key, agent_id, sent_ms, sent_before);
         }
         if (watch.disarm()) {
             // The client left: no verdict from the upstream, except on its own health probe

@@ -272,7 +272,8 @@ ALTER TABLE breaker_state ADD COLUMN reset TEXT;
 ALTER TABLE breaker_state ADD COLUMN throttle_ms BLOB;
 )sql"},
     // The Idempotency-Keys of requests sent live (proxy/forwarded_keys.hpp), as 64-bit
-    // digests of (key, route, agent) with the wall-clock time of their last send: a retry
+    // digests of (key, route, agent) (of (key, agent) from migration 13 on) with the
+    // wall-clock time of their last send: a retry
     // after a restart, while a breaker quarantines, is refused rather than held and released
     // into a second send. Written every second (what changed) and at shutdown.
     {9, R"sql(
@@ -311,9 +312,19 @@ CREATE TABLE held_id_floor (
 );
 INSERT INTO held_id_floor(one, last_id) SELECT 1, coalesce(max(id), 0) FROM held_requests;
 )sql"},
+    // A client's Idempotency-Key is its agent's, whichever route carries it (a renamed
+    // route made a retry a second request: a second hold, or a hold of what was sent live,
+    // and a second send). Records are looked up by key and agent. The version also keeps an
+    // older breakerbox, which scoped keys by route, from opening the store (a rollback would
+    // miss the keys sent live since, whose digests it cannot read); the digests by route it
+    // wrote are looked up until they age out (keys_by_agent_since_ms).
+    {13, R"sql(
+DROP INDEX held_requests_idem;
+CREATE INDEX held_requests_idem_agent ON held_requests(idem_key, agent) WHERE idem_key != '';
+)sql"},
 };
 
-constexpr int latest_version = 12;
+constexpr int latest_version = 13;
 
 // How long a pruned record's Idempotency-Key is remembered after the prune (so at least
 // retention + this after the record was resolved).
@@ -644,7 +655,7 @@ public:
 
     // Operations (run on the writer thread, inside the batch transaction; see run_batch).
     outcome do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob, const std::string& fingerprint);
-    outcome do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& route, const std::string& agent,
+    outcome do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& agent,
                             const std::string& fingerprint);
     outcome do_transition(batch_ctx& ctx, const std::string& ticket, held_state to, bool force,
                           const std::string& actor, const std::string& detail, int status, const std::string& reason,
@@ -668,30 +679,31 @@ public:
         return opt_.limits;
     }
     const clock& clock_;
-    // Hashes of (Idempotency-Key, route, agent) of every record and tombstone: most live
+    // Hashes of (Idempotency-Key, agent) of every record and tombstone: most live
     // requests with a key are told apart from held ones without a read (earlier_hold). Only
     // grows (a pruned tombstone's hash stays until restart: it costs one read, never a miss).
     mutable std::mutex idem_mu_;
     std::unordered_set<std::uint64_t> idem_hashes_;
-    void note_idempotency_key(std::string_view key, std::string_view route, std::string_view agent) {
-        const std::uint64_t h = idem_hash(key, route, agent);
+    void note_idempotency_key(std::string_view key, std::string_view agent) {
+        const std::uint64_t h = idem_hash(key, agent);
         std::lock_guard lock{idem_mu_};
         idem_hashes_.insert(h);
     }
-    bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const {
-        const std::uint64_t h = idem_hash(key, route, agent);
+    bool may_hold_key(std::string_view key, std::string_view agent) const {
+        const std::uint64_t h = idem_hash(key, agent);
         std::lock_guard lock{idem_mu_};
         return idem_hashes_.contains(h);
     }
-    static std::uint64_t idem_hash(std::string_view key, std::string_view route, std::string_view agent) {
+    static std::uint64_t idem_hash(std::string_view key, std::string_view agent) {
         std::string joined;
-        joined.reserve(key.size() + route.size() + agent.size() + 2);
-        joined.append(key).append(1, '\0').append(route).append(1, '\0').append(agent);
+        joined.reserve(key.size() + agent.size() + 1);
+        joined.append(key).append(1, '\0').append(agent);
         return std::hash<std::string>{}(joined);
     }
     bool load_idempotency_keys(std::string* error);
     int lock_fd_ = -1;
     int schema_version_ = 0;
+    std::int64_t keys_by_agent_since_ms_ = 0;  // migration 13's applied_ms
     std::uint64_t recovered_ = 0;
     // The audit anchor (database::audit_anchor): the head read at open, then each append
     // once committed.
@@ -916,11 +928,14 @@ bool database::impl::migrate(std::string* error) {
                      "version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)") != SQLITE_OK) {
         return fail("cannot create schema_version");
     }
-    auto v = writer_.once("SELECT coalesce(max(version), 0) FROM schema_version");
-    if (!v.valid() || v.step() != SQLITE_ROW) {
-        return fail("cannot read schema_version");
+    {
+        // (Finished before the migrations: a statement still open would keep a DROP from running.)
+        auto v = writer_.once("SELECT coalesce(max(version), 0) FROM schema_version");
+        if (!v.valid() || v.step() != SQLITE_ROW) {
+            return fail("cannot read schema_version");
+        }
+        schema_version_ = static_cast<int>(v.col_i64(0));
     }
-    schema_version_ = static_cast<int>(v.col_i64(0));
     if (schema_version_ > latest_version) {
         *error = "store " + opt_.path + ": schema version " + std::to_string(schema_version_) +
                  " is newer than this breakerbox understands (" + std::to_string(latest_version) +
@@ -951,6 +966,11 @@ bool database::impl::migrate(std::string* error) {
         }
         schema_version_ = m.version;
     }
+    auto since = writer_.once("SELECT applied_ms FROM schema_version WHERE version = 13");
+    if (!since.valid() || since.step() != SQLITE_ROW) {
+        return fail("cannot read schema_version");
+    }
+    keys_by_agent_since_ms_ = since.col_i64(0);
     return true;
 }
 
@@ -1020,15 +1040,15 @@ bool database::impl::load_counters(std::string* error) {
 
 bool database::impl::load_idempotency_keys(std::string* error) {
     auto s = writer_.once(
-        "SELECT idem_key, route, agent FROM held_requests WHERE idem_key != '' "
-        "UNION ALL SELECT idem_key, route, agent FROM idem_tombstones");
+        "SELECT idem_key, agent FROM held_requests WHERE idem_key != '' "
+        "UNION ALL SELECT idem_key, agent FROM idem_tombstones");
     if (!s.valid()) {
         *error = "store " + opt_.path + ": cannot read idempotency keys: " + writer_.error();
         return false;
     }
     int rc = 0;
     while ((rc = s.step()) == SQLITE_ROW) {
-        note_idempotency_key(s.col_str(0), s.col_str(1), s.col_str(2));
+        note_idempotency_key(s.col_str(0), s.col_str(1));
     }
     if (rc != SQLITE_DONE) {
         *error = "store " + opt_.path + ": cannot read idempotency keys: " + writer_.error();
@@ -1318,38 +1338,40 @@ void database::impl::run_batch(std::vector<op>& batch) {
 }
 
 // On the writer, in queue order: a hold queued before this lookup is seen by it.
-database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& route,
-                                                        const std::string& agent, const std::string& fingerprint) {
-    // The live records first, then what pruned ones left (migration 5). `idem_key != ''`
-    // repeats the partial index's condition, so SQLite may use it (without it, the plan
-    // scans every record of the agent).
-    static constexpr const char* lookups[] = {
-        "SELECT ticket, idem_fingerprint, state, breaker_instance FROM held_requests WHERE idem_key = ?1 AND "
-        "idem_key != '' AND route = ?2 AND agent = ?3 ORDER BY id LIMIT 1",
-        "SELECT ticket, fingerprint, state, '' FROM idem_tombstones WHERE idem_key = ?1 AND route = ?2 AND agent = ?3"};
-    for (const char* sql : lookups) {
-        auto s = ctx.c.prepared(sql);
-        if (!s.valid()) {
-            return fatal_stmt(SQLITE_ERROR, "prepare key lookup");
+database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const std::string& key, const std::string& agent,
+                                                        const std::string& fingerprint) {
+    // The live records, then what pruned ones left (migration 5). `idem_key != ''` repeats
+    // the partial index's condition, so SQLite may use it (without it, the plan scans every
+    // record of the agent). The route is not asked: a key is the agent's whichever route
+    // carried it (migration 13). Versions before scoped keys by route too, so one key may
+    // have records and tombstones on several routes: the one of this very request is
+    // preferred, wherever it is, then a live record, then the oldest.
+    auto s = ctx.c.prepared(
+        "SELECT ticket, idem_fingerprint = ?3 AS same, state, breaker_instance, 0 AS pruned, id AS seq "
+        "FROM held_requests WHERE idem_key = ?1 AND idem_key != '' AND agent = ?2 "
+        "UNION ALL SELECT ticket, fingerprint = ?3, state, '', 1, pruned_ms "
+        "FROM idem_tombstones WHERE idem_key = ?1 AND agent = ?2 "
+        "ORDER BY same DESC, pruned, seq LIMIT 1");
+    if (!s.valid()) {
+        return fatal_stmt(SQLITE_ERROR, "prepare key lookup");
+    }
+    s.text(1, key);
+    s.text(2, agent);
+    s.text(3, fingerprint);
+    const int rc = s.step();
+    if (rc == SQLITE_ROW) {
+        result r;
+        r.ticket = s.col_str(0);
+        r.duplicate = s.col_i64(1) != 0;
+        r.breaker = s.col_str(3);
+        r.message = s.col_str(2) + (s.col_i64(4) != 0 ? ", its record since pruned" : "");
+        if (!r.duplicate) {
+            r.code = "idempotency_key_reused";
         }
-        s.text(1, key);
-        s.text(2, route);
-        s.text(3, agent);
-        const int rc = s.step();
-        if (rc == SQLITE_ROW) {
-            result r;
-            r.ticket = s.col_str(0);
-            r.duplicate = s.col_str(1) == fingerprint;
-            r.breaker = s.col_str(3);
-            r.message = s.col_str(2) + (sql == lookups[1] ? ", its record since pruned" : "");
-            if (!r.duplicate) {
-                r.code = "idempotency_key_reused";
-            }
-            return {r};
-        }
-        if (rc != SQLITE_DONE) {
-            return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
-        }
+        return {r};
+    }
+    if (rc != SQLITE_DONE) {
+        return is_io_fault(rc) ? fatal(rc) : outcome{unavailable("cannot look up the key: " + ctx.c.error())};
     }
     return {result::success()};
 }
@@ -1357,10 +1379,10 @@ database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const st
 database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r, const std::string& headers_blob,
                                                 const std::string& fingerprint) {
     const std::string breaker = breaker_of(r);
-    // A retry of a request held before (same key, route and agent): its ticket, nothing new
+    // A retry of a request held before (same key and agent): its ticket, nothing new
     // (before the limits: a retry of what is held already must not be refused as full).
     if (!r.idempotency_key.empty()) {
-        outcome earlier = do_earlier_hold(ctx, r.idempotency_key, r.route, r.agent, fingerprint);
+        outcome earlier = do_earlier_hold(ctx, r.idempotency_key, r.agent, fingerprint);
         if (earlier.fatal_rc != 0 || !earlier.r.ok) {
             return earlier;
         }
@@ -1381,6 +1403,7 @@ database::impl::outcome database::impl::do_hold(batch_ctx& ctx, held_request& r,
             }
             result again;
             again.ticket = earlier.r.ticket;
+            again.breaker = earlier.r.breaker;  // its own (a key is the agent's on every route)
             again.duplicate = true;
             again.message = "a retry of the request held as " + earlier.r.ticket + " (" + earlier.r.message +
                             "): not held again";
@@ -1577,6 +1600,33 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
                   "needs force, with the release attempts seen (" + std::to_string(attempts) + ")";
         }
         return {result::failure("invalid_state", why)};
+    }
+    if (to == held_state::releasing) {
+        // Versions before migration 13 held a retry on a renamed route as a second record of
+        // one request (same key, agent, method, target and body): once one of them is sent,
+        // or may have been, the other is that send's second. (None is held so since.)
+        auto twin = ctx.c.prepared(
+            "SELECT t.ticket, t.state FROM held_requests h JOIN held_requests t ON t.idem_key = h.idem_key AND "
+            "t.agent = h.agent AND t.idem_fingerprint = h.idem_fingerprint AND t.id != h.id "
+            "WHERE h.id = ?1 AND h.idem_key != '' AND t.idem_key != '' "
+            "AND t.state IN ('releasing', 'released', 'outcome_unknown') "
+            "UNION ALL SELECT t.ticket, t.state FROM held_requests h JOIN idem_tombstones t ON "
+            "t.idem_key = h.idem_key AND t.agent = h.agent AND t.fingerprint = h.idem_fingerprint "
+            "WHERE h.id = ?1 AND h.idem_key != '' AND t.state = 'released' LIMIT 1");
+        if (!twin.valid()) {
+            return fatal_stmt(SQLITE_ERROR, "prepare twin lookup");
+        }
+        twin.i64(1, id);
+        const int trc = twin.step();
+        if (trc == SQLITE_ROW) {
+            return {result::failure("invalid_state", "ticket " + ticket + " is the same request (Idempotency-Key, "
+                                                     "agent, method, target and body) as ticket " +
+                                                         twin.col_str(0) + ", which is " + twin.col_str(1) +
+                                                         ": it is not sent a second time; discard it")};
+        }
+        if (trc != SQLITE_DONE) {
+            return is_io_fault(trc) ? fatal(trc) : outcome{unavailable("cannot read " + ticket + ": " + ctx.c.error())};
+        }
     }
     if (to == held_state::release_failed) {
         // Once of unknown outcome, always: an earlier attempt may have been delivered, so a
@@ -1902,7 +1952,7 @@ void database::queue_hold(prepared_hold h, done_fn done) {
         // Before the hold is queued: a live retry that comes while it waits in the queue
         // finds the key here and queues its lookup behind it (earlier_hold: the writer runs
         // both in order). A hold that fails leaves a hash with no record: one lookup more.
-        impl_->note_idempotency_key(request.idempotency_key, request.route, request.agent);
+        impl_->note_idempotency_key(request.idempotency_key, request.agent);
     }
     const std::size_t bytes = request.body.size() + h.headers->size() + request.target.size() + 512;
     impl_->enqueue(
@@ -1916,23 +1966,23 @@ void database::hold(held_request request, done_fn done) {
     queue_hold(prepare_hold(std::move(request)), std::move(done));
 }
 
-bool database::may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const {
-    return !key.empty() && impl_->may_hold_key(key, route, agent);
+bool database::may_hold_key(std::string_view key, std::string_view agent) const {
+    return !key.empty() && impl_->may_hold_key(key, agent);
 }
 
-void database::expect_hold(std::string_view key, std::string_view route, std::string_view agent) {
+void database::expect_hold(std::string_view key, std::string_view agent) {
     if (!key.empty()) {
-        impl_->note_idempotency_key(key, route, agent);
+        impl_->note_idempotency_key(key, agent);
     }
 }
 
-void database::earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
+void database::earlier_hold(std::string key, std::string agent, std::string_view method,
                             std::string_view target, std::string_view body, done_fn done) {
     auto fingerprint = std::make_shared<std::string>(
         request_fingerprint(method, target, body));
     impl_->enqueue(
-        [p = impl_.get(), key = std::move(key), route = std::move(route), agent = std::move(agent),
-         fingerprint](impl::batch_ctx& ctx) { return p->do_earlier_hold(ctx, key, route, agent, *fingerprint); },
+        [p = impl_.get(), key = std::move(key), agent = std::move(agent),
+         fingerprint](impl::batch_ctx& ctx) { return p->do_earlier_hold(ctx, key, agent, *fingerprint); },
         std::move(done), 256);
 }
 
@@ -2656,6 +2706,7 @@ writer_stats database::stats() const {
 
 std::uint64_t database::recovered_at_open() const { return impl_->recovered_; }
 int database::schema_version() const { return impl_->schema_version_; }
+std::int64_t database::keys_by_agent_since_ms() const { return impl_->keys_by_agent_since_ms_; }
 const std::string& database::path() const { return impl_->opt_.path; }
 
 void database::inject_write_fault(int sqlite_code, int count, fault_point where, int after) {

@@ -53,7 +53,7 @@ struct result {
     std::int64_t count = 0;   // prune: records deleted; transitions: the record's attempts; audit: the id
     std::string hash;         // append_audit: the entry's hash
     bool duplicate = false;   // hold: `ticket` is an earlier hold of the same request (its key)
-    std::string breaker;      // earlier_hold: the record's breaker instance
+    std::string breaker;      // earlier_hold, a duplicate hold: the record's breaker instance ("" once pruned)
     bool unrecorded = false;  // a release (proxy/remediation): sent, its result not recorded yet
 
     static result success() { return {}; }
@@ -92,7 +92,8 @@ struct held_request {
     std::string request_id;
     std::int64_t received_ms = 0;     // wall clock; 0 -> the store's clock at hold()
     // The client's own Idempotency-Key (store.idempotency_header), "" when it sent none. A
-    // hold with the key, route and agent of an earlier one is a retry: the result carries
+    // hold with the key and agent of an earlier one is a retry, whichever route carried
+    // either (a renamed route must not make a retry a second request): the result carries
     // the earlier ticket with `duplicate`, nothing is stored; one whose method, target or
     // body differ fails with idempotency_key_reused.
     std::string idempotency_key;
@@ -298,19 +299,19 @@ public:
                  std::optional<held_state> expected = std::nullopt);
     // Deletes resolved records (released, discarded) whose last change is older than the
     // cutoff, with their history; at most max_records per call (done: r.count). Call again
-    // while r.count == max_records. A pruned record's Idempotency-Key (key, route, agent,
+    // while r.count == max_records. A pruned record's Idempotency-Key (key, agent, route,
     // fingerprint, ticket, state) is kept for 7 more days: a retry arriving then still gets
     // the first ticket (hold(): duplicate), not a second hold.
     void prune(std::int64_t older_than_ms, done_fn done, std::size_t max_records = 10'000);
 
     // --- quarantine reads (synchronous; see the header comment) ---
     // With the headers and the body. nullopt + error->code "not_found" or "store_unavailable".
-    // Whether a record may have been held under this Idempotency-Key for this route and
-    // agent (or its tombstone kept): from memory (hashes of every key held since open, and
-    // of the records found at open), cheap enough for every request that carries a key.
+    // Whether a record may have been held under this Idempotency-Key for this agent (or its
+    // tombstone kept): from memory (hashes of every key held since open, and of the records
+    // found at open), cheap enough for every request that carries a key.
     // False for certain means none was; true is answered by earlier_hold.
-    bool may_hold_key(std::string_view key, std::string_view route, std::string_view agent) const;
-    // The record held before under this key, route and agent (its tombstone once pruned),
+    bool may_hold_key(std::string_view key, std::string_view agent) const;
+    // The record held before under this key and agent (its tombstone once pruned),
     // for a request about to be forwarded live: a client that never got the 202 for its
     // hold retries after the breaker closed, and the retry must not go out beside the
     // release of the first (a double send). Queued on the writer like a write, so it runs
@@ -318,7 +319,7 @@ public:
     // an empty ticket (none), ok with `ticket`, `breaker` (the instance, "" once pruned),
     // `message` (its state) and `duplicate` (the same method, target and body), or code
     // idempotency_key_reused (another request under the key); not ok on a store failure.
-    void earlier_hold(std::string key, std::string route, std::string agent, std::string_view method,
+    void earlier_hold(std::string key, std::string agent, std::string_view method,
                       std::string_view target, std::string_view body, done_fn done);
     std::optional<held_request> get(std::string_view ticket, result* error = nullptr) const;
     // Summaries, oldest hold first: no headers and no body (body_bytes says how big).
@@ -441,6 +442,10 @@ public:
     // Records found in `releasing` at open and turned into outcome_unknown.
     std::uint64_t recovered_at_open() const;
     int schema_version() const;
+    // Wall-clock ms since which Idempotency-Keys are the agent's on every route (migration
+    // 13 applied): keys of requests sent live were remembered by route before, and such
+    // digests may be in the store (and its journal) until this plus their memory.
+    std::int64_t keys_by_agent_since_ms() const;
     const std::string& path() const;
 
     // --- test seams ---
@@ -454,7 +459,7 @@ public:
     void pause_writer(bool paused);
     // What a hold under this key that then failed (quarantine_full, say) leaves behind:
     // may_hold_key() says true, and a live send of the key looks it up.
-    void expect_hold(std::string_view key, std::string_view route, std::string_view agent);
+    void expect_hold(std::string_view key, std::string_view agent);
 
     class impl;
 

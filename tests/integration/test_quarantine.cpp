@@ -6,6 +6,7 @@
 #include "tests/support/sqlite_exec.hpp"
 
 #include "core/sha256.hpp"
+#include "proxy/forwarded_keys.hpp"
 #include "proxy/framing.hpp"
 #include "proxy/remediation.hpp"
 #include "store/database.hpp"
@@ -766,6 +767,88 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
 }
 
+// A key is the agent's, whichever route carries it: an operator renaming a route (a reload)
+// between a send and its retry must not make the retry a new request. Sent live under the
+// old name, its retry under the new one is refused while the breaker quarantines (held, a
+// release would send it twice); held under one name, its live retry under another gets the
+// hold's ticket and is not sent beside the release.
+TEST(quarantine, a_retry_after_its_route_was_renamed_is_still_the_same_request) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const std::string config = quarantine_config(up.port(), dir, 1000);
+    auto renamed = [&](const std::string& name) {
+        std::string text = config;
+        for (std::size_t at = 0; (at = text.find("\"mail-send\"", at)) != std::string::npos; at += name.size() + 2) {
+            text.replace(at, 11, "\"" + name + "\"");
+        }
+        auto parsed = bb::parse_config(text);
+        EXPECT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+        EXPECT_EQ(parsed.cfg->routes.at(0).name, name);
+        return parsed.cfg;
+    };
+    proxy_instance bb{config};
+    auto send_with_key = [&](const std::string& key, const std::string& body) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    ASSERT_EQ(send_with_key("k-1", R"({"to":[1]})").result_int(), 202u);
+    ASSERT_EQ(up.request_count(), 1u);
+    bb.server().apply_config(renamed("mail-send-v2"));
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto retry = send_with_key("k-1", R"({"to":[1]})");
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+
+    const auto held = send_with_key("k-2", R"({"to":[2]})");
+    ASSERT_EQ(held.result_int(), 202u) << held.body();
+    const std::string ticket{held["x-breakerbox-ticket"]};
+    ASSERT_FALSE(ticket.empty());
+    bb.server().apply_config(renamed("mail-send-v3"));
+    ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume", "ops", "fixed", bb.server().now()));
+    const auto live = send_with_key("k-2", R"({"to":[2]})");
+    EXPECT_EQ(live.result_int(), 202u) << live.body();
+    EXPECT_EQ(live["x-breakerbox-ticket"], ticket);
+    EXPECT_EQ(live["x-breakerbox-decision"], "quarantined");
+    EXPECT_EQ(up.request_count(), 1u) << "sent beside its hold";
+    // (A release needs the route it was held on: which rules would judge it cannot be told
+    // otherwise.)
+    bb.server().apply_config(renamed("mail-send-v2"));
+    bb::store::list_filter f;
+    f.breaker = "campaign-volume";
+    EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 1u);
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
+// The first start after an upgrade from a version that scoped keys by route: the keys of
+// requests it sent live (digests of key, route and agent) still refuse their retries while
+// a breaker quarantines.
+TEST(quarantine, a_retry_of_a_request_sent_live_before_the_upgrade_is_not_held) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    const std::string config = quarantine_config(up.port(), dir, 1000);
+    { proxy_instance made{config}; }
+    // As the version before left it: schema 12, and a key sent live 5 s ago on mail-send.
+    const auto digest = static_cast<std::int64_t>(bb::proxy::forwarded_keys::digest_by_route("k-9", "mail-send", ""));
+    const auto wall_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    sqlite_exec(dir + "/bb.db",
+                ("DELETE FROM schema_version WHERE version = 13; DROP INDEX held_requests_idem_agent; "
+                 "CREATE INDEX held_requests_idem ON held_requests(idem_key, route, agent) WHERE idem_key != ''; "
+                 "INSERT INTO forwarded_keys(digest, sent_ms) VALUES(" + std::to_string(digest) + ", " +
+                 std::to_string(wall_ms - 5000) + ")").c_str());
+    proxy_instance bb{config};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    auto send_with_key = [&](const std::string& key) {
+        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+    };
+    const auto retry = send_with_key("k-9");
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+    EXPECT_EQ(send_with_key("k-10").result_int(), 202u) << "another key is held as usual";
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // A client that gives up while its request still waits for the upstream's connection (a
 // slow TLS handshake here): nothing went out, so nothing of it may stay behind. Its key was
 // remembered as sent and its recipients booked: the retry, once the breaker trips, got 409
@@ -1071,7 +1154,7 @@ TEST(quarantine, a_retry_held_while_a_live_send_waits_for_its_lookup_is_refused)
     ASSERT_TRUE(bb.server().flush_breaker_state());
     // An earlier hold of k-7 that failed (quarantine_full, say) left its key behind: the
     // live send looks it up, and the lookup waits in the store's queue.
-    db->expect_hold("k-7", "mail-send", "");
+    db->expect_hold("k-7", "");
     db->flush();
     const auto queued_before = db->stats().queued;
     db->pause_writer(true);

@@ -1,5 +1,5 @@
-// Idempotency-Keys of requests sent live (proxy/forwarded_keys.hpp): remembered per key,
-// route and agent, for a bounded time and number.
+// Idempotency-Keys of requests sent live (proxy/forwarded_keys.hpp): remembered per key and
+// agent, whichever route carried them, for a bounded time and number.
 #include "proxy/forwarded_keys.hpp"
 
 #include <gtest/gtest.h>
@@ -14,22 +14,54 @@ namespace {
 
 using namespace std::chrono_literals;
 
-TEST(forwarded_keys, a_key_is_remembered_per_route_and_agent_for_its_memory) {
+// The routes configured (sent_at asks the digests a version before wrote by route under each).
+std::vector<std::string_view> on(std::string_view route) { return {route}; }
+
+TEST(forwarded_keys, a_key_is_remembered_per_agent_whichever_route_for_its_memory) {
     forwarded_keys k{10, 1h};
     const std::int64_t t0 = 1'700'000'000'000;
-    k.note("K", "mail-send", "agent-1", t0);
-    EXPECT_EQ(k.sent_at("K", "mail-send", "agent-1", t0 + 1000), t0);
-    EXPECT_FALSE(k.sent_at("K", "mail-send", "agent-2", t0));
-    EXPECT_FALSE(k.sent_at("K", "crm", "agent-1", t0));
-    EXPECT_FALSE(k.sent_at("K2", "mail-send", "agent-1", t0));
-    // Key, route and agent are told apart, not run together.
-    k.note("a", "bc", "", t0);
-    EXPECT_FALSE(k.sent_at("ab", "c", "", t0));
-    EXPECT_FALSE(k.sent_at("K", "mail-send", "agent-1", t0 + 3'600'001)) << "past its memory";
+    k.note("K", "agent-1", t0);
+    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send"), t0 + 1000), t0);
+    EXPECT_FALSE(k.sent_at("K", "agent-2", on("mail-send"), t0));
+    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send-renamed"), t0), t0) << "a renamed route is no new scope";
+    EXPECT_FALSE(k.sent_at("K2", "agent-1", on("mail-send"), t0));
+    // Key and agent are told apart, not run together.
+    k.note("a", "bc", t0);
+    EXPECT_FALSE(k.sent_at("ab", "c", on("r"), t0));
+    EXPECT_FALSE(k.sent_at("K", "agent-1", on("mail-send"), t0 + 3'600'001)) << "past its memory";
     // A note later keeps it from the time of that note on.
-    k.note("K", "mail-send", "agent-1", t0 + 3'000'000);
-    k.note("X", "mail-send", "", t0 + 3'700'000);  // expires the first note of K, not the second
-    EXPECT_EQ(k.sent_at("K", "mail-send", "agent-1", t0 + 3'700'000), t0 + 3'000'000);
+    k.note("K", "agent-1", t0 + 3'000'000);
+    k.note("X", "", t0 + 3'700'000);  // expires the first note of K, not the second
+    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send"), t0 + 3'700'000), t0 + 3'000'000);
+}
+
+// A store written by a version that scoped keys by route too: its digests are found under
+// any route configured (reordered, the retry may come on another), until they age out
+// (by_route_until); not before that is set (a store that never had them), not after.
+TEST(forwarded_keys, digests_by_route_from_before_are_found_under_every_route_until_they_age_out) {
+    forwarded_keys k{10, 1h};
+    const std::int64_t now = 1'000'000;
+    const std::vector<std::string> routes{"crm", "mail-send"};
+    k.restore({{forwarded_keys::digest_by_route("K", "mail-send", "agent-1"), now - 5000},
+               {forwarded_keys::digest_by_route("L", "mail-send", "agent-1"), now - 100}},
+              now);
+    EXPECT_FALSE(k.sent_at("K", "agent-1", routes, now)) << "no digests by route were announced";
+    k.by_route_until(now + 3'600'000);
+    EXPECT_EQ(k.sent_at("K", "agent-1", routes, now), now - 5000);
+    EXPECT_EQ(k.sent_at("K", "agent-1", std::vector<std::string>{"mail-send", "crm"}, now), now - 5000);
+    int announced = 0;
+    EXPECT_EQ(k.sent_at_then("K", "agent-1", routes, now, [&] { ++announced; }), now - 5000);
+    EXPECT_EQ(announced, 0);
+    EXPECT_FALSE(k.sent_at("K", "agent-1", on("crm"), now)) << "its route is configured no more";
+    EXPECT_FALSE(k.sent_at("K", "agent-2", routes, now));
+    // Sent again since the upgrade: the latest of the sends.
+    k.note("K", "agent-1", now - 10);
+    EXPECT_EQ(k.sent_at("K", "agent-1", routes, now), now - 10);
+    k.note("L", "agent-1", now - 9000);  // (a clock from before: the one by route is later)
+    EXPECT_EQ(k.sent_at("L", "agent-1", routes, now), now - 100);
+    // Past the time they age out by, digests by route are not asked any more.
+    k.by_route_until(now - 1);
+    EXPECT_EQ(k.sent_at("L", "agent-1", routes, now), now - 9000);
 }
 
 // The two checks that keep a live send and a hold of one key apart: each asks its question
@@ -38,7 +70,7 @@ TEST(forwarded_keys, a_send_notes_before_it_asks_and_a_hold_announces_only_when_
     forwarded_keys k{10, 1h};
     const std::int64_t t0 = 1'700'000'000'000;
     bool asked = false;
-    const auto [before, held] = k.note_then("K", "r", "a", t0, [&] {
+    const auto [before, held] = k.note_then("K", "a", t0, [&] {
         asked = true;
         return true;
     });
@@ -46,51 +78,51 @@ TEST(forwarded_keys, a_send_notes_before_it_asks_and_a_hold_announces_only_when_
     EXPECT_TRUE(held) << "what may_hold() said";
     EXPECT_FALSE(before);
     int announced = 0;
-    EXPECT_EQ(k.sent_at_then("K", "r", "a", t0 + 5, [&] { ++announced; }), t0) << "the send is seen";
+    EXPECT_EQ(k.sent_at_then("K", "a", on("r"), t0 + 5, [&] { ++announced; }), t0) << "the send is seen";
     EXPECT_EQ(announced, 0) << "no hold is announced for a key sent";
-    EXPECT_FALSE(k.sent_at_then("K2", "r", "a", t0 + 5, [&] { ++announced; }));
+    EXPECT_FALSE(k.sent_at_then("K2", "a", on("r"), t0 + 5, [&] { ++announced; }));
     EXPECT_EQ(announced, 1);
     // Forgotten (not sent after all): the next hold is announced.
-    k.forget("K", "r", "a", t0, before);
-    EXPECT_FALSE(k.sent_at_then("K", "r", "a", t0 + 6, [&] { ++announced; }));
+    k.forget("K", "a", t0, before);
+    EXPECT_FALSE(k.sent_at_then("K", "a", on("r"), t0 + 6, [&] { ++announced; }));
     EXPECT_EQ(announced, 2);
 }
 
 TEST(forwarded_keys, the_least_recently_sent_go_first_past_the_bound) {
     forwarded_keys k{3, 1h};
     for (int i = 0; i < 5; ++i) {
-        k.note("k" + std::to_string(i), "r", "", 1000 + i);
+        k.note("k" + std::to_string(i), "", 1000 + i);
     }
     EXPECT_EQ(k.size(), 3u);
     EXPECT_EQ(k.dropped_young(), 2u);
-    EXPECT_FALSE(k.sent_at("k0", "r", "", 2000));
-    EXPECT_FALSE(k.sent_at("k1", "r", "", 2000));
-    EXPECT_TRUE(k.sent_at("k4", "r", "", 2000));
+    EXPECT_FALSE(k.sent_at("k0", "", on("r"), 2000));
+    EXPECT_FALSE(k.sent_at("k1", "", on("r"), 2000));
+    EXPECT_TRUE(k.sent_at("k4", "", on("r"), 2000));
     // One key sent again and again (an agent in a loop) is one key: it pushes nobody out.
     for (int i = 0; i < 100; ++i) {
-        k.note("k4", "r", "", 3000 + i);
+        k.note("k4", "", 3000 + i);
     }
     EXPECT_EQ(k.size(), 3u);
-    EXPECT_TRUE(k.sent_at("k2", "r", "", 4000));
-    EXPECT_TRUE(k.sent_at("k3", "r", "", 4000));
+    EXPECT_TRUE(k.sent_at("k2", "", on("r"), 4000));
+    EXPECT_TRUE(k.sent_at("k3", "", on("r"), 4000));
 }
 
 TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
     forwarded_keys k{10, 1h};
-    EXPECT_FALSE(k.note("K", "r", "", 1000));
-    k.forget("K", "r", "", 1000, std::nullopt);
-    EXPECT_FALSE(k.sent_at("K", "r", "", 1001));
+    EXPECT_FALSE(k.note("K", "", 1000));
+    k.forget("K", "", 1000, std::nullopt);
+    EXPECT_FALSE(k.sent_at("K", "", on("r"), 1001));
     // Sent before: back to that send.
-    k.note("K", "r", "", 2000);
-    const auto before = k.note("K", "r", "", 3000);
+    k.note("K", "", 2000);
+    const auto before = k.note("K", "", 3000);
     EXPECT_EQ(before, 2000);
-    k.forget("K", "r", "", 3000, before);
-    EXPECT_EQ(k.sent_at("K", "r", "", 3001), 2000);
+    k.forget("K", "", 3000, before);
+    EXPECT_EQ(k.sent_at("K", "", on("r"), 3001), 2000);
     // Noted again meanwhile: that send stands.
-    const auto b2 = k.note("K", "r", "", 4000);
-    k.note("K", "r", "", 5000);
-    k.forget("K", "r", "", 4000, b2);
-    EXPECT_EQ(k.sent_at("K", "r", "", 5001), 5000);
+    const auto b2 = k.note("K", "", 4000);
+    k.note("K", "", 5000);
+    k.forget("K", "", 4000, b2);
+    EXPECT_EQ(k.sent_at("K", "", on("r"), 5001), 5000);
 }
 
 // What the store is handed: every key noted, dropped or forgotten since the last changes(),
@@ -98,36 +130,36 @@ TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
 TEST(forwarded_keys, changes_carry_what_the_store_must_write) {
     forwarded_keys k{2, 1h};
     k.restore({}, 0);  // a store keeps them from here
-    k.note("a", "r", "", 1000);
-    k.note("b", "r", "", 1001);
+    k.note("a", "", 1000);
+    k.note("b", "", 1001);
     auto c = k.changes();
     ASSERT_EQ(c.size(), 2u);
     for (const auto& ch : c) {
         ASSERT_TRUE(ch.sent_ms);
-        EXPECT_EQ(*ch.sent_ms, ch.digest == forwarded_keys::hash("a", "r", "") ? 1000 : 1001);
+        EXPECT_EQ(*ch.sent_ms, ch.digest == forwarded_keys::digest("a", "") ? 1000 : 1001);
     }
     EXPECT_TRUE(k.changes().empty()) << "nothing changed since";
-    k.note("c", "r", "", 1002);  // drops "a" (the bound): its row goes
-    k.note("b", "r", "", 1003);
-    const auto before = k.note("d", "r", "", 1004);  // drops "c"
-    k.forget("d", "r", "", 1004, before);  // went nowhere: its row goes
+    k.note("c", "", 1002);  // drops "a" (the bound): its row goes
+    k.note("b", "", 1003);
+    const auto before = k.note("d", "", 1004);  // drops "c"
+    k.forget("d", "", 1004, before);  // went nowhere: its row goes
     c = k.changes();
     std::map<std::uint64_t, std::optional<std::int64_t>> got;
     for (const auto& ch : c) {
         got[ch.digest] = ch.sent_ms;
     }
     ASSERT_EQ(got.size(), 4u);
-    EXPECT_EQ(got.at(forwarded_keys::hash("a", "r", "")), std::nullopt);
-    EXPECT_EQ(got.at(forwarded_keys::hash("b", "r", "")), 1003);
-    EXPECT_EQ(got.at(forwarded_keys::hash("c", "r", "")), std::nullopt);
-    EXPECT_EQ(got.at(forwarded_keys::hash("d", "r", "")), std::nullopt);
+    EXPECT_EQ(got.at(forwarded_keys::digest("a", "")), std::nullopt);
+    EXPECT_EQ(got.at(forwarded_keys::digest("b", "")), 1003);
+    EXPECT_EQ(got.at(forwarded_keys::digest("c", "")), std::nullopt);
+    EXPECT_EQ(got.at(forwarded_keys::digest("d", "")), std::nullopt);
     // A write that failed: the same keys again, as they stand at the next changes().
     k.retry(c);
-    k.note("b", "r", "", 1005);
+    k.note("b", "", 1005);
     const auto again = k.changes();
     EXPECT_EQ(again.size(), 4u);
     for (const auto& ch : again) {
-        if (ch.digest == forwarded_keys::hash("b", "r", "")) {
+        if (ch.digest == forwarded_keys::digest("b", "")) {
             EXPECT_EQ(ch.sent_ms, 1005);
         }
     }
@@ -137,13 +169,13 @@ TEST(forwarded_keys, changes_carry_what_the_store_must_write) {
 // the memory, and is not written back as a change.
 TEST(forwarded_keys, restored_keys_are_remembered_within_their_bounds) {
     forwarded_keys k{2, 1h};
-    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", "agent"); };
+    const auto h = [](const char* key) { return forwarded_keys::digest(key, "agent"); };
     k.restore({{h("new"), 10'000'000}, {h("aged"), 10'000'000 - 3'600'001}, {h("mid"), 9'000'000}, {h("old"), 8'000'000}},
               10'000'000);
-    EXPECT_EQ(k.sent_at("new", "r", "agent", 10'000'000), 10'000'000);
-    EXPECT_EQ(k.sent_at("mid", "r", "agent", 10'000'000), 9'000'000);
-    EXPECT_FALSE(k.sent_at("old", "r", "agent", 10'000'000)) << "past the bound of 2";
-    EXPECT_FALSE(k.sent_at("aged", "r", "agent", 10'000'000)) << "past the memory";
+    EXPECT_EQ(k.sent_at("new", "agent", on("r"), 10'000'000), 10'000'000);
+    EXPECT_EQ(k.sent_at("mid", "agent", on("r"), 10'000'000), 9'000'000);
+    EXPECT_FALSE(k.sent_at("old", "agent", on("r"), 10'000'000)) << "past the bound of 2";
+    EXPECT_FALSE(k.sent_at("aged", "agent", on("r"), 10'000'000)) << "past the memory";
     for (const auto& c : k.changes()) {
         EXPECT_FALSE(c.sent_ms) << "only the rows dropped for the bound are changes";
     }
@@ -154,18 +186,18 @@ TEST(forwarded_keys, restored_keys_are_remembered_within_their_bounds) {
 TEST(forwarded_keys, keys_noted_before_a_store_opens_join_it_in_order) {
     forwarded_keys k{3, 1h};
     for (int i = 0; i < 100; ++i) {
-        k.note("pre" + std::to_string(i), "r", "", 5000 + i);
+        k.note("pre" + std::to_string(i), "", 5000 + i);
     }
     EXPECT_TRUE(k.changes().empty());
     EXPECT_EQ(k.size(), 3u);  // pre97..pre99
     // Saved ones are older (4000) and newer (6000) than those noted meanwhile.
-    k.restore({{forwarded_keys::hash("old", "r", ""), 4000}, {forwarded_keys::hash("new", "r", ""), 6000}}, 6000);
+    k.restore({{forwarded_keys::digest("old", ""), 4000}, {forwarded_keys::digest("new", ""), 6000}}, 6000);
     EXPECT_EQ(k.size(), 3u);
-    EXPECT_TRUE(k.sent_at("new", "r", "", 6000));
-    EXPECT_TRUE(k.sent_at("pre99", "r", "", 6000));
-    EXPECT_TRUE(k.sent_at("pre98", "r", "", 6000));
-    EXPECT_FALSE(k.sent_at("pre97", "r", "", 6000)) << "the least recently sent go first";
-    EXPECT_FALSE(k.sent_at("old", "r", "", 6000));
+    EXPECT_TRUE(k.sent_at("new", "", on("r"), 6000));
+    EXPECT_TRUE(k.sent_at("pre99", "", on("r"), 6000));
+    EXPECT_TRUE(k.sent_at("pre98", "", on("r"), 6000));
+    EXPECT_FALSE(k.sent_at("pre97", "", on("r"), 6000)) << "the least recently sent go first";
+    EXPECT_FALSE(k.sent_at("old", "", on("r"), 6000));
     std::size_t remembered = 0;
     for (const auto& c : k.changes()) {
         remembered += c.sent_ms.has_value();
@@ -188,19 +220,19 @@ TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores
         EXPECT_TRUE(j) << error;
         return j;
     };
-    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    const auto h = [](const char* key) { return forwarded_keys::digest(key, ""); };
     {
         forwarded_keys k{10, 1h};
         std::vector<store::key_journal::entry> none;
         k.restore({}, 0, journal(&none), none, wall0);
-        k.note("saved", "r", "", 1000);
+        k.note("saved", "", 1000);
         int file = -1;
         ASSERT_EQ(k.changes(&file).size(), 1u);
         k.saved(file);  // "saved" is in the store now (the rows given below)
-        k.note("a", "r", "", 2000);
-        const auto before = k.note("gone", "r", "", 2001);
-        k.note("saved", "r", "", 2002);
-        k.forget("gone", "r", "", 2001, before);  // went nowhere
+        k.note("a", "", 2000);
+        const auto before = k.note("gone", "", 2001);
+        k.note("saved", "", 2002);
+        k.forget("gone", "", 2001, before);  // went nowhere
         // The process dies here: no save.
     }
     std::vector<store::key_journal::entry> replay;
@@ -210,9 +242,9 @@ TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores
     // The second process: its steady clock starts at 0, the wall clock 10 s on.
     const std::int64_t now = 5000;
     k.restore({{h("saved"), now - 9000}}, now, std::move(j), replay, wall0 + 10'000);
-    EXPECT_EQ(k.sent_at("a", "r", "", now), now - 8000) << "sent 8 s before the restart";
-    EXPECT_EQ(k.sent_at("saved", "r", "", now), now - 7998) << "the journal's later send";
-    EXPECT_FALSE(k.sent_at("gone", "r", "", now)) << "forgotten, as it was before the crash";
+    EXPECT_EQ(k.sent_at("a", "", on("r"), now), now - 8000) << "sent 8 s before the restart";
+    EXPECT_EQ(k.sent_at("saved", "", on("r"), now), now - 7998) << "the journal's later send";
+    EXPECT_FALSE(k.sent_at("gone", "", on("r"), now)) << "forgotten, as it was before the crash";
     std::map<std::uint64_t, std::optional<std::int64_t>> got;
     for (const auto& c : k.changes()) {
         got[c.digest] = c.sent_ms;
@@ -230,7 +262,7 @@ TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores
 TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
     const std::int64_t wall_now = 1'700'000'100'000;
     const std::int64_t now = 50'000;  // steady; steady = now - (wall_now - wall)
-    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    const auto h = [](const char* key) { return forwarded_keys::digest(key, ""); };
     const auto wall_of = [&](std::int64_t steady) { return wall_now - (now - steady); };
     std::vector<store::key_journal::entry> replay{
         {1, h("k"), wall_of(10'000), 0},                                             // sent at 10 s
@@ -244,9 +276,9 @@ TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
     forwarded_keys k{10, 1h};
     // The store has k sent again at 20 s (that send's entry never reached the journal).
     k.restore({{h("k"), 20'000}}, now, nullptr, replay, wall_now);
-    EXPECT_EQ(k.sent_at("k", "r", "", now), 20'000) << "the later send stays";
-    EXPECT_FALSE(k.sent_at("gone", "r", "", now));
-    EXPECT_EQ(k.sent_at("back", "r", "", now), 12'000) << "back to the send before the one taken back";
+    EXPECT_EQ(k.sent_at("k", "", on("r"), now), 20'000) << "the later send stays";
+    EXPECT_FALSE(k.sent_at("gone", "", on("r"), now));
+    EXPECT_EQ(k.sent_at("back", "", on("r"), now), 12'000) << "back to the send before the one taken back";
 }
 
 // A wall clock stepped against the steady one (NTP, a suspended VM) moves the offset the store
@@ -255,8 +287,8 @@ TEST(forwarded_keys, a_clock_step_rewrites_every_key_at_the_new_offset) {
     forwarded_keys k{10, 1h};
     k.restore({}, 1000, nullptr, {}, 1'700'000'000'000);
     EXPECT_EQ(k.wall_offset(), 1'700'000'000'000 - 1000);
-    k.note("a", "r", "", 1000);
-    k.note("b", "r", "", 1001);
+    k.note("a", "", 1000);
+    k.note("b", "", 1001);
     EXPECT_EQ(k.changes(nullptr, k.wall_offset() + 400).size(), 2u);
     EXPECT_EQ(k.wall_offset(), 1'700'000'000'000 - 1000) << "under a second: left alone";
     EXPECT_TRUE(k.changes(nullptr, k.wall_offset() + 400).empty());
@@ -270,7 +302,7 @@ TEST(forwarded_keys, a_clock_step_rewrites_every_key_at_the_new_offset) {
 TEST(forwarded_keys, a_replayed_take_back_tells_sends_apart_after_the_wall_clock_went_back) {
     const std::int64_t wall_now = 1'700'000'100'000;
     const std::int64_t now = 50'000;
-    const auto h = [](const char* key) { return forwarded_keys::hash(key, "r", ""); };
+    const auto h = [](const char* key) { return forwarded_keys::digest(key, ""); };
     const auto wall_of = [&](std::int64_t steady) { return wall_now - (now - steady); };
     std::vector<store::key_journal::entry> replay{
         {1, h("k"), wall_of(55'000), 0},
@@ -278,7 +310,7 @@ TEST(forwarded_keys, a_replayed_take_back_tells_sends_apart_after_the_wall_clock
     };
     forwarded_keys k{10, 1h};
     k.restore({{h("k"), 60'000}}, now, nullptr, replay, wall_now);  // the store's later send, 10 s "ahead"
-    EXPECT_EQ(k.sent_at("k", "r", "", now), now) << "the later send stays (counted as now)";
+    EXPECT_EQ(k.sent_at("k", "", on("r"), now), now) << "the later send stays (counted as now)";
 }
 
 // Keys noted before the store opened (a reload that adds the first breaker opens it) go into
@@ -290,7 +322,7 @@ TEST(forwarded_keys, keys_noted_before_the_store_opens_are_journalled_when_it_do
     const std::string base = (dir / "bb.db").string();
     {
         forwarded_keys k{10, 1h};
-        k.note("early", "r", "", 1000);
+        k.note("early", "", 1000);
         std::vector<store::key_journal::entry> none;
         std::string error;
         auto j = store::key_journal::open(base, &none, &error);
@@ -303,15 +335,17 @@ TEST(forwarded_keys, keys_noted_before_the_store_opens_are_journalled_when_it_do
     auto j = store::key_journal::open(base, &replay, &error);
     ASSERT_TRUE(j) << error;
     ASSERT_EQ(replay.size(), 1u);
-    EXPECT_EQ(replay[0].digest, forwarded_keys::hash("early", "r", ""));
+    EXPECT_EQ(replay[0].digest, forwarded_keys::digest("early", ""));
     EXPECT_EQ(replay[0].wall_ms, 1'700'000'000'000 - 1000);
     std::filesystem::remove_all(dir);
 }
 
 // The digest is what the store keeps across versions: the first 8 bytes of SHA-256 of
-// key NUL route NUL agent, not a hash that may change with the standard library.
+// key NUL NUL agent (of key NUL route NUL agent before keys were the agent's alone), not a
+// hash that may change with the standard library.
 TEST(forwarded_keys, the_digest_is_the_same_in_every_build) {
-    EXPECT_EQ(forwarded_keys::hash("k", "r", "a"), 0xcf984c12d75afafeull);  // printf 'k\0r\0a' | sha256sum
+    EXPECT_EQ(forwarded_keys::digest("k", "a"), 0x679302841f5bbdabull);  // printf 'k\0\0a' | sha256sum
+    EXPECT_EQ(forwarded_keys::digest_by_route("k", "r", "a"), 0xcf984c12d75afafeull);  // printf 'k\0r\0a' | sha256sum
 }
 
 }  // namespace

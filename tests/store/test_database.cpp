@@ -1,6 +1,7 @@
 #include "store/database.hpp"
 
 #include "core/sha256.hpp"
+#include "tests/support/sqlite_exec.hpp"
 
 #include <gtest/gtest.h>
 #include <simdjson.h>
@@ -144,11 +145,13 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     auto db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 12);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
+    EXPECT_EQ(db->schema_version(), 13);  // 1: quarantine and breaker state, 2: audit and config versions, 3: hold keys,
                                           // 4: the clocks of the breaker state, 5: keys of pruned records, 6: rule meters,
                                           // 7: the reset policy of saved breaker state, 8: throttle admissions,
                                           // 9: keys of requests sent live, 10: the config file as last read,
-                                          // 11: the sandbox a request was held under, 12: the floor of record ids
+                                          // 11: the sandbox a request was held under, 12: the floor of record ids,
+                                          // 13: keys scoped by agent alone
+    EXPECT_GT(db->keys_by_agent_since_ms(), 0);
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -160,9 +163,10 @@ TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
     sqlite3_close(raw);
 }
 
-// A hold with the client key, route and agent of an earlier one is a retry: the earlier
-// ticket, nothing stored (within one group commit too).
-// The same key on another route or agent, or no key, is another request.
+// A hold with the client key and agent of an earlier one is a retry: the earlier ticket,
+// nothing stored (within one group commit too). On another route too: a renamed route must
+// not make a retry a second hold (and a second send). The same key of another agent, or no
+// key, is another request.
 TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     auto db = open();
     auto keyed = sample();
@@ -182,17 +186,21 @@ TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     EXPECT_EQ(reused.code, "idempotency_key_reused");
     EXPECT_NE(reused.message.find(first.ticket), std::string::npos) << reused.message;
     auto other_route = keyed;
-    other_route.route = "mail-batch";
+    other_route.route = "mail-send-v2";
+    const auto renamed = hold(*db, other_route);
+    ASSERT_TRUE(renamed.ok) << renamed.message;
+    EXPECT_TRUE(renamed.duplicate);
+    EXPECT_EQ(renamed.ticket, first.ticket);
     auto other_agent = keyed;
     other_agent.agent = "agent-two";
     auto other_key = keyed;
     other_key.idempotency_key = "k-2";
-    for (const auto& r : {other_route, other_agent, other_key, sample(), sample()}) {
+    for (const auto& r : {other_agent, other_key, sample(), sample()}) {
         const auto res = hold(*db, r);
         ASSERT_TRUE(res.ok) << res.message;
         EXPECT_FALSE(res.duplicate);
     }
-    EXPECT_EQ(db->counts().held_count, 6u);
+    EXPECT_EQ(db->counts().held_count, 5u);
     // Two copies in one batch: the second sees the first.
     keyed.idempotency_key = "k-3";
     const auto together = hold_together(*db, keyed, 3);
@@ -200,7 +208,7 @@ TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     EXPECT_FALSE(together[0].duplicate);
     EXPECT_TRUE(together[1].duplicate && together[2].duplicate);
     EXPECT_EQ(together[2].ticket, together[0].ticket);
-    EXPECT_EQ(db->counts().held_count, 7u);
+    EXPECT_EQ(db->counts().held_count, 6u);
     // Released, then retried: still the record that was sent, not a new hold.
     ASSERT_TRUE(begin(*db, first.ticket).ok);
     ASSERT_TRUE(finish(*db, first.ticket, bb::store::release_outcome::released).ok);
@@ -209,6 +217,107 @@ TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     EXPECT_TRUE(late.duplicate);
     EXPECT_EQ(late.ticket, first.ticket);
     EXPECT_EQ(state_of(*db, first.ticket), held_state::released);
+}
+
+// A store from a version that scoped keys by route too may hold one key of one agent on
+// two routes, as two requests. A retry of either is that one, not the other (which would
+// refuse it as another request under the key), and a live send of either finds its own.
+TEST_F(store_db, a_key_held_on_two_routes_before_keys_were_the_agents_finds_the_same_request) {
+    auto a = sample();
+    a.idempotency_key = "k-a";
+    auto b = sample("campaign-volume/spring", "{\"to\":2}");
+    b.route = "mail-batch";
+    b.idempotency_key = "k-b";
+    std::string ta, tb;
+    {
+        auto db = open();
+        ta = hold(*db, a).ticket;
+        tb = hold(*db, b).ticket;
+        ASSERT_FALSE(ta.empty());
+        ASSERT_FALSE(tb.empty());
+        db->flush();
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+        sqlite3_busy_timeout(raw, 5000);
+        char* err = nullptr;
+        const std::string sql = "UPDATE held_requests SET idem_key = 'k-a' WHERE ticket = '" + tb + "'";
+        EXPECT_EQ(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+        sqlite3_free(err);
+        sqlite3_close(raw);
+    }
+    auto db = open();
+    b.idempotency_key = "k-a";
+    for (const auto& [r, ticket] : {std::pair{a, ta}, std::pair{b, tb}}) {
+        const auto again = hold(*db, r);
+        ASSERT_TRUE(again.ok) << again.message;
+        EXPECT_TRUE(again.duplicate);
+        EXPECT_EQ(again.ticket, ticket);
+        ASSERT_TRUE(db->may_hold_key("k-a", r.agent));
+        const auto live = wait_done([&](bb::store::done_fn d) {
+            db->earlier_hold("k-a", r.agent, r.method, r.target, r.body, std::move(d));
+        });
+        ASSERT_TRUE(live.ok) << live.message;
+        EXPECT_TRUE(live.duplicate);
+        EXPECT_EQ(live.ticket, ticket);
+    }
+    EXPECT_EQ(db->counts().held_count, 2u);
+    // The first released and pruned: its retry still finds its tombstone, not the other's record.
+    ASSERT_TRUE(begin(*db, ta).ok);
+    ASSERT_TRUE(finish(*db, ta, bb::store::release_outcome::released).ok);
+    clock_.advance(std::chrono::minutes{2});
+    const auto now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count();
+    const auto pruned = wait_done([&](bb::store::done_fn d) { db->prune(now_ms - 60'000, d); });
+    ASSERT_TRUE(pruned.ok) << pruned.message;
+    ASSERT_EQ(pruned.count, 1);
+    const auto late = hold(*db, a);
+    ASSERT_TRUE(late.ok) << late.message;
+    EXPECT_TRUE(late.duplicate);
+    EXPECT_EQ(late.ticket, ta);
+    EXPECT_NE(late.message.find("pruned"), std::string::npos) << late.message;
+    EXPECT_EQ(db->counts().held_count, 1u);
+}
+
+// A retry on a renamed route was held as a second record of the same request by versions
+// before keys were the agent's: once one of the two is being sent, the other is refused.
+TEST_F(store_db, a_request_held_twice_before_keys_were_the_agents_is_released_once) {
+    auto db = open();
+    auto first = sample();
+    first.idempotency_key = "k-a";
+    auto second = first;
+    second.route = "mail-send-v2";
+    second.idempotency_key = "k-z";
+    const auto t1 = hold(*db, first).ticket;
+    const auto t2 = hold(*db, second).ticket;
+    ASSERT_FALSE(t1.empty());
+    ASSERT_FALSE(t2.empty());
+    db->flush();
+    bb::test::sqlite_exec(db->path(), ("UPDATE held_requests SET idem_key = 'k-a' WHERE ticket = '" + t2 + "'").c_str());
+    ASSERT_TRUE(begin(*db, t1).ok);
+    auto twin = begin(*db, t2);
+    EXPECT_FALSE(twin.ok);
+    EXPECT_EQ(twin.code, "invalid_state");
+    EXPECT_NE(twin.message.find(t1), std::string::npos) << twin.message;
+    ASSERT_TRUE(finish(*db, t1, bb::store::release_outcome::released).ok);
+    EXPECT_FALSE(begin(*db, t2, true).ok) << "not even forced";
+    EXPECT_EQ(state_of(*db, t2), held_state::held);
+    // Pruned, the first leaves its tombstone: still refused.
+    clock_.advance(std::chrono::minutes{2});
+    const auto now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count();
+    ASSERT_EQ(wait_done([&](bb::store::done_fn d) { db->prune(now_ms - 60'000, d); }).count, 1);
+    twin = begin(*db, t2);
+    EXPECT_FALSE(twin.ok);
+    EXPECT_NE(twin.message.find(t1), std::string::npos) << twin.message;
+    EXPECT_TRUE(discard(*db, t2).ok);
+    // Another body under the key (refused when held now) is another request.
+    auto other = sample("campaign-volume/spring", "{\"to\":3}");
+    other.idempotency_key = "k-c";
+    const auto t3 = hold(*db, other).ticket;
+    ASSERT_FALSE(t3.empty());
+    db->flush();
+    bb::test::sqlite_exec(db->path(), ("UPDATE held_requests SET idem_key = 'k-a' WHERE ticket = '" + t3 + "'").c_str());
+    EXPECT_TRUE(begin(*db, t3).ok);
 }
 
 // A retry that comes after its record was released and pruned (retention may be a minute,
@@ -241,10 +350,12 @@ TEST_F(store_db, a_retried_hold_after_its_record_was_pruned_is_still_the_first_h
     const auto reused = hold(*db, changed);
     EXPECT_FALSE(reused.ok);
     EXPECT_EQ(reused.code, "idempotency_key_reused");
-    // Another route's key is another request.
+    // On a renamed route too.
     auto other_route = keyed;
-    other_route.route = "mail-batch";
-    EXPECT_FALSE(hold(*db, other_route).duplicate);
+    other_route.route = "mail-send-v2";
+    const auto renamed = hold(*db, other_route);
+    EXPECT_TRUE(renamed.duplicate);
+    EXPECT_EQ(renamed.ticket, first.ticket);
     // After 7 days the key is free again.
     clock_.advance(std::chrono::hours{24 * 7} + std::chrono::minutes{1});
     r = wait_done([&](bb::store::done_fn d) { db->prune(now_ms() - 60'000, d); });
@@ -1725,7 +1836,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(raw,
-                           "DROP INDEX held_requests_idem; ALTER TABLE held_requests DROP COLUMN idem_key; "
+                           "DROP INDEX held_requests_idem_agent; ALTER TABLE held_requests DROP COLUMN idem_key; "
                            "ALTER TABLE held_requests DROP COLUMN idem_fingerprint; DROP TABLE breaker_state_clock; "
                            "DROP TABLE idem_tombstones; DROP TABLE rule_meters; ALTER TABLE breaker_state DROP COLUMN reset; "
                            "ALTER TABLE breaker_state DROP COLUMN throttle_ms; DROP TABLE forwarded_keys; DROP TABLE config_file; "
@@ -1737,7 +1848,7 @@ TEST_F(store_db, a_version_2_store_is_upgraded_with_its_holds) {
     sqlite3_close(raw);
     db = open();
     ASSERT_TRUE(db);
-    EXPECT_EQ(db->schema_version(), 12);
+    EXPECT_EQ(db->schema_version(), 13);
     EXPECT_EQ(state_of(*db, old.ticket), held_state::held);
     EXPECT_EQ(db->get(old.ticket)->sandboxed_by, "") << "a record from before was held for a real send";
     auto keyed = sample();
