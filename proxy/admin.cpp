@@ -1491,8 +1491,11 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         store::result rerr;
         auto rec = db->get(ticket, &rerr);
         if (!rec) {
-            co_return fail({rerr.code == "not_found" ? http::status::not_found : http::status::service_unavailable,
-                            rerr.code.empty() ? "not_found" : rerr.code, "no quarantined request " + ticket});
+            const bool missing = rerr.code.empty() || rerr.code == "not_found";
+            co_return fail({missing ? http::status::not_found : http::status::service_unavailable,
+                            missing ? "not_found" : rerr.code,
+                            missing ? "no quarantined request " + ticket
+                                    : "quarantined request " + ticket + " cannot be read: " + rerr.message});
         }
         const auto hist = db->history(ticket);
         handled h;

@@ -489,7 +489,10 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                                static_cast<std::uint32_t>(begun.count));
         });
         // A record once of unknown outcome stays so (database::finish_release).
-        refused.message += recorded.code == "outcome_unknown"
+        refused.message += !recorded.ok
+                               ? " (the release had begun, and the store could not record the failed attempt yet: "
+                                 "the record stays releasing until it does)"
+                           : recorded.code == "outcome_unknown"
                                ? " (the release had begun: recorded as a failed attempt; the record stays outcome_unknown)"
                                : " (the release had begun: recorded as a failed attempt, the record is release_failed)";
         if (!recorded.ok) {

@@ -628,6 +628,21 @@ TEST(admin_api, breaker_instances_are_filtered_and_paged) {
     }
 }
 
+// A record the store cannot read is not "no such request": 503 naming why, not 404.
+TEST(admin_api, an_unreadable_quarantine_record_is_503_not_404) {
+    admin_fixture f;
+    auto res = send_mail(f.bb.port(), "q", 1, true);
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    sqlite_exec(f.dir + "/bb.db", ("UPDATE held_bodies SET headers = 'not headers' WHERE id = (SELECT id FROM "
+                                   "held_requests WHERE ticket = '" + ticket + "')").c_str());
+    auto r = admin(f.port(), http::verb::get, "/v1/quarantine/" + ticket, "view-token");
+    EXPECT_EQ(r.result_int(), 503u) << r.body();
+    EXPECT_EQ(code_of(r), "store_unavailable") << r.body();
+    EXPECT_NE(r.body().find("corrupt headers"), std::string::npos) << r.body();
+    EXPECT_EQ(r.body().find("no quarantined request"), std::string::npos) << r.body();
+}
+
 TEST(admin_api, quarantine_endpoints) {
     admin_fixture f;
     std::vector<std::string> tickets;
