@@ -12,7 +12,7 @@
 // the same way): a client's key names one operation, and renaming or reordering routes
 // must not let the retry of a request sent live be held, and released, as if it never
 // went out. Versions before scoped keys by route too; their digests are still looked up,
-// under every route configured, until they age out (sent_at, by_route_until).
+// under every route name in use then, until they age out (sent_at, by_route).
 // Thread-safe.
 
 #include <unistd.h>
@@ -74,10 +74,10 @@ public:
         const bool held = may_hold();
         return {before, held};
     }
-    template <class Routes, class F>
-    std::optional<std::int64_t> sent_at_then(std::string_view key, std::string_view agent, const Routes& routes,
-                                             std::int64_t now_ms, F&& expect_hold) {
-        const auto digests = digests_of(key, agent, routes, now_ms);
+    template <class F>
+    std::optional<std::int64_t> sent_at_then(std::string_view key, std::string_view agent, std::int64_t now_ms,
+                                             F&& expect_hold) {
+        const auto digests = digests_of(key, agent, now_ms);
         std::lock_guard lock{mu_};
         if (const auto sent = sent_locked(digests, now_ms)) {
             return sent;
@@ -106,22 +106,23 @@ public:
     }
 
     // When a request with this key and agent was last sent, if within the memory (the
-    // latest send when several digests are remembered). `routes`: the names of the routes
-    // configured (strings), for the digests by route a version before wrote; asked only
-    // until by_route_until (one SHA-256 per route and question, only for requests a breaker
-    // quarantines).
-    template <class Routes>
-    std::optional<std::int64_t> sent_at(std::string_view key, std::string_view agent, const Routes& routes,
-                                        std::int64_t now_ms) const {
-        const auto digests = digests_of(key, agent, routes, now_ms);
+    // latest send when several digests are remembered: the digests by route a version
+    // before wrote, under each name by_route gave, until then).
+    std::optional<std::int64_t> sent_at(std::string_view key, std::string_view agent, std::int64_t now_ms) const {
+        const auto digests = digests_of(key, agent, now_ms);
         std::lock_guard lock{mu_};
         return sent_locked(digests, now_ms);
     }
-    // Digests by route may be remembered until `steady_ms` (a steady clock): those a version
-    // before wrote age out by then (the store's keys_by_agent_since_ms plus the memory).
-    void by_route_until(std::int64_t steady_ms) {
+    // Digests by route, of a version before, may be remembered until `steady_ms` (a steady
+    // clock: the store's keys_by_agent_since_ms plus the memory), under these route names
+    // (those configured in the memory before the upgrade). Asked for each, one SHA-256 a
+    // name, only for requests a breaker quarantines, and only until then.
+    void by_route(std::int64_t steady_ms, std::vector<std::string> route_names) {
+        std::sort(route_names.begin(), route_names.end());
+        route_names.erase(std::unique(route_names.begin(), route_names.end()), route_names.end());
         std::lock_guard lock{mu_};
         by_route_until_ms_ = steady_ms;
+        by_route_names_ = std::make_shared<const std::vector<std::string>>(std::move(route_names));
     }
 
     std::size_t size() const {
@@ -301,18 +302,19 @@ public:
     }
 
 private:
-    // The digest of (key, agent), then those by route while they may be remembered.
-    template <class Routes>
-    std::vector<std::uint64_t> digests_of(std::string_view key, std::string_view agent, const Routes& routes,
-                                          std::int64_t now_ms) const {
+    // The digest of (key, agent), then those by route while they may be remembered
+    // (computed outside the lock).
+    std::vector<std::uint64_t> digests_of(std::string_view key, std::string_view agent, std::int64_t now_ms) const {
         std::vector<std::uint64_t> out{digest(key, agent)};
-        bool by_route = false;
+        std::shared_ptr<const std::vector<std::string>> routes;
         {
             std::lock_guard lock{mu_};
-            by_route = now_ms <= by_route_until_ms_;
+            if (now_ms <= by_route_until_ms_) {
+                routes = by_route_names_;
+            }
         }
-        if (by_route) {
-            for (const auto& route : routes) {
+        if (routes) {
+            for (const auto& route : *routes) {
                 out.push_back(digest_by_route(key, route, agent));
             }
         }
@@ -397,6 +399,7 @@ private:
     std::int64_t wall_offset_ms_ = 0;
     // Until when digests by route (a version before) may be remembered: none by default.
     std::int64_t by_route_until_ms_ = std::numeric_limits<std::int64_t>::min();
+    std::shared_ptr<const std::vector<std::string>> by_route_names_;
     std::uint64_t journal_failures_ = 0;
 };
 

@@ -22,6 +22,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <simdjson.h>
 #include <spdlog/async.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/basic_file_sink.h>
@@ -496,6 +497,28 @@ store::store_limits store_limits_of(const store_config& sc) {
 
 }  // namespace
 
+namespace {
+
+// Appends the names of the routes of a config as stored (config_versions' JSON); a version
+// that does not read so adds none.
+void add_route_names(const std::string& json, std::vector<std::string>& out) {
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    simdjson::dom::array routes;
+    if (parser.parse(simdjson::padded_string{json}).get(doc) != simdjson::SUCCESS ||
+        doc["routes"].get(routes) != simdjson::SUCCESS) {
+        return;
+    }
+    for (const auto route : routes) {
+        std::string_view name;
+        if (route["name"].get(name) == simdjson::SUCCESS) {
+            out.emplace_back(name);
+        }
+    }
+}
+
+}  // namespace
+
 void server::open_store(const store_config& sc) {
     // A store that cannot be opened (locked by another process, unreadable), read or written
     // is a reason not to start, and not to apply a reload that needs it.
@@ -759,9 +782,28 @@ void server::open_store(const store_config& sc) {
     }
     forwarded_.restore(std::move(saved_keys), steady_now_ms, std::move(keys_journal), journalled_keys,
                        keys_wall_now);  // read above, with the breaker state
-    // Keys sent live before an upgrade were remembered by route: looked up so until they age out.
-    forwarded_.by_route_until(steady_now_ms + (db->keys_by_agent_since_ms() - keys_wall_now) +
-                              forwarded_.memory().count());
+    // Keys sent live before the upgrade that scoped keys by agent alone were remembered by
+    // route: looked up so, under the names of the routes configured in their memory before
+    // it (a rename since must not hide them), until they age out.
+    const std::int64_t keys_by_agent_since = db->keys_by_agent_since_ms();
+    const std::int64_t keys_memory = forwarded_.memory().count();
+    if (keys_by_agent_since + keys_memory > keys_wall_now) {
+        std::vector<std::string> route_names;
+        for (const auto& r : current_config()->routes) {
+            route_names.push_back(r.name);
+        }
+        std::string versions_error;
+        if (const auto versions = db->config_versions_since(keys_by_agent_since - keys_memory, &versions_error)) {
+            for (const auto& json : *versions) {
+                add_route_names(json, route_names);
+            }
+        } else {
+            spdlog::warn("{}: the keys of requests sent live before the upgrade are looked up under the routes "
+                         "configured now only",
+                         versions_error);
+        }
+        forwarded_.by_route(steady_now_ms + (keys_by_agent_since - keys_wall_now) + keys_memory, std::move(route_names));
+    }
     db_ = std::move(db);
     state_writer_ = std::move(writer);
     remediation_ = std::make_unique<class remediation>(control_, *db_, *this);

@@ -40,7 +40,6 @@
 #include <ctime>
 #include <chrono>
 #include <random>
-#include <ranges>
 
 namespace bb::proxy {
 
@@ -2400,8 +2399,6 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // the first may have been delivered (the client gave up waiting, the upstream did
         // not), and releasing the retry would send it a second time. Refused, nothing held.
         // Asked here for an early answer, and again as the hold is queued (below).
-        // (For the keys a version before remembered by route: forwarded_keys::sent_at.)
-        const auto route_names = cfg->routes | std::views::transform(&route_config::name);
         const auto already_forwarded = [&](std::int64_t now_ms, std::int64_t sent_ms) {
             contained = error_info{http::status::conflict, "rejected", "already_forwarded",
                                    "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
@@ -2417,7 +2414,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             const std::string_view key = req[cfg->store.idempotency_header];
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
-            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, agent_id, route_names, now_ms)) {
+            if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, agent_id, now_ms)) {
                 already_forwarded(now_ms, *sent);
             }
         }
@@ -2473,7 +2470,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         db->queue_hold(std::move(prepared), std::move(done));
                         return;
                     }
-                    sent_meanwhile = w.owner().forwarded().sent_at_then(key, agent_id, route_names, queued_ms, [&] {
+                    sent_meanwhile = w.owner().forwarded().sent_at_then(key, agent_id, queued_ms, [&] {
                         db->queue_hold(std::move(prepared), std::move(done));
                     });
                     if (sent_meanwhile) {

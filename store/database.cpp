@@ -966,11 +966,13 @@ bool database::impl::migrate(std::string* error) {
         }
         schema_version_ = m.version;
     }
+    // (A store at 13 without its row, edited by hand: no keys by route are looked for.)
     auto since = writer_.once("SELECT applied_ms FROM schema_version WHERE version = 13");
-    if (!since.valid() || since.step() != SQLITE_ROW) {
+    const int since_rc = since.valid() ? since.step() : SQLITE_ERROR;
+    if (since_rc != SQLITE_ROW && since_rc != SQLITE_DONE) {
         return fail("cannot read schema_version");
     }
-    keys_by_agent_since_ms_ = since.col_i64(0);
+    keys_by_agent_since_ms_ = since_rc == SQLITE_ROW ? since.col_i64(0) : 0;
     return true;
 }
 
@@ -1344,14 +1346,20 @@ database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const st
     // the partial index's condition, so SQLite may use it (without it, the plan scans every
     // record of the agent). The route is not asked: a key is the agent's whichever route
     // carried it (migration 13). Versions before scoped keys by route too, so one key may
-    // have records and tombstones on several routes: the one of this very request is
-    // preferred, wherever it is, then a live record, then the oldest.
+    // have records and tombstones on several routes, of one request even (a retry held
+    // again on a renamed route): the one of this very request is preferred, wherever it is;
+    // among those, one that was (or may have been) sent, then one still held, then a
+    // discarded one (a retry must not be told "discarded, not sent" of a request its twin
+    // delivered); then a live record, then the oldest.
     auto s = ctx.c.prepared(
-        "SELECT ticket, idem_fingerprint = ?3 AS same, state, breaker_instance, 0 AS pruned, id AS seq "
+        "SELECT ticket, idem_fingerprint = ?3 AS same, state, breaker_instance, 0 AS pruned, id AS seq, "
+        "CASE state WHEN 'releasing' THEN 0 WHEN 'released' THEN 0 WHEN 'outcome_unknown' THEN 0 "
+        "WHEN 'discarded' THEN 2 ELSE 1 END AS rank "
         "FROM held_requests WHERE idem_key = ?1 AND idem_key != '' AND agent = ?2 "
-        "UNION ALL SELECT ticket, fingerprint = ?3, state, '', 1, pruned_ms "
+        "UNION ALL SELECT ticket, fingerprint = ?3, state, '', 1, pruned_ms, "
+        "CASE state WHEN 'released' THEN 0 WHEN 'discarded' THEN 2 ELSE 1 END "
         "FROM idem_tombstones WHERE idem_key = ?1 AND agent = ?2 "
-        "ORDER BY same DESC, pruned, seq LIMIT 1");
+        "ORDER BY same DESC, rank, pruned, seq LIMIT 1");
     if (!s.valid()) {
         return fatal_stmt(SQLITE_ERROR, "prepare key lookup");
     }
@@ -1756,7 +1764,12 @@ database::impl::outcome database::impl::do_prune(batch_ctx& ctx, std::int64_t cu
     const std::int64_t now = wall_ms(clock_);
     {
         // Tombstones past their memory (idem_tombstones_pruned: a range).
-        auto s = ctx.c.prepared("DELETE FROM idem_tombstones WHERE pruned_ms < ?1");
+        // One kept while a record of the same request is (held twice by a version before
+        // keys were the agent's, do_transition): its release would be the second send.
+        auto s = ctx.c.prepared(
+            "DELETE FROM idem_tombstones WHERE pruned_ms < ?1 AND NOT EXISTS (SELECT 1 FROM held_requests h "
+            "WHERE h.idem_key = idem_tombstones.idem_key AND h.idem_key != '' AND h.agent = idem_tombstones.agent "
+            "AND h.idem_fingerprint = idem_tombstones.fingerprint)");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare tombstone prune");
         }
@@ -3240,6 +3253,29 @@ std::optional<std::pair<std::int64_t, std::string>> database::config_version(std
         return rc == SQLITE_DONE ? std::nullopt : failed();
     }
     return std::pair{s.col_i64(0), s.col_str(1)};
+}
+
+std::optional<std::vector<std::string>> database::config_versions_since(std::int64_t since_ms,
+                                                                       std::string* error) const {
+    auto c = impl_->lease();
+    auto s = c->once(
+        "SELECT json FROM config_versions WHERE at_ms >= ?1 OR version = (SELECT max(version) FROM "
+        "config_versions WHERE at_ms < ?1) ORDER BY version");
+    std::vector<std::string> out;
+    int rc = SQLITE_ERROR;
+    if (s.valid()) {
+        s.i64(1, since_ms);
+        while ((rc = s.step()) == SQLITE_ROW) {
+            out.push_back(s.col_str(0));
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        if (error != nullptr) {
+            *error = "cannot read the config versions: " + c->error();
+        }
+        return std::nullopt;
+    }
+    return out;
 }
 
 }  // namespace bb::store

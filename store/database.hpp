@@ -434,6 +434,10 @@ public:
     // (then *error says why).
     std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version,
                                                                        std::string* error = nullptr) const;
+    // The JSON of every config version recorded at or after since_ms (wall clock), and of the
+    // one in effect then (the latest before it). nullopt + *error when unreadable.
+    std::optional<std::vector<std::string>> config_versions_since(std::int64_t since_ms,
+                                                                  std::string* error = nullptr) const;
 
     // --- operations ---
     // Blocks until every write queued before the call has completed. For shutdown and tests.

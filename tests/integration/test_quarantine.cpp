@@ -821,31 +821,47 @@ TEST(quarantine, a_retry_after_its_route_was_renamed_is_still_the_same_request) 
 
 // The first start after an upgrade from a version that scoped keys by route: the keys of
 // requests it sent live (digests of key, route and agent) still refuse their retries while
-// a breaker quarantines.
+// a breaker quarantines, under the routes configured now and those of the config versions
+// in use before the upgrade (a route renamed by the same deploy), for the 24 hours they are
+// remembered; from then on they are not looked for.
 TEST(quarantine, a_retry_of_a_request_sent_live_before_the_upgrade_is_not_held) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     const std::string config = quarantine_config(up.port(), dir, 1000);
     { proxy_instance made{config}; }
-    // As the version before left it: schema 12, and a key sent live 5 s ago on mail-send.
-    const auto digest = static_cast<std::int64_t>(bb::proxy::forwarded_keys::digest_by_route("k-9", "mail-send", ""));
+    // As the version before left it: schema 12, keys sent live 5 s ago on mail-send and on
+    // mail-send-old (a route of the config an hour ago).
+    const auto by_route = [](const char* key, const char* route) {
+        return std::to_string(static_cast<std::int64_t>(bb::proxy::forwarded_keys::digest_by_route(key, route, "")));
+    };
     const auto wall_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     sqlite_exec(dir + "/bb.db",
                 ("DELETE FROM schema_version WHERE version = 13; DROP INDEX held_requests_idem_agent; "
                  "CREATE INDEX held_requests_idem ON held_requests(idem_key, route, agent) WHERE idem_key != ''; "
-                 "INSERT INTO forwarded_keys(digest, sent_ms) VALUES(" + std::to_string(digest) + ", " +
-                 std::to_string(wall_ms - 5000) + ")").c_str());
-    proxy_instance bb{config};
-    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
-    auto send_with_key = [&](const std::string& key) {
-        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
+                 "INSERT INTO forwarded_keys(digest, sent_ms) VALUES(" + by_route("k-9", "mail-send") + ", " +
+                 std::to_string(wall_ms - 5000) + "), (" + by_route("k-8", "mail-send-old") + ", " +
+                 std::to_string(wall_ms - 5000) + "); "
+                 "INSERT INTO config_versions(at_ms, actor, reason, json) VALUES(" + std::to_string(wall_ms - 3'600'000) +
+                 ", 'file', 'start', '{\"routes\": [{\"name\": \"mail-send-old\"}]}')").c_str());
+    auto send_with_key = [&](std::uint16_t port, const std::string& key) {
+        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
                             {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
     };
-    const auto retry = send_with_key("k-9");
-    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
-    EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
-    EXPECT_EQ(send_with_key("k-10").result_int(), 202u) << "another key is held as usual";
+    {
+        proxy_instance bb{config};
+        ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+        for (const char* key : {"k-9", "k-8"}) {
+            const auto retry = send_with_key(bb.port(), key);
+            EXPECT_EQ(retry.result_int(), 409u) << key << ": " << retry.body();
+            EXPECT_NE(retry.body().find("already_forwarded"), std::string::npos) << retry.body();
+        }
+        EXPECT_EQ(send_with_key(bb.port(), "k-10").result_int(), 202u) << "another key is held as usual";
+    }
+    // An upgrade a day and an hour ago: those keys aged out, and are not looked for.
+    sqlite_exec(dir + "/bb.db", "UPDATE schema_version SET applied_ms = applied_ms - 90000000 WHERE version = 13");
+    proxy_instance bb{config};
+    EXPECT_EQ(send_with_key(bb.port(), "k-9").result_int(), 202u);
     EXPECT_EQ(up.request_count(), 0u);
 }
 

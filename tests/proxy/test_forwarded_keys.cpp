@@ -14,54 +14,51 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// The routes configured (sent_at asks the digests a version before wrote by route under each).
-std::vector<std::string_view> on(std::string_view route) { return {route}; }
-
 TEST(forwarded_keys, a_key_is_remembered_per_agent_whichever_route_for_its_memory) {
     forwarded_keys k{10, 1h};
     const std::int64_t t0 = 1'700'000'000'000;
     k.note("K", "agent-1", t0);
-    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send"), t0 + 1000), t0);
-    EXPECT_FALSE(k.sent_at("K", "agent-2", on("mail-send"), t0));
-    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send-renamed"), t0), t0) << "a renamed route is no new scope";
-    EXPECT_FALSE(k.sent_at("K2", "agent-1", on("mail-send"), t0));
+    EXPECT_EQ(k.sent_at("K", "agent-1", t0 + 1000), t0);
+    EXPECT_FALSE(k.sent_at("K", "agent-2", t0));
+    EXPECT_FALSE(k.sent_at("K2", "agent-1", t0));
     // Key and agent are told apart, not run together.
     k.note("a", "bc", t0);
-    EXPECT_FALSE(k.sent_at("ab", "c", on("r"), t0));
-    EXPECT_FALSE(k.sent_at("K", "agent-1", on("mail-send"), t0 + 3'600'001)) << "past its memory";
+    EXPECT_FALSE(k.sent_at("ab", "c", t0));
+    EXPECT_FALSE(k.sent_at("K", "agent-1", t0 + 3'600'001)) << "past its memory";
     // A note later keeps it from the time of that note on.
     k.note("K", "agent-1", t0 + 3'000'000);
     k.note("X", "", t0 + 3'700'000);  // expires the first note of K, not the second
-    EXPECT_EQ(k.sent_at("K", "agent-1", on("mail-send"), t0 + 3'700'000), t0 + 3'000'000);
+    EXPECT_EQ(k.sent_at("K", "agent-1", t0 + 3'700'000), t0 + 3'000'000);
 }
 
 // A store written by a version that scoped keys by route too: its digests are found under
-// any route configured (reordered, the retry may come on another), until they age out
-// (by_route_until); not before that is set (a store that never had them), not after.
+// any of the route names in use then (a route renamed or reordered since, the retry comes
+// on another), until they age out (by_route); not before that is set (a store that never
+// had them), not after.
 TEST(forwarded_keys, digests_by_route_from_before_are_found_under_every_route_until_they_age_out) {
     forwarded_keys k{10, 1h};
     const std::int64_t now = 1'000'000;
-    const std::vector<std::string> routes{"crm", "mail-send"};
     k.restore({{forwarded_keys::digest_by_route("K", "mail-send", "agent-1"), now - 5000},
                {forwarded_keys::digest_by_route("L", "mail-send", "agent-1"), now - 100}},
               now);
-    EXPECT_FALSE(k.sent_at("K", "agent-1", routes, now)) << "no digests by route were announced";
-    k.by_route_until(now + 3'600'000);
-    EXPECT_EQ(k.sent_at("K", "agent-1", routes, now), now - 5000);
-    EXPECT_EQ(k.sent_at("K", "agent-1", std::vector<std::string>{"mail-send", "crm"}, now), now - 5000);
+    EXPECT_FALSE(k.sent_at("K", "agent-1", now)) << "no digests by route were announced";
+    k.by_route(now + 3'600'000, {"crm", "mail-send", "crm"});
+    EXPECT_EQ(k.sent_at("K", "agent-1", now), now - 5000);
     int announced = 0;
-    EXPECT_EQ(k.sent_at_then("K", "agent-1", routes, now, [&] { ++announced; }), now - 5000);
+    EXPECT_EQ(k.sent_at_then("K", "agent-1", now, [&] { ++announced; }), now - 5000);
     EXPECT_EQ(announced, 0);
-    EXPECT_FALSE(k.sent_at("K", "agent-1", on("crm"), now)) << "its route is configured no more";
-    EXPECT_FALSE(k.sent_at("K", "agent-2", routes, now));
+    EXPECT_FALSE(k.sent_at("K", "agent-2", now));
     // Sent again since the upgrade: the latest of the sends.
     k.note("K", "agent-1", now - 10);
-    EXPECT_EQ(k.sent_at("K", "agent-1", routes, now), now - 10);
+    EXPECT_EQ(k.sent_at("K", "agent-1", now), now - 10);
     k.note("L", "agent-1", now - 9000);  // (a clock from before: the one by route is later)
-    EXPECT_EQ(k.sent_at("L", "agent-1", routes, now), now - 100);
+    EXPECT_EQ(k.sent_at("L", "agent-1", now), now - 100);
+    // Not under a name that was not in use then.
+    k.by_route(now + 3'600'000, {"crm"});
+    EXPECT_EQ(k.sent_at("L", "agent-1", now), now - 9000);
     // Past the time they age out by, digests by route are not asked any more.
-    k.by_route_until(now - 1);
-    EXPECT_EQ(k.sent_at("L", "agent-1", routes, now), now - 9000);
+    k.by_route(now - 1, {"crm", "mail-send"});
+    EXPECT_EQ(k.sent_at("L", "agent-1", now), now - 9000);
 }
 
 // The two checks that keep a live send and a hold of one key apart: each asks its question
@@ -78,13 +75,13 @@ TEST(forwarded_keys, a_send_notes_before_it_asks_and_a_hold_announces_only_when_
     EXPECT_TRUE(held) << "what may_hold() said";
     EXPECT_FALSE(before);
     int announced = 0;
-    EXPECT_EQ(k.sent_at_then("K", "a", on("r"), t0 + 5, [&] { ++announced; }), t0) << "the send is seen";
+    EXPECT_EQ(k.sent_at_then("K", "a", t0 + 5, [&] { ++announced; }), t0) << "the send is seen";
     EXPECT_EQ(announced, 0) << "no hold is announced for a key sent";
-    EXPECT_FALSE(k.sent_at_then("K2", "a", on("r"), t0 + 5, [&] { ++announced; }));
+    EXPECT_FALSE(k.sent_at_then("K2", "a", t0 + 5, [&] { ++announced; }));
     EXPECT_EQ(announced, 1);
     // Forgotten (not sent after all): the next hold is announced.
     k.forget("K", "a", t0, before);
-    EXPECT_FALSE(k.sent_at_then("K", "a", on("r"), t0 + 6, [&] { ++announced; }));
+    EXPECT_FALSE(k.sent_at_then("K", "a", t0 + 6, [&] { ++announced; }));
     EXPECT_EQ(announced, 2);
 }
 
@@ -95,34 +92,34 @@ TEST(forwarded_keys, the_least_recently_sent_go_first_past_the_bound) {
     }
     EXPECT_EQ(k.size(), 3u);
     EXPECT_EQ(k.dropped_young(), 2u);
-    EXPECT_FALSE(k.sent_at("k0", "", on("r"), 2000));
-    EXPECT_FALSE(k.sent_at("k1", "", on("r"), 2000));
-    EXPECT_TRUE(k.sent_at("k4", "", on("r"), 2000));
+    EXPECT_FALSE(k.sent_at("k0", "", 2000));
+    EXPECT_FALSE(k.sent_at("k1", "", 2000));
+    EXPECT_TRUE(k.sent_at("k4", "", 2000));
     // One key sent again and again (an agent in a loop) is one key: it pushes nobody out.
     for (int i = 0; i < 100; ++i) {
         k.note("k4", "", 3000 + i);
     }
     EXPECT_EQ(k.size(), 3u);
-    EXPECT_TRUE(k.sent_at("k2", "", on("r"), 4000));
-    EXPECT_TRUE(k.sent_at("k3", "", on("r"), 4000));
+    EXPECT_TRUE(k.sent_at("k2", "", 4000));
+    EXPECT_TRUE(k.sent_at("k3", "", 4000));
 }
 
 TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
     forwarded_keys k{10, 1h};
     EXPECT_FALSE(k.note("K", "", 1000));
     k.forget("K", "", 1000, std::nullopt);
-    EXPECT_FALSE(k.sent_at("K", "", on("r"), 1001));
+    EXPECT_FALSE(k.sent_at("K", "", 1001));
     // Sent before: back to that send.
     k.note("K", "", 2000);
     const auto before = k.note("K", "", 3000);
     EXPECT_EQ(before, 2000);
     k.forget("K", "", 3000, before);
-    EXPECT_EQ(k.sent_at("K", "", on("r"), 3001), 2000);
+    EXPECT_EQ(k.sent_at("K", "", 3001), 2000);
     // Noted again meanwhile: that send stands.
     const auto b2 = k.note("K", "", 4000);
     k.note("K", "", 5000);
     k.forget("K", "", 4000, b2);
-    EXPECT_EQ(k.sent_at("K", "", on("r"), 5001), 5000);
+    EXPECT_EQ(k.sent_at("K", "", 5001), 5000);
 }
 
 // What the store is handed: every key noted, dropped or forgotten since the last changes(),
@@ -172,10 +169,10 @@ TEST(forwarded_keys, restored_keys_are_remembered_within_their_bounds) {
     const auto h = [](const char* key) { return forwarded_keys::digest(key, "agent"); };
     k.restore({{h("new"), 10'000'000}, {h("aged"), 10'000'000 - 3'600'001}, {h("mid"), 9'000'000}, {h("old"), 8'000'000}},
               10'000'000);
-    EXPECT_EQ(k.sent_at("new", "agent", on("r"), 10'000'000), 10'000'000);
-    EXPECT_EQ(k.sent_at("mid", "agent", on("r"), 10'000'000), 9'000'000);
-    EXPECT_FALSE(k.sent_at("old", "agent", on("r"), 10'000'000)) << "past the bound of 2";
-    EXPECT_FALSE(k.sent_at("aged", "agent", on("r"), 10'000'000)) << "past the memory";
+    EXPECT_EQ(k.sent_at("new", "agent", 10'000'000), 10'000'000);
+    EXPECT_EQ(k.sent_at("mid", "agent", 10'000'000), 9'000'000);
+    EXPECT_FALSE(k.sent_at("old", "agent", 10'000'000)) << "past the bound of 2";
+    EXPECT_FALSE(k.sent_at("aged", "agent", 10'000'000)) << "past the memory";
     for (const auto& c : k.changes()) {
         EXPECT_FALSE(c.sent_ms) << "only the rows dropped for the bound are changes";
     }
@@ -193,11 +190,11 @@ TEST(forwarded_keys, keys_noted_before_a_store_opens_join_it_in_order) {
     // Saved ones are older (4000) and newer (6000) than those noted meanwhile.
     k.restore({{forwarded_keys::digest("old", ""), 4000}, {forwarded_keys::digest("new", ""), 6000}}, 6000);
     EXPECT_EQ(k.size(), 3u);
-    EXPECT_TRUE(k.sent_at("new", "", on("r"), 6000));
-    EXPECT_TRUE(k.sent_at("pre99", "", on("r"), 6000));
-    EXPECT_TRUE(k.sent_at("pre98", "", on("r"), 6000));
-    EXPECT_FALSE(k.sent_at("pre97", "", on("r"), 6000)) << "the least recently sent go first";
-    EXPECT_FALSE(k.sent_at("old", "", on("r"), 6000));
+    EXPECT_TRUE(k.sent_at("new", "", 6000));
+    EXPECT_TRUE(k.sent_at("pre99", "", 6000));
+    EXPECT_TRUE(k.sent_at("pre98", "", 6000));
+    EXPECT_FALSE(k.sent_at("pre97", "", 6000)) << "the least recently sent go first";
+    EXPECT_FALSE(k.sent_at("old", "", 6000));
     std::size_t remembered = 0;
     for (const auto& c : k.changes()) {
         remembered += c.sent_ms.has_value();
@@ -242,9 +239,9 @@ TEST(forwarded_keys, a_restart_after_a_crash_replays_the_journal_over_the_stores
     // The second process: its steady clock starts at 0, the wall clock 10 s on.
     const std::int64_t now = 5000;
     k.restore({{h("saved"), now - 9000}}, now, std::move(j), replay, wall0 + 10'000);
-    EXPECT_EQ(k.sent_at("a", "", on("r"), now), now - 8000) << "sent 8 s before the restart";
-    EXPECT_EQ(k.sent_at("saved", "", on("r"), now), now - 7998) << "the journal's later send";
-    EXPECT_FALSE(k.sent_at("gone", "", on("r"), now)) << "forgotten, as it was before the crash";
+    EXPECT_EQ(k.sent_at("a", "", now), now - 8000) << "sent 8 s before the restart";
+    EXPECT_EQ(k.sent_at("saved", "", now), now - 7998) << "the journal's later send";
+    EXPECT_FALSE(k.sent_at("gone", "", now)) << "forgotten, as it was before the crash";
     std::map<std::uint64_t, std::optional<std::int64_t>> got;
     for (const auto& c : k.changes()) {
         got[c.digest] = c.sent_ms;
@@ -276,9 +273,9 @@ TEST(forwarded_keys, a_replayed_take_back_never_forgets_a_later_send) {
     forwarded_keys k{10, 1h};
     // The store has k sent again at 20 s (that send's entry never reached the journal).
     k.restore({{h("k"), 20'000}}, now, nullptr, replay, wall_now);
-    EXPECT_EQ(k.sent_at("k", "", on("r"), now), 20'000) << "the later send stays";
-    EXPECT_FALSE(k.sent_at("gone", "", on("r"), now));
-    EXPECT_EQ(k.sent_at("back", "", on("r"), now), 12'000) << "back to the send before the one taken back";
+    EXPECT_EQ(k.sent_at("k", "", now), 20'000) << "the later send stays";
+    EXPECT_FALSE(k.sent_at("gone", "", now));
+    EXPECT_EQ(k.sent_at("back", "", now), 12'000) << "back to the send before the one taken back";
 }
 
 // A wall clock stepped against the steady one (NTP, a suspended VM) moves the offset the store
@@ -310,7 +307,7 @@ TEST(forwarded_keys, a_replayed_take_back_tells_sends_apart_after_the_wall_clock
     };
     forwarded_keys k{10, 1h};
     k.restore({{h("k"), 60'000}}, now, nullptr, replay, wall_now);  // the store's later send, 10 s "ahead"
-    EXPECT_EQ(k.sent_at("k", "", on("r"), now), now) << "the later send stays (counted as now)";
+    EXPECT_EQ(k.sent_at("k", "", now), now) << "the later send stays (counted as now)";
 }
 
 // Keys noted before the store opened (a reload that adds the first breaker opens it) go into

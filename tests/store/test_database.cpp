@@ -151,7 +151,8 @@ TEST_F(store_db, opens_in_wal_mode_at_the_latest_schema_version) {
                                           // 9: keys of requests sent live, 10: the config file as last read,
                                           // 11: the sandbox a request was held under, 12: the floor of record ids,
                                           // 13: keys scoped by agent alone
-    EXPECT_GT(db->keys_by_agent_since_ms(), 0);
+    EXPECT_EQ(db->keys_by_agent_since_ms(),
+              std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count());
     EXPECT_TRUE(fs::exists(dir_ / "sub" / "breakerbox.db"));
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open_v2(db->path().c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
@@ -191,6 +192,7 @@ TEST_F(store_db, a_retried_hold_with_the_same_key_is_the_first_hold) {
     ASSERT_TRUE(renamed.ok) << renamed.message;
     EXPECT_TRUE(renamed.duplicate);
     EXPECT_EQ(renamed.ticket, first.ticket);
+    EXPECT_EQ(renamed.breaker, "campaign-volume/spring") << "the breaker its first hold is under";
     auto other_agent = keyed;
     other_agent.agent = "agent-two";
     auto other_key = keyed;
@@ -309,7 +311,20 @@ TEST_F(store_db, a_request_held_twice_before_keys_were_the_agents_is_released_on
     twin = begin(*db, t2);
     EXPECT_FALSE(twin.ok);
     EXPECT_NE(twin.message.find(t1), std::string::npos) << twin.message;
+    // Past the tombstones' 7 days too: kept while the twin is held.
+    clock_.advance(std::chrono::hours{24 * 8});
+    const auto later_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.wall_now().time_since_epoch()).count();
+    ASSERT_TRUE(wait_done([&](bb::store::done_fn d) { db->prune(later_ms - 60'000, d); }).ok);
+    twin = begin(*db, t2);
+    EXPECT_FALSE(twin.ok) << "released a second time once the first's tombstone went";
+    EXPECT_NE(twin.message.find(t1), std::string::npos) << twin.message;
+    // A retry finds the twin that was sent, not one discarded (which would tell the client
+    // "not sent").
     EXPECT_TRUE(discard(*db, t2).ok);
+    const auto retry = hold(*db, first);
+    EXPECT_TRUE(retry.duplicate);
+    EXPECT_EQ(retry.ticket, t1) << retry.message;
     // Another body under the key (refused when held now) is another request.
     auto other = sample("campaign-volume/spring", "{\"to\":3}");
     other.idempotency_key = "k-c";
