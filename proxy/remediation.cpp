@@ -489,20 +489,23 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
                                static_cast<std::uint32_t>(begun.count));
         });
         // A record once of unknown outcome stays so (database::finish_release).
-        refused.message += !recorded.ok
-                               ? " (the release had begun, and the store could not record the failed attempt yet: "
-                                 "the record stays releasing until it does)"
-                           : recorded.code == "outcome_unknown"
+        const std::string why = refused.message;  // (what the record's history keeps)
+        refused.message +=
+            recorded.ok ? (recorded.code == "outcome_unknown"
                                ? " (the release had begun: recorded as a failed attempt; the record stays outcome_unknown)"
-                               : " (the release had begun: recorded as a failed attempt, the record is release_failed)";
+                               : " (the release had begun: recorded as a failed attempt, the record is release_failed)")
+            : refused_for_now(recorded)
+                ? " (the release had begun, and the store could not record the failed attempt yet: breakerbox records "
+                  "it in the background; the record stays releasing until then)"
+                : " (the release had begun, and the store refused to record the failed attempt: " + recorded.message +
+                      ")";
         if (!recorded.ok) {
             spdlog::error("release of {}: refused after it began ({}), and the store did not record it: {}{}", ticket,
-                          refused.message, recorded.message,
-                          refused_for_now(recorded) ? "; trying again in the background" : "");
+                          why, recorded.message, refused_for_now(recorded) ? "; trying again in the background" : "");
             if (refused_for_now(recorded)) {
                 // As for a result after a send: else the record stays `releasing` and turns
                 // outcome_unknown at the next start, though nothing was sent.
-                unrecorded_.push_back({ticket, store::release_outcome::failed, 0, refused.message,
+                unrecorded_.push_back({ticket, store::release_outcome::failed, 0, why,
                                        static_cast<std::uint32_t>(begun.count)});
                 unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
                 start_recording_later();
