@@ -106,6 +106,12 @@ INSTANTIATE_TEST_SUITE_P(
         framing_case{"trace_with_body", "TRACE / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nA", 400, "bad_framing"},
         framing_case{"trace_chunked", "TRACE / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
                      "bad_framing"},
+        // An upstream that reads no body in a GET would take its bytes for a second request.
+        framing_case{"get_with_body", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 38\r\n\r\nDELETE /v3/templates/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+                     400, "bad_framing"},
+        framing_case{"get_chunked", "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+                     "bad_framing"},
+        framing_case{"get_empty_length", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 200, ""},
         framing_case{"connect_with_body", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 5\r\n\r\nhello", 400,
                      "bad_framing"},
         framing_case{"connect_chunked", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -1285,7 +1291,8 @@ TEST(proxying, early_refusals_of_a_head_request_have_no_body) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()))};
     for (const char* head : {"HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n",
-                                   "HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"}) {
+                                   "HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                                   "HEAD /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"}) {
         raw_client client{bb.port()};
         client.send(head);
         auto res = client.read_response(true);
