@@ -808,12 +808,14 @@ bool matches(const rule& r, context& ctx) {
     if (!m.host.empty() && !iequals(m.host, req.host)) {
         return false;
     }
+    // (A header given twice matches when any of its lines does: the rule applies whichever
+    // line the upstream reads.)
     for (const auto& [name, value] : m.headers) {
         if (value == "*") {
             if (!req.has_header(name)) {
                 return false;
             }
-        } else if (req.header(name) != value) {
+        } else if (!req.has_header_value(name, value)) {
             return false;
         }
     }

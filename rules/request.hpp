@@ -45,6 +45,16 @@ struct request_view {
         }
         return {};
     }
+    // Whether any header line with this name has this value: a header repeated with other
+    // values still has it (the upstream may read any of its lines).
+    bool has_header_value(std::string_view name, std::string_view value) const {
+        for (const auto& h : headers) {
+            if (h.value == value && iequals(h.name, name)) {
+                return true;
+            }
+        }
+        return false;
+    }
     bool has_header(std::string_view name) const {
         for (const auto& h : headers) {
             if (iequals(h.name, name)) {

@@ -405,6 +405,24 @@ TEST(Engine, RulesOnOtherRoutesAndNonMatchingRulesCostNothing) {
     EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "crm-only");
 }
 
+// A header a condition names, given twice with other values: the rule applies when any of
+// its lines matches (an upstream that reads the last line acts for the one named), never
+// only when the first does.
+TEST(Engine, AHeaderConditionMatchesAnyLineOfARepeatedHeader) {
+    engine eng{load_ok(config(R"j(
+        {"id": "acme", "match": {"headers": {"On-Behalf-Of": "acme"}}, "window": "1m", "limit": 0,
+         "failure_mode": "volume-spike", "trips": "a"})j"))};
+    manual_clock clock;
+    request req;
+    req.header("on-behalf-of", "nobody");
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed());
+    req.header("On-Behalf-Of", "acme");
+    EXPECT_EQ(eng.evaluate(req.view(), clock.now()).rule, "acme") << "the second line names acme";
+    req.headers.clear();
+    req.header("on-behalf-of", "ACME");
+    EXPECT_TRUE(eng.evaluate(req.view(), clock.now()).allowed()) << "values compare exactly";
+}
+
 TEST(Engine, InvalidJsonIsRejectedOrCountsAsZero) {
     engine eng{load_ok(config(R"j(
         {"id": "strict", "route": "mail-send", "measure": "count($.personalizations[*].to[*])", "window": "1h",
