@@ -2403,15 +2403,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             contained = error_info{http::status::conflict, "rejected", "already_forwarded",
                                    "a request with this " + cfg->store.idempotency_header + " was sent to the upstream " +
                                        std::to_string(std::max<std::int64_t>((now_ms - sent_ms) / 1000, 0)) +
-                                       " s ago; its retry is not quarantined (a release would send it a second "
-                                       "time): if it did not arrive, send it again with a new key once " +
+                                       " s ago; this one, its retry or another request under the same key, is not "
+                                       "quarantined (a release of a retry would send it a second time): if it did "
+                                       "not arrive, send it again with a new key once " +
                                        quarantine_instance + " closes"};
             contained_breaker = quarantine_instance;
             contained_rule = quarantine_rule;
             contained_change = std::max(contained_change, quarantine_change);  // named: saved first
         };
+        // (A GET, HEAD or OPTIONS is held whatever its key: held twice and released twice,
+        // it is no second send; its key is not one of the agent's operations.)
+        const std::string hold_key = idempotent(req.method()) ? std::string{} : std::string{req[cfg->store.idempotency_header]};
         if (!contained && !quarantine_instance.empty()) {
-            const std::string_view key = req[cfg->store.idempotency_header];
+            const std::string_view key = hold_key;
             const auto now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
             if (const auto sent = key.empty() ? std::nullopt : w.owner().forwarded().sent_at(key, agent_id, now_ms)) {
@@ -2449,7 +2453,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     }
                 }
                 held.request_id = request_id;
-                held.idempotency_key = std::string{req[cfg->store.idempotency_header]};
+                held.idempotency_key = hold_key;
                 held.sandboxed_by = sandboxed_by;
                 held.received_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                        w.owner().time().wall_now().time_since_epoch())
@@ -2460,7 +2464,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // exist (pending_send): whichever comes second sees the first, so a hold and
                 // a live send of one key never both go ahead. The costly part (the body's
                 // fingerprint) is done before, outside that lock.
-                const std::string key{req[cfg->store.idempotency_header]};
+                const std::string& key = hold_key;
                 const auto queued_ms =
                     std::chrono::duration_cast<std::chrono::milliseconds>(w.owner().now().time_since_epoch()).count();
                 std::optional<std::int64_t> sent_meanwhile;
@@ -2543,11 +2547,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             store::database* db = w.owner().db();
             std::optional<store::result> found;
             bool may_hold = false;
+            // (A GET, HEAD or OPTIONS goes out whatever is held under its key: it is no second
+            // send, and a read that shares a held write's key, on any route, is not refused.)
             if (!key.empty() && !idempotent(req.method())) {
                 noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
                 may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
-            } else {
-                may_hold = db != nullptr && db->may_hold_key(key, agent_id);
             }
             if (may_hold) {
                 // Rare (a key held before): the lookup queues behind any hold of it on the

@@ -819,6 +819,64 @@ TEST(quarantine, a_retry_after_its_route_was_renamed_is_still_the_same_request) 
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// A key names one of the agent's writes: a GET, HEAD or OPTIONS carrying a key a held POST
+// has (on any route) is held, or sent, as a request of its own, never refused as another
+// request under that key; held twice and released twice, a read is no second send.
+TEST(quarantine, a_read_that_shares_a_held_writes_key_is_held_or_sent_as_its_own) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    std::string config = quarantine_config(up.port(), dir, 1000);
+    const std::string mode = "\"failure_mode\": \"volume-spike\", \"trips\"";
+    config.insert(config.find(mode), "\"on_invalid_body\": \"zero\", ");  // a GET has no body to count
+    proxy_instance bb{config};
+    auto with_key = [&](http::verb method, const std::string& body) {
+        return http_request(bb.port(), method, "/v3/mail/send?via=agent", body,
+                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", "k-5"}});
+    };
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
+    const auto post = with_key(http::verb::post, R"({"to":[1]})");
+    ASSERT_EQ(post.result_int(), 202u) << post.body();
+    const auto get = with_key(http::verb::get, "");
+    EXPECT_EQ(get.result_int(), 202u) << get.body();
+    EXPECT_FALSE(get["x-breakerbox-ticket"].empty());
+    EXPECT_NE(get["x-breakerbox-ticket"], post["x-breakerbox-ticket"]);
+    ASSERT_TRUE(bb.server().breakers()->reset("campaign-volume", "ops", "fixed", bb.server().now()));
+    const auto live = with_key(http::verb::get, "");
+    EXPECT_EQ(live.result_int(), 202u) << live.body();
+    EXPECT_TRUE(live["x-breakerbox-ticket"].empty()) << "held as the POST's retry";
+    EXPECT_EQ(up.request_count(), 1u);
+    const auto retry = with_key(http::verb::post, R"({"to":[1]})");
+    EXPECT_EQ(retry["x-breakerbox-ticket"], post["x-breakerbox-ticket"]) << "the POST's retry is still its hold";
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
+// A GET with a body held before such requests were refused is not released: an upstream
+// that reads no body in a GET would take it for another request.
+TEST(quarantine, a_get_with_a_body_held_before_is_not_released) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    bb::store::held_request r;
+    r.method = "GET";
+    r.target = "/v3/mail/send";
+    r.headers = {{"content-type", "application/json"}};
+    r.body = "DELETE /v3/templates/1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    r.route = "mail-send";
+    r.upstream = "sendgrid";
+    r.rule = "recipients";
+    r.breaker_instance = "campaign-volume";
+    r.failure_mode = "volume-spike";
+    r.request_id = "r-1";
+    std::promise<bb::store::result> held;
+    bb.server().db()->hold(r, [&](const bb::store::result& res) { held.set_value(res); });
+    const auto ticket = held.get_future().get().ticket;
+    ASSERT_FALSE(ticket.empty());
+    const auto released = bb.server().remediation().release(ticket, "ops").get();
+    EXPECT_FALSE(released.ok);
+    EXPECT_NE(released.message.find("with a body"), std::string::npos) << released.message;
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The first start after an upgrade from a version that scoped keys by route: the keys of
 // requests it sent live (digests of key, route and agent) still refuse their retries while
 // a breaker quarantines, under the routes configured now and those of the config versions
