@@ -499,15 +499,21 @@ store::store_limits store_limits_of(const store_config& sc) {
 
 namespace {
 
-// Appends the names of the routes of a config as stored (config_versions' JSON); a version
-// that does not read so adds none.
-void add_route_names(const std::string& json, std::vector<std::string>& out) {
+// Appends the names of the routes of a config as stored (config_versions' JSON). False for
+// a version that does not read so (it adds none).
+bool add_route_names(const std::string& json, std::vector<std::string>& out) {
     simdjson::dom::parser parser;
     simdjson::dom::element doc;
     simdjson::dom::array routes;
-    if (parser.parse(simdjson::padded_string{json}).get(doc) != simdjson::SUCCESS ||
-        doc["routes"].get(routes) != simdjson::SUCCESS) {
-        return;
+    if (parser.parse(simdjson::padded_string{json}).get(doc) != simdjson::SUCCESS) {
+        return false;
+    }
+    const auto field = doc["routes"];
+    if (field.error() == simdjson::NO_SUCH_FIELD) {
+        return true;  // no routes
+    }
+    if (field.get(routes) != simdjson::SUCCESS) {
+        return false;
     }
     for (const auto route : routes) {
         std::string_view name;
@@ -515,6 +521,7 @@ void add_route_names(const std::string& json, std::vector<std::string>& out) {
             out.emplace_back(name);
         }
     }
+    return true;
 }
 
 }  // namespace
@@ -783,8 +790,8 @@ void server::open_store(const store_config& sc) {
     forwarded_.restore(std::move(saved_keys), steady_now_ms, std::move(keys_journal), journalled_keys,
                        keys_wall_now);  // read above, with the breaker state
     // Keys sent live before the upgrade that scoped keys by agent alone were remembered by
-    // route: looked up so, under the names of the routes configured in their memory before
-    // it (a rename since must not hide them), until they age out.
+    // route: looked up so, under the names of the routes configured now and in every config
+    // version kept (a rename must not hide them), until they age out.
     const std::int64_t keys_by_agent_since = db->keys_by_agent_since_ms();
     const std::int64_t keys_memory = forwarded_.memory().count();
     if (keys_by_agent_since + keys_memory > keys_wall_now) {
@@ -793,9 +800,15 @@ void server::open_store(const store_config& sc) {
             route_names.push_back(r.name);
         }
         std::string versions_error;
-        if (const auto versions = db->config_versions_since(keys_by_agent_since - keys_memory, &versions_error)) {
+        if (const auto versions = db->config_version_texts(&versions_error)) {
+            std::size_t unread = 0;
             for (const auto& json : *versions) {
-                add_route_names(json, route_names);
+                unread += add_route_names(json, route_names) ? 0 : 1;
+            }
+            if (unread > 0) {
+                spdlog::warn("{} config version(s) in {} do not read as JSON: the keys of requests sent live before "
+                             "the upgrade are not looked up under their routes",
+                             unread, sc.path);
             }
         } else {
             spdlog::warn("{}: the keys of requests sent live before the upgrade are looked up under the routes "

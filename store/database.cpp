@@ -3255,16 +3255,12 @@ std::optional<std::pair<std::int64_t, std::string>> database::config_version(std
     return std::pair{s.col_i64(0), s.col_str(1)};
 }
 
-std::optional<std::vector<std::string>> database::config_versions_since(std::int64_t since_ms,
-                                                                       std::string* error) const {
+std::optional<std::vector<std::string>> database::config_version_texts(std::string* error) const {
     auto c = impl_->lease();
-    auto s = c->once(
-        "SELECT json FROM config_versions WHERE at_ms >= ?1 OR version = (SELECT max(version) FROM "
-        "config_versions WHERE at_ms < ?1) ORDER BY version");
+    auto s = c->once("SELECT json FROM config_versions ORDER BY version");
     std::vector<std::string> out;
     int rc = SQLITE_ERROR;
     if (s.valid()) {
-        s.i64(1, since_ms);
         while ((rc = s.step()) == SQLITE_ROW) {
             out.push_back(s.col_str(0));
         }

@@ -300,8 +300,9 @@ public:
     // Deletes resolved records (released, discarded) whose last change is older than the
     // cutoff, with their history; at most max_records per call (done: r.count). Call again
     // while r.count == max_records. A pruned record's Idempotency-Key (key, agent, route,
-    // fingerprint, ticket, state) is kept for 7 more days: a retry arriving then still gets
-    // the first ticket (hold(): duplicate), not a second hold.
+    // fingerprint, ticket, state) is kept for 7 more days (longer while a second record of
+    // the same request, held by a version before schema 13, is): a retry arriving then still
+    // gets the first ticket (hold(): duplicate), not a second hold.
     void prune(std::int64_t older_than_ms, done_fn done, std::size_t max_records = 10'000);
 
     // --- quarantine reads (synchronous; see the header comment) ---
@@ -434,10 +435,9 @@ public:
     // (then *error says why).
     std::optional<std::pair<std::int64_t, std::string>> config_version(std::int64_t version,
                                                                        std::string* error = nullptr) const;
-    // The JSON of every config version recorded at or after since_ms (wall clock), and of the
-    // one in effect then (the latest before it). nullopt + *error when unreadable.
-    std::optional<std::vector<std::string>> config_versions_since(std::int64_t since_ms,
-                                                                  std::string* error = nullptr) const;
+    // The JSON of every config version kept (the last 50), oldest first. nullopt + *error
+    // when unreadable.
+    std::optional<std::vector<std::string>> config_version_texts(std::string* error = nullptr) const;
 
     // --- operations ---
     // Blocks until every write queued before the call has completed. For shutdown and tests.
