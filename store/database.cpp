@@ -317,9 +317,12 @@ INSERT INTO held_id_floor(one, last_id) SELECT 1, coalesce(max(id), 0) FROM held
     // and a second send). Records are looked up by key and agent. The version also keeps an
     // older breakerbox, which scoped keys by route, from opening the store (a rollback would
     // miss the keys sent live since, whose digests it cannot read); the digests by route it
-    // wrote are looked up until they age out (keys_by_agent_since_ms).
+    // wrote are looked up until they age out (keys_by_agent_since_ms). A GET, HEAD or
+    // OPTIONS held before keeps no key: reads do not use theirs (proxy/session.cpp), and one
+    // would refuse a write under its key on any route.
     {13, R"sql(
 DROP INDEX held_requests_idem;
+UPDATE held_requests SET idem_key = '', idem_fingerprint = '' WHERE method IN ('GET', 'HEAD', 'OPTIONS');
 CREATE INDEX held_requests_idem_agent ON held_requests(idem_key, agent) WHERE idem_key != '';
 )sql"},
 };

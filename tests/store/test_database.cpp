@@ -335,6 +335,33 @@ TEST_F(store_db, a_request_held_twice_before_keys_were_the_agents_is_released_on
     EXPECT_TRUE(begin(*db, t3).ok);
 }
 
+// A read held with a key by a version before schema 13 keeps none after the upgrade: reads do
+// not use their keys, and one would refuse a write under its key on any route.
+TEST_F(store_db, a_read_held_with_a_key_before_schema_13_keeps_none) {
+    auto read = sample();
+    read.method = "GET";
+    read.body.clear();
+    read.route = "status";
+    read.idempotency_key = "k-r";
+    {
+        auto db = open();
+        ASSERT_TRUE(hold(*db, read).ok);
+        db->flush();
+        bb::test::sqlite_exec(db->path(),
+                              "DELETE FROM schema_version WHERE version = 13; DROP INDEX held_requests_idem_agent; "
+                              "CREATE INDEX held_requests_idem ON held_requests(idem_key, route, agent) "
+                              "WHERE idem_key != ''");
+    }
+    auto db = open();
+    EXPECT_EQ(db->schema_version(), 13);
+    EXPECT_FALSE(db->may_hold_key("k-r", read.agent));
+    auto write = sample();
+    write.idempotency_key = "k-r";
+    const auto held = hold(*db, write);
+    ASSERT_TRUE(held.ok) << held.message;
+    EXPECT_FALSE(held.duplicate);
+}
+
 // A retry that comes after its record was released and pruned (retention may be a minute,
 // a platform's back-off hours) is still the first hold: nothing held, nothing sent again.
 // The key is remembered 7 days after the prune.
