@@ -1775,6 +1775,30 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // scope, the guards and the rules must not read it either.
         strip_hop_by_hop(req);
 
+        // An Idempotency-Key given twice with different values reads two ways: which one the
+        // upstream goes by cannot be told, and a retry with the lines the other way round
+        // would be another request to the holds and the keys sent live (a second send).
+        {
+            std::optional<std::string_view> first_key;
+            bool ambiguous_key = false;
+            for (const auto& f : req) {
+                if (iequals(f.name_string(), cfg->store.idempotency_header)) {
+                    ambiguous_key = ambiguous_key || (first_key && *first_key != f.value());
+                    first_key = first_key.value_or(f.value());
+                }
+            }
+            if (ambiguous_key) {
+                if (!co_await reply({http::status::bad_request, "rejected", "ambiguous_idempotency_key",
+                                     cfg->store.idempotency_header +
+                                         " is given twice with different values: send one key a request"},
+                                    keep_alive) ||
+                    !keep_alive) {
+                    co_return after_request::close;
+                }
+                co_return after_request::next;
+            }
+        }
+
         // A form field asking the upstream for another method (`_method=DELETE`): the route,
         // the agent's scope and the rules would judge a POST that acts as a DELETE. The query
         // and the headers were refused in 2.

@@ -819,6 +819,26 @@ TEST(quarantine, a_retry_after_its_route_was_renamed_is_still_the_same_request) 
     EXPECT_EQ(up.request_count(), 2u);
 }
 
+// An Idempotency-Key given twice with different values reads two ways (a retry with the
+// lines the other way round would be another request): refused, nothing sent or held.
+TEST(quarantine, an_idempotency_key_given_twice_with_different_values_is_refused) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    auto send = [&](const std::string& a, const std::string& b) {
+        raw_client c{bb.port()};
+        c.send("POST /v3/mail/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nX-Campaign-Id: c\r\n"
+               "Idempotency-Key: " + a + "\r\nidempotency-key: " + b + "\r\nContent-Length: 10\r\n\r\n{\"to\":[1]}");
+        return c.read_response();
+    };
+    const auto two = send("k-1", "k-2");
+    EXPECT_EQ(two.result_int(), 400u) << two.body();
+    EXPECT_NE(two.body().find("ambiguous_idempotency_key"), std::string::npos) << two.body();
+    EXPECT_EQ(up.request_count(), 0u);
+    EXPECT_EQ(send("k-1", "k-1").result_int(), 202u) << "the same key twice reads one way";
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 // A key names one of the agent's writes: a GET, HEAD or OPTIONS carrying a key a held POST
 // has (on any route) is held, or sent, as a request of its own, never refused as another
 // request under that key; held twice and released twice, a read is no second send.
