@@ -115,8 +115,9 @@ public:
     }
     // Digests by route, of a version before, may be remembered until `steady_ms` (a steady
     // clock: the store's keys_by_agent_since_ms plus the memory), under these route names
-    // (those configured in the memory before the upgrade). Asked for each, one SHA-256 a
-    // name, only for requests a breaker quarantines, and only until then.
+    // (the server gives those of the config now and of every config version kept). Asked
+    // for each, one SHA-256 a name, only for requests a breaker quarantines, and only until
+    // then.
     void by_route(std::int64_t steady_ms, std::vector<std::string> route_names) {
         std::sort(route_names.begin(), route_names.end());
         route_names.erase(std::unique(route_names.begin(), route_names.end()), route_names.end());

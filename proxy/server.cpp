@@ -495,10 +495,6 @@ store::store_limits store_limits_of(const store_config& sc) {
     return l;
 }
 
-}  // namespace
-
-namespace {
-
 // Appends the names of the routes of a config as stored (config_versions' JSON). False for
 // a version that does not read so (it adds none).
 bool add_route_names(const std::string& json, std::vector<std::string>& out) {
