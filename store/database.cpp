@@ -333,6 +333,10 @@ constexpr int latest_version = 13;
 // retention + this after the record was resolved).
 constexpr std::int64_t idempotency_memory_ms = 7LL * 24 * 3600 * 1000;
 
+// The states of a record that was sent, or may have been, as an SQL list. (A tombstone keeps
+// its record's last state: released or discarded.)
+constexpr const char* sent_states = "('releasing', 'released', 'outcome_unknown')";
+
 // ---------------------------------------------------------------------------------------
 // Thin SQLite wrappers (no exceptions: every call returns the SQLite code).
 
@@ -1354,15 +1358,14 @@ database::impl::outcome database::impl::do_earlier_hold(batch_ctx& ctx, const st
     // among those, one that was (or may have been) sent, then one still held, then a
     // discarded one (a retry must not be told "discarded, not sent" of a request its twin
     // delivered); then a live record, then the oldest.
-    auto s = ctx.c.prepared(
-        "SELECT ticket, idem_fingerprint = ?3 AS same, state, breaker_instance, 0 AS pruned, id AS seq, "
-        "CASE state WHEN 'releasing' THEN 0 WHEN 'released' THEN 0 WHEN 'outcome_unknown' THEN 0 "
-        "WHEN 'discarded' THEN 2 ELSE 1 END AS rank "
-        "FROM held_requests WHERE idem_key = ?1 AND idem_key != '' AND agent = ?2 "
-        "UNION ALL SELECT ticket, fingerprint = ?3, state, '', 1, pruned_ms, "
-        "CASE state WHEN 'released' THEN 0 WHEN 'discarded' THEN 2 ELSE 1 END "
-        "FROM idem_tombstones WHERE idem_key = ?1 AND agent = ?2 "
-        "ORDER BY same DESC, rank, pruned, seq LIMIT 1");
+    static const std::string rank =
+        std::string{"CASE WHEN state IN "} + sent_states + " THEN 0 WHEN state = 'discarded' THEN 2 ELSE 1 END";
+    static const std::string sql =
+        "SELECT ticket, idem_fingerprint = ?3 AS same, state, breaker_instance, 0 AS pruned, id AS seq, " + rank +
+        " AS rank FROM held_requests WHERE idem_key = ?1 AND idem_key != '' AND agent = ?2 "
+        "UNION ALL SELECT ticket, fingerprint = ?3, state, '', 1, pruned_ms, " + rank +
+        " FROM idem_tombstones WHERE idem_key = ?1 AND agent = ?2 ORDER BY same DESC, rank, pruned, seq LIMIT 1";
+    auto s = ctx.c.prepared(sql.c_str());
     if (!s.valid()) {
         return fatal_stmt(SQLITE_ERROR, "prepare key lookup");
     }
@@ -1560,9 +1563,13 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
     std::int64_t attempts = 0;
     std::int64_t id = 0;
     std::string actor = actor_in;
+    std::string idem_key;
+    std::string agent;
+    std::string fingerprint;
     {
         auto s = ctx.c.prepared(
-            "SELECT state, breaker, held_bytes, release_attempts, actor, id FROM held_requests WHERE ticket = ?");
+            "SELECT state, breaker, held_bytes, release_attempts, actor, id, idem_key, agent, idem_fingerprint "
+            "FROM held_requests WHERE ticket = ?");
         if (!s.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare lookup");
         }
@@ -1582,6 +1589,9 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
             actor = s.col_str(4);  // finish_release: whoever began the release
         }
         id = s.col_i64(5);
+        idem_key = s.col_str(6);
+        agent = s.col_str(7);
+        fingerprint = s.col_str(8);
     }
     if (expected && from != *expected) {
         // A bulk operation chose the record in the state it was listed in: one that changed
@@ -1612,22 +1622,24 @@ database::impl::outcome database::impl::do_transition(batch_ctx& ctx, const std:
         }
         return {result::failure("invalid_state", why)};
     }
-    if (to == held_state::releasing) {
+    if (to == held_state::releasing && !idem_key.empty()) {
         // Versions before migration 13 held a retry on a renamed route as a second record of
         // one request (same key, agent, method, target and body): once one of them is sent,
         // or may have been, the other is that send's second. (None is held so since.)
-        auto twin = ctx.c.prepared(
-            "SELECT t.ticket, t.state FROM held_requests h JOIN held_requests t ON t.idem_key = h.idem_key AND "
-            "t.agent = h.agent AND t.idem_fingerprint = h.idem_fingerprint AND t.id != h.id "
-            "WHERE h.id = ?1 AND h.idem_key != '' AND t.idem_key != '' "
-            "AND t.state IN ('releasing', 'released', 'outcome_unknown') "
-            "UNION ALL SELECT t.ticket, t.state FROM held_requests h JOIN idem_tombstones t ON "
-            "t.idem_key = h.idem_key AND t.agent = h.agent AND t.fingerprint = h.idem_fingerprint "
-            "WHERE h.id = ?1 AND h.idem_key != '' AND t.state = 'released' LIMIT 1");
+        static const std::string sql =
+            std::string{"SELECT ticket, state FROM held_requests WHERE idem_key = ?1 AND idem_key != '' AND "
+                        "agent = ?2 AND idem_fingerprint = ?3 AND id != ?4 AND state IN "} +
+            sent_states +
+            " UNION ALL SELECT ticket, state FROM idem_tombstones WHERE idem_key = ?1 AND agent = ?2 AND "
+            "fingerprint = ?3 AND state IN " + sent_states + " LIMIT 1";
+        auto twin = ctx.c.prepared(sql.c_str());
         if (!twin.valid()) {
             return fatal_stmt(SQLITE_ERROR, "prepare twin lookup");
         }
-        twin.i64(1, id);
+        twin.text(1, idem_key);
+        twin.text(2, agent);
+        twin.text(3, fingerprint);
+        twin.i64(4, id);
         const int trc = twin.step();
         if (trc == SQLITE_ROW) {
             return {result::failure("invalid_state", "ticket " + ticket + " is the same request (Idempotency-Key, "
