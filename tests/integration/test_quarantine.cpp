@@ -80,6 +80,13 @@ void hold_numbered(std::uint16_t port, int n, std::vector<std::string>& tickets)
     }
 }
 
+// A mail of campaign "c" with an Idempotency-Key, as the tests of keyed holds send it.
+response send_keyed(std::uint16_t port, const std::string& key, const std::string& body,
+                    http::verb method = http::verb::post) {
+    return http_request(port, method, "/v3/mail/send?via=agent", body,
+                        {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+}
+
 std::string field_of(const response& r, const std::string& name) {
     const auto& b = r.body();
     const auto k = b.find("\"" + name + "\":\"");
@@ -682,8 +689,7 @@ TEST(quarantine, a_live_retry_of_a_held_request_is_not_sent_beside_its_release) 
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     auto send_with_key = [&](std::uint16_t port, const std::string& key, const std::string& body) {
-        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(port, key, body);
     };
     std::string ticket;
     {
@@ -746,8 +752,7 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
     auto send_with_key = [&](const std::string& key, const std::string& body) {
-        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(bb.port(), key, body);
     };
     ASSERT_EQ(send_with_key("k-1", R"({"to":[1]})").result_int(), 202u);
     ASSERT_EQ(up.request_count(), 1u);
@@ -788,8 +793,7 @@ TEST(quarantine, a_retry_after_its_route_was_renamed_is_still_the_same_request) 
     };
     proxy_instance bb{config};
     auto send_with_key = [&](const std::string& key, const std::string& body) {
-        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(bb.port(), key, body);
     };
     ASSERT_EQ(send_with_key("k-1", R"({"to":[1]})").result_int(), 202u);
     ASSERT_EQ(up.request_count(), 1u);
@@ -850,8 +854,7 @@ TEST(quarantine, a_read_that_shares_a_held_writes_key_is_held_or_sent_as_its_own
     config.insert(config.find(mode), "\"on_invalid_body\": \"zero\", ");  // a GET has no body to count
     proxy_instance bb{config};
     auto with_key = [&](http::verb method, const std::string& body) {
-        return http_request(bb.port(), method, "/v3/mail/send?via=agent", body,
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", "k-5"}});
+        return send_keyed(bb.port(), "k-5", body, method);
     };
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume", "ops", "misfire", bb.server().now()));
     const auto post = with_key(http::verb::post, R"({"to":[1]})");
@@ -923,8 +926,7 @@ TEST(quarantine, a_retry_of_a_request_sent_live_before_the_upgrade_is_not_held) 
                  "INSERT INTO config_versions(at_ms, actor, reason, json) VALUES(" + std::to_string(wall_ms - 3'600'000) +
                  ", 'file', 'start', '{\"routes\": [{\"name\": \"mail-send-old\"}]}')").c_str());
     auto send_with_key = [&](std::uint16_t port, const std::string& key) {
-        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(port, key, R"({"to":[1]})");
     };
     {
         proxy_instance bb{config};
@@ -1025,8 +1027,7 @@ TEST(quarantine, a_retry_after_a_restart_of_a_request_sent_live_is_not_held) {
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     auto send_with_key = [&](std::uint16_t port, const std::string& key) {
-        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(port, key, R"({"to":[1]})");
     };
     {
         // Periodic saves stretched to an hour: only the test's own saves run.
@@ -1066,8 +1067,7 @@ TEST(quarantine, a_retry_after_a_restart_with_the_wall_clock_set_back_is_not_hel
     fake_upstream up{[](const request&) { return respond(202, ""); }};
     const auto dir = temp_dir();
     auto send_with_key = [&](std::uint16_t port, const std::string& key) {
-        return http_request(port, http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(port, key, R"({"to":[1]})");
     };
     {
         bb::manual_clock before;
@@ -1129,8 +1129,7 @@ TEST(quarantine, a_retry_of_a_request_that_reached_no_upstream_is_held) {
     const auto dir = temp_dir();
     proxy_instance bb{quarantine_config(dead_port, dir, 1000)};
     auto send_with_key = [&](const std::string& key) {
-        return http_request(bb.port(), http::verb::post, "/v3/mail/send?via=agent", R"({"to":[1]})",
-                            {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", key}});
+        return send_keyed(bb.port(), key, R"({"to":[1]})");
     };
     const auto first = send_with_key("k-1");
     ASSERT_EQ(first.result_int(), 502u) << first.body();
