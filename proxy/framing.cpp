@@ -402,11 +402,8 @@ head_verdict check_request_head(std::string_view raw, std::size_t max_header_cou
     if (trace && (transfer_encodings > 0 || nonzero_length)) {
         return bad("a TRACE request cannot have a body");
     }
-    // RFC 9110 9.3.1-2: content in a GET or HEAD has no defined meaning, and some servers
-    // (and the balancers in front of them) read none: its bytes would be the next request on
-    // that upstream connection, one no route, scope or rule saw (and its answer the next
-    // client's). Refused; no email or CRM API takes one.
-    if ((method == "GET" || method == "HEAD") && (transfer_encodings > 0 || nonzero_length)) {
+    // A GET or HEAD (body_may_be_read_as_a_request): no email or CRM API takes a body in one.
+    if (body_may_be_read_as_a_request(method) && (transfer_encodings > 0 || nonzero_length)) {
         return bad("a " + std::string{method} + " request cannot have a body here (an upstream may read none, and "
                    "take its bytes for another request)");
     }

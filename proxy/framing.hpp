@@ -26,6 +26,12 @@ struct head_verdict {
 // `raw` is the request line and header fields including the final empty line (CRLF CRLF).
 head_verdict check_request_head(std::string_view raw, std::size_t max_header_count);
 
+// RFC 9110 9.3.1-2: content in a GET or HEAD has no defined meaning, and some servers (and
+// the balancers in front of them) read none: its bytes would be the next request on that
+// upstream connection, one no route, scope or rule saw (and its answer the next client's).
+// Such a request is refused (check_request_head), and not released if held before that.
+inline bool body_may_be_read_as_a_request(std::string_view method) { return method == "GET" || method == "HEAD"; }
+
 // Position just past the CRLF CRLF that ends a head in `data`, or npos. `from` lets a
 // caller resume the search after more bytes arrive.
 std::size_t find_head_end(std::string_view data, std::size_t from = 0);

@@ -368,9 +368,8 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     // the agent off or a reload remove the upstream (or the CA it was trusted under).
     std::size_t upstream_index = 0;
     auto refusal = [&](const config& cfg) -> std::optional<store::result> {
-        if ((rec->method == "GET" || rec->method == "HEAD") && !rec->body.empty()) {
-            // Held before such requests were refused (proxy/framing.cpp): an upstream that
-            // reads no body in one would take it for another request on that connection.
+        if (body_may_be_read_as_a_request(rec->method) && !rec->body.empty()) {
+            // Held before such requests were refused (proxy/framing.hpp).
             return store::result::failure("invalid_state", ticket + " is a " + rec->method +
                                                                " with a body, which no upstream is sent (it may read "
                                                                "the body as another request): discard it; nothing "
