@@ -1134,6 +1134,8 @@ std::optional<std::pair<std::string, std::uint16_t>> passthrough_entry(std::stri
         out->first.find_first_of(" /*?#@[]") != std::string::npos) {
         return std::nullopt;
     }
+    // One spelling per host (core/host_name.hpp): `api.example.com.` is api.example.com.
+    out->first = std::string{host_name(out->first)};
     std::transform(out->first.begin(), out->first.end(), out->first.begin(),
                    [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
     return out;

@@ -280,7 +280,7 @@ std::optional<std::pair<std::string, std::uint16_t>> split_host_port(std::string
 
 // A forward proxy's passthrough entry as (host, port): `host:port`, `[v6]:port`, or a host
 // alone (`host`, `[v6]`, a bare `fd00::1`), which means port 443. The host comes back
-// lower-cased, without brackets; nullopt when it is none of these.
+// lower-cased, without brackets or the root's trailing dot; nullopt when it is none of these.
 std::optional<std::pair<std::string, std::uint16_t>> passthrough_entry(std::string_view text);
 std::optional<std::pair<std::string, std::uint16_t>> parse_address(std::string_view text);
 

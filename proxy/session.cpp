@@ -997,9 +997,12 @@ std::uint16_t authority_port(std::string_view authority, std::uint16_t default_p
 // TLS): a host-only entry does not open every port of that host (SMTP on 25, say).
 // Compared as (host, port), never as text: "fd00::1:25" is the host fd00::1:25 on 443, not
 // fd00::1 on port 25.
-bool passthrough_allowed(const forward_proxy_config& fp, const std::string& host, std::uint16_t port) {
+// Entries are stored without the root's trailing dot (passthrough_entry), and a destination
+// is compared the same way.
+bool passthrough_allowed(const forward_proxy_config& fp, std::string_view host, std::uint16_t port) {
+    const std::string_view name = host_name(host);
     return std::any_of(fp.passthrough.begin(), fp.passthrough.end(),
-                       [&](const auto& e) { return e.second == port && iequals(e.first, host); });
+                       [&](const auto& e) { return e.second == port && iequals(e.first, name); });
 }
 
 // Copies bytes one way until EOF or an error, then half-closes the other side.
@@ -1048,7 +1051,7 @@ std::string blind_tunnel_refusal(worker& w, std::size_t listener, const std::str
     if (l == nullptr || !l->forward_proxy || !passthrough_allowed(*l->forward_proxy, host, port)) {
         return "no longer in forward_proxy.passthrough";
     }
-    if (known_destination(*cfg, host, port, 443)) {
+    if (known_destination(*cfg, host_name(host), port, 443)) {
         return "now a route's destination (inspected and metered: open a new tunnel)";
     }
     if (agent_id.empty()) {
@@ -1713,6 +1716,19 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     tunnel.inner.tunnel_key_digest = tunnel_agent != nullptr ? key_digest(req) : std::string{};
                     tunnel.sec = sec;
                     tunnel.leaf = std::move(leaf);
+                    co_return after_request::close;
+                }
+                // A configured destination spelled another way (`api.sendgrid.com.`, the root's
+                // trailing dot) is that destination to DNS and to the API: never a blind tunnel
+                // around its routes, whatever the passthrough list says. Refused: a certificate
+                // minted for the dotted name is one no client checks against the plain one.
+                if (const std::string_view plain = host_name(dest->first);
+                    plain.size() != dest->first.size() && known_destination(*cfg, plain, dest->second, 443)) {
+                    co_await reply({http::status::forbidden, "denied", "unknown_destination",
+                                    dest->first + ":" + std::to_string(dest->second) + " is " + std::string{plain} +
+                                        ", a configured destination, spelled with the root's trailing dot: open "
+                                        "the tunnel to " + std::string{plain} + " to be inspected"},
+                                   false);
                     co_return after_request::close;
                 }
                 if (passthrough_allowed(*fp, dest->first, dest->second)) {

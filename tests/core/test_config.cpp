@@ -664,6 +664,7 @@ TEST(config, passthrough_entries_are_host_and_port_pairs) {
     using hp = std::pair<std::string, std::uint16_t>;
     EXPECT_EQ(bb::passthrough_entry("Ok.Example:8443"), (hp{"ok.example", 8443}));
     EXPECT_EQ(bb::passthrough_entry("ok.example"), (hp{"ok.example", 443}));
+    EXPECT_EQ(bb::passthrough_entry("Ok.Example.:8443"), (hp{"ok.example", 8443})) << "one spelling per host";
     EXPECT_EQ(bb::passthrough_entry("[fd00::1]:25"), (hp{"fd00::1", 25}));
     EXPECT_EQ(bb::passthrough_entry("[fd00::1]"), (hp{"fd00::1", 443}));
     EXPECT_EQ(bb::passthrough_entry("fd00::1:25"), (hp{"fd00::1:25", 443})) << "a bare IPv6 literal has no port";

@@ -872,6 +872,24 @@ TEST(forward_proxy, another_port_of_a_routes_host_is_another_destination) {
     EXPECT_EQ(api.request_count(), 0u);
 }
 
+// A route's host spelled with the root's trailing dot is the same host to DNS and to the API:
+// a passthrough entry spelled so does not make it a blind tunnel around the route's rules.
+TEST(forward_proxy, a_routes_host_with_a_trailing_dot_is_never_a_blind_tunnel) {
+    fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
+    const std::string port = std::to_string(api.port());
+    proxy_instance bb{forward_config(api.port(), q("localhost.:" + port) + "," + q("LocalHost.:443"))};
+    for (const std::string& target : {"localhost.:" + port, std::string{"localhost.:443"}}) {
+        auto [client, head] = connect_to(bb.port(), target, "");
+        EXPECT_EQ(head.rfind("HTTP/1.1 403", 0), 0u) << target << "\n" << head;
+        EXPECT_NE(head.find("unknown_destination"), std::string::npos) << head;
+        EXPECT_NE(head.find("trailing dot"), std::string::npos) << head;
+    }
+    EXPECT_EQ(api.request_count(), 0u);
+    // Spelled plainly it is the route's: intercepted.
+    auto [client, head] = connect_to(bb.port(), "localhost:" + port, "");
+    EXPECT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+}
+
 // The per-agent kill switch reaches blind tunnels too: a switched-off agent opens none, and
 // the ones it has open close (checked every second), while other agents' tunnels stay.
 // Two routes on one host, each with its upstream's port (production at one, a beta API at
