@@ -1,5 +1,6 @@
 #include "proxy/sandbox.hpp"
 
+#include "core/credential.hpp"
 #include "core/host_name.hpp"
 #include "core/json_reader.hpp"
 #include "core/json_key.hpp"
@@ -58,6 +59,45 @@ std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
         return sandbox_api::mailgun;
     }
     return std::nullopt;
+}
+
+std::string credential_in_body(std::string_view body, std::string_view content_type) {
+    const auto kind = detect_sandbox_api(content_type);
+    if (body.empty() || !kind) {
+        return {};
+    }
+    auto named = [](std::string_view name) {
+        return "its body has a field named like a credential (" + std::string{name.substr(0, 64)} + ")";
+    };
+    if (*kind == sandbox_api::mailgun) {
+        std::vector<std::pair<std::string, std::string>> fields;
+        if (!rules::parse_form(content_type, body, fields)) {
+            return "its form body cannot be read to check it for credentials";
+        }
+        for (const auto& [name, value] : fields) {
+            const bool mail_field =
+                name.size() > 2 && name[1] == ':' && std::string_view{"vhtoVHTO"}.find(name[0]) != std::string_view::npos;
+            if (!mail_field && credential_name(name)) {
+                return named(name);
+            }
+        }
+        return {};
+    }
+    simdjson::dom::parser parser;
+    simdjson::padded_string padded{body};
+    simdjson::dom::element doc;
+    if (parser.parse(padded).get(doc) != simdjson::SUCCESS) {
+        return "its JSON body cannot be read to check it for credentials";
+    }
+    simdjson::dom::object top;
+    if (doc.get(top) == simdjson::SUCCESS) {
+        for (auto field : top) {
+            if (credential_name(field.key)) {
+                return named(field.key);
+            }
+        }
+    }
+    return {};
 }
 
 upstream_sandbox upstream_sandbox_of(std::string_view configured, std::string_view host) {

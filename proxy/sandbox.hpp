@@ -25,6 +25,15 @@ std::optional<std::string> sendgrid_sandbox(std::string_view json_body, std::str
 std::optional<std::string> mailgun_testmode(std::string_view body, std::string_view content_type,
                                             std::string* error, std::string_view query = {});
 
+// Why a body must not go to a sandbox breaker's alternate upstream (a test fake, a capture
+// server), or "" when it may: a field named like a credential (core/credential.hpp) in a form
+// body, or a top-level key so named in a JSON object (a token endpoint's client_secret or
+// refresh_token, a login's password, SendGrid v2's api_key), or a form or JSON body that
+// cannot be read to tell. Mailgun's message fields (`v:`, `h:`, `t:`, `o:`: the mail's
+// variables, headers and options) are the mail's content, not credentials for the API, and
+// so are the keys inside a JSON body (a template's `reset_token`). Other bodies go as sent.
+std::string credential_in_body(std::string_view body, std::string_view content_type);
+
 // Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.
 std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type);
 

@@ -2363,7 +2363,27 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
             const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
             const auto* b = cfg->find_breaker(name);
+            // A sandbox upstream is sent none of the client's credentials (see the send): its
+            // headers and query parameters named like one stay behind, and a body that carries
+            // one (a token endpoint's client_secret) is not sent there at all.
+            std::string kept_back;
             if (b != nullptr && !b->sandbox_upstream.empty()) {
+                const auto ct = req[http::field::content_type];
+                const auto enc = req[http::field::content_encoding];
+                kept_back = !enc.empty() && !iequals(enc, "identity") && detect_sandbox_api(ct)
+                                ? "its body is Content-Encoding " + std::string{enc.substr(0, 32)} +
+                                      ", which cannot be checked for credentials"
+                                : credential_in_body(req.body(), ct);
+                if (!kept_back.empty()) {
+                    contained = error_info{http::status::service_unavailable, "unavailable", "sandbox_failed",
+                                           "breaker " + contained_breaker + " sends this traffic to upstream " +
+                                               b->sandbox_upstream + ", but not this request: " + kept_back +
+                                               " (a sandbox upstream is sent none of the client's credentials)"};
+                }
+            }
+            if (!kept_back.empty()) {
+                // contained: sent nowhere
+            } else if (b != nullptr && !b->sandbox_upstream.empty()) {
                 // The real upstream's health probe, if this request carried it, is given back:
                 // the sandbox's answer says nothing of the real upstream's health.
                 const std::string& real_breaker = rt.upstreams[upstream_index].breaker;

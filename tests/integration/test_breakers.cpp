@@ -516,6 +516,35 @@ TEST(sandbox, an_alternate_upstream_gets_no_credentials) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// Nor a body that carries one (SendGrid v2's api_key, a token endpoint's client_secret):
+// such a request is sent nowhere (503), while a mail whose template has a `reset_token` goes.
+TEST(sandbox, an_alternate_upstream_gets_no_body_that_carries_a_credential) {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    bb::manual_clock clock;
+    const auto dir = temp_dir();
+    std::string cfg = guarded_config(
+        up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
+    add_sink_upstream(cfg, sink.port());
+    proxy_instance bb{cfg, &clock};
+    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    raw_client c{bb.port()};
+    c.send(mail(1, "x", R"(,"api_key":"SG.body-secret")"));
+    auto kept = c.read_response();
+    EXPECT_EQ(kept.result_int(), 503u) << kept.body();
+    EXPECT_NE(kept.body().find("sandbox_failed"), std::string::npos) << kept.body();
+    EXPECT_NE(kept.body().find("api_key"), std::string::npos) << kept.body();
+    EXPECT_EQ(kept.body().find("SG.body-secret"), std::string::npos) << kept.body();
+    EXPECT_EQ(sink.request_count(), 0u) << "the credential went to the sandbox upstream";
+    raw_client d{bb.port()};
+    d.send(mail(1, "x", R"(,"template_data":{"reset_token":"t-1"})"));
+    auto sandboxed = d.read_response();
+    EXPECT_EQ(sandboxed.result_int(), 200u) << sandboxed.body();
+    EXPECT_EQ(sandboxed["x-breakerbox-decision"], "sandboxed");
+    EXPECT_EQ(sink.request_count(), 1u);
+    EXPECT_EQ(up.request_count(), 0u);
+}
+
 // The API's own sandbox mode answers from the real API: that answer is a verdict on the real
 // upstream's probe (its breaker closes on it), though not on rule breakers' probes.
 TEST(health, a_dry_run_through_the_real_api_settles_its_upstreams_probe) {

@@ -171,3 +171,38 @@ TEST(sandbox_rewrite, api_is_detected_from_the_content_type) {
     EXPECT_EQ(detect_sandbox_api("application/x-www-form-urlencoded"), sandbox_api::mailgun);
     EXPECT_FALSE(detect_sandbox_api("text/plain"));
 }
+
+// What a sandbox breaker's alternate upstream (a test fake, a capture server) is not sent: a
+// body with a field named like a credential (a token endpoint's form, a JSON login), or a
+// form or JSON body that cannot be read to tell. The mail's own content goes.
+TEST(sandbox_credentials, a_body_with_a_credential_field_is_kept_back) {
+    const std::string form = "application/x-www-form-urlencoded";
+    EXPECT_NE(credential_in_body("grant_type=refresh_token&client_secret=s3&refresh_token=r", form).find("client_secret"),
+              std::string::npos);
+    EXPECT_NE(credential_in_body("api_user=u&API_KEY=SG.x&to=a@example.com", form).find("API_KEY"), std::string::npos);
+    EXPECT_NE(credential_in_body(R"({"username":"u","password":"p"})", "application/json").find("password"),
+              std::string::npos);
+    EXPECT_NE(credential_in_body(R"({"to":"a@example.com","Api_Key":"k"})", "application/vnd.api+json").find("Api_Key"),
+              std::string::npos);
+    // Unreadable: nothing can be told of it.
+    EXPECT_NE(credential_in_body("{\"to\":", "application/json").find("cannot be read"), std::string::npos);
+    EXPECT_NE(credential_in_body("--b\r\nno blank line", "multipart/form-data; boundary=b").find("cannot be read"),
+              std::string::npos);
+    const std::string multipart = "--b\r\nContent-Disposition: form-data; name=\"secret\"\r\n\r\nx\r\n--b--\r\n";
+    EXPECT_NE(credential_in_body(multipart, "multipart/form-data; boundary=b").find("secret"), std::string::npos);
+}
+
+TEST(sandbox_credentials, the_mails_own_content_goes) {
+    const std::string form = "application/x-www-form-urlencoded";
+    EXPECT_EQ(credential_in_body("from=a@example.com&to=b@example.com&subject=Reset&text=hi", form), "");
+    // Mailgun's variables, headers and options of the mail, whatever they are called.
+    EXPECT_EQ(credential_in_body("to=b@example.com&v:reset_token=abc&h:X-Api-Key=k&o:testmode=yes&t:text=yes", form), "");
+    // Keys inside a JSON body are the mail's (a template's variables).
+    EXPECT_EQ(credential_in_body(R"({"personalizations":[{"dynamic_template_data":{"reset_token":"t","password":"p"}}],)"
+                                 R"("from":{"email":"a@example.com"},"subject":"Reset"})",
+                                 "application/json"),
+              "");
+    EXPECT_EQ(credential_in_body(R"([{"password":"p"}])", "application/json"), "") << "not an object: no field names";
+    EXPECT_EQ(credential_in_body("password=p", "text/plain"), "") << "not a form";
+    EXPECT_EQ(credential_in_body("", form), "");
+}
