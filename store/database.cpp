@@ -709,6 +709,7 @@ public:
     }
     bool load_idempotency_keys(std::string* error);
     int lock_fd_ = -1;
+    int db_fd_ = -1;  // the database file itself, flocked beside the lock file (open())
     int schema_version_ = 0;
     std::int64_t keys_by_agent_since_ms_ = 0;  // migration 13's applied_ms
     std::uint64_t recovered_ = 0;
@@ -772,6 +773,7 @@ private:
     void run();
     void run_batch(std::vector<op>& batch);
     bool seal_failed_commit();
+    bool file_moved();
     outcome fatal(int rc) { return {unavailable(writer_.error()), rc, writer_.error()}; }
     outcome fatal_stmt(int rc, const char* what) {
         return {unavailable(std::string{what} + ": " + writer_.error()), rc, writer_.error()};
@@ -852,6 +854,27 @@ bool database::impl::open(std::string* error) {
     const std::string pid = std::to_string(::getpid()) + "\n";
     if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
         // Only the message for the next process suffers; the lock itself is held.
+    }
+    // The database file is flocked too: a lock file holds a pid like a pidfile, and one
+    // deleted by hand (or by a cleanup job) would let a second breakerbox open the store,
+    // each overwriting the other's breaker state. flock(2) and SQLite's fcntl locks do not
+    // see each other on a local filesystem. This descriptor is closed only after SQLite's
+    // connections (shutdown): closing any descriptor of a file drops the process's fcntl
+    // locks on it. A new file is created owner-only: it holds request bodies.
+    db_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (db_fd_ < 0) {
+        return fail("cannot open: " + std::string{std::strerror(errno)});
+    }
+    if (::flock(db_fd_, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        ::close(db_fd_);
+        db_fd_ = -1;
+        if (err == EWOULDBLOCK) {
+            return fail("already in use by another breakerbox (the database file is locked, although its lock file " +
+                        lock_path + " was not: it was deleted or replaced while that process ran); only one "
+                        "process may open a store");
+        }
+        return fail("cannot lock the database file: " + std::string{std::strerror(err)});
     }
 
     if (writer_.open(path, opt_.busy_timeout, opt_.vfs) != SQLITE_OK) {
@@ -1086,6 +1109,10 @@ void database::impl::shutdown() {
     readers_.clear();
     // SQLite lets go of the file before the lock does, so the next owner never overlaps us.
     writer_.close();
+    if (db_fd_ >= 0) {
+        ::close(db_fd_);  // drops its flock
+        db_fd_ = -1;
+    }
     if (lock_fd_ >= 0) {
         ::close(lock_fd_);  // drops the flock
         lock_fd_ = -1;
@@ -1170,6 +1197,17 @@ bool database::impl::seal_failed_commit() {
         return false;
     }
     return true;
+}
+
+// Whether the database file is no longer at its path (deleted, renamed, replaced by a
+// restored backup). SQLite in WAL mode goes on writing to the open file without a name:
+// every commit succeeds, holds are answered 202, and a restart opens whatever is at the path
+// now (nothing: a new, empty store), every hold and trip since gone. Asked before each
+// commit (one stat(2) of the path per batch, by SQLite's unix VFS). A VFS that cannot tell
+// (SQLITE_NOTFOUND) is taken at its word.
+bool database::impl::file_moved() {
+    int moved = 0;
+    return sqlite3_file_control(writer_.db(), "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK && moved != 0;
 }
 
 void database::impl::run_batch(std::vector<op>& batch) {
@@ -1281,6 +1319,10 @@ void database::impl::run_batch(std::vector<op>& batch) {
     if (fatal_rc == 0) {
         if (fault != 0) {
             set_fatal(fault, std::string{"injected fault: "} + sqlite3_errstr(fault));
+        } else if (file_moved()) {
+            set_fatal(SQLITE_IOERR, "its file " + opt_.path +
+                                        " was deleted, moved or replaced while breakerbox ran: what is written now "
+                                        "would be lost at the next start; restart breakerbox");
         } else if (int rc = writer_.run("COMMIT"); rc != SQLITE_OK) {
             set_fatal(rc, writer_.error());
             commit_failed = true;

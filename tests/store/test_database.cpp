@@ -877,6 +877,44 @@ TEST_F(store_db, a_second_open_of_the_same_file_fails_at_once_with_a_clear_error
     EXPECT_TRUE(open());
 }
 
+// A lock file deleted by hand (it holds a pid, like a pidfile) does not let a second
+// breakerbox in: the database file itself is locked too.
+TEST_F(store_db, a_deleted_lock_file_does_not_let_a_second_open_in) {
+    auto db = open();
+    ASSERT_TRUE(std::filesystem::remove(db->path() + ".lock"));
+    std::string err;
+    EXPECT_FALSE(database::open(options(), clock_, &err));
+    EXPECT_NE(err.find("already in use"), std::string::npos) << err;
+    EXPECT_NE(err.find("deleted or replaced"), std::string::npos) << err;
+    db.reset();
+    EXPECT_TRUE(open());
+}
+
+// SQLite in WAL mode writes on into a file that was renamed or deleted under it: every hold
+// would be answered 202 into a file the next start cannot find. The store refuses instead,
+// and takes writes again once the file is back at its path.
+TEST_F(store_db, a_store_whose_file_was_moved_or_deleted_takes_no_more_writes) {
+    auto db = open();
+    const auto first = hold(*db, sample());
+    ASSERT_TRUE(first.ok) << first.message;
+    const std::string path = db->path();
+    std::filesystem::rename(path, path + ".moved");
+    const auto refused = hold(*db, sample());
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.code, "store_unavailable");
+    EXPECT_NE(refused.message.find("deleted, moved or replaced"), std::string::npos) << refused.message;
+    EXPECT_EQ(db->counts().held_count, 1u) << "nothing was counted for the refused hold";
+    std::filesystem::rename(path + ".moved", path);
+    EXPECT_TRUE(hold(*db, sample()).ok) << "the same file back at its path";
+    // Deleted (a cleanup job, `rm -rf var/`): the same.
+    std::filesystem::copy_file(path, path + ".copy");
+    std::filesystem::remove(path);
+    const auto lost = hold(*db, sample());
+    EXPECT_EQ(lost.code, "store_unavailable") << lost.message;
+    db.reset();
+    std::filesystem::rename(path + ".copy", path);
+}
+
 TEST_F(store_db, injected_disk_full_fails_the_batch_keeps_old_records_and_recovers) {
     auto db = open();
     const auto first = hold(*db, sample());
