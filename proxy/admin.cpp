@@ -1563,7 +1563,8 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
         }
         const bool refused_now = r.code == "invalid_state" || r.code == "agent_disabled" || r.code == "agent_sandboxed" ||
                                 r.code == "sandboxed" || r.code == "out_of_scope";
-        if (!r.ok && (r.code == "not_found" || refused_now || r.code == "store_unavailable" || r.code == "store_busy")) {
+        if (!r.ok && (r.code == "not_found" || refused_now || r.code == "store_unavailable" || r.code == "store_busy" ||
+                      r.code == "shutting_down")) {
             co_return fail({r.code == "not_found" ? http::status::not_found
                             : refused_now         ? http::status::conflict
                                                   : http::status::service_unavailable,

@@ -368,6 +368,13 @@ asio::awaitable<store::result> remediation::release_one(std::string ticket, std:
     // the agent off or a reload remove the upstream (or the CA it was trusted under).
     std::size_t upstream_index = 0;
     auto refusal = [&](const config& cfg) -> std::optional<store::result> {
+        // A shutdown sends nothing more: a release begun now would be cut by the end of the
+        // drain (or a supervisor's kill) mid-exchange and come back outcome_unknown, where it
+        // can stay held with nothing sent. Asked before the begin and again after it.
+        if (stopping_) {
+            return store::result::failure("shutting_down", "breakerbox is shutting down: release " + ticket +
+                                                               " again once it is back; nothing was sent");
+        }
         if (body_may_be_read_as_a_request(rec->method) && !rec->body.empty()) {
             // Held before such requests were refused (proxy/framing.hpp).
             return store::result::failure("invalid_state", ticket + " is a " + rec->method +

@@ -92,9 +92,11 @@ public:
     asio::awaitable<remediation_summary> discard_matching_impl(store::list_filter filter, std::string actor,
                                                                std::string reason);
 
-    // The server is stopping (control thread): bulk releases send nothing more (a release
-    // in flight finishes), their pacing waits end now, and what was not sent stays held.
+    // The server is stopping (control thread): releases send nothing more (one whose request
+    // is out finishes; one not begun yet, or begun and not sent, is refused, shutting_down),
+    // bulk pacing waits end now, and what was not sent stays releasable.
     void stop();
+    bool stopping() const { return stopping_.load(std::memory_order_relaxed); }  // thread-safe
     // Replays that went out whose result the store has not taken yet (tried again in the
     // background; their records stay `releasing` meanwhile). Thread-safe.
     std::size_t unrecorded() const { return unrecorded_count_.load(std::memory_order_relaxed); }
@@ -129,7 +131,7 @@ private:
     std::map<std::string, std::shared_ptr<upstream_pool>> pools_;  // by upstream name; control thread only
     std::set<asio::steady_timer*> pacers_;  // waits stop() cancels (pacing, retries); control thread only
     release_pacer schedule_;                // bulk release pacing per upstream; control thread only
-    bool stopping_ = false;                 // control thread only
+    std::atomic<bool> stopping_{false};     // set on the control thread
     std::vector<unrecorded_result> unrecorded_;  // control thread only
     bool recording_later_ = false;               // record_later() runs; control thread only
     std::atomic<std::size_t> unrecorded_count_{0};

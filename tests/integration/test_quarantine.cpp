@@ -72,6 +72,17 @@ response send_mail(std::uint16_t port, const std::string& campaign, const std::s
 
 // Holds `n` requests of campaign "c" (bodies {"to":[1],"n":i}, told apart), appending their
 // tickets; a request not held (not 202) fails the test there.
+// Whether `done()` holds within about `ms` milliseconds: polls the condition, never waits
+// for a time to pass when it holds.
+template <class Done>
+bool wait_until(Done&& done, int ms) {
+    for (int i = 0; i < ms && !done(); ++i) {
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    return done();
+}
+
 void hold_numbered(std::uint16_t port, int n, std::vector<std::string>& tickets) {
     for (int i = 0; i < n; ++i) {
         auto res = send_mail(port, "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");
@@ -1153,13 +1164,6 @@ TEST(quarantine, a_live_retry_while_its_hold_is_queued_waits_for_it_and_is_not_s
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
                             {{"content-type", "application/json"}, {"x-campaign-id", "c"}, {"idempotency-key", "k-9"}});
     };
-    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
-        for (int i = 0; i < ms && !done(); ++i) {
-            pollfd none{};
-            ::poll(&none, 0, 1);
-        }
-        return done();
-    };
     auto wait_queued = [&](std::uint64_t n) {
         wait_until([&] { return db->stats().queued >= n; }, 5000);
         return db->stats().queued;
@@ -1236,13 +1240,6 @@ TEST(quarantine, a_retry_held_while_a_live_send_waits_for_its_lookup_is_refused)
         return http_request(bb.port(), http::verb::post, "/v3/mail/send", R"({"to":[1]})",
                             {{"content-type", "application/json"}, {"x-campaign-id", campaign}, {"idempotency-key", "k-7"}});
     };
-    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
-        for (int i = 0; i < ms && !done(); ++i) {
-            pollfd none{};
-            ::poll(&none, 0, 1);
-        }
-        return done();
-    };
     ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/c2", "ops", "misfire", bb.server().now()));
     ASSERT_TRUE(bb.server().flush_breaker_state());
     // An earlier hold of k-7 that failed (quarantine_full, say) left its key behind: the
@@ -1298,13 +1295,6 @@ TEST(quarantine, a_hold_is_answered_only_once_the_trip_it_reports_is_saved) {
     proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
     auto* db = bb.server().db();
     ASSERT_NE(db, nullptr);
-    auto wait_until = [](auto&& done, int ms) {  // bounded: polls a condition, never a time
-        for (int i = 0; i < ms && !done(); ++i) {
-            pollfd none{};
-            ::poll(&none, 0, 1);
-        }
-        return done();
-    };
     auto saved_open = [&] {
         std::string err;
         const auto saved = db->load_breaker_state(bb.server().time(), &err);
@@ -1486,6 +1476,35 @@ TEST(quarantine, a_replay_result_is_recorded_after_a_passing_store_failure) {
     EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
     EXPECT_EQ(t.db.load()->get(t.ticket)->state, bb::store::held_state::released);
     EXPECT_EQ(t.up.request_count(), 1u);
+}
+
+// SIGTERM while a release waits for its begin to be recorded: it is not sent (a kill at the end
+// of the drain would cut it mid-exchange, outcome_unknown), and can be released again.
+TEST(quarantine, a_release_begun_as_the_server_stops_sends_nothing) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 0)};
+    std::vector<std::string> tickets;
+    ASSERT_NO_FATAL_FAILURE(hold_numbered(bb.port(), 1, tickets));
+    auto* db = bb.server().db();
+    db->flush();
+    const auto queued_before = db->stats().queued;
+    db->pause_writer(true);
+    auto release = bb.server().remediation().release(tickets[0], "ops");
+    ASSERT_TRUE(wait_until([&] { return db->stats().queued > queued_before; }, 5000))
+        << "the begin of the release waits for the store";
+    bb.server().request_stop();
+    ASSERT_TRUE(wait_until([&] { return bb.server().remediation().stopping(); }, 5000));
+    db->pause_writer(false);
+    const auto refused = release.get();
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.code, "shutting_down") << refused.message;
+    EXPECT_NE(refused.message.find("nothing was sent"), std::string::npos) << refused.message;
+    bb.stop();
+    EXPECT_EQ(up.request_count(), 0u) << "sent while the server stopped";
+    const auto rec = bb.server().db()->get(tickets[0]);
+    ASSERT_TRUE(rec);
+    EXPECT_EQ(rec->state, bb::store::held_state::release_failed) << "an attempt, nothing sent: releasable again";
 }
 
 // SIGTERM (request_stop) during a paced release: nothing more is sent, the rest stays held,
