@@ -394,7 +394,18 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
                 }
             }
         }
-        const std::size_t want = std::min<std::size_t>(16 * 1024, lim.header_bytes + 4 - data.size());
+        std::size_t want = std::min<std::size_t>(16 * 1024, lim.header_bytes + 4 - data.size());
+        if constexpr (is_tls<Stream>) {
+            if (buf.size() == 0) {
+                // A TLS stream is waited on by reading it, into a buffer that is held while the
+                // connection idles: a small one (the TLS engine keeps the rest of a record it
+                // decrypted, and the next read takes it without waiting), so an idle agent's
+                // connection holds 1 KiB here rather than the last request's 16 KiB or more.
+                // (Asio's TLS stream keeps 68 KiB of its own record buffers per connection.)
+                buf.shrink_to_fit();
+                want = std::min<std::size_t>(want, 1024);
+            }
+        }
         auto [ec, n] = co_await sock.async_read_some(buf.prepare(want), use_tuple);
         handle.idle = false;
         if (ec) {

@@ -117,6 +117,20 @@ TEST(tls_listener, serves_https_and_tells_the_upstream) {
     EXPECT_NE(plain.find("status=400"), std::string::npos) << plain;
     EXPECT_NE(plain.find("plain_http_on_tls_listener"), std::string::npos) << plain;
     EXPECT_EQ(up.request_count(), 3u);
+    // A head and body far larger than what an idle TLS connection waits with (its first read
+    // takes 1 KiB; the rest of the record is read on), the second on a kept-alive connection.
+    const std::string body_file = temp_dir() + "/body.json";
+    std::ofstream{body_file} << "{\"v\":\"" << std::string(40000, 'b') << "\"}";
+    const std::string big(6000, 'h');
+    const auto large = run("curl -sS --max-time 10 --cacert " + cert("ca.pem") + " -H 'X-Big: " + big +
+                           "' -H 'Content-Type: application/json' --data-binary @" + body_file + " https://localhost:" +
+                           std::to_string(bb.port()) + "/a https://localhost:" + std::to_string(bb.port()) + "/b");
+    EXPECT_EQ(large, "hello over tlshello over tls");
+    ASSERT_EQ(up.request_count(), 5u);
+    for (std::size_t i : {3u, 4u}) {
+        EXPECT_EQ(up.requests()[i].req["x-big"], big);
+        EXPECT_EQ(up.requests()[i].req.body().size(), 40008u);
+    }
 }
 
 // A TLS client that gives up while the upstream works: its watch (a peek at the socket
