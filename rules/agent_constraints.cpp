@@ -904,12 +904,22 @@ std::string_view without_format_suffix(std::string_view path) {
 namespace {
 
 // /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash,
-// a format suffix): the resources whose POST body carries requests of their own.
+// a format suffix): the resources whose POST body carries requests of their own. Under a
+// base path too (an Experience Cloud site's `/partners/services/data/...`).
+bool salesforce_composite_resource(std::string_view path);
 bool salesforce_composite_path(std::string_view path) {
     constexpr std::string_view head = "/services/data/v";
-    if (path.size() < head.size() || !iequals(path.substr(0, head.size()), head)) {
-        return false;
+    for (std::size_t at = 0; at + head.size() <= path.size(); ++at) {
+        if (path[at] == '/' && iequals(path.substr(at, head.size()), head) &&
+            salesforce_composite_resource(path.substr(at))) {
+            return true;
+        }
     }
+    return false;
+}
+
+bool salesforce_composite_resource(std::string_view path) {
+    constexpr std::string_view head = "/services/data/v";
     std::size_t i = head.size();
     const std::size_t version = i;
     while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
@@ -1003,6 +1013,27 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
 
 }  // namespace
 
+namespace {
+
+// Whether every `@{` reference in a subrequest's path stands after `/sobjects/{Type}/`,
+// where a record's id goes (none at all: true).
+bool reference_only_in_record_place(std::string_view path) {
+    const auto ref = path.find("@{");
+    if (ref == std::string_view::npos) {
+        return true;
+    }
+    constexpr std::string_view sobjects = "/sobjects/";
+    for (std::size_t at = 0; at + sobjects.size() <= ref; ++at) {
+        if (iequals(path.substr(at, sobjects.size()), sobjects)) {
+            const auto type_end = path.find('/', at + sobjects.size());
+            return type_end != std::string_view::npos && type_end > at + sobjects.size() && type_end < ref;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
 std::string salesforce_subrequests(std::string_view path, std::string_view body, std::vector<subrequest>& out) {
     out.clear();
     if (!salesforce_composite_path(path)) {
@@ -1051,6 +1082,15 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
         if (salesforce_composite_path(r.path)) {
             return "a composite request inside a composite request is not accepted";
         }
+        // `@{ref.field}` in a URL is filled in by Salesforce from an earlier subrequest's
+        // answer, after breakerbox judged the URL as written: `.../actions/standard/@{a.name}`
+        // may be emailSimple, or any path the allow list and the rules never saw. Only a
+        // record's place is taken (`/sobjects/Contact/@{newContact.id}`, the usual use):
+        // what kind of resource it is stays as judged.
+        if (!reference_only_in_record_place(r.path)) {
+            return "a subrequest URL with a reference outside a record id (" + r.path.substr(0, 128) +
+                   ": Salesforce fills it in from another subrequest's answer, after it was judged) is not accepted";
+        }
     }
     return {};
 }
@@ -1066,6 +1106,9 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
             return {"method_override", why + " is not accepted: delete caps and agent scopes judge each subrequest "
                                              "by its method, so send the method itself"};
         }
+    }
+    if (unreadable.find("with a reference") != std::string::npos) {
+        return {"bad_body", unreadable};
     }
     if (!unreadable.empty()) {
         // JSON that does not read as subrequests throughout (a duplicate key of another type,

@@ -624,6 +624,48 @@ TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
                 HasSubstr("this composite request: "));
 }
 
+// `@{ref}` in a subrequest URL is filled in by Salesforce after breakerbox judged it: only a
+// record id's place may be a reference (the usual use), never what kind of resource it is.
+TEST(AgentConstraints, ACompositeReferenceMayStandOnlyForARecord) {
+    const std::string hidden = R"j({"compositeRequest": [
+        {"method": "GET", "url": "/services/data/v59.0/actions/standard", "referenceId": "a"},
+        {"method": "POST", "url": "/services/data/v59.0/actions/standard/@{a.actions[3].name}", "referenceId": "m",
+         "body": {"inputs": [{"emailAddresses": "a@x.com, b@x.com", "emailSubject": "s", "emailBody": "b"}]}}]})j";
+    EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", hidden),
+                HasSubstr("a subrequest URL with a reference outside a record id"));
+    const auto refused = salesforce_subrequest_refusal("/services/data/v59.0/composite", hidden);
+    EXPECT_EQ(refused.code, "bad_body");
+    EXPECT_THAT(refused.message, HasSubstr("@{a.actions[3].name}"));
+    for (const char* url : {"/services/data/v59.0/sobjects/@{a.type}/x", "/services/data/v59.0/@{a.path}",
+                            "/services/data/v59.0/sobjects/@{a.type}"}) {
+        const std::string body = R"j({"compositeRequest": [{"method": "PATCH", "url": ")j" + std::string{url} +
+                                 R"j(", "referenceId": "r", "body": {}}]})j";
+        EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", body), HasSubstr("with a reference")) << url;
+    }
+    const std::string record = R"j({"compositeRequest": [
+        {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}},
+        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/@{a.id}", "referenceId": "b", "body": {}},
+        {"method": "GET", "url": "/services/data/v59.0/sobjects/Account/@{a.id}/Contacts?x=@{a.id}", "referenceId": "c"}]})j";
+    EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", record), "");
+    EXPECT_EQ(salesforce_subrequest_refusal("/services/data/v59.0/composite", record).code, "");
+}
+
+// A composite request under an upstream's base path (an Experience Cloud site) is one too:
+// its subrequests are read.
+TEST(AgentConstraints, ACompositeRequestUnderABasePathIsRead) {
+    const std::string composite = R"j({"compositeRequest": [{"method": "POST",
+        "url": "/partners/services/data/v59.0/actions/standard/emailSimple", "referenceId": "m", "body": {"inputs": []}}]})j";
+    EXPECT_THAT(constrained_subrequests("/partners/services/data/v59.0/composite", composite), HasSubstr("subrequest #0"));
+    const std::string deleting = R"j({"compositeRequest": [{"method": "DELETE",
+        "url": "/partners/services/data/v59.0/sobjects/Account/001", "referenceId": "d"}]})j";
+    std::vector<subrequest> subs;
+    EXPECT_EQ(salesforce_subrequests("/partners/services/data/v59.0/composite", deleting, subs), "");
+    ASSERT_EQ(subs.size(), 1u);
+    EXPECT_EQ(subs[0].method, "DELETE");
+    EXPECT_TRUE(salesforce_subrequests("/partners/services/data/v59.0/sobjects/Account", deleting, subs).empty());
+    EXPECT_TRUE(subs.empty()) << "not a composite resource";
+}
+
 // A SendGrid single send reaches lists and segments: an agent held to max_recipients cannot
 // have it counted as no recipient.
 TEST(AgentConstraints, ASendToListsOrSegmentsIsRefusedToAnAgentWithARecipientCap) {
