@@ -1001,7 +1001,17 @@ std::shared_ptr<const runtime> server::build_runtime(std::shared_ptr<const confi
             rt->breakers->restore(back, clock_->now());
             spdlog::warn("restored the kept state of {} instance(s) of breakers configured again",
                          back.size() + back_from_store.size());
-            rt->restored_from_store = std::move(back_from_store);  // paged once this runtime runs
+            // Paged once this runtime runs: what the store kept and what an earlier reload
+            // dropped from this very process alike (that reload resolved their incidents).
+            rt->configured_again = std::move(back_from_store);
+            rt->configured_again.insert(rt->configured_again.end(), back.begin(), back.end());
+        }
+        // So are those that came back live from a retired registry (their names suffice:
+        // the page reads each instance as it is now).
+        for (const auto& name : taken_live) {
+            breakers::instance_snapshot s;
+            s.breaker = name;
+            rt->configured_again.push_back(std::move(s));
         }
     }
     // Before any request runs the new rules (only requests on the old config, with the old
@@ -2033,9 +2043,10 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
     // private CA at the same path: re-read at a reload, as listeners' certificates are; the
     // dispatcher compares them).
     replace_alerts(effective->alerts);
-    if (!rt->restored_from_store.empty()) {
-        // Kept in the store, configured again: paged to the sinks of this config.
-        alert_restored_open(rt->restored_from_store, "after a reload configured it again");
+    if (!rt->configured_again.empty()) {
+        // Kept (in the store, or in memory since a reload dropped it), configured again:
+        // paged to the sinks of this config.
+        alert_restored_open(rt->configured_again, "after a reload configured it again");
     }
     {
         // Published: the breakers configured again now hold their kept state themselves.

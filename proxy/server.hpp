@@ -83,9 +83,11 @@ struct runtime {
     std::shared_ptr<breakers::breaker_registry> breakers;  // always set (may hold no breaker)
     std::vector<upstream_guard> upstreams;                 // by upstream index
     std::vector<std::uint8_t> route_has_rules;             // by route index
-    // Instances of breakers configured again, restored from the store by the reload that
-    // built this runtime (they page as at a start once it runs: alert_restored_open).
-    std::vector<breakers::instance_snapshot> restored_from_store;
+    // Instances of breakers configured again, restored (from the store, or from what an
+    // earlier reload dropped) by the reload that built this runtime, or only their breakers'
+    // names (moved live from a retired registry): they page as at a start once it runs
+    // (alert_restored_open).
+    std::vector<breakers::instance_snapshot> configured_again;
     std::vector<std::uint8_t> route_has_response_rules;    // by route index
     std::vector<std::uint8_t> route_reads_response_body;   // by route index: a rule reads the response's JSON
 };

@@ -2299,6 +2299,38 @@ TEST(alerts, a_breaker_configured_again_by_a_reload_pages_what_it_restored_open)
         << body;
 }
 
+// Within one process: a reload that drops a tripped breaker resolves its incident (its state
+// kept, not enforced); the reload that configures it again brings it back open and pages it
+// again, or traffic is contained with on-call believing it resolved.
+TEST(alerts, a_breaker_dropped_and_configured_again_pages_what_comes_back_open) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream pager{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    const std::string with = with_alerts(guarded_config(up.port(), dir, pause_manual, 5), webhook_sink("pager", pager.port()));
+    proxy_instance bb{with};
+    raw_client c{bb.port()};
+    c.send(mail(10, "spring"));
+    ASSERT_EQ(c.read_response().result_int(), 503u);
+    const auto without = bb::parse_config(with_alerts(one_route_config(up.port(), dir), webhook_sink("pager", pager.port())));
+    ASSERT_TRUE(without.errors.empty()) << without.errors.to_string();
+    bb.server().apply_config(without.cfg);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    const auto before = pager.request_count();
+    ASSERT_GE(before, 2u) << "the trip, and its resolve when the reload dropped the breaker";
+    const auto again = bb::parse_config(with);
+    ASSERT_TRUE(again.errors.empty()) << again.errors.to_string();
+    bb.server().apply_config(again.cfg);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(pager.request_count(), before + 1) << "nobody was paged of the breaker back open";
+    const auto body = pager.requests().back().req.body();
+    EXPECT_NE(body.find("\"event\":\"breaker_restored_open\""), std::string::npos) << body;
+    EXPECT_NE(body.find("campaign-volume/spring is still open after a reload configured it again"), std::string::npos)
+        << body;
+    raw_client d{bb.port()};
+    d.send(mail(1, "spring"));
+    EXPECT_EQ(d.read_response().result_int(), 503u) << "back open, enforced";
+}
+
 // A rule that names a host (however the config spells it), or is keyed by it, sees one host
 // however the client spells it:
 // `API.SendGrid.com`, `api.sendgrid.com.` and `api.sendgrid.com:443` are api.sendgrid.com
