@@ -134,7 +134,8 @@ void strip_hop_by_hop(Fields& f) {
     }
 }
 
-void append_list(request& req, std::string_view name, std::string_view value) {
+template <class Message>
+void append_list(Message& req, std::string_view name, std::string_view value) {
     auto it = req.find(name);
     if (it == req.end()) {
         req.set(name, value);
@@ -2891,10 +2892,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         response& res = ex.res;
         strip_hop_by_hop(res);
         {
-            auto it = res.find(http::field::via);
-            std::string via = it == res.end() ? std::string{} : std::string{it->value()} + ", ";
-            via += res.version() == 10 ? "1.0 breakerbox" : "1.1 breakerbox";
-            res.set(http::field::via, via);
+            append_list(res, "via", res.version() == 10 ? "1.0 breakerbox" : "1.1 breakerbox");  // every hop's line kept
         }
         if (res.find("x-request-id") == res.end()) {
             res.set("x-request-id", request_id);

@@ -392,6 +392,8 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
         b.res.set("Keep-Alive", "timeout=5");
         b.res.set("Proxy-Authenticate", "Basic");
         b.res.set("X-End-To-End", "yes");
+        b.res.insert("Via", "1.1 cdn");  // two hops on two lines: both kept, ours after them
+        b.res.insert("Via", "1.1 lb");
         return b;
     }};
     proxy_instance bb{make_config(local_url(up.port()))};
@@ -410,7 +412,8 @@ TEST(proxying, hop_by_hop_headers_are_removed_and_forwarding_headers_added) {
     EXPECT_EQ(res.count("X-Secret-Hop"), 0u);
     EXPECT_EQ(res.count(http::field::keep_alive), 0u);
     EXPECT_EQ(res.count(http::field::proxy_authenticate), 0u);
-    EXPECT_EQ(res[http::field::via], "1.1 breakerbox");
+    EXPECT_EQ(res[http::field::via], "1.1 cdn, 1.1 lb, 1.1 breakerbox");
+    EXPECT_EQ(res.count(http::field::via), 1u);
     EXPECT_EQ(decision(res), "allowed");
     EXPECT_EQ(res.body(), "{\"id\":1}");
 
