@@ -113,12 +113,15 @@ bool route_takes(const route_config& r, std::string_view method, std::string_vie
 }
 
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
-                               std::string_view url, std::string_view base, std::string_view upstream) {
-    const std::string which = " in subrequest #" + std::to_string(index) + " of this composite request";
+                               std::string_view url, std::string_view base, std::string_view upstream,
+                               std::string_view what) {
+    const std::string which = what.empty() ? " in subrequest #" + std::to_string(index) + " of this composite request"
+                                           : " (" + std::string{what} + ")";
     const auto own = path_under_base(url, base);
     if (const auto amb = ambiguous_path(url); !amb.empty()) {
-        return "subrequest #" + std::to_string(index) + " of this composite request: its URL contains " +
-               std::string{amb};
+        return (what.empty() ? "subrequest #" + std::to_string(index) + " of this composite request"
+                             : std::string{what}) +
+               ": its URL contains " + std::string{amb};
     }
     if (!own) {
         return "path " + std::string{url.substr(0, 256)} + which + " (outside upstream " + std::string{upstream} +

@@ -65,8 +65,10 @@ bool route_takes(const route_config& r, std::string_view method, std::string_vie
 // Why `scope` refuses subrequest #`index` of a composite request to upstream `upstream` (base
 // path `base`), as an out_of_scope message names it: its URL ambiguous, outside the base
 // path, or its method or path (without the base) not allowed; "" when none of these. Its
-// route is the caller's to judge (from where the request was sent).
+// route is the caller's to judge (from where the request was sent). `what` names it when it
+// is not a composite's subrequest (a Bulk API job's equivalent request).
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
-                               std::string_view url, std::string_view base, std::string_view upstream);
+                               std::string_view url, std::string_view base, std::string_view upstream,
+                               std::string_view what = {});
 
 }  // namespace bb::proxy

@@ -1972,9 +1972,18 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     !unreadable.empty()) {
                     why = "this composite request: " + unreadable;
                 }
+                // A Bulk API job names what it will do in its body: judged as that request.
+                if (const auto unreadable = why.empty() && req.method() == http::verb::post
+                                                ? rules::salesforce_bulk_job(upstream_path, req[http::field::content_type],
+                                                                             req.body(), subs)
+                                                : std::string{};
+                    !unreadable.empty()) {
+                    why = "this request: " + unreadable;
+                }
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
                     const auto& sub = subs[i];
-                    why = subrequest_refusal(scope, i, sub.method, sub.path, base, cfg->upstreams[upstream_index].name);
+                    why = subrequest_refusal(scope, i, sub.method, sub.path, base, cfg->upstreams[upstream_index].name,
+                                             sub.what);
                     if (!why.empty() || scope.routes.empty()) {
                         continue;
                     }
@@ -1988,7 +1997,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                    ? "route " + sub_route->name
                                    : "route (none of upstream " + cfg->upstreams[upstream_index].name + " takes " +
                                          sub.method.substr(0, 16) + " " + std::string{own_path.substr(0, 256)} + ")") +
-                              " in subrequest #" + std::to_string(i) + " of this composite request";
+                              (sub.what.empty() ? " in subrequest #" + std::to_string(i) + " of this composite request"
+                                                : " (" + sub.what + ")");
                     }
                 }
             }

@@ -1095,6 +1095,149 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
     return {};
 }
 
+namespace {
+
+// "59.0" of "/services/data/v59.0/jobs/ingest" (`data` true) or "/services/async/59.0/job",
+// and where that part of the path starts: the prefix before it is an upstream's base path.
+struct bulk_job_path {
+    std::size_t at = std::string_view::npos;
+    std::string_view version;
+};
+bulk_job_path bulk_job_of(std::string_view path) {
+    while (path.size() > 1 && path.back() == '/') {
+        path.remove_suffix(1);
+    }
+    path = without_format_suffix(path);
+    for (const auto& [head, tail] : {std::pair<std::string_view, std::string_view>{"/services/data/v", "/jobs/ingest"},
+                                     {"/services/async/", "/job"}}) {
+        for (std::size_t at = 0; at + head.size() <= path.size(); ++at) {
+            if (path[at] != '/' || !iequals(path.substr(at, head.size()), head)) {
+                continue;
+            }
+            std::size_t i = at + head.size();
+            const std::size_t v = i;
+            while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
+                ++i;
+            }
+            if (i > v && iequals(path.substr(i), tail)) {
+                return {at, path.substr(v, i - v)};
+            }
+        }
+    }
+    return {};
+}
+
+// The text of the one <name>...</name> element of a Bulk API 1.0 XML job (its jobInfo has
+// no nested elements of these names); nullopt when absent or given twice.
+std::optional<std::string_view> xml_element(std::string_view xml, std::string_view name) {
+    const std::string open = "<" + std::string{name} + ">";
+    const std::string close = "</" + std::string{name} + ">";
+    const auto start = xml.find(open);
+    if (start == std::string_view::npos || xml.find(open, start + 1) != std::string_view::npos) {
+        return std::nullopt;
+    }
+    const auto end = xml.find(close, start + open.size());
+    if (end == std::string_view::npos) {
+        return std::nullopt;
+    }
+    std::string_view v = xml.substr(start + open.size(), end - start - open.size());
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\n' || v.front() == '\r' || v.front() == '\t')) {
+        v.remove_prefix(1);
+    }
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\n' || v.back() == '\r' || v.back() == '\t')) {
+        v.remove_suffix(1);
+    }
+    return v;
+}
+
+}  // namespace
+
+std::string salesforce_bulk_job(std::string_view path, std::string_view content_type, std::string_view body,
+                                std::vector<subrequest>& out) {
+    const auto job = bulk_job_of(path);
+    if (job.at == std::string_view::npos) {
+        return {};
+    }
+    constexpr const char* unreadable =
+        "the Bulk API job cannot be read (one operation and one object, in a JSON job, a multipart body's job part "
+        "or an XML jobInfo)";
+    std::string operation;
+    std::string object;
+    std::string json;
+    body = without_bom(body);
+    const auto first = body.find_first_not_of(" \t\r\n");
+    const std::string type = lower(content_type.substr(0, content_type.find(';')));
+    if (type.find("multipart/") != std::string::npos) {
+        std::vector<std::pair<std::string, std::string>> parts;
+        if (!parse_form(content_type, body, parts)) {
+            return unreadable;
+        }
+        std::size_t jobs = 0;
+        for (const auto& [name, value] : parts) {
+            if (name == "job") {
+                ++jobs;
+                json = value;
+            }
+        }
+        if (jobs != 1) {
+            return unreadable;
+        }
+    } else if (first != std::string_view::npos && body[first] == '<') {
+        const auto op = xml_element(body, "operation");
+        const auto obj = xml_element(body, "object");
+        if (!op || !obj) {
+            return unreadable;
+        }
+        operation.assign(*op);
+        object.assign(*obj);
+    } else {
+        json.assign(body);
+    }
+    if (operation.empty() && object.empty()) {
+        scratch& s = local();
+        element root;
+        simdjson::dom::object top;
+        if (s.parser.parse(json.data(), json.size()).get(root) != simdjson::SUCCESS || root.get(top) != simdjson::SUCCESS) {
+            return unreadable;
+        }
+        int ops = 0;
+        int objs = 0;
+        for (auto f : top) {
+            const bool is_op = iequals(f.key, "operation");
+            if (!is_op && !iequals(f.key, "object")) {
+                continue;
+            }
+            std::string_view v;
+            if (f.value.get(v) != simdjson::SUCCESS) {
+                return unreadable;
+            }
+            (is_op ? operation : object).assign(v);
+            ++(is_op ? ops : objs);
+        }
+        if (ops != 1 || objs != 1) {
+            return unreadable;
+        }
+    }
+    const std::string op = lower(operation);
+    const char* method = op == "insert"                          ? "POST"
+                         : op == "update" || op == "upsert"      ? "PATCH"
+                         : op == "delete" || op == "harddelete" ? "DELETE"
+                                                                 : nullptr;
+    const bool name_ok = !object.empty() && object.size() <= 80 && std::all_of(object.begin(), object.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    });
+    if (method == nullptr || !name_ok) {
+        return "the Bulk API job's operation " + operation.substr(0, 32) + " on " + object.substr(0, 80) +
+               " is not one an allow list can judge (insert, update, upsert, delete or hardDelete of an object)";
+    }
+    subrequest r;
+    r.method = method;
+    r.path = std::string{path.substr(0, job.at)} + "/services/data/v" + std::string{job.version} + "/sobjects/" + object;
+    r.what = "the Bulk API job's operation " + operation;
+    out.push_back(std::move(r));
+    return {};
+}
+
 subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::string_view body) {
     thread_local std::vector<subrequest> subs;
     const auto unreadable = salesforce_subrequests(path, body, subs);

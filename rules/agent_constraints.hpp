@@ -79,6 +79,7 @@ struct subrequest {
     std::string method;
     std::string path;
     std::string refused;  // what in it asks for another method (a query field, a header), if anything
+    std::string what;     // what it is, when not a composite's subrequest ("the Bulk API job's operation delete")
 };
 
 // Salesforce's composite resources carry requests of their own in one POST body:
@@ -92,6 +93,15 @@ struct subrequest {
 // (the caller refuses it: fail closed); for any other path returns "" with `out` empty.
 // Keys are matched without case and every duplicate is read.
 std::string salesforce_subrequests(std::string_view path, std::string_view body, std::vector<subrequest>& out);
+// A Salesforce Bulk API job's creation (POST .../services/data/vNN.N/jobs/ingest, JSON or a
+// multipart body with a `job` part; Bulk API 1.0's .../services/async/NN.N/job, XML or JSON)
+// names in its body what the job will do to which object. For such a path, appends to `out`
+// the request it is equivalent to: an insert is POST .../services/data/vNN.N/sobjects/{object},
+// update and upsert PATCH, delete and hardDelete DELETE (an agent allowed POST on
+// /services/data/* must not delete records through a job), and returns "" or why the body
+// cannot be read (the caller refuses it); for any other path returns "" and adds nothing.
+std::string salesforce_bulk_job(std::string_view path, std::string_view content_type, std::string_view body,
+                                std::vector<subrequest>& out);
 // For every POST to a Salesforce composite path, agent or not: why one of its subrequests
 // must not be sent ("" when none): it asks for another method (`_HttpMethod`, a method
 // override header), which the rules that count DELETE subrequests would not see, or it is a

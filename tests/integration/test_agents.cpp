@@ -410,6 +410,53 @@ TEST(agents, email_simple_inside_a_composite_request_is_refused_to_a_constrained
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// A Bulk API job says in its body what it will do: an agent allowed GET, POST and PATCH on
+// /services/data/* may create an insert job, not a hardDelete one (it would delete through a
+// POST), in JSON, in a multipart body's job part or as Bulk API 1.0's XML jobInfo.
+TEST(agents, a_bulk_api_job_is_judged_as_the_request_it_stands_for) {
+    fake_upstream up;
+    const auto dir = temp_dir();
+    std::string cfg = with_writer_routes(agents_config(up.port(), dir),
+                                         "{\"name\": \"sf\", \"match\": {\"path_prefix\": \"/services/\"}, \"upstream\": \"up\"},",
+                                         "\"sf\"");
+    const std::string reader = R"("allow": {"methods": ["GET"], "paths": ["/crm/v3/objects/*"]})";
+    ASSERT_NE(cfg.find(reader), std::string::npos);
+    cfg.replace(cfg.find(reader), reader.size(),
+                R"("allow": {"methods": ["GET", "POST", "PATCH"], "paths": ["/services/data/*", "/services/async/*"]})");
+    proxy_instance bb{cfg};
+    auto post = [&](const std::string& path, const std::string& type, const std::string& body) {
+        return http_request(bb.port(), http::verb::post, path, body,
+                            {{"content-type", type}, {"x-breakerbox-key", "reader-key"}});
+    };
+    const auto deleting = post("/services/data/v59.0/jobs/ingest", "application/json",
+                               R"({"object": "Account", "contentType": "CSV", "operation": "hardDelete"})");
+    EXPECT_EQ(deleting.result_int(), 403u) << deleting.body();
+    EXPECT_EQ(code_of(deleting), "out_of_scope");
+    EXPECT_NE(deleting.body().find("method DELETE (the Bulk API job's operation hardDelete)"), std::string::npos)
+        << deleting.body();
+    const std::string multipart =
+        "--b\r\nContent-Disposition: form-data; name=\"job\"\r\nContent-Type: application/json\r\n\r\n"
+        R"({"object":"Contact","operation":"delete"})"
+        "\r\n--b\r\nContent-Disposition: form-data; name=\"content\"; filename=\"c.csv\"\r\n\r\nId\n003\r\n--b--\r\n";
+    EXPECT_EQ(post("/services/data/v59.0/jobs/ingest/", "multipart/form-data; boundary=b", multipart).result_int(), 403u);
+    const auto v1 = post("/services/async/59.0/job", "application/xml",
+                         "<?xml version=\"1.0\"?><jobInfo xmlns=\"http://www.force.com/2009/06/asyncapi/dataload\">"
+                         "<operation>delete</operation><object>Lead</object></jobInfo>");
+    EXPECT_EQ(v1.result_int(), 403u) << v1.body();
+    const auto twice = post("/services/data/v59.0/jobs/ingest", "application/json",
+                            R"({"object": "Account", "operation": "insert", "operation": "hardDelete"})");
+    EXPECT_EQ(twice.result_int(), 403u) << twice.body();
+    EXPECT_NE(twice.body().find("cannot be read"), std::string::npos) << twice.body();
+    EXPECT_EQ(up.request_count(), 0u);
+    const auto inserting = post("/services/data/v59.0/jobs/ingest", "application/json",
+                                R"({"object": "Account", "contentType": "CSV", "operation": "insert"})");
+    EXPECT_EQ(inserting.result_int(), 200u) << inserting.body();
+    const auto updating = post("/services/async/59.0/job", "application/xml",
+                               "<jobInfo><operation>update</operation><object>Lead</object></jobInfo>");
+    EXPECT_EQ(updating.result_int(), 200u) << updating.body();
+    EXPECT_EQ(up.request_count(), 2u);
+}
+
 // Mailgun's SDKs take https://api.mailgun.net/v3 as their base URL: with an upstream that
 // carries /v3, the client sends /{domain}/messages, judged as the path the upstream gets.
 TEST(agents, a_mailgun_send_under_an_upstream_base_path_is_held_to_from_domains) {

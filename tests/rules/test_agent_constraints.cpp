@@ -1249,5 +1249,50 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
     EXPECT_FALSE(body_unreadable(check_body_constraints(max(2), "application/json", sendgrid)));
 }
 
+
+// A Bulk API job's creation stands for the request its operation makes on its object.
+TEST(AgentConstraints, ABulkJobStandsForItsOperationOnItsObject) {
+    std::vector<subrequest> out;
+    EXPECT_EQ(salesforce_bulk_job("/services/data/v59.0/jobs/ingest", "application/json",
+                                  R"({"object":"Account","operation":"hardDelete","contentType":"CSV"})", out),
+              "");
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].method, "DELETE");
+    EXPECT_EQ(out[0].path, "/services/data/v59.0/sobjects/Account");
+    EXPECT_EQ(out[0].what, "the Bulk API job's operation hardDelete");
+    out.clear();
+    EXPECT_EQ(salesforce_bulk_job("/partners/services/async/58.0/job", "application/xml; charset=UTF-8",
+                                  "<jobInfo>\n <operation>upsert</operation>\n <object>Lead</object>\n</jobInfo>", out),
+              "");
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].method, "PATCH");
+    EXPECT_EQ(out[0].path, "/partners/services/data/v58.0/sobjects/Lead") << "under the base path, as sent";
+    out.clear();
+    EXPECT_EQ(salesforce_bulk_job("/services/data/v59.0/jobs/ingest", "application/json",
+                                  R"({"object":"Account","operation":"insert"})", out),
+              "");
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].method, "POST");
+    // Not a job's creation: nothing read, nothing added.
+    out.clear();
+    for (const char* path : {"/services/data/v59.0/jobs/ingest/750xx/batches", "/services/data/v59.0/jobs/query",
+                             "/services/data/v59.0/sobjects/Account"}) {
+        EXPECT_EQ(salesforce_bulk_job(path, "application/json", R"({"operation":"delete","object":"Account"})", out), "")
+            << path;
+    }
+    EXPECT_TRUE(out.empty());
+    // Unreadable, or not a job an allow list can judge: refused.
+    for (const char* body : {R"({"object":"Account"})", R"({"object":"Account","operation":"delete","Operation":"insert"})",
+                             R"({"object":"../../limits","operation":"insert"})", R"({"object":"Account","operation":"query"})",
+                             "not json", R"({"object":"Account","operation":7})"}) {
+        EXPECT_NE(salesforce_bulk_job("/services/data/v59.0/jobs/ingest", "application/json", body, out), "") << body;
+    }
+    EXPECT_NE(salesforce_bulk_job("/services/async/59.0/job", "application/xml",
+                                  "<jobInfo><operation>insert</operation><operation>delete</operation><object>A</object></jobInfo>",
+                                  out),
+              "");
+    EXPECT_TRUE(out.empty());
+}
+
 }  // namespace
 }  // namespace bb::rules
