@@ -831,6 +831,13 @@ std::string read_body(checker& k, scratch& s, std::string_view content_type, std
     if (auto why = unreadable_form(content_type, body, query); !why.empty()) {
         return why;
     }
+    // No type and not JSON: Rack (and so Rails and Sinatra) reads such a POST body as a form,
+    // where `from=...&to=...` would be a send this check never saw.
+    if (!form && first != std::string_view::npos && json[first] != '{' && json[first] != '[' &&
+        content_type.find_first_not_of(" \t") == std::string_view::npos) {
+        return "a body without a Content-Type is read as a form by some servers (Rack) and as nothing here: send "
+               "it with its type";
+    }
     if (const auto domain = mailgun_sending_domain(path)) {
         k.sending_domain(*domain);
     }

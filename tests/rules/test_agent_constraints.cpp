@@ -1294,5 +1294,17 @@ TEST(AgentConstraints, ABulkJobStandsForItsOperationOnItsObject) {
     EXPECT_TRUE(out.empty());
 }
 
+// A body without a type that is not JSON: Rack reads it as a form, so it is not read as nothing.
+TEST(AgentConstraints, AnUntypedBodyThatIsNoJsonIsRefused) {
+    body_constraints c;
+    c.max_recipients = 1;
+    const auto why = check_body_constraints(c, "", "from=ceo%40evil.com&to=a%40x.com,b%40x.com");
+    EXPECT_THAT(why, HasSubstr("without a Content-Type"));
+    EXPECT_TRUE(body_unreadable(why)) << "a bad request (400), not a broken constraint";
+    EXPECT_EQ(check_body_constraints(c, "", R"({"personalizations":[{"to":[{"email":"a@x.com"}]}]})"), "")
+        << "untyped JSON is read as JSON";
+    EXPECT_EQ(check_body_constraints(c, "", "  \r\n"), "") << "no body";
+}
+
 }  // namespace
 }  // namespace bb::rules
