@@ -480,6 +480,14 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         auto [wec, written] = co_await conn->visit([&](auto& s) { return write_message(s, req, conn->scratch); });
         bool got_response_bytes = false;
         error_code ec = wec;
+        // An upstream may answer before it has read the whole body (a 401 or 413 to a large
+        // upload; Go's server does past 256 KiB unread) and close: the write fails on the
+        // reset, but its answer arrived ahead of it. It is read like any answer (delivered if
+        // whole, the connection not reused); without one the request stays outcome unknown.
+        const bool write_cut = wec == asio::error::broken_pipe || wec == asio::error::connection_reset;
+        if (write_cut) {
+            ec = {};
+        }
         std::optional<response_parser> parser_slot;
         parser_slot.emplace();
         std::optional<http::response_header<fields>> head_copy;
@@ -606,7 +614,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
             out.failure = upstream_failure::failed_after_send;
             out.detail = std::string{got_response_bytes ? "upstream connection failed mid-response: "
                                                         : "upstream connection failed before a response: "} +
-                         ec.message();
+                         (write_cut && !got_response_bytes ? wec.message() : ec.message());
             finish();
             co_return;
         }
@@ -614,7 +622,8 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
         ++conn->requests;
         // The parser's keep_alive() also says no for a response delimited by the close (a
         // TLS peer that sent close_notify but keeps TCP open would pass the reuse peek).
-        const bool reusable = parser.is_done() && parser.keep_alive() && !close_after(parser.get().base());
+        const bool reusable =
+            !write_cut && parser.is_done() && parser.keep_alive() && !close_after(parser.get().base());
         out.res = parser.release();
         if (head_copy) {
             out.res.base() = std::move(*head_copy);

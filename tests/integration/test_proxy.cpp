@@ -842,6 +842,50 @@ TEST(upstream_failure, reset_before_headers_on_post_is_outcome_unknown_and_not_r
     EXPECT_EQ(up.request_count(), 1u) << "a POST that may have reached the upstream is never retried";
 }
 
+// An upstream that answers a large upload before reading it (a 413, a 401 for a revoked key)
+// and closes with the body unread: the proxy's write fails on the reset, but the answer came
+// first. The client gets that answer, not 502 upstream_outcome_unknown, and the upstream's
+// health is not charged a failure for it.
+TEST(upstream_failure, an_answer_before_the_body_was_read_is_delivered) {
+    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(lfd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(lfd, 4), 0);
+    socklen_t len = sizeof addr;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+    const std::uint16_t port = ntohs(addr.sin_port);
+    std::thread upstream{[lfd] {
+        const int fd = ::accept(lfd, nullptr, nullptr);
+        if (fd < 0) {
+            return;
+        }
+        std::string head;
+        char buf[4096];
+        while (head.find("\r\n\r\n") == std::string::npos) {
+            const auto n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) {
+                break;
+            }
+            head.append(buf, static_cast<std::size_t>(n));
+        }
+        const std::string answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: 19\r\nConnection: close\r\n\r\n{\"error\":\"too big\"}";
+        (void)!::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+        ::close(fd);  // with most of the body unread: the kernel answers the rest with a reset
+    }};
+    proxy_instance bb{make_config("http://127.0.0.1:" + std::to_string(port), "\"body_bytes\": 16777216")};
+    const std::string body = "{\"v\":\"" + std::string(12 * 1024 * 1024, 'x') + "\"}";
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", body, {{"content-type", "application/json"}});
+    upstream.join();
+    ::close(lfd);
+    EXPECT_EQ(res.result_int(), 413u) << res.body();
+    EXPECT_EQ(res.body(), "{\"error\":\"too big\"}");
+    EXPECT_EQ(res["x-breakerbox-decision"], "allowed");
+}
+
 TEST(upstream_failure, reset_before_headers_on_get_is_502) {
     fake_upstream up{[](const request&) {
         behaviour b;
