@@ -831,13 +831,6 @@ std::string read_body(checker& k, scratch& s, std::string_view content_type, std
     if (auto why = unreadable_form(content_type, body, query); !why.empty()) {
         return why;
     }
-    // No type and not JSON: Rack (and so Rails and Sinatra) reads such a POST body as a form,
-    // where `from=...&to=...` would be a send this check never saw.
-    if (!form && first != std::string_view::npos && json[first] != '{' && json[first] != '[' &&
-        content_type.find_first_not_of(" \t") == std::string_view::npos) {
-        return "a body without a Content-Type is read as a form by some servers (Rack) and as nothing here: send "
-               "it with its type";
-    }
     if (const auto domain = mailgun_sending_domain(path)) {
         k.sending_domain(*domain);
     }
@@ -879,6 +872,15 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
         // template are the stored ones.
         return "this request " + std::string{what} +
                ", whose recipients, sender and content this agent's constraints cannot read";
+    }
+    // No type and not JSON: Rack (and so Rails and Sinatra) reads such a POST body as a form,
+    // where `from=...&to=...` would be a send this check never saw. (Untyped JSON is read as
+    // JSON, as the APIs in front of which breakerbox stands read it.)
+    if (const auto first = without_bom(body).find_first_not_of(" \t\r\n");
+        content_type.find_first_not_of(" \t") == std::string_view::npos && first != std::string_view::npos &&
+        without_bom(body)[first] != '{' && without_bom(body)[first] != '[' && query.empty()) {
+        return "a body without a Content-Type is read as a form by some servers (Rack) and as nothing here: send it "
+               "with its type";
     }
     scratch& s = local();
     checker k{c, s};
@@ -1010,6 +1012,17 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
                         r.refused = "a subrequest query field " + std::string{name.substr(0, 32)} +
                                     " asking for another method";
                     }
+                    // A field whose name is a reference (`?@{b.Name}=DELETE`) may be filled in
+                    // as _HttpMethod after it was judged; a reference in a value may stay.
+                    for (std::string_view rest = u.substr(q + 1); !rest.empty() && r.refused.empty();) {
+                        const auto amp = rest.find_first_of("&;#");
+                        const std::string_view field = rest.substr(0, amp);
+                        if (field.substr(0, field.find('=')).find("@{") != std::string_view::npos) {
+                            r.refused = "a subrequest query field named by a reference (" +
+                                        std::string{field.substr(0, 64)} + "), which may ask for another method";
+                        }
+                        rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+                    }
                 }
                 out.push_back(std::move(r));
             }
@@ -1022,21 +1035,48 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
 
 namespace {
 
-// Whether every `@{` reference in a subrequest's path stands after `/sobjects/{Type}/`,
-// where a record's id goes (none at all: true).
+// Whether every `@{` reference in a subrequest's path is a whole segment where a record's id
+// goes: right after `/sobjects/{Type}/`, or after `/sobjects/{Type}/{ExternalIdField}/`
+// (none at all: true). `/sobjects/Case/quickActions/@{a.name}` picks an action: refused.
 bool reference_only_in_record_place(std::string_view path) {
-    const auto ref = path.find("@{");
-    if (ref == std::string_view::npos) {
+    if (path.find("@{") == std::string_view::npos) {
         return true;
     }
     constexpr std::string_view sobjects = "/sobjects/";
-    for (std::size_t at = 0; at + sobjects.size() <= ref; ++at) {
-        if (iequals(path.substr(at, sobjects.size()), sobjects)) {
-            const auto type_end = path.find('/', at + sobjects.size());
-            return type_end != std::string_view::npos && type_end > at + sobjects.size() && type_end < ref;
+    std::size_t at = std::string_view::npos;
+    for (std::size_t i = 0; i + sobjects.size() <= path.size(); ++i) {
+        if (iequals(path.substr(i, sobjects.size()), sobjects)) {
+            at = i + sobjects.size();
+            break;
         }
     }
-    return false;
+    if (at == std::string_view::npos || path.substr(0, at).find("@{") != std::string_view::npos) {
+        return false;
+    }
+    // The segments after /sobjects/: [0] the type, [1] an id or an external id field, [2] the
+    // external id's value after a custom field written out (`Ext_Id__c`; after anything else,
+    // `quickActions` say, a reference would pick the resource), or what the record holds.
+    std::size_t index = 0;
+    bool id_referenced = false;
+    bool external_id_field = false;
+    for (std::size_t start = at; start <= path.size(); ++index) {
+        const auto slash = path.find('/', start);
+        const std::string_view seg = path.substr(start, slash == std::string_view::npos ? path.size() - start : slash - start);
+        if (seg.find("@{") != std::string_view::npos) {
+            if (index < 1 || index > 2 || (index == 2 && (id_referenced || !external_id_field)) || !seg.starts_with("@{") ||
+                !seg.ends_with('}') || seg.find_first_of("{}", 2) != seg.size() - 1) {
+                return false;
+            }
+            id_referenced = true;
+        } else if (index == 1) {
+            external_id_field = seg.size() > 3 && iequals(seg.substr(seg.size() - 3), "__c");
+        }
+        if (slash == std::string_view::npos) {
+            break;
+        }
+        start = slash + 1;
+    }
+    return true;
 }
 
 }  // namespace
@@ -1109,6 +1149,7 @@ namespace {
 struct bulk_job_path {
     std::size_t at = std::string_view::npos;
     std::string_view version;
+    bool v1 = false;  // Bulk API 1.0's /services/async (its jobs also query)
 };
 bulk_job_path bulk_job_of(std::string_view path) {
     while (path.size() > 1 && path.back() == '/') {
@@ -1127,11 +1168,42 @@ bulk_job_path bulk_job_of(std::string_view path) {
                 ++i;
             }
             if (i > v && iequals(path.substr(i), tail)) {
-                return {at, path.substr(v, i - v)};
+                return {at, path.substr(v, i - v), tail == "/job"};
             }
         }
     }
     return {};
+}
+
+// Whether a Bulk API 1.0 XML job reads one way only: no comment, CDATA section, DOCTYPE or
+// processing instruction past the declaration (`<!--<operation>insert</operation>-->` is no
+// element to an XML parser, and would be the only one a text search finds), and every tag
+// whose local name is operation or object written plainly, `<operation>`/`</operation>` (a
+// parser also takes `<operation >` or `<a:operation>`).
+bool plain_xml_job(std::string_view xml) {
+    for (auto lt = xml.find('<'); lt != std::string_view::npos; lt = xml.find('<', lt + 1)) {
+        const std::string_view rest = xml.substr(lt + 1);
+        if (rest.starts_with('!')) {
+            return false;
+        }
+        if (rest.starts_with('?')) {
+            if (xml.find_first_not_of(" \t\r\n\xEF\xBB\xBF") != lt || !rest.starts_with("?xml ")) {
+                return false;
+            }
+            continue;
+        }
+        const std::size_t slash = rest.starts_with('/') ? 1 : 0;
+        const auto end = rest.find_first_of(" \t\r\n/>", slash);
+        std::string_view name = rest.substr(slash, end == std::string_view::npos ? rest.size() - slash : end - slash);
+        const auto colon = name.find(':');
+        const std::string_view local = colon == std::string_view::npos ? name : name.substr(colon + 1);
+        if ((iequals(local, "operation") || iequals(local, "object")) &&
+            (colon != std::string_view::npos || (local != "operation" && local != "object") ||
+             end == std::string_view::npos || rest[end] != '>')) {
+            return false;
+        }
+    }
+    return true;
 }
 
 // The text of the one <name>...</name> element of a Bulk API 1.0 XML job (its jobInfo has
@@ -1190,6 +1262,9 @@ std::string salesforce_bulk_job(std::string_view path, std::string_view content_
             return unreadable;
         }
     } else if (first != std::string_view::npos && body[first] == '<') {
+        if (!plain_xml_job(body)) {
+            return unreadable;
+        }
         const auto op = xml_element(body, "operation");
         const auto obj = xml_element(body, "object");
         if (!op || !obj) {
@@ -1226,20 +1301,24 @@ std::string salesforce_bulk_job(std::string_view path, std::string_view content_
         }
     }
     const std::string op = lower(operation);
+    const bool read = job.v1 && (op == "query" || op == "queryall");  // Bulk API 1.0's extracts
     const char* method = op == "insert"                          ? "POST"
                          : op == "update" || op == "upsert"      ? "PATCH"
                          : op == "delete" || op == "harddelete" ? "DELETE"
+                         : read                                  ? "GET"
                                                                  : nullptr;
     const bool name_ok = !object.empty() && object.size() <= 80 && std::all_of(object.begin(), object.end(), [](char c) {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     });
     if (method == nullptr || !name_ok) {
         return "the Bulk API job's operation " + operation.substr(0, 32) + " on " + object.substr(0, 80) +
-               " is not one an allow list can judge (insert, update, upsert, delete or hardDelete of an object)";
+               " is not one an allow list can judge (insert, update, upsert, delete, hardDelete, query or queryAll of "
+               "an object)";
     }
     subrequest r;
     r.method = method;
-    r.path = std::string{path.substr(0, job.at)} + "/services/data/v" + std::string{job.version} + "/sobjects/" + object;
+    r.path = std::string{path.substr(0, job.at)} + "/services/data/v" + std::string{job.version} +
+             (read ? "/query" : "/sobjects/" + object);
     r.what = "the Bulk API job's operation " + operation;
     out.push_back(std::move(r));
     return {};

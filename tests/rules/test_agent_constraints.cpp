@@ -642,10 +642,22 @@ TEST(AgentConstraints, ACompositeReferenceMayStandOnlyForARecord) {
                                  R"j(", "referenceId": "r", "body": {}}]})j";
         EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", body), HasSubstr("with a reference")) << url;
     }
+    for (const char* url : {"/services/data/v59.0/sobjects/Case/quickActions/@{a.records[0].Name}",
+                            "/services/data/v59.0/sobjects/Account/@{a.id}/@{b.rel}",
+                            "/services/data/v59.0/sobjects/Account/x@{a.id}"}) {
+        const std::string body = R"j({"compositeRequest": [{"method": "POST", "url": ")j" + std::string{url} +
+                                 R"j(", "referenceId": "r", "body": {}}]})j";
+        EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", body), HasSubstr("with a reference")) << url;
+    }
+    // A query field named by a reference may become _HttpMethod: refused as asking for a method.
+    const std::string named = R"j({"compositeRequest": [
+        {"method": "POST", "url": "/services/data/v59.0/sobjects/Account/@{a.id}?@{b.Name}=DELETE", "referenceId": "x"}]})j";
+    EXPECT_EQ(salesforce_subrequest_refusal("/services/data/v59.0/composite", named).code, "method_override");
     const std::string record = R"j({"compositeRequest": [
         {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}},
         {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/@{a.id}", "referenceId": "b", "body": {}},
-        {"method": "GET", "url": "/services/data/v59.0/sobjects/Account/@{a.id}/Contacts?x=@{a.id}", "referenceId": "c"}]})j";
+        {"method": "GET", "url": "/services/data/v59.0/sobjects/Account/@{a.id}/Contacts?x=@{a.id}", "referenceId": "c"},
+        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/Ext__c/@{a.ext}", "referenceId": "d"}]})j";
     EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", record), "");
     EXPECT_EQ(salesforce_subrequest_refusal("/services/data/v59.0/composite", record).code, "");
 }
@@ -1291,7 +1303,26 @@ TEST(AgentConstraints, ABulkJobStandsForItsOperationOnItsObject) {
                                   "<jobInfo><operation>insert</operation><operation>delete</operation><object>A</object></jobInfo>",
                                   out),
               "");
+    // XML that an XML parser reads otherwise than a text search: refused.
+    for (const char* xml : {"<jobInfo><!--<operation>insert</operation>--><operation >hardDelete</operation>"
+                            "<object>Account</object></jobInfo>",
+                            "<jobInfo><a:operation xmlns:a=\"x\">delete</a:operation><operation>insert</operation>"
+                            "<object>Account</object></jobInfo>",
+                            "<jobInfo><operation><![CDATA[delete]]></operation><object>Account</object></jobInfo>",
+                            "<jobInfo><Operation>delete</Operation><operation>insert</operation><object>A</object></jobInfo>",
+                            "<jobInfo><?pi x?><operation>insert</operation><object>A</object></jobInfo>"}) {
+        EXPECT_NE(salesforce_bulk_job("/services/async/59.0/job", "application/xml", xml, out), "") << xml;
+    }
     EXPECT_TRUE(out.empty());
+    // The declaration is fine; a query job is a read.
+    EXPECT_EQ(salesforce_bulk_job("/services/async/59.0/job", "application/xml",
+                                  "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<jobInfo xmlns=\"http://www.force.com/2009/06/"
+                                  "asyncapi/dataload\"><operation>queryAll</operation><object>Lead</object></jobInfo>",
+                                  out),
+              "");
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].method, "GET");
+    EXPECT_EQ(out[0].path, "/services/data/v59.0/query");
 }
 
 // A body without a type that is not JSON: Rack reads it as a form, so it is not read as nothing.
