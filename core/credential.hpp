@@ -26,7 +26,7 @@ inline bool credential_name(std::string_view name) {
         return false;
     }
     for (const char* part : {"apikey", "accesskey", "token", "secret", "password", "passwd", "signature", "credential",
-                             "x-amz-", "authoriz", "authent", "session", "cookie"}) {
+                             "x-amz-", "authoriz", "authent", "session", "cookie", "assertion"}) {
         if (n.find(part) != std::string::npos) {
             return true;
         }

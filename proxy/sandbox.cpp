@@ -5,6 +5,7 @@
 #include "core/json_reader.hpp"
 #include "core/json_key.hpp"
 #include "core/url_decode.hpp"
+#include "core/utf8.hpp"
 #include "proxy/framing.hpp"
 #include "rules/form.hpp"
 
@@ -62,9 +63,18 @@ std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
 }
 
 std::string credential_in_body(std::string_view body, std::string_view content_type) {
-    const auto kind = detect_sandbox_api(content_type);
-    if (body.empty() || !kind) {
+    auto kind = detect_sandbox_api(content_type);
+    const std::string_view text = without_bom(body);
+    const auto first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos) {
         return {};
+    }
+    if (!kind) {
+        // No type, or one that is neither JSON nor a form (text/plain, text/json): read as
+        // what it looks like, as a lenient API would (JSON, else a urlencoded form).
+        kind = text[first] == '{' || text[first] == '[' ? sandbox_api::sendgrid : sandbox_api::mailgun;
+        content_type = kind == sandbox_api::sendgrid ? "application/json" : "application/x-www-form-urlencoded";
+        body = text;
     }
     auto named = [](std::string_view name) {
         return "its body has a field named like a credential (" + std::string{name.substr(0, 64)} + ")";

@@ -31,7 +31,8 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
 // refresh_token, a login's password, SendGrid v2's api_key), or a form or JSON body that
 // cannot be read to tell. Mailgun's message fields (`v:`, `h:`, `t:`, `o:`: the mail's
 // variables, headers and options) are the mail's content, not credentials for the API, and
-// so are the keys inside a JSON body (a template's `reset_token`). Other bodies go as sent.
+// so are the keys inside a JSON body (a template's `reset_token`). A body of another type, or
+// of none, is read as what it looks like (JSON, else a urlencoded form).
 std::string credential_in_body(std::string_view body, std::string_view content_type);
 
 // Picks the API from the content type: JSON -> SendGrid, form encodings -> Mailgun.

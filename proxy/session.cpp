@@ -2392,7 +2392,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             if (b != nullptr && !b->sandbox_upstream.empty()) {
                 const auto ct = req[http::field::content_type];
                 const auto enc = req[http::field::content_encoding];
-                kept_back = !enc.empty() && !iequals(enc, "identity") && detect_sandbox_api(ct)
+                kept_back = !enc.empty() && !iequals(enc, "identity") && !req.body().empty()
                                 ? "its body is Content-Encoding " + std::string{enc.substr(0, 32)} +
                                       ", which cannot be checked for credentials"
                                 : credential_in_body(req.body(), ct);

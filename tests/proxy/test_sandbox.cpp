@@ -203,6 +203,10 @@ TEST(sandbox_credentials, the_mails_own_content_goes) {
                                  "application/json"),
               "");
     EXPECT_EQ(credential_in_body(R"([{"password":"p"}])", "application/json"), "") << "not an object: no field names";
-    EXPECT_EQ(credential_in_body("password=p", "text/plain"), "") << "not a form";
+    // Another type, or none: read as what it looks like.
+    EXPECT_NE(credential_in_body("grant_type=jwt-bearer&assertion=eyJ", "text/plain").find("assertion"),
+              std::string::npos);
+    EXPECT_NE(credential_in_body(R"({"password":"p"})", "").find("password"), std::string::npos);
+    EXPECT_EQ(credential_in_body("hello, world", "text/plain"), "");
     EXPECT_EQ(credential_in_body("", form), "");
 }
