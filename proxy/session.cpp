@@ -375,8 +375,13 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
             co_return std::pair{head_outcome::too_large, std::size_t{0}};
         }
         searched = data.size();
-        // Nothing buffered: a drain may close this connection without losing a request.
+        // Nothing buffered: a drain may close this connection without losing a request (over
+        // TLS, nor decrypted and waiting in the TLS engine: a pipelined request past a short
+        // read).
         handle.idle = buf.size() == 0;
+        if constexpr (is_tls<Stream>) {
+            handle.idle = handle.idle && SSL_pending(sock.native_handle()) == 0;
+        }
         if (handle.idle && w.draining()) {
             co_return std::pair{head_outcome::closed, std::size_t{0}};
         }
