@@ -16,8 +16,11 @@
 #include <filesystem>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <ostream>
+#include <set>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <thread>
 #include <tuple>
 #include <unistd.h>
@@ -710,6 +713,21 @@ public:
     bool load_idempotency_keys(std::string* error);
     int lock_fd_ = -1;
     int db_fd_ = -1;  // the database file itself, flocked beside the lock file (open())
+    std::optional<std::pair<dev_t, ino_t>> db_file_;  // its identity, while in open_files()
+    // The database files this process has open (open()): a second open of one is refused
+    // before it opens a descriptor of the file.
+    static std::mutex& open_files_mu() {
+        static std::mutex mu;
+        return mu;
+    }
+    static std::set<std::pair<dev_t, ino_t>>& open_files() {
+        static std::set<std::pair<dev_t, ino_t>> files;
+        return files;
+    }
+    static bool open_in_process(dev_t dev, ino_t ino) {
+        std::lock_guard lock{open_files_mu()};
+        return open_files().contains({dev, ino});
+    }
     int schema_version_ = 0;
     std::int64_t keys_by_agent_since_ms_ = 0;  // migration 13's applied_ms
     std::uint64_t recovered_ = 0;
@@ -861,6 +879,13 @@ bool database::impl::open(std::string* error) {
     // see each other on a local filesystem. This descriptor is closed only after SQLite's
     // connections (shutdown): closing any descriptor of a file drops the process's fcntl
     // locks on it. A new file is created owner-only: it holds request bodies.
+    // A store this process has open already (its lock file deleted) is refused before a
+    // descriptor of the file is opened here: closing that one would drop the open store's
+    // SQLite locks with it.
+    if (struct stat st{}; ::stat(path.c_str(), &st) == 0 && open_in_process(st.st_dev, st.st_ino)) {
+        return fail("already in use by this breakerbox (its lock file " + lock_path +
+                    " was deleted or replaced); only one process may open a store, once");
+    }
     db_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (db_fd_ < 0) {
         return fail("cannot open: " + std::string{std::strerror(errno)});
@@ -875,6 +900,11 @@ bool database::impl::open(std::string* error) {
                         "process may open a store");
         }
         return fail("cannot lock the database file: " + std::string{std::strerror(err)});
+    }
+    if (struct stat st{}; ::fstat(db_fd_, &st) == 0) {
+        db_file_ = {st.st_dev, st.st_ino};
+        std::lock_guard lock{open_files_mu()};
+        open_files().insert(*db_file_);
     }
 
     if (writer_.open(path, opt_.busy_timeout, opt_.vfs) != SQLITE_OK) {
@@ -1112,6 +1142,11 @@ void database::impl::shutdown() {
     if (db_fd_ >= 0) {
         ::close(db_fd_);  // drops its flock
         db_fd_ = -1;
+    }
+    if (db_file_) {
+        std::lock_guard lock{open_files_mu()};
+        open_files().erase(*db_file_);
+        db_file_.reset();
     }
     if (lock_fd_ >= 0) {
         ::close(lock_fd_);  // drops the flock

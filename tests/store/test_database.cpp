@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -16,6 +17,7 @@
 #include <set>
 #include <poll.h>
 #include <sstream>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
@@ -886,6 +888,19 @@ TEST_F(store_db, a_deleted_lock_file_does_not_let_a_second_open_in) {
     EXPECT_FALSE(database::open(options(), clock_, &err));
     EXPECT_NE(err.find("already in use"), std::string::npos) << err;
     EXPECT_NE(err.find("deleted or replaced"), std::string::npos) << err;
+    // Another process (a second breakerbox) finds the database file itself locked.
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        const int fd = ::open(db->path().c_str(), O_RDWR | O_CLOEXEC);
+        ::_exit(fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "the database file is not locked: a second process could open the store";
+    // The first store still writes (the refused opens took none of its locks).
+    EXPECT_TRUE(hold(*db, sample()).ok);
     db.reset();
     EXPECT_TRUE(open());
 }
