@@ -3448,11 +3448,20 @@ std::string_view to_string(guardrail::kind k) {
 // ---------------------------------------------------------------------------------------
 
 duplicate_counter::duplicate_counter(std::uint32_t max, milliseconds window, std::size_t max_keys)
+    : duplicate_counter(shared_table{}, max, window, max_keys, std::make_shared<table>()) {}
+
+duplicate_counter::duplicate_counter(shared_table, std::uint32_t max, milliseconds window, std::size_t max_keys,
+                                     std::shared_ptr<table> t)
     : max_keys_(max_keys),
       max_(std::max<std::uint32_t>(max, 1)),
       window_ms_(std::max<std::int64_t>(window.count(), 1)),
       per_shard_(std::max<std::size_t>((max_keys + shard_count - 1) / shard_count, 1)),
-      probation_(per_shard_ >= 8 ? per_shard_ / 8 : per_shard_ > 1 ? 1 : 0) {}
+      probation_(per_shard_ >= 8 ? per_shard_ / 8 : per_shard_ > 1 ? 1 : 0),
+      table_(std::move(t)),
+      shards_(table_->shards) {
+    for (std::int64_t kept = table_->keep_ms.load(); kept < window_ms_ && !table_->keep_ms.compare_exchange_weak(kept, window_ms_);) {
+    }
+}
 
 void duplicate_counter::shard::unlink(std::uint32_t i) {
     slot& e = slots[i];
@@ -3544,8 +3553,10 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
     }
     slot& e = s.slots[i];
     // Skip what has left the window (now - window, now]; drop it once it is half the times.
+    // (The longest window of the counters sharing the table: with_limits.)
+    const std::int64_t keep = std::max(window_ms_, table_->keep_ms.load(std::memory_order_relaxed));
     std::size_t h = e.head;
-    while (h < e.times.size() && e.times[h] <= now_ms - window_ms_) {
+    while (h < e.times.size() && e.times[h] <= now_ms - keep) {
         ++h;
     }
     if (h == e.times.size()) {
@@ -3558,7 +3569,11 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
         h = 0;
     }
     e.head = static_cast<std::uint32_t>(h);
-    const std::size_t sent = e.times.size() - h;
+    std::size_t first = h;  // the first send in this counter's own window
+    while (first < e.times.size() && e.times[first] <= now_ms - window_ms_) {
+        ++first;
+    }
+    const std::size_t sent = e.times.size() - first;
     if (sent >= max_) {
         e.refused_ms = now_ms;
         return static_cast<std::uint32_t>(sent);
@@ -3588,21 +3603,7 @@ std::uint32_t duplicate_counter::check_and_book(std::uint64_t key, std::int64_t 
 }
 
 std::shared_ptr<duplicate_counter> duplicate_counter::with_limits(std::uint32_t max, milliseconds window) const {
-    auto c = std::make_shared<duplicate_counter>(max, window, max_keys_);
-    for (std::size_t i = 0; i < shards_.size(); ++i) {
-        std::lock_guard lock{shards_[i].mu};
-        const shard& from = shards_[i];
-        shard& to = c->shards_[i];
-        to.index = from.index;
-        to.slots = from.slots;
-        to.free = from.free;
-        std::copy(std::begin(from.newest), std::end(from.newest), std::begin(to.newest));
-        std::copy(std::begin(from.oldest), std::end(from.oldest), std::begin(to.oldest));
-        std::copy(std::begin(from.count), std::end(from.count), std::begin(to.count));
-        to.evictions = from.evictions;
-        to.untracked = from.untracked;
-    }
-    return c;
+    return std::shared_ptr<duplicate_counter>(new duplicate_counter(shared_table{}, max, window, max_keys_, table_));
 }
 
 std::shared_ptr<duplicate_counter> duplicate_counter::resized(std::uint32_t max, milliseconds window,

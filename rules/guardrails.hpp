@@ -26,6 +26,7 @@
 #include "core/sha256.hpp"
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <limits>
@@ -410,9 +411,11 @@ public:
     std::uint32_t check_and_book(std::uint64_t key, std::int64_t now_ms);
     // Undoes a booking (a later rule refused the request).
     void unbook(std::uint64_t key, std::int64_t now_ms);
-    // A copy of the table with new limits (a reload that only changed max or window): the
-    // send times kept judge the next sends by them. The copy, not this table, so an apply
-    // that fails or is shadowed leaves the running rule as it was.
+    // This table under new limits (a reload that only changed max or window): the send
+    // times kept judge the next sends by them, and sends that requests still on the old
+    // config book meanwhile are in it too (a copy would lose them: a loop's pair booked
+    // during the swap sent once more). Only the limits are new, so an apply that fails or is
+    // shadowed leaves the running rule as it was.
     std::shared_ptr<duplicate_counter> with_limits(std::uint32_t max, milliseconds window) const;
     // The same into a table of another size (a reload that changed max_keys, or a max whose
     // default max_keys follows it): every pair with a send in the window ending at the
@@ -477,7 +480,19 @@ private:
     std::size_t per_shard_;
     std::size_t probation_;  // of per_shard_
     static constexpr std::size_t shard_count = 16;
-    mutable std::array<shard, shard_count> shards_;
+    // The pairs and their send times; shared by with_limits() with the counter of the config
+    // that follows (requests still on this one book where the next one reads). Times are
+    // dropped only once out of the longest window of the counters sharing it (`keep_ms`);
+    // each counter counts its own window.
+    struct table {
+        std::array<shard, shard_count> shards;
+        std::atomic<std::int64_t> keep_ms{0};
+    };
+    struct shared_table {};  // the constructor that shares another counter's table
+    duplicate_counter(shared_table, std::uint32_t max, milliseconds window, std::size_t max_keys,
+                      std::shared_ptr<table> t);
+    std::shared_ptr<table> table_;
+    std::array<shard, shard_count>& shards_;
 };
 
 // ---------------------------------------------------------------------------------------

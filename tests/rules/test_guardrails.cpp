@@ -2691,6 +2691,32 @@ TEST(GuardDuplicates, TheSendsInTheWindowSurviveARestart) {
     EXPECT_NE(error.find("rule no-loops: "), std::string::npos) << error;
 }
 
+// A reload that changes only a duplicates guard's max or window shares the running rule's
+// table: a send booked after the swap by a request still on the old config counts under the
+// new one (a copy lost it: the loop's pair sent once more).
+TEST(GuardDuplicates, AReloadOfMaxOrWindowSharesTheSends) {
+    engine first{load_ok(guard_config(dup_rule(R"j({"max": 1, "window": "10m", "of": ["recipient"]})j")))};
+    engine second{load_ok(guard_config(dup_rule(R"j({"max": 1, "window": "1h", "of": ["recipient"]})j"))), &first};
+    manual_clock clock;
+    request req;
+    req.body = sendgrid_to({"ann@example.com"});
+    EXPECT_TRUE(first.evaluate(req.view(), clock.now()).allowed()) << "judged on the old config after the swap";
+    EXPECT_FALSE(second.evaluate(req.view(), clock.now()).allowed()) << "the old config's send is not in the new table";
+}
+
+// Counters sharing a table each count their own window, and the shorter one does not drop
+// the times the longer one still counts.
+TEST(GuardDuplicates, ASharedTableKeepsTheLongestWindow) {
+    duplicate_counter old_rule{5, std::chrono::minutes{10}, 1000};
+    const auto new_rule = old_rule.with_limits(3, std::chrono::hours{1});
+    const std::int64_t t0 = 1'000'000;
+    EXPECT_EQ(old_rule.check_and_book(7, t0), 0u);
+    EXPECT_EQ(new_rule->check_and_book(7, t0 + 1), 0u);
+    const std::int64_t t20 = t0 + 20 * 60'000;
+    EXPECT_EQ(old_rule.check_and_book(7, t20), 0u) << "its own window holds nothing of t0";
+    EXPECT_EQ(new_rule->check_and_book(7, t20 + 1), 3u) << "t0, t0 + 1 and t20 are in the hour";
+}
+
 // Requests read their time before they parse their bodies, so two booking one pair a
 // millisecond apart can reach the counter in the other order: the times are kept in order
 // (the window counts on it), and a table saved with two swapped (by the release before)
