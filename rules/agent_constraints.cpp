@@ -878,7 +878,7 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     // JSON, as the APIs in front of which breakerbox stands read it.)
     if (const auto first = without_bom(body).find_first_not_of(" \t\r\n");
         content_type.find_first_not_of(" \t") == std::string_view::npos && first != std::string_view::npos &&
-        without_bom(body)[first] != '{' && without_bom(body)[first] != '[' && query.empty()) {
+        without_bom(body)[first] != '{' && without_bom(body)[first] != '[') {
         return "a body without a Content-Type is read as a form by some servers (Rack) and as nothing here: send it "
                "with its type";
     }
@@ -952,6 +952,23 @@ bool salesforce_composite_resource(std::string_view path) {
 }
 
 
+// Whether every `@{...}` reference in a subrequest's URL names a record's id (`@{a.id}`,
+// `@{q.records[0].Id}`): what Salesforce pastes in for it then has no '/', '&', '=' or '?'.
+bool only_id_references(std::string_view url) {
+    for (auto at = url.find("@{"); at != std::string_view::npos; at = url.find("@{", at + 2)) {
+        const auto close = url.find('}', at + 2);
+        if (close == std::string_view::npos) {
+            return false;
+        }
+        const std::string_view ref = url.substr(at + 2, close - at - 2);
+        if (ref.size() < 4 || !iequals(ref.substr(ref.size() - 3), ".id") ||
+            ref.find_first_of("{@/?&=#% ") != std::string_view::npos) {
+            return false;
+        }
+    }
+    return true;
+}
+
 // The subrequests of one array (compositeRequest or batchRequests); false if it does not
 // read as one (a wrong type, a subrequest without a string method and url).
 bool read_subrequests(element list, std::vector<subrequest>& out) {
@@ -1024,6 +1041,7 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
                         rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
                     }
                 }
+                r.references_ok = only_id_references(u);
                 out.push_back(std::move(r));
             }
         }
@@ -1128,6 +1146,12 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
         }
         if (salesforce_composite_path(r.path)) {
             return "a composite request inside a composite request is not accepted";
+        }
+        // A reference is pasted in as the value it names: only a record's id (`@{a.id}`,
+        // `@{q.records[0].Id}`) cannot carry a path, a query field or another method.
+        if (!r.references_ok) {
+            return "a subrequest URL with a reference to something other than a record id (" + r.path.substr(0, 128) +
+                   ": Salesforce pastes in the value, which could name another resource or method) is not accepted";
         }
         // `@{ref.field}` in a URL is filled in by Salesforce from an earlier subrequest's
         // answer, after breakerbox judged the URL as written: `.../actions/standard/@{a.name}`
@@ -1318,7 +1342,7 @@ std::string salesforce_bulk_job(std::string_view path, std::string_view content_
     subrequest r;
     r.method = method;
     r.path = std::string{path.substr(0, job.at)} + "/services/data/v" + std::string{job.version} +
-             (read ? "/query" : "/sobjects/" + object);
+             (!read ? "/sobjects/" + object : op == "queryall" ? std::string{"/queryAll"} : std::string{"/query"});
     r.what = "the Bulk API job's operation " + operation;
     out.push_back(std::move(r));
     return {};

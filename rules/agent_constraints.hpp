@@ -80,6 +80,7 @@ struct subrequest {
     std::string path;
     std::string refused;  // what in it asks for another method (a query field, a header), if anything
     std::string what;     // what it is, when not a composite's subrequest ("the Bulk API job's operation delete")
+    bool references_ok = true;  // every `@{...}` in its URL names a record's id
 };
 
 // Salesforce's composite resources carry requests of their own in one POST body:

@@ -632,7 +632,16 @@ TEST(AgentConstraints, ACompositeReferenceMayStandOnlyForARecord) {
         {"method": "POST", "url": "/services/data/v59.0/actions/standard/@{a.actions[3].name}", "referenceId": "m",
          "body": {"inputs": [{"emailAddresses": "a@x.com, b@x.com", "emailSubject": "s", "emailBody": "b"}]}}]})j";
     EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", hidden),
-                HasSubstr("a subrequest URL with a reference outside a record id"));
+                HasSubstr("a subrequest URL with a reference"));
+    // Only a record's id may be pasted in: a field's value could carry a path or a query.
+    for (const char* url : {"/services/data/v59.0/sobjects/Case/@{a.id}?x=@{b.Subject}",
+                            "/services/data/v59.0/sobjects/Case/@{b.Subject}",
+                            "/services/data/v59.0/sobjects/Account/Ext__c/@{a.Ext__c}"}) {
+        const std::string body = R"j({"compositeRequest": [{"method": "GET", "url": ")j" + std::string{url} +
+                                 R"j(", "referenceId": "r"}]})j";
+        EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite", body),
+                    HasSubstr("a reference to something other than a record id")) << url;
+    }
     const auto refused = salesforce_subrequest_refusal("/services/data/v59.0/composite", hidden);
     EXPECT_EQ(refused.code, "bad_body");
     EXPECT_THAT(refused.message, HasSubstr("@{a.actions[3].name}"));
@@ -657,7 +666,9 @@ TEST(AgentConstraints, ACompositeReferenceMayStandOnlyForARecord) {
         {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}},
         {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/@{a.id}", "referenceId": "b", "body": {}},
         {"method": "GET", "url": "/services/data/v59.0/sobjects/Account/@{a.id}/Contacts?x=@{a.id}", "referenceId": "c"},
-        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/Ext__c/@{a.ext}", "referenceId": "d"}]})j";
+        {"method": "PATCH", "url": "/services/data/v59.0/sobjects/Account/Ext__c/@{a.id}", "referenceId": "d"},
+        {"method": "GET", "url": "/services/data/v59.0/query?q=SELECT+Id+FROM+Contact+WHERE+AccountId='@{q.records[0].Id}'",
+         "referenceId": "e"}]})j";
     EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", record), "");
     EXPECT_EQ(salesforce_subrequest_refusal("/services/data/v59.0/composite", record).code, "");
 }
@@ -1322,7 +1333,7 @@ TEST(AgentConstraints, ABulkJobStandsForItsOperationOnItsObject) {
               "");
     ASSERT_EQ(out.size(), 1u);
     EXPECT_EQ(out[0].method, "GET");
-    EXPECT_EQ(out[0].path, "/services/data/v59.0/query");
+    EXPECT_EQ(out[0].path, "/services/data/v59.0/queryAll") << "deleted and archived rows: its own resource";
 }
 
 // A body without a type that is not JSON: Rack reads it as a form, so it is not read as nothing.
@@ -1335,6 +1346,9 @@ TEST(AgentConstraints, AnUntypedBodyThatIsNoJsonIsRefused) {
     EXPECT_EQ(check_body_constraints(c, "", R"({"personalizations":[{"to":[{"email":"a@x.com"}]}]})"), "")
         << "untyped JSON is read as JSON";
     EXPECT_EQ(check_body_constraints(c, "", "  \r\n"), "") << "no body";
+    EXPECT_THAT(check_body_constraints(c, "", "from=ceo%40evil.com&to=a%40x.com,b%40x.com", "x=1"),
+                HasSubstr("without a Content-Type"))
+        << "a query string beside it changes nothing";
 }
 
 }  // namespace
