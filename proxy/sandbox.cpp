@@ -8,6 +8,7 @@
 #include "core/utf8.hpp"
 #include "proxy/framing.hpp"
 #include "rules/form.hpp"
+#include "rules/request.hpp"
 
 #include <simdjson.h>
 
@@ -62,6 +63,34 @@ std::optional<sandbox_api> detect_sandbox_api(std::string_view content_type) {
     return std::nullopt;
 }
 
+namespace {
+
+// `a=1&b=2` (pieces `name=value`, names of no blanks or controls): what a form reader takes.
+bool looks_like_form(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) {
+        text.remove_suffix(1);
+    }
+    if (text.empty()) {
+        return false;
+    }
+    for (std::string_view rest = text;;) {
+        const auto amp = rest.find('&');
+        const std::string_view piece = rest.substr(0, amp);
+        const auto eq = piece.find('=');
+        if (eq == std::string_view::npos || eq == 0 ||
+            std::any_of(piece.begin(), piece.begin() + static_cast<std::ptrdiff_t>(eq),
+                        [](unsigned char c) { return c <= ' ' || c == 0x7f; })) {
+            return false;
+        }
+        if (amp == std::string_view::npos) {
+            return true;
+        }
+        rest = rest.substr(amp + 1);
+    }
+}
+
+}  // namespace
+
 std::string credential_in_body(std::string_view body, std::string_view content_type) {
     auto kind = detect_sandbox_api(content_type);
     const std::string_view text = without_bom(body);
@@ -71,9 +100,20 @@ std::string credential_in_body(std::string_view body, std::string_view content_t
     }
     if (!kind) {
         // No type, or one that is neither JSON nor a form (text/plain, text/json): read as
-        // what it looks like, as a lenient API would (JSON, else a urlencoded form).
-        kind = text[first] == '{' || text[first] == '[' ? sandbox_api::sendgrid : sandbox_api::mailgun;
-        content_type = kind == sandbox_api::sendgrid ? "application/json" : "application/x-www-form-urlencoded";
+        // what it looks like, as a lenient API would: JSON when it starts like JSON and has
+        // no type or a JSON-ish one; a urlencoded form when every piece is `name=value` with
+        // a name of no blanks (prose, a CSV or a log line is no form: it goes as sent).
+        const bool jsonish = content_type.find_first_not_of(" \t") == std::string_view::npos ||
+                             rules::lower(content_type).find("json") != std::string::npos;
+        if (jsonish && (text[first] == '{' || text[first] == '[')) {
+            kind = sandbox_api::sendgrid;
+            content_type = "application/json";
+        } else if (looks_like_form(text)) {
+            kind = sandbox_api::mailgun;
+            content_type = "application/x-www-form-urlencoded";
+        } else {
+            return {};
+        }
         body = text;
     }
     auto named = [](std::string_view name) {

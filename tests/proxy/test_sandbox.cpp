@@ -208,5 +208,11 @@ TEST(sandbox_credentials, the_mails_own_content_goes) {
               std::string::npos);
     EXPECT_NE(credential_in_body(R"({"password":"p"})", "").find("password"), std::string::npos);
     EXPECT_EQ(credential_in_body("hello, world", "text/plain"), "");
+    // Prose, a log line or a CSV header that mention a credential's name are no form.
+    EXPECT_EQ(credential_in_body("Your session expired, reset your password here", "text/plain"), "");
+    EXPECT_EQ(credential_in_body("[warn] token refreshed", "text/plain"), "");
+    EXPECT_EQ(credential_in_body("email,session_id\na@x.com,1\n", "text/csv"), "");
+    EXPECT_EQ(credential_in_body(R"({"password":"p"})", "text/plain"), "") << "JSON only without a type or a JSON one";
+    EXPECT_NE(credential_in_body(R"({"password":"p"})", "text/json").find("password"), std::string::npos);
     EXPECT_EQ(credential_in_body("", form), "");
 }
