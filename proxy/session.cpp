@@ -376,11 +376,12 @@ asio::awaitable<std::pair<head_outcome, std::size_t>> read_head(Stream& sock, de
         }
         searched = data.size();
         // Nothing buffered: a drain may close this connection without losing a request (over
-        // TLS, nor decrypted and waiting in the TLS engine: a pipelined request past a short
-        // read).
+        // TLS, nor waiting in the TLS engine, decrypted or not: a pipelined request past a
+        // short read; Asio's own input buffer cannot be seen).
         handle.idle = buf.size() == 0;
         if constexpr (is_tls<Stream>) {
-            handle.idle = handle.idle && SSL_pending(sock.native_handle()) == 0;
+            SSL* ssl = sock.native_handle();
+            handle.idle = handle.idle && SSL_has_pending(ssl) != 1 && BIO_ctrl_pending(SSL_get_rbio(ssl)) == 0;
         }
         if (handle.idle && w.draining()) {
             co_return std::pair{head_outcome::closed, std::size_t{0}};
