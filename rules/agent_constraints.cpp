@@ -991,8 +991,9 @@ bool read_subrequests(element list, std::vector<subrequest>& out) {
                 }
                 for (auto h : headers) {
                     if (is_method_override_header(h.key)) {
-                        out.push_back({"", "", "a subrequest header " + std::string{h.key.substr(0, 32)} +
-                                                   " asking for another method"});
+                        subrequest r;
+                        r.refused = "a subrequest header " + std::string{h.key.substr(0, 32)} + " asking for another method";
+                        out.push_back(std::move(r));
                     }
                 }
                 continue;
