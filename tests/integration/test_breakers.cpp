@@ -479,19 +479,30 @@ TEST(health, a_sandboxed_request_settles_no_probe) {
     EXPECT_EQ(up.request_count(), 0u);
 }
 
+// Campaign x sandboxed by a tripped breaker to the alternate upstream `sink`, not sent to `up`.
+struct sandbox_to_sink {
+    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
+    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
+    bb::manual_clock clock;
+    std::string dir = temp_dir();
+    proxy_instance bb{config(), &clock};
+    sandbox_to_sink() {
+        EXPECT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    }
+    std::string config() {
+        std::string cfg = guarded_config(up.port(), dir,
+                                         R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
+        add_sink_upstream(cfg, sink.port());
+        return cfg;
+    }
+};
+
 // A sandbox upstream is a test fake or a capture server: the real API's credentials the
 // client sent (its key, a token in the query, a cookie) do not go there; the body and the
 // other fields do, as sent.
 TEST(sandbox, an_alternate_upstream_gets_no_credentials) {
-    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
-    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
-    bb::manual_clock clock;
-    const auto dir = temp_dir();
-    std::string cfg = guarded_config(
-        up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
-    add_sink_upstream(cfg, sink.port());
-    proxy_instance bb{cfg, &clock};
-    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    sandbox_to_sink t;
+    auto [up, sink, bb] = std::tie(t.up, t.sink, t.bb);  // (references)
     std::string m = mail(1, "x");
     const std::string head = "POST /v3/mail/send HTTP/1.1\r\n";
     m.replace(0, head.size(),
@@ -519,15 +530,8 @@ TEST(sandbox, an_alternate_upstream_gets_no_credentials) {
 // Nor a body that carries one (SendGrid v2's api_key, a token endpoint's client_secret):
 // such a request is sent nowhere (503), while a mail whose template has a `reset_token` goes.
 TEST(sandbox, an_alternate_upstream_gets_no_body_that_carries_a_credential) {
-    fake_upstream up{[](const request&) { return respond(202, "{}"); }};
-    fake_upstream sink{[](const request&) { return respond(200, "{}"); }};
-    bb::manual_clock clock;
-    const auto dir = temp_dir();
-    std::string cfg = guarded_config(
-        up.port(), dir, R"({"id": "campaign-volume", "action": "sandbox", "reset": "manual", "sandbox": {"upstream": "sink"}})");
-    add_sink_upstream(cfg, sink.port());
-    proxy_instance bb{cfg, &clock};
-    ASSERT_TRUE(bb.server().breakers()->manual_trip("campaign-volume/x", "ops", "dry runs only", clock.now()));
+    sandbox_to_sink t;
+    auto [up, sink, bb] = std::tie(t.up, t.sink, t.bb);  // (references)
     raw_client c{bb.port()};
     c.send(mail(1, "x", R"(,"api_key":"SG.body-secret")"));
     auto kept = c.read_response();

@@ -797,18 +797,30 @@ TEST(upstream_failure, refused_connection_is_502) {
     EXPECT_EQ(decision(res), "unavailable");
 }
 
-TEST(upstream_failure, connect_timeout_is_503) {
-    // A listener whose accept queue is full drops further SYNs, so connect() hangs: the
-    // loopback stand-in for an unreachable host.
-    int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+// A listening socket on 127.0.0.1, port 0, with this accept backlog: its fd (-1 when it
+// could not be made) and its port.
+static std::pair<int, std::uint16_t> listen_on_loopback(int backlog) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ASSERT_EQ(::listen(lfd, 0), 0);
     socklen_t len = sizeof addr;
-    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
-    const auto port = ntohs(addr.sin_port);
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, backlog) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        return {-1, 0};
+    }
+    return {fd, ntohs(addr.sin_port)};
+}
+
+TEST(upstream_failure, connect_timeout_is_503) {
+    // A listener whose accept queue is full drops further SYNs, so connect() hangs: the
+    // loopback stand-in for an unreachable host.
+    const auto [lfd, port] = listen_on_loopback(0);
+    ASSERT_GE(lfd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
     std::vector<int> fillers;
     for (int i = 0; i < 4; ++i) {
         int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -847,16 +859,8 @@ TEST(upstream_failure, reset_before_headers_on_post_is_outcome_unknown_and_not_r
 // first. The client gets that answer, not 502 upstream_outcome_unknown, and the upstream's
 // health is not charged a failure for it.
 TEST(upstream_failure, an_answer_before_the_body_was_read_is_delivered) {
-    const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    const auto [lfd, port] = listen_on_loopback(4);
     ASSERT_GE(lfd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ASSERT_EQ(::listen(lfd, 4), 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
-    const std::uint16_t port = ntohs(addr.sin_port);
     std::thread upstream{[lfd] {
         const int fd = ::accept(lfd, nullptr, nullptr);
         if (fd < 0) {
