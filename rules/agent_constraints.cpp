@@ -876,9 +876,10 @@ std::string check_body_constraints(const body_constraints& c, std::string_view c
     // No type and not JSON: Rack (and so Rails and Sinatra) reads such a POST body as a form,
     // where `from=...&to=...` would be a send this check never saw. (Untyped JSON is read as
     // JSON, as the APIs in front of which breakerbox stands read it.)
-    if (const auto first = without_bom(body).find_first_not_of(" \t\r\n");
+    const std::string_view text = without_bom(body);
+    if (const auto first = text.find_first_not_of(" \t\r\n");
         content_type.find_first_not_of(" \t") == std::string_view::npos && first != std::string_view::npos &&
-        without_bom(body)[first] != '{' && without_bom(body)[first] != '[') {
+        text[first] != '{' && text[first] != '[') {
         return "a body without a Content-Type is read as a form by some servers (Rack) and as nothing here: send it "
                "with its type";
     }
@@ -912,45 +913,45 @@ std::string_view without_format_suffix(std::string_view path) {
 
 namespace {
 
-// /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash,
-// a format suffix): the resources whose POST body carries requests of their own. Under a
-// base path too (an Experience Cloud site's `/partners/services/data/...`).
-bool salesforce_composite_resource(std::string_view path);
-bool salesforce_composite_path(std::string_view path) {
-    constexpr std::string_view head = "/services/data/v";
+// Whether `head` ("/services/data/v") starts a segment of `path`, followed by a version
+// (digits and dots) for which rest_ok(at, version, rest) holds, `rest` being the path after
+// the version. Anywhere in the path: an upstream's base path may come before it (an
+// Experience Cloud site's `/partners/services/data/...`).
+template <class RestOk>
+bool find_versioned(std::string_view path, std::string_view head, RestOk&& rest_ok) {
     for (std::size_t at = 0; at + head.size() <= path.size(); ++at) {
-        if (path[at] == '/' && iequals(path.substr(at, head.size()), head) &&
-            salesforce_composite_resource(path.substr(at))) {
+        if (path[at] != '/' || !iequals(path.substr(at, head.size()), head)) {
+            continue;
+        }
+        std::size_t i = at + head.size();
+        const std::size_t version = i;
+        while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
+            ++i;
+        }
+        if (i > version && rest_ok(at, path.substr(version, i - version), path.substr(i))) {
             return true;
         }
     }
     return false;
 }
 
-bool salesforce_composite_resource(std::string_view path) {
-    constexpr std::string_view head = "/services/data/v";
-    std::size_t i = head.size();
-    const std::size_t version = i;
-    while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
-        ++i;
-    }
-    if (i == version) {
+// /services/data/vNN.N/composite, its /batch or its /graph (any case, one trailing slash,
+// a format suffix): the resources whose POST body carries requests of their own.
+bool salesforce_composite_path(std::string_view path) {
+    return find_versioned(path, "/services/data/v", [](std::size_t, std::string_view, std::string_view rest) {
+        if (rest.size() > 1 && rest.back() == '/') {
+            rest.remove_suffix(1);
+        }
+        rest = without_format_suffix(rest);  // (after the slash, as the presets' paths read it)
+        for (const std::string_view r : {"/composite", "/composite/batch", "/composite/graph", "/tooling/composite",
+                                         "/tooling/composite/batch", "/connect/batch"}) {
+            if (iequals(rest, r)) {
+                return true;
+            }
+        }
         return false;
-    }
-    std::string_view rest = path.substr(i);
-    if (rest.size() > 1 && rest.back() == '/') {
-        rest.remove_suffix(1);
-    }
-    rest = without_format_suffix(rest);  // (after the slash, as the presets' paths read it)
-    for (const std::string_view r : {"/composite", "/composite/batch", "/composite/graph", "/tooling/composite",
-                                     "/tooling/composite/batch", "/connect/batch"}) {
-        if (iequals(rest, r)) {
-            return true;
-        }
-    }
-    return false;
+    });
 }
-
 
 // Whether every `@{...}` reference in a subrequest's URL names a record's id (`@{a.id}`,
 // `@{q.records[0].Id}`): what Salesforce pastes in for it then has no '/', '&', '=' or '?'.
@@ -1181,20 +1182,14 @@ bulk_job_path bulk_job_of(std::string_view path) {
         path.remove_suffix(1);
     }
     path = without_format_suffix(path);
+    bulk_job_path job;
     for (const auto& [head, tail] : {std::pair<std::string_view, std::string_view>{"/services/data/v", "/jobs/ingest"},
                                      {"/services/async/", "/job"}}) {
-        for (std::size_t at = 0; at + head.size() <= path.size(); ++at) {
-            if (path[at] != '/' || !iequals(path.substr(at, head.size()), head)) {
-                continue;
-            }
-            std::size_t i = at + head.size();
-            const std::size_t v = i;
-            while (i < path.size() && ((path[i] >= '0' && path[i] <= '9') || path[i] == '.')) {
-                ++i;
-            }
-            if (i > v && iequals(path.substr(i), tail)) {
-                return {at, path.substr(v, i - v), tail == "/job"};
-            }
+        if (find_versioned(path, head, [&](std::size_t at, std::string_view version, std::string_view rest) {
+                job = {at, version, tail == "/job"};
+                return iequals(rest, tail);
+            })) {
+            return job;
         }
     }
     return {};
