@@ -112,11 +112,15 @@ bool route_takes(const route_config& r, std::string_view method, std::string_vie
     return m.methods.empty() || std::find(m.methods.begin(), m.methods.end(), method) != m.methods.end();
 }
 
+std::string subrequest_which(std::size_t index, std::string_view what) {
+    return what.empty() ? " in subrequest #" + std::to_string(index) + " of this composite request"
+                        : " (" + std::string{what} + ")";
+}
+
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
                                std::string_view url, std::string_view base, std::string_view upstream,
                                std::string_view what) {
-    const std::string which = what.empty() ? " in subrequest #" + std::to_string(index) + " of this composite request"
-                                           : " (" + std::string{what} + ")";
+    const std::string which = subrequest_which(index, what);
     const auto own = path_under_base(url, base);
     if (const auto amb = ambiguous_path(url); !amb.empty()) {
         return (what.empty() ? "subrequest #" + std::to_string(index) + " of this composite request"

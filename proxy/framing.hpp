@@ -70,5 +70,8 @@ bool route_takes(const route_config& r, std::string_view method, std::string_vie
 std::string subrequest_refusal(const agent_scope& scope, std::size_t index, std::string_view method,
                                std::string_view url, std::string_view base, std::string_view upstream,
                                std::string_view what = {});
+// How such a refusal names where it was: " in subrequest #`index` of this composite request",
+// or, with `what`, " (`what`)".
+std::string subrequest_which(std::size_t index, std::string_view what = {});
 
 }  // namespace bb::proxy

@@ -2003,8 +2003,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                    ? "route " + sub_route->name
                                    : "route (none of upstream " + cfg->upstreams[upstream_index].name + " takes " +
                                          sub.method.substr(0, 16) + " " + std::string{own_path.substr(0, 256)} + ")") +
-                              (sub.what.empty() ? " in subrequest #" + std::to_string(i) + " of this composite request"
-                                                : " (" + sub.what + ")");
+                              subrequest_which(i, sub.what);
                     }
                 }
             }
@@ -2391,43 +2390,38 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         } else if (!contained && std::string_view{forwarded_decision} == "sandboxed") {
             const auto name = contained_breaker.substr(0, contained_breaker.find('/'));
             const auto* b = cfg->find_breaker(name);
-            // A sandbox upstream is sent none of the client's credentials (see the send): its
-            // headers and query parameters named like one stay behind, and a body that carries
-            // one (a token endpoint's client_secret) is not sent there at all.
-            std::string kept_back;
             if (b != nullptr && !b->sandbox_upstream.empty()) {
-                const auto ct = req[http::field::content_type];
+                // A sandbox upstream is sent none of the client's credentials (see the send):
+                // its headers and query parameters named like one stay behind, and a body that
+                // carries one (a token endpoint's client_secret) is not sent there at all.
                 const auto enc = req[http::field::content_encoding];
-                kept_back = !enc.empty() && !iequals(enc, "identity") && !req.body().empty()
-                                ? "its body is Content-Encoding " + std::string{enc.substr(0, 32)} +
-                                      ", which cannot be checked for credentials"
-                                : credential_in_body(req.body(), ct);
+                const std::string kept_back = !enc.empty() && !iequals(enc, "identity") && !req.body().empty()
+                                                  ? "its body is Content-Encoding " + std::string{enc.substr(0, 32)} +
+                                                        ", which cannot be checked for credentials"
+                                                  : credential_in_body(req.body(), req[http::field::content_type]);
                 if (!kept_back.empty()) {
                     contained = error_info{http::status::service_unavailable, "unavailable", "sandbox_failed",
                                            "breaker " + contained_breaker + " sends this traffic to upstream " +
                                                b->sandbox_upstream + ", but not this request: " + kept_back +
                                                " (a sandbox upstream is sent none of the client's credentials)"};
-                }
-            }
-            if (!kept_back.empty()) {
-                // contained: sent nowhere
-            } else if (b != nullptr && !b->sandbox_upstream.empty()) {
-                // The real upstream's health probe, if this request carried it, is given back:
-                // the sandbox's answer says nothing of the real upstream's health.
-                const std::string& real_breaker = rt.upstreams[upstream_index].breaker;
-                std::erase_if(probes, [&](const probe_ticket& p) {
-                    if (real_breaker.empty() || p.instance != real_breaker) {
-                        return false;
+                } else {
+                    // The real upstream's health probe, if this request carried it, is given
+                    // back: the sandbox's answer says nothing of the real upstream's health.
+                    const std::string& real_breaker = rt.upstreams[upstream_index].breaker;
+                    std::erase_if(probes, [&](const probe_ticket& p) {
+                        if (real_breaker.empty() || p.instance != real_breaker) {
+                            return false;
+                        }
+                        registry.cancel_probe(p.instance, p.round);
+                        return true;
+                    });
+                    for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
+                        if (cfg->upstreams[i].name == b->sandbox_upstream) {
+                            upstream_index = i;
+                        }
                     }
-                    registry.cancel_probe(p.instance, p.round);
-                    return true;
-                });
-                for (std::size_t i = 0; i < cfg->upstreams.size(); ++i) {
-                    if (cfg->upstreams[i].name == b->sandbox_upstream) {
-                        upstream_index = i;
-                    }
+                    to_sandbox_upstream = true;
                 }
-                to_sandbox_upstream = true;
             } else {
                 std::string why;
                 std::optional<std::string> body;
@@ -2907,9 +2901,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // 9. The response, faithfully: status, headers and body, minus hop-by-hop fields.
         response& res = ex.res;
         strip_hop_by_hop(res);
-        {
-            append_list(res, "via", res.version() == 10 ? "1.0 breakerbox" : "1.1 breakerbox");  // every hop's line kept
-        }
+        append_list(res, "via", res.version() == 10 ? "1.0 breakerbox" : "1.1 breakerbox");  // every hop's line kept
         if (res.find("x-request-id") == res.end()) {
             res.set("x-request-id", request_id);
         }
