@@ -713,21 +713,30 @@ public:
     bool load_idempotency_keys(std::string* error);
     int lock_fd_ = -1;
     int db_fd_ = -1;  // the database file itself, flocked beside the lock file (open())
-    std::optional<std::pair<dev_t, ino_t>> db_file_;  // its identity, while in open_files()
-    // The database files this process has open (open()): a second open of one is refused
-    // before it opens a descriptor of the file.
-    static std::mutex& open_files_mu() {
-        static std::mutex mu;
-        return mu;
-    }
-    static std::set<std::pair<dev_t, ino_t>>& open_files() {
-        static std::set<std::pair<dev_t, ino_t>> files;
+    // The database files this process has open, by (device, inode): a second open of one is
+    // refused before it opens a descriptor of the file.
+    struct file_id_set {
+        using id = std::pair<dev_t, ino_t>;
+        bool contains(const id& f) {
+            std::lock_guard lock{mu};
+            return ids.contains(f);
+        }
+        void insert(const id& f) {
+            std::lock_guard lock{mu};
+            ids.insert(f);
+        }
+        void erase(const id& f) {
+            std::lock_guard lock{mu};
+            ids.erase(f);
+        }
+        std::mutex mu;
+        std::set<id> ids;
+    };
+    static file_id_set& open_files() {
+        static file_id_set files;
         return files;
     }
-    static bool open_in_process(dev_t dev, ino_t ino) {
-        std::lock_guard lock{open_files_mu()};
-        return open_files().contains({dev, ino});
-    }
+    std::optional<std::pair<dev_t, ino_t>> db_file_;  // this store's, while in open_files()
     int schema_version_ = 0;
     std::int64_t keys_by_agent_since_ms_ = 0;  // migration 13's applied_ms
     std::uint64_t recovered_ = 0;
@@ -882,7 +891,7 @@ bool database::impl::open(std::string* error) {
     // A store this process has open already (its lock file deleted) is refused before a
     // descriptor of the file is opened here: closing that one would drop the open store's
     // SQLite locks with it.
-    if (struct stat st{}; ::stat(path.c_str(), &st) == 0 && open_in_process(st.st_dev, st.st_ino)) {
+    if (struct stat st{}; ::stat(path.c_str(), &st) == 0 && open_files().contains({st.st_dev, st.st_ino})) {
         return fail("already in use by this breakerbox (its lock file " + lock_path +
                     " was deleted or replaced); only one process may open a store, once");
     }
@@ -903,7 +912,6 @@ bool database::impl::open(std::string* error) {
     }
     if (struct stat st{}; ::fstat(db_fd_, &st) == 0) {
         db_file_ = {st.st_dev, st.st_ino};
-        std::lock_guard lock{open_files_mu()};
         open_files().insert(*db_file_);
     }
 
@@ -1144,7 +1152,6 @@ void database::impl::shutdown() {
         db_fd_ = -1;
     }
     if (db_file_) {
-        std::lock_guard lock{open_files_mu()};
         open_files().erase(*db_file_);
         db_file_.reset();
     }
