@@ -17,6 +17,7 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -335,6 +336,15 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
             if (hc.consecutive_failures == 0 && hc.failure_ratio == 0 && hc.slow_call.count() == 0) {
                 hr.errs().add(hr.path(), "enables no check: set consecutive_failures, failure_ratio or slow_call");
             }
+            // Settings of a check that is off would silently do nothing.
+            if (hr.has("slow_ratio") && hc.slow_call.count() == 0) {
+                hr.errs().add_since_stored(hr.path_of("slow_ratio"), "needs slow_call (how long a call takes to be slow)");
+            }
+            for (const char* key : {"window", "min_volume"}) {
+                if (hr.has(key) && hc.failure_ratio == 0 && hc.slow_call.count() == 0) {
+                    hr.errs().add_since_stored(hr.path_of(key), "is used by failure_ratio and slow_call, and neither is set");
+                }
+            }
             hr.finish();
             u.health = hc;
         }
@@ -433,6 +443,35 @@ void parse_routes(cfg::object_reader& root, config& c) {
         r.finish();
         c.routes.push_back(std::move(rt));
     });
+}
+
+// Whether route `a`, listed before `b`, takes every request `b` would (the proxy takes the
+// first route that matches, proxy/session.cpp match_route): then `b`, and every rule and
+// agent scope naming it, is silently off. Judged conservatively: only when each condition of
+// `a` is met by every request `b` takes. With a forward proxy, a route for any host never
+// takes a forwarded request and a route for a host takes only its own upstream's
+// destinations, so there `a` covers `b` only for the same host and upstream.
+bool route_covers(const route_config& a, const route_config& b, bool forward_proxy) {
+    const auto& am = a.match;
+    const auto& bm = b.match;
+    const bool same_host = rules::iequals(am.host, bm.host);
+    if (!(am.host.empty() && !forward_proxy) && !(same_host && (!forward_proxy || a.upstream == b.upstream))) {
+        return false;
+    }
+    if (!am.methods.empty() &&
+        (bm.methods.empty() || !std::all_of(bm.methods.begin(), bm.methods.end(), [&](const std::string& m) {
+            return std::find(am.methods.begin(), am.methods.end(), m) != am.methods.end();
+        }))) {
+        return false;
+    }
+    auto starts = [](std::string_view s, std::string_view prefix) {
+        return s.size() >= prefix.size() && rules::iequals(s.substr(0, prefix.size()), prefix);
+    };
+    if (!am.path.empty()) {
+        // An exact path takes the path and the path with one '/' more; a prefix takes more.
+        return !bm.path.empty() && rules::iequals(am.path, bm.path);
+    }
+    return bm.path.empty() ? starts(bm.path_prefix, am.path_prefix) : starts(bm.path, am.path_prefix);
 }
 
 // RFC 1123 host name, lower case: dot-separated labels of letters, digits and inner hyphens.
@@ -622,12 +661,23 @@ void parse_agents(cfg::object_reader& root, config& c) {
                 }
                 a.allow.paths = std::move(*v);
             }
+            // `{}` reads as "nothing allowed" and would allow all, as an empty list would.
+            if (!ar.has("routes") && !ar.has("methods") && !ar.has("paths")) {
+                ar.errs().add_since_stored(ar.path(), "allows no less than leaving it out: name routes, methods or "
+                                                      "paths (leave it out to allow any; to allow nothing, switch "
+                                                      "the agent's kill switch or remove the agent)");
+            }
             ar.finish();
         }
         if (auto v = r.boolean("sandbox")) {
             a.sandbox = *v;
         }
         if (auto v = r.object("constraints")) {
+            if (v->get_object().value_unsafe().size() == 0) {
+                r.errs().add_since_stored(r.path_of("constraints"),
+                                          "constrains nothing: name a constraint (max_recipients, from_domains, "
+                                          "...), or leave it out");
+            }
             a.constraints = parse_body_constraints(*v, r.path_of("constraints"), root.errs());
         }
         r.finish();
@@ -888,6 +938,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
     std::set<std::string> digests;
     std::set<std::pair<std::string, std::string>> certs;  // (subject_cn, pin or "")
     std::set<std::string> unpinned;                       // subject_cns with an entry that takes any certificate
+    std::map<std::string, admin_role> cert_names;         // a name may take several certificates (a rotation), one role
     each_item(r, "tokens", !r.has("client_certs"), [&](simdjson::dom::element t, const std::string& path) {
         cfg::object_reader tr{t, path, root.errs()};
         admin_token tok;
@@ -954,6 +1005,14 @@ void parse_admin(cfg::object_reader& root, config& c) {
             } else {
                 cr.errs().add(cr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
             }
+        }
+        if (names.count(cc.name) != 0) {
+            cr.errs().add_since_stored(cr.path_of("name"), cfg::quote(cc.name) + " is used by a token: the audit log "
+                                                                                 "could not tell the two apart");
+        } else if (auto [it, fresh] = cert_names.emplace(cc.name, cc.role); !fresh && it->second != cc.role) {
+            cr.errs().add_since_stored(cr.path_of("name"),
+                                       cfg::quote(cc.name) + " is used by an earlier entry with another role: the "
+                                                             "audit log could not tell which role acted");
         }
         std::string pin;
         if (cc.cert_sha256) {
@@ -1309,6 +1368,22 @@ parse_result parse_config(std::string_view json_text, bool stored) {
         }
         if (c->admin.enabled && same_socket(l.host, l.port, c->admin.host, c->admin.port)) {
             out.errors.add(path, "takes the same connections as admin.address");
+        }
+    }
+    {
+        const bool forward = std::any_of(c->listeners.begin(), c->listeners.end(),
+                                         [](const auto& l) { return l.forward_proxy.has_value(); });
+        for (std::size_t i = 0; i < c->routes.size(); ++i) {
+            for (std::size_t j = 0; j < i; ++j) {
+                if (route_covers(c->routes[j], c->routes[i], forward)) {
+                    out.errors.add_since_stored(cfg::child(cfg::child("routes", i), "match"),
+                                   "route " + cfg::quote(c->routes[i].name) + " can never be chosen: routes[" +
+                                       std::to_string(j) + "] (" + cfg::quote(c->routes[j].name) +
+                                       "), listed before it, takes every request it would (the first route that "
+                                       "matches is taken: list the narrower route first)");
+                    break;
+                }
+            }
         }
     }
     parse_agents(root, *c);

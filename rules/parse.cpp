@@ -10,6 +10,7 @@
 #include "core/host_name.hpp"
 #include "core/http_token.hpp"
 #include "core/json_key.hpp"
+#include "rules/agent_constraints.hpp"
 #include "rules/guardrails.hpp"
 #include "rules/presets/presets.hpp"
 #include "rules/rule_set.hpp"
@@ -626,6 +627,49 @@ std::optional<key_part> parse_key_part(std::string_view text, std::string* error
     return k;
 }
 
+// Whether some path that `t` matches (as engine.cpp's match_path reads it: literals and
+// allowed values without case, one trailing slash, a format suffix on the last segment)
+// starts with `prefix`. Errs towards yes: only a prefix that certainly excludes every such
+// path is refused (a template narrowed by a prefix, `/crm/v3/objects/{object}/...` under
+// `/crm/v3/objects/contacts`, is a rule's way to pick one object).
+bool prefix_can_hold(const path_template& t, std::string_view prefix) {
+    if (prefix.empty() || prefix.front() != '/') {
+        return true;  // refused on its own
+    }
+    std::string_view rest = prefix.substr(1);
+    auto starts = [](std::string_view s, std::string_view head) {
+        return s.size() >= head.size() && iequals(s.substr(0, head.size()), head);
+    };
+    for (std::size_t i = 0;; ++i) {
+        const auto slash = rest.find('/');
+        const bool whole = slash != std::string_view::npos;  // a segment the path must end with '/' after
+        const std::string_view seg = rest.substr(0, slash);
+        if (i >= t.segments.size()) {
+            return !whole && seg.empty();  // only the one trailing slash
+        }
+        const auto& ts = t.segments[i];
+        const bool last = i + 1 == t.segments.size();
+        auto fits = [&](std::string_view value) {
+            if (!whole) {
+                return starts(value, seg) || (last && starts(seg, value));
+            }
+            return iequals(seg, value) || (last && iequals(without_format_suffix(seg), value));
+        };
+        if (ts.param) {
+            if ((whole && seg.empty()) ||
+                (!ts.allowed.empty() && std::none_of(ts.allowed.begin(), ts.allowed.end(), fits))) {
+                return false;
+            }
+        } else if (!fits(ts.literal)) {
+            return false;
+        }
+        if (!whole) {
+            return true;
+        }
+        rest.remove_prefix(slash + 1);
+    }
+}
+
 void parse_match(simdjson::dom::element e, const std::string& path, match_spec& m, cfg::errors& errs) {
     cfg::object_reader r{e, path, errs};
     // As a route's match is checked (config.cpp): a rule whose match can never match is
@@ -657,6 +701,12 @@ void parse_match(simdjson::dom::element e, const std::string& path, match_spec& 
             errs.add_since_stored(r.path_of("path_prefix"), cfg::quote(*p) + " must start with / (request paths do)");
         }
         m.path_prefix = *p;
+        if (m.path && !prefix_can_hold(*m.path, m.path_prefix)) {
+            // Both must hold (engine.cpp): a rule, or a guard, silently off.
+            errs.add_since_stored(r.path_of("path_prefix"), cfg::quote(*p) + " starts no path that " +
+                                                                cfg::quote(m.path->text) +
+                                                                " matches: the rule could never apply");
+        }
     }
     if (auto h = r.string("host")) {
         // As the proxy hands hosts to rules (lower case, core/host_name.hpp): a rule naming

@@ -300,8 +300,8 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     auto c = parse_config(base(R"(, "admin": {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key",
         "client_ca_file": "/nonexistent.ca"},
         "tokens": [{"name": "alice", "sha256": ")" + key + R"(", "role": "viewer"}],
-        "client_certs": [{"name": "alice", "subject_cn": "bob", "cert_sha256": ")" + key + R"(", "role": "admin"},
-                         {"name": "alice", "subject_cn": "bob", "cert_sha256": ")" + std::string(64, 'b') + R"(", "role": "admin"},
+        "client_certs": [{"name": "bob-1", "subject_cn": "bob", "cert_sha256": ")" + key + R"(", "role": "admin"},
+                         {"name": "bob-1", "subject_cn": "bob", "cert_sha256": ")" + std::string(64, 'b') + R"(", "role": "admin"},
                          {"name": "bob", "subject_cn": "bob", "role": "viewer"},
                          {"name": "carol", "subject_cn": "carol", "role": "viewer"},
                          {"name": "carol-admin", "subject_cn": "carol", "cert_sha256": ")" + key + R"(", "role": "admin"}]})"));
@@ -312,6 +312,18 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     EXPECT_EQ(ce.find("client_certs[1]"), std::string::npos) << ce;
     EXPECT_EQ(ce.find("client_certs[2]"), std::string::npos) << ce;
     EXPECT_EQ(ce.find("client_certs[0]"), std::string::npos) << ce;
+    // Names are the audit's actors: one name is one role, and a token's name is its own.
+    auto n = parse_config(base(R"(, "admin": {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key",
+        "client_ca_file": "/nonexistent.ca"},
+        "tokens": [{"name": "alice", "sha256": ")" + key + R"(", "role": "viewer"}],
+        "client_certs": [{"name": "alice", "subject_cn": "bob", "role": "admin"},
+                         {"name": "carol", "subject_cn": "carol", "cert_sha256": ")" + key + R"(", "role": "viewer"},
+                         {"name": "carol", "subject_cn": "carol", "role": "admin"}]})"));
+    const auto ne = all_errors(n);
+    EXPECT_NE(ne.find("admin.client_certs[0].name: \"alice\" is used by a token"), std::string::npos) << ne;
+    EXPECT_NE(ne.find("admin.client_certs[2].name: \"carol\" is used by an earlier entry with another role"),
+              std::string::npos) << ne;
+    EXPECT_EQ(ne.find("client_certs[1]"), std::string::npos) << ne;
     // A version stored before these checks is read back with warnings, as it ran then: a
     // start does not drop an operator's change for the file.
     const std::string stored_text = base(R"(, "breakers": [{"id": "c", "action": "pause", "cooldown": "1h", "max_cooldown": "1m",
@@ -383,6 +395,91 @@ TEST(config, upstream_health_makes_an_implicit_breaker) {
         "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})");
     EXPECT_NE(all_errors(zero).find("upstreams[0].health.slow_ratio: must be above 0"), std::string::npos)
         << all_errors(zero);
+}
+
+// Settings that pass every check of their own and still do nothing: a check of a health
+// setting that nothing reads, a route an earlier one takes every request of, a rule's
+// prefix no path of its template starts with, an empty allow list or constraint object.
+TEST(config, settings_that_nothing_reads_are_refused) {
+    auto health = [](const std::string& h) {
+        return all_errors(parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+            "upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "health": )" + h + R"(}],
+            "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})"));
+    };
+    EXPECT_NE(health(R"({"consecutive_failures": 3, "slow_ratio": 0.2})").find("upstreams[0].health.slow_ratio: needs slow_call"),
+              std::string::npos);
+    EXPECT_NE(health(R"({"consecutive_failures": 3, "window": "10s", "min_volume": 5})")
+                  .find("upstreams[0].health.window: is used by failure_ratio and slow_call, and neither is set"),
+              std::string::npos);
+    EXPECT_NE(health(R"({"consecutive_failures": 3, "min_volume": 5})").find("upstreams[0].health.min_volume"),
+              std::string::npos);
+    EXPECT_EQ(health(R"({"failure_ratio": 0.5, "window": "10s", "min_volume": 5})"), "");
+    EXPECT_EQ(health(R"({"slow_call": "2s", "slow_ratio": 0.5, "window": "10s"})"), "");
+
+    auto routes = [](const std::string& items, const std::string& extra = "") {
+        return all_errors(parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"})" + extra + R"(],
+            "upstreams": [{"name": "up", "url": "http://127.0.0.1:9"}, {"name": "other", "url": "http://127.0.0.1:8"}],
+            "routes": [)" + items + "]}"));
+    };
+    const std::string all = R"({"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"})";
+    const std::string send = R"({"name": "mail-send", "match": {"path": "/v3/mail/send", "methods": ["POST"]}, "upstream": "up"})";
+    const auto hidden = routes(all + "," + send);
+    EXPECT_NE(hidden.find("routes[1].match: route \"mail-send\" can never be chosen: routes[0] (\"all\"), listed "
+                          "before it, takes every request it would"),
+              std::string::npos) << hidden;
+    EXPECT_EQ(routes(send + "," + all), "") << "the narrower route first";
+    // Conditions the earlier route does not meet for every request of the later one.
+    EXPECT_EQ(routes(R"({"name": "posts", "match": {"path_prefix": "/v3", "methods": ["POST"]}, "upstream": "up"},
+                        {"name": "v3", "match": {"path_prefix": "/v3/mail", "methods": ["POST", "GET"]}, "upstream": "up"})"), "");
+    EXPECT_EQ(routes(R"({"name": "x", "match": {"host": "x.example", "path_prefix": "/"}, "upstream": "up"},
+                        {"name": "y", "match": {"host": "y.example", "path_prefix": "/"}, "upstream": "up"})"), "");
+    EXPECT_EQ(routes(R"({"name": "exact", "match": {"path": "/v3"}, "upstream": "up"},
+                        {"name": "under", "match": {"path_prefix": "/v3"}, "upstream": "up"})"), "");
+    EXPECT_NE(routes(R"({"name": "v3", "match": {"path_prefix": "/V3/"}, "upstream": "up"},
+                        {"name": "mail", "match": {"path_prefix": "/v3/mail", "methods": ["GET"]}, "upstream": "other"})")
+                  .find("routes[1].match: route \"mail\" can never be chosen"),
+              std::string::npos) << "paths compare without case";
+    EXPECT_NE(routes(R"({"name": "h", "match": {"host": "api.example", "path_prefix": "/"}, "upstream": "up"},
+                        {"name": "h2", "match": {"host": "API.example", "path": "/v3"}, "upstream": "up"})")
+                  .find("routes[1].match"),
+              std::string::npos);
+    // A forward proxy's requests pass routes for any host by, and a host's route only takes
+    // its own upstream's destination: there a route for any host hides nothing with a host.
+    const std::string fwd = R"(, {"name": "f", "address": "127.0.0.1:0", "forward_proxy": {}})";
+    const auto with_fwd = routes(all + R"(, {"name": "h", "match": {"host": "api.example", "path_prefix": "/"}, "upstream": "up"})", fwd);
+    EXPECT_EQ(with_fwd.find("routes["), std::string::npos) << with_fwd;
+    EXPECT_NE(routes(all + R"(, {"name": "h", "match": {"host": "api.example", "path_prefix": "/"}, "upstream": "up"})")
+                  .find("routes[1].match"),
+              std::string::npos) << "no forward proxy: the route for any host takes them all";
+
+    auto rule_match = [](const std::string& match) {
+        return all_errors(parse_config(base(R"(, "breakers": [{"id": "b", "action": "pause"}],
+            "failure_modes": [{"id": "fm", "title": "t", "severity": "sev2"}],
+            "rules": [{"id": "x", "route": "r", "measure": {"sum": "requests"}, "window": "1m", "limit": 5,
+                       "failure_mode": "fm", "trips": "b", "match": )" + match + "}]")));
+    };
+    EXPECT_NE(rule_match(R"({"path": "/v3/mail/send", "path_prefix": "/v3/marketing"})")
+                  .find("rules[0].match.path_prefix: \"/v3/marketing\" starts no path that \"/v3/mail/send\" matches"),
+              std::string::npos);
+    EXPECT_NE(rule_match(R"({"path": "/crm/v3/objects/{object}/batch", "path_prefix": "/crm/v3/objects/contacts/batch/x"})")
+                  .find("rules[0].match.path_prefix"),
+              std::string::npos) << "longer than any path of the template";
+    EXPECT_NE(rule_match(R"({"path": "/crm/v3/objects/{object:contacts|deals}/batch", "path_prefix": "/crm/v3/objects/tick"})")
+                  .find("rules[0].match.path_prefix"),
+              std::string::npos) << "no allowed value starts so";
+    for (const char* fine : {R"({"path": "/v3/mail/send", "path_prefix": "/v3/MAIL/se"})",
+                             R"({"path": "/v3/mail/send", "path_prefix": "/v3/mail/send/"})",
+                             R"({"path": "/services/data/{v}/composite", "path_prefix": "/services/data/v5"})",
+                             R"({"path": "/services/data/{v}/composite", "path_prefix": "/services/data/v5/composite.json"})",
+                             R"({"path": "/crm/v3/objects/{object:contacts|deals}/batch", "path_prefix": "/crm/v3/objects/con"})"}) {
+        EXPECT_EQ(rule_match(fine), "") << fine;
+    }
+
+    const std::string key(64, 'a');
+    const auto empty = all_errors(parse_config(base(R"(, "agents": [{"id": "bot", "key_sha256": [")" + key +
+                                                    R"("], "allow": {}, "constraints": {}}])")));
+    EXPECT_NE(empty.find("agents[0].allow: allows no less than leaving it out"), std::string::npos) << empty;
+    EXPECT_NE(empty.find("agents[0].constraints: constrains nothing"), std::string::npos) << empty;
 }
 
 TEST(config, unimplemented_sections_are_refused_not_ignored) {

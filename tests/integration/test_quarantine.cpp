@@ -1899,10 +1899,10 @@ TEST(quarantine, a_release_holds_composite_subrequests_to_the_routes_the_agent_m
     for (const auto& [routes, extra, why] : std::vector<std::tuple<std::string, std::string, std::string>>{
              {R"("sf-composite")", "", "route sf-accounts in subrequest #0 of this composite request"},
              {R"("sf-composite", "sf-accounts")",
-              R"({"name": "sf-new", "match": {"path_prefix": "/services/data/v59.0/sobjects/"}, "upstream": "salesforce"},)",
+              R"({"name": "sf-new", "match": {"path_prefix": "/services/data/v59.0/sobjects/Account/"}, "upstream": "salesforce"},)",
               "route sf-new in subrequest #0"},
              {R"("sf-composite", "sf-accounts", "sf-elsewhere")",
-              R"({"name": "sf-elsewhere", "match": {"path_prefix": "/services/data/v59.0/sobjects/Account"}, "upstream": "other"},)",
+              R"({"name": "sf-elsewhere", "match": {"path_prefix": "/services/data/v59.0/sobjects/Account/001"}, "upstream": "other"},)",
               "route (sf-elsewhere, of upstream other, takes PATCH"}}) {
         bb.server().apply_config(with(routes, extra));
         expect_release_refused(bb, up, ticket, all, why, routes);
