@@ -551,6 +551,15 @@ std::optional<rendered> render_quarantine_summary(std::string_view body, std::st
         }
     } else {
         out.text += "discarded " + std::to_string(n("discarded")) + ", skipped " + std::to_string(n("skipped")) + "\n";
+        if (const auto halted = field(*s, "halted", ""); !halted.empty()) {
+            out.text += "halted: " + halted + "\n";
+            out.ok = false;
+        }
+        // Matched and none discarded (each changed since listed, or refused): nothing the
+        // operator asked for happened.
+        if (n("matched") > 0 && n("discarded") == 0) {
+            out.ok = false;
+        }
     }
     // A run that ended early did not act on every record it was asked to: not a success,
     // and said so (the records it did not reach are as they were).

@@ -1627,9 +1627,10 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
              "}}";
     // What happened, not just "ok": a release where every replay failed is not a success,
     // nor one that could not read every page.
-    h.audit_result = (!sum.error.empty() ? "incomplete (" + sum.error + "): "
-                      : action == "release" && sum.matched > 0 && sum.released == 0 ? std::string{"failed: "}
-                                                                                    : std::string{"ok: "}) +
+    const std::size_t done = action == "release" ? sum.released : sum.discarded;
+    h.audit_result = (!sum.error.empty()                                          ? "incomplete (" + sum.error + "): "
+                      : (sum.matched > 0 && done == 0) || !sum.halted.empty() ? std::string{"failed: "}
+                                                                               : std::string{"ok: "}) +
                      std::to_string(sum.matched) + " matched, " +
                      (action == "release" ? std::to_string(sum.released) + " released, " + std::to_string(sum.failed) +
                                                 " release_failed, " + std::to_string(sum.unknown) + " outcome_unknown, "

@@ -965,6 +965,19 @@ asio::awaitable<remediation_summary> remediation::discard_matching_impl(store::l
                     [&](store::done_fn done) { db_.discard(rec.ticket, actor, reason, std::move(done), rec.state); });
                 if (r.ok) {
                     ++sum.discarded;
+                } else if (r.code == "store_busy") {
+                    // The store's writer is full: the rest would be refused the same way, one
+                    // by one. Nothing of this record changed; the run stops, said as a halt,
+                    // not as records skipped. (store_unavailable, a record that cannot be
+                    // read, is skipped, as a bulk release skips it.)
+                    ++sum.skipped;
+                    const std::string why = "the store is busy (" + r.message + ") at " + rec.ticket +
+                                            "; it and the records after it are as they were: discard them again "
+                                            "in a moment";
+                    spdlog::warn("bulk discard by {} halted: {}", actor, why);
+                    sum.halted = why;
+                    sum.results.push_back(std::move(r));
+                    co_return sum;
                 } else {
                     ++sum.skipped;
                 }

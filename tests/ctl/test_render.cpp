@@ -166,6 +166,13 @@ TEST(CtlRender, QuarantineResultsAndSummaries) {
     auto ds = render_quarantine_summary(R"({"summary":{"matched":4,"discarded":4,"skipped":0}})", "discard");
     EXPECT_TRUE(ds->ok);
     EXPECT_EQ(ds->text, "matched 4: discarded 4, skipped 0\n");
+    // Every match skipped (changed since listed), or the store's writer full: nothing, or
+    // not all, of what the operator asked for happened.
+    EXPECT_FALSE(render_quarantine_summary(R"({"summary":{"matched":3,"discarded":0,"skipped":3}})", "discard")->ok);
+    auto dh = render_quarantine_summary(
+        R"({"summary":{"matched":3,"discarded":2,"skipped":1,"halted":"the store is busy (full) at q_3"}})", "discard");
+    EXPECT_FALSE(dh->ok);
+    EXPECT_NE(dh->text.find("halted: the store is busy"), std::string::npos) << dh->text;
     // A run that ended early is no success, whatever it did before.
     auto st = render_quarantine_summary(
         R"({"summary":{"matched":100,"released":100,"failed":0,"unknown":0,"skipped":0,"stopped":true}})", "release");
