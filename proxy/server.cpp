@@ -1323,6 +1323,20 @@ void server::on_transition(const breakers::transition& t) {
         std::lock_guard lock{alert_severity_mu_};
         alert_severity_.erase(t.instance);  // the incident is over
     }
+    // Likewise a rule's breaker going half-open or closed: its response-side rules forget
+    // the failures that opened it (engine::forget_response_counts), or the probe, judged by
+    // them, would reopen it at once, every cooldown, until they age out of the window.
+    if (t.from != breakers::state::closed && t.to != breakers::state::open && t.from != t.to &&
+        !t.breaker.starts_with("upstream/") && !t.breaker.starts_with("agent/")) {
+        if (const auto rt = current_runtime(); rt->engine) {
+            const std::string_view instance = t.instance;
+            std::optional<std::string_view> key;
+            if (instance.size() > t.breaker.size() + 1 && instance != t.breaker + "/_overflow") {
+                key = instance.substr(t.breaker.size() + 1);
+            }
+            rt->engine->forget_response_counts(t.breaker, key);
+        }
+    }
     // A recovered upstream starts with a clean health record, or the failures that opened
     // the breaker would count against it again right away.
     if (t.to == breakers::state::closed && t.breaker.starts_with("upstream/")) {

@@ -2160,6 +2160,30 @@ decision engine::record_response(const request_view& req, const response_view& r
     return first;
 }
 
+void engine::forget_response_counts(std::string_view breaker, std::optional<std::string_view> key) {
+    for (const rule& r : set_->rules) {
+        if (!r.response_side || r.trips != breaker) {
+            continue;
+        }
+        auto clear = [&](meter_slot& slot) {
+            if (r.condition == condition_kind::baseline) {
+                // The bucket under way: the history (mean, deviation) is the upstream's normal.
+                if (slot.base.started()) {
+                    slot.base.subtract(slot.base.bucket(), slot.base.current());
+                }
+            } else if (slot.ring.started()) {
+                slot.ring.restart_at(slot.ring.head());
+            }
+        };
+        rule_meter& meter = *meters_[r.index];
+        if (!key) {
+            meter.for_each_slot([&](std::string_view, meter_slot& slot) { clear(slot); });
+        } else {
+            meter.with_existing_slot(*key, [&](meter_slot& slot, bool) { clear(slot); });
+        }
+    }
+}
+
 std::optional<meter_reading> engine::read(std::string_view rule_id, std::string_view key, time_point now) const {
     const rule* r = set_->find_rule(rule_id);
     if (!r) {

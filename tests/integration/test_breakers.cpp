@@ -629,6 +629,53 @@ TEST(health, refused_connections_count_as_errors_in_an_error_ratio_rule) {
     EXPECT_EQ(c.read_response().result_int(), 503u);
 }
 
+// An error-ratio rule's breaker lets its probe through and, the probe answered, closes for
+// good: the failures that opened it are forgotten when it goes half-open (as resilience4j
+// starts a fresh window there). They used to stay in the window, so the probe, judged by
+// the rule, found the ratio still over and reopened the breaker, every cooldown, until the
+// failures aged out of the window (an hour here).
+TEST(health, a_successful_probe_closes_an_error_ratio_breaker_for_good) {
+    std::atomic<bool> failing{true};
+    fake_upstream up{[&](const request&) { return failing ? respond(500, "{}") : respond(202, ""); }};
+    bb::manual_clock clock;
+    proxy_instance bb{one_route_config(
+                          up.port(), temp_dir(),
+                          "\"failure_modes\": [{\"id\": \"outage\", \"title\": \"Upstream outage\", \"severity\": \"sev2\"}],"
+                          "\"breakers\": [{\"id\": \"errors\", \"action\": \"pause\", \"cooldown\": \"30s\"}],"
+                          "\"rules\": [{\"id\": \"error-ratio\", \"route\": \"mail-send\", \"measure\": \"status:5xx\", "
+                          "\"window\": \"1h\", \"ratio\": {\"max\": 0.5, \"min_volume\": 4}, \"failure_mode\": \"outage\", "
+                          "\"trips\": \"errors\"}],"),
+                      &clock};
+    auto send = [&] {
+        raw_client c{bb.port()};
+        c.send(mail(1, "x"));
+        return c.read_response().result_int();
+    };
+    auto state = [&] { return bb.server().breakers()->get("errors", bb.server().now())->st; };
+    for (int i = 0; i < 4; ++i) {
+        ASSERT_EQ(send(), 500u) << i;
+    }
+    ASSERT_EQ(state(), bb::breakers::state::open);
+    EXPECT_EQ(send(), 503u);
+    failing = false;  // the upstream recovers
+    clock.advance(31s);
+    EXPECT_EQ(send(), 202u) << "the probe";
+    EXPECT_EQ(state(), bb::breakers::state::closed) << "reopened by the failures of before it opened";
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(send(), 202u) << i;
+    }
+    EXPECT_EQ(state(), bb::breakers::state::closed);
+    EXPECT_EQ(bb.server().breakers()->get("errors", bb.server().now())->trips, 1u);
+    // New failures count from the close: 4 of 8 is not over 0.5, 5 of 9 is.
+    failing = true;
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(send(), 500u) << i;
+    }
+    EXPECT_EQ(state(), bb::breakers::state::closed);
+    EXPECT_EQ(send(), 500u);
+    EXPECT_EQ(state(), bb::breakers::state::open);
+}
+
 // A duplicates guard that denies the second copy of a mail within an hour.
 const std::string loop_guard_max_1 =
     "\"failure_modes\": [{\"id\": \"loop\", \"title\": \"Send loop\", \"severity\": \"sev2\"}],"
