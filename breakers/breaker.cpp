@@ -208,14 +208,15 @@ public:
         if (md_ != mode::automatic || st_ != state::half_open) {
             return;
         }
-        if (round != 0 && round != round_) {
-            // A probe of an earlier round of this half-open period (a new round began while
-            // it was slow): its success proves little now, but its failure is the upstream
-            // failing a probe, and reopens (else a probe slower than the cooldown would let a
-            // new probe through every cooldown, and never reopen).
-            if (success || round < period_round_) {
-                return;
-            }
+        // A probe of an earlier round of this half-open period (a new round began while it
+        // was slow) counts as any probe: its failure is the upstream failing a probe, and
+        // reopens (else a probe slower than the cooldown would let a new probe through every
+        // cooldown, and never reopen), and its success is the upstream answering one (else
+        // an upstream slower than the cooldown, every probe of it a success, would stay
+        // half-open, refusing all other traffic, for as long as it is slow). One of an
+        // earlier half-open period, before the breaker reopened, decides nothing now.
+        if (round != 0 && round != round_ && round < period_round_) {
+            return;
         }
         if (success) {
             if (++succeeded_ >= probes()) {

@@ -243,6 +243,31 @@ TEST_F(registry_test, a_slow_probes_failure_reopens_even_after_a_new_round) {
     EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
 }
 
+// An upstream slower than the cooldown: each probe's answer comes after a new round began.
+// Its success closes the breaker (it was dropped as stale, so a breaker whose every probe
+// succeeded stayed half-open, refusing everything else, for as long as the upstream was slow).
+TEST_F(registry_test, a_slow_probes_success_closes_even_after_a_new_round) {
+    auto b = make_config("b");
+    b.cooldown = 5s;
+    make({b});
+    reg().trip("b", "k", rule_cause(), now());
+    clock_.advance(5s);
+    const auto slow = reg().admit("b/k", now());
+    ASSERT_EQ(slow.v, verdict::probe);
+    clock_.advance(5s);  // a new round: another probe goes
+    const auto next = reg().admit("b/k", now());
+    ASSERT_EQ(next.v, verdict::probe);
+    ASSERT_NE(next.probe_round, slow.probe_round);
+    clock_.advance(3s);  // the first answers after 8 s
+    reg().probe_result("b/k", true, now(), slow.probe_round);
+    const auto after = reg().get("b/k", now());
+    EXPECT_EQ(after->st, state::closed);
+    EXPECT_EQ(after->cooldown, 5s);
+    // The other probe's answer, after the close, changes nothing.
+    reg().probe_result("b/k", false, now(), next.probe_round);
+    EXPECT_EQ(reg().get("b/k", now())->st, state::closed);
+}
+
 // A probe whose request never reached the upstream (another breaker contained it) gives
 // its slot back: no verdict, no reopening with a doubled cooldown, and the next request
 // probes. A cancel from an earlier round changes nothing.
