@@ -2796,6 +2796,13 @@ asio::awaitable<void> admin_server::serve(Stream& stream, SSL* ssl,
                 srv_.count_admin_action(path, static_cast<unsigned>(h.status));
             }
         }
+        if (req.method() == http::verb::head) {
+            // The head of the GET, without its body (RFC 9110 9.3.2): a body sent would be
+            // read as the start of the next response on a kept-alive connection.
+            const auto length = res.body().size();
+            res.body().clear();
+            res.content_length(length);
+        }
         beast::get_lowest_layer(stream).expires_after(std::chrono::seconds{30});
         auto [wec, wn] = co_await write_message(stream, res, scratch);
         if (wec || !keep_alive) {

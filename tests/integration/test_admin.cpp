@@ -134,6 +134,25 @@ TEST(admin_api, an_idle_admin_connection_does_not_hold_the_shutdown) {
     EXPECT_TRUE(scraper.closed_by_server());
 }
 
+// A HEAD is answered with the GET's head and no body: a scraper's HEAD on a kept-alive
+// connection used to get the whole exposition, which it then read as the next response.
+TEST(admin_api, a_head_request_gets_no_body) {
+    admin_fixture f;
+    raw_client c{f.port()};
+    for (const char* target : {"/metrics", "/healthz"}) {
+        c.send(std::string{"HEAD "} + target + " HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer view-token\r\n\r\n");
+        const auto head = c.read_response(true);
+        EXPECT_EQ(head.result_int(), 200u) << target;
+        EXPECT_TRUE(head.body().empty()) << target;
+        EXPECT_NE(head[http::field::content_length], "0") << target << ": the GET's length";
+        // The next answer on the connection is read whole: nothing of a body was left before it.
+        c.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        const auto next = c.read_response();
+        EXPECT_EQ(next.result_int(), 200u) << target;
+        EXPECT_EQ(next.body(), "{\"status\":\"ok\"}\n") << target;
+    }
+}
+
 // A client that leaves mid-body, before anything is answered, is counted as one that left
 // (and gets its access log line), not forgotten.
 TEST(admin_api, a_client_that_leaves_mid_body_is_counted) {
