@@ -16,6 +16,7 @@
 #include "proxy/upstream.hpp"
 #include "proxy/wire.hpp"
 #include "rules/guardrails.hpp"
+#include "rules/meter.hpp"
 #include "store/codec.hpp"
 #include "store/database.hpp"
 
@@ -1197,6 +1198,21 @@ asio::awaitable<handled> handler_context::breakers_api(std::string_view rest) {
     }
     if (!known_id(id)) {
         co_return fail({http::status::not_found, "not_found", "no breaker " + id});
+    }
+    // A key no rule produces names an instance no request consults: a reset of it would
+    // answer "closed" while the real instance stays open, a trip would contain nothing.
+    // Rules cut keys at rules::max_key_bytes and write bytes that are not printable UTF-8
+    // as %XX, so a listed `caf%E9` is reached as `caf%25E9` in the URL, not `caf%E9`.
+    if (cfg->find_breaker(id) == nullptr) {
+        const std::string_view key = std::string_view{id}.substr(id.find('/') + 1);
+        if (key.size() > rules::max_key_bytes || needs_escape(key)) {
+            co_return fail({http::status::bad_request, "bad_field",
+                            "the key " + cfg::quote(key) + " is no key a rule produces (keys are at most " +
+                                std::to_string(rules::max_key_bytes) +
+                                " bytes, and bytes that are not printable UTF-8 are written %XX: write a listed "
+                                "key's % as %25 in the URL)",
+                            "key"});
+        }
     }
     if (action.empty()) {
         if (!get) {

@@ -480,6 +480,27 @@ TEST(admin_api, an_agents_kill_switch_is_read_whatever_the_agents_name) {
     EXPECT_NE(read.body().find("runaway"), std::string::npos) << read.body();
 }
 
+// A key no rule produces (undecoded bytes, past the key bound) is refused, naming the key,
+// not answered 200 for an instance no request consults: a listed `caf%E9` is `caf%25E9` in
+// the URL, and a reset of `caf%E9` (decoded: a Latin-1 byte) left the real one open.
+TEST(admin_api, a_key_no_rule_produces_is_refused) {
+    admin_fixture f;
+    for (const std::string& key : {std::string{"caf%E9"}, std::string{"%C2%85"}, std::string(300, 'k')}) {
+        for (const char* act : {"/reset", "/trip"}) {
+            auto r = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/" + key + act, "op-token",
+                           R"({"reason":"r"})");
+            EXPECT_EQ(r.result_int(), 400u) << key << act << ": " << r.body();
+            EXPECT_EQ(code_of(r), "bad_field") << key;
+            EXPECT_NE(r.body().find("\"field\":\"key\""), std::string::npos) << r.body();
+        }
+    }
+    // The escaped spelling, as listed, reaches the instance.
+    auto ok = admin(f.port(), http::verb::post, "/v1/breakers/campaign-volume/caf%25E9/trip", "op-token",
+                    R"({"reason":"r"})");
+    EXPECT_EQ(ok.result_int(), 200u) << ok.body();
+    EXPECT_TRUE(f.bb.server().breakers()->get("campaign-volume/caf%E9", f.bb.server().now()));
+}
+
 TEST(admin_api, mutations_need_post_a_json_body_and_a_reason) {
     admin_fixture f;
     auto get = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume/x/trip", "op-token");
