@@ -745,6 +745,14 @@ int execute(plan& p, const transport& t, std::ostream& out, std::ostream& err) {
     if (r && !r->ok && !r->failure.empty()) {
         err << "breakerctl: " << r->failure << "\n";
     }
+    // An act (a POST) whose answer does not say what was done (`200 {}` from a gateway in
+    // front, a server of another version) is not reported as done: a script must not carry
+    // on as if a release or a trip happened. A read shown as it came is fine.
+    if (!r && !p.requests.empty() && p.requests.front().method == "POST") {
+        err << "breakerctl: the admin API answered HTTP " << a.status << " without the result " << p.command
+            << " expects; whether it was done is not known: check with a list or get\n";
+        return exit_failed;
+    }
     return !r || r->ok ? exit_ok : exit_failed;
 }
 

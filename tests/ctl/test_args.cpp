@@ -497,6 +497,20 @@ TEST(CtlExecute, ANonJsonSuccessIsAFailure) {
     }
 }
 
+// JSON without the result an act expects (`200 {}` from a gateway in front, another
+// version's server) does not say it was done: an act exits 1, a read shows it and exits 0.
+TEST(CtlExecute, AnActWithoutItsResultIsAFailure) {
+    auto empty = [](const http_request&) { return http_result{http_response{200, "application/json", "{}\n"}, {}}; };
+    for (auto args : {std::vector<std::string>{"trip", "b", "--reason", "r"},
+                      std::vector<std::string>{"trip", "b", "--reason", "r", "--json"},
+                      std::vector<std::string>{"quarantine", "release", "q_1", "--reason", "r"}}) {
+        auto r = run_fake(args, empty);
+        EXPECT_EQ(r.code, exit_failed) << args[0] << " " << args[1];
+        EXPECT_NE(r.err.find("without the result"), std::string::npos) << r.err;
+    }
+    EXPECT_EQ(run_fake({"breakers"}, empty).code, exit_ok);
+}
+
 // Strings from the server cannot drive the operator's terminal: C1 controls (U+009B is CSI)
 // and bidi overrides are replaced in tables, in a body of an unknown shape and in errors.
 TEST(CtlExecute, ServerStringsCannotDriveTheTerminal) {
