@@ -224,9 +224,11 @@ std::string held_json(const store::held_request& h, bool full, const std::vector
     return o;
 }
 
-std::string result_json(const store::result& r) {
+// `release`: a release's result, whose count is the upstream's status; a discard's count is
+// the record's release attempts, which is no status and is left out.
+std::string result_json(const store::result& r, bool release) {
     return "{\"ticket\":" + q(r.ticket) + ",\"ok\":" + (r.ok ? "true" : "false") + ",\"code\":" + q(r.code) +
-           ",\"message\":" + q(r.message) + ",\"status\":" + std::to_string(r.count) + "}";
+           ",\"message\":" + q(r.message) + (release ? ",\"status\":" + std::to_string(r.count) : std::string{}) + "}";
 }
 
 // `twice`: the first parameter given more than once (which copy would count?), if any.
@@ -1586,7 +1588,7 @@ asio::awaitable<handled> handler_context::quarantine_api(std::string_view rest) 
                                                   : http::status::service_unavailable,
                             r.code, r.message});
         }
-        h.body = "{\"result\":" + result_json(r) + "}";
+        h.body = "{\"result\":" + result_json(r, action == "release") + "}";
         h.audit_result = r.ok ? "ok" : r.code;
         co_return h;
     }
