@@ -2120,10 +2120,12 @@ void server::resolve_gone_incidents(const breakers::breaker_registry& registry) 
         const auto slash = instance.find('/');
         const std::string breaker = instance.substr(0, slash);
         const bool dropped = registry.find(breaker) == nullptr && registry.find(instance) == nullptr;
+        bool counted_at_start = false;
         {
             std::lock_guard lock{storms_mu_};
             if (auto it = storms_.find(breaker); it != storms_.end()) {
                 it->second.unpaged.erase(instance);
+                counted_at_start = it->second.counted_at_start.erase(instance) > 0;
             }
         }
         if (!d) {
@@ -2142,6 +2144,10 @@ void server::resolve_gone_incidents(const breakers::breaker_registry& registry) 
             a.every_sink = true;  // restored open: what it paged before the restart is not known
             const std::string* known = most_severe_known(sevs);
             a.severity = known != nullptr ? *known : "sev3";
+            // As its close would (on_transition): one of a storm counted in one alert at the
+            // start, not paged since, sends chat sinks no line each (500 instances of a
+            // dropped per-key breaker would flood the channel and queue its next sev1).
+            a.not_to_chat = counted_at_start && known == nullptr;
             d->publish(a);
             continue;
         }

@@ -2324,6 +2324,39 @@ TEST(alerts, a_restored_storm_closing_does_not_flood_chat) {
     EXPECT_EQ(chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
 }
 
+// The same storm's breaker dropped by a reload: its instances' resolves follow the same
+// rule (they went to every chat sink, one line each, behind which a sev1 would wait).
+TEST(alerts, a_restored_storm_dropped_by_a_reload_does_not_flood_chat) {
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
+    const auto dir = temp_dir();
+    constexpr int instances = 14;
+    {
+        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
+        for (int i = 0; i < instances; ++i) {
+            raw_client c{bb.port()};
+            c.send(mail(10, "campaign-" + std::to_string(i)));
+            ASSERT_EQ(c.read_response().result_int(), 503u) << i;
+        }
+    }
+    const std::string sinks = webhook_sink("hook", hook.port()) + R"(, {"name": "chat", "type": "slack", "url": "http://127.0.0.1:)" +
+                              std::to_string(chat.port()) + R"(/chat"})";
+    proxy_instance bb{with_alerts(guarded_config(up.port(), dir, pause_manual, 5), sinks)};
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    ASSERT_EQ(chat.request_count(), 11u) << "ten one by one, one for the other four";
+    std::string renamed = with_alerts(guarded_config(up.port(), dir, pause_manual, 5), sinks);
+    for (auto at = renamed.find("\"campaign-volume\""); at != std::string::npos; at = renamed.find("\"campaign-volume\"")) {
+        renamed.replace(at, 17, "\"campaign-volume-2\"");
+    }
+    auto next = bb::parse_config(renamed);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    bb.server().apply_config(next.cfg);
+    ASSERT_TRUE(bb.server().alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 11u + instances) << "a resolve per instance";
+    EXPECT_EQ(chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
+}
+
 // A breaker the running config lacks keeps its state in the store, not enforced; the reload
 // that configures it again restores it, and pages it then, to the sinks of that config (here
 // the first sink arrives with the same reload).
