@@ -85,12 +85,39 @@ std::string quotable_body(const sink_config& cfg, std::string_view body) {
             scrub(std::string_view{cfg.url}.substr(path));
         }
     }
+    // Its parts alone too: a receiver quotes what it judged, not the whole URL or header
+    // ("invalid token s3cr3t" for ?token=s3cr3t, "abc" for `Token token=abc`), and a JSON
+    // error body writes a path's slashes as \/. Pieces are cut at the URL's and the header
+    // syntax's separators; pieces under 6 bytes are left (words such as "hook").
+    auto scrub_pieces = [&](std::string_view text, std::string_view separators) {
+        for (std::size_t start = 0; start <= text.size();) {
+            auto end = text.find_first_of(separators, start);
+            if (end == std::string_view::npos) {
+                end = text.size();
+            }
+            if (end - start >= 6) {
+                scrub(text.substr(start, end - start));
+            }
+            start = end + 1;
+        }
+    };
+    if (const auto scheme = cfg.url.find("://"); scheme != std::string::npos) {
+        if (const auto path = cfg.url.find('/', scheme + 3); path != std::string::npos) {
+            const std::string_view rest = std::string_view{cfg.url}.substr(path);
+            std::string escaped;
+            for (const char c : rest) {
+                escaped += c == '/' ? std::string_view{"\\/"} : std::string_view{&c, 1};
+            }
+            if (rest.size() > 8) {
+                scrub(escaped);
+            }
+            scrub_pieces(rest, "/?&=#;");
+        }
+    }
     scrub(cfg.routing_key);
     for (const auto& [name, value] : cfg.headers) {
         scrub(value);
-        if (const auto sp = value.find(' '); sp != std::string::npos) {
-            scrub(std::string_view{value}.substr(sp + 1));  // "Bearer T": T alone too
-        }
+        scrub_pieces(value, " =,;:\"");  // "Bearer T", "Token token=T": T alone too
     }
     if (out.size() > error_body_quote) {
         out.resize(error_body_quote);

@@ -249,6 +249,26 @@ TEST(AlertsDispatcher, AnEchoedSecretIsNotQuoted) {
     EXPECT_EQ(st.last_error, "HTTP 400: bad request?Authorization: [redacted]??fake log line");
 }
 
+// ...also when it quotes a part of one: a query parameter's value, the credential of a
+// header in its own syntax, a path with JSON's escaped slashes.
+TEST(AlertsDispatcher, AnEchoedPartOfASecretIsNotQuoted) {
+    fake_receiver rx{[](std::size_t, const webhook_request&) {
+        return bb::test::reply(401, R"({"error":"invalid token s3cr3t-value","key":"abcdef123456",)"
+                                    R"("path":"\/hooks\/T0001\/XXXXSECRETPATH?token=s3cr3t-value"})");
+    }};
+    auto sink = webhook_sink(rx);
+    sink.url += "hooks/T0001/XXXXSECRETPATH?token=s3cr3t-value";
+    sink.headers.emplace_back("Authorization", "Token token=abcdef123456");
+    dispatcher d{quick({sink})};
+    d.publish(make_alert());
+    ASSERT_TRUE(d.flush(5s));
+    const auto st = d.stats()[0];
+    for (const char* secret : {"s3cr3t-value", "abcdef123456", "XXXXSECRETPATH"}) {
+        EXPECT_EQ(st.last_error.find(secret), std::string::npos) << secret << ": " << st.last_error;
+    }
+    EXPECT_NE(st.last_error.find("invalid token [redacted]"), std::string::npos) << st.last_error;
+}
+
 TEST(AlertsDispatcher, ConnectionRefusedIsRetriedThenFails) {
     std::uint16_t port = 0;
     {
