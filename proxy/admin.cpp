@@ -2384,9 +2384,13 @@ asio::awaitable<void> reload_on_signal(server& srv) {
         spdlog::warn("reload: {}", w);
     }
     std::string result = "applied";
+    std::string tls_failed;
     for (const auto& e : srv.reload_security()) {  // renewed certificates (same files, new contents)
         spdlog::error("reload: TLS files not reloaded, the previous certificates stay in use: {}", e);
-        result = "applied; TLS files not reloaded: " + e;
+        tls_failed += (tls_failed.empty() ? "" : "; ") + e;  // every one, as the admin API's apply lists them
+    }
+    if (!tls_failed.empty()) {
+        result += "; TLS files not reloaded: " + tls_failed;
     }
     if (auto* db = srv.db(); db != nullptr && !stored) {
         // The store was opened by this reload (its first breakers): the version goes after.
