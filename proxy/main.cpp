@@ -24,6 +24,14 @@ constexpr const char* usage =
 
 int check_config(const std::string& path) {
     auto parsed = bb::load_config_file(path, nullptr, true);
+    if (parsed.errors.empty()) {
+        // What a start builds beyond the reading: TLS contexts from the certificate files, a
+        // forward proxy's CA, the access log file. A deploy gate passing a config the start
+        // then refuses would let through a crash loop.
+        bb::config none;
+        none.log.access_log = "off";
+        bb::proxy::server::check_tls_change(none, *parsed.cfg, parsed.errors);
+    }
     if (!parsed.errors.empty()) {
         std::cerr << path << ": " << parsed.errors.size() << " error(s)\n";
         for (const auto& e : parsed.errors.list()) {

@@ -2224,7 +2224,7 @@ std::string cannot_append_to(const std::string& path) {
 
 }  // namespace
 
-void server::check_tls_change(const config& current, const config& next, cfg::errors& errs) const {
+void server::check_tls_change(const config& current, const config& next, cfg::errors& errs) {
     // Listeners by name, against the running ones: their settings take effect at a restart,
     // so this checks what a restart would build (a change it could not start with is
     // refused now, not at the restart).

@@ -289,7 +289,8 @@ public:
     // start is refused now). Settings that stay the same are not judged here: a renewal of
     // the same files that fails keeps what serves (a warning). A new log.access_log file
     // this process could not open (it is opened at the restart) is judged here too.
-    void check_tls_change(const config& current, const config& next, cfg::errors& errs) const;
+    // `--check-config` passes an empty `current`: everything a start would build is judged.
+    static void check_tls_change(const config& current, const config& next, cfg::errors& errs);
     std::size_t active_connections() const { return connections_.load(std::memory_order_relaxed); }
     std::size_t worker_count() const { return workers_.size(); }
     std::shared_ptr<const config> current_config() const;

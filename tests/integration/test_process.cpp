@@ -228,6 +228,30 @@ TEST(check_config, every_error_is_listed_with_its_json_path) {
     }
 }
 
+// What the start builds beyond the reading is checked too: a key that is not the
+// certificate's and a forward proxy's CA that cannot sign were "ok" here and then stopped
+// the start.
+TEST(check_config, files_the_start_could_not_load_are_errors) {
+    const auto dir = temp_dir();
+    const std::string certs = BB_TEST_CERTS_DIR;
+    auto config = [&](const std::string& key, const std::string& ca_key) {
+        return R"({"listeners": [{"name": "tls", "address": "127.0.0.1:0", "tls": {"cert_file": ")" + certs +
+               R"(/server.pem", "key_file": ")" + certs + "/" + key + R"("}},
+            {"name": "fwd", "address": "127.0.0.1:0", "forward_proxy": {"ca_cert_file": ")" + certs +
+               R"(/ca.pem", "ca_key_file": ")" + certs + "/" + ca_key + R"("}}],
+            "upstreams": [{"name": "up", "url": "http://127.0.0.1:9"}],
+            "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up"}]})";
+    };
+    write_file(dir + "/good.json", config("server.key", "ca.key"));
+    child good{{"--check-config", dir + "/good.json"}};
+    EXPECT_EQ(good.wait_exit(), 0) << good.output();
+    write_file(dir + "/bad.json", config("agent-agent-one.key", "ca.cnf"));
+    child bad{{"--check-config", dir + "/bad.json"}};
+    EXPECT_EQ(bad.wait_exit(), 1);
+    EXPECT_NE(bad.output().find("listeners[0].tls: "), std::string::npos) << bad.output();
+    EXPECT_NE(bad.output().find("listeners[1].forward_proxy: "), std::string::npos) << bad.output();
+}
+
 TEST(check_config, invalid_json_and_missing_file_are_errors) {
     const auto dir = temp_dir();
     write_file(dir + "/broken.json", "{\"listeners\": [");
