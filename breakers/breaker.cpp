@@ -145,6 +145,14 @@ public:
             return contain(a, now);
         case state::half_open:
             if (issued_ < probes()) {
+                // A probe of a throttle breaker takes a slot as any request it admits: R per
+                // interval holds in half-open too (probes came on top of R). With no slot
+                // free it waits as the others do. (R of 0 admits nothing, probes aside, or
+                // the breaker could never close.)
+                if (cfg_.act == action::throttle && cfg_.throttle.requests > 0 && !take_throttle_slot(now, a.retry_after)) {
+                    a.v = admission::verdict::contain;
+                    return a;
+                }
                 ++issued_;
                 last_probe_at_ = now;
                 a.v = admission::verdict::probe;
@@ -556,20 +564,31 @@ private:
             a.retry_after = interval;
             return a;
         }
+        if (!take_throttle_slot(now, a.retry_after)) {
+            return a;
+        }
+        a.v = admission::verdict::allow;
+        a.throttled = true;
+        a.retry_after = milliseconds{0};
+        return a;
+    }
+
+    // One of the throttle's R slots of the interval, if one is free; else `retry_after` is
+    // when the next one frees. (requests > 0.)
+    bool take_throttle_slot(time_point now, milliseconds& retry_after) {
+        const std::size_t limit = cfg_.throttle.requests;
+        const auto interval = cfg_.throttle.interval;
         if (slots_.size() < limit) {
             slots_.push_back(now);
         } else if (now - slots_[oldest_] >= interval) {
             slots_[oldest_] = now;
             oldest_ = (oldest_ + 1) % limit;
         } else {
-            a.retry_after = until(slots_[oldest_] + interval, now);
-            return a;
+            retry_after = until(slots_[oldest_] + interval, now);
+            return false;
         }
         throttle_admissions_made.fetch_add(1, std::memory_order_relaxed);  // at most R an interval
-        a.v = admission::verdict::allow;
-        a.throttled = true;
-        a.retry_after = milliseconds{0};
-        return a;
+        return true;
     }
 
     void new_round() {

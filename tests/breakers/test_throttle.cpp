@@ -108,8 +108,31 @@ TEST_F(registry_test, throttle_in_half_open_probes_first) {
     reg().trip("crm-writes", "", rule_cause(), now());
     clock_.advance(10s);
     EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::probe);
+    // The probe took the interval's one slot: R per interval holds in half-open too (it
+    // used to let R more through beside the probes).
+    const auto next = reg().admit("crm-writes", now());
+    EXPECT_EQ(next.v, verdict::contain);
+    EXPECT_EQ(next.retry_after, 1s);
+    clock_.advance(1s);
     EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
-    EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::contain);
+}
+
+// A probe finds no slot free (taken just before the cooldown ended): it waits as others do,
+// and is let through, as the probe, once one frees.
+TEST_F(registry_test, throttle_in_half_open_probes_within_r) {
+    auto b = throttle_config_of(1, 1s);
+    b.reset = reset_policy::automatic;
+    b.cooldown = 10s;
+    make({b});
+    reg().trip("crm-writes", "", rule_cause(), now());
+    clock_.advance(9500ms);
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled) << "open: throttled";
+    clock_.advance(500ms);
+    const auto wait = reg().admit("crm-writes", now());
+    EXPECT_EQ(wait.v, verdict::contain);
+    EXPECT_EQ(wait.retry_after, 500ms);
+    clock_.advance(500ms);
+    EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::probe);
 }
 
 // 16 threads hammer one throttled instance; a barrier ends each round and moves the clock.
