@@ -87,7 +87,7 @@ public:
     // reports the same before advance() has run, so a save in between keeps the trip held).
     bool hands_trip_back() const {
         return md_ != mode::forced_open && cfg_.reset == reset_policy::automatic && st_ != state::closed &&
-               last_trip_ && last_trip_->cause.kind == "manual";
+               last_trip_ && last_trip_->cause.kind == "manual" && !auto_chosen_;
     }
 
     // Applies what time alone changes: mode expiry, then open -> half_open, then restarts
@@ -261,6 +261,7 @@ public:
         if (opens) {
             opened_at_ = now;
         }
+        auto_chosen_ = false;  // a new hold
         change(state::open, to, std::move(cause), now, opens || !by_hand);
     }
 
@@ -286,6 +287,11 @@ public:
             shadow_until_.reset();
         }
         mode_expires_ = expires;
+        // The operator let the breaker recover by itself: a later timed bypass ending gives
+        // back that choice, not the hold of the trip before it.
+        if (m == mode::automatic) {
+            auto_chosen_ = true;
+        }
         const bool trips = m == mode::forced_open && md_ != mode::forced_open;
         change(st_, m, std::move(cause), now, trips);
     }
@@ -350,6 +356,10 @@ public:
             // half-open state was saved; a crash loop must not probe at every start.
             opened_at_ = now;
         }
+        // Under auto after an operator's trip on a breaker that resets by itself: the trip
+        // held it forced_open, so auto was the operator's choice (set back, or a forced_open
+        // that expired), which a later bypass's end keeps (hands_trip_back).
+        auto_chosen_ = s.md == mode::automatic && !held_by_hand(s) && s.last_trip && s.last_trip->cause.kind == "manual";
         change(st, held_by_hand(s) ? mode::forced_open : s.md, cause_of("restore", "restore", restored_why(at_start)), now,
                false);
         if (st_ == state::half_open && s.probes) {
@@ -680,6 +690,10 @@ private:
     std::uint64_t shadow_trips_ = 0;
     std::shared_ptr<const transition> last_shadow_trip_;
     std::optional<time_point> shadow_until_;  // a shadow trip makes would_contain true until then
+    // The operator set `auto` after their trip (hands_trip_back). Not saved: read back from
+    // a saved auto mode (restore); one saved under a bypass holds the trip again when the
+    // bypass ends, the safe side.
+    bool auto_chosen_ = false;
     std::vector<time_point> slots_;           // throttle: times of the last R admissions (ring)
     std::size_t oldest_ = 0;
     bool counted_ = false;  // included in the registry's active counter

@@ -361,6 +361,29 @@ TEST_F(registry_test, manual_trip_by_hand_and_reset) {
     EXPECT_EQ(events().size(), 2u);
 }
 
+// An operator trips a self-resetting breaker (held forced_open), then sets it back to auto
+// to let it recover, then bypasses it for five minutes: the bypass ending gives back the
+// auto they chose, not the hold of their trip (which held the breaker for good).
+TEST_F(registry_test, a_bypass_ending_keeps_the_auto_an_operator_chose_after_their_trip) {
+    auto b = make_config("b");
+    b.per_key = false;
+    b.reset = reset_policy::automatic;
+    b.cooldown = 10s;
+    make({b});
+    ASSERT_TRUE(reg().manual_trip("b", "bob", "vendor incident", now()));
+    EXPECT_EQ(reg().get("b", now())->md, mode::forced_open);
+    ASSERT_TRUE(reg().set_mode("b", mode::automatic, std::nullopt, "bob", "let it recover", now()));
+    ASSERT_TRUE(reg().set_mode("b", mode::forced_closed, 5min, "bob", "one batch", now()));
+    clock_.advance(5min);
+    const auto after = reg().get("b", now());
+    EXPECT_EQ(after->md, mode::automatic) << "held forced_open again";
+    // A new trip by hand is a new hold: a bypass over it gives it back.
+    ASSERT_TRUE(reg().manual_trip("b", "bob", "again", now()));
+    ASSERT_TRUE(reg().set_mode("b", mode::forced_closed, 5min, "bob", "one batch", now()));
+    clock_.advance(5min);
+    EXPECT_EQ(reg().get("b", now())->md, mode::forced_open);
+}
+
 TEST_F(registry_test, tick_reports_due_transitions_without_traffic) {
     make({make_config("b")});
     reg().trip("b", "k", rule_cause(), now());
