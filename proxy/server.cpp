@@ -1654,6 +1654,9 @@ server::~server() {
         if (d && !d->flush(left())) {
             spdlog::warn("shutdown: alerts still queued after 2s were not sent");
         }
+        // What failed meanwhile (a sink refusing the last storm or denial counts, which live
+        // nowhere else) is logged as the control tick would have: it has stopped.
+        report_alert_losses();
     }
 }
 
