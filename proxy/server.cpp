@@ -1358,8 +1358,19 @@ void server::report_store_trouble(store_part part, const std::string& message) {
         return;
     }
     if (!store_alerted_.due(now())) {
-        return;  // one alert a minute is enough to wake someone; the log has every failure
+        // One alert a minute is enough to wake someone; the log has every failure. But one
+        // after a resolve in the same minute is a new incident: held for the tick to page
+        // once due, or on-call sees it resolved while holds are refused.
+        if (!store_paged_) {
+            store_page_held_ = message;
+        }
+        return;
     }
+    page_store_trouble(*dispatcher, message);
+}
+
+void server::page_store_trouble(alerts::dispatcher& dispatcher, const std::string& message) {
+    store_page_held_.clear();
     alerts::alert a;
     a.event = "store_trouble";
     a.severity = "sev1";
@@ -1367,8 +1378,23 @@ void server::report_store_trouble(store_part part, const std::string& message) {
     a.summary = "breakerbox cannot write its store (" + store_path + "): " + message;
     a.dedup_key = "store:" + store_path;
     a.reason = message;
-    dispatcher->publish(a);
+    dispatcher.publish(a);
     store_paged_ = true;
+}
+
+void server::report_held_store_trouble() {
+    std::lock_guard lock{store_page_mu_};
+    if (store_page_held_.empty()) {
+        return;
+    }
+    if (store_failing_.load(std::memory_order_relaxed) == 0 || store_paged_) {
+        store_page_held_.clear();  // it writes again, or a page went out since
+        return;
+    }
+    const auto dispatcher = alerts();
+    if (dispatcher && store_alerted_.due(now())) {
+        page_store_trouble(*dispatcher, std::string{store_page_held_});
+    }
 }
 
 void server::store_writes_again(store_part part) {
@@ -2443,6 +2469,7 @@ int server::run() {
                 report_alert_losses();
                 report_denials();
                 report_storms();
+                report_held_store_trouble();
             }
             // The counts of caps and baselines, for a restart (at most a second behind; also
             // while draining: a supervisor's kill at the end of its grace period must not

@@ -556,6 +556,12 @@ private:
     std::atomic<unsigned> store_failing_{0};  // store_part bits whose last write failed
     std::mutex store_page_mu_;
     bool store_paged_ = false;  // a store_trouble trigger went out and was not resolved; under store_page_mu_
+    // A failure held back by the minute while nothing was paged (the last page resolved):
+    // the control tick pages it once due if the store still fails (report_held_store_trouble).
+    std::string store_page_held_;  // under store_page_mu_
+    void report_held_store_trouble();
+    // Under store_page_mu_.
+    void page_store_trouble(alerts::dispatcher& dispatcher, const std::string& message);
     std::unique_ptr<class admin_server> admin_;
     mutable std::mutex admin_counts_mu_;
     std::map<std::pair<std::string, unsigned>, std::uint64_t> admin_counts_;

@@ -1876,6 +1876,23 @@ TEST(alerts, store_trouble_is_resolved_when_every_failed_part_writes_again) {
     ASSERT_EQ(reqs.size(), 3u);
     EXPECT_NE(reqs[2].req.body().find("disk full once more"), std::string::npos) << reqs[2].req.body();
     EXPECT_EQ(reqs[2].req.body().find("\"resolve\":true"), std::string::npos) << reqs[2].req.body();
+    // Resolved, then failing again within the minute with no write since: a new incident,
+    // paged by the control tick once the minute is up (it was never paged: on-call saw it
+    // resolved while holds were refused).
+    srv.store_writes_again(part::holds);
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    ASSERT_EQ(hook.request_count(), 4u) << "the resolve";
+    clock.advance(5s);
+    srv.report_store_trouble(part::holds, "disk full at last");
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    EXPECT_EQ(hook.request_count(), 4u) << "held by the minute";
+    clock.advance(61s);
+    EXPECT_TRUE(bb::test::wait_until([&] { return hook.request_count() >= 5u; }, 3000)) << "never paged";
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    reqs = hook.requests();
+    ASSERT_EQ(reqs.size(), 5u);
+    EXPECT_NE(reqs[4].req.body().find("disk full at last"), std::string::npos) << reqs[4].req.body();
+    EXPECT_EQ(reqs[4].req.body().find("\"resolve\":true"), std::string::npos) << reqs[4].req.body();
 }
 
 // An operator's trip of a breaker that resets by itself holds as forced_open; its reset ends

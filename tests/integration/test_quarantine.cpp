@@ -72,17 +72,6 @@ response send_mail(std::uint16_t port, const std::string& campaign, const std::s
 
 // Holds `n` requests of campaign "c" (bodies {"to":[1],"n":i}, told apart), appending their
 // tickets; a request not held (not 202) fails the test there.
-// Whether `done()` holds within about `ms` milliseconds: polls the condition, never waits
-// for a time to pass when it holds.
-template <class Done>
-bool wait_until(Done&& done, int ms) {
-    for (int i = 0; i < ms && !done(); ++i) {
-        pollfd none{};
-        ::poll(&none, 0, 1);
-    }
-    return done();
-}
-
 void hold_numbered(std::uint16_t port, int n, std::vector<std::string>& tickets) {
     for (int i = 0; i < n; ++i) {
         auto res = send_mail(port, "c", "{\"to\":[1],\"n\":" + std::to_string(i) + "}");

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <poll.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -84,6 +86,17 @@ inline std::string make_config(const std::string& upstream_url, const std::strin
 
 inline std::string local_url(std::uint16_t port) {
     return "http://127.0.0.1:" + std::to_string(port);
+}
+
+// Whether `done()` holds within about `ms` milliseconds: polls the condition, never waits
+// for a time to pass when it holds (for what a server's own 1 s control tick does).
+template <class Done>
+bool wait_until(Done&& done, int ms) {
+    for (int i = 0; i < ms && !done(); ++i) {
+        pollfd none{};
+        ::poll(&none, 0, 1);
+    }
+    return done();
 }
 
 }  // namespace bb::test
