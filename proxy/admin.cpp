@@ -146,6 +146,9 @@ std::string breaker_json(const breakers::instance_snapshot& s, const config& cfg
     o += ",\"breaker\":" + q(s.breaker);
     o += ",\"key\":" + q(s.key);
     o += ",\"action\":" + q(b ? breakers::to_string(b->act) : std::string_view{"pause"});
+    // PRODUCT.md's breaker view: its scope, as configured (`key`: one instance per key
+    // value; `breaker`: one for all), so a client can tell which breakers take a key.
+    o += ",\"scope\":" + q(b != nullptr && b->per_key ? "key" : "breaker");
     o += ",\"state\":" + q(breakers::to_string(s.st));
     o += ",\"mode\":" + q(breakers::to_string(s.md));
     o += ",\"mode_expires_at\":" + (s.mode_expires ? std::to_string(to_wall_ms(*s.mode_expires, c)) : "null");

@@ -184,6 +184,15 @@ TEST(admin_api, a_client_that_leaves_mid_body_is_counted) {
         << log;
 }
 
+// The breaker view says its scope (PRODUCT.md): which breakers take a key.
+TEST(admin_api, a_breaker_says_its_scope) {
+    admin_fixture f;
+    const auto keyed = admin(f.port(), http::verb::get, "/v1/breakers/campaign-volume", "view-token");
+    EXPECT_NE(keyed.body().find("\"scope\":\"key\""), std::string::npos) << keyed.body();
+    const auto wide = admin(f.port(), http::verb::get, "/v1/breakers/held", "view-token");
+    EXPECT_NE(wide.body().find("\"scope\":\"breaker\""), std::string::npos) << wide.body();
+}
+
 TEST(admin_api, health_and_readiness_need_no_token) {
     admin_fixture f;
     EXPECT_EQ(admin(f.port(), http::verb::get, "/healthz", "").result_int(), 200u);
