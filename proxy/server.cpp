@@ -2034,9 +2034,20 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
                    cfg_->admin.port != cfg->admin.port || cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
             warnings.push_back("admin.address and whether the admin API uses TLS are fixed until restart; the new "
                                "values were not applied (its tokens, client certificates and TLS files were)");
+            // The running config says what runs: the address it listens on, and its TLS
+            // settings while it serves TLS (a SIGHUP re-reads those files), or none.
+            auto& a = patch()->admin;
+            a.enabled = cfg_->admin.enabled;
+            a.host = cfg_->admin.host;
+            a.port = cfg_->admin.port;
+            if (cfg_->admin.tls.has_value() != cfg->admin.tls.has_value()) {
+                a.tls = cfg_->admin.tls;
+            }
         }
         if (cfg_->log.level != cfg->log.level || cfg_->log.access_log != cfg->log.access_log) {
             warnings.push_back("log.level and log.access_log are fixed until restart; the new values were not applied");
+            patch()->log.level = cfg_->log.level;
+            patch()->log.access_log = cfg_->log.access_log;
         }
         if (patched) {
             effective = patched;

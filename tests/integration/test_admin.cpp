@@ -390,6 +390,28 @@ TEST(admin_api, removing_the_admin_section_does_not_lock_operators_out) {
         << "the running admin API lost its tokens";
 }
 
+// Settings fixed until restart keep their running values in the running config: it says
+// what runs (the admin API's address, the log settings), not what was asked for.
+TEST(admin_api, settings_fixed_until_restart_keep_their_running_values) {
+    admin_fixture f;
+    const auto before = f.bb.server().current_config();
+    std::string next = admin_config(f.up.port(), f.dir);
+    const std::string addr = "\"address\": \"127.0.0.1:0\", \"tokens\"";
+    ASSERT_NE(next.find(addr), std::string::npos);
+    next.replace(next.find(addr), addr.size(), "\"address\": \"127.0.0.1:9\", \"tokens\"");
+    const std::string level = "\"level\": \"warn\"";
+    ASSERT_NE(next.find(level), std::string::npos);
+    next.replace(next.find(level), level.size(), "\"level\": \"debug\"");
+    auto parsed = bb::parse_config(next);
+    ASSERT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+    const auto warnings = f.bb.server().apply_config(parsed.cfg);
+    EXPECT_TRUE(std::any_of(warnings.begin(), warnings.end(),
+                            [](const std::string& w) { return w.find("admin.address") == 0; }));
+    const auto now = f.bb.server().current_config();
+    EXPECT_EQ(now->admin.port, before->admin.port);
+    EXPECT_EQ(now->log.level, before->log.level);
+}
+
 // log.access_log is opened at the next start: a file this process could not create or write
 // is refused now, naming the field, not found when the restart fails.
 TEST(admin_api, an_access_log_the_next_start_could_not_open_is_refused) {
