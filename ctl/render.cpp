@@ -407,6 +407,11 @@ std::optional<rendered> render_breaker(std::string_view body) {
     auto doc = parse(p, body);
     auto b = doc ? object_member(*doc, "breaker") : std::nullopt;
     if (!b) {
+        // `"breaker": null`: an instance that is not in memory (a reset or a mode of auto
+        // on a key that is closed, after a restart): nothing to do, done.
+        if (const auto v = doc ? member(*doc, "breaker") : std::nullopt; v && v->is_null()) {
+            return rendered{"closed: no instance of it is open (nothing to change)\n", true, {}};
+        }
         return std::nullopt;
     }
     details d;

@@ -509,6 +509,13 @@ TEST(CtlExecute, AnActWithoutItsResultIsAFailure) {
         EXPECT_NE(r.err.find("without the result"), std::string::npos) << r.err;
     }
     EXPECT_EQ(run_fake({"breakers"}, empty).code, exit_ok);
+    // A reset of an instance that is not in memory (closed, after a restart) is answered
+    // {"breaker":null}: done, nothing to change.
+    auto none = run_fake({"reset", "b/k", "--reason", "r"}, [](const http_request&) {
+        return http_result{http_response{200, "application/json", "{\"breaker\":null}\n"}, {}};
+    });
+    EXPECT_EQ(none.code, exit_ok) << none.err;
+    EXPECT_NE(none.out.find("closed"), std::string::npos) << none.out;
 }
 
 // Strings from the server cannot drive the operator's terminal: C1 controls (U+009B is CSI)
