@@ -149,9 +149,12 @@ public:
                 // interval holds in half-open too (probes came on top of R). With no slot
                 // free it waits as the others do. (R of 0 admits nothing, probes aside, or
                 // the breaker could never close.)
-                if (cfg_.act == action::throttle && cfg_.throttle.requests > 0 && !take_throttle_slot(now, a.retry_after)) {
-                    a.v = admission::verdict::contain;
-                    return a;
+                if (cfg_.act == action::throttle && cfg_.throttle.requests > 0) {
+                    if (!take_throttle_slot(now, a.retry_after)) {
+                        a.v = admission::verdict::contain;
+                        return a;
+                    }
+                    a.slot_taken = true;
                 }
                 ++issued_;
                 last_probe_at_ = now;
@@ -223,7 +226,9 @@ public:
         // an upstream slower than the cooldown, every probe of it a success, would stay
         // half-open, refusing all other traffic, for as long as it is slow). One of an
         // earlier half-open period, before the breaker reopened, decides nothing now.
-        if (round != 0 && round != round_ && round < period_round_) {
+        // (Nor one numbered past this instance's rounds: a round of the instance a reload
+        // handed this one over from, whose numbering this one did not carry on.)
+        if (round != 0 && round != round_ && (round < period_round_ || round > round_)) {
             return;
         }
         if (success) {
@@ -268,6 +273,7 @@ public:
     // Back to closed+automatic with the base cooldown: "make it normal again".
     void reset(trip_cause cause, time_point now) {
         shadow_until_.reset();
+        auto_chosen_ = false;  // the incident is over: what the operator chose for it too
         mode_expires_.reset();
         cooldown_ = cfg_.cooldown;
         if (st_ != state::closed || md_ != mode::automatic) {
@@ -291,6 +297,8 @@ public:
         // back that choice, not the hold of the trip before it.
         if (m == mode::automatic) {
             auto_chosen_ = true;
+        } else if (m == mode::forced_open) {
+            auto_chosen_ = false;  // a new hold by hand
         }
         const bool trips = m == mode::forced_open && md_ != mode::forced_open;
         change(st_, m, std::move(cause), now, trips);
@@ -1103,9 +1111,11 @@ breaker_registry::trip_result breaker_registry::trip(std::string_view breaker_id
         r.adm.would_contain = true;
         return r;
     }
-    if (holds_slot && !r.opened && s->cfg.act == action::throttle) {
+    if (holds_slot && s->cfg.act == action::throttle) {
         // Through on the slot it took before the rules ran (a second one would halve the
-        // rate while the rule stays broken, and refuse a request that had its slot).
+        // rate while the rule stays broken, and refuse a request that had its slot): also
+        // when its own violation reopened a half-open breaker (a probe, or a request
+        // throttled there).
         r.adm.v = admission::verdict::allow;
         r.adm.act = action::throttle;
         r.adm.throttled = true;

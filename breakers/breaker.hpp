@@ -116,6 +116,8 @@ struct admission {
     bool would_contain = false;         // forced_closed / metrics_only: what auto would have done
     milliseconds retry_after{0};        // for pause (remaining cooldown) and throttle (next slot)
     bool throttled = false;             // allow only because a throttle slot was taken (act == throttle)
+    bool slot_taken = false;            // probe of a throttle breaker: it took one of the R slots (pass
+                                        // holds_slot to trip(), as for `throttled`)
     std::uint64_t probe_round = 0;      // probe: pass back to probe_result() so a late report from
                                         // an earlier half-open round is not counted
     // probe of a key whose breaker-wide instance is half-open too: the request is the wide

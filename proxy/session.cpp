@@ -2257,7 +2257,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                         asked_wide.push_back(b->id);
                     }
                     auto adm = registry.admit(asked.back(), now, !wide_asked);
-                    if (adm.throttled) {
+                    if (adm.throttled || adm.slot_taken) {
                         throttle_slots.push_back(adm.instance);
                     }
                     if (!admit(adm, r.id)) {

@@ -382,6 +382,12 @@ TEST_F(registry_test, a_bypass_ending_keeps_the_auto_an_operator_chose_after_the
     ASSERT_TRUE(reg().set_mode("b", mode::forced_closed, 5min, "bob", "one batch", now()));
     clock_.advance(5min);
     EXPECT_EQ(reg().get("b", now())->md, mode::forced_open);
+    // So is a hold set as a mode, after auto was chosen once more.
+    ASSERT_TRUE(reg().set_mode("b", mode::automatic, std::nullopt, "bob", "recover", now()));
+    ASSERT_TRUE(reg().set_mode("b", mode::forced_open, std::nullopt, "bob", "hold", now()));
+    ASSERT_TRUE(reg().set_mode("b", mode::forced_closed, 5min, "bob", "one batch", now()));
+    clock_.advance(5min);
+    EXPECT_EQ(reg().get("b", now())->md, mode::forced_open) << "the operator's later hold was let go";
 }
 
 TEST_F(registry_test, tick_reports_due_transitions_without_traffic) {

@@ -117,6 +117,27 @@ TEST_F(registry_test, throttle_in_half_open_probes_first) {
     EXPECT_TRUE(reg().admit("crm-writes", now()).throttled);
 }
 
+// A probe whose own request breaks the rule again reopens the breaker and goes through on
+// the slot it took, not on a second one (which would halve the rate while the rule stays
+// broken, or refuse it with R of 1).
+TEST_F(registry_test, a_throttle_probe_that_reopens_the_breaker_uses_its_own_slot) {
+    auto b = throttle_config_of(2, 1s);
+    b.reset = reset_policy::automatic;
+    b.cooldown = 10s;
+    make({b});
+    reg().trip("crm-writes", "", rule_cause(), now());
+    clock_.advance(10s);
+    const auto probe = reg().admit("crm-writes", now());
+    ASSERT_EQ(probe.v, verdict::probe);
+    EXPECT_TRUE(probe.slot_taken);
+    const auto tr = reg().trip("crm-writes", "", rule_cause(), now(), true);
+    EXPECT_TRUE(tr.opened);
+    EXPECT_EQ(tr.adm.v, verdict::allow);
+    EXPECT_TRUE(tr.adm.throttled);
+    EXPECT_TRUE(reg().admit("crm-writes", now()).throttled) << "the second slot is still free";
+    EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::contain);
+}
+
 // A probe finds no slot free (taken just before the cooldown ended): it waits as others do,
 // and is let through, as the probe, once one frees.
 TEST_F(registry_test, throttle_in_half_open_probes_within_r) {
