@@ -2178,8 +2178,10 @@ void engine::forget_response_counts(std::string_view breaker, std::optional<std:
         rule_meter& meter = *meters_[r.index];
         if (!key) {
             meter.for_each_slot([&](std::string_view, meter_slot& slot) { clear(slot); });
-        } else {
-            meter.with_existing_slot(*key, [&](meter_slot& slot, bool) { clear(slot); });
+        } else if (!meter.with_existing_slot(*key, [&](meter_slot& slot, bool) { clear(slot); })) {
+            // A key past max_keys is counted in the overflow slot (and a slot made for it
+            // later starts as a copy of that one): what tripped this instance is there.
+            meter.with_overflow_slot([&](meter_slot& slot, bool) { clear(slot); });
         }
     }
 }
