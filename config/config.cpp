@@ -454,6 +454,9 @@ void parse_routes(cfg::object_reader& root, config& c) {
 bool route_covers(const route_config& a, const route_config& b, bool forward_proxy) {
     const auto& am = a.match;
     const auto& bm = b.match;
+    if (am.path.empty() && am.path_prefix.empty()) {
+        return false;  // its match could not be read (an error of its own): it covers nothing
+    }
     const bool same_host = rules::iequals(am.host, bm.host);
     if (!(am.host.empty() && !forward_proxy) && !(same_host && (!forward_proxy || a.upstream == b.upstream))) {
         return false;
@@ -938,7 +941,9 @@ void parse_admin(cfg::object_reader& root, config& c) {
     std::set<std::string> digests;
     std::set<std::pair<std::string, std::string>> certs;  // (subject_cn, pin or "")
     std::set<std::string> unpinned;                       // subject_cns with an entry that takes any certificate
-    std::map<std::string, admin_role> cert_names;         // a name may take several certificates (a rotation), one role
+    // A name is one actor with one role: several certificates (a rotation) or a token and a
+    // certificate (a person's CLI and browser) may share it, with the same role.
+    std::map<std::string, admin_role> roles;
     each_item(r, "tokens", !r.has("client_certs"), [&](simdjson::dom::element t, const std::string& path) {
         cfg::object_reader tr{t, path, root.errs()};
         admin_token tok;
@@ -966,6 +971,7 @@ void parse_admin(cfg::object_reader& root, config& c) {
                 tr.errs().add(tr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
             }
         }
+        roles.emplace(tok.name, tok.role);
         tr.finish();
         c.admin.tokens.push_back(std::move(tok));
     });
@@ -1006,13 +1012,10 @@ void parse_admin(cfg::object_reader& root, config& c) {
                 cr.errs().add(cr.path_of("role"), cfg::quote(*v) + " is not a role (viewer, operator, admin)");
             }
         }
-        if (names.count(cc.name) != 0) {
-            cr.errs().add_since_stored(cr.path_of("name"), cfg::quote(cc.name) + " is used by a token: the audit log "
-                                                                                 "could not tell the two apart");
-        } else if (auto [it, fresh] = cert_names.emplace(cc.name, cc.role); !fresh && it->second != cc.role) {
+        if (auto [it, fresh] = roles.emplace(cc.name, cc.role); !fresh && it->second != cc.role) {
             cr.errs().add_since_stored(cr.path_of("name"),
-                                       cfg::quote(cc.name) + " is used by an earlier entry with another role: the "
-                                                             "audit log could not tell which role acted");
+                                       cfg::quote(cc.name) + " is used by an earlier token or certificate with another "
+                                                             "role: the audit log could not tell which role acted");
         }
         std::string pin;
         if (cc.cert_sha256) {
@@ -1472,7 +1475,7 @@ parse_result parse_config(std::string_view json_text, bool stored) {
             }
         }
         for (const auto& e : out.errors.relaxed()) {
-            out.warnings.push_back(e.to_string() + " (kept: this version was stored before the check; the next "
+            out.warnings.push_back(e.to_string() + " (kept: this config was written before the check; the next "
                                                    "config applied must mend it)");
         }
         c->source_json = std::string{json_text};

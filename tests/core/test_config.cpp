@@ -312,18 +312,23 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     EXPECT_EQ(ce.find("client_certs[1]"), std::string::npos) << ce;
     EXPECT_EQ(ce.find("client_certs[2]"), std::string::npos) << ce;
     EXPECT_EQ(ce.find("client_certs[0]"), std::string::npos) << ce;
-    // Names are the audit's actors: one name is one role, and a token's name is its own.
+    // Names are the audit's actors: one name is one role (a token and a certificate of one
+    // person may share it, with the same role).
     auto n = parse_config(base(R"(, "admin": {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key",
         "client_ca_file": "/nonexistent.ca"},
-        "tokens": [{"name": "alice", "sha256": ")" + key + R"(", "role": "viewer"}],
+        "tokens": [{"name": "alice", "sha256": ")" + key + R"(", "role": "viewer"},
+                   {"name": "dave", "sha256": ")" + std::string(64, 'd') + R"(", "role": "operator"}],
         "client_certs": [{"name": "alice", "subject_cn": "bob", "role": "admin"},
                          {"name": "carol", "subject_cn": "carol", "cert_sha256": ")" + key + R"(", "role": "viewer"},
-                         {"name": "carol", "subject_cn": "carol", "role": "admin"}]})"));
+                         {"name": "carol", "subject_cn": "carol", "role": "admin"},
+                         {"name": "dave", "subject_cn": "dave", "role": "operator"}]})"));
     const auto ne = all_errors(n);
-    EXPECT_NE(ne.find("admin.client_certs[0].name: \"alice\" is used by a token"), std::string::npos) << ne;
-    EXPECT_NE(ne.find("admin.client_certs[2].name: \"carol\" is used by an earlier entry with another role"),
+    EXPECT_NE(ne.find("admin.client_certs[0].name: \"alice\" is used by an earlier token or certificate with another role"),
+              std::string::npos) << ne;
+    EXPECT_NE(ne.find("admin.client_certs[2].name: \"carol\" is used by an earlier token or certificate with another role"),
               std::string::npos) << ne;
     EXPECT_EQ(ne.find("client_certs[1]"), std::string::npos) << ne;
+    EXPECT_EQ(ne.find("client_certs[3]"), std::string::npos) << "same person, same role: " << ne;
     // A version stored before these checks is read back with warnings, as it ran then: a
     // start does not drop an operator's change for the file.
     const std::string stored_text = base(R"(, "breakers": [{"id": "c", "action": "pause", "cooldown": "1h", "max_cooldown": "1m",
@@ -340,7 +345,7 @@ TEST(config, settings_that_would_do_nothing_or_the_opposite_are_refused) {
     EXPECT_NE(warned.find("rules: must be an array, not null"), std::string::npos) << warned;
     EXPECT_NE(warned.find("breakers[1].cooldown: \"4000d\" is too long"), std::string::npos) << warned;
     EXPECT_EQ(stored.cfg->find_breaker("d")->cooldown, bb::cfg::max_duration) << "kept, at the bound";
-    EXPECT_NE(warned.find("(kept: this version was stored before the check"), std::string::npos) << warned;
+    EXPECT_NE(warned.find("(kept: this config was written before the check"), std::string::npos) << warned;
     // The longest duration still reads, and every unit stays exact.
     EXPECT_EQ(bb::cfg::parse_duration("3650d"), bb::cfg::max_duration);
     EXPECT_EQ(bb::cfg::parse_duration("999999999999d"), std::chrono::milliseconds::max());
