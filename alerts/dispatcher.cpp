@@ -7,6 +7,7 @@
 // one mutex, held only for O(sinks) bookkeeping and never across I/O. Timers, TLS contexts
 // and the random source are touched only on the alerts thread.
 #include "alerts/alerts.hpp"
+#include "core/url_decode.hpp"
 #include "core/file.hpp"
 #include "core/read_limits.hpp"
 #include "core/tls_policy.hpp"
@@ -86,18 +87,24 @@ std::string quotable_body(const sink_config& cfg, std::string_view body) {
         }
     }
     // Its parts alone too: a receiver quotes what it judged, not the whole URL or header
-    // ("invalid token s3cr3t" for ?token=s3cr3t, "abc" for `Token token=abc`), and a JSON
-    // error body writes a path's slashes as \/. Pieces are cut at the URL's and the header
-    // syntax's separators; pieces under 6 bytes are left (words such as "hook").
-    auto scrub_pieces = [&](std::string_view text, std::string_view separators) {
-        for (std::size_t start = 0; start <= text.size();) {
+    // ("invalid token s3cr3t" for ?token=s3cr3t, decoded; "abc" for `Token token=abc`),
+    // and a JSON error body writes a path's slashes as \/. Only the parts that hold
+    // credentials: a query's values, path segments that look like a key (a digit in them,
+    // or 20 bytes and more: Slack's /services/T.../B.../XXXX), a header's value after its
+    // scheme word; not words such as "alerts", "webhook" or "Bearer", which a receiver's
+    // error message needs. Pieces under 6 bytes are left too.
+    auto piece = [&](std::string_view p) {
+        if (p.size() >= 6) {
+            scrub(p);
+        }
+    };
+    auto split = [](std::string_view text, std::string_view separators, auto&& f) {
+        for (std::size_t start = 0, i = 0; start <= text.size(); ++i) {
             auto end = text.find_first_of(separators, start);
             if (end == std::string_view::npos) {
                 end = text.size();
             }
-            if (end - start >= 6) {
-                scrub(text.substr(start, end - start));
-            }
+            f(text.substr(start, end - start), i);
             start = end + 1;
         }
     };
@@ -111,13 +118,31 @@ std::string quotable_body(const sink_config& cfg, std::string_view body) {
             if (rest.size() > 8) {
                 scrub(escaped);
             }
-            scrub_pieces(rest, "/?&=#;");
+            const auto q = rest.find_first_of("?#");
+            split(rest.substr(0, q), "/;", [&](std::string_view seg, std::size_t) {
+                if (seg.size() >= 20 || std::any_of(seg.begin(), seg.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+                    piece(seg);
+                }
+            });
+            if (q != std::string_view::npos) {
+                split(rest.substr(q + 1), "&#", [&](std::string_view pair, std::size_t) {
+                    if (const auto eq = pair.find('='); eq != std::string_view::npos) {
+                        piece(pair.substr(eq + 1));
+                        piece(url_decode(pair.substr(eq + 1)));
+                    }
+                });
+            }
         }
     }
     scrub(cfg.routing_key);
     for (const auto& [name, value] : cfg.headers) {
         scrub(value);
-        scrub_pieces(value, " =,;:\"");  // "Bearer T", "Token token=T": T alone too
+        // "Bearer T", "Token token=T": T alone too, not the scheme word before it.
+        split(value, " =,;:\"", [&](std::string_view p, std::size_t i) {
+            if (i > 0) {
+                piece(p);
+            }
+        });
     }
     if (out.size() > error_body_quote) {
         out.resize(error_body_quote);

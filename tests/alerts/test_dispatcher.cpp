@@ -254,19 +254,22 @@ TEST(AlertsDispatcher, AnEchoedSecretIsNotQuoted) {
 TEST(AlertsDispatcher, AnEchoedPartOfASecretIsNotQuoted) {
     fake_receiver rx{[](std::size_t, const webhook_request&) {
         return bb::test::reply(401, R"({"error":"invalid token s3cr3t-value","key":"abcdef123456",)"
-                                    R"("path":"\/hooks\/T0001\/XXXXSECRETPATH?token=s3cr3t-value"})");
+                                    R"("path":"\/hooks\/T0001\/XXXXSECRET9PATH?token=s3cr3t-value","sig":"ab+cd/ef==",)"
+                                    R"("hint":"Bearer hooks need a token"})");
     }};
     auto sink = webhook_sink(rx);
-    sink.url += "hooks/T0001/XXXXSECRETPATH?token=s3cr3t-value";
+    sink.url += "hooks/T0001/XXXXSECRET9PATH?token=s3cr3t-value&sig=ab%2Bcd%2Fef%3D%3D";
     sink.headers.emplace_back("Authorization", "Token token=abcdef123456");
     dispatcher d{quick({sink})};
     d.publish(make_alert());
     ASSERT_TRUE(d.flush(5s));
     const auto st = d.stats()[0];
-    for (const char* secret : {"s3cr3t-value", "abcdef123456", "XXXXSECRETPATH"}) {
+    for (const char* secret : {"s3cr3t-value", "abcdef123456", "XXXXSECRET9PATH", "ab+cd/ef=="}) {
         EXPECT_EQ(st.last_error.find(secret), std::string::npos) << secret << ": " << st.last_error;
     }
     EXPECT_NE(st.last_error.find("invalid token [redacted]"), std::string::npos) << st.last_error;
+    // Words of the URL and the header's scheme are no secrets: the message stays readable.
+    EXPECT_NE(st.last_error.find("Bearer hooks need a token"), std::string::npos) << st.last_error;
 }
 
 TEST(AlertsDispatcher, ConnectionRefusedIsRetriedThenFails) {
