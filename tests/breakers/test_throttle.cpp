@@ -100,12 +100,21 @@ TEST_F(registry_test, throttle_window_slides) {
     EXPECT_EQ(a.retry_after, 300ms);
 }
 
-TEST_F(registry_test, throttle_in_half_open_probes_first) {
-    auto b = throttle_config_of(1, 1s);
-    b.reset = reset_policy::automatic;
-    b.cooldown = 10s;
-    make({b});
-    reg().trip("crm-writes", "", rule_cause(), now());
+// A throttle breaker of `requests` a second that resets by itself, tripped: half-open once
+// its 10 s cooldown is over.
+class throttle_tripped : public registry_test {
+protected:
+    void trip_self_resetting(std::uint32_t requests) {
+        auto b = throttle_config_of(requests, 1s);
+        b.reset = reset_policy::automatic;
+        b.cooldown = 10s;
+        make({b});
+        reg().trip("crm-writes", "", rule_cause(), now());
+    }
+};
+
+TEST_F(throttle_tripped, throttle_in_half_open_probes_first) {
+    trip_self_resetting(1);
     clock_.advance(10s);
     EXPECT_EQ(reg().admit("crm-writes", now()).v, verdict::probe);
     // The probe took the interval's one slot: R per interval holds in half-open too (it
@@ -120,12 +129,8 @@ TEST_F(registry_test, throttle_in_half_open_probes_first) {
 // A probe whose own request breaks the rule again reopens the breaker and goes through on
 // the slot it took, not on a second one (which would halve the rate while the rule stays
 // broken, or refuse it with R of 1).
-TEST_F(registry_test, a_throttle_probe_that_reopens_the_breaker_uses_its_own_slot) {
-    auto b = throttle_config_of(2, 1s);
-    b.reset = reset_policy::automatic;
-    b.cooldown = 10s;
-    make({b});
-    reg().trip("crm-writes", "", rule_cause(), now());
+TEST_F(throttle_tripped, a_throttle_probe_that_reopens_the_breaker_uses_its_own_slot) {
+    trip_self_resetting(2);
     clock_.advance(10s);
     const auto probe = reg().admit("crm-writes", now());
     ASSERT_EQ(probe.v, verdict::probe);
@@ -140,12 +145,8 @@ TEST_F(registry_test, a_throttle_probe_that_reopens_the_breaker_uses_its_own_slo
 
 // A probe finds no slot free (taken just before the cooldown ended): it waits as others do,
 // and is let through, as the probe, once one frees.
-TEST_F(registry_test, throttle_in_half_open_probes_within_r) {
-    auto b = throttle_config_of(1, 1s);
-    b.reset = reset_policy::automatic;
-    b.cooldown = 10s;
-    make({b});
-    reg().trip("crm-writes", "", rule_cause(), now());
+TEST_F(throttle_tripped, throttle_in_half_open_probes_within_r) {
+    trip_self_resetting(1);
     clock_.advance(9500ms);
     EXPECT_TRUE(reg().admit("crm-writes", now()).throttled) << "open: throttled";
     clock_.advance(500ms);

@@ -2308,70 +2308,66 @@ TEST(alerts, a_breaker_restored_open_pages_again_at_start) {
     EXPECT_NE(pager.requests()[11].req.body().find("\"event\":\"breaker_tripped\""), std::string::npos);
 }
 
+// Fourteen per-key instances tripped by a process with no sinks, then restored open by a
+// start with a webhook and a chat sink: ten told one by one, four in one storm alert.
+struct restored_storm {
+    static constexpr int instances = 14;
+    fake_upstream up{[](const request&) { return respond(202, ""); }};
+    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
+    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
+    const std::string dir = temp_dir();
+    const std::string sinks = webhook_sink("hook", hook.port()) +
+                              R"(, {"name": "chat", "type": "slack", "url": "http://127.0.0.1:)" +
+                              std::to_string(chat.port()) + R"(/chat"})";
+    std::unique_ptr<proxy_instance> bb;
+
+    restored_storm() {
+        {
+            proxy_instance first{guarded_config(up.port(), dir, pause_manual, 5)};
+            for (int i = 0; i < instances; ++i) {
+                raw_client c{first.port()};
+                c.send(mail(10, "campaign-" + std::to_string(i)));
+                EXPECT_EQ(c.read_response().result_int(), 503u) << i;
+            }
+        }
+        bb = std::make_unique<proxy_instance>(with_alerts(guarded_config(up.port(), dir, pause_manual, 5), sinks));
+        EXPECT_TRUE(bb->server().alerts()->flush(5s));
+        EXPECT_EQ(chat.request_count(), 11u) << "ten one by one, one for the other four";
+    }
+};
+
 // A storm restored open closes: every instance's resolve goes to the webhook (an incident
 // its trip opened before the restart may still be open there), but a chat sink gets a line
 // only for the instances it was told of one by one at the start, not one per instance of
 // the storm counted in one alert.
 TEST(alerts, a_restored_storm_closing_does_not_flood_chat) {
-    fake_upstream up{[](const request&) { return respond(202, ""); }};
-    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
-    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
-    const auto dir = temp_dir();
-    constexpr int instances = 14;
-    {
-        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
-        for (int i = 0; i < instances; ++i) {
-            raw_client c{bb.port()};
-            c.send(mail(10, "campaign-" + std::to_string(i)));
-            ASSERT_EQ(c.read_response().result_int(), 503u) << i;
-        }
-    }
-    proxy_instance bb{with_alerts(guarded_config(up.port(), dir, pause_manual, 5),
-                                  webhook_sink("hook", hook.port()) + R"(, {"name": "chat", "type": "slack", "url": "http://127.0.0.1:)" +
-                                      std::to_string(chat.port()) + R"(/chat"})")};
-    ASSERT_TRUE(bb.server().alerts()->flush(5s));
-    ASSERT_EQ(chat.request_count(), 11u) << "ten one by one, one for the other four";
-    for (const auto& b : bb.server().breakers()->snapshot(bb.server().now())) {
+    restored_storm s;
+    auto& srv = s.bb->server();
+    for (const auto& b : srv.breakers()->snapshot(srv.now())) {
         if (b.instance != b.breaker && b.containing()) {
-            ASSERT_TRUE(bb.server().breakers()->reset(b.instance, "ops", "false alarm", bb.server().now())) << b.instance;
+            ASSERT_TRUE(srv.breakers()->reset(b.instance, "ops", "false alarm", srv.now())) << b.instance;
         }
     }
-    ASSERT_TRUE(bb.server().alerts()->flush(5s));
-    EXPECT_EQ(hook.request_count(), 11u + instances) << "a resolve per instance";
-    EXPECT_EQ(chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    EXPECT_EQ(s.hook.request_count(), 11u + restored_storm::instances) << "a resolve per instance";
+    EXPECT_EQ(s.chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
 }
 
 // The same storm's breaker dropped by a reload: its instances' resolves follow the same
 // rule (they went to every chat sink, one line each, behind which a sev1 would wait).
 TEST(alerts, a_restored_storm_dropped_by_a_reload_does_not_flood_chat) {
-    fake_upstream up{[](const request&) { return respond(202, ""); }};
-    fake_upstream hook{[](const request&) { return respond(200, "ok"); }};
-    fake_upstream chat{[](const request&) { return respond(200, "ok"); }};
-    const auto dir = temp_dir();
-    constexpr int instances = 14;
-    {
-        proxy_instance bb{guarded_config(up.port(), dir, pause_manual, 5)};
-        for (int i = 0; i < instances; ++i) {
-            raw_client c{bb.port()};
-            c.send(mail(10, "campaign-" + std::to_string(i)));
-            ASSERT_EQ(c.read_response().result_int(), 503u) << i;
-        }
-    }
-    const std::string sinks = webhook_sink("hook", hook.port()) + R"(, {"name": "chat", "type": "slack", "url": "http://127.0.0.1:)" +
-                              std::to_string(chat.port()) + R"(/chat"})";
-    proxy_instance bb{with_alerts(guarded_config(up.port(), dir, pause_manual, 5), sinks)};
-    ASSERT_TRUE(bb.server().alerts()->flush(5s));
-    ASSERT_EQ(chat.request_count(), 11u) << "ten one by one, one for the other four";
-    std::string renamed = with_alerts(guarded_config(up.port(), dir, pause_manual, 5), sinks);
+    restored_storm s;
+    std::string renamed = with_alerts(guarded_config(s.up.port(), s.dir, pause_manual, 5), s.sinks);
     for (auto at = renamed.find("\"campaign-volume\""); at != std::string::npos; at = renamed.find("\"campaign-volume\"")) {
         renamed.replace(at, 17, "\"campaign-volume-2\"");
     }
     auto next = bb::parse_config(renamed);
     ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
-    bb.server().apply_config(next.cfg);
-    ASSERT_TRUE(bb.server().alerts()->flush(5s));
-    EXPECT_EQ(hook.request_count(), 11u + instances) << "a resolve per instance";
-    EXPECT_EQ(chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
+    auto& srv = s.bb->server();
+    srv.apply_config(next.cfg);
+    ASSERT_TRUE(srv.alerts()->flush(5s));
+    EXPECT_EQ(s.hook.request_count(), 11u + restored_storm::instances) << "a resolve per instance";
+    EXPECT_EQ(s.chat.request_count(), 11u + 10u) << "a line per instance told of one by one, none for the rest";
 }
 
 // A breaker the running config lacks keeps its state in the store, not enforced; the reload
