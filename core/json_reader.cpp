@@ -315,22 +315,22 @@ std::optional<std::vector<std::string>> object_reader::strings(std::string_view 
     if (!a) {
         return std::nullopt;
     }
+    // An item that is not a string is an error, and stands in the list as its JSON text, so
+    // the caller still checks the other items at their own indexes: every error is listed,
+    // not only the type error (`["GET", 5, "BAD METHOD"]` names items 1 and 2). The config
+    // is refused either way.
     std::vector<std::string> out;
     std::size_t i = 0;
-    bool ok = true;
     for (auto item : *a) {
         std::string_view s;
         if (item.get(s) != simdjson::SUCCESS) {
-            errs_.add(child(path_of(key), i),
-                      std::string{"must be a string, not "} + std::string{type_name(item.type())});
-            ok = false;
+            errs_.add_type_error(child(path_of(key), i),
+                                 std::string{"must be a string, not "} + std::string{type_name(item.type())});
+            out.emplace_back(simdjson::minify(item));
         } else {
             out.emplace_back(s);
         }
         ++i;
-    }
-    if (!ok) {
-        return std::nullopt;
     }
     return out;
 }

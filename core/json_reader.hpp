@@ -37,12 +37,25 @@ struct error {
 
 class errors {
 public:
-    void add(std::string path, std::string message) { list_.push_back({std::move(path), std::move(message)}); }
+    void add(std::string path, std::string message) {
+        if (!mistyped_.contains(path)) {
+            list_.push_back({std::move(path), std::move(message)});
+        }
+    }
+    // A list item of the wrong type (object_reader::strings): the item stands in the list as
+    // its JSON text so the others are checked, and what the caller then says of that text
+    // at the same path is left out (`7` is "not a string", not also "not 64 hex digits").
+    void add_type_error(std::string path, std::string message) {
+        mistyped_.insert(path);
+        list_.push_back({std::move(path), std::move(message)});
+    }
     // A check added after configs were stored: an error, except while reading back a version
     // stored before it (lenient), which is kept with a warning rather than dropped at a
     // start for the file (undoing an operator's change). The caller keeps the old reading.
     void add_since_stored(std::string path, std::string message) {
-        (lenient_ ? relaxed_ : list_).push_back({std::move(path), std::move(message)});
+        if (!mistyped_.contains(path)) {
+            (lenient_ ? relaxed_ : list_).push_back({std::move(path), std::move(message)});
+        }
     }
     void set_lenient(bool on) { lenient_ = on; }
     const std::vector<error>& relaxed() const { return relaxed_; }
@@ -55,6 +68,7 @@ public:
 private:
     std::vector<error> list_;
     std::vector<error> relaxed_;
+    std::set<std::string, std::less<>> mistyped_;
     bool lenient_ = false;
 };
 
@@ -104,6 +118,7 @@ public:
                                                       std::chrono::milliseconds max = max_duration);
     std::optional<simdjson::dom::array> array(std::string_view key, bool required = false);
     std::optional<simdjson::dom::element> object(std::string_view key, bool required = false);
+    // Every item, in order; one that is not a string is an error and stands as its JSON text.
     std::optional<std::vector<std::string>> strings(std::string_view key, bool required = false);
     // Any JSON value; the caller checks its type.
     std::optional<simdjson::dom::element> value(std::string_view key, bool required = false);

@@ -487,6 +487,26 @@ TEST(config, settings_that_nothing_reads_are_refused) {
     EXPECT_NE(empty.find("agents[0].constraints: constrains nothing"), std::string::npos) << empty;
 }
 
+// An item of a list that is not a string is one error: the other items are still checked
+// (every other error of that list used to be hidden by it).
+TEST(config, a_list_item_of_another_type_hides_no_other_error) {
+    const std::string key(64, 'a');
+    const auto e = all_errors(parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0"}],
+        "upstreams": [{"name": "up", "url": "http://127.0.0.1:9"}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/", "methods": ["GET", 5, "BAD METHOD"]}, "upstream": "up"}],
+        "agents": [{"id": "bot", "key_sha256": [")" + key + R"(", 7, "zz"], "allow": {"routes": ["nope", null]}}]})"));
+    for (const char* expected : {"routes[0].match.methods[1]: must be a string, not a number",
+                                 "routes[0].match.methods[2]: \"BAD METHOD\" is not an HTTP method",
+                                 "agents[0].key_sha256[1]: must be a string", "agents[0].key_sha256[2]",
+                                 "agents[0].allow.routes[0]: \"nope\" is not a configured route",
+                                 "agents[0].allow.routes[1]: must be a string, not null"}) {
+        EXPECT_NE(e.find(expected), std::string::npos) << expected << "\nin:\n" << e;
+    }
+    // The item of another type is said to be so, and nothing more of it.
+    EXPECT_EQ(e.find("key_sha256[1]: must be 64 hex digits"), std::string::npos) << e;
+    EXPECT_EQ(e.find("\"null\" is not a configured route"), std::string::npos) << e;
+}
+
 TEST(config, unimplemented_sections_are_refused_not_ignored) {
     auto r = parse_config(base(R"(, "cluster": {"redis": "127.0.0.1:6379"})"));
     const auto e = all_errors(r);
