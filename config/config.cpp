@@ -467,14 +467,11 @@ bool route_covers(const route_config& a, const route_config& b, bool forward_pro
         }))) {
         return false;
     }
-    auto starts = [](std::string_view s, std::string_view prefix) {
-        return s.size() >= prefix.size() && rules::iequals(s.substr(0, prefix.size()), prefix);
-    };
     if (!am.path.empty()) {
         // An exact path takes the path and the path with one '/' more; a prefix takes more.
         return !bm.path.empty() && rules::iequals(am.path, bm.path);
     }
-    return bm.path.empty() ? starts(bm.path_prefix, am.path_prefix) : starts(bm.path, am.path_prefix);
+    return rules::istarts_with(bm.path.empty() ? bm.path_prefix : bm.path, am.path_prefix);
 }
 
 // RFC 1123 host name, lower case: dot-separated labels of letters, digits and inner hyphens.

@@ -48,16 +48,17 @@ bool iequals(std::string_view a, std::string_view b) {
     return true;
 }
 
+bool istarts_with(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
 bool split_target(std::string_view target, target_parts& out) {
-    auto starts_with_icase = [](std::string_view s, std::string_view p) {
-        return s.size() >= p.size() && iequals(s.substr(0, p.size()), p);
-    };
     if (target.empty()) {
         return false;
     }
     if (target.front() == '/') {
         out.origin_form = target;
-    } else if (starts_with_icase(target, "http://") || starts_with_icase(target, "https://")) {
+    } else if (istarts_with(target, "http://") || istarts_with(target, "https://")) {
         const auto scheme_end = target.find("://") + 3;
         const auto slash = target.find('/', scheme_end);
         out.host = target.substr(scheme_end, slash == std::string_view::npos ? std::string_view::npos : slash - scheme_end);
@@ -105,8 +106,7 @@ bool route_takes(const route_config& r, std::string_view method, std::string_vie
     if (!m.path.empty() && !iequals(path, m.path) && !iequals(trimmed, m.path)) {
         return false;
     }
-    if (!m.path_prefix.empty() &&
-        !(path.size() >= m.path_prefix.size() && iequals(path.substr(0, m.path_prefix.size()), m.path_prefix))) {
+    if (!m.path_prefix.empty() && !istarts_with(path, m.path_prefix)) {
         return false;
     }
     return m.methods.empty() || std::find(m.methods.begin(), m.methods.end(), method) != m.methods.end();

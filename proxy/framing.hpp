@@ -37,6 +37,8 @@ inline bool body_may_be_read_as_a_request(std::string_view method) { return meth
 std::size_t find_head_end(std::string_view data, std::size_t from = 0);
 
 bool iequals(std::string_view a, std::string_view b);
+// Whether `s` starts with `prefix`, compared as iequals compares.
+bool istarts_with(std::string_view s, std::string_view prefix);
 
 // A request target split for routing: origin-form ("/p?q"), absolute-form
 // ("http://host/p?q", which servers must accept) or "*". False for anything else.

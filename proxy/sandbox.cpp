@@ -19,10 +19,6 @@ namespace bb::proxy {
 
 namespace {
 
-bool starts_with_icase(std::string_view s, std::string_view p) {
-    return s.size() >= p.size() && iequals(s.substr(0, p.size()), p);
-}
-
 std::string_view media_type(std::string_view ct) {
     const auto semi = ct.find(';');
     auto t = ct.substr(0, semi);
@@ -38,7 +34,7 @@ std::string boundary_of(std::string_view ct) {
         while (!param.empty() && param.front() == ' ') {
             param.remove_prefix(1);
         }
-        if (starts_with_icase(param, "boundary=")) {
+        if (istarts_with(param, "boundary=")) {
             auto v = param.substr(9);
             v = v.substr(0, v.find(';'));
             if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {

@@ -91,10 +91,6 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-bool starts_with_icase(std::string_view s, std::string_view prefix) {
-    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
-
 // Calls fn(element) for each element of a list field over all its lines (RFC 9110 5.6.1:
 // comma-separated, blanks around them trimmed, empty elements ignored).
 template <class Fields, class F>
@@ -126,7 +122,7 @@ void strip_hop_by_hop(Fields& f) {
         f.erase(fld);
     }
     for (auto it = f.begin(); it != f.end();) {
-        if (starts_with_icase(it->name_string(), "proxy-")) {
+        if (istarts_with(it->name_string(), "proxy-")) {
             it = f.erase(it);
         } else {
             ++it;
@@ -1890,7 +1886,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                                                                             : tp.host};
         const bool forwarded = fp != nullptr && (!ci.tunnel_host.empty() || !tp.host.empty());
         const std::string request_host = canonical_host(original_host);
-        const std::uint16_t url_default_port = starts_with_icase(req.target(), "https://") ? 443 : 80;
+        const std::uint16_t url_default_port = istarts_with(req.target(), "https://") ? 443 : 80;
         // The destination's port, and the default port of how it was addressed.
         const std::uint16_t dest_default_port = !ci.tunnel_host.empty() ? 443 : url_default_port;
         const std::uint16_t dest_port =

@@ -797,8 +797,7 @@ bool matches(const rule& r, context& ctx) {
     if (!m.methods.empty() && std::find(m.methods.begin(), m.methods.end(), req.method) == m.methods.end()) {
         return false;
     }
-    if (!m.path_prefix.empty() &&
-        !(req.path.size() >= m.path_prefix.size() && iequals(req.path.substr(0, m.path_prefix.size()), m.path_prefix))) {
+    if (!m.path_prefix.empty() && !istarts_with(req.path, m.path_prefix)) {
         return false;
     }
     if (m.path && !match_path(*m.path, req.path, ctx.params) &&

@@ -637,9 +637,6 @@ bool prefix_can_hold(const path_template& t, std::string_view prefix) {
         return true;  // refused on its own
     }
     std::string_view rest = prefix.substr(1);
-    auto starts = [](std::string_view s, std::string_view head) {
-        return s.size() >= head.size() && iequals(s.substr(0, head.size()), head);
-    };
     for (std::size_t i = 0;; ++i) {
         const auto slash = rest.find('/');
         const bool whole = slash != std::string_view::npos;  // a segment the path must end with '/' after
@@ -651,7 +648,7 @@ bool prefix_can_hold(const path_template& t, std::string_view prefix) {
         const bool last = i + 1 == t.segments.size();
         auto fits = [&](std::string_view value) {
             if (!whole) {
-                return starts(value, seg) || (last && starts(seg, value));
+                return istarts_with(value, seg) || (last && istarts_with(seg, value));
             }
             return iequals(seg, value) || (last && iequals(without_format_suffix(seg), value));
         };

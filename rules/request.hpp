@@ -16,6 +16,10 @@ struct header_field {
 };
 
 bool iequals(std::string_view a, std::string_view b);
+// Whether `s` starts with `prefix`, compared as iequals compares.
+inline bool istarts_with(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
 // Whether `text` holds `word`, compared as iequals compares.
 bool icontains(std::string_view text, std::string_view word);
 // `s` in lower case (the same case mapping iequals compares with).
