@@ -11,7 +11,6 @@ namespace {
 constexpr milliseconds default_manual_retry{60'000};
 // A request turned away while the probes are out: they finish within an upstream timeout.
 constexpr milliseconds half_open_retry{1'000};
-constexpr std::string_view overflow_key = "_overflow";
 
 milliseconds until(time_point t, time_point now) {
     return t <= now ? milliseconds{0} : std::chrono::ceil<milliseconds>(t - now);

@@ -63,6 +63,9 @@ struct throttle_config {
     milliseconds interval{1000};      // ... per interval, the rest are refused with retry-after
 };
 
+// The key of the instance that keys past max_instances share (`<breaker>/_overflow`).
+inline constexpr std::string_view overflow_key = "_overflow";
+
 struct breaker_config {
     std::string id;
     action act = action::pause;

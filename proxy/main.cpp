@@ -26,11 +26,10 @@ constexpr const char* usage =
 int check_config(const std::string& path) {
     auto parsed = bb::load_config_file(path, nullptr, true);
     if (parsed.errors.empty()) {
-        // What a start builds beyond the reading: TLS contexts from the certificate files, a
-        // forward proxy's CA, the access log file. A deploy gate passing a config the start
-        // then refuses would let through a crash loop.
-        // (Not the access log: whether it can be written depends on who runs the check and
-        // where, not on the file; the start says so itself.)
+        // What a start builds beyond the reading: TLS contexts from the certificate files and
+        // a forward proxy's CA. A deploy gate passing a config the start then refuses would
+        // let through a crash loop. (Not the access log: whether it can be written depends
+        // on who runs the check and where, not on the file; the start says so itself.)
         bb::config none;
         none.log.access_log = parsed.cfg->log.access_log;
         bb::proxy::server::check_tls_change(none, *parsed.cfg, parsed.errors);

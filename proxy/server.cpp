@@ -1331,7 +1331,7 @@ void server::on_transition(const breakers::transition& t) {
         if (const auto rt = current_runtime(); rt->engine) {
             const std::string_view instance = t.instance;
             std::optional<std::string_view> key;
-            if (instance.size() > t.breaker.size() + 1 && instance != t.breaker + "/_overflow") {
+            if (instance.size() > t.breaker.size() + 1 && instance.substr(t.breaker.size() + 1) != breakers::overflow_key) {
                 key = instance.substr(t.breaker.size() + 1);
             }
             rt->engine->forget_response_counts(t.breaker, key);

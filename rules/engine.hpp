@@ -132,11 +132,10 @@ public:
     // rules. Returns the first response-side rule the response pushed over its line, else allow.
     decision record_response(const request_view& req, const response_view& resp, time_point now);
 
-    // A breaker instance closed again (its probe succeeded, or an operator reset it): the
-    // response-side rules that trip `breaker` forget what they counted for it, as
-    // resilience4j resets its window on closing. Otherwise the failures that opened it are
-    // still in the window, and the first response after it closed, the probe's own,
-    // reopens it at once, every cooldown, until they age out. `key`: the instance's key,
+    // A breaker instance going half-open, or reset by an operator: the response-side rules
+    // that trip `breaker` forget what they counted for it, as resilience4j starts a fresh
+    // window. Otherwise the failures that opened it are still in the window, and its probe,
+    // judged by them, reopens it at once, every cooldown, until they age out. `key`: the instance's key,
     // or nullopt for an instance that any key of those rules could have tripped (the
     // breaker-wide one, the one keys past max_instances share): every key is cleared.
     // Request-side rules keep their counts: a cap is a budget, not a health record.
