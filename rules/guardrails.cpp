@@ -1471,6 +1471,7 @@ bool form_selected(const std::vector<guard_field>& fields, std::string_view name
 
 struct scratch {
     std::string addr;
+    std::string display;  // a sender's name as shown (the content guard's name: fields)
     // Recipients, subjects and templates of a duplicates guard: their texts in `chars`.
     struct valued {
         std::size_t off = 0;
@@ -2427,6 +2428,15 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             if (msg.list_unsubscribe) {
                 unsubscribe = true;
             }
+            if (t.k == mime_text::kind::header && ieq(t.where, "header From")) {
+                // The message's own From (not an attached message's): its sender's name shows.
+                bool ignored = true;  // a name is no unsubscribe link
+                if (!detail::find_content(g, detail::address_display_text(t.text, s.display), ignored, &hit)) {
+                    return false;
+                }
+                where = "the sender's name in the From header of the raw message at " + at.at();
+                return true;
+            }
             if (t.k == mime_text::kind::header || t.k == mime_text::kind::attachment ||
                 !detail::find_content(g, t.text, unsubscribe, &hit)) {
                 return false;
@@ -2443,7 +2453,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             std::string where;
             std::size_t offset = 0;
             detail::parsed_body& doc = doc_of(in);
-            path_tracker paths{g.index, g.fields, nullptr, nullptr, &doc, body};
+            path_tracker paths{g.index, g.fields, &g.names, nullptr, &doc, body};
             // An unsubscribe in a value the upstream never reads (a key given twice, the
             // later copy without it) does not count; a few such copies are looked at, past
             // them the send counts as without one.
@@ -2465,8 +2475,21 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 if (paths.dead() && !f.empty() && (unsubscribe || !may_hold_unsubscribe_setting(doc, f))) {
                     return walk_next::skip;  // nothing under it is content or an unsubscribe setting
                 }
-                if (t != value_type::string || !paths.under() || passed_over(s, start)) {
+                if (t != value_type::string || passed_over(s, start)) {
                     return walk_next::go;
+                }
+                if (!paths.under()) {
+                    if (!paths.exact(1)) {
+                        return walk_next::go;
+                    }
+                    // A name: field: the sender's name beside the address (same offsets).
+                    bool ignored = true;  // a name is no unsubscribe link
+                    if (!detail::find_content(g, detail::address_display_text(text, s.display), ignored, &hit)) {
+                        return walk_next::go;
+                    }
+                    offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
+                    where = render_path(f) + ", the sender's name";
+                    return walk_next::stop;
                 }
                 bool found = unsubscribe || shadowed_left <= 0;
                 const bool stop = detail::find_content(g, text, found, &hit);
@@ -2494,12 +2517,17 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                 if (ieq(name, "h:List-Unsubscribe") && list_unsubscribe_value(value)) {
                     unsubscribe = true;
                 }
-                if (!form_selected(g.fields, name)) {
-                    continue;
-                }
-                if (detail::find_content(g, value, unsubscribe, &hit)) {
-                    return violated(hit.what + " in form field " + field_name(name) + " at offset " +
-                                    std::to_string(hit.offset));
+                if (form_selected(g.fields, name)) {
+                    if (detail::find_content(g, value, unsubscribe, &hit)) {
+                        return violated(hit.what + " in form field " + field_name(name) + " at offset " +
+                                        std::to_string(hit.offset));
+                    }
+                } else if (form_selected(g.names, name)) {
+                    bool ignored = true;  // a name is no unsubscribe link
+                    if (detail::find_content(g, detail::address_display_text(value, s.display), ignored, &hit)) {
+                        return violated(hit.what + " in form field " + field_name(name) +
+                                        " (the sender's name) at offset " + std::to_string(hit.offset));
+                    }
                 }
             }
             break;
@@ -2905,6 +2933,14 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
 std::optional<guard_field> parse_field(std::string_view text, std::string* error) {
     guard_field f;
     f.text = std::string{text};
+    if (text.starts_with("name:")) {
+        f.display = true;
+        text.remove_prefix(5);
+        if (text.starts_with("mime:") || text.starts_with("attachment:") || text.starts_with("name:")) {
+            *error = "a name: field is a JSON path or form:NAME (a raw message's From is read as such)";
+            return std::nullopt;
+        }
+    }
     if (text.starts_with("form:")) {
         f.form = true;
         f.name = std::string{text.substr(5)};
@@ -3003,6 +3039,11 @@ const std::vector<guard_field>& default_content_fields() {
         "$['subject','content','sections','Content','DefaultContent','customProperties','contactProperties']",
         "$.personalizations[*]['subject','dynamic_template_data','substitutions']",  // SendGrid
         "$.from.name", "$.personalizations[*].from.name",                       // ... the sender's name shows too
+        // ... as do the other APIs' senders' names, written beside the address in one value
+        "name:$.FromEmailAddress",                                              // SES v2
+        "name:$.message.from",                                                  // HubSpot single send
+        "name:form:from", "name:form:Source",                                   // Mailgun, SES v1
+        "form:fromname",                                                        // SendGrid v2
         "$.mail_settings.footer",                                               // SendGrid: also in the mail
         "mime:$.Content.Raw.Data",                                              // SES v2 (raw messages read as such)
         "$.BulkEmailEntries[*]['ReplacementEmailContent','ReplacementHeaders']",  // SES v2 SendBulkEmail
@@ -3016,10 +3057,11 @@ const std::vector<guard_field>& default_content_fields() {
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1
         "form:TemplateData", "form:DefaultTemplateData",                       // SES v1 templated sends
         "form:Destinations.member.*.ReplacementTemplateData",
-        "$.inputs[*]['emailSubject','emailBody']",                             // Salesforce emailSimple
-        "$.compositeRequest[*].body.inputs[*]['emailSubject','emailBody']",     // ... in composite requests
-        "$.batchRequests[*].richInput.inputs[*]['emailSubject','emailBody']",
-        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailSubject','emailBody']"});
+        // Salesforce emailSimple (senderDisplayName: the sender's name), direct and in composite requests
+        "$.inputs[*]['emailSubject','emailBody','senderDisplayName']",
+        "$.compositeRequest[*].body.inputs[*]['emailSubject','emailBody','senderDisplayName']",
+        "$.batchRequests[*].richInput.inputs[*]['emailSubject','emailBody','senderDisplayName']",
+        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailSubject','emailBody','senderDisplayName']"});
     return f;
 }
 
@@ -3100,7 +3142,7 @@ const std::vector<guard_field>& legacy_template_fields_v1() {
 // pii guards, a duplicates guard's recipients and subjects; elsewhere a mime: field is an
 // error, and dropped from the defaults). attachment: fields are read by the pii guard only.
 std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key, const std::vector<guard_field>& dflt,
-                                     bool mime_ok = false, bool attachment_ok = false) {
+                                     bool mime_ok = false, bool attachment_ok = false, bool display_ok = false) {
     auto list = r.strings(key);
     if (!list) {
         if (mime_ok) {
@@ -3125,6 +3167,10 @@ std::vector<guard_field> read_fields(cfg::object_reader& r, std::string_view key
             if (f->attachment && !attachment_ok) {
                 r.errs().add(cfg::child(r.path_of(key), i),
                              cfg::quote((*list)[i]) + ": an attachment: field is read by the pii guard only");
+            }
+            if (f->display && !display_ok) {
+                r.errs().add(cfg::child(r.path_of(key), i),
+                             cfg::quote((*list)[i]) + ": a name: field is read by the content guard only");
             }
             out.push_back(std::move(*f));
         } else {
@@ -3341,9 +3387,10 @@ std::shared_ptr<guardrail> parse_guard(simdjson::dom::element e, const std::stri
             cg.template_fields = default_template_fields();
             cg.template_index = path_index::of({&cg.template_fields});
         }
-        cg.fields = read_fields(cr, "fields", default_content_fields(), true);
+        cg.fields = read_fields(cr, "fields", default_content_fields(), true, false, true);
         cg.mime = take_mime(cg.fields);
-        cg.index = path_index::of({&cg.fields});
+        cg.names = take_fields(cg.fields, &guard_field::display);
+        cg.index = path_index::of({&cg.fields, &cg.names});
         if (cr.is_object() && cg.terms.empty() && !cg.check_links && !cg.require_unsubscribe) {
             errs.add(cr.path(), "needs blocked_terms, link_domains or require_unsubscribe");
         }

@@ -251,6 +251,10 @@ struct guard_field {
     // `attachment:$.path`: the base64 files there (SendGrid attachments[].content), decoded
     // and read as text by the pii guard.
     bool attachment = false;
+    // `name:` before a JSON path or form:NAME: an address header's value (Mailgun's `from`,
+    // SES's FromEmailAddress), of which the content guard reads only the words a mail client
+    // shows beside the addresses: the sender's display name (detail::address_display_text).
+    bool display = false;
     std::string name;  // form field
     json_path path;    // JSON (also for mime)
     std::string text;  // as written
@@ -335,7 +339,8 @@ struct content_guard {
     std::vector<guard_field> template_fields;  // where sends name templates (the duplicates guard's defaults)
     path_index template_index;
     std::vector<guard_field> fields;  // defaults: subjects, bodies (SendGrid, SES, Mailgun)
-    path_index index;
+    std::vector<guard_field> names;   // the name: fields (default: the From of SES, Mailgun, HubSpot)
+    path_index index;                 // fields, then names
     std::vector<guard_field> mime;    // raw messages (the mime: fields; default SES v2 $.Content.Raw.Data)
 };
 

@@ -1339,6 +1339,25 @@ TEST(GuardContent, BlockedTermsOnWordBoundaries) {
     EXPECT_THAT(f.check(req).reason, HasSubstr("blocked term #0 (free money)"));
 }
 
+// What a mail client shows of an address header beside its addresses: the names, quoted or
+// not, and comments, at their own offsets; never a word of an address.
+TEST(GuardrailBlocks, AddressDisplayText) {
+    std::string out;
+    EXPECT_EQ(detail::address_display_text(R"("Free Money" <news@example.com>)", out), R"("Free Money"                   )");
+    EXPECT_EQ(detail::address_display_text("Crypto Giveaway <news@example.com>", out), "Crypto Giveaway                   ");
+    EXPECT_EQ(detail::address_display_text("winner@example.com", out), std::string(18, ' '));
+    EXPECT_EQ(detail::address_display_text("news@example.com (Free Money)", out), "                 (Free Money)");
+    // A '<' or an '@' inside quotes or a comment is a name's; two mailboxes, a group.
+    EXPECT_EQ(detail::address_display_text(R"("a <b> c@d" <x@y.z>)", out), R"("a <b> c@d"        )");
+    EXPECT_EQ(detail::address_display_text("Ann <a@x.com>, Bob b@y.com", out),
+              "Ann" + std::string(10, ' ') + ", Bob" + std::string(8, ' '));
+    EXPECT_EQ(detail::address_display_text("Team: a@x.com;", out), "Team:        ;");
+    // An unterminated quote quotes nothing; an angle-addr without its '>' runs to the end.
+    EXPECT_EQ(detail::address_display_text(R"("Free Money <a@x.com>)", out), "\"Free Money" + std::string(10, ' '));
+    EXPECT_EQ(detail::address_display_text("Free <a@x.com", out), "Free         ");
+    EXPECT_EQ(detail::address_display_text("", out), "");
+}
+
 // Terms in other scripts match in any case too: a noun capitalised at the start of a
 // sentence, a subject in capitals. Letters whose cases start or end with other bytes (`р`
 // D1 80, `Р` D0 A0; `ü` C3 BC, `Ü` C3 9C) and with more than two spellings (σ ς Σ).
@@ -3388,6 +3407,74 @@ TEST(GuardConfig, EveryErrorHasItsPath) {
         EXPECT_THAT(lines, ::testing::Contains(e));
     }
     EXPECT_EQ(lines.size(), expected.size()) << ::testing::PrintToString(lines);
+}
+
+// The sender's name shows in the inbox before the subject. SendGrid gives it a key of its own
+// (above); SES, Mailgun and HubSpot write it beside the address in one value, a raw message in
+// its From header, Salesforce and SendGrid v2 in a field of its own. The words of the address
+// are no content: a blocked `winner` does not stop a send from winner@example.com.
+TEST(GuardContent, SendersNamesBesideTheAddressAreContent) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money", "winner"]})j")};
+    const std::string ses = R"j({"FromEmailAddress": "\"Free Money\" <news@example.com>", "Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hello"}}}}})j";
+    auto d = f.check_body(ses);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_EQ(d.reason, "rule brand (off-brand, sev3): blocked term #0 (free money) at body offset " +
+                            std::to_string(ses.find("Free Money")) + " ($.FromEmailAddress, the sender's name)");
+    EXPECT_TRUE(f.check_body(R"j({"FromEmailAddress": "winner@example.com", "Content": {"Simple": {"Subject": {"Data": "Hi"}}}})j").allowed());
+    EXPECT_TRUE(f.check_body(R"j({"FromEmailAddress": "Store <winner@example.com>", "Content": {"Simple": {"Subject": {"Data": "Hi"}}}})j").allowed());
+    // HubSpot single send; Salesforce emailSimple, direct and in a composite request.
+    const std::string hubspot = R"j({"emailId": 1, "message": {"to": "a@example.com", "from": "Winner Team <x@example.com>"}})j";
+    EXPECT_THAT(f.check_body(hubspot).reason, HasSubstr("blocked term #1 (winner) at body offset " +
+                                                        std::to_string(hubspot.find("Winner")) +
+                                                        " ($.message.from, the sender's name)"));
+    EXPECT_TRUE(f.check_body(R"j({"emailId": 1, "message": {"to": "a@example.com", "from": "winner@example.com"}})j").allowed());
+    EXPECT_FALSE(f.check_body(R"j({"inputs": [{"emailAddresses": "a@example.com", "emailSubject": "s", "emailBody": "b",
+        "senderDisplayName": "Free Money Desk"}]})j").allowed());
+    EXPECT_FALSE(f.check_body(R"j({"compositeRequest": [{"method": "POST", "url": "/services/data/v59.0/actions/standard/emailSimple",
+        "referenceId": "r", "body": {"inputs": [{"emailAddresses": "a@example.com", "emailSubject": "s", "emailBody": "b",
+        "senderDisplayName": "Free Money Desk"}]}}]})j").allowed());
+    // Mailgun's from, SES v1's Source (any case of the name), SendGrid v2's fromname.
+    const std::string form = "to=a%40example.com&subject=Hi&text=Hello&from=Free+Money+%3Cnews%40example.com%3E";
+    d = f.check_body(form, "application/x-www-form-urlencoded");
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("blocked term #0 (free money) in form field \"from\" (the sender's name) at offset 0"));
+    EXPECT_TRUE(f.check_body("to=a%40example.com&subject=Hi&from=winner%40example.com", "application/x-www-form-urlencoded").allowed());
+    EXPECT_FALSE(f.check_body("Action=SendEmail&SOURCE=%22Winner%22+%3Cnews%40example.com%3E&Message.Subject.Data=Hi",
+                              "application/x-www-form-urlencoded").allowed());
+    EXPECT_FALSE(f.check_body("to%5B%5D=a%40example.com&subject=Hi&from=news%40example.com&fromname=Free+Money",
+                              "application/x-www-form-urlencoded").allowed());
+    // A raw message's From, its encoded words decoded (not an attached message's From).
+    const std::string raw = "From: =?utf-8?B?" + b64("Free Money") + "?= <news@example.com>\r\nTo: a@example.com\r\n"
+                            "Subject: Hi\r\n\r\nHello\r\n";
+    EXPECT_THAT(f.check_body(ses_raw(raw)).reason,
+                HasSubstr("blocked term #0 (free money) at offset 0 of the sender's name in the From header of the raw message"));
+    EXPECT_TRUE(f.check_body(ses_raw("From: winner@example.com\r\nTo: a@example.com\r\nSubject: Hi\r\n\r\nHello\r\n")).allowed());
+    // A name is no unsubscribe link.
+    fixture u{content_rule(R"j({"require_unsubscribe": true})j")};
+    EXPECT_THAT(u.check_body("to=a%40example.com&subject=Hi&text=Hello&from=Unsubscribe+%3Cnews%40example.com%3E",
+                             "application/x-www-form-urlencoded").reason,
+                HasSubstr("missing unsubscribe link"));
+}
+
+TEST(GuardConfig, NameFieldsAreTheContentGuards) {
+    fixture f{content_rule(R"j({"blocked_terms": ["free money"], "fields": ["$.subject", "name:$.sender", "name:form:sender"]})j")};
+    EXPECT_FALSE(f.check_body(R"j({"subject": "Hi", "sender": "Free Money <a@example.com>"})j").allowed());
+    EXPECT_TRUE(f.check_body(R"j({"subject": "Hi", "sender": "a@example.com", "FromEmailAddress": "Free Money <a@example.com>"})j").allowed());
+    EXPECT_FALSE(f.check_body("sender=Free+Money+%3Ca%40example.com%3E", "application/x-www-form-urlencoded").allowed());
+    const auto lines = guard_errors(R"j(
+        {"id": "a", "guard": {"pii": ["card"], "in": ["name:$.from"]}, "failure_mode": "pii-risk", "trips": "x"},
+        {"id": "b", "guard": {"content": {"blocked_terms": ["x y"], "fields": ["name:mime:$.Raw", "name:attachment:$.a", "name:"]}},
+         "failure_mode": "off-brand", "trips": "x"})j");
+    const std::vector<std::string> expected = {
+        R"j(rules[0].guard.in[0]: "name:$.from": a name: field is read by the content guard only)j",
+        R"j(rules[1].guard.content.fields[0]: "name:mime:$.Raw" is not a JSON path or form:NAME: a name: field is a JSON path or form:NAME (a raw message's From is read as such))j",
+        R"j(rules[1].guard.content.fields[1]: "name:attachment:$.a" is not a JSON path or form:NAME: a name: field is a JSON path or form:NAME (a raw message's From is read as such))j",
+    };
+    for (const auto& e : expected) {
+        EXPECT_THAT(lines, ::testing::Contains(e));
+    }
+    EXPECT_EQ(lines.size(), expected.size() + 1) << ::testing::PrintToString(lines);  // and "name:": not a path
 }
 
 TEST(GuardConfig, BadSuppressionLineIsReportedWithItsLine) {
