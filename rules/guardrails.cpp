@@ -2428,10 +2428,10 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             if (msg.list_unsubscribe) {
                 unsubscribe = true;
             }
-            if (t.k == mime_text::kind::header && ieq(t.where, "header From")) {
-                // The message's own From (not an attached message's): its sender's name shows.
+            if (!t.sender.empty()) {
+                // The message's own From: its sender's name shows (offsets in the name as shown).
                 bool ignored = true;  // a name is no unsubscribe link
-                if (!detail::find_content(g, detail::address_display_text(t.text, s.display), ignored, &hit)) {
+                if (!detail::find_content(g, t.sender, ignored, &hit)) {
                     return false;
                 }
                 where = "the sender's name in the From header of the raw message at " + at.at();
@@ -2482,13 +2482,15 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                     if (!paths.exact(1)) {
                         return walk_next::go;
                     }
-                    // A name: field: the sender's name beside the address (same offsets).
+                    // A name: field: the sender's name beside the address.
+                    const bool in_place = sender_name_text(text, s.display);
                     bool ignored = true;  // a name is no unsubscribe link
-                    if (!detail::find_content(g, detail::address_display_text(text, s.display), ignored, &hit)) {
+                    if (!detail::find_content(g, s.display, ignored, &hit)) {
                         return walk_next::go;
                     }
-                    offset = escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
-                    where = render_path(f) + ", the sender's name";
+                    // (Decoded encoded words: the finding is at the value.)
+                    offset = !in_place ? start : escaped ? raw_offset(body, start, hit.offset) : start + hit.offset;
+                    where = render_path(f) + (in_place ? ", the sender's name" : ", the sender's name, in its encoded words");
                     return walk_next::stop;
                 }
                 bool found = unsubscribe || shadowed_left <= 0;
@@ -2523,10 +2525,11 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                                         std::to_string(hit.offset));
                     }
                 } else if (form_selected(g.names, name)) {
+                    const bool in_place = sender_name_text(value, s.display);
                     bool ignored = true;  // a name is no unsubscribe link
-                    if (detail::find_content(g, detail::address_display_text(value, s.display), ignored, &hit)) {
-                        return violated(hit.what + " in form field " + field_name(name) +
-                                        " (the sender's name) at offset " + std::to_string(hit.offset));
+                    if (detail::find_content(g, s.display, ignored, &hit)) {
+                        return violated(hit.what + " in form field " + field_name(name) + " (the sender's name" +
+                                        (in_place ? ") at offset " + std::to_string(hit.offset) : ", in its encoded words)"));
                     }
                 }
             }
@@ -3038,12 +3041,17 @@ const std::vector<guard_field>& default_content_fields() {
         // HubSpot single send's properties.
         "$['subject','content','sections','Content','DefaultContent','customProperties','contactProperties']",
         "$.personalizations[*]['subject','dynamic_template_data','substitutions']",  // SendGrid
-        "$.from.name", "$.personalizations[*].from.name",                       // ... the sender's name shows too
-        // ... as do the other APIs' senders' names, written beside the address in one value
+        // The sender's name, which shows too: read as a name (no unsubscribe link; encoded
+        // words decoded), written alone or beside the address in one value.
+        "name:$.from.name", "name:$.personalizations[*].from.name",             // SendGrid
+        "name:form:fromname",                                                   // SendGrid v2
         "name:$.FromEmailAddress",                                              // SES v2
         "name:$.message.from",                                                  // HubSpot single send
         "name:form:from", "name:form:Source",                                   // Mailgun, SES v1
-        "form:fromname",                                                        // SendGrid v2
+        "name:$.inputs[*].senderDisplayName",                                   // Salesforce emailSimple
+        "name:$.compositeRequest[*].body.inputs[*].senderDisplayName",
+        "name:$.batchRequests[*].richInput.inputs[*].senderDisplayName",
+        "name:$.graphs[*].compositeRequest[*].body.inputs[*].senderDisplayName",
         "$.mail_settings.footer",                                               // SendGrid: also in the mail
         "mime:$.Content.Raw.Data",                                              // SES v2 (raw messages read as such)
         "$.BulkEmailEntries[*]['ReplacementEmailContent','ReplacementHeaders']",  // SES v2 SendBulkEmail
@@ -3057,11 +3065,10 @@ const std::vector<guard_field>& default_content_fields() {
         "form:Message.Subject.Data", "form:Message.Body.Text.Data", "form:Message.Body.Html.Data",  // SES v1
         "form:TemplateData", "form:DefaultTemplateData",                       // SES v1 templated sends
         "form:Destinations.member.*.ReplacementTemplateData",
-        // Salesforce emailSimple (senderDisplayName: the sender's name), direct and in composite requests
-        "$.inputs[*]['emailSubject','emailBody','senderDisplayName']",
-        "$.compositeRequest[*].body.inputs[*]['emailSubject','emailBody','senderDisplayName']",
-        "$.batchRequests[*].richInput.inputs[*]['emailSubject','emailBody','senderDisplayName']",
-        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailSubject','emailBody','senderDisplayName']"});
+        "$.inputs[*]['emailSubject','emailBody']",                             // Salesforce emailSimple
+        "$.compositeRequest[*].body.inputs[*]['emailSubject','emailBody']",     // ... in composite requests
+        "$.batchRequests[*].richInput.inputs[*]['emailSubject','emailBody']",
+        "$.graphs[*].compositeRequest[*].body.inputs[*]['emailSubject','emailBody']"});
     return f;
 }
 

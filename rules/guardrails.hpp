@@ -253,7 +253,7 @@ struct guard_field {
     bool attachment = false;
     // `name:` before a JSON path or form:NAME: an address header's value (Mailgun's `from`,
     // SES's FromEmailAddress), of which the content guard reads only the words a mail client
-    // shows beside the addresses: the sender's display name (detail::address_display_text).
+    // shows beside the addresses: the sender's display name (sender_name_text, rules/mime.hpp).
     bool display = false;
     std::string name;  // form field
     json_path path;    // JSON (also for mime)

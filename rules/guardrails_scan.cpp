@@ -1835,68 +1835,6 @@ static void unicode_domain(std::string& address) {
     }
 }
 
-namespace {
-
-void blank_addresses(std::string_view v, std::string& out, bool quotes) {
-    out.assign(v);
-    bool quoted = false;
-    int comment = 0;
-    std::size_t token = std::string_view::npos;  // start of the bare word being read
-    bool token_at = false;                         // it holds an '@': an addr-spec
-    auto end_token = [&](std::size_t end) {
-        if (token != std::string_view::npos && token_at) {
-            std::fill(out.begin() + static_cast<std::ptrdiff_t>(token), out.begin() + static_cast<std::ptrdiff_t>(end), ' ');
-        }
-        token = std::string_view::npos;
-        token_at = false;
-    };
-    for (std::size_t i = 0; i < v.size(); ++i) {
-        const char c = v[i];
-        if (quoted || comment > 0) {
-            if (c == '\\') {
-                ++i;  // a quoted-pair
-            } else if (quoted && c == '"') {
-                quoted = false;
-            } else if (comment > 0 && c == '(') {
-                ++comment;
-            } else if (comment > 0 && c == ')') {
-                --comment;
-            }
-            continue;
-        }
-        if ((c == '"' && quotes) || c == '(' || c == '<' || c == ',' || c == ';' || c == ':' || blank(c)) {
-            end_token(i);
-            if (c == '"') {
-                quoted = true;
-            } else if (c == '(') {
-                comment = 1;
-            } else if (c == '<') {
-                // An angle-addr, to its '>' (or the end): no word of it is shown as a name.
-                const std::size_t gt = v.find('>', i);
-                const std::size_t end = gt == std::string_view::npos ? v.size() : gt + 1;
-                std::fill(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(end), ' ');
-                i = end - 1;
-            }
-            continue;
-        }
-        if (token == std::string_view::npos) {
-            token = i;
-        }
-        token_at = token_at || c == '@';
-    }
-    end_token(v.size());
-    if (quoted && quotes) {
-        blank_addresses(v, out, false);  // an unterminated quote quotes nothing
-    }
-}
-
-}  // namespace
-
-std::string_view address_display_text(std::string_view value, std::string& out) {
-    blank_addresses(value, out, true);
-    return out;
-}
-
 void normalize_address_general(std::string_view item, std::string& out) {
     const auto lt = angle_outside_quotes(item);
     if (lt != std::string_view::npos) {

@@ -161,14 +161,6 @@ std::span<const char16_t> case_variants(char32_t folded);
 // A 64-bit hash of the bytes, 8 at a time (the length is mixed in first).
 std::uint64_t bytes_hash(std::string_view s);
 
-// What a mail client shows of an address header's value beside the addresses, into `out`:
-// the value with every address blanked out, byte for byte (so offsets in it are offsets in
-// the value): angle-addrs (`<jane@example.com>`, to their '>') and bare addr-specs (a word
-// with an '@' outside quotes and comments). Display names, quoted or not, and comments are
-// kept as written (`"Free Money" <a@x.com>` keeps `"Free Money"`; `a@x.com (Free Money)` its
-// comment). An unterminated quote quotes nothing. The content guard reads senders' names so
-// (`name:` fields, a raw message's From).
-std::string_view address_display_text(std::string_view value, std::string& out);
 // `"Jane Doe" <Jane@Example.com>` -> `jane@example.com` into out (trimmed, lower-cased).
 void normalize_address(std::string_view item, std::string& out);
 // The same without its fast path for plain addresses (for the tests: the two agree).

@@ -602,6 +602,9 @@ struct content_reader {
                     return;
                 }
                 mime_text t;
+                if (top && iequals(n, "From")) {
+                    sender_name_text(trim(v), t.sender);
+                }
                 t.k = iequals(n, "Subject") ? mime_text::kind::subject : mime_text::kind::header;
                 t.where = (name.empty() ? "" : "part " + name + " ") +
                           (t.k == mime_text::kind::subject ? std::string{"Subject"} : "header " + std::string{n.substr(0, 64)});
@@ -818,6 +821,116 @@ std::optional<std::string> address_fields(std::string_view message, std::initial
 }
 
 }  // namespace
+
+namespace {
+
+// The end of the angle-addr that starts at v[lt] == '<': past its '>' outside quotes, or the
+// end of the value.
+std::size_t angle_addr_end(std::string_view v, std::size_t lt) {
+    bool quoted = false;
+    for (std::size_t j = lt + 1; j < v.size(); ++j) {
+        if (quoted && v[j] == '\\') {
+            ++j;
+        } else if (v[j] == '"') {
+            quoted = !quoted;
+        } else if (!quoted && v[j] == '>') {
+            return j + 1;
+        }
+    }
+    return v.size();
+}
+
+// address_display_text; `quotes`, `comments`: whether '"' and '(' open what they open (off
+// in the pass after one that found it unterminated).
+void blank_addresses(std::string_view v, std::string& out, bool quotes, bool comments) {
+    out.assign(v);
+    auto blank_out = [&](std::size_t from, std::size_t to) {
+        std::fill(out.begin() + static_cast<std::ptrdiff_t>(from), out.begin() + static_cast<std::ptrdiff_t>(to), ' ');
+    };
+    bool quoted = false;
+    std::size_t quote_start = 0;
+    int comment = 0;
+    std::size_t token = std::string_view::npos;  // start of the bare word being read
+    bool token_at = false;                         // it holds an '@': an addr-spec
+    auto end_token = [&](std::size_t end) {
+        if (token != std::string_view::npos && token_at) {
+            blank_out(token, end);
+        }
+        token = std::string_view::npos;
+        token_at = false;
+    };
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const char c = v[i];
+        if (quoted) {
+            if (c == '\\') {
+                ++i;  // a quoted-pair
+            } else if (c == '"') {
+                quoted = false;
+                if (i + 1 < v.size() && v[i + 1] == '@') {
+                    token = quote_start;  // a quoted local part: "jane doe"@x.com
+                    token_at = true;
+                }
+            }
+            continue;
+        }
+        if (comment > 0) {
+            if (c == '\\') {
+                ++i;
+            } else if (c == '(') {
+                ++comment;
+            } else if (c == ')') {
+                --comment;
+            }
+            continue;
+        }
+        if (c == '"' && quotes) {
+            end_token(i);
+            quoted = true;
+            quote_start = i;
+        } else if (c == '(' && comments) {
+            end_token(i);
+            comment = 1;
+        } else if (c == '<') {
+            end_token(i);
+            const std::size_t end = angle_addr_end(v, i);  // no word of it shows as a name
+            blank_out(i, end);
+            i = end - 1;
+        } else if (c == ',' || c == ';' || c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            end_token(i);
+        } else {
+            if (token == std::string_view::npos) {
+                token = i;
+            }
+            token_at = token_at || c == '@';
+        }
+    }
+    end_token(v.size());
+    if (quoted && quotes) {
+        blank_addresses(v, out, false, comments);  // an unterminated quote quotes nothing
+    } else if (comment > 0 && comments) {
+        blank_addresses(v, out, quotes, false);  // nor an unterminated comment
+    }
+}
+
+}  // namespace
+
+std::string_view address_display_text(std::string_view value, std::string& out) {
+    blank_addresses(value, out, true, true);
+    return out;
+}
+
+bool sender_name_text(std::string_view value, std::string& out) {
+    address_display_text(value, out);
+    if (out.find("=?") == std::string::npos) {
+        return true;
+    }
+    std::string decoded;
+    if (!decode_words(out, decoded) || decoded == out) {
+        return true;
+    }
+    out = std::move(decoded);
+    return false;
+}
 
 std::string mime_from(std::string_view message) {
     // Every From, and Sender: a second From (or a Sender) is what some clients and relays

@@ -46,6 +46,9 @@ struct mime_text {
     kind k = kind::body;
     std::string where;  // "Subject", "header X-Note", "part 1.2 (text/html)", "preamble of part 1"
     std::string text;   // decoded: encoded words, quoted-printable and base64 undone
+    // The message's own From (not an attached message's): the sender's name as shown,
+    // sender_name_text of the value as written (its words are content; the addresses not).
+    std::string sender;
 };
 struct mime_content {
     std::vector<mime_text> texts;
@@ -81,6 +84,22 @@ std::string mime_from(std::string_view message);
 // The values of every Reply-To header field, joined as mime_from joins them; empty when
 // there is none; nullopt when one holds a comment or the header section cannot be read.
 std::optional<std::string> mime_reply_to(std::string_view message);
+
+// What a mail client shows of an address header's value beside its addresses, into `out`:
+// the value with every address blanked out, byte for byte (offsets in it are offsets in the
+// value): angle-addrs (`<jane@example.com>`, to their '>' outside quotes) and addr-specs (a
+// word with an '@' outside quotes and comments, a quoted local part `"jane"@x.com` with it).
+// Display names, quoted or not, and comments are kept as written (`"Free Money"
+// <a@x.com>` keeps `"Free Money"`; `a@x.com (Free Money)` its comment). An unterminated
+// quote quotes nothing, and an unterminated comment comments nothing.
+std::string_view address_display_text(std::string_view value, std::string& out);
+// The sender's name as a mail client shows it, into `out`: address_display_text of the value
+// as written, then its RFC 2047 encoded words decoded (`=?utf-8?B?...?=`: SES asks for them
+// in a non-ASCII name, and clients decode them wherever they are). The addresses are found
+// first, so a decoded `<` or `@` is the name's (`=?utf-8?Q?=3CFree_Money=3E?=` shows as
+// `<Free Money>`). True when `out` is the value's bytes in place (its offsets are the
+// value's); false when words were decoded. A word that cannot be decoded stays as written.
+bool sender_name_text(std::string_view value, std::string& out);
 
 // Whether a List-Unsubscribe value (RFC 2369) gives a way to unsubscribe: an angle-bracketed
 // https:, http: or mailto: URI. An empty or placeholder value satisfies no unsubscribe check.

@@ -1343,19 +1343,33 @@ TEST(GuardContent, BlockedTermsOnWordBoundaries) {
 // not, and comments, at their own offsets; never a word of an address.
 TEST(GuardrailBlocks, AddressDisplayText) {
     std::string out;
-    EXPECT_EQ(detail::address_display_text(R"("Free Money" <news@example.com>)", out), R"("Free Money"                   )");
-    EXPECT_EQ(detail::address_display_text("Crypto Giveaway <news@example.com>", out), "Crypto Giveaway                   ");
-    EXPECT_EQ(detail::address_display_text("winner@example.com", out), std::string(18, ' '));
-    EXPECT_EQ(detail::address_display_text("news@example.com (Free Money)", out), "                 (Free Money)");
+    EXPECT_EQ(address_display_text(R"("Free Money" <news@example.com>)", out), R"("Free Money"                   )");
+    EXPECT_EQ(address_display_text("Crypto Giveaway <news@example.com>", out), "Crypto Giveaway                   ");
+    EXPECT_EQ(address_display_text("winner@example.com", out), std::string(18, ' '));
+    EXPECT_EQ(address_display_text("news@example.com (Free Money)", out), "                 (Free Money)");
     // A '<' or an '@' inside quotes or a comment is a name's; two mailboxes, a group.
-    EXPECT_EQ(detail::address_display_text(R"("a <b> c@d" <x@y.z>)", out), R"("a <b> c@d"        )");
-    EXPECT_EQ(detail::address_display_text("Ann <a@x.com>, Bob b@y.com", out),
+    EXPECT_EQ(address_display_text(R"("a <b> c@d" <x@y.z>)", out), R"("a <b> c@d"        )");
+    EXPECT_EQ(address_display_text("Ann <a@x.com>, Bob b@y.com", out),
               "Ann" + std::string(10, ' ') + ", Bob" + std::string(8, ' '));
-    EXPECT_EQ(detail::address_display_text("Team: a@x.com;", out), "Team:        ;");
+    EXPECT_EQ(address_display_text("Team: a@x.com;", out), "Team:        ;");
     // An unterminated quote quotes nothing; an angle-addr without its '>' runs to the end.
-    EXPECT_EQ(detail::address_display_text(R"("Free Money <a@x.com>)", out), "\"Free Money" + std::string(10, ' '));
-    EXPECT_EQ(detail::address_display_text("Free <a@x.com", out), "Free         ");
-    EXPECT_EQ(detail::address_display_text("", out), "");
+    EXPECT_EQ(address_display_text(R"("Free Money <a@x.com>)", out), "\"Free Money" + std::string(10, ' '));
+    EXPECT_EQ(address_display_text("Free <a@x.com", out), "Free         ");
+    EXPECT_EQ(address_display_text("", out), "");
+    // ... nor an unterminated comment. A quoted local part is the address's; a '>' in quotes
+    // does not end an angle-addr.
+    EXPECT_EQ(address_display_text("Store (promo <winner@example.com>", out), "Store (promo" + std::string(21, ' '));
+    EXPECT_EQ(address_display_text(R"("winner"@example.com)", out), std::string(20, ' '));
+    EXPECT_EQ(address_display_text(R"(Ann <"a>b"@x.com> Bob)", out), "Ann" + std::string(15, ' ') + "Bob");
+    // The sender's name: encoded words decoded after the addresses are found, so what they
+    // decode to is the name's, `<` and `@` included.
+    EXPECT_TRUE(sender_name_text("Free Money <a@x.com>", out));
+    EXPECT_EQ(out, "Free Money" + std::string(10, ' '));
+    EXPECT_FALSE(sender_name_text("=?utf-8?Q?=3CFree_Money=3E?= <a@x.com>", out));
+    EXPECT_EQ(out, "<Free Money>" + std::string(10, ' '));
+    EXPECT_FALSE(sender_name_text("=?utf-8?Q?Free_Money=40Acme?= <a@x.com>", out));
+    EXPECT_THAT(out, ::testing::StartsWith("Free Money@Acme"));
+    EXPECT_TRUE(sender_name_text("=?x-unknown?Q?Free?= <a@x.com>", out)) << "a word that cannot be decoded stays";
 }
 
 // Terms in other scripts match in any case too: a noun capitalised at the start of a
@@ -3450,11 +3464,42 @@ TEST(GuardContent, SendersNamesBesideTheAddressAreContent) {
     EXPECT_THAT(f.check_body(ses_raw(raw)).reason,
                 HasSubstr("blocked term #0 (free money) at offset 0 of the sender's name in the From header of the raw message"));
     EXPECT_TRUE(f.check_body(ses_raw("From: winner@example.com\r\nTo: a@example.com\r\nSubject: Hi\r\n\r\nHello\r\n")).allowed());
-    // A name is no unsubscribe link.
+    // Encoded words (SES asks for them in a non-ASCII name) are decoded; the finding is then
+    // at the value.
+    const std::string encoded = R"j({"FromEmailAddress": "=?utf-8?B?)j" + b64("Free Money") +
+                                R"j(?= <news@example.com>", "Content": {"Simple": {"Subject": {"Data": "Hi"}}}})j";
+    EXPECT_THAT(f.check_body(encoded).reason,
+                HasSubstr("blocked term #0 (free money) at body offset " +
+                          std::to_string(encoded.find("=?utf-8")) + " ($.FromEmailAddress, the sender's name, in its encoded words)"));
+    EXPECT_THAT(f.check_body("to=a%40example.com&subject=Hi&from=%3D%3Fus-ascii%3FQ%3FFree_Money%3F%3D+%3Cnews%40example.com%3E",
+                             "application/x-www-form-urlencoded").reason,
+                HasSubstr("in form field \"from\" (the sender's name, in its encoded words)"));
+    // In a raw message too, where what a word decodes to is the name's, `<` and `@` included.
+    EXPECT_FALSE(f.check_body(ses_raw("From: =?utf-8?Q?=3CFree_Money=3E?= <news@example.com>\r\nTo: a@example.com\r\n"
+                                      "Subject: Hi\r\n\r\nHello\r\n")).allowed());
+    EXPECT_FALSE(f.check_body(ses_raw("From: =?utf-8?Q?Winner=40Acme?= <news@example.com>\r\nTo: a@example.com\r\n"
+                                      "Subject: Hi\r\n\r\nHello\r\n")).allowed());
+    // A name is no unsubscribe link, in any API's sender name.
     fixture u{content_rule(R"j({"require_unsubscribe": true})j")};
     EXPECT_THAT(u.check_body("to=a%40example.com&subject=Hi&text=Hello&from=Unsubscribe+%3Cnews%40example.com%3E",
                              "application/x-www-form-urlencoded").reason,
                 HasSubstr("missing unsubscribe link"));
+    EXPECT_THAT(u.check_body("to%5B%5D=a%40example.com&subject=Hi&text=Hello&from=news%40example.com&fromname=Unsubscribe",
+                             "application/x-www-form-urlencoded").reason,
+                HasSubstr("missing unsubscribe link"));
+    EXPECT_THAT(u.check_body(R"j({"inputs": [{"emailAddresses": "a@example.com", "emailSubject": "s", "emailBody": "b",
+        "senderDisplayName": "Unsubscribe Desk"}]})j").reason, HasSubstr("missing unsubscribe link"));
+    EXPECT_THAT(u.check_body(R"j({"personalizations": [{"to": [{"email": "a@example.com"}]}], "subject": "s",
+        "from": {"email": "news@example.com", "name": "Unsubscribe Team"}, "content": [{"type": "text/plain", "value": "b"}]})j").reason,
+                HasSubstr("missing unsubscribe link"));
+    // With another guard beside it, the guards share one classification of the values; the
+    // names are read from it as well.
+    fixture two{content_rule(R"j({"blocked_terms": ["free money"]})j") + "," +
+                R"j({"id": "aud", "route": "mail-send", "guard": {"recipients": {"allow_domains": ["example.com"]}},
+                     "failure_mode": "wrong-audience", "trips": "aud-deny"})j"};
+    EXPECT_THAT(two.check_body(ses).reason, HasSubstr("($.FromEmailAddress, the sender's name)"));
+    EXPECT_TRUE(two.check_body(R"j({"FromEmailAddress": "Store <news@example.com>", "Destination": {"ToAddresses": ["a@example.com"]},
+        "Content": {"Simple": {"Subject": {"Data": "Hi"}}}})j").allowed());
 }
 
 TEST(GuardConfig, NameFieldsAreTheContentGuards) {
