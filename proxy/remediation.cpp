@@ -165,7 +165,7 @@ namespace {
 // have let through, never the other way round.
 std::string subrequest_route_now(const config& cfg, const agent_scope& scope, const route_config& held_route,
                                  std::string_view host, std::size_t upstream_index, std::size_t index,
-                                 std::string_view method, std::string_view own_path) {
+                                 std::string_view method, std::string_view own_path, std::string_view what) {
     const std::string_view bare_host = host_name(host_without_port(host));
     std::vector<const route_config*> could_take;
     std::vector<bool> upstream_seen(cfg.upstreams.size(), false);
@@ -183,7 +183,7 @@ std::string subrequest_route_now(const config& cfg, const agent_scope& scope, co
             could_take.push_back(&r);
         }
     }
-    const std::string which = " in subrequest #" + std::to_string(index) + " of this composite request";
+    const std::string which = subrequest_which(index, what);
     if (could_take.empty()) {
         return "route (none of upstream " + cfg.upstreams[upstream_index].name + " takes " +
                std::string{method.substr(0, 16)} + " " + std::string{own_path.substr(0, 256)} + ")" + which;
@@ -203,8 +203,9 @@ std::string subrequest_route_now(const config& cfg, const agent_scope& scope, co
 // What the agent's allow list and body constraints say now of a held request, as step 5 of
 // the live path would judge it ("" when they let it through): a reload that narrowed them
 // (the agent misfired) must not have a release send what they would refuse live. The route
-// is the one it was held on; a composite request's subrequests are held to the methods,
-// paths and routes (subrequest_route_now) of its allow list.
+// is the one it was held on; a composite request's subrequests, and the request a Bulk API
+// job stands for, are held to the methods, paths and routes (subrequest_route_now) of its
+// allow list.
 std::string scope_now(const config& cfg, const agent_config& a, const store::held_request& rec, const target_parts& tp,
                       std::size_t upstream_index) {
     const upstream_config& up = cfg.upstreams[upstream_index];
@@ -226,6 +227,11 @@ std::string scope_now(const config& cfg, const agent_config& a, const store::hel
         if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
             return "this composite request: " + unreadable;
         }
+        // A Bulk API job names what it will do in its body: judged as that request, as live.
+        if (const auto unreadable = rules::salesforce_bulk_job(upstream_path, content_type, rec.body, subs);
+            !unreadable.empty()) {
+            return "this request: " + unreadable;
+        }
         const route_config* held_route = cfg.find_route(rec.route);
         std::string_view host;  // as the live path had it (session.cpp sets it at the hold)
         for (const auto& [name, value] : rec.headers) {
@@ -234,7 +240,7 @@ std::string scope_now(const config& cfg, const agent_config& a, const store::hel
             }
         }
         for (std::size_t i = 0; i < subs.size(); ++i) {
-            if (auto why = subrequest_refusal(scope, i, subs[i].method, subs[i].path, up.base_path, up.name);
+            if (auto why = subrequest_refusal(scope, i, subs[i].method, subs[i].path, up.base_path, up.name, subs[i].what);
                 !why.empty()) {
                 return why;
             }
@@ -246,7 +252,7 @@ std::string scope_now(const config& cfg, const agent_config& a, const store::hel
             }
             const std::string_view own_path = *path_under_base(subs[i].path, up.base_path);
             if (auto why = subrequest_route_now(cfg, scope, *held_route, host, upstream_index, i, subs[i].method,
-                                                own_path);
+                                                own_path, subs[i].what);
                 !why.empty()) {
                 return why;
             }

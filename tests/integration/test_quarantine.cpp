@@ -1905,6 +1905,51 @@ TEST(quarantine, a_release_holds_composite_subrequests_to_the_routes_the_agent_m
     EXPECT_EQ(up.request_count(), 1u);
 }
 
+// A held Salesforce Bulk API job is judged at its release as the request it stands for, as
+// the live path judges it: an agent that lost DELETE since deletes no records through a job.
+TEST(quarantine, a_release_judges_a_bulk_api_job_as_the_request_it_stands_for) {
+    fake_upstream up{[](const request&) { return respond(200, "{}"); }};
+    const auto dir = temp_dir();
+    auto json = [&](const std::string& methods) {
+        return "{\"workers\": 2, \"listeners\": [{\"name\": \"t\", \"address\": \"127.0.0.1:0\"}],"
+               "\"store\": {\"path\": \"" + dir + "/bb.db\"},"
+               "\"upstreams\": [{\"name\": \"salesforce\", \"url\": \"http://127.0.0.1:" + std::to_string(up.port()) + "\"}],"
+               "\"routes\": [{\"name\": \"sf-any\", \"match\": {\"path_prefix\": \"/services/data/\"}, \"upstream\": \"salesforce\"}],"
+               "\"failure_modes\": [{\"id\": \"writes\", \"title\": \"CRM writes\", \"severity\": \"sev2\"}],"
+               "\"breakers\": [{\"id\": \"crm-writes\", \"action\": \"quarantine\", \"reset\": \"manual\"}],"
+               "\"rules\": [{\"id\": \"jobs\", \"route\": \"sf-any\", \"key\": [\"header:x-campaign-id\"],"
+               "\"measure\": \"requests\", \"window\": \"1h\", \"limit\": 0,"
+               "\"failure_mode\": \"writes\", \"trips\": \"crm-writes\"}],"
+               "\"agents\": [{\"id\": \"bot\", \"key_sha256\": [\"" + bb::sha256_hex("bot-key") + "\"],"
+               "\"allow\": {\"methods\": [" + methods + "], \"paths\": [\"/services/data/*\"]}}],"
+               "\"log\": {\"level\": \"warn\", \"access_log\": \"off\"}}";
+    };
+    auto with = [&](const std::string& methods) {
+        auto parsed = bb::parse_config(json(methods));
+        EXPECT_TRUE(parsed.errors.empty()) << parsed.errors.to_string();
+        return parsed.cfg;
+    };
+    const std::string as_held = R"("POST", "DELETE")";
+    proxy_instance bb{json(as_held)};
+    const std::string job = R"({"object": "Contact", "contentType": "CSV", "operation": "hardDelete"})";
+    const std::vector<std::pair<std::string, std::string>> headers{
+        {"content-type", "application/json"}, {"x-campaign-id", "c"}, {"x-breakerbox-key", "bot-key"}};
+    auto res = http_request(bb.port(), http::verb::post, "/services/data/v59.0/jobs/ingest", job, headers);
+    ASSERT_EQ(res.result_int(), 202u) << res.body();
+    const std::string ticket{res["x-breakerbox-ticket"]};
+    ASSERT_FALSE(ticket.empty()) << "held";
+    bb.server().apply_config(with(R"("POST")"));
+    bb::store::list_filter all;
+    const auto bulk = expect_release_refused(bb, up, ticket, all, "method DELETE (the Bulk API job's operation hardDelete)",
+                                             "POST only");
+    EXPECT_EQ(bulk.skipped, 1u);
+    const auto live = http_request(bb.port(), http::verb::post, "/services/data/v59.0/jobs/ingest", job, headers);
+    EXPECT_EQ(live.result_int(), 403u) << live.body();
+    bb.server().apply_config(with(as_held));
+    EXPECT_TRUE(bb.server().remediation().release(ticket, "ops").get().ok);
+    EXPECT_EQ(up.request_count(), 1u);
+}
+
 TEST(quarantine, a_sandboxed_agents_held_requests_are_not_released) {
     // Held while the agent could send for real; the operator then put it in sandbox mode: a
     // release would be a real send of an agent that must not reach customers.
