@@ -592,12 +592,35 @@ void walk_json(checker& k, element root) {
     }
 
     // HubSpot single send (marketing/v3/transactional/single-email/send).
+    bool from = false;
+    bool reply_to = false;
     each_field(root, "message", [&](element m) {
         recipient_fields(k, m, {"to", "cc", "bcc"});
-        each_field(m, "from", [&](element v) { from_value(k, v); });
-        each_field(m, "replyTo", [&](element v) { reply_to_value(k, v); });
+        each_field(m, "from", [&](element v) {
+            from = from || !v.is_null();
+            from_value(k, v);
+        });
+        each_field(m, "replyTo", [&](element v) {
+            reply_to = reply_to || !v.is_null();
+            reply_to_value(k, v);
+        });
     });
-    each_field(root, "emailId", [&](element v) { template_value(k, v, false); });
+    bool single_send = false;
+    each_field(root, "emailId", [&](element v) {
+        single_send = single_send || !v.is_null();
+        template_value(k, v, false);
+    });
+    // Without message.from (or replyTo) HubSpot sends with the stored marketing email's,
+    // which no body shows: to an agent held to those domains that is refused, not taken as
+    // no sender (as SendGrid's stored sender_id is).
+    if (single_send && !from && k.checks_from()) {
+        k.fail("this single send takes its from address from the stored marketing email (emailId), which this "
+               "agent's from_domains cannot read; give message.from");
+    }
+    if (single_send && !reply_to && k.checks_reply_to()) {
+        k.fail("this single send takes its reply-to from the stored marketing email (emailId), which this "
+               "agent's reply_to_domains cannot read; give message.replyTo");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -940,6 +940,35 @@ TEST(AgentConstraints, FromAbsentDoesNotApply) {
     EXPECT_EQ(check_body_constraints(c, json, R"j({"from": null, "template_id": null})j"), "");
 }
 
+// A HubSpot single send without message.from (or replyTo) goes out with the stored marketing
+// email's, which no body shows: refused to an agent held to those domains, like SendGrid's
+// stored sender_id, not taken as no sender.
+TEST(AgentConstraints, AHubSpotSingleSendWithoutItsFromTakesTheStoredSender) {
+    body_constraints c;
+    c.from_domains = {"example.com"};
+    const std::string stored = R"j({"emailId": 4242, "message": {"to": "a@example.com"}})j";
+    EXPECT_EQ(check_body_constraints(c, json, stored),
+              "this single send takes its from address from the stored marketing email (emailId), which this agent's "
+              "from_domains cannot read; give message.from");
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com", "from": null}})j"),
+              check_body_constraints(c, json, stored));
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
+        "from": "News <news@example.com>"}})j"), "");
+    EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
+        "from": "news@other.example"}})j"), "from domain \"other.example\" is not allowed for this agent");
+    body_constraints r;
+    r.reply_to_domains = {"example.com"};
+    EXPECT_EQ(check_body_constraints(r, json, stored),
+              "this single send takes its reply-to from the stored marketing email (emailId), which this agent's "
+              "reply_to_domains cannot read; give message.replyTo");
+    EXPECT_EQ(check_body_constraints(r, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
+        "replyTo": ["help@example.com"]}})j"), "");
+    // An agent held to no domain is not asked for them.
+    body_constraints n;
+    n.max_recipients = 5;
+    EXPECT_EQ(check_body_constraints(n, json, stored), "");
+}
+
 TEST(AgentConstraints, WrongTypesFailClosed) {
     EXPECT_EQ(check_body_constraints(domains({"example.com"}), json, R"j({"from": ["a@example.com"]})j"),
               "the from address is not a string");
