@@ -342,6 +342,12 @@ std::optional<std::string> mailgun_testmode(std::string_view body, std::string_v
         *error = "o:testmode is in the query string, where the body's cannot override it with certainty";
         return std::nullopt;
     }
+    // A body a server may read as another form (its charset one that does not keep ASCII,
+    // where an encoded `o:testmode=no` is not the field this rewrite replaces): not forwarded.
+    if (auto why = rules::unreadable_form(content_type, body); !why.empty()) {
+        *error = std::move(why);
+        return std::nullopt;
+    }
     auto out = mailgun_testmode_rewrite(body, content_type, error);
     if (!out) {
         return out;

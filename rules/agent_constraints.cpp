@@ -1436,7 +1436,8 @@ std::string constrained_subrequests(std::string_view path, std::string_view body
 bool body_unreadable(std::string_view why) {
     for (const std::string_view unreadable :
          {"the body is not valid JSON", "the multipart/form-data body is malformed", "reads one way only",
-          "is read as a form by some servers", "starts like JSON", "with a raw ';'", "a raw MIME message is not"}) {
+          "is read as a form by some servers", "starts like JSON", "with a raw ';'", "a raw MIME message is not",
+          "a charset that does not keep ASCII"}) {
         if (why.find(unreadable) != std::string_view::npos) {
             return true;
         }

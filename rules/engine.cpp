@@ -1641,6 +1641,16 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
     }
     const std::string_view media = media_type(content_type);
     if (is_form_content_type(media)) {
+        // The form's own charset, as its parts' (parse_multipart): a server that honours
+        // it (Java servlet containers do for urlencoded forms) reads `%00t%00o=...` in
+        // UTF-16 as `to`, a field named otherwise here.
+        std::optional<std::string> charset;
+        const bool params_ok = header_param(content_type, "charset", &charset, false);
+        if ((charset && !ascii_compatible_charset(*charset)) || (!params_ok && icontains(content_type, "charset"))) {
+            return "a form body in charset " + (charset ? cfg::quote(charset->substr(0, 32)) : std::string{"(unreadable)"}) +
+                   " is in a charset that does not keep ASCII as it is, which servers that honour it read as other "
+                   "text: send it in UTF-8";
+        }
         const std::string_view json = without_bom(body);  // as a JSON reader past a BOM sees it
         const auto first = json.find_first_not_of(" \t\r\n");
         if (first != std::string_view::npos && (json[first] == '{' || json[first] == '[')) {

@@ -72,6 +72,17 @@ TEST(sandbox_rewrite, mailgun_raw_semicolons_fail_closed) {
     EXPECT_NE(err.find("raw ';' in the query"), std::string::npos) << err;
 }
 
+// In UTF-16 `%00o%00%3A%00t...=no` is o:testmode to a server that honours the charset, and
+// not the field the rewrite replaces here: refused, as the agents' constraints refuse it.
+TEST(sandbox_rewrite, mailgun_form_in_a_charset_that_does_not_keep_ascii_fails_closed) {
+    std::string err;
+    EXPECT_FALSE(mailgun_testmode("%00t%00o=%00x%00%40%00y&%00o%00%3A%00t%00e%00s%00t%00m%00o%00d%00e=%00n%00o",
+                                  "application/x-www-form-urlencoded; charset=utf-16be", &err));
+    EXPECT_NE(err.find("does not keep ASCII"), std::string::npos) << err;
+    err.clear();
+    EXPECT_TRUE(mailgun_testmode("to=x%40y.z", "application/x-www-form-urlencoded; charset=utf-8", &err)) << err;
+}
+
 TEST(sandbox_rewrite, mailgun_multipart_gets_a_testmode_part) {
     const std::string body =
         "--XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nx@y.z\r\n"

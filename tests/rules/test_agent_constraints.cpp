@@ -1293,6 +1293,18 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
                 HasSubstr("is read as a form by some servers but not here"));
     EXPECT_THAT(check_body_constraints(max(5), "multipart/related; boundary=b", "--b\r\n\r\nx\r\n--b--\r\n"),
                 HasSubstr("is read as a form by some servers"));
+    // A form in a charset that does not keep ASCII is other text to a server that honours it
+    // (`%00t%00o` is `to` in UTF-16): refused, top-level as in a part.
+    const auto utf16 = check_body_constraints(max(1), "application/x-www-form-urlencoded; charset=UTF-16BE",
+                                              "%00t%00o=%00a%00%40%00x%00.%00c%00o%00m%00%2C%00b%00%40%00y%00.%00c%00o%00m");
+    EXPECT_THAT(utf16, HasSubstr("a form body in charset \"UTF-16BE\" is in a charset that does not keep ASCII"));
+    EXPECT_TRUE(body_unreadable(utf16));
+    EXPECT_THAT(check_body_constraints(max(5), "multipart/form-data; boundary=b; charset=utf-7", "--b--\r\n"),
+                HasSubstr("does not keep ASCII"));
+    EXPECT_THAT(check_body_constraints(max(5), "application/x-www-form-urlencoded; charset=utf-8; charset=utf-16", "to=a%40x.com"),
+                HasSubstr("a form body in charset"));
+    EXPECT_EQ(check_body_constraints(max(5), "application/x-www-form-urlencoded; charset=ISO-8859-1", "to=a%40x.com"), "");
+    EXPECT_EQ(check_body_constraints(max(5), "application/x-www-form-urlencoded;charset=UTF-8", "to=a%40x.com"), "");
     EXPECT_EQ(check_body_constraints(max(5), "application/json", sendgrid), "");
     EXPECT_EQ(check_body_constraints(max(5), "text/plain", "hello"), "");
     // Those answers are a bad request (400 bad_body), not a broken constraint (403).
