@@ -814,6 +814,9 @@ std::string_view stored_send(std::string_view method, std::string_view path) {
     if (path_ends_with(path, {"marketing", "v3", "emails", "*", "publish"})) {
         return "publishes a stored HubSpot marketing email";
     }
+    if (path_ends_with(path, {"actions", "custom", "emailAlert", "*", "*"})) {
+        return "sends a stored Salesforce email alert (its template, sender and recipients)";
+    }
     return {};
 }
 
@@ -1428,6 +1431,13 @@ std::string constrained_subrequests(std::string_view path, std::string_view body
             return "subrequest #" + std::to_string(i) +
                    " of this composite request calls emailSimple, whose inputs this agent's constraints read only "
                    "in a direct call (POST it to .../actions/standard/emailSimple)";
+        }
+        // A Flow (which may take emailSimple's inputs and send them) or an email alert
+        // (a stored send, refused even directly): nothing of them is read in here.
+        if (icontains(p, "/actions/custom/")) {
+            return "subrequest #" + std::to_string(i) +
+                   " of this composite request calls a custom action (a Flow or an email alert, which may send mail), "
+                   "whose inputs this agent's constraints read only in a direct call";
         }
     }
     return {};

@@ -602,6 +602,15 @@ TEST(AgentConstraints, EmailSimpleInsideACompositeRequestIsRefused) {
     EXPECT_THAT(constrained_subrequests("/services/data/v57.0/composite", R"j({"compositeRequest": [{"method": "POST",
         "url": "/services/data/v57.0/actions/standard/emailSimple.json", "referenceId": "m", "body": {"inputs": []}}]})j"),
                 HasSubstr("subrequest #0"));
+    // A Flow, which may take the same inputs and send them, and an email alert, likewise.
+    for (const char* url : {"/services/data/v59.0/actions/custom/flow/Send_Welcome",
+                            "/services/data/v59.0/actions/custom/emailAlert/Contact/Welcome_Alert",
+                            "/services/data/v59.0/Actions/Custom/Flow/x/"}) {
+        EXPECT_THAT(constrained_subrequests("/services/data/v59.0/composite",
+                                            R"j({"compositeRequest": [{"method": "POST", "referenceId": "f", "url": ")j" +
+                                                std::string{url} + R"j(", "body": {"inputs": [{"emailAddresses": "a@x.com"}]}}]})j"),
+                    HasSubstr("subrequest #0 of this composite request calls a custom action")) << url;
+    }
     const std::string records = R"j({"compositeRequest": [
         {"method": "POST", "url": "/services/data/v59.0/sobjects/Account", "referenceId": "a", "body": {"Name": "x"}}]})j";
     EXPECT_EQ(constrained_subrequests("/services/data/v59.0/composite", records), "");
@@ -722,6 +731,8 @@ TEST(AgentConstraints, SendingStoredSendGridMailIsRefusedToAConstrainedAgent) {
                  {"PATCH", "/v3/campaigns/986724/schedules"},
                  {"POST", "/v3/campaigns/986724/schedules/test"},
                  {"POST", "/marketing/v3/emails/51234/publish"},
+                 {"POST", "/services/data/v59.0/actions/custom/emailAlert/Contact/Welcome_Alert"},
+                 {"POST", "/services/data/v57.0/actions/custom/emailAlert/Contact/Welcome_Alert.json"},
                  {"", "/v3/marketing/singlesends/3f1c2d/schedule"},
              }) {
             const auto why = check_body_constraints(c, json, R"j({"send_at": "now"})j", "", path, method);
@@ -736,6 +747,7 @@ TEST(AgentConstraints, SendingStoredSendGridMailIsRefusedToAConstrainedAgent) {
                  {"DELETE", "/v3/campaigns/986724/schedules"},
                  {"POST", "/v3/marketing/singlesends/3f1c2d"},  // a duplicate: a draft, nothing sent
                  {"PUT", "/v3/marketing/singlesends/schedule"},
+                 {"GET", "/services/data/v59.0/actions/custom/emailAlert/Contact/Welcome_Alert"},  // its description
              }) {
             EXPECT_EQ(check_body_constraints(c, json, "{}", "", path, method), "") << method << " " << path;
         }
