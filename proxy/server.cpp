@@ -70,6 +70,19 @@ void run_catching(asio::io_context& ioc) {
     }
 }
 
+// A forward proxy's settings that need a restart (its CA and minted-leaf cache are built at
+// the start): all but its passthrough list, which is read per CONNECT and per second of an
+// open blind tunnel.
+std::optional<forward_proxy_config> fixed_part(const std::optional<forward_proxy_config>& fp) {
+    auto out = fp;
+    if (out) {
+        out->passthrough.clear();
+    }
+    return out;
+}
+
+// Whether the listeners' settings that need a restart are the same (require_agent and a
+// forward proxy's passthrough apply at once: apply_config).
 bool same_listeners(const config& a, const config& b) {
     if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) {
         return false;
@@ -77,7 +90,7 @@ bool same_listeners(const config& a, const config& b) {
     for (std::size_t i = 0; i < a.listeners.size(); ++i) {
         if (a.listeners[i].name != b.listeners[i].name || a.listeners[i].host != b.listeners[i].host ||
             a.listeners[i].port != b.listeners[i].port || a.listeners[i].tls != b.listeners[i].tls ||
-            a.listeners[i].forward_proxy != b.listeners[i].forward_proxy) {
+            fixed_part(a.listeners[i].forward_proxy) != fixed_part(b.listeners[i].forward_proxy)) {
             return false;
         }
     }
@@ -1992,15 +2005,20 @@ std::vector<std::string> server::apply_config(std::shared_ptr<const config> cfg,
             return patched.get();
         };
         if (!same_listeners(*cfg_, *cfg)) {
-            warnings.push_back("listeners (other than require_agent) and workers are fixed until restart; the new "
-                               "settings for them were not applied");
+            warnings.push_back("listeners (other than require_agent and forward_proxy.passthrough) and workers are "
+                               "fixed until restart; the new settings for them were not applied");
             patch()->listeners = cfg_->listeners;
             patch()->workers = cfg_->workers;
-            // require_agent is read per request: a tightening applies now.
+            // require_agent is read per request, a passthrough list per CONNECT and per
+            // second of an open blind tunnel: a tightening applies now (an entry taken out
+            // during an incident ends its tunnels, blind_tunnel_refusal in session.cpp).
             for (auto& l : patched->listeners) {
                 for (const auto& n : cfg->listeners) {
                     if (n.name == l.name) {
                         l.require_agent = n.require_agent;
+                        if (l.forward_proxy && n.forward_proxy) {
+                            l.forward_proxy->passthrough = n.forward_proxy->passthrough;
+                        }
                     }
                 }
             }

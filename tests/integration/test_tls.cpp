@@ -1039,6 +1039,32 @@ TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
     EXPECT_TRUE(anonymous_tunnel->closed_by_server()) << "a tunnel nobody identified went on under require_agent";
 }
 
+// A reload that takes a destination out of passthrough applies at once, though the listener's
+// other settings wait for a restart: its open blind tunnels close, and a new CONNECT is
+// refused (during an incident, the way to cut an unmetered path without a restart).
+TEST(forward_proxy, a_reload_that_removes_a_passthrough_entry_closes_its_tunnels) {
+    fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+    const std::string target = "127.0.0.1:" + std::to_string(api.port());
+    const std::string cfg = forward_config(api.port(), q(target));
+    proxy_instance bb{cfg};
+    auto [tunnel, head] = connect_to(bb.port(), target, "");
+    ASSERT_EQ(head.rfind("HTTP/1.1 200", 0), 0u) << head;
+    std::string removed = cfg;
+    const std::string entry = "\"passthrough\": [" + q(target) + "]";
+    removed.replace(removed.find(entry), entry.size(), "\"passthrough\": []");
+    auto next = bb::parse_config(removed);
+    ASSERT_TRUE(next.errors.empty()) << next.errors.to_string();
+    const auto warnings = bb.server().apply_config(next.cfg);
+    EXPECT_TRUE(warnings.empty()) << ::testing::PrintToString(warnings);
+    EXPECT_TRUE(tunnel->closed_by_server()) << "the blind tunnel went on after its entry was removed";
+    auto [again, refused] = connect_to(bb.port(), target, "");
+    EXPECT_EQ(refused.rfind("HTTP/1.1 403", 0), 0u) << refused;
+    // Put back: blind tunnels open again.
+    bb.server().apply_config(bb::parse_config(cfg).cfg);
+    auto [reopened, ok] = connect_to(bb.port(), target, "");
+    EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
+}
+
 // Under require_agent a client that talks to breakerbox as its proxy (a CONNECT, or an
 // absolute-form request) and presents no known key gets 407 with Proxy-Authenticate, the
 // answer HTTP_PROXY clients know to send proxy credentials for; a request addressed to
