@@ -1386,6 +1386,29 @@ parse_result parse_config(std::string_view json_text, bool stored) {
             }
         }
     }
+    // A passthrough entry that is an upstream's own address: a blind tunnel there reaches the
+    // API the routes meter, unmetered, around every rule (a route with no match.host does not
+    // make it a forward proxy's destination, so the CONNECT would be blind).
+    for (std::size_t i = 0; i < c->listeners.size(); ++i) {
+        const auto& fp = c->listeners[i].forward_proxy;
+        for (std::size_t k = 0; fp && k < fp->passthrough.size(); ++k) {
+            const auto& [host, port] = fp->passthrough[k];
+            for (const auto& u : c->upstreams) {
+                std::string_view uh = host_name(u.host);
+                if (uh.size() > 1 && uh.front() == '[' && uh.back() == ']') {
+                    uh = uh.substr(1, uh.size() - 2);
+                }
+                if (u.port == port && rules::iequals(uh, host)) {
+                    out.errors.add_since_stored(
+                        cfg::child(cfg::child(cfg::child(cfg::child("listeners", i), "forward_proxy"), "passthrough"), k),
+                        "is upstream " + cfg::quote(u.name) + "'s address: a blind tunnel there would reach it "
+                        "unmetered, around every rule of its routes (give a route for it a match.host, so that a "
+                        "CONNECT there is inspected, and take it out of passthrough)");
+                    break;
+                }
+            }
+        }
+    }
     parse_agents(root, *c);
     parse_breakers(root, *c);
     if (auto a = root.value("alerts")) {

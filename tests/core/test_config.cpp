@@ -795,6 +795,26 @@ TEST(config, passthrough_entries_are_host_and_port_pairs) {
     }
 }
 
+// A passthrough entry that is an upstream's own address would be a blind, unmetered path to
+// the API that the routes meter (a route without match.host does not make it a destination).
+TEST(config, a_passthrough_entry_may_not_be_an_upstreams_address) {
+    auto r = parse_config(R"({"listeners": [{"name": "a", "address": "127.0.0.1:0",
+                                 "forward_proxy": {"ca_cert_file": "/nonexistent/ca.pem", "ca_key_file": "/nonexistent/ca.key",
+                                                   "passthrough": ["API.Example.com.", "api.example.com:8443", "other.example",
+                                                                   "127.0.0.1:9000"]}}],
+               "upstreams": [{"name": "up", "url": "https://api.example.com"}, {"name": "local", "url": "http://127.0.0.1:9000"}],
+               "routes": [{"name": "r", "match": {"path_prefix": "/v3/"}, "upstream": "up"},
+                          {"name": "l", "match": {"path_prefix": "/local/"}, "upstream": "local"}]})");
+    const auto e = all_errors(r);
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[0]: is upstream \"up\"'s address: a blind tunnel there would "
+                     "reach it unmetered"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find("passthrough[1]"), std::string::npos) << "another port is another service: " << e;
+    EXPECT_EQ(e.find("passthrough[2]"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[3]: is upstream \"local\"'s address"), std::string::npos) << e;
+}
+
 // A certificate naming two agents identifies neither, whatever their order.
 TEST(config, a_certificate_naming_two_agents_is_ambiguous) {
     auto r = parse_config(base(R"(, "agents": [{"id": "a", "cert_names": ["a.agents.local"]},
