@@ -2848,6 +2848,8 @@ std::string render_metrics(server& srv) {
     histogram hold;
     std::uint64_t client_aborts = 0;
     std::uint64_t upstream_failures = 0;
+    std::uint64_t listener_handshakes_failed = 0;
+    std::uint64_t interception_handshakes_failed = 0;
     srv.for_each_worker([&](worker& w) {
         const auto& st = w.stats();
         for (std::size_t r = 0; r < by_route.size() && r < st.route_decisions.size(); ++r) {
@@ -2867,6 +2869,8 @@ std::string render_metrics(server& srv) {
         hold.add(st.hold_latency);
         client_aborts += st.client_aborts;
         upstream_failures += st.upstream_failures;
+        listener_handshakes_failed += st.listener_handshake_failures;
+        interception_handshakes_failed += st.interception_handshake_failures;
     });
     std::string o;
     o.reserve(16 * 1024);
@@ -2939,6 +2943,12 @@ std::string render_metrics(server& srv) {
     o += "# HELP breakerbox_client_aborts_total Requests whose client left before the answer.\n";
     o += "# TYPE breakerbox_client_aborts_total counter\n";
     o += "breakerbox_client_aborts_total " + std::to_string(client_aborts) + "\n";
+    o += "# HELP breakerbox_tls_handshake_failures_total TLS handshakes with clients that failed: on a TLS listener, "
+         "or intercepting a CONNECT (a client that does not trust the forward proxy's CA).\n";
+    o += "# TYPE breakerbox_tls_handshake_failures_total counter\n";
+    o += "breakerbox_tls_handshake_failures_total{kind=\"listener\"} " + std::to_string(listener_handshakes_failed) + "\n";
+    o += "breakerbox_tls_handshake_failures_total{kind=\"interception\"} " +
+         std::to_string(interception_handshakes_failed) + "\n";
     o += "# HELP breakerbox_connections Client connections open now.\n";
     o += "# TYPE breakerbox_connections gauge\n";
     o += "breakerbox_connections " + std::to_string(srv.active_connections()) + "\n";

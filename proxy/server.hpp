@@ -141,6 +141,10 @@ struct worker_stats {
     std::uint64_t generated = 0;                // answered by breakerbox itself
     std::uint64_t upstream_failures = 0;
     std::uint64_t client_aborts = 0;
+    // TLS handshakes that failed: on a TLS listener, and intercepting a CONNECT (a client
+    // that does not trust the forward proxy's CA fails here, after its CONNECT was answered).
+    std::uint64_t listener_handshake_failures = 0;
+    std::uint64_t interception_handshake_failures = 0;
 };
 
 class worker;

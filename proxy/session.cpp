@@ -3001,7 +3001,20 @@ asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guar
     dl.disarm();
     buf.consume(buf.size());
     if (hec) {
-        spdlog::debug("TLS handshake with {} failed: {}", ci.ip, hec.message());
+        if (leaf != nullptr) {
+            // Its CONNECT was answered 200 and logged: only this says the client could not go
+            // on (mostly one that does not trust the local CA).
+            ++w.stats().interception_handshake_failures;
+            static once_every logged{std::chrono::seconds{10}};
+            if (logged.due(w.owner().now())) {
+                spdlog::warn("TLS interception of {} for {} failed: {} (does the client trust the forward proxy's "
+                             "CA? breakerbox_tls_handshake_failures_total{{kind=\"interception\"}} counts them all)",
+                             ci.tunnel_host, ci.ip, hec.message());
+            }
+        } else {
+            ++w.stats().listener_handshake_failures;
+            spdlog::debug("TLS handshake with {} failed: {}", ci.ip, hec.message());
+        }
         const auto e = static_cast<unsigned long>(hec.value());
         if (hec.category() == asio::error::get_ssl_category() && ERR_GET_LIB(e) == ERR_LIB_SSL &&
             (ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST || ERR_GET_REASON(e) == SSL_R_HTTPS_PROXY_REQUEST)) {

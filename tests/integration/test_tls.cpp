@@ -2,6 +2,7 @@
 // sslscan and a Node.js client, all on 127.0.0.1. The certificates are the build's
 // development test material (certs/make-dev-certs.sh): nothing here is production.
 #include "core/sha256.hpp"
+#include "proxy/admin.hpp"
 #include "proxy/mint.hpp"
 #include "proxy/tls.hpp"
 #include "tests/support/fake_upstream.hpp"
@@ -1040,6 +1041,25 @@ TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
     required.replace(required.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
     reload(required);
     EXPECT_TRUE(anonymous_tunnel->closed_by_server()) << "a tunnel nobody identified went on under require_agent";
+}
+
+// A client that does not trust the forward proxy's CA fails its handshake after its CONNECT
+// was answered 200: counted, by kind, and logged as a warning, not lost in the debug log.
+TEST(forward_proxy, a_failed_interception_handshake_is_counted) {
+    fake_upstream api{[](const request&) { return respond(202, "{}"); }, cert("server.pem"), cert("server.key")};
+    proxy_instance bb{forward_config(api.port())};
+    int rc = 0;
+    const auto out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) +
+                             " https://localhost:" + std::to_string(api.port()) + "/v3/mail/send 2>&1",
+                         &rc);
+    EXPECT_NE(rc, 0) << "curl trusted a certificate of the development CA without --cacert: " << out;
+    const std::string failed = "breakerbox_tls_handshake_failures_total{kind=\"interception\"} 1\n";
+    EXPECT_TRUE(bb::test::wait_until([&] { return bb::proxy::render_metrics(bb.server()).find(failed) != std::string::npos; },
+                                     5000))
+        << bb::proxy::render_metrics(bb.server());
+    EXPECT_NE(bb::proxy::render_metrics(bb.server()).find("breakerbox_tls_handshake_failures_total{kind=\"listener\"} 0\n"),
+              std::string::npos);
+    EXPECT_EQ(api.request_count(), 0u);
 }
 
 // A reload that takes a destination out of passthrough applies at once, though the listener's
