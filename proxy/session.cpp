@@ -1020,8 +1020,9 @@ bool passthrough_allowed(const forward_proxy_config& fp, std::string_view host, 
 }
 
 // Copies bytes one way until EOF or an error, then half-closes the other side.
+// `moved`: the bytes it passed on, for the tunnel's closing log line.
 asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to,
-                           std::shared_ptr<std::chrono::steady_clock::time_point> last_activity) {
+                           std::shared_ptr<std::chrono::steady_clock::time_point> last_activity, std::uint64_t& moved) {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::array<char, 16 * 1024> chunk;
     for (;;) {
@@ -1031,6 +1032,7 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to,
         }
         *last_activity = std::chrono::steady_clock::now();
         auto [wec, wn] = co_await asio::async_write(to, asio::buffer(chunk.data(), n), use_tuple);
+        moved += wn;
         if (wec) {
             break;
         }
@@ -1084,11 +1086,11 @@ std::string blind_tunnel_refusal(worker& w, std::size_t listener, const std::str
 
 // Ends a tunnel that has been quiet for `idle`, or (every second) whose agent an operator
 // has switched off or that the current config no longer allows (`refusal`, for a blind
-// tunnel): closes both sockets (which ends the pumps).
+// tunnel): closes both sockets (which ends the pumps), and says why in `closed_for`.
 asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
                                       std::shared_ptr<std::chrono::steady_clock::time_point> last_activity,
                                       std::chrono::milliseconds idle, std::string agent_id,
-                                      std::function<std::string()> refusal = {}) {
+                                      std::function<std::string()> refusal, std::string& closed_for) {
     co_await asio::this_coro::throw_if_cancelled(false);
     static constexpr std::chrono::seconds kill_switch_check{1};
     asio::steady_timer timer{a.get_executor()};
@@ -1106,6 +1108,9 @@ asio::awaitable<void> tunnel_watchdog(worker& w, tcp::socket& a, tcp::socket& b,
         const bool switched_off = !idle_out && !agent_id.empty() && agent_switched_off(w, agent_id);
         const std::string refused = !idle_out && !switched_off && refusal ? refusal() : std::string{};
         if (idle_out || switched_off || !refused.empty()) {
+            closed_for = idle_out       ? "idle for " + cfg::format_duration(idle)
+                         : switched_off ? "agent/" + agent_id + " is switched off"
+                                        : "a config change: " + refused;
             if (switched_off) {
                 spdlog::warn("tunnel of agent {} closed: agent/{} is switched off", agent_id, agent_id);
             } else if (!refused.empty()) {
@@ -1226,8 +1231,16 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     auto refusal = [&w, listener, host, port, agent_id, digest] {
         return blind_tunnel_refusal(w, listener, host, port, agent_id, digest);
     };
-    co_await ((pump(client, out, last_activity) && pump(out, client, last_activity)) ||
-              tunnel_watchdog(w, client, out, last_activity, idle_timeout, std::move(agent_id), refusal));
+    // What went through, not inspected: logged when it ends, as the opening was.
+    std::uint64_t from_client = 0;
+    std::uint64_t to_client = 0;
+    std::string closed_for = "its ends closed it";
+    co_await ((pump(client, out, last_activity, from_client) && pump(out, client, last_activity, to_client)) ||
+              tunnel_watchdog(w, client, out, last_activity, idle_timeout, agent_id, refusal, closed_for));
+    const auto lasted = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+    spdlog::info("tunnel {} (agent {}) -> {}:{} closed after {}: {} bytes from the client, {} to it; {} (request {})",
+                 ci.ip, agent_id.empty() ? "-" : agent_id, host, port, cfg::format_duration(lasted), from_client,
+                 to_client, closed_for, request_id);
 }
 
 asio::awaitable<void> serve_tls(worker& w, tcp::socket& raw, session_guard& guard, deadline& dl, std::size_t listener,

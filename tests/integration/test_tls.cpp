@@ -10,6 +10,8 @@
 #include "tests/support/proxy_fixture.hpp"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -1041,6 +1043,42 @@ TEST(forward_proxy, a_reload_closes_the_blind_tunnels_it_would_refuse_now) {
     required.replace(required.find("\"address\": \"127.0.0.1:0\","), 26, "\"address\": \"127.0.0.1:0\", \"require_agent\": true,");
     reload(required);
     EXPECT_TRUE(anonymous_tunnel->closed_by_server()) << "a tunnel nobody identified went on under require_agent";
+}
+
+// A blind tunnel is not inspected, but what went through it is logged when it ends: the
+// bytes each way, how long it lasted and why it ended, beside the line its opening wrote.
+TEST(forward_proxy, a_blind_tunnel_logs_what_went_through_when_it_closes) {
+    auto ring = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+    const auto before = spdlog::default_logger();
+    auto logger = std::make_shared<spdlog::logger>("test", ring);
+    logger->set_level(spdlog::level::info);
+    spdlog::set_default_logger(logger);  // before the proxy's threads start, restored after they end
+    auto logged = [&] {
+        std::string all;
+        for (const auto& line : ring->last_formatted()) {
+            all += line;
+        }
+        return all;
+    };
+    {
+        fake_upstream api{[](const request&) { return respond(200, "direct"); }, cert("server.pem"), cert("server.key")};
+        const std::string target = "127.0.0.1:" + std::to_string(api.port());
+        proxy_instance bb{forward_config(api.port(), q(target))};
+        const auto out = run("curl -sS --max-time 10 --proxy http://127.0.0.1:" + std::to_string(bb.port()) + " --cacert " +
+                             cert("ca.pem") + " https://" + target + "/x");
+        EXPECT_EQ(out, "direct");
+        EXPECT_TRUE(bb::test::wait_until([&] { return logged().find(" closed after ") != std::string::npos; }, 5000))
+            << logged();
+    }
+    spdlog::set_default_logger(before);
+    const std::string text = logged();
+    const auto at = text.find(" closed after ");
+    ASSERT_NE(at, std::string::npos) << text;
+    const std::string line = text.substr(text.rfind("tunnel ", at), text.find('\n', at) - text.rfind("tunnel ", at));
+    EXPECT_NE(line.find("(agent -) -> 127.0.0.1:"), std::string::npos) << line;
+    EXPECT_EQ(line.find(": 0 bytes from the client"), std::string::npos) << "the TLS handshake went through it: " << line;
+    EXPECT_EQ(line.find(", 0 to it"), std::string::npos) << line;
+    EXPECT_NE(line.find("its ends closed it (request "), std::string::npos) << line;
 }
 
 // A client that does not trust the forward proxy's CA fails its handshake after its CONNECT
