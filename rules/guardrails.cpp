@@ -2413,8 +2413,12 @@ bool names_only_listed_templates(const content_guard& g, const guard_input& in) 
     return true;
 }
 
-// What the guard finds; a raw message it could not read goes to `unreadable` (the rest of
-// the body is still read: a finding there wins over the unreadable message).
+constexpr std::string_view unreadable_name =
+    " cannot be read: an encoded word (=?charset?...?=) in it is in a charset not read here or does not decode, "
+    "so what a mail client shows is unknown";
+
+// What the guard finds; a raw message or a sender's name it could not read goes to
+// `unreadable` (the rest of the body is still read: a finding there wins over it).
 guard_result check_content_fields(const content_guard& g, const guard_input& in, std::string& unreadable) {
     const std::string_view body = in.req.body;
     bool unsubscribe = false;
@@ -2483,9 +2487,13 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                         return walk_next::go;
                     }
                     // A name: field: the sender's name beside the address.
-                    const bool in_place = sender_name_text(text, s.display);
+                    const sender_text read = sender_name_text(text, s.display);
+                    const bool in_place = read != sender_text::decoded;
                     bool ignored = true;  // a name is no unsubscribe link
                     if (!detail::find_content(g, s.display, ignored, &hit)) {
+                        if (read == sender_text::unreadable && unreadable.empty()) {
+                            unreadable = "the sender's name at " + render_path(f) + std::string{unreadable_name};
+                        }
                         return walk_next::go;
                     }
                     // (Decoded encoded words: the finding is at the value.)
@@ -2525,11 +2533,15 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                                         std::to_string(hit.offset));
                     }
                 } else if (form_selected(g.names, name)) {
-                    const bool in_place = sender_name_text(value, s.display);
+                    const sender_text read = sender_name_text(value, s.display);
                     bool ignored = true;  // a name is no unsubscribe link
                     if (detail::find_content(g, s.display, ignored, &hit)) {
                         return violated(hit.what + " in form field " + field_name(name) + " (the sender's name" +
-                                        (in_place ? ") at offset " + std::to_string(hit.offset) : ", in its encoded words)"));
+                                        (read != sender_text::decoded ? ") at offset " + std::to_string(hit.offset)
+                                                                      : ", in its encoded words)"));
+                    }
+                    if (read == sender_text::unreadable && unreadable.empty()) {
+                        unreadable = "the sender's name in form field " + field_name(name) + std::string{unreadable_name};
                     }
                 }
             }

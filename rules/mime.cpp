@@ -824,19 +824,20 @@ std::optional<std::string> address_fields(std::string_view message, std::initial
 
 namespace {
 
-// The end of the angle-addr that starts at v[lt] == '<': past its '>' outside quotes, or the
-// end of the value.
-std::size_t angle_addr_end(std::string_view v, std::size_t lt) {
+// The end of the angle-addr that starts at v[lt] == '<': past its '>' outside quotes (when
+// `quotes` open them), or the end of the value.
+std::size_t angle_addr_end(std::string_view v, std::size_t lt, bool quotes, bool& open_quote) {
     bool quoted = false;
     for (std::size_t j = lt + 1; j < v.size(); ++j) {
         if (quoted && v[j] == '\\') {
             ++j;
-        } else if (v[j] == '"') {
+        } else if (v[j] == '"' && quotes) {
             quoted = !quoted;
         } else if (!quoted && v[j] == '>') {
             return j + 1;
         }
     }
+    open_quote = open_quote || quoted;
     return v.size();
 }
 
@@ -848,6 +849,7 @@ void blank_addresses(std::string_view v, std::string& out, bool quotes, bool com
         std::fill(out.begin() + static_cast<std::ptrdiff_t>(from), out.begin() + static_cast<std::ptrdiff_t>(to), ' ');
     };
     bool quoted = false;
+    bool open_quote = false;  // one inside an angle-addr that never closed
     std::size_t quote_start = 0;
     int comment = 0;
     std::size_t token = std::string_view::npos;  // start of the bare word being read
@@ -892,7 +894,7 @@ void blank_addresses(std::string_view v, std::string& out, bool quotes, bool com
             comment = 1;
         } else if (c == '<') {
             end_token(i);
-            const std::size_t end = angle_addr_end(v, i);  // no word of it shows as a name
+            const std::size_t end = angle_addr_end(v, i, quotes, open_quote);  // no word of it shows as a name
             blank_out(i, end);
             i = end - 1;
         } else if (c == ',' || c == ';' || c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
@@ -905,7 +907,7 @@ void blank_addresses(std::string_view v, std::string& out, bool quotes, bool com
         }
     }
     end_token(v.size());
-    if (quoted && quotes) {
+    if ((quoted || open_quote) && quotes) {
         blank_addresses(v, out, false, comments);  // an unterminated quote quotes nothing
     } else if (comment > 0 && comments) {
         blank_addresses(v, out, quotes, false);  // nor an unterminated comment
@@ -919,18 +921,23 @@ std::string_view address_display_text(std::string_view value, std::string& out) 
     return out;
 }
 
-bool sender_name_text(std::string_view value, std::string& out) {
+sender_text sender_name_text(std::string_view value, std::string& out) {
     address_display_text(value, out);
     if (out.find("=?") == std::string::npos) {
-        return true;
+        return sender_text::as_written;
     }
     std::string decoded;
-    if (!decode_words(out, decoded) || decoded == out) {
-        return true;
+    if (!decode_words(out, decoded)) {
+        return sender_text::unreadable;
+    }
+    if (decoded == out) {
+        return sender_text::as_written;
     }
     out = std::move(decoded);
-    return false;
+    return sender_text::decoded;
 }
+
+bool charset_keeps_ascii(std::string_view charset) { return ascii_compatible(charset); }
 
 std::string mime_from(std::string_view message) {
     // Every From, and Sender: a second From (or a Sender) is what some clients and relays

@@ -97,9 +97,17 @@ std::string_view address_display_text(std::string_view value, std::string& out);
 // as written, then its RFC 2047 encoded words decoded (`=?utf-8?B?...?=`: SES asks for them
 // in a non-ASCII name, and clients decode them wherever they are). The addresses are found
 // first, so a decoded `<` or `@` is the name's (`=?utf-8?Q?=3CFree_Money=3E?=` shows as
-// `<Free Money>`). True when `out` is the value's bytes in place (its offsets are the
-// value's); false when words were decoded. A word that cannot be decoded stays as written.
-bool sender_name_text(std::string_view value, std::string& out);
+// `<Free Money>`). as_written: `out` is the value's bytes in place (its offsets are the
+// value's); decoded: words were decoded; unreadable: a word could not be (a charset not read
+// here, base64 that does not decode: what a client shows is unknown, as for a raw message's
+// header), and `out` is the text with the words as written.
+enum class sender_text : std::uint8_t { as_written, decoded, unreadable };
+sender_text sender_name_text(std::string_view value, std::string& out);
+
+// Whether text in `charset` keeps every ASCII byte as it is (UTF-8, the ISO 8859 family,
+// the Windows code pages, KOI8, the EUC and GB sets, Shift_JIS, Big5...; "" is US-ASCII):
+// not UTF-7, UTF-16/32, ISO-2022, HZ or EBCDIC, nor a charset not known here.
+bool charset_keeps_ascii(std::string_view charset);
 
 // Whether a List-Unsubscribe value (RFC 2369) gives a way to unsubscribe: an angle-bracketed
 // https:, http: or mailto: URI. An empty or placeholder value satisfies no unsubscribe check.

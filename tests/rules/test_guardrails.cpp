@@ -1363,13 +1363,18 @@ TEST(GuardrailBlocks, AddressDisplayText) {
     EXPECT_EQ(address_display_text(R"(Ann <"a>b"@x.com> Bob)", out), "Ann" + std::string(15, ' ') + "Bob");
     // The sender's name: encoded words decoded after the addresses are found, so what they
     // decode to is the name's, `<` and `@` included.
-    EXPECT_TRUE(sender_name_text("Free Money <a@x.com>", out));
+    EXPECT_EQ(sender_name_text("Free Money <a@x.com>", out), sender_text::as_written);
     EXPECT_EQ(out, "Free Money" + std::string(10, ' '));
-    EXPECT_FALSE(sender_name_text("=?utf-8?Q?=3CFree_Money=3E?= <a@x.com>", out));
+    EXPECT_EQ(sender_name_text("=?utf-8?Q?=3CFree_Money=3E?= <a@x.com>", out), sender_text::decoded);
     EXPECT_EQ(out, "<Free Money>" + std::string(10, ' '));
-    EXPECT_FALSE(sender_name_text("=?utf-8?Q?Free_Money=40Acme?= <a@x.com>", out));
+    EXPECT_EQ(sender_name_text("=?utf-8?Q?Free_Money=40Acme?= <a@x.com>", out), sender_text::decoded);
     EXPECT_THAT(out, ::testing::StartsWith("Free Money@Acme"));
-    EXPECT_TRUE(sender_name_text("=?x-unknown?Q?Free?= <a@x.com>", out)) << "a word that cannot be decoded stays";
+    EXPECT_EQ(sender_name_text("Who =? me <a@x.com>", out), sender_text::as_written) << "no encoded word";
+    // A word that cannot be decoded: what a client shows is unknown.
+    EXPECT_EQ(sender_name_text("=?x-unknown?Q?Free?= <a@x.com>", out), sender_text::unreadable);
+    EXPECT_EQ(sender_name_text("=?utf-8?B?RnJlZSBNb25leQ==?= =?utf-7?Q?x?= <a@x.com>", out), sender_text::unreadable);
+    // An unterminated quote inside an angle-addr quotes nothing either.
+    EXPECT_EQ(address_display_text(R"(Store <"x@y.com> FREE MONEY)", out), "Store" + std::string(11, ' ') + " FREE MONEY");
 }
 
 // Terms in other scripts match in any case too: a noun capitalised at the start of a
@@ -3474,6 +3479,17 @@ TEST(GuardContent, SendersNamesBesideTheAddressAreContent) {
     EXPECT_THAT(f.check_body("to=a%40example.com&subject=Hi&from=%3D%3Fus-ascii%3FQ%3FFree_Money%3F%3D+%3Cnews%40example.com%3E",
                              "application/x-www-form-urlencoded").reason,
                 HasSubstr("in form field \"from\" (the sender's name, in its encoded words)"));
+    // A word that cannot be decoded hides what the client shows: an invalid body, as a raw
+    // message's header with one is (a finding elsewhere still wins).
+    const auto undecodable = f.check_body(R"j({"FromEmailAddress": "=?utf-8?B?RnJlZSBNb25leQ==?= =?utf-7?Q?x?= <news@example.com>",
+        "Content": {"Simple": {"Subject": {"Data": "Hi"}}}})j");
+    EXPECT_EQ(undecodable.outcome, verdict::rejected) << undecodable.reason;
+    EXPECT_THAT(undecodable.reason, HasSubstr("the sender's name at $.FromEmailAddress cannot be read: an encoded word"));
+    EXPECT_EQ(f.check_body(R"j({"FromEmailAddress": "=?x-unknown?Q?a?= <news@example.com>",
+        "Content": {"Simple": {"Subject": {"Data": "Winner"}}}})j").outcome, verdict::violated);
+    EXPECT_THAT(f.check_body("to=a%40example.com&subject=Hi&from=%3D%3Fx-unknown%3FQ%3Fa%3F%3D+%3Cn%40example.com%3E",
+                             "application/x-www-form-urlencoded").reason,
+                HasSubstr("the sender's name in form field \"from\" cannot be read"));
     // In a raw message too, where what a word decodes to is the name's, `<` and `@` included.
     EXPECT_FALSE(f.check_body(ses_raw("From: =?utf-8?Q?=3CFree_Money=3E?= <news@example.com>\r\nTo: a@example.com\r\n"
                                       "Subject: Hi\r\n\r\nHello\r\n")).allowed());
