@@ -1984,21 +1984,33 @@ std::string_view refuse_domain(const recipients_guard& g, std::string_view addr,
     // (we would take example.com); an address with a stray bracket or a second '@' is
     // refused rather than guessed at.
     // One pass (find_first_of("<>") calls memchr once per byte of the address).
+    // So is one with a comment left in it (`Jane <ceo@evil.com (x)>`: Python's parser drops
+    // it, and the domain read here would be `evil.com(x)`, in no list).
     std::size_t ats = 0;
     std::size_t at = 0;
     bool bracket = false;
     for (std::size_t i = 0; i < addr.size(); ++i) {
         const char c = addr[i];
-        bracket |= c == '<' || c == '>';
+        bracket |= c == '<' || c == '>' || c == '(' || c == ')';
         if (c == '@') {
             ++ats;
             at = i;
         }
     }
+    // A Salesforce composite request's reference to an earlier subrequest's result
+    // (`@{q.records[0].Email}`): the address it becomes is not known here, so no block or
+    // suppression list can judge it (the duplicates guard books no such pair either).
+    if (addr.find("@{") != std::string_view::npos) {
+        return "recipient is a composite request's reference (@{...}) to another subrequest's result, which this "
+               "guard cannot read";
+    }
     if (bracket || ats != 1) {
         return "recipient address malformed";
     }
     const std::string_view domain = addr.substr(at + 1);
+    if (!g.block.empty() && !domain.empty() && domain.front() == '[') {
+        return "recipient domain is an address literal, which block_domains cannot judge";
+    }
     if (!g.block.empty() && block.contains(domain)) {
         return "recipient domain blocked";
     }
@@ -2219,6 +2231,9 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
     s.spans.clear();
     std::string why = "body is not valid JSON";
     const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, auto&& where) {
+        if (item.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+            return false;  // a blank value (an optional cc list left "") names nobody, as a blank list item
+        }
         detail::normalize_address(item, s.addr);
         const std::string_view why = refuse_domain(g, s.addr, block, allow);
         if (!why.empty()) {

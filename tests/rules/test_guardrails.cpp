@@ -1218,6 +1218,36 @@ TEST(GuardRecipients, EmailSimpleInsideCompositeRequestsIsRead) {
 }
 
 
+// What a block or suppression list alone cannot judge is refused, not passed: a composite
+// request's reference to another subrequest's result (the address it becomes is unknown
+// here), a comment left inside angle brackets (a parser that drops it delivers elsewhere),
+// an address literal. A blank value names nobody.
+TEST(GuardRecipients, WhatTheListsCannotJudgeIsRefused) {
+    const std::string list = temp_file("suppressed-refs.txt", "gone@example.com\n");
+    fixture f{recipients_rule(R"j({"block_domains": ["competitor.com"], "suppression_file": ")j" + list + R"j("})j")};
+    const std::string reference = R"j({"compositeRequest": [
+        {"method": "GET", "url": "/services/data/v59.0/query?q=SELECT+Email+FROM+Contact", "referenceId": "q"},
+        {"method": "POST", "url": "/services/data/v59.0/actions/standard/emailSimple", "referenceId": "m",
+         "body": {"inputs": [{"emailAddresses": "@{q.records[0].Email}", "emailSubject": "s", "emailBody": "b"}]}}]})j";
+    auto d = f.check_body(reference);
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient is a composite request's reference (@{...}) to another subrequest's result"));
+    d = f.check_body(sendgrid_to({"Jane <ceo@competitor.com (x)>"}));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient address malformed #0"));
+    EXPECT_EQ(f.check_body(sendgrid_to({"Jane <gone(x)@example.com>"})).outcome, verdict::violated);
+    EXPECT_TRUE(f.check_body(sendgrid_to({"Jane (sales) <jane@example.com>"})).allowed()) << "a comment outside is dropped";
+    d = f.check_body(sendgrid_to({"ceo@[203.0.113.5]"}));
+    ASSERT_EQ(d.outcome, verdict::violated);
+    EXPECT_THAT(d.reason, HasSubstr("recipient domain is an address literal, which block_domains cannot judge"));
+    // Blank values: nobody (a Salesforce input's optional cc list left "").
+    EXPECT_TRUE(f.check_body(R"j({"inputs": [{"emailAddresses": "jane@example.com", "ccRecipientAddressList": "",
+        "bccRecipientAddressList": " ", "emailSubject": "s", "emailBody": "b"}]})j").allowed());
+    fixture only_suppression{recipients_rule(R"j({"suppression_file": ")j" + list + R"j("})j")};
+    EXPECT_TRUE(only_suppression.check_body(sendgrid_to({"ceo@[203.0.113.5]"})).allowed()) << "no block list to judge it";
+    EXPECT_EQ(only_suppression.check_body(reference).outcome, verdict::violated);
+}
+
 // SendGrid's v2 mail.send.json posts its recipients as array form fields (to[], cc[], bcc[]).
 TEST(GuardRecipients, SendGridV2ArrayFormFieldsAreRecipients) {
     fixture f{recipients_rule(R"j({"allow_domains": ["example.com"]})j")};
