@@ -278,6 +278,31 @@ private:
 // core/json_key.hpp) and every duplicate is visited: upstream parsers differ on case and on
 // which duplicate wins, so the check covers all of them.
 
+// Whether object `e` gives `key` spelled exactly so (a reader that matches keys with case,
+// Jackson's default, sees no other spelling), every copy of it with a value: not null, not ""
+// and not [] (a single send without one takes the stored marketing email's).
+bool gives_exactly(element e, std::string_view key) {
+    simdjson::dom::object obj;
+    if (e.get(obj) != simdjson::SUCCESS) {
+        return false;
+    }
+    bool given = false;
+    for (const auto field : obj) {
+        if (field.key != key) {
+            continue;
+        }
+        std::string_view text;
+        simdjson::dom::array list;
+        if (field.value.is_null() || (field.value.get(text) == simdjson::SUCCESS &&
+                                        text.find_first_not_of(" \t\r\n") == std::string_view::npos) ||
+            (field.value.get(list) == simdjson::SUCCESS && list.size() == 0)) {
+            return false;
+        }
+        given = true;
+    }
+    return given;
+}
+
 template <class F>
 void each_field(element e, std::string_view key, F&& f) {
     simdjson::dom::object obj;
@@ -592,19 +617,19 @@ void walk_json(checker& k, element root) {
     }
 
     // HubSpot single send (marketing/v3/transactional/single-email/send).
-    bool from = false;
-    bool reply_to = false;
+    bool from = true;      // every copy of `message` gives its own from (gives_exactly)
+    bool reply_to = true;  // ... and replyTo
+    bool message = false;
     each_field(root, "message", [&](element m) {
         recipient_fields(k, m, {"to", "cc", "bcc"});
-        each_field(m, "from", [&](element v) {
-            from = from || !v.is_null();
-            from_value(k, v);
-        });
-        each_field(m, "replyTo", [&](element v) {
-            reply_to = reply_to || !v.is_null();
-            reply_to_value(k, v);
-        });
+        each_field(m, "from", [&](element v) { from_value(k, v); });
+        each_field(m, "replyTo", [&](element v) { reply_to_value(k, v); });
+        message = true;
+        from = from && gives_exactly(m, "from");
+        reply_to = reply_to && gives_exactly(m, "replyTo");
     });
+    from = from && message;
+    reply_to = reply_to && message;
     bool single_send = false;
     each_field(root, "emailId", [&](element v) {
         single_send = single_send || !v.is_null();

@@ -964,6 +964,14 @@ TEST(AgentConstraints, AHubSpotSingleSendWithoutItsFromTakesTheStoredSender) {
               "from_domains cannot read; give message.from");
     EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com", "from": null}})j"),
               check_body_constraints(c, json, stored));
+    // Every copy of message needs its own, spelled as HubSpot reads it (a reader that keeps
+    // the last duplicate, or matches keys with case, would see none).
+    for (const char* body : {R"j({"emailId": 1, "message": {"to": "a@example.com", "from": "n@example.com"},
+                                 "message": {"to": "a@example.com"}})j",
+                             R"j({"emailId": 1, "message": {"to": "a@example.com", "From": "n@example.com"}})j"}) {
+        EXPECT_THAT(check_body_constraints(c, json, body), HasSubstr("takes its from address from the stored")) << body;
+    }
+    EXPECT_NE(check_body_constraints(c, json, R"j({"emailId": 1, "message": {"to": "a@example.com", "from": " "}})j"), "");
     EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
         "from": "News <news@example.com>"}})j"), "");
     EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
@@ -975,6 +983,8 @@ TEST(AgentConstraints, AHubSpotSingleSendWithoutItsFromTakesTheStoredSender) {
               "reply_to_domains cannot read; give message.replyTo");
     EXPECT_EQ(check_body_constraints(r, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
         "replyTo": ["help@example.com"]}})j"), "");
+    EXPECT_THAT(check_body_constraints(r, json, R"j({"emailId": 4242, "message": {"to": "a@example.com", "replyTo": []}})j"),
+                HasSubstr("takes its reply-to from the stored")) << "an empty list gives none";
     // An agent held to no domain is not asked for them.
     body_constraints n;
     n.max_recipients = 5;
@@ -1315,7 +1325,12 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
                 HasSubstr("does not keep ASCII"));
     EXPECT_THAT(check_body_constraints(max(5), "application/x-www-form-urlencoded; charset=utf-8; charset=utf-16", "to=a%40x.com"),
                 HasSubstr("a form body in charset"));
-    EXPECT_EQ(check_body_constraints(max(5), "application/x-www-form-urlencoded; charset=ISO-8859-1", "to=a%40x.com"), "");
+    for (const char* kept : {"ISO-8859-1", "latin-1", "KOI8-R", "EUC-KR", "Shift_JIS", "\"utf-8\"", "\"\""}) {
+        EXPECT_EQ(check_body_constraints(max(5), std::string{"application/x-www-form-urlencoded; charset="} + kept,
+                                         "to=a%40x.com"),
+                  "")
+            << kept << " keeps ASCII as it is";
+    }
     EXPECT_EQ(check_body_constraints(max(5), "application/x-www-form-urlencoded;charset=UTF-8", "to=a%40x.com"), "");
     EXPECT_EQ(check_body_constraints(max(5), "application/json", sendgrid), "");
     EXPECT_EQ(check_body_constraints(max(5), "text/plain", "hello"), "");
