@@ -258,17 +258,6 @@ std::optional<double> form_number(const std::string& v, std::string& buf) {
     return x;
 }
 
-// A part's charset that leaves every ASCII byte as it is (a field's addresses read the
-// same in it as here): UTF-8, US-ASCII, the ISO 8859 family, the Windows 125x code pages
-// (Apache HttpClient labels every text field ISO-8859-1). Not UTF-7, UTF-16/32, ISO-2022,
-// HZ or EBCDIC pages, which readers that honour them decode into other text.
-bool ascii_compatible_charset(std::string_view cs) {
-    auto starts = [&](std::string_view p) { return cs.size() >= p.size() && iequals(cs.substr(0, p.size()), p); };
-    return iequals(cs, "utf-8") || iequals(cs, "utf8") || iequals(cs, "us-ascii") || iequals(cs, "ascii") ||
-           starts("iso-8859-") || starts("iso8859-") || starts("iso_8859-") || iequals(cs, "latin1") ||
-           starts("windows-125") || starts("cp125");
-}
-
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
 // a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
 // multipart parser an upstream runs reads it.
@@ -386,10 +375,11 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             if (line.size() > ct.size() && iequals(line.substr(0, ct.size()), ct)) {
                 // A field's text in another charset (utf-7, utf-16) is decoded by readers that
                 // honour it (Werkzeug before 2.3) into what we never see here: `a@+AGU-vil.com`
-                // is a@evil.com there. Only charsets that leave ASCII as it is, for fields;
+                // is a@evil.com there. Only charsets that leave ASCII as it is
+                // (charset_keeps_ascii, rules/mime.hpp: UTF-8, Latin-1, KOI8-R...), for fields;
                 // a file keeps its own (checked below, once the disposition is read).
                 std::optional<std::string> charset;
-                if (!header_param(line, "charset", &charset) || (charset && !ascii_compatible_charset(*charset))) {
+                if (!header_param(line, "charset", &charset) || (charset && !charset_keeps_ascii(*charset))) {
                     odd_charset = true;
                 }
             }
@@ -1646,7 +1636,7 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
         // UTF-16 as `to`, a field named otherwise here.
         std::optional<std::string> charset;
         const bool params_ok = header_param(content_type, "charset", &charset, false);
-        if ((charset && !ascii_compatible_charset(*charset)) || (!params_ok && icontains(content_type, "charset"))) {
+        if ((charset && !charset_keeps_ascii(*charset)) || (!params_ok && icontains(content_type, "charset"))) {
             return "a form body in charset " + (charset ? cfg::quote(charset->substr(0, 32)) : std::string{"(unreadable)"}) +
                    " is in a charset that does not keep ASCII as it is, which servers that honour it read as other "
                    "text: send it in UTF-8";
