@@ -1218,9 +1218,12 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
     if (wec) {
         co_return;
     }
+    const auto opened = std::chrono::steady_clock::now();
+    std::uint64_t from_client = 0;
     if (buf.size() > 0) {  // bytes the client sent right after its CONNECT
         auto [bec, bn] = co_await asio::async_write(out, buf.data(), use_tuple);
         buf.consume(buf.size());
+        from_client += bn;
         if (bec) {
             co_return;
         }
@@ -1232,12 +1235,11 @@ asio::awaitable<void> blind_tunnel(worker& w, tcp::socket& client, beast::flat_b
         return blind_tunnel_refusal(w, listener, host, port, agent_id, digest);
     };
     // What went through, not inspected: logged when it ends, as the opening was.
-    std::uint64_t from_client = 0;
     std::uint64_t to_client = 0;
     std::string closed_for = "its ends closed it";
     co_await ((pump(client, out, last_activity, from_client) && pump(out, client, last_activity, to_client)) ||
               tunnel_watchdog(w, client, out, last_activity, idle_timeout, agent_id, refusal, closed_for));
-    const auto lasted = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+    const auto lasted = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - opened);
     spdlog::info("tunnel {} (agent {}) -> {}:{} closed after {}: {} bytes from the client, {} to it; {} (request {})",
                  ci.ip, agent_id.empty() ? "-" : agent_id, host, port, cfg::format_duration(lasted), from_client,
                  to_client, closed_for, request_id);
