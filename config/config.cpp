@@ -1386,7 +1386,8 @@ parse_result parse_config(std::string_view json_text, bool stored) {
             }
         }
     }
-    // A passthrough entry that is an upstream's own address: a blind tunnel there reaches the
+    // A passthrough entry that names an upstream's host and port (as written: names are not
+    // resolved here): a blind tunnel there reaches the
     // API the routes meter, unmetered, around every rule (a route with no match.host does not
     // make it a forward proxy's destination, so the CONNECT would be blind).
     for (std::size_t i = 0; i < c->listeners.size(); ++i) {
@@ -1401,7 +1402,7 @@ parse_result parse_config(std::string_view json_text, bool stored) {
                 if (u.port == port && rules::iequals(uh, host)) {
                     out.errors.add_since_stored(
                         cfg::child(cfg::child(cfg::child(cfg::child("listeners", i), "forward_proxy"), "passthrough"), k),
-                        "is upstream " + cfg::quote(u.name) + "'s address: a blind tunnel there would reach it "
+                        "names upstream " + cfg::quote(u.name) + "'s host and port: a blind tunnel there would reach it "
                         "unmetered, around every rule of its routes (give a route for it a match.host, so that a "
                         "CONNECT there is inspected, and take it out of passthrough)");
                     break;

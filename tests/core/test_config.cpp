@@ -806,13 +806,13 @@ TEST(config, a_passthrough_entry_may_not_be_an_upstreams_address) {
                "routes": [{"name": "r", "match": {"path_prefix": "/v3/"}, "upstream": "up"},
                           {"name": "l", "match": {"path_prefix": "/local/"}, "upstream": "local"}]})");
     const auto e = all_errors(r);
-    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[0]: is upstream \"up\"'s address: a blind tunnel there would "
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[0]: names upstream \"up\"'s host and port: a blind tunnel there would "
                      "reach it unmetered"),
               std::string::npos)
         << e;
     EXPECT_EQ(e.find("passthrough[1]"), std::string::npos) << "another port is another service: " << e;
     EXPECT_EQ(e.find("passthrough[2]"), std::string::npos) << e;
-    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[3]: is upstream \"local\"'s address"), std::string::npos) << e;
+    EXPECT_NE(e.find("listeners[0].forward_proxy.passthrough[3]: names upstream \"local\"'s host and port"), std::string::npos) << e;
 }
 
 // A certificate naming two agents identifies neither, whatever their order.

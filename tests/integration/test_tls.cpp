@@ -891,13 +891,19 @@ TEST(forward_proxy, another_port_of_a_routes_host_is_another_destination) {
 
 // A route's host spelled with the root's trailing dot is the same host to DNS and to the API:
 // a passthrough entry spelled so does not make it a blind tunnel around the route's rules.
-// (An entry that is the upstream's own address, `localhost.:<its port>`, is a config error
-// now: config.a_passthrough_entry_may_not_be_an_upstreams_address. The CONNECT to it is
-// refused all the same, as under a config stored before that check.)
+// (An entry naming the upstream's own host and port, `localhost.:<its port>`, is a config
+// error now, config.a_passthrough_entry_may_not_be_an_upstreams_address; a config stored
+// before that check still runs with it, applied here as a stored version is read.)
 TEST(forward_proxy, a_routes_host_with_a_trailing_dot_is_never_a_blind_tunnel) {
     fake_upstream api{[](const request&) { return respond(200, "api"); }, cert("server.pem"), cert("server.key")};
     const std::string port = std::to_string(api.port());
-    proxy_instance bb{forward_config(api.port(), q("LocalHost.:443"))};
+    const std::string text = forward_config(api.port(), q("localhost.:" + port) + "," + q("LocalHost.:443"));
+    auto stored = bb::parse_config(text, true);
+    ASSERT_TRUE(stored.errors.empty()) << stored.errors.to_string();
+    std::string started = text;  // the same, but for the entry the check refuses now
+    started.replace(started.find(q("localhost.:" + port) + ","), q("localhost.:" + port).size() + 1, "");
+    proxy_instance bb{started};
+    bb.server().apply_config(stored.cfg);
     for (const std::string& target : {"localhost.:" + port, std::string{"localhost.:443"}}) {
         auto [client, head] = connect_to(bb.port(), target, "");
         EXPECT_EQ(head.rfind("HTTP/1.1 403", 0), 0u) << target << "\n" << head;
