@@ -258,6 +258,22 @@ std::optional<double> form_number(const std::string& v, std::string& buf) {
     return x;
 }
 
+// A form's (or a form part's) charset in which the guards' reading of the bytes is a
+// reader's: every byte below 0x80 is that ASCII character, and no ASCII byte is part of
+// another character. UTF-8, US-ASCII, the ISO 8859 family, the Windows 125x code pages
+// (Apache HttpClient labels every text field ISO-8859-1), KOI8-R/U, and none given. Not the
+// multi-byte sets whose second bytes include ASCII (Shift_JIS, Big5, GBK: `\x81\` is one
+// character there, so a quote after it is not escaped, and their full-width letters are
+// not read as ASCII here as UTF-8's are), nor UTF-7, UTF-16/32, ISO-2022, HZ or EBCDIC,
+// which readers that honour them decode into other text.
+bool form_charset_readable(std::string_view cs) {
+    auto starts = [&](std::string_view p) { return cs.size() >= p.size() && iequals(cs.substr(0, p.size()), p); };
+    return cs.empty() || iequals(cs, "utf-8") || iequals(cs, "utf8") || iequals(cs, "us-ascii") ||
+           iequals(cs, "ascii") || starts("iso-8859-") || starts("iso8859-") || starts("iso_8859-") ||
+           iequals(cs, "latin1") || iequals(cs, "latin-1") || starts("windows-125") || starts("cp125") ||
+           iequals(cs, "koi8-r") || iequals(cs, "koi8-u");
+}
+
 // False when the body is malformed (see parse_form). Delimiters count only at the start of
 // a line (RFC 2046 5.1.1): `x--B--` inside a value or the preamble is data, as every
 // multipart parser an upstream runs reads it.
@@ -375,11 +391,11 @@ bool parse_multipart(std::string_view body, std::string_view boundary,
             if (line.size() > ct.size() && iequals(line.substr(0, ct.size()), ct)) {
                 // A field's text in another charset (utf-7, utf-16) is decoded by readers that
                 // honour it (Werkzeug before 2.3) into what we never see here: `a@+AGU-vil.com`
-                // is a@evil.com there. Only charsets that leave ASCII as it is
-                // (charset_keeps_ascii, rules/mime.hpp: UTF-8, Latin-1, KOI8-R...), for fields;
+                // is a@evil.com there. Only charsets read here as a reader reads them
+                // (form_charset_readable), for fields;
                 // a file keeps its own (checked below, once the disposition is read).
                 std::optional<std::string> charset;
-                if (!header_param(line, "charset", &charset) || (charset && !charset_keeps_ascii(*charset))) {
+                if (!header_param(line, "charset", &charset) || (charset && !form_charset_readable(*charset))) {
                     odd_charset = true;
                 }
             }
@@ -1636,10 +1652,10 @@ std::string unreadable_form(std::string_view content_type, std::string_view body
         // UTF-16 as `to`, a field named otherwise here.
         std::optional<std::string> charset;
         const bool params_ok = header_param(content_type, "charset", &charset, false);
-        if ((charset && !charset_keeps_ascii(*charset)) || (!params_ok && icontains(content_type, "charset"))) {
+        if ((charset && !form_charset_readable(*charset)) || (!params_ok && icontains(content_type, "charset"))) {
             return "a form body in charset " + (charset ? cfg::quote(charset->substr(0, 32)) : std::string{"(unreadable)"}) +
-                   " is in a charset that does not keep ASCII as it is, which servers that honour it read as other "
-                   "text: send it in UTF-8";
+                   " is in a charset that does not keep ASCII as it is or that is not read here, which servers that "
+                   "honour it read as other text: send it in UTF-8";
         }
         const std::string_view json = without_bom(body);  // as a JSON reader past a BOM sees it
         const auto first = json.find_first_not_of(" \t\r\n");

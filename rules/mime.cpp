@@ -937,8 +937,6 @@ sender_text sender_name_text(std::string_view value, std::string& out) {
     return sender_text::decoded;
 }
 
-bool charset_keeps_ascii(std::string_view charset) { return ascii_compatible(charset); }
-
 std::string mime_from(std::string_view message) {
     // Every From, and Sender: a second From (or a Sender) is what some clients and relays
     // show or send as, so each address of each is checked, not only the first field's.

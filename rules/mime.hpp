@@ -104,11 +104,6 @@ std::string_view address_display_text(std::string_view value, std::string& out);
 enum class sender_text : std::uint8_t { as_written, decoded, unreadable };
 sender_text sender_name_text(std::string_view value, std::string& out);
 
-// Whether text in `charset` keeps every ASCII byte as it is (UTF-8, the ISO 8859 family,
-// the Windows code pages, KOI8, the EUC and GB sets, Shift_JIS, Big5...; "" is US-ASCII):
-// not UTF-7, UTF-16/32, ISO-2022, HZ or EBCDIC, nor a charset not known here.
-bool charset_keeps_ascii(std::string_view charset);
-
 // Whether a List-Unsubscribe value (RFC 2369) gives a way to unsubscribe: an angle-bracketed
 // https:, http: or mailto: URI. An empty or placeholder value satisfies no unsubscribe check.
 bool list_unsubscribe_value(std::string_view value);

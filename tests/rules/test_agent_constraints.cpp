@@ -971,7 +971,6 @@ TEST(AgentConstraints, AHubSpotSingleSendWithoutItsFromTakesTheStoredSender) {
                              R"j({"emailId": 1, "message": {"to": "a@example.com", "From": "n@example.com"}})j"}) {
         EXPECT_THAT(check_body_constraints(c, json, body), HasSubstr("takes its from address from the stored")) << body;
     }
-    EXPECT_NE(check_body_constraints(c, json, R"j({"emailId": 1, "message": {"to": "a@example.com", "from": " "}})j"), "");
     EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
         "from": "News <news@example.com>"}})j"), "");
     EXPECT_EQ(check_body_constraints(c, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
@@ -983,8 +982,13 @@ TEST(AgentConstraints, AHubSpotSingleSendWithoutItsFromTakesTheStoredSender) {
               "reply_to_domains cannot read; give message.replyTo");
     EXPECT_EQ(check_body_constraints(r, json, R"j({"emailId": 4242, "message": {"to": "a@example.com",
         "replyTo": ["help@example.com"]}})j"), "");
-    EXPECT_THAT(check_body_constraints(r, json, R"j({"emailId": 4242, "message": {"to": "a@example.com", "replyTo": []}})j"),
-                HasSubstr("takes its reply-to from the stored")) << "an empty list gives none";
+    for (const char* none : {"[]", "[\"\"]", "[null]", "{}", "\" \""}) {
+        EXPECT_THAT(check_body_constraints(r, json, std::string{R"j({"emailId": 4242, "message": {"to": "a@example.com", "replyTo": )j"} +
+                                                        none + "}}"),
+                    HasSubstr("takes its reply-to from the stored")) << none << " names nobody";
+    }
+    EXPECT_THAT(check_body_constraints(c, json, R"j({"emailId": 1, "message": {"to": "a@example.com", "from": {}}})j"),
+                HasSubstr("takes its from address from the stored")) << "an object is not HubSpot's from";
     // An agent held to no domain is not asked for them.
     body_constraints n;
     n.max_recipients = 5;
@@ -1323,9 +1327,16 @@ TEST(AgentConstraints, BodiesThatReadAsAnotherFormAreRefused) {
     EXPECT_TRUE(body_unreadable(utf16));
     EXPECT_THAT(check_body_constraints(max(5), "multipart/form-data; boundary=b; charset=utf-7", "--b--\r\n"),
                 HasSubstr("does not keep ASCII"));
+    // Nor one whose second bytes include ASCII: in Shift_JIS `\x81\` is one character, so
+    // the quote after it closes, and `ceo@evil.com` is a recipient there.
+    for (const char* multi : {"Shift_JIS", "Big5", "GBK", "EUC-KR"}) {
+        EXPECT_THAT(check_body_constraints(max(5), std::string{"application/x-www-form-urlencoded; charset="} + multi,
+                                           "to=a%40x.com"),
+                    HasSubstr("is not read here")) << multi;
+    }
     EXPECT_THAT(check_body_constraints(max(5), "application/x-www-form-urlencoded; charset=utf-8; charset=utf-16", "to=a%40x.com"),
                 HasSubstr("a form body in charset"));
-    for (const char* kept : {"ISO-8859-1", "latin-1", "KOI8-R", "EUC-KR", "Shift_JIS", "\"utf-8\"", "\"\""}) {
+    for (const char* kept : {"ISO-8859-1", "latin-1", "KOI8-R", "windows-1252", "\"utf-8\"", "\"\""}) {
         EXPECT_EQ(check_body_constraints(max(5), std::string{"application/x-www-form-urlencoded; charset="} + kept,
                                          "to=a%40x.com"),
                   "")
