@@ -2159,10 +2159,17 @@ bool for_each_value(const std::vector<guard_field>& fields, const path_index& in
 }
 
 // The path (or form field) of the k-th recipient item, for a finding found after the walk.
+// A recipient value of only blanks (an optional Salesforce cc list left ""): nobody, to the
+// recipients and duplicates guards alike.
+bool blank_value(std::string_view v) { return v.find_first_not_of(" \t\r\n") == std::string_view::npos; }
+
 std::string where_recipient(const recipients_guard& g, const guard_input& in, std::size_t k) {
     std::string out;
     std::size_t index = 0;
-    for_each_value(g.fields, g.index, in, true, [&](std::string_view, auto&& where) {
+    for_each_value(g.fields, g.index, in, true, [&](std::string_view item, auto&& where) {
+        if (blank_value(item)) {
+            return false;  // not counted (check_recipients)
+        }
         if (index++ == k) {
             out = where();
             return true;
@@ -2231,7 +2238,7 @@ guard_result check_recipients(const recipients_guard& g, const guard_input& in) 
     s.spans.clear();
     std::string why = "body is not valid JSON";
     const bool ok = for_each_value(g.fields, g.index, in, true, [&](std::string_view item, auto&& where) {
-        if (item.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+        if (blank_value(item)) {
             return false;  // a blank value (an optional cc list left "") names nobody, as a blank list item
         }
         detail::normalize_address(item, s.addr);
@@ -2688,8 +2695,8 @@ guard_result check_duplicates(const duplicates_guard& g, const guard_input& in, 
                               {g.by_subject || g.by_template, &g.subject_fields, &s.subjects, value_kind::subject},
                               {g.by_template || g.by_subject, &g.template_fields, &s.templates, value_kind::id}};
     auto add = [&s](const target& t, std::string_view v, const array_groups& where, bool in_composite = false) {
-        if (t.out->size() >= 100'000) {
-            return;
+        if (t.out->size() >= 100'000 || (t.kind == value_kind::address && blank_value(v))) {
+            return;  // (a blank recipient value is nobody, as to the recipients guard)
         }
         scratch::valued x;
         x.off = s.chars.size();

@@ -1243,6 +1243,20 @@ TEST(GuardRecipients, WhatTheListsCannotJudgeIsRefused) {
     // Blank values: nobody (a Salesforce input's optional cc list left "").
     EXPECT_TRUE(f.check_body(R"j({"inputs": [{"emailAddresses": "jane@example.com", "ccRecipientAddressList": "",
         "bccRecipientAddressList": " ", "emailSubject": "s", "emailBody": "b"}]})j").allowed());
+    // ... and is not counted where a finding is reported.
+    EXPECT_THAT(f.check_body(R"j({"inputs": [{"emailAddresses": "jane@example.com", "ccRecipientAddressList": "",
+        "bccRecipientAddressList": "gone@example.com", "emailSubject": "s", "emailBody": "b"}]})j").reason,
+                HasSubstr("suppressed recipient #1 g***@example.com ($.inputs[0].bccRecipientAddressList)"));
+    // The duplicates guard books no blank recipient either: two sends to different people,
+    // each with its cc list left "", are not one pair.
+    fixture dups{R"j({"id": "loops", "guard": {"duplicates": {"max": 1, "window": "1h", "of": ["recipient", "subject"]}},
+        "failure_mode": "loop", "trips": "x"})j"};
+    for (const char* to : {"ann@example.com", "bob@example.com"}) {
+        EXPECT_TRUE(dups.check_body(std::string{R"j({"inputs": [{"emailAddresses": ")j"} + to +
+                                    R"j(", "ccRecipientAddressList": "", "emailSubject": "Welcome", "emailBody": "b"}]})j")
+                        .allowed())
+            << to;
+    }
     fixture only_suppression{recipients_rule(R"j({"suppression_file": ")j" + list + R"j("})j")};
     EXPECT_TRUE(only_suppression.check_body(sendgrid_to({"ceo@[203.0.113.5]"})).allowed()) << "no block list to judge it";
     EXPECT_EQ(only_suppression.check_body(reference).outcome, verdict::violated);
