@@ -279,23 +279,31 @@ private:
 // which duplicate wins, so the check covers all of them.
 
 // Whether object `e` gives `key` spelled exactly so (a reader that matches keys with case,
-// Jackson's default, sees no other spelling), every copy of it with a value: not null, not ""
-// and not [] (a single send without one takes the stored marketing email's).
+// Jackson's default, sees no other spelling), every copy of it naming someone: a string with
+// more than blanks, or a list with at least one such string. Null, "", [], [""], an object
+// (not HubSpot's shape) name nobody, and a single send then takes the stored email's.
 bool gives_exactly(element e, std::string_view key) {
     simdjson::dom::object obj;
     if (e.get(obj) != simdjson::SUCCESS) {
         return false;
     }
+    auto names = [](element v) {
+        std::string_view text;
+        return v.get(text) == simdjson::SUCCESS && text.find_first_not_of(" \t\r\n") != std::string_view::npos;
+    };
     bool given = false;
     for (const auto field : obj) {
         if (field.key != key) {
             continue;
         }
-        std::string_view text;
         simdjson::dom::array list;
-        if (field.value.is_null() || (field.value.get(text) == simdjson::SUCCESS &&
-                                        text.find_first_not_of(" \t\r\n") == std::string_view::npos) ||
-            (field.value.get(list) == simdjson::SUCCESS && list.size() == 0)) {
+        bool someone = names(field.value);
+        if (!someone && field.value.get(list) == simdjson::SUCCESS) {
+            for (const element item : list) {
+                someone = someone || names(item);
+            }
+        }
+        if (!someone) {
             return false;
         }
         given = true;
