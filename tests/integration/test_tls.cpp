@@ -903,7 +903,9 @@ TEST(forward_proxy, a_routes_host_with_a_trailing_dot_is_never_a_blind_tunnel) {
     std::string started = text;  // the same, but for the entry the check refuses now
     started.replace(started.find(q("localhost.:" + port) + ","), q("localhost.:" + port).size() + 1, "");
     proxy_instance bb{started};
-    bb.server().apply_config(stored.cfg);
+    const auto warnings = bb.server().apply_config(stored.cfg);
+    EXPECT_TRUE(warnings.empty()) << ::testing::PrintToString(warnings);
+    ASSERT_EQ(bb.server().current_config()->listeners[0].forward_proxy->passthrough.size(), 2u) << "the stored entry applies";
     for (const std::string& target : {"localhost.:" + port, std::string{"localhost.:443"}}) {
         auto [client, head] = connect_to(bb.port(), target, "");
         EXPECT_EQ(head.rfind("HTTP/1.1 403", 0), 0u) << target << "\n" << head;
