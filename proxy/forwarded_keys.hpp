@@ -126,6 +126,22 @@ public:
         by_route_names_ = std::make_shared<const std::vector<std::string>>(std::move(route_names));
     }
 
+    // A live send under (key, agent) begins: its digest, or nullopt when one is still in
+    // flight (a retry beside it would be a second send if the first is delivered; its answer
+    // says whether a retry is needed at all). end_flight(digest) once its exchange is over.
+    std::optional<std::uint64_t> begin_flight(std::string_view key, std::string_view agent) {
+        const std::uint64_t h = digest(key, agent);
+        std::lock_guard lock{flight_mu_};
+        if (!in_flight_.insert(h).second) {
+            return std::nullopt;
+        }
+        return h;
+    }
+    void end_flight(std::uint64_t h) {
+        std::lock_guard lock{flight_mu_};
+        in_flight_.erase(h);
+    }
+
     std::size_t size() const {
         std::lock_guard lock{mu_};
         return at_.size();
@@ -391,6 +407,8 @@ private:
     const std::size_t max_;
     const std::int64_t memory_ms_;
     mutable std::mutex mu_;
+    std::mutex flight_mu_;                     // apart from mu_: a flight is not a remembered send
+    std::unordered_set<std::uint64_t> in_flight_;  // digests of (key, agent) being sent live now
     std::list<std::pair<std::uint64_t, std::int64_t>> lru_;
     std::unordered_map<std::uint64_t, std::list<std::pair<std::uint64_t, std::int64_t>>::iterator> at_;
     std::uint64_t dropped_young_ = 0;

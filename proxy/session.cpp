@@ -672,6 +672,26 @@ breakers::trip_cause rule_cause(const rules::decision& d, const std::string& req
 // when the request goes out (keep(), for step 8's bookkeeping), forgotten when it does not
 // (any way out of the request before that), so a retry is not refused for a send that
 // never was.
+// A live send under an Idempotency-Key while it is in flight (forwarded_keys::begin_flight):
+// until its exchange is over, a retry with the same key and agent is refused, 409 in_flight.
+class key_flight {
+public:
+    key_flight(forwarded_keys& keys, std::string_view key, std::string_view agent)
+        : keys_(keys), digest_(keys.begin_flight(key, agent)) {}
+    key_flight(const key_flight&) = delete;
+    key_flight& operator=(const key_flight&) = delete;
+    ~key_flight() {
+        if (digest_) {
+            keys_.end_flight(*digest_);
+        }
+    }
+    bool taken() const { return digest_.has_value(); }
+
+private:
+    forwarded_keys& keys_;
+    std::optional<std::uint64_t> digest_;
+};
+
 class pending_send {
 public:
     pending_send(forwarded_keys& keys, std::string_view key, std::string_view agent, time_point now)
@@ -2634,6 +2654,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // a retry held meanwhile, on another worker, either sees this send (409
         // already_forwarded) or is seen here. The note stands for the send below and goes
         // again if the request is not sent after all.
+        std::optional<key_flight> flight;  // until this scope ends: past the exchange and its answer
         std::optional<pending_send> noted_send;
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
@@ -2642,7 +2663,15 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             bool may_hold = false;
             // (A GET, HEAD or OPTIONS goes out whatever is held under its key: it is no second
             // send, and a read that shares a held write's key, on any route, is not refused.)
-            if (!key.empty() && !idempotent(req.method())) {
+            // A retry while the first send of its key is still in flight (its client gave up
+            // sooner than the route's timeout, a proxy in front retried) is not sent beside
+            // it: most email APIs do not deduplicate by the key themselves.
+            if (!key.empty() && !idempotent(req.method()) && !flight.emplace(w.owner().forwarded(), key, agent_id).taken()) {
+                contained = error_info{http::status::conflict, "rejected", "in_flight",
+                                       "a request with this " + cfg->store.idempotency_header +
+                                           " is still being sent upstream; its answer says whether it went through: "
+                                           "retry after it, not beside it"};
+            } else if (!key.empty() && !idempotent(req.method())) {
                 noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
                 may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
             }

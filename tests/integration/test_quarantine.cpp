@@ -26,6 +26,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -770,6 +771,49 @@ TEST(quarantine, a_retry_of_a_request_sent_live_is_not_held) {
     f.breaker = "campaign-volume";
     EXPECT_EQ(bb.server().remediation().release_matching(f, 0, "ops").get().released, 2u);
     EXPECT_EQ(up.request_count(), 3u) << "k-1 sent a second time by a release";
+}
+
+// A retry while the first send of its key is still in flight (its client gave up sooner than
+// the upstream answered, a proxy in front retried) is refused, 409 in_flight, not sent beside
+// it: if the first is delivered, the retry would be a second mail. Once the first is
+// answered, a retry goes again (whether to resend is the client's call, as before).
+TEST(quarantine, a_retry_while_the_first_send_of_its_key_is_in_flight_is_refused) {
+    std::promise<void> gate;
+    std::shared_future<void> open = gate.get_future().share();
+    std::atomic<int> arrived{0};
+    fake_upstream up{[&](const request&) {
+        if (arrived++ == 0) {
+            open.wait();  // the first send stays in flight until the test lets it go
+        }
+        return respond(202, "");
+    }};
+    const auto dir = temp_dir();
+    proxy_instance bb{quarantine_config(up.port(), dir, 1000)};
+    response first;
+    std::thread sender{[&] { first = send_keyed(bb.port(), "k-flight", R"({"to":[1]})"); }};
+    bool opened = false;
+    auto let_go = [&] {  // once, and also if an assertion below ends the test early
+        if (!opened) {
+            opened = true;
+            gate.set_value();
+            sender.join();
+        }
+    };
+    struct on_exit {
+        std::function<void()> f;
+        ~on_exit() { f(); }
+    } release_first{let_go};
+    ASSERT_TRUE(wait_until([&] { return arrived.load() == 1; }, 5000)) << "the first send reached the upstream";
+    const auto retry = send_keyed(bb.port(), "k-flight", R"({"to":[1]})");
+    EXPECT_EQ(retry.result_int(), 409u) << retry.body();
+    EXPECT_NE(retry.body().find("\"code\":\"in_flight\""), std::string::npos) << retry.body();
+    EXPECT_EQ(retry["x-breakerbox-decision"], "rejected");
+    EXPECT_EQ(arrived.load(), 1);
+    let_go();
+    EXPECT_EQ(first.result_int(), 202u) << first.body();
+    const auto after = send_keyed(bb.port(), "k-flight", R"({"to":[1]})");
+    EXPECT_EQ(after.result_int(), 202u) << after.body();
+    EXPECT_EQ(arrived.load(), 2);
 }
 
 // A key is the agent's, whichever route carries it: an operator renaming a route (a reload)
