@@ -82,6 +82,13 @@ public:
         if (const auto sent = sent_locked(digests, now_ms)) {
             return sent;
         }
+        {
+            // In flight, its note dropped for the bound meanwhile: sent as much.
+            std::lock_guard flight{flight_mu_};
+            if (in_flight_.contains(digest(key, agent))) {
+                return now_ms;
+            }
+        }
         expect_hold();
         return std::nullopt;
     }

@@ -1697,6 +1697,11 @@ server::~server() {
         // nowhere else) is logged as the control tick would have: it has stopped.
         report_alert_losses();
     }
+    // The workers last, while every other member still exists: destroying a worker's
+    // io_context destroys the sessions still suspended in it (an upstream exchange that
+    // outlived the drain), and their destructors reach the server (forwarded_'s key notes
+    // and flights, declared after workers_, would otherwise be gone by then).
+    workers_.clear();
 }
 
 void server::report_denial(std::string_view rule, std::string_view breaker, std::string_view key,

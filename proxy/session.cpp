@@ -2654,7 +2654,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // a retry held meanwhile, on another worker, either sees this send (409
         // already_forwarded) or is seen here. The note stands for the send below and goes
         // again if the request is not sent after all.
-        std::optional<key_flight> flight;  // until this scope ends: past the exchange and its answer
+        std::optional<key_flight> flight;  // taken before the exchange, dropped as it ends
         std::optional<pending_send> noted_send;
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
@@ -2663,15 +2663,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             bool may_hold = false;
             // (A GET, HEAD or OPTIONS goes out whatever is held under its key: it is no second
             // send, and a read that shares a held write's key, on any route, is not refused.)
-            // A retry while the first send of its key is still in flight (its client gave up
-            // sooner than the route's timeout, a proxy in front retried) is not sent beside
-            // it: most email APIs do not deduplicate by the key themselves.
-            if (!key.empty() && !idempotent(req.method()) && !flight.emplace(w.owner().forwarded(), key, agent_id).taken()) {
-                contained = error_info{http::status::conflict, "rejected", "in_flight",
-                                       "a request with this " + cfg->store.idempotency_header +
-                                           " is still being sent upstream; its answer says whether it went through: "
-                                           "retry after it, not beside it"};
-            } else if (!key.empty() && !idempotent(req.method())) {
+            if (!key.empty() && !idempotent(req.method())) {
                 noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
                 may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
             }
@@ -2726,6 +2718,16 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
+        // A retry while the first send of its key is still in flight (its client gave up
+        // sooner than the upstream answered, a proxy in front retried) is not sent beside it:
+        // most email APIs do not deduplicate by the key themselves. (After the hold lookup: a
+        // retry of a held request is answered with its ticket, not this.)
+        if (!contained && noted_send && !flight.emplace(w.owner().forwarded(), noted_send->key(), agent_id).taken()) {
+            contained = error_info{http::status::conflict, "rejected", "in_flight",
+                                   "a request with this " + cfg->store.idempotency_header +
+                                       " is still being sent upstream; its answer says whether it went through: "
+                                       "retry after it, not beside it"};
+        }
         if (contained) {
             noted_send.reset();  // not sent (see above)
             for (const auto& p : probes) {
@@ -2808,6 +2810,7 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         }
         watch.arm(lim.header_bytes, ex, idempotent(req.method()));
         co_await pool->exchange(req, timeout, idempotent(req.method()), is_head, ex);
+        flight.reset();  // the exchange is over: a retry from now on is the client's call
         // Nothing of it went out: no connection, or the client left before its first byte
         // was written (a POST is cancelled only then; a GET's cancel may come later).
         const bool unsent = nothing_sent(ex.failure) || (ex.failure == upstream_failure::cancelled && !ex.sending);

@@ -104,6 +104,28 @@ TEST(forwarded_keys, the_least_recently_sent_go_first_past_the_bound) {
     EXPECT_TRUE(k.sent_at("k3", "", 4000));
 }
 
+// One send of a key at a time: a second begins only once the first's exchange is over, per
+// agent. A hold of a key in flight is refused even when its note was dropped for the bound.
+TEST(forwarded_keys, a_key_in_flight_is_one_send_and_no_hold) {
+    forwarded_keys k{1, 1h};
+    const auto first = k.begin_flight("k", "a");
+    ASSERT_TRUE(first);
+    EXPECT_FALSE(k.begin_flight("k", "a")) << "a second send beside the first";
+    const auto other_agent = k.begin_flight("k", "b");
+    EXPECT_TRUE(other_agent);
+    k.note("k", "a", 1000);
+    k.note("pushes-k-out", "", 1001);  // the bound is 1: k's note goes
+    EXPECT_FALSE(k.sent_at("k", "a", 1002));
+    bool expected_hold = false;
+    EXPECT_TRUE(k.sent_at_then("k", "a", 1002, [&] { expected_hold = true; })) << "in flight: as good as sent";
+    EXPECT_FALSE(expected_hold);
+    k.end_flight(*first);
+    EXPECT_FALSE(k.sent_at_then("k", "a", 1003, [&] { expected_hold = true; }));
+    EXPECT_TRUE(expected_hold);
+    EXPECT_TRUE(k.begin_flight("k", "a")) << "over: the next send may begin";
+    k.end_flight(*other_agent);
+}
+
 TEST(forwarded_keys, a_send_that_went_nowhere_is_forgotten) {
     forwarded_keys k{10, 1h};
     EXPECT_FALSE(k.note("K", "", 1000));
