@@ -2928,12 +2928,21 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                     e.code = "upstream_bad_response";
                     break;
             }
-            if (!idempotent(req.method()) &&
-                (ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::bad_response)) {
+            if (!idempotent(req.method()) && ex.failure == upstream_failure::too_large && ex.dropped_status >= 200 &&
+                ex.dropped_status < 300) {
+                // Its status says it was carried out (only the body is over our limit): saying
+                // "unknown" would invite the client's retry, a second send.
+                e.code = "upstream_succeeded_response_too_large";
+                e.message += "; the upstream answered " + std::to_string(ex.dropped_status) +
+                             ", so the request was carried out: do not send it again";
+            } else if (!idempotent(req.method()) &&
+                       (ex.failure == upstream_failure::too_large || ex.failure == upstream_failure::bad_response)) {
                 // The whole request went out and the upstream answered: it may well have
                 // sent the email. A plain 502 code invites the client's retry, a second send.
                 e.code = "upstream_outcome_unknown";
-                e.message += "; the upstream answered, so the request may have been carried out; it was not retried";
+                e.message += "; the upstream answered" +
+                             (ex.dropped_status != 0 ? " " + std::to_string(ex.dropped_status) : std::string{}) +
+                             ", so the request may have been carried out; it was not retried";
             }
             if (!co_await reply(e, keep_alive) || !keep_alive) {
                 co_return after_request::close;

@@ -1105,6 +1105,26 @@ TEST(limits, a_reload_lowers_the_upstream_response_limit) {
     EXPECT_EQ(body_code(res), "upstream_response_too_large");
 }
 
+// A POST whose upstream answered 2xx with a body over the limit was carried out: the client
+// is told so, not "unknown" (which invites a retry, a second send); a 5xx's stays unknown.
+TEST(limits, a_post_answered_2xx_over_the_response_limit_is_told_it_was_carried_out) {
+    unsigned status = 202;
+    fake_upstream up{[&status](const request&) { return respond(status, std::string(4000, 'x')); }};
+    proxy_instance bb{make_config(local_url(up.port()), "\"upstream_body_bytes\": 2048")};
+    auto res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(res.result_int(), 502u) << res;
+    EXPECT_EQ(body_code(res), "upstream_succeeded_response_too_large") << res.body();
+    EXPECT_NE(res.body().find("the upstream answered 202, so the request was carried out: do not send it again"),
+              std::string::npos)
+        << res.body();
+    status = 500;
+    res = http_request(bb.port(), http::verb::post, "/v3/mail/send", "{}");
+    EXPECT_EQ(body_code(res), "upstream_outcome_unknown") << res.body();
+    EXPECT_NE(res.body().find("the upstream answered 500, so the request may have been carried out"), std::string::npos)
+        << res.body();
+    EXPECT_EQ(body_code(http_request(bb.port(), http::verb::get, "/big")), "upstream_response_too_large");
+}
+
 // Upstream response bodies in memory are bounded for the whole process: while one 600 KiB
 // response is being read (its upstream stalls halfway), a second GET whose 600 KiB would pass
 // the 1 MiB bound is dropped unread (503 response_buffers_full, no verdict on the upstream),
