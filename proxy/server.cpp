@@ -1700,7 +1700,12 @@ server::~server() {
     // The workers last, while every other member still exists: destroying a worker's
     // io_context destroys the sessions still suspended in it (an upstream exchange that
     // outlived the drain), and their destructors reach the server (forwarded_'s key notes
-    // and flights, declared after workers_, would otherwise be gone by then).
+    // and flights, declared after workers_, would otherwise be gone by then). The store's
+    // writer first completes what is queued (as its own destruction would): a session
+    // waiting on it is resumed by a post to its worker, which must still exist then.
+    if (db_) {
+        db_->flush();
+    }
     workers_.clear();
 }
 

@@ -2654,7 +2654,8 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
         // a retry held meanwhile, on another worker, either sees this send (409
         // already_forwarded) or is seen here. The note stands for the send below and goes
         // again if the request is not sent after all.
-        std::optional<key_flight> flight;  // taken before the exchange, dropped as it ends
+        std::optional<key_flight> flight;  // taken before the hold lookup, dropped as the exchange ends
+        bool key_busy = false;             // another request of this key holds the flight
         std::optional<pending_send> noted_send;
         if (!contained && quarantine_instance.empty() && std::string_view{forwarded_decision} != "sandboxed") {
             const std::string_view key = req[cfg->store.idempotency_header];
@@ -2663,9 +2664,17 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             bool may_hold = false;
             // (A GET, HEAD or OPTIONS goes out whatever is held under its key: it is no second
             // send, and a read that shares a held write's key, on any route, is not refused.)
+            // One request of a key at a time: a retry while the first is still being handled
+            // (sent upstream: its client gave up sooner than the upstream answered, a proxy in
+            // front retried; or looked up against a held one) is refused below, 409 in_flight,
+            // and notes nothing. Most email APIs do not deduplicate by the key themselves.
             if (!key.empty() && !idempotent(req.method())) {
-                noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
-                may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
+                if (!flight.emplace(w.owner().forwarded(), key, agent_id).taken()) {
+                    key_busy = true;
+                } else {
+                    noted_send.emplace(w.owner().forwarded(), key, agent_id, w.owner().now());
+                    may_hold = noted_send->note([&] { return db != nullptr && db->may_hold_key(key, agent_id); });
+                }
             }
             if (may_hold) {
                 // Rare (a key held before): the lookup queues behind any hold of it on the
@@ -2718,15 +2727,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
             }
         }
 
-        // A retry while the first send of its key is still in flight (its client gave up
-        // sooner than the upstream answered, a proxy in front retried) is not sent beside it:
-        // most email APIs do not deduplicate by the key themselves. (After the hold lookup: a
-        // retry of a held request is answered with its ticket, not this.)
-        if (!contained && noted_send && !flight.emplace(w.owner().forwarded(), noted_send->key(), agent_id).taken()) {
+        if (!contained && key_busy) {
             contained = error_info{http::status::conflict, "rejected", "in_flight",
-                                   "a request with this " + cfg->store.idempotency_header +
-                                       " is still being sent upstream; its answer says whether it went through: "
-                                       "retry after it, not beside it"};
+                                   "another request with this " + cfg->store.idempotency_header +
+                                       " is still being handled (sent upstream, or looked up against a held one); "
+                                       "its answer says whether it went through: retry after it, not beside it"};
         }
         if (contained) {
             noted_send.reset();  // not sent (see above)
