@@ -280,6 +280,9 @@ void parse_upstreams(cfg::object_reader& root, config& c) {
         if (auto v = r.duration("idle_timeout", false, milliseconds{1})) {
             u.idle_timeout = *v;
         }
+        if (auto v = r.duration("write_reuse_within", false)) {
+            u.write_reuse_within = *v;
+        }
         if (auto v = r.string("ca_file")) {
             u.ca_file = *v;
             // A CA bundle (Debian's whole store is ~220 KiB); a larger file is a mistake.

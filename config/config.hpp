@@ -139,6 +139,11 @@ struct upstream_config {
     milliseconds connect_timeout{5'000};  // TCP connect + TLS handshake
     std::size_t max_connections = 1024;   // per worker thread
     milliseconds idle_timeout{30'000};    // idle pooled connection lifetime
+    // A request that is never retried (any method but GET, HEAD, OPTIONS) goes out on a
+    // pooled connection only if it was last used within this long, else on a new one: an
+    // upstream (or a load balancer) that closes idle connections can close one just as such
+    // a request is written to it, and its outcome is then unknown. 0: always a new one.
+    milliseconds write_reuse_within{2'000};
     std::string ca_file;    // empty: the system trust store
     std::string ca_pem;     // ca_file's contents when the config was read
     bool verify = true;     // TLS certificate + name verification; false only for tests

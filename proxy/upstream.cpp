@@ -99,7 +99,8 @@ void upstream_conn::close() {
 
 bool same_upstream(const upstream_config& a, const upstream_config& b) {
     return a.name == b.name && a.url == b.url && a.timeout == b.timeout && a.connect_timeout == b.connect_timeout &&
-           a.max_connections == b.max_connections && a.idle_timeout == b.idle_timeout && a.ca_file == b.ca_file &&
+           a.max_connections == b.max_connections && a.idle_timeout == b.idle_timeout &&
+           a.write_reuse_within == b.write_reuse_within && a.ca_file == b.ca_file &&
            a.ca_pem == b.ca_pem && a.verify == b.verify;
 }
 
@@ -206,13 +207,19 @@ void upstream_pool::sweep(clock_type::time_point now) {
     });
 }
 
-std::unique_ptr<upstream_conn> upstream_pool::take_idle() {
+std::unique_ptr<upstream_conn> upstream_pool::take_idle(bool idempotent) {
     const auto now = clock_type::now();
     while (!idle_.empty()) {
         // Most recently used first: it is the least likely to have been closed by the peer.
         auto conn = std::move(idle_.back());
         idle_.pop_back();
         if (now - conn->idle_since < cfg_.idle_timeout && conn->usable_for_reuse()) {
+            if (!idempotent && now - conn->idle_since >= cfg_.write_reuse_within) {
+                // Too long idle for a request that is not retried (the peer may be closing it
+                // now): a new connection instead. The older idle ones stay for the others.
+                conn->close();
+                return nullptr;
+            }
             return conn;
         }
         conn->close();
@@ -417,7 +424,7 @@ asio::awaitable<void> upstream_pool::exchange(request& req, std::chrono::millise
     // does not start the route timeout again.
     const auto deadline = clock_type::now() + timeout;
     for (int attempt = 0; attempt < 2; ++attempt) {
-        std::unique_ptr<upstream_conn> conn = attempt == 0 ? take_idle() : nullptr;
+        std::unique_ptr<upstream_conn> conn = attempt == 0 ? take_idle(idempotent) : nullptr;
         const bool reused = conn != nullptr;
         if (!conn) {
             if (active_ + idle_.size() >= cfg_.max_connections && attempt > 0 && !idle_.empty()) {

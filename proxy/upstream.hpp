@@ -210,7 +210,9 @@ public:
 
 private:
     asio::awaitable<std::unique_ptr<upstream_conn>> connect(exchange_result& out);
-    std::unique_ptr<upstream_conn> take_idle();
+    // The most recently used idle connection still usable, or null; for a request that is not
+    // retried (`idempotent` false) only one used within cfg.write_reuse_within.
+    std::unique_ptr<upstream_conn> take_idle(bool idempotent);
     void give_back(std::unique_ptr<upstream_conn> conn);
 
     asio::any_io_executor ex_;

@@ -693,6 +693,28 @@ TEST(pool, upstream_connections_are_reused) {
     EXPECT_EQ(up.connections_accepted(), 1u);
 }
 
+// A request that is never retried goes out on a pooled connection only if that connection
+// was used within upstreams[].write_reuse_within (default 2s, which the test above stays
+// within): an upstream closing an idle connection just as a POST is written to it would make
+// the POST's outcome unknown. With 0s every POST takes a new connection, while GETs (retried
+// on a new one if the pooled one is dead) still reuse theirs.
+TEST(pool, a_post_reuses_only_a_connection_used_within_write_reuse_within) {
+    fake_upstream up;
+    proxy_instance bb{make_config(local_url(up.port()), "", "\"write_reuse_within\": \"0s\"", "", 1)};
+    raw_client client{bb.port()};
+    for (int i = 0; i < 3; ++i) {
+        client.send(post_mail());
+        ASSERT_EQ(client.read_response().result_int(), 200u);
+    }
+    EXPECT_EQ(up.connections_accepted(), 3u);
+    for (int i = 0; i < 3; ++i) {
+        client.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        ASSERT_EQ(client.read_response().result_int(), 200u);
+    }
+    EXPECT_EQ(up.connections_accepted(), 3u) << "the GETs reuse the last POST's connection";
+    EXPECT_EQ(up.request_count(), 6u);
+}
+
 TEST(pool, a_connection_the_upstream_closed_while_idle_is_not_used) {
     fake_upstream up;
     proxy_instance bb{make_config(local_url(up.port()), "", "", "", 1)};
