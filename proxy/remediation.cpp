@@ -224,13 +224,8 @@ std::string scope_now(const config& cfg, const agent_config& a, const store::hel
     const std::string_view query = q == std::string_view::npos ? std::string_view{} : tp.origin_form.substr(q + 1);
     std::vector<rules::subrequest> subs;
     if (rec.method == "POST" && scope.any()) {
-        if (const auto unreadable = rules::salesforce_subrequests(upstream_path, rec.body, subs); !unreadable.empty()) {
-            return "this composite request: " + unreadable;
-        }
-        // A Bulk API job names what it will do in its body: judged as that request, as live.
-        if (const auto unreadable = rules::salesforce_bulk_job(upstream_path, content_type, rec.body, subs);
-            !unreadable.empty()) {
-            return "this request: " + unreadable;
+        if (auto why = rules::scoped_subrequests(upstream_path, content_type, rec.body, subs); !why.empty()) {
+            return why;
         }
         const route_config* held_route = cfg.find_route(rec.route);
         std::string_view host;  // as the live path had it (session.cpp sets it at the hold)

@@ -2001,21 +2001,11 @@ asio::awaitable<void> serve(worker& w, Stream& sock, tcp::socket& raw, session_g
                 // route for DELETE through one. A subrequest's URL is the upstream's path:
                 // without the upstream's base path it is the path the agent would have sent.
                 const std::string& base = cfg->upstreams[upstream_index].base_path;
+                // (A Bulk API job names what it will do in its body: judged as that request.)
                 subs.clear();
                 subrequests_read = req.method() == http::verb::post;
-                if (const auto unreadable = req.method() == http::verb::post
-                                                ? rules::salesforce_subrequests(upstream_path, req.body(), subs)
-                                                : std::string{};
-                    !unreadable.empty()) {
-                    why = "this composite request: " + unreadable;
-                }
-                // A Bulk API job names what it will do in its body: judged as that request.
-                if (const auto unreadable = why.empty() && req.method() == http::verb::post
-                                                ? rules::salesforce_bulk_job(upstream_path, req[http::field::content_type],
-                                                                             req.body(), subs)
-                                                : std::string{};
-                    !unreadable.empty()) {
-                    why = "this request: " + unreadable;
+                if (subrequests_read) {
+                    why = rules::scoped_subrequests(upstream_path, req[http::field::content_type], req.body(), subs);
                 }
                 for (std::size_t i = 0; i < subs.size() && why.empty(); ++i) {
                     const auto& sub = subs[i];

@@ -1433,6 +1433,17 @@ subrequest_refusal salesforce_subrequest_refusal(std::string_view path, std::str
     return {};
 }
 
+std::string scoped_subrequests(std::string_view path, std::string_view content_type, std::string_view body,
+                               std::vector<subrequest>& out) {
+    if (auto unreadable = salesforce_subrequests(path, body, out); !unreadable.empty()) {
+        return "this composite request: " + unreadable;
+    }
+    if (auto unreadable = salesforce_bulk_job(path, content_type, body, out); !unreadable.empty()) {
+        return "this request: " + unreadable;
+    }
+    return {};
+}
+
 std::string constrained_subrequests(std::string_view path, std::string_view body,
                                     std::string_view (*ambiguous)(std::string_view),
                                     const std::vector<subrequest>* read) {

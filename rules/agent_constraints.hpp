@@ -103,6 +103,13 @@ std::string salesforce_subrequests(std::string_view path, std::string_view body,
 // cannot be read (the caller refuses it); for any other path returns "" and adds nothing.
 std::string salesforce_bulk_job(std::string_view path, std::string_view content_type, std::string_view body,
                                 std::vector<subrequest>& out);
+// What an agent's scope judges a POST to `path` as besides itself, as the live path and a
+// release's re-check both read it: a composite request's subrequests (salesforce_subrequests)
+// and the request a Bulk API job stands for (salesforce_bulk_job), into `out` (cleared).
+// "" or why the body cannot be read, as an out_of_scope message says it ("this composite
+// request: ...", "this request: ...").
+std::string scoped_subrequests(std::string_view path, std::string_view content_type, std::string_view body,
+                               std::vector<subrequest>& out);
 // For every POST to a Salesforce composite path, agent or not: why one of its subrequests
 // must not be sent ("" when none): it asks for another method (`_HttpMethod`, a method
 // override header), which the rules that count DELETE subrequests would not see, or it is a
