@@ -1398,11 +1398,7 @@ parse_result parse_config(std::string_view json_text, bool stored) {
         for (std::size_t k = 0; fp && k < fp->passthrough.size(); ++k) {
             const auto& [host, port] = fp->passthrough[k];
             for (const auto& u : c->upstreams) {
-                std::string_view uh = host_name(u.host);
-                if (uh.size() > 1 && uh.front() == '[' && uh.back() == ']') {
-                    uh = uh.substr(1, uh.size() - 2);
-                }
-                if (u.port == port && rules::iequals(uh, host)) {
+                if (u.port == port && rules::iequals(host_name(u.host), host)) {  // (host_name unbrackets)
                     out.errors.add_since_stored(
                         cfg::child(cfg::child(cfg::child(cfg::child("listeners", i), "forward_proxy"), "passthrough"), k),
                         "names upstream " + cfg::quote(u.name) + "'s host and port: a blind tunnel there would reach it "

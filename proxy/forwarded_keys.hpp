@@ -85,7 +85,7 @@ public:
         {
             // In flight, its note dropped for the bound meanwhile: sent as much.
             std::lock_guard flight{flight_mu_};
-            if (in_flight_.contains(digest(key, agent))) {
+            if (in_flight_.contains(digests.front())) {  // digest(key, agent), digests_of's first
                 return now_ms;
             }
         }

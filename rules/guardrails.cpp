@@ -2435,6 +2435,12 @@ bool names_only_listed_templates(const content_guard& g, const guard_input& in) 
     return true;
 }
 
+// A sender's name as shown, searched for terms and links: a name is no unsubscribe link.
+bool find_in_name(const content_guard& g, std::string_view shown, detail::text_hit& hit) {
+    bool ignored = true;
+    return detail::find_content(g, shown, ignored, &hit);
+}
+
 constexpr std::string_view unreadable_name =
     " cannot be read: an encoded word (=?charset?...?=) in it is in a charset not read here or does not decode, "
     "so what a mail client shows is unknown";
@@ -2456,8 +2462,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
             }
             if (!t.sender.empty()) {
                 // The message's own From: its sender's name shows (offsets in the name as shown).
-                bool ignored = true;  // a name is no unsubscribe link
-                if (!detail::find_content(g, t.sender, ignored, &hit)) {
+                if (!find_in_name(g, t.sender, hit)) {
                     return false;
                 }
                 where = "the sender's name in the From header of the raw message at " + at.at();
@@ -2511,8 +2516,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                     // A name: field: the sender's name beside the address.
                     const sender_text read = sender_name_text(text, s.display);
                     const bool in_place = read != sender_text::decoded;
-                    bool ignored = true;  // a name is no unsubscribe link
-                    if (!detail::find_content(g, s.display, ignored, &hit)) {
+                    if (!find_in_name(g, s.display, hit)) {
                         if (read == sender_text::unreadable && unreadable.empty()) {
                             unreadable = "the sender's name at " + render_path(f) + std::string{unreadable_name};
                         }
@@ -2556,8 +2560,7 @@ guard_result check_content_fields(const content_guard& g, const guard_input& in,
                     }
                 } else if (form_selected(g.names, name)) {
                     const sender_text read = sender_name_text(value, s.display);
-                    bool ignored = true;  // a name is no unsubscribe link
-                    if (detail::find_content(g, s.display, ignored, &hit)) {
+                    if (find_in_name(g, s.display, hit)) {
                         return violated(hit.what + " in form field " + field_name(name) + " (the sender's name" +
                                         (read != sender_text::decoded ? ") at offset " + std::to_string(hit.offset)
                                                                       : ", in its encoded words)"));
